@@ -1,0 +1,86 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync } from "node:fs";
+import { setTimeout as sleep } from "node:timers/promises";
+import { QemuToolError } from "./errors.js";
+
+export interface ProcessExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+const STDERR_TAIL_BYTES = 8192;
+
+/** A running QEMU process (qemu-storage-daemon or qemu-system-*) owned by this Node process. */
+export class QemuProcess {
+  readonly exited: Promise<ProcessExit>;
+  private stderrTail = "";
+  private exitInfo: ProcessExit | undefined;
+
+  constructor(
+    readonly tool: string,
+    readonly args: readonly string[],
+    readonly child: ChildProcess,
+  ) {
+    child.stderr?.on("data", (c: Buffer) => {
+      this.stderrTail = (this.stderrTail + c.toString("utf8")).slice(-STDERR_TAIL_BYTES);
+    });
+    this.exited = new Promise((resolve) => {
+      child.once("exit", (code, signal) => {
+        this.exitInfo = { code, signal };
+        resolve(this.exitInfo);
+      });
+    });
+  }
+
+  get pid(): number {
+    return this.child.pid ?? -1;
+  }
+
+  get running(): boolean {
+    return this.exitInfo === undefined;
+  }
+
+  get stderr(): string {
+    return this.stderrTail;
+  }
+
+  /** Sends a signal and waits for the exit (SIGKILL is how fault tests crash QEMU for real). */
+  async kill(signal: NodeJS.Signals = "SIGKILL"): Promise<ProcessExit> {
+    if (this.running) this.child.kill(signal);
+    return this.exited;
+  }
+
+  /** SIGTERM (QEMU closes images and writes persistent bitmaps), then SIGKILL after a grace period. */
+  async stop(graceMs = 10_000): Promise<ProcessExit> {
+    if (!this.running) return this.exited;
+    this.child.kill("SIGTERM");
+    const timer = setTimeout(() => this.child.kill("SIGKILL"), graceMs);
+    const exit = await this.exited;
+    clearTimeout(timer);
+    return exit;
+  }
+}
+
+/** Spawns a QEMU binary and waits until every path in `readyPaths` (its sockets) exists. */
+export async function spawnQemu(tool: string, args: readonly string[], readyPaths: readonly string[], timeoutMs = 30_000): Promise<QemuProcess> {
+  const child = spawn(tool, args, { stdio: ["ignore", "ignore", "pipe"] });
+  const proc = new QemuProcess(tool, args, child);
+  const spawnError = new Promise<Error>((resolve) =>
+    child.once("error", (e: NodeJS.ErrnoException) =>
+      resolve(new QemuToolError(tool, args, e.code === "ENOENT" ? "not installed" : e.message, { cause: e })),
+    ),
+  );
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (readyPaths.every((p) => existsSync(p))) return proc;
+    const failed = await Promise.race([spawnError, proc.exited, sleep(20).then(() => undefined)]);
+    if (failed instanceof Error) throw failed;
+    if (failed !== undefined) {
+      throw new QemuToolError(tool, args, `exited (${failed.code ?? failed.signal}) before it was ready: ${proc.stderr.trim()}`);
+    }
+    if (Date.now() > deadline) {
+      await proc.kill();
+      throw new QemuToolError(tool, args, `not ready within ${timeoutMs} ms (waiting for ${readyPaths.join(", ")}): ${proc.stderr.trim()}`);
+    }
+  }
+}
