@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what qreplica needs on a Debian machine: QEMU 7.2 tools, test oracles, npm packages.
+# Idempotent: packages already present are not touched.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+declare -A packages=(
+  [qemu-img]=qemu-utils
+  [qemu-io]=qemu-utils
+  [qemu-storage-daemon]=qemu-system-common
+  [qemu-system-x86_64]=qemu-system-x86
+  [nbdcopy]=libnbd-bin
+  [nbdinfo]=libnbd-bin
+  [qemu-ga]=qemu-guest-agent
+  [nasm]=nasm
+  [socat]=socat
+  [zstd]=zstd
+  [openssl]=openssl
+)
+missing=()
+for tool in "${!packages[@]}"; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("${packages[$tool]}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  echo "install.sh: installing Debian packages: ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Native addons (better-sqlite3, zstd-napi) are compiled here from their bundled sources:
+# build-from-source keeps prebuild-install from trying to download binaries.
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "install.sh: npm ci (compiles native addons, about 3 minutes)"
+  npm_config_build_from_source=true npm ci --no-audit --no-fund
+fi
