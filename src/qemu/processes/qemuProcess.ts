@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, rmSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import { QemuToolError } from "./errors.js";
 
@@ -63,6 +63,8 @@ export class QemuProcess {
 
 /** Spawns a QEMU binary and waits until every path in `readyPaths` (its sockets) exists. */
 export async function spawnQemu(tool: string, args: readonly string[], readyPaths: readonly string[], timeoutMs = 30_000): Promise<QemuProcess> {
+  // A socket left by a killed process would look ready before the new one listens.
+  for (const p of readyPaths) rmSync(p, { force: true });
   const child = spawn(tool, args, { stdio: ["ignore", "ignore", "pipe"] });
   const proc = new QemuProcess(tool, args, child);
   const spawnError = new Promise<Error>((resolve) =>

@@ -1,0 +1,103 @@
+import type { Logger } from "../../src/common/logger.js";
+import type { NbdClient } from "../../src/qemu/nbd/index.js";
+import type { QmpClient } from "../../src/qemu/qmp/index.js";
+import { CycleFinishedError } from "./errors.js";
+import { readRanges, type ByteRange, type CaptureExtent, type ExtentReadOptions, type ExtentReadStats } from "./extentReader.js";
+import { teardownFleece } from "./fleece.js";
+import { bitmapName } from "./naming.js";
+
+export type CycleKind = "full" | "incremental";
+export type Consistency = "application" | "crash";
+
+/** One disk's share of a cycle: its size at the cut-off and the extents to ship. */
+export class DiskCycle {
+  readonly stats: ExtentReadStats = { extents: 0, dataBytes: 0, zeroBytes: 0, readRequests: 0 };
+
+  constructor(
+    readonly diskId: string,
+    readonly node: string,
+    readonly sizeAtCutoff: number,
+    /** Bytes the cycle covers: the handed-off bitmap's count, or the disk size for a full read. */
+    readonly dirtyBytes: number,
+    readonly fleeceImagePath: string,
+    readonly clients: NbdClient[],
+    private readonly ranges: (client: NbdClient) => AsyncIterable<ByteRange>,
+    private readonly readOptions: ExtentReadOptions,
+  ) {}
+
+  /** The cycle's extents in offset order; data is as it was at the cut-off. */
+  extents(): AsyncGenerator<CaptureExtent> {
+    const first = this.clients[0];
+    if (!first) throw new Error(`disk ${this.diskId}: no NBD connection`);
+    return readRanges(this.clients, this.ranges(first), this.readOptions, this.stats);
+  }
+}
+
+/**
+ * A cut-off taken across all disks of a VM at once. Nothing is forgotten until `confirm()`:
+ * `abort()` (or a crash, repaired at the next start) folds the changes into the next cycle.
+ */
+export class CaptureCycle {
+  private state: "open" | "confirmed" | "aborted" = "open";
+
+  constructor(
+    readonly vmId: string,
+    /** Cut-off number: the recording bitmap created by this cycle's transaction. */
+    readonly seq: number,
+    readonly kind: CycleKind,
+    readonly cutoffAt: Date,
+    readonly consistency: Consistency,
+    readonly disks: DiskCycle[],
+    private readonly qmp: QmpClient,
+    private readonly logger: Logger,
+    private readonly onFinish: (outcome: "confirmed" | "aborted") => void,
+  ) {}
+
+  get finished(): boolean {
+    return this.state !== "open";
+  }
+
+  /** The replica has made the cycle durable: drop what the cycle carried. */
+  async confirm(): Promise<void> {
+    this.assertOpen();
+    this.state = "confirmed";
+    await this.closeConnections();
+    for (const d of this.disks) await teardownFleece(this.qmp, d.diskId, d.fleeceImagePath, this.logger);
+    if (this.kind === "incremental") {
+      for (const d of this.disks) await this.qmp.execute("block-dirty-bitmap-remove", { node: d.node, name: bitmapName(this.seq - 1) });
+    }
+    this.onFinish("confirmed");
+    this.logger.info({ vm: this.vmId, seq: this.seq, kind: this.kind }, "cycle confirmed");
+  }
+
+  /** The cycle did not reach the replica: keep every change for the next cycle. */
+  async abort(reason?: unknown): Promise<void> {
+    this.assertOpen();
+    this.state = "aborted";
+    this.logger.warn({ vm: this.vmId, seq: this.seq, kind: this.kind, err: reason }, "cycle aborted");
+    await this.closeConnections();
+    try {
+      for (const d of this.disks) await teardownFleece(this.qmp, d.diskId, d.fleeceImagePath, this.logger);
+      for (const d of this.disks) {
+        if (this.kind === "incremental") {
+          const handedOff = bitmapName(this.seq - 1);
+          await this.qmp.execute("block-dirty-bitmap-merge", { node: d.node, target: bitmapName(this.seq), bitmaps: [handedOff] });
+          await this.qmp.execute("block-dirty-bitmap-remove", { node: d.node, name: handedOff });
+        } else {
+          // An initial read that did not land leaves nothing to build on: it starts over.
+          await this.qmp.execute("block-dirty-bitmap-remove", { node: d.node, name: bitmapName(this.seq) });
+        }
+      }
+    } finally {
+      this.onFinish("aborted");
+    }
+  }
+
+  private async closeConnections(): Promise<void> {
+    await Promise.allSettled(this.disks.flatMap((d) => d.clients.map((c) => c.disconnect())));
+  }
+
+  private assertOpen(): void {
+    if (this.state !== "open") throw new CycleFinishedError(this.seq, this.state);
+  }
+}

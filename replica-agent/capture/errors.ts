@@ -1,0 +1,74 @@
+import { QreplicaError } from "../../src/common/errors.js";
+
+/**
+ * The changed-block record of a disk can no longer be trusted (bitmap missing or inconsistent,
+ * typically after QEMU or the host crashed). Only a resynchronisation makes the replica whole again.
+ */
+export class ResyncRequiredError extends QreplicaError {
+  readonly code = "RESYNC_REQUIRED" as const;
+  constructor(
+    readonly vmId: string,
+    readonly diskId: string,
+    readonly reason: string,
+  ) {
+    super(`VM ${vmId} disk ${diskId}: resync required: ${reason}. Start a resynchronisation; incremental cycles are refused until then`);
+  }
+}
+
+/** A cycle was asked for before replication of the VM was enabled. */
+export class CaptureNotEnabledError extends QreplicaError {
+  readonly code = "CAPTURE_NOT_ENABLED" as const;
+  constructor(readonly vmId: string) {
+    super(`VM ${vmId}: changed-block tracking is not enabled; run the initial replication first`);
+  }
+}
+
+/** The configured block node is not in QEMU. */
+export class DiskNodeNotFoundError extends QreplicaError {
+  readonly code = "DISK_NODE_NOT_FOUND" as const;
+  constructor(
+    readonly vmId: string,
+    readonly diskId: string,
+    readonly node: string,
+    readonly available: string[],
+  ) {
+    super(
+      `VM ${vmId} disk ${diskId}: QEMU has no block node '${node}' (nodes: ${available.join(", ") || "none"}). ` +
+        `Set the disk's node to the -blockdev node-name of its qcow2 format node`,
+    );
+  }
+}
+
+/** The disk changed size between the pre-cut-off query and the cut-off: the cycle is retried. */
+export class DiskResizedDuringCutoffError extends QreplicaError {
+  readonly code = "DISK_RESIZED_DURING_CUTOFF" as const;
+  constructor(
+    readonly diskId: string,
+    readonly before: number,
+    readonly after: number,
+  ) {
+    super(`disk ${diskId} was resized from ${before} to ${after} bytes during the cut-off; the cycle was rolled back, retry it`);
+  }
+}
+
+/** A cycle object was used after it was confirmed or aborted. */
+export class CycleFinishedError extends QreplicaError {
+  readonly code = "CYCLE_FINISHED" as const;
+  constructor(
+    readonly seq: number,
+    readonly state: string,
+  ) {
+    super(`capture cycle ${seq} is already ${state}`);
+  }
+}
+
+/** Another cycle of the same VM is still open; cycles of a VM are strictly sequential. */
+export class CycleInProgressError extends QreplicaError {
+  readonly code = "CYCLE_IN_PROGRESS" as const;
+  constructor(
+    readonly vmId: string,
+    readonly seq: number,
+  ) {
+    super(`VM ${vmId}: cycle ${seq} is still open; confirm or abort it first`);
+  }
+}

@@ -1,0 +1,167 @@
+import type { NbdClient } from "../../src/qemu/nbd/index.js";
+
+/** One piece of a cycle, in offset order: data as it was at the cut-off, or a range of zeroes. */
+export type CaptureExtent =
+  | { kind: "data"; offset: number; length: number; data: Buffer }
+  | { kind: "zero"; offset: number; length: number };
+
+export interface ByteRange {
+  offset: number;
+  length: number;
+  /** Known to read as zeroes (block status said so): yielded without a READ. */
+  zero: boolean;
+}
+
+export interface ExtentReadOptions {
+  /** Bytes per NBD READ; capped by the server's maximum (32 MiB on QEMU). */
+  readRequestBytes?: number;
+  /** READs outstanding at once, across all connections. */
+  maxInFlight?: number;
+  /** Size of the yielded pieces; the transport sends one piece per chunk. */
+  pieceBytes?: number;
+  /** Yield all-zero pieces of data as zero ranges. */
+  detectZeroes?: boolean;
+}
+
+export interface ExtentReadStats {
+  extents: number;
+  dataBytes: number;
+  zeroBytes: number;
+  readRequests: number;
+}
+
+export const NBD_STATE_HOLE = 1;
+export const NBD_STATE_ZERO = 2;
+export const NBD_STATE_DIRTY = 1;
+
+export const DEFAULT_READ_REQUEST_BYTES = 4 * 1024 * 1024;
+export const DEFAULT_MAX_IN_FLIGHT = 8;
+export const DEFAULT_PIECE_BYTES = 4 * 1024 * 1024;
+/** Zero ranges are cheap to send but their length field on the wire is 32-bit. */
+const MAX_ZERO_RANGE_BYTES = 1024 * 1024 * 1024;
+
+/** Dirty ranges of a `qemu:dirty-bitmap:*` context, adjacent ones merged. */
+export async function* dirtyRanges(client: NbdClient, context: string): AsyncGenerator<ByteRange> {
+  yield* mergeRanges(
+    (async function* () {
+      for await (const e of client.extents(context)) {
+        if (e.flags & NBD_STATE_DIRTY) yield { offset: e.offset, length: e.length, zero: false };
+      }
+    })(),
+  );
+}
+
+/** Every range of the disk from `base:allocation`: holes and zeroes flagged so they are not read. */
+export async function* allocationRanges(client: NbdClient, context: string): AsyncGenerator<ByteRange> {
+  yield* mergeRanges(
+    (async function* () {
+      for await (const e of client.extents(context)) {
+        yield { offset: e.offset, length: e.length, zero: (e.flags & NBD_STATE_ZERO) !== 0 };
+      }
+    })(),
+  );
+}
+
+async function* mergeRanges(ranges: AsyncIterable<ByteRange>): AsyncGenerator<ByteRange> {
+  let pending: ByteRange | undefined;
+  for await (const r of ranges) {
+    if (pending && pending.offset + pending.length === r.offset && pending.zero === r.zero) {
+      pending = { ...pending, length: pending.length + r.length };
+      continue;
+    }
+    if (pending) yield pending;
+    pending = { ...r };
+  }
+  if (pending) yield pending;
+}
+
+interface QueuedRead {
+  offset: number;
+  length: number;
+  zero: boolean;
+  data?: Promise<Buffer>;
+}
+
+/**
+ * Reads `ranges` with several requests in flight (spread over the given connections) and yields
+ * pieces in offset order. Memory is bounded by maxInFlight x readRequestBytes, whatever the cycle size.
+ */
+export async function* readRanges(
+  clients: readonly NbdClient[],
+  ranges: AsyncIterable<ByteRange>,
+  opts: ExtentReadOptions = {},
+  stats: ExtentReadStats = { extents: 0, dataBytes: 0, zeroBytes: 0, readRequests: 0 },
+): AsyncGenerator<CaptureExtent> {
+  const first = clients[0];
+  if (!first) throw new Error("readRanges needs at least one NBD connection");
+  const requestBytes = Math.max(4096, Math.min(opts.readRequestBytes ?? DEFAULT_READ_REQUEST_BYTES, first.maxRequestBytes));
+  const maxInFlight = Math.max(1, opts.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT);
+  const pieceBytes = Math.max(4096, opts.pieceBytes ?? DEFAULT_PIECE_BYTES);
+  const detectZeroes = opts.detectZeroes ?? true;
+  const zeroes = Buffer.alloc(pieceBytes);
+
+  const queue: QueuedRead[] = [];
+  let inFlight = 0;
+  let nextClient = 0;
+  const iterator = ranges[Symbol.asyncIterator]();
+  let current: ByteRange | undefined;
+  let exhausted = false;
+
+  // Splits ranges into requests lazily, so a huge cycle never becomes a huge array.
+  const fill = async (): Promise<void> => {
+    while (!exhausted && inFlight < maxInFlight && queue.length < maxInFlight * 4) {
+      if (!current || current.length === 0) {
+        const next = await iterator.next();
+        if (next.done) {
+          exhausted = true;
+          break;
+        }
+        current = { ...next.value };
+        continue;
+      }
+      const length = Math.min(current.length, current.zero ? MAX_ZERO_RANGE_BYTES : requestBytes);
+      const item: QueuedRead = { offset: current.offset, length, zero: current.zero };
+      current = { offset: current.offset + length, length: current.length - length, zero: current.zero };
+      if (!item.zero) {
+        const client = clients[nextClient++ % clients.length] ?? first;
+        inFlight++;
+        stats.readRequests++;
+        const data = client.read(item.offset, item.length).finally(() => inFlight--);
+        data.catch(() => undefined); // observed when dequeued; avoids an unhandled rejection meanwhile
+        item.data = data;
+      }
+      queue.push(item);
+    }
+  };
+
+  try {
+    for (;;) {
+      await fill();
+      const item = queue.shift();
+      if (!item) return;
+      if (item.zero || !item.data) {
+        stats.extents++;
+        stats.zeroBytes += item.length;
+        yield { kind: "zero", offset: item.offset, length: item.length };
+        continue;
+      }
+      const buf = await item.data;
+      for (let at = 0; at < buf.length; at += pieceBytes) {
+        const piece = buf.subarray(at, Math.min(buf.length, at + pieceBytes));
+        stats.extents++;
+        if (detectZeroes && piece.equals(zeroes.subarray(0, piece.length))) {
+          stats.zeroBytes += piece.length;
+          yield { kind: "zero", offset: item.offset + at, length: piece.length };
+        } else {
+          stats.dataBytes += piece.length;
+          yield { kind: "data", offset: item.offset + at, length: piece.length, data: piece };
+        }
+        // Start the next reads while the consumer works on this piece.
+        await fill();
+      }
+    }
+  } finally {
+    for (const q of queue) q.data?.catch(() => undefined);
+    await iterator.return?.();
+  }
+}

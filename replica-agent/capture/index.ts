@@ -1,0 +1,12 @@
+export { CaptureCycle, DiskCycle, type Consistency, type CycleKind } from "./captureCycle.js";
+export {
+  CaptureNotEnabledError,
+  CycleFinishedError,
+  CycleInProgressError,
+  DiskNodeNotFoundError,
+  DiskResizedDuringCutoffError,
+  ResyncRequiredError,
+} from "./errors.js";
+export type { ByteRange, CaptureExtent, ExtentReadOptions, ExtentReadStats } from "./extentReader.js";
+export type { DiskReport } from "./reconcile.js";
+export { VmCapture, type CaptureDiskConfig, type Quiescer, type ReconcileReport, type VmCaptureOptions, type VmCaptureStatus } from "./vmCapture.js";
