@@ -12,6 +12,8 @@ export async function applyExtentsToRaw(rawPath: string, sizeBytes: number, exte
   });
   const totals = { data: 0, zero: 0, extents: 0 };
   try {
+    // A new file reads as zeroes already: zero ranges need no writes (extents of a cycle never overlap).
+    const fresh = (await fh.stat()).size === 0;
     await fh.truncate(sizeBytes);
     const zeroes = Buffer.alloc(4 * 1024 * 1024);
     for await (const e of extents) {
@@ -21,13 +23,13 @@ export async function applyExtentsToRaw(rawPath: string, sizeBytes: number, exte
         if (e.data.length !== e.length) throw new Error(`extent at ${e.offset}: length ${e.length} but ${e.data.length} bytes`);
         await fh.write(e.data, 0, e.length, e.offset);
         totals.data += e.length;
-      } else {
+      } else if (!fresh) {
         for (let at = 0; at < e.length; at += zeroes.length) {
           const n = Math.min(zeroes.length, e.length - at);
           await fh.write(zeroes, 0, n, e.offset + at);
         }
-        totals.zero += e.length;
       }
+      if (e.kind === "zero") totals.zero += e.length;
     }
   } finally {
     await fh.close();

@@ -1,0 +1,71 @@
+import { join } from "node:path";
+import { VmCapture } from "../replica-agent/capture/index.js";
+import { QmpClient } from "../src/qemu/qmp/index.js";
+import { runTool, startStorageDaemonVm } from "../src/qemu/processes/index.js";
+import { makeTmpDir } from "../src/common/tmpDir.js";
+import type { BenchContext, BenchResult } from "./report.js";
+
+const MiB = 1024 * 1024;
+
+/**
+ * capture-read: MiB/s of dirty extents read through our NBD client from a fleece export whose
+ * every block is dirty, against nbdcopy copying the same export to null: in the same run.
+ */
+export async function captureRead(ctx: BenchContext): Promise<BenchResult[]> {
+  const sizeMiB = ctx.quick ? 256 : 2048;
+  const rounds = 3;
+  const tmp = makeTmpDir("qr-bench-");
+  const vm = await startStorageDaemonVm(tmp.path, [{ id: "vda", sizeBytes: sizeMiB * MiB }]);
+  const qmp = await QmpClient.connect({ socketPath: vm.qmpSocketPath });
+  try {
+    const capture = await VmCapture.open({
+      vmId: "bench",
+      qmp,
+      disks: [{ id: "vda", node: "node-vda" }],
+      stateDir: join(tmp.path, "state"),
+      nbdSocketPath: vm.nbdSocketPath,
+    });
+    const full = await capture.enable();
+    for await (const _ of full.disks[0]!.extents());
+    await full.confirm();
+    ctx.log(`dirtying all ${sizeMiB} MiB`);
+    await vm.guestWrite("vda", [`write -P 0x5a 0 ${sizeMiB}M`]);
+    const cycle = await capture.beginCycle();
+    const disk = cycle.disks[0]!;
+    if (disk.dirtyBytes !== sizeMiB * MiB) throw new Error(`expected ${sizeMiB} MiB dirty, bitmap says ${disk.dirtyBytes}`);
+    const uri = `nbd+unix:///qreplica-vda-${cycle.seq}?socket=${vm.nbdSocketPath}`;
+
+    const ours: number[] = [];
+    const theirs: number[] = [];
+    for (let i = 0; i < rounds; i++) {
+      let t = process.hrtime.bigint();
+      await runTool("nbdcopy", [uri, "null:"]);
+      theirs.push(sizeMiB / (Number(process.hrtime.bigint() - t) / 1e9));
+      t = process.hrtime.bigint();
+      let bytes = 0;
+      for await (const e of disk.extents()) bytes += e.length;
+      ours.push(bytes / MiB / (Number(process.hrtime.bigint() - t) / 1e9));
+      if (bytes !== sizeMiB * MiB) throw new Error(`read ${bytes} bytes, expected ${sizeMiB * MiB}`);
+      ctx.log(`round ${i + 1}: qreplica ${ours[i]!.toFixed(0)} MiB/s, nbdcopy ${theirs[i]!.toFixed(0)} MiB/s`);
+    }
+    await cycle.confirm();
+    const value = Math.max(...ours);
+    const baseline = Math.max(...theirs);
+    return [
+      {
+        name: "capture-read",
+        description: `dirty extents read from a fleece export (${sizeMiB} MiB, all dirty, best of ${rounds})`,
+        value,
+        unit: "MiB/s",
+        baseline,
+        baselineDescription: "nbdcopy of the same export to null:",
+        ratio: value / baseline,
+        goal: ">= 1.0x",
+      },
+    ];
+  } finally {
+    await qmp.close();
+    await vm.proc.kill();
+    tmp.cleanup();
+  }
+}

@@ -1,0 +1,38 @@
+import { writeFileSync } from "node:fs";
+import { Command } from "commander";
+import { captureRead } from "./captureRead.js";
+import { formatResult, type BenchResult, type Benchmark } from "./report.js";
+
+const benchmarks: Record<string, Benchmark> = {
+  "capture-read": captureRead,
+};
+
+const program = new Command()
+  .name("bench")
+  .description("Runs qreplica's benchmarks; each figure is printed beside a baseline measured in the same run")
+  .option("--json <file>", "also write the results as JSON to FILE")
+  .option("--quick", "smaller data sets", false)
+  .option("--only <names>", "comma-separated benchmark names")
+  .parse();
+
+const opts = program.opts<{ json?: string; quick: boolean; only?: string }>();
+const selected = opts.only ? opts.only.split(",") : Object.keys(benchmarks);
+const results: BenchResult[] = [];
+for (const name of selected) {
+  const bench = benchmarks[name];
+  if (!bench) {
+    console.error(`unknown benchmark '${name}'; known: ${Object.keys(benchmarks).join(", ")}`);
+    process.exit(2);
+  }
+  const started = Date.now();
+  const out = await bench({ quick: opts.quick, log: (m) => console.error(`[${name}] ${m}`) });
+  for (const r of out) {
+    console.log(formatResult(r));
+    results.push(r);
+  }
+  console.error(`[${name}] done in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+}
+if (opts.json) {
+  const json = Object.fromEntries(results.map((r) => [r.name, { value: r.value, unit: r.unit, baseline: r.baseline, ratio: r.ratio }]));
+  writeFileSync(opts.json, JSON.stringify(json, null, 2) + "\n");
+}
