@@ -1,0 +1,38 @@
+import { QreplicaError } from "../common/errors.js";
+
+/** Writing a recovery point failed; the partial overlay is discarded, nothing committed. */
+export class StorageWriteError extends QreplicaError {
+  readonly code = "STORAGE_WRITE_FAILED" as const;
+  constructor(
+    readonly vmId: string,
+    readonly diskId: string,
+    detail: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`replica storage for VM ${vmId} disk ${diskId}: ${detail}`, options);
+  }
+}
+
+/** An extent that does not fit the disk as announced at the cut-off. */
+export class ExtentOutOfRangeError extends QreplicaError {
+  readonly code = "EXTENT_OUT_OF_RANGE" as const;
+  constructor(
+    readonly diskId: string,
+    readonly offset: number,
+    readonly length: number,
+    readonly sizeBytes: number,
+  ) {
+    super(`extent ${offset}+${length} of disk ${diskId} ends beyond the disk size ${sizeBytes} announced at the cut-off`);
+  }
+}
+
+/** The chain on disk does not match what the ledger says was committed. */
+export class ChainMismatchError extends QreplicaError {
+  readonly code = "CHAIN_MISMATCH" as const;
+  constructor(
+    readonly path: string,
+    detail: string,
+  ) {
+    super(`replica chain ${path}: ${detail}`);
+  }
+}

@@ -1,0 +1,141 @@
+import { createHash } from "node:crypto";
+import { closeSync, fsyncSync, openSync } from "node:fs";
+import { silentLogger, type Logger } from "../common/logger.js";
+import { NbdClient } from "../qemu/nbd/index.js";
+import type { SiteStorageDaemon } from "./siteStorageDaemon.js";
+import { ExtentOutOfRangeError, StorageWriteError } from "./errors.js";
+
+const MAX_IN_FLIGHT = 8;
+const MAX_ZERO_REQUEST = 1024 * 1024 * 1024;
+
+/**
+ * Writes one disk's share of a recovery point into its (still partial) overlay through the site's
+ * storage daemon: a writable NBD export of the overlay node, several writes in flight.
+ */
+export class DiskPointWriter {
+  private readonly pending = new Set<Promise<void>>();
+  private failure: Error | undefined;
+  private closed = false;
+
+  private constructor(
+    readonly vmId: string,
+    readonly diskId: string,
+    readonly imagePath: string,
+    readonly sizeBytes: number,
+    private readonly daemon: SiteStorageDaemon,
+    private readonly nodeName: string,
+    private readonly client: NbdClient,
+    private readonly logger: Logger,
+  ) {}
+
+  static async open(
+    daemon: SiteStorageDaemon,
+    opts: { vmId: string; diskId: string; imagePath: string; sizeBytes: number; logger?: Logger },
+  ): Promise<DiskPointWriter> {
+    // QEMU node names are limited to 31 characters; VM and disk ids are not.
+    const nodeName = `w${createHash("sha256").update(`${opts.vmId}/${opts.diskId}`).digest("hex").slice(0, 24)}`;
+    const logger = opts.logger ?? silentLogger;
+    // A writer left over from an interrupted cycle would hold the node name and the image lock.
+    await detach(daemon, nodeName).catch(() => undefined);
+    await daemon.qmp.execute("blockdev-add", {
+      driver: "qcow2",
+      "node-name": nodeName,
+      file: { driver: "file", filename: opts.imagePath },
+    });
+    try {
+      await daemon.qmp.execute("block-export-add", { type: "nbd", id: nodeName, "node-name": nodeName, name: nodeName, writable: true });
+      const client = await NbdClient.connect({ socketPath: daemon.nbdSocketPath, exportName: nodeName });
+      return new DiskPointWriter(opts.vmId, opts.diskId, opts.imagePath, opts.sizeBytes, daemon, nodeName, client, logger);
+    } catch (err) {
+      await detach(daemon, nodeName).catch(() => undefined);
+      throw new StorageWriteError(opts.vmId, opts.diskId, `cannot open ${opts.imagePath} for writing`, { cause: err });
+    }
+  }
+
+  get maxWriteBytes(): number {
+    return this.client.maxRequestBytes;
+  }
+
+  async write(offset: number, data: Buffer): Promise<void> {
+    this.checkRange(offset, data.length);
+    for (let at = 0; at < data.length; at += this.client.maxRequestBytes) {
+      const piece = data.subarray(at, Math.min(data.length, at + this.client.maxRequestBytes));
+      await this.submit(() => this.client.write(offset + at, piece));
+    }
+  }
+
+  async writeZeroes(offset: number, length: number): Promise<void> {
+    this.checkRange(offset, length);
+    for (let at = 0; at < length; at += MAX_ZERO_REQUEST) {
+      const n = Math.min(MAX_ZERO_REQUEST, length - at);
+      await this.submit(() => this.client.writeZeroes(offset + at, n));
+    }
+  }
+
+  /** Everything written reaches stable storage: NBD flush, detach from QEMU, fsync of the file. */
+  async finish(): Promise<void> {
+    await this.drain();
+    try {
+      await this.client.flush();
+    } catch (err) {
+      throw this.fail(new StorageWriteError(this.vmId, this.diskId, "flush failed", { cause: err }));
+    } finally {
+      await this.close();
+    }
+    const fd = openSync(this.imagePath, "r");
+    try {
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  /** Stops writing; the caller deletes the partial image. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await Promise.allSettled([...this.pending]);
+    await this.client.disconnect().catch(() => undefined);
+    await detach(this.daemon, this.nodeName).catch((err: unknown) => this.logger.warn({ err, node: this.nodeName }, "detach failed"));
+  }
+
+  private async submit(op: () => Promise<void>): Promise<void> {
+    if (this.failure) throw this.failure;
+    while (this.pending.size >= MAX_IN_FLIGHT) await Promise.race(this.pending);
+    if (this.failure) throw this.failure;
+    const p: Promise<void> = op()
+      .catch((err: unknown) => {
+        this.fail(new StorageWriteError(this.vmId, this.diskId, "write failed", { cause: err }));
+      })
+      .finally(() => this.pending.delete(p));
+    this.pending.add(p);
+  }
+
+  private async drain(): Promise<void> {
+    await Promise.all([...this.pending]);
+    if (this.failure) throw this.failure;
+  }
+
+  private fail(err: Error): Error {
+    this.failure ??= err;
+    return this.failure;
+  }
+
+  private checkRange(offset: number, length: number): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.sizeBytes) {
+      throw new ExtentOutOfRangeError(this.diskId, offset, length, this.sizeBytes);
+    }
+  }
+}
+
+async function detach(daemon: SiteStorageDaemon, nodeName: string): Promise<void> {
+  const exports = await daemon.qmp.execute<Array<{ id: string }>>("query-block-exports");
+  if (exports.some((e) => e.id === nodeName)) {
+    const gone = daemon.qmp.waitForEvent("BLOCK_EXPORT_DELETED", (d) => d.id === nodeName, 30_000);
+    gone.catch(() => undefined);
+    await daemon.qmp.execute("block-export-del", { id: nodeName, mode: "hard" });
+    await gone;
+  }
+  const nodes = await daemon.qmp.execute<Array<{ "node-name": string }>>("query-named-block-nodes", { flat: true });
+  if (nodes.some((n) => n["node-name"] === nodeName)) await daemon.qmp.execute("blockdev-del", { "node-name": nodeName });
+}

@@ -1,0 +1,165 @@
+import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, renameSync, rmSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
+import { silentLogger, type Logger } from "../common/logger.js";
+import { createImage, runTool } from "../qemu/processes/index.js";
+import { DiskPointWriter } from "./pointWriter.js";
+import type { SiteStorageDaemon } from "./siteStorageDaemon.js";
+
+export interface PointDiskSpec {
+  diskId: string;
+  sizeBytes: number;
+  /** The committed image this point's overlay builds on; none for a full (initial) point. */
+  parentImage?: string;
+}
+
+export interface CommittedPointImages {
+  seq: number;
+  disks: Array<{ diskId: string; imagePath: string; sizeBytes: number }>;
+}
+
+const PARTIAL = ".partial";
+
+/**
+ * Replica qcow2 chains, one per replicated disk: `base.qcow2 <- rp-<seq>.qcow2 <- ...`.
+ * A point is written into `*.partial` overlays and becomes visible only by renaming them after
+ * everything is flushed and fsynced, so a crash at any moment leaves a point whole or absent.
+ * Which points exist is the ledger's word; files it does not know are orphans and are removed.
+ */
+export class ReplicaStorage {
+  private readonly logger: Logger;
+
+  constructor(
+    readonly root: string,
+    private readonly daemon: SiteStorageDaemon,
+    logger?: Logger,
+  ) {
+    this.logger = logger ?? silentLogger;
+    mkdirSync(root, { recursive: true });
+  }
+
+  diskDir(vmId: string, diskId: string): string {
+    return join(this.root, safeSegment(vmId), safeSegment(diskId));
+  }
+
+  pointImagePath(vmId: string, diskId: string, seq: number, full: boolean): string {
+    return join(this.diskDir(vmId, diskId), full ? "base.qcow2" : `rp-${String(seq).padStart(8, "0")}.qcow2`);
+  }
+
+  async beginPoint(vmId: string, seq: number, disks: PointDiskSpec[]): Promise<PointWrite> {
+    const writers: DiskPointWriter[] = [];
+    const targets: Array<{ partial: string; final: string; diskId: string; sizeBytes: number }> = [];
+    try {
+      for (const d of disks) {
+        const full = d.parentImage === undefined;
+        const final = this.pointImagePath(vmId, d.diskId, seq, full);
+        const partial = final + PARTIAL;
+        mkdirSync(dirname(final), { recursive: true });
+        rmSync(partial, { force: true });
+        // Relative backing names keep a chain valid when the storage root is moved.
+        await createImage(partial, d.sizeBytes, full ? {} : { backing: basename(d.parentImage!), backingFormat: "qcow2" });
+        targets.push({ partial, final, diskId: d.diskId, sizeBytes: d.sizeBytes });
+        writers.push(await DiskPointWriter.open(this.daemon, { vmId, diskId: d.diskId, imagePath: partial, sizeBytes: d.sizeBytes, logger: this.logger }));
+      }
+    } catch (err) {
+      await Promise.allSettled(writers.map((w) => w.close()));
+      for (const t of targets) rmSync(t.partial, { force: true });
+      throw err;
+    }
+    return new PointWrite(vmId, seq, writers, targets, this.logger);
+  }
+
+  /** Deletes partial overlays and images the ledger does not list (crash leftovers). */
+  removeOrphans(vmId: string, committedImages: ReadonlySet<string>): string[] {
+    const removed: string[] = [];
+    let diskIds: string[];
+    try {
+      diskIds = readdirSync(join(this.root, safeSegment(vmId)));
+    } catch {
+      return removed;
+    }
+    for (const diskId of diskIds) {
+      const dir = join(this.root, safeSegment(vmId), diskId);
+      for (const f of readdirSync(dir)) {
+        const path = join(dir, f);
+        if (f.endsWith(PARTIAL) || (f.endsWith(".qcow2") && !committedImages.has(path))) {
+          rmSync(path, { force: true });
+          removed.push(path);
+        }
+      }
+    }
+    if (removed.length) this.logger.warn({ vm: vmId, removed }, "removed replica images the ledger does not know");
+    return removed;
+  }
+
+  /**
+   * Retention: folds the point `next` into the base below it, so the base becomes that point.
+   * Safe to repeat after a crash: the overlay is kept (`-d`) until the base holds its data.
+   */
+  async mergeIntoBase(basePath: string, nextPath: string, afterNextPath: string | undefined): Promise<void> {
+    await runTool("qemu-img", ["commit", "-q", "-d", "-b", basePath, nextPath]);
+    if (afterNextPath) await runTool("qemu-img", ["rebase", "-q", "-u", "-b", basename(basePath), "-F", "qcow2", afterNextPath]);
+    fsyncPath(basePath);
+    if (afterNextPath) fsyncPath(afterNextPath);
+    rmSync(nextPath, { force: true });
+    fsyncPath(dirname(basePath));
+  }
+}
+
+/** One recovery point being written: all disks of the VM at one cut-off. */
+export class PointWrite {
+  private done = false;
+
+  constructor(
+    readonly vmId: string,
+    readonly seq: number,
+    private readonly writers: DiskPointWriter[],
+    private readonly targets: Array<{ partial: string; final: string; diskId: string; sizeBytes: number }>,
+    private readonly logger: Logger,
+  ) {}
+
+  disk(diskId: string): DiskPointWriter | undefined {
+    return this.writers.find((w) => w.diskId === diskId);
+  }
+
+  /** Makes the point durable and visible. The caller records it in the ledger next. */
+  async commit(): Promise<CommittedPointImages> {
+    this.done = true;
+    try {
+      for (const w of this.writers) await w.finish();
+    } catch (err) {
+      await this.discard();
+      throw err;
+    }
+    for (const t of this.targets) renameSync(t.partial, t.final);
+    for (const dir of new Set(this.targets.map((t) => dirname(t.final)))) fsyncPath(dir);
+    return { seq: this.seq, disks: this.targets.map((t) => ({ diskId: t.diskId, imagePath: t.final, sizeBytes: t.sizeBytes })) };
+  }
+
+  async discard(): Promise<void> {
+    this.done = true;
+    await Promise.allSettled(this.writers.map((w) => w.close()));
+    for (const t of this.targets) rmSync(t.partial, { force: true });
+    this.logger.info({ vm: this.vmId, seq: this.seq }, "partial point discarded");
+  }
+
+  get finished(): boolean {
+    return this.done;
+  }
+}
+
+function fsyncPath(path: string): void {
+  const fd = openSync(path, "r");
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Ids become directory names: nothing that could escape the storage root. */
+export function safeSegment(id: string): string {
+  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(id)) {
+    throw new Error(`'${id}' is not a valid VM or disk id: use letters, digits, '.', '_' and '-' (at most 128, not starting with a symbol)`);
+  }
+  return id;
+}
