@@ -30,3 +30,5 @@ export { assertLedgerIntact, verifyLedger, type VerifiableLedger } from "./verif
 export { getInMemoryEventStore, type InMemoryEventStoreOptions } from "./memory/inMemoryEventStore.js";
 export { getSqliteEventStore, type SqliteEventStore, type SqliteEventStoreOptions } from "./sqlite/sqliteEventStore.js";
 export { LEDGER_SCHEMA_VERSION } from "./sqlite/schema.js";
+export * from "./domain/index.js";
+export * from "./projections/index.js";

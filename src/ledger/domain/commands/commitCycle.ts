@@ -1,0 +1,102 @@
+import { InvalidCommandInputError, OutOfOrderCycleError } from "../errors.js";
+import { pointIdFor, relationshipEvent, type Consistency, type CycleKind, type PointDisk, type RelationshipEvent } from "../events.js";
+import {
+  requireConsistency,
+  requireCount,
+  requireEnabled,
+  requireGeneration,
+  requireNextCycle,
+  requirePointDisks,
+  requireState,
+  requireTime,
+} from "../guards.js";
+import type { RelationshipState } from "../relationship.js";
+import type { ReplicationStateName } from "../states.js";
+
+export interface CommitCycleInput {
+  cycleSeq: number;
+  kind: CycleKind;
+  generation: number;
+  cutoffAt: string;
+  committedAt: string;
+  consistency: Consistency;
+  /** Every replicated disk, with this point's own image (base for the full cycle, else its overlay). */
+  disks: PointDisk[];
+  dataBytes: number;
+  zeroBytes: number;
+  wireBytes: number;
+  extents: number;
+  durationMs: number;
+}
+
+const COMMAND = "commitCycle";
+
+/** Each kind of cycle belongs to exactly one state; a mismatch means the sender is confused. */
+const STATE_FOR_KIND: Record<CycleKind, ReplicationStateName> = {
+  full: "initial-replication-in-progress",
+  incremental: "replicating",
+  resync: "resynchronising",
+};
+
+/**
+ * Called only once the point's data is durable on the replica; the events returned are appended
+ * in one append, so a point is recorded together with its cycle or not at all (invariant 5).
+ */
+export function commitCycle(s: RelationshipState, input: CommitCycleInput): RelationshipEvent[] {
+  const kind = input.kind;
+  if (kind !== "full" && kind !== "incremental" && kind !== "resync") {
+    throw new InvalidCommandInputError(`${COMMAND}: kind must be full, incremental or resync, got ${String(kind)}`);
+  }
+  const cycleSeq = requireCount(COMMAND, "cycleSeq", input.cycleSeq, 1);
+  const generation = requireCount(COMMAND, "generation", input.generation, 1);
+  const cutoffAt = requireTime(COMMAND, "cutoffAt", input.cutoffAt);
+  const committedAt = requireTime(COMMAND, "committedAt", input.committedAt);
+  const consistency = requireConsistency(COMMAND, input.consistency);
+  const stats = {
+    dataBytes: requireCount(COMMAND, "dataBytes", input.dataBytes),
+    zeroBytes: requireCount(COMMAND, "zeroBytes", input.zeroBytes),
+    wireBytes: requireCount(COMMAND, "wireBytes", input.wireBytes),
+    extents: requireCount(COMMAND, "extents", input.extents),
+    durationMs: requireCount(COMMAND, "durationMs", input.durationMs),
+  };
+
+  const command = `${COMMAND}(${kind})`;
+  requireEnabled(s, command, [STATE_FOR_KIND[kind]]);
+  // Before the state check: an old primary talking to a failed-over VM must hear "stale".
+  requireGeneration(s, generation);
+  requireState(s, command, [STATE_FOR_KIND[kind]], hintFor(s, kind));
+  const disks = requirePointDisks(COMMAND, s, input.disks);
+  if (kind === "incremental") {
+    requireNextCycle(s, cycleSeq);
+  } else if (s.inFlight?.cycleSeq !== cycleSeq) {
+    throw new OutOfOrderCycleError(s.vmId, cycleSeq, s.lastCycleSeq, s.inFlight?.cycleSeq);
+  }
+  if (cutoffAt > committedAt) {
+    throw new InvalidCommandInputError(`${COMMAND}: cycle ${cycleSeq} is committed at ${committedAt}, before its cut-off ${cutoffAt}`);
+  }
+  const lastPoint = s.points.at(-1);
+  if (lastPoint && cutoffAt < lastPoint.cutoffAt) {
+    throw new InvalidCommandInputError(
+      `${COMMAND}: cycle ${cycleSeq} has cut-off ${cutoffAt}, before the latest point ${lastPoint.pointId} (${lastPoint.cutoffAt})`,
+    );
+  }
+
+  const pointId = pointIdFor(cycleSeq);
+  const events: RelationshipEvent[] = [
+    relationshipEvent("CycleCommitted", { cycleSeq, kind, generation, cutoffAt, committedAt, consistency, disks, ...stats }),
+    relationshipEvent("RecoveryPointCreated", { pointId, cycleSeq, cutoffAt, consistency, disks }),
+  ];
+  if (kind === "full") events.push(relationshipEvent("InitialReplicationCompleted", { cycleSeq, pointId }));
+  if (kind === "resync") events.push(relationshipEvent("ResyncCompleted", { cycleSeq, pointId }));
+  return events;
+}
+
+function hintFor(s: RelationshipState, kind: CycleKind): string | undefined {
+  if (kind === "incremental" && s.state === "initial-replication-in-progress") {
+    return "Only the full initial cycle can be committed until the initial replication completes.";
+  }
+  if (kind !== "incremental" && s.state === "replicating") {
+    return `VM ${s.vmId} is already in sync; send an incremental cycle.`;
+  }
+  return undefined;
+}

@@ -1,0 +1,142 @@
+/**
+ * Refusals of the relationship aggregate. Each names the VM and says what the operator (or the
+ * calling component) can do next, because these messages end up in the CLI verbatim.
+ */
+import { QreplicaError } from "../../common/errors.js";
+import type { ReplicationStateName } from "./states.js";
+
+/** What the operator can do from each state, used when a command is not allowed there. */
+export const NEXT_STEP: Readonly<Record<ReplicationStateName, string>> = {
+  "not-enabled": "Enable replication first.",
+  "ready-for-initial-replication": "Start the initial replication first.",
+  "initial-replication-in-progress": "Wait for the initial replication to complete (or fail the initial cycle and start it again).",
+  replicating: "Replication is running; no recovery action is needed.",
+  paused: "Resume replication first.",
+  "resync-required": "Run a resynchronisation first.",
+  resynchronising: "Wait for the resynchronisation to finish.",
+  "prepared-for-planned-failover": "Fail over, or cancel the planned failover first.",
+  "failed-over-waiting-completion": "Complete or cancel the failover first.",
+  "failed-over": "Start reverse replication to protect the VM again.",
+};
+
+export class InvalidTransitionError extends QreplicaError {
+  readonly code = "INVALID_TRANSITION" as const;
+
+  constructor(
+    readonly vmId: string,
+    readonly state: ReplicationStateName,
+    readonly command: string,
+    readonly allowedStates: readonly ReplicationStateName[],
+    hint?: string,
+  ) {
+    super(
+      `VM ${vmId} is in state ${state}; ${command} needs ${allowedStates.join(" or ")}. ${hint ?? NEXT_STEP[state]}`,
+    );
+  }
+}
+
+/**
+ * A message carries a generation other than the relationship's. Refusing it, rather than probing
+ * the other site, is what keeps two sites from accepting writes in the same generation.
+ */
+export class StaleGenerationError extends QreplicaError {
+  readonly code = "STALE_GENERATION" as const;
+
+  constructor(
+    readonly vmId: string,
+    readonly presentedGeneration: number,
+    readonly currentGeneration: number,
+  ) {
+    super(
+      presentedGeneration < currentGeneration
+        ? `VM ${vmId}: refused a message of generation ${presentedGeneration}; the relationship is at generation ` +
+            `${currentGeneration}. The sender is an old primary (a failover happened since): it must not resume the VM ` +
+            `or send more changes. Shut it down and protect the VM again by reverse replication from the current primary.`
+        : `VM ${vmId}: refused a message of generation ${presentedGeneration}; this site's ledger is only at generation ` +
+            `${currentGeneration}. This ledger is behind (restored from an old backup?) or the sender is misconfigured; ` +
+            `do not resume the VM here until the two sites agree on the generation.`,
+    );
+  }
+}
+
+export class OutOfOrderCycleError extends QreplicaError {
+  readonly code = "OUT_OF_ORDER_CYCLE" as const;
+
+  constructor(
+    readonly vmId: string,
+    readonly cycleSeq: number,
+    readonly lastCycleSeq: number,
+    readonly expectedCycleSeq?: number,
+  ) {
+    super(
+      expectedCycleSeq !== undefined
+        ? `VM ${vmId}: cycle ${cycleSeq} does not match cycle ${expectedCycleSeq}, the one that was started. ` +
+            `Discard it; the agent must fail the cycle so its changed blocks go into the next one.`
+        : `VM ${vmId}: cycle ${cycleSeq} arrives after cycle ${lastCycleSeq} was recorded; cycles are recorded in ` +
+            `increasing order. It is a duplicate or a delayed delivery: discard it; the agent must fail the cycle so ` +
+            `its changed blocks go into the next one.`,
+    );
+  }
+}
+
+/** Retention must not rewrite images a running test VM reads (DESIGN: merges below K wait). */
+export class MergeBlockedByTestFailoverError extends QreplicaError {
+  readonly code = "MERGE_BLOCKED_BY_TEST_FAILOVER" as const;
+
+  constructor(
+    readonly vmId: string,
+    readonly pointId: string,
+    readonly intoPointId: string,
+    readonly testIds: readonly string[],
+  ) {
+    super(
+      `VM ${vmId}: merging recovery point ${pointId} into ${intoPointId} would rewrite images under running test ` +
+        `failover(s) ${testIds.join(", ")}. The merge waits: it runs once the test failover is stopped.`,
+    );
+  }
+}
+
+export class MergeInProgressError extends QreplicaError {
+  readonly code = "MERGE_IN_PROGRESS" as const;
+
+  constructor(
+    readonly vmId: string,
+    readonly pointId: string,
+    readonly intoPointId: string,
+  ) {
+    super(
+      `VM ${vmId}: the merge of recovery point ${pointId} into ${intoPointId} is still in progress. ` +
+        `Finish it (completeMerge) before starting another.`,
+    );
+  }
+}
+
+export class NoSuchMergeError extends QreplicaError {
+  readonly code = "NO_SUCH_MERGE" as const;
+
+  constructor(
+    readonly vmId: string,
+    readonly pointId: string,
+  ) {
+    super(`VM ${vmId}: no merge of recovery point ${pointId} is in progress, so there is nothing to complete.`);
+  }
+}
+
+/** A command's input is malformed: a bug in the caller, never retried. */
+export class InvalidCommandInputError extends QreplicaError {
+  readonly code = "INVALID_COMMAND_INPUT" as const;
+}
+
+export class UnknownRelationshipEventError extends QreplicaError {
+  readonly code = "UNKNOWN_EVENT_TYPE" as const;
+
+  constructor(
+    readonly eventType: string,
+    readonly stream: string,
+  ) {
+    super(
+      `Event type "${eventType}" in "${stream}" is unknown to this version of qreplica. ` +
+        `It was probably written by a newer version: upgrade before operating on this VM.`,
+    );
+  }
+}

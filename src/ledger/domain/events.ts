@@ -1,0 +1,157 @@
+/**
+ * The events of one replication relationship, stored in stream `replication-<vmId>`.
+ *
+ * Event data is plain JSON because the store hashes the stored bytes and refuses anything that
+ * would not read back identically: byte counts and sequence numbers are safe-integer numbers (a
+ * disk over 8 PiB is not a concern; bigint is refused by the store), times are ISO-8601 strings.
+ *
+ * Events are facts and are never rewritten, so a field may be added later only as optional.
+ */
+import type { NewEvent, RecordedEvent } from "../eventStore.js";
+import { UnknownRelationshipEventError } from "./errors.js";
+
+export const RELATIONSHIP_STREAM_PREFIX = "replication-";
+
+export function relationshipStream(vmId: string): string {
+  return `${RELATIONSHIP_STREAM_PREFIX}${vmId}`;
+}
+
+/** The vmId of a relationship stream, `undefined` for any other stream. */
+export function vmIdOfStream(stream: string): string | undefined {
+  return stream.startsWith(RELATIONSHIP_STREAM_PREFIX) && stream.length > RELATIONSHIP_STREAM_PREFIX.length
+    ? stream.slice(RELATIONSHIP_STREAM_PREFIX.length)
+    : undefined;
+}
+
+/** One point per committed cycle, named after it, so storage and ledger agree without a lookup. */
+export function pointIdFor(cycleSeq: number): string {
+  return `rp-${cycleSeq}`;
+}
+
+export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
+export type JsonObject = { [key: string]: JsonValue };
+
+export type Consistency = "application" | "crash";
+export type CycleKind = "full" | "incremental" | "resync";
+export type FailoverKind = "planned" | "unplanned";
+
+export type DiskSpec = { diskId: string; sizeBytes: number };
+/** A disk as captured by one point: `imagePath` is that point's own image (base or overlay). */
+export type PointDisk = { diskId: string; sizeBytes: number; imagePath: string };
+
+/** Event type -> data. The single source of truth for the union below and the decoder's list. */
+export type RelationshipEventData = {
+  ReplicationEnabled: {
+    vmId: string;
+    primarySiteId: string;
+    replicaSiteId: string;
+    /** Certificate subject CN of the primary's agent: the only peer allowed to send cycles. */
+    primaryIdentity: string;
+    disks: DiskSpec[];
+    /** Opaque to the ledger; the site launches failover VMs from it. */
+    vmSpec: JsonObject;
+    retention: { maxPoints: number };
+    generation: number;
+  };
+  InitialReplicationStarted: { cycleSeq: number; cutoffAt: string };
+  CycleCommitted: {
+    cycleSeq: number;
+    kind: CycleKind;
+    generation: number;
+    cutoffAt: string;
+    committedAt: string;
+    consistency: Consistency;
+    disks: PointDisk[];
+    dataBytes: number;
+    zeroBytes: number;
+    wireBytes: number;
+    extents: number;
+    durationMs: number;
+  };
+  RecoveryPointCreated: {
+    pointId: string;
+    cycleSeq: number;
+    cutoffAt: string;
+    consistency: Consistency;
+    disks: PointDisk[];
+  };
+  InitialReplicationCompleted: { cycleSeq: number; pointId: string };
+  CycleFailed: { cycleSeq: number; generation: number; reason: string; message: string };
+  RecoveryPointMergeStarted: { pointId: string; intoPointId: string };
+  RecoveryPointMerged: { pointId: string; intoPointId: string; disks: { diskId: string; imagePath: string }[] };
+  ResyncRequired: { reason: string };
+  ResyncStarted: { cycleSeq: number; cutoffAt: string };
+  ResyncCompleted: { cycleSeq: number; pointId: string };
+  ReplicationPaused: { reason: string };
+  ReplicationResumed: Record<string, never>;
+  StaleGenerationRefused: { presentedGeneration: number; currentGeneration: number; peerIdentity: string };
+  // Reserved for the failover work: typed and folded now so the state machine is complete.
+  TestFailoverStarted: { testId: string; pointId: string; startedAt: string };
+  TestFailoverStopped: { testId: string; stoppedAt: string; durationMs: number };
+  /** Planned failover: the primary is shut down and its last cycle (`cycleSeq`) is committed. */
+  FailoverPrepared: { cycleSeq: number };
+  FailedOver: { pointId: string; generation: number; kind: FailoverKind };
+  FailoverCompleted: Record<string, never>;
+  FailoverCancelled: Record<string, never>;
+  /** The failed-over site becomes the primary; its agent's certificate CN is the new primary identity. */
+  ReverseReplicationStarted: { newPrimarySiteId: string; newPrimaryIdentity: string; generation: number };
+};
+
+export type RelationshipEventType = keyof RelationshipEventData;
+
+export type RelationshipEvent = {
+  [K in RelationshipEventType]: { type: K; data: RelationshipEventData[K] };
+}[RelationshipEventType];
+
+export type EventOfType<K extends RelationshipEventType> = Extract<RelationshipEvent, { type: K }>;
+
+// `satisfies` makes the compiler fail when an event type is added to the map but not here.
+const KNOWN_TYPES = {
+  ReplicationEnabled: true,
+  InitialReplicationStarted: true,
+  CycleCommitted: true,
+  RecoveryPointCreated: true,
+  InitialReplicationCompleted: true,
+  CycleFailed: true,
+  RecoveryPointMergeStarted: true,
+  RecoveryPointMerged: true,
+  ResyncRequired: true,
+  ResyncStarted: true,
+  ResyncCompleted: true,
+  ReplicationPaused: true,
+  ReplicationResumed: true,
+  StaleGenerationRefused: true,
+  TestFailoverStarted: true,
+  TestFailoverStopped: true,
+  FailoverPrepared: true,
+  FailedOver: true,
+  FailoverCompleted: true,
+  FailoverCancelled: true,
+  ReverseReplicationStarted: true,
+} as const satisfies Record<RelationshipEventType, true>;
+
+export const RELATIONSHIP_EVENT_TYPES: readonly RelationshipEventType[] = Object.keys(KNOWN_TYPES) as RelationshipEventType[];
+
+export function isRelationshipEventType(type: string): type is RelationshipEventType {
+  return Object.hasOwn(KNOWN_TYPES, type);
+}
+
+/** Builds an event with its type checked against its data at compile time. */
+export function relationshipEvent<K extends RelationshipEventType>(type: K, data: RelationshipEventData[K]): EventOfType<K> {
+  return { type, data } as EventOfType<K>;
+}
+
+export function encodeRelationshipEvent(event: RelationshipEvent, metadata?: Record<string, unknown>): NewEvent {
+  if (!isRelationshipEventType(event.type)) throw new UnknownRelationshipEventError(String(event.type), "append");
+  return { type: event.type, data: event.data as Record<string, unknown>, ...(metadata ? { metadata } : {}) };
+}
+
+/**
+ * Trusts the payload: it was decided by this code and is protected by the hash chain. Only the
+ * type is checked, because folding an event this version does not know would silently produce
+ * a wrong state (e.g. a failover written by a newer qreplica).
+ */
+export function decodeRelationshipEvent(recorded: Pick<RecordedEvent, "type" | "data" | "stream">): RelationshipEvent {
+  if (!isRelationshipEventType(recorded.type)) throw new UnknownRelationshipEventError(recorded.type, recorded.stream);
+  return { type: recorded.type, data: recorded.data } as RelationshipEvent;
+}

@@ -1,0 +1,66 @@
+/** Public surface of the relationship domain: events, aggregate, commands, command handler. */
+export {
+  RELATIONSHIP_EVENT_TYPES,
+  RELATIONSHIP_STREAM_PREFIX,
+  decodeRelationshipEvent,
+  encodeRelationshipEvent,
+  isRelationshipEventType,
+  pointIdFor,
+  relationshipEvent,
+  relationshipStream,
+  vmIdOfStream,
+  type Consistency,
+  type CycleKind,
+  type DiskSpec,
+  type EventOfType,
+  type FailoverKind,
+  type JsonObject,
+  type JsonValue,
+  type PointDisk,
+  type RelationshipEvent,
+  type RelationshipEventData,
+  type RelationshipEventType,
+} from "./events.js";
+export { REPLICATION_STATES, type ReplicationStateName } from "./states.js";
+export {
+  evolve,
+  foldRelationship,
+  initialRelationshipState,
+  type FailoverInfo,
+  type InFlightCycle,
+  type RecoveryPoint,
+  type RelationshipCounters,
+  type RelationshipFailure,
+  type RelationshipState,
+  type TestFailover,
+} from "./relationship.js";
+export {
+  InvalidCommandInputError,
+  InvalidTransitionError,
+  MergeBlockedByTestFailoverError,
+  MergeInProgressError,
+  NEXT_STEP,
+  NoSuchMergeError,
+  OutOfOrderCycleError,
+  StaleGenerationError,
+  UnknownRelationshipEventError,
+} from "./errors.js";
+export {
+  executeCommand,
+  loadRelationship,
+  type CommandResult,
+  type Decide,
+  type ExecuteCommandOptions,
+  type LoadedRelationship,
+} from "./commandHandler.js";
+export { enableReplication, type EnableReplicationInput } from "./commands/enableReplication.js";
+export { startInitialReplication, type StartInitialReplicationInput } from "./commands/startInitialReplication.js";
+export { commitCycle, type CommitCycleInput } from "./commands/commitCycle.js";
+export { failCycle, type FailCycleInput } from "./commands/failCycle.js";
+export { startMerge } from "./commands/startMerge.js";
+export { completeMerge, type CompleteMergeInput } from "./commands/completeMerge.js";
+export { markResyncRequired, type MarkResyncRequiredInput } from "./commands/markResyncRequired.js";
+export { startResync, type StartResyncInput } from "./commands/startResync.js";
+export { pause, type PauseInput } from "./commands/pause.js";
+export { resume } from "./commands/resume.js";
+export { refuseStaleGeneration, type RefuseStaleGenerationInput } from "./commands/refuseStaleGeneration.js";

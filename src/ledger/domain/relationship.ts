@@ -1,0 +1,302 @@
+/**
+ * The replication relationship aggregate: its state and the pure fold `evolve`. Decisions live in
+ * `commands/`, one file per command; they read this state and return events, never mutate it.
+ */
+import type {
+  Consistency,
+  DiskSpec,
+  FailoverKind,
+  JsonObject,
+  PointDisk,
+  RelationshipEvent,
+} from "./events.js";
+import type { ReplicationStateName } from "./states.js";
+
+export interface RecoveryPoint {
+  readonly pointId: string;
+  readonly cycleSeq: number;
+  readonly cutoffAt: string;
+  readonly consistency: Consistency;
+  readonly disks: readonly PointDisk[];
+  /** Set while this point (the oldest) is being merged away; it can no longer be opened. */
+  readonly merging: boolean;
+}
+
+export interface TestFailover {
+  readonly testId: string;
+  readonly pointId: string;
+  readonly startedAt: string;
+}
+
+/** A full or resync cycle announced by its Started event and not yet committed or failed. */
+export interface InFlightCycle {
+  readonly cycleSeq: number;
+  readonly kind: "full" | "resync";
+  readonly cutoffAt: string;
+}
+
+export interface FailoverInfo {
+  readonly kind: FailoverKind;
+  /** Undefined while a planned failover is only prepared. */
+  readonly pointId: string | undefined;
+  /** Where a cancelled failover returns to. */
+  readonly previousState: ReplicationStateName;
+}
+
+export interface RelationshipCounters {
+  readonly cyclesCommitted: number;
+  readonly cyclesFailed: number;
+  readonly consecutiveFailures: number;
+  readonly dataBytes: number;
+  readonly zeroBytes: number;
+  readonly wireBytes: number;
+  readonly mergesCompleted: number;
+  readonly staleGenerationRefusals: number;
+  readonly testFailoversStarted: number;
+}
+
+export interface RelationshipFailure {
+  readonly cycleSeq: number;
+  readonly reason: string;
+  readonly message: string;
+}
+
+export interface RelationshipState {
+  readonly vmId: string;
+  readonly state: ReplicationStateName;
+  /** 0 until enabled; incremented by every failover. */
+  readonly generation: number;
+  readonly primarySiteId: string | undefined;
+  readonly replicaSiteId: string | undefined;
+  readonly primaryIdentity: string | undefined;
+  /** Latest known sizes: a committed cycle may record a resized disk. */
+  readonly disks: readonly DiskSpec[];
+  readonly vmSpec: JsonObject;
+  readonly retention: { readonly maxPoints: number };
+  /** Highest cycle committed or failed; 0 before the first. */
+  readonly lastCycleSeq: number;
+  readonly inFlight: InFlightCycle | undefined;
+  /** Oldest first; the first point's images are the chain's base. */
+  readonly points: readonly RecoveryPoint[];
+  /** Keyed by testId: several test failovers may run at once, each on its own throwaway overlay. */
+  readonly testFailovers: Readonly<Record<string, TestFailover>>;
+  readonly failover: FailoverInfo | undefined;
+  readonly pauseReason: string | undefined;
+  readonly resyncReason: string | undefined;
+  readonly lastCommittedAt: string | undefined;
+  readonly lastFailure: RelationshipFailure | undefined;
+  readonly lastTestFailoverAt: string | undefined;
+  readonly counters: RelationshipCounters;
+}
+
+export function initialRelationshipState(vmId: string): RelationshipState {
+  return {
+    vmId,
+    state: "not-enabled",
+    generation: 0,
+    primarySiteId: undefined,
+    replicaSiteId: undefined,
+    primaryIdentity: undefined,
+    disks: [],
+    vmSpec: {},
+    retention: { maxPoints: 1 },
+    lastCycleSeq: 0,
+    inFlight: undefined,
+    points: [],
+    testFailovers: {},
+    failover: undefined,
+    pauseReason: undefined,
+    resyncReason: undefined,
+    lastCommittedAt: undefined,
+    lastFailure: undefined,
+    lastTestFailoverAt: undefined,
+    counters: {
+      cyclesCommitted: 0,
+      cyclesFailed: 0,
+      consecutiveFailures: 0,
+      dataBytes: 0,
+      zeroBytes: 0,
+      wireBytes: 0,
+      mergesCompleted: 0,
+      staleGenerationRefusals: 0,
+      testFailoversStarted: 0,
+    },
+  };
+}
+
+/**
+ * Pure and total: the ledger is the authority, so an event is applied as recorded, never judged.
+ * All checking happens in the commands before an event exists.
+ */
+export function evolve(s: RelationshipState, event: RelationshipEvent): RelationshipState {
+  const c = s.counters;
+  switch (event.type) {
+    case "ReplicationEnabled": {
+      const d = event.data;
+      return {
+        ...s,
+        state: "ready-for-initial-replication",
+        generation: d.generation,
+        primarySiteId: d.primarySiteId,
+        replicaSiteId: d.replicaSiteId,
+        primaryIdentity: d.primaryIdentity,
+        disks: d.disks.map((x) => ({ diskId: x.diskId, sizeBytes: x.sizeBytes })),
+        vmSpec: d.vmSpec,
+        retention: { maxPoints: d.retention.maxPoints },
+      };
+    }
+    case "InitialReplicationStarted":
+      return {
+        ...s,
+        state: "initial-replication-in-progress",
+        inFlight: { cycleSeq: event.data.cycleSeq, kind: "full", cutoffAt: event.data.cutoffAt },
+      };
+    case "CycleCommitted": {
+      const d = event.data;
+      return {
+        ...s,
+        lastCycleSeq: Math.max(s.lastCycleSeq, d.cycleSeq),
+        disks: d.disks.map((x) => ({ diskId: x.diskId, sizeBytes: x.sizeBytes })),
+        lastCommittedAt: d.committedAt,
+        counters: {
+          ...c,
+          cyclesCommitted: c.cyclesCommitted + 1,
+          consecutiveFailures: 0,
+          dataBytes: c.dataBytes + d.dataBytes,
+          zeroBytes: c.zeroBytes + d.zeroBytes,
+          wireBytes: c.wireBytes + d.wireBytes,
+        },
+      };
+    }
+    case "RecoveryPointCreated": {
+      const d = event.data;
+      const point: RecoveryPoint = {
+        pointId: d.pointId,
+        cycleSeq: d.cycleSeq,
+        cutoffAt: d.cutoffAt,
+        consistency: d.consistency,
+        disks: d.disks.map((x) => ({ ...x })),
+        merging: false,
+      };
+      return { ...s, points: [...s.points, point] };
+    }
+    case "InitialReplicationCompleted":
+      return { ...s, state: "replicating", inFlight: undefined };
+    case "CycleFailed": {
+      const d = event.data;
+      const failedInFlight = s.inFlight?.cycleSeq === d.cycleSeq;
+      const state: ReplicationStateName = !failedInFlight
+        ? s.state
+        : s.state === "initial-replication-in-progress"
+          ? "ready-for-initial-replication"
+          : s.state === "resynchronising"
+            ? "resync-required"
+            : s.state;
+      return {
+        ...s,
+        state,
+        inFlight: failedInFlight ? undefined : s.inFlight,
+        lastCycleSeq: Math.max(s.lastCycleSeq, d.cycleSeq),
+        lastFailure: { cycleSeq: d.cycleSeq, reason: d.reason, message: d.message },
+        counters: { ...c, cyclesFailed: c.cyclesFailed + 1, consecutiveFailures: c.consecutiveFailures + 1 },
+      };
+    }
+    case "RecoveryPointMergeStarted":
+      return {
+        ...s,
+        points: s.points.map((p) => (p.pointId === event.data.pointId ? { ...p, merging: true } : p)),
+      };
+    case "RecoveryPointMerged": {
+      const d = event.data;
+      const images = new Map(d.disks.map((x) => [x.diskId, x.imagePath]));
+      const points = s.points
+        .filter((p) => p.pointId !== d.pointId)
+        .map((p) =>
+          p.pointId === d.intoPointId
+            ? { ...p, disks: p.disks.map((x) => ({ ...x, imagePath: images.get(x.diskId) ?? x.imagePath })) }
+            : p,
+        );
+      return { ...s, points, counters: { ...c, mergesCompleted: c.mergesCompleted + 1 } };
+    }
+    case "ResyncRequired":
+      return { ...s, state: "resync-required", resyncReason: event.data.reason, inFlight: undefined };
+    case "ResyncStarted":
+      return {
+        ...s,
+        state: "resynchronising",
+        inFlight: { cycleSeq: event.data.cycleSeq, kind: "resync", cutoffAt: event.data.cutoffAt },
+      };
+    case "ResyncCompleted":
+      return { ...s, state: "replicating", inFlight: undefined, resyncReason: undefined };
+    case "ReplicationPaused":
+      return { ...s, state: "paused", pauseReason: event.data.reason };
+    case "ReplicationResumed":
+      return { ...s, state: "replicating", pauseReason: undefined };
+    case "StaleGenerationRefused":
+      return { ...s, counters: { ...c, staleGenerationRefusals: c.staleGenerationRefusals + 1 } };
+    case "TestFailoverStarted": {
+      const d = event.data;
+      return {
+        ...s,
+        testFailovers: { ...s.testFailovers, [d.testId]: { testId: d.testId, pointId: d.pointId, startedAt: d.startedAt } },
+        lastTestFailoverAt: d.startedAt,
+        counters: { ...c, testFailoversStarted: c.testFailoversStarted + 1 },
+      };
+    }
+    case "TestFailoverStopped": {
+      const { [event.data.testId]: _stopped, ...rest } = s.testFailovers;
+      return { ...s, testFailovers: rest };
+    }
+    case "FailoverPrepared":
+      return {
+        ...s,
+        state: "prepared-for-planned-failover",
+        failover: { kind: "planned", pointId: undefined, previousState: s.state },
+      };
+    case "FailedOver":
+      return {
+        ...s,
+        state: "failed-over-waiting-completion",
+        // Never lowered, not even by a cancel: a generation number is never reused.
+        generation: Math.max(s.generation, event.data.generation),
+        inFlight: undefined,
+        failover: {
+          kind: event.data.kind,
+          pointId: event.data.pointId,
+          previousState: s.failover?.previousState ?? s.state,
+        },
+      };
+    case "FailoverCompleted":
+      // As Complete-VMFailover: the failed-over VM keeps its disks, the other points are gone.
+      return { ...s, state: "failed-over", points: [], inFlight: undefined };
+    case "FailoverCancelled":
+      return { ...s, state: s.failover?.previousState ?? "replicating", failover: undefined };
+    case "ReverseReplicationStarted": {
+      const d = event.data;
+      const oldPrimary = s.primarySiteId;
+      return {
+        ...s,
+        state: "ready-for-initial-replication",
+        generation: Math.max(s.generation, d.generation),
+        primarySiteId: d.newPrimarySiteId,
+        replicaSiteId: d.newPrimarySiteId === s.replicaSiteId ? oldPrimary : s.replicaSiteId,
+        primaryIdentity: d.newPrimaryIdentity,
+        points: [],
+        inFlight: undefined,
+        failover: undefined,
+      };
+    }
+    default:
+      return assertNever(event);
+  }
+}
+
+export function foldRelationship(vmId: string, events: Iterable<RelationshipEvent>): RelationshipState {
+  let s = initialRelationshipState(vmId);
+  for (const e of events) s = evolve(s, e);
+  return s;
+}
+
+function assertNever(x: never): never {
+  throw new Error(`unhandled relationship event ${JSON.stringify(x)}`);
+}

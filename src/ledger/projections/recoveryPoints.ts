@@ -1,0 +1,158 @@
+/**
+ * The recovery-point catalogue of one VM: which points exist and, per disk, the chain of images
+ * (base first) that opens each of them. A fold of the VM's stream, rebuildable at any time.
+ *
+ * Kept independent of the aggregate's fold on purpose: it is what operators and the failover
+ * code read, and it must stay cheap and obviously correct for that one question.
+ */
+import type { EventStore, RecordedEvent } from "../eventStore.js";
+import {
+  decodeRelationshipEvent,
+  relationshipStream,
+  type Consistency,
+  type PointDisk,
+} from "../domain/events.js";
+
+export interface CatalogueDisk {
+  readonly diskId: string;
+  readonly sizeBytes: number;
+  /** This point's own image. */
+  readonly imagePath: string;
+  /** Images to open, base first, ending with `imagePath`. */
+  readonly chain: readonly string[];
+}
+
+export interface CataloguePoint {
+  readonly pointId: string;
+  readonly cycleSeq: number;
+  readonly cutoffAt: string;
+  readonly consistency: Consistency;
+  /** Being merged away: it can no longer be opened or tested. */
+  readonly merging: boolean;
+  /** Test failovers running on this point. */
+  readonly testIds: readonly string[];
+  readonly disks: readonly CatalogueDisk[];
+}
+
+interface StoredPoint {
+  pointId: string;
+  cycleSeq: number;
+  cutoffAt: string;
+  consistency: Consistency;
+  merging: boolean;
+  disks: PointDisk[];
+}
+
+const PAGE = 1000;
+
+export class RecoveryPointsProjection {
+  private points: StoredPoint[] = [];
+  private tests = new Map<string, string>(); // testId -> pointId
+  private lastVersion: bigint | undefined;
+  private readonly stream: string;
+
+  constructor(readonly vmId: string) {
+    this.stream = relationshipStream(vmId);
+  }
+
+  /** Folds the VM's stream from its first event. */
+  static async rebuild(store: EventStore, vmId: string): Promise<RecoveryPointsProjection> {
+    const projection = new RecoveryPointsProjection(vmId);
+    await projection.catchUp(store);
+    return projection;
+  }
+
+  /** Applies whatever was appended since the last event seen. */
+  async catchUp(store: EventStore): Promise<void> {
+    for (;;) {
+      const fromVersion = this.lastVersion === undefined ? 0n : this.lastVersion + 1n;
+      const page = await store.readStream(this.stream, { fromVersion, maxCount: PAGE });
+      for (const e of page) this.apply(e);
+      if (page.length < PAGE) return;
+    }
+  }
+
+  /**
+   * Ignores other streams and events already applied, so it can be fed straight from a
+   * subscription over all relationships, or the same event twice.
+   */
+  apply(recorded: RecordedEvent): void {
+    if (recorded.stream !== this.stream) return;
+    if (this.lastVersion !== undefined && recorded.version <= this.lastVersion) return;
+    this.lastVersion = recorded.version;
+    const event = decodeRelationshipEvent(recorded);
+    switch (event.type) {
+      case "RecoveryPointCreated": {
+        const d = event.data;
+        this.points.push({
+          pointId: d.pointId,
+          cycleSeq: d.cycleSeq,
+          cutoffAt: d.cutoffAt,
+          consistency: d.consistency,
+          merging: false,
+          disks: d.disks.map((x) => ({ ...x })),
+        });
+        return;
+      }
+      case "RecoveryPointMergeStarted": {
+        const p = this.points.find((x) => x.pointId === event.data.pointId);
+        if (p) p.merging = true;
+        return;
+      }
+      case "RecoveryPointMerged": {
+        const d = event.data;
+        this.points = this.points.filter((x) => x.pointId !== d.pointId);
+        const into = this.points.find((x) => x.pointId === d.intoPointId);
+        if (into) {
+          const images = new Map(d.disks.map((x) => [x.diskId, x.imagePath]));
+          into.disks = into.disks.map((x) => ({ ...x, imagePath: images.get(x.diskId) ?? x.imagePath }));
+        }
+        return;
+      }
+      case "TestFailoverStarted":
+        this.tests.set(event.data.testId, event.data.pointId);
+        return;
+      case "TestFailoverStopped":
+        this.tests.delete(event.data.testId);
+        return;
+      case "FailoverCompleted":
+      case "ReverseReplicationStarted":
+        // The chains now belong to the running VM (or to the other side): no recovery points.
+        this.points = [];
+        return;
+      default:
+        return;
+    }
+  }
+
+  get version(): bigint | undefined {
+    return this.lastVersion;
+  }
+
+  /** Oldest first. A fresh copy: callers may keep or change it. */
+  list(): CataloguePoint[] {
+    const chains = new Map<string, string[]>();
+    return this.points.map((p) => ({
+      pointId: p.pointId,
+      cycleSeq: p.cycleSeq,
+      cutoffAt: p.cutoffAt,
+      consistency: p.consistency,
+      merging: p.merging,
+      testIds: [...this.tests].filter(([, pointId]) => pointId === p.pointId).map(([id]) => id).sort(),
+      disks: p.disks.map((d) => {
+        // Each point's chain is the previous point's chain plus its own image.
+        const chain = [...(chains.get(d.diskId) ?? []), d.imagePath];
+        chains.set(d.diskId, chain);
+        return { diskId: d.diskId, sizeBytes: d.sizeBytes, imagePath: d.imagePath, chain };
+      }),
+    }));
+  }
+
+  get(pointId: string): CataloguePoint | undefined {
+    return this.list().find((p) => p.pointId === pointId);
+  }
+
+  latest(): CataloguePoint | undefined {
+    return this.list().at(-1);
+  }
+}

@@ -1,0 +1,133 @@
+/**
+ * Per-VM replication status across every relationship in the ledger: what `qreplica status`
+ * and health checks read. A fold of `readAll` over the `replication-*` streams; it reuses the
+ * aggregate's `evolve` so the state and generation shown are exactly those commands decide on.
+ */
+import type { EventStore, RecordedEvent } from "../eventStore.js";
+import { RELATIONSHIP_STREAM_PREFIX, decodeRelationshipEvent, vmIdOfStream } from "../domain/events.js";
+import { evolve, initialRelationshipState, type RelationshipState } from "../domain/relationship.js";
+import type { ReplicationStateName } from "../domain/states.js";
+
+export interface StatusError {
+  /** A code: a CycleFailed reason, or RESYNC_REQUIRED / STALE_GENERATION. */
+  readonly reason: string;
+  readonly message: string;
+  /** When the ledger recorded it. */
+  readonly at: string;
+}
+
+export interface VmStatus {
+  readonly vmId: string;
+  readonly state: ReplicationStateName;
+  readonly generation: number;
+  readonly primarySiteId: string | undefined;
+  readonly replicaSiteId: string | undefined;
+  readonly lastPointId: string | undefined;
+  readonly lastCutoffAt: string | undefined;
+  /** Seconds from the latest point's cut-off to `now`: the data that a failover now would lose. */
+  readonly lagSeconds: number | undefined;
+  readonly recoveryPoints: number;
+  readonly activeTestFailovers: number;
+  readonly dataBytes: number;
+  readonly wireBytes: number;
+  readonly cyclesCommitted: number;
+  readonly cyclesFailed: number;
+  readonly consecutiveFailures: number;
+  readonly staleGenerationRefusals: number;
+  /** The most recent problem; kept after recovery, with its time, as Hyper-V shows the last error. */
+  readonly lastError: StatusError | undefined;
+}
+
+interface Entry {
+  rel: RelationshipState;
+  lastError: StatusError | undefined;
+}
+
+const PAGE = 1000;
+
+export class StatusProjection {
+  private readonly vms = new Map<string, Entry>();
+  private position = 0n;
+
+  /** Folds every relationship from the first event of the ledger. */
+  static async rebuild(store: EventStore): Promise<StatusProjection> {
+    const projection = new StatusProjection();
+    await projection.catchUp(store);
+    return projection;
+  }
+
+  async catchUp(store: EventStore): Promise<void> {
+    for (;;) {
+      const page = await store.readAll({ fromPosition: this.position, maxCount: PAGE, streamPrefix: RELATIONSHIP_STREAM_PREFIX });
+      for (const e of page) this.apply(e);
+      if (page.length < PAGE) return;
+    }
+  }
+
+  /** The global position of the last event applied: a checkpoint for `subscribe({fromPosition})`. */
+  get checkpoint(): bigint {
+    return this.position;
+  }
+
+  /** Ignores other streams and events at or before the checkpoint (safe to feed twice). */
+  apply(recorded: RecordedEvent): void {
+    if (recorded.globalPosition <= this.position) return;
+    // Advanced for ignored events too, so the checkpoint never falls behind what was seen.
+    this.position = recorded.globalPosition;
+    const vmId = vmIdOfStream(recorded.stream);
+    if (vmId === undefined) return;
+    const event = decodeRelationshipEvent(recorded);
+    const entry = this.vms.get(vmId) ?? { rel: initialRelationshipState(vmId), lastError: undefined };
+    const at = recorded.recordedAt.toISOString();
+    let lastError = entry.lastError;
+    if (event.type === "CycleFailed") {
+      lastError = { reason: event.data.reason, message: `cycle ${event.data.cycleSeq}: ${event.data.message}`, at };
+    } else if (event.type === "ResyncRequired") {
+      lastError = { reason: "RESYNC_REQUIRED", message: event.data.reason, at };
+    } else if (event.type === "StaleGenerationRefused") {
+      const d = event.data;
+      lastError = {
+        reason: "STALE_GENERATION",
+        message: `refused ${d.peerIdentity} presenting generation ${d.presentedGeneration} (current ${d.currentGeneration})`,
+        at,
+      };
+    }
+    this.vms.set(vmId, { rel: evolve(entry.rel, event), lastError });
+  }
+
+  get(vmId: string, now: Date): VmStatus | undefined {
+    const entry = this.vms.get(vmId);
+    return entry && toStatus(entry, now);
+  }
+
+  /** Every VM that has a relationship stream, sorted by vmId. */
+  list(now: Date): VmStatus[] {
+    return [...this.vms.keys()].sort().map((vmId) => toStatus(this.vms.get(vmId)!, now));
+  }
+}
+
+function toStatus({ rel, lastError }: Entry, now: Date): VmStatus {
+  const last = rel.points.at(-1);
+  const lagMs = last ? now.getTime() - Date.parse(last.cutoffAt) : undefined;
+  const c = rel.counters;
+  return {
+    vmId: rel.vmId,
+    state: rel.state,
+    generation: rel.generation,
+    primarySiteId: rel.primarySiteId,
+    replicaSiteId: rel.replicaSiteId,
+    lastPointId: last?.pointId,
+    lastCutoffAt: last?.cutoffAt,
+    // Clamped: a replica clock slightly behind the primary's must not show negative lag.
+    lagSeconds: lagMs === undefined ? undefined : Math.max(0, lagMs) / 1000,
+    recoveryPoints: rel.points.length,
+    activeTestFailovers: Object.keys(rel.testFailovers).length,
+    dataBytes: c.dataBytes,
+    wireBytes: c.wireBytes,
+    cyclesCommitted: c.cyclesCommitted,
+    cyclesFailed: c.cyclesFailed,
+    consecutiveFailures: c.consecutiveFailures,
+    staleGenerationRefusals: c.staleGenerationRefusals,
+    lastError,
+  };
+}
