@@ -1,0 +1,56 @@
+// Public surface of the transport: chunk encoding, backpressure, PKI and mutual-TLS plumbing.
+export {
+  MAX_WIRE_LENGTH,
+  decodeExtentChunk,
+  encodeExtentChunk,
+  sha256,
+  type DecodeOptions,
+  type DecodedChunk,
+  type EncodeOptions,
+  type ExtentPiece,
+} from "./chunks.js";
+export {
+  ChecksumMismatchError,
+  ChunkDecompressionFailedError,
+  ChunkOutOfRangeError,
+  ChunkRejectedError,
+  InvalidExtentError,
+  UnsupportedChecksumAlgorithmError,
+  UnsupportedChunkCodecError,
+  toChunkRejected,
+  type ChunkRef,
+  type ChunkRejectCode,
+} from "./chunkErrors.js";
+export { StreamClosedError, writeWithBackpressure, type BackpressureWritable } from "./backpressure.js";
+export { Uint64RangeError, toUint64, toWireGeneration, uint64ToSafeNumber } from "./uint64.js";
+export {
+  certificateIdentity,
+  createCa,
+  issueCertificate,
+  type CaFiles,
+  type CertificateIdentity,
+  type IssuedFiles,
+} from "./pki.js";
+export {
+  MAX_MESSAGE_BYTES,
+  channelCredentials,
+  grpcChannelOptions,
+  grpcServerOptions,
+  loadSiteCredentials,
+  peerIdentity,
+  serverCredentials,
+  type SiteCredentialFiles,
+  type SiteCredentials,
+} from "./tls.js";
+export {
+  OpensslError,
+  PkiFileExistsError,
+  PkiInvalidNameError,
+  TlsCertificateNotFromCaError,
+  TlsCertificateNotValidNowError,
+  TlsFileInvalidError,
+  TlsFileMissingError,
+  TlsFileUnreadableError,
+  TlsKeyMismatchError,
+  UnauthenticatedPeerError,
+} from "./errors.js";
