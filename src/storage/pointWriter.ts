@@ -30,12 +30,13 @@ export class DiskPointWriter {
 
   static async open(
     daemon: SiteStorageDaemon,
-    opts: { vmId: string; diskId: string; imagePath: string; sizeBytes: number; logger?: Logger },
+    opts: { vmId: string; diskId: string; seq: number; imagePath: string; sizeBytes: number; logger?: Logger },
   ): Promise<DiskPointWriter> {
     // QEMU node names are limited to 31 characters; VM and disk ids are not.
-    const nodeName = `w${createHash("sha256").update(`${opts.vmId}/${opts.diskId}`).digest("hex").slice(0, 24)}`;
+    const nodeName = `w${createHash("sha256").update(`${opts.vmId}/${opts.diskId}/${opts.seq}`).digest("hex").slice(0, 24)}`;
     const logger = opts.logger ?? silentLogger;
-    // A writer left over from an interrupted cycle would hold the node name and the image lock.
+    // Unique per point: a superseded stream's writer may still be closing while the next one opens.
+    // A writer left over from an interrupted attempt at the same point would hold the name: detach it.
     await detach(daemon, nodeName).catch(() => undefined);
     await daemon.qmp.execute("blockdev-add", {
       driver: "qcow2",

@@ -58,7 +58,7 @@ export class ReplicaStorage {
         // Relative backing names keep a chain valid when the storage root is moved.
         await createImage(partial, d.sizeBytes, full ? {} : { backing: basename(d.parentImage!), backingFormat: "qcow2" });
         targets.push({ partial, final, diskId: d.diskId, sizeBytes: d.sizeBytes });
-        writers.push(await DiskPointWriter.open(this.daemon, { vmId, diskId: d.diskId, imagePath: partial, sizeBytes: d.sizeBytes, logger: this.logger }));
+        writers.push(await DiskPointWriter.open(this.daemon, { vmId, diskId: d.diskId, seq, imagePath: partial, sizeBytes: d.sizeBytes, logger: this.logger }));
       }
     } catch (err) {
       await Promise.allSettled(writers.map((w) => w.close()));

@@ -1,0 +1,92 @@
+import { readFileSync } from "node:fs";
+import { dirname, isAbsolute, resolve } from "node:path";
+import { parse as parseYaml } from "yaml";
+import { QreplicaError } from "../../src/common/errors.js";
+
+export interface AgentVmConfig {
+  id: string;
+  qmpSocket: string;
+  /** Where QEMU's NBD server listens (started there by the agent if QEMU has none). */
+  nbdSocket: string;
+  guestAgentSocket?: string;
+  disks: Array<{ id: string; node: string }>;
+  /** host:port of the replica site's gRPC endpoint. */
+  replicaSite: string;
+  intervalSeconds: number;
+  compressionLevel: number;
+}
+
+export interface AgentConfig {
+  /** This primary site's id, sent in Hello. The agent's identity is its certificate. */
+  siteId: string;
+  stateDir: string;
+  tls: { caFile: string; certFile: string; keyFile: string };
+  vms: AgentVmConfig[];
+}
+
+export class AgentConfigError extends QreplicaError {
+  readonly code = "AGENT_CONFIG_INVALID" as const;
+  constructor(
+    readonly path: string,
+    detail: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`agent config ${path}: ${detail}`, options);
+  }
+}
+
+/** Reads the agent's YAML (or JSON) config; relative paths are relative to the file. */
+export function loadAgentConfig(path: string): AgentConfig {
+  let raw: unknown;
+  try {
+    raw = parseYaml(readFileSync(path, "utf8"));
+  } catch (err) {
+    throw new AgentConfigError(path, (err as NodeJS.ErrnoException).code === "ENOENT" ? "file not found" : "not valid YAML/JSON", { cause: err });
+  }
+  const base = dirname(resolve(path));
+  const abs = (p: string) => (isAbsolute(p) ? p : resolve(base, p));
+  const obj = asObject(raw, path, "the top level");
+  const tls = asObject(obj.tls, path, "tls");
+  const vmsRaw = obj.vms;
+  if (!Array.isArray(vmsRaw) || vmsRaw.length === 0) throw new AgentConfigError(path, "'vms' must list at least one VM");
+  const vms = vmsRaw.map((v, i): AgentVmConfig => {
+    const vm = asObject(v, path, `vms[${i}]`);
+    const where = `vms[${i}] (${String(vm.id ?? "?")})`;
+    const disks = vm.disks;
+    if (!Array.isArray(disks) || disks.length === 0) throw new AgentConfigError(path, `${where}.disks must list the VM's disks as {id, node}`);
+    return {
+      id: str(vm.id, path, `${where}.id`),
+      qmpSocket: abs(str(vm.qmpSocket, path, `${where}.qmpSocket`)),
+      nbdSocket: abs(str(vm.nbdSocket, path, `${where}.nbdSocket`)),
+      guestAgentSocket: vm.guestAgentSocket === undefined ? undefined : abs(str(vm.guestAgentSocket, path, `${where}.guestAgentSocket`)),
+      disks: disks.map((d, j) => {
+        const disk = asObject(d, path, `${where}.disks[${j}]`);
+        return { id: str(disk.id, path, `${where}.disks[${j}].id`), node: str(disk.node, path, `${where}.disks[${j}].node`) };
+      }),
+      replicaSite: str(vm.replicaSite, path, `${where}.replicaSite`),
+      intervalSeconds: num(vm.intervalSeconds ?? 30, path, `${where}.intervalSeconds`),
+      compressionLevel: num(vm.compressionLevel ?? 1, path, `${where}.compressionLevel`),
+    };
+  });
+  return {
+    siteId: str(obj.siteId, path, "siteId"),
+    stateDir: abs(str(obj.stateDir, path, "stateDir")),
+    tls: { caFile: abs(str(tls.caFile, path, "tls.caFile")), certFile: abs(str(tls.certFile, path, "tls.certFile")), keyFile: abs(str(tls.keyFile, path, "tls.keyFile")) },
+    vms,
+  };
+}
+
+function asObject(v: unknown, path: string, what: string): Record<string, unknown> {
+  if (typeof v !== "object" || v === null || Array.isArray(v)) throw new AgentConfigError(path, `${what} must be a mapping`);
+  return v as Record<string, unknown>;
+}
+
+function str(v: unknown, path: string, what: string): string {
+  if (typeof v !== "string" || v === "") throw new AgentConfigError(path, `${what} must be a non-empty string`);
+  return v;
+}
+
+function num(v: unknown, path: string, what: string): number {
+  if (typeof v !== "number" || !Number.isFinite(v) || v < 0) throw new AgentConfigError(path, `${what} must be a non-negative number`);
+  return v;
+}

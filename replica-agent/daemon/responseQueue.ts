@@ -1,0 +1,56 @@
+import type { ClientDuplexStream } from "@grpc/grpc-js";
+import type { ReplicateRequest, ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
+
+/** Responses of a Replicate stream, awaited one at a time; the stream's end or error fails the waiters. */
+export class ResponseQueue {
+  private readonly items: ReplicateResponse[] = [];
+  private waiter: { resolve(r: ReplicateResponse): void; reject(e: Error): void } | undefined;
+  private ended: Error | undefined;
+
+  constructor(stream: ClientDuplexStream<ReplicateRequest, ReplicateResponse>) {
+    stream.on("data", (r: ReplicateResponse) => {
+      if (this.waiter) {
+        const w = this.waiter;
+        this.waiter = undefined;
+        w.resolve(r);
+      } else {
+        this.items.push(r);
+      }
+    });
+    const end = (err: Error) => {
+      this.ended ??= err;
+      const w = this.waiter;
+      this.waiter = undefined;
+      w?.reject(this.ended);
+    };
+    stream.on("error", (err: Error) => end(err));
+    stream.on("end", () => end(new Error("the replica site closed the stream")));
+  }
+
+  /** A response that arrived already, without waiting (e.g. a rejection while chunks are sent). */
+  poll(): ReplicateResponse | undefined {
+    return this.items.shift();
+  }
+
+  next(timeoutMs: number): Promise<ReplicateResponse> {
+    const ready = this.items.shift();
+    if (ready) return Promise.resolve(ready);
+    if (this.ended) return Promise.reject(this.ended);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.waiter = undefined;
+        reject(new Error(`no answer from the replica site within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.waiter = {
+        resolve: (r) => {
+          clearTimeout(timer);
+          resolve(r);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      };
+    });
+  }
+}

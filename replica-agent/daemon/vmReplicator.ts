@@ -1,0 +1,249 @@
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import type { ClientDuplexStream } from "@grpc/grpc-js";
+import type { Logger } from "../../src/common/logger.js";
+import { CompressionCodec, ChecksumAlgorithm, Consistency, CycleKind } from "../../src/gen/qreplica/v1/common.js";
+import { RejectReason, ReplicationServiceClient, type ReplicateRequest, type ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
+import { GuestAgentClient } from "../../src/qemu/guestAgent/index.js";
+import { QmpClient } from "../../src/qemu/qmp/index.js";
+import { channelCredentials, encodeExtentChunk, grpcChannelOptions, writeWithBackpressure, type SiteCredentials } from "../../src/transport/index.js";
+import { getCodec } from "../../src/codec/index.js";
+import { VmCapture, type CaptureCycle } from "../capture/index.js";
+import type { AgentVmConfig } from "./agentConfig.js";
+import { ResponseQueue } from "./responseQueue.js";
+
+const PROTOCOL_VERSION = 1;
+const ACK_TIMEOUT_MS = 10 * 60_000;
+
+export type ReplicatorStatus = "starting" | "connecting" | "initial-replication" | "replicating" | "resync-required" | "refused-stale" | "refused" | "stopped";
+
+interface VmReplicationState {
+  generation: number;
+  replicaSite: string;
+}
+
+class CycleRefusedError extends Error {
+  constructor(
+    readonly reason: RejectReason,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * Replicates one VM: connects to QEMU and the replica site, runs the initial replication, then a
+ * cycle every interval. A cycle is confirmed to the capture layer only after the site's ack;
+ * anything else aborts it, which keeps its changes for the next cycle. Reconnects with backoff.
+ */
+export class VmReplicator {
+  status: ReplicatorStatus = "starting";
+  lastError: string | undefined;
+  cyclesConfirmed = 0;
+  private stopped = false;
+  private readonly wake = new AbortController();
+  private readonly stateFile: string;
+
+  constructor(
+    private readonly vm: AgentVmConfig,
+    private readonly siteId: string,
+    private readonly stateDir: string,
+    private readonly tls: SiteCredentials,
+    private readonly logger: Logger,
+  ) {
+    mkdirSync(stateDir, { recursive: true });
+    this.stateFile = join(stateDir, `${vm.id}.replication.json`);
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.wake.abort();
+  }
+
+  async run(): Promise<void> {
+    let backoffMs = 500;
+    while (!this.stopped) {
+      try {
+        await this.session(() => (backoffMs = 500));
+      } catch (err) {
+        this.lastError = (err as Error).message;
+        if (this.status === "refused-stale" || this.status === "refused") {
+          this.logger.error({ vm: this.vm.id, err }, "the replica site refused this primary; replication of this VM stops");
+          return;
+        }
+        this.logger.warn({ vm: this.vm.id, err: (err as Error).message, retryInMs: backoffMs }, "replication interrupted; reconnecting");
+      }
+      await this.pause(backoffMs);
+      backoffMs = Math.min(backoffMs * 2, 30_000);
+    }
+    this.status = "stopped";
+  }
+
+  private async session(onHealthy: () => void): Promise<void> {
+    this.status = "connecting";
+    const qmp = await QmpClient.connect({ socketPath: this.vm.qmpSocket, logger: this.logger });
+    const guestAgent = this.vm.guestAgentSocket ? new GuestAgentClient({ socketPath: this.vm.guestAgentSocket, logger: this.logger }) : undefined;
+    const client = new ReplicationServiceClient(this.vm.replicaSite, channelCredentials(this.tls), grpcChannelOptions);
+    let stream: ClientDuplexStream<ReplicateRequest, ReplicateResponse> | undefined;
+    let open: CaptureCycle | undefined;
+    try {
+      const capture = await VmCapture.open({
+        vmId: this.vm.id,
+        qmp,
+        disks: this.vm.disks,
+        stateDir: this.stateDir,
+        nbdSocketPath: this.vm.nbdSocket,
+        quiescer: guestAgent,
+        logger: this.logger,
+      });
+      if (capture.report?.status === "resync-required") {
+        this.status = "resync-required";
+        throw new Error(`resync required: ${capture.report.disks.map((d) => d.reason).filter(Boolean).join("; ")}`);
+      }
+      stream = client.replicate();
+      const responses = new ResponseQueue(stream);
+      const generation = await this.hello(stream, responses, capture);
+      onHealthy();
+      const runCycle = async (cycle: CaptureCycle) => {
+        open = cycle;
+        await this.sendCycle(stream!, responses, cycle, generation);
+        open = undefined;
+      };
+      if (capture.report?.status !== "ok" || this.needsInitial) {
+        this.status = "initial-replication";
+        await runCycle(await capture.enable());
+      }
+      this.status = "replicating";
+      while (!this.stopped) {
+        await this.pause(this.vm.intervalSeconds * 1000);
+        if (this.stopped) break;
+        try {
+          await runCycle(await capture.beginCycle());
+        } catch (err) {
+          if (!(err instanceof CycleRefusedError)) throw err;
+          // The site refused this cycle (e.g. a corrupted chunk): its changes are kept, try again.
+          this.lastError = err.message;
+          this.logger.warn({ vm: this.vm.id, err: err.message }, "cycle refused by the replica site; retrying");
+        }
+      }
+    } finally {
+      const cycle = open as CaptureCycle | undefined;
+      if (cycle && !cycle.finished) await cycle.abort(new Error("replication session ended")).catch(() => undefined);
+      stream?.cancel();
+      client.close();
+      guestAgent?.close();
+      await qmp.close();
+    }
+  }
+
+  private needsInitial = false;
+
+  private async hello(stream: ClientDuplexStream<ReplicateRequest, ReplicateResponse>, responses: ResponseQueue, capture: VmCapture): Promise<number> {
+    const saved = this.loadState();
+    const disks = capture.report?.disks ?? [];
+    await writeWithBackpressure(stream, {
+      body: {
+        $case: "hello",
+        value: {
+          protocolVersion: PROTOCOL_VERSION,
+          sourceSiteId: this.siteId,
+          agentId: this.siteId,
+          vmId: this.vm.id,
+          generation: BigInt(saved?.generation ?? 0),
+          disks: disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeBytes) })),
+          supportedCodecs: [CompressionCodec.COMPRESSION_CODEC_ZSTD, CompressionCodec.COMPRESSION_CODEC_NONE],
+          supportedChecksumAlgorithms: [ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256],
+        },
+      },
+    });
+    const reply = (await responses.next(60_000)).body;
+    if (reply?.$case === "helloRejected") {
+      this.status = reply.value.reason === RejectReason.REJECT_REASON_STALE_GENERATION ? "refused-stale" : "refused";
+      throw new Error(`replica site refused Hello: ${reply.value.message}`);
+    }
+    if (reply?.$case !== "helloAck") throw new Error(`expected HelloAck, got ${reply?.$case ?? "nothing"}`);
+    const generation = Number(reply.value.generation);
+    this.saveState({ generation, replicaSite: this.vm.replicaSite });
+    this.needsInitial = reply.value.resumeHint === 1;
+    return generation;
+  }
+
+  private async sendCycle(stream: ClientDuplexStream<ReplicateRequest, ReplicateResponse>, responses: ResponseQueue, cycle: CaptureCycle, generation: number): Promise<void> {
+    const gen = BigInt(generation);
+    const seq = BigInt(cycle.seq);
+    const codec = getCodec("zstd");
+    const started = Date.now();
+    try {
+      await writeWithBackpressure(stream, {
+        body: {
+          $case: "cycleBegin",
+          value: {
+            vmId: this.vm.id,
+            generation: gen,
+            cycleSequence: seq,
+            kind: cycle.kind === "full" ? CycleKind.CYCLE_KIND_INITIAL : CycleKind.CYCLE_KIND_INCREMENTAL,
+            cutoffTime: cycle.cutoffAt,
+            consistency: cycle.consistency === "application" ? Consistency.CONSISTENCY_APPLICATION : Consistency.CONSISTENCY_CRASH,
+            disks: cycle.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeAtCutoff) })),
+          },
+        },
+      });
+      const totals = { extents: 0, data: 0, zero: 0, wire: 0 };
+      for (const disk of cycle.disks) {
+        for await (const extent of disk.extents()) {
+          const early = responses.poll();
+          if (early) this.throwIfRejected(early, cycle.seq);
+          const chunk = encodeExtentChunk(extent, { generation: gen, cycleSeq: seq, diskId: disk.diskId, codec, level: this.vm.compressionLevel });
+          totals.extents++;
+          if (extent.kind === "data") totals.data += extent.length;
+          else totals.zero += extent.length;
+          if (chunk.payload?.$case === "data") totals.wire += chunk.payload.value.data.length;
+          await writeWithBackpressure(stream, { body: { $case: "extentChunk", value: chunk } });
+        }
+      }
+      await writeWithBackpressure(stream, {
+        body: {
+          $case: "cycleEnd",
+          value: { generation: gen, cycleSequence: seq, extentCount: BigInt(totals.extents), dataBytes: BigInt(totals.data), zeroBytes: BigInt(totals.zero), wireBytes: BigInt(totals.wire) },
+        },
+      });
+      for (;;) {
+        const r = await responses.next(ACK_TIMEOUT_MS);
+        this.throwIfRejected(r, cycle.seq);
+        if (r.body?.$case === "cycleAck" && Number(r.body.value.cycleSequence) === cycle.seq) break;
+      }
+      await cycle.confirm();
+      this.cyclesConfirmed++;
+      this.logger.info({ vm: this.vm.id, seq: cycle.seq, kind: cycle.kind, ...totals, ms: Date.now() - started }, "cycle acknowledged by the replica site");
+    } catch (err) {
+      if (!cycle.finished) await cycle.abort(err);
+      throw err;
+    }
+  }
+
+  private throwIfRejected(r: ReplicateResponse, seq: number): void {
+    const body = r.body;
+    if (body?.$case === "cycleRejected" && Number(body.value.cycleSequence) === seq) {
+      throw new CycleRefusedError(body.value.reason, `cycle ${seq} refused: ${body.value.message}`);
+    }
+    if (body?.$case === "chunkRejected") this.logger.warn({ vm: this.vm.id, seq, message: body.value.message }, "chunk refused by the replica site");
+  }
+
+  private loadState(): VmReplicationState | undefined {
+    try {
+      return JSON.parse(readFileSync(this.stateFile, "utf8")) as VmReplicationState;
+    } catch {
+      return undefined;
+    }
+  }
+
+  private saveState(state: VmReplicationState): void {
+    writeFileSync(`${this.stateFile}.tmp`, JSON.stringify(state));
+    renameSync(`${this.stateFile}.tmp`, this.stateFile);
+  }
+
+  private async pause(ms: number): Promise<void> {
+    await sleep(ms, undefined, { signal: this.wake.signal }).catch(() => undefined);
+  }
+}

@@ -1,0 +1,37 @@
+/**
+ * qreplica-agent --config FILE: protects the VMs listed in its config, replicating each to its
+ * replica site. Runs until SIGTERM/SIGINT; `--once` stops after the first confirmed cycle of every VM.
+ */
+import { Command } from "commander";
+import { createLogger } from "../src/common/logger.js";
+import { errorMessage } from "../src/common/errors.js";
+import { loadSiteCredentials } from "../src/transport/index.js";
+import { loadAgentConfig } from "./daemon/agentConfig.js";
+import { VmReplicator } from "./daemon/vmReplicator.js";
+
+const opts = new Command()
+  .name("qreplica-agent")
+  .description("capture agent: replicates the VMs of this host to their replica sites")
+  .requiredOption("--config <file>", "agent config (YAML or JSON)")
+  .parse()
+  .opts<{ config: string }>();
+
+const logger = createLogger("qreplica-agent");
+try {
+  const config = loadAgentConfig(opts.config);
+  const tls = loadSiteCredentials(config.tls, { logger });
+  const replicators = config.vms.map((vm) => new VmReplicator(vm, config.siteId, config.stateDir, tls, logger.child({ vm: vm.id })));
+  const stop = () => {
+    logger.info("stopping: open cycles are aborted, their changes kept for the next run");
+    for (const r of replicators) r.stop();
+  };
+  process.once("SIGTERM", stop);
+  process.once("SIGINT", stop);
+  logger.info({ vms: config.vms.map((v) => v.id) }, "agent started");
+  await Promise.all(replicators.map((r) => r.run()));
+  process.exit(0);
+} catch (err) {
+  logger.error({ err }, "agent failed");
+  console.error(`qreplica-agent: ${errorMessage(err)}`);
+  process.exit(1);
+}

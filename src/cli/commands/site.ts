@@ -1,0 +1,64 @@
+import { copyFileSync, existsSync, mkdirSync } from "node:fs";
+import { join, resolve } from "node:path";
+import type { Command } from "commander";
+import { createLogger } from "../../common/logger.js";
+import { saveSiteConfig, siteFile } from "../../site/siteConfig.js";
+import { startSite } from "../../site/siteServer.js";
+import { issueCertificate } from "../../transport/index.js";
+import { emit, fail } from "../output.js";
+
+export function registerSite(program: Command): void {
+  const site = program.command("site").description("set up and run a site (replica server)");
+  site
+    .command("init")
+    .description("create a site directory: config, ledger location, storage root, and the site's certificate from the CA")
+    .requiredOption("--dir <dir>", "site directory")
+    .requiredOption("--name <siteId>", "site id (also the certificate identity)")
+    .requiredOption("--ca-dir <dir>", "CA directory made by 'qreplica pki create-ca'")
+    .option("--listen <host:port>", "gRPC listen address (port 0: any free port)", "127.0.0.1:7443")
+    .option("--max-points <n>", "recovery points kept per VM", (v) => Number(v), 24)
+    .option("--json", "JSON output", false)
+    .action(async (o: { dir: string; name: string; caDir: string; listen: string; maxPoints: number; json: boolean }) => {
+      try {
+        const dir = resolve(o.dir);
+        if (existsSync(siteFile(dir))) throw new Error(`${siteFile(dir)} exists already: this directory is a site`);
+        mkdirSync(join(dir, "tls"), { recursive: true });
+        const issued = await issueCertificate({ caDir: o.caDir, name: o.name, dir: join(dir, "tls"), sans: ["localhost", "127.0.0.1"] });
+        copyFileSync(join(o.caDir, "ca.crt"), join(dir, "tls", "ca.crt"));
+        const config = {
+          siteId: o.name,
+          listen: o.listen,
+          caFile: "tls/ca.crt",
+          certFile: `tls/${o.name}.crt`,
+          keyFile: `tls/${o.name}.key`,
+          ledgerPath: "ledger.sqlite",
+          storageRoot: "storage",
+          defaultMaxPoints: o.maxPoints,
+        };
+        saveSiteConfig(dir, config);
+        emit(o.json, { dir, ...config, certificate: issued.certFile }, () => `site '${o.name}' initialised in ${dir}\nnext: qreplica authorize --dir ${dir} --primary PRIMARY; qreplica site serve --dir ${dir}`);
+      } catch (err) {
+        fail(err, o.json);
+      }
+    });
+  site
+    .command("serve")
+    .description("run the site: ledger, replica storage, data and control planes over mutual TLS")
+    .requiredOption("--dir <dir>", "site directory")
+    .action(async (o: { dir: string }) => {
+      const logger = createLogger("qreplica-site");
+      try {
+        const running = await startSite(resolve(o.dir), logger);
+        const stop = async () => {
+          logger.info("stopping");
+          await running.stop();
+          process.exit(0);
+        };
+        process.once("SIGTERM", () => void stop());
+        process.once("SIGINT", () => void stop());
+      } catch (err) {
+        logger.error({ err }, "site failed to start");
+        fail(err, false);
+      }
+    });
+}

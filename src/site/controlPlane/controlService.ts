@@ -1,0 +1,139 @@
+import * as grpc from "@grpc/grpc-js";
+import { errorMessage } from "../../common/errors.js";
+import { Consistency, CycleKind } from "../../gen/qreplica/v1/common.js";
+import {
+  RelationshipState as WireState,
+  ReplicationHealth,
+  type ControlServiceServer,
+  type RecoveryPoint as WirePoint,
+  type RelationshipStatus,
+} from "../../gen/qreplica/v1/control.js";
+import { RecoveryPointsProjection, StatusProjection, relationshipStream, type VmStatus } from "../../ledger/index.js";
+import { peerIdentity } from "../../transport/index.js";
+import type { SiteContext } from "../siteContext.js";
+
+const WIRE_STATE: Record<string, WireState> = {
+  "ready-for-initial-replication": WireState.RELATIONSHIP_STATE_READY_FOR_INITIAL_REPLICATION,
+  "initial-replication-in-progress": WireState.RELATIONSHIP_STATE_INITIAL_REPLICATION_IN_PROGRESS,
+  replicating: WireState.RELATIONSHIP_STATE_REPLICATING,
+  paused: WireState.RELATIONSHIP_STATE_PAUSED,
+  "resync-required": WireState.RELATIONSHIP_STATE_RESYNC_REQUIRED,
+  resynchronising: WireState.RELATIONSHIP_STATE_RESYNCHRONISING,
+  "prepared-for-planned-failover": WireState.RELATIONSHIP_STATE_PREPARED_FOR_PLANNED_FAILOVER,
+  "failed-over-waiting-completion": WireState.RELATIONSHIP_STATE_FAILED_OVER_WAITING_COMPLETION,
+  "failed-over": WireState.RELATIONSHIP_STATE_FAILED_OVER,
+};
+
+interface CycleFacts {
+  kind: string;
+  generation: number;
+  committedAt: string;
+  dataBytes: number;
+  wireBytes: number;
+}
+
+/** Read-only views of the ledger for operators: status, recovery points, the audit trail. */
+export function controlService(ctx: SiteContext): ControlServiceServer {
+  const status = new StatusProjection();
+  const guarded =
+    <Req, Res>(fn: (req: Req) => Promise<Res>): grpc.handleUnaryCall<Req, Res> =>
+    (call, callback) => {
+      try {
+        peerIdentity(call as unknown as grpc.ServerUnaryCall<Req, Res>);
+      } catch (err) {
+        callback({ code: grpc.status.UNAUTHENTICATED, details: errorMessage(err) });
+        return;
+      }
+      fn(call.request).then(
+        (res) => callback(null, res),
+        (err: unknown) => callback({ code: (err as { grpcCode?: number }).grpcCode ?? grpc.status.INTERNAL, details: errorMessage(err) }),
+      );
+    };
+
+  const cycleFacts = async (vmId: string): Promise<Map<number, CycleFacts>> => {
+    const facts = new Map<number, CycleFacts>();
+    for (const e of await ctx.store.readStream(relationshipStream(vmId))) {
+      if (e.type !== "CycleCommitted") continue;
+      const d = e.data as { cycleSeq: number; kind: string; generation: number; committedAt: string; dataBytes: number; wireBytes: number };
+      facts.set(d.cycleSeq, d);
+    }
+    return facts;
+  };
+
+  const points = async (vmId: string): Promise<WirePoint[]> => {
+    const catalogue = await RecoveryPointsProjection.rebuild(ctx.store, vmId);
+    const facts = await cycleFacts(vmId);
+    return catalogue.list().map((p) => {
+      const f = facts.get(p.cycleSeq);
+      return {
+        recoveryPointId: p.pointId,
+        sequence: BigInt(p.cycleSeq),
+        generation: BigInt(f?.generation ?? 0),
+        cutoffTime: new Date(p.cutoffAt),
+        committedAt: f ? new Date(f.committedAt) : undefined,
+        consistency: p.consistency === "application" ? Consistency.CONSISTENCY_APPLICATION : Consistency.CONSISTENCY_CRASH,
+        kind: f?.kind === "full" ? CycleKind.CYCLE_KIND_INITIAL : f?.kind === "resync" ? CycleKind.CYCLE_KIND_RESYNC : CycleKind.CYCLE_KIND_INCREMENTAL,
+        disks: p.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeBytes), changedBytes: 0n })),
+        changedBytes: BigInt(f?.dataBytes ?? 0),
+        transferredBytes: BigInt(f?.wireBytes ?? 0),
+      };
+    });
+  };
+
+  const toWire = async (s: VmStatus): Promise<RelationshipStatus> => {
+    const list = await points(s.vmId);
+    const { health, message } = healthOf(s);
+    return {
+      vmId: s.vmId,
+      state: WIRE_STATE[s.state] ?? WireState.RELATIONSHIP_STATE_UNSPECIFIED,
+      testFailoverActive: s.activeTestFailovers > 0,
+      health,
+      generation: BigInt(s.generation),
+      primarySiteId: s.primarySiteId ?? "",
+      replicaSiteId: s.replicaSiteId ?? "",
+      lastRecoveryPoint: list[list.length - 1],
+      lag: s.lagSeconds === undefined ? undefined : { seconds: BigInt(Math.floor(s.lagSeconds)), nanos: Math.round((s.lagSeconds % 1) * 1e9) },
+      healthMessage: message,
+    };
+  };
+
+  return {
+    getStatus: guarded(async (req) => {
+      await status.catchUp(ctx.store);
+      const now = new Date();
+      const all = req.vmId ? [status.get(req.vmId, now)].filter((s): s is VmStatus => s !== undefined) : status.list(now);
+      if (req.vmId && all.length === 0) throw Object.assign(new Error(`no replication relationship for VM '${req.vmId}' on site ${ctx.siteId}`), { grpcCode: grpc.status.NOT_FOUND });
+      return { siteId: ctx.siteId, relationships: await Promise.all(all.map(toWire)) };
+    }),
+    listRecoveryPoints: guarded(async (req) => ({ recoveryPoints: await points(req.vmId) })),
+    listEvents: guarded(async (req) => {
+      const limit = Math.min(Math.max(req.limit || 100, 1), 1000);
+      const events = req.vmId
+        ? await ctx.store.readStream(relationshipStream(req.vmId), { fromVersion: req.fromPosition, maxCount: limit })
+        : await ctx.store.readAll({ fromPosition: req.fromPosition > 0n ? req.fromPosition - 1n : undefined, maxCount: limit });
+      const last = events[events.length - 1];
+      return {
+        events: events.map((e) => ({
+          eventId: `${e.stream}@${e.version}`,
+          stream: e.stream,
+          streamVersion: e.version,
+          globalPosition: e.globalPosition,
+          type: e.type,
+          recordedAt: e.recordedAt,
+          dataJson: JSON.stringify(e.data),
+        })),
+        nextPosition: last ? (req.vmId ? last.version + 1n : last.globalPosition + 1n) : req.fromPosition,
+        endReached: events.length < limit,
+      };
+    }),
+  };
+}
+
+/** Hyper-V-like health: critical when replication cannot go on, warning when it is failing or late. */
+function healthOf(s: VmStatus): { health: ReplicationHealth; message: string } {
+  if (s.state === "resync-required") return { health: ReplicationHealth.REPLICATION_HEALTH_CRITICAL, message: "resync required" };
+  if (s.consecutiveFailures >= 3) return { health: ReplicationHealth.REPLICATION_HEALTH_CRITICAL, message: `${s.consecutiveFailures} cycles failed in a row: ${s.lastError?.message ?? ""}` };
+  if (s.consecutiveFailures > 0) return { health: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: `last cycle failed: ${s.lastError?.message ?? ""}` };
+  if (s.state === "paused") return { health: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: "replication is paused" };
+  return { health: ReplicationHealth.REPLICATION_HEALTH_NORMAL, message: "" };
+}

@@ -1,0 +1,323 @@
+import * as grpc from "@grpc/grpc-js";
+import type { Logger } from "../../common/logger.js";
+import { errorMessage } from "../../common/errors.js";
+import {
+  CycleKind,
+  Consistency,
+  CompressionCodec,
+  ChecksumAlgorithm,
+} from "../../gen/qreplica/v1/common.js";
+import {
+  RejectReason,
+  ResumeHint,
+  type CycleBegin,
+  type CycleEnd,
+  type ExtentChunk,
+  type Hello,
+  type ReplicateRequest,
+  type ReplicateResponse,
+} from "../../gen/qreplica/v1/replication.js";
+import { decodeExtentChunk, peerIdentity, writeWithBackpressure } from "../../transport/index.js";
+import type { PointWrite } from "../../storage/index.js";
+import { findAuthorization, loadAuthorizations } from "../siteConfig.js";
+import type { SiteContext } from "../siteContext.js";
+import { RelationshipRefusal } from "../relationships.js";
+
+export const PROTOCOL_VERSION = 1;
+export const MAX_CHUNK_BYTES = 4 * 1024 * 1024;
+
+type Call = grpc.ServerDuplexStream<ReplicateRequest, ReplicateResponse>;
+
+interface OpenCycle {
+  seq: number;
+  kind: "full" | "incremental" | "resync";
+  cutoffAt: Date;
+  consistency: "application" | "crash";
+  point: PointWrite;
+  startedAt: number;
+  extents: number;
+  dataBytes: number;
+  zeroBytes: number;
+  wireBytes: number;
+}
+
+/**
+ * One agent's Replicate stream for one VM: Hello, then cycles of CycleBegin / ExtentChunk* /
+ * CycleEnd, each acked only after its recovery point is durable and in the ledger.
+ */
+export class ReplicateSession {
+  private vmId: string | undefined;
+  private generation = 0;
+  private cycle: OpenCycle | undefined;
+  /** A cycle refused mid-way: its remaining chunks are dropped until its end or abort. */
+  private refusedSeq: number | undefined;
+  private superseded = false;
+  private readonly logger: Logger;
+
+  constructor(
+    private readonly ctx: SiteContext,
+    private readonly call: Call,
+  ) {
+    this.logger = ctx.logger.child({ peer: call.getPeer() });
+  }
+
+  /** Another stream for the same VM took over (the agent reconnected): stop this one. */
+  supersede(): void {
+    this.superseded = true;
+    this.endWithStatus(grpc.status.ABORTED, "a newer Replicate stream for this VM took over");
+  }
+
+  async run(): Promise<void> {
+    let identity: string;
+    try {
+      identity = peerIdentity(this.call).commonName;
+    } catch (err) {
+      this.endWithStatus(grpc.status.UNAUTHENTICATED, errorMessage(err));
+      return;
+    }
+    try {
+      for await (const req of this.call as AsyncIterable<ReplicateRequest>) {
+        if (this.superseded) break;
+        await this.onMessage(req, identity);
+      }
+    } catch (err) {
+      if (!this.superseded) this.logger.warn({ err, vm: this.vmId }, "Replicate stream ended with an error");
+    } finally {
+      await this.discardOpenCycle("the stream ended before the cycle was complete");
+      if (this.vmId) this.ctx.releaseSession(this.vmId, this);
+    }
+  }
+
+  private async onMessage(req: ReplicateRequest, identity: string): Promise<void> {
+    const body = req.body;
+    if (!body) return this.endWithStatus(grpc.status.INVALID_ARGUMENT, "empty ReplicateRequest");
+    if (body.$case !== "hello" && this.vmId === undefined) {
+      return this.endWithStatus(grpc.status.FAILED_PRECONDITION, `'${body.$case}' before Hello: a stream must start with Hello`);
+    }
+    switch (body.$case) {
+      case "hello":
+        return this.onHello(body.value, identity);
+      case "cycleBegin":
+        return this.onCycleBegin(body.value);
+      case "extentChunk":
+        return this.onChunk(body.value);
+      case "cycleEnd":
+        return this.onCycleEnd(body.value);
+      case "cycleAbort":
+        if (this.cycle && BigInt(this.cycle.seq) === body.value.cycleSequence) {
+          await this.failCycle(this.cycle.seq, "ABORTED_BY_SENDER", body.value.message || "the sender aborted the cycle");
+        }
+        this.refusedSeq = undefined;
+        return;
+    }
+  }
+
+  private async onHello(hello: Hello, identity: string): Promise<void> {
+    if (this.vmId !== undefined) return this.endWithStatus(grpc.status.FAILED_PRECONDITION, "a second Hello on the same stream");
+    const refuse = async (reason: RejectReason, message: string, status: grpc.status, currentGeneration = 0) => {
+      this.logger.warn({ vm: hello.vmId, identity, reason: RejectReason[reason] }, message);
+      await writeWithBackpressure(this.call, {
+        body: { $case: "helloRejected", value: { generation: hello.generation, reason, message, currentGeneration: BigInt(currentGeneration) } },
+      }).catch(() => undefined);
+      this.endWithStatus(status, message);
+    };
+    if (hello.protocolVersion !== PROTOCOL_VERSION) {
+      return refuse(RejectReason.REJECT_REASON_UNSUPPORTED_PROTOCOL_VERSION, `protocol version ${hello.protocolVersion} is not supported (this site speaks ${PROTOCOL_VERSION}); upgrade the agent or the site`, grpc.status.FAILED_PRECONDITION);
+    }
+    const authorization = findAuthorization(loadAuthorizations(this.ctx.dir), identity);
+    if (!authorization) {
+      return refuse(
+        RejectReason.REJECT_REASON_UNAUTHORIZED,
+        `primary '${identity}' is not authorized to replicate to site ${this.ctx.siteId}; on the replica site run 'qreplica authorize --dir SITE_DIR --primary ${identity}'`,
+        grpc.status.PERMISSION_DENIED,
+      );
+    }
+    try {
+      const accepted = await this.ctx.relationships.acceptHello({
+        vmId: hello.vmId,
+        primarySiteId: hello.sourceSiteId,
+        primaryIdentity: identity,
+        presentedGeneration: Number(hello.generation),
+        disks: hello.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) })),
+      });
+      this.vmId = hello.vmId;
+      this.generation = accepted.generation;
+      this.ctx.claimSession(hello.vmId, this);
+      await writeWithBackpressure(this.call, {
+        body: {
+          $case: "helloAck",
+          value: {
+            generation: BigInt(accepted.generation),
+            protocolVersion: PROTOCOL_VERSION,
+            replicaSiteId: this.ctx.siteId,
+            lastCommittedCycleSequence: BigInt(accepted.lastCycleSeq),
+            resumeHint: accepted.needsInitialReplication ? ResumeHint.RESUME_HINT_INITIAL_REPLICATION : ResumeHint.RESUME_HINT_INCREMENTAL,
+            maxChunkBytes: MAX_CHUNK_BYTES,
+            acceptedCodecs: [CompressionCodec.COMPRESSION_CODEC_ZSTD, CompressionCodec.COMPRESSION_CODEC_NONE],
+            acceptedChecksumAlgorithms: [ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256],
+          },
+        },
+      });
+      this.logger.info({ vm: hello.vmId, identity, generation: accepted.generation }, "Hello accepted");
+    } catch (err) {
+      if (err instanceof RelationshipRefusal) {
+        const status = err.reason === RejectReason.REJECT_REASON_UNAUTHORIZED ? grpc.status.PERMISSION_DENIED : grpc.status.FAILED_PRECONDITION;
+        return refuse(err.reason, err.message, status, err.currentGeneration);
+      }
+      throw err;
+    }
+  }
+
+  private async onCycleBegin(begin: CycleBegin): Promise<void> {
+    const vmId = this.vmId!;
+    const seq = Number(begin.cycleSequence);
+    if (Number(begin.generation) !== this.generation) return this.refuseCycle(seq, RejectReason.REJECT_REASON_STALE_GENERATION, `generation ${begin.generation} is not the current ${this.generation}`);
+    if (this.cycle) return this.refuseCycle(seq, RejectReason.REJECT_REASON_OUT_OF_ORDER, `cycle ${this.cycle.seq} is still open`);
+    const kind = begin.kind === CycleKind.CYCLE_KIND_INITIAL ? "full" : begin.kind === CycleKind.CYCLE_KIND_INCREMENTAL ? "incremental" : begin.kind === CycleKind.CYCLE_KIND_RESYNC ? "resync" : undefined;
+    if (!kind) return this.refuseCycle(seq, RejectReason.REJECT_REASON_INVALID_STATE, `unknown cycle kind ${begin.kind}`);
+    const cutoffAt = begin.cutoffTime ?? new Date();
+    try {
+      const point = await this.ctx.serializer.run(vmId, () =>
+        this.ctx.relationships.beginCycle({
+          vmId,
+          seq,
+          kind,
+          generation: this.generation,
+          cutoffAt,
+          disks: begin.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) })),
+        }),
+      );
+      this.cycle = {
+        seq,
+        kind,
+        cutoffAt,
+        consistency: begin.consistency === Consistency.CONSISTENCY_APPLICATION ? "application" : "crash",
+        point,
+        startedAt: Date.now(),
+        extents: 0,
+        dataBytes: 0,
+        zeroBytes: 0,
+        wireBytes: 0,
+      };
+      this.refusedSeq = undefined;
+    } catch (err) {
+      if (err instanceof RelationshipRefusal) return this.refuseCycle(seq, err.reason, err.message);
+      return this.refuseCycle(seq, RejectReason.REJECT_REASON_STORAGE_FAILURE, errorMessage(err));
+    }
+  }
+
+  private async onChunk(chunk: ExtentChunk): Promise<void> {
+    const seq = Number(chunk.cycleSequence);
+    if (this.refusedSeq === seq) return;
+    const cycle = this.cycle;
+    if (!cycle || cycle.seq !== seq) return this.refuseCycle(seq, RejectReason.REJECT_REASON_OUT_OF_ORDER, `chunk for cycle ${seq}, which is not open`);
+    if (Number(chunk.generation) !== this.generation) return this.rejectChunk(chunk, RejectReason.REJECT_REASON_STALE_GENERATION, `generation ${chunk.generation} is not the current ${this.generation}`);
+    const writer = cycle.point.disk(chunk.diskId);
+    if (!writer) return this.rejectChunk(chunk, RejectReason.REJECT_REASON_UNKNOWN_DISK, `disk '${chunk.diskId}' was not announced in CycleBegin`);
+    let decoded;
+    try {
+      decoded = decodeExtentChunk(chunk, { maxChunkBytes: MAX_CHUNK_BYTES });
+    } catch (err) {
+      const code = (err as { code?: string }).code ?? "INTERNAL";
+      const reason = (RejectReason as unknown as Record<string, number>)[`REJECT_REASON_${code}`] ?? RejectReason.REJECT_REASON_INTERNAL;
+      return this.rejectChunk(chunk, reason, errorMessage(err));
+    }
+    try {
+      if (decoded.kind === "data") await writer.write(decoded.offset, decoded.data!);
+      else await writer.writeZeroes(decoded.offset, decoded.length);
+    } catch (err) {
+      const reason = (err as { code?: string }).code === "EXTENT_OUT_OF_RANGE" ? RejectReason.REJECT_REASON_OUT_OF_RANGE : RejectReason.REJECT_REASON_STORAGE_FAILURE;
+      return this.rejectChunk(chunk, reason, errorMessage(err));
+    }
+    cycle.extents++;
+    if (decoded.kind === "data") {
+      cycle.dataBytes += decoded.length;
+      cycle.wireBytes += chunk.payload?.$case === "data" ? chunk.payload.value.data.length : 0;
+    } else {
+      cycle.zeroBytes += decoded.length;
+    }
+  }
+
+  private async onCycleEnd(end: CycleEnd): Promise<void> {
+    const seq = Number(end.cycleSequence);
+    if (this.refusedSeq === seq) {
+      this.refusedSeq = undefined;
+      return;
+    }
+    const cycle = this.cycle;
+    if (!cycle || cycle.seq !== seq) return this.refuseCycle(seq, RejectReason.REJECT_REASON_OUT_OF_ORDER, `CycleEnd for cycle ${seq}, which is not open`);
+    if (Number(end.extentCount) !== cycle.extents || Number(end.dataBytes) !== cycle.dataBytes || Number(end.zeroBytes) !== cycle.zeroBytes) {
+      return this.refuseCycle(
+        seq,
+        RejectReason.REJECT_REASON_TOTALS_MISMATCH,
+        `the sender counted ${end.extentCount} extents / ${end.dataBytes} data / ${end.zeroBytes} zero bytes, the site received ${cycle.extents} / ${cycle.dataBytes} / ${cycle.zeroBytes}`,
+      );
+    }
+    this.cycle = undefined;
+    const vmId = this.vmId!;
+    try {
+      const committed = await this.ctx.serializer.run(vmId, () =>
+        this.ctx.relationships.commitCycle({
+          vmId,
+          seq,
+          kind: cycle.kind,
+          generation: this.generation,
+          cutoffAt: cycle.cutoffAt,
+          consistency: cycle.consistency,
+          point: cycle.point,
+          dataBytes: cycle.dataBytes,
+          zeroBytes: cycle.zeroBytes,
+          wireBytes: Number(end.wireBytes) || cycle.wireBytes,
+          extents: cycle.extents,
+          durationMs: Date.now() - cycle.startedAt,
+        }),
+      );
+      await writeWithBackpressure(this.call, {
+        body: { $case: "cycleAck", value: { generation: BigInt(this.generation), cycleSequence: BigInt(seq), recoveryPointId: committed.pointId, committedAt: committed.committedAt } },
+      });
+      this.ctx.afterCommit(vmId);
+    } catch (err) {
+      const reason = err instanceof RelationshipRefusal ? err.reason : RejectReason.REJECT_REASON_STORAGE_FAILURE;
+      await this.failCycle(seq, RejectReason[reason], errorMessage(err), cycle);
+      await this.sendCycleRejected(seq, reason, errorMessage(err));
+    }
+  }
+
+  private async rejectChunk(chunk: ExtentChunk, reason: RejectReason, message: string): Promise<void> {
+    const seq = Number(chunk.cycleSequence);
+    await writeWithBackpressure(this.call, {
+      body: { $case: "chunkRejected", value: { generation: BigInt(this.generation), cycleSequence: chunk.cycleSequence, diskId: chunk.diskId, offset: chunk.offset, reason, message } },
+    }).catch(() => undefined);
+    await this.refuseCycle(seq, reason, `chunk of disk ${chunk.diskId} at ${chunk.offset} refused: ${message}`);
+  }
+
+  /** Discards the cycle's partial point, records the failure and tells the sender to retry later. */
+  private async refuseCycle(seq: number, reason: RejectReason, message: string): Promise<void> {
+    this.logger.warn({ vm: this.vmId, seq, reason: RejectReason[reason] }, message);
+    await this.failCycle(seq, RejectReason[reason], message);
+    this.refusedSeq = seq;
+    await this.sendCycleRejected(seq, reason, message);
+  }
+
+  private async sendCycleRejected(seq: number, reason: RejectReason, message: string): Promise<void> {
+    await writeWithBackpressure(this.call, {
+      body: { $case: "cycleRejected", value: { generation: BigInt(this.generation), cycleSequence: BigInt(seq), reason, message } },
+    }).catch(() => undefined);
+  }
+
+  private async failCycle(seq: number, reason: string, message: string, closed?: OpenCycle): Promise<void> {
+    const cycle = closed ?? (this.cycle?.seq === seq ? this.cycle : undefined);
+    if (cycle && cycle === this.cycle) this.cycle = undefined;
+    if (cycle && !cycle.point.finished) await cycle.point.discard();
+    if (this.vmId) await this.ctx.relationships.recordCycleFailed({ vmId: this.vmId, seq, generation: this.generation, reason, message }).catch((err: unknown) => this.logger.error({ err }, "could not record the failed cycle"));
+  }
+
+  private async discardOpenCycle(why: string): Promise<void> {
+    if (this.cycle) await this.failCycle(this.cycle.seq, "STREAM_ENDED", why);
+  }
+
+  private endWithStatus(code: grpc.status, details: string): void {
+    const err = Object.assign(new Error(details), { code, details });
+    this.call.emit("error", err);
+  }
+}

@@ -1,0 +1,248 @@
+import { existsSync, rmSync } from "node:fs";
+import { QreplicaError } from "../common/errors.js";
+import type { Logger } from "../common/logger.js";
+import { RejectReason } from "../gen/qreplica/v1/replication.js";
+import {
+  InvalidTransitionError,
+  OutOfOrderCycleError,
+  RELATIONSHIP_STREAM_PREFIX,
+  StaleGenerationError,
+  commitCycle,
+  completeMerge,
+  enableReplication,
+  executeCommand,
+  failCycle,
+  loadRelationship,
+  pointIdFor,
+  refuseStaleGeneration,
+  startInitialReplication,
+  startMerge,
+  vmIdOfStream,
+  type CycleKind,
+  type Decide,
+  type EventStore,
+  type RelationshipState,
+} from "../ledger/index.js";
+import type { PointWrite, ReplicaStorage } from "../storage/index.js";
+
+/** A request the relationship's state forbids, mapped to the data plane's reject reason. */
+export class RelationshipRefusal extends QreplicaError {
+  readonly code = "RELATIONSHIP_REFUSED" as const;
+  constructor(
+    readonly reason: RejectReason,
+    message: string,
+    readonly currentGeneration?: number,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+export interface HelloInput {
+  vmId: string;
+  primarySiteId: string;
+  primaryIdentity: string;
+  presentedGeneration: number;
+  disks: Array<{ diskId: string; sizeBytes: number }>;
+}
+
+export interface CommitInput {
+  vmId: string;
+  seq: number;
+  kind: CycleKind;
+  generation: number;
+  cutoffAt: Date;
+  consistency: "application" | "crash";
+  point: PointWrite;
+  dataBytes: number;
+  zeroBytes: number;
+  wireBytes: number;
+  extents: number;
+  durationMs: number;
+}
+
+/**
+ * The site's side of every replication relationship: decisions go through the ledger's
+ * aggregate (optimistic concurrency), data through replica storage, in the order that keeps
+ * invariants 1, 3 and 5: storage durable first, then the ledger, then the ack.
+ */
+export class Relationships {
+  constructor(
+    private readonly store: EventStore,
+    private readonly storage: ReplicaStorage,
+    private readonly site: { siteId: string; defaultMaxPoints: number },
+    private readonly logger: Logger,
+  ) {}
+
+  async load(vmId: string): Promise<RelationshipState> {
+    return (await loadRelationship(this.store, vmId)).state;
+  }
+
+  async acceptHello(input: HelloInput): Promise<{ generation: number; lastCycleSeq: number; needsInitialReplication: boolean }> {
+    const { vmId } = input;
+    let state = await this.load(vmId);
+    if (state.state === "not-enabled") {
+      state = (
+        await this.exec(vmId, (s) =>
+          enableReplication(s, {
+            primarySiteId: input.primarySiteId,
+            replicaSiteId: this.site.siteId,
+            primaryIdentity: input.primaryIdentity,
+            disks: input.disks,
+            retention: { maxPoints: this.site.defaultMaxPoints },
+          }),
+        )
+      ).newState;
+    } else {
+      if (state.primaryIdentity !== input.primaryIdentity) {
+        throw new RelationshipRefusal(
+          RejectReason.REJECT_REASON_UNAUTHORIZED,
+          `VM ${vmId} is replicated here by primary '${state.primaryIdentity}', not '${input.primaryIdentity}'`,
+        );
+      }
+      if (input.presentedGeneration !== state.generation) {
+        await this.exec(vmId, (s) => refuseStaleGeneration(s, { presentedGeneration: input.presentedGeneration, peerIdentity: input.primaryIdentity })).catch((err: unknown) =>
+          this.logger.error({ err, vm: vmId }, "could not record the stale-generation refusal"),
+        );
+        throw new RelationshipRefusal(
+          RejectReason.REJECT_REASON_STALE_GENERATION,
+          `VM ${vmId}: generation ${input.presentedGeneration} is stale, the relationship is at generation ${state.generation}. ` +
+            `This primary is no longer authoritative (a failover happened); do not resume its VM`,
+          state.generation,
+        );
+      }
+    }
+    return {
+      generation: state.generation,
+      lastCycleSeq: state.lastCycleSeq,
+      needsInitialReplication: state.points.length === 0 || state.state === "ready-for-initial-replication" || state.state === "initial-replication-in-progress",
+    };
+  }
+
+  /** Checks the cycle against the relationship and opens its partial point in storage. */
+  async beginCycle(input: { vmId: string; seq: number; kind: CycleKind; generation: number; cutoffAt: Date; disks: Array<{ diskId: string; sizeBytes: number }> }): Promise<PointWrite> {
+    const { vmId, seq } = input;
+    let state = await this.load(vmId);
+    if (input.generation !== state.generation) {
+      throw new RelationshipRefusal(RejectReason.REJECT_REASON_STALE_GENERATION, `generation ${input.generation} is stale (current ${state.generation})`, state.generation);
+    }
+    if (input.kind === "full") {
+      if (state.state === "initial-replication-in-progress" && state.inFlight && state.inFlight.cycleSeq !== seq) {
+        // An initial replication interrupted by a crash of either side: record it as failed first.
+        const stale = state.inFlight.cycleSeq;
+        state = (await this.exec(vmId, (s) => failCycle(s, { cycleSeq: stale, generation: s.generation, reason: "INTERRUPTED", message: "superseded by a new initial replication" }))).newState;
+      }
+      await this.exec(vmId, (s) => startInitialReplication(s, { cycleSeq: seq, cutoffAt: input.cutoffAt.toISOString(), generation: input.generation }));
+      return this.storage.beginPoint(vmId, seq, input.disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes })));
+    }
+    if (input.kind !== "incremental") throw new RelationshipRefusal(RejectReason.REJECT_REASON_INVALID_STATE, `${input.kind} cycles are not supported yet`);
+    if (state.state !== "replicating") {
+      throw new RelationshipRefusal(RejectReason.REJECT_REASON_INVALID_STATE, `VM ${vmId} is in state ${state.state}; incremental cycles need replicating`);
+    }
+    if (seq <= state.lastCycleSeq) {
+      throw new RelationshipRefusal(RejectReason.REJECT_REASON_OUT_OF_ORDER, `cycle ${seq} is not after the last cycle ${state.lastCycleSeq}`);
+    }
+    const latest = state.points[state.points.length - 1];
+    if (!latest) throw new RelationshipRefusal(RejectReason.REJECT_REASON_INVALID_STATE, `VM ${vmId} has no recovery point to build on`);
+    const disks = input.disks.map((d) => {
+      const parent = latest.disks.find((p) => p.diskId === d.diskId);
+      if (!parent) throw new RelationshipRefusal(RejectReason.REJECT_REASON_UNKNOWN_DISK, `disk '${d.diskId}' is not replicated for VM ${vmId}`);
+      return { diskId: d.diskId, sizeBytes: d.sizeBytes, parentImage: parent.imagePath };
+    });
+    return this.storage.beginPoint(vmId, seq, disks);
+  }
+
+  async commitCycle(input: CommitInput): Promise<{ pointId: string; committedAt: Date }> {
+    const images = await input.point.commit();
+    const committedAt = new Date();
+    try {
+      await this.exec(input.vmId, (s) =>
+        commitCycle(s, {
+          cycleSeq: input.seq,
+          kind: input.kind,
+          generation: input.generation,
+          cutoffAt: input.cutoffAt.toISOString(),
+          committedAt: committedAt.toISOString(),
+          consistency: input.consistency,
+          disks: images.disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes, imagePath: d.imagePath })),
+          dataBytes: input.dataBytes,
+          zeroBytes: input.zeroBytes,
+          wireBytes: input.wireBytes,
+          extents: input.extents,
+          durationMs: input.durationMs,
+        }),
+      );
+    } catch (err) {
+      // Not in the ledger, so not a point: the images must go (a restart would remove them too).
+      for (const d of images.disks) rmSync(d.imagePath, { force: true });
+      throw err;
+    }
+    return { pointId: pointIdFor(input.seq), committedAt };
+  }
+
+  async recordCycleFailed(input: { vmId: string; seq: number; generation: number; reason: string; message: string }): Promise<void> {
+    const state = await this.load(input.vmId);
+    if (state.state === "not-enabled" || input.generation !== state.generation) return;
+    if (state.state !== "initial-replication-in-progress" && input.seq <= state.lastCycleSeq) return;
+    await this.exec(input.vmId, (s) => failCycle(s, { cycleSeq: input.seq, generation: input.generation, reason: input.reason, message: input.message.slice(0, 2000) }));
+  }
+
+  /** Merges the oldest points into the base while there are more than the retention allows. */
+  async applyRetention(vmId: string): Promise<void> {
+    for (;;) {
+      const started = await this.exec(vmId, (s) => startMerge(s));
+      if (started.events.length === 0) return;
+      await this.finishMerge(started.newState);
+    }
+  }
+
+  /** After a restart: finish interrupted merges, then remove images the ledger does not know. */
+  async recover(): Promise<void> {
+    const vmIds = new Set<string>();
+    for (const e of await this.store.readAll({ streamPrefix: RELATIONSHIP_STREAM_PREFIX })) {
+      const vmId = vmIdOfStream(e.stream);
+      if (vmId) vmIds.add(vmId);
+    }
+    for (const vmId of vmIds) {
+      const state = await this.load(vmId);
+      if (state.points.some((p) => p.merging)) await this.finishMerge(state);
+      const after = await this.load(vmId);
+      const known = new Set(after.points.flatMap((p) => p.disks.map((d) => d.imagePath)));
+      this.storage.removeOrphans(vmId, known);
+    }
+  }
+
+  private async finishMerge(state: RelationshipState): Promise<void> {
+    const index = state.points.findIndex((p) => p.merging);
+    const oldest = state.points[index];
+    const into = state.points[index + 1];
+    if (!oldest || !into) return;
+    const after = state.points[index + 2];
+    for (const d of into.disks) {
+      const base = oldest.disks.find((b) => b.diskId === d.diskId)?.imagePath;
+      if (!base) continue;
+      // Repeatable: after a crash past the overlay's deletion, the base already holds its data.
+      if (existsSync(d.imagePath)) {
+        await this.storage.mergeIntoBase(base, d.imagePath, after?.disks.find((a) => a.diskId === d.diskId)?.imagePath);
+      }
+    }
+    await this.exec(state.vmId, (s) =>
+      completeMerge(s, {
+        pointId: oldest.pointId,
+        disks: into.disks.map((d) => ({ diskId: d.diskId, imagePath: oldest.disks.find((b) => b.diskId === d.diskId)?.imagePath ?? d.imagePath })),
+      }),
+    );
+    this.logger.info({ vm: state.vmId, dropped: oldest.pointId, base: into.pointId }, "oldest recovery point merged into the base");
+  }
+
+  private async exec(vmId: string, decide: Decide) {
+    try {
+      return await executeCommand(this.store, vmId, decide);
+    } catch (err) {
+      if (err instanceof StaleGenerationError) throw new RelationshipRefusal(RejectReason.REJECT_REASON_STALE_GENERATION, err.message, err.currentGeneration, { cause: err });
+      if (err instanceof OutOfOrderCycleError) throw new RelationshipRefusal(RejectReason.REJECT_REASON_OUT_OF_ORDER, err.message, undefined, { cause: err });
+      if (err instanceof InvalidTransitionError) throw new RelationshipRefusal(RejectReason.REJECT_REASON_INVALID_STATE, err.message, undefined, { cause: err });
+      throw err;
+    }
+  }
+}

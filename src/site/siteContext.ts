@@ -1,0 +1,39 @@
+import type { Logger } from "../common/logger.js";
+import type { EventStore } from "../ledger/index.js";
+import type { ReplicaStorage } from "../storage/index.js";
+import type { ReplicateSession } from "./dataPlane/replicateSession.js";
+import type { Relationships } from "./relationships.js";
+import { VmSerializer } from "./vmSerializer.js";
+
+/** What every request handler of a running site shares. */
+export class SiteContext {
+  readonly serializer = new VmSerializer();
+  private readonly sessions = new Map<string, ReplicateSession>();
+
+  constructor(
+    readonly siteId: string,
+    readonly dir: string,
+    readonly store: EventStore,
+    readonly storage: ReplicaStorage,
+    readonly relationships: Relationships,
+    readonly logger: Logger,
+  ) {}
+
+  /** One stream per VM: a reconnecting agent's new stream replaces its old, half-dead one. */
+  claimSession(vmId: string, session: ReplicateSession): void {
+    const previous = this.sessions.get(vmId);
+    this.sessions.set(vmId, session);
+    if (previous && previous !== session) previous.supersede();
+  }
+
+  releaseSession(vmId: string, session: ReplicateSession): void {
+    if (this.sessions.get(vmId) === session) this.sessions.delete(vmId);
+  }
+
+  /** Retention runs after the ack, serialized with the VM's next cycle. */
+  afterCommit(vmId: string): void {
+    void this.serializer.run(vmId, () => this.relationships.applyRetention(vmId)).catch((err: unknown) =>
+      this.logger.error({ err, vm: vmId }, "retention merge failed; it is retried after the next cycle"),
+    );
+  }
+}

@@ -1,0 +1,67 @@
+import { mkdirSync, writeFileSync } from "node:fs";
+import * as grpc from "@grpc/grpc-js";
+import type { Logger } from "../common/logger.js";
+import { ControlServiceService } from "../gen/qreplica/v1/control.js";
+import { ReplicationServiceService, type ReplicationServiceServer } from "../gen/qreplica/v1/replication.js";
+import { getSqliteEventStore } from "../ledger/index.js";
+import { ReplicaStorage, SiteStorageDaemon } from "../storage/index.js";
+import { grpcServerOptions, loadSiteCredentials, serverCredentials } from "../transport/index.js";
+import { controlService } from "./controlPlane/controlService.js";
+import { ReplicateSession } from "./dataPlane/replicateSession.js";
+import { Relationships } from "./relationships.js";
+import { SiteContext } from "./siteContext.js";
+import { addressFile, loadSiteConfig, runDir } from "./siteConfig.js";
+
+export interface RunningSite {
+  siteId: string;
+  /** host:port actually bound (the configured port may be 0). */
+  address: string;
+  context: SiteContext;
+  stop(): Promise<void>;
+}
+
+/**
+ * `qreplica site serve`: the ledger, the storage daemon, and the gRPC data and control planes
+ * over mutual TLS. Recovers from an earlier crash before accepting anything.
+ */
+export async function startSite(dir: string, logger: Logger): Promise<RunningSite> {
+  const config = loadSiteConfig(dir);
+  const creds = loadSiteCredentials({ caFile: config.caFile, certFile: config.certFile, keyFile: config.keyFile }, { logger });
+  const log = logger.child({ site: config.siteId });
+  const store = getSqliteEventStore({ path: config.ledgerPath });
+  const daemon = await SiteStorageDaemon.start(runDir(dir), log);
+  const storage = new ReplicaStorage(config.storageRoot, daemon, log);
+  const relationships = new Relationships(store, storage, { siteId: config.siteId, defaultMaxPoints: config.defaultMaxPoints }, log);
+  await relationships.recover();
+  const context = new SiteContext(config.siteId, dir, store, storage, relationships, log);
+
+  const server = new grpc.Server(grpcServerOptions);
+  const replicationServer: ReplicationServiceServer = {
+    replicate: (call) => {
+      void new ReplicateSession(context, call).run();
+    },
+  };
+  server.addService(ReplicationServiceService, replicationServer);
+  server.addService(ControlServiceService, controlService(context));
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(config.listen, serverCredentials(creds), (err, p) => (err ? reject(err) : resolve(p))),
+  );
+  const host = config.listen.slice(0, config.listen.lastIndexOf(":"));
+  const address = `${host}:${port}`;
+  mkdirSync(runDir(dir), { recursive: true });
+  writeFileSync(addressFile(dir), address + "\n");
+  log.info({ address }, "site serving");
+
+  return {
+    siteId: config.siteId,
+    address,
+    context,
+    async stop() {
+      await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+      server.forceShutdown();
+      await context.serializer.idle();
+      await daemon.stop();
+      await store.close();
+    },
+  };
+}
