@@ -6,6 +6,12 @@ export class ResponseQueue {
   private readonly items: ReplicateResponse[] = [];
   private waiter: { resolve(r: ReplicateResponse): void; reject(e: Error): void } | undefined;
   private ended: Error | undefined;
+  private markFailed!: (err: Error) => void;
+  /**
+   * Rejects once the stream has ended or failed. A write racing it cannot hang: grpc-js does not
+   * destroy the writable side when the call fails, so a pending 'drain' would never come.
+   */
+  readonly failed: Promise<never> = new Promise<never>((_resolve, reject) => (this.markFailed = reject));
 
   constructor(stream: ClientDuplexStream<ReplicateRequest, ReplicateResponse>) {
     stream.on("data", (r: ReplicateResponse) => {
@@ -17,8 +23,10 @@ export class ResponseQueue {
         this.items.push(r);
       }
     });
+    this.failed.catch(() => undefined);
     const end = (err: Error) => {
       this.ended ??= err;
+      this.markFailed(this.ended);
       const w = this.waiter;
       this.waiter = undefined;
       w?.reject(this.ended);

@@ -23,6 +23,11 @@ interface VmReplicationState {
   replicaSite: string;
 }
 
+/** A write that fails as soon as the stream does, instead of waiting for a drain that never comes. */
+function send(stream: ClientDuplexStream<ReplicateRequest, ReplicateResponse>, responses: ResponseQueue, message: ReplicateRequest): Promise<void> {
+  return Promise.race([writeWithBackpressure(stream, message), responses.failed]);
+}
+
 class CycleRefusedError extends Error {
   constructor(
     readonly reason: RejectReason,
@@ -142,7 +147,7 @@ export class VmReplicator {
   private async hello(stream: ClientDuplexStream<ReplicateRequest, ReplicateResponse>, responses: ResponseQueue, capture: VmCapture): Promise<number> {
     const saved = this.loadState();
     const disks = capture.report?.disks ?? [];
-    await writeWithBackpressure(stream, {
+    await send(stream, responses, {
       body: {
         $case: "hello",
         value: {
@@ -175,7 +180,7 @@ export class VmReplicator {
     const codec = getCodec("zstd");
     const started = Date.now();
     try {
-      await writeWithBackpressure(stream, {
+      await send(stream, responses, {
         body: {
           $case: "cycleBegin",
           value: {
@@ -199,10 +204,10 @@ export class VmReplicator {
           if (extent.kind === "data") totals.data += extent.length;
           else totals.zero += extent.length;
           if (chunk.payload?.$case === "data") totals.wire += chunk.payload.value.data.length;
-          await writeWithBackpressure(stream, { body: { $case: "extentChunk", value: chunk } });
+          await send(stream, responses, { body: { $case: "extentChunk", value: chunk } });
         }
       }
-      await writeWithBackpressure(stream, {
+      await send(stream, responses, {
         body: {
           $case: "cycleEnd",
           value: { generation: gen, cycleSequence: seq, extentCount: BigInt(totals.extents), dataBytes: BigInt(totals.data), zeroBytes: BigInt(totals.zero), wireBytes: BigInt(totals.wire) },

@@ -1,4 +1,4 @@
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "../common/logger.js";
 import { ControlServiceService } from "../gen/qreplica/v1/control.js";
@@ -11,6 +11,15 @@ import { ReplicateSession } from "./dataPlane/replicateSession.js";
 import { Relationships } from "./relationships.js";
 import { SiteContext } from "./siteContext.js";
 import { addressFile, loadSiteConfig, runDir } from "./siteConfig.js";
+
+function readPreviousAddress(dir: string): string | undefined {
+  try {
+    const text = readFileSync(addressFile(dir), "utf8").trim();
+    return /:\d+$/.test(text) ? text : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 export interface RunningSite {
   siteId: string;
@@ -43,9 +52,11 @@ export async function startSite(dir: string, logger: Logger): Promise<RunningSit
   };
   server.addService(ReplicationServiceService, replicationServer);
   server.addService(ControlServiceService, controlService(context));
-  const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(config.listen, serverCredentials(creds), (err, p) => (err ? reject(err) : resolve(p))),
-  );
+  const bind = (listen: string) =>
+    new Promise<number>((resolve, reject) => server.bindAsync(listen, serverCredentials(creds), (err, p) => (err ? reject(err) : resolve(p))));
+  // With port 0 the first start picks a port; later starts keep it, so agents find the site again.
+  const previous = config.listen.endsWith(":0") ? readPreviousAddress(dir) : undefined;
+  const port = previous ? await bind(previous).catch(() => bind(config.listen)) : await bind(config.listen);
   const host = config.listen.slice(0, config.listen.lastIndexOf(":"));
   const address = `${host}:${port}`;
   mkdirSync(runDir(dir), { recursive: true });

@@ -11,7 +11,7 @@ let env: TwoSites | undefined;
 let cleanup: (() => void) | undefined;
 afterEach(async () => {
   await env?.stopAll();
-  cleanup?.();
+  if (!process.env.QR_KEEP) cleanup?.();
   env = undefined;
 });
 

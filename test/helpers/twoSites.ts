@@ -1,4 +1,4 @@
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { stringify as toYaml } from "yaml";
 import { getSqliteEventStore, loadRelationship, type RelationshipState } from "../../src/ledger/index.js";
@@ -52,12 +52,13 @@ export async function setupTwoSites(dir: string, opts: { diskBytes: number; inte
     daemons,
     async startSite(siteDir) {
       const addr = addressFile(siteDir);
-      if (existsSync(addr)) writeFileSync(addr, "");
+      const startedAt = Date.now();
       const d = startDaemon(CLI, ["site", "serve", "--dir", siteDir], join(siteDir, "site.log"));
       daemons.push(d);
       await waitFor(`site ${siteDir} to listen`, () => {
-        const text = existsSync(addr) ? readFileSync(addr, "utf8").trim() : "";
-        return text || undefined;
+        // Written anew by every start: fresh once its mtime is past this start.
+        if (!existsSync(addr) || statSync(addr).mtimeMs < startedAt - 5) return undefined;
+        return readFileSync(addr, "utf8").trim() || undefined;
       }, 30_000);
       return d;
     },

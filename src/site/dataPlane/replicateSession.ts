@@ -76,7 +76,9 @@ export class ReplicateSession {
       return;
     }
     try {
-      for await (const req of this.call as AsyncIterable<ReplicateRequest>) {
+      // destroyOnReturn: false, so that the call is still there to finish with a status once the
+      // sender half-closes (a destroyed grpc-js call never sends one).
+      for await (const req of this.call.iterator({ destroyOnReturn: false }) as AsyncIterable<ReplicateRequest>) {
         if (this.superseded) break;
         await this.onMessage(req, identity);
       }
@@ -85,6 +87,8 @@ export class ReplicateSession {
     } finally {
       await this.discardOpenCycle("the stream ended before the cycle was complete");
       if (this.vmId) this.ctx.releaseSession(this.vmId, this);
+      // The sender half-closed: finish the call (status OK) rather than leave it open to its deadline.
+      if (!this.call.destroyed && !this.call.writableEnded) this.call.end();
     }
   }
 
@@ -116,9 +120,16 @@ export class ReplicateSession {
     if (this.vmId !== undefined) return this.endWithStatus(grpc.status.FAILED_PRECONDITION, "a second Hello on the same stream");
     const refuse = async (reason: RejectReason, message: string, status: grpc.status, currentGeneration = 0) => {
       this.logger.warn({ vm: hello.vmId, identity, reason: RejectReason[reason] }, message);
-      await writeWithBackpressure(this.call, {
-        body: { $case: "helloRejected", value: { generation: hello.generation, reason, message, currentGeneration: BigInt(currentGeneration) } },
-      }).catch(() => undefined);
+      // Wait until grpc-js has sent the message, not merely queued it: endWithStatus's 'error' ends
+      // the for-await loop in run(), which destroys the call, and a call destroyed with a write
+      // still in progress never sends its status (the refused client would hang to its deadline).
+      await new Promise<void>((resolve) => {
+        if (this.call.destroyed || this.call.writableEnded) return resolve();
+        this.call.write(
+          { body: { $case: "helloRejected", value: { generation: hello.generation, reason, message, currentGeneration: BigInt(currentGeneration) } } },
+          () => resolve(),
+        );
+      });
       this.endWithStatus(status, message);
     };
     if (hello.protocolVersion !== PROTOCOL_VERSION) {
@@ -171,7 +182,9 @@ export class ReplicateSession {
   private async onCycleBegin(begin: CycleBegin): Promise<void> {
     const vmId = this.vmId!;
     const seq = Number(begin.cycleSequence);
-    if (Number(begin.generation) !== this.generation) return this.refuseCycle(seq, RejectReason.REJECT_REASON_STALE_GENERATION, `generation ${begin.generation} is not the current ${this.generation}`);
+    // Refused without a CycleFailed: a message of another generation must not touch this one's
+    // relationship (it would consume the sequence number and count as this primary's failure).
+    if (Number(begin.generation) !== this.generation) return this.refuseCycle(seq, RejectReason.REJECT_REASON_STALE_GENERATION, `generation ${begin.generation} is not the current ${this.generation}`, { record: false });
     if (this.cycle) return this.refuseCycle(seq, RejectReason.REJECT_REASON_OUT_OF_ORDER, `cycle ${this.cycle.seq} is still open`);
     const kind = begin.kind === CycleKind.CYCLE_KIND_INITIAL ? "full" : begin.kind === CycleKind.CYCLE_KIND_INCREMENTAL ? "incremental" : begin.kind === CycleKind.CYCLE_KIND_RESYNC ? "resync" : undefined;
     if (!kind) return this.refuseCycle(seq, RejectReason.REJECT_REASON_INVALID_STATE, `unknown cycle kind ${begin.kind}`);
@@ -292,9 +305,9 @@ export class ReplicateSession {
   }
 
   /** Discards the cycle's partial point, records the failure and tells the sender to retry later. */
-  private async refuseCycle(seq: number, reason: RejectReason, message: string): Promise<void> {
+  private async refuseCycle(seq: number, reason: RejectReason, message: string, opts: { record?: boolean } = {}): Promise<void> {
     this.logger.warn({ vm: this.vmId, seq, reason: RejectReason[reason] }, message);
-    await this.failCycle(seq, RejectReason[reason], message);
+    if (opts.record !== false) await this.failCycle(seq, RejectReason[reason], message);
     this.refusedSeq = seq;
     await this.sendCycleRejected(seq, reason, message);
   }

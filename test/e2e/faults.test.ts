@@ -1,0 +1,87 @@
+import { existsSync, readdirSync, writeFileSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { compareImages, convertImage } from "../../src/qemu/processes/index.js";
+import { makeTmpDir } from "../helpers/tmpDir.js";
+import { waitFor } from "../helpers/processes.js";
+import { setupTwoSites, type TwoSites } from "../helpers/twoSites.js";
+
+const MiB = 1024 * 1024;
+let env: TwoSites | undefined;
+let cleanup: (() => void) | undefined;
+afterEach(async () => {
+  await env?.stopAll();
+  if (!process.env.QR_KEEP) cleanup?.();
+  env = undefined;
+});
+
+const partials = (t: TwoSites) => {
+  const dir = join(t.siteB, "storage", "vm1", "vda");
+  return existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith(".partial")) : [];
+};
+
+async function replicatingWithOnePoint(): Promise<TwoSites> {
+  const tmp = makeTmpDir("qr-fault-");
+  cleanup = tmp.cleanup;
+  env = await setupTwoSites(tmp.path, { diskBytes: 256 * MiB, intervalSeconds: 1 });
+  await env.startSite(env.siteA);
+  await env.startSite(env.siteB);
+  await env.vm.guestWrite("vda", ["write -P 0x01 0 4M"]);
+  env.startAgent();
+  const t = env;
+  await waitFor("initial replication and one incremental point", async () => ((await t.relationship()).points.length >= 2 ? true : undefined), 90_000);
+  return env;
+}
+
+/** A write of incompressible data, big enough that its cycle takes a while to ship. */
+async function bigRandomWrite(t: TwoSites, offsetMiB: number, sizeMiB: number): Promise<number> {
+  const file = join(t.dir, "random.bin");
+  writeFileSync(file, randomBytes(sizeMiB * MiB));
+  await t.vm.guestWrite("vda", [`write -s ${file} ${offsetMiB}M ${sizeMiB}M`]);
+  return Date.now();
+}
+
+async function expectLatestPointEqualsPrimary(t: TwoSites, after: number) {
+  const snapshot = join(t.dir, "primary-now.raw");
+  await convertImage(t.vm.guestUri("vda"), snapshot, { srcFormat: "raw", dstFormat: "raw" });
+  const point = await waitFor("a point cut after the writes", async () => (await t.relationship()).points.find((p) => Date.parse(p.cutoffAt) > after), 120_000);
+  const cmp = await compareImages(point.disks[0]!.imagePath, snapshot, { formatA: "qcow2", formatB: "raw" });
+  expect(cmp.detail).toMatch(/identical/i);
+}
+
+describe("faults: processes killed for real in the middle of a cycle", { timeout: 240_000 }, () => {
+  it("kill -9 of the replica site during a cycle: no partial point; the next cycle delivers the missed changes", async () => {
+    const t = await replicatingWithOnePoint();
+    const site = t.daemons[1]!;
+    const before = (await t.relationship()).points.length;
+    const wroteAt = await bigRandomWrite(t, 64, 160);
+    await waitFor("the site writing a partial point", () => (partials(t).length > 0 ? true : undefined), 60_000, 20);
+    await site.kill("SIGKILL");
+    // What the ledger lists is whole; the partial overlay is not a point.
+    const state = await t.relationship();
+    for (const p of state.points) expect(existsSync(p.disks[0]!.imagePath)).toBe(true);
+    expect(state.points.every((p) => Date.parse(p.cutoffAt) < wroteAt)).toBe(true);
+    expect(state.points.length).toBeGreaterThanOrEqual(before);
+
+    await t.startSite(t.siteB);
+    expect(partials(t)).toEqual([]);
+    await t.vm.guestWrite("vda", ["write -P 0x77 10M 1M"]);
+    await expectLatestPointEqualsPrimary(t, Date.now());
+  });
+
+  it("kill -9 of the agent during a cycle: the restarted agent resends everything not acknowledged", async () => {
+    const t = await replicatingWithOnePoint();
+    const agent = t.daemons[2]!;
+    await bigRandomWrite(t, 32, 160);
+    await waitFor("the site writing a partial point", () => (partials(t).length > 0 ? true : undefined), 60_000, 20);
+    await agent.kill("SIGKILL");
+    await waitFor("the site discarding the partial point", () => (partials(t).length === 0 ? true : undefined), 30_000);
+    const failed = await t.relationship();
+    expect(failed.counters.cyclesFailed).toBeGreaterThanOrEqual(1);
+
+    t.startAgent();
+    await t.vm.guestWrite("vda", ["write -P 0x66 200M 1M"]);
+    await expectLatestPointEqualsPrimary(t, Date.now());
+  });
+});
