@@ -1,49 +1,46 @@
 /**
- * npm run demo — what qreplica does so far, on this machine: a protected "VM" (qemu-storage-daemon
- * with a qcow2 disk) written to continuously, changed-block capture cycles taken from its dirty
- * bitmap through fleecing, each applied to a local replica image, and the replica proven
- * byte-identical to the disk at the last cut-off.
+ * npm run demo — qreplica end to end on this machine: a CA, two sites (A, the primary's; B, the
+ * replica), a protected VM on A whose guest keeps writing, the capture agent replicating it to B,
+ * recovery points in B's ledger, and the proof that the latest point is byte-identical to the disk.
  */
 import { join } from "node:path";
 import { Command } from "commander";
-import { VmCapture } from "../replica-agent/capture/index.js";
-import { createLogger } from "../src/common/logger.js";
 import { makeTmpDir } from "../src/common/tmpDir.js";
-import { formatBytes, formatTable } from "../src/cli/table.js";
-import { QmpClient } from "../src/qemu/qmp/index.js";
-import { compareImages, startStorageDaemonVm, type StorageDaemonVm } from "../src/qemu/processes/index.js";
-import { applyExtentsToRaw } from "../test/helpers/applyExtents.js";
+import { compareImages, convertImage, type StorageDaemonVm } from "../src/qemu/processes/index.js";
+import { runCli, waitFor } from "../test/helpers/processes.js";
+import { setupTwoSites } from "../test/helpers/twoSites.js";
 
 const MiB = 1024 * 1024;
 const opts = new Command()
   .name("demo")
-  .option("--cycles <n>", "capture cycles to run", (v) => Number(v), 5)
-  .option("--interval-ms <ms>", "time between cycles", (v) => Number(v), 1500)
-  .option("--disk-mib <n>", "disk size", (v) => Number(v), 1024)
-  .option("--json", "print the cycles as JSON", false)
+  .option("--seconds <n>", "how long the guest writes while replication runs", (v) => Number(v), 12)
+  .option("--interval <s>", "replication interval in seconds", (v) => Number(v), 2)
   .option("--keep", "keep the working directory", false)
   .parse()
-  .opts<{ cycles: number; intervalMs: number; diskMib: number; json: boolean; keep: boolean }>();
+  .opts<{ seconds: number; interval: number; keep: boolean }>();
 
-const say = (text: string) => {
-  if (!opts.json) console.log(text);
-};
-const logger = createLogger("demo", process.env.QREPLICA_LOG_LEVEL ?? "warn");
+const step = (n: number, text: string) => console.log(`\n\x1b[1m${n}. ${text}\x1b[0m`);
+async function show(args: string[]) {
+  console.log(`$ qreplica ${args.join(" ")}`);
+  const r = await runCli(args);
+  process.stdout.write(r.stdout.replace(/^/gm, "  "));
+  if (r.code !== 0 && r.code !== 3) throw new Error(`qreplica ${args.join(" ")} failed: ${r.stderr}`);
+}
 
 /** A guest that keeps writing: data at random places, now and then a zeroed range. */
-function startWriter(vm: StorageDaemonVm): { stop(): Promise<number> } {
+function startWriter(vm: StorageDaemonVm, diskMiB: number): { stop(): Promise<number> } {
   let running = true;
   let writes = 0;
   const loop = (async () => {
     while (running) {
       const cmds = Array.from({ length: 8 }, () => {
-        const offsetKiB = Math.floor(Math.random() * (opts.diskMib * 1024 - 1024)) & ~63;
+        const offsetKiB = Math.floor(Math.random() * (diskMiB * 1024 - 1024)) & ~63;
         const lenKiB = 64 * (1 + Math.floor(Math.random() * 8));
-        return Math.random() < 0.15 ? `write -z ${offsetKiB}k ${lenKiB}k` : `write -P ${Math.floor(Math.random() * 255) + 1} ${offsetKiB}k ${lenKiB}k`;
+        return Math.random() < 0.15 ? `write -z ${offsetKiB}k ${lenKiB}k` : `write -P ${1 + Math.floor(Math.random() * 254)} ${offsetKiB}k ${lenKiB}k`;
       });
       await vm.guestWrite("vda", cmds);
       writes += cmds.length;
-      await new Promise((r) => setTimeout(r, 100));
+      await new Promise((r) => setTimeout(r, 150));
     }
   })();
   return {
@@ -56,71 +53,51 @@ function startWriter(vm: StorageDaemonVm): { stop(): Promise<number> } {
 }
 
 const tmp = makeTmpDir("qr-demo-");
-const vm = await startStorageDaemonVm(tmp.path, [{ id: "vda", sizeBytes: opts.diskMib * MiB }]);
-const qmp = await QmpClient.connect({ socketPath: vm.qmpSocketPath, logger });
-const replica = join(tmp.path, "replica-vda.raw");
-const rows: Array<Record<string, string | number>> = [];
+const diskMiB = 256;
+console.log(`qreplica demo — working directory ${tmp.path}`);
+step(1, "A CA and two sites, A (primary) and B (replica), each with its own certificate");
+const t = await setupTwoSites(tmp.path, { diskBytes: diskMiB * MiB, intervalSeconds: opts.interval, maxPoints: 8 });
+let failed = false;
 try {
-  say(`qreplica demo — working directory ${tmp.path}`);
-  say(`1. A protected VM: qemu-storage-daemon (pid ${vm.proc.pid}) with a ${opts.diskMib} MiB qcow2 disk; the guest writes through its NBD export.`);
-  await vm.guestWrite("vda", ["write -P 0x42 0 64M", "write -P 0x17 512M 16M"]);
-  const capture = await VmCapture.open({
-    vmId: "demo-vm",
-    qmp,
-    disks: [{ id: "vda", node: "node-vda" }],
-    stateDir: join(tmp.path, "agent-state"),
-    nbdSocketPath: vm.nbdSocketPath,
-    logger,
-  });
-  say(`2. Capture opened: tracking status '${capture.report?.status}'.`);
+  await show(["authorizations", "--dir", t.siteB]);
+  step(2, "Start both site servers (gRPC over mutual TLS, SQLite ledger, site-owned qemu-storage-daemon)");
+  await t.startSite(t.siteA);
+  await t.startSite(t.siteB);
+  await show(["status", "--dir", t.siteB]);
 
-  const runCycle = async (kind: "full" | "incremental") => {
-    const started = process.hrtime.bigint();
-    const cycle = kind === "full" ? await capture.enable() : await capture.beginCycle();
-    const disk = cycle.disks[0]!;
-    const totals = await applyExtentsToRaw(replica, disk.sizeAtCutoff, disk.extents());
-    await cycle.confirm();
-    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-    const row = {
-      cycle: cycle.seq,
-      kind,
-      cutoff: cycle.cutoffAt.toISOString().slice(11, 23),
-      tracked: formatBytes(disk.dirtyBytes),
-      extents: totals.extents,
-      data: formatBytes(totals.data),
-      zeroes: formatBytes(totals.zero),
-      "time ms": Math.round(seconds * 1000),
-      "MiB/s": (totals.data / MiB / seconds).toFixed(0),
-    };
-    rows.push(row);
-    return row;
-  };
+  step(3, `A protected VM on site A: ${diskMiB} MiB qcow2 disk; the guest writes 72 MiB, then keeps writing`);
+  await t.vm.guestWrite("vda", ["write -P 0x42 0 64M", "write -P 0x17 128M 8M"]);
+  const writer = startWriter(t.vm, diskMiB);
 
-  say("3. Initial replication: one point-in-time full read; holes and zeroes are skipped, not read.");
-  await runCycle("full");
-  say(formatTable(Object.keys(rows[0]!), rows.map((r) => Object.values(r))));
-
-  say(`4. The guest now writes continuously; ${opts.cycles} incremental cycles, one every ${opts.intervalMs} ms.`);
-  say("   Each cut-off is one QMP transaction: new bitmap, old one disabled, fleecing started.");
-  const writer = startWriter(vm);
-  for (let i = 0; i < opts.cycles; i++) {
-    await new Promise((r) => setTimeout(r, opts.intervalMs));
-    await runCycle("incremental");
-  }
+  step(4, `The capture agent protects it: initial replication, then a cycle every ${opts.interval} s`);
+  t.startAgent();
+  await waitFor("the initial replication", async () => ((await t.relationship()).points.length > 0 ? true : undefined), 120_000);
+  await show(["status", "--dir", t.siteB]);
+  console.log(`  ... the guest keeps writing for ${opts.seconds} s while cycles ship its changes`);
+  await new Promise((r) => setTimeout(r, opts.seconds * 1000));
   const writes = await writer.stop();
-  await runCycle("incremental");
-  say(formatTable(Object.keys(rows[0]!), rows.map((r) => Object.values(r))));
+  const quietSince = Date.now();
+  step(5, `Recovery points on site B (the guest made ${writes} writes; retention keeps 8 points, older ones merge into the base)`);
+  await waitFor("a point after the guest went quiet", async () => ((await t.relationship()).points.some((p) => Date.parse(p.cutoffAt) > quietSince) ? true : undefined), 120_000);
+  await show(["points", "vm1", "--dir", t.siteB]);
 
-  say(`5. The guest made ${writes} writes. After a final cycle with the guest quiet, compare replica and disk:`);
-  const cmp = await compareImages(replica, vm.guestUri("vda"), { formatA: "raw", formatB: "raw" });
-  say(`   qemu-img compare: ${cmp.detail}`);
-  if (opts.json) console.log(JSON.stringify({ cycles: rows, guestWrites: writes, identical: cmp.identical }, null, 2));
-  if (!cmp.identical) {
-    console.error("demo: the replica differs from the disk — this is a bug");
-    process.exitCode = 1;
-  }
+  step(6, "Is the latest recovery point byte-identical to the primary disk? (qemu-img compare through the qcow2 chain)");
+  const latest = (await t.relationship()).points.at(-1)!;
+  const snapshot = join(tmp.path, "primary.raw");
+  await convertImage(t.vm.guestUri("vda"), snapshot, { srcFormat: "raw", dstFormat: "raw" });
+  const cmp = await compareImages(latest.disks[0]!.imagePath, snapshot, { formatA: "qcow2", formatB: "raw" });
+  console.log(`  ${latest.pointId} (cut-off ${latest.cutoffAt}): ${cmp.detail}`);
+  failed = !cmp.identical;
+
+  step(7, "The ledger: the audit trail of the relationship, and its hash chain verified");
+  await show(["events", "vm1", "--dir", t.siteB, "--limit", "12"]);
+  await show(["ledger", "verify", "--dir", t.siteB]);
 } finally {
-  await qmp.close();
-  await vm.proc.stop();
+  await t.stopAll();
   if (!opts.keep) tmp.cleanup();
 }
+if (failed) {
+  console.error("demo: the replica differs from the primary — this is a bug");
+  process.exit(1);
+}
+console.log("\ndemo complete: two sites, one protected VM, every point in the ledger, the latest one proven identical.");
