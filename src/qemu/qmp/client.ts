@@ -64,7 +64,7 @@ export class QmpClient {
     const { socketPath } = opts;
     const logger = opts.logger ?? silentLogger;
     const connectTimeoutMs = opts.connectTimeoutMs ?? 10_000;
-    const { socket, greetingLine, rest } = await readGreeting(socketPath, connectTimeoutMs);
+    const { socket, greetingLine, rest } = await readGreetingRetrying(socketPath, connectTimeoutMs);
     let greeting: QmpGreeting;
     try {
       const parsed = JSON.parse(greetingLine) as { QMP?: QmpGreeting };
@@ -213,6 +213,20 @@ export class QmpClient {
     this.socket.destroy();
     this.events.emit("close");
     this.markClosed();
+  }
+}
+
+/** QEMU creates the socket file a moment before it listens: a refused connect right after start is retried briefly. */
+async function readGreetingRetrying(socketPath: string, timeoutMs: number): Promise<{ socket: net.Socket; greetingLine: string; rest: Buffer }> {
+  const retryUntil = Date.now() + Math.min(2_000, timeoutMs);
+  for (;;) {
+    try {
+      return await readGreeting(socketPath, timeoutMs);
+    } catch (err) {
+      const refused = err instanceof QmpConnectError && (err.cause as NodeJS.ErrnoException | undefined)?.code === "ECONNREFUSED";
+      if (!refused || Date.now() > retryUntil) throw err;
+      await new Promise((r) => setTimeout(r, 25));
+    }
   }
 }
 
