@@ -1,0 +1,33 @@
+import { QreplicaError } from "../../common/errors.js";
+
+/** A VM spec is malformed; `problems` lists every bad field, each with how to fix it. */
+export class VmSpecError extends QreplicaError {
+  readonly code = "VM_SPEC_INVALID" as const;
+  constructor(readonly problems: readonly string[]) {
+    super(`invalid VM spec: ${problems.join("; ")}`);
+  }
+}
+
+/** A VM could not be started (bad inputs for this launch, QEMU refused, or it never ran). */
+export class VmLaunchError extends QreplicaError {
+  readonly code = "VM_LAUNCH_FAILED" as const;
+  constructor(
+    readonly vmName: string,
+    detail: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`cannot launch VM '${vmName}': ${detail}`, options);
+  }
+}
+
+/** A throwaway overlay for a test failover could not be created. */
+export class OverlayError extends QreplicaError {
+  readonly code = "OVERLAY_CREATE_FAILED" as const;
+  constructor(
+    readonly path: string,
+    detail: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`cannot create overlay ${path}: ${detail}`, options);
+  }
+}

@@ -1,0 +1,15 @@
+export { OverlayError, VmLaunchError, VmSpecError } from "./errors.js";
+export { launchVm, type LaunchedVm, type LaunchVmOptions, type StopResult } from "./launchVm.js";
+export { netdevId, nicArgs, resolveNicBackends, type LaunchNetwork, type NetworkBackend } from "./network.js";
+export { createThrowawayOverlay, type ThrowawayOverlay } from "./overlay.js";
+export {
+  DISK_BUSES,
+  FORBIDDEN_EXTRA_ARGS,
+  NIC_MODELS,
+  validateVmSpec,
+  type DiskBus,
+  type NicModel,
+  type VmDiskSpec,
+  type VmNicSpec,
+  type VmSpec,
+} from "./vmSpec.js";
