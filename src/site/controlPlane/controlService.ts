@@ -97,7 +97,17 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
     };
   };
 
+  const notYet = (what: string) =>
+    guarded(async () => {
+      throw Object.assign(new Error(`${what} is not available on this site yet`), { grpcCode: grpc.status.UNIMPLEMENTED });
+    });
+
   return {
+    startTestFailover: notYet("test failover"),
+    stopTestFailover: notYet("test failover"),
+    failover: notYet("failover"),
+    completeFailover: notYet("failover"),
+    cancelFailover: notYet("failover"),
     getStatus: guarded(async (req) => {
       await status.catchUp(ctx.store);
       const now = new Date();

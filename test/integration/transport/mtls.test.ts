@@ -156,7 +156,7 @@ function connect(address: string, channelCreds: ChannelCredentials) {
 const hello: ReplicateRequest = {
   body: {
     $case: "hello",
-    value: { protocolVersion: 1, sourceSiteId: "site-a", agentId: "kvm1", vmId: "vm-1", generation: 4n, disks: [], supportedCodecs: [], supportedChecksumAlgorithms: [] },
+    value: { protocolVersion: 1, sourceSiteId: "site-a", agentId: "kvm1", vmId: "vm-1", generation: 4n, disks: [], supportedCodecs: [], supportedChecksumAlgorithms: [], vmSpecJson: "" },
   },
 };
 

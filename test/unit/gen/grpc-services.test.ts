@@ -49,7 +49,13 @@ describe("generated gRPC services", () => {
         call.on("end", () => call.end());
       },
     };
+    const unimplemented = (_call: unknown, cb: (err: { code: number; details: string }) => void) => cb({ code: 12, details: "not in this test" });
     const controlImpl: ControlServiceServer = {
+      startTestFailover: unimplemented,
+      stopTestFailover: unimplemented,
+      failover: unimplemented,
+      completeFailover: unimplemented,
+      cancelFailover: unimplemented,
       getStatus: (call, cb) =>
         cb(null, {
           siteId: "site-b",
@@ -101,6 +107,7 @@ describe("generated gRPC services", () => {
           disks: [],
           supportedCodecs: [],
           supportedChecksumAlgorithms: [],
+          vmSpecJson: "",
         },
       },
     });

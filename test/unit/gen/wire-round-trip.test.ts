@@ -39,6 +39,7 @@ const requests: ReplicateRequest[] = [
         disks: [{ diskId: "vda", virtualSizeBytes: maxU64 }],
         supportedCodecs: [CompressionCodec.COMPRESSION_CODEC_NONE, CompressionCodec.COMPRESSION_CODEC_ZSTD],
         supportedChecksumAlgorithms: [ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256],
+        vmSpecJson: "",
       },
     },
   },

@@ -33,6 +33,45 @@ export const protobufPackage = "qreplica.v1";
 
 export const protobufFileName = "qreplica/v1/control.proto";
 
+export enum FailoverKind {
+  FAILOVER_KIND_UNSPECIFIED = 0,
+  FAILOVER_KIND_PLANNED = 1,
+  FAILOVER_KIND_UNPLANNED = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function failoverKindFromJSON(object: any): FailoverKind {
+  switch (object) {
+    case 0:
+    case "FAILOVER_KIND_UNSPECIFIED":
+      return FailoverKind.FAILOVER_KIND_UNSPECIFIED;
+    case 1:
+    case "FAILOVER_KIND_PLANNED":
+      return FailoverKind.FAILOVER_KIND_PLANNED;
+    case 2:
+    case "FAILOVER_KIND_UNPLANNED":
+      return FailoverKind.FAILOVER_KIND_UNPLANNED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return FailoverKind.UNRECOGNIZED;
+  }
+}
+
+export function failoverKindToJSON(object: FailoverKind): string {
+  switch (object) {
+    case FailoverKind.FAILOVER_KIND_UNSPECIFIED:
+      return "FAILOVER_KIND_UNSPECIFIED";
+    case FailoverKind.FAILOVER_KIND_PLANNED:
+      return "FAILOVER_KIND_PLANNED";
+    case FailoverKind.FAILOVER_KIND_UNPLANNED:
+      return "FAILOVER_KIND_UNPLANNED";
+    case FailoverKind.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** The relationship aggregate's state, Hyper-V Replica's states as the floor. */
 export enum RelationshipState {
   RELATIONSHIP_STATE_UNSPECIFIED = 0,
@@ -163,6 +202,70 @@ export function replicationHealthToJSON(object: ReplicationHealth): string {
   }
 }
 
+/** A VM this site launched (test or failover), and how long it took to run. */
+export interface LaunchedVmInfo {
+  name: string;
+  qmpSocket: string;
+  serialLog: string;
+  pid: number;
+  /** From the request to QEMU reporting the VM running. */
+  timeToRunningMs: bigint;
+  diskImages: string[];
+}
+
+export interface StartTestFailoverRequest {
+  vmId: string;
+  /** Latest point when empty. */
+  recoveryPointId: string;
+}
+
+export interface StartTestFailoverResponse {
+  testId: string;
+  recoveryPointId: string;
+  vm?: LaunchedVmInfo | undefined;
+}
+
+export interface StopTestFailoverRequest {
+  vmId: string;
+  /** Every test of the VM when empty. */
+  testId: string;
+}
+
+export interface StopTestFailoverResponse {
+  stoppedTestIds: string[];
+}
+
+export interface FailoverRequest {
+  vmId: string;
+  kind: FailoverKind;
+  /** Latest point when empty. */
+  recoveryPointId: string;
+  /** Launch the VM after failing over (default true in the CLI). */
+  startVm: boolean;
+}
+
+export interface FailoverResponse {
+  recoveryPointId: string;
+  generation: bigint;
+  vm?: LaunchedVmInfo | undefined;
+}
+
+export interface CompleteFailoverRequest {
+  vmId: string;
+}
+
+export interface CompleteFailoverResponse {
+  droppedRecoveryPointIds: string[];
+}
+
+export interface CancelFailoverRequest {
+  vmId: string;
+}
+
+export interface CancelFailoverResponse {
+  state: string;
+}
+
 export interface GetStatusRequest {
   /** Unset: every relationship this site knows. */
   vmId?: string | undefined;
@@ -263,6 +366,1069 @@ export interface LedgerEvent {
   /** The event's payload as JSON text, so clients need no schema for every event type. */
   dataJson: string;
 }
+
+function createBaseLaunchedVmInfo(): LaunchedVmInfo {
+  return { name: "", qmpSocket: "", serialLog: "", pid: 0, timeToRunningMs: 0n, diskImages: [] };
+}
+
+export const LaunchedVmInfo: MessageFns<LaunchedVmInfo> = {
+  encode(message: LaunchedVmInfo, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.qmpSocket !== "") {
+      writer.uint32(18).string(message.qmpSocket);
+    }
+    if (message.serialLog !== "") {
+      writer.uint32(26).string(message.serialLog);
+    }
+    if (message.pid !== 0) {
+      writer.uint32(32).uint32(message.pid);
+    }
+    if (message.timeToRunningMs !== 0n) {
+      if (BigInt.asUintN(64, message.timeToRunningMs) !== message.timeToRunningMs) {
+        throw new globalThis.Error("value provided for field message.timeToRunningMs of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.timeToRunningMs);
+    }
+    for (const v of message.diskImages) {
+      writer.uint32(50).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LaunchedVmInfo {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLaunchedVmInfo();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.qmpSocket = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.serialLog = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.pid = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.timeToRunningMs = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.diskImages.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LaunchedVmInfo {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      qmpSocket: isSet(object.qmpSocket)
+        ? globalThis.String(object.qmpSocket)
+        : isSet(object.qmp_socket)
+        ? globalThis.String(object.qmp_socket)
+        : "",
+      serialLog: isSet(object.serialLog)
+        ? globalThis.String(object.serialLog)
+        : isSet(object.serial_log)
+        ? globalThis.String(object.serial_log)
+        : "",
+      pid: isSet(object.pid) ? globalThis.Number(object.pid) : 0,
+      timeToRunningMs: isSet(object.timeToRunningMs)
+        ? BigInt(object.timeToRunningMs)
+        : isSet(object.time_to_running_ms)
+        ? BigInt(object.time_to_running_ms)
+        : 0n,
+      diskImages: globalThis.Array.isArray(object?.diskImages)
+        ? object.diskImages.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.disk_images)
+        ? object.disk_images.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: LaunchedVmInfo): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.qmpSocket !== "") {
+      obj.qmpSocket = message.qmpSocket;
+    }
+    if (message.serialLog !== "") {
+      obj.serialLog = message.serialLog;
+    }
+    if (message.pid !== 0) {
+      obj.pid = Math.round(message.pid);
+    }
+    if (message.timeToRunningMs !== 0n) {
+      obj.timeToRunningMs = message.timeToRunningMs.toString();
+    }
+    if (message.diskImages?.length) {
+      obj.diskImages = message.diskImages;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<LaunchedVmInfo>, I>>(base?: I): LaunchedVmInfo {
+    return LaunchedVmInfo.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<LaunchedVmInfo>, I>>(object: I): LaunchedVmInfo {
+    const message = createBaseLaunchedVmInfo();
+    message.name = object.name ?? "";
+    message.qmpSocket = object.qmpSocket ?? "";
+    message.serialLog = object.serialLog ?? "";
+    message.pid = object.pid ?? 0;
+    message.timeToRunningMs = (object.timeToRunningMs !== undefined && object.timeToRunningMs !== null)
+      ? BigInt(object.timeToRunningMs)
+      : 0n;
+    message.diskImages = object.diskImages?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseStartTestFailoverRequest(): StartTestFailoverRequest {
+  return { vmId: "", recoveryPointId: "" };
+}
+
+export const StartTestFailoverRequest: MessageFns<StartTestFailoverRequest> = {
+  encode(message: StartTestFailoverRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
+    if (message.recoveryPointId !== "") {
+      writer.uint32(18).string(message.recoveryPointId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StartTestFailoverRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStartTestFailoverRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.recoveryPointId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StartTestFailoverRequest {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+      recoveryPointId: isSet(object.recoveryPointId)
+        ? globalThis.String(object.recoveryPointId)
+        : isSet(object.recovery_point_id)
+        ? globalThis.String(object.recovery_point_id)
+        : "",
+    };
+  },
+
+  toJSON(message: StartTestFailoverRequest): unknown {
+    const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    if (message.recoveryPointId !== "") {
+      obj.recoveryPointId = message.recoveryPointId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StartTestFailoverRequest>, I>>(base?: I): StartTestFailoverRequest {
+    return StartTestFailoverRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StartTestFailoverRequest>, I>>(object: I): StartTestFailoverRequest {
+    const message = createBaseStartTestFailoverRequest();
+    message.vmId = object.vmId ?? "";
+    message.recoveryPointId = object.recoveryPointId ?? "";
+    return message;
+  },
+};
+
+function createBaseStartTestFailoverResponse(): StartTestFailoverResponse {
+  return { testId: "", recoveryPointId: "", vm: undefined };
+}
+
+export const StartTestFailoverResponse: MessageFns<StartTestFailoverResponse> = {
+  encode(message: StartTestFailoverResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.testId !== "") {
+      writer.uint32(10).string(message.testId);
+    }
+    if (message.recoveryPointId !== "") {
+      writer.uint32(18).string(message.recoveryPointId);
+    }
+    if (message.vm !== undefined) {
+      LaunchedVmInfo.encode(message.vm, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StartTestFailoverResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStartTestFailoverResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.testId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.recoveryPointId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.vm = LaunchedVmInfo.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StartTestFailoverResponse {
+    return {
+      testId: isSet(object.testId)
+        ? globalThis.String(object.testId)
+        : isSet(object.test_id)
+        ? globalThis.String(object.test_id)
+        : "",
+      recoveryPointId: isSet(object.recoveryPointId)
+        ? globalThis.String(object.recoveryPointId)
+        : isSet(object.recovery_point_id)
+        ? globalThis.String(object.recovery_point_id)
+        : "",
+      vm: isSet(object.vm) ? LaunchedVmInfo.fromJSON(object.vm) : undefined,
+    };
+  },
+
+  toJSON(message: StartTestFailoverResponse): unknown {
+    const obj: any = {};
+    if (message.testId !== "") {
+      obj.testId = message.testId;
+    }
+    if (message.recoveryPointId !== "") {
+      obj.recoveryPointId = message.recoveryPointId;
+    }
+    if (message.vm !== undefined) {
+      obj.vm = LaunchedVmInfo.toJSON(message.vm);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StartTestFailoverResponse>, I>>(base?: I): StartTestFailoverResponse {
+    return StartTestFailoverResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StartTestFailoverResponse>, I>>(object: I): StartTestFailoverResponse {
+    const message = createBaseStartTestFailoverResponse();
+    message.testId = object.testId ?? "";
+    message.recoveryPointId = object.recoveryPointId ?? "";
+    message.vm = (object.vm !== undefined && object.vm !== null) ? LaunchedVmInfo.fromPartial(object.vm) : undefined;
+    return message;
+  },
+};
+
+function createBaseStopTestFailoverRequest(): StopTestFailoverRequest {
+  return { vmId: "", testId: "" };
+}
+
+export const StopTestFailoverRequest: MessageFns<StopTestFailoverRequest> = {
+  encode(message: StopTestFailoverRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
+    if (message.testId !== "") {
+      writer.uint32(18).string(message.testId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StopTestFailoverRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStopTestFailoverRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.testId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StopTestFailoverRequest {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+      testId: isSet(object.testId)
+        ? globalThis.String(object.testId)
+        : isSet(object.test_id)
+        ? globalThis.String(object.test_id)
+        : "",
+    };
+  },
+
+  toJSON(message: StopTestFailoverRequest): unknown {
+    const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    if (message.testId !== "") {
+      obj.testId = message.testId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StopTestFailoverRequest>, I>>(base?: I): StopTestFailoverRequest {
+    return StopTestFailoverRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StopTestFailoverRequest>, I>>(object: I): StopTestFailoverRequest {
+    const message = createBaseStopTestFailoverRequest();
+    message.vmId = object.vmId ?? "";
+    message.testId = object.testId ?? "";
+    return message;
+  },
+};
+
+function createBaseStopTestFailoverResponse(): StopTestFailoverResponse {
+  return { stoppedTestIds: [] };
+}
+
+export const StopTestFailoverResponse: MessageFns<StopTestFailoverResponse> = {
+  encode(message: StopTestFailoverResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.stoppedTestIds) {
+      writer.uint32(10).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StopTestFailoverResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStopTestFailoverResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.stoppedTestIds.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StopTestFailoverResponse {
+    return {
+      stoppedTestIds: globalThis.Array.isArray(object?.stoppedTestIds)
+        ? object.stoppedTestIds.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.stopped_test_ids)
+        ? object.stopped_test_ids.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: StopTestFailoverResponse): unknown {
+    const obj: any = {};
+    if (message.stoppedTestIds?.length) {
+      obj.stoppedTestIds = message.stoppedTestIds;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StopTestFailoverResponse>, I>>(base?: I): StopTestFailoverResponse {
+    return StopTestFailoverResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StopTestFailoverResponse>, I>>(object: I): StopTestFailoverResponse {
+    const message = createBaseStopTestFailoverResponse();
+    message.stoppedTestIds = object.stoppedTestIds?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseFailoverRequest(): FailoverRequest {
+  return { vmId: "", kind: 0, recoveryPointId: "", startVm: false };
+}
+
+export const FailoverRequest: MessageFns<FailoverRequest> = {
+  encode(message: FailoverRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
+    if (message.kind !== 0) {
+      writer.uint32(16).int32(message.kind);
+    }
+    if (message.recoveryPointId !== "") {
+      writer.uint32(26).string(message.recoveryPointId);
+    }
+    if (message.startVm !== false) {
+      writer.uint32(32).bool(message.startVm);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FailoverRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFailoverRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.recoveryPointId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.startVm = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FailoverRequest {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+      kind: isSet(object.kind) ? failoverKindFromJSON(object.kind) : 0,
+      recoveryPointId: isSet(object.recoveryPointId)
+        ? globalThis.String(object.recoveryPointId)
+        : isSet(object.recovery_point_id)
+        ? globalThis.String(object.recovery_point_id)
+        : "",
+      startVm: isSet(object.startVm)
+        ? globalThis.Boolean(object.startVm)
+        : isSet(object.start_vm)
+        ? globalThis.Boolean(object.start_vm)
+        : false,
+    };
+  },
+
+  toJSON(message: FailoverRequest): unknown {
+    const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    if (message.kind !== 0) {
+      obj.kind = failoverKindToJSON(message.kind);
+    }
+    if (message.recoveryPointId !== "") {
+      obj.recoveryPointId = message.recoveryPointId;
+    }
+    if (message.startVm !== false) {
+      obj.startVm = message.startVm;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FailoverRequest>, I>>(base?: I): FailoverRequest {
+    return FailoverRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FailoverRequest>, I>>(object: I): FailoverRequest {
+    const message = createBaseFailoverRequest();
+    message.vmId = object.vmId ?? "";
+    message.kind = object.kind ?? 0;
+    message.recoveryPointId = object.recoveryPointId ?? "";
+    message.startVm = object.startVm ?? false;
+    return message;
+  },
+};
+
+function createBaseFailoverResponse(): FailoverResponse {
+  return { recoveryPointId: "", generation: 0n, vm: undefined };
+}
+
+export const FailoverResponse: MessageFns<FailoverResponse> = {
+  encode(message: FailoverResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.recoveryPointId !== "") {
+      writer.uint32(10).string(message.recoveryPointId);
+    }
+    if (message.generation !== 0n) {
+      if (BigInt.asUintN(64, message.generation) !== message.generation) {
+        throw new globalThis.Error("value provided for field message.generation of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.generation);
+    }
+    if (message.vm !== undefined) {
+      LaunchedVmInfo.encode(message.vm, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FailoverResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFailoverResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.recoveryPointId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.generation = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.vm = LaunchedVmInfo.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FailoverResponse {
+    return {
+      recoveryPointId: isSet(object.recoveryPointId)
+        ? globalThis.String(object.recoveryPointId)
+        : isSet(object.recovery_point_id)
+        ? globalThis.String(object.recovery_point_id)
+        : "",
+      generation: isSet(object.generation) ? BigInt(object.generation) : 0n,
+      vm: isSet(object.vm) ? LaunchedVmInfo.fromJSON(object.vm) : undefined,
+    };
+  },
+
+  toJSON(message: FailoverResponse): unknown {
+    const obj: any = {};
+    if (message.recoveryPointId !== "") {
+      obj.recoveryPointId = message.recoveryPointId;
+    }
+    if (message.generation !== 0n) {
+      obj.generation = message.generation.toString();
+    }
+    if (message.vm !== undefined) {
+      obj.vm = LaunchedVmInfo.toJSON(message.vm);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FailoverResponse>, I>>(base?: I): FailoverResponse {
+    return FailoverResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FailoverResponse>, I>>(object: I): FailoverResponse {
+    const message = createBaseFailoverResponse();
+    message.recoveryPointId = object.recoveryPointId ?? "";
+    message.generation = (object.generation !== undefined && object.generation !== null)
+      ? BigInt(object.generation)
+      : 0n;
+    message.vm = (object.vm !== undefined && object.vm !== null) ? LaunchedVmInfo.fromPartial(object.vm) : undefined;
+    return message;
+  },
+};
+
+function createBaseCompleteFailoverRequest(): CompleteFailoverRequest {
+  return { vmId: "" };
+}
+
+export const CompleteFailoverRequest: MessageFns<CompleteFailoverRequest> = {
+  encode(message: CompleteFailoverRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CompleteFailoverRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCompleteFailoverRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CompleteFailoverRequest {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+    };
+  },
+
+  toJSON(message: CompleteFailoverRequest): unknown {
+    const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CompleteFailoverRequest>, I>>(base?: I): CompleteFailoverRequest {
+    return CompleteFailoverRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CompleteFailoverRequest>, I>>(object: I): CompleteFailoverRequest {
+    const message = createBaseCompleteFailoverRequest();
+    message.vmId = object.vmId ?? "";
+    return message;
+  },
+};
+
+function createBaseCompleteFailoverResponse(): CompleteFailoverResponse {
+  return { droppedRecoveryPointIds: [] };
+}
+
+export const CompleteFailoverResponse: MessageFns<CompleteFailoverResponse> = {
+  encode(message: CompleteFailoverResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.droppedRecoveryPointIds) {
+      writer.uint32(10).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CompleteFailoverResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCompleteFailoverResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.droppedRecoveryPointIds.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CompleteFailoverResponse {
+    return {
+      droppedRecoveryPointIds: globalThis.Array.isArray(object?.droppedRecoveryPointIds)
+        ? object.droppedRecoveryPointIds.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.dropped_recovery_point_ids)
+        ? object.dropped_recovery_point_ids.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: CompleteFailoverResponse): unknown {
+    const obj: any = {};
+    if (message.droppedRecoveryPointIds?.length) {
+      obj.droppedRecoveryPointIds = message.droppedRecoveryPointIds;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CompleteFailoverResponse>, I>>(base?: I): CompleteFailoverResponse {
+    return CompleteFailoverResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CompleteFailoverResponse>, I>>(object: I): CompleteFailoverResponse {
+    const message = createBaseCompleteFailoverResponse();
+    message.droppedRecoveryPointIds = object.droppedRecoveryPointIds?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseCancelFailoverRequest(): CancelFailoverRequest {
+  return { vmId: "" };
+}
+
+export const CancelFailoverRequest: MessageFns<CancelFailoverRequest> = {
+  encode(message: CancelFailoverRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CancelFailoverRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCancelFailoverRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CancelFailoverRequest {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+    };
+  },
+
+  toJSON(message: CancelFailoverRequest): unknown {
+    const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CancelFailoverRequest>, I>>(base?: I): CancelFailoverRequest {
+    return CancelFailoverRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CancelFailoverRequest>, I>>(object: I): CancelFailoverRequest {
+    const message = createBaseCancelFailoverRequest();
+    message.vmId = object.vmId ?? "";
+    return message;
+  },
+};
+
+function createBaseCancelFailoverResponse(): CancelFailoverResponse {
+  return { state: "" };
+}
+
+export const CancelFailoverResponse: MessageFns<CancelFailoverResponse> = {
+  encode(message: CancelFailoverResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.state !== "") {
+      writer.uint32(10).string(message.state);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CancelFailoverResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCancelFailoverResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.state = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CancelFailoverResponse {
+    return { state: isSet(object.state) ? globalThis.String(object.state) : "" };
+  },
+
+  toJSON(message: CancelFailoverResponse): unknown {
+    const obj: any = {};
+    if (message.state !== "") {
+      obj.state = message.state;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CancelFailoverResponse>, I>>(base?: I): CancelFailoverResponse {
+    return CancelFailoverResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CancelFailoverResponse>, I>>(object: I): CancelFailoverResponse {
+    const message = createBaseCancelFailoverResponse();
+    message.state = object.state ?? "";
+    return message;
+  },
+};
 
 function createBaseGetStatusRequest(): GetStatusRequest {
   return { vmId: undefined };
@@ -1682,12 +2848,80 @@ export const ControlServiceService = {
     responseSerialize: (value: ListEventsResponse): Buffer => Buffer.from(ListEventsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListEventsResponse => ListEventsResponse.decode(value),
   },
+  /**
+   * Test failover: a VM on a throwaway overlay of a recovery point, on an isolated network;
+   * replication continues meanwhile. Several tests of one VM may run at once.
+   */
+  startTestFailover: {
+    path: "/qreplica.v1.ControlService/StartTestFailover" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: StartTestFailoverRequest): Buffer =>
+      Buffer.from(StartTestFailoverRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): StartTestFailoverRequest => StartTestFailoverRequest.decode(value),
+    responseSerialize: (value: StartTestFailoverResponse): Buffer =>
+      Buffer.from(StartTestFailoverResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): StartTestFailoverResponse => StartTestFailoverResponse.decode(value),
+  },
+  stopTestFailover: {
+    path: "/qreplica.v1.ControlService/StopTestFailover" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: StopTestFailoverRequest): Buffer =>
+      Buffer.from(StopTestFailoverRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): StopTestFailoverRequest => StopTestFailoverRequest.decode(value),
+    responseSerialize: (value: StopTestFailoverResponse): Buffer =>
+      Buffer.from(StopTestFailoverResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): StopTestFailoverResponse => StopTestFailoverResponse.decode(value),
+  },
+  /** Failover on this (replica) site: the generation increments, the VM starts from a point. */
+  failover: {
+    path: "/qreplica.v1.ControlService/Failover" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: FailoverRequest): Buffer => Buffer.from(FailoverRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): FailoverRequest => FailoverRequest.decode(value),
+    responseSerialize: (value: FailoverResponse): Buffer => Buffer.from(FailoverResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): FailoverResponse => FailoverResponse.decode(value),
+  },
+  completeFailover: {
+    path: "/qreplica.v1.ControlService/CompleteFailover" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CompleteFailoverRequest): Buffer =>
+      Buffer.from(CompleteFailoverRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CompleteFailoverRequest => CompleteFailoverRequest.decode(value),
+    responseSerialize: (value: CompleteFailoverResponse): Buffer =>
+      Buffer.from(CompleteFailoverResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CompleteFailoverResponse => CompleteFailoverResponse.decode(value),
+  },
+  cancelFailover: {
+    path: "/qreplica.v1.ControlService/CancelFailover" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: CancelFailoverRequest): Buffer =>
+      Buffer.from(CancelFailoverRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): CancelFailoverRequest => CancelFailoverRequest.decode(value),
+    responseSerialize: (value: CancelFailoverResponse): Buffer =>
+      Buffer.from(CancelFailoverResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): CancelFailoverResponse => CancelFailoverResponse.decode(value),
+  },
 } as const;
 
 export interface ControlServiceServer extends UntypedServiceImplementation {
   getStatus: handleUnaryCall<GetStatusRequest, GetStatusResponse>;
   listRecoveryPoints: handleUnaryCall<ListRecoveryPointsRequest, ListRecoveryPointsResponse>;
   listEvents: handleUnaryCall<ListEventsRequest, ListEventsResponse>;
+  /**
+   * Test failover: a VM on a throwaway overlay of a recovery point, on an isolated network;
+   * replication continues meanwhile. Several tests of one VM may run at once.
+   */
+  startTestFailover: handleUnaryCall<StartTestFailoverRequest, StartTestFailoverResponse>;
+  stopTestFailover: handleUnaryCall<StopTestFailoverRequest, StopTestFailoverResponse>;
+  /** Failover on this (replica) site: the generation increments, the VM starts from a point. */
+  failover: handleUnaryCall<FailoverRequest, FailoverResponse>;
+  completeFailover: handleUnaryCall<CompleteFailoverRequest, CompleteFailoverResponse>;
+  cancelFailover: handleUnaryCall<CancelFailoverRequest, CancelFailoverResponse>;
 }
 
 export interface ControlServiceClient extends Client {
@@ -1735,6 +2969,86 @@ export interface ControlServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListEventsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Test failover: a VM on a throwaway overlay of a recovery point, on an isolated network;
+   * replication continues meanwhile. Several tests of one VM may run at once.
+   */
+  startTestFailover(
+    request: StartTestFailoverRequest,
+    callback: (error: ServiceError | null, response: StartTestFailoverResponse) => void,
+  ): ClientUnaryCall;
+  startTestFailover(
+    request: StartTestFailoverRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: StartTestFailoverResponse) => void,
+  ): ClientUnaryCall;
+  startTestFailover(
+    request: StartTestFailoverRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: StartTestFailoverResponse) => void,
+  ): ClientUnaryCall;
+  stopTestFailover(
+    request: StopTestFailoverRequest,
+    callback: (error: ServiceError | null, response: StopTestFailoverResponse) => void,
+  ): ClientUnaryCall;
+  stopTestFailover(
+    request: StopTestFailoverRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: StopTestFailoverResponse) => void,
+  ): ClientUnaryCall;
+  stopTestFailover(
+    request: StopTestFailoverRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: StopTestFailoverResponse) => void,
+  ): ClientUnaryCall;
+  /** Failover on this (replica) site: the generation increments, the VM starts from a point. */
+  failover(
+    request: FailoverRequest,
+    callback: (error: ServiceError | null, response: FailoverResponse) => void,
+  ): ClientUnaryCall;
+  failover(
+    request: FailoverRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: FailoverResponse) => void,
+  ): ClientUnaryCall;
+  failover(
+    request: FailoverRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: FailoverResponse) => void,
+  ): ClientUnaryCall;
+  completeFailover(
+    request: CompleteFailoverRequest,
+    callback: (error: ServiceError | null, response: CompleteFailoverResponse) => void,
+  ): ClientUnaryCall;
+  completeFailover(
+    request: CompleteFailoverRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CompleteFailoverResponse) => void,
+  ): ClientUnaryCall;
+  completeFailover(
+    request: CompleteFailoverRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CompleteFailoverResponse) => void,
+  ): ClientUnaryCall;
+  cancelFailover(
+    request: CancelFailoverRequest,
+    callback: (error: ServiceError | null, response: CancelFailoverResponse) => void,
+  ): ClientUnaryCall;
+  cancelFailover(
+    request: CancelFailoverRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: CancelFailoverResponse) => void,
+  ): ClientUnaryCall;
+  cancelFailover(
+    request: CancelFailoverRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: CancelFailoverResponse) => void,
   ): ClientUnaryCall;
 }
 

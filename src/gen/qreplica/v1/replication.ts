@@ -251,6 +251,11 @@ export interface Hello {
   /** What the sender may put in ExtentChunk; the replica answers with the subset it accepts. */
   supportedCodecs: CompressionCodec[];
   supportedChecksumAlgorithms: ChecksumAlgorithm[];
+  /**
+   * The protected VM's launch description (machine, CPUs, memory, disks, NICs, extra QEMU
+   * arguments) as JSON; the replica keeps it with its history and launches failover VMs from it.
+   */
+  vmSpecJson: string;
 }
 
 export interface HelloAck {
@@ -768,6 +773,7 @@ function createBaseHello(): Hello {
     disks: [],
     supportedCodecs: [],
     supportedChecksumAlgorithms: [],
+    vmSpecJson: "",
   };
 }
 
@@ -807,6 +813,9 @@ export const Hello: MessageFns<Hello> = {
         writer.int32(v);
       }
       writer.join();
+    }
+    if (message.vmSpecJson !== "") {
+      writer.uint32(74).string(message.vmSpecJson);
     }
     return writer;
   },
@@ -908,6 +917,14 @@ export const Hello: MessageFns<Hello> = {
 
             break;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.vmSpecJson = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -956,6 +973,11 @@ export const Hello: MessageFns<Hello> = {
         : globalThis.Array.isArray(object?.supported_checksum_algorithms)
         ? object.supported_checksum_algorithms.map((e: any) => checksumAlgorithmFromJSON(e))
         : [],
+      vmSpecJson: isSet(object.vmSpecJson)
+        ? globalThis.String(object.vmSpecJson)
+        : isSet(object.vm_spec_json)
+        ? globalThis.String(object.vm_spec_json)
+        : "",
     };
   },
 
@@ -985,6 +1007,9 @@ export const Hello: MessageFns<Hello> = {
     if (message.supportedChecksumAlgorithms?.length) {
       obj.supportedChecksumAlgorithms = message.supportedChecksumAlgorithms.map((e) => checksumAlgorithmToJSON(e));
     }
+    if (message.vmSpecJson !== "") {
+      obj.vmSpecJson = message.vmSpecJson;
+    }
     return obj;
   },
 
@@ -1003,6 +1028,7 @@ export const Hello: MessageFns<Hello> = {
     message.disks = object.disks?.map((e) => DiskSize.fromPartial(e)) || [];
     message.supportedCodecs = object.supportedCodecs?.map((e) => e) || [];
     message.supportedChecksumAlgorithms = object.supportedChecksumAlgorithms?.map((e) => e) || [];
+    message.vmSpecJson = object.vmSpecJson ?? "";
     return message;
   },
 };
