@@ -9,6 +9,10 @@ import * as grpc from "@grpc/grpc-js";
 import { getCodec } from "../../src/codec/index.js";
 import { ChecksumAlgorithm, CompressionCodec, Consistency, CycleKind } from "../../src/gen/qreplica/v1/common.js";
 import {
+  CycleAbort,
+  CycleBegin,
+  CycleEnd,
+  Hello,
   ReplicationServiceClient,
   type ExtentChunk,
   type ReplicateRequest,
@@ -72,7 +76,8 @@ export const msg = {
     return {
       body: {
         $case: "hello",
-        value: {
+        // fromPartial: fields this client does not set keep their proto3 defaults.
+        value: Hello.fromPartial({
           protocolVersion: o.protocolVersion ?? 1,
           sourceSiteId: o.sourceSiteId ?? "site-a",
           agentId: o.agentId ?? "site-a",
@@ -81,7 +86,7 @@ export const msg = {
           disks: o.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeBytes) })),
           supportedCodecs: [CompressionCodec.COMPRESSION_CODEC_ZSTD, CompressionCodec.COMPRESSION_CODEC_NONE],
           supportedChecksumAlgorithms: [ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256],
-        },
+        }),
       },
     };
   },
@@ -90,7 +95,7 @@ export const msg = {
     return {
       body: {
         $case: "cycleBegin",
-        value: {
+        value: CycleBegin.fromPartial({
           vmId: o.vmId,
           generation: BigInt(o.generation),
           cycleSequence: BigInt(o.seq),
@@ -98,7 +103,7 @@ export const msg = {
           cutoffTime: o.cutoffAt ?? new Date(),
           consistency: o.consistency === "application" ? Consistency.CONSISTENCY_APPLICATION : Consistency.CONSISTENCY_CRASH,
           disks: o.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeBytes) })),
-        },
+        }),
       },
     };
   },
@@ -109,19 +114,19 @@ export const msg = {
     return {
       body: {
         $case: "cycleEnd",
-        value: {
+        value: CycleEnd.fromPartial({
           generation: BigInt(generation),
           cycleSequence: BigInt(seq),
           extentCount: BigInt(totals.extents),
           dataBytes: BigInt(totals.dataBytes),
           zeroBytes: BigInt(totals.zeroBytes),
           wireBytes: BigInt(totals.wireBytes),
-        },
+        }),
       },
     };
   },
   cycleAbort(generation: number | bigint, seq: number | bigint, message = "aborted by the test client"): ReplicateRequest {
-    return { body: { $case: "cycleAbort", value: { generation: BigInt(generation), cycleSequence: BigInt(seq), message } } };
+    return { body: { $case: "cycleAbort", value: CycleAbort.fromPartial({ generation: BigInt(generation), cycleSequence: BigInt(seq), message }) } };
   },
 };
 

@@ -114,7 +114,8 @@ export class ExpectedDisk {
     return pieces;
   }
 
-  async assertPointIdentical(imagePath: string, rawFile: string): Promise<{ identical: boolean; detail: string }> {
+  /** Writes the expected bytes to `rawFile` and runs `qemu-img compare` of the point (through its backing chain) against it. */
+  async compareWithPoint(imagePath: string, rawFile: string): Promise<{ identical: boolean; detail: string }> {
     writeFileSync(rawFile, this.bytes);
     return compareImages(imagePath, rawFile, { formatA: "qcow2", formatB: "raw" });
   }
