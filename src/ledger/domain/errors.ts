@@ -14,9 +14,11 @@ export const NEXT_STEP: Readonly<Record<ReplicationStateName, string>> = {
   paused: "Resume replication first.",
   "resync-required": "Run a resynchronisation first.",
   resynchronising: "Wait for the resynchronisation to finish.",
-  "prepared-for-planned-failover": "Fail over, or cancel the planned failover first.",
-  "failed-over-waiting-completion": "Complete or cancel the failover first.",
-  "failed-over": "Start reverse replication to protect the VM again.",
+  "prepared-for-planned-failover":
+    "A planned failover is prepared: fail over once the primary's final cycle is committed, or cancel the planned failover.",
+  "failed-over-waiting-completion":
+    "The VM is failed over: check it, then complete the failover, or cancel the failover to return to replication.",
+  "failed-over": "The failover is complete: start reverse replication to protect the VM again.",
 };
 
 export class InvalidTransitionError extends QreplicaError {
@@ -103,10 +105,117 @@ export class MergeInProgressError extends QreplicaError {
     readonly vmId: string,
     readonly pointId: string,
     readonly intoPointId: string,
+    /** What waits for the merge, e.g. "starting a test failover"; by default another merge. */
+    blocked = "starting another",
   ) {
     super(
       `VM ${vmId}: the merge of recovery point ${pointId} into ${intoPointId} is still in progress. ` +
-        `Finish it (completeMerge) before starting another.`,
+        `Finish it (completeMerge) before ${blocked}.`,
+    );
+  }
+}
+
+/** A recovery point that a test or a failover cannot be built on. */
+export class RecoveryPointUnavailableError extends QreplicaError {
+  readonly code = "RECOVERY_POINT_UNAVAILABLE" as const;
+
+  constructor(
+    readonly vmId: string,
+    readonly pointId: string | undefined,
+    readonly why: "unknown" | "merging" | "none",
+    /** Points that can be opened, oldest first. */
+    readonly availablePointIds: readonly string[],
+  ) {
+    const what =
+      why === "none"
+        ? `VM ${vmId} has no recovery point yet.`
+        : why === "merging"
+          ? `VM ${vmId}: recovery point ${pointId} is being merged away by retention and can no longer be opened.`
+          : `VM ${vmId} has no recovery point ${pointId} (never created, or merged away by retention).`;
+    super(
+      `${what} Available points: ${availablePointIds.length > 0 ? `${availablePointIds.join(", ")} (the last is the latest)` : "none"}.`,
+    );
+  }
+}
+
+export class TestFailoverExistsError extends QreplicaError {
+  readonly code = "TEST_FAILOVER_EXISTS" as const;
+
+  constructor(
+    readonly vmId: string,
+    readonly testId: string,
+    readonly pointId: string,
+  ) {
+    super(
+      `VM ${vmId}: test failover ${testId} is already running (on ${pointId}). Choose another test id, or stop ${testId} first.`,
+    );
+  }
+}
+
+export class NoSuchTestFailoverError extends QreplicaError {
+  readonly code = "NO_SUCH_TEST_FAILOVER" as const;
+
+  constructor(
+    readonly vmId: string,
+    readonly testId: string,
+    /** "testId (pointId)" of each running test. */
+    readonly running: readonly string[],
+  ) {
+    super(
+      `VM ${vmId}: no test failover ${testId} is running. ` +
+        (running.length > 0 ? `Running test failovers: ${running.join(", ")}.` : `No test failover is running.`),
+    );
+  }
+}
+
+/** Something a running test VM reads through its backing chain would be deleted or rewritten. */
+export class TestFailoversRunningError extends QreplicaError {
+  readonly code = "TEST_FAILOVERS_RUNNING" as const;
+
+  constructor(
+    readonly vmId: string,
+    readonly command: string,
+    readonly testIds: readonly string[],
+  ) {
+    super(
+      `VM ${vmId}: ${command} would delete images under running test failover(s) ${testIds.join(", ")}. ` +
+        `Stop the test failover(s) first.`,
+    );
+  }
+}
+
+/** A planned failover whose zero-data-loss promise cannot be kept yet. */
+export class PlannedFailoverNotReadyError extends QreplicaError {
+  readonly code = "PLANNED_FAILOVER_NOT_READY" as const;
+
+  constructor(
+    readonly vmId: string,
+    readonly latestPointId: string | undefined,
+    readonly latestCutoffAt: string | undefined,
+    readonly primaryStoppedAt: string,
+  ) {
+    super(
+      `VM ${vmId}: the primary VM stopped at ${primaryStoppedAt} but the latest recovery point ` +
+        `${latestPointId === undefined ? "(none)" : `${latestPointId} was cut at ${latestCutoffAt}`}, so the primary's final cycle ` +
+        `has not been committed yet and a planned failover would lose data. Wait for the final cycle; or cancel the ` +
+        `planned failover; or fail over unplanned, accepting the loss of the changes after the chosen point.`,
+    );
+  }
+}
+
+/** A failover stated the generation it expected to create, and the relationship has moved on. */
+export class UnexpectedGenerationError extends QreplicaError {
+  readonly code = "UNEXPECTED_GENERATION" as const;
+
+  constructor(
+    readonly vmId: string,
+    readonly expectedNewGeneration: number,
+    readonly statedNewGeneration: number,
+  ) {
+    super(
+      `VM ${vmId}: a failover now creates generation ${expectedNewGeneration}, not ${statedNewGeneration} ` +
+        `(generations go up by exactly 1 per failover). Someone else failed over or cancelled since this was decided: ` +
+        `check the VM's status and decide again.`,
     );
   }
 }

@@ -9,6 +9,7 @@
  */
 import type { NewEvent, RecordedEvent } from "../eventStore.js";
 import { UnknownRelationshipEventError } from "./errors.js";
+import type { ReplicationStateName } from "./states.js";
 
 export const RELATIONSHIP_STREAM_PREFIX = "replication-";
 
@@ -38,6 +39,8 @@ export type FailoverKind = "planned" | "unplanned";
 export type DiskSpec = { diskId: string; sizeBytes: number };
 /** A disk as captured by one point: `imagePath` is that point's own image (base or overlay). */
 export type PointDisk = { diskId: string; sizeBytes: number; imagePath: string };
+/** A point's disk with the images that open it, base first, ending with `imagePath`. */
+export type ChainDisk = PointDisk & { chain: string[] };
 
 /** Event type -> data. The single source of truth for the union below and the decoder's list. */
 export type RelationshipEventData = {
@@ -85,16 +88,54 @@ export type RelationshipEventData = {
   ReplicationPaused: { reason: string };
   ReplicationResumed: Record<string, never>;
   StaleGenerationRefused: { presentedGeneration: number; currentGeneration: number; peerIdentity: string };
-  // Reserved for the failover work: typed and folded now so the state machine is complete.
-  TestFailoverStarted: { testId: string; pointId: string; startedAt: string };
+  // Failover events. They were typed before any command decided them and were settled together
+  // with their commands (commands/*Failover*.ts), so no ledger holds an earlier shape of them.
+  /**
+   * A test VM is being built on a throwaway overlay on `pointId`; replication goes on (the
+   * relationship's state does not change). `disks` are the images it is built on, per disk: the
+   * point's own image and the chain behind it, base first — the overlay's backing chain, which
+   * stays untouched (no merge runs) until the test is stopped.
+   */
+  TestFailoverStarted: { testId: string; pointId: string; startedAt: string; disks: ChainDisk[] };
+  /** The test VM is running; `timeToRunningMs` is the measured time from the start (test RTO). */
+  TestFailoverRunning: { testId: string; runningAt: string; timeToRunningMs: number };
   TestFailoverStopped: { testId: string; stoppedAt: string; durationMs: number };
-  /** Planned failover: the primary is shut down and its last cycle (`cycleSeq`) is committed. */
-  FailoverPrepared: { cycleSeq: number };
-  FailedOver: { pointId: string; generation: number; kind: FailoverKind };
-  FailoverCompleted: Record<string, never>;
-  FailoverCancelled: Record<string, never>;
-  /** The failed-over site becomes the primary; its agent's certificate CN is the new primary identity. */
-  ReverseReplicationStarted: { newPrimarySiteId: string; newPrimaryIdentity: string; generation: number };
+  /**
+   * Planned failover, step 1: the primary VM was stopped at `primaryStoppedAt` (the primary host's
+   * clock, the one that stamps cut-offs) and will send a final cycle; `cycleSeq` is the last cycle
+   * recorded when the failover was prepared.
+   */
+  FailoverPrepared: { cycleSeq: number; preparedAt: string; primaryStoppedAt: string };
+  /**
+   * `generation` is the new one (the previous + 1). `primaryGeneration` is the lowest generation the
+   * old primary's agent may still hold, used if this failover is cancelled (see cancelFailover).
+   * `cutoffAt` is the chosen point's: what the failed-over VM has lost is everything after it.
+   */
+  FailedOver: { pointId: string; generation: number; kind: FailoverKind; cutoffAt: string; primaryGeneration: number };
+  /**
+   * As Complete-VMFailover: every point but the failed-over one stops being a recovery point.
+   * `keptChains` are the images the failed-over VM runs on (its point's chain, base first, which
+   * includes the images of the older dropped points); `releasedImages` are the images of the
+   * dropped points that are in no kept chain, which storage may delete.
+   */
+  FailoverCompleted: {
+    pointId: string;
+    droppedPointIds: string[];
+    keptChains: { diskId: string; chain: string[] }[];
+    releasedImages: { diskId: string; imagePath: string }[];
+  };
+  /**
+   * The relationship returns to `returnedTo`. `generation` stays where the failover put it; when
+   * `primaryGeneration` is lower, the old primary may resume from it (see acknowledgeGeneration).
+   */
+  FailoverCancelled: { returnedTo: ReplicationStateName; generation: number; primaryGeneration: number };
+  /** After a cancelled failover: the primary presented an older generation and was told the current one. */
+  GenerationAcknowledged: { peerIdentity: string; presentedGeneration: number; generation: number };
+  /**
+   * The failed-over site becomes the primary; its agent's certificate CN is the new primary identity.
+   * `generation` is the failover's, which the reverse relationship on the other site starts at.
+   */
+  ReverseReplicationStarted: { newPrimarySiteId: string; newPrimaryIdentity: string; newReplicaSiteId: string; generation: number };
 };
 
 export type RelationshipEventType = keyof RelationshipEventData;
@@ -122,11 +163,13 @@ const KNOWN_TYPES = {
   ReplicationResumed: true,
   StaleGenerationRefused: true,
   TestFailoverStarted: true,
+  TestFailoverRunning: true,
   TestFailoverStopped: true,
   FailoverPrepared: true,
   FailedOver: true,
   FailoverCompleted: true,
   FailoverCancelled: true,
+  GenerationAcknowledged: true,
   ReverseReplicationStarted: true,
 } as const satisfies Record<RelationshipEventType, true>;
 

@@ -5,11 +5,13 @@
 import {
   InvalidCommandInputError,
   InvalidTransitionError,
+  NoSuchTestFailoverError,
   OutOfOrderCycleError,
+  RecoveryPointUnavailableError,
   StaleGenerationError,
 } from "./errors.js";
-import type { Consistency, PointDisk } from "./events.js";
-import type { RelationshipState } from "./relationship.js";
+import type { ChainDisk, Consistency, PointDisk } from "./events.js";
+import type { RecoveryPoint, RelationshipState, TestFailover } from "./relationship.js";
 import type { ReplicationStateName } from "./states.js";
 
 export function requireState(
@@ -31,6 +33,40 @@ export function requireGeneration(s: RelationshipState, presented: number): void
 
 export function requireNextCycle(s: RelationshipState, cycleSeq: number): void {
   if (cycleSeq <= s.lastCycleSeq) throw new OutOfOrderCycleError(s.vmId, cycleSeq, s.lastCycleSeq);
+}
+
+/**
+ * The point a test or failover VM is built on: the given one, or the latest. A point being merged
+ * away cannot be opened; the refusal lists those that can.
+ */
+export function requireOpenablePoint(s: RelationshipState, pointId: string | undefined): RecoveryPoint {
+  const available = s.points.filter((p) => !p.merging).map((p) => p.pointId);
+  if (s.points.length === 0) throw new RecoveryPointUnavailableError(s.vmId, pointId, "none", available);
+  const point = pointId === undefined ? s.points.at(-1) : s.points.find((p) => p.pointId === pointId);
+  if (!point) throw new RecoveryPointUnavailableError(s.vmId, pointId, "unknown", available);
+  if (point.merging) throw new RecoveryPointUnavailableError(s.vmId, point.pointId, "merging", available);
+  return point;
+}
+
+/** Per disk, the images that open `point`: every point's own image up to it, base first. */
+export function chainDisks(s: RelationshipState, point: RecoveryPoint): ChainDisk[] {
+  const upTo = s.points.slice(0, s.points.indexOf(point) + 1);
+  return point.disks.map((d) => ({
+    diskId: d.diskId,
+    sizeBytes: d.sizeBytes,
+    imagePath: d.imagePath,
+    chain: upTo.map((p) => p.disks.find((x) => x.diskId === d.diskId)?.imagePath).filter((x): x is string => x !== undefined),
+  }));
+}
+
+export function runningTests(s: RelationshipState): TestFailover[] {
+  return Object.values(s.testFailovers).sort((a, b) => (a.testId < b.testId ? -1 : a.testId > b.testId ? 1 : 0));
+}
+
+export function requireRunningTest(s: RelationshipState, testId: string): TestFailover {
+  const test = Object.hasOwn(s.testFailovers, testId) ? s.testFailovers[testId] : undefined;
+  if (!test) throw new NoSuchTestFailoverError(s.vmId, testId, runningTests(s).map((t) => `${t.testId} (${t.pointId})`));
+  return test;
 }
 
 // #region input validation

@@ -10,6 +10,7 @@ export {
   relationshipStream,
   vmIdOfStream,
   type Consistency,
+  type ChainDisk,
   type CycleKind,
   type DiskSpec,
   type EventOfType,
@@ -27,6 +28,7 @@ export {
   foldRelationship,
   initialRelationshipState,
   type FailoverInfo,
+  type GenerationHandover,
   type InFlightCycle,
   type RecoveryPoint,
   type RelationshipCounters,
@@ -41,8 +43,14 @@ export {
   MergeInProgressError,
   NEXT_STEP,
   NoSuchMergeError,
+  NoSuchTestFailoverError,
   OutOfOrderCycleError,
+  PlannedFailoverNotReadyError,
+  RecoveryPointUnavailableError,
   StaleGenerationError,
+  TestFailoverExistsError,
+  TestFailoversRunningError,
+  UnexpectedGenerationError,
   UnknownRelationshipEventError,
 } from "./errors.js";
 export {
@@ -64,3 +72,12 @@ export { startResync, type StartResyncInput } from "./commands/startResync.js";
 export { pause, type PauseInput } from "./commands/pause.js";
 export { resume } from "./commands/resume.js";
 export { refuseStaleGeneration, type RefuseStaleGenerationInput } from "./commands/refuseStaleGeneration.js";
+export { startTestFailover, type StartTestFailoverInput } from "./commands/startTestFailover.js";
+export { recordTestFailoverRunning, type RecordTestFailoverRunningInput } from "./commands/recordTestFailoverRunning.js";
+export { stopTestFailover, type StopTestFailoverInput } from "./commands/stopTestFailover.js";
+export { prepareFailover, type PrepareFailoverInput } from "./commands/prepareFailover.js";
+export { failover, type FailoverInput } from "./commands/failover.js";
+export { cancelFailover } from "./commands/cancelFailover.js";
+export { acknowledgeGeneration, type AcknowledgeGenerationInput } from "./commands/acknowledgeGeneration.js";
+export { completeFailover } from "./commands/completeFailover.js";
+export { startReverseReplication, type StartReverseReplicationInput } from "./commands/startReverseReplication.js";

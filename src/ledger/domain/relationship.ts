@@ -3,6 +3,7 @@
  * `commands/`, one file per command; they read this state and return events, never mutate it.
  */
 import type {
+  ChainDisk,
   Consistency,
   DiskSpec,
   FailoverKind,
@@ -26,6 +27,11 @@ export interface TestFailover {
   readonly testId: string;
   readonly pointId: string;
   readonly startedAt: string;
+  /** The images the test VM's overlay is built on (see TestFailoverStarted). */
+  readonly disks: readonly ChainDisk[];
+  /** Set once the site reports the test VM running. */
+  readonly runningAt: string | undefined;
+  readonly timeToRunningMs: number | undefined;
 }
 
 /** A full or resync cycle announced by its Started event and not yet committed or failed. */
@@ -41,6 +47,21 @@ export interface FailoverInfo {
   readonly pointId: string | undefined;
   /** Where a cancelled failover returns to. */
   readonly previousState: ReplicationStateName;
+  /** Planned failover only: when it was prepared, and when the primary VM stopped (primary's clock). */
+  readonly preparedAt: string | undefined;
+  readonly primaryStoppedAt: string | undefined;
+  /** Set by FailedOver: the lowest generation the old primary's agent may still hold. */
+  readonly primaryGeneration: number | undefined;
+}
+
+/**
+ * Open after a cancelled failover until the primary is known to have adopted the current
+ * generation (a cycle committed in it): its agent may present any generation from
+ * `fromGeneration` up to the current one, and is told the current one (acknowledgeGeneration).
+ */
+export interface GenerationHandover {
+  readonly peerIdentity: string;
+  readonly fromGeneration: number;
 }
 
 export interface RelationshipCounters {
@@ -53,6 +74,8 @@ export interface RelationshipCounters {
   readonly mergesCompleted: number;
   readonly staleGenerationRefusals: number;
   readonly testFailoversStarted: number;
+  readonly failovers: number;
+  readonly failoversCancelled: number;
 }
 
 export interface RelationshipFailure {
@@ -81,6 +104,7 @@ export interface RelationshipState {
   /** Keyed by testId: several test failovers may run at once, each on its own throwaway overlay. */
   readonly testFailovers: Readonly<Record<string, TestFailover>>;
   readonly failover: FailoverInfo | undefined;
+  readonly generationHandover: GenerationHandover | undefined;
   readonly pauseReason: string | undefined;
   readonly resyncReason: string | undefined;
   readonly lastCommittedAt: string | undefined;
@@ -105,6 +129,7 @@ export function initialRelationshipState(vmId: string): RelationshipState {
     points: [],
     testFailovers: {},
     failover: undefined,
+    generationHandover: undefined,
     pauseReason: undefined,
     resyncReason: undefined,
     lastCommittedAt: undefined,
@@ -120,6 +145,8 @@ export function initialRelationshipState(vmId: string): RelationshipState {
       mergesCompleted: 0,
       staleGenerationRefusals: 0,
       testFailoversStarted: 0,
+      failovers: 0,
+      failoversCancelled: 0,
     },
   };
 }
@@ -158,6 +185,8 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
         lastCycleSeq: Math.max(s.lastCycleSeq, d.cycleSeq),
         disks: d.disks.map((x) => ({ diskId: x.diskId, sizeBytes: x.sizeBytes })),
         lastCommittedAt: d.committedAt,
+        // A cycle in the current generation proves the primary adopted it.
+        generationHandover: d.generation === s.generation ? undefined : s.generationHandover,
         counters: {
           ...c,
           cyclesCommitted: c.cyclesCommitted + 1,
@@ -225,6 +254,8 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
         ...s,
         state: "resynchronising",
         inFlight: { cycleSeq: event.data.cycleSeq, kind: "resync", cutoffAt: event.data.cutoffAt },
+        // startResync presented the current generation: the primary has adopted it.
+        generationHandover: undefined,
       };
     case "ResyncCompleted":
       return { ...s, state: "replicating", inFlight: undefined, resyncReason: undefined };
@@ -236,11 +267,28 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
       return { ...s, counters: { ...c, staleGenerationRefusals: c.staleGenerationRefusals + 1 } };
     case "TestFailoverStarted": {
       const d = event.data;
+      const test: TestFailover = {
+        testId: d.testId,
+        pointId: d.pointId,
+        startedAt: d.startedAt,
+        disks: d.disks.map((x) => ({ ...x, chain: [...x.chain] })),
+        runningAt: undefined,
+        timeToRunningMs: undefined,
+      };
       return {
         ...s,
-        testFailovers: { ...s.testFailovers, [d.testId]: { testId: d.testId, pointId: d.pointId, startedAt: d.startedAt } },
+        testFailovers: { ...s.testFailovers, [d.testId]: test },
         lastTestFailoverAt: d.startedAt,
         counters: { ...c, testFailoversStarted: c.testFailoversStarted + 1 },
+      };
+    }
+    case "TestFailoverRunning": {
+      const d = event.data;
+      const test = Object.hasOwn(s.testFailovers, d.testId) ? s.testFailovers[d.testId] : undefined;
+      if (!test) return s;
+      return {
+        ...s,
+        testFailovers: { ...s.testFailovers, [d.testId]: { ...test, runningAt: d.runningAt, timeToRunningMs: d.timeToRunningMs } },
       };
     }
     case "TestFailoverStopped": {
@@ -251,39 +299,72 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
       return {
         ...s,
         state: "prepared-for-planned-failover",
-        failover: { kind: "planned", pointId: undefined, previousState: s.state },
+        failover: {
+          kind: "planned",
+          pointId: undefined,
+          previousState: s.state,
+          preparedAt: event.data.preparedAt,
+          primaryStoppedAt: event.data.primaryStoppedAt,
+          primaryGeneration: undefined,
+        },
       };
-    case "FailedOver":
+    case "FailedOver": {
+      const d = event.data;
+      const from = s.failover?.previousState ?? s.state;
       return {
         ...s,
         state: "failed-over-waiting-completion",
         // Never lowered, not even by a cancel: a generation number is never reused.
-        generation: Math.max(s.generation, event.data.generation),
+        generation: Math.max(s.generation, d.generation),
+        // An in-flight full or resync cycle is abandoned (storage discards its partial overlay).
         inFlight: undefined,
+        generationHandover: undefined,
         failover: {
-          kind: event.data.kind,
-          pointId: event.data.pointId,
-          previousState: s.failover?.previousState ?? s.state,
+          kind: d.kind,
+          pointId: d.pointId,
+          // The abandoned resync must run again if the failover is cancelled.
+          previousState: from === "resynchronising" ? "resync-required" : from,
+          preparedAt: s.failover?.preparedAt,
+          primaryStoppedAt: s.failover?.primaryStoppedAt,
+          primaryGeneration: d.primaryGeneration,
         },
+        counters: { ...c, failovers: c.failovers + 1 },
       };
+    }
     case "FailoverCompleted":
-      // As Complete-VMFailover: the failed-over VM keeps its disks, the other points are gone.
-      return { ...s, state: "failed-over", points: [], inFlight: undefined };
-    case "FailoverCancelled":
-      return { ...s, state: s.failover?.previousState ?? "replicating", failover: undefined };
+      // As Complete-VMFailover: the failed-over VM keeps its chain, the recovery points are gone.
+      return { ...s, state: "failed-over", points: [], inFlight: undefined, generationHandover: undefined };
+    case "FailoverCancelled": {
+      const d = event.data;
+      const handover =
+        d.primaryGeneration < d.generation && s.primaryIdentity !== undefined
+          ? { peerIdentity: s.primaryIdentity, fromGeneration: d.primaryGeneration }
+          : undefined;
+      return {
+        ...s,
+        state: d.returnedTo,
+        generation: Math.max(s.generation, d.generation),
+        failover: undefined,
+        generationHandover: handover,
+        counters: { ...c, failoversCancelled: c.failoversCancelled + 1 },
+      };
+    }
+    case "GenerationAcknowledged":
+      // An audit record: the handover stays open until a cycle proves the new generation adopted.
+      return s;
     case "ReverseReplicationStarted": {
       const d = event.data;
-      const oldPrimary = s.primarySiteId;
       return {
         ...s,
         state: "ready-for-initial-replication",
         generation: Math.max(s.generation, d.generation),
         primarySiteId: d.newPrimarySiteId,
-        replicaSiteId: d.newPrimarySiteId === s.replicaSiteId ? oldPrimary : s.replicaSiteId,
+        replicaSiteId: d.newReplicaSiteId,
         primaryIdentity: d.newPrimaryIdentity,
         points: [],
         inFlight: undefined,
         failover: undefined,
+        generationHandover: undefined,
       };
     }
     default:

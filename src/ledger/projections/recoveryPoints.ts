@@ -31,6 +31,8 @@ export interface CataloguePoint {
   readonly merging: boolean;
   /** Test failovers running on this point. */
   readonly testIds: readonly string[];
+  /** The point the VM is failed over to (until the failover is completed or cancelled). */
+  readonly failedOver: boolean;
   readonly disks: readonly CatalogueDisk[];
 }
 
@@ -48,6 +50,7 @@ const PAGE = 1000;
 export class RecoveryPointsProjection {
   private points: StoredPoint[] = [];
   private tests = new Map<string, string>(); // testId -> pointId
+  private failedOverTo: string | undefined;
   private lastVersion: bigint | undefined;
   private readonly stream: string;
 
@@ -115,10 +118,20 @@ export class RecoveryPointsProjection {
       case "TestFailoverStopped":
         this.tests.delete(event.data.testId);
         return;
+      case "FailedOver":
+        this.failedOverTo = event.data.pointId;
+        return;
+      case "FailoverCancelled":
+        this.failedOverTo = undefined;
+        return;
       case "FailoverCompleted":
-      case "ReverseReplicationStarted":
-        // The chains now belong to the running VM (or to the other side): no recovery points.
+        // The failed-over point's chain now belongs to the running VM: no recovery points.
         this.points = [];
+        return;
+      case "ReverseReplicationStarted":
+        // This site is now the primary: the recovery points are the other site's.
+        this.points = [];
+        this.failedOverTo = undefined;
         return;
       default:
         return;
@@ -127,6 +140,11 @@ export class RecoveryPointsProjection {
 
   get version(): bigint | undefined {
     return this.lastVersion;
+  }
+
+  /** The point the VM was failed over to; kept after completion (the VM runs on its chain). */
+  get failedOverPointId(): string | undefined {
+    return this.failedOverTo;
   }
 
   /** Oldest first. A fresh copy: callers may keep or change it. */
@@ -139,6 +157,7 @@ export class RecoveryPointsProjection {
       consistency: p.consistency,
       merging: p.merging,
       testIds: [...this.tests].filter(([, pointId]) => pointId === p.pointId).map(([id]) => id).sort(),
+      failedOver: p.pointId === this.failedOverTo,
       disks: p.disks.map((d) => {
         // Each point's chain is the previous point's chain plus its own image.
         const chain = [...(chains.get(d.diskId) ?? []), d.imagePath];

@@ -4,7 +4,7 @@
  * aggregate's `evolve` so the state and generation shown are exactly those commands decide on.
  */
 import type { EventStore, RecordedEvent } from "../eventStore.js";
-import { RELATIONSHIP_STREAM_PREFIX, decodeRelationshipEvent, vmIdOfStream } from "../domain/events.js";
+import { RELATIONSHIP_STREAM_PREFIX, decodeRelationshipEvent, vmIdOfStream, type FailoverKind } from "../domain/events.js";
 import { evolve, initialRelationshipState, type RelationshipState } from "../domain/relationship.js";
 import type { ReplicationStateName } from "../domain/states.js";
 
@@ -28,6 +28,10 @@ export interface VmStatus {
   readonly lagSeconds: number | undefined;
   readonly recoveryPoints: number;
   readonly activeTestFailovers: number;
+  /** The running test failovers, by testId. */
+  readonly testFailovers: readonly StatusTestFailover[];
+  /** A failover prepared or in progress, or (failed-over) the one that happened; undefined otherwise. */
+  readonly failover: StatusFailover | undefined;
   readonly dataBytes: number;
   readonly wireBytes: number;
   readonly cyclesCommitted: number;
@@ -36,6 +40,23 @@ export interface VmStatus {
   readonly staleGenerationRefusals: number;
   /** The most recent problem; kept after recovery, with its time, as Hyper-V shows the last error. */
   readonly lastError: StatusError | undefined;
+}
+
+export interface StatusTestFailover {
+  readonly testId: string;
+  readonly pointId: string;
+  readonly startedAt: string;
+  /** Undefined until the site reports the test VM running. */
+  readonly runningAt: string | undefined;
+  readonly timeToRunningMs: number | undefined;
+}
+
+export interface StatusFailover {
+  readonly kind: FailoverKind;
+  /** Undefined while a planned failover is only prepared. */
+  readonly pointId: string | undefined;
+  /** The planned failover's primary stop time, which the final point must reach. */
+  readonly primaryStoppedAt: string | undefined;
 }
 
 interface Entry {
@@ -122,6 +143,10 @@ function toStatus({ rel, lastError }: Entry, now: Date): VmStatus {
     lagSeconds: lagMs === undefined ? undefined : Math.max(0, lagMs) / 1000,
     recoveryPoints: rel.points.length,
     activeTestFailovers: Object.keys(rel.testFailovers).length,
+    testFailovers: Object.values(rel.testFailovers)
+      .map((t) => ({ testId: t.testId, pointId: t.pointId, startedAt: t.startedAt, runningAt: t.runningAt, timeToRunningMs: t.timeToRunningMs }))
+      .sort((a, b) => (a.testId < b.testId ? -1 : a.testId > b.testId ? 1 : 0)),
+    failover: rel.failover && { kind: rel.failover.kind, pointId: rel.failover.pointId, primaryStoppedAt: rel.failover.primaryStoppedAt },
     dataBytes: c.dataBytes,
     wireBytes: c.wireBytes,
     cyclesCommitted: c.cyclesCommitted,

@@ -5,10 +5,12 @@ import {
   enableReplication,
   evolve,
   executeCommand,
+  failover,
   initialRelationshipState,
-  relationshipEvent,
   startInitialReplication,
   startMerge,
+  startTestFailover,
+  stopTestFailover,
   type CommitCycleInput,
   type CycleKind,
   type Decide,
@@ -80,13 +82,17 @@ export const enabled: Decide = (s) => enableReplication(s, enableInput());
 export const initialStarted: Decide = (s) => startInitialReplication(s, { cycleSeq: 1, cutoffAt: cutoff(1), generation: 1 });
 export const initialCommitted: Decide = (s) => commitCycle(s, cycleInput(s.vmId, 1, "full"));
 export const incremental = (seq: number): Decide => (s) => commitCycle(s, cycleInput(s.vmId, seq));
-/** For the events the failover issue will decide; here they are simply recorded. */
+/** Records events as they are, without a decision (e.g. to fold a history as written). */
 export const record = (...events: RelationshipEvent[]): Decide => () => events;
 
-export const testStarted = (testId: string, pointId: string): RelationshipEvent =>
-  relationshipEvent("TestFailoverStarted", { testId, pointId, startedAt: "2025-03-01T11:00:00.000Z" });
-export const testStopped = (testId: string): RelationshipEvent =>
-  relationshipEvent("TestFailoverStopped", { testId, stoppedAt: "2025-03-01T11:30:00.000Z", durationMs: 1_800_000 });
+export const TEST_STARTED_AT = "2025-03-01T11:00:00.000Z";
+export const TEST_STOPPED_AT = "2025-03-01T11:30:00.000Z";
+/** Through the commands: a test failover on `pointId` (the latest when absent), and its stop. */
+export const testStarted = (testId: string, pointId?: string): Decide => (s) =>
+  startTestFailover(s, { testId, ...(pointId === undefined ? {} : { pointId }), startedAt: TEST_STARTED_AT });
+export const testStopped = (testId: string): Decide => (s) => stopTestFailover(s, { testId, stoppedAt: TEST_STOPPED_AT });
+export const failedOverUnplanned = (pointId?: string): Decide => (s) =>
+  failover(s, { kind: "unplanned", ...(pointId === undefined ? {} : { pointId }) });
 
 /** Enable, initial replication (cycle 1), then incremental cycles 2..lastSeq, applying retention. */
 export async function protect(

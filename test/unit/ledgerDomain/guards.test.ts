@@ -10,7 +10,6 @@ import {
   failCycle,
   getInMemoryEventStore,
   refuseStaleGeneration,
-  relationshipEvent,
   startInitialReplication,
   startMerge,
   type EventStore,
@@ -26,7 +25,7 @@ import {
   initialCommitted,
   initialStarted,
   protect,
-  record,
+  failedOverUnplanned,
   run,
   testStarted,
   testStopped,
@@ -40,7 +39,7 @@ describe("stale generation", () => {
       initialStarted,
       initialCommitted,
       incremental(2),
-      record(relationshipEvent("FailedOver", { pointId: "rp-2", generation: 2, kind: "unplanned" })),
+      failedOverUnplanned("rp-2"),
     );
 
   it("refuses a cycle from the old primary after a failover, telling it not to resume the VM", () => {
@@ -128,7 +127,7 @@ describe("merges and test failovers", () => {
 
   it("waits below a running test failover and proceeds once it stops", async () => {
     await protect(store, "web1", { lastSeq: 3, maxPoints: 2, retention: false });
-    await executeCommand(store, "web1", record(testStarted("t-dr-drill", "rp-3")));
+    await executeCommand(store, "web1", testStarted("t-dr-drill", "rp-3"));
 
     const err = await caught(() => executeCommand(store, "web1", startMerge));
     expect(err).toBeInstanceOf(MergeBlockedByTestFailoverError);
@@ -140,26 +139,27 @@ describe("merges and test failovers", () => {
     const catalogue = await RecoveryPointsProjection.rebuild(store, "web1");
     expect(catalogue.get("rp-3")!.testIds).toEqual(["t-dr-drill"]);
 
-    await executeCommand(store, "web1", record(testStopped("t-dr-drill")));
+    await executeCommand(store, "web1", testStopped("t-dr-drill"));
     expect(await applyRetention(store, "web1")).toEqual(["rp-1", "rp-2"]);
   });
 
   it("refuses while a test runs on the point being merged or the one it merges into", () => {
     const base = [enabled, initialStarted, initialCommitted, incremental(2), incremental(3), incremental(4)];
     for (const pointId of ["rp-1", "rp-2"]) {
-      const s = fold("vm", ...base, record(testStarted("t1", pointId)));
+      const s = fold("vm", ...base, testStarted("t1", pointId));
       expect(() => startMerge(s)).toThrow(MergeBlockedByTestFailoverError);
     }
   });
 
   it("allows several concurrent tests and names every one that blocks", () => {
     let s = fold("vm", enabled, initialStarted, initialCommitted, incremental(2), incremental(3), incremental(4));
-    s = run(s, record(testStarted("t-a", "rp-2"), testStarted("t-b", "rp-4")));
+    s = run(s, testStarted("t-a", "rp-2"));
+    s = run(s, testStarted("t-b", "rp-4"));
     expect(Object.keys(s.testFailovers).sort()).toEqual(["t-a", "t-b"]);
     expect(() => startMerge(s)).toThrow(/test failover\(s\) t-a, t-b/);
-    s = run(s, record(testStopped("t-a")));
+    s = run(s, testStopped("t-a"));
     expect(() => startMerge(s)).toThrow(/test failover\(s\) t-b\./);
-    s = run(s, record(testStopped("t-b")));
+    s = run(s, testStopped("t-b"));
     expect(startMerge(s)).toEqual([{ type: "RecoveryPointMergeStarted", data: { pointId: "rp-1", intoPointId: "rp-2" } }]);
     expect(s.counters.testFailoversStarted).toBe(2);
   });

@@ -7,14 +7,13 @@ import {
   getInMemoryEventStore,
   markResyncRequired,
   refuseStaleGeneration,
-  relationshipEvent,
   startResync,
   commitCycle,
   type EventStore,
   type Subscription,
 } from "../../../src/ledger/index.js";
 import { waitFor } from "../ledger/eventStoreContract.js";
-import { applyRetention, baseImage, cutoff, cycleInput, image, incremental, protect, record, testStarted, testStopped } from "./fixtures.js";
+import { applyRetention, baseImage, cutoff, cycleInput, failedOverUnplanned, image, incremental, protect, testStarted, testStopped } from "./fixtures.js";
 
 let store: EventStore;
 let sub: Subscription | undefined;
@@ -39,10 +38,10 @@ async function scenario(s: EventStore, step?: () => Promise<void>): Promise<void
   await executeCommand(s, "db1", (x) => startResync(x, { cycleSeq: 4, cutoffAt: cutoff(4), generation: 1 }));
   await executeCommand(s, "db1", (x) => commitCycle(x, cycleInput("db1", 4, "resync")));
   await applyRetention(s, "db1");
-  await executeCommand(s, "web1", record(testStarted("t1", "rp-4")));
+  await executeCommand(s, "web1", testStarted("t1", "rp-4"));
   await executeCommand(s, "web1", incremental(6));
   await step?.();
-  await executeCommand(s, "web1", record(relationshipEvent("FailedOver", { pointId: "rp-6", generation: 2, kind: "unplanned" })));
+  await executeCommand(s, "web1", failedOverUnplanned("rp-6"));
   await executeCommand(s, "web1", (x) => refuseStaleGeneration(x, { presentedGeneration: 1, peerIdentity: "agent.site-a.example" }));
 }
 
@@ -143,10 +142,10 @@ describe("status", () => {
 
   it("a point merged or stopped test shows in the next rebuild", async () => {
     await protect(store, "web1", { lastSeq: 3, maxPoints: 2, retention: false });
-    await executeCommand(store, "web1", record(testStarted("t1", "rp-1")));
+    await executeCommand(store, "web1", testStarted("t1", "rp-1"));
     const status = await StatusProjection.rebuild(store);
     expect(status.get("web1", NOW)).toMatchObject({ recoveryPoints: 3, activeTestFailovers: 1 });
-    await executeCommand(store, "web1", record(testStopped("t1")));
+    await executeCommand(store, "web1", testStopped("t1"));
     await applyRetention(store, "web1");
     await status.catchUp(store);
     expect(status.get("web1", NOW)).toMatchObject({ recoveryPoints: 2, activeTestFailovers: 0 });

@@ -2,30 +2,50 @@ import { describe, expect, it } from "vitest";
 import {
   InvalidTransitionError,
   REPLICATION_STATES,
+  acknowledgeGeneration,
+  cancelFailover,
   commitCycle,
+  completeFailover,
   completeMerge,
   enableReplication,
   executeCommand,
   failCycle,
+  failover,
   getInMemoryEventStore,
   markResyncRequired,
   pause,
+  prepareFailover,
+  recordTestFailoverRunning,
   refuseStaleGeneration,
-  relationshipEvent,
   relationshipStream,
   resume,
   startInitialReplication,
   startMerge,
   startResync,
+  startReverseReplication,
   type Decide,
   type RelationshipState,
   type ReplicationStateName,
 } from "../../../src/ledger/index.js";
-import { cutoff, cycleInput, enableInput, enabled, fold, incremental, initialCommitted, initialStarted, record } from "./fixtures.js";
+import {
+  TEST_STOPPED_AT,
+  committed,
+  cutoff,
+  cycleInput,
+  enableInput,
+  enabled,
+  failedOverUnplanned,
+  fold,
+  incremental,
+  initialCommitted,
+  initialStarted,
+  testStarted,
+  testStopped,
+} from "./fixtures.js";
 
 const VM = "web1";
 
-/** One reachable relationship per state, built through the commands (failover events recorded as such). */
+/** One reachable relationship per state, built through the commands. */
 const replicating = [enabled, initialStarted, initialCommitted, incremental(2)];
 const STATES: Record<ReplicationStateName, Decide[]> = {
   "not-enabled": [],
@@ -39,16 +59,9 @@ const STATES: Record<ReplicationStateName, Decide[]> = {
     (s) => markResyncRequired(s, { reason: "BITMAP_INCONSISTENT" }),
     (s) => startResync(s, { cycleSeq: 3, cutoffAt: cutoff(3), generation: 1 }),
   ],
-  "prepared-for-planned-failover": [...replicating, record(relationshipEvent("FailoverPrepared", { cycleSeq: 2 }))],
-  "failed-over-waiting-completion": [
-    ...replicating,
-    record(relationshipEvent("FailedOver", { pointId: "rp-2", generation: 2, kind: "unplanned" })),
-  ],
-  "failed-over": [
-    ...replicating,
-    record(relationshipEvent("FailedOver", { pointId: "rp-2", generation: 2, kind: "unplanned" })),
-    record(relationshipEvent("FailoverCompleted", {})),
-  ],
+  "prepared-for-planned-failover": [...replicating, (s) => prepareFailover(s, { preparedAt: committed(3), primaryStoppedAt: cutoff(3) })],
+  "failed-over-waiting-completion": [...replicating, failedOverUnplanned("rp-2")],
+  "failed-over": [...replicating, failedOverUnplanned("rp-2"), completeFailover],
 };
 
 const inState = (name: ReplicationStateName): RelationshipState => {
@@ -59,6 +72,8 @@ const inState = (name: ReplicationStateName): RelationshipState => {
 
 // The generation the relationship is at, so these cases fail on the state, not as stale messages.
 const gen = (s: RelationshipState) => Math.max(1, s.generation);
+const prepare: Decide = (s) => prepareFailover(s, { preparedAt: committed(9), primaryStoppedAt: cutoff(9) });
+const reverse: Decide = (s) => startReverseReplication(s, { newPrimarySiteId: "site-b", newPrimaryIdentity: "agent.site-b.example" });
 
 type Case = [command: string, state: ReplicationStateName, decide: Decide, hint: RegExp];
 const CASES: Case[] = [
@@ -73,15 +88,15 @@ const CASES: Case[] = [
   ["commitCycle(incremental)", "paused", (s) => commitCycle(s, cycleInput(VM, 9)), /Resume replication first/],
   ["commitCycle(incremental)", "resync-required", (s) => commitCycle(s, cycleInput(VM, 9)), /Run a resynchronisation first/],
   ["commitCycle(incremental)", "resynchronising", (s) => commitCycle(s, cycleInput(VM, 9)), /Wait for the resynchronisation/],
-  ["commitCycle(incremental)", "prepared-for-planned-failover", (s) => commitCycle(s, cycleInput(VM, 9)), /cancel the planned failover/],
-  ["commitCycle(incremental)", "failed-over-waiting-completion", (s) => commitCycle(s, cycleInput(VM, 9, "incremental", { generation: gen(s) })), /Complete or cancel the failover/],
+  ["commitCycle(full)", "prepared-for-planned-failover", (s) => commitCycle(s, cycleInput(VM, 9, "full")), /already in sync/],
+  ["commitCycle(incremental)", "failed-over-waiting-completion", (s) => commitCycle(s, cycleInput(VM, 9, "incremental", { generation: gen(s) })), /complete the failover, or cancel the failover/],
   ["commitCycle(incremental)", "failed-over", (s) => commitCycle(s, cycleInput(VM, 9, "incremental", { generation: gen(s) })), /reverse replication/],
   ["commitCycle(full)", "replicating", (s) => commitCycle(s, cycleInput(VM, 9, "full")), /already in sync/],
   ["commitCycle(resync)", "replicating", (s) => commitCycle(s, cycleInput(VM, 9, "resync")), /already in sync/],
   ["failCycle", "ready-for-initial-replication", (s) => failCycle(s, { cycleSeq: 9, generation: 1, reason: "X", message: "" }), /Start the initial replication/],
   ["failCycle", "failed-over", (s) => failCycle(s, { cycleSeq: 9, generation: gen(s), reason: "X", message: "" }), /reverse replication/],
   ["startMerge", "ready-for-initial-replication", startMerge, /Start the initial replication/],
-  ["startMerge", "failed-over-waiting-completion", startMerge, /Complete or cancel the failover/],
+  ["startMerge", "failed-over-waiting-completion", startMerge, /complete the failover, or cancel the failover/],
   ["completeMerge", "not-enabled", (s) => completeMerge(s, { pointId: "rp-1", disks: [] }), /Enable replication first/],
   ["markResyncRequired", "ready-for-initial-replication", (s) => markResyncRequired(s, { reason: "X" }), /Start the initial replication/],
   ["markResyncRequired", "initial-replication-in-progress", (s) => markResyncRequired(s, { reason: "X" }), /needs no resync/],
@@ -94,6 +109,43 @@ const CASES: Case[] = [
   ["resume", "replicating", resume, /not paused/],
   ["resume", "resync-required", resume, /Run a resynchronisation first/],
   ["refuseStaleGeneration", "not-enabled", (s) => refuseStaleGeneration(s, { presentedGeneration: 1, peerIdentity: "x" }), /Enable replication first/],
+  // Test failover.
+  ["startTestFailover", "not-enabled", testStarted("t1"), /Enable replication first/],
+  ["startTestFailover", "ready-for-initial-replication", testStarted("t1"), /Start the initial replication first/],
+  ["startTestFailover", "initial-replication-in-progress", testStarted("t1"), /Wait for the initial replication/],
+  ["startTestFailover", "prepared-for-planned-failover", testStarted("t1"), /cancel the planned failover first/],
+  ["startTestFailover", "failed-over-waiting-completion", testStarted("t1"), /check the failed-over VM itself/],
+  ["startTestFailover", "failed-over", testStarted("t1"), /start reverse replication, then test from the other site/],
+  ["recordTestFailoverRunning", "not-enabled", (s) => recordTestFailoverRunning(s, { testId: "t1", runningAt: TEST_STOPPED_AT, timeToRunningMs: 1 }), /Enable replication first/],
+  ["stopTestFailover", "not-enabled", testStopped("t1"), /Enable replication first/],
+  // Planned failover.
+  ["prepareFailover", "ready-for-initial-replication", prepare, /Start the initial replication first/],
+  ["prepareFailover", "paused", prepare, /resume replication first, or fail over unplanned/],
+  ["prepareFailover", "resync-required", prepare, /let the resynchronisation complete first/],
+  ["prepareFailover", "resynchronising", prepare, /let the resynchronisation complete first/],
+  ["prepareFailover", "prepared-for-planned-failover", prepare, /already prepared/],
+  ["prepareFailover", "failed-over-waiting-completion", prepare, /complete the failover, or cancel the failover/],
+  ["failover(planned)", "replicating", (s) => failover(s, { kind: "planned" }), /Prepare the planned failover first/],
+  ["failover(planned)", "paused", (s) => failover(s, { kind: "planned" }), /Resume replication first/],
+  ["failover(planned)", "failed-over-waiting-completion", (s) => failover(s, { kind: "planned" }), /complete the failover, or cancel the failover/],
+  // Unplanned failover.
+  ["failover(unplanned)", "not-enabled", failedOverUnplanned(), /Enable replication first/],
+  ["failover(unplanned)", "ready-for-initial-replication", failedOverUnplanned(), /Start the initial replication first/],
+  ["failover(unplanned)", "initial-replication-in-progress", failedOverUnplanned(), /Wait for the initial replication/],
+  ["failover(unplanned)", "failed-over-waiting-completion", failedOverUnplanned(), /complete the failover, or cancel the failover/],
+  ["failover(unplanned)", "failed-over", failedOverUnplanned(), /start reverse replication/],
+  // Cancel, complete, reverse.
+  ["cancelFailover", "not-enabled", cancelFailover, /Enable replication first/],
+  ["cancelFailover", "replicating", cancelFailover, /nothing to cancel/],
+  ["cancelFailover", "paused", cancelFailover, /nothing to cancel/],
+  ["cancelFailover", "failed-over", cancelFailover, /cannot be cancelled: start reverse replication, then fail back/],
+  ["completeFailover", "replicating", completeFailover, /not failed over; there is nothing to complete/],
+  ["completeFailover", "prepared-for-planned-failover", completeFailover, /fail over first/],
+  ["completeFailover", "failed-over", completeFailover, /already complete/],
+  ["startReverseReplication", "replicating", reverse, /not failed over: reverse replication starts from the site/],
+  ["startReverseReplication", "prepared-for-planned-failover", reverse, /only prepared: fail over first/],
+  ["startReverseReplication", "failed-over-waiting-completion", reverse, /After an unplanned failover, check the failed-over VM and complete the failover first/],
+  ["acknowledgeGeneration", "not-enabled", (s) => acknowledgeGeneration(s, { presentedGeneration: 1, peerIdentity: "x" }), /Enable replication first/],
 ];
 
 describe("forbidden transitions", () => {
@@ -120,7 +172,7 @@ describe("forbidden transitions", () => {
 
   it("says what to do, in the words an operator reads", () => {
     expect(() => commitCycle(inState("resync-required"), cycleInput(VM, 9))).toThrow(
-      "VM web1 is in state resync-required; commitCycle(incremental) needs replicating. Run a resynchronisation first.",
+      "VM web1 is in state resync-required; commitCycle(incremental) needs replicating or prepared-for-planned-failover. Run a resynchronisation first.",
     );
   });
 

@@ -31,11 +31,15 @@ export interface CommitCycleInput {
 
 const COMMAND = "commitCycle";
 
-/** Each kind of cycle belongs to exactly one state; a mismatch means the sender is confused. */
-const STATE_FOR_KIND: Record<CycleKind, ReplicationStateName> = {
-  full: "initial-replication-in-progress",
-  incremental: "replicating",
-  resync: "resynchronising",
+/**
+ * Each kind of cycle belongs to its states; a mismatch means the sender is confused. Incremental
+ * cycles are still accepted once a planned failover is prepared: the stopped primary's final
+ * cycle is what lets the planned failover lose nothing (see prepareFailover).
+ */
+const STATES_FOR_KIND: Record<CycleKind, readonly ReplicationStateName[]> = {
+  full: ["initial-replication-in-progress"],
+  incremental: ["replicating", "prepared-for-planned-failover"],
+  resync: ["resynchronising"],
 };
 
 /**
@@ -61,10 +65,10 @@ export function commitCycle(s: RelationshipState, input: CommitCycleInput): Rela
   };
 
   const command = `${COMMAND}(${kind})`;
-  requireEnabled(s, command, [STATE_FOR_KIND[kind]]);
+  requireEnabled(s, command, STATES_FOR_KIND[kind]);
   // Before the state check: an old primary talking to a failed-over VM must hear "stale".
   requireGeneration(s, generation);
-  requireState(s, command, [STATE_FOR_KIND[kind]], hintFor(s, kind));
+  requireState(s, command, STATES_FOR_KIND[kind], hintFor(s, kind));
   const disks = requirePointDisks(COMMAND, s, input.disks);
   if (kind === "incremental") {
     requireNextCycle(s, cycleSeq);
@@ -95,7 +99,7 @@ function hintFor(s: RelationshipState, kind: CycleKind): string | undefined {
   if (kind === "incremental" && s.state === "initial-replication-in-progress") {
     return "Only the full initial cycle can be committed until the initial replication completes.";
   }
-  if (kind !== "incremental" && s.state === "replicating") {
+  if (kind !== "incremental" && (s.state === "replicating" || s.state === "prepared-for-planned-failover")) {
     return `VM ${s.vmId} is already in sync; send an incremental cycle.`;
   }
   return undefined;
