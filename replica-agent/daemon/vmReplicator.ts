@@ -108,7 +108,10 @@ export class VmReplicator {
       }
       stream = client.replicate();
       const responses = new ResponseQueue(stream);
-      const generation = await this.hello(stream, responses, capture);
+      const generation = await this.hello(stream, responses, capture).catch(async (err: unknown) => {
+        if (this.status === "refused-stale") await this.fence(qmp);
+        throw err;
+      });
       onHealthy();
       const runCycle = async (cycle: CaptureCycle) => {
         open = cycle;
@@ -143,6 +146,19 @@ export class VmReplicator {
   }
 
   private needsInitial = false;
+
+  /**
+   * The replica site failed over: this VM is no longer the primary. Pause its vCPUs so it cannot
+   * go on as a second primary (split-brain); the operator decides what happens to it.
+   */
+  private async fence(qmp: QmpClient): Promise<void> {
+    try {
+      await qmp.execute("stop");
+      this.logger.error({ vm: this.vm.id }, "fenced: the VM was paused because the replica site failed over to a newer generation");
+    } catch (err) {
+      this.logger.error({ vm: this.vm.id, err }, "could not pause the VM after a stale-generation refusal");
+    }
+  }
 
   private async hello(stream: ClientDuplexStream<ReplicateRequest, ReplicateResponse>, responses: ResponseQueue, capture: VmCapture): Promise<number> {
     const saved = this.loadState();

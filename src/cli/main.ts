@@ -1,5 +1,6 @@
 import { Command } from "commander";
 import { registerAuthorize } from "./commands/authorize.js";
+import { registerFailover } from "./commands/failover.js";
 import { registerLedger } from "./commands/ledger.js";
 import { registerPki } from "./commands/pki.js";
 import { registerSite } from "./commands/site.js";
@@ -14,4 +15,5 @@ registerSite(program);
 registerAuthorize(program);
 registerStatus(program);
 registerLedger(program);
+registerFailover(program);
 await program.parseAsync();

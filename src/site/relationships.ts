@@ -5,6 +5,7 @@ import { RejectReason } from "../gen/qreplica/v1/replication.js";
 import {
   InvalidTransitionError,
   OutOfOrderCycleError,
+  acknowledgeGeneration,
   RELATIONSHIP_STREAM_PREFIX,
   StaleGenerationError,
   commitCycle,
@@ -101,6 +102,18 @@ export class Relationships {
         );
       }
       if (input.presentedGeneration !== state.generation) {
+        // After a cancelled failover the old primary may take the new generation over (handover).
+        const handedOver = await executeCommand(this.store, vmId, (s) => acknowledgeGeneration(s, { presentedGeneration: input.presentedGeneration, peerIdentity: input.primaryIdentity })).then(
+          (r) => r.newState,
+          (err: unknown) => {
+            if (err instanceof StaleGenerationError) return undefined;
+            throw err;
+          },
+        );
+        if (handedOver) {
+          this.logger.info({ vm: vmId, from: input.presentedGeneration, to: handedOver.generation }, "primary adopted the generation of a cancelled failover");
+          return { generation: handedOver.generation, lastCycleSeq: handedOver.lastCycleSeq, needsInitialReplication: handedOver.points.length === 0 };
+        }
         await this.exec(vmId, (s) => refuseStaleGeneration(s, { presentedGeneration: input.presentedGeneration, peerIdentity: input.primaryIdentity })).catch((err: unknown) =>
           this.logger.error({ err, vm: vmId }, "could not record the stale-generation refusal"),
         );
@@ -197,7 +210,7 @@ export class Relationships {
   }
 
   /** After a restart: finish interrupted merges, then remove images the ledger does not know. */
-  async recover(): Promise<void> {
+  async recover(): Promise<string[]> {
     const vmIds = new Set<string>();
     for (const e of await this.store.readAll({ streamPrefix: RELATIONSHIP_STREAM_PREFIX })) {
       const vmId = vmIdOfStream(e.stream);
@@ -210,6 +223,7 @@ export class Relationships {
       const known = new Set(after.points.flatMap((p) => p.disks.map((d) => d.imagePath)));
       this.storage.removeOrphans(vmId, known);
     }
+    return [...vmIds];
   }
 
   private async finishMerge(state: RelationshipState): Promise<void> {

@@ -15,6 +15,8 @@ export interface SiteConfig {
   /** Recovery points kept per VM before the oldest is merged into the base. */
   defaultMaxPoints: number;
   compressionLevel?: number;
+  /** Accelerator for VMs this site launches (failover, tests): auto = KVM when usable. */
+  accel: "auto" | "kvm" | "tcg";
 }
 
 /** Which primaries may replicate to this site, as Hyper-V Replica's authorization entries. */
@@ -54,7 +56,13 @@ export function loadSiteConfig(dir: string): SiteConfig {
     storageRoot: abs(raw.storageRoot!),
     defaultMaxPoints: typeof raw.defaultMaxPoints === "number" && raw.defaultMaxPoints >= 1 ? raw.defaultMaxPoints : 24,
     compressionLevel: raw.compressionLevel,
+    accel: parseAccel(process.env.QREPLICA_ACCEL ?? raw.accel ?? "auto", path),
   };
+}
+
+function parseAccel(v: unknown, path: string): "auto" | "kvm" | "tcg" {
+  if (v === "auto" || v === "kvm" || v === "tcg") return v;
+  throw new SiteConfigError(path, `field 'accel' must be auto, kvm or tcg, not ${JSON.stringify(v)}`);
 }
 
 export function saveSiteConfig(dir: string, config: SiteConfig): void {

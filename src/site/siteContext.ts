@@ -3,6 +3,7 @@ import type { EventStore } from "../ledger/index.js";
 import type { ReplicaStorage } from "../storage/index.js";
 import type { ReplicateSession } from "./dataPlane/replicateSession.js";
 import type { Relationships } from "./relationships.js";
+import type { FailoverService } from "./failover/failoverService.js";
 import { VmSerializer } from "./vmSerializer.js";
 
 /** What every request handler of a running site shares. */
@@ -16,6 +17,7 @@ export class SiteContext {
     readonly store: EventStore,
     readonly storage: ReplicaStorage,
     readonly relationships: Relationships,
+    readonly failovers: FailoverService,
     readonly logger: Logger,
   ) {}
 

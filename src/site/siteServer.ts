@@ -9,6 +9,7 @@ import { grpcServerOptions, loadSiteCredentials, serverCredentials } from "../tr
 import { controlService } from "./controlPlane/controlService.js";
 import { ReplicateSession } from "./dataPlane/replicateSession.js";
 import { Relationships } from "./relationships.js";
+import { FailoverService } from "./failover/failoverService.js";
 import { SiteContext } from "./siteContext.js";
 import { addressFile, loadSiteConfig, runDir } from "./siteConfig.js";
 
@@ -41,8 +42,10 @@ export async function startSite(dir: string, logger: Logger): Promise<RunningSit
   const daemon = await SiteStorageDaemon.start(runDir(dir), log);
   const storage = new ReplicaStorage(config.storageRoot, daemon, log);
   const relationships = new Relationships(store, storage, { siteId: config.siteId, defaultMaxPoints: config.defaultMaxPoints }, log);
-  await relationships.recover();
-  const context = new SiteContext(config.siteId, dir, store, storage, relationships, log);
+  const vmIds = await relationships.recover();
+  const failovers = new FailoverService(store, runDir(dir), config.accel, log);
+  await failovers.recover(vmIds);
+  const context = new SiteContext(config.siteId, dir, store, storage, relationships, failovers, log);
 
   const server = new grpc.Server(grpcServerOptions);
   const replicationServer: ReplicationServiceServer = {
@@ -69,6 +72,7 @@ export async function startSite(dir: string, logger: Logger): Promise<RunningSit
     context,
     async stop() {
       await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+      await failovers.stopAllTests();
       server.forceShutdown();
       await context.serializer.idle();
       await daemon.stop();

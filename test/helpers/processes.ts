@@ -30,7 +30,8 @@ export function startDaemon(script: string, args: string[], logFile: string): Da
   const child = spawn(process.execPath, ["--import", "tsx", script, ...args], {
     cwd: ROOT,
     stdio: ["ignore", fd, fd],
-    env: { ...process.env, QREPLICA_LOG_LEVEL: process.env.QREPLICA_LOG_LEVEL ?? "debug" },
+    // TCG by default in tests: some CI hosts expose a software KVM that boots far slower.
+    env: { ...process.env, QREPLICA_LOG_LEVEL: process.env.QREPLICA_LOG_LEVEL ?? "debug", QREPLICA_ACCEL: process.env.QREPLICA_ACCEL ?? "tcg" },
   });
   const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
   return {

@@ -1,12 +1,23 @@
-import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { stringify as toYaml } from "yaml";
 import { getSqliteEventStore, loadRelationship, type RelationshipState } from "../../src/ledger/index.js";
-import { startStorageDaemonVm, type StorageDaemonVm } from "../../src/qemu/processes/index.js";
+import { startStorageDaemonVm, startSystemVm, type QemuProcess, type StorageDaemonVm } from "../../src/qemu/processes/index.js";
+import { makeCounterDisk } from "../../guest/index.js";
 import { addressFile } from "../../src/site/siteConfig.js";
 import { AGENT, CLI, runCli, startDaemon, waitFor, type Daemon } from "./processes.js";
 
+/** The counter guest (a boot sector that counts on its disk) running in qemu-system-x86_64 on site A. */
+export interface CounterGuestVm {
+  proc: QemuProcess;
+  qmpSocketPath: string;
+  nbdSocketPath: string;
+  diskPath: string;
+  serialLogPath: string;
+}
+
 export interface TwoSites {
+  guest?: CounterGuestVm;
   dir: string;
   caDir: string;
   siteA: string;
@@ -30,7 +41,7 @@ async function cli(args: string[]): Promise<string> {
  * Two sites on this machine (A: the primary's, B: the replica), a CA they trust, an agent
  * identity authorized on B, and a qemu-storage-daemon VM "vm1" on A.
  */
-export async function setupTwoSites(dir: string, opts: { diskBytes: number; intervalSeconds?: number; maxPoints?: number }): Promise<TwoSites> {
+export async function setupTwoSites(dir: string, opts: { diskBytes: number; intervalSeconds?: number; maxPoints?: number; counterGuest?: boolean }): Promise<TwoSites> {
   const caDir = join(dir, "ca");
   const siteA = join(dir, "site-a");
   const siteB = join(dir, "site-b");
@@ -40,10 +51,22 @@ export async function setupTwoSites(dir: string, opts: { diskBytes: number; inte
   await cli(["pki", "issue", "--ca-dir", caDir, "--name", "agent-a", "--out-dir", join(dir, "agent-tls")]);
   await cli(["authorize", "--dir", siteB, "--primary", "agent-a"]);
   const vm = await startStorageDaemonVm(join(dir), [{ id: "vda", sizeBytes: opts.diskBytes }]);
+  let guest: CounterGuestVm | undefined;
+  if (opts.counterGuest) {
+    const guestDir = join(dir, "guest");
+    mkdirSync(guestDir, { recursive: true });
+    const diskPath = join(guestDir, "vda.qcow2");
+    await makeCounterDisk(diskPath, { sizeMiB: 64 });
+    const qmpSocketPath = join(guestDir, "qmp.sock");
+    const serialLogPath = join(guestDir, "serial.log");
+    const proc = await startSystemVm({ qmpSocketPath, disks: [{ nodeName: "vda", path: diskPath, bus: "ide", bootIndex: 0 }], serialLogPath, accel: "tcg", memoryMiB: 64 });
+    guest = { proc, qmpSocketPath, nbdSocketPath: join(guestDir, "nbd.sock"), diskPath, serialLogPath };
+  }
   const daemons: Daemon[] = [];
   const agentConfig = join(dir, "agent.yaml");
   const t: TwoSites = {
     dir,
+    guest,
     caDir,
     siteA,
     siteB,
@@ -73,9 +96,9 @@ export async function setupTwoSites(dir: string, opts: { diskBytes: number; inte
           vms: [
             {
               id: "vm1",
-              qmpSocket: vm.qmpSocketPath,
-              nbdSocket: vm.nbdSocketPath,
-              disks: [{ id: "vda", node: "node-vda" }],
+              qmpSocket: guest?.qmpSocketPath ?? vm.qmpSocketPath,
+              nbdSocket: guest?.nbdSocketPath ?? vm.nbdSocketPath,
+              disks: [{ id: "vda", node: guest ? "vda" : "node-vda" }],
               replicaSite: address,
               intervalSeconds: opts.intervalSeconds ?? 1,
               compressionLevel: 1,
@@ -98,6 +121,8 @@ export async function setupTwoSites(dir: string, opts: { diskBytes: number; inte
     async stopAll() {
       for (const d of daemons) await d.kill("SIGTERM");
       await vm.proc.kill();
+      await guest?.proc.kill();
+      killRecordedVms(dir);
       // A site killed with SIGKILL leaves its storage daemon behind: end it too.
       for (const siteDir of [siteA, siteB]) {
         const pidfile = join(siteDir, "run", "storage-daemon.pid");
@@ -111,4 +136,23 @@ export async function setupTwoSites(dir: string, opts: { diskBytes: number; inte
     },
   };
   return t;
+}
+
+/** VMs a site launched (failover, tests) record their pid in `qemu.pid`: end them all. */
+function killRecordedVms(dir: string): void {
+  let entries: string[];
+  try {
+    entries = readdirSync(dir, { withFileTypes: true }).map((e) => (e.isDirectory() ? `${e.name}/` : e.name));
+  } catch {
+    return;
+  }
+  for (const e of entries) {
+    if (e === "qemu.pid") {
+      try {
+        process.kill(Number(readFileSync(join(dir, e), "utf8")), "SIGKILL");
+      } catch {
+        // already gone
+      }
+    } else if (e.endsWith("/")) killRecordedVms(join(dir, e.slice(0, -1)));
+  }
 }

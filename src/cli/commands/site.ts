@@ -17,8 +17,9 @@ export function registerSite(program: Command): void {
     .requiredOption("--ca-dir <dir>", "CA directory made by 'qreplica pki create-ca'")
     .option("--listen <host:port>", "gRPC listen address (port 0: any free port)", "127.0.0.1:7443")
     .option("--max-points <n>", "recovery points kept per VM", (v) => Number(v), 24)
+    .option("--accel <accel>", "accelerator for failover and test VMs: auto, kvm or tcg", "auto")
     .option("--json", "JSON output", false)
-    .action(async (o: { dir: string; name: string; caDir: string; listen: string; maxPoints: number; json: boolean }) => {
+    .action(async (o: { dir: string; name: string; caDir: string; listen: string; maxPoints: number; accel: "auto" | "kvm" | "tcg"; json: boolean }) => {
       try {
         const dir = resolve(o.dir);
         if (existsSync(siteFile(dir))) throw new Error(`${siteFile(dir)} exists already: this directory is a site`);
@@ -34,6 +35,7 @@ export function registerSite(program: Command): void {
           ledgerPath: "ledger.sqlite",
           storageRoot: "storage",
           defaultMaxPoints: o.maxPoints,
+          accel: o.accel,
         };
         saveSiteConfig(dir, config);
         emit(o.json, { dir, ...config, certificate: issued.certFile }, () => `site '${o.name}' initialised in ${dir}\nnext: qreplica authorize --dir ${dir} --primary PRIMARY; qreplica site serve --dir ${dir}`);

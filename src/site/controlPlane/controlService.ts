@@ -2,6 +2,7 @@ import * as grpc from "@grpc/grpc-js";
 import { errorMessage } from "../../common/errors.js";
 import { Consistency, CycleKind } from "../../gen/qreplica/v1/common.js";
 import {
+  FailoverKind,
   RelationshipState as WireState,
   ReplicationHealth,
   type ControlServiceServer,
@@ -11,6 +12,7 @@ import {
 import { RecoveryPointsProjection, StatusProjection, relationshipStream, type VmStatus } from "../../ledger/index.js";
 import { peerIdentity } from "../../transport/index.js";
 import type { SiteContext } from "../siteContext.js";
+import type { LaunchedInfo } from "../failover/failoverService.js";
 
 const WIRE_STATE: Record<string, WireState> = {
   "ready-for-initial-replication": WireState.RELATIONSHIP_STATE_READY_FOR_INITIAL_REPLICATION,
@@ -46,7 +48,7 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
       }
       fn(call.request).then(
         (res) => callback(null, res),
-        (err: unknown) => callback({ code: (err as { grpcCode?: number }).grpcCode ?? grpc.status.INTERNAL, details: errorMessage(err) }),
+        (err: unknown) => callback({ code: grpcCodeOf(err), details: errorMessage(err) }),
       );
     };
 
@@ -97,17 +99,21 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
     };
   };
 
-  const notYet = (what: string) =>
-    guarded(async () => {
-      throw Object.assign(new Error(`${what} is not available on this site yet`), { grpcCode: grpc.status.UNIMPLEMENTED });
-    });
-
+  const failovers = ctx.failovers;
+  const vmInfo = (v: LaunchedInfo) => ({ name: v.name, qmpSocket: v.qmpSocket, serialLog: v.serialLog, pid: v.pid, timeToRunningMs: BigInt(v.timeToRunningMs), diskImages: v.diskImages });
   return {
-    startTestFailover: notYet("test failover"),
-    stopTestFailover: notYet("test failover"),
-    failover: notYet("failover"),
-    completeFailover: notYet("failover"),
-    cancelFailover: notYet("failover"),
+    startTestFailover: guarded(async (req) => {
+      const r = await failovers.startTest(req.vmId, req.recoveryPointId || undefined);
+      return { testId: r.testId, recoveryPointId: r.pointId, vm: vmInfo(r.vm) };
+    }),
+    stopTestFailover: guarded(async (req) => ({ stoppedTestIds: await failovers.stopTests(req.vmId, req.testId || undefined) })),
+    failover: guarded(async (req) => {
+      const kind = req.kind === FailoverKind.FAILOVER_KIND_PLANNED ? "planned" : "unplanned";
+      const r = await failovers.failover(req.vmId, kind, req.recoveryPointId || undefined, req.startVm);
+      return { recoveryPointId: r.pointId, generation: BigInt(r.generation), vm: r.vm && vmInfo(r.vm) };
+    }),
+    completeFailover: guarded(async (req) => ({ droppedRecoveryPointIds: await failovers.complete(req.vmId) })),
+    cancelFailover: guarded(async (req) => ({ state: await failovers.cancel(req.vmId) })),
     getStatus: guarded(async (req) => {
       await status.catchUp(ctx.store);
       const now = new Date();
@@ -137,6 +143,17 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
       };
     }),
   };
+}
+
+/** Refusals by the relationship's state are the operator's to resolve, not server faults. */
+function grpcCodeOf(err: unknown): grpc.status {
+  const explicit = (err as { grpcCode?: number }).grpcCode;
+  if (explicit !== undefined) return explicit;
+  const code = (err as { code?: unknown }).code;
+  if (typeof code !== "string") return grpc.status.INTERNAL;
+  if (["INVALID_TRANSITION", "STALE_GENERATION", "FAILOVER_REFUSED", "MERGE_BLOCKED_BY_TEST_FAILOVER", "MERGE_IN_PROGRESS"].includes(code)) return grpc.status.FAILED_PRECONDITION;
+  if (code.startsWith("INVALID") || code === "UNKNOWN_POINT") return grpc.status.INVALID_ARGUMENT;
+  return grpc.status.INTERNAL;
 }
 
 /** Hyper-V-like health: critical when replication cannot go on, warning when it is failing or late. */

@@ -1,0 +1,189 @@
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { QreplicaError } from "../../common/errors.js";
+import type { Logger } from "../../common/logger.js";
+import {
+  cancelFailover,
+  completeFailover,
+  executeCommand,
+  failover,
+  loadRelationship,
+  recordTestFailoverRunning,
+  startTestFailover,
+  stopTestFailover,
+  type EventStore,
+  type FailoverKind,
+  type RecoveryPoint,
+} from "../../ledger/index.js";
+import { createThrowawayOverlay, launchVm, type LaunchedVm } from "../launcher/index.js";
+import { launchSpecOf } from "./defaultSpec.js";
+
+export interface LaunchedInfo {
+  name: string;
+  qmpSocket: string;
+  serialLog: string;
+  pid: number;
+  timeToRunningMs: number;
+  diskImages: string[];
+}
+
+/** A request the relationship or the site cannot honour now; the message says why and what to do. */
+export class FailoverRefusedError extends QreplicaError {
+  readonly code = "FAILOVER_REFUSED" as const;
+}
+
+interface Running {
+  vm: LaunchedVm;
+  overlays: string[];
+}
+
+/**
+ * Test failovers and failovers on this (replica) site: overlays on recovery points, VMs launched
+ * from the replicated spec, every step recorded in the ledger. Overlays are the only thing the
+ * VMs write: recovery points stay immutable (invariant 4).
+ */
+export class FailoverService {
+  private readonly tests = new Map<string, Running>();
+  private readonly failedOver = new Map<string, Running>();
+
+  constructor(
+    private readonly store: EventStore,
+    private readonly runDir: string,
+    private readonly accel: "auto" | "kvm" | "tcg",
+    private readonly logger: Logger,
+  ) {}
+
+  async startTest(vmId: string, pointId: string | undefined): Promise<{ testId: string; pointId: string; vm: LaunchedInfo }> {
+    const started = performance.now();
+    const testId = `t${Date.now().toString(36)}`;
+    const { newState } = await executeCommand(this.store, vmId, (s) => startTestFailover(s, { testId, pointId, startedAt: new Date().toISOString() }));
+    const test = newState.testFailovers[testId];
+    const point = newState.points.find((p) => p.pointId === test?.pointId);
+    if (!test || !point) throw new FailoverRefusedError(`VM ${vmId}: test ${testId} was not recorded`);
+    const dir = join(this.runDir, "tests", vmId, testId);
+    try {
+      const running = await this.launchOn(point, newState, dir, `test-${vmId}-${testId}`);
+      this.tests.set(`${vmId}/${testId}`, running);
+      const timeToRunningMs = Math.round(performance.now() - started);
+      await executeCommand(this.store, vmId, (s) => recordTestFailoverRunning(s, { testId, runningAt: running.vm.runningAt.toISOString(), timeToRunningMs }));
+      this.logger.info({ vm: vmId, testId, point: point.pointId, timeToRunningMs }, "test failover running");
+      return { testId, pointId: point.pointId, vm: info(running, timeToRunningMs) };
+    } catch (err) {
+      rmSync(dir, { recursive: true, force: true });
+      await executeCommand(this.store, vmId, (s) => stopTestFailover(s, { testId, stoppedAt: new Date().toISOString() })).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  async stopTests(vmId: string, testId: string | undefined): Promise<string[]> {
+    const { state } = await loadRelationship(this.store, vmId);
+    const ids = testId ? [testId] : Object.keys(state.testFailovers);
+    if (testId && !state.testFailovers[testId]) {
+      throw new FailoverRefusedError(`VM ${vmId} has no test failover '${testId}' (running: ${Object.keys(state.testFailovers).join(", ") || "none"})`);
+    }
+    for (const id of ids) {
+      const running = this.tests.get(`${vmId}/${id}`);
+      await running?.vm.stop({ timeoutMs: 2_000 });
+      this.tests.delete(`${vmId}/${id}`);
+      // Everything the test VM wrote is discarded with its overlays.
+      rmSync(join(this.runDir, "tests", vmId, id), { recursive: true, force: true });
+      await executeCommand(this.store, vmId, (s) => stopTestFailover(s, { testId: id, stoppedAt: new Date().toISOString() }));
+    }
+    return ids;
+  }
+
+  async failover(vmId: string, kind: FailoverKind, pointId: string | undefined, startVm: boolean): Promise<{ pointId: string; generation: number; vm?: LaunchedInfo }> {
+    const started = performance.now();
+    const { newState } = await executeCommand(this.store, vmId, (s) => failover(s, { kind, pointId }));
+    const chosen = newState.failover?.pointId;
+    const point = newState.points.find((p) => p.pointId === chosen);
+    if (!point) throw new FailoverRefusedError(`VM ${vmId}: failover recorded without a point`);
+    if (!startVm) return { pointId: point.pointId, generation: newState.generation };
+    const running = await this.launchOn(point, newState, join(this.runDir, "failover", vmId, `g${newState.generation}`), vmId);
+    this.failedOver.set(vmId, running);
+    const rto = Math.round(performance.now() - started);
+    this.logger.info({ vm: vmId, point: point.pointId, generation: newState.generation, rtoMs: rto }, "failed over: VM running");
+    return { pointId: point.pointId, generation: newState.generation, vm: info(running, rto) };
+  }
+
+  async cancel(vmId: string): Promise<string> {
+    const running = this.failedOver.get(vmId);
+    await running?.vm.stop({ timeoutMs: 5_000 });
+    this.failedOver.delete(vmId);
+    rmSync(join(this.runDir, "failover", vmId), { recursive: true, force: true });
+    const { newState } = await executeCommand(this.store, vmId, (s) => cancelFailover(s));
+    return newState.state;
+  }
+
+  async complete(vmId: string): Promise<string[]> {
+    const { events } = await executeCommand(this.store, vmId, (s) => completeFailover(s));
+    const done = events.find((e) => e.type === "FailoverCompleted");
+    if (!done || done.type !== "FailoverCompleted") return [];
+    // Points after the failed-over one are no longer anybody's backing file.
+    for (const img of done.data.releasedImages) rmSync(img.imagePath, { force: true });
+    return done.data.droppedPointIds;
+  }
+
+  /** Test VMs do not survive the site process: stop them and record it. */
+  async stopAllTests(): Promise<void> {
+    for (const key of [...this.tests.keys()]) {
+      const [vmId, testId] = key.split("/") as [string, string];
+      await this.stopTests(vmId, testId).catch((err: unknown) => this.logger.error({ err, vm: vmId, testId }, "stopping a test failover failed"));
+    }
+  }
+
+  /** After a restart: tests the ledger still lists have lost their VM; close them. */
+  async recover(vmIds: Iterable<string>): Promise<void> {
+    killRecordedVms(join(this.runDir, "tests"));
+    for (const vmId of vmIds) {
+      const { state } = await loadRelationship(this.store, vmId);
+      for (const testId of Object.keys(state.testFailovers)) {
+        rmSync(join(this.runDir, "tests", vmId, testId), { recursive: true, force: true });
+        await executeCommand(this.store, vmId, (s) => stopTestFailover(s, { testId, stoppedAt: new Date().toISOString() }));
+        this.logger.warn({ vm: vmId, testId }, "test failover closed: its VM did not survive the site restart");
+      }
+    }
+  }
+
+  private async launchOn(point: RecoveryPoint, state: { vmId: string; disks: readonly { diskId: string }[] } & Parameters<typeof launchSpecOf>[0], dir: string, name: string): Promise<Running> {
+    mkdirSync(dir, { recursive: true });
+    const overlays: string[] = [];
+    const diskImages: Record<string, string> = {};
+    for (const d of point.disks) {
+      const path = join(dir, `${d.diskId}.qcow2`);
+      await createThrowawayOverlay(d.imagePath, path);
+      overlays.push(path);
+      diskImages[d.diskId] = path;
+    }
+    const vm = await launchVm({ spec: launchSpecOf(state), diskImages, runDir: dir, name, network: "isolated", logger: this.logger, accel: this.accel });
+    writeFileSync(join(dir, "qemu.pid"), String(vm.proc.pid));
+    return { vm, overlays };
+  }
+}
+
+function info(r: Running, timeToRunningMs: number): LaunchedInfo {
+  return { name: r.vm.name, qmpSocket: r.vm.qmpSocketPath, serialLog: r.vm.serialLogPath, pid: r.vm.proc.pid, timeToRunningMs, diskImages: r.overlays };
+}
+
+/** QEMU processes recorded under `dir` by a site process that is gone. */
+function killRecordedVms(dir: string): void {
+  const walk = (d: string): void => {
+    let entries: string[];
+    try {
+      entries = readdirSync(d);
+    } catch {
+      return;
+    }
+    for (const e of entries) {
+      const p = join(d, e);
+      if (e === "qemu.pid") {
+        try {
+          process.kill(Number(readFileSync(p, "utf8")), "SIGKILL");
+        } catch {
+          // already gone
+        }
+      } else if (!e.includes(".")) walk(p);
+    }
+  };
+  walk(dir);
+}

@@ -1,0 +1,113 @@
+import { createHash } from "node:crypto";
+import { existsSync, readFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { readCounters, readDiskCounter, waitForCounter } from "../../guest/index.js";
+import { QmpClient } from "../../src/qemu/qmp/index.js";
+import { convertImage } from "../../src/qemu/processes/index.js";
+import { getSqliteEventStore, relationshipStream } from "../../src/ledger/index.js";
+import { makeTmpDir } from "../helpers/tmpDir.js";
+import { runCli, waitFor } from "../helpers/processes.js";
+import { setupTwoSites, type TwoSites } from "../helpers/twoSites.js";
+
+const MiB = 1024 * 1024;
+let env: TwoSites | undefined;
+let cleanup: (() => void) | undefined;
+afterEach(async () => {
+  await env?.stopAll();
+  if (!process.env.QR_KEEP) cleanup?.();
+  env = undefined;
+});
+
+async function cliJson<T>(args: string[]): Promise<T> {
+  const r = await runCli([...args, "--json"]);
+  if (r.code !== 0) throw new Error(`qreplica ${args.join(" ")} failed (${r.code}): ${r.stdout}${r.stderr}`);
+  return JSON.parse(r.stdout) as T;
+}
+
+async function imageHash(t: TwoSites, image: string): Promise<string> {
+  const raw = join(t.dir, `hash-${Date.now()}.raw`);
+  await convertImage(image, raw, { dstFormat: "raw" });
+  const h = createHash("sha256").update(readFileSync(raw)).digest("hex");
+  rmSync(raw);
+  return h;
+}
+
+async function eventTypes(t: TwoSites): Promise<string[]> {
+  const store = getSqliteEventStore({ path: join(t.siteB, "ledger.sqlite"), create: false });
+  try {
+    return (await store.readStream(relationshipStream("vm1"))).map((e) => e.type);
+  } finally {
+    await store.close();
+  }
+}
+
+describe("failover with the counter guest (qemu-system-x86_64, real processes)", { timeout: 300_000 }, () => {
+  it("test failover while replication goes on, then unplanned failover to an older point; the old primary is refused and fenced", async () => {
+    const tmp = makeTmpDir("qr-fo-");
+    cleanup = tmp.cleanup;
+    env = await setupTwoSites(tmp.path, { diskBytes: 8 * MiB, intervalSeconds: 1, counterGuest: true });
+    const t = env;
+    await t.startSite(t.siteA);
+    await t.startSite(t.siteB);
+    await waitForCounter(t.guest!.serialLogPath, (v) => v > 5, 90_000);
+    const agent = t.startAgent();
+    await waitFor("three recovery points", async () => ((await t.relationship()).points.length >= 3 ? true : undefined), 120_000);
+
+    // --- test failover on the latest point ---
+    const test = await cliJson<{ testId: string; recoveryPointId: string; vm: { serialLog: string; timeToRunningMs: number } }>(["failover", "vm1", "--test", "--dir", t.siteB]);
+    const tested = (await t.relationship()).points.find((p) => p.pointId === test.recoveryPointId)!;
+    const testedImage = tested.disks[0]!.imagePath;
+    const testedCounter = await readDiskCounter(testedImage);
+    const hashBefore = await imageHash(t, testedImage);
+    expect(testedCounter).toBeGreaterThan(0);
+    // The test VM boots from the point: the first counter it prints is the point's.
+    await waitForCounter(test.vm.serialLog, () => true, 90_000);
+    expect(readCounters(test.vm.serialLog)[0]).toBe(testedCounter);
+    const seqAtStart = (await t.relationship()).lastCycleSeq;
+    await waitFor("three more points during the test", async () => ((await t.relationship()).lastCycleSeq >= seqAtStart + 3 ? true : undefined), 120_000);
+    const during = await t.relationship();
+    expect(Object.keys(during.testFailovers)).toEqual([test.testId]);
+    // New points keep counting up: replication went on.
+    const counters = await Promise.all(during.points.filter((p) => p.cycleSeq > tested.cycleSeq).map((p) => readDiskCounter(p.disks[0]!.imagePath)));
+    expect(counters.length).toBeGreaterThanOrEqual(3);
+    for (let i = 1; i < counters.length; i++) expect(counters[i]!).toBeGreaterThanOrEqual(counters[i - 1]!);
+    expect(counters[0]!).toBeGreaterThanOrEqual(testedCounter);
+    await cliJson(["test-failover", "stop", "vm1", "--dir", t.siteB]);
+    expect(await imageHash(t, testedImage)).toBe(hashBefore); // the tested point is untouched
+    expect(existsSync(join(t.siteB, "run", "tests", "vm1", test.testId))).toBe(false);
+    const afterTest = await eventTypes(t);
+    expect(afterTest).toEqual(expect.arrayContaining(["TestFailoverStarted", "TestFailoverRunning", "TestFailoverStopped"]));
+
+    // --- unplanned failover to an older point, with the primary "gone" ---
+    await agent.kill("SIGKILL");
+    const points = (await t.relationship()).points;
+    const older = points[points.length - 2]!;
+    const olderCounter = await readDiskCounter(older.disks[0]!.imagePath);
+    const fo = await cliJson<{ recoveryPointId: string; generation: number; vm: { serialLog: string } }>(["failover", "vm1", "--unplanned", "--point", older.pointId, "--dir", t.siteB]);
+    expect(fo.recoveryPointId).toBe(older.pointId);
+    expect(fo.generation).toBe(2);
+    await waitForCounter(fo.vm.serialLog, () => true, 90_000);
+    expect(readCounters(fo.vm.serialLog)[0]).toBe(olderCounter);
+    expect((await t.relationship()).state).toBe("failed-over-waiting-completion");
+
+    // --- the old primary's agent comes back: refused as stale, its VM paused ---
+    t.startAgent();
+    await waitFor("the stale refusal in the ledger", async () => ((await eventTypes(t)).includes("StaleGenerationRefused") ? true : undefined), 60_000);
+    const qmp = await QmpClient.connect({ socketPath: t.guest!.qmpSocketPath });
+    try {
+      await waitFor("the old primary paused", async () => ((await qmp.execute<{ status: string }>("query-status")).status === "paused" ? true : undefined), 30_000);
+    } finally {
+      await qmp.close();
+    }
+    const state = await t.relationship();
+    expect(state.lastCycleSeq).toBe(points[points.length - 1]!.cycleSeq); // nothing accepted from it
+
+    // --- complete: the other points are dropped, the failed-over VM keeps running ---
+    const done = await cliJson<{ droppedRecoveryPointIds: string[] }>(["failover", "vm1", "complete", "--dir", t.siteB]);
+    expect(done.droppedRecoveryPointIds.length).toBe(points.length - 1);
+    expect((await t.relationship()).state).toBe("failed-over");
+    const last = readCounters(fo.vm.serialLog).at(-1)!;
+    await waitForCounter(fo.vm.serialLog, (v) => v > last, 30_000);
+  });
+});
