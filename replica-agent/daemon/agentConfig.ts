@@ -2,6 +2,8 @@ import { readFileSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { QreplicaError } from "../../src/common/errors.js";
+// The spec model only (pure validation), not the site server.
+import { validateVmSpec, type VmSpec } from "../../src/site/launcher/vmSpec.js";
 
 export interface AgentVmConfig {
   id: string;
@@ -14,6 +16,8 @@ export interface AgentVmConfig {
   replicaSite: string;
   intervalSeconds: number;
   compressionLevel: number;
+  /** How the replica site launches this VM on failover; sent to the site with every Hello. */
+  spec?: VmSpec;
 }
 
 export interface AgentConfig {
@@ -66,6 +70,7 @@ export function loadAgentConfig(path: string): AgentConfig {
       replicaSite: str(vm.replicaSite, path, `${where}.replicaSite`),
       intervalSeconds: num(vm.intervalSeconds ?? 30, path, `${where}.intervalSeconds`),
       compressionLevel: num(vm.compressionLevel ?? 1, path, `${where}.compressionLevel`),
+      spec: vm.spec === undefined ? undefined : specOf(vm.spec, path, `${where}.spec`),
     };
   });
   return {
@@ -74,6 +79,14 @@ export function loadAgentConfig(path: string): AgentConfig {
     tls: { caFile: abs(str(tls.caFile, path, "tls.caFile")), certFile: abs(str(tls.certFile, path, "tls.certFile")), keyFile: abs(str(tls.keyFile, path, "tls.keyFile")) },
     vms,
   };
+}
+
+function specOf(v: unknown, path: string, what: string): VmSpec {
+  try {
+    return validateVmSpec(v);
+  } catch (err) {
+    throw new AgentConfigError(path, `${what}: ${(err as Error).message}`, { cause: err });
+  }
 }
 
 function asObject(v: unknown, path: string, what: string): Record<string, unknown> {

@@ -130,6 +130,11 @@ export class VmReplicator {
           await runCycle(await capture.beginCycle());
         } catch (err) {
           if (!(err instanceof CycleRefusedError)) throw err;
+          if (err.reason === RejectReason.REJECT_REASON_STALE_GENERATION) {
+            this.status = "refused-stale";
+            await this.fence(qmp);
+            throw err;
+          }
           // The site refused this cycle (e.g. a corrupted chunk): its changes are kept, try again.
           this.lastError = err.message;
           this.logger.warn({ vm: this.vm.id, err: err.message }, "cycle refused by the replica site; retrying");
@@ -175,7 +180,7 @@ export class VmReplicator {
           disks: disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeBytes) })),
           supportedCodecs: [CompressionCodec.COMPRESSION_CODEC_ZSTD, CompressionCodec.COMPRESSION_CODEC_NONE],
           supportedChecksumAlgorithms: [ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256],
-          vmSpecJson: "",
+          vmSpecJson: this.vm.spec ? JSON.stringify(this.vm.spec) : "",
         },
       },
     });

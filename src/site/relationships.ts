@@ -21,6 +21,7 @@ import {
   vmIdOfStream,
   type CycleKind,
   type Decide,
+  type JsonObject,
   type EventStore,
   type RelationshipState,
 } from "../ledger/index.js";
@@ -45,6 +46,7 @@ export interface HelloInput {
   primaryIdentity: string;
   presentedGeneration: number;
   disks: Array<{ diskId: string; sizeBytes: number }>;
+  vmSpec?: JsonObject;
 }
 
 export interface CommitInput {
@@ -90,6 +92,7 @@ export class Relationships {
             replicaSiteId: this.site.siteId,
             primaryIdentity: input.primaryIdentity,
             disks: input.disks,
+            vmSpec: input.vmSpec,
             retention: { maxPoints: this.site.defaultMaxPoints },
           }),
         )

@@ -111,3 +111,44 @@ describe("failover with the counter guest (qemu-system-x86_64, real processes)",
     await waitForCounter(fo.vm.serialLog, (v) => v > last, 30_000);
   });
 });
+
+describe("cancelled failover", { timeout: 300_000 }, () => {
+  it("cancel keeps every point; the fenced old primary resumes and adopts the new generation", async () => {
+    const tmp = makeTmpDir("qr-fo-");
+    cleanup = tmp.cleanup;
+    env = await setupTwoSites(tmp.path, { diskBytes: 8 * MiB, intervalSeconds: 1, counterGuest: true });
+    const t = env;
+    await t.startSite(t.siteB);
+    await waitForCounter(t.guest!.serialLogPath, (v) => v > 3, 90_000);
+    const agent = t.startAgent();
+    await waitFor("two recovery points", async () => ((await t.relationship()).points.length >= 2 ? true : undefined), 120_000);
+    const enabled = (await eventTypes(t)).includes("ReplicationEnabled");
+    expect(enabled).toBe(true);
+    expect((await t.relationship()).vmSpec).toMatchObject({ machine: "q35", memoryMiB: 64 });
+
+    const fo = await cliJson<{ generation: number; vm: { serialLog: string } }>(["failover", "vm1", "--unplanned", "--dir", t.siteB]);
+    expect(fo.generation).toBe(2);
+    // The running agent's next cycle is refused as stale: it stops and pauses its VM.
+    const qmp = await QmpClient.connect({ socketPath: t.guest!.qmpSocketPath });
+    try {
+      await waitFor("the old primary fenced", async () => ((await qmp.execute<{ status: string }>("query-status")).status === "paused" ? true : undefined), 60_000);
+      await agent.exited;
+      const pointsBefore = (await t.relationship()).points.map((p) => p.pointId);
+
+      const cancelled = await cliJson<{ state: string }>(["failover", "vm1", "cancel", "--dir", t.siteB]);
+      expect(cancelled.state).toBe("replicating");
+      expect((await t.relationship()).points.map((p) => p.pointId)).toEqual(pointsBefore);
+
+      // The operator resumes the VM and the agent: it presents generation 1 and is handed generation 2.
+      await qmp.execute("cont");
+      await qmp.close(); // one client per monitor: the agent needs it
+      t.startAgent();
+      const seq = (await t.relationship()).lastCycleSeq;
+      await waitFor("cycles in the new generation", async () => ((await t.relationship()).lastCycleSeq >= seq + 2 ? true : undefined), 90_000);
+      expect(await eventTypes(t)).toEqual(expect.arrayContaining(["FailedOver", "FailoverCancelled", "GenerationAcknowledged"]));
+      expect((await t.relationship()).generation).toBe(2);
+    } finally {
+      await qmp.close();
+    }
+  });
+});

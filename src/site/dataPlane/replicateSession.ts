@@ -19,11 +19,23 @@ import {
 } from "../../gen/qreplica/v1/replication.js";
 import { decodeExtentChunk, peerIdentity, writeWithBackpressure } from "../../transport/index.js";
 import type { PointWrite } from "../../storage/index.js";
+import type { JsonValue } from "../../ledger/index.js";
 import { findAuthorization, loadAuthorizations } from "../siteConfig.js";
 import type { SiteContext } from "../siteContext.js";
 import { RelationshipRefusal } from "../relationships.js";
 
 export const PROTOCOL_VERSION = 1;
+
+/** The agent validated the spec against its config; here it is only carried as a JSON object. */
+function parseVmSpec(json: string): Record<string, JsonValue> | undefined {
+  if (!json) return undefined;
+  try {
+    const parsed = JSON.parse(json) as unknown;
+    return typeof parsed === "object" && parsed !== null && !Array.isArray(parsed) ? (parsed as Record<string, JsonValue>) : undefined;
+  } catch {
+    return undefined;
+  }
+}
 export const MAX_CHUNK_BYTES = 4 * 1024 * 1024;
 
 type Call = grpc.ServerDuplexStream<ReplicateRequest, ReplicateResponse>;
@@ -149,6 +161,7 @@ export class ReplicateSession {
         primarySiteId: hello.sourceSiteId,
         primaryIdentity: identity,
         presentedGeneration: Number(hello.generation),
+        vmSpec: parseVmSpec(hello.vmSpecJson),
         disks: hello.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) })),
       });
       this.vmId = hello.vmId;
