@@ -74,6 +74,9 @@ export function encodeExtentChunk(extent: ExtentPiece, opts: EncodeOptions): Ext
       payload = packed;
     }
   }
+  // Sent raw, the chunk must own its bytes: grpc-js serializes a message only when the stream
+  // gets to it, and the capture layer reuses its read buffers as soon as the next piece is asked for.
+  if (payload === extent.data) payload = Buffer.from(extent.data);
   return {
     ...head,
     payload: { $case: "data", value: { codec, data: payload } },
