@@ -18,6 +18,8 @@ export interface AgentVmConfig {
   compressionLevel: number;
   /** How the replica site launches this VM on failover; sent to the site with every Hello. */
   spec?: VmSpec;
+  /** Generation to present before the site has told one (a reverse replication starts at the failover's). */
+  generation?: number;
 }
 
 export interface AgentConfig {
@@ -71,6 +73,7 @@ export function loadAgentConfig(path: string): AgentConfig {
       intervalSeconds: num(vm.intervalSeconds ?? 30, path, `${where}.intervalSeconds`),
       compressionLevel: num(vm.compressionLevel ?? 1, path, `${where}.compressionLevel`),
       spec: vm.spec === undefined ? undefined : specOf(vm.spec, path, `${where}.spec`),
+      generation: vm.generation === undefined ? undefined : num(vm.generation, path, `${where}.generation`),
     };
   });
   return {

@@ -4,7 +4,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { ClientDuplexStream } from "@grpc/grpc-js";
 import type { Logger } from "../../src/common/logger.js";
 import { CompressionCodec, ChecksumAlgorithm, Consistency, CycleKind } from "../../src/gen/qreplica/v1/common.js";
-import { RejectReason, ReplicationServiceClient, type ReplicateRequest, type ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
+import { RejectReason, ReplicationServiceClient, ResumeHint, type ReplicateRequest, type ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
 import { GuestAgentClient } from "../../src/qemu/guestAgent/index.js";
 import { QmpClient } from "../../src/qemu/qmp/index.js";
 import { channelCredentials, encodeExtentChunk, grpcChannelOptions, writeWithBackpressure, type SiteCredentials } from "../../src/transport/index.js";
@@ -12,6 +12,7 @@ import { getCodec } from "../../src/codec/index.js";
 import { VmCapture, type CaptureCycle } from "../capture/index.js";
 import type { AgentVmConfig } from "./agentConfig.js";
 import { ResponseQueue } from "./responseQueue.js";
+import { differingChunks } from "./differingChunks.js";
 
 const PROTOCOL_VERSION = 1;
 const ACK_TIMEOUT_MS = 10 * 60_000;
@@ -118,7 +119,14 @@ export class VmReplicator {
         await this.sendCycle(stream!, responses, cycle, generation);
         open = undefined;
       };
-      if (capture.report?.status !== "ok" || this.needsInitial) {
+      if (this.resyncHint) {
+        // Reverse replication onto the old primary's disks: compare, send only what differs.
+        this.status = "initial-replication";
+        const cycle = await capture.enable();
+        open = cycle;
+        await this.sendCycle(stream, responses, cycle, generation, true);
+        open = undefined;
+      } else if (capture.report?.status !== "ok" || this.needsInitial) {
         this.status = "initial-replication";
         await runCycle(await capture.enable());
       }
@@ -151,6 +159,7 @@ export class VmReplicator {
   }
 
   private needsInitial = false;
+  private resyncHint = false;
 
   /**
    * The replica site failed over: this VM is no longer the primary. Pause its vCPUs so it cannot
@@ -176,7 +185,7 @@ export class VmReplicator {
           sourceSiteId: this.siteId,
           agentId: this.siteId,
           vmId: this.vm.id,
-          generation: BigInt(saved?.generation ?? 0),
+          generation: BigInt(saved?.generation ?? this.vm.generation ?? 0),
           disks: disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeBytes) })),
           supportedCodecs: [CompressionCodec.COMPRESSION_CODEC_ZSTD, CompressionCodec.COMPRESSION_CODEC_NONE],
           supportedChecksumAlgorithms: [ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256],
@@ -192,11 +201,12 @@ export class VmReplicator {
     if (reply?.$case !== "helloAck") throw new Error(`expected HelloAck, got ${reply?.$case ?? "nothing"}`);
     const generation = Number(reply.value.generation);
     this.saveState({ generation, replicaSite: this.vm.replicaSite });
-    this.needsInitial = reply.value.resumeHint === 1;
+    this.needsInitial = reply.value.resumeHint === ResumeHint.RESUME_HINT_INITIAL_REPLICATION;
+    this.resyncHint = reply.value.resumeHint === ResumeHint.RESUME_HINT_RESYNC;
     return generation;
   }
 
-  private async sendCycle(stream: ClientDuplexStream<ReplicateRequest, ReplicateResponse>, responses: ResponseQueue, cycle: CaptureCycle, generation: number): Promise<void> {
+  private async sendCycle(stream: ClientDuplexStream<ReplicateRequest, ReplicateResponse>, responses: ResponseQueue, cycle: CaptureCycle, generation: number, resync = false): Promise<void> {
     const gen = BigInt(generation);
     const seq = BigInt(cycle.seq);
     const codec = getCodec("zstd");
@@ -209,16 +219,20 @@ export class VmReplicator {
             vmId: this.vm.id,
             generation: gen,
             cycleSequence: seq,
-            kind: cycle.kind === "full" ? CycleKind.CYCLE_KIND_INITIAL : CycleKind.CYCLE_KIND_INCREMENTAL,
+            kind: resync ? CycleKind.CYCLE_KIND_RESYNC : cycle.kind === "full" ? CycleKind.CYCLE_KIND_INITIAL : CycleKind.CYCLE_KIND_INCREMENTAL,
             cutoffTime: cycle.cutoffAt,
             consistency: cycle.consistency === "application" ? Consistency.CONSISTENCY_APPLICATION : Consistency.CONSISTENCY_CRASH,
             disks: cycle.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeAtCutoff) })),
           },
         },
       });
+      const seedHashes = resync ? await this.receiveSeedHashes(responses, cycle) : undefined;
+      const resyncStats = { comparedBytes: 0, differingBytes: 0 };
       const totals = { extents: 0, data: 0, zero: 0, wire: 0 };
       for (const disk of cycle.disks) {
-        for await (const extent of disk.extents()) {
+        const seed = seedHashes?.get(disk.diskId);
+        const extents = seed ? differingChunks(disk, seed.chunkBytes, seed.hashes, resyncStats) : disk.extents();
+        for await (const extent of extents) {
           const early = responses.poll();
           if (early) this.throwIfRejected(early, cycle.seq);
           const chunk = encodeExtentChunk(extent, { generation: gen, cycleSeq: seq, diskId: disk.diskId, codec, level: this.vm.compressionLevel });
@@ -242,11 +256,29 @@ export class VmReplicator {
       }
       await cycle.confirm();
       this.cyclesConfirmed++;
-      this.logger.info({ vm: this.vm.id, seq: cycle.seq, kind: cycle.kind, ...totals, ms: Date.now() - started }, "cycle acknowledged by the replica site");
+      this.logger.info({ vm: this.vm.id, seq: cycle.seq, kind: resync ? "resync" : cycle.kind, ...totals, ...(resync ? resyncStats : {}), ms: Date.now() - started }, "cycle acknowledged by the replica site");
     } catch (err) {
       if (!cycle.finished) await cycle.abort(err);
       throw err;
     }
+  }
+
+  /** The replica's chunk hashes of its seed, per disk, sent right after a RESYNC CycleBegin. */
+  private async receiveSeedHashes(responses: ResponseQueue, cycle: CaptureCycle): Promise<Map<string, { chunkBytes: number; hashes: Buffer[] }>> {
+    const seeds = new Map<string, { chunkBytes: number; hashes: Buffer[] }>();
+    const done = new Set<string>();
+    while (done.size < cycle.disks.length) {
+      const r = await responses.next(10 * 60_000);
+      this.throwIfRejected(r, cycle.seq);
+      if (r.body?.$case !== "resyncHashes") continue;
+      const h = r.body.value;
+      const entry = seeds.get(h.diskId) ?? { chunkBytes: h.chunkBytes, hashes: [] };
+      if (Number(h.firstChunk) !== entry.hashes.length) throw new Error(`seed hashes of disk ${h.diskId} out of order`);
+      entry.hashes.push(...h.hashes);
+      seeds.set(h.diskId, entry);
+      if (h.last) done.add(h.diskId);
+    }
+    return seeds;
   }
 
   private throwIfRejected(r: ReplicateResponse, seq: number): void {

@@ -1,8 +1,9 @@
 import { Command } from "commander";
 import { registerAuthorize } from "./commands/authorize.js";
-import { registerFailover } from "./commands/failover.js";
+import { registerFailover, registerReverse } from "./commands/failover.js";
 import { registerLedger } from "./commands/ledger.js";
 import { registerPki } from "./commands/pki.js";
+import { registerRunbook } from "./commands/runbook.js";
 import { registerSite } from "./commands/site.js";
 import { registerStatus } from "./commands/status.js";
 
@@ -16,4 +17,6 @@ registerAuthorize(program);
 registerStatus(program);
 registerLedger(program);
 registerFailover(program);
+registerReverse(program);
+registerRunbook(program);
 await program.parseAsync();

@@ -28,7 +28,7 @@ export function controlClient(opts: SiteTargetOptions): ControlServiceClient {
   return new ControlServiceClient(address, channelCredentials(loadSiteCredentials(files)), grpcChannelOptions);
 }
 
-function readAddress(dir: string): string {
+export function readAddress(dir: string): string {
   try {
     return readFileSync(addressFile(dir), "utf8").trim();
   } catch {

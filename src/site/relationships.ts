@@ -26,6 +26,7 @@ import {
   type RelationshipState,
 } from "../ledger/index.js";
 import type { PointWrite, ReplicaStorage } from "../storage/index.js";
+import { imageInfo } from "../qemu/processes/index.js";
 
 /** A request the relationship's state forbids, mapped to the data plane's reject reason. */
 export class RelationshipRefusal extends QreplicaError {
@@ -81,9 +82,44 @@ export class Relationships {
     return (await loadRelationship(this.store, vmId)).state;
   }
 
-  async acceptHello(input: HelloInput): Promise<{ generation: number; lastCycleSeq: number; needsInitialReplication: boolean }> {
+  /**
+   * Reverse replication, on the old primary's site: the VM's new primary replicates here at the
+   * generation of the failover, onto the old disks (seeds) so that only differing chunks travel.
+   */
+  async prepareReverse(input: { vmId: string; generation: number; primarySiteId: string; primaryIdentity: string; disks: Array<{ diskId: string; sizeBytes: number }>; seeds: Array<{ diskId: string; imagePath: string }>; vmSpec?: JsonObject }): Promise<RelationshipState> {
+    for (const seed of input.seeds) {
+      if (!existsSync(seed.imagePath)) throw new RelationshipRefusal(RejectReason.REJECT_REASON_INVALID_STATE, `seed image ${seed.imagePath} for disk ${seed.diskId} does not exist`);
+    }
+    this.storage.saveSeeds(input.vmId, input.seeds);
+    // After a completed failover the new primary lists no points; the seeds tell the disk sizes.
+    const disks = input.disks.length
+      ? input.disks
+      : await Promise.all(input.seeds.map(async (s) => ({ diskId: s.diskId, sizeBytes: (await imageInfo(s.imagePath))["virtual-size"] })));
+    return (
+      await this.exec(input.vmId, (s) =>
+        enableReplication(s, {
+          primarySiteId: input.primarySiteId,
+          replicaSiteId: this.site.siteId,
+          primaryIdentity: input.primaryIdentity,
+          disks,
+          vmSpec: input.vmSpec,
+          retention: { maxPoints: this.site.defaultMaxPoints },
+          generation: input.generation,
+        }),
+      )
+    ).newState;
+  }
+
+  async acceptHello(input: HelloInput): Promise<{ generation: number; lastCycleSeq: number; needsInitialReplication: boolean; seeded?: boolean }> {
     const { vmId } = input;
     let state = await this.load(vmId);
+    if (state.state === "not-enabled" && input.presentedGeneration > 0) {
+      // A primary that believes in a generation this site never had: a reverse replication not yet prepared here.
+      throw new RelationshipRefusal(
+        RejectReason.REJECT_REASON_UNKNOWN_VM,
+        `VM ${vmId} has no relationship on this site, but the primary presents generation ${input.presentedGeneration}: prepare the reverse replication here first ('qreplica reverse ${vmId}')`,
+      );
+    }
     if (state.state === "not-enabled") {
       state = (
         await this.exec(vmId, (s) =>
@@ -128,10 +164,12 @@ export class Relationships {
         );
       }
     }
+    const needsInitialReplication = state.points.length === 0 || state.state === "ready-for-initial-replication" || state.state === "initial-replication-in-progress";
     return {
       generation: state.generation,
       lastCycleSeq: state.lastCycleSeq,
-      needsInitialReplication: state.points.length === 0 || state.state === "ready-for-initial-replication" || state.state === "initial-replication-in-progress",
+      needsInitialReplication,
+      seeded: needsInitialReplication && this.storage.loadSeeds(vmId).length > 0,
     };
   }
 
@@ -141,6 +179,20 @@ export class Relationships {
     let state = await this.load(vmId);
     if (input.generation !== state.generation) {
       throw new RelationshipRefusal(RejectReason.REJECT_REASON_STALE_GENERATION, `generation ${input.generation} is stale (current ${state.generation})`, state.generation);
+    }
+    if (input.kind === "resync" && state.points.length === 0) {
+      // The first point of a reverse replication: a full point over the seeds.
+      const seeds = this.storage.loadSeeds(vmId);
+      if (state.state === "initial-replication-in-progress" && state.inFlight && state.inFlight.cycleSeq !== seq) {
+        const stale = state.inFlight.cycleSeq;
+        await this.exec(vmId, (s) => failCycle(s, { cycleSeq: stale, generation: s.generation, reason: "INTERRUPTED", message: "superseded by a new resynchronisation" }));
+      }
+      await this.exec(vmId, (s) => startInitialReplication(s, { cycleSeq: seq, cutoffAt: input.cutoffAt.toISOString(), generation: input.generation }));
+      return this.storage.beginPoint(
+        vmId,
+        seq,
+        input.disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes, seedImage: seeds.find((x) => x.diskId === d.diskId)?.imagePath })),
+      );
     }
     if (input.kind === "full") {
       if (state.state === "initial-replication-in-progress" && state.inFlight && state.inFlight.cycleSeq !== seq) {
@@ -168,6 +220,10 @@ export class Relationships {
     return this.storage.beginPoint(vmId, seq, disks);
   }
 
+  seedsOf(vmId: string): Array<{ diskId: string; imagePath: string }> {
+    return this.storage.loadSeeds(vmId);
+  }
+
   async commitCycle(input: CommitInput): Promise<{ pointId: string; committedAt: Date }> {
     const images = await input.point.commit();
     const committedAt = new Date();
@@ -175,7 +231,8 @@ export class Relationships {
       await this.exec(input.vmId, (s) =>
         commitCycle(s, {
           cycleSeq: input.seq,
-          kind: input.kind,
+          // A seeded first point completes the initial replication like a full one.
+          kind: input.kind === "resync" && s.state === "initial-replication-in-progress" ? "full" : input.kind,
           generation: input.generation,
           cutoffAt: input.cutoffAt.toISOString(),
           committedAt: committedAt.toISOString(),

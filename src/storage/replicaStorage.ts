@@ -1,8 +1,9 @@
-import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, renameSync, rmSync } from "node:fs";
+import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { silentLogger, type Logger } from "../common/logger.js";
 import { createImage, runTool } from "../qemu/processes/index.js";
 import { DiskPointWriter } from "./pointWriter.js";
+import { chunkHashes } from "./seedHashes.js";
 import type { SiteStorageDaemon } from "./siteStorageDaemon.js";
 
 export interface PointDiskSpec {
@@ -10,6 +11,11 @@ export interface PointDiskSpec {
   sizeBytes: number;
   /** The committed image this point's overlay builds on; none for a full (initial) point. */
   parentImage?: string;
+  /**
+   * For a full point seeded by comparison: an image outside the chain (the old primary's disk)
+   * that the base overlays, so only the chunks that differ from it are written.
+   */
+  seedImage?: string;
 }
 
 export interface CommittedPointImages {
@@ -56,7 +62,8 @@ export class ReplicaStorage {
         mkdirSync(dirname(final), { recursive: true });
         rmSync(partial, { force: true });
         // Relative backing names keep a chain valid when the storage root is moved.
-        await createImage(partial, d.sizeBytes, full ? {} : { backing: basename(d.parentImage!), backingFormat: "qcow2" });
+        const backing = full ? (d.seedImage ? { backing: d.seedImage, backingFormat: "qcow2" } : {}) : { backing: basename(d.parentImage!), backingFormat: "qcow2" };
+        await createImage(partial, d.sizeBytes, backing);
         targets.push({ partial, final, diskId: d.diskId, sizeBytes: d.sizeBytes });
         writers.push(await DiskPointWriter.open(this.daemon, { vmId, diskId: d.diskId, seq, imagePath: partial, sizeBytes: d.sizeBytes, logger: this.logger }));
       }
@@ -66,6 +73,26 @@ export class ReplicaStorage {
       throw err;
     }
     return new PointWrite(vmId, seq, writers, targets, this.logger);
+  }
+
+  /** Seed images for a reverse replication (the old primary's disks), kept until the first point. */
+  saveSeeds(vmId: string, seeds: Array<{ diskId: string; imagePath: string }>): void {
+    const dir = join(this.root, safeSegment(vmId));
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, "seeds.json"), JSON.stringify(seeds, null, 2));
+  }
+
+  /** SHA-256 per chunk of a seed image, for resynchronisation by comparison. */
+  seedChunkHashes(imagePath: string): AsyncGenerator<Buffer> {
+    return chunkHashes(this.daemon, imagePath);
+  }
+
+  loadSeeds(vmId: string): Array<{ diskId: string; imagePath: string }> {
+    try {
+      return JSON.parse(readFileSync(join(this.root, safeSegment(vmId), "seeds.json"), "utf8")) as Array<{ diskId: string; imagePath: string }>;
+    } catch {
+      return [];
+    }
   }
 
   /** Deletes partial overlays and images the ledger does not list (crash leftovers). */
@@ -79,6 +106,7 @@ export class ReplicaStorage {
     }
     for (const diskId of diskIds) {
       const dir = join(this.root, safeSegment(vmId), diskId);
+      if (!statSync(dir).isDirectory()) continue;
       for (const f of readdirSync(dir)) {
         const path = join(dir, f);
         if (f.endsWith(PARTIAL) || (f.endsWith(".qcow2") && !committedImages.has(path))) {

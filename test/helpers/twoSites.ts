@@ -27,7 +27,7 @@ export interface TwoSites {
   daemons: Daemon[];
   startSite(siteDir: string): Promise<Daemon>;
   startAgent(): Daemon;
-  relationship(vmId?: string): Promise<RelationshipState>;
+  relationship(vmId?: string, siteDir?: string): Promise<RelationshipState>;
   stopAll(): Promise<void>;
 }
 
@@ -111,8 +111,9 @@ export async function setupTwoSites(dir: string, opts: { diskBytes: number; inte
       daemons.push(d);
       return d;
     },
-    async relationship(vmId = "vm1") {
-      const store = getSqliteEventStore({ path: join(siteB, "ledger.sqlite"), create: false });
+    async relationship(vmId = "vm1", siteDir = siteB) {
+      if (!existsSync(join(siteDir, "ledger.sqlite"))) return (await import("../../src/ledger/index.js")).initialRelationshipState(vmId);
+      const store = getSqliteEventStore({ path: join(siteDir, "ledger.sqlite"), create: false });
       try {
         return (await loadRelationship(store, vmId)).state;
       } finally {

@@ -1,6 +1,6 @@
 import type { Command } from "commander";
 import { FailoverKind } from "../../gen/qreplica/v1/control.js";
-import { controlClient, unary, type SiteTargetOptions } from "../siteClient.js";
+import { controlClient, readAddress, unary, type SiteTargetOptions } from "../siteClient.js";
 import { formatTable } from "../table.js";
 import { emit, fail } from "../output.js";
 
@@ -68,6 +68,48 @@ export function registerFailover(program: Command): void {
         const r = await unary(client, client.stopTestFailover, { vmId: vm, testId: o.testId ?? "" }, 60_000);
         emit(o.json, r, () => `VM ${vm}: stopped test failover(s) ${r.stoppedTestIds.join(", ") || "(none running)"}`);
         client.close();
+      } catch (err) {
+        fail(err, o.json);
+      }
+    });
+}
+
+export function registerReverse(program: Command): void {
+  program
+    .command("reverse <vm>")
+    .description("after a failover, replicate the VM back to the old primary's site, sending only the chunks that differ from its old disks")
+    .requiredOption("--dir <dir>", "the site the VM failed over to (now its primary)")
+    .requiredOption("--to-dir <dir>", "the old primary's site directory (the new replica)")
+    .option("--seed <disk=image...>", "the old primary's disk image per disk (compared chunk by chunk); without one a disk is copied in full", [])
+    .option("--json", "JSON output", false)
+    .action(async (vm: string, o: { dir: string; toDir: string; seed: string[]; json: boolean }) => {
+      try {
+        const primary = controlClient({ dir: o.dir });
+        const replica = controlClient({ dir: o.toDir });
+        const status = await unary(primary, primary.getStatus, { vmId: vm });
+        const rel = status.relationships[0];
+        if (!rel) throw new Error(`site ${status.siteId} has no relationship for VM ${vm}`);
+        const points = await unary(primary, primary.listRecoveryPoints, { vmId: vm });
+        const disks = points.recoveryPoints.at(-1)?.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: d.virtualSizeBytes })) ?? [];
+        const seeds = o.seed.map((s) => {
+          const eq = s.indexOf("=");
+          if (eq < 1) throw new Error(`--seed ${s}: expected DISK=IMAGE, e.g. vda=/var/lib/vms/web1-vda.qcow2`);
+          return { diskId: s.slice(0, eq), imagePath: s.slice(eq + 1) };
+        });
+        // Site certificates are issued with the site id as their identity ('qreplica site init').
+        await unary(replica, replica.prepareReverseReplication, {
+          vmId: vm,
+          generation: rel.generation,
+          primarySiteId: status.siteId,
+          primaryIdentity: status.siteId,
+          disks,
+          seeds,
+          vmSpecJson: "",
+        });
+        const started = await unary(primary, primary.startReverseReplication, { vmId: vm, replicaAddress: readAddress(o.toDir) }, 60_000);
+        emit(o.json, started, () => `VM ${vm}: reverse replication started from ${status.siteId} (generation ${started.generation}, agent pid ${started.agentPid}); ${seeds.length ? "only chunks differing from the seeds are sent" : "full copy (no seed given)"}`);
+        primary.close();
+        replica.close();
       } catch (err) {
         fail(err, o.json);
       }

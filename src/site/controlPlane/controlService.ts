@@ -9,8 +9,11 @@ import {
   type RecoveryPoint as WirePoint,
   type RelationshipStatus,
 } from "../../gen/qreplica/v1/control.js";
-import { RecoveryPointsProjection, StatusProjection, relationshipStream, type VmStatus } from "../../ledger/index.js";
-import { peerIdentity } from "../../transport/index.js";
+import { RecoveryPointsProjection, StatusProjection, executeCommand, relationshipStream, startReverseReplication, type JsonObject, type VmStatus } from "../../ledger/index.js";
+import { join } from "node:path";
+import { loadSiteCredentials, peerIdentity } from "../../transport/index.js";
+import { addAuthorization, loadSiteConfig, runDir } from "../siteConfig.js";
+import { startReverseAgent } from "../failover/reverseAgent.js";
 import type { SiteContext } from "../siteContext.js";
 import type { LaunchedInfo } from "../failover/failoverService.js";
 
@@ -114,6 +117,45 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
     }),
     completeFailover: guarded(async (req) => ({ droppedRecoveryPointIds: await failovers.complete(req.vmId) })),
     cancelFailover: guarded(async (req) => ({ state: await failovers.cancel(req.vmId) })),
+    prepareReverseReplication: guarded(async (req) => {
+      // The operator asked for it over the authenticated control plane: the new primary may replicate here.
+      addAuthorization(ctx.dir, { primaryIdentity: req.primaryIdentity, trustGroup: "reverse" });
+      const state = await ctx.relationships.prepareReverse({
+        vmId: req.vmId,
+        generation: Number(req.generation),
+        primarySiteId: req.primarySiteId,
+        primaryIdentity: req.primaryIdentity,
+        disks: req.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) })),
+        seeds: req.seeds.map((s) => ({ diskId: s.diskId, imagePath: s.imagePath })),
+        vmSpec: req.vmSpecJson ? (JSON.parse(req.vmSpecJson) as JsonObject) : undefined,
+      });
+      return { state: state.state };
+    }),
+    startReverseReplication: guarded(async (req) => {
+      const config = loadSiteConfig(ctx.dir);
+      const identity = loadSiteCredentials({ caFile: config.caFile, certFile: config.certFile, keyFile: config.keyFile }).identity.commonName;
+      const { newState } = await executeCommand(ctx.store, req.vmId, (s) => startReverseReplication(s, { newPrimarySiteId: ctx.siteId, newPrimaryIdentity: identity }));
+      const { qmpSocket } = await failovers.releaseFailedOverVm(req.vmId);
+      const pid = startReverseAgent({
+        dir: join(runDir(ctx.dir), "reverse", req.vmId),
+        siteId: ctx.siteId,
+        vmId: req.vmId,
+        qmpSocket,
+        disks: newState.disks,
+        replicaAddress: req.replicaAddress,
+        tls: { caFile: config.caFile, certFile: config.certFile, keyFile: config.keyFile },
+        vmSpec: newState.vmSpec,
+        intervalSeconds: 2,
+        generation: newState.generation,
+      });
+      return {
+        generation: BigInt(newState.generation),
+        agentPid: pid,
+        primaryIdentity: identity,
+        disks: newState.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeBytes) })),
+        vmSpecJson: JSON.stringify(newState.vmSpec),
+      };
+    }),
     getStatus: guarded(async (req) => {
       await status.catchUp(ctx.store);
       const now = new Date();

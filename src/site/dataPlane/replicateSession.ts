@@ -18,7 +18,7 @@ import {
   type ReplicateResponse,
 } from "../../gen/qreplica/v1/replication.js";
 import { decodeExtentChunk, peerIdentity, writeWithBackpressure } from "../../transport/index.js";
-import type { PointWrite } from "../../storage/index.js";
+import { RESYNC_CHUNK_BYTES, type PointWrite } from "../../storage/index.js";
 import type { JsonValue } from "../../ledger/index.js";
 import { findAuthorization, loadAuthorizations } from "../siteConfig.js";
 import type { SiteContext } from "../siteContext.js";
@@ -175,7 +175,11 @@ export class ReplicateSession {
             protocolVersion: PROTOCOL_VERSION,
             replicaSiteId: this.ctx.siteId,
             lastCommittedCycleSequence: BigInt(accepted.lastCycleSeq),
-            resumeHint: accepted.needsInitialReplication ? ResumeHint.RESUME_HINT_INITIAL_REPLICATION : ResumeHint.RESUME_HINT_INCREMENTAL,
+            resumeHint: accepted.seeded
+              ? ResumeHint.RESUME_HINT_RESYNC
+              : accepted.needsInitialReplication
+                ? ResumeHint.RESUME_HINT_INITIAL_REPLICATION
+                : ResumeHint.RESUME_HINT_INCREMENTAL,
             maxChunkBytes: MAX_CHUNK_BYTES,
             acceptedCodecs: [CompressionCodec.COMPRESSION_CODEC_ZSTD, CompressionCodec.COMPRESSION_CODEC_NONE],
             acceptedChecksumAlgorithms: [ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256],
@@ -226,6 +230,7 @@ export class ReplicateSession {
         wireBytes: 0,
       };
       this.refusedSeq = undefined;
+      if (kind === "resync") await this.sendSeedHashes(vmId, seq, begin.disks.map((d) => d.diskId));
     } catch (err) {
       if (err instanceof RelationshipRefusal) return this.refuseCycle(seq, err.reason, err.message);
       return this.refuseCycle(seq, RejectReason.REJECT_REASON_STORAGE_FAILURE, errorMessage(err));
@@ -306,6 +311,33 @@ export class ReplicateSession {
       const reason = err instanceof RelationshipRefusal ? err.reason : RejectReason.REJECT_REASON_STORAGE_FAILURE;
       await this.failCycle(seq, RejectReason[reason], errorMessage(err), cycle);
       await this.sendCycleRejected(seq, reason, errorMessage(err));
+    }
+  }
+
+  /** Resync by comparison: the hash of every chunk of each disk's seed, so only differences travel. */
+  private async sendSeedHashes(vmId: string, seq: number, diskIds: string[]): Promise<void> {
+    const seeds = this.ctx.relationships.seedsOf(vmId);
+    for (const diskId of diskIds) {
+      const seed = seeds.find((s) => s.diskId === diskId);
+      let batch: Buffer[] = [];
+      let first = 0;
+      const flush = async (last: boolean) => {
+        await writeWithBackpressure(this.call, {
+          body: {
+            $case: "resyncHashes",
+            value: { generation: BigInt(this.generation), cycleSequence: BigInt(seq), diskId, chunkBytes: RESYNC_CHUNK_BYTES, firstChunk: BigInt(first), hashes: batch, last },
+          },
+        });
+        first += batch.length;
+        batch = [];
+      };
+      if (seed) {
+        for await (const h of this.ctx.storage.seedChunkHashes(seed.imagePath)) {
+          batch.push(h);
+          if (batch.length === 4096) await flush(false);
+        }
+      }
+      await flush(true);
     }
   }
 

@@ -106,6 +106,17 @@ export class FailoverService {
     return { pointId: point.pointId, generation: newState.generation, vm: info(running, rto) };
   }
 
+  /**
+   * Hands the failed-over VM's monitor to a reverse-replication agent (QEMU serves one client per
+   * monitor): the site keeps no connection to it from here on.
+   */
+  async releaseFailedOverVm(vmId: string): Promise<{ qmpSocket: string }> {
+    const running = this.failedOver.get(vmId);
+    if (!running) throw new FailoverRefusedError(`VM ${vmId} has no failed-over VM running on this site: fail it over (with its VM started) first`);
+    await running.vm.qmp.close();
+    return { qmpSocket: running.vm.qmpSocketPath };
+  }
+
   async cancel(vmId: string): Promise<string> {
     const running = this.failedOver.get(vmId);
     await running?.vm.stop({ timeoutMs: 5_000 });

@@ -56,6 +56,8 @@ describe("generated gRPC services", () => {
       failover: unimplemented,
       completeFailover: unimplemented,
       cancelFailover: unimplemented,
+      prepareReverseReplication: unimplemented,
+      startReverseReplication: unimplemented,
       getStatus: (call, cb) =>
         cb(null, {
           siteId: "site-b",

@@ -27,6 +27,7 @@ import {
   CycleKind,
   cycleKindFromJSON,
   cycleKindToJSON,
+  DiskSize,
 } from "./common.js";
 
 export const protobufPackage = "qreplica.v1";
@@ -202,6 +203,39 @@ export function replicationHealthToJSON(object: ReplicationHealth): string {
   }
 }
 
+export interface SeedImage {
+  diskId: string;
+  imagePath: string;
+}
+
+export interface PrepareReverseReplicationRequest {
+  vmId: string;
+  generation: bigint;
+  primarySiteId: string;
+  primaryIdentity: string;
+  disks: DiskSize[];
+  seeds: SeedImage[];
+  vmSpecJson: string;
+}
+
+export interface PrepareReverseReplicationResponse {
+  state: string;
+}
+
+export interface StartReverseReplicationRequest {
+  vmId: string;
+  /** host:port of the old primary's site, now the replica. */
+  replicaAddress: string;
+}
+
+export interface StartReverseReplicationResponse {
+  generation: bigint;
+  agentPid: number;
+  primaryIdentity: string;
+  disks: DiskSize[];
+  vmSpecJson: string;
+}
+
 /** A VM this site launched (test or failover), and how long it took to run. */
 export interface LaunchedVmInfo {
   name: string;
@@ -366,6 +400,607 @@ export interface LedgerEvent {
   /** The event's payload as JSON text, so clients need no schema for every event type. */
   dataJson: string;
 }
+
+function createBaseSeedImage(): SeedImage {
+  return { diskId: "", imagePath: "" };
+}
+
+export const SeedImage: MessageFns<SeedImage> = {
+  encode(message: SeedImage, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.diskId !== "") {
+      writer.uint32(10).string(message.diskId);
+    }
+    if (message.imagePath !== "") {
+      writer.uint32(18).string(message.imagePath);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SeedImage {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSeedImage();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.diskId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.imagePath = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SeedImage {
+    return {
+      diskId: isSet(object.diskId)
+        ? globalThis.String(object.diskId)
+        : isSet(object.disk_id)
+        ? globalThis.String(object.disk_id)
+        : "",
+      imagePath: isSet(object.imagePath)
+        ? globalThis.String(object.imagePath)
+        : isSet(object.image_path)
+        ? globalThis.String(object.image_path)
+        : "",
+    };
+  },
+
+  toJSON(message: SeedImage): unknown {
+    const obj: any = {};
+    if (message.diskId !== "") {
+      obj.diskId = message.diskId;
+    }
+    if (message.imagePath !== "") {
+      obj.imagePath = message.imagePath;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SeedImage>, I>>(base?: I): SeedImage {
+    return SeedImage.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SeedImage>, I>>(object: I): SeedImage {
+    const message = createBaseSeedImage();
+    message.diskId = object.diskId ?? "";
+    message.imagePath = object.imagePath ?? "";
+    return message;
+  },
+};
+
+function createBasePrepareReverseReplicationRequest(): PrepareReverseReplicationRequest {
+  return { vmId: "", generation: 0n, primarySiteId: "", primaryIdentity: "", disks: [], seeds: [], vmSpecJson: "" };
+}
+
+export const PrepareReverseReplicationRequest: MessageFns<PrepareReverseReplicationRequest> = {
+  encode(message: PrepareReverseReplicationRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
+    if (message.generation !== 0n) {
+      if (BigInt.asUintN(64, message.generation) !== message.generation) {
+        throw new globalThis.Error("value provided for field message.generation of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.generation);
+    }
+    if (message.primarySiteId !== "") {
+      writer.uint32(26).string(message.primarySiteId);
+    }
+    if (message.primaryIdentity !== "") {
+      writer.uint32(34).string(message.primaryIdentity);
+    }
+    for (const v of message.disks) {
+      DiskSize.encode(v!, writer.uint32(42).fork()).join();
+    }
+    for (const v of message.seeds) {
+      SeedImage.encode(v!, writer.uint32(50).fork()).join();
+    }
+    if (message.vmSpecJson !== "") {
+      writer.uint32(58).string(message.vmSpecJson);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PrepareReverseReplicationRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePrepareReverseReplicationRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.generation = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.primarySiteId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.primaryIdentity = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.disks.push(DiskSize.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.seeds.push(SeedImage.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.vmSpecJson = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PrepareReverseReplicationRequest {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+      generation: isSet(object.generation) ? BigInt(object.generation) : 0n,
+      primarySiteId: isSet(object.primarySiteId)
+        ? globalThis.String(object.primarySiteId)
+        : isSet(object.primary_site_id)
+        ? globalThis.String(object.primary_site_id)
+        : "",
+      primaryIdentity: isSet(object.primaryIdentity)
+        ? globalThis.String(object.primaryIdentity)
+        : isSet(object.primary_identity)
+        ? globalThis.String(object.primary_identity)
+        : "",
+      disks: globalThis.Array.isArray(object?.disks) ? object.disks.map((e: any) => DiskSize.fromJSON(e)) : [],
+      seeds: globalThis.Array.isArray(object?.seeds) ? object.seeds.map((e: any) => SeedImage.fromJSON(e)) : [],
+      vmSpecJson: isSet(object.vmSpecJson)
+        ? globalThis.String(object.vmSpecJson)
+        : isSet(object.vm_spec_json)
+        ? globalThis.String(object.vm_spec_json)
+        : "",
+    };
+  },
+
+  toJSON(message: PrepareReverseReplicationRequest): unknown {
+    const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    if (message.generation !== 0n) {
+      obj.generation = message.generation.toString();
+    }
+    if (message.primarySiteId !== "") {
+      obj.primarySiteId = message.primarySiteId;
+    }
+    if (message.primaryIdentity !== "") {
+      obj.primaryIdentity = message.primaryIdentity;
+    }
+    if (message.disks?.length) {
+      obj.disks = message.disks.map((e) => DiskSize.toJSON(e));
+    }
+    if (message.seeds?.length) {
+      obj.seeds = message.seeds.map((e) => SeedImage.toJSON(e));
+    }
+    if (message.vmSpecJson !== "") {
+      obj.vmSpecJson = message.vmSpecJson;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PrepareReverseReplicationRequest>, I>>(
+    base?: I,
+  ): PrepareReverseReplicationRequest {
+    return PrepareReverseReplicationRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PrepareReverseReplicationRequest>, I>>(
+    object: I,
+  ): PrepareReverseReplicationRequest {
+    const message = createBasePrepareReverseReplicationRequest();
+    message.vmId = object.vmId ?? "";
+    message.generation = (object.generation !== undefined && object.generation !== null)
+      ? BigInt(object.generation)
+      : 0n;
+    message.primarySiteId = object.primarySiteId ?? "";
+    message.primaryIdentity = object.primaryIdentity ?? "";
+    message.disks = object.disks?.map((e) => DiskSize.fromPartial(e)) || [];
+    message.seeds = object.seeds?.map((e) => SeedImage.fromPartial(e)) || [];
+    message.vmSpecJson = object.vmSpecJson ?? "";
+    return message;
+  },
+};
+
+function createBasePrepareReverseReplicationResponse(): PrepareReverseReplicationResponse {
+  return { state: "" };
+}
+
+export const PrepareReverseReplicationResponse: MessageFns<PrepareReverseReplicationResponse> = {
+  encode(message: PrepareReverseReplicationResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.state !== "") {
+      writer.uint32(10).string(message.state);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PrepareReverseReplicationResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePrepareReverseReplicationResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.state = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PrepareReverseReplicationResponse {
+    return { state: isSet(object.state) ? globalThis.String(object.state) : "" };
+  },
+
+  toJSON(message: PrepareReverseReplicationResponse): unknown {
+    const obj: any = {};
+    if (message.state !== "") {
+      obj.state = message.state;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PrepareReverseReplicationResponse>, I>>(
+    base?: I,
+  ): PrepareReverseReplicationResponse {
+    return PrepareReverseReplicationResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PrepareReverseReplicationResponse>, I>>(
+    object: I,
+  ): PrepareReverseReplicationResponse {
+    const message = createBasePrepareReverseReplicationResponse();
+    message.state = object.state ?? "";
+    return message;
+  },
+};
+
+function createBaseStartReverseReplicationRequest(): StartReverseReplicationRequest {
+  return { vmId: "", replicaAddress: "" };
+}
+
+export const StartReverseReplicationRequest: MessageFns<StartReverseReplicationRequest> = {
+  encode(message: StartReverseReplicationRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
+    if (message.replicaAddress !== "") {
+      writer.uint32(18).string(message.replicaAddress);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StartReverseReplicationRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStartReverseReplicationRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.replicaAddress = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StartReverseReplicationRequest {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+      replicaAddress: isSet(object.replicaAddress)
+        ? globalThis.String(object.replicaAddress)
+        : isSet(object.replica_address)
+        ? globalThis.String(object.replica_address)
+        : "",
+    };
+  },
+
+  toJSON(message: StartReverseReplicationRequest): unknown {
+    const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    if (message.replicaAddress !== "") {
+      obj.replicaAddress = message.replicaAddress;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StartReverseReplicationRequest>, I>>(base?: I): StartReverseReplicationRequest {
+    return StartReverseReplicationRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StartReverseReplicationRequest>, I>>(
+    object: I,
+  ): StartReverseReplicationRequest {
+    const message = createBaseStartReverseReplicationRequest();
+    message.vmId = object.vmId ?? "";
+    message.replicaAddress = object.replicaAddress ?? "";
+    return message;
+  },
+};
+
+function createBaseStartReverseReplicationResponse(): StartReverseReplicationResponse {
+  return { generation: 0n, agentPid: 0, primaryIdentity: "", disks: [], vmSpecJson: "" };
+}
+
+export const StartReverseReplicationResponse: MessageFns<StartReverseReplicationResponse> = {
+  encode(message: StartReverseReplicationResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.generation !== 0n) {
+      if (BigInt.asUintN(64, message.generation) !== message.generation) {
+        throw new globalThis.Error("value provided for field message.generation of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.generation);
+    }
+    if (message.agentPid !== 0) {
+      writer.uint32(16).uint32(message.agentPid);
+    }
+    if (message.primaryIdentity !== "") {
+      writer.uint32(26).string(message.primaryIdentity);
+    }
+    for (const v of message.disks) {
+      DiskSize.encode(v!, writer.uint32(34).fork()).join();
+    }
+    if (message.vmSpecJson !== "") {
+      writer.uint32(42).string(message.vmSpecJson);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StartReverseReplicationResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStartReverseReplicationResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.generation = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.agentPid = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.primaryIdentity = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.disks.push(DiskSize.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.vmSpecJson = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StartReverseReplicationResponse {
+    return {
+      generation: isSet(object.generation) ? BigInt(object.generation) : 0n,
+      agentPid: isSet(object.agentPid)
+        ? globalThis.Number(object.agentPid)
+        : isSet(object.agent_pid)
+        ? globalThis.Number(object.agent_pid)
+        : 0,
+      primaryIdentity: isSet(object.primaryIdentity)
+        ? globalThis.String(object.primaryIdentity)
+        : isSet(object.primary_identity)
+        ? globalThis.String(object.primary_identity)
+        : "",
+      disks: globalThis.Array.isArray(object?.disks) ? object.disks.map((e: any) => DiskSize.fromJSON(e)) : [],
+      vmSpecJson: isSet(object.vmSpecJson)
+        ? globalThis.String(object.vmSpecJson)
+        : isSet(object.vm_spec_json)
+        ? globalThis.String(object.vm_spec_json)
+        : "",
+    };
+  },
+
+  toJSON(message: StartReverseReplicationResponse): unknown {
+    const obj: any = {};
+    if (message.generation !== 0n) {
+      obj.generation = message.generation.toString();
+    }
+    if (message.agentPid !== 0) {
+      obj.agentPid = Math.round(message.agentPid);
+    }
+    if (message.primaryIdentity !== "") {
+      obj.primaryIdentity = message.primaryIdentity;
+    }
+    if (message.disks?.length) {
+      obj.disks = message.disks.map((e) => DiskSize.toJSON(e));
+    }
+    if (message.vmSpecJson !== "") {
+      obj.vmSpecJson = message.vmSpecJson;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StartReverseReplicationResponse>, I>>(base?: I): StartReverseReplicationResponse {
+    return StartReverseReplicationResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StartReverseReplicationResponse>, I>>(
+    object: I,
+  ): StartReverseReplicationResponse {
+    const message = createBaseStartReverseReplicationResponse();
+    message.generation = (object.generation !== undefined && object.generation !== null)
+      ? BigInt(object.generation)
+      : 0n;
+    message.agentPid = object.agentPid ?? 0;
+    message.primaryIdentity = object.primaryIdentity ?? "";
+    message.disks = object.disks?.map((e) => DiskSize.fromPartial(e)) || [];
+    message.vmSpecJson = object.vmSpecJson ?? "";
+    return message;
+  },
+};
 
 function createBaseLaunchedVmInfo(): LaunchedVmInfo {
   return { name: "", qmpSocket: "", serialLog: "", pid: 0, timeToRunningMs: 0n, diskImages: [] };
@@ -2906,6 +3541,36 @@ export const ControlServiceService = {
       Buffer.from(CancelFailoverResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CancelFailoverResponse => CancelFailoverResponse.decode(value),
   },
+  /**
+   * Reverse replication, step 1, on the old primary's site: accept the new primary at the new
+   * generation, seeded with the old disks so that only differing chunks cross the wire.
+   */
+  prepareReverseReplication: {
+    path: "/qreplica.v1.ControlService/PrepareReverseReplication" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PrepareReverseReplicationRequest): Buffer =>
+      Buffer.from(PrepareReverseReplicationRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PrepareReverseReplicationRequest =>
+      PrepareReverseReplicationRequest.decode(value),
+    responseSerialize: (value: PrepareReverseReplicationResponse): Buffer =>
+      Buffer.from(PrepareReverseReplicationResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): PrepareReverseReplicationResponse =>
+      PrepareReverseReplicationResponse.decode(value),
+  },
+  /** Step 2, on the site that failed over: replicate the failed-over VM back. */
+  startReverseReplication: {
+    path: "/qreplica.v1.ControlService/StartReverseReplication" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: StartReverseReplicationRequest): Buffer =>
+      Buffer.from(StartReverseReplicationRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): StartReverseReplicationRequest => StartReverseReplicationRequest.decode(value),
+    responseSerialize: (value: StartReverseReplicationResponse): Buffer =>
+      Buffer.from(StartReverseReplicationResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): StartReverseReplicationResponse =>
+      StartReverseReplicationResponse.decode(value),
+  },
 } as const;
 
 export interface ControlServiceServer extends UntypedServiceImplementation {
@@ -2922,6 +3587,13 @@ export interface ControlServiceServer extends UntypedServiceImplementation {
   failover: handleUnaryCall<FailoverRequest, FailoverResponse>;
   completeFailover: handleUnaryCall<CompleteFailoverRequest, CompleteFailoverResponse>;
   cancelFailover: handleUnaryCall<CancelFailoverRequest, CancelFailoverResponse>;
+  /**
+   * Reverse replication, step 1, on the old primary's site: accept the new primary at the new
+   * generation, seeded with the old disks so that only differing chunks cross the wire.
+   */
+  prepareReverseReplication: handleUnaryCall<PrepareReverseReplicationRequest, PrepareReverseReplicationResponse>;
+  /** Step 2, on the site that failed over: replicate the failed-over VM back. */
+  startReverseReplication: handleUnaryCall<StartReverseReplicationRequest, StartReverseReplicationResponse>;
 }
 
 export interface ControlServiceClient extends Client {
@@ -3049,6 +3721,41 @@ export interface ControlServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: CancelFailoverResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Reverse replication, step 1, on the old primary's site: accept the new primary at the new
+   * generation, seeded with the old disks so that only differing chunks cross the wire.
+   */
+  prepareReverseReplication(
+    request: PrepareReverseReplicationRequest,
+    callback: (error: ServiceError | null, response: PrepareReverseReplicationResponse) => void,
+  ): ClientUnaryCall;
+  prepareReverseReplication(
+    request: PrepareReverseReplicationRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: PrepareReverseReplicationResponse) => void,
+  ): ClientUnaryCall;
+  prepareReverseReplication(
+    request: PrepareReverseReplicationRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: PrepareReverseReplicationResponse) => void,
+  ): ClientUnaryCall;
+  /** Step 2, on the site that failed over: replicate the failed-over VM back. */
+  startReverseReplication(
+    request: StartReverseReplicationRequest,
+    callback: (error: ServiceError | null, response: StartReverseReplicationResponse) => void,
+  ): ClientUnaryCall;
+  startReverseReplication(
+    request: StartReverseReplicationRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: StartReverseReplicationResponse) => void,
+  ): ClientUnaryCall;
+  startReverseReplication(
+    request: StartReverseReplicationRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: StartReverseReplicationResponse) => void,
   ): ClientUnaryCall;
 }
 

@@ -233,6 +233,7 @@ export interface ReplicateResponse {
     | { $case: "cycleRejected"; value: CycleRejected }
     | { $case: "chunkRejected"; value: ChunkRejected }
     | { $case: "cycleProgress"; value: CycleProgress }
+    | { $case: "resyncHashes"; value: ResyncHashes }
     | undefined;
 }
 
@@ -392,6 +393,23 @@ export interface CycleProgress {
   extentsReceived: bigint;
   /** Uncompressed bytes (data and zero) written to the partial overlay so far. */
   bytesWritten: bigint;
+}
+
+/**
+ * Resynchronisation by comparison (reverse replication onto the old primary's disk): after a
+ * RESYNC CycleBegin, the replica sends the SHA-256 of every fixed-size chunk of its seed image,
+ * per disk; the sender reads its own disk, and ships only the chunks whose hash differs.
+ */
+export interface ResyncHashes {
+  generation: bigint;
+  cycleSequence: bigint;
+  diskId: string;
+  chunkBytes: number;
+  /** Index of hashes[0]: chunk i covers [i * chunk_bytes, (i + 1) * chunk_bytes). */
+  firstChunk: bigint;
+  hashes: Buffer[];
+  /** The last message for this disk. */
+  last: boolean;
 }
 
 function createBaseReplicateRequest(): ReplicateRequest {
@@ -591,6 +609,9 @@ export const ReplicateResponse: MessageFns<ReplicateResponse> = {
       case "cycleProgress":
         CycleProgress.encode(message.body.value, writer.uint32(50).fork()).join();
         break;
+      case "resyncHashes":
+        ResyncHashes.encode(message.body.value, writer.uint32(58).fork()).join();
+        break;
     }
     return writer;
   },
@@ -656,6 +677,14 @@ export const ReplicateResponse: MessageFns<ReplicateResponse> = {
             message.body = { $case: "cycleProgress", value: CycleProgress.decode(reader, reader.uint32()) };
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.body = { $case: "resyncHashes", value: ResyncHashes.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -694,6 +723,10 @@ export const ReplicateResponse: MessageFns<ReplicateResponse> = {
         ? { $case: "cycleProgress", value: CycleProgress.fromJSON(object.cycleProgress) }
         : isSet(object.cycle_progress)
         ? { $case: "cycleProgress", value: CycleProgress.fromJSON(object.cycle_progress) }
+        : isSet(object.resyncHashes)
+        ? { $case: "resyncHashes", value: ResyncHashes.fromJSON(object.resyncHashes) }
+        : isSet(object.resync_hashes)
+        ? { $case: "resyncHashes", value: ResyncHashes.fromJSON(object.resync_hashes) }
         : undefined,
     };
   },
@@ -712,6 +745,8 @@ export const ReplicateResponse: MessageFns<ReplicateResponse> = {
       obj.chunkRejected = ChunkRejected.toJSON(message.body.value);
     } else if (message.body?.$case === "cycleProgress") {
       obj.cycleProgress = CycleProgress.toJSON(message.body.value);
+    } else if (message.body?.$case === "resyncHashes") {
+      obj.resyncHashes = ResyncHashes.toJSON(message.body.value);
     }
     return obj;
   },
@@ -755,6 +790,12 @@ export const ReplicateResponse: MessageFns<ReplicateResponse> = {
       case "cycleProgress": {
         if (object.body?.value !== undefined && object.body?.value !== null) {
           message.body = { $case: "cycleProgress", value: CycleProgress.fromPartial(object.body.value) };
+        }
+        break;
+      }
+      case "resyncHashes": {
+        if (object.body?.value !== undefined && object.body?.value !== null) {
+          message.body = { $case: "resyncHashes", value: ResyncHashes.fromPartial(object.body.value) };
         }
         break;
       }
@@ -2889,6 +2930,204 @@ export const CycleProgress: MessageFns<CycleProgress> = {
     message.bytesWritten = (object.bytesWritten !== undefined && object.bytesWritten !== null)
       ? BigInt(object.bytesWritten)
       : 0n;
+    return message;
+  },
+};
+
+function createBaseResyncHashes(): ResyncHashes {
+  return { generation: 0n, cycleSequence: 0n, diskId: "", chunkBytes: 0, firstChunk: 0n, hashes: [], last: false };
+}
+
+export const ResyncHashes: MessageFns<ResyncHashes> = {
+  encode(message: ResyncHashes, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.generation !== 0n) {
+      if (BigInt.asUintN(64, message.generation) !== message.generation) {
+        throw new globalThis.Error("value provided for field message.generation of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.generation);
+    }
+    if (message.cycleSequence !== 0n) {
+      if (BigInt.asUintN(64, message.cycleSequence) !== message.cycleSequence) {
+        throw new globalThis.Error("value provided for field message.cycleSequence of type uint64 too large");
+      }
+      writer.uint32(16).uint64(message.cycleSequence);
+    }
+    if (message.diskId !== "") {
+      writer.uint32(26).string(message.diskId);
+    }
+    if (message.chunkBytes !== 0) {
+      writer.uint32(32).uint32(message.chunkBytes);
+    }
+    if (message.firstChunk !== 0n) {
+      if (BigInt.asUintN(64, message.firstChunk) !== message.firstChunk) {
+        throw new globalThis.Error("value provided for field message.firstChunk of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.firstChunk);
+    }
+    for (const v of message.hashes) {
+      writer.uint32(50).bytes(v!);
+    }
+    if (message.last !== false) {
+      writer.uint32(56).bool(message.last);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResyncHashes {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResyncHashes();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.generation = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.cycleSequence = reader.uint64() as bigint;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.diskId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.chunkBytes = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.firstChunk = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.hashes.push(Buffer.from(reader.bytes()));
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.last = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResyncHashes {
+    return {
+      generation: isSet(object.generation) ? BigInt(object.generation) : 0n,
+      cycleSequence: isSet(object.cycleSequence)
+        ? BigInt(object.cycleSequence)
+        : isSet(object.cycle_sequence)
+        ? BigInt(object.cycle_sequence)
+        : 0n,
+      diskId: isSet(object.diskId)
+        ? globalThis.String(object.diskId)
+        : isSet(object.disk_id)
+        ? globalThis.String(object.disk_id)
+        : "",
+      chunkBytes: isSet(object.chunkBytes)
+        ? globalThis.Number(object.chunkBytes)
+        : isSet(object.chunk_bytes)
+        ? globalThis.Number(object.chunk_bytes)
+        : 0,
+      firstChunk: isSet(object.firstChunk)
+        ? BigInt(object.firstChunk)
+        : isSet(object.first_chunk)
+        ? BigInt(object.first_chunk)
+        : 0n,
+      hashes: globalThis.Array.isArray(object?.hashes)
+        ? object.hashes.map((e: any) => Buffer.from(bytesFromBase64(e)))
+        : [],
+      last: isSet(object.last) ? globalThis.Boolean(object.last) : false,
+    };
+  },
+
+  toJSON(message: ResyncHashes): unknown {
+    const obj: any = {};
+    if (message.generation !== 0n) {
+      obj.generation = message.generation.toString();
+    }
+    if (message.cycleSequence !== 0n) {
+      obj.cycleSequence = message.cycleSequence.toString();
+    }
+    if (message.diskId !== "") {
+      obj.diskId = message.diskId;
+    }
+    if (message.chunkBytes !== 0) {
+      obj.chunkBytes = Math.round(message.chunkBytes);
+    }
+    if (message.firstChunk !== 0n) {
+      obj.firstChunk = message.firstChunk.toString();
+    }
+    if (message.hashes?.length) {
+      obj.hashes = message.hashes.map((e) => base64FromBytes(e));
+    }
+    if (message.last !== false) {
+      obj.last = message.last;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ResyncHashes>, I>>(base?: I): ResyncHashes {
+    return ResyncHashes.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ResyncHashes>, I>>(object: I): ResyncHashes {
+    const message = createBaseResyncHashes();
+    message.generation = (object.generation !== undefined && object.generation !== null)
+      ? BigInt(object.generation)
+      : 0n;
+    message.cycleSequence = (object.cycleSequence !== undefined && object.cycleSequence !== null)
+      ? BigInt(object.cycleSequence)
+      : 0n;
+    message.diskId = object.diskId ?? "";
+    message.chunkBytes = object.chunkBytes ?? 0;
+    message.firstChunk = (object.firstChunk !== undefined && object.firstChunk !== null)
+      ? BigInt(object.firstChunk)
+      : 0n;
+    message.hashes = object.hashes?.map((e) => e) || [];
+    message.last = object.last ?? false;
     return message;
   },
 };

@@ -1,0 +1,68 @@
+/**
+ * A runbook: how one application is brought up on the replica site, as SRM and ASR recovery plans
+ * do it. Groups run in order (boot order); inside a group the VMs fail over first, then the steps
+ * run (waits, manual confirmations, hooks) before the next group starts.
+ */
+
+export type FailoverMode = "test" | "planned" | "unplanned";
+export const FAILOVER_MODES: readonly FailoverMode[] = ["test", "planned", "unplanned"];
+
+/**
+ * The replica site whose control plane the runbook drives. Paths are absolute once loaded
+ * (relative ones are resolved against the runbook file's directory).
+ */
+export type SiteRef =
+  | { dir: string }
+  /** A remote site: the ledger file that records runs must still be named. */
+  | { address: string; ca: string; cert: string; key: string; ledger: string };
+
+export interface RunbookVm {
+  vm: string;
+  failover: FailoverMode;
+  /** "latest", or a recovery point id as `qreplica points` lists them. */
+  point: string;
+}
+
+export type WaitKind = "vm-running" | "tcp-port" | "serial-log";
+export const WAIT_KINDS: readonly string[] = ["vm-running", "tcp-port", "serial-log", "guest-agent"];
+
+export type RunbookWait =
+  /** `vm` unset: every VM of the group. */
+  | { wait: "vm-running"; vm?: string; timeoutSeconds: number; name?: string }
+  | { wait: "tcp-port"; host: string; port: number; timeoutSeconds: number; name?: string }
+  | { wait: "serial-log"; vm: string; pattern: string; timeoutSeconds: number; name?: string };
+
+export interface RunbookConfirm {
+  confirm: string;
+  name?: string;
+}
+
+export interface RunbookHook {
+  hook: string;
+  args: string[];
+  timeoutSeconds: number;
+  /** The VM the hook is about (QREPLICA_VM); defaults to the group's VM when it has only one. */
+  vm?: string;
+  env: Record<string, string>;
+  name?: string;
+}
+
+export type RunbookStep = RunbookWait | RunbookConfirm | RunbookHook;
+
+export interface RunbookGroup {
+  name?: string;
+  vms: RunbookVm[];
+  steps: RunbookStep[];
+}
+
+export interface Runbook {
+  name: string;
+  description?: string;
+  site: SiteRef;
+  groups: RunbookGroup[];
+  /** Directory of the runbook file: hooks run there and relative paths resolve against it. */
+  baseDir: string;
+}
+
+export const DEFAULT_WAIT_TIMEOUT_SECONDS = 300;
+export const DEFAULT_HOOK_TIMEOUT_SECONDS = 300;
