@@ -24,6 +24,8 @@ try {
   const stop = () => {
     logger.info("stopping: open cycles are aborted, their changes kept for the next run");
     for (const r of replicators) r.stop();
+    // A session blocked on an unreachable site must not keep the process alive forever.
+    setTimeout(() => process.exit(0), 10_000).unref();
   };
   process.once("SIGTERM", stop);
   process.once("SIGINT", stop);

@@ -1,4 +1,4 @@
-import { existsSync, readdirSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
@@ -15,6 +15,14 @@ afterEach(async () => {
   if (!process.env.QR_KEEP) cleanup?.();
   env = undefined;
 });
+
+function tail(path: string, lines = 25): string {
+  try {
+    return readFileSync(path, "utf8").split("\n").filter((l) => !l.includes('"level":20')).slice(-lines).join("\n");
+  } catch {
+    return "(no log)";
+  }
+}
 
 const partials = (t: TwoSites) => {
   const dir = join(t.siteB, "storage", "vm1", "vda");
@@ -45,17 +53,19 @@ async function bigRandomWrite(t: TwoSites, offsetMiB: number, sizeMiB: number): 
 async function expectLatestPointEqualsPrimary(t: TwoSites, after: number) {
   const snapshot = join(t.dir, "primary-now.raw");
   await convertImage(t.vm.guestUri("vda"), snapshot, { srcFormat: "raw", dstFormat: "raw" });
-  const point = await waitFor("a point cut after the writes", async () => (await t.relationship()).points.find((p) => Date.parse(p.cutoffAt) > after), 120_000);
+  const point = await waitFor("a point cut after the writes", async () => (await t.relationship()).points.find((p) => Date.parse(p.cutoffAt) > after), 180_000).catch((err: Error) => {
+    throw new Error(`${err.message}\n--- agent.log (tail) ---\n${tail(join(t.dir, "agent.log"))}\n--- site-b/site.log (tail) ---\n${tail(join(t.siteB, "site.log"))}`);
+  });
   const cmp = await compareImages(point.disks[0]!.imagePath, snapshot, { formatA: "qcow2", formatB: "raw" });
   expect(cmp.detail).toMatch(/identical/i);
 }
 
-describe("faults: processes killed for real in the middle of a cycle", { timeout: 240_000 }, () => {
+describe("faults: processes killed for real in the middle of a cycle", { timeout: 360_000 }, () => {
   it("kill -9 of the replica site during a cycle: no partial point; the next cycle delivers the missed changes", async () => {
     const t = await replicatingWithOnePoint();
     const site = t.daemons[1]!;
     const before = (await t.relationship()).points.length;
-    const wroteAt = await bigRandomWrite(t, 64, 160);
+    const wroteAt = await bigRandomWrite(t, 64, 96);
     await waitFor("the site writing a partial point", () => (partials(t).length > 0 ? true : undefined), 60_000, 20);
     await site.kill("SIGKILL");
     // What the ledger lists is whole; the partial overlay is not a point.
@@ -73,7 +83,7 @@ describe("faults: processes killed for real in the middle of a cycle", { timeout
   it("kill -9 of the agent during a cycle: the restarted agent resends everything not acknowledged", async () => {
     const t = await replicatingWithOnePoint();
     const agent = t.daemons[2]!;
-    await bigRandomWrite(t, 32, 160);
+    await bigRandomWrite(t, 32, 96);
     await waitFor("the site writing a partial point", () => (partials(t).length > 0 ? true : undefined), 60_000, 20);
     await agent.kill("SIGKILL");
     await waitFor("the site discarding the partial point", () => (partials(t).length === 0 ? true : undefined), 30_000);

@@ -39,7 +39,10 @@ export function startDaemon(script: string, args: string[], logFile: string): Da
     exited,
     async kill(signal: NodeJS.Signals = "SIGKILL") {
       if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      // A process that ignores a gentle signal for long is killed for real.
+      const force = setTimeout(() => child.kill("SIGKILL"), 8_000);
       await exited;
+      clearTimeout(force);
     },
   };
 }
