@@ -1,103 +1,92 @@
 /**
- * npm run demo — qreplica end to end on this machine: a CA, two sites (A, the primary's; B, the
- * replica), a protected VM on A whose guest keeps writing, the capture agent replicating it to B,
- * recovery points in B's ledger, and the proof that the latest point is byte-identical to the disk.
+ * npm run demo — the qreplica story on this machine, with real processes: a CA, two sites (A and
+ * B), a protected VM on A (a tiny guest that counts on its own disk), replication to B, a test
+ * failover, an unplanned failover to B, reverse replication back to A that sends only what
+ * differs, and a failback to A. Every step is in the ledger; the guest's counter proves the data.
  */
 import { join } from "node:path";
 import { Command } from "commander";
+import { readCounters, readDiskCounter, waitForCounter } from "../guest/index.js";
 import { makeTmpDir } from "../src/common/tmpDir.js";
-import { compareImages, convertImage, type StorageDaemonVm } from "../src/qemu/processes/index.js";
+import { getSqliteEventStore, relationshipStream } from "../src/ledger/index.js";
 import { runCli, waitFor } from "../test/helpers/processes.js";
 import { setupTwoSites } from "../test/helpers/twoSites.js";
 
-const MiB = 1024 * 1024;
-const opts = new Command()
-  .name("demo")
-  .option("--seconds <n>", "how long the guest writes while replication runs", (v) => Number(v), 12)
-  .option("--interval <s>", "replication interval in seconds", (v) => Number(v), 2)
-  .option("--keep", "keep the working directory", false)
-  .parse()
-  .opts<{ seconds: number; interval: number; keep: boolean }>();
-
+const opts = new Command().name("demo").option("--keep", "keep the working directory", false).parse().opts<{ keep: boolean }>();
 const step = (n: number, text: string) => console.log(`\n\x1b[1m${n}. ${text}\x1b[0m`);
-async function show(args: string[]) {
+async function qreplica(args: string[], print = true): Promise<string> {
   console.log(`$ qreplica ${args.join(" ")}`);
   const r = await runCli(args);
-  process.stdout.write(r.stdout.replace(/^/gm, "  "));
-  if (r.code !== 0 && r.code !== 3) throw new Error(`qreplica ${args.join(" ")} failed: ${r.stderr}`);
+  if (print) process.stdout.write(r.stdout.replace(/^/gm, "  "));
+  if (r.code !== 0) throw new Error(`qreplica ${args.join(" ")} failed: ${r.stderr}${r.stdout}`);
+  return r.stdout;
 }
-
-/** A guest that keeps writing: data at random places, now and then a zeroed range. */
-function startWriter(vm: StorageDaemonVm, diskMiB: number): { stop(): Promise<number> } {
-  let running = true;
-  let writes = 0;
-  const loop = (async () => {
-    while (running) {
-      const cmds = Array.from({ length: 8 }, () => {
-        const offsetKiB = Math.floor(Math.random() * (diskMiB * 1024 - 1024)) & ~63;
-        const lenKiB = 64 * (1 + Math.floor(Math.random() * 8));
-        return Math.random() < 0.15 ? `write -z ${offsetKiB}k ${lenKiB}k` : `write -P ${1 + Math.floor(Math.random() * 254)} ${offsetKiB}k ${lenKiB}k`;
-      });
-      await vm.guestWrite("vda", cmds);
-      writes += cmds.length;
-      await new Promise((r) => setTimeout(r, 150));
-    }
-  })();
-  return {
-    async stop() {
-      running = false;
-      await loop;
-      return writes;
-    },
-  };
-}
+const json = async <T>(args: string[]): Promise<T> => JSON.parse(await qreplica([...args, "--json"], false)) as T;
 
 const tmp = makeTmpDir("qr-demo-");
-const diskMiB = 256;
 console.log(`qreplica demo — working directory ${tmp.path}`);
-step(1, "A CA and two sites, A (primary) and B (replica), each with its own certificate");
-const t = await setupTwoSites(tmp.path, { diskBytes: diskMiB * MiB, intervalSeconds: opts.interval, maxPoints: 8 });
-let failed = false;
+step(1, "A CA, two sites (A: primary, B: replica) with their certificates, and the agent's identity authorized on B");
+const t = await setupTwoSites(tmp.path, { diskBytes: 8 * 1024 * 1024, intervalSeconds: 2, counterGuest: true, maxPoints: 6 });
+let ok = false;
 try {
-  await show(["authorizations", "--dir", t.siteB]);
-  step(2, "Start both site servers (gRPC over mutual TLS, SQLite ledger, site-owned qemu-storage-daemon)");
+  await qreplica(["authorizations", "--dir", t.siteB]);
+  step(2, "Both site servers start: gRPC over mutual TLS, SQLite ledger, a site-owned qemu-storage-daemon");
   await t.startSite(t.siteA);
   await t.startSite(t.siteB);
-  await show(["status", "--dir", t.siteB]);
+  step(3, "The protected VM on site A: qemu-system-x86_64 booting a boot-sector guest that counts on its disk");
+  await waitForCounter(t.guest!.serialLogPath, (v) => v > 5, 90_000);
+  console.log(`  serial console: QREPLICA-COUNTER ${readCounters(t.guest!.serialLogPath).at(-1)} ... (18 writes a second)`);
 
-  step(3, `A protected VM on site A: ${diskMiB} MiB qcow2 disk; the guest writes 72 MiB, then keeps writing`);
-  await t.vm.guestWrite("vda", ["write -P 0x42 0 64M", "write -P 0x17 128M 8M"]);
-  const writer = startWriter(t.vm, diskMiB);
-
-  step(4, `The capture agent protects it: initial replication, then a cycle every ${opts.interval} s`);
+  step(4, "The capture agent protects it: initial replication to B, then a cycle every 2 s");
   t.startAgent();
-  await waitFor("the initial replication", async () => ((await t.relationship()).points.length > 0 ? true : undefined), 120_000);
-  await show(["status", "--dir", t.siteB]);
-  console.log(`  ... the guest keeps writing for ${opts.seconds} s while cycles ship its changes`);
-  await new Promise((r) => setTimeout(r, opts.seconds * 1000));
-  const writes = await writer.stop();
-  const quietSince = Date.now();
-  step(5, `Recovery points on site B (the guest made ${writes} writes; retention keeps 8 points, older ones merge into the base)`);
-  await waitFor("a point after the guest went quiet", async () => ((await t.relationship()).points.some((p) => Date.parse(p.cutoffAt) > quietSince) ? true : undefined), 120_000);
-  await show(["points", "vm1", "--dir", t.siteB]);
+  await waitFor("four recovery points", async () => ((await t.relationship()).points.length >= 4 ? true : undefined), 120_000);
+  await qreplica(["status", "--dir", t.siteB]);
+  await qreplica(["points", "vm1", "--dir", t.siteB]);
 
-  step(6, "Is the latest recovery point byte-identical to the primary disk? (qemu-img compare through the qcow2 chain)");
-  const latest = (await t.relationship()).points.at(-1)!;
-  const snapshot = join(tmp.path, "primary.raw");
-  await convertImage(t.vm.guestUri("vda"), snapshot, { srcFormat: "raw", dstFormat: "raw" });
-  const cmp = await compareImages(latest.disks[0]!.imagePath, snapshot, { formatA: "qcow2", formatB: "raw" });
-  console.log(`  ${latest.pointId} (cut-off ${latest.cutoffAt}): ${cmp.detail}`);
-  failed = !cmp.identical;
+  step(5, "Test failover on B: a VM on a throwaway overlay of the latest point, isolated network; replication goes on");
+  const test = await json<{ testId: string; recoveryPointId: string; vm: { serialLog: string; timeToRunningMs: number } }>(["failover", "vm1", "--test", "--dir", t.siteB]);
+  await waitForCounter(test.vm.serialLog, () => true, 90_000);
+  const testedPoint = (await t.relationship()).points.find((p) => p.pointId === test.recoveryPointId)!;
+  console.log(`  test VM running after ${test.vm.timeToRunningMs} ms; it booted from ${test.recoveryPointId} and printed counter ${readCounters(test.vm.serialLog)[0]} (the point holds ${await readDiskCounter(testedPoint.disks[0]!.imagePath)})`);
+  const seq = (await t.relationship()).lastCycleSeq;
+  await waitFor("two more points during the test", async () => ((await t.relationship()).lastCycleSeq >= seq + 2 ? true : undefined), 60_000);
+  await qreplica(["status", "--dir", t.siteB]);
+  await qreplica(["test-failover", "stop", "vm1", "--dir", t.siteB]);
 
-  step(7, "The ledger: the audit trail of the relationship, and its hash chain verified");
-  await show(["events", "vm1", "--dir", t.siteB, "--limit", "12"]);
-  await show(["ledger", "verify", "--dir", t.siteB]);
+  step(6, "Disaster: site A's agent is gone. Unplanned failover on B to the latest point; the generation increments");
+  await t.daemons[2]!.kill("SIGKILL");
+  const fo = await json<{ recoveryPointId: string; generation: number; vm: { serialLog: string; timeToRunningMs: number } }>(["failover", "vm1", "--unplanned", "--dir", t.siteB]);
+  await waitForCounter(fo.vm.serialLog, () => true, 90_000);
+  console.log(`  VM running on B after ${fo.vm.timeToRunningMs} ms from ${fo.recoveryPointId}, generation ${fo.generation}; it resumed counting at ${readCounters(fo.vm.serialLog)[0]}`);
+  step(7, "Site A's agent comes back: refused as stale (generation 1 < 2), and it pauses its VM — no split-brain");
+  t.startAgent();
+  await waitFor("the stale refusal", async () => ((await t.relationship()).counters.staleGenerationRefusals > 0 ? true : undefined), 60_000);
+  await qreplica(["events", "vm1", "--dir", t.siteB, "--from", String(Math.max(0, Number((await t.relationship()).counters.cyclesCommitted) * 2)), "--limit", "8"]);
+  await qreplica(["failover", "vm1", "complete", "--dir", t.siteB]);
+
+  step(8, "Reverse replication B -> A onto A's old disk: both sides hash 1 MiB chunks, only differing chunks cross the wire");
+  await t.daemons[3]!.kill("SIGTERM");
+  await t.guest!.proc.stop();
+  await qreplica(["reverse", "vm1", "--dir", t.siteB, "--to-dir", t.siteA, "--seed", `vda=${t.guest!.diskPath}`]);
+  await waitFor("the first reverse point on A", async () => ((await t.relationship("vm1", t.siteA)).points.length > 0 ? true : undefined), 120_000);
+  const storeA = getSqliteEventStore({ path: join(t.siteA, "ledger.sqlite"), create: false });
+  const first = (await storeA.readStream(relationshipStream("vm1"))).find((e) => e.type === "CycleCommitted")!.data as { dataBytes: number; wireBytes: number };
+  await storeA.close();
+  console.log(`  disk 8 MiB compared; ${first.dataBytes} bytes differed and were sent (${first.wireBytes} bytes on the wire after zstd)`);
+  await waitFor("a second reverse point", async () => ((await t.relationship("vm1", t.siteA)).points.length > 1 ? true : undefined), 60_000);
+  await qreplica(["points", "vm1", "--dir", t.siteA]);
+
+  step(9, "Failback: fail over on A to the latest reverse point; the VM runs on site A again");
+  const back = await json<{ recoveryPointId: string; generation: number; vm: { serialLog: string; timeToRunningMs: number } }>(["failover", "vm1", "--unplanned", "--dir", t.siteA]);
+  await waitForCounter(back.vm.serialLog, () => true, 90_000);
+  console.log(`  VM running on A after ${back.vm.timeToRunningMs} ms from ${back.recoveryPointId} (generation ${back.generation}), counting from ${readCounters(back.vm.serialLog)[0]}`);
+  await qreplica(["status", "--dir", t.siteA]);
+  await qreplica(["ledger", "verify", "--dir", t.siteB]);
+  await qreplica(["ledger", "verify", "--dir", t.siteA]);
+  ok = true;
 } finally {
   await t.stopAll();
   if (!opts.keep) tmp.cleanup();
 }
-if (failed) {
-  console.error("demo: the replica differs from the primary — this is a bug");
-  process.exit(1);
-}
-console.log("\ndemo complete: two sites, one protected VM, every point in the ledger, the latest one proven identical.");
+console.log(ok ? "\ndemo complete: replication, test failover, failover, reverse replication and failback, all in the ledgers." : "\ndemo failed");
+process.exit(ok ? 0 : 1);
