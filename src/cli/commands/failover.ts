@@ -22,7 +22,7 @@ export function registerFailover(program: Command): void {
       .command("failover <vm> [action]")
       .description("fail a VM over to this replica site (--test, --planned or --unplanned), or 'failover VM complete|cancel'")
       .option("--test", "test failover: a throwaway VM on an isolated network; replication continues")
-      .option("--planned", "planned failover (the primary is shut down and its last changes shipped first)")
+      .option("--planned", "planned failover (not available yet: see the message)")
       .option("--unplanned", "unplanned failover: the primary may be gone; choose the latest or an older point")
       .option("--point <id>", "recovery point (latest when omitted)")
       .option("--no-start", "fail over without starting the VM"),
@@ -44,6 +44,12 @@ export function registerFailover(program: Command): void {
         emit(o.json, r, () =>
           formatTable(["test", "point", "vm", "running after ms", "serial log"], [[r.testId, r.recoveryPointId, r.vm?.name ?? "", Number(r.vm?.timeToRunningMs ?? 0), r.vm?.serialLog ?? ""]]) +
             `\nstop it with: qreplica test-failover stop ${vm} --test-id ${r.testId}`,
+        );
+      } else if (o.planned) {
+        // The orchestration (shut the primary down, ship a final cycle, fail over, reverse) is not built yet.
+        throw new Error(
+          "planned failover is not available yet. Equivalent today: stop the primary VM, wait for a recovery point cut after it stopped " +
+            `('qreplica points ${vm}'), then 'qreplica failover ${vm} --unplanned' and 'qreplica reverse ${vm}'`,
         );
       } else {
         const kind = o.planned ? FailoverKind.FAILOVER_KIND_PLANNED : FailoverKind.FAILOVER_KIND_UNPLANNED;
