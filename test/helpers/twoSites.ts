@@ -1,9 +1,10 @@
-import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { stringify as toYaml } from "yaml";
 import { getSqliteEventStore, loadRelationship, type RelationshipState } from "../../src/ledger/index.js";
 import { startStorageDaemonVm, startSystemVm, type QemuProcess, type StorageDaemonVm } from "../../src/qemu/processes/index.js";
 import { makeCounterDisk } from "../../guest/index.js";
+import { killRecordedVms } from "../../src/site/failover/failoverService.js";
 import { addressFile } from "../../src/site/siteConfig.js";
 import { AGENT, CLI, runCli, startDaemon, waitFor, type Daemon } from "./processes.js";
 
@@ -138,23 +139,4 @@ export async function setupTwoSites(dir: string, opts: { diskBytes: number; inte
     },
   };
   return t;
-}
-
-/** VMs a site launched (failover, tests) record their pid in `qemu.pid`: end them all. */
-function killRecordedVms(dir: string): void {
-  let entries: string[];
-  try {
-    entries = readdirSync(dir, { withFileTypes: true }).map((e) => (e.isDirectory() ? `${e.name}/` : e.name));
-  } catch {
-    return;
-  }
-  for (const e of entries) {
-    if (e === "qemu.pid") {
-      try {
-        process.kill(Number(readFileSync(join(dir, e), "utf8")), "SIGKILL");
-      } catch {
-        // already gone
-      }
-    } else if (e.endsWith("/")) killRecordedVms(join(dir, e.slice(0, -1)));
-  }
 }

@@ -1,4 +1,4 @@
-import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync, type Dirent } from "node:fs";
 import { join } from "node:path";
 import { QreplicaError } from "../../common/errors.js";
 import type { Logger } from "../../common/logger.js";
@@ -176,25 +176,24 @@ function info(r: Running, timeToRunningMs: number): LaunchedInfo {
   return { name: r.vm.name, qmpSocket: r.vm.qmpSocketPath, serialLog: r.vm.serialLogPath, pid: r.vm.proc.pid, timeToRunningMs, diskImages: r.overlays };
 }
 
-/** QEMU processes recorded under `dir` by a site process that is gone. */
-function killRecordedVms(dir: string): void {
-  const walk = (d: string): void => {
-    let entries: string[];
-    try {
-      entries = readdirSync(d);
-    } catch {
-      return;
+/** QEMU (and reverse-agent) processes recorded in `qemu.pid` files under `dir` by a site that is gone. */
+export function killRecordedVms(dir: string): void {
+  let entries: Dirent[];
+  try {
+    entries = readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return;
+  }
+  for (const e of entries) {
+    const path = join(dir, e.name);
+    if (e.isDirectory()) {
+      killRecordedVms(path);
+    } else if (e.name === "qemu.pid") {
+      try {
+        process.kill(Number(readFileSync(path, "utf8")), "SIGKILL");
+      } catch {
+        // already gone
+      }
     }
-    for (const e of entries) {
-      const p = join(d, e);
-      if (e === "qemu.pid") {
-        try {
-          process.kill(Number(readFileSync(p, "utf8")), "SIGKILL");
-        } catch {
-          // already gone
-        }
-      } else if (!e.includes(".")) walk(p);
-    }
-  };
-  walk(dir);
+  }
 }
