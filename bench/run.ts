@@ -1,10 +1,14 @@
 import { writeFileSync } from "node:fs";
 import { Command } from "commander";
 import { captureRead } from "./captureRead.js";
+import { e2eThroughput } from "./e2eThroughput.js";
+import { agentPeakRss } from "./agentPeakRss.js";
 import { formatResult, type BenchResult, type Benchmark } from "./report.js";
 
 const benchmarks: Record<string, Benchmark> = {
   "capture-read": captureRead,
+  "e2e-throughput": e2eThroughput,
+  "agent-peak-rss": agentPeakRss,
 };
 
 const program = new Command()

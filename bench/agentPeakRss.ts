@@ -1,0 +1,50 @@
+import { makeTmpDir } from "../src/common/tmpDir.js";
+import { Cleanup, killStorageDaemonsUnder } from "./lib/cleanup.js";
+import { describeMix, generateMix } from "./lib/mixData.js";
+import { refusals, replicateMix } from "./lib/replicateMix.js";
+import type { BenchContext, BenchResult } from "./report.js";
+
+const MiB = 1024 * 1024;
+
+/**
+ * agent-peak-rss: the agent process's peak RSS (VmHWM from /proc/<pid>/status, read as soon as
+ * site B's ledger shows the cycle committed, while the agent still runs) after replicating one
+ * 4 GiB cycle (--quick: 1 GiB) of the realistic mix, with the real site and agent processes.
+ * Baseline: the same process's VmHWM right after its initial replication of an almost empty disk
+ * (1 MiB of data), i.e. what the agent costs idle. Ratio = peak / idle; the goal is an absolute
+ * peak below 200 MiB, whatever the cycle size (memory bounded by the reads in flight, not by the
+ * data).
+ */
+export async function agentPeakRss(ctx: BenchContext): Promise<BenchResult[]> {
+  const sizeMiB = ctx.quick ? 1024 : 4096;
+  const tmp = makeTmpDir("qr-bench-rss-");
+  const cleanup = new Cleanup(ctx.log);
+  cleanup.defer(`remove ${tmp.path}`, () => tmp.cleanup());
+  cleanup.defer("kill orphaned storage daemons", () => killStorageDaemonsUnder(tmp.path, ctx.log));
+  try {
+    ctx.log(`generating ${sizeMiB} MiB of the mix`);
+    const mix = generateMix(tmp.path, sizeMiB * MiB);
+    ctx.log(describeMix(mix));
+    const run = await replicateMix({ dir: tmp.path, mix, log: ctx.log });
+    const peak = run.peak.hwm / 1024;
+    const idle = run.idle.hwm / 1024;
+    ctx.log(
+      `agent VmHWM ${idle.toFixed(1)} MiB after the initial replication, ${peak.toFixed(1)} MiB after the ${sizeMiB} MiB cycle (VmRSS then ${(run.peak.rss / 1024).toFixed(1)} MiB); ` +
+        `cycle ${run.seconds.toFixed(1)} s, ${(sizeMiB / run.seconds).toFixed(1)} MiB/s; CPU: ${run.cpu}`,
+    );
+    return [
+      {
+        name: "agent-peak-rss",
+        description: `agent VmHWM replicating one ${sizeMiB} MiB cycle (${describeMix(mix)}), separate processes${refusals(run.failed)}, goal < 200 MiB`,
+        value: peak,
+        unit: "MiB",
+        baseline: idle,
+        baselineDescription: "same agent process's VmHWM after its initial replication of an almost empty disk",
+        ratio: peak / idle,
+        goal: "< 200 MiB",
+      },
+    ];
+  } finally {
+    await cleanup.runAll();
+  }
+}

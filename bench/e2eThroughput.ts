@@ -1,0 +1,115 @@
+import { copyFileSync, mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { makeTmpDir } from "../src/common/tmpDir.js";
+import { createImage } from "../src/qemu/processes/index.js";
+import type { TwoSites } from "../test/helpers/twoSites.js";
+import { Cleanup, killStorageDaemonsUnder } from "./lib/cleanup.js";
+import { describeMix, generateMix, writeMix } from "./lib/mixData.js";
+import { runReferencePipeline, type ReferenceTls } from "./lib/referencePipeline.js";
+import { refusals, replicateMix } from "./lib/replicateMix.js";
+import type { BenchContext, BenchResult } from "./report.js";
+
+const MiB = 1024 * 1024;
+
+/**
+ * e2e-throughput: MiB/s of changed data from the primary's dirty bitmap to a committed recovery
+ * point, with the real site and agent processes, on a realistic mix (a quarter random, a quarter
+ * zeroes, half log-like text). The figure is (dataBytes + zeroBytes) / (committedAt - cutoffAt) of
+ * the cycle that carried the mix, from site B's ledger: cutoffAt is stamped by the agent when its
+ * cut-off transaction returns, committedAt by the site once the point is flushed, fsynced and in
+ * the ledger. So it covers fleece export, NBD reads, zero detection, SHA-256, zstd, gRPC over
+ * mutual TLS, the site's NBD writes, flush, fsync and the ledger append.
+ *
+ * Baseline, same data, same run: nbdcopy | zstd -1 | socat (mutual TLS, the sites' CA and
+ * certificates) into socat | zstd -d | nbdcopy --flush into a qemu-storage-daemon export of a
+ * fresh qcow2, timed end to end. It runs once before our cycle (sites not started yet) and once
+ * after it; the baseline is the mean of the two.
+ */
+export async function e2eThroughput(ctx: BenchContext): Promise<BenchResult[]> {
+  const sizeMiB = ctx.quick ? 256 : 1024;
+  const tmp = makeTmpDir("qr-bench-e2e-");
+  const cleanup = new Cleanup(ctx.log);
+  cleanup.defer(`remove ${tmp.path}`, () => tmp.cleanup());
+  cleanup.defer("kill orphaned storage daemons", () => killStorageDaemonsUnder(tmp.path, ctx.log));
+  try {
+    ctx.log(`generating ${sizeMiB} MiB of the mix`);
+    const mix = generateMix(tmp.path, sizeMiB * MiB);
+    ctx.log(describeMix(mix));
+
+    // The reference's source: a qcow2 holding exactly the mix, made offline.
+    const refDir = join(tmp.path, "ref");
+    mkdirSync(refDir);
+    const sourceImage = join(refDir, "ref-src.qcow2");
+    await createImage(sourceImage, mix.totalBytes);
+    await writeMix(sourceImage, mix, { format: "qcow2" });
+
+    const tls = join(tmp.path, "ref-tls");
+    const refs: number[] = [];
+    const reference = async () => {
+      const r = await runReferencePipeline({ dir: refDir, sourceImage, sizeBytes: mix.totalBytes, tls: tlsFiles(tls), log: ctx.log });
+      refs.push(sizeMiB / r.seconds);
+      ctx.log(`reference round ${refs.length}: ${r.seconds.toFixed(2)} s, ${refs[refs.length - 1]!.toFixed(1)} MiB/s (copy verified identical to its source)`);
+      ctx.log(`reference CPU: ${r.cpuSeconds.toFixed(1)} s in all (${r.cpu})`);
+    };
+
+    const oursDir = join(tmp.path, "ours");
+    mkdirSync(oursDir);
+    const ours = await replicateMix({
+      dir: oursDir,
+      mix,
+      log: ctx.log,
+      afterSetup: async (t) => {
+        saveTls(t, tls);
+        await reference();
+      },
+    });
+    const value = sizeMiB / ours.seconds;
+    const c = ours.cycle;
+    ctx.log(
+      `ours: cycle ${c.cycleSeq} cut-off ${c.cutoffAt} -> committed ${c.committedAt}: ${ours.seconds.toFixed(2)} s, ${value.toFixed(1)} MiB/s; ` +
+        `data ${(c.dataBytes / MiB).toFixed(0)} MiB + zeroes ${(c.zeroBytes / MiB).toFixed(0)} MiB, ${(c.wireBytes / MiB).toFixed(0)} MiB on the wire, ${c.extents} extents; ` +
+        `site CycleBegin -> commit ${(c.durationMs / 1000).toFixed(2)} s, cut-off -> CycleBegin ${(ours.seconds - c.durationMs / 1000).toFixed(2)} s` +
+        (ours.agentCycleMs !== undefined ? `, agent CycleBegin -> ack+confirm ${(ours.agentCycleMs / 1000).toFixed(2)} s` : ""),
+    );
+    ctx.log(`ours CPU from the end of the write to the commit${ours.failed.length ? " (refused attempts included)" : ""}: ${ours.cpuSeconds.toFixed(1)} s in all (${ours.cpu})`);
+    await reference();
+    const baseline = refs.reduce((a, b) => a + b, 0) / refs.length;
+    return [
+      {
+        name: "e2e-throughput",
+        description: `changed data from dirty bitmap to committed point, site and agent processes, mTLS (${sizeMiB} MiB: ${describeMix(mix)}; cut-off -> commit from site B's ledger, one cycle${refusals(ours.failed)})`,
+        value,
+        unit: "MiB/s",
+        baseline,
+        baselineDescription: `nbdcopy | zstd -1 | socat mTLS | zstd -d | nbdcopy --flush into a qemu-storage-daemon qcow2 export, same data, mean of ${refs.length} runs (${refs.map((r) => r.toFixed(0)).join(", ")})`,
+        ratio: value / baseline,
+        goal: ">= 1.25x",
+      },
+    ];
+  } finally {
+    await cleanup.runAll();
+  }
+}
+
+/** Copies the sites' CA certificate, site B's and the agent's certificate and key out of the two-site setup. */
+function saveTls(t: TwoSites, dir: string): void {
+  mkdirSync(dir, { mode: 0o700 });
+  copyFileSync(join(t.caDir, "ca.crt"), join(dir, "ca.crt"));
+  for (const [from, name] of [
+    [join(t.siteB, "tls"), "site-b"],
+    [join(t.dir, "agent-tls"), "agent-a"],
+  ] as const) {
+    copyFileSync(join(from, `${name}.crt`), join(dir, `${name}.crt`));
+    copyFileSync(join(from, `${name}.key`), join(dir, `${name}.key`));
+  }
+}
+
+function tlsFiles(dir: string): ReferenceTls {
+  return {
+    caFile: join(dir, "ca.crt"),
+    serverCert: join(dir, "site-b.crt"),
+    serverKey: join(dir, "site-b.key"),
+    clientCert: join(dir, "agent-a.crt"),
+    clientKey: join(dir, "agent-a.key"),
+  };
+}

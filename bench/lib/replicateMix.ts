@@ -1,0 +1,208 @@
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { getSqliteEventStore, RELATIONSHIP_STREAM_PREFIX } from "../../src/ledger/index.js";
+import type { Daemon } from "../../test/helpers/processes.js";
+import { setupTwoSites, type TwoSites } from "../../test/helpers/twoSites.js";
+import { Cleanup, killStorageDaemonsUnder } from "./cleanup.js";
+import { writeMix, type MixData } from "./mixData.js";
+import { CpuMeter, memoryKiB } from "./procStats.js";
+
+const MiB = 1024 * 1024;
+const VM_ID = "vm1";
+
+/** The data of a CycleCommitted event, as site B's ledger holds it. */
+export interface CommittedCycle {
+  cycleSeq: number;
+  kind: string;
+  cutoffAt: string;
+  committedAt: string;
+  dataBytes: number;
+  zeroBytes: number;
+  wireBytes: number;
+  extents: number;
+  durationMs: number;
+}
+
+export interface MixReplication {
+  /** The cycle that carried the mix. */
+  cycle: CommittedCycle;
+  /** committedAt - cutoffAt of that cycle: from the agent's cut-off to the durable commit on the replica. */
+  seconds: number;
+  /** The agent's VmHWM / VmRSS (KiB) after the initial replication of the almost empty disk. */
+  idle: { hwm: number; rss: number };
+  /** The agent's VmHWM / VmRSS (KiB) right after the mix's cycle was committed. */
+  peak: { hwm: number; rss: number };
+  /** Seconds qemu-io took to write the mix into the primary. */
+  writeSeconds: number;
+  /** CPU seconds per process from the end of the write to the commit (the agent idles until the cut-off). */
+  cpu: string;
+  cpuSeconds: number;
+  /** The agent's own figure for the cycle (cycleBegin sent to ack received), if logged. */
+  agentCycleMs: number | undefined;
+  /**
+   * Cycles the replica refused between the initial replication and the measured one (e.g. a
+   * checksum mismatch): their changes were kept and carried by the measured cycle, which
+   * started only after the refusal.
+   */
+  failed: FailedCycle[];
+}
+
+export interface FailedCycle {
+  cycleSeq: number;
+  reason: string;
+  message: string;
+}
+
+async function cycleEvents(siteB: string): Promise<{ committed: CommittedCycle[]; failed: FailedCycle[] }> {
+  const path = join(siteB, "ledger.sqlite");
+  if (!existsSync(path)) return { committed: [], failed: [] };
+  const store = getSqliteEventStore({ path, create: false });
+  try {
+    const events = await store.readStream(`${RELATIONSHIP_STREAM_PREFIX}${VM_ID}`);
+    return {
+      committed: events.filter((e) => e.type === "CycleCommitted").map((e) => e.data as unknown as CommittedCycle),
+      failed: events.filter((e) => e.type === "CycleFailed").map((e) => e.data as unknown as FailedCycle),
+    };
+  } finally {
+    await store.close();
+  }
+}
+
+function logTail(file: string, lines = 15): string {
+  try {
+    return readFileSync(file, "utf8").trim().split("\n").slice(-lines).join("\n");
+  } catch {
+    return "(no log)";
+  }
+}
+
+/** Waits for a cycle matching `pick` in site B's ledger, failing early if a process died. */
+async function waitForCycle(t: TwoSites, daemons: Daemon[], what: string, pick: (c: CommittedCycle) => boolean, timeoutMs: number, pollMs = 100): Promise<CommittedCycle> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const found = (await cycleEvents(t.siteB)).committed.find(pick);
+    if (found) return found;
+    const dead = daemons.find((d) => d.child.exitCode !== null || d.child.signalCode !== null);
+    if (dead) {
+      throw new Error(
+        `a qreplica process exited while waiting for ${what}\nagent log:\n${logTail(join(t.dir, "agent.log"))}\nsite B log:\n${logTail(join(t.siteB, "site.log"))}`,
+      );
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}\nagent log:\n${logTail(join(t.dir, "agent.log"))}\nsite B log:\n${logTail(join(t.siteB, "site.log"))}`);
+    }
+    await sleep(pollMs);
+  }
+}
+
+/** stopAll (SIGTERM, graceful), but a process that does not exit in time gets SIGKILL. */
+async function stopWithin(t: TwoSites, ms: number, log: (m: string) => void): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), ms)));
+  const outcome = await Promise.race([t.stopAll().then(() => "stopped" as const), late]);
+  clearTimeout(timer);
+  if (outcome === "late") {
+    log(`cleanup: processes still running ${ms / 1000} s after SIGTERM; sending SIGKILL`);
+    for (const d of t.daemons) if (d.child.exitCode === null && d.child.signalCode === null) d.child.kill("SIGKILL");
+    await t.vm.proc.kill("SIGKILL");
+  }
+}
+
+/** The agent's "cycle acknowledged" log lines (pino JSON). */
+function agentAcks(dir: string): Array<{ seq: number; ms: number }> {
+  const file = join(dir, "agent.log");
+  if (!existsSync(file)) return [];
+  const out: Array<{ seq: number; ms: number }> = [];
+  for (const line of readFileSync(file, "utf8").split("\n")) {
+    if (!line.includes("cycle acknowledged")) continue;
+    try {
+      const j = JSON.parse(line) as { seq?: number; ms?: number };
+      if (typeof j.seq === "number" && typeof j.ms === "number") out.push({ seq: j.seq, ms: j.ms });
+    } catch {
+      // not JSON
+    }
+  }
+  return out;
+}
+
+/**
+ * One real replication of `mix` with separate site and agent processes over mutual TLS:
+ * site B (replica) and an agent protecting a qemu-storage-daemon VM whose disk holds only 1 MiB.
+ * After the initial replication, the mix is written through the VM's guest export with qemu-io;
+ * the agent's interval is long enough that the whole mix lands in the next cycle, which is
+ * checked (dataBytes + zeroBytes must equal the mix size). Everything is torn down afterwards,
+ * also on failure; `dir` itself is the caller's to remove.
+ */
+export async function replicateMix(opts: {
+  dir: string;
+  mix: MixData;
+  log: (m: string) => void;
+  /** Runs once the CA, certificates and VM exist, before any site or agent process starts. */
+  afterSetup?: (t: TwoSites) => Promise<void>;
+}): Promise<MixReplication> {
+  const { mix, log } = opts;
+  const cleanup = new Cleanup(log);
+  cleanup.defer("kill orphaned storage daemons", () => killStorageDaemonsUnder(opts.dir, log));
+  try {
+    // qemu-io wrote ~100 MiB/s into a fresh primary on a busy 2-core box; assume 40 MiB/s.
+    const intervalSeconds = Math.max(20, Math.ceil(mix.totalBytes / MiB / 40) + 10);
+    const sitesDir = join(opts.dir, "sites");
+    mkdirSync(sitesDir);
+    const t = await setupTwoSites(sitesDir, { diskBytes: mix.totalBytes + 64 * MiB, intervalSeconds, maxPoints: 100 });
+    cleanup.defer("stop sites, agent and VM", () => stopWithin(t, 30_000, log));
+    await opts.afterSetup?.(t);
+    // Almost empty: 1 MiB beyond where the mix goes.
+    await t.vm.guestWrite("vda", [`write -q -P 0x42 ${mix.totalBytes + 16 * MiB} 1M`]);
+    const siteB = await t.startSite(t.siteB);
+    const agent = t.startAgent();
+    const daemons = [siteB, agent];
+    const agentPid = agent.child.pid!;
+    log(`agent pid ${agentPid}, interval ${intervalSeconds} s; waiting for the initial replication`);
+    const initial = await waitForCycle(t, daemons, "the initial replication", (c) => c.kind === "full", 120_000);
+    // The agent confirms (tears down its fleece) after the ack: wait for its log line.
+    const ackDeadline = Date.now() + 30_000;
+    while (!agentAcks(t.dir).some((a) => a.seq === initial.cycleSeq) && Date.now() < ackDeadline) await sleep(50);
+    const idle = memoryKiB(agentPid);
+    log(`initial replication committed (cycle ${initial.cycleSeq}); agent VmHWM ${(idle.hwm / 1024).toFixed(1)} MiB, VmRSS ${(idle.rss / 1024).toFixed(1)} MiB`);
+
+    const writeStarted = Date.now();
+    await writeMix(t.vm.guestUri("vda"), mix, { format: "raw" });
+    const writeSeconds = (Date.now() - writeStarted) / 1000;
+    log(`wrote ${(mix.totalBytes / MiB).toFixed(0)} MiB of the mix into the primary in ${writeSeconds.toFixed(1)} s; waiting for the next cycle`);
+    const siteQsdPidFile = join(t.siteB, "run", "storage-daemon.pid");
+    const meter = new CpuMeter({
+      agent: agentPid,
+      "site B": siteB.child.pid,
+      "site B qemu-storage-daemon": existsSync(siteQsdPidFile) ? Number(readFileSync(siteQsdPidFile, "utf8").trim()) : undefined,
+      "primary qemu-storage-daemon": t.vm.proc.pid,
+    });
+    // A refused cycle is retried an interval later: leave room for a few. Polling is slow on
+    // purpose: the figure comes from the ledger's timestamps and VmHWM is monotonic, so a late
+    // look changes neither, while a busy poller would take CPU from the processes measured.
+    const cycle = await waitForCycle(t, daemons, "the cycle carrying the mix", (c) => c.cycleSeq > initial.cycleSeq, (4 * intervalSeconds + 600) * 1000, 500);
+    const peak = memoryKiB(agentPid);
+    const cpu = meter.report();
+    const cpuSeconds = meter.total();
+    const carried = cycle.dataBytes + cycle.zeroBytes;
+    if (carried !== mix.totalBytes) {
+      throw new Error(
+        `cycle ${cycle.cycleSeq} carried ${carried} bytes, not the ${mix.totalBytes} of the mix: the write (${writeSeconds.toFixed(1)} s) straddled a cut-off (interval ${intervalSeconds} s)`,
+      );
+    }
+    const seconds = (Date.parse(cycle.committedAt) - Date.parse(cycle.cutoffAt)) / 1000;
+    const failed = (await cycleEvents(t.siteB)).failed.filter((f) => f.cycleSeq > initial.cycleSeq && f.cycleSeq < cycle.cycleSeq);
+    for (const f of failed) log(`WARNING: the replica refused cycle ${f.cycleSeq} (${f.reason}): ${f.message}`);
+    await sleep(200);
+    const agentCycleMs = agentAcks(t.dir).find((a) => a.seq === cycle.cycleSeq)?.ms;
+    return { cycle, seconds, idle, peak, writeSeconds, cpu, cpuSeconds, agentCycleMs, failed };
+  } finally {
+    await cleanup.runAll();
+  }
+}
+
+/** For a result's description: refused cycles are worth a reader's attention. */
+export function refusals(failed: FailedCycle[]): string {
+  if (failed.length === 0) return "";
+  return `; NOTE: ${failed.length} earlier cycle(s) refused by the replica (${[...new Set(failed.map((f) => f.reason))].join(", ")}), measured cycle is the retry`;
+}
