@@ -1,5 +1,5 @@
 import type { ClientDuplexStream } from "@grpc/grpc-js";
-import type { ReplicateRequest, ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
+import type { PlannedFailoverRequested, ReplicateRequest, ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
 
 /** Responses of a Replicate stream, awaited one at a time; the stream's end or error fails the waiters. */
 export class ResponseQueue {
@@ -13,8 +13,16 @@ export class ResponseQueue {
    */
   readonly failed: Promise<never> = new Promise<never>((_resolve, reject) => (this.markFailed = reject));
 
+  private markPlanned!: (r: PlannedFailoverRequested) => void;
+  /** Resolves when the replica site asks for a planned failover; unrelated to the request/answer flow. */
+  readonly plannedFailover: Promise<PlannedFailoverRequested> = new Promise((resolve) => (this.markPlanned = resolve));
+
   constructor(stream: ClientDuplexStream<ReplicateRequest, ReplicateResponse>) {
     stream.on("data", (r: ReplicateResponse) => {
+      if (r.body?.$case === "plannedFailoverRequested") {
+        this.markPlanned(r.body.value);
+        return;
+      }
       if (this.waiter) {
         const w = this.waiter;
         this.waiter = undefined;

@@ -4,9 +4,9 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { ClientDuplexStream } from "@grpc/grpc-js";
 import type { Logger } from "../../src/common/logger.js";
 import { CompressionCodec, ChecksumAlgorithm, Consistency, CycleKind } from "../../src/gen/qreplica/v1/common.js";
-import { RejectReason, ReplicationServiceClient, ResumeHint, type ReplicateRequest, type ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
+import { RejectReason, ReplicationServiceClient, ResumeHint, type PlannedFailoverRequested, type ReplicateRequest, type ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
 import { GuestAgentClient } from "../../src/qemu/guestAgent/index.js";
-import { QmpClient } from "../../src/qemu/qmp/index.js";
+import { QmpClient, queryNamedBlockNodes } from "../../src/qemu/qmp/index.js";
 import { channelCredentials, encodeExtentChunk, grpcChannelOptions, writeWithBackpressure, type SiteCredentials } from "../../src/transport/index.js";
 import { getCodec } from "../../src/codec/index.js";
 import { VmCapture, type CaptureCycle } from "../capture/index.js";
@@ -131,8 +131,14 @@ export class VmReplicator {
         await runCycle(await capture.enable());
       }
       this.status = "replicating";
+      let planned: PlannedFailoverRequested | undefined;
+      void responses.plannedFailover.then((r) => (planned = r));
       while (!this.stopped) {
-        await this.pause(this.vm.intervalSeconds * 1000);
+        await Promise.race([this.pause(this.vm.intervalSeconds * 1000), responses.plannedFailover]);
+        if (planned) {
+          await this.stopForPlannedFailover(qmp, capture, stream, responses, generation, planned);
+          return;
+        }
         if (this.stopped) break;
         try {
           await runCycle(await capture.beginCycle());
@@ -156,6 +162,41 @@ export class VmReplicator {
       guestAgent?.close();
       await qmp.close();
     }
+  }
+
+  /**
+   * Planned failover: the guest gets `powerdown_timeout` to power off (QEMU must run with
+   * -no-shutdown to stay up for the final cycle), else its vCPUs are paused; then a final cycle
+   * cut after the stop ships the last changes, the site hears that the VM stopped, and QEMU quits.
+   */
+  private async stopForPlannedFailover(
+    qmp: QmpClient,
+    capture: VmCapture,
+    stream: ClientDuplexStream<ReplicateRequest, ReplicateResponse>,
+    responses: ResponseQueue,
+    generation: number,
+    req: PlannedFailoverRequested,
+  ): Promise<void> {
+    let method = "powerdown";
+    const shutdown = qmp.waitForEvent("SHUTDOWN", () => true, req.powerdownTimeoutSeconds * 1000).then(() => true, () => false);
+    await qmp.execute("system_powerdown").catch(() => undefined);
+    if (!(await shutdown)) {
+      method = "pause";
+      await qmp.execute("stop");
+    }
+    if (qmp.isClosed) throw new Error("the VM powered off and QEMU exited before the final cycle: run it with -no-shutdown so its last changes can be shipped");
+    const stoppedAt = new Date();
+    const cycle = await capture.beginCycle();
+    await this.sendCycle(stream, responses, cycle, generation);
+    const nodes = await queryNamedBlockNodes(qmp);
+    const disks = this.vm.disks.map((d) => ({ diskId: d.id, imagePath: nodes.find((n) => n["node-name"] === d.node)?.image.filename ?? "" }));
+    await send(stream, responses, {
+      body: { $case: "primaryStopped", value: { generation: BigInt(generation), stoppedAt, finalCycleSequence: BigInt(cycle.seq), method, disks } },
+    });
+    await qmp.execute("quit").catch(() => undefined);
+    this.status = "stopped";
+    this.stopped = true;
+    this.logger.info({ vm: this.vm.id, method, finalCycle: cycle.seq }, "planned failover: VM stopped after its final cycle; this primary is done");
   }
 
   private needsInitial = false;

@@ -28,6 +28,11 @@ export class SiteContext {
     if (previous && previous !== session) previous.supersede();
   }
 
+  /** The primary's live Replicate stream for a VM, if its agent is connected. */
+  sessionFor(vmId: string): ReplicateSession | undefined {
+    return this.sessions.get(vmId);
+  }
+
   releaseSession(vmId: string, session: ReplicateSession): void {
     if (this.sessions.get(vmId) === session) this.sessions.delete(vmId);
   }

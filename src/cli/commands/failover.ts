@@ -22,11 +22,12 @@ export function registerFailover(program: Command): void {
       .command("failover <vm> [action]")
       .description("fail a VM over to this replica site (--test, --planned or --unplanned), or 'failover VM complete|cancel'")
       .option("--test", "test failover: a throwaway VM on an isolated network; replication continues")
-      .option("--planned", "planned failover (not available yet: see the message)")
+      .option("--planned", "planned failover: the primary's agent stops the VM and ships a final cycle; zero data loss")
+      .option("--primary-dir <dir>", "with --planned: the old primary's site directory; reverse replication to it starts automatically")
       .option("--unplanned", "unplanned failover: the primary may be gone; choose the latest or an older point")
       .option("--point <id>", "recovery point (latest when omitted)")
       .option("--no-start", "fail over without starting the VM"),
-  ).action(async (vm: string, action: string | undefined, o: Target & { test?: boolean; planned?: boolean; unplanned?: boolean; point?: string; start: boolean }) => {
+  ).action(async (vm: string, action: string | undefined, o: Target & { test?: boolean; planned?: boolean; unplanned?: boolean; point?: string; start: boolean; primaryDir?: string }) => {
     try {
       const client = controlClient(o);
       if (action === "complete") {
@@ -46,10 +47,28 @@ export function registerFailover(program: Command): void {
             `\nstop it with: qreplica test-failover stop ${vm} --test-id ${r.testId}`,
         );
       } else if (o.planned) {
-        // The orchestration (shut the primary down, ship a final cycle, fail over, reverse) is not built yet.
-        throw new Error(
-          "planned failover is not available yet. Equivalent today: stop the primary VM, wait for a recovery point cut after it stopped " +
-            `('qreplica points ${vm}'), then 'qreplica failover ${vm} --unplanned' and 'qreplica reverse ${vm}'`,
+        const r = await unary(client, client.failover, { vmId: vm, kind: FailoverKind.FAILOVER_KIND_PLANNED, recoveryPointId: "", startVm: o.start }, 6 * 60_000);
+        let reverse = "";
+        if (o.primaryDir) {
+          // Reverse replication starts right away, seeded with the stopped primary's disks.
+          const old = controlClient({ dir: o.primaryDir });
+          const status = await unary(client, client.getStatus, { vmId: vm });
+          await unary(old, old.prepareReverseReplication, {
+            vmId: vm,
+            generation: r.generation,
+            primarySiteId: status.siteId,
+            primaryIdentity: status.siteId,
+            disks: [],
+            seeds: r.primaryDisks,
+            vmSpecJson: "",
+          });
+          await unary(client, client.completeFailover, { vmId: vm });
+          const started = await unary(client, client.startReverseReplication, { vmId: vm, replicaAddress: readAddress(o.primaryDir) }, 60_000);
+          reverse = `\nreverse replication to the old primary started (agent pid ${started.agentPid})`;
+          old.close();
+        }
+        emit(o.json, r, () =>
+          formatTable(["vm", "point", "generation", "running after ms", "serial log"], [[vm, r.recoveryPointId, Number(r.generation), r.vm ? Number(r.vm.timeToRunningMs) : "-", r.vm?.serialLog ?? "(not started)"]]) + reverse,
         );
       } else {
         const kind = o.planned ? FailoverKind.FAILOVER_KIND_PLANNED : FailoverKind.FAILOVER_KIND_UNPLANNED;

@@ -9,7 +9,7 @@ import {
   type RecoveryPoint as WirePoint,
   type RelationshipStatus,
 } from "../../gen/qreplica/v1/control.js";
-import { RecoveryPointsProjection, StatusProjection, executeCommand, relationshipStream, startReverseReplication, type JsonObject, type VmStatus } from "../../ledger/index.js";
+import { RecoveryPointsProjection, StatusProjection, executeCommand, prepareFailover, relationshipStream, startReverseReplication, type JsonObject, type VmStatus } from "../../ledger/index.js";
 import { join } from "node:path";
 import { loadSiteCredentials, peerIdentity } from "../../transport/index.js";
 import { addAuthorization, loadSiteConfig, runDir } from "../siteConfig.js";
@@ -111,9 +111,19 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
     }),
     stopTestFailover: guarded(async (req) => ({ stoppedTestIds: await failovers.stopTests(req.vmId, req.testId || undefined) })),
     failover: guarded(async (req) => {
-      const kind = req.kind === FailoverKind.FAILOVER_KIND_PLANNED ? "planned" : "unplanned";
-      const r = await failovers.failover(req.vmId, kind, req.recoveryPointId || undefined, req.startVm);
-      return { recoveryPointId: r.pointId, generation: BigInt(r.generation), vm: r.vm && vmInfo(r.vm) };
+      if (req.kind === FailoverKind.FAILOVER_KIND_PLANNED) {
+        const session = ctx.sessionFor(req.vmId);
+        if (!session) {
+          throw Object.assign(new Error(`the primary's agent for VM ${req.vmId} is not connected: a planned failover needs it to stop the VM and ship its last changes (use --unplanned if the primary is gone)`), { grpcCode: grpc.status.FAILED_PRECONDITION });
+        }
+        if (req.recoveryPointId) throw Object.assign(new Error("a planned failover always uses the final point; --point is for unplanned failovers"), { grpcCode: grpc.status.INVALID_ARGUMENT });
+        const stopped = await session.requestPlannedFailover(10, 5 * 60_000);
+        await executeCommand(ctx.store, req.vmId, (s) => prepareFailover(s, { preparedAt: new Date().toISOString(), primaryStoppedAt: stopped.stoppedAt.toISOString() }));
+        const r = await failovers.failover(req.vmId, "planned", undefined, req.startVm);
+        return { recoveryPointId: r.pointId, generation: BigInt(r.generation), vm: r.vm && vmInfo(r.vm), primaryDisks: stopped.disks };
+      }
+      const r = await failovers.failover(req.vmId, "unplanned", req.recoveryPointId || undefined, req.startVm);
+      return { recoveryPointId: r.pointId, generation: BigInt(r.generation), vm: r.vm && vmInfo(r.vm), primaryDisks: [] };
     }),
     completeFailover: guarded(async (req) => ({ droppedRecoveryPointIds: await failovers.complete(req.vmId) })),
     cancelFailover: guarded(async (req) => ({ state: await failovers.cancel(req.vmId) })),

@@ -26,6 +26,13 @@ import { RelationshipRefusal } from "../relationships.js";
 
 export const PROTOCOL_VERSION = 1;
 
+export interface PrimaryStoppedInfo {
+  stoppedAt: Date;
+  finalCycleSeq: number;
+  method: string;
+  disks: Array<{ diskId: string; imagePath: string }>;
+}
+
 /** The agent validated the spec against its config; here it is only carried as a JSON object. */
 function parseVmSpec(json: string): Record<string, JsonValue> | undefined {
   if (!json) return undefined;
@@ -64,6 +71,7 @@ export class ReplicateSession {
   /** A cycle refused mid-way: its remaining chunks are dropped until its end or abort. */
   private refusedSeq: number | undefined;
   private superseded = false;
+  private primaryStopped: { resolve(info: PrimaryStoppedInfo): void; reject(err: Error): void } | undefined;
   private readonly logger: Logger;
 
   constructor(
@@ -71,6 +79,32 @@ export class ReplicateSession {
     private readonly call: Call,
   ) {
     this.logger = ctx.logger.child({ peer: call.getPeer() });
+  }
+
+  /**
+   * Planned failover: asks the primary's agent to stop its VM and ship a final cycle; resolves
+   * once the agent reports the VM stopped and that cycle acknowledged.
+   */
+  requestPlannedFailover(powerdownTimeoutSeconds: number, timeoutMs: number): Promise<PrimaryStoppedInfo> {
+    return new Promise<PrimaryStoppedInfo>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.primaryStopped = undefined;
+        reject(new Error(`the primary did not report its VM stopped within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.primaryStopped = {
+        resolve: (info) => {
+          clearTimeout(timer);
+          resolve(info);
+        },
+        reject: (err) => {
+          clearTimeout(timer);
+          reject(err);
+        },
+      };
+      writeWithBackpressure(this.call, {
+        body: { $case: "plannedFailoverRequested", value: { generation: BigInt(this.generation), powerdownTimeoutSeconds } },
+      }).catch((err: unknown) => this.primaryStopped?.reject(err as Error));
+    });
   }
 
   /** Another stream for the same VM took over (the agent reconnected): stop this one. */
@@ -97,6 +131,7 @@ export class ReplicateSession {
     } catch (err) {
       if (!this.superseded) this.logger.warn({ err, vm: this.vmId }, "Replicate stream ended with an error");
     } finally {
+      this.primaryStopped?.reject(new Error("the primary's stream ended before it reported its VM stopped"));
       await this.discardOpenCycle("the stream ended before the cycle was complete");
       if (this.vmId) this.ctx.releaseSession(this.vmId, this);
       // The sender half-closed: finish the call (status OK) rather than leave it open to its deadline.
@@ -119,6 +154,17 @@ export class ReplicateSession {
         return this.onChunk(body.value);
       case "cycleEnd":
         return this.onCycleEnd(body.value);
+      case "primaryStopped": {
+        const v = body.value;
+        this.primaryStopped?.resolve({
+          stoppedAt: v.stoppedAt ?? new Date(),
+          finalCycleSeq: Number(v.finalCycleSequence),
+          method: v.method,
+          disks: v.disks.map((d) => ({ diskId: d.diskId, imagePath: d.imagePath })),
+        });
+        this.primaryStopped = undefined;
+        return;
+      }
       case "cycleAbort":
         if (this.cycle && BigInt(this.cycle.seq) === body.value.cycleSequence) {
           await this.failCycle(this.cycle.seq, "ABORTED_BY_SENDER", body.value.message || "the sender aborted the cycle");

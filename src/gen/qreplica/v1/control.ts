@@ -281,7 +281,11 @@ export interface FailoverRequest {
 export interface FailoverResponse {
   recoveryPointId: string;
   generation: bigint;
-  vm?: LaunchedVmInfo | undefined;
+  vm?:
+    | LaunchedVmInfo
+    | undefined;
+  /** Planned failover: the stopped primary's disk images, to seed the reverse replication. */
+  primaryDisks: SeedImage[];
 }
 
 export interface CompleteFailoverRequest {
@@ -1670,7 +1674,7 @@ export const FailoverRequest: MessageFns<FailoverRequest> = {
 };
 
 function createBaseFailoverResponse(): FailoverResponse {
-  return { recoveryPointId: "", generation: 0n, vm: undefined };
+  return { recoveryPointId: "", generation: 0n, vm: undefined, primaryDisks: [] };
 }
 
 export const FailoverResponse: MessageFns<FailoverResponse> = {
@@ -1686,6 +1690,9 @@ export const FailoverResponse: MessageFns<FailoverResponse> = {
     }
     if (message.vm !== undefined) {
       LaunchedVmInfo.encode(message.vm, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.primaryDisks) {
+      SeedImage.encode(v!, writer.uint32(34).fork()).join();
     }
     return writer;
   },
@@ -1727,6 +1734,14 @@ export const FailoverResponse: MessageFns<FailoverResponse> = {
             message.vm = LaunchedVmInfo.decode(reader, reader.uint32());
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.primaryDisks.push(SeedImage.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1748,6 +1763,11 @@ export const FailoverResponse: MessageFns<FailoverResponse> = {
         : "",
       generation: isSet(object.generation) ? BigInt(object.generation) : 0n,
       vm: isSet(object.vm) ? LaunchedVmInfo.fromJSON(object.vm) : undefined,
+      primaryDisks: globalThis.Array.isArray(object?.primaryDisks)
+        ? object.primaryDisks.map((e: any) => SeedImage.fromJSON(e))
+        : globalThis.Array.isArray(object?.primary_disks)
+        ? object.primary_disks.map((e: any) => SeedImage.fromJSON(e))
+        : [],
     };
   },
 
@@ -1762,6 +1782,9 @@ export const FailoverResponse: MessageFns<FailoverResponse> = {
     if (message.vm !== undefined) {
       obj.vm = LaunchedVmInfo.toJSON(message.vm);
     }
+    if (message.primaryDisks?.length) {
+      obj.primaryDisks = message.primaryDisks.map((e) => SeedImage.toJSON(e));
+    }
     return obj;
   },
 
@@ -1775,6 +1798,7 @@ export const FailoverResponse: MessageFns<FailoverResponse> = {
       ? BigInt(object.generation)
       : 0n;
     message.vm = (object.vm !== undefined && object.vm !== null) ? LaunchedVmInfo.fromPartial(object.vm) : undefined;
+    message.primaryDisks = object.primaryDisks?.map((e) => SeedImage.fromPartial(e)) || [];
     return message;
   },
 };

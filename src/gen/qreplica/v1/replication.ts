@@ -222,6 +222,7 @@ export interface ReplicateRequest {
     | { $case: "extentChunk"; value: ExtentChunk }
     | { $case: "cycleEnd"; value: CycleEnd }
     | { $case: "cycleAbort"; value: CycleAbort }
+    | { $case: "primaryStopped"; value: PrimaryStopped }
     | undefined;
 }
 
@@ -234,6 +235,7 @@ export interface ReplicateResponse {
     | { $case: "chunkRejected"; value: ChunkRejected }
     | { $case: "cycleProgress"; value: CycleProgress }
     | { $case: "resyncHashes"; value: ResyncHashes }
+    | { $case: "plannedFailoverRequested"; value: PlannedFailoverRequested }
     | undefined;
 }
 
@@ -412,6 +414,32 @@ export interface ResyncHashes {
   last: boolean;
 }
 
+/** Planned failover, step 1 (replica -> primary): stop the VM and ship its last changes. */
+export interface PlannedFailoverRequested {
+  generation: bigint;
+  /** How long the guest gets to power off (ACPI) before its vCPUs are paused instead. */
+  powerdownTimeoutSeconds: number;
+}
+
+/**
+ * Planned failover, step 2 (primary -> replica): the VM is stopped and a final cycle, cut after
+ * the stop, was acknowledged; nothing the guest wrote is missing on the replica.
+ */
+export interface PrimaryStopped {
+  generation: bigint;
+  stoppedAt?: Date | undefined;
+  finalCycleSequence: bigint;
+  /** "powerdown" (the guest powered off) or "pause" (the guest did not answer ACPI in time). */
+  method: string;
+  /** The primary's disk images, the seeds of the reverse replication. */
+  disks: PrimaryDisk[];
+}
+
+export interface PrimaryDisk {
+  diskId: string;
+  imagePath: string;
+}
+
 function createBaseReplicateRequest(): ReplicateRequest {
   return { body: undefined };
 }
@@ -433,6 +461,9 @@ export const ReplicateRequest: MessageFns<ReplicateRequest> = {
         break;
       case "cycleAbort":
         CycleAbort.encode(message.body.value, writer.uint32(42).fork()).join();
+        break;
+      case "primaryStopped":
+        PrimaryStopped.encode(message.body.value, writer.uint32(50).fork()).join();
         break;
     }
     return writer;
@@ -491,6 +522,14 @@ export const ReplicateRequest: MessageFns<ReplicateRequest> = {
             message.body = { $case: "cycleAbort", value: CycleAbort.decode(reader, reader.uint32()) };
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.body = { $case: "primaryStopped", value: PrimaryStopped.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -523,6 +562,10 @@ export const ReplicateRequest: MessageFns<ReplicateRequest> = {
         ? { $case: "cycleAbort", value: CycleAbort.fromJSON(object.cycleAbort) }
         : isSet(object.cycle_abort)
         ? { $case: "cycleAbort", value: CycleAbort.fromJSON(object.cycle_abort) }
+        : isSet(object.primaryStopped)
+        ? { $case: "primaryStopped", value: PrimaryStopped.fromJSON(object.primaryStopped) }
+        : isSet(object.primary_stopped)
+        ? { $case: "primaryStopped", value: PrimaryStopped.fromJSON(object.primary_stopped) }
         : undefined,
     };
   },
@@ -539,6 +582,8 @@ export const ReplicateRequest: MessageFns<ReplicateRequest> = {
       obj.cycleEnd = CycleEnd.toJSON(message.body.value);
     } else if (message.body?.$case === "cycleAbort") {
       obj.cycleAbort = CycleAbort.toJSON(message.body.value);
+    } else if (message.body?.$case === "primaryStopped") {
+      obj.primaryStopped = PrimaryStopped.toJSON(message.body.value);
     }
     return obj;
   },
@@ -579,6 +624,12 @@ export const ReplicateRequest: MessageFns<ReplicateRequest> = {
         }
         break;
       }
+      case "primaryStopped": {
+        if (object.body?.value !== undefined && object.body?.value !== null) {
+          message.body = { $case: "primaryStopped", value: PrimaryStopped.fromPartial(object.body.value) };
+        }
+        break;
+      }
     }
     return message;
   },
@@ -611,6 +662,9 @@ export const ReplicateResponse: MessageFns<ReplicateResponse> = {
         break;
       case "resyncHashes":
         ResyncHashes.encode(message.body.value, writer.uint32(58).fork()).join();
+        break;
+      case "plannedFailoverRequested":
+        PlannedFailoverRequested.encode(message.body.value, writer.uint32(66).fork()).join();
         break;
     }
     return writer;
@@ -685,6 +739,17 @@ export const ReplicateResponse: MessageFns<ReplicateResponse> = {
             message.body = { $case: "resyncHashes", value: ResyncHashes.decode(reader, reader.uint32()) };
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.body = {
+              $case: "plannedFailoverRequested",
+              value: PlannedFailoverRequested.decode(reader, reader.uint32()),
+            };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -727,6 +792,16 @@ export const ReplicateResponse: MessageFns<ReplicateResponse> = {
         ? { $case: "resyncHashes", value: ResyncHashes.fromJSON(object.resyncHashes) }
         : isSet(object.resync_hashes)
         ? { $case: "resyncHashes", value: ResyncHashes.fromJSON(object.resync_hashes) }
+        : isSet(object.plannedFailoverRequested)
+        ? {
+          $case: "plannedFailoverRequested",
+          value: PlannedFailoverRequested.fromJSON(object.plannedFailoverRequested),
+        }
+        : isSet(object.planned_failover_requested)
+        ? {
+          $case: "plannedFailoverRequested",
+          value: PlannedFailoverRequested.fromJSON(object.planned_failover_requested),
+        }
         : undefined,
     };
   },
@@ -747,6 +822,8 @@ export const ReplicateResponse: MessageFns<ReplicateResponse> = {
       obj.cycleProgress = CycleProgress.toJSON(message.body.value);
     } else if (message.body?.$case === "resyncHashes") {
       obj.resyncHashes = ResyncHashes.toJSON(message.body.value);
+    } else if (message.body?.$case === "plannedFailoverRequested") {
+      obj.plannedFailoverRequested = PlannedFailoverRequested.toJSON(message.body.value);
     }
     return obj;
   },
@@ -796,6 +873,15 @@ export const ReplicateResponse: MessageFns<ReplicateResponse> = {
       case "resyncHashes": {
         if (object.body?.value !== undefined && object.body?.value !== null) {
           message.body = { $case: "resyncHashes", value: ResyncHashes.fromPartial(object.body.value) };
+        }
+        break;
+      }
+      case "plannedFailoverRequested": {
+        if (object.body?.value !== undefined && object.body?.value !== null) {
+          message.body = {
+            $case: "plannedFailoverRequested",
+            value: PlannedFailoverRequested.fromPartial(object.body.value),
+          };
         }
         break;
       }
@@ -3128,6 +3214,344 @@ export const ResyncHashes: MessageFns<ResyncHashes> = {
       : 0n;
     message.hashes = object.hashes?.map((e) => e) || [];
     message.last = object.last ?? false;
+    return message;
+  },
+};
+
+function createBasePlannedFailoverRequested(): PlannedFailoverRequested {
+  return { generation: 0n, powerdownTimeoutSeconds: 0 };
+}
+
+export const PlannedFailoverRequested: MessageFns<PlannedFailoverRequested> = {
+  encode(message: PlannedFailoverRequested, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.generation !== 0n) {
+      if (BigInt.asUintN(64, message.generation) !== message.generation) {
+        throw new globalThis.Error("value provided for field message.generation of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.generation);
+    }
+    if (message.powerdownTimeoutSeconds !== 0) {
+      writer.uint32(16).uint32(message.powerdownTimeoutSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PlannedFailoverRequested {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePlannedFailoverRequested();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.generation = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.powerdownTimeoutSeconds = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PlannedFailoverRequested {
+    return {
+      generation: isSet(object.generation) ? BigInt(object.generation) : 0n,
+      powerdownTimeoutSeconds: isSet(object.powerdownTimeoutSeconds)
+        ? globalThis.Number(object.powerdownTimeoutSeconds)
+        : isSet(object.powerdown_timeout_seconds)
+        ? globalThis.Number(object.powerdown_timeout_seconds)
+        : 0,
+    };
+  },
+
+  toJSON(message: PlannedFailoverRequested): unknown {
+    const obj: any = {};
+    if (message.generation !== 0n) {
+      obj.generation = message.generation.toString();
+    }
+    if (message.powerdownTimeoutSeconds !== 0) {
+      obj.powerdownTimeoutSeconds = Math.round(message.powerdownTimeoutSeconds);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PlannedFailoverRequested>, I>>(base?: I): PlannedFailoverRequested {
+    return PlannedFailoverRequested.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PlannedFailoverRequested>, I>>(object: I): PlannedFailoverRequested {
+    const message = createBasePlannedFailoverRequested();
+    message.generation = (object.generation !== undefined && object.generation !== null)
+      ? BigInt(object.generation)
+      : 0n;
+    message.powerdownTimeoutSeconds = object.powerdownTimeoutSeconds ?? 0;
+    return message;
+  },
+};
+
+function createBasePrimaryStopped(): PrimaryStopped {
+  return { generation: 0n, stoppedAt: undefined, finalCycleSequence: 0n, method: "", disks: [] };
+}
+
+export const PrimaryStopped: MessageFns<PrimaryStopped> = {
+  encode(message: PrimaryStopped, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.generation !== 0n) {
+      if (BigInt.asUintN(64, message.generation) !== message.generation) {
+        throw new globalThis.Error("value provided for field message.generation of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.generation);
+    }
+    if (message.stoppedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.stoppedAt), writer.uint32(18).fork()).join();
+    }
+    if (message.finalCycleSequence !== 0n) {
+      if (BigInt.asUintN(64, message.finalCycleSequence) !== message.finalCycleSequence) {
+        throw new globalThis.Error("value provided for field message.finalCycleSequence of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.finalCycleSequence);
+    }
+    if (message.method !== "") {
+      writer.uint32(34).string(message.method);
+    }
+    for (const v of message.disks) {
+      PrimaryDisk.encode(v!, writer.uint32(42).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PrimaryStopped {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePrimaryStopped();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.generation = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.stoppedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.finalCycleSequence = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.method = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.disks.push(PrimaryDisk.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PrimaryStopped {
+    return {
+      generation: isSet(object.generation) ? BigInt(object.generation) : 0n,
+      stoppedAt: isSet(object.stoppedAt)
+        ? fromJsonTimestamp(object.stoppedAt)
+        : isSet(object.stopped_at)
+        ? fromJsonTimestamp(object.stopped_at)
+        : undefined,
+      finalCycleSequence: isSet(object.finalCycleSequence)
+        ? BigInt(object.finalCycleSequence)
+        : isSet(object.final_cycle_sequence)
+        ? BigInt(object.final_cycle_sequence)
+        : 0n,
+      method: isSet(object.method) ? globalThis.String(object.method) : "",
+      disks: globalThis.Array.isArray(object?.disks) ? object.disks.map((e: any) => PrimaryDisk.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: PrimaryStopped): unknown {
+    const obj: any = {};
+    if (message.generation !== 0n) {
+      obj.generation = message.generation.toString();
+    }
+    if (message.stoppedAt !== undefined) {
+      obj.stoppedAt = message.stoppedAt.toISOString();
+    }
+    if (message.finalCycleSequence !== 0n) {
+      obj.finalCycleSequence = message.finalCycleSequence.toString();
+    }
+    if (message.method !== "") {
+      obj.method = message.method;
+    }
+    if (message.disks?.length) {
+      obj.disks = message.disks.map((e) => PrimaryDisk.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PrimaryStopped>, I>>(base?: I): PrimaryStopped {
+    return PrimaryStopped.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PrimaryStopped>, I>>(object: I): PrimaryStopped {
+    const message = createBasePrimaryStopped();
+    message.generation = (object.generation !== undefined && object.generation !== null)
+      ? BigInt(object.generation)
+      : 0n;
+    message.stoppedAt = object.stoppedAt ?? undefined;
+    message.finalCycleSequence = (object.finalCycleSequence !== undefined && object.finalCycleSequence !== null)
+      ? BigInt(object.finalCycleSequence)
+      : 0n;
+    message.method = object.method ?? "";
+    message.disks = object.disks?.map((e) => PrimaryDisk.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBasePrimaryDisk(): PrimaryDisk {
+  return { diskId: "", imagePath: "" };
+}
+
+export const PrimaryDisk: MessageFns<PrimaryDisk> = {
+  encode(message: PrimaryDisk, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.diskId !== "") {
+      writer.uint32(10).string(message.diskId);
+    }
+    if (message.imagePath !== "") {
+      writer.uint32(18).string(message.imagePath);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PrimaryDisk {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePrimaryDisk();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.diskId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.imagePath = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PrimaryDisk {
+    return {
+      diskId: isSet(object.diskId)
+        ? globalThis.String(object.diskId)
+        : isSet(object.disk_id)
+        ? globalThis.String(object.disk_id)
+        : "",
+      imagePath: isSet(object.imagePath)
+        ? globalThis.String(object.imagePath)
+        : isSet(object.image_path)
+        ? globalThis.String(object.image_path)
+        : "",
+    };
+  },
+
+  toJSON(message: PrimaryDisk): unknown {
+    const obj: any = {};
+    if (message.diskId !== "") {
+      obj.diskId = message.diskId;
+    }
+    if (message.imagePath !== "") {
+      obj.imagePath = message.imagePath;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PrimaryDisk>, I>>(base?: I): PrimaryDisk {
+    return PrimaryDisk.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PrimaryDisk>, I>>(object: I): PrimaryDisk {
+    const message = createBasePrimaryDisk();
+    message.diskId = object.diskId ?? "";
+    message.imagePath = object.imagePath ?? "";
     return message;
   },
 };
