@@ -18,6 +18,7 @@ import {
   refuseStaleGeneration,
   startInitialReplication,
   startMerge,
+  updateVmSpec,
   vmIdOfStream,
   type CycleKind,
   type Decide,
@@ -163,6 +164,10 @@ export class Relationships {
           state.generation,
         );
       }
+    }
+    if (input.vmSpec && state.state !== "not-enabled") {
+      // The spec's history: a changed launch description is recorded, an unchanged one is not.
+      state = (await this.exec(vmId, (s) => updateVmSpec(s, { vmSpec: input.vmSpec! }))).newState;
     }
     const needsInitialReplication = state.points.length === 0 || state.state === "ready-for-initial-replication" || state.state === "initial-replication-in-progress";
     return {

@@ -131,6 +131,8 @@ export type RelationshipEventData = {
   FailoverCancelled: { returnedTo: ReplicationStateName; generation: number; primaryGeneration: number };
   /** After a cancelled failover: the primary presented an older generation and was told the current one. */
   GenerationAcknowledged: { peerIdentity: string; presentedGeneration: number; generation: number };
+  /** The primary sent a launch description different from the last one: the spec's history. */
+  VmSpecChanged: { vmSpec: JsonObject };
   /**
    * The failed-over site becomes the primary; its agent's certificate CN is the new primary identity.
    * `generation` is the failover's, which the reverse relationship on the other site starts at.
@@ -170,6 +172,7 @@ const KNOWN_TYPES = {
   FailoverCompleted: true,
   FailoverCancelled: true,
   GenerationAcknowledged: true,
+  VmSpecChanged: true,
   ReverseReplicationStarted: true,
 } as const satisfies Record<RelationshipEventType, true>;
 

@@ -81,3 +81,4 @@ export { cancelFailover } from "./commands/cancelFailover.js";
 export { acknowledgeGeneration, type AcknowledgeGenerationInput } from "./commands/acknowledgeGeneration.js";
 export { completeFailover } from "./commands/completeFailover.js";
 export { startReverseReplication, type StartReverseReplicationInput } from "./commands/startReverseReplication.js";
+export { updateVmSpec } from "./commands/updateVmSpec.js";

@@ -352,6 +352,8 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
     case "GenerationAcknowledged":
       // An audit record: the handover stays open until a cycle proves the new generation adopted.
       return s;
+    case "VmSpecChanged":
+      return { ...s, vmSpec: event.data.vmSpec };
     case "ReverseReplicationStarted": {
       const d = event.data;
       return {
