@@ -287,7 +287,7 @@ export class VmReplicator {
       await send(stream, responses, {
         body: {
           $case: "cycleEnd",
-          value: { generation: gen, cycleSequence: seq, extentCount: BigInt(totals.extents), dataBytes: BigInt(totals.data), zeroBytes: BigInt(totals.zero), wireBytes: BigInt(totals.wire) },
+          value: { generation: gen, cycleSequence: seq, extentCount: BigInt(totals.extents), dataBytes: BigInt(totals.data), zeroBytes: BigInt(totals.zero), wireBytes: BigInt(totals.wire), comparedBytes: BigInt(resyncStats.comparedBytes) },
         },
       });
       for (;;) {

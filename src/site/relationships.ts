@@ -64,6 +64,7 @@ export interface CommitInput {
   wireBytes: number;
   extents: number;
   durationMs: number;
+  comparedBytes?: number;
 }
 
 /**
@@ -248,6 +249,7 @@ export class Relationships {
           wireBytes: input.wireBytes,
           extents: input.extents,
           durationMs: input.durationMs,
+          comparedBytes: input.comparedBytes,
         }),
       );
     } catch (err) {

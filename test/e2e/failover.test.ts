@@ -120,9 +120,10 @@ describe("failover with the counter guest (qemu-system-x86_64, real processes)",
     expect(reversed.generation).toBe(2);
     expect(reversed.primaryIdentity).toBe("site-b");
     const storeA = getSqliteEventStore({ path: join(t.siteA, "ledger.sqlite"), create: false });
-    const committed = (await storeA.readStream(relationshipStream("vm1"))).find((e) => e.type === "CycleCommitted")!.data as { dataBytes: number; zeroBytes: number };
+    const committed = (await storeA.readStream(relationshipStream("vm1"))).find((e) => e.type === "CycleCommitted")!.data as { dataBytes: number; zeroBytes: number; comparedBytes: number };
     await storeA.close();
-    // The VM ran on from an older point on a tiny counter sector: far less than the 8 MiB disk crosses.
+    expect(committed.comparedBytes).toBe(64 * MiB); // the whole disk compared, recorded in the ledger
+    // The VM ran on from an older point on a tiny counter sector: far less than the 64 MiB disk crosses.
     expect(committed.dataBytes + committed.zeroBytes).toBeLessThanOrEqual(2 * MiB);
     expect(committed.dataBytes).toBeGreaterThan(0);
     const reverseCounter = await readDiskCounter(reversed.points[0]!.disks[0]!.imagePath);

@@ -27,7 +27,9 @@ export function registerFailover(program: Command): void {
       .option("--unplanned", "unplanned failover: the primary may be gone; choose the latest or an older point")
       .option("--point <id>", "recovery point (latest when omitted)")
       .option("--no-start", "fail over without starting the VM"),
-  ).action(async (vm: string, action: string | undefined, o: Target & { test?: boolean; planned?: boolean; unplanned?: boolean; point?: string; start: boolean; primaryDir?: string }) => {
+  ).action(async (first: string, second: string | undefined, o: Target & { test?: boolean; planned?: boolean; unplanned?: boolean; point?: string; start: boolean; primaryDir?: string }) => {
+    // Both 'failover complete VM' and 'failover VM complete' read naturally.
+    const [vm, action] = second !== undefined && (first === "complete" || first === "cancel") ? [second, first] : [first, second];
     try {
       const client = controlClient(o);
       if (action === "complete") {

@@ -70,6 +70,8 @@ export type RelationshipEventData = {
     wireBytes: number;
     extents: number;
     durationMs: number;
+    /** Resynchronisation by comparison: bytes compared by hash; `dataBytes` is what differed. */
+    comparedBytes?: number;
   };
   RecoveryPointCreated: {
     pointId: string;

@@ -347,6 +347,7 @@ export class ReplicateSession {
           wireBytes: Number(end.wireBytes) || cycle.wireBytes,
           extents: cycle.extents,
           durationMs: Date.now() - cycle.startedAt,
+          comparedBytes: Number(end.comparedBytes) || undefined,
         }),
       );
       await writeWithBackpressure(this.call, {

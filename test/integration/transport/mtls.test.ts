@@ -249,7 +249,7 @@ describe("ReplicationService over mutual TLS", () => {
     expect(r.refused[0]!.message).toContain(`offset ${64 * MiB}, length ${4 * MiB}`);
 
     await writeWithBackpressure(call, {
-      body: { $case: "cycleEnd", value: { generation: 4n, cycleSequence: 1n, extentCount: 4n, dataBytes: 0n, zeroBytes: 0n, wireBytes: 0n } },
+      body: { $case: "cycleEnd", value: { generation: 4n, cycleSequence: 1n, extentCount: 4n, dataBytes: 0n, zeroBytes: 0n, wireBytes: 0n, comparedBytes: 0n } },
     });
     expect((await next()).body?.$case).toBe("cycleAck");
     call.end();

@@ -93,7 +93,7 @@ const requests: ReplicateRequest[] = [
   {
     body: {
       $case: "cycleEnd",
-      value: { generation, cycleSequence: 3n, extentCount: 2n, dataBytes: 4n << 20n, zeroBytes: 2n ** 40n, wireBytes: 7n },
+      value: { generation, cycleSequence: 3n, extentCount: 2n, dataBytes: 4n << 20n, zeroBytes: 2n ** 40n, wireBytes: 7n, comparedBytes: 2n ** 36n },
     },
   },
   { body: { $case: "cycleAbort", value: { generation, cycleSequence: 3n, message: "NBD read failed" } } },

@@ -338,6 +338,8 @@ export interface CycleEnd {
   zeroBytes: bigint;
   /** Sum of ChunkData.data sizes as sent (after compression). */
   wireBytes: bigint;
+  /** RESYNC cycles: bytes of the disks compared by hash (the rest of a resync never travels). */
+  comparedBytes: bigint;
 }
 
 /**
@@ -1993,7 +1995,15 @@ export const ExtentChunk: MessageFns<ExtentChunk> = {
 };
 
 function createBaseCycleEnd(): CycleEnd {
-  return { generation: 0n, cycleSequence: 0n, extentCount: 0n, dataBytes: 0n, zeroBytes: 0n, wireBytes: 0n };
+  return {
+    generation: 0n,
+    cycleSequence: 0n,
+    extentCount: 0n,
+    dataBytes: 0n,
+    zeroBytes: 0n,
+    wireBytes: 0n,
+    comparedBytes: 0n,
+  };
 }
 
 export const CycleEnd: MessageFns<CycleEnd> = {
@@ -2033,6 +2043,12 @@ export const CycleEnd: MessageFns<CycleEnd> = {
         throw new globalThis.Error("value provided for field message.wireBytes of type uint64 too large");
       }
       writer.uint32(48).uint64(message.wireBytes);
+    }
+    if (message.comparedBytes !== 0n) {
+      if (BigInt.asUintN(64, message.comparedBytes) !== message.comparedBytes) {
+        throw new globalThis.Error("value provided for field message.comparedBytes of type uint64 too large");
+      }
+      writer.uint32(56).uint64(message.comparedBytes);
     }
     return writer;
   },
@@ -2098,6 +2114,14 @@ export const CycleEnd: MessageFns<CycleEnd> = {
             message.wireBytes = reader.uint64() as bigint;
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.comparedBytes = reader.uint64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2138,6 +2162,11 @@ export const CycleEnd: MessageFns<CycleEnd> = {
         : isSet(object.wire_bytes)
         ? BigInt(object.wire_bytes)
         : 0n,
+      comparedBytes: isSet(object.comparedBytes)
+        ? BigInt(object.comparedBytes)
+        : isSet(object.compared_bytes)
+        ? BigInt(object.compared_bytes)
+        : 0n,
     };
   },
 
@@ -2161,6 +2190,9 @@ export const CycleEnd: MessageFns<CycleEnd> = {
     if (message.wireBytes !== 0n) {
       obj.wireBytes = message.wireBytes.toString();
     }
+    if (message.comparedBytes !== 0n) {
+      obj.comparedBytes = message.comparedBytes.toString();
+    }
     return obj;
   },
 
@@ -2181,6 +2213,9 @@ export const CycleEnd: MessageFns<CycleEnd> = {
     message.dataBytes = (object.dataBytes !== undefined && object.dataBytes !== null) ? BigInt(object.dataBytes) : 0n;
     message.zeroBytes = (object.zeroBytes !== undefined && object.zeroBytes !== null) ? BigInt(object.zeroBytes) : 0n;
     message.wireBytes = (object.wireBytes !== undefined && object.wireBytes !== null) ? BigInt(object.wireBytes) : 0n;
+    message.comparedBytes = (object.comparedBytes !== undefined && object.comparedBytes !== null)
+      ? BigInt(object.comparedBytes)
+      : 0n;
     return message;
   },
 };

@@ -27,6 +27,7 @@ export interface CommitCycleInput {
   wireBytes: number;
   extents: number;
   durationMs: number;
+  comparedBytes?: number;
 }
 
 const COMMAND = "commitCycle";
@@ -62,6 +63,7 @@ export function commitCycle(s: RelationshipState, input: CommitCycleInput): Rela
     wireBytes: requireCount(COMMAND, "wireBytes", input.wireBytes),
     extents: requireCount(COMMAND, "extents", input.extents),
     durationMs: requireCount(COMMAND, "durationMs", input.durationMs),
+    ...(input.comparedBytes ? { comparedBytes: requireCount(COMMAND, "comparedBytes", input.comparedBytes) } : {}),
   };
 
   const command = `${COMMAND}(${kind})`;
