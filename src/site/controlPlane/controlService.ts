@@ -106,7 +106,8 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
   const vmInfo = (v: LaunchedInfo) => ({ name: v.name, qmpSocket: v.qmpSocket, serialLog: v.serialLog, pid: v.pid, timeToRunningMs: BigInt(v.timeToRunningMs), diskImages: v.diskImages });
   return {
     startTestFailover: guarded(async (req) => {
-      const r = await failovers.startTest(req.vmId, req.recoveryPointId || undefined);
+      // Serialized with the VM's commits and retention merges: a merge rewrites the base a VM opens.
+      const r = await ctx.serializer.run(req.vmId, () => failovers.startTest(req.vmId, req.recoveryPointId || undefined));
       return { testId: r.testId, recoveryPointId: r.pointId, vm: vmInfo(r.vm) };
     }),
     stopTestFailover: guarded(async (req) => ({ stoppedTestIds: await failovers.stopTests(req.vmId, req.testId || undefined) })),
@@ -119,13 +120,13 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
         if (req.recoveryPointId) throw Object.assign(new Error("a planned failover always uses the final point; --point is for unplanned failovers"), { grpcCode: grpc.status.INVALID_ARGUMENT });
         const stopped = await session.requestPlannedFailover(10, 5 * 60_000);
         await executeCommand(ctx.store, req.vmId, (s) => prepareFailover(s, { preparedAt: new Date().toISOString(), primaryStoppedAt: stopped.stoppedAt.toISOString() }));
-        const r = await failovers.failover(req.vmId, "planned", undefined, req.startVm);
+        const r = await ctx.serializer.run(req.vmId, () => failovers.failover(req.vmId, "planned", undefined, req.startVm));
         return { recoveryPointId: r.pointId, generation: BigInt(r.generation), vm: r.vm && vmInfo(r.vm), primaryDisks: stopped.disks };
       }
-      const r = await failovers.failover(req.vmId, "unplanned", req.recoveryPointId || undefined, req.startVm);
+      const r = await ctx.serializer.run(req.vmId, () => failovers.failover(req.vmId, "unplanned", req.recoveryPointId || undefined, req.startVm));
       return { recoveryPointId: r.pointId, generation: BigInt(r.generation), vm: r.vm && vmInfo(r.vm), primaryDisks: [] };
     }),
-    completeFailover: guarded(async (req) => ({ droppedRecoveryPointIds: await failovers.complete(req.vmId) })),
+    completeFailover: guarded(async (req) => ({ droppedRecoveryPointIds: await ctx.serializer.run(req.vmId, () => failovers.complete(req.vmId)) })),
     cancelFailover: guarded(async (req) => ({ state: await failovers.cancel(req.vmId) })),
     prepareReverseReplication: guarded(async (req) => {
       // The operator asked for it over the authenticated control plane: the new primary may replicate here.
