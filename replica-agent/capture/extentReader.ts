@@ -16,7 +16,7 @@ export interface ByteRange {
 }
 
 export interface ExtentReadOptions {
-  /** Bytes per NBD READ; capped by the server's maximum (32 MiB on QEMU). */
+  /** Bytes per NBD READ (a piece is filled by several); capped by the server's maximum. */
   readRequestBytes?: number;
   /** READs outstanding at once, across all connections. */
   maxInFlight?: number;
@@ -37,10 +37,11 @@ export const NBD_STATE_HOLE = 1;
 export const NBD_STATE_ZERO = 2;
 export const NBD_STATE_DIRTY = 1;
 
-// QEMU's cost per byte rises with requests above 2-4 MiB (allocator page faults, measured with
-// the capture-read benchmark); many mid-size requests in flight read fastest.
-export const DEFAULT_READ_REQUEST_BYTES = 2 * 1024 * 1024;
-export const DEFAULT_MAX_IN_FLIGHT = 16;
+// QEMU's cost per byte rises with requests above 2-4 MiB (allocator page faults); many small
+// requests over several connections read fastest (capture-read: 4 x 256 KiB x 64 in flight
+// matched or beat nbdcopy, 1 x 2 MiB x 16 reached about 0.6x).
+export const DEFAULT_READ_REQUEST_BYTES = 256 * 1024;
+export const DEFAULT_MAX_IN_FLIGHT = 64;
 export const DEFAULT_PIECE_BYTES = 2 * 1024 * 1024;
 /** Zero ranges are cheap to send but their length field on the wire is 32-bit. */
 const MAX_ZERO_RANGE_BYTES = 1024 * 1024 * 1024;
@@ -102,12 +103,12 @@ export async function* readRanges(
   if (!first) throw new Error("readRanges needs at least one NBD connection");
   const requestBytes = Math.max(4096, Math.min(opts.readRequestBytes ?? DEFAULT_READ_REQUEST_BYTES, first.maxRequestBytes));
   const maxInFlight = Math.max(1, opts.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT);
-  const pieceBytes = Math.max(4096, opts.pieceBytes ?? DEFAULT_PIECE_BYTES);
+  const pieceBytes = Math.max(requestBytes, opts.pieceBytes ?? DEFAULT_PIECE_BYTES);
   const detectZeroes = opts.detectZeroes ?? true;
   const zeroes = Buffer.alloc(pieceBytes);
   // Fresh multi-MiB buffers per read cost page faults; a small pool of reused ones does not.
   const pool: Buffer[] = [];
-  const takeBuffer = () => pool.pop() ?? Buffer.allocUnsafe(requestBytes);
+  const takeBuffer = () => pool.pop() ?? Buffer.allocUnsafe(pieceBytes);
 
   const queue: QueuedRead[] = [];
   let inFlight = 0;
@@ -116,9 +117,23 @@ export async function* readRanges(
   let current: ByteRange | undefined;
   let exhausted = false;
 
-  // Splits ranges into requests lazily, so a huge cycle never becomes a huge array.
+  // A piece (one transport chunk) is filled by several small READs spread over the connections:
+  // QEMU serves many small requests in parallel far better than a few large ones.
+  const readPiece = (item: QueuedRead, buffer: Buffer): Promise<Buffer> => {
+    const parts: Array<Promise<unknown>> = [];
+    for (let at = 0; at < item.length; at += requestBytes) {
+      const n = Math.min(requestBytes, item.length - at);
+      const client = clients[nextClient++ % clients.length] ?? first;
+      inFlight++;
+      stats.readRequests++;
+      parts.push(client.read(item.offset + at, n, buffer.subarray(at, at + n)).finally(() => inFlight--));
+    }
+    return Promise.all(parts).then(() => buffer.subarray(0, item.length));
+  };
+
+  // Splits ranges into pieces lazily, so a huge cycle never becomes a huge array.
   const fill = async (): Promise<void> => {
-    while (!exhausted && inFlight < maxInFlight && queue.length < maxInFlight * 4) {
+    while (!exhausted && inFlight < maxInFlight && queue.length < maxInFlight * 2) {
       if (!current || current.length === 0) {
         const next = await iterator.next();
         if (next.done) {
@@ -128,15 +143,12 @@ export async function* readRanges(
         current = { ...next.value };
         continue;
       }
-      const length = Math.min(current.length, current.zero ? MAX_ZERO_RANGE_BYTES : requestBytes);
+      const length = Math.min(current.length, current.zero ? MAX_ZERO_RANGE_BYTES : pieceBytes);
       const item: QueuedRead = { offset: current.offset, length, zero: current.zero };
       current = { offset: current.offset + length, length: current.length - length, zero: current.zero };
       if (!item.zero) {
-        const client = clients[nextClient++ % clients.length] ?? first;
-        inFlight++;
-        stats.readRequests++;
         item.buffer = takeBuffer();
-        const data = client.read(item.offset, item.length, item.buffer).finally(() => inFlight--);
+        const data = readPiece(item, item.buffer);
         data.catch(() => undefined); // observed when dequeued; avoids an unhandled rejection meanwhile
         item.data = data;
       }
@@ -147,32 +159,28 @@ export async function* readRanges(
   let consumed: QueuedRead | undefined;
   try {
     for (;;) {
-      // The consumer asked for more: the pieces of the previous read are no longer in use.
+      // The consumer asked for more: the previous piece's buffer is no longer in use.
       if (consumed?.buffer) pool.push(consumed.buffer);
       consumed = undefined;
       await fill();
       const item = queue.shift();
       if (!item) return;
+      stats.extents++;
       if (item.zero || !item.data) {
-        stats.extents++;
         stats.zeroBytes += item.length;
         yield { kind: "zero", offset: item.offset, length: item.length };
         continue;
       }
-      const buf = await item.data;
+      const piece = await item.data;
       consumed = item;
-      for (let at = 0; at < buf.length; at += pieceBytes) {
-        const piece = buf.subarray(at, Math.min(buf.length, at + pieceBytes));
-        stats.extents++;
-        if (detectZeroes && piece.equals(zeroes.subarray(0, piece.length))) {
-          stats.zeroBytes += piece.length;
-          yield { kind: "zero", offset: item.offset + at, length: piece.length };
-        } else {
-          stats.dataBytes += piece.length;
-          yield { kind: "data", offset: item.offset + at, length: piece.length, data: piece };
-        }
-        // Start the next reads while the consumer works on this piece.
-        await fill();
+      // Start the next reads before the consumer works on this piece.
+      await fill();
+      if (detectZeroes && piece.equals(zeroes.subarray(0, piece.length))) {
+        stats.zeroBytes += piece.length;
+        yield { kind: "zero", offset: item.offset, length: piece.length };
+      } else {
+        stats.dataBytes += piece.length;
+        yield { kind: "data", offset: item.offset, length: piece.length, data: piece };
       }
     }
   } finally {

@@ -40,6 +40,9 @@ export interface VmCaptureOptions {
   logger?: Logger;
 }
 
+/** Read connections per disk when the export allows several (measured best with capture-read). */
+const DEFAULT_CONNECTIONS = 4;
+
 export type VmCaptureStatus = "ok" | "not-enabled" | "resync-required";
 
 export interface ReconcileReport {
@@ -215,16 +218,17 @@ export class VmCapture {
         const name = exportName(d.id, seq);
         await addFleeceExport(qmp, { diskId: d.id, name, bitmap: handedOff ? { node: d.node, name: handedOff } : undefined });
         const context = handedOff ? dirtyBitmapContext(handedOff) : BASE_ALLOCATION;
-        const connections = Math.max(1, this.opts.read?.connections ?? 1);
         const clients: NbdClient[] = [];
         diskCycles.push(
           new DiskCycle(d.id, d.node, size, dirtyBytes, images.get(d.id)!, clients, (c) =>
             handedOff ? dirtyRanges(c, context) : allocationRanges(c, context),
           this.opts.read ?? {}),
         );
-        for (let i = 0; i < connections; i++) {
-          clients.push(await NbdClient.connect({ socketPath: this.opts.nbdSocketPath, exportName: name, metaContexts: [context] }));
-        }
+        const connect = () => NbdClient.connect({ socketPath: this.opts.nbdSocketPath, exportName: name, metaContexts: [context] });
+        clients.push(await connect());
+        // Several connections only where QEMU says they see one consistent export (read-only ones do).
+        const connections = clients[0]!.canMultiConn ? Math.max(1, this.opts.read?.connections ?? DEFAULT_CONNECTIONS) : 1;
+        for (let i = 1; i < connections; i++) clients.push(await connect());
       }
     } catch (err) {
       for (const d of disks) {
