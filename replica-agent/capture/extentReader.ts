@@ -165,8 +165,8 @@ export async function* readRanges(
       await fill();
       const item = queue.shift();
       if (!item) return;
-      stats.extents++;
       if (item.zero || !item.data) {
+        stats.extents++;
         stats.zeroBytes += item.length;
         yield { kind: "zero", offset: item.offset, length: item.length };
         continue;
@@ -175,16 +175,44 @@ export async function* readRanges(
       consumed = item;
       // Start the next reads before the consumer works on this piece.
       await fill();
-      if (detectZeroes && piece.equals(zeroes.subarray(0, piece.length))) {
-        stats.zeroBytes += piece.length;
-        yield { kind: "zero", offset: item.offset, length: piece.length };
-      } else {
+      if (!detectZeroes) {
         stats.dataBytes += piece.length;
         yield { kind: "data", offset: item.offset, length: piece.length, data: piece };
+        continue;
+      }
+      // Zero runs at bitmap granularity travel as zero ranges: nothing to hash, compress or store.
+      for (const run of zeroRuns(piece, zeroes)) {
+        stats.extents++;
+        if (run.zero) {
+          stats.zeroBytes += run.length;
+          yield { kind: "zero", offset: item.offset + run.at, length: run.length };
+        } else {
+          stats.dataBytes += run.length;
+          yield { kind: "data", offset: item.offset + run.at, length: run.length, data: piece.subarray(run.at, run.at + run.length) };
+        }
       }
     }
   } finally {
     for (const q of queue) q.data?.catch(() => undefined);
     await iterator.return?.();
   }
+}
+
+const ZERO_BLOCK = 64 * 1024;
+
+/** Splits a buffer into maximal runs of all-zero and other 64 KiB blocks. */
+function* zeroRuns(buf: Buffer, zeroes: Buffer): Generator<{ at: number; length: number; zero: boolean }> {
+  let runStart = 0;
+  let runZero: boolean | undefined;
+  for (let at = 0; at < buf.length; at += ZERO_BLOCK) {
+    const n = Math.min(ZERO_BLOCK, buf.length - at);
+    const zero = buf.subarray(at, at + n).equals(zeroes.subarray(0, n));
+    if (runZero === undefined) runZero = zero;
+    else if (zero !== runZero) {
+      yield { at: runStart, length: at - runStart, zero: runZero };
+      runStart = at;
+      runZero = zero;
+    }
+  }
+  if (runZero !== undefined) yield { at: runStart, length: buf.length - runStart, zero: runZero };
 }
