@@ -67,7 +67,7 @@ try {
   await waitForCounter(fo.vm.serialLog, () => true, 90_000);
   console.log(`  the primary's disk ended at counter ${await readDiskCounter(t.guest!.diskPath)}; the VM on B (generation ${fo.generation}, from ${fo.recoveryPointId}) resumed at ${readCounters(fo.vm.serialLog)[0]}: zero data loss`);
 
-  step(7, "Reverse replication B -> A onto A's old disk: both sides hash 1 MiB chunks, only differing chunks cross the wire");
+  step(7, "Reverse replication B -> A onto A's old disk: both sides hash 64 KiB chunks, only differing chunks cross the wire");
   await waitFor("two reverse points on A", async () => ((await t.relationship("vm1", t.siteA)).points.length > 1 ? true : undefined), 120_000);
   const storeA = getSqliteEventStore({ path: join(t.siteA, "ledger.sqlite"), create: false });
   const first = (await storeA.readStream(relationshipStream("vm1"))).find((e) => e.type === "CycleCommitted")!.data as { dataBytes: number; wireBytes: number };

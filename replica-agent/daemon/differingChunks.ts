@@ -25,7 +25,7 @@ export async function* differingChunks(disk: DiskCycle, chunkBytes: number, seed
     data.catch(() => undefined);
     pending.push({ offset, data });
   };
-  while (next < size && pending.length < 8) issue();
+  while (next < size && pending.length < 32) issue();
   while (pending.length > 0) {
     const { offset, data } = pending.shift()!;
     const buf = await data;

@@ -2,4 +2,4 @@ export { ChainMismatchError, ExtentOutOfRangeError, StorageWriteError } from "./
 export { DiskPointWriter } from "./pointWriter.js";
 export { PointWrite, ReplicaStorage, safeSegment, type CommittedPointImages, type PointDiskSpec } from "./replicaStorage.js";
 export { SiteStorageDaemon } from "./siteStorageDaemon.js";
-export { RESYNC_CHUNK_BYTES, chunkHashes } from "./seedHashes.js";
+export { RESYNC_CHUNK_BYTES, chunkHashes, resyncChunkBytes } from "./seedHashes.js";

@@ -83,8 +83,8 @@ export class ReplicaStorage {
   }
 
   /** SHA-256 per chunk of a seed image, for resynchronisation by comparison. */
-  seedChunkHashes(imagePath: string): AsyncGenerator<Buffer> {
-    return chunkHashes(this.daemon, imagePath);
+  seedChunkHashes(imagePath: string, chunkBytes: number): AsyncGenerator<Buffer> {
+    return chunkHashes(this.daemon, imagePath, chunkBytes);
   }
 
   loadSeeds(vmId: string): Array<{ diskId: string; imagePath: string }> {

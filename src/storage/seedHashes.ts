@@ -2,7 +2,16 @@ import { createHash } from "node:crypto";
 import { NbdClient } from "../qemu/nbd/index.js";
 import type { SiteStorageDaemon } from "./siteStorageDaemon.js";
 
-export const RESYNC_CHUNK_BYTES = 1024 * 1024;
+/** The bitmap's granularity: a resync then sends no more than a cycle would for the same writes. */
+export const RESYNC_CHUNK_BYTES = 64 * 1024;
+const MAX_HASHES_PER_DISK = 1 << 20;
+
+/** 64 KiB chunks, or larger for huge disks so that the hash list stays under ~32 MiB. */
+export function resyncChunkBytes(diskBytes: number): number {
+  let chunk = RESYNC_CHUNK_BYTES;
+  while (diskBytes / chunk > MAX_HASHES_PER_DISK) chunk *= 2;
+  return chunk;
+}
 
 /**
  * SHA-256 of every fixed-size chunk of an image, read through the site's storage daemon
@@ -22,7 +31,7 @@ export async function* chunkHashes(daemon: SiteStorageDaemon, imagePath: string,
         next += chunkBytes;
         inFlight.push(client.read(offset, Math.min(chunkBytes, client.size - offset)).then((b) => createHash("sha256").update(b).digest()));
       };
-      while (next < client.size && inFlight.length < 8) issue();
+      while (next < client.size && inFlight.length < 32) issue();
       while (inFlight.length > 0) {
         const hash = await inFlight.shift()!;
         if (next < client.size) issue();

@@ -18,7 +18,7 @@ import {
   type ReplicateResponse,
 } from "../../gen/qreplica/v1/replication.js";
 import { decodeExtentChunk, peerIdentity, writeWithBackpressure } from "../../transport/index.js";
-import { RESYNC_CHUNK_BYTES, type PointWrite } from "../../storage/index.js";
+import { resyncChunkBytes, type PointWrite } from "../../storage/index.js";
 import type { JsonValue } from "../../ledger/index.js";
 import { findAuthorization, loadAuthorizations } from "../siteConfig.js";
 import type { SiteContext } from "../siteContext.js";
@@ -276,7 +276,7 @@ export class ReplicateSession {
         wireBytes: 0,
       };
       this.refusedSeq = undefined;
-      if (kind === "resync") await this.sendSeedHashes(vmId, seq, begin.disks.map((d) => d.diskId));
+      if (kind === "resync") await this.sendSeedHashes(vmId, seq, begin.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) })));
     } catch (err) {
       if (err instanceof RelationshipRefusal) return this.refuseCycle(seq, err.reason, err.message);
       return this.refuseCycle(seq, RejectReason.REJECT_REASON_STORAGE_FAILURE, errorMessage(err));
@@ -362,9 +362,10 @@ export class ReplicateSession {
   }
 
   /** Resync by comparison: the hash of every chunk of each disk's seed, so only differences travel. */
-  private async sendSeedHashes(vmId: string, seq: number, diskIds: string[]): Promise<void> {
+  private async sendSeedHashes(vmId: string, seq: number, disks: Array<{ diskId: string; sizeBytes: number }>): Promise<void> {
     const seeds = this.ctx.relationships.seedsOf(vmId);
-    for (const diskId of diskIds) {
+    for (const { diskId, sizeBytes } of disks) {
+      const chunkBytes = resyncChunkBytes(sizeBytes);
       const seed = seeds.find((s) => s.diskId === diskId);
       let batch: Buffer[] = [];
       let first = 0;
@@ -372,14 +373,14 @@ export class ReplicateSession {
         await writeWithBackpressure(this.call, {
           body: {
             $case: "resyncHashes",
-            value: { generation: BigInt(this.generation), cycleSequence: BigInt(seq), diskId, chunkBytes: RESYNC_CHUNK_BYTES, firstChunk: BigInt(first), hashes: batch, last },
+            value: { generation: BigInt(this.generation), cycleSequence: BigInt(seq), diskId, chunkBytes, firstChunk: BigInt(first), hashes: batch, last },
           },
         });
         first += batch.length;
         batch = [];
       };
       if (seed) {
-        for await (const h of this.ctx.storage.seedChunkHashes(seed.imagePath)) {
+        for await (const h of this.ctx.storage.seedChunkHashes(seed.imagePath, chunkBytes)) {
           batch.push(h);
           if (batch.length === 4096) await flush(false);
         }
