@@ -18,8 +18,8 @@ import {
   type ReplicateResponse,
 } from "../../gen/qreplica/v1/replication.js";
 import { decodeExtentChunk, peerIdentity, writeWithBackpressure } from "../../transport/index.js";
-import { resyncChunkBytes, type PointWrite } from "../../storage/index.js";
-import type { JsonValue } from "../../ledger/index.js";
+import type { PointWrite } from "../../storage/index.js";
+import { parseVmSpec, sendSeedHashes } from "./resync.js";
 import { findAuthorization, loadAuthorizations } from "../siteConfig.js";
 import type { SiteContext } from "../siteContext.js";
 import { RelationshipRefusal } from "../relationships.js";
@@ -33,16 +33,6 @@ export interface PrimaryStoppedInfo {
   disks: Array<{ diskId: string; imagePath: string }>;
 }
 
-/** The agent validated the spec against its config; here it is only carried as a JSON object. */
-function parseVmSpec(json: string): Record<string, JsonValue> | undefined {
-  if (!json) return undefined;
-  try {
-    const parsed = JSON.parse(json) as unknown;
-    return typeof parsed === "object" && parsed !== null && !Array.isArray(parsed) ? (parsed as Record<string, JsonValue>) : undefined;
-  } catch {
-    return undefined;
-  }
-}
 export const MAX_CHUNK_BYTES = 4 * 1024 * 1024;
 
 type Call = grpc.ServerDuplexStream<ReplicateRequest, ReplicateResponse>;
@@ -276,7 +266,10 @@ export class ReplicateSession {
         wireBytes: 0,
       };
       this.refusedSeq = undefined;
-      if (kind === "resync") await this.sendSeedHashes(vmId, seq, begin.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) })));
+      if (kind === "resync") {
+        const disks = begin.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) }));
+        await sendSeedHashes(this.ctx, this.call, { vmId, generation: this.generation, seq, disks });
+      }
     } catch (err) {
       if (err instanceof RelationshipRefusal) return this.refuseCycle(seq, err.reason, err.message);
       return this.refuseCycle(seq, RejectReason.REJECT_REASON_STORAGE_FAILURE, errorMessage(err));
@@ -358,34 +351,6 @@ export class ReplicateSession {
       const reason = err instanceof RelationshipRefusal ? err.reason : RejectReason.REJECT_REASON_STORAGE_FAILURE;
       await this.failCycle(seq, RejectReason[reason], errorMessage(err), cycle);
       await this.sendCycleRejected(seq, reason, errorMessage(err));
-    }
-  }
-
-  /** Resync by comparison: the hash of every chunk of each disk's seed, so only differences travel. */
-  private async sendSeedHashes(vmId: string, seq: number, disks: Array<{ diskId: string; sizeBytes: number }>): Promise<void> {
-    const seeds = this.ctx.relationships.seedsOf(vmId);
-    for (const { diskId, sizeBytes } of disks) {
-      const chunkBytes = resyncChunkBytes(sizeBytes);
-      const seed = seeds.find((s) => s.diskId === diskId);
-      let batch: Buffer[] = [];
-      let first = 0;
-      const flush = async (last: boolean) => {
-        await writeWithBackpressure(this.call, {
-          body: {
-            $case: "resyncHashes",
-            value: { generation: BigInt(this.generation), cycleSequence: BigInt(seq), diskId, chunkBytes, firstChunk: BigInt(first), hashes: batch, last },
-          },
-        });
-        first += batch.length;
-        batch = [];
-      };
-      if (seed) {
-        for await (const h of this.ctx.storage.seedChunkHashes(seed.imagePath, chunkBytes)) {
-          batch.push(h);
-          if (batch.length === 4096) await flush(false);
-        }
-      }
-      await flush(true);
     }
   }
 
