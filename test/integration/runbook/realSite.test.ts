@@ -1,4 +1,5 @@
 import { chmodSync, readFileSync, writeFileSync } from "node:fs";
+import net from "node:net";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { readCounters } from "../../../guest/index.js";
@@ -9,8 +10,10 @@ import { setupTwoSites, type TwoSites } from "../../helpers/twoSites.js";
 
 const MiB = 1024 * 1024;
 let env: TwoSites | undefined;
+let app: net.Server | undefined;
 const tmp = makeTmpDir("qr-rbe-");
 afterAll(async () => {
+  app?.close();
   await env?.stopAll();
   if (!process.env.QR_KEEP) tmp.cleanup();
 });
@@ -27,12 +30,19 @@ async function relationshipEvents(t: TwoSites): Promise<string[]> {
 const jsonLines = (out: string) => out.trim().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>);
 
 describe("runbooks against a real replica site (counter guest, qemu-system-x86_64)", { timeout: 600_000 }, () => {
-  it("a drill stops at a confirm, resumes with --yes, records its RTO, and rolls back; then a real failover is cancelled by rollback", async () => {
+  it("a two-group drill stops at a failing wait, resumes once it is satisfied, records its RTO, and rolls back; then a real failover is cancelled by rollback", async () => {
     env = await setupTwoSites(tmp.path, { diskBytes: 8 * MiB, intervalSeconds: 1, counterGuest: true });
     const t = env;
     await t.startSite(t.siteB);
     t.startAgent();
     await waitFor("two recovery points", async () => ((await t.relationship()).points.length >= 2 ? true : undefined), 180_000);
+
+    // A port nothing listens on yet: the application "is not up" until the test opens it.
+    const probe = net.createServer();
+    await new Promise<void>((r) => probe.listen(0, "127.0.0.1", r));
+    const appPort = (probe.address() as net.AddressInfo).port;
+    await new Promise<void>((r) => probe.close(() => r()));
+    app = net.createServer((sock) => sock.end());
 
     writeFileSync(join(tmp.path, "hook.sh"), '#!/bin/sh\necho "$QREPLICA_VM $QREPLICA_TEST $QREPLICA_SERIAL_LOG" > "$1"\n');
     chmodSync(join(tmp.path, "hook.sh"), 0o755);
@@ -57,17 +67,21 @@ describe("runbooks against a real replica site (counter guest, qemu-system-x86_6
         "        args: [hook.out]",
         "  - name: sign-off",
         "    steps:",
+        "      - wait: tcp-port",
+        "        host: 127.0.0.1",
+        `        port: ${appPort}`,
+        "        timeoutSeconds: 3",
         "      - confirm: Does the counter app look right?",
         "",
       ].join("\n"),
     );
 
-    // --- the drill: test failover only, stopped by the confirm (no terminal, no --yes) ---
+    // --- the drill: test failover only, stopped by the failing wait of the second group ---
     const first = await runCli(["runbook", "run", file, "--test", "--json"]);
     expect(first.code, first.stderr).toBe(4);
     const events = jsonLines(first.stdout);
     const runId = events[0]!.runId as string;
-    expect(events.at(-1)).toMatchObject({ type: "run-finished", status: "stopped", stepId: "g2.step1.confirm" });
+    expect(events.at(-1)).toMatchObject({ type: "run-finished", status: "stopped", stepId: "g2.step1.wait" });
     const during = await t.relationship();
     expect(Object.keys(during.testFailovers)).toHaveLength(1);
     expect(during.state).toBe("replicating");
@@ -75,6 +89,8 @@ describe("runbooks against a real replica site (counter guest, qemu-system-x86_6
     expect([hookVm, hookTest]).toEqual(["vm1", "1"]);
     expect(readCounters(serialLog!).length).toBeGreaterThan(0);
 
+    // The application comes up: the wait is satisfied on resume, and --yes answers the confirm.
+    await new Promise<void>((r) => app!.listen(appPort, "127.0.0.1", r));
     const resumed = await runCli(["runbook", "run", file, "--resume", runId, "--yes"]);
     expect(resumed.code, resumed.stderr + resumed.stdout).toBe(0);
     expect(resumed.stdout).toContain(`run ${runId} is a drill: resuming it as a drill`);
