@@ -19,7 +19,7 @@ export async function agentPeakRss(ctx: BenchContext): Promise<BenchResult[]> {
   const sizeMiB = ctx.quick ? 1024 : 4096;
   const tmp = makeTmpDir("qr-bench-rss-");
   const cleanup = new Cleanup(ctx.log);
-  cleanup.defer(`remove ${tmp.path}`, () => tmp.cleanup());
+  cleanup.defer(`remove ${tmp.path}`, () => (process.env.QR_KEEP ? ctx.log(`kept ${tmp.path} (QR_KEEP)`) : tmp.cleanup()));
   cleanup.defer("kill orphaned storage daemons", () => killStorageDaemonsUnder(tmp.path, ctx.log));
   try {
     ctx.log(`generating ${sizeMiB} MiB of the mix`);

@@ -29,7 +29,7 @@ export async function e2eThroughput(ctx: BenchContext): Promise<BenchResult[]> {
   const sizeMiB = ctx.quick ? 256 : 1024;
   const tmp = makeTmpDir("qr-bench-e2e-");
   const cleanup = new Cleanup(ctx.log);
-  cleanup.defer(`remove ${tmp.path}`, () => tmp.cleanup());
+  cleanup.defer(`remove ${tmp.path}`, () => (process.env.QR_KEEP ? ctx.log(`kept ${tmp.path} (QR_KEEP)`) : tmp.cleanup()));
   cleanup.defer("kill orphaned storage daemons", () => killStorageDaemonsUnder(tmp.path, ctx.log));
   try {
     ctx.log(`generating ${sizeMiB} MiB of the mix`);

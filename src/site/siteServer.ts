@@ -5,7 +5,7 @@ import { ControlServiceService } from "../gen/qreplica/v1/control.js";
 import { ReplicationServiceService, type ReplicationServiceServer } from "../gen/qreplica/v1/replication.js";
 import { getSqliteEventStore } from "../ledger/index.js";
 import { ReplicaStorage, SiteStorageDaemon } from "../storage/index.js";
-import { grpcServerOptions, loadSiteCredentials, serverCredentials } from "../transport/index.js";
+import { grpcServerOptions, loadSiteCredentials, serverCredentials, widenServerFlowControl } from "../transport/index.js";
 import { controlService } from "./controlPlane/controlService.js";
 import { ReplicateSession } from "./dataPlane/replicateSession.js";
 import { Relationships } from "./relationships.js";
@@ -21,6 +21,9 @@ function readPreviousAddress(dir: string): string | undefined {
     return undefined;
   }
 }
+
+/** How long a stop lets open calls finish before it closes them. */
+const SHUTDOWN_GRACE_MS = 2_000;
 
 export interface RunningSite {
   siteId: string;
@@ -60,6 +63,7 @@ export async function startSite(dir: string, logger: Logger): Promise<RunningSit
   // With port 0 the first start picks a port; later starts keep it, so agents find the site again.
   const previous = config.listen.endsWith(":0") ? readPreviousAddress(dir) : undefined;
   const port = previous ? await bind(previous).catch(() => bind(config.listen)) : await bind(config.listen);
+  widenServerFlowControl(server);
   const host = config.listen.slice(0, config.listen.lastIndexOf(":"));
   const address = `${host}:${port}`;
   mkdirSync(runDir(dir), { recursive: true });
@@ -71,9 +75,17 @@ export async function startSite(dir: string, logger: Logger): Promise<RunningSit
     address,
     context,
     async stop() {
-      await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
-      await failovers.stopAllTests();
+      // Agents keep their Replicate streams open for good: waiting for them to end would make a
+      // stop hang until the service manager kills the site. In-flight cycles that are cut are
+      // never committed (a point needs CycleEnd, flush and fsync) and the agent retries them.
+      let graceTimer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        new Promise<void>((resolve) => server.tryShutdown(() => resolve())),
+        new Promise<void>((resolve) => (graceTimer = setTimeout(resolve, SHUTDOWN_GRACE_MS))),
+      ]);
+      clearTimeout(graceTimer);
       server.forceShutdown();
+      await failovers.stopAllTests();
       await context.serializer.idle();
       await daemon.stop();
       await store.close();

@@ -21,6 +21,7 @@ export {
   type ChunkRef,
   type ChunkRejectCode,
 } from "./chunkErrors.js";
+export { CONNECTION_WINDOW_BYTES, FlowControlSetupError, STREAM_WINDOW_BYTES, widenServerFlowControl } from "./flowControl.js";
 export { StreamClosedError, writeWithBackpressure, type BackpressureWritable } from "./backpressure.js";
 export { Uint64RangeError, toUint64, toWireGeneration, uint64ToSafeNumber } from "./uint64.js";
 export {

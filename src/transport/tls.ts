@@ -3,6 +3,7 @@ import { readFileSync, statSync } from "node:fs";
 import { checkServerIdentity, type PeerCertificate } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import { silentLogger, type Logger } from "../common/logger.js";
+import { STREAM_WINDOW_BYTES } from "./flowControl.js";
 import { certificateIdentity, type CertificateIdentity } from "./pki.js";
 import {
   TlsCertificateNotFromCaError,
@@ -169,9 +170,13 @@ const KEEPALIVE_TIME_MS = 20_000;
 /**
  * Channel options for agents and sites dialling a site. Keepalive notices a dead peer (or a NAT
  * that dropped the flow) in ~30 s instead of at the kernel's TCP timeout; 8 MiB leaves room above
- * 4 MiB chunks for incompressible data sent raw plus framing.
+ * 4 MiB chunks for incompressible data sent raw plus framing. Retries are off: a Replicate stream
+ * is never replayed by grpc-js (the agent resumes cycles itself), and the retry layer would
+ * otherwise hold on to every message it might have to replay.
  */
 export const grpcChannelOptions: grpc.ChannelOptions = Object.freeze({
+  "grpc.enable_retries": 0,
+  "grpc-node.flow_control_window": STREAM_WINDOW_BYTES,
   "grpc.keepalive_time_ms": KEEPALIVE_TIME_MS,
   "grpc.keepalive_timeout_ms": 10_000,
   "grpc.keepalive_permit_without_calls": 1,

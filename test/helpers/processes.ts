@@ -27,7 +27,9 @@ export interface Daemon {
 /** A long-running qreplica process (site server or agent) whose logs go to `logFile`. */
 export function startDaemon(script: string, args: string[], logFile: string): Daemon {
   const fd = openSync(logFile, "a");
-  const child = spawn(process.execPath, ["--import", "tsx", script, ...args], {
+  // QR_NODE_ARGS passes flags such as --cpu-prof to the daemons (Node refuses them in NODE_OPTIONS).
+  const nodeArgs = (process.env.QR_NODE_ARGS ?? "").split(" ").filter(Boolean);
+  const child = spawn(process.execPath, [...nodeArgs, "--import", "tsx", script, ...args], {
     cwd: ROOT,
     stdio: ["ignore", fd, fd],
     // TCG by default in tests: some CI hosts expose a software KVM that boots far slower.

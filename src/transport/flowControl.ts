@@ -1,0 +1,59 @@
+import type { Http2SecureServer, Http2Server, Http2Session } from "node:http2";
+import type * as grpc from "@grpc/grpc-js";
+import { QreplicaError } from "../common/errors.js";
+
+/**
+ * HTTP/2 receive windows for the Replicate stream. With HTTP/2's default of 64 KiB per stream, a
+ * sender of 1-4 MiB chunks stops after every 64 KiB until the receiver's event loop has read the
+ * data and sent a WINDOW_UPDATE: on a busy replica that ping-pong, not the link, sets the rate.
+ * 8 MiB per stream (two or more chunks in flight) and twice that per connection keep the pipe
+ * full; the memory a peer can make the receiver hold stays bounded by these numbers.
+ */
+export const STREAM_WINDOW_BYTES = 8 * 1024 * 1024;
+export const CONNECTION_WINDOW_BYTES = 2 * STREAM_WINDOW_BYTES;
+
+/** grpc-js could not be given the window sizes (its internals changed); replication would crawl. */
+export class FlowControlSetupError extends QreplicaError {
+  readonly code = "FLOW_CONTROL_SETUP_FAILED" as const;
+}
+
+type AnyHttp2Server = Http2Server | Http2SecureServer;
+
+/**
+ * Raises the receive windows of every HTTP/2 server `server` has bound so far. grpc-js has a
+ * channel option for this on clients (`grpc-node.flow_control_window`) but none on servers
+ * (grpc/grpc-node#3058), so this reaches its bound http2 servers, applies the per-stream window
+ * through SETTINGS (`updateSettings`, which also reaches sessions already open) and widens each
+ * connection's window as it opens. Call it after every `bindAsync`. Throws
+ * `FlowControlSetupError` when the servers cannot be found, so an upgrade of grpc-js that moves
+ * them fails loudly in tests instead of silently slowing replication down.
+ */
+export function widenServerFlowControl(server: grpc.Server): void {
+  const bound = (server as unknown as { http2Servers?: unknown }).http2Servers;
+  if (!(bound instanceof Map)) {
+    throw new FlowControlSetupError(
+      "cannot set HTTP/2 flow-control windows: this grpc-js version does not keep its servers in `http2Servers`; update src/transport/flowControl.ts",
+    );
+  }
+  for (const http2Server of bound.keys() as IterableIterator<AnyHttp2Server>) {
+    if (widened.has(http2Server)) continue;
+    widened.add(http2Server);
+    http2Server.updateSettings({ initialWindowSize: STREAM_WINDOW_BYTES });
+    http2Server.on("session", widenSession);
+  }
+}
+
+const widened = new WeakSet<AnyHttp2Server>();
+
+function widenSession(session: Http2Session): void {
+  // Before the peer's SETTINGS arrive the session may not accept a window change yet.
+  const apply = () => {
+    try {
+      session.setLocalWindowSize(CONNECTION_WINDOW_BYTES);
+    } catch {
+      // A session that is already closing has nothing left to receive.
+    }
+  };
+  if (session.connecting) session.once("connect", apply);
+  else apply();
+}
