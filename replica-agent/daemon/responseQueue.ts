@@ -1,5 +1,6 @@
 import type { ClientDuplexStream } from "@grpc/grpc-js";
-import type { PlannedFailoverRequested, ReplicateRequest, ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
+import type { PlannedFailoverRequested, ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
+import type { OutgoingReplicateRequest } from "../../src/transport/index.js";
 
 /** Responses of a Replicate stream, awaited one at a time; the stream's end or error fails the waiters. */
 export class ResponseQueue {
@@ -17,7 +18,7 @@ export class ResponseQueue {
   /** Resolves when the replica site asks for a planned failover; unrelated to the request/answer flow. */
   readonly plannedFailover: Promise<PlannedFailoverRequested> = new Promise((resolve) => (this.markPlanned = resolve));
 
-  constructor(stream: ClientDuplexStream<ReplicateRequest, ReplicateResponse>) {
+  constructor(stream: ClientDuplexStream<OutgoingReplicateRequest, ReplicateResponse>) {
     stream.on("data", (r: ReplicateResponse) => {
       if (r.body?.$case === "plannedFailoverRequested") {
         this.markPlanned(r.body.value);

@@ -4,10 +4,10 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { ClientDuplexStream } from "@grpc/grpc-js";
 import type { Logger } from "../../src/common/logger.js";
 import { CompressionCodec, ChecksumAlgorithm, Consistency, CycleKind } from "../../src/gen/qreplica/v1/common.js";
-import { RejectReason, ReplicationServiceClient, ResumeHint, type PlannedFailoverRequested, type ReplicateRequest, type ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
+import { RejectReason, ResumeHint, type PlannedFailoverRequested, type ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
 import { GuestAgentClient } from "../../src/qemu/guestAgent/index.js";
 import { QmpClient, queryNamedBlockNodes } from "../../src/qemu/qmp/index.js";
-import { channelCredentials, encodeExtentChunk, grpcChannelOptions, writeWithBackpressure, type SiteCredentials } from "../../src/transport/index.js";
+import { ReplicationClient, channelCredentials, encodeExtentChunkRequest, grpcChannelOptions, writeWithBackpressure, type OutgoingReplicateRequest, type SiteCredentials } from "../../src/transport/index.js";
 import { getCodec } from "../../src/codec/index.js";
 import { VmCapture, type CaptureCycle } from "../capture/index.js";
 import type { AgentVmConfig } from "./agentConfig.js";
@@ -25,7 +25,7 @@ interface VmReplicationState {
 }
 
 /** A write that fails as soon as the stream does, instead of waiting for a drain that never comes. */
-function send(stream: ClientDuplexStream<ReplicateRequest, ReplicateResponse>, responses: ResponseQueue, message: ReplicateRequest): Promise<void> {
+function send(stream: ClientDuplexStream<OutgoingReplicateRequest, ReplicateResponse>, responses: ResponseQueue, message: OutgoingReplicateRequest): Promise<void> {
   return Promise.race([writeWithBackpressure(stream, message), responses.failed]);
 }
 
@@ -90,8 +90,8 @@ export class VmReplicator {
     this.status = "connecting";
     const qmp = await QmpClient.connect({ socketPath: this.vm.qmpSocket, logger: this.logger });
     const guestAgent = this.vm.guestAgentSocket ? new GuestAgentClient({ socketPath: this.vm.guestAgentSocket, logger: this.logger }) : undefined;
-    const client = new ReplicationServiceClient(this.vm.replicaSite, channelCredentials(this.tls), grpcChannelOptions);
-    let stream: ClientDuplexStream<ReplicateRequest, ReplicateResponse> | undefined;
+    const client = new ReplicationClient(this.vm.replicaSite, channelCredentials(this.tls), grpcChannelOptions);
+    let stream: ClientDuplexStream<OutgoingReplicateRequest, ReplicateResponse> | undefined;
     let open: CaptureCycle | undefined;
     try {
       const capture = await VmCapture.open({
@@ -172,7 +172,7 @@ export class VmReplicator {
   private async stopForPlannedFailover(
     qmp: QmpClient,
     capture: VmCapture,
-    stream: ClientDuplexStream<ReplicateRequest, ReplicateResponse>,
+    stream: ClientDuplexStream<OutgoingReplicateRequest, ReplicateResponse>,
     responses: ResponseQueue,
     generation: number,
     req: PlannedFailoverRequested,
@@ -215,7 +215,7 @@ export class VmReplicator {
     }
   }
 
-  private async hello(stream: ClientDuplexStream<ReplicateRequest, ReplicateResponse>, responses: ResponseQueue, capture: VmCapture): Promise<number> {
+  private async hello(stream: ClientDuplexStream<OutgoingReplicateRequest, ReplicateResponse>, responses: ResponseQueue, capture: VmCapture): Promise<number> {
     const saved = this.loadState();
     const disks = capture.report?.disks ?? [];
     await send(stream, responses, {
@@ -247,7 +247,7 @@ export class VmReplicator {
     return generation;
   }
 
-  private async sendCycle(stream: ClientDuplexStream<ReplicateRequest, ReplicateResponse>, responses: ResponseQueue, cycle: CaptureCycle, generation: number, resync = false): Promise<void> {
+  private async sendCycle(stream: ClientDuplexStream<OutgoingReplicateRequest, ReplicateResponse>, responses: ResponseQueue, cycle: CaptureCycle, generation: number, resync = false): Promise<void> {
     const gen = BigInt(generation);
     const seq = BigInt(cycle.seq);
     const codec = getCodec("zstd");
@@ -276,12 +276,12 @@ export class VmReplicator {
         for await (const extent of extents) {
           const early = responses.poll();
           if (early) this.throwIfRejected(early, cycle.seq);
-          const chunk = encodeExtentChunk(extent, { generation: gen, cycleSeq: seq, diskId: disk.diskId, codec, level: this.vm.compressionLevel });
+          const chunk = encodeExtentChunkRequest(extent, { generation: gen, cycleSeq: seq, diskId: disk.diskId, codec, level: this.vm.compressionLevel });
           totals.extents++;
           if (extent.kind === "data") totals.data += extent.length;
           else totals.zero += extent.length;
-          if (chunk.payload?.$case === "data") totals.wire += chunk.payload.value.data.length;
-          await send(stream, responses, { body: { $case: "extentChunk", value: chunk } });
+          totals.wire += chunk.wireBytes;
+          await send(stream, responses, chunk.request);
         }
       }
       await send(stream, responses, {

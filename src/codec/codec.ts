@@ -10,13 +10,19 @@ export interface Codec {
   readonly name: CodecName;
   /** Which library does the work; for logs and benchmarks, never on the wire. */
   readonly implementation: string;
-  /** Throws `CompressionFailedError` for a level outside the codec's range. */
-  compress(buf: Uint8Array, level: number): Buffer;
+  /**
+   * Throws `CompressionFailedError` for a level outside the codec's range. With `into`, the result
+   * may be a view of it (when it is large enough), so a caller that reuses `into` must copy the
+   * result out first; hot paths use this to avoid one allocation per chunk.
+   */
+  compress(buf: Uint8Array, level: number, into?: Buffer): Buffer;
   /**
    * Decompresses to exactly `expectedLength` bytes. Never allocates more than `expectedLength`,
    * whatever the frame claims, so a decompression bomb is a `CodecError`, not an out-of-memory.
+   * With `into` (at least `expectedLength` bytes) the bytes may land in it; the result may also
+   * be a view of `buf` (the none codec), so its lifetime is the shorter of the two.
    */
-  decompress(buf: Uint8Array, expectedLength: number): Buffer;
+  decompress(buf: Uint8Array, expectedLength: number, into?: Buffer): Buffer;
 }
 
 /** zstd's default, a good balance for replication links; the policy may choose another. */

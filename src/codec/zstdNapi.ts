@@ -48,7 +48,7 @@ export const zstdNapiCodec: Codec = {
   name: "zstd",
   implementation: "zstd-napi",
 
-  compress(buf: Uint8Array, level: number): Buffer {
+  compress(buf: Uint8Array, level: number, into?: Buffer): Buffer {
     const b = load();
     if (!Number.isInteger(level) || level < b.minCLevel() || level > b.maxCLevel()) {
       // zstd clamps silently; a policy typo should be visible instead.
@@ -57,7 +57,8 @@ export const zstdNapiCodec: Codec = {
       );
     }
     cctx ??= new b.CCtx();
-    const dst = Buffer.allocUnsafe(b.compressBound(buf.length));
+    const bound = b.compressBound(buf.length);
+    const dst = into && into.length >= bound ? into : Buffer.allocUnsafe(bound);
     let n: number;
     try {
       n = cctx.compress(dst, buf, level);
@@ -65,10 +66,11 @@ export const zstdNapiCodec: Codec = {
       cctx = undefined; // a failed context may be left mid-frame
       throw new CompressionFailedError(`zstd compression of ${buf.length} bytes failed`, { cause: err });
     }
+    if (dst === into) return dst.subarray(0, n);
     return n < TRIM_RATIO * dst.length ? Buffer.from(dst.subarray(0, n)) : dst.subarray(0, n);
   },
 
-  decompress(buf: Uint8Array, expectedLength: number): Buffer {
+  decompress(buf: Uint8Array, expectedLength: number, into?: Buffer): Buffer {
     checkExpectedLength("zstd", expectedLength);
     const b = load();
     let declared: number | null = null;
@@ -86,7 +88,7 @@ export const zstdNapiCodec: Codec = {
       );
     }
     dctx ??= new b.DCtx();
-    const out = Buffer.allocUnsafe(expectedLength);
+    const out = into && into.length >= expectedLength ? into.subarray(0, expectedLength) : Buffer.allocUnsafe(expectedLength);
     let n: number;
     try {
       n = dctx.decompress(out, buf);

@@ -11,6 +11,7 @@ import {
   UnsupportedChunkCodecError,
   type ChunkRef,
 } from "./chunkErrors.js";
+import { EncodedReplicateRequest, delimitedSize, serializeReplicateRequest, tag, varintSize, writeVarint } from "./replicateWire.js";
 import { toUint64 } from "./uint64.js";
 
 /** What the capture layer yields (structurally the same as replica-agent's `CaptureExtent`). */
@@ -35,8 +36,14 @@ export function sha256(data: Uint8Array): Buffer {
   return createHash("sha256").update(data).digest();
 }
 
-/** One capture piece as one wire chunk, checksummed over the bytes the replica must end up with. */
-export function encodeExtentChunk(extent: ExtentPiece, opts: EncodeOptions): ExtentChunk {
+type ChunkHead = Pick<ExtentChunk, "generation" | "cycleSequence" | "diskId" | "offset" | "length">;
+
+type PreparedChunk =
+  | { head: ChunkHead; kind: "zero" }
+  /** `payload` may be a view of the extent's data or of the compression scratch buffer. */
+  | { head: ChunkHead; kind: "data"; codec: CompressionCodec; payload: Buffer; checksum: Buffer };
+
+function prepareChunk(extent: ExtentPiece, opts: EncodeOptions, scratch?: Buffer): PreparedChunk {
   const where = `extent of disk "${opts.diskId}" at offset ${extent.offset}, length ${extent.length}`;
   if (!Number.isSafeInteger(extent.offset) || extent.offset < 0) {
     throw new InvalidExtentError(`${where}: offset is not a non-negative safe integer`);
@@ -44,45 +51,121 @@ export function encodeExtentChunk(extent: ExtentPiece, opts: EncodeOptions): Ext
   if (!Number.isInteger(extent.length) || extent.length <= 0 || extent.length > MAX_WIRE_LENGTH) {
     throw new InvalidExtentError(`${where}: length must be 1..${MAX_WIRE_LENGTH}; split longer extents`);
   }
-  const head = {
+  const head: ChunkHead = {
     generation: toUint64(opts.generation, "generation"),
     cycleSequence: toUint64(opts.cycleSeq, "cycle sequence"),
     diskId: opts.diskId,
     offset: BigInt(extent.offset),
     length: extent.length,
   };
-  if (extent.kind === "zero") {
-    return {
-      ...head,
-      payload: { $case: "zero", value: {} },
-      checksumAlgorithm: ChecksumAlgorithm.CHECKSUM_ALGORITHM_UNSPECIFIED,
-      checksum: Buffer.alloc(0),
-    };
-  }
+  if (extent.kind === "zero") return { head, kind: "zero" };
   if (extent.data.length !== extent.length) {
     throw new InvalidExtentError(`${where}: carries ${extent.data.length} bytes of data`);
   }
   const checksum = sha256(extent.data);
-  let codec = CompressionCodec.COMPRESSION_CODEC_NONE;
-  let payload: Buffer = extent.data;
   if (opts.codec.name === "zstd") {
-    const packed = opts.codec.compress(extent.data, opts.level);
+    const packed = opts.codec.compress(extent.data, opts.level, scratch);
     // Incompressible data (encrypted or already compressed guest files) grows a little under
     // zstd; sending it raw saves the replica a pointless decompression as well as the bytes.
-    if (packed.length < extent.data.length) {
-      codec = CompressionCodec.COMPRESSION_CODEC_ZSTD;
-      payload = packed;
-    }
+    if (packed.length < extent.data.length) return { head, kind: "data", codec: CompressionCodec.COMPRESSION_CODEC_ZSTD, payload: packed, checksum };
   }
-  // Sent raw, the chunk must own its bytes: grpc-js serializes a message only when the stream
-  // gets to it, and the capture layer reuses its read buffers as soon as the next piece is asked for.
-  if (payload === extent.data) payload = Buffer.from(extent.data);
+  return { head, kind: "data", codec: CompressionCodec.COMPRESSION_CODEC_NONE, payload: extent.data, checksum };
+}
+
+function zeroChunk(head: ChunkHead): ExtentChunk {
+  return { ...head, payload: { $case: "zero", value: {} }, checksumAlgorithm: ChecksumAlgorithm.CHECKSUM_ALGORITHM_UNSPECIFIED, checksum: Buffer.alloc(0) };
+}
+
+/** One capture piece as one wire chunk, checksummed over the bytes the replica must end up with. */
+export function encodeExtentChunk(extent: ExtentPiece, opts: EncodeOptions): ExtentChunk {
+  const chunk = prepareChunk(extent, opts);
+  if (chunk.kind === "zero") return zeroChunk(chunk.head);
+  // The chunk must own its bytes: grpc-js serializes a message only when the stream gets to it,
+  // and the capture layer reuses its read buffers as soon as the next piece is asked for.
+  const data = extent.kind === "data" && chunk.payload === extent.data ? Buffer.from(chunk.payload) : chunk.payload;
   return {
-    ...head,
-    payload: { $case: "data", value: { codec, data: payload } },
+    ...chunk.head,
+    payload: { $case: "data", value: { codec: chunk.codec, data } },
     checksumAlgorithm: ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256,
-    checksum,
+    checksum: chunk.checksum,
   };
+}
+
+// Reused by every chunk of this process: compression is synchronous and the result is copied
+// into the request before the next chunk is compressed.
+let compressScratch: Buffer | undefined;
+
+function scratchFor(length: number): Buffer {
+  const needed = length + (length >> 7) + 64 * 1024; // above zstd's compressBound
+  if (!compressScratch || compressScratch.length < needed) compressScratch = Buffer.allocUnsafe(needed);
+  return compressScratch;
+}
+
+/**
+ * `encodeExtentChunk` straight into the bytes of a ReplicateRequest carrying it: one buffer of
+ * exactly the message's size, the payload copied once. The same bytes as encoding the
+ * `encodeExtentChunk` result with the generated code; `wireBytes` is the payload as sent.
+ */
+export function encodeExtentChunkRequest(extent: ExtentPiece, opts: EncodeOptions): { request: EncodedReplicateRequest; wireBytes: number } {
+  const chunk = prepareChunk(extent, opts, extent.kind === "data" ? scratchFor(extent.length) : undefined);
+  if (chunk.kind === "zero") {
+    return { request: new EncodedReplicateRequest(serializeReplicateRequest({ body: { $case: "extentChunk", value: zeroChunk(chunk.head) } })), wireBytes: 0 };
+  }
+  const { head, payload, checksum } = chunk;
+  const diskId = Buffer.from(head.diskId, "utf8");
+  const dataSize = (chunk.codec !== 0 ? 1 + varintSize(chunk.codec) : 0) + (payload.length > 0 ? delimitedSize(payload.length) : 0);
+  const chunkSize =
+    (head.generation !== 0n ? 1 + varintSize(head.generation) : 0) +
+    (head.cycleSequence !== 0n ? 1 + varintSize(head.cycleSequence) : 0) +
+    (diskId.length > 0 ? delimitedSize(diskId.length) : 0) +
+    (head.offset !== 0n ? 1 + varintSize(head.offset) : 0) +
+    (head.length !== 0 ? 1 + varintSize(head.length) : 0) +
+    delimitedSize(dataSize) +
+    1 + varintSize(ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256) +
+    delimitedSize(checksum.length);
+  const out = Buffer.allocUnsafe(delimitedSize(chunkSize));
+  let pos = 0;
+  out[pos++] = tag(3, 2); // ReplicateRequest.extent_chunk
+  pos = writeVarint(out, pos, chunkSize);
+  if (head.generation !== 0n) {
+    out[pos++] = tag(1, 0);
+    pos = writeVarint(out, pos, head.generation);
+  }
+  if (head.cycleSequence !== 0n) {
+    out[pos++] = tag(2, 0);
+    pos = writeVarint(out, pos, head.cycleSequence);
+  }
+  if (diskId.length > 0) {
+    out[pos++] = tag(3, 2);
+    pos = writeVarint(out, pos, diskId.length);
+    pos += diskId.copy(out, pos);
+  }
+  if (head.offset !== 0n) {
+    out[pos++] = tag(4, 0);
+    pos = writeVarint(out, pos, Number(head.offset));
+  }
+  if (head.length !== 0) {
+    out[pos++] = tag(5, 0);
+    pos = writeVarint(out, pos, head.length);
+  }
+  out[pos++] = tag(6, 2); // ExtentChunk.data (ChunkData)
+  pos = writeVarint(out, pos, dataSize);
+  if (chunk.codec !== 0) {
+    out[pos++] = tag(1, 0);
+    pos = writeVarint(out, pos, chunk.codec);
+  }
+  if (payload.length > 0) {
+    out[pos++] = tag(2, 2);
+    pos = writeVarint(out, pos, payload.length);
+    pos += payload.copy(out, pos);
+  }
+  out[pos++] = tag(8, 0);
+  pos = writeVarint(out, pos, ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256);
+  out[pos++] = tag(9, 2);
+  pos = writeVarint(out, pos, checksum.length);
+  pos += checksum.copy(out, pos);
+  if (pos !== out.length) throw new Error(`internal: extent chunk encoded to ${pos} bytes, sized ${out.length}`);
+  return { request: new EncodedReplicateRequest(out), wireBytes: payload.length };
 }
 
 export type DecodedChunk =

@@ -3,6 +3,7 @@ export {
   MAX_WIRE_LENGTH,
   decodeExtentChunk,
   encodeExtentChunk,
+  encodeExtentChunkRequest,
   sha256,
   type DecodeOptions,
   type DecodedChunk,
@@ -22,6 +23,7 @@ export {
   type ChunkRejectCode,
 } from "./chunkErrors.js";
 export { CONNECTION_WINDOW_BYTES, FlowControlSetupError, STREAM_WINDOW_BYTES, widenServerFlowControl } from "./flowControl.js";
+export { EncodedReplicateRequest, ReplicationClient, serializeReplicateRequest, type OutgoingReplicateRequest } from "./replicateWire.js";
 export { StreamClosedError, writeWithBackpressure, type BackpressureWritable } from "./backpressure.js";
 export { Uint64RangeError, toUint64, toWireGeneration, uint64ToSafeNumber } from "./uint64.js";
 export {

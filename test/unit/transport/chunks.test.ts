@@ -2,7 +2,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { getCodec, noneCodec, zstdNapiCodec } from "../../../src/codec/index.js";
 import { ChecksumAlgorithm, CompressionCodec } from "../../../src/gen/qreplica/v1/common.js";
-import { ExtentChunk, RejectReason } from "../../../src/gen/qreplica/v1/replication.js";
+import { ExtentChunk, RejectReason, ReplicateRequest } from "../../../src/gen/qreplica/v1/replication.js";
 import {
   ChecksumMismatchError,
   ChunkRejectedError,
@@ -10,6 +10,8 @@ import {
   Uint64RangeError,
   decodeExtentChunk,
   encodeExtentChunk,
+  encodeExtentChunkRequest,
+  serializeReplicateRequest,
   toChunkRejected,
   toUint64,
   uint64ToSafeNumber,
@@ -86,6 +88,49 @@ describe("encodeExtentChunk / decodeExtentChunk", () => {
     expect(() => encodeExtentChunk({ kind: "data", offset: 0, length: 10, data: Buffer.alloc(9) }, opts)).toThrow(InvalidExtentError);
     expect(() => encodeExtentChunk({ kind: "zero", offset: -1, length: 10 }, opts)).toThrow(InvalidExtentError);
     expect(() => encodeExtentChunk({ kind: "zero", offset: 0, length: 2 ** 32 }, opts)).toThrow(InvalidExtentError);
+  });
+});
+
+describe("encodeExtentChunkRequest (the sender's hand-written wire encoding)", () => {
+  const cases: Array<[string, Parameters<typeof encodeExtentChunk>[0], Partial<typeof opts>]> = [
+    ["compressible data", { kind: "data", offset: 4 * MiB, length: 2 * MiB, data: text(2 * MiB) }, {}],
+    ["incompressible data sent raw", { kind: "data", offset: 123 * 65536, length: MiB, data: randomBytes(MiB) }, {}],
+    ["the none codec", { kind: "data", offset: 0, length: 4096, data: text(4096) }, { codec: noneCodec }],
+    ["offset 0, generation and sequence 0", { kind: "data", offset: 0, length: 100, data: text(100) }, { generation: 0n, cycleSeq: 0n }],
+    ["offsets past 2^32 and 2^53-1", { kind: "data", offset: Number.MAX_SAFE_INTEGER - 8192, length: 8192, data: text(8192) }, {}],
+    ["generation and sequence at 2^64-1", { kind: "data", offset: 65536, length: 1, data: Buffer.from([7]) }, { generation: 2n ** 64n - 1n, cycleSeq: 2n ** 63n }],
+    ["a long, non-ASCII disk id", { kind: "data", offset: 512, length: 1000, data: randomBytes(1000) }, { diskId: "disque-é".repeat(40) }],
+    ["a zero range", { kind: "zero", offset: 8 * MiB, length: 3 * 1024 * MiB }, {}],
+  ];
+  for (const [name, extent, extra] of cases) {
+    it(`produces the generated encoder's bytes: ${name}`, () => {
+      const o = { ...opts, ...extra };
+      const fast = encodeExtentChunkRequest(extent, o);
+      const chunk = encodeExtentChunk(extent, o);
+      const generated = Buffer.from(ReplicateRequest.encode({ body: { $case: "extentChunk", value: chunk } }).finish());
+      expect(serializeReplicateRequest(fast.request).equals(generated)).toBe(true);
+      expect(fast.wireBytes).toBe(chunk.payload?.$case === "data" ? chunk.payload.value.data.length : 0);
+      // And the replica decodes it back to the extent's bytes.
+      const decoded = ReplicateRequest.decode(fast.request.bytes);
+      expect(decoded.body?.$case).toBe("extentChunk");
+      if (decoded.body?.$case !== "extentChunk") return;
+      const back = decodeExtentChunk(decoded.body.value, { maxChunkBytes: 4 * MiB });
+      expect(back.offset).toBe(extent.offset);
+      if (extent.kind === "data") expect(back.kind === "data" && back.data.equals(extent.data)).toBe(true);
+      else expect(back.kind).toBe("zero");
+    });
+  }
+
+  it("copies the payload out: reusing the read buffer or encoding the next chunk leaves it intact", () => {
+    const data = text(MiB);
+    const first = encodeExtentChunkRequest({ kind: "data", offset: 0, length: MiB, data }, opts);
+    const raw = encodeExtentChunkRequest({ kind: "data", offset: MiB, length: MiB, data: randomBytes(MiB) }, opts);
+    const expectedFirst = Buffer.from(first.request.bytes);
+    const expectedRaw = Buffer.from(raw.request.bytes);
+    data.fill(0xee);
+    encodeExtentChunkRequest({ kind: "data", offset: 0, length: MiB, data: text(MiB).reverse() }, opts);
+    expect(first.request.bytes.equals(expectedFirst)).toBe(true);
+    expect(raw.request.bytes.equals(expectedRaw)).toBe(true);
   });
 });
 
