@@ -57,11 +57,20 @@ export class DiskPointWriter {
     return this.client.maxRequestBytes;
   }
 
-  async write(offset: number, data: Buffer): Promise<void> {
-    this.checkRange(offset, data.length);
-    for (let at = 0; at < data.length; at += this.client.maxRequestBytes) {
-      const piece = data.subarray(at, Math.min(data.length, at + this.client.maxRequestBytes));
-      await this.submit(() => this.client.write(offset + at, piece));
+  /**
+   * Resolves once the write is queued (several are in flight); `onSettled` runs once the storage
+   * daemon has answered for every byte of it, or the write failed: `data` is free for reuse then.
+   */
+  async write(offset: number, data: Buffer, onSettled?: () => void): Promise<void> {
+    const settled: Array<Promise<void>> = [];
+    try {
+      this.checkRange(offset, data.length);
+      for (let at = 0; at < data.length; at += this.client.maxRequestBytes) {
+        const piece = data.subarray(at, Math.min(data.length, at + this.client.maxRequestBytes));
+        settled.push((await this.submit(() => this.client.write(offset + at, piece))).done);
+      }
+    } finally {
+      if (onSettled) void Promise.allSettled(settled).then(onSettled);
     }
   }
 
@@ -100,7 +109,8 @@ export class DiskPointWriter {
     await detach(this.daemon, this.nodeName).catch((err: unknown) => this.logger.warn({ err, node: this.nodeName }, "detach failed"));
   }
 
-  private async submit(op: () => Promise<void>): Promise<void> {
+  /** Queues `op` once fewer than MAX_IN_FLIGHT are pending; `done` is its (never rejecting) completion. */
+  private async submit(op: () => Promise<void>): Promise<{ done: Promise<void> }> {
     if (this.failure) throw this.failure;
     while (this.pending.size >= MAX_IN_FLIGHT) await Promise.race(this.pending);
     if (this.failure) throw this.failure;
@@ -110,6 +120,7 @@ export class DiskPointWriter {
       })
       .finally(() => this.pending.delete(p));
     this.pending.add(p);
+    return { done: p };
   }
 
   private async drain(): Promise<void> {

@@ -181,6 +181,11 @@ export interface DecodeOptions {
   acceptedCodecs?: readonly CompressionCodec[];
   /** The zstd implementation to use; `getCodec("zstd")` when omitted. */
   zstd?: Codec;
+  /**
+   * Where decompressed bytes may go (at least the chunk's length), so a receiver can reuse
+   * buffers; the result is then a view of it. Raw chunks stay views of the message instead.
+   */
+  into?: Buffer;
 }
 
 const DEFAULT_CODECS = [CompressionCodec.COMPRESSION_CODEC_NONE, CompressionCodec.COMPRESSION_CODEC_ZSTD];
@@ -238,7 +243,7 @@ export function decodeExtentChunk(chunk: ExtentChunk, opts: DecodeOptions): Deco
   let data: Buffer;
   try {
     if (codec === CompressionCodec.COMPRESSION_CODEC_ZSTD) {
-      data = (opts.zstd ?? getCodec("zstd")).decompress(wire, length);
+      data = (opts.zstd ?? getCodec("zstd")).decompress(wire, length, opts.into);
     } else if (codec === CompressionCodec.COMPRESSION_CODEC_NONE) {
       data = getCodec("none").decompress(wire, length);
     } else {

@@ -17,6 +17,7 @@ import {
   type ReplicateRequest,
   type ReplicateResponse,
 } from "../../gen/qreplica/v1/replication.js";
+import { BufferPool } from "../../common/bufferPool.js";
 import { decodeExtentChunk, peerIdentity, writeWithBackpressure } from "../../transport/index.js";
 import type { PointWrite } from "../../storage/index.js";
 import { parseVmSpec, sendSeedHashes } from "./resync.js";
@@ -48,6 +49,8 @@ interface OpenCycle {
   dataBytes: number;
   zeroBytes: number;
   wireBytes: number;
+  /** Decompression targets, reused once the storage daemon has the bytes; dropped with the cycle. */
+  buffers: BufferPool;
 }
 
 /**
@@ -264,6 +267,7 @@ export class ReplicateSession {
         dataBytes: 0,
         zeroBytes: 0,
         wireBytes: 0,
+        buffers: new BufferPool(),
       };
       this.refusedSeq = undefined;
       if (kind === "resync") {
@@ -285,16 +289,23 @@ export class ReplicateSession {
     const writer = cycle.point.disk(chunk.diskId);
     if (!writer) return this.rejectChunk(chunk, RejectReason.REJECT_REASON_UNKNOWN_DISK, `disk '${chunk.diskId}' was not announced in CycleBegin`);
     let decoded;
+    // Taken before the chunk is checked, so only for lengths the check will accept.
+    const target = chunk.payload?.$case === "data" && chunk.length > 0 && chunk.length <= MAX_CHUNK_BYTES ? cycle.buffers.take(chunk.length) : undefined;
     try {
-      decoded = decodeExtentChunk(chunk, { maxChunkBytes: MAX_CHUNK_BYTES });
+      decoded = decodeExtentChunk(chunk, { maxChunkBytes: MAX_CHUNK_BYTES, into: target });
     } catch (err) {
       const code = (err as { code?: string }).code ?? "INTERNAL";
       const reason = (RejectReason as unknown as Record<string, number>)[`REJECT_REASON_${code}`] ?? RejectReason.REJECT_REASON_INTERNAL;
       return this.rejectChunk(chunk, reason, errorMessage(err));
     }
     try {
-      if (decoded.kind === "data") await writer.write(decoded.offset, decoded.data!);
-      else await writer.writeZeroes(decoded.offset, decoded.length);
+      if (decoded.kind === "data") {
+        const inTarget = target !== undefined && decoded.data.buffer === target.buffer;
+        if (target && !inTarget) cycle.buffers.give(target);
+        await writer.write(decoded.offset, decoded.data, inTarget ? () => cycle.buffers.give(target) : undefined);
+      } else {
+        await writer.writeZeroes(decoded.offset, decoded.length);
+      }
     } catch (err) {
       const reason = (err as { code?: string }).code === "EXTENT_OUT_OF_RANGE" ? RejectReason.REJECT_REASON_OUT_OF_RANGE : RejectReason.REJECT_REASON_STORAGE_FAILURE;
       return this.rejectChunk(chunk, reason, errorMessage(err));
