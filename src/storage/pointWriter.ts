@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { closeSync, fsyncSync, openSync } from "node:fs";
+import { open } from "node:fs/promises";
 import { silentLogger, type Logger } from "../common/logger.js";
 import { NbdClient } from "../qemu/nbd/index.js";
 import type { SiteStorageDaemon } from "./siteStorageDaemon.js";
@@ -92,11 +92,13 @@ export class DiskPointWriter {
     } finally {
       await this.close();
     }
-    const fd = openSync(this.imagePath, "r");
+    // On the thread pool: a point of several GiB takes a while to reach the disk, and the
+    // site's other VMs keep replicating meanwhile.
+    const file = await open(this.imagePath, "r");
     try {
-      fsyncSync(fd);
+      await file.sync();
     } finally {
-      closeSync(fd);
+      await file.close();
     }
   }
 

@@ -336,6 +336,7 @@ export class ReplicateSession {
     }
     this.cycle = undefined;
     const vmId = this.vmId!;
+    const endAt = Date.now();
     try {
       const committed = await this.ctx.serializer.run(vmId, () =>
         this.ctx.relationships.commitCycle({
@@ -357,6 +358,10 @@ export class ReplicateSession {
       await writeWithBackpressure(this.call, {
         body: { $case: "cycleAck", value: { generation: BigInt(this.generation), cycleSequence: BigInt(seq), recoveryPointId: committed.pointId, committedAt: committed.committedAt } },
       });
+      this.logger.info(
+        { vm: vmId, seq, kind: cycle.kind, dataBytes: cycle.dataBytes, zeroBytes: cycle.zeroBytes, wireBytes: cycle.wireBytes, receiveMs: endAt - cycle.startedAt, commitMs: Date.now() - endAt },
+        "cycle committed",
+      );
       this.ctx.afterCommit(vmId);
     } catch (err) {
       const reason = err instanceof RelationshipRefusal ? err.reason : RejectReason.REJECT_REASON_STORAGE_FAILURE;
