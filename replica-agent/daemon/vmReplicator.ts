@@ -201,6 +201,8 @@ export class VmReplicator {
 
   private needsInitial = false;
   private resyncHint = false;
+  /** Negotiated in Hello/HelloAck; SHA-256 until a site has answered. */
+  private chunkChecksum: ChecksumAlgorithm = ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256;
 
   /**
    * The replica site failed over: this VM is no longer the primary. Pause its vCPUs so it cannot
@@ -213,6 +215,25 @@ export class VmReplicator {
     } catch (err) {
       this.logger.error({ vm: this.vm.id, err }, "could not pause the VM after a stale-generation refusal");
     }
+  }
+
+  /** Chunk checksums this agent can compute, the one it prefers first (see common.proto). */
+  private offeredChecksums(): ChecksumAlgorithm[] {
+    return this.vm.chunkChecksum === "sha256"
+      ? [ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256]
+      : [ChecksumAlgorithm.CHECKSUM_ALGORITHM_ZSTD_FRAME, ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256];
+  }
+
+  private pickChecksum(accepted: ChecksumAlgorithm[]): ChecksumAlgorithm {
+    // A site that lists nothing predates the negotiation and verifies SHA-256 only.
+    if (accepted.length === 0) return ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256;
+    const pick = this.offeredChecksums().find((a) => accepted.includes(a));
+    if (pick === undefined) {
+      throw new Error(
+        `the replica site accepts none of this agent's chunk checksums (it accepts ${accepted.map((a) => ChecksumAlgorithm[a] ?? a).join(", ")}); upgrade the agent or change vms[].chunkChecksum`,
+      );
+    }
+    return pick;
   }
 
   private async hello(stream: ClientDuplexStream<OutgoingReplicateRequest, ReplicateResponse>, responses: ResponseQueue, capture: VmCapture): Promise<number> {
@@ -229,7 +250,7 @@ export class VmReplicator {
           generation: BigInt(saved?.generation ?? this.vm.generation ?? 0),
           disks: disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeBytes) })),
           supportedCodecs: [CompressionCodec.COMPRESSION_CODEC_ZSTD, CompressionCodec.COMPRESSION_CODEC_NONE],
-          supportedChecksumAlgorithms: [ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256],
+          supportedChecksumAlgorithms: this.offeredChecksums(),
           vmSpecJson: this.vm.spec ? JSON.stringify(this.vm.spec) : "",
         },
       },
@@ -241,6 +262,7 @@ export class VmReplicator {
     }
     if (reply?.$case !== "helloAck") throw new Error(`expected HelloAck, got ${reply?.$case ?? "nothing"}`);
     const generation = Number(reply.value.generation);
+    this.chunkChecksum = this.pickChecksum(reply.value.acceptedChecksumAlgorithms);
     this.saveState({ generation, replicaSite: this.vm.replicaSite });
     this.needsInitial = reply.value.resumeHint === ResumeHint.RESUME_HINT_INITIAL_REPLICATION;
     this.resyncHint = reply.value.resumeHint === ResumeHint.RESUME_HINT_RESYNC;
@@ -276,7 +298,7 @@ export class VmReplicator {
         for await (const extent of extents) {
           const early = responses.poll();
           if (early) this.throwIfRejected(early, cycle.seq);
-          const chunk = encodeExtentChunkRequest(extent, { generation: gen, cycleSeq: seq, diskId: disk.diskId, codec, level: this.vm.compressionLevel });
+          const chunk = encodeExtentChunkRequest(extent, { generation: gen, cycleSeq: seq, diskId: disk.diskId, codec, level: this.vm.compressionLevel, checksum: this.chunkChecksum });
           totals.extents++;
           if (extent.kind === "data") totals.data += extent.length;
           else totals.zero += extent.length;

@@ -4,7 +4,8 @@ export type CodecName = "zstd" | "none";
 /**
  * One-shot compression of a chunk. Every chunk is its own frame, so the replica can verify and
  * write it without state from other chunks, and a chunk is small enough (1-4 MiB) that a
- * synchronous call is cheaper than a stream.
+ * synchronous call is cheaper than a stream. zstd frames declare their content size and end with
+ * the content's checksum (XXH64), which decompression verifies.
  */
 export interface Codec {
   readonly name: CodecName;

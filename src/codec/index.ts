@@ -14,6 +14,7 @@ export {
   type DecompressionFailure,
 } from "./errors.js";
 export { noneCodec } from "./none.js";
+export { inspectZstdFrame, type ZstdFrameInfo } from "./zstdFrame.js";
 export { nodeZlibZstdAvailable, nodeZlibZstdCodec } from "./nodeZlibZstd.js";
 export { zstdNapiAvailable, zstdNapiCodec } from "./zstdNapi.js";
 

@@ -7,11 +7,13 @@ import { CodecError, CodecUnavailableError, CompressionFailedError, checkExpecte
 interface ZstdOptions {
   params?: Record<number, number>;
   maxOutputLength?: number;
+  /** Written into the frame header as its content size. */
+  pledgedSrcSize?: number;
 }
 interface ZlibWithZstd {
   zstdCompressSync(buf: Uint8Array, options?: ZstdOptions): Buffer;
   zstdDecompressSync(buf: Uint8Array, options?: ZstdOptions): Buffer;
-  constants: { ZSTD_c_compressionLevel: number };
+  constants: { ZSTD_c_compressionLevel: number; ZSTD_c_checksumFlag: number };
 }
 
 const z = zlib as unknown as Partial<ZlibWithZstd>;
@@ -43,7 +45,11 @@ export const nodeZlibZstdCodec: Codec = {
       );
     }
     try {
-      return zz.zstdCompressSync(buf, { params: { [zz.constants.ZSTD_c_compressionLevel]: level } });
+      // Like zstd-napi's frames: content size in the header and XXH64 of the content at the end.
+      return zz.zstdCompressSync(buf, {
+        params: { [zz.constants.ZSTD_c_compressionLevel]: level, [zz.constants.ZSTD_c_checksumFlag]: 1 },
+        pledgedSrcSize: buf.length,
+      });
     } catch (err) {
       throw new CompressionFailedError(`zstd compression of ${buf.length} bytes failed`, { cause: err });
     }

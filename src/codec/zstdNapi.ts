@@ -39,6 +39,7 @@ export function zstdNapiAvailable(): boolean {
 
 // Contexts are reused: creating one per 4 MiB chunk costs more than the compression of small ones.
 let cctx: ZstdBinding.CCtx | undefined;
+let cctxLevel: number | undefined;
 let dctx: ZstdBinding.DCtx | undefined;
 
 /** Output this much smaller than the bound is copied out, so in-flight chunks do not pin 4 MiB each. */
@@ -56,12 +57,21 @@ export const zstdNapiCodec: Codec = {
         `zstd level ${level} is outside ${b.minCLevel()}..${b.maxCLevel()}; fix the replication policy's compression level`,
       );
     }
-    cctx ??= new b.CCtx();
+    if (!cctx) {
+      cctx = new b.CCtx();
+      // Every frame carries XXH64 of its content, which the decompressor verifies for free.
+      cctx.setParameter(b.CParameter.checksumFlag, 1);
+      cctxLevel = undefined;
+    }
+    if (cctxLevel !== level) {
+      cctx.setParameter(b.CParameter.compressionLevel, level);
+      cctxLevel = level;
+    }
     const bound = b.compressBound(buf.length);
     const dst = into && into.length >= bound ? into : Buffer.allocUnsafe(bound);
     let n: number;
     try {
-      n = cctx.compress(dst, buf, level);
+      n = cctx.compress2(dst, buf);
     } catch (err) {
       cctx = undefined; // a failed context may be left mid-frame
       throw new CompressionFailedError(`zstd compression of ${buf.length} bytes failed`, { cause: err });

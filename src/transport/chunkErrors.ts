@@ -76,8 +76,9 @@ export class ChecksumMismatchError extends ChunkRejectedError {
     chunk: ChunkRef,
     readonly expected: string,
     readonly actual: string,
+    readonly algorithm = "SHA-256",
   ) {
-    super(chunk, `SHA-256 mismatch: sender's ${expected}, received bytes hash to ${actual}`);
+    super(chunk, `${algorithm} mismatch: sender's ${expected}, received bytes hash to ${actual}`);
   }
 }
 

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { getCodec, type Codec } from "../codec/index.js";
+import { getCodec, inspectZstdFrame, type Codec } from "../codec/index.js";
 import { ChecksumAlgorithm, CompressionCodec } from "../gen/qreplica/v1/common.js";
 import type { ExtentChunk } from "../gen/qreplica/v1/replication.js";
 import {
@@ -26,6 +26,8 @@ export interface EncodeOptions {
   codec: Codec;
   /** The policy's compression level; ignored by the none codec. */
   level: number;
+  /** SHA-256 unless given; ZSTD_FRAME needs the zstd codec (see common.proto). */
+  checksum?: ChecksumAlgorithm;
 }
 
 /** `length` is a uint32 on the wire, which bounds zero ranges (data is bounded by max_chunk_bytes). */
@@ -41,7 +43,7 @@ type ChunkHead = Pick<ExtentChunk, "generation" | "cycleSequence" | "diskId" | "
 type PreparedChunk =
   | { head: ChunkHead; kind: "zero" }
   /** `payload` may be a view of the extent's data or of the compression scratch buffer. */
-  | { head: ChunkHead; kind: "data"; codec: CompressionCodec; payload: Buffer; checksum: Buffer };
+  | { head: ChunkHead; kind: "data"; codec: CompressionCodec; payload: Buffer; algorithm: ChecksumAlgorithm; checksum: Buffer };
 
 function prepareChunk(extent: ExtentPiece, opts: EncodeOptions, scratch?: Buffer): PreparedChunk {
   const where = `extent of disk "${opts.diskId}" at offset ${extent.offset}, length ${extent.length}`;
@@ -62,14 +64,25 @@ function prepareChunk(extent: ExtentPiece, opts: EncodeOptions, scratch?: Buffer
   if (extent.data.length !== extent.length) {
     throw new InvalidExtentError(`${where}: carries ${extent.data.length} bytes of data`);
   }
+  const algorithm = opts.checksum ?? ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256;
+  if (algorithm === ChecksumAlgorithm.CHECKSUM_ALGORITHM_ZSTD_FRAME) {
+    if (opts.codec.name !== "zstd") throw new RangeError(`the zstd frame checksum needs the zstd codec, not ${opts.codec.name}`);
+    // Always the frame, even when incompressible data makes it a few bytes larger than the data
+    // (raw blocks): the frame is what carries the checksum.
+    const frame = opts.codec.compress(extent.data, opts.level, scratch);
+    const { checksum } = inspectZstdFrame(frame);
+    if (!checksum) throw new Error(`internal: the ${opts.codec.implementation} codec wrote a zstd frame without a content checksum`);
+    return { head, kind: "data", codec: CompressionCodec.COMPRESSION_CODEC_ZSTD, payload: frame, algorithm, checksum: Buffer.from(checksum) };
+  }
+  if (algorithm !== ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256) throw new RangeError(`cannot compute checksum algorithm ${algorithm}`);
   const checksum = sha256(extent.data);
   if (opts.codec.name === "zstd") {
     const packed = opts.codec.compress(extent.data, opts.level, scratch);
     // Incompressible data (encrypted or already compressed guest files) grows a little under
     // zstd; sending it raw saves the replica a pointless decompression as well as the bytes.
-    if (packed.length < extent.data.length) return { head, kind: "data", codec: CompressionCodec.COMPRESSION_CODEC_ZSTD, payload: packed, checksum };
+    if (packed.length < extent.data.length) return { head, kind: "data", codec: CompressionCodec.COMPRESSION_CODEC_ZSTD, payload: packed, algorithm, checksum };
   }
-  return { head, kind: "data", codec: CompressionCodec.COMPRESSION_CODEC_NONE, payload: extent.data, checksum };
+  return { head, kind: "data", codec: CompressionCodec.COMPRESSION_CODEC_NONE, payload: extent.data, algorithm, checksum };
 }
 
 function zeroChunk(head: ChunkHead): ExtentChunk {
@@ -86,7 +99,7 @@ export function encodeExtentChunk(extent: ExtentPiece, opts: EncodeOptions): Ext
   return {
     ...chunk.head,
     payload: { $case: "data", value: { codec: chunk.codec, data } },
-    checksumAlgorithm: ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256,
+    checksumAlgorithm: chunk.algorithm,
     checksum: chunk.checksum,
   };
 }
@@ -121,7 +134,7 @@ export function encodeExtentChunkRequest(extent: ExtentPiece, opts: EncodeOption
     (head.offset !== 0n ? 1 + varintSize(head.offset) : 0) +
     (head.length !== 0 ? 1 + varintSize(head.length) : 0) +
     delimitedSize(dataSize) +
-    1 + varintSize(ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256) +
+    1 + varintSize(chunk.algorithm) +
     delimitedSize(checksum.length);
   const out = Buffer.allocUnsafe(delimitedSize(chunkSize));
   let pos = 0;
@@ -160,7 +173,7 @@ export function encodeExtentChunkRequest(extent: ExtentPiece, opts: EncodeOption
     pos += payload.copy(out, pos);
   }
   out[pos++] = tag(8, 0);
-  pos = writeVarint(out, pos, ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256);
+  pos = writeVarint(out, pos, chunk.algorithm);
   out[pos++] = tag(9, 2);
   pos = writeVarint(out, pos, checksum.length);
   pos += checksum.copy(out, pos);
@@ -177,6 +190,8 @@ export interface DecodeOptions {
   maxChunkBytes: number;
   /** The disk's virtual size at the cut-off, when known: chunks past it are OUT_OF_RANGE. */
   diskSizeBytes?: number | bigint;
+  /** The checksum algorithms this session accepted in HelloAck; all known ones when omitted. */
+  acceptedChecksums?: readonly ChecksumAlgorithm[];
   /** The codecs this session accepted in HelloAck; NONE and ZSTD when omitted. */
   acceptedCodecs?: readonly CompressionCodec[];
   /** The zstd implementation to use; `getCodec("zstd")` when omitted. */
@@ -189,6 +204,9 @@ export interface DecodeOptions {
 }
 
 const DEFAULT_CODECS = [CompressionCodec.COMPRESSION_CODEC_NONE, CompressionCodec.COMPRESSION_CODEC_ZSTD];
+/** Every checksum algorithm this version verifies, the cheapest first. */
+export const KNOWN_CHECKSUMS: readonly ChecksumAlgorithm[] = [ChecksumAlgorithm.CHECKSUM_ALGORITHM_ZSTD_FRAME, ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256];
+const ZSTD_FRAME_CHECKSUM_BYTES = 4;
 
 /**
  * Turns a wire chunk back into the bytes to write, trusting nothing in it: every field is checked
@@ -230,16 +248,18 @@ export function decodeExtentChunk(chunk: ExtentChunk, opts: DecodeOptions): Deco
   if (length > opts.maxChunkBytes) {
     throw new ChunkOutOfRangeError(ref, `data chunks may be at most ${opts.maxChunkBytes} bytes (max_chunk_bytes)`);
   }
-  if (chunk.checksumAlgorithm !== ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256) {
-    throw new UnsupportedChecksumAlgorithmError(ref, `checksum algorithm ${chunk.checksumAlgorithm} is not supported (SHA-256 is)`);
-  }
-  if (chunk.checksum.length !== SHA256_BYTES) {
-    throw new ChecksumMismatchError(ref, `${chunk.checksum.length}-byte value`, "a 32-byte SHA-256 digest");
+  const algorithm = chunk.checksumAlgorithm;
+  if (!(opts.acceptedChecksums ?? KNOWN_CHECKSUMS).includes(algorithm)) {
+    throw new UnsupportedChecksumAlgorithmError(ref, `checksum algorithm ${ChecksumAlgorithm[algorithm] ?? algorithm} is not accepted by this session`);
   }
   const { codec, data: wire } = payload.value;
   if (!(opts.acceptedCodecs ?? DEFAULT_CODECS).includes(codec)) {
     throw new UnsupportedChunkCodecError(ref, `compression codec ${codec} is not accepted by this session`);
   }
+  if (algorithm === ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256 && chunk.checksum.length !== SHA256_BYTES) {
+    throw new ChecksumMismatchError(ref, `${chunk.checksum.length}-byte value`, "a 32-byte SHA-256 digest");
+  }
+  if (algorithm === ChecksumAlgorithm.CHECKSUM_ALGORITHM_ZSTD_FRAME) checkZstdFrame(ref, codec, wire, length, chunk.checksum);
   let data: Buffer;
   try {
     if (codec === CompressionCodec.COMPRESSION_CODEC_ZSTD) {
@@ -251,15 +271,53 @@ export function decodeExtentChunk(chunk: ExtentChunk, opts: DecodeOptions): Deco
     }
   } catch (err) {
     if (err instanceof UnsupportedChunkCodecError) throw err;
-    throw new ChunkDecompressionFailedError(ref, err instanceof Error ? err.message : String(err), { cause: err });
+    const message = err instanceof Error ? err.message : String(err);
+    // The frame's own checksum did not match what came out of it.
+    if (algorithm === ChecksumAlgorithm.CHECKSUM_ALGORITHM_ZSTD_FRAME && /checksum/i.test(message)) {
+      throw new ChecksumMismatchError(ref, chunk.checksum.toString("hex"), "a different value", "zstd frame checksum (XXH64)");
+    }
+    throw new ChunkDecompressionFailedError(ref, message, { cause: err });
   }
   // Codecs promise exact length; checked again because this is the last line before the disk.
   if (data.length !== length) {
     throw new ChunkDecompressionFailedError(ref, `payload decompressed to ${data.length} bytes`);
   }
+  if (algorithm === ChecksumAlgorithm.CHECKSUM_ALGORITHM_ZSTD_FRAME) return { kind: "data", ...base, data, wireBytes: wire.length };
   const actual = sha256(data);
   if (!actual.equals(chunk.checksum)) {
     throw new ChecksumMismatchError(ref, chunk.checksum.toString("hex"), actual.toString("hex"));
   }
   return { kind: "data", ...base, data, wireBytes: wire.length };
+}
+
+/**
+ * What the zstd frame checksum relies on, checked before decompressing: one frame, exactly the
+ * payload, declaring `length` bytes (so no unchecked trailing frame can add to them), with a
+ * content checksum equal to the chunk's.
+ */
+function checkZstdFrame(ref: ChunkRef, codec: CompressionCodec, wire: Uint8Array, length: number, checksum: Buffer): void {
+  if (codec !== CompressionCodec.COMPRESSION_CODEC_ZSTD) {
+    throw new UnsupportedChecksumAlgorithmError(ref, "the zstd frame checksum needs COMPRESSION_CODEC_ZSTD");
+  }
+  if (checksum.length !== ZSTD_FRAME_CHECKSUM_BYTES) {
+    throw new ChecksumMismatchError(ref, `${checksum.length}-byte value`, "the frame's 4-byte content checksum", "zstd frame checksum (XXH64)");
+  }
+  let frame;
+  try {
+    frame = inspectZstdFrame(wire);
+  } catch (err) {
+    throw new ChunkDecompressionFailedError(ref, err instanceof Error ? err.message : String(err), { cause: err });
+  }
+  if (frame.frameBytes !== wire.length) {
+    throw new ChunkDecompressionFailedError(ref, `the zstd frame is ${frame.frameBytes} of the payload's ${wire.length} bytes; one frame per chunk`);
+  }
+  if (frame.contentSize !== length) {
+    throw new ChunkDecompressionFailedError(ref, `the zstd frame declares ${frame.contentSize ?? "no"} content size, the chunk ${length} bytes`);
+  }
+  if (!frame.checksum) {
+    throw new ChecksumMismatchError(ref, checksum.toString("hex"), "a frame without content checksum", "zstd frame checksum (XXH64)");
+  }
+  if (!frame.checksum.equals(checksum)) {
+    throw new ChecksumMismatchError(ref, checksum.toString("hex"), frame.checksum.toString("hex"), "zstd frame checksum (XXH64)");
+  }
 }

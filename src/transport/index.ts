@@ -1,5 +1,6 @@
 // Public surface of the transport: chunk encoding, backpressure, PKI and mutual-TLS plumbing.
 export {
+  KNOWN_CHECKSUMS,
   MAX_WIRE_LENGTH,
   decodeExtentChunk,
   encodeExtentChunk,

@@ -18,7 +18,7 @@ import {
   type ReplicateResponse,
 } from "../../gen/qreplica/v1/replication.js";
 import { BufferPool } from "../../common/bufferPool.js";
-import { decodeExtentChunk, peerIdentity, writeWithBackpressure } from "../../transport/index.js";
+import { KNOWN_CHECKSUMS, decodeExtentChunk, peerIdentity, writeWithBackpressure } from "../../transport/index.js";
 import type { PointWrite } from "../../storage/index.js";
 import { parseVmSpec, sendSeedHashes } from "./resync.js";
 import { findAuthorization, loadAuthorizations } from "../siteConfig.js";
@@ -61,6 +61,7 @@ export class ReplicateSession {
   private vmId: string | undefined;
   private generation = 0;
   private cycle: OpenCycle | undefined;
+  private acceptedChecksums: ChecksumAlgorithm[] = [];
   /** A cycle refused mid-way: its remaining chunks are dropped until its end or abort. */
   private refusedSeq: number | undefined;
   private superseded = false;
@@ -205,6 +206,9 @@ export class ReplicateSession {
       });
       this.vmId = hello.vmId;
       this.generation = accepted.generation;
+      // What both sides know; a sender that offers nothing is assumed to send SHA-256.
+      const offered = hello.supportedChecksumAlgorithms.length ? hello.supportedChecksumAlgorithms : [ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256];
+      this.acceptedChecksums = KNOWN_CHECKSUMS.filter((a) => offered.includes(a));
       this.ctx.claimSession(hello.vmId, this);
       await writeWithBackpressure(this.call, {
         body: {
@@ -221,7 +225,7 @@ export class ReplicateSession {
                 : ResumeHint.RESUME_HINT_INCREMENTAL,
             maxChunkBytes: MAX_CHUNK_BYTES,
             acceptedCodecs: [CompressionCodec.COMPRESSION_CODEC_ZSTD, CompressionCodec.COMPRESSION_CODEC_NONE],
-            acceptedChecksumAlgorithms: [ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256],
+            acceptedChecksumAlgorithms: this.acceptedChecksums,
           },
         },
       });
@@ -292,7 +296,7 @@ export class ReplicateSession {
     // Taken before the chunk is checked, so only for lengths the check will accept.
     const target = chunk.payload?.$case === "data" && chunk.length > 0 && chunk.length <= MAX_CHUNK_BYTES ? cycle.buffers.take(chunk.length) : undefined;
     try {
-      decoded = decodeExtentChunk(chunk, { maxChunkBytes: MAX_CHUNK_BYTES, into: target });
+      decoded = decodeExtentChunk(chunk, { maxChunkBytes: MAX_CHUNK_BYTES, into: target, acceptedChecksums: this.acceptedChecksums });
     } catch (err) {
       const code = (err as { code?: string }).code ?? "INTERNAL";
       const reason = (RejectReason as unknown as Record<string, number>)[`REJECT_REASON_${code}`] ?? RejectReason.REJECT_REASON_INTERNAL;

@@ -16,12 +16,14 @@ import {
   toUint64,
   uint64ToSafeNumber,
   type ChunkRejectCode,
+  type EncodeOptions,
 } from "../../../src/transport/index.js";
 
 const MiB = 1024 * 1024;
 const zstd = getCodec("zstd");
 const opts = { generation: 3n, cycleSeq: 7n, diskId: "disk-0", codec: zstd, level: 1 };
 const decodeOpts = { maxChunkBytes: 4 * MiB };
+const FRAME = ChecksumAlgorithm.CHECKSUM_ALGORITHM_ZSTD_FRAME;
 
 function text(bytes: number): Buffer {
   return Buffer.from("the quick brown fox jumps over the lazy replica\n".repeat(Math.ceil(bytes / 48))).subarray(0, bytes);
@@ -92,7 +94,7 @@ describe("encodeExtentChunk / decodeExtentChunk", () => {
 });
 
 describe("encodeExtentChunkRequest (the sender's hand-written wire encoding)", () => {
-  const cases: Array<[string, Parameters<typeof encodeExtentChunk>[0], Partial<typeof opts>]> = [
+  const cases: Array<[string, Parameters<typeof encodeExtentChunk>[0], Partial<EncodeOptions>]> = [
     ["compressible data", { kind: "data", offset: 4 * MiB, length: 2 * MiB, data: text(2 * MiB) }, {}],
     ["incompressible data sent raw", { kind: "data", offset: 123 * 65536, length: MiB, data: randomBytes(MiB) }, {}],
     ["the none codec", { kind: "data", offset: 0, length: 4096, data: text(4096) }, { codec: noneCodec }],
@@ -101,6 +103,8 @@ describe("encodeExtentChunkRequest (the sender's hand-written wire encoding)", (
     ["generation and sequence at 2^64-1", { kind: "data", offset: 65536, length: 1, data: Buffer.from([7]) }, { generation: 2n ** 64n - 1n, cycleSeq: 2n ** 63n }],
     ["a long, non-ASCII disk id", { kind: "data", offset: 512, length: 1000, data: randomBytes(1000) }, { diskId: "disque-é".repeat(40) }],
     ["a zero range", { kind: "zero", offset: 8 * MiB, length: 3 * 1024 * MiB }, {}],
+    ["the zstd frame checksum", { kind: "data", offset: 2 * MiB, length: 2 * MiB, data: text(2 * MiB) }, { checksum: FRAME }],
+    ["the zstd frame checksum, incompressible", { kind: "data", offset: 0, length: MiB, data: randomBytes(MiB) }, { checksum: FRAME }],
   ];
   for (const [name, extent, extra] of cases) {
     it(`produces the generated encoder's bytes: ${name}`, () => {
@@ -131,6 +135,58 @@ describe("encodeExtentChunkRequest (the sender's hand-written wire encoding)", (
     encodeExtentChunkRequest({ kind: "data", offset: 0, length: MiB, data: text(MiB).reverse() }, opts);
     expect(first.request.bytes.equals(expectedFirst)).toBe(true);
     expect(raw.request.bytes.equals(expectedRaw)).toBe(true);
+  });
+});
+
+describe("the zstd frame checksum (CHECKSUM_ALGORITHM_ZSTD_FRAME)", () => {
+  const frameOpts = { ...opts, checksum: FRAME };
+  const data = text(2 * MiB);
+  const good = encodeExtentChunk({ kind: "data", offset: MiB, length: data.length, data }, frameOpts);
+  const frameOf = (c: ExtentChunk) => Buffer.from(c.payload?.$case === "data" ? c.payload.value.data : Buffer.alloc(0));
+
+  it("carries the frame's own 4-byte content checksum and decodes without SHA-256", () => {
+    expect(good.checksumAlgorithm).toBe(FRAME);
+    expect(good.checksum.equals(frameOf(good).subarray(-4))).toBe(true);
+    const decoded = decodeExtentChunk(ExtentChunk.decode(ExtentChunk.encode(good).finish()), decodeOpts);
+    expect(decoded.kind === "data" && decoded.data.equals(data)).toBe(true);
+  });
+
+  it("sends incompressible data as a zstd frame of raw blocks, a few bytes over the data", () => {
+    const random = randomBytes(MiB);
+    const chunk = encodeExtentChunk({ kind: "data", offset: 0, length: MiB, data: random }, frameOpts);
+    expect(chunk.payload?.$case === "data" && chunk.payload.value.codec).toBe(CompressionCodec.COMPRESSION_CODEC_ZSTD);
+    expect(frameOf(chunk).length - MiB).toBeGreaterThan(0);
+    expect(frameOf(chunk).length - MiB).toBeLessThan(100);
+    const decoded = decodeExtentChunk(chunk, decodeOpts);
+    expect(decoded.kind === "data" && decoded.data.equals(random)).toBe(true);
+  });
+
+  it("refuses a flipped checksum field, and a frame whose content was damaged (raw block byte flipped)", () => {
+    const checksum = Buffer.from(good.checksum);
+    checksum[0] = checksum[0]! ^ 1;
+    const e = expectReject(() => decodeExtentChunk({ ...good, checksum }, decodeOpts), "CHECKSUM_MISMATCH");
+    expect(e.message).toContain("zstd frame checksum");
+    const random = randomBytes(MiB);
+    const raw = encodeExtentChunk({ kind: "data", offset: 0, length: MiB, data: random }, frameOpts);
+    const damaged = frameOf(raw);
+    damaged[MiB / 2] = damaged[MiB / 2]! ^ 0x10;
+    expectReject(() => decodeExtentChunk(withPayload(raw, CompressionCodec.COMPRESSION_CODEC_ZSTD, damaged), decodeOpts), "CHECKSUM_MISMATCH");
+  });
+
+  it("refuses a frame without checksum, a second frame, a lying content size, the wrong codec or a 32-byte value", () => {
+    const twoFrames = Buffer.concat([frameOf(good), frameOf(good)]);
+    expectReject(() => decodeExtentChunk(withPayload(good, CompressionCodec.COMPRESSION_CODEC_ZSTD, twoFrames), decodeOpts), "DECOMPRESSION_FAILED");
+    expectReject(() => decodeExtentChunk({ ...good, length: data.length - 1 }, decodeOpts), "DECOMPRESSION_FAILED");
+    expectReject(() => decodeExtentChunk(withPayload(good, CompressionCodec.COMPRESSION_CODEC_NONE, data), decodeOpts), "UNSUPPORTED_CHECKSUM_ALGORITHM");
+    expectReject(() => decodeExtentChunk({ ...good, checksum: createHash("sha256").update(data).digest() }, decodeOpts), "CHECKSUM_MISMATCH");
+    const noChecksum = frameOf(good);
+    noChecksum[4] = noChecksum[4]! & ~0x04; // clear Content_Checksum_flag: the last 4 bytes now read as data
+    expectReject(() => decodeExtentChunk(withPayload(good, CompressionCodec.COMPRESSION_CODEC_ZSTD, noChecksum), decodeOpts), "DECOMPRESSION_FAILED");
+  });
+
+  it("is refused by a session that did not accept it, and cannot be used without zstd", () => {
+    expectReject(() => decodeExtentChunk(good, { ...decodeOpts, acceptedChecksums: [ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256] }), "UNSUPPORTED_CHECKSUM_ALGORITHM");
+    expect(() => encodeExtentChunk({ kind: "data", offset: 0, length: 10, data: text(10) }, { ...frameOpts, codec: noneCodec })).toThrow(RangeError);
   });
 });
 

@@ -1,0 +1,43 @@
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { AgentConfigError, loadAgentConfig } from "../../../replica-agent/daemon/agentConfig.js";
+import { makeTmpDir } from "../../../src/common/tmpDir.js";
+
+const tmp = makeTmpDir("qr-agent-config-");
+afterAll(() => tmp.cleanup());
+
+function configWith(vmExtra: string): string {
+  const path = join(tmp.path, `agent-${Math.random().toString(36).slice(2)}.yaml`);
+  writeFileSync(
+    path,
+    `siteId: site-a
+stateDir: state
+tls: { caFile: ca.crt, certFile: a.crt, keyFile: a.key }
+vms:
+  - id: vm1
+    qmpSocket: qmp.sock
+    nbdSocket: nbd.sock
+    disks: [{ id: vda, node: vda }]
+    replicaSite: 127.0.0.1:7443
+${vmExtra}`,
+  );
+  return path;
+}
+
+describe("agent config", () => {
+  it("defaults: 30 s interval, zstd level 1, the zstd frame checksum; paths relative to the file", () => {
+    const c = loadAgentConfig(configWith(""));
+    expect(c.vms[0]).toMatchObject({ intervalSeconds: 30, compressionLevel: 1, chunkChecksum: "zstd-frame", qmpSocket: join(tmp.path, "qmp.sock") });
+  });
+
+  it("takes SHA-256 chunk checksums when asked", () => {
+    expect(loadAgentConfig(configWith("    chunkChecksum: sha256\n")).vms[0]!.chunkChecksum).toBe("sha256");
+  });
+
+  it("names the field and the allowed values for an unknown checksum", () => {
+    const path = configWith("    chunkChecksum: md5\n");
+    expect(() => loadAgentConfig(path)).toThrow(AgentConfigError);
+    expect(() => loadAgentConfig(path)).toThrow(/vms\[0\] \(vm1\)\.chunkChecksum must be one of zstd-frame, sha256, got "md5"/);
+  });
+});
