@@ -3,6 +3,7 @@ import { VmCapture } from "../replica-agent/capture/index.js";
 import { QmpClient } from "../src/qemu/qmp/index.js";
 import { runTool, startStorageDaemonVm } from "../src/qemu/processes/index.js";
 import { makeTmpDir } from "../src/common/tmpDir.js";
+import { median } from "./lib/stats.js";
 import type { BenchContext, BenchResult } from "./report.js";
 
 const MiB = 1024 * 1024;
@@ -52,7 +53,6 @@ export async function captureRead(ctx: BenchContext): Promise<BenchResult[]> {
     }
     await cycle.confirm();
     // Medians of interleaved rounds: a shared machine makes single runs swing by 2x.
-    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
     const value = median(ours);
     const baseline = median(theirs);
     return [

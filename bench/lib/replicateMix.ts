@@ -24,13 +24,12 @@ export interface CommittedCycle {
   durationMs: number;
 }
 
-export interface MixReplication {
+/** One write of the mix into the primary and the cycle that carried it to site B. */
+export interface MixRound {
   /** The cycle that carried the mix. */
   cycle: CommittedCycle;
   /** committedAt - cutoffAt of that cycle: from the agent's cut-off to the durable commit on the replica. */
   seconds: number;
-  /** The agent's VmHWM / VmRSS (KiB) after the initial replication of the almost empty disk. */
-  idle: { hwm: number; rss: number };
   /** The agent's VmHWM / VmRSS (KiB) right after the mix's cycle was committed. */
   peak: { hwm: number; rss: number };
   /** Seconds qemu-io took to write the mix into the primary. */
@@ -41,11 +40,17 @@ export interface MixReplication {
   /** The agent's own figure for the cycle (cycleBegin sent to ack received), if logged. */
   agentCycleMs: number | undefined;
   /**
-   * Cycles the replica refused between the initial replication and the measured one (e.g. a
-   * checksum mismatch): their changes were kept and carried by the measured cycle, which
-   * started only after the refusal.
+   * Cycles the replica refused between the previous round and this one (e.g. a checksum
+   * mismatch): their changes were kept and carried by the measured cycle, which started only
+   * after the refusal.
    */
   failed: FailedCycle[];
+}
+
+export interface MixReplication {
+  /** The agent's VmHWM / VmRSS (KiB) after the initial replication of the almost empty disk. */
+  idle: { hwm: number; rss: number };
+  rounds: MixRound[];
 }
 
 export interface FailedCycle {
@@ -127,26 +132,34 @@ function agentAcks(dir: string): Array<{ seq: number; ms: number }> {
 }
 
 /**
- * One real replication of `mix` with separate site and agent processes over mutual TLS:
- * site B (replica) and an agent protecting a qemu-storage-daemon VM whose disk holds only 1 MiB.
- * After the initial replication, the mix is written through the VM's guest export with qemu-io;
- * the agent's interval is long enough that the whole mix lands in the next cycle, which is
- * checked (dataBytes + zeroBytes must equal the mix size). Everything is torn down afterwards,
- * also on failure; `dir` itself is the caller's to remove.
+ * Real replication of `mix` with separate site and agent processes over mutual TLS: site B
+ * (replica) and an agent protecting a qemu-storage-daemon VM whose disk holds only 1 MiB. After
+ * the initial replication, each round writes the whole mix through the VM's guest export with
+ * qemu-io (the same bytes again in later rounds: every block is dirty again), runs
+ * `beforeCycle` (e.g. a baseline, while our processes idle) and waits for the cycle carrying the
+ * mix. The agent's interval is long enough for the write and `beforeCycle` to finish before the
+ * cut-off, which is checked (dataBytes + zeroBytes must equal the mix size). Everything is torn
+ * down afterwards, also on failure; `dir` itself is the caller's to remove.
  */
 export async function replicateMix(opts: {
   dir: string;
   mix: MixData;
   log: (m: string) => void;
+  rounds?: number;
   /** Runs once the CA, certificates and VM exist, before any site or agent process starts. */
   afterSetup?: (t: TwoSites) => Promise<void>;
+  /** Runs in each round between the write and the cut-off; counts against the agent's interval. */
+  beforeCycle?: (round: number) => Promise<void>;
 }): Promise<MixReplication> {
   const { mix, log } = opts;
+  const rounds = opts.rounds ?? 1;
   const cleanup = new Cleanup(log);
   cleanup.defer("kill orphaned storage daemons", () => killStorageDaemonsUnder(opts.dir, log));
   try {
-    // qemu-io wrote ~100 MiB/s into a fresh primary on a busy 2-core box; assume 40 MiB/s.
-    const intervalSeconds = Math.max(20, Math.ceil(mix.totalBytes / MiB / 40) + 10);
+    // qemu-io wrote ~100 MiB/s into a fresh primary on a busy 2-core box; assume 40 MiB/s, and
+    // as long again for whatever runs before the cycle.
+    const sizeMiB = mix.totalBytes / MiB;
+    const intervalSeconds = Math.max(20, Math.ceil(sizeMiB / 40) * (opts.beforeCycle ? 2 : 1) + 10);
     const sitesDir = join(opts.dir, "sites");
     mkdirSync(sitesDir);
     const t = await setupTwoSites(sitesDir, { diskBytes: mix.totalBytes + 64 * MiB, intervalSeconds, maxPoints: 100 });
@@ -166,36 +179,46 @@ export async function replicateMix(opts: {
     const idle = memoryKiB(agentPid);
     log(`initial replication committed (cycle ${initial.cycleSeq}); agent VmHWM ${(idle.hwm / 1024).toFixed(1)} MiB, VmRSS ${(idle.rss / 1024).toFixed(1)} MiB`);
 
-    const writeStarted = Date.now();
-    await writeMix(t.vm.guestUri("vda"), mix, { format: "raw" });
-    const writeSeconds = (Date.now() - writeStarted) / 1000;
-    log(`wrote ${(mix.totalBytes / MiB).toFixed(0)} MiB of the mix into the primary in ${writeSeconds.toFixed(1)} s; waiting for the next cycle`);
     const siteQsdPidFile = join(t.siteB, "run", "storage-daemon.pid");
-    const meter = new CpuMeter({
-      agent: agentPid,
-      "site B": siteB.child.pid,
-      "site B qemu-storage-daemon": existsSync(siteQsdPidFile) ? Number(readFileSync(siteQsdPidFile, "utf8").trim()) : undefined,
-      "primary qemu-storage-daemon": t.vm.proc.pid,
-    });
-    // A refused cycle is retried an interval later: leave room for a few. Polling is slow on
-    // purpose: the figure comes from the ledger's timestamps and VmHWM is monotonic, so a late
-    // look changes neither, while a busy poller would take CPU from the processes measured.
-    const cycle = await waitForCycle(t, daemons, "the cycle carrying the mix", (c) => c.cycleSeq > initial.cycleSeq, (4 * intervalSeconds + 600) * 1000, 500);
-    const peak = memoryKiB(agentPid);
-    const cpu = meter.report();
-    const cpuSeconds = meter.total();
-    const carried = cycle.dataBytes + cycle.zeroBytes;
-    if (carried !== mix.totalBytes) {
-      throw new Error(
-        `cycle ${cycle.cycleSeq} carried ${carried} bytes, not the ${mix.totalBytes} of the mix: the write (${writeSeconds.toFixed(1)} s) straddled a cut-off (interval ${intervalSeconds} s)`,
-      );
+    const results: MixRound[] = [];
+    let previous = initial.cycleSeq;
+    for (let round = 1; round <= rounds; round++) {
+      const writeStarted = Date.now();
+      await writeMix(t.vm.guestUri("vda"), mix, { format: "raw" });
+      const writeSeconds = (Date.now() - writeStarted) / 1000;
+      log(`round ${round}: wrote ${sizeMiB.toFixed(0)} MiB of the mix into the primary in ${writeSeconds.toFixed(1)} s`);
+      await opts.beforeCycle?.(round);
+      const meter = new CpuMeter({
+        agent: agentPid,
+        "site B": siteB.child.pid,
+        "site B qemu-storage-daemon": existsSync(siteQsdPidFile) ? Number(readFileSync(siteQsdPidFile, "utf8").trim()) : undefined,
+        "primary qemu-storage-daemon": t.vm.proc.pid,
+      });
+      // A refused cycle is retried an interval later: leave room for a few. Polling is slow on
+      // purpose: the figure comes from the ledger's timestamps and VmHWM is monotonic, so a late
+      // look changes neither, while a busy poller would take CPU from the processes measured.
+      const after = previous;
+      const cycle = await waitForCycle(t, daemons, `the cycle carrying round ${round}'s mix`, (c) => c.cycleSeq > after, (4 * intervalSeconds + 600) * 1000, 500);
+      const peak = memoryKiB(agentPid);
+      const cpu = meter.report();
+      const cpuSeconds = meter.total();
+      const carried = cycle.dataBytes + cycle.zeroBytes;
+      if (carried !== mix.totalBytes) {
+        throw new Error(
+          `cycle ${cycle.cycleSeq} carried ${carried} bytes, not the ${mix.totalBytes} of the mix: the write (${writeSeconds.toFixed(1)} s) and what ran before the cycle straddled a cut-off (interval ${intervalSeconds} s)`,
+        );
+      }
+      const seconds = (Date.parse(cycle.committedAt) - Date.parse(cycle.cutoffAt)) / 1000;
+      const failed = (await cycleEvents(t.siteB)).failed.filter((f) => f.cycleSeq > after && f.cycleSeq < cycle.cycleSeq);
+      for (const f of failed) log(`WARNING: the replica refused cycle ${f.cycleSeq} (${f.reason}): ${f.message}`);
+      // The agent logs its ack right after the site's commit; give it a moment.
+      const ackBy = Date.now() + 5_000;
+      while (!agentAcks(t.dir).some((a) => a.seq === cycle.cycleSeq) && Date.now() < ackBy) await sleep(100);
+      const agentCycleMs = agentAcks(t.dir).find((a) => a.seq === cycle.cycleSeq)?.ms;
+      results.push({ cycle, seconds, peak, writeSeconds, cpu, cpuSeconds, agentCycleMs, failed });
+      previous = cycle.cycleSeq;
     }
-    const seconds = (Date.parse(cycle.committedAt) - Date.parse(cycle.cutoffAt)) / 1000;
-    const failed = (await cycleEvents(t.siteB)).failed.filter((f) => f.cycleSeq > initial.cycleSeq && f.cycleSeq < cycle.cycleSeq);
-    for (const f of failed) log(`WARNING: the replica refused cycle ${f.cycleSeq} (${f.reason}): ${f.message}`);
-    await sleep(200);
-    const agentCycleMs = agentAcks(t.dir).find((a) => a.seq === cycle.cycleSeq)?.ms;
-    return { cycle, seconds, idle, peak, writeSeconds, cpu, cpuSeconds, agentCycleMs, failed };
+    return { idle, rounds: results };
   } finally {
     await cleanup.runAll();
   }
