@@ -38,11 +38,8 @@ export class DiskPointWriter {
     // Unique per point: a superseded stream's writer may still be closing while the next one opens.
     // A writer left over from an interrupted attempt at the same point would hold the name: detach it.
     await detach(daemon, nodeName).catch(() => undefined);
-    await daemon.qmp.execute("blockdev-add", {
-      driver: "qcow2",
-      "node-name": nodeName,
-      file: { driver: "file", filename: opts.imagePath },
-    });
+    const { mode } = await daemon.addWritableImage(nodeName, opts.imagePath);
+    logger.debug({ vm: opts.vmId, disk: opts.diskId, image: opts.imagePath, mode }, "point image opened for writing");
     try {
       await daemon.qmp.execute("block-export-add", { type: "nbd", id: nodeName, "node-name": nodeName, name: nodeName, writable: true });
       const client = await NbdClient.connect({ socketPath: daemon.nbdSocketPath, exportName: nodeName });
