@@ -85,6 +85,16 @@ export class ReplyReader {
     return this.req!.buffer!.subarray(this.dstPos, this.dstPos + this.remaining);
   }
 
+  /**
+   * Between replies with nothing queued: the bytes of a READ reply's header (for structured
+   * replies the chunk header and its 8-byte offset), so a socket read stops right before the
+   * payload, which then lands directly. Over-reading a shorter reply is harmless.
+   */
+  headerBytesHint(): number | undefined {
+    if (this.state !== S_HEADER || this.queue.length > 0) return undefined;
+    return this.structured ? NBD_STRUCTURED_HEADER_BYTES + 8 : NBD_SIMPLE_REPLY_BYTES;
+  }
+
   /** `n` bytes were received straight into the last directTarget(). */
   commitDirect(n: number): void {
     const req = this.req!;

@@ -15,11 +15,13 @@ export function describeEndpoint(ep: NbdEndpoint): string {
 
 /**
  * Receives socket reads. `nextBuffer` chooses where the kernel writes the next read: a slice of a
- * READ's destination lets bulk payload land in place with no copy at all; undefined means the shared
- * scratch buffer, whose bytes are only valid during the `onRead` call.
+ * READ's destination lets bulk payload land in place with no copy at all; a number means at most
+ * that many bytes into the shared scratch buffer (a reply header, so that the payload behind it is
+ * left in the socket for a direct read); undefined means all of the scratch buffer. Scratch bytes
+ * are only valid during the `onRead` call.
  */
 export interface ReadSink {
-  nextBuffer(): Buffer | undefined;
+  nextBuffer(): Buffer | number | undefined;
   onRead(bytes: Buffer, direct: boolean): void;
 }
 
@@ -30,16 +32,17 @@ export class ReadPump {
   sink: ReadSink | undefined;
   private readonly scratch = Buffer.allocUnsafe(SCRATCH_BYTES);
   private current: Buffer = this.scratch;
+  private direct = false;
 
   readonly buffer = (): Buffer => {
-    this.current = this.sink?.nextBuffer() ?? this.scratch;
+    const next = this.sink?.nextBuffer();
+    this.direct = Buffer.isBuffer(next);
+    this.current = Buffer.isBuffer(next) ? next : typeof next === "number" ? this.scratch.subarray(0, Math.max(1, Math.min(next, SCRATCH_BYTES))) : this.scratch;
     return this.current;
   };
 
-  readonly callback = (n: number, buf: Uint8Array): boolean => {
-    const direct = buf !== this.scratch;
-    const bytes = direct ? this.current : this.scratch;
-    this.sink?.onRead(bytes.subarray(0, n), direct);
+  readonly callback = (n: number): boolean => {
+    this.sink?.onRead(this.current.subarray(0, n), this.direct);
     return true;
   };
 }
