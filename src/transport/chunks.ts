@@ -11,7 +11,7 @@ import {
   UnsupportedChunkCodecError,
   type ChunkRef,
 } from "./chunkErrors.js";
-import { EncodedReplicateRequest, delimitedSize, serializeReplicateRequest, tag, varintSize, writeVarint } from "./replicateWire.js";
+import { EncodedReplicateRequest, messageSize, serializeReplicateRequest, writeMessage, type WireField } from "./replicateWire.js";
 import { toUint64 } from "./uint64.js";
 
 /** What the capture layer yields (structurally the same as replica-agent's `CaptureExtent`). */
@@ -125,59 +125,25 @@ export function encodeExtentChunkRequest(extent: ExtentPiece, opts: EncodeOption
     return { request: new EncodedReplicateRequest(serializeReplicateRequest({ body: { $case: "extentChunk", value: zeroChunk(chunk.head) } })), wireBytes: 0 };
   }
   const { head, payload, checksum } = chunk;
-  const diskId = Buffer.from(head.diskId, "utf8");
-  const dataSize = (chunk.codec !== 0 ? 1 + varintSize(chunk.codec) : 0) + (payload.length > 0 ? delimitedSize(payload.length) : 0);
-  const chunkSize =
-    (head.generation !== 0n ? 1 + varintSize(head.generation) : 0) +
-    (head.cycleSequence !== 0n ? 1 + varintSize(head.cycleSequence) : 0) +
-    (diskId.length > 0 ? delimitedSize(diskId.length) : 0) +
-    (head.offset !== 0n ? 1 + varintSize(head.offset) : 0) +
-    (head.length !== 0 ? 1 + varintSize(head.length) : 0) +
-    delimitedSize(dataSize) +
-    1 + varintSize(chunk.algorithm) +
-    delimitedSize(checksum.length);
-  const out = Buffer.allocUnsafe(delimitedSize(chunkSize));
-  let pos = 0;
-  out[pos++] = tag(3, 2); // ReplicateRequest.extent_chunk
-  pos = writeVarint(out, pos, chunkSize);
-  if (head.generation !== 0n) {
-    out[pos++] = tag(1, 0);
-    pos = writeVarint(out, pos, head.generation);
-  }
-  if (head.cycleSequence !== 0n) {
-    out[pos++] = tag(2, 0);
-    pos = writeVarint(out, pos, head.cycleSequence);
-  }
-  if (diskId.length > 0) {
-    out[pos++] = tag(3, 2);
-    pos = writeVarint(out, pos, diskId.length);
-    pos += diskId.copy(out, pos);
-  }
-  if (head.offset !== 0n) {
-    out[pos++] = tag(4, 0);
-    pos = writeVarint(out, pos, Number(head.offset));
-  }
-  if (head.length !== 0) {
-    out[pos++] = tag(5, 0);
-    pos = writeVarint(out, pos, head.length);
-  }
-  out[pos++] = tag(6, 2); // ExtentChunk.data (ChunkData)
-  pos = writeVarint(out, pos, dataSize);
-  if (chunk.codec !== 0) {
-    out[pos++] = tag(1, 0);
-    pos = writeVarint(out, pos, chunk.codec);
-  }
-  if (payload.length > 0) {
-    out[pos++] = tag(2, 2);
-    pos = writeVarint(out, pos, payload.length);
-    pos += payload.copy(out, pos);
-  }
-  out[pos++] = tag(8, 0);
-  pos = writeVarint(out, pos, chunk.algorithm);
-  out[pos++] = tag(9, 2);
-  pos = writeVarint(out, pos, checksum.length);
-  pos += checksum.copy(out, pos);
-  if (pos !== out.length) throw new Error(`internal: extent chunk encoded to ${pos} bytes, sized ${out.length}`);
+  // ReplicateRequest { extent_chunk = 3: ExtentChunk }, in the field order of replication.proto.
+  const request: WireField[] = [
+    {
+      field: 3,
+      message: [
+        { field: 1, varint: head.generation },
+        { field: 2, varint: head.cycleSequence },
+        { field: 3, bytes: Buffer.from(head.diskId, "utf8") },
+        { field: 4, varint: head.offset },
+        { field: 5, varint: head.length },
+        { field: 6, message: [{ field: 1, varint: chunk.codec }, { field: 2, bytes: payload }] }, // ChunkData
+        { field: 8, varint: chunk.algorithm },
+        { field: 9, bytes: checksum },
+      ],
+    },
+  ];
+  const out = Buffer.allocUnsafe(messageSize(request));
+  const end = writeMessage(out, 0, request);
+  if (end !== out.length) throw new Error(`internal: extent chunk encoded to ${end} bytes, sized ${out.length}`);
   return { request: new EncodedReplicateRequest(out), wireBytes: payload.length };
 }
 

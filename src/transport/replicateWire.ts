@@ -29,8 +29,58 @@ export const ReplicationClient = makeGenericClientConstructor(
   "qreplica.v1.ReplicationService",
 ) as unknown as new (...args: ConstructorParameters<ReturnType<typeof makeGenericClientConstructor>>) => ReplicationClient;
 
-// Protobuf wire format, for the few fields an extent chunk has. Field order and the omission of
-// default values follow the generated encoder, so both produce the same bytes (a test holds them to it).
+// Protobuf wire format, for the few field kinds an extent chunk has. Fields are written in the
+// order given, and a varint of 0 or empty bytes is left out as proto3 (and the generated encoder)
+// does, so both produce the same bytes (a test holds them to it). Messages are always written.
+
+export type WireField =
+  | { field: number; varint: number | bigint }
+  | { field: number; bytes: Uint8Array }
+  | { field: number; message: WireField[] };
+
+const VARINT = 0;
+const DELIMITED = 2;
+
+function present(f: WireField): boolean {
+  if ("varint" in f) return f.varint !== 0 && f.varint !== 0n;
+  if ("bytes" in f) return f.bytes.length > 0;
+  return true;
+}
+
+function bodySize(f: WireField): number {
+  if ("varint" in f) return varintSize(f.varint);
+  const n = "bytes" in f ? f.bytes.length : messageSize(f.message);
+  return varintSize(n) + n;
+}
+
+/** Bytes `fields` take on the wire (field numbers below 16: one tag byte each). */
+export function messageSize(fields: readonly WireField[]): number {
+  let size = 0;
+  for (const f of fields) if (present(f)) size += 1 + bodySize(f);
+  return size;
+}
+
+/** Writes `fields` at `pos` of `out`; returns the position after them. */
+export function writeMessage(out: Buffer, pos: number, fields: readonly WireField[]): number {
+  for (const f of fields) {
+    if (!present(f)) continue;
+    if (f.field < 1 || f.field > 15) throw new RangeError(`field ${f.field} needs a multi-byte tag`);
+    if ("varint" in f) {
+      out[pos++] = (f.field << 3) | VARINT;
+      pos = writeVarint(out, pos, f.varint);
+    } else if ("bytes" in f) {
+      out[pos++] = (f.field << 3) | DELIMITED;
+      pos = writeVarint(out, pos, f.bytes.length);
+      out.set(f.bytes, pos);
+      pos += f.bytes.length;
+    } else {
+      out[pos++] = (f.field << 3) | DELIMITED;
+      pos = writeVarint(out, pos, messageSize(f.message));
+      pos = writeMessage(out, pos, f.message);
+    }
+  }
+  return pos;
+}
 
 /** Bytes of a varint; `value` is a non-negative integer (a bigint when it may exceed 2^53). */
 export function varintSize(value: number | bigint): number {
@@ -61,9 +111,3 @@ export function writeVarint(buf: Buffer, pos: number, value: number | bigint): n
   buf[pos++] = Number(v);
   return pos;
 }
-
-/** Tag byte of field `n` (< 16) with wire type `t`. */
-export const tag = (n: number, t: 0 | 2): number => (n << 3) | t;
-
-/** Size of a length-delimited field of `len` bytes, tag included. */
-export const delimitedSize = (len: number): number => 1 + varintSize(len) + len;

@@ -30,10 +30,8 @@ import {
 import {
   NbdClosedError,
   NbdProtocolError,
-  NbdReadOnlyError,
   NbdRequestError,
   NbdTimeoutError,
-  NbdUnsupportedError,
 } from "./errors.js";
 import { negotiate, type BlockSize, type NegotiatedExport } from "./handshake.js";
 import { newInFlight, type InFlight, type NbdExtent } from "./inFlight.js";
@@ -42,6 +40,7 @@ import { HandshakeChannel, describeEndpoint, endpointOf, openSocket, type ReadPu
 import type { ByteQueue } from "./byteQueue.js";
 import { coverRange } from "./extents.js";
 import { RequestWriter, encodeRequest } from "./requestWriter.js";
+import { checkFlag, checkRequestRange, checkWritable, metaContextId } from "./requestChecks.js";
 
 export interface NbdConnectOptions {
   /** Unix socket of the NBD server. Give either this or `host` + `port`. */
@@ -382,60 +381,21 @@ export class NbdClient {
   }
 
   private contextId(context: string): number {
-    if (!this.structuredReplies) {
-      throw new NbdUnsupportedError(
-        `NBD server at ${this.target} refused structured replies, so BLOCK_STATUS ("${context}") is unavailable`,
-      );
-    }
-    const id = this.metaContextIds.get(context);
-    if (id === undefined) {
-      const granted = [...this.metaContextIds.keys()].map((c) => `"${c}"`).join(", ") || "none";
-      throw new NbdUnsupportedError(
-        `meta context "${context}" was not negotiated with export "${this.exportName}" on ${this.target} ` +
-          `(granted: ${granted}); request it in metaContexts at connect, and check the export carries it (e.g. QSD --export ...,bitmap=NAME)`,
-      );
-    }
-    return id;
+    return metaContextId(this, context);
   }
 
   private checkRange(command: number, offset: number, length: number, max: number): void {
-    const cmd = commandName(command);
     if (this.ending) {
-      throw new NbdClosedError(`NBD connection to ${this.target} is closed; cannot send ${cmd}`, { cause: this.error });
+      throw new NbdClosedError(`NBD connection to ${this.target} is closed; cannot send ${commandName(command)}`, { cause: this.error });
     }
-    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
-      throw new NbdRequestError(`NBD ${cmd}: offset ${offset} and length ${length} must be non-negative integers`);
-    }
-    if (length > max) {
-      throw new NbdRequestError(
-        `NBD ${cmd} of ${length} bytes at offset ${offset} exceeds the ${max}-byte limit per request` +
-          (max === this.maxRequestBytes ? " (maxRequestBytes); split it into smaller requests" : ""),
-      );
-    }
-    if (offset + length > this.size) {
-      throw new NbdRequestError(
-        `NBD ${cmd} of ${length} bytes at offset ${offset} runs past the end of export "${this.exportName}" (size ${this.size})`,
-      );
-    }
-    const min = this.blockSize.minimum;
-    if (min > 1 && (offset % min !== 0 || (length % min !== 0 && offset + length !== this.size))) {
-      throw new NbdRequestError(
-        `NBD ${cmd} of ${length} bytes at offset ${offset} is not aligned to the export's minimum block size ${min}`,
-      );
-    }
+    checkRequestRange(this, command, offset, length, max);
   }
 
   private checkWritable(command: number): void {
-    if (this.readOnly) {
-      throw new NbdReadOnlyError(
-        `NBD export "${this.exportName}" on ${this.target} is read-only; refusing to send ${commandName(command)}`,
-      );
-    }
+    checkWritable(this, command);
   }
 
   private checkFlag(flag: number, what: string): void {
-    if (!(this.transmissionFlags & flag)) {
-      throw new NbdUnsupportedError(`NBD export "${this.exportName}" on ${this.target} does not support ${what}`);
-    }
+    checkFlag(this, flag, what);
   }
 }

@@ -16,9 +16,7 @@ import {
   NBD_MAX_ERROR_CHUNK_BYTES,
   NBD_REPLY_FLAG_DONE,
   NBD_REPLY_TYPE_BLOCK_STATUS,
-  NBD_REPLY_TYPE_ERROR,
   NBD_REPLY_TYPE_ERROR_BIT,
-  NBD_REPLY_TYPE_ERROR_OFFSET,
   NBD_REPLY_TYPE_NONE,
   NBD_REPLY_TYPE_OFFSET_DATA,
   NBD_REPLY_TYPE_OFFSET_HOLE,
@@ -32,7 +30,8 @@ import {
   hex,
 } from "./constants.js";
 import { NbdCommandError, NbdProtocolError } from "./errors.js";
-import { Coverage, type InFlight, type NbdExtent, type ReplySink } from "./inFlight.js";
+import { Coverage, type InFlight, type ReplySink } from "./inFlight.js";
+import { parseBlockStatusChunk, parseErrorChunk } from "./replyChunks.js";
 
 const S_HEADER = 0;
 const S_SIMPLE_READ_PAYLOAD = 1;
@@ -302,64 +301,14 @@ export class ReplyReader {
       req.buffer!.fill(0, rel, rel + size);
       req.received += size;
     } else if (type === NBD_REPLY_TYPE_BLOCK_STATUS) {
-      this.blockStatusChunk(req, q.take(this.chunkLength));
+      parseBlockStatusChunk(req, q.take(this.chunkLength), this.contexts, (detail) => this.protocolError(req, detail));
     } else {
-      this.errorChunk(req, q.take(this.chunkLength));
+      const { errno, message } = parseErrorChunk(req, this.chunkType, q.take(this.chunkLength), (detail) =>
+        this.protocolError(req, `${chunkTypeName(this.chunkType)} chunk at stream offset ${this.chunkStart}: ${detail}`),
+      );
+      req.error ??= this.commandError(req, errno, message);
     }
     this.chunkDone();
-  }
-
-  private blockStatusChunk(req: InFlight, payload: Buffer): void {
-    const id = payload.readUInt32BE(0);
-    const name = this.contexts.get(id);
-    if (name === undefined) {
-      throw this.protocolError(req, `BLOCK_STATUS chunk for meta context id ${id}, which was never negotiated`);
-    }
-    const seen = (req.contextsSeen ??= new Set());
-    if (seen.has(id)) throw this.protocolError(req, `second BLOCK_STATUS chunk for meta context "${name}"`);
-    seen.add(id);
-    if (id !== req.contextId) return;
-    const extents: NbdExtent[] = (req.extents = []);
-    let pos = 0;
-    for (let i = 4; i < payload.length; i += 8) {
-      const length = payload.readUInt32BE(i);
-      const flags = payload.readUInt32BE(i + 4);
-      if (length === 0) throw this.protocolError(req, `BLOCK_STATUS descriptor ${(i - 4) / 8} for "${name}" has length 0`);
-      if (pos >= req.length) {
-        throw this.protocolError(
-          req,
-          `BLOCK_STATUS for "${name}" has descriptors past the requested ${req.length} bytes (only the last may overrun)`,
-        );
-      }
-      extents.push({ offset: req.offset + pos, length, flags });
-      pos += length;
-    }
-  }
-
-  private errorChunk(req: InFlight, payload: Buffer): void {
-    const type = this.chunkType;
-    const errno = payload.readUInt32BE(0);
-    const msgLength = payload.readUInt16BE(4);
-    const tail = type === NBD_REPLY_TYPE_ERROR_OFFSET ? 8 : 0;
-    const exact = type === NBD_REPLY_TYPE_ERROR || type === NBD_REPLY_TYPE_ERROR_OFFSET;
-    const fits = exact ? payload.length === 6 + msgLength + tail : payload.length >= 6 + msgLength;
-    if (!fits) {
-      throw this.protocolError(
-        req,
-        `${chunkTypeName(type)} chunk at stream offset ${this.chunkStart}: message length ${msgLength} does not fit its ${payload.length}-byte payload`,
-      );
-    }
-    if (errno === 0) throw this.protocolError(req, `${chunkTypeName(type)} chunk with error value 0`);
-    let message = payload.toString("utf8", 6, 6 + msgLength);
-    if (type === NBD_REPLY_TYPE_ERROR_OFFSET) {
-      const hi = payload.readUInt32BE(6 + msgLength);
-      const errOffset = hi * 0x1_0000_0000 + payload.readUInt32BE(10 + msgLength);
-      if (errOffset < req.offset || errOffset >= req.offset + req.length) {
-        throw this.protocolError(req, `ERROR_OFFSET chunk points at offset ${errOffset}, outside the request`);
-      }
-      message = message ? `${message} (at offset ${errOffset})` : `at offset ${errOffset}`;
-    }
-    req.error ??= this.commandError(req, errno, message);
   }
 
   private chunkDone(): void {

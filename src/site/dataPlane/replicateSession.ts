@@ -17,9 +17,8 @@ import {
   type ReplicateRequest,
   type ReplicateResponse,
 } from "../../gen/qreplica/v1/replication.js";
-import { BufferPool } from "../../common/bufferPool.js";
-import { KNOWN_CHECKSUMS, decodeExtentChunk, peerIdentity, writeWithBackpressure } from "../../transport/index.js";
-import type { PointWrite } from "../../storage/index.js";
+import { KNOWN_CHECKSUMS, peerIdentity, writeWithBackpressure } from "../../transport/index.js";
+import { MAX_CHUNK_BYTES, OpenCycle } from "./openCycle.js";
 import { parseVmSpec, sendSeedHashes } from "./resync.js";
 import { findAuthorization, loadAuthorizations } from "../siteConfig.js";
 import type { SiteContext } from "../siteContext.js";
@@ -34,24 +33,9 @@ export interface PrimaryStoppedInfo {
   disks: Array<{ diskId: string; imagePath: string }>;
 }
 
-export const MAX_CHUNK_BYTES = 4 * 1024 * 1024;
+export { MAX_CHUNK_BYTES };
 
 type Call = grpc.ServerDuplexStream<ReplicateRequest, ReplicateResponse>;
-
-interface OpenCycle {
-  seq: number;
-  kind: "full" | "incremental" | "resync";
-  cutoffAt: Date;
-  consistency: "application" | "crash";
-  point: PointWrite;
-  startedAt: number;
-  extents: number;
-  dataBytes: number;
-  zeroBytes: number;
-  wireBytes: number;
-  /** Decompression targets, reused once the storage daemon has the bytes; dropped with the cycle. */
-  buffers: BufferPool;
-}
 
 /**
  * One agent's Replicate stream for one VM: Hello, then cycles of CycleBegin / ExtentChunk* /
@@ -260,19 +244,7 @@ export class ReplicateSession {
           disks: begin.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) })),
         }),
       );
-      this.cycle = {
-        seq,
-        kind,
-        cutoffAt,
-        consistency: begin.consistency === Consistency.CONSISTENCY_APPLICATION ? "application" : "crash",
-        point,
-        startedAt: Date.now(),
-        extents: 0,
-        dataBytes: 0,
-        zeroBytes: 0,
-        wireBytes: 0,
-        buffers: new BufferPool(),
-      };
+      this.cycle = new OpenCycle(seq, kind, cutoffAt, begin.consistency === Consistency.CONSISTENCY_APPLICATION ? "application" : "crash", point);
       this.refusedSeq = undefined;
       if (kind === "resync") {
         const disks = begin.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) }));
@@ -290,37 +262,8 @@ export class ReplicateSession {
     const cycle = this.cycle;
     if (!cycle || cycle.seq !== seq) return this.refuseCycle(seq, RejectReason.REJECT_REASON_OUT_OF_ORDER, `chunk for cycle ${seq}, which is not open`);
     if (Number(chunk.generation) !== this.generation) return this.rejectChunk(chunk, RejectReason.REJECT_REASON_STALE_GENERATION, `generation ${chunk.generation} is not the current ${this.generation}`);
-    const writer = cycle.point.disk(chunk.diskId);
-    if (!writer) return this.rejectChunk(chunk, RejectReason.REJECT_REASON_UNKNOWN_DISK, `disk '${chunk.diskId}' was not announced in CycleBegin`);
-    let decoded;
-    // Taken before the chunk is checked, so only for lengths the check will accept.
-    const target = chunk.payload?.$case === "data" && chunk.length > 0 && chunk.length <= MAX_CHUNK_BYTES ? cycle.buffers.take(chunk.length) : undefined;
-    try {
-      decoded = decodeExtentChunk(chunk, { maxChunkBytes: MAX_CHUNK_BYTES, into: target, acceptedChecksums: this.acceptedChecksums });
-    } catch (err) {
-      const code = (err as { code?: string }).code ?? "INTERNAL";
-      const reason = (RejectReason as unknown as Record<string, number>)[`REJECT_REASON_${code}`] ?? RejectReason.REJECT_REASON_INTERNAL;
-      return this.rejectChunk(chunk, reason, errorMessage(err));
-    }
-    try {
-      if (decoded.kind === "data") {
-        const inTarget = target !== undefined && decoded.data.buffer === target.buffer;
-        if (target && !inTarget) cycle.buffers.give(target);
-        await writer.write(decoded.offset, decoded.data, inTarget ? () => cycle.buffers.give(target) : undefined);
-      } else {
-        await writer.writeZeroes(decoded.offset, decoded.length);
-      }
-    } catch (err) {
-      const reason = (err as { code?: string }).code === "EXTENT_OUT_OF_RANGE" ? RejectReason.REJECT_REASON_OUT_OF_RANGE : RejectReason.REJECT_REASON_STORAGE_FAILURE;
-      return this.rejectChunk(chunk, reason, errorMessage(err));
-    }
-    cycle.extents++;
-    if (decoded.kind === "data") {
-      cycle.dataBytes += decoded.length;
-      cycle.wireBytes += chunk.payload?.$case === "data" ? chunk.payload.value.data.length : 0;
-    } else {
-      cycle.zeroBytes += decoded.length;
-    }
+    const refused = await cycle.apply(chunk, this.acceptedChecksums);
+    if (refused) return this.rejectChunk(chunk, refused.reason, refused.message);
   }
 
   private async onCycleEnd(end: CycleEnd): Promise<void> {

@@ -1,0 +1,75 @@
+import { errorMessage } from "../../common/errors.js";
+import { BufferPool } from "../../common/bufferPool.js";
+import type { ChecksumAlgorithm } from "../../gen/qreplica/v1/common.js";
+import { RejectReason, type ExtentChunk } from "../../gen/qreplica/v1/replication.js";
+import type { PointWrite } from "../../storage/index.js";
+import { decodeExtentChunk } from "../../transport/index.js";
+
+export const MAX_CHUNK_BYTES = 4 * 1024 * 1024;
+
+/** Why a chunk was refused, as the wire says it. */
+export interface ChunkRefusal {
+  reason: RejectReason;
+  message: string;
+}
+
+/**
+ * A cycle between CycleBegin and CycleEnd: its partial point, the totals CycleEnd is checked
+ * against, and the chunks' way from the wire to the point's images.
+ */
+export class OpenCycle {
+  readonly startedAt = Date.now();
+  extents = 0;
+  dataBytes = 0;
+  zeroBytes = 0;
+  wireBytes = 0;
+  /** Decompression targets, reused once the storage daemon has the bytes; dropped with the cycle. */
+  private readonly buffers = new BufferPool();
+
+  constructor(
+    readonly seq: number,
+    readonly kind: "full" | "incremental" | "resync",
+    readonly cutoffAt: Date,
+    readonly consistency: "application" | "crash",
+    readonly point: PointWrite,
+  ) {}
+
+  /**
+   * Verifies `chunk` and queues its write into the point (generation and sequence were checked by
+   * the caller). Resolves once the write is queued, or with why the chunk is refused.
+   */
+  async apply(chunk: ExtentChunk, acceptedChecksums: readonly ChecksumAlgorithm[]): Promise<ChunkRefusal | undefined> {
+    const writer = this.point.disk(chunk.diskId);
+    if (!writer) return { reason: RejectReason.REJECT_REASON_UNKNOWN_DISK, message: `disk '${chunk.diskId}' was not announced in CycleBegin` };
+    let decoded;
+    // Taken before the chunk is checked, so only for lengths the check will accept.
+    const target = chunk.payload?.$case === "data" && chunk.length > 0 && chunk.length <= MAX_CHUNK_BYTES ? this.buffers.take(chunk.length) : undefined;
+    try {
+      decoded = decodeExtentChunk(chunk, { maxChunkBytes: MAX_CHUNK_BYTES, into: target, acceptedChecksums });
+    } catch (err) {
+      const code = (err as { code?: string }).code ?? "INTERNAL";
+      const reason = (RejectReason as unknown as Record<string, number>)[`REJECT_REASON_${code}`] ?? RejectReason.REJECT_REASON_INTERNAL;
+      return { reason, message: errorMessage(err) };
+    }
+    try {
+      if (decoded.kind === "data") {
+        const inTarget = target !== undefined && decoded.data.buffer === target.buffer;
+        if (target && !inTarget) this.buffers.give(target);
+        await writer.write(decoded.offset, decoded.data, inTarget ? () => this.buffers.give(target) : undefined);
+      } else {
+        await writer.writeZeroes(decoded.offset, decoded.length);
+      }
+    } catch (err) {
+      const reason = (err as { code?: string }).code === "EXTENT_OUT_OF_RANGE" ? RejectReason.REJECT_REASON_OUT_OF_RANGE : RejectReason.REJECT_REASON_STORAGE_FAILURE;
+      return { reason, message: errorMessage(err) };
+    }
+    this.extents++;
+    if (decoded.kind === "data") {
+      this.dataBytes += decoded.length;
+      this.wireBytes += decoded.wireBytes;
+    } else {
+      this.zeroBytes += decoded.length;
+    }
+    return undefined;
+  }
+}
