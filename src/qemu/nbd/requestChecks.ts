@@ -4,20 +4,13 @@
  */
 import { commandName } from "./constants.js";
 import { NbdReadOnlyError, NbdRequestError, NbdUnsupportedError } from "./errors.js";
-import type { BlockSize } from "./handshake.js";
+import type { NbdClient } from "./client.js";
 
-/** What a negotiated export allows (NbdClient has these). */
-export interface NbdExportShape {
-  readonly target: string;
-  readonly exportName: string;
-  readonly size: number;
-  readonly transmissionFlags: number;
-  readonly readOnly: boolean;
-  readonly blockSize: Readonly<BlockSize>;
-  readonly maxRequestBytes: number;
-  readonly metaContextIds: ReadonlyMap<string, number>;
-  readonly structuredReplies: boolean;
-}
+/** What a negotiated export allows. */
+export type NbdExportShape = Pick<
+  NbdClient,
+  "target" | "exportName" | "size" | "transmissionFlags" | "readOnly" | "blockSize" | "maxRequestBytes" | "metaContextIds" | "structuredReplies"
+>;
 
 export function metaContextId(ex: NbdExportShape, context: string): number {
   if (!ex.structuredReplies) {
