@@ -7,7 +7,7 @@ export class StreamClosedError extends QreplicaError {
 
 /** The part of a Node writable (grpc-js client and server streams are ones) this needs. */
 export interface BackpressureWritable<T> {
-  write(message: T): boolean;
+  write(message: T, callback?: (err?: Error | null) => void): boolean;
   once(event: "drain" | "close", listener: () => void): unknown;
   once(event: "error", listener: (err: Error) => void): unknown;
   off(event: "drain" | "close", listener: () => void): unknown;
@@ -27,9 +27,9 @@ const queues = new WeakMap<object, Promise<void>>();
  * so a sender blocked on a stalled peer is released by the call's cancellation or deadline.
  * This bounds a sender's memory to the stream's high-water mark plus HTTP/2 windows.
  */
-export function writeWithBackpressure<T>(stream: BackpressureWritable<T>, message: T): Promise<void> {
+export function writeWithBackpressure<T>(stream: BackpressureWritable<T>, message: T, opts: { onWritten?: () => void } = {}): Promise<void> {
   const previous = queues.get(stream) ?? Promise.resolve();
-  const next = previous.then(() => writeOne(stream, message));
+  const next = previous.then(() => writeOne(stream, message, opts.onWritten));
   // A failed write fails the stream; later writes then fail on their own checks, so the chain
   // itself must not stay rejected.
   queues.set(
@@ -39,12 +39,13 @@ export function writeWithBackpressure<T>(stream: BackpressureWritable<T>, messag
   return next;
 }
 
-async function writeOne<T>(stream: BackpressureWritable<T>, message: T): Promise<void> {
+/** `onWritten` runs once the stream is done with `message` (grpc-js: serialized and handed to HTTP/2), or failed. */
+async function writeOne<T>(stream: BackpressureWritable<T>, message: T, onWritten?: () => void): Promise<void> {
   ensureOpen(stream);
   // Someone wrote to this stream directly and filled it: wait rather than add to the pile.
   if (stream.writableNeedDrain) await drained(stream);
   ensureOpen(stream);
-  if (!stream.write(message)) await drained(stream);
+  if (!stream.write(message, onWritten && (() => onWritten()))) await drained(stream);
 }
 
 function ensureOpen(stream: BackpressureWritable<unknown>): void {

@@ -29,6 +29,18 @@ function slowWritable(highWaterMark: number, delayMs: number): Writable & { done
 }
 
 describe("writeWithBackpressure on a plain writable", () => {
+  it("calls onWritten once the stream is done with each message, not when it is queued", async () => {
+    const w = slowWritable(2, 5);
+    const written: number[] = [];
+    const writes = Array.from({ length: 6 }, (_, i) => writeWithBackpressure(w, i, { onWritten: () => written.push(i) }));
+    await writes[0];
+    expect(written.length).toBeLessThan(6);
+    await Promise.all(writes);
+    await sleep(50);
+    expect(written).toEqual([0, 1, 2, 3, 4, 5]);
+    expect(w.done).toBe(6);
+  });
+
   it("keeps at most the high-water mark buffered, even when callers do not await", async () => {
     const w = slowWritable(4, 1);
     let maxBuffered = 0;
