@@ -7,9 +7,8 @@ import { CompressionCodec, ChecksumAlgorithm, Consistency, CycleKind } from "../
 import { RejectReason, ResumeHint, type PlannedFailoverRequested, type ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
 import { GuestAgentClient } from "../../src/qemu/guestAgent/index.js";
 import { QmpClient, queryNamedBlockNodes } from "../../src/qemu/qmp/index.js";
-import { EncodedReplicateRequest, ReplicationClient, channelCredentials, encodeExtentChunkRequest, grpcChannelOptions, writeWithBackpressure, type OutgoingReplicateRequest, type SiteCredentials } from "../../src/transport/index.js";
+import { ReplicationClient, channelCredentials, encodeExtentChunkRequest, grpcChannelOptions, writeWithBackpressure, type OutgoingReplicateRequest, type SiteCredentials } from "../../src/transport/index.js";
 import { getCodec } from "../../src/codec/index.js";
-import { BufferPool } from "../../src/common/bufferPool.js";
 import { VmCapture, type CaptureCycle } from "../capture/index.js";
 import type { AgentVmConfig } from "./agentConfig.js";
 import { ResponseQueue } from "./responseQueue.js";
@@ -27,8 +26,8 @@ interface VmReplicationState {
 
 /** A write that fails as soon as the stream does, instead of waiting for a drain that never comes. */
 function send(stream: ClientDuplexStream<OutgoingReplicateRequest, ReplicateResponse>, responses: ResponseQueue, message: OutgoingReplicateRequest): Promise<void> {
-  const onWritten = message instanceof EncodedReplicateRequest ? message.release : undefined;
-  return Promise.race([writeWithBackpressure(stream, message, { onWritten }), responses.failed]);
+  // A few chunks queued beyond the HTTP/2 window keep the link busy; more only cost memory.
+  return Promise.race([writeWithBackpressure(stream, message, { maxUnwritten: 4 }), responses.failed]);
 }
 
 class CycleRefusedError extends Error {
@@ -201,8 +200,6 @@ export class VmReplicator {
     this.logger.info({ vm: this.vm.id, method, finalCycle: cycle.seq }, "planned failover: VM stopped after its final cycle; this primary is done");
   }
 
-  /** Wire buffers of extent chunks, back once grpc-js has framed them (see grpc-js's Writable callback). */
-  private readonly messageBuffers = new BufferPool(256 * 1024, 24);
   private needsInitial = false;
   private resyncHint = false;
   /** Negotiated in Hello/HelloAck; SHA-256 until a site has answered. */
@@ -302,7 +299,7 @@ export class VmReplicator {
         for await (const extent of extents) {
           const early = responses.poll();
           if (early) this.throwIfRejected(early, cycle.seq);
-          const chunk = encodeExtentChunkRequest(extent, { generation: gen, cycleSeq: seq, diskId: disk.diskId, codec, level: this.vm.compressionLevel, checksum: this.chunkChecksum }, this.messageBuffers);
+          const chunk = encodeExtentChunkRequest(extent, { generation: gen, cycleSeq: seq, diskId: disk.diskId, codec, level: this.vm.compressionLevel, checksum: this.chunkChecksum });
           totals.extents++;
           if (extent.kind === "data") totals.data += extent.length;
           else totals.zero += extent.length;
@@ -322,7 +319,6 @@ export class VmReplicator {
         if (r.body?.$case === "cycleAck" && Number(r.body.value.cycleSequence) === cycle.seq) break;
       }
       await cycle.confirm();
-      this.messageBuffers.clear(); // an idle agent holds no cycle-sized memory
       this.cyclesConfirmed++;
       this.logger.info({ vm: this.vm.id, seq: cycle.seq, kind: resync ? "resync" : cycle.kind, ...totals, ...(resync ? resyncStats : {}), ms: Date.now() - started }, "cycle acknowledged by the replica site");
     } catch (err) {

@@ -15,6 +15,7 @@ export interface BackpressureWritable<T> {
   readonly destroyed: boolean;
   readonly writableEnded: boolean;
   readonly writableNeedDrain: boolean;
+  readonly writableLength: number;
 }
 
 // One chain per stream, so that callers who do not await each write still go one at a time:
@@ -27,9 +28,9 @@ const queues = new WeakMap<object, Promise<void>>();
  * so a sender blocked on a stalled peer is released by the call's cancellation or deadline.
  * This bounds a sender's memory to the stream's high-water mark plus HTTP/2 windows.
  */
-export function writeWithBackpressure<T>(stream: BackpressureWritable<T>, message: T, opts: { onWritten?: () => void } = {}): Promise<void> {
+export function writeWithBackpressure<T>(stream: BackpressureWritable<T>, message: T, opts: WriteOptions = {}): Promise<void> {
   const previous = queues.get(stream) ?? Promise.resolve();
-  const next = previous.then(() => writeOne(stream, message, opts.onWritten));
+  const next = previous.then(() => writeOne(stream, message, opts));
   // A failed write fails the stream; later writes then fail on their own checks, so the chain
   // itself must not stay rejected.
   queues.set(
@@ -39,13 +40,54 @@ export function writeWithBackpressure<T>(stream: BackpressureWritable<T>, messag
   return next;
 }
 
-/** `onWritten` runs once the stream is done with `message` (grpc-js: serialized and handed to HTTP/2), or failed. */
-async function writeOne<T>(stream: BackpressureWritable<T>, message: T, onWritten?: () => void): Promise<void> {
+export interface WriteOptions {
+  /**
+   * Also wait while this many messages are still unwritten, below the stream's own high-water
+   * mark: grpc-js streams queue 16 messages before write() says stop, 16 chunks of memory.
+   */
+  maxUnwritten?: number;
+}
+
+// Wakes a writer waiting for one of its messages to be written.
+const writtenWaiters = new WeakMap<object, () => void>();
+
+async function writeOne<T>(stream: BackpressureWritable<T>, message: T, opts: WriteOptions): Promise<void> {
   ensureOpen(stream);
   // Someone wrote to this stream directly and filled it: wait rather than add to the pile.
   if (stream.writableNeedDrain) await drained(stream);
   ensureOpen(stream);
-  if (!stream.write(message, onWritten && (() => onWritten()))) await drained(stream);
+  const { maxUnwritten } = opts;
+  // The callback runs once the stream is done with the message (grpc-js: framed and handed to HTTP/2).
+  const ok = stream.write(message, () => {
+    const wake = writtenWaiters.get(stream);
+    writtenWaiters.delete(stream);
+    wake?.();
+  });
+  if (!ok) await drained(stream);
+  else if (maxUnwritten !== undefined && stream.writableLength >= maxUnwritten) await oneWritten(stream);
+}
+
+function oneWritten(stream: BackpressureWritable<unknown>): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const cleanup = (): void => {
+      stream.off("error", onError);
+      stream.off("close", onClose);
+    };
+    const onError = (err: Error): void => {
+      cleanup();
+      reject(new StreamClosedError(`the stream failed while waiting for a write: ${err.message}`, { cause: err }));
+    };
+    const onClose = (): void => {
+      cleanup();
+      reject(new StreamClosedError("the stream closed while waiting for a write"));
+    };
+    writtenWaiters.set(stream, () => {
+      cleanup();
+      resolve();
+    });
+    stream.once("error", onError);
+    stream.once("close", onClose);
+  });
 }
 
 function ensureOpen(stream: BackpressureWritable<unknown>): void {

@@ -1,5 +1,4 @@
 import { createHash } from "node:crypto";
-import type { BufferPool } from "../common/bufferPool.js";
 import { getCodec, inspectZstdFrame, type Codec } from "../codec/index.js";
 import { ChecksumAlgorithm, CompressionCodec } from "../gen/qreplica/v1/common.js";
 import type { ExtentChunk } from "../gen/qreplica/v1/replication.js";
@@ -120,7 +119,7 @@ function scratchFor(length: number): Buffer {
  * exactly the message's size, the payload copied once. The same bytes as encoding the
  * `encodeExtentChunk` result with the generated code; `wireBytes` is the payload as sent.
  */
-export function encodeExtentChunkRequest(extent: ExtentPiece, opts: EncodeOptions, buffers?: BufferPool): { request: EncodedReplicateRequest; wireBytes: number } {
+export function encodeExtentChunkRequest(extent: ExtentPiece, opts: EncodeOptions): { request: EncodedReplicateRequest; wireBytes: number } {
   const chunk = prepareChunk(extent, opts, extent.kind === "data" ? scratchFor(extent.length) : undefined);
   if (chunk.kind === "zero") {
     return { request: new EncodedReplicateRequest(serializeReplicateRequest({ body: { $case: "extentChunk", value: zeroChunk(chunk.head) } })), wireBytes: 0 };
@@ -142,13 +141,12 @@ export function encodeExtentChunkRequest(extent: ExtentPiece, opts: EncodeOption
       ],
     },
   ];
-  const size = messageSize(request);
-  // From the sender's pool when it has one: a fresh buffer per chunk costs page faults and GC.
-  const backing = buffers?.take(size);
-  const out = backing ? backing.subarray(0, size) : Buffer.allocUnsafe(size);
+  // A fresh buffer per chunk: pooling them (returned on grpc-js's write callback) measured ~12 MiB
+  // more agent peak RSS for no CPU saving that stood out of the noise.
+  const out = Buffer.allocUnsafe(messageSize(request));
   const end = writeMessage(out, 0, request);
   if (end !== out.length) throw new Error(`internal: extent chunk encoded to ${end} bytes, sized ${out.length}`);
-  return { request: new EncodedReplicateRequest(out, backing && (() => buffers!.give(backing))), wireBytes: payload.length };
+  return { request: new EncodedReplicateRequest(out), wireBytes: payload.length };
 }
 
 export type DecodedChunk =

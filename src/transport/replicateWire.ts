@@ -8,11 +8,7 @@ import { ReplicateRequest, ReplicationServiceService, type ReplicateResponse } f
  * for the garbage collector, per chunk, on the sender's busiest thread.
  */
 export class EncodedReplicateRequest {
-  constructor(
-    readonly bytes: Buffer,
-    /** Hands `bytes` back to the pool they came from; call once the stream is done with them. */
-    readonly release?: () => void,
-  ) {}
+  constructor(readonly bytes: Buffer) {}
 }
 
 /** What a sender may write to a Replicate stream. */

@@ -29,16 +29,24 @@ function slowWritable(highWaterMark: number, delayMs: number): Writable & { done
 }
 
 describe("writeWithBackpressure on a plain writable", () => {
-  it("calls onWritten once the stream is done with each message, not when it is queued", async () => {
-    const w = slowWritable(2, 5);
-    const written: number[] = [];
-    const writes = Array.from({ length: 6 }, (_, i) => writeWithBackpressure(w, i, { onWritten: () => written.push(i) }));
-    await writes[0];
-    expect(written.length).toBeLessThan(6);
-    await Promise.all(writes);
-    await sleep(50);
-    expect(written).toEqual([0, 1, 2, 3, 4, 5]);
-    expect(w.done).toBe(6);
+  it("with maxUnwritten keeps fewer messages queued than the stream's own high-water mark", async () => {
+    const w = slowWritable(16, 2);
+    let maxQueued = 0;
+    for (let i = 0; i < 40; i++) {
+      await writeWithBackpressure(w, i, { maxUnwritten: 3 });
+      maxQueued = Math.max(maxQueued, w.writableLength);
+    }
+    expect(maxQueued).toBeLessThanOrEqual(3);
+    await new Promise<void>((resolve) => w.end(resolve));
+    expect(w.done).toBe(40);
+  });
+
+  it("a writer waiting for a write is released with StreamClosedError when the stream is destroyed", async () => {
+    const w = new Writable({ objectMode: true, highWaterMark: 16, write() {} }); // never completes a write
+    await writeWithBackpressure(w, 1);
+    const blocked = writeWithBackpressure(w, 2, { maxUnwritten: 2 });
+    setTimeout(() => w.destroy(), 20);
+    await expect(blocked).rejects.toBeInstanceOf(StreamClosedError);
   });
 
   it("keeps at most the high-water mark buffered, even when callers do not await", async () => {

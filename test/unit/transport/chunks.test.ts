@@ -1,7 +1,6 @@
 import { createHash, randomBytes } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { getCodec, noneCodec, zstdNapiCodec } from "../../../src/codec/index.js";
-import { BufferPool } from "../../../src/common/bufferPool.js";
 import { ChecksumAlgorithm, CompressionCodec } from "../../../src/gen/qreplica/v1/common.js";
 import { ExtentChunk, RejectReason, ReplicateRequest } from "../../../src/gen/qreplica/v1/replication.js";
 import {
@@ -125,20 +124,6 @@ describe("encodeExtentChunkRequest (the sender's hand-written wire encoding)", (
       else expect(back.kind).toBe("zero");
     });
   }
-
-  it("takes its buffer from the sender's pool and gives it back on release", () => {
-    const pool = new BufferPool(256 * 1024, 4);
-    const data = text(MiB);
-    const plain = encodeExtentChunkRequest({ kind: "data", offset: 0, length: MiB, data }, opts);
-    const pooled = encodeExtentChunkRequest({ kind: "data", offset: 0, length: MiB, data }, opts, pool);
-    expect(pooled.request.bytes.equals(plain.request.bytes)).toBe(true);
-    expect(pool.idle).toBe(0);
-    pooled.request.release?.();
-    expect(pool.idle).toBe(1);
-    const again = encodeExtentChunkRequest({ kind: "data", offset: MiB, length: MiB, data }, opts, pool);
-    expect(again.request.bytes.buffer).toBe(pooled.request.bytes.buffer);
-    expect(plain.request.release).toBeUndefined();
-  });
 
   it("copies the payload out: reusing the read buffer or encoding the next chunk leaves it intact", () => {
     const data = text(MiB);
