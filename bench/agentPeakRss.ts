@@ -1,5 +1,4 @@
-import { makeTmpDir } from "../src/common/tmpDir.js";
-import { Cleanup, killStorageDaemonsUnder } from "./lib/cleanup.js";
+import { benchScratch } from "./lib/cleanup.js";
 import { describeMix, generateMix } from "./lib/mixData.js";
 import { refusals, replicateMix } from "./lib/replicateMix.js";
 import type { BenchContext, BenchResult } from "./report.js";
@@ -17,15 +16,12 @@ const MiB = 1024 * 1024;
  */
 export async function agentPeakRss(ctx: BenchContext): Promise<BenchResult[]> {
   const sizeMiB = ctx.quick ? 1024 : 4096;
-  const tmp = makeTmpDir("qr-bench-rss-");
-  const cleanup = new Cleanup(ctx.log);
-  cleanup.defer(`remove ${tmp.path}`, () => (process.env.QR_KEEP ? ctx.log(`kept ${tmp.path} (QR_KEEP)`) : tmp.cleanup()));
-  cleanup.defer("kill orphaned storage daemons", () => killStorageDaemonsUnder(tmp.path, ctx.log));
+  const { dir, cleanup } = benchScratch("qr-bench-rss-", ctx.log);
   try {
     ctx.log(`generating ${sizeMiB} MiB of the mix`);
-    const mix = generateMix(tmp.path, sizeMiB * MiB);
+    const mix = generateMix(dir, sizeMiB * MiB);
     ctx.log(describeMix(mix));
-    const run = await replicateMix({ dir: tmp.path, mix, log: ctx.log });
+    const run = await replicateMix({ dir: dir, mix, log: ctx.log });
     const round = run.rounds[0]!;
     const peak = round.peak.hwm / 1024;
     const idle = run.idle.hwm / 1024;

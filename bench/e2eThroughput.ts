@@ -1,9 +1,8 @@
 import { copyFileSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
-import { makeTmpDir } from "../src/common/tmpDir.js";
 import { createImage } from "../src/qemu/processes/index.js";
 import type { TwoSites } from "../test/helpers/twoSites.js";
-import { Cleanup, killStorageDaemonsUnder } from "./lib/cleanup.js";
+import { benchScratch } from "./lib/cleanup.js";
 import { describeMix, generateMix, writeMix } from "./lib/mixData.js";
 import { runReferencePipeline, type ReferenceTls } from "./lib/referencePipeline.js";
 import { refusals, replicateMix } from "./lib/replicateMix.js";
@@ -31,25 +30,22 @@ const MiB = 1024 * 1024;
 export async function e2eThroughput(ctx: BenchContext): Promise<BenchResult[]> {
   const sizeMiB = ctx.quick ? 256 : 1024;
   const rounds = ctx.quick ? 2 : 3;
-  const tmp = makeTmpDir("qr-bench-e2e-");
-  const cleanup = new Cleanup(ctx.log);
-  cleanup.defer(`remove ${tmp.path}`, () => (process.env.QR_KEEP ? ctx.log(`kept ${tmp.path} (QR_KEEP)`) : tmp.cleanup()));
-  cleanup.defer("kill orphaned storage daemons", () => killStorageDaemonsUnder(tmp.path, ctx.log));
+  const { dir, cleanup } = benchScratch("qr-bench-e2e-", ctx.log);
   try {
     ctx.log(`generating ${sizeMiB} MiB of the mix`);
-    const mix = generateMix(tmp.path, sizeMiB * MiB);
+    const mix = generateMix(dir, sizeMiB * MiB);
     ctx.log(describeMix(mix));
 
     // The reference's source: a qcow2 holding exactly the mix, made offline.
-    const refDir = join(tmp.path, "ref");
+    const refDir = join(dir, "ref");
     mkdirSync(refDir);
     const sourceImage = join(refDir, "ref-src.qcow2");
     await createImage(sourceImage, mix.totalBytes);
     await writeMix(sourceImage, mix, { format: "qcow2" });
 
-    const tls = join(tmp.path, "ref-tls");
+    const tls = join(dir, "ref-tls");
     const refs: number[] = [];
-    const oursDir = join(tmp.path, "ours");
+    const oursDir = join(dir, "ours");
     mkdirSync(oursDir);
     const ours = await replicateMix({
       dir: oursDir,

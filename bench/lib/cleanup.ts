@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
+import { makeTmpDir } from "../../src/common/tmpDir.js";
 
 const active = new Set<Cleanup>();
 let onSignal: ((signal: NodeJS.Signals) => void) | undefined;
@@ -125,4 +126,16 @@ export function startPipeline(script: string): Pipeline {
       await exited;
     },
   };
+}
+
+/**
+ * A benchmark's scratch directory with its cleanup: removed afterwards (kept with QR_KEEP=1), and
+ * any storage daemon still running under it killed first.
+ */
+export function benchScratch(prefix: string, log: (m: string) => void): { dir: string; cleanup: Cleanup } {
+  const tmp = makeTmpDir(prefix);
+  const cleanup = new Cleanup(log);
+  cleanup.defer(`remove ${tmp.path}`, () => (process.env.QR_KEEP ? log(`kept ${tmp.path} (QR_KEEP)`) : tmp.cleanup()));
+  cleanup.defer("kill orphaned storage daemons", () => killStorageDaemonsUnder(tmp.path, log));
+  return { dir: tmp.path, cleanup };
 }

@@ -1,3 +1,4 @@
+import { BufferPool } from "../../src/common/bufferPool.js";
 import type { NbdClient } from "../../src/qemu/nbd/index.js";
 
 /**
@@ -107,8 +108,8 @@ export async function* readRanges(
   const detectZeroes = opts.detectZeroes ?? true;
   const zeroes = Buffer.alloc(pieceBytes);
   // Fresh multi-MiB buffers per read cost page faults; a small pool of reused ones does not.
-  const pool: Buffer[] = [];
-  const takeBuffer = () => pool.pop() ?? Buffer.allocUnsafe(pieceBytes);
+  // Its size is bounded by the pieces in flight, so it keeps every buffer given back.
+  const pool = new BufferPool(pieceBytes, Number.POSITIVE_INFINITY);
 
   const queue: QueuedRead[] = [];
   let inFlight = 0;
@@ -147,7 +148,7 @@ export async function* readRanges(
       const item: QueuedRead = { offset: current.offset, length, zero: current.zero };
       current = { offset: current.offset + length, length: current.length - length, zero: current.zero };
       if (!item.zero) {
-        item.buffer = takeBuffer();
+        item.buffer = pool.take(pieceBytes);
         const data = readPiece(item, item.buffer);
         data.catch(() => undefined); // observed when dequeued; avoids an unhandled rejection meanwhile
         item.data = data;
@@ -160,7 +161,7 @@ export async function* readRanges(
   try {
     for (;;) {
       // The consumer asked for more: the previous piece's buffer is no longer in use.
-      if (consumed?.buffer) pool.push(consumed.buffer);
+      if (consumed?.buffer) pool.give(consumed.buffer);
       consumed = undefined;
       await fill();
       const item = queue.shift();

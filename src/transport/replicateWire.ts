@@ -84,6 +84,11 @@ export function writeMessage(out: Buffer, pos: number, fields: readonly WireFiel
 
 /** Bytes of a varint; `value` is a non-negative integer (a bigint when it may exceed 2^53). */
 export function varintSize(value: number | bigint): number {
+  if (typeof value === "number" && value <= Number.MAX_SAFE_INTEGER) {
+    let n = 1;
+    for (let v = value; v >= 0x80; v = Math.floor(v / 0x80)) n++;
+    return n;
+  }
   let v = BigInt(value);
   let n = 1;
   while (v >= 0x80n) {

@@ -96,8 +96,13 @@ export class ReplyReader {
 
   /** `n` bytes were received straight into the last directTarget(). */
   commitDirect(n: number): void {
-    const req = this.req!;
     this.queue.consumedExternally(n);
+    this.advancePayload(n);
+  }
+
+  /** `n` more bytes of the READ payload being received are in its destination. */
+  private advancePayload(n: number): void {
+    const req = this.req!;
     this.dstPos += n;
     this.remaining -= n;
     req.received += n;
@@ -150,15 +155,8 @@ export class ReplyReader {
       case S_DATA_PAYLOAD: {
         const n = Math.min(this.remaining, q.length);
         if (n === 0) return false;
-        const req = this.req!;
-        q.copyTo(req.buffer!, this.dstPos, n);
-        this.dstPos += n;
-        this.remaining -= n;
-        req.received += n;
-        if (this.remaining === 0) {
-          if (this.state === S_SIMPLE_READ_PAYLOAD) this.finish(req);
-          else this.chunkDone();
-        }
+        q.copyTo(this.req!.buffer!, this.dstPos, n);
+        this.advancePayload(n);
         return true;
       }
       case S_DATA_OFFSET: {
