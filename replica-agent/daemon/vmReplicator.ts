@@ -4,7 +4,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { ClientDuplexStream } from "@grpc/grpc-js";
 import type { Logger } from "../../src/common/logger.js";
 import { CompressionCodec, ChecksumAlgorithm, Consistency, CycleKind } from "../../src/gen/qreplica/v1/common.js";
-import { RejectReason, ResumeHint, type PlannedFailoverRequested, type ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
+import { RejectReason, ResumeHint, ResyncMode, type PlannedFailoverRequested, type ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
 import { GuestAgentClient } from "../../src/qemu/guestAgent/index.js";
 import { QmpClient, queryNamedBlockNodes } from "../../src/qemu/qmp/index.js";
 import { ReplicationClient, channelCredentials, encodeExtentChunkRequest, grpcChannelOptions, writeWithBackpressure, type OutgoingReplicateRequest, type SiteCredentials } from "../../src/transport/index.js";
@@ -253,6 +253,8 @@ export class VmReplicator {
           supportedCodecs: [CompressionCodec.COMPRESSION_CODEC_ZSTD, CompressionCodec.COMPRESSION_CODEC_NONE],
           supportedChecksumAlgorithms: this.offeredChecksums(),
           vmSpecJson: this.vm.spec ? JSON.stringify(this.vm.spec) : "",
+          trackingLost: [],
+          resyncMode: ResyncMode.RESYNC_MODE_AUTOMATIC,
         },
       },
     });

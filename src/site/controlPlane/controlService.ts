@@ -190,12 +190,28 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
           type: e.type,
           recordedAt: e.recordedAt,
           dataJson: JSON.stringify(e.data),
+          actor: typeof e.metadata.actor === "string" ? e.metadata.actor : "",
+          actorRole: typeof e.metadata.actorRole === "string" ? e.metadata.actorRole : "",
         })),
         nextPosition: last ? (req.vmId ? last.version + 1n : last.globalPosition + 1n) : req.fromPosition,
         endReached: events.length < limit,
       };
     }),
+    pauseReplication: notYet("PauseReplication"),
+    resumeReplication: notYet("ResumeReplication"),
+    resync: notYet("Resync"),
+    listAuthorizations: notYet("ListAuthorizations"),
+    addAuthorization: notYet("AddAuthorization"),
+    removeAuthorization: notYet("RemoveAuthorization"),
+    appendRunbookEvents: notYet("AppendRunbookEvents"),
+    readRunbookRun: notYet("ReadRunbookRun"),
+    whoAmI: notYet("WhoAmI"),
   };
+}
+
+/** An RPC of the contract whose handler this site does not have yet. */
+function notYet(name: string): grpc.handleUnaryCall<unknown, never> {
+  return (_call, callback) => callback({ code: grpc.status.UNIMPLEMENTED, details: `${name} is not implemented by this site yet` });
 }
 
 /** Refusals by the relationship's state are the operator's to resolve, not server faults. */

@@ -210,6 +210,7 @@ export class ReplicateSession {
             maxChunkBytes: MAX_CHUNK_BYTES,
             acceptedCodecs: [CompressionCodec.COMPRESSION_CODEC_ZSTD, CompressionCodec.COMPRESSION_CODEC_NONE],
             acceptedChecksumAlgorithms: this.acceptedChecksums,
+            resyncReason: "",
           },
         },
       });

@@ -42,6 +42,7 @@ describe("generated gRPC services", () => {
                 maxChunkBytes: 4 << 20,
                 acceptedCodecs: [],
                 acceptedChecksumAlgorithms: [],
+                resyncReason: "",
               },
             },
           });
@@ -58,6 +59,15 @@ describe("generated gRPC services", () => {
       cancelFailover: unimplemented,
       prepareReverseReplication: unimplemented,
       startReverseReplication: unimplemented,
+      pauseReplication: unimplemented,
+      resumeReplication: unimplemented,
+      resync: unimplemented,
+      listAuthorizations: unimplemented,
+      addAuthorization: unimplemented,
+      removeAuthorization: unimplemented,
+      appendRunbookEvents: unimplemented,
+      readRunbookRun: unimplemented,
+      whoAmI: unimplemented,
       getStatus: (call, cb) =>
         cb(null, {
           siteId: "site-b",
@@ -110,6 +120,8 @@ describe("generated gRPC services", () => {
           supportedCodecs: [],
           supportedChecksumAlgorithms: [],
           vmSpecJson: "",
+          trackingLost: [],
+          resyncMode: 0,
         },
       },
     });

@@ -203,6 +203,87 @@ export function replicationHealthToJSON(object: ReplicationHealth): string {
   }
 }
 
+export interface PauseReplicationRequest {
+  vmId: string;
+  reason: string;
+}
+
+export interface ResumeReplicationRequest {
+  vmId: string;
+}
+
+export interface ResyncRequest {
+  vmId: string;
+}
+
+export interface RelationshipCommandResponse {
+  /** The relationship's state after the command, as RelationshipStatus.state names it in the CLI. */
+  state: string;
+  /** Whether the primary's agent is connected and was told (else it learns at its next Hello). */
+  agentNotified: boolean;
+}
+
+export interface AuthorizationEntry {
+  /** The primary's certificate identity (CN). Wildcards are refused. */
+  primaryIdentity: string;
+  trustGroup: string;
+  /** Absolute path on the site host; empty: the site's default storage root. */
+  storageRoot: string;
+  /** Who added it, and when (from the ledger). */
+  addedBy: string;
+  addedAt?: Date | undefined;
+}
+
+export interface ListAuthorizationsRequest {
+}
+
+export interface AddAuthorizationRequest {
+  primaryIdentity: string;
+  trustGroup: string;
+  storageRoot: string;
+}
+
+export interface RemoveAuthorizationRequest {
+  primaryIdentity: string;
+}
+
+export interface AuthorizationsResponse {
+  entries: AuthorizationEntry[];
+}
+
+export interface RunbookEvent {
+  type: string;
+  dataJson: string;
+}
+
+export interface AppendRunbookEventsRequest {
+  runId: string;
+  events: RunbookEvent[];
+  /** -1: the stream must not exist; -2: any; otherwise the version of the last event the caller saw. */
+  expectedVersion: bigint;
+}
+
+export interface AppendRunbookEventsResponse {
+  nextExpectedVersion: bigint;
+}
+
+export interface ReadRunbookRunRequest {
+  runId: string;
+}
+
+export interface ReadRunbookRunResponse {
+  events: LedgerEvent[];
+}
+
+export interface WhoAmIRequest {
+}
+
+export interface WhoAmIResponse {
+  identity: string;
+  role: string;
+  siteId: string;
+}
+
 export interface SeedImage {
   diskId: string;
   imagePath: string;
@@ -403,7 +484,1379 @@ export interface LedgerEvent {
     | undefined;
   /** The event's payload as JSON text, so clients need no schema for every event type. */
   dataJson: string;
+  /**
+   * Who caused it: the certificate identity and role of the caller of a control command, or the
+   * primary's identity for data-plane events; empty for the site's own machinery.
+   */
+  actor: string;
+  actorRole: string;
 }
+
+function createBasePauseReplicationRequest(): PauseReplicationRequest {
+  return { vmId: "", reason: "" };
+}
+
+export const PauseReplicationRequest: MessageFns<PauseReplicationRequest> = {
+  encode(message: PauseReplicationRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PauseReplicationRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePauseReplicationRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PauseReplicationRequest {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: PauseReplicationRequest): unknown {
+    const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PauseReplicationRequest>, I>>(base?: I): PauseReplicationRequest {
+    return PauseReplicationRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PauseReplicationRequest>, I>>(object: I): PauseReplicationRequest {
+    const message = createBasePauseReplicationRequest();
+    message.vmId = object.vmId ?? "";
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseResumeReplicationRequest(): ResumeReplicationRequest {
+  return { vmId: "" };
+}
+
+export const ResumeReplicationRequest: MessageFns<ResumeReplicationRequest> = {
+  encode(message: ResumeReplicationRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResumeReplicationRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResumeReplicationRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResumeReplicationRequest {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+    };
+  },
+
+  toJSON(message: ResumeReplicationRequest): unknown {
+    const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ResumeReplicationRequest>, I>>(base?: I): ResumeReplicationRequest {
+    return ResumeReplicationRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ResumeReplicationRequest>, I>>(object: I): ResumeReplicationRequest {
+    const message = createBaseResumeReplicationRequest();
+    message.vmId = object.vmId ?? "";
+    return message;
+  },
+};
+
+function createBaseResyncRequest(): ResyncRequest {
+  return { vmId: "" };
+}
+
+export const ResyncRequest: MessageFns<ResyncRequest> = {
+  encode(message: ResyncRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResyncRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResyncRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResyncRequest {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+    };
+  },
+
+  toJSON(message: ResyncRequest): unknown {
+    const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ResyncRequest>, I>>(base?: I): ResyncRequest {
+    return ResyncRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ResyncRequest>, I>>(object: I): ResyncRequest {
+    const message = createBaseResyncRequest();
+    message.vmId = object.vmId ?? "";
+    return message;
+  },
+};
+
+function createBaseRelationshipCommandResponse(): RelationshipCommandResponse {
+  return { state: "", agentNotified: false };
+}
+
+export const RelationshipCommandResponse: MessageFns<RelationshipCommandResponse> = {
+  encode(message: RelationshipCommandResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.state !== "") {
+      writer.uint32(10).string(message.state);
+    }
+    if (message.agentNotified !== false) {
+      writer.uint32(16).bool(message.agentNotified);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RelationshipCommandResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRelationshipCommandResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.state = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.agentNotified = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RelationshipCommandResponse {
+    return {
+      state: isSet(object.state) ? globalThis.String(object.state) : "",
+      agentNotified: isSet(object.agentNotified)
+        ? globalThis.Boolean(object.agentNotified)
+        : isSet(object.agent_notified)
+        ? globalThis.Boolean(object.agent_notified)
+        : false,
+    };
+  },
+
+  toJSON(message: RelationshipCommandResponse): unknown {
+    const obj: any = {};
+    if (message.state !== "") {
+      obj.state = message.state;
+    }
+    if (message.agentNotified !== false) {
+      obj.agentNotified = message.agentNotified;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RelationshipCommandResponse>, I>>(base?: I): RelationshipCommandResponse {
+    return RelationshipCommandResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RelationshipCommandResponse>, I>>(object: I): RelationshipCommandResponse {
+    const message = createBaseRelationshipCommandResponse();
+    message.state = object.state ?? "";
+    message.agentNotified = object.agentNotified ?? false;
+    return message;
+  },
+};
+
+function createBaseAuthorizationEntry(): AuthorizationEntry {
+  return { primaryIdentity: "", trustGroup: "", storageRoot: "", addedBy: "", addedAt: undefined };
+}
+
+export const AuthorizationEntry: MessageFns<AuthorizationEntry> = {
+  encode(message: AuthorizationEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.primaryIdentity !== "") {
+      writer.uint32(10).string(message.primaryIdentity);
+    }
+    if (message.trustGroup !== "") {
+      writer.uint32(18).string(message.trustGroup);
+    }
+    if (message.storageRoot !== "") {
+      writer.uint32(26).string(message.storageRoot);
+    }
+    if (message.addedBy !== "") {
+      writer.uint32(34).string(message.addedBy);
+    }
+    if (message.addedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.addedAt), writer.uint32(42).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AuthorizationEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAuthorizationEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.primaryIdentity = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.trustGroup = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.storageRoot = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.addedBy = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.addedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AuthorizationEntry {
+    return {
+      primaryIdentity: isSet(object.primaryIdentity)
+        ? globalThis.String(object.primaryIdentity)
+        : isSet(object.primary_identity)
+        ? globalThis.String(object.primary_identity)
+        : "",
+      trustGroup: isSet(object.trustGroup)
+        ? globalThis.String(object.trustGroup)
+        : isSet(object.trust_group)
+        ? globalThis.String(object.trust_group)
+        : "",
+      storageRoot: isSet(object.storageRoot)
+        ? globalThis.String(object.storageRoot)
+        : isSet(object.storage_root)
+        ? globalThis.String(object.storage_root)
+        : "",
+      addedBy: isSet(object.addedBy)
+        ? globalThis.String(object.addedBy)
+        : isSet(object.added_by)
+        ? globalThis.String(object.added_by)
+        : "",
+      addedAt: isSet(object.addedAt)
+        ? fromJsonTimestamp(object.addedAt)
+        : isSet(object.added_at)
+        ? fromJsonTimestamp(object.added_at)
+        : undefined,
+    };
+  },
+
+  toJSON(message: AuthorizationEntry): unknown {
+    const obj: any = {};
+    if (message.primaryIdentity !== "") {
+      obj.primaryIdentity = message.primaryIdentity;
+    }
+    if (message.trustGroup !== "") {
+      obj.trustGroup = message.trustGroup;
+    }
+    if (message.storageRoot !== "") {
+      obj.storageRoot = message.storageRoot;
+    }
+    if (message.addedBy !== "") {
+      obj.addedBy = message.addedBy;
+    }
+    if (message.addedAt !== undefined) {
+      obj.addedAt = message.addedAt.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AuthorizationEntry>, I>>(base?: I): AuthorizationEntry {
+    return AuthorizationEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AuthorizationEntry>, I>>(object: I): AuthorizationEntry {
+    const message = createBaseAuthorizationEntry();
+    message.primaryIdentity = object.primaryIdentity ?? "";
+    message.trustGroup = object.trustGroup ?? "";
+    message.storageRoot = object.storageRoot ?? "";
+    message.addedBy = object.addedBy ?? "";
+    message.addedAt = object.addedAt ?? undefined;
+    return message;
+  },
+};
+
+function createBaseListAuthorizationsRequest(): ListAuthorizationsRequest {
+  return {};
+}
+
+export const ListAuthorizationsRequest: MessageFns<ListAuthorizationsRequest> = {
+  encode(_: ListAuthorizationsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListAuthorizationsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListAuthorizationsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ListAuthorizationsRequest {
+    return {};
+  },
+
+  toJSON(_: ListAuthorizationsRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ListAuthorizationsRequest>, I>>(base?: I): ListAuthorizationsRequest {
+    return ListAuthorizationsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ListAuthorizationsRequest>, I>>(_: I): ListAuthorizationsRequest {
+    const message = createBaseListAuthorizationsRequest();
+    return message;
+  },
+};
+
+function createBaseAddAuthorizationRequest(): AddAuthorizationRequest {
+  return { primaryIdentity: "", trustGroup: "", storageRoot: "" };
+}
+
+export const AddAuthorizationRequest: MessageFns<AddAuthorizationRequest> = {
+  encode(message: AddAuthorizationRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.primaryIdentity !== "") {
+      writer.uint32(10).string(message.primaryIdentity);
+    }
+    if (message.trustGroup !== "") {
+      writer.uint32(18).string(message.trustGroup);
+    }
+    if (message.storageRoot !== "") {
+      writer.uint32(26).string(message.storageRoot);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AddAuthorizationRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAddAuthorizationRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.primaryIdentity = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.trustGroup = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.storageRoot = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AddAuthorizationRequest {
+    return {
+      primaryIdentity: isSet(object.primaryIdentity)
+        ? globalThis.String(object.primaryIdentity)
+        : isSet(object.primary_identity)
+        ? globalThis.String(object.primary_identity)
+        : "",
+      trustGroup: isSet(object.trustGroup)
+        ? globalThis.String(object.trustGroup)
+        : isSet(object.trust_group)
+        ? globalThis.String(object.trust_group)
+        : "",
+      storageRoot: isSet(object.storageRoot)
+        ? globalThis.String(object.storageRoot)
+        : isSet(object.storage_root)
+        ? globalThis.String(object.storage_root)
+        : "",
+    };
+  },
+
+  toJSON(message: AddAuthorizationRequest): unknown {
+    const obj: any = {};
+    if (message.primaryIdentity !== "") {
+      obj.primaryIdentity = message.primaryIdentity;
+    }
+    if (message.trustGroup !== "") {
+      obj.trustGroup = message.trustGroup;
+    }
+    if (message.storageRoot !== "") {
+      obj.storageRoot = message.storageRoot;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AddAuthorizationRequest>, I>>(base?: I): AddAuthorizationRequest {
+    return AddAuthorizationRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AddAuthorizationRequest>, I>>(object: I): AddAuthorizationRequest {
+    const message = createBaseAddAuthorizationRequest();
+    message.primaryIdentity = object.primaryIdentity ?? "";
+    message.trustGroup = object.trustGroup ?? "";
+    message.storageRoot = object.storageRoot ?? "";
+    return message;
+  },
+};
+
+function createBaseRemoveAuthorizationRequest(): RemoveAuthorizationRequest {
+  return { primaryIdentity: "" };
+}
+
+export const RemoveAuthorizationRequest: MessageFns<RemoveAuthorizationRequest> = {
+  encode(message: RemoveAuthorizationRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.primaryIdentity !== "") {
+      writer.uint32(10).string(message.primaryIdentity);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RemoveAuthorizationRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRemoveAuthorizationRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.primaryIdentity = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RemoveAuthorizationRequest {
+    return {
+      primaryIdentity: isSet(object.primaryIdentity)
+        ? globalThis.String(object.primaryIdentity)
+        : isSet(object.primary_identity)
+        ? globalThis.String(object.primary_identity)
+        : "",
+    };
+  },
+
+  toJSON(message: RemoveAuthorizationRequest): unknown {
+    const obj: any = {};
+    if (message.primaryIdentity !== "") {
+      obj.primaryIdentity = message.primaryIdentity;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RemoveAuthorizationRequest>, I>>(base?: I): RemoveAuthorizationRequest {
+    return RemoveAuthorizationRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RemoveAuthorizationRequest>, I>>(object: I): RemoveAuthorizationRequest {
+    const message = createBaseRemoveAuthorizationRequest();
+    message.primaryIdentity = object.primaryIdentity ?? "";
+    return message;
+  },
+};
+
+function createBaseAuthorizationsResponse(): AuthorizationsResponse {
+  return { entries: [] };
+}
+
+export const AuthorizationsResponse: MessageFns<AuthorizationsResponse> = {
+  encode(message: AuthorizationsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.entries) {
+      AuthorizationEntry.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AuthorizationsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAuthorizationsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.entries.push(AuthorizationEntry.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AuthorizationsResponse {
+    return {
+      entries: globalThis.Array.isArray(object?.entries)
+        ? object.entries.map((e: any) => AuthorizationEntry.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: AuthorizationsResponse): unknown {
+    const obj: any = {};
+    if (message.entries?.length) {
+      obj.entries = message.entries.map((e) => AuthorizationEntry.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AuthorizationsResponse>, I>>(base?: I): AuthorizationsResponse {
+    return AuthorizationsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AuthorizationsResponse>, I>>(object: I): AuthorizationsResponse {
+    const message = createBaseAuthorizationsResponse();
+    message.entries = object.entries?.map((e) => AuthorizationEntry.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseRunbookEvent(): RunbookEvent {
+  return { type: "", dataJson: "" };
+}
+
+export const RunbookEvent: MessageFns<RunbookEvent> = {
+  encode(message: RunbookEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.type !== "") {
+      writer.uint32(10).string(message.type);
+    }
+    if (message.dataJson !== "") {
+      writer.uint32(18).string(message.dataJson);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RunbookEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRunbookEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.type = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.dataJson = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RunbookEvent {
+    return {
+      type: isSet(object.type) ? globalThis.String(object.type) : "",
+      dataJson: isSet(object.dataJson)
+        ? globalThis.String(object.dataJson)
+        : isSet(object.data_json)
+        ? globalThis.String(object.data_json)
+        : "",
+    };
+  },
+
+  toJSON(message: RunbookEvent): unknown {
+    const obj: any = {};
+    if (message.type !== "") {
+      obj.type = message.type;
+    }
+    if (message.dataJson !== "") {
+      obj.dataJson = message.dataJson;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RunbookEvent>, I>>(base?: I): RunbookEvent {
+    return RunbookEvent.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RunbookEvent>, I>>(object: I): RunbookEvent {
+    const message = createBaseRunbookEvent();
+    message.type = object.type ?? "";
+    message.dataJson = object.dataJson ?? "";
+    return message;
+  },
+};
+
+function createBaseAppendRunbookEventsRequest(): AppendRunbookEventsRequest {
+  return { runId: "", events: [], expectedVersion: 0n };
+}
+
+export const AppendRunbookEventsRequest: MessageFns<AppendRunbookEventsRequest> = {
+  encode(message: AppendRunbookEventsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.runId !== "") {
+      writer.uint32(10).string(message.runId);
+    }
+    for (const v of message.events) {
+      RunbookEvent.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.expectedVersion !== 0n) {
+      if (BigInt.asIntN(64, message.expectedVersion) !== message.expectedVersion) {
+        throw new globalThis.Error("value provided for field message.expectedVersion of type int64 too large");
+      }
+      writer.uint32(24).int64(message.expectedVersion);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AppendRunbookEventsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAppendRunbookEventsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.runId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.events.push(RunbookEvent.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.expectedVersion = reader.int64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AppendRunbookEventsRequest {
+    return {
+      runId: isSet(object.runId)
+        ? globalThis.String(object.runId)
+        : isSet(object.run_id)
+        ? globalThis.String(object.run_id)
+        : "",
+      events: globalThis.Array.isArray(object?.events) ? object.events.map((e: any) => RunbookEvent.fromJSON(e)) : [],
+      expectedVersion: isSet(object.expectedVersion)
+        ? BigInt(object.expectedVersion)
+        : isSet(object.expected_version)
+        ? BigInt(object.expected_version)
+        : 0n,
+    };
+  },
+
+  toJSON(message: AppendRunbookEventsRequest): unknown {
+    const obj: any = {};
+    if (message.runId !== "") {
+      obj.runId = message.runId;
+    }
+    if (message.events?.length) {
+      obj.events = message.events.map((e) => RunbookEvent.toJSON(e));
+    }
+    if (message.expectedVersion !== 0n) {
+      obj.expectedVersion = message.expectedVersion.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AppendRunbookEventsRequest>, I>>(base?: I): AppendRunbookEventsRequest {
+    return AppendRunbookEventsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AppendRunbookEventsRequest>, I>>(object: I): AppendRunbookEventsRequest {
+    const message = createBaseAppendRunbookEventsRequest();
+    message.runId = object.runId ?? "";
+    message.events = object.events?.map((e) => RunbookEvent.fromPartial(e)) || [];
+    message.expectedVersion = (object.expectedVersion !== undefined && object.expectedVersion !== null)
+      ? BigInt(object.expectedVersion)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseAppendRunbookEventsResponse(): AppendRunbookEventsResponse {
+  return { nextExpectedVersion: 0n };
+}
+
+export const AppendRunbookEventsResponse: MessageFns<AppendRunbookEventsResponse> = {
+  encode(message: AppendRunbookEventsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.nextExpectedVersion !== 0n) {
+      if (BigInt.asIntN(64, message.nextExpectedVersion) !== message.nextExpectedVersion) {
+        throw new globalThis.Error("value provided for field message.nextExpectedVersion of type int64 too large");
+      }
+      writer.uint32(8).int64(message.nextExpectedVersion);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AppendRunbookEventsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAppendRunbookEventsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.nextExpectedVersion = reader.int64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AppendRunbookEventsResponse {
+    return {
+      nextExpectedVersion: isSet(object.nextExpectedVersion)
+        ? BigInt(object.nextExpectedVersion)
+        : isSet(object.next_expected_version)
+        ? BigInt(object.next_expected_version)
+        : 0n,
+    };
+  },
+
+  toJSON(message: AppendRunbookEventsResponse): unknown {
+    const obj: any = {};
+    if (message.nextExpectedVersion !== 0n) {
+      obj.nextExpectedVersion = message.nextExpectedVersion.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<AppendRunbookEventsResponse>, I>>(base?: I): AppendRunbookEventsResponse {
+    return AppendRunbookEventsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<AppendRunbookEventsResponse>, I>>(object: I): AppendRunbookEventsResponse {
+    const message = createBaseAppendRunbookEventsResponse();
+    message.nextExpectedVersion = (object.nextExpectedVersion !== undefined && object.nextExpectedVersion !== null)
+      ? BigInt(object.nextExpectedVersion)
+      : 0n;
+    return message;
+  },
+};
+
+function createBaseReadRunbookRunRequest(): ReadRunbookRunRequest {
+  return { runId: "" };
+}
+
+export const ReadRunbookRunRequest: MessageFns<ReadRunbookRunRequest> = {
+  encode(message: ReadRunbookRunRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.runId !== "") {
+      writer.uint32(10).string(message.runId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReadRunbookRunRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReadRunbookRunRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.runId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReadRunbookRunRequest {
+    return {
+      runId: isSet(object.runId)
+        ? globalThis.String(object.runId)
+        : isSet(object.run_id)
+        ? globalThis.String(object.run_id)
+        : "",
+    };
+  },
+
+  toJSON(message: ReadRunbookRunRequest): unknown {
+    const obj: any = {};
+    if (message.runId !== "") {
+      obj.runId = message.runId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReadRunbookRunRequest>, I>>(base?: I): ReadRunbookRunRequest {
+    return ReadRunbookRunRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReadRunbookRunRequest>, I>>(object: I): ReadRunbookRunRequest {
+    const message = createBaseReadRunbookRunRequest();
+    message.runId = object.runId ?? "";
+    return message;
+  },
+};
+
+function createBaseReadRunbookRunResponse(): ReadRunbookRunResponse {
+  return { events: [] };
+}
+
+export const ReadRunbookRunResponse: MessageFns<ReadRunbookRunResponse> = {
+  encode(message: ReadRunbookRunResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.events) {
+      LedgerEvent.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReadRunbookRunResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReadRunbookRunResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.events.push(LedgerEvent.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReadRunbookRunResponse {
+    return {
+      events: globalThis.Array.isArray(object?.events) ? object.events.map((e: any) => LedgerEvent.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ReadRunbookRunResponse): unknown {
+    const obj: any = {};
+    if (message.events?.length) {
+      obj.events = message.events.map((e) => LedgerEvent.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReadRunbookRunResponse>, I>>(base?: I): ReadRunbookRunResponse {
+    return ReadRunbookRunResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReadRunbookRunResponse>, I>>(object: I): ReadRunbookRunResponse {
+    const message = createBaseReadRunbookRunResponse();
+    message.events = object.events?.map((e) => LedgerEvent.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseWhoAmIRequest(): WhoAmIRequest {
+  return {};
+}
+
+export const WhoAmIRequest: MessageFns<WhoAmIRequest> = {
+  encode(_: WhoAmIRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WhoAmIRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWhoAmIRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): WhoAmIRequest {
+    return {};
+  },
+
+  toJSON(_: WhoAmIRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WhoAmIRequest>, I>>(base?: I): WhoAmIRequest {
+    return WhoAmIRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WhoAmIRequest>, I>>(_: I): WhoAmIRequest {
+    const message = createBaseWhoAmIRequest();
+    return message;
+  },
+};
+
+function createBaseWhoAmIResponse(): WhoAmIResponse {
+  return { identity: "", role: "", siteId: "" };
+}
+
+export const WhoAmIResponse: MessageFns<WhoAmIResponse> = {
+  encode(message: WhoAmIResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.identity !== "") {
+      writer.uint32(10).string(message.identity);
+    }
+    if (message.role !== "") {
+      writer.uint32(18).string(message.role);
+    }
+    if (message.siteId !== "") {
+      writer.uint32(26).string(message.siteId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WhoAmIResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWhoAmIResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.identity = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.role = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.siteId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WhoAmIResponse {
+    return {
+      identity: isSet(object.identity) ? globalThis.String(object.identity) : "",
+      role: isSet(object.role) ? globalThis.String(object.role) : "",
+      siteId: isSet(object.siteId)
+        ? globalThis.String(object.siteId)
+        : isSet(object.site_id)
+        ? globalThis.String(object.site_id)
+        : "",
+    };
+  },
+
+  toJSON(message: WhoAmIResponse): unknown {
+    const obj: any = {};
+    if (message.identity !== "") {
+      obj.identity = message.identity;
+    }
+    if (message.role !== "") {
+      obj.role = message.role;
+    }
+    if (message.siteId !== "") {
+      obj.siteId = message.siteId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WhoAmIResponse>, I>>(base?: I): WhoAmIResponse {
+    return WhoAmIResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WhoAmIResponse>, I>>(object: I): WhoAmIResponse {
+    const message = createBaseWhoAmIResponse();
+    message.identity = object.identity ?? "";
+    message.role = object.role ?? "";
+    message.siteId = object.siteId ?? "";
+    return message;
+  },
+};
 
 function createBaseSeedImage(): SeedImage {
   return { diskId: "", imagePath: "" };
@@ -3278,6 +4731,8 @@ function createBaseLedgerEvent(): LedgerEvent {
     type: "",
     recordedAt: undefined,
     dataJson: "",
+    actor: "",
+    actorRole: "",
   };
 }
 
@@ -3309,6 +4764,12 @@ export const LedgerEvent: MessageFns<LedgerEvent> = {
     }
     if (message.dataJson !== "") {
       writer.uint32(58).string(message.dataJson);
+    }
+    if (message.actor !== "") {
+      writer.uint32(66).string(message.actor);
+    }
+    if (message.actorRole !== "") {
+      writer.uint32(74).string(message.actorRole);
     }
     return writer;
   },
@@ -3382,6 +4843,22 @@ export const LedgerEvent: MessageFns<LedgerEvent> = {
             message.dataJson = reader.string();
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.actor = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.actorRole = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3423,6 +4900,12 @@ export const LedgerEvent: MessageFns<LedgerEvent> = {
         : isSet(object.data_json)
         ? globalThis.String(object.data_json)
         : "",
+      actor: isSet(object.actor) ? globalThis.String(object.actor) : "",
+      actorRole: isSet(object.actorRole)
+        ? globalThis.String(object.actorRole)
+        : isSet(object.actor_role)
+        ? globalThis.String(object.actor_role)
+        : "",
     };
   },
 
@@ -3449,6 +4932,12 @@ export const LedgerEvent: MessageFns<LedgerEvent> = {
     if (message.dataJson !== "") {
       obj.dataJson = message.dataJson;
     }
+    if (message.actor !== "") {
+      obj.actor = message.actor;
+    }
+    if (message.actorRole !== "") {
+      obj.actorRole = message.actorRole;
+    }
     return obj;
   },
 
@@ -3468,16 +4957,25 @@ export const LedgerEvent: MessageFns<LedgerEvent> = {
     message.type = object.type ?? "";
     message.recordedAt = object.recordedAt ?? undefined;
     message.dataJson = object.dataJson ?? "";
+    message.actor = object.actor ?? "";
+    message.actorRole = object.actorRole ?? "";
     return message;
   },
 };
 
 /**
- * Control plane of a site: what operators and the CLI ask. Read-only in this first version; the
- * commands (failover, pause, ...) come with the runbooks.
+ * Control plane of a site: what operators and the CLI ask. Every call is authorized by the role
+ * bound into the caller's certificate at issuance (see RPC comments: viewer < operator < admin;
+ * agent certificates are refused on every call), and every command records its caller in the
+ * ledger event it causes.
  */
 export type ControlServiceService = typeof ControlServiceService;
 export const ControlServiceService = {
+  /**
+   * viewer: GetStatus, ListRecoveryPoints, ListEvents, ListAuthorizations, ReadRunbookRun.
+   * operator: test failover, failover, complete, cancel, reverse, pause, resume, resync, runbook runs.
+   * admin: AddAuthorization, RemoveAuthorization.
+   */
   getStatus: {
     path: "/qreplica.v1.ControlService/GetStatus" as const,
     requestStream: false as const,
@@ -3595,9 +5093,117 @@ export const ControlServiceService = {
     responseDeserialize: (value: Buffer): StartReverseReplicationResponse =>
       StartReverseReplicationResponse.decode(value),
   },
+  /** Replication of one VM: pause (the agent keeps its changes), resume, and resync by comparison. */
+  pauseReplication: {
+    path: "/qreplica.v1.ControlService/PauseReplication" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: PauseReplicationRequest): Buffer =>
+      Buffer.from(PauseReplicationRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): PauseReplicationRequest => PauseReplicationRequest.decode(value),
+    responseSerialize: (value: RelationshipCommandResponse): Buffer =>
+      Buffer.from(RelationshipCommandResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RelationshipCommandResponse => RelationshipCommandResponse.decode(value),
+  },
+  resumeReplication: {
+    path: "/qreplica.v1.ControlService/ResumeReplication" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ResumeReplicationRequest): Buffer =>
+      Buffer.from(ResumeReplicationRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ResumeReplicationRequest => ResumeReplicationRequest.decode(value),
+    responseSerialize: (value: RelationshipCommandResponse): Buffer =>
+      Buffer.from(RelationshipCommandResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RelationshipCommandResponse => RelationshipCommandResponse.decode(value),
+  },
+  resync: {
+    path: "/qreplica.v1.ControlService/Resync" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ResyncRequest): Buffer => Buffer.from(ResyncRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ResyncRequest => ResyncRequest.decode(value),
+    responseSerialize: (value: RelationshipCommandResponse): Buffer =>
+      Buffer.from(RelationshipCommandResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): RelationshipCommandResponse => RelationshipCommandResponse.decode(value),
+  },
+  /** Authorization entries (which primaries may replicate here), kept in the ledger. */
+  listAuthorizations: {
+    path: "/qreplica.v1.ControlService/ListAuthorizations" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ListAuthorizationsRequest): Buffer =>
+      Buffer.from(ListAuthorizationsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ListAuthorizationsRequest => ListAuthorizationsRequest.decode(value),
+    responseSerialize: (value: AuthorizationsResponse): Buffer =>
+      Buffer.from(AuthorizationsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AuthorizationsResponse => AuthorizationsResponse.decode(value),
+  },
+  addAuthorization: {
+    path: "/qreplica.v1.ControlService/AddAuthorization" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AddAuthorizationRequest): Buffer =>
+      Buffer.from(AddAuthorizationRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AddAuthorizationRequest => AddAuthorizationRequest.decode(value),
+    responseSerialize: (value: AuthorizationsResponse): Buffer =>
+      Buffer.from(AuthorizationsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AuthorizationsResponse => AuthorizationsResponse.decode(value),
+  },
+  removeAuthorization: {
+    path: "/qreplica.v1.ControlService/RemoveAuthorization" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: RemoveAuthorizationRequest): Buffer =>
+      Buffer.from(RemoveAuthorizationRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): RemoveAuthorizationRequest => RemoveAuthorizationRequest.decode(value),
+    responseSerialize: (value: AuthorizationsResponse): Buffer =>
+      Buffer.from(AuthorizationsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AuthorizationsResponse => AuthorizationsResponse.decode(value),
+  },
+  /**
+   * Runbook runs are recorded in the site's ledger through the control plane (streams
+   * `runbook-<runId>` only).
+   */
+  appendRunbookEvents: {
+    path: "/qreplica.v1.ControlService/AppendRunbookEvents" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: AppendRunbookEventsRequest): Buffer =>
+      Buffer.from(AppendRunbookEventsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): AppendRunbookEventsRequest => AppendRunbookEventsRequest.decode(value),
+    responseSerialize: (value: AppendRunbookEventsResponse): Buffer =>
+      Buffer.from(AppendRunbookEventsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): AppendRunbookEventsResponse => AppendRunbookEventsResponse.decode(value),
+  },
+  readRunbookRun: {
+    path: "/qreplica.v1.ControlService/ReadRunbookRun" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ReadRunbookRunRequest): Buffer =>
+      Buffer.from(ReadRunbookRunRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ReadRunbookRunRequest => ReadRunbookRunRequest.decode(value),
+    responseSerialize: (value: ReadRunbookRunResponse): Buffer =>
+      Buffer.from(ReadRunbookRunResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ReadRunbookRunResponse => ReadRunbookRunResponse.decode(value),
+  },
+  /** Who the caller is, as this site sees it (identity and role): `qreplica whoami`. */
+  whoAmI: {
+    path: "/qreplica.v1.ControlService/WhoAmI" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: WhoAmIRequest): Buffer => Buffer.from(WhoAmIRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WhoAmIRequest => WhoAmIRequest.decode(value),
+    responseSerialize: (value: WhoAmIResponse): Buffer => Buffer.from(WhoAmIResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): WhoAmIResponse => WhoAmIResponse.decode(value),
+  },
 } as const;
 
 export interface ControlServiceServer extends UntypedServiceImplementation {
+  /**
+   * viewer: GetStatus, ListRecoveryPoints, ListEvents, ListAuthorizations, ReadRunbookRun.
+   * operator: test failover, failover, complete, cancel, reverse, pause, resume, resync, runbook runs.
+   * admin: AddAuthorization, RemoveAuthorization.
+   */
   getStatus: handleUnaryCall<GetStatusRequest, GetStatusResponse>;
   listRecoveryPoints: handleUnaryCall<ListRecoveryPointsRequest, ListRecoveryPointsResponse>;
   listEvents: handleUnaryCall<ListEventsRequest, ListEventsResponse>;
@@ -3618,9 +5224,30 @@ export interface ControlServiceServer extends UntypedServiceImplementation {
   prepareReverseReplication: handleUnaryCall<PrepareReverseReplicationRequest, PrepareReverseReplicationResponse>;
   /** Step 2, on the site that failed over: replicate the failed-over VM back. */
   startReverseReplication: handleUnaryCall<StartReverseReplicationRequest, StartReverseReplicationResponse>;
+  /** Replication of one VM: pause (the agent keeps its changes), resume, and resync by comparison. */
+  pauseReplication: handleUnaryCall<PauseReplicationRequest, RelationshipCommandResponse>;
+  resumeReplication: handleUnaryCall<ResumeReplicationRequest, RelationshipCommandResponse>;
+  resync: handleUnaryCall<ResyncRequest, RelationshipCommandResponse>;
+  /** Authorization entries (which primaries may replicate here), kept in the ledger. */
+  listAuthorizations: handleUnaryCall<ListAuthorizationsRequest, AuthorizationsResponse>;
+  addAuthorization: handleUnaryCall<AddAuthorizationRequest, AuthorizationsResponse>;
+  removeAuthorization: handleUnaryCall<RemoveAuthorizationRequest, AuthorizationsResponse>;
+  /**
+   * Runbook runs are recorded in the site's ledger through the control plane (streams
+   * `runbook-<runId>` only).
+   */
+  appendRunbookEvents: handleUnaryCall<AppendRunbookEventsRequest, AppendRunbookEventsResponse>;
+  readRunbookRun: handleUnaryCall<ReadRunbookRunRequest, ReadRunbookRunResponse>;
+  /** Who the caller is, as this site sees it (identity and role): `qreplica whoami`. */
+  whoAmI: handleUnaryCall<WhoAmIRequest, WhoAmIResponse>;
 }
 
 export interface ControlServiceClient extends Client {
+  /**
+   * viewer: GetStatus, ListRecoveryPoints, ListEvents, ListAuthorizations, ReadRunbookRun.
+   * operator: test failover, failover, complete, cancel, reverse, pause, resume, resync, runbook runs.
+   * admin: AddAuthorization, RemoveAuthorization.
+   */
   getStatus(
     request: GetStatusRequest,
     callback: (error: ServiceError | null, response: GetStatusResponse) => void,
@@ -3780,6 +5407,148 @@ export interface ControlServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: StartReverseReplicationResponse) => void,
+  ): ClientUnaryCall;
+  /** Replication of one VM: pause (the agent keeps its changes), resume, and resync by comparison. */
+  pauseReplication(
+    request: PauseReplicationRequest,
+    callback: (error: ServiceError | null, response: RelationshipCommandResponse) => void,
+  ): ClientUnaryCall;
+  pauseReplication(
+    request: PauseReplicationRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RelationshipCommandResponse) => void,
+  ): ClientUnaryCall;
+  pauseReplication(
+    request: PauseReplicationRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RelationshipCommandResponse) => void,
+  ): ClientUnaryCall;
+  resumeReplication(
+    request: ResumeReplicationRequest,
+    callback: (error: ServiceError | null, response: RelationshipCommandResponse) => void,
+  ): ClientUnaryCall;
+  resumeReplication(
+    request: ResumeReplicationRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RelationshipCommandResponse) => void,
+  ): ClientUnaryCall;
+  resumeReplication(
+    request: ResumeReplicationRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RelationshipCommandResponse) => void,
+  ): ClientUnaryCall;
+  resync(
+    request: ResyncRequest,
+    callback: (error: ServiceError | null, response: RelationshipCommandResponse) => void,
+  ): ClientUnaryCall;
+  resync(
+    request: ResyncRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: RelationshipCommandResponse) => void,
+  ): ClientUnaryCall;
+  resync(
+    request: ResyncRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: RelationshipCommandResponse) => void,
+  ): ClientUnaryCall;
+  /** Authorization entries (which primaries may replicate here), kept in the ledger. */
+  listAuthorizations(
+    request: ListAuthorizationsRequest,
+    callback: (error: ServiceError | null, response: AuthorizationsResponse) => void,
+  ): ClientUnaryCall;
+  listAuthorizations(
+    request: ListAuthorizationsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AuthorizationsResponse) => void,
+  ): ClientUnaryCall;
+  listAuthorizations(
+    request: ListAuthorizationsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AuthorizationsResponse) => void,
+  ): ClientUnaryCall;
+  addAuthorization(
+    request: AddAuthorizationRequest,
+    callback: (error: ServiceError | null, response: AuthorizationsResponse) => void,
+  ): ClientUnaryCall;
+  addAuthorization(
+    request: AddAuthorizationRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AuthorizationsResponse) => void,
+  ): ClientUnaryCall;
+  addAuthorization(
+    request: AddAuthorizationRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AuthorizationsResponse) => void,
+  ): ClientUnaryCall;
+  removeAuthorization(
+    request: RemoveAuthorizationRequest,
+    callback: (error: ServiceError | null, response: AuthorizationsResponse) => void,
+  ): ClientUnaryCall;
+  removeAuthorization(
+    request: RemoveAuthorizationRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AuthorizationsResponse) => void,
+  ): ClientUnaryCall;
+  removeAuthorization(
+    request: RemoveAuthorizationRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AuthorizationsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Runbook runs are recorded in the site's ledger through the control plane (streams
+   * `runbook-<runId>` only).
+   */
+  appendRunbookEvents(
+    request: AppendRunbookEventsRequest,
+    callback: (error: ServiceError | null, response: AppendRunbookEventsResponse) => void,
+  ): ClientUnaryCall;
+  appendRunbookEvents(
+    request: AppendRunbookEventsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: AppendRunbookEventsResponse) => void,
+  ): ClientUnaryCall;
+  appendRunbookEvents(
+    request: AppendRunbookEventsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: AppendRunbookEventsResponse) => void,
+  ): ClientUnaryCall;
+  readRunbookRun(
+    request: ReadRunbookRunRequest,
+    callback: (error: ServiceError | null, response: ReadRunbookRunResponse) => void,
+  ): ClientUnaryCall;
+  readRunbookRun(
+    request: ReadRunbookRunRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ReadRunbookRunResponse) => void,
+  ): ClientUnaryCall;
+  readRunbookRun(
+    request: ReadRunbookRunRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ReadRunbookRunResponse) => void,
+  ): ClientUnaryCall;
+  /** Who the caller is, as this site sees it (identity and role): `qreplica whoami`. */
+  whoAmI(
+    request: WhoAmIRequest,
+    callback: (error: ServiceError | null, response: WhoAmIResponse) => void,
+  ): ClientUnaryCall;
+  whoAmI(
+    request: WhoAmIRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: WhoAmIResponse) => void,
+  ): ClientUnaryCall;
+  whoAmI(
+    request: WhoAmIRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: WhoAmIResponse) => void,
   ): ClientUnaryCall;
 }
 

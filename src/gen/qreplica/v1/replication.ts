@@ -38,6 +38,45 @@ export const protobufPackage = "qreplica.v1";
 
 export const protobufFileName = "qreplica/v1/replication.proto";
 
+export enum ResyncMode {
+  RESYNC_MODE_UNSPECIFIED = 0,
+  RESYNC_MODE_AUTOMATIC = 1,
+  RESYNC_MODE_MANUAL = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function resyncModeFromJSON(object: any): ResyncMode {
+  switch (object) {
+    case 0:
+    case "RESYNC_MODE_UNSPECIFIED":
+      return ResyncMode.RESYNC_MODE_UNSPECIFIED;
+    case 1:
+    case "RESYNC_MODE_AUTOMATIC":
+      return ResyncMode.RESYNC_MODE_AUTOMATIC;
+    case 2:
+    case "RESYNC_MODE_MANUAL":
+      return ResyncMode.RESYNC_MODE_MANUAL;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ResyncMode.UNRECOGNIZED;
+  }
+}
+
+export function resyncModeToJSON(object: ResyncMode): string {
+  switch (object) {
+    case ResyncMode.RESYNC_MODE_UNSPECIFIED:
+      return "RESYNC_MODE_UNSPECIFIED";
+    case ResyncMode.RESYNC_MODE_AUTOMATIC:
+      return "RESYNC_MODE_AUTOMATIC";
+    case ResyncMode.RESYNC_MODE_MANUAL:
+      return "RESYNC_MODE_MANUAL";
+    case ResyncMode.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /**
  * Where the sender should go next, derived from the replica's ledger rather than the sender's
  * memory, because the sender may have crashed after the replica committed.
@@ -50,6 +89,12 @@ export enum ResumeHint {
   RESUME_HINT_INCREMENTAL = 2,
   /** RESUME_HINT_RESYNC - The replica knows its chain and the primary's bitmaps may disagree: run a RESYNC cycle. */
   RESUME_HINT_RESYNC = 3,
+  /**
+   * RESUME_HINT_WAIT_FOR_OPERATOR - Resync is required but this VM resyncs only when an operator says so (resync mode manual) or
+   * replication is paused: send no cycle; keep the stream open and wait for ResyncRequested or
+   * ReplicationResumed.
+   */
+  RESUME_HINT_WAIT_FOR_OPERATOR = 4,
   UNRECOGNIZED = -1,
 }
 
@@ -67,6 +112,9 @@ export function resumeHintFromJSON(object: any): ResumeHint {
     case 3:
     case "RESUME_HINT_RESYNC":
       return ResumeHint.RESUME_HINT_RESYNC;
+    case 4:
+    case "RESUME_HINT_WAIT_FOR_OPERATOR":
+      return ResumeHint.RESUME_HINT_WAIT_FOR_OPERATOR;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -84,6 +132,8 @@ export function resumeHintToJSON(object: ResumeHint): string {
       return "RESUME_HINT_INCREMENTAL";
     case ResumeHint.RESUME_HINT_RESYNC:
       return "RESUME_HINT_RESYNC";
+    case ResumeHint.RESUME_HINT_WAIT_FOR_OPERATOR:
+      return "RESUME_HINT_WAIT_FOR_OPERATOR";
     case ResumeHint.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -236,6 +286,9 @@ export interface ReplicateResponse {
     | { $case: "cycleProgress"; value: CycleProgress }
     | { $case: "resyncHashes"; value: ResyncHashes }
     | { $case: "plannedFailoverRequested"; value: PlannedFailoverRequested }
+    | { $case: "resyncRequested"; value: ResyncRequested }
+    | { $case: "replicationPaused"; value: ReplicationPausedNotice }
+    | { $case: "replicationResumed"; value: ReplicationResumedNotice }
     | undefined;
 }
 
@@ -259,6 +312,25 @@ export interface Hello {
    * arguments) as JSON; the replica keeps it with its history and launches failover VMs from it.
    */
   vmSpecJson: string;
+  /**
+   * Disks whose change tracking the agent lost (QEMU or the host crashed, the bitmap is missing or
+   * inconsistent, the disk was resized while QEMU was down): the replica records ResyncRequired
+   * with these reasons and answers RESUME_HINT_RESYNC (or RESUME_HINT_WAIT_FOR_OPERATOR).
+   */
+  trackingLost: TrackingLost[];
+  /**
+   * How this VM's resynchronisation is started once needed: automatically (the default) or only
+   * when an operator runs `qreplica resync VM`.
+   */
+  resyncMode: ResyncMode;
+}
+
+export interface TrackingLost {
+  diskId: string;
+  /** Machine-readable, e.g. "BITMAP_MISSING", "BITMAP_INCONSISTENT", "DISK_RESIZED". */
+  code: string;
+  /** For operators: what happened and to which bitmap. */
+  reason: string;
 }
 
 export interface HelloAck {
@@ -272,6 +344,8 @@ export interface HelloAck {
   maxChunkBytes: number;
   acceptedCodecs: CompressionCodec[];
   acceptedChecksumAlgorithms: ChecksumAlgorithm[];
+  /** With RESUME_HINT_RESYNC / WAIT_FOR_OPERATOR: why the replica wants a resync. */
+  resyncReason: string;
 }
 
 /** Starts a cycle: the point-in-time cut has already been taken on the primary. */
@@ -440,6 +514,27 @@ export interface PrimaryStopped {
 export interface PrimaryDisk {
   diskId: string;
   imagePath: string;
+}
+
+/** An operator asked for a resync (`qreplica resync VM`): the sender runs a RESYNC cycle next. */
+export interface ResyncRequested {
+  generation: bigint;
+  requestedBy: string;
+}
+
+/**
+ * An operator paused replication of this VM: the sender keeps its changes in the bitmap and sends
+ * no cycle until ReplicationResumedNotice.
+ */
+export interface ReplicationPausedNotice {
+  generation: bigint;
+  reason: string;
+}
+
+/** Replication may go on; `resume_hint` says with which kind of cycle. */
+export interface ReplicationResumedNotice {
+  generation: bigint;
+  resumeHint: ResumeHint;
 }
 
 function createBaseReplicateRequest(): ReplicateRequest {
@@ -668,6 +763,15 @@ export const ReplicateResponse: MessageFns<ReplicateResponse> = {
       case "plannedFailoverRequested":
         PlannedFailoverRequested.encode(message.body.value, writer.uint32(66).fork()).join();
         break;
+      case "resyncRequested":
+        ResyncRequested.encode(message.body.value, writer.uint32(74).fork()).join();
+        break;
+      case "replicationPaused":
+        ReplicationPausedNotice.encode(message.body.value, writer.uint32(82).fork()).join();
+        break;
+      case "replicationResumed":
+        ReplicationResumedNotice.encode(message.body.value, writer.uint32(90).fork()).join();
+        break;
     }
     return writer;
   },
@@ -752,6 +856,36 @@ export const ReplicateResponse: MessageFns<ReplicateResponse> = {
             };
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.body = { $case: "resyncRequested", value: ResyncRequested.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.body = {
+              $case: "replicationPaused",
+              value: ReplicationPausedNotice.decode(reader, reader.uint32()),
+            };
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.body = {
+              $case: "replicationResumed",
+              value: ReplicationResumedNotice.decode(reader, reader.uint32()),
+            };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -804,6 +938,18 @@ export const ReplicateResponse: MessageFns<ReplicateResponse> = {
           $case: "plannedFailoverRequested",
           value: PlannedFailoverRequested.fromJSON(object.planned_failover_requested),
         }
+        : isSet(object.resyncRequested)
+        ? { $case: "resyncRequested", value: ResyncRequested.fromJSON(object.resyncRequested) }
+        : isSet(object.resync_requested)
+        ? { $case: "resyncRequested", value: ResyncRequested.fromJSON(object.resync_requested) }
+        : isSet(object.replicationPaused)
+        ? { $case: "replicationPaused", value: ReplicationPausedNotice.fromJSON(object.replicationPaused) }
+        : isSet(object.replication_paused)
+        ? { $case: "replicationPaused", value: ReplicationPausedNotice.fromJSON(object.replication_paused) }
+        : isSet(object.replicationResumed)
+        ? { $case: "replicationResumed", value: ReplicationResumedNotice.fromJSON(object.replicationResumed) }
+        : isSet(object.replication_resumed)
+        ? { $case: "replicationResumed", value: ReplicationResumedNotice.fromJSON(object.replication_resumed) }
         : undefined,
     };
   },
@@ -826,6 +972,12 @@ export const ReplicateResponse: MessageFns<ReplicateResponse> = {
       obj.resyncHashes = ResyncHashes.toJSON(message.body.value);
     } else if (message.body?.$case === "plannedFailoverRequested") {
       obj.plannedFailoverRequested = PlannedFailoverRequested.toJSON(message.body.value);
+    } else if (message.body?.$case === "resyncRequested") {
+      obj.resyncRequested = ResyncRequested.toJSON(message.body.value);
+    } else if (message.body?.$case === "replicationPaused") {
+      obj.replicationPaused = ReplicationPausedNotice.toJSON(message.body.value);
+    } else if (message.body?.$case === "replicationResumed") {
+      obj.replicationResumed = ReplicationResumedNotice.toJSON(message.body.value);
     }
     return obj;
   },
@@ -887,6 +1039,27 @@ export const ReplicateResponse: MessageFns<ReplicateResponse> = {
         }
         break;
       }
+      case "resyncRequested": {
+        if (object.body?.value !== undefined && object.body?.value !== null) {
+          message.body = { $case: "resyncRequested", value: ResyncRequested.fromPartial(object.body.value) };
+        }
+        break;
+      }
+      case "replicationPaused": {
+        if (object.body?.value !== undefined && object.body?.value !== null) {
+          message.body = { $case: "replicationPaused", value: ReplicationPausedNotice.fromPartial(object.body.value) };
+        }
+        break;
+      }
+      case "replicationResumed": {
+        if (object.body?.value !== undefined && object.body?.value !== null) {
+          message.body = {
+            $case: "replicationResumed",
+            value: ReplicationResumedNotice.fromPartial(object.body.value),
+          };
+        }
+        break;
+      }
     }
     return message;
   },
@@ -903,6 +1076,8 @@ function createBaseHello(): Hello {
     supportedCodecs: [],
     supportedChecksumAlgorithms: [],
     vmSpecJson: "",
+    trackingLost: [],
+    resyncMode: 0,
   };
 }
 
@@ -945,6 +1120,12 @@ export const Hello: MessageFns<Hello> = {
     }
     if (message.vmSpecJson !== "") {
       writer.uint32(74).string(message.vmSpecJson);
+    }
+    for (const v of message.trackingLost) {
+      TrackingLost.encode(v!, writer.uint32(82).fork()).join();
+    }
+    if (message.resyncMode !== 0) {
+      writer.uint32(88).int32(message.resyncMode);
     }
     return writer;
   },
@@ -1054,6 +1235,22 @@ export const Hello: MessageFns<Hello> = {
             message.vmSpecJson = reader.string();
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.trackingLost.push(TrackingLost.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.resyncMode = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1107,6 +1304,16 @@ export const Hello: MessageFns<Hello> = {
         : isSet(object.vm_spec_json)
         ? globalThis.String(object.vm_spec_json)
         : "",
+      trackingLost: globalThis.Array.isArray(object?.trackingLost)
+        ? object.trackingLost.map((e: any) => TrackingLost.fromJSON(e))
+        : globalThis.Array.isArray(object?.tracking_lost)
+        ? object.tracking_lost.map((e: any) => TrackingLost.fromJSON(e))
+        : [],
+      resyncMode: isSet(object.resyncMode)
+        ? resyncModeFromJSON(object.resyncMode)
+        : isSet(object.resync_mode)
+        ? resyncModeFromJSON(object.resync_mode)
+        : 0,
     };
   },
 
@@ -1139,6 +1346,12 @@ export const Hello: MessageFns<Hello> = {
     if (message.vmSpecJson !== "") {
       obj.vmSpecJson = message.vmSpecJson;
     }
+    if (message.trackingLost?.length) {
+      obj.trackingLost = message.trackingLost.map((e) => TrackingLost.toJSON(e));
+    }
+    if (message.resyncMode !== 0) {
+      obj.resyncMode = resyncModeToJSON(message.resyncMode);
+    }
     return obj;
   },
 
@@ -1158,6 +1371,113 @@ export const Hello: MessageFns<Hello> = {
     message.supportedCodecs = object.supportedCodecs?.map((e) => e) || [];
     message.supportedChecksumAlgorithms = object.supportedChecksumAlgorithms?.map((e) => e) || [];
     message.vmSpecJson = object.vmSpecJson ?? "";
+    message.trackingLost = object.trackingLost?.map((e) => TrackingLost.fromPartial(e)) || [];
+    message.resyncMode = object.resyncMode ?? 0;
+    return message;
+  },
+};
+
+function createBaseTrackingLost(): TrackingLost {
+  return { diskId: "", code: "", reason: "" };
+}
+
+export const TrackingLost: MessageFns<TrackingLost> = {
+  encode(message: TrackingLost, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.diskId !== "") {
+      writer.uint32(10).string(message.diskId);
+    }
+    if (message.code !== "") {
+      writer.uint32(18).string(message.code);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TrackingLost {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTrackingLost();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.diskId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.code = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TrackingLost {
+    return {
+      diskId: isSet(object.diskId)
+        ? globalThis.String(object.diskId)
+        : isSet(object.disk_id)
+        ? globalThis.String(object.disk_id)
+        : "",
+      code: isSet(object.code) ? globalThis.String(object.code) : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: TrackingLost): unknown {
+    const obj: any = {};
+    if (message.diskId !== "") {
+      obj.diskId = message.diskId;
+    }
+    if (message.code !== "") {
+      obj.code = message.code;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<TrackingLost>, I>>(base?: I): TrackingLost {
+    return TrackingLost.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<TrackingLost>, I>>(object: I): TrackingLost {
+    const message = createBaseTrackingLost();
+    message.diskId = object.diskId ?? "";
+    message.code = object.code ?? "";
+    message.reason = object.reason ?? "";
     return message;
   },
 };
@@ -1172,6 +1492,7 @@ function createBaseHelloAck(): HelloAck {
     maxChunkBytes: 0,
     acceptedCodecs: [],
     acceptedChecksumAlgorithms: [],
+    resyncReason: "",
   };
 }
 
@@ -1216,6 +1537,9 @@ export const HelloAck: MessageFns<HelloAck> = {
         writer.int32(v);
       }
       writer.join();
+    }
+    if (message.resyncReason !== "") {
+      writer.uint32(74).string(message.resyncReason);
     }
     return writer;
   },
@@ -1317,6 +1641,14 @@ export const HelloAck: MessageFns<HelloAck> = {
 
             break;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.resyncReason = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1367,6 +1699,11 @@ export const HelloAck: MessageFns<HelloAck> = {
         : globalThis.Array.isArray(object?.accepted_checksum_algorithms)
         ? object.accepted_checksum_algorithms.map((e: any) => checksumAlgorithmFromJSON(e))
         : [],
+      resyncReason: isSet(object.resyncReason)
+        ? globalThis.String(object.resyncReason)
+        : isSet(object.resync_reason)
+        ? globalThis.String(object.resync_reason)
+        : "",
     };
   },
 
@@ -1396,6 +1733,9 @@ export const HelloAck: MessageFns<HelloAck> = {
     if (message.acceptedChecksumAlgorithms?.length) {
       obj.acceptedChecksumAlgorithms = message.acceptedChecksumAlgorithms.map((e) => checksumAlgorithmToJSON(e));
     }
+    if (message.resyncReason !== "") {
+      obj.resyncReason = message.resyncReason;
+    }
     return obj;
   },
 
@@ -1417,6 +1757,7 @@ export const HelloAck: MessageFns<HelloAck> = {
     message.maxChunkBytes = object.maxChunkBytes ?? 0;
     message.acceptedCodecs = object.acceptedCodecs?.map((e) => e) || [];
     message.acceptedChecksumAlgorithms = object.acceptedChecksumAlgorithms?.map((e) => e) || [];
+    message.resyncReason = object.resyncReason ?? "";
     return message;
   },
 };
@@ -3587,6 +3928,284 @@ export const PrimaryDisk: MessageFns<PrimaryDisk> = {
     const message = createBasePrimaryDisk();
     message.diskId = object.diskId ?? "";
     message.imagePath = object.imagePath ?? "";
+    return message;
+  },
+};
+
+function createBaseResyncRequested(): ResyncRequested {
+  return { generation: 0n, requestedBy: "" };
+}
+
+export const ResyncRequested: MessageFns<ResyncRequested> = {
+  encode(message: ResyncRequested, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.generation !== 0n) {
+      if (BigInt.asUintN(64, message.generation) !== message.generation) {
+        throw new globalThis.Error("value provided for field message.generation of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.generation);
+    }
+    if (message.requestedBy !== "") {
+      writer.uint32(18).string(message.requestedBy);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResyncRequested {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResyncRequested();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.generation = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.requestedBy = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResyncRequested {
+    return {
+      generation: isSet(object.generation) ? BigInt(object.generation) : 0n,
+      requestedBy: isSet(object.requestedBy)
+        ? globalThis.String(object.requestedBy)
+        : isSet(object.requested_by)
+        ? globalThis.String(object.requested_by)
+        : "",
+    };
+  },
+
+  toJSON(message: ResyncRequested): unknown {
+    const obj: any = {};
+    if (message.generation !== 0n) {
+      obj.generation = message.generation.toString();
+    }
+    if (message.requestedBy !== "") {
+      obj.requestedBy = message.requestedBy;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ResyncRequested>, I>>(base?: I): ResyncRequested {
+    return ResyncRequested.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ResyncRequested>, I>>(object: I): ResyncRequested {
+    const message = createBaseResyncRequested();
+    message.generation = (object.generation !== undefined && object.generation !== null)
+      ? BigInt(object.generation)
+      : 0n;
+    message.requestedBy = object.requestedBy ?? "";
+    return message;
+  },
+};
+
+function createBaseReplicationPausedNotice(): ReplicationPausedNotice {
+  return { generation: 0n, reason: "" };
+}
+
+export const ReplicationPausedNotice: MessageFns<ReplicationPausedNotice> = {
+  encode(message: ReplicationPausedNotice, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.generation !== 0n) {
+      if (BigInt.asUintN(64, message.generation) !== message.generation) {
+        throw new globalThis.Error("value provided for field message.generation of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.generation);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReplicationPausedNotice {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReplicationPausedNotice();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.generation = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReplicationPausedNotice {
+    return {
+      generation: isSet(object.generation) ? BigInt(object.generation) : 0n,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: ReplicationPausedNotice): unknown {
+    const obj: any = {};
+    if (message.generation !== 0n) {
+      obj.generation = message.generation.toString();
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReplicationPausedNotice>, I>>(base?: I): ReplicationPausedNotice {
+    return ReplicationPausedNotice.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReplicationPausedNotice>, I>>(object: I): ReplicationPausedNotice {
+    const message = createBaseReplicationPausedNotice();
+    message.generation = (object.generation !== undefined && object.generation !== null)
+      ? BigInt(object.generation)
+      : 0n;
+    message.reason = object.reason ?? "";
+    return message;
+  },
+};
+
+function createBaseReplicationResumedNotice(): ReplicationResumedNotice {
+  return { generation: 0n, resumeHint: 0 };
+}
+
+export const ReplicationResumedNotice: MessageFns<ReplicationResumedNotice> = {
+  encode(message: ReplicationResumedNotice, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.generation !== 0n) {
+      if (BigInt.asUintN(64, message.generation) !== message.generation) {
+        throw new globalThis.Error("value provided for field message.generation of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.generation);
+    }
+    if (message.resumeHint !== 0) {
+      writer.uint32(16).int32(message.resumeHint);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ReplicationResumedNotice {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseReplicationResumedNotice();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.generation = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.resumeHint = reader.int32() as any;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ReplicationResumedNotice {
+    return {
+      generation: isSet(object.generation) ? BigInt(object.generation) : 0n,
+      resumeHint: isSet(object.resumeHint)
+        ? resumeHintFromJSON(object.resumeHint)
+        : isSet(object.resume_hint)
+        ? resumeHintFromJSON(object.resume_hint)
+        : 0,
+    };
+  },
+
+  toJSON(message: ReplicationResumedNotice): unknown {
+    const obj: any = {};
+    if (message.generation !== 0n) {
+      obj.generation = message.generation.toString();
+    }
+    if (message.resumeHint !== 0) {
+      obj.resumeHint = resumeHintToJSON(message.resumeHint);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ReplicationResumedNotice>, I>>(base?: I): ReplicationResumedNotice {
+    return ReplicationResumedNotice.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ReplicationResumedNotice>, I>>(object: I): ReplicationResumedNotice {
+    const message = createBaseReplicationResumedNotice();
+    message.generation = (object.generation !== undefined && object.generation !== null)
+      ? BigInt(object.generation)
+      : 0n;
+    message.resumeHint = object.resumeHint ?? 0;
     return message;
   },
 };
