@@ -58,3 +58,4 @@ export {
   TlsKeyMismatchError,
   UnauthenticatedPeerError,
 } from "./errors.js";
+export { ROLES, isRole, roleAllows, type Role } from "./roles.js";
