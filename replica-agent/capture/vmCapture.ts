@@ -109,8 +109,9 @@ export class VmCapture {
   /**
    * Starts tracking from scratch: new persistent bitmaps and a full point-in-time read that skips
    * holes and zeroes. Replaces any earlier tracking state; that is the caller's explicit decision.
+   * `minSeq`: the replica's next cycle number, for an agent that lost its state (and so its count).
    */
-  async enable(): Promise<CaptureCycle> {
+  async enable(opts: { minSeq?: number } = {}): Promise<CaptureCycle> {
     this.assertNoOpenCycle();
     const { qmp, disks } = this.opts;
     const nodes = await queryNamedBlockNodes(qmp);
@@ -125,7 +126,7 @@ export class VmCapture {
         await qmp.execute("block-dirty-bitmap-remove", { node: d.node, name: b.name });
       }
     }
-    const seq = highest + 1;
+    const seq = Math.max(highest + 1, opts.minSeq ?? 0);
     for (const d of disks) this.state.disks[d.id] = { node: d.node, enabled: false, seq };
     this.stateFile.save(this.state);
     return this.cutoff("full", seq);

@@ -23,6 +23,11 @@ export interface AgentVmConfig {
   chunkChecksum: "zstd-frame" | "sha256";
   /** How the replica site launches this VM on failover; sent to the site with every Hello. */
   spec?: VmSpec;
+  /**
+   * After change tracking is lost (QEMU or the host crashed): "automatic" (default) resyncs by
+   * comparison at once; "manual" waits for `qreplica resync VM` on the replica site.
+   */
+  resync: "automatic" | "manual";
   /** Generation to present before the site has told one (a reverse replication starts at the failover's). */
   generation?: number;
 }
@@ -78,6 +83,7 @@ export function loadAgentConfig(path: string): AgentConfig {
       intervalSeconds: num(vm.intervalSeconds ?? 30, path, `${where}.intervalSeconds`),
       compressionLevel: num(vm.compressionLevel ?? 1, path, `${where}.compressionLevel`),
       chunkChecksum: oneOf(vm.chunkChecksum ?? "zstd-frame", ["zstd-frame", "sha256"] as const, path, `${where}.chunkChecksum`),
+      resync: oneOf(vm.resync ?? "automatic", ["automatic", "manual"] as const, path, `${where}.resync`),
       spec: vm.spec === undefined ? undefined : specOf(vm.spec, path, `${where}.spec`),
       generation: vm.generation === undefined ? undefined : num(vm.generation, path, `${where}.generation`),
     };

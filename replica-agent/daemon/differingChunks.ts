@@ -1,39 +1,124 @@
 import { createHash } from "node:crypto";
+import type { ResyncHashes } from "../../src/gen/qreplica/v1/replication.js";
 import type { CaptureExtent, DiskCycle } from "../capture/index.js";
 
 export interface ResyncStats {
+  /** Bytes of the disk read and hashed here. */
   comparedBytes: number;
+  /** Bytes whose chunk hash differed from the replica's: what travels (as data or zeroes). */
   differingBytes: number;
+}
+
+/** One READ covers this many chunks: 64 KiB requests cost QEMU's NBD server more than the hashing. */
+const CHUNKS_PER_READ = 16;
+const READS_IN_FLIGHT = 8;
+
+interface DiskHashes {
+  chunkBytes: number;
+  hashes: Buffer[];
+  done: boolean;
+}
+
+/**
+ * The replica's chunk hashes as they stream in (ResyncHashes, disk after disk), so the disk is
+ * read and compared while the replica is still hashing its side rather than after it.
+ */
+export class ComparisonHashes {
+  private readonly disks = new Map<string, DiskHashes>();
+  private waiters: Array<() => void> = [];
+  private failure: Error | undefined;
+
+  add(h: ResyncHashes): void {
+    const entry = this.disks.get(h.diskId) ?? { chunkBytes: h.chunkBytes, hashes: [], done: false };
+    if (Number(h.firstChunk) !== entry.hashes.length) {
+      this.fail(new Error(`the replica's hashes of disk ${h.diskId} arrived out of order (chunk ${h.firstChunk}, expected ${entry.hashes.length})`));
+      return;
+    }
+    for (const x of h.hashes) entry.hashes.push(x);
+    entry.done = h.last;
+    this.disks.set(h.diskId, entry);
+    this.wake();
+  }
+
+  /** Every waiting and future read fails: the stream broke or the cycle was refused. */
+  fail(err: Error): void {
+    this.failure ??= err;
+    this.wake();
+  }
+
+  complete(diskIds: readonly string[]): boolean {
+    return diskIds.every((id) => this.disks.get(id)?.done);
+  }
+
+  async chunkBytes(diskId: string): Promise<number> {
+    for (;;) {
+      if (this.failure) throw this.failure;
+      const d = this.disks.get(diskId);
+      if (d) return d.chunkBytes;
+      await this.next();
+    }
+  }
+
+  /** The replica's hash of chunk `index`, or undefined past the end of its image. */
+  async hashAt(diskId: string, index: number): Promise<Buffer | undefined> {
+    for (;;) {
+      if (this.failure) throw this.failure;
+      const d = this.disks.get(diskId);
+      if (d && index < d.hashes.length) return d.hashes[index];
+      if (d?.done) return undefined;
+      await this.next();
+    }
+  }
+
+  private next(): Promise<void> {
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  private wake(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
 }
 
 /**
  * Resynchronisation by comparison: reads the disk at the cut-off in the replica's chunk size and
- * yields only the chunks whose SHA-256 differs from the replica's seed (all-zero ones as zeroes).
+ * yields only the chunks whose SHA-256 differs from the replica's (all-zero ones as zeroes).
+ * SHA-256 because it runs at ~1.5 GB/s per core with the CPU's SHA extensions, faster than the
+ * other digests node:crypto offers here (measured: sha1 1.3, blake2b512 0.87, md5 0.49 GB/s).
  */
-export async function* differingChunks(disk: DiskCycle, chunkBytes: number, seedHashes: readonly Buffer[], stats: ResyncStats): AsyncGenerator<CaptureExtent> {
-  const client = disk.clients[0];
-  if (!client) throw new Error(`disk ${disk.diskId}: no NBD connection for the resync read`);
+export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashes, stats: ResyncStats): AsyncGenerator<CaptureExtent> {
+  if (disk.clients.length === 0) throw new Error(`disk ${disk.diskId}: no NBD connection for the resync read`);
+  const chunkBytes = await replica.chunkBytes(disk.diskId);
   const size = disk.sizeAtCutoff;
+  const readBytes = chunkBytes * CHUNKS_PER_READ;
   const zero = Buffer.alloc(chunkBytes);
   const pending: Array<{ offset: number; data: Promise<Buffer> }> = [];
   let next = 0;
+  let turn = 0;
   const issue = () => {
     const offset = next;
-    const length = Math.min(chunkBytes, size - offset);
+    const length = Math.min(readBytes, size - offset);
     next += length;
+    const client = disk.clients[turn++ % disk.clients.length]!;
     const data = client.read(offset, length);
     data.catch(() => undefined);
     pending.push({ offset, data });
   };
-  while (next < size && pending.length < 32) issue();
+  while (next < size && pending.length < READS_IN_FLIGHT) issue();
   while (pending.length > 0) {
     const { offset, data } = pending.shift()!;
     const buf = await data;
     if (next < size) issue();
     stats.comparedBytes += buf.length;
-    const seed = seedHashes[offset / chunkBytes];
-    if (seed && createHash("sha256").update(buf).digest().equals(seed)) continue;
-    stats.differingBytes += buf.length;
-    yield buf.equals(zero.subarray(0, buf.length)) ? { kind: "zero", offset, length: buf.length } : { kind: "data", offset, length: buf.length, data: buf };
+    for (let at = 0; at < buf.length; at += chunkBytes) {
+      const chunk = buf.subarray(at, Math.min(at + chunkBytes, buf.length));
+      const chunkOffset = offset + at;
+      const theirs = await replica.hashAt(disk.diskId, chunkOffset / chunkBytes);
+      if (theirs && createHash("sha256").update(chunk).digest().equals(theirs)) continue;
+      stats.differingBytes += chunk.length;
+      // A copy: the read buffer stays referenced by the chunks still to compare.
+      yield chunk.equals(zero.subarray(0, chunk.length)) ? { kind: "zero", offset: chunkOffset, length: chunk.length } : { kind: "data", offset: chunkOffset, length: chunk.length, data: Buffer.from(chunk) };
+    }
   }
 }

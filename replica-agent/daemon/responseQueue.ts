@@ -1,5 +1,8 @@
 import type { ClientDuplexStream } from "@grpc/grpc-js";
 import type { PlannedFailoverRequested, ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
+
+/** What an operator told the agent over the open stream (pause, resume, resync). */
+export type Notice = Extract<NonNullable<ReplicateResponse["body"]>, { $case: "resyncRequested" | "replicationPaused" | "replicationResumed" }>;
 import type { OutgoingReplicateRequest } from "../../src/transport/index.js";
 
 /** Responses of a Replicate stream, awaited one at a time; the stream's end or error fails the waiters. */
@@ -18,10 +21,23 @@ export class ResponseQueue {
   /** Resolves when the replica site asks for a planned failover; unrelated to the request/answer flow. */
   readonly plannedFailover: Promise<PlannedFailoverRequested> = new Promise((resolve) => (this.markPlanned = resolve));
 
+  private readonly notices: Notice[] = [];
+  private noticeWaiter: (() => void) | undefined;
+  private noticePending: Promise<void> | undefined;
+
   constructor(stream: ClientDuplexStream<OutgoingReplicateRequest, ReplicateResponse>) {
     stream.on("data", (r: ReplicateResponse) => {
       if (r.body?.$case === "plannedFailoverRequested") {
         this.markPlanned(r.body.value);
+        return;
+      }
+      const body = r.body;
+      if (body?.$case === "resyncRequested" || body?.$case === "replicationPaused" || body?.$case === "replicationResumed") {
+        this.notices.push(body);
+        const w = this.noticeWaiter;
+        this.noticeWaiter = undefined;
+        this.noticePending = undefined;
+        w?.();
         return;
       }
       if (this.waiter) {
@@ -42,6 +58,19 @@ export class ResponseQueue {
     };
     stream.on("error", (err: Error) => end(err));
     stream.on("end", () => end(new Error("the replica site closed the stream")));
+  }
+
+  /** The oldest operator notice not yet handled. */
+  takeNotice(): Notice | undefined {
+    return this.notices.shift();
+  }
+
+  /** Resolves once a notice is waiting (at once if one is); never rejects. */
+  noticeArrived(): Promise<void> {
+    if (this.notices.length > 0) return Promise.resolve();
+    // One promise shared by every waiter until a notice comes: waiting in a loop costs nothing.
+    this.noticePending ??= new Promise((resolve) => (this.noticeWaiter = resolve));
+    return this.noticePending;
   }
 
   /** A response that arrived already, without waiting (e.g. a rejection while chunks are sent). */

@@ -1,42 +1,52 @@
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import type { ClientDuplexStream } from "@grpc/grpc-js";
 import type { Logger } from "../../src/common/logger.js";
-import { CompressionCodec, ChecksumAlgorithm, Consistency, CycleKind } from "../../src/gen/qreplica/v1/common.js";
-import { RejectReason, ResumeHint, ResyncMode, type PlannedFailoverRequested, type ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
+import { CompressionCodec, ChecksumAlgorithm } from "../../src/gen/qreplica/v1/common.js";
+import { RejectReason, ResumeHint, ResyncMode, type PlannedFailoverRequested } from "../../src/gen/qreplica/v1/replication.js";
 import { GuestAgentClient } from "../../src/qemu/guestAgent/index.js";
 import { QmpClient, queryNamedBlockNodes } from "../../src/qemu/qmp/index.js";
-import { ReplicationClient, channelCredentials, encodeExtentChunkRequest, grpcChannelOptions, writeWithBackpressure, type OutgoingReplicateRequest, type SiteCredentials } from "../../src/transport/index.js";
-import { getCodec } from "../../src/codec/index.js";
+import { ReplicationClient, channelCredentials, grpcChannelOptions, type SiteCredentials } from "../../src/transport/index.js";
 import { VmCapture, type CaptureCycle } from "../capture/index.js";
 import type { AgentVmConfig } from "./agentConfig.js";
 import { ResponseQueue } from "./responseQueue.js";
-import { differingChunks } from "./differingChunks.js";
+import { CycleRefusedError, send, sendCycle, type ReplicateStream } from "./cycleSender.js";
 
 const PROTOCOL_VERSION = 1;
-const ACK_TIMEOUT_MS = 10 * 60_000;
 
-export type ReplicatorStatus = "starting" | "connecting" | "initial-replication" | "replicating" | "resync-required" | "refused-stale" | "refused" | "stopped";
+export type ReplicatorStatus =
+  | "starting"
+  | "connecting"
+  | "initial-replication"
+  | "replicating"
+  | "resync-required"
+  | "resynchronising"
+  | "waiting-for-operator"
+  | "refused-stale"
+  | "refused"
+  | "stopped";
 
 interface VmReplicationState {
   generation: number;
   replicaSite: string;
 }
 
-/** A write that fails as soon as the stream does, instead of waiting for a drain that never comes. */
-function send(stream: ClientDuplexStream<OutgoingReplicateRequest, ReplicateResponse>, responses: ResponseQueue, message: OutgoingReplicateRequest): Promise<void> {
-  // A few chunks queued beyond the HTTP/2 window keep the link busy; more only cost memory.
-  return Promise.race([writeWithBackpressure(stream, message, { maxUnwritten: 4 }), responses.failed]);
+interface HelloAnswer {
+  generation: number;
+  hint: ResumeHint;
+  lastCycleSeq: number;
+  resyncReason: string;
 }
 
-class CycleRefusedError extends Error {
-  constructor(
-    readonly reason: RejectReason,
-    message: string,
-  ) {
-    super(message);
-  }
+/** Change tracking the capture layer could not vouch for, per disk, as Hello reports it. */
+function trackingLost(capture: VmCapture): Array<{ diskId: string; code: string; reason: string }> {
+  return (capture.report?.disks ?? [])
+    .filter((d) => d.status !== "ok")
+    .map((d) => ({
+      diskId: d.diskId,
+      code: d.status === "not-enabled" ? "NOT_ENABLED" : /inconsistent/.test(d.reason ?? "") ? "BITMAP_INCONSISTENT" : /missing/.test(d.reason ?? "") ? "BITMAP_MISSING" : "TRACKING_LOST",
+      reason: d.reason ?? (d.status === "not-enabled" ? "no change tracking on this agent (first start, or its state directory was lost)" : "change tracking lost"),
+    }));
 }
 
 /**
@@ -92,8 +102,7 @@ export class VmReplicator {
     const qmp = await QmpClient.connect({ socketPath: this.vm.qmpSocket, logger: this.logger });
     const guestAgent = this.vm.guestAgentSocket ? new GuestAgentClient({ socketPath: this.vm.guestAgentSocket, logger: this.logger }) : undefined;
     const client = new ReplicationClient(this.vm.replicaSite, channelCredentials(this.tls), grpcChannelOptions);
-    let stream: ClientDuplexStream<OutgoingReplicateRequest, ReplicateResponse> | undefined;
-    let open: CaptureCycle | undefined;
+    let stream: ReplicateStream | undefined;
     try {
       const capture = await VmCapture.open({
         vmId: this.vm.id,
@@ -104,65 +113,102 @@ export class VmReplicator {
         quiescer: guestAgent,
         logger: this.logger,
       });
-      if (capture.report?.status === "resync-required") {
-        this.status = "resync-required";
-        throw new Error(`resync required: ${capture.report.disks.map((d) => d.reason).filter(Boolean).join("; ")}`);
-      }
       stream = client.replicate();
       const responses = new ResponseQueue(stream);
-      const generation = await this.hello(stream, responses, capture).catch(async (err: unknown) => {
+      const lost = trackingLost(capture);
+      if (capture.report?.status === "resync-required") this.status = "resync-required";
+      const ack = await this.hello(stream, responses, capture, lost).catch(async (err: unknown) => {
         if (this.status === "refused-stale") await this.fence(qmp);
         throw err;
       });
       onHealthy();
-      const runCycle = async (cycle: CaptureCycle) => {
-        open = cycle;
-        await this.sendCycle(stream!, responses, cycle, generation);
-        open = undefined;
-      };
-      if (this.resyncHint) {
-        // Reverse replication onto the old primary's disks: compare, send only what differs.
-        this.status = "initial-replication";
-        const cycle = await capture.enable();
-        open = cycle;
-        await this.sendCycle(stream, responses, cycle, generation, true);
-        open = undefined;
-      } else if (capture.report?.status !== "ok" || this.needsInitial) {
-        this.status = "initial-replication";
-        await runCycle(await capture.enable());
-      }
-      this.status = "replicating";
-      let planned: PlannedFailoverRequested | undefined;
-      void responses.plannedFailover.then((r) => (planned = r));
-      while (!this.stopped) {
-        await Promise.race([this.pause(this.vm.intervalSeconds * 1000), responses.plannedFailover]);
-        if (planned) {
-          await this.stopForPlannedFailover(qmp, capture, stream, responses, generation, planned);
-          return;
-        }
-        if (this.stopped) break;
-        try {
-          await runCycle(await capture.beginCycle());
-        } catch (err) {
-          if (!(err instanceof CycleRefusedError)) throw err;
-          if (err.reason === RejectReason.REJECT_REASON_STALE_GENERATION) {
-            this.status = "refused-stale";
-            await this.fence(qmp);
-            throw err;
-          }
-          // The site refused this cycle (e.g. a corrupted chunk): its changes are kept, try again.
-          this.lastError = err.message;
-          this.logger.warn({ vm: this.vm.id, err: err.message }, "cycle refused by the replica site; retrying");
-        }
-      }
+      await this.replicate({ qmp, capture, stream, responses, ack, tracking: lost.length === 0 });
     } finally {
-      const cycle = open as CaptureCycle | undefined;
-      if (cycle && !cycle.finished) await cycle.abort(new Error("replication session ended")).catch(() => undefined);
       stream?.cancel();
       client.close();
       guestAgent?.close();
       await qmp.close();
     }
+  }
+
+  /**
+   * Cycles as the site directs: the HelloAck's hint first, then operator notices over the open
+   * stream (pause: no cycle, the bitmap keeps every change; resume; resync now).
+   */
+  private async replicate(x: { qmp: QmpClient; capture: VmCapture; stream: ReplicateStream; responses: ResponseQueue; ack: HelloAnswer; tracking: boolean }): Promise<void> {
+    const { qmp, capture, stream, responses, ack } = x;
+    let tracking = x.tracking;
+    let next = ack.hint;
+    let planned: PlannedFailoverRequested | undefined;
+    void responses.plannedFailover.then((r) => (planned = r));
+    const cycle = async (c: CaptureCycle, resync: boolean) => {
+      const o = { vmId: this.vm.id, compressionLevel: this.vm.compressionLevel, checksum: this.chunkChecksum, logger: this.logger, resync };
+      await sendCycle(stream, responses, c, ack.generation, o);
+      this.cyclesConfirmed++;
+    };
+    while (!this.stopped) {
+      if (planned) {
+        await this.stopForPlannedFailover(qmp, capture, stream, responses, ack.generation, planned);
+        return;
+      }
+      const notice = responses.takeNotice();
+      if (notice?.$case === "replicationPaused") {
+        this.logger.warn({ vm: this.vm.id, reason: notice.value.reason }, "replication paused by an operator: no cycle until resumed (changes are kept)");
+        next = ResumeHint.RESUME_HINT_WAIT_FOR_OPERATOR;
+      } else if (notice?.$case === "replicationResumed") {
+        this.logger.info({ vm: this.vm.id }, "replication resumed by an operator");
+        next = notice.value.resumeHint;
+      } else if (notice?.$case === "resyncRequested") {
+        this.logger.info({ vm: this.vm.id, by: notice.value.requestedBy }, "resync requested by an operator");
+        next = ResumeHint.RESUME_HINT_RESYNC;
+      }
+      if (next === ResumeHint.RESUME_HINT_WAIT_FOR_OPERATOR) {
+        this.status = "waiting-for-operator";
+        await Promise.race([responses.noticeArrived(), responses.plannedFailover, responses.failed, this.stoppedSignal()]);
+        continue;
+      }
+      if (next === ResumeHint.RESUME_HINT_RESYNC) {
+        this.status = "resynchronising";
+        // A new bitmap in the same transaction as the cut-off: every later write is tracked.
+        await cycle(await capture.enable({ minSeq: ack.lastCycleSeq + 1 }), true);
+        tracking = true;
+        next = ResumeHint.RESUME_HINT_INCREMENTAL;
+        this.status = "replicating";
+        continue;
+      }
+      if (next === ResumeHint.RESUME_HINT_INITIAL_REPLICATION) {
+        this.status = "initial-replication";
+        await cycle(await capture.enable({ minSeq: ack.lastCycleSeq + 1 }), false);
+        tracking = true;
+        next = ResumeHint.RESUME_HINT_INCREMENTAL;
+        this.status = "replicating";
+        continue;
+      }
+      // Incremental cycles need the bitmap; without it the site must hear of the loss in a Hello.
+      if (!tracking) throw new Error("change tracking was lost and the replica site expects incremental cycles: reconnecting to report it");
+      this.status = "replicating";
+      try {
+        await cycle(await capture.beginCycle(), false);
+      } catch (err) {
+        if (!(err instanceof CycleRefusedError)) throw err;
+        if (err.reason === RejectReason.REJECT_REASON_STALE_GENERATION) {
+          this.status = "refused-stale";
+          await this.fence(qmp);
+          throw err;
+        }
+        // The site refused this cycle (e.g. a corrupted chunk, or a pause raced it): its changes are kept.
+        this.lastError = err.message;
+        this.logger.warn({ vm: this.vm.id, err: err.message }, "cycle refused by the replica site; retrying");
+      }
+      await Promise.race([this.pause(this.vm.intervalSeconds * 1000), responses.plannedFailover, responses.noticeArrived()]);
+    }
+  }
+
+  private stoppedSignal(): Promise<void> {
+    return new Promise((resolve) => {
+      if (this.wake.signal.aborted) return resolve();
+      this.wake.signal.addEventListener("abort", () => resolve(), { once: true });
+    });
   }
 
   /**
@@ -173,7 +219,7 @@ export class VmReplicator {
   private async stopForPlannedFailover(
     qmp: QmpClient,
     capture: VmCapture,
-    stream: ClientDuplexStream<OutgoingReplicateRequest, ReplicateResponse>,
+    stream: ReplicateStream,
     responses: ResponseQueue,
     generation: number,
     req: PlannedFailoverRequested,
@@ -188,7 +234,7 @@ export class VmReplicator {
     if (qmp.isClosed) throw new Error("the VM powered off and QEMU exited before the final cycle: run it with -no-shutdown so its last changes can be shipped");
     const stoppedAt = new Date();
     const cycle = await capture.beginCycle();
-    await this.sendCycle(stream, responses, cycle, generation);
+    await sendCycle(stream, responses, cycle, generation, { vmId: this.vm.id, compressionLevel: this.vm.compressionLevel, checksum: this.chunkChecksum, logger: this.logger, resync: false });
     const nodes = await queryNamedBlockNodes(qmp);
     const disks = this.vm.disks.map((d) => ({ diskId: d.id, imagePath: nodes.find((n) => n["node-name"] === d.node)?.image.filename ?? "" }));
     await send(stream, responses, {
@@ -200,8 +246,6 @@ export class VmReplicator {
     this.logger.info({ vm: this.vm.id, method, finalCycle: cycle.seq }, "planned failover: VM stopped after its final cycle; this primary is done");
   }
 
-  private needsInitial = false;
-  private resyncHint = false;
   /** Negotiated in Hello/HelloAck; SHA-256 until a site has answered. */
   private chunkChecksum: ChecksumAlgorithm = ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256;
 
@@ -237,7 +281,7 @@ export class VmReplicator {
     return pick;
   }
 
-  private async hello(stream: ClientDuplexStream<OutgoingReplicateRequest, ReplicateResponse>, responses: ResponseQueue, capture: VmCapture): Promise<number> {
+  private async hello(stream: ReplicateStream, responses: ResponseQueue, capture: VmCapture, lost: Array<{ diskId: string; code: string; reason: string }>): Promise<HelloAnswer> {
     const saved = this.loadState();
     const disks = capture.report?.disks ?? [];
     await send(stream, responses, {
@@ -253,8 +297,8 @@ export class VmReplicator {
           supportedCodecs: [CompressionCodec.COMPRESSION_CODEC_ZSTD, CompressionCodec.COMPRESSION_CODEC_NONE],
           supportedChecksumAlgorithms: this.offeredChecksums(),
           vmSpecJson: this.vm.spec ? JSON.stringify(this.vm.spec) : "",
-          trackingLost: [],
-          resyncMode: ResyncMode.RESYNC_MODE_AUTOMATIC,
+          trackingLost: lost,
+          resyncMode: this.vm.resync === "manual" ? ResyncMode.RESYNC_MODE_MANUAL : ResyncMode.RESYNC_MODE_AUTOMATIC,
         },
       },
     });
@@ -267,92 +311,11 @@ export class VmReplicator {
     const generation = Number(reply.value.generation);
     this.chunkChecksum = this.pickChecksum(reply.value.acceptedChecksumAlgorithms);
     this.saveState({ generation, replicaSite: this.vm.replicaSite });
-    this.needsInitial = reply.value.resumeHint === ResumeHint.RESUME_HINT_INITIAL_REPLICATION;
-    this.resyncHint = reply.value.resumeHint === ResumeHint.RESUME_HINT_RESYNC;
-    return generation;
-  }
-
-  private async sendCycle(stream: ClientDuplexStream<OutgoingReplicateRequest, ReplicateResponse>, responses: ResponseQueue, cycle: CaptureCycle, generation: number, resync = false): Promise<void> {
-    const gen = BigInt(generation);
-    const seq = BigInt(cycle.seq);
-    const codec = getCodec("zstd");
-    const started = Date.now();
-    try {
-      await send(stream, responses, {
-        body: {
-          $case: "cycleBegin",
-          value: {
-            vmId: this.vm.id,
-            generation: gen,
-            cycleSequence: seq,
-            kind: resync ? CycleKind.CYCLE_KIND_RESYNC : cycle.kind === "full" ? CycleKind.CYCLE_KIND_INITIAL : CycleKind.CYCLE_KIND_INCREMENTAL,
-            cutoffTime: cycle.cutoffAt,
-            consistency: cycle.consistency === "application" ? Consistency.CONSISTENCY_APPLICATION : Consistency.CONSISTENCY_CRASH,
-            disks: cycle.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeAtCutoff) })),
-          },
-        },
-      });
-      const seedHashes = resync ? await this.receiveSeedHashes(responses, cycle) : undefined;
-      const resyncStats = { comparedBytes: 0, differingBytes: 0 };
-      const totals = { extents: 0, data: 0, zero: 0, wire: 0 };
-      for (const disk of cycle.disks) {
-        const seed = seedHashes?.get(disk.diskId);
-        const extents = seed ? differingChunks(disk, seed.chunkBytes, seed.hashes, resyncStats) : disk.extents();
-        for await (const extent of extents) {
-          const early = responses.poll();
-          if (early) this.throwIfRejected(early, cycle.seq);
-          const chunk = encodeExtentChunkRequest(extent, { generation: gen, cycleSeq: seq, diskId: disk.diskId, codec, level: this.vm.compressionLevel, checksum: this.chunkChecksum });
-          totals.extents++;
-          if (extent.kind === "data") totals.data += extent.length;
-          else totals.zero += extent.length;
-          totals.wire += chunk.wireBytes;
-          await send(stream, responses, chunk.request);
-        }
-      }
-      await send(stream, responses, {
-        body: {
-          $case: "cycleEnd",
-          value: { generation: gen, cycleSequence: seq, extentCount: BigInt(totals.extents), dataBytes: BigInt(totals.data), zeroBytes: BigInt(totals.zero), wireBytes: BigInt(totals.wire), comparedBytes: BigInt(resyncStats.comparedBytes) },
-        },
-      });
-      for (;;) {
-        const r = await responses.next(ACK_TIMEOUT_MS);
-        this.throwIfRejected(r, cycle.seq);
-        if (r.body?.$case === "cycleAck" && Number(r.body.value.cycleSequence) === cycle.seq) break;
-      }
-      await cycle.confirm();
-      this.cyclesConfirmed++;
-      this.logger.info({ vm: this.vm.id, seq: cycle.seq, kind: resync ? "resync" : cycle.kind, ...totals, ...(resync ? resyncStats : {}), ms: Date.now() - started }, "cycle acknowledged by the replica site");
-    } catch (err) {
-      if (!cycle.finished) await cycle.abort(err);
-      throw err;
+    const hint = reply.value.resumeHint;
+    if (hint === ResumeHint.RESUME_HINT_WAIT_FOR_OPERATOR || hint === ResumeHint.RESUME_HINT_RESYNC) {
+      this.logger.warn({ vm: this.vm.id, hint: ResumeHint[hint], reason: reply.value.resyncReason, lost }, hint === ResumeHint.RESUME_HINT_RESYNC ? "the replica site asks for a resync by comparison" : "waiting for an operator (paused, or resync: manual)");
     }
-  }
-
-  /** The replica's chunk hashes of its seed, per disk, sent right after a RESYNC CycleBegin. */
-  private async receiveSeedHashes(responses: ResponseQueue, cycle: CaptureCycle): Promise<Map<string, { chunkBytes: number; hashes: Buffer[] }>> {
-    const seeds = new Map<string, { chunkBytes: number; hashes: Buffer[] }>();
-    const done = new Set<string>();
-    while (done.size < cycle.disks.length) {
-      const r = await responses.next(10 * 60_000);
-      this.throwIfRejected(r, cycle.seq);
-      if (r.body?.$case !== "resyncHashes") continue;
-      const h = r.body.value;
-      const entry = seeds.get(h.diskId) ?? { chunkBytes: h.chunkBytes, hashes: [] };
-      if (Number(h.firstChunk) !== entry.hashes.length) throw new Error(`seed hashes of disk ${h.diskId} out of order`);
-      entry.hashes.push(...h.hashes);
-      seeds.set(h.diskId, entry);
-      if (h.last) done.add(h.diskId);
-    }
-    return seeds;
-  }
-
-  private throwIfRejected(r: ReplicateResponse, seq: number): void {
-    const body = r.body;
-    if (body?.$case === "cycleRejected" && Number(body.value.cycleSequence) === seq) {
-      throw new CycleRefusedError(body.value.reason, `cycle ${seq} refused: ${body.value.message}`);
-    }
-    if (body?.$case === "chunkRejected") this.logger.warn({ vm: this.vm.id, seq, message: body.value.message }, "chunk refused by the replica site");
+    return { generation, hint, lastCycleSeq: Number(reply.value.lastCommittedCycleSequence), resyncReason: reply.value.resyncReason };
   }
 
   private loadState(): VmReplicationState | undefined {

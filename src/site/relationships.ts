@@ -15,7 +15,10 @@ import {
   failCycle,
   loadRelationship,
   pointIdFor,
+  markResyncRequired,
+  recogniseCurrentPrimary,
   refuseStaleGeneration,
+  startResync,
   startInitialReplication,
   startMerge,
   updateVmSpec,
@@ -49,6 +52,25 @@ export interface HelloInput {
   presentedGeneration: number;
   disks: Array<{ diskId: string; sizeBytes: number }>;
   vmSpec?: JsonObject;
+  /** Disks whose change tracking the agent lost, with why (Hello.tracking_lost). */
+  trackingLost?: Array<{ diskId: string; code: string; reason: string }>;
+  /** "manual": a needed resync waits for `qreplica resync VM`. */
+  resyncMode?: "automatic" | "manual";
+  /** An operator asked for a resync while the agent was away (manual mode). */
+  resyncApproved?: boolean;
+}
+
+/** What the primary sends next: the HelloAck's resume hint. */
+export type ResumeKind = "initial" | "incremental" | "resync" | "wait";
+
+export interface HelloAccepted {
+  generation: number;
+  lastCycleSeq: number;
+  needsInitialReplication: boolean;
+  seeded?: boolean;
+  resume: ResumeKind;
+  /** Why a resync is needed (with resume "resync" or "wait"). */
+  resyncReason?: string;
 }
 
 export interface CommitInput {
@@ -112,7 +134,7 @@ export class Relationships {
     ).newState;
   }
 
-  async acceptHello(input: HelloInput): Promise<{ generation: number; lastCycleSeq: number; needsInitialReplication: boolean; seeded?: boolean }> {
+  async acceptHello(input: HelloInput): Promise<HelloAccepted> {
     const { vmId } = input;
     let state = await this.load(vmId);
     if (state.state === "not-enabled" && input.presentedGeneration > 0) {
@@ -142,41 +164,71 @@ export class Relationships {
           `VM ${vmId} is replicated here by primary '${state.primaryIdentity}', not '${input.primaryIdentity}'`,
         );
       }
-      if (input.presentedGeneration !== state.generation) {
-        // After a cancelled failover the old primary may take the new generation over (handover).
-        const handedOver = await executeCommand(this.store, vmId, (s) => acknowledgeGeneration(s, { presentedGeneration: input.presentedGeneration, peerIdentity: input.primaryIdentity })).then(
-          (r) => r.newState,
-          (err: unknown) => {
-            if (err instanceof StaleGenerationError) return undefined;
-            throw err;
-          },
-        );
-        if (handedOver) {
-          this.logger.info({ vm: vmId, from: input.presentedGeneration, to: handedOver.generation }, "primary adopted the generation of a cancelled failover");
-          return { generation: handedOver.generation, lastCycleSeq: handedOver.lastCycleSeq, needsInitialReplication: handedOver.points.length === 0 };
-        }
-        await this.exec(vmId, (s) => refuseStaleGeneration(s, { presentedGeneration: input.presentedGeneration, peerIdentity: input.primaryIdentity })).catch((err: unknown) =>
-          this.logger.error({ err, vm: vmId }, "could not record the stale-generation refusal"),
-        );
-        throw new RelationshipRefusal(
-          RejectReason.REJECT_REASON_STALE_GENERATION,
-          `VM ${vmId}: generation ${input.presentedGeneration} is stale, the relationship is at generation ${state.generation}. ` +
-            `This primary is no longer authoritative (a failover happened); do not resume its VM`,
-          state.generation,
-        );
-      }
+      if (input.presentedGeneration !== state.generation) state = await this.settleGeneration(input, state);
     }
     if (input.vmSpec && state.state !== "not-enabled") {
       // The spec's history: a changed launch description is recorded, an unchanged one is not.
       state = (await this.exec(vmId, (s) => updateVmSpec(s, { vmSpec: input.vmSpec! }))).newState;
     }
     const needsInitialReplication = state.points.length === 0 || state.state === "ready-for-initial-replication" || state.state === "initial-replication-in-progress";
-    return {
-      generation: state.generation,
-      lastCycleSeq: state.lastCycleSeq,
-      needsInitialReplication,
-      seeded: needsInitialReplication && this.storage.loadSeeds(vmId).length > 0,
+    const seeded = needsInitialReplication && this.storage.loadSeeds(vmId).length > 0;
+    const base = { generation: state.generation, lastCycleSeq: state.lastCycleSeq, needsInitialReplication, seeded };
+    if (needsInitialReplication) return { ...base, resume: seeded ? "resync" : "initial" };
+    state = await this.recordTrackingLost(input, state);
+    if (state.state === "paused") return { ...base, resume: "wait" };
+    if (state.state === "resync-required" || state.state === "resynchronising") {
+      const manual = input.resyncMode === "manual" && !input.resyncApproved;
+      return { ...base, resume: manual ? "wait" : "resync", resyncReason: state.resyncReason };
+    }
+    return { ...base, resume: "incremental" };
+  }
+
+  /**
+   * A Hello presenting another generation than the relationship's: a cancelled failover's
+   * handover, or the current primary that lost its state (told the current generation), else
+   * refused as stale; only a real failover makes the agent fence its VM.
+   */
+  private async settleGeneration(input: HelloInput, state: RelationshipState): Promise<RelationshipState> {
+    const { vmId } = input;
+    const peer = { presentedGeneration: input.presentedGeneration, peerIdentity: input.primaryIdentity };
+    const unlessStale = (r: { newState: RelationshipState }) => r.newState;
+    const stale = (err: unknown) => {
+      if (err instanceof StaleGenerationError) return undefined;
+      throw err;
     };
+    // After a cancelled failover the old primary may take the new generation over (handover).
+    const handedOver = await executeCommand(this.store, vmId, (s) => acknowledgeGeneration(s, peer)).then(unlessStale, stale);
+    if (handedOver) {
+      this.logger.info({ vm: vmId, from: input.presentedGeneration, to: handedOver.generation }, "primary adopted the generation of a cancelled failover");
+      return handedOver;
+    }
+    const recognised = await executeCommand(this.store, vmId, (s) => recogniseCurrentPrimary(s, peer)).then(unlessStale, stale);
+    if (recognised) {
+      this.logger.warn({ vm: vmId, presented: input.presentedGeneration, current: recognised.generation }, "the current primary presented an older generation (its agent lost its state); no failover moved the primary, so it is told the current one");
+      return recognised;
+    }
+    await this.exec(vmId, (s) => refuseStaleGeneration(s, peer)).catch((err: unknown) => this.logger.error({ err, vm: vmId }, "could not record the stale-generation refusal"));
+    throw new RelationshipRefusal(
+      RejectReason.REJECT_REASON_STALE_GENERATION,
+      `VM ${vmId}: generation ${input.presentedGeneration} is stale, the relationship is at generation ${state.generation}. ` +
+        `This primary is no longer authoritative (a failover happened); do not resume its VM`,
+      state.generation,
+    );
+  }
+
+  /** The agent lost change tracking of some disks: the replica no longer knows what changed. */
+  private async recordTrackingLost(input: HelloInput, state: RelationshipState): Promise<RelationshipState> {
+    const lost = input.trackingLost ?? [];
+    if (lost.length === 0 || (state.state !== "replicating" && state.state !== "resynchronising")) return state;
+    const reason = lost.map((l) => `${l.diskId}: ${l.code}${l.reason ? ` (${l.reason})` : ""}`).join("; ");
+    const { newState } = await this.exec(input.vmId, (s) => markResyncRequired(s, { reason }));
+    this.logger.warn({ vm: input.vmId, reason }, "the primary lost change tracking: resync required");
+    return newState;
+  }
+
+  /** Marks a VM resync-required on an operator's request (no-op when it already is). */
+  async requireResync(vmId: string, reason: string, metadata?: Record<string, string>): Promise<RelationshipState> {
+    return (await this.exec(vmId, (s) => (s.state === "resync-required" || s.state === "resynchronising" ? [] : markResyncRequired(s, { reason })), metadata)).newState;
   }
 
   /** Checks the cycle against the relationship and opens its partial point in storage. */
@@ -200,6 +252,7 @@ export class Relationships {
         input.disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes, seedImage: seeds.find((x) => x.diskId === d.diskId)?.imagePath })),
       );
     }
+    if (input.kind === "resync") return this.beginResync(input, state);
     if (input.kind === "full") {
       if (state.state === "initial-replication-in-progress" && state.inFlight && state.inFlight.cycleSeq !== seq) {
         // An initial replication interrupted by a crash of either side: record it as failed first.
@@ -224,6 +277,38 @@ export class Relationships {
       return { diskId: d.diskId, sizeBytes: d.sizeBytes, parentImage: parent.imagePath };
     });
     return this.storage.beginPoint(vmId, seq, disks);
+  }
+
+  /**
+   * A resync after the primary lost change tracking: one more point over the newest one, holding
+   * the chunks that differ from it; every older point stays as it was.
+   */
+  private async beginResync(input: { vmId: string; seq: number; generation: number; cutoffAt: Date; disks: Array<{ diskId: string; sizeBytes: number }> }, state: RelationshipState): Promise<PointWrite> {
+    const { vmId, seq } = input;
+    if (state.state === "resynchronising" && state.inFlight && state.inFlight.cycleSeq !== seq) {
+      const stale = state.inFlight.cycleSeq;
+      state = (await this.exec(vmId, (s) => failCycle(s, { cycleSeq: stale, generation: s.generation, reason: "INTERRUPTED", message: "superseded by a new resynchronisation" }))).newState;
+    }
+    const latest = state.points[state.points.length - 1];
+    if (!latest) throw new RelationshipRefusal(RejectReason.REJECT_REASON_INVALID_STATE, `VM ${vmId} has no recovery point to resynchronise against`);
+    const disks = input.disks.map((d) => {
+      const parent = latest.disks.find((p) => p.diskId === d.diskId);
+      if (!parent) throw new RelationshipRefusal(RejectReason.REJECT_REASON_UNKNOWN_DISK, `disk '${d.diskId}' is not replicated for VM ${vmId}`);
+      return { diskId: d.diskId, sizeBytes: d.sizeBytes, parentImage: parent.imagePath };
+    });
+    await this.exec(vmId, (s) => startResync(s, { cycleSeq: seq, cutoffAt: input.cutoffAt.toISOString(), generation: input.generation }));
+    return this.storage.beginPoint(vmId, seq, disks);
+  }
+
+  /**
+   * What a resync compares against, per disk: the newest point's image read through its backing
+   * chain (that point's full content), or for a reverse replication's first point the seed.
+   */
+  async comparisonImages(vmId: string): Promise<Array<{ diskId: string; imagePath: string }>> {
+    const state = await this.load(vmId);
+    const latest = state.points.filter((p) => !p.merging).at(-1) ?? state.points.at(-1);
+    if (state.state === "resynchronising" && latest) return latest.disks.map((d) => ({ diskId: d.diskId, imagePath: d.imagePath }));
+    return this.storage.loadSeeds(vmId);
   }
 
   seedsOf(vmId: string): Array<{ diskId: string; imagePath: string }> {
@@ -316,9 +401,9 @@ export class Relationships {
     this.logger.info({ vm: state.vmId, dropped: oldest.pointId, base: into.pointId }, "oldest recovery point merged into the base");
   }
 
-  private async exec(vmId: string, decide: Decide) {
+  private async exec(vmId: string, decide: Decide, metadata?: Record<string, string>) {
     try {
-      return await executeCommand(this.store, vmId, decide);
+      return await executeCommand(this.store, vmId, decide, metadata ? { metadata } : undefined);
     } catch (err) {
       if (err instanceof StaleGenerationError) throw new RelationshipRefusal(RejectReason.REJECT_REASON_STALE_GENERATION, err.message, err.currentGeneration, { cause: err });
       if (err instanceof OutOfOrderCycleError) throw new RelationshipRefusal(RejectReason.REJECT_REASON_OUT_OF_ORDER, err.message, undefined, { cause: err });

@@ -79,6 +79,7 @@ export { prepareFailover, type PrepareFailoverInput } from "./commands/prepareFa
 export { failover, type FailoverInput } from "./commands/failover.js";
 export { cancelFailover } from "./commands/cancelFailover.js";
 export { acknowledgeGeneration, type AcknowledgeGenerationInput } from "./commands/acknowledgeGeneration.js";
+export { recogniseCurrentPrimary, type RecogniseCurrentPrimaryInput } from "./commands/recogniseCurrentPrimary.js";
 export { completeFailover } from "./commands/completeFailover.js";
 export { startReverseReplication, type StartReverseReplicationInput } from "./commands/startReverseReplication.js";
 export { updateVmSpec } from "./commands/updateVmSpec.js";

@@ -38,6 +38,10 @@ export interface VmStatus {
   readonly cyclesFailed: number;
   readonly consecutiveFailures: number;
   readonly staleGenerationRefusals: number;
+  /** Why a resync is required or running (the ResyncRequired reason). */
+  readonly resyncReason: string | undefined;
+  /** Why replication is paused. */
+  readonly pauseReason: string | undefined;
   /** The most recent problem; kept after recovery, with its time, as Hyper-V shows the last error. */
   readonly lastError: StatusError | undefined;
 }
@@ -153,6 +157,8 @@ function toStatus({ rel, lastError }: Entry, now: Date): VmStatus {
     cyclesFailed: c.cyclesFailed,
     consecutiveFailures: c.consecutiveFailures,
     staleGenerationRefusals: c.staleGenerationRefusals,
+    resyncReason: rel.resyncReason,
+    pauseReason: rel.pauseReason,
     lastError,
   };
 }

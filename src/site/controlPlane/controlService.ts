@@ -8,7 +8,11 @@ import {
   type ControlServiceServer,
   type RecoveryPoint as WirePoint,
   type RelationshipStatus,
+  type PauseReplicationRequest,
+  type ResumeReplicationRequest,
+  type ResyncRequest,
 } from "../../gen/qreplica/v1/control.js";
+import { pauseReplication, resumeReplication, resync } from "./replicationCommands.js";
 import { RecoveryPointsProjection, StatusProjection, executeCommand, prepareFailover, relationshipStream, startReverseReplication, type JsonObject, type VmStatus } from "../../ledger/index.js";
 import { join } from "node:path";
 import { loadSiteCredentials, peerIdentity } from "../../transport/index.js";
@@ -197,9 +201,10 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
         endReached: events.length < limit,
       };
     }),
-    pauseReplication: notYet("PauseReplication"),
-    resumeReplication: notYet("ResumeReplication"),
-    resync: notYet("Resync"),
+    // TODO(roles): the roles helper's `guarded` checks the role and produces the Caller; until it lands, the peer's CN as an operator.
+    pauseReplication: (call, callback) => guarded((req: PauseReplicationRequest) => pauseReplication(ctx, req, { identity: peerIdentity(call).commonName, role: "operator" }))(call, callback),
+    resumeReplication: (call, callback) => guarded((req: ResumeReplicationRequest) => resumeReplication(ctx, req, { identity: peerIdentity(call).commonName, role: "operator" }))(call, callback),
+    resync: (call, callback) => guarded((req: ResyncRequest) => resync(ctx, req, { identity: peerIdentity(call).commonName, role: "operator" }))(call, callback),
     listAuthorizations: notYet("ListAuthorizations"),
     addAuthorization: notYet("AddAuthorization"),
     removeAuthorization: notYet("RemoveAuthorization"),
@@ -227,9 +232,10 @@ function grpcCodeOf(err: unknown): grpc.status {
 
 /** Hyper-V-like health: critical when replication cannot go on, warning when it is failing or late. */
 function healthOf(s: VmStatus): { health: ReplicationHealth; message: string } {
-  if (s.state === "resync-required") return { health: ReplicationHealth.REPLICATION_HEALTH_CRITICAL, message: "resync required" };
+  if (s.state === "resync-required") return { health: ReplicationHealth.REPLICATION_HEALTH_CRITICAL, message: `resync required${s.resyncReason ? `: ${s.resyncReason}` : ""}` };
+  if (s.state === "resynchronising") return { health: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: `resynchronising${s.resyncReason ? ` after: ${s.resyncReason}` : ""}` };
   if (s.consecutiveFailures >= 3) return { health: ReplicationHealth.REPLICATION_HEALTH_CRITICAL, message: `${s.consecutiveFailures} cycles failed in a row: ${s.lastError?.message ?? ""}` };
   if (s.consecutiveFailures > 0) return { health: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: `last cycle failed: ${s.lastError?.message ?? ""}` };
-  if (s.state === "paused") return { health: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: "replication is paused" };
+  if (s.state === "paused") return { health: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: `replication is paused${s.pauseReason ? `: ${s.pauseReason}` : ""}` };
   return { health: ReplicationHealth.REPLICATION_HEALTH_NORMAL, message: "" };
 }

@@ -10,6 +10,7 @@ import {
 import {
   RejectReason,
   ResumeHint,
+  ResyncMode,
   type CycleBegin,
   type CycleEnd,
   type ExtentChunk,
@@ -22,7 +23,15 @@ import { MAX_CHUNK_BYTES, OpenCycle } from "./openCycle.js";
 import { parseVmSpec, sendSeedHashes } from "./resync.js";
 import { findAuthorization, loadAuthorizations } from "../siteConfig.js";
 import type { SiteContext } from "../siteContext.js";
-import { RelationshipRefusal } from "../relationships.js";
+import { RelationshipRefusal, type ResumeKind } from "../relationships.js";
+import { clearResyncApproval, isResyncApproved } from "./resyncApprovals.js";
+
+const RESUME_HINT: Record<ResumeKind, ResumeHint> = {
+  initial: ResumeHint.RESUME_HINT_INITIAL_REPLICATION,
+  incremental: ResumeHint.RESUME_HINT_INCREMENTAL,
+  resync: ResumeHint.RESUME_HINT_RESYNC,
+  wait: ResumeHint.RESUME_HINT_WAIT_FOR_OPERATOR,
+};
 
 export const PROTOCOL_VERSION = 1;
 
@@ -83,6 +92,21 @@ export class ReplicateSession {
         body: { $case: "plannedFailoverRequested", value: { generation: BigInt(this.generation), powerdownTimeoutSeconds } },
       }).catch((err: unknown) => this.primaryStopped?.reject(err as Error));
     });
+  }
+
+  /**
+   * Operator commands reach the connected agent over its open stream: a resync to run now, a
+   * pause (no cycle until resumed; the agent keeps its changes), a resume.
+   */
+  async notify(notice: { $case: "resyncRequested"; requestedBy: string } | { $case: "replicationPaused"; reason: string } | { $case: "replicationResumed"; resume: ResumeKind }): Promise<void> {
+    const generation = BigInt(this.generation);
+    const body =
+      notice.$case === "resyncRequested"
+        ? { $case: "resyncRequested" as const, value: { generation, requestedBy: notice.requestedBy } }
+        : notice.$case === "replicationPaused"
+          ? { $case: "replicationPaused" as const, value: { generation, reason: notice.reason } }
+          : { $case: "replicationResumed" as const, value: { generation, resumeHint: RESUME_HINT[notice.resume] } };
+    await writeWithBackpressure(this.call, { body });
   }
 
   /** Another stream for the same VM took over (the agent reconnected): stop this one. */
@@ -187,6 +211,9 @@ export class ReplicateSession {
         presentedGeneration: Number(hello.generation),
         vmSpec: parseVmSpec(hello.vmSpecJson),
         disks: hello.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) })),
+        trackingLost: hello.trackingLost.map((t) => ({ diskId: t.diskId, code: t.code || "TRACKING_LOST", reason: t.reason })),
+        resyncMode: hello.resyncMode === ResyncMode.RESYNC_MODE_MANUAL ? "manual" : "automatic",
+        resyncApproved: isResyncApproved(this.ctx, hello.vmId),
       });
       this.vmId = hello.vmId;
       this.generation = accepted.generation;
@@ -202,19 +229,15 @@ export class ReplicateSession {
             protocolVersion: PROTOCOL_VERSION,
             replicaSiteId: this.ctx.siteId,
             lastCommittedCycleSequence: BigInt(accepted.lastCycleSeq),
-            resumeHint: accepted.seeded
-              ? ResumeHint.RESUME_HINT_RESYNC
-              : accepted.needsInitialReplication
-                ? ResumeHint.RESUME_HINT_INITIAL_REPLICATION
-                : ResumeHint.RESUME_HINT_INCREMENTAL,
+            resumeHint: RESUME_HINT[accepted.resume],
             maxChunkBytes: MAX_CHUNK_BYTES,
             acceptedCodecs: [CompressionCodec.COMPRESSION_CODEC_ZSTD, CompressionCodec.COMPRESSION_CODEC_NONE],
             acceptedChecksumAlgorithms: this.acceptedChecksums,
-            resyncReason: "",
+            resyncReason: accepted.resyncReason ?? "",
           },
         },
       });
-      this.logger.info({ vm: hello.vmId, identity, generation: accepted.generation }, "Hello accepted");
+      this.logger.info({ vm: hello.vmId, identity, generation: accepted.generation, resume: accepted.resume, resyncReason: accepted.resyncReason }, "Hello accepted");
     } catch (err) {
       if (err instanceof RelationshipRefusal) {
         const status = err.reason === RejectReason.REJECT_REASON_UNAUTHORIZED ? grpc.status.PERMISSION_DENIED : grpc.status.FAILED_PRECONDITION;
@@ -248,6 +271,7 @@ export class ReplicateSession {
       this.cycle = new OpenCycle(seq, kind, cutoffAt, begin.consistency === Consistency.CONSISTENCY_APPLICATION ? "application" : "crash", point);
       this.refusedSeq = undefined;
       if (kind === "resync") {
+        clearResyncApproval(this.ctx, vmId);
         const disks = begin.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) }));
         await sendSeedHashes(this.ctx, this.call, { vmId, generation: this.generation, seq, disks });
       }

@@ -8,16 +8,17 @@ import type { SiteContext } from "../siteContext.js";
 const HASHES_PER_MESSAGE = 4096;
 
 /**
- * Resync by comparison: after a RESYNC CycleBegin, the hash of every chunk of each disk's seed
- * goes to the sender, which then ships only the chunks whose hash differs. A disk without a seed
- * gets an empty list (everything differs).
+ * Resync by comparison: after a RESYNC CycleBegin, the hash of every chunk of each disk's
+ * comparison image (the newest point read through its chain, or a reverse replication's seed)
+ * goes to the sender, which then ships only the chunks whose hash differs. A disk without one
+ * gets an empty list (everything differs). The sender compares while the hashes stream in.
  */
 export async function sendSeedHashes(
   ctx: SiteContext,
   call: grpc.ServerDuplexStream<ReplicateRequest, ReplicateResponse>,
   cycle: { vmId: string; generation: number; seq: number; disks: Array<{ diskId: string; sizeBytes: number }> },
 ): Promise<void> {
-  const seeds = ctx.relationships.seedsOf(cycle.vmId);
+  const seeds = await ctx.relationships.comparisonImages(cycle.vmId);
   for (const { diskId, sizeBytes } of cycle.disks) {
     const chunkBytes = resyncChunkBytes(sizeBytes);
     const seed = seeds.find((s) => s.diskId === diskId);

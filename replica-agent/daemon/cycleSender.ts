@@ -1,0 +1,141 @@
+import type { ClientDuplexStream } from "@grpc/grpc-js";
+import type { Logger } from "../../src/common/logger.js";
+import { ChecksumAlgorithm, Consistency, CycleKind } from "../../src/gen/qreplica/v1/common.js";
+import type { RejectReason, ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
+import { encodeExtentChunkRequest, writeWithBackpressure, type OutgoingReplicateRequest } from "../../src/transport/index.js";
+import { getCodec } from "../../src/codec/index.js";
+import type { CaptureCycle } from "../capture/index.js";
+import type { ResponseQueue } from "./responseQueue.js";
+import { ComparisonHashes, differingChunks, type ResyncStats } from "./differingChunks.js";
+
+const ACK_TIMEOUT_MS = 10 * 60_000;
+
+export type ReplicateStream = ClientDuplexStream<OutgoingReplicateRequest, ReplicateResponse>;
+
+export class CycleRefusedError extends Error {
+  constructor(
+    readonly reason: RejectReason,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** A write that fails as soon as the stream does, instead of waiting for a drain that never comes. */
+export function send(stream: ReplicateStream, responses: ResponseQueue, message: OutgoingReplicateRequest): Promise<void> {
+  // A few chunks queued beyond the HTTP/2 window keep the link busy; more only cost memory.
+  return Promise.race([writeWithBackpressure(stream, message, { maxUnwritten: 4 }), responses.failed]);
+}
+
+export interface CycleSenderOptions {
+  vmId: string;
+  compressionLevel: number;
+  checksum: ChecksumAlgorithm;
+  logger: Logger;
+}
+
+export interface CycleTotals {
+  extents: number;
+  data: number;
+  zero: number;
+  wire: number;
+}
+
+/**
+ * Sends one captured cycle and waits for the site's ack, then confirms it to the capture layer;
+ * anything else aborts it (its changes stay for the next cycle). A resync cycle ships only the
+ * chunks whose hash differs from the replica's newest point (or seed).
+ */
+export async function sendCycle(
+  stream: ReplicateStream,
+  responses: ResponseQueue,
+  cycle: CaptureCycle,
+  generation: number,
+  o: CycleSenderOptions & { resync: boolean },
+): Promise<{ totals: CycleTotals; resync?: ResyncStats }> {
+  const gen = BigInt(generation);
+  const seq = BigInt(cycle.seq);
+  const codec = getCodec("zstd");
+  const started = Date.now();
+  const replica = o.resync ? new ComparisonHashes() : undefined;
+  try {
+    await send(stream, responses, {
+      body: {
+        $case: "cycleBegin",
+        value: {
+          vmId: o.vmId,
+          generation: gen,
+          cycleSequence: seq,
+          kind: o.resync ? CycleKind.CYCLE_KIND_RESYNC : cycle.kind === "full" ? CycleKind.CYCLE_KIND_INITIAL : CycleKind.CYCLE_KIND_INCREMENTAL,
+          cutoffTime: cycle.cutoffAt,
+          consistency: cycle.consistency === "application" ? Consistency.CONSISTENCY_APPLICATION : Consistency.CONSISTENCY_CRASH,
+          disks: cycle.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeAtCutoff) })),
+        },
+      },
+    });
+    const pump = replica ? receiveReplicaHashes(responses, replica, cycle) : undefined;
+    let pumping = pump !== undefined;
+    void pump?.finally(() => (pumping = false)).catch(() => undefined);
+    const resyncStats: ResyncStats = { comparedBytes: 0, differingBytes: 0 };
+    const totals: CycleTotals = { extents: 0, data: 0, zero: 0, wire: 0 };
+    for (const disk of cycle.disks) {
+      const extents = replica ? differingChunks(disk, replica, resyncStats) : disk.extents();
+      for await (const extent of extents) {
+        // While the hashes stream in, the pump reads the responses (and sees any refusal).
+        const early = pumping ? undefined : responses.poll();
+        if (early) throwIfRejected(early, cycle.seq, o);
+        const chunk = encodeExtentChunkRequest(extent, { generation: gen, cycleSeq: seq, diskId: disk.diskId, codec, level: o.compressionLevel, checksum: o.checksum });
+        totals.extents++;
+        if (extent.kind === "data") totals.data += extent.length;
+        else totals.zero += extent.length;
+        totals.wire += chunk.wireBytes;
+        await send(stream, responses, chunk.request);
+      }
+    }
+    await pump;
+    await send(stream, responses, {
+      body: {
+        $case: "cycleEnd",
+        value: { generation: gen, cycleSequence: seq, extentCount: BigInt(totals.extents), dataBytes: BigInt(totals.data), zeroBytes: BigInt(totals.zero), wireBytes: BigInt(totals.wire), comparedBytes: BigInt(resyncStats.comparedBytes) },
+      },
+    });
+    for (;;) {
+      const r = await responses.next(ACK_TIMEOUT_MS);
+      throwIfRejected(r, cycle.seq, o);
+      if (r.body?.$case === "cycleAck" && Number(r.body.value.cycleSequence) === cycle.seq) break;
+    }
+    await cycle.confirm();
+    o.logger.info({ vm: o.vmId, seq: cycle.seq, kind: o.resync ? "resync" : cycle.kind, ...totals, ...(o.resync ? resyncStats : {}), ms: Date.now() - started }, "cycle acknowledged by the replica site");
+    return { totals, resync: o.resync ? resyncStats : undefined };
+  } catch (err) {
+    replica?.fail(err as Error);
+    if (!cycle.finished) await cycle.abort(err);
+    throw err;
+  }
+}
+
+/** The replica's chunk hashes, sent right after a RESYNC CycleBegin, handed over as they arrive. */
+async function receiveReplicaHashes(responses: ResponseQueue, replica: ComparisonHashes, cycle: CaptureCycle): Promise<void> {
+  const diskIds = cycle.disks.map((d) => d.diskId);
+  try {
+    while (!replica.complete(diskIds)) {
+      const r = await responses.next(10 * 60_000);
+      const body = r.body;
+      if (body?.$case === "cycleRejected" && Number(body.value.cycleSequence) === cycle.seq) {
+        throw new CycleRefusedError(body.value.reason, `cycle ${cycle.seq} refused: ${body.value.message}`);
+      }
+      if (body?.$case === "resyncHashes") replica.add(body.value);
+    }
+  } catch (err) {
+    replica.fail(err as Error);
+    throw err;
+  }
+}
+
+export function throwIfRejected(r: ReplicateResponse, seq: number, o: { vmId: string; logger: Logger }): void {
+  const body = r.body;
+  if (body?.$case === "cycleRejected" && Number(body.value.cycleSequence) === seq) {
+    throw new CycleRefusedError(body.value.reason, `cycle ${seq} refused: ${body.value.message}`);
+  }
+  if (body?.$case === "chunkRejected") o.logger.warn({ vm: o.vmId, seq, message: body.value.message }, "chunk refused by the replica site");
+}

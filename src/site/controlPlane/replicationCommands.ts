@@ -1,0 +1,55 @@
+import type { PauseReplicationRequest, RelationshipCommandResponse, ResumeReplicationRequest, ResyncRequest } from "../../gen/qreplica/v1/control.js";
+import { executeCommand, loadRelationship, pause, resume } from "../../ledger/index.js";
+import { approveResync } from "../dataPlane/resyncApprovals.js";
+import type { SiteContext } from "../siteContext.js";
+import { actorMetadata, type Caller } from "./caller.js";
+
+type Notice = Parameters<NonNullable<ReturnType<SiteContext["sessionFor"]>>["notify"]>[0];
+
+/** Tells the primary's agent over its open Replicate stream; false when it is not connected. */
+async function notifyAgent(ctx: SiteContext, vmId: string, notice: Notice): Promise<boolean> {
+  const session = ctx.sessionFor(vmId);
+  if (!session) return false;
+  try {
+    await session.notify(notice);
+    return true;
+  } catch (err) {
+    // The command is in the ledger either way; the agent learns it at its next Hello.
+    ctx.logger.warn({ err, vm: vmId, notice: notice.$case }, "could not notify the primary's agent");
+    return false;
+  }
+}
+
+/**
+ * `qreplica pause VM`: cycles are refused until resumed; the agent sends none and keeps every
+ * change in its bitmap, so the first cycle after the resume carries them all.
+ */
+export async function pauseReplication(ctx: SiteContext, request: PauseReplicationRequest, caller: Caller): Promise<RelationshipCommandResponse> {
+  const reason = request.reason.trim() || `paused by ${caller.identity}`;
+  const { newState } = await executeCommand(ctx.store, request.vmId, (s) => pause(s, { reason }), { metadata: actorMetadata(caller) });
+  const agentNotified = await notifyAgent(ctx, request.vmId, { $case: "replicationPaused", reason });
+  return { state: newState.state, agentNotified };
+}
+
+/** `qreplica resume VM`: incremental cycles go on where they stopped. */
+export async function resumeReplication(ctx: SiteContext, request: ResumeReplicationRequest, caller: Caller): Promise<RelationshipCommandResponse> {
+  const { newState } = await executeCommand(ctx.store, request.vmId, (s) => resume(s), { metadata: actorMetadata(caller) });
+  const agentNotified = await notifyAgent(ctx, request.vmId, { $case: "replicationResumed", resume: "incremental" });
+  return { state: newState.state, agentNotified };
+}
+
+/**
+ * `qreplica resync VM`: a resync by comparison against the newest point. For a VM already
+ * resync-required (e.g. `resync: manual` after a crash) this is the go-ahead; for a replicating
+ * or paused one it first records ResyncRequired with the operator as the reason.
+ */
+export async function resync(ctx: SiteContext, request: ResyncRequest, caller: Caller): Promise<RelationshipCommandResponse> {
+  const { vmId } = request;
+  const before = (await loadRelationship(ctx.store, vmId)).state;
+  const state = await ctx.relationships.requireResync(vmId, `requested by ${caller.identity}`, actorMetadata(caller));
+  approveResync(ctx, vmId);
+  // Already running: the agent needs no second request.
+  if (before.state === "resynchronising") return { state: state.state, agentNotified: false };
+  const agentNotified = await notifyAgent(ctx, vmId, { $case: "resyncRequested", requestedBy: caller.identity });
+  return { state: state.state, agentNotified };
+}
