@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { createReadStream, rmSync } from "node:fs";
+import { createReadStream, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { getSqliteEventStore, relationshipStream, type RecordedEvent, type RecoveryPoint } from "../../src/ledger/index.js";
 import { convertImage } from "../../src/qemu/processes/index.js";
@@ -33,4 +33,25 @@ export async function ledgerEvents(siteDir: string, vmId = "vm1"): Promise<Recor
 /** Types from the first event of type `from` on, in order, keeping only the `types` listed. */
 export function sequenceAfter(events: readonly RecordedEvent[], from: number, types: readonly string[]): string[] {
   return events.slice(from).map((e) => e.type).filter((t) => types.includes(t));
+}
+
+/** Bytes of the 64 KiB chunks whose content differs between two images (what a resync must send). */
+export async function differingChunkBytes(a: { path: string; format: string }, b: { path: string; format: string }, scratchDir: string, chunkBytes = 64 * 1024): Promise<number> {
+  const rawA = join(scratchDir, "diff-a.raw");
+  const rawB = join(scratchDir, "diff-b.raw");
+  await convertImage(a.path, rawA, { srcFormat: a.format, dstFormat: "raw" });
+  await convertImage(b.path, rawB, { srcFormat: b.format, dstFormat: "raw" });
+  try {
+    const [x, y] = [readFileSync(rawA), readFileSync(rawB)];
+    let differing = 0;
+    for (let at = 0; at < Math.max(x.length, y.length); at += chunkBytes) {
+      const ca = x.subarray(at, at + chunkBytes);
+      const cb = y.subarray(at, at + chunkBytes);
+      if (!ca.equals(cb)) differing += Math.max(ca.length, cb.length);
+    }
+    return differing;
+  } finally {
+    rmSync(rawA, { force: true });
+    rmSync(rawB, { force: true });
+  }
 }

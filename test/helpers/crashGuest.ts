@@ -1,0 +1,111 @@
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { stringify as toYaml } from "yaml";
+import { makeCounterDisk } from "../../guest/index.js";
+import { QmpClient } from "../../src/qemu/qmp/index.js";
+import { startSystemVm, type QemuProcess } from "../../src/qemu/processes/index.js";
+import { addressFile } from "../../src/site/siteConfig.js";
+import { AGENT, startDaemon, type Daemon } from "./processes.js";
+import type { TwoSites } from "./twoSites.js";
+
+/**
+ * The counter guest in qemu-system-x86_64 (TCG) with a second QMP monitor for the test, since
+ * the agent holds the first: the test writes through the guest's disk device (HMP qemu-io) while
+ * the guest itself keeps writing its counter.
+ */
+export class CrashGuest {
+  proc: QemuProcess | undefined;
+  private qmp: QmpClient | undefined;
+  readonly qmpSocketPath: string;
+  readonly testQmpSocketPath: string;
+  readonly nbdSocketPath: string;
+  readonly diskPath: string;
+  readonly serialLogPath: string;
+
+  private constructor(readonly dir: string) {
+    this.qmpSocketPath = join(dir, "qmp.sock");
+    this.testQmpSocketPath = join(dir, "test-qmp.sock");
+    this.nbdSocketPath = join(dir, "nbd.sock");
+    this.diskPath = join(dir, "vda.qcow2");
+    this.serialLogPath = join(dir, "serial.log");
+  }
+
+  static async create(dir: string, sizeMiB = 64): Promise<CrashGuest> {
+    mkdirSync(dir, { recursive: true });
+    const g = new CrashGuest(dir);
+    await makeCounterDisk(g.diskPath, { sizeMiB });
+    await g.start({ paused: false });
+    return g;
+  }
+
+  /** Starts QEMU on the same disk image (after a crash or a clean stop); `paused`: -S, the guest never runs. */
+  async start(opts: { paused: boolean }): Promise<void> {
+    for (const s of [this.qmpSocketPath, this.testQmpSocketPath, this.nbdSocketPath]) rmSync(s, { force: true });
+    this.proc = await startSystemVm({
+      qmpSocketPath: this.qmpSocketPath,
+      disks: [{ nodeName: "vda", path: this.diskPath, bus: "ide", bootIndex: 0 }],
+      serialLogPath: this.serialLogPath,
+      accel: "tcg",
+      memoryMiB: 64,
+      paused: opts.paused,
+      extraArgs: ["-chardev", `socket,id=test-qmp,path=${this.testQmpSocketPath},server=on,wait=off`, "-mon", "chardev=test-qmp,mode=control"],
+    });
+    this.qmp = await QmpClient.connect({ socketPath: this.testQmpSocketPath });
+  }
+
+  /** A write through the guest's disk device, tracked by the dirty bitmaps like a guest write. */
+  async write(command: string): Promise<void> {
+    const out = await this.qmp!.humanMonitorCommand(`qemu-io -d vda-dev "${command}"`);
+    if (/error|failed|invalid/i.test(out)) throw new Error(`qemu-io ${command}: ${out.trim()}`);
+  }
+
+  /** kill -9: QEMU gets no chance to store its persistent bitmaps or flush anything. */
+  async crash(): Promise<void> {
+    await this.qmp?.close().catch(() => undefined);
+    this.qmp = undefined;
+    await this.proc?.kill("SIGKILL");
+  }
+
+  /** A clean stop: QEMU stores its persistent bitmaps, so a later crash leaves them inconsistent. */
+  async stop(): Promise<void> {
+    await this.qmp?.close().catch(() => undefined);
+    this.qmp = undefined;
+    await this.proc?.stop();
+  }
+}
+
+/** An agent for the crash guest (VM "vm1") replicating to site B; returns the daemon. */
+export function startGuestAgent(t: TwoSites, g: CrashGuest, opts: { intervalSeconds: number; resync?: "manual" | "automatic"; stateDir?: string; logName?: string }): Daemon {
+  const config = join(t.dir, "crash-agent.yaml");
+  writeFileSync(
+    config,
+    toYaml({
+      siteId: "site-a",
+      stateDir: opts.stateDir ?? join(t.dir, "crash-agent-state"),
+      tls: { caFile: join(t.caDir, "ca.crt"), certFile: join(t.dir, "agent-tls", "agent-a.crt"), keyFile: join(t.dir, "agent-tls", "agent-a.key") },
+      vms: [
+        {
+          id: "vm1",
+          qmpSocket: g.qmpSocketPath,
+          nbdSocket: g.nbdSocketPath,
+          disks: [{ id: "vda", node: "vda" }],
+          replicaSite: readFileSync(addressFile(t.siteB), "utf8").trim(),
+          intervalSeconds: opts.intervalSeconds,
+          compressionLevel: 1,
+          ...(opts.resync ? { resync: opts.resync } : {}),
+        },
+      ],
+    }),
+  );
+  const d = startDaemon(AGENT, ["--config", config], join(t.dir, opts.logName ?? "crash-agent.log"));
+  t.daemons.push(d);
+  return d;
+}
+
+export function logTail(path: string, lines = 30): string {
+  try {
+    return readFileSync(path, "utf8").split("\n").filter((l) => !l.includes('"level":20')).slice(-lines).join("\n");
+  } catch {
+    return "(no log)";
+  }
+}
