@@ -12,7 +12,7 @@ import { compareImages } from "../../src/qemu/processes/index.js";
 import { makeTmpDir } from "../helpers/tmpDir.js";
 import { waitFor } from "../helpers/processes.js";
 import { setupTwoSites, type TwoSites } from "../helpers/twoSites.js";
-import { CrashGuest, logTail, startGuestAgent } from "../helpers/crashGuest.js";
+import { CrashGuest, guestDisks, logTail, startGuestAgent } from "../helpers/crashGuest.js";
 import { differingChunkBytes, ledgerEvents, pointContentHashes, sequenceAfter } from "../helpers/resyncChecks.js";
 
 const KiB = 1024;
@@ -52,7 +52,7 @@ async function protectedGuest(intervalSeconds: number, diskMiB: number): Promise
   for (const r of REGIONS) await g.write(`write -P 0x5a ${r.offset} ${r.length}`);
   if (diskMiB * MiB >= RANDOM_AT + RANDOM_BYTES) await g.write(`write -P 0x5b ${RANDOM_AT} ${RANDOM_BYTES}`);
   await t.startSite(t.siteB);
-  startGuestAgent(t, g, { intervalSeconds });
+  startGuestAgent(t, guestDisks(g), { intervalSeconds });
   const diag = () => `\n--- agent ---\n${logTail(join(t.dir, "crash-agent.log"))}\n--- site-b ---\n${logTail(join(t.siteB, "site.log"))}`;
   await waitFor("two points", async () => ((await t.relationship()).points.length >= 2 ? true : undefined), 120_000).catch((e: Error) => {
     throw new Error(e.message + diag());

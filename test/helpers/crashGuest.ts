@@ -53,6 +53,11 @@ export class CrashGuest {
     this.qmp = await QmpClient.connect({ socketPath: this.testQmpSocketPath });
   }
 
+  /** QMP on the test's own monitor (the agent holds the other one). */
+  execute(command: string, args?: Record<string, unknown>): Promise<unknown> {
+    return this.qmp!.execute(command, args);
+  }
+
   /** A write through the guest's disk device, tracked by the dirty bitmaps like a guest write. */
   async write(command: string): Promise<void> {
     const out = await this.qmp!.humanMonitorCommand(`qemu-io -d vda-dev "${command}"`);
@@ -74,8 +79,17 @@ export class CrashGuest {
   }
 }
 
-/** An agent for the crash guest (VM "vm1") replicating to site B; returns the daemon. */
-export function startGuestAgent(t: TwoSites, g: CrashGuest, opts: { intervalSeconds: number; resync?: "manual" | "automatic"; stateDir?: string; logName?: string }): Daemon {
+export interface AgentVm {
+  qmpSocketPath: string;
+  nbdSocketPath: string;
+  disks: Array<{ id: string; node: string }>;
+}
+
+/** The counter guest's disk as the agent config names it. */
+export const guestDisks = (g: CrashGuest): AgentVm => ({ qmpSocketPath: g.qmpSocketPath, nbdSocketPath: g.nbdSocketPath, disks: [{ id: "vda", node: "vda" }] });
+
+/** An agent replicating VM "vm1" to site B; returns the daemon (stopped with the sites). */
+export function startGuestAgent(t: TwoSites, vm: AgentVm, opts: { intervalSeconds: number; resync?: "manual" | "automatic"; stateDir?: string; logName?: string }): Daemon {
   const config = join(t.dir, "crash-agent.yaml");
   writeFileSync(
     config,
@@ -86,9 +100,9 @@ export function startGuestAgent(t: TwoSites, g: CrashGuest, opts: { intervalSeco
       vms: [
         {
           id: "vm1",
-          qmpSocket: g.qmpSocketPath,
-          nbdSocket: g.nbdSocketPath,
-          disks: [{ id: "vda", node: "vda" }],
+          qmpSocket: vm.qmpSocketPath,
+          nbdSocket: vm.nbdSocketPath,
+          disks: vm.disks,
           replicaSite: readFileSync(addressFile(t.siteB), "utf8").trim(),
           intervalSeconds: opts.intervalSeconds,
           compressionLevel: 1,

@@ -1,0 +1,154 @@
+/**
+ * Operator control of a VM's replication through the CLI, against real processes: `resync:
+ * manual` waits for `qreplica resync`, `qreplica pause` / `resume` lose no change, and an agent
+ * that lost its state directory is recognised as the current primary (its VM is not fenced).
+ */
+import { rmSync } from "node:fs";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { compareImages } from "../../src/qemu/processes/index.js";
+import { ReplicationHealth } from "../../src/gen/qreplica/v1/control.js";
+import { makeTmpDir } from "../helpers/tmpDir.js";
+import { runCli, waitFor } from "../helpers/processes.js";
+import { setupTwoSites, type TwoSites } from "../helpers/twoSites.js";
+import { CrashGuest, guestDisks, logTail, startGuestAgent, type AgentVm } from "../helpers/crashGuest.js";
+import { ledgerEvents } from "../helpers/resyncChecks.js";
+import { readFileSync } from "node:fs";
+
+const MiB = 1024 * 1024;
+let env: TwoSites | undefined;
+let guest: CrashGuest | undefined;
+let cleanup: (() => void) | undefined;
+afterEach(async () => {
+  await env?.stopAll();
+  await guest?.crash();
+  if (!process.env.QR_KEEP) cleanup?.();
+  env = undefined;
+  guest = undefined;
+});
+
+async function cliJson<T>(args: string[]): Promise<T> {
+  const r = await runCli([...args, "--json"]);
+  if (r.code !== 0) throw new Error(`qreplica ${args.join(" ")} failed (${r.code}): ${r.stderr}${r.stdout}`);
+  return JSON.parse(r.stdout) as T;
+}
+
+const storageVm = (t: TwoSites): AgentVm => ({ qmpSocketPath: t.vm.qmpSocketPath, nbdSocketPath: t.vm.nbdSocketPath, disks: [{ id: "vda", node: "node-vda" }] });
+
+async function replicating(opts: { resync?: "manual" }): Promise<{ t: TwoSites; diag: () => string }> {
+  const tmp = makeTmpDir("qr-control-");
+  cleanup = tmp.cleanup;
+  env = await setupTwoSites(tmp.path, { diskBytes: 64 * MiB, intervalSeconds: 1 });
+  const t = env;
+  await t.startSite(t.siteB);
+  await t.vm.guestWrite("vda", ["write -P 0x11 0 4M"]);
+  startGuestAgent(t, storageVm(t), { intervalSeconds: 1, resync: opts.resync });
+  const diag = () => `\n--- agent ---\n${logTail(join(t.dir, "crash-agent.log"))}\n--- site-b ---\n${logTail(join(t.siteB, "site.log"))}`;
+  await waitFor("two points", async () => ((await t.relationship()).points.length >= 2 ? true : undefined), 90_000).catch((e: Error) => {
+    throw new Error(e.message + diag());
+  });
+  return { t, diag };
+}
+
+async function expectPointAfterEqualsPrimary(t: TwoSites, after: number, diag: () => string): Promise<void> {
+  const point = await waitFor("a point cut after the writes", async () => (await t.relationship()).points.find((p) => Date.parse(p.cutoffAt) > after), 120_000).catch((e: Error) => {
+    throw new Error(e.message + diag());
+  });
+  const cmp = await compareImages(point.disks[0]!.imagePath, t.vm.guestUri("vda"), { formatA: "qcow2", formatB: "raw" });
+  expect(cmp.detail).toMatch(/identical/i);
+}
+
+const agentLogHas = (t: TwoSites, text: string) => () => (readFileSync(join(t.dir, "crash-agent.log"), "utf8").includes(text) ? true : undefined);
+
+describe("operator control of replication (CLI, real processes)", { timeout: 300_000 }, () => {
+  it("resync: manual waits for `qreplica resync`, which the connected agent runs at once", async () => {
+    const { t, diag } = await replicating({ resync: "manual" });
+    await t.vm.guestWrite("vda", ["write -P 0x22 10M 1M"]);
+    await t.vm.proc.kill("SIGKILL");
+    rmSync(t.vm.qmpSocketPath, { force: true });
+    rmSync(t.vm.nbdSocketPath, { force: true });
+    await t.vm.restart();
+
+    await waitFor("resync-required", async () => ((await t.relationship()).state === "resync-required" ? true : undefined), 120_000).catch((e: Error) => {
+      throw new Error(e.message + diag());
+    });
+    await waitFor("the agent waiting for an operator", agentLogHas(t, "waiting for an operator"), 60_000);
+    const status = await cliJson<{ relationships: Array<{ state: number; health: number; healthMessage: string }> }>(["status", "vm1", "--dir", t.siteB]);
+    expect(status.relationships[0]!.health).toBe(ReplicationHealth.REPLICATION_HEALTH_CRITICAL);
+    expect(status.relationships[0]!.healthMessage).toMatch(/^resync required: vda: BITMAP_MISSING/);
+    const events = await cliJson<Array<{ type: string; data: { reason?: string } }>>(["events", "vm1", "--dir", t.siteB, "--limit", "1000"]);
+    expect(events.find((e) => e.type === "ResyncRequired")?.data.reason).toMatch(/^vda: BITMAP_MISSING/);
+    // Manual: nothing started on its own.
+    expect((await ledgerEvents(t.siteB)).some((e) => e.type === "ResyncStarted")).toBe(false);
+
+    const r = await cliJson<{ state: string; agentNotified: boolean }>(["resync", "vm1", "--dir", t.siteB]);
+    expect(r).toEqual({ state: "resync-required", agentNotified: true });
+    await waitFor("the resync committed", async () => ((await ledgerEvents(t.siteB)).some((e) => e.type === "ResyncCompleted") ? true : undefined), 120_000).catch((e: Error) => {
+      throw new Error(e.message + diag());
+    });
+    const state = await t.relationship();
+    expect(state.state).toBe("replicating");
+    const cmp = await compareImages(state.points.at(-1)!.disks[0]!.imagePath, t.vm.guestUri("vda"), { formatA: "qcow2", formatB: "raw" });
+    expect(cmp.detail).toMatch(/identical/i);
+  });
+
+  it("pause and resume through the CLI: no cycle while paused, no change lost", async () => {
+    const { t, diag } = await replicating({});
+    const paused = await cliJson<{ state: string; agentNotified: boolean }>(["pause", "vm1", "--dir", t.siteB, "--reason", "WAN maintenance"]);
+    expect(paused).toEqual({ state: "paused", agentNotified: true });
+    await waitFor("the agent pausing", agentLogHas(t, "replication paused by an operator"), 30_000);
+    const pausedAt = Date.now();
+    await t.vm.guestWrite("vda", ["write -P 0x33 20M 2M", "write -z 1M 64k"]);
+    const status = await cliJson<{ relationships: Array<{ health: number; healthMessage: string }> }>(["status", "vm1", "--dir", t.siteB]);
+    expect(status.relationships[0]!.healthMessage).toBe("replication is paused: WAN maintenance");
+    // Several of the agent's 1 s intervals pass: a paused agent sends nothing the site would refuse.
+    await waitFor("three cycle intervals", () => (Date.now() > pausedAt + 3_000 ? true : undefined), 10_000);
+    const resumed = await cliJson<{ state: string; agentNotified: boolean }>(["resume", "vm1", "--dir", t.siteB]);
+    expect(resumed).toEqual({ state: "replicating", agentNotified: true });
+    await expectPointAfterEqualsPrimary(t, pausedAt, diag);
+
+    const events = await ledgerEvents(t.siteB);
+    const from = events.findIndex((e) => e.type === "ReplicationPaused");
+    const to = events.findIndex((e) => e.type === "ReplicationResumed");
+    expect(events.slice(from, to).filter((e) => e.type === "CycleCommitted" || e.type === "CycleFailed")).toEqual([]);
+    expect(events[from]!.metadata).toMatchObject({ actor: "site-b", actorRole: "operator" });
+    expect((events[from]!.data as { reason: string }).reason).toBe("WAN maintenance");
+  });
+
+  it("an agent that lost its state directory is recognised as the current primary: no fencing, a resync", async () => {
+    const tmp = makeTmpDir("qr-lost-state-");
+    cleanup = tmp.cleanup;
+    env = await setupTwoSites(tmp.path, { diskBytes: 16 * MiB, intervalSeconds: 1 });
+    const t = env;
+    guest = await CrashGuest.create(join(t.dir, "guest"));
+    const g = guest;
+    await t.startSite(t.siteB);
+    const stateDir = join(t.dir, "agent-state-lost");
+    const agent = startGuestAgent(t, guestDisks(g), { intervalSeconds: 1, stateDir });
+    const diag = () => `\n--- agent ---\n${logTail(join(t.dir, "crash-agent.log"))}\n--- site-b ---\n${logTail(join(t.siteB, "site.log"))}`;
+    await waitFor("two points", async () => ((await t.relationship()).points.length >= 2 ? true : undefined), 120_000).catch((e: Error) => {
+      throw new Error(e.message + diag());
+    });
+    await agent.kill("SIGTERM");
+    const eventsBefore = (await ledgerEvents(t.siteB)).length;
+    rmSync(stateDir, { recursive: true, force: true });
+    startGuestAgent(t, guestDisks(g), { intervalSeconds: 1, stateDir });
+
+    await waitFor("a resync after the lost state", async () => ((await ledgerEvents(t.siteB)).slice(eventsBefore).some((e) => e.type === "ResyncCompleted") ? true : undefined), 120_000).catch((e: Error) => {
+      throw new Error(e.message + diag());
+    });
+    const events = (await ledgerEvents(t.siteB)).slice(eventsBefore);
+    expect(events.some((e) => e.type === "StaleGenerationRefused")).toBe(false);
+    expect(events.find((e) => e.type === "GenerationAcknowledged")?.data).toMatchObject({ presentedGeneration: 0, generation: 1 });
+    expect((events.find((e) => e.type === "ResyncRequired")?.data as { reason: string }).reason).toMatch(/^vda: NOT_ENABLED/);
+    // The healthy VM was not fenced: its vCPUs still run.
+    expect(await g.execute("query-status")).toMatchObject({ status: "running" });
+
+    // Replication goes on: with the guest paused, the next point equals its disk.
+    await g.execute("stop");
+    const stoppedAt = Date.now();
+    const point = await waitFor("a point after the guest stopped", async () => (await t.relationship()).points.find((p) => Date.parse(p.cutoffAt) > stoppedAt), 60_000);
+    const cmp = await compareImages(point.disks[0]!.imagePath, g.diskPath, { formatA: "qcow2", formatB: "qcow2" });
+    expect(cmp.detail).toMatch(/identical/i);
+  });
+});
