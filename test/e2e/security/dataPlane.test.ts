@@ -106,9 +106,9 @@ describe("stale generations (invariant 3: the generation fences an old primary)"
     expect((await initialCycle(c, { vmId: VM, generation: 1, seq: 1, disk })).cycleSequence).toBe(1n);
     expect((await site.relationship(VM)).generation).toBe(1);
 
-    // New streams presenting generation 0 (a primary that never saw the HelloAck) and 7 (a
-    // generation from somewhere else) are refused, and each refusal is on record.
-    for (const presented of [0, 7]) {
+    // A new stream presenting generation 7 (a generation from somewhere else) is refused, and the
+    // refusal is on record. (Generation 0 from this primary is recognised: see the end of this test.)
+    for (const presented of [7]) {
       const before = (await site.events(VM)).length;
       const s = site.open();
       await s.send(msg.hello({ vmId: VM, generation: presented, disks: [disk.spec] }));
@@ -161,6 +161,16 @@ describe("stale generations (invariant 3: the generation fences an old primary)"
     expect((await disk.compareWithPoint(final.points[1]!.disks[0]!.imagePath, join(site.tmp, "gen.raw"))).detail).toMatch(/identical/i);
     expect(site.storageFiles(VM, "vda").filter((f) => f.endsWith(".partial"))).toEqual([]);
     expect((await c.finish()).code).toBe(status.OK);
+
+    // Generation 0 from the relationship's own primary with no failover in between (its agent
+    // lost its state, or never saw the HelloAck) is not stale: it is told the current generation.
+    const lost = site.open();
+    const beforeLost = (await site.events(VM)).length;
+    expect((await lost.hello({ vmId: VM, generation: 0, disks: [disk.spec] })).generation).toBe(1n);
+    const acknowledged = (await site.events(VM)).slice(beforeLost);
+    expect(acknowledged.map((e) => e.type)).toEqual(["GenerationAcknowledged"]);
+    expect(acknowledged[0]!.data).toEqual({ peerIdentity: "agent-a", presentedGeneration: 0, generation: 1 });
+    expect((await lost.finish()).code).toBe(status.OK);
   });
 });
 
