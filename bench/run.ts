@@ -3,12 +3,14 @@ import { Command } from "commander";
 import { captureRead } from "./captureRead.js";
 import { e2eThroughput } from "./e2eThroughput.js";
 import { agentPeakRss } from "./agentPeakRss.js";
+import { resync } from "./resync.js";
 import { formatResult, type BenchResult, type Benchmark } from "./report.js";
 
 const benchmarks: Record<string, Benchmark> = {
   "capture-read": captureRead,
   "e2e-throughput": e2eThroughput,
   "agent-peak-rss": agentPeakRss,
+  resync,
 };
 
 const program = new Command()

@@ -13,29 +13,38 @@ export function resyncChunkBytes(diskBytes: number): number {
   return chunk;
 }
 
+/** One READ covers this many chunks: 64 KiB requests cost the storage daemon more than the hashing. */
+const CHUNKS_PER_READ = 16;
+const READS_IN_FLIGHT = 8;
+
 /**
- * SHA-256 of every fixed-size chunk of an image, read through the site's storage daemon
- * (read-only, shared lock), for resynchronisation by comparison.
+ * SHA-256 of every fixed-size chunk of an image read through its backing chain (so a point's top
+ * overlay gives the point's full content), through the site's storage daemon (read-only, shared
+ * lock), for resynchronisation by comparison.
  */
 export async function* chunkHashes(daemon: SiteStorageDaemon, imagePath: string, chunkBytes = RESYNC_CHUNK_BYTES): AsyncGenerator<Buffer> {
   const node = `seed${createHash("sha256").update(imagePath).digest("hex").slice(0, 20)}`;
+  // The backing chain opens from the image's own header (relative names resolve beside it).
   await daemon.qmp.execute("blockdev-add", { driver: "qcow2", "node-name": node, "read-only": true, file: { driver: "file", filename: imagePath, "read-only": true } });
   try {
     await daemon.qmp.execute("block-export-add", { type: "nbd", id: node, "node-name": node, name: node, writable: false });
     const client = await NbdClient.connect({ socketPath: daemon.nbdSocketPath, exportName: node });
     try {
+      const readBytes = chunkBytes * CHUNKS_PER_READ;
       const inFlight: Array<Promise<Buffer>> = [];
       let next = 0;
       const issue = () => {
         const offset = next;
-        next += chunkBytes;
-        inFlight.push(client.read(offset, Math.min(chunkBytes, client.size - offset)).then((b) => createHash("sha256").update(b).digest()));
+        next += readBytes;
+        const read = client.read(offset, Math.min(readBytes, client.size - offset));
+        read.catch(() => undefined);
+        inFlight.push(read);
       };
-      while (next < client.size && inFlight.length < 32) issue();
+      while (next < client.size && inFlight.length < READS_IN_FLIGHT) issue();
       while (inFlight.length > 0) {
-        const hash = await inFlight.shift()!;
+        const buf = await inFlight.shift()!;
         if (next < client.size) issue();
-        yield hash;
+        for (let at = 0; at < buf.length; at += chunkBytes) yield createHash("sha256").update(buf.subarray(at, Math.min(at + chunkBytes, buf.length))).digest();
       }
     } finally {
       await client.disconnect();

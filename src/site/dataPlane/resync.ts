@@ -19,6 +19,8 @@ export async function sendSeedHashes(
   cycle: { vmId: string; generation: number; seq: number; disks: Array<{ diskId: string; sizeBytes: number }> },
 ): Promise<void> {
   const seeds = await ctx.relationships.comparisonImages(cycle.vmId);
+  const started = Date.now();
+  let hashedBytes = 0;
   for (const { diskId, sizeBytes } of cycle.disks) {
     const chunkBytes = resyncChunkBytes(sizeBytes);
     const seed = seeds.find((s) => s.diskId === diskId);
@@ -36,12 +38,14 @@ export async function sendSeedHashes(
     };
     if (seed) {
       for await (const h of ctx.storage.seedChunkHashes(seed.imagePath, chunkBytes)) {
+        hashedBytes += chunkBytes;
         batch.push(h);
         if (batch.length === HASHES_PER_MESSAGE) await flush(false);
       }
     }
     await flush(true);
   }
+  ctx.logger.info({ vm: cycle.vmId, seq: cycle.seq, hashedBytes, ms: Date.now() - started, images: seeds.map((s) => s.imagePath) }, "resync: replica chunk hashes sent");
 }
 
 /** The agent validated the spec against its config; here it is only carried as a JSON object. */
