@@ -141,6 +141,9 @@ export class VmReplicator {
     let next = ack.hint;
     let planned: PlannedFailoverRequested | undefined;
     void responses.plannedFailover.then((r) => (planned = r));
+    // QEMU gone (crashed or stopped) or the stream broken: reconnect now, not at the next cycle.
+    const broken = Promise.race([responses.failed, qmp.closed.then(() => Promise.reject(new Error("QEMU's QMP monitor closed (QEMU exited?)")))]);
+    broken.catch(() => undefined);
     const cycle = async (c: CaptureCycle, resync: boolean) => {
       const o = { vmId: this.vm.id, compressionLevel: this.vm.compressionLevel, checksum: this.chunkChecksum, logger: this.logger, resync };
       await sendCycle(stream, responses, c, ack.generation, o);
@@ -164,45 +167,44 @@ export class VmReplicator {
       }
       if (next === ResumeHint.RESUME_HINT_WAIT_FOR_OPERATOR) {
         this.status = "waiting-for-operator";
-        await Promise.race([responses.noticeArrived(), responses.plannedFailover, responses.failed, this.stoppedSignal()]);
+        await Promise.race([responses.noticeArrived(), responses.plannedFailover, broken, this.stoppedSignal()]);
         continue;
       }
-      if (next === ResumeHint.RESUME_HINT_RESYNC) {
-        this.status = "resynchronising";
+      if (next === ResumeHint.RESUME_HINT_RESYNC || next === ResumeHint.RESUME_HINT_INITIAL_REPLICATION) {
+        const resync = next === ResumeHint.RESUME_HINT_RESYNC;
+        this.status = resync ? "resynchronising" : "initial-replication";
         // A new bitmap in the same transaction as the cut-off: every later write is tracked.
-        await cycle(await capture.enable({ minSeq: ack.lastCycleSeq + 1 }), true);
+        await cycle(await capture.enable({ minSeq: ack.lastCycleSeq + 1 }), resync);
         tracking = true;
         next = ResumeHint.RESUME_HINT_INCREMENTAL;
         this.status = "replicating";
-        continue;
-      }
-      if (next === ResumeHint.RESUME_HINT_INITIAL_REPLICATION) {
-        this.status = "initial-replication";
-        await cycle(await capture.enable({ minSeq: ack.lastCycleSeq + 1 }), false);
-        tracking = true;
-        next = ResumeHint.RESUME_HINT_INCREMENTAL;
+      } else {
+        // Incremental cycles need the bitmap; without it the site must hear of the loss in a Hello.
+        if (!tracking) throw new Error("change tracking was lost and the replica site expects incremental cycles: reconnecting to report it");
         this.status = "replicating";
-        continue;
+        await this.incremental(qmp, () => capture.beginCycle().then((c) => cycle(c, false)));
       }
-      // Incremental cycles need the bitmap; without it the site must hear of the loss in a Hello.
-      if (!tracking) throw new Error("change tracking was lost and the replica site expects incremental cycles: reconnecting to report it");
-      this.status = "replicating";
-      try {
-        await cycle(await capture.beginCycle(), false);
-      } catch (err) {
-        if (!(err instanceof CycleRefusedError)) throw err;
-        if (err.reason === RejectReason.REJECT_REASON_STALE_GENERATION) {
-          this.status = "refused-stale";
-          await this.fence(qmp);
-          throw err;
-        }
-        // The site refused this cycle (e.g. a corrupted chunk, or a pause raced it): its changes are kept.
-        this.lastError = err.message;
-        this.logger.warn({ vm: this.vm.id, err: err.message }, "cycle refused by the replica site; retrying");
-      }
-      await Promise.race([this.pause(this.vm.intervalSeconds * 1000), responses.plannedFailover, responses.noticeArrived()]);
+      await Promise.race([this.pause(this.vm.intervalSeconds * 1000), responses.plannedFailover, responses.noticeArrived(), broken]);
     }
   }
+
+  /** One incremental cycle; a refusal keeps its changes for the next one, a stale generation fences. */
+  private async incremental(qmp: QmpClient, run: () => Promise<void>): Promise<void> {
+    try {
+      await run();
+    } catch (err) {
+      if (!(err instanceof CycleRefusedError)) throw err;
+      if (err.reason === RejectReason.REJECT_REASON_STALE_GENERATION) {
+        this.status = "refused-stale";
+        await this.fence(qmp);
+        throw err;
+      }
+      // The site refused this cycle (e.g. a corrupted chunk, or a pause raced it): its changes are kept.
+      this.lastError = err.message;
+      this.logger.warn({ vm: this.vm.id, err: err.message }, "cycle refused by the replica site; retrying");
+    }
+  }
+
 
   private stoppedSignal(): Promise<void> {
     return new Promise((resolve) => {
