@@ -11,7 +11,7 @@ export interface ResyncStats {
 
 /** One READ covers this many chunks: 64 KiB requests cost QEMU's NBD server more than the hashing. */
 const CHUNKS_PER_READ = 16;
-const READS_IN_FLIGHT = 8;
+const READS_IN_FLIGHT = 16;
 
 interface DiskHashes {
   chunkBytes: number;
@@ -93,7 +93,9 @@ export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashe
   const size = disk.sizeAtCutoff;
   const readBytes = chunkBytes * CHUNKS_PER_READ;
   const zero = Buffer.alloc(chunkBytes);
-  const pending: Array<{ offset: number; data: Promise<Buffer> }> = [];
+  const pending: Array<{ offset: number; data: Promise<Buffer>; into: Buffer }> = [];
+  // Read buffers go round: fresh 1 MiB allocations per read cost more in GC than the hashing.
+  const free: Buffer[] = [];
   let next = 0;
   let turn = 0;
   const issue = () => {
@@ -101,15 +103,15 @@ export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashe
     const length = Math.min(readBytes, size - offset);
     next += length;
     const client = disk.clients[turn++ % disk.clients.length]!;
-    const data = client.read(offset, length);
+    const into = free.pop() ?? Buffer.allocUnsafeSlow(readBytes);
+    const data = client.read(offset, length, into);
     data.catch(() => undefined);
-    pending.push({ offset, data });
+    pending.push({ offset, data, into });
   };
   while (next < size && pending.length < READS_IN_FLIGHT) issue();
   while (pending.length > 0) {
-    const { offset, data } = pending.shift()!;
+    const { offset, data, into } = pending[0]!;
     const buf = await data;
-    if (next < size) issue();
     stats.comparedBytes += buf.length;
     for (let at = 0; at < buf.length; at += chunkBytes) {
       const chunk = buf.subarray(at, Math.min(at + chunkBytes, buf.length));
@@ -117,8 +119,11 @@ export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashe
       const theirs = await replica.hashAt(disk.diskId, chunkOffset / chunkBytes);
       if (theirs && createHash("sha256").update(chunk).digest().equals(theirs)) continue;
       stats.differingBytes += chunk.length;
-      // A copy: the read buffer stays referenced by the chunks still to compare.
+      // A copy: the read buffer is reused for a later read.
       yield chunk.equals(zero.subarray(0, chunk.length)) ? { kind: "zero", offset: chunkOffset, length: chunk.length } : { kind: "data", offset: chunkOffset, length: chunk.length, data: Buffer.from(chunk) };
     }
+    pending.shift();
+    free.push(into);
+    if (next < size) issue();
   }
 }
