@@ -25,13 +25,21 @@ export class GuestIoVm {
     this.exited = new Promise((resolve) => child.once("exit", () => resolve()));
   }
 
-  static async start(opts: SystemVmOptions): Promise<GuestIoVm> {
+  /**
+   * `testMonitorSocket`: a second QMP monitor for the test's own commands, leaving the main one
+   * (`qmpSocketPath`) to an agent process.
+   */
+  static async start(opts: SystemVmOptions, testMonitorSocket?: string): Promise<GuestIoVm> {
     rmSync(opts.qmpSocketPath, { force: true });
-    const child = spawn("stdbuf", ["-oL", "qemu-system-x86_64", ...systemVmArgs(opts)], { stdio: ["ignore", "pipe", "pipe"] });
+    const extra = testMonitorSocket ? ["-chardev", `socket,id=test-qmp,path=${testMonitorSocket},server=on,wait=off`, "-mon", "chardev=test-qmp,mode=control"] : [];
+    if (testMonitorSocket) rmSync(testMonitorSocket, { force: true });
+    const args = systemVmArgs({ ...opts, extraArgs: [...(opts.extraArgs ?? []), ...extra] });
+    const child = spawn("stdbuf", ["-oL", "qemu-system-x86_64", ...args], { stdio: ["ignore", "pipe", "pipe"] });
     let stderr = "";
     child.stderr?.on("data", (c: Buffer) => (stderr += c.toString("utf8")));
-    await waitFor(`QMP socket of qemu-system-x86_64 (${stderr})`, () => (existsSync(opts.qmpSocketPath) ? true : child.exitCode !== null ? Promise.reject(new Error(`qemu exited: ${stderr}`)) : undefined), 30_000, 20);
-    const qmp = await QmpClient.connect({ socketPath: opts.qmpSocketPath });
+    const socket = testMonitorSocket ?? opts.qmpSocketPath;
+    await waitFor(`QMP socket of qemu-system-x86_64`, () => (existsSync(socket) && existsSync(opts.qmpSocketPath) ? true : child.exitCode !== null ? Promise.reject(new Error(`qemu exited: ${stderr}`)) : undefined), 30_000, 20);
+    const qmp = await QmpClient.connect({ socketPath: socket });
     return new GuestIoVm(child, qmp);
   }
 
