@@ -243,4 +243,39 @@ describe("guest-safe cut-offs on a running qemu-system-x86_64 VM (TCG)", () => {
     const cmp = await compareImages(replica, disk, { formatA: "raw", formatB: "qcow2" });
     expect(cmp.detail).toMatch(/identical/i);
   }, 240_000);
+
+  it("one cut-off covers both disks of a two-disk VM: one pause, both points byte-identical at the cut-off", async () => {
+    const tmp = makeTmpDir();
+    cleanups.push(tmp.cleanup);
+    const size = 32 * MiB;
+    const ids = ["vda", "vdb"] as const;
+    const paths = ids.map((id) => join(tmp.path, `${id}.qcow2`));
+    for (const p of paths) await createImage(p, size);
+    const vm = await GuestIoVm.start({ qmpSocketPath: join(tmp.path, "qmp.sock"), disks: ids.map((id, i) => ({ nodeName: id, path: paths[i]! })), accel: "tcg" });
+    cleanups.push(() => vm.kill());
+    const qdev = (id: string) => `/machine/peripheral/${id}-dev/virtio-backend`;
+    const models = ids.map(() => new DiskModel(size));
+    const write = async (i: number, pattern: number, offset: number, length: number) => {
+      await vm.write(qdev(ids[i]!), pattern, offset, length);
+      models[i]!.write(pattern, offset, length);
+    };
+    const capture = await VmCapture.open({ vmId: "gs4", qmp: vm.qmp, disks: ids.map((id) => ({ id, node: id })), stateDir: join(tmp.path, "state"), nbdSocketPath: join(tmp.path, "nbd.sock") });
+    const replicas = ids.map((id) => join(tmp.path, `${id}.replica.raw`));
+
+    await write(0, 0x31, 0, 2 * MiB);
+    await write(1, 0x41, 3 * MiB, 2 * MiB);
+    for (const kind of ["full", "incremental"] as const) {
+      const cycle = kind === "full" ? await capture.enable() : await capture.beginCycle();
+      const atCutoff = models.map((m) => m.snapshot());
+      await write(0, 0x32, 1 * MiB, 2 * MiB);
+      await write(1, 0x42, 4 * MiB, 2 * MiB);
+      for (const [i, d] of cycle.disks.entries()) await applyExtentsToRaw(replicas[i]!, size, d.extents());
+      await cycle.confirm();
+      console.log(`two-disk cut-off (${kind}): vCPU pause ${cycle.vcpuPauseMs?.toFixed(1)} ms`);
+      expect(cycle.vcpuPauseMs!).toBeLessThan(MAX_VCPU_PAUSE_MS);
+      for (const i of [0, 1]) expect(await rawEquals(replicas[i]!, atCutoff[i]!)).toBe(true);
+    }
+    const blocks = await vm.qmp.execute<Array<{ qdev?: string; inserted?: { "node-name"?: string } }>>("query-block");
+    expect(ids.map((id) => blocks.find((b) => b.qdev === qdev(id))?.inserted?.["node-name"])).toEqual([...ids]);
+  }, 240_000);
 });
