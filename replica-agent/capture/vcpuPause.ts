@@ -23,7 +23,13 @@ export async function withVcpusPaused<T>(qmp: QmpClient, marker: PauseMarker, lo
   const status = await qmp.execute<{ status: string; running: boolean }>("query-status");
   if (!status.running) return { result: await fn(), pausedMs: undefined };
   marker.set();
-  await qmp.execute("stop");
+  try {
+    await qmp.execute("stop");
+  } catch (err) {
+    // Not paused by us: a later start must not resume a VM someone else paused.
+    marker.clear();
+    throw err;
+  }
   const stoppedAt = process.hrtime.bigint();
   let result: T;
   try {

@@ -278,4 +278,38 @@ describe("guest-safe cut-offs on a running qemu-system-x86_64 VM (TCG)", () => {
     const blocks = await vm.qmp.execute<Array<{ qdev?: string; inserted?: { "node-name"?: string } }>>("query-block");
     expect(ids.map((id) => blocks.find((b) => b.qdev === qdev(id))?.inserted?.["node-name"])).toEqual([...ids]);
   }, 240_000);
+
+  it("a step failing inside the cut-off pause still resumes the guest and changes nothing", async () => {
+    const tmp = makeTmpDir();
+    cleanups.push(tmp.cleanup);
+    const size = 16 * MiB;
+    const { vm, disk } = await startRunningVm(tmp.path, size);
+    const capture = await VmCapture.open({ vmId: "gs5", qmp: vm.qmp, disks: [{ id: "vda", node: "vda" }], stateDir: join(tmp.path, "state"), nbdSocketPath: join(tmp.path, "nbd.sock") });
+    const replica = join(tmp.path, "replica.raw");
+    await vm.write(QDEV, 0x51, 0, 1 * MiB);
+    const full = await capture.enable();
+    await applyExtentsToRaw(replica, size, full.disks[0]!.extents());
+    await full.confirm();
+    await vm.write(QDEV, 0x52, 2 * MiB, 1 * MiB);
+    const bitmapsBefore = namedBitmaps((await queryNamedBlockNodes(vm.qmp)).find((n) => n["node-name"] === "vda")!).map((b) => [b.name, b.recording, b.count]);
+
+    // A node already holding the filter's name makes its blockdev-add fail, with the vCPUs stopped.
+    await vm.qmp.execute("blockdev-add", { driver: "null-co", "node-name": "qreplica-cbw-vda", size });
+    const failed = await capture.beginCycle().catch((e: unknown) => e);
+    expect(failed).toBeInstanceOf(Error);
+    expect((failed as Error).message).toMatch(/qreplica-cbw-vda/);
+    expect((await vm.qmp.execute<{ status: string }>("query-status")).status).toBe("running");
+    expect(await deviceNode(vm)).toBe("vda");
+    expect(await ourNodes(vm)).toEqual([]);
+    expect(namedBitmaps((await queryNamedBlockNodes(vm.qmp)).find((n) => n["node-name"] === "vda")!).map((b) => [b.name, b.recording, b.count])).toEqual(bitmapsBefore);
+    expect(JSON.parse(readFileSync(join(tmp.path, "state", "gs5.capture.json"), "utf8")).cutoffPauseStartedAt).toBeUndefined();
+
+    // The next cycle carries the change.
+    const next = await capture.beginCycle();
+    await applyExtentsToRaw(replica, size, next.disks[0]!.extents());
+    await next.confirm();
+    await vm.quit();
+    const cmp = await compareImages(replica, disk, { formatA: "raw", formatB: "qcow2" });
+    expect(cmp.detail).toMatch(/identical/i);
+  }, 240_000);
 });
