@@ -7,6 +7,12 @@ import { addScratchNode, deviceOnNode, insertCbwFilter, scratchImagePath, type G
 import { teardownDisk } from "./teardown.js";
 import { withVcpusPaused, type PauseMarker } from "./vcpuPause.js";
 
+/**
+ * Deadline of each QMP step while the vCPUs are stopped: the pause stays bounded even if QEMU
+ * stalls (the monitor connection is then dropped and the guest resumed over a new one).
+ */
+const PAUSED_STEP_TIMEOUT_MS = 10_000;
+
 export interface CutoffDisk {
   id: string;
   node: string;
@@ -84,9 +90,10 @@ export async function takeCutoff(req: CutoffRequest): Promise<TakenCutoff> {
             // readable everywhere, so base:allocation still skips holes and zeroes.
             bitmap: kind === "incremental" ? { node: d.node, name: bitmapName(seq - 1) } : undefined,
             cbwTimeoutSeconds: req.cbwTimeoutSeconds,
+            stepTimeoutMs: PAUSED_STEP_TIMEOUT_MS,
           });
         }
-        await qmp.execute("transaction", { actions });
+        await qmp.execute("transaction", { actions }, { timeoutMs: PAUSED_STEP_TIMEOUT_MS });
         rotated = true;
         return new Date();
       });

@@ -57,8 +57,9 @@ export async function addScratchNode(qmp: QmpClient, opts: { diskId: string; ima
  */
 export async function insertCbwFilter(
   qmp: QmpClient,
-  opts: { diskId: string; diskNode: string; device: GuestDevice; bitmap?: { node: string; name: string }; cbwTimeoutSeconds: number },
+  opts: { diskId: string; diskNode: string; device: GuestDevice; bitmap?: { node: string; name: string }; cbwTimeoutSeconds: number; stepTimeoutMs: number },
 ): Promise<void> {
+  const timeout = { timeoutMs: opts.stepTimeoutMs };
   await qmp.execute("blockdev-add", {
     driver: "copy-before-write",
     "node-name": cbwNodeName(opts.diskId),
@@ -68,8 +69,8 @@ export async function insertCbwFilter(
     "cbw-timeout": opts.cbwTimeoutSeconds,
     // Only the cycle's changed blocks are read, so only they need their old data preserved.
     ...(opts.bitmap ? { bitmap: opts.bitmap } : {}),
-  });
-  await qmp.execute("qom-set", { path: opts.device.qdev, property: "drive", value: cbwNodeName(opts.diskId) });
+  }, timeout);
+  await qmp.execute("qom-set", { path: opts.device.qdev, property: "drive", value: cbwNodeName(opts.diskId) }, timeout);
 }
 
 export async function addSnapshotAccess(qmp: QmpClient, diskId: string): Promise<string> {
