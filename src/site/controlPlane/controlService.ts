@@ -184,9 +184,10 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
         endReached: events.length < limit,
       };
     }),
-    pauseReplication: notYet("PauseReplication"),
-    resumeReplication: notYet("ResumeReplication"),
-    resync: notYet("Resync"),
+    // Guarded already, so an agent is refused even before these exist (replicationCommands.ts wires them).
+    pauseReplication: guarded("operator", notYet("PauseReplication")),
+    resumeReplication: guarded("operator", notYet("ResumeReplication")),
+    resync: guarded("operator", notYet("Resync")),
     listAuthorizations: guarded("viewer", () => listAuthorizations(ctx)),
     addAuthorization: guarded("admin", (req, caller) => addAuthorization(ctx, req, caller)),
     removeAuthorization: guarded("admin", (req, caller) => removeAuthorization(ctx, req, caller)),
@@ -197,8 +198,8 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
 }
 
 /** An RPC of the contract whose handler this site does not have yet. */
-function notYet(name: string): grpc.handleUnaryCall<unknown, never> {
-  return (_call, callback) => callback({ code: grpc.status.UNIMPLEMENTED, details: `${name} is not implemented by this site yet` });
+function notYet(name: string): () => Promise<never> {
+  return () => Promise.reject(Object.assign(new Error(`${name} is not implemented by this site yet`), { grpcCode: grpc.status.UNIMPLEMENTED }));
 }
 
 /** Refusals by the relationship's state are the operator's to resolve, not server faults. */
