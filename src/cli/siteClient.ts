@@ -50,8 +50,9 @@ export function controlCredentialFiles(opts: SiteTargetOptions): { caFile: strin
  * certificate from a site directory on this host; otherwise `--site host:port` with `--ca/--cert/--key`.
  */
 export function controlClient(opts: SiteTargetOptions): ControlServiceClient {
-  const address = opts.site ?? (opts.dir ? readAddress(opts.dir) : undefined);
+  // The site directory is checked first: "not a site" says more than "not running".
   const files = controlCredentialFiles(opts);
+  const address = opts.site ?? (opts.dir ? readAddress(opts.dir) : undefined);
   if (!address || !files) throw new Error("which site? pass --dir SITE_DIR, or --site HOST:PORT with --ca, --cert and --key");
   return new ControlServiceClient(address, channelCredentials(loadSiteCredentials(files)), grpcChannelOptions);
 }
