@@ -165,6 +165,9 @@ export async function importLegacyAuthorizations(dir: string, authz: SiteAuthori
     }
     checkPrimaryIdentity(identity);
   }
+  if (parsed.some((e: unknown) => typeof e === "object" && e !== null && "storageRoot" in e)) {
+    logger.warn({ file: path }, "storageRoot in authorizations.json is not imported: every replica is stored under the site's storageRoot (site.json)");
+  }
   const importer: Caller = { identity: `${siteId} (imported ${path})`, role: "admin" };
   for (const identity of identities as string[]) await authz.add(identity, importer);
   const done = `${path}.imported`;
