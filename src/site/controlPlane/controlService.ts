@@ -11,6 +11,7 @@ import {
 import { RecoveryPointsProjection, StatusProjection, executeCommand, prepareFailover, relationshipStream, startReverseReplication, type JsonObject, type VmStatus } from "../../ledger/index.js";
 import { join } from "node:path";
 import { loadSiteCredentials } from "../../transport/index.js";
+import { checkPrimaryIdentity } from "../authorizations.js";
 import { loadSiteConfig, runDir } from "../siteConfig.js";
 import { actorMetadata } from "./caller.js";
 import { guardedWith } from "./guard.js";
@@ -124,8 +125,7 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
     completeFailover: guarded("operator", async (req, caller) => ({ droppedRecoveryPointIds: await ctx.serializer.run(req.vmId, () => failovers.complete(req.vmId, caller)) })),
     cancelFailover: guarded("operator", async (req, caller) => ({ state: await failovers.cancel(req.vmId, caller) })),
     prepareReverseReplication: guarded("operator", async (req, caller) => {
-      // The new primary's own identity, never a wildcard, recorded in the ledger with the operator who asked.
-      await ctx.authorizations.add(req.primaryIdentity, caller);
+      checkPrimaryIdentity(req.primaryIdentity);
       const state = await ctx.relationships.prepareReverse(caller, {
         vmId: req.vmId,
         generation: Number(req.generation),
@@ -135,6 +135,9 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
         seeds: req.seeds.map((s) => ({ diskId: s.diskId, imagePath: s.imagePath })),
         vmSpec: req.vmSpecJson ? (JSON.parse(req.vmSpecJson) as JsonObject) : undefined,
       });
+      // The new primary's own identity, never a wildcard, recorded with the operator who asked;
+      // only once the relationship is ready for it, so a refused reverse authorizes nobody.
+      await ctx.authorizations.add(req.primaryIdentity, caller);
       return { state: state.state };
     }),
     startReverseReplication: guarded("operator", async (req, caller) => {
