@@ -229,6 +229,9 @@ describe("the CLI presents the site's admin certificate with --dir, or a persona
     const add = await runCli(["authorize", "--dir", site.env.siteB, "--primary", "agent-y", "--json"]);
     expect(add.code).toBe(0);
     expect((JSON.parse(add.stdout) as Array<{ primaryIdentity: string; addedBy: string }>).find((e) => e.primaryIdentity === "agent-y")?.addedBy).toBe("site-b-admin");
+    const un = await runCli(["unauthorize", "--dir", site.env.siteB, "--primary", "agent-y", "--json"]);
+    expect(un.code).toBe(0);
+    expect((JSON.parse(un.stdout) as Array<{ primaryIdentity: string }>).map((e) => e.primaryIdentity)).not.toContain("agent-y");
     const wild = await runCli(["authorize", "--dir", site.env.siteB, "--primary", "*"]);
     expect(wild.code).toBe(1);
     expect(wild.stderr).toContain("is a wildcard");
