@@ -22,12 +22,14 @@ import {
   vmIdOfStream,
   type CycleKind,
   type Decide,
+  type ExecuteCommandOptions,
   type JsonObject,
   type EventStore,
   type RelationshipState,
 } from "../ledger/index.js";
 import type { PointWrite, ReplicaStorage } from "../storage/index.js";
 import { imageInfo } from "../qemu/processes/index.js";
+import { actorMetadata, type Caller } from "./controlPlane/caller.js";
 
 /** A request the relationship's state forbids, mapped to the data plane's reject reason. */
 export class RelationshipRefusal extends QreplicaError {
@@ -88,7 +90,7 @@ export class Relationships {
    * Reverse replication, on the old primary's site: the VM's new primary replicates here at the
    * generation of the failover, onto the old disks (seeds) so that only differing chunks travel.
    */
-  async prepareReverse(input: { vmId: string; generation: number; primarySiteId: string; primaryIdentity: string; disks: Array<{ diskId: string; sizeBytes: number }>; seeds: Array<{ diskId: string; imagePath: string }>; vmSpec?: JsonObject }): Promise<RelationshipState> {
+  async prepareReverse(caller: Caller, input: { vmId: string; generation: number; primarySiteId: string; primaryIdentity: string; disks: Array<{ diskId: string; sizeBytes: number }>; seeds: Array<{ diskId: string; imagePath: string }>; vmSpec?: JsonObject }): Promise<RelationshipState> {
     for (const seed of input.seeds) {
       if (!existsSync(seed.imagePath)) throw new RelationshipRefusal(RejectReason.REJECT_REASON_INVALID_STATE, `seed image ${seed.imagePath} for disk ${seed.diskId} does not exist`);
     }
@@ -108,6 +110,7 @@ export class Relationships {
           retention: { maxPoints: this.site.defaultMaxPoints },
           generation: input.generation,
         }),
+        { metadata: actorMetadata(caller) },
       )
     ).newState;
   }
@@ -316,9 +319,9 @@ export class Relationships {
     this.logger.info({ vm: state.vmId, dropped: oldest.pointId, base: into.pointId }, "oldest recovery point merged into the base");
   }
 
-  private async exec(vmId: string, decide: Decide) {
+  private async exec(vmId: string, decide: Decide, opts: ExecuteCommandOptions = {}) {
     try {
-      return await executeCommand(this.store, vmId, decide);
+      return await executeCommand(this.store, vmId, decide, opts);
     } catch (err) {
       if (err instanceof StaleGenerationError) throw new RelationshipRefusal(RejectReason.REJECT_REASON_STALE_GENERATION, err.message, err.currentGeneration, { cause: err });
       if (err instanceof OutOfOrderCycleError) throw new RelationshipRefusal(RejectReason.REJECT_REASON_OUT_OF_ORDER, err.message, undefined, { cause: err });

@@ -19,17 +19,12 @@ export interface SiteConfig {
   accel: "auto" | "kvm" | "tcg";
 }
 
-/** Which primaries may replicate to this site, as Hyper-V Replica's authorization entries. */
-export interface AuthorizationEntry {
-  /** The primary's certificate identity (subject CN). `*` allows any certificate of the site's CA. */
-  primaryIdentity: string;
-  trustGroup: string;
-  /** Storage root for this primary's VMs; the site default when absent. */
-  storageRoot?: string;
-}
-
 export const siteFile = (dir: string) => join(dir, "site.json");
+/** Where authorization entries lived before the ledger held them; imported once at start (authorizations.ts). */
 export const authorizationsFile = (dir: string) => join(dir, "authorizations.json");
+/** Files `tls/admin.crt` and `tls/admin.key`: the site's local admin identity (role admin), made by `site init`. */
+export const ADMIN_CERT_NAME = "admin";
+export const adminCredentialFiles = (dir: string) => ({ certFile: join(dir, "tls", `${ADMIN_CERT_NAME}.crt`), keyFile: join(dir, "tls", `${ADMIN_CERT_NAME}.key`) });
 export const runDir = (dir: string) => join(dir, "run");
 export const addressFile = (dir: string) => join(runDir(dir), "site.address");
 
@@ -68,30 +63,6 @@ function parseAccel(v: unknown, path: string): "auto" | "kvm" | "tcg" {
 export function saveSiteConfig(dir: string, config: SiteConfig): void {
   mkdirSync(dir, { recursive: true });
   writeJsonAtomic(siteFile(dir), config);
-}
-
-/** Read at every new connection, so `qreplica authorize` takes effect without a restart. */
-export function loadAuthorizations(dir: string): AuthorizationEntry[] {
-  const path = authorizationsFile(dir);
-  if (!existsSync(path)) return [];
-  try {
-    const parsed = JSON.parse(readFileSync(path, "utf8")) as unknown;
-    if (!Array.isArray(parsed)) throw new Error("expected a JSON array");
-    return parsed.filter((e): e is AuthorizationEntry => typeof e === "object" && e !== null && typeof (e as AuthorizationEntry).primaryIdentity === "string");
-  } catch (err) {
-    throw new SiteConfigError(path, "is not a valid authorization list (fix or remove it, then 'qreplica authorize' again)", { cause: err });
-  }
-}
-
-export function addAuthorization(dir: string, entry: AuthorizationEntry): AuthorizationEntry[] {
-  const entries = loadAuthorizations(dir).filter((e) => e.primaryIdentity !== entry.primaryIdentity);
-  entries.push(entry);
-  writeJsonAtomic(authorizationsFile(dir), entries);
-  return entries;
-}
-
-export function findAuthorization(entries: AuthorizationEntry[], identity: string): AuthorizationEntry | undefined {
-  return entries.find((e) => e.primaryIdentity === identity) ?? entries.find((e) => e.primaryIdentity === "*");
 }
 
 function writeJsonAtomic(path: string, value: unknown): void {

@@ -11,6 +11,7 @@ import { ReplicateSession } from "./dataPlane/replicateSession.js";
 import { Relationships } from "./relationships.js";
 import { FailoverService } from "./failover/failoverService.js";
 import { SiteContext } from "./siteContext.js";
+import { importLegacyAuthorizations, SiteAuthorizations } from "./authorizations.js";
 import { addressFile, loadSiteConfig, runDir } from "./siteConfig.js";
 
 function readPreviousAddress(dir: string): string | undefined {
@@ -42,6 +43,11 @@ export async function startSite(dir: string, logger: Logger): Promise<RunningSit
   const creds = loadSiteCredentials({ caFile: config.caFile, certFile: config.certFile, keyFile: config.keyFile }, { logger });
   const log = logger.child({ site: config.siteId });
   const store = getSqliteEventStore({ path: config.ledgerPath });
+  // Before anything starts, so a refused wildcard leaves nothing running.
+  await importLegacyAuthorizations(dir, new SiteAuthorizations(store), config.siteId, log).catch(async (err: unknown) => {
+    await store.close();
+    throw err;
+  });
   const daemon = await SiteStorageDaemon.start(runDir(dir), log);
   const storage = new ReplicaStorage(config.storageRoot, daemon, log);
   const relationships = new Relationships(store, storage, { siteId: config.siteId, defaultMaxPoints: config.defaultMaxPoints }, log);

@@ -5,7 +5,7 @@ import { getSqliteEventStore, loadRelationship, type RelationshipState } from ".
 import { startStorageDaemonVm, startSystemVm, type QemuProcess, type StorageDaemonVm } from "../../src/qemu/processes/index.js";
 import { makeCounterDisk } from "../../guest/index.js";
 import { killRecordedVms } from "../../src/site/failover/failoverService.js";
-import { addressFile } from "../../src/site/siteConfig.js";
+import { addressFile, adminCredentialFiles } from "../../src/site/siteConfig.js";
 import { AGENT, CLI, runCli, startDaemon, waitFor, type Daemon } from "./processes.js";
 
 /** The counter guest (a boot sector that counts on its disk) running in qemu-system-x86_64 on site A. */
@@ -29,6 +29,8 @@ export interface TwoSites {
   startSite(siteDir: string): Promise<Daemon>;
   startAgent(): Daemon;
   relationship(vmId?: string, siteDir?: string): Promise<RelationshipState>;
+  /** A site's local admin certificate (tls/admin.crt, role admin): what the CLI presents with --dir. */
+  admin(siteDir: string): { caFile: string; certFile: string; keyFile: string };
   stopAll(): Promise<void>;
 }
 
@@ -111,6 +113,9 @@ export async function setupTwoSites(dir: string, opts: { diskBytes: number; inte
       const d = startDaemon(AGENT, ["--config", agentConfig], join(dir, "agent.log"));
       daemons.push(d);
       return d;
+    },
+    admin(siteDir) {
+      return { caFile: join(siteDir, "tls", "ca.crt"), ...adminCredentialFiles(siteDir) };
     },
     async relationship(vmId = "vm1", siteDir = siteB) {
       if (!existsSync(join(siteDir, "ledger.sqlite"))) return (await import("../../src/ledger/index.js")).initialRelationshipState(vmId);

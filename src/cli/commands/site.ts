@@ -2,7 +2,7 @@ import { copyFileSync, existsSync, mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Command } from "commander";
 import { createLogger } from "../../common/logger.js";
-import { saveSiteConfig, siteFile } from "../../site/siteConfig.js";
+import { ADMIN_CERT_NAME, saveSiteConfig, siteFile } from "../../site/siteConfig.js";
 import { startSite } from "../../site/siteServer.js";
 import { issueCertificate } from "../../transport/index.js";
 import { emit, fail } from "../output.js";
@@ -24,7 +24,11 @@ export function registerSite(program: Command): void {
         const dir = resolve(o.dir);
         if (existsSync(siteFile(dir))) throw new Error(`${siteFile(dir)} exists already: this directory is a site`);
         mkdirSync(join(dir, "tls"), { recursive: true });
-        const issued = await issueCertificate({ caDir: o.caDir, name: o.name, dir: join(dir, "tls"), sans: ["localhost", "127.0.0.1"] });
+        // The site's own identity is an agent's: it replicates (reverse agents) and serves, and
+        // must not be able to fail anything over if its key leaks from the data plane.
+        const issued = await issueCertificate({ caDir: o.caDir, name: o.name, dir: join(dir, "tls"), sans: ["localhost", "127.0.0.1"], role: "agent" });
+        // The local admin: what the CLI presents with --dir on this host (see siteClient.ts).
+        await issueCertificate({ caDir: o.caDir, name: `${o.name}-admin`, dir: join(dir, "tls"), role: "admin", fileName: ADMIN_CERT_NAME });
         copyFileSync(join(o.caDir, "ca.crt"), join(dir, "tls", "ca.crt"));
         const config = {
           siteId: o.name,

@@ -82,8 +82,16 @@ export function registerStatus(program: Command): void {
         const res = await unary(client, client.listEvents, { vmId: vm, fromPosition: o.from, limit: o.limit });
         emit(o.json, res.events.map((e) => ({ ...e, data: JSON.parse(e.dataJson) as unknown, dataJson: undefined })), () =>
           formatTable(
-            ["#", "time", "stream", "event", "data"],
-            res.events.map((e) => [vm ? Number(e.streamVersion) : Number(e.globalPosition), e.recordedAt?.toISOString() ?? "", e.stream, e.type, e.dataJson.length > 100 ? e.dataJson.slice(0, 97) + "..." : e.dataJson]),
+            ["#", "time", "stream", "event", "actor", "data"],
+            res.events.map((e) => [
+              vm ? Number(e.streamVersion) : Number(e.globalPosition),
+              e.recordedAt?.toISOString() ?? "",
+              e.stream,
+              e.type,
+              // Who caused it: the caller of a control command; "-" for the site's own work (cycles, merges).
+              e.actor ? `${e.actor} (${e.actorRole})` : "-",
+              e.dataJson.length > 100 ? e.dataJson.slice(0, 97) + "..." : e.dataJson,
+            ]),
           ),
         );
         client.close();

@@ -20,7 +20,6 @@ import {
 import { KNOWN_CHECKSUMS, peerIdentity, writeWithBackpressure } from "../../transport/index.js";
 import { MAX_CHUNK_BYTES, OpenCycle } from "./openCycle.js";
 import { parseVmSpec, sendSeedHashes } from "./resync.js";
-import { findAuthorization, loadAuthorizations } from "../siteConfig.js";
 import type { SiteContext } from "../siteContext.js";
 import { RelationshipRefusal } from "../relationships.js";
 
@@ -171,7 +170,7 @@ export class ReplicateSession {
     if (hello.protocolVersion !== PROTOCOL_VERSION) {
       return refuse(RejectReason.REJECT_REASON_UNSUPPORTED_PROTOCOL_VERSION, `protocol version ${hello.protocolVersion} is not supported (this site speaks ${PROTOCOL_VERSION}); upgrade the agent or the site`, grpc.status.FAILED_PRECONDITION);
     }
-    const authorization = findAuthorization(loadAuthorizations(this.ctx.dir), identity);
+    const authorization = await this.ctx.authorizations.find(identity);
     if (!authorization) {
       return refuse(
         RejectReason.REJECT_REASON_UNAUTHORIZED,

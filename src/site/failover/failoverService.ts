@@ -17,6 +17,10 @@ import {
 } from "../../ledger/index.js";
 import { createThrowawayOverlay, launchVm, type LaunchedVm } from "../launcher/index.js";
 import { launchSpecOf } from "./defaultSpec.js";
+import { actorMetadata, type Caller } from "../controlPlane/caller.js";
+
+/** The ledger metadata of a command: who asked for it (none for the site's own housekeeping). */
+const by = (caller: Caller | undefined) => (caller ? { metadata: actorMetadata(caller) } : {});
 
 export interface LaunchedInfo {
   name: string;
@@ -53,10 +57,10 @@ export class FailoverService {
     private readonly logger: Logger,
   ) {}
 
-  async startTest(vmId: string, pointId: string | undefined): Promise<{ testId: string; pointId: string; vm: LaunchedInfo }> {
+  async startTest(vmId: string, pointId: string | undefined, caller?: Caller): Promise<{ testId: string; pointId: string; vm: LaunchedInfo }> {
     const started = performance.now();
     const testId = `t${Date.now().toString(36)}`;
-    const { newState } = await executeCommand(this.store, vmId, (s) => startTestFailover(s, { testId, pointId, startedAt: new Date().toISOString() }));
+    const { newState } = await executeCommand(this.store, vmId, (s) => startTestFailover(s, { testId, pointId, startedAt: new Date().toISOString() }), by(caller));
     const test = newState.testFailovers[testId];
     const point = newState.points.find((p) => p.pointId === test?.pointId);
     if (!test || !point) throw new FailoverRefusedError(`VM ${vmId}: test ${testId} was not recorded`);
@@ -65,17 +69,17 @@ export class FailoverService {
       const running = await this.launchOn(point, newState, dir, `test-${vmId}-${testId}`);
       this.tests.set(`${vmId}/${testId}`, running);
       const timeToRunningMs = Math.round(performance.now() - started);
-      await executeCommand(this.store, vmId, (s) => recordTestFailoverRunning(s, { testId, runningAt: running.vm.runningAt.toISOString(), timeToRunningMs }));
+      await executeCommand(this.store, vmId, (s) => recordTestFailoverRunning(s, { testId, runningAt: running.vm.runningAt.toISOString(), timeToRunningMs }), by(caller));
       this.logger.info({ vm: vmId, testId, point: point.pointId, timeToRunningMs }, "test failover running");
       return { testId, pointId: point.pointId, vm: info(running, timeToRunningMs) };
     } catch (err) {
       rmSync(dir, { recursive: true, force: true });
-      await executeCommand(this.store, vmId, (s) => stopTestFailover(s, { testId, stoppedAt: new Date().toISOString() })).catch(() => undefined);
+      await executeCommand(this.store, vmId, (s) => stopTestFailover(s, { testId, stoppedAt: new Date().toISOString() }), by(caller)).catch(() => undefined);
       throw err;
     }
   }
 
-  async stopTests(vmId: string, testId: string | undefined): Promise<string[]> {
+  async stopTests(vmId: string, testId: string | undefined, caller?: Caller): Promise<string[]> {
     const { state } = await loadRelationship(this.store, vmId);
     const ids = testId ? [testId] : Object.keys(state.testFailovers);
     if (testId && !state.testFailovers[testId]) {
@@ -87,14 +91,14 @@ export class FailoverService {
       this.tests.delete(`${vmId}/${id}`);
       // Everything the test VM wrote is discarded with its overlays.
       rmSync(join(this.runDir, "tests", vmId, id), { recursive: true, force: true });
-      await executeCommand(this.store, vmId, (s) => stopTestFailover(s, { testId: id, stoppedAt: new Date().toISOString() }));
+      await executeCommand(this.store, vmId, (s) => stopTestFailover(s, { testId: id, stoppedAt: new Date().toISOString() }), by(caller));
     }
     return ids;
   }
 
-  async failover(vmId: string, kind: FailoverKind, pointId: string | undefined, startVm: boolean): Promise<{ pointId: string; generation: number; vm?: LaunchedInfo }> {
+  async failover(vmId: string, kind: FailoverKind, pointId: string | undefined, startVm: boolean, caller?: Caller): Promise<{ pointId: string; generation: number; vm?: LaunchedInfo }> {
     const started = performance.now();
-    const { newState } = await executeCommand(this.store, vmId, (s) => failover(s, { kind, pointId }));
+    const { newState } = await executeCommand(this.store, vmId, (s) => failover(s, { kind, pointId }), by(caller));
     const chosen = newState.failover?.pointId;
     const point = newState.points.find((p) => p.pointId === chosen);
     if (!point) throw new FailoverRefusedError(`VM ${vmId}: failover recorded without a point`);
@@ -117,17 +121,17 @@ export class FailoverService {
     return { qmpSocket: running.vm.qmpSocketPath };
   }
 
-  async cancel(vmId: string): Promise<string> {
+  async cancel(vmId: string, caller?: Caller): Promise<string> {
     const running = this.failedOver.get(vmId);
     await running?.vm.stop({ timeoutMs: 5_000 });
     this.failedOver.delete(vmId);
     rmSync(join(this.runDir, "failover", vmId), { recursive: true, force: true });
-    const { newState } = await executeCommand(this.store, vmId, (s) => cancelFailover(s));
+    const { newState } = await executeCommand(this.store, vmId, (s) => cancelFailover(s), by(caller));
     return newState.state;
   }
 
-  async complete(vmId: string): Promise<string[]> {
-    const { events } = await executeCommand(this.store, vmId, (s) => completeFailover(s));
+  async complete(vmId: string, caller?: Caller): Promise<string[]> {
+    const { events } = await executeCommand(this.store, vmId, (s) => completeFailover(s), by(caller));
     const done = events.find((e) => e.type === "FailoverCompleted");
     if (!done || done.type !== "FailoverCompleted") return [];
     // Points after the failed-over one are no longer anybody's backing file.
