@@ -65,7 +65,7 @@ export function registerAuthorize(program: Command): void {
       try {
         const entries = await viaSite(
           o,
-          (c) => unary(c, c.addAuthorization, { primaryIdentity: o.primary, trustGroup: "", storageRoot: "" }),
+          (c) => unary(c, c.addAuthorization, { primaryIdentity: o.primary }),
           (a) => a.add(o.primary, localAdminCaller()),
         );
         emit(o.json, entries, () => show(entries));

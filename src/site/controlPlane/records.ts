@@ -33,20 +33,14 @@ export function toLedgerEvent(e: RecordedEvent): LedgerEvent {
 const invalid = (message: string) => Object.assign(new Error(message), { grpcCode: grpc.status.INVALID_ARGUMENT });
 
 function toWireEntries(entries: AuthorizationEntry[]): AuthorizationsResponse {
-  return { entries: entries.map((e) => ({ primaryIdentity: e.primaryIdentity, trustGroup: "", storageRoot: "", addedBy: e.addedBy, addedAt: new Date(e.addedAt) })) };
+  return { entries: entries.map((e) => ({ primaryIdentity: e.primaryIdentity, addedBy: e.addedBy, addedAt: new Date(e.addedAt) })) };
 }
 
 export async function listAuthorizations(ctx: SiteContext): Promise<AuthorizationsResponse> {
   return toWireEntries(await ctx.authorizations.list());
 }
 
-/**
- * Trust groups and per-entry storage roots are gone (every replica lives under the site's
- * storageRoot): a request that sets one is refused rather than silently ignored.
- */
 export async function addAuthorization(ctx: SiteContext, req: AddAuthorizationRequest, caller: Caller): Promise<AuthorizationsResponse> {
-  if (req.storageRoot) throw new AuthorizationInvalidError(`storage root '${req.storageRoot}': per-primary storage roots are not supported; every replica is stored under the site's storageRoot (site.json)`);
-  if (req.trustGroup) throw new AuthorizationInvalidError(`trust group '${req.trustGroup}': trust groups are not supported; authorize each primary identity on its own`);
   return toWireEntries(await ctx.authorizations.add(req.primaryIdentity, caller));
 }
 

@@ -108,7 +108,7 @@ describe("a viewer reads and is refused every command", () => {
       call(v, v.completeFailover, { vmId: "vm-view" }),
       call(v, v.stopTestFailover, { vmId: "vm-view", testId: "" }),
       call(v, v.appendRunbookEvents, { runId: "r1", events: [{ type: "RunbookRunStarted", dataJson: "{}" }], expectedVersion: -1n }),
-      call(v, v.addAuthorization, { primaryIdentity: "agent-x", trustGroup: "", storageRoot: "" }),
+      call(v, v.addAuthorization, { primaryIdentity: "agent-x" }),
     ];
     for (const p of commands) {
       expect((await refusal(p)).code).toBe(status.PERMISSION_DENIED);
@@ -141,7 +141,7 @@ describe("an operator runs commands, each recorded with the operator, and is ref
   it("is refused adding or removing authorization entries, naming admin", async () => {
     const o = as(ids.operator);
     const before = (await authorizationEvents()).length;
-    const add = await refusal(call(o, o.addAuthorization, { primaryIdentity: "agent-x", trustGroup: "", storageRoot: "" }));
+    const add = await refusal(call(o, o.addAuthorization, { primaryIdentity: "agent-x" }));
     expect(add.code).toBe(status.PERMISSION_DENIED);
     expect(add.details).toContain("'otto-operator' (role operator) may not call AddAuthorization: AddAuthorization needs role admin");
     expect((await refusal(call(o, o.removeAuthorization, { primaryIdentity: "agent-a" }))).code).toBe(status.PERMISSION_DENIED);
@@ -183,7 +183,7 @@ describe("an operator runs commands, each recorded with the operator, and is ref
 describe("an admin manages authorization entries, in the ledger, effective at once", () => {
   it("adds agent-x (its Hello is accepted without a restart), removes it (refused again); both recorded with the admin", async () => {
     const adm = as(ids.admin);
-    const added = await call(adm, adm.addAuthorization, { primaryIdentity: "agent-x", trustGroup: "", storageRoot: "" });
+    const added = await call(adm, adm.addAuthorization, { primaryIdentity: "agent-x" });
     expect(added.entries.find((e) => e.primaryIdentity === "agent-x")?.addedBy).toBe("ada-admin");
 
     const x = site.open(fileCredentials(ids.agentX));
@@ -206,18 +206,15 @@ describe("an admin manages authorization entries, in the ledger, effective at on
     expect(events[1]!.previousHash).toBe(events[0]!.hash);
   });
 
-  it("refuses wildcards, unknown entries, trust groups and storage roots with the fix", async () => {
+  it("refuses wildcards and unknown entries with the fix", async () => {
     const adm = as(ids.admin);
     for (const identity of ["*", "agent-*"]) {
-      const e = await refusal(call(adm, adm.addAuthorization, { primaryIdentity: identity, trustGroup: "", storageRoot: "" }));
+      const e = await refusal(call(adm, adm.addAuthorization, { primaryIdentity: identity }));
       expect(e.code).toBe(status.INVALID_ARGUMENT);
       expect(e.details).toContain("wildcard");
       expect(e.details).toContain("qreplica authorize --dir SITE_DIR --primary");
     }
     expect((await refusal(call(adm, adm.removeAuthorization, { primaryIdentity: "nobody" }))).code).toBe(status.NOT_FOUND);
-    expect((await refusal(call(adm, adm.addAuthorization, { primaryIdentity: "agent-q", trustGroup: "g1", storageRoot: "" }))).details).toContain("trust groups are not supported");
-    expect((await refusal(call(adm, adm.addAuthorization, { primaryIdentity: "agent-q", trustGroup: "", storageRoot: "/srv/x" }))).details).toContain("per-primary storage roots are not supported");
-    expect((await call(adm, adm.listAuthorizations, {})).entries.map((e) => e.primaryIdentity)).not.toContain("agent-q");
   });
 });
 
