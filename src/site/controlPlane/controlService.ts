@@ -10,10 +10,9 @@ import {
   type RelationshipStatus,
 } from "../../gen/qreplica/v1/control.js";
 import { RecoveryPointsProjection, StatusProjection, executeCommand, prepareFailover, relationshipStream, startReverseReplication, type JsonObject, type VmStatus } from "../../ledger/index.js";
-import { join } from "node:path";
 import { loadSiteCredentials, peerIdentity } from "../../transport/index.js";
-import { addAuthorization, loadSiteConfig, runDir } from "../siteConfig.js";
-import { startReverseAgent } from "../failover/reverseAgent.js";
+import { addAuthorization, loadSiteConfig } from "../siteConfig.js";
+import { checkRequestIds } from "./requestIds.js";
 import type { SiteContext } from "../siteContext.js";
 import type { LaunchedInfo } from "../failover/failoverService.js";
 
@@ -49,7 +48,7 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
         callback({ code: grpc.status.UNAUTHENTICATED, details: errorMessage(err) });
         return;
       }
-      fn(call.request).then(
+      Promise.resolve(call.request).then((req) => (checkRequestIds(req), fn(req))).then(
         (res) => callback(null, res),
         (err: unknown) => callback({ code: grpcCodeOf(err), details: errorMessage(err) }),
       );
@@ -147,13 +146,13 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
       const identity = loadSiteCredentials({ caFile: config.caFile, certFile: config.certFile, keyFile: config.keyFile }).identity.commonName;
       const { newState } = await executeCommand(ctx.store, req.vmId, (s) => startReverseReplication(s, { newPrimarySiteId: ctx.siteId, newPrimaryIdentity: identity }));
       const { qmpSocket } = await failovers.releaseFailedOverVm(req.vmId);
-      const pid = startReverseAgent({
-        dir: join(runDir(ctx.dir), "reverse", req.vmId),
+      const { pid } = failovers.startReverseAgent({
         siteId: ctx.siteId,
         vmId: req.vmId,
         qmpSocket,
         disks: newState.disks,
         replicaAddress: req.replicaAddress,
+        replicaSiteId: newState.replicaSiteId ?? "",
         tls: { caFile: config.caFile, certFile: config.certFile, keyFile: config.keyFile },
         vmSpec: newState.vmSpec,
         intervalSeconds: 2,
