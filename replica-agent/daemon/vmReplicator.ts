@@ -364,7 +364,7 @@ export class VmReplicator {
   }
 
   private saveState(state: VmReplicationState): void {
-    writeFileSync(`${this.stateFile}.tmp`, JSON.stringify(state));
+    writeFileSync(`${this.stateFile}.tmp`, JSON.stringify(state), { mode: 0o600 });
     renameSync(`${this.stateFile}.tmp`, this.stateFile);
   }
 
