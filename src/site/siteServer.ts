@@ -5,7 +5,7 @@ import { ControlServiceService } from "../gen/qreplica/v1/control.js";
 import { ReplicationServiceService, type ReplicationServiceServer } from "../gen/qreplica/v1/replication.js";
 import { getSqliteEventStore, type EventStore } from "../ledger/index.js";
 import { ReplicaStorage, SiteStorageDaemon } from "../storage/index.js";
-import { grpcServerOptions, loadSiteCredentials, serverCredentials, widenServerFlowControl } from "../transport/index.js";
+import { grpcServerOptions, loadSiteCredentials, serverCredentials, widenServerFlowControl, type SiteCredentials } from "../transport/index.js";
 import { controlService } from "./controlPlane/controlService.js";
 import { ReplicateSession } from "./dataPlane/replicateSession.js";
 import { Relationships } from "./relationships.js";
@@ -66,16 +66,18 @@ export async function startSite(dir: string, logger: Logger): Promise<RunningSit
   const config = loadSiteConfig(dir);
   const creds = loadSiteCredentials({ caFile: config.caFile, certFile: config.certFile, keyFile: config.keyFile }, { logger });
   const lock = lockSiteDirectory(dir, runDir(dir));
-  const cleanups: Array<() => Promise<void> | void> = [() => lock.release()];
+  // What a failed start has opened so far, undone newest first, the lock last.
+  const cleanups: Array<() => Promise<void> | void> = [];
   try {
-    return await serve(dir, config, creds, logger, cleanups);
+    return await serve(dir, config, creds, logger, lock, cleanups);
   } catch (err) {
     for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => undefined);
+    lock.release();
     throw err;
   }
 }
 
-async function serve(dir: string, config: SiteConfig, creds: ReturnType<typeof loadSiteCredentials>, logger: Logger, cleanups: Array<() => Promise<void> | void>): Promise<RunningSite> {
+async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, logger: Logger, lock: SiteLock, cleanups: Array<() => Promise<void> | void>): Promise<RunningSite> {
   const log = logger.child({ site: config.siteId });
   mkdirSync(config.storageRoot, { recursive: true, mode: 0o700 });
   const store = openLedger(config.ledgerPath);
@@ -86,6 +88,7 @@ async function serve(dir: string, config: SiteConfig, creds: ReturnType<typeof l
   const relationships = new Relationships(store, storage, { siteId: config.siteId, defaultMaxPoints: config.defaultMaxPoints }, log);
   const vmIds = await relationships.recover();
   const failovers = new FailoverService(store, runDir(dir), config.accel, log);
+  cleanups.push(() => failovers.detach());
   await failovers.recover(vmIds);
   const context = new SiteContext(config.siteId, dir, store, storage, relationships, failovers, log);
 
@@ -130,7 +133,7 @@ async function serve(dir: string, config: SiteConfig, creds: ReturnType<typeof l
       await daemon.stop();
       await store.close();
       // Last: until here a second site on this directory would have fought this one.
-      cleanups[0]!();
+      lock.release();
     },
   };
 }

@@ -69,6 +69,11 @@ export interface SpawnQemuOptions {
    * site's storage daemon, which holds the image locks of every replica chain.
    */
   dieWithParent?: boolean;
+  /**
+   * Its own session and process group (setsid): signals meant for its owner's group, such as a
+   * Ctrl-C in the owner's terminal, do not reach it. For processes that must outlive their owner.
+   */
+  ownSession?: boolean;
 }
 
 const SETPRIV = "/usr/bin/setpriv";
@@ -81,9 +86,8 @@ export async function spawnQemu(tool: string, args: readonly string[], readyPath
     throw new QemuToolError(tool, args, `${SETPRIV} is missing: install util-linux (it makes ${tool} die with its owner)`);
   }
   // setpriv execs the tool in place, so the pid is QEMU's own.
-  const child = options.dieWithParent
-    ? spawn(SETPRIV, ["--pdeathsig", "SIGKILL", "--", tool, ...args], { stdio: ["ignore", "ignore", "pipe"] })
-    : spawn(tool, args, { stdio: ["ignore", "ignore", "pipe"] });
+  const spawnOptions = { stdio: ["ignore", "ignore", "pipe"] as ["ignore", "ignore", "pipe"], detached: options.ownSession === true };
+  const child = options.dieWithParent ? spawn(SETPRIV, ["--pdeathsig", "SIGKILL", "--", tool, ...args], spawnOptions) : spawn(tool, args, spawnOptions);
   const proc = new QemuProcess(tool, args, child);
   const spawnError = new Promise<Error>((resolve) =>
     child.once("error", (e: NodeJS.ErrnoException) =>

@@ -123,7 +123,8 @@ export class FailoverService {
     if (!point) throw new FailoverRefusedError(`VM ${vmId}: failover recorded without a point`);
     if (!startVm) return { pointId: point.pointId, generation: newState.generation };
     const dir = join(this.runDir, "failover", vmId, `g${newState.generation}`);
-    const running = await this.launchOn(point, newState, dir, vmId);
+    // Production from here on: it outlives the site (which adopts it again when it restarts).
+    const running = await this.launchOn(point, newState, dir, vmId, true);
     const vm: FailoverVm = { name: running.vm.name, pid: running.vm.proc.pid, qmpSocketPath: running.vm.qmpSocketPath, serialLogPath: running.vm.serialLogPath, overlays: running.overlays, launched: running.vm, released: false };
     this.failedOver.set(vmId, vm);
     writeVmRecord(dir, vm);
@@ -221,7 +222,7 @@ export class FailoverService {
     if (vm.released) this.reverseAgents.adoptOrRestart(vmId);
   }
 
-  private async launchOn(point: RecoveryPoint, state: { vmId: string; disks: readonly { diskId: string }[] } & Parameters<typeof launchSpecOf>[0], dir: string, name: string): Promise<Running> {
+  private async launchOn(point: RecoveryPoint, state: { vmId: string; disks: readonly { diskId: string }[] } & Parameters<typeof launchSpecOf>[0], dir: string, name: string, ownSession = false): Promise<Running> {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     const overlays: string[] = [];
     const diskImages: Record<string, string> = {};
@@ -231,7 +232,7 @@ export class FailoverService {
       overlays.push(path);
       diskImages[d.diskId] = path;
     }
-    const vm = await launchVm({ spec: launchSpecOf(state), diskImages, runDir: dir, name, network: "isolated", logger: this.logger, accel: this.accel });
+    const vm = await launchVm({ spec: launchSpecOf(state), diskImages, runDir: dir, name, network: "isolated", logger: this.logger, accel: this.accel, ownSession });
     writeFileSync(join(dir, "qemu.pid"), String(vm.proc.pid), { mode: 0o600 });
     return { vm, overlays };
   }

@@ -46,6 +46,7 @@ interface Supervised {
   child?: ChildProcess;
   poll?: NodeJS.Timeout;
   backoffMs: number;
+  startedAt: number;
   restartTimer?: NodeJS.Timeout;
 }
 
@@ -89,7 +90,7 @@ export class ReverseAgents {
     if (!existsSync(configFile)) return undefined;
     const info: ReverseAgentInfo = { pid: readPid(join(dir, "agent.pid")) ?? -1, logFile: join(dir, "agent.log"), configFile };
     if (info.pid > 1 && this.isOurAgent(info.pid, configFile)) {
-      const s: Supervised = { vmId, info, backoffMs: RESTART_MIN_MS };
+      const s: Supervised = { vmId, info, backoffMs: RESTART_MIN_MS, startedAt: Date.now() };
       this.agents.set(vmId, s);
       this.pollAdopted(s);
       this.logger.info({ vm: vmId, pid: info.pid, log: info.logFile }, "reverse replication agent adopted: it ran on through the site restart");
@@ -115,7 +116,7 @@ export class ReverseAgents {
     const pid = child.pid ?? -1;
     writeFileSync(join(dir, "agent.pid"), String(pid), { mode: 0o600 });
     const previous = this.agents.get(vmId);
-    const s: Supervised = { vmId, info: { ...info, pid }, child, backoffMs: previous?.backoffMs ?? RESTART_MIN_MS };
+    const s: Supervised = { vmId, info: { ...info, pid }, child, backoffMs: previous?.backoffMs ?? RESTART_MIN_MS, startedAt: Date.now() };
     this.agents.set(vmId, s);
     child.once("exit", (code, signal) => this.onExit(s, code, signal));
     this.logger.info({ vm: vmId, pid, log: info.logFile }, "reverse replication agent started");
@@ -143,6 +144,8 @@ export class ReverseAgents {
   }
 
   private scheduleRestart(s: Supervised, why: string): void {
+    // An agent that ran well for a while failed afresh: no need to wait long before the next try.
+    if (Date.now() - s.startedAt > RESTART_MAX_MS * 2) s.backoffMs = RESTART_MIN_MS;
     this.logger.warn({ vm: s.vmId, pid: s.info.pid, log: s.info.logFile, restartInMs: s.backoffMs }, `reverse replication agent ${why}; restarting it`);
     s.restartTimer = setTimeout(() => {
       if (this.detached || this.agents.get(s.vmId) !== s) return;

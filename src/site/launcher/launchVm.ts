@@ -25,6 +25,8 @@ export interface LaunchVmOptions {
   accel?: "auto" | "kvm" | "tcg";
   /** How long QEMU may take to open its monitor and report `running` (default 30 s). */
   startTimeoutMs?: number;
+  /** Its own process group, out of reach of signals to the launcher's (a failover VM is production). */
+  ownSession?: boolean;
 }
 
 export interface StopResult {
@@ -118,7 +120,7 @@ export async function launchVm(opts: LaunchVmOptions): Promise<LaunchedVm> {
   const startedAt = new Date();
   let proc: QemuProcess;
   try {
-    proc = await spawnQemu("qemu-system-x86_64", args, [qmpSocketPath], startTimeoutMs);
+    proc = await spawnQemu("qemu-system-x86_64", args, [qmpSocketPath], startTimeoutMs, { ownSession: opts.ownSession === true });
   } catch (err) {
     throw new VmLaunchError(name, (err as Error).message, { cause: err });
   }
