@@ -15,6 +15,11 @@ export interface VmCaptureState {
   version: 1;
   vmId: string;
   disks: Record<string, DiskCaptureState>;
+  /**
+   * Set while the agent holds the guest's vCPUs stopped for a cut-off: if the agent dies inside
+   * that window, its next start finds the mark and resumes the guest it paused.
+   */
+  cutoffPauseStartedAt?: string;
 }
 
 /**

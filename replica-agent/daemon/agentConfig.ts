@@ -13,6 +13,11 @@ export interface AgentVmConfig {
   nbdSocket: string;
   guestAgentSocket?: string;
   disks: Array<{ id: string; node: string }>;
+  /**
+   * Where cut-offs keep the old data the guest overwrites while a cycle is read (default
+   * `<stateDir>/scratch`). Fast local storage with room for what the guest may rewrite in a cycle.
+   */
+  scratchDir?: string;
   /** host:port of the replica site's gRPC endpoint. */
   replicaSite: string;
   /**
@@ -81,6 +86,7 @@ export function loadAgentConfig(path: string): AgentConfig {
         const disk = asObject(d, path, `${where}.disks[${j}]`);
         return { id: id("disk id", disk.id, path, `${where}.disks[${j}].id`), node: str(disk.node, path, `${where}.disks[${j}].node`) };
       }),
+      scratchDir: vm.scratchDir === undefined ? undefined : abs(str(vm.scratchDir, path, `${where}.scratchDir`)),
       replicaSite: str(vm.replicaSite, path, `${where}.replicaSite`),
       replicaSiteId: replicaSiteIdOf(vm.replicaSiteId, path, where),
       intervalSeconds: num(vm.intervalSeconds ?? 30, path, `${where}.intervalSeconds`),

@@ -9,7 +9,7 @@ import { GuestAgentClient } from "../../src/qemu/guestAgent/index.js";
 import { QmpClient, queryNamedBlockNodes } from "../../src/qemu/qmp/index.js";
 import { ReplicationClient, channelCredentials, encodeExtentChunkRequest, grpcChannelOptions, writeWithBackpressure, type OutgoingReplicateRequest, type SiteCredentials } from "../../src/transport/index.js";
 import { getCodec } from "../../src/codec/index.js";
-import { VmCapture, type CaptureCycle } from "../capture/index.js";
+import { ScratchSpaceLowError, SnapshotBrokenError, VmCapture, type CaptureCycle } from "../capture/index.js";
 import type { AgentVmConfig } from "./agentConfig.js";
 import { ResponseQueue } from "./responseQueue.js";
 import { differingChunks } from "./differingChunks.js";
@@ -100,6 +100,7 @@ export class VmReplicator {
         qmp,
         disks: this.vm.disks,
         stateDir: this.stateDir,
+        scratchDir: this.vm.scratchDir,
         nbdSocketPath: this.vm.nbdSocket,
         quiescer: guestAgent,
         logger: this.logger,
@@ -144,6 +145,12 @@ export class VmReplicator {
         try {
           await runCycle(await capture.beginCycle());
         } catch (err) {
+          if (err instanceof SnapshotBrokenError || err instanceof ScratchSpaceLowError) {
+            // The guest is unharmed and every change kept: the next interval tries again.
+            this.lastError = `${err.code}: ${err.message}`;
+            this.logger.warn({ vm: this.vm.id, code: err.code, err: err.message }, "cycle failed on this host; retrying next interval");
+            continue;
+          }
           if (!(err instanceof CycleRefusedError)) throw err;
           if (err.reason === RejectReason.REJECT_REASON_STALE_GENERATION) {
             this.status = "refused-stale";
@@ -322,9 +329,13 @@ export class VmReplicator {
       }
       await cycle.confirm();
       this.cyclesConfirmed++;
-      this.logger.info({ vm: this.vm.id, seq: cycle.seq, kind: resync ? "resync" : cycle.kind, ...totals, ...(resync ? resyncStats : {}), ms: Date.now() - started }, "cycle acknowledged by the replica site");
+      this.logger.info({ vm: this.vm.id, seq: cycle.seq, kind: resync ? "resync" : cycle.kind, vcpuPauseMs: cycle.vcpuPauseMs, ...totals, ...(resync ? resyncStats : {}), ms: Date.now() - started }, "cycle acknowledged by the replica site");
     } catch (err) {
       if (!cycle.finished) await cycle.abort(err);
+      if (err instanceof SnapshotBrokenError) {
+        // The site records it as a failed cycle with this message (status, events).
+        await send(stream, responses, { body: { $case: "cycleAbort", value: { generation: gen, cycleSequence: seq, message: `${err.code}: ${err.message}` } } }).catch(() => undefined);
+      }
       throw err;
     }
   }

@@ -32,6 +32,12 @@ describe("agent config", () => {
     expect(c.vms[0]).toMatchObject({ intervalSeconds: 30, compressionLevel: 1, chunkChecksum: "zstd-frame", qmpSocket: join(tmp.path, "qmp.sock") });
   });
 
+  it("scratchDir: unset by default (the capture layer uses <stateDir>/scratch), relative to the file when set", () => {
+    expect(loadAgentConfig(configWith("")).vms[0]!.scratchDir).toBeUndefined();
+    expect(loadAgentConfig(configWith("    scratchDir: fast/scratch\n")).vms[0]!.scratchDir).toBe(join(tmp.path, "fast/scratch"));
+    expect(() => loadAgentConfig(configWith("    scratchDir: 7\n"))).toThrow(/vms\[0\] \(vm1\)\.scratchDir must be a non-empty string/);
+  });
+
   it("takes SHA-256 chunk checksums when asked", () => {
     expect(loadAgentConfig(configWith("    chunkChecksum: sha256\n")).vms[0]!.chunkChecksum).toBe("sha256");
   });
