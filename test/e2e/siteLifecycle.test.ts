@@ -37,13 +37,20 @@ function rawCall<Req>(siteDir: string, method: "getStatus" | "listRecoveryPoints
 }
 
 describe("a site's lifetime: one server per directory, nothing left behind (real processes)", { timeout: 240_000 }, () => {
-  it("kill -9 of a site takes its qemu-storage-daemon with it", async () => {
+  it("kill -9 of a site takes its qemu-storage-daemon and its test VMs with it", async () => {
     const t = await twoSites();
     const site = await t.startSite(t.siteB);
+    const agent = t.startAgent();
+    await waitFor("a recovery point", async () => ((await t.relationship()).points.length >= 1 ? true : undefined), 90_000);
+    await agent.kill("SIGKILL");
+    const test = await runCli(["failover", "vm1", "--test", "--dir", t.siteB, "--json"]);
+    expect(test.code, test.stderr + test.stdout).toBe(0);
+    const testVm = (JSON.parse(test.stdout) as { vm: { pid: number } }).vm.pid;
     const qsd = daemonPid(t.siteB);
     expect(processAlive(qsd)).toBe(true);
+    expect(processAlive(testVm)).toBe(true);
     await site.kill("SIGKILL");
-    await waitFor("the storage daemon to die with its site", () => (processAlive(qsd) ? undefined : true), 10_000, 50);
+    await waitFor("the storage daemon and the test VM to die with their site", () => (processAlive(qsd) || processAlive(testVm) ? undefined : true), 10_000, 50);
   });
 
   it("a second 'site serve' on a served directory is refused, naming the pid, and changes nothing", async () => {

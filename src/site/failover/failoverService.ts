@@ -85,7 +85,8 @@ export class FailoverService {
     if (!test || !point) throw new FailoverRefusedError(`VM ${vmId}: test ${testId} was not recorded`);
     const dir = join(this.runDir, "tests", vmId, testId);
     try {
-      const running = await this.launchOn(point, newState, dir, `test-${vmId}-${testId}`);
+      // A test VM never outlives the site, even a kill -9 of it (recover() closes the test in the ledger).
+      const running = await this.launchOn(point, newState, dir, `test-${vmId}-${testId}`, "dies-with-site");
       this.tests.set(`${vmId}/${testId}`, running);
       const timeToRunningMs = Math.round(performance.now() - started);
       await executeCommand(this.store, vmId, (s) => recordTestFailoverRunning(s, { testId, runningAt: running.vm.runningAt.toISOString(), timeToRunningMs }));
@@ -124,7 +125,7 @@ export class FailoverService {
     if (!startVm) return { pointId: point.pointId, generation: newState.generation };
     const dir = join(this.runDir, "failover", vmId, `g${newState.generation}`);
     // Production from here on: it outlives the site (which adopts it again when it restarts).
-    const running = await this.launchOn(point, newState, dir, vmId, true);
+    const running = await this.launchOn(point, newState, dir, vmId, "outlives-site");
     const vm: FailoverVm = { name: running.vm.name, pid: running.vm.proc.pid, qmpSocketPath: running.vm.qmpSocketPath, serialLogPath: running.vm.serialLogPath, overlays: running.overlays, launched: running.vm, released: false };
     this.failedOver.set(vmId, vm);
     writeVmRecord(dir, vm);
@@ -214,7 +215,8 @@ export class FailoverService {
     // A recycled pid must not be taken for the VM: it must be QEMU with this VM's monitor.
     const cmdline = processCommandLine(vm.pid);
     if (!cmdline?.includes("qemu-system") || !cmdline.includes(vm.qmpSocketPath)) {
-      this.logger.warn({ vm: vmId, pid: vm.pid, dir }, "the failover VM did not survive; its overlays are kept");
+      this.logger.warn({ vm: vmId, pid: vm.pid, dir }, "the failover VM is no longer running; its overlays are kept");
+      rmSync(join(dir, VM_RECORD), { force: true }); // said once, not at every start
       return;
     }
     this.failedOver.set(vmId, vm);
@@ -222,7 +224,7 @@ export class FailoverService {
     if (vm.released) this.reverseAgents.adoptOrRestart(vmId);
   }
 
-  private async launchOn(point: RecoveryPoint, state: { vmId: string; disks: readonly { diskId: string }[] } & Parameters<typeof launchSpecOf>[0], dir: string, name: string, ownSession = false): Promise<Running> {
+  private async launchOn(point: RecoveryPoint, state: { vmId: string; disks: readonly { diskId: string }[] } & Parameters<typeof launchSpecOf>[0], dir: string, name: string, lifetime: "dies-with-site" | "outlives-site"): Promise<Running> {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     const overlays: string[] = [];
     const diskImages: Record<string, string> = {};
@@ -232,7 +234,7 @@ export class FailoverService {
       overlays.push(path);
       diskImages[d.diskId] = path;
     }
-    const vm = await launchVm({ spec: launchSpecOf(state), diskImages, runDir: dir, name, network: "isolated", logger: this.logger, accel: this.accel, ownSession });
+    const vm = await launchVm({ spec: launchSpecOf(state), diskImages, runDir: dir, name, network: "isolated", logger: this.logger, accel: this.accel, ...(lifetime === "outlives-site" ? { ownSession: true } : { dieWithOwner: true }) });
     writeFileSync(join(dir, "qemu.pid"), String(vm.proc.pid), { mode: 0o600 });
     return { vm, overlays };
   }
