@@ -48,9 +48,9 @@ export class CaptureStateFile {
 
   /** Write-then-rename with fsyncs: a crash leaves the old or the new state, never half of one. */
   save(state: VmCaptureState): void {
-    mkdirSync(dirname(this.path), { recursive: true });
+    mkdirSync(dirname(this.path), { recursive: true, mode: 0o700 });
     const tmp = `${this.path}.tmp`;
-    writeFileSync(tmp, JSON.stringify(state, null, 2));
+    writeFileSync(tmp, JSON.stringify(state, null, 2), { mode: 0o600 });
     const fd = openSync(tmp, "r");
     fsyncSync(fd);
     closeSync(fd);

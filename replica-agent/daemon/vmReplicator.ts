@@ -59,7 +59,7 @@ export class VmReplicator {
     private readonly tls: SiteCredentials,
     private readonly logger: Logger,
   ) {
-    mkdirSync(stateDir, { recursive: true });
+    mkdirSync(stateDir, { recursive: true, mode: 0o700 });
     this.stateFile = join(stateDir, `${vm.id}.replication.json`);
   }
 
@@ -91,7 +91,7 @@ export class VmReplicator {
     this.status = "connecting";
     const qmp = await QmpClient.connect({ socketPath: this.vm.qmpSocket, logger: this.logger });
     const guestAgent = this.vm.guestAgentSocket ? new GuestAgentClient({ socketPath: this.vm.guestAgentSocket, logger: this.logger }) : undefined;
-    const client = new ReplicationClient(this.vm.replicaSite, channelCredentials(this.tls), grpcChannelOptions);
+    const client = new ReplicationClient(this.vm.replicaSite, channelCredentials(this.tls, { expectedServerIdentity: this.vm.replicaSiteId }), grpcChannelOptions);
     let stream: ClientDuplexStream<OutgoingReplicateRequest, ReplicateResponse> | undefined;
     let open: CaptureCycle | undefined;
     try {
@@ -375,7 +375,7 @@ export class VmReplicator {
   }
 
   private saveState(state: VmReplicationState): void {
-    writeFileSync(`${this.stateFile}.tmp`, JSON.stringify(state));
+    writeFileSync(`${this.stateFile}.tmp`, JSON.stringify(state), { mode: 0o600 });
     renameSync(`${this.stateFile}.tmp`, this.stateFile);
   }
 

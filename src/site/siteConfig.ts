@@ -17,6 +17,11 @@ export interface SiteConfig {
   compressionLevel?: number;
   /** Accelerator for VMs this site launches (failover, tests): auto = KVM when usable. */
   accel: "auto" | "kvm" | "tcg";
+  /**
+   * The host agents and operators dial (the first `site init --san`): written to run/site.address
+   * when `listen` is a wildcard (0.0.0.0, ::), which nobody can dial. 127.0.0.1 when absent.
+   */
+  advertiseHost?: string;
 }
 
 export const siteFile = (dir: string) => join(dir, "site.json");
@@ -52,6 +57,7 @@ export function loadSiteConfig(dir: string): SiteConfig {
     defaultMaxPoints: typeof raw.defaultMaxPoints === "number" && raw.defaultMaxPoints >= 1 ? raw.defaultMaxPoints : 24,
     compressionLevel: raw.compressionLevel,
     accel: parseAccel(process.env.QREPLICA_ACCEL ?? raw.accel ?? "auto", path),
+    ...(typeof raw.advertiseHost === "string" && raw.advertiseHost !== "" ? { advertiseHost: raw.advertiseHost } : {}),
   };
 }
 
@@ -61,12 +67,28 @@ function parseAccel(v: unknown, path: string): "auto" | "kvm" | "tcg" {
 }
 
 export function saveSiteConfig(dir: string, config: SiteConfig): void {
-  mkdirSync(dir, { recursive: true });
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
   writeJsonAtomic(siteFile(dir), config);
 }
 
 function writeJsonAtomic(path: string, value: unknown): void {
   const tmp = `${path}.tmp`;
-  writeFileSync(tmp, JSON.stringify(value, null, 2) + "\n");
+  writeFileSync(tmp, JSON.stringify(value, null, 2) + "\n", { mode: 0o600 });
   renameSync(tmp, path);
+}
+
+/** The listen host is a wildcard: it binds every address but names none a peer can dial. */
+export function isWildcardHost(host: string): boolean {
+  return ["0.0.0.0", "::", "[::]", "", "*"].includes(host);
+}
+
+/** `host:port` as a dialable address, IPv6 literals bracketed. */
+export function hostPort(host: string, port: number): string {
+  return host.includes(":") && !host.startsWith("[") ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** The host of a `host:port` listen address, without IPv6 brackets. */
+export function listenHost(listen: string): string {
+  const host = listen.slice(0, Math.max(listen.lastIndexOf(":"), 0));
+  return host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host;
 }

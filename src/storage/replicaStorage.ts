@@ -1,6 +1,7 @@
 import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { silentLogger, type Logger } from "../common/logger.js";
+import { requireId, type IdKind } from "../model/index.js";
 import { createImage, runTool } from "../qemu/processes/index.js";
 import { DiskPointWriter } from "./pointWriter.js";
 import { chunkHashes } from "./seedHashes.js";
@@ -40,11 +41,11 @@ export class ReplicaStorage {
     logger?: Logger,
   ) {
     this.logger = logger ?? silentLogger;
-    mkdirSync(root, { recursive: true });
+    mkdirSync(root, { recursive: true, mode: 0o700 });
   }
 
   diskDir(vmId: string, diskId: string): string {
-    return join(this.root, safeSegment(vmId), safeSegment(diskId));
+    return join(this.root, safeSegment(vmId), safeSegment(diskId, "disk id"));
   }
 
   pointImagePath(vmId: string, diskId: string, seq: number, full: boolean): string {
@@ -59,7 +60,7 @@ export class ReplicaStorage {
         const full = d.parentImage === undefined;
         const final = this.pointImagePath(vmId, d.diskId, seq, full);
         const partial = final + PARTIAL;
-        mkdirSync(dirname(final), { recursive: true });
+        mkdirSync(dirname(final), { recursive: true, mode: 0o700 });
         rmSync(partial, { force: true });
         // Relative backing names keep a chain valid when the storage root is moved.
         const backing = full ? (d.seedImage ? { backing: d.seedImage, backingFormat: "qcow2" } : {}) : { backing: basename(d.parentImage!), backingFormat: "qcow2" };
@@ -78,8 +79,8 @@ export class ReplicaStorage {
   /** Seed images for a reverse replication (the old primary's disks), kept until the first point. */
   saveSeeds(vmId: string, seeds: Array<{ diskId: string; imagePath: string }>): void {
     const dir = join(this.root, safeSegment(vmId));
-    mkdirSync(dir, { recursive: true });
-    writeFileSync(join(dir, "seeds.json"), JSON.stringify(seeds, null, 2));
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    writeFileSync(join(dir, "seeds.json"), JSON.stringify(seeds, null, 2), { mode: 0o600 });
   }
 
   /** SHA-256 per chunk of a seed image, for resynchronisation by comparison. */
@@ -185,9 +186,7 @@ function fsyncPath(path: string): void {
 }
 
 /** Ids become directory names: nothing that could escape the storage root. */
-export function safeSegment(id: string): string {
-  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(id)) {
-    throw new Error(`'${id}' is not a valid VM or disk id: use letters, digits, '.', '_' and '-' (at most 128, not starting with a symbol)`);
-  }
-  return id;
+export function safeSegment(id: string, kind: IdKind = "VM id"): string {
+  // The last line of defence: every edge validates ids already (src/model/ids.ts).
+  return requireId(kind, id, "replica storage path");
 }

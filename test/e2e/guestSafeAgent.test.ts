@@ -70,7 +70,7 @@ describe("agent process against a real site: guest-safe cut-offs", () => {
       siteId: "site-a",
       stateDir: join(dir, "agent-state"),
       tls: { caFile: join(caDir, "ca.crt"), certFile: join(dir, "agent-tls", "agent-a.crt"), keyFile: join(dir, "agent-tls", "agent-a.key") },
-      vms: [{ id: "vm1", qmpSocket: agentQmp, nbdSocket: join(dir, "nbd.sock"), disks: [{ id: "vda", node: "vda" }], scratchDir, replicaSite: address, intervalSeconds: 1, compressionLevel: 1 }],
+      vms: [{ id: "vm1", qmpSocket: agentQmp, nbdSocket: join(dir, "nbd.sock"), disks: [{ id: "vda", node: "vda" }], scratchDir, replicaSite: address, replicaSiteId: "site-b", intervalSeconds: 1, compressionLevel: 1 }],
     }));
     const agent = startDaemon(AGENT, ["--config", agentConfig], join(dir, "agent.log"));
     daemons.push(agent);

@@ -26,7 +26,8 @@ export interface Daemon {
 
 /** A long-running qreplica process (site server or agent) whose logs go to `logFile`. */
 export function startDaemon(script: string, args: string[], logFile: string): Daemon {
-  const fd = openSync(logFile, "a");
+  // 0600: the logs name images and identities (tests check that nothing is readable by others).
+  const fd = openSync(logFile, "a", 0o600);
   // QR_NODE_ARGS passes flags such as --cpu-prof to the daemons (Node refuses them in NODE_OPTIONS).
   const nodeArgs = (process.env.QR_NODE_ARGS ?? "").split(" ").filter(Boolean);
   const child = spawn(process.execPath, [...nodeArgs, "--import", "tsx", script, ...args], {

@@ -103,6 +103,7 @@ export async function setupTwoSites(dir: string, opts: { diskBytes: number; inte
               nbdSocket: guest?.nbdSocketPath ?? vm.nbdSocketPath,
               disks: [{ id: "vda", node: guest ? "vda" : "node-vda" }],
               replicaSite: address,
+              replicaSiteId: "site-b",
               intervalSeconds: opts.intervalSeconds ?? 1,
               compressionLevel: 1,
               ...(guest ? { spec: { machine: "q35", cpus: 1, memoryMiB: 64, disks: [{ diskId: "vda", bus: "ide", bootIndex: 0 }], nics: [] } } : {}),

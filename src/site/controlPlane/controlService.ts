@@ -9,14 +9,12 @@ import {
   type RelationshipStatus,
 } from "../../gen/qreplica/v1/control.js";
 import { RecoveryPointsProjection, StatusProjection, executeCommand, prepareFailover, relationshipStream, startReverseReplication, type JsonObject, type VmStatus } from "../../ledger/index.js";
-import { join } from "node:path";
 import { loadSiteCredentials } from "../../transport/index.js";
 import { checkPrimaryIdentity } from "../authorizations.js";
-import { loadSiteConfig, runDir } from "../siteConfig.js";
+import { loadSiteConfig } from "../siteConfig.js";
 import { actorMetadata } from "./caller.js";
 import { guardedWith } from "./guard.js";
 import { addAuthorization, appendRunbookEvents, listAuthorizations, readRunbookRun, removeAuthorization, toLedgerEvent } from "./records.js";
-import { startReverseAgent } from "../failover/reverseAgent.js";
 import type { SiteContext } from "../siteContext.js";
 import type { LaunchedInfo } from "../failover/failoverService.js";
 
@@ -147,13 +145,13 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
         metadata: actorMetadata(caller),
       });
       const { qmpSocket } = await failovers.releaseFailedOverVm(req.vmId);
-      const pid = startReverseAgent({
-        dir: join(runDir(ctx.dir), "reverse", req.vmId),
+      const { pid } = failovers.startReverseAgent({
         siteId: ctx.siteId,
         vmId: req.vmId,
         qmpSocket,
         disks: newState.disks,
         replicaAddress: req.replicaAddress,
+        replicaSiteId: newState.replicaSiteId ?? "",
         tls: { caFile: config.caFile, certFile: config.certFile, keyFile: config.keyFile },
         vmSpec: newState.vmSpec,
         intervalSeconds: 2,

@@ -3,6 +3,7 @@ import { errorMessage } from "../../common/errors.js";
 import type { Logger } from "../../common/logger.js";
 import { peerIdentity, roleAllows, type Role } from "../../transport/index.js";
 import type { Caller } from "./caller.js";
+import { checkRequestIds } from "./requestIds.js";
 
 /** A role a control call may require: agents hold none of them. */
 export type ControlRole = Exclude<Role, "agent">;
@@ -50,7 +51,7 @@ export function authorizeCall(call: AuthenticatedCall, needed: ControlRole): Cal
 }
 
 /**
- * Wraps a handler: checks the caller's role first, then runs `fn` with the caller so that every
+ * Wraps a handler: checks the caller's role first, then the request's ids, then runs `fn` with the caller so that every
  * command it causes can record who asked for it. Refusals are logged; errors become grpc statuses.
  */
 export function guardedWith(logger: Logger, codeOf: (err: unknown) => grpc.status): Guarded {
@@ -64,7 +65,8 @@ export function guardedWith(logger: Logger, codeOf: (err: unknown) => grpc.statu
         callback({ code: codeOf(err), details: errorMessage(err) });
         return;
       }
-      fn(call.request, caller).then(
+      // Ids name ledger streams and files: a malformed one is refused before any handler runs.
+      Promise.resolve(call.request).then((req) => (checkRequestIds(req), fn(req, caller))).then(
         (res) => callback(null, res),
         (err: unknown) => callback({ code: codeOf(err), details: errorMessage(err) }),
       );

@@ -1,6 +1,7 @@
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "../../common/logger.js";
 import { errorMessage } from "../../common/errors.js";
+import { InvalidIdError, isValidId } from "../../model/index.js";
 import {
   CycleKind,
   Consistency,
@@ -169,6 +170,12 @@ export class ReplicateSession {
     };
     if (hello.protocolVersion !== PROTOCOL_VERSION) {
       return refuse(RejectReason.REJECT_REASON_UNSUPPORTED_PROTOCOL_VERSION, `protocol version ${hello.protocolVersion} is not supported (this site speaks ${PROTOCOL_VERSION}); upgrade the agent or the site`, grpc.status.FAILED_PRECONDITION);
+    }
+    // Ids name ledger streams and replica directories: a malformed one is refused before any use.
+    const badId = [hello.vmId, ...hello.disks.map((d) => d.diskId)].find((id) => !isValidId(id));
+    if (badId !== undefined) {
+      const kind = badId === hello.vmId ? "VM id" : "disk id";
+      return refuse(RejectReason.REJECT_REASON_UNKNOWN_VM, new InvalidIdError(kind, badId, "Hello").message, grpc.status.INVALID_ARGUMENT);
     }
     const authorization = await this.ctx.authorizations.find(identity);
     if (!authorization) {
