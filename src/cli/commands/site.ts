@@ -2,7 +2,7 @@ import { chmodSync, copyFileSync, existsSync, mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Command } from "commander";
 import { createLogger } from "../../common/logger.js";
-import { ADMIN_CERT_NAME, isWildcardHost, listenHost, saveSiteConfig, siteFile } from "../../site/siteConfig.js";
+import { ADMIN_CERT_NAME, adminCredentialFiles, isWildcardHost, listenHost, saveSiteConfig, siteFile } from "../../site/siteConfig.js";
 import { startSite } from "../../site/siteServer.js";
 import { issueCertificate } from "../../transport/index.js";
 import { emit, fail } from "../output.js";
@@ -46,7 +46,15 @@ export function registerSite(program: Command): void {
           ...(o.san[0] ? { advertiseHost: o.san[0] } : {}),
         };
         saveSiteConfig(dir, config);
-        emit(o.json, { dir, ...config, certificate: issued.certFile, sans }, () => `site '${o.name}' initialised in ${dir} (certificate for ${[o.name, ...sans].join(", ")})\nnext: qreplica authorize --dir ${dir} --primary PRIMARY; qreplica site serve --dir ${dir}`);
+        const adminCertificate = adminCredentialFiles(dir).certFile;
+        emit(
+          o.json,
+          { dir, ...config, certificate: issued.certFile, sans, adminCertificate },
+          () =>
+            `site '${o.name}' initialised in ${dir} (certificate for ${[o.name, ...sans].join(", ")}, role agent)\n` +
+            `local admin certificate: ${adminCertificate} (role admin; the CLI presents it with --dir on this host)\n` +
+            `next: qreplica authorize --dir ${dir} --primary PRIMARY; qreplica site serve --dir ${dir}`,
+        );
       } catch (err) {
         fail(err, o.json);
       }
