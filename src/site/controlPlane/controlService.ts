@@ -174,12 +174,18 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
       if (req.vmId && all.length === 0) throw Object.assign(new Error(`no replication relationship for VM '${req.vmId}' on site ${ctx.siteId}`), { grpcCode: grpc.status.NOT_FOUND });
       return { siteId: ctx.siteId, relationships: await Promise.all(all.map(toWire)) };
     }),
-    listRecoveryPoints: guarded(async (req) => ({ recoveryPoints: await points(req.vmId) })),
+    listRecoveryPoints: guarded(async (req) => {
+      await requireRelationship(ctx, req.vmId);
+      return { recoveryPoints: await points(req.vmId) };
+    }),
     listEvents: guarded(async (req) => {
       const limit = Math.min(Math.max(req.limit || 100, 1), 1000);
-      const events = req.vmId
-        ? await ctx.store.readStream(relationshipStream(req.vmId), { fromVersion: req.fromPosition, maxCount: limit })
-        : await ctx.store.readAll({ fromPosition: req.fromPosition > 0n ? req.fromPosition - 1n : undefined, maxCount: limit });
+      if (req.vmId) await requireRelationship(ctx, req.vmId);
+      // One more than asked: whether the ledger holds more is then known, not guessed.
+      const read = req.vmId
+        ? await ctx.store.readStream(relationshipStream(req.vmId), { fromVersion: req.fromPosition, maxCount: limit + 1 })
+        : await ctx.store.readAll({ fromPosition: req.fromPosition > 0n ? req.fromPosition - 1n : undefined, maxCount: limit + 1 });
+      const events = read.slice(0, limit);
       const last = events[events.length - 1];
       return {
         events: events.map((e) => ({
@@ -194,7 +200,7 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
           actorRole: typeof e.metadata.actorRole === "string" ? e.metadata.actorRole : "",
         })),
         nextPosition: last ? (req.vmId ? last.version + 1n : last.globalPosition + 1n) : req.fromPosition,
-        endReached: events.length < limit,
+        endReached: read.length <= limit,
       };
     }),
     pauseReplication: notYet("PauseReplication"),
@@ -232,4 +238,13 @@ function healthOf(s: VmStatus): { health: ReplicationHealth; message: string } {
   if (s.consecutiveFailures > 0) return { health: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: `last cycle failed: ${s.lastError?.message ?? ""}` };
   if (s.state === "paused") return { health: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: "replication is paused" };
   return { health: ReplicationHealth.REPLICATION_HEALTH_NORMAL, message: "" };
+}
+
+/** A VM this site has no relationship for is an operator's typo: say so rather than list nothing. */
+async function requireRelationship(ctx: SiteContext, vmId: string): Promise<void> {
+  if (!vmId) throw Object.assign(new Error("a VM id is required"), { grpcCode: grpc.status.INVALID_ARGUMENT });
+  const first = await ctx.store.readStream(relationshipStream(vmId), { maxCount: 1 });
+  if (first.length === 0) {
+    throw Object.assign(new Error(`no replication relationship for VM '${vmId}' on site ${ctx.siteId} ('qreplica status --dir <site>' lists the VMs replicated here)`), { grpcCode: grpc.status.NOT_FOUND });
+  }
 }
