@@ -1,5 +1,6 @@
 import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
+import { faultPoint, faultWhileRunning } from "../common/faultPoints.js";
 import { silentLogger, type Logger } from "../common/logger.js";
 import { createImage, runTool } from "../qemu/processes/index.js";
 import { DiskPointWriter } from "./pointWriter.js";
@@ -121,15 +122,26 @@ export class ReplicaStorage {
 
   /**
    * Retention: folds the point `next` into the base below it, so the base becomes that point.
-   * Safe to repeat after a crash: the overlay is kept (`-d`) until the base holds its data.
+   * `next` is kept (`-d`) and still opens as that point; the caller deletes it with
+   * removeMergedImage only once the ledger says the base is that point. Safe to repeat after a
+   * crash at any step: committing the same overlay again writes the same data.
    */
   async mergeIntoBase(basePath: string, nextPath: string, afterNextPath: string | undefined): Promise<void> {
-    await runTool("qemu-img", ["commit", "-q", "-d", "-b", basePath, nextPath]);
-    if (afterNextPath) await runTool("qemu-img", ["rebase", "-q", "-u", "-b", basename(basePath), "-F", "qcow2", afterNextPath]);
+    const commit = ["commit", "-q", "-d", "-b", basePath, nextPath];
+    await faultWhileRunning("crash-mid-merge", "qemu-img", commit);
+    await runTool("qemu-img", commit);
     fsyncPath(basePath);
-    if (afterNextPath) fsyncPath(afterNextPath);
-    rmSync(nextPath, { force: true });
-    fsyncPath(dirname(basePath));
+    faultPoint("crash-after-merge-commit");
+    if (afterNextPath) {
+      await runTool("qemu-img", ["rebase", "-q", "-u", "-b", basename(basePath), "-F", "qcow2", afterNextPath]);
+      fsyncPath(afterNextPath);
+    }
+  }
+
+  /** The overlay a merge folded into the base, once no point in the ledger names it. */
+  removeMergedImage(path: string): void {
+    rmSync(path, { force: true });
+    fsyncPath(dirname(path));
   }
 }
 

@@ -68,7 +68,8 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
   const points = async (vmId: string): Promise<WirePoint[]> => {
     const catalogue = await RecoveryPointsProjection.rebuild(ctx.store, vmId);
     const facts = await cycleFacts(vmId);
-    return catalogue.list().map((p) => {
+    // A point being merged away is no longer what it was (its base is being rewritten): not listed.
+    return catalogue.list().filter((p) => !p.merging).map((p) => {
       const f = facts.get(p.cycleSeq);
       return {
         recoveryPointId: p.pointId,
