@@ -93,8 +93,12 @@ export class Relationships {
    * generation of the failover, onto the old disks (seeds) so that only differing chunks travel.
    */
   async prepareReverse(input: { vmId: string; generation: number; primarySiteId: string; primaryIdentity: string; disks: Array<{ diskId: string; sizeBytes: number }>; seeds: Array<{ diskId: string; imagePath: string }>; vmSpec?: JsonObject }): Promise<RelationshipState> {
-    for (const seed of input.seeds) {
-      if (!existsSync(seed.imagePath)) throw new RelationshipRefusal(RejectReason.REJECT_REASON_INVALID_STATE, `seed image ${seed.imagePath} for disk ${seed.diskId} does not exist`);
+    for (const seed of input.seeds) await this.storage.checkSeed(seed.diskId, seed.imagePath);
+    const current = await this.load(input.vmId);
+    if (current.state === "ready-for-initial-replication" && current.generation === input.generation && current.primaryIdentity === input.primaryIdentity) {
+      // Already prepared by an earlier 'qreplica reverse' that failed later on: run it again.
+      this.storage.saveSeeds(input.vmId, input.seeds);
+      return current;
     }
     this.storage.saveSeeds(input.vmId, input.seeds);
     // After a completed failover the new primary lists no points; the seeds tell the disk sizes.

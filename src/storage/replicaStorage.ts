@@ -1,8 +1,10 @@
-import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
+import { errorMessage } from "../common/errors.js";
 import { faultPoint, faultWhileRunning } from "../common/faultPoints.js";
 import { silentLogger, type Logger } from "../common/logger.js";
 import { createImage, runTool } from "../qemu/processes/index.js";
+import { SeedUnusableError } from "./errors.js";
 import { DiskPointWriter } from "./pointWriter.js";
 import { chunkHashes } from "./seedHashes.js";
 import type { SiteStorageDaemon } from "./siteStorageDaemon.js";
@@ -81,6 +83,29 @@ export class ReplicaStorage {
     const dir = join(this.root, safeSegment(vmId));
     mkdirSync(dir, { recursive: true });
     writeFileSync(join(dir, "seeds.json"), JSON.stringify(seeds, null, 2));
+  }
+
+  /**
+   * A seed becomes the backing file of the reverse chain's base: it must be a qcow2 image that no
+   * other process has open for writing. Opening it without force-share takes QEMU's image lock,
+   * which a running (or paused) VM on that disk holds.
+   */
+  async checkSeed(diskId: string, imagePath: string, waitMs = 10_000): Promise<void> {
+    if (!existsSync(imagePath)) throw new SeedUnusableError(diskId, imagePath, "does not exist on this site's host");
+    let info: { format?: string } | undefined;
+    // A primary stopped by a planned failover is quitting right now: its lock goes within moments.
+    for (const deadline = Date.now() + waitMs; !info; ) {
+      try {
+        info = JSON.parse((await runTool("qemu-img", ["info", "--output=json", imagePath])).stdout) as { format?: string };
+      } catch (err) {
+        if (!/lock/i.test(errorMessage(err))) throw new SeedUnusableError(diskId, imagePath, `cannot be read: ${errorMessage(err)}`, { cause: err });
+        if (Date.now() > deadline) {
+          throw new SeedUnusableError(diskId, imagePath, "is in use by another process (the old primary's VM, paused after fencing, still has it open): shut that VM down, then run 'qreplica reverse' again", { cause: err });
+        }
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    }
+    if (info.format !== "qcow2") throw new SeedUnusableError(diskId, imagePath, `is ${info.format ?? "of unknown format"}, not qcow2: convert it first (qemu-img convert -O qcow2)`);
   }
 
   /** SHA-256 per chunk of a seed image, for resynchronisation by comparison. */

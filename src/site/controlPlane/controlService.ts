@@ -227,7 +227,7 @@ function grpcCodeOf(err: unknown): grpc.status {
   if (explicit !== undefined) return explicit;
   const code = (err as { code?: unknown }).code;
   if (typeof code !== "string") return grpc.status.INTERNAL;
-  if (["INVALID_TRANSITION", "STALE_GENERATION", "FAILOVER_REFUSED", "MERGE_BLOCKED_BY_TEST_FAILOVER", "MERGE_IN_PROGRESS"].includes(code)) return grpc.status.FAILED_PRECONDITION;
+  if (["INVALID_TRANSITION", "STALE_GENERATION", "FAILOVER_REFUSED", "MERGE_BLOCKED_BY_TEST_FAILOVER", "MERGE_IN_PROGRESS", "SEED_UNUSABLE"].includes(code)) return grpc.status.FAILED_PRECONDITION;
   if (code.startsWith("INVALID") || code === "UNKNOWN_POINT") return grpc.status.INVALID_ARGUMENT;
   return grpc.status.INTERNAL;
 }
