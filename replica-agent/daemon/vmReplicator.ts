@@ -272,6 +272,7 @@ export class VmReplicator {
     }
     if (reply?.$case !== "helloAck") throw new Error(`expected HelloAck, got ${reply?.$case ?? "nothing"}`);
     const generation = Number(reply.value.generation);
+    this.noteUnacknowledged(Number(reply.value.lastCommittedCycleSequence));
     this.chunkChecksum = this.pickChecksum(reply.value.acceptedChecksumAlgorithms);
     this.saveState({ generation, replicaSite: this.vm.replicaSite });
     this.needsInitial = reply.value.resumeHint === ResumeHint.RESUME_HINT_INITIAL_REPLICATION;
@@ -316,6 +317,7 @@ export class VmReplicator {
           await send(stream, responses, chunk.request);
         }
       }
+      this.unacknowledgedSeq = cycle.seq;
       await send(stream, responses, {
         body: {
           $case: "cycleEnd",
@@ -327,6 +329,7 @@ export class VmReplicator {
         this.throwIfRejected(r, cycle.seq);
         if (r.body?.$case === "cycleAck" && Number(r.body.value.cycleSequence) === cycle.seq) break;
       }
+      this.unacknowledgedSeq = undefined;
       await cycle.confirm();
       this.cyclesConfirmed++;
       this.logger.info({ vm: this.vm.id, seq: cycle.seq, kind: resync ? "resync" : cycle.kind, vcpuPauseMs: cycle.vcpuPauseMs, ...totals, ...(resync ? resyncStats : {}), ms: Date.now() - started }, "cycle acknowledged by the replica site");
@@ -356,6 +359,25 @@ export class VmReplicator {
       if (h.last) done.add(h.diskId);
     }
     return seeds;
+  }
+
+  /**
+   * A cycle whose CycleEnd went out but whose ack never came (the site or the link died): its
+   * changes were merged back into the recording bitmap and go out again in the next cycle, under
+   * a new sequence number. HelloAck says whether the site had committed it: either way nothing is
+   * lost and no point is duplicated, but the operator sees which it was.
+   */
+  private unacknowledgedSeq: number | undefined;
+
+  private noteUnacknowledged(lastCommitted: number): void {
+    const seq = this.unacknowledgedSeq;
+    if (seq === undefined) return;
+    this.unacknowledgedSeq = undefined;
+    if (lastCommitted >= seq) {
+      this.logger.warn({ vm: this.vm.id, seq, lastCommitted }, `cycle ${seq} was committed by the replica site before its ack was lost; its changes are sent again in the next cycle`);
+    } else {
+      this.logger.warn({ vm: this.vm.id, seq, lastCommitted }, `cycle ${seq} was not committed by the replica site; its changes are sent in the next cycle`);
+    }
   }
 
   private throwIfRejected(r: ReplicateResponse, seq: number): void {

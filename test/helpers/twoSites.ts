@@ -26,7 +26,8 @@ export interface TwoSites {
   vm: StorageDaemonVm;
   agentConfig: string;
   daemons: Daemon[];
-  startSite(siteDir: string): Promise<Daemon>;
+  /** `env` adds variables, e.g. QREPLICA_FAULT for a crash window (src/common/faultPoints.ts). */
+  startSite(siteDir: string, opts?: { env?: Record<string, string> }): Promise<Daemon>;
   startAgent(): Daemon;
   relationship(vmId?: string, siteDir?: string): Promise<RelationshipState>;
   /** A site's local admin certificate (tls/admin.crt, role admin): what the CLI presents with --dir. */
@@ -76,10 +77,10 @@ export async function setupTwoSites(dir: string, opts: { diskBytes: number; inte
     vm,
     agentConfig,
     daemons,
-    async startSite(siteDir) {
+    async startSite(siteDir, startOpts = {}) {
       const addr = addressFile(siteDir);
       const startedAt = Date.now();
-      const d = startDaemon(CLI, ["site", "serve", "--dir", siteDir], join(siteDir, "site.log"));
+      const d = startDaemon(CLI, ["site", "serve", "--dir", siteDir], join(siteDir, "site.log"), startOpts.env);
       daemons.push(d);
       await waitFor(`site ${siteDir} to listen`, () => {
         // Written anew by every start: fresh once its mtime is past this start.

@@ -60,7 +60,8 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
   const points = async (vmId: string): Promise<WirePoint[]> => {
     const catalogue = await RecoveryPointsProjection.rebuild(ctx.store, vmId);
     const facts = await cycleFacts(vmId);
-    return catalogue.list().map((p) => {
+    // A point being merged away is no longer what it was (its base is being rewritten): not listed.
+    return catalogue.list().filter((p) => !p.merging).map((p) => {
       const f = facts.get(p.cycleSeq);
       return {
         recoveryPointId: p.pointId,
@@ -172,17 +173,23 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
       if (req.vmId && all.length === 0) throw Object.assign(new Error(`no replication relationship for VM '${req.vmId}' on site ${ctx.siteId}`), { grpcCode: grpc.status.NOT_FOUND });
       return { siteId: ctx.siteId, relationships: await Promise.all(all.map(toWire)) };
     }),
-    listRecoveryPoints: guarded("viewer", async (req) => ({ recoveryPoints: await points(req.vmId) })),
+    listRecoveryPoints: guarded("viewer", async (req) => {
+      await requireRelationship(ctx, req.vmId);
+      return { recoveryPoints: await points(req.vmId) };
+    }),
     listEvents: guarded("viewer", async (req) => {
       const limit = Math.min(Math.max(req.limit || 100, 1), 1000);
-      const events = req.vmId
-        ? await ctx.store.readStream(relationshipStream(req.vmId), { fromVersion: req.fromPosition, maxCount: limit })
-        : await ctx.store.readAll({ fromPosition: req.fromPosition > 0n ? req.fromPosition - 1n : undefined, maxCount: limit });
+      if (req.vmId) await requireRelationship(ctx, req.vmId);
+      // One more than asked: whether the ledger holds more is then known, not guessed.
+      const read = req.vmId
+        ? await ctx.store.readStream(relationshipStream(req.vmId), { fromVersion: req.fromPosition, maxCount: limit + 1 })
+        : await ctx.store.readAll({ fromPosition: req.fromPosition > 0n ? req.fromPosition - 1n : undefined, maxCount: limit + 1 });
+      const events = read.slice(0, limit);
       const last = events[events.length - 1];
       return {
         events: events.map(toLedgerEvent),
         nextPosition: last ? (req.vmId ? last.version + 1n : last.globalPosition + 1n) : req.fromPosition,
-        endReached: events.length < limit,
+        endReached: read.length <= limit,
       };
     }),
     // Guarded already, so an agent is refused even before these exist (replicationCommands.ts wires them).
@@ -211,7 +218,7 @@ function grpcCodeOf(err: unknown): grpc.status {
   if (typeof code !== "string") return grpc.status.INTERNAL;
   if (code === "AUTHORIZATION_INVALID" || code === "AUTHORIZATION_WILDCARD") return grpc.status.INVALID_ARGUMENT;
   if (code === "AUTHORIZATION_NOT_FOUND") return grpc.status.NOT_FOUND;
-  if (["INVALID_TRANSITION", "STALE_GENERATION", "FAILOVER_REFUSED", "MERGE_BLOCKED_BY_TEST_FAILOVER", "MERGE_IN_PROGRESS"].includes(code)) return grpc.status.FAILED_PRECONDITION;
+  if (["INVALID_TRANSITION", "STALE_GENERATION", "FAILOVER_REFUSED", "MERGE_BLOCKED_BY_TEST_FAILOVER", "MERGE_IN_PROGRESS", "SEED_UNUSABLE"].includes(code)) return grpc.status.FAILED_PRECONDITION;
   if (code.startsWith("INVALID") || code === "UNKNOWN_POINT") return grpc.status.INVALID_ARGUMENT;
   return grpc.status.INTERNAL;
 }
@@ -223,4 +230,13 @@ function healthOf(s: VmStatus): { health: ReplicationHealth; message: string } {
   if (s.consecutiveFailures > 0) return { health: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: `last cycle failed: ${s.lastError?.message ?? ""}` };
   if (s.state === "paused") return { health: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: "replication is paused" };
   return { health: ReplicationHealth.REPLICATION_HEALTH_NORMAL, message: "" };
+}
+
+/** A VM this site has no relationship for is an operator's typo: say so rather than list nothing. */
+async function requireRelationship(ctx: SiteContext, vmId: string): Promise<void> {
+  if (!vmId) throw Object.assign(new Error("a VM id is required"), { grpcCode: grpc.status.INVALID_ARGUMENT });
+  const first = await ctx.store.readStream(relationshipStream(vmId), { maxCount: 1 });
+  if (first.length === 0) {
+    throw Object.assign(new Error(`no replication relationship for VM '${vmId}' on site ${ctx.siteId} ('qreplica status --dir <site>' lists the VMs replicated here)`), { grpcCode: grpc.status.NOT_FOUND });
+  }
 }

@@ -1,4 +1,5 @@
 import * as grpc from "@grpc/grpc-js";
+import { faultPoint } from "../../common/faultPoints.js";
 import type { Logger } from "../../common/logger.js";
 import { errorMessage } from "../../common/errors.js";
 import { InvalidIdError, isValidId } from "../../model/index.js";
@@ -309,6 +310,7 @@ export class ReplicateSession {
           comparedBytes: Number(end.comparedBytes) || undefined,
         }),
       );
+      faultPoint("crash-after-commit-before-ack");
       await writeWithBackpressure(this.call, {
         body: { $case: "cycleAck", value: { generation: BigInt(this.generation), cycleSequence: BigInt(seq), recoveryPointId: committed.pointId, committedAt: committed.committedAt } },
       });
