@@ -9,6 +9,10 @@ import { loadSiteCredentials } from "../src/transport/index.js";
 import { loadAgentConfig } from "./daemon/agentConfig.js";
 import { VmReplicator } from "./daemon/vmReplicator.js";
 
+// State files, sockets and scratch images are this user's alone, whatever the umask; QEMU
+// processes the agent starts inherit it.
+process.umask(0o077);
+
 const opts = new Command()
   .name("qreplica-agent")
   .description("capture agent: replicates the VMs of this host to their replica sites")

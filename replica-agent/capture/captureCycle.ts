@@ -3,7 +3,6 @@ import type { NbdClient } from "../../src/qemu/nbd/index.js";
 import type { QmpClient } from "../../src/qemu/qmp/index.js";
 import { CycleFinishedError } from "./errors.js";
 import { readRanges, type ByteRange, type CaptureExtent, type ExtentReadOptions, type ExtentReadStats } from "./extentReader.js";
-import { teardownFleece } from "./fleece.js";
 import { bitmapName } from "./naming.js";
 
 export type CycleKind = "full" | "incremental";
@@ -19,17 +18,22 @@ export class DiskCycle {
     readonly sizeAtCutoff: number,
     /** Bytes the cycle covers: the handed-off bitmap's count, or the disk size for a full read. */
     readonly dirtyBytes: number,
-    readonly fleeceImagePath: string,
     readonly clients: NbdClient[],
     private readonly ranges: (client: NbdClient) => AsyncIterable<ByteRange>,
     private readonly readOptions: ExtentReadOptions,
+    /** Turns a failed read into what it means (a broken snapshot); others pass unchanged. */
+    readonly explainReadError: (err: unknown) => unknown = (err) => err,
   ) {}
 
   /** The cycle's extents in offset order; data is as it was at the cut-off. */
-  extents(): AsyncGenerator<CaptureExtent> {
+  async *extents(): AsyncGenerator<CaptureExtent> {
     const first = this.clients[0];
     if (!first) throw new Error(`disk ${this.diskId}: no NBD connection`);
-    return readRanges(this.clients, this.ranges(first), this.readOptions, this.stats);
+    try {
+      yield* readRanges(this.clients, this.ranges(first), this.readOptions, this.stats);
+    } catch (err) {
+      throw this.explainReadError(err);
+    }
   }
 }
 
@@ -51,6 +55,10 @@ export class CaptureCycle {
     private readonly qmp: QmpClient,
     private readonly logger: Logger,
     private readonly onFinish: (outcome: "confirmed" | "aborted") => void,
+    /** Removes the disk's cut-off graph and scratch files, whichever graph it was. */
+    private readonly teardown: (disk: DiskCycle) => Promise<void>,
+    /** How long the guest's vCPUs were stopped for the cut-off, when they were. */
+    readonly vcpuPauseMs?: number,
   ) {}
 
   get finished(): boolean {
@@ -62,12 +70,12 @@ export class CaptureCycle {
     this.assertOpen();
     this.state = "confirmed";
     await this.closeConnections();
-    for (const d of this.disks) await teardownFleece(this.qmp, d.diskId, d.fleeceImagePath, this.logger);
+    for (const d of this.disks) await this.teardown(d);
     if (this.kind === "incremental") {
       for (const d of this.disks) await this.qmp.execute("block-dirty-bitmap-remove", { node: d.node, name: bitmapName(this.seq - 1) });
     }
     this.onFinish("confirmed");
-    this.logger.info({ vm: this.vmId, seq: this.seq, kind: this.kind }, "cycle confirmed");
+    this.logger.info({ vm: this.vmId, seq: this.seq, kind: this.kind, vcpuPauseMs: this.vcpuPauseMs }, "cycle confirmed");
   }
 
   /** The cycle did not reach the replica: keep every change for the next cycle. */
@@ -77,7 +85,7 @@ export class CaptureCycle {
     this.logger.warn({ vm: this.vmId, seq: this.seq, kind: this.kind, err: reason }, "cycle aborted");
     await this.closeConnections();
     try {
-      for (const d of this.disks) await teardownFleece(this.qmp, d.diskId, d.fleeceImagePath, this.logger);
+      for (const d of this.disks) await this.teardown(d);
       for (const d of this.disks) {
         if (this.kind === "incremental") {
           const handedOff = bitmapName(this.seq - 1);

@@ -15,6 +15,11 @@ export interface VmCaptureState {
   version: 1;
   vmId: string;
   disks: Record<string, DiskCaptureState>;
+  /**
+   * Set while the agent holds the guest's vCPUs stopped for a cut-off: if the agent dies inside
+   * that window, its next start finds the mark and resumes the guest it paused.
+   */
+  cutoffPauseStartedAt?: string;
 }
 
 /**
@@ -43,9 +48,9 @@ export class CaptureStateFile {
 
   /** Write-then-rename with fsyncs: a crash leaves the old or the new state, never half of one. */
   save(state: VmCaptureState): void {
-    mkdirSync(dirname(this.path), { recursive: true });
+    mkdirSync(dirname(this.path), { recursive: true, mode: 0o700 });
     const tmp = `${this.path}.tmp`;
-    writeFileSync(tmp, JSON.stringify(state, null, 2));
+    writeFileSync(tmp, JSON.stringify(state, null, 2), { mode: 0o600 });
     const fd = openSync(tmp, "r");
     fsyncSync(fd);
     closeSync(fd);

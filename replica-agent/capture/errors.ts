@@ -72,3 +72,51 @@ export class CycleInProgressError extends QreplicaError {
     super(`VM ${vmId}: cycle ${seq} is still open; confirm or abort it first`);
   }
 }
+
+/**
+ * The scratch filesystem has too little free space to hold a cut-off's copy-before-write data:
+ * nothing was cut, every change stays recorded for the next cycle.
+ */
+export class ScratchSpaceLowError extends QreplicaError {
+  readonly code = "SCRATCH_SPACE_LOW" as const;
+  constructor(
+    readonly vmId: string,
+    readonly scratchDir: string,
+    readonly freeBytes: number,
+    readonly neededBytes: number,
+  ) {
+    super(
+      `VM ${vmId}: the scratch directory ${scratchDir} has ${mib(freeBytes)} free, less than the ${mib(neededBytes)} a cut-off needs; ` +
+        `no cut-off was taken and all changes are kept for the next cycle. Free space there, or point the VM's scratchDir ` +
+        `(agent config) at a filesystem with room for what the guest may overwrite during one cycle`,
+    );
+  }
+}
+
+/**
+ * The point-in-time snapshot of an open cycle broke: copying old data into the scratch failed (it
+ * filled up, or an I/O error) or took longer than cbw-timeout. The guest's writes went through
+ * (on-cbw-error: break-snapshot); the cycle cannot be completed and is aborted, its changes kept.
+ */
+export class SnapshotBrokenError extends QreplicaError {
+  readonly code = "SNAPSHOT_BROKEN" as const;
+  constructor(
+    readonly vmId: string,
+    readonly diskId: string,
+    readonly seq: number,
+    readonly scratchDir: string,
+    readonly reason: string,
+    options?: { cause?: unknown },
+  ) {
+    super(
+      `VM ${vmId} disk ${diskId}: the point-in-time snapshot of cycle ${seq} broke: ${reason}. The guest's writes were not affected; ` +
+        `the cycle is aborted and its changes are kept for the next one. If this repeats, give the scratch directory ${scratchDir} ` +
+        `more room (agent config scratchDir) or shorten the cycle interval`,
+      options,
+    );
+  }
+}
+
+function mib(bytes: number): string {
+  return `${(bytes / (1024 * 1024)).toFixed(1)} MiB`;
+}

@@ -6,6 +6,8 @@ export {
   DiskNodeNotFoundError,
   DiskResizedDuringCutoffError,
   ResyncRequiredError,
+  ScratchSpaceLowError,
+  SnapshotBrokenError,
 } from "./errors.js";
 export type { ByteRange, CaptureExtent, ExtentReadOptions, ExtentReadStats } from "./extentReader.js";
 export type { DiskReport } from "./reconcile.js";

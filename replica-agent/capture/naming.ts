@@ -16,7 +16,15 @@ export const backupJobId = (diskId: string): string => `${PREFIX}-job-${diskId}`
 export const exportId = (diskId: string): string => `${PREFIX}-exp-${diskId}`;
 export const exportName = (diskId: string, seq: number): string => `${PREFIX}-${diskId}-${seq}`;
 
-export const isOurFleeceNode = (node: string): boolean => node.startsWith(`${PREFIX}-fleece-`);
+/** The copy-before-write graph of a qemu-system disk: scratch file <- filter (under the device) <- snapshot-access. */
+export const scratchNodeName = (diskId: string): string => `${PREFIX}-scratch-${diskId}`;
+export const cbwNodeName = (diskId: string): string => `${PREFIX}-cbw-${diskId}`;
+export const accessNodeName = (diskId: string): string => `${PREFIX}-access-${diskId}`;
+
+const NODE_KINDS = ["fleece", "scratch", "cbw", "access"] as const;
+export const isOurFleeceNode = (node: string): boolean => NODE_KINDS.some((k) => node.startsWith(`${PREFIX}-${k}-`));
+export const isOurCbwNode = (node: string): boolean => node.startsWith(`${PREFIX}-cbw-`);
+export const diskIdOfCbwNode = (node: string): string | undefined => (isOurCbwNode(node) ? node.slice(`${PREFIX}-cbw-`.length) : undefined);
 export const isOurJob = (id: string): boolean => id.startsWith(`${PREFIX}-job-`);
 export const isOurExport = (id: string): boolean => id.startsWith(`${PREFIX}-exp-`);
 

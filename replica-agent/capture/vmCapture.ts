@@ -1,14 +1,20 @@
 import { mkdirSync } from "node:fs";
+import { join } from "node:path";
 import { silentLogger, type Logger } from "../../src/common/logger.js";
 import { NbdClient } from "../../src/qemu/nbd/index.js";
-import { QmpCommandError, findBlockNode, namedBitmaps, queryNamedBlockNodes, type QmpClient } from "../../src/qemu/qmp/index.js";
+import { NbdCommandError } from "../../src/qemu/nbd/index.js";
+import { QmpCommandError, namedBitmaps, queryNamedBlockNodes, type QmpClient } from "../../src/qemu/qmp/index.js";
 import { CaptureCycle, DiskCycle, type Consistency, type CycleKind } from "./captureCycle.js";
 import { CaptureStateFile, type VmCaptureState } from "./captureState.js";
-import { CaptureNotEnabledError, CycleInProgressError, DiskResizedDuringCutoffError, ResyncRequiredError } from "./errors.js";
+import { scratchFiles, takeCutoff, type CutoffDisk } from "./cutoff.js";
+import { CaptureNotEnabledError, CycleInProgressError, DiskResizedDuringCutoffError, ResyncRequiredError, SnapshotBrokenError } from "./errors.js";
 import { allocationRanges, dirtyRanges, type ExtentReadOptions } from "./extentReader.js";
-import { addFleeceExport, addFleeceNode, fleeceBackupAction, fleeceImagePath, removeLeftovers, teardownFleece } from "./fleece.js";
-import { BASE_ALLOCATION, bitmapName, dirtyBitmapContext, exportName, parseBitmapSeq } from "./naming.js";
+import { addCutoffExport } from "./fleece.js";
+import { BASE_ALLOCATION, bitmapName, dirtyBitmapContext, exportName, fleeceNodeName, parseBitmapSeq } from "./naming.js";
 import { reconcileDisks, type DiskReport } from "./reconcile.js";
+import { checkScratchSpace, DEFAULT_SCRATCH_MIN_FREE_BYTES, scratchFreeBytes } from "./scratchSpace.js";
+import { addSnapshotAccess } from "./snapshotGraph.js";
+import { removeLeftovers, teardownDisk } from "./teardown.js";
 
 export interface CaptureDiskConfig {
   /** Stable id of the disk within the VM (e.g. "vda"). */
@@ -29,9 +35,17 @@ export interface VmCaptureOptions {
   vmId: string;
   qmp: QmpClient;
   disks: CaptureDiskConfig[];
-  /** Where the agent keeps its per-VM state file and (by default) the fleece scratch images. */
+  /** Where the agent keeps its per-VM state file. */
   stateDir: string;
-  fleeceDir?: string;
+  /**
+   * Where cut-offs keep the old data the guest overwrites while a cycle is read (default
+   * `<stateDir>/scratch`). Worst case it holds every changed block of a cycle the guest rewrites.
+   */
+  scratchDir?: string;
+  /** A cut-off is refused (nothing cut, changes kept) while the scratch filesystem has less free. */
+  scratchMinFreeBytes?: number;
+  /** Longest a guest write waits for its copy into the scratch before the snapshot breaks instead. */
+  cbwTimeoutSeconds?: number;
   /** Unix socket of QEMU's NBD server; started there when QEMU has none running. */
   nbdSocketPath: string;
   quiescer?: Quiescer;
@@ -42,6 +56,8 @@ export interface VmCaptureOptions {
 
 /** Read connections per disk when the export allows several (measured best with capture-read). */
 const DEFAULT_CONNECTIONS = 4;
+/** A guest write may wait this long for its copy-before-write; then the snapshot breaks, not the write. */
+const DEFAULT_CBW_TIMEOUT_SECONDS = 5;
 
 export type VmCaptureStatus = "ok" | "not-enabled" | "resync-required";
 
@@ -63,12 +79,12 @@ export class VmCapture {
   private openCycle: CaptureCycle | undefined;
   private lastReport: ReconcileReport | undefined;
   private readonly logger: Logger;
-  private readonly fleeceDir: string;
+  readonly scratchDir: string;
 
   private constructor(private readonly opts: VmCaptureOptions) {
     this.logger = (opts.logger ?? silentLogger).child({ vm: opts.vmId });
-    this.fleeceDir = opts.fleeceDir ?? opts.stateDir;
-    mkdirSync(this.fleeceDir, { recursive: true });
+    this.scratchDir = opts.scratchDir ?? join(opts.stateDir, "scratch");
+    mkdirSync(this.scratchDir, { recursive: true, mode: 0o700 });
     this.stateFile = new CaptureStateFile(opts.stateDir, opts.vmId);
     this.state = this.stateFile.load(opts.vmId);
   }
@@ -91,9 +107,12 @@ export class VmCapture {
 
   async reconcile(): Promise<ReconcileReport> {
     const { qmp, disks, vmId } = this.opts;
-    const removedLeftovers = await removeLeftovers(qmp, this.logger);
+    await this.resumeIfPausedByUs();
+    // Configured disks first: their drives go back onto the disk nodes they are known to belong to.
+    const removedLeftovers: string[] = [];
+    for (const d of disks) removedLeftovers.push(...(await this.teardownDisk(d.id, d.node)));
+    removedLeftovers.push(...(await removeLeftovers(qmp, this.logger)));
     if (removedLeftovers.length) this.logger.warn({ removed: removedLeftovers }, "removed leftovers of an earlier run");
-    for (const d of disks) await teardownFleece(qmp, d.id, fleeceImagePath(this.fleeceDir, vmId, d.id), this.logger);
     const { disks: reports, mergedBitmaps } = await reconcileDisks(qmp, this.state, disks, this.logger);
     this.stateFile.save(this.state);
     const status: VmCaptureStatus = reports.some((r) => r.status === "resync-required")
@@ -154,49 +173,19 @@ export class VmCapture {
 
   private async cutoff(kind: CycleKind, seq: number): Promise<CaptureCycle> {
     const { qmp, disks, vmId } = this.opts;
-    const sizes = new Map<string, number>();
-    const images = new Map<string, string>();
-    try {
-      for (const d of disks) {
-        const node = await findBlockNode(qmp, d.node);
-        const size = node?.image["virtual-size"] ?? 0;
-        sizes.set(d.id, size);
-        const imagePath = fleeceImagePath(this.fleeceDir, vmId, d.id);
-        images.set(d.id, imagePath);
-        await addFleeceNode(qmp, { diskId: d.id, diskNode: d.node, imagePath, sizeBytes: size });
-      }
-    } catch (err) {
-      await this.teardownAll(images);
-      throw err;
-    }
-
-    const actions = disks.flatMap((d) => [
-      { type: "block-dirty-bitmap-add", data: { node: d.node, name: bitmapName(seq), persistent: true } },
-      ...(kind === "incremental" ? [{ type: "block-dirty-bitmap-disable", data: { node: d.node, name: bitmapName(seq - 1) } }] : []),
-      fleeceBackupAction(d.id, d.node),
-    ]);
-    let consistency: Consistency = "crash";
-    let cutoffAt: Date;
-    try {
-      const runTransaction = async () => {
-        await qmp.execute("transaction", { actions });
-        return new Date();
-      };
-      if (this.opts.quiescer) {
-        const frozen = await this.opts.quiescer.withFrozenFilesystems(runTransaction, {
-          freezeTimeoutMs: this.opts.freezeTimeoutMs ?? 5_000,
-          logger: this.logger,
-        });
-        cutoffAt = frozen.result;
-        consistency = frozen.consistency;
-      } else {
-        cutoffAt = await runTransaction();
-      }
-    } catch (err) {
-      // The transaction is atomic: on failure no bitmap changed, only the fleece nodes must go.
-      await this.teardownAll(images);
-      throw err;
-    }
+    const { freeBytes } = checkScratchSpace(vmId, this.scratchDir, this.opts.scratchMinFreeBytes ?? DEFAULT_SCRATCH_MIN_FREE_BYTES);
+    const taken = await takeCutoff({
+      qmp,
+      vmId,
+      kind,
+      seq,
+      disks,
+      scratchDir: this.scratchDir,
+      cbwTimeoutSeconds: this.opts.cbwTimeoutSeconds ?? DEFAULT_CBW_TIMEOUT_SECONDS,
+      freeze: (fn) => this.frozen(fn),
+      pauseMarker: { set: () => this.markPause(true), clear: () => this.markPause(false) },
+      logger: this.logger,
+    });
 
     if (kind === "incremental") {
       for (const d of disks) this.state.disks[d.id] = { ...this.state.disks[d.id]!, seq };
@@ -204,47 +193,110 @@ export class VmCapture {
     }
 
     const diskCycles: DiskCycle[] = [];
-    const cycle = new CaptureCycle(vmId, seq, kind, cutoffAt, consistency, diskCycles, qmp, this.logger, (outcome) =>
-      this.finishCycle(cycle, outcome),
+    const cycle = new CaptureCycle(
+      vmId, seq, kind, taken.at, taken.consistency, diskCycles, qmp, this.logger,
+      (outcome) => this.finishCycle(cycle, outcome),
+      async (d) => void (await this.teardownDisk(d.diskId, d.node)),
+      taken.vcpuPauseMs,
     );
     this.openCycle = cycle;
     try {
       const nodes = await queryNamedBlockNodes(qmp);
-      for (const d of disks) {
+      for (const d of taken.disks) {
         const node = nodes.find((n) => n["node-name"] === d.node);
         const size = node?.image["virtual-size"] ?? 0;
-        if (size !== sizes.get(d.id)) throw new DiskResizedDuringCutoffError(d.id, sizes.get(d.id) ?? 0, size);
+        if (size !== d.sizeBytes) throw new DiskResizedDuringCutoffError(d.id, d.sizeBytes, size);
         const handedOff = kind === "incremental" ? bitmapName(seq - 1) : undefined;
         const dirtyBytes = handedOff ? (node?.["dirty-bitmaps"]?.find((b) => b.name === handedOff)?.count ?? 0) : size;
-        const name = exportName(d.id, seq);
-        await addFleeceExport(qmp, { diskId: d.id, name, bitmap: handedOff ? { node: d.node, name: handedOff } : undefined });
-        const context = handedOff ? dirtyBitmapContext(handedOff) : BASE_ALLOCATION;
-        const clients: NbdClient[] = [];
-        diskCycles.push(
-          new DiskCycle(d.id, d.node, size, dirtyBytes, images.get(d.id)!, clients, (c) =>
-            handedOff ? dirtyRanges(c, context) : allocationRanges(c, context),
-          this.opts.read ?? {}),
-        );
-        const connect = () => NbdClient.connect({ socketPath: this.opts.nbdSocketPath, exportName: name, metaContexts: [context] });
-        clients.push(await connect());
-        // Several connections only where QEMU says they see one consistent export (read-only ones do).
-        const connections = clients[0]!.canMultiConn ? Math.max(1, this.opts.read?.connections ?? DEFAULT_CONNECTIONS) : 1;
-        for (let i = 1; i < connections; i++) clients.push(await connect());
+        diskCycles.push(await this.openDisk(d, seq, dirtyBytes, handedOff));
       }
     } catch (err) {
       for (const d of disks) {
-        if (!diskCycles.some((c) => c.diskId === d.id)) {
-          diskCycles.push(new DiskCycle(d.id, d.node, 0, 0, images.get(d.id)!, [], () => emptyRanges(), {}));
-        }
+        if (!diskCycles.some((c) => c.diskId === d.id)) diskCycles.push(new DiskCycle(d.id, d.node, 0, 0, [], () => emptyRanges(), {}));
       }
       await cycle.abort(err).catch((e: unknown) => this.logger.error({ err: e }, "rollback after a failed cut-off failed"));
       throw err;
     }
+    const dirtyTotal = diskCycles.reduce((n, d) => n + d.dirtyBytes, 0);
     this.logger.info(
-      { seq, kind, consistency, disks: diskCycles.map((d) => ({ disk: d.diskId, size: d.sizeAtCutoff, dirty: d.dirtyBytes })) },
+      {
+        seq, kind, consistency: taken.consistency, vcpuPauseMs: taken.vcpuPauseMs,
+        graph: taken.disks.map((d) => `${d.id}:${d.device ? "copy-before-write" : "backup-sync-none"}`),
+        scratchFreeBytes: freeBytes,
+        disks: diskCycles.map((d) => ({ disk: d.diskId, size: d.sizeAtCutoff, dirty: d.dirtyBytes })),
+      },
       "cut-off taken",
     );
+    if (freeBytes < dirtyTotal && taken.disks.some((d) => d.device)) {
+      this.logger.warn({ scratchDir: this.scratchDir, freeBytes, dirtyBytes: dirtyTotal }, "the scratch may be too small if the guest rewrites much of this cycle's changes before they are read; the snapshot would then break (never the guest's writes)");
+    }
     return cycle;
+  }
+
+  /** Exports one disk's point-in-time view with the cycle's bitmap and connects the readers. */
+  private async openDisk(d: CutoffDisk, seq: number, dirtyBytes: number, handedOff: string | undefined): Promise<DiskCycle> {
+    const { qmp } = this.opts;
+    const name = exportName(d.id, seq);
+    const node = d.device ? await addSnapshotAccess(qmp, d.id) : fleeceNodeName(d.id);
+    await addCutoffExport(qmp, { diskId: d.id, node, name, bitmap: handedOff ? { node: d.node, name: handedOff } : undefined });
+    // A bitmap-restricted snapshot-access node refuses block status and reads outside the
+    // bitmap (EINVAL): only the dirty-bitmap context is negotiated, zeroes are found in the data.
+    const context = handedOff ? dirtyBitmapContext(handedOff) : BASE_ALLOCATION;
+    const clients: NbdClient[] = [];
+    const explain = (err: unknown) => (d.device ? this.explainSnapshotReadError(err, d.id, seq) : err);
+    const cycle = new DiskCycle(d.id, d.node, d.sizeBytes, dirtyBytes, clients, (c) => (handedOff ? dirtyRanges(c, context) : allocationRanges(c, context)), this.opts.read ?? {}, explain);
+    const connect = () => NbdClient.connect({ socketPath: this.opts.nbdSocketPath, exportName: name, metaContexts: [context] });
+    clients.push(await connect());
+    // Several connections only where QEMU says they see one consistent export (read-only ones do).
+    const connections = clients[0]!.canMultiConn ? Math.max(1, this.opts.read?.connections ?? DEFAULT_CONNECTIONS) : 1;
+    for (let i = 1; i < connections; i++) clients.push(await connect());
+    return cycle;
+  }
+
+  /**
+   * QEMU reports a broken snapshot only as failing reads (EINVAL: "Permission denied" inside), and
+   * the cycle reads only inside its bitmap, where reads fail for no other reason.
+   */
+  private explainSnapshotReadError(err: unknown, diskId: string, seq: number): unknown {
+    if (!(err instanceof NbdCommandError)) return err;
+    let free: number | undefined;
+    try {
+      free = scratchFreeBytes(this.scratchDir);
+    } catch {
+      free = undefined;
+    }
+    const full = free !== undefined && free < 1024 * 1024;
+    const cause = full
+      ? `the scratch filesystem of ${this.scratchDir} filled up (${free} bytes free) while the guest overwrote blocks the cycle had not read yet`
+      : `a copy of old data into the scratch ${this.scratchDir} failed or took longer than cbw-timeout (${this.opts.cbwTimeoutSeconds ?? DEFAULT_CBW_TIMEOUT_SECONDS} s); the export said: ${err.serverMessage || err.errnoName}`;
+    return new SnapshotBrokenError(this.opts.vmId, diskId, seq, this.scratchDir, cause, { cause: err });
+  }
+
+  private async frozen<T>(fn: () => Promise<T>): Promise<{ result: T; consistency: Consistency }> {
+    if (!this.opts.quiescer) return { result: await fn(), consistency: "crash" };
+    const frozen = await this.opts.quiescer.withFrozenFilesystems(fn, { freezeTimeoutMs: this.opts.freezeTimeoutMs ?? 5_000, logger: this.logger });
+    return { result: frozen.result, consistency: frozen.consistency };
+  }
+
+  private markPause(on: boolean): void {
+    if (on) this.state.cutoffPauseStartedAt = new Date().toISOString();
+    else delete this.state.cutoffPauseStartedAt;
+    this.stateFile.save(this.state);
+  }
+
+  /** A previous agent died while it held the guest stopped for a cut-off: resume the guest. */
+  private async resumeIfPausedByUs(): Promise<void> {
+    if (!this.state.cutoffPauseStartedAt) return;
+    const status = await this.opts.qmp.execute<{ status: string }>("query-status");
+    if (status.status === "paused") {
+      await this.opts.qmp.execute("cont");
+      this.logger.warn({ pausedSince: this.state.cutoffPauseStartedAt }, "resumed the guest that an earlier run of the agent had paused for a cut-off and not resumed");
+    }
+    this.markPause(false);
+  }
+
+  private async teardownDisk(diskId: string, diskNode: string): Promise<string[]> {
+    return teardownDisk(this.opts.qmp, { diskId, diskNode }, scratchFiles(this.scratchDir, this.opts.vmId, diskId), this.logger);
   }
 
   private finishCycle(cycle: CaptureCycle, outcome: "confirmed" | "aborted"): void {
@@ -261,14 +313,6 @@ export class VmCapture {
       }
     }
     this.stateFile.save(this.state);
-  }
-
-  private async teardownAll(images: Map<string, string>): Promise<void> {
-    for (const d of this.opts.disks) {
-      await teardownFleece(this.opts.qmp, d.id, images.get(d.id), this.logger).catch((err: unknown) =>
-        this.logger.error({ err, disk: d.id }, "fleece teardown failed"),
-      );
-    }
   }
 
   private async ensureNbdServer(): Promise<void> {

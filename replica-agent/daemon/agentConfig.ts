@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { QreplicaError } from "../../src/common/errors.js";
+import { InvalidIdError, requireId, type IdKind } from "../../src/model/index.js";
 // The spec model only (pure validation), not the site server.
 import { validateVmSpec, type VmSpec } from "../../src/site/launcher/vmSpec.js";
 
@@ -12,8 +13,19 @@ export interface AgentVmConfig {
   nbdSocket: string;
   guestAgentSocket?: string;
   disks: Array<{ id: string; node: string }>;
+  /**
+   * Where cut-offs keep the old data the guest overwrites while a cycle is read (default
+   * `<stateDir>/scratch`). Fast local storage with room for what the guest may rewrite in a cycle.
+   */
+  scratchDir?: string;
   /** host:port of the replica site's gRPC endpoint. */
   replicaSite: string;
+  /**
+   * The replica site's id, which its certificate must carry as its identity (CN): the agent refuses
+   * any other server of the deployment's CA, so a DNS or config mistake cannot send the VM's disks
+   * to the wrong site.
+   */
+  replicaSiteId: string;
   intervalSeconds: number;
   compressionLevel: number;
   /**
@@ -71,15 +83,17 @@ export function loadAgentConfig(path: string): AgentConfig {
     const disks = vm.disks;
     if (!Array.isArray(disks) || disks.length === 0) throw new AgentConfigError(path, `${where}.disks must list the VM's disks as {id, node}`);
     return {
-      id: str(vm.id, path, `${where}.id`),
+      id: id("VM id", vm.id, path, `vms[${i}].id`),
       qmpSocket: abs(str(vm.qmpSocket, path, `${where}.qmpSocket`)),
       nbdSocket: abs(str(vm.nbdSocket, path, `${where}.nbdSocket`)),
       guestAgentSocket: vm.guestAgentSocket === undefined ? undefined : abs(str(vm.guestAgentSocket, path, `${where}.guestAgentSocket`)),
       disks: disks.map((d, j) => {
         const disk = asObject(d, path, `${where}.disks[${j}]`);
-        return { id: str(disk.id, path, `${where}.disks[${j}].id`), node: str(disk.node, path, `${where}.disks[${j}].node`) };
+        return { id: id("disk id", disk.id, path, `${where}.disks[${j}].id`), node: str(disk.node, path, `${where}.disks[${j}].node`) };
       }),
+      scratchDir: vm.scratchDir === undefined ? undefined : abs(str(vm.scratchDir, path, `${where}.scratchDir`)),
       replicaSite: str(vm.replicaSite, path, `${where}.replicaSite`),
+      replicaSiteId: replicaSiteIdOf(vm.replicaSiteId, path, where),
       intervalSeconds: num(vm.intervalSeconds ?? 30, path, `${where}.intervalSeconds`),
       compressionLevel: num(vm.compressionLevel ?? 1, path, `${where}.compressionLevel`),
       chunkChecksum: oneOf(vm.chunkChecksum ?? "zstd-frame", ["zstd-frame", "sha256"] as const, path, `${where}.chunkChecksum`),
@@ -94,6 +108,26 @@ export function loadAgentConfig(path: string): AgentConfig {
     tls: { caFile: abs(str(tls.caFile, path, "tls.caFile")), certFile: abs(str(tls.certFile, path, "tls.certFile")), keyFile: abs(str(tls.keyFile, path, "tls.keyFile")) },
     vms,
   };
+}
+
+/** Ids become state file names and QMP names: one that is not an id is refused before anything is written. */
+function id(kind: IdKind, v: unknown, path: string, what: string): string {
+  const text = str(v, path, what);
+  try {
+    return requireId(kind, text);
+  } catch (err) {
+    if (err instanceof InvalidIdError) throw new AgentConfigError(path, `${what}: ${err.message}`, { cause: err });
+    throw err;
+  }
+}
+
+function replicaSiteIdOf(v: unknown, path: string, where: string): string {
+  if (typeof v === "string" && v !== "") return v;
+  throw new AgentConfigError(
+    path,
+    `${where}.replicaSiteId is missing: set it to the replica site's id (the --name given to 'qreplica site init' there, e.g. replicaSiteId: site-b); ` +
+      "the agent sends the VM's disks only to a server whose certificate carries that identity",
+  );
 }
 
 function specOf(v: unknown, path: string, what: string): VmSpec {

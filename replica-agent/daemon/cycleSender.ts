@@ -4,7 +4,7 @@ import { ChecksumAlgorithm, Consistency, CycleKind } from "../../src/gen/qreplic
 import type { RejectReason, ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
 import { encodeExtentChunkRequest, writeWithBackpressure, type OutgoingReplicateRequest } from "../../src/transport/index.js";
 import { getCodec } from "../../src/codec/index.js";
-import type { CaptureCycle } from "../capture/index.js";
+import { SnapshotBrokenError, type CaptureCycle } from "../capture/index.js";
 import type { ResponseQueue } from "./responseQueue.js";
 import { ComparisonHashes, differingChunks, type ResyncStats } from "./differingChunks.js";
 
@@ -32,6 +32,8 @@ export interface CycleSenderOptions {
   compressionLevel: number;
   checksum: ChecksumAlgorithm;
   logger: Logger;
+  /** Told the cycle's sequence once its CycleEnd is out, undefined once acked (see noteUnacknowledged). */
+  onEndSent?: (seq: number | undefined) => void;
 }
 
 export interface CycleTotals {
@@ -93,6 +95,7 @@ export async function sendCycle(
       }
     }
     await pump;
+    o.onEndSent?.(cycle.seq);
     await send(stream, responses, {
       body: {
         $case: "cycleEnd",
@@ -104,12 +107,17 @@ export async function sendCycle(
       throwIfRejected(r, cycle.seq, o);
       if (r.body?.$case === "cycleAck" && Number(r.body.value.cycleSequence) === cycle.seq) break;
     }
+    o.onEndSent?.(undefined);
     await cycle.confirm();
-    o.logger.info({ vm: o.vmId, seq: cycle.seq, kind: o.resync ? "resync" : cycle.kind, ...totals, ...(o.resync ? resyncStats : {}), ms: Date.now() - started }, "cycle acknowledged by the replica site");
+    o.logger.info({ vm: o.vmId, seq: cycle.seq, kind: o.resync ? "resync" : cycle.kind, vcpuPauseMs: cycle.vcpuPauseMs, ...totals, ...(o.resync ? resyncStats : {}), ms: Date.now() - started }, "cycle acknowledged by the replica site");
     return { totals, resync: o.resync ? resyncStats : undefined };
   } catch (err) {
     replica?.fail(err as Error);
     if (!cycle.finished) await cycle.abort(err);
+    if (err instanceof SnapshotBrokenError) {
+      // The site records it as a failed cycle with this message (status, events).
+      await send(stream, responses, { body: { $case: "cycleAbort", value: { generation: gen, cycleSequence: seq, message: `${err.code}: ${err.message}` } } }).catch(() => undefined);
+    }
     throw err;
   }
 }

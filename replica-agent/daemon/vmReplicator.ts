@@ -7,7 +7,7 @@ import { RejectReason, ResumeHint, ResyncMode, type PlannedFailoverRequested } f
 import { GuestAgentClient } from "../../src/qemu/guestAgent/index.js";
 import { QmpClient, queryNamedBlockNodes } from "../../src/qemu/qmp/index.js";
 import { ReplicationClient, channelCredentials, grpcChannelOptions, type SiteCredentials } from "../../src/transport/index.js";
-import { VmCapture, type CaptureCycle } from "../capture/index.js";
+import { ScratchSpaceLowError, SnapshotBrokenError, VmCapture, type CaptureCycle } from "../capture/index.js";
 import type { AgentVmConfig } from "./agentConfig.js";
 import { ResponseQueue } from "./responseQueue.js";
 import { CycleRefusedError, send, sendCycle, type ReplicateStream } from "./cycleSender.js";
@@ -69,7 +69,7 @@ export class VmReplicator {
     private readonly tls: SiteCredentials,
     private readonly logger: Logger,
   ) {
-    mkdirSync(stateDir, { recursive: true });
+    mkdirSync(stateDir, { recursive: true, mode: 0o700 });
     this.stateFile = join(stateDir, `${vm.id}.replication.json`);
   }
 
@@ -101,7 +101,7 @@ export class VmReplicator {
     this.status = "connecting";
     const qmp = await QmpClient.connect({ socketPath: this.vm.qmpSocket, logger: this.logger });
     const guestAgent = this.vm.guestAgentSocket ? new GuestAgentClient({ socketPath: this.vm.guestAgentSocket, logger: this.logger }) : undefined;
-    const client = new ReplicationClient(this.vm.replicaSite, channelCredentials(this.tls), grpcChannelOptions);
+    const client = new ReplicationClient(this.vm.replicaSite, channelCredentials(this.tls, { expectedServerIdentity: this.vm.replicaSiteId }), grpcChannelOptions);
     let stream: ReplicateStream | undefined;
     try {
       const capture = await VmCapture.open({
@@ -109,6 +109,7 @@ export class VmReplicator {
         qmp,
         disks: this.vm.disks,
         stateDir: this.stateDir,
+        scratchDir: this.vm.scratchDir,
         nbdSocketPath: this.vm.nbdSocket,
         quiescer: guestAgent,
         logger: this.logger,
@@ -145,7 +146,7 @@ export class VmReplicator {
     const broken = Promise.race([responses.failed, qmp.closed.then(() => Promise.reject(new Error("QEMU's QMP monitor closed (QEMU exited?)")))]);
     broken.catch(() => undefined);
     const cycle = async (c: CaptureCycle, resync: boolean) => {
-      const o = { vmId: this.vm.id, compressionLevel: this.vm.compressionLevel, checksum: this.chunkChecksum, logger: this.logger, resync };
+      const o = { ...this.senderOptions(), resync };
       await sendCycle(stream, responses, c, ack.generation, o);
       this.cyclesConfirmed++;
     };
@@ -193,6 +194,12 @@ export class VmReplicator {
     try {
       await run();
     } catch (err) {
+      if (err instanceof SnapshotBrokenError || err instanceof ScratchSpaceLowError) {
+        // The guest is unharmed and every change kept: the next interval tries again.
+        this.lastError = `${err.code}: ${err.message}`;
+        this.logger.warn({ vm: this.vm.id, code: err.code, err: err.message }, "cycle failed on this host; retrying next interval");
+        return;
+      }
       if (!(err instanceof CycleRefusedError)) throw err;
       if (err.reason === RejectReason.REJECT_REASON_STALE_GENERATION) {
         this.status = "refused-stale";
@@ -236,7 +243,7 @@ export class VmReplicator {
     if (qmp.isClosed) throw new Error("the VM powered off and QEMU exited before the final cycle: run it with -no-shutdown so its last changes can be shipped");
     const stoppedAt = new Date();
     const cycle = await capture.beginCycle();
-    await sendCycle(stream, responses, cycle, generation, { vmId: this.vm.id, compressionLevel: this.vm.compressionLevel, checksum: this.chunkChecksum, logger: this.logger, resync: false });
+    await sendCycle(stream, responses, cycle, generation, { ...this.senderOptions(), resync: false });
     const nodes = await queryNamedBlockNodes(qmp);
     const disks = this.vm.disks.map((d) => ({ diskId: d.id, imagePath: nodes.find((n) => n["node-name"] === d.node)?.image.filename ?? "" }));
     await send(stream, responses, {
@@ -311,6 +318,7 @@ export class VmReplicator {
     }
     if (reply?.$case !== "helloAck") throw new Error(`expected HelloAck, got ${reply?.$case ?? "nothing"}`);
     const generation = Number(reply.value.generation);
+    this.noteUnacknowledged(Number(reply.value.lastCommittedCycleSequence));
     this.chunkChecksum = this.pickChecksum(reply.value.acceptedChecksumAlgorithms);
     this.saveState({ generation, replicaSite: this.vm.replicaSite });
     const hint = reply.value.resumeHint;
@@ -318,6 +326,35 @@ export class VmReplicator {
       this.logger.warn({ vm: this.vm.id, hint: ResumeHint[hint], reason: reply.value.resyncReason, lost }, hint === ResumeHint.RESUME_HINT_RESYNC ? "the replica site asks for a resync by comparison" : "waiting for an operator (paused, or resync: manual)");
     }
     return { generation, hint, lastCycleSeq: Number(reply.value.lastCommittedCycleSequence), resyncReason: reply.value.resyncReason };
+  }
+
+  private senderOptions() {
+    return {
+      vmId: this.vm.id,
+      compressionLevel: this.vm.compressionLevel,
+      checksum: this.chunkChecksum,
+      logger: this.logger,
+      onEndSent: (seq: number | undefined) => (this.unacknowledgedSeq = seq),
+    };
+  }
+
+  /**
+   * A cycle whose CycleEnd went out but whose ack never came (the site or the link died): its
+   * changes were merged back into the recording bitmap and go out again in the next cycle, under
+   * a new sequence number. HelloAck says whether the site had committed it: either way nothing is
+   * lost and no point is duplicated, but the operator sees which it was.
+   */
+  private unacknowledgedSeq: number | undefined;
+
+  private noteUnacknowledged(lastCommitted: number): void {
+    const seq = this.unacknowledgedSeq;
+    if (seq === undefined) return;
+    this.unacknowledgedSeq = undefined;
+    if (lastCommitted >= seq) {
+      this.logger.warn({ vm: this.vm.id, seq, lastCommitted }, `cycle ${seq} was committed by the replica site before its ack was lost; its changes are sent again in the next cycle`);
+    } else {
+      this.logger.warn({ vm: this.vm.id, seq, lastCommitted }, `cycle ${seq} was not committed by the replica site; its changes are sent in the next cycle`);
+    }
   }
 
   private loadState(): VmReplicationState | undefined {
@@ -329,7 +366,7 @@ export class VmReplicator {
   }
 
   private saveState(state: VmReplicationState): void {
-    writeFileSync(`${this.stateFile}.tmp`, JSON.stringify(state));
+    writeFileSync(`${this.stateFile}.tmp`, JSON.stringify(state), { mode: 0o600 });
     renameSync(`${this.stateFile}.tmp`, this.stateFile);
   }
 

@@ -1,5 +1,6 @@
 import { Command } from "commander";
 import { registerAuthorize } from "./commands/authorize.js";
+import { validateIdArguments } from "./idArguments.js";
 import { registerFailover, registerReverse } from "./commands/failover.js";
 import { registerLedger } from "./commands/ledger.js";
 import { registerPki } from "./commands/pki.js";
@@ -8,10 +9,15 @@ import { registerRunbook } from "./commands/runbook.js";
 import { registerSite } from "./commands/site.js";
 import { registerStatus } from "./commands/status.js";
 
+// Keys, ledgers, replica images and everything else qreplica creates are for this user alone,
+// whatever the shell's umask (022 would make them world-readable); QEMU children inherit it.
+process.umask(0o077);
+
 const program = new Command()
   .name("qreplica")
   .description("Replication and disaster recovery for QEMU/KVM virtual machines")
   .version("0.1.0");
+validateIdArguments(program);
 registerPki(program);
 registerSite(program);
 registerAuthorize(program);

@@ -1,7 +1,7 @@
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import { ControlServiceClient } from "../gen/qreplica/v1/control.js";
-import { addressFile, loadSiteConfig } from "../site/siteConfig.js";
+import { addressFile, adminCredentialFiles, loadSiteConfig } from "../site/siteConfig.js";
 import { channelCredentials, grpcChannelOptions, loadSiteCredentials } from "../transport/index.js";
 
 export interface SiteTargetOptions {
@@ -12,18 +12,47 @@ export interface SiteTargetOptions {
   key?: string;
 }
 
+/** An error from a control call: the server's message, and its status as `code` for --json output. */
+export class ControlCallError extends Error {
+  readonly code: string;
+  constructor(readonly grpcCode: grpc.status, message: string) {
+    super(message);
+    this.code = grpc.status[grpcCode] ?? "UNKNOWN";
+  }
+}
+
 /**
- * The control plane of a site, over mutual TLS. `--dir` takes the address and a certificate
- * from a site directory on this host; otherwise `--site host:port` with `--ca/--cert/--key`.
+ * Which identity the CLI presents. With `--dir` on the site's host: the site's local admin
+ * certificate (`tls/admin.crt`, role admin, made by `site init`), never the site's own agent
+ * certificate, which the control plane refuses. `--cert/--key` override it with a personal
+ * identity (a viewer's or an operator's, from `qreplica pki issue --role`).
+ */
+export function controlCredentialFiles(opts: SiteTargetOptions): { caFile: string; certFile: string; keyFile: string } | undefined {
+  const config = opts.dir ? loadSiteConfig(opts.dir) : undefined;
+  const caFile = opts.ca ?? config?.caFile;
+  if (opts.cert || opts.key) {
+    if (!opts.cert || !opts.key || !caFile) throw new Error("--cert and --key go together, with --ca (or --dir for the site's CA certificate)");
+    return { caFile, certFile: opts.cert, keyFile: opts.key };
+  }
+  if (!opts.dir || !config) return undefined;
+  const admin = adminCredentialFiles(opts.dir);
+  if (!existsSync(admin.certFile) || !existsSync(admin.keyFile)) {
+    throw new Error(
+      `site ${opts.dir} has no local admin certificate (${admin.certFile}); sites made before roles existed lack it: ` +
+        `issue one with 'qreplica pki issue --ca-dir CA_DIR --name ${config.siteId}-admin --role admin --out-dir DIR' and pass --cert DIR/${config.siteId}-admin.crt --key DIR/${config.siteId}-admin.key`,
+    );
+  }
+  return { caFile: config.caFile, ...admin };
+}
+
+/**
+ * The control plane of a site, over mutual TLS. `--dir` takes the address and the local admin
+ * certificate from a site directory on this host; otherwise `--site host:port` with `--ca/--cert/--key`.
  */
 export function controlClient(opts: SiteTargetOptions): ControlServiceClient {
-  let address = opts.site;
-  let files = opts.ca && opts.cert && opts.key ? { caFile: opts.ca, certFile: opts.cert, keyFile: opts.key } : undefined;
-  if (opts.dir) {
-    const config = loadSiteConfig(opts.dir);
-    address ??= readAddress(opts.dir);
-    files ??= { caFile: config.caFile, certFile: config.certFile, keyFile: config.keyFile };
-  }
+  // The site directory is checked first: "not a site" says more than "not running".
+  const files = controlCredentialFiles(opts);
+  const address = opts.site ?? (opts.dir ? readAddress(opts.dir) : undefined);
   if (!address || !files) throw new Error("which site? pass --dir SITE_DIR, or --site HOST:PORT with --ca, --cert and --key");
   return new ControlServiceClient(address, channelCredentials(loadSiteCredentials(files)), grpcChannelOptions);
 }
@@ -44,6 +73,6 @@ export function unary<Req, Res>(
   timeoutMs = 15_000,
 ): Promise<Res> {
   return new Promise((resolve, reject) => {
-    method.call(client, request, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(new Error(err.details || err.message)) : resolve(res)));
+    method.call(client, request, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(new ControlCallError(err.code, err.details || err.message)) : resolve(res)));
   });
 }

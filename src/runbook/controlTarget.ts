@@ -1,5 +1,5 @@
 import { controlClient, unary } from "../cli/siteClient.js";
-import { FailoverKind, RelationshipState, type LaunchedVmInfo } from "../gen/qreplica/v1/control.js";
+import { FailoverKind, RelationshipState, type ControlServiceClient, type LaunchedVmInfo } from "../gen/qreplica/v1/control.js";
 import type { SiteRef } from "./model.js";
 import type { LaunchedVm, RunbookTarget, VmReplicaStatus } from "./target.js";
 
@@ -10,9 +10,13 @@ const stateName = (s: RelationshipState) => (RelationshipState[s] ?? "UNSPECIFIE
 
 const launchedOf = (v: LaunchedVmInfo): LaunchedVm => ({ name: v.name, serialLog: v.serialLog, qmpSocket: v.qmpSocket, pid: v.pid, timeToRunningMs: Number(v.timeToRunningMs) });
 
+/** The replica site's control plane: `dir` presents the site's admin certificate, `address` the runbook's own. */
+export function siteControlClient(site: SiteRef): ControlServiceClient {
+  return "dir" in site ? controlClient({ dir: site.dir }) : controlClient({ site: site.address, ca: site.ca, cert: site.cert, key: site.key });
+}
+
 /** The runbook's operations over the replica site's gRPC control plane (mutual TLS). */
-export function controlTarget(site: SiteRef): RunbookTarget {
-  const client = "dir" in site ? controlClient({ dir: site.dir }) : controlClient({ site: site.address, ca: site.ca, cert: site.cert, key: site.key });
+export function controlTarget(site: SiteRef, client: ControlServiceClient = siteControlClient(site)): RunbookTarget {
   // QEMU pids mean something only on the site's own host, which a site directory implies.
   const local = "dir" in site;
 

@@ -1,4 +1,5 @@
-import { NO_STREAM, type EventStore } from "../ledger/index.js";
+import { NO_STREAM } from "../ledger/index.js";
+import type { RunLogStore } from "./controlPlaneRunLog.js";
 import { localProbes, runHook, waitUntil } from "./checks.js";
 import { RunbookResumeRefusedError } from "./errors.js";
 import type { SiteRef } from "./model.js";
@@ -15,7 +16,8 @@ export type ProgressEvent =
 export interface ExecuteOptions {
   plan: Plan;
   target: RunbookTarget;
-  store: EventStore;
+  /** Where the run is recorded: the site's ledger through its control plane (ControlPlaneRunLog). */
+  store: RunLogStore;
   /** The runbook file as the operator named it, for the resume command printed on a stop. */
   file: string;
   /** The recorded run to continue (see resumeOptions); a new run otherwise. */
@@ -51,9 +53,9 @@ class StepError extends Error {
   }
 }
 
-/** The command-line arguments that name where a run is recorded. */
+/** The command-line arguments that name the site whose ledger records a run. */
 export function ledgerArgs(site: SiteRef): string {
-  return "dir" in site ? `--dir ${site.dir}` : `--ledger ${site.ledger}`;
+  return "dir" in site ? `--dir ${site.dir}` : `--site ${site.address} --ca ${site.ca} --cert ${site.cert} --key ${site.key}`;
 }
 
 /**

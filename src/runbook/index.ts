@@ -7,5 +7,6 @@ export { executePlan, ledgerArgs, resumeOptions, type ExecuteOptions, type Progr
 export { rollbackRun, type RollbackOutcome, type RollbackProgress } from "./rollback.js";
 export { readRun, runStream, newRunId, launchedVms, EVENT as RUNBOOK_EVENT, RUNBOOK_STREAM_PREFIX, type RunRecord, type StepRecord, type RunStatus, type FailoverResult } from "./runLog.js";
 export { localProbes, runHook, waitUntil } from "./checks.js";
-export { controlTarget } from "./controlTarget.js";
+export { controlTarget, siteControlClient } from "./controlTarget.js";
+export { ControlPlaneRunLog, type RunLogStore } from "./controlPlaneRunLog.js";
 export type { LaunchedVm, Probes, RunbookTarget, VmReplicaStatus } from "./target.js";

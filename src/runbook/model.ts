@@ -13,8 +13,8 @@ export const FAILOVER_MODES: readonly FailoverMode[] = ["test", "planned", "unpl
  */
 export type SiteRef =
   | { dir: string }
-  /** A remote site: the ledger file that records runs must still be named. */
-  | { address: string; ca: string; cert: string; key: string; ledger: string };
+  /** A remote site, through its control plane with a personal certificate (role operator to run). */
+  | { address: string; ca: string; cert: string; key: string };
 
 export interface RunbookVm {
   vm: string;

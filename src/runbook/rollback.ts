@@ -1,4 +1,4 @@
-import type { EventStore } from "../ledger/index.js";
+import type { RunLogStore } from "./controlPlaneRunLog.js";
 import { RunbookRunNotFoundError } from "./errors.js";
 import { EVENT, RunRecorder, readRun, type FailoverResult, type StepRecord, type UndoStatus } from "./runLog.js";
 import type { RunbookTarget } from "./target.js";
@@ -22,7 +22,7 @@ export interface RollbackOutcome {
  * it made. Waits, confirmations and hooks changed nothing on the site and are left alone. Every
  * undo is recorded, so a rollback that failed halfway can simply be run again.
  */
-export async function rollbackRun(opts: { store: EventStore; target: RunbookTarget; runId: string; ledgerPath: string; onProgress?: (e: RollbackProgress) => void }): Promise<RollbackOutcome> {
+export async function rollbackRun(opts: { store: RunLogStore; target: RunbookTarget; runId: string; ledgerPath: string; onProgress?: (e: RollbackProgress) => void }): Promise<RollbackOutcome> {
   const { store, target, runId } = opts;
   const run = await readRun(store, runId);
   if (!run) throw new RunbookRunNotFoundError(runId, opts.ledgerPath);

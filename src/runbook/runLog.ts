@@ -1,5 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { NO_STREAM, type EventStore, type ExpectedVersion, type NewEvent } from "../ledger/index.js";
+
+type RunLogStore = Pick<EventStore, "append" | "readStream">;
 import type { SiteRef } from "./model.js";
 import type { LaunchedVm } from "./target.js";
 
@@ -84,7 +86,7 @@ export function newRunId(now = new Date()): string {
 /** Appends with optimistic concurrency: two processes driving one run cannot interleave silently. */
 export class RunRecorder {
   constructor(
-    private readonly store: EventStore,
+    private readonly store: RunLogStore,
     readonly runId: string,
     private expected: ExpectedVersion = NO_STREAM,
   ) {}
@@ -96,7 +98,7 @@ export class RunRecorder {
   }
 }
 
-export async function readRun(store: EventStore, runId: string): Promise<RunRecord | undefined> {
+export async function readRun(store: RunLogStore, runId: string): Promise<RunRecord | undefined> {
   const events = await store.readStream(runStream(runId));
   if (events.length === 0 || events[0]!.type !== EVENT.runStarted) return undefined;
   const start = events[0]!.data as { runbook: string; file: string; test: boolean; site: SiteRef; steps: Array<{ id: string; kind: string; description: string }>; at: string };

@@ -75,23 +75,22 @@ export function validateRunbook(input: unknown, opts: { baseDir?: string } = {})
 
   function validateSite(v: unknown): SiteRef | undefined {
     const at = ["site"];
-    if (!isObject(v)) return void problem(at, "missing the replica site", "site: { dir: /path/to/site } on the site's host, or site: { address: host:port, ca, cert, key, ledger }");
+    if (!isObject(v)) return void problem(at, "missing the replica site", "site: { dir: /path/to/site } on the site's host, or site: { address: host:port, ca, cert, key }");
     keys(v, at, ["dir", "address", "ca", "cert", "key", "ledger"]);
+    if (v.ledger !== undefined) problem([...at, "ledger"], "is no longer used: a run is recorded in the site's ledger through its control plane", "remove site.ledger");
     if (v.dir !== undefined && v.address !== undefined) return void problem(at, "has both dir and address", "keep one: dir for a site on this host, address for a remote one");
     if (v.dir !== undefined) {
-      for (const k of ["ca", "cert", "key", "ledger"]) if (v[k] !== undefined) problem([...at, k], "only used with site.address", "with site.dir the site's own certificates and ledger are used");
+      for (const k of ["ca", "cert", "key"]) if (v[k] !== undefined) problem([...at, k], "only used with site.address", "with site.dir the site's admin certificate is used");
       const dir = str(v.dir, [...at, "dir"], "site directory");
       return dir === undefined ? undefined : { dir: path(dir) };
     }
     if (v.address === undefined) return void problem(at, "needs dir or address", "site: { dir: /path/to/site }");
     const address = str(v.address, [...at, "address"], "site address");
     if (address !== undefined && !/^(\[[0-9a-fA-F:]+\]|[^\s:[\]]+):\d{1,5}$/.test(address)) problem([...at, "address"], `'${address}' is not host:port`, "e.g. address: replica.example.org:7443");
-    const files = ["ca", "cert", "key", "ledger"].map((k) =>
-      str(v[k], [...at, k], k === "ledger" ? "ledger file" : `${k} file`, k === "ledger" ? "a run is recorded in the replica site's ledger: give the path of its ledger.sqlite" : "mutual TLS needs ca, cert and key"),
-    );
+    const files = ["ca", "cert", "key"].map((k) => str(v[k], [...at, k], `${k} file`, "mutual TLS needs ca, cert and key (a certificate with role operator)"));
     if (address === undefined || files.some((f) => f === undefined)) return undefined;
-    const [ca, cert, key, ledger] = files.map((f) => path(f!)) as [string, string, string, string];
-    return { address, ca, cert, key, ledger };
+    const [ca, cert, key] = files.map((f) => path(f!)) as [string, string, string];
+    return { address, ca, cert, key };
   }
 
   const seen = new Map<string, string>();

@@ -11,3 +11,17 @@ export class SiteConfigError extends QreplicaError {
     super(`${path}: ${detail}`, options);
   }
 }
+
+/** Another site process serves this directory; a second one would fight it for its storage and ledger. */
+export class SiteDirectoryInUseError extends QreplicaError {
+  readonly code = "SITE_DIRECTORY_IN_USE" as const;
+  constructor(
+    readonly dir: string,
+    readonly holderPid: number | undefined,
+  ) {
+    super(
+      `site directory ${dir} is already served by ${holderPid ? `process ${holderPid}` : "another process"} ('qreplica site serve'); ` +
+        `nothing was started or changed. Stop that process first${holderPid ? ` (kill ${holderPid})` : ""}, or serve another directory`,
+    );
+  }
+}

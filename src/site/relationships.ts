@@ -1,5 +1,6 @@
 import { existsSync, rmSync } from "node:fs";
 import { QreplicaError } from "../common/errors.js";
+import { faultPoint } from "../common/faultPoints.js";
 import type { Logger } from "../common/logger.js";
 import { RejectReason } from "../gen/qreplica/v1/replication.js";
 import {
@@ -25,12 +26,17 @@ import {
   vmIdOfStream,
   type CycleKind,
   type Decide,
+  type ExecuteCommandOptions,
   type JsonObject,
   type EventStore,
   type RelationshipState,
 } from "../ledger/index.js";
 import type { PointWrite, ReplicaStorage } from "../storage/index.js";
 import { imageInfo } from "../qemu/processes/index.js";
+import { actorMetadata, type Caller } from "./controlPlane/caller.js";
+
+/** The states in which this site runs retention on its chains (as startMerge allows). */
+const RETENTION_STATES: readonly string[] = ["replicating", "paused", "resync-required", "resynchronising"];
 
 /** A request the relationship's state forbids, mapped to the data plane's reject reason. */
 export class RelationshipRefusal extends QreplicaError {
@@ -110,9 +116,13 @@ export class Relationships {
    * Reverse replication, on the old primary's site: the VM's new primary replicates here at the
    * generation of the failover, onto the old disks (seeds) so that only differing chunks travel.
    */
-  async prepareReverse(input: { vmId: string; generation: number; primarySiteId: string; primaryIdentity: string; disks: Array<{ diskId: string; sizeBytes: number }>; seeds: Array<{ diskId: string; imagePath: string }>; vmSpec?: JsonObject }): Promise<RelationshipState> {
-    for (const seed of input.seeds) {
-      if (!existsSync(seed.imagePath)) throw new RelationshipRefusal(RejectReason.REJECT_REASON_INVALID_STATE, `seed image ${seed.imagePath} for disk ${seed.diskId} does not exist`);
+  async prepareReverse(caller: Caller, input: { vmId: string; generation: number; primarySiteId: string; primaryIdentity: string; disks: Array<{ diskId: string; sizeBytes: number }>; seeds: Array<{ diskId: string; imagePath: string }>; vmSpec?: JsonObject }): Promise<RelationshipState> {
+    for (const seed of input.seeds) await this.storage.checkSeed(seed.diskId, seed.imagePath);
+    const current = await this.load(input.vmId);
+    if (current.state === "ready-for-initial-replication" && current.generation === input.generation && current.primaryIdentity === input.primaryIdentity) {
+      // Already prepared by an earlier 'qreplica reverse' that failed later on: run it again.
+      this.storage.saveSeeds(input.vmId, input.seeds);
+      return current;
     }
     this.storage.saveSeeds(input.vmId, input.seeds);
     // After a completed failover the new primary lists no points; the seeds tell the disk sizes.
@@ -130,6 +140,7 @@ export class Relationships {
           retention: { maxPoints: this.site.defaultMaxPoints },
           generation: input.generation,
         }),
+        { metadata: actorMetadata(caller) },
       )
     ).newState;
   }
@@ -228,7 +239,7 @@ export class Relationships {
 
   /** Marks a VM resync-required on an operator's request (no-op when it already is). */
   async requireResync(vmId: string, reason: string, metadata?: Record<string, string>): Promise<RelationshipState> {
-    return (await this.exec(vmId, (s) => (s.state === "resync-required" || s.state === "resynchronising" ? [] : markResyncRequired(s, { reason })), metadata)).newState;
+    return (await this.exec(vmId, (s) => (s.state === "resync-required" || s.state === "resynchronising" ? [] : markResyncRequired(s, { reason })), { metadata })).newState;
   }
 
   /** Checks the cycle against the relationship and opens its partial point in storage. */
@@ -317,6 +328,7 @@ export class Relationships {
 
   async commitCycle(input: CommitInput): Promise<{ pointId: string; committedAt: Date }> {
     const images = await input.point.commit();
+    faultPoint("crash-after-rename-before-ledger");
     const committedAt = new Date();
     try {
       await this.exec(input.vmId, (s) =>
@@ -352,9 +364,18 @@ export class Relationships {
     await this.exec(input.vmId, (s) => failCycle(s, { cycleSeq: input.seq, generation: input.generation, reason: input.reason, message: input.message.slice(0, 2000) }));
   }
 
-  /** Merges the oldest points into the base while there are more than the retention allows. */
+  /**
+   * Merges the oldest points into the base while there are more than the retention allows. A
+   * merge that failed earlier (an image held by another process, a crash) is finished first:
+   * otherwise its point would stay listed, half merged, and retention would stop for good.
+   */
   async applyRetention(vmId: string): Promise<void> {
     for (;;) {
+      const state = await this.load(vmId);
+      if (state.points.some((p) => p.merging) && RETENTION_STATES.includes(state.state)) {
+        await this.finishMerge(state);
+        continue;
+      }
       const started = await this.exec(vmId, (s) => startMerge(s));
       if (started.events.length === 0) return;
       await this.finishMerge(started.newState);
@@ -378,32 +399,41 @@ export class Relationships {
     return [...vmIds];
   }
 
+  /**
+   * Folds the merging point's successor into the base, records that in the ledger, and only then
+   * deletes the successor's overlay: the ledger never names an image that is gone, and a crash at
+   * any step leaves either a repeatable merge or an orphan that recover() removes.
+   */
   private async finishMerge(state: RelationshipState): Promise<void> {
     const index = state.points.findIndex((p) => p.merging);
     const oldest = state.points[index];
     const into = state.points[index + 1];
     if (!oldest || !into) return;
     const after = state.points[index + 2];
+    const folded: string[] = [];
     for (const d of into.disks) {
       const base = oldest.disks.find((b) => b.diskId === d.diskId)?.imagePath;
-      if (!base) continue;
-      // Repeatable: after a crash past the overlay's deletion, the base already holds its data.
+      if (!base || base === d.imagePath) continue;
+      // Repeatable: an overlay deleted by an earlier run (which then crashed) is already in the base.
       if (existsSync(d.imagePath)) {
         await this.storage.mergeIntoBase(base, d.imagePath, after?.disks.find((a) => a.diskId === d.diskId)?.imagePath);
+        folded.push(d.imagePath);
       }
     }
+    faultPoint("crash-before-merge-recorded");
     await this.exec(state.vmId, (s) =>
       completeMerge(s, {
         pointId: oldest.pointId,
         disks: into.disks.map((d) => ({ diskId: d.diskId, imagePath: oldest.disks.find((b) => b.diskId === d.diskId)?.imagePath ?? d.imagePath })),
       }),
     );
+    for (const path of folded) this.storage.removeMergedImage(path);
     this.logger.info({ vm: state.vmId, dropped: oldest.pointId, base: into.pointId }, "oldest recovery point merged into the base");
   }
 
-  private async exec(vmId: string, decide: Decide, metadata?: Record<string, string>) {
+  private async exec(vmId: string, decide: Decide, opts: ExecuteCommandOptions = {}) {
     try {
-      return await executeCommand(this.store, vmId, decide, metadata ? { metadata } : undefined);
+      return await executeCommand(this.store, vmId, decide, opts);
     } catch (err) {
       if (err instanceof StaleGenerationError) throw new RelationshipRefusal(RejectReason.REJECT_REASON_STALE_GENERATION, err.message, err.currentGeneration, { cause: err });
       if (err instanceof OutOfOrderCycleError) throw new RelationshipRefusal(RejectReason.REJECT_REASON_OUT_OF_ORDER, err.message, undefined, { cause: err });

@@ -17,19 +17,19 @@ export interface SiteConfig {
   compressionLevel?: number;
   /** Accelerator for VMs this site launches (failover, tests): auto = KVM when usable. */
   accel: "auto" | "kvm" | "tcg";
-}
-
-/** Which primaries may replicate to this site, as Hyper-V Replica's authorization entries. */
-export interface AuthorizationEntry {
-  /** The primary's certificate identity (subject CN). `*` allows any certificate of the site's CA. */
-  primaryIdentity: string;
-  trustGroup: string;
-  /** Storage root for this primary's VMs; the site default when absent. */
-  storageRoot?: string;
+  /**
+   * The host agents and operators dial (the first `site init --san`): written to run/site.address
+   * when `listen` is a wildcard (0.0.0.0, ::), which nobody can dial. 127.0.0.1 when absent.
+   */
+  advertiseHost?: string;
 }
 
 export const siteFile = (dir: string) => join(dir, "site.json");
+/** Where authorization entries lived before the ledger held them; imported once at start (authorizations.ts). */
 export const authorizationsFile = (dir: string) => join(dir, "authorizations.json");
+/** Files `tls/admin.crt` and `tls/admin.key`: the site's local admin identity (role admin), made by `site init`. */
+export const ADMIN_CERT_NAME = "admin";
+export const adminCredentialFiles = (dir: string) => ({ certFile: join(dir, "tls", `${ADMIN_CERT_NAME}.crt`), keyFile: join(dir, "tls", `${ADMIN_CERT_NAME}.key`) });
 export const runDir = (dir: string) => join(dir, "run");
 export const addressFile = (dir: string) => join(runDir(dir), "site.address");
 
@@ -57,6 +57,7 @@ export function loadSiteConfig(dir: string): SiteConfig {
     defaultMaxPoints: typeof raw.defaultMaxPoints === "number" && raw.defaultMaxPoints >= 1 ? raw.defaultMaxPoints : 24,
     compressionLevel: raw.compressionLevel,
     accel: parseAccel(process.env.QREPLICA_ACCEL ?? raw.accel ?? "auto", path),
+    ...(typeof raw.advertiseHost === "string" && raw.advertiseHost !== "" ? { advertiseHost: raw.advertiseHost } : {}),
   };
 }
 
@@ -66,36 +67,28 @@ function parseAccel(v: unknown, path: string): "auto" | "kvm" | "tcg" {
 }
 
 export function saveSiteConfig(dir: string, config: SiteConfig): void {
-  mkdirSync(dir, { recursive: true });
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
   writeJsonAtomic(siteFile(dir), config);
-}
-
-/** Read at every new connection, so `qreplica authorize` takes effect without a restart. */
-export function loadAuthorizations(dir: string): AuthorizationEntry[] {
-  const path = authorizationsFile(dir);
-  if (!existsSync(path)) return [];
-  try {
-    const parsed = JSON.parse(readFileSync(path, "utf8")) as unknown;
-    if (!Array.isArray(parsed)) throw new Error("expected a JSON array");
-    return parsed.filter((e): e is AuthorizationEntry => typeof e === "object" && e !== null && typeof (e as AuthorizationEntry).primaryIdentity === "string");
-  } catch (err) {
-    throw new SiteConfigError(path, "is not a valid authorization list (fix or remove it, then 'qreplica authorize' again)", { cause: err });
-  }
-}
-
-export function addAuthorization(dir: string, entry: AuthorizationEntry): AuthorizationEntry[] {
-  const entries = loadAuthorizations(dir).filter((e) => e.primaryIdentity !== entry.primaryIdentity);
-  entries.push(entry);
-  writeJsonAtomic(authorizationsFile(dir), entries);
-  return entries;
-}
-
-export function findAuthorization(entries: AuthorizationEntry[], identity: string): AuthorizationEntry | undefined {
-  return entries.find((e) => e.primaryIdentity === identity) ?? entries.find((e) => e.primaryIdentity === "*");
 }
 
 function writeJsonAtomic(path: string, value: unknown): void {
   const tmp = `${path}.tmp`;
-  writeFileSync(tmp, JSON.stringify(value, null, 2) + "\n");
+  writeFileSync(tmp, JSON.stringify(value, null, 2) + "\n", { mode: 0o600 });
   renameSync(tmp, path);
+}
+
+/** The listen host is a wildcard: it binds every address but names none a peer can dial. */
+export function isWildcardHost(host: string): boolean {
+  return ["0.0.0.0", "::", "[::]", "", "*"].includes(host);
+}
+
+/** `host:port` as a dialable address, IPv6 literals bracketed. */
+export function hostPort(host: string, port: number): string {
+  return host.includes(":") && !host.startsWith("[") ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** The host of a `host:port` listen address, without IPv6 brackets. */
+export function listenHost(listen: string): string {
+  const host = listen.slice(0, Math.max(listen.lastIndexOf(":"), 0));
+  return host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host;
 }

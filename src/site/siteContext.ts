@@ -5,11 +5,13 @@ import type { ReplicateSession } from "./dataPlane/replicateSession.js";
 import type { Relationships } from "./relationships.js";
 import type { FailoverService } from "./failover/failoverService.js";
 import { VmSerializer } from "./vmSerializer.js";
+import { SiteAuthorizations } from "./authorizations.js";
 
 /** What every request handler of a running site shares. */
 export class SiteContext {
   readonly serializer = new VmSerializer();
   private readonly sessions = new Map<string, ReplicateSession>();
+  private authz: SiteAuthorizations | undefined;
 
   constructor(
     readonly siteId: string,
@@ -20,6 +22,11 @@ export class SiteContext {
     readonly failovers: FailoverService,
     readonly logger: Logger,
   ) {}
+
+  /** Which primaries may replicate here, from the ledger. */
+  get authorizations(): SiteAuthorizations {
+    return (this.authz ??= new SiteAuthorizations(this.store));
+  }
 
   /** One stream per VM: a reconnecting agent's new stream replaces its old, half-dead one. */
   claimSession(vmId: string, session: ReplicateSession): void {

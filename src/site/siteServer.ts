@@ -1,22 +1,25 @@
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "../common/logger.js";
 import { ControlServiceService } from "../gen/qreplica/v1/control.js";
 import { ReplicationServiceService, type ReplicationServiceServer } from "../gen/qreplica/v1/replication.js";
-import { getSqliteEventStore } from "../ledger/index.js";
+import { getSqliteEventStore, type EventStore } from "../ledger/index.js";
 import { ReplicaStorage, SiteStorageDaemon } from "../storage/index.js";
-import { grpcServerOptions, loadSiteCredentials, serverCredentials, widenServerFlowControl } from "../transport/index.js";
+import { grpcServerOptions, loadSiteCredentials, serverCredentials, widenServerFlowControl, type SiteCredentials } from "../transport/index.js";
 import { controlService } from "./controlPlane/controlService.js";
 import { ReplicateSession } from "./dataPlane/replicateSession.js";
 import { Relationships } from "./relationships.js";
 import { FailoverService } from "./failover/failoverService.js";
 import { SiteContext } from "./siteContext.js";
-import { addressFile, loadSiteConfig, runDir } from "./siteConfig.js";
+import { importLegacyAuthorizations, SiteAuthorizations } from "./authorizations.js";
+import { addressFile, hostPort, isWildcardHost, listenHost, loadSiteConfig, runDir, type SiteConfig } from "./siteConfig.js";
+import { lockSiteDirectory, type SiteLock } from "./siteLock.js";
 
-function readPreviousAddress(dir: string): string | undefined {
+/** The port of the address an earlier start wrote, so a `:0` site keeps its port across restarts. */
+function readPreviousPort(dir: string): number | undefined {
   try {
-    const text = readFileSync(addressFile(dir), "utf8").trim();
-    return /:\d+$/.test(text) ? text : undefined;
+    const m = /:(\d+)$/.exec(readFileSync(addressFile(dir), "utf8").trim());
+    return m ? Number(m[1]) : undefined;
   } catch {
     return undefined;
   }
@@ -27,26 +30,68 @@ const SHUTDOWN_GRACE_MS = 2_000;
 
 export interface RunningSite {
   siteId: string;
-  /** host:port actually bound (the configured port may be 0). */
+  /** host:port peers dial (never a wildcard; the configured port may be 0). */
   address: string;
   context: SiteContext;
   stop(): Promise<void>;
 }
 
 /**
+ * The ledger and its -wal/-shm are the site's audit trail and name every image: 0600 whatever the
+ * umask. SQLite gives -wal and -shm the mode of the database file, so creating that file 0600
+ * before SQLite opens it is enough for a new ledger; an older ledger is tightened in place.
+ */
+function openLedger(path: string): EventStore {
+  if (!existsSync(path)) closeSync(openSync(path, "a", 0o600));
+  for (const p of [path, `${path}-wal`, `${path}-shm`]) if (existsSync(p)) chmodSync(p, 0o600);
+  return getSqliteEventStore({ path });
+}
+
+/**
+ * What peers dial. A wildcard listen address (0.0.0.0, ::) binds every interface but is no
+ * address: the file would send agents and the CLI to 0.0.0.0. It gets the host the operator named
+ * at `site init --san` instead, which is also on the certificate, else the loopback address.
+ */
+function dialableAddress(config: SiteConfig, port: number): string {
+  const host = listenHost(config.listen);
+  return hostPort(isWildcardHost(host) ? (config.advertiseHost ?? "127.0.0.1") : host, port);
+}
+
+/**
  * `qreplica site serve`: the ledger, the storage daemon, and the gRPC data and control planes
- * over mutual TLS. Recovers from an earlier crash before accepting anything.
+ * over mutual TLS. Takes the directory's lock before anything else, then recovers from an
+ * earlier crash (and re-adopts the failover VMs and reverse agents it supervises) before
+ * accepting anything.
  */
 export async function startSite(dir: string, logger: Logger): Promise<RunningSite> {
   const config = loadSiteConfig(dir);
   const creds = loadSiteCredentials({ caFile: config.caFile, certFile: config.certFile, keyFile: config.keyFile }, { logger });
+  const lock = lockSiteDirectory(dir, runDir(dir));
+  // What a failed start has opened so far, undone newest first, the lock last.
+  const cleanups: Array<() => Promise<void> | void> = [];
+  try {
+    return await serve(dir, config, creds, logger, lock, cleanups);
+  } catch (err) {
+    for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => undefined);
+    lock.release();
+    throw err;
+  }
+}
+
+async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, logger: Logger, lock: SiteLock, cleanups: Array<() => Promise<void> | void>): Promise<RunningSite> {
   const log = logger.child({ site: config.siteId });
-  const store = getSqliteEventStore({ path: config.ledgerPath });
+  mkdirSync(config.storageRoot, { recursive: true, mode: 0o700 });
+  const store = openLedger(config.ledgerPath);
+  cleanups.push(() => store.close());
+  // Before anything starts, so a refused wildcard leaves nothing running.
+  await importLegacyAuthorizations(dir, new SiteAuthorizations(store), config.siteId, log);
   const daemon = await SiteStorageDaemon.start(runDir(dir), log);
+  cleanups.push(() => daemon.stop());
   const storage = new ReplicaStorage(config.storageRoot, daemon, log);
   const relationships = new Relationships(store, storage, { siteId: config.siteId, defaultMaxPoints: config.defaultMaxPoints }, log);
   const vmIds = await relationships.recover();
   const failovers = new FailoverService(store, runDir(dir), config.accel, log);
+  cleanups.push(() => failovers.detach());
   await failovers.recover(vmIds);
   const context = new SiteContext(config.siteId, dir, store, storage, relationships, failovers, log);
 
@@ -60,15 +105,15 @@ export async function startSite(dir: string, logger: Logger): Promise<RunningSit
   server.addService(ControlServiceService, controlService(context));
   const bind = (listen: string) =>
     new Promise<number>((resolve, reject) => server.bindAsync(listen, serverCredentials(creds), (err, p) => (err ? reject(err) : resolve(p))));
+  cleanups.push(() => server.forceShutdown());
   // With port 0 the first start picks a port; later starts keep it, so agents find the site again.
-  const previous = config.listen.endsWith(":0") ? readPreviousAddress(dir) : undefined;
-  const port = previous ? await bind(previous).catch(() => bind(config.listen)) : await bind(config.listen);
+  const previous = config.listen.endsWith(":0") ? readPreviousPort(dir) : undefined;
+  const listenOn = (port: number) => hostPort(listenHost(config.listen) || "0.0.0.0", port);
+  const port = previous ? await bind(listenOn(previous)).catch(() => bind(config.listen)) : await bind(config.listen);
   widenServerFlowControl(server);
-  const host = config.listen.slice(0, config.listen.lastIndexOf(":"));
-  const address = `${host}:${port}`;
-  mkdirSync(runDir(dir), { recursive: true });
-  writeFileSync(addressFile(dir), address + "\n");
-  log.info({ address }, "site serving");
+  const address = dialableAddress(config, port);
+  writeFileSync(addressFile(dir), address + "\n", { mode: 0o600 });
+  log.info({ address, listen: config.listen }, "site serving");
 
   return {
     siteId: config.siteId,
@@ -86,9 +131,12 @@ export async function startSite(dir: string, logger: Logger): Promise<RunningSit
       clearTimeout(graceTimer);
       server.forceShutdown();
       await failovers.stopAllTests();
+      failovers.detach();
       await context.serializer.idle();
       await daemon.stop();
       await store.close();
+      // Last: until here a second site on this directory would have fought this one.
+      lock.release();
     },
   };
 }

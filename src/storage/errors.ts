@@ -36,3 +36,20 @@ export class ChainMismatchError extends QreplicaError {
     super(`replica chain ${path}: ${detail}`);
   }
 }
+
+/**
+ * A seed image for reverse replication that cannot serve as the base's backing file: missing,
+ * not qcow2, or still open for writing by another process (typically the old primary's QEMU,
+ * paused after fencing). The chain on this site would read it for as long as it exists.
+ */
+export class SeedUnusableError extends QreplicaError {
+  readonly code = "SEED_UNUSABLE" as const;
+  constructor(
+    readonly diskId: string,
+    readonly imagePath: string,
+    detail: string,
+    options?: { cause?: unknown },
+  ) {
+    super(`seed image ${imagePath} for disk ${diskId} ${detail}`, options);
+  }
+}

@@ -1,7 +1,11 @@
-import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
+import { errorMessage } from "../common/errors.js";
+import { faultPoint, faultWhileRunning } from "../common/faultPoints.js";
 import { silentLogger, type Logger } from "../common/logger.js";
+import { requireId, type IdKind } from "../model/index.js";
 import { createImage, runTool } from "../qemu/processes/index.js";
+import { SeedUnusableError } from "./errors.js";
 import { DiskPointWriter } from "./pointWriter.js";
 import { chunkHashes } from "./seedHashes.js";
 import type { SiteStorageDaemon } from "./siteStorageDaemon.js";
@@ -40,11 +44,11 @@ export class ReplicaStorage {
     logger?: Logger,
   ) {
     this.logger = logger ?? silentLogger;
-    mkdirSync(root, { recursive: true });
+    mkdirSync(root, { recursive: true, mode: 0o700 });
   }
 
   diskDir(vmId: string, diskId: string): string {
-    return join(this.root, safeSegment(vmId), safeSegment(diskId));
+    return join(this.root, safeSegment(vmId), safeSegment(diskId, "disk id"));
   }
 
   pointImagePath(vmId: string, diskId: string, seq: number, full: boolean): string {
@@ -59,7 +63,7 @@ export class ReplicaStorage {
         const full = d.parentImage === undefined;
         const final = this.pointImagePath(vmId, d.diskId, seq, full);
         const partial = final + PARTIAL;
-        mkdirSync(dirname(final), { recursive: true });
+        mkdirSync(dirname(final), { recursive: true, mode: 0o700 });
         rmSync(partial, { force: true });
         // Relative backing names keep a chain valid when the storage root is moved.
         const backing = full ? (d.seedImage ? { backing: d.seedImage, backingFormat: "qcow2" } : {}) : { backing: basename(d.parentImage!), backingFormat: "qcow2" };
@@ -78,8 +82,31 @@ export class ReplicaStorage {
   /** Seed images for a reverse replication (the old primary's disks), kept until the first point. */
   saveSeeds(vmId: string, seeds: Array<{ diskId: string; imagePath: string }>): void {
     const dir = join(this.root, safeSegment(vmId));
-    mkdirSync(dir, { recursive: true });
-    writeFileSync(join(dir, "seeds.json"), JSON.stringify(seeds, null, 2));
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    writeFileSync(join(dir, "seeds.json"), JSON.stringify(seeds, null, 2), { mode: 0o600 });
+  }
+
+  /**
+   * A seed becomes the backing file of the reverse chain's base: it must be a qcow2 image that no
+   * other process has open for writing. Opening it without force-share takes QEMU's image lock,
+   * which a running (or paused) VM on that disk holds.
+   */
+  async checkSeed(diskId: string, imagePath: string, waitMs = 10_000): Promise<void> {
+    if (!existsSync(imagePath)) throw new SeedUnusableError(diskId, imagePath, "does not exist on this site's host");
+    let info: { format?: string } | undefined;
+    // A primary stopped by a planned failover is quitting right now: its lock goes within moments.
+    for (const deadline = Date.now() + waitMs; !info; ) {
+      try {
+        info = JSON.parse((await runTool("qemu-img", ["info", "--output=json", imagePath])).stdout) as { format?: string };
+      } catch (err) {
+        if (!/lock/i.test(errorMessage(err))) throw new SeedUnusableError(diskId, imagePath, `cannot be read: ${errorMessage(err)}`, { cause: err });
+        if (Date.now() > deadline) {
+          throw new SeedUnusableError(diskId, imagePath, "is in use by another process (the old primary's VM, paused after fencing, still has it open): shut that VM down, then run 'qreplica reverse' again", { cause: err });
+        }
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    }
+    if (info.format !== "qcow2") throw new SeedUnusableError(diskId, imagePath, `is ${info.format ?? "of unknown format"}, not qcow2: convert it first (qemu-img convert -O qcow2)`);
   }
 
   /** SHA-256 per chunk of a seed image, for resynchronisation by comparison. */
@@ -121,15 +148,26 @@ export class ReplicaStorage {
 
   /**
    * Retention: folds the point `next` into the base below it, so the base becomes that point.
-   * Safe to repeat after a crash: the overlay is kept (`-d`) until the base holds its data.
+   * `next` is kept (`-d`) and still opens as that point; the caller deletes it with
+   * removeMergedImage only once the ledger says the base is that point. Safe to repeat after a
+   * crash at any step: committing the same overlay again writes the same data.
    */
   async mergeIntoBase(basePath: string, nextPath: string, afterNextPath: string | undefined): Promise<void> {
-    await runTool("qemu-img", ["commit", "-q", "-d", "-b", basePath, nextPath]);
-    if (afterNextPath) await runTool("qemu-img", ["rebase", "-q", "-u", "-b", basename(basePath), "-F", "qcow2", afterNextPath]);
+    const commit = ["commit", "-q", "-d", "-b", basePath, nextPath];
+    await faultWhileRunning("crash-mid-merge", "qemu-img", commit);
+    await runTool("qemu-img", commit);
     fsyncPath(basePath);
-    if (afterNextPath) fsyncPath(afterNextPath);
-    rmSync(nextPath, { force: true });
-    fsyncPath(dirname(basePath));
+    faultPoint("crash-after-merge-commit");
+    if (afterNextPath) {
+      await runTool("qemu-img", ["rebase", "-q", "-u", "-b", basename(basePath), "-F", "qcow2", afterNextPath]);
+      fsyncPath(afterNextPath);
+    }
+  }
+
+  /** The overlay a merge folded into the base, once no point in the ledger names it. */
+  removeMergedImage(path: string): void {
+    rmSync(path, { force: true });
+    fsyncPath(dirname(path));
   }
 }
 
@@ -185,9 +223,7 @@ function fsyncPath(path: string): void {
 }
 
 /** Ids become directory names: nothing that could escape the storage root. */
-export function safeSegment(id: string): string {
-  if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(id)) {
-    throw new Error(`'${id}' is not a valid VM or disk id: use letters, digits, '.', '_' and '-' (at most 128, not starting with a symbol)`);
-  }
-  return id;
+export function safeSegment(id: string, kind: IdKind = "VM id"): string {
+  // The last line of defence: every edge validates ids already (src/model/ids.ts).
+  return requireId(kind, id, "replica storage path");
 }

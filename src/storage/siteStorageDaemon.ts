@@ -50,7 +50,7 @@ export class SiteStorageDaemon {
   }
 
   static async start(runDir: string, logger: Logger = silentLogger): Promise<SiteStorageDaemon> {
-    mkdirSync(runDir, { recursive: true });
+    mkdirSync(runDir, { recursive: true, mode: 0o700 });
     const qmpSocketPath = join(runDir, "storage-qmp.sock");
     const nbdSocketPath = join(runDir, "storage-nbd.sock");
     const pidfile = join(runDir, "storage-daemon.pid");
@@ -64,6 +64,9 @@ export class SiteStorageDaemon {
         "--pidfile", pidfile,
       ],
       [qmpSocketPath, nbdSocketPath],
+      30_000,
+      // A site killed with SIGKILL must not leave a daemon holding its images' locks.
+      { dieWithParent: true },
     );
     const qmp = await QmpClient.connect({ socketPath: qmpSocketPath, logger });
     logger.info({ pid: proc.pid }, "site storage daemon started");
@@ -85,7 +88,11 @@ const WRITE_MODES: ReadonlyArray<{ name: string; cache?: { direct: boolean }; fi
 // What QEMU says when the file system refuses O_DIRECT (EINVAL) or the kernel io_uring / AIO.
 const MODE_REFUSED = /Invalid argument|io_uring|native|not supported|Operation not permitted|Function not implemented/i;
 
-/** A daemon left by a site process that was killed would hold image locks: end it first. */
+/**
+ * A daemon left by a site process that was killed would hold image locks: end it first. Daemons
+ * started with `dieWithParent` never outlive their site; this covers those of older versions. Only
+ * called with the site directory's lock held, so the daemon found cannot be a live site's.
+ */
 async function killOrphan(pidfile: string, logger: Logger): Promise<void> {
   if (!existsSync(pidfile)) return;
   const pid = Number(readFileSync(pidfile, "utf8").trim());

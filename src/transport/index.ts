@@ -29,6 +29,7 @@ export { StreamClosedError, writeWithBackpressure, type BackpressureWritable, ty
 export { Uint64RangeError, toUint64, toWireGeneration, uint64ToSafeNumber } from "./uint64.js";
 export {
   certificateIdentity,
+  ROLE_URI_PREFIX,
   createCa,
   issueCertificate,
   type CaFiles,

@@ -5,6 +5,7 @@ import { isIP } from "node:net";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { OpensslError, PkiFileExistsError, PkiInvalidNameError, TlsFileInvalidError } from "./errors.js";
+import { isRole, type Role } from "./roles.js";
 
 // A small private CA per deployment, made with the openssl CLI rather than a JS X.509 library:
 // the operator can inspect and reproduce every step with the same tool. P-256 keys, because they
@@ -121,20 +122,35 @@ export interface IssuedFiles {
 }
 
 /**
+ * The role is bound into the certificate as a URI subject alternative name
+ * `urn:qreplica:role:<role>` rather than as a subject OU: a URI in our own namespace cannot be
+ * confused with an organisational unit some other issuer puts in its subjects, and the CA's
+ * signature covers it like the CN. Exactly one such URI gives the role; none (a certificate issued
+ * before roles existed) or several give no control-plane rights at all.
+ */
+export const ROLE_URI_PREFIX = "urn:qreplica:role:";
+
+/**
  * A key and certificate for a site or agent, signed by the CA in `caDir`. `name` is the identity:
  * the CN (what authorization entries match) and the first DNS SAN. `sans` adds the names and IPs
  * peers dial, since clients verify the server's address against them. Usable as both TLS server
- * and client, because every site is both.
+ * and client, because every site is both. `role` (default `agent`, the least privilege) decides
+ * what the identity may do on a site's control plane; `null` issues a certificate without any
+ * role (only tests want that). `fileName` names the files (default: `name`).
  */
 export async function issueCertificate(opts: {
   caDir: string;
   name: string;
   dir: string;
   sans?: readonly string[];
+  role?: Role | null;
+  fileName?: string;
   days?: number;
   overwrite?: boolean;
 }): Promise<IssuedFiles> {
   checkIdentityName(opts.name);
+  const role = opts.role === undefined ? "agent" : opts.role;
+  if (role !== null && !isRole(role)) throw new PkiInvalidNameError(`role "${String(role)}" is not one of agent, viewer, operator, admin`);
   const altNames = [`DNS:${opts.name}`];
   for (const san of opts.sans ?? []) {
     if (isIP(san)) altNames.push(`IP:${san}`);
@@ -143,13 +159,16 @@ export async function issueCertificate(opts: {
       altNames.push(`DNS:${san}`);
     }
   }
+  if (role !== null) altNames.push(`URI:${ROLE_URI_PREFIX}${role}`);
+  const fileName = opts.fileName ?? opts.name;
+  checkIdentityName(fileName);
   const caKey = join(opts.caDir, "ca.key");
   const caCert = join(opts.caDir, "ca.crt");
   await mkdir(opts.dir, { recursive: true, mode: 0o700 });
-  const keyFile = join(opts.dir, `${opts.name}.key`);
-  const certFile = join(opts.dir, `${opts.name}.crt`);
-  const csrFile = join(opts.dir, `.${opts.name}-${process.pid}.csr`);
-  const configFile = join(opts.dir, `.${opts.name}-${process.pid}.cnf`);
+  const keyFile = join(opts.dir, `${fileName}.key`);
+  const certFile = join(opts.dir, `${fileName}.crt`);
+  const csrFile = join(opts.dir, `.${fileName}-${process.pid}.csr`);
+  const configFile = join(opts.dir, `.${fileName}-${process.pid}.cnf`);
   await generateKey(keyFile, opts.overwrite ?? false);
   await writeFile(
     configFile,
@@ -193,6 +212,8 @@ export interface CertificateIdentity {
   commonName: string;
   /** DNS names and IP addresses, without their "DNS:" / "IP Address:" prefixes. */
   sans: string[];
+  /** The control-plane role bound at issuance; absent when the certificate carries none (or several). */
+  role?: Role;
   /** Colon-separated upper-case hex, as `openssl x509 -noout -fingerprint -sha256` prints it. */
   fingerprintSha256: string;
   notAfter: Date;
@@ -208,9 +229,13 @@ export function certificateIdentity(pem: string | Buffer | X509Certificate, sour
     throw new TlsFileInvalidError(`${source} is not a PEM or DER X.509 certificate; check that the path names the .crt file`, { cause: err });
   }
   const cn = cert.subject.split("\n").find((l) => l.startsWith("CN="));
+  const entries = parseSubjectAltName(cert.subjectAltName);
+  const roles = entries.filter((e) => e.startsWith(ROLE_URI_PREFIX)).map((e) => e.slice(ROLE_URI_PREFIX.length));
+  const role = roles.length === 1 && isRole(roles[0]) ? roles[0] : undefined;
   return {
     commonName: cn ? cn.slice(3) : "",
-    sans: parseSubjectAltName(cert.subjectAltName),
+    sans: entries.filter((e) => !e.startsWith(ROLE_URI_PREFIX)),
+    ...(role ? { role } : {}),
     fingerprintSha256: cert.fingerprint256,
     notAfter: new Date(cert.validTo),
     issuer: cert.issuer.replace(/\n/g, ", "),

@@ -149,7 +149,11 @@ export function channelCredentials(creds: SiteCredentials, options: { expectedSe
       const err = checkServerIdentity(host, cert);
       if (err) return err;
       const cn = cert.subject?.CN;
-      return cn === expected ? undefined : new Error(`server presented identity "${String(cn)}", expected "${expected}"`);
+      if (cn === expected) return undefined;
+      return new Error(
+        `the server at ${host} presents the identity "${String(cn)}", not the expected site "${expected}": ` +
+          "refusing to send it anything; check that the address (replicaSite) and the site id (replicaSiteId) name the same site",
+      );
     },
   });
 }

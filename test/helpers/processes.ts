@@ -25,15 +25,16 @@ export interface Daemon {
 }
 
 /** A long-running qreplica process (site server or agent) whose logs go to `logFile`. */
-export function startDaemon(script: string, args: string[], logFile: string): Daemon {
-  const fd = openSync(logFile, "a");
+export function startDaemon(script: string, args: string[], logFile: string, extraEnv: Record<string, string> = {}): Daemon {
+  // 0600: the logs name images and identities (tests check that nothing is readable by others).
+  const fd = openSync(logFile, "a", 0o600);
   // QR_NODE_ARGS passes flags such as --cpu-prof to the daemons (Node refuses them in NODE_OPTIONS).
   const nodeArgs = (process.env.QR_NODE_ARGS ?? "").split(" ").filter(Boolean);
   const child = spawn(process.execPath, [...nodeArgs, "--import", "tsx", script, ...args], {
     cwd: ROOT,
     stdio: ["ignore", fd, fd],
     // TCG by default in tests: some CI hosts expose a software KVM that boots far slower.
-    env: { ...process.env, QREPLICA_LOG_LEVEL: process.env.QREPLICA_LOG_LEVEL ?? "debug", QREPLICA_ACCEL: process.env.QREPLICA_ACCEL ?? "tcg" },
+    env: { ...process.env, QREPLICA_LOG_LEVEL: process.env.QREPLICA_LOG_LEVEL ?? "debug", QREPLICA_ACCEL: process.env.QREPLICA_ACCEL ?? "tcg", ...extraEnv },
   });
   const exited = new Promise<number | null>((r) => child.once("exit", (code) => r(code)));
   return {

@@ -5,7 +5,7 @@ import { getSqliteEventStore, loadRelationship, type RelationshipState } from ".
 import { startStorageDaemonVm, startSystemVm, type QemuProcess, type StorageDaemonVm } from "../../src/qemu/processes/index.js";
 import { makeCounterDisk } from "../../guest/index.js";
 import { killRecordedVms } from "../../src/site/failover/failoverService.js";
-import { addressFile } from "../../src/site/siteConfig.js";
+import { addressFile, adminCredentialFiles } from "../../src/site/siteConfig.js";
 import { AGENT, CLI, runCli, startDaemon, waitFor, type Daemon } from "./processes.js";
 
 /** The counter guest (a boot sector that counts on its disk) running in qemu-system-x86_64 on site A. */
@@ -26,9 +26,12 @@ export interface TwoSites {
   vm: StorageDaemonVm;
   agentConfig: string;
   daemons: Daemon[];
-  startSite(siteDir: string): Promise<Daemon>;
+  /** `env` adds variables, e.g. QREPLICA_FAULT for a crash window (src/common/faultPoints.ts). */
+  startSite(siteDir: string, opts?: { env?: Record<string, string> }): Promise<Daemon>;
   startAgent(): Daemon;
   relationship(vmId?: string, siteDir?: string): Promise<RelationshipState>;
+  /** A site's local admin certificate (tls/admin.crt, role admin): what the CLI presents with --dir. */
+  admin(siteDir: string): { caFile: string; certFile: string; keyFile: string };
   stopAll(): Promise<void>;
 }
 
@@ -74,10 +77,10 @@ export async function setupTwoSites(dir: string, opts: { diskBytes: number; inte
     vm,
     agentConfig,
     daemons,
-    async startSite(siteDir) {
+    async startSite(siteDir, startOpts = {}) {
       const addr = addressFile(siteDir);
       const startedAt = Date.now();
-      const d = startDaemon(CLI, ["site", "serve", "--dir", siteDir], join(siteDir, "site.log"));
+      const d = startDaemon(CLI, ["site", "serve", "--dir", siteDir], join(siteDir, "site.log"), startOpts.env);
       daemons.push(d);
       await waitFor(`site ${siteDir} to listen`, () => {
         // Written anew by every start: fresh once its mtime is past this start.
@@ -101,6 +104,7 @@ export async function setupTwoSites(dir: string, opts: { diskBytes: number; inte
               nbdSocket: guest?.nbdSocketPath ?? vm.nbdSocketPath,
               disks: [{ id: "vda", node: guest ? "vda" : "node-vda" }],
               replicaSite: address,
+              replicaSiteId: "site-b",
               intervalSeconds: opts.intervalSeconds ?? 1,
               compressionLevel: 1,
               ...(guest ? { spec: { machine: "q35", cpus: 1, memoryMiB: 64, disks: [{ diskId: "vda", bus: "ide", bootIndex: 0 }], nics: [] } } : {}),
@@ -111,6 +115,9 @@ export async function setupTwoSites(dir: string, opts: { diskBytes: number; inte
       const d = startDaemon(AGENT, ["--config", agentConfig], join(dir, "agent.log"));
       daemons.push(d);
       return d;
+    },
+    admin(siteDir) {
+      return { caFile: join(siteDir, "tls", "ca.crt"), ...adminCredentialFiles(siteDir) };
     },
     async relationship(vmId = "vm1", siteDir = siteB) {
       if (!existsSync(join(siteDir, "ledger.sqlite"))) return (await import("../../src/ledger/index.js")).initialRelationshipState(vmId);

@@ -1,37 +1,108 @@
+import { existsSync } from "node:fs";
 import { resolve } from "node:path";
+import * as grpc from "@grpc/grpc-js";
 import type { Command } from "commander";
-import { addAuthorization, loadAuthorizations, loadSiteConfig } from "../../site/siteConfig.js";
+import type { AuthorizationsResponse } from "../../gen/qreplica/v1/control.js";
+import { getSqliteEventStore } from "../../ledger/index.js";
+import { localAdminCaller, SiteAuthorizations, type AuthorizationEntry } from "../../site/authorizations.js";
+import { addressFile, loadSiteConfig } from "../../site/siteConfig.js";
+import { ControlCallError, controlClient, unary, type SiteTargetOptions } from "../siteClient.js";
 import { formatTable } from "../table.js";
 import { emit, fail } from "../output.js";
 
-export function registerAuthorize(program: Command): void {
-  program
-    .command("authorize")
-    .description("allow a primary (by certificate identity) to replicate to this site")
-    .requiredOption("--dir <dir>", "site directory")
-    .requiredOption("--primary <identity>", "the primary agent's certificate CN ('*' for any certificate of the CA)")
-    .option("--trust-group <name>", "trust group", "default")
-    .option("--storage-root <dir>", "storage root for this primary's VMs")
-    .option("--json", "JSON output", false)
-    .action((o: { dir: string; primary: string; trustGroup: string; storageRoot?: string; json: boolean }) => {
+type Target = SiteTargetOptions & { json: boolean };
+
+function withTarget(cmd: Command): Command {
+  return cmd
+    .option("--dir <dir>", "site directory on this host (its address and admin certificate; its ledger when the site is not running)")
+    .option("--site <host:port>", "site address")
+    .option("--ca <file>", "CA certificate")
+    .option("--cert <file>", "client certificate (role admin to change entries, viewer to list them)")
+    .option("--key <file>", "client key")
+    .option("--json", "JSON output", false);
+}
+
+const fromWire = (r: AuthorizationsResponse): AuthorizationEntry[] =>
+  r.entries.map((e) => ({ primaryIdentity: e.primaryIdentity, addedBy: e.addedBy, addedByRole: "", addedAt: e.addedAt?.toISOString() ?? "" }));
+
+const show = (entries: AuthorizationEntry[]) =>
+  entries.length === 0 ? "no primary is authorized on this site" : formatTable(["primary", "added by", "added at"], entries.map((e) => [e.primaryIdentity, e.addedBy, e.addedAt]));
+
+/**
+ * Authorization entries change through the site's control plane (role admin) while the site runs.
+ * With `--dir` and the site not running (no address file, or nobody answering on it), the CLI
+ * writes the ledger itself, recorded as the local admin `local-admin:USER@HOST`: whoever may write
+ * the site's files could anyway. The site reads the entries from the ledger at every Hello.
+ */
+async function viaSite(o: Target, call: (client: ReturnType<typeof controlClient>) => Promise<AuthorizationsResponse>, offline: (authz: SiteAuthorizations) => Promise<AuthorizationEntry[]>, ledgerMustExist = false): Promise<AuthorizationEntry[]> {
+  const dir = o.dir ? resolve(o.dir) : undefined;
+  if (!dir || o.site || existsSync(addressFile(dir))) {
+    try {
+      const client = controlClient({ ...o, ...(dir ? { dir } : {}) });
       try {
-        const dir = resolve(o.dir);
-        loadSiteConfig(dir);
-        const entries = addAuthorization(dir, { primaryIdentity: o.primary, trustGroup: o.trustGroup, ...(o.storageRoot ? { storageRoot: resolve(o.storageRoot) } : {}) });
-        emit(o.json, entries, () => formatTable(["primary", "trust group", "storage root"], entries.map((e) => [e.primaryIdentity, e.trustGroup, e.storageRoot ?? "(site default)"])));
+        return fromWire(await call(client));
+      } finally {
+        client.close();
+      }
+    } catch (err) {
+      if (!dir || o.site || !(err instanceof ControlCallError) || err.grpcCode !== grpc.status.UNAVAILABLE) throw err;
+    }
+  }
+  const config = loadSiteConfig(dir);
+  if (ledgerMustExist && !existsSync(config.ledgerPath)) return [];
+  const store = getSqliteEventStore({ path: config.ledgerPath });
+  try {
+    return await offline(new SiteAuthorizations(store));
+  } finally {
+    await store.close();
+  }
+}
+
+export function registerAuthorize(program: Command): void {
+  withTarget(program.command("authorize").description("allow a primary (by its certificate identity) to replicate to this site; needs role admin"))
+    .requiredOption("--primary <identity>", "the primary agent's certificate CN, exactly (wildcards are refused)")
+    .action(async (o: Target & { primary: string }) => {
+      try {
+        const entries = await viaSite(
+          o,
+          (c) => unary(c, c.addAuthorization, { primaryIdentity: o.primary }),
+          (a) => a.add(o.primary, localAdminCaller()),
+        );
+        emit(o.json, entries, () => show(entries));
       } catch (err) {
         fail(err, o.json);
       }
     });
-  program
-    .command("authorizations")
-    .description("list the primaries allowed to replicate to this site")
-    .requiredOption("--dir <dir>", "site directory")
-    .option("--json", "JSON output", false)
-    .action((o: { dir: string; json: boolean }) => {
+  withTarget(program.command("unauthorize").description("stop a primary from replicating to this site (its next connection is refused); needs role admin"))
+    .requiredOption("--primary <identity>", "the primary's certificate CN")
+    .action(async (o: Target & { primary: string }) => {
       try {
-        const entries = loadAuthorizations(resolve(o.dir));
-        emit(o.json, entries, () => formatTable(["primary", "trust group", "storage root"], entries.map((e) => [e.primaryIdentity, e.trustGroup, e.storageRoot ?? "(site default)"])));
+        const entries = await viaSite(
+          o,
+          (c) => unary(c, c.removeAuthorization, { primaryIdentity: o.primary }),
+          (a) => a.remove(o.primary, localAdminCaller()),
+        );
+        emit(o.json, entries, () => show(entries));
+      } catch (err) {
+        fail(err, o.json);
+      }
+    });
+  withTarget(program.command("authorizations").description("list the primaries allowed to replicate to this site, with who authorized them"))
+    .action(async (o: Target) => {
+      try {
+        const entries = await viaSite(o, (c) => unary(c, c.listAuthorizations, {}), (a) => a.list(), true);
+        emit(o.json, entries, () => show(entries));
+      } catch (err) {
+        fail(err, o.json);
+      }
+    });
+  withTarget(program.command("whoami").description("the identity and role a site sees for the certificate this CLI presents"))
+    .action(async (o: Target) => {
+      try {
+        const client = controlClient(o);
+        const r = await unary(client, client.whoAmI, {});
+        client.close();
+        emit(o.json, r, () => `${r.identity} (role ${r.role}) on site ${r.siteId}`);
       } catch (err) {
         fail(err, o.json);
       }

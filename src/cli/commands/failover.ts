@@ -1,8 +1,11 @@
+import { resolve } from "node:path";
 import type { Command } from "commander";
 import { FailoverKind } from "../../gen/qreplica/v1/control.js";
 import { controlClient, readAddress, unary, type SiteTargetOptions } from "../siteClient.js";
 import { formatTable } from "../table.js";
 import { emit, fail } from "../output.js";
+import { reverseAgentLogFile } from "../../site/failover/reverseAgent.js";
+import { runDir } from "../../site/siteConfig.js";
 
 type Target = SiteTargetOptions & { json: boolean };
 
@@ -134,7 +137,8 @@ export function registerReverse(program: Command): void {
           vmSpecJson: "",
         });
         const started = await unary(primary, primary.startReverseReplication, { vmId: vm, replicaAddress: readAddress(o.toDir) }, 60_000);
-        emit(o.json, started, () => `VM ${vm}: reverse replication started from ${status.siteId} (generation ${started.generation}, agent pid ${started.agentPid}); ${seeds.length ? "only chunks differing from the seeds are sent" : "full copy (no seed given)"}`);
+        const agentLog = reverseAgentLogFile(runDir(resolve(o.dir)), vm);
+        emit(o.json, { ...started, agentLog }, () => `VM ${vm}: reverse replication started from ${status.siteId} (generation ${started.generation}, agent pid ${started.agentPid}, log ${agentLog}); ${seeds.length ? "only chunks differing from the seeds are sent" : "full copy (no seed given)"}`);
         primary.close();
         replica.close();
       } catch (err) {

@@ -3,6 +3,7 @@ import { createInterface } from "node:readline/promises";
 import type { Command } from "commander";
 import { getSqliteEventStore, type EventStore } from "../../ledger/index.js";
 import {
+  ControlPlaneRunLog,
   RunbookInvalidError,
   RunbookRunNotFoundError,
   controlTarget,
@@ -13,11 +14,13 @@ import {
   readRun,
   resumeOptions,
   rollbackRun,
+  siteControlClient,
   type Runbook,
+  type RunLogStore,
   type SiteRef,
 } from "../../runbook/index.js";
 import { formatPlan, formatProgress, formatRollbackProgress, formatRun } from "../../runbook/format.js";
-import { loadSiteConfig } from "../../site/siteConfig.js";
+import type { SiteTargetOptions } from "../siteClient.js";
 import { emit, fail } from "../output.js";
 
 /** Exit codes scripts can rely on: 0 done, 1 could not start (site, ledger, arguments), 2 invalid runbook, 4 stopped at a step. */
@@ -35,18 +38,28 @@ function load(file: string, json: boolean): Runbook {
   }
 }
 
-function ledgerPathOf(site: SiteRef): string {
-  return "dir" in site ? loadSiteConfig(site.dir).ledgerPath : site.ledger;
+/** Where a run is recorded, for messages: the site's ledger, reached through its control plane. */
+function whereOf(site: SiteRef): string {
+  return "dir" in site ? `of the site in ${site.dir}` : `of the site at ${site.address}`;
 }
 
-function openLedger(path: string): EventStore {
-  return getSqliteEventStore({ path, create: false });
+/** The site named on the command line (--dir, or --site with --ca/--cert/--key), if any. */
+function siteFromOptions(o: SiteTargetOptions): SiteRef | undefined {
+  if (o.dir) return { dir: resolve(o.dir) };
+  if (o.site) {
+    if (!o.ca || !o.cert || !o.key) throw new Error("--site needs --ca, --cert and --key (a certificate with role operator to roll back, viewer to show)");
+    return { address: o.site, ca: resolve(o.ca), cert: resolve(o.cert), key: resolve(o.key) };
+  }
+  return undefined;
 }
 
-function ledgerFromOptions(o: { dir?: string; ledger?: string }): string {
-  if (o.ledger) return resolve(o.ledger);
-  if (o.dir) return loadSiteConfig(resolve(o.dir)).ledgerPath;
-  throw new Error("which site recorded the run? pass --dir SITE_DIR (the replica site), or --ledger FILE");
+function withSite(cmd: Command): Command {
+  return cmd
+    .option("--dir <dir>", "the replica site's directory on this host (its address and admin certificate)")
+    .option("--site <host:port>", "the replica site's address")
+    .option("--ca <file>", "CA certificate (with --site)")
+    .option("--cert <file>", "client certificate (with --site)")
+    .option("--key <file>", "client key (with --site)");
 }
 
 async function askOnTerminal(prompt: string): Promise<boolean> {
@@ -96,22 +109,22 @@ export function registerRunbook(program: Command): void {
     .option("--resume <runId>", "continue a stopped run from its failed step; steps that succeeded are skipped")
     .option("--json", "one JSON object per line: progress events, then the outcome", false)
     .action(async (file: string, o: { test: boolean; yes: boolean; resume?: string; json: boolean }) => {
-      let store: EventStore | undefined;
       let target: ReturnType<typeof controlTarget> | undefined;
       try {
         const runbook = load(file, o.json);
-        const ledgerPath = ledgerPathOf(runbook.site);
-        store = openLedger(ledgerPath);
+        // One connection for the operations and the run's record: both go through the control plane.
+        const client = siteControlClient(runbook.site);
+        target = controlTarget(runbook.site, client);
+        const store = new ControlPlaneRunLog(client);
         let planOpts: Parameters<typeof planRunbook>[1] = { test: o.test };
         let resume;
         if (o.resume) {
           resume = await readRun(store, o.resume);
-          if (!resume) throw new RunbookRunNotFoundError(o.resume, ledgerPath);
+          if (!resume) throw new RunbookRunNotFoundError(o.resume, whereOf(runbook.site));
           planOpts = resumeOptions(resume, runbook.name, o.test);
           if (planOpts.test && !o.test && !o.json) console.log(`run ${o.resume} is a drill: resuming it as a drill`);
         }
         const plan = planRunbook(runbook, planOpts);
-        target = controlTarget(runbook.site);
         const idWidth = Math.max(...plan.steps.map((s) => s.id.length));
         const abort = new AbortController();
         process.once("SIGINT", () => {
@@ -138,52 +151,53 @@ export function registerRunbook(program: Command): void {
         fail(err, o.json);
       } finally {
         target?.close();
-        await store?.close();
       }
     });
 
-  rb.command("rollback <runId>")
-    .description("undo what a run did, newest first: stop its test failovers, cancel its failovers")
-    .option("--dir <dir>", "the replica site's directory (its ledger and control plane)")
-    .option("--ledger <file>", "the ledger file that recorded the run (the control plane is the run's recorded site)")
+  withSite(rb.command("rollback <runId>").description("undo what a run did, newest first: stop its test failovers, cancel its failovers"))
     .option("--json", "one JSON object per line", false)
-    .action(async (runId: string, o: { dir?: string; ledger?: string; json: boolean }) => {
-      let store: EventStore | undefined;
+    .action(async (runId: string, o: SiteTargetOptions & { json: boolean }) => {
       let target: ReturnType<typeof controlTarget> | undefined;
       try {
-        const ledgerPath = ledgerFromOptions(o);
-        store = openLedger(ledgerPath);
-        const run = await readRun(store, runId);
-        if (!run) throw new RunbookRunNotFoundError(runId, ledgerPath);
-        target = controlTarget(o.dir ? { dir: resolve(o.dir) } : run.site);
-        const outcome = await rollbackRun({ store, target, runId, ledgerPath, onProgress: (e) => console.log(o.json ? JSON.stringify(e) : formatRollbackProgress(e)) });
+        const site = siteFromOptions(o);
+        if (!site) throw new Error("which site recorded the run? pass --dir SITE_DIR (the replica site), or --site HOST:PORT with --ca, --cert and --key");
+        const client = siteControlClient(site);
+        target = controlTarget(site, client);
+        const store = new ControlPlaneRunLog(client);
+        const outcome = await rollbackRun({ store, target, runId, ledgerPath: whereOf(site), onProgress: (e) => console.log(o.json ? JSON.stringify(e) : formatRollbackProgress(e)) });
         if (outcome.alreadyClean && !o.json) console.log(`run ${runId} was already rolled back`);
         if (!outcome.ok) process.exitCode = EXIT_STOPPED;
       } catch (err) {
         fail(err, o.json);
       } finally {
         target?.close();
-        await store?.close();
       }
     });
 
-  rb.command("show <runId>")
-    .description("the recorded steps of a run: status, attempts, durations, RTO, what was undone")
-    .option("--dir <dir>", "the replica site's directory")
-    .option("--ledger <file>", "the ledger file that recorded the run")
+  withSite(rb.command("show <runId>").description("the recorded steps of a run: status, attempts, durations, RTO, what was undone"))
+    .option("--ledger <file>", "read a ledger file instead (e.g. a copy taken off the site), without any site")
     .option("--json", "JSON output", false)
-    .action(async (runId: string, o: { dir?: string; ledger?: string; json: boolean }) => {
-      let store: EventStore | undefined;
+    .action(async (runId: string, o: SiteTargetOptions & { ledger?: string; json: boolean }) => {
+      let store: (RunLogStore & { close?(): Promise<void> | void }) | undefined;
       try {
-        const ledgerPath = ledgerFromOptions(o);
-        store = openLedger(ledgerPath);
+        let where: string;
+        if (o.ledger) {
+          store = getSqliteEventStore({ path: resolve(o.ledger), create: false }) satisfies EventStore;
+          where = resolve(o.ledger);
+        } else {
+          const site = siteFromOptions(o);
+          if (!site) throw new Error("which site recorded the run? pass --dir SITE_DIR, --site HOST:PORT with --ca/--cert/--key, or --ledger FILE");
+          const client = siteControlClient(site);
+          store = Object.assign(new ControlPlaneRunLog(client), { close: () => client.close() });
+          where = whereOf(site);
+        }
         const run = await readRun(store, runId);
-        if (!run) throw new RunbookRunNotFoundError(runId, ledgerPath);
+        if (!run) throw new RunbookRunNotFoundError(runId, where);
         emit(o.json, run, () => formatRun(run));
       } catch (err) {
         fail(err, o.json);
       } finally {
-        await store?.close();
+        await store?.close?.();
       }
     });
 }

@@ -1,8 +1,8 @@
-import { copyFileSync, existsSync, mkdirSync } from "node:fs";
+import { chmodSync, copyFileSync, existsSync, mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Command } from "commander";
 import { createLogger } from "../../common/logger.js";
-import { saveSiteConfig, siteFile } from "../../site/siteConfig.js";
+import { ADMIN_CERT_NAME, adminCredentialFiles, isWildcardHost, listenHost, saveSiteConfig, siteFile } from "../../site/siteConfig.js";
 import { startSite } from "../../site/siteServer.js";
 import { issueCertificate } from "../../transport/index.js";
 import { emit, fail } from "../output.js";
@@ -15,17 +15,24 @@ export function registerSite(program: Command): void {
     .requiredOption("--dir <dir>", "site directory")
     .requiredOption("--name <siteId>", "site id (also the certificate identity)")
     .requiredOption("--ca-dir <dir>", "CA directory made by 'qreplica pki create-ca'")
-    .option("--listen <host:port>", "gRPC listen address (port 0: any free port)", "127.0.0.1:7443")
+    .option("--listen <host:port>", "gRPC listen address (port 0: any free port; 0.0.0.0 or [::] for every interface)", "127.0.0.1:7443")
+    .option("--san <name...>", "DNS names and IP addresses agents and operators dial this site by, put on its certificate; the first is written to run/site.address when --listen is a wildcard", [])
     .option("--max-points <n>", "recovery points kept per VM", (v) => Number(v), 24)
     .option("--accel <accel>", "accelerator for failover and test VMs: auto, kvm or tcg", "auto")
     .option("--json", "JSON output", false)
-    .action(async (o: { dir: string; name: string; caDir: string; listen: string; maxPoints: number; accel: "auto" | "kvm" | "tcg"; json: boolean }) => {
+    .action(async (o: { dir: string; name: string; caDir: string; listen: string; san: string[]; maxPoints: number; accel: "auto" | "kvm" | "tcg"; json: boolean }) => {
       try {
         const dir = resolve(o.dir);
         if (existsSync(siteFile(dir))) throw new Error(`${siteFile(dir)} exists already: this directory is a site`);
-        mkdirSync(join(dir, "tls"), { recursive: true });
-        const issued = await issueCertificate({ caDir: o.caDir, name: o.name, dir: join(dir, "tls"), sans: ["localhost", "127.0.0.1"] });
+        const sans = siteSans(o.listen, o.san);
+        mkdirSync(join(dir, "tls"), { recursive: true, mode: 0o700 });
+        // The site's own identity is an agent's: it replicates (reverse agents) and serves, and
+        // must not be able to fail anything over if its key leaks from the data plane.
+        const issued = await issueCertificate({ caDir: o.caDir, name: o.name, dir: join(dir, "tls"), sans, role: "agent" });
+        // The local admin: what the CLI presents with --dir on this host (see siteClient.ts).
+        await issueCertificate({ caDir: o.caDir, name: `${o.name}-admin`, dir: join(dir, "tls"), role: "admin", fileName: ADMIN_CERT_NAME });
         copyFileSync(join(o.caDir, "ca.crt"), join(dir, "tls", "ca.crt"));
+        chmodSync(join(dir, "tls", "ca.crt"), 0o600); // a copy keeps its source's mode
         const config = {
           siteId: o.name,
           listen: o.listen,
@@ -36,9 +43,18 @@ export function registerSite(program: Command): void {
           storageRoot: "storage",
           defaultMaxPoints: o.maxPoints,
           accel: o.accel,
+          ...(o.san[0] ? { advertiseHost: o.san[0] } : {}),
         };
         saveSiteConfig(dir, config);
-        emit(o.json, { dir, ...config, certificate: issued.certFile }, () => `site '${o.name}' initialised in ${dir}\nnext: qreplica authorize --dir ${dir} --primary PRIMARY; qreplica site serve --dir ${dir}`);
+        const adminCertificate = adminCredentialFiles(dir).certFile;
+        emit(
+          o.json,
+          { dir, ...config, certificate: issued.certFile, sans, adminCertificate },
+          () =>
+            `site '${o.name}' initialised in ${dir} (certificate for ${[o.name, ...sans].join(", ")}, role agent)\n` +
+            `local admin certificate: ${adminCertificate} (role admin; the CLI presents it with --dir on this host)\n` +
+            `next: qreplica authorize --dir ${dir} --primary PRIMARY; qreplica site serve --dir ${dir}`,
+        );
       } catch (err) {
         fail(err, o.json);
       }
@@ -63,4 +79,14 @@ export function registerSite(program: Command): void {
         fail(err, false);
       }
     });
+}
+
+/**
+ * The names on the site's certificate besides its id: what the operator says peers dial (--san),
+ * the listen host when it is a concrete address, and localhost / 127.0.0.1 for the CLI on the host.
+ */
+export function siteSans(listen: string, extra: readonly string[]): string[] {
+  const host = listenHost(listen);
+  const all = [...extra, ...(isWildcardHost(host) ? [] : [host]), "localhost", "127.0.0.1"];
+  return [...new Set(all.filter((n) => n !== ""))];
 }

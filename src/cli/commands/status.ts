@@ -1,4 +1,4 @@
-import type { Command } from "commander";
+import { InvalidArgumentError, type Command } from "commander";
 import { RelationshipState, ReplicationHealth } from "../../gen/qreplica/v1/control.js";
 import { Consistency, CycleKind } from "../../gen/qreplica/v1/common.js";
 import { controlClient, unary, type SiteTargetOptions } from "../siteClient.js";
@@ -74,21 +74,66 @@ export function registerStatus(program: Command): void {
   });
 
   withTarget(program.command("events [vm]").description("the ledger's audit trail of a VM (or of the whole site)"))
-    .option("--from <n>", "first stream version (or global position without a VM)", (v) => BigInt(v), 0n)
-    .option("--limit <n>", "at most N events", (v) => Number(v), 200)
-    .action(async (vm: string | undefined, o: Target & { from: bigint; limit: number }) => {
+    .option("--from <n>", "first stream version with a VM, else first global position (as printed in the # column)", (v) => parseCount(v), 0)
+    .option("--limit <n>", "at most N events (the site answers at most 1000 per request; more are fetched page by page)", (v) => parseCount(v, 1), 200)
+    .option("--all", "every event from --from to the end, fetched page by page (--limit is ignored)", false)
+    .addHelpText(
+      "after",
+      "\nWith --json the output is one object: { events: [...], nextPosition, more }. `more` is true when the ledger\n" +
+        "holds events after the last one printed; pass `--from <nextPosition>` to continue. Without --json a line\n" +
+        "after the table says so.",
+    )
+    .action(async (vm: string | undefined, o: Target & { from: number; limit: number; all: boolean }) => {
       try {
         const client = controlClient(o);
-        const res = await unary(client, client.listEvents, { vmId: vm, fromPosition: o.from, limit: o.limit });
-        emit(o.json, res.events.map((e) => ({ ...e, data: JSON.parse(e.dataJson) as unknown, dataJson: undefined })), () =>
-          formatTable(
-            ["#", "time", "stream", "event", "data"],
-            res.events.map((e) => [vm ? Number(e.streamVersion) : Number(e.globalPosition), e.recordedAt?.toISOString() ?? "", e.stream, e.type, e.dataJson.length > 100 ? e.dataJson.slice(0, 97) + "..." : e.dataJson]),
-          ),
-        );
+        const page = await readEvents(client, vm, BigInt(o.from), o.all ? Infinity : o.limit);
+        emit(o.json, { events: page.events.map((e) => ({ ...e, data: JSON.parse(e.dataJson) as unknown, dataJson: undefined })), nextPosition: page.nextPosition, more: page.more }, () => {
+          const table = formatTable(
+            ["#", "time", "stream", "event", "actor", "data"],
+            page.events.map((e) => [
+              vm ? Number(e.streamVersion) : Number(e.globalPosition),
+              e.recordedAt?.toISOString() ?? "",
+              e.stream,
+              e.type,
+              // Who caused it: the caller of a control command; "-" for the site's own work (cycles, merges).
+              e.actor ? `${e.actor} (${e.actorRole})` : "-",
+              e.dataJson.length > 100 ? e.dataJson.slice(0, 97) + "..." : e.dataJson,
+            ]),
+          );
+          return page.more ? `${table}\n(more events follow: --from ${page.nextPosition}, or --all)` : table;
+        });
         client.close();
       } catch (err) {
         fail(err, o.json);
       }
     });
+}
+
+type EventsClient = ReturnType<typeof controlClient>;
+type WireEvent = Awaited<ReturnType<typeof listEventsPage>>["events"][number];
+
+function listEventsPage(client: EventsClient, vmId: string | undefined, fromPosition: bigint, limit: number) {
+  return unary(client, client.listEvents, { vmId: vmId ?? "", fromPosition, limit });
+}
+
+/** Up to `limit` events from `from`, page by page (the site caps a page), and whether more exist. */
+async function readEvents(client: EventsClient, vmId: string | undefined, from: bigint, limit: number): Promise<{ events: WireEvent[]; nextPosition: bigint; more: boolean }> {
+  const events: WireEvent[] = [];
+  let next = from;
+  for (;;) {
+    const want = Math.min(1000, limit - events.length);
+    const res = await listEventsPage(client, vmId, next, want);
+    events.push(...res.events);
+    next = res.nextPosition;
+    if (res.endReached) return { events, nextPosition: next, more: false };
+    if (events.length >= limit) return { events, nextPosition: next, more: true };
+    if (res.events.length === 0) return { events, nextPosition: next, more: false };
+  }
+}
+
+/** A non-negative integer option; commander prints the message and exits on a bad one. */
+function parseCount(v: string, min = 0): number {
+  const n = Number(v);
+  if (!/^\d+$/.test(v.trim()) || !Number.isSafeInteger(n) || n < min) throw new InvalidArgumentError(`'${v}' is not a whole number >= ${min}`);
+  return n;
 }

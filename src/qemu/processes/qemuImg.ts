@@ -1,3 +1,4 @@
+import { chmod } from "node:fs/promises";
 import { runTool } from "./runTool.js";
 
 export interface ImageInfo {
@@ -20,6 +21,8 @@ export async function createImage(
   if (opts.backing) args.push("-b", opts.backing, "-F", opts.backingFormat ?? "qcow2");
   args.push(path, String(sizeBytes));
   await runTool("qemu-img", args);
+  // Replica, scratch and seed images hold guest data: ours alone whatever the caller's umask.
+  await chmod(path, 0o600);
 }
 
 /** `-U` because the image is usually open in a running QEMU; the answer is advisory then. */

@@ -61,11 +61,33 @@ export class QemuProcess {
   }
 }
 
+export interface SpawnQemuOptions {
+  /**
+   * The kernel SIGKILLs the process when this Node process dies, kill -9 included
+   * (PR_SET_PDEATHSIG, set by util-linux `setpriv --pdeathsig` just before it execs QEMU; the
+   * setting survives that exec). For processes that must never outlive their owner, such as a
+   * site's storage daemon, which holds the image locks of every replica chain.
+   */
+  dieWithParent?: boolean;
+  /**
+   * Its own session and process group (setsid): signals meant for its owner's group, such as a
+   * Ctrl-C in the owner's terminal, do not reach it. For processes that must outlive their owner.
+   */
+  ownSession?: boolean;
+}
+
+const SETPRIV = "/usr/bin/setpriv";
+
 /** Spawns a QEMU binary and waits until every path in `readyPaths` (its sockets) exists. */
-export async function spawnQemu(tool: string, args: readonly string[], readyPaths: readonly string[], timeoutMs = 30_000): Promise<QemuProcess> {
+export async function spawnQemu(tool: string, args: readonly string[], readyPaths: readonly string[], timeoutMs = 30_000, options: SpawnQemuOptions = {}): Promise<QemuProcess> {
   // A socket left by a killed process would look ready before the new one listens.
   for (const p of readyPaths) rmSync(p, { force: true });
-  const child = spawn(tool, args, { stdio: ["ignore", "ignore", "pipe"] });
+  if (options.dieWithParent && !existsSync(SETPRIV)) {
+    throw new QemuToolError(tool, args, `${SETPRIV} is missing: install util-linux (it makes ${tool} die with its owner)`);
+  }
+  // setpriv execs the tool in place, so the pid is QEMU's own.
+  const spawnOptions = { stdio: ["ignore", "ignore", "pipe"] as ["ignore", "ignore", "pipe"], detached: options.ownSession === true };
+  const child = options.dieWithParent ? spawn(SETPRIV, ["--pdeathsig", "SIGKILL", "--", tool, ...args], spawnOptions) : spawn(tool, args, spawnOptions);
   const proc = new QemuProcess(tool, args, child);
   const spawnError = new Promise<Error>((resolve) =>
     child.once("error", (e: NodeJS.ErrnoException) =>

@@ -1,5 +1,4 @@
 import * as grpc from "@grpc/grpc-js";
-import { errorMessage } from "../../common/errors.js";
 import { Consistency, CycleKind } from "../../gen/qreplica/v1/common.js";
 import {
   FailoverKind,
@@ -8,16 +7,15 @@ import {
   type ControlServiceServer,
   type RecoveryPoint as WirePoint,
   type RelationshipStatus,
-  type PauseReplicationRequest,
-  type ResumeReplicationRequest,
-  type ResyncRequest,
 } from "../../gen/qreplica/v1/control.js";
 import { pauseReplication, resumeReplication, resync } from "./replicationCommands.js";
 import { RecoveryPointsProjection, StatusProjection, executeCommand, prepareFailover, relationshipStream, startReverseReplication, type JsonObject, type VmStatus } from "../../ledger/index.js";
-import { join } from "node:path";
-import { loadSiteCredentials, peerIdentity } from "../../transport/index.js";
-import { addAuthorization, loadSiteConfig, runDir } from "../siteConfig.js";
-import { startReverseAgent } from "../failover/reverseAgent.js";
+import { loadSiteCredentials } from "../../transport/index.js";
+import { checkPrimaryIdentity } from "../authorizations.js";
+import { loadSiteConfig } from "../siteConfig.js";
+import { actorMetadata } from "./caller.js";
+import { guardedWith } from "./guard.js";
+import { addAuthorization, appendRunbookEvents, listAuthorizations, readRunbookRun, removeAuthorization, toLedgerEvent } from "./records.js";
 import type { SiteContext } from "../siteContext.js";
 import type { LaunchedInfo } from "../failover/failoverService.js";
 
@@ -41,23 +39,14 @@ interface CycleFacts {
   wireBytes: number;
 }
 
-/** Read-only views of the ledger for operators: status, recovery points, the audit trail. */
+/**
+ * The control plane: reads of the ledger and the commands operators give. Every RPC names the
+ * role it needs (viewer < operator < admin; agents are refused on all of them) and passes the
+ * caller to its handler, which records it with every ledger event the command causes.
+ */
 export function controlService(ctx: SiteContext): ControlServiceServer {
   const status = new StatusProjection();
-  const guarded =
-    <Req, Res>(fn: (req: Req) => Promise<Res>): grpc.handleUnaryCall<Req, Res> =>
-    (call, callback) => {
-      try {
-        peerIdentity(call as unknown as grpc.ServerUnaryCall<Req, Res>);
-      } catch (err) {
-        callback({ code: grpc.status.UNAUTHENTICATED, details: errorMessage(err) });
-        return;
-      }
-      fn(call.request).then(
-        (res) => callback(null, res),
-        (err: unknown) => callback({ code: grpcCodeOf(err), details: errorMessage(err) }),
-      );
-    };
+  const guarded = guardedWith(ctx.logger, grpcCodeOf);
 
   const cycleFacts = async (vmId: string): Promise<Map<number, CycleFacts>> => {
     const facts = new Map<number, CycleFacts>();
@@ -72,7 +61,8 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
   const points = async (vmId: string): Promise<WirePoint[]> => {
     const catalogue = await RecoveryPointsProjection.rebuild(ctx.store, vmId);
     const facts = await cycleFacts(vmId);
-    return catalogue.list().map((p) => {
+    // A point being merged away is no longer what it was (its base is being rewritten): not listed.
+    return catalogue.list().filter((p) => !p.merging).map((p) => {
       const f = facts.get(p.cycleSeq);
       return {
         recoveryPointId: p.pointId,
@@ -109,13 +99,13 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
   const failovers = ctx.failovers;
   const vmInfo = (v: LaunchedInfo) => ({ name: v.name, qmpSocket: v.qmpSocket, serialLog: v.serialLog, pid: v.pid, timeToRunningMs: BigInt(v.timeToRunningMs), diskImages: v.diskImages });
   return {
-    startTestFailover: guarded(async (req) => {
+    startTestFailover: guarded("operator", async (req, caller) => {
       // Serialized with the VM's commits and retention merges: a merge rewrites the base a VM opens.
-      const r = await ctx.serializer.run(req.vmId, () => failovers.startTest(req.vmId, req.recoveryPointId || undefined));
+      const r = await ctx.serializer.run(req.vmId, () => failovers.startTest(req.vmId, req.recoveryPointId || undefined, caller));
       return { testId: r.testId, recoveryPointId: r.pointId, vm: vmInfo(r.vm) };
     }),
-    stopTestFailover: guarded(async (req) => ({ stoppedTestIds: await failovers.stopTests(req.vmId, req.testId || undefined) })),
-    failover: guarded(async (req) => {
+    stopTestFailover: guarded("operator", async (req, caller) => ({ stoppedTestIds: await failovers.stopTests(req.vmId, req.testId || undefined, caller) })),
+    failover: guarded("operator", async (req, caller) => {
       if (req.kind === FailoverKind.FAILOVER_KIND_PLANNED) {
         const session = ctx.sessionFor(req.vmId);
         if (!session) {
@@ -123,19 +113,20 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
         }
         if (req.recoveryPointId) throw Object.assign(new Error("a planned failover always uses the final point; --point is for unplanned failovers"), { grpcCode: grpc.status.INVALID_ARGUMENT });
         const stopped = await session.requestPlannedFailover(10, 5 * 60_000);
-        await executeCommand(ctx.store, req.vmId, (s) => prepareFailover(s, { preparedAt: new Date().toISOString(), primaryStoppedAt: stopped.stoppedAt.toISOString() }));
-        const r = await ctx.serializer.run(req.vmId, () => failovers.failover(req.vmId, "planned", undefined, req.startVm));
+        await executeCommand(ctx.store, req.vmId, (s) => prepareFailover(s, { preparedAt: new Date().toISOString(), primaryStoppedAt: stopped.stoppedAt.toISOString() }), {
+          metadata: actorMetadata(caller),
+        });
+        const r = await ctx.serializer.run(req.vmId, () => failovers.failover(req.vmId, "planned", undefined, req.startVm, caller));
         return { recoveryPointId: r.pointId, generation: BigInt(r.generation), vm: r.vm && vmInfo(r.vm), primaryDisks: stopped.disks };
       }
-      const r = await ctx.serializer.run(req.vmId, () => failovers.failover(req.vmId, "unplanned", req.recoveryPointId || undefined, req.startVm));
+      const r = await ctx.serializer.run(req.vmId, () => failovers.failover(req.vmId, "unplanned", req.recoveryPointId || undefined, req.startVm, caller));
       return { recoveryPointId: r.pointId, generation: BigInt(r.generation), vm: r.vm && vmInfo(r.vm), primaryDisks: [] };
     }),
-    completeFailover: guarded(async (req) => ({ droppedRecoveryPointIds: await ctx.serializer.run(req.vmId, () => failovers.complete(req.vmId)) })),
-    cancelFailover: guarded(async (req) => ({ state: await failovers.cancel(req.vmId) })),
-    prepareReverseReplication: guarded(async (req) => {
-      // The operator asked for it over the authenticated control plane: the new primary may replicate here.
-      addAuthorization(ctx.dir, { primaryIdentity: req.primaryIdentity, trustGroup: "reverse" });
-      const state = await ctx.relationships.prepareReverse({
+    completeFailover: guarded("operator", async (req, caller) => ({ droppedRecoveryPointIds: await ctx.serializer.run(req.vmId, () => failovers.complete(req.vmId, caller)) })),
+    cancelFailover: guarded("operator", async (req, caller) => ({ state: await failovers.cancel(req.vmId, caller) })),
+    prepareReverseReplication: guarded("operator", async (req, caller) => {
+      checkPrimaryIdentity(req.primaryIdentity);
+      const state = await ctx.relationships.prepareReverse(caller, {
         vmId: req.vmId,
         generation: Number(req.generation),
         primarySiteId: req.primarySiteId,
@@ -144,20 +135,25 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
         seeds: req.seeds.map((s) => ({ diskId: s.diskId, imagePath: s.imagePath })),
         vmSpec: req.vmSpecJson ? (JSON.parse(req.vmSpecJson) as JsonObject) : undefined,
       });
+      // The new primary's own identity, never a wildcard, recorded with the operator who asked;
+      // only once the relationship is ready for it, so a refused reverse authorizes nobody.
+      await ctx.authorizations.add(req.primaryIdentity, caller);
       return { state: state.state };
     }),
-    startReverseReplication: guarded(async (req) => {
+    startReverseReplication: guarded("operator", async (req, caller) => {
       const config = loadSiteConfig(ctx.dir);
       const identity = loadSiteCredentials({ caFile: config.caFile, certFile: config.certFile, keyFile: config.keyFile }).identity.commonName;
-      const { newState } = await executeCommand(ctx.store, req.vmId, (s) => startReverseReplication(s, { newPrimarySiteId: ctx.siteId, newPrimaryIdentity: identity }));
+      const { newState } = await executeCommand(ctx.store, req.vmId, (s) => startReverseReplication(s, { newPrimarySiteId: ctx.siteId, newPrimaryIdentity: identity }), {
+        metadata: actorMetadata(caller),
+      });
       const { qmpSocket } = await failovers.releaseFailedOverVm(req.vmId);
-      const pid = startReverseAgent({
-        dir: join(runDir(ctx.dir), "reverse", req.vmId),
+      const { pid } = failovers.startReverseAgent({
         siteId: ctx.siteId,
         vmId: req.vmId,
         qmpSocket,
         disks: newState.disks,
         replicaAddress: req.replicaAddress,
+        replicaSiteId: newState.replicaSiteId ?? "",
         tls: { caFile: config.caFile, certFile: config.certFile, keyFile: config.keyFile },
         vmSpec: newState.vmSpec,
         intervalSeconds: 2,
@@ -171,52 +167,42 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
         vmSpecJson: JSON.stringify(newState.vmSpec),
       };
     }),
-    getStatus: guarded(async (req) => {
+    getStatus: guarded("viewer", async (req) => {
       await status.catchUp(ctx.store);
       const now = new Date();
       const all = req.vmId ? [status.get(req.vmId, now)].filter((s): s is VmStatus => s !== undefined) : status.list(now);
       if (req.vmId && all.length === 0) throw Object.assign(new Error(`no replication relationship for VM '${req.vmId}' on site ${ctx.siteId}`), { grpcCode: grpc.status.NOT_FOUND });
       return { siteId: ctx.siteId, relationships: await Promise.all(all.map(toWire)) };
     }),
-    listRecoveryPoints: guarded(async (req) => ({ recoveryPoints: await points(req.vmId) })),
-    listEvents: guarded(async (req) => {
+    listRecoveryPoints: guarded("viewer", async (req) => {
+      await requireRelationship(ctx, req.vmId);
+      return { recoveryPoints: await points(req.vmId) };
+    }),
+    listEvents: guarded("viewer", async (req) => {
       const limit = Math.min(Math.max(req.limit || 100, 1), 1000);
-      const events = req.vmId
-        ? await ctx.store.readStream(relationshipStream(req.vmId), { fromVersion: req.fromPosition, maxCount: limit })
-        : await ctx.store.readAll({ fromPosition: req.fromPosition > 0n ? req.fromPosition - 1n : undefined, maxCount: limit });
+      if (req.vmId) await requireRelationship(ctx, req.vmId);
+      // One more than asked: whether the ledger holds more is then known, not guessed.
+      const read = req.vmId
+        ? await ctx.store.readStream(relationshipStream(req.vmId), { fromVersion: req.fromPosition, maxCount: limit + 1 })
+        : await ctx.store.readAll({ fromPosition: req.fromPosition > 0n ? req.fromPosition - 1n : undefined, maxCount: limit + 1 });
+      const events = read.slice(0, limit);
       const last = events[events.length - 1];
       return {
-        events: events.map((e) => ({
-          eventId: `${e.stream}@${e.version}`,
-          stream: e.stream,
-          streamVersion: e.version,
-          globalPosition: e.globalPosition,
-          type: e.type,
-          recordedAt: e.recordedAt,
-          dataJson: JSON.stringify(e.data),
-          actor: typeof e.metadata.actor === "string" ? e.metadata.actor : "",
-          actorRole: typeof e.metadata.actorRole === "string" ? e.metadata.actorRole : "",
-        })),
+        events: events.map(toLedgerEvent),
         nextPosition: last ? (req.vmId ? last.version + 1n : last.globalPosition + 1n) : req.fromPosition,
-        endReached: events.length < limit,
+        endReached: read.length <= limit,
       };
     }),
-    // TODO(roles): the roles helper's `guarded` checks the role and produces the Caller; until it lands, the peer's CN as an operator.
-    pauseReplication: (call, callback) => guarded((req: PauseReplicationRequest) => pauseReplication(ctx, req, { identity: peerIdentity(call).commonName, role: "operator" }))(call, callback),
-    resumeReplication: (call, callback) => guarded((req: ResumeReplicationRequest) => resumeReplication(ctx, req, { identity: peerIdentity(call).commonName, role: "operator" }))(call, callback),
-    resync: (call, callback) => guarded((req: ResyncRequest) => resync(ctx, req, { identity: peerIdentity(call).commonName, role: "operator" }))(call, callback),
-    listAuthorizations: notYet("ListAuthorizations"),
-    addAuthorization: notYet("AddAuthorization"),
-    removeAuthorization: notYet("RemoveAuthorization"),
-    appendRunbookEvents: notYet("AppendRunbookEvents"),
-    readRunbookRun: notYet("ReadRunbookRun"),
-    whoAmI: notYet("WhoAmI"),
+    pauseReplication: guarded("operator", (req, caller) => pauseReplication(ctx, req, caller)),
+    resumeReplication: guarded("operator", (req, caller) => resumeReplication(ctx, req, caller)),
+    resync: guarded("operator", (req, caller) => resync(ctx, req, caller)),
+    listAuthorizations: guarded("viewer", () => listAuthorizations(ctx)),
+    addAuthorization: guarded("admin", (req, caller) => addAuthorization(ctx, req, caller)),
+    removeAuthorization: guarded("admin", (req, caller) => removeAuthorization(ctx, req, caller)),
+    appendRunbookEvents: guarded("operator", (req, caller) => appendRunbookEvents(ctx, req, caller)),
+    readRunbookRun: guarded("viewer", (req) => readRunbookRun(ctx, req)),
+    whoAmI: guarded("viewer", async (_req, caller) => ({ identity: caller.identity, role: caller.role, siteId: ctx.siteId })),
   };
-}
-
-/** An RPC of the contract whose handler this site does not have yet. */
-function notYet(name: string): grpc.handleUnaryCall<unknown, never> {
-  return (_call, callback) => callback({ code: grpc.status.UNIMPLEMENTED, details: `${name} is not implemented by this site yet` });
 }
 
 /** Refusals by the relationship's state are the operator's to resolve, not server faults. */
@@ -225,7 +211,9 @@ function grpcCodeOf(err: unknown): grpc.status {
   if (explicit !== undefined) return explicit;
   const code = (err as { code?: unknown }).code;
   if (typeof code !== "string") return grpc.status.INTERNAL;
-  if (["INVALID_TRANSITION", "STALE_GENERATION", "FAILOVER_REFUSED", "MERGE_BLOCKED_BY_TEST_FAILOVER", "MERGE_IN_PROGRESS"].includes(code)) return grpc.status.FAILED_PRECONDITION;
+  if (code === "AUTHORIZATION_INVALID" || code === "AUTHORIZATION_WILDCARD") return grpc.status.INVALID_ARGUMENT;
+  if (code === "AUTHORIZATION_NOT_FOUND") return grpc.status.NOT_FOUND;
+  if (["INVALID_TRANSITION", "STALE_GENERATION", "FAILOVER_REFUSED", "MERGE_BLOCKED_BY_TEST_FAILOVER", "MERGE_IN_PROGRESS", "SEED_UNUSABLE"].includes(code)) return grpc.status.FAILED_PRECONDITION;
   if (code.startsWith("INVALID") || code === "UNKNOWN_POINT") return grpc.status.INVALID_ARGUMENT;
   return grpc.status.INTERNAL;
 }
@@ -238,4 +226,13 @@ function healthOf(s: VmStatus): { health: ReplicationHealth; message: string } {
   if (s.consecutiveFailures > 0) return { health: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: `last cycle failed: ${s.lastError?.message ?? ""}` };
   if (s.state === "paused") return { health: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: `replication is paused${s.pauseReason ? `: ${s.pauseReason}` : ""}` };
   return { health: ReplicationHealth.REPLICATION_HEALTH_NORMAL, message: "" };
+}
+
+/** A VM this site has no relationship for is an operator's typo: say so rather than list nothing. */
+async function requireRelationship(ctx: SiteContext, vmId: string): Promise<void> {
+  if (!vmId) throw Object.assign(new Error("a VM id is required"), { grpcCode: grpc.status.INVALID_ARGUMENT });
+  const first = await ctx.store.readStream(relationshipStream(vmId), { maxCount: 1 });
+  if (first.length === 0) {
+    throw Object.assign(new Error(`no replication relationship for VM '${vmId}' on site ${ctx.siteId} ('qreplica status --dir <site>' lists the VMs replicated here)`), { grpcCode: grpc.status.NOT_FOUND });
+  }
 }

@@ -1,6 +1,8 @@
 import * as grpc from "@grpc/grpc-js";
+import { faultPoint } from "../../common/faultPoints.js";
 import type { Logger } from "../../common/logger.js";
 import { errorMessage } from "../../common/errors.js";
+import { InvalidIdError, isValidId } from "../../model/index.js";
 import {
   CycleKind,
   Consistency,
@@ -21,7 +23,6 @@ import {
 import { KNOWN_CHECKSUMS, peerIdentity, writeWithBackpressure } from "../../transport/index.js";
 import { MAX_CHUNK_BYTES, OpenCycle } from "./openCycle.js";
 import { parseVmSpec, sendSeedHashes } from "./resync.js";
-import { findAuthorization, loadAuthorizations } from "../siteConfig.js";
 import type { SiteContext } from "../siteContext.js";
 import { RelationshipRefusal, type ResumeKind } from "../relationships.js";
 import { clearResyncApproval, isResyncApproved } from "./resyncApprovals.js";
@@ -195,7 +196,13 @@ export class ReplicateSession {
     if (hello.protocolVersion !== PROTOCOL_VERSION) {
       return refuse(RejectReason.REJECT_REASON_UNSUPPORTED_PROTOCOL_VERSION, `protocol version ${hello.protocolVersion} is not supported (this site speaks ${PROTOCOL_VERSION}); upgrade the agent or the site`, grpc.status.FAILED_PRECONDITION);
     }
-    const authorization = findAuthorization(loadAuthorizations(this.ctx.dir), identity);
+    // Ids name ledger streams and replica directories: a malformed one is refused before any use.
+    const badId = [hello.vmId, ...hello.disks.map((d) => d.diskId)].find((id) => !isValidId(id));
+    if (badId !== undefined) {
+      const kind = badId === hello.vmId ? "VM id" : "disk id";
+      return refuse(RejectReason.REJECT_REASON_UNKNOWN_VM, new InvalidIdError(kind, badId, "Hello").message, grpc.status.INVALID_ARGUMENT);
+    }
+    const authorization = await this.ctx.authorizations.find(identity);
     if (!authorization) {
       return refuse(
         RejectReason.REJECT_REASON_UNAUTHORIZED,
@@ -327,6 +334,7 @@ export class ReplicateSession {
           comparedBytes: Number(end.comparedBytes) || undefined,
         }),
       );
+      faultPoint("crash-after-commit-before-ack");
       await writeWithBackpressure(this.call, {
         body: { $case: "cycleAck", value: { generation: BigInt(this.generation), cycleSequence: BigInt(seq), recoveryPointId: committed.pointId, committedAt: committed.committedAt } },
       });

@@ -1,4 +1,4 @@
-import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync, type Dirent } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync, type Dirent } from "node:fs";
 import { join } from "node:path";
 import { QreplicaError } from "../../common/errors.js";
 import type { Logger } from "../../common/logger.js";
@@ -17,6 +17,12 @@ import {
 } from "../../ledger/index.js";
 import { createThrowawayOverlay, launchVm, type LaunchedVm } from "../launcher/index.js";
 import { launchSpecOf } from "./defaultSpec.js";
+import { actorMetadata, type Caller } from "../controlPlane/caller.js";
+
+/** The ledger metadata of a command: who asked for it (none for the site's own housekeeping). */
+const by = (caller: Caller | undefined) => (caller ? { metadata: actorMetadata(caller) } : {});
+import { processCommandLine, terminate } from "./processes.js";
+import { ReverseAgents, type ReverseAgentInfo, type ReverseAgentOptions } from "./reverseAgent.js";
 
 export interface LaunchedInfo {
   name: string;
@@ -38,44 +44,66 @@ interface Running {
 }
 
 /**
+ * A failover VM: production after a failover, so it must outlive the site process. Recorded in
+ * `vm.json` beside its overlays, so that a restarted site adopts it instead of losing track of it.
+ */
+interface FailoverVm {
+  name: string;
+  pid: number;
+  qmpSocketPath: string;
+  serialLogPath: string;
+  overlays: string[];
+  /** Present while this process launched it and still holds its monitor. */
+  launched?: LaunchedVm;
+  /** Its monitor was handed to a reverse-replication agent (QEMU serves one client per monitor). */
+  released: boolean;
+}
+
+const VM_RECORD = "vm.json";
+
+/**
  * Test failovers and failovers on this (replica) site: overlays on recovery points, VMs launched
  * from the replicated spec, every step recorded in the ledger. Overlays are the only thing the
  * VMs write: recovery points stay immutable (invariant 4).
  */
 export class FailoverService {
   private readonly tests = new Map<string, Running>();
-  private readonly failedOver = new Map<string, Running>();
+  private readonly failedOver = new Map<string, FailoverVm>();
+  readonly reverseAgents: ReverseAgents;
 
   constructor(
     private readonly store: EventStore,
     private readonly runDir: string,
     private readonly accel: "auto" | "kvm" | "tcg",
     private readonly logger: Logger,
-  ) {}
+  ) {
+    this.reverseAgents = new ReverseAgents(runDir, logger);
+  }
 
-  async startTest(vmId: string, pointId: string | undefined): Promise<{ testId: string; pointId: string; vm: LaunchedInfo }> {
+  async startTest(vmId: string, pointId: string | undefined, caller?: Caller): Promise<{ testId: string; pointId: string; vm: LaunchedInfo }> {
     const started = performance.now();
     const testId = `t${Date.now().toString(36)}`;
-    const { newState } = await executeCommand(this.store, vmId, (s) => startTestFailover(s, { testId, pointId, startedAt: new Date().toISOString() }));
+    const { newState } = await executeCommand(this.store, vmId, (s) => startTestFailover(s, { testId, pointId, startedAt: new Date().toISOString() }), by(caller));
     const test = newState.testFailovers[testId];
     const point = newState.points.find((p) => p.pointId === test?.pointId);
     if (!test || !point) throw new FailoverRefusedError(`VM ${vmId}: test ${testId} was not recorded`);
     const dir = join(this.runDir, "tests", vmId, testId);
     try {
-      const running = await this.launchOn(point, newState, dir, `test-${vmId}-${testId}`);
+      // A test VM never outlives the site, even a kill -9 of it (recover() closes the test in the ledger).
+      const running = await this.launchOn(point, newState, dir, `test-${vmId}-${testId}`, "dies-with-site");
       this.tests.set(`${vmId}/${testId}`, running);
       const timeToRunningMs = Math.round(performance.now() - started);
-      await executeCommand(this.store, vmId, (s) => recordTestFailoverRunning(s, { testId, runningAt: running.vm.runningAt.toISOString(), timeToRunningMs }));
+      await executeCommand(this.store, vmId, (s) => recordTestFailoverRunning(s, { testId, runningAt: running.vm.runningAt.toISOString(), timeToRunningMs }), by(caller));
       this.logger.info({ vm: vmId, testId, point: point.pointId, timeToRunningMs }, "test failover running");
       return { testId, pointId: point.pointId, vm: info(running, timeToRunningMs) };
     } catch (err) {
       rmSync(dir, { recursive: true, force: true });
-      await executeCommand(this.store, vmId, (s) => stopTestFailover(s, { testId, stoppedAt: new Date().toISOString() })).catch(() => undefined);
+      await executeCommand(this.store, vmId, (s) => stopTestFailover(s, { testId, stoppedAt: new Date().toISOString() }), by(caller)).catch(() => undefined);
       throw err;
     }
   }
 
-  async stopTests(vmId: string, testId: string | undefined): Promise<string[]> {
+  async stopTests(vmId: string, testId: string | undefined, caller?: Caller): Promise<string[]> {
     const { state } = await loadRelationship(this.store, vmId);
     const ids = testId ? [testId] : Object.keys(state.testFailovers);
     if (testId && !state.testFailovers[testId]) {
@@ -87,20 +115,24 @@ export class FailoverService {
       this.tests.delete(`${vmId}/${id}`);
       // Everything the test VM wrote is discarded with its overlays.
       rmSync(join(this.runDir, "tests", vmId, id), { recursive: true, force: true });
-      await executeCommand(this.store, vmId, (s) => stopTestFailover(s, { testId: id, stoppedAt: new Date().toISOString() }));
+      await executeCommand(this.store, vmId, (s) => stopTestFailover(s, { testId: id, stoppedAt: new Date().toISOString() }), by(caller));
     }
     return ids;
   }
 
-  async failover(vmId: string, kind: FailoverKind, pointId: string | undefined, startVm: boolean): Promise<{ pointId: string; generation: number; vm?: LaunchedInfo }> {
+  async failover(vmId: string, kind: FailoverKind, pointId: string | undefined, startVm: boolean, caller?: Caller): Promise<{ pointId: string; generation: number; vm?: LaunchedInfo }> {
     const started = performance.now();
-    const { newState } = await executeCommand(this.store, vmId, (s) => failover(s, { kind, pointId }));
+    const { newState } = await executeCommand(this.store, vmId, (s) => failover(s, { kind, pointId }), by(caller));
     const chosen = newState.failover?.pointId;
     const point = newState.points.find((p) => p.pointId === chosen);
     if (!point) throw new FailoverRefusedError(`VM ${vmId}: failover recorded without a point`);
     if (!startVm) return { pointId: point.pointId, generation: newState.generation };
-    const running = await this.launchOn(point, newState, join(this.runDir, "failover", vmId, `g${newState.generation}`), vmId);
-    this.failedOver.set(vmId, running);
+    const dir = join(this.runDir, "failover", vmId, `g${newState.generation}`);
+    // Production from here on: it outlives the site (which adopts it again when it restarts).
+    const running = await this.launchOn(point, newState, dir, vmId, "outlives-site");
+    const vm: FailoverVm = { name: running.vm.name, pid: running.vm.proc.pid, qmpSocketPath: running.vm.qmpSocketPath, serialLogPath: running.vm.serialLogPath, overlays: running.overlays, launched: running.vm, released: false };
+    this.failedOver.set(vmId, vm);
+    writeVmRecord(dir, vm);
     const rto = Math.round(performance.now() - started);
     this.logger.info({ vm: vmId, point: point.pointId, generation: newState.generation, rtoMs: rto }, "failed over: VM running");
     return { pointId: point.pointId, generation: newState.generation, vm: info(running, rto) };
@@ -111,23 +143,31 @@ export class FailoverService {
    * monitor): the site keeps no connection to it from here on.
    */
   async releaseFailedOverVm(vmId: string): Promise<{ qmpSocket: string }> {
-    const running = this.failedOver.get(vmId);
-    if (!running) throw new FailoverRefusedError(`VM ${vmId} has no failed-over VM running on this site: fail it over (with its VM started) first`);
-    await running.vm.qmp.close();
-    return { qmpSocket: running.vm.qmpSocketPath };
+    const vm = this.failedOver.get(vmId);
+    if (!vm) throw new FailoverRefusedError(`VM ${vmId} has no failed-over VM running on this site: fail it over (with its VM started) first`);
+    await vm.launched?.qmp.close();
+    vm.released = true;
+    writeVmRecord(this.failoverDirOf(vmId), vm);
+    return { qmpSocket: vm.qmpSocketPath };
   }
 
-  async cancel(vmId: string): Promise<string> {
-    const running = this.failedOver.get(vmId);
-    await running?.vm.stop({ timeoutMs: 5_000 });
+  /** Starts the VM's reverse-replication agent, supervised by this site (see ReverseAgents). */
+  startReverseAgent(opts: ReverseAgentOptions): ReverseAgentInfo {
+    return this.reverseAgents.start(opts);
+  }
+
+  async cancel(vmId: string, caller?: Caller): Promise<string> {
+    const vm = this.failedOver.get(vmId);
+    if (vm?.launched && !vm.released) await vm.launched.stop({ timeoutMs: 5_000 });
+    else if (vm) await terminate(vm.pid, 10_000);
     this.failedOver.delete(vmId);
     rmSync(join(this.runDir, "failover", vmId), { recursive: true, force: true });
-    const { newState } = await executeCommand(this.store, vmId, (s) => cancelFailover(s));
+    const { newState } = await executeCommand(this.store, vmId, (s) => cancelFailover(s), by(caller));
     return newState.state;
   }
 
-  async complete(vmId: string): Promise<string[]> {
-    const { events } = await executeCommand(this.store, vmId, (s) => completeFailover(s));
+  async complete(vmId: string, caller?: Caller): Promise<string[]> {
+    const { events } = await executeCommand(this.store, vmId, (s) => completeFailover(s), by(caller));
     const done = events.find((e) => e.type === "FailoverCompleted");
     if (!done || done.type !== "FailoverCompleted") return [];
     // Points after the failed-over one are no longer anybody's backing file.
@@ -143,11 +183,21 @@ export class FailoverService {
     }
   }
 
-  /** After a restart: tests the ledger still lists have lost their VM; close them. */
+  /** The site stops: failover VMs and reverse agents run on, to be adopted by the next start. */
+  detach(): void {
+    this.reverseAgents.detach();
+  }
+
+  /**
+   * After a restart: tests the ledger still lists have lost their VM (test VMs never outlive the
+   * site); close them. Failover VMs still running are adopted, and their reverse agents adopted or
+   * restarted: a site restart must never stop production or its replication.
+   */
   async recover(vmIds: Iterable<string>): Promise<void> {
     killRecordedVms(join(this.runDir, "tests"));
     for (const vmId of vmIds) {
       const { state } = await loadRelationship(this.store, vmId);
+      this.adoptFailoverVm(vmId);
       for (const testId of Object.keys(state.testFailovers)) {
         rmSync(join(this.runDir, "tests", vmId, testId), { recursive: true, force: true });
         await executeCommand(this.store, vmId, (s) => stopTestFailover(s, { testId, stoppedAt: new Date().toISOString() }));
@@ -156,8 +206,30 @@ export class FailoverService {
     }
   }
 
-  private async launchOn(point: RecoveryPoint, state: { vmId: string; disks: readonly { diskId: string }[] } & Parameters<typeof launchSpecOf>[0], dir: string, name: string): Promise<Running> {
-    mkdirSync(dir, { recursive: true });
+  private failoverDirOf(vmId: string): string {
+    const root = join(this.runDir, "failover", vmId);
+    const generations = safeReaddir(root).filter((n) => /^g\d+$/.test(n)).sort((a, b) => Number(b.slice(1)) - Number(a.slice(1)));
+    return join(root, generations[0] ?? "g0");
+  }
+
+  private adoptFailoverVm(vmId: string): void {
+    const dir = this.failoverDirOf(vmId);
+    const vm = readVmRecord(dir);
+    if (!vm) return;
+    // A recycled pid must not be taken for the VM: it must be QEMU with this VM's monitor.
+    const cmdline = processCommandLine(vm.pid);
+    if (!cmdline?.includes("qemu-system") || !cmdline.includes(vm.qmpSocketPath)) {
+      this.logger.warn({ vm: vmId, pid: vm.pid, dir }, "the failover VM is no longer running; its overlays are kept");
+      rmSync(join(dir, VM_RECORD), { force: true }); // said once, not at every start
+      return;
+    }
+    this.failedOver.set(vmId, vm);
+    this.logger.info({ vm: vmId, pid: vm.pid, qmpSocket: vm.qmpSocketPath, serialLog: vm.serialLogPath }, "failover VM adopted: it ran on through the site restart");
+    if (vm.released) this.reverseAgents.adoptOrRestart(vmId);
+  }
+
+  private async launchOn(point: RecoveryPoint, state: { vmId: string; disks: readonly { diskId: string }[] } & Parameters<typeof launchSpecOf>[0], dir: string, name: string, lifetime: "dies-with-site" | "outlives-site"): Promise<Running> {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
     const overlays: string[] = [];
     const diskImages: Record<string, string> = {};
     for (const d of point.disks) {
@@ -166,8 +238,8 @@ export class FailoverService {
       overlays.push(path);
       diskImages[d.diskId] = path;
     }
-    const vm = await launchVm({ spec: launchSpecOf(state), diskImages, runDir: dir, name, network: "isolated", logger: this.logger, accel: this.accel });
-    writeFileSync(join(dir, "qemu.pid"), String(vm.proc.pid));
+    const vm = await launchVm({ spec: launchSpecOf(state), diskImages, runDir: dir, name, network: "isolated", logger: this.logger, accel: this.accel, ...(lifetime === "outlives-site" ? { ownSession: true } : { dieWithOwner: true }) });
+    writeFileSync(join(dir, "qemu.pid"), String(vm.proc.pid), { mode: 0o600 });
     return { vm, overlays };
   }
 }
@@ -176,7 +248,32 @@ function info(r: Running, timeToRunningMs: number): LaunchedInfo {
   return { name: r.vm.name, qmpSocket: r.vm.qmpSocketPath, serialLog: r.vm.serialLogPath, pid: r.vm.proc.pid, timeToRunningMs, diskImages: r.overlays };
 }
 
-/** QEMU (and reverse-agent) processes recorded in `qemu.pid` files under `dir` by a site that is gone. */
+function writeVmRecord(dir: string, vm: FailoverVm): void {
+  const { launched: _launched, ...record } = vm;
+  writeFileSync(join(dir, VM_RECORD), JSON.stringify(record, null, 2), { mode: 0o600 });
+}
+
+function readVmRecord(dir: string): FailoverVm | undefined {
+  const path = join(dir, VM_RECORD);
+  if (!existsSync(path)) return undefined;
+  try {
+    const r = JSON.parse(readFileSync(path, "utf8")) as Partial<FailoverVm>;
+    if (typeof r.pid !== "number" || typeof r.qmpSocketPath !== "string" || typeof r.name !== "string") return undefined;
+    return { name: r.name, pid: r.pid, qmpSocketPath: r.qmpSocketPath, serialLogPath: r.serialLogPath ?? "", overlays: r.overlays ?? [], released: r.released === true };
+  } catch {
+    return undefined;
+  }
+}
+
+function safeReaddir(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
+}
+
+/** QEMU and reverse-agent processes recorded in `qemu.pid` / `agent.pid` files under `dir` (test clean-up, test VMs of a site that is gone). */
 export function killRecordedVms(dir: string): void {
   let entries: Dirent[];
   try {
@@ -188,7 +285,7 @@ export function killRecordedVms(dir: string): void {
     const path = join(dir, e.name);
     if (e.isDirectory()) {
       killRecordedVms(path);
-    } else if (e.name === "qemu.pid") {
+    } else if (e.name === "qemu.pid" || e.name === "agent.pid") {
       try {
         process.kill(Number(readFileSync(path, "utf8")), "SIGKILL");
       } catch {

@@ -1,57 +1,202 @@
-import { spawn } from "node:child_process";
-import { mkdirSync, openSync, writeFileSync } from "node:fs";
+import { spawn, type ChildProcess } from "node:child_process";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { stringify as toYaml } from "yaml";
+import type { Logger } from "../../common/logger.js";
 import type { JsonObject } from "../../ledger/index.js";
+import { requireId } from "../../model/index.js";
+import { processAlive, processCommandLine } from "./processes.js";
 
 const AGENT_MAIN = fileURLToPath(new URL("../../../replica-agent/main.ts", import.meta.url));
 
 export interface ReverseAgentOptions {
-  dir: string;
   siteId: string;
   vmId: string;
   qmpSocket: string;
   disks: ReadonlyArray<{ diskId: string }>;
   replicaAddress: string;
+  /** The old primary's site id: the agent refuses a server whose certificate names another. */
+  replicaSiteId: string;
   tls: { caFile: string; certFile: string; keyFile: string };
   vmSpec: JsonObject;
   intervalSeconds: number;
   generation: number;
 }
 
+export interface ReverseAgentInfo {
+  pid: number;
+  /** Where the agent logs (its stdout and stderr). */
+  logFile: string;
+  configFile: string;
+}
+
+/** `<site>/run/reverse/<vm>`: the reverse agent's config, log, pid and state. */
+export const reverseAgentDir = (runDir: string, vmId: string) => join(runDir, "reverse", requireId("VM id", vmId));
+export const reverseAgentLogFile = (runDir: string, vmId: string) => join(reverseAgentDir(runDir, vmId), "agent.log");
+
+const RESTART_MIN_MS = 1_000;
+const RESTART_MAX_MS = 30_000;
+/** How often an adopted agent (not this process's child: no exit event) is checked. */
+const ADOPTED_POLL_MS = 2_000;
+
+interface Supervised {
+  vmId: string;
+  info: ReverseAgentInfo;
+  child?: ChildProcess;
+  poll?: NodeJS.Timeout;
+  backoffMs: number;
+  startedAt: number;
+  restartTimer?: NodeJS.Timeout;
+}
+
 /**
  * Reverse replication is the same machinery pointed the other way: an agent on this host, with
  * this site's identity, capturing the failed-over VM and replicating it to the old primary's site.
+ *
+ * The site supervises its reverse agents: one that fails (non-zero exit, a signal) is restarted
+ * with backoff; one that ends by itself with status 0 (the old primary's site refused it, or a
+ * failback stopped its VM) is left ended. Agents run detached, in their own process group, and
+ * outlive a site restart on purpose: they hold no site state, and cutting replication because the
+ * site's server restarts would widen the RPO. The next start of the site adopts them again (or
+ * restarts those that died meanwhile, when their VM still runs).
  */
-export function startReverseAgent(opts: ReverseAgentOptions): number {
-  mkdirSync(opts.dir, { recursive: true });
-  const config = join(opts.dir, "agent.yaml");
-  writeFileSync(
-    config,
-    toYaml({
-      siteId: opts.siteId,
-      stateDir: join(opts.dir, "state"),
-      tls: opts.tls,
-      vms: [
-        {
-          id: opts.vmId,
-          qmpSocket: opts.qmpSocket,
-          nbdSocket: join(opts.dir, "nbd.sock"),
-          disks: opts.disks.map((d) => ({ id: d.diskId, node: d.diskId })),
-          replicaSite: opts.replicaAddress,
-          intervalSeconds: opts.intervalSeconds,
-          compressionLevel: 1,
-          generation: opts.generation,
-          ...(Object.keys(opts.vmSpec).length ? { spec: opts.vmSpec } : {}),
-        },
-      ],
-    }),
-  );
-  const log = openSync(join(opts.dir, "agent.log"), "a");
-  const child = spawn(process.execPath, ["--import", "tsx", AGENT_MAIN, "--config", config], { stdio: ["ignore", log, log], detached: true });
-  child.unref();
-  const pid = child.pid ?? -1;
-  writeFileSync(join(opts.dir, "qemu.pid"), String(pid)); // picked up by the same cleanup as the site's VMs
-  return pid;
+export class ReverseAgents {
+  private readonly agents = new Map<string, Supervised>();
+  private detached = false;
+
+  constructor(
+    private readonly runDir: string,
+    private readonly logger: Logger,
+  ) {}
+
+  start(opts: ReverseAgentOptions): ReverseAgentInfo {
+    const dir = reverseAgentDir(this.runDir, opts.vmId);
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const configFile = join(dir, "agent.yaml");
+    writeFileSync(configFile, toYaml(agentConfig(opts, dir)), { mode: 0o600 });
+    this.stopSupervising(opts.vmId);
+    return this.spawnAgent(opts.vmId, { pid: -1, logFile: join(dir, "agent.log"), configFile }).info;
+  }
+
+  /**
+   * After a site restart: the VM's reverse agent, if one was started here. A live one (its pid
+   * runs this agent with this config) is adopted; a dead one is restarted. Undefined when this
+   * site never started one for the VM.
+   */
+  adoptOrRestart(vmId: string): (ReverseAgentInfo & { adopted: boolean }) | undefined {
+    const dir = reverseAgentDir(this.runDir, vmId);
+    const configFile = join(dir, "agent.yaml");
+    if (!existsSync(configFile)) return undefined;
+    const info: ReverseAgentInfo = { pid: readPid(join(dir, "agent.pid")) ?? -1, logFile: join(dir, "agent.log"), configFile };
+    if (info.pid > 1 && this.isOurAgent(info.pid, configFile)) {
+      const s: Supervised = { vmId, info, backoffMs: RESTART_MIN_MS, startedAt: Date.now() };
+      this.agents.set(vmId, s);
+      this.pollAdopted(s);
+      this.logger.info({ vm: vmId, pid: info.pid, log: info.logFile }, "reverse replication agent adopted: it ran on through the site restart");
+      return { ...info, adopted: true };
+    }
+    const s = this.spawnAgent(vmId, info);
+    this.logger.warn({ vm: vmId, pid: s.info.pid, log: s.info.logFile }, "reverse replication agent restarted: it had ended while the site was down");
+    return { ...s.info, adopted: false };
+  }
+
+  /** The site stops: its agents keep replicating, unsupervised until the next start adopts them. */
+  detach(): void {
+    this.detached = true;
+    for (const vmId of [...this.agents.keys()]) this.stopSupervising(vmId);
+  }
+
+  private spawnAgent(vmId: string, info: ReverseAgentInfo): Supervised {
+    const dir = reverseAgentDir(this.runDir, vmId);
+    const log = openSync(info.logFile, "a", 0o600);
+    const child = spawn(process.execPath, ["--import", "tsx", AGENT_MAIN, "--config", info.configFile], { stdio: ["ignore", log, log], detached: true });
+    closeSync(log);
+    child.unref();
+    const pid = child.pid ?? -1;
+    writeFileSync(join(dir, "agent.pid"), String(pid), { mode: 0o600 });
+    const previous = this.agents.get(vmId);
+    const s: Supervised = { vmId, info: { ...info, pid }, child, backoffMs: previous?.backoffMs ?? RESTART_MIN_MS, startedAt: Date.now() };
+    this.agents.set(vmId, s);
+    child.once("exit", (code, signal) => this.onExit(s, code, signal));
+    this.logger.info({ vm: vmId, pid, log: info.logFile }, "reverse replication agent started");
+    return s;
+  }
+
+  private onExit(s: Supervised, code: number | null, signal: NodeJS.Signals | null): void {
+    if (this.detached || this.agents.get(s.vmId) !== s) return;
+    if (code === 0) {
+      this.agents.delete(s.vmId);
+      this.logger.info({ vm: s.vmId, pid: s.info.pid, log: s.info.logFile }, "reverse replication agent ended by itself (see its log)");
+      return;
+    }
+    this.scheduleRestart(s, `exited (${code ?? signal})`);
+  }
+
+  private pollAdopted(s: Supervised): void {
+    s.poll = setInterval(() => {
+      if (processAlive(s.info.pid)) return;
+      clearInterval(s.poll);
+      s.poll = undefined;
+      this.scheduleRestart(s, "is gone");
+    }, ADOPTED_POLL_MS);
+    s.poll.unref();
+  }
+
+  private scheduleRestart(s: Supervised, why: string): void {
+    // An agent that ran well for a while failed afresh: no need to wait long before the next try.
+    if (Date.now() - s.startedAt > RESTART_MAX_MS * 2) s.backoffMs = RESTART_MIN_MS;
+    this.logger.warn({ vm: s.vmId, pid: s.info.pid, log: s.info.logFile, restartInMs: s.backoffMs }, `reverse replication agent ${why}; restarting it`);
+    s.restartTimer = setTimeout(() => {
+      if (this.detached || this.agents.get(s.vmId) !== s) return;
+      const next = this.spawnAgent(s.vmId, s.info);
+      next.backoffMs = Math.min(s.backoffMs * 2, RESTART_MAX_MS);
+    }, s.backoffMs);
+    s.restartTimer.unref();
+  }
+
+  private stopSupervising(vmId: string): void {
+    const s = this.agents.get(vmId);
+    if (!s) return;
+    clearInterval(s.poll);
+    clearTimeout(s.restartTimer);
+    this.agents.delete(vmId);
+  }
+
+  /** A recycled pid must not be taken for the agent: it must run the agent with this config. */
+  private isOurAgent(pid: number, configFile: string): boolean {
+    const cmdline = processCommandLine(pid);
+    return cmdline !== undefined && cmdline.includes(AGENT_MAIN) && cmdline.includes(configFile);
+  }
+}
+
+function agentConfig(opts: ReverseAgentOptions, dir: string): JsonObject {
+  return {
+    siteId: opts.siteId,
+    stateDir: join(dir, "state"),
+    tls: opts.tls,
+    vms: [
+      {
+        id: opts.vmId,
+        qmpSocket: opts.qmpSocket,
+        nbdSocket: join(dir, "nbd.sock"),
+        disks: opts.disks.map((d) => ({ id: d.diskId, node: d.diskId })),
+        replicaSite: opts.replicaAddress,
+        replicaSiteId: opts.replicaSiteId,
+        intervalSeconds: opts.intervalSeconds,
+        compressionLevel: 1,
+        generation: opts.generation,
+        ...(Object.keys(opts.vmSpec).length ? { spec: opts.vmSpec } : {}),
+      },
+    ],
+  };
+}
+
+function readPid(path: string): number | undefined {
+  try {
+    const pid = Number(readFileSync(path, "utf8").trim());
+    return Number.isInteger(pid) && pid > 1 ? pid : undefined;
+  } catch {
+    return undefined;
+  }
 }

@@ -25,6 +25,10 @@ export interface LaunchVmOptions {
   accel?: "auto" | "kvm" | "tcg";
   /** How long QEMU may take to open its monitor and report `running` (default 30 s). */
   startTimeoutMs?: number;
+  /** Its own process group, out of reach of signals to the launcher's (a failover VM is production). */
+  ownSession?: boolean;
+  /** Killed by the kernel when the launching process dies, kill -9 included (a test VM). */
+  dieWithOwner?: boolean;
 }
 
 export interface StopResult {
@@ -118,7 +122,7 @@ export async function launchVm(opts: LaunchVmOptions): Promise<LaunchedVm> {
   const startedAt = new Date();
   let proc: QemuProcess;
   try {
-    proc = await spawnQemu("qemu-system-x86_64", args, [qmpSocketPath], startTimeoutMs);
+    proc = await spawnQemu("qemu-system-x86_64", args, [qmpSocketPath], startTimeoutMs, { ownSession: opts.ownSession === true, dieWithParent: opts.dieWithOwner === true });
   } catch (err) {
     throw new VmLaunchError(name, (err as Error).message, { cause: err });
   }

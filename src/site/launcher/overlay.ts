@@ -1,4 +1,4 @@
-import { existsSync } from "node:fs";
+import { chmodSync, existsSync } from "node:fs";
 import { resolve } from "node:path";
 import { imageInfo } from "../../qemu/processes/qemuImg.js";
 import { runTool } from "../../qemu/processes/runTool.js";
@@ -32,6 +32,8 @@ export async function createThrowawayOverlay(pointImage: string, overlayPath: st
   const virtualSize = info["virtual-size"];
   try {
     await runTool("qemu-img", ["create", "-q", "-f", "qcow2", "-o", "compat=1.1", "-b", backing, "-F", "qcow2", "-u", overlayPath, String(virtualSize)]);
+    // What the test or failover VM writes is guest data: ours alone whatever the umask.
+    chmodSync(overlayPath, 0o600);
   } catch (err) {
     throw new OverlayError(overlayPath, (err as Error).message, { cause: err });
   }

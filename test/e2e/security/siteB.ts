@@ -8,7 +8,7 @@ import { join } from "node:path";
 import type * as grpc from "@grpc/grpc-js";
 import { getSqliteEventStore, loadRelationship, relationshipStream, type RecordedEvent, type RelationshipState } from "../../../src/ledger/index.js";
 import { compareImages } from "../../../src/qemu/processes/index.js";
-import { addressFile, loadSiteConfig } from "../../../src/site/siteConfig.js";
+import { addressFile, adminCredentialFiles, loadSiteConfig } from "../../../src/site/siteConfig.js";
 import type { ExtentPiece } from "../../../src/transport/index.js";
 import { ProtocolClient, encodeChunks, fileCredentials, type DiskSpec } from "../../helpers/protocolClient.js";
 import { makeTmpDir } from "../../helpers/tmpDir.js";
@@ -23,8 +23,10 @@ export interface SiteB {
   ledgerPath: string;
   storageRoot: string;
   caFile: string;
-  /** agent-a: the primary identity authorized on site B. */
+  /** agent-a: the primary identity authorized on site B (role agent). */
   agentA: { caFile: string; certFile: string; keyFile: string };
+  /** site B's local admin certificate (tls/admin.crt, role admin), as the CLI presents it with --dir. */
+  admin: { caFile: string; certFile: string; keyFile: string };
   /** A new Replicate stream; closed by `stop()` if the test does not close it. */
   open(credentials?: grpc.ChannelCredentials): ProtocolClient;
   events(vmId?: string): Promise<RecordedEvent[]>;
@@ -68,6 +70,7 @@ export async function startSiteB(prefix: string): Promise<SiteB> {
     storageRoot: config.storageRoot,
     caFile,
     agentA,
+    admin: { caFile: config.caFile, ...adminCredentialFiles(t.siteB) },
     open(credentials) {
       const c = new ProtocolClient(address, credentials ?? fileCredentials(agentA));
       clients.push(c);

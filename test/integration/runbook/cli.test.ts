@@ -1,4 +1,4 @@
-import { existsSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { getSqliteEventStore } from "../../../src/ledger/index.js";
@@ -177,6 +177,21 @@ describe("qreplica runbook run / show / rollback against a real site server (no 
     expect(shown).toMatchObject({ status: "stopped", resumes: 1 });
     expect(shown.steps[0]).toMatchObject({ id: "preflight", status: "failed", attempts: 2 });
     expect(shown.steps.slice(1).every((s: { status: string }) => s.status === "pending")).toBe(true);
+
+    // Recorded through the control plane, each event with its caller: the site's admin certificate (--dir).
+    const store = getSqliteEventStore({ path: join(siteDir, "ledger.sqlite"), create: false });
+    const recorded = await store.readStream(`runbook-${runId}`).finally(() => store.close());
+    expect(recorded.length).toBeGreaterThan(3);
+    for (const e of recorded) expect(e.metadata).toMatchObject({ actor: "site-b-admin", actorRole: "admin" });
+
+    // A viewer's own certificate reads the run, and may not roll it back.
+    const issued = await runCli(["pki", "issue", "--ca-dir", join(tmp.path, "ca"), "--name", "vic", "--role", "viewer", "--out-dir", join(tmp.path, "vic")]);
+    expect(issued.code, issued.stderr).toBe(0);
+    const viewer = ["--site", readFileSync(addressFile(siteDir), "utf8").trim(), "--ca", join(tmp.path, "ca", "ca.crt"), "--cert", join(tmp.path, "vic", "vic.crt"), "--key", join(tmp.path, "vic", "vic.key")];
+    expect(JSON.parse((await runCli(["runbook", "show", runId, ...viewer, "--json"])).stdout)).toMatchObject({ status: "stopped" });
+    const refused = await runCli(["runbook", "rollback", runId, ...viewer]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain("'vic' (role viewer) may not call AppendRunbookEvents");
 
     const rollback = await runCli(["runbook", "rollback", runId, "--dir", siteDir]);
     expect(rollback.code).toBe(0);

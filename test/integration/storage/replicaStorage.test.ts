@@ -108,6 +108,9 @@ describe("replica storage: qcow2 chains written through the site's storage daemo
     const p3 = await w3.commit();
     const [h2, h3] = [await sha256OfImage(p2.disks[0]!.imagePath, dir), await sha256OfImage(p3.disks[0]!.imagePath, dir)];
     await storage.mergeIntoBase(p1.disks[0]!.imagePath, p2.disks[0]!.imagePath, p3.disks[0]!.imagePath);
+    // Until the ledger says the base is point 2, the overlay still opens as point 2.
+    expect(await sha256OfImage(p2.disks[0]!.imagePath, dir)).toBe(h2);
+    storage.removeMergedImage(p2.disks[0]!.imagePath);
     expect(existsSync(p2.disks[0]!.imagePath)).toBe(false);
     expect(await sha256OfImage(p1.disks[0]!.imagePath, dir)).toBe(h2); // the base is now point 2
     expect(await sha256OfImage(p3.disks[0]!.imagePath, dir)).toBe(h3);

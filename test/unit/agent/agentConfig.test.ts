@@ -20,6 +20,7 @@ vms:
     nbdSocket: nbd.sock
     disks: [{ id: vda, node: vda }]
     replicaSite: 127.0.0.1:7443
+    replicaSiteId: site-b
 ${vmExtra}`,
   );
   return path;
@@ -31,6 +32,12 @@ describe("agent config", () => {
     expect(c.vms[0]).toMatchObject({ intervalSeconds: 30, compressionLevel: 1, chunkChecksum: "zstd-frame", qmpSocket: join(tmp.path, "qmp.sock") });
   });
 
+  it("scratchDir: unset by default (the capture layer uses <stateDir>/scratch), relative to the file when set", () => {
+    expect(loadAgentConfig(configWith("")).vms[0]!.scratchDir).toBeUndefined();
+    expect(loadAgentConfig(configWith("    scratchDir: fast/scratch\n")).vms[0]!.scratchDir).toBe(join(tmp.path, "fast/scratch"));
+    expect(() => loadAgentConfig(configWith("    scratchDir: 7\n"))).toThrow(/vms\[0\] \(vm1\)\.scratchDir must be a non-empty string/);
+  });
+
   it("takes SHA-256 chunk checksums when asked", () => {
     expect(loadAgentConfig(configWith("    chunkChecksum: sha256\n")).vms[0]!.chunkChecksum).toBe("sha256");
   });
@@ -39,5 +46,29 @@ describe("agent config", () => {
     const path = configWith("    chunkChecksum: md5\n");
     expect(() => loadAgentConfig(path)).toThrow(AgentConfigError);
     expect(() => loadAgentConfig(path)).toThrow(/vms\[0\] \(vm1\)\.chunkChecksum must be one of zstd-frame, sha256, got "md5"/);
+  });
+});
+
+describe("agent config: ids and the pinned replica site", () => {
+  function config(vm: string): string {
+    const path = join(tmp.path, `agent-${Math.random().toString(36).slice(2)}.yaml`);
+    writeFileSync(path, `siteId: site-a\nstateDir: state\ntls: { caFile: ca.crt, certFile: a.crt, keyFile: a.key }\nvms:\n${vm}`);
+    return path;
+  }
+
+  it("refuses a VM id that would lead out of the state directory, naming the field and the rule", () => {
+    const path = config(`  - { id: ../../evil3, qmpSocket: q, nbdSocket: n, disks: [{ id: vda, node: vda }], replicaSite: "h:1", replicaSiteId: site-b }\n`);
+    expect(() => loadAgentConfig(path)).toThrow(AgentConfigError);
+    expect(() => loadAgentConfig(path)).toThrow(/vms\[0\]\.id: VM id "\.\.\/\.\.\/evil3" is not a valid id: use 1-64 letters/);
+  });
+
+  it("refuses a disk id with a path separator", () => {
+    const path = config(`  - { id: vm1, qmpSocket: q, nbdSocket: n, disks: [{ id: /etc/x, node: vda }], replicaSite: "h:1", replicaSiteId: site-b }\n`);
+    expect(() => loadAgentConfig(path)).toThrow(/disks\[0\]\.id: disk id "\/etc\/x" is not a valid id/);
+  });
+
+  it("requires replicaSiteId and says what to put there", () => {
+    const path = config(`  - { id: vm1, qmpSocket: q, nbdSocket: n, disks: [{ id: vda, node: vda }], replicaSite: "h:1" }\n`);
+    expect(() => loadAgentConfig(path)).toThrow(/vms\[0\] \(vm1\)\.replicaSiteId is missing: set it to the replica site's id \(the --name given to 'qreplica site init' there/);
   });
 });

@@ -67,7 +67,6 @@ describe("validateRunbook", () => {
         "groups[1].vms[0].vm: VM 'web1' is already in groups[0].vms[1]",
         "site.cert: missing cert file",
         "site.key: missing key file",
-        "site.ledger: missing ledger file",
         "extra: unknown key",
       ]),
     );

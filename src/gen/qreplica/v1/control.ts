@@ -224,11 +224,11 @@ export interface RelationshipCommandResponse {
 }
 
 export interface AuthorizationEntry {
-  /** The primary's certificate identity (CN). Wildcards are refused. */
+  /**
+   * The primary's certificate identity (CN). Wildcards are refused. Every replica is stored under
+   * the site's storage root: per-entry trust groups and storage roots were dropped.
+   */
   primaryIdentity: string;
-  trustGroup: string;
-  /** Absolute path on the site host; empty: the site's default storage root. */
-  storageRoot: string;
   /** Who added it, and when (from the ledger). */
   addedBy: string;
   addedAt?: Date | undefined;
@@ -239,8 +239,6 @@ export interface ListAuthorizationsRequest {
 
 export interface AddAuthorizationRequest {
   primaryIdentity: string;
-  trustGroup: string;
-  storageRoot: string;
 }
 
 export interface RemoveAuthorizationRequest {
@@ -817,19 +815,13 @@ export const RelationshipCommandResponse: MessageFns<RelationshipCommandResponse
 };
 
 function createBaseAuthorizationEntry(): AuthorizationEntry {
-  return { primaryIdentity: "", trustGroup: "", storageRoot: "", addedBy: "", addedAt: undefined };
+  return { primaryIdentity: "", addedBy: "", addedAt: undefined };
 }
 
 export const AuthorizationEntry: MessageFns<AuthorizationEntry> = {
   encode(message: AuthorizationEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.primaryIdentity !== "") {
       writer.uint32(10).string(message.primaryIdentity);
-    }
-    if (message.trustGroup !== "") {
-      writer.uint32(18).string(message.trustGroup);
-    }
-    if (message.storageRoot !== "") {
-      writer.uint32(26).string(message.storageRoot);
     }
     if (message.addedBy !== "") {
       writer.uint32(34).string(message.addedBy);
@@ -859,22 +851,6 @@ export const AuthorizationEntry: MessageFns<AuthorizationEntry> = {
             }
 
             message.primaryIdentity = reader.string();
-            continue;
-          }
-          case 2: {
-            if (tag !== 18) {
-              break;
-            }
-
-            message.trustGroup = reader.string();
-            continue;
-          }
-          case 3: {
-            if (tag !== 26) {
-              break;
-            }
-
-            message.storageRoot = reader.string();
             continue;
           }
           case 4: {
@@ -912,16 +888,6 @@ export const AuthorizationEntry: MessageFns<AuthorizationEntry> = {
         : isSet(object.primary_identity)
         ? globalThis.String(object.primary_identity)
         : "",
-      trustGroup: isSet(object.trustGroup)
-        ? globalThis.String(object.trustGroup)
-        : isSet(object.trust_group)
-        ? globalThis.String(object.trust_group)
-        : "",
-      storageRoot: isSet(object.storageRoot)
-        ? globalThis.String(object.storageRoot)
-        : isSet(object.storage_root)
-        ? globalThis.String(object.storage_root)
-        : "",
       addedBy: isSet(object.addedBy)
         ? globalThis.String(object.addedBy)
         : isSet(object.added_by)
@@ -940,12 +906,6 @@ export const AuthorizationEntry: MessageFns<AuthorizationEntry> = {
     if (message.primaryIdentity !== "") {
       obj.primaryIdentity = message.primaryIdentity;
     }
-    if (message.trustGroup !== "") {
-      obj.trustGroup = message.trustGroup;
-    }
-    if (message.storageRoot !== "") {
-      obj.storageRoot = message.storageRoot;
-    }
     if (message.addedBy !== "") {
       obj.addedBy = message.addedBy;
     }
@@ -961,8 +921,6 @@ export const AuthorizationEntry: MessageFns<AuthorizationEntry> = {
   fromPartial<I extends Exact<DeepPartial<AuthorizationEntry>, I>>(object: I): AuthorizationEntry {
     const message = createBaseAuthorizationEntry();
     message.primaryIdentity = object.primaryIdentity ?? "";
-    message.trustGroup = object.trustGroup ?? "";
-    message.storageRoot = object.storageRoot ?? "";
     message.addedBy = object.addedBy ?? "";
     message.addedAt = object.addedAt ?? undefined;
     return message;
@@ -1022,19 +980,13 @@ export const ListAuthorizationsRequest: MessageFns<ListAuthorizationsRequest> = 
 };
 
 function createBaseAddAuthorizationRequest(): AddAuthorizationRequest {
-  return { primaryIdentity: "", trustGroup: "", storageRoot: "" };
+  return { primaryIdentity: "" };
 }
 
 export const AddAuthorizationRequest: MessageFns<AddAuthorizationRequest> = {
   encode(message: AddAuthorizationRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.primaryIdentity !== "") {
       writer.uint32(10).string(message.primaryIdentity);
-    }
-    if (message.trustGroup !== "") {
-      writer.uint32(18).string(message.trustGroup);
-    }
-    if (message.storageRoot !== "") {
-      writer.uint32(26).string(message.storageRoot);
     }
     return writer;
   },
@@ -1060,22 +1012,6 @@ export const AddAuthorizationRequest: MessageFns<AddAuthorizationRequest> = {
             message.primaryIdentity = reader.string();
             continue;
           }
-          case 2: {
-            if (tag !== 18) {
-              break;
-            }
-
-            message.trustGroup = reader.string();
-            continue;
-          }
-          case 3: {
-            if (tag !== 26) {
-              break;
-            }
-
-            message.storageRoot = reader.string();
-            continue;
-          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1095,16 +1031,6 @@ export const AddAuthorizationRequest: MessageFns<AddAuthorizationRequest> = {
         : isSet(object.primary_identity)
         ? globalThis.String(object.primary_identity)
         : "",
-      trustGroup: isSet(object.trustGroup)
-        ? globalThis.String(object.trustGroup)
-        : isSet(object.trust_group)
-        ? globalThis.String(object.trust_group)
-        : "",
-      storageRoot: isSet(object.storageRoot)
-        ? globalThis.String(object.storageRoot)
-        : isSet(object.storage_root)
-        ? globalThis.String(object.storage_root)
-        : "",
     };
   },
 
@@ -1112,12 +1038,6 @@ export const AddAuthorizationRequest: MessageFns<AddAuthorizationRequest> = {
     const obj: any = {};
     if (message.primaryIdentity !== "") {
       obj.primaryIdentity = message.primaryIdentity;
-    }
-    if (message.trustGroup !== "") {
-      obj.trustGroup = message.trustGroup;
-    }
-    if (message.storageRoot !== "") {
-      obj.storageRoot = message.storageRoot;
     }
     return obj;
   },
@@ -1128,8 +1048,6 @@ export const AddAuthorizationRequest: MessageFns<AddAuthorizationRequest> = {
   fromPartial<I extends Exact<DeepPartial<AddAuthorizationRequest>, I>>(object: I): AddAuthorizationRequest {
     const message = createBaseAddAuthorizationRequest();
     message.primaryIdentity = object.primaryIdentity ?? "";
-    message.trustGroup = object.trustGroup ?? "";
-    message.storageRoot = object.storageRoot ?? "";
     return message;
   },
 };

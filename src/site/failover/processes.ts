@@ -1,0 +1,40 @@
+import { readFileSync } from "node:fs";
+
+/** Whether `pid` runs (a zombie, dead but not yet reaped, does not). */
+export function processAlive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 1) return false;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    // "pid (comm) S ...": the state follows the last ')' (comm may hold spaces and parentheses).
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
+  } catch {
+    return false;
+  }
+}
+
+/** The process's argv joined with spaces, or undefined when it is gone. */
+export function processCommandLine(pid: number): string | undefined {
+  if (!processAlive(pid)) return undefined;
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").join(" ");
+  } catch {
+    return undefined;
+  }
+}
+
+/** SIGTERM, then SIGKILL after `graceMs`; resolves once the process is gone. */
+export async function terminate(pid: number, graceMs: number): Promise<void> {
+  const signal = (s: NodeJS.Signals) => {
+    try {
+      process.kill(pid, s);
+    } catch {
+      // already gone
+    }
+  };
+  signal("SIGTERM");
+  const deadline = Date.now() + graceMs;
+  while (processAlive(pid)) {
+    if (Date.now() > deadline) signal("SIGKILL");
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}

@@ -1,0 +1,116 @@
+import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { stringify as toYaml } from "yaml";
+import { afterEach, describe, expect, it } from "vitest";
+import { getSqliteEventStore, loadRelationship, type RelationshipState } from "../../src/ledger/index.js";
+import { compareImages, createImage } from "../../src/qemu/processes/index.js";
+import { addressFile } from "../../src/site/siteConfig.js";
+import { GuestIoVm, mountTmpfs } from "../helpers/guestIo.js";
+import { AGENT, CLI, runCli, startDaemon, waitFor, type Daemon } from "../helpers/processes.js";
+import { makeTmpDir } from "../helpers/tmpDir.js";
+
+const MiB = 1024 * 1024;
+const QDEV = "/machine/peripheral/vda-dev/virtio-backend";
+const cleanups: Array<() => Promise<unknown> | unknown> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+async function cli(args: string[]): Promise<string> {
+  const r = await runCli(args);
+  if (r.code !== 0) throw new Error(`qreplica ${args.join(" ")} failed (${r.code}): ${r.stderr}${r.stdout}`);
+  return r.stdout;
+}
+
+async function relationship(siteDir: string): Promise<RelationshipState | undefined> {
+  if (!existsSync(join(siteDir, "ledger.sqlite"))) return undefined;
+  const store = getSqliteEventStore({ path: join(siteDir, "ledger.sqlite"), create: false });
+  try {
+    return (await loadRelationship(store, "vm1")).state;
+  } finally {
+    await store.close();
+  }
+}
+
+describe("agent process against a real site: guest-safe cut-offs", () => {
+  it("a guest rewriting its disk faster than a 16 MiB scratch can hold: writes all succeed, the site records SNAPSHOT_BROKEN, replication recovers byte-identical", async () => {
+    const tmp = makeTmpDir("qr-e2e-");
+    cleanups.push(tmp.cleanup);
+    const dir = tmp.path;
+    const caDir = join(dir, "ca");
+    const siteB = join(dir, "site-b");
+    await cli(["pki", "create-ca", "--dir", caDir]);
+    await cli(["site", "init", "--dir", siteB, "--name", "site-b", "--ca-dir", caDir, "--listen", "127.0.0.1:0"]);
+    await cli(["pki", "issue", "--ca-dir", caDir, "--name", "agent-a", "--out-dir", join(dir, "agent-tls")]);
+    await cli(["authorize", "--dir", siteB, "--primary", "agent-a"]);
+    const started = Date.now();
+    const daemons: Daemon[] = [];
+    cleanups.push(async () => {
+      for (const d of daemons.reverse()) await d.kill("SIGTERM");
+    });
+    daemons.push(startDaemon(CLI, ["site", "serve", "--dir", siteB], join(siteB, "site.log")));
+    const address = await waitFor("site B to listen", () => {
+      const f = addressFile(siteB);
+      return existsSync(f) && statSync(f).mtimeMs >= started - 5 ? readFileSync(f, "utf8").trim() || undefined : undefined;
+    }, 30_000);
+
+    const scratchDir = join(dir, "scratch");
+    mkdirSync(scratchDir);
+    cleanups.push(mountTmpfs(scratchDir, 16));
+    const disk = join(dir, "vda.qcow2");
+    const size = 320 * MiB;
+    await createImage(disk, size);
+    const agentQmp = join(dir, "agent-qmp.sock");
+    const vm = await GuestIoVm.start({ qmpSocketPath: agentQmp, disks: [{ nodeName: "vda", path: disk }], accel: "tcg" }, join(dir, "test-qmp.sock"));
+    cleanups.push(() => vm.kill());
+    await vm.write(QDEV, 0x11, 0, 64 * MiB);
+
+    const agentConfig = join(dir, "agent.yaml");
+    writeFileSync(agentConfig, toYaml({
+      siteId: "site-a",
+      stateDir: join(dir, "agent-state"),
+      tls: { caFile: join(caDir, "ca.crt"), certFile: join(dir, "agent-tls", "agent-a.crt"), keyFile: join(dir, "agent-tls", "agent-a.key") },
+      vms: [{ id: "vm1", qmpSocket: agentQmp, nbdSocket: join(dir, "nbd.sock"), disks: [{ id: "vda", node: "vda" }], scratchDir, replicaSite: address, replicaSiteId: "site-b", intervalSeconds: 1, compressionLevel: 1 }],
+    }));
+    const agent = startDaemon(AGENT, ["--config", agentConfig], join(dir, "agent.log"));
+    daemons.push(agent);
+    await waitFor("the initial point", async () => ((await relationship(siteB))?.points.length ? true : undefined), 120_000);
+
+    // The guest rewrites 256 MiB over and over, 16 MiB per write, while cycles run.
+    const pattern = new Map<number, number>();
+    let stop = false;
+    let writes = 0;
+    const writer = (async () => {
+      for (let p = 0x20; !stop; p = p === 0x7f ? 0x20 : p + 1) {
+        for (let off = 0; off < 256 * MiB && !stop; off += 16 * MiB) {
+          await vm.write(QDEV, p, off, 16 * MiB);
+          pattern.set(off, p);
+          writes++;
+        }
+      }
+    })();
+    const broken = await waitFor("a cycle failed with SNAPSHOT_BROKEN", async () => {
+      const s = await relationship(siteB);
+      return s?.lastFailure?.message.includes("SNAPSHOT_BROKEN") ? s.lastFailure : undefined;
+    }, 180_000).finally(() => (stop = true));
+    await writer; // rejects if any guest write failed
+    const quietSince = Date.now();
+    console.log(`guest writes: ${writes} x 16 MiB, all succeeded; site recorded: ${broken.reason}: ${broken.message}`);
+    expect(broken.reason).toBe("ABORTED_BY_SENDER");
+    expect(broken.message).toContain(scratchDir);
+    for (const [off, p] of pattern) await vm.readVerify(QDEV, p, off, 16 * MiB);
+    expect((await vm.qmp.execute<{ status: string }>("query-status")).status).toBe("running");
+    const events = await cli(["events", "vm1", "--dir", siteB, "--json"]);
+    expect(events).toContain("SNAPSHOT_BROKEN");
+
+    // The next cycles retry by themselves and carry every change.
+    const point = await waitFor("a point cut after the guest stopped writing", async () => {
+      const s = await relationship(siteB);
+      return s?.points.find((p) => Date.parse(p.cutoffAt) > quietSince);
+    }, 180_000);
+    await agent.kill("SIGTERM");
+    await vm.quit();
+    const cmp = await compareImages(point.disks[0]!.imagePath, disk, { formatA: "qcow2", formatB: "qcow2" });
+    expect(cmp.detail).toMatch(/identical/i);
+  }, 420_000);
+});
