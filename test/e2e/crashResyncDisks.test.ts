@@ -64,6 +64,7 @@ describe("resync after a crash of the primary's QEMU (two disks, one resized whi
             nbdSocket: v.nbdSocketPath,
             disks: v.disks.map((d) => ({ id: d.id, node: d.node })),
             replicaSite: readFileSync(addressFile(t.siteB), "utf8").trim(),
+            replicaSiteId: "site-b",
             intervalSeconds: 1,
             compressionLevel: 1,
           },

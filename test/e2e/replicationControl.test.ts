@@ -76,7 +76,7 @@ describe("operator control of replication (CLI, real processes)", { timeout: 300
     const status = await cliJson<{ relationships: Array<{ state: number; health: number; healthMessage: string }> }>(["status", "vm1", "--dir", t.siteB]);
     expect(status.relationships[0]!.health).toBe(ReplicationHealth.REPLICATION_HEALTH_CRITICAL);
     expect(status.relationships[0]!.healthMessage).toMatch(/^resync required: vda: BITMAP_MISSING/);
-    const events = await cliJson<Array<{ type: string; data: { reason?: string } }>>(["events", "vm1", "--dir", t.siteB, "--limit", "1000"]);
+    const { events } = await cliJson<{ events: Array<{ type: string; data: { reason?: string } }> }>(["events", "vm1", "--dir", t.siteB, "--limit", "1000"]);
     expect(events.find((e) => e.type === "ResyncRequired")?.data.reason).toMatch(/^vda: BITMAP_MISSING/);
     // Manual: nothing started on its own.
     expect((await ledgerEvents(t.siteB)).some((e) => e.type === "ResyncStarted")).toBe(false);
@@ -111,7 +111,9 @@ describe("operator control of replication (CLI, real processes)", { timeout: 300
     const from = events.findIndex((e) => e.type === "ReplicationPaused");
     const to = events.findIndex((e) => e.type === "ReplicationResumed");
     expect(events.slice(from, to).filter((e) => e.type === "CycleCommitted" || e.type === "CycleFailed")).toEqual([]);
-    expect(events[from]!.metadata).toMatchObject({ actor: "site-b", actorRole: "operator" });
+    // `--dir` uses the site's local admin certificate: the ledger names it.
+    expect(events[from]!.metadata).toMatchObject({ actor: "site-b-admin", actorRole: "admin" });
+    expect(events[to]!.metadata).toMatchObject({ actor: "site-b-admin", actorRole: "admin" });
     expect((events[from]!.data as { reason: string }).reason).toBe("WAN maintenance");
   });
 

@@ -104,6 +104,7 @@ export function startGuestAgent(t: TwoSites, vm: AgentVm, opts: { intervalSecond
           nbdSocket: vm.nbdSocketPath,
           disks: vm.disks,
           replicaSite: readFileSync(addressFile(t.siteB), "utf8").trim(),
+          replicaSiteId: "site-b",
           intervalSeconds: opts.intervalSeconds,
           compressionLevel: 1,
           ...(opts.resync ? { resync: opts.resync } : {}),
