@@ -46,7 +46,8 @@ describe("reverse replication and failback through the CLI, as the README docume
     await t.startSite(t.siteB);
     await waitForCounter(guest.serialLogPath, (v) => v > 5, 90_000);
     const agent = t.startAgent();
-    await waitFor("three recovery points on B", async () => ((await qreplica<Point[]>(["points", "vm1", "--dir", t.siteB])).length >= 3 ? true : undefined), 120_000);
+    // Until the agent's Hello the site knows no vm1 (NOT_FOUND): read the ledger, not the CLI.
+    await waitFor("three recovery points on B", async () => ((await t.relationship()).points.length >= 3 ? true : undefined), 120_000);
 
     // --- disaster: site A's agent is gone; fail over to B's latest point ---
     await agent.kill("SIGKILL");
