@@ -6,7 +6,6 @@ import { RejectReason } from "../gen/qreplica/v1/replication.js";
 import {
   InvalidTransitionError,
   OutOfOrderCycleError,
-  acknowledgeGeneration,
   RELATIONSHIP_STREAM_PREFIX,
   StaleGenerationError,
   commitCycle,
@@ -17,8 +16,6 @@ import {
   loadRelationship,
   pointIdFor,
   markResyncRequired,
-  recogniseCurrentPrimary,
-  refuseStaleGeneration,
   startResync,
   startInitialReplication,
   startMerge,
@@ -34,6 +31,7 @@ import {
 import type { PointWrite, ReplicaStorage } from "../storage/index.js";
 import { imageInfo } from "../qemu/processes/index.js";
 import { actorMetadata, type Caller } from "./controlPlane/caller.js";
+import { settleGeneration } from "./helloGenerations.js";
 
 /** The states in which this site runs retention on its chains (as startMerge allows). */
 const RETENTION_STATES: readonly string[] = ["replicating", "paused", "resync-required", "resynchronising"];
@@ -195,33 +193,16 @@ export class Relationships {
   }
 
   /**
-   * A Hello presenting another generation than the relationship's: a cancelled failover's
-   * handover, or the current primary that lost its state (told the current generation), else
-   * refused as stale; only a real failover makes the agent fence its VM.
+   * A Hello presenting another generation than the relationship's: accepted for a cancelled
+   * failover's handover or a primary that lost its state, else refused as stale (the agent
+   * fences its VM: only a real failover leads here).
    */
   private async settleGeneration(input: HelloInput, state: RelationshipState): Promise<RelationshipState> {
-    const { vmId } = input;
-    const peer = { presentedGeneration: input.presentedGeneration, peerIdentity: input.primaryIdentity };
-    const unlessStale = (r: { newState: RelationshipState }) => r.newState;
-    const stale = (err: unknown) => {
-      if (err instanceof StaleGenerationError) return undefined;
-      throw err;
-    };
-    // After a cancelled failover the old primary may take the new generation over (handover).
-    const handedOver = await executeCommand(this.store, vmId, (s) => acknowledgeGeneration(s, peer)).then(unlessStale, stale);
-    if (handedOver) {
-      this.logger.info({ vm: vmId, from: input.presentedGeneration, to: handedOver.generation }, "primary adopted the generation of a cancelled failover");
-      return handedOver;
-    }
-    const recognised = await executeCommand(this.store, vmId, (s) => recogniseCurrentPrimary(s, peer)).then(unlessStale, stale);
-    if (recognised) {
-      this.logger.warn({ vm: vmId, presented: input.presentedGeneration, current: recognised.generation }, "the current primary presented an older generation (its agent lost its state); no failover moved the primary, so it is told the current one");
-      return recognised;
-    }
-    await this.exec(vmId, (s) => refuseStaleGeneration(s, peer)).catch((err: unknown) => this.logger.error({ err, vm: vmId }, "could not record the stale-generation refusal"));
+    const settled = await settleGeneration(this.store, this.logger, { vmId: input.vmId, presentedGeneration: input.presentedGeneration, peerIdentity: input.primaryIdentity });
+    if (settled) return settled;
     throw new RelationshipRefusal(
       RejectReason.REJECT_REASON_STALE_GENERATION,
-      `VM ${vmId}: generation ${input.presentedGeneration} is stale, the relationship is at generation ${state.generation}. ` +
+      `VM ${input.vmId}: generation ${input.presentedGeneration} is stale, the relationship is at generation ${state.generation}. ` +
         `This primary is no longer authoritative (a failover happened); do not resume its VM`,
       state.generation,
     );

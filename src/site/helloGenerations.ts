@@ -1,0 +1,33 @@
+import type { Logger } from "../common/logger.js";
+import { StaleGenerationError, acknowledgeGeneration, executeCommand, recogniseCurrentPrimary, refuseStaleGeneration, type EventStore, type RelationshipState } from "../ledger/index.js";
+
+/**
+ * A Hello presenting another generation than the relationship's. Accepted (the new state, whose
+ * generation the agent is told) after a cancelled failover (the handover) or from the current
+ * primary whose agent lost its state while no failover moved the primary; otherwise the refusal
+ * is recorded and undefined returned: the caller refuses the Hello as stale.
+ */
+export async function settleGeneration(store: EventStore, logger: Logger, peer: { vmId: string; presentedGeneration: number; peerIdentity: string }): Promise<RelationshipState | undefined> {
+  const { vmId } = peer;
+  const input = { presentedGeneration: peer.presentedGeneration, peerIdentity: peer.peerIdentity };
+  const accepted = (r: { newState: RelationshipState }) => r.newState;
+  const stale = (err: unknown) => {
+    if (err instanceof StaleGenerationError) return undefined;
+    throw err;
+  };
+  const handedOver = await executeCommand(store, vmId, (s) => acknowledgeGeneration(s, input)).then(accepted, stale);
+  if (handedOver) {
+    logger.info({ vm: vmId, from: input.presentedGeneration, to: handedOver.generation }, "primary adopted the generation of a cancelled failover");
+    return handedOver;
+  }
+  const recognised = await executeCommand(store, vmId, (s) => recogniseCurrentPrimary(s, input)).then(accepted, stale);
+  if (recognised) {
+    logger.warn(
+      { vm: vmId, presented: input.presentedGeneration, current: recognised.generation },
+      "the current primary presented an older generation (its agent lost its state); no failover moved the primary, so it is told the current one",
+    );
+    return recognised;
+  }
+  await executeCommand(store, vmId, (s) => refuseStaleGeneration(s, input)).catch((err: unknown) => logger.error({ err, vm: vmId }, "could not record the stale-generation refusal"));
+  return undefined;
+}
