@@ -127,7 +127,7 @@ export async function resync(ctx: BenchContext): Promise<BenchResult[]> {
       const note =
         `round ${round}: ${seconds(c).toFixed(2)} s (${(seconds(full) / seconds(c)).toFixed(1)}x); diverged ${blocks} x 64 KiB = ${mib(blocks * CHUNK)}; ` +
         `agent read and hashed ${mib(c.comparedBytes ?? 0)}, sent ${mib(c.wireBytes)} (data ${mib(c.dataBytes)} + zeroes ${mib(c.zeroBytes)}` +
-        `${agent ? `, cycle ${agent.ms as number} ms` : ""}); site read and hashed ${site ? `${mib(site.hashedBytes as number)} in ${site.ms as number} ms` : "?"}, wrote ${mib(c.dataBytes)}`;
+        `${agent ? `, cycle ${agent.ms as number} ms: waiting for reads ${Math.round(agent.readWaitMs as number)} ms, hashing ${Math.round(agent.hashMs as number)} ms, waiting for the replica's hashes ${Math.round(agent.replicaWaitMs as number)} ms` : ""}); site read and hashed ${site ? `${mib(site.hashedBytes as number)} in ${site.ms as number} ms` : "?"}, wrote ${mib(c.dataBytes)}`;
       ctx.log(note);
       notes.push(note);
     }

@@ -7,6 +7,10 @@ export interface ResyncStats {
   comparedBytes: number;
   /** Bytes whose chunk hash differed from the replica's: what travels (as data or zeroes). */
   differingBytes: number;
+  /** Where the time went: waiting for reads, hashing, waiting for the replica's hashes (ms). */
+  readWaitMs?: number;
+  hashMs?: number;
+  replicaWaitMs?: number;
 }
 
 /** One READ covers this many chunks: 64 KiB requests cost QEMU's NBD server more than the hashing. */
@@ -111,13 +115,20 @@ export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashe
   while (next < size && pending.length < READS_IN_FLIGHT) issue();
   while (pending.length > 0) {
     const { offset, data, into } = pending[0]!;
+    let t = performance.now();
     const buf = await data;
+    stats.readWaitMs = (stats.readWaitMs ?? 0) + performance.now() - t;
     stats.comparedBytes += buf.length;
     for (let at = 0; at < buf.length; at += chunkBytes) {
       const chunk = buf.subarray(at, Math.min(at + chunkBytes, buf.length));
       const chunkOffset = offset + at;
+      t = performance.now();
       const theirs = await replica.hashAt(disk.diskId, chunkOffset / chunkBytes);
-      if (theirs && createHash("sha256").update(chunk).digest().equals(theirs)) continue;
+      const hashedAt = performance.now();
+      stats.replicaWaitMs = (stats.replicaWaitMs ?? 0) + hashedAt - t;
+      const same = theirs !== undefined && createHash("sha256").update(chunk).digest().equals(theirs);
+      stats.hashMs = (stats.hashMs ?? 0) + performance.now() - hashedAt;
+      if (same) continue;
       stats.differingBytes += chunk.length;
       // A copy: the read buffer is reused for a later read.
       yield chunk.equals(zero.subarray(0, chunk.length)) ? { kind: "zero", offset: chunkOffset, length: chunk.length } : { kind: "data", offset: chunkOffset, length: chunk.length, data: Buffer.from(chunk) };
