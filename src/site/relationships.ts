@@ -224,7 +224,7 @@ export class Relationships {
   }
 
   /** Checks the cycle against the relationship and opens its partial point in storage. */
-  async beginCycle(input: { vmId: string; seq: number; kind: CycleKind; generation: number; cutoffAt: Date; disks: Array<{ diskId: string; sizeBytes: number }> }): Promise<PointWrite> {
+  async beginCycle(input: { vmId: string; seq: number; kind: CycleKind; generation: number; cutoffAt: Date; disks: Array<{ diskId: string; sizeBytes: number }>; approvedBy?: Caller }): Promise<PointWrite> {
     const { vmId, seq } = input;
     let state = await this.load(vmId);
     if (input.generation !== state.generation) {
@@ -275,7 +275,7 @@ export class Relationships {
    * A resync after the primary lost change tracking: one more point over the newest one, holding
    * the chunks that differ from it; every older point stays as it was.
    */
-  private async beginResync(input: { vmId: string; seq: number; generation: number; cutoffAt: Date; disks: Array<{ diskId: string; sizeBytes: number }> }, state: RelationshipState): Promise<PointWrite> {
+  private async beginResync(input: { vmId: string; seq: number; generation: number; cutoffAt: Date; disks: Array<{ diskId: string; sizeBytes: number }>; approvedBy?: Caller }, state: RelationshipState): Promise<PointWrite> {
     const { vmId, seq } = input;
     if (state.state === "resynchronising" && state.inFlight && state.inFlight.cycleSeq !== seq) {
       const stale = state.inFlight.cycleSeq;
@@ -288,7 +288,8 @@ export class Relationships {
       if (!parent) throw new RelationshipRefusal(RejectReason.REJECT_REASON_UNKNOWN_DISK, `disk '${d.diskId}' is not replicated for VM ${vmId}`);
       return { diskId: d.diskId, sizeBytes: d.sizeBytes, parentImage: parent.imagePath };
     });
-    await this.exec(vmId, (s) => startResync(s, { cycleSeq: seq, cutoffAt: input.cutoffAt.toISOString(), generation: input.generation }));
+    const approval = input.approvedBy ? { metadata: actorMetadata(input.approvedBy) } : {};
+    await this.exec(vmId, (s) => startResync(s, { cycleSeq: seq, cutoffAt: input.cutoffAt.toISOString(), generation: input.generation }), approval);
     return this.storage.beginPoint(vmId, seq, disks);
   }
 

@@ -86,6 +86,9 @@ describe("operator control of replication (CLI, real processes)", { timeout: 300
     await waitFor("the resync committed", async () => ((await ledgerEvents(t.siteB)).some((e) => e.type === "ResyncCompleted") ? true : undefined), 120_000).catch((e: Error) => {
       throw new Error(e.message + diag());
     });
+    // The operator's go-ahead is on record: ResyncStarted names who gave it.
+    const started = (await ledgerEvents(t.siteB)).find((e) => e.type === "ResyncStarted")!;
+    expect(started.metadata).toMatchObject({ actor: "site-b-admin", actorRole: "admin" });
     const state = await t.relationship();
     expect(state.state).toBe("replicating");
     const cmp = await compareImages(state.points.at(-1)!.disks[0]!.imagePath, t.vm.guestUri("vda"), { formatA: "qcow2", formatB: "raw" });

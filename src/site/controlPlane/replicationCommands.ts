@@ -47,7 +47,7 @@ export async function resync(ctx: SiteContext, request: ResyncRequest, caller: C
   const { vmId } = request;
   const before = (await loadRelationship(ctx.store, vmId)).state;
   const state = await ctx.relationships.requireResync(vmId, `requested by ${caller.identity}`, actorMetadata(caller));
-  approveResync(ctx, vmId);
+  approveResync(ctx, vmId, caller);
   // Already running: the agent needs no second request.
   if (before.state === "resynchronising") return { state: state.state, agentNotified: false };
   const agentNotified = await notifyAgent(ctx, vmId, { $case: "resyncRequested", requestedBy: caller.identity });
