@@ -235,8 +235,8 @@ describe("the CLI presents the site's admin certificate with --dir, or a persona
 
     const table = await runCli(["events", "vm-op", "--dir", site.env.siteB]);
     expect(table.stdout).toMatch(/FailedOver\s+otto-operator \(operator\)/);
-    const json = JSON.parse((await runCli(["events", "vm-op", "--dir", site.env.siteB, "--json"])).stdout) as Array<{ type: string; actor: string; actorRole: string }>;
-    expect(json.find((e) => e.type === "FailoverCancelled")).toMatchObject({ actor: "otto-operator", actorRole: "operator" });
+    const json = JSON.parse((await runCli(["events", "vm-op", "--dir", site.env.siteB, "--json", "--all"])).stdout) as { events: Array<{ type: string; actor: string; actorRole: string }> };
+    expect(json.events.find((e) => e.type === "FailoverCancelled")).toMatchObject({ actor: "otto-operator", actorRole: "operator" });
 
     const personal = ["--site", site.address, "--ca", ids.viewer.caFile, "--cert", ids.viewer.certFile, "--key", ids.viewer.keyFile];
     expect((await runCli(["status", "vm-op", ...personal])).code).toBe(0);
