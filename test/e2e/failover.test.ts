@@ -1,29 +1,16 @@
 import { createHash } from "node:crypto";
 import { existsSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { readCounters, readDiskCounter, waitForCounter } from "../../guest/index.js";
 import { QmpClient } from "../../src/qemu/qmp/index.js";
 import { convertImage } from "../../src/qemu/processes/index.js";
 import { getSqliteEventStore, relationshipStream } from "../../src/ledger/index.js";
-import { makeTmpDir } from "../helpers/tmpDir.js";
-import { runCli, waitFor } from "../helpers/processes.js";
-import { setupTwoSites, type TwoSites } from "../helpers/twoSites.js";
+import { waitFor, cliJson } from "../helpers/processes.js";
+import { twoSitesPerTest, type TwoSites } from "../helpers/twoSites.js";
 
 const MiB = 1024 * 1024;
-let env: TwoSites | undefined;
-let cleanup: (() => void) | undefined;
-afterEach(async () => {
-  await env?.stopAll();
-  if (!process.env.QR_KEEP) cleanup?.();
-  env = undefined;
-});
-
-async function cliJson<T>(args: string[]): Promise<T> {
-  const r = await runCli([...args, "--json"]);
-  if (r.code !== 0) throw new Error(`qreplica ${args.join(" ")} failed (${r.code}): ${r.stdout}${r.stderr}`);
-  return JSON.parse(r.stdout) as T;
-}
+const newTwoSites = twoSitesPerTest();
 
 async function imageHash(t: TwoSites, image: string): Promise<string> {
   const raw = join(t.dir, `hash-${Date.now()}.raw`);
@@ -44,10 +31,7 @@ async function eventTypes(t: TwoSites): Promise<string[]> {
 
 describe("failover with the counter guest (qemu-system-x86_64, real processes)", { timeout: 300_000 }, () => {
   it("test failover while replication goes on, then unplanned failover to an older point; the old primary is refused and fenced", async () => {
-    const tmp = makeTmpDir("qr-fo-");
-    cleanup = tmp.cleanup;
-    env = await setupTwoSites(tmp.path, { diskBytes: 8 * MiB, intervalSeconds: 1, counterGuest: true });
-    const t = env;
+    const t = await newTwoSites("qr-fo-", { diskBytes: 8 * MiB, intervalSeconds: 1, counterGuest: true });
     await t.startSite(t.siteA);
     await t.startSite(t.siteB);
     await waitForCounter(t.guest!.serialLogPath, (v) => v > 5, 90_000);
@@ -154,10 +138,7 @@ describe("failover with the counter guest (qemu-system-x86_64, real processes)",
 
 describe("cancelled failover", { timeout: 300_000 }, () => {
   it("cancel keeps every point; the fenced old primary resumes and adopts the new generation", async () => {
-    const tmp = makeTmpDir("qr-fo-");
-    cleanup = tmp.cleanup;
-    env = await setupTwoSites(tmp.path, { diskBytes: 8 * MiB, intervalSeconds: 1, counterGuest: true });
-    const t = env;
+    const t = await newTwoSites("qr-fo-", { diskBytes: 8 * MiB, intervalSeconds: 1, counterGuest: true });
     await t.startSite(t.siteB);
     await waitForCounter(t.guest!.serialLogPath, (v) => v > 3, 90_000);
     const agent = t.startAgent();
@@ -195,10 +176,7 @@ describe("cancelled failover", { timeout: 300_000 }, () => {
 
 describe("planned failover", { timeout: 300_000 }, () => {
   it("stops the primary, ships its last changes (zero data loss), starts the VM on B and reverses to A", async () => {
-    const tmp = makeTmpDir("qr-fo-");
-    cleanup = tmp.cleanup;
-    env = await setupTwoSites(tmp.path, { diskBytes: 8 * MiB, intervalSeconds: 1, counterGuest: true });
-    const t = env;
+    const t = await newTwoSites("qr-fo-", { diskBytes: 8 * MiB, intervalSeconds: 1, counterGuest: true });
     await t.startSite(t.siteA);
     await t.startSite(t.siteB);
     await waitForCounter(t.guest!.serialLogPath, (v) => v > 3, 90_000);

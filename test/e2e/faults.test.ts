@@ -1,20 +1,13 @@
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { compareImages, convertImage } from "../../src/qemu/processes/index.js";
-import { makeTmpDir } from "../helpers/tmpDir.js";
 import { waitFor } from "../helpers/processes.js";
-import { setupTwoSites, type TwoSites } from "../helpers/twoSites.js";
+import { twoSitesPerTest, type TwoSites } from "../helpers/twoSites.js";
 
 const MiB = 1024 * 1024;
-let env: TwoSites | undefined;
-let cleanup: (() => void) | undefined;
-afterEach(async () => {
-  await env?.stopAll();
-  if (!process.env.QR_KEEP) cleanup?.();
-  env = undefined;
-});
+const newTwoSites = twoSitesPerTest();
 
 function tail(path: string, lines = 25): string {
   try {
@@ -30,16 +23,13 @@ const partials = (t: TwoSites) => {
 };
 
 async function replicatingWithOnePoint(): Promise<TwoSites> {
-  const tmp = makeTmpDir("qr-fault-");
-  cleanup = tmp.cleanup;
-  env = await setupTwoSites(tmp.path, { diskBytes: 256 * MiB, intervalSeconds: 1 });
-  await env.startSite(env.siteA);
-  await env.startSite(env.siteB);
-  await env.vm.guestWrite("vda", ["write -P 0x01 0 4M"]);
-  env.startAgent();
-  const t = env;
+  const t = await newTwoSites("qr-fault-", { diskBytes: 256 * MiB, intervalSeconds: 1 });
+  await t.startSite(t.siteA);
+  await t.startSite(t.siteB);
+  await t.vm.guestWrite("vda", ["write -P 0x01 0 4M"]);
+  t.startAgent();
   await waitFor("initial replication and one incremental point", async () => ((await t.relationship()).points.length >= 2 ? true : undefined), 90_000);
-  return env;
+  return t;
 }
 
 /** A write of incompressible data, big enough that its cycle takes a while to ship. */

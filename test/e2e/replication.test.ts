@@ -1,19 +1,12 @@
 import { existsSync, readdirSync } from "node:fs";
 import { join } from "node:path";
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { compareImages, convertImage } from "../../src/qemu/processes/index.js";
-import { makeTmpDir } from "../helpers/tmpDir.js";
 import { waitFor } from "../helpers/processes.js";
-import { setupTwoSites, type TwoSites } from "../helpers/twoSites.js";
+import { twoSitesPerTest, type TwoSites } from "../helpers/twoSites.js";
 
 const MiB = 1024 * 1024;
-let env: TwoSites | undefined;
-let cleanup: (() => void) | undefined;
-afterEach(async () => {
-  await env?.stopAll();
-  if (!process.env.QR_KEEP) cleanup?.();
-  env = undefined;
-});
+const newTwoSites = twoSitesPerTest();
 
 /** Writes a batch, then snapshots the primary while nothing writes, stamped with when that quiet window began. */
 async function writeAndSnapshot(t: TwoSites, k: number, commands: string[]) {
@@ -27,10 +20,7 @@ async function writeAndSnapshot(t: TwoSites, k: number, commands: string[]) {
 
 describe("two sites, one agent, one VM (separate processes, mutual TLS)", () => {
   it("every committed point is byte-identical to the primary at its cut-off", async () => {
-    const tmp = makeTmpDir("qr-e2e-");
-    cleanup = tmp.cleanup;
-    env = await setupTwoSites(tmp.path, { diskBytes: 64 * MiB, intervalSeconds: 1 });
-    const t = env;
+    const t = await newTwoSites("qr-e2e-", { diskBytes: 64 * MiB, intervalSeconds: 1 });
     await t.startSite(t.siteA);
     await t.startSite(t.siteB);
     const batches = [await writeAndSnapshot(t, 0, ["write -P 0x10 0 8M", "write -P 0x11 40M 1M"])];

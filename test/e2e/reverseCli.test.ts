@@ -5,21 +5,14 @@
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { readCounters, readDiskCounter, waitForCounter } from "../../guest/index.js";
 import { QmpClient } from "../../src/qemu/qmp/index.js";
-import { makeTmpDir } from "../helpers/tmpDir.js";
 import { runCli, waitFor } from "../helpers/processes.js";
-import { setupTwoSites, type TwoSites } from "../helpers/twoSites.js";
+import { twoSitesPerTest } from "../helpers/twoSites.js";
 
 const MiB = 1024 * 1024;
-let env: TwoSites | undefined;
-let cleanup: (() => void) | undefined;
-afterEach(async () => {
-  await env?.stopAll();
-  if (!process.env.QR_KEEP) cleanup?.();
-  env = undefined;
-});
+const newTwoSites = twoSitesPerTest();
 
 async function qreplica<T>(args: string[]): Promise<T> {
   const r = await runCli([...args, "--json"]);
@@ -37,10 +30,7 @@ interface Status {
 
 describe("reverse replication and failback through the CLI, as the README documents them", { timeout: 600_000 }, () => {
   it("unplanned failover, complete, reverse onto the old disk, failback: each VM boots from its point", async () => {
-    const tmp = makeTmpDir("qr-revcli-");
-    cleanup = tmp.cleanup;
-    env = await setupTwoSites(tmp.path, { diskBytes: 8 * MiB, intervalSeconds: 1, counterGuest: true });
-    const t = env;
+    const t = await newTwoSites("qr-revcli-", { diskBytes: 8 * MiB, intervalSeconds: 1, counterGuest: true });
     const guest = t.guest!;
     await t.startSite(t.siteA);
     await t.startSite(t.siteB);

@@ -1,27 +1,14 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { readCounters, waitForCounter } from "../../guest/index.js";
 import { QmpClient } from "../../src/qemu/qmp/index.js";
 import { processAlive, processCommandLine } from "../../src/site/failover/processes.js";
-import { makeTmpDir } from "../helpers/tmpDir.js";
-import { runCli, waitFor, type Daemon } from "../helpers/processes.js";
-import { setupTwoSites, type TwoSites } from "../helpers/twoSites.js";
+import { waitFor, type Daemon, cliJson } from "../helpers/processes.js";
+import { twoSitesPerTest, type TwoSites } from "../helpers/twoSites.js";
 
 const MiB = 1024 * 1024;
-let env: TwoSites | undefined;
-let cleanup: (() => void) | undefined;
-afterEach(async () => {
-  await env?.stopAll();
-  if (!process.env.QR_KEEP) cleanup?.();
-  env = undefined;
-});
-
-async function cliJson<T>(args: string[]): Promise<T> {
-  const r = await runCli([...args, "--json"]);
-  if (r.code !== 0) throw new Error(`qreplica ${args.join(" ")} failed (${r.code}): ${r.stdout}${r.stderr}`);
-  return JSON.parse(r.stdout) as T;
-}
+const newTwoSites = twoSitesPerTest();
 
 /** kill -9 of the site process, then a new `site serve` on the same directory. */
 async function crashAndRestart(t: TwoSites, site: Daemon, siteDir: string): Promise<Daemon> {
@@ -40,10 +27,7 @@ async function queryStatus(qmpSocket: string): Promise<string> {
 
 describe("the site supervises its failover VMs and reverse agents across restarts (real processes)", { timeout: 420_000 }, () => {
   it("a site killed and restarted keeps the failover VM (same pid, QMP answers) and its reverse replication (new points on the other site)", async () => {
-    const tmp = makeTmpDir("qr-restart-");
-    cleanup = tmp.cleanup;
-    env = await setupTwoSites(tmp.path, { diskBytes: 8 * MiB, intervalSeconds: 1, counterGuest: true });
-    const t = env;
+    const t = await newTwoSites("qr-restart-", { diskBytes: 8 * MiB, intervalSeconds: 1, counterGuest: true });
     await t.startSite(t.siteA);
     let siteB = await t.startSite(t.siteB);
     await waitForCounter(t.guest!.serialLogPath, (v) => v > 3, 90_000);

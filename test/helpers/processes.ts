@@ -59,3 +59,10 @@ export async function waitFor<T>(what: string, probe: () => Promise<T | undefine
     await new Promise((r) => setTimeout(r, intervalMs));
   }
 }
+
+/** Runs the CLI with --json and parses its output; a non-zero exit throws with what it printed. */
+export async function cliJson<T>(args: string[]): Promise<T> {
+  const r = await runCli([...args, "--json"]);
+  if (r.code !== 0) throw new Error(`qreplica ${args.join(" ")} failed (${r.code}): ${r.stdout}${r.stderr}`);
+  return JSON.parse(r.stdout) as T;
+}

@@ -1,12 +1,14 @@
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { stringify as toYaml } from "yaml";
+import { afterEach } from "vitest";
 import { getSqliteEventStore, loadRelationship, type RelationshipState } from "../../src/ledger/index.js";
 import { startStorageDaemonVm, startSystemVm, type QemuProcess, type StorageDaemonVm } from "../../src/qemu/processes/index.js";
 import { makeCounterDisk } from "../../guest/index.js";
 import { killRecordedVms } from "../../src/site/failover/failoverService.js";
 import { addressFile, adminCredentialFiles } from "../../src/site/siteConfig.js";
 import { AGENT, CLI, runCli, startDaemon, waitFor, type Daemon } from "./processes.js";
+import { makeTmpDir } from "./tmpDir.js";
 
 /** The counter guest (a boot sector that counts on its disk) running in qemu-system-x86_64 on site A. */
 export interface CounterGuestVm {
@@ -45,7 +47,35 @@ async function cli(args: string[]): Promise<string> {
  * Two sites on this machine (A: the primary's, B: the replica), a CA they trust, an agent
  * identity authorized on B, and a qemu-storage-daemon VM "vm1" on A.
  */
-export async function setupTwoSites(dir: string, opts: { diskBytes: number; intervalSeconds?: number; maxPoints?: number; counterGuest?: boolean }): Promise<TwoSites> {
+export interface TwoSitesOptions {
+  diskBytes: number;
+  intervalSeconds?: number;
+  maxPoints?: number;
+  counterGuest?: boolean;
+}
+
+/**
+ * For a test file: returns `setup(prefix, opts)`, which makes two sites in a fresh temporary
+ * directory; whatever a test set up is stopped and removed after it (QR_KEEP=1 keeps the files).
+ */
+export function twoSitesPerTest(): (prefix: string, opts: TwoSitesOptions) => Promise<TwoSites> {
+  let env: TwoSites | undefined;
+  let cleanup: (() => void) | undefined;
+  afterEach(async () => {
+    await env?.stopAll();
+    if (!process.env.QR_KEEP) cleanup?.();
+    env = undefined;
+    cleanup = undefined;
+  });
+  return async (prefix, opts) => {
+    const tmp = makeTmpDir(prefix);
+    cleanup = tmp.cleanup;
+    env = await setupTwoSites(tmp.path, opts);
+    return env;
+  };
+}
+
+export async function setupTwoSites(dir: string, opts: TwoSitesOptions): Promise<TwoSites> {
   const caDir = join(dir, "ca");
   const siteA = join(dir, "site-a");
   const siteB = join(dir, "site-b");
