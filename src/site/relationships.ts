@@ -1,5 +1,4 @@
 import { existsSync, rmSync } from "node:fs";
-import { QreplicaError } from "../common/errors.js";
 import { faultPoint } from "../common/faultPoints.js";
 import type { Logger } from "../common/logger.js";
 import { RejectReason } from "../gen/qreplica/v1/replication.js";
@@ -32,66 +31,12 @@ import type { PointWrite, ReplicaStorage } from "../storage/index.js";
 import { imageInfo } from "../qemu/processes/index.js";
 import { actorMetadata, type Caller } from "./controlPlane/caller.js";
 import { settleGeneration } from "./helloGenerations.js";
+import { RelationshipRefusal, type CommitInput, type HelloAccepted, type HelloInput } from "./relationshipInputs.js";
 
 /** The states in which this site runs retention on its chains (as startMerge allows). */
 const RETENTION_STATES: readonly string[] = ["replicating", "paused", "resync-required", "resynchronising"];
 
-/** A request the relationship's state forbids, mapped to the data plane's reject reason. */
-export class RelationshipRefusal extends QreplicaError {
-  readonly code = "RELATIONSHIP_REFUSED" as const;
-  constructor(
-    readonly reason: RejectReason,
-    message: string,
-    readonly currentGeneration?: number,
-    options?: { cause?: unknown },
-  ) {
-    super(message, options);
-  }
-}
-
-export interface HelloInput {
-  vmId: string;
-  primarySiteId: string;
-  primaryIdentity: string;
-  presentedGeneration: number;
-  disks: Array<{ diskId: string; sizeBytes: number }>;
-  vmSpec?: JsonObject;
-  /** Disks whose change tracking the agent lost, with why (Hello.tracking_lost). */
-  trackingLost?: Array<{ diskId: string; code: string; reason: string }>;
-  /** "manual": a needed resync waits for `qreplica resync VM`. */
-  resyncMode?: "automatic" | "manual";
-  /** An operator asked for a resync while the agent was away (manual mode). */
-  resyncApproved?: boolean;
-}
-
-/** What the primary sends next: the HelloAck's resume hint. */
-export type ResumeKind = "initial" | "incremental" | "resync" | "wait";
-
-export interface HelloAccepted {
-  generation: number;
-  lastCycleSeq: number;
-  needsInitialReplication: boolean;
-  seeded?: boolean;
-  resume: ResumeKind;
-  /** Why a resync is needed (with resume "resync" or "wait"). */
-  resyncReason?: string;
-}
-
-export interface CommitInput {
-  vmId: string;
-  seq: number;
-  kind: CycleKind;
-  generation: number;
-  cutoffAt: Date;
-  consistency: "application" | "crash";
-  point: PointWrite;
-  dataBytes: number;
-  zeroBytes: number;
-  wireBytes: number;
-  extents: number;
-  durationMs: number;
-  comparedBytes?: number;
-}
+export { RelationshipRefusal, type CommitInput, type HelloAccepted, type HelloInput, type ResumeKind } from "./relationshipInputs.js";
 
 /**
  * The site's side of every replication relationship: decisions go through the ledger's

@@ -1,0 +1,63 @@
+import { QreplicaError } from "../common/errors.js";
+import { RejectReason } from "../gen/qreplica/v1/replication.js";
+import type { CycleKind, JsonObject } from "../ledger/index.js";
+import type { PointWrite } from "../storage/index.js";
+
+// What the data plane hands the site's relationships, and how they refuse it.
+
+/** A request the relationship's state forbids, mapped to the data plane's reject reason. */
+export class RelationshipRefusal extends QreplicaError {
+  readonly code = "RELATIONSHIP_REFUSED" as const;
+  constructor(
+    readonly reason: RejectReason,
+    message: string,
+    readonly currentGeneration?: number,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+export interface HelloInput {
+  vmId: string;
+  primarySiteId: string;
+  primaryIdentity: string;
+  presentedGeneration: number;
+  disks: Array<{ diskId: string; sizeBytes: number }>;
+  vmSpec?: JsonObject;
+  /** Disks whose change tracking the agent lost, with why (Hello.tracking_lost). */
+  trackingLost?: Array<{ diskId: string; code: string; reason: string }>;
+  /** "manual": a needed resync waits for `qreplica resync VM`. */
+  resyncMode?: "automatic" | "manual";
+  /** An operator asked for a resync while the agent was away (manual mode). */
+  resyncApproved?: boolean;
+}
+
+/** What the primary sends next: the HelloAck's resume hint. */
+export type ResumeKind = "initial" | "incremental" | "resync" | "wait";
+
+export interface HelloAccepted {
+  generation: number;
+  lastCycleSeq: number;
+  needsInitialReplication: boolean;
+  seeded?: boolean;
+  resume: ResumeKind;
+  /** Why a resync is needed (with resume "resync" or "wait"). */
+  resyncReason?: string;
+}
+
+export interface CommitInput {
+  vmId: string;
+  seq: number;
+  kind: CycleKind;
+  generation: number;
+  cutoffAt: Date;
+  consistency: "application" | "crash";
+  point: PointWrite;
+  dataBytes: number;
+  zeroBytes: number;
+  wireBytes: number;
+  extents: number;
+  durationMs: number;
+  comparedBytes?: number;
+}
