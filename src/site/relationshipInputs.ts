@@ -27,10 +27,8 @@ export interface HelloInput {
   vmSpec?: JsonObject;
   /** Disks whose change tracking the agent lost, with why (Hello.tracking_lost). */
   trackingLost?: Array<{ diskId: string; code: string; reason: string }>;
-  /** "manual": a needed resync waits for `qreplica resync VM`. */
+  /** "manual": a needed resync waits for `qreplica resync VM` (ResyncApproved in the ledger). */
   resyncMode?: "automatic" | "manual";
-  /** An operator asked for a resync while the agent was away (manual mode). */
-  resyncApproved?: boolean;
 }
 
 /** What the primary sends next: the HelloAck's resume hint. */

@@ -131,7 +131,8 @@ export class Relationships {
     state = await this.recordTrackingLost(input, state);
     if (state.state === "paused") return { ...base, resume: "wait" };
     if (state.state === "resync-required" || state.state === "resynchronising") {
-      const manual = input.resyncMode === "manual" && !input.resyncApproved;
+      // The operator's go-ahead is in the ledger: it outlives the connection it was given in and this process.
+      const manual = input.resyncMode === "manual" && state.resyncApproval === undefined;
       return { ...base, resume: manual ? "wait" : "resync", resyncReason: state.resyncReason };
     }
     return { ...base, resume: "incremental" };
@@ -163,13 +164,8 @@ export class Relationships {
     return newState;
   }
 
-  /** Marks a VM resync-required on an operator's request (no-op when it already is). */
-  async requireResync(vmId: string, reason: string, metadata?: Record<string, string>): Promise<RelationshipState> {
-    return (await this.exec(vmId, (s) => (s.state === "resync-required" || s.state === "resynchronising" ? [] : markResyncRequired(s, { reason })), { metadata })).newState;
-  }
-
   /** Checks the cycle against the relationship and opens its partial point in storage. */
-  async beginCycle(input: { vmId: string; seq: number; kind: CycleKind; generation: number; cutoffAt: Date; disks: Array<{ diskId: string; sizeBytes: number }>; approvedBy?: Caller }): Promise<PointWrite> {
+  async beginCycle(input: { vmId: string; seq: number; kind: CycleKind; generation: number; cutoffAt: Date; disks: Array<{ diskId: string; sizeBytes: number }> }): Promise<PointWrite> {
     const { vmId, seq } = input;
     let state = await this.load(vmId);
     if (input.generation !== state.generation) {
@@ -220,7 +216,7 @@ export class Relationships {
    * A resync after the primary lost change tracking: one more point over the newest one, holding
    * the chunks that differ from it; every older point stays as it was.
    */
-  private async beginResync(input: { vmId: string; seq: number; generation: number; cutoffAt: Date; disks: Array<{ diskId: string; sizeBytes: number }>; approvedBy?: Caller }, state: RelationshipState): Promise<PointWrite> {
+  private async beginResync(input: { vmId: string; seq: number; generation: number; cutoffAt: Date; disks: Array<{ diskId: string; sizeBytes: number }> }, state: RelationshipState): Promise<PointWrite> {
     const { vmId, seq } = input;
     if (state.state === "resynchronising" && state.inFlight && state.inFlight.cycleSeq !== seq) {
       const stale = state.inFlight.cycleSeq;
@@ -233,7 +229,9 @@ export class Relationships {
       if (!parent) throw new RelationshipRefusal(RejectReason.REJECT_REASON_UNKNOWN_DISK, `disk '${d.diskId}' is not replicated for VM ${vmId}`);
       return { diskId: d.diskId, sizeBytes: d.sizeBytes, parentImage: parent.imagePath };
     });
-    const approval = input.approvedBy ? { metadata: actorMetadata(input.approvedBy) } : {};
+    // An operator's go-ahead (ResyncApproved) is named by the ResyncStarted it leads to.
+    const a = state.resyncApproval;
+    const approval = a ? { metadata: { actor: a.approvedBy, actorRole: a.approvedByRole } } : {};
     await this.exec(vmId, (s) => startResync(s, { cycleSeq: seq, cutoffAt: input.cutoffAt.toISOString(), generation: input.generation }), approval);
     return this.storage.beginPoint(vmId, seq, disks);
   }

@@ -231,6 +231,21 @@ export class NoSuchMergeError extends QreplicaError {
   }
 }
 
+/** A second go-ahead for a resync that already has one: someone else approved it first. */
+export class ResyncAlreadyApprovedError extends QreplicaError {
+  readonly code = "RESYNC_ALREADY_APPROVED" as const;
+
+  constructor(
+    readonly vmId: string,
+    readonly approvedBy: string,
+  ) {
+    super(
+      `VM ${vmId}: its resync was already approved by ${approvedBy}; nothing more is needed. The primary's agent ` +
+        `runs it at once if connected, else at its next connection ('qreplica events ${vmId}' shows the approval).`,
+    );
+  }
+}
+
 /** A command's input is malformed: a bug in the caller, never retried. */
 export class InvalidCommandInputError extends QreplicaError {
   readonly code = "INVALID_COMMAND_INPUT" as const;

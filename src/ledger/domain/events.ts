@@ -85,6 +85,13 @@ export type RelationshipEventData = {
   RecoveryPointMergeStarted: { pointId: string; intoPointId: string };
   RecoveryPointMerged: { pointId: string; intoPointId: string; disks: { diskId: string; imagePath: string }[] };
   ResyncRequired: { reason: string };
+  /**
+   * An operator's go-ahead for the resync of a resync-required VM (`qreplica resync`), kept until
+   * that resync completes so that it survives a site restart and an interrupted resync. The caller
+   * is also in the event's metadata; it is repeated here because the fold sees only the data, and
+   * the ResyncStarted it leads to must name the same caller.
+   */
+  ResyncApproved: { approvedBy: string; approvedByRole: string };
   ResyncStarted: { cycleSeq: number; cutoffAt: string };
   ResyncCompleted: { cycleSeq: number; pointId: string };
   ReplicationPaused: { reason: string };
@@ -161,6 +168,7 @@ const KNOWN_TYPES = {
   RecoveryPointMergeStarted: true,
   RecoveryPointMerged: true,
   ResyncRequired: true,
+  ResyncApproved: true,
   ResyncStarted: true,
   ResyncCompleted: true,
   ReplicationPaused: true,

@@ -34,6 +34,7 @@ export {
   type RelationshipCounters,
   type RelationshipFailure,
   type RelationshipState,
+  type ResyncApproval,
   type TestFailover,
 } from "./relationship.js";
 export {
@@ -47,6 +48,7 @@ export {
   OutOfOrderCycleError,
   PlannedFailoverNotReadyError,
   RecoveryPointUnavailableError,
+  ResyncAlreadyApprovedError,
   StaleGenerationError,
   TestFailoverExistsError,
   TestFailoversRunningError,
@@ -68,6 +70,8 @@ export { failCycle, type FailCycleInput } from "./commands/failCycle.js";
 export { startMerge } from "./commands/startMerge.js";
 export { completeMerge, type CompleteMergeInput } from "./commands/completeMerge.js";
 export { markResyncRequired, type MarkResyncRequiredInput } from "./commands/markResyncRequired.js";
+export { approveResync, type ApproveResyncInput } from "./commands/approveResync.js";
+export { requestResync } from "./commands/requestResync.js";
 export { startResync, type StartResyncInput } from "./commands/startResync.js";
 export { pause, type PauseInput } from "./commands/pause.js";
 export { resume } from "./commands/resume.js";

@@ -64,6 +64,12 @@ export interface GenerationHandover {
   readonly fromGeneration: number;
 }
 
+/** Who gave the go-ahead for the pending resync (ResyncApproved). */
+export interface ResyncApproval {
+  readonly approvedBy: string;
+  readonly approvedByRole: string;
+}
+
 export interface RelationshipCounters {
   readonly cyclesCommitted: number;
   readonly cyclesFailed: number;
@@ -107,6 +113,8 @@ export interface RelationshipState {
   readonly generationHandover: GenerationHandover | undefined;
   readonly pauseReason: string | undefined;
   readonly resyncReason: string | undefined;
+  /** Set by an operator's go-ahead until the resync completes (or a failover overtakes it). */
+  readonly resyncApproval: ResyncApproval | undefined;
   readonly lastCommittedAt: string | undefined;
   readonly lastFailure: RelationshipFailure | undefined;
   readonly lastTestFailoverAt: string | undefined;
@@ -132,6 +140,7 @@ export function initialRelationshipState(vmId: string): RelationshipState {
     generationHandover: undefined,
     pauseReason: undefined,
     resyncReason: undefined,
+    resyncApproval: undefined,
     lastCommittedAt: undefined,
     lastFailure: undefined,
     lastTestFailoverAt: undefined,
@@ -248,7 +257,10 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
       return { ...s, points, counters: { ...c, mergesCompleted: c.mergesCompleted + 1 } };
     }
     case "ResyncRequired":
+      // A go-ahead already given stays: the resync it approved has not completed yet.
       return { ...s, state: "resync-required", resyncReason: event.data.reason, inFlight: undefined };
+    case "ResyncApproved":
+      return { ...s, resyncApproval: { approvedBy: event.data.approvedBy, approvedByRole: event.data.approvedByRole } };
     case "ResyncStarted":
       return {
         ...s,
@@ -258,7 +270,7 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
         generationHandover: undefined,
       };
     case "ResyncCompleted":
-      return { ...s, state: "replicating", inFlight: undefined, resyncReason: undefined };
+      return { ...s, state: "replicating", inFlight: undefined, resyncReason: undefined, resyncApproval: undefined };
     case "ReplicationPaused":
       return { ...s, state: "paused", pauseReason: event.data.reason };
     case "ReplicationResumed":
@@ -319,6 +331,8 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
         // An in-flight full or resync cycle is abandoned (storage discards its partial overlay).
         inFlight: undefined,
         generationHandover: undefined,
+        // If the failover is cancelled, a resync needs a go-ahead given after it.
+        resyncApproval: undefined,
         failover: {
           kind: d.kind,
           pointId: d.pointId,
@@ -367,6 +381,7 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
         inFlight: undefined,
         failover: undefined,
         generationHandover: undefined,
+        resyncApproval: undefined,
       };
     }
     default:

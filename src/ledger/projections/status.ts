@@ -40,6 +40,8 @@ export interface VmStatus {
   readonly staleGenerationRefusals: number;
   /** Why a resync is required or running (the ResyncRequired reason). */
   readonly resyncReason: string | undefined;
+  /** Who approved the pending resync (ResyncApproved), until it completes. */
+  readonly resyncApprovedBy: string | undefined;
   /** Why replication is paused. */
   readonly pauseReason: string | undefined;
   /** The most recent problem; kept after recovery, with its time, as Hyper-V shows the last error. */
@@ -158,6 +160,7 @@ function toStatus({ rel, lastError }: Entry, now: Date): VmStatus {
     consecutiveFailures: c.consecutiveFailures,
     staleGenerationRefusals: c.staleGenerationRefusals,
     resyncReason: rel.resyncReason,
+    resyncApprovedBy: rel.resyncApproval?.approvedBy,
     pauseReason: rel.pauseReason,
     lastError,
   };

@@ -213,14 +213,17 @@ function grpcCodeOf(err: unknown): grpc.status {
   if (typeof code !== "string") return grpc.status.INTERNAL;
   if (code === "AUTHORIZATION_INVALID" || code === "AUTHORIZATION_WILDCARD") return grpc.status.INVALID_ARGUMENT;
   if (code === "AUTHORIZATION_NOT_FOUND") return grpc.status.NOT_FOUND;
-  if (["INVALID_TRANSITION", "STALE_GENERATION", "FAILOVER_REFUSED", "MERGE_BLOCKED_BY_TEST_FAILOVER", "MERGE_IN_PROGRESS", "SEED_UNUSABLE"].includes(code)) return grpc.status.FAILED_PRECONDITION;
+  if (["INVALID_TRANSITION", "STALE_GENERATION", "FAILOVER_REFUSED", "MERGE_BLOCKED_BY_TEST_FAILOVER", "MERGE_IN_PROGRESS", "SEED_UNUSABLE", "RESYNC_ALREADY_APPROVED"].includes(code)) return grpc.status.FAILED_PRECONDITION;
   if (code.startsWith("INVALID") || code === "UNKNOWN_POINT") return grpc.status.INVALID_ARGUMENT;
   return grpc.status.INTERNAL;
 }
 
 /** Hyper-V-like health: critical when replication cannot go on, warning when it is failing or late. */
 function healthOf(s: VmStatus): { health: ReplicationHealth; message: string } {
-  if (s.state === "resync-required") return { health: ReplicationHealth.REPLICATION_HEALTH_CRITICAL, message: `resync required${s.resyncReason ? `: ${s.resyncReason}` : ""}` };
+  if (s.state === "resync-required") {
+    const approved = s.resyncApprovedBy ? ` (approved by ${s.resyncApprovedBy}; waiting for the primary's agent)` : "";
+    return { health: ReplicationHealth.REPLICATION_HEALTH_CRITICAL, message: `resync required${s.resyncReason ? `: ${s.resyncReason}` : ""}${approved}` };
+  }
   if (s.state === "resynchronising") return { health: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: `resynchronising${s.resyncReason ? ` after: ${s.resyncReason}` : ""}` };
   if (s.consecutiveFailures >= 3) return { health: ReplicationHealth.REPLICATION_HEALTH_CRITICAL, message: `${s.consecutiveFailures} cycles failed in a row: ${s.lastError?.message ?? ""}` };
   if (s.consecutiveFailures > 0) return { health: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: `last cycle failed: ${s.lastError?.message ?? ""}` };

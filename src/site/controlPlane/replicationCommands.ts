@@ -1,6 +1,5 @@
 import type { PauseReplicationRequest, RelationshipCommandResponse, ResumeReplicationRequest, ResyncRequest } from "../../gen/qreplica/v1/control.js";
-import { executeCommand, loadRelationship, pause, resume } from "../../ledger/index.js";
-import { approveResync } from "../dataPlane/resyncApprovals.js";
+import { executeCommand, pause, requestResync, resume } from "../../ledger/index.js";
 import type { SiteContext } from "../siteContext.js";
 import { actorMetadata, type Caller } from "./caller.js";
 
@@ -40,16 +39,15 @@ export async function resumeReplication(ctx: SiteContext, request: ResumeReplica
 
 /**
  * `qreplica resync VM`: a resync by comparison against the newest point. For a VM already
- * resync-required (e.g. `resync: manual` after a crash) this is the go-ahead; for a replicating
- * or paused one it first records ResyncRequired with the operator as the reason.
+ * resync-required (e.g. `resync: manual` after a crash) this is the go-ahead; a replicating or
+ * paused one is first marked resync-required with the operator as the reason. The go-ahead is a
+ * ledger event naming the operator: a connected agent is told at once, one that is not connected
+ * (even after a site restart) is answered RESYNC at its next Hello.
  */
 export async function resync(ctx: SiteContext, request: ResyncRequest, caller: Caller): Promise<RelationshipCommandResponse> {
   const { vmId } = request;
-  const before = (await loadRelationship(ctx.store, vmId)).state;
-  const state = await ctx.relationships.requireResync(vmId, `requested by ${caller.identity}`, actorMetadata(caller));
-  approveResync(ctx, vmId, caller);
-  // Already running: the agent needs no second request.
-  if (before.state === "resynchronising") return { state: state.state, agentNotified: false };
+  const approval = { approvedBy: caller.identity, approvedByRole: caller.role };
+  const { newState } = await executeCommand(ctx.store, vmId, (s) => requestResync(s, approval), { metadata: actorMetadata(caller) });
   const agentNotified = await notifyAgent(ctx, vmId, { $case: "resyncRequested", requestedBy: caller.identity });
-  return { state: state.state, agentNotified };
+  return { state: newState.state, agentNotified };
 }

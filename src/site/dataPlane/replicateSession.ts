@@ -25,7 +25,6 @@ import { MAX_CHUNK_BYTES, OpenCycle } from "./openCycle.js";
 import { parseVmSpec, sendSeedHashes } from "./resync.js";
 import type { SiteContext } from "../siteContext.js";
 import { RelationshipRefusal, type ResumeKind } from "../relationships.js";
-import { isResyncApproved, takeResyncApproval } from "./resyncApprovals.js";
 
 const RESUME_HINT: Record<ResumeKind, ResumeHint> = {
   initial: ResumeHint.RESUME_HINT_INITIAL_REPLICATION,
@@ -220,7 +219,6 @@ export class ReplicateSession {
         disks: hello.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) })),
         trackingLost: hello.trackingLost.map((t) => ({ diskId: t.diskId, code: t.code || "TRACKING_LOST", reason: t.reason })),
         resyncMode: hello.resyncMode === ResyncMode.RESYNC_MODE_MANUAL ? "manual" : "automatic",
-        resyncApproved: isResyncApproved(this.ctx, hello.vmId),
       });
       this.vmId = hello.vmId;
       this.generation = accepted.generation;
@@ -264,8 +262,6 @@ export class ReplicateSession {
     const kind = begin.kind === CycleKind.CYCLE_KIND_INITIAL ? "full" : begin.kind === CycleKind.CYCLE_KIND_INCREMENTAL ? "incremental" : begin.kind === CycleKind.CYCLE_KIND_RESYNC ? "resync" : undefined;
     if (!kind) return this.refuseCycle(seq, RejectReason.REJECT_REASON_INVALID_STATE, `unknown cycle kind ${begin.kind}`);
     const cutoffAt = begin.cutoffTime ?? new Date();
-    // An operator's `qreplica resync` (if any) is named by the ResyncStarted it leads to.
-    const approvedBy = kind === "resync" ? takeResyncApproval(this.ctx, vmId) : undefined;
     try {
       const point = await this.ctx.serializer.run(vmId, () =>
         this.ctx.relationships.beginCycle({
@@ -275,7 +271,6 @@ export class ReplicateSession {
           generation: this.generation,
           cutoffAt,
           disks: begin.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) })),
-          approvedBy,
         }),
       );
       this.cycle = new OpenCycle(seq, kind, cutoffAt, begin.consistency === Consistency.CONSISTENCY_APPLICATION ? "application" : "crash", point);
