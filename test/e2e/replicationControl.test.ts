@@ -1,6 +1,7 @@
 /**
  * Operator control of a VM's replication through the CLI, against real processes: `resync:
- * manual` waits for `qreplica resync`, `qreplica pause` / `resume` lose no change, and an agent
+ * manual` waits for `qreplica resync`, whose go-ahead is in the ledger (it survives a site
+ * restart while the agent is away), `qreplica pause` / `resume` lose no change, and an agent
  * that lost its state directory is recognised as the current primary (its VM is not fenced).
  */
 import { rmSync } from "node:fs";
@@ -9,7 +10,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { compareImages } from "../../src/qemu/processes/index.js";
 import { ReplicationHealth } from "../../src/gen/qreplica/v1/control.js";
 import { makeTmpDir } from "../helpers/tmpDir.js";
-import { runCli, waitFor } from "../helpers/processes.js";
+import { runCli, waitFor, type Daemon } from "../helpers/processes.js";
 import { setupTwoSites, type TwoSites } from "../helpers/twoSites.js";
 import { CrashGuest, guestDisks, logTail, startGuestAgent, type AgentVm } from "../helpers/crashGuest.js";
 import { ledgerEvents } from "../helpers/resyncChecks.js";
@@ -35,19 +36,31 @@ async function cliJson<T>(args: string[]): Promise<T> {
 
 const storageVm = (t: TwoSites): AgentVm => ({ qmpSocketPath: t.vm.qmpSocketPath, nbdSocketPath: t.vm.nbdSocketPath, disks: [{ id: "vda", node: "node-vda" }] });
 
-async function replicating(opts: { resync?: "manual" }): Promise<{ t: TwoSites; diag: () => string }> {
+async function replicating(opts: { resync?: "manual" }): Promise<{ t: TwoSites; diag: () => string; site: Daemon; agent: Daemon }> {
   const tmp = makeTmpDir("qr-control-");
   cleanup = tmp.cleanup;
   env = await setupTwoSites(tmp.path, { diskBytes: 64 * MiB, intervalSeconds: 1 });
   const t = env;
-  await t.startSite(t.siteB);
+  const site = await t.startSite(t.siteB);
   await t.vm.guestWrite("vda", ["write -P 0x11 0 4M"]);
-  startGuestAgent(t, storageVm(t), { intervalSeconds: 1, resync: opts.resync });
+  const agent = startGuestAgent(t, storageVm(t), { intervalSeconds: 1, resync: opts.resync });
   const diag = () => `\n--- agent ---\n${logTail(join(t.dir, "crash-agent.log"))}\n--- site-b ---\n${logTail(join(t.siteB, "site.log"))}`;
   await waitFor("two points", async () => ((await t.relationship()).points.length >= 2 ? true : undefined), 90_000).catch((e: Error) => {
     throw new Error(e.message + diag());
   });
-  return { t, diag };
+  return { t, diag, site, agent };
+}
+
+/** kill -9 of the primary's QEMU (a storage daemon here) and a restart: its bitmaps are gone. */
+async function crashPrimary(t: TwoSites, diag: () => string): Promise<void> {
+  await t.vm.guestWrite("vda", ["write -P 0x22 10M 1M"]);
+  await t.vm.proc.kill("SIGKILL");
+  rmSync(t.vm.qmpSocketPath, { force: true });
+  rmSync(t.vm.nbdSocketPath, { force: true });
+  await t.vm.restart();
+  await waitFor("resync-required", async () => ((await t.relationship()).state === "resync-required" ? true : undefined), 120_000).catch((e: Error) => {
+    throw new Error(e.message + diag());
+  });
 }
 
 async function expectPointAfterEqualsPrimary(t: TwoSites, after: number, diag: () => string): Promise<void> {
@@ -63,15 +76,7 @@ const agentLogHas = (t: TwoSites, text: string) => () => (readFileSync(join(t.di
 describe("operator control of replication (CLI, real processes)", { timeout: 300_000 }, () => {
   it("resync: manual waits for `qreplica resync`, which the connected agent runs at once", async () => {
     const { t, diag } = await replicating({ resync: "manual" });
-    await t.vm.guestWrite("vda", ["write -P 0x22 10M 1M"]);
-    await t.vm.proc.kill("SIGKILL");
-    rmSync(t.vm.qmpSocketPath, { force: true });
-    rmSync(t.vm.nbdSocketPath, { force: true });
-    await t.vm.restart();
-
-    await waitFor("resync-required", async () => ((await t.relationship()).state === "resync-required" ? true : undefined), 120_000).catch((e: Error) => {
-      throw new Error(e.message + diag());
-    });
+    await crashPrimary(t, diag);
     await waitFor("the agent waiting for an operator", agentLogHas(t, "waiting for an operator"), 60_000);
     const status = await cliJson<{ relationships: Array<{ state: number; health: number; healthMessage: string }> }>(["status", "vm1", "--dir", t.siteB]);
     expect(status.relationships[0]!.health).toBe(ReplicationHealth.REPLICATION_HEALTH_CRITICAL);
@@ -86,13 +91,72 @@ describe("operator control of replication (CLI, real processes)", { timeout: 300
     await waitFor("the resync committed", async () => ((await ledgerEvents(t.siteB)).some((e) => e.type === "ResyncCompleted") ? true : undefined), 120_000).catch((e: Error) => {
       throw new Error(e.message + diag());
     });
-    // The operator's go-ahead is on record: ResyncStarted names who gave it.
-    const started = (await ledgerEvents(t.siteB)).find((e) => e.type === "ResyncStarted")!;
-    expect(started.metadata).toMatchObject({ actor: "site-b-admin", actorRole: "admin" });
+    // The operator's go-ahead is on record, and ResyncStarted names who gave it.
+    const recorded = await ledgerEvents(t.siteB);
+    const approved = recorded.findIndex((e) => e.type === "ResyncApproved");
+    const started = recorded.findIndex((e) => e.type === "ResyncStarted");
+    expect(approved).toBeGreaterThan(-1);
+    expect(started).toBeGreaterThan(approved);
+    expect(recorded[approved]!.metadata).toMatchObject({ actor: "site-b-admin", actorRole: "admin" });
+    expect(recorded[started]!.metadata).toMatchObject({ actor: "site-b-admin", actorRole: "admin" });
     const state = await t.relationship();
     expect(state.state).toBe("replicating");
     const cmp = await compareImages(state.points.at(-1)!.disks[0]!.imagePath, t.vm.guestUri("vda"), { formatA: "qcow2", formatB: "raw" });
     expect(cmp.detail).toMatch(/identical/i);
+  });
+
+  it("resync: manual, a go-ahead given while the agent is away survives a site restart: the agent resyncs without a second command", async () => {
+    const r0 = await replicating({ resync: "manual" });
+    const { t, diag, agent } = r0;
+    let site = r0.site;
+    const restartSite = async () => {
+      await site.kill("SIGKILL");
+      site = await t.startSite(t.siteB);
+    };
+    await crashPrimary(t, diag);
+    await waitFor("the agent waiting for an operator", agentLogHas(t, "waiting for an operator"), 60_000);
+    await agent.kill("SIGKILL");
+    // A fresh site process has no session for the VM: the agent is certainly not connected.
+    await restartSite();
+
+    const r = await cliJson<{ state: string; agentNotified: boolean }>(["resync", "vm1", "--dir", t.siteB]);
+    expect(r).toEqual({ state: "resync-required", agentNotified: false });
+    const status = await cliJson<{ relationships: Array<{ healthMessage: string }> }>(["status", "vm1", "--dir", t.siteB]);
+    expect(status.relationships[0]!.healthMessage).toMatch(/^resync required: vda: BITMAP_MISSING.*\(approved by site-b-admin; waiting for the primary's agent\)$/);
+    // A second go-ahead is refused and names the first.
+    const again = await runCli(["resync", "vm1", "--dir", t.siteB]);
+    expect(again.code).not.toBe(0);
+    expect(again.stderr + again.stdout).toMatch(/already approved by site-b-admin/);
+
+    // The site restarts before the agent comes back: nothing of the go-ahead was in its memory.
+    await restartSite();
+    expect((await ledgerEvents(t.siteB)).some((e) => e.type === "ResyncStarted")).toBe(false);
+    startGuestAgent(t, storageVm(t), { intervalSeconds: 1, resync: "manual" });
+    await waitFor("the resync committed", async () => ((await ledgerEvents(t.siteB)).some((e) => e.type === "ResyncCompleted") ? true : undefined), 120_000).catch((e: Error) => {
+      throw new Error(e.message + diag());
+    });
+
+    const events = await ledgerEvents(t.siteB);
+    const types = events.map((e) => e.type);
+    const approved = types.indexOf("ResyncApproved");
+    const started = types.indexOf("ResyncStarted");
+    const completed = types.indexOf("ResyncCompleted");
+    expect(types.filter((x) => x === "ResyncApproved")).toHaveLength(1);
+    expect(approved).toBeGreaterThan(types.indexOf("ResyncRequired"));
+    expect(started).toBeGreaterThan(approved);
+    expect(completed).toBeGreaterThan(started);
+    expect(events[approved]!.metadata).toMatchObject({ actor: "site-b-admin", actorRole: "admin" });
+    expect(events[approved]!.data).toEqual({ approvedBy: "site-b-admin", approvedByRole: "admin" });
+    expect(events[started]!.metadata).toMatchObject({ actor: "site-b-admin", actorRole: "admin" });
+    const point = events.slice(started).find((e) => e.type === "RecoveryPointCreated")!.data as { pointId: string };
+    const state = await t.relationship();
+    expect(state).toMatchObject({ state: "replicating", resyncApproval: undefined });
+    const resyncPoint = state.points.find((p) => p.pointId === point.pointId)!;
+    const cmp = await compareImages(resyncPoint.disks[0]!.imagePath, t.vm.guestUri("vda"), { formatA: "qcow2", formatB: "raw" });
+    expect(cmp.detail).toMatch(/identical/i);
+    // `qreplica events` shows the approval with its operator.
+    const listed = await cliJson<{ events: Array<{ type: string; actor: string }> }>(["events", "vm1", "--dir", t.siteB, "--all"]);
+    expect(listed.events.find((e) => e.type === "ResyncApproved")?.actor).toBe("site-b-admin");
   });
 
   it("pause and resume through the CLI: no cycle while paused, no change lost", async () => {
