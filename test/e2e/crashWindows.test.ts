@@ -184,6 +184,7 @@ describe("crash windows of the replica site (QREPLICA_FAULT, SIGKILL)", { timeou
     ).catch((err: Error) => {
       throw new Error(err.message + diag());
     });
+    expect(readFileSync(join(t.dir, "agent.log"), "utf8")).toContain(`cycle ${initial.cycleSeq} was committed by the replica site before its ack was lost; change tracking was not confirmed`);
     const resyncData = resync.data as { cycleSeq: number; dataBytes: number; zeroBytes: number; comparedBytes?: number };
     expect(resyncData.comparedBytes).toBe(32 * MiB);
     expect(resyncData.dataBytes + resyncData.zeroBytes).toBe(0);
