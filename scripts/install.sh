@@ -16,6 +16,8 @@ declare -A packages=(
   [socat]=socat
   [zstd]=zstd
   [openssl]=openssl
+  [setpriv]=util-linux
+  [mount]=mount
 )
 missing=()
 for tool in "${!packages[@]}"; do

@@ -50,7 +50,14 @@ export async function reconcileDisks(
     const base = { diskId: disk.id, node: disk.node, sizeBytes };
 
     if (!remembered?.enabled) {
-      reports.push({ ...base, status: "not-enabled", reason: ours.length ? `leftover bitmaps ${ours.map((b) => b.name).join(", ")} from an unfinished enable` : undefined });
+      // Remembered but not enabled: an enable (initial or resync cycle) whose ack never came. The
+      // site may have committed it all the same; only a comparison can tell what it holds.
+      const reason = ours.length
+        ? `leftover bitmaps ${ours.map((b) => b.name).join(", ")} from an unfinished enable`
+        : remembered
+          ? `cycle ${remembered.seq}, which enables change tracking, was never acknowledged by the replica site (the site, the link or the agent stopped first)`
+          : undefined;
+      reports.push({ ...base, status: "not-enabled", reason });
       continue;
     }
     const inconsistent = ours.filter((b) => b.inconsistent);

@@ -318,7 +318,7 @@ export class VmReplicator {
     }
     if (reply?.$case !== "helloAck") throw new Error(`expected HelloAck, got ${reply?.$case ?? "nothing"}`);
     const generation = Number(reply.value.generation);
-    this.noteUnacknowledged(Number(reply.value.lastCommittedCycleSequence));
+    this.noteUnacknowledged(Number(reply.value.lastCommittedCycleSequence), lost.length > 0);
     this.chunkChecksum = this.pickChecksum(reply.value.acceptedChecksumAlgorithms);
     this.saveState({ generation, replicaSite: this.vm.replicaSite });
     const hint = reply.value.resumeHint;
@@ -346,11 +346,14 @@ export class VmReplicator {
    */
   private unacknowledgedSeq: number | undefined;
 
-  private noteUnacknowledged(lastCommitted: number): void {
+  private noteUnacknowledged(lastCommitted: number, trackingLost: boolean): void {
     const seq = this.unacknowledgedSeq;
     if (seq === undefined) return;
     this.unacknowledgedSeq = undefined;
-    if (lastCommitted >= seq) {
+    if (lastCommitted >= seq && trackingLost) {
+      // An initial (or resync) cycle: its bitmap was never confirmed, so a resync compares instead.
+      this.logger.warn({ vm: this.vm.id, seq, lastCommitted }, `cycle ${seq} was committed by the replica site before its ack was lost; change tracking was not confirmed, so the next cycle compares the disks with that point and sends only what differs`);
+    } else if (lastCommitted >= seq) {
       this.logger.warn({ vm: this.vm.id, seq, lastCommitted }, `cycle ${seq} was committed by the replica site before its ack was lost; its changes are sent again in the next cycle`);
     } else {
       this.logger.warn({ vm: this.vm.id, seq, lastCommitted }, `cycle ${seq} was not committed by the replica site; its changes are sent in the next cycle`);

@@ -9,6 +9,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { getSqliteEventStore, relationshipStream } from "../../src/ledger/index.js";
 import { compareImages, convertImage, runTool } from "../../src/qemu/processes/index.js";
 import { makeTmpDir } from "../helpers/tmpDir.js";
+import { ledgerEvents, pointContentHashes } from "../helpers/resyncChecks.js";
 import { runCli, waitFor, type Daemon } from "../helpers/processes.js";
 import { setupTwoSites, type TwoSites } from "../helpers/twoSites.js";
 
@@ -61,16 +62,21 @@ async function expectIdentical(image: string, raw: string, what: string): Promis
   expect(cmp.detail, what).toMatch(/identical/i);
 }
 
+/** Resolves once a site started with `fault` armed has killed itself there. */
+async function killedAt(t: TwoSites, site: Daemon, fault: string): Promise<void> {
+  await Promise.race([
+    site.exited,
+    new Promise((_, reject) => setTimeout(() => reject(new Error(`the site never reached ${fault}\n${tail(join(t.siteB, "site.log"))}`)), 120_000)),
+  ]);
+  expect(site.child.signalCode).toBe("SIGKILL");
+}
+
 /** Stops the site gently and starts it with a fault armed; resolves once it has killed itself. */
 async function crashSiteAt(r: Running, fault: string, beforeStart: () => Promise<void>): Promise<void> {
   await r.site.kill("SIGTERM");
   await beforeStart();
   r.site = await r.t.startSite(r.t.siteB, { env: { QREPLICA_FAULT: fault } });
-  await Promise.race([
-    r.site.exited,
-    new Promise((_, reject) => setTimeout(() => reject(new Error(`the site never reached ${fault}\n${tail(join(r.t.siteB, "site.log"))}`)), 120_000)),
-  ]);
-  expect(r.site.child.signalCode).toBe("SIGKILL");
+  await killedAt(r.t, r.site, fault);
 }
 
 async function cycleEvents(t: TwoSites): Promise<Array<{ type: string; seq: number }>> {
@@ -143,6 +149,69 @@ describe("crash windows of the replica site (QREPLICA_FAULT, SIGKILL)", { timeou
     expect(new Set(commits).size).toBe(commits.length);
     // The agent did not re-send the committed cycle under its old number (the site would refuse it).
     expect(events.filter((e) => e.type === "CycleFailed" && e.seq === unacked.cycleSeq)).toEqual([]);
+    await expectPointsMatchLedger(t);
+  });
+
+  it("(d) killed between the INITIAL cycle's CycleCommitted and its ack: the agent resyncs against that point by itself; no second full cycle, no loop of refusals", async () => {
+    const tmp = makeTmpDir("qr-crashwin-");
+    cleanup = tmp.cleanup;
+    env = await setupTwoSites(tmp.path, { diskBytes: 32 * MiB, intervalSeconds: 1 });
+    const t = env;
+    await t.vm.guestWrite("vda", ["write -P 0x01 0 2M", "write -P 0x2d 20M 1M"]);
+    const initialExpected = await primarySnapshot(t, "initial");
+    // Armed from the site's first start: its first commit is the agent's initial (full) cycle.
+    const crashing = await t.startSite(t.siteB, { env: { QREPLICA_FAULT: "crash-after-commit-before-ack" } });
+    t.startAgent();
+    await killedAt(t, crashing, "crash-after-commit-before-ack");
+
+    const crashed = await t.relationship();
+    expect(crashed.state).toBe("replicating");
+    expect(crashed.points.length).toBe(1);
+    const initial = crashed.points[0]!;
+    expect(readdirSync(diskDir(t)).filter((f) => f.endsWith(".partial"))).toEqual([]);
+    await expectIdentical(initial.disks[0]!.imagePath, initialExpected, `the initial point ${initial.pointId} (committed, never acked)`);
+    const initialHashes = await pointContentHashes([initial], t.dir);
+    const eventsAtRestart = (await ledgerEvents(t.siteB)).length;
+
+    await t.startSite(t.siteB);
+    const diag = () => `\n--- agent.log ---\n${tail(join(t.dir, "agent.log"))}\n--- site.log ---\n${tail(join(t.siteB, "site.log"))}`;
+    // The agent's enable was aborted (no ack): it reports no change tracking, and the site, which
+    // has the initial point, has it resync by comparison against that point: nothing to send.
+    const resync = await waitFor(
+      "the agent's resync against the committed initial point",
+      async () => (await ledgerEvents(t.siteB)).slice(eventsAtRestart).find((e) => e.type === "CycleCommitted" && (e.data as { kind: string }).kind === "resync"),
+      120_000,
+    ).catch((err: Error) => {
+      throw new Error(err.message + diag());
+    });
+    expect(readFileSync(join(t.dir, "agent.log"), "utf8")).toContain(`cycle ${initial.cycleSeq} was committed by the replica site before its ack was lost; change tracking was not confirmed`);
+    const resyncData = resync.data as { cycleSeq: number; dataBytes: number; zeroBytes: number; comparedBytes?: number };
+    expect(resyncData.comparedBytes).toBe(32 * MiB);
+    expect(resyncData.dataBytes + resyncData.zeroBytes).toBe(0);
+
+    await t.vm.guestWrite("vda", ["write -P 0x6b 9M 1M"]);
+    const at = Date.now();
+    const latestExpected = await primarySnapshot(t, "after-6b");
+    const next = await waitForPointAfter(t, at);
+    await expectIdentical(next.disks[0]!.imagePath, latestExpected, `point ${next.pointId}`);
+    // A few more cycles: the ledger must grow by points only, not by refusals.
+    await waitFor("three more incremental points", async () => ((await t.relationship()).points.filter((p) => p.cycleSeq > next.cycleSeq).length >= 3 ? true : undefined), 120_000);
+
+    const state = await t.relationship();
+    expect(state.state).toBe("replicating");
+    expect(state.points[0]!.pointId).toBe(initial.pointId);
+    expect(await pointContentHashes([state.points[0]!], t.dir)).toEqual(initialHashes);
+    const events = await ledgerEvents(t.siteB);
+    const after = events.slice(eventsAtRestart);
+    const commits = events.filter((e) => e.type === "CycleCommitted").map((e) => e.data as { cycleSeq: number; kind: string });
+    expect(new Set(commits.map((c) => c.cycleSeq)).size).toBe(commits.length);
+    expect(commits.filter((c) => c.kind === "full").map((c) => c.cycleSeq)).toEqual([initial.cycleSeq]);
+    expect(new Set(state.points.map((p) => p.cycleSeq)).size).toBe(state.points.length);
+    const failed = after.filter((e) => e.type === "CycleFailed").map((e) => e.data as { reason: string; message: string });
+    expect(failed.length, JSON.stringify(failed)).toBeLessThanOrEqual(1);
+    const required = after.filter((e) => e.type === "ResyncRequired").map((e) => (e.data as { reason: string }).reason);
+    expect(required).toEqual([`vda: NOT_ENABLED (cycle ${initial.cycleSeq}, which enables change tracking, was never acknowledged by the replica site (the site, the link or the agent stopped first))`]);
+    expect(readFileSync(join(t.dir, "agent.log"), "utf8")).not.toMatch(/needs ready-for-initial-replication/);
     await expectPointsMatchLedger(t);
   });
 
