@@ -9,18 +9,9 @@ import { addressFile, loadSiteConfig } from "../../site/siteConfig.js";
 import { ControlCallError, controlClient, unary, type SiteTargetOptions } from "../siteClient.js";
 import { formatTable } from "../table.js";
 import { emit, fail } from "../output.js";
+import { withTarget, type Target } from "../target.js";
 
-type Target = SiteTargetOptions & { json: boolean };
 
-function withTarget(cmd: Command): Command {
-  return cmd
-    .option("--dir <dir>", "site directory on this host (its address and admin certificate; its ledger when the site is not running)")
-    .option("--site <host:port>", "site address")
-    .option("--ca <file>", "CA certificate")
-    .option("--cert <file>", "client certificate (role admin to change entries, viewer to list them)")
-    .option("--key <file>", "client key")
-    .option("--json", "JSON output", false);
-}
 
 const fromWire = (r: AuthorizationsResponse): AuthorizationEntry[] =>
   r.entries.map((e) => ({ primaryIdentity: e.primaryIdentity, addedBy: e.addedBy, addedByRole: "", addedAt: e.addedAt?.toISOString() ?? "" }));
@@ -58,8 +49,10 @@ async function viaSite(o: Target, call: (client: ReturnType<typeof controlClient
   }
 }
 
+const TARGET_HELP = { dir: "site directory on this host (its address and admin certificate; its ledger when the site is not running)", cert: "client certificate (role admin to change entries, viewer to list them)" };
+
 export function registerAuthorize(program: Command): void {
-  withTarget(program.command("authorize").description("allow a primary (by its certificate identity) to replicate to this site; needs role admin"))
+  withTarget(program.command("authorize").description("allow a primary (by its certificate identity) to replicate to this site; needs role admin"), TARGET_HELP)
     .requiredOption("--primary <identity>", "the primary agent's certificate CN, exactly (wildcards are refused)")
     .action(async (o: Target & { primary: string }) => {
       try {
@@ -73,7 +66,7 @@ export function registerAuthorize(program: Command): void {
         fail(err, o.json);
       }
     });
-  withTarget(program.command("unauthorize").description("stop a primary from replicating to this site (its next connection is refused); needs role admin"))
+  withTarget(program.command("unauthorize").description("stop a primary from replicating to this site (its next connection is refused); needs role admin"), TARGET_HELP)
     .requiredOption("--primary <identity>", "the primary's certificate CN")
     .action(async (o: Target & { primary: string }) => {
       try {
@@ -87,7 +80,7 @@ export function registerAuthorize(program: Command): void {
         fail(err, o.json);
       }
     });
-  withTarget(program.command("authorizations").description("list the primaries allowed to replicate to this site, with who authorized them"))
+  withTarget(program.command("authorizations").description("list the primaries allowed to replicate to this site, with who authorized them"), TARGET_HELP)
     .action(async (o: Target) => {
       try {
         const entries = await viaSite(o, (c) => unary(c, c.listAuthorizations, {}), (a) => a.list(), true);
@@ -96,7 +89,7 @@ export function registerAuthorize(program: Command): void {
         fail(err, o.json);
       }
     });
-  withTarget(program.command("whoami").description("the identity and role a site sees for the certificate this CLI presents"))
+  withTarget(program.command("whoami").description("the identity and role a site sees for the certificate this CLI presents"), TARGET_HELP)
     .action(async (o: Target) => {
       try {
         const client = controlClient(o);

@@ -4,20 +4,13 @@ import { FailoverKind } from "../../gen/qreplica/v1/control.js";
 import { controlClient, readAddress, unary, type SiteTargetOptions } from "../siteClient.js";
 import { formatTable } from "../table.js";
 import { emit, fail } from "../output.js";
+import { withTarget, type Target } from "../target.js";
 import { reverseAgentLogFile } from "../../site/failover/reverseAgent.js";
 import { runDir } from "../../site/siteConfig.js";
 
-type Target = SiteTargetOptions & { json: boolean };
 
-function withTarget(cmd: Command): Command {
-  return cmd
-    .option("--dir <dir>", "the replica site's directory on this host")
-    .option("--site <host:port>", "the replica site's address")
-    .option("--ca <file>", "CA certificate")
-    .option("--cert <file>", "client certificate")
-    .option("--key <file>", "client key")
-    .option("--json", "JSON output", false);
-}
+
+const TARGET_HELP = { dir: "the replica site's directory on this host", site: "the replica site's address" };
 
 export function registerFailover(program: Command): void {
   withTarget(
@@ -30,6 +23,7 @@ export function registerFailover(program: Command): void {
       .option("--unplanned", "unplanned failover: the primary may be gone; choose the latest or an older point")
       .option("--point <id>", "recovery point (latest when omitted)")
       .option("--no-start", "fail over without starting the VM"),
+    TARGET_HELP,
   ).action(async (first: string, second: string | undefined, o: Target & { test?: boolean; planned?: boolean; unplanned?: boolean; point?: string; start: boolean; primaryDir?: string }) => {
     // Both 'failover complete VM' and 'failover VM complete' read naturally.
     const [vm, action] = second !== undefined && (first === "complete" || first === "cancel") ? [second, first] : [first, second];
@@ -90,7 +84,7 @@ export function registerFailover(program: Command): void {
   });
 
   const test = program.command("test-failover").description("manage test failovers");
-  withTarget(test.command("stop <vm>").description("stop a VM's test failovers (all, or one with --test-id) and discard their overlays"))
+  withTarget(test.command("stop <vm>").description("stop a VM's test failovers (all, or one with --test-id) and discard their overlays"), TARGET_HELP)
     .option("--test-id <id>", "only this test")
     .action(async (vm: string, o: Target & { testId?: string }) => {
       try {

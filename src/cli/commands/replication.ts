@@ -2,26 +2,19 @@ import type { Command } from "commander";
 import type { RelationshipCommandResponse } from "../../gen/qreplica/v1/control.js";
 import { controlClient, unary, type SiteTargetOptions } from "../siteClient.js";
 import { emit, fail } from "../output.js";
+import { withTarget, type Target } from "../target.js";
 
-type Target = SiteTargetOptions & { json: boolean };
 
-function withTarget(cmd: Command): Command {
-  return cmd
-    .option("--dir <dir>", "the replica site's directory on this host (address and certificate)")
-    .option("--site <host:port>", "the replica site's address")
-    .option("--ca <file>", "CA certificate")
-    .option("--cert <file>", "client certificate")
-    .option("--key <file>", "client key")
-    .option("--json", "JSON output", false);
-}
 
 function told(r: RelationshipCommandResponse): string {
   return r.agentNotified ? "the primary's agent was told" : "the primary's agent is not connected; it learns it at its next connection";
 }
 
 /** pause / resume / resync of one VM's replication, on its replica site. */
+const TARGET_HELP = { dir: "the replica site's directory on this host", site: "the replica site's address" };
+
 export function registerReplication(program: Command): void {
-  withTarget(program.command("pause <vm>").description("pause a VM's replication: no cycle until resumed; the primary keeps every change"))
+  withTarget(program.command("pause <vm>").description("pause a VM's replication: no cycle until resumed; the primary keeps every change"), TARGET_HELP)
     .option("--reason <text>", "why (recorded in the ledger and shown by status)")
     .action(async (vm: string, o: Target & { reason?: string }) => {
       try {
@@ -34,7 +27,7 @@ export function registerReplication(program: Command): void {
       }
     });
 
-  withTarget(program.command("resume <vm>").description("resume a paused VM's replication; the next cycle carries every change made meanwhile")).action(async (vm: string, o: Target) => {
+  withTarget(program.command("resume <vm>").description("resume a paused VM's replication; the next cycle carries every change made meanwhile"), TARGET_HELP).action(async (vm: string, o: Target) => {
     try {
       const client = controlClient(o);
       const r = await unary(client, client.resumeReplication, { vmId: vm });
@@ -47,6 +40,7 @@ export function registerReplication(program: Command): void {
 
   withTarget(
     program.command("resync <vm>").description("resynchronise a VM by comparison with its newest recovery point (after a crash with 'resync: manual', or on demand); older points are kept"),
+    TARGET_HELP,
   ).action(async (vm: string, o: Target) => {
     try {
       const client = controlClient(o);

@@ -22,6 +22,7 @@ import {
 import { formatPlan, formatProgress, formatRollbackProgress, formatRun } from "../../runbook/format.js";
 import type { SiteTargetOptions } from "../siteClient.js";
 import { emit, fail } from "../output.js";
+import { withSiteOptions } from "../target.js";
 
 /** Exit codes scripts can rely on: 0 done, 1 could not start (site, ledger, arguments), 2 invalid runbook, 4 stopped at a step. */
 const EXIT_INVALID = 2;
@@ -53,14 +54,6 @@ function siteFromOptions(o: SiteTargetOptions): SiteRef | undefined {
   return undefined;
 }
 
-function withSite(cmd: Command): Command {
-  return cmd
-    .option("--dir <dir>", "the replica site's directory on this host (its address and admin certificate)")
-    .option("--site <host:port>", "the replica site's address")
-    .option("--ca <file>", "CA certificate (with --site)")
-    .option("--cert <file>", "client certificate (with --site)")
-    .option("--key <file>", "client key (with --site)");
-}
 
 async function askOnTerminal(prompt: string): Promise<boolean> {
   const rl = createInterface({ input: process.stdin, output: process.stderr });
@@ -71,6 +64,8 @@ async function askOnTerminal(prompt: string): Promise<boolean> {
     rl.close();
   }
 }
+
+const SITE_HELP = { dir: "the replica site's directory on this host (its address and admin certificate)", site: "the replica site's address" };
 
 export function registerRunbook(program: Command): void {
   const rb = program.command("runbook").description("recovery plans as code: validate, plan, run or drill (--test), resume, roll back, show");
@@ -154,7 +149,7 @@ export function registerRunbook(program: Command): void {
       }
     });
 
-  withSite(rb.command("rollback <runId>").description("undo what a run did, newest first: stop its test failovers, cancel its failovers"))
+  withSiteOptions(rb.command("rollback <runId>").description("undo what a run did, newest first: stop its test failovers, cancel its failovers"), SITE_HELP)
     .option("--json", "one JSON object per line", false)
     .action(async (runId: string, o: SiteTargetOptions & { json: boolean }) => {
       let target: ReturnType<typeof controlTarget> | undefined;
@@ -174,7 +169,7 @@ export function registerRunbook(program: Command): void {
       }
     });
 
-  withSite(rb.command("show <runId>").description("the recorded steps of a run: status, attempts, durations, RTO, what was undone"))
+  withSiteOptions(rb.command("show <runId>").description("the recorded steps of a run: status, attempts, durations, RTO, what was undone"), SITE_HELP)
     .option("--ledger <file>", "read a ledger file instead (e.g. a copy taken off the site), without any site")
     .option("--json", "JSON output", false)
     .action(async (runId: string, o: SiteTargetOptions & { ledger?: string; json: boolean }) => {

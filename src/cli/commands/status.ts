@@ -4,20 +4,11 @@ import { Consistency, CycleKind } from "../../gen/qreplica/v1/common.js";
 import { controlClient, unary, type SiteTargetOptions } from "../siteClient.js";
 import { formatBytes, formatTable } from "../table.js";
 import { emit, fail } from "../output.js";
+import { withTarget, type Target } from "../target.js";
 
-type Target = SiteTargetOptions & { json: boolean };
 
 const enumName = (e: Record<number, string>, v: number, prefix: string) => (e[v] ?? "UNKNOWN").replace(prefix, "").toLowerCase().replaceAll("_", "-");
 
-function withTarget(cmd: Command): Command {
-  return cmd
-    .option("--dir <dir>", "site directory on this host (address and certificate)")
-    .option("--site <host:port>", "site address")
-    .option("--ca <file>", "CA certificate")
-    .option("--cert <file>", "client certificate")
-    .option("--key <file>", "client key")
-    .option("--json", "JSON output", false);
-}
 
 export function registerStatus(program: Command): void {
   withTarget(program.command("status [vm]").description("replication state, health and lag of the VMs replicated to a site")).action(async (vm: string | undefined, o: Target) => {
