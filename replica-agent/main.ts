@@ -3,6 +3,8 @@
  * replica site. Runs until SIGTERM/SIGINT; `--once` stops after the first confirmed cycle of every VM.
  */
 import { Command } from "commander";
+import { existsSync } from "node:fs";
+import { tightenTree } from "../src/common/dataAtRest.js";
 import { createLogger } from "../src/common/logger.js";
 import { errorMessage } from "../src/common/errors.js";
 import { loadSiteCredentials } from "../src/transport/index.js";
@@ -24,6 +26,9 @@ const logger = createLogger("qreplica-agent");
 try {
   const config = loadAgentConfig(opts.config);
   const tls = loadSiteCredentials(config.tls, { logger });
+  // A state directory an older version made may still be readable by others: tighten it.
+  const tightened = existsSync(config.stateDir) ? tightenTree(config.stateDir) : 0;
+  if (tightened > 0) logger.warn({ stateDir: config.stateDir, entries: tightened }, "took group/other permissions off state files an older version left readable");
   const replicators = config.vms.map((vm) => new VmReplicator(vm, config.siteId, config.stateDir, tls, logger.child({ vm: vm.id })));
   const stop = () => {
     logger.info("stopping: open cycles are aborted, their changes kept for the next run");

@@ -13,6 +13,7 @@ import { FailoverService } from "./failover/failoverService.js";
 import { SiteContext } from "./siteContext.js";
 import { importLegacyAuthorizations, SiteAuthorizations } from "./authorizations.js";
 import { addressFile, hostPort, isWildcardHost, listenHost, loadSiteConfig, runDir, type SiteConfig } from "./siteConfig.js";
+import { tightenTree } from "../common/dataAtRest.js";
 import { lockSiteDirectory, type SiteLock } from "./siteLock.js";
 
 /** The port of the address an earlier start wrote, so a `:0` site keeps its port across restarts. */
@@ -81,6 +82,8 @@ export async function startSite(dir: string, logger: Logger): Promise<RunningSit
 async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, logger: Logger, lock: SiteLock, cleanups: Array<() => Promise<void> | void>): Promise<RunningSite> {
   const log = logger.child({ site: config.siteId });
   mkdirSync(config.storageRoot, { recursive: true, mode: 0o700 });
+  const tightened = [dir, config.storageRoot].reduce((n, root) => n + tightenTree(root), 0);
+  if (tightened > 0) log.warn({ entries: tightened }, "took group/other permissions off files an older version left readable (images, ledger, keys)");
   const store = openLedger(config.ledgerPath);
   cleanups.push(() => store.close());
   // Before anything starts, so a refused wildcard leaves nothing running.
