@@ -126,7 +126,7 @@ export async function resync(ctx: BenchContext): Promise<BenchResult[]> {
       const agent = logLine(join(t.dir, "agent.log"), "cycle acknowledged", c.cycleSeq);
       const note =
         `round ${round}: ${seconds(c).toFixed(2)} s (${(seconds(full) / seconds(c)).toFixed(1)}x); diverged ${blocks} x 64 KiB = ${mib(blocks * CHUNK)}; ` +
-        `agent read and hashed ${mib(c.comparedBytes ?? 0)}, sent ${mib(c.wireBytes)} (data ${mib(c.dataBytes)} + zeroes ${mib(c.zeroBytes)}` +
+        `agent compared ${mib(c.comparedBytes ?? 0)}${agent?.knownZeroBytes ? ` (${mib(agent.knownZeroBytes as number)} of it known zero, not read)` : ""}, sent ${mib(c.wireBytes)} (data ${mib(c.dataBytes)} + zeroes ${mib(c.zeroBytes)}` +
         `${agent ? `, cycle ${agent.ms as number} ms: waiting for reads ${Math.round(agent.readWaitMs as number)} ms, hashing ${Math.round(agent.hashMs as number)} ms, waiting for the replica's hashes ${Math.round(agent.replicaWaitMs as number)} ms` : ""}); site read and hashed ${site ? `${mib(site.hashedBytes as number)} in ${site.ms as number} ms` : "?"}, wrote ${mib(c.dataBytes)}`;
       ctx.log(note);
       notes.push(note);

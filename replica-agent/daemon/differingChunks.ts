@@ -1,13 +1,16 @@
-import { createHash } from "node:crypto";
+import { hashChunks, type HashedBuffer } from "../../src/common/hashPool.js";
+import { knownZeroChunks, zeroChunkHash } from "../../src/qemu/nbd/index.js";
 import type { ResyncHashes } from "../../src/gen/qreplica/v1/replication.js";
 import type { CaptureExtent, DiskCycle } from "../capture/index.js";
 
 export interface ResyncStats {
-  /** Bytes of the disk read and hashed here. */
+  /** Bytes of the disk compared here: read and hashed, or known to be zeroes (knownZeroBytes). */
   comparedBytes: number;
+  /** Of comparedBytes, those QEMU reported as reading zeroes (base:allocation): neither read nor hashed, their hash is a constant. */
+  knownZeroBytes?: number;
   /** Bytes whose chunk hash differed from the replica's: what travels (as data or zeroes). */
   differingBytes: number;
-  /** Where the time went: waiting for reads, hashing, waiting for the replica's hashes (ms). */
+  /** Where the time went: waiting for reads (and their hashing in worker threads), hashing (worker time, overlapping the reads), waiting for the replica's hashes (ms). */
   readWaitMs?: number;
   hashMs?: number;
   replicaWaitMs?: number;
@@ -88,6 +91,8 @@ export class ComparisonHashes {
 /**
  * Resynchronisation by comparison: reads the disk at the cut-off in the replica's chunk size and
  * yields only the chunks whose SHA-256 differs from the replica's (all-zero ones as zeroes).
+ * Chunks that QEMU's base:allocation reports as zeroes are not read: their hash is a constant.
+ * The hashing runs in worker threads (src/common/hashPool.ts) while further reads are in flight.
  * SHA-256 because it runs at ~1.5 GB/s per core with the CPU's SHA extensions, faster than the
  * other digests node:crypto offers here (measured: sha1 1.3, blake2b512 0.87, md5 0.49 GB/s).
  */
@@ -97,44 +102,77 @@ export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashe
   const size = disk.sizeAtCutoff;
   const readBytes = chunkBytes * CHUNKS_PER_READ;
   const zero = Buffer.alloc(chunkBytes);
-  const pending: Array<{ offset: number; data: Promise<Buffer>; into: Buffer }> = [];
+  // Runs QEMU reports as reading zeroes are neither read nor hashed: their hash is a constant.
+  const knownZero = await knownZeroChunks(disk.clients[0]!, chunkBytes);
+  const unitIsZero = (offset: number, length: number) => {
+    if (!knownZero) return false;
+    for (let i = offset / chunkBytes; i * chunkBytes < offset + length; i++) if (knownZero[i] !== 1) return false;
+    return true;
+  };
+  // data undefined: a unit known to read as zeroes, not read.
+  // A read goes to a hashing worker as soon as it lands, so reads and hashing overlap; results are
+  // taken in disk order.
+  const pending: Array<{ offset: number; length: number; job?: Promise<HashedBuffer> }> = [];
   // Read buffers go round: fresh 1 MiB allocations per read cost more in GC than the hashing.
   const free: Buffer[] = [];
   let next = 0;
   let turn = 0;
+  let reading = 0;
   const issue = () => {
     const offset = next;
     const length = Math.min(readBytes, size - offset);
     next += length;
+    if (unitIsZero(offset, length)) {
+      pending.push({ offset, length });
+      return;
+    }
     const client = disk.clients[turn++ % disk.clients.length]!;
+    // Its own ArrayBuffer (never Buffer's shared pool): it moves to the hashing worker and back.
     const into = free.pop() ?? Buffer.allocUnsafeSlow(readBytes);
-    const data = client.read(offset, length, into);
-    data.catch(() => undefined);
-    pending.push({ offset, data, into });
+    const job = client.read(offset, length, into).then((buf) => hashChunks(into.buffer as ArrayBuffer, buf.length, chunkBytes));
+    job.catch(() => undefined);
+    reading++;
+    pending.push({ offset, length, job });
   };
-  while (next < size && pending.length < READS_IN_FLIGHT) issue();
+  while (next < size && reading < READS_IN_FLIGHT) issue();
   while (pending.length > 0) {
-    const { offset, data, into } = pending[0]!;
+    const { offset, length, job } = pending[0]!;
+    if (job === undefined) {
+      for (let at = 0; at < length; at += chunkBytes) {
+        const n = Math.min(chunkBytes, length - at);
+        const t = performance.now();
+        const theirs = await replica.hashAt(disk.diskId, (offset + at) / chunkBytes);
+        stats.replicaWaitMs = (stats.replicaWaitMs ?? 0) + performance.now() - t;
+        if (theirs !== undefined && zeroChunkHash(n).equals(theirs)) continue;
+        stats.differingBytes += n;
+        yield { kind: "zero", offset: offset + at, length: n };
+      }
+      stats.knownZeroBytes = (stats.knownZeroBytes ?? 0) + length;
+      stats.comparedBytes += length;
+      pending.shift();
+      while (next < size && reading < READS_IN_FLIGHT) issue();
+      continue;
+    }
     let t = performance.now();
-    const buf = await data;
+    const { data: buf, hashes, hashMs } = await job;
     stats.readWaitMs = (stats.readWaitMs ?? 0) + performance.now() - t;
+    stats.hashMs = (stats.hashMs ?? 0) + hashMs;
     stats.comparedBytes += buf.length;
-    for (let at = 0; at < buf.length; at += chunkBytes) {
+    for (let i = 0, at = 0; at < buf.length; i++, at += chunkBytes) {
       const chunk = buf.subarray(at, Math.min(at + chunkBytes, buf.length));
       const chunkOffset = offset + at;
       t = performance.now();
       const theirs = await replica.hashAt(disk.diskId, chunkOffset / chunkBytes);
-      const hashedAt = performance.now();
-      stats.replicaWaitMs = (stats.replicaWaitMs ?? 0) + hashedAt - t;
-      const same = theirs !== undefined && createHash("sha256").update(chunk).digest().equals(theirs);
-      stats.hashMs = (stats.hashMs ?? 0) + performance.now() - hashedAt;
-      if (same) continue;
+      stats.replicaWaitMs = (stats.replicaWaitMs ?? 0) + performance.now() - t;
+      if (theirs !== undefined && hashes[i]!.equals(theirs)) continue;
       stats.differingBytes += chunk.length;
       // A copy: the read buffer is reused for a later read.
       yield chunk.equals(zero.subarray(0, chunk.length)) ? { kind: "zero", offset: chunkOffset, length: chunk.length } : { kind: "data", offset: chunkOffset, length: chunk.length, data: Buffer.from(chunk) };
     }
     pending.shift();
-    free.push(into);
-    if (next < size) issue();
+    // The memory that came back from the worker, whole: the next read fills it.
+    free.push(Buffer.from(buf.buffer, 0, readBytes));
+    reading--;
+    while (next < size && reading < READS_IN_FLIGHT) issue();
   }
 }

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { NbdClient } from "../qemu/nbd/index.js";
+import { BASE_ALLOCATION_CONTEXT, knownZeroChunks, NbdClient, zeroChunkHash } from "../qemu/nbd/index.js";
 import type { SiteStorageDaemon } from "./siteStorageDaemon.js";
 
 /** The bitmap's granularity: a resync then sends no more than a cycle would for the same writes. */
@@ -20,7 +20,8 @@ const READS_IN_FLIGHT = 8;
 /**
  * SHA-256 of every fixed-size chunk of an image read through its backing chain (so a point's top
  * overlay gives the point's full content), through the site's storage daemon (read-only, shared
- * lock), for resynchronisation by comparison.
+ * lock), for resynchronisation by comparison. Chunks the chain reports as zeroes (base:allocation)
+ * are not read: their hash is a constant.
  */
 export async function* chunkHashes(daemon: SiteStorageDaemon, imagePath: string, chunkBytes = RESYNC_CHUNK_BYTES): AsyncGenerator<Buffer> {
   const node = `seed${createHash("sha256").update(imagePath).digest("hex").slice(0, 20)}`;
@@ -28,29 +29,52 @@ export async function* chunkHashes(daemon: SiteStorageDaemon, imagePath: string,
   await daemon.qmp.execute("blockdev-add", { driver: "qcow2", "node-name": node, "read-only": true, file: { driver: "file", filename: imagePath, "read-only": true } });
   try {
     await daemon.qmp.execute("block-export-add", { type: "nbd", id: node, "node-name": node, name: node, writable: false });
-    const client = await NbdClient.connect({ socketPath: daemon.nbdSocketPath, exportName: node });
+    const client = await NbdClient.connect({ socketPath: daemon.nbdSocketPath, exportName: node, metaContexts: [BASE_ALLOCATION_CONTEXT] });
     try {
       const readBytes = chunkBytes * CHUNKS_PER_READ;
-      const inFlight: Array<{ read: Promise<Buffer>; into: Buffer }> = [];
+      // Runs the chain reports as reading zeroes are neither read nor hashed: their hash is a constant.
+      const knownZero = await knownZeroChunks(client, chunkBytes);
+      const unitIsZero = (offset: number, length: number) => {
+        if (!knownZero) return false;
+        for (let i = offset / chunkBytes; i * chunkBytes < offset + length; i++) if (knownZero[i] !== 1) return false;
+        return true;
+      };
+      // read undefined: a unit known to read as zeroes, not read.
+      const queue: Array<{ offset: number; length: number; read?: Promise<Buffer>; into?: Buffer }> = [];
       // Read buffers go round: fresh 1 MiB allocations per read cost more in GC than the hashing.
       const free: Buffer[] = [];
       let next = 0;
+      let reading = 0;
       const issue = () => {
         const offset = next;
-        next += readBytes;
+        const length = Math.min(readBytes, client.size - offset);
+        next += length;
+        if (unitIsZero(offset, length)) {
+          queue.push({ offset, length });
+          return;
+        }
         const into = free.pop() ?? Buffer.allocUnsafeSlow(readBytes);
-        const read = client.read(offset, Math.min(readBytes, client.size - offset), into);
+        const read = client.read(offset, length, into);
         read.catch(() => undefined);
-        inFlight.push({ read, into });
+        reading++;
+        queue.push({ offset, length, read, into });
       };
-      while (next < client.size && inFlight.length < READS_IN_FLIGHT) issue();
-      while (inFlight.length > 0) {
-        const { read, into } = inFlight.shift()!;
-        const buf = await read;
+      const fill = () => {
+        while (next < client.size && reading < READS_IN_FLIGHT) issue();
+      };
+      fill();
+      while (queue.length > 0) {
+        const { length, read, into } = queue.shift()!;
         const hashes: Buffer[] = [];
-        for (let at = 0; at < buf.length; at += chunkBytes) hashes.push(createHash("sha256").update(buf.subarray(at, Math.min(at + chunkBytes, buf.length))).digest());
-        free.push(into);
-        if (next < client.size) issue();
+        if (read === undefined) {
+          for (let at = 0; at < length; at += chunkBytes) hashes.push(zeroChunkHash(Math.min(chunkBytes, length - at)));
+        } else {
+          const buf = await read;
+          for (let at = 0; at < buf.length; at += chunkBytes) hashes.push(createHash("sha256").update(buf.subarray(at, Math.min(at + chunkBytes, buf.length))).digest());
+          free.push(into!);
+          reading--;
+        }
+        fill();
         yield* hashes;
       }
     } finally {

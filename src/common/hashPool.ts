@@ -1,0 +1,99 @@
+import { availableParallelism } from "node:os";
+import { Worker } from "node:worker_threads";
+
+/**
+ * SHA-256 of fixed-size chunks in worker threads, so that a resync's reading (NBD replies parsed on
+ * the main thread) and hashing overlap instead of taking turns. The buffer's memory moves to the
+ * worker and back (transferred, not copied).
+ */
+export interface HashedBuffer {
+  /** The same bytes, in the memory that came back from the worker (the caller's buffer is detached). */
+  data: Buffer;
+  /** One 32-byte SHA-256 per chunk of `data`, the last chunk possibly shorter. */
+  hashes: Buffer[];
+  /** Time the worker spent hashing (ms). */
+  hashMs: number;
+}
+
+// Plain JavaScript evaluated in the worker: no TypeScript loader is needed there (bin/ and tsx alike).
+const WORKER_SOURCE = `
+const { parentPort } = require("node:worker_threads");
+const { createHash } = require("node:crypto");
+parentPort.on("message", (m) => {
+  const t = performance.now();
+  const view = Buffer.from(m.memory, 0, m.length);
+  const out = Buffer.allocUnsafeSlow(Math.ceil(m.length / m.chunkBytes) * 32);
+  let i = 0;
+  for (let at = 0; at < m.length; at += m.chunkBytes) createHash("sha256").update(view.subarray(at, Math.min(at + m.chunkBytes, m.length))).digest().copy(out, 32 * i++);
+  parentPort.postMessage({ id: m.id, memory: m.memory, digests: out.buffer, ms: performance.now() - t }, [m.memory, out.buffer]);
+});
+`;
+
+interface Job {
+  resolve: (r: HashedBuffer) => void;
+  reject: (e: Error) => void;
+  length: number;
+}
+
+interface Slot {
+  worker: Worker;
+  jobs: Map<number, Job>;
+}
+
+class HashPool {
+  private readonly slots: Slot[] = [];
+  private nextId = 0;
+  private turn = 0;
+
+  constructor(private readonly size: number) {}
+
+  hash(memory: ArrayBuffer, length: number, chunkBytes: number): Promise<HashedBuffer> {
+    const slot = this.slot();
+    const id = this.nextId++;
+    return new Promise<HashedBuffer>((resolve, reject) => {
+      if (slot.jobs.size === 0) slot.worker.ref();
+      slot.jobs.set(id, { resolve, reject, length });
+      slot.worker.postMessage({ id, memory, length, chunkBytes }, [memory]);
+    });
+  }
+
+  private slot(): Slot {
+    if (this.slots.length < this.size) {
+      const slot: Slot = { worker: new Worker(WORKER_SOURCE, { eval: true }), jobs: new Map() };
+      slot.worker.unref();
+      slot.worker.on("message", (m: { id: number; memory: ArrayBuffer; digests: ArrayBuffer; ms: number }) => {
+        const job = slot.jobs.get(m.id);
+        if (!job) return;
+        slot.jobs.delete(m.id);
+        if (slot.jobs.size === 0) slot.worker.unref();
+        const digests = Buffer.from(m.digests);
+        const hashes: Buffer[] = [];
+        for (let at = 0; at < digests.length; at += 32) hashes.push(digests.subarray(at, at + 32));
+        job.resolve({ data: Buffer.from(m.memory, 0, job.length), hashes, hashMs: m.ms });
+      });
+      const broken = (err: Error) => {
+        const i = this.slots.indexOf(slot);
+        if (i >= 0) this.slots.splice(i, 1);
+        for (const job of slot.jobs.values()) job.reject(new Error(`a SHA-256 worker thread stopped (${err.message}); the resync is retried at the next cycle`));
+        slot.jobs.clear();
+      };
+      slot.worker.on("error", broken);
+      slot.worker.on("exit", (code) => broken(new Error(`exit code ${code}`)));
+      this.slots.push(slot);
+      return slot;
+    }
+    return this.slots[this.turn++ % this.slots.length]!;
+  }
+}
+
+let pool: HashPool | undefined;
+
+/**
+ * SHA-256 of every `chunkBytes` chunk of the first `length` bytes of `memory`, in a worker thread.
+ * `memory` must be the caller's own (e.g. Buffer.allocUnsafeSlow's, never Buffer's shared pool): it
+ * is detached by the call and comes back as the result's `data`.
+ */
+export function hashChunks(memory: ArrayBuffer, length: number, chunkBytes: number): Promise<HashedBuffer> {
+  pool ??= new HashPool(Math.max(1, Math.min(2, availableParallelism())));
+  return pool.hash(memory, length, chunkBytes);
+}

@@ -1,0 +1,62 @@
+import { createHash, randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { DiskCycle } from "../../../replica-agent/capture/captureCycle.js";
+import { ComparisonHashes, differingChunks, type ResyncStats } from "../../../replica-agent/daemon/differingChunks.js";
+import { convertImage, runTool } from "../../../src/qemu/processes/index.js";
+import { BASE_ALLOCATION_CONTEXT, NbdClient } from "../../../src/qemu/nbd/index.js";
+import { makeTmpDir } from "../../helpers/tmpDir.js";
+import { startQsd } from "../nbd/qsd.js";
+
+const KiB = 1024;
+const CHUNK = 64 * KiB;
+// 40 chunks and a short one: several 16-chunk read units, some wholly zero.
+const SIZE = 40 * CHUNK + 8 * KiB;
+const cleanups: Array<() => Promise<unknown> | unknown> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+const sha = (b: Buffer) => createHash("sha256").update(b).digest();
+
+describe("differingChunks: the agent's side of a resync by comparison", () => {
+  it("applying what it yields to the replica's bytes gives the primary's, zero runs unread", async () => {
+    const tmp = makeTmpDir();
+    cleanups.push(tmp.cleanup);
+    const img = join(tmp.path, "primary.qcow2");
+    await runTool("qemu-img", ["create", "-q", "-f", "qcow2", img, String(SIZE)]);
+    // Data in chunks 0-2 and 14; written zeroes over 16-31; the rest (3-13, 15, 32-39) a hole; data in the short last chunk.
+    await runTool("qemu-io", ["-f", "qcow2", img, ...[`write -P 0x61 0 ${3 * CHUNK}`, `write -z ${16 * CHUNK} ${16 * CHUNK}`, `write -P 0x62 ${14 * CHUNK} ${CHUNK}`, `write -P 0x63 ${40 * CHUNK} ${8 * KiB}`].flatMap((c) => ["-c", c])]);
+    await convertImage(img, join(tmp.path, "primary.raw"), { dstFormat: "raw" });
+    const primary = readFileSync(join(tmp.path, "primary.raw"));
+
+    // The replica: equal in chunk 0, data where the primary has zeroes (5, 17, 35), zeroes where it has data (1), equal elsewhere.
+    const replica = Buffer.from(primary);
+    for (const i of [5, 17, 35]) randomBytes(CHUNK).copy(replica, i * CHUNK);
+    replica.fill(0, CHUNK, 2 * CHUNK);
+    const hashes = new ComparisonHashes();
+    const all: Buffer[] = [];
+    for (let at = 0; at < SIZE; at += CHUNK) all.push(sha(replica.subarray(at, Math.min(at + CHUNK, SIZE))));
+    hashes.add({ generation: 1n, cycleSequence: 1n, diskId: "vda", chunkBytes: CHUNK, firstChunk: 0n, hashes: all, last: true });
+
+    const qsd = await startQsd({ dir: tmp.path, image: img, exports: [{ id: "e", name: "e", writable: false }], readOnlyImage: true });
+    cleanups.push(() => qsd.stop());
+    const client = await NbdClient.connect({ socketPath: qsd.nbdSocket, exportName: "e", metaContexts: [BASE_ALLOCATION_CONTEXT] });
+    cleanups.push(() => client.disconnect());
+    const disk = new DiskCycle("vda", "node", SIZE, SIZE, [client], async function* () {}, {});
+    const stats: ResyncStats = { comparedBytes: 0, differingBytes: 0 };
+    const yielded: number[] = [];
+    for await (const e of differingChunks(disk, hashes, stats)) {
+      yielded.push(e.offset / CHUNK);
+      if (e.kind === "data") e.data.copy(replica, e.offset);
+      else replica.fill(0, e.offset, e.offset + e.length);
+    }
+    expect(replica.equals(primary)).toBe(true);
+    expect(yielded).toEqual([1, 5, 17, 35]);
+    // Read units are 16 chunks: 16-31 is known zero and skipped (17 still yielded, as zeroes); the
+    // holes inside 0-15 and 32-40, which hold data too, are read.
+    expect(stats.knownZeroBytes).toBe(16 * CHUNK);
+    expect(stats.comparedBytes).toBe(SIZE);
+  });
+});
