@@ -1,11 +1,11 @@
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { stringify as toYaml } from "yaml";
 import { makeCounterDisk } from "../../guest/index.js";
 import { QmpClient } from "../../src/qemu/qmp/index.js";
 import { startSystemVm, type QemuProcess } from "../../src/qemu/processes/index.js";
 import { addressFile } from "../../src/site/siteConfig.js";
-import { AGENT, startDaemon, type Daemon } from "./processes.js";
+import { AGENT, startDaemon, waitFor, type Daemon } from "./processes.js";
 import type { TwoSites } from "./twoSites.js";
 
 /**
@@ -50,6 +50,9 @@ export class CrashGuest {
       paused: opts.paused,
       extraArgs: ["-chardev", `socket,id=test-qmp,path=${this.testQmpSocketPath},server=on,wait=off`, "-mon", "chardev=test-qmp,mode=control"],
     });
+    // QEMU creates its chardev sockets one after the other: the agent's monitor may be there
+    // before the test's.
+    await waitFor(`QEMU's test monitor ${this.testQmpSocketPath}`, () => (existsSync(this.testQmpSocketPath) ? true : undefined), 30_000, 20);
     this.qmp = await QmpClient.connect({ socketPath: this.testQmpSocketPath });
   }
 
