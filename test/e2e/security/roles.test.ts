@@ -109,6 +109,9 @@ describe("a viewer reads and is refused every command", () => {
       call(v, v.stopTestFailover, { vmId: "vm-view", testId: "" }),
       call(v, v.appendRunbookEvents, { runId: "r1", events: [{ type: "RunbookRunStarted", dataJson: "{}" }], expectedVersion: -1n }),
       call(v, v.addAuthorization, { primaryIdentity: "agent-x" }),
+      call(v, v.pauseReplication, { vmId: "vm-view", reason: "viewer" }),
+      call(v, v.resumeReplication, { vmId: "vm-view" }),
+      call(v, v.resync, { vmId: "vm-view" }),
     ];
     for (const p of commands) {
       expect((await refusal(p)).code).toBe(status.PERMISSION_DENIED);
