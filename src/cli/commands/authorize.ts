@@ -6,7 +6,7 @@ import type { AuthorizationsResponse } from "../../gen/qreplica/v1/control.js";
 import { getSqliteEventStore } from "../../ledger/index.js";
 import { localAdminCaller, SiteAuthorizations, type AuthorizationEntry } from "../../site/authorizations.js";
 import { addressFile, loadSiteConfig } from "../../site/siteConfig.js";
-import { ControlCallError, controlClient, unary, type SiteTargetOptions } from "../siteClient.js";
+import { ControlCallError, controlClient, unary } from "../siteClient.js";
 import { formatTable } from "../table.js";
 import { emit, fail } from "../output.js";
 import { withTarget, type Target } from "../target.js";

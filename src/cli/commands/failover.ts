@@ -1,7 +1,7 @@
 import { resolve } from "node:path";
 import type { Command } from "commander";
 import { FailoverKind } from "../../gen/qreplica/v1/control.js";
-import { controlClient, readAddress, unary, type SiteTargetOptions } from "../siteClient.js";
+import { controlClient, readAddress, unary } from "../siteClient.js";
 import { formatTable } from "../table.js";
 import { emit, fail } from "../output.js";
 import { withTarget, type Target } from "../target.js";

@@ -1,6 +1,6 @@
 import type { Command } from "commander";
 import type { RelationshipCommandResponse } from "../../gen/qreplica/v1/control.js";
-import { controlClient, unary, type SiteTargetOptions } from "../siteClient.js";
+import { controlClient, unary } from "../siteClient.js";
 import { emit, fail } from "../output.js";
 import { withTarget, type Target } from "../target.js";
 

@@ -1,7 +1,7 @@
 import { InvalidArgumentError, type Command } from "commander";
 import { RelationshipState, ReplicationHealth } from "../../gen/qreplica/v1/control.js";
 import { Consistency, CycleKind } from "../../gen/qreplica/v1/common.js";
-import { controlClient, unary, type SiteTargetOptions } from "../siteClient.js";
+import { controlClient, unary } from "../siteClient.js";
 import { formatBytes, formatTable } from "../table.js";
 import { emit, fail } from "../output.js";
 import { withTarget, type Target } from "../target.js";

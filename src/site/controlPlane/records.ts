@@ -11,7 +11,7 @@ import type {
 } from "../../gen/qreplica/v1/control.js";
 import { isWrongExpectedVersionError, type ExpectedVersion, type RecordedEvent } from "../../ledger/index.js";
 import { EVENT as RUNBOOK_EVENT, runStream } from "../../runbook/runLog.js";
-import { AuthorizationInvalidError, type AuthorizationEntry } from "../authorizations.js";
+import type { AuthorizationEntry } from "../authorizations.js";
 import type { SiteContext } from "../siteContext.js";
 import { actorMetadata, type Caller } from "./caller.js";
 
