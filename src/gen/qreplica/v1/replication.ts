@@ -273,6 +273,7 @@ export interface ReplicateRequest {
     | { $case: "cycleEnd"; value: CycleEnd }
     | { $case: "cycleAbort"; value: CycleAbort }
     | { $case: "primaryStopped"; value: PrimaryStopped }
+    | { $case: "cycleSkipped"; value: CycleSkipped }
     | undefined;
 }
 
@@ -511,6 +512,22 @@ export interface PrimaryStopped {
   disks: PrimaryDisk[];
 }
 
+/**
+ * A cycle that was due did not start (the agent's scratch space is nearly full, so a cut-off could
+ * break its snapshot, or another condition the agent checks before cutting). No cycle sequence was
+ * used and nothing was captured; the agent's change tracking still holds every write. The replica
+ * records the condition once per code (not per skipped cycle) for health; the next committed cycle
+ * clears it.
+ */
+export interface CycleSkipped {
+  generation: bigint;
+  /** What stopped the cycle, e.g. SCRATCH_SPACE_LOW. */
+  code: string;
+  /** For the operator: what is wrong and what to do, e.g. which directory to free. */
+  message: string;
+  skippedAt?: Date | undefined;
+}
+
 export interface PrimaryDisk {
   diskId: string;
   imagePath: string;
@@ -561,6 +578,9 @@ export const ReplicateRequest: MessageFns<ReplicateRequest> = {
         break;
       case "primaryStopped":
         PrimaryStopped.encode(message.body.value, writer.uint32(50).fork()).join();
+        break;
+      case "cycleSkipped":
+        CycleSkipped.encode(message.body.value, writer.uint32(58).fork()).join();
         break;
     }
     return writer;
@@ -627,6 +647,14 @@ export const ReplicateRequest: MessageFns<ReplicateRequest> = {
             message.body = { $case: "primaryStopped", value: PrimaryStopped.decode(reader, reader.uint32()) };
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.body = { $case: "cycleSkipped", value: CycleSkipped.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -663,6 +691,10 @@ export const ReplicateRequest: MessageFns<ReplicateRequest> = {
         ? { $case: "primaryStopped", value: PrimaryStopped.fromJSON(object.primaryStopped) }
         : isSet(object.primary_stopped)
         ? { $case: "primaryStopped", value: PrimaryStopped.fromJSON(object.primary_stopped) }
+        : isSet(object.cycleSkipped)
+        ? { $case: "cycleSkipped", value: CycleSkipped.fromJSON(object.cycleSkipped) }
+        : isSet(object.cycle_skipped)
+        ? { $case: "cycleSkipped", value: CycleSkipped.fromJSON(object.cycle_skipped) }
         : undefined,
     };
   },
@@ -681,6 +713,8 @@ export const ReplicateRequest: MessageFns<ReplicateRequest> = {
       obj.cycleAbort = CycleAbort.toJSON(message.body.value);
     } else if (message.body?.$case === "primaryStopped") {
       obj.primaryStopped = PrimaryStopped.toJSON(message.body.value);
+    } else if (message.body?.$case === "cycleSkipped") {
+      obj.cycleSkipped = CycleSkipped.toJSON(message.body.value);
     }
     return obj;
   },
@@ -724,6 +758,12 @@ export const ReplicateRequest: MessageFns<ReplicateRequest> = {
       case "primaryStopped": {
         if (object.body?.value !== undefined && object.body?.value !== null) {
           message.body = { $case: "primaryStopped", value: PrimaryStopped.fromPartial(object.body.value) };
+        }
+        break;
+      }
+      case "cycleSkipped": {
+        if (object.body?.value !== undefined && object.body?.value !== null) {
+          message.body = { $case: "cycleSkipped", value: CycleSkipped.fromPartial(object.body.value) };
         }
         break;
       }
@@ -3835,6 +3875,132 @@ export const PrimaryStopped: MessageFns<PrimaryStopped> = {
       : 0n;
     message.method = object.method ?? "";
     message.disks = object.disks?.map((e) => PrimaryDisk.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseCycleSkipped(): CycleSkipped {
+  return { generation: 0n, code: "", message: "", skippedAt: undefined };
+}
+
+export const CycleSkipped: MessageFns<CycleSkipped> = {
+  encode(message: CycleSkipped, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.generation !== 0n) {
+      if (BigInt.asUintN(64, message.generation) !== message.generation) {
+        throw new globalThis.Error("value provided for field message.generation of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.generation);
+    }
+    if (message.code !== "") {
+      writer.uint32(18).string(message.code);
+    }
+    if (message.message !== "") {
+      writer.uint32(26).string(message.message);
+    }
+    if (message.skippedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.skippedAt), writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CycleSkipped {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCycleSkipped();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.generation = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.code = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.skippedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CycleSkipped {
+    return {
+      generation: isSet(object.generation) ? BigInt(object.generation) : 0n,
+      code: isSet(object.code) ? globalThis.String(object.code) : "",
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+      skippedAt: isSet(object.skippedAt)
+        ? fromJsonTimestamp(object.skippedAt)
+        : isSet(object.skipped_at)
+        ? fromJsonTimestamp(object.skipped_at)
+        : undefined,
+    };
+  },
+
+  toJSON(message: CycleSkipped): unknown {
+    const obj: any = {};
+    if (message.generation !== 0n) {
+      obj.generation = message.generation.toString();
+    }
+    if (message.code !== "") {
+      obj.code = message.code;
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    if (message.skippedAt !== undefined) {
+      obj.skippedAt = message.skippedAt.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CycleSkipped>, I>>(base?: I): CycleSkipped {
+    return CycleSkipped.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CycleSkipped>, I>>(object: I): CycleSkipped {
+    const message = createBaseCycleSkipped();
+    message.generation = (object.generation !== undefined && object.generation !== null)
+      ? BigInt(object.generation)
+      : 0n;
+    message.code = object.code ?? "";
+    message.message = object.message ?? "";
+    message.skippedAt = object.skippedAt ?? undefined;
     return message;
   },
 };
