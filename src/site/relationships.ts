@@ -182,7 +182,11 @@ export class Relationships {
       return this.storage.beginPoint(
         vmId,
         seq,
-        input.disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes, seedImage: seeds.find((x) => x.diskId === d.diskId)?.imagePath })),
+        input.disks.map((d) => {
+          const seedImage = seeds.find((x) => x.diskId === d.diskId)?.imagePath;
+          // Over a seed, the hashes start from the seed's, which the comparison computes.
+          return { diskId: d.diskId, sizeBytes: d.sizeBytes, seedImage, hashBase: seedImage ? { kind: "pending" as const } : { kind: "empty" as const } };
+        }),
       );
     }
     if (input.kind === "resync") return this.beginResync(input, state);
@@ -193,7 +197,7 @@ export class Relationships {
         state = (await this.exec(vmId, (s) => failCycle(s, { cycleSeq: stale, generation: s.generation, reason: "INTERRUPTED", message: "superseded by a new initial replication" }))).newState;
       }
       await this.exec(vmId, (s) => startInitialReplication(s, { cycleSeq: seq, cutoffAt: input.cutoffAt.toISOString(), generation: input.generation }));
-      return this.storage.beginPoint(vmId, seq, input.disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes })));
+      return this.storage.beginPoint(vmId, seq, input.disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes, hashBase: { kind: "empty" as const } })));
     }
     if (input.kind !== "incremental") throw new RelationshipRefusal(RejectReason.REJECT_REASON_INVALID_STATE, `${input.kind} cycles are not supported yet`);
     if (state.state !== "replicating") {
@@ -207,7 +211,7 @@ export class Relationships {
     const disks = input.disks.map((d) => {
       const parent = latest.disks.find((p) => p.diskId === d.diskId);
       if (!parent) throw new RelationshipRefusal(RejectReason.REJECT_REASON_UNKNOWN_DISK, `disk '${d.diskId}' is not replicated for VM ${vmId}`);
-      return { diskId: d.diskId, sizeBytes: d.sizeBytes, parentImage: parent.imagePath };
+      return { diskId: d.diskId, sizeBytes: d.sizeBytes, parentImage: parent.imagePath, hashBase: { kind: "point" as const, seq: latest.cycleSeq } };
     });
     return this.storage.beginPoint(vmId, seq, disks);
   }
@@ -227,7 +231,8 @@ export class Relationships {
     const disks = input.disks.map((d) => {
       const parent = latest.disks.find((p) => p.diskId === d.diskId);
       if (!parent) throw new RelationshipRefusal(RejectReason.REJECT_REASON_UNKNOWN_DISK, `disk '${d.diskId}' is not replicated for VM ${vmId}`);
-      return { diskId: d.diskId, sizeBytes: d.sizeBytes, parentImage: parent.imagePath };
+      // The comparison hashes (the parent's) become this point's base as they are sent.
+      return { diskId: d.diskId, sizeBytes: d.sizeBytes, parentImage: parent.imagePath, hashBase: { kind: "pending" as const } };
     });
     // An operator's go-ahead (ResyncApproved) is named by the ResyncStarted it leads to.
     const a = state.resyncApproval;
@@ -240,10 +245,10 @@ export class Relationships {
    * What a resync compares against, per disk: the newest point's image read through its backing
    * chain (that point's full content), or for a reverse replication's first point the seed.
    */
-  async comparisonImages(vmId: string): Promise<Array<{ diskId: string; imagePath: string }>> {
+  async comparisonImages(vmId: string): Promise<Array<{ diskId: string; imagePath: string; pointSeq?: number }>> {
     const state = await this.load(vmId);
     const latest = state.points.filter((p) => !p.merging).at(-1) ?? state.points.at(-1);
-    if (state.state === "resynchronising" && latest) return latest.disks.map((d) => ({ diskId: d.diskId, imagePath: d.imagePath }));
+    if (state.state === "resynchronising" && latest) return latest.disks.map((d) => ({ diskId: d.diskId, imagePath: d.imagePath, pointSeq: latest.cycleSeq }));
     return this.storage.loadSeeds(vmId);
   }
 
@@ -276,9 +281,13 @@ export class Relationships {
       );
     } catch (err) {
       // Not in the ledger, so not a point: the images must go (a restart would remove them too).
-      for (const d of images.disks) rmSync(d.imagePath, { force: true });
+      for (const d of images.disks) {
+        rmSync(d.imagePath, { force: true });
+        if (d.chunkHashPath) rmSync(d.chunkHashPath, { force: true });
+      }
       throw err;
     }
+    this.storage.pruneChunkHashes(input.vmId, input.seq);
     return { pointId: pointIdFor(input.seq), committedAt };
   }
 
@@ -320,6 +329,7 @@ export class Relationships {
       const after = await this.load(vmId);
       const known = new Set(after.points.flatMap((p) => p.disks.map((d) => d.imagePath)));
       this.storage.removeOrphans(vmId, known);
+      this.storage.pruneChunkHashes(vmId, after.points.at(-1)?.cycleSeq);
     }
     return [...vmIds];
   }

@@ -3,3 +3,4 @@ export { DiskPointWriter } from "./pointWriter.js";
 export { PointWrite, ReplicaStorage, safeSegment, type CommittedPointImages, type PointDiskSpec } from "./replicaStorage.js";
 export { SiteStorageDaemon } from "./siteStorageDaemon.js";
 export { RESYNC_CHUNK_BYTES, chunkHashes, resyncChunkBytes } from "./seedHashes.js";
+export { decodeChunkHashes, encodeChunkHashes, type ChunkHashIndex } from "./chunkHashFile.js";

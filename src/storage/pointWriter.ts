@@ -4,6 +4,7 @@ import { silentLogger, type Logger } from "../common/logger.js";
 import { NbdClient } from "../qemu/nbd/index.js";
 import type { SiteStorageDaemon } from "./siteStorageDaemon.js";
 import { ExtentOutOfRangeError, StorageWriteError } from "./errors.js";
+import type { ChunkHashTracker } from "./chunkHashTracker.js";
 
 const MAX_IN_FLIGHT = 8;
 const MAX_ZERO_REQUEST = 1024 * 1024 * 1024;
@@ -26,11 +27,13 @@ export class DiskPointWriter {
     private readonly nodeName: string,
     private readonly client: NbdClient,
     private readonly logger: Logger,
+    /** Follows the writes so that the point's chunk hashes are known without reading it back. */
+    readonly hashes: ChunkHashTracker | undefined,
   ) {}
 
   static async open(
     daemon: SiteStorageDaemon,
-    opts: { vmId: string; diskId: string; seq: number; imagePath: string; sizeBytes: number; logger?: Logger },
+    opts: { vmId: string; diskId: string; seq: number; imagePath: string; sizeBytes: number; logger?: Logger; hashes?: ChunkHashTracker },
   ): Promise<DiskPointWriter> {
     // QEMU node names are limited to 31 characters; VM and disk ids are not.
     const nodeName = `w${createHash("sha256").update(`${opts.vmId}/${opts.diskId}/${opts.seq}`).digest("hex").slice(0, 24)}`;
@@ -43,7 +46,7 @@ export class DiskPointWriter {
     try {
       await daemon.qmp.execute("block-export-add", { type: "nbd", id: nodeName, "node-name": nodeName, name: nodeName, writable: true });
       const client = await NbdClient.connect({ socketPath: daemon.nbdSocketPath, exportName: nodeName });
-      return new DiskPointWriter(opts.vmId, opts.diskId, opts.imagePath, opts.sizeBytes, daemon, nodeName, client, logger);
+      return new DiskPointWriter(opts.vmId, opts.diskId, opts.imagePath, opts.sizeBytes, daemon, nodeName, client, logger, opts.hashes);
     } catch (err) {
       await detach(daemon, nodeName).catch(() => undefined);
       throw new StorageWriteError(opts.vmId, opts.diskId, `cannot open ${opts.imagePath} for writing`, { cause: err });
@@ -62,6 +65,7 @@ export class DiskPointWriter {
     const settled: Array<Promise<void>> = [];
     try {
       this.checkRange(offset, data.length);
+      await this.hashes?.noteData(offset, data);
       for (let at = 0; at < data.length; at += this.client.maxRequestBytes) {
         const piece = data.subarray(at, Math.min(data.length, at + this.client.maxRequestBytes));
         settled.push((await this.submit(() => this.client.write(offset + at, piece))).done);
@@ -73,17 +77,27 @@ export class DiskPointWriter {
 
   async writeZeroes(offset: number, length: number): Promise<void> {
     this.checkRange(offset, length);
+    this.hashes?.noteZeroes(offset, length);
     for (let at = 0; at < length; at += MAX_ZERO_REQUEST) {
       const n = Math.min(MAX_ZERO_REQUEST, length - at);
       await this.submit(() => this.client.writeZeroes(offset + at, n));
     }
   }
 
-  /** Everything written reaches stable storage: NBD flush, detach from QEMU, fsync of the file. */
-  async finish(): Promise<void> {
+  /**
+   * Everything written reaches stable storage: NBD flush, detach from QEMU, fsync of the file.
+   * Resolves with the point's chunk hashes when they could be followed (undefined otherwise).
+   */
+  async finish(): Promise<Buffer | undefined> {
     await this.drain();
+    let hashes: Buffer | undefined;
     try {
       await this.client.flush();
+      // Without its index the point is as good; only a later resync then reads it.
+      hashes = await this.hashes?.finish((offset, length) => this.client.read(offset, length)).catch((err: unknown) => {
+        this.logger.warn({ err, vm: this.vmId, disk: this.diskId }, "the point's chunk hashes could not be completed; a resync against it will read it");
+        return undefined;
+      });
     } catch (err) {
       throw this.fail(new StorageWriteError(this.vmId, this.diskId, "flush failed", { cause: err }));
     } finally {
@@ -97,6 +111,7 @@ export class DiskPointWriter {
     } finally {
       await file.close();
     }
+    return hashes;
   }
 
   /** Stops writing; the caller deletes the partial image. */

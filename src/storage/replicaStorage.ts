@@ -7,7 +7,9 @@ import { requireId, type IdKind } from "../model/index.js";
 import { createImage, runTool } from "../qemu/processes/index.js";
 import { SeedUnusableError } from "./errors.js";
 import { DiskPointWriter } from "./pointWriter.js";
-import { chunkHashes } from "./seedHashes.js";
+import { chunkHashes, resyncChunkBytes } from "./seedHashes.js";
+import { readChunkHashFile, writeChunkHashFile } from "./chunkHashFile.js";
+import { ChunkHashTracker, type ChunkHashBase } from "./chunkHashTracker.js";
 import type { SiteStorageDaemon } from "./siteStorageDaemon.js";
 
 export interface PointDiskSpec {
@@ -20,14 +22,29 @@ export interface PointDiskSpec {
    * that the base overlays, so only the chunks that differ from it are written.
    */
   seedImage?: string;
+  /**
+   * Where the point's chunk hashes start from: an empty image's, the parent point's index (by its
+   * sequence), or given later (a resync's comparison hashes). None: the point gets no index.
+   */
+  hashBase?: { kind: "empty" } | { kind: "point"; seq: number } | { kind: "pending" };
 }
 
 export interface CommittedPointImages {
   seq: number;
-  disks: Array<{ diskId: string; imagePath: string; sizeBytes: number }>;
+  disks: Array<{ diskId: string; imagePath: string; sizeBytes: number; chunkHashPath?: string }>;
 }
 
 const PARTIAL = ".partial";
+const CHUNK_HASHES = ".chunks";
+
+interface PointTarget {
+  partial: string;
+  final: string;
+  diskId: string;
+  sizeBytes: number;
+  /** The point's chunk hash index, written beside the images when its writer could follow the hashes. */
+  chunkHashPath: string;
+}
 
 /**
  * Replica qcow2 chains, one per replicated disk: `base.qcow2 <- rp-<seq>.qcow2 <- ...`.
@@ -55,9 +72,54 @@ export class ReplicaStorage {
     return join(this.diskDir(vmId, diskId), full ? "base.qcow2" : `rp-${String(seq).padStart(8, "0")}.qcow2`);
   }
 
+  /** Point `seq`'s chunk hash index of one disk (see chunkHashFile.ts). */
+  chunkHashPath(vmId: string, diskId: string, seq: number): string {
+    return join(this.diskDir(vmId, diskId), `rp-${String(seq).padStart(8, "0")}${CHUNK_HASHES}`);
+  }
+
+  /** Point `seq`'s chunk hashes of a disk of `sizeBytes`, or why there are none to trust. */
+  loadChunkHashes(vmId: string, diskId: string, seq: number, sizeBytes: number): { hashes: Buffer; chunkBytes: number } | { unusable: string } {
+    const r = readChunkHashFile(this.chunkHashPath(vmId, diskId, seq), { sizeBytes, chunkBytes: resyncChunkBytes(sizeBytes) });
+    return "unusable" in r ? r : { hashes: r.hashes, chunkBytes: r.chunkBytes };
+  }
+
+  /** Only the newest point's index is ever read (a resync compares against it): the others go. */
+  pruneChunkHashes(vmId: string, keepSeq: number | undefined): void {
+    const keep = keepSeq === undefined ? undefined : `rp-${String(keepSeq).padStart(8, "0")}${CHUNK_HASHES}`;
+    let diskIds: string[];
+    try {
+      diskIds = readdirSync(join(this.root, safeSegment(vmId)));
+    } catch {
+      return;
+    }
+    for (const diskId of diskIds) {
+      const dir = join(this.root, safeSegment(vmId), diskId);
+      if (!statSync(dir).isDirectory()) continue;
+      for (const f of readdirSync(dir)) if ((f.endsWith(CHUNK_HASHES) || f.endsWith(CHUNK_HASHES + PARTIAL)) && f !== keep) rmSync(join(dir, f), { force: true });
+    }
+  }
+
+  private hashTracker(vmId: string, seq: number, d: PointDiskSpec): ChunkHashTracker | undefined {
+    const chunkBytes = resyncChunkBytes(d.sizeBytes);
+    const base = d.hashBase;
+    if (!base) return undefined;
+    let start: ChunkHashBase;
+    if (base.kind === "point") {
+      const loaded = this.loadChunkHashes(vmId, d.diskId, base.seq, d.sizeBytes);
+      if ("unusable" in loaded) {
+        this.logger.debug({ vm: vmId, disk: d.diskId, seq, parent: base.seq, why: loaded.unusable }, "no chunk hash index for this point: its parent's is unusable");
+        return undefined;
+      }
+      start = { kind: "known", hashes: loaded.hashes };
+    } else {
+      start = base;
+    }
+    return new ChunkHashTracker(d.sizeBytes, chunkBytes, start);
+  }
+
   async beginPoint(vmId: string, seq: number, disks: PointDiskSpec[]): Promise<PointWrite> {
     const writers: DiskPointWriter[] = [];
-    const targets: Array<{ partial: string; final: string; diskId: string; sizeBytes: number }> = [];
+    const targets: PointTarget[] = [];
     try {
       for (const d of disks) {
         const full = d.parentImage === undefined;
@@ -65,11 +127,16 @@ export class ReplicaStorage {
         const partial = final + PARTIAL;
         mkdirSync(dirname(final), { recursive: true, mode: 0o700 });
         rmSync(partial, { force: true });
+        // An index left by an earlier chain with the same sequence must never describe this point.
+        const chunkHashPath = this.chunkHashPath(vmId, d.diskId, seq);
+        rmSync(chunkHashPath, { force: true });
+        rmSync(chunkHashPath + PARTIAL, { force: true });
         // Relative backing names keep a chain valid when the storage root is moved.
         const backing = full ? (d.seedImage ? { backing: d.seedImage, backingFormat: "qcow2" } : {}) : { backing: basename(d.parentImage!), backingFormat: "qcow2" };
         await createImage(partial, d.sizeBytes, backing);
-        targets.push({ partial, final, diskId: d.diskId, sizeBytes: d.sizeBytes });
-        writers.push(await DiskPointWriter.open(this.daemon, { vmId, diskId: d.diskId, seq, imagePath: partial, sizeBytes: d.sizeBytes, logger: this.logger }));
+        targets.push({ partial, final, diskId: d.diskId, sizeBytes: d.sizeBytes, chunkHashPath });
+        const hashes = this.hashTracker(vmId, seq, d);
+        writers.push(await DiskPointWriter.open(this.daemon, { vmId, diskId: d.diskId, seq, imagePath: partial, sizeBytes: d.sizeBytes, logger: this.logger, hashes }));
       }
     } catch (err) {
       await Promise.allSettled(writers.map((w) => w.close()));
@@ -179,7 +246,7 @@ export class PointWrite {
     readonly vmId: string,
     readonly seq: number,
     private readonly writers: DiskPointWriter[],
-    private readonly targets: Array<{ partial: string; final: string; diskId: string; sizeBytes: number }>,
+    private readonly targets: PointTarget[],
     private readonly logger: Logger,
   ) {}
 
@@ -190,21 +257,41 @@ export class PointWrite {
   /** Makes the point durable and visible. The caller records it in the ledger next. */
   async commit(): Promise<CommittedPointImages> {
     this.done = true;
+    const indexed = new Set<string>();
     try {
-      for (const w of this.writers) await w.finish();
+      for (const w of this.writers) {
+        const hashes = await w.finish();
+        const t = this.targets.find((x) => x.diskId === w.diskId)!;
+        if (!hashes) continue;
+        writeChunkHashFile(t.chunkHashPath + PARTIAL, { chunkBytes: w.hashes!.chunkBytes, sizeBytes: t.sizeBytes, hashes });
+        indexed.add(t.diskId);
+      }
     } catch (err) {
       await this.discard();
       throw err;
     }
     for (const t of this.targets) renameSync(t.partial, t.final);
+    // After the images: an index never exists without its point's image.
+    for (const t of this.targets) if (indexed.has(t.diskId)) renameSync(t.chunkHashPath + PARTIAL, t.chunkHashPath);
     for (const dir of new Set(this.targets.map((t) => dirname(t.final)))) fsyncPath(dir);
-    return { seq: this.seq, disks: this.targets.map((t) => ({ diskId: t.diskId, imagePath: t.final, sizeBytes: t.sizeBytes })) };
+    return {
+      seq: this.seq,
+      disks: this.targets.map((t) => ({ diskId: t.diskId, imagePath: t.final, sizeBytes: t.sizeBytes, ...(indexed.has(t.diskId) ? { chunkHashPath: t.chunkHashPath } : {}) })),
+    };
+  }
+
+  /** A resync's comparison hashes of `diskId` (what the point is written over) arrived, or there are none. */
+  setHashBase(diskId: string, hashes: Buffer | undefined): void {
+    this.disk(diskId)?.hashes?.setBase(hashes);
   }
 
   async discard(): Promise<void> {
     this.done = true;
     await Promise.allSettled(this.writers.map((w) => w.close()));
-    for (const t of this.targets) rmSync(t.partial, { force: true });
+    for (const t of this.targets) {
+      rmSync(t.partial, { force: true });
+      rmSync(t.chunkHashPath + PARTIAL, { force: true });
+    }
     this.logger.info({ vm: this.vmId, seq: this.seq }, "partial point discarded");
   }
 

@@ -277,7 +277,7 @@ export class ReplicateSession {
       this.refusedSeq = undefined;
       if (kind === "resync") {
         const disks = begin.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) }));
-        await sendSeedHashes(this.ctx, this.call, { vmId, generation: this.generation, seq, disks });
+        await sendSeedHashes(this.ctx, this.call, { vmId, generation: this.generation, seq, disks, point });
       }
     } catch (err) {
       if (err instanceof RelationshipRefusal) return this.refuseCycle(seq, err.reason, err.message);

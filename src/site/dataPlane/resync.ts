@@ -1,7 +1,7 @@
 import type * as grpc from "@grpc/grpc-js";
 import type { JsonValue } from "../../ledger/index.js";
 import type { ReplicateRequest, ReplicateResponse } from "../../gen/qreplica/v1/replication.js";
-import { resyncChunkBytes } from "../../storage/index.js";
+import { resyncChunkBytes, type PointWrite } from "../../storage/index.js";
 import { writeWithBackpressure } from "../../transport/index.js";
 import type { SiteContext } from "../siteContext.js";
 
@@ -9,24 +9,29 @@ const HASHES_PER_MESSAGE = 4096;
 
 /**
  * Resync by comparison: after a RESYNC CycleBegin, the hash of every chunk of each disk's
- * comparison image (the newest point read through its chain, or a reverse replication's seed)
- * goes to the sender, which then ships only the chunks whose hash differs. A disk without one
- * gets an empty list (everything differs). The sender compares while the hashes stream in.
+ * comparison image (the newest point, or a reverse replication's seed) goes to the sender, which
+ * then ships only the chunks whose hash differs. A disk without one gets an empty list (everything
+ * differs). The sender compares while the hashes stream in. The newest point's hashes come from
+ * its chunk hash index when it has one (written as the point was); otherwise the image is read
+ * through its chain and hashed. Either way they become the base of the new point's own index.
  */
 export async function sendSeedHashes(
   ctx: SiteContext,
   call: grpc.ServerDuplexStream<ReplicateRequest, ReplicateResponse>,
-  cycle: { vmId: string; generation: number; seq: number; disks: Array<{ diskId: string; sizeBytes: number }> },
+  cycle: { vmId: string; generation: number; seq: number; disks: Array<{ diskId: string; sizeBytes: number }>; point: PointWrite },
 ): Promise<void> {
   const seeds = await ctx.relationships.comparisonImages(cycle.vmId);
   const started = Date.now();
   let hashedBytes = 0;
+  let indexedBytes = 0;
+  const unindexed: Record<string, string> = {};
   for (const { diskId, sizeBytes } of cycle.disks) {
     const chunkBytes = resyncChunkBytes(sizeBytes);
     const seed = seeds.find((s) => s.diskId === diskId);
-    let batch: Buffer[] = [];
+    const sent: Buffer[] = [];
     let first = 0;
     const flush = async (last: boolean) => {
+      const batch = sent.slice(first);
       await writeWithBackpressure(call, {
         body: {
           $case: "resyncHashes",
@@ -34,18 +39,30 @@ export async function sendSeedHashes(
         },
       });
       first += batch.length;
-      batch = [];
     };
-    if (seed) {
+    const index = seed?.pointSeq === undefined ? { unusable: "the comparison image is a seed" } : ctx.storage.loadChunkHashes(cycle.vmId, diskId, seed.pointSeq, sizeBytes);
+    if ("hashes" in index) {
+      for (let at = 0; at < index.hashes.length; at += 32) {
+        sent.push(index.hashes.subarray(at, at + 32));
+        if (sent.length - first === HASHES_PER_MESSAGE) await flush(false);
+      }
+      indexedBytes += sizeBytes;
+    } else if (seed) {
+      unindexed[diskId] = index.unusable;
       for await (const h of ctx.storage.seedChunkHashes(seed.imagePath, chunkBytes)) {
         hashedBytes += chunkBytes;
-        batch.push(h);
-        if (batch.length === HASHES_PER_MESSAGE) await flush(false);
+        sent.push(h);
+        if (sent.length - first === HASHES_PER_MESSAGE) await flush(false);
       }
     }
     await flush(true);
+    // The new point is written over the comparison image: its index starts from these hashes.
+    cycle.point.setHashBase(diskId, seed ? Buffer.concat(sent) : undefined);
   }
-  ctx.logger.info({ vm: cycle.vmId, seq: cycle.seq, hashedBytes, ms: Date.now() - started, images: seeds.map((s) => s.imagePath) }, "resync: replica chunk hashes sent");
+  ctx.logger.info(
+    { vm: cycle.vmId, seq: cycle.seq, hashedBytes, indexedBytes, unindexed, ms: Date.now() - started, images: seeds.map((s) => s.imagePath) },
+    "resync: replica chunk hashes sent",
+  );
 }
 
 /** The agent validated the spec against its config; here it is only carried as a JSON object. */
