@@ -52,6 +52,15 @@ interface Job {
 interface Slot {
   worker: Worker;
   jobs: Map<number, Job>;
+  idle?: NodeJS.Timeout;
+}
+
+/** A worker idle this long is ended (a thread and its heap, ~10 MiB): the next hashing starts a new one. */
+let idleWorkerMs = 30_000;
+
+/** Tests shorten the idle time; nothing else needs to. */
+export function setHashWorkerIdleMs(ms: number): void {
+  idleWorkerMs = ms;
 }
 
 class HashPool {
@@ -66,6 +75,7 @@ class HashPool {
     const id = this.nextId++;
     return new Promise<HashedBuffer>((resolve, reject) => {
       if (slot.jobs.size === 0) slot.worker.ref();
+      clearTimeout(slot.idle);
       slot.jobs.set(id, { resolve, reject, length });
       slot.worker.postMessage({ id, memory, length, chunkBytes }, [memory]);
     });
@@ -79,13 +89,17 @@ class HashPool {
         const job = slot.jobs.get(m.id);
         if (!job) return;
         slot.jobs.delete(m.id);
-        if (slot.jobs.size === 0) slot.worker.unref();
+        if (slot.jobs.size === 0) {
+          slot.worker.unref();
+          slot.idle = setTimeout(() => this.retire(slot), idleWorkerMs).unref();
+        }
         const digests = Buffer.from(m.digests);
         const hashes: Buffer[] = [];
         for (let at = 0; at < digests.length; at += 32) hashes.push(digests.subarray(at, at + 32));
         job.resolve({ data: Buffer.from(m.memory, 0, job.length), hashes, hashMs: m.ms });
       });
       const broken = (err: Error) => {
+        clearTimeout(slot.idle);
         const i = this.slots.indexOf(slot);
         if (i >= 0) this.slots.splice(i, 1);
         for (const job of slot.jobs.values()) job.reject(new Error(`a SHA-256 worker thread stopped (${err.message}); the resync is retried at the next cycle`));
@@ -97,6 +111,18 @@ class HashPool {
       return slot;
     }
     return this.slots[this.turn++ % this.slots.length]!;
+  }
+
+  private retire(slot: Slot): void {
+    if (slot.jobs.size > 0) return;
+    const i = this.slots.indexOf(slot);
+    if (i >= 0) this.slots.splice(i, 1);
+    slot.worker.removeAllListeners("exit");
+    void slot.worker.terminate();
+  }
+
+  get threads(): number {
+    return this.slots.length;
   }
 }
 
@@ -110,4 +136,9 @@ let pool: HashPool | undefined;
 export function hashChunks(memory: ArrayBuffer, length: number, chunkBytes: number): Promise<HashedBuffer> {
   pool ??= new HashPool(Math.max(1, Math.min(2, availableParallelism())));
   return pool.hash(memory, length, chunkBytes);
+}
+
+/** Worker threads alive now (they end after a while without work). */
+export function hashThreads(): number {
+  return pool?.threads ?? 0;
 }

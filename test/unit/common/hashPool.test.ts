@@ -1,6 +1,7 @@
 import { createHash, randomBytes } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { hashChunks } from "../../../src/common/hashPool.js";
+import { hashChunks, hashThreads, setHashWorkerIdleMs } from "../../../src/common/hashPool.js";
+import { waitFor } from "../../helpers/processes.js";
 
 const sha = (b: Buffer) => createHash("sha256").update(b).digest();
 
@@ -33,5 +34,29 @@ describe("hashChunks (SHA-256 in worker threads)", () => {
       for (let at = 0; at < b.length; at += 4096) expected.push(sha(b.subarray(at, at + 4096)).toString("hex"));
       expect(r.hashes.map((h) => h.toString("hex"))).toEqual(expected);
     });
+  });
+
+  it("hashes zero chunks (compared, not hashed) to SHA-256 of zeroes, among data chunks", async () => {
+    const chunk = 64 * 1024;
+    const b = Buffer.concat([Buffer.alloc(chunk), randomBytes(chunk), Buffer.alloc(chunk), Buffer.alloc(chunk - 1, 0).fill(1, chunk - 2), Buffer.alloc(500)]);
+    const r = await hashChunks(new Uint8Array(b).buffer, b.length, chunk);
+    const expected: string[] = [];
+    for (let at = 0; at < b.length; at += chunk) expected.push(sha(b.subarray(at, at + chunk)).toString("hex"));
+    expect(r.hashes.map((h) => h.toString("hex"))).toEqual(expected);
+  });
+
+  it("ends idle worker threads, and starts them again for the next job", async () => {
+    setHashWorkerIdleMs(200);
+    try {
+      // One job per thread at least (jobs go round the threads), so each re-arms its idle timer.
+      await Promise.all([1, 2, 3, 4].map(() => hashChunks(new Uint8Array(randomBytes(8192)).buffer, 8192, 4096)));
+      expect(hashThreads()).toBeGreaterThan(0);
+      await waitFor("the idle hash workers to end", () => (hashThreads() === 0 ? true : undefined), 10_000);
+      const b = randomBytes(8192);
+      const r = await hashChunks(new Uint8Array(b).buffer, 8192, 4096);
+      expect(r.hashes[1]!.equals(sha(b.subarray(4096)))).toBe(true);
+    } finally {
+      setHashWorkerIdleMs(30_000);
+    }
   });
 });
