@@ -30,7 +30,8 @@ export interface TwoSites {
   daemons: Daemon[];
   /** `env` adds variables, e.g. QREPLICA_FAULT for a crash window (src/common/faultPoints.ts). */
   startSite(siteDir: string, opts?: { env?: Record<string, string> }): Promise<Daemon>;
-  startAgent(): Daemon;
+  /** Starts the agent for the VM (id `vm1` unless given; another id is a new relationship on B). */
+  startAgent(opts?: { vmId?: string }): Daemon;
   relationship(vmId?: string, siteDir?: string): Promise<RelationshipState>;
   /** A site's local admin certificate (tls/admin.crt, role admin): what the CLI presents with --dir. */
   admin(siteDir: string): { caFile: string; certFile: string; keyFile: string };
@@ -119,7 +120,7 @@ export async function setupTwoSites(dir: string, opts: TwoSitesOptions): Promise
       }, 30_000);
       return d;
     },
-    startAgent() {
+    startAgent(startOpts = {}) {
       const address = readFileSync(addressFile(siteB), "utf8").trim();
       writeFileSync(
         agentConfig,
@@ -129,7 +130,7 @@ export async function setupTwoSites(dir: string, opts: TwoSitesOptions): Promise
           tls: { caFile: join(caDir, "ca.crt"), certFile: join(dir, "agent-tls", "agent-a.crt"), keyFile: join(dir, "agent-tls", "agent-a.key") },
           vms: [
             {
-              id: "vm1",
+              id: startOpts.vmId ?? "vm1",
               qmpSocket: guest?.qmpSocketPath ?? vm.qmpSocketPath,
               nbdSocket: guest?.nbdSocketPath ?? vm.nbdSocketPath,
               disks: [{ id: "vda", node: guest ? "vda" : "node-vda" }],
