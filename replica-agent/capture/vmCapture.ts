@@ -57,7 +57,7 @@ export interface VmCaptureOptions {
 /** Read connections per disk when the export allows several (measured best with capture-read). */
 const DEFAULT_CONNECTIONS = 4;
 /** A guest write may wait this long for its copy-before-write; then the snapshot breaks, not the write. */
-const DEFAULT_CBW_TIMEOUT_SECONDS = 5;
+export const DEFAULT_CBW_TIMEOUT_SECONDS = 5;
 
 export type VmCaptureStatus = "ok" | "not-enabled" | "resync-required";
 
@@ -223,6 +223,7 @@ export class VmCapture {
         seq, kind, consistency: taken.consistency, vcpuPauseMs: taken.vcpuPauseMs,
         graph: taken.disks.map((d) => `${d.id}:${d.device ? "copy-before-write" : "backup-sync-none"}`),
         scratchFreeBytes: freeBytes,
+        cbwTimeoutSeconds: taken.disks.some((d) => d.device) ? (this.opts.cbwTimeoutSeconds ?? DEFAULT_CBW_TIMEOUT_SECONDS) : undefined,
         disks: diskCycles.map((d) => ({ disk: d.diskId, size: d.sizeAtCutoff, dirty: d.dirtyBytes })),
       },
       "cut-off taken",

@@ -110,6 +110,8 @@ export class VmReplicator {
         disks: this.vm.disks,
         stateDir: this.stateDir,
         scratchDir: this.vm.scratchDir,
+        scratchMinFreeBytes: this.vm.scratchMinFreeBytes,
+        cbwTimeoutSeconds: this.vm.cbwTimeoutSeconds,
         nbdSocketPath: this.vm.nbdSocket,
         quiescer: guestAgent,
         logger: this.logger,

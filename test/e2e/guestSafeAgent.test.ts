@@ -136,14 +136,16 @@ describe("agent process against a real site: guest-safe cut-offs", () => {
     expect(cmp.detail).toMatch(/identical/i);
   }, 420_000);
   it("a nearly full scratch: the agent skips its cycles, the site shows Warning with SCRATCH_SPACE_LOW (one ledger event, not one per cycle); freed, the next point commits byte-identical and health is Normal again", async () => {
-    const { siteB, scratchDir, disk, vm, agent, agentLog } = await startRig({ scratchMiB: 16, diskBytes: 32 * MiB, firstWrite: 4 * MiB });
+    // The agent config's cut-off knobs, not the defaults (8 MiB, 5 s), decide.
+    const { siteB, scratchDir, disk, vm, agent, agentLog } = await startRig({ scratchMiB: 16, diskBytes: 32 * MiB, firstWrite: 4 * MiB, vmConfig: { scratchMinFreeMiB: 12, cbwTimeoutSeconds: 3 } });
+    expect(readFileSync(agentLog, "utf8")).toMatch(/"cbwTimeoutSeconds":3,.*"cut-off taken"/);
     type Status = { relationships: Array<{ health: number; healthMessage: string }> };
     const status = async () => (await cliJson<Status>(["status", "vm1", "--dir", siteB])).relationships[0]!;
     await waitFor("health Normal", async () => ((await status()).health === ReplicationHealth.REPLICATION_HEALTH_NORMAL ? true : undefined), 60_000);
 
-    // Leave 4 MiB free, under the 8 MiB a cut-off needs; then the guest changes something.
+    // Leave 10 MiB free: enough by default, under the configured 12 MiB; then the guest changes something.
     const free = statfsSync(scratchDir).bavail * statfsSync(scratchDir).bsize;
-    writeFileSync(join(scratchDir, "filler"), Buffer.alloc(free - 4 * MiB, 1));
+    writeFileSync(join(scratchDir, "filler"), Buffer.alloc(free - 10 * MiB, 1));
     await vm.write(QDEV, 0x22, 8 * MiB, 2 * MiB);
     const warning = await waitFor("health Warning with SCRATCH_SPACE_LOW", async () => {
       const r = await status();
@@ -151,7 +153,7 @@ describe("agent process against a real site: guest-safe cut-offs", () => {
     }, 60_000);
     console.log(`status while the scratch is full: ${warning.healthMessage}`);
     expect(warning.healthMessage).toContain(scratchDir);
-    expect(warning.healthMessage).toMatch(/MiB free/);
+    expect(warning.healthMessage).toMatch(/has (9\.\d|10\.0) MiB free, less than the 12\.0 MiB a cut-off needs/);
     const pointsWhenFull = (await relationship(siteB))!.points.length;
     const skips = () => (readFileSync(agentLog, "utf8").match(/cycle skipped on this host/g) ?? []).length;
     const seen = skips();
