@@ -7,7 +7,7 @@ import { RejectReason, ResumeHint, ResyncMode, type PlannedFailoverRequested } f
 import { GuestAgentClient } from "../../src/qemu/guestAgent/index.js";
 import { QmpClient, queryNamedBlockNodes } from "../../src/qemu/qmp/index.js";
 import { ReplicationClient, channelCredentials, grpcChannelOptions, type SiteCredentials } from "../../src/transport/index.js";
-import { ScratchSpaceLowError, SnapshotBrokenError, VmCapture, type CaptureCycle } from "../capture/index.js";
+import { IothreadDiskError, ScratchSpaceLowError, SnapshotBrokenError, VmCapture, type CaptureCycle } from "../capture/index.js";
 import type { AgentVmConfig } from "./agentConfig.js";
 import { ResponseQueue } from "./responseQueue.js";
 import { CycleRefusedError, send, sendCycle, type ReplicateStream } from "./cycleSender.js";
@@ -222,13 +222,14 @@ export class VmReplicator {
 
 
   /**
-   * A due cycle that did not start because of this host (its scratch is nearly full): nothing was
-   * cut, every change is kept for the next interval, and the replica site hears why no point
-   * arrives (status and health show it; the site records it once, not once per interval).
+   * A due cycle that did not start because of this host (its scratch is nearly full, or a disk
+   * this QEMU cannot export safely): nothing was cut, every change is kept for the next interval,
+   * and the replica site hears why no point arrives (status and health show it; the site records
+   * it once, not once per interval).
    * Anything else is rethrown.
    */
   private async skipped(err: unknown, stream: ReplicateStream, responses: ResponseQueue, generation: number): Promise<undefined> {
-    if (!(err instanceof ScratchSpaceLowError)) throw err;
+    if (!(err instanceof ScratchSpaceLowError || err instanceof IothreadDiskError)) throw err;
     this.lastError = `${err.code}: ${err.message}`;
     this.logger.warn({ vm: this.vm.id, code: err.code, err: err.message }, "cycle skipped on this host; retrying next interval");
     await send(stream, responses, {
