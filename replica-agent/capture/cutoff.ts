@@ -4,7 +4,7 @@ import type { Consistency, CycleKind } from "./captureCycle.js";
 import { addFleeceNode, fleeceBackupAction, fleeceImagePath } from "./fleece.js";
 import { bitmapName } from "./naming.js";
 import { IothreadDiskError } from "./errors.js";
-import { deviceIothread, guestAttachment, type Attachment, type GuestDevice } from "./guestAttachment.js";
+import { deviceIothread, guestAttachment, unattachedIothreads, type Attachment, type GuestDevice } from "./guestAttachment.js";
 import { addScratchNode, insertCbwFilter, scratchImagePath } from "./snapshotGraph.js";
 import { teardownDisk } from "./teardown.js";
 import { withVcpusPaused, type PauseMarker } from "./vcpuPause.js";
@@ -67,10 +67,8 @@ export async function takeCutoff(req: CutoffRequest): Promise<TakenCutoff> {
   const attachments = new Map<string, Attachment | undefined>();
   for (const d of req.disks) {
     const attached = await guestAttachment(qmp, d.node);
-    if (attached) {
-      const iothread = await deviceIothread(qmp, attached.qdev);
-      if (iothread !== "") throw new IothreadDiskError(req.vmId, d.id, attached.qdev, iothread);
-    }
+    const iothread = attached ? await deviceIothread(qmp, attached.qdev) : await unattachedIothreads(qmp);
+    if (iothread !== "") throw new IothreadDiskError(req.vmId, d.id, attached?.qdev ?? `(the device above node ${d.node})`, iothread);
     attachments.set(d.id, attached);
   }
   try {

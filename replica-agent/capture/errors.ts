@@ -133,7 +133,7 @@ export class IothreadDiskError extends QreplicaError {
   ) {
     super(
       `VM ${vmId} disk ${diskId}: ${iothread ? `device ${device} runs its I/O in iothread ${iothread}` : `the VM has iothreads and the agent cannot tell whether device ${device} uses one`}; ` +
-        `QEMU 7.2 aborts the whole VM when a reader of an NBD export of such a disk disconnects, so no cut-off is taken (nothing is lost: changes stay recorded). ` +
+        `QEMU 7.2 aborts the whole VM when a reader of an NBD export of such a disk disconnects, so no cut-off is taken (no change is dropped: what is recorded stays for a later cycle). ` +
         `To replicate this disk, run its device without iothread= (or on a controller without one)`,
     );
   }

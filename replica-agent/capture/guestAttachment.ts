@@ -134,3 +134,14 @@ export async function deviceIothread(qmp: QmpClient, qdev: string): Promise<stri
   }
   return undefined;
 }
+
+/**
+ * For a disk no device was found above (qemu-storage-daemon, or a graph this agent does not
+ * follow): "" when QEMU has no iothread or no guest device at all, else undefined (cannot tell).
+ */
+export async function unattachedIothreads(qmp: QmpClient): Promise<string | undefined> {
+  const iothreads = await qmp.execute<unknown[]>("query-iothreads").catch(() => undefined);
+  if (iothreads?.length === 0) return "";
+  const blocks = await qmp.execute<Array<{ qdev?: string }>>("query-block");
+  return blocks.some((b) => b.qdev) ? undefined : "";
+}

@@ -47,7 +47,16 @@ interface Rig {
  * Site B served, a running qemu-system VM (TCG) with one disk, its scratch on a tmpfs of
  * `scratchMiB`, and an agent process replicating it every second.
  */
-async function startRig(opts: { scratchMiB: number; diskBytes: number; firstWrite: number; vmConfig?: Record<string, unknown> }): Promise<Rig> {
+async function startRig(opts: {
+  scratchMiB: number;
+  diskBytes: number;
+  firstWrite: number;
+  vmConfig?: Record<string, unknown>;
+  /** The VM's disk and device arguments, given the disk path (default: virtio-blk directly on node vda). */
+  vmArgs?: (disk: string) => string[];
+  /** Wait for the initial point before returning (default true). */
+  initialPoint?: boolean;
+}): Promise<Rig> {
   const tmp = makeTmpDir("qr-e2e-");
   cleanups.push(tmp.cleanup);
   const dir = tmp.path;
@@ -74,7 +83,8 @@ async function startRig(opts: { scratchMiB: number; diskBytes: number; firstWrit
   const disk = join(dir, "vda.qcow2");
   await createImage(disk, opts.diskBytes);
   const agentQmp = join(dir, "agent-qmp.sock");
-  const vm = await GuestIoVm.start({ qmpSocketPath: agentQmp, disks: [{ nodeName: "vda", path: disk }], accel: "tcg" }, join(dir, "test-qmp.sock"));
+  const layout = opts.vmArgs ? { disks: [], extraArgs: opts.vmArgs(disk) } : { disks: [{ nodeName: "vda", path: disk }] };
+  const vm = await GuestIoVm.start({ qmpSocketPath: agentQmp, ...layout, accel: "tcg" }, join(dir, "test-qmp.sock"));
   cleanups.push(() => vm.kill());
   await vm.write(QDEV, 0x11, 0, opts.firstWrite);
 
@@ -88,7 +98,7 @@ async function startRig(opts: { scratchMiB: number; diskBytes: number; firstWrit
   const agentLog = join(dir, "agent.log");
   const agent = startDaemon(AGENT, ["--config", agentConfig], agentLog);
   daemons.push(agent);
-  await waitFor("the initial point", async () => ((await relationship(siteB))?.points.length ? true : undefined), 120_000);
+  if (opts.initialPoint !== false) await waitFor("the initial point", async () => ((await relationship(siteB))?.points.length ? true : undefined), 120_000);
   return { dir, siteB, scratchDir, disk, vm, agent, agentLog };
 }
 
@@ -177,4 +187,54 @@ describe("agent process against a real site: guest-safe cut-offs", () => {
     const cmp = await compareImages(point.disks[0]!.imagePath, disk, { formatA: "qcow2", formatB: "qcow2" });
     expect(cmp.detail).toMatch(/identical/i);
   }, 300_000);
+  it("a disk behind a throttle filter: the agent's cycles use copy-before-write under the throttle, commit at the site, and the last point equals the disk byte for byte", async () => {
+    const throttled = (disk: string) => [
+      "-object", "throttle-group,id=tg0,x-bps-total=4000000000",
+      "-blockdev", `driver=file,node-name=vda-file,filename=${disk}`,
+      "-blockdev", "driver=qcow2,node-name=vda,file=vda-file",
+      "-blockdev", "driver=throttle,node-name=vda-thr,throttle-group=tg0,file=vda",
+      "-device", "virtio-blk-pci,drive=vda-thr,id=vda-dev",
+    ];
+    const { siteB, disk, vm, agent, agentLog } = await startRig({ scratchMiB: 64, diskBytes: 32 * MiB, firstWrite: 4 * MiB, vmArgs: throttled });
+    for (let i = 0; i < 4; i++) {
+      const points = (await relationship(siteB))!.points.length;
+      await vm.write(QDEV, 0x30 + i, (4 + i * 5) * MiB, 3 * MiB);
+      await waitFor(`point ${points + 1}`, async () => ((await relationship(siteB))!.points.length > points ? true : undefined), 60_000);
+    }
+    expect(readFileSync(agentLog, "utf8")).toMatch(/"graph":\["vda:copy-before-write under throttle vda-thr"\]/);
+    const quietSince = Date.now();
+    const point = await waitFor("a point cut after the last write", async () => (await relationship(siteB))?.points.find((p) => Date.parse(p.cutoffAt) > quietSince), 60_000);
+    await agent.kill("SIGTERM");
+    // The graph is as the operator built it.
+    const blocks = await vm.qmp.execute<Array<{ qdev?: string; inserted?: { "node-name"?: string; file?: string } }>>("query-block");
+    expect(blocks.find((b) => b.qdev === QDEV)?.inserted?.["node-name"]).toBe("vda-thr");
+    const nodes = await vm.qmp.execute<Array<{ "node-name": string }>>("query-named-block-nodes", { flat: true });
+    expect(nodes.map((n) => n["node-name"]).sort()).toEqual(["vda", "vda-file", "vda-thr"]);
+    await vm.quit();
+    const cmp = await compareImages(point.disks[0]!.imagePath, disk, { formatA: "qcow2", formatB: "qcow2" });
+    expect(cmp.detail).toMatch(/identical/i);
+  }, 300_000);
+
+  it("a disk whose device runs in an iothread: no cut-off (QEMU 7.2 would abort the VM), the site shows Warning IOTHREAD_UNSUPPORTED, the VM runs on", async () => {
+    const onIothread = (disk: string) => [
+      "-object", "iothread,id=io0",
+      "-blockdev", `driver=file,node-name=vda-file,filename=${disk}`,
+      "-blockdev", "driver=qcow2,node-name=vda,file=vda-file",
+      "-device", "virtio-blk-pci,drive=vda,id=vda-dev,iothread=io0",
+    ];
+    const { siteB, vm, agentLog } = await startRig({ scratchMiB: 16, diskBytes: 16 * MiB, firstWrite: 1 * MiB, vmArgs: onIothread, initialPoint: false });
+    type Status = { relationships: Array<{ health: number; healthMessage: string }> };
+    const warning = await waitFor("health Warning with IOTHREAD_UNSUPPORTED", async () => {
+      const r = (await cliJson<Status>(["status", "vm1", "--dir", siteB]).catch(() => undefined))?.relationships[0];
+      return r?.health === ReplicationHealth.REPLICATION_HEALTH_WARNING && r.healthMessage.includes("IOTHREAD_UNSUPPORTED") ? r : undefined;
+    }, 60_000);
+    console.log(`status: ${warning.healthMessage}`);
+    expect(warning.healthMessage).toMatch(/runs its I\/O in iothread \/objects\/io0/);
+    const skips = () => (readFileSync(agentLog, "utf8").match(/cycle skipped on this host/g) ?? []).length;
+    const seen = skips();
+    await waitFor("two more cycles skipped", () => (skips() >= seen + 2 ? true : undefined), 60_000);
+    expect((await vm.qmp.execute<{ status: string }>("query-status")).status).toBe("running");
+    await vm.readVerify(QDEV, 0x11, 0, 1 * MiB);
+    expect((await relationship(siteB))!.points).toEqual([]);
+  }, 180_000);
 });
