@@ -44,9 +44,10 @@ export async function addScratchNode(qmp: QmpClient, opts: { diskId: string; ima
 }
 
 /**
- * Puts the copy-before-write filter between the device and the disk. Must run while no guest
- * write can happen (vCPUs stopped): the filter copies `bitmap` when it is created, and the device
- * swap is not part of the bitmap transaction.
+ * Puts the copy-before-write filter right above the disk node: as the device's drive, or as the
+ * file of the throttle filter the device sits on. Must run while no guest write can happen (vCPUs
+ * stopped): the filter copies `bitmap` when it is created, and the swap is not part of the bitmap
+ * transaction.
  */
 export async function insertCbwFilter(
   qmp: QmpClient,
