@@ -3,7 +3,9 @@ import { findBlockNode, type QmpClient } from "../../src/qemu/qmp/index.js";
 import type { Consistency, CycleKind } from "./captureCycle.js";
 import { addFleeceNode, fleeceBackupAction, fleeceImagePath } from "./fleece.js";
 import { bitmapName } from "./naming.js";
-import { addScratchNode, deviceOnNode, insertCbwFilter, scratchImagePath, type GuestDevice } from "./snapshotGraph.js";
+import { IothreadDiskError } from "./errors.js";
+import { deviceIothread, guestAttachment, unattachedIothreads, type Attachment, type GuestDevice } from "./guestAttachment.js";
+import { addScratchNode, insertCbwFilter, scratchImagePath } from "./snapshotGraph.js";
 import { teardownDisk } from "./teardown.js";
 import { withVcpusPaused, type PauseMarker } from "./vcpuPause.js";
 
@@ -17,8 +19,10 @@ export interface CutoffDisk {
   id: string;
   node: string;
   sizeBytes: number;
-  /** Set when a guest device sits on the disk: the copy-before-write graph is used. */
+  /** Set when a guest device sits on the disk (maybe above a throttle filter): the copy-before-write graph is used. */
   device?: GuestDevice;
+  /** Why a disk under a guest device still uses blockdev-backup sync=none (not guest-safe). */
+  fallback?: string;
 }
 
 export interface CutoffRequest {
@@ -59,11 +63,20 @@ export async function takeCutoff(req: CutoffRequest): Promise<TakenCutoff> {
   const { qmp, kind, seq, logger } = req;
   const disks: CutoffDisk[] = [];
   let rotated = false;
+  // Checked before anything is built: an iothread disk must never be exported (it may abort QEMU).
+  const attachments = new Map<string, Attachment | undefined>();
+  for (const d of req.disks) {
+    const attached = await guestAttachment(qmp, d.node);
+    const iothread = attached ? await deviceIothread(qmp, attached.qdev) : await unattachedIothreads(qmp);
+    if (iothread !== "") throw new IothreadDiskError(req.vmId, d.id, attached?.qdev ?? `(the device above node ${d.node})`, iothread);
+    attachments.set(d.id, attached);
+  }
   try {
     for (const d of req.disks) {
       const sizeBytes = (await findBlockNode(qmp, d.node))?.image["virtual-size"] ?? 0;
-      const device = await deviceOnNode(qmp, d.node);
-      disks.push({ id: d.id, node: d.node, sizeBytes, device });
+      const attached = attachments.get(d.id);
+      const device = attached?.device;
+      disks.push({ id: d.id, node: d.node, sizeBytes, device, fallback: attached?.fallback });
       if (device) await addScratchNode(qmp, { diskId: d.id, imagePath: scratchImagePath(req.scratchDir, req.vmId, d.id), sizeBytes });
       else await addFleeceNode(qmp, { diskId: d.id, diskNode: d.node, imagePath: fleeceImagePath(req.scratchDir, req.vmId, d.id), sizeBytes });
     }

@@ -117,6 +117,28 @@ export class SnapshotBrokenError extends QreplicaError {
   }
 }
 
+/**
+ * The disk's guest device runs its I/O in an iothread. On QEMU 7.2 an NBD export of such a disk
+ * aborts the whole VM when a reader disconnects (`nbd_blockdev_client_closed: Assertion
+ * 'qemu_in_main_thread() && nbd_server' failed`), which a killed agent cannot avoid; a
+ * copy-before-write filter over a throttle filter there aborts it too. So no cut-off is taken.
+ */
+export class IothreadDiskError extends QreplicaError {
+  readonly code = "IOTHREAD_UNSUPPORTED" as const;
+  constructor(
+    readonly vmId: string,
+    readonly diskId: string,
+    readonly device: string,
+    readonly iothread: string | undefined,
+  ) {
+    super(
+      `VM ${vmId} disk ${diskId}: ${iothread ? `device ${device} runs its I/O in iothread ${iothread}` : `the VM has iothreads and the agent cannot tell whether device ${device} uses one`}; ` +
+        `QEMU 7.2 aborts the whole VM when a reader of an NBD export of such a disk disconnects, so no cut-off is taken (no change is dropped: what is recorded stays for a later cycle). ` +
+        `To replicate this disk, run its device without iothread= (or on a controller without one)`,
+    );
+  }
+}
+
 function mib(bytes: number): string {
   return `${(bytes / (1024 * 1024)).toFixed(1)} MiB`;
 }

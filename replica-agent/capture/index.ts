@@ -5,6 +5,7 @@ export {
   CycleInProgressError,
   DiskNodeNotFoundError,
   DiskResizedDuringCutoffError,
+  IothreadDiskError,
   ResyncRequiredError,
   ScratchSpaceLowError,
   SnapshotBrokenError,

@@ -17,7 +17,7 @@ export async function teardownDisk(qmp: QmpClient, disk: { diskId: string; diskN
   if (await deleteExport(qmp, exportId(diskId), logger)) removed.push(`export ${exportId(diskId)}`);
   if (await cancelJob(qmp, backupJobId(diskId), logger)) removed.push(`job ${backupJobId(diskId)}`);
   if (await deleteNode(qmp, accessNodeName(diskId), logger)) removed.push(`node ${accessNodeName(diskId)}`);
-  for (const device of await restoreDrives(qmp, cbwNodeName(diskId), diskNode, logger)) removed.push(`drive of ${device} back to ${diskNode}`);
+  for (const parent of await restoreDrives(qmp, cbwNodeName(diskId), diskNode, logger)) removed.push(`${parent} back to ${diskNode}`);
   for (const node of [cbwNodeName(diskId), fleeceNodeName(diskId), scratchNodeName(diskId)]) {
     if (await deleteNode(qmp, node, logger)) removed.push(`node ${node}`);
   }
@@ -54,8 +54,8 @@ export async function removeLeftovers(qmp: QmpClient, logger: Logger): Promise<s
         logger.error({ node, disk: diskIdOfCbwNode(node) }, "a leftover copy-before-write filter's disk node is unknown; it stays under its device (harmless to the guest)");
         continue;
       }
-      const devices = await restoreDrives(qmp, node, child, logger);
-      removed.push(...devices.map((d) => `drive of ${d} back to ${child}`));
+      const parents = await restoreDrives(qmp, node, child, logger);
+      removed.push(...parents.map((p) => `${p} back to ${child}`));
     }
     if (await deleteNode(qmp, node, logger)) removed.push(`node ${node}`);
   }

@@ -57,7 +57,7 @@ export interface VmCaptureOptions {
 /** Read connections per disk when the export allows several (measured best with capture-read). */
 const DEFAULT_CONNECTIONS = 4;
 /** A guest write may wait this long for its copy-before-write; then the snapshot breaks, not the write. */
-const DEFAULT_CBW_TIMEOUT_SECONDS = 5;
+export const DEFAULT_CBW_TIMEOUT_SECONDS = 5;
 
 export type VmCaptureStatus = "ok" | "not-enabled" | "resync-required";
 
@@ -221,12 +221,16 @@ export class VmCapture {
     this.logger.info(
       {
         seq, kind, consistency: taken.consistency, vcpuPauseMs: taken.vcpuPauseMs,
-        graph: taken.disks.map((d) => `${d.id}:${d.device ? "copy-before-write" : "backup-sync-none"}`),
+        graph: taken.disks.map((d) => `${d.id}:${d.device ? `copy-before-write${d.device.filter ? ` under throttle ${d.device.filter.node}` : ""}` : "backup-sync-none"}`),
         scratchFreeBytes: freeBytes,
+        cbwTimeoutSeconds: taken.disks.some((d) => d.device) ? (this.opts.cbwTimeoutSeconds ?? DEFAULT_CBW_TIMEOUT_SECONDS) : undefined,
         disks: diskCycles.map((d) => ({ disk: d.diskId, size: d.sizeAtCutoff, dirty: d.dirtyBytes })),
       },
       "cut-off taken",
     );
+    for (const d of taken.disks) {
+      if (d.fallback) this.logger.warn({ disk: d.id, reason: d.fallback }, "this disk's cut-off uses blockdev-backup sync=none, which is not guest-safe: a full scratch would fail the guest's writes");
+    }
     if (freeBytes < dirtyTotal && taken.disks.some((d) => d.device)) {
       this.logger.warn({ scratchDir: this.scratchDir, freeBytes, dirtyBytes: dirtyTotal }, "the scratch may be too small if the guest rewrites much of this cycle's changes before they are read; the snapshot would then break (never the guest's writes)");
     }

@@ -5,6 +5,8 @@ import { QreplicaError } from "../../src/common/errors.js";
 import { InvalidIdError, requireId, type IdKind } from "../../src/model/index.js";
 // The spec model only (pure validation), not the site server.
 import { validateVmSpec, type VmSpec } from "../../src/site/launcher/vmSpec.js";
+import { DEFAULT_SCRATCH_MIN_FREE_BYTES } from "../capture/scratchSpace.js";
+import { DEFAULT_CBW_TIMEOUT_SECONDS } from "../capture/vmCapture.js";
 
 export interface AgentVmConfig {
   id: string;
@@ -18,6 +20,17 @@ export interface AgentVmConfig {
    * `<stateDir>/scratch`). Fast local storage with room for what the guest may rewrite in a cycle.
    */
   scratchDir?: string;
+  /**
+   * Longest a guest write waits for its copy of old data into the scratch (QEMU's copy-before-write
+   * `cbw-timeout`); past it the cycle's snapshot breaks, never the write. Agent-wide default 5 s,
+   * overridable per VM.
+   */
+  cbwTimeoutSeconds: number;
+  /**
+   * A cut-off is skipped (nothing cut, every change kept, the site told SCRATCH_SPACE_LOW) while
+   * the scratch filesystem has less than this free. Agent-wide default 8 MiB, overridable per VM.
+   */
+  scratchMinFreeBytes: number;
   /** host:port of the replica site's gRPC endpoint. */
   replicaSite: string;
   /**
@@ -77,6 +90,9 @@ export function loadAgentConfig(path: string): AgentConfig {
   const tls = asObject(obj.tls, path, "tls");
   const vmsRaw = obj.vms;
   if (!Array.isArray(vmsRaw) || vmsRaw.length === 0) throw new AgentConfigError(path, "'vms' must list at least one VM");
+  // Cut-off safety knobs: agent-wide, each VM may override (a VM on slower scratch storage, say).
+  const cbwTimeoutDefault = cbwTimeout(obj.cbwTimeoutSeconds ?? DEFAULT_CBW_TIMEOUT_SECONDS, path, "cbwTimeoutSeconds");
+  const minFreeDefault = minFreeMiB(obj.scratchMinFreeMiB ?? DEFAULT_SCRATCH_MIN_FREE_MIB, path, "scratchMinFreeMiB");
   const vms = vmsRaw.map((v, i): AgentVmConfig => {
     const vm = asObject(v, path, `vms[${i}]`);
     const where = `vms[${i}] (${String(vm.id ?? "?")})`;
@@ -92,6 +108,8 @@ export function loadAgentConfig(path: string): AgentConfig {
         return { id: id("disk id", disk.id, path, `${where}.disks[${j}].id`), node: str(disk.node, path, `${where}.disks[${j}].node`) };
       }),
       scratchDir: vm.scratchDir === undefined ? undefined : abs(str(vm.scratchDir, path, `${where}.scratchDir`)),
+      cbwTimeoutSeconds: vm.cbwTimeoutSeconds === undefined ? cbwTimeoutDefault : cbwTimeout(vm.cbwTimeoutSeconds, path, `${where}.cbwTimeoutSeconds`),
+      scratchMinFreeBytes: (vm.scratchMinFreeMiB === undefined ? minFreeDefault : minFreeMiB(vm.scratchMinFreeMiB, path, `${where}.scratchMinFreeMiB`)) * MiB,
       replicaSite: str(vm.replicaSite, path, `${where}.replicaSite`),
       replicaSiteId: replicaSiteIdOf(vm.replicaSiteId, path, where),
       intervalSeconds: num(vm.intervalSeconds ?? 30, path, `${where}.intervalSeconds`),
@@ -108,6 +126,34 @@ export function loadAgentConfig(path: string): AgentConfig {
     tls: { caFile: abs(str(tls.caFile, path, "tls.caFile")), certFile: abs(str(tls.certFile, path, "tls.certFile")), keyFile: abs(str(tls.keyFile, path, "tls.keyFile")) },
     vms,
   };
+}
+
+const MiB = 1024 * 1024;
+const DEFAULT_SCRATCH_MIN_FREE_MIB = DEFAULT_SCRATCH_MIN_FREE_BYTES / MiB;
+/** A guest write must never wait long for us; past a minute guests start to time out their I/O. */
+const MAX_CBW_TIMEOUT_SECONDS = 60;
+
+function cbwTimeout(v: unknown, path: string, what: string): number {
+  // QEMU reads 0 as "no limit": a guest write could then wait on a stuck scratch for ever.
+  if (typeof v !== "number" || !Number.isInteger(v) || v < 1 || v > MAX_CBW_TIMEOUT_SECONDS) {
+    throw new AgentConfigError(
+      path,
+      `${what} must be a whole number of seconds from 1 to ${MAX_CBW_TIMEOUT_SECONDS}, got ${JSON.stringify(v)}: it bounds how long a guest write may wait ` +
+        `for its copy into the scratch (0, no bound, is refused); the default is ${DEFAULT_CBW_TIMEOUT_SECONDS}`,
+    );
+  }
+  return v;
+}
+
+function minFreeMiB(v: unknown, path: string, what: string): number {
+  if (typeof v !== "number" || !Number.isInteger(v) || v < 1 || v > 1024 * 1024) {
+    throw new AgentConfigError(
+      path,
+      `${what} must be a whole number of MiB from 1 to 1048576, got ${JSON.stringify(v)}: a cut-off is skipped while the scratch filesystem ` +
+        `has less than this free; the default is ${DEFAULT_SCRATCH_MIN_FREE_MIB}`,
+    );
+  }
+  return v;
 }
 
 /** Ids become state file names and QMP names: one that is not an id is refused before anything is written. */

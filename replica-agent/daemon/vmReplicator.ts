@@ -7,7 +7,7 @@ import { RejectReason, ResumeHint, ResyncMode, type PlannedFailoverRequested } f
 import { GuestAgentClient } from "../../src/qemu/guestAgent/index.js";
 import { QmpClient, queryNamedBlockNodes } from "../../src/qemu/qmp/index.js";
 import { ReplicationClient, channelCredentials, grpcChannelOptions, type SiteCredentials } from "../../src/transport/index.js";
-import { ScratchSpaceLowError, SnapshotBrokenError, VmCapture, type CaptureCycle } from "../capture/index.js";
+import { IothreadDiskError, ScratchSpaceLowError, SnapshotBrokenError, VmCapture, type CaptureCycle } from "../capture/index.js";
 import type { AgentVmConfig } from "./agentConfig.js";
 import { ResponseQueue } from "./responseQueue.js";
 import { CycleRefusedError, send, sendCycle, type ReplicateStream } from "./cycleSender.js";
@@ -110,6 +110,8 @@ export class VmReplicator {
         disks: this.vm.disks,
         stateDir: this.stateDir,
         scratchDir: this.vm.scratchDir,
+        scratchMinFreeBytes: this.vm.scratchMinFreeBytes,
+        cbwTimeoutSeconds: this.vm.cbwTimeoutSeconds,
         nbdSocketPath: this.vm.nbdSocket,
         quiescer: guestAgent,
         logger: this.logger,
@@ -175,15 +177,21 @@ export class VmReplicator {
         const resync = next === ResumeHint.RESUME_HINT_RESYNC;
         this.status = resync ? "resynchronising" : "initial-replication";
         // A new bitmap in the same transaction as the cut-off: every later write is tracked.
-        await cycle(await capture.enable({ minSeq: ack.lastCycleSeq + 1 }), resync);
-        tracking = true;
-        next = ResumeHint.RESUME_HINT_INCREMENTAL;
-        this.status = "replicating";
+        const opened = await capture.enable({ minSeq: ack.lastCycleSeq + 1 }).catch((err: unknown) => this.skipped(err, stream, responses, ack.generation));
+        if (opened) {
+          await cycle(opened, resync);
+          tracking = true;
+          next = ResumeHint.RESUME_HINT_INCREMENTAL;
+          this.status = "replicating";
+        }
       } else {
         // Incremental cycles need the bitmap; without it the site must hear of the loss in a Hello.
         if (!tracking) throw new Error("change tracking was lost and the replica site expects incremental cycles: reconnecting to report it");
         this.status = "replicating";
-        await this.incremental(qmp, () => capture.beginCycle().then((c) => cycle(c, false)));
+        await this.incremental(qmp, async () => {
+          const opened = await capture.beginCycle().catch((err: unknown) => this.skipped(err, stream, responses, ack.generation));
+          if (opened) await cycle(opened, false);
+        });
       }
       await Promise.race([this.pause(this.vm.intervalSeconds * 1000), responses.plannedFailover, responses.noticeArrived(), broken]);
     }
@@ -194,7 +202,7 @@ export class VmReplicator {
     try {
       await run();
     } catch (err) {
-      if (err instanceof SnapshotBrokenError || err instanceof ScratchSpaceLowError) {
+      if (err instanceof SnapshotBrokenError) {
         // The guest is unharmed and every change kept: the next interval tries again.
         this.lastError = `${err.code}: ${err.message}`;
         this.logger.warn({ vm: this.vm.id, code: err.code, err: err.message }, "cycle failed on this host; retrying next interval");
@@ -212,6 +220,23 @@ export class VmReplicator {
     }
   }
 
+
+  /**
+   * A due cycle that did not start because of this host (its scratch is nearly full, or a disk
+   * this QEMU cannot export safely): nothing was cut, every change is kept for the next interval,
+   * and the replica site hears why no point arrives (status and health show it; the site records
+   * it once, not once per interval).
+   * Anything else is rethrown.
+   */
+  private async skipped(err: unknown, stream: ReplicateStream, responses: ResponseQueue, generation: number): Promise<undefined> {
+    if (!(err instanceof ScratchSpaceLowError || err instanceof IothreadDiskError)) throw err;
+    this.lastError = `${err.code}: ${err.message}`;
+    this.logger.warn({ vm: this.vm.id, code: err.code, err: err.message }, "cycle skipped on this host; retrying next interval");
+    await send(stream, responses, {
+      body: { $case: "cycleSkipped", value: { generation: BigInt(generation), code: err.code, message: err.message, skippedAt: new Date() } },
+    });
+    return undefined;
+  }
 
   private stoppedSignal(): Promise<void> {
     return new Promise((resolve) => {

@@ -15,6 +15,7 @@ import {
   loadRelationship,
   pointIdFor,
   markResyncRequired,
+  recordCycleSkipped,
   startResync,
   startInitialReplication,
   startMerge,
@@ -296,6 +297,21 @@ export class Relationships {
     if (state.state === "not-enabled" || input.generation !== state.generation) return;
     if (state.state !== "initial-replication-in-progress" && input.seq <= state.lastCycleSeq) return;
     await this.exec(input.vmId, (s) => failCycle(s, { cycleSeq: input.seq, generation: input.generation, reason: input.reason, message: input.message.slice(0, 2000) }));
+  }
+
+  /**
+   * The primary did not start a due cycle (its scratch is nearly full, say). A report of another
+   * generation is a stale primary's and is ignored; a repeated code records nothing (once per
+   * code while it lasts). Returns whether an event was recorded.
+   */
+  async recordCycleSkipped(input: { vmId: string; generation: number; code: string; message: string; skippedAt: Date }): Promise<boolean> {
+    const state = await this.load(input.vmId);
+    if (state.state === "not-enabled" || input.generation !== state.generation) return false;
+    const { events } = await this.exec(input.vmId, (s) =>
+      recordCycleSkipped(s, { generation: input.generation, code: input.code, message: input.message, skippedAt: input.skippedAt.toISOString() }),
+    );
+    if (events.length) this.logger.warn({ vm: input.vmId, code: input.code, message: input.message }, "the primary skips its cycles");
+    return events.length > 0;
   }
 
   /**

@@ -82,6 +82,11 @@ export type RelationshipEventData = {
   };
   InitialReplicationCompleted: { cycleSeq: number; pointId: string };
   CycleFailed: { cycleSeq: number; generation: number; reason: string; message: string };
+  /**
+   * The primary did not start a due cycle, for `code` (e.g. SCRATCH_SPACE_LOW); recorded once per
+   * code while the condition lasts, which the next CycleCommitted ends.
+   */
+  CycleSkipped: { generation: number; code: string; message: string; skippedAt: string };
   RecoveryPointMergeStarted: { pointId: string; intoPointId: string };
   RecoveryPointMerged: { pointId: string; intoPointId: string; disks: { diskId: string; imagePath: string }[] };
   ResyncRequired: { reason: string };
@@ -165,6 +170,7 @@ const KNOWN_TYPES = {
   RecoveryPointCreated: true,
   InitialReplicationCompleted: true,
   CycleFailed: true,
+  CycleSkipped: true,
   RecoveryPointMergeStarted: true,
   RecoveryPointMerged: true,
   ResyncRequired: true,

@@ -35,6 +35,7 @@ export {
   type RelationshipFailure,
   type RelationshipState,
   type ResyncApproval,
+  type SkippedCycles,
   type TestFailover,
 } from "./relationship.js";
 export {
@@ -67,6 +68,7 @@ export { enableReplication, type EnableReplicationInput } from "./commands/enabl
 export { startInitialReplication, type StartInitialReplicationInput } from "./commands/startInitialReplication.js";
 export { commitCycle, type CommitCycleInput } from "./commands/commitCycle.js";
 export { failCycle, type FailCycleInput } from "./commands/failCycle.js";
+export { recordCycleSkipped, type RecordCycleSkippedInput } from "./commands/recordCycleSkipped.js";
 export { startMerge } from "./commands/startMerge.js";
 export { completeMerge, type CompleteMergeInput } from "./commands/completeMerge.js";
 export { markResyncRequired, type MarkResyncRequiredInput } from "./commands/markResyncRequired.js";

@@ -90,6 +90,14 @@ export interface RelationshipFailure {
   readonly message: string;
 }
 
+/** A condition on the primary that keeps due cycles from starting (CycleSkipped), until a commit. */
+export interface SkippedCycles {
+  readonly code: string;
+  readonly message: string;
+  /** When the primary first skipped a cycle for this code. */
+  readonly since: string;
+}
+
 export interface RelationshipState {
   readonly vmId: string;
   readonly state: ReplicationStateName;
@@ -117,6 +125,7 @@ export interface RelationshipState {
   readonly resyncApproval: ResyncApproval | undefined;
   readonly lastCommittedAt: string | undefined;
   readonly lastFailure: RelationshipFailure | undefined;
+  readonly cycleSkipped: SkippedCycles | undefined;
   readonly lastTestFailoverAt: string | undefined;
   readonly counters: RelationshipCounters;
 }
@@ -143,6 +152,7 @@ export function initialRelationshipState(vmId: string): RelationshipState {
     resyncApproval: undefined,
     lastCommittedAt: undefined,
     lastFailure: undefined,
+    cycleSkipped: undefined,
     lastTestFailoverAt: undefined,
     counters: {
       cyclesCommitted: 0,
@@ -194,6 +204,8 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
         lastCycleSeq: Math.max(s.lastCycleSeq, d.cycleSeq),
         disks: d.disks.map((x) => ({ diskId: x.diskId, sizeBytes: x.sizeBytes })),
         lastCommittedAt: d.committedAt,
+        // A cycle got through: whatever kept cycles from starting is over.
+        cycleSkipped: undefined,
         // A cycle in the current generation proves the primary adopted it.
         generationHandover: d.generation === s.generation ? undefined : s.generationHandover,
         counters: {
@@ -239,6 +251,8 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
         counters: { ...c, cyclesFailed: c.cyclesFailed + 1, consecutiveFailures: c.consecutiveFailures + 1 },
       };
     }
+    case "CycleSkipped":
+      return { ...s, cycleSkipped: { code: event.data.code, message: event.data.message, since: event.data.skippedAt } };
     case "RecoveryPointMergeStarted":
       return {
         ...s,
@@ -333,6 +347,8 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
         generationHandover: undefined,
         // If the failover is cancelled, a resync needs a go-ahead given after it.
         resyncApproval: undefined,
+        // The old primary's condition no longer decides anything here.
+        cycleSkipped: undefined,
         failover: {
           kind: d.kind,
           pointId: d.pointId,
@@ -382,6 +398,7 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
         failover: undefined,
         generationHandover: undefined,
         resyncApproval: undefined,
+        cycleSkipped: undefined,
       };
     }
     default:

@@ -42,6 +42,8 @@ export interface VmStatus {
   readonly resyncReason: string | undefined;
   /** Who approved the pending resync (ResyncApproved), until it completes. */
   readonly resyncApprovedBy: string | undefined;
+  /** What keeps the primary from starting due cycles (CycleSkipped), until the next commit. */
+  readonly cycleSkipped: { readonly code: string; readonly message: string; readonly since: string } | undefined;
   /** Why replication is paused. */
   readonly pauseReason: string | undefined;
   /** The most recent problem; kept after recovery, with its time, as Hyper-V shows the last error. */
@@ -111,6 +113,8 @@ export class StatusProjection {
       lastError = { reason: event.data.reason, message: `cycle ${event.data.cycleSeq}: ${event.data.message}`, at };
     } else if (event.type === "ResyncRequired") {
       lastError = { reason: "RESYNC_REQUIRED", message: event.data.reason, at };
+    } else if (event.type === "CycleSkipped") {
+      lastError = { reason: event.data.code, message: `cycles skipped by the primary: ${event.data.message}`, at };
     } else if (event.type === "StaleGenerationRefused") {
       const d = event.data;
       lastError = {
@@ -161,6 +165,7 @@ function toStatus({ rel, lastError }: Entry, now: Date): VmStatus {
     staleGenerationRefusals: c.staleGenerationRefusals,
     resyncReason: rel.resyncReason,
     resyncApprovedBy: rel.resyncApproval?.approvedBy,
+    cycleSkipped: rel.cycleSkipped && { code: rel.cycleSkipped.code, message: rel.cycleSkipped.message, since: rel.cycleSkipped.since },
     pauseReason: rel.pauseReason,
     lastError,
   };

@@ -226,6 +226,10 @@ function healthOf(s: VmStatus): { health: ReplicationHealth; message: string } {
   }
   if (s.state === "resynchronising") return { health: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: `resynchronising${s.resyncReason ? ` after: ${s.resyncReason}` : ""}` };
   if (s.consecutiveFailures >= 3) return { health: ReplicationHealth.REPLICATION_HEALTH_CRITICAL, message: `${s.consecutiveFailures} cycles failed in a row: ${s.lastError?.message ?? ""}` };
+  if (s.cycleSkipped) {
+    const c = s.cycleSkipped;
+    return { health: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: `${c.code}: the primary skips its cycles since ${c.since}: ${c.message}` };
+  }
   if (s.consecutiveFailures > 0) return { health: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: `last cycle failed: ${s.lastError?.message ?? ""}` };
   if (s.state === "paused") return { health: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: `replication is paused${s.pauseReason ? `: ${s.pauseReason}` : ""}` };
   return { health: ReplicationHealth.REPLICATION_HEALTH_NORMAL, message: "" };

@@ -15,6 +15,7 @@ import {
   ResyncMode,
   type CycleBegin,
   type CycleEnd,
+  type CycleSkipped,
   type ExtentChunk,
   type Hello,
   type ReplicateRequest,
@@ -167,6 +168,8 @@ export class ReplicateSession {
         this.primaryStopped = undefined;
         return;
       }
+      case "cycleSkipped":
+        return this.onCycleSkipped(body.value);
       case "cycleAbort":
         if (this.cycle && BigInt(this.cycle.seq) === body.value.cycleSequence) {
           await this.failCycle(this.cycle.seq, "ABORTED_BY_SENDER", body.value.message || "the sender aborted the cycle");
@@ -344,6 +347,26 @@ export class ReplicateSession {
       const reason = err instanceof RelationshipRefusal ? err.reason : RejectReason.REJECT_REASON_STORAGE_FAILURE;
       await this.failCycle(seq, RejectReason[reason], errorMessage(err), cycle);
       await this.sendCycleRejected(seq, reason, errorMessage(err));
+    }
+  }
+
+  /** A due cycle the primary did not start, and why: for status and health, never answered. */
+  private async onCycleSkipped(skipped: CycleSkipped): Promise<void> {
+    const vmId = this.vmId!;
+    // A stale primary's report must not touch the current generation's relationship.
+    if (Number(skipped.generation) !== this.generation) {
+      this.logger.warn({ vm: vmId, generation: Number(skipped.generation), current: this.generation, code: skipped.code }, "CycleSkipped of another generation ignored");
+      return;
+    }
+    const code = skipped.code || "CYCLE_SKIPPED";
+    const message = skipped.message || "the primary did not start a due cycle and gave no reason";
+    try {
+      await this.ctx.serializer.run(vmId, () =>
+        this.ctx.relationships.recordCycleSkipped({ vmId, generation: this.generation, code, message, skippedAt: skipped.skippedAt ?? new Date() }),
+      );
+    } catch (err) {
+      // A report in a state where no cycle is due (e.g. paused) is not worth ending the stream.
+      this.logger.warn({ vm: vmId, code, err: errorMessage(err) }, "could not record the skipped cycle");
     }
   }
 

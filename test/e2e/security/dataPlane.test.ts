@@ -5,6 +5,7 @@ import { RejectReason, ResumeHint } from "../../../src/gen/qreplica/v1/replicati
 import { imageInfo } from "../../../src/qemu/processes/index.js";
 import type { ExtentPiece } from "../../../src/transport/index.js";
 import { StreamEndedError, encodeChunks, msg, totalsOf, withFlippedChecksum, type ProtocolClient } from "../../helpers/protocolClient.js";
+import { waitFor } from "../../helpers/processes.js";
 import { ExpectedDisk, MiB, initialCycle, noise, pattern, startSiteB, type SiteB } from "./siteB.js";
 
 // The data plane of a real `qreplica site serve` (site B) driven by a hand-made agent-a client
@@ -277,5 +278,36 @@ describe("malformed input", () => {
     expect((await disk.compareWithPoint(state.points[0]!.disks[0]!.imagePath, join(site.tmp, "range.raw"))).detail).toMatch(/identical/i);
     expect(site.storageFiles(VM, "vda")).toEqual(["base.qcow2"]);
     expect((await d.finish()).code).toBe(status.OK);
+  });
+});
+
+describe("CycleSkipped (a due cycle the primary did not start)", () => {
+  const VM = "vm-skipped";
+
+  it("a report of another generation touches nothing; the current generation's is recorded once however often it repeats, and a commit clears it", async () => {
+    const disk = new ExpectedDisk("vda", 8 * MiB);
+    const c = site.open();
+    expect((await c.hello({ vmId: VM, generation: 0, disks: [disk.spec] })).generation).toBe(1n);
+    await initialCycle(c, { vmId: VM, generation: 1, seq: 1, disk });
+    const skipped = (generation: bigint, message: string) => ({
+      body: { $case: "cycleSkipped" as const, value: { generation, code: "SCRATCH_SPACE_LOW", message, skippedAt: new Date() } },
+    });
+    // The stream is handled in order: once the last report is in the ledger, the others were handled.
+    await c.send(skipped(7n, "stale: from a primary of generation 7"));
+    for (let i = 0; i < 5; i++) await c.send(skipped(1n, `scratch /s has ${i} MiB free`));
+    const recorded = await waitFor("the CycleSkipped event", async () => {
+      const events = (await site.events(VM)).filter((e) => e.type === "CycleSkipped");
+      return events.length ? events : undefined;
+    }, 30_000);
+    expect(recorded).toHaveLength(1);
+    expect(recorded[0]!.data).toMatchObject({ generation: 1, code: "SCRATCH_SPACE_LOW", message: "scratch /s has 0 MiB free" });
+    // The stream stays open and the next cycle commits, which ends the condition.
+    const next = new ExpectedDisk("vda", 8 * MiB);
+    const chunks = encodeChunks([{ kind: "data", offset: 0, length: MiB, data: pattern(MiB, 0x44) }], { generation: 1, seq: 2, diskId: "vda" });
+    await c.sendCycle({ vmId: VM, generation: 1, seq: 2, kind: "incremental", disks: [next.spec] }, chunks, totalsOf(chunks));
+    expect((await c.expect("cycleAck")).cycleSequence).toBe(2n);
+    expect((await site.relationship(VM)).cycleSkipped).toBeUndefined();
+    expect((await site.events(VM)).filter((e) => e.type === "CycleSkipped")).toHaveLength(1);
+    expect((await c.finish()).code).toBe(status.OK);
   });
 });

@@ -72,3 +72,35 @@ describe("agent config: ids and the pinned replica site", () => {
     expect(() => loadAgentConfig(path)).toThrow(/vms\[0\] \(vm1\)\.replicaSiteId is missing: set it to the replica site's id \(the --name given to 'qreplica site init' there/);
   });
 });
+
+describe("agent config: cut-off safety knobs", () => {
+  function config(top: string, vmExtra = ""): string {
+    const path = join(tmp.path, `agent-${Math.random().toString(36).slice(2)}.yaml`);
+    writeFileSync(
+      path,
+      `siteId: site-a\nstateDir: state\ntls: { caFile: ca.crt, certFile: a.crt, keyFile: a.key }\n${top}vms:\n` +
+        `  - { id: vm1, qmpSocket: q, nbdSocket: n, disks: [{ id: vda, node: vda }], replicaSite: "h:1", replicaSiteId: site-b${vmExtra} }\n` +
+        `  - { id: vm2, qmpSocket: q2, nbdSocket: n2, disks: [{ id: vda, node: vda }], replicaSite: "h:1", replicaSiteId: site-b }\n`,
+    );
+    return path;
+  }
+
+  it("defaults: cbw-timeout 5 s, 8 MiB free scratch", () => {
+    const c = loadAgentConfig(config(""));
+    expect(c.vms.map((v) => [v.cbwTimeoutSeconds, v.scratchMinFreeBytes])).toEqual([[5, 8 * 1024 * 1024], [5, 8 * 1024 * 1024]]);
+  });
+
+  it("agent-wide values apply to every VM; a VM's own value overrides them", () => {
+    const c = loadAgentConfig(config("cbwTimeoutSeconds: 10\nscratchMinFreeMiB: 64\n", ", cbwTimeoutSeconds: 2, scratchMinFreeMiB: 512"));
+    expect(c.vms[0]).toMatchObject({ cbwTimeoutSeconds: 2, scratchMinFreeBytes: 512 * 1024 * 1024 });
+    expect(c.vms[1]).toMatchObject({ cbwTimeoutSeconds: 10, scratchMinFreeBytes: 64 * 1024 * 1024 });
+  });
+
+  it("refuses values that are no bound or not whole numbers, naming the field, the range and the default", () => {
+    expect(() => loadAgentConfig(config("cbwTimeoutSeconds: 0\n"))).toThrow(/cbwTimeoutSeconds must be a whole number of seconds from 1 to 60, got 0: .*\(0, no bound, is refused\); the default is 5/);
+    expect(() => loadAgentConfig(config("", ", cbwTimeoutSeconds: 2.5"))).toThrow(/vms\[0\] \(vm1\)\.cbwTimeoutSeconds must be a whole number of seconds from 1 to 60, got 2\.5/);
+    expect(() => loadAgentConfig(config("", ", cbwTimeoutSeconds: 600"))).toThrow(AgentConfigError);
+    expect(() => loadAgentConfig(config("scratchMinFreeMiB: '8M'\n"))).toThrow(/scratchMinFreeMiB must be a whole number of MiB from 1 to 1048576, got "8M": .*the default is 8/);
+    expect(() => loadAgentConfig(config("", ", scratchMinFreeMiB: 0"))).toThrow(/vms\[0\] \(vm1\)\.scratchMinFreeMiB must be a whole number of MiB/);
+  });
+});
