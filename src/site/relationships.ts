@@ -15,6 +15,7 @@ import {
   loadRelationship,
   pointIdFor,
   markResyncRequired,
+  resyncStartedMetadata,
   startResync,
   startInitialReplication,
   startMerge,
@@ -229,10 +230,9 @@ export class Relationships {
       if (!parent) throw new RelationshipRefusal(RejectReason.REJECT_REASON_UNKNOWN_DISK, `disk '${d.diskId}' is not replicated for VM ${vmId}`);
       return { diskId: d.diskId, sizeBytes: d.sizeBytes, parentImage: parent.imagePath };
     });
-    // An operator's go-ahead (ResyncApproved) is named by the ResyncStarted it leads to.
-    const a = state.resyncApproval;
-    const approval = a ? { metadata: { actor: a.approvedBy, actorRole: a.approvedByRole } } : {};
-    await this.exec(vmId, (s) => startResync(s, { cycleSeq: seq, cutoffAt: input.cutoffAt.toISOString(), generation: input.generation }), approval);
+    // An operator's go-ahead (ResyncApproved) is named by the ResyncStarted it leads to, taken from
+    // the state the command decides on: an approval may land after `state` was read.
+    await this.exec(vmId, (s) => startResync(s, { cycleSeq: seq, cutoffAt: input.cutoffAt.toISOString(), generation: input.generation }), { metadata: resyncStartedMetadata });
     return this.storage.beginPoint(vmId, seq, disks);
   }
 
