@@ -87,3 +87,4 @@ export { recogniseCurrentPrimary, type RecogniseCurrentPrimaryInput } from "./co
 export { completeFailover } from "./commands/completeFailover.js";
 export { startReverseReplication, type StartReverseReplicationInput } from "./commands/startReverseReplication.js";
 export { updateVmSpec } from "./commands/updateVmSpec.js";
+export { continuesInitialReplication, resyncGoAhead, type ResyncMode, type TrackingLossReport } from "./resyncGoAhead.js";

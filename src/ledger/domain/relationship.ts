@@ -20,6 +20,7 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
       return {
         ...s,
         state: "ready-for-initial-replication",
+        incrementalSinceInitial: false,
         generation: d.generation,
         primarySiteId: d.primarySiteId,
         replicaSiteId: d.replicaSiteId,
@@ -33,6 +34,7 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
       return {
         ...s,
         state: "initial-replication-in-progress",
+        incrementalSinceInitial: false,
         inFlight: { cycleSeq: event.data.cycleSeq, kind: "full", cutoffAt: event.data.cutoffAt },
       };
     case "CycleCommitted": {
@@ -40,6 +42,7 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
       return {
         ...s,
         lastCycleSeq: Math.max(s.lastCycleSeq, d.cycleSeq),
+        incrementalSinceInitial: s.incrementalSinceInitial || d.kind === "incremental",
         disks: d.disks.map((x) => ({ diskId: x.diskId, sizeBytes: x.sizeBytes })),
         lastCommittedAt: d.committedAt,
         // A cycle in the current generation proves the primary adopted it.
@@ -221,6 +224,7 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
       return {
         ...s,
         state: "ready-for-initial-replication",
+        incrementalSinceInitial: false,
         generation: Math.max(s.generation, d.generation),
         primarySiteId: d.newPrimarySiteId,
         replicaSiteId: d.newReplicaSiteId,

@@ -96,6 +96,12 @@ export interface RelationshipState {
   readonly retention: { readonly maxPoints: number };
   /** Highest cycle committed or failed; 0 before the first. */
   readonly lastCycleSeq: number;
+  /**
+   * An incremental cycle was committed since the newest initial replication started: the primary
+   * had its change tracking confirmed (it sends incrementals only on a bitmap whose enabling cycle
+   * was acked). Until then, the initial replication is not finished as far as the primary knows.
+   */
+  readonly incrementalSinceInitial: boolean;
   readonly inFlight: InFlightCycle | undefined;
   /** Oldest first; the first point's images are the chain's base. */
   readonly points: readonly RecoveryPoint[];
@@ -125,6 +131,7 @@ export function initialRelationshipState(vmId: string): RelationshipState {
     vmSpec: {},
     retention: { maxPoints: 1 },
     lastCycleSeq: 0,
+    incrementalSinceInitial: false,
     inFlight: undefined,
     points: [],
     testFailovers: {},
