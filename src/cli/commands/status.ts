@@ -70,14 +70,15 @@ export function registerStatus(program: Command): void {
     .option("--from <n>", "first stream version with a VM, else first global position (as printed in the # column)", (v) => parseCount(v), 0)
     .option("--limit <n>", "at most N events (the site answers at most 1000 per request; more are fetched page by page)", (v) => parseCount(v, 1), 200)
     .option("--all", "every event from --from to the end, fetched page by page (--limit is ignored)", false)
-    .option("--audit", "only refused control calls (the ledger's `audit` stream); needs a certificate with role admin", false)
+    .option("--audit", "only refused calls (the ledger's `audit` stream); needs a certificate with role admin", false)
     .addHelpText(
       "after",
       "\nWith --json the output is one object: { events: [...], nextPosition, more }. `more` is true when the ledger\n" +
         "holds events after the last one printed; pass `--from <nextPosition>` to continue. Without --json a line\n" +
         "after the table says so.\n\n" +
-        "Refused control calls are recorded in the stream `audit` (ControlCallRefused: identity, role, RPC, VM, role\n" +
-        "needed, reason, and a count: identical refusals within a minute are one event). Only admins see them.",
+        "Refused calls (control calls, and Hellos of unauthorized primaries) are recorded in the stream `audit`\n" +
+        "(ControlCallRefused: identity, role, RPC, VM, role needed, reason, and a count: identical refusals within a\n" +
+        "minute are one event). Only admins see them.",
     )
     .action(async (vm: string | undefined, o: Target & { from: number; limit: number; all: boolean; audit: boolean }) => {
       try {

@@ -4,7 +4,7 @@ import type { Logger } from "../../common/logger.js";
 import { isValidId } from "../../model/index.js";
 import { peerIdentity, roleAllows, type Role } from "../../transport/index.js";
 import type { Caller } from "./caller.js";
-import type { Refusal, RefusalAudit } from "./refusalAudit.js";
+import { peerHost, type Refusal, type RefusalAudit } from "./refusalAudit.js";
 import { checkRequestIds } from "./requestIds.js";
 
 /** A role a control call may require: agents hold none of them. */
@@ -67,11 +67,6 @@ function targetVm(request: unknown): { vmId: string | undefined; vmIdMalformed: 
   const v = typeof request === "object" && request !== null ? (request as { vmId?: unknown }).vmId : undefined;
   if (v === undefined || v === "") return { vmId: undefined, vmIdMalformed: false };
   return isValidId(v) ? { vmId: v, vmIdMalformed: false } : { vmId: undefined, vmIdMalformed: true };
-}
-
-/** The peer's address without its port ("127.0.0.1:53122" -> "127.0.0.1"): ports change with every connection. */
-function peerHost(peer: string): string | undefined {
-  return peer.replace(/:\d+$/, "") || undefined;
 }
 
 /**

@@ -3,14 +3,15 @@ import type { EventStore } from "../../ledger/index.js";
 import type { Role } from "../../transport/roles.js";
 
 /**
- * Refused control calls, recorded in the ledger (stream `audit`, hash-chained like every stream)
+ * Refused calls (control calls the caller's role does not allow, and Hellos of unauthorized
+ * primaries), recorded in the ledger (stream `audit`, hash-chained like every stream)
  * so that who tried what, and was refused, is on record and not only in the site's log. Only
  * admins read this stream (see ListEvents): it names identities and what they probed.
  */
 export const AUDIT_STREAM = "audit";
 export const CONTROL_CALL_REFUSED = "ControlCallRefused";
 
-/** Why a control call was refused. */
+/** Why a call was refused. */
 export type RefusalReason =
   /** No verified client certificate (cannot happen over mutual TLS; recorded if it ever does). */
   | "UNAUTHENTICATED"
@@ -19,14 +20,17 @@ export type RefusalReason =
   /** An agent certificate: data plane only. */
   | "AGENT_ON_CONTROL_PLANE"
   /** A viewer or operator calling what needs a higher role. */
-  | "ROLE_INSUFFICIENT";
+  | "ROLE_INSUFFICIENT"
+  /** Data plane: a Hello from a primary identity no authorization entry names. */
+  | "PRIMARY_NOT_AUTHORIZED";
 
 export interface Refusal {
   /** The certificate's CN, never its contents. */
   identity: string;
   role: Role | "none";
   rpc: string;
-  needed: Exclude<Role, "agent">;
+  /** The role the call needs, or for the data plane's Replicate an authorization entry naming the identity. */
+  needed: Exclude<Role, "agent"> | "authorization";
   reason: RefusalReason;
   /** What the caller was told (names the caller, its role, the role needed and the fix). */
   message: string;
@@ -35,6 +39,11 @@ export interface Refusal {
   vmIdMalformed: boolean;
   /** The peer's address without its port. */
   peer: string | undefined;
+}
+
+/** The peer's address without its port ("127.0.0.1:53122" -> "127.0.0.1"): ports change with every connection. */
+export function peerHost(peer: string): string | undefined {
+  return peer.replace(/:\d+$/, "") || undefined;
 }
 
 /** At most this many distinct VM ids and peers are listed in one coalesced event (the count covers the rest). */
