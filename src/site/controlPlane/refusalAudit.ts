@@ -49,6 +49,8 @@ export function peerHost(peer: string): string | undefined {
 /** At most this many distinct VM ids and peers are listed in one coalesced event (the count covers the rest). */
 const MAX_LISTED = 10;
 const WINDOW_MS = 60_000;
+/** Windows of a key refused without pause double up to this: a forgotten misconfigured agent adds about one event an hour. */
+const MAX_WINDOW_MS = 60 * 60_000;
 
 interface Window {
   /** Refusals since the last event of this key, not yet recorded. */
@@ -59,6 +61,8 @@ interface Window {
   malformedVmIds: number;
   peers: Set<string>;
   last: Refusal;
+  /** This window's length: doubles with every window that ends with refusals pending. */
+  spanMs: number;
   timer: NodeJS.Timeout;
 }
 
@@ -67,8 +71,10 @@ interface Window {
  * first refusal of an (identity, role, RPC) is recorded at once, as its own event (count 1), and
  * opens a one-minute window; identical refusals within the window are only counted, and when the
  * window ends they become ONE event (count N, first and last time, the VM ids and peers seen, at
- * most ten of each); a key still refused then opens the next window. A steady flood of one
- * identity on one RPC therefore adds one event a minute. Keys are bounded too: a call reaches the
+ * most ten of each); a key still refused then opens the next window, twice as long (up to an
+ * hour), and a window that ends without refusals closes the key. A flood of one identity on one
+ * RPC therefore adds about log2(60) + hours events, e.g. ~30 a day for an agent left refused
+ * forever, whatever its call rate. Keys are bounded too: a call reaches the
  * guard only after a TLS handshake with a CA-signed certificate, so there are at most
  * certificates x RPCs of them. The VM id is not part of the key (a caller trying every VM id
  * would otherwise open a window per id). Counts pending at a stop are recorded by `flush`.
@@ -98,7 +104,7 @@ export class RefusalAudit {
       this.note(open, r);
       return Promise.resolve();
     }
-    const w: Window = { pending: 0, firstAt: undefined, lastAt: undefined, vmIds: new Set(), malformedVmIds: 0, peers: new Set(), last: r, timer: this.timer(key) };
+    const w: Window = { pending: 0, firstAt: undefined, lastAt: undefined, vmIds: new Set(), malformedVmIds: 0, peers: new Set(), last: r, spanMs: this.windowMs, timer: this.timer(key, this.windowMs) };
     this.windows.set(key, w);
     const single: Window = { ...w, pending: 1, firstAt: now, lastAt: now, vmIds: new Set(), malformedVmIds: 0, peers: new Set() };
     this.note(single, r);
@@ -121,8 +127,8 @@ export class RefusalAudit {
     await this.tail;
   }
 
-  private timer(key: string): NodeJS.Timeout {
-    const t = setTimeout(() => this.closeWindow(key), this.windowMs);
+  private timer(key: string, ms: number): NodeJS.Timeout {
+    const t = setTimeout(() => this.closeWindow(key), ms);
     // A window must not keep a stopping process alive: flush() records what it holds.
     t.unref();
     return t;
@@ -136,8 +142,9 @@ export class RefusalAudit {
       return;
     }
     void this.append({ ...w, vmIds: new Set(w.vmIds), peers: new Set(w.peers) });
-    // Still being refused: the next minute is one more window.
-    this.windows.set(key, { pending: 0, firstAt: undefined, lastAt: undefined, vmIds: new Set(), malformedVmIds: 0, peers: new Set(), last: w.last, timer: this.timer(key) });
+    // Still being refused: one more window, twice as long (up to an hour).
+    const spanMs = Math.min(w.spanMs * 2, Math.max(MAX_WINDOW_MS, this.windowMs));
+    this.windows.set(key, { pending: 0, firstAt: undefined, lastAt: undefined, vmIds: new Set(), malformedVmIds: 0, peers: new Set(), last: w.last, spanMs, timer: this.timer(key, spanMs) });
   }
 
   private note(w: Window, r: Refusal): void {

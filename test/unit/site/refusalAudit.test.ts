@@ -40,17 +40,38 @@ describe("RefusalAudit", () => {
     expect(events).toHaveLength(2);
     expect(events[1]).toMatchObject({ count: 500, malformedVmIds: 5, peers: ["127.0.0.1"] });
     expect((events[1]!.vmIds as string[]).length).toBe(10);
-    // Still refused in the next minute: one more event; then a quiet minute closes the window.
+    // Still refused: the next window is twice as long (two minutes), then a quiet window closes the key.
     await a.record(refusal());
     vi.advanceTimersByTime(60_000);
     await a.settled();
+    expect((await audit(store)).map((e) => e.count)).toEqual([1, 500]);
     vi.advanceTimersByTime(60_000);
     await a.settled();
     expect((await audit(store)).map((e) => e.count)).toEqual([1, 500, 1]);
+    vi.advanceTimersByTime(240_000);
+    await a.settled();
     // A new refusal after the window closed is recorded at once again.
     await a.record(refusal());
     expect((await audit(store)).map((e) => e.count)).toEqual([1, 500, 1, 1]);
     await a.flush();
+  });
+
+  it("an agent refused every 30 s for a day adds about one event an hour, and every refusal is counted", async () => {
+    vi.useFakeTimers();
+    const store = getInMemoryEventStore();
+    const a = new RefusalAudit(store, silentLogger);
+    const calls = (24 * 3600) / 30;
+    for (let i = 0; i < calls; i++) {
+      await a.record(refusal({ rpc: "Replicate", needed: "authorization", reason: "PRIMARY_NOT_AUTHORIZED" }));
+      vi.advanceTimersByTime(30_000);
+      await a.settled();
+    }
+    await a.flush();
+    const counts = (await audit(store)).map((e) => e.count as number);
+    expect(counts.reduce((x, y) => x + y, 0)).toBe(calls);
+    // 1 at once, windows of 1, 2, 4, 8, 16, 32 minutes, then hourly.
+    expect(counts.length).toBeLessThanOrEqual(32);
+    expect(counts.length).toBeGreaterThanOrEqual(24);
   });
 
   it("keys by identity, role and RPC: a different RPC or identity is its own event at once", async () => {
