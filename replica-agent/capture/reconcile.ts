@@ -15,6 +15,8 @@ export interface DiskReport {
   seq?: number;
   /** Bytes changed since the last cut-off, from the recording bitmap. */
   dirtyBytes?: number;
+  /** Status not-enabled because the cycle that enables tracking (this sequence) was never acked, not because nothing was ever enabled. */
+  unacknowledgedEnableSeq?: number;
   sizeBytes: number;
 }
 
@@ -57,7 +59,7 @@ export async function reconcileDisks(
         : remembered
           ? `cycle ${remembered.seq}, which enables change tracking, was never acknowledged by the replica site (the site, the link or the agent stopped first)`
           : undefined;
-      reports.push({ ...base, status: "not-enabled", reason });
+      reports.push({ ...base, status: "not-enabled", reason, ...(remembered ? { unacknowledgedEnableSeq: remembered.seq } : {}) });
       continue;
     }
     const inconsistent = ours.filter((b) => b.inconsistent);

@@ -2,6 +2,7 @@ import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Logger } from "../../src/common/logger.js";
+import { ENABLE_UNACKNOWLEDGED } from "../../src/model/index.js";
 import { CompressionCodec, ChecksumAlgorithm } from "../../src/gen/qreplica/v1/common.js";
 import { RejectReason, ResumeHint, ResyncMode, type PlannedFailoverRequested } from "../../src/gen/qreplica/v1/replication.js";
 import { GuestAgentClient } from "../../src/qemu/guestAgent/index.js";
@@ -44,7 +45,8 @@ function trackingLost(capture: VmCapture): Array<{ diskId: string; code: string;
     .filter((d) => d.status !== "ok")
     .map((d) => ({
       diskId: d.diskId,
-      code: d.status === "not-enabled" ? "NOT_ENABLED" : /inconsistent/.test(d.reason ?? "") ? "BITMAP_INCONSISTENT" : /missing/.test(d.reason ?? "") ? "BITMAP_MISSING" : "TRACKING_LOST",
+      // An enable whose ack never came is told apart: the site lets an interrupted initial replication go on by itself.
+      code: d.unacknowledgedEnableSeq !== undefined ? ENABLE_UNACKNOWLEDGED : d.status === "not-enabled" ? "NOT_ENABLED" : /inconsistent/.test(d.reason ?? "") ? "BITMAP_INCONSISTENT" : /missing/.test(d.reason ?? "") ? "BITMAP_MISSING" : "TRACKING_LOST",
       reason: d.reason ?? (d.status === "not-enabled" ? "no change tracking on this agent (first start, or its state directory was lost)" : "change tracking lost"),
     }));
 }

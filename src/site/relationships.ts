@@ -8,6 +8,7 @@ import {
   RELATIONSHIP_STREAM_PREFIX,
   StaleGenerationError,
   commitCycle,
+  continuesInitialReplication,
   completeMerge,
   enableReplication,
   executeCommand,
@@ -16,6 +17,8 @@ import {
   pointIdFor,
   markResyncRequired,
   recordCycleSkipped,
+  resyncGoAhead,
+  resyncStartedMetadata,
   startResync,
   startInitialReplication,
   startMerge,
@@ -132,9 +135,10 @@ export class Relationships {
     state = await this.recordTrackingLost(input, state);
     if (state.state === "paused") return { ...base, resume: "wait" };
     if (state.state === "resync-required" || state.state === "resynchronising") {
-      // The operator's go-ahead is in the ledger: it outlives the connection it was given in and this process.
-      const manual = input.resyncMode === "manual" && state.resyncApproval === undefined;
-      return { ...base, resume: manual ? "wait" : "resync", resyncReason: state.resyncReason };
+      // The operator's go-ahead is in the ledger: it outlives the connection it was given in and this
+      // process. An interrupted initial replication needs none (resyncGoAhead says why).
+      const resume = resyncGoAhead(state, { lost: input.trackingLost ?? [], mode: input.resyncMode ?? "automatic" });
+      return { ...base, resume, resyncReason: state.resyncReason };
     }
     return { ...base, resume: "incremental" };
   }
@@ -161,7 +165,11 @@ export class Relationships {
     if (lost.length === 0 || (state.state !== "replicating" && state.state !== "resynchronising")) return state;
     const reason = lost.map((l) => `${l.diskId}: ${l.code}${l.reason ? ` (${l.reason})` : ""}`).join("; ");
     const { newState } = await this.exec(input.vmId, (s) => markResyncRequired(s, { reason }));
-    this.logger.warn({ vm: input.vmId, reason }, "the primary lost change tracking: resync required");
+    if (continuesInitialReplication(newState, lost)) {
+      this.logger.warn({ vm: input.vmId, reason }, "the initial replication's ack never reached the primary: it goes on by comparison with what this site holds, without an operator");
+    } else {
+      this.logger.warn({ vm: input.vmId, reason }, "the primary lost change tracking: resync required");
+    }
     return newState;
   }
 
@@ -235,10 +243,9 @@ export class Relationships {
       // The comparison hashes (the parent's) become this point's base as they are sent.
       return { diskId: d.diskId, sizeBytes: d.sizeBytes, parentImage: parent.imagePath, hashBase: { kind: "pending" as const } };
     });
-    // An operator's go-ahead (ResyncApproved) is named by the ResyncStarted it leads to.
-    const a = state.resyncApproval;
-    const approval = a ? { metadata: { actor: a.approvedBy, actorRole: a.approvedByRole } } : {};
-    await this.exec(vmId, (s) => startResync(s, { cycleSeq: seq, cutoffAt: input.cutoffAt.toISOString(), generation: input.generation }), approval);
+    // An operator's go-ahead (ResyncApproved) is named by the ResyncStarted it leads to, taken from
+    // the state the command decides on: an approval may land after `state` was read.
+    await this.exec(vmId, (s) => startResync(s, { cycleSeq: seq, cutoffAt: input.cutoffAt.toISOString(), generation: input.generation }), { metadata: resyncStartedMetadata });
     return this.storage.beginPoint(vmId, seq, disks);
   }
 

@@ -6,12 +6,14 @@ import type { Relationships } from "./relationships.js";
 import type { FailoverService } from "./failover/failoverService.js";
 import { VmSerializer } from "./vmSerializer.js";
 import { SiteAuthorizations } from "./authorizations.js";
+import { RefusalAudit } from "./controlPlane/refusalAudit.js";
 
 /** What every request handler of a running site shares. */
 export class SiteContext {
   readonly serializer = new VmSerializer();
   private readonly sessions = new Map<string, ReplicateSession>();
   private authz: SiteAuthorizations | undefined;
+  private audit: RefusalAudit | undefined;
 
   constructor(
     readonly siteId: string,
@@ -26,6 +28,11 @@ export class SiteContext {
   /** Which primaries may replicate here, from the ledger. */
   get authorizations(): SiteAuthorizations {
     return (this.authz ??= new SiteAuthorizations(this.store));
+  }
+
+  /** Refused control calls, recorded in the ledger's audit stream. */
+  get refusals(): RefusalAudit {
+    return (this.audit ??= new RefusalAudit(this.store, this.logger));
   }
 
   /** One stream per VM: a reconnecting agent's new stream replaces its old, half-dead one. */

@@ -136,6 +136,8 @@ async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, lo
       await failovers.stopAllTests();
       failovers.detach();
       await context.serializer.idle();
+      // Refusals counted in an open window are recorded before the ledger closes.
+      await context.refusals.flush();
       await daemon.stop();
       await store.close();
       // Last: until here a second site on this directory would have fought this one.

@@ -12,6 +12,7 @@ import { makeTmpDir } from "../helpers/tmpDir.js";
 import { ledgerEvents, pointContentHashes } from "../helpers/resyncChecks.js";
 import { runCli, waitFor, type Daemon } from "../helpers/processes.js";
 import { setupTwoSites, type TwoSites } from "../helpers/twoSites.js";
+import { startGuestAgent } from "../helpers/crashGuest.js";
 
 const MiB = 1024 * 1024;
 let env: TwoSites | undefined;
@@ -152,7 +153,7 @@ describe("crash windows of the replica site (QREPLICA_FAULT, SIGKILL)", { timeou
     await expectPointsMatchLedger(t);
   });
 
-  it("(d) killed between the INITIAL cycle's CycleCommitted and its ack: the agent resyncs against that point by itself; no second full cycle, no loop of refusals", async () => {
+  it.each(["automatic", "manual"] as const)("(d) killed between the INITIAL cycle's CycleCommitted and its ack (resync: %s): the agent resyncs against that point by itself; no second full cycle, no loop of refusals", async (mode) => {
     const tmp = makeTmpDir("qr-crashwin-");
     cleanup = tmp.cleanup;
     env = await setupTwoSites(tmp.path, { diskBytes: 32 * MiB, intervalSeconds: 1 });
@@ -161,7 +162,10 @@ describe("crash windows of the replica site (QREPLICA_FAULT, SIGKILL)", { timeou
     const initialExpected = await primarySnapshot(t, "initial");
     // Armed from the site's first start: its first commit is the agent's initial (full) cycle.
     const crashing = await t.startSite(t.siteB, { env: { QREPLICA_FAULT: "crash-after-commit-before-ack" } });
-    t.startAgent();
+    // With `resync: manual` too: an interrupted initial replication is not a protected VM's resync, nobody has to approve it.
+    const agentLog = join(t.dir, mode === "manual" ? "crash-agent.log" : "agent.log");
+    if (mode === "manual") startGuestAgent(t, { qmpSocketPath: t.vm.qmpSocketPath, nbdSocketPath: t.vm.nbdSocketPath, disks: [{ id: "vda", node: "node-vda" }] }, { intervalSeconds: 1, resync: "manual" });
+    else t.startAgent();
     await killedAt(t, crashing, "crash-after-commit-before-ack");
 
     const crashed = await t.relationship();
@@ -174,7 +178,7 @@ describe("crash windows of the replica site (QREPLICA_FAULT, SIGKILL)", { timeou
     const eventsAtRestart = (await ledgerEvents(t.siteB)).length;
 
     await t.startSite(t.siteB);
-    const diag = () => `\n--- agent.log ---\n${tail(join(t.dir, "agent.log"))}\n--- site.log ---\n${tail(join(t.siteB, "site.log"))}`;
+    const diag = () => `\n--- agent.log ---\n${tail(agentLog)}\n--- site.log ---\n${tail(join(t.siteB, "site.log"))}`;
     // The agent's enable was aborted (no ack): it reports no change tracking, and the site, which
     // has the initial point, has it resync by comparison against that point: nothing to send.
     const resync = await waitFor(
@@ -184,7 +188,7 @@ describe("crash windows of the replica site (QREPLICA_FAULT, SIGKILL)", { timeou
     ).catch((err: Error) => {
       throw new Error(err.message + diag());
     });
-    expect(readFileSync(join(t.dir, "agent.log"), "utf8")).toContain(`cycle ${initial.cycleSeq} was committed by the replica site before its ack was lost; change tracking was not confirmed`);
+    expect(readFileSync(agentLog, "utf8")).toContain(`cycle ${initial.cycleSeq} was committed by the replica site before its ack was lost; change tracking was not confirmed`);
     const resyncData = resync.data as { cycleSeq: number; dataBytes: number; zeroBytes: number; comparedBytes?: number };
     expect(resyncData.comparedBytes).toBe(32 * MiB);
     expect(resyncData.dataBytes + resyncData.zeroBytes).toBe(0);
@@ -210,8 +214,11 @@ describe("crash windows of the replica site (QREPLICA_FAULT, SIGKILL)", { timeou
     const failed = after.filter((e) => e.type === "CycleFailed").map((e) => e.data as { reason: string; message: string });
     expect(failed.length, JSON.stringify(failed)).toBeLessThanOrEqual(1);
     const required = after.filter((e) => e.type === "ResyncRequired").map((e) => (e.data as { reason: string }).reason);
-    expect(required).toEqual([`vda: NOT_ENABLED (cycle ${initial.cycleSeq}, which enables change tracking, was never acknowledged by the replica site (the site, the link or the agent stopped first))`]);
-    expect(readFileSync(join(t.dir, "agent.log"), "utf8")).not.toMatch(/needs ready-for-initial-replication/);
+    expect(required).toEqual([`vda: ENABLE_UNACKNOWLEDGED (cycle ${initial.cycleSeq}, which enables change tracking, was never acknowledged by the replica site (the site, the link or the agent stopped first))`]);
+    expect(readFileSync(agentLog, "utf8")).not.toMatch(/needs ready-for-initial-replication|waiting for an operator/);
+    // Nobody approved it, and the resync names no operator.
+    expect(after.filter((e) => e.type === "ResyncApproved")).toEqual([]);
+    expect(after.find((e) => e.type === "ResyncStarted")?.metadata).toEqual({});
     await expectPointsMatchLedger(t);
   });
 

@@ -1,7 +1,9 @@
 import { InvalidArgumentError, type Command } from "commander";
 import { RelationshipState, ReplicationHealth } from "../../gen/qreplica/v1/control.js";
 import { Consistency, CycleKind } from "../../gen/qreplica/v1/common.js";
-import { controlClient, unary } from "../siteClient.js";
+import * as grpc from "@grpc/grpc-js";
+import { AUDIT_STREAM } from "../../site/controlPlane/refusalAudit.js";
+import { ControlCallError, controlClient, unary } from "../siteClient.js";
 import { formatBytes, formatTable } from "../table.js";
 import { emit, fail } from "../output.js";
 import { withTarget, type Target } from "../target.js";
@@ -68,16 +70,23 @@ export function registerStatus(program: Command): void {
     .option("--from <n>", "first stream version with a VM, else first global position (as printed in the # column)", (v) => parseCount(v), 0)
     .option("--limit <n>", "at most N events (the site answers at most 1000 per request; more are fetched page by page)", (v) => parseCount(v, 1), 200)
     .option("--all", "every event from --from to the end, fetched page by page (--limit is ignored)", false)
+    .option("--audit", "only refused calls (the ledger's `audit` stream); needs a certificate with role admin", false)
     .addHelpText(
       "after",
       "\nWith --json the output is one object: { events: [...], nextPosition, more }. `more` is true when the ledger\n" +
         "holds events after the last one printed; pass `--from <nextPosition>` to continue. Without --json a line\n" +
-        "after the table says so.",
+        "after the table says so.\n\n" +
+        "Refused calls (control calls, and Hellos of unauthorized primaries) are recorded in the stream `audit`\n" +
+        "(ControlCallRefused: identity, role, RPC, VM, role needed, reason, and a count: identical refusals within a\n" +
+        "minute are one event). Only admins see them.",
     )
-    .action(async (vm: string | undefined, o: Target & { from: number; limit: number; all: boolean }) => {
+    .action(async (vm: string | undefined, o: Target & { from: number; limit: number; all: boolean; audit: boolean }) => {
       try {
+        if (o.audit && vm) throw new Error("--audit lists the site's refused control calls, of every VM: give no VM");
         const client = controlClient(o);
-        const page = await readEvents(client, vm, BigInt(o.from), o.all ? Infinity : o.limit);
+        if (o.audit) await requireAdmin(client);
+        const keep = o.audit ? (e: WireEvent) => e.stream === AUDIT_STREAM : undefined;
+        const page = await readEvents(client, vm, BigInt(o.from), o.all ? Infinity : o.limit, keep);
         emit(o.json, { events: page.events.map((e) => ({ ...e, data: JSON.parse(e.dataJson) as unknown, dataJson: undefined })), nextPosition: page.nextPosition, more: page.more }, () => {
           const table = formatTable(
             ["#", "time", "stream", "event", "actor", "data"],
@@ -86,7 +95,7 @@ export function registerStatus(program: Command): void {
               e.recordedAt?.toISOString() ?? "",
               e.stream,
               e.type,
-              // Who caused it: the caller of a control command; "-" for the site's own work (cycles, merges).
+              // Who caused it: the caller of a control command (or of a refused one); "-" for the site's own work (cycles, merges).
               e.actor ? `${e.actor} (${e.actorRole})` : "-",
               e.dataJson.length > 100 ? e.dataJson.slice(0, 97) + "..." : e.dataJson,
             ]),
@@ -107,18 +116,43 @@ function listEventsPage(client: EventsClient, vmId: string | undefined, fromPosi
   return unary(client, client.listEvents, { vmId: vmId ?? "", fromPosition, limit });
 }
 
-/** Up to `limit` events from `from`, page by page (the site caps a page), and whether more exist. */
-async function readEvents(client: EventsClient, vmId: string | undefined, from: bigint, limit: number): Promise<{ events: WireEvent[]; nextPosition: bigint; more: boolean }> {
+/** The site shows the audit stream to admins only: say so instead of printing an empty list. */
+async function requireAdmin(client: EventsClient): Promise<void> {
+  const me = await unary(client, client.whoAmI, {});
+  if (me.role !== "admin") {
+    throw new ControlCallError(
+      grpc.status.PERMISSION_DENIED,
+      `'${me.identity}' (role ${me.role}) may not read the audit stream of site ${me.siteId}: refused control calls are shown to admins only; use an admin certificate, or '--dir SITE_DIR' on the site's host`,
+    );
+  }
+}
+
+/**
+ * Up to `limit` events from `from` that `keep` accepts, page by page (the site caps a page), and
+ * whether more exist. The site may leave events out of a page (the audit stream, for non-admins),
+ * so a page with fewer events than asked is not the end: only `endReached`, or no progress, is.
+ */
+async function readEvents(client: EventsClient, vmId: string | undefined, from: bigint, limit: number, keep?: (e: WireEvent) => boolean): Promise<{ events: WireEvent[]; nextPosition: bigint; more: boolean }> {
   const events: WireEvent[] = [];
+  const filtered = keep !== undefined;
   let next = from;
   for (;;) {
-    const want = Math.min(1000, limit - events.length);
+    // Filtering here (--audit) reads whole pages: the events kept may be few and far between.
+    const want = filtered ? 1000 : Math.min(1000, limit - events.length);
     const res = await listEventsPage(client, vmId, next, want);
-    events.push(...res.events);
+    const kept = keep ? res.events.filter(keep) : res.events;
+    if (events.length + kept.length > limit) {
+      // Filtered pages can overshoot: stop after the limit-th kept event and resume right after it.
+      const cut = kept.slice(0, limit - events.length);
+      events.push(...cut);
+      const lastKept = cut[cut.length - 1]!;
+      return { events, nextPosition: vmId ? lastKept.streamVersion + 1n : lastKept.globalPosition + 1n, more: true };
+    }
+    events.push(...kept);
+    const progressed = res.nextPosition !== next;
     next = res.nextPosition;
-    if (res.endReached) return { events, nextPosition: next, more: false };
+    if (res.endReached || !progressed) return { events, nextPosition: next, more: false };
     if (events.length >= limit) return { events, nextPosition: next, more: true };
-    if (res.events.length === 0) return { events, nextPosition: next, more: false };
   }
 }
 

@@ -22,8 +22,13 @@ export type Decide = (state: RelationshipState) => readonly RelationshipEvent[];
 export interface ExecuteCommandOptions {
   /** Re-decisions after a concurrency conflict, beyond the first attempt (default 5). */
   maxRetries?: number;
-  /** Stored with every appended event, e.g. `{ actor, correlationId }`. */
-  metadata?: Record<string, unknown>;
+  /**
+   * Stored with every appended event, e.g. `{ actor, correlationId }`. A function is given the
+   * state the decision is made on (re-read after a conflict), for metadata that depends on it,
+   * such as who approved what the command does: a value computed before the command would miss an
+   * event that landed in between.
+   */
+  metadata?: Record<string, unknown> | ((state: RelationshipState) => Record<string, unknown> | undefined);
 }
 
 export interface CommandResult {
@@ -74,7 +79,8 @@ export async function executeCommand(
     const events = decide(loaded.state);
     if (events.length === 0) return { events: [], newState: loaded.state, version: loaded.version, attempts: attempt };
     // Encode before appending so an unknown event type fails without touching the ledger.
-    const encoded = events.map((e) => encodeRelationshipEvent(e, opts.metadata));
+    const metadata = typeof opts.metadata === "function" ? opts.metadata(loaded.state) : opts.metadata;
+    const encoded = events.map((e) => encodeRelationshipEvent(e, metadata));
     try {
       const result = await store.append(stream, encoded, loaded.version ?? "no_stream");
       const newState = events.reduce(evolve, loaded.state);

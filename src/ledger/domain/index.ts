@@ -74,7 +74,7 @@ export { completeMerge, type CompleteMergeInput } from "./commands/completeMerge
 export { markResyncRequired, type MarkResyncRequiredInput } from "./commands/markResyncRequired.js";
 export { approveResync, type ApproveResyncInput } from "./commands/approveResync.js";
 export { requestResync } from "./commands/requestResync.js";
-export { startResync, type StartResyncInput } from "./commands/startResync.js";
+export { resyncStartedMetadata, startResync, type StartResyncInput } from "./commands/startResync.js";
 export { pause, type PauseInput } from "./commands/pause.js";
 export { resume } from "./commands/resume.js";
 export { refuseStaleGeneration, type RefuseStaleGenerationInput } from "./commands/refuseStaleGeneration.js";
@@ -89,3 +89,4 @@ export { recogniseCurrentPrimary, type RecogniseCurrentPrimaryInput } from "./co
 export { completeFailover } from "./commands/completeFailover.js";
 export { startReverseReplication, type StartReverseReplicationInput } from "./commands/startReverseReplication.js";
 export { updateVmSpec } from "./commands/updateVmSpec.js";
+export { continuesInitialReplication, resyncGoAhead, type ResyncMode, type TrackingLossReport } from "./resyncGoAhead.js";

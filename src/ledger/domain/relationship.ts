@@ -1,175 +1,13 @@
 /**
- * The replication relationship aggregate: its state and the pure fold `evolve`. Decisions live in
- * `commands/`, one file per command; they read this state and return events, never mutate it.
+ * The replication relationship aggregate: the pure fold `evolve` over its state (relationshipState.ts).
+ * Decisions live in `commands/`, one file per command; they read the state and return events,
+ * never mutate it.
  */
-import type {
-  ChainDisk,
-  Consistency,
-  DiskSpec,
-  FailoverKind,
-  JsonObject,
-  PointDisk,
-  RelationshipEvent,
-} from "./events.js";
+import type { RelationshipEvent } from "./events.js";
 import type { ReplicationStateName } from "./states.js";
+import { initialRelationshipState, type RecoveryPoint, type RelationshipState, type TestFailover } from "./relationshipState.js";
 
-export interface RecoveryPoint {
-  readonly pointId: string;
-  readonly cycleSeq: number;
-  readonly cutoffAt: string;
-  readonly consistency: Consistency;
-  readonly disks: readonly PointDisk[];
-  /** Set while this point (the oldest) is being merged away; it can no longer be opened. */
-  readonly merging: boolean;
-}
-
-export interface TestFailover {
-  readonly testId: string;
-  readonly pointId: string;
-  readonly startedAt: string;
-  /** The images the test VM's overlay is built on (see TestFailoverStarted). */
-  readonly disks: readonly ChainDisk[];
-  /** Set once the site reports the test VM running. */
-  readonly runningAt: string | undefined;
-  readonly timeToRunningMs: number | undefined;
-}
-
-/** A full or resync cycle announced by its Started event and not yet committed or failed. */
-export interface InFlightCycle {
-  readonly cycleSeq: number;
-  readonly kind: "full" | "resync";
-  readonly cutoffAt: string;
-}
-
-export interface FailoverInfo {
-  readonly kind: FailoverKind;
-  /** Undefined while a planned failover is only prepared. */
-  readonly pointId: string | undefined;
-  /** Where a cancelled failover returns to. */
-  readonly previousState: ReplicationStateName;
-  /** Planned failover only: when it was prepared, and when the primary VM stopped (primary's clock). */
-  readonly preparedAt: string | undefined;
-  readonly primaryStoppedAt: string | undefined;
-  /** Set by FailedOver: the lowest generation the old primary's agent may still hold. */
-  readonly primaryGeneration: number | undefined;
-}
-
-/**
- * Open after a cancelled failover until the primary is known to have adopted the current
- * generation (a cycle committed in it): its agent may present any generation from
- * `fromGeneration` up to the current one, and is told the current one (acknowledgeGeneration).
- */
-export interface GenerationHandover {
-  readonly peerIdentity: string;
-  readonly fromGeneration: number;
-}
-
-/** Who gave the go-ahead for the pending resync (ResyncApproved). */
-export interface ResyncApproval {
-  readonly approvedBy: string;
-  readonly approvedByRole: string;
-}
-
-export interface RelationshipCounters {
-  readonly cyclesCommitted: number;
-  readonly cyclesFailed: number;
-  readonly consecutiveFailures: number;
-  readonly dataBytes: number;
-  readonly zeroBytes: number;
-  readonly wireBytes: number;
-  readonly mergesCompleted: number;
-  readonly staleGenerationRefusals: number;
-  readonly testFailoversStarted: number;
-  readonly failovers: number;
-  readonly failoversCancelled: number;
-}
-
-export interface RelationshipFailure {
-  readonly cycleSeq: number;
-  readonly reason: string;
-  readonly message: string;
-}
-
-/** A condition on the primary that keeps due cycles from starting (CycleSkipped), until a commit. */
-export interface SkippedCycles {
-  readonly code: string;
-  readonly message: string;
-  /** When the primary first skipped a cycle for this code. */
-  readonly since: string;
-}
-
-export interface RelationshipState {
-  readonly vmId: string;
-  readonly state: ReplicationStateName;
-  /** 0 until enabled; incremented by every failover. */
-  readonly generation: number;
-  readonly primarySiteId: string | undefined;
-  readonly replicaSiteId: string | undefined;
-  readonly primaryIdentity: string | undefined;
-  /** Latest known sizes: a committed cycle may record a resized disk. */
-  readonly disks: readonly DiskSpec[];
-  readonly vmSpec: JsonObject;
-  readonly retention: { readonly maxPoints: number };
-  /** Highest cycle committed or failed; 0 before the first. */
-  readonly lastCycleSeq: number;
-  readonly inFlight: InFlightCycle | undefined;
-  /** Oldest first; the first point's images are the chain's base. */
-  readonly points: readonly RecoveryPoint[];
-  /** Keyed by testId: several test failovers may run at once, each on its own throwaway overlay. */
-  readonly testFailovers: Readonly<Record<string, TestFailover>>;
-  readonly failover: FailoverInfo | undefined;
-  readonly generationHandover: GenerationHandover | undefined;
-  readonly pauseReason: string | undefined;
-  readonly resyncReason: string | undefined;
-  /** Set by an operator's go-ahead until the resync completes (or a failover overtakes it). */
-  readonly resyncApproval: ResyncApproval | undefined;
-  readonly lastCommittedAt: string | undefined;
-  readonly lastFailure: RelationshipFailure | undefined;
-  readonly cycleSkipped: SkippedCycles | undefined;
-  readonly lastTestFailoverAt: string | undefined;
-  readonly counters: RelationshipCounters;
-}
-
-export function initialRelationshipState(vmId: string): RelationshipState {
-  return {
-    vmId,
-    state: "not-enabled",
-    generation: 0,
-    primarySiteId: undefined,
-    replicaSiteId: undefined,
-    primaryIdentity: undefined,
-    disks: [],
-    vmSpec: {},
-    retention: { maxPoints: 1 },
-    lastCycleSeq: 0,
-    inFlight: undefined,
-    points: [],
-    testFailovers: {},
-    failover: undefined,
-    generationHandover: undefined,
-    pauseReason: undefined,
-    resyncReason: undefined,
-    resyncApproval: undefined,
-    lastCommittedAt: undefined,
-    lastFailure: undefined,
-    cycleSkipped: undefined,
-    lastTestFailoverAt: undefined,
-    counters: {
-      cyclesCommitted: 0,
-      cyclesFailed: 0,
-      consecutiveFailures: 0,
-      dataBytes: 0,
-      zeroBytes: 0,
-      wireBytes: 0,
-      mergesCompleted: 0,
-      staleGenerationRefusals: 0,
-      testFailoversStarted: 0,
-      failovers: 0,
-      failoversCancelled: 0,
-    },
-  };
-}
-
+export * from "./relationshipState.js";
 /**
  * Pure and total: the ledger is the authority, so an event is applied as recorded, never judged.
  * All checking happens in the commands before an event exists.
@@ -182,6 +20,7 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
       return {
         ...s,
         state: "ready-for-initial-replication",
+        incrementalSinceInitial: false,
         generation: d.generation,
         primarySiteId: d.primarySiteId,
         replicaSiteId: d.replicaSiteId,
@@ -195,6 +34,7 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
       return {
         ...s,
         state: "initial-replication-in-progress",
+        incrementalSinceInitial: false,
         inFlight: { cycleSeq: event.data.cycleSeq, kind: "full", cutoffAt: event.data.cutoffAt },
       };
     case "CycleCommitted": {
@@ -202,6 +42,7 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
       return {
         ...s,
         lastCycleSeq: Math.max(s.lastCycleSeq, d.cycleSeq),
+        incrementalSinceInitial: s.incrementalSinceInitial || d.kind === "incremental",
         disks: d.disks.map((x) => ({ diskId: x.diskId, sizeBytes: x.sizeBytes })),
         lastCommittedAt: d.committedAt,
         // A cycle got through: whatever kept cycles from starting is over.
@@ -389,6 +230,7 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
       return {
         ...s,
         state: "ready-for-initial-replication",
+        incrementalSinceInitial: false,
         generation: Math.max(s.generation, d.generation),
         primarySiteId: d.newPrimarySiteId,
         replicaSiteId: d.newReplicaSiteId,

@@ -15,6 +15,7 @@ import { checkPrimaryIdentity } from "../authorizations.js";
 import { loadSiteConfig } from "../siteConfig.js";
 import { actorMetadata } from "./caller.js";
 import { guardedWith } from "./guard.js";
+import { AUDIT_STREAM } from "./refusalAudit.js";
 import { addAuthorization, appendRunbookEvents, listAuthorizations, readRunbookRun, removeAuthorization, toLedgerEvent } from "./records.js";
 import type { SiteContext } from "../siteContext.js";
 import type { LaunchedInfo } from "../failover/failoverService.js";
@@ -46,7 +47,7 @@ interface CycleFacts {
  */
 export function controlService(ctx: SiteContext): ControlServiceServer {
   const status = new StatusProjection();
-  const guarded = guardedWith(ctx.logger, grpcCodeOf);
+  const guarded = guardedWith(ctx.logger, grpcCodeOf, ctx.refusals);
 
   const cycleFacts = async (vmId: string): Promise<Map<number, CycleFacts>> => {
     const facts = new Map<number, CycleFacts>();
@@ -178,7 +179,7 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
       await requireRelationship(ctx, req.vmId);
       return { recoveryPoints: await points(req.vmId) };
     }),
-    listEvents: guarded("viewer", async (req) => {
+    listEvents: guarded("viewer", async (req, caller) => {
       const limit = Math.min(Math.max(req.limit || 100, 1), 1000);
       if (req.vmId) await requireRelationship(ctx, req.vmId);
       // One more than asked: whether the ledger holds more is then known, not guessed.
@@ -187,8 +188,11 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
         : await ctx.store.readAll({ fromPosition: req.fromPosition > 0n ? req.fromPosition - 1n : undefined, maxCount: limit + 1 });
       const events = read.slice(0, limit);
       const last = events[events.length - 1];
+      // The audit stream (refused calls: who probed what) is for admins, who manage who may do what;
+      // positions still advance past it, so a viewer's paging goes on to the events it may read.
+      const visible = caller.role === "admin" ? events : events.filter((e) => e.stream !== AUDIT_STREAM);
       return {
-        events: events.map(toLedgerEvent),
+        events: visible.map(toLedgerEvent),
         nextPosition: last ? (req.vmId ? last.version + 1n : last.globalPosition + 1n) : req.fromPosition,
         endReached: read.length <= limit,
       };

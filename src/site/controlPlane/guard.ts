@@ -1,8 +1,10 @@
 import * as grpc from "@grpc/grpc-js";
-import { errorMessage } from "../../common/errors.js";
+import { QreplicaError, errorMessage } from "../../common/errors.js";
 import type { Logger } from "../../common/logger.js";
+import { isValidId } from "../../model/index.js";
 import { peerIdentity, roleAllows, type Role } from "../../transport/index.js";
 import type { Caller } from "./caller.js";
+import { peerHost, type Refusal, type RefusalAudit } from "./refusalAudit.js";
 import { checkRequestIds } from "./requestIds.js";
 
 /** A role a control call may require: agents hold none of them. */
@@ -18,43 +20,61 @@ const methodOf = (call: { getPath(): string }) => call.getPath().split("/").pop(
 const ISSUE_HINT = (name: string, needed: ControlRole) =>
   `use a certificate issued with 'qreplica pki issue --name ${name} --role ${needed}' (or higher), or on the site's host '--dir SITE_DIR', which presents the site's admin certificate`;
 
+/** A control call the caller's role does not allow: the grpc status, and what the audit records. */
+export class ControlCallRefusedError extends QreplicaError {
+  readonly code = "CONTROL_CALL_REFUSED" as const;
+  constructor(
+    readonly refusal: Omit<Refusal, "vmId" | "vmIdMalformed" | "peer">,
+    readonly grpcCode: grpc.status,
+  ) {
+    super(refusal.message);
+  }
+}
+
 /**
- * Who is calling, and whether their role allows `needed`. Throws a grpc status error whose message
- * names the caller, its role, the role needed and the fix (invariant 8: no control action by an
- * identity whose role does not allow it).
+ * Who is calling, and whether their role allows `needed`. Throws ControlCallRefusedError whose
+ * message names the caller, its role, the role needed and the fix (invariant 8: no control action
+ * by an identity whose role does not allow it).
  */
 export function authorizeCall(call: AuthenticatedCall, needed: ControlRole): Caller {
+  const rpc = methodOf(call);
   let identity: ReturnType<typeof peerIdentity>;
   try {
     identity = peerIdentity(call);
   } catch (err) {
-    throw Object.assign(new Error(errorMessage(err)), { grpcCode: grpc.status.UNAUTHENTICATED });
+    const refusal = { identity: "(no verified certificate)", role: "none", rpc, needed, reason: "UNAUTHENTICATED", message: errorMessage(err) } as const;
+    throw new ControlCallRefusedError(refusal, grpc.status.UNAUTHENTICATED);
   }
   const name = identity.commonName;
-  const method = methodOf(call);
   if (!identity.role) {
-    throw Object.assign(
-      new Error(
-        `'${name}' may not call ${method}: its certificate carries no qreplica role (issued before roles existed, or by hand), so it has no control-plane rights; ` +
-          `re-issue it with 'qreplica pki issue --name ${name} --role ${needed}' (${method} needs ${needed})`,
-      ),
-      { grpcCode: grpc.status.PERMISSION_DENIED },
-    );
+    const message =
+      `'${name}' may not call ${rpc}: its certificate carries no qreplica role (issued before roles existed, or by hand), so it has no control-plane rights; ` +
+      `re-issue it with 'qreplica pki issue --name ${name} --role ${needed}' (${rpc} needs ${needed})`;
+    throw new ControlCallRefusedError({ identity: name, role: "none", rpc, needed, reason: "NO_ROLE", message }, grpc.status.PERMISSION_DENIED);
   }
   if (identity.role === "agent" || !roleAllows(identity.role, needed)) {
-    const what = identity.role === "agent" ? "agent certificates may only replicate (data plane) and are refused on the control plane" : `${method} needs role ${needed}`;
-    throw Object.assign(new Error(`'${name}' (role ${identity.role}) may not call ${method}: ${what}; ${ISSUE_HINT(name, needed)}`), {
-      grpcCode: grpc.status.PERMISSION_DENIED,
-    });
+    const agent = identity.role === "agent";
+    const what = agent ? "agent certificates may only replicate (data plane) and are refused on the control plane" : `${rpc} needs role ${needed}`;
+    const message = `'${name}' (role ${identity.role}) may not call ${rpc}: ${what}; ${ISSUE_HINT(name, needed)}`;
+    const reason = agent ? "AGENT_ON_CONTROL_PLANE" : "ROLE_INSUFFICIENT";
+    throw new ControlCallRefusedError({ identity: name, role: identity.role, rpc, needed, reason, message }, grpc.status.PERMISSION_DENIED);
   }
   return { identity: name, role: identity.role };
 }
 
+/** The VM a refused request named, as the audit may record it: only a well-formed id, never arbitrary caller text. */
+function targetVm(request: unknown): { vmId: string | undefined; vmIdMalformed: boolean } {
+  const v = typeof request === "object" && request !== null ? (request as { vmId?: unknown }).vmId : undefined;
+  if (v === undefined || v === "") return { vmId: undefined, vmIdMalformed: false };
+  return isValidId(v) ? { vmId: v, vmIdMalformed: false } : { vmId: undefined, vmIdMalformed: true };
+}
+
 /**
  * Wraps a handler: checks the caller's role first, then the request's ids, then runs `fn` with the caller so that every
- * command it causes can record who asked for it. Refusals are logged; errors become grpc statuses.
+ * command it causes can record who asked for it. Refusals are logged and recorded in the ledger's audit stream
+ * before the caller is answered; errors become grpc statuses.
  */
-export function guardedWith(logger: Logger, codeOf: (err: unknown) => grpc.status): Guarded {
+export function guardedWith(logger: Logger, codeOf: (err: unknown) => grpc.status, audit: RefusalAudit): Guarded {
   return <Req, Res>(needed: ControlRole, fn: (req: Req, caller: Caller) => Promise<Res>): grpc.handleUnaryCall<Req, Res> =>
     (call, callback) => {
       let caller: Caller;
@@ -62,7 +82,9 @@ export function guardedWith(logger: Logger, codeOf: (err: unknown) => grpc.statu
         caller = authorizeCall(call, needed);
       } catch (err) {
         logger.warn({ method: methodOf(call), needed, peer: call.getPeer() }, errorMessage(err));
-        callback({ code: codeOf(err), details: errorMessage(err) });
+        const refused = () => callback({ code: codeOf(err), details: errorMessage(err) });
+        if (!(err instanceof ControlCallRefusedError)) return refused();
+        void audit.record({ ...err.refusal, ...targetVm(call.request), peer: peerHost(call.getPeer()) }).then(refused);
         return;
       }
       // Ids name ledger streams and files: a malformed one is refused before any handler runs.

@@ -21,7 +21,8 @@ import {
   type ReplicateRequest,
   type ReplicateResponse,
 } from "../../gen/qreplica/v1/replication.js";
-import { KNOWN_CHECKSUMS, peerIdentity, writeWithBackpressure } from "../../transport/index.js";
+import { KNOWN_CHECKSUMS, peerIdentity, writeWithBackpressure, type Role } from "../../transport/index.js";
+import { peerHost } from "../controlPlane/refusalAudit.js";
 import { MAX_CHUNK_BYTES, OpenCycle } from "./openCycle.js";
 import { parseVmSpec, sendSeedHashes } from "./resync.js";
 import type { SiteContext } from "../siteContext.js";
@@ -59,6 +60,8 @@ export class ReplicateSession {
   /** A cycle refused mid-way: its remaining chunks are dropped until its end or abort. */
   private refusedSeq: number | undefined;
   private superseded = false;
+  /** The role bound into the peer's certificate, for the audit of a refused Hello. */
+  private peerRole: Role | "none" = "none";
   private primaryStopped: { resolve(info: PrimaryStoppedInfo): void; reject(err: Error): void } | undefined;
   private readonly logger: Logger;
 
@@ -119,7 +122,9 @@ export class ReplicateSession {
   async run(): Promise<void> {
     let identity: string;
     try {
-      identity = peerIdentity(this.call).commonName;
+      const peer = peerIdentity(this.call);
+      identity = peer.commonName;
+      this.peerRole = peer.role ?? "none";
     } catch (err) {
       this.endWithStatus(grpc.status.UNAUTHENTICATED, errorMessage(err));
       return;
@@ -206,11 +211,10 @@ export class ReplicateSession {
     }
     const authorization = await this.ctx.authorizations.find(identity);
     if (!authorization) {
-      return refuse(
-        RejectReason.REJECT_REASON_UNAUTHORIZED,
-        `primary '${identity}' is not authorized to replicate to site ${this.ctx.siteId}; on the replica site run 'qreplica authorize --dir SITE_DIR --primary ${identity}'`,
-        grpc.status.PERMISSION_DENIED,
-      );
+      const message = `primary '${identity}' is not authorized to replicate to site ${this.ctx.siteId}; on the replica site run 'qreplica authorize --dir SITE_DIR --primary ${identity}'`;
+      const refusal = { identity, role: this.peerRole, rpc: "Replicate", needed: "authorization", reason: "PRIMARY_NOT_AUTHORIZED", message } as const;
+      await this.ctx.refusals.record({ ...refusal, vmId: hello.vmId, vmIdMalformed: false, peer: peerHost(this.call.getPeer()) });
+      return refuse(RejectReason.REJECT_REASON_UNAUTHORIZED, message, grpc.status.PERMISSION_DENIED);
     }
     try {
       const accepted = await this.ctx.relationships.acceptHello({

@@ -3,11 +3,14 @@ import { status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { RejectReason, ResumeHint } from "../../../src/gen/qreplica/v1/replication.js";
 import { createCa, issueCertificate } from "../../../src/transport/index.js";
+import { AUDIT_STREAM } from "../../../src/site/controlPlane/refusalAudit.js";
 import { StreamEndedError, fileCredentials, msg, rawCredentials, type ProtocolClient } from "../../helpers/protocolClient.js";
 import { ExpectedDisk, MiB, initialCycle, startSiteB, type SiteB } from "./siteB.js";
 
 // Invariant 6 against a real `qreplica site serve`: no disk data from an unauthenticated or
-// unauthorized peer, and the ledger is not touched on their behalf.
+// unauthorized peer, and the ledger is not touched on their behalf (an unauthorized but CA-signed
+// primary's refused Hello is only recorded in the audit stream; a peer the TLS layer refuses never
+// reaches the site's code).
 
 let site: SiteB;
 beforeAll(async () => {
@@ -89,8 +92,13 @@ describe("site B refuses a CA-signed primary that is not in its authorization en
     expect((await y.waitStatus()).code).toBe(status.PERMISSION_DENIED);
 
     expect(await site.events("vm-authz-x")).toEqual([]);
-    expect((await site.events()).length).toBe(before);
+    const all = await site.events();
+    expect(all.filter((e) => e.stream !== AUDIT_STREAM).length).toBe(before);
     expect(site.storageFiles("vm-authz-x", "vda")).toEqual([]);
+    // Audited: the first refusal at once; the second (same identity, within the minute) is counted for later.
+    expect(all.filter((e) => e.stream === AUDIT_STREAM).map((e) => e.data)).toEqual([
+      expect.objectContaining({ identity: "agent-x", role: "agent", rpc: "Replicate", needed: "authorization", reason: "PRIMARY_NOT_AUTHORIZED", vmIds: ["vm-authz-x"], count: 1 }),
+    ]);
 
     // The server kept serving: agent-a's stream (opened before) commits a full cycle.
     const expected = disk();

@@ -6,6 +6,7 @@ import { ControlServiceService, FailoverKind, type ControlServiceClient } from "
 import { getSqliteEventStore, type RecordedEvent } from "../../../src/ledger/index.js";
 import { RejectReason } from "../../../src/gen/qreplica/v1/replication.js";
 import { AUTHORIZATIONS_STREAM } from "../../../src/site/authorizations.js";
+import { AUDIT_STREAM } from "../../../src/site/controlPlane/refusalAudit.js";
 import { authorizationsFile, loadSiteConfig } from "../../../src/site/siteConfig.js";
 import { call, controlClientAs, issueRole, rawCall, refusal, type CredentialFiles } from "../../helpers/controlPlane.js";
 import { runCli } from "../../helpers/processes.js";
@@ -58,8 +59,9 @@ async function replicatedVm(vmId: string): Promise<void> {
 }
 
 describe("agents and certificates without a role are refused on the whole control plane", () => {
-  it("agent-a gets PERMISSION_DENIED on every RPC of ControlService, naming itself, its role and the fix; nothing is recorded", async () => {
-    const before = (await site.events()).length;
+  it("agent-a gets PERMISSION_DENIED on every RPC of ControlService, naming itself, its role and the fix; nothing is recorded but the refusals (stream audit)", async () => {
+    const outsideAudit = async () => (await site.events()).filter((e) => e.stream !== AUDIT_STREAM);
+    const before = (await outsideAudit()).length;
     const agent = as(site.agentA);
     const methods = Object.entries(ControlServiceService);
     expect(methods.length).toBeGreaterThanOrEqual(19);
@@ -75,7 +77,9 @@ describe("agents and certificates without a role are refused on the whole contro
     const e = await refusal(call(own, own.failover, { vmId: "vm1", kind: FailoverKind.FAILOVER_KIND_UNPLANNED, recoveryPointId: "", startVm: false }));
     expect(e.code).toBe(status.PERMISSION_DENIED);
     expect(e.details).toContain("'site-b' (role agent)");
-    expect((await site.events()).length).toBe(before);
+    expect((await outsideAudit()).length).toBe(before);
+    const refused = (await site.events()).filter((x) => x.stream === AUDIT_STREAM).map((x) => `${String(x.data.identity)}:${String(x.data.rpc)}`);
+    expect(new Set(refused)).toEqual(new Set([...methods.map(([, def]) => `agent-a:${def.path.split("/").pop()}`), "site-b:Failover"]));
   });
 
   it("a certificate issued without a role has no rights, and is told to re-issue with --role", async () => {

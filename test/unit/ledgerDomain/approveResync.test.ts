@@ -18,8 +18,10 @@ import {
   pause,
   prepareFailover,
   requestResync,
+  resyncStartedMetadata,
   startResync,
   type Decide,
+  type EventStore,
   type RelationshipState,
 } from "../../../src/ledger/index.js";
 import { REPLICATION_STATES, type ReplicationStateName } from "../../../src/ledger/domain/states.js";
@@ -143,6 +145,58 @@ describe("requestResync (the site's Resync command)", () => {
       await points.catchUp(store);
       expect(status.get(VM, new Date())).toMatchObject({ state: "replicating", resyncApprovedBy: undefined });
       expect(points.list().map((p) => p.pointId)).toEqual(["rp-1", "rp-2", "rp-3"]);
+    } finally {
+      await store.close();
+    }
+  });
+});
+
+describe("ResyncStarted names the approver of the state it is decided on", () => {
+  /** A store on which an operator's approval lands between the command's read and its append, once. */
+  function racingApproval(store: EventStore): EventStore {
+    let raced = false;
+    return new Proxy(store, {
+      get(target, prop, receiver) {
+        if (prop !== "append") return Reflect.get(target, prop, receiver) as unknown;
+        return async (...args: Parameters<EventStore["append"]>) => {
+          if (!raced && args[1].some((e) => e.type === "ResyncStarted")) {
+            raced = true;
+            await executeCommand(target, VM, approve(), { metadata: { actor: OPERATOR.approvedBy, actorRole: OPERATOR.approvedByRole } });
+          }
+          return target.append(...args);
+        };
+      },
+    });
+  }
+
+  it("an approval landing after the state was read (the resync's Hello) and before ResyncStarted is appended is named by it", async () => {
+    const inner = getInMemoryEventStore();
+    try {
+      await protect(inner, VM, { lastSeq: 2 });
+      await executeCommand(inner, VM, lost);
+      const store = racingApproval(inner);
+      // What the site held when it decided to begin the resync: no go-ahead yet.
+      const before = (await loadRelationship(store, VM)).state;
+      expect(before.resyncApproval).toBeUndefined();
+      const r = await executeCommand(store, VM, resyncStarted(3), { metadata: resyncStartedMetadata });
+      expect(r.attempts).toBe(2);
+      const events = await inner.readAll({});
+      expect(events.map((e) => e.type).slice(-2)).toEqual(["ResyncApproved", "ResyncStarted"]);
+      expect(events.at(-1)!.metadata).toEqual({ actor: "ops-alice", actorRole: "operator" });
+      // The metadata computed from the earlier state would have named nobody.
+      expect(resyncStartedMetadata(before)).toBeUndefined();
+    } finally {
+      await inner.close();
+    }
+  });
+
+  it("an automatic resync (no approval) carries no actor", async () => {
+    const store = getInMemoryEventStore();
+    try {
+      await protect(store, VM, { lastSeq: 2 });
+      await executeCommand(store, VM, lost);
+      await executeCommand(store, VM, resyncStarted(3), { metadata: resyncStartedMetadata });
+      expect((await store.readAll({})).at(-1)).toMatchObject({ type: "ResyncStarted", metadata: {} });
     } finally {
       await store.close();
     }

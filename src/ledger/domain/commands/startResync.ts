@@ -31,3 +31,13 @@ export function startResync(s: RelationshipState, input: StartResyncInput): Rela
   requireNextCycle(s, cycleSeq);
   return [relationshipEvent("ResyncStarted", { cycleSeq, cutoffAt })];
 }
+
+/**
+ * The metadata of the ResyncStarted an operator's go-ahead leads to: that operator. Pass it to
+ * executeCommand as a function so it is read from the state startResync decides on, never from a
+ * state read earlier (an approval landing in between would leave the resync without its actor).
+ */
+export function resyncStartedMetadata(s: RelationshipState): { actor: string; actorRole: string } | undefined {
+  const a = s.resyncApproval;
+  return a ? { actor: a.approvedBy, actorRole: a.approvedByRole } : undefined;
+}
