@@ -53,6 +53,12 @@ export interface AgentVmConfig {
    * comparison at once; "manual" waits for `qreplica resync VM` on the replica site.
    */
   resync: "automatic" | "manual";
+  /**
+   * The digest a resync compares 64 KiB chunks with: "blake3" (default; ~3x SHA-256's speed, and
+   * what the replica's chunk index holds) or "sha256" (FIPS-approved; the replica then reads and
+   * hashes its side too).
+   */
+  resyncDigest: "blake3" | "sha256";
   /** Generation to present before the site has told one (a reverse replication starts at the failover's). */
   generation?: number;
 }
@@ -116,6 +122,7 @@ export function loadAgentConfig(path: string): AgentConfig {
       compressionLevel: num(vm.compressionLevel ?? 1, path, `${where}.compressionLevel`),
       chunkChecksum: oneOf(vm.chunkChecksum ?? "zstd-frame", ["zstd-frame", "sha256"] as const, path, `${where}.chunkChecksum`),
       resync: oneOf(vm.resync ?? "automatic", ["automatic", "manual"] as const, path, `${where}.resync`),
+      resyncDigest: oneOf(vm.resyncDigest ?? "blake3", ["blake3", "sha256"] as const, path, `${where}.resyncDigest`),
       spec: vm.spec === undefined ? undefined : specOf(vm.spec, path, `${where}.spec`),
       generation: vm.generation === undefined ? undefined : num(vm.generation, path, `${where}.generation`),
     };

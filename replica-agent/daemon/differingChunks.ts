@@ -1,5 +1,7 @@
 import { hashChunks, type HashedBuffer } from "../../src/common/hashPool.js";
-import { knownZeroChunks, zeroChunkHash } from "../../src/qemu/nbd/index.js";
+import { zeroChunkDigest, type ChunkDigestName } from "../../src/common/chunkDigest.js";
+import { knownZeroChunks } from "../../src/qemu/nbd/index.js";
+import { digestFromWire } from "../../src/transport/index.js";
 import type { ResyncHashes } from "../../src/gen/qreplica/v1/replication.js";
 import type { CaptureExtent, DiskCycle } from "../capture/index.js";
 
@@ -28,6 +30,7 @@ const READ_REQUEST_BYTES = 256 * 1024;
 
 interface DiskHashes {
   chunkBytes: number;
+  digest: ChunkDigestName;
   hashes: Buffer[];
   done: boolean;
 }
@@ -42,7 +45,12 @@ export class ComparisonHashes {
   private failure: Error | undefined;
 
   add(h: ResyncHashes): void {
-    const entry = this.disks.get(h.diskId) ?? { chunkBytes: h.chunkBytes, hashes: [], done: false };
+    const digest = digestFromWire(h.digest);
+    if (!digest) {
+      this.fail(new Error(`the replica compares disk ${h.diskId} with chunk digest ${h.digest}, which this agent does not know: upgrade the agent`));
+      return;
+    }
+    const entry = this.disks.get(h.diskId) ?? { chunkBytes: h.chunkBytes, digest, hashes: [], done: false };
     if (Number(h.firstChunk) !== entry.hashes.length) {
       this.fail(new Error(`the replica's hashes of disk ${h.diskId} arrived out of order (chunk ${h.firstChunk}, expected ${entry.hashes.length})`));
       return;
@@ -63,11 +71,12 @@ export class ComparisonHashes {
     return diskIds.every((id) => this.disks.get(id)?.done);
   }
 
-  async chunkBytes(diskId: string): Promise<number> {
+  /** The chunk size and digest the replica compares `diskId` with (known from its first ResyncHashes). */
+  async scheme(diskId: string): Promise<{ chunkBytes: number; digest: ChunkDigestName }> {
     for (;;) {
       if (this.failure) throw this.failure;
       const d = this.disks.get(diskId);
-      if (d) return d.chunkBytes;
+      if (d) return { chunkBytes: d.chunkBytes, digest: d.digest };
       await this.next();
     }
   }
@@ -96,15 +105,14 @@ export class ComparisonHashes {
 
 /**
  * Resynchronisation by comparison: reads the disk at the cut-off in the replica's chunk size and
- * yields only the chunks whose SHA-256 differs from the replica's (all-zero ones as zeroes).
+ * yields only the chunks whose digest differs from the replica's (all-zero ones as zeroes).
  * Chunks that QEMU's base:allocation reports as zeroes are not read: their hash is a constant.
  * The hashing runs in worker threads (src/common/hashPool.ts) while further reads are in flight.
- * SHA-256 because it runs at ~1.5 GB/s per core with the CPU's SHA extensions, faster than the
- * other digests node:crypto offers here (measured: sha1 1.3, blake2b512 0.87, md5 0.49 GB/s).
+ * The digest is the replica's pick among those offered in Hello (src/common/chunkDigest.ts).
  */
 export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashes, stats: ResyncStats): AsyncGenerator<CaptureExtent> {
   if (disk.clients.length === 0) throw new Error(`disk ${disk.diskId}: no NBD connection for the resync read`);
-  const chunkBytes = await replica.chunkBytes(disk.diskId);
+  const { chunkBytes, digest } = await replica.scheme(disk.diskId);
   const size = disk.sizeAtCutoff;
   const readBytes = chunkBytes * CHUNKS_PER_READ;
   const zero = Buffer.alloc(chunkBytes);
@@ -137,7 +145,7 @@ export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashe
     const into = free.pop() ?? Buffer.allocUnsafeSlow(readBytes);
     const requests: Array<Promise<Buffer>> = [];
     for (let at = 0; at < length; at += READ_REQUEST_BYTES) requests.push(client.read(offset + at, Math.min(READ_REQUEST_BYTES, length - at), into.subarray(at)));
-    const job = Promise.all(requests).then(() => hashChunks(into.buffer as ArrayBuffer, length, chunkBytes));
+    const job = Promise.all(requests).then(() => hashChunks(into.buffer as ArrayBuffer, length, chunkBytes, digest));
     job.catch(() => undefined);
     reading++;
     pending.push({ offset, length, job });
@@ -151,7 +159,7 @@ export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashe
         const t = performance.now();
         const theirs = await replica.hashAt(disk.diskId, (offset + at) / chunkBytes);
         stats.replicaWaitMs = (stats.replicaWaitMs ?? 0) + performance.now() - t;
-        if (theirs !== undefined && zeroChunkHash(n).equals(theirs)) continue;
+        if (theirs !== undefined && zeroChunkDigest(digest, n).equals(theirs)) continue;
         stats.differingBytes += n;
         yield { kind: "zero", offset: offset + at, length: n };
       }

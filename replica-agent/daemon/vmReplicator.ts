@@ -4,7 +4,8 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { Logger } from "../../src/common/logger.js";
 import { ENABLE_UNACKNOWLEDGED } from "../../src/model/index.js";
 import { CompressionCodec, ChecksumAlgorithm } from "../../src/gen/qreplica/v1/common.js";
-import { RejectReason, ResumeHint, ResyncMode, type PlannedFailoverRequested } from "../../src/gen/qreplica/v1/replication.js";
+import { ChunkDigest, RejectReason, ResumeHint, ResyncMode, type PlannedFailoverRequested } from "../../src/gen/qreplica/v1/replication.js";
+import { blake3Available } from "../../src/common/chunkDigest.js";
 import { GuestAgentClient } from "../../src/qemu/guestAgent/index.js";
 import { QmpClient, queryNamedBlockNodes } from "../../src/qemu/qmp/index.js";
 import { ReplicationClient, channelCredentials, grpcChannelOptions, type SiteCredentials } from "../../src/transport/index.js";
@@ -305,6 +306,11 @@ export class VmReplicator {
       : [ChecksumAlgorithm.CHECKSUM_ALGORITHM_ZSTD_FRAME, ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256];
   }
 
+  /** BLAKE3 first unless the VM asks for SHA-256 or this host has no BLAKE3; SHA-256 always. */
+  private offeredResyncDigests(): ChunkDigest[] {
+    return this.vm.resyncDigest === "blake3" && blake3Available() ? [ChunkDigest.CHUNK_DIGEST_BLAKE3, ChunkDigest.CHUNK_DIGEST_SHA256] : [ChunkDigest.CHUNK_DIGEST_SHA256];
+  }
+
   private pickChecksum(accepted: ChecksumAlgorithm[]): ChecksumAlgorithm {
     // A site that lists nothing predates the negotiation and verifies SHA-256 only.
     if (accepted.length === 0) return ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256;
@@ -332,6 +338,7 @@ export class VmReplicator {
           disks: disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeBytes) })),
           supportedCodecs: [CompressionCodec.COMPRESSION_CODEC_ZSTD, CompressionCodec.COMPRESSION_CODEC_NONE],
           supportedChecksumAlgorithms: this.offeredChecksums(),
+          resyncDigests: this.offeredResyncDigests(),
           vmSpecJson: this.vm.spec ? JSON.stringify(this.vm.spec) : "",
           trackingLost: lost,
           resyncMode: this.vm.resync === "manual" ? ResyncMode.RESYNC_MODE_MANUAL : ResyncMode.RESYNC_MODE_AUTOMATIC,

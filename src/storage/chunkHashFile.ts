@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import { closeSync, fsyncSync, openSync, readFileSync, writeSync } from "node:fs";
+import type { ChunkDigestName } from "../common/chunkDigest.js";
 import { errorMessage } from "../common/errors.js";
 
 /**
@@ -7,16 +8,18 @@ import { errorMessage } from "../common/errors.js";
  * fixed-size chunk of the point's full content (read through its chain), kept so that a resync
  * compares against the replica without reading it.
  *
- * Layout (little endian): magic "QRCHUNK1" | chunkBytes u32 | reserved u32 | sizeBytes u64 |
- * count u64 | count x 32-byte SHA-256 | SHA-256 of everything before it. The trailing digest turns
+ * Layout (little endian): magic "QRCHUNK1" | chunkBytes u32 | digest u32 (1 SHA-256,
+ * 2 BLAKE3) | sizeBytes u64 | count u64 | count x 32-byte digest | SHA-256 of everything before it. The trailing digest turns
  * a torn or damaged file into "no index" (the resync then reads the replica) rather than wrong
  * hashes, which would leave differing chunks unsent.
  */
 const MAGIC = Buffer.from("QRCHUNK1", "latin1");
 const HEADER_BYTES = 32;
 const DIGEST_BYTES = 32;
+const DIGEST_IDS: Record<ChunkDigestName, number> = { sha256: 1, blake3: 2 };
 
 export interface ChunkHashIndex {
+  digest: ChunkDigestName;
   chunkBytes: number;
   sizeBytes: number;
   /** count x 32 bytes, chunk i at 32 * i. */
@@ -33,6 +36,7 @@ export function encodeChunkHashes(index: ChunkHashIndex): Buffer {
   const header = Buffer.alloc(HEADER_BYTES);
   MAGIC.copy(header, 0);
   header.writeUInt32LE(index.chunkBytes, 8);
+  header.writeUInt32LE(DIGEST_IDS[index.digest], 12);
   header.writeBigUInt64LE(BigInt(index.sizeBytes), 16);
   header.writeBigUInt64LE(BigInt(count), 24);
   const digest = createHash("sha256").update(header).update(index.hashes).digest();
@@ -40,10 +44,11 @@ export function encodeChunkHashes(index: ChunkHashIndex): Buffer {
 }
 
 /** The index in `file`, or why it cannot be used for a disk of `expect`'s size and chunk size. */
-export function decodeChunkHashes(file: Buffer, expect: { sizeBytes: number; chunkBytes: number }): ChunkHashIndex | { unusable: string } {
+export function decodeChunkHashes(file: Buffer, expect: { sizeBytes: number; chunkBytes: number; digest: ChunkDigestName }): ChunkHashIndex | { unusable: string } {
   if (file.length < HEADER_BYTES + DIGEST_BYTES) return { unusable: `${file.length} bytes, shorter than a header` };
   if (!file.subarray(0, 8).equals(MAGIC)) return { unusable: "not a chunk hash index (magic)" };
   const chunkBytes = file.readUInt32LE(8);
+  const digest = (Object.keys(DIGEST_IDS) as ChunkDigestName[]).find((d) => DIGEST_IDS[d] === file.readUInt32LE(12));
   const sizeBytes = Number(file.readBigUInt64LE(16));
   const count = file.readBigUInt64LE(24);
   if (count !== BigInt(chunkCount(sizeBytes, Math.max(1, chunkBytes))) || chunkBytes === 0) return { unusable: "header inconsistent" };
@@ -53,7 +58,8 @@ export function decodeChunkHashes(file: Buffer, expect: { sizeBytes: number; chu
   if (sizeBytes !== expect.sizeBytes || chunkBytes !== expect.chunkBytes) {
     return { unusable: `made for ${sizeBytes} bytes in ${chunkBytes}-byte chunks, not ${expect.sizeBytes} in ${expect.chunkBytes}` };
   }
-  return { chunkBytes, sizeBytes, hashes: Buffer.from(file.subarray(HEADER_BYTES, body)) };
+  if (digest !== expect.digest) return { unusable: `holds ${digest ?? "unknown"} digests, not ${expect.digest}` };
+  return { digest, chunkBytes, sizeBytes, hashes: Buffer.from(file.subarray(HEADER_BYTES, body)) };
 }
 
 /** Writes and fsyncs `path` (owner-only); the caller renames it into place. */
@@ -68,7 +74,7 @@ export function writeChunkHashFile(path: string, index: ChunkHashIndex): void {
   }
 }
 
-export function readChunkHashFile(path: string, expect: { sizeBytes: number; chunkBytes: number }): ChunkHashIndex | { unusable: string } {
+export function readChunkHashFile(path: string, expect: { sizeBytes: number; chunkBytes: number; digest: ChunkDigestName }): ChunkHashIndex | { unusable: string } {
   let file: Buffer;
   try {
     file = readFileSync(path);

@@ -1,7 +1,6 @@
-import { createHash } from "node:crypto";
 import { BufferPool } from "../common/bufferPool.js";
+import { chunkDigest, zeroChunkDigest, type ChunkDigestName } from "../common/chunkDigest.js";
 import { hashChunks } from "../common/hashPool.js";
-import { zeroChunkHash } from "../qemu/nbd/index.js";
 import { chunkCount } from "./chunkHashFile.js";
 
 /** What chunk i's entry in `hashes` holds. */
@@ -39,6 +38,7 @@ export class ChunkHashTracker {
   constructor(
     readonly sizeBytes: number,
     readonly chunkBytes: number,
+    readonly digest: ChunkDigestName,
     base: ChunkHashBase,
   ) {
     this.count = chunkCount(sizeBytes, chunkBytes);
@@ -51,7 +51,7 @@ export class ChunkHashTracker {
     } else {
       this.hashes = Buffer.alloc(this.count * 32);
       this.base = base.kind === "empty" ? "known" : "pending";
-      if (base.kind === "empty") for (let i = 0; i < this.count; i++) zeroChunkHash(this.lengthOf(i)).copy(this.hashes, 32 * i);
+      if (base.kind === "empty") for (let i = 0; i < this.count; i++) zeroChunkDigest(this.digest, this.lengthOf(i)).copy(this.hashes, 32 * i);
     }
   }
 
@@ -83,7 +83,7 @@ export class ChunkHashTracker {
     for (let i = first; i < end; i++) {
       this.version[i]!++;
       this.state[i] = WRITTEN;
-      zeroChunkHash(this.lengthOf(i)).copy(this.hashes, 32 * i);
+      zeroChunkDigest(this.digest, this.lengthOf(i)).copy(this.hashes, 32 * i);
     }
   }
 
@@ -98,7 +98,7 @@ export class ChunkHashTracker {
     for (let i = 0; i < this.count; i++) {
       if (this.state[i] !== REREAD) continue;
       const data = await read(i * this.chunkBytes, this.lengthOf(i));
-      createHash("sha256").update(data).digest().copy(this.hashes, 32 * i);
+      chunkDigest(this.digest, data).copy(this.hashes, 32 * i);
     }
     return this.hashes;
   }
@@ -138,7 +138,7 @@ export class ChunkHashTracker {
     }
     const copy = this.copies.take(bytes.length);
     bytes.copy(copy);
-    const job = hashChunks(copy.buffer as ArrayBuffer, bytes.length, this.chunkBytes)
+    const job = hashChunks(copy.buffer as ArrayBuffer, bytes.length, this.chunkBytes, this.digest)
       .then(({ data, hashes }) => {
         this.copies.give(Buffer.from(data.buffer));
         for (let i = from; i < to; i++) {

@@ -1,5 +1,6 @@
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
+import { blake3Available, type ChunkDigestName } from "../common/chunkDigest.js";
 import { errorMessage } from "../common/errors.js";
 import { faultPoint, faultWhileRunning } from "../common/faultPoints.js";
 import { silentLogger, type Logger } from "../common/logger.js";
@@ -54,6 +55,8 @@ interface PointTarget {
  */
 export class ReplicaStorage {
   private readonly logger: Logger;
+  /** What the points' chunk hash indexes hold: the fastest digest this host has. */
+  readonly indexDigest: ChunkDigestName = blake3Available() ? "blake3" : "sha256";
 
   constructor(
     readonly root: string,
@@ -79,7 +82,7 @@ export class ReplicaStorage {
 
   /** Point `seq`'s chunk hashes of a disk of `sizeBytes`, or why there are none to trust. */
   loadChunkHashes(vmId: string, diskId: string, seq: number, sizeBytes: number): { hashes: Buffer; chunkBytes: number } | { unusable: string } {
-    const r = readChunkHashFile(this.chunkHashPath(vmId, diskId, seq), { sizeBytes, chunkBytes: resyncChunkBytes(sizeBytes) });
+    const r = readChunkHashFile(this.chunkHashPath(vmId, diskId, seq), { sizeBytes, chunkBytes: resyncChunkBytes(sizeBytes), digest: this.indexDigest });
     return "unusable" in r ? r : { hashes: r.hashes, chunkBytes: r.chunkBytes };
   }
 
@@ -114,7 +117,7 @@ export class ReplicaStorage {
     } else {
       start = base;
     }
-    return new ChunkHashTracker(d.sizeBytes, chunkBytes, start);
+    return new ChunkHashTracker(d.sizeBytes, chunkBytes, this.indexDigest, start);
   }
 
   async beginPoint(vmId: string, seq: number, disks: PointDiskSpec[]): Promise<PointWrite> {
@@ -176,9 +179,9 @@ export class ReplicaStorage {
     if (info.format !== "qcow2") throw new SeedUnusableError(diskId, imagePath, `is ${info.format ?? "of unknown format"}, not qcow2: convert it first (qemu-img convert -O qcow2)`);
   }
 
-  /** SHA-256 per chunk of a seed image, for resynchronisation by comparison. */
-  seedChunkHashes(imagePath: string, chunkBytes: number): AsyncGenerator<Buffer> {
-    return chunkHashes(this.daemon, imagePath, chunkBytes);
+  /** The digest of each chunk of an image read through its chain, for resynchronisation by comparison. */
+  seedChunkHashes(imagePath: string, chunkBytes: number, digest: ChunkDigestName): AsyncGenerator<Buffer> {
+    return chunkHashes(this.daemon, imagePath, chunkBytes, digest);
   }
 
   loadSeeds(vmId: string): Array<{ diskId: string; imagePath: string }> {
@@ -263,7 +266,7 @@ export class PointWrite {
         const hashes = await w.finish();
         const t = this.targets.find((x) => x.diskId === w.diskId)!;
         if (!hashes) continue;
-        writeChunkHashFile(t.chunkHashPath + PARTIAL, { chunkBytes: w.hashes!.chunkBytes, sizeBytes: t.sizeBytes, hashes });
+        writeChunkHashFile(t.chunkHashPath + PARTIAL, { digest: w.hashes!.digest, chunkBytes: w.hashes!.chunkBytes, sizeBytes: t.sizeBytes, hashes });
         indexed.add(t.diskId);
       }
     } catch (err) {

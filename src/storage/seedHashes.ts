@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
-import { BASE_ALLOCATION_CONTEXT, knownZeroChunks, NbdClient, zeroChunkHash } from "../qemu/nbd/index.js";
+import { chunkDigest, zeroChunkDigest, type ChunkDigestName } from "../common/chunkDigest.js";
+import { BASE_ALLOCATION_CONTEXT, knownZeroChunks, NbdClient } from "../qemu/nbd/index.js";
 import type { SiteStorageDaemon } from "./siteStorageDaemon.js";
 
 /** The bitmap's granularity: a resync then sends no more than a cycle would for the same writes. */
@@ -20,12 +21,12 @@ const READS_IN_FLIGHT = 8;
 const READ_REQUEST_BYTES = 256 * 1024;
 
 /**
- * SHA-256 of every fixed-size chunk of an image read through its backing chain (so a point's top
+ * The digest of every fixed-size chunk of an image read through its backing chain (so a point's top
  * overlay gives the point's full content), through the site's storage daemon (read-only, shared
  * lock), for resynchronisation by comparison. Chunks the chain reports as zeroes (base:allocation)
  * are not read: their hash is a constant.
  */
-export async function* chunkHashes(daemon: SiteStorageDaemon, imagePath: string, chunkBytes = RESYNC_CHUNK_BYTES): AsyncGenerator<Buffer> {
+export async function* chunkHashes(daemon: SiteStorageDaemon, imagePath: string, chunkBytes = RESYNC_CHUNK_BYTES, digest: ChunkDigestName = "sha256"): AsyncGenerator<Buffer> {
   const node = `seed${createHash("sha256").update(imagePath).digest("hex").slice(0, 20)}`;
   // The backing chain opens from the image's own header (relative names resolve beside it).
   await daemon.qmp.execute("blockdev-add", { driver: "qcow2", "node-name": node, "read-only": true, file: { driver: "file", filename: imagePath, "read-only": true } });
@@ -71,10 +72,10 @@ export async function* chunkHashes(daemon: SiteStorageDaemon, imagePath: string,
         const { length, read, into } = queue.shift()!;
         const hashes: Buffer[] = [];
         if (read === undefined) {
-          for (let at = 0; at < length; at += chunkBytes) hashes.push(zeroChunkHash(Math.min(chunkBytes, length - at)));
+          for (let at = 0; at < length; at += chunkBytes) hashes.push(zeroChunkDigest(digest, Math.min(chunkBytes, length - at)));
         } else {
           const buf = await read;
-          for (let at = 0; at < buf.length; at += chunkBytes) hashes.push(createHash("sha256").update(buf.subarray(at, Math.min(at + chunkBytes, buf.length))).digest());
+          for (let at = 0; at < buf.length; at += chunkBytes) hashes.push(chunkDigest(digest, buf.subarray(at, Math.min(at + chunkBytes, buf.length))));
           free.push(into!);
           reading--;
         }

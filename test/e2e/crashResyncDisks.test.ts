@@ -67,6 +67,8 @@ describe("resync after a crash of the primary's QEMU (two disks, one resized whi
             replicaSiteId: "site-b",
             intervalSeconds: 1,
             compressionLevel: 1,
+            // The FIPS choice: the replica cannot use its (BLAKE3) index and reads and hashes its side.
+            resyncDigest: "sha256",
           },
         ],
       }),
@@ -126,6 +128,14 @@ describe("resync after a crash of the primary's QEMU (two disks, one resized whi
     expect(resyncPoint.dataBytes).toBeLessThanOrEqual(divergedBytes);
     expect(resyncPoint.zeroBytes).toBeLessThanOrEqual(16 * MiB + 128 * 1024);
     expect(resyncPoint.wireBytes).toBeLessThan(2 * MiB);
+
+    const sent = readFileSync(join(t.siteB, "site.log"), "utf8")
+      .split("\n")
+      .filter((l) => l.includes("replica chunk hashes sent"))
+      .map((l) => JSON.parse(l) as { vm: string; seq: number; digest: string; hashedBytes: number; indexedBytes: number; unindexed: Record<string, string> })
+      .find((l) => l.vm === "vm2" && l.seq === resyncPoint.cycleSeq);
+    expect(sent).toMatchObject({ digest: "sha256", hashedBytes: (64 + 32) * MiB, indexedBytes: 0 });
+    expect(sent!.unindexed.vda).toMatch(/compares with sha256/);
 
     const events = await ledgerEvents(t.siteB, "vm2");
     expect(sequenceAfter(events, eventsBefore, ["ResyncRequired", "ResyncStarted", "ResyncCompleted"])).toEqual(["ResyncRequired", "ResyncStarted", "ResyncCompleted"]);

@@ -99,7 +99,8 @@ async function cycleEvents(t: TwoSites): Promise<Array<{ type: string; seq: numb
 async function expectPointsMatchLedger(t: TwoSites): Promise<void> {
   const before = await t.relationship();
   const r = await runCli(["points", "vm1", "--dir", t.siteB, "--json"]);
-  const onDisk = readdirSync(diskDir(t)).filter((f) => !f.endsWith(".partial")).map((f) => join(diskDir(t), f));
+  const files = readdirSync(diskDir(t)).filter((f) => !f.endsWith(".partial"));
+  const onDisk = files.filter((f) => f.endsWith(".qcow2")).map((f) => join(diskDir(t), f));
   const after = await t.relationship();
   expect(r.code, r.stderr).toBe(0);
   const listed = (JSON.parse(r.stdout) as Array<{ recoveryPointId: string }>).map((p) => p.recoveryPointId);
@@ -110,6 +111,10 @@ async function expectPointsMatchLedger(t: TwoSites): Promise<void> {
   const images = (s: typeof before) => s.points.flatMap((p) => p.disks.map((d) => d.imagePath));
   for (const f of images(before)) expect(onDisk).toContain(f);
   for (const f of onDisk) expect(images(after), `${f} is on disk but no point of the ledger names it`).toContain(f);
+  // Chunk hash indexes: at most one, a point's the ledger knows (the newest, unless a cycle committed since).
+  const indexes = files.filter((f) => f.endsWith(".chunks"));
+  expect(indexes.length, indexes.join(", ")).toBeLessThanOrEqual(1);
+  for (const f of indexes) expect(after.points.map((p) => `rp-${String(p.cycleSeq).padStart(8, "0")}.chunks`)).toContain(f);
 }
 
 async function waitForPointAfter(t: TwoSites, at: number) {

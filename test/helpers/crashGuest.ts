@@ -92,7 +92,7 @@ export interface AgentVm {
 export const guestDisks = (g: CrashGuest): AgentVm => ({ qmpSocketPath: g.qmpSocketPath, nbdSocketPath: g.nbdSocketPath, disks: [{ id: "vda", node: "vda" }] });
 
 /** An agent replicating VM "vm1" to site B; returns the daemon (stopped with the sites). */
-export function startGuestAgent(t: TwoSites, vm: AgentVm, opts: { intervalSeconds: number; resync?: "manual" | "automatic"; stateDir?: string; logName?: string }): Daemon {
+export function startGuestAgent(t: TwoSites, vm: AgentVm, opts: { intervalSeconds: number; resync?: "manual" | "automatic"; resyncDigest?: "blake3" | "sha256"; stateDir?: string; logName?: string }): Daemon {
   const config = join(t.dir, "crash-agent.yaml");
   writeFileSync(
     config,
@@ -111,6 +111,7 @@ export function startGuestAgent(t: TwoSites, vm: AgentVm, opts: { intervalSecond
           intervalSeconds: opts.intervalSeconds,
           compressionLevel: 1,
           ...(opts.resync ? { resync: opts.resync } : {}),
+          ...(opts.resyncDigest ? { resyncDigest: opts.resyncDigest } : {}),
         },
       ],
     }),

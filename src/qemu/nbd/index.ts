@@ -25,4 +25,4 @@ export {
   NBD_FLAG_SEND_FAST_ZERO,
   NBD_FLAG_CAN_MULTI_CONN,
 } from "./constants.js";
-export { knownZeroChunks, zeroChunkHash, BASE_ALLOCATION_CONTEXT } from "./zeroChunks.js";
+export { knownZeroChunks, BASE_ALLOCATION_CONTEXT } from "./zeroChunks.js";

@@ -1,4 +1,3 @@
-import { createHash } from "node:crypto";
 import type { NbdClient } from "./client.js";
 import { NBD_STATE_ZERO } from "./constants.js";
 
@@ -7,7 +6,7 @@ export const BASE_ALLOCATION_CONTEXT = "base:allocation";
 /**
  * Which fixed-size chunks of the export the server says read as zeroes (base:allocation's
  * NBD_STATE_ZERO, which QEMU sets only when it knows), so that a resync by comparison neither
- * reads nor hashes them: their hash is zeroChunkHash's constant. Chunk i covers
+ * reads nor hashes them: their digest is a constant (zeroChunkDigest). Chunk i covers
  * [i*chunkBytes, min((i+1)*chunkBytes, size)); it is marked only when wholly inside a run of zero
  * extents. Undefined when the connection did not negotiate base:allocation (then read everything).
  */
@@ -32,16 +31,4 @@ export async function knownZeroChunks(client: NbdClient, chunkBytes: number): Pr
   }
   if (runStart >= 0) mark(runStart, runEnd);
   return zero;
-}
-
-const zeroHashes = new Map<number, Buffer>();
-
-/** SHA-256 of `length` zero bytes (computed once per length). */
-export function zeroChunkHash(length: number): Buffer {
-  let h = zeroHashes.get(length);
-  if (!h) {
-    h = createHash("sha256").update(Buffer.alloc(length)).digest();
-    zeroHashes.set(length, h);
-  }
-  return h;
 }

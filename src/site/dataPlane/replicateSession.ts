@@ -21,7 +21,8 @@ import {
   type ReplicateRequest,
   type ReplicateResponse,
 } from "../../gen/qreplica/v1/replication.js";
-import { KNOWN_CHECKSUMS, peerIdentity, writeWithBackpressure, type Role } from "../../transport/index.js";
+import { KNOWN_CHECKSUMS, peerIdentity, pickResyncDigest, writeWithBackpressure, type Role } from "../../transport/index.js";
+import type { ChunkDigestName } from "../../common/chunkDigest.js";
 import { peerHost } from "../controlPlane/refusalAudit.js";
 import { MAX_CHUNK_BYTES, OpenCycle } from "./openCycle.js";
 import { parseVmSpec, sendSeedHashes } from "./resync.js";
@@ -57,6 +58,8 @@ export class ReplicateSession {
   private generation = 0;
   private cycle: OpenCycle | undefined;
   private acceptedChecksums: ChecksumAlgorithm[] = [];
+  /** What this agent's resyncs compare chunks with (picked at Hello). */
+  private resyncDigest: ChunkDigestName = "sha256";
   /** A cycle refused mid-way: its remaining chunks are dropped until its end or abort. */
   private refusedSeq: number | undefined;
   private superseded = false;
@@ -232,6 +235,7 @@ export class ReplicateSession {
       // What both sides know; a sender that offers nothing is assumed to send SHA-256.
       const offered = hello.supportedChecksumAlgorithms.length ? hello.supportedChecksumAlgorithms : [ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256];
       this.acceptedChecksums = KNOWN_CHECKSUMS.filter((a) => offered.includes(a));
+      this.resyncDigest = pickResyncDigest(hello.resyncDigests, this.ctx.storage.indexDigest);
       this.ctx.claimSession(hello.vmId, this);
       await writeWithBackpressure(this.call, {
         body: {
@@ -284,7 +288,7 @@ export class ReplicateSession {
       this.refusedSeq = undefined;
       if (kind === "resync") {
         const disks = begin.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) }));
-        await sendSeedHashes(this.ctx, this.call, { vmId, generation: this.generation, seq, disks, point });
+        await sendSeedHashes(this.ctx, this.call, { vmId, generation: this.generation, seq, disks, point }, this.resyncDigest);
       }
     } catch (err) {
       if (err instanceof RelationshipRefusal) return this.refuseCycle(seq, err.reason, err.message);

@@ -2,7 +2,8 @@ import type * as grpc from "@grpc/grpc-js";
 import type { JsonValue } from "../../ledger/index.js";
 import type { ReplicateRequest, ReplicateResponse } from "../../gen/qreplica/v1/replication.js";
 import { resyncChunkBytes, type PointWrite } from "../../storage/index.js";
-import { writeWithBackpressure } from "../../transport/index.js";
+import type { ChunkDigestName } from "../../common/chunkDigest.js";
+import { digestToWire, writeWithBackpressure } from "../../transport/index.js";
 import type { SiteContext } from "../siteContext.js";
 
 const HASHES_PER_MESSAGE = 4096;
@@ -19,6 +20,7 @@ export async function sendSeedHashes(
   ctx: SiteContext,
   call: grpc.ServerDuplexStream<ReplicateRequest, ReplicateResponse>,
   cycle: { vmId: string; generation: number; seq: number; disks: Array<{ diskId: string; sizeBytes: number }>; point: PointWrite },
+  digest: ChunkDigestName,
 ): Promise<void> {
   const seeds = await ctx.relationships.comparisonImages(cycle.vmId);
   const started = Date.now();
@@ -35,12 +37,17 @@ export async function sendSeedHashes(
       await writeWithBackpressure(call, {
         body: {
           $case: "resyncHashes",
-          value: { generation: BigInt(cycle.generation), cycleSequence: BigInt(cycle.seq), diskId, chunkBytes, firstChunk: BigInt(first), hashes: batch, last },
+          value: { generation: BigInt(cycle.generation), cycleSequence: BigInt(cycle.seq), diskId, chunkBytes, firstChunk: BigInt(first), hashes: batch, last, digest: digestToWire(digest) },
         },
       });
       first += batch.length;
     };
-    const index = seed?.pointSeq === undefined ? { unusable: "the comparison image is a seed" } : ctx.storage.loadChunkHashes(cycle.vmId, diskId, seed.pointSeq, sizeBytes);
+    const index =
+      seed?.pointSeq === undefined
+        ? { unusable: "the comparison image is a seed" }
+        : digest !== ctx.storage.indexDigest
+          ? { unusable: `the agent compares with ${digest}, the index holds ${ctx.storage.indexDigest}` }
+          : ctx.storage.loadChunkHashes(cycle.vmId, diskId, seed.pointSeq, sizeBytes);
     if ("hashes" in index) {
       for (let at = 0; at < index.hashes.length; at += 32) {
         sent.push(index.hashes.subarray(at, at + 32));
@@ -49,18 +56,19 @@ export async function sendSeedHashes(
       indexedBytes += sizeBytes;
     } else if (seed) {
       unindexed[diskId] = index.unusable;
-      for await (const h of ctx.storage.seedChunkHashes(seed.imagePath, chunkBytes)) {
+      for await (const h of ctx.storage.seedChunkHashes(seed.imagePath, chunkBytes, digest)) {
         hashedBytes += chunkBytes;
         sent.push(h);
         if (sent.length - first === HASHES_PER_MESSAGE) await flush(false);
       }
     }
     await flush(true);
-    // The new point is written over the comparison image: its index starts from these hashes.
-    cycle.point.setHashBase(diskId, seed ? Buffer.concat(sent) : undefined);
+    // The new point is written over the comparison image: its index starts from these hashes
+    // (none when they are in another digest than the index's: the next resync then reads).
+    cycle.point.setHashBase(diskId, seed && digest === ctx.storage.indexDigest ? Buffer.concat(sent) : undefined);
   }
   ctx.logger.info(
-    { vm: cycle.vmId, seq: cycle.seq, hashedBytes, indexedBytes, unindexed, ms: Date.now() - started, images: seeds.map((s) => s.imagePath) },
+    { vm: cycle.vmId, seq: cycle.seq, digest, hashedBytes, indexedBytes, unindexed, ms: Date.now() - started, images: seeds.map((s) => s.imagePath) },
     "resync: replica chunk hashes sent",
   );
 }

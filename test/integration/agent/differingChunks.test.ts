@@ -1,4 +1,4 @@
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
@@ -8,6 +8,8 @@ import { convertImage, runTool } from "../../../src/qemu/processes/index.js";
 import { BASE_ALLOCATION_CONTEXT, NbdClient } from "../../../src/qemu/nbd/index.js";
 import { makeTmpDir } from "../../helpers/tmpDir.js";
 import { startQsd } from "../nbd/qsd.js";
+import { chunkDigest, type ChunkDigestName } from "../../../src/common/chunkDigest.js";
+import { digestToWire } from "../../../src/transport/index.js";
 
 const KiB = 1024;
 const CHUNK = 64 * KiB;
@@ -18,10 +20,8 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-const sha = (b: Buffer) => createHash("sha256").update(b).digest();
-
 describe("differingChunks: the agent's side of a resync by comparison", () => {
-  it("applying what it yields to the replica's bytes gives the primary's, zero runs unread", async () => {
+  it.each<ChunkDigestName>(["sha256", "blake3"])("applying what it yields to the replica's bytes gives the primary's, zero runs unread (%s)", async (digest) => {
     const tmp = makeTmpDir();
     cleanups.push(tmp.cleanup);
     const img = join(tmp.path, "primary.qcow2");
@@ -37,8 +37,8 @@ describe("differingChunks: the agent's side of a resync by comparison", () => {
     replica.fill(0, CHUNK, 2 * CHUNK);
     const hashes = new ComparisonHashes();
     const all: Buffer[] = [];
-    for (let at = 0; at < SIZE; at += CHUNK) all.push(sha(replica.subarray(at, Math.min(at + CHUNK, SIZE))));
-    hashes.add({ generation: 1n, cycleSequence: 1n, diskId: "vda", chunkBytes: CHUNK, firstChunk: 0n, hashes: all, last: true });
+    for (let at = 0; at < SIZE; at += CHUNK) all.push(chunkDigest(digest, replica.subarray(at, Math.min(at + CHUNK, SIZE))));
+    hashes.add({ generation: 1n, cycleSequence: 1n, diskId: "vda", chunkBytes: CHUNK, firstChunk: 0n, hashes: all, last: true, digest: digestToWire(digest) });
 
     const qsd = await startQsd({ dir: tmp.path, image: img, exports: [{ id: "e", name: "e", writable: false }], readOnlyImage: true });
     cleanups.push(() => qsd.stop());

@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { existsSync, readdirSync, readFileSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { chunkHashes, ReplicaStorage, SiteStorageDaemon, type PointWrite } from "../../../src/storage/index.js";
+import { chunkHashes, decodeChunkHashes, encodeChunkHashes, ReplicaStorage, SiteStorageDaemon, type PointWrite } from "../../../src/storage/index.js";
 import { makeTmpDir } from "../../helpers/tmpDir.js";
 
 const KiB = 1024;
@@ -26,7 +26,7 @@ async function setup() {
 /** The truth: the committed image read through its chain and hashed. */
 async function readHashes(daemon: SiteStorageDaemon, image: string): Promise<Buffer> {
   const out: Buffer[] = [];
-  for await (const h of chunkHashes(daemon, image, CHUNK)) out.push(h);
+  for await (const h of chunkHashes(daemon, image, CHUNK, "blake3")) out.push(h);
   return Buffer.concat(out);
 }
 
@@ -55,6 +55,8 @@ async function scribble(point: PointWrite, seed: number): Promise<void> {
 describe("chunk hash index: each point's chunk hashes, followed as it is written", () => {
   it("equals the hashes of the committed image read back, over full, incremental and resync points", async () => {
     const { daemon, storage } = await setup();
+    // BLAKE3 where the native module loads (it does on these machines: a package dependency).
+    expect(storage.indexDigest).toBe("blake3");
     const full = await storage.beginPoint("vm1", 1, [{ diskId: "vda", sizeBytes: SIZE, hashBase: { kind: "empty" } }]);
     await scribble(full, 1);
     const p1 = await full.commit();
@@ -110,6 +112,11 @@ describe("chunk hash index: each point's chunk hashes, followed as it is written
     expect(indexOf(storage, 1)).toMatch(/bytes, expected/);
     writeFileSync(path, good);
     expect(storage.loadChunkHashes("vm1", "vda", 1, SIZE + CHUNK)).toEqual({ unusable: expect.stringMatching(/made for/) });
+    const decoded = decodeChunkHashes(good, { sizeBytes: SIZE, chunkBytes: CHUNK, digest: "blake3" });
+    if (!("hashes" in decoded)) throw new Error(decoded.unusable);
+    writeFileSync(path, encodeChunkHashes({ ...decoded, digest: "sha256" }));
+    expect(indexOf(storage, 1)).toMatch(/holds sha256 digests, not blake3/);
+    writeFileSync(path, good);
     expect(indexOf(storage, 1)).toBeInstanceOf(Buffer);
 
     // A new point with the same sequence (a later chain) never inherits the old index.

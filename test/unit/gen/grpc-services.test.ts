@@ -122,6 +122,7 @@ describe("generated gRPC services", () => {
           vmSpecJson: "",
           trackingLost: [],
           resyncMode: 0,
+          resyncDigests: [],
         },
       },
     });

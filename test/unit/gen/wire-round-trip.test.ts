@@ -14,6 +14,7 @@ import {
   ReplicationHealth,
 } from "../../../src/gen/qreplica/v1/control.js";
 import {
+  ChunkDigest,
   RejectReason,
   ReplicateRequest,
   ReplicateResponse,
@@ -42,6 +43,7 @@ const requests: ReplicateRequest[] = [
         vmSpecJson: "",
         trackingLost: [],
         resyncMode: 0,
+        resyncDigests: [ChunkDigest.CHUNK_DIGEST_BLAKE3, ChunkDigest.CHUNK_DIGEST_SHA256],
       },
     },
   },

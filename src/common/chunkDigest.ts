@@ -1,0 +1,61 @@
+import { createHash } from "node:crypto";
+import { createRequire } from "node:module";
+
+/**
+ * The 32-byte digests a resync compares chunks with. Both are cryptographic: with a weaker hash a
+ * guest could write data that collides with the replica's old content and stay silently stale.
+ * BLAKE3 (native, from @napi-rs/blake-hash) runs at about 3x SHA-256's speed per core on these
+ * machines even with SHA-NI (measured on 64 KiB chunks: 3.0-3.8 against 0.6-1.1 GB/s under load);
+ * SHA-256 stays for FIPS-bound sites and agents that predate BLAKE3.
+ */
+export type ChunkDigestName = "sha256" | "blake3";
+
+interface Blake3Module {
+  blake3(input: Uint8Array): Buffer;
+}
+
+const require = createRequire(import.meta.url);
+let blake3: { module: Blake3Module; path: string } | null | undefined;
+
+function loadBlake3(): { module: Blake3Module; path: string } | null {
+  if (blake3 === undefined) {
+    try {
+      const path = require.resolve("@napi-rs/blake-hash");
+      blake3 = { module: require(path) as Blake3Module, path };
+    } catch {
+      // No native build for this platform: SHA-256 only.
+      blake3 = null;
+    }
+  }
+  return blake3;
+}
+
+/** Whether BLAKE3 can be computed in this process. */
+export function blake3Available(): boolean {
+  return loadBlake3() !== null;
+}
+
+/** Where a worker thread loads BLAKE3 from (undefined: not available). */
+export function blake3ModulePath(): string | undefined {
+  return loadBlake3()?.path;
+}
+
+export function chunkDigest(name: ChunkDigestName, data: Uint8Array): Buffer {
+  if (name === "sha256") return createHash("sha256").update(data).digest();
+  const b3 = loadBlake3();
+  if (!b3) throw new Error("BLAKE3 is not available on this platform (no native build of @napi-rs/blake-hash): use SHA-256");
+  return b3.module.blake3(data);
+}
+
+const zeroDigests = new Map<string, Buffer>();
+
+/** The digest of `length` zero bytes: chunks known to read as zeroes are compared without reading them. */
+export function zeroChunkDigest(name: ChunkDigestName, length: number): Buffer {
+  const key = `${name}:${length}`;
+  let d = zeroDigests.get(key);
+  if (!d) {
+    d = chunkDigest(name, Buffer.alloc(length));
+    zeroDigests.set(key, d);
+  }
+  return d;
+}
