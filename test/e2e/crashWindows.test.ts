@@ -239,8 +239,10 @@ describe("crash windows of the replica site (QREPLICA_FAULT, SIGKILL)", { timeou
     const crashed = await t.relationship();
     // The renamed overlay is on disk, but not a point: the ledger never recorded it.
     const known = new Set(crashed.points.flatMap((p) => p.disks.map((d) => d.imagePath)));
-    const strays = readdirSync(diskDir(t)).map((f) => join(diskDir(t), f)).filter((f) => !known.has(f));
+    const strays = readdirSync(diskDir(t)).filter((f) => f.endsWith(".qcow2")).map((f) => join(diskDir(t), f)).filter((f) => !known.has(f));
     expect(strays.length).toBe(1);
+    // Its chunk index was renamed with it; both go at the restart (expectPointsMatchLedger).
+    expect(existsSync(strays[0]!.replace(/\.qcow2$/, ".chunks"))).toBe(true);
     expect(strays[0]).toMatch(/rp-\d+\.qcow2$/);
     expect(crashed.points.slice(0, before.points.length).map((p) => p.pointId)).toEqual(before.points.map((p) => p.pointId));
     expect(crashed.lastCycleSeq).toBeLessThan(Number(/rp-(\d+)\.qcow2$/.exec(strays[0]!)![1]));
