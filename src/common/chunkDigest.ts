@@ -4,7 +4,7 @@ import { createRequire } from "node:module";
 /**
  * The 32-byte digests a resync compares chunks with. Both are cryptographic: with a weaker hash a
  * guest could write data that collides with the replica's old content and stay silently stale.
- * BLAKE3 (native, from @napi-rs/blake-hash) runs at about 3x SHA-256's speed per core on these
+ * BLAKE3 (native, @napi-rs/blake-hash's build for Linux x86-64 glibc, an optional dependency) runs at about 3x SHA-256's speed per core on these
  * machines even with SHA-NI (measured on 64 KiB chunks: 3.0-3.8 against 0.6-1.1 GB/s under load);
  * SHA-256 stays for FIPS-bound sites and agents that predate BLAKE3.
  */
@@ -20,10 +20,12 @@ let blake3: { module: Blake3Module; path: string } | null | undefined;
 function loadBlake3(): { module: Blake3Module; path: string } | null {
   if (blake3 === undefined) {
     try {
-      const path = require.resolve("@napi-rs/blake-hash");
+      // Its platform package directly: the wrapper lists builds that were never published, which
+      // leaves npm's lockfile unable to satisfy `npm ci`.
+      const path = require.resolve("@napi-rs/blake-hash-linux-x64-gnu");
       blake3 = { module: require(path) as Blake3Module, path };
     } catch {
-      // No native build for this platform: SHA-256 only.
+      // Not this platform (or not installed): SHA-256 only.
       blake3 = null;
     }
   }
@@ -43,7 +45,7 @@ export function blake3ModulePath(): string | undefined {
 export function chunkDigest(name: ChunkDigestName, data: Uint8Array): Buffer {
   if (name === "sha256") return createHash("sha256").update(data).digest();
   const b3 = loadBlake3();
-  if (!b3) throw new Error("BLAKE3 is not available on this platform (no native build of @napi-rs/blake-hash): use SHA-256");
+  if (!b3) throw new Error("BLAKE3 is not available on this host (the optional package @napi-rs/blake-hash-linux-x64-gnu is for Linux x86-64 with glibc): use SHA-256");
   return b3.module.blake3(data);
 }
 
