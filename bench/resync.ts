@@ -8,6 +8,7 @@ import { setupTwoSites, type TwoSites } from "../test/helpers/twoSites.js";
 import { benchScratch } from "./lib/cleanup.js";
 import { describeMix, generateMix, writeMix } from "./lib/mixData.js";
 import { median } from "./lib/stats.js";
+import { cpuSeconds } from "./lib/procStats.js";
 import type { BenchContext, BenchResult } from "./report.js";
 
 const KiB = 1024;
@@ -131,13 +132,20 @@ export async function resync(ctx: BenchContext): Promise<BenchResult[]> {
       const commands = [...offsets].map((o, i) => `write -q -s ${sources[i % sources.length]} ${o} ${CHUNK}`);
       for (let i = 0; i < commands.length; i += 500) await runTool("qemu-io", ["-f", "raw", t.vm.guestUri("vda"), ...commands.slice(i, i + 500).flatMap((c) => ["-c", c]), "-c", "flush"]);
       await crashVm();
+      const cpu = (pid: number) => {
+        const c = cpuSeconds(pid);
+        return c.user + c.system;
+      };
+      const agentCpu0 = cpu(agent.child.pid!);
       await t.vm.restart();
       const c = await waitForCommit(t, vmId, `resync round ${round}`, (x) => x.kind === "resync" && x.cycleSeq > full.cycleSeq, 1800_000);
+      // What the resync cost the production host: the agent, and QEMU serving its reads (since its restart).
+      const hostCpu = `agent ${(cpu(agent.child.pid!) - agentCpu0).toFixed(2)} CPU-s, the primary's QEMU ${cpu(t.vm.proc.pid).toFixed(2)} CPU-s`;
       times.push(seconds(c));
       const site = logLine(join(t.siteB, "site.log"), "replica chunk hashes sent", c.cycleSeq, vmId);
       const agentLine = logLine(join(t.dir, "agent.log"), "cycle acknowledged", c.cycleSeq, vmId);
       const note =
-        `round ${round}: resync ${seconds(c).toFixed(2)} s (${(seconds(full) / seconds(c)).toFixed(1)}x); diverged ${blocks} x 64 KiB = ${mib(blocks * CHUNK)}; ` +
+        `round ${round}: resync ${seconds(c).toFixed(2)} s (${(seconds(full) / seconds(c)).toFixed(1)}x), ${hostCpu}; diverged ${blocks} x 64 KiB = ${mib(blocks * CHUNK)}; ` +
         `agent compared ${mib(c.comparedBytes ?? 0)}${agentLine?.knownZeroBytes ? ` (${mib(agentLine.knownZeroBytes as number)} of it known zero, not read)` : ""}, sent ${mib(c.wireBytes)} (data ${mib(c.dataBytes)} + zeroes ${mib(c.zeroBytes)}` +
         `${agentLine ? `, cycle ${agentLine.ms as number} ms: waiting for reads ${Math.round(agentLine.readWaitMs as number)} ms, hashing ${Math.round(agentLine.hashMs as number)} ms (worker threads), waiting for the replica's hashes ${Math.round(agentLine.replicaWaitMs as number)} ms` : ""}); ` +
         `site ${site ? `sent ${mib(site.indexedBytes as number)} of hashes from its index and read ${mib(site.hashedBytes as number)} in ${site.ms as number} ms` : "?"}, wrote ${mib(c.dataBytes)}`;
