@@ -79,7 +79,7 @@ const mib = (n: number) => `${(n / MiB).toFixed(n < 10 * MiB ? 1 : 0)} MiB`;
  * resync: a disk full of the realistic mix is replicated in full (the initial replication: the
  * baseline), then the primary's qemu-storage-daemon is killed (-9) after 1% of the disk was
  * rewritten in scattered 64 KiB blocks of random data, so its bitmaps are gone; the restarted VM
- * is resynced by comparison (the agent reads and SHA-256es every 64 KiB chunk, the replica sends
+ * is resynced by comparison (the agent reads and hashes every 64 KiB chunk, the replica sends
  * its newest point's chunk hashes, only differing chunks travel). Both figures are cut-off ->
  * durable commit from site B's ledger. Each round pairs a full replication and a resync (a new
  * VM id on the same disk: a new relationship on B), so both see the same weather; the ratio is the
@@ -160,7 +160,7 @@ export async function resync(ctx: BenchContext): Promise<BenchResult[]> {
     return [
       {
         name: "resync",
-        description: `resync by comparison of a ${sizeMiB} MiB disk (the mix) diverged by 1% in scattered 64 KiB blocks, after kill -9 of the primary's QEMU; cut-off -> commit, median of ${rounds} rounds (${times.map((x) => x.toFixed(2)).join(", ")} s), each paired with a full replication; SHA-256 per 64 KiB chunk, the replica's from its index`,
+        description: `resync by comparison of a ${sizeMiB} MiB disk (the mix) diverged by 1% in scattered 64 KiB blocks, after kill -9 of the primary's QEMU; cut-off -> commit, median of ${rounds} rounds (${times.map((x) => x.toFixed(2)).join(", ")} s), each paired with a full replication; BLAKE3 per 64 KiB chunk, the replica's from its index`,
         value: median(times),
         unit: "s",
         baseline: median(fulls),
