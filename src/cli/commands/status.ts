@@ -85,8 +85,7 @@ export function registerStatus(program: Command): void {
         if (o.audit && vm) throw new Error("--audit lists the site's refused control calls, of every VM: give no VM");
         const client = controlClient(o);
         if (o.audit) await requireAdmin(client);
-        const keep = o.audit ? (e: WireEvent) => e.stream === AUDIT_STREAM : undefined;
-        const page = await readEvents(client, vm, BigInt(o.from), o.all ? Infinity : o.limit, keep);
+        const page = await readEvents(client, vm, BigInt(o.from), o.all ? Infinity : o.limit, o.audit ? AUDIT_STREAM : undefined);
         emit(o.json, { events: page.events.map((e) => ({ ...e, data: JSON.parse(e.dataJson) as unknown, dataJson: undefined })), nextPosition: page.nextPosition, more: page.more }, () => {
           const table = formatTable(
             ["#", "time", "stream", "event", "actor", "data"],
@@ -112,8 +111,8 @@ export function registerStatus(program: Command): void {
 type EventsClient = ReturnType<typeof controlClient>;
 type WireEvent = Awaited<ReturnType<typeof listEventsPage>>["events"][number];
 
-function listEventsPage(client: EventsClient, vmId: string | undefined, fromPosition: bigint, limit: number) {
-  return unary(client, client.listEvents, { vmId: vmId ?? "", fromPosition, limit });
+function listEventsPage(client: EventsClient, vmId: string | undefined, fromPosition: bigint, limit: number, streamPrefix?: string) {
+  return unary(client, client.listEvents, { vmId: vmId ?? "", fromPosition, limit, streamPrefix });
 }
 
 /** The site shows the audit stream to admins only: say so instead of printing an empty list. */
@@ -128,27 +127,17 @@ async function requireAdmin(client: EventsClient): Promise<void> {
 }
 
 /**
- * Up to `limit` events from `from` that `keep` accepts, page by page (the site caps a page), and
- * whether more exist. The site may leave events out of a page (the audit stream, for non-admins),
- * so a page with fewer events than asked is not the end: only `endReached`, or no progress, is.
+ * Up to `limit` events from `from` (of the streams starting with `streamPrefix`, when given), page
+ * by page (the site caps a page), and whether more exist. The site may leave events out of a page
+ * (the audit stream, for non-admins), so a page with fewer events than asked is not the end: only
+ * `endReached`, or no progress, is.
  */
-async function readEvents(client: EventsClient, vmId: string | undefined, from: bigint, limit: number, keep?: (e: WireEvent) => boolean): Promise<{ events: WireEvent[]; nextPosition: bigint; more: boolean }> {
+async function readEvents(client: EventsClient, vmId: string | undefined, from: bigint, limit: number, streamPrefix?: string): Promise<{ events: WireEvent[]; nextPosition: bigint; more: boolean }> {
   const events: WireEvent[] = [];
-  const filtered = keep !== undefined;
   let next = from;
   for (;;) {
-    // Filtering here (--audit) reads whole pages: the events kept may be few and far between.
-    const want = filtered ? 1000 : Math.min(1000, limit - events.length);
-    const res = await listEventsPage(client, vmId, next, want);
-    const kept = keep ? res.events.filter(keep) : res.events;
-    if (events.length + kept.length > limit) {
-      // Filtered pages can overshoot: stop after the limit-th kept event and resume right after it.
-      const cut = kept.slice(0, limit - events.length);
-      events.push(...cut);
-      const lastKept = cut[cut.length - 1]!;
-      return { events, nextPosition: vmId ? lastKept.streamVersion + 1n : lastKept.globalPosition + 1n, more: true };
-    }
-    events.push(...kept);
+    const res = await listEventsPage(client, vmId, next, Math.min(1000, limit - events.length), streamPrefix);
+    events.push(...res.events);
     const progressed = res.nextPosition !== next;
     next = res.nextPosition;
     if (res.endReached || !progressed) return { events, nextPosition: next, more: false };

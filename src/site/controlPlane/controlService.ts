@@ -182,10 +182,15 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
     listEvents: guarded("viewer", async (req, caller) => {
       const limit = Math.min(Math.max(req.limit || 100, 1), 1000);
       if (req.vmId) await requireRelationship(ctx, req.vmId);
+      const prefix = req.streamPrefix || undefined;
+      if (prefix !== undefined && req.vmId) throw Object.assign(new Error("ListEvents: give a VM id or a stream prefix, not both"), { grpcCode: grpc.status.INVALID_ARGUMENT });
+      if (prefix !== undefined && AUDIT_STREAM.startsWith(prefix) && caller.role !== "admin") {
+        throw Object.assign(new Error(`the ${AUDIT_STREAM} stream (refused calls) is shown to admins only; '${caller.identity}' has role ${caller.role}`), { grpcCode: grpc.status.PERMISSION_DENIED });
+      }
       // One more than asked: whether the ledger holds more is then known, not guessed.
       const read = req.vmId
         ? await ctx.store.readStream(relationshipStream(req.vmId), { fromVersion: req.fromPosition, maxCount: limit + 1 })
-        : await ctx.store.readAll({ fromPosition: req.fromPosition > 0n ? req.fromPosition - 1n : undefined, maxCount: limit + 1 });
+        : await ctx.store.readAll({ fromPosition: req.fromPosition > 0n ? req.fromPosition - 1n : undefined, maxCount: limit + 1, streamPrefix: prefix });
       const events = read.slice(0, limit);
       const last = events[events.length - 1];
       // The audit stream (refused calls: who probed what) is for admins, who manage who may do what;

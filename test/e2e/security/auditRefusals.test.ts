@@ -96,11 +96,20 @@ describe("refused control calls are recorded in the ledger's audit stream", () =
     expect(refusals.map((e) => [e.type, e.actor, e.actorRole])).toContainEqual(["ControlCallRefused", "agent-a", "agent"]);
     expect(JSON.parse(refusals[0]!.dataJson)).toMatchObject({ rpc: "Failover", vmIds: [VM], reason: "AGENT_ON_CONTROL_PLANE" });
 
+    // Asked by stream prefix, the site returns the audit stream alone (paged by global position).
+    const only = await call(adm, adm.listEvents, { fromPosition: 0n, limit: 2, streamPrefix: AUDIT_STREAM });
+    expect(only.events.length).toBe(2);
+    expect(only.events.every((e) => e.stream === AUDIT_STREAM)).toBe(true);
+    expect(only.endReached).toBe(refusals.length <= 2);
+
     for (const who of [ids.viewer, ids.operator]) {
       const c = as(who);
       const seen = (await call(c, c.listEvents, { fromPosition: 0n, limit: 1000 })).events;
       expect(seen.length).toBeGreaterThan(0);
       expect(seen.filter((e) => e.stream === AUDIT_STREAM)).toEqual([]);
+      const asked = await refusal(call(c, c.listEvents, { fromPosition: 0n, limit: 10, streamPrefix: AUDIT_STREAM }));
+      expect(asked.code).toBe(status.PERMISSION_DENIED);
+      expect(asked.details).toMatch(/admins only/);
     }
 
     const json = await runCli(["events", "--audit", "--dir", site.env.siteB, "--json"]);

@@ -11,7 +11,6 @@ import { ChecksumAlgorithm, CompressionCodec } from "../../../src/gen/qreplica/v
 import { StreamClosedError, grpcChannelOptions, grpcServerOptions, writeWithBackpressure } from "../../../src/transport/index.js";
 
 const MiB = 1024 * 1024;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function slowWritable(highWaterMark: number, delayMs: number): Writable & { done: number } {
   const w = new Writable({

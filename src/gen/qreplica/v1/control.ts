@@ -460,6 +460,11 @@ export interface ListEventsRequest {
   fromPosition: bigint;
   /** 0 means the server's default; the server may return fewer than asked. */
   limit: number;
+  /**
+   * Without vm_id: only the streams whose name starts with this (e.g. "audit", the refused calls,
+   * which only admins may read), still paged by global position.
+   */
+  streamPrefix?: string | undefined;
 }
 
 export interface ListEventsResponse {
@@ -4413,7 +4418,7 @@ export const RecoveryPointDisk: MessageFns<RecoveryPointDisk> = {
 };
 
 function createBaseListEventsRequest(): ListEventsRequest {
-  return { vmId: undefined, fromPosition: 0n, limit: 0 };
+  return { vmId: undefined, fromPosition: 0n, limit: 0, streamPrefix: undefined };
 }
 
 export const ListEventsRequest: MessageFns<ListEventsRequest> = {
@@ -4429,6 +4434,9 @@ export const ListEventsRequest: MessageFns<ListEventsRequest> = {
     }
     if (message.limit !== 0) {
       writer.uint32(24).uint32(message.limit);
+    }
+    if (message.streamPrefix !== undefined) {
+      writer.uint32(34).string(message.streamPrefix);
     }
     return writer;
   },
@@ -4470,6 +4478,14 @@ export const ListEventsRequest: MessageFns<ListEventsRequest> = {
             message.limit = reader.uint32();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.streamPrefix = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4495,6 +4511,11 @@ export const ListEventsRequest: MessageFns<ListEventsRequest> = {
         ? BigInt(object.from_position)
         : 0n,
       limit: isSet(object.limit) ? globalThis.Number(object.limit) : 0,
+      streamPrefix: isSet(object.streamPrefix)
+        ? globalThis.String(object.streamPrefix)
+        : isSet(object.stream_prefix)
+        ? globalThis.String(object.stream_prefix)
+        : undefined,
     };
   },
 
@@ -4509,6 +4530,9 @@ export const ListEventsRequest: MessageFns<ListEventsRequest> = {
     if (message.limit !== 0) {
       obj.limit = Math.round(message.limit);
     }
+    if (message.streamPrefix !== undefined) {
+      obj.streamPrefix = message.streamPrefix;
+    }
     return obj;
   },
 
@@ -4522,6 +4546,7 @@ export const ListEventsRequest: MessageFns<ListEventsRequest> = {
       ? BigInt(object.fromPosition)
       : 0n;
     message.limit = object.limit ?? 0;
+    message.streamPrefix = object.streamPrefix ?? undefined;
     return message;
   },
 };
