@@ -17,8 +17,8 @@ export type ChunkHashBase = { kind: "empty" } | { kind: "known"; hashes: Buffer 
 
 /**
  * Follows one disk's writes into a recovery point and yields the point's chunk hashes at the end
- * without reading the point back: each wholly written chunk is hashed from the bytes written (in
- * worker threads, from a copy), each zeroed one takes the constant, a partly written one is read
+ * without reading the point back: each wholly written chunk is hashed from the bytes written
+ * (BLAKE3 in place; SHA-256 in worker threads, from a copy), each zeroed one takes the constant, a partly written one is read
  * back and hashed at the end, and the others keep the base's hash (the parent point's index, an
  * empty image's zeroes, or for a resync the comparison hashes that arrive while chunks already
  * flow, hence "pending"). A later write to a chunk decides its entry: the extents of one cycle
@@ -69,6 +69,17 @@ export class ChunkHashTracker {
   /** `data` was written at `offset`; it is copied before this resolves, so the caller may reuse it. */
   async noteData(offset: number, data: Buffer): Promise<void> {
     const { first, end } = this.wholeChunks(offset, data.length);
+    if (this.digest === "blake3") {
+      // In place, on this thread: ~20 us per 64 KiB chunk, less than a copy and a round trip to a
+      // worker cost in CPU and garbage (measured: the worker path cost the site 0.6 CPU-s per GiB).
+      for (let i = first; i < end; i++) {
+        const at = i * this.chunkBytes - offset;
+        this.version[i]!++;
+        this.state[i] = WRITTEN;
+        chunkDigest("blake3", data.subarray(at, at + this.lengthOf(i))).copy(this.hashes, 32 * i);
+      }
+      return;
+    }
     for (let i = first; i < end; ) {
       while (this.jobs.size >= MAX_JOBS) await Promise.race(this.jobs);
       const from = i;
