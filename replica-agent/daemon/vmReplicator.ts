@@ -5,7 +5,7 @@ import type { Logger } from "../../src/common/logger.js";
 import { ENABLE_UNACKNOWLEDGED } from "../../src/model/index.js";
 import { CompressionCodec, ChecksumAlgorithm } from "../../src/gen/qreplica/v1/common.js";
 import { ChunkDigest, RejectReason, ResumeHint, ResyncMode, type PlannedFailoverRequested } from "../../src/gen/qreplica/v1/replication.js";
-import { blake3Available } from "../../src/common/chunkDigest.js";
+import { blake3Installed } from "../../src/common/chunkDigest.js";
 import { GuestAgentClient } from "../../src/qemu/guestAgent/index.js";
 import { QmpClient, queryNamedBlockNodes } from "../../src/qemu/qmp/index.js";
 import { ReplicationClient, channelCredentials, grpcChannelOptions, type SiteCredentials } from "../../src/transport/index.js";
@@ -308,7 +308,7 @@ export class VmReplicator {
 
   /** BLAKE3 first unless the VM asks for SHA-256 or this host has no BLAKE3; SHA-256 always. */
   private offeredResyncDigests(): ChunkDigest[] {
-    return this.vm.resyncDigest === "blake3" && blake3Available() ? [ChunkDigest.CHUNK_DIGEST_BLAKE3, ChunkDigest.CHUNK_DIGEST_SHA256] : [ChunkDigest.CHUNK_DIGEST_SHA256];
+    return this.vm.resyncDigest === "blake3" && blake3Installed() ? [ChunkDigest.CHUNK_DIGEST_BLAKE3, ChunkDigest.CHUNK_DIGEST_SHA256] : [ChunkDigest.CHUNK_DIGEST_SHA256];
   }
 
   private pickChecksum(accepted: ChecksumAlgorithm[]): ChecksumAlgorithm {

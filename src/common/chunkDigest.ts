@@ -32,14 +32,30 @@ function loadBlake3(): { module: Blake3Module; path: string } | null {
   return blake3;
 }
 
-/** Whether BLAKE3 can be computed in this process. */
+/**
+ * Whether BLAKE3's package is installed for this host, without loading it: loading maps ~4.5 MiB
+ * that an agent would carry for nothing until a resync (its peak RSS is a budget).
+ */
+export function blake3Installed(): boolean {
+  if (blake3 !== undefined) return blake3 !== null;
+  if (process.platform !== "linux" || process.arch !== "x64") return false;
+  try {
+    require.resolve("@napi-rs/blake-hash-linux-x64-gnu");
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Whether BLAKE3 can be computed in this process (loads it). */
 export function blake3Available(): boolean {
   return loadBlake3() !== null;
 }
 
-/** Where a worker thread loads BLAKE3 from (undefined: not available). */
+/** Where a worker thread loads BLAKE3 from (undefined: not installed); not loaded here. */
 export function blake3ModulePath(): string | undefined {
-  return loadBlake3()?.path;
+  if (!blake3Installed()) return undefined;
+  return blake3?.path ?? require.resolve("@napi-rs/blake-hash-linux-x64-gnu");
 }
 
 export function chunkDigest(name: ChunkDigestName, data: Uint8Array): Buffer {
