@@ -1,5 +1,5 @@
 import { BufferPool } from "../../src/common/bufferPool.js";
-import type { NbdClient } from "../../src/qemu/nbd/index.js";
+import { EFFICIENT_READ_BYTES, type NbdClient } from "../../src/qemu/nbd/index.js";
 
 /**
  * One piece of a cycle, in offset order: data as it was at the cut-off, or a range of zeroes.
@@ -41,7 +41,7 @@ export const NBD_STATE_DIRTY = 1;
 // QEMU's cost per byte rises with requests above 2-4 MiB (allocator page faults); many small
 // requests over several connections read fastest (capture-read: 4 x 256 KiB x 64 in flight
 // matched or beat nbdcopy, 1 x 2 MiB x 16 reached about 0.6x).
-export const DEFAULT_READ_REQUEST_BYTES = 256 * 1024;
+export const DEFAULT_READ_REQUEST_BYTES = EFFICIENT_READ_BYTES;
 export const DEFAULT_MAX_IN_FLIGHT = 64;
 export const DEFAULT_PIECE_BYTES = 2 * 1024 * 1024;
 /** Zero ranges are cheap to send but their length field on the wire is 32-bit. */

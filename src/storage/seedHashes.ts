@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { chunkDigest, zeroChunkDigest, type ChunkDigestName } from "../common/chunkDigest.js";
-import { BASE_ALLOCATION_CONTEXT, knownZeroChunks, NbdClient } from "../qemu/nbd/index.js";
+import { BASE_ALLOCATION_CONTEXT, knownZeroChunks, NbdClient, readInPieces } from "../qemu/nbd/index.js";
 import type { SiteStorageDaemon } from "./siteStorageDaemon.js";
 
 /** The bitmap's granularity: a resync then sends no more than a cycle would for the same writes. */
@@ -17,8 +17,6 @@ export function resyncChunkBytes(diskBytes: number): number {
 /** A unit of reading and hashing covers this many chunks. */
 const CHUNKS_PER_READ = 16;
 const READS_IN_FLIGHT = 8;
-/** Each unit is read in NBD requests of this size: QEMU's NBD server spends ~3x the CPU per byte on 1 MiB requests. */
-const READ_REQUEST_BYTES = 256 * 1024;
 
 /**
  * The digest of every fixed-size chunk of an image read through its backing chain (so a point's top
@@ -57,9 +55,7 @@ export async function* chunkHashes(daemon: SiteStorageDaemon, imagePath: string,
           return;
         }
         const into = free.pop() ?? Buffer.allocUnsafeSlow(readBytes);
-        const requests: Array<Promise<Buffer>> = [];
-        for (let at = 0; at < length; at += READ_REQUEST_BYTES) requests.push(client.read(offset + at, Math.min(READ_REQUEST_BYTES, length - at), into.subarray(at)));
-        const read = Promise.all(requests).then(() => into.subarray(0, length));
+        const read = readInPieces(client, offset, length, into);
         read.catch(() => undefined);
         reading++;
         queue.push({ offset, length, read, into });

@@ -26,3 +26,4 @@ export {
   NBD_FLAG_CAN_MULTI_CONN,
 } from "./constants.js";
 export { knownZeroChunks, BASE_ALLOCATION_CONTEXT } from "./zeroChunks.js";
+export { EFFICIENT_READ_BYTES, readInPieces } from "./pieceRead.js";
