@@ -4,7 +4,7 @@
  * itself: the new point equals the primary, every older point is unchanged, only what diverged
  * travels, and the ledger tells ResyncRequired -> ResyncStarted -> CycleCommitted(resync).
  */
-import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, writeFileSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
@@ -13,7 +13,7 @@ import { makeTmpDir } from "../helpers/tmpDir.js";
 import { waitFor } from "../helpers/processes.js";
 import { setupTwoSites, type TwoSites } from "../helpers/twoSites.js";
 import { CrashGuest, guestDisks, logTail, startGuestAgent } from "../helpers/crashGuest.js";
-import { differingChunkBytes, ledgerEvents, pointContentHashes, sequenceAfter } from "../helpers/resyncChecks.js";
+import { differingChunkBytes, ledgerEvents, pointContentHashes, resyncHashesSent, sequenceAfter } from "../helpers/resyncChecks.js";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -93,7 +93,7 @@ async function expectResynced(t: TwoSites, g: CrashGuest, before: Snapshot, diag
   expect(commit.dataBytes + commit.zeroBytes).toBeLessThan(before.diskBytes / 3);
 
   // The replica's side came from the newest point's chunk hash index, kept as it was written: not read.
-  const sent = siteLogLines(t.siteB).find((l) => l.msg === "resync: replica chunk hashes sent" && l.seq === commit.cycleSeq);
+  const sent = resyncHashesSent(t.siteB).find((l) => l.vm === "vm1" && l.seq === commit.cycleSeq);
   expect(sent).toMatchObject({ hashedBytes: 0, indexedBytes: before.diskBytes, unindexed: {} });
 
   const events = (await ledgerEvents(t.siteB)).slice(before.events);
@@ -102,18 +102,6 @@ async function expectResynced(t: TwoSites, g: CrashGuest, before: Snapshot, diag
   const committedAt = events.findIndex((e) => e.type === "CycleCommitted" && (e.data as { kind: string }).kind === "resync");
   expect(committedAt).toBeGreaterThan(events.findIndex((e) => e.type === "ResyncStarted"));
   return required.reason;
-}
-
-function siteLogLines(siteDir: string): Array<Record<string, unknown>> {
-  return readFileSync(join(siteDir, "site.log"), "utf8")
-    .split("\n")
-    .flatMap((line) => {
-      try {
-        return [JSON.parse(line) as Record<string, unknown>];
-      } catch {
-        return [];
-      }
-    });
 }
 
 interface Snapshot {

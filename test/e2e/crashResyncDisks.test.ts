@@ -10,7 +10,7 @@ import { compareImages, resizeImage, startStorageDaemonVm, type StorageDaemonVm 
 import { makeTmpDir } from "../helpers/tmpDir.js";
 import { AGENT, startDaemon, waitFor } from "../helpers/processes.js";
 import { setupTwoSites, type TwoSites } from "../helpers/twoSites.js";
-import { ledgerEvents, pointContentHashes, sequenceAfter } from "../helpers/resyncChecks.js";
+import { ledgerEvents, pointContentHashes, resyncHashesSent, sequenceAfter } from "../helpers/resyncChecks.js";
 import { readFileSync } from "node:fs";
 import { addressFile } from "../../src/site/siteConfig.js";
 
@@ -129,11 +129,7 @@ describe("resync after a crash of the primary's QEMU (two disks, one resized whi
     expect(resyncPoint.zeroBytes).toBeLessThanOrEqual(16 * MiB + 128 * 1024);
     expect(resyncPoint.wireBytes).toBeLessThan(2 * MiB);
 
-    const sent = readFileSync(join(t.siteB, "site.log"), "utf8")
-      .split("\n")
-      .filter((l) => l.includes("replica chunk hashes sent"))
-      .map((l) => JSON.parse(l) as { vm: string; seq: number; digest: string; hashedBytes: number; indexedBytes: number; unindexed: Record<string, string> })
-      .find((l) => l.vm === "vm2" && l.seq === resyncPoint.cycleSeq);
+    const sent = resyncHashesSent(t.siteB).find((l) => l.vm === "vm2" && l.seq === resyncPoint.cycleSeq);
     expect(sent).toMatchObject({ digest: "sha256", hashedBytes: (64 + 32) * MiB, indexedBytes: 0 });
     expect(sent!.unindexed.vda).toMatch(/compares with sha256/);
 

@@ -55,3 +55,20 @@ export async function differingChunkBytes(a: { path: string; format: string }, b
     rmSync(rawB, { force: true });
   }
 }
+
+/** What the replica site logged for each resync it answered (src/site/dataPlane/resync.ts). */
+export interface ResyncHashesSent {
+  vm: string;
+  seq: number;
+  digest: string;
+  hashedBytes: number;
+  indexedBytes: number;
+  unindexed: Record<string, string>;
+}
+
+export function resyncHashesSent(siteDir: string): ResyncHashesSent[] {
+  return readFileSync(join(siteDir, "site.log"), "utf8")
+    .split("\n")
+    .filter((l) => l.includes('"resync: replica chunk hashes sent"'))
+    .map((l) => JSON.parse(l) as ResyncHashesSent);
+}
