@@ -1,0 +1,66 @@
+/**
+ * A replication policy as the rest of the code sees it, once parsed and validated (the YAML form
+ * and its schema live beside this file). Shared by the site (retention, health, HelloAck) and the
+ * agent (frequency, compression, freeze, bandwidth): it imports nothing of either role.
+ * Durations are in seconds, sizes in bytes, times of day in the site's local time "HH:MM".
+ */
+
+/** A span of the week: the days it applies on and a time-of-day range; `to` before `from` wraps past midnight. */
+export interface TimeWindow {
+  /** 0 = Sunday ... 6 = Saturday; empty or absent means every day. */
+  days?: number[];
+  from: string;
+  to: string;
+}
+
+/**
+ * Keeps points for `keepForSeconds` after their cut-off, at most one per `everySeconds` (the
+ * first point of each slot, slots aligned to the epoch in UTC); `everySeconds` 0 keeps every point.
+ * Tiers are listed finest first; a point is kept while any tier keeps it.
+ */
+export interface RetentionTier {
+  everySeconds: number;
+  keepForSeconds: number;
+}
+
+export interface BandwidthLimit {
+  /** Bytes per second to one replica site; 0 means unlimited. */
+  bytesPerSecond: number;
+  /** When absent: always. */
+  window?: TimeWindow;
+}
+
+export type FrequencySpec = { kind: "interval"; seconds: number } | { kind: "continuous"; minGapSeconds: number };
+
+export interface ReplicationPolicy {
+  name: string;
+  description?: string;
+  frequency: FrequencySpec;
+  retention: {
+    tiers: RetentionTier[];
+    /** Hard floor: never fewer points than this (the newest ones), whatever the tiers say. */
+    minPoints: number;
+  };
+  /** Application-consistent points through qemu-guest-agent freeze/thaw; absent: crash-consistent only. */
+  applicationConsistent?: {
+    everySeconds: number;
+    /** Longest the guest stays frozen; past it the point is taken crash-consistent and tagged. */
+    freezeTimeoutMs: number;
+  };
+  /** zstd level 1-19. */
+  compressionLevel: number;
+  /** The first matching entry applies; none matching: unlimited. */
+  bandwidth: BandwidthLimit[];
+  initialReplication: { kind: "now" } | { kind: "at"; at: string };
+  resync: { mode: "automatic"; window?: TimeWindow } | { mode: "manual" };
+  /** Health turns Critical when the newest point is older than this. */
+  rpoAlertSeconds: number;
+}
+
+/** A policy as stored: each apply of a changed spec is a new version. */
+export interface PolicyVersion {
+  policy: ReplicationPolicy;
+  version: number;
+  appliedAt: string;
+  appliedBy: string;
+}
