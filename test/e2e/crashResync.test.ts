@@ -4,7 +4,7 @@
  * itself: the new point equals the primary, every older point is unchanged, only what diverged
  * travels, and the ledger tells ResyncRequired -> ResyncStarted -> CycleCommitted(resync).
  */
-import { existsSync, readdirSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
@@ -161,7 +161,11 @@ describe("kill -9 of the primary's QEMU, then resync by comparison", { timeout: 
       const dir = join(t.siteB, "storage", "vm1", "vda");
       return existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith(".partial")) : [];
     };
-    await waitFor("a cycle on its way to the site", () => (partials().length > 0 ? true : undefined), 60_000, 5);
+    // The cycle carrying the random write, well under way: a small cycle caught at its end could
+    // still commit after the crash (its reads were done), and then nothing diverged.
+    const allocated = (f: string) => statSync(join(t.siteB, "storage", "vm1", "vda", f), { throwIfNoEntry: false })?.blocks ?? 0;
+    const partialBytes = () => partials().reduce((n, f) => Math.max(n, allocated(f) * 512), 0);
+    await waitFor("the random write's cycle on its way to the site", () => (partialBytes() >= 8 * MiB ? true : undefined), 60_000, 5);
     await g.crash();
     await waitFor("the site discarding the partial point", () => (partials().length === 0 ? true : undefined), 60_000);
     // The killed cycle never became a point: it is recorded as failed, and the random write diverged.
