@@ -205,6 +205,29 @@ export class VmSchedule {
     }
   }
 
+  /**
+   * A permit now, off the grid: an initial replication or a resync starts as soon as the host's
+   * in-flight limit allows, and the grid's next slot is not moved by it.
+   */
+  async now(signal: AbortSignal): Promise<CycleSlot | undefined> {
+    if (this.busy) throw new Error(`VM ${this.vmId}: now() called while its previous cycle has not been released`);
+    const dueAt = this.scheduler.clock.now();
+    if (!(await this.scheduler.acquire(dueAt, signal))) return undefined;
+    this.busy = true;
+    return { dueAt, startedAt: this.scheduler.clock.now(), missed: 0, release: this.releaser() };
+  }
+
+  private releaser(): () => void {
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.busy = false;
+      this.lastEnd = this.scheduler.clock.now();
+      this.scheduler.release();
+    };
+  }
+
   private start(dueAt: number): CycleSlot {
     const startedAt = this.scheduler.clock.now();
     const f = this.frequencySpec;
@@ -221,19 +244,7 @@ export class VmSchedule {
     this.stats.started++;
     this.stats.missed += missed;
     this.stats.lateMs += startedAt - served;
-    let released = false;
-    return {
-      dueAt: served,
-      startedAt,
-      missed,
-      release: () => {
-        if (released) return;
-        released = true;
-        this.busy = false;
-        this.lastEnd = this.scheduler.clock.now();
-        this.scheduler.release();
-      },
-    };
+    return { dueAt: served, startedAt, missed, release: this.releaser() };
   }
 }
 
