@@ -8,6 +8,13 @@ import type { ReplicationStateName } from "./states.js";
 import { initialRelationshipState, type RecoveryPoint, type RelationshipState, type TestFailover } from "./relationshipState.js";
 
 export * from "./relationshipState.js";
+
+/**
+ * Version of `evolve`'s meaning. Bump it whenever a change to `evolve` (or to RelationshipState)
+ * would fold the same events into a different state: stored snapshots of the old fold are then
+ * ignored and rebuilt from the events.
+ */
+export const RELATIONSHIP_FOLD_VERSION = 1;
 /**
  * Pure and total: the ledger is the authority, so an event is applied as recorded, never judged.
  * All checking happens in the commands before an event exists.
