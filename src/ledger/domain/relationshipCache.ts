@@ -32,7 +32,8 @@ export interface SnapshotProblem {
 const folds = new WeakMap<EventStore, Map<string, CachedFold>>();
 const problemListeners = new Set<(p: SnapshotProblem) => void>();
 
-export const snapshotKeyOf = (vmId: string): string => `relationship:${vmId}`;
+export const RELATIONSHIP_SNAPSHOT_PREFIX = "relationship:";
+export const snapshotKeyOf = (vmId: string): string => `${RELATIONSHIP_SNAPSHOT_PREFIX}${vmId}`;
 
 /** Lets a site log snapshots it ignored (damaged, from an older fold); returns the unregister function. */
 export function onRelationshipSnapshotIgnored(listener: (p: SnapshotProblem) => void): () => void {
@@ -106,7 +107,7 @@ async function fromSnapshot(store: EventStore, vmId: string): Promise<CachedFold
  * JSON has no `undefined`: the fields it dropped are put back from the initial state, so a state
  * from a snapshot has the same keys as one folded from the events.
  */
-function restoreState(vmId: string, value: unknown): RelationshipState | undefined {
+export function restoreState(vmId: string, value: unknown): RelationshipState | undefined {
   if (typeof value !== "object" || value === null || Array.isArray(value)) return undefined;
   const v = value as Partial<RelationshipState>;
   if (v.vmId !== vmId || typeof v.state !== "string" || typeof v.counters !== "object" || !Array.isArray(v.points)) return undefined;

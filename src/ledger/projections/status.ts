@@ -7,6 +7,7 @@ import type { EventStore, RecordedEvent } from "../eventStore.js";
 import { RELATIONSHIP_STREAM_PREFIX, decodeRelationshipEvent, vmIdOfStream, type FailoverKind } from "../domain/events.js";
 import { evolve, initialRelationshipState, type RelationshipState } from "../domain/relationship.js";
 import type { ReplicationStateName } from "../domain/states.js";
+import { restoreState } from "../domain/relationshipCache.js";
 
 export interface StatusError {
   /** A code: a CycleFailed reason, or RESYNC_REQUIRED / STALE_GENERATION. */
@@ -67,6 +68,11 @@ export interface StatusFailover {
   readonly primaryStoppedAt: string | undefined;
 }
 
+export interface StatusSnapshot {
+  position: string;
+  vms: Array<{ rel: RelationshipState; lastError: StatusError | undefined }>;
+}
+
 interface Entry {
   rel: RelationshipState;
   lastError: StatusError | undefined;
@@ -124,6 +130,31 @@ export class StatusProjection {
       };
     }
     this.vms.set(vmId, { rel: evolve(entry.rel, event), lastError });
+  }
+
+  /** Plain JSON of the whole projection, for a read-model snapshot (readModels.ts). */
+  toSnapshot(): StatusSnapshot {
+    return { position: this.position.toString(), vms: [...this.vms.values()].map((e) => ({ rel: e.rel, lastError: e.lastError })) };
+  }
+
+  /** The projection a `toSnapshot()` was taken of; undefined when the value is not one. */
+  static fromSnapshot(value: unknown): StatusProjection | undefined {
+    const v = value as Partial<StatusSnapshot> | null;
+    if (typeof v?.position !== "string" || !/^\d+$/.test(v.position) || !Array.isArray(v.vms)) return undefined;
+    const projection = new StatusProjection();
+    projection.position = BigInt(v.position);
+    for (const entry of v.vms as Array<{ rel?: { vmId?: unknown }; lastError?: StatusError }>) {
+      const vmId = entry?.rel?.vmId;
+      const rel = typeof vmId === "string" ? restoreState(vmId, entry.rel) : undefined;
+      if (!rel) return undefined;
+      projection.vms.set(rel.vmId, { rel, lastError: entry.lastError ?? undefined });
+    }
+    return projection;
+  }
+
+  /** The VMs that have a relationship stream, sorted. */
+  vmIds(): string[] {
+    return [...this.vms.keys()].sort();
   }
 
   get(vmId: string, now: Date): VmStatus | undefined {
