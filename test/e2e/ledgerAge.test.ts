@@ -119,6 +119,8 @@ describe("a site on an aged ledger (real site process, real SQLite file)", { tim
     expect(report).toMatchObject({ events: (await expected(ledger)).relationshipEvents, vms: 2 });
     expect(rebuilt.stderr).toMatch(/"progress":\{"events":\d+/);
     await site.kill("SIGTERM");
+    // At its stop the running site took the rebuilt models over instead of writing its own over them.
+    expect(readFileSync(join(t.siteB, "site.log"), "utf8")).toContain("read models rebuilt by 'qreplica ledger rebuild' adopted");
     site = await t.startSite(t.siteB);
     await expectSiteEqualsFullFold(t, ledger);
     await cliJson(["resume", YOUNG, "--dir", t.siteB, "--json"]);

@@ -20,10 +20,15 @@ export const READ_MODELS_FOLD_VERSION = 1;
 export const READ_MODELS_SNAPSHOT_KEY = "read-models";
 const FOLD_VERSION = READ_MODELS_FOLD_VERSION * 10_000 + RELATIONSHIP_FOLD_VERSION;
 const PAGE = 1000;
+const PERSIST_EVERY = 5000;
 
 export interface ReadModelsOptions {
   logger?: Logger;
-  /** Persist the checkpoint after this many events were folded since the last time (default 1000). */
+  /**
+   * Persist the checkpoint after this many events were folded since the last time (default 5000).
+   * The snapshot holds every VM's models, so it is written far less often than a relationship's:
+   * a restart folds at most this many events again.
+   */
   persistEvery?: number;
 }
 
@@ -48,6 +53,11 @@ export class LedgerReadModels {
   private subscription: Subscription | undefined;
   private persisting: Promise<void> = Promise.resolve();
   private folded = 0;
+  /** Checksum of the stored snapshot this instance restored or wrote last. */
+  private knownChecksum: string | undefined;
+  /** Set for the site's long-lived instance: a snapshot someone else wrote is adopted, not overwritten. */
+  private adoptsForeign = false;
+  private adopted = 0;
 
   private constructor(
     private readonly store: EventStore,
@@ -60,9 +70,10 @@ export class LedgerReadModels {
    */
   static async open(store: EventStore, opts: ReadModelsOptions = {}): Promise<LedgerReadModels> {
     const models = new LedgerReadModels(store, opts);
+    models.adoptsForeign = true;
     await models.restore();
     await models.refresh();
-    if (models.position - models.persistedAt >= BigInt(opts.persistEvery ?? 1000)) await models.persist();
+    if (models.position - models.persistedAt >= BigInt(opts.persistEvery ?? PERSIST_EVERY)) await models.persist();
     models.subscription = store.subscribe({ fromPosition: models.position, streamPrefix: RELATIONSHIP_STREAM_PREFIX }, (e) => {
       models.apply(e);
       models.maybePersist();
@@ -133,8 +144,17 @@ export class LedgerReadModels {
     return this.points.get(vmId) ?? new RecoveryPointsProjection(vmId);
   }
 
-  /** Writes the models and their checkpoint as the snapshot a restart starts from. */
+  /** How many times this instance took over models rebuilt by `qreplica ledger rebuild`. */
+  get rebuildsAdopted(): number {
+    return this.adopted;
+  }
+
+  /**
+   * Writes the models and their checkpoint as the snapshot a restart starts from. On the site's
+   * instance, a snapshot written meanwhile by `qreplica ledger rebuild` is adopted instead.
+   */
   async persist(): Promise<void> {
+    if (this.adoptsForeign && (await this.adoptRebuilt())) return;
     const position = this.position;
     const record = sealSnapshot({
       key: READ_MODELS_SNAPSHOT_KEY,
@@ -146,6 +166,7 @@ export class LedgerReadModels {
     const write = this.persisting.then(() => this.store.writeSnapshot(record));
     this.persisting = write.catch(() => undefined);
     await write;
+    this.knownChecksum = record.checksum;
     if (position > this.persistedAt) this.persistedAt = position;
   }
 
@@ -170,20 +191,47 @@ export class LedgerReadModels {
   }
 
   private maybePersist(): void {
-    if (this.position - this.persistedAt < BigInt(this.opts.persistEvery ?? 1000)) return;
+    if (this.position - this.persistedAt < BigInt(this.opts.persistEvery ?? PERSIST_EVERY)) return;
     this.persistedAt = this.position;
     void this.persist().catch((err: unknown) => this.opts.logger?.warn({ err }, "read models checkpoint not persisted; retried later"));
   }
 
-  private async restore(): Promise<void> {
+  /**
+   * Takes over a usable snapshot this instance did not write (a rebuild's): caught up on a fresh
+   * instance, then swapped in with no await between the check and the swap, so the subscription
+   * goes on from a position the new models have already folded (no gap, no event twice).
+   */
+  private async adoptRebuilt(): Promise<boolean> {
     const record = await this.store.readSnapshot(READ_MODELS_SNAPSHOT_KEY);
-    if (!record) return;
-    const ignore = (reason: string): void => {
+    if (!record || record.checksum === this.knownChecksum) return false;
+    const next = new LedgerReadModels(this.store, {});
+    if (!(await next.restore())) return false;
+    for (;;) {
+      await next.refresh();
+      if (next.position >= this.position) break;
+    }
+    this.status = next.status;
+    this.points = next.points;
+    this.position = next.position;
+    this.positionHash = next.positionHash;
+    this.persistedAt = next.persistedAt;
+    this.knownChecksum = record.checksum;
+    this.adopted++;
+    this.opts.logger?.info({ position: String(record.at) }, "read models rebuilt by 'qreplica ledger rebuild' adopted");
+    return true;
+  }
+
+  /** True when the stored snapshot was usable and is now this instance's state. */
+  private async restore(): Promise<boolean> {
+    const record = await this.store.readSnapshot(READ_MODELS_SNAPSHOT_KEY);
+    if (!record) return false;
+    const ignore = (reason: string): false => {
       this.opts.logger?.warn({ reason }, "read-model snapshot ignored: folding the read models from the first event");
       this.status = new StatusProjection();
       this.points = new Map();
       this.position = 0n;
       this.positionHash = "";
+      return false;
     };
     const opened = openSnapshot(record, { key: READ_MODELS_SNAPSHOT_KEY, foldVersion: FOLD_VERSION });
     if (!opened.ok) return ignore(opened.reason);
@@ -201,6 +249,8 @@ export class LedgerReadModels {
     this.position = opened.at;
     this.positionHash = opened.atHash;
     this.persistedAt = opened.at;
+    this.knownChecksum = record.checksum;
+    return true;
   }
 }
 

@@ -182,4 +182,22 @@ describe("read models kept by subscription", () => {
       expect(loaded.state).toEqual(foldRelationship(vm, (await store.readStream(relationshipStream(vm))).map(decodeRelationshipEvent)));
     }
   });
+
+  it("a running instance adopts a rebuild written meanwhile instead of overwriting it, and goes on without gap", async () => {
+    models = await LedgerReadModels.open(store, { persistEvery: 1_000_000 });
+    await randomCommands(store, 60, 31);
+    await rebuildReadModels(store);
+    const rebuilt = (await store.readSnapshot(READ_MODELS_SNAPSHOT_KEY))!;
+    await randomCommands(store, 60, 32);
+    await models.persist();
+    expect(models.rebuildsAdopted).toBe(1);
+    expect((await store.readSnapshot(READ_MODELS_SNAPSHOT_KEY))?.checksum).toBe(rebuilt.checksum);
+    await randomCommands(store, 60, 33);
+    const at = await head(store);
+    await waitFor(() => models!.checkpoint === at, "the subscription to reach the head");
+    expect(await modelsOf(models)).toEqual(await fullFolds(store));
+    await models.persist();
+    expect(models.rebuildsAdopted).toBe(1);
+    expect((await store.readSnapshot(READ_MODELS_SNAPSHOT_KEY))?.at).toBe(at);
+  });
 });
