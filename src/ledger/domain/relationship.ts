@@ -10,9 +10,11 @@ import { initialRelationshipState, type RecoveryPoint, type RelationshipState, t
 export * from "./relationshipState.js";
 
 /**
- * Version of `evolve`'s meaning. Bump it whenever a change to `evolve` (or to RelationshipState)
- * would fold the same events into a different state: stored snapshots of the old fold are then
- * ignored and rebuilt from the events.
+ * Version of `evolve`'s meaning. Bump it whenever a change to `evolve`, to RelationshipState, or to
+ * an upcaster in `decodeRelationshipEvent` would fold the same events into a different state:
+ * stored snapshots of the old fold are then ignored and rebuilt from the events (a snapshot holds
+ * the folded state, so the events before it are not decoded again). A field added to
+ * RelationshipState whose initial value is right for every existing history needs no bump.
  */
 export const RELATIONSHIP_FOLD_VERSION = 1;
 /**

@@ -176,7 +176,10 @@ export class RecoveryPointsProjection {
     return this.facts.get(pointId);
   }
 
-  /** Plain JSON of the projection, for a read-model snapshot (readModels.ts). */
+  /**
+   * Plain JSON of the projection, for a read-model snapshot (readModels.ts). A field added to this
+   * class must be added here and in `fromSnapshot`, with a READ_MODELS_FOLD_VERSION bump.
+   */
   toSnapshot(): RecoveryPointsSnapshot {
     return {
       vmId: this.vmId,

@@ -73,6 +73,10 @@ export interface StatusSnapshot {
   vms: Array<{ rel: RelationshipState; lastError: StatusError | undefined }>;
 }
 
+/**
+ * Stored as it is in the read-model snapshot (readModels.ts): keep it plain JSON (no Map, Date or
+ * bigint), and bump READ_MODELS_FOLD_VERSION when `apply` changes what it folds.
+ */
 interface Entry {
   rel: RelationshipState;
   lastError: StatusError | undefined;
@@ -134,7 +138,7 @@ export class StatusProjection {
 
   /** Plain JSON of the whole projection, for a read-model snapshot (readModels.ts). */
   toSnapshot(): StatusSnapshot {
-    return { position: this.position.toString(), vms: [...this.vms.values()].map((e) => ({ rel: e.rel, lastError: e.lastError })) };
+    return { position: this.position.toString(), vms: [...this.vms.values()] };
   }
 
   /** The projection a `toSnapshot()` was taken of; undefined when the value is not one. */
@@ -143,11 +147,12 @@ export class StatusProjection {
     if (typeof v?.position !== "string" || !/^\d+$/.test(v.position) || !Array.isArray(v.vms)) return undefined;
     const projection = new StatusProjection();
     projection.position = BigInt(v.position);
-    for (const entry of v.vms as Array<{ rel?: { vmId?: unknown }; lastError?: StatusError }>) {
+    for (const entry of v.vms as Array<Partial<Entry> & { rel?: { vmId?: unknown } }>) {
       const vmId = entry?.rel?.vmId;
       const rel = typeof vmId === "string" ? restoreState(vmId, entry.rel) : undefined;
       if (!rel) return undefined;
-      projection.vms.set(rel.vmId, { rel, lastError: entry.lastError ?? undefined });
+      // Every field as stored, so one added to Entry survives a restart without a change here.
+      projection.vms.set(rel.vmId, { ...(entry as Entry), rel });
     }
     return projection;
   }
