@@ -26,7 +26,6 @@ export { REPLICATION_STATES, type ReplicationStateName } from "./states.js";
 export {
   RELATIONSHIP_SNAPSHOT_EVERY,
   RELATIONSHIP_SNAPSHOT_PREFIX,
-  forgetRelationshipFolds,
   onRelationshipSnapshotIgnored,
   snapshotKeyOf,
   type SnapshotProblem,

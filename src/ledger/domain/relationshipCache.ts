@@ -41,11 +41,6 @@ export function onRelationshipSnapshotIgnored(listener: (p: SnapshotProblem) => 
   return () => problemListeners.delete(listener);
 }
 
-/** Forgets this process's folds for the store (the stored snapshots stay): the next load reads them. */
-export function forgetRelationshipFolds(store: EventStore): void {
-  folds.delete(store);
-}
-
 export async function loadCachedFold(store: EventStore, vmId: string): Promise<CachedFold> {
   let cache = folds.get(store);
   if (!cache) folds.set(store, (cache = new Map()));
@@ -57,7 +52,8 @@ export async function loadCachedFold(store: EventStore, vmId: string): Promise<C
     const anchor = recorded[0];
     if (!anchor || anchor.version !== fold.version || anchor.hash !== fold.hash) {
       report(vmId, `the stream no longer holds event ${fold.version} with the hash the fold was built on`);
-      fold = empty(vmId, fold.snapshotAt);
+      // Replaced as soon as the new fold is long enough for one.
+      fold = empty(vmId);
       recorded = await store.readStream(stream);
     } else {
       recorded = recorded.slice(1);

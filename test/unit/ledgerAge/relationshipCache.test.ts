@@ -127,7 +127,7 @@ describe("a relationship's fold does not grow with the stream's age", () => {
     });
   });
 
-  it("two writers racing on warm folds are still settled by the stream version", async () => {
+  it("two writers racing (each starting from the snapshot) are still settled by the stream version", async () => {
     const barrier = raceBarrier(2);
     const a = barrier(counting(store));
     const b = barrier(counting(store));
