@@ -6,7 +6,8 @@
  * fold version are exactly the running code's, its checksum matches its bytes, and (for a stream)
  * the event it claims to include is still the one in the stream (same hash); anything else is
  * ignored and the fold is rebuilt from the events. Adapters store and return records verbatim;
- * all checking lives here, so every adapter ignores exactly the same snapshots.
+ * all checking lives here, so every adapter ignores exactly the same snapshots. (The planned
+ * KurrentDB adapter can keep each key as a stream with $maxCount 1.)
  */
 import { createHash } from "node:crypto";
 import { LedgerArgumentError } from "./errors.js";
