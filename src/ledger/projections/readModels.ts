@@ -78,6 +78,8 @@ export class LedgerReadModels {
       models.apply(e);
       models.maybePersist();
     });
+    // Queries still catch up by themselves (refresh), and fail with the same error, which they report.
+    models.subscription.closed.catch((err: unknown) => opts.logger?.error({ err }, "read-model subscription stopped; queries fold the ledger tail themselves"));
     return models;
   }
 
