@@ -339,12 +339,17 @@ export class Relationships {
     }
   }
 
-  /** After a restart: finish interrupted merges, then remove images the ledger does not know. */
-  async recover(): Promise<string[]> {
-    const vmIds = new Set<string>();
-    for (const e of await this.store.readAll({ streamPrefix: RELATIONSHIP_STREAM_PREFIX })) {
-      const vmId = vmIdOfStream(e.stream);
-      if (vmId) vmIds.add(vmId);
+  /**
+   * After a restart: finish interrupted merges, then remove images the ledger does not know.
+   * `known` lists the VMs (from the read models); without it the whole ledger is read for them.
+   */
+  async recover(known?: readonly string[]): Promise<string[]> {
+    const vmIds = new Set<string>(known);
+    if (!known) {
+      for (const e of await this.store.readAll({ streamPrefix: RELATIONSHIP_STREAM_PREFIX })) {
+        const vmId = vmIdOfStream(e.stream);
+        if (vmId) vmIds.add(vmId);
+      }
     }
     for (const vmId of vmIds) {
       const state = await this.load(vmId);

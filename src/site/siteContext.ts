@@ -1,5 +1,5 @@
 import type { Logger } from "../common/logger.js";
-import type { EventStore } from "../ledger/index.js";
+import type { EventStore, LedgerReadModels } from "../ledger/index.js";
 import type { ReplicaStorage } from "../storage/index.js";
 import type { ReplicateSession } from "./dataPlane/replicateSession.js";
 import type { Relationships } from "./relationships.js";
@@ -23,6 +23,8 @@ export class SiteContext {
     readonly relationships: Relationships,
     readonly failovers: FailoverService,
     readonly logger: Logger,
+    /** Status and recovery points, kept current by subscription (src/ledger/projections/readModels.ts). */
+    readonly readModels: LedgerReadModels,
   ) {}
 
   /** Which primaries may replicate here, from the ledger. */

@@ -3,7 +3,7 @@ import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "../common/logger.js";
 import { ControlServiceService } from "../gen/qreplica/v1/control.js";
 import { ReplicationServiceService, type ReplicationServiceServer } from "../gen/qreplica/v1/replication.js";
-import { getSqliteEventStore, type EventStore } from "../ledger/index.js";
+import { LedgerReadModels, getSqliteEventStore, onRelationshipSnapshotIgnored, type EventStore } from "../ledger/index.js";
 import { ReplicaStorage, SiteStorageDaemon } from "../storage/index.js";
 import { grpcServerOptions, loadSiteCredentials, serverCredentials, widenServerFlowControl, type SiteCredentials } from "../transport/index.js";
 import { controlService } from "./controlPlane/controlService.js";
@@ -91,12 +91,17 @@ async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, lo
   const daemon = await SiteStorageDaemon.start(runDir(dir), log);
   cleanups.push(() => daemon.stop());
   const storage = new ReplicaStorage(config.storageRoot, daemon, log);
+  const unwatch = onRelationshipSnapshotIgnored((p) => log.warn({ vm: p.vmId, reason: p.reason }, "relationship snapshot ignored: folding the events instead"));
+  cleanups.push(unwatch);
+  // Snapshot + the events after it: a restart does not fold years of events again.
+  const readModels = await LedgerReadModels.open(store, { logger: log });
+  cleanups.push(() => readModels.close());
   const relationships = new Relationships(store, storage, { siteId: config.siteId, defaultMaxPoints: config.defaultMaxPoints }, log);
-  const vmIds = await relationships.recover();
+  const vmIds = await relationships.recover(readModels.vmIds());
   const failovers = new FailoverService(store, runDir(dir), config.accel, log);
   cleanups.push(() => failovers.detach());
   await failovers.recover(vmIds);
-  const context = new SiteContext(config.siteId, dir, store, storage, relationships, failovers, log);
+  const context = new SiteContext(config.siteId, dir, store, storage, relationships, failovers, log, readModels);
 
   const server = new grpc.Server(grpcServerOptions);
   const replicationServer: ReplicationServiceServer = {
@@ -139,6 +144,8 @@ async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, lo
       // Refusals counted in an open window are recorded before the ledger closes.
       await context.refusals.flush();
       await daemon.stop();
+      await readModels.close();
+      unwatch();
       await store.close();
       // Last: until here a second site on this directory would have fought this one.
       lock.release();

@@ -24,6 +24,14 @@ export {
 } from "./events.js";
 export { REPLICATION_STATES, type ReplicationStateName } from "./states.js";
 export {
+  RELATIONSHIP_SNAPSHOT_EVERY,
+  RELATIONSHIP_SNAPSHOT_PREFIX,
+  onRelationshipSnapshotIgnored,
+  snapshotKeyOf,
+  type SnapshotProblem,
+} from "./relationshipCache.js";
+export {
+  RELATIONSHIP_FOLD_VERSION,
   evolve,
   foldRelationship,
   initialRelationshipState,

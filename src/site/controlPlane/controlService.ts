@@ -9,7 +9,7 @@ import {
   type RelationshipStatus,
 } from "../../gen/qreplica/v1/control.js";
 import { pauseReplication, resumeReplication, resync } from "./replicationCommands.js";
-import { RecoveryPointsProjection, StatusProjection, executeCommand, prepareFailover, relationshipStream, startReverseReplication, type JsonObject, type VmStatus } from "../../ledger/index.js";
+import { executeCommand, prepareFailover, relationshipStream, startReverseReplication, type JsonObject, type VmStatus } from "../../ledger/index.js";
 import { loadSiteCredentials } from "../../transport/index.js";
 import { checkPrimaryIdentity } from "../authorizations.js";
 import { loadSiteConfig } from "../siteConfig.js";
@@ -32,39 +32,21 @@ const WIRE_STATE: Record<string, WireState> = {
   "failed-over": WireState.RELATIONSHIP_STATE_FAILED_OVER,
 };
 
-interface CycleFacts {
-  kind: string;
-  generation: number;
-  committedAt: string;
-  dataBytes: number;
-  wireBytes: number;
-}
-
 /**
  * The control plane: reads of the ledger and the commands operators give. Every RPC names the
  * role it needs (viewer < operator < admin; agents are refused on all of them) and passes the
  * caller to its handler, which records it with every ledger event the command causes.
  */
 export function controlService(ctx: SiteContext): ControlServiceServer {
-  const status = new StatusProjection();
+  const models = ctx.readModels;
   const guarded = guardedWith(ctx.logger, grpcCodeOf, ctx.refusals);
 
-  const cycleFacts = async (vmId: string): Promise<Map<number, CycleFacts>> => {
-    const facts = new Map<number, CycleFacts>();
-    for (const e of await ctx.store.readStream(relationshipStream(vmId))) {
-      if (e.type !== "CycleCommitted") continue;
-      const d = e.data as { cycleSeq: number; kind: string; generation: number; committedAt: string; dataBytes: number; wireBytes: number };
-      facts.set(d.cycleSeq, d);
-    }
-    return facts;
-  };
-
-  const points = async (vmId: string): Promise<WirePoint[]> => {
-    const catalogue = await RecoveryPointsProjection.rebuild(ctx.store, vmId);
-    const facts = await cycleFacts(vmId);
+  const points = async (vmId: string, refreshed = false): Promise<WirePoint[]> => {
+    if (!refreshed) await models.refresh();
+    const catalogue = models.pointsOf(vmId);
     // A point being merged away is no longer what it was (its base is being rewritten): not listed.
     return catalogue.list().filter((p) => !p.merging).map((p) => {
-      const f = facts.get(p.cycleSeq);
+      const f = catalogue.cycleFacts(p.pointId);
       return {
         recoveryPointId: p.pointId,
         sequence: BigInt(p.cycleSeq),
@@ -81,7 +63,7 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
   };
 
   const toWire = async (s: VmStatus): Promise<RelationshipStatus> => {
-    const list = await points(s.vmId);
+    const list = await points(s.vmId, true);
     const { health, message } = healthOf(s);
     return {
       vmId: s.vmId,
@@ -169,9 +151,9 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
       };
     }),
     getStatus: guarded("viewer", async (req) => {
-      await status.catchUp(ctx.store);
+      await models.refresh();
       const now = new Date();
-      const all = req.vmId ? [status.get(req.vmId, now)].filter((s): s is VmStatus => s !== undefined) : status.list(now);
+      const all = req.vmId ? [models.statusOf(req.vmId, now)].filter((s): s is VmStatus => s !== undefined) : models.statusList(now);
       if (req.vmId && all.length === 0) throw Object.assign(new Error(`no replication relationship for VM '${req.vmId}' on site ${ctx.siteId}`), { grpcCode: grpc.status.NOT_FOUND });
       return { siteId: ctx.siteId, relationships: await Promise.all(all.map(toWire)) };
     }),
