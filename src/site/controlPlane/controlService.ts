@@ -15,6 +15,7 @@ import { checkPrimaryIdentity } from "../authorizations.js";
 import { loadSiteConfig } from "../siteConfig.js";
 import { actorMetadata } from "./caller.js";
 import { guardedWith } from "./guard.js";
+import { wireHealth, wireHealthReason } from "./healthWire.js";
 import { AUDIT_STREAM } from "./refusalAudit.js";
 import { addAuthorization, appendRunbookEvents, listAuthorizations, readRunbookRun, removeAuthorization, toLedgerEvent } from "./records.js";
 import type { SiteContext } from "../siteContext.js";
@@ -82,7 +83,11 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
 
   const toWire = async (s: VmStatus): Promise<RelationshipStatus> => {
     const list = await points(s.vmId);
-    const { health, message } = healthOf(s);
+    // The site's health rules (site/health) when its monitor runs; the state-only fold otherwise.
+    const evaluated = await ctx.health?.evaluate(s.vmId);
+    const { health, message } = evaluated
+      ? { health: wireHealth(evaluated.result.level), message: evaluated.result.reasons.map((r) => r.message).join("; ") }
+      : healthOf(s);
     return {
       vmId: s.vmId,
       state: WIRE_STATE[s.state] ?? WireState.RELATIONSHIP_STATE_UNSPECIFIED,
@@ -94,6 +99,8 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
       lastRecoveryPoint: list[list.length - 1],
       lag: s.lagSeconds === undefined ? undefined : { seconds: BigInt(Math.floor(s.lagSeconds)), nanos: Math.round((s.lagSeconds % 1) * 1e9) },
       healthMessage: message,
+      healthReasons: evaluated?.result.reasons.map(wireHealthReason) ?? [],
+      policyName: evaluated?.policyName ?? "",
     };
   };
 
