@@ -84,9 +84,10 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
   const toWire = async (s: VmStatus): Promise<RelationshipStatus> => {
     const list = await points(s.vmId);
     // The site's health rules (site/health) when its monitor runs; the state-only fold otherwise.
+    // The message is the first reason's (the gravest, a cause before its symptoms); all are in healthReasons.
     const evaluated = await ctx.health?.evaluate(s.vmId);
     const { health, message } = evaluated
-      ? { health: wireHealth(evaluated.result.level), message: evaluated.result.reasons.map((r) => r.message).join("; ") }
+      ? { health: wireHealth(evaluated.result.level), message: evaluated.result.reasons[0]?.message ?? "" }
       : healthOf(s);
     return {
       vmId: s.vmId,

@@ -175,6 +175,7 @@ export class HealthMonitor {
         consecutiveFailures: status.consecutiveFailures,
         lastErrorMessage: status.lastError?.message,
         resyncReason: status.resyncReason,
+        resyncApprovedBy: status.resyncApprovedBy,
         pauseReason: status.pauseReason,
         cycleSkipped: status.cycleSkipped,
         commits: hist.commits,

@@ -75,6 +75,8 @@ export interface HealthInput {
   readonly consecutiveFailures: number;
   readonly lastErrorMessage: string | undefined;
   readonly resyncReason: string | undefined;
+  /** Who approved the pending resync, until it runs. */
+  readonly resyncApprovedBy?: string | undefined;
   readonly pauseReason: string | undefined;
   readonly cycleSkipped: { readonly code: string; readonly message: string; readonly since: string } | undefined;
   /** Committed cycles, oldest first (at least those in the window and the one before it). */
@@ -99,7 +101,7 @@ export interface CycleCounts {
 
 export interface HealthResult {
   readonly level: HealthLevel;
-  /** Critical reasons first. */
+  /** Critical reasons first; within a level, causes (skipped, failed, silent) before symptoms (late). */
   readonly reasons: readonly HealthReason[];
   readonly counts: CycleCounts;
 }
@@ -144,7 +146,10 @@ export function evaluateHealth(input: HealthInput, t: HealthThresholds, now: num
   const counts = countCycles(input, t, now);
   const s = input.state;
 
-  if (s === "resync-required") crit("RESYNC_REQUIRED", `resync required${input.resyncReason ? `: ${input.resyncReason}` : ""}`);
+  if (s === "resync-required") {
+    const approved = input.resyncApprovedBy ? ` (approved by ${input.resyncApprovedBy}; waiting for the primary's agent)` : "";
+    crit("RESYNC_REQUIRED", `resync required${input.resyncReason ? `: ${input.resyncReason}` : ""}${approved}`);
+  }
   if (s === "paused") warn("STATE_PAUSED", `replication is paused${input.pauseReason ? `: ${input.pauseReason}` : ""}`);
   if (s === "resynchronising") warn("STATE_RESYNCHRONISING", `resynchronising${input.resyncReason ? ` after: ${input.resyncReason}` : ""}`);
   if (s === "ready-for-initial-replication" || s === "initial-replication-in-progress") warn("STATE_INITIAL_REPLICATION", "initial replication is not complete");
@@ -166,10 +171,27 @@ export function evaluateHealth(input: HealthInput, t: HealthThresholds, now: num
     if (risk) warn("RPO_AT_RISK", risk);
   }
 
-  reasons.sort((a, b) => (a.level === b.level ? 0 : a.level === "critical" ? -1 : 1));
+  reasons.sort((a, b) => (a.level === b.level ? ORDER.indexOf(a.code) - ORDER.indexOf(b.code) : a.level === "critical" ? -1 : 1));
   const level: HealthLevel = reasons.some((r) => r.level === "critical") ? "critical" : reasons.length > 0 ? "warning" : "normal";
   return { level, reasons, counts };
 }
+
+/** Within a level, causes before symptoms: a skipped or failed cycle explains a late point. */
+const ORDER: readonly HealthReasonCode[] = [
+  "RESYNC_REQUIRED",
+  "REPLICATION_FAILED",
+  "AGENT_SILENT",
+  "RPO_EXCEEDED",
+  "STATE_PAUSED",
+  "STATE_RESYNCHRONISING",
+  "STATE_INITIAL_REPLICATION",
+  "CYCLES_SKIPPED",
+  "CYCLE_FAILED",
+  "POINT_LATE",
+  "NO_POINT_FOR_AN_HOUR",
+  "CYCLES_MISSED",
+  "RPO_AT_RISK",
+];
 
 type Add = (code: HealthReasonCode, message: string) => void;
 
