@@ -69,6 +69,11 @@ export interface AgentConfig {
   stateDir: string;
   tls: { caFile: string; certFile: string; keyFile: string };
   vms: AgentVmConfig[];
+  /**
+   * host:port of the Prometheus /metrics endpoint (plain HTTP, no authentication); absent: off.
+   * Keep it on loopback (e.g. 127.0.0.1:9465): it names the host's VMs.
+   */
+  metricsListen?: string;
 }
 
 export class AgentConfigError extends QreplicaError {
@@ -132,6 +137,7 @@ export function loadAgentConfig(path: string): AgentConfig {
     stateDir: abs(str(obj.stateDir, path, "stateDir")),
     tls: { caFile: abs(str(tls.caFile, path, "tls.caFile")), certFile: abs(str(tls.certFile, path, "tls.certFile")), keyFile: abs(str(tls.keyFile, path, "tls.keyFile")) },
     vms,
+    ...(obj.metricsListen === undefined ? {} : { metricsListen: str(obj.metricsListen, path, "metricsListen") }),
   };
 }
 
