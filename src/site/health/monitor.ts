@@ -194,9 +194,13 @@ export class HealthMonitor {
 
 /**
  * Without a policy the site does not know the agent's interval (Hello does not carry it): the
- * median gap between the last incremental cut-offs stands in for it. Undefined with fewer than
- * three such gaps, and then Hyper-V's default of 5 min applies.
+ * median gap between the last incremental cut-offs stands in for it (the agent's interval plus
+ * its cycles' duration), at least INFERRED_FREQUENCY_FLOOR_SECONDS: a guessed frequency of a few
+ * seconds would read the jitter of cycle times as misses and late points. Undefined with fewer
+ * than three such gaps, and then Hyper-V's default of 5 min applies.
  */
+export const INFERRED_FREQUENCY_FLOOR_SECONDS = 10;
+
 export function inferFrequencySeconds(commits: readonly { kind: string; cutoffAt: number }[]): number | undefined {
   const gaps: number[] = [];
   for (let i = commits.length - 1; i >= 1 && gaps.length < 11; i--) {
@@ -205,5 +209,5 @@ export function inferFrequencySeconds(commits: readonly { kind: string; cutoffAt
   }
   if (gaps.length < 3) return undefined;
   gaps.sort((a, b) => a - b);
-  return Math.max(1, Math.round(gaps[Math.floor(gaps.length / 2)]! / 1000));
+  return Math.max(INFERRED_FREQUENCY_FLOOR_SECONDS, Math.round(gaps[Math.floor(gaps.length / 2)]! / 100) / 10);
 }

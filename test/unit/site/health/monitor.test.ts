@@ -61,5 +61,8 @@ describe("HealthMonitor", () => {
     const c = (s: number[]) => s.map((x, i) => ({ kind: i === 0 ? "full" : "incremental", cutoffAt: x * 1000 }));
     expect(inferFrequencySeconds(c([0, 30, 60]))).toBeUndefined();
     expect(inferFrequencySeconds(c([0, 30, 60, 90, 180, 210]))).toBe(30);
+    expect(inferFrequencySeconds(c([0, 32.5, 65, 97.5]))).toBe(32.5);
+    // A 1 s interval's jitter is not read as misses: at least 10 s.
+    expect(inferFrequencySeconds(c([0, 1.2, 2.5, 3.6, 4.9]))).toBe(10);
   });
 });
