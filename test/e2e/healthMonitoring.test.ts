@@ -16,7 +16,7 @@ import { ReplicationHealth, type RelationshipStatus } from "../../src/gen/qrepli
 import { MonitoringServiceClient } from "../../src/gen/qreplica/v1/monitoring.js";
 import { addressFile } from "../../src/site/siteConfig.js";
 import { channelCredentials, grpcChannelOptions, loadSiteCredentials } from "../../src/transport/index.js";
-import { AGENT, CLI, cliJson, startDaemon, waitFor, type Daemon } from "../helpers/processes.js";
+import { AGENT, CLI, cliJson, runCli, startDaemon, waitFor, type Daemon } from "../helpers/processes.js";
 import { call, controlClientAs } from "../helpers/controlPlane.js";
 import { logTail } from "../helpers/crashGuest.js";
 import { twoSitesPerTest, type TwoSites } from "../helpers/twoSites.js";
@@ -103,6 +103,21 @@ describe("health and monitoring with a real site and agent", () => {
       await t.vm.guestWrite("vda", ["write -P 0x22 8M 2M"]);
       const normal = await until("Normal with a fresh point", (s) => s.health === ReplicationHealth.REPLICATION_HEALTH_NORMAL && s.lastRecoveryPoint !== undefined);
       expect(normal.healthReasons).toEqual([]);
+
+      // status --watch --json: one JSON document per refresh, one per line, until interrupted.
+      const watch = spawn(process.execPath, ["--import", "tsx", CLI, "status", "--watch", "1", "--json", "--dir", t.siteB], { cwd: resolve(import.meta.dirname, "../.."), stdio: ["ignore", "pipe", "pipe"] });
+      let watched = "";
+      watch.stdout.on("data", (d: Buffer) => (watched += d.toString()));
+      const watchExit = new Promise<number | null>((r) => watch.once("exit", (code) => r(code)));
+      await waitFor("three refreshes of status --watch", () => (watched.split("\n").filter(Boolean).length >= 3 ? true : undefined), 60_000);
+      watch.kill("SIGINT");
+      expect(await watchExit).toBe(0);
+      const docs = watched.split("\n").filter(Boolean).map((l) => JSON.parse(l) as { siteId: string; relationships: Array<{ vmId: string; healthReasons: unknown[] }> });
+      expect(docs.length).toBeGreaterThanOrEqual(3);
+      for (const d of docs) expect(d).toMatchObject({ siteId: "site-b", relationships: [{ vmId: "vm1", healthReasons: expect.any(Array) }] });
+      const table = await runCli(["status", "--dir", t.siteB]);
+      expect(table.stdout.split("\n")[0]).toMatch(/^vm\s+health\s+point age\s+policy\s+state/);
+      expect(table.stdout).toMatch(/vm1\s+normal\s+\d+s\s+-\s+replicating/);
 
       // 2. measure --json: every field, sensible values.
       await waitFor("a cycle with the 2 MiB write", async () => ((await t.relationship()).points.length >= 7 ? true : undefined), 60_000).catch(fail);

@@ -6,6 +6,7 @@ import * as grpc from "@grpc/grpc-js";
 import type { MeasureResponse, MonitoringServiceServer } from "../../gen/qreplica/v1/monitoring.js";
 import type { Duration } from "../../gen/google/protobuf/duration.js";
 import type { Measurement } from "../health/measure.js";
+import { MAX_WINDOW_SECONDS } from "../health/history.js";
 import type { SiteContext } from "../siteContext.js";
 import { guardedWith } from "./guard.js";
 import { wireHealth, wireHealthReason, wireState } from "./healthWire.js";
@@ -16,7 +17,9 @@ export function monitoringService(ctx: SiteContext): MonitoringServiceServer {
     measure: guarded("viewer", async (req) => {
       if (!req.vmId) throw Object.assign(new Error("Measure needs a VM id"), { grpcCode: grpc.status.INVALID_ARGUMENT });
       const windowSeconds = req.window ? Number(req.window.seconds) + req.window.nanos / 1e9 : undefined;
-      if (windowSeconds !== undefined && !(windowSeconds > 0)) throw Object.assign(new Error("the window must be longer than 0 s"), { grpcCode: grpc.status.INVALID_ARGUMENT });
+      if (windowSeconds !== undefined && !(windowSeconds > 0 && windowSeconds <= MAX_WINDOW_SECONDS)) {
+        throw Object.assign(new Error(`the monitoring window must be longer than 0 s and at most ${MAX_WINDOW_SECONDS / 3600} h (the site keeps a day of cycle history), not ${windowSeconds} s`), { grpcCode: grpc.status.INVALID_ARGUMENT });
+      }
       const health = ctx.health;
       if (!health) throw Object.assign(new Error("the site's health monitor is not running yet"), { grpcCode: grpc.status.UNAVAILABLE });
       const m = await health.measure(req.vmId, windowSeconds);
