@@ -218,6 +218,8 @@ describe("health and monitoring with a real site and agent", () => {
       expect(tos).toContain("critical");
       expect(tos.at(-1)).toBe("critical");
       expect(changes.length).toBeLessThan(30);
+      const onlyHealth = await cliJson<{ events: Array<{ type: string }> }>(["events", "vm1", "--health", "--all", "--dir", t.siteB]);
+      expect(onlyHealth.events.map((e) => e.type)).toEqual(changes.map(() => "HealthChanged"));
       await waitFor("events --follow printed the last HealthChanged", () => {
         const lines = followed.split("\n").filter(Boolean).map((l) => JSON.parse(l) as { type: string; data: { to: string } });
         const followedChanges = lines.filter((e) => e.type === "HealthChanged");

@@ -3,6 +3,7 @@ import { RelationshipState, ReplicationHealth } from "../../gen/qreplica/v1/cont
 import { Consistency, CycleKind } from "../../gen/qreplica/v1/common.js";
 import * as grpc from "@grpc/grpc-js";
 import { AUDIT_STREAM } from "../../site/controlPlane/refusalAudit.js";
+import { HEALTH_STREAM_PREFIX } from "../../site/health/monitor.js";
 import { ControlCallError, controlClient, unary } from "../siteClient.js";
 import { formatBytes, formatTable } from "../table.js";
 import { emit, fail } from "../output.js";
@@ -124,6 +125,7 @@ export function registerStatus(program: Command): void {
     .option("--limit <n>", "at most N events (the site answers at most 1000 per request; more are fetched page by page)", (v) => parseCount(v, 1), 200)
     .option("--all", "every event from --from to the end, fetched page by page (--limit is ignored)", false)
     .option("--audit", "only refused calls (the ledger's `audit` stream); needs a certificate with role admin", false)
+    .option("--health", "only health changes (HealthChanged, streams health-VM), of the VM given or of every VM", false)
     .option("--follow", "after the events asked for, keep printing new ones as the ledger records them, until interrupted (with --json: one event per line)", false)
     .option("--poll <seconds>", "with --follow: how often to ask the site for new events", (v) => parseCount(v, 1), 1)
     .addHelpText(
@@ -135,17 +137,24 @@ export function registerStatus(program: Command): void {
         "(ControlCallRefused: identity, role, RPC, VM, role needed, reason, and a count: identical refusals within a\n" +
         "minute are one event). Only admins see them.",
     )
-    .action(async (vm: string | undefined, o: Target & { from: number; limit: number; all: boolean; audit: boolean; follow: boolean; poll: number }) => {
+    .action(async (vmArg: string | undefined, o: Target & { from: number; limit: number; all: boolean; audit: boolean; health: boolean; follow: boolean; poll: number }) => {
       try {
-        if (o.audit && vm) throw new Error("--audit lists the site's refused control calls, of every VM: give no VM");
+        if (o.audit && vmArg) throw new Error("--audit lists the site's refused control calls, of every VM: give no VM");
+        if (o.audit && o.health) throw new Error("--audit and --health are two different streams: give one");
+        // Health changes are in their own streams (health-VM), read by prefix with global positions.
+        const prefix = o.audit ? AUDIT_STREAM : o.health ? `${HEALTH_STREAM_PREFIX}${vmArg ?? ""}` : undefined;
+        const vm = o.health ? undefined : vmArg;
+        // A prefix also matches longer ids (health-vm1 and health-vm10): keep the VM's own stream.
+        const exact = o.health && vmArg ? `${HEALTH_STREAM_PREFIX}${vmArg}` : undefined;
         const client = controlClient(o);
         if (o.audit) await requireAdmin(client);
         if (o.follow) {
-          await followEvents(client, vm, BigInt(o.from), o.audit ? AUDIT_STREAM : undefined, o.json, o.poll * 1000);
+          await followEvents(client, vm, BigInt(o.from), prefix, o.json, o.poll * 1000, exact);
           client.close();
           return;
         }
-        const page = await readEvents(client, vm, BigInt(o.from), o.all ? Infinity : o.limit, o.audit ? AUDIT_STREAM : undefined);
+        const read = await readEvents(client, vm, BigInt(o.from), o.all ? Infinity : o.limit, prefix);
+        const page = exact ? { ...read, events: read.events.filter((e) => e.stream === exact) } : read;
         emit(o.json, { events: page.events.map((e) => ({ ...e, data: JSON.parse(e.dataJson) as unknown, dataJson: undefined })), nextPosition: page.nextPosition, more: page.more }, () => {
           const table = formatTable(
             ["#", "time", "stream", "event", "actor", "data"],
@@ -210,7 +219,7 @@ async function readEvents(client: EventsClient, vmId: string | undefined, from: 
  * interrupted. ListEvents from the last position seen, every `pollMs`: the control plane has no
  * server stream, and a poll a second is nothing for the site (one indexed read).
  */
-async function followEvents(client: EventsClient, vmId: string | undefined, from: bigint, streamPrefix: string | undefined, json: boolean, pollMs: number): Promise<void> {
+async function followEvents(client: EventsClient, vmId: string | undefined, from: bigint, streamPrefix: string | undefined, json: boolean, pollMs: number, exactStream?: string): Promise<void> {
   let next = from;
   const print = (e: WireEvent) => {
     if (json) {
@@ -224,7 +233,7 @@ async function followEvents(client: EventsClient, vmId: string | undefined, from
   await untilInterrupted(pollMs, async () => {
     for (;;) {
       const page = await readEvents(client, vmId, next, 1000, streamPrefix);
-      for (const e of page.events) print(e);
+      for (const e of page.events) if (exactStream === undefined || e.stream === exactStream) print(e);
       next = page.nextPosition;
       if (!page.more) return;
     }
