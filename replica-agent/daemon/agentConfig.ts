@@ -75,6 +75,11 @@ export interface AgentConfig {
    * a slot that passes while waiting is counted missed.
    */
   maxCyclesInFlight: number;
+  /**
+   * host:port of the Prometheus /metrics endpoint (plain HTTP, no authentication); absent: off.
+   * Keep it on loopback (e.g. 127.0.0.1:9465): it names the host's VMs.
+   */
+  metricsListen?: string;
 }
 
 export class AgentConfigError extends QreplicaError {
@@ -139,6 +144,7 @@ export function loadAgentConfig(path: string): AgentConfig {
     tls: { caFile: abs(str(tls.caFile, path, "tls.caFile")), certFile: abs(str(tls.certFile, path, "tls.certFile")), keyFile: abs(str(tls.keyFile, path, "tls.keyFile")) },
     vms,
     maxCyclesInFlight: maxInFlight(obj.maxCyclesInFlight ?? DEFAULT_MAX_CYCLES_IN_FLIGHT, path),
+    ...(obj.metricsListen === undefined ? {} : { metricsListen: str(obj.metricsListen, path, "metricsListen") }),
   };
 }
 

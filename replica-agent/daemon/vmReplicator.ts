@@ -1,3 +1,4 @@
+import { agentMetrics } from "./agentMetrics.js";
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -87,6 +88,7 @@ export class VmReplicator {
   }
 
   async run(): Promise<void> {
+    agentMetrics.declare(this.vm.id);
     let backoffMs = 500;
     while (!this.stopped) {
       try {
@@ -157,7 +159,14 @@ export class VmReplicator {
     broken.catch(() => undefined);
     const cycle = async (c: CaptureCycle, resync: boolean) => {
       const o = { ...this.senderOptions(), resync };
-      await sendCycle(stream, responses, c, ack.generation, o);
+      const started = Date.now();
+      try {
+        const { totals } = await sendCycle(stream, responses, c, ack.generation, o);
+        agentMetrics.committed(this.vm.id, { readBytes: totals.data, sentBytes: totals.wire, seconds: (Date.now() - started) / 1000 });
+      } catch (err) {
+        agentMetrics.outcome(this.vm.id, err instanceof CycleRefusedError ? "refused" : "failed");
+        throw err;
+      }
       this.cyclesConfirmed++;
     };
     while (!this.stopped) {
@@ -254,6 +263,7 @@ export class VmReplicator {
    */
   private async skipped(err: unknown, stream: ReplicateStream, responses: ResponseQueue, generation: number): Promise<undefined> {
     if (!(err instanceof ScratchSpaceLowError || err instanceof IothreadDiskError)) throw err;
+    agentMetrics.outcome(this.vm.id, "skipped");
     this.lastError = `${err.code}: ${err.message}`;
     this.logger.warn({ vm: this.vm.id, code: err.code, err: err.message }, "cycle skipped on this host; retrying next interval");
     await send(stream, responses, {

@@ -1,6 +1,7 @@
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
 import { SiteConfigError } from "./errors.js";
+import type { HealthSettings } from "./health/monitor.js";
 
 /** `<dir>/site.json`: who the site is, where it listens, its identity files. */
 export interface SiteConfig {
@@ -22,6 +23,13 @@ export interface SiteConfig {
    * when `listen` is a wildcard (0.0.0.0, ::), which nobody can dial. 127.0.0.1 when absent.
    */
   advertiseHost?: string;
+  /**
+   * host:port of the Prometheus /metrics endpoint (plain HTTP, no authentication): absent means
+   * off. Keep it on loopback; `site serve --metrics-listen` overrides it.
+   */
+  metricsListen?: string;
+  /** Health thresholds and evaluation interval (see site/health/monitor.ts). */
+  health?: HealthSettings;
 }
 
 export const siteFile = (dir: string) => join(dir, "site.json");
@@ -58,7 +66,22 @@ export function loadSiteConfig(dir: string): SiteConfig {
     compressionLevel: raw.compressionLevel,
     accel: parseAccel(process.env.QREPLICA_ACCEL ?? raw.accel ?? "auto", path),
     ...(typeof raw.advertiseHost === "string" && raw.advertiseHost !== "" ? { advertiseHost: raw.advertiseHost } : {}),
+    ...(typeof raw.metricsListen === "string" && raw.metricsListen !== "" ? { metricsListen: raw.metricsListen } : {}),
+    ...(raw.health !== undefined ? { health: parseHealth(raw.health, path) } : {}),
   };
+}
+
+const HEALTH_KEYS = ["evaluateEverySeconds", "frequencySeconds", "rpoAlertSeconds", "silentAfterSeconds", "windowSeconds"] as const;
+
+function parseHealth(v: unknown, path: string): HealthSettings {
+  if (typeof v !== "object" || v === null || Array.isArray(v)) throw new SiteConfigError(path, "field 'health' must be an object");
+  const out: HealthSettings = {};
+  for (const [key, value] of Object.entries(v)) {
+    if (!(HEALTH_KEYS as readonly string[]).includes(key)) throw new SiteConfigError(path, `field 'health.${key}' is unknown; known: ${HEALTH_KEYS.join(", ")}`);
+    if (typeof value !== "number" || !(value > 0)) throw new SiteConfigError(path, `field 'health.${key}' must be a number of seconds above 0`);
+    out[key as (typeof HEALTH_KEYS)[number]] = value;
+  }
+  return out;
 }
 
 function parseAccel(v: unknown, path: string): "auto" | "kvm" | "tcg" {

@@ -7,10 +7,16 @@ import type { FailoverService } from "./failover/failoverService.js";
 import { VmSerializer } from "./vmSerializer.js";
 import { SiteAuthorizations } from "./authorizations.js";
 import { RefusalAudit } from "./controlPlane/refusalAudit.js";
+import { AgentActivity } from "./health/activity.js";
+import type { HealthMonitor } from "./health/monitor.js";
 
 /** What every request handler of a running site shares. */
 export class SiteContext {
   readonly serializer = new VmSerializer();
+  /** When each VM's primary agent was last heard from, for health's silent-agent rule. */
+  readonly activity = new AgentActivity();
+  /** Set by the server once started: status and measure evaluate health through it. */
+  health: HealthMonitor | undefined;
   private readonly sessions = new Map<string, ReplicateSession>();
   private authz: SiteAuthorizations | undefined;
   private audit: RefusalAudit | undefined;

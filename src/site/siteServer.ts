@@ -15,6 +15,11 @@ import { importLegacyAuthorizations, SiteAuthorizations } from "./authorizations
 import { addressFile, hostPort, isWildcardHost, listenHost, loadSiteConfig, runDir, type SiteConfig } from "./siteConfig.js";
 import { tightenTree } from "../common/dataAtRest.js";
 import { lockSiteDirectory, type SiteLock } from "./siteLock.js";
+import { HealthMonitor } from "./health/monitor.js";
+import { SiteMetrics } from "./health/siteMetrics.js";
+import { MonitoringServiceService } from "../gen/qreplica/v1/monitoring.js";
+import { monitoringService } from "./controlPlane/monitoringService.js";
+import { startMetricsServer, type MetricsServer } from "../common/metricsServer.js";
 
 /** The port of the address an earlier start wrote, so a `:0` site keeps its port across restarts. */
 function readPreviousPort(dir: string): number | undefined {
@@ -33,6 +38,8 @@ export interface RunningSite {
   siteId: string;
   /** host:port peers dial (never a wildcard; the configured port may be 0). */
   address: string;
+  /** host:port of /metrics, when it is on. */
+  metricsAddress: string | undefined;
   context: SiteContext;
   stop(): Promise<void>;
 }
@@ -64,8 +71,9 @@ function dialableAddress(config: SiteConfig, port: number): string {
  * earlier crash (and re-adopts the failover VMs and reverse agents it supervises) before
  * accepting anything.
  */
-export async function startSite(dir: string, logger: Logger): Promise<RunningSite> {
-  const config = loadSiteConfig(dir);
+export async function startSite(dir: string, logger: Logger, options: { metricsListen?: string } = {}): Promise<RunningSite> {
+  const loaded = loadSiteConfig(dir);
+  const config = options.metricsListen ? { ...loaded, metricsListen: options.metricsListen } : loaded;
   const creds = loadSiteCredentials({ caFile: config.caFile, certFile: config.certFile, keyFile: config.keyFile }, { logger });
   const lock = lockSiteDirectory(dir, runDir(dir));
   // What a failed start has opened so far, undone newest first, the lock last.
@@ -102,6 +110,16 @@ async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, lo
   cleanups.push(() => failovers.detach());
   await failovers.recover(vmIds);
   const context = new SiteContext(config.siteId, dir, store, storage, relationships, failovers, log, readModels);
+  const metrics = new SiteMetrics();
+  const health = new HealthMonitor(store, context.activity, (vmId) => context.sessionFor(vmId) !== undefined, config.health ?? {}, log.child({ part: "health" }), metrics);
+  context.health = health;
+  await health.start();
+  cleanups.push(() => health.stop());
+  let metricsServer: MetricsServer | undefined;
+  if (config.metricsListen) {
+    metricsServer = await startMetricsServer(config.metricsListen, metrics.registry, log);
+    cleanups.push(() => metricsServer?.close());
+  }
 
   const server = new grpc.Server(grpcServerOptions);
   const replicationServer: ReplicationServiceServer = {
@@ -111,6 +129,7 @@ async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, lo
   };
   server.addService(ReplicationServiceService, replicationServer);
   server.addService(ControlServiceService, controlService(context));
+  server.addService(MonitoringServiceService, monitoringService(context));
   const bind = (listen: string) =>
     new Promise<number>((resolve, reject) => server.bindAsync(listen, serverCredentials(creds), (err, p) => (err ? reject(err) : resolve(p))));
   cleanups.push(() => server.forceShutdown());
@@ -126,6 +145,7 @@ async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, lo
   return {
     siteId: config.siteId,
     address,
+    metricsAddress: metricsServer?.address,
     context,
     async stop() {
       // Agents keep their Replicate streams open for good: waiting for them to end would make a
@@ -138,6 +158,8 @@ async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, lo
       ]);
       clearTimeout(graceTimer);
       server.forceShutdown();
+      await health.stop();
+      await metricsServer?.close();
       await failovers.stopAllTests();
       failovers.detach();
       await context.serializer.idle();

@@ -15,6 +15,7 @@ import { checkPrimaryIdentity } from "../authorizations.js";
 import { loadSiteConfig } from "../siteConfig.js";
 import { actorMetadata } from "./caller.js";
 import { guardedWith } from "./guard.js";
+import { wireHealth, wireHealthReason } from "./healthWire.js";
 import { AUDIT_STREAM } from "./refusalAudit.js";
 import { addAuthorization, appendRunbookEvents, listAuthorizations, readRunbookRun, removeAuthorization, toLedgerEvent } from "./records.js";
 import type { SiteContext } from "../siteContext.js";
@@ -64,7 +65,12 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
 
   const toWire = async (s: VmStatus): Promise<RelationshipStatus> => {
     const list = await points(s.vmId, true);
-    const { health, message } = healthOf(s);
+    // The site's health rules (site/health). The message is the first reason's (the gravest, a
+    // cause before its symptoms); all of them are in healthReasons.
+    if (!ctx.health) throw Object.assign(new Error("the site's health monitor is not running yet"), { grpcCode: grpc.status.UNAVAILABLE });
+    const evaluated = await ctx.health.evaluate(s.vmId);
+    const health = evaluated ? wireHealth(evaluated.result.level) : ReplicationHealth.REPLICATION_HEALTH_UNSPECIFIED;
+    const message = evaluated?.result.reasons[0]?.message ?? "";
     return {
       vmId: s.vmId,
       state: WIRE_STATE[s.state] ?? WireState.RELATIONSHIP_STATE_UNSPECIFIED,
@@ -76,6 +82,8 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
       lastRecoveryPoint: list[list.length - 1],
       lag: s.lagSeconds === undefined ? undefined : { seconds: BigInt(Math.floor(s.lagSeconds)), nanos: Math.round((s.lagSeconds % 1) * 1e9) },
       healthMessage: message,
+      healthReasons: evaluated?.result.reasons.map(wireHealthReason) ?? [],
+      policyName: evaluated?.policyName ?? "",
     };
   };
 
@@ -207,23 +215,6 @@ function grpcCodeOf(err: unknown): grpc.status {
   if (["INVALID_TRANSITION", "STALE_GENERATION", "FAILOVER_REFUSED", "MERGE_BLOCKED_BY_TEST_FAILOVER", "MERGE_IN_PROGRESS", "SEED_UNUSABLE", "RESYNC_ALREADY_APPROVED"].includes(code)) return grpc.status.FAILED_PRECONDITION;
   if (code.startsWith("INVALID") || code === "UNKNOWN_POINT") return grpc.status.INVALID_ARGUMENT;
   return grpc.status.INTERNAL;
-}
-
-/** Hyper-V-like health: critical when replication cannot go on, warning when it is failing or late. */
-function healthOf(s: VmStatus): { health: ReplicationHealth; message: string } {
-  if (s.state === "resync-required") {
-    const approved = s.resyncApprovedBy ? ` (approved by ${s.resyncApprovedBy}; waiting for the primary's agent)` : "";
-    return { health: ReplicationHealth.REPLICATION_HEALTH_CRITICAL, message: `resync required${s.resyncReason ? `: ${s.resyncReason}` : ""}${approved}` };
-  }
-  if (s.state === "resynchronising") return { health: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: `resynchronising${s.resyncReason ? ` after: ${s.resyncReason}` : ""}` };
-  if (s.consecutiveFailures >= 3) return { health: ReplicationHealth.REPLICATION_HEALTH_CRITICAL, message: `${s.consecutiveFailures} cycles failed in a row: ${s.lastError?.message ?? ""}` };
-  if (s.cycleSkipped) {
-    const c = s.cycleSkipped;
-    return { health: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: `${c.code}: the primary skips its cycles since ${c.since}: ${c.message}` };
-  }
-  if (s.consecutiveFailures > 0) return { health: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: `last cycle failed: ${s.lastError?.message ?? ""}` };
-  if (s.state === "paused") return { health: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: `replication is paused${s.pauseReason ? `: ${s.pauseReason}` : ""}` };
-  return { health: ReplicationHealth.REPLICATION_HEALTH_NORMAL, message: "" };
 }
 
 /** A VM this site has no relationship for is an operator's typo: say so rather than list nothing. */
