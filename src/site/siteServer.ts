@@ -91,7 +91,7 @@ async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, lo
   const daemon = await SiteStorageDaemon.start(runDir(dir), log);
   cleanups.push(() => daemon.stop());
   const storage = new ReplicaStorage(config.storageRoot, daemon, log);
-  const relationships = new Relationships(store, storage, { siteId: config.siteId, defaultMaxPoints: config.defaultMaxPoints }, log);
+  const relationships = new Relationships(store, storage, { siteId: config.siteId, defaultMaxPoints: config.defaultMaxPoints, defaultRetention: config.defaultRetention }, log);
   const vmIds = await relationships.recover();
   const failovers = new FailoverService(store, runDir(dir), config.accel, log);
   cleanups.push(() => failovers.detach());
@@ -135,6 +135,7 @@ async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, lo
       server.forceShutdown();
       await failovers.stopAllTests();
       failovers.detach();
+      context.stopRetention();
       await context.serializer.idle();
       // Refusals counted in an open window are recorded before the ledger closes.
       await context.refusals.flush();

@@ -234,6 +234,22 @@ export class ReplicaStorage {
     }
   }
 
+  /**
+   * Retention tiers: folds a point that is not the oldest into the next one, `nextPath`, which is
+   * rebased in safe mode onto `belowPath` (the point before the folded one; none: the folded point
+   * was the first of its disk). qemu-img copies into the next overlay every cluster it does not
+   * hold itself and reads differently through the folded point than through `belowPath`, then
+   * rewrites its backing name: what the next point reads never changes, at any moment, so a crash
+   * leaves it correct, and running it again finishes the job (copies nothing already copied). The
+   * folded image stays until the ledger no longer names it (removeMergedImage).
+   */
+  async foldIntoNext(belowPath: string | undefined, nextPath: string): Promise<void> {
+    const rebase = ["rebase", "-q", ...(belowPath ? ["-b", basename(belowPath), "-F", "qcow2"] : ["-b", ""]), nextPath];
+    await faultWhileRunning("crash-mid-merge", "qemu-img", rebase);
+    await runTool("qemu-img", rebase);
+    fsyncPath(nextPath);
+  }
+
   /** The overlay a merge folded into the base, once no point in the ledger names it. */
   removeMergedImage(path: string): void {
     rmSync(path, { force: true });
