@@ -358,6 +358,8 @@ export class Relationships {
    * step may be due. A step rewrites one point's worth of changes, so a cycle waits for at most one.
    */
   async retentionStep(vmId: string): Promise<boolean> {
+    // The next cycle's point is open: its commit runs the next step.
+    if (this.storage.isWriting(vmId)) return false;
     const state = await this.load(vmId);
     if (!RETENTION_STATES.includes(state.state)) return false;
     if (state.points.some((p) => p.merging)) {

@@ -58,6 +58,9 @@ export class ReplicaStorage {
   /** What the points' chunk hash indexes hold: the fastest digest this host has. */
   readonly indexDigest: ChunkDigestName = blake3Available() ? "blake3" : "sha256";
 
+  /** Points being written per VM: their partial overlays hold the VM's chains open in the daemon. */
+  private readonly writing = new Map<string, number>();
+
   constructor(
     readonly root: string,
     private readonly daemon: SiteStorageDaemon,
@@ -146,7 +149,21 @@ export class ReplicaStorage {
       for (const t of targets) rmSync(t.partial, { force: true });
       throw err;
     }
-    return new PointWrite(vmId, seq, writers, targets, this.logger);
+    this.writing.set(vmId, (this.writing.get(vmId) ?? 0) + 1);
+    const done = () => {
+      const n = (this.writing.get(vmId) ?? 1) - 1;
+      if (n > 0) this.writing.set(vmId, n);
+      else this.writing.delete(vmId);
+    };
+    return new PointWrite(vmId, seq, writers, targets, this.logger, done);
+  }
+
+  /**
+   * A point of this VM is being written: the daemon holds its chain open (QEMU's image locks),
+   * so a merge must wait for the commit: qemu-img could not take the write lock.
+   */
+  isWriting(vmId: string): boolean {
+    return this.writing.has(vmId);
   }
 
   /** Seed images for a reverse replication (the old primary's disks), kept until the first point. */
@@ -267,7 +284,17 @@ export class PointWrite {
     private readonly writers: DiskPointWriter[],
     private readonly targets: PointTarget[],
     private readonly logger: Logger,
+    /** Called once, when the point is committed or discarded. */
+    private readonly onDone: () => void = () => undefined,
   ) {}
+
+  private released = false;
+
+  private release(): void {
+    if (this.released) return;
+    this.released = true;
+    this.onDone();
+  }
 
   disk(diskId: string): DiskPointWriter | undefined {
     return this.writers.find((w) => w.diskId === diskId);
@@ -289,6 +316,8 @@ export class PointWrite {
       await this.discard();
       throw err;
     }
+    // The writers have closed their nodes: the daemon no longer holds the chain.
+    this.release();
     for (const t of this.targets) renameSync(t.partial, t.final);
     // After the images: an index never exists without its point's image.
     for (const t of this.targets) if (indexed.has(t.diskId)) renameSync(t.chunkHashPath + PARTIAL, t.chunkHashPath);
@@ -311,6 +340,7 @@ export class PointWrite {
       rmSync(t.partial, { force: true });
       rmSync(t.chunkHashPath + PARTIAL, { force: true });
     }
+    this.release();
     this.logger.info({ vm: this.vmId, seq: this.seq }, "partial point discarded");
   }
 

@@ -270,6 +270,21 @@ describe("retention tiers on real chains (injected clock)", { timeout: 900_000 }
     expect(await site.relationships.retentionStep(VM)).toBe(true);
     const ms = performance.now() - t0;
     await expectPointsIdentical(site, hashes, "after a fold of 33 MiB of changes");
+    // 4. While the next point is being written the daemon holds the chain open (image locks):
+    // retention leaves it alone until the commit, then merges.
+    keepAll.minPoints = 1;
+    const open = await site.relationships.beginCycle({ vmId: VM, seq: 6, kind: "incremental", generation, cutoffAt: new Date(clock.now), disks: [{ diskId: "vda", sizeBytes: 64 * MiB }] });
+    state = await site.relationships.load(VM);
+    const locked = await runTool("qemu-img", ["rebase", "-b", "base.qcow2", "-F", "qcow2", pathOf(state, "rp-5")], { allowExit: [0, 1] });
+    expect(locked.stderr).toMatch(/lock/);
+    expect(await site.relationships.retentionStep(VM)).toBe(false);
+    expect((await site.relationships.load(VM)).points.map((p) => p.pointId)).toEqual(["rp-1", "rp-5"]);
+    await open.disk("vda")!.write(0, primary.disk.subarray(0, 4096));
+    await site.relationships.commitCycle({ vmId: VM, seq: 6, kind: "incremental", generation, cutoffAt: new Date(clock.now), consistency: "crash", point: open, dataBytes: 4096, zeroBytes: 0, wireBytes: 4096, extents: 1, durationMs: 1 });
+    hashes.set("rp-6", primary.hash());
+    await site.relationships.applyRetention(VM);
+    expect((await site.relationships.load(VM)).points.map((p) => p.pointId)).toEqual(["rp-6"]);
+    await expectPointsIdentical(site, hashes, "after the guarded merges");
     console.log(`one thinning step on a 64 MiB disk (33 MiB of changes folded): ${ms.toFixed(0)} ms; qemu-img ${ended.signal ? "was killed mid-fold" : "finished before the kill"}`);
   });
 });
