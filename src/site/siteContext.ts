@@ -58,8 +58,9 @@ export class SiteContext {
   }
 
   /**
-   * Retention runs after the ack, serialized with the VM's cycles one merge at a time: a cycle
-   * that arrives meanwhile queues behind at most the merge under way, not all that are due.
+   * Retention runs after the ack (and after a discarded cycle), serialized with the VM's cycles
+   * one merge at a time: a cycle that arrives meanwhile queues behind at most the merge under way,
+   * not all that are due.
    */
   afterCommit(vmId: string): void {
     if (this.stopping) return;
