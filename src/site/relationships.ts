@@ -362,18 +362,14 @@ export class Relationships {
     if (this.storage.isWriting(vmId)) return false;
     const state = await this.load(vmId);
     if (!RETENTION_STATES.includes(state.state)) return false;
-    if (state.points.some((p) => p.merging)) {
-      await this.finishMerge(state);
-      return true;
-    }
+    if (state.points.some((p) => p.merging)) return this.finishMerge(state);
     const next = nextMerge(state, await this.retentionFor(vmId, state), this.options.now());
     if (next.waiting.length) this.logger.debug({ vm: vmId, waiting: next.waiting }, "retention merges wait for a running test failover");
     if (!next.pointId) return false;
     const pointId = next.pointId;
     const started = await this.exec(vmId, (s) => startMerge(s, { pointId }));
     if (started.events.length === 0) return false;
-    await this.finishMerge(started.newState);
-    return true;
+    return this.finishMerge(started.newState);
   }
 
   /** After a restart: finish interrupted merges, then remove images the ledger does not know. */
@@ -394,7 +390,7 @@ export class Relationships {
     return [...vmIds];
   }
 
-  private finishMerge(state: RelationshipState): Promise<void> {
+  private finishMerge(state: RelationshipState): Promise<boolean> {
     return finishMerge(state, this.storage, async (input) => void (await this.exec(state.vmId, (s) => completeMerge(s, input))), this.logger);
   }
 

@@ -61,18 +61,18 @@ export function nextMerge(state: RelationshipState, spec: RetentionSpec, nowMs: 
  * the merged-away overlay: the ledger never names an image that is gone, and a crash at any step
  * leaves either a repeatable merge or an orphan that recovery removes. The oldest point is folded
  * under its successor (the base takes the successor's data); a later one into its successor
- * (rebased onto the point below it).
+ * (rebased onto the point below it). Returns whether a merge was recorded.
  */
 export async function finishMerge(
   state: RelationshipState,
   storage: ReplicaStorage,
   record: (input: CompleteMergeInput) => Promise<void>,
   logger: Logger,
-): Promise<void> {
+): Promise<boolean> {
   const index = state.points.findIndex((p) => p.merging);
   const point = state.points[index];
   const into = state.points[index + 1];
-  if (!point || !into) return;
+  if (!point || !into) return false;
   const started = performance.now();
   const imageOf = (p: RecoveryPoint | undefined, diskId: string) => p?.disks.find((d) => d.diskId === diskId)?.imagePath;
   const remove: string[] = [];
@@ -104,4 +104,5 @@ export async function finishMerge(
   for (const path of remove) storage.removeMergedImage(path);
   const ms = Math.round(performance.now() - started);
   logger.info({ vm: state.vmId, dropped: point.pointId, into: into.pointId, oldest: index === 0, ms }, index === 0 ? "oldest recovery point merged into the base" : "recovery point thinned into the next one");
+  return true;
 }
