@@ -1,5 +1,7 @@
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
+import { retentionSpecProblems, type RetentionSpec } from "../policy/retentionPlan.js";
+import type { RetentionTier } from "../policy/types.js";
 import { SiteConfigError } from "./errors.js";
 import type { HealthSettings } from "./health/monitor.js";
 
@@ -15,6 +17,11 @@ export interface SiteConfig {
   storageRoot: string;
   /** Recovery points kept per VM before the oldest is merged into the base. */
   defaultMaxPoints: number;
+  /**
+   * Retention tiers for every VM without a policy of its own (see src/policy/retentionPlan.ts).
+   * Absent: the `defaultMaxPoints` newest points, as before tiers existed.
+   */
+  defaultRetention?: RetentionSpec;
   compressionLevel?: number;
   /** Accelerator for VMs this site launches (failover, tests): auto = KVM when usable. */
   accel: "auto" | "kvm" | "tcg";
@@ -63,6 +70,7 @@ export function loadSiteConfig(dir: string): SiteConfig {
     ledgerPath: abs(raw.ledgerPath!),
     storageRoot: abs(raw.storageRoot!),
     defaultMaxPoints: typeof raw.defaultMaxPoints === "number" && raw.defaultMaxPoints >= 1 ? raw.defaultMaxPoints : 24,
+    ...(raw.defaultRetention !== undefined ? { defaultRetention: parseRetention(raw.defaultRetention, path) } : {}),
     compressionLevel: raw.compressionLevel,
     accel: parseAccel(process.env.QREPLICA_ACCEL ?? raw.accel ?? "auto", path),
     ...(typeof raw.advertiseHost === "string" && raw.advertiseHost !== "" ? { advertiseHost: raw.advertiseHost } : {}),
@@ -82,6 +90,20 @@ function parseHealth(v: unknown, path: string): HealthSettings {
     out[key as (typeof HEALTH_KEYS)[number]] = value;
   }
   return out;
+}
+
+function parseRetention(v: unknown, path: string): RetentionSpec {
+  const r = v as Partial<RetentionSpec> | null;
+  if (typeof r !== "object" || r === null || !Array.isArray(r.tiers) || typeof r.minPoints !== "number") {
+    throw new SiteConfigError(path, "field 'defaultRetention' must be { \"tiers\": [{ \"everySeconds\": n, \"keepForSeconds\": n }, ...], \"minPoints\": n }");
+  }
+  const spec: RetentionSpec = {
+    tiers: r.tiers.map((t: unknown) => ({ everySeconds: Number((t as RetentionTier)?.everySeconds), keepForSeconds: Number((t as RetentionTier)?.keepForSeconds) })),
+    minPoints: r.minPoints,
+  };
+  const problems = retentionSpecProblems(spec);
+  if (problems.length) throw new SiteConfigError(path, `field 'defaultRetention': ${problems.join("; ")}`);
+  return spec;
 }
 
 function parseAccel(v: unknown, path: string): "auto" | "kvm" | "tcg" {

@@ -20,6 +20,8 @@ export class SiteContext {
   private readonly sessions = new Map<string, ReplicateSession>();
   private authz: SiteAuthorizations | undefined;
   private audit: RefusalAudit | undefined;
+  /** Set by the site's stop: no new retention step starts (one under way is waited for). */
+  private stopping = false;
 
   constructor(
     readonly siteId: string,
@@ -59,10 +61,22 @@ export class SiteContext {
     if (this.sessions.get(vmId) === session) this.sessions.delete(vmId);
   }
 
-  /** Retention runs after the ack, serialized with the VM's next cycle. */
+  stopRetention(): void {
+    this.stopping = true;
+  }
+
+  /**
+   * Retention runs after the ack (and after a discarded cycle), serialized with the VM's cycles
+   * one merge at a time: a cycle that arrives meanwhile queues behind at most the merge under way,
+   * not all that are due.
+   */
   afterCommit(vmId: string): void {
-    void this.serializer.run(vmId, () => this.relationships.applyRetention(vmId)).catch((err: unknown) =>
-      this.logger.error({ err, vm: vmId }, "retention merge failed; it is retried after the next cycle"),
-    );
+    if (this.stopping) return;
+    void this.serializer
+      .run(vmId, () => this.relationships.retentionStep(vmId))
+      .then((more) => {
+        if (more) this.afterCommit(vmId);
+      })
+      .catch((err: unknown) => this.logger.error({ err, vm: vmId }, "retention merge failed; it is retried after the next cycle"));
   }
 }

@@ -104,7 +104,7 @@ async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, lo
   // Snapshot + the events after it: a restart does not fold years of events again.
   const readModels = await LedgerReadModels.open(store, { logger: log });
   cleanups.push(() => readModels.close());
-  const relationships = new Relationships(store, storage, { siteId: config.siteId, defaultMaxPoints: config.defaultMaxPoints }, log);
+  const relationships = new Relationships(store, storage, { siteId: config.siteId, defaultMaxPoints: config.defaultMaxPoints, defaultRetention: config.defaultRetention }, log);
   const vmIds = await relationships.recover(readModels.vmIds());
   const failovers = new FailoverService(store, runDir(dir), config.accel, log);
   cleanups.push(() => failovers.detach());
@@ -162,6 +162,7 @@ async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, lo
       await metricsServer?.close();
       await failovers.stopAllTests();
       failovers.detach();
+      context.stopRetention();
       await context.serializer.idle();
       // Refusals counted in an open window are recorded before the ledger closes.
       await context.refusals.flush();

@@ -408,7 +408,11 @@ export class ReplicateSession {
   private async failCycle(seq: number, reason: string, message: string, closed?: OpenCycle): Promise<void> {
     const cycle = closed ?? (this.cycle?.seq === seq ? this.cycle : undefined);
     if (cycle && cycle === this.cycle) this.cycle = undefined;
-    if (cycle && !cycle.point.finished) await cycle.point.discard();
+    if (cycle && !cycle.point.finished) {
+      await cycle.point.discard();
+      // Retention steps wait while a point is written; with none committed, nothing else resumes them.
+      if (this.vmId) this.ctx.afterCommit(this.vmId);
+    }
     if (this.vmId) await this.ctx.relationships.recordCycleFailed({ vmId: this.vmId, seq, generation: this.generation, reason, message }).catch((err: unknown) => this.logger.error({ err }, "could not record the failed cycle"));
   }
 
