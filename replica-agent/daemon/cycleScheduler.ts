@@ -150,6 +150,11 @@ export class VmSchedule {
     return this.frequencySpec;
   }
 
+  /** Cycles running now over every VM of the scheduler. */
+  get inFlight(): number {
+    return this.scheduler.inFlight;
+  }
+
   /** A new frequency (policy change): the wait for the next cycle is recomputed at once. */
   setFrequency(frequency: FrequencySpec): void {
     checkFrequency(frequency);
