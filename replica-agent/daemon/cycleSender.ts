@@ -30,6 +30,8 @@ export function send(stream: ReplicateStream, responses: ResponseQueue, message:
 export interface CycleSenderOptions {
   vmId: string;
   compressionLevel: number;
+  /** The policy the cycle runs under, "name@version" (or "config"), for the log. */
+  policy?: string;
   checksum: ChecksumAlgorithm;
   logger: Logger;
   /** Told the cycle's sequence once its CycleEnd is out, undefined once acked (see noteUnacknowledged). */
@@ -109,7 +111,7 @@ export async function sendCycle(
     }
     o.onEndSent?.(undefined);
     await cycle.confirm();
-    o.logger.info({ vm: o.vmId, seq: cycle.seq, kind: o.resync ? "resync" : cycle.kind, vcpuPauseMs: cycle.vcpuPauseMs, ...totals, ...(o.resync ? resyncStats : {}), ms: Date.now() - started }, "cycle acknowledged by the replica site");
+    o.logger.info({ vm: o.vmId, seq: cycle.seq, kind: o.resync ? "resync" : cycle.kind, vcpuPauseMs: cycle.vcpuPauseMs, ...totals, ...(o.resync ? resyncStats : {}), ms: Date.now() - started, compressionLevel: o.compressionLevel, policy: o.policy }, "cycle acknowledged by the replica site");
     return { totals, resync: o.resync ? resyncStats : undefined };
   } catch (err) {
     replica?.fail(err as Error);

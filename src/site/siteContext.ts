@@ -7,6 +7,7 @@ import type { FailoverService } from "./failover/failoverService.js";
 import { VmSerializer } from "./vmSerializer.js";
 import { SiteAuthorizations } from "./authorizations.js";
 import { RefusalAudit } from "./controlPlane/refusalAudit.js";
+import type { SitePolicies } from "./sitePolicies.js";
 
 /** What every request handler of a running site shares. */
 export class SiteContext {
@@ -23,6 +24,8 @@ export class SiteContext {
     readonly relationships: Relationships,
     readonly failovers: FailoverService,
     readonly logger: Logger,
+    /** Policies and bindings; `policies.effectivePolicy(vmId)` is what the rest of the site asks. */
+    readonly policies: SitePolicies,
   ) {}
 
   /** Which primaries may replicate here, from the ledger. */

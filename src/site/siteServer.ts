@@ -7,6 +7,9 @@ import { getSqliteEventStore, type EventStore } from "../ledger/index.js";
 import { ReplicaStorage, SiteStorageDaemon } from "../storage/index.js";
 import { grpcServerOptions, loadSiteCredentials, serverCredentials, widenServerFlowControl, type SiteCredentials } from "../transport/index.js";
 import { controlService } from "./controlPlane/controlService.js";
+import { policyService } from "./controlPlane/policyService.js";
+import { PolicyServiceService } from "../gen/qreplica/v1/policy.js";
+import { SitePolicies } from "./sitePolicies.js";
 import { ReplicateSession } from "./dataPlane/replicateSession.js";
 import { Relationships } from "./relationships.js";
 import { FailoverService } from "./failover/failoverService.js";
@@ -96,7 +99,8 @@ async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, lo
   const failovers = new FailoverService(store, runDir(dir), config.accel, log);
   cleanups.push(() => failovers.detach());
   await failovers.recover(vmIds);
-  const context = new SiteContext(config.siteId, dir, store, storage, relationships, failovers, log);
+  const policies = await SitePolicies.open(store, { defaultMaxPoints: config.defaultMaxPoints }, log);
+  const context = new SiteContext(config.siteId, dir, store, storage, relationships, failovers, log, policies);
 
   const server = new grpc.Server(grpcServerOptions);
   const replicationServer: ReplicationServiceServer = {
@@ -106,6 +110,7 @@ async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, lo
   };
   server.addService(ReplicationServiceService, replicationServer);
   server.addService(ControlServiceService, controlService(context));
+  server.addService(PolicyServiceService, policyService(context));
   const bind = (listen: string) =>
     new Promise<number>((resolve, reject) => server.bindAsync(listen, serverCredentials(creds), (err, p) => (err ? reject(err) : resolve(p))));
   cleanups.push(() => server.forceShutdown());

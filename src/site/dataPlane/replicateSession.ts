@@ -16,6 +16,7 @@ import {
   type CycleBegin,
   type CycleEnd,
   type CycleSkipped,
+  type EffectivePolicy,
   type ExtentChunk,
   type Hello,
   type ReplicateRequest,
@@ -114,6 +115,11 @@ export class ReplicateSession {
           ? { $case: "replicationPaused" as const, value: { generation, reason: notice.reason } }
           : { $case: "replicationResumed" as const, value: { generation, resumeHint: RESUME_HINT[notice.resume] } };
     await writeWithBackpressure(this.call, { body });
+  }
+
+  /** The VM's effective policy changed: the agent runs its next cycle with it (absent: its own config's values). */
+  async sendPolicy(policy: EffectivePolicy | undefined): Promise<void> {
+    await writeWithBackpressure(this.call, { body: { $case: "policyChanged", value: { generation: BigInt(this.generation), policy } } });
   }
 
   /** Another stream for the same VM took over (the agent reconnected): stop this one. */
@@ -236,6 +242,13 @@ export class ReplicateSession {
       const offered = hello.supportedChecksumAlgorithms.length ? hello.supportedChecksumAlgorithms : [ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256];
       this.acceptedChecksums = KNOWN_CHECKSUMS.filter((a) => offered.includes(a));
       this.resyncDigest = pickResyncDigest(hello.resyncDigests, this.ctx.storage.indexDigest);
+      await this.ctx.policies.atHello(hello.vmId, {
+        policyName: hello.policyName,
+        intervalSeconds: hello.configuredIntervalSeconds,
+        compressionLevel: hello.configuredCompressionLevel,
+        resync: hello.resyncMode === ResyncMode.RESYNC_MODE_MANUAL ? "manual" : "automatic",
+        identity,
+      });
       this.ctx.claimSession(hello.vmId, this);
       await writeWithBackpressure(this.call, {
         body: {
@@ -250,10 +263,11 @@ export class ReplicateSession {
             acceptedCodecs: [CompressionCodec.COMPRESSION_CODEC_ZSTD, CompressionCodec.COMPRESSION_CODEC_NONE],
             acceptedChecksumAlgorithms: this.acceptedChecksums,
             resyncReason: accepted.resyncReason ?? "",
+            policy: this.ctx.policies.wireFor(hello.vmId),
           },
         },
       });
-      this.logger.info({ vm: hello.vmId, identity, generation: accepted.generation, resume: accepted.resume, resyncReason: accepted.resyncReason }, "Hello accepted");
+      this.logger.info({ vm: hello.vmId, identity, generation: accepted.generation, resume: accepted.resume, resyncReason: accepted.resyncReason, policy: this.ctx.policies.effectivePolicyVersion(hello.vmId) }, "Hello accepted");
     } catch (err) {
       if (err instanceof RelationshipRefusal) {
         const status = err.reason === RejectReason.REJECT_REASON_UNAUTHORIZED ? grpc.status.PERMISSION_DENIED : grpc.status.FAILED_PRECONDITION;
