@@ -11,19 +11,11 @@ import { QmpClient, queryNamedBlockNodes } from "../../src/qemu/qmp/index.js";
 import { ReplicationClient, channelCredentials, grpcChannelOptions, type SiteCredentials } from "../../src/transport/index.js";
 import { IothreadDiskError, ScratchSpaceLowError, SnapshotBrokenError, VmCapture, type CaptureCycle } from "../capture/index.js";
 import type { AgentVmConfig } from "./agentConfig.js";
-import { agentPolicyFromWire, type AgentPolicy } from "../../src/policy/wire.js";
-import type { EffectivePolicy } from "../../src/gen/qreplica/v1/replication.js";
+import { CyclePolicy } from "./cyclePolicy.js";
 import { ResponseQueue } from "./responseQueue.js";
 import { CycleRefusedError, send, sendCycle, type ReplicateStream } from "./cycleSender.js";
 
 const PROTOCOL_VERSION = 1;
-
-/** A promise resolved from outside, once. */
-function signal(): { promise: Promise<void>; resolve(): void } {
-  let resolve!: () => void;
-  const promise = new Promise<void>((r) => (resolve = r));
-  return { promise, resolve };
-}
 
 export type ReplicatorStatus =
   | "starting"
@@ -74,9 +66,7 @@ export class VmReplicator {
   private readonly wake = new AbortController();
   private readonly stateFile: string;
   /** What cycles run with: the site's effective policy, or this VM's config while the site sends none. */
-  policy: AgentPolicy;
-  /** Resolved (and replaced) whenever the site pushes a new policy: a wait for the next cycle re-reads the frequency. */
-  private policyChanged = signal();
+  readonly policy: CyclePolicy;
 
   constructor(
     private readonly vm: AgentVmConfig,
@@ -87,58 +77,7 @@ export class VmReplicator {
   ) {
     mkdirSync(stateDir, { recursive: true, mode: 0o700 });
     this.stateFile = join(stateDir, `${vm.id}.replication.json`);
-    this.policy = this.configPolicy();
-  }
-
-  /** The config's own interval and level: what an older site (or a VM bound to no policy) gets. */
-  private configPolicy(): AgentPolicy {
-    return {
-      name: "config",
-      version: 0,
-      frequency: { kind: "interval", ms: this.vm.intervalSeconds * 1000 },
-      compressionLevel: this.vm.compressionLevel,
-      bandwidth: [],
-      resync: { mode: this.vm.resync },
-    };
-  }
-
-  /** From HelloAck or a push; takes effect at the next cycle (a wait in progress is re-timed). */
-  private usePolicy(wire: EffectivePolicy | undefined, why: "hello" | "push"): void {
-    const before = this.policy;
-    this.policy = wire ? agentPolicyFromWire(wire) : this.configPolicy();
-    const p = this.policy;
-    const frequency = p.frequency.kind === "interval" ? `${p.frequency.ms / 1000}s` : `continuous (min gap ${p.frequency.minGapMs} ms)`;
-    const same = before.name === p.name && before.version === p.version && JSON.stringify(before) === JSON.stringify(p);
-    if (why === "push" || !same) {
-      this.logger.info({ vm: this.vm.id, policy: this.policyLabel(), frequency, compressionLevel: p.compressionLevel, via: why }, why === "push" ? "policy changed by the replica site: it applies from the next cycle" : "policy in effect");
-    }
-    const changed = this.policyChanged;
-    this.policyChanged = signal();
-    changed.resolve();
-  }
-
-  private policyLabel(): string {
-    return this.policy.version === 0 ? this.policy.name : `${this.policy.name}@${this.policy.version}`;
-  }
-
-  /**
-   * Waits until the next cycle is due under the policy in effect: an interval counts from the
-   * start of the last cycle, continuous from its end. A policy pushed meanwhile re-times the wait
-   * (3600 s -> 1 s starts the next cycle at once). Any of `others` ends the wait early.
-   */
-  private async untilNextCycle(lastStart: number, lastEnd: number, others: Array<Promise<unknown>>): Promise<void> {
-    // A rejection (the stream or QEMU gone) propagates, as it ends the session.
-    const ended = Promise.race(others).then(() => "other" as const);
-    ended.catch(() => undefined);
-    while (!this.stopped) {
-      const f = this.policy.frequency;
-      const due = f.kind === "interval" ? lastStart + f.ms : lastEnd + f.minGapMs;
-      const remaining = due - Date.now();
-      if (remaining <= 0) return;
-      const timer = new AbortController();
-      const woke = await Promise.race([this.pause(remaining, timer.signal).then(() => "timer" as const), this.policyChanged.promise.then(() => "policy" as const), ended]).finally(() => timer.abort());
-      if (woke !== "policy") return;
-    }
+    this.policy = new CyclePolicy(vm, logger);
   }
 
   stop(): void {
@@ -185,7 +124,7 @@ export class VmReplicator {
         logger: this.logger,
       });
       stream = client.replicate();
-      const responses = new ResponseQueue(stream, (p) => this.usePolicy(p.policy, "push"));
+      const responses = new ResponseQueue(stream, (p) => this.policy.use(p.policy, "push"));
       const lost = trackingLost(capture);
       if (capture.report?.status === "resync-required") this.status = "resync-required";
       const ack = await this.hello(stream, responses, capture, lost).catch(async (err: unknown) => {
@@ -218,7 +157,6 @@ export class VmReplicator {
     let cycleStart = Date.now();
     const cycle = async (c: CaptureCycle, resync: boolean) => {
       const o = { ...this.senderOptions(), resync };
-      cycleStart = Date.now();
       await sendCycle(stream, responses, c, ack.generation, o);
       this.cyclesConfirmed++;
     };
@@ -243,6 +181,8 @@ export class VmReplicator {
         await Promise.race([responses.noticeArrived(), responses.plannedFailover, broken, this.stoppedSignal()]);
         continue;
       }
+      // The frequency counts from here, whether the cycle runs, is skipped or fails.
+      cycleStart = Date.now();
       if (next === ResumeHint.RESUME_HINT_RESYNC || next === ResumeHint.RESUME_HINT_INITIAL_REPLICATION) {
         const resync = next === ResumeHint.RESUME_HINT_RESYNC;
         this.status = resync ? "resynchronising" : "initial-replication";
@@ -263,7 +203,7 @@ export class VmReplicator {
           if (opened) await cycle(opened, false);
         });
       }
-      await this.untilNextCycle(cycleStart, Date.now(), [responses.plannedFailover, responses.noticeArrived(), broken]);
+      await this.policy.untilNextCycle(cycleStart, Date.now(), [responses.plannedFailover, responses.noticeArrived(), broken], this.wake.signal);
     }
   }
 
@@ -289,7 +229,6 @@ export class VmReplicator {
       this.logger.warn({ vm: this.vm.id, err: err.message }, "cycle refused by the replica site; retrying");
     }
   }
-
 
   /**
    * A due cycle that did not start because of this host (its scratch is nearly full, or a disk
@@ -424,7 +363,7 @@ export class VmReplicator {
     const generation = Number(reply.value.generation);
     this.noteUnacknowledged(Number(reply.value.lastCommittedCycleSequence), lost.length > 0);
     this.chunkChecksum = this.pickChecksum(reply.value.acceptedChecksumAlgorithms);
-    this.usePolicy(reply.value.policy, "hello");
+    this.policy.use(reply.value.policy, "hello");
     this.saveState({ generation, replicaSite: this.vm.replicaSite });
     const hint = reply.value.resumeHint;
     if (hint === ResumeHint.RESUME_HINT_WAIT_FOR_OPERATOR || hint === ResumeHint.RESUME_HINT_RESYNC) {
@@ -436,8 +375,8 @@ export class VmReplicator {
   private senderOptions() {
     return {
       vmId: this.vm.id,
-      compressionLevel: this.policy.compressionLevel,
-      policy: this.policyLabel(),
+      compressionLevel: this.policy.current.compressionLevel,
+      policy: this.policy.label,
       checksum: this.chunkChecksum,
       logger: this.logger,
       onEndSent: (seq: number | undefined) => (this.unacknowledgedSeq = seq),
@@ -479,8 +418,7 @@ export class VmReplicator {
     renameSync(`${this.stateFile}.tmp`, this.stateFile);
   }
 
-  private async pause(ms: number, cancel?: AbortSignal): Promise<void> {
-    const signal = cancel ? AbortSignal.any([this.wake.signal, cancel]) : this.wake.signal;
-    await sleep(ms, undefined, { signal }).catch(() => undefined);
+  private async pause(ms: number): Promise<void> {
+    await sleep(ms, undefined, { signal: this.wake.signal }).catch(() => undefined);
   }
 }

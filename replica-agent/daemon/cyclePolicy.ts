@@ -1,0 +1,78 @@
+import { setTimeout as sleep } from "node:timers/promises";
+import type { Logger } from "../../src/common/logger.js";
+import type { EffectivePolicy } from "../../src/gen/qreplica/v1/replication.js";
+import { agentPolicyFromWire, type AgentPolicy } from "../../src/policy/wire.js";
+import type { AgentVmConfig } from "./agentConfig.js";
+
+/** A promise resolved from outside, once. */
+function signal(): { promise: Promise<void>; resolve(): void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => (resolve = r));
+  return { promise, resolve };
+}
+
+/**
+ * The policy one VM's cycles run with: the site's effective policy (HelloAck, then pushes over
+ * the open stream), or the VM's config while the site sends none (an older site, or a VM bound to
+ * no policy). A change applies from the next cycle, without a restart: a wait for the next cycle
+ * in progress is re-timed with the new frequency.
+ */
+export class CyclePolicy {
+  current: AgentPolicy;
+  private changed = signal();
+
+  constructor(
+    private readonly vm: AgentVmConfig,
+    private readonly logger: Logger,
+  ) {
+    this.current = this.fromConfig();
+  }
+
+  private fromConfig(): AgentPolicy {
+    return { name: "config", version: 0, frequency: { kind: "interval", ms: this.vm.intervalSeconds * 1000 }, compressionLevel: this.vm.compressionLevel, bandwidth: [], resync: { mode: this.vm.resync } };
+  }
+
+  /** "gold@3", or "config" for the VM's own values. */
+  get label(): string {
+    return this.current.version === 0 ? this.current.name : `${this.current.name}@${this.current.version}`;
+  }
+
+  use(wire: EffectivePolicy | undefined, via: "hello" | "push"): void {
+    const before = JSON.stringify(this.current);
+    this.current = wire ? agentPolicyFromWire(wire) : this.fromConfig();
+    const p = this.current;
+    if (via === "push" || before !== JSON.stringify(p)) {
+      const frequency = p.frequency.kind === "interval" ? `${p.frequency.ms / 1000}s` : `continuous (min gap ${p.frequency.minGapMs} ms)`;
+      this.logger.info(
+        { vm: this.vm.id, policy: this.label, frequency, compressionLevel: p.compressionLevel, via },
+        via === "push" ? "policy changed by the replica site: it applies from the next cycle" : "policy in effect",
+      );
+    }
+    const woken = this.changed;
+    this.changed = signal();
+    woken.resolve();
+  }
+
+  /**
+   * Waits until the next cycle is due: an interval counts from the start of the last cycle,
+   * continuous from its end (with its floor). Ends early when one of `others` settles; a
+   * rejection (the stream or QEMU gone) propagates, as it ends the session. `stop` ends it too.
+   */
+  async untilNextCycle(lastStart: number, lastEnd: number, others: Array<Promise<unknown>>, stop: AbortSignal): Promise<void> {
+    const ended = Promise.race(others).then(() => "other" as const);
+    ended.catch(() => undefined);
+    while (!stop.aborted) {
+      const f = this.current.frequency;
+      const due = f.kind === "interval" ? lastStart + f.ms : lastEnd + f.minGapMs;
+      const remaining = due - Date.now();
+      if (remaining <= 0) return;
+      const timer = new AbortController();
+      const wait = sleep(remaining, undefined, { signal: AbortSignal.any([stop, timer.signal]) }).then(
+        () => "timer" as const,
+        () => "timer" as const,
+      );
+      const woke = await Promise.race([wait, this.changed.promise.then(() => "policy" as const), ended]).finally(() => timer.abort());
+      if (woke !== "policy") return;
+    }
+  }
+}
