@@ -1,6 +1,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import { ControlServiceClient } from "../gen/qreplica/v1/control.js";
+import { PolicyServiceClient } from "../gen/qreplica/v1/policy.js";
 import { addressFile, adminCredentialFiles, loadSiteConfig } from "../site/siteConfig.js";
 import { channelCredentials, grpcChannelOptions, loadSiteCredentials } from "../transport/index.js";
 
@@ -57,6 +58,14 @@ export function controlClient(opts: SiteTargetOptions): ControlServiceClient {
   return new ControlServiceClient(address, channelCredentials(loadSiteCredentials(files)), grpcChannelOptions);
 }
 
+/** The site's PolicyService, on the same endpoint and with the same identity as controlClient. */
+export function policyClient(opts: SiteTargetOptions): PolicyServiceClient {
+  const files = controlCredentialFiles(opts);
+  const address = opts.site ?? (opts.dir ? readAddress(opts.dir) : undefined);
+  if (!address || !files) throw new Error("which site? pass --dir SITE_DIR, or --site HOST:PORT with --ca, --cert and --key");
+  return new PolicyServiceClient(address, channelCredentials(loadSiteCredentials(files)), grpcChannelOptions);
+}
+
 export function readAddress(dir: string): string {
   try {
     return readFileSync(addressFile(dir), "utf8").trim();
@@ -66,8 +75,8 @@ export function readAddress(dir: string): string {
 }
 
 /** Unary call as a promise with a deadline, so a dead site fails fast. */
-export function unary<Req, Res>(
-  client: ControlServiceClient,
+export function unary<C extends grpc.Client, Req, Res>(
+  client: C,
   method: (req: Req, metadata: grpc.Metadata, options: Partial<grpc.CallOptions>, cb: (err: grpc.ServiceError | null, res: Res) => void) => grpc.ClientUnaryCall,
   request: Req,
   timeoutMs = 15_000,
