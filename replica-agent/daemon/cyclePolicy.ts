@@ -75,4 +75,28 @@ export class CyclePolicy {
       if (woke !== "policy") return;
     }
   }
+
+  /**
+   * Holds the initial replication until the policy's `initialReplication.at` (re-read when a new
+   * policy arrives). True once it is due; false when one of `others` settled or `stop` fired first.
+   */
+  async untilInitialReplication(others: Array<Promise<unknown>>, stop: AbortSignal): Promise<boolean> {
+    const ended = Promise.race(others).then(() => "other" as const);
+    ended.catch(() => undefined);
+    let told = false;
+    while (!stop.aborted) {
+      const at = this.current.initialReplicationAt?.getTime();
+      if (at === undefined || at <= Date.now()) return true;
+      if (!told) this.logger.info({ vm: this.vm.id, policy: this.label, at: new Date(at).toISOString() }, "initial replication scheduled by the policy: waiting");
+      told = true;
+      const timer = new AbortController();
+      const wait = sleep(at - Date.now(), undefined, { signal: AbortSignal.any([stop, timer.signal]) }).then(
+        () => "timer" as const,
+        () => "timer" as const,
+      );
+      const woke = await Promise.race([wait, this.changed.promise.then(() => "policy" as const), ended]).finally(() => timer.abort());
+      if (woke === "other") return false;
+    }
+    return false;
+  }
 }

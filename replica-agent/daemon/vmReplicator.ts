@@ -185,6 +185,7 @@ export class VmReplicator {
       cycleStart = Date.now();
       if (next === ResumeHint.RESUME_HINT_RESYNC || next === ResumeHint.RESUME_HINT_INITIAL_REPLICATION) {
         const resync = next === ResumeHint.RESUME_HINT_RESYNC;
+        if (!resync && !(await this.policy.untilInitialReplication([responses.plannedFailover, responses.noticeArrived(), broken], this.wake.signal))) continue;
         this.status = resync ? "resynchronising" : "initial-replication";
         // A new bitmap in the same transaction as the cut-off: every later write is tracked.
         const opened = await capture.enable({ minSeq: ack.lastCycleSeq + 1 }).catch((err: unknown) => this.skipped(err, stream, responses, ack.generation));

@@ -125,4 +125,23 @@ describe("replication policies on a running agent", () => {
       ["default", "site"],
     ]);
   }, 300_000);
+
+  it("holds the initial replication until the policy's scheduled time, and a policy applied meanwhile re-times it", async () => {
+    const t = await setup("qr-policy-at-", { diskBytes: 16 * MiB, intervalSeconds: 3600 });
+    const site = ["--dir", t.siteB];
+    await t.startSite(t.siteB);
+    const file = join(t.dir, "later.yaml");
+    writeFileSync(file, 'name: later\nfrequency: 1h\ninitialReplication: { at: "2027-12-05T02:00:00Z" }\n');
+    await cliJson(["policy", "apply", file, ...site]);
+    // Bound on the site before the agent ever connects (no relationship yet).
+    expect(await cliJson(["protect", "vm1", "--policy", "later", ...site])).toMatchObject({ changed: true, agentNotified: false, relationshipExists: false });
+    await t.vm.guestWrite("vda", ["write -P 0x44 0 1M"]);
+    t.startAgent();
+    await waitFor("the agent to wait for the scheduled time", () => (agentLog(t).some((l) => l.msg === "initial replication scheduled by the policy: waiting") ? true : undefined), 60_000);
+    expect((await t.relationship()).lastCycleSeq).toBe(0);
+    writeFileSync(file, "name: later\nfrequency: 1h\ninitialReplication: now\n");
+    expect(await cliJson(["policy", "apply", file, ...site])).toMatchObject({ version: 2, notifiedVmIds: ["vm1"] });
+    await waitFor("the initial replication", async () => ((await t.relationship()).lastCycleSeq >= 1 ? true : undefined), 90_000);
+    expect(acked(t).map((l) => [l.seq, l.policy])).toEqual([[1, "later@2"]]);
+  }, 300_000);
 });

@@ -234,7 +234,7 @@ export class ReplicateSession {
         vmSpec: parseVmSpec(hello.vmSpecJson),
         disks: hello.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) })),
         trackingLost: hello.trackingLost.map((t) => ({ diskId: t.diskId, code: t.code || "TRACKING_LOST", reason: t.reason })),
-        resyncMode: hello.resyncMode === ResyncMode.RESYNC_MODE_MANUAL ? "manual" : "automatic",
+        resyncMode: this.resyncModeOf(hello),
       });
       this.vmId = hello.vmId;
       this.generation = accepted.generation;
@@ -275,6 +275,12 @@ export class ReplicateSession {
       }
       throw err;
     }
+  }
+
+  /** A VM bound to a policy resyncs as its policy says; otherwise as its agent config says (Hello). */
+  private resyncModeOf(hello: Hello): "automatic" | "manual" {
+    if (this.ctx.policies.effectivePolicyVersion(hello.vmId).version > 0) return this.ctx.policies.effectivePolicy(hello.vmId).resync.mode;
+    return hello.resyncMode === ResyncMode.RESYNC_MODE_MANUAL ? "manual" : "automatic";
   }
 
   private async onCycleBegin(begin: CycleBegin): Promise<void> {
