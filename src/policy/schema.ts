@@ -209,18 +209,49 @@ const FIELDS = Object.keys(policySpecSchema.shape).join(", ");
 
 /** zod's issues as the operator reads them: the field's path and the fix. */
 function problemsOf(error: z.ZodError): PolicyProblem[] {
-  return error.issues.map((iss) => {
+  return error.issues.flatMap((iss): PolicyProblem[] => {
     const path = pathText(iss.path);
     if (iss.code === "unrecognized_keys") {
-      return { path, message: `unknown field${iss.keys.length > 1 ? "s" : ""} ${iss.keys.map((k) => `'${k}'`).join(", ")}${path ? "" : `; the fields are ${FIELDS}`}` };
+      const known = knownFields(iss.path);
+      return iss.keys.map((k) => {
+        const near = known.find((f) => editDistance(f.toLowerCase(), k.toLowerCase()) <= 2);
+        return { path: pathText([...iss.path, k]), message: `unknown field${near ? `: did you mean '${near}'?` : ""}; the fields here are ${known.join(", ")}` };
+      });
     }
-    if (iss.code === "invalid_type" && iss.input === undefined) return { path, message: "is missing" };
-    if (iss.code === "invalid_union" || (iss.code === "invalid_value" && path === "initialReplication")) {
-      if (path === "initialReplication") return { path, message: `write now, or { at: "2026-12-05T02:00:00Z" }` };
-    }
-    if (iss.code === "invalid_type") return { path, message: `is ${show(iss.input)}; expected ${iss.expected === "object" ? "a mapping" : iss.expected === "array" ? "a list" : `a ${iss.expected}`}` };
-    return { path, message: iss.message };
+    if (iss.code === "invalid_type" && iss.input === undefined) return [{ path, message: "is missing" }];
+    if (path === "initialReplication" && (iss.code === "invalid_union" || iss.code === "invalid_value")) return [{ path, message: `write now, or { at: "2026-12-05T02:00:00Z" }` }];
+    if (iss.code === "invalid_type") return [{ path, message: `is ${show(iss.input)}; expected ${iss.expected === "object" ? "a mapping" : iss.expected === "array" ? "a list" : `a ${iss.expected}`}` }];
+    return [{ path, message: iss.message }];
   });
+}
+
+/** The fields a mapping at `path` may have, for "did you mean". */
+function knownFields(path: PropertyKey[]): string[] {
+  const keys = path.filter((p) => typeof p === "string").join(".");
+  const byPath: Record<string, string[]> = {
+    "": Object.keys(policySpecSchema.shape),
+    retention: ["minPoints", "tiers"],
+    "retention.tiers": ["every", "keepFor"],
+    applicationConsistent: ["every", "freezeTimeout"],
+    bandwidth: ["limit", "window"],
+    resync: ["mode", "window"],
+    initialReplication: ["at"],
+  };
+  return byPath[keys] ?? (keys.endsWith("window") ? ["days", "from", "to"] : []);
+}
+
+function editDistance(a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    let prev = row[0]!;
+    row[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const here = row[j]!;
+      row[j] = Math.min(row[j]! + 1, row[j - 1]! + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
+      prev = here;
+    }
+  }
+  return row[b.length]!;
 }
 
 function pathText(path: PropertyKey[]): string {
