@@ -1,0 +1,69 @@
+/** The agent's side of a policy: the wire form read back, and a pushed frequency re-timing a wait in progress. */
+import { setImmediate as tick } from "node:timers/promises";
+import { describe, expect, it } from "vitest";
+import { createLogger } from "../../../src/common/logger.js";
+import { parsePolicyYaml } from "../../../src/policy/schema.js";
+import { agentPolicyFromWire, effectivePolicyToWire } from "../../../src/policy/wire.js";
+import { CyclePolicy } from "../../../replica-agent/daemon/cyclePolicy.js";
+import type { AgentVmConfig } from "../../../replica-agent/daemon/agentConfig.js";
+
+const vm = { id: "vm1", intervalSeconds: 3600, compressionLevel: 2, resync: "automatic" } as AgentVmConfig;
+
+describe("the effective policy on the wire", () => {
+  it("carries what the agent needs, and reads back into it", () => {
+    const p = parsePolicyYaml(`
+name: gold
+frequency: continuous
+minGap: 2s
+applicationConsistent: { every: 4h, freezeTimeout: 5s }
+compressionLevel: 7
+bandwidth: [ { limit: 10MiB/s, window: { days: weekdays, from: "08:00", to: "18:00" } }, { limit: unlimited } ]
+initialReplication: { at: "2026-12-05T02:00:00Z" }
+resync: { mode: automatic, window: { from: "18:30", to: "06:00" } }
+`);
+    expect(agentPolicyFromWire(effectivePolicyToWire(p, 4))).toEqual({
+      name: "gold",
+      version: 4,
+      frequency: { kind: "continuous", minGapMs: 2000 },
+      compressionLevel: 7,
+      applicationConsistent: { everySeconds: 14_400, freezeTimeoutMs: 5000 },
+      bandwidth: [{ bytesPerSecond: 10 * 1024 * 1024, window: { days: [1, 2, 3, 4, 5], from: "08:00", to: "18:00" } }, { bytesPerSecond: 0 }],
+      resync: { mode: "automatic", window: { from: "18:30", to: "06:00" } },
+      initialReplicationAt: new Date("2026-12-05T02:00:00Z"),
+    });
+  });
+});
+
+describe("CyclePolicy", () => {
+  it("uses the VM's config until the site sends a policy, and again when the site sends none", () => {
+    const c = new CyclePolicy(vm, createLogger("test"));
+    expect([c.label, c.current.frequency, c.current.compressionLevel]).toEqual(["config", { kind: "interval", ms: 3_600_000 }, 2]);
+    c.use(effectivePolicyToWire(parsePolicyYaml("name: fast\nfrequency: 1s\ncompressionLevel: 9"), 2), "hello");
+    expect([c.label, c.current.frequency, c.current.compressionLevel]).toEqual(["fast@2", { kind: "interval", ms: 1000 }, 9]);
+    c.use(undefined, "push");
+    expect(c.label).toBe("config");
+  });
+
+  it("a policy pushed during the wait for the next cycle re-times it: 1 h -> 1 s after a cycle that started 5 s ago is due at once", async () => {
+    const c = new CyclePolicy(vm, createLogger("test"));
+    const stop = new AbortController();
+    let done = false;
+    const lastStart = Date.now() - 5000;
+    const wait = c.untilNextCycle(lastStart, lastStart + 100, [new Promise(() => undefined)], stop.signal).then(() => (done = true));
+    await tick();
+    await tick();
+    expect(done).toBe(false);
+    c.use(effectivePolicyToWire(parsePolicyYaml("name: fast\nfrequency: 1s"), 1), "push");
+    await wait;
+    expect(done).toBe(true);
+    stop.abort();
+  });
+
+  it("another event (a notice, the stream's end) ends the wait; a stream failure propagates", async () => {
+    const c = new CyclePolicy(vm, createLogger("test"));
+    const stop = new AbortController();
+    await c.untilNextCycle(Date.now(), Date.now(), [Promise.resolve()], stop.signal);
+    await expect(c.untilNextCycle(Date.now(), Date.now(), [Promise.reject(new Error("stream gone"))], stop.signal)).rejects.toThrow("stream gone");
+    stop.abort();
+  });
+});
