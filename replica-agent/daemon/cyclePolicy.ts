@@ -54,16 +54,17 @@ export class CyclePolicy {
   }
 
   /**
-   * Waits until the next cycle is due: an interval counts from the start of the last cycle,
-   * continuous from its end (with its floor). Ends early when one of `others` settles; a
+   * Waits until the next cycle is due: the interval (or continuous mode's floor) counts from the
+   * end of the last cycle, as the agent's interval always has (a schedule counted from cycle
+   * starts, with missed cycles, is the scheduler's). Ends early when one of `others` settles; a
    * rejection (the stream or QEMU gone) propagates, as it ends the session. `stop` ends it too.
    */
-  async untilNextCycle(lastStart: number, lastEnd: number, others: Array<Promise<unknown>>, stop: AbortSignal): Promise<void> {
+  async untilNextCycle(lastEnd: number, others: Array<Promise<unknown>>, stop: AbortSignal): Promise<void> {
     const ended = Promise.race(others).then(() => "other" as const);
     ended.catch(() => undefined);
     while (!stop.aborted) {
       const f = this.current.frequency;
-      const due = f.kind === "interval" ? lastStart + f.ms : lastEnd + f.minGapMs;
+      const due = lastEnd + (f.kind === "interval" ? f.ms : f.minGapMs);
       const remaining = due - Date.now();
       if (remaining <= 0) return;
       const timer = new AbortController();

@@ -154,7 +154,6 @@ export class VmReplicator {
     // QEMU gone (crashed or stopped) or the stream broken: reconnect now, not at the next cycle.
     const broken = Promise.race([responses.failed, qmp.closed.then(() => Promise.reject(new Error("QEMU's QMP monitor closed (QEMU exited?)")))]);
     broken.catch(() => undefined);
-    let cycleStart = Date.now();
     const cycle = async (c: CaptureCycle, resync: boolean) => {
       const o = { ...this.senderOptions(), resync };
       await sendCycle(stream, responses, c, ack.generation, o);
@@ -181,8 +180,6 @@ export class VmReplicator {
         await Promise.race([responses.noticeArrived(), responses.plannedFailover, broken, this.stoppedSignal()]);
         continue;
       }
-      // The frequency counts from here, whether the cycle runs, is skipped or fails.
-      cycleStart = Date.now();
       if (next === ResumeHint.RESUME_HINT_RESYNC || next === ResumeHint.RESUME_HINT_INITIAL_REPLICATION) {
         const resync = next === ResumeHint.RESUME_HINT_RESYNC;
         if (!resync && !(await this.policy.untilInitialReplication([responses.plannedFailover, responses.noticeArrived(), broken], this.wake.signal))) continue;
@@ -204,7 +201,7 @@ export class VmReplicator {
           if (opened) await cycle(opened, false);
         });
       }
-      await this.policy.untilNextCycle(cycleStart, Date.now(), [responses.plannedFailover, responses.noticeArrived(), broken], this.wake.signal);
+      await this.policy.untilNextCycle(Date.now(), [responses.plannedFailover, responses.noticeArrived(), broken], this.wake.signal);
     }
   }
 

@@ -29,7 +29,7 @@ export interface AgentPolicy {
   /** "config" when the site sent none (an older site, or a VM bound to no policy). */
   name: string;
   version: number;
-  /** Milliseconds from the start of one cycle to the start of the next; for continuous, from the end of one to the start of the next. */
+  /** Milliseconds from the end of one cycle to the start of the next (continuous: the floor between them). */
   frequency: { kind: "interval"; ms: number } | { kind: "continuous"; minGapMs: number };
   compressionLevel: number;
   applicationConsistent?: { everySeconds: number; freezeTimeoutMs: number };

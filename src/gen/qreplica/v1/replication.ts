@@ -425,7 +425,7 @@ export interface EffectivePolicy {
   version: number;
   frequency?:
     | //
-    /** A cycle every N seconds (at least 1), measured from the start of the previous one. */
+    /** A cycle every N seconds (at least 1); the agent counts them from the end of the previous cycle. */
     { $case: "intervalSeconds"; value: number }
     | //
     /** The next cycle starts as soon as the last is committed, at least this many ms after it. */
