@@ -4,6 +4,9 @@ import type { EffectivePolicy } from "../../src/gen/qreplica/v1/replication.js";
 import { agentPolicyFromWire, type AgentPolicy } from "../../src/policy/wire.js";
 import type { AgentVmConfig } from "./agentConfig.js";
 
+/** The freeze bound before policies (VmCapture's default). */
+const DEFAULT_FREEZE_TIMEOUT_MS = 5_000;
+
 /** A promise resolved from outside, once. */
 function signal(): { promise: Promise<void>; resolve(): void } {
   let resolve!: () => void;
@@ -99,5 +102,27 @@ export class CyclePolicy {
       if (woke === "other") return false;
     }
     return false;
+  }
+
+  /** When the last application-consistent point was acknowledged (this process's memory: a restart freezes at its first cycle). */
+  private lastApplicationConsistentAt: number | undefined;
+
+  /**
+   * Whether the next cut-off freezes the guest, and for how long at most. Without a site policy:
+   * every cut-off, as before policies (when the VM has a guest agent). With one: only when it asks
+   * for application-consistent points and the last one is at least `every` old; a freeze that
+   * failed (the guest did not answer) is tried again at the next cut-off.
+   */
+  quiesceNow(now = Date.now()): { freezeTimeoutMs: number } | undefined {
+    if (this.current.version === 0) return { freezeTimeoutMs: DEFAULT_FREEZE_TIMEOUT_MS };
+    const ac = this.current.applicationConsistent;
+    if (!ac) return undefined;
+    const last = this.lastApplicationConsistentAt;
+    return last === undefined || now - last >= ac.everySeconds * 1000 ? { freezeTimeoutMs: ac.freezeTimeoutMs } : undefined;
+  }
+
+  /** A point was acknowledged: an application-consistent one restarts the count to the next. */
+  noteAcknowledged(consistency: "application" | "crash", at = Date.now()): void {
+    if (consistency === "application") this.lastApplicationConsistentAt = at;
   }
 }

@@ -121,6 +121,7 @@ export class VmReplicator {
         cbwTimeoutSeconds: this.vm.cbwTimeoutSeconds,
         nbdSocketPath: this.vm.nbdSocket,
         quiescer: guestAgent,
+        quiesceNow: () => this.policy.quiesceNow(),
         logger: this.logger,
       });
       stream = client.replicate();
@@ -157,6 +158,7 @@ export class VmReplicator {
     const cycle = async (c: CaptureCycle, resync: boolean) => {
       const o = { ...this.senderOptions(), resync };
       await sendCycle(stream, responses, c, ack.generation, o);
+      this.policy.noteAcknowledged(c.consistency);
       this.cyclesConfirmed++;
     };
     while (!this.stopped) {

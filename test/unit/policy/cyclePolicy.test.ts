@@ -65,4 +65,22 @@ describe("CyclePolicy", () => {
     await expect(c.untilNextCycle(Date.now(), [Promise.reject(new Error("stream gone"))], stop.signal)).rejects.toThrow("stream gone");
     stop.abort();
   });
+
+  it("freezes the guest every N hours under a policy, every cut-off without one, never when the policy asks for none", () => {
+    const c = new CyclePolicy(vm, createLogger("test"));
+    // No site policy: as before policies, every cut-off (with a guest agent) is frozen.
+    expect(c.quiesceNow(0)).toEqual({ freezeTimeoutMs: 5000 });
+    c.use(effectivePolicyToWire(parsePolicyYaml("name: crash\nfrequency: 5m"), 1), "push");
+    expect(c.quiesceNow(0)).toBeUndefined();
+    c.use(effectivePolicyToWire(parsePolicyYaml("name: ac\nfrequency: 5m\napplicationConsistent: { every: 4h, freezeTimeout: 3s }"), 1), "push");
+    const h = 3_600_000;
+    expect(c.quiesceNow(10 * h)).toEqual({ freezeTimeoutMs: 3000 });
+    // The guest did not answer: the point came crash-consistent, so the next cut-off tries again.
+    c.noteAcknowledged("crash", 10 * h);
+    expect(c.quiesceNow(10 * h + 300_000)).toEqual({ freezeTimeoutMs: 3000 });
+    c.noteAcknowledged("application", 10 * h + 300_000);
+    expect(c.quiesceNow(10 * h + 600_000)).toBeUndefined();
+    expect(c.quiesceNow(14 * h + 299_999)).toBeUndefined();
+    expect(c.quiesceNow(14 * h + 300_000)).toEqual({ freezeTimeoutMs: 3000 });
+  });
 });
