@@ -34,6 +34,8 @@ export interface CycleSenderOptions {
   policy?: string;
   checksum: ChecksumAlgorithm;
   logger: Logger;
+  /** Waits as the bandwidth policy says before `wireBytes` more go out (absent: unlimited). */
+  throttle?: (wireBytes: number) => Promise<void>;
   /** Told the cycle's sequence once its CycleEnd is out, undefined once acked (see noteUnacknowledged). */
   onEndSent?: (seq: number | undefined) => void;
 }
@@ -93,6 +95,7 @@ export async function sendCycle(
         if (extent.kind === "data") totals.data += extent.length;
         else totals.zero += extent.length;
         totals.wire += chunk.wireBytes;
+        await o.throttle?.(chunk.wireBytes);
         await send(stream, responses, chunk.request);
       }
     }

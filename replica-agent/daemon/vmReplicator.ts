@@ -12,6 +12,8 @@ import { ReplicationClient, channelCredentials, grpcChannelOptions, type SiteCre
 import { IothreadDiskError, ScratchSpaceLowError, SnapshotBrokenError, VmCapture, type CaptureCycle } from "../capture/index.js";
 import type { AgentVmConfig } from "./agentConfig.js";
 import { CyclePolicy } from "./cyclePolicy.js";
+import { SiteBandwidth } from "./bandwidth.js";
+import { bandwidthAt } from "../../src/policy/windows.js";
 import { ResponseQueue } from "./responseQueue.js";
 import { CycleRefusedError, send, sendCycle, type ReplicateStream } from "./cycleSender.js";
 
@@ -67,6 +69,8 @@ export class VmReplicator {
   private readonly stateFile: string;
   /** What cycles run with: the site's effective policy, or this VM's config while the site sends none. */
   readonly policy: CyclePolicy;
+  /** Shared with every VM of this agent replicating to the same site. */
+  private readonly bandwidth: SiteBandwidth;
 
   constructor(
     private readonly vm: AgentVmConfig,
@@ -78,6 +82,7 @@ export class VmReplicator {
     mkdirSync(stateDir, { recursive: true, mode: 0o700 });
     this.stateFile = join(stateDir, `${vm.id}.replication.json`);
     this.policy = new CyclePolicy(vm, logger);
+    this.bandwidth = SiteBandwidth.for(vm.replicaSite);
   }
 
   stop(): void {
@@ -377,6 +382,7 @@ export class VmReplicator {
       vmId: this.vm.id,
       compressionLevel: this.policy.current.compressionLevel,
       policy: this.policy.label,
+      throttle: (bytes: number) => this.bandwidth.take(bytes, bandwidthAt(this.policy.current.bandwidth, new Date()), this.wake.signal),
       checksum: this.chunkChecksum,
       logger: this.logger,
       onEndSent: (seq: number | undefined) => (this.unacknowledgedSeq = seq),
