@@ -50,6 +50,11 @@ export class SiteContext {
     return this.sessions.get(vmId);
   }
 
+  /** VMs whose primary's agent is connected now. */
+  connectedVmIds(): string[] {
+    return [...this.sessions.keys()];
+  }
+
   releaseSession(vmId: string, session: ReplicateSession): void {
     if (this.sessions.get(vmId) === session) this.sessions.delete(vmId);
   }

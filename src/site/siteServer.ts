@@ -10,6 +10,7 @@ import { controlService } from "./controlPlane/controlService.js";
 import { policyService } from "./controlPlane/policyService.js";
 import { PolicyServiceService } from "../gen/qreplica/v1/policy.js";
 import { SitePolicies } from "./sitePolicies.js";
+import { ResyncWindows } from "./resyncWindows.js";
 import { ReplicateSession } from "./dataPlane/replicateSession.js";
 import { Relationships } from "./relationships.js";
 import { FailoverService } from "./failover/failoverService.js";
@@ -101,6 +102,8 @@ async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, lo
   await failovers.recover(vmIds);
   const policies = await SitePolicies.open(store, { defaultMaxPoints: config.defaultMaxPoints }, log);
   const context = new SiteContext(config.siteId, dir, store, storage, relationships, failovers, log, policies);
+  const resyncWindows = new ResyncWindows(context).start(() => context.connectedVmIds());
+  cleanups.push(() => resyncWindows.stop());
 
   const server = new grpc.Server(grpcServerOptions);
   const replicationServer: ReplicationServiceServer = {
@@ -138,6 +141,7 @@ async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, lo
       ]);
       clearTimeout(graceTimer);
       server.forceShutdown();
+      resyncWindows.stop();
       await failovers.stopAllTests();
       failovers.detach();
       await context.serializer.idle();

@@ -4,10 +4,10 @@
  * without a restart; an invalid policy is refused with the field named; bindings survive a site
  * restart and a site binding wins over the agent config's.
  */
-import { readFileSync, writeFileSync } from "node:fs";
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { getSqliteEventStore, type RecordedEvent } from "../../src/ledger/index.js";
+import { getSqliteEventStore, relationshipStream, type RecordedEvent } from "../../src/ledger/index.js";
 import { bindingStream } from "../../src/policy/policyLedger.js";
 import { compareImages, convertImage } from "../../src/qemu/processes/index.js";
 import { cliJson, runCli, waitFor } from "../helpers/processes.js";
@@ -36,6 +36,15 @@ async function bindingEvents(t: TwoSites, vmId: string): Promise<RecordedEvent[]
   const store = getSqliteEventStore({ path: join(t.siteB, "ledger.sqlite"), create: false });
   try {
     return await store.readStream(bindingStream(vmId));
+  } finally {
+    await store.close();
+  }
+}
+
+async function relationshipEvents(t: TwoSites): Promise<RecordedEvent[]> {
+  const store = getSqliteEventStore({ path: join(t.siteB, "ledger.sqlite"), create: false });
+  try {
+    return await store.readStream(relationshipStream("vm1"));
   } finally {
     await store.close();
   }
@@ -143,5 +152,44 @@ describe("replication policies on a running agent", () => {
     expect(await cliJson(["policy", "apply", file, ...site])).toMatchObject({ version: 2, notifiedVmIds: ["vm1"] });
     await waitFor("the initial replication", async () => ((await t.relationship()).lastCycleSeq >= 1 ? true : undefined), 90_000);
     expect(acked(t).map((l) => [l.seq, l.policy])).toEqual([[1, "later@2"]]);
+  }, 300_000);
+
+  it("a resync held outside the policy's resync window starts when a new version's window includes now, recorded as the policy's go-ahead", async () => {
+    const t = await setup("qr-policy-window-", { diskBytes: 16 * MiB, intervalSeconds: 1 });
+    const site = ["--dir", t.siteB];
+    await t.startSite(t.siteB);
+    const hhmm = (offsetHours: number) => {
+      const d = new Date(Date.now() + offsetHours * 3_600_000);
+      return `${String(d.getHours()).padStart(2, "0")}:${String(d.getMinutes()).padStart(2, "0")}`;
+    };
+    const file = join(t.dir, "night.yaml");
+    const spec = (from: string, to: string) => `name: night\nfrequency: 1s\nresync: { mode: automatic, window: { from: "${from}", to: "${to}" } }\n`;
+    writeFileSync(file, spec(hhmm(2), hhmm(3)));
+    await cliJson(["policy", "apply", file, ...site]);
+    await cliJson(["protect", "vm1", "--policy", "night", ...site]);
+    await t.vm.guestWrite("vda", ["write -P 0x11 0 4M"]);
+    t.startAgent();
+    await waitFor("two points", async () => ((await t.relationship()).points.length >= 2 ? true : undefined), 90_000);
+
+    // kill -9 of the primary's QEMU: its bitmaps are gone, a resync is required.
+    await t.vm.guestWrite("vda", ["write -P 0x22 10M 1M"]);
+    await t.vm.proc.kill("SIGKILL");
+    rmSync(t.vm.qmpSocketPath, { force: true });
+    rmSync(t.vm.nbdSocketPath, { force: true });
+    await t.vm.restart();
+    await waitFor("resync-required", async () => ((await t.relationship()).state === "resync-required" ? true : undefined), 120_000);
+    await waitFor("the agent waiting", () => (agentLog(t).some((l) => l.msg.startsWith("waiting for an operator")) ? true : undefined), 60_000);
+    expect((await relationshipEvents(t)).some((e) => e.type === "ResyncStarted")).toBe(false);
+
+    writeFileSync(file, spec(hhmm(-1), hhmm(1)));
+    expect(await cliJson(["policy", "apply", file, ...site])).toMatchObject({ version: 2, notifiedVmIds: ["vm1"] });
+    await waitFor("the resync committed", async () => ((await relationshipEvents(t)).some((e) => e.type === "ResyncCompleted") ? true : undefined), 120_000);
+    const events = await relationshipEvents(t);
+    const approved = events.find((e) => e.type === "ResyncApproved")!;
+    expect(approved.metadata).toMatchObject({ actor: "policy night@2", actorRole: "policy" });
+    const state = await t.relationship();
+    expect(state.state).toBe("replicating");
+    const cmp = await compareImages(state.points.at(-1)!.disks[0]!.imagePath, t.vm.guestUri("vda"), { formatA: "qcow2", formatB: "raw" });
+    expect(cmp.detail).toMatch(/identical/i);
   }, 300_000);
 });

@@ -25,6 +25,7 @@ import {
 import { KNOWN_CHECKSUMS, peerIdentity, pickResyncDigest, writeWithBackpressure, type Role } from "../../transport/index.js";
 import type { ChunkDigestName } from "../../common/chunkDigest.js";
 import { peerHost } from "../controlPlane/refusalAudit.js";
+import { resyncModeAt } from "../resyncWindows.js";
 import { MAX_CHUNK_BYTES, OpenCycle } from "./openCycle.js";
 import { parseVmSpec, sendSeedHashes } from "./resync.js";
 import type { SiteContext } from "../siteContext.js";
@@ -234,7 +235,7 @@ export class ReplicateSession {
         vmSpec: parseVmSpec(hello.vmSpecJson),
         disks: hello.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) })),
         trackingLost: hello.trackingLost.map((t) => ({ diskId: t.diskId, code: t.code || "TRACKING_LOST", reason: t.reason })),
-        resyncMode: this.resyncModeOf(hello),
+        resyncMode: await this.resyncModeOf(hello),
       });
       this.vmId = hello.vmId;
       this.generation = accepted.generation;
@@ -277,10 +278,16 @@ export class ReplicateSession {
     }
   }
 
-  /** A VM bound to a policy resyncs as its policy says; otherwise as its agent config says (Hello). */
-  private resyncModeOf(hello: Hello): "automatic" | "manual" {
-    if (this.ctx.policies.effectivePolicyVersion(hello.vmId).version > 0) return this.ctx.policies.effectivePolicy(hello.vmId).resync.mode;
-    return hello.resyncMode === ResyncMode.RESYNC_MODE_MANUAL ? "manual" : "automatic";
+  /**
+   * A VM bound to a policy resyncs as its policy says (outside its resync window it waits, and
+   * ResyncWindows starts it when the window opens; a resync already under way goes on);
+   * otherwise as its agent config says (Hello).
+   */
+  private async resyncModeOf(hello: Hello): Promise<"automatic" | "manual"> {
+    if (this.ctx.policies.effectivePolicyVersion(hello.vmId).version === 0) return hello.resyncMode === ResyncMode.RESYNC_MODE_MANUAL ? "manual" : "automatic";
+    const policy = this.ctx.policies.effectivePolicy(hello.vmId);
+    if (policy.resync.mode === "automatic" && (await this.ctx.relationships.load(hello.vmId)).state === "resynchronising") return "automatic";
+    return resyncModeAt(policy, new Date());
   }
 
   private async onCycleBegin(begin: CycleBegin): Promise<void> {

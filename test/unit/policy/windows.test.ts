@@ -3,6 +3,7 @@ import { describe, expect, it } from "vitest";
 import { bandwidthAt, inWindow } from "../../../src/policy/windows.js";
 import { parsePolicyYaml } from "../../../src/policy/schema.js";
 import { SiteBandwidth } from "../../../replica-agent/daemon/bandwidth.js";
+import { resyncModeAt } from "../../../src/site/resyncWindows.js";
 
 // Local times (windows are read in the host's local time). 2026-12-07 is a Monday.
 const at = (day: number, h: number, m = 0) => new Date(2026, 11, day, h, m);
@@ -61,5 +62,16 @@ describe("per-site bandwidth pacing", () => {
     const shared = SiteBandwidth.for("site-b:7443");
     expect(SiteBandwidth.for("site-b:7443")).toBe(shared);
     expect(SiteBandwidth.for("site-c:7443")).not.toBe(shared);
+  });
+});
+
+describe("a policy's resync mode at a time", () => {
+  it("is automatic inside its window (or without one), waits outside it, and manual stays manual", () => {
+    const windowed = parsePolicyYaml('name: w\nresync: { mode: automatic, window: { from: "18:30", to: "06:00" } }');
+    expect(resyncModeAt(windowed, at(MON, 19))).toBe("automatic");
+    expect(resyncModeAt(windowed, at(TUE, 5, 59))).toBe("automatic");
+    expect(resyncModeAt(windowed, at(TUE, 12))).toBe("manual");
+    expect(resyncModeAt(parsePolicyYaml("name: a"), at(TUE, 12))).toBe("automatic");
+    expect(resyncModeAt(parsePolicyYaml("name: m\nresync: { mode: manual }"), at(MON, 19))).toBe("manual");
   });
 });
