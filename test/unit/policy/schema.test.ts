@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { InvalidPolicyError } from "../../../src/policy/errors.js";
 import { diffPolicies, formatDiff, policyToYaml, samePolicy } from "../../../src/policy/canonical.js";
@@ -167,5 +168,10 @@ name: gold
       retention: { tiers: [], minPoints: 24 },
       compressionLevel: 2,
     });
+  });
+
+  it("the example policy in examples/ is valid", () => {
+    const p = parsePolicyYaml(readFileSync(new URL("../../../examples/policy-gold.yaml", import.meta.url), "utf8"));
+    expect(samePolicy(p, { ...parsePolicyYaml(GOLD), description: "business-critical VMs" })).toBe(true);
   });
 });
