@@ -87,7 +87,7 @@ const mib = (n: number) => `${(n / MiB).toFixed(n < 10 * MiB ? 1 : 0)} MiB`;
  */
 export async function resync(ctx: BenchContext): Promise<BenchResult[]> {
   const sizeMiB = ctx.quick ? 512 : 4096;
-  const rounds = 3;
+  const rounds = Number(process.env.QR_BENCH_ROUNDS ?? 3);
   const size = sizeMiB * MiB;
   const { dir, cleanup } = benchScratch("qr-bench-resync-", ctx.log);
   try {
@@ -140,14 +140,14 @@ export async function resync(ctx: BenchContext): Promise<BenchResult[]> {
       await t.vm.restart();
       const c = await waitForCommit(t, vmId, `resync round ${round}`, (x) => x.kind === "resync" && x.cycleSeq > full.cycleSeq, 1800_000);
       // What the resync cost the production host: the agent, and QEMU serving its reads (since its restart).
-      const hostCpu = `agent ${(cpu(agent.child.pid!) - agentCpu0).toFixed(2)} CPU-s, the primary's QEMU ${cpu(t.vm.proc.pid).toFixed(2)} CPU-s`;
+      const hostCpu = `agent ${(cpu(agent.child.pid!) - agentCpu0).toFixed(2)} CPU-s, the primary's QEMU ${cpu(t.vm.proc.pid).toFixed(2)} CPU-s, ${readFileSync(`/proc/${t.vm.proc.pid}/stat`, "utf8").split(") ")[1]!.split(" ")[7]} page faults`;
       times.push(seconds(c));
       const site = logLine(join(t.siteB, "site.log"), "replica chunk hashes sent", c.cycleSeq, vmId);
       const agentLine = logLine(join(t.dir, "agent.log"), "cycle acknowledged", c.cycleSeq, vmId);
       const note =
         `round ${round}: resync ${seconds(c).toFixed(2)} s (${(seconds(full) / seconds(c)).toFixed(1)}x), ${hostCpu}; diverged ${blocks} x 64 KiB = ${mib(blocks * CHUNK)}; ` +
         `agent compared ${mib(c.comparedBytes ?? 0)}${agentLine?.knownZeroBytes ? ` (${mib(agentLine.knownZeroBytes as number)} of it known zero, not read)` : ""}, sent ${mib(c.wireBytes)} (data ${mib(c.dataBytes)} + zeroes ${mib(c.zeroBytes)}` +
-        `${agentLine ? `, cycle ${agentLine.ms as number} ms: waiting for reads ${Math.round(agentLine.readWaitMs as number)} ms, hashing ${Math.round(agentLine.hashMs as number)} ms (worker threads), waiting for the replica's hashes ${Math.round(agentLine.replicaWaitMs as number)} ms` : ""}); ` +
+        `${agentLine ? `, cycle ${agentLine.ms as number} ms: waiting for reads ${Math.round(agentLine.readWaitMs as number)} ms, hashing ${Math.round(agentLine.hashMs as number)} ms (in place, overlapping the reads), waiting for the replica's hashes ${Math.round(agentLine.replicaWaitMs as number)} ms` : ""}); ` +
         `site ${site ? `sent ${mib(site.indexedBytes as number)} of hashes from its index and read ${mib(site.hashedBytes as number)} in ${site.ms as number} ms` : "?"}, wrote ${mib(c.dataBytes)}`;
       ctx.log(note);
       notes.push(note);

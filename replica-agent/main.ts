@@ -9,7 +9,10 @@ import { createLogger } from "../src/common/logger.js";
 import { errorMessage } from "../src/common/errors.js";
 import { loadSiteCredentials } from "../src/transport/index.js";
 import { loadAgentConfig } from "./daemon/agentConfig.js";
+import { CycleScheduler } from "./daemon/cycleScheduler.js";
 import { VmReplicator } from "./daemon/vmReplicator.js";
+import { agentMetrics } from "./daemon/agentMetrics.js";
+import { startMetricsServer } from "../src/common/metricsServer.js";
 
 // State files, sockets and scratch images are this user's alone, whatever the umask; QEMU
 // processes the agent starts inherit it.
@@ -29,7 +32,10 @@ try {
   // A state directory an older version made may still be readable by others: tighten it.
   const tightened = existsSync(config.stateDir) ? tightenTree(config.stateDir) : 0;
   if (tightened > 0) logger.warn({ stateDir: config.stateDir, entries: tightened }, "took group/other permissions off state files an older version left readable");
-  const replicators = config.vms.map((vm) => new VmReplicator(vm, config.siteId, config.stateDir, tls, logger.child({ vm: vm.id })));
+  if (config.metricsListen) await startMetricsServer(config.metricsListen, agentMetrics.registry, logger);
+  // One scheduler for every VM of this host: cycles spread over their interval, a bounded number at once.
+  const scheduler = new CycleScheduler(config.maxCyclesInFlight);
+  const replicators = config.vms.map((vm) => new VmReplicator(vm, config.siteId, config.stateDir, tls, logger.child({ vm: vm.id }), scheduler));
   const stop = () => {
     logger.info("stopping: open cycles are aborted, their changes kept for the next run");
     for (const r of replicators) r.stop();
@@ -38,7 +44,7 @@ try {
   };
   process.once("SIGTERM", stop);
   process.once("SIGINT", stop);
-  logger.info({ vms: config.vms.map((v) => v.id) }, "agent started");
+  logger.info({ vms: config.vms.map((v) => v.id), maxCyclesInFlight: config.maxCyclesInFlight }, "agent started");
   await Promise.all(replicators.map((r) => r.run()));
   process.exit(0);
 } catch (err) {

@@ -74,6 +74,17 @@ export interface AgentConfig {
   stateDir: string;
   tls: { caFile: string; certFile: string; keyFile: string };
   vms: AgentVmConfig[];
+  /**
+   * Most cycles (initial replications and resyncs included) this agent runs at once, over all its
+   * VMs: a fleet on one host must not saturate it. Default 4; waiting VMs go earliest-due first and
+   * a slot that passes while waiting is counted missed.
+   */
+  maxCyclesInFlight: number;
+  /**
+   * host:port of the Prometheus /metrics endpoint (plain HTTP, no authentication); absent: off.
+   * Keep it on loopback (e.g. 127.0.0.1:9465): it names the host's VMs.
+   */
+  metricsListen?: string;
 }
 
 export class AgentConfigError extends QreplicaError {
@@ -138,7 +149,21 @@ export function loadAgentConfig(path: string): AgentConfig {
     stateDir: abs(str(obj.stateDir, path, "stateDir")),
     tls: { caFile: abs(str(tls.caFile, path, "tls.caFile")), certFile: abs(str(tls.certFile, path, "tls.certFile")), keyFile: abs(str(tls.keyFile, path, "tls.keyFile")) },
     vms,
+    maxCyclesInFlight: maxInFlight(obj.maxCyclesInFlight ?? DEFAULT_MAX_CYCLES_IN_FLIGHT, path),
+    ...(obj.metricsListen === undefined ? {} : { metricsListen: str(obj.metricsListen, path, "metricsListen") }),
   };
+}
+
+const DEFAULT_MAX_CYCLES_IN_FLIGHT = 4;
+
+function maxInFlight(v: unknown, path: string): number {
+  if (typeof v !== "number" || !Number.isInteger(v) || v < 1 || v > 256) {
+    throw new AgentConfigError(
+      path,
+      `maxCyclesInFlight must be a whole number from 1 to 256, got ${JSON.stringify(v)}: it bounds how many VMs of this host replicate at once; the default is ${DEFAULT_MAX_CYCLES_IN_FLIGHT}`,
+    );
+  }
+  return v;
 }
 
 const MiB = 1024 * 1024;

@@ -2,6 +2,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { Logger } from "../../src/common/logger.js";
 import type { EffectivePolicy } from "../../src/gen/qreplica/v1/replication.js";
 import { agentPolicyFromWire, type AgentPolicy } from "../../src/policy/wire.js";
+import type { FrequencySpec } from "../../src/policy/types.js";
 import type { AgentVmConfig } from "./agentConfig.js";
 
 /** The freeze bound before policies (VmCapture's default). */
@@ -17,8 +18,8 @@ function signal(): { promise: Promise<void>; resolve(): void } {
 /**
  * The policy one VM's cycles run with: the site's effective policy (HelloAck, then pushes over
  * the open stream), or the VM's config while the site sends none (an older site, or a VM bound to
- * no policy). A change applies from the next cycle, without a restart: a wait for the next cycle
- * in progress is re-timed with the new frequency.
+ * no policy). A change applies from the next cycle, without a restart: a new frequency goes to
+ * the agent's scheduler, which re-times the wait for this VM's next cycle at once.
  */
 export class CyclePolicy {
   current: AgentPolicy;
@@ -27,8 +28,16 @@ export class CyclePolicy {
   constructor(
     private readonly vm: AgentVmConfig,
     private readonly logger: Logger,
+    /** Told a changed frequency: the agent's scheduler re-times this VM's next cycle with it. */
+    private readonly onFrequency: (f: FrequencySpec) => void = () => undefined,
   ) {
     this.current = this.fromConfig();
+  }
+
+  /** The frequency as the scheduler takes it. */
+  get frequency(): FrequencySpec {
+    const f = this.current.frequency;
+    return f.kind === "interval" ? { kind: "interval", seconds: f.ms / 1000 } : { kind: "continuous", minGapSeconds: f.minGapMs / 1000 };
   }
 
   private fromConfig(): AgentPolicy {
@@ -42,6 +51,7 @@ export class CyclePolicy {
 
   use(wire: EffectivePolicy | undefined, via: "hello" | "push"): void {
     const before = JSON.stringify(this.current);
+    const frequencyBefore = JSON.stringify(this.current.frequency);
     this.current = wire ? agentPolicyFromWire(wire) : this.fromConfig();
     const p = this.current;
     if (via === "push" || before !== JSON.stringify(p)) {
@@ -51,33 +61,10 @@ export class CyclePolicy {
         via === "push" ? "policy changed by the replica site: it applies from the next cycle" : "policy in effect",
       );
     }
+    if (JSON.stringify(p.frequency) !== frequencyBefore) this.onFrequency(this.frequency);
     const woken = this.changed;
     this.changed = signal();
     woken.resolve();
-  }
-
-  /**
-   * Waits until the next cycle is due: the interval (or continuous mode's floor) counts from the
-   * end of the last cycle, as the agent's interval always has (a schedule counted from cycle
-   * starts, with missed cycles, is the scheduler's). Ends early when one of `others` settles; a
-   * rejection (the stream or QEMU gone) propagates, as it ends the session. `stop` ends it too.
-   */
-  async untilNextCycle(lastEnd: number, others: Array<Promise<unknown>>, stop: AbortSignal): Promise<void> {
-    const ended = Promise.race(others).then(() => "other" as const);
-    ended.catch(() => undefined);
-    while (!stop.aborted) {
-      const f = this.current.frequency;
-      const due = lastEnd + (f.kind === "interval" ? f.ms : f.minGapMs);
-      const remaining = due - Date.now();
-      if (remaining <= 0) return;
-      const timer = new AbortController();
-      const wait = sleep(remaining, undefined, { signal: AbortSignal.any([stop, timer.signal]) }).then(
-        () => "timer" as const,
-        () => "timer" as const,
-      );
-      const woke = await Promise.race([wait, this.changed.promise.then(() => "policy" as const), ended]).finally(() => timer.abort());
-      if (woke !== "policy") return;
-    }
   }
 
   /**

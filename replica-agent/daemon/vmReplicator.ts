@@ -1,3 +1,4 @@
+import { agentMetrics } from "./agentMetrics.js";
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -16,6 +17,7 @@ import { SiteBandwidth } from "./bandwidth.js";
 import { bandwidthAt } from "../../src/policy/windows.js";
 import { ResponseQueue } from "./responseQueue.js";
 import { CycleRefusedError, send, sendCycle, type ReplicateStream } from "./cycleSender.js";
+import { CycleScheduler, type CycleSlot, type VmSchedule } from "./cycleScheduler.js";
 
 const PROTOCOL_VERSION = 1;
 
@@ -67,6 +69,8 @@ export class VmReplicator {
   private stopped = false;
   private readonly wake = new AbortController();
   private readonly stateFile: string;
+  /** When this VM's cycles start (the agent's scheduler: grid, spread, in-flight limit). */
+  readonly schedule: VmSchedule;
   /** What cycles run with: the site's effective policy, or this VM's config while the site sends none. */
   readonly policy: CyclePolicy;
   /** Shared with every VM of this agent replicating to the same site. */
@@ -78,10 +82,12 @@ export class VmReplicator {
     private readonly stateDir: string,
     private readonly tls: SiteCredentials,
     private readonly logger: Logger,
+    scheduler: CycleScheduler = new CycleScheduler(1),
   ) {
     mkdirSync(stateDir, { recursive: true, mode: 0o700 });
     this.stateFile = join(stateDir, `${vm.id}.replication.json`);
-    this.policy = new CyclePolicy(vm, logger);
+    this.schedule = scheduler.schedule(vm.id, { kind: "interval", seconds: vm.intervalSeconds });
+    this.policy = new CyclePolicy(vm, logger, (f) => this.schedule.setFrequency(f));
     this.bandwidth = SiteBandwidth.for(vm.replicaSite);
   }
 
@@ -91,6 +97,7 @@ export class VmReplicator {
   }
 
   async run(): Promise<void> {
+    agentMetrics.declare(this.vm.id);
     let backoffMs = 500;
     while (!this.stopped) {
       try {
@@ -162,8 +169,15 @@ export class VmReplicator {
     broken.catch(() => undefined);
     const cycle = async (c: CaptureCycle, resync: boolean) => {
       const o = { ...this.senderOptions(), resync };
-      await sendCycle(stream, responses, c, ack.generation, o);
-      this.policy.noteAcknowledged(c.consistency);
+      const started = Date.now();
+      try {
+        const { totals } = await sendCycle(stream, responses, c, ack.generation, o);
+        this.policy.noteAcknowledged(c.consistency);
+        agentMetrics.committed(this.vm.id, { readBytes: totals.data, sentBytes: totals.wire, seconds: (Date.now() - started) / 1000 });
+      } catch (err) {
+        agentMetrics.outcome(this.vm.id, err instanceof CycleRefusedError ? "refused" : "failed");
+        throw err;
+      }
       this.cyclesConfirmed++;
     };
     while (!this.stopped) {
@@ -191,24 +205,40 @@ export class VmReplicator {
         const resync = next === ResumeHint.RESUME_HINT_RESYNC;
         if (!resync && !(await this.policy.untilInitialReplication([responses.plannedFailover, responses.noticeArrived(), broken], this.wake.signal))) continue;
         this.status = resync ? "resynchronising" : "initial-replication";
-        // A new bitmap in the same transaction as the cut-off: every later write is tracked.
-        const opened = await capture.enable({ minSeq: ack.lastCycleSeq + 1 }).catch((err: unknown) => this.skipped(err, stream, responses, ack.generation));
-        if (opened) {
-          await cycle(opened, resync);
-          tracking = true;
-          next = ResumeHint.RESUME_HINT_INCREMENTAL;
-          this.status = "replicating";
+        const slot = await this.slot(responses, broken, "now");
+        if (!slot) continue;
+        try {
+          // A new bitmap in the same transaction as the cut-off: every later write is tracked.
+          const opened = await capture.enable({ minSeq: ack.lastCycleSeq + 1 }).catch((err: unknown) => this.skipped(err, stream, responses, ack.generation));
+          if (opened) {
+            await cycle(opened, resync);
+            tracking = true;
+            next = ResumeHint.RESUME_HINT_INCREMENTAL;
+            this.status = "replicating";
+          }
+        } finally {
+          slot.release();
         }
-      } else {
-        // Incremental cycles need the bitmap; without it the site must hear of the loss in a Hello.
-        if (!tracking) throw new Error("change tracking was lost and the replica site expects incremental cycles: reconnecting to report it");
-        this.status = "replicating";
+        if (next !== ResumeHint.RESUME_HINT_INCREMENTAL) {
+          // Skipped (the scratch is low, say): tried again at this VM's next slot, not at once.
+          (await this.slot(responses, broken, "grid"))?.release();
+        }
+        continue;
+      }
+      // Incremental cycles need the bitmap; without it the site must hear of the loss in a Hello.
+      if (!tracking) throw new Error("change tracking was lost and the replica site expects incremental cycles: reconnecting to report it");
+      this.status = "replicating";
+      const slot = await this.slot(responses, broken, "grid");
+      if (!slot) continue;
+      if (slot.missed > 0) this.logger.warn({ vm: this.vm.id, missed: slot.missed, missedTotal: this.schedule.stats.missed }, "cycle slots missed: the last cycle overran them or the agent's maxCyclesInFlight was reached; this cycle serves the newest");
+      try {
         await this.incremental(qmp, async () => {
           const opened = await capture.beginCycle().catch((err: unknown) => this.skipped(err, stream, responses, ack.generation));
           if (opened) await cycle(opened, false);
         });
+      } finally {
+        slot.release();
       }
-      await this.policy.untilNextCycle(Date.now(), [responses.plannedFailover, responses.noticeArrived(), broken], this.wake.signal);
     }
   }
 
@@ -244,6 +274,7 @@ export class VmReplicator {
    */
   private async skipped(err: unknown, stream: ReplicateStream, responses: ResponseQueue, generation: number): Promise<undefined> {
     if (!(err instanceof ScratchSpaceLowError || err instanceof IothreadDiskError)) throw err;
+    agentMetrics.outcome(this.vm.id, "skipped");
     this.lastError = `${err.code}: ${err.message}`;
     this.logger.warn({ vm: this.vm.id, code: err.code, err: err.message }, "cycle skipped on this host; retrying next interval");
     await send(stream, responses, {
@@ -422,6 +453,29 @@ export class VmReplicator {
   private saveState(state: VmReplicationState): void {
     writeFileSync(`${this.stateFile}.tmp`, JSON.stringify(state), { mode: 0o600 });
     renameSync(`${this.stateFile}.tmp`, this.stateFile);
+  }
+
+  /**
+   * The next cycle's permit ("grid": this VM's next slot; "now": as soon as the in-flight limit
+   * allows), or undefined when an operator notice or a planned failover comes first (the loop looks
+   * at it) or a stop. A broken stream or QEMU throws, as the session must reconnect.
+   */
+  private async slot(responses: ResponseQueue, broken: Promise<never>, when: "grid" | "now"): Promise<CycleSlot | undefined> {
+    const interrupted = new AbortController();
+    const interrupt = () => interrupted.abort();
+    this.wake.signal.addEventListener("abort", interrupt, { once: true });
+    let failure: unknown;
+    void Promise.race([responses.noticeArrived(), responses.plannedFailover, broken]).then(interrupt, (err: unknown) => {
+      failure = err;
+      interrupt();
+    });
+    try {
+      const slot = when === "grid" ? await this.schedule.next(interrupted.signal) : await this.schedule.now(interrupted.signal);
+      if (!slot && failure !== undefined) throw failure;
+      return slot;
+    } finally {
+      this.wake.signal.removeEventListener("abort", interrupt);
+    }
   }
 
   private async pause(ms: number): Promise<void> {

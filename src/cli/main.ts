@@ -9,6 +9,7 @@ import { registerReplication } from "./commands/replication.js";
 import { registerRunbook } from "./commands/runbook.js";
 import { registerSite } from "./commands/site.js";
 import { registerStatus } from "./commands/status.js";
+import { registerMonitoring } from "./commands/monitoring.js";
 
 // Keys, ledgers, replica images and everything else qreplica creates are for this user alone,
 // whatever the shell's umask (022 would make them world-readable); QEMU children inherit it.
@@ -25,6 +26,7 @@ registerPki(program);
 registerSite(program);
 registerAuthorize(program);
 registerStatus(program);
+registerMonitoring(program);
 registerLedger(program);
 registerFailover(program);
 registerReverse(program);

@@ -2,6 +2,7 @@ import { existsSync, readFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import { ControlServiceClient } from "../gen/qreplica/v1/control.js";
 import { PolicyServiceClient } from "../gen/qreplica/v1/policy.js";
+import { MonitoringServiceClient } from "../gen/qreplica/v1/monitoring.js";
 import { addressFile, adminCredentialFiles, loadSiteConfig } from "../site/siteConfig.js";
 import { channelCredentials, grpcChannelOptions, loadSiteCredentials } from "../transport/index.js";
 
@@ -66,6 +67,14 @@ export function policyClient(opts: SiteTargetOptions): PolicyServiceClient {
   return new PolicyServiceClient(address, channelCredentials(loadSiteCredentials(files)), grpcChannelOptions);
 }
 
+/** The site's MonitoringService (Measure), on the same endpoint and identity as the control plane. */
+export function monitoringClient(opts: SiteTargetOptions): MonitoringServiceClient {
+  const files = controlCredentialFiles(opts);
+  const address = opts.site ?? (opts.dir ? readAddress(opts.dir) : undefined);
+  if (!address || !files) throw new Error("which site? pass --dir SITE_DIR, or --site HOST:PORT with --ca, --cert and --key");
+  return new MonitoringServiceClient(address, channelCredentials(loadSiteCredentials(files)), grpcChannelOptions);
+}
+
 export function readAddress(dir: string): string {
   try {
     return readFileSync(addressFile(dir), "utf8").trim();
@@ -75,8 +84,8 @@ export function readAddress(dir: string): string {
 }
 
 /** Unary call as a promise with a deadline, so a dead site fails fast. */
-export function unary<C extends grpc.Client, Req, Res>(
-  client: C,
+export function unary<Req, Res>(
+  client: grpc.Client,
   method: (req: Req, metadata: grpc.Metadata, options: Partial<grpc.CallOptions>, cb: (err: grpc.ServiceError | null, res: Res) => void) => grpc.ClientUnaryCall,
   request: Req,
   timeoutMs = 15_000,

@@ -14,11 +14,11 @@ export type FaultPoint =
   | "crash-after-commit-before-ack"
   /** A point's overlays were renamed from `.partial` to their final names; the ledger has no CycleCommitted yet. */
   | "crash-after-rename-before-ledger"
-  /** `qemu-img commit` of a retention merge is running: it dies with the site (as on a host crash). */
+  /** `qemu-img commit` of a retention merge (`qemu-img rebase` of a thinning) is running: it dies with the site (as on a host crash). */
   | "crash-mid-merge"
   /** The merge's `qemu-img commit` finished; the next overlay is not rebased onto the base yet. */
   | "crash-after-merge-commit"
-  /** The images are merged and rebased; the ledger has no RecoveryPointMerged yet. */
+  /** The images are merged and rebased (or a thinned point folded into the next); the ledger has no RecoveryPointMerged yet. */
   | "crash-before-merge-recorded";
 
 const ENV = "QREPLICA_FAULT";

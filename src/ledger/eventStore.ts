@@ -6,6 +6,7 @@
  * unsigned and a ledger must never silently lose precision.
  */
 import { LedgerArgumentError, WrongExpectedVersionError } from "./errors.js";
+import type { SnapshotStore } from "./snapshots.js";
 
 // #region contract
 
@@ -94,7 +95,11 @@ export interface Subscription {
   readonly closed: Promise<void>;
 }
 
-export interface EventStore {
+/**
+ * Snapshots (snapshots.ts) are part of the port so every adapter can serve them; they are a cache
+ * and never decide concurrency, which stays with the stream version given to `append`.
+ */
+export interface EventStore extends SnapshotStore {
   /** Atomic: all events are stored with consecutive versions, or none is. */
   append(stream: string, events: NewEvent[], expectedVersion: ExpectedVersion): Promise<AppendResult>;
   /** A missing stream reads as `[]`. */

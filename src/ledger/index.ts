@@ -26,6 +26,14 @@ export {
   type LedgerProblem,
 } from "./errors.js";
 export { GENESIS_HASH, canonicalJson, computeEventHash, type HashInput, type VerifyReport } from "./hashChain.js";
+export {
+  SNAPSHOT_SCHEMA_VERSION,
+  openSnapshot,
+  sealSnapshot,
+  type OpenedSnapshot,
+  type SnapshotRecord,
+  type SnapshotStore,
+} from "./snapshots.js";
 export { assertLedgerIntact, verifyLedger, type VerifiableLedger } from "./verify.js";
 export { getInMemoryEventStore, type InMemoryEventStoreOptions } from "./memory/inMemoryEventStore.js";
 export { getSqliteEventStore, type SqliteEventStore, type SqliteEventStoreOptions } from "./sqlite/sqliteEventStore.js";

@@ -14,9 +14,11 @@ export interface TimeWindow {
 }
 
 /**
- * Keeps points for `keepForSeconds` after their cut-off, at most one per `everySeconds` (the
- * first point of each slot, slots aligned to the epoch in UTC); `everySeconds` 0 keeps every point.
- * Tiers are listed finest first; a point is kept while any tier keeps it.
+ * Keeps points for `keepForSeconds` after their cut-off, at most one per `everySeconds` (slots
+ * aligned to the epoch in UTC: the slot's newest application-consistent point, else its first;
+ * a slot counts while it overlaps the last `keepForSeconds`); `everySeconds` 0 keeps every point.
+ * Tiers are listed finest first; a point is kept while any tier keeps it. The rules in full:
+ * retentionPlan.ts.
  */
 export interface RetentionTier {
   everySeconds: number;

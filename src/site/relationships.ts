@@ -1,5 +1,7 @@
-import { existsSync, rmSync } from "node:fs";
+import { rmSync } from "node:fs";
 import { faultPoint } from "../common/faultPoints.js";
+import type { RetentionSpec } from "../policy/retentionPlan.js";
+import { finishMerge, nextMerge, siteDefaultRetention, type RetentionSource } from "./retention.js";
 import type { Logger } from "../common/logger.js";
 import { RejectReason } from "../gen/qreplica/v1/replication.js";
 import {
@@ -37,6 +39,13 @@ import { actorMetadata, type Caller } from "./controlPlane/caller.js";
 import { settleGeneration } from "./helloGenerations.js";
 import { RelationshipRefusal, type CommitInput, type HelloAccepted, type HelloInput } from "./relationshipInputs.js";
 
+export interface RelationshipsOptions {
+  /** A VM's retention tiers (see retentionFor). */
+  retentionFor: RetentionSource;
+  /** The clock retention tiers are measured with; injected by tests. */
+  now: () => number;
+}
+
 /** The states in which this site runs retention on its chains (as startMerge allows). */
 const RETENTION_STATES: readonly string[] = ["replicating", "paused", "resync-required", "resynchronising"];
 
@@ -51,9 +60,14 @@ export class Relationships {
   constructor(
     private readonly store: EventStore,
     private readonly storage: ReplicaStorage,
-    private readonly site: { siteId: string; defaultMaxPoints: number },
+    private readonly site: { siteId: string; defaultMaxPoints: number; defaultRetention?: RetentionSpec },
     private readonly logger: Logger,
-  ) {}
+    options: Partial<RelationshipsOptions> = {},
+  ) {
+    this.options = { retentionFor: options.retentionFor ?? siteDefaultRetention(site), now: options.now ?? Date.now };
+  }
+
+  private readonly options: RelationshipsOptions;
 
   async load(vmId: string): Promise<RelationshipState> {
     return (await loadRelationship(this.store, vmId)).state;
@@ -322,29 +336,53 @@ export class Relationships {
   }
 
   /**
-   * Merges the oldest points into the base while there are more than the retention allows. A
-   * merge that failed earlier (an image held by another process, a crash) is finished first:
-   * otherwise its point would stay listed, half merged, and retention would stop for good.
+   * This VM's retention: the one input the VM's effective policy replaces (see retention.ts).
+   * Until then the site's default, else the relationship's own point count.
    */
-  async applyRetention(vmId: string): Promise<void> {
-    for (;;) {
-      const state = await this.load(vmId);
-      if (state.points.some((p) => p.merging) && RETENTION_STATES.includes(state.state)) {
-        await this.finishMerge(state);
-        continue;
-      }
-      const started = await this.exec(vmId, (s) => startMerge(s));
-      if (started.events.length === 0) return;
-      await this.finishMerge(started.newState);
-    }
+  async retentionFor(vmId: string, state?: RelationshipState): Promise<RetentionSpec> {
+    return this.options.retentionFor(vmId, state ?? (await this.load(vmId)));
   }
 
-  /** After a restart: finish interrupted merges, then remove images the ledger does not know. */
-  async recover(): Promise<string[]> {
-    const vmIds = new Set<string>();
-    for (const e of await this.store.readAll({ streamPrefix: RELATIONSHIP_STREAM_PREFIX })) {
-      const vmId = vmIdOfStream(e.stream);
-      if (vmId) vmIds.add(vmId);
+  /**
+   * Merges away every point retention does not keep, one step at a time (see retentionStep).
+   * Used where nothing else waits on the VM; the site itself runs steps one by one.
+   */
+  async applyRetention(vmId: string): Promise<void> {
+    while (await this.retentionStep(vmId));
+  }
+
+  /**
+   * One merge: an unfinished one first (an image held by another process, a crash: otherwise its
+   * point would stay listed, half merged, and retention would stop for good), else the oldest
+   * point the plan drops that no running test failover reads through. Returns whether another
+   * step may be due. A step rewrites one point's worth of changes, so a cycle waits for at most one.
+   */
+  async retentionStep(vmId: string): Promise<boolean> {
+    // The next cycle's point is open: its commit runs the next step.
+    if (this.storage.isWriting(vmId)) return false;
+    const state = await this.load(vmId);
+    if (!RETENTION_STATES.includes(state.state)) return false;
+    if (state.points.some((p) => p.merging)) return this.finishMerge(state);
+    const next = nextMerge(state, await this.retentionFor(vmId, state), this.options.now());
+    if (next.waiting.length) this.logger.debug({ vm: vmId, waiting: next.waiting }, "retention merges wait for a running test failover");
+    if (!next.pointId) return false;
+    const pointId = next.pointId;
+    const started = await this.exec(vmId, (s) => startMerge(s, { pointId }));
+    if (started.events.length === 0) return false;
+    return this.finishMerge(started.newState);
+  }
+
+  /**
+   * After a restart: finish interrupted merges, then remove images the ledger does not know.
+   * `known` lists the VMs (from the read models); without it the whole ledger is read for them.
+   */
+  async recover(known?: readonly string[]): Promise<string[]> {
+    const vmIds = new Set<string>(known);
+    if (!known) {
+      for (const e of await this.store.readAll({ streamPrefix: RELATIONSHIP_STREAM_PREFIX })) {
+        const vmId = vmIdOfStream(e.stream);
+        if (vmId) vmIds.add(vmId);
+      }
     }
     for (const vmId of vmIds) {
       const state = await this.load(vmId);
@@ -357,36 +395,8 @@ export class Relationships {
     return [...vmIds];
   }
 
-  /**
-   * Folds the merging point's successor into the base, records that in the ledger, and only then
-   * deletes the successor's overlay: the ledger never names an image that is gone, and a crash at
-   * any step leaves either a repeatable merge or an orphan that recover() removes.
-   */
-  private async finishMerge(state: RelationshipState): Promise<void> {
-    const index = state.points.findIndex((p) => p.merging);
-    const oldest = state.points[index];
-    const into = state.points[index + 1];
-    if (!oldest || !into) return;
-    const after = state.points[index + 2];
-    const folded: string[] = [];
-    for (const d of into.disks) {
-      const base = oldest.disks.find((b) => b.diskId === d.diskId)?.imagePath;
-      if (!base || base === d.imagePath) continue;
-      // Repeatable: an overlay deleted by an earlier run (which then crashed) is already in the base.
-      if (existsSync(d.imagePath)) {
-        await this.storage.mergeIntoBase(base, d.imagePath, after?.disks.find((a) => a.diskId === d.diskId)?.imagePath);
-        folded.push(d.imagePath);
-      }
-    }
-    faultPoint("crash-before-merge-recorded");
-    await this.exec(state.vmId, (s) =>
-      completeMerge(s, {
-        pointId: oldest.pointId,
-        disks: into.disks.map((d) => ({ diskId: d.diskId, imagePath: oldest.disks.find((b) => b.diskId === d.diskId)?.imagePath ?? d.imagePath })),
-      }),
-    );
-    for (const path of folded) this.storage.removeMergedImage(path);
-    this.logger.info({ vm: state.vmId, dropped: oldest.pointId, base: into.pointId }, "oldest recovery point merged into the base");
+  private finishMerge(state: RelationshipState): Promise<boolean> {
+    return finishMerge(state, this.storage, async (input) => void (await this.exec(state.vmId, (s) => completeMerge(s, input))), this.logger);
   }
 
   private async exec(vmId: string, decide: Decide, opts: ExecuteCommandOptions = {}) {

@@ -1,6 +1,9 @@
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
+import { retentionSpecProblems, type RetentionSpec } from "../policy/retentionPlan.js";
+import type { RetentionTier } from "../policy/types.js";
 import { SiteConfigError } from "./errors.js";
+import type { HealthSettings } from "./health/monitor.js";
 
 /** `<dir>/site.json`: who the site is, where it listens, its identity files. */
 export interface SiteConfig {
@@ -14,6 +17,11 @@ export interface SiteConfig {
   storageRoot: string;
   /** Recovery points kept per VM before the oldest is merged into the base. */
   defaultMaxPoints: number;
+  /**
+   * Retention tiers for every VM without a policy of its own (see src/policy/retentionPlan.ts).
+   * Absent: the `defaultMaxPoints` newest points, as before tiers existed.
+   */
+  defaultRetention?: RetentionSpec;
   compressionLevel?: number;
   /** Accelerator for VMs this site launches (failover, tests): auto = KVM when usable. */
   accel: "auto" | "kvm" | "tcg";
@@ -22,6 +30,13 @@ export interface SiteConfig {
    * when `listen` is a wildcard (0.0.0.0, ::), which nobody can dial. 127.0.0.1 when absent.
    */
   advertiseHost?: string;
+  /**
+   * host:port of the Prometheus /metrics endpoint (plain HTTP, no authentication): absent means
+   * off. Keep it on loopback; `site serve --metrics-listen` overrides it.
+   */
+  metricsListen?: string;
+  /** Health thresholds and evaluation interval (see site/health/monitor.ts). */
+  health?: HealthSettings;
 }
 
 export const siteFile = (dir: string) => join(dir, "site.json");
@@ -55,10 +70,40 @@ export function loadSiteConfig(dir: string): SiteConfig {
     ledgerPath: abs(raw.ledgerPath!),
     storageRoot: abs(raw.storageRoot!),
     defaultMaxPoints: typeof raw.defaultMaxPoints === "number" && raw.defaultMaxPoints >= 1 ? raw.defaultMaxPoints : 24,
+    ...(raw.defaultRetention !== undefined ? { defaultRetention: parseRetention(raw.defaultRetention, path) } : {}),
     compressionLevel: raw.compressionLevel,
     accel: parseAccel(process.env.QREPLICA_ACCEL ?? raw.accel ?? "auto", path),
     ...(typeof raw.advertiseHost === "string" && raw.advertiseHost !== "" ? { advertiseHost: raw.advertiseHost } : {}),
+    ...(typeof raw.metricsListen === "string" && raw.metricsListen !== "" ? { metricsListen: raw.metricsListen } : {}),
+    ...(raw.health !== undefined ? { health: parseHealth(raw.health, path) } : {}),
   };
+}
+
+const HEALTH_KEYS = ["evaluateEverySeconds", "frequencySeconds", "rpoAlertSeconds", "silentAfterSeconds", "windowSeconds"] as const;
+
+function parseHealth(v: unknown, path: string): HealthSettings {
+  if (typeof v !== "object" || v === null || Array.isArray(v)) throw new SiteConfigError(path, "field 'health' must be an object");
+  const out: HealthSettings = {};
+  for (const [key, value] of Object.entries(v)) {
+    if (!(HEALTH_KEYS as readonly string[]).includes(key)) throw new SiteConfigError(path, `field 'health.${key}' is unknown; known: ${HEALTH_KEYS.join(", ")}`);
+    if (typeof value !== "number" || !(value > 0)) throw new SiteConfigError(path, `field 'health.${key}' must be a number of seconds above 0`);
+    out[key as (typeof HEALTH_KEYS)[number]] = value;
+  }
+  return out;
+}
+
+function parseRetention(v: unknown, path: string): RetentionSpec {
+  const r = v as Partial<RetentionSpec> | null;
+  if (typeof r !== "object" || r === null || !Array.isArray(r.tiers) || typeof r.minPoints !== "number") {
+    throw new SiteConfigError(path, "field 'defaultRetention' must be { \"tiers\": [{ \"everySeconds\": n, \"keepForSeconds\": n }, ...], \"minPoints\": n }");
+  }
+  const spec: RetentionSpec = {
+    tiers: r.tiers.map((t: unknown) => ({ everySeconds: Number((t as RetentionTier)?.everySeconds), keepForSeconds: Number((t as RetentionTier)?.keepForSeconds) })),
+    minPoints: r.minPoints,
+  };
+  const problems = retentionSpecProblems(spec);
+  if (problems.length) throw new SiteConfigError(path, `field 'defaultRetention': ${problems.join("; ")}`);
+  return spec;
 }
 
 function parseAccel(v: unknown, path: string): "auto" | "kvm" | "tcg" {

@@ -1,5 +1,5 @@
 import type { Logger } from "../common/logger.js";
-import type { EventStore } from "../ledger/index.js";
+import type { EventStore, LedgerReadModels } from "../ledger/index.js";
 import type { ReplicaStorage } from "../storage/index.js";
 import type { ReplicateSession } from "./dataPlane/replicateSession.js";
 import type { Relationships } from "./relationships.js";
@@ -7,14 +7,22 @@ import type { FailoverService } from "./failover/failoverService.js";
 import { VmSerializer } from "./vmSerializer.js";
 import { SiteAuthorizations } from "./authorizations.js";
 import { RefusalAudit } from "./controlPlane/refusalAudit.js";
+import { AgentActivity } from "./health/activity.js";
+import type { HealthMonitor } from "./health/monitor.js";
 import type { SitePolicies } from "./sitePolicies.js";
 
 /** What every request handler of a running site shares. */
 export class SiteContext {
   readonly serializer = new VmSerializer();
+  /** When each VM's primary agent was last heard from, for health's silent-agent rule. */
+  readonly activity = new AgentActivity();
+  /** Set by the server once started: status and measure evaluate health through it. */
+  health: HealthMonitor | undefined;
   private readonly sessions = new Map<string, ReplicateSession>();
   private authz: SiteAuthorizations | undefined;
   private audit: RefusalAudit | undefined;
+  /** Set by the site's stop: no new retention step starts (one under way is waited for). */
+  private stopping = false;
 
   constructor(
     readonly siteId: string,
@@ -24,6 +32,8 @@ export class SiteContext {
     readonly relationships: Relationships,
     readonly failovers: FailoverService,
     readonly logger: Logger,
+    /** Status and recovery points, kept current by subscription (src/ledger/projections/readModels.ts). */
+    readonly readModels: LedgerReadModels,
     /** Policies and bindings; `policies.effectivePolicy(vmId)` is what the rest of the site asks. */
     readonly policies: SitePolicies,
   ) {}
@@ -59,10 +69,22 @@ export class SiteContext {
     if (this.sessions.get(vmId) === session) this.sessions.delete(vmId);
   }
 
-  /** Retention runs after the ack, serialized with the VM's next cycle. */
+  stopRetention(): void {
+    this.stopping = true;
+  }
+
+  /**
+   * Retention runs after the ack (and after a discarded cycle), serialized with the VM's cycles
+   * one merge at a time: a cycle that arrives meanwhile queues behind at most the merge under way,
+   * not all that are due.
+   */
   afterCommit(vmId: string): void {
-    void this.serializer.run(vmId, () => this.relationships.applyRetention(vmId)).catch((err: unknown) =>
-      this.logger.error({ err, vm: vmId }, "retention merge failed; it is retried after the next cycle"),
-    );
+    if (this.stopping) return;
+    void this.serializer
+      .run(vmId, () => this.relationships.retentionStep(vmId))
+      .then((more) => {
+        if (more) this.afterCommit(vmId);
+      })
+      .catch((err: unknown) => this.logger.error({ err, vm: vmId }, "retention merge failed; it is retried after the next cycle"));
   }
 }

@@ -66,6 +66,17 @@ export class SitePolicies implements EffectivePolicies {
     return () => this.listeners.delete(listener);
   }
 
+  /**
+   * What health takes from the policy (HealthMonitor.policyOf): a bound policy's frequency and RPO
+   * alert. Nothing for the built-in default, whose thresholds health infers or takes from site.json.
+   */
+  healthThresholds(vmId: string): { name: string; frequencySeconds?: number; rpoAlertSeconds: number } | undefined {
+    const v = this.effectivePolicyVersion(vmId);
+    if (v.version === 0) return undefined;
+    const p = this.effectivePolicy(vmId);
+    return { name: p.name, ...(p.frequency.kind === "interval" ? { frequencySeconds: p.frequency.seconds } : {}), rpoAlertSeconds: p.rpoAlertSeconds };
+  }
+
   /** What HelloAck and PolicyChanged carry; undefined for the built-in default (the agent keeps its config's values). */
   wireFor(vmId: string): EffectivePolicy | undefined {
     const v = this.effectivePolicyVersion(vmId);

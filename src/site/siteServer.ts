@@ -3,7 +3,7 @@ import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "../common/logger.js";
 import { ControlServiceService } from "../gen/qreplica/v1/control.js";
 import { ReplicationServiceService, type ReplicationServiceServer } from "../gen/qreplica/v1/replication.js";
-import { getSqliteEventStore, type EventStore } from "../ledger/index.js";
+import { LedgerReadModels, getSqliteEventStore, onRelationshipSnapshotIgnored, type EventStore } from "../ledger/index.js";
 import { ReplicaStorage, SiteStorageDaemon } from "../storage/index.js";
 import { grpcServerOptions, loadSiteCredentials, serverCredentials, widenServerFlowControl, type SiteCredentials } from "../transport/index.js";
 import { controlService } from "./controlPlane/controlService.js";
@@ -19,6 +19,11 @@ import { importLegacyAuthorizations, SiteAuthorizations } from "./authorizations
 import { addressFile, hostPort, isWildcardHost, listenHost, loadSiteConfig, runDir, type SiteConfig } from "./siteConfig.js";
 import { tightenTree } from "../common/dataAtRest.js";
 import { lockSiteDirectory, type SiteLock } from "./siteLock.js";
+import { HealthMonitor } from "./health/monitor.js";
+import { SiteMetrics } from "./health/siteMetrics.js";
+import { MonitoringServiceService } from "../gen/qreplica/v1/monitoring.js";
+import { monitoringService } from "./controlPlane/monitoringService.js";
+import { startMetricsServer, type MetricsServer } from "../common/metricsServer.js";
 
 /** The port of the address an earlier start wrote, so a `:0` site keeps its port across restarts. */
 function readPreviousPort(dir: string): number | undefined {
@@ -37,6 +42,8 @@ export interface RunningSite {
   siteId: string;
   /** host:port peers dial (never a wildcard; the configured port may be 0). */
   address: string;
+  /** host:port of /metrics, when it is on. */
+  metricsAddress: string | undefined;
   context: SiteContext;
   stop(): Promise<void>;
 }
@@ -68,8 +75,9 @@ function dialableAddress(config: SiteConfig, port: number): string {
  * earlier crash (and re-adopts the failover VMs and reverse agents it supervises) before
  * accepting anything.
  */
-export async function startSite(dir: string, logger: Logger): Promise<RunningSite> {
-  const config = loadSiteConfig(dir);
+export async function startSite(dir: string, logger: Logger, options: { metricsListen?: string } = {}): Promise<RunningSite> {
+  const loaded = loadSiteConfig(dir);
+  const config = options.metricsListen ? { ...loaded, metricsListen: options.metricsListen } : loaded;
   const creds = loadSiteCredentials({ caFile: config.caFile, certFile: config.certFile, keyFile: config.keyFile }, { logger });
   const lock = lockSiteDirectory(dir, runDir(dir));
   // What a failed start has opened so far, undone newest first, the lock last.
@@ -95,13 +103,29 @@ async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, lo
   const daemon = await SiteStorageDaemon.start(runDir(dir), log);
   cleanups.push(() => daemon.stop());
   const storage = new ReplicaStorage(config.storageRoot, daemon, log);
-  const relationships = new Relationships(store, storage, { siteId: config.siteId, defaultMaxPoints: config.defaultMaxPoints }, log);
-  const vmIds = await relationships.recover();
+  const unwatch = onRelationshipSnapshotIgnored((p) => log.warn({ vm: p.vmId, reason: p.reason }, "relationship snapshot ignored: folding the events instead"));
+  cleanups.push(unwatch);
+  // Snapshot + the events after it: a restart does not fold years of events again.
+  const readModels = await LedgerReadModels.open(store, { logger: log });
+  cleanups.push(() => readModels.close());
+  const relationships = new Relationships(store, storage, { siteId: config.siteId, defaultMaxPoints: config.defaultMaxPoints, defaultRetention: config.defaultRetention }, log);
+  const vmIds = await relationships.recover(readModels.vmIds());
   const failovers = new FailoverService(store, runDir(dir), config.accel, log);
   cleanups.push(() => failovers.detach());
   await failovers.recover(vmIds);
   const policies = await SitePolicies.open(store, { defaultMaxPoints: config.defaultMaxPoints }, log);
-  const context = new SiteContext(config.siteId, dir, store, storage, relationships, failovers, log, policies);
+  const context = new SiteContext(config.siteId, dir, store, storage, relationships, failovers, log, readModels, policies);
+  const metrics = new SiteMetrics();
+  const health = new HealthMonitor(store, context.activity, (vmId) => context.sessionFor(vmId) !== undefined, config.health ?? {}, log.child({ part: "health" }), metrics);
+  context.health = health;
+  health.policyOf = (vmId) => policies.healthThresholds(vmId);
+  await health.start();
+  cleanups.push(() => health.stop());
+  let metricsServer: MetricsServer | undefined;
+  if (config.metricsListen) {
+    metricsServer = await startMetricsServer(config.metricsListen, metrics.registry, log);
+    cleanups.push(() => metricsServer?.close());
+  }
   const resyncWindows = new ResyncWindows(context).start(() => context.connectedVmIds());
   cleanups.push(() => resyncWindows.stop());
 
@@ -114,6 +138,7 @@ async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, lo
   server.addService(ReplicationServiceService, replicationServer);
   server.addService(ControlServiceService, controlService(context));
   server.addService(PolicyServiceService, policyService(context));
+  server.addService(MonitoringServiceService, monitoringService(context));
   const bind = (listen: string) =>
     new Promise<number>((resolve, reject) => server.bindAsync(listen, serverCredentials(creds), (err, p) => (err ? reject(err) : resolve(p))));
   cleanups.push(() => server.forceShutdown());
@@ -129,6 +154,7 @@ async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, lo
   return {
     siteId: config.siteId,
     address,
+    metricsAddress: metricsServer?.address,
     context,
     async stop() {
       // Agents keep their Replicate streams open for good: waiting for them to end would make a
@@ -142,12 +168,17 @@ async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, lo
       clearTimeout(graceTimer);
       server.forceShutdown();
       resyncWindows.stop();
+      await health.stop();
+      await metricsServer?.close();
       await failovers.stopAllTests();
       failovers.detach();
+      context.stopRetention();
       await context.serializer.idle();
       // Refusals counted in an open window are recorded before the ledger closes.
       await context.refusals.flush();
       await daemon.stop();
+      await readModels.close();
+      unwatch();
       await store.close();
       // Last: until here a second site on this directory would have fought this one.
       lock.release();

@@ -58,6 +58,9 @@ export class ReplicaStorage {
   /** What the points' chunk hash indexes hold: the fastest digest this host has. */
   readonly indexDigest: ChunkDigestName = blake3Available() ? "blake3" : "sha256";
 
+  /** Points being written per VM: their partial overlays hold the VM's chains open in the daemon. */
+  private readonly writing = new Map<string, number>();
+
   constructor(
     readonly root: string,
     private readonly daemon: SiteStorageDaemon,
@@ -146,7 +149,21 @@ export class ReplicaStorage {
       for (const t of targets) rmSync(t.partial, { force: true });
       throw err;
     }
-    return new PointWrite(vmId, seq, writers, targets, this.logger);
+    this.writing.set(vmId, (this.writing.get(vmId) ?? 0) + 1);
+    const done = () => {
+      const n = (this.writing.get(vmId) ?? 1) - 1;
+      if (n > 0) this.writing.set(vmId, n);
+      else this.writing.delete(vmId);
+    };
+    return new PointWrite(vmId, seq, writers, targets, this.logger, done);
+  }
+
+  /**
+   * A point of this VM is being written: the daemon holds its chain open (QEMU's image locks),
+   * so a merge must wait for the commit: qemu-img could not take the write lock.
+   */
+  isWriting(vmId: string): boolean {
+    return this.writing.has(vmId);
   }
 
   /** Seed images for a reverse replication (the old primary's disks), kept until the first point. */
@@ -234,6 +251,22 @@ export class ReplicaStorage {
     }
   }
 
+  /**
+   * Retention tiers: folds a point that is not the oldest into the next one, `nextPath`, which is
+   * rebased in safe mode onto `belowPath` (the point before the folded one; none: the folded point
+   * was the first of its disk). qemu-img copies into the next overlay every cluster it does not
+   * hold itself and reads differently through the folded point than through `belowPath`, then
+   * rewrites its backing name: what the next point reads never changes, at any moment, so a crash
+   * leaves it correct, and running it again finishes the job (copies nothing already copied). The
+   * folded image stays until the ledger no longer names it (removeMergedImage).
+   */
+  async foldIntoNext(belowPath: string | undefined, nextPath: string): Promise<void> {
+    const rebase = ["rebase", "-q", ...(belowPath ? ["-b", basename(belowPath), "-F", "qcow2"] : ["-b", ""]), nextPath];
+    await faultWhileRunning("crash-mid-merge", "qemu-img", rebase);
+    await runTool("qemu-img", rebase);
+    fsyncPath(nextPath);
+  }
+
   /** The overlay a merge folded into the base, once no point in the ledger names it. */
   removeMergedImage(path: string): void {
     rmSync(path, { force: true });
@@ -251,7 +284,17 @@ export class PointWrite {
     private readonly writers: DiskPointWriter[],
     private readonly targets: PointTarget[],
     private readonly logger: Logger,
+    /** Called once, when the point is committed or discarded. */
+    private readonly onDone: () => void = () => undefined,
   ) {}
+
+  private released = false;
+
+  private release(): void {
+    if (this.released) return;
+    this.released = true;
+    this.onDone();
+  }
 
   disk(diskId: string): DiskPointWriter | undefined {
     return this.writers.find((w) => w.diskId === diskId);
@@ -273,6 +316,8 @@ export class PointWrite {
       await this.discard();
       throw err;
     }
+    // The writers have closed their nodes: the daemon no longer holds the chain.
+    this.release();
     for (const t of this.targets) renameSync(t.partial, t.final);
     // After the images: an index never exists without its point's image.
     for (const t of this.targets) if (indexed.has(t.diskId)) renameSync(t.chunkHashPath + PARTIAL, t.chunkHashPath);
@@ -295,6 +340,7 @@ export class PointWrite {
       rmSync(t.partial, { force: true });
       rmSync(t.chunkHashPath + PARTIAL, { force: true });
     }
+    this.release();
     this.logger.info({ vm: this.vmId, seq: this.seq }, "partial point discarded");
   }
 

@@ -4,13 +4,13 @@
  * itself: the new point equals the primary, every older point is unchanged, only what diverged
  * travels, and the ledger tells ResyncRequired -> ResyncStarted -> CycleCommitted(resync).
  */
-import { existsSync, readdirSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { compareImages } from "../../src/qemu/processes/index.js";
 import { makeTmpDir } from "../helpers/tmpDir.js";
-import { waitFor } from "../helpers/processes.js";
+import { waitFor, type Daemon } from "../helpers/processes.js";
 import { setupTwoSites, type TwoSites } from "../helpers/twoSites.js";
 import { CrashGuest, guestDisks, logTail, startGuestAgent } from "../helpers/crashGuest.js";
 import { differingChunkBytes, ledgerEvents, pointContentHashes, resyncHashesSent, sequenceAfter } from "../helpers/resyncChecks.js";
@@ -42,7 +42,7 @@ const RANDOM_AT = 56 * MiB;
 /** Big enough that the agent is still reading it when QEMU dies. */
 const RANDOM_BYTES = 160 * MiB;
 
-async function protectedGuest(intervalSeconds: number, diskMiB: number): Promise<{ t: TwoSites; g: CrashGuest; diag: () => string }> {
+async function protectedGuest(intervalSeconds: number, diskMiB: number): Promise<{ t: TwoSites; g: CrashGuest; diag: () => string; agent: Daemon }> {
   const tmp = makeTmpDir("qr-crash-");
   cleanup = tmp.cleanup;
   env = await setupTwoSites(tmp.path, { diskBytes: 16 * MiB, intervalSeconds });
@@ -52,12 +52,12 @@ async function protectedGuest(intervalSeconds: number, diskMiB: number): Promise
   for (const r of REGIONS) await g.write(`write -P 0x5a ${r.offset} ${r.length}`);
   if (diskMiB * MiB >= RANDOM_AT + RANDOM_BYTES) await g.write(`write -P 0x5b ${RANDOM_AT} ${RANDOM_BYTES}`);
   await t.startSite(t.siteB);
-  startGuestAgent(t, guestDisks(g), { intervalSeconds });
+  const agent = startGuestAgent(t, guestDisks(g), { intervalSeconds });
   const diag = () => `\n--- agent ---\n${logTail(join(t.dir, "crash-agent.log"))}\n--- site-b ---\n${logTail(join(t.siteB, "site.log"))}`;
   await waitFor("two points", async () => ((await t.relationship()).points.length >= 2 ? true : undefined), 120_000).catch((e: Error) => {
     throw new Error(e.message + diag());
   });
-  return { t, g, diag };
+  return { t, g, diag, agent };
 }
 
 async function resyncCommit(t: TwoSites, fromEvent: number, diag: () => string): Promise<ResyncCommit> {
@@ -128,11 +128,14 @@ async function snapshotBefore(t: TwoSites, g: CrashGuest, diskMiB: number): Prom
 
 describe("kill -9 of the primary's QEMU, then resync by comparison", { timeout: 480_000 }, () => {
   it("between cycles (bitmaps stored by an earlier clean stop, so left inconsistent)", async () => {
-    const { t, g, diag } = await protectedGuest(3, 64);
-    // Right after a commit the next cut-off is seconds away. A clean stop stores the recording
-    // bitmap in the image; the crash right after the restart leaves it marked in use: inconsistent.
+    const { t, g, diag, agent } = await protectedGuest(3, 64);
+    // Between cycles for sure: the agent stops (an open cycle is aborted, its bitmaps merged back
+    // into one) and is restarted after the crash. A clean stop of QEMU stores the recording bitmap
+    // in the image; the crash right after the restart leaves it marked in use: inconsistent.
     const count = (await t.relationship()).points.length;
     await waitFor("the next point", async () => ((await t.relationship()).points.length > count ? true : undefined), 60_000);
+    await agent.kill("SIGTERM");
+    await agent.exited;
     await g.stop();
     await g.start({ paused: false });
     for (const r of REGIONS) await g.write(`write -P 0xa5 ${r.offset} ${r.length}`);
@@ -141,6 +144,7 @@ describe("kill -9 of the primary's QEMU, then resync by comparison", { timeout: 
     const before = await snapshotBefore(t, g, 64);
     expect(before.divergedBytes).toBeGreaterThanOrEqual(REGIONS.length * 64 * KiB);
     await g.start({ paused: true });
+    startGuestAgent(t, guestDisks(g), { intervalSeconds: 3 });
     const reason = await expectResynced(t, g, before, diag);
     expect(reason).toMatch(/^vda: BITMAP_INCONSISTENT \(bitmap qreplica-\d+ is inconsistent/);
 
@@ -161,7 +165,11 @@ describe("kill -9 of the primary's QEMU, then resync by comparison", { timeout: 
       const dir = join(t.siteB, "storage", "vm1", "vda");
       return existsSync(dir) ? readdirSync(dir).filter((f) => f.endsWith(".partial")) : [];
     };
-    await waitFor("a cycle on its way to the site", () => (partials().length > 0 ? true : undefined), 60_000, 5);
+    // The cycle carrying the random write, well under way: a small cycle caught at its end could
+    // still commit after the crash (its reads were done), and then nothing diverged.
+    const allocated = (f: string) => statSync(join(t.siteB, "storage", "vm1", "vda", f), { throwIfNoEntry: false })?.blocks ?? 0;
+    const partialBytes = () => partials().reduce((n, f) => Math.max(n, allocated(f) * 512), 0);
+    await waitFor("the random write's cycle on its way to the site", () => (partialBytes() >= 8 * MiB ? true : undefined), 60_000, 5);
     await g.crash();
     await waitFor("the site discarding the partial point", () => (partials().length === 0 ? true : undefined), 60_000);
     // The killed cycle never became a point: it is recorded as failed, and the random write diverged.

@@ -145,11 +145,11 @@ describe("agent process against a real site: guest-safe cut-offs", () => {
     const cmp = await compareImages(point.disks[0]!.imagePath, disk, { formatA: "qcow2", formatB: "qcow2" });
     expect(cmp.detail).toMatch(/identical/i);
   }, 420_000);
-  it("a nearly full scratch: the agent skips its cycles, the site shows Warning with SCRATCH_SPACE_LOW (one ledger event, not one per cycle); freed, the next point commits byte-identical and health is Normal again", async () => {
+  it("a nearly full scratch: the agent skips its cycles, the site shows Warning with SCRATCH_SPACE_LOW (one ledger event, not one per cycle); freed, the next point commits byte-identical and only the missed cycles remain counted", async () => {
     // The agent config's cut-off knobs, not the defaults (8 MiB, 5 s), decide.
     const { siteB, scratchDir, disk, vm, agent, agentLog } = await startRig({ scratchMiB: 16, diskBytes: 32 * MiB, firstWrite: 4 * MiB, vmConfig: { scratchMinFreeMiB: 12, cbwTimeoutSeconds: 3 } });
     expect(readFileSync(agentLog, "utf8")).toMatch(/"cbwTimeoutSeconds":3,.*"cut-off taken"/);
-    type Status = { relationships: Array<{ health: number; healthMessage: string }> };
+    type Status = { relationships: Array<{ health: number; healthMessage: string; healthReasons: Array<{ code: string }> }> };
     const status = async () => (await cliJson<Status>(["status", "vm1", "--dir", siteB])).relationships[0]!;
     await waitFor("health Normal", async () => ((await status()).health === ReplicationHealth.REPLICATION_HEALTH_NORMAL ? true : undefined), 60_000);
 
@@ -175,12 +175,17 @@ describe("agent process against a real site: guest-safe cut-offs", () => {
     expect(skippedEvents[0]!.data.code).toBe("SCRATCH_SPACE_LOW");
     expect(skippedEvents[0]!.data.message).toContain(scratchDir);
 
-    // Space is back: the next cycle commits with every change kept, and health is Normal again.
+    // Space is back: the next cycle commits with every change kept. The skipped slots stay counted
+    // as missed while they are in the monitoring window (Hyper-V's 20% rule): health is Normal, or
+    // Warning for that reason alone.
     rmSync(join(scratchDir, "filler"));
     const freedAt = Date.now();
     const point = await waitFor("a point cut after the scratch was freed", async () => (await relationship(siteB))?.points.find((p) => Date.parse(p.cutoffAt) > freedAt), 60_000);
-    const normal = await status();
-    expect(normal.health).toBe(ReplicationHealth.REPLICATION_HEALTH_NORMAL);
+    const after = await status();
+    const codes = after.healthReasons.map((r) => r.code);
+    console.log(`status after the scratch was freed: ${after.healthMessage || "normal"} [${codes.join(",")}]`);
+    expect(codes.every((c) => c === "CYCLES_MISSED")).toBe(true);
+    expect(after.health).toBe(codes.length === 0 ? ReplicationHealth.REPLICATION_HEALTH_NORMAL : ReplicationHealth.REPLICATION_HEALTH_WARNING);
     expect((await relationship(siteB))!.cycleSkipped).toBeUndefined();
     await agent.kill("SIGTERM");
     await vm.quit();
@@ -223,7 +228,7 @@ describe("agent process against a real site: guest-safe cut-offs", () => {
       "-device", "virtio-blk-pci,drive=vda,id=vda-dev,iothread=io0",
     ];
     const { siteB, vm, agentLog } = await startRig({ scratchMiB: 16, diskBytes: 16 * MiB, firstWrite: 1 * MiB, vmArgs: onIothread, initialPoint: false });
-    type Status = { relationships: Array<{ health: number; healthMessage: string }> };
+    type Status = { relationships: Array<{ health: number; healthMessage: string; healthReasons: Array<{ code: string }> }> };
     const warning = await waitFor("health Warning with IOTHREAD_UNSUPPORTED", async () => {
       const r = (await cliJson<Status>(["status", "vm1", "--dir", siteB]).catch(() => undefined))?.relationships[0];
       return r?.health === ReplicationHealth.REPLICATION_HEALTH_WARNING && r.healthMessage.includes("IOTHREAD_UNSUPPORTED") ? r : undefined;

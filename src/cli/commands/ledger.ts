@@ -1,6 +1,6 @@
 import { resolve } from "node:path";
 import type { Command } from "commander";
-import { getSqliteEventStore, verifyLedger } from "../../ledger/index.js";
+import { getSqliteEventStore, rebuildReadModels, verifyLedger } from "../../ledger/index.js";
 import { loadSiteConfig } from "../../site/siteConfig.js";
 import { formatTable } from "../table.js";
 import { emit, fail } from "../output.js";
@@ -15,8 +15,7 @@ export function registerLedger(program: Command): void {
     .option("--json", "JSON output", false)
     .action(async (o: { dir?: string; file?: string; json: boolean }) => {
       try {
-        const path = o.file ?? (o.dir ? loadSiteConfig(resolve(o.dir)).ledgerPath : undefined);
-        if (!path) throw new Error("which ledger? pass --dir SITE_DIR or --file LEDGER.sqlite");
+        const path = ledgerPathOf(o);
         const store = getSqliteEventStore({ path, create: false });
         const report = await verifyLedger(store);
         await store.close();
@@ -30,4 +29,35 @@ export function registerLedger(program: Command): void {
         fail(err, o.json);
       }
     });
+  ledger
+    .command("rebuild")
+    .description("fold every read model (status, recovery points) and relationship snapshot again from the first event")
+    .option("--dir <dir>", "site directory")
+    .option("--file <path>", "a ledger file")
+    .option("--json", "JSON output (progress as JSON lines on stderr)", false)
+    .action(async (o: { dir?: string; file?: string; json: boolean }) => {
+      try {
+        const path = ledgerPathOf(o);
+        // Works on the file, so it needs what the site's own user has: the ledger is mode 0600.
+        const store = getSqliteEventStore({ path, create: false });
+        try {
+          const report = await rebuildReadModels(store, (p) =>
+            console.error(o.json ? JSON.stringify({ progress: { events: p.events, position: Number(p.position) } }) : `folded ${p.events} events (position ${p.position})`),
+          );
+          emit(o.json, { path, ...report }, () =>
+            `ledger ${path}: read models rebuilt from ${report.events} events (${report.vms} relationships) in ${(report.durationMs / 1000).toFixed(2)} s`,
+          );
+        } finally {
+          await store.close();
+        }
+      } catch (err) {
+        fail(err, o.json);
+      }
+    });
+}
+
+function ledgerPathOf(o: { dir?: string; file?: string }): string {
+  const path = o.file ?? (o.dir ? loadSiteConfig(resolve(o.dir)).ledgerPath : undefined);
+  if (!path) throw new Error("which ledger? pass --dir SITE_DIR or --file LEDGER.sqlite");
+  return path;
 }

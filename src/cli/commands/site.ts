@@ -63,10 +63,14 @@ export function registerSite(program: Command): void {
     .command("serve")
     .description("run the site: ledger, replica storage, data and control planes over mutual TLS")
     .requiredOption("--dir <dir>", "site directory")
-    .action(async (o: { dir: string }) => {
+    .option(
+      "--metrics-listen <host:port>",
+      "serve Prometheus /metrics here (plain HTTP, no authentication: keep it on loopback, e.g. 127.0.0.1:9464); overrides site.json 'metricsListen'; off by default",
+    )
+    .action(async (o: { dir: string; metricsListen?: string }) => {
       const logger = createLogger("qreplica-site");
       try {
-        const running = await startSite(resolve(o.dir), logger);
+        const running = await startSite(resolve(o.dir), logger, { metricsListen: o.metricsListen });
         const stop = async () => {
           logger.info("stopping");
           await running.stop();

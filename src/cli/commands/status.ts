@@ -3,6 +3,7 @@ import { RelationshipState, ReplicationHealth } from "../../gen/qreplica/v1/cont
 import { Consistency, CycleKind } from "../../gen/qreplica/v1/common.js";
 import * as grpc from "@grpc/grpc-js";
 import { AUDIT_STREAM } from "../../site/controlPlane/refusalAudit.js";
+import { HEALTH_STREAM_PREFIX } from "../../site/health/monitor.js";
 import { ControlCallError, controlClient, unary } from "../siteClient.js";
 import { formatBytes, formatTable } from "../table.js";
 import { emit, fail } from "../output.js";
@@ -12,34 +13,87 @@ import { withTarget, type Target } from "../target.js";
 const enumName = (e: Record<number, string>, v: number, prefix: string) => (e[v] ?? "UNKNOWN").replace(prefix, "").toLowerCase().replaceAll("_", "-");
 
 
-export function registerStatus(program: Command): void {
-  withTarget(program.command("status [vm]").description("replication state, health and lag of the VMs replicated to a site")).action(async (vm: string | undefined, o: Target) => {
-    try {
-      const client = controlClient(o);
-      const res = await unary(client, client.getStatus, { vmId: vm });
-      emit(o.json, res, () =>
-        res.relationships.length === 0
-          ? `site ${res.siteId}: no VM is replicated here yet`
-          : formatTable(
-              ["vm", "state", "health", "gen", "primary", "last point", "cut-off", "lag s", "test"],
-              res.relationships.map((r) => [
-                r.vmId,
-                enumName(RelationshipState, r.state, "RELATIONSHIP_STATE_"),
-                enumName(ReplicationHealth, r.health, "REPLICATION_HEALTH_") + (r.healthMessage ? ` (${r.healthMessage})` : ""),
-                Number(r.generation),
-                r.primarySiteId,
-                r.lastRecoveryPoint?.recoveryPointId ?? "-",
-                r.lastRecoveryPoint?.cutoffTime?.toISOString() ?? "-",
-                r.lag ? Number(r.lag.seconds) : "-",
-                r.testFailoverActive ? "yes" : "no",
-              ]),
-            ),
-      );
-      client.close();
-    } catch (err) {
-      fail(err, o.json);
+type StatusResponse = Awaited<ReturnType<typeof getStatusOf>>;
+const getStatusOf = (client: ReturnType<typeof controlClient>) => unary(client, client.getStatus, {});
+
+/** One line per VM, gravest first: what an operator scans for at-risk VMs. */
+function formatFleet(res: StatusResponse): string {
+  if (res.relationships.length === 0) return `site ${res.siteId}: no VM is replicated here yet`;
+  const rank = (h: number) => (h === ReplicationHealth.REPLICATION_HEALTH_CRITICAL ? 0 : h === ReplicationHealth.REPLICATION_HEALTH_WARNING ? 1 : 2);
+  const rows = [...res.relationships].sort((a, b) => rank(a.health) - rank(b.health) || (a.vmId < b.vmId ? -1 : 1));
+  return formatTable(
+    ["vm", "health", "point age", "policy", "state", "gen", "last point", "test", "reasons"],
+    rows.map((r) => [
+      r.vmId,
+      enumName(ReplicationHealth, r.health, "REPLICATION_HEALTH_"),
+      r.lag ? formatAge(Number(r.lag.seconds)) : "-",
+      r.policyName || "-",
+      enumName(RelationshipState, r.state, "RELATIONSHIP_STATE_"),
+      Number(r.generation),
+      r.lastRecoveryPoint?.recoveryPointId ?? "-",
+      r.testFailoverActive ? "yes" : "no",
+      r.healthReasons.length > 0 ? r.healthReasons.map((x) => x.code).join(",") : r.healthMessage || "-",
+    ]),
+  );
+}
+
+function formatAge(s: number): string {
+  if (s < 120) return `${s}s`;
+  if (s < 7200) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`;
+  return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
+}
+
+/** Runs `fn` now and every `everyMs` until SIGINT or SIGTERM (then resolves: the command ends normally). */
+async function untilInterrupted(everyMs: number, fn: () => Promise<void>): Promise<void> {
+  let stop: () => void = () => undefined;
+  const stopped = new Promise<void>((resolve) => (stop = resolve));
+  let done = false;
+  const onSignal = () => {
+    done = true;
+    stop();
+  };
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  try {
+    while (!done) {
+      await fn();
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([stopped, new Promise<void>((resolve) => (timer = setTimeout(resolve, everyMs)))]);
+      clearTimeout(timer);
     }
-  });
+  } finally {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+  }
+}
+
+export function registerStatus(program: Command): void {
+  withTarget(program.command("status [vm]").description("the fleet at a glance: one line per VM replicated to a site (health, newest point age, policy, state)"))
+    .option("--watch [seconds]", "redraw every N seconds (default 5) until interrupted; with --json, one JSON document per refresh, one per line", (v) => parseCount(v, 1))
+    .addHelpText("after", "\nWith --json each relationship carries healthReasons: every reason its health is not normal (code, level, message).")
+    .action(async (vm: string | undefined, o: Target & { watch?: number | true }) => {
+      try {
+        const client = controlClient(o);
+        const once = async () => {
+          const res = await unary(client, client.getStatus, { vmId: vm });
+          return { res, text: () => formatFleet(res) };
+        };
+        if (o.watch === undefined) {
+          const { res, text } = await once();
+          emit(o.json, res, text);
+        } else {
+          const everyMs = (o.watch === true ? 5 : o.watch) * 1000;
+          await untilInterrupted(everyMs, async () => {
+            const { res, text } = await once();
+            if (o.json) console.log(JSON.stringify(res, (_k, v: unknown) => (typeof v === "bigint" ? Number(v) : v)));
+            else process.stdout.write((process.stdout.isTTY ? "\x1b[2J\x1b[H" : "") + `${new Date().toISOString()}  site ${res.siteId}\n${text()}\n`);
+          });
+        }
+        client.close();
+      } catch (err) {
+        fail(err, o.json);
+      }
+    });
 
   withTarget(program.command("points <vm>").description("the recovery points of a VM, oldest first")).action(async (vm: string, o: Target) => {
     try {
@@ -71,6 +125,9 @@ export function registerStatus(program: Command): void {
     .option("--limit <n>", "at most N events (the site answers at most 1000 per request; more are fetched page by page)", (v) => parseCount(v, 1), 200)
     .option("--all", "every event from --from to the end, fetched page by page (--limit is ignored)", false)
     .option("--audit", "only refused calls (the ledger's `audit` stream); needs a certificate with role admin", false)
+    .option("--health", "only health changes (HealthChanged, streams health-VM), of the VM given or of every VM", false)
+    .option("--follow", "after the events asked for, keep printing new ones as the ledger records them, until interrupted (with --json: one event per line)", false)
+    .option("--poll <seconds>", "with --follow: how often to ask the site for new events", (v) => parseCount(v, 1), 1)
     .addHelpText(
       "after",
       "\nWith --json the output is one object: { events: [...], nextPosition, more }. `more` is true when the ledger\n" +
@@ -80,12 +137,24 @@ export function registerStatus(program: Command): void {
         "(ControlCallRefused: identity, role, RPC, VM, role needed, reason, and a count: identical refusals within a\n" +
         "minute are one event). Only admins see them.",
     )
-    .action(async (vm: string | undefined, o: Target & { from: number; limit: number; all: boolean; audit: boolean }) => {
+    .action(async (vmArg: string | undefined, o: Target & { from: number; limit: number; all: boolean; audit: boolean; health: boolean; follow: boolean; poll: number }) => {
       try {
-        if (o.audit && vm) throw new Error("--audit lists the site's refused control calls, of every VM: give no VM");
+        if (o.audit && vmArg) throw new Error("--audit lists the site's refused control calls, of every VM: give no VM");
+        if (o.audit && o.health) throw new Error("--audit and --health are two different streams: give one");
+        // Health changes are in their own streams (health-VM), read by prefix with global positions.
+        const prefix = o.audit ? AUDIT_STREAM : o.health ? `${HEALTH_STREAM_PREFIX}${vmArg ?? ""}` : undefined;
+        const vm = o.health ? undefined : vmArg;
+        // A prefix also matches longer ids (health-vm1 and health-vm10): keep the VM's own stream.
+        const exact = o.health && vmArg ? `${HEALTH_STREAM_PREFIX}${vmArg}` : undefined;
         const client = controlClient(o);
         if (o.audit) await requireAdmin(client);
-        const page = await readEvents(client, vm, BigInt(o.from), o.all ? Infinity : o.limit, o.audit ? AUDIT_STREAM : undefined);
+        if (o.follow) {
+          await followEvents(client, vm, BigInt(o.from), prefix, o.json, o.poll * 1000, exact);
+          client.close();
+          return;
+        }
+        const read = await readEvents(client, vm, BigInt(o.from), o.all ? Infinity : o.limit, prefix);
+        const page = exact ? { ...read, events: read.events.filter((e) => e.stream === exact) } : read;
         emit(o.json, { events: page.events.map((e) => ({ ...e, data: JSON.parse(e.dataJson) as unknown, dataJson: undefined })), nextPosition: page.nextPosition, more: page.more }, () => {
           const table = formatTable(
             ["#", "time", "stream", "event", "actor", "data"],
@@ -143,6 +212,32 @@ async function readEvents(client: EventsClient, vmId: string | undefined, from: 
     if (res.endReached || !progressed) return { events, nextPosition: next, more: false };
     if (events.length >= limit) return { events, nextPosition: next, more: true };
   }
+}
+
+/**
+ * `events --follow`: every event from `from`, then new ones as they are recorded, until
+ * interrupted. ListEvents from the last position seen, every `pollMs`: the control plane has no
+ * server stream, and a poll a second is nothing for the site (one indexed read).
+ */
+async function followEvents(client: EventsClient, vmId: string | undefined, from: bigint, streamPrefix: string | undefined, json: boolean, pollMs: number, exactStream?: string): Promise<void> {
+  let next = from;
+  const print = (e: WireEvent) => {
+    if (json) {
+      console.log(JSON.stringify({ ...e, data: JSON.parse(e.dataJson) as unknown, dataJson: undefined }, (_k, v: unknown) => (typeof v === "bigint" ? Number(v) : v)));
+      return;
+    }
+    const actor = e.actor ? `${e.actor} (${e.actorRole})` : "-";
+    const position = vmId ? Number(e.streamVersion) : Number(e.globalPosition);
+    console.log(`${position}  ${e.recordedAt?.toISOString() ?? ""}  ${e.stream}  ${e.type}  ${actor}  ${e.dataJson.length > 160 ? e.dataJson.slice(0, 157) + "..." : e.dataJson}`);
+  };
+  await untilInterrupted(pollMs, async () => {
+    for (;;) {
+      const page = await readEvents(client, vmId, next, 1000, streamPrefix);
+      for (const e of page.events) if (exactStream === undefined || e.stream === exactStream) print(e);
+      next = page.nextPosition;
+      if (!page.more) return;
+    }
+  });
 }
 
 /** A non-negative integer option; commander prints the message and exits on a bad one. */

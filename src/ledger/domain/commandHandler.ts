@@ -8,7 +8,8 @@ import type { EventStore } from "../eventStore.js";
 import { isWrongExpectedVersionError } from "../errors.js";
 import { InvalidCommandInputError } from "./errors.js";
 import { decodeRelationshipEvent, encodeRelationshipEvent, relationshipStream, type RelationshipEvent } from "./events.js";
-import { evolve, initialRelationshipState, type RelationshipState } from "./relationship.js";
+import { evolve, type RelationshipState } from "./relationship.js";
+import { loadCachedFold } from "./relationshipCache.js";
 
 export interface LoadedRelationship {
   readonly state: RelationshipState;
@@ -44,17 +45,23 @@ const DEFAULT_MAX_RETRIES = 5;
 
 /**
  * Folds the stream. Given an earlier result for the same VM, reads only the events after it:
- * a stream is append-only, so the earlier fold is still a valid prefix.
+ * a stream is append-only, so the earlier fold is still a valid prefix. Without one, starts from
+ * this process's fold or the stored snapshot (relationshipCache.ts), so the cost does not grow
+ * with the stream's age.
  */
 export async function loadRelationship(store: EventStore, vmId: string, known?: LoadedRelationship): Promise<LoadedRelationship> {
-  if (known && known.state.vmId !== vmId) {
+  if (!known) {
+    const fold = await loadCachedFold(store, vmId);
+    return { state: fold.state, version: fold.version };
+  }
+  if (known.state.vmId !== vmId) {
     throw new InvalidCommandInputError(`loadRelationship: a fold of VM ${known.state.vmId} cannot continue as VM ${vmId}`);
   }
   const stream = relationshipStream(vmId);
-  const fromVersion = known?.version === undefined ? 0n : known.version + 1n;
+  const fromVersion = known.version === undefined ? 0n : known.version + 1n;
   const recorded = await store.readStream(stream, { fromVersion });
-  let state = known?.state ?? initialRelationshipState(vmId);
-  let version = known?.version;
+  let state = known.state;
+  let version = known.version;
   for (const r of recorded) {
     state = evolve(state, decodeRelationshipEvent(r));
     version = r.version;
@@ -73,9 +80,9 @@ export async function executeCommand(
     throw new InvalidCommandInputError(`executeCommand: maxRetries must be an integer >= 0, got ${maxRetries}`);
   }
   const stream = relationshipStream(vmId);
-  let loaded: LoadedRelationship | undefined;
   for (let attempt = 1; ; attempt++) {
-    loaded = await loadRelationship(store, vmId, loaded);
+    // After a conflict this reads only what the other writer appended since.
+    const loaded = await loadRelationship(store, vmId);
     const events = decide(loaded.state);
     if (events.length === 0) return { events: [], newState: loaded.state, version: loaded.version, attempts: attempt };
     // Encode before appending so an unknown event type fails without touching the ledger.

@@ -24,6 +24,14 @@ export {
 } from "./events.js";
 export { REPLICATION_STATES, type ReplicationStateName } from "./states.js";
 export {
+  RELATIONSHIP_SNAPSHOT_EVERY,
+  RELATIONSHIP_SNAPSHOT_PREFIX,
+  onRelationshipSnapshotIgnored,
+  snapshotKeyOf,
+  type SnapshotProblem,
+} from "./relationshipCache.js";
+export {
+  RELATIONSHIP_FOLD_VERSION,
   evolve,
   foldRelationship,
   initialRelationshipState,
@@ -69,7 +77,7 @@ export { startInitialReplication, type StartInitialReplicationInput } from "./co
 export { commitCycle, type CommitCycleInput } from "./commands/commitCycle.js";
 export { failCycle, type FailCycleInput } from "./commands/failCycle.js";
 export { recordCycleSkipped, type RecordCycleSkippedInput } from "./commands/recordCycleSkipped.js";
-export { startMerge } from "./commands/startMerge.js";
+export { startMerge, type StartMergeInput } from "./commands/startMerge.js";
 export { completeMerge, type CompleteMergeInput } from "./commands/completeMerge.js";
 export { markResyncRequired, type MarkResyncRequiredInput } from "./commands/markResyncRequired.js";
 export { approveResync, type ApproveResyncInput } from "./commands/approveResync.js";

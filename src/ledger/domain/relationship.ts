@@ -8,6 +8,15 @@ import type { ReplicationStateName } from "./states.js";
 import { initialRelationshipState, type RecoveryPoint, type RelationshipState, type TestFailover } from "./relationshipState.js";
 
 export * from "./relationshipState.js";
+
+/**
+ * Version of `evolve`'s meaning. Bump it whenever a change to `evolve`, to RelationshipState, or to
+ * an upcaster in `decodeRelationshipEvent` would fold the same events into a different state:
+ * stored snapshots of the old fold are then ignored and rebuilt from the events (a snapshot holds
+ * the folded state, so the events before it are not decoded again). A field added to
+ * RelationshipState whose initial value is right for every existing history needs no bump.
+ */
+export const RELATIONSHIP_FOLD_VERSION = 1;
 /**
  * Pure and total: the ledger is the authority, so an event is applied as recorded, never judged.
  * All checking happens in the commands before an event exists.

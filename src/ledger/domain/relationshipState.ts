@@ -11,7 +11,7 @@ export interface RecoveryPoint {
   readonly cutoffAt: string;
   readonly consistency: Consistency;
   readonly disks: readonly PointDisk[];
-  /** Set while this point (the oldest) is being merged away; it can no longer be opened. */
+  /** Set while this point is being merged away (into the next one); it can no longer be opened. */
   readonly merging: boolean;
 }
 

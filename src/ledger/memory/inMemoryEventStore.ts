@@ -22,6 +22,7 @@ import {
 } from "../eventStore.js";
 import { GENESIS_HASH, sealEvents } from "../hashChain.js";
 import { startSubscription } from "../subscription.js";
+import { validateSnapshotRecord, type SnapshotRecord } from "../snapshots.js";
 
 export interface InMemoryEventStoreOptions {
   /** Supplies `recordedAt`; tests pin it to make hashes reproducible. */
@@ -37,6 +38,7 @@ export function getInMemoryEventStore(options: InMemoryEventStoreOptions = {}): 
   const appended = new EventEmitter();
   appended.setMaxListeners(0);
   const subscriptions = new Set<Subscription>();
+  const snapshots = new Map<string, SnapshotRecord>();
   let closed = false;
 
   const ensureOpen = (): void => {
@@ -124,6 +126,25 @@ export function getInMemoryEventStore(options: InMemoryEventStoreOptions = {}): 
       ensureOpen();
       validateStreamName(stream);
       return streams.get(stream)?.at(-1)?.version;
+    },
+
+    async readSnapshot(key: string): Promise<SnapshotRecord | undefined> {
+      ensureOpen();
+      const r = snapshots.get(key);
+      return r && { ...r, savedAt: new Date(r.savedAt) };
+    },
+
+    async writeSnapshot(record: SnapshotRecord): Promise<void> {
+      ensureOpen();
+      validateSnapshotRecord(record);
+      snapshots.set(record.key, { ...record, savedAt: new Date(record.savedAt) });
+    },
+
+    async deleteSnapshots(keyPrefix: string): Promise<number> {
+      ensureOpen();
+      let n = 0;
+      for (const key of [...snapshots.keys()]) if (key.startsWith(keyPrefix) && snapshots.delete(key)) n++;
+      return n;
     },
 
     async close(): Promise<void> {

@@ -36,6 +36,15 @@ export interface CataloguePoint {
   readonly disks: readonly CatalogueDisk[];
 }
 
+/** What the CycleCommitted event of a point's cycle recorded. */
+export interface PointCycleFacts {
+  readonly kind: string;
+  readonly generation: number;
+  readonly committedAt: string;
+  readonly dataBytes: number;
+  readonly wireBytes: number;
+}
+
 interface StoredPoint {
   pointId: string;
   cycleSeq: number;
@@ -47,11 +56,25 @@ interface StoredPoint {
 
 const PAGE = 1000;
 
+export interface RecoveryPointsSnapshot {
+  vmId: string;
+  points: StoredPoint[];
+  tests: Array<[string, string]>;
+  failedOverTo: string | null;
+  lastVersion: string | null;
+  facts: Array<[string, PointCycleFacts]>;
+  committed: { cycleSeq: number; facts: PointCycleFacts } | null;
+}
+
 export class RecoveryPointsProjection {
   private points: StoredPoint[] = [];
   private tests = new Map<string, string>(); // testId -> pointId
   private failedOverTo: string | undefined;
   private lastVersion: bigint | undefined;
+  /** By pointId, for the points that exist: listing points must not re-read the stream. */
+  private facts = new Map<string, PointCycleFacts>();
+  /** The last CycleCommitted, until its RecoveryPointCreated (the event after it) arrives. */
+  private committed: { cycleSeq: number; facts: PointCycleFacts } | undefined;
   private readonly stream: string;
 
   constructor(readonly vmId: string) {
@@ -85,8 +108,15 @@ export class RecoveryPointsProjection {
     this.lastVersion = recorded.version;
     const event = decodeRelationshipEvent(recorded);
     switch (event.type) {
+      case "CycleCommitted": {
+        const d = event.data;
+        this.committed = { cycleSeq: d.cycleSeq, facts: { kind: d.kind, generation: d.generation, committedAt: d.committedAt, dataBytes: d.dataBytes, wireBytes: d.wireBytes } };
+        return;
+      }
       case "RecoveryPointCreated": {
         const d = event.data;
+        if (this.committed?.cycleSeq === d.cycleSeq) this.facts.set(d.pointId, this.committed.facts);
+        this.committed = undefined;
         this.points.push({
           pointId: d.pointId,
           cycleSeq: d.cycleSeq,
@@ -105,6 +135,7 @@ export class RecoveryPointsProjection {
       case "RecoveryPointMerged": {
         const d = event.data;
         this.points = this.points.filter((x) => x.pointId !== d.pointId);
+        this.facts.delete(d.pointId);
         const into = this.points.find((x) => x.pointId === d.intoPointId);
         if (into) {
           const images = new Map(d.disks.map((x) => [x.diskId, x.imagePath]));
@@ -127,15 +158,53 @@ export class RecoveryPointsProjection {
       case "FailoverCompleted":
         // The failed-over point's chain now belongs to the running VM: no recovery points.
         this.points = [];
+        this.facts.clear();
         return;
       case "ReverseReplicationStarted":
         // This site is now the primary: the recovery points are the other site's.
         this.points = [];
+        this.facts.clear();
         this.failedOverTo = undefined;
         return;
       default:
         return;
     }
+  }
+
+  /** The committed cycle's facts of an existing point (undefined for points recorded before them). */
+  cycleFacts(pointId: string): PointCycleFacts | undefined {
+    return this.facts.get(pointId);
+  }
+
+  /**
+   * Plain JSON of the projection, for a read-model snapshot (readModels.ts). A field added to this
+   * class must be added here and in `fromSnapshot`, with a READ_MODELS_FOLD_VERSION bump.
+   */
+  toSnapshot(): RecoveryPointsSnapshot {
+    return {
+      vmId: this.vmId,
+      points: this.points,
+      tests: [...this.tests],
+      failedOverTo: this.failedOverTo ?? null,
+      lastVersion: this.lastVersion?.toString() ?? null,
+      facts: [...this.facts],
+      committed: this.committed ?? null,
+    };
+  }
+
+  /** The projection a `toSnapshot()` was taken of; undefined when the value is not one. */
+  static fromSnapshot(value: unknown): RecoveryPointsProjection | undefined {
+    const v = value as Partial<RecoveryPointsSnapshot> | null;
+    if (typeof v?.vmId !== "string" || !Array.isArray(v.points) || !Array.isArray(v.tests) || !Array.isArray(v.facts)) return undefined;
+    if (v.lastVersion !== null && (typeof v.lastVersion !== "string" || !/^\d+$/.test(v.lastVersion))) return undefined;
+    const p = new RecoveryPointsProjection(v.vmId);
+    p.points = structuredClone(v.points);
+    p.tests = new Map(v.tests);
+    p.failedOverTo = v.failedOverTo ?? undefined;
+    p.lastVersion = v.lastVersion === null ? undefined : BigInt(v.lastVersion);
+    p.facts = new Map(v.facts);
+    p.committed = v.committed ?? undefined;
+    return p;
   }
 
   get version(): bigint | undefined {

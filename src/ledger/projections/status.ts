@@ -7,6 +7,7 @@ import type { EventStore, RecordedEvent } from "../eventStore.js";
 import { RELATIONSHIP_STREAM_PREFIX, decodeRelationshipEvent, vmIdOfStream, type FailoverKind } from "../domain/events.js";
 import { evolve, initialRelationshipState, type RelationshipState } from "../domain/relationship.js";
 import type { ReplicationStateName } from "../domain/states.js";
+import { restoreState } from "../domain/relationshipCache.js";
 
 export interface StatusError {
   /** A code: a CycleFailed reason, or RESYNC_REQUIRED / STALE_GENERATION. */
@@ -67,6 +68,15 @@ export interface StatusFailover {
   readonly primaryStoppedAt: string | undefined;
 }
 
+export interface StatusSnapshot {
+  position: string;
+  vms: Array<{ rel: RelationshipState; lastError: StatusError | undefined }>;
+}
+
+/**
+ * Stored as it is in the read-model snapshot (readModels.ts): keep it plain JSON (no Map, Date or
+ * bigint), and bump READ_MODELS_FOLD_VERSION when `apply` changes what it folds.
+ */
 interface Entry {
   rel: RelationshipState;
   lastError: StatusError | undefined;
@@ -124,6 +134,32 @@ export class StatusProjection {
       };
     }
     this.vms.set(vmId, { rel: evolve(entry.rel, event), lastError });
+  }
+
+  /** Plain JSON of the whole projection, for a read-model snapshot (readModels.ts). */
+  toSnapshot(): StatusSnapshot {
+    return { position: this.position.toString(), vms: [...this.vms.values()] };
+  }
+
+  /** The projection a `toSnapshot()` was taken of; undefined when the value is not one. */
+  static fromSnapshot(value: unknown): StatusProjection | undefined {
+    const v = value as Partial<StatusSnapshot> | null;
+    if (typeof v?.position !== "string" || !/^\d+$/.test(v.position) || !Array.isArray(v.vms)) return undefined;
+    const projection = new StatusProjection();
+    projection.position = BigInt(v.position);
+    for (const entry of v.vms as Array<Partial<Entry> & { rel?: { vmId?: unknown } }>) {
+      const vmId = entry?.rel?.vmId;
+      const rel = typeof vmId === "string" ? restoreState(vmId, entry.rel) : undefined;
+      if (!rel) return undefined;
+      // Every field as stored, so one added to Entry survives a restart without a change here.
+      projection.vms.set(rel.vmId, { ...(entry as Entry), rel });
+    }
+    return projection;
+  }
+
+  /** The VMs that have a relationship stream, sorted. */
+  vmIds(): string[] {
+    return [...this.vms.keys()].sort();
   }
 
   get(vmId: string, now: Date): VmStatus | undefined {

@@ -14,7 +14,7 @@ import { LedgerOpenError } from "../errors.js";
 
 /** "qrlg" in ASCII: marks the file as a qreplica ledger. */
 export const LEDGER_APPLICATION_ID = 0x71726c67;
-export const LEDGER_SCHEMA_VERSION = 1;
+export const LEDGER_SCHEMA_VERSION = 2;
 
 /** Index i migrates schema version i to i + 1. Never edit a shipped entry: append a new one. */
 const MIGRATIONS: readonly string[] = [
@@ -36,6 +36,18 @@ const MIGRATIONS: readonly string[] = [
      BEGIN SELECT RAISE(ABORT, 'qreplica ledger events are append-only'); END;
    CREATE TRIGGER events_no_delete BEFORE DELETE ON events
      BEGIN SELECT RAISE(ABORT, 'qreplica ledger events are append-only'); END;`,
+  // Snapshots are a cache of folds (src/ledger/snapshots.ts): replaced in place, never trusted
+  // over the events, so deliberately outside the append-only rule and the hash chain.
+  `CREATE TABLE snapshots (
+     key            TEXT    PRIMARY KEY,
+     at             INTEGER NOT NULL,
+     at_hash        TEXT    NOT NULL,
+     schema_version INTEGER NOT NULL,
+     fold_version   INTEGER NOT NULL,
+     state          TEXT    NOT NULL,
+     checksum       TEXT    NOT NULL,
+     saved_at       TEXT    NOT NULL
+   ) STRICT;`,
 ];
 
 export interface OpenLedgerOptions {

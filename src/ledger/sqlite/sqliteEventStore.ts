@@ -29,6 +29,7 @@ import {
 import { GENESIS_HASH, sealEvents, type ChainRow } from "../hashChain.js";
 import { startSubscription } from "../subscription.js";
 import { openLedgerDatabase } from "./schema.js";
+import { validateSnapshotRecord, type SnapshotRecord } from "../snapshots.js";
 
 export interface SqliteEventStoreOptions {
   path: string;
@@ -94,6 +95,14 @@ export function getSqliteEventStore(options: SqliteEventStoreOptions): SqliteEve
   const byPositionAndPrefix = stmt(
     `SELECT ${COLUMNS} FROM events WHERE global_position > ? AND instr(stream_id, ?) = 1 ORDER BY global_position LIMIT ?`,
   );
+
+  const snapshotByKey = stmt("SELECT key, at, at_hash, schema_version, fold_version, state, checksum, saved_at FROM snapshots WHERE key = ?");
+  const upsertSnapshot = stmt(
+    `INSERT INTO snapshots (key, at, at_hash, schema_version, fold_version, state, checksum, saved_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+     ON CONFLICT (key) DO UPDATE SET at = excluded.at, at_hash = excluded.at_hash, schema_version = excluded.schema_version,
+       fold_version = excluded.fold_version, state = excluded.state, checksum = excluded.checksum, saved_at = excluded.saved_at`,
+  );
+  const deleteSnapshotsByPrefix = stmt("DELETE FROM snapshots WHERE instr(key, ?) = 1");
 
   const appendTx = db.transaction(
     (stream: string, events: NewEvent[], expected: ExpectedVersion, at: Date): AppendResult => {
@@ -181,6 +190,24 @@ export function getSqliteEventStore(options: SqliteEventStoreOptions): SqliteEve
       return (headOf.get(stream) as { stream_version: bigint } | undefined)?.stream_version;
     },
 
+    async readSnapshot(key: string) {
+      ensureOpen();
+      const row = snapshotByKey.get(key) as SnapshotRow | undefined;
+      return row && toSnapshotRecord(row);
+    },
+
+    async writeSnapshot(record: SnapshotRecord) {
+      ensureOpen();
+      validateSnapshotRecord(record);
+      const r = record;
+      upsertSnapshot.run(r.key, r.at, r.atHash, r.schemaVersion, r.foldVersion, r.state, r.checksum, r.savedAt.toISOString());
+    },
+
+    async deleteSnapshots(keyPrefix: string) {
+      ensureOpen();
+      return Number(deleteSnapshotsByPrefix.run(keyPrefix).changes);
+    },
+
     async close() {
       if (closed) return;
       closed = true;
@@ -190,6 +217,30 @@ export function getSqliteEventStore(options: SqliteEventStoreOptions): SqliteEve
   };
   databases.set(store, db);
   return store;
+}
+
+interface SnapshotRow {
+  key: string;
+  at: bigint;
+  at_hash: string;
+  schema_version: bigint;
+  fold_version: bigint;
+  state: string;
+  checksum: string;
+  saved_at: string;
+}
+
+function toSnapshotRecord(row: SnapshotRow): SnapshotRecord {
+  return {
+    key: row.key,
+    at: row.at,
+    atHash: row.at_hash,
+    schemaVersion: Number(row.schema_version),
+    foldVersion: Number(row.fold_version),
+    state: row.state,
+    checksum: row.checksum,
+    savedAt: new Date(row.saved_at),
+  };
 }
 
 function toRecordedEvent(row: EventRow): RecordedEvent {

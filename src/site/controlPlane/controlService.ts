@@ -9,12 +9,13 @@ import {
   type RelationshipStatus,
 } from "../../gen/qreplica/v1/control.js";
 import { pauseReplication, resumeReplication, resync } from "./replicationCommands.js";
-import { RecoveryPointsProjection, StatusProjection, executeCommand, prepareFailover, relationshipStream, startReverseReplication, type JsonObject, type VmStatus } from "../../ledger/index.js";
+import { executeCommand, prepareFailover, relationshipStream, startReverseReplication, type JsonObject, type VmStatus } from "../../ledger/index.js";
 import { loadSiteCredentials } from "../../transport/index.js";
 import { checkPrimaryIdentity } from "../authorizations.js";
 import { loadSiteConfig } from "../siteConfig.js";
 import { actorMetadata } from "./caller.js";
 import { guardedWith } from "./guard.js";
+import { wireHealth, wireHealthReason } from "./healthWire.js";
 import { AUDIT_STREAM } from "./refusalAudit.js";
 import { addAuthorization, appendRunbookEvents, listAuthorizations, readRunbookRun, removeAuthorization, toLedgerEvent } from "./records.js";
 import type { SiteContext } from "../siteContext.js";
@@ -32,39 +33,21 @@ const WIRE_STATE: Record<string, WireState> = {
   "failed-over": WireState.RELATIONSHIP_STATE_FAILED_OVER,
 };
 
-interface CycleFacts {
-  kind: string;
-  generation: number;
-  committedAt: string;
-  dataBytes: number;
-  wireBytes: number;
-}
-
 /**
  * The control plane: reads of the ledger and the commands operators give. Every RPC names the
  * role it needs (viewer < operator < admin; agents are refused on all of them) and passes the
  * caller to its handler, which records it with every ledger event the command causes.
  */
 export function controlService(ctx: SiteContext): ControlServiceServer {
-  const status = new StatusProjection();
+  const models = ctx.readModels;
   const guarded = guardedWith(ctx.logger, grpcCodeOf, ctx.refusals);
 
-  const cycleFacts = async (vmId: string): Promise<Map<number, CycleFacts>> => {
-    const facts = new Map<number, CycleFacts>();
-    for (const e of await ctx.store.readStream(relationshipStream(vmId))) {
-      if (e.type !== "CycleCommitted") continue;
-      const d = e.data as { cycleSeq: number; kind: string; generation: number; committedAt: string; dataBytes: number; wireBytes: number };
-      facts.set(d.cycleSeq, d);
-    }
-    return facts;
-  };
-
-  const points = async (vmId: string): Promise<WirePoint[]> => {
-    const catalogue = await RecoveryPointsProjection.rebuild(ctx.store, vmId);
-    const facts = await cycleFacts(vmId);
+  const points = async (vmId: string, refreshed = false): Promise<WirePoint[]> => {
+    if (!refreshed) await models.refresh();
+    const catalogue = models.pointsOf(vmId);
     // A point being merged away is no longer what it was (its base is being rewritten): not listed.
     return catalogue.list().filter((p) => !p.merging).map((p) => {
-      const f = facts.get(p.cycleSeq);
+      const f = catalogue.cycleFacts(p.pointId);
       return {
         recoveryPointId: p.pointId,
         sequence: BigInt(p.cycleSeq),
@@ -81,8 +64,13 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
   };
 
   const toWire = async (s: VmStatus): Promise<RelationshipStatus> => {
-    const list = await points(s.vmId);
-    const { health, message } = healthOf(s);
+    const list = await points(s.vmId, true);
+    // The site's health rules (site/health). The message is the first reason's (the gravest, a
+    // cause before its symptoms); all of them are in healthReasons.
+    if (!ctx.health) throw Object.assign(new Error("the site's health monitor is not running yet"), { grpcCode: grpc.status.UNAVAILABLE });
+    const evaluated = await ctx.health.evaluate(s.vmId);
+    const health = evaluated ? wireHealth(evaluated.result.level) : ReplicationHealth.REPLICATION_HEALTH_UNSPECIFIED;
+    const message = evaluated?.result.reasons[0]?.message ?? "";
     return {
       vmId: s.vmId,
       state: WIRE_STATE[s.state] ?? WireState.RELATIONSHIP_STATE_UNSPECIFIED,
@@ -94,6 +82,8 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
       lastRecoveryPoint: list[list.length - 1],
       lag: s.lagSeconds === undefined ? undefined : { seconds: BigInt(Math.floor(s.lagSeconds)), nanos: Math.round((s.lagSeconds % 1) * 1e9) },
       healthMessage: message,
+      healthReasons: evaluated?.result.reasons.map(wireHealthReason) ?? [],
+      policyName: evaluated?.policyName ?? "",
     };
   };
 
@@ -169,9 +159,9 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
       };
     }),
     getStatus: guarded("viewer", async (req) => {
-      await status.catchUp(ctx.store);
+      await models.refresh();
       const now = new Date();
-      const all = req.vmId ? [status.get(req.vmId, now)].filter((s): s is VmStatus => s !== undefined) : status.list(now);
+      const all = req.vmId ? [models.statusOf(req.vmId, now)].filter((s): s is VmStatus => s !== undefined) : models.statusList(now);
       if (req.vmId && all.length === 0) throw Object.assign(new Error(`no replication relationship for VM '${req.vmId}' on site ${ctx.siteId}`), { grpcCode: grpc.status.NOT_FOUND });
       return { siteId: ctx.siteId, relationships: await Promise.all(all.map(toWire)) };
     }),
@@ -225,23 +215,6 @@ function grpcCodeOf(err: unknown): grpc.status {
   if (["INVALID_TRANSITION", "STALE_GENERATION", "FAILOVER_REFUSED", "MERGE_BLOCKED_BY_TEST_FAILOVER", "MERGE_IN_PROGRESS", "SEED_UNUSABLE", "RESYNC_ALREADY_APPROVED"].includes(code)) return grpc.status.FAILED_PRECONDITION;
   if (code.startsWith("INVALID") || code === "UNKNOWN_POINT") return grpc.status.INVALID_ARGUMENT;
   return grpc.status.INTERNAL;
-}
-
-/** Hyper-V-like health: critical when replication cannot go on, warning when it is failing or late. */
-function healthOf(s: VmStatus): { health: ReplicationHealth; message: string } {
-  if (s.state === "resync-required") {
-    const approved = s.resyncApprovedBy ? ` (approved by ${s.resyncApprovedBy}; waiting for the primary's agent)` : "";
-    return { health: ReplicationHealth.REPLICATION_HEALTH_CRITICAL, message: `resync required${s.resyncReason ? `: ${s.resyncReason}` : ""}${approved}` };
-  }
-  if (s.state === "resynchronising") return { health: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: `resynchronising${s.resyncReason ? ` after: ${s.resyncReason}` : ""}` };
-  if (s.consecutiveFailures >= 3) return { health: ReplicationHealth.REPLICATION_HEALTH_CRITICAL, message: `${s.consecutiveFailures} cycles failed in a row: ${s.lastError?.message ?? ""}` };
-  if (s.cycleSkipped) {
-    const c = s.cycleSkipped;
-    return { health: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: `${c.code}: the primary skips its cycles since ${c.since}: ${c.message}` };
-  }
-  if (s.consecutiveFailures > 0) return { health: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: `last cycle failed: ${s.lastError?.message ?? ""}` };
-  if (s.state === "paused") return { health: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: `replication is paused${s.pauseReason ? `: ${s.pauseReason}` : ""}` };
-  return { health: ReplicationHealth.REPLICATION_HEALTH_NORMAL, message: "" };
 }
 
 /** A VM this site has no relationship for is an operator's typo: say so rather than list nothing. */

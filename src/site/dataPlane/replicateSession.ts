@@ -149,6 +149,7 @@ export class ReplicateSession {
     } catch (err) {
       if (!this.superseded) this.logger.warn({ err, vm: this.vmId }, "Replicate stream ended with an error");
     } finally {
+      if (this.vmId) this.ctx.activity.touch(this.vmId);
       this.primaryStopped?.reject(new Error("the primary's stream ended before it reported its VM stopped"));
       await this.discardOpenCycle("the stream ended before the cycle was complete");
       if (this.vmId) this.ctx.releaseSession(this.vmId, this);
@@ -163,9 +164,13 @@ export class ReplicateSession {
     if (body.$case !== "hello" && this.vmId === undefined) {
       return this.endWithStatus(grpc.status.FAILED_PRECONDITION, `'${body.$case}' before Hello: a stream must start with Hello`);
     }
+    // Health calls an agent silent after a while without any message (see site/health).
+    if (this.vmId !== undefined) this.ctx.activity.touch(this.vmId);
     switch (body.$case) {
       case "hello":
-        return this.onHello(body.value, identity);
+        await this.onHello(body.value, identity);
+        if (this.vmId !== undefined) this.ctx.activity.touch(this.vmId);
+        return;
       case "cycleBegin":
         return this.onCycleBegin(body.value);
       case "extentChunk":
@@ -430,7 +435,11 @@ export class ReplicateSession {
   private async failCycle(seq: number, reason: string, message: string, closed?: OpenCycle): Promise<void> {
     const cycle = closed ?? (this.cycle?.seq === seq ? this.cycle : undefined);
     if (cycle && cycle === this.cycle) this.cycle = undefined;
-    if (cycle && !cycle.point.finished) await cycle.point.discard();
+    if (cycle && !cycle.point.finished) {
+      await cycle.point.discard();
+      // Retention steps wait while a point is written; with none committed, nothing else resumes them.
+      if (this.vmId) this.ctx.afterCommit(this.vmId);
+    }
     if (this.vmId) await this.ctx.relationships.recordCycleFailed({ vmId: this.vmId, seq, generation: this.generation, reason, message }).catch((err: unknown) => this.logger.error({ err }, "could not record the failed cycle"));
   }
 

@@ -3,6 +3,9 @@ import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ControlServiceService, FailoverKind, type ControlServiceClient } from "../../../src/gen/qreplica/v1/control.js";
+import { MonitoringServiceClient, MonitoringServiceService, type MeasureResponse } from "../../../src/gen/qreplica/v1/monitoring.js";
+import { channelCredentials, grpcChannelOptions, loadSiteCredentials } from "../../../src/transport/index.js";
+import { HEALTH_STREAM_PREFIX } from "../../../src/site/health/monitor.js";
 import { getSqliteEventStore, type RecordedEvent } from "../../../src/ledger/index.js";
 import { RejectReason } from "../../../src/gen/qreplica/v1/replication.js";
 import { AUTHORIZATIONS_STREAM } from "../../../src/site/authorizations.js";
@@ -59,11 +62,12 @@ async function replicatedVm(vmId: string): Promise<void> {
 }
 
 describe("agents and certificates without a role are refused on the whole control plane", () => {
-  it("agent-a gets PERMISSION_DENIED on every RPC of ControlService, naming itself, its role and the fix; nothing is recorded but the refusals (stream audit)", async () => {
-    const outsideAudit = async () => (await site.events()).filter((e) => e.stream !== AUDIT_STREAM);
+  it("agent-a gets PERMISSION_DENIED on every RPC of ControlService and MonitoringService, naming itself, its role and the fix; nothing is recorded but the refusals (stream audit)", async () => {
+    // The site's own health monitor records level changes (streams health-*) whenever it evaluates.
+    const outsideAudit = async () => (await site.events()).filter((e) => e.stream !== AUDIT_STREAM && !e.stream.startsWith(HEALTH_STREAM_PREFIX));
     const before = (await outsideAudit()).length;
     const agent = as(site.agentA);
-    const methods = Object.entries(ControlServiceService);
+    const methods = [...Object.entries(ControlServiceService), ...Object.entries(MonitoringServiceService)];
     expect(methods.length).toBeGreaterThanOrEqual(19);
     for (const [name, def] of methods) {
       const r = await rawCall(agent, def.path);
@@ -84,7 +88,7 @@ describe("agents and certificates without a role are refused on the whole contro
 
   it("a certificate issued without a role has no rights, and is told to re-issue with --role", async () => {
     const c = as(ids.none);
-    for (const def of Object.values(ControlServiceService)) expect((await rawCall(c, def.path)).code).toBe(status.PERMISSION_DENIED);
+    for (const def of [...Object.values(ControlServiceService), ...Object.values(MonitoringServiceService)]) expect((await rawCall(c, def.path)).code).toBe(status.PERMISSION_DENIED);
     const e = await refusal(call(c, c.getStatus, {}));
     expect(e.details).toContain("'old-cert' may not call GetStatus: its certificate carries no qreplica role");
     expect(e.details).toContain("qreplica pki issue --name old-cert --role viewer");
@@ -101,6 +105,11 @@ describe("a viewer reads and is refused every command", () => {
     expect((await call(v, v.listAuthorizations, {})).entries.map((e) => e.primaryIdentity)).toContain("agent-a");
     expect((await call(v, v.readRunbookRun, { runId: "no-such-run" })).events).toEqual([]);
     expect(await call(v, v.whoAmI, {})).toEqual({ identity: "vera-viewer", role: "viewer", siteId: "site-b" });
+    const mv = new MonitoringServiceClient(site.address, channelCredentials(loadSiteCredentials(ids.viewer)), grpcChannelOptions);
+    const measured = await new Promise<MeasureResponse>((resolve, reject) => mv.measure({ vmId: "vm-view" }, (err, res) => (err ? reject(err) : resolve(res))));
+    mv.close();
+    expect(measured.vmId).toBe("vm-view");
+    expect(Number(measured.replicationSuccessCount)).toBe(1);
 
     const before = (await site.events("vm-view")).length;
     const e = await refusal(call(v, v.failover, { vmId: "vm-view", kind: FailoverKind.FAILOVER_KIND_UNPLANNED, recoveryPointId: "", startVm: false }));

@@ -127,8 +127,24 @@ describe("SQLite ledger opening", () => {
     const db = new Database(path);
     db.pragma("user_version = 7");
     db.close();
-    expect(() => getSqliteEventStore({ path })).toThrow(/schema version 7, newer than this qreplica understands \(1\)/);
+    expect(() => getSqliteEventStore({ path })).toThrow(/schema version 7, newer than this qreplica understands \(2\)/);
     expect(() => getSqliteEventStore({ path })).toThrow(path);
+  });
+
+  it("migrates a schema-1 ledger (no snapshots table) and keeps its events", async () => {
+    const path = await seededLedger();
+    const db = new Database(path);
+    db.exec("DROP TABLE snapshots");
+    db.pragma("user_version = 1");
+    db.close();
+    const store = getSqliteEventStore({ path });
+    expect((await store.readAll()).length).toBe(8);
+    expect(await store.readSnapshot("relationship:x")).toBeUndefined();
+    expect((await verifyLedger(store)).ok).toBe(true);
+    await store.close();
+    const check = new Database(path, { readonly: true });
+    expect(check.pragma("user_version", { simple: true })).toBe(2);
+    check.close();
   });
 
   it("does not create a missing file when create is false", () => {

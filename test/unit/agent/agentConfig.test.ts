@@ -103,4 +103,11 @@ describe("agent config: cut-off safety knobs", () => {
     expect(() => loadAgentConfig(config("scratchMinFreeMiB: '8M'\n"))).toThrow(/scratchMinFreeMiB must be a whole number of MiB from 1 to 1048576, got "8M": .*the default is 8/);
     expect(() => loadAgentConfig(config("", ", scratchMinFreeMiB: 0"))).toThrow(/vms\[0\] \(vm1\)\.scratchMinFreeMiB must be a whole number of MiB/);
   });
+
+  it("maxCyclesInFlight: 4 by default, a whole number from 1 to 256, the field and range named otherwise", () => {
+    expect(loadAgentConfig(config("")).maxCyclesInFlight).toBe(4);
+    expect(loadAgentConfig(config("maxCyclesInFlight: 16\n")).maxCyclesInFlight).toBe(16);
+    expect(() => loadAgentConfig(config("maxCyclesInFlight: 0\n"))).toThrow(/maxCyclesInFlight must be a whole number from 1 to 256, got 0: .*the default is 4/);
+    expect(() => loadAgentConfig(config("maxCyclesInFlight: 2.5\n"))).toThrow(AgentConfigError);
+  });
 });

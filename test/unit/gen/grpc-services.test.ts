@@ -81,6 +81,8 @@ describe("generated gRPC services", () => {
               primarySiteId: "site-a",
               replicaSiteId: "site-b",
               healthMessage: "",
+              healthReasons: [],
+              policyName: "",
             },
           ],
         }),

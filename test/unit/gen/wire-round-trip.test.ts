@@ -210,6 +210,8 @@ describe("wire round trip", () => {
           lastRecoveryPoint: point,
           lag: { seconds: 330n, nanos: 500_000_000 },
           healthMessage: "lag above 5 min",
+          healthReasons: [{ code: "POINT_LATE", level: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: "lag above 5 min" }],
+          policyName: "gold",
         },
       ],
     };

@@ -10,6 +10,8 @@ import {
   WrongExpectedVersionError,
   computeEventHash,
   isWrongExpectedVersionError,
+  openSnapshot,
+  sealSnapshot,
   verifyLedger,
   type EventStore,
   type ExpectedVersion,
@@ -303,7 +305,76 @@ export function eventStoreContract(name: string, factory: EventStoreFactory): vo
         await expect(store.readStream("s")).rejects.toBeInstanceOf(LedgerClosedError);
         await expect(store.streamVersion("s")).rejects.toBeInstanceOf(LedgerClosedError);
         expect(() => store.subscribe({}, () => undefined)).toThrow(LedgerClosedError);
+        await expect(store.readSnapshot("k")).rejects.toBeInstanceOf(LedgerClosedError);
+        await expect(store.writeSnapshot(sealSnapshot({ key: "k", at: 0n, foldVersion: 1, state: {} }))).rejects.toBeInstanceOf(LedgerClosedError);
+        await expect(store.deleteSnapshots("")).rejects.toBeInstanceOf(LedgerClosedError);
         await store.close();
+      });
+    });
+
+    describe("snapshots", () => {
+      const savedAt = new Date("2026-12-04T10:00:00.123Z");
+      const snap = (key: string, at: bigint, state: unknown, foldVersion = 1) =>
+        sealSnapshot({ key, at, atHash: "ab".repeat(32), foldVersion, state, savedAt });
+
+      it("reads back exactly what was written, and a missing key as undefined", async () => {
+        expect(await store.readSnapshot("relationship:vm1")).toBeUndefined();
+        const written = snap("relationship:vm1", 12_345_678_901_234n, { s: "replicating", n: [1, 2], u: "ü" });
+        await store.writeSnapshot(written);
+        const read = await store.readSnapshot("relationship:vm1");
+        expect(read).toEqual(written);
+        expect(openSnapshot(read, { key: "relationship:vm1", foldVersion: 1 })).toEqual({
+          ok: true,
+          at: 12_345_678_901_234n,
+          atHash: "ab".repeat(32),
+          state: { s: "replicating", n: [1, 2], u: "ü" },
+        });
+      });
+
+      it("keeps one record per key: a write replaces it", async () => {
+        await store.writeSnapshot(snap("k1", 1n, { v: 1 }));
+        await store.writeSnapshot(snap("k2", 1n, { v: 2 }));
+        await store.writeSnapshot(snap("k1", 9n, { v: 3 }, 2));
+        const k1 = await store.readSnapshot("k1");
+        expect([k1?.at, k1?.foldVersion, k1?.state]).toEqual([9n, 2, '{"v":3}']);
+        expect((await store.readSnapshot("k2"))?.state).toBe('{"v":2}');
+      });
+
+      it("deletes by key prefix and says how many", async () => {
+        for (const k of ["relationship:a", "relationship:b", "read-models"]) await store.writeSnapshot(snap(k, 0n, {}));
+        expect(await store.deleteSnapshots("relationship:")).toBe(2);
+        expect(await store.readSnapshot("relationship:a")).toBeUndefined();
+        expect(await store.readSnapshot("read-models")).toBeDefined();
+        expect(await store.deleteSnapshots("")).toBe(1);
+        expect(await store.readSnapshot("read-models")).toBeUndefined();
+      });
+
+      it("refuses records it cannot store", async () => {
+        await expect(store.writeSnapshot({ ...snap("k", 0n, {}), key: "" })).rejects.toBeInstanceOf(LedgerArgumentError);
+        await expect(store.writeSnapshot({ ...snap("k", 0n, {}), at: -1n })).rejects.toBeInstanceOf(LedgerArgumentError);
+        await expect(store.writeSnapshot({ ...snap("k", 0n, {}), at: 1 as unknown as bigint })).rejects.toBeInstanceOf(LedgerArgumentError);
+        await expect(store.writeSnapshot({ ...snap("k", 0n, {}), savedAt: new Date(NaN) })).rejects.toBeInstanceOf(LedgerArgumentError);
+        expect(await store.readSnapshot("k")).toBeUndefined();
+      });
+
+      it("are not events: reading, subscribing and verifying see none of them", async () => {
+        await store.append("a", [ev("A0")], "no_stream");
+        await store.writeSnapshot(snap("relationship:a", 0n, { x: 1 }));
+        expect((await store.readAll()).map((e) => e.type)).toEqual(["A0"]);
+        expect(await store.streamVersion("a")).toBe(0n);
+        expect(await verifyLedger(store)).toEqual({ ok: true, streams: 1, events: 1, problems: [] });
+      });
+
+      it("are ignored by openSnapshot when damaged, or from another fold or schema version", async () => {
+        const good = snap("k", 3n, { v: 1 });
+        await store.writeSnapshot({ ...good, state: '{"v":2}' });
+        expect(openSnapshot(await store.readSnapshot("k"), { key: "k", foldVersion: 1 })).toMatchObject({ ok: false, reason: expect.stringMatching(/checksum/) });
+        await store.writeSnapshot(good);
+        expect(openSnapshot(await store.readSnapshot("k"), { key: "k", foldVersion: 2 })).toMatchObject({ ok: false, reason: expect.stringMatching(/fold version 1/) });
+        await store.writeSnapshot({ ...good, schemaVersion: 99 });
+        expect(openSnapshot(await store.readSnapshot("k"), { key: "k", foldVersion: 1 })).toMatchObject({ ok: false, reason: expect.stringMatching(/schema 99/) });
+        await store.writeSnapshot({ ...good, at: 4n });
+        expect(openSnapshot(await store.readSnapshot("k"), { key: "k", foldVersion: 1 })).toMatchObject({ ok: false, reason: expect.stringMatching(/checksum/) });
       });
     });
   });

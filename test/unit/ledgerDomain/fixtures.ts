@@ -149,6 +149,9 @@ export function raceBarrier(parties: number): (inner: EventStore) => EventStore 
     readAll: (...a) => inner.readAll(...a),
     subscribe: (...a) => inner.subscribe(...a),
     streamVersion: (...a) => inner.streamVersion(...a),
+    readSnapshot: (...a) => inner.readSnapshot(...a),
+    writeSnapshot: (...a) => inner.writeSnapshot(...a),
+    deleteSnapshots: (...a) => inner.deleteSnapshots(...a),
     close: () => inner.close(),
     async readStream(stream, opts) {
       const events = await inner.readStream(stream, opts);

@@ -1,5 +1,4 @@
-/** The agent's side of a policy: the wire form read back, and a pushed frequency re-timing a wait in progress. */
-import { setImmediate as tick } from "node:timers/promises";
+/** The agent's side of a policy: the wire form read back, the frequency handed to the scheduler, when to freeze. */
 import { describe, expect, it } from "vitest";
 import { createLogger } from "../../../src/common/logger.js";
 import { parsePolicyYaml } from "../../../src/policy/schema.js";
@@ -44,26 +43,20 @@ describe("CyclePolicy", () => {
     expect(c.label).toBe("config");
   });
 
-  it("a policy pushed during the wait for the next cycle re-times it: 1 h -> 1 s after a cycle that ended 5 s ago is due at once", async () => {
-    const c = new CyclePolicy(vm, createLogger("test"));
-    const stop = new AbortController();
-    let done = false;
-    const wait = c.untilNextCycle(Date.now() - 5000, [new Promise(() => undefined)], stop.signal).then(() => (done = true));
-    await tick();
-    await tick();
-    expect(done).toBe(false);
-    c.use(effectivePolicyToWire(parsePolicyYaml("name: fast\nfrequency: 1s"), 1), "push");
-    await wait;
-    expect(done).toBe(true);
-    stop.abort();
-  });
-
-  it("another event (a notice, the stream's end) ends the wait; a stream failure propagates", async () => {
-    const c = new CyclePolicy(vm, createLogger("test"));
-    const stop = new AbortController();
-    await c.untilNextCycle(Date.now(), [Promise.resolve()], stop.signal);
-    await expect(c.untilNextCycle(Date.now(), [Promise.reject(new Error("stream gone"))], stop.signal)).rejects.toThrow("stream gone");
-    stop.abort();
+  it("hands a changed frequency to the scheduler, once, and an unchanged one not at all", () => {
+    const told: unknown[] = [];
+    const c = new CyclePolicy(vm, createLogger("test"), (f) => told.push(f));
+    expect(c.frequency).toEqual({ kind: "interval", seconds: 3600 });
+    c.use(undefined, "hello");
+    expect(told).toEqual([]);
+    c.use(effectivePolicyToWire(parsePolicyYaml("name: fast\nfrequency: 1s\ncompressionLevel: 9"), 1), "push");
+    c.use(effectivePolicyToWire(parsePolicyYaml("name: fast\nfrequency: 1s\ncompressionLevel: 3"), 2), "push");
+    c.use(effectivePolicyToWire(parsePolicyYaml("name: fast\nfrequency: continuous\nminGap: 2s"), 3), "push");
+    expect(told).toEqual([
+      { kind: "interval", seconds: 1 },
+      { kind: "continuous", minGapSeconds: 2 },
+    ]);
+    expect(c.current.compressionLevel).toBe(1);
   });
 
   it("freezes the guest every N hours under a policy, every cut-off without one, never when the policy asks for none", () => {

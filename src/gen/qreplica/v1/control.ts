@@ -415,6 +415,19 @@ export interface RelationshipStatus {
     | undefined;
   /** Why health is not NORMAL, for operators; empty otherwise. */
   healthMessage: string;
+  /** Every reason health is not NORMAL, critical ones first; empty when NORMAL. */
+  healthReasons: HealthReason[];
+  /** The VM's replication policy, when the site knows it; empty otherwise. */
+  policyName: string;
+}
+
+/** One reason a VM's health is not NORMAL (see the README's health rules). */
+export interface HealthReason {
+  /** e.g. RPO_EXCEEDED, AGENT_SILENT, CYCLES_MISSED, REPLICATION_FAILED, RESYNC_REQUIRED. */
+  code: string;
+  /** WARNING or CRITICAL. */
+  level: ReplicationHealth;
+  message: string;
 }
 
 export interface ListRecoveryPointsRequest {
@@ -3641,6 +3654,8 @@ function createBaseRelationshipStatus(): RelationshipStatus {
     lastRecoveryPoint: undefined,
     lag: undefined,
     healthMessage: "",
+    healthReasons: [],
+    policyName: "",
   };
 }
 
@@ -3678,6 +3693,12 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
     }
     if (message.healthMessage !== "") {
       writer.uint32(82).string(message.healthMessage);
+    }
+    for (const v of message.healthReasons) {
+      HealthReason.encode(v!, writer.uint32(90).fork()).join();
+    }
+    if (message.policyName !== "") {
+      writer.uint32(98).string(message.policyName);
     }
     return writer;
   },
@@ -3775,6 +3796,22 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
             message.healthMessage = reader.string();
             continue;
           }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.healthReasons.push(HealthReason.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.policyName = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3823,6 +3860,16 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
         : isSet(object.health_message)
         ? globalThis.String(object.health_message)
         : "",
+      healthReasons: globalThis.Array.isArray(object?.healthReasons)
+        ? object.healthReasons.map((e: any) => HealthReason.fromJSON(e))
+        : globalThis.Array.isArray(object?.health_reasons)
+        ? object.health_reasons.map((e: any) => HealthReason.fromJSON(e))
+        : [],
+      policyName: isSet(object.policyName)
+        ? globalThis.String(object.policyName)
+        : isSet(object.policy_name)
+        ? globalThis.String(object.policy_name)
+        : "",
     };
   },
 
@@ -3858,6 +3905,12 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
     if (message.healthMessage !== "") {
       obj.healthMessage = message.healthMessage;
     }
+    if (message.healthReasons?.length) {
+      obj.healthReasons = message.healthReasons.map((e) => HealthReason.toJSON(e));
+    }
+    if (message.policyName !== "") {
+      obj.policyName = message.policyName;
+    }
     return obj;
   },
 
@@ -3880,6 +3933,109 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
       : undefined;
     message.lag = (object.lag !== undefined && object.lag !== null) ? Duration.fromPartial(object.lag) : undefined;
     message.healthMessage = object.healthMessage ?? "";
+    message.healthReasons = object.healthReasons?.map((e) => HealthReason.fromPartial(e)) || [];
+    message.policyName = object.policyName ?? "";
+    return message;
+  },
+};
+
+function createBaseHealthReason(): HealthReason {
+  return { code: "", level: 0, message: "" };
+}
+
+export const HealthReason: MessageFns<HealthReason> = {
+  encode(message: HealthReason, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.code !== "") {
+      writer.uint32(10).string(message.code);
+    }
+    if (message.level !== 0) {
+      writer.uint32(16).int32(message.level);
+    }
+    if (message.message !== "") {
+      writer.uint32(26).string(message.message);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): HealthReason {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHealthReason();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.code = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.level = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): HealthReason {
+    return {
+      code: isSet(object.code) ? globalThis.String(object.code) : "",
+      level: isSet(object.level) ? replicationHealthFromJSON(object.level) : 0,
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+    };
+  },
+
+  toJSON(message: HealthReason): unknown {
+    const obj: any = {};
+    if (message.code !== "") {
+      obj.code = message.code;
+    }
+    if (message.level !== 0) {
+      obj.level = replicationHealthToJSON(message.level);
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<HealthReason>, I>>(base?: I): HealthReason {
+    return HealthReason.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<HealthReason>, I>>(object: I): HealthReason {
+    const message = createBaseHealthReason();
+    message.code = object.code ?? "";
+    message.level = object.level ?? 0;
+    message.message = object.message ?? "";
     return message;
   },
 };

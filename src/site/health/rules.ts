@@ -1,0 +1,275 @@
+/**
+ * Replication health of one VM: Normal / Warning / Critical with every reason. Pure: a function
+ * of the relationship's recent history, the thresholds and `now`, so each rule is tested with an
+ * injected clock and the site evaluates it both on read (status, measure) and periodically (so
+ * that time alone, e.g. a silent agent, changes it).
+ *
+ * Rules (Hyper-V's are the floor; README "Health" lists them for operators):
+ * - Critical: resync required (RESYNC_REQUIRED); `failuresForCritical` cycles failed in a row
+ *   (REPLICATION_FAILED); newest point older than the RPO alert threshold (RPO_EXCEEDED); the
+ *   primary's agent silent, i.e. not connected and no Hello, cycle or stream message for longer
+ *   than `silentAfterSeconds` (AGENT_SILENT).
+ * - Warning: the last cycle failed (CYCLE_FAILED); more than 20% of the cycles due in the
+ *   monitoring window missed (CYCLES_MISSED); no point for over an hour (NO_POINT_FOR_AN_HOUR);
+ *   newest point older than twice the frequency (POINT_LATE); the primary reports it skips its
+ *   cycles (CYCLES_SKIPPED); recent changes arrive faster than the link delivers them
+ *   (RPO_AT_RISK); paused, resynchronising, or initial replication not done (STATE_*).
+ */
+import type { ReplicationStateName } from "../../ledger/domain/states.js";
+
+export type HealthLevel = "normal" | "warning" | "critical";
+
+export type HealthReasonCode =
+  | "RESYNC_REQUIRED"
+  | "REPLICATION_FAILED"
+  | "RPO_EXCEEDED"
+  | "AGENT_SILENT"
+  | "CYCLE_FAILED"
+  | "CYCLES_MISSED"
+  | "NO_POINT_FOR_AN_HOUR"
+  | "POINT_LATE"
+  | "CYCLES_SKIPPED"
+  | "RPO_AT_RISK"
+  | "STATE_PAUSED"
+  | "STATE_RESYNCHRONISING"
+  | "STATE_INITIAL_REPLICATION";
+
+export interface HealthReason {
+  readonly code: HealthReasonCode;
+  readonly level: Exclude<HealthLevel, "normal">;
+  readonly message: string;
+}
+
+export interface HealthThresholds {
+  /** The policy's cycle frequency: slots are due this far apart. */
+  readonly frequencySeconds: number;
+  /** Newest point older than this: Critical (the policy's rpoAlertSeconds). */
+  readonly rpoAlertSeconds: number;
+  /** The agent is silent past this with no connection and no message. */
+  readonly silentAfterSeconds: number;
+  /** Hyper-V's monitoring window: missed-cycle ratio and statistics are over the last this many seconds. */
+  readonly windowSeconds: number;
+  /** Hyper-V: Warning when more than this fraction of the window's cycles were missed. */
+  readonly missedWarnRatio: number;
+  /** Hyper-V: Warning when no point was made for longer than this. */
+  readonly noPointWarnSeconds: number;
+  /** Consecutive failures that make a failing replication Critical (one is a Warning: the agent retries). */
+  readonly failuresForCritical: number;
+  /** RPO at risk when the link was busy more than this fraction of the time between recent cut-offs. */
+  readonly rpoAtRiskUtilisation: number;
+}
+
+/** A commit as health and statistics need it; times in ms since the epoch. */
+export interface CycleRecord {
+  readonly seq: number;
+  readonly kind: "full" | "incremental" | "resync";
+  readonly cutoffAt: number;
+  readonly committedAt: number;
+  readonly dataBytes: number;
+  readonly wireBytes: number;
+  readonly durationMs: number;
+}
+
+export interface HealthInput {
+  readonly state: ReplicationStateName;
+  readonly consecutiveFailures: number;
+  readonly lastErrorMessage: string | undefined;
+  readonly resyncReason: string | undefined;
+  /** Who approved the pending resync, until it runs. */
+  readonly resyncApprovedBy?: string | undefined;
+  readonly pauseReason: string | undefined;
+  readonly cycleSkipped: { readonly code: string; readonly message: string; readonly since: string } | undefined;
+  /** Committed cycles, oldest first (at least those in the window and the one before it). */
+  readonly commits: readonly CycleRecord[];
+  /** Times of failed cycles (ms), oldest first. */
+  readonly failures: readonly number[];
+  /** The newest recovery point's cut-off (ms); undefined before the first. */
+  readonly newestCutoffAt: number | undefined;
+  /** The primary's agent has a Replicate stream open now. */
+  readonly agentConnected: boolean;
+  /** Its last Hello, message or stream end seen (ms); undefined when none since the site started. */
+  readonly lastActivityAt: number | undefined;
+  /** When the site started watching (ms): a silent agent is measured from here if nothing was seen. */
+  readonly watchingSince: number;
+}
+
+export interface CycleCounts {
+  readonly succeeded: number;
+  readonly failed: number;
+  readonly missed: number;
+}
+
+export interface HealthResult {
+  readonly level: HealthLevel;
+  /** Critical reasons first; within a level, causes (skipped, failed, silent) before symptoms (late). */
+  readonly reasons: readonly HealthReason[];
+  readonly counts: CycleCounts;
+}
+
+export const DEFAULT_FREQUENCY_SECONDS = 300;
+
+/**
+ * Thresholds when the VM's policy does not give them: the frequency as seen (or Hyper-V's 5 min),
+ * an RPO alert of 4x the frequency (at least a minute), and the agent called silent when it has
+ * been away that long too. Wiring the policy in is passing its frequency and rpoAlertSeconds.
+ */
+export function defaultThresholds(given: { frequencySeconds?: number; rpoAlertSeconds?: number; silentAfterSeconds?: number; windowSeconds?: number } = {}): HealthThresholds {
+  const frequencySeconds = given.frequencySeconds && given.frequencySeconds > 0 ? given.frequencySeconds : DEFAULT_FREQUENCY_SECONDS;
+  const rpoAlertSeconds = given.rpoAlertSeconds && given.rpoAlertSeconds > 0 ? given.rpoAlertSeconds : Math.max(4 * frequencySeconds, 60);
+  return {
+    frequencySeconds,
+    rpoAlertSeconds,
+    silentAfterSeconds: given.silentAfterSeconds && given.silentAfterSeconds > 0 ? given.silentAfterSeconds : rpoAlertSeconds,
+    windowSeconds: given.windowSeconds && given.windowSeconds > 0 ? given.windowSeconds : 3600,
+    missedWarnRatio: 0.2,
+    noPointWarnSeconds: 3600,
+    failuresForCritical: 3,
+    rpoAtRiskUtilisation: 0.8,
+  };
+}
+
+/** States in which the primary is expected to cut points and keep its stream open. */
+const REPLICATING_STATES: ReadonlySet<ReplicationStateName> = new Set([
+  "ready-for-initial-replication",
+  "initial-replication-in-progress",
+  "replicating",
+  "resync-required",
+  "resynchronising",
+]);
+
+const secs = (ms: number) => `${Math.round(ms / 100) / 10} s`;
+
+export function evaluateHealth(input: HealthInput, t: HealthThresholds, now: number): HealthResult {
+  const reasons: HealthReason[] = [];
+  const crit = (code: HealthReasonCode, message: string) => reasons.push({ code, level: "critical", message });
+  const warn = (code: HealthReasonCode, message: string) => reasons.push({ code, level: "warning", message });
+  const counts = countCycles(input, t, now);
+  const s = input.state;
+
+  if (s === "resync-required") {
+    const approved = input.resyncApprovedBy ? ` (approved by ${input.resyncApprovedBy}; waiting for the primary's agent)` : "";
+    crit("RESYNC_REQUIRED", `resync required${input.resyncReason ? `: ${input.resyncReason}` : ""}${approved}`);
+  }
+  if (s === "paused") warn("STATE_PAUSED", `replication is paused${input.pauseReason ? `: ${input.pauseReason}` : ""}`);
+  if (s === "resynchronising") warn("STATE_RESYNCHRONISING", `resynchronising${input.resyncReason ? ` after: ${input.resyncReason}` : ""}`);
+  if (s === "ready-for-initial-replication" || s === "initial-replication-in-progress") warn("STATE_INITIAL_REPLICATION", "initial replication is not complete");
+
+  if (REPLICATING_STATES.has(s) || s === "paused") {
+    const f = input.consecutiveFailures;
+    if (f >= t.failuresForCritical) crit("REPLICATION_FAILED", `${f} cycles failed in a row: ${input.lastErrorMessage ?? ""}`);
+    else if (f > 0) warn("CYCLE_FAILED", `the last cycle failed: ${input.lastErrorMessage ?? ""}`);
+  }
+
+  if (REPLICATING_STATES.has(s)) {
+    lagRules(input, t, now, crit, warn);
+    const due = counts.succeeded + counts.failed + counts.missed;
+    if (due > 0 && counts.missed / due > t.missedWarnRatio) {
+      warn("CYCLES_MISSED", `${counts.missed} of ${due} cycles due in the last ${t.windowSeconds} s were missed (more than ${Math.round(t.missedWarnRatio * 100)}%)`);
+    }
+    if (input.cycleSkipped) warn("CYCLES_SKIPPED", `${input.cycleSkipped.code}: the primary skips its cycles since ${input.cycleSkipped.since}: ${input.cycleSkipped.message}`);
+    const risk = rpoAtRisk(input.commits, t, now);
+    if (risk) warn("RPO_AT_RISK", risk);
+  }
+
+  reasons.sort((a, b) => (a.level === b.level ? ORDER.indexOf(a.code) - ORDER.indexOf(b.code) : a.level === "critical" ? -1 : 1));
+  const level: HealthLevel = reasons.some((r) => r.level === "critical") ? "critical" : reasons.length > 0 ? "warning" : "normal";
+  return { level, reasons, counts };
+}
+
+/** Within a level, causes before symptoms: a skipped or failed cycle explains a late point. */
+const ORDER: readonly HealthReasonCode[] = [
+  "RESYNC_REQUIRED",
+  "REPLICATION_FAILED",
+  "AGENT_SILENT",
+  "RPO_EXCEEDED",
+  "STATE_PAUSED",
+  "STATE_RESYNCHRONISING",
+  "STATE_INITIAL_REPLICATION",
+  "CYCLES_SKIPPED",
+  "CYCLE_FAILED",
+  "POINT_LATE",
+  "NO_POINT_FOR_AN_HOUR",
+  "CYCLES_MISSED",
+  "RPO_AT_RISK",
+];
+
+type Add = (code: HealthReasonCode, message: string) => void;
+
+function lagRules(input: HealthInput, t: HealthThresholds, now: number, crit: Add, warn: Add): void {
+  const age = input.newestCutoffAt === undefined ? undefined : Math.max(0, now - input.newestCutoffAt);
+  if (age !== undefined) {
+    if (age > t.rpoAlertSeconds * 1000) crit("RPO_EXCEEDED", `the newest point is ${secs(age)} old, over the RPO alert threshold of ${t.rpoAlertSeconds} s`);
+    else if (age > 2 * t.frequencySeconds * 1000) warn("POINT_LATE", `the newest point is ${secs(age)} old, over twice the frequency (${t.frequencySeconds} s)`);
+    if (age > t.noPointWarnSeconds * 1000) warn("NO_POINT_FOR_AN_HOUR", `no recovery point for ${secs(age)} (over ${t.noPointWarnSeconds} s)`);
+  }
+  if (!input.agentConnected) {
+    const since = input.lastActivityAt ?? input.watchingSince;
+    const silent = now - since;
+    if (silent > t.silentAfterSeconds * 1000) {
+      const seen = input.lastActivityAt === undefined ? "since the site started" : `since ${new Date(input.lastActivityAt).toISOString()}`;
+      crit("AGENT_SILENT", `the primary's agent has not been connected ${seen} (${secs(silent)}, over ${t.silentAfterSeconds} s)`);
+    }
+  }
+}
+
+/**
+ * Successful, failed and missed cycles in the window [now - windowSeconds, now]. A slot is due one
+ * frequency after each incremental cut-off (after the commit of a full or resync cycle, which take
+ * as long as they take); a slot is missed when no cut-off came within half a frequency of it, and
+ * a failed attempt fills a slot (it is counted as failed, not missed). The open interval since the
+ * newest cut-off counts too, so an agent that stopped misses cycles as time passes.
+ */
+export function countCycles(input: Pick<HealthInput, "commits" | "failures" | "state">, t: Pick<HealthThresholds, "frequencySeconds" | "windowSeconds">, now: number): CycleCounts {
+  const from = now - t.windowSeconds * 1000;
+  const f = t.frequencySeconds * 1000;
+  const commits = input.commits;
+  const succeeded = commits.filter((c) => c.committedAt >= from && c.committedAt <= now).length;
+  const failedIn = (a: number, b: number) => input.failures.filter((x) => x > a && x <= b).length;
+  const failed = failedIn(from, now);
+  let missed = 0;
+  const slotsMissed = (start: number, end: number) => {
+    const n = Math.max(0, Math.floor((end - start) / f - 0.5));
+    let inWindow = 0;
+    for (let k = 1; k <= n; k++) if (start + k * f >= from && start + k * f <= now) inWindow++;
+    return Math.max(0, inWindow - failedIn(Math.max(start, from), end));
+  };
+  for (let i = 1; i < commits.length; i++) {
+    const prev = commits[i - 1]!;
+    if (commits[i]!.cutoffAt < from - f) continue;
+    missed += slotsMissed(slotStart(prev), commits[i]!.cutoffAt);
+  }
+  const last = commits.at(-1);
+  if (last && REPLICATING_STATES.has(input.state)) missed += slotsMissed(slotStart(last), now);
+  return { succeeded, failed, missed };
+}
+
+const slotStart = (c: CycleRecord) => (c.kind === "incremental" ? c.cutoffAt : c.committedAt);
+
+/**
+ * The guest changes data faster than the link has been delivering it: over the last incremental
+ * cycles in the window, the time spent replicating is more than `rpoAtRiskUtilisation` of the time
+ * between their cut-offs. Cycles then run back to back, and the next burst of changes overruns
+ * the RPO. (The change rate is bytes per second between cut-offs, the delivery rate bytes per
+ * second of cycle time, so their ratio is duration over interval.)
+ */
+function rpoAtRisk(commits: readonly CycleRecord[], t: HealthThresholds, now: number): string | undefined {
+  const from = now - t.windowSeconds * 1000;
+  const recent: Array<{ c: CycleRecord; gap: number }> = [];
+  for (let i = commits.length - 1; i >= 1 && recent.length < 10; i--) {
+    const c = commits[i]!;
+    if (c.committedAt < from) break;
+    if (c.kind !== "incremental") continue;
+    recent.push({ c, gap: c.cutoffAt - commits[i - 1]!.cutoffAt });
+  }
+  if (recent.length < 3) return undefined;
+  const busy = recent.reduce((n, r) => n + r.c.durationMs, 0);
+  const span = recent.reduce((n, r) => n + r.gap, 0);
+  const bytes = recent.reduce((n, r) => n + r.c.dataBytes, 0);
+  if (span <= 0 || busy / span <= t.rpoAtRiskUtilisation) return undefined;
+  const changeRate = bytes / (span / 1000);
+  const deliveryRate = busy > 0 ? bytes / (busy / 1000) : Infinity;
+  return (
+    `the guest changed ${Math.round(changeRate)} B/s over the last ${recent.length} cycles and the link delivered ${Math.round(deliveryRate)} B/s: ` +
+    `it was busy ${Math.round((busy / span) * 100)}% of the time (over ${Math.round(t.rpoAtRiskUtilisation * 100)}%)`
+  );
+}
