@@ -9,7 +9,8 @@ import type { FrequencySpec } from "../../src/policy/types.js";
  *   and a restart keeps them where they were.
  * - One VM never overlaps itself: its next start waits for the end of its last cycle.
  * - A slot that passes entirely without a start (the last cycle overran it, or no permit was
- *   free) is counted as missed and dropped, never queued: the late cycle serves the newest slot.
+ *   free) is counted as missed and dropped, never queued: the late cycle serves the slot nearest
+ *   to its start.
  * - At most `maxInFlight` cycles run at once in the process, so a fleet cannot saturate the host;
  *   waiting VMs get permits in order of their due time.
  * - Continuous policies start the next cycle `minGapSeconds` after the last one ended.
@@ -40,7 +41,7 @@ export interface CycleSlot {
   /** The grid slot this start serves (continuous: when it became due). */
   dueAt: number;
   startedAt: number;
-  /** Slots that passed with no start since the previous cycle (0 when on time or late within one interval). */
+  /** Slots that passed with no start since the previous cycle (0 when on time or less than half an interval late). */
   missed: number;
   release(): void;
 }
@@ -48,7 +49,7 @@ export interface CycleSlot {
 export interface ScheduleStats {
   started: number;
   missed: number;
-  /** Sum of start delays past the due time (ms): lateness that did not reach a whole slot. */
+  /** Sum of start offsets from the slot served (ms; negative when a late start serves the next slot a little early). */
   lateMs: number;
 }
 
@@ -149,6 +150,11 @@ export class VmSchedule {
     return this.frequencySpec;
   }
 
+  /** Cycles running now over every VM of the scheduler. */
+  get inFlight(): number {
+    return this.scheduler.inFlight;
+  }
+
   /** A new frequency (policy change): the wait for the next cycle is recomputed at once. */
   setFrequency(frequency: FrequencySpec): void {
     checkFrequency(frequency);
@@ -234,8 +240,11 @@ export class VmSchedule {
     let missed = 0;
     let served = dueAt;
     if (f.kind === "interval") {
+      // A late start serves the slot nearest to it (the site counts a slot served by a cut-off
+      // within half an interval of it), so a start just before the next slot does not leave a
+      // second cycle due a moment later.
       const interval = f.seconds * 1000;
-      missed = Math.max(0, Math.floor((startedAt - dueAt) / interval));
+      missed = Math.max(0, Math.round((startedAt - dueAt) / interval));
       served = dueAt + missed * interval;
     }
     this.lastStart = served;

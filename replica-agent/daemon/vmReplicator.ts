@@ -230,6 +230,8 @@ export class VmReplicator {
       this.status = "replicating";
       const slot = await this.slot(responses, broken, "grid");
       if (!slot) continue;
+      agentMetrics.cyclesInFlight(this.schedule.inFlight);
+      if (slot.missed > 0) agentMetrics.slotsMissed(this.vm.id, slot.missed);
       if (slot.missed > 0) this.logger.warn({ vm: this.vm.id, missed: slot.missed, missedTotal: this.schedule.stats.missed }, "cycle slots missed: the last cycle overran them or the agent's maxCyclesInFlight was reached; this cycle serves the newest");
       try {
         await this.incremental(qmp, async () => {
@@ -238,6 +240,7 @@ export class VmReplicator {
         });
       } finally {
         slot.release();
+        agentMetrics.cyclesInFlight(this.schedule.inFlight);
       }
     }
   }

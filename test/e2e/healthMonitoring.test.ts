@@ -172,6 +172,13 @@ describe("health and monitoring with a real site and agent", () => {
       const missed = await until("Warning with CYCLES_MISSED", (s) => codes(s).includes("CYCLES_MISSED"));
       expect(missed.health).toBe(ReplicationHealth.REPLICATION_HEALTH_WARNING);
       expect(codes(missed)).toContain("POINT_LATE");
+      // Stopped until half the window's slots are missed: just past 20%, the first fresh point
+      // after the restart would bring the ratio back under it at once.
+      const missedRatio = (s: RelationshipStatus) => {
+        const m = /(\d+) of (\d+) cycles due/.exec(s.healthReasons.find((r) => r.code === "CYCLES_MISSED")?.message ?? "");
+        return m ? Number(m[1]) / Number(m[2]) : 0;
+      };
+      await until("half the window's cycles missed", (s) => missedRatio(s) >= 0.5);
       agent.child.kill("SIGCONT");
       // Running again: the point is fresh, the misses stay counted while they are in the window.
       const recovering = await until("fresh point, misses still counted", (s) => !codes(s).includes("POINT_LATE") && codes(s).includes("CYCLES_MISSED"));
