@@ -114,6 +114,9 @@ describe("replication policies on a running agent", () => {
     const cmp = await compareImages(point.disks[0]!.imagePath, snapshot, { formatA: "qcow2", formatB: "raw" });
     expect(cmp.detail).toMatch(/identical/i);
 
+    // Health and the fleet view take the bound policy's thresholds and name.
+    const status = await cliJson<{ relationships: Array<{ policyName: string }> }>(["status", "vm1", ...site()]);
+    expect(status.relationships[0]!.policyName).toBe("acc");
     const diff = await cliJson<{ from: number; to: number; diff: unknown[] }>(["policy", "diff", "acc", ...site()]);
     expect(diff).toMatchObject({ from: 1, to: 2 });
     expect(diff.diff).toContainEqual({ path: "frequency", from: "1h", to: "1s" });
