@@ -1,7 +1,7 @@
 import * as grpc from "@grpc/grpc-js";
 import { errorMessage } from "../../common/errors.js";
 import type { PolicyServiceServer, PolicySummary } from "../../gen/qreplica/v1/policy.js";
-import { RELATIONSHIP_STREAM_PREFIX, relationshipStream, vmIdOfStream } from "../../ledger/index.js";
+import { relationshipStream } from "../../ledger/index.js";
 import { policyToYaml } from "../../policy/canonical.js";
 import { parsePolicyYaml, DEFAULT_POLICY_NAME } from "../../policy/schema.js";
 import { formatDuration } from "../../policy/units.js";
@@ -77,7 +77,9 @@ export function policyService(ctx: SiteContext): PolicyServiceServer {
         return { name, latestVersion: v.version, appliedAt: new Date(v.appliedAt), appliedBy: v.appliedBy, frequency: f.kind === "continuous" ? "continuous" : formatDuration(f.seconds), boundVmIds: book.boundTo(name) };
       });
       const bound = new Set(book.allBindings().filter((b) => b.policyName !== DEFAULT_POLICY_NAME).map((b) => b.vmId));
-      const known = new Set([...(await relationshipVmIds(ctx)), ...book.allBindings().map((b) => b.vmId)]);
+      // The status read model lists every VM with a relationship, without reading the ledger.
+      await ctx.readModels.refresh();
+      const known = new Set([...ctx.readModels.vmIds(), ...book.allBindings().map((b) => b.vmId)]);
       return { policies: summaries, defaultVmIds: [...known].filter((vm) => !bound.has(vm)).sort() };
     }),
     getPolicy: guarded("viewer", async (req) => {
@@ -106,20 +108,4 @@ export function policyService(ctx: SiteContext): PolicyServiceServer {
       return { vmId: req.vmId, policyName: req.policyName, version: policies.effectivePolicyVersion(req.vmId).version, changed, agentNotified: notified.length > 0, relationshipExists: exists };
     }),
   };
-}
-
-/** Every VM with a relationship here. A scan of the relationship streams: to be replaced by the status read model once it lists VMs. */
-async function relationshipVmIds(ctx: SiteContext): Promise<string[]> {
-  const ids = new Set<string>();
-  let from: bigint | undefined;
-  for (;;) {
-    const page = await ctx.store.readAll({ fromPosition: from, maxCount: 1000, streamPrefix: RELATIONSHIP_STREAM_PREFIX });
-    for (const e of page) {
-      const vmId = vmIdOfStream(e.stream);
-      if (vmId) ids.add(vmId);
-    }
-    if (page.length < 1000) break;
-    from = page[page.length - 1]!.globalPosition;
-  }
-  return [...ids];
 }
