@@ -50,6 +50,11 @@ export interface VmCaptureOptions {
   nbdSocketPath: string;
   quiescer?: Quiescer;
   freezeTimeoutMs?: number;
+  /**
+   * Asked at each cut-off whether to freeze the guest this time and for how long at most
+   * (undefined: a crash-consistent point). Absent: every cut-off freezes when there is a quiescer.
+   */
+  quiesceNow?: () => { freezeTimeoutMs: number } | undefined;
   read?: ExtentReadOptions & { connections?: number };
   logger?: Logger;
 }
@@ -277,8 +282,9 @@ export class VmCapture {
   }
 
   private async frozen<T>(fn: () => Promise<T>): Promise<{ result: T; consistency: Consistency }> {
-    if (!this.opts.quiescer) return { result: await fn(), consistency: "crash" };
-    const frozen = await this.opts.quiescer.withFrozenFilesystems(fn, { freezeTimeoutMs: this.opts.freezeTimeoutMs ?? 5_000, logger: this.logger });
+    const wanted = this.opts.quiesceNow ? this.opts.quiesceNow() : { freezeTimeoutMs: this.opts.freezeTimeoutMs ?? 5_000 };
+    if (!this.opts.quiescer || !wanted) return { result: await fn(), consistency: "crash" };
+    const frozen = await this.opts.quiescer.withFrozenFilesystems(fn, { freezeTimeoutMs: wanted.freezeTimeoutMs, logger: this.logger });
     return { result: frozen.result, consistency: frozen.consistency };
   }
 

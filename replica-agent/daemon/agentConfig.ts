@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { QreplicaError } from "../../src/common/errors.js";
-import { InvalidIdError, requireId, type IdKind } from "../../src/model/index.js";
+import { ID_PATTERN, InvalidIdError, requireId, type IdKind } from "../../src/model/index.js";
 // The spec model only (pure validation), not the site server.
 import { validateVmSpec, type VmSpec } from "../../src/site/launcher/vmSpec.js";
 import { DEFAULT_SCRATCH_MIN_FREE_BYTES } from "../capture/scratchSpace.js";
@@ -59,6 +59,11 @@ export interface AgentVmConfig {
    * hashes its side too).
    */
   resyncDigest: "blake3" | "sha256";
+  /**
+   * The policy to replicate this VM under, by name: bound on the replica site at the first Hello
+   * when the site has no binding for the VM yet (a binding made on the site wins).
+   */
+  policy?: string;
   /** Generation to present before the site has told one (a reverse replication starts at the failover's). */
   generation?: number;
 }
@@ -136,6 +141,7 @@ export function loadAgentConfig(path: string): AgentConfig {
       resyncDigest: oneOf(vm.resyncDigest ?? "blake3", ["blake3", "sha256"] as const, path, `${where}.resyncDigest`),
       spec: vm.spec === undefined ? undefined : specOf(vm.spec, path, `${where}.spec`),
       generation: vm.generation === undefined ? undefined : num(vm.generation, path, `${where}.generation`),
+      ...(vm.policy === undefined ? {} : { policy: policyName(vm.policy, path, `${where}.policy`) }),
     };
   });
   return {
@@ -197,6 +203,11 @@ function id(kind: IdKind, v: unknown, path: string, what: string): string {
     if (err instanceof InvalidIdError) throw new AgentConfigError(path, `${what}: ${err.message}`, { cause: err });
     throw err;
   }
+}
+
+function policyName(v: unknown, path: string, what: string): string {
+  if (typeof v === "string" && ID_PATTERN.test(v)) return v;
+  throw new AgentConfigError(path, `${what} must name a policy applied on the replica site (1-64 letters, digits, '.', '_' or '-', e.g. gold), got ${JSON.stringify(v)}`);
 }
 
 function replicaSiteIdOf(v: unknown, path: string, where: string): string {

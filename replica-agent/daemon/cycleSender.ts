@@ -30,8 +30,12 @@ export function send(stream: ReplicateStream, responses: ResponseQueue, message:
 export interface CycleSenderOptions {
   vmId: string;
   compressionLevel: number;
+  /** The policy the cycle runs under, "name@version" (or "config"), for the log. */
+  policy?: string;
   checksum: ChecksumAlgorithm;
   logger: Logger;
+  /** Waits as the bandwidth policy says before `wireBytes` more go out (absent: unlimited). */
+  throttle?: (wireBytes: number) => Promise<void>;
   /** Told the cycle's sequence once its CycleEnd is out, undefined once acked (see noteUnacknowledged). */
   onEndSent?: (seq: number | undefined) => void;
 }
@@ -91,6 +95,7 @@ export async function sendCycle(
         if (extent.kind === "data") totals.data += extent.length;
         else totals.zero += extent.length;
         totals.wire += chunk.wireBytes;
+        await o.throttle?.(chunk.wireBytes);
         await send(stream, responses, chunk.request);
       }
     }
@@ -109,7 +114,7 @@ export async function sendCycle(
     }
     o.onEndSent?.(undefined);
     await cycle.confirm();
-    o.logger.info({ vm: o.vmId, seq: cycle.seq, kind: o.resync ? "resync" : cycle.kind, vcpuPauseMs: cycle.vcpuPauseMs, ...totals, ...(o.resync ? resyncStats : {}), ms: Date.now() - started }, "cycle acknowledged by the replica site");
+    o.logger.info({ vm: o.vmId, seq: cycle.seq, kind: o.resync ? "resync" : cycle.kind, vcpuPauseMs: cycle.vcpuPauseMs, ...totals, ...(o.resync ? resyncStats : {}), ms: Date.now() - started, compressionLevel: o.compressionLevel, policy: o.policy }, "cycle acknowledged by the replica site");
     return { totals, resync: o.resync ? resyncStats : undefined };
   } catch (err) {
     replica?.fail(err as Error);

@@ -1,5 +1,5 @@
 import type { ClientDuplexStream } from "@grpc/grpc-js";
-import type { PlannedFailoverRequested, ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
+import type { PlannedFailoverRequested, PolicyChanged, ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
 
 /** What an operator told the agent over the open stream (pause, resume, resync). */
 export type Notice = Extract<NonNullable<ReplicateResponse["body"]>, { $case: "resyncRequested" | "replicationPaused" | "replicationResumed" }>;
@@ -25,8 +25,16 @@ export class ResponseQueue {
   private noticeWaiter: (() => void) | undefined;
   private noticePending: Promise<void> | undefined;
 
-  constructor(stream: ClientDuplexStream<OutgoingReplicateRequest, ReplicateResponse>) {
+  constructor(
+    stream: ClientDuplexStream<OutgoingReplicateRequest, ReplicateResponse>,
+    /** A changed effective policy pushed by the site: applied at the next cycle, never a reply to anything. */
+    onPolicy: (p: PolicyChanged) => void = () => undefined,
+  ) {
     stream.on("data", (r: ReplicateResponse) => {
+      if (r.body?.$case === "policyChanged") {
+        onPolicy(r.body.value);
+        return;
+      }
       if (r.body?.$case === "plannedFailoverRequested") {
         this.markPlanned(r.body.value);
         return;

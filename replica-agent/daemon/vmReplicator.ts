@@ -12,6 +12,9 @@ import { QmpClient, queryNamedBlockNodes } from "../../src/qemu/qmp/index.js";
 import { ReplicationClient, channelCredentials, grpcChannelOptions, type SiteCredentials } from "../../src/transport/index.js";
 import { IothreadDiskError, ScratchSpaceLowError, SnapshotBrokenError, VmCapture, type CaptureCycle } from "../capture/index.js";
 import type { AgentVmConfig } from "./agentConfig.js";
+import { CyclePolicy } from "./cyclePolicy.js";
+import { SiteBandwidth } from "./bandwidth.js";
+import { bandwidthAt } from "../../src/policy/windows.js";
 import { ResponseQueue } from "./responseQueue.js";
 import { CycleRefusedError, send, sendCycle, type ReplicateStream } from "./cycleSender.js";
 import { CycleScheduler, type CycleSlot, type VmSchedule } from "./cycleScheduler.js";
@@ -68,6 +71,10 @@ export class VmReplicator {
   private readonly stateFile: string;
   /** When this VM's cycles start (the agent's scheduler: grid, spread, in-flight limit). */
   readonly schedule: VmSchedule;
+  /** What cycles run with: the site's effective policy, or this VM's config while the site sends none. */
+  readonly policy: CyclePolicy;
+  /** Shared with every VM of this agent replicating to the same site. */
+  private readonly bandwidth: SiteBandwidth;
 
   constructor(
     private readonly vm: AgentVmConfig,
@@ -80,6 +87,8 @@ export class VmReplicator {
     mkdirSync(stateDir, { recursive: true, mode: 0o700 });
     this.stateFile = join(stateDir, `${vm.id}.replication.json`);
     this.schedule = scheduler.schedule(vm.id, { kind: "interval", seconds: vm.intervalSeconds });
+    this.policy = new CyclePolicy(vm, logger, (f) => this.schedule.setFrequency(f));
+    this.bandwidth = SiteBandwidth.for(vm.replicaSite);
   }
 
   stop(): void {
@@ -124,10 +133,11 @@ export class VmReplicator {
         cbwTimeoutSeconds: this.vm.cbwTimeoutSeconds,
         nbdSocketPath: this.vm.nbdSocket,
         quiescer: guestAgent,
+        quiesceNow: () => this.policy.quiesceNow(),
         logger: this.logger,
       });
       stream = client.replicate();
-      const responses = new ResponseQueue(stream);
+      const responses = new ResponseQueue(stream, (p) => this.policy.use(p.policy, "push"));
       const lost = trackingLost(capture);
       if (capture.report?.status === "resync-required") this.status = "resync-required";
       const ack = await this.hello(stream, responses, capture, lost).catch(async (err: unknown) => {
@@ -162,6 +172,7 @@ export class VmReplicator {
       const started = Date.now();
       try {
         const { totals } = await sendCycle(stream, responses, c, ack.generation, o);
+        this.policy.noteAcknowledged(c.consistency);
         agentMetrics.committed(this.vm.id, { readBytes: totals.data, sentBytes: totals.wire, seconds: (Date.now() - started) / 1000 });
       } catch (err) {
         agentMetrics.outcome(this.vm.id, err instanceof CycleRefusedError ? "refused" : "failed");
@@ -192,6 +203,7 @@ export class VmReplicator {
       }
       if (next === ResumeHint.RESUME_HINT_RESYNC || next === ResumeHint.RESUME_HINT_INITIAL_REPLICATION) {
         const resync = next === ResumeHint.RESUME_HINT_RESYNC;
+        if (!resync && !(await this.policy.untilInitialReplication([responses.plannedFailover, responses.noticeArrived(), broken], this.wake.signal))) continue;
         this.status = resync ? "resynchronising" : "initial-replication";
         const slot = await this.slot(responses, broken, "now");
         if (!slot) continue;
@@ -255,7 +267,6 @@ export class VmReplicator {
       this.logger.warn({ vm: this.vm.id, err: err.message }, "cycle refused by the replica site; retrying");
     }
   }
-
 
   /**
    * A due cycle that did not start because of this host (its scratch is nearly full, or a disk
@@ -376,6 +387,9 @@ export class VmReplicator {
           vmSpecJson: this.vm.spec ? JSON.stringify(this.vm.spec) : "",
           trackingLost: lost,
           resyncMode: this.vm.resync === "manual" ? ResyncMode.RESYNC_MODE_MANUAL : ResyncMode.RESYNC_MODE_AUTOMATIC,
+          policyName: this.vm.policy ?? "",
+          configuredIntervalSeconds: Math.round(this.vm.intervalSeconds),
+          configuredCompressionLevel: this.vm.compressionLevel,
         },
       },
     });
@@ -388,6 +402,7 @@ export class VmReplicator {
     const generation = Number(reply.value.generation);
     this.noteUnacknowledged(Number(reply.value.lastCommittedCycleSequence), lost.length > 0);
     this.chunkChecksum = this.pickChecksum(reply.value.acceptedChecksumAlgorithms);
+    this.policy.use(reply.value.policy, "hello");
     this.saveState({ generation, replicaSite: this.vm.replicaSite });
     const hint = reply.value.resumeHint;
     if (hint === ResumeHint.RESUME_HINT_WAIT_FOR_OPERATOR || hint === ResumeHint.RESUME_HINT_RESYNC) {
@@ -399,7 +414,9 @@ export class VmReplicator {
   private senderOptions() {
     return {
       vmId: this.vm.id,
-      compressionLevel: this.vm.compressionLevel,
+      compressionLevel: this.policy.current.compressionLevel,
+      policy: this.policy.label,
+      throttle: (bytes: number) => this.bandwidth.take(bytes, bandwidthAt(this.policy.current.bandwidth, new Date()), this.wake.signal),
       checksum: this.chunkChecksum,
       logger: this.logger,
       onEndSent: (seq: number | undefined) => (this.unacknowledgedSeq = seq),

@@ -4,6 +4,7 @@ import { validateIdArguments } from "./idArguments.js";
 import { registerFailover, registerReverse } from "./commands/failover.js";
 import { registerLedger } from "./commands/ledger.js";
 import { registerPki } from "./commands/pki.js";
+import { registerPolicy } from "./commands/policy.js";
 import { registerReplication } from "./commands/replication.js";
 import { registerRunbook } from "./commands/runbook.js";
 import { registerSite } from "./commands/site.js";
@@ -17,7 +18,9 @@ process.umask(0o077);
 const program = new Command()
   .name("qreplica")
   .description("Replication and disaster recovery for QEMU/KVM virtual machines")
-  .version("0.1.0");
+  .version("0.1.0")
+  // Root options only before a command: `policy show NAME --version N` is the command's, not the program's version.
+  .enablePositionalOptions();
 validateIdArguments(program);
 registerPki(program);
 registerSite(program);
@@ -29,4 +32,5 @@ registerFailover(program);
 registerReverse(program);
 registerReplication(program);
 registerRunbook(program);
+registerPolicy(program);
 await program.parseAsync();

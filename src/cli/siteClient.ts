@@ -1,6 +1,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import { ControlServiceClient } from "../gen/qreplica/v1/control.js";
+import { PolicyServiceClient } from "../gen/qreplica/v1/policy.js";
 import { MonitoringServiceClient } from "../gen/qreplica/v1/monitoring.js";
 import { addressFile, adminCredentialFiles, loadSiteConfig } from "../site/siteConfig.js";
 import { channelCredentials, grpcChannelOptions, loadSiteCredentials } from "../transport/index.js";
@@ -56,6 +57,14 @@ export function controlClient(opts: SiteTargetOptions): ControlServiceClient {
   const address = opts.site ?? (opts.dir ? readAddress(opts.dir) : undefined);
   if (!address || !files) throw new Error("which site? pass --dir SITE_DIR, or --site HOST:PORT with --ca, --cert and --key");
   return new ControlServiceClient(address, channelCredentials(loadSiteCredentials(files)), grpcChannelOptions);
+}
+
+/** The site's PolicyService, on the same endpoint and with the same identity as controlClient. */
+export function policyClient(opts: SiteTargetOptions): PolicyServiceClient {
+  const files = controlCredentialFiles(opts);
+  const address = opts.site ?? (opts.dir ? readAddress(opts.dir) : undefined);
+  if (!address || !files) throw new Error("which site? pass --dir SITE_DIR, or --site HOST:PORT with --ca, --cert and --key");
+  return new PolicyServiceClient(address, channelCredentials(loadSiteCredentials(files)), grpcChannelOptions);
 }
 
 /** The site's MonitoringService (Measure), on the same endpoint and identity as the control plane. */

@@ -9,6 +9,7 @@ import { SiteAuthorizations } from "./authorizations.js";
 import { RefusalAudit } from "./controlPlane/refusalAudit.js";
 import { AgentActivity } from "./health/activity.js";
 import type { HealthMonitor } from "./health/monitor.js";
+import type { SitePolicies } from "./sitePolicies.js";
 
 /** What every request handler of a running site shares. */
 export class SiteContext {
@@ -33,6 +34,8 @@ export class SiteContext {
     readonly logger: Logger,
     /** Status and recovery points, kept current by subscription (src/ledger/projections/readModels.ts). */
     readonly readModels: LedgerReadModels,
+    /** Policies and bindings; `policies.effectivePolicy(vmId)` is what the rest of the site asks. */
+    readonly policies: SitePolicies,
   ) {}
 
   /** Which primaries may replicate here, from the ledger. */
@@ -55,6 +58,11 @@ export class SiteContext {
   /** The primary's live Replicate stream for a VM, if its agent is connected. */
   sessionFor(vmId: string): ReplicateSession | undefined {
     return this.sessions.get(vmId);
+  }
+
+  /** VMs whose primary's agent is connected now. */
+  connectedVmIds(): string[] {
+    return [...this.sessions.keys()];
   }
 
   releaseSession(vmId: string, session: ReplicateSession): void {

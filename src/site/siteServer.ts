@@ -7,6 +7,10 @@ import { LedgerReadModels, getSqliteEventStore, onRelationshipSnapshotIgnored, t
 import { ReplicaStorage, SiteStorageDaemon } from "../storage/index.js";
 import { grpcServerOptions, loadSiteCredentials, serverCredentials, widenServerFlowControl, type SiteCredentials } from "../transport/index.js";
 import { controlService } from "./controlPlane/controlService.js";
+import { policyService } from "./controlPlane/policyService.js";
+import { PolicyServiceService } from "../gen/qreplica/v1/policy.js";
+import { SitePolicies } from "./sitePolicies.js";
+import { ResyncWindows } from "./resyncWindows.js";
 import { ReplicateSession } from "./dataPlane/replicateSession.js";
 import { Relationships } from "./relationships.js";
 import { FailoverService } from "./failover/failoverService.js";
@@ -109,10 +113,12 @@ async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, lo
   const failovers = new FailoverService(store, runDir(dir), config.accel, log);
   cleanups.push(() => failovers.detach());
   await failovers.recover(vmIds);
-  const context = new SiteContext(config.siteId, dir, store, storage, relationships, failovers, log, readModels);
+  const policies = await SitePolicies.open(store, { defaultMaxPoints: config.defaultMaxPoints }, log);
+  const context = new SiteContext(config.siteId, dir, store, storage, relationships, failovers, log, readModels, policies);
   const metrics = new SiteMetrics();
   const health = new HealthMonitor(store, context.activity, (vmId) => context.sessionFor(vmId) !== undefined, config.health ?? {}, log.child({ part: "health" }), metrics);
   context.health = health;
+  health.policyOf = (vmId) => policies.healthThresholds(vmId);
   await health.start();
   cleanups.push(() => health.stop());
   let metricsServer: MetricsServer | undefined;
@@ -120,6 +126,8 @@ async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, lo
     metricsServer = await startMetricsServer(config.metricsListen, metrics.registry, log);
     cleanups.push(() => metricsServer?.close());
   }
+  const resyncWindows = new ResyncWindows(context).start(() => context.connectedVmIds());
+  cleanups.push(() => resyncWindows.stop());
 
   const server = new grpc.Server(grpcServerOptions);
   const replicationServer: ReplicationServiceServer = {
@@ -129,6 +137,7 @@ async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, lo
   };
   server.addService(ReplicationServiceService, replicationServer);
   server.addService(ControlServiceService, controlService(context));
+  server.addService(PolicyServiceService, policyService(context));
   server.addService(MonitoringServiceService, monitoringService(context));
   const bind = (listen: string) =>
     new Promise<number>((resolve, reject) => server.bindAsync(listen, serverCredentials(creds), (err, p) => (err ? reject(err) : resolve(p))));
@@ -158,6 +167,7 @@ async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, lo
       ]);
       clearTimeout(graceTimer);
       server.forceShutdown();
+      resyncWindows.stop();
       await health.stop();
       await metricsServer?.close();
       await failovers.stopAllTests();

@@ -52,6 +52,8 @@ export interface HelloOptions {
   sourceSiteId?: string;
   agentId?: string;
   protocolVersion?: number;
+  /** The agent config's `policy:` (bound at this Hello when the site has no binding yet). */
+  policyName?: string;
 }
 
 export interface CycleBeginOptions {
@@ -86,6 +88,7 @@ export const msg = {
           disks: o.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeBytes) })),
           supportedCodecs: [CompressionCodec.COMPRESSION_CODEC_ZSTD, CompressionCodec.COMPRESSION_CODEC_NONE],
           supportedChecksumAlgorithms: [ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256],
+          policyName: o.policyName ?? "",
         }),
       },
     };

@@ -31,7 +31,7 @@ export interface TwoSites {
   /** `env` adds variables, e.g. QREPLICA_FAULT for a crash window (src/common/faultPoints.ts). */
   startSite(siteDir: string, opts?: { env?: Record<string, string> }): Promise<Daemon>;
   /** Starts the agent for the VM (id `vm1` unless given; another id is a new relationship on B). */
-  startAgent(opts?: { vmId?: string }): Daemon;
+  startAgent(opts?: { vmId?: string; policy?: string }): Daemon;
   relationship(vmId?: string, siteDir?: string): Promise<RelationshipState>;
   /** A site's local admin certificate (tls/admin.crt, role admin): what the CLI presents with --dir. */
   admin(siteDir: string): { caFile: string; certFile: string; keyFile: string };
@@ -138,6 +138,7 @@ export async function setupTwoSites(dir: string, opts: TwoSitesOptions): Promise
               replicaSiteId: "site-b",
               intervalSeconds: opts.intervalSeconds ?? 1,
               compressionLevel: 1,
+              ...(startOpts.policy ? { policy: startOpts.policy } : {}),
               ...(guest ? { spec: { machine: "q35", cpus: 1, memoryMiB: 64, disks: [{ diskId: "vda", bus: "ide", bootIndex: 0 }], nics: [] } } : {}),
             },
           ],

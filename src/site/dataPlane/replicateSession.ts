@@ -16,6 +16,7 @@ import {
   type CycleBegin,
   type CycleEnd,
   type CycleSkipped,
+  type EffectivePolicy,
   type ExtentChunk,
   type Hello,
   type ReplicateRequest,
@@ -24,6 +25,7 @@ import {
 import { KNOWN_CHECKSUMS, peerIdentity, pickResyncDigest, writeWithBackpressure, type Role } from "../../transport/index.js";
 import type { ChunkDigestName } from "../../common/chunkDigest.js";
 import { peerHost } from "../controlPlane/refusalAudit.js";
+import { resyncModeAt } from "../resyncWindows.js";
 import { MAX_CHUNK_BYTES, OpenCycle } from "./openCycle.js";
 import { parseVmSpec, sendSeedHashes } from "./resync.js";
 import type { SiteContext } from "../siteContext.js";
@@ -114,6 +116,11 @@ export class ReplicateSession {
           ? { $case: "replicationPaused" as const, value: { generation, reason: notice.reason } }
           : { $case: "replicationResumed" as const, value: { generation, resumeHint: RESUME_HINT[notice.resume] } };
     await writeWithBackpressure(this.call, { body });
+  }
+
+  /** The VM's effective policy changed: the agent runs its next cycle with it (absent: its own config's values). */
+  async sendPolicy(policy: EffectivePolicy | undefined): Promise<void> {
+    await writeWithBackpressure(this.call, { body: { $case: "policyChanged", value: { generation: BigInt(this.generation), policy } } });
   }
 
   /** Another stream for the same VM took over (the agent reconnected): stop this one. */
@@ -233,7 +240,7 @@ export class ReplicateSession {
         vmSpec: parseVmSpec(hello.vmSpecJson),
         disks: hello.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) })),
         trackingLost: hello.trackingLost.map((t) => ({ diskId: t.diskId, code: t.code || "TRACKING_LOST", reason: t.reason })),
-        resyncMode: hello.resyncMode === ResyncMode.RESYNC_MODE_MANUAL ? "manual" : "automatic",
+        resyncMode: await this.resyncModeOf(hello),
       });
       this.vmId = hello.vmId;
       this.generation = accepted.generation;
@@ -241,6 +248,13 @@ export class ReplicateSession {
       const offered = hello.supportedChecksumAlgorithms.length ? hello.supportedChecksumAlgorithms : [ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256];
       this.acceptedChecksums = KNOWN_CHECKSUMS.filter((a) => offered.includes(a));
       this.resyncDigest = pickResyncDigest(hello.resyncDigests, this.ctx.storage.indexDigest);
+      await this.ctx.policies.atHello(hello.vmId, {
+        policyName: hello.policyName,
+        intervalSeconds: hello.configuredIntervalSeconds,
+        compressionLevel: hello.configuredCompressionLevel,
+        resync: hello.resyncMode === ResyncMode.RESYNC_MODE_MANUAL ? "manual" : "automatic",
+        identity,
+      });
       this.ctx.claimSession(hello.vmId, this);
       await writeWithBackpressure(this.call, {
         body: {
@@ -255,10 +269,11 @@ export class ReplicateSession {
             acceptedCodecs: [CompressionCodec.COMPRESSION_CODEC_ZSTD, CompressionCodec.COMPRESSION_CODEC_NONE],
             acceptedChecksumAlgorithms: this.acceptedChecksums,
             resyncReason: accepted.resyncReason ?? "",
+            policy: this.ctx.policies.wireFor(hello.vmId),
           },
         },
       });
-      this.logger.info({ vm: hello.vmId, identity, generation: accepted.generation, resume: accepted.resume, resyncReason: accepted.resyncReason }, "Hello accepted");
+      this.logger.info({ vm: hello.vmId, identity, generation: accepted.generation, resume: accepted.resume, resyncReason: accepted.resyncReason, policy: this.ctx.policies.effectivePolicyVersion(hello.vmId) }, "Hello accepted");
     } catch (err) {
       if (err instanceof RelationshipRefusal) {
         const status = err.reason === RejectReason.REJECT_REASON_UNAUTHORIZED ? grpc.status.PERMISSION_DENIED : grpc.status.FAILED_PRECONDITION;
@@ -266,6 +281,18 @@ export class ReplicateSession {
       }
       throw err;
     }
+  }
+
+  /**
+   * A VM bound to a policy resyncs as its policy says (outside its resync window it waits, and
+   * ResyncWindows starts it when the window opens; a resync already under way goes on);
+   * otherwise as its agent config says (Hello).
+   */
+  private async resyncModeOf(hello: Hello): Promise<"automatic" | "manual"> {
+    if (this.ctx.policies.effectivePolicyVersion(hello.vmId).version === 0) return hello.resyncMode === ResyncMode.RESYNC_MODE_MANUAL ? "manual" : "automatic";
+    const policy = this.ctx.policies.effectivePolicy(hello.vmId);
+    if (policy.resync.mode === "automatic" && (await this.ctx.relationships.load(hello.vmId)).state === "resynchronising") return "automatic";
+    return resyncModeAt(policy, new Date());
   }
 
   private async onCycleBegin(begin: CycleBegin): Promise<void> {

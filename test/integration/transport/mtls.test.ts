@@ -157,7 +157,7 @@ function connect(address: string, channelCreds: ChannelCredentials) {
 const hello: ReplicateRequest = {
   body: {
     $case: "hello",
-    value: { protocolVersion: 1, sourceSiteId: "site-a", agentId: "kvm1", vmId: "vm-1", generation: 4n, disks: [], supportedCodecs: [], supportedChecksumAlgorithms: [], vmSpecJson: "", trackingLost: [], resyncMode: 0, resyncDigests: [] },
+    value: { protocolVersion: 1, sourceSiteId: "site-a", agentId: "kvm1", vmId: "vm-1", generation: 4n, disks: [], supportedCodecs: [], supportedChecksumAlgorithms: [], vmSpecJson: "", trackingLost: [], resyncMode: 0, resyncDigests: [], policyName: "", configuredIntervalSeconds: 0, configuredCompressionLevel: 0 },
   },
 };
 

@@ -125,6 +125,9 @@ describe("generated gRPC services", () => {
           trackingLost: [],
           resyncMode: 0,
           resyncDigests: [],
+          policyName: "",
+          configuredIntervalSeconds: 0,
+          configuredCompressionLevel: 0,
         },
       },
     });

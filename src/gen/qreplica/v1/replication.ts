@@ -338,6 +338,7 @@ export interface ReplicateResponse {
     | { $case: "resyncRequested"; value: ResyncRequested }
     | { $case: "replicationPaused"; value: ReplicationPausedNotice }
     | { $case: "replicationResumed"; value: ReplicationResumedNotice }
+    | { $case: "policyChanged"; value: PolicyChanged }
     | undefined;
 }
 
@@ -377,6 +378,17 @@ export interface Hello {
    * (agents before this field).
    */
   resyncDigests: ChunkDigest[];
+  /**
+   * The agent config's `policy:`: bound at this Hello when the site has no binding for the VM yet
+   * (a binding made on the site wins). Empty: none asked.
+   */
+  policyName: string;
+  /**
+   * The agent config's own interval and zstd level, used while the site sends no policy; the
+   * site's built-in default policy reports them (0: not said, agents before this field).
+   */
+  configuredIntervalSeconds: number;
+  configuredCompressionLevel: number;
 }
 
 export interface TrackingLost {
@@ -400,6 +412,63 @@ export interface HelloAck {
   acceptedChecksumAlgorithms: ChecksumAlgorithm[];
   /** With RESUME_HINT_RESYNC / WAIT_FOR_OPERATOR: why the replica wants a resync. */
   resyncReason: string;
+  /**
+   * The VM's effective policy: what the agent runs its cycles with from now on. Absent (older
+   * sites, or a VM bound to no policy): the agent config's own interval and compression level.
+   */
+  policy?: EffectivePolicy | undefined;
+}
+
+/** What the agent needs of a replication policy (the site keeps retention and health to itself). */
+export interface EffectivePolicy {
+  name: string;
+  version: number;
+  frequency?:
+    | //
+    /** A cycle every N seconds (at least 1); the agent counts them from the end of the previous cycle. */
+    { $case: "intervalSeconds"; value: number }
+    | //
+    /** The next cycle starts as soon as the last is committed, at least this many ms after it. */
+    { $case: "continuousMinGapMs"; value: number }
+    | undefined;
+  /** zstd level 1-19. */
+  compressionLevel: number;
+  /** Application-consistent points (qemu-guest-agent freeze/thaw); 0: crash-consistent only. */
+  appConsistentEverySeconds: number;
+  freezeTimeoutMs: number;
+  /** The first entry whose window matches applies; none matching: unlimited. */
+  bandwidth: BandwidthWindow[];
+  resyncMode: ResyncMode;
+  /** With RESYNC_MODE_AUTOMATIC: when an automatic resync may run; absent: any time. */
+  resyncWindow?:
+    | PolicyTimeWindow
+    | undefined;
+  /** Unset: start the initial replication now. */
+  initialReplicationAt?: Date | undefined;
+}
+
+export interface PolicyTimeWindow {
+  /** 0 = Sunday ... 6 = Saturday; empty: every day. */
+  days: number[];
+  /** "HH:MM" in the site's local time; `to` before `from` wraps past midnight. */
+  from: string;
+  to: string;
+}
+
+export interface BandwidthWindow {
+  /** 0: unlimited. */
+  bytesPerSecond: bigint;
+  /** Absent: always. */
+  window?: PolicyTimeWindow | undefined;
+}
+
+/**
+ * The VM's effective policy changed (applied, or the VM re-bound): it takes effect at the next
+ * cycle. `policy` absent: the VM is bound to the built-in default, i.e. the agent config's values.
+ */
+export interface PolicyChanged {
+  generation: bigint;
+  policy?: EffectivePolicy | undefined;
 }
 
 /** Starts a cycle: the point-in-time cut has already been taken on the primary. */
@@ -867,6 +936,9 @@ export const ReplicateResponse: MessageFns<ReplicateResponse> = {
       case "replicationResumed":
         ReplicationResumedNotice.encode(message.body.value, writer.uint32(90).fork()).join();
         break;
+      case "policyChanged":
+        PolicyChanged.encode(message.body.value, writer.uint32(98).fork()).join();
+        break;
     }
     return writer;
   },
@@ -981,6 +1053,14 @@ export const ReplicateResponse: MessageFns<ReplicateResponse> = {
             };
             continue;
           }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.body = { $case: "policyChanged", value: PolicyChanged.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1045,6 +1125,10 @@ export const ReplicateResponse: MessageFns<ReplicateResponse> = {
         ? { $case: "replicationResumed", value: ReplicationResumedNotice.fromJSON(object.replicationResumed) }
         : isSet(object.replication_resumed)
         ? { $case: "replicationResumed", value: ReplicationResumedNotice.fromJSON(object.replication_resumed) }
+        : isSet(object.policyChanged)
+        ? { $case: "policyChanged", value: PolicyChanged.fromJSON(object.policyChanged) }
+        : isSet(object.policy_changed)
+        ? { $case: "policyChanged", value: PolicyChanged.fromJSON(object.policy_changed) }
         : undefined,
     };
   },
@@ -1073,6 +1157,8 @@ export const ReplicateResponse: MessageFns<ReplicateResponse> = {
       obj.replicationPaused = ReplicationPausedNotice.toJSON(message.body.value);
     } else if (message.body?.$case === "replicationResumed") {
       obj.replicationResumed = ReplicationResumedNotice.toJSON(message.body.value);
+    } else if (message.body?.$case === "policyChanged") {
+      obj.policyChanged = PolicyChanged.toJSON(message.body.value);
     }
     return obj;
   },
@@ -1155,6 +1241,12 @@ export const ReplicateResponse: MessageFns<ReplicateResponse> = {
         }
         break;
       }
+      case "policyChanged": {
+        if (object.body?.value !== undefined && object.body?.value !== null) {
+          message.body = { $case: "policyChanged", value: PolicyChanged.fromPartial(object.body.value) };
+        }
+        break;
+      }
     }
     return message;
   },
@@ -1174,6 +1266,9 @@ function createBaseHello(): Hello {
     trackingLost: [],
     resyncMode: 0,
     resyncDigests: [],
+    policyName: "",
+    configuredIntervalSeconds: 0,
+    configuredCompressionLevel: 0,
   };
 }
 
@@ -1229,6 +1324,15 @@ export const Hello: MessageFns<Hello> = {
         writer.int32(v);
       }
       writer.join();
+    }
+    if (message.policyName !== "") {
+      writer.uint32(106).string(message.policyName);
+    }
+    if (message.configuredIntervalSeconds !== 0) {
+      writer.uint32(112).uint32(message.configuredIntervalSeconds);
+    }
+    if (message.configuredCompressionLevel !== 0) {
+      writer.uint32(120).uint32(message.configuredCompressionLevel);
     }
     return writer;
   },
@@ -1372,6 +1476,30 @@ export const Hello: MessageFns<Hello> = {
 
             break;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.policyName = reader.string();
+            continue;
+          }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.configuredIntervalSeconds = reader.uint32();
+            continue;
+          }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.configuredCompressionLevel = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1440,6 +1568,21 @@ export const Hello: MessageFns<Hello> = {
         : globalThis.Array.isArray(object?.resync_digests)
         ? object.resync_digests.map((e: any) => chunkDigestFromJSON(e))
         : [],
+      policyName: isSet(object.policyName)
+        ? globalThis.String(object.policyName)
+        : isSet(object.policy_name)
+        ? globalThis.String(object.policy_name)
+        : "",
+      configuredIntervalSeconds: isSet(object.configuredIntervalSeconds)
+        ? globalThis.Number(object.configuredIntervalSeconds)
+        : isSet(object.configured_interval_seconds)
+        ? globalThis.Number(object.configured_interval_seconds)
+        : 0,
+      configuredCompressionLevel: isSet(object.configuredCompressionLevel)
+        ? globalThis.Number(object.configuredCompressionLevel)
+        : isSet(object.configured_compression_level)
+        ? globalThis.Number(object.configured_compression_level)
+        : 0,
     };
   },
 
@@ -1481,6 +1624,15 @@ export const Hello: MessageFns<Hello> = {
     if (message.resyncDigests?.length) {
       obj.resyncDigests = message.resyncDigests.map((e) => chunkDigestToJSON(e));
     }
+    if (message.policyName !== "") {
+      obj.policyName = message.policyName;
+    }
+    if (message.configuredIntervalSeconds !== 0) {
+      obj.configuredIntervalSeconds = Math.round(message.configuredIntervalSeconds);
+    }
+    if (message.configuredCompressionLevel !== 0) {
+      obj.configuredCompressionLevel = Math.round(message.configuredCompressionLevel);
+    }
     return obj;
   },
 
@@ -1503,6 +1655,9 @@ export const Hello: MessageFns<Hello> = {
     message.trackingLost = object.trackingLost?.map((e) => TrackingLost.fromPartial(e)) || [];
     message.resyncMode = object.resyncMode ?? 0;
     message.resyncDigests = object.resyncDigests?.map((e) => e) || [];
+    message.policyName = object.policyName ?? "";
+    message.configuredIntervalSeconds = object.configuredIntervalSeconds ?? 0;
+    message.configuredCompressionLevel = object.configuredCompressionLevel ?? 0;
     return message;
   },
 };
@@ -1623,6 +1778,7 @@ function createBaseHelloAck(): HelloAck {
     acceptedCodecs: [],
     acceptedChecksumAlgorithms: [],
     resyncReason: "",
+    policy: undefined,
   };
 }
 
@@ -1670,6 +1826,9 @@ export const HelloAck: MessageFns<HelloAck> = {
     }
     if (message.resyncReason !== "") {
       writer.uint32(74).string(message.resyncReason);
+    }
+    if (message.policy !== undefined) {
+      EffectivePolicy.encode(message.policy, writer.uint32(82).fork()).join();
     }
     return writer;
   },
@@ -1779,6 +1938,14 @@ export const HelloAck: MessageFns<HelloAck> = {
             message.resyncReason = reader.string();
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.policy = EffectivePolicy.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1834,6 +2001,7 @@ export const HelloAck: MessageFns<HelloAck> = {
         : isSet(object.resync_reason)
         ? globalThis.String(object.resync_reason)
         : "",
+      policy: isSet(object.policy) ? EffectivePolicy.fromJSON(object.policy) : undefined,
     };
   },
 
@@ -1866,6 +2034,9 @@ export const HelloAck: MessageFns<HelloAck> = {
     if (message.resyncReason !== "") {
       obj.resyncReason = message.resyncReason;
     }
+    if (message.policy !== undefined) {
+      obj.policy = EffectivePolicy.toJSON(message.policy);
+    }
     return obj;
   },
 
@@ -1888,6 +2059,600 @@ export const HelloAck: MessageFns<HelloAck> = {
     message.acceptedCodecs = object.acceptedCodecs?.map((e) => e) || [];
     message.acceptedChecksumAlgorithms = object.acceptedChecksumAlgorithms?.map((e) => e) || [];
     message.resyncReason = object.resyncReason ?? "";
+    message.policy = (object.policy !== undefined && object.policy !== null)
+      ? EffectivePolicy.fromPartial(object.policy)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseEffectivePolicy(): EffectivePolicy {
+  return {
+    name: "",
+    version: 0,
+    frequency: undefined,
+    compressionLevel: 0,
+    appConsistentEverySeconds: 0,
+    freezeTimeoutMs: 0,
+    bandwidth: [],
+    resyncMode: 0,
+    resyncWindow: undefined,
+    initialReplicationAt: undefined,
+  };
+}
+
+export const EffectivePolicy: MessageFns<EffectivePolicy> = {
+  encode(message: EffectivePolicy, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.version !== 0) {
+      writer.uint32(16).uint32(message.version);
+    }
+    switch (message.frequency?.$case) {
+      case "intervalSeconds":
+        writer.uint32(24).uint32(message.frequency.value);
+        break;
+      case "continuousMinGapMs":
+        writer.uint32(32).uint32(message.frequency.value);
+        break;
+    }
+    if (message.compressionLevel !== 0) {
+      writer.uint32(40).uint32(message.compressionLevel);
+    }
+    if (message.appConsistentEverySeconds !== 0) {
+      writer.uint32(48).uint32(message.appConsistentEverySeconds);
+    }
+    if (message.freezeTimeoutMs !== 0) {
+      writer.uint32(56).uint32(message.freezeTimeoutMs);
+    }
+    for (const v of message.bandwidth) {
+      BandwidthWindow.encode(v!, writer.uint32(66).fork()).join();
+    }
+    if (message.resyncMode !== 0) {
+      writer.uint32(72).int32(message.resyncMode);
+    }
+    if (message.resyncWindow !== undefined) {
+      PolicyTimeWindow.encode(message.resyncWindow, writer.uint32(82).fork()).join();
+    }
+    if (message.initialReplicationAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.initialReplicationAt), writer.uint32(90).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): EffectivePolicy {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseEffectivePolicy();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.version = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.frequency = { $case: "intervalSeconds", value: reader.uint32() };
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.frequency = { $case: "continuousMinGapMs", value: reader.uint32() };
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.compressionLevel = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.appConsistentEverySeconds = reader.uint32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.freezeTimeoutMs = reader.uint32();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.bandwidth.push(BandwidthWindow.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.resyncMode = reader.int32() as any;
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.resyncWindow = PolicyTimeWindow.decode(reader, reader.uint32());
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.initialReplicationAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): EffectivePolicy {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      version: isSet(object.version) ? globalThis.Number(object.version) : 0,
+      frequency: isSet(object.intervalSeconds)
+        ? { $case: "intervalSeconds", value: globalThis.Number(object.intervalSeconds) }
+        : isSet(object.interval_seconds)
+        ? { $case: "intervalSeconds", value: globalThis.Number(object.interval_seconds) }
+        : isSet(object.continuousMinGapMs)
+        ? { $case: "continuousMinGapMs", value: globalThis.Number(object.continuousMinGapMs) }
+        : isSet(object.continuous_min_gap_ms)
+        ? { $case: "continuousMinGapMs", value: globalThis.Number(object.continuous_min_gap_ms) }
+        : undefined,
+      compressionLevel: isSet(object.compressionLevel)
+        ? globalThis.Number(object.compressionLevel)
+        : isSet(object.compression_level)
+        ? globalThis.Number(object.compression_level)
+        : 0,
+      appConsistentEverySeconds: isSet(object.appConsistentEverySeconds)
+        ? globalThis.Number(object.appConsistentEverySeconds)
+        : isSet(object.app_consistent_every_seconds)
+        ? globalThis.Number(object.app_consistent_every_seconds)
+        : 0,
+      freezeTimeoutMs: isSet(object.freezeTimeoutMs)
+        ? globalThis.Number(object.freezeTimeoutMs)
+        : isSet(object.freeze_timeout_ms)
+        ? globalThis.Number(object.freeze_timeout_ms)
+        : 0,
+      bandwidth: globalThis.Array.isArray(object?.bandwidth)
+        ? object.bandwidth.map((e: any) => BandwidthWindow.fromJSON(e))
+        : [],
+      resyncMode: isSet(object.resyncMode)
+        ? resyncModeFromJSON(object.resyncMode)
+        : isSet(object.resync_mode)
+        ? resyncModeFromJSON(object.resync_mode)
+        : 0,
+      resyncWindow: isSet(object.resyncWindow)
+        ? PolicyTimeWindow.fromJSON(object.resyncWindow)
+        : isSet(object.resync_window)
+        ? PolicyTimeWindow.fromJSON(object.resync_window)
+        : undefined,
+      initialReplicationAt: isSet(object.initialReplicationAt)
+        ? fromJsonTimestamp(object.initialReplicationAt)
+        : isSet(object.initial_replication_at)
+        ? fromJsonTimestamp(object.initial_replication_at)
+        : undefined,
+    };
+  },
+
+  toJSON(message: EffectivePolicy): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.version !== 0) {
+      obj.version = Math.round(message.version);
+    }
+    if (message.frequency?.$case === "intervalSeconds") {
+      obj.intervalSeconds = Math.round(message.frequency.value);
+    } else if (message.frequency?.$case === "continuousMinGapMs") {
+      obj.continuousMinGapMs = Math.round(message.frequency.value);
+    }
+    if (message.compressionLevel !== 0) {
+      obj.compressionLevel = Math.round(message.compressionLevel);
+    }
+    if (message.appConsistentEverySeconds !== 0) {
+      obj.appConsistentEverySeconds = Math.round(message.appConsistentEverySeconds);
+    }
+    if (message.freezeTimeoutMs !== 0) {
+      obj.freezeTimeoutMs = Math.round(message.freezeTimeoutMs);
+    }
+    if (message.bandwidth?.length) {
+      obj.bandwidth = message.bandwidth.map((e) => BandwidthWindow.toJSON(e));
+    }
+    if (message.resyncMode !== 0) {
+      obj.resyncMode = resyncModeToJSON(message.resyncMode);
+    }
+    if (message.resyncWindow !== undefined) {
+      obj.resyncWindow = PolicyTimeWindow.toJSON(message.resyncWindow);
+    }
+    if (message.initialReplicationAt !== undefined) {
+      obj.initialReplicationAt = message.initialReplicationAt.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<EffectivePolicy>, I>>(base?: I): EffectivePolicy {
+    return EffectivePolicy.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<EffectivePolicy>, I>>(object: I): EffectivePolicy {
+    const message = createBaseEffectivePolicy();
+    message.name = object.name ?? "";
+    message.version = object.version ?? 0;
+    switch (object.frequency?.$case) {
+      case "intervalSeconds": {
+        if (object.frequency?.value !== undefined && object.frequency?.value !== null) {
+          message.frequency = { $case: "intervalSeconds", value: object.frequency.value };
+        }
+        break;
+      }
+      case "continuousMinGapMs": {
+        if (object.frequency?.value !== undefined && object.frequency?.value !== null) {
+          message.frequency = { $case: "continuousMinGapMs", value: object.frequency.value };
+        }
+        break;
+      }
+    }
+    message.compressionLevel = object.compressionLevel ?? 0;
+    message.appConsistentEverySeconds = object.appConsistentEverySeconds ?? 0;
+    message.freezeTimeoutMs = object.freezeTimeoutMs ?? 0;
+    message.bandwidth = object.bandwidth?.map((e) => BandwidthWindow.fromPartial(e)) || [];
+    message.resyncMode = object.resyncMode ?? 0;
+    message.resyncWindow = (object.resyncWindow !== undefined && object.resyncWindow !== null)
+      ? PolicyTimeWindow.fromPartial(object.resyncWindow)
+      : undefined;
+    message.initialReplicationAt = object.initialReplicationAt ?? undefined;
+    return message;
+  },
+};
+
+function createBasePolicyTimeWindow(): PolicyTimeWindow {
+  return { days: [], from: "", to: "" };
+}
+
+export const PolicyTimeWindow: MessageFns<PolicyTimeWindow> = {
+  encode(message: PolicyTimeWindow, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.days.length !== 0) {
+      writer.uint32(10).fork();
+      for (const v of message.days) {
+        writer.uint32(v);
+      }
+      writer.join();
+    }
+    if (message.from !== "") {
+      writer.uint32(18).string(message.from);
+    }
+    if (message.to !== "") {
+      writer.uint32(26).string(message.to);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PolicyTimeWindow {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePolicyTimeWindow();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag === 8) {
+              message.days.push(reader.uint32());
+
+              continue;
+            }
+
+            if (tag === 10) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.days.push(reader.uint32());
+              }
+
+              continue;
+            }
+
+            break;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.from = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.to = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PolicyTimeWindow {
+    return {
+      days: globalThis.Array.isArray(object?.days) ? object.days.map((e: any) => globalThis.Number(e)) : [],
+      from: isSet(object.from) ? globalThis.String(object.from) : "",
+      to: isSet(object.to) ? globalThis.String(object.to) : "",
+    };
+  },
+
+  toJSON(message: PolicyTimeWindow): unknown {
+    const obj: any = {};
+    if (message.days?.length) {
+      obj.days = message.days.map((e) => Math.round(e));
+    }
+    if (message.from !== "") {
+      obj.from = message.from;
+    }
+    if (message.to !== "") {
+      obj.to = message.to;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PolicyTimeWindow>, I>>(base?: I): PolicyTimeWindow {
+    return PolicyTimeWindow.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PolicyTimeWindow>, I>>(object: I): PolicyTimeWindow {
+    const message = createBasePolicyTimeWindow();
+    message.days = object.days?.map((e) => e) || [];
+    message.from = object.from ?? "";
+    message.to = object.to ?? "";
+    return message;
+  },
+};
+
+function createBaseBandwidthWindow(): BandwidthWindow {
+  return { bytesPerSecond: 0n, window: undefined };
+}
+
+export const BandwidthWindow: MessageFns<BandwidthWindow> = {
+  encode(message: BandwidthWindow, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.bytesPerSecond !== 0n) {
+      if (BigInt.asUintN(64, message.bytesPerSecond) !== message.bytesPerSecond) {
+        throw new globalThis.Error("value provided for field message.bytesPerSecond of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.bytesPerSecond);
+    }
+    if (message.window !== undefined) {
+      PolicyTimeWindow.encode(message.window, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BandwidthWindow {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBandwidthWindow();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.bytesPerSecond = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.window = PolicyTimeWindow.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BandwidthWindow {
+    return {
+      bytesPerSecond: isSet(object.bytesPerSecond)
+        ? BigInt(object.bytesPerSecond)
+        : isSet(object.bytes_per_second)
+        ? BigInt(object.bytes_per_second)
+        : 0n,
+      window: isSet(object.window) ? PolicyTimeWindow.fromJSON(object.window) : undefined,
+    };
+  },
+
+  toJSON(message: BandwidthWindow): unknown {
+    const obj: any = {};
+    if (message.bytesPerSecond !== 0n) {
+      obj.bytesPerSecond = message.bytesPerSecond.toString();
+    }
+    if (message.window !== undefined) {
+      obj.window = PolicyTimeWindow.toJSON(message.window);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BandwidthWindow>, I>>(base?: I): BandwidthWindow {
+    return BandwidthWindow.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BandwidthWindow>, I>>(object: I): BandwidthWindow {
+    const message = createBaseBandwidthWindow();
+    message.bytesPerSecond = (object.bytesPerSecond !== undefined && object.bytesPerSecond !== null)
+      ? BigInt(object.bytesPerSecond)
+      : 0n;
+    message.window = (object.window !== undefined && object.window !== null)
+      ? PolicyTimeWindow.fromPartial(object.window)
+      : undefined;
+    return message;
+  },
+};
+
+function createBasePolicyChanged(): PolicyChanged {
+  return { generation: 0n, policy: undefined };
+}
+
+export const PolicyChanged: MessageFns<PolicyChanged> = {
+  encode(message: PolicyChanged, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.generation !== 0n) {
+      if (BigInt.asUintN(64, message.generation) !== message.generation) {
+        throw new globalThis.Error("value provided for field message.generation of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.generation);
+    }
+    if (message.policy !== undefined) {
+      EffectivePolicy.encode(message.policy, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PolicyChanged {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePolicyChanged();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.generation = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.policy = EffectivePolicy.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PolicyChanged {
+    return {
+      generation: isSet(object.generation) ? BigInt(object.generation) : 0n,
+      policy: isSet(object.policy) ? EffectivePolicy.fromJSON(object.policy) : undefined,
+    };
+  },
+
+  toJSON(message: PolicyChanged): unknown {
+    const obj: any = {};
+    if (message.generation !== 0n) {
+      obj.generation = message.generation.toString();
+    }
+    if (message.policy !== undefined) {
+      obj.policy = EffectivePolicy.toJSON(message.policy);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PolicyChanged>, I>>(base?: I): PolicyChanged {
+    return PolicyChanged.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PolicyChanged>, I>>(object: I): PolicyChanged {
+    const message = createBasePolicyChanged();
+    message.generation = (object.generation !== undefined && object.generation !== null)
+      ? BigInt(object.generation)
+      : 0n;
+    message.policy = (object.policy !== undefined && object.policy !== null)
+      ? EffectivePolicy.fromPartial(object.policy)
+      : undefined;
     return message;
   },
 };
