@@ -10,6 +10,7 @@ import { controlService } from "./controlPlane/controlService.js";
 import { policyService } from "./controlPlane/policyService.js";
 import { PolicyServiceService } from "../gen/qreplica/v1/policy.js";
 import { SitePolicies } from "./sitePolicies.js";
+import { siteDefaultRetention, type RetentionSource } from "./retention.js";
 import { ResyncWindows } from "./resyncWindows.js";
 import { ReplicateSession } from "./dataPlane/replicateSession.js";
 import { Relationships } from "./relationships.js";
@@ -108,12 +109,17 @@ async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, lo
   // Snapshot + the events after it: a restart does not fold years of events again.
   const readModels = await LedgerReadModels.open(store, { logger: log });
   cleanups.push(() => readModels.close());
-  const relationships = new Relationships(store, storage, { siteId: config.siteId, defaultMaxPoints: config.defaultMaxPoints, defaultRetention: config.defaultRetention }, log);
+  const policies = await SitePolicies.open(store, { defaultMaxPoints: config.defaultMaxPoints }, log);
+  // A VM bound to a policy keeps what its tiers promise; one on the built-in default, the site's
+  // defaultRetention (or its point count).
+  const siteDefault = siteDefaultRetention(config);
+  const retentionFor: RetentionSource = (vmId, state) => (policies.effectivePolicyVersion(vmId).version > 0 ? policies.effectivePolicy(vmId).retention : siteDefault(vmId, state));
+  const site = { siteId: config.siteId, defaultMaxPoints: config.defaultMaxPoints, defaultRetention: config.defaultRetention };
+  const relationships = new Relationships(store, storage, site, log, { retentionFor });
   const vmIds = await relationships.recover(readModels.vmIds());
   const failovers = new FailoverService(store, runDir(dir), config.accel, log);
   cleanups.push(() => failovers.detach());
   await failovers.recover(vmIds);
-  const policies = await SitePolicies.open(store, { defaultMaxPoints: config.defaultMaxPoints }, log);
   const context = new SiteContext(config.siteId, dir, store, storage, relationships, failovers, log, readModels, policies);
   const metrics = new SiteMetrics();
   const health = new HealthMonitor(store, context.activity, (vmId) => context.sessionFor(vmId) !== undefined, config.health ?? {}, log.child({ part: "health" }), metrics);
