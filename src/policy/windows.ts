@@ -1,3 +1,4 @@
+import { Cron } from "croner";
 import type { BandwidthLimit, TimeWindow } from "./types.js";
 
 const minutes = (hhmm: string) => Number(hhmm.slice(0, 2)) * 60 + Number(hhmm.slice(3, 5));
@@ -22,4 +23,15 @@ export function inWindow(w: TimeWindow, at: Date): boolean {
 /** Bytes per second allowed at `at`: the first entry whose window matches (0: unlimited, also when none does). */
 export function bandwidthAt(limits: readonly BandwidthLimit[], at: Date): number {
   return limits.find((l) => !l.window || inWindow(l.window, at))?.bytesPerSecond ?? 0;
+}
+
+/** The cron pattern of the moments `w` opens: its `from` on each of its days (every day when none). */
+export function openingPattern(w: TimeWindow): string {
+  const days = w.days && w.days.length > 0 ? [...w.days].sort((a, b) => a - b).join(",") : "*";
+  return `${minutes(w.from) % 60} ${Math.floor(minutes(w.from) / 60)} * * ${days}`;
+}
+
+/** When `w` next opens after `after` (this host's local time, as inWindow reads it), by croner. */
+export function nextOpening(w: TimeWindow, after: Date): Date | undefined {
+  return new Cron(openingPattern(w), { paused: true }).nextRun(after) ?? undefined;
 }

@@ -1,11 +1,14 @@
 import { errorMessage } from "../common/errors.js";
 import { approveResync, executeCommand } from "../ledger/index.js";
-import { inWindow } from "../policy/windows.js";
+import { inWindow, nextOpening } from "../policy/windows.js";
 import type { ReplicationPolicy } from "../policy/types.js";
 import type { SiteContext } from "./siteContext.js";
 
-/** How often the site looks whether a policy's resync window has opened for a waiting VM. */
-const CHECK_EVERY_MS = 60_000;
+/**
+ * How often the plan of window openings is made again without a policy change: a VM that connects
+ * with a held resync has its window's opening timed at the next plan at the latest.
+ */
+const REPLAN_EVERY_MS = 10 * 60_000;
 
 /**
  * How a VM bound to `policy` resyncs at `now`: a policy's automatic resync with a window is
@@ -17,14 +20,17 @@ export function resyncModeAt(policy: ReplicationPolicy, now: Date): "automatic" 
 }
 
 /**
- * Starts the resyncs a policy's window held back: when the window opens (checked every minute,
- * and at once whenever a VM's effective policy changes), a VM that waits in resync-required with
- * its agent connected gets the go-ahead, recorded in the ledger as the policy's (ResyncApproved,
+ * Starts the resyncs a policy's window held back: when the window opens (a timer at the next
+ * opening of the connected VMs' windows, computed by croner from each window's days and start; and
+ * at once whenever a VM's effective policy changes), a VM that waits in resync-required with its
+ * agent connected gets the go-ahead, recorded in the ledger as the policy's (ResyncApproved,
  * approved by "policy NAME@VERSION"), and its agent is told to resync now.
  */
 export class ResyncWindows {
   private timer: NodeJS.Timeout | undefined;
+  private replan: NodeJS.Timeout | undefined;
   private unsubscribe: (() => void) | undefined;
+  private vmIds: () => string[] = () => [];
 
   constructor(
     private readonly ctx: SiteContext,
@@ -32,17 +38,46 @@ export class ResyncWindows {
   ) {}
 
   start(vmIds: () => string[]): this {
-    this.unsubscribe = this.ctx.policies.onPolicyChange((vmId) => void this.check(vmId));
-    this.timer = setInterval(() => {
-      for (const vmId of vmIds()) void this.check(vmId);
-    }, CHECK_EVERY_MS);
-    this.timer.unref();
+    this.vmIds = vmIds;
+    this.unsubscribe = this.ctx.policies.onPolicyChange((vmId) => {
+      void this.check(vmId);
+      this.plan();
+    });
+    this.replan = setInterval(() => this.plan(), REPLAN_EVERY_MS).unref();
+    this.plan();
     return this;
   }
 
   stop(): void {
-    clearInterval(this.timer);
+    clearTimeout(this.timer);
+    clearInterval(this.replan);
     this.unsubscribe?.();
+  }
+
+  /** The next moment a connected VM's resync window opens, if any. */
+  nextOpening(): Date | undefined {
+    const now = this.now();
+    let next: Date | undefined;
+    for (const vmId of this.vmIds()) {
+      if (this.ctx.policies.effectivePolicyVersion(vmId).version === 0) continue;
+      const resync = this.ctx.policies.effectivePolicy(vmId).resync;
+      if (resync.mode !== "automatic" || !resync.window) continue;
+      const at = nextOpening(resync.window, now);
+      if (at && (!next || at < next)) next = at;
+    }
+    return next;
+  }
+
+  private plan(): void {
+    clearTimeout(this.timer);
+    const at = this.nextOpening();
+    if (!at) return;
+    // setTimeout's limit is ~24.8 days; a later opening is planned again by the periodic replan.
+    const ms = Math.min(at.getTime() - this.now().getTime() + 1_000, 2 ** 31 - 1);
+    this.timer = setTimeout(() => {
+      for (const vmId of this.vmIds()) void this.check(vmId);
+      this.plan();
+    }, Math.max(0, ms)).unref();
   }
 
   /** Gives the go-ahead when the VM's policy allows a resync now and the VM waits for one; true if it did. */

@@ -1,6 +1,7 @@
 /** Time windows of a policy (bandwidth, resync) and the agent's per-site pacing, with injected clocks. */
 import { describe, expect, it } from "vitest";
-import { bandwidthAt, inWindow } from "../../../src/policy/windows.js";
+import { bandwidthAt, inWindow, nextOpening, openingPattern } from "../../../src/policy/windows.js";
+import type { TimeWindow } from "../../../src/policy/types.js";
 import { parsePolicyYaml } from "../../../src/policy/schema.js";
 import { SiteBandwidth } from "../../../replica-agent/daemon/bandwidth.js";
 import { resyncModeAt } from "../../../src/site/resyncWindows.js";
@@ -39,6 +40,24 @@ bandwidth:
     expect(bandwidthAt(p.bandwidth, at(MON, 20))).toBe(0);
     expect(bandwidthAt(p.bandwidth, at(SAT, 9))).toBe(200 * 1024 * 1024);
     expect(bandwidthAt([], at(MON, 9))).toBe(0);
+  });
+});
+
+describe("window openings (croner)", () => {
+  const local = (y: number, mo: number, d: number, h: number, mi: number) => new Date(y, mo - 1, d, h, mi);
+
+  it("time the next opening on the window's days, agreeing with inWindow", () => {
+    const nightly: TimeWindow = { from: "18:30", to: "06:00" };
+    expect(openingPattern(nightly)).toBe("30 18 * * *");
+    // Friday 4 Dec 2026, noon: tonight at 18:30.
+    expect(nextOpening(nightly, local(2026, 12, 4, 12, 0))).toEqual(local(2026, 12, 4, 18, 30));
+    const weekdays: TimeWindow = { days: [5, 1, 2, 3, 4], from: "08:00", to: "18:00" };
+    expect(openingPattern(weekdays)).toBe("0 8 * * 1,2,3,4,5");
+    // After Friday's opening: Monday 08:00.
+    const at = nextOpening(weekdays, local(2026, 12, 4, 9, 0))!;
+    expect(at).toEqual(local(2026, 12, 7, 8, 0));
+    expect(inWindow(weekdays, at)).toBe(true);
+    expect(inWindow(weekdays, new Date(at.getTime() - 60_000))).toBe(false);
   });
 });
 
