@@ -153,6 +153,8 @@ export function evaluateHealth(input: HealthInput, t: HealthThresholds, now: num
   if (s === "paused") warn("STATE_PAUSED", `replication is paused${input.pauseReason ? `: ${input.pauseReason}` : ""}`);
   if (s === "resynchronising") warn("STATE_RESYNCHRONISING", `resynchronising${input.resyncReason ? ` after: ${input.resyncReason}` : ""}`);
   if (s === "ready-for-initial-replication" || s === "initial-replication-in-progress") warn("STATE_INITIAL_REPLICATION", "initial replication is not complete");
+  // Whatever cycle is due (initial, resync or incremental): why the primary cuts nothing.
+  if (input.cycleSkipped && s !== "paused") warn("CYCLES_SKIPPED", `${input.cycleSkipped.code}: the primary skips its cycles since ${input.cycleSkipped.since}: ${input.cycleSkipped.message}`);
 
   if (REPLICATING_STATES.has(s) || s === "paused") {
     const f = input.consecutiveFailures;
@@ -166,7 +168,6 @@ export function evaluateHealth(input: HealthInput, t: HealthThresholds, now: num
     if (due > 0 && counts.missed / due > t.missedWarnRatio) {
       warn("CYCLES_MISSED", `${counts.missed} of ${due} cycles due in the last ${t.windowSeconds} s were missed (more than ${Math.round(t.missedWarnRatio * 100)}%)`);
     }
-    if (input.cycleSkipped) warn("CYCLES_SKIPPED", `${input.cycleSkipped.code}: the primary skips its cycles since ${input.cycleSkipped.since}: ${input.cycleSkipped.message}`);
     const risk = rpoAtRisk(input.commits, t, now);
     if (risk) warn("RPO_AT_RISK", risk);
   }
@@ -183,9 +184,9 @@ const ORDER: readonly HealthReasonCode[] = [
   "AGENT_SILENT",
   "RPO_EXCEEDED",
   "STATE_PAUSED",
+  "CYCLES_SKIPPED",
   "STATE_RESYNCHRONISING",
   "STATE_INITIAL_REPLICATION",
-  "CYCLES_SKIPPED",
   "CYCLE_FAILED",
   "POINT_LATE",
   "NO_POINT_FOR_AN_HOUR",
