@@ -51,6 +51,32 @@ async function relationshipEvents(t: TwoSites): Promise<RecordedEvent[]> {
 }
 
 describe("replication policies on a running agent", () => {
+  it("a bound policy's retention is what the site keeps, and a new version's retention applies from the next cycle", async () => {
+    // The site's own default would keep 100 points (setupTwoSites' --max-points).
+    const t = await setup("qr-policy-ret-", { diskBytes: 16 * MiB, intervalSeconds: 3600 });
+    const site = () => ["--dir", t.siteB];
+    await t.startSite(t.siteB);
+    const file = join(t.dir, "keep.yaml");
+    writeFileSync(file, "name: keep\nfrequency: 1s\nretention: { minPoints: 3 }\n");
+    await cliJson(["policy", "apply", file, ...site()]);
+    await t.vm.guestWrite("vda", ["write -P 0x11 0 1M"]);
+    t.startAgent({ policy: "keep" });
+    const points = async () => (await t.relationship()).points;
+    const lastSeq = async () => (await t.relationship()).lastCycleSeq;
+    // Several cycles past the third: the oldest are merged away, three stay.
+    await waitFor("eight cycles", async () => ((await lastSeq()) >= 8 ? true : undefined), 90_000);
+    await waitFor("three points kept", async () => ((await points()).length === 3 ? true : undefined), 30_000);
+    expect((await points()).map((p) => p.cycleSeq)).toEqual(expect.arrayContaining([await lastSeq()]));
+
+    writeFileSync(file, "name: keep\nfrequency: 1s\nretention: { minPoints: 6 }\n");
+    expect(await cliJson(["policy", "apply", file, ...site()])).toMatchObject({ version: 2, changed: true });
+    const from = await lastSeq();
+    await waitFor("six points kept under keep@2", async () => ((await points()).length === 6 && (await lastSeq()) >= from + 3 ? true : undefined), 60_000);
+    // Never more than the policy promises once it has caught up.
+    await waitFor("three more cycles", async () => ((await lastSeq()) >= from + 6 ? true : undefined), 60_000);
+    expect((await points()).length).toBeLessThanOrEqual(7);
+  }, 300_000);
+
   it("a frequency (3600 s -> 1 s) and compression (1 -> 9) change takes effect at the next cycle, without a restart", async () => {
     // The agent config's own interval is an hour too: only the policy can make cycles come faster.
     const t = await setup("qr-policy-", { diskBytes: 32 * MiB, intervalSeconds: 3600 });
