@@ -2,7 +2,6 @@ import * as grpc from "@grpc/grpc-js";
 import { Consistency, CycleKind } from "../../gen/qreplica/v1/common.js";
 import {
   FailoverKind,
-  RelationshipState as WireState,
   ReplicationHealth,
   type ControlServiceServer,
   type RecoveryPoint as WirePoint,
@@ -15,23 +14,12 @@ import { checkPrimaryIdentity } from "../authorizations.js";
 import { loadSiteConfig } from "../siteConfig.js";
 import { actorMetadata } from "./caller.js";
 import { guardedWith } from "./guard.js";
-import { wireHealth, wireHealthReason } from "./healthWire.js";
+import { wireHealth, wireHealthReason, wireState } from "./healthWire.js";
 import { AUDIT_STREAM } from "./refusalAudit.js";
 import { addAuthorization, appendRunbookEvents, listAuthorizations, readRunbookRun, removeAuthorization, toLedgerEvent } from "./records.js";
 import type { SiteContext } from "../siteContext.js";
 import type { LaunchedInfo } from "../failover/failoverService.js";
 
-const WIRE_STATE: Record<string, WireState> = {
-  "ready-for-initial-replication": WireState.RELATIONSHIP_STATE_READY_FOR_INITIAL_REPLICATION,
-  "initial-replication-in-progress": WireState.RELATIONSHIP_STATE_INITIAL_REPLICATION_IN_PROGRESS,
-  replicating: WireState.RELATIONSHIP_STATE_REPLICATING,
-  paused: WireState.RELATIONSHIP_STATE_PAUSED,
-  "resync-required": WireState.RELATIONSHIP_STATE_RESYNC_REQUIRED,
-  resynchronising: WireState.RELATIONSHIP_STATE_RESYNCHRONISING,
-  "prepared-for-planned-failover": WireState.RELATIONSHIP_STATE_PREPARED_FOR_PLANNED_FAILOVER,
-  "failed-over-waiting-completion": WireState.RELATIONSHIP_STATE_FAILED_OVER_WAITING_COMPLETION,
-  "failed-over": WireState.RELATIONSHIP_STATE_FAILED_OVER,
-};
 
 /**
  * The control plane: reads of the ledger and the commands operators give. Every RPC names the
@@ -73,7 +61,7 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
     const message = evaluated?.result.reasons[0]?.message ?? "";
     return {
       vmId: s.vmId,
-      state: WIRE_STATE[s.state] ?? WireState.RELATIONSHIP_STATE_UNSPECIFIED,
+      state: wireState(s.state),
       testFailoverActive: s.activeTestFailovers > 0,
       health,
       generation: BigInt(s.generation),

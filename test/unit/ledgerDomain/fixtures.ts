@@ -142,32 +142,46 @@ export async function caught(fn: () => unknown): Promise<unknown> {
  * wrapper may be applied to several stores (e.g. two connections to one SQLite file).
  */
 export function raceBarrier(parties: number): (inner: EventStore) => EventStore {
-  let waiting: (() => void)[] = [];
-  let armed = true;
-  return (inner) => ({
-    append: (...a) => inner.append(...a),
-    readAll: (...a) => inner.readAll(...a),
-    subscribe: (...a) => inner.subscribe(...a),
-    streamVersion: (...a) => inner.streamVersion(...a),
-    readSnapshot: (...a) => inner.readSnapshot(...a),
-    writeSnapshot: (...a) => inner.writeSnapshot(...a),
-    deleteSnapshots: (...a) => inner.deleteSnapshots(...a),
-    close: () => inner.close(),
-    async readStream(stream, opts) {
-      const events = await inner.readStream(stream, opts);
-      if (armed) {
-        await new Promise<void>((release) => {
-          waiting.push(release);
-          if (waiting.length === parties) {
-            armed = false;
-            for (const r of waiting) r();
-            waiting = [];
-          }
-        });
-      }
-      return events;
-    },
-  });
+  const barrier = armableBarrier(parties);
+  barrier.arm();
+  return (inner) => barrier.wrap(inner);
+}
+
+/**
+ * Like raceBarrier, but armed on demand: the wrappers can fold first
+ * (their folds are kept per wrapper object), and only the reads after `arm()` are held until
+ * `parties` of them wait, so the racers decide on the same version from warm folds.
+ */
+export function armableBarrier(parties: number): { wrap(inner: EventStore): EventStore; arm(): void } {
+  let waiting: Array<() => void> = [];
+  let armed = false;
+  return {
+    arm: () => void (armed = true),
+    wrap: (inner) => ({
+      append: (...a) => inner.append(...a),
+      readAll: (...a) => inner.readAll(...a),
+      subscribe: (...a) => inner.subscribe(...a),
+      streamVersion: (...a) => inner.streamVersion(...a),
+      readSnapshot: (...a) => inner.readSnapshot(...a),
+      writeSnapshot: (...a) => inner.writeSnapshot(...a),
+      deleteSnapshots: (...a) => inner.deleteSnapshots(...a),
+      close: () => inner.close(),
+      async readStream(stream, opts) {
+        const events = await inner.readStream(stream, opts);
+        if (armed) {
+          await new Promise<void>((release) => {
+            waiting.push(release);
+            if (waiting.length === parties) {
+              armed = false;
+              for (const r of waiting) r();
+              waiting = [];
+            }
+          });
+        }
+        return events;
+      },
+    }),
+  };
 }
 
 export const racing = (inner: EventStore, parties: number): EventStore => raceBarrier(parties)(inner);
