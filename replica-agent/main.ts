@@ -11,7 +11,7 @@ import { loadSiteCredentials } from "../src/transport/index.js";
 import { loadAgentConfig } from "./daemon/agentConfig.js";
 import { CycleScheduler } from "./daemon/cycleScheduler.js";
 import { VmReplicator } from "./daemon/vmReplicator.js";
-import { agentMetrics } from "./daemon/agentMetrics.js";
+import { enableAgentMetrics } from "./daemon/agentMetrics.js";
 import { startMetricsServer } from "../src/common/metricsServer.js";
 
 // State files, sockets and scratch images are this user's alone, whatever the umask; QEMU
@@ -32,7 +32,7 @@ try {
   // A state directory an older version made may still be readable by others: tighten it.
   const tightened = existsSync(config.stateDir) ? tightenTree(config.stateDir) : 0;
   if (tightened > 0) logger.warn({ stateDir: config.stateDir, entries: tightened }, "took group/other permissions off state files an older version left readable");
-  if (config.metricsListen) await startMetricsServer(config.metricsListen, agentMetrics.registry, logger);
+  if (config.metricsListen) await startMetricsServer(config.metricsListen, await enableAgentMetrics(), logger);
   // One scheduler for every VM of this host: cycles spread over their interval, a bounded number at once.
   const scheduler = new CycleScheduler(config.maxCyclesInFlight);
   const replicators = config.vms.map((vm) => new VmReplicator(vm, config.siteId, config.stateDir, tls, logger.child({ vm: vm.id }), scheduler));

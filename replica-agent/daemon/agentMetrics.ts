@@ -2,8 +2,13 @@
  * The agent's Prometheus metrics (served at `metricsListen`, see agentConfig): cycles by outcome,
  * bytes read from the disks and sent, cycle durations, and the process's own CPU and memory
  * (prom-client's default metrics). One registry per process; `vm` is the only unbounded label.
+ *
+ * prom-client is loaded only when metrics are enabled: without `metricsListen` the agent does not
+ * carry it (its peak RSS is a budget) and every recording below is a no-op.
  */
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import type { Registry } from "prom-client";
+
+type PromClient = typeof import("prom-client");
 
 /** Seconds, as the site's histogram (site/health/siteMetrics.ts). */
 const BUCKETS = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600];
@@ -11,17 +16,25 @@ const BUCKETS = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600];
 export type CycleOutcome = "committed" | "failed" | "refused" | "skipped";
 
 class AgentMetrics {
-  readonly registry = new Registry();
-  private readonly cycles = new Counter({ name: "qreplica_agent_cycles_total", help: "Cycles by outcome: committed (acknowledged by the site), failed (on this host), refused (by the site), skipped (not started, e.g. scratch space low)", labelNames: ["vm", "outcome"], registers: [this.registry] });
-  private readonly read = new Counter({ name: "qreplica_agent_read_bytes_total", help: "Changed bytes read from the VM's disks for committed cycles", labelNames: ["vm"], registers: [this.registry] });
-  private readonly sent = new Counter({ name: "qreplica_agent_sent_bytes_total", help: "Bytes sent on the wire (compressed) for committed cycles", labelNames: ["vm"], registers: [this.registry] });
-  private readonly duration = new Histogram({ name: "qreplica_agent_cycle_duration_seconds", help: "Time to read, send and have a cycle acknowledged by the site (after its cut-off)", labelNames: ["vm"], buckets: BUCKETS, registers: [this.registry] });
-  private readonly missedSlots = new Counter({ name: "qreplica_agent_cycle_slots_missed_total", help: "Scheduled cycle slots that passed without a start (the VM's last cycle overran them, or maxCyclesInFlight was reached)", labelNames: ["vm"], registers: [this.registry] });
-  private readonly inFlight = new Gauge({ name: "qreplica_agent_cycles_in_flight", help: "Cycles running now over all of the agent's VMs (bounded by maxCyclesInFlight)", registers: [this.registry] });
-  private readonly lastCommit = new Gauge({ name: "qreplica_agent_last_committed_cycle_timestamp_seconds", help: "When the site last acknowledged a cycle of the VM (Unix time)", labelNames: ["vm"], registers: [this.registry] });
+  readonly registry: Registry;
+  private readonly cycles: InstanceType<PromClient["Counter"]>;
+  private readonly read: InstanceType<PromClient["Counter"]>;
+  private readonly sent: InstanceType<PromClient["Counter"]>;
+  private readonly duration: InstanceType<PromClient["Histogram"]>;
+  private readonly missedSlots: InstanceType<PromClient["Counter"]>;
+  private readonly inFlight: InstanceType<PromClient["Gauge"]>;
+  private readonly lastCommit: InstanceType<PromClient["Gauge"]>;
 
-  constructor() {
-    collectDefaultMetrics({ register: this.registry, prefix: "qreplica_agent_" });
+  constructor(prom: PromClient) {
+    this.registry = new prom.Registry();
+    this.cycles = new prom.Counter({ name: "qreplica_agent_cycles_total", help: "Cycles by outcome: committed (acknowledged by the site), failed (on this host), refused (by the site), skipped (not started, e.g. scratch space low)", labelNames: ["vm", "outcome"], registers: [this.registry] });
+    this.read = new prom.Counter({ name: "qreplica_agent_read_bytes_total", help: "Changed bytes read from the VM's disks for committed cycles", labelNames: ["vm"], registers: [this.registry] });
+    this.sent = new prom.Counter({ name: "qreplica_agent_sent_bytes_total", help: "Bytes sent on the wire (compressed) for committed cycles", labelNames: ["vm"], registers: [this.registry] });
+    this.duration = new prom.Histogram({ name: "qreplica_agent_cycle_duration_seconds", help: "Time to read, send and have a cycle acknowledged by the site (after its cut-off)", labelNames: ["vm"], buckets: BUCKETS, registers: [this.registry] });
+    this.missedSlots = new prom.Counter({ name: "qreplica_agent_cycle_slots_missed_total", help: "Scheduled cycle slots that passed without a start (the VM's last cycle overran them, or maxCyclesInFlight was reached)", labelNames: ["vm"], registers: [this.registry] });
+    this.inFlight = new prom.Gauge({ name: "qreplica_agent_cycles_in_flight", help: "Cycles running now over all of the agent's VMs (bounded by maxCyclesInFlight)", registers: [this.registry] });
+    this.lastCommit = new prom.Gauge({ name: "qreplica_agent_last_committed_cycle_timestamp_seconds", help: "When the site last acknowledged a cycle of the VM (Unix time)", labelNames: ["vm"], registers: [this.registry] });
+    prom.collectDefaultMetrics({ register: this.registry, prefix: "qreplica_agent_" });
   }
 
   committed(vm: string, v: { readBytes: number; sentBytes: number; seconds: number }): void {
@@ -53,4 +66,19 @@ class AgentMetrics {
   }
 }
 
-export const agentMetrics = new AgentMetrics();
+let enabled: AgentMetrics | undefined;
+
+/** Starts recording (loads prom-client); the registry is what the metrics endpoint serves. */
+export async function enableAgentMetrics(): Promise<Registry> {
+  enabled ??= new AgentMetrics(await import("prom-client"));
+  return enabled.registry;
+}
+
+/** Where the agent records; nothing happens until enableAgentMetrics(). */
+export const agentMetrics: Omit<AgentMetrics, "registry"> = {
+  committed: (vm, v) => enabled?.committed(vm, v),
+  outcome: (vm, o) => enabled?.outcome(vm, o),
+  slotsMissed: (vm, n) => enabled?.slotsMissed(vm, n),
+  cyclesInFlight: (n) => enabled?.cyclesInFlight(n),
+  declare: (vm) => enabled?.declare(vm),
+};
