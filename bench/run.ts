@@ -4,6 +4,7 @@ import { captureRead } from "./captureRead.js";
 import { e2eThroughput } from "./e2eThroughput.js";
 import { agentPeakRss } from "./agentPeakRss.js";
 import { resync } from "./resync.js";
+import { fleet } from "./fleet.js";
 import { commandAtAge, ledgerAppend, projectionRebuild } from "./ledgerAge.js";
 import { formatResult, type BenchResult, type Benchmark } from "./report.js";
 
@@ -12,6 +13,7 @@ const benchmarks: Record<string, Benchmark> = {
   "e2e-throughput": e2eThroughput,
   "agent-peak-rss": agentPeakRss,
   resync,
+  fleet,
   "ledger-append": ledgerAppend,
   "projection-rebuild": projectionRebuild,
   "command-at-age": commandAtAge,

@@ -5,20 +5,17 @@
  * replica's storage stalls for five intervals: slots are missed, counted (agent metrics, site
  * health CYCLES_MISSED) and never queued.
  */
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
-import { stringify as toYaml } from "yaml";
 import { describe, expect, it } from "vitest";
-import { NbdClient } from "../../src/qemu/nbd/index.js";
-import { startStorageDaemonVm, type StorageDaemonVm } from "../../src/qemu/processes/index.js";
 import { ReplicationHealth } from "../../src/gen/qreplica/v1/control.js";
 import { addressFile } from "../../src/site/siteConfig.js";
-import { AGENT, startDaemon, waitFor, type Daemon } from "../helpers/processes.js";
+import { waitFor } from "../helpers/processes.js";
 import { call, controlClientAs } from "../helpers/controlPlane.js";
-import { ledgerEvents } from "../helpers/resyncChecks.js";
 import { logTail } from "../helpers/crashGuest.js";
-import { twoSitesPerTest, type TwoSites } from "../helpers/twoSites.js";
+import { fleetAgentMetricsAddress, fleetCommits, startFleet, startFleetAgent, writeEverywhere } from "../helpers/fleet.js";
+import { twoSitesPerTest } from "../helpers/twoSites.js";
 import { parsePrometheusText, sampleValue } from "../helpers/promText.js";
 
 const MiB = 1024 * 1024;
@@ -27,81 +24,29 @@ const FREQ = 4;
 const HEALTH = { evaluateEverySeconds: 1, frequencySeconds: FREQ, rpoAlertSeconds: 60, silentAfterSeconds: 30, windowSeconds: 60 };
 const setup = twoSitesPerTest();
 
-interface Commit {
-  cycleSeq: number;
-  kind: string;
-  cutoffAt: string;
-  committedAt: string;
-}
-
-function startFleetAgent(t: TwoSites, vms: StorageDaemonVm[], maxCyclesInFlight: number): Daemon {
-  const config = join(t.dir, "fleet-agent.yaml");
-  writeFileSync(
-    config,
-    toYaml({
-      siteId: "site-a",
-      stateDir: join(t.dir, "fleet-agent-state"),
-      maxCyclesInFlight,
-      metricsListen: "127.0.0.1:0",
-      tls: { caFile: join(t.caDir, "ca.crt"), certFile: join(t.dir, "agent-tls", "agent-a.crt"), keyFile: join(t.dir, "agent-tls", "agent-a.key") },
-      vms: vms.map((vm, i) => ({
-        id: `fleet-${i}`,
-        qmpSocket: vm.qmpSocketPath,
-        nbdSocket: vm.nbdSocketPath,
-        disks: [{ id: "vda", node: "node-vda" }],
-        replicaSite: readFileSync(addressFile(t.siteB), "utf8").trim(),
-        replicaSiteId: "site-b",
-        intervalSeconds: FREQ,
-        compressionLevel: 1,
-      })),
-    }),
-  );
-  const d = startDaemon(AGENT, ["--config", config], join(t.dir, "fleet-agent.log"));
-  t.daemons.push(d);
-  return d;
-}
-
-async function commitsOf(t: TwoSites, vmId: string): Promise<Commit[]> {
-  return (await ledgerEvents(t.siteB, vmId)).filter((e) => e.type === "CycleCommitted").map((e) => e.data as unknown as Commit);
-}
-
-/** Writes `bytes` of (reused) random data at a rotating offset of every VM's disk, through its guest export. */
-async function writeEverywhere(clients: NbdClient[], bytes: number, round: number, data: Buffer): Promise<void> {
-  await Promise.all(clients.map((c) => c.write(((round * bytes) % (c.size - bytes)) & ~0xffff, data.subarray(0, bytes))));
-}
-
 describe("a fleet on one agent and one site", { timeout: 600_000 }, () => {
   it("keeps every VM's cadence with no overlap and no miss; a forced slowdown's misses are counted, not queued", async () => {
     const t = await setup("qr-fleet-", { diskBytes: 16 * MiB, intervalSeconds: FREQ });
     const siteJson = join(t.siteB, "site.json");
     writeFileSync(siteJson, JSON.stringify({ ...(JSON.parse(readFileSync(siteJson, "utf8")) as object), health: HEALTH }, null, 2));
     await t.startSite(t.siteB);
-    const vms: StorageDaemonVm[] = [];
-    for (let i = 0; i < VMS; i++) {
-      const dir = join(t.dir, `fleet-${i}`);
-      mkdirSync(dir);
-      const vm = await startStorageDaemonVm(dir, [{ id: "vda", sizeBytes: 32 * MiB }]);
-      // Stopped with the sites and agent after the test (the fixture stops every daemon listed).
-      t.daemons.push({ child: vm.proc.child, exited: vm.proc.exited.then(() => null), kill: async () => void (await vm.proc.kill()) });
-      vms.push(vm);
-    }
-    const clients = await Promise.all(vms.map((vm) => NbdClient.connect({ socketPath: vm.nbdSocketPath, exportName: "guest-vda" })));
+    const fleet = await startFleet(t, VMS, 32 * MiB);
     const data = randomBytes(16 * MiB);
     const diag = () => `\n--- agent ---\n${logTail(join(t.dir, "fleet-agent.log"))}\n--- site-b ---\n${logTail(join(t.siteB, "site.log"))}`;
-    const ids = vms.map((_, i) => `fleet-${i}`);
+    const ids = fleet.ids;
     let round = 0;
     let writing = true;
     const writeBytes = 1 * MiB;
     const writer = (async () => {
       while (writing) {
-        await writeEverywhere(clients, writeBytes, round++, data);
+        await writeEverywhere(fleet, writeBytes, round++, data);
         await new Promise((r) => setTimeout(r, FREQ * 1000));
       }
     })();
     try {
-      startFleetAgent(t, vms, 4);
+      startFleetAgent(t, fleet, { intervalSeconds: FREQ, maxCyclesInFlight: 4 });
       // Every VM past its initial replication, then a measured stretch of steady state.
-      await waitFor("every VM's initial replication", async () => ((await Promise.all(ids.map((id) => commitsOf(t, id)))).every((c) => c.length >= 2) ? true : undefined), 240_000).catch((e: Error) => {
+      await waitFor("every VM's initial replication", async () => ((await Promise.all(ids.map((id) => fleetCommits(t, id)))).every((c) => c.length >= 2) ? true : undefined), 240_000).catch((e: Error) => {
         throw new Error(e.message + diag());
       });
       const from = Date.now();
@@ -110,7 +55,7 @@ describe("a fleet on one agent and one site", { timeout: 600_000 }, () => {
       const admin = controlClientAs(readFileSync(addressFile(t.siteB), "utf8").trim(), t.admin(t.siteB));
       const phases: number[] = [];
       for (const id of ids) {
-        const steady = (await commitsOf(t, id)).filter((c) => c.kind === "incremental" && Date.parse(c.cutoffAt) >= from);
+        const steady = (await fleetCommits(t, id)).filter((c) => c.kind === "incremental" && Date.parse(c.cutoffAt) >= from);
         expect(steady.length, id).toBeGreaterThanOrEqual(6);
         for (let i = 1; i < steady.length; i++) {
           const gap = Date.parse(steady[i]!.cutoffAt) - Date.parse(steady[i - 1]!.cutoffAt);
@@ -133,10 +78,7 @@ describe("a fleet on one agent and one site", { timeout: 600_000 }, () => {
       // Forced slowdown: the replica's storage stalls for five intervals (SIGSTOP of the site's
       // qemu-storage-daemon). Four cycles hang in flight, overrunning their VMs' slots; the other
       // VMs wait for a permit past theirs. Every passed slot is counted missed, none is queued.
-      const metricsAt = await waitFor("the agent's metrics address", () => {
-        const line = readFileSync(join(t.dir, "fleet-agent.log"), "utf8").split("\n").find((l) => l.includes("metrics endpoint serving"));
-        return line ? (JSON.parse(line) as { address: string }).address : undefined;
-      }, 60_000);
+      const metricsAt = await waitFor("the agent's metrics address", () => fleetAgentMetricsAddress(t), 60_000);
       const missedTotal = async () => {
         const m = parsePrometheusText(await (await fetch(`http://${metricsAt}/metrics`)).text());
         return ids.reduce((n, id) => n + (sampleValue(m, "qreplica_agent_cycle_slots_missed_total", "qreplica_agent_cycle_slots_missed_total", { vm: id }) ?? 0), 0);
@@ -164,7 +106,7 @@ describe("a fleet on one agent and one site", { timeout: 600_000 }, () => {
       // back-to-back cycles and still no overlap.
       await waitFor("three intervals after the stall", () => (Date.now() - resumedAt > 3 * FREQ * 1000 ? true : undefined), 60_000, 250);
       for (const id of ids) {
-        const cs = (await commitsOf(t, id)).filter((c) => c.kind === "incremental" && Date.parse(c.cutoffAt) >= stalledAt);
+        const cs = (await fleetCommits(t, id)).filter((c) => c.kind === "incremental" && Date.parse(c.cutoffAt) >= stalledAt);
         for (let i = 1; i < cs.length; i++) {
           expect(Date.parse(cs[i]!.cutoffAt), `${id} overlap`).toBeGreaterThanOrEqual(Date.parse(cs[i - 1]!.committedAt));
           expect(Date.parse(cs[i]!.cutoffAt) - Date.parse(cs[i - 1]!.cutoffAt), `${id}: catch-up burst`).toBeGreaterThanOrEqual(FREQ * 400);
@@ -174,7 +116,7 @@ describe("a fleet on one agent and one site", { timeout: 600_000 }, () => {
     } finally {
       writing = false;
       await writer.catch(() => undefined);
-      for (const c of clients) await c.disconnect().catch(() => undefined);
+      for (const c of fleet.clients) await c.disconnect().catch(() => undefined);
     }
   });
 });
