@@ -47,8 +47,9 @@ async function windowCounts(t: TwoSites, fleet: Fleet, from: number, to: number)
  * issue's goal of 200 VMs on 2 cores.
  */
 export async function fleet(ctx: BenchContext): Promise<BenchResult[]> {
-  const count = ctx.quick ? 40 : GOAL_VMS;
-  const intervals = ctx.quick ? 2 : 4;
+  // QR_FLEET_VMS / QR_FLEET_INTERVALS run other sizes (e.g. the 50 VMs for 5 minutes: 50 and 10).
+  const count = Number(process.env.QR_FLEET_VMS ?? (ctx.quick ? 40 : GOAL_VMS));
+  const intervals = Number(process.env.QR_FLEET_INTERVALS ?? (ctx.quick ? 2 : 4));
   const { dir, cleanup } = benchScratch("qr-bench-fleet-", ctx.log);
   try {
     const t = await setupTwoSites(dir, { diskBytes: 16 * MiB, intervalSeconds: FREQ });
