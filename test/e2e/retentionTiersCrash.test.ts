@@ -6,20 +6,13 @@
  */
 import { readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { afterEach, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { compareImages, convertImage, runTool } from "../../src/qemu/processes/index.js";
-import { makeTmpDir } from "../helpers/tmpDir.js";
 import { waitFor, type Daemon } from "../helpers/processes.js";
-import { setupTwoSites, type TwoSites } from "../helpers/twoSites.js";
+import { twoSitesPerTest, type TwoSites } from "../helpers/twoSites.js";
 
 const MiB = 1024 * 1024;
-let env: TwoSites | undefined;
-let cleanup: (() => void) | undefined;
-afterEach(async () => {
-  await env?.stopAll();
-  if (!process.env.QR_KEEP) cleanup?.();
-  env = undefined;
-});
+const setup = twoSitesPerTest();
 
 const diskDir = (t: TwoSites) => join(t.siteB, "storage", "vm1", "vda");
 
@@ -30,10 +23,7 @@ async function expectIdentical(image: string, raw: string, what: string): Promis
 
 describe("retention tiers: a site killed mid-thinning", { timeout: 600_000 }, () => {
   it("killed while qemu-img rebases a point's successor, and before RecoveryPointMerged: every listed point byte-identical after restart", async () => {
-    const tmp = makeTmpDir("qr-tiers-crash-");
-    cleanup = tmp.cleanup;
-    env = await setupTwoSites(tmp.path, { diskBytes: 32 * MiB, intervalSeconds: 1 });
-    const t = env;
+    const t = await setup("qr-tiers-crash-", { diskBytes: 32 * MiB, intervalSeconds: 1 });
     // Every point of the last 5 s, the first of each hour, the 2 newest: the points between the
     // hour's first and the last few seconds are thinned, never the base.
     const cfgPath = join(t.siteB, "site.json");
