@@ -4,7 +4,7 @@
  * itself: the new point equals the primary, every older point is unchanged, only what diverged
  * travels, and the ledger tells ResyncRequired -> ResyncStarted -> CycleCommitted(resync).
  */
-import { existsSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
@@ -170,7 +170,16 @@ describe("kill -9 of the primary's QEMU, then resync by comparison", { timeout: 
     const allocated = (f: string) => statSync(join(t.siteB, "storage", "vm1", "vda", f), { throwIfNoEntry: false })?.blocks ?? 0;
     const partialBytes = () => partials().reduce((n, f) => Math.max(n, allocated(f) * 512), 0);
     await waitFor("the random write's cycle on its way to the site", () => (partialBytes() >= 8 * MiB ? true : undefined), 60_000, 5);
-    await g.crash();
+    // The replica's storage held still for the crash: the agent, held back by the stream's flow
+    // control, cannot have read the rest of the cycle before QEMU dies (on a fast machine it could
+    // otherwise finish reading and commit after the crash).
+    const siteStorage = Number(readFileSync(join(t.siteB, "run", "storage-daemon.pid"), "utf8").trim());
+    process.kill(siteStorage, "SIGSTOP");
+    try {
+      await g.crash();
+    } finally {
+      process.kill(siteStorage, "SIGCONT");
+    }
     await waitFor("the site discarding the partial point", () => (partials().length === 0 ? true : undefined), 60_000);
     // The killed cycle never became a point: it is recorded as failed, and the random write diverged.
     await waitFor("the killed cycle recorded as failed", async () => ((await ledgerEvents(t.siteB)).some((e) => e.type === "CycleFailed") ? true : undefined), 60_000);
