@@ -1,4 +1,5 @@
 import { Command } from "commander";
+import { EXIT } from "./exitCodes.js";
 import { registerAuthorize } from "./commands/authorize.js";
 import { validateIdArguments } from "./idArguments.js";
 import { registerFailover, registerReverse } from "./commands/failover.js";
@@ -20,7 +21,9 @@ const program = new Command()
   .description("Replication and disaster recovery for QEMU/KVM virtual machines")
   .version("0.1.0")
   // Root options only before a command: `policy show NAME --version N` is the command's, not the program's version.
-  .enablePositionalOptions();
+  .enablePositionalOptions()
+  // A usage mistake (unknown option, missing argument) is invalid input, not a failure.
+  .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : EXIT.invalid));
 validateIdArguments(program);
 registerPki(program);
 registerSite(program);

@@ -86,6 +86,14 @@ export function readAddress(dir: string): string {
 }
 
 /** Unary call as a promise with a deadline, so a dead site fails fast. */
+/** The site's own words, or for a site that did not answer at all, what to check. */
+function describeCallError(err: grpc.ServiceError): string {
+  const details = err.details || err.message;
+  if (err.code === grpc.status.UNAVAILABLE) return `no site answered (${details.replace(/\s*Resolution note:\s*$/, "")}): is it running (qreplica site serve), and is the address right?`;
+  if (err.code === grpc.status.DEADLINE_EXCEEDED) return `the site did not answer in time (${details}): is it overloaded or stopped (SIGSTOP)?`;
+  return details;
+}
+
 export function unary<Req, Res>(
   client: grpc.Client,
   method: (req: Req, metadata: grpc.Metadata, options: Partial<grpc.CallOptions>, cb: (err: grpc.ServiceError | null, res: Res) => void) => grpc.ClientUnaryCall,
@@ -93,6 +101,6 @@ export function unary<Req, Res>(
   timeoutMs = 15_000,
 ): Promise<Res> {
   return new Promise((resolve, reject) => {
-    method.call(client, request, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(new ControlCallError(err.code, err.details || err.message)) : resolve(res)));
+    method.call(client, request, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(new ControlCallError(err.code, describeCallError(err))) : resolve(res)));
   });
 }

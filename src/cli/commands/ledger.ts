@@ -3,6 +3,7 @@ import type { Command } from "commander";
 import { getSqliteEventStore, rebuildReadModels, verifyLedger } from "../../ledger/index.js";
 import { loadSiteConfig } from "../../site/siteConfig.js";
 import { formatTable } from "../table.js";
+import { EXIT } from "../exitCodes.js";
 import { emit, fail } from "../output.js";
 
 export function registerLedger(program: Command): void {
@@ -24,7 +25,7 @@ export function registerLedger(program: Command): void {
             ? `ledger ${path}: intact (${report.streams} streams, ${report.events} events)`
             : `ledger ${path}: TAMPERED\n` + formatTable(["stream", "version", "position", "problem"], report.problems.map((p) => [p.stream, String(p.version), String(p.globalPosition), p.reason])),
         );
-        if (!report.ok) process.exitCode = 3;
+        if (!report.ok) process.exitCode = EXIT.verifyFailed;
       } catch (err) {
         fail(err, o.json);
       }
