@@ -13,6 +13,7 @@ import { CycleScheduler } from "./daemon/cycleScheduler.js";
 import { VmReplicator } from "./daemon/vmReplicator.js";
 import { enableAgentMetrics } from "./daemon/agentMetrics.js";
 import { startMetricsServer } from "../src/common/metricsServer.js";
+import { packageVersion } from "../src/common/version.js";
 
 // State files, sockets and scratch images are this user's alone, whatever the umask; QEMU
 // processes the agent starts inherit it.
@@ -21,6 +22,7 @@ process.umask(0o077);
 const opts = new Command()
   .name("qreplica-agent")
   .description("capture agent: replicates the VMs of this host to their replica sites")
+  .version(packageVersion())
   .requiredOption("--config <file>", "agent config (YAML or JSON)")
   .parse()
   .opts<{ config: string }>();
