@@ -102,7 +102,11 @@ describe("the packed tarball installed into a clean prefix", () => {
     qreplica(["pki", "issue", "--ca-dir", d("ca"), "--name", "agent-a", "--out-dir", d("agent-tls")]);
     qreplica(["authorize", "--dir", d("site-b"), "--primary", "agent-a"]);
     daemon("qreplica", ["site", "serve", "--dir", d("site-b")], d("site-b.log"));
-    const addressB = await waitFor("site B's address file", () => (existsSync(addressFile(d("site-b"))) ? readFileSync(addressFile(d("site-b")), "utf8").trim() || undefined : undefined), 30_000);
+    const addressB = await waitFor(
+      "site B's address file",
+      () => (existsSync(addressFile(d("site-b"))) ? readFileSync(addressFile(d("site-b")), "utf8").trim() || undefined : undefined),
+      30_000,
+    );
 
     mkdirSync(d("vm"));
     vm = await startStorageDaemonVm(d("vm"), [{ id: "vda", sizeBytes: 16 * MiB }]);
@@ -113,7 +117,18 @@ describe("the packed tarball installed into a clean prefix", () => {
         siteId: "site-a",
         stateDir: d("agent-state"),
         tls: { caFile: d("ca/ca.crt"), certFile: d("agent-tls/agent-a.crt"), keyFile: d("agent-tls/agent-a.key") },
-        vms: [{ id: "web1", qmpSocket: vm.qmpSocketPath, nbdSocket: vm.nbdSocketPath, disks: [{ id: "vda", node: "node-vda" }], replicaSite: addressB, replicaSiteId: "site-b", intervalSeconds: 1, compressionLevel: 1 }],
+        vms: [
+          {
+            id: "web1",
+            qmpSocket: vm.qmpSocketPath,
+            nbdSocket: vm.nbdSocketPath,
+            disks: [{ id: "vda", node: "node-vda" }],
+            replicaSite: addressB,
+            replicaSiteId: "site-b",
+            intervalSeconds: 1,
+            compressionLevel: 1,
+          },
+        ],
       }),
     );
     daemon("qreplica-agent", ["--config", d("agent.yaml")], d("agent.log"));
@@ -149,10 +164,14 @@ describe("the packed tarball installed into a clean prefix", () => {
     const r = run(process.execPath, ["--input-type=module", "-e", script]);
     expect(r.code, r.stderr).toBe(0);
     const info = JSON.parse(r.stdout) as { pid: number; logFile: string };
-    const log = await waitFor("the reverse agent's log", () => {
-      const text = existsSync(info.logFile) ? readFileSync(info.logFile, "utf8") : "";
-      return /^qreplica-agent: /m.test(text) ? text : undefined;
-    }, 30_000);
+    const log = await waitFor(
+      "the reverse agent's log",
+      () => {
+        const text = existsSync(info.logFile) ? readFileSync(info.logFile, "utf8") : "";
+        return /^qreplica-agent: /m.test(text) ? text : undefined;
+      },
+      30_000,
+    );
     expect(log).not.toMatch(/tsx|ERR_MODULE_NOT_FOUND|Unknown file extension/);
     try {
       process.kill(info.pid, "SIGKILL");
