@@ -80,6 +80,8 @@ describe("the packed tarball installed into a clean prefix", () => {
     expect(ours).toContain(join(installed, "dist/src/cli/main.js"));
     expect(ours).toContain(join(installed, "dist/src/cli/main.d.ts"));
     expect(ours).toContain(join(installed, "dist/replica-agent/main.js"));
+    expect(ours).toContain(join(installed, "systemd/qreplica-site@.service"));
+    expect(ours).toContain(join(installed, "systemd/qreplica-agent.service"));
     for (const dev of ["tsx", "typescript", "vitest", "@biomejs/biome"]) expect(existsSync(join(installed, "node_modules", dev)), dev).toBe(false);
   });
 
