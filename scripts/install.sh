@@ -18,6 +18,9 @@ declare -A packages=(
   [openssl]=openssl
   [setpriv]=util-linux
   [mount]=mount
+  [mkfs.ext4]=e2fsprogs
+  [debugfs]=e2fsprogs
+  [dpkg-deb]=dpkg
 )
 missing=()
 for tool in "${!packages[@]}"; do

@@ -59,6 +59,8 @@ export class CaptureCycle {
     private readonly teardown: (disk: DiskCycle) => Promise<void>,
     /** How long the guest's vCPUs were stopped for the cut-off, when they were. */
     readonly vcpuPauseMs?: number,
+    /** The cut-off was to freeze the guest and did not: why (the cycle is crash-consistent). */
+    readonly quiesceFailure?: string,
   ) {}
 
   get finished(): boolean {

@@ -34,7 +34,7 @@ export interface CutoffRequest {
   scratchDir: string;
   cbwTimeoutSeconds: number;
   /** Brackets the cut with a filesystem freeze; returns how consistent the cut is. */
-  freeze: <T>(fn: () => Promise<T>) => Promise<{ result: T; consistency: Consistency }>;
+  freeze: <T>(fn: () => Promise<T>) => Promise<{ result: T; consistency: Consistency; quiesceFailure?: string }>;
   pauseMarker: PauseMarker;
   logger: Logger;
 }
@@ -42,6 +42,8 @@ export interface CutoffRequest {
 export interface TakenCutoff {
   at: Date;
   consistency: Consistency;
+  /** A freeze was wanted and did not happen or hold: why (the cut is crash-consistent). */
+  quiesceFailure: string | undefined;
   disks: CutoffDisk[];
   /** How long the vCPUs were stopped around the cut; undefined when they were not (no guest device, or VM not running). */
   vcpuPauseMs: number | undefined;
@@ -113,7 +115,7 @@ export async function takeCutoff(req: CutoffRequest): Promise<TakenCutoff> {
       return { at: paused.result, vcpuPauseMs: paused.pausedMs };
     };
     const frozen = await req.freeze(cut);
-    return { at: frozen.result.at, consistency: frozen.consistency, disks, vcpuPauseMs: frozen.result.vcpuPauseMs };
+    return { at: frozen.result.at, consistency: frozen.consistency, quiesceFailure: frozen.quiesceFailure, disks, vcpuPauseMs: frozen.result.vcpuPauseMs };
   } catch (err) {
     // The transaction is atomic and the last step of the cut: if it failed no bitmap changed and
     // only the graph must go. A failure after it (resuming the guest) also undoes the rotation.

@@ -203,6 +203,7 @@ export class VmCapture {
       (outcome) => this.finishCycle(cycle, outcome),
       async (d) => void (await this.teardownDisk(d.diskId, d.node)),
       taken.vcpuPauseMs,
+      taken.quiesceFailure,
     );
     this.openCycle = cycle;
     try {
@@ -225,7 +226,7 @@ export class VmCapture {
     const dirtyTotal = diskCycles.reduce((n, d) => n + d.dirtyBytes, 0);
     this.logger.info(
       {
-        seq, kind, consistency: taken.consistency, vcpuPauseMs: taken.vcpuPauseMs,
+        seq, kind, consistency: taken.consistency, quiesceFailure: taken.quiesceFailure, vcpuPauseMs: taken.vcpuPauseMs,
         graph: taken.disks.map((d) => `${d.id}:${d.device ? `copy-before-write${d.device.filter ? ` under throttle ${d.device.filter.node}` : ""}` : "backup-sync-none"}`),
         scratchFreeBytes: freeBytes,
         cbwTimeoutSeconds: taken.disks.some((d) => d.device) ? (this.opts.cbwTimeoutSeconds ?? DEFAULT_CBW_TIMEOUT_SECONDS) : undefined,
@@ -281,11 +282,12 @@ export class VmCapture {
     return new SnapshotBrokenError(this.opts.vmId, diskId, seq, this.scratchDir, cause, { cause: err });
   }
 
-  private async frozen<T>(fn: () => Promise<T>): Promise<{ result: T; consistency: Consistency }> {
+  private async frozen<T>(fn: () => Promise<T>): Promise<{ result: T; consistency: Consistency; quiesceFailure?: string }> {
     const wanted = this.opts.quiesceNow ? this.opts.quiesceNow() : { freezeTimeoutMs: this.opts.freezeTimeoutMs ?? 5_000 };
     if (!this.opts.quiescer || !wanted) return { result: await fn(), consistency: "crash" };
     const frozen = await this.opts.quiescer.withFrozenFilesystems(fn, { freezeTimeoutMs: wanted.freezeTimeoutMs, logger: this.logger });
-    return { result: frozen.result, consistency: frozen.consistency };
+    if (!frozen.freezeError) return { result: frozen.result, consistency: frozen.consistency };
+    return { result: frozen.result, consistency: frozen.consistency, quiesceFailure: frozen.freezeError.message };
   }
 
   private markPause(on: boolean): void {

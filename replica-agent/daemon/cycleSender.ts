@@ -76,6 +76,7 @@ export async function sendCycle(
           cutoffTime: cycle.cutoffAt,
           consistency: cycle.consistency === "application" ? Consistency.CONSISTENCY_APPLICATION : Consistency.CONSISTENCY_CRASH,
           disks: cycle.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeAtCutoff) })),
+          quiesceFailure: cycle.quiesceFailure ?? "",
         },
       },
     });

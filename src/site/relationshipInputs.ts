@@ -51,6 +51,8 @@ export interface CommitInput {
   generation: number;
   cutoffAt: Date;
   consistency: "application" | "crash";
+  /** An application-consistent point was due and the guest could not be frozen: why. */
+  quiesceFailure?: string | undefined;
   point: PointWrite;
   dataBytes: number;
   zeroBytes: number;

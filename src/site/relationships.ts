@@ -292,6 +292,7 @@ export class Relationships {
           cutoffAt: input.cutoffAt.toISOString(),
           committedAt: committedAt.toISOString(),
           consistency: input.consistency,
+          ...(input.quiesceFailure ? { quiesceFailure: input.quiesceFailure } : {}),
           disks: images.disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes, imagePath: d.imagePath })),
           dataBytes: input.dataBytes,
           zeroBytes: input.zeroBytes,

@@ -92,7 +92,19 @@ export interface AgentVm {
 export const guestDisks = (g: CrashGuest): AgentVm => ({ qmpSocketPath: g.qmpSocketPath, nbdSocketPath: g.nbdSocketPath, disks: [{ id: "vda", node: "vda" }] });
 
 /** An agent replicating VM "vm1" to site B; returns the daemon (stopped with the sites). */
-export function startGuestAgent(t: TwoSites, vm: AgentVm, opts: { intervalSeconds: number; resync?: "manual" | "automatic"; resyncDigest?: "blake3" | "sha256"; stateDir?: string; logName?: string }): Daemon {
+export function startGuestAgent(
+  t: TwoSites,
+  vm: AgentVm,
+  opts: {
+    intervalSeconds: number;
+    resync?: "manual" | "automatic";
+    resyncDigest?: "blake3" | "sha256";
+    stateDir?: string;
+    logName?: string;
+    /** More fields of the VM's entry, e.g. guestAgentSocket or policy. */
+    vmExtra?: Record<string, unknown>;
+  },
+): Daemon {
   const config = join(t.dir, "crash-agent.yaml");
   writeFileSync(
     config,
@@ -112,6 +124,7 @@ export function startGuestAgent(t: TwoSites, vm: AgentVm, opts: { intervalSecond
           compressionLevel: 1,
           ...(opts.resync ? { resync: opts.resync } : {}),
           ...(opts.resyncDigest ? { resyncDigest: opts.resyncDigest } : {}),
+          ...opts.vmExtra,
         },
       ],
     }),

@@ -64,6 +64,8 @@ export type RelationshipEventData = {
     cutoffAt: string;
     committedAt: string;
     consistency: Consistency;
+    /** The primary wanted the guest frozen for this cut-off (an application-consistent point was due) and could not: why. */
+    quiesceFailure?: string;
     disks: PointDisk[];
     dataBytes: number;
     zeroBytes: number;

@@ -56,6 +56,11 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
         lastCommittedAt: d.committedAt,
         // A cycle got through: whatever kept cycles from starting is over.
         cycleSkipped: undefined,
+        quiesceFailure: d.quiesceFailure
+          ? { cycleSeq: d.cycleSeq, at: d.cutoffAt, reason: d.quiesceFailure }
+          : d.consistency === "application"
+            ? undefined
+            : s.quiesceFailure,
         // A cycle in the current generation proves the primary adopted it.
         generationHandover: d.generation === s.generation ? undefined : s.generationHandover,
         counters: {
@@ -199,6 +204,7 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
         resyncApproval: undefined,
         // The old primary's condition no longer decides anything here.
         cycleSkipped: undefined,
+        quiesceFailure: undefined,
         failover: {
           kind: d.kind,
           pointId: d.pointId,
@@ -250,6 +256,7 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
         generationHandover: undefined,
         resyncApproval: undefined,
         cycleSkipped: undefined,
+        quiesceFailure: undefined,
       };
     }
     default:

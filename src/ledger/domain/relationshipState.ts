@@ -82,6 +82,13 @@ export interface RelationshipFailure {
   readonly message: string;
 }
 
+/** The newest application-consistent point that was due became crash-consistent: the guest could not be frozen. */
+export interface QuiesceFailure {
+  readonly cycleSeq: number;
+  readonly at: string;
+  readonly reason: string;
+}
+
 /** A condition on the primary that keeps due cycles from starting (CycleSkipped), until a commit. */
 export interface SkippedCycles {
   readonly code: string;
@@ -124,6 +131,8 @@ export interface RelationshipState {
   readonly lastCommittedAt: string | undefined;
   readonly lastFailure: RelationshipFailure | undefined;
   readonly cycleSkipped: SkippedCycles | undefined;
+  /** Set by a point whose freeze failed; an application-consistent point clears it. */
+  readonly quiesceFailure: QuiesceFailure | undefined;
   readonly lastTestFailoverAt: string | undefined;
   readonly counters: RelationshipCounters;
 }
@@ -152,6 +161,7 @@ export function initialRelationshipState(vmId: string): RelationshipState {
     lastCommittedAt: undefined,
     lastFailure: undefined,
     cycleSkipped: undefined,
+    quiesceFailure: undefined,
     lastTestFailoverAt: undefined,
     counters: {
       cyclesCommitted: 0,

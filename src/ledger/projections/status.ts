@@ -45,6 +45,8 @@ export interface VmStatus {
   readonly resyncApprovedBy: string | undefined;
   /** What keeps the primary from starting due cycles (CycleSkipped), until the next commit. */
   readonly cycleSkipped: { readonly code: string; readonly message: string; readonly since: string } | undefined;
+  /** The newest application-consistent point that was due was taken crash-consistent: the guest could not be frozen. */
+  readonly quiesceFailure: { readonly cycleSeq: number; readonly at: string; readonly reason: string } | undefined;
   /** Why replication is paused. */
   readonly pauseReason: string | undefined;
   /** The most recent problem; kept after recovery, with its time, as Hyper-V shows the last error. */
@@ -202,6 +204,7 @@ function toStatus({ rel, lastError }: Entry, now: Date): VmStatus {
     resyncReason: rel.resyncReason,
     resyncApprovedBy: rel.resyncApproval?.approvedBy,
     cycleSkipped: rel.cycleSkipped && { code: rel.cycleSkipped.code, message: rel.cycleSkipped.message, since: rel.cycleSkipped.since },
+    quiesceFailure: rel.quiesceFailure && { cycleSeq: rel.quiesceFailure.cycleSeq, at: rel.quiesceFailure.at, reason: rel.quiesceFailure.reason },
     pauseReason: rel.pauseReason,
     lastError,
   };

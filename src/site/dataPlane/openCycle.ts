@@ -32,6 +32,8 @@ export class OpenCycle {
     readonly cutoffAt: Date,
     readonly consistency: "application" | "crash",
     readonly point: PointWrite,
+    /** The primary wanted the guest frozen for this cut-off and could not: why. */
+    readonly quiesceFailure?: string,
   ) {}
 
   /**

@@ -31,6 +31,9 @@ import { parseVmSpec, sendSeedHashes } from "./resync.js";
 import type { SiteContext } from "../siteContext.js";
 import { RelationshipRefusal, type ResumeKind } from "../relationships.js";
 
+/** A freeze failure is the agent's text; the ledger keeps no more of it than this. */
+const MAX_QUIESCE_FAILURE_CHARS = 1000;
+
 const RESUME_HINT: Record<ResumeKind, ResumeHint> = {
   initial: ResumeHint.RESUME_HINT_INITIAL_REPLICATION,
   incremental: ResumeHint.RESUME_HINT_INCREMENTAL,
@@ -316,7 +319,10 @@ export class ReplicateSession {
           disks: begin.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) })),
         }),
       );
-      this.cycle = new OpenCycle(seq, kind, cutoffAt, begin.consistency === Consistency.CONSISTENCY_APPLICATION ? "application" : "crash", point);
+      const consistency = begin.consistency === Consistency.CONSISTENCY_APPLICATION ? "application" : "crash";
+      // Only the agent's words: kept short, and meaningless on an application-consistent point.
+      const quiesceFailure = consistency === "crash" && begin.quiesceFailure ? begin.quiesceFailure.slice(0, MAX_QUIESCE_FAILURE_CHARS) : undefined;
+      this.cycle = new OpenCycle(seq, kind, cutoffAt, consistency, point, quiesceFailure);
       this.refusedSeq = undefined;
       if (kind === "resync") {
         const disks = begin.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) }));
@@ -365,6 +371,7 @@ export class ReplicateSession {
           generation: this.generation,
           cutoffAt: cycle.cutoffAt,
           consistency: cycle.consistency,
+          quiesceFailure: cycle.quiesceFailure,
           point: cycle.point,
           dataBytes: cycle.dataBytes,
           zeroBytes: cycle.zeroBytes,

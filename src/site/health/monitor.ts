@@ -178,6 +178,7 @@ export class HealthMonitor {
         resyncApprovedBy: status.resyncApprovedBy,
         pauseReason: status.pauseReason,
         cycleSkipped: status.cycleSkipped,
+        quiesceFailure: status.quiesceFailure,
         commits: hist.commits,
         failures: hist.failures,
         newestCutoffAt: status.lastCutoffAt ? Date.parse(status.lastCutoffAt) : undefined,

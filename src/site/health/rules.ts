@@ -29,6 +29,7 @@ export type HealthReasonCode =
   | "NO_POINT_FOR_AN_HOUR"
   | "POINT_LATE"
   | "CYCLES_SKIPPED"
+  | "APP_CONSISTENT_FAILED"
   | "RPO_AT_RISK"
   | "STATE_PAUSED"
   | "STATE_RESYNCHRONISING"
@@ -79,6 +80,8 @@ export interface HealthInput {
   readonly resyncApprovedBy?: string | undefined;
   readonly pauseReason: string | undefined;
   readonly cycleSkipped: { readonly code: string; readonly message: string; readonly since: string } | undefined;
+  /** An application-consistent point was due and taken crash-consistent; cleared by the next application-consistent one. */
+  readonly quiesceFailure?: { readonly cycleSeq: number; readonly at: string; readonly reason: string } | undefined;
   /** Committed cycles, oldest first (at least those in the window and the one before it). */
   readonly commits: readonly CycleRecord[];
   /** Times of failed cycles (ms), oldest first. */
@@ -154,6 +157,10 @@ export function evaluateHealth(input: HealthInput, t: HealthThresholds, now: num
   if (s === "resynchronising") warn("STATE_RESYNCHRONISING", `resynchronising${input.resyncReason ? ` after: ${input.resyncReason}` : ""}`);
   if (s === "ready-for-initial-replication" || s === "initial-replication-in-progress") warn("STATE_INITIAL_REPLICATION", "initial replication is not complete");
   // Whatever cycle is due (initial, resync or incremental): why the primary cuts nothing.
+  if (input.quiesceFailure) {
+    const q = input.quiesceFailure;
+    warn("APP_CONSISTENT_FAILED", `the application-consistent point due at ${q.at} (cycle ${q.cycleSeq}) is crash-consistent: the guest could not be frozen (${q.reason}); check qemu-guest-agent in the guest`);
+  }
   if (input.cycleSkipped && s !== "paused") warn("CYCLES_SKIPPED", `${input.cycleSkipped.code}: the primary skips its cycles since ${input.cycleSkipped.since}: ${input.cycleSkipped.message}`);
 
   if (REPLICATING_STATES.has(s) || s === "paused") {

@@ -58,6 +58,7 @@ const requests: ReplicateRequest[] = [
         generation,
         cycleSequence: 2n ** 33n,
         kind: CycleKind.CYCLE_KIND_INCREMENTAL,
+        quiesceFailure: "guest freeze timed out",
         cutoffTime: cutoff,
         consistency: Consistency.CONSISTENCY_APPLICATION,
         disks: [{ diskId: "vda", virtualSizeBytes: 10n * 2n ** 40n }],

@@ -485,6 +485,11 @@ export interface CycleBegin {
    * point before its extents are written.
    */
   disks: DiskSize[];
+  /**
+   * Set when this cut-off was to freeze the guest (an application-consistent point was due) and
+   * the freeze did not happen or did not hold: why. The point is then crash-consistent.
+   */
+  quiesceFailure: string;
 }
 
 /**
@@ -2658,7 +2663,16 @@ export const PolicyChanged: MessageFns<PolicyChanged> = {
 };
 
 function createBaseCycleBegin(): CycleBegin {
-  return { vmId: "", generation: 0n, cycleSequence: 0n, kind: 0, cutoffTime: undefined, consistency: 0, disks: [] };
+  return {
+    vmId: "",
+    generation: 0n,
+    cycleSequence: 0n,
+    kind: 0,
+    cutoffTime: undefined,
+    consistency: 0,
+    disks: [],
+    quiesceFailure: "",
+  };
 }
 
 export const CycleBegin: MessageFns<CycleBegin> = {
@@ -2689,6 +2703,9 @@ export const CycleBegin: MessageFns<CycleBegin> = {
     }
     for (const v of message.disks) {
       DiskSize.encode(v!, writer.uint32(58).fork()).join();
+    }
+    if (message.quiesceFailure !== "") {
+      writer.uint32(66).string(message.quiesceFailure);
     }
     return writer;
   },
@@ -2762,6 +2779,14 @@ export const CycleBegin: MessageFns<CycleBegin> = {
             message.disks.push(DiskSize.decode(reader, reader.uint32()));
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.quiesceFailure = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2797,6 +2822,11 @@ export const CycleBegin: MessageFns<CycleBegin> = {
       disks: globalThis.Array.isArray(object?.disks)
         ? object.disks.map((e: any) => DiskSize.fromJSON(e))
         : [],
+      quiesceFailure: isSet(object.quiesceFailure)
+        ? globalThis.String(object.quiesceFailure)
+        : isSet(object.quiesce_failure)
+        ? globalThis.String(object.quiesce_failure)
+        : "",
     };
   },
 
@@ -2823,6 +2853,9 @@ export const CycleBegin: MessageFns<CycleBegin> = {
     if (message.disks?.length) {
       obj.disks = message.disks.map((e) => DiskSize.toJSON(e));
     }
+    if (message.quiesceFailure !== "") {
+      obj.quiesceFailure = message.quiesceFailure;
+    }
     return obj;
   },
 
@@ -2842,6 +2875,7 @@ export const CycleBegin: MessageFns<CycleBegin> = {
     message.cutoffTime = object.cutoffTime ?? undefined;
     message.consistency = object.consistency ?? 0;
     message.disks = object.disks?.map((e) => DiskSize.fromPartial(e)) || [];
+    message.quiesceFailure = object.quiesceFailure ?? "";
     return message;
   },
 };

@@ -20,6 +20,8 @@ export interface CommitCycleInput {
   cutoffAt: string;
   committedAt: string;
   consistency: Consistency;
+  /** An application-consistent point was due and the guest could not be frozen: why (crash-consistent points only). */
+  quiesceFailure?: string;
   /** Every replicated disk, with this point's own image (base for the full cycle, else its overlay). */
   disks: PointDisk[];
   dataBytes: number;
@@ -87,9 +89,13 @@ export function commitCycle(s: RelationshipState, input: CommitCycleInput): Rela
     );
   }
 
+  if (input.quiesceFailure !== undefined && (consistency !== "crash" || typeof input.quiesceFailure !== "string" || input.quiesceFailure === "")) {
+    throw new InvalidCommandInputError(`${COMMAND}: quiesceFailure is a non-empty reason, and only on a crash-consistent point`);
+  }
+  const quiesce = input.quiesceFailure === undefined ? {} : { quiesceFailure: input.quiesceFailure };
   const pointId = pointIdFor(cycleSeq);
   const events: RelationshipEvent[] = [
-    relationshipEvent("CycleCommitted", { cycleSeq, kind, generation, cutoffAt, committedAt, consistency, disks, ...stats }),
+    relationshipEvent("CycleCommitted", { cycleSeq, kind, generation, cutoffAt, committedAt, consistency, ...quiesce, disks, ...stats }),
     relationshipEvent("RecoveryPointCreated", { pointId, cycleSeq, cutoffAt, consistency, disks }),
   ];
   if (kind === "full") events.push(relationshipEvent("InitialReplicationCompleted", { cycleSeq, pointId }));

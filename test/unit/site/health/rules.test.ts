@@ -151,6 +151,16 @@ describe("health rules", () => {
     expect(waiting.reasons[0]!.message).toContain("IOTHREAD_UNSUPPORTED");
   });
 
+  it("a due application-consistent point taken crash-consistent is a Warning APP_CONSISTENT_FAILED with the reason", () => {
+    const c = steady(5);
+    const quiesceFailure = { cycleSeq: 4, at: new Date(T0).toISOString(), reason: "no answer to guest-sync-delimited within 3000 ms" };
+    const r = evaluateHealth(input(c, { quiesceFailure }), t, lastCut(c) + 1000);
+    expect(r.level).toBe("warning");
+    expect(codes(r)).toEqual(["APP_CONSISTENT_FAILED"]);
+    expect(r.reasons[0]!.message).toContain("guest-sync-delimited");
+    expect(r.reasons[0]!.message).toContain("qemu-guest-agent");
+  });
+
   it("RPO at risk: changes arrive faster than the link delivers them (cycles busy over 80% of the time)", () => {
     const busy = steady(10, F, 27_000); // 27 s of every 30 s
     const r = evaluateHealth(input(busy), t, lastCut(busy) + 28_000);
