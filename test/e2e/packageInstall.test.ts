@@ -12,9 +12,9 @@ import { makeTmpDir } from "../helpers/tmpDir.js";
 // The product as an operator gets it: `npm pack` (which builds dist/), the tarball installed into an
 // empty prefix with `npm install -g`, and everything after that run with the installed bins only,
 // from a directory outside the checkout, on a PATH without node_modules/.bin (no tsx, no tsc).
-// The native addons (better-sqlite3, zstd-napi) compile from source during the install: about
-// 2 to 5 minutes on 2 shared cores (load average 3 to 17). Packuments come from the registry; tarballs from npm's
-// cache where `npm ci` left them (--prefer-offline).
+// The native addons (better-sqlite3, zstd-napi) compile from source during the install: 2 to 5
+// minutes on 2 shared cores (load average 3 to 17). Packuments come from the registry; tarballs
+// from npm's cache where `npm ci` left them (--prefer-offline).
 
 const ROOT = resolve(import.meta.dirname, "../..");
 const MiB = 1024 * 1024;
