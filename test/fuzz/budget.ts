@@ -43,6 +43,13 @@ export function fuzzParams<T>(ci: Budget): fc.Parameters<T> {
     interruptAfterTimeLimit: seconds * 1000,
     markInterruptAsFailure: false,
     endOnFailure: false,
+    reporter: (details) => {
+      if (longSeconds !== undefined || details.failed) console.log(`[fuzz] ${details.numRuns} runs${details.interrupted ? " (time budget reached)" : ""}, seed ${FUZZ_SEED}`);
+      if (details.failed) {
+        const err = details.errorInstance;
+        throw new Error(`${fc.defaultReportMessage(details)}\nError: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+      }
+    },
   };
 }
 
