@@ -13,7 +13,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ResumeHint, type ExtentChunk, type ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
 import type { ExtentPiece } from "../../src/transport/index.js";
 import { StreamEndedError, encodeChunks, msg, totalsOf, withFlippedChecksum, type ProtocolClient } from "../helpers/protocolClient.js";
-import { ExpectedDisk, MiB, initialCycle, startSiteB, type SiteB } from "../e2e/security/siteB.js";
+import { MAX_CHUNK_BYTES } from "../../src/site/dataPlane/openCycle.js";
+import { MAX_MESSAGE_BYTES } from "../../src/transport/index.js";
+import { ExpectedDisk, MiB, initialCycle, noise, startSiteB, type SiteB } from "../e2e/security/siteB.js";
 import { announceSeed, fuzzParams, fuzzTimeoutMs, hostileIds, type Budget } from "./budget.js";
 import { clearStatus, expectKeptPointIntact, expectNoPathEscapes, expectSiteAlive, keptPoint, listTree, type KeptPoint } from "./siteFixture.js";
 
@@ -54,11 +56,11 @@ const pieces = fc
   );
 
 type Op =
-  | { op: "dup" | "swap" | "drop" | "oversize" | "pastEnd" | "flip" | "otherDisk" | "otherSeq" | "otherGen" | "replay"; i: number; j: number; v: string }
+  | { op: "dup" | "swap" | "drop" | "oversize" | "pastEnd" | "flip" | "otherDisk" | "otherSeq" | "otherGen" | "replay" | "huge" | "pastMessageLimit"; i: number; j: number; v: string }
   | { op: "badTotals" | "noEnd" | "abort" | "beginTwice" | "endFirst"; i: number; j: number; v: string };
 const ops = fc.array(
   fc.record({
-    op: fc.constantFrom("dup", "swap", "drop", "oversize", "pastEnd", "flip", "otherDisk", "otherSeq", "otherGen", "replay", "badTotals", "noEnd", "abort", "beginTwice", "endFirst"),
+    op: fc.constantFrom("dup", "swap", "drop", "oversize", "pastEnd", "flip", "otherDisk", "otherSeq", "otherGen", "replay", "huge", "pastMessageLimit", "badTotals", "noEnd", "abort", "beginTwice", "endFirst"),
     i: fc.nat(9),
     j: fc.nat(9),
     v: hostileIds,
@@ -76,8 +78,9 @@ const hostileHello = fc.record({
 });
 
 const run = fc.oneof(
-  { weight: 3, arbitrary: fc.record({ kind: fc.constant("cycle" as const), vm: fc.constantFrom(...VMS), pieces, ops }) },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant("hello" as const), hello: hostileHello }) },
+  { weight: 6, arbitrary: fc.record({ kind: fc.constant("cycle" as const), vm: fc.constantFrom(...VMS), pieces, ops }) },
+  { weight: 2, arbitrary: fc.record({ kind: fc.constant("hello" as const), hello: hostileHello }) },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant("noHello" as const), vm: fc.constantFrom(...VMS), pieces, order: fc.array(fc.constantFrom("begin", "chunk", "end", "abort", "hello"), { minLength: 1, maxLength: 5 }) }) },
 );
 
 // ---- running it ----
@@ -109,6 +112,18 @@ function tamper(entries: Entry[], o: Op, g: bigint, seq: bigint): { entries: Ent
       // Chunks name no VM: one of the same generation and sequence (a refused cycle's, retried) is sound.
       const old = sentBefore[o.j % Math.max(1, sentBefore.length)];
       if (old) e.splice(i, 0, { chunk: old.chunk, piece: old.chunk.cycleSequence === seq && old.chunk.generation === g ? old.piece : undefined });
+      break;
+    }
+    case "huge": {
+      // Sound in every field but its size: one byte over the site's max_chunk_bytes.
+      const [chunk] = encodeChunks([{ kind: "data", offset: 0, length: MAX_CHUNK_BYTES + 1, data: noise(MAX_CHUNK_BYTES + 4, o.j).subarray(0, MAX_CHUNK_BYTES + 1) }], { generation: g, seq, diskId: "vda" });
+      e.splice(i, 0, { chunk: chunk!, piece: undefined });
+      break;
+    }
+    case "pastMessageLimit": {
+      // A message larger than gRPC's receive limit: refused before any site code reads it.
+      const length = MAX_MESSAGE_BYTES + 1024;
+      e.splice(i, 0, { chunk: { ...entries[0]!.chunk, offset: 0n, length, payload: { $case: "data", value: { codec: 0, data: noise(length, o.j) } } }, piece: undefined });
       break;
     }
     default: flags.add(o.op);
@@ -152,6 +167,30 @@ async function hostileHelloRun(h: HostileHello): Promise<void> {
     expect(["helloAck", "helloRejected", undefined]).toContain(r?.body?.$case);
   } finally {
     await endClearly(c, `Hello ${JSON.stringify(h, (_k, v: unknown) => (typeof v === "bigint" ? `${v}n` : v))}`);
+    c.close();
+  }
+}
+
+/** Messages in an order the protocol does not allow (data before any Hello, a late Hello...). */
+async function outOfOrderRun(vm: string, ps: ExtentPiece[], order: string[]): Promise<void> {
+  const model = models.get(vm)!;
+  const c = site.open();
+  try {
+    const chunks = encodeChunks(ps, { generation: 1, seq: 1, diskId: "vda" });
+    for (const m of order) {
+      if (m === "begin") await c.send(msg.cycleBegin({ vmId: vm, generation: 1, seq: 1, kind: "initial", disks: [model.spec] }));
+      else if (m === "chunk") for (const ch of chunks) await c.send(msg.chunk(ch));
+      else if (m === "end") await c.send(msg.cycleEnd(1, 1, totalsOf(chunks)));
+      else if (m === "abort") await c.send(msg.cycleAbort(1, 1));
+      else await c.send(msg.hello({ vmId: vm, generation: 0, disks: [model.spec] }));
+    }
+    // Nothing is acknowledged: no cycle can commit before a Hello was accepted, and after one this sends no CycleBegin of its own.
+    if (order[0] !== "hello") {
+      const v = await verdict(c);
+      expect(v.kind).not.toBe("cycleAck");
+    }
+  } finally {
+    await endClearly(c, `messages ${order.join(", ")} on ${vm}`);
     c.close();
   }
 }
@@ -214,6 +253,7 @@ describe("fuzz: the site's Replicate stream", () => {
     await fc.assert(
       fc.asyncProperty(run, async (r) => {
         if (r.kind === "hello") await hostileHelloRun(r.hello);
+        else if (r.kind === "noHello") await outOfOrderRun(r.vm, r.pieces, r.order);
         else await cycleRun(r.vm, r.pieces, r.ops);
       }),
       fuzzParams(CI),

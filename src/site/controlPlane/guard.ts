@@ -87,10 +87,40 @@ export function guardedWith(logger: Logger, codeOf: (err: unknown) => grpc.statu
         void audit.record({ ...err.refusal, ...targetVm(call.request), peer: peerHost(call.getPeer()) }).then(refused);
         return;
       }
+      const undecodable = typeof call.request === "object" && call.request !== null ? (call.request as { [UNDECODABLE]?: string })[UNDECODABLE] : undefined;
+      if (undecodable !== undefined) {
+        return callback({ code: grpc.status.INVALID_ARGUMENT, details: `${methodOf(call)}: the request is not a valid protobuf message of this call (${undecodable}); use a client built from proto/qreplica/v1` });
+      }
       // Ids name ledger streams and files: a malformed one is refused before any handler runs.
       Promise.resolve(call.request).then((req) => (checkRequestIds(req), fn(req, caller))).then(
         (res) => callback(null, res),
         (err: unknown) => callback({ code: codeOf(err), details: errorMessage(err) }),
       );
     };
+}
+
+/** Marks a request whose bytes did not decode (see tolerantDecoding); its value is the decoder's message. */
+export const UNDECODABLE = Symbol("undecodable request");
+
+/**
+ * The service with request decoding that never throws: grpc-js answers a throw with a bare
+ * "INTERNAL: Error deserializing request", before the caller's role is even checked. Instead the
+ * guard sees a marked request, checks the role as for any call, and refuses it with
+ * INVALID_ARGUMENT naming the call.
+ */
+export function tolerantDecoding<S extends grpc.ServiceDefinition>(service: S): S {
+  const entries = Object.entries(service).map(([name, def]) => [
+    name,
+    {
+      ...def,
+      requestDeserialize: (bytes: Buffer) => {
+        try {
+          return def.requestDeserialize(bytes) as unknown;
+        } catch (err) {
+          return { [UNDECODABLE]: errorMessage(err) };
+        }
+      },
+    },
+  ]);
+  return Object.fromEntries(entries) as S;
 }
