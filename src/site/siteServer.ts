@@ -6,7 +6,7 @@ import { ReplicationServiceService, type ReplicationServiceServer } from "../gen
 import { LedgerReadModels, getSqliteEventStore, onRelationshipSnapshotIgnored, type EventStore } from "../ledger/index.js";
 import { ReplicaStorage, SiteStorageDaemon } from "../storage/index.js";
 import { grpcServerOptions, loadSiteCredentials, serverCredentials, widenServerFlowControl, type SiteCredentials } from "../transport/index.js";
-import { tolerantDecoding } from "./controlPlane/guard.js";
+import { tolerantDecoding } from "./tolerantDecoding.js";
 import { controlService } from "./controlPlane/controlService.js";
 import { policyService } from "./controlPlane/policyService.js";
 import { PolicyServiceService } from "../gen/qreplica/v1/policy.js";
@@ -142,7 +142,7 @@ async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, lo
       void new ReplicateSession(context, call).run();
     },
   };
-  server.addService(ReplicationServiceService, replicationServer);
+  server.addService(tolerantDecoding(ReplicationServiceService), replicationServer);
   server.addService(tolerantDecoding(ControlServiceService), controlService(context));
   server.addService(tolerantDecoding(PolicyServiceService), policyService(context));
   server.addService(tolerantDecoding(MonitoringServiceService), monitoringService(context));

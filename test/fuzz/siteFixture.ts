@@ -91,10 +91,12 @@ export function expectSiteAlive(site: SiteB): void {
   expect(d.child.signalCode).toBeNull();
 }
 
-/** A non-OK status must say what was wrong: a known code and a message, never UNKNOWN or INTERNAL. */
+/** A non-OK status must say what was wrong: a known code and a message, never UNKNOWN or INTERNAL, and never the deadline. */
 export function clearStatus(s: Pick<StatusObject, "code" | "details">, what: string): string | undefined {
   if (s.code === status.OK) return undefined;
   if (s.code === status.UNKNOWN || s.code === status.INTERNAL) return `${what} ended ${status[s.code]}: ${s.details}`;
+  // Every client here sets a deadline far above any answer's time: reaching it means the site never ended the call.
+  if (s.code === status.DEADLINE_EXCEEDED) return `${what} hung until the client's deadline: ${s.details}`;
   if (!s.details || s.details.trim().length < 8) return `${what} ended ${status[s.code]} without an explanation (${JSON.stringify(s.details)})`;
   return undefined;
 }

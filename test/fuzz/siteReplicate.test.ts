@@ -7,16 +7,19 @@
  * it was sound, and then its point is byte-identical to the chunks sent (qemu-img compare);
  * afterwards the site serves a new VM, its kept point is intact and nothing escaped its directory.
  */
+import { copyFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
+import * as grpc from "@grpc/grpc-js";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ResumeHint, type ExtentChunk, type ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
+import { ReplicateRequest, ReplicationServiceService, ResumeHint, type ExtentChunk, type ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
 import type { ExtentPiece } from "../../src/transport/index.js";
 import { StreamEndedError, encodeChunks, msg, totalsOf, withFlippedChecksum, type ProtocolClient } from "../helpers/protocolClient.js";
 import { MAX_CHUNK_BYTES } from "../../src/site/dataPlane/openCycle.js";
-import { MAX_MESSAGE_BYTES } from "../../src/transport/index.js";
+import { MAX_MESSAGE_BYTES, channelCredentials, grpcChannelOptions, loadSiteCredentials } from "../../src/transport/index.js";
 import { ExpectedDisk, MiB, initialCycle, noise, startSiteB, type SiteB } from "../e2e/security/siteB.js";
-import { announceSeed, fuzzParams, fuzzTimeoutMs, hostileIds, type Budget } from "./budget.js";
+import { FUZZ_SEED, announceSeed, fuzzParams, fuzzTimeoutMs, hostileIds, type Budget } from "./budget.js";
 import { clearStatus, expectKeptPointIntact, expectNoPathEscapes, expectSiteAlive, keptPoint, listTree, type KeptPoint } from "./siteFixture.js";
 
 announceSeed("siteReplicate");
@@ -38,22 +41,34 @@ beforeAll(async () => {
   treeBefore = listTree(site.tmp);
 }, 120_000);
 afterAll(async () => {
+  // QR_KEEP=1: the site's log outlives the run (the site's directory does not).
+  if (process.env.QR_KEEP && site) copyFileSync(join(site.env.siteB, "site.log"), join(tmpdir(), `qr-fuzz-replicate-${FUZZ_SEED}.log`));
   await site?.stop();
 });
 
 // ---- what a run sends ----
 
+/** Up to four non-overlapping pieces, described compactly (a counterexample prints them, not their bytes). */
+interface PieceSpec {
+  block: number;
+  zero: boolean;
+  len: number;
+  byte: number;
+}
 const pieces = fc
   .uniqueArray(fc.nat(DISK / BLOCK - 1), { minLength: 1, maxLength: 4 })
   .chain((blocks) =>
-    fc.tuple(
-      ...blocks.map((b) =>
-        fc.record({ zero: fc.boolean(), len: fc.oneof(fc.constantFrom(BLOCK, 4096, 512), fc.integer({ min: 1, max: BLOCK })), byte: fc.nat(255) }).map(({ zero, len, byte }): ExtentPiece =>
-          zero ? { kind: "zero", offset: b * BLOCK, length: len } : { kind: "data", offset: b * BLOCK, length: len, data: Buffer.alloc(len, byte).fill(b & 0xff, 0, Math.min(len, 16)) },
-        ),
-      ),
-    ),
+    fc.tuple(...blocks.map((block) => fc.record({ block: fc.constant(block), zero: fc.boolean(), len: fc.oneof(fc.constantFrom(BLOCK, 4096, 512), fc.integer({ min: 1, max: BLOCK })), byte: fc.nat(255) }))),
   );
+const materialize = (specs: PieceSpec[]): ExtentPiece[] =>
+  specs.map(({ block, zero, len, byte }) =>
+    zero ? { kind: "zero", offset: block * BLOCK, length: len } : { kind: "data", offset: block * BLOCK, length: len, data: Buffer.alloc(len, byte).fill(block & 0xff, 0, Math.min(len, 16)) },
+  );
+
+/** What ran, in order: the site carries state from run to run, so a failure's cause may lie in an earlier run. */
+const history: string[] = [];
+let historyShown = false;
+const describeRun = (r: unknown) => JSON.stringify(r, (_k, v: unknown) => (typeof v === "bigint" ? `${v}n` : v instanceof Uint8Array ? Buffer.from(v).toString("hex") : v));
 
 type Op =
   | { op: "dup" | "swap" | "drop" | "oversize" | "pastEnd" | "flip" | "otherDisk" | "otherSeq" | "otherGen" | "replay" | "huge" | "pastMessageLimit"; i: number; j: number; v: string }
@@ -80,6 +95,7 @@ const hostileHello = fc.record({
 const run = fc.oneof(
   { weight: 6, arbitrary: fc.record({ kind: fc.constant("cycle" as const), vm: fc.constantFrom(...VMS), pieces, ops }) },
   { weight: 2, arbitrary: fc.record({ kind: fc.constant("hello" as const), hello: hostileHello }) },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant("raw" as const), vm: fc.constantFrom(...VMS), frames: fc.array(fc.uint8Array({ maxLength: 64 }), { minLength: 1, maxLength: 3 }), helloFirst: fc.boolean() }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant("noHello" as const), vm: fc.constantFrom(...VMS), pieces, order: fc.array(fc.constantFrom("begin", "chunk", "end", "abort", "hello"), { minLength: 1, maxLength: 5 }) }) },
 );
 
@@ -171,6 +187,26 @@ async function hostileHelloRun(h: HostileHello): Promise<void> {
   }
 }
 
+/** A Replicate stream carrying `frames` as they are (no protobuf encoding); resolves with its status. */
+function rawStream(frames: Buffer[]): Promise<grpc.StatusObject> {
+  const client = new grpc.Client(site.address, channelCredentials(loadSiteCredentials(site.agentA)), grpcChannelOptions);
+  const call = client.makeBidiStreamRequest(ReplicationServiceService.replicate.path, (b: Buffer) => b, (b: Buffer) => b, new grpc.Metadata(), { deadline: Date.now() + 30_000 });
+  call.on("data", () => {});
+  call.on("error", () => {});
+  const ended = new Promise<grpc.StatusObject>((resolve) => call.on("status", resolve));
+  for (const f of frames) call.write(f);
+  call.end();
+  return ended.finally(() => client.close());
+}
+
+async function rawRun(vm: string, frames: Uint8Array[], helloFirst: boolean): Promise<void> {
+  const hello = Buffer.from(ReplicateRequest.encode(msg.hello({ vmId: vm, generation: 0, disks: [models.get(vm)!.spec] })).finish());
+  const sent = [...(helloFirst ? [hello] : []), ...frames.map((f) => Buffer.from(f))];
+  const st = await rawStream(sent);
+  const problem = clearStatus(st, `raw frames ${sent.map((b) => b.toString("hex")).join(" ")}`);
+  if (problem) throw new Error(problem);
+}
+
 /** Messages in an order the protocol does not allow (data before any Hello, a late Hello...). */
 async function outOfOrderRun(vm: string, ps: ExtentPiece[], order: string[]): Promise<void> {
   const model = models.get(vm)!;
@@ -184,6 +220,7 @@ async function outOfOrderRun(vm: string, ps: ExtentPiece[], order: string[]): Pr
       else if (m === "abort") await c.send(msg.cycleAbort(1, 1));
       else await c.send(msg.hello({ vmId: vm, generation: 0, disks: [model.spec] }));
     }
+    c.call.end();
     // Nothing is acknowledged: no cycle can commit before a Hello was accepted, and after one this sends no CycleBegin of its own.
     if (order[0] !== "hello") {
       const v = await verdict(c);
@@ -228,7 +265,8 @@ async function cycleRun(vm: string, ps: ExtentPiece[], opList: Op[]): Promise<vo
     for (const ch of chunks) await c.send(msg.chunk(ch));
     if (flags.has("abort")) await c.send(msg.cycleAbort(g, seq));
     else if (!flags.has("noEnd")) await c.send(msg.cycleEnd(g, seq, totals));
-    if (flags.has("noEnd")) c.call.end();
+    // Half-close: the site answers whatever it will, then ends the stream (nothing waits on a reply that never comes).
+    c.call.end();
     sentBefore.push(...entries.slice(0, 2));
     if (sentBefore.length > 20) sentBefore.splice(0, sentBefore.length - 20);
     const v = await verdict(c);
@@ -252,9 +290,17 @@ describe("fuzz: the site's Replicate stream", () => {
   it("hostile Hellos and tampered cycles: clear refusals, and only sound cycles commit, byte for byte", async () => {
     await fc.assert(
       fc.asyncProperty(run, async (r) => {
-        if (r.kind === "hello") await hostileHelloRun(r.hello);
-        else if (r.kind === "noHello") await outOfOrderRun(r.vm, r.pieces, r.order);
-        else await cycleRun(r.vm, r.pieces, r.ops);
+        history.push(describeRun(r));
+        try {
+          if (r.kind === "hello") await hostileHelloRun(r.hello);
+          else if (r.kind === "noHello") await outOfOrderRun(r.vm, materialize(r.pieces), r.order);
+          else if (r.kind === "raw") await rawRun(r.vm, r.frames, r.helloFirst);
+          else await cycleRun(r.vm, materialize(r.pieces), r.ops);
+        } catch (err) {
+          if (!historyShown) console.log(`[fuzz] siteReplicate: the first failure came after these runs (oldest first):\n${history.slice(-12).join("\n")}`);
+          historyShown = true;
+          throw err;
+        }
       }),
       fuzzParams(CI),
     );
@@ -273,5 +319,58 @@ describe("fuzz: the site's Replicate stream", () => {
     await expectKeptPointIntact(site, kept);
     expectNoPathEscapes(site, treeBefore);
     expectSiteAlive(site);
+  });
+});
+
+// Findings of this fuzzer, shrunk, kept as literals.
+describe("fuzz findings: Replicate", () => {
+  it("(guard for the fix below) a newer stream for the VM still ends the older one ABORTED at once", async () => {
+    const disk = new ExpectedDisk("vda", DISK);
+    const a = site.open();
+    const b = site.open();
+    try {
+      await a.hello({ vmId: "vm-twice", generation: 0, disks: [disk.spec] });
+      await b.hello({ vmId: "vm-twice", generation: 0, disks: [disk.spec] });
+      const st = await a.waitStatus(10_000);
+      expect(grpc.status[st.code]).toBe("ABORTED");
+      expect(st.details).toContain("a newer Replicate stream for this VM took over");
+      expect((await b.finish()).code).toBe(grpc.status.OK);
+    } finally {
+      a.close();
+      b.close();
+    }
+  });
+
+  it("a Hello, then bytes that are no protobuf: INVALID_ARGUMENT at once, not a status lost with the HelloAck still being written (the agent waited to its deadline)", async () => {
+    const hello = Buffer.from(ReplicateRequest.encode(msg.hello({ vmId: "vm-garbage", generation: 0, disks: [{ diskId: "vda", sizeBytes: DISK }] })).finish());
+    for (let i = 0; i < 3; i++) {
+      const t0 = Date.now();
+      const st = await rawStream([hello, Buffer.from([69])]);
+      expect(grpc.status[st.code]).toBe("INVALID_ARGUMENT");
+      expect(st.details).toContain("not valid protobuf");
+      expect(Date.now() - t0).toBeLessThan(10_000);
+    }
+  });
+
+  it("a chunk with no cycle open, then a second Hello and a CycleAbort: the stream still ends when the sender half-closes", async () => {
+    const disk = new ExpectedDisk("vda", DISK);
+    const c = site.open();
+    try {
+      await c.hello({ vmId: "vm-late-hello", generation: 0, disks: [disk.spec] });
+      const [chunk] = encodeChunks([{ kind: "data", offset: 0, length: 4096, data: Buffer.alloc(4096, 40) }], { generation: 1, seq: 1, diskId: "vda" });
+      await c.send(msg.chunk(chunk!));
+      await c.send(msg.hello({ vmId: "vm-late-hello", generation: 0, disks: [disk.spec] }));
+      await c.send(msg.cycleAbort(1, 1));
+      const st = await c.finish(30_000);
+      expect(clearStatus(st, "the stream")).toBeUndefined();
+    } finally {
+      c.close();
+    }
+  });
+
+  it("a first message that is no protobuf (a truncated fixed32) ends the stream INVALID_ARGUMENT, not grpc-js's INTERNAL", async () => {
+    const st = await rawStream([Buffer.from([69])]);
+    expect(grpc.status[st.code]).toBe("INVALID_ARGUMENT");
+    expect(st.details).toMatch(/^a ReplicateRequest that is not valid protobuf/);
   });
 });

@@ -6,6 +6,7 @@ import { peerIdentity, roleAllows, type Role } from "../../transport/index.js";
 import type { Caller } from "./caller.js";
 import { peerHost, type Refusal, type RefusalAudit } from "./refusalAudit.js";
 import { checkRequestIds } from "./requestIds.js";
+import { UNDECODABLE } from "../tolerantDecoding.js";
 
 /** A role a control call may require: agents hold none of them. */
 export type ControlRole = Exclude<Role, "agent">;
@@ -97,30 +98,4 @@ export function guardedWith(logger: Logger, codeOf: (err: unknown) => grpc.statu
         (err: unknown) => callback({ code: codeOf(err), details: errorMessage(err) }),
       );
     };
-}
-
-/** Marks a request whose bytes did not decode (see tolerantDecoding); its value is the decoder's message. */
-export const UNDECODABLE = Symbol("undecodable request");
-
-/**
- * The service with request decoding that never throws: grpc-js answers a throw with a bare
- * "INTERNAL: Error deserializing request", before the caller's role is even checked. Instead the
- * guard sees a marked request, checks the role as for any call, and refuses it with
- * INVALID_ARGUMENT naming the call.
- */
-export function tolerantDecoding<S extends grpc.ServiceDefinition>(service: S): S {
-  const entries = Object.entries(service).map(([name, def]) => [
-    name,
-    {
-      ...def,
-      requestDeserialize: (bytes: Buffer) => {
-        try {
-          return def.requestDeserialize(bytes) as unknown;
-        } catch (err) {
-          return { [UNDECODABLE]: errorMessage(err) };
-        }
-      },
-    },
-  ]);
-  return Object.fromEntries(entries) as S;
 }
