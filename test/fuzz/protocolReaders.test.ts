@@ -19,7 +19,7 @@ import { PROTO_KEYS, announceSeed, fuzzParams, fuzzTimeoutMs, hostileValue, type
 
 announceSeed("protocolReaders");
 const tmp = makeTmpDir("qr-fuzz-proto-");
-const CI: Budget = { runs: 150, seconds: 4 };
+const CI: Budget = { runs: 500, seconds: 4 };
 /** Every client call must settle within this; the clients' own timeouts are set well below it. */
 const SETTLE_MS = 8_000;
 
@@ -136,7 +136,11 @@ describe("fuzz: QMP reader", () => {
         let client: QmpClient | undefined;
         const connectErr = await settles("QMP connect", QmpClient.connect({ socketPath: srv.path, connectTimeoutMs: 2000, commandTimeoutMs: 2000 }).then((c) => (client = c)));
         if (client) {
-          await settles("QMP execute", client.execute("query-status"));
+          const err = await settles("QMP execute", client.execute("query-status"));
+          if (err?.code === "QMP_PROTOCOL") {
+            expect(client.isClosed).toBe(true);
+            expect((await settles("QMP execute after the error", client.execute("query-status")))?.code).toBe("QMP_CLOSED");
+          }
           await settles("QMP close", client.close());
         } else {
           expect(connectErr).toBeDefined();
@@ -228,7 +232,12 @@ describe("fuzz: NBD reply parser", () => {
         };
         const client = await NbdClient.connect({ socketPath: server.socketPath, exportName: "disk0", metaContexts: ["base:allocation", "qemu:dirty-bitmap:b"], requestTimeoutMs: 3000 });
         try {
-          await Promise.all([settles("NBD read", client.read(0, 4096)), settles("NBD block status", client.blockStatus("qemu:dirty-bitmap:b", 0, MiB))]);
+          const errs = await Promise.all([settles("NBD read", client.read(0, 4096)), settles("NBD block status", client.blockStatus("qemu:dirty-bitmap:b", 0, MiB))]);
+          // A protocol error leaves nothing half-parsed behind: the connection is closed, later calls fail at once.
+          if (errs.some((e) => e?.code === "NBD_PROTOCOL")) {
+            await settles("NBD closed", client.closed);
+            expect((await settles("NBD read after the error", client.read(0, 512)))?.code).toBe("NBD_CLOSED");
+          }
         } finally {
           await settles("NBD disconnect", client.disconnect());
         }
