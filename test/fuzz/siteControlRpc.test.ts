@@ -6,6 +6,7 @@
  * status and an explanation (never UNKNOWN or INTERNAL); afterwards the site still answers, its
  * kept point is byte-identical, its ledger intact, and no file appeared outside its directory.
  */
+import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -14,27 +15,34 @@ import { MonitoringServiceService } from "../../src/gen/qreplica/v1/monitoring.j
 import { PolicyServiceService } from "../../src/gen/qreplica/v1/policy.js";
 import { channelCredentials, grpcChannelOptions, loadSiteCredentials } from "../../src/transport/index.js";
 import { startSiteB, type SiteB } from "../e2e/security/siteB.js";
+import { issueRole } from "../helpers/controlPlane.js";
 import { announceSeed, fuzzParams, fuzzTimeoutMs, hostileIds, type Budget } from "./budget.js";
 import { clearStatus, expectKeptPointIntact, expectNoPathEscapes, expectSiteAlive, keptPoint, listTree, type KeptPoint } from "./siteFixture.js";
 
 announceSeed("siteControlRpc");
 const CI: Budget = { runs: 600, seconds: 10 };
+const VIEWER: Budget = { runs: 200, seconds: 5 };
 /** A VM with a relationship, so handlers get past "no such VM" to the fields after the VM id. */
 const TARGET = "vm-target";
 
 let site: SiteB;
 let client: grpc.Client;
+/** A viewer's client: most calls are refused by role, and each refusal is audited with the (hostile) request's VM id. */
+let viewer: grpc.Client;
 let kept: KeptPoint;
 let treeBefore: string[];
 beforeAll(async () => {
   site = await startSiteB("qr-fuzz-ctl-");
   kept = await keptPoint(site, "vm-kept");
   await keptPoint(site, TARGET);
+  const viewerFiles = await issueRole(site.env.caDir, "vera-viewer", "viewer", join(site.tmp, "people"));
   treeBefore = listTree(site.tmp);
   client = new grpc.Client(site.address, channelCredentials(loadSiteCredentials(site.admin)), grpcChannelOptions);
+  viewer = new grpc.Client(site.address, channelCredentials(loadSiteCredentials(viewerFiles)), grpcChannelOptions);
 }, 120_000);
 afterAll(async () => {
   client?.close();
+  viewer?.close();
   await site?.stop();
 });
 
@@ -47,9 +55,9 @@ const METHODS: Array<[string, MethodDef]> = [...Object.entries(ControlServiceSer
   ([, d]) => !(d as { requestStream: boolean }).requestStream,
 ) as Array<[string, MethodDef]>;
 
-function rawCall(path: string, body: Buffer): Promise<{ code: grpc.status; details: string }> {
+function rawCall(path: string, body: Buffer, as = client): Promise<{ code: grpc.status; details: string }> {
   return new Promise((resolve) => {
-    client.makeUnaryRequest(path, (b: Buffer) => b, (b: Buffer) => b, body, new grpc.Metadata(), { deadline: Date.now() + 30_000 }, (err) =>
+    as.makeUnaryRequest(path, (b: Buffer) => b, (b: Buffer) => b, body, new grpc.Metadata(), { deadline: Date.now() + 30_000 }, (err) =>
       resolve(err ? { code: err.code, details: err.details } : { code: grpc.status.OK, details: "" }),
     );
   });
@@ -124,6 +132,20 @@ describe("fuzz: the site's control, monitoring and policy RPCs", () => {
     expectSiteAlive(site);
     console.log(`[fuzz] siteControlRpc: methods reached: ${seen.size}/${METHODS.length}`);
   }, fuzzTimeoutMs(CI));
+
+  it("every method, fuzzed requests as a viewer: refusals by role (audited) or answers, each with a clear status", async () => {
+    await fc.assert(
+      fc.asyncProperty(anyCall, async (c) => {
+        if (!c.body) return;
+        const r = await rawCall(DEFS.get(c.name)!.path, c.body, viewer);
+        const problem = clearStatus(r, `${c.name} as viewer`);
+        if (problem) throw new Error(problem);
+      }),
+      fuzzParams(VIEWER),
+    );
+    expect((await rawCall(ControlServiceService.whoAmI.path, Buffer.alloc(0), viewer)).code).toBe(grpc.status.OK);
+    expectSiteAlive(site);
+  }, fuzzTimeoutMs(VIEWER));
 
   it("afterwards: the kept point is byte-identical, the ledger intact, nothing written outside the site", async () => {
     await expectKeptPointIntact(site, kept);

@@ -23,7 +23,7 @@ import { FUZZ_SEED, announceSeed, fuzzParams, fuzzTimeoutMs, hostileIds, type Bu
 import { clearStatus, expectKeptPointIntact, expectNoPathEscapes, expectSiteAlive, keptPoint, listTree, type KeptPoint } from "./siteFixture.js";
 
 announceSeed("siteReplicate");
-const CI: Budget = { runs: 80, seconds: 15 };
+const CI: Budget = { runs: 80, seconds: 12 };
 const DISK = 8 * MiB;
 const BLOCK = 128 * 1024;
 const VMS = ["vm-fuzz-0", "vm-fuzz-1", "vm-fuzz-2"];
@@ -147,7 +147,8 @@ function tamper(entries: Entry[], o: Op, g: bigint, seq: bigint): { entries: Ent
     case "pastMessageLimit": {
       // A message larger than gRPC's receive limit: refused before any site code reads it.
       const length = MAX_MESSAGE_BYTES + 1024;
-      e.splice(i, 0, { chunk: { ...entries[0]!.chunk, offset: 0n, length, payload: { $case: "data", value: { codec: 0, data: noise(length, o.j) } } }, piece: undefined });
+      const [sound] = encodeChunks([{ kind: "zero", offset: 0, length: 512 }], { generation: g, seq, diskId: "vda" });
+      e.splice(i, 0, { chunk: { ...sound!, length, payload: { $case: "data", value: { codec: 0, data: noise(length, o.j) } } }, piece: undefined });
       break;
     }
     default: flags.add(o.op);
