@@ -103,6 +103,8 @@ const AGENT = {
       intervalSeconds: 30,
       chunkChecksum: "sha256",
       policy: "gold",
+      // The VM spec the replica site launches the VM from (src/site/launcher/vmSpec.ts).
+      spec: { machine: "q35", cpus: 1, memoryMiB: 64, disks: [{ diskId: "vda", bus: "virtio", bootIndex: 0 }], nics: [{ id: "net0", model: "virtio-net-pci", mac: "52:54:00:12:34:56" }], extraArgs: ["-rtc", "base=utc"] },
     },
   ],
 };
