@@ -117,7 +117,8 @@ export function loadAgentConfig(path: string): AgentConfig {
   const minFreeDefault = minFreeMiB(obj.scratchMinFreeMiB ?? DEFAULT_SCRATCH_MIN_FREE_MIB, path, "scratchMinFreeMiB");
   const vms = vmsRaw.map((v, i): AgentVmConfig => {
     const vm = asObject(v, path, `vms[${i}]`);
-    const where = `vms[${i}] (${String(vm.id ?? "?")})`;
+    // Only a string id is shown: String() of a hostile mapping (e.g. `id: { toString: 1 }`) throws.
+    const where = `vms[${i}] (${typeof vm.id === "string" ? vm.id : "?"})`;
     const disks = vm.disks;
     if (!Array.isArray(disks) || disks.length === 0) throw new AgentConfigError(path, `${where}.disks must list the VM's disks as {id, node}`);
     return {

@@ -228,7 +228,14 @@ export function loadRunbook(file: string): Runbook {
       doc.errors.map((e) => ({ path: "(yaml)", message: e.message.split("\n")[0]!, line: lines.linePos(e.pos[0]).line, fix: "fix the YAML syntax" })),
     );
   }
-  const result = validateRunbook(doc.toJS(), { baseDir: dirname(path) });
+  let input: unknown;
+  try {
+    input = doc.toJS();
+  } catch (err) {
+    // An alias to an anchor never set, or aliases past the limit (a "billion laughs" document).
+    throw new RunbookInvalidError(path, [{ path: "(yaml)", message: (err as Error).message.split("\n")[0]!, fix: "set each anchor (&name) before its alias (*name), and expand repeated aliases" }]);
+  }
+  const result = validateRunbook(input, { baseDir: dirname(path) });
   if (result.ok) return result.runbook;
   throw new RunbookInvalidError(
     path,

@@ -57,6 +57,9 @@ export function loadSiteConfig(dir: string): SiteConfig {
   } catch (err) {
     throw new SiteConfigError(path, "is not valid JSON", { cause: err });
   }
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
+    throw new SiteConfigError(path, `must hold a JSON object of fields (siteId, listen, caFile, ...), not ${raw === null ? "null" : Array.isArray(raw) ? "an array" : typeof raw}`);
+  }
   for (const key of ["siteId", "listen", "caFile", "certFile", "keyFile", "ledgerPath", "storageRoot"] as const) {
     if (typeof raw[key] !== "string" || raw[key] === "") throw new SiteConfigError(path, `field '${key}' is missing or not a string`);
   }
@@ -98,12 +101,17 @@ function parseRetention(v: unknown, path: string): RetentionSpec {
     throw new SiteConfigError(path, "field 'defaultRetention' must be { \"tiers\": [{ \"everySeconds\": n, \"keepForSeconds\": n }, ...], \"minPoints\": n }");
   }
   const spec: RetentionSpec = {
-    tiers: r.tiers.map((t: unknown) => ({ everySeconds: Number((t as RetentionTier)?.everySeconds), keepForSeconds: Number((t as RetentionTier)?.keepForSeconds) })),
+    tiers: r.tiers.map((t: unknown) => ({ everySeconds: secondsOf((t as RetentionTier | null)?.everySeconds), keepForSeconds: secondsOf((t as RetentionTier | null)?.keepForSeconds) })),
     minPoints: r.minPoints,
   };
   const problems = retentionSpecProblems(spec);
   if (problems.length) throw new SiteConfigError(path, `field 'defaultRetention': ${problems.join("; ")}`);
   return spec;
+}
+
+/** A number as is, anything else NaN (which retentionSpecProblems names); Number() of a hostile object can throw. */
+function secondsOf(v: unknown): number {
+  return typeof v === "number" ? v : Number.NaN;
 }
 
 function parseAccel(v: unknown, path: string): "auto" | "kvm" | "tcg" {

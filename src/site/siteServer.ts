@@ -6,6 +6,7 @@ import { ReplicationServiceService, type ReplicationServiceServer } from "../gen
 import { LedgerReadModels, getSqliteEventStore, onRelationshipSnapshotIgnored, type EventStore } from "../ledger/index.js";
 import { ReplicaStorage, SiteStorageDaemon } from "../storage/index.js";
 import { grpcServerOptions, loadSiteCredentials, serverCredentials, widenServerFlowControl, type SiteCredentials } from "../transport/index.js";
+import { tolerantDecoding } from "./tolerantDecoding.js";
 import { controlService } from "./controlPlane/controlService.js";
 import { policyService } from "./controlPlane/policyService.js";
 import { PolicyServiceService } from "../gen/qreplica/v1/policy.js";
@@ -154,10 +155,10 @@ async function serve(
       void new ReplicateSession(context, call).run();
     },
   };
-  server.addService(ReplicationServiceService, replicationServer);
-  server.addService(ControlServiceService, controlService(context));
-  server.addService(PolicyServiceService, policyService(context));
-  server.addService(MonitoringServiceService, monitoringService(context));
+  server.addService(tolerantDecoding(ReplicationServiceService), replicationServer);
+  server.addService(tolerantDecoding(ControlServiceService), controlService(context));
+  server.addService(tolerantDecoding(PolicyServiceService), policyService(context));
+  server.addService(tolerantDecoding(MonitoringServiceService), monitoringService(context));
   const bind = (listen: string) =>
     new Promise<number>((resolve, reject) => server.bindAsync(listen, serverCredentials(creds), (err, p) => (err ? reject(err) : resolve(p))));
   cleanups.push(() => server.forceShutdown());

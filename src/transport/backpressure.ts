@@ -120,3 +120,19 @@ function drained(stream: BackpressureWritable<unknown>): Promise<void> {
     stream.once("close", onClose);
   });
 }
+
+/**
+ * Resolves once the stream holds no unwritten message (or is destroyed, or after `timeoutMs`).
+ * Writable has no event for "everything handed on" short of each write's callback, and messages
+ * may have been written by other code, so this polls `writableLength` briefly.
+ */
+export function untilWritten(stream: { readonly writableLength: number; readonly destroyed: boolean }, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  return new Promise<void>((resolve) => {
+    const check = (): void => {
+      if (stream.destroyed || stream.writableLength === 0 || Date.now() > deadline) return resolve();
+      setTimeout(check, 5);
+    };
+    check();
+  });
+}

@@ -26,7 +26,7 @@ export {
 export { CONNECTION_WINDOW_BYTES, FlowControlSetupError, STREAM_WINDOW_BYTES, widenServerFlowControl } from "./flowControl.js";
 export { EncodedReplicateRequest, ReplicationClient, serializeReplicateRequest, type OutgoingReplicateRequest } from "./replicateWire.js";
 export { digestFromWire, digestToWire, pickResyncDigest } from "./resyncDigests.js";
-export { StreamClosedError, writeWithBackpressure, type BackpressureWritable, type WriteOptions } from "./backpressure.js";
+export { StreamClosedError, untilWritten, writeWithBackpressure, type BackpressureWritable, type WriteOptions } from "./backpressure.js";
 export { Uint64RangeError, toUint64, toWireGeneration, uint64ToSafeNumber } from "./uint64.js";
 export {
   certificateIdentity,

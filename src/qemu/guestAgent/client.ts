@@ -220,7 +220,7 @@ export class GuestAgentClient {
       waiter.resolve(msg.return);
     } else if (msg.error !== null && typeof msg.error === "object") {
       const e = msg.error as { class?: unknown; desc?: unknown };
-      waiter.reject(new GuestAgentCommandError(waiter.command, String(e.class ?? "GenericError"), String(e.desc ?? "")));
+      waiter.reject(new GuestAgentCommandError(waiter.command, textOf(e.class, "GenericError"), textOf(e.desc, "")));
     } else {
       this.synced = false;
       waiter.reject(new GuestAgentProtocolError(this.socketPath, `reply is neither return nor error: ${ev.line.slice(0, 200)}`));
@@ -239,6 +239,12 @@ export class GuestAgentClient {
     const why = cause === undefined ? "" : `: ${errorMessage(cause)}`;
     waiter.reject(new GuestAgentUnavailableError(this.socketPath, detail + pending + why, waiter.kind === "command", { cause }));
   }
+}
+
+/** A string as is, anything else as JSON: String() of a hostile object (`{"toString": 1}`) throws. */
+function textOf(v: unknown, absent: string): string {
+  if (v === undefined || v === null) return absent;
+  return typeof v === "string" ? v : (JSON.stringify(v) ?? absent);
 }
 
 function parseJson(line: string): Record<string, unknown> | undefined {

@@ -31,6 +31,18 @@ interface Pending {
 
 /** A reply line above this size is not QMP we asked for (query-qmp-schema is ~200 KiB). */
 const MAX_LINE_BYTES = 16 * 1024 * 1024;
+const QMP_EVENT_NAME = /^[A-Z][A-Z0-9_]*$/;
+
+/** A string as is, anything else as JSON: String() of a hostile object (`{"toString": 1}`) throws. */
+function textOf(v: unknown, absent: string): string {
+  if (v === undefined || v === null) return absent;
+  return typeof v === "string" ? v : (JSON.stringify(v) ?? absent);
+}
+
+function isGreeting(v: unknown): v is QmpGreeting {
+  const g = v as { version?: { qemu?: { major?: unknown } }; capabilities?: unknown } | null;
+  return typeof g === "object" && g !== null && typeof g.version?.qemu?.major === "number" && Array.isArray(g.capabilities);
+}
 
 /**
  * QMP client: JSON lines over a unix socket, commands correlated by id, events interleaved.
@@ -67,8 +79,8 @@ export class QmpClient {
     const { socket, greetingLine, rest } = await readGreetingRetrying(socketPath, connectTimeoutMs);
     let greeting: QmpGreeting;
     try {
-      const parsed = JSON.parse(greetingLine) as { QMP?: QmpGreeting };
-      if (!parsed.QMP) throw new Error(`expected {"QMP": ...}, got ${greetingLine.slice(0, 200)}`);
+      const parsed = JSON.parse(greetingLine) as { QMP?: unknown } | null;
+      if (!isGreeting(parsed?.QMP)) throw new Error(`expected {"QMP": {"version": {"qemu": ...}, "capabilities": [...]}}, got ${greetingLine.slice(0, 200)}`);
       greeting = parsed.QMP;
     } catch (err) {
       socket.destroy();
@@ -168,14 +180,25 @@ export class QmpClient {
   }
 
   private onLine(line: string): void {
-    let msg: Record<string, unknown>;
+    let parsed: unknown;
     try {
-      msg = JSON.parse(line) as Record<string, unknown>;
+      parsed = JSON.parse(line);
     } catch {
       this.fail(new QmpProtocolError(this.socketPath, `not JSON: ${line.slice(0, 200)}`));
       return;
     }
+    if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
+      this.fail(new QmpProtocolError(this.socketPath, `not a JSON object: ${line.slice(0, 200)}`));
+      return;
+    }
+    const msg = parsed as Record<string, unknown>;
     if (typeof msg.event === "string") {
+      // QMP event names are upper case; any other name could be one of the emitter's own
+      // ("error" throws when nobody listens, "close" would look like a lost connection).
+      if (!QMP_EVENT_NAME.test(msg.event)) {
+        this.fail(new QmpProtocolError(this.socketPath, `event name ${JSON.stringify(msg.event.slice(0, 64))} is not a QMP event name`));
+        return;
+      }
       const ev = { event: msg.event, data: (msg.data ?? {}) as Record<string, unknown>, timestamp: msg.timestamp } as QmpEvent;
       this.logger.trace({ event: ev.event }, "QMP event");
       this.events.emit(ev.event, ev);
@@ -195,7 +218,7 @@ export class QmpClient {
       pending.resolve(msg.return);
     } else if (msg.error && typeof msg.error === "object") {
       const e = msg.error as { class?: unknown; desc?: unknown };
-      pending.reject(new QmpCommandError(pending.command, String(e.class ?? "GenericError"), String(e.desc ?? "")));
+      pending.reject(new QmpCommandError(pending.command, textOf(e.class, "GenericError"), textOf(e.desc, "")));
     } else {
       pending.reject(new QmpProtocolError(this.socketPath, `reply is neither return nor error: ${line.slice(0, 200)}`));
     }

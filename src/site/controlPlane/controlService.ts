@@ -112,7 +112,7 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
         primaryIdentity: req.primaryIdentity,
         disks: req.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) })),
         seeds: req.seeds.map((s) => ({ diskId: s.diskId, imagePath: s.imagePath })),
-        vmSpec: req.vmSpecJson ? (JSON.parse(req.vmSpecJson) as JsonObject) : undefined,
+        vmSpec: vmSpecOf(req.vmSpecJson),
       });
       // The new primary's own identity, never a wildcard, recorded with the operator who asked;
       // only once the relationship is ready for it, so a refused reverse authorizes nobody.
@@ -159,6 +159,10 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
     }),
     listEvents: guarded("viewer", async (req, caller) => {
       const limit = Math.min(Math.max(req.limit || 100, 1), 1000);
+      // The ledger's positions are SQLite integers (signed 64-bit): a uint64 past them names no event.
+      if (req.fromPosition > MAX_LEDGER_POSITION) {
+        throw Object.assign(new Error(`ListEvents: fromPosition ${req.fromPosition} is past the ledger's last possible position (${MAX_LEDGER_POSITION}); pass the nextPosition of an earlier page, or 0`), { grpcCode: grpc.status.INVALID_ARGUMENT });
+      }
       if (req.vmId) await requireRelationship(ctx, req.vmId);
       const prefix = req.streamPrefix || undefined;
       if (prefix !== undefined && req.vmId) throw Object.assign(new Error("ListEvents: give a VM id or a stream prefix, not both"), { grpcCode: grpc.status.INVALID_ARGUMENT });
@@ -192,6 +196,23 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
   };
 }
 
+const MAX_LEDGER_POSITION = 2n ** 63n - 1n;
+
+/** PrepareReverseReplication's vmSpecJson: empty, or the JSON object the old primary's relationship recorded. */
+function vmSpecOf(json: string): JsonObject | undefined {
+  if (!json) return undefined;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(json);
+  } catch (err) {
+    throw Object.assign(new Error(`PrepareReverseReplication: vmSpecJson is not JSON (${(err as Error).message}); send the VM spec as a JSON object, or leave it empty`), { grpcCode: grpc.status.INVALID_ARGUMENT });
+  }
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+    throw Object.assign(new Error("PrepareReverseReplication: vmSpecJson must be a JSON object (machine, cpus, memoryMiB, disks, nics), or empty"), { grpcCode: grpc.status.INVALID_ARGUMENT });
+  }
+  return parsed as JsonObject;
+}
+
 /** Refusals by the relationship's state are the operator's to resolve, not server faults. */
 function grpcCodeOf(err: unknown): grpc.status {
   const explicit = (err as { grpcCode?: number }).grpcCode;
@@ -202,6 +223,12 @@ function grpcCodeOf(err: unknown): grpc.status {
   if (code === "AUTHORIZATION_NOT_FOUND") return grpc.status.NOT_FOUND;
   if (["INVALID_TRANSITION", "STALE_GENERATION", "FAILOVER_REFUSED", "MERGE_BLOCKED_BY_TEST_FAILOVER", "MERGE_IN_PROGRESS", "SEED_UNUSABLE", "RESYNC_ALREADY_APPROVED"].includes(code)) return grpc.status.FAILED_PRECONDITION;
   if (code.startsWith("INVALID") || code === "UNKNOWN_POINT") return grpc.status.INVALID_ARGUMENT;
+  // The operator named a point, test or merge that is not there (or no longer): not a server fault.
+  if (code === "RECOVERY_POINT_UNAVAILABLE") return (err as { why?: string }).why === "unknown" ? grpc.status.NOT_FOUND : grpc.status.FAILED_PRECONDITION;
+  if (code === "NO_SUCH_TEST_FAILOVER" || code === "NO_SUCH_MERGE") return grpc.status.NOT_FOUND;
+  if (code === "TEST_FAILOVER_EXISTS") return grpc.status.ALREADY_EXISTS;
+  if (["TEST_FAILOVERS_RUNNING", "PLANNED_FAILOVER_NOT_READY", "UNEXPECTED_GENERATION", "OUT_OF_ORDER_CYCLE"].includes(code)) return grpc.status.FAILED_PRECONDITION;
+  if (code === "WRONG_EXPECTED_VERSION") return grpc.status.ABORTED;
   return grpc.status.INTERNAL;
 }
 

@@ -6,6 +6,7 @@ import { peerIdentity, roleAllows, type Role } from "../../transport/index.js";
 import type { Caller } from "./caller.js";
 import { peerHost, type Refusal, type RefusalAudit } from "./refusalAudit.js";
 import { checkRequestIds } from "./requestIds.js";
+import { UNDECODABLE } from "../tolerantDecoding.js";
 
 /** A role a control call may require: agents hold none of them. */
 export type ControlRole = Exclude<Role, "agent">;
@@ -86,6 +87,10 @@ export function guardedWith(logger: Logger, codeOf: (err: unknown) => grpc.statu
         if (!(err instanceof ControlCallRefusedError)) return refused();
         void audit.record({ ...err.refusal, ...targetVm(call.request), peer: peerHost(call.getPeer()) }).then(refused);
         return;
+      }
+      const undecodable = typeof call.request === "object" && call.request !== null ? (call.request as { [UNDECODABLE]?: string })[UNDECODABLE] : undefined;
+      if (undecodable !== undefined) {
+        return callback({ code: grpc.status.INVALID_ARGUMENT, details: `${methodOf(call)}: the request is not a valid protobuf message of this call (${undecodable}); use a client built from proto/qreplica/v1` });
       }
       // Ids name ledger streams and files: a malformed one is refused before any handler runs.
       Promise.resolve(call.request).then((req) => (checkRequestIds(req), fn(req, caller))).then(

@@ -22,11 +22,12 @@ import {
   type ReplicateRequest,
   type ReplicateResponse,
 } from "../../gen/qreplica/v1/replication.js";
-import { KNOWN_CHECKSUMS, peerIdentity, pickResyncDigest, writeWithBackpressure, type Role } from "../../transport/index.js";
+import { KNOWN_CHECKSUMS, peerIdentity, pickResyncDigest, untilWritten, writeWithBackpressure, type Role } from "../../transport/index.js";
 import type { ChunkDigestName } from "../../common/chunkDigest.js";
 import { peerHost } from "../controlPlane/refusalAudit.js";
 import { resyncModeAt } from "../resyncWindows.js";
 import { MAX_CHUNK_BYTES, OpenCycle } from "./openCycle.js";
+import { UNDECODABLE } from "../tolerantDecoding.js";
 import { parseVmSpec, sendSeedHashes } from "./resync.js";
 import type { SiteContext } from "../siteContext.js";
 import { RelationshipRefusal, type ResumeKind } from "../relationships.js";
@@ -68,6 +69,8 @@ export class ReplicateSession {
   /** A cycle refused mid-way: its remaining chunks are dropped until its end or abort. */
   private refusedSeq: number | undefined;
   private superseded = false;
+  /** endWithStatus was called: later messages are ignored, and the stream ends with that status. */
+  private ending = false;
   /** The role bound into the peer's certificate, for the audit of a refused Hello. */
   private peerRole: Role | "none" = "none";
   private primaryStopped: { resolve(info: PrimaryStoppedInfo): void; reject(err: Error): void } | undefined;
@@ -157,11 +160,14 @@ export class ReplicateSession {
       await this.discardOpenCycle("the stream ended before the cycle was complete");
       if (this.vmId) this.ctx.releaseSession(this.vmId, this);
       // The sender half-closed: finish the call (status OK) rather than leave it open to its deadline.
-      if (!this.call.destroyed && !this.call.writableEnded) this.call.end();
+      if (!this.ending && !this.call.destroyed && !this.call.writableEnded) this.call.end();
     }
   }
 
   private async onMessage(req: ReplicateRequest, identity: string): Promise<void> {
+    if (this.ending) return;
+    const undecodable = (req as { [UNDECODABLE]?: string })[UNDECODABLE];
+    if (undecodable !== undefined) return this.endWithStatus(grpc.status.INVALID_ARGUMENT, `a ReplicateRequest that is not valid protobuf (${undecodable})`);
     const body = req.body;
     if (!body) return this.endWithStatus(grpc.status.INVALID_ARGUMENT, "empty ReplicateRequest");
     if (body.$case !== "hello" && this.vmId === undefined) {
@@ -456,7 +462,11 @@ export class ReplicateSession {
   }
 
   private endWithStatus(code: grpc.status, details: string): void {
+    if (this.ending) return;
+    this.ending = true;
     const err = Object.assign(new Error(details), { code, details });
-    this.call.emit("error", err);
+    // The error destroys the call; one destroyed while a message (a HelloAck, say) is still being
+    // written never sends its status, and the peer waits to its deadline. Hence: written first.
+    void untilWritten(this.call).then(() => this.call.emit("error", err));
   }
 }
