@@ -1,0 +1,23 @@
+/**
+ * The EventStore contract against a KurrentDB server, when one is named by KURRENTDB_URL (e.g.
+ * kurrentdb://127.0.0.1:2113?tls=false). No KurrentDB server can run on this project's CI
+ * machines, so without the variable the suite is reported as skipped with that reason. Each test's
+ * store gets its own stream namespace, so a server that already holds events is fine.
+ */
+import { describe, it } from "vitest";
+import { getKurrentDbEventStore } from "../../../src/ledger/kurrentdb/kurrentDbEventStore.js";
+import { eventStoreContract } from "../../unit/ledger/eventStoreContract.js";
+
+const url = process.env.KURRENTDB_URL;
+const reason = "KURRENTDB_URL is not set: the KurrentDB contract suite needs a throwaway KurrentDB server and none runs on these machines";
+
+if (url) {
+  const run = `t${Date.now().toString(36)}`;
+  let n = 0;
+  eventStoreContract("kurrentdb", () => getKurrentDbEventStore({ url, namespace: `${run}-${++n}` }));
+} else {
+  console.warn(`KurrentDB ledger tests NOT RUN: ${reason}`);
+  describe("EventStore contract: kurrentdb", () => {
+    it.skip(`not run: ${reason}`, () => undefined);
+  });
+}
