@@ -49,6 +49,7 @@ import {
   type Subscription,
 } from "../eventStore.js";
 import { GENESIS_HASH, sealEvents } from "../hashChain.js";
+import { assertContinuesChain } from "../importChecks.js";
 import { validateSnapshotRecord, type SnapshotRecord } from "../snapshots.js";
 import { startSubscription } from "../subscription.js";
 
@@ -73,6 +74,8 @@ export interface KurrentDbEventStoreOptions {
 
 export interface KurrentDbEventStore extends EventStore {
   readonly location: string;
+  /** As PostgresEventStore.importVerbatim: already-sealed events, stored exactly as given. */
+  importVerbatim(events: readonly RecordedEvent[]): Promise<void>;
 }
 
 interface Envelope {
@@ -288,6 +291,31 @@ function buildStore(client: KurrentDBClient, location: string, options: KurrentD
         n++;
       }
       return n;
+    },
+
+    async importVerbatim(events) {
+      ensureOpen();
+      // KurrentDB appends are atomic per stream, so a batch is written stream run by stream run.
+      for (let i = 0; i < events.length; ) {
+        const stream = events[i]!.stream;
+        let j = i;
+        while (j < events.length && events[j]!.stream === stream) j++;
+        const run = events.slice(i, j);
+        const head = await readHead(client, ns + stream);
+        let cursor = { version: head?.event?.revision, hash: head?.event ? envelopeOf(head.event.metadata, ns + stream, head.event.revision).hash : GENESIS_HASH };
+        const data = run.map((e) => {
+          const row = assertContinuesChain(e, cursor);
+          cursor = { version: e.version, hash: e.hash };
+          return jsonEvent({
+            type: e.type,
+            data: JSON.parse(row.dataJson) as Record<string, unknown>,
+            metadata: { qreplica: 1, recordedAt: row.recordedAt, hash: e.hash, previousHash: e.previousHash, metadata: JSON.parse(row.metadataJson) as Record<string, unknown> } satisfies Envelope,
+          });
+        });
+        await client.appendToStream(ns + stream, data, { streamState: head?.event ? head.event.revision : NO_STREAM });
+        i = j;
+      }
+      appended.emit("appended");
     },
 
     async close() {

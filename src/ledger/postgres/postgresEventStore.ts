@@ -37,6 +37,7 @@ import {
   type Subscription,
 } from "../eventStore.js";
 import { GENESIS_HASH, sealEvents } from "../hashChain.js";
+import { assertContinuesChain } from "../importChecks.js";
 import { validateSnapshotRecord, type SnapshotRecord } from "../snapshots.js";
 import { chainRowOf, decodeStoredEvent, type StoredEventRow } from "../storedRows.js";
 import { startSubscription } from "../subscription.js";
@@ -60,6 +61,11 @@ export interface PostgresEventStore extends EventStore {
   /** The URL with its password masked. */
   readonly location: string;
   readonly schema: string;
+  /**
+   * Stores already-sealed events exactly as given (same versions, recordedAt and hashes), for
+   * `ledger migrate`: each must continue its stream's chain here, or nothing of the batch is stored.
+   */
+  importVerbatim(events: readonly RecordedEvent[]): Promise<void>;
 }
 
 interface EventDbRow {
@@ -291,6 +297,43 @@ function buildStore(o: Internals): PostgresEventStore {
       ensureOpen();
       const r = await pool.query(`DELETE FROM ${schema}.snapshots WHERE starts_with(key, $1)`, [keyPrefix]);
       return r.rowCount ?? 0;
+    },
+
+    async importVerbatim(events) {
+      ensureOpen();
+      if (events.length === 0) return;
+      const client = await pool.connect();
+      let broken: Error | undefined;
+      try {
+        await client.query("BEGIN");
+        await client.query("SELECT pg_advisory_xact_lock($1)", [appendKey]);
+        const heads = new Map<string, { version: bigint | undefined; hash: string }>();
+        for (const e of events) {
+          let head = heads.get(e.stream);
+          if (!head) {
+            const r = await client.query<{ stream_version: string; hash: string }>(
+              `SELECT stream_version, hash FROM ${t} WHERE stream_id = $1 ORDER BY stream_version DESC LIMIT 1`,
+              [e.stream],
+            );
+            head = { version: r.rows[0] ? BigInt(r.rows[0].stream_version) : undefined, hash: r.rows[0]?.hash ?? GENESIS_HASH };
+          }
+          const row = assertContinuesChain(e, head);
+          await client.query(
+            `INSERT INTO ${t} (stream_id, stream_version, type, data, metadata, recorded_at, hash, previous_hash)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+            [e.stream, e.version.toString(), e.type, row.dataJson, row.metadataJson, row.recordedAt, e.hash, e.previousHash],
+          );
+          heads.set(e.stream, { version: e.version, hash: e.hash });
+        }
+        await client.query("SELECT pg_notify($1, '')", [o.channel]);
+        await client.query("COMMIT");
+        appended.emit("appended");
+      } catch (err) {
+        await client.query("ROLLBACK").catch((e: Error) => (broken = e));
+        throw err;
+      } finally {
+        client.release(broken);
+      }
     },
 
     async close() {
