@@ -19,6 +19,7 @@ import { EventEmitter } from "node:events";
 import pg from "pg";
 import type { Logger } from "../../common/logger.js";
 import { errorMessage } from "../../common/errors.js";
+import { faultPoint } from "../../common/faultPoints.js";
 import { LedgerClosedError, WrongExpectedVersionError } from "../errors.js";
 import {
   assertExpectedVersion,
@@ -172,6 +173,9 @@ function buildStore(o: Internals): PostgresEventStore {
       );
       lastGlobalPosition = BigInt(r.rows[0]!.global_position);
     }
+    // Test-only crash window (inert unless QREPLICA_FAULT names it); keyed to a cycle's commit so a
+    // site dies mid-replication rather than in the appends of its own start.
+    if (events.some((e) => e.type === "CycleCommitted")) faultPoint("crash-mid-ledger-append");
     // Delivered to listeners at COMMIT, never for a rolled-back append.
     await client.query("SELECT pg_notify($1, '')", [o.channel]);
     return { nextExpectedVersion: sealed.at(-1)!.version, lastGlobalPosition };
