@@ -4,7 +4,8 @@
  * machines, so without the variable the suite is reported as skipped with that reason. Each test's
  * store gets its own stream namespace, so a server that already holds events is fine.
  */
-import { describe, it } from "vitest";
+import { describe, expect, it } from "vitest";
+import { LedgerOpenError } from "../../../src/ledger/index.js";
 import { getKurrentDbEventStore } from "../../../src/ledger/kurrentdb/kurrentDbEventStore.js";
 import { eventStoreContract } from "../../unit/ledger/eventStoreContract.js";
 
@@ -21,3 +22,12 @@ if (url) {
     it.skip(`not run: ${reason}`, () => undefined);
   });
 }
+
+describe("KurrentDB ledger opening (no server needed)", () => {
+  it("fails at open, naming the server without its password", async () => {
+    const err = await getKurrentDbEventStore({ url: "kurrentdb://admin:s3cret@127.0.0.1:1?tls=false" }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(LedgerOpenError);
+    expect((err as Error).message).toContain("kurrentdb://admin:***@127.0.0.1:1");
+    expect((err as Error).message).not.toContain("s3cret");
+  });
+});
