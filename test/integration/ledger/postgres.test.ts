@@ -118,15 +118,20 @@ describe.skipIf(skip)("PostgreSQL ledger", () => {
           `INSERT INTO ${schema}.events (stream_id, stream_version, type, data, metadata, recorded_at, hash, previous_hash) VALUES ('slow', 0, $1, $2, $3, $4, $5, $6)`,
           [e!.type, e!.dataJson, e!.metadataJson, e!.recordedAt, e!.hash, e!.previousHash],
         );
+        let waiting = 0;
+        const poll = setInterval(() => {
+          void slow.query<{ n: string }>("SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").then((r) => (waiting = Number(r.rows[0]!.n)), () => undefined);
+        }, 20);
         let fastDone = false;
         const fast = a.append("fast", [ev("Fast")], "no_stream").then((r) => {
           fastDone = true;
           return r;
         });
-        // The fast append waits for the lock, so nothing can be visible at a later position.
-        await new Promise((r) => setTimeout(r, 300));
+        // The fast append queues behind the lock (seen in pg_locks), so nothing can be visible at a later position.
+        await waitFor(() => waiting > 0, "the fast append to wait for the append lock", 10_000);
         expect(fastDone).toBe(false);
         expect(await b.readAll()).toEqual([]);
+        clearInterval(poll);
         await slow.query("COMMIT");
         const r = await fast;
         await waitFor(() => seen.length === 2, "both events at the subscriber", 10_000);
