@@ -68,6 +68,32 @@ describe.skipIf(skip)("PostgreSQL ledger", () => {
       await sub.close();
     });
 
+    it("gets its notifications back after the LISTEN connection is killed", async () => {
+      const [a, b] = await two(`relisten_${++n}`, { pollIntervalMs: 600_000 });
+      const seen: string[] = [];
+      const sub = a.subscribe({}, (e) => void seen.push(e.type));
+      await sub.caughtUp;
+      const admin = new pg.Client({ connectionString: url() });
+      await admin.connect();
+      const listeners = async () =>
+        (await admin.query<{ pid: number }>("SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN qreplica_ledger_relisten%'")).rows.map((r) => r.pid);
+      const before = await listeners();
+      expect(before).toHaveLength(2); // one per store instance
+      await admin.query("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", [before]);
+      let now: number[] = [];
+      const deadline = Date.now() + 15_000;
+      while (!(now.length === 2 && now.every((p) => !before.includes(p)))) {
+        if (Date.now() > deadline) throw new Error(`LISTEN connections not re-opened: ${now.join(",")}`);
+        await new Promise((r) => setTimeout(r, 50));
+        now = await listeners();
+      }
+      await admin.end();
+      await b.append("s", [ev("AfterReconnect")], "no_stream");
+      await waitFor(() => seen.length === 1, "the append through the new LISTEN connection", 10_000);
+      expect(seen).toEqual(["AfterReconnect"]);
+      await sub.close();
+    });
+
     it("settles concurrent commands on one stream from two instances by optimistic concurrency", async () => {
       const [a, b] = await two(`occ_${++n}`);
       await a.append("relationship-vm1", [ev("Created")], "no_stream");
