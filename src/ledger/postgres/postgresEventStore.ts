@@ -43,6 +43,7 @@ import { validateSnapshotRecord, type SnapshotRecord } from "../snapshots.js";
 import { chainRowOf, decodeStoredEvent, type StoredEventRow } from "../storedRows.js";
 import { startSubscription } from "../subscription.js";
 import { registerChainRowReader } from "../verify.js";
+import { listen, type Listener } from "./listener.js";
 import { DEFAULT_PG_SCHEMA, advisoryKey, migratePostgresLedger, redactUrl, validateSchemaName } from "./schema.js";
 
 export interface PostgresEventStoreOptions {
@@ -113,65 +114,8 @@ export async function getPostgresEventStore(options: PostgresEventStoreOptions):
   const channel = `qreplica_ledger_${schema}`;
   const appended = new EventEmitter();
   appended.setMaxListeners(0);
-  const listener = await listen(options, channel, appended, location);
+  const listener = await listen({ url: options.url, channel, appended, location, ...(options.logger ? { logger: options.logger } : {}) });
   return buildStore({ ...options, schema, location, pool, listener, channel, appended });
-}
-
-/**
- * A dedicated connection for LISTEN. When it is lost (server restart, idle timeout) it is opened
- * again with backoff, and a wake is sent on every (re)connection so nothing appended while it was
- * down waits for the poll; meanwhile subscriptions go on by polling.
- */
-export interface Listener {
-  stop(): Promise<void>;
-}
-
-async function listen(options: PostgresEventStoreOptions, channel: string, appended: EventEmitter, location: string): Promise<Listener> {
-  let client: pg.Client | undefined;
-  let stopped = false;
-  let retry: NodeJS.Timeout | undefined;
-  let delay = 250;
-  const connect = async (): Promise<void> => {
-    const c = new pg.Client({ connectionString: options.url });
-    c.on("notification", () => appended.emit("appended"));
-    c.on("error", (err) => lost(c, err));
-    c.on("end", () => lost(c, new Error("connection ended")));
-    try {
-      await c.connect();
-      await c.query(`LISTEN ${channel}`);
-    } catch (err) {
-      lost(c, err);
-      return;
-    }
-    if (stopped) return void (await c.end().catch(() => undefined));
-    client = c;
-    delay = 250;
-    appended.emit("appended");
-  };
-  const dead = new WeakSet<pg.Client>();
-  const lost = (c: pg.Client, err: unknown): void => {
-    // A lost connection reports itself more than once (error, then end): act on the first.
-    if (stopped || dead.has(c)) return;
-    dead.add(c);
-    client = undefined;
-    void c.end().catch(() => undefined);
-    if (retry) return;
-    options.logger?.warn({ ledger: location, err: errorMessage(err), retryInMs: delay }, "ledger notifications lost: subscriptions poll until they are back");
-    retry = setTimeout(() => {
-      retry = undefined;
-      void connect();
-    }, delay);
-    retry.unref();
-    delay = Math.min(delay * 2, 10_000);
-  };
-  await connect();
-  return {
-    async stop() {
-      stopped = true;
-      if (retry) clearTimeout(retry);
-      await client?.end().catch(() => undefined);
-    },
-  };
 }
 
 interface Internals extends PostgresEventStoreOptions {
