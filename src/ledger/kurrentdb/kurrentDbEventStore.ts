@@ -19,6 +19,7 @@ import {
   KurrentDBClient,
   NO_STREAM,
   START,
+  StreamDeletedError,
   StreamNotFoundError,
   WrongExpectedVersionError as KurrentWrongExpectedVersionError,
   excludeSystemEvents,
@@ -103,7 +104,8 @@ async function readHead(client: KurrentDBClient, stream: string): Promise<Resolv
   try {
     for await (const e of client.readStream(stream, { direction: BACKWARDS, fromRevision: END, maxCount: 1 })) return e;
   } catch (err) {
-    if (err instanceof StreamNotFoundError) return undefined;
+    // A deleted snapshot stream reads as missing, as a never-written one does.
+    if (err instanceof StreamNotFoundError || err instanceof StreamDeletedError) return undefined;
     throw err;
   }
   return undefined;
