@@ -85,6 +85,14 @@ describe.skipIf(skip)("sites on a shared PostgreSQL ledger (real processes)", { 
     await waitFor("the observer to reach the end", () => (seen.length >= all.length ? true : undefined), 30_000);
     expect(seen.slice(0, all.length).map((e) => e.globalPosition)).toEqual(all.map((e) => e.globalPosition));
     expect(verify.events).toBeGreaterThan(0);
+    // A command on the relationship through site A's process is what site B's process then reports
+    // and acts on: both decide from the same stream, settled by its version.
+    const paused = await cliJson<{ state: string }>(["pause", "vm1", "--dir", t.siteA, "--reason", "paused through site A"]);
+    expect(paused.state).toBe("paused");
+    const messageAtB = async () => (await cliJson<{ relationships: Array<{ healthMessage: string }> }>(["status", "vm1", "--dir", t.siteB])).relationships[0]?.healthMessage;
+    await waitFor("site B to report the pause made through A", async () => ((await messageAtB()) === "replication is paused: paused through site A" ? true : undefined), 30_000);
+    const resumed = await cliJson<{ state: string }>(["resume", "vm1", "--dir", t.siteB]);
+    expect(resumed.state).toBe("replicating");
     await sub.close();
   });
 });
