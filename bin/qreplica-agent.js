@@ -1,4 +1,4 @@
 #!/usr/bin/env node
-import { register } from "tsx/esm/api";
-register();
-await import("../replica-agent/main.ts");
+// Runs the compiled JavaScript in dist/ (see bin/qreplica.js).
+import { compiledEntry } from "./compiledEntry.js";
+await import(compiledEntry("qreplica-agent", "replica-agent/main"));

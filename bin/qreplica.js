@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Runs the TypeScript sources directly (tsx), so there is no build step to forget.
-import { register } from "tsx/esm/api";
-register();
-await import("../src/cli/main.ts");
+// Runs the compiled JavaScript in dist/ (`npm run build`; `npm pack` builds it). In a source checkout
+// without a build, `npx tsx src/cli/main.ts` runs the sources.
+import { compiledEntry } from "./compiledEntry.js";
+await import(compiledEntry("qreplica", "src/cli/main"));

@@ -1,6 +1,7 @@
 /**
  * qreplica-agent --config FILE: protects the VMs listed in its config, replicating each to its
- * replica site. Runs until SIGTERM/SIGINT; `--once` stops after the first confirmed cycle of every VM.
+ * replica site. Runs until SIGTERM/SIGINT (open cycles aborted, their changes kept) or until every VM's
+ * replication has ended by itself; SIGHUP rereads the config (daemon/agentVms.ts).
  */
 import { Command } from "commander";
 import { existsSync } from "node:fs";
@@ -10,9 +11,10 @@ import { errorMessage } from "../src/common/errors.js";
 import { loadSiteCredentials } from "../src/transport/index.js";
 import { loadAgentConfig } from "./daemon/agentConfig.js";
 import { CycleScheduler } from "./daemon/cycleScheduler.js";
-import { VmReplicator } from "./daemon/vmReplicator.js";
+import { AgentVms } from "./daemon/agentVms.js";
 import { enableAgentMetrics } from "./daemon/agentMetrics.js";
 import { startMetricsServer } from "../src/common/metricsServer.js";
+import { packageVersion } from "../src/common/version.js";
 
 // State files, sockets and scratch images are this user's alone, whatever the umask; QEMU
 // processes the agent starts inherit it.
@@ -21,6 +23,7 @@ process.umask(0o077);
 const opts = new Command()
   .name("qreplica-agent")
   .description("capture agent: replicates the VMs of this host to their replica sites")
+  .version(packageVersion())
   .requiredOption("--config <file>", "agent config (YAML or JSON)")
   .parse()
   .opts<{ config: string }>();
@@ -35,18 +38,24 @@ try {
   if (config.metricsListen) await startMetricsServer(config.metricsListen, await enableAgentMetrics(), logger);
   // One scheduler for every VM of this host: cycles spread over their interval, a bounded number at once.
   const scheduler = new CycleScheduler(config.maxCyclesInFlight);
-  const replicators = config.vms.map((vm) => new VmReplicator(vm, config.siteId, config.stateDir, tls, logger.child({ vm: vm.id }), scheduler));
+  const vms = new AgentVms(config, tls, scheduler, logger);
   const stop = () => {
     logger.info("stopping: open cycles are aborted, their changes kept for the next run");
-    for (const r of replicators) r.stop();
+    vms.stop();
     // A session blocked on an unreachable site must not keep the process alive forever.
     setTimeout(() => process.exit(0), 10_000).unref();
   };
   process.once("SIGTERM", stop);
   process.once("SIGINT", stop);
+  // SIGHUP (systemctl reload): reread the config and apply it; a config that does not load is refused.
+  process.on("SIGHUP", () => {
+    logger.info({ config: opts.config }, "SIGHUP: reloading the config");
+    void vms.reload(opts.config);
+  });
+  vms.start();
   logger.info({ vms: config.vms.map((v) => v.id), maxCyclesInFlight: config.maxCyclesInFlight }, "agent started");
-  await Promise.all(replicators.map((r) => r.run()));
-  process.exit(0);
+  await vms.done;
+  process.exit(vms.failures > 0 ? 1 : 0);
 } catch (err) {
   logger.error({ err }, "agent failed");
   console.error(`qreplica-agent: ${errorMessage(err)}`);

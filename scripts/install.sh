@@ -49,7 +49,14 @@ fi
 
 # Native addons (better-sqlite3, zstd-napi) are compiled here from their bundled sources:
 # build-from-source keeps prebuild-install from trying to download binaries.
-if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+if [ -L node_modules ]; then
+  # npm ci empties node_modules through the link: the checkout it points to would lose its packages.
+  echo "install.sh: node_modules is a symbolic link (a worktree sharing another checkout's packages): npm ci skipped; run install.sh in $(readlink -f node_modules)/.."
+elif [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   echo "install.sh: npm ci (compiles native addons, about 3 minutes)"
   npm_config_build_from_source=true npm ci --no-audit --no-fund
 fi
+
+# The bins (bin/qreplica.js, bin/qreplica-agent.js) run the compiled JavaScript in dist/.
+echo "install.sh: npm run build (tsc into dist/)"
+npm run build --silent

@@ -1,4 +1,5 @@
 import { Command } from "commander";
+import { EXIT } from "./exitCodes.js";
 import { registerAuthorize } from "./commands/authorize.js";
 import { validateIdArguments } from "./idArguments.js";
 import { registerFailover, registerReverse } from "./commands/failover.js";
@@ -10,6 +11,7 @@ import { registerRunbook } from "./commands/runbook.js";
 import { registerSite } from "./commands/site.js";
 import { registerStatus } from "./commands/status.js";
 import { registerMonitoring } from "./commands/monitoring.js";
+import { packageVersion } from "../common/version.js";
 
 // Keys, ledgers, replica images and everything else qreplica creates are for this user alone,
 // whatever the shell's umask (022 would make them world-readable); QEMU children inherit it.
@@ -18,9 +20,11 @@ process.umask(0o077);
 const program = new Command()
   .name("qreplica")
   .description("Replication and disaster recovery for QEMU/KVM virtual machines")
-  .version("0.1.0")
+  .version(packageVersion())
   // Root options only before a command: `policy show NAME --version N` is the command's, not the program's version.
-  .enablePositionalOptions();
+  .enablePositionalOptions()
+  // A usage mistake (unknown option, missing argument) is invalid input, not a failure.
+  .exitOverride((err) => process.exit(err.exitCode === 0 ? 0 : EXIT.invalid));
 validateIdArguments(program);
 registerPki(program);
 registerSite(program);

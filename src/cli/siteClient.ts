@@ -4,7 +4,8 @@ import { ControlServiceClient } from "../gen/qreplica/v1/control.js";
 import { PolicyServiceClient } from "../gen/qreplica/v1/policy.js";
 import { MonitoringServiceClient } from "../gen/qreplica/v1/monitoring.js";
 import { addressFile, adminCredentialFiles, loadSiteConfig } from "../site/siteConfig.js";
-import { channelCredentials, grpcChannelOptions, loadSiteCredentials } from "../transport/index.js";
+import type { ChannelCredentials, ChannelOptions } from "@grpc/grpc-js";
+import { loadSiteCredentials, siteDial } from "../transport/index.js";
 
 export interface SiteTargetOptions {
   dir?: string;
@@ -52,27 +53,28 @@ export function controlCredentialFiles(opts: SiteTargetOptions): { caFile: strin
  * certificate from a site directory on this host; otherwise `--site host:port` with `--ca/--cert/--key`.
  */
 export function controlClient(opts: SiteTargetOptions): ControlServiceClient {
-  // The site directory is checked first: "not a site" says more than "not running".
-  const files = controlCredentialFiles(opts);
-  const address = opts.site ?? (opts.dir ? readAddress(opts.dir) : undefined);
-  if (!address || !files) throw new Error("which site? pass --dir SITE_DIR, or --site HOST:PORT with --ca, --cert and --key");
-  return new ControlServiceClient(address, channelCredentials(loadSiteCredentials(files)), grpcChannelOptions);
+  const dial = dialSite(opts);
+  return new ControlServiceClient(dial.address, dial.credentials, dial.options);
 }
 
 /** The site's PolicyService, on the same endpoint and with the same identity as controlClient. */
 export function policyClient(opts: SiteTargetOptions): PolicyServiceClient {
-  const files = controlCredentialFiles(opts);
-  const address = opts.site ?? (opts.dir ? readAddress(opts.dir) : undefined);
-  if (!address || !files) throw new Error("which site? pass --dir SITE_DIR, or --site HOST:PORT with --ca, --cert and --key");
-  return new PolicyServiceClient(address, channelCredentials(loadSiteCredentials(files)), grpcChannelOptions);
+  const dial = dialSite(opts);
+  return new PolicyServiceClient(dial.address, dial.credentials, dial.options);
 }
 
 /** The site's MonitoringService (Measure), on the same endpoint and identity as the control plane. */
 export function monitoringClient(opts: SiteTargetOptions): MonitoringServiceClient {
+  const dial = dialSite(opts);
+  return new MonitoringServiceClient(dial.address, dial.credentials, dial.options);
+}
+
+function dialSite(opts: SiteTargetOptions): { address: string; credentials: ChannelCredentials; options: ChannelOptions } {
+  // The site directory is checked first: "not a site" says more than "not running".
   const files = controlCredentialFiles(opts);
   const address = opts.site ?? (opts.dir ? readAddress(opts.dir) : undefined);
   if (!address || !files) throw new Error("which site? pass --dir SITE_DIR, or --site HOST:PORT with --ca, --cert and --key");
-  return new MonitoringServiceClient(address, channelCredentials(loadSiteCredentials(files)), grpcChannelOptions);
+  return { address, ...siteDial(address, loadSiteCredentials(files)) };
 }
 
 export function readAddress(dir: string): string {
@@ -84,6 +86,14 @@ export function readAddress(dir: string): string {
 }
 
 /** Unary call as a promise with a deadline, so a dead site fails fast. */
+/** The site's own words, or for a site that did not answer at all, what to check. */
+function describeCallError(err: grpc.ServiceError): string {
+  const details = err.details || err.message;
+  if (err.code === grpc.status.UNAVAILABLE) return `no site answered (${details.replace(/\s*Resolution note:\s*$/, "")}): is it running (qreplica site serve), and is the address right?`;
+  if (err.code === grpc.status.DEADLINE_EXCEEDED) return `the site did not answer in time (${details}): is it overloaded or stopped (SIGSTOP)?`;
+  return details;
+}
+
 export function unary<Req, Res>(
   client: grpc.Client,
   method: (req: Req, metadata: grpc.Metadata, options: Partial<grpc.CallOptions>, cb: (err: grpc.ServiceError | null, res: Res) => void) => grpc.ClientUnaryCall,
@@ -91,6 +101,6 @@ export function unary<Req, Res>(
   timeoutMs = 15_000,
 ): Promise<Res> {
   return new Promise((resolve, reject) => {
-    method.call(client, request, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(new ControlCallError(err.code, err.details || err.message)) : resolve(res)));
+    method.call(client, request, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(new ControlCallError(err.code, describeCallError(err))) : resolve(res)));
   });
 }

@@ -55,6 +55,8 @@ export interface CommitInput {
   quiesceFailure?: string | undefined;
   point: PointWrite;
   dataBytes: number;
+  /** dataBytes by disk id (disks that changed nothing may be absent). */
+  diskDataBytes?: Record<string, number>;
   zeroBytes: number;
   wireBytes: number;
   extents: number;

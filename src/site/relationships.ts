@@ -295,6 +295,7 @@ export class Relationships {
           ...(input.quiesceFailure ? { quiesceFailure: input.quiesceFailure } : {}),
           disks: images.disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes, imagePath: d.imagePath })),
           dataBytes: input.dataBytes,
+          ...(input.diskDataBytes ? { diskDataBytes: input.diskDataBytes } : {}),
           zeroBytes: input.zeroBytes,
           wireBytes: input.wireBytes,
           extents: input.extents,

@@ -12,6 +12,7 @@ import { policyService } from "./controlPlane/policyService.js";
 import { PolicyServiceService } from "../gen/qreplica/v1/policy.js";
 import { SitePolicies } from "./sitePolicies.js";
 import { siteDefaultRetention, type RetentionSource } from "./retention.js";
+import { liveSiteSettings, reloadSiteConfig, type SiteReload } from "./siteReload.js";
 import { ResyncWindows } from "./resyncWindows.js";
 import { ReplicateSession } from "./dataPlane/replicateSession.js";
 import { Relationships } from "./relationships.js";
@@ -47,6 +48,8 @@ export interface RunningSite {
   /** host:port of /metrics, when it is on. */
   metricsAddress: string | undefined;
   context: SiteContext;
+  /** SIGHUP: site.json and the TLS files read again; what can change live does (siteReload.ts). */
+  reload(): SiteReload;
   stop(): Promise<void>;
 }
 
@@ -90,7 +93,8 @@ export async function startSite(dir: string, logger: Logger, options: { metricsL
   // What a failed start has opened so far, undone newest first, the lock last.
   const cleanups: Array<() => Promise<void> | void> = [];
   try {
-    return await serve(dir, config, creds, logger, lock, cleanups);
+    const overrides = options.metricsListen ? { metricsListen: options.metricsListen } : {};
+    return await serve(dir, config, creds, logger, lock, cleanups, overrides);
   } catch (err) {
     for (const c of cleanups.reverse()) await Promise.resolve(c()).catch(() => undefined);
     lock.release();
@@ -98,8 +102,18 @@ export async function startSite(dir: string, logger: Logger, options: { metricsL
   }
 }
 
-async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, logger: Logger, lock: SiteLock, cleanups: Array<() => Promise<void> | void>): Promise<RunningSite> {
+async function serve(
+  dir: string,
+  config: SiteConfig,
+  creds: SiteCredentials,
+  logger: Logger,
+  lock: SiteLock,
+  cleanups: Array<() => Promise<void> | void>,
+  overrides: Partial<SiteConfig>,
+): Promise<RunningSite> {
   const log = logger.child({ site: config.siteId });
+  // Shared by reference with the parts that read them, so a reload changes them in place.
+  const live = liveSiteSettings(config);
   mkdirSync(config.storageRoot, { recursive: true, mode: 0o700 });
   const tightened = [dir, config.storageRoot].reduce((n, root) => n + tightenTree(root), 0);
   if (tightened > 0) log.warn({ entries: tightened }, "took group/other permissions off files an older version left readable (images, ledger, keys)");
@@ -115,20 +129,19 @@ async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, lo
   // Snapshot + the events after it: a restart does not fold years of events again.
   const readModels = await LedgerReadModels.open(store, { logger: log });
   cleanups.push(() => readModels.close());
-  const policies = await SitePolicies.open(store, { defaultMaxPoints: config.defaultMaxPoints }, log);
+  const policies = await SitePolicies.open(store, live.site, log);
   // A VM bound to a policy keeps what its tiers promise; one on the built-in default, the site's
   // defaultRetention (or its point count).
-  const siteDefault = siteDefaultRetention(config);
+  const siteDefault = siteDefaultRetention(live.site);
   const retentionFor: RetentionSource = (vmId, state) => (policies.effectivePolicyVersion(vmId).version > 0 ? policies.effectivePolicy(vmId).retention : siteDefault(vmId, state));
-  const site = { siteId: config.siteId, defaultMaxPoints: config.defaultMaxPoints, defaultRetention: config.defaultRetention };
-  const relationships = new Relationships(store, storage, site, log, { retentionFor });
+  const relationships = new Relationships(store, storage, live.site, log, { retentionFor });
   const vmIds = await relationships.recover(readModels.vmIds());
   const failovers = new FailoverService(store, runDir(dir), config.accel, log);
   cleanups.push(() => failovers.detach());
   await failovers.recover(vmIds);
   const context = new SiteContext(config.siteId, dir, store, storage, relationships, failovers, log, readModels, policies);
   const metrics = new SiteMetrics();
-  const health = new HealthMonitor(store, context.activity, (vmId) => context.sessionFor(vmId) !== undefined, config.health ?? {}, log.child({ part: "health" }), metrics);
+  const health = new HealthMonitor(store, context.activity, (vmId) => context.sessionFor(vmId) !== undefined, live.health, log.child({ part: "health" }), metrics);
   context.health = health;
   health.policyOf = (vmId) => policies.healthThresholds(vmId);
   await health.start();
@@ -168,6 +181,7 @@ async function serve(dir: string, config: SiteConfig, creds: SiteCredentials, lo
     address,
     metricsAddress: metricsServer?.address,
     context,
+    reload: () => reloadSiteConfig(dir, { config, creds }, live, log, overrides),
     async stop() {
       // Agents keep their Replicate streams open for good: waiting for them to end would make a
       // stop hang until the service manager kills the site. In-flight cycles that are cut are

@@ -40,6 +40,7 @@ export {
 export {
   MAX_MESSAGE_BYTES,
   channelCredentials,
+  siteDial,
   grpcChannelOptions,
   grpcServerOptions,
   loadSiteCredentials,

@@ -1,5 +1,6 @@
 import { createPrivateKey, X509Certificate, type KeyObject } from "node:crypto";
 import { readFileSync, statSync } from "node:fs";
+import { isIP } from "node:net";
 import { checkServerIdentity, type PeerCertificate } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import { silentLogger, type Logger } from "../common/logger.js";
@@ -156,6 +157,42 @@ export function channelCredentials(creds: SiteCredentials, options: { expectedSe
       );
     },
   });
+}
+
+/**
+ * Where a client dials a site: its mutual-TLS credentials and channel options together, since
+ * for an address given as an IP they depend on each other. TLS forbids an IP address as the SNI
+ * server name (RFC 6066; Node warns DEP0123 on every such connection), so the channel sends a
+ * fixed placeholder name instead and the certificate is checked against the IP itself, exactly
+ * as it would have been.
+ */
+export function siteDial(address: string, creds: SiteCredentials, options: { expectedServerIdentity?: string } = {}): { credentials: grpc.ChannelCredentials; options: grpc.ChannelOptions } {
+  const host = addressHost(address);
+  if (isIP(host) === 0) return { credentials: channelCredentials(creds, options), options: grpcChannelOptions };
+  const expected = options.expectedServerIdentity;
+  const credentials = grpc.credentials.createSsl(creds.ca, creds.key, creds.cert, {
+    checkServerIdentity: (_servername: string, cert: PeerCertificate) => {
+      const err = checkServerIdentity(host, cert);
+      if (err || expected === undefined || cert.subject?.CN === expected) return err;
+      return new Error(
+        `the server at ${host} presents the identity "${String(cert.subject?.CN)}", not the expected site "${expected}": ` +
+          "refusing to send it anything; check that the address (replicaSite) and the site id (replicaSiteId) name the same site",
+      );
+    },
+  });
+  return { credentials, options: { ...grpcChannelOptions, "grpc.ssl_target_name_override": SNI_PLACEHOLDER } };
+}
+
+/** Sent as the TLS server name when a site is dialled by IP; sites ignore SNI. */
+const SNI_PLACEHOLDER = "qreplica-site.invalid";
+
+/** "10.0.0.2:7443" -> "10.0.0.2", "[::1]:7443" -> "::1", "site-b.example:7443" -> "site-b.example". */
+function addressHost(address: string): string {
+  const target = address.replace(/^[a-z]+:\/\/?/i, "");
+  const bracketed = /^\[([^\]]+)\](?::\d+)?$/.exec(target);
+  if (bracketed) return bracketed[1]!;
+  const colon = target.lastIndexOf(":");
+  return colon > 0 && target.indexOf(":") === colon ? target.slice(0, colon) : target;
 }
 
 /** Who is on the other end of a call, from its verified client certificate. */

@@ -30,6 +30,8 @@ describe("CLI queries: events and points say what they return", { timeout: 240_0
     cleanup = tmp.cleanup;
     env = await setupTwoSites(tmp.path, { diskBytes: 64 * MiB, intervalSeconds: 1 });
     await env.startSite(env.siteB);
+    // Data for the initial point, whose per-disk count `points --json` must show.
+    await env.vm.guestWrite("vda", ["write -P 0x5a 0 2M"]);
     env.startAgent();
     await waitFor("three recovery points", async () => ((await env.relationship()).points.length >= 3 ? true : undefined), 120_000);
     // Stop the agent so the ledger stops growing while the pages are compared.
@@ -53,6 +55,8 @@ describe("CLI queries: events and points say what they return", { timeout: 240_0
     expect(all.length).toBeGreaterThan(6);
     const first = await runCli(["events", "vm1", "--dir", env.siteB, "--json", "--limit", "4"]);
     expect(first.code, first.stderr).toBe(0);
+    // The site listens on 127.0.0.1: dialled by IP, the CLI must not set an IP as the TLS server name.
+    expect(first.stderr).not.toContain("DEP0123");
     const page1 = JSON.parse(first.stdout) as EventsJson;
     expect(page1.events.map((e) => e.streamVersion)).toEqual(all.slice(0, 4));
     expect(page1.more).toBe(true);
@@ -73,14 +77,21 @@ describe("CLI queries: events and points say what they return", { timeout: 240_0
   it("points and events of an unknown VM fail naming the VM and the site", async () => {
     for (const cmd of ["points", "events"]) {
       const r = await runCli([cmd, "nosuch", "--dir", env.siteB]);
-      expect(r.code).not.toBe(0);
+      expect(r.code).toBe(3); // not found
       expect(r.stderr).toMatch(/nosuch/);
       expect(r.stderr).toMatch(/site-b/);
       const j = await runCli([cmd, "nosuch", "--dir", env.siteB, "--json"]);
-      expect(j.code).not.toBe(0);
+      expect(j.code).toBe(3);
       expect(JSON.parse(j.stdout)).toMatchObject({ error: { message: expect.stringMatching(/no replication relationship for VM 'nosuch'/) } });
     }
     const ok = await runCli(["points", "vm1", "--dir", env.siteB, "--json"]);
     expect(ok.code).toBe(0);
+  });
+
+  it("points --json gives each disk's changed bytes, adding up to the point's", async () => {
+    const points = JSON.parse((await runCli(["points", "vm1", "--dir", env.siteB, "--json"])).stdout) as Array<{ changedBytes: number; disks: Array<{ diskId: string; changedBytes: number }> }>;
+    expect(points[0]!.changedBytes).toBe(2 * MiB);
+    for (const p of points) expect(p.disks.reduce((n, d) => n + d.changedBytes, 0)).toBe(p.changedBytes);
+    expect(points[0]!.disks).toEqual([expect.objectContaining({ diskId: "vda", changedBytes: 2 * MiB })]);
   });
 });

@@ -100,7 +100,7 @@ describe("replication policies on a running agent", () => {
     const invalid = join(t.dir, "invalid.yaml");
     writeFileSync(invalid, "name: acc\nfrequency: 1s\nretention:\n  tiers:\n    - { every: all, keepFor: 2h }\n    - { every: 1hr, keepFor: 48h }\n");
     const refused = await runCli(["policy", "apply", invalid, ...site(), "--json"]);
-    expect(refused.code).toBe(1);
+    expect(refused.code).toBe(2);
     const error = (JSON.parse(refused.stdout) as { error: { code: string; message: string } }).error;
     expect(error.code).toBe("INVALID_ARGUMENT");
     expect(error.message).toContain('retention.tiers[1].every: "1hr" is not a duration; write e.g. 30s, 5m, 1h, 1d, 1w');
@@ -181,6 +181,8 @@ describe("replication policies on a running agent", () => {
     writeFileSync(file, "name: later\nfrequency: 1h\ninitialReplication: now\n");
     expect(await cliJson(["policy", "apply", file, ...site])).toMatchObject({ version: 2, notifiedVmIds: ["vm1"] });
     await waitFor("the initial replication", async () => ((await t.relationship()).lastCycleSeq >= 1 ? true : undefined), 90_000);
+    // The site's ledger commit comes a moment before the agent logs its ack.
+    await waitFor("the agent's ack of the initial replication", () => (acked(t).length >= 1 ? true : undefined), 30_000);
     expect(acked(t).map((l) => [l.seq, l.policy])).toEqual([[1, "later@2"]]);
   }, 300_000);
 

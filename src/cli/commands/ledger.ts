@@ -8,6 +8,7 @@ import { LedgerOpenError } from "../../ledger/errors.js";
 import { loadSiteConfig, runDir } from "../../site/siteConfig.js";
 import { lockSiteDirectory } from "../../site/siteLock.js";
 import { formatTable } from "../table.js";
+import { EXIT } from "../exitCodes.js";
 import { emit, fail } from "../output.js";
 
 interface Where {
@@ -40,7 +41,7 @@ export function registerLedger(program: Command): void {
             ? `ledger ${name}: intact (${report.streams} streams, ${report.events} events)`
             : `ledger ${name}: TAMPERED\n` + formatTable(["stream", "version", "position", "problem"], report.problems.map((p) => [p.stream, String(p.version), String(p.globalPosition), p.reason])),
         );
-        if (!report.ok) process.exitCode = 3;
+        if (!report.ok) process.exitCode = EXIT.verifyFailed;
       } catch (err) {
         fail(err, o.json);
       }

@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 import { createCa, isRole, issueCertificate, ROLES, type Role } from "../../transport/index.js";
+import { InvalidCliArgumentError } from "../exitCodes.js";
 import { emit, fail } from "../output.js";
 
 export function registerPki(program: Command): void {
@@ -35,7 +36,7 @@ export function registerPki(program: Command): void {
     .option("--json", "JSON output", false)
     .action(async (o: { caDir: string; name: string; outDir: string; san: string[]; role: string; json: boolean }) => {
       try {
-        if (!isRole(o.role)) throw new Error(`--role ${o.role}: expected one of ${ROLES.join(", ")}`);
+        if (!isRole(o.role)) throw new InvalidCliArgumentError(`--role ${o.role}: expected one of ${ROLES.join(", ")}`);
         const role: Role = o.role;
         const files = await issueCertificate({ caDir: o.caDir, name: o.name, dir: o.outDir, sans: ["localhost", "127.0.0.1", ...o.san], role });
         emit(o.json, { ...files, role }, () => `issued '${o.name}' with role ${role}: ${files.certFile}`);

@@ -21,12 +21,13 @@ import {
 } from "../../runbook/index.js";
 import { formatPlan, formatProgress, formatRollbackProgress, formatRun } from "../../runbook/format.js";
 import type { SiteTargetOptions } from "../siteClient.js";
+import { EXIT } from "../exitCodes.js";
 import { emit, fail } from "../output.js";
 import { withSiteOptions } from "../target.js";
 
 /** Exit codes scripts can rely on: 0 done, 1 could not start (site, ledger, arguments), 2 invalid runbook, 4 stopped at a step. */
-const EXIT_INVALID = 2;
-const EXIT_STOPPED = 4;
+const EXIT_INVALID = EXIT.invalid;
+const EXIT_STOPPED = EXIT.runbookStopped;
 
 function load(file: string, json: boolean): Runbook {
   try {

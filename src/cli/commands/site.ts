@@ -78,6 +78,11 @@ export function registerSite(program: Command): void {
         };
         process.once("SIGTERM", () => void stop());
         process.once("SIGINT", () => void stop());
+        // systemctl reload: site.json and the TLS files read again (src/site/siteReload.ts).
+        process.on("SIGHUP", () => {
+          logger.info("SIGHUP: reloading site.json");
+          running.reload();
+        });
       } catch (err) {
         logger.error({ err }, "site failed to start");
         fail(err, false);

@@ -68,6 +68,8 @@ export type RelationshipEventData = {
     quiesceFailure?: string;
     disks: PointDisk[];
     dataBytes: number;
+    /** dataBytes by disk id; absent from cycles recorded before it was kept. */
+    diskDataBytes?: Record<string, number>;
     zeroBytes: number;
     wireBytes: number;
     extents: number;

@@ -42,6 +42,8 @@ export interface PointCycleFacts {
   readonly generation: number;
   readonly committedAt: string;
   readonly dataBytes: number;
+  /** By disk id; absent for cycles recorded before it was kept. */
+  readonly diskDataBytes?: Readonly<Record<string, number>>;
   readonly wireBytes: number;
 }
 
@@ -110,7 +112,7 @@ export class RecoveryPointsProjection {
     switch (event.type) {
       case "CycleCommitted": {
         const d = event.data;
-        this.committed = { cycleSeq: d.cycleSeq, facts: { kind: d.kind, generation: d.generation, committedAt: d.committedAt, dataBytes: d.dataBytes, wireBytes: d.wireBytes } };
+        this.committed = { cycleSeq: d.cycleSeq, facts: { kind: d.kind, generation: d.generation, committedAt: d.committedAt, dataBytes: d.dataBytes, ...(d.diskDataBytes ? { diskDataBytes: d.diskDataBytes } : {}), wireBytes: d.wireBytes } };
         return;
       }
       case "RecoveryPointCreated": {

@@ -44,7 +44,7 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
         committedAt: f ? new Date(f.committedAt) : undefined,
         consistency: p.consistency === "application" ? Consistency.CONSISTENCY_APPLICATION : Consistency.CONSISTENCY_CRASH,
         kind: f?.kind === "full" ? CycleKind.CYCLE_KIND_INITIAL : f?.kind === "resync" ? CycleKind.CYCLE_KIND_RESYNC : CycleKind.CYCLE_KIND_INCREMENTAL,
-        disks: p.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeBytes), changedBytes: 0n })),
+        disks: p.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeBytes), changedBytes: BigInt(f?.diskDataBytes?.[d.diskId] ?? 0) })),
         changedBytes: BigInt(f?.dataBytes ?? 0),
         transferredBytes: BigInt(f?.wireBytes ?? 0),
       };

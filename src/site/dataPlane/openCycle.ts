@@ -22,6 +22,8 @@ export class OpenCycle {
   extents = 0;
   dataBytes = 0;
   zeroBytes = 0;
+  /** dataBytes by disk id. */
+  readonly diskDataBytes = new Map<string, number>();
   wireBytes = 0;
   /** Decompression targets, reused once the storage daemon has the bytes; dropped with the cycle. */
   private readonly buffers = new BufferPool();
@@ -68,6 +70,7 @@ export class OpenCycle {
     this.extents++;
     if (decoded.kind === "data") {
       this.dataBytes += decoded.length;
+      this.diskDataBytes.set(chunk.diskId, (this.diskDataBytes.get(chunk.diskId) ?? 0) + decoded.length);
       this.wireBytes += decoded.wireBytes;
     } else {
       this.zeroBytes += decoded.length;

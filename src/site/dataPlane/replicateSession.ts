@@ -374,6 +374,7 @@ export class ReplicateSession {
           quiesceFailure: cycle.quiesceFailure,
           point: cycle.point,
           dataBytes: cycle.dataBytes,
+          diskDataBytes: Object.fromEntries(cycle.diskDataBytes),
           zeroBytes: cycle.zeroBytes,
           wireBytes: Number(end.wireBytes) || cycle.wireBytes,
           extents: cycle.extents,

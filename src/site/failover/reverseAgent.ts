@@ -8,7 +8,11 @@ import type { JsonObject } from "../../ledger/index.js";
 import { requireId } from "../../model/index.js";
 import { processAlive, processCommandLine } from "./processes.js";
 
-const AGENT_MAIN = fileURLToPath(new URL("../../../replica-agent/main.ts", import.meta.url));
+// The agent's entry point beside this module: compiled JavaScript when the site runs compiled (a
+// package install, dist/), the TypeScript source through tsx when it runs from a checkout (tests).
+const COMPILED = import.meta.url.endsWith(".js");
+const AGENT_MAIN = fileURLToPath(new URL(`../../../replica-agent/main.${COMPILED ? "js" : "ts"}`, import.meta.url));
+const AGENT_NODE_ARGS = COMPILED ? [] : ["--import", "tsx"];
 
 export interface ReverseAgentOptions {
   siteId: string;
@@ -110,7 +114,7 @@ export class ReverseAgents {
   private spawnAgent(vmId: string, info: ReverseAgentInfo): Supervised {
     const dir = reverseAgentDir(this.runDir, vmId);
     const log = openSync(info.logFile, "a", 0o600);
-    const child = spawn(process.execPath, ["--import", "tsx", AGENT_MAIN, "--config", info.configFile], { stdio: ["ignore", log, log], detached: true });
+    const child = spawn(process.execPath, [...AGENT_NODE_ARGS, AGENT_MAIN, "--config", info.configFile], { stdio: ["ignore", log, log], detached: true });
     closeSync(log);
     child.unref();
     const pid = child.pid ?? -1;

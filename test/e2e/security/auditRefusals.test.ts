@@ -125,7 +125,7 @@ describe("refused control calls are recorded in the ledger's audit stream", () =
 
     const personal = (f: CredentialFiles) => ["--site", site.address, "--ca", f.caFile, "--cert", f.certFile, "--key", f.keyFile];
     const refused = await runCli(["events", "--audit", ...personal(ids.viewer), "--json"]);
-    expect(refused.code).toBe(1);
+    expect(refused.code).toBe(5);
     expect(JSON.parse(refused.stdout)).toMatchObject({ error: { code: "PERMISSION_DENIED", message: expect.stringContaining("shown to admins only") } });
     // A viewer's plain 'events' pages past the audit stream to the events it may read.
     const viewerAll = JSON.parse((await runCli(["events", ...personal(ids.viewer), "--json", "--all"])).stdout) as { events: Array<{ stream: string; type: string }> };

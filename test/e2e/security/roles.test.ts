@@ -246,7 +246,7 @@ describe("the CLI presents the site's admin certificate with --dir, or a persona
     expect(un.code).toBe(0);
     expect((JSON.parse(un.stdout) as Array<{ primaryIdentity: string }>).map((e) => e.primaryIdentity)).not.toContain("agent-y");
     const wild = await runCli(["authorize", "--dir", site.env.siteB, "--primary", "*"]);
-    expect(wild.code).toBe(1);
+    expect(wild.code).toBe(2);
     expect(wild.stderr).toContain("is a wildcard");
 
     const table = await runCli(["events", "vm-op", "--dir", site.env.siteB]);
@@ -257,7 +257,7 @@ describe("the CLI presents the site's admin certificate with --dir, or a persona
     const personal = ["--site", site.address, "--ca", ids.viewer.caFile, "--cert", ids.viewer.certFile, "--key", ids.viewer.keyFile];
     expect((await runCli(["status", "vm-op", ...personal])).code).toBe(0);
     const refused = await runCli(["failover", "vm-op", "--unplanned", "--no-start", ...personal, "--json"]);
-    expect(refused.code).toBe(1);
+    expect(refused.code).toBe(5);
     expect(JSON.parse(refused.stdout)).toMatchObject({ error: { code: "PERMISSION_DENIED", message: expect.stringContaining("'vera-viewer' (role viewer)") } });
   });
 
@@ -269,7 +269,7 @@ describe("the CLI presents the site's admin certificate with --dir, or a persona
 
     writeFileSync(authorizationsFile(dirA), JSON.stringify([{ primaryIdentity: "*", trustGroup: "default" }]));
     const refused = await runCli(["site", "serve", "--dir", dirA]);
-    expect(refused.code).toBe(1);
+    expect(refused.code).toBe(2);
     expect(refused.stderr).toContain("holds the wildcard entry '*'");
     expect(existsSync(authorizationsFile(dirA))).toBe(true);
 

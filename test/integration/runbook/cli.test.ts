@@ -81,7 +81,7 @@ describe("qreplica runbook validate / plan (the real CLI)", () => {
     expect(syntax.stderr).toMatch(/\(yaml\) \(line \d+\): .*\(fix the YAML syntax\)/);
 
     const missing = await runCli(["runbook", "validate", join(tmp.path, "nope.yaml")]);
-    expect(missing.code).toBe(1);
+    expect(missing.code).toBe(2);
     expect(missing.stderr).toContain("cannot read runbook");
   });
 
@@ -115,9 +115,9 @@ describe("qreplica runbook validate / plan (the real CLI)", () => {
     expect((await runCli(["runbook", "plan", file("bad2.yaml", ["name: x"])])).code).toBe(2);
   });
 
-  it("run: a site directory that is not a site is refused before anything happens (exit 1)", async () => {
+  it("run: a site directory that is not a site is refused before anything happens (exit 2: invalid input)", async () => {
     const r = await runCli(["runbook", "run", good()]);
-    expect(r.code).toBe(1);
+    expect(r.code).toBe(2);
     expect(r.stderr).toContain("not a site directory");
   });
 
@@ -136,7 +136,7 @@ describe("qreplica runbook validate / plan (the real CLI)", () => {
     const j = await runCli(["runbook", "show", out.runId, "--ledger", ledger, "--json"]);
     expect(JSON.parse(j.stdout)).toMatchObject({ runId: out.runId, status: "stopped", test: false, steps: [{ id: "preflight" }, { id: "g1.vm.db1.failover" }, { id: "g1.step1.confirm" }] });
     const none = await runCli(["runbook", "show", "nope", "--ledger", ledger]);
-    expect(none.code).toBe(1);
+    expect(none.code).toBe(3);
     expect(none.stderr).toContain("no runbook run 'nope'");
   });
 });
@@ -190,7 +190,7 @@ describe("qreplica runbook run / show / rollback against a real site server (no 
     const viewer = ["--site", readFileSync(addressFile(siteDir), "utf8").trim(), "--ca", join(tmp.path, "ca", "ca.crt"), "--cert", join(tmp.path, "vic", "vic.crt"), "--key", join(tmp.path, "vic", "vic.key")];
     expect(JSON.parse((await runCli(["runbook", "show", runId, ...viewer, "--json"])).stdout)).toMatchObject({ status: "stopped" });
     const refused = await runCli(["runbook", "rollback", runId, ...viewer]);
-    expect(refused.code).toBe(1);
+    expect(refused.code).toBe(5);
     expect(refused.stderr).toContain("'vic' (role viewer) may not call AppendRunbookEvents");
 
     const rollback = await runCli(["runbook", "rollback", runId, "--dir", siteDir]);

@@ -22,6 +22,7 @@ import {
   decodeExtentChunk,
   encodeExtentChunk,
   grpcChannelOptions,
+  siteDial,
   grpcServerOptions,
   issueCertificate,
   loadSiteCredentials,
@@ -213,6 +214,30 @@ describe("ReplicationService over mutual TLS", () => {
       status.UNAVAILABLE,
     );
     expect(wrongSite.handlerRuns).toBe(0);
+  });
+
+  // Node warns only once per process, so the absence of DEP0123 is checked on a CLI process (cliQueries).
+  it("dials a site by IP with a placeholder TLS server name, still checking the IP against the certificate and the pinned identity", async () => {
+    {
+      const r = await replica();
+      expect(r.address).toMatch(/^127\.0\.0\.1:\d+$/);
+      const ok = siteDial(r.address, creds("site-a"), { expectedServerIdentity: "site-b" });
+      const client = new ReplicationServiceClient(r.address, ok.credentials, ok.options);
+      clients.push(client);
+      const call = client.replicate({ deadline: Date.now() + 20_000 });
+      await writeWithBackpressure(call, hello);
+      const first = await (call as AsyncIterable<ReplicateResponse>)[Symbol.asyncIterator]().next();
+      expect(first.value?.body?.$case).toBe("helloAck");
+      call.end();
+      // The pin holds on this path too.
+      const pinned = siteDial(r.address, creds("site-a"), { expectedServerIdentity: "site-c" });
+      const wrong = new ReplicationServiceClient(r.address, pinned.credentials, pinned.options);
+      clients.push(wrong);
+      const refused = wrong.replicate({ deadline: Date.now() + 20_000 });
+      await writeWithBackpressure(refused, hello).catch(() => undefined);
+      const err = await (refused as AsyncIterable<ReplicateResponse>)[Symbol.asyncIterator]().next().then(() => undefined, (e: ServiceError) => e);
+      expect(err?.code).toBe(status.UNAVAILABLE);
+    }
   });
 
   it("carries encoded chunks intact and catches a flipped checksum byte on the replica", async () => {

@@ -59,7 +59,7 @@ describe("roles bound into certificates at issuance", () => {
     expect(dflt.code).toBe(0);
     expect(certificateIdentity(readFileSync(join(tmp.path, "cli", "bob.crt"))).role).toBe("agent");
     const bad = await runCli(["pki", "issue", "--ca-dir", ca.dir, "--name", "eve", "--out-dir", join(tmp.path, "cli"), "--role", "root"]);
-    expect(bad.code).toBe(1);
+    expect(bad.code).toBe(2);
     expect(bad.stderr).toContain("--role root: expected one of agent, viewer, operator, admin");
   });
 });

@@ -25,6 +25,8 @@ export interface CommitCycleInput {
   /** Every replicated disk, with this point's own image (base for the full cycle, else its overlay). */
   disks: PointDisk[];
   dataBytes: number;
+  /** dataBytes by disk id; absent from cycles recorded before it was kept. */
+  diskDataBytes?: Record<string, number>;
   zeroBytes: number;
   wireBytes: number;
   extents: number;
@@ -66,6 +68,7 @@ export function commitCycle(s: RelationshipState, input: CommitCycleInput): Rela
     extents: requireCount(COMMAND, "extents", input.extents),
     durationMs: requireCount(COMMAND, "durationMs", input.durationMs),
     ...(input.comparedBytes ? { comparedBytes: requireCount(COMMAND, "comparedBytes", input.comparedBytes) } : {}),
+    ...(input.diskDataBytes ? { diskDataBytes: requireDiskCounts(input.diskDataBytes, input.dataBytes) } : {}),
   };
 
   const command = `${COMMAND}(${kind})`;
@@ -101,6 +104,15 @@ export function commitCycle(s: RelationshipState, input: CommitCycleInput): Rela
   if (kind === "full") events.push(relationshipEvent("InitialReplicationCompleted", { cycleSeq, pointId }));
   if (kind === "resync") events.push(relationshipEvent("ResyncCompleted", { cycleSeq, pointId }));
   return events;
+}
+
+/** Per-disk counts: whole numbers that add up to the cycle's total. */
+function requireDiskCounts(byDisk: Record<string, number>, total: number): Record<string, number> {
+  const counts: Record<string, number> = {};
+  let sum = 0;
+  for (const [diskId, n] of Object.entries(byDisk)) sum += counts[diskId] = requireCount(COMMAND, `diskDataBytes.${diskId}`, n);
+  if (sum !== total) throw new InvalidCommandInputError(`${COMMAND}: diskDataBytes add up to ${sum}, not the cycle's dataBytes ${total}`);
+  return counts;
 }
 
 function hintFor(s: RelationshipState, kind: CycleKind): string | undefined {
