@@ -30,7 +30,10 @@ export const ledgerConfigSchema = z.discriminatedUnion("kind", [
     .object({
       kind: z.literal("kurrentdb"),
       url: z.string().regex(/^(kurrentdb|kdb|esdb|kurrent)(\+discover)?:\/\//, "must be a kurrentdb:// (or kurrentdb+discover://) connection string"),
-      namespace: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, "use 1-64 characters A-Z, a-z, 0-9, _ . -").optional(),
+      namespace: z
+        .string()
+        .regex(/^[A-Za-z0-9_.-]{1,64}$/, "use 1-64 characters A-Z, a-z, 0-9, _ . -")
+        .optional(),
     })
     .strict(),
 ]);

@@ -40,7 +40,16 @@ describe.skipIf(skip)("sites on a shared PostgreSQL ledger (real processes)", { 
   it("migrate, share, see each other's events, survive kill -9 mid-append, verify", async () => {
     const t = await newTwoSites("qr-pgsites-", { diskBytes: 8 * MiB, intervalSeconds: 1 });
     const url = server!.url;
-    const migrated = await cliJson<{ events: number; sourceVerified: boolean; destinationVerified: boolean }>(["ledger", "migrate", "--dir", t.siteB, "--to", url, "--schema", "dr"]);
+    const migrated = await cliJson<{ events: number; sourceVerified: boolean; destinationVerified: boolean }>([
+      "ledger",
+      "migrate",
+      "--dir",
+      t.siteB,
+      "--to",
+      url,
+      "--schema",
+      "dr",
+    ]);
     expect(migrated).toMatchObject({ sourceVerified: true, destinationVerified: true });
     expect(migrated.events).toBeGreaterThanOrEqual(1); // agent-a's authorization, made offline by the fixture
     for (const dir of [t.siteA, t.siteB]) useLedger(dir, { kind: "postgres", url, schema: "dr" });
@@ -58,7 +67,11 @@ describe.skipIf(skip)("sites on a shared PostgreSQL ledger (real processes)", { 
 
     // An authorization made through site A's process is in force at site B's process.
     await cliJson(["authorize", "--dir", t.siteA, "--primary", "agent-z"]);
-    const list = await cliJson<Array<{ primaryIdentity: string; addedBy: string }> | { entries: Array<{ primaryIdentity: string; addedBy: string }> }>(["authorizations", "--dir", t.siteB]);
+    const list = await cliJson<Array<{ primaryIdentity: string; addedBy: string }> | { entries: Array<{ primaryIdentity: string; addedBy: string }> }>([
+      "authorizations",
+      "--dir",
+      t.siteB,
+    ]);
     const identities = (Array.isArray(list) ? list : list.entries).map((e) => e.primaryIdentity);
     expect(identities).toEqual(expect.arrayContaining(["agent-a", "agent-z"]));
 

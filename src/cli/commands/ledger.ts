@@ -8,7 +8,7 @@ import { LedgerOpenError } from "../../ledger/errors.js";
 import { loadSiteConfig, runDir } from "../../site/siteConfig.js";
 import { lockSiteDirectory } from "../../site/siteLock.js";
 import { formatTable } from "../table.js";
-import { EXIT } from "../exitCodes.js";
+import { EXIT, InvalidCliArgumentError } from "../exitCodes.js";
 import { emit, fail } from "../output.js";
 
 interface Where {
@@ -86,7 +86,7 @@ export function registerLedger(program: Command): void {
       try {
         const dir = o.dir ? resolve(o.dir) : undefined;
         const path = o.file ? resolve(o.file) : dir ? loadSiteConfig(dir).ledgerPath : undefined;
-        if (!path) throw new Error("which ledger? pass --dir SITE_DIR or --file LEDGER.sqlite");
+        if (!path) throw new InvalidCliArgumentError("which ledger? pass --dir SITE_DIR or --file LEDGER.sqlite");
         if (!existsSync(path)) throw new LedgerOpenError(`No qreplica ledger at ${path}: nothing to migrate`, path);
         const target = sharedConfig(o.to, o);
         const toName = describeLedger(target, path);
@@ -125,7 +125,7 @@ function sharedConfig(url: string, o: { schema?: string; namespace?: string }): 
   const kind = /^postgres(ql)?:/.test(url) ? "postgres" : "kurrentdb";
   const raw = kind === "postgres" ? { kind, url, ...(o.schema ? { schema: o.schema } : {}) } : { kind, url, ...(o.namespace ? { namespace: o.namespace } : {}) };
   const r = parseLedgerConfig(raw);
-  if (!r.ok) throw new LedgerOpenError(r.problems.join("; ").replaceAll("field 'ledger.", "option '--").replaceAll("--url'", "--url/--to'"), url.replace(/\/\/([^:@/]+):([^@/]+)@/, "//$1:***@"));
+  if (!r.ok) throw new InvalidCliArgumentError(r.problems.join("; ").replaceAll("field 'ledger.", "option '--").replaceAll("--url'", "--url/--to'"));
   if (r.config.kind === "sqlite") throw new Error("unreachable");
   return r.config;
 }
@@ -136,7 +136,7 @@ async function openLedgerOf(o: Where): Promise<{ store: EventStore; name: string
     return { store: await openConfiguredLedger(config, ""), name: describeLedger(config, "") };
   }
   if (o.file) return { store: getSqliteEventStore({ path: o.file, create: false }), name: o.file };
-  if (!o.dir) throw new Error("which ledger? pass --dir SITE_DIR, --file LEDGER.sqlite or --url postgres://…|kurrentdb://…");
+  if (!o.dir) throw new InvalidCliArgumentError("which ledger? pass --dir SITE_DIR, --file LEDGER.sqlite or --url postgres://…|kurrentdb://…");
   const config = loadSiteConfig(resolve(o.dir));
   const ledger = config.ledger ?? { kind: "sqlite" as const };
   return { store: await openConfiguredLedger(ledger, config.ledgerPath, { create: false }), name: describeLedger(ledger, config.ledgerPath) };

@@ -116,7 +116,7 @@ function buildStore(client: KurrentDBClient, location: string, options: KurrentD
   const snapshotPrefix = SNAPSHOT_STREAM_PREFIX + ns;
   const toRecorded = (resolved: ResolvedEvent | AllStreamResolvedEvent): RecordedEvent | undefined => {
     const e = decode(resolved);
-    if (!e || !e.stream.startsWith(ns)) return undefined;
+    if (!e?.stream.startsWith(ns)) return undefined;
     return { ...e, stream: e.stream.slice(ns.length) };
   };
   const clock = options.clock ?? (() => new Date());
@@ -275,7 +275,16 @@ function buildStore(client: KurrentDBClient, location: string, options: KurrentD
       ensureOpen();
       validateSnapshotRecord(r);
       const stream = snapshotPrefix + r.key;
-      const data = { key: r.key, at: r.at.toString(), atHash: r.atHash, schemaVersion: r.schemaVersion, foldVersion: r.foldVersion, state: r.state, checksum: r.checksum, savedAt: r.savedAt.toISOString() };
+      const data = {
+        key: r.key,
+        at: r.at.toString(),
+        atHash: r.atHash,
+        schemaVersion: r.schemaVersion,
+        foldVersion: r.foldVersion,
+        state: r.state,
+        checksum: r.checksum,
+        savedAt: r.savedAt.toISOString(),
+      };
       await client.appendToStream(stream, jsonEvent({ type: SNAPSHOT_EVENT, data }));
       await client.setStreamMetadata(stream, { maxCount: 1 });
     },
@@ -311,7 +320,13 @@ function buildStore(client: KurrentDBClient, location: string, options: KurrentD
           return jsonEvent({
             type: e.type,
             data: JSON.parse(row.dataJson) as Record<string, unknown>,
-            metadata: { qreplica: 1, recordedAt: row.recordedAt, hash: e.hash, previousHash: e.previousHash, metadata: JSON.parse(row.metadataJson) as Record<string, unknown> } satisfies Envelope,
+            metadata: {
+              qreplica: 1,
+              recordedAt: row.recordedAt,
+              hash: e.hash,
+              previousHash: e.previousHash,
+              metadata: JSON.parse(row.metadataJson) as Record<string, unknown>,
+            } satisfies Envelope,
           });
         });
         await client.appendToStream(ns + stream, data, { streamState: head?.event ? head.event.revision : NO_STREAM });
@@ -333,7 +348,7 @@ function buildStore(client: KurrentDBClient, location: string, options: KurrentD
 
 function envelopeOf(metadata: unknown, stream: string, version: bigint, position = 0n): Envelope {
   const m = metadata as Partial<Envelope> | undefined;
-  if (!m || m.qreplica !== 1 || typeof m.hash !== "string" || typeof m.previousHash !== "string" || typeof m.recordedAt !== "string") {
+  if (m?.qreplica !== 1 || typeof m.hash !== "string" || typeof m.previousHash !== "string" || typeof m.recordedAt !== "string") {
     throw new LedgerCorruptError(`KurrentDB event ${stream}@${version} has no qreplica envelope in its metadata: not written by qreplica, or edited`, position);
   }
   return { qreplica: 1, recordedAt: m.recordedAt, hash: m.hash, previousHash: m.previousHash, metadata: (m.metadata as Record<string, unknown>) ?? {} };

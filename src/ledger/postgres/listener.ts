@@ -60,4 +60,3 @@ export async function listen(options: { url: string; channel: string; appended: 
     },
   };
 }
-

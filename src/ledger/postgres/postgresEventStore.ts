@@ -141,10 +141,9 @@ function buildStore(o: Internals): PostgresEventStore {
 
   async function appendTx(client: pg.PoolClient, stream: string, events: NewEvent[], expected: ExpectedVersion): Promise<AppendResult> {
     await client.query("SELECT pg_advisory_xact_lock($1)", [appendKey]);
-    const head = await client.query<{ stream_version: string; hash: string }>(
-      `SELECT stream_version, hash FROM ${t} WHERE stream_id = $1 ORDER BY stream_version DESC LIMIT 1`,
-      [stream],
-    );
+    const head = await client.query<{ stream_version: string; hash: string }>(`SELECT stream_version, hash FROM ${t} WHERE stream_id = $1 ORDER BY stream_version DESC LIMIT 1`, [
+      stream,
+    ]);
     const current = head.rows[0] ? BigInt(head.rows[0].stream_version) : undefined;
     assertExpectedVersion(stream, expected, current);
     const sealed = sealEvents(stream, events, { version: current, hash: head.rows[0]?.hash ?? GENESIS_HASH }, clock());
@@ -210,10 +209,11 @@ function buildStore(o: Internals): PostgresEventStore {
       ensureOpen();
       validateStreamName(stream);
       const limit = validateMaxCount(opts.maxCount) ?? null;
-      const rows = await readRows(
-        `SELECT ${COLUMNS} FROM ${t} WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT $3`,
-        [stream, (opts.fromVersion ?? 0n).toString(), limit],
-      );
+      const rows = await readRows(`SELECT ${COLUMNS} FROM ${t} WHERE stream_id = $1 AND stream_version >= $2 ORDER BY stream_version LIMIT $3`, [
+        stream,
+        (opts.fromVersion ?? 0n).toString(),
+        limit,
+      ]);
       return rows.map((r) => decodeStoredEvent(r, location));
     },
 
@@ -256,16 +256,18 @@ function buildStore(o: Internals): PostgresEventStore {
         [key],
       );
       const row = r.rows[0];
-      return row && {
-        key: row.key,
-        at: BigInt(row.at),
-        atHash: row.at_hash,
-        schemaVersion: row.schema_version,
-        foldVersion: row.fold_version,
-        state: row.state,
-        checksum: row.checksum,
-        savedAt: new Date(row.saved_at),
-      };
+      return (
+        row && {
+          key: row.key,
+          at: BigInt(row.at),
+          atHash: row.at_hash,
+          schemaVersion: row.schema_version,
+          foldVersion: row.fold_version,
+          state: row.state,
+          checksum: row.checksum,
+          savedAt: new Date(row.saved_at),
+        }
+      );
     },
 
     async writeSnapshot(record: SnapshotRecord) {

@@ -20,10 +20,7 @@ const IDENTIFIER = /^[a-z_][a-z0-9_]{0,39}$/;
 
 export function validateSchemaName(schema: string, where: string): void {
   if (!IDENTIFIER.test(schema)) {
-    throw new LedgerOpenError(
-      `PostgreSQL schema name ${JSON.stringify(schema)} is not allowed: use 1-40 characters a-z, 0-9 and _, starting with a letter or _`,
-      where,
-    );
+    throw new LedgerOpenError(`PostgreSQL schema name ${JSON.stringify(schema)} is not allowed: use 1-40 characters a-z, 0-9 and _, starting with a letter or _`, where);
   }
 }
 
@@ -108,10 +105,7 @@ export async function migratePostgresLedger(pool: pg.Pool, schema: string, where
 
 /** 0 for a missing or empty schema; throws if the schema holds something that is not our ledger. */
 async function layoutVersion(client: pg.PoolClient, schema: string, where: string): Promise<number> {
-  const tables = await client.query<{ table_name: string }>(
-    "SELECT table_name FROM information_schema.tables WHERE table_schema = $1",
-    [schema],
-  );
+  const tables = await client.query<{ table_name: string }>("SELECT table_name FROM information_schema.tables WHERE table_schema = $1", [schema]);
   if (tables.rowCount === 0) return 0;
   if (!tables.rows.some((r) => r.table_name === "ledger_meta")) {
     throw new LedgerOpenError(`${where}: schema "${schema}" holds tables but is not a qreplica ledger; choose another schema`, where);

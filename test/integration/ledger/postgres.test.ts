@@ -4,14 +4,7 @@
  */
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import {
-  LedgerOpenError,
-  WrongExpectedVersionError,
-  verifyLedger,
-  type EventStore,
-  type NewEvent,
-  type RecordedEvent,
-} from "../../../src/ledger/index.js";
+import { LedgerOpenError, WrongExpectedVersionError, verifyLedger, type EventStore, type NewEvent, type RecordedEvent } from "../../../src/ledger/index.js";
 import { getPostgresEventStore, type PostgresEventStoreOptions } from "../../../src/ledger/postgres/postgresEventStore.js";
 import { advisoryKey } from "../../../src/ledger/postgres/schema.js";
 import { GENESIS_HASH, sealEvents } from "../../../src/ledger/hashChain.js";
@@ -146,7 +139,10 @@ describe.skipIf(skip)("PostgreSQL ledger", () => {
         );
         let waiting = 0;
         const poll = setInterval(() => {
-          void slow.query<{ n: string }>("SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").then((r) => (waiting = Number(r.rows[0]!.n)), () => undefined);
+          void slow.query<{ n: string }>("SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").then(
+            (r) => (waiting = Number(r.rows[0]!.n)),
+            () => undefined,
+          );
         }, 20);
         let fastDone = false;
         const fast = a.append("fast", [ev("Fast")], "no_stream").then((r) => {
@@ -179,7 +175,9 @@ describe.skipIf(skip)("PostgreSQL ledger", () => {
       await doomed.connect();
       await doomed.query("BEGIN");
       await doomed.query("SELECT pg_advisory_xact_lock($1)", [advisoryKey(schema, "append")]);
-      await doomed.query(`INSERT INTO ${schema}.events (stream_id, stream_version, type, data, metadata, recorded_at, hash, previous_hash) VALUES ('s', 1, 'Doomed', '{}', '{}', 'x', 'x', 'x')`);
+      await doomed.query(
+        `INSERT INTO ${schema}.events (stream_id, stream_version, type, data, metadata, recorded_at, hash, previous_hash) VALUES ('s', 1, 'Doomed', '{}', '{}', 'x', 'x', 'x')`,
+      );
       const pid = (await doomed.query<{ pid: number }>("SELECT pg_backend_pid() AS pid")).rows[0]!.pid;
       const waiting = b.append("s", [ev("After")], 0n);
       const admin = new pg.Client({ connectionString: url() });

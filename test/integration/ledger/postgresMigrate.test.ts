@@ -34,7 +34,8 @@ describe.skipIf(skip)("qreplica ledger migrate into PostgreSQL", () => {
     const path = join(dir, `${name}.sqlite`);
     const store = getSqliteEventStore({ path });
     for (let v = 0; v < perStream; v++) {
-      for (let s = 0; s < streams; s++) await store.append(`relationship-vm${s}`, [ev(v === 0 ? "RelationshipCreated" : "CycleCommitted", { v, s, name: "ü✓" })], v === 0 ? "no_stream" : BigInt(v - 1));
+      for (let s = 0; s < streams; s++)
+        await store.append(`relationship-vm${s}`, [ev(v === 0 ? "RelationshipCreated" : "CycleCommitted", { v, s, name: "ü✓" })], v === 0 ? "no_stream" : BigInt(v - 1));
     }
     const events = await store.readAll();
     await store.close();
@@ -84,8 +85,8 @@ describe.skipIf(skip)("qreplica ledger migrate into PostgreSQL", () => {
   it("names a bad destination option and an unreachable server", async () => {
     const { path } = await sqliteLedger("opts", 1, 1);
     const bad = await runCli(["ledger", "migrate", "--file", path, "--to", server.url, "--schema", "Bad-Name", "--json"]);
-    expect(bad.code).toBe(1);
-    expect(JSON.parse(bad.stdout).error.message).toMatch(/option '--schema'/);
+    expect(bad.code).toBe(2); // invalid input
+    expect(JSON.parse(bad.stdout).error).toMatchObject({ code: "INVALID_ARGUMENT", message: expect.stringMatching(/option '--schema'/) });
     const down = await runCli(["ledger", "migrate", "--file", path, "--to", "postgres://qr:pw@127.0.0.1:1/x", "--json"]);
     expect(down.code).toBe(1);
     const err = JSON.parse(down.stdout).error as { code: string; message: string };
