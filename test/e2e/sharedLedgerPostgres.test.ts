@@ -102,8 +102,22 @@ describe.skipIf(skip)("sites on a shared PostgreSQL ledger (real processes)", { 
     // and acts on: both decide from the same stream, settled by its version.
     const paused = await cliJson<{ state: string }>(["pause", "vm1", "--dir", t.siteA, "--reason", "paused through site A"]);
     expect(paused.state).toBe("paused");
-    const messageAtB = async () => (await cliJson<{ relationships: Array<{ healthMessage: string }> }>(["status", "vm1", "--dir", t.siteB])).relationships[0]?.healthMessage;
-    await waitFor("site B to report the pause made through A", async () => ((await messageAtB()) === "replication is paused: paused through site A" ? true : undefined), 30_000);
+    // (B's process did not make the pause, so it does not push it to the agent connected to it: the
+    // agent's cycles are refused, "is in state paused", until the resume.)
+    type Reason = { code: string; message: string };
+    let reasons: Reason[] = [];
+    await waitFor(
+      "site B to report the pause made through A",
+      async () => {
+        const st = await cliJson<{ relationships: Array<{ healthReasons: Reason[] }> }>(["status", "vm1", "--dir", t.siteB]);
+        reasons = st.relationships[0]?.healthReasons ?? [];
+        return reasons.some((r) => r.code === "STATE_PAUSED") ? true : undefined;
+      },
+      30_000,
+    ).catch((err: Error) => {
+      throw new Error(`${err.message}; B last reported ${JSON.stringify(reasons)}`);
+    });
+    expect(reasons.find((r) => r.code === "STATE_PAUSED")?.message).toBe("replication is paused: paused through site A");
     const resumed = await cliJson<{ state: string }>(["resume", "vm1", "--dir", t.siteB]);
     expect(resumed.state).toBe("replicating");
     await sub.close();
