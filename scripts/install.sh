@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+sudo_cmd_pre=""
+[ "$(id -u)" -eq 0 ] || sudo_cmd_pre="sudo"
 declare -A packages=(
   [qemu-img]=qemu-utils
   [qemu-io]=qemu-utils
@@ -26,6 +28,16 @@ missing=()
 for tool in "${!packages[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${packages[$tool]}")
 done
+# PostgreSQL 15's server binaries are not on PATH: the shared-ledger tests start their own server
+# from here (test/helpers/postgres.ts). Debian's postgresql-common would also create and start a
+# 'main' cluster on port 5432; the tests never use it, so it is not created.
+if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
+  missing+=(postgresql-15)
+  if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+    ${sudo_cmd_pre:-} mkdir -p /etc/postgresql-common
+    echo "create_main_cluster = false" | ${sudo_cmd_pre:-} tee /etc/postgresql-common/createcluster.conf >/dev/null
+  fi
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   echo "install.sh: installing Debian packages: ${missing[*]}"

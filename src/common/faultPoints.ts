@@ -19,7 +19,9 @@ export type FaultPoint =
   /** The merge's `qemu-img commit` finished; the next overlay is not rebased onto the base yet. */
   | "crash-after-merge-commit"
   /** The images are merged and rebased (or a thinned point folded into the next); the ledger has no RecoveryPointMerged yet. */
-  | "crash-before-merge-recorded";
+  | "crash-before-merge-recorded"
+  /** PostgreSQL ledger: a CycleCommitted append's rows are inserted, its transaction not committed. */
+  | "crash-mid-ledger-append";
 
 const ENV = "QREPLICA_FAULT";
 const fired = new Set<string>();

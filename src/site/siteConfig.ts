@@ -1,5 +1,6 @@
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
+import { parseLedgerConfig, type LedgerConfig } from "../ledger/ledgerConfig.js";
 import { retentionSpecProblems, type RetentionSpec } from "../policy/retentionPlan.js";
 import type { RetentionTier } from "../policy/types.js";
 import { SiteConfigError } from "./errors.js";
@@ -13,7 +14,10 @@ export interface SiteConfig {
   caFile: string;
   certFile: string;
   keyFile: string;
+  /** The SQLite ledger file; used only when `ledger` is absent or sqlite. */
   ledgerPath: string;
+  /** Which store holds the ledger (see src/ledger/ledgerConfig.ts); absent means SQLite at ledgerPath. */
+  ledger?: LedgerConfig;
   storageRoot: string;
   /** Recovery points kept per VM before the oldest is merged into the base. */
   defaultMaxPoints: number;
@@ -71,6 +75,7 @@ export function loadSiteConfig(dir: string): SiteConfig {
     certFile: abs(raw.certFile!),
     keyFile: abs(raw.keyFile!),
     ledgerPath: abs(raw.ledgerPath!),
+    ...(raw.ledger !== undefined ? { ledger: parseLedger(raw.ledger, path) } : {}),
     storageRoot: abs(raw.storageRoot!),
     defaultMaxPoints: typeof raw.defaultMaxPoints === "number" && raw.defaultMaxPoints >= 1 ? raw.defaultMaxPoints : 24,
     ...(raw.defaultRetention !== undefined ? { defaultRetention: parseRetention(raw.defaultRetention, path) } : {}),
@@ -80,6 +85,12 @@ export function loadSiteConfig(dir: string): SiteConfig {
     ...(typeof raw.metricsListen === "string" && raw.metricsListen !== "" ? { metricsListen: raw.metricsListen } : {}),
     ...(raw.health !== undefined ? { health: parseHealth(raw.health, path) } : {}),
   };
+}
+
+function parseLedger(v: unknown, path: string): LedgerConfig {
+  const r = parseLedgerConfig(v);
+  if (!r.ok) throw new SiteConfigError(path, r.problems.join("; "));
+  return r.config;
 }
 
 const HEALTH_KEYS = ["evaluateEverySeconds", "frequencySeconds", "rpoAlertSeconds", "silentAfterSeconds", "windowSeconds"] as const;

@@ -4,6 +4,7 @@ import type { Logger } from "../common/logger.js";
 import { ControlServiceService } from "../gen/qreplica/v1/control.js";
 import { ReplicationServiceService, type ReplicationServiceServer } from "../gen/qreplica/v1/replication.js";
 import { LedgerReadModels, getSqliteEventStore, onRelationshipSnapshotIgnored, type EventStore } from "../ledger/index.js";
+import { describeLedger, openConfiguredLedger } from "../ledger/ledgerConfig.js";
 import { ReplicaStorage, SiteStorageDaemon } from "../storage/index.js";
 import { grpcServerOptions, loadSiteCredentials, serverCredentials, widenServerFlowControl, type SiteCredentials } from "../transport/index.js";
 import { tolerantDecoding } from "./tolerantDecoding.js";
@@ -58,7 +59,12 @@ export interface RunningSite {
  * umask. SQLite gives -wal and -shm the mode of the database file, so creating that file 0600
  * before SQLite opens it is enough for a new ledger; an older ledger is tightened in place.
  */
-function openLedger(path: string): EventStore {
+async function openLedger(config: SiteConfig, log: Logger): Promise<EventStore> {
+  if (config.ledger && config.ledger.kind !== "sqlite") {
+    log.info({ ledger: describeLedger(config.ledger, config.ledgerPath), kind: config.ledger.kind }, "ledger in a shared store");
+    return openConfiguredLedger(config.ledger, config.ledgerPath, { logger: log });
+  }
+  const path = config.ledgerPath;
   if (!existsSync(path)) closeSync(openSync(path, "a", 0o600));
   for (const p of [path, `${path}-wal`, `${path}-shm`]) if (existsSync(p)) chmodSync(p, 0o600);
   return getSqliteEventStore({ path });
@@ -112,7 +118,7 @@ async function serve(
   mkdirSync(config.storageRoot, { recursive: true, mode: 0o700 });
   const tightened = [dir, config.storageRoot].reduce((n, root) => n + tightenTree(root), 0);
   if (tightened > 0) log.warn({ entries: tightened }, "took group/other permissions off files an older version left readable (images, ledger, keys)");
-  const store = openLedger(config.ledgerPath);
+  const store = await openLedger(config, log);
   cleanups.push(() => store.close());
   // Before anything starts, so a refused wildcard leaves nothing running.
   await importLegacyAuthorizations(dir, new SiteAuthorizations(store), config.siteId, log);

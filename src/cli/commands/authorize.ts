@@ -4,6 +4,7 @@ import * as grpc from "@grpc/grpc-js";
 import type { Command } from "commander";
 import type { AuthorizationsResponse } from "../../gen/qreplica/v1/control.js";
 import { getSqliteEventStore } from "../../ledger/index.js";
+import { openConfiguredLedger } from "../../ledger/ledgerConfig.js";
 import { localAdminCaller, SiteAuthorizations, type AuthorizationEntry } from "../../site/authorizations.js";
 import { addressFile, loadSiteConfig } from "../../site/siteConfig.js";
 import { ControlCallError, controlClient, unary } from "../siteClient.js";
@@ -40,8 +41,9 @@ async function viaSite(o: Target, call: (client: ReturnType<typeof controlClient
     }
   }
   const config = loadSiteConfig(dir);
-  if (ledgerMustExist && !existsSync(config.ledgerPath)) return [];
-  const store = getSqliteEventStore({ path: config.ledgerPath });
+  const shared = config.ledger && config.ledger.kind !== "sqlite" ? config.ledger : undefined;
+  if (!shared && ledgerMustExist && !existsSync(config.ledgerPath)) return [];
+  const store = shared ? await openConfiguredLedger(shared, config.ledgerPath) : getSqliteEventStore({ path: config.ledgerPath });
   try {
     return await offline(new SiteAuthorizations(store));
   } finally {
