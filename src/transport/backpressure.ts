@@ -130,8 +130,8 @@ export function untilWritten(stream: { readonly writableLength: number; readonly
   const deadline = Date.now() + timeoutMs;
   return new Promise<void>((resolve) => {
     const check = (): void => {
-      if (stream.destroyed || stream.writableLength === 0 || Date.now() > deadline) return resolve();
-      setTimeout(check, 5);
+      if (stream.destroyed || stream.writableLength === 0 || Date.now() > deadline) resolve();
+      else setTimeout(check, 5);
     };
     check();
   });
