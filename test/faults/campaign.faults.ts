@@ -1,0 +1,144 @@
+/**
+ * The fault campaign (`npm run test:faults`): real processes (site B, the agent, the primary's
+ * qemu-storage-daemon VM, site B's own storage daemon) and, at random moments of cycles, merges
+ * and retention, one fault after another of every kind in faultKinds.ts. After each, the design's
+ * invariants are checked and the system must commit a point equal to the primary within a bound,
+ * or have said what the operator must do. Seeded: QR_FAULT_SEED reproduces a schedule; QR_FAULTS
+ * sets the number of faults (50 in CI, 500 for the full form). QR_FAULTS_JSON names the report file.
+ */
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { describe, expect, it } from "vitest";
+import { makeTmpDir } from "../helpers/tmpDir.js";
+import { waitFor } from "../helpers/processes.js";
+import { logTail } from "../helpers/crashGuest.js";
+import { CAMPAIGN_DISK_BYTES, startCampaign, type Campaign } from "./campaignFixture.js";
+import { EXPECTED_MESSAGE, FAULT_KINDS, FAULT_WEIGHT, inject, RECOVERY_BOUND_MS, type FaultContext, type FaultKind } from "./faultKinds.js";
+import { InvariantChecker } from "./invariants.js";
+import { PrimaryModel } from "./primaryModel.js";
+import { buildReport, formatReport, writeReport, type FaultRecord } from "./report.js";
+import { Rng } from "./rng.js";
+
+const SEED = process.env.QR_FAULT_SEED ? Number(process.env.QR_FAULT_SEED) : Math.floor(Math.random() * 2 ** 31);
+const FAULTS = Number(process.env.QR_FAULTS ?? 50);
+const MOMENTS = ["mid-cycle", "between-cycles", "after-commit"] as const;
+type Moment = (typeof MOMENTS)[number];
+
+/** Every kind once (in a seeded order), then seeded weighted picks. */
+function plan(rng: Rng, n: number): Array<{ kind: FaultKind; moment: Moment }> {
+  const kinds: FaultKind[] = rng.shuffle([...FAULT_KINDS]);
+  const total = FAULT_KINDS.reduce((s, k) => s + FAULT_WEIGHT[k], 0);
+  while (kinds.length < n) {
+    let x = rng.next() * total;
+    kinds.push(FAULT_KINDS.find((k) => (x -= FAULT_WEIGHT[k]) < 0) ?? "kill-agent");
+  }
+  return kinds.slice(0, Math.max(n, FAULT_KINDS.length)).map((kind) => ({ kind, moment: rng.pick(MOMENTS) }));
+}
+
+async function reachMoment(c: Campaign, model: PrimaryModel, rng: Rng, moment: Moment): Promise<void> {
+  const points = async () => (await c.t.relationship()).lastCycleSeq;
+  if (moment === "mid-cycle") {
+    // A big write makes the next cycle long enough to be caught while the site writes its overlay.
+    void model.write("big").catch(() => undefined);
+    const from = c.proxy.forwardedBytes;
+    await waitFor("a cycle on the wire", () => (c.proxy.forwardedBytes - from > 128 * 1024 ? true : undefined), 5_000, 5).catch(() => undefined);
+  } else if (moment === "after-commit") {
+    const seq = await points();
+    await waitFor("the next cycle to end", async () => ((await points()) > seq ? true : undefined), 10_000, 50).catch(() => undefined);
+    await sleep(rng.int(0, 300));
+  } else {
+    await sleep(rng.int(0, 1500));
+  }
+}
+
+interface Round {
+  c: Campaign;
+  model: PrimaryModel;
+  checker: InvariantChecker;
+  generation: number;
+  diag: () => string;
+}
+
+/** After the fault is healed: writes stop, and a point cut after the last write must equal the primary. */
+async function recover(r: Round, kind: FaultKind, label: string, healedAt: number): Promise<number | undefined> {
+  const { c, model, checker } = r;
+  await model.pause();
+  const lastWrite = model.current.doneAt;
+  const point = await waitFor(
+    "a point cut after the last write",
+    async () => (await c.t.relationship()).points.find((p) => Date.parse(p.cutoffAt) > lastWrite && !p.merging),
+    RECOVERY_BOUND_MS[kind],
+  ).catch(() => undefined);
+  if (!point) {
+    checker.violation(`${label}: no point committed within ${RECOVERY_BOUND_MS[kind] / 1000} s of the fault's end${r.diag()}`);
+    return undefined;
+  }
+  const recoverMs = Date.now() - healedAt;
+  const state = await c.t.relationship();
+  await checker.checkPoints(state, label, () => c.t.relationship());
+  checker.newestEqualsPrimary(state, label);
+  checker.onePrimary(state, r.generation, label);
+  return recoverMs;
+}
+
+describe("fault campaign", () => {
+  it(`${FAULTS} faults of every kind, seed ${SEED}: invariants hold and the system recovers`, { timeout: 300_000 + FAULTS * 150_000 }, async () => {
+    console.log(`fault campaign: seed ${SEED}, ${FAULTS} faults (QR_FAULT_SEED=${SEED} QR_FAULTS=${FAULTS} to reproduce)`);
+    const started = Date.now();
+    const tmp = makeTmpDir("qr-faults-");
+    const schedule = plan(new Rng(SEED), FAULTS);
+    const faultRng = new Rng(SEED ^ 0x5bd1e995);
+    const c = await startCampaign(tmp.path);
+    const model = new PrimaryModel(c.t.vm, CAMPAIGN_DISK_BYTES, new Rng(SEED ^ 0x27d4eb2f), tmp.path);
+    const checker = new InvariantChecker(model, tmp.path, c.storageDir);
+    const diag = () => `\n--- agent (tail) ---\n${logTail(c.agentLog)}\n--- site B (tail) ---\n${logTail(c.siteLog)}`;
+    const records: FaultRecord[] = [];
+    try {
+      for (let i = 0; i < 4; i++) await model.write(i === 0 ? "big" : "small");
+      await waitFor("the initial replication and a first incremental point", async () => ((await c.t.relationship()).points.length >= 2 ? true : undefined), 120_000).catch((e: Error) => {
+        throw new Error(e.message + diag());
+      });
+      const r: Round = { c, model, checker, generation: (await c.t.relationship()).generation, diag };
+      for (const [n, { kind, moment }] of schedule.entries()) {
+        const label = `fault ${n + 1}/${schedule.length} ${kind} (${moment})`;
+        model.resume(() => faultRng.int(50, 400));
+        await reachMoment(c, model, faultRng, moment);
+        const errorsBefore = model.writeErrors.length;
+        const ctx: FaultContext = { c, model, rng: faultRng, checker };
+        const injected = await inject(kind, ctx);
+        const healedAt = Date.now();
+        // Right after the fault, while processes restart: only whole points are listed.
+        await checker.checkPoints(await c.t.relationship(), `${label} (just healed)`, () => c.t.relationship());
+        const recoverMs = await recover(r, kind, label, healedAt);
+        // Invariant 7: a guest write never fails because of replication (only a killed primary excuses it).
+        if (kind !== "kill-primary-qemu") for (const e of model.writeErrors.slice(errorsBefore)) checker.violation(`${label}: a guest write failed: ${e}`);
+        const expected = EXPECTED_MESSAGE[kind];
+        if (expected && !(injected.operatorMessage && expected.test(injected.operatorMessage))) checker.violation(`${label}: the operator was not told (expected ${expected}, got ${JSON.stringify(injected.operatorMessage)})`);
+        records.push({ n: n + 1, kind, moment, detail: injected.detail, recovered: recoverMs !== undefined, recoverMs, operatorMessage: injected.operatorMessage });
+        console.log(`${label}: ${injected.detail}; ${recoverMs === undefined ? "NOT recovered" : `recovered in ${(recoverMs / 1000).toFixed(1)} s`}${injected.operatorMessage ? ` — told: ${injected.operatorMessage.slice(0, 200)}` : ""}`);
+        if (recoverMs === undefined) break;
+      }
+    } finally {
+      await model.pause();
+      await c.close();
+      const report = buildReport({
+        seed: SEED,
+        faultsPlanned: schedule.length,
+        faults: records,
+        invariantChecks: checker.tally.checks,
+        violations: checker.tally.violations,
+        pointsChecked: checker.pointsChecked,
+        guestWrites: model.writes,
+        durationMs: Date.now() - started,
+      });
+      const jsonPath = process.env.QR_FAULTS_JSON ?? join(tmpdir(), `qreplica-faults-${SEED}.json`);
+      writeReport(jsonPath, report);
+      console.log(`${formatReport(report)}\nreport: ${jsonPath}`);
+      if (!process.env.QR_KEEP) tmp.cleanup();
+    }
+    expect(checker.tally.violations).toEqual([]);
+    expect(records.length).toBe(schedule.length);
+    for (const kind of FAULT_KINDS) expect(records.some((f) => f.kind === kind && f.recovered), kind).toBe(true);
+  });
+});
