@@ -42,6 +42,9 @@ export interface Injected {
   operatorMessage?: string;
 }
 
+/** What `qreplica site serve` exits with when it stopped itself (src/cli/commands/site.ts). */
+const SITE_FAILED_EXIT = 70;
+
 const pause = (rng: Rng, minMs: number, maxMs: number) => sleep(rng.int(minMs, maxMs));
 
 async function eventsAfter(c: Campaign, from: number) {
@@ -80,17 +83,18 @@ const injectors: Record<FaultKind, (x: FaultContext) => Promise<Injected>> = {
   async "kill-replica-storage-daemon"({ c, checker }) {
     const pid = siteStorageDaemonPid(c);
     process.kill(pid, "SIGKILL");
-    // The site cannot write a point without its storage daemon: it must not carry on as if it could.
-    const exited = await Promise.race([c.site.exited.then(() => true), sleep(30_000).then(() => false)]);
-    let message: string | undefined;
-    if (!exited) {
-      checker.violation(`the site did not notice that its storage daemon (pid ${pid}) was killed within 30 s`);
+    // The site cannot write a point without its storage daemon: it stops (exit 70) with a message,
+    // and its service manager (here the campaign) starts it again.
+    const exit = await Promise.race([c.site.exited, sleep(30_000).then(() => "still running" as const)]);
+    if (exit === "still running") {
+      checker.violation(`the site did not stop within 30 s of its storage daemon (pid ${pid}) being killed`);
       await c.site.kill("SIGKILL");
-    } else {
-      message = readFileSync(c.siteLog, "utf8").split("\n").reverse().find((l) => /storage daemon/i.test(l) && /"level":(50|60)/.test(l));
+    } else if (exit !== SITE_FAILED_EXIT) {
+      checker.violation(`the site exited with ${exit} after its storage daemon was killed, not ${SITE_FAILED_EXIT}`);
     }
+    const fatal = readFileSync(c.siteLog, "utf8").split("\n").reverse().find((l) => l.includes("STORAGE_DAEMON_EXITED") && l.includes(`pid ${pid}`));
     await c.startSite();
-    return { detail: `site B's qemu-storage-daemon (pid ${pid}) killed with SIGKILL`, operatorMessage: message };
+    return { detail: `site B's qemu-storage-daemon (pid ${pid}) killed with SIGKILL; the site stopped, restarted`, operatorMessage: fatal ? (JSON.parse(fatal) as { msg: string }).msg : undefined };
   },
 
   async "link-cut"({ c, rng }) {
@@ -173,7 +177,7 @@ const injectors: Record<FaultKind, (x: FaultContext) => Promise<Injected>> = {
 
 /** What the operator must be told, per kind that cannot heal without someone (or a supervisor) acting. */
 export const EXPECTED_MESSAGE: Partial<Record<FaultKind, RegExp>> = {
-  "kill-replica-storage-daemon": /storage daemon/i,
+  "kill-replica-storage-daemon": /qemu-storage-daemon \(pid \d+\) exited .* qreplica site serve --dir /,
   "replica-storage-full": /space|ENOSPC|full/i,
   "primary-scratch-full": /^SCRATCH_SPACE_LOW: .*scratch directory/,
 };
