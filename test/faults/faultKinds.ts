@@ -177,8 +177,8 @@ const injectors: Record<FaultKind, (x: FaultContext) => Promise<Injected>> = {
 
 /** What the operator must be told, per kind that cannot heal without someone (or a supervisor) acting. */
 export const EXPECTED_MESSAGE: Partial<Record<FaultKind, RegExp>> = {
-  "kill-replica-storage-daemon": /qemu-storage-daemon \(pid \d+\) exited .* qreplica site serve --dir /,
-  "replica-storage-full": /space|ENOSPC|full/i,
+  "kill-replica-storage-daemon": /qemu-storage-daemon \(pid \d+\) exited .*`qreplica site serve --dir /,
+  "replica-storage-full": /is full \(ENOSPC\); free space there|No space left on device/,
   "primary-scratch-full": /^SCRATCH_SPACE_LOW: .*scratch directory/,
 };
 

@@ -75,8 +75,9 @@ export class InvariantChecker {
     const hash = await pointHash(disk.imagePath, this.scratch);
     this.pointsChecked++;
     if (hash === undefined) {
-      // Gone between listing and reading: fine only if retention took it off the ledger meanwhile.
-      const still = (await getState()).points.some((q) => q.pointId === p.pointId && !q.merging);
+      // Gone between listing and reading: fine only if the ledger no longer names that image (a
+      // merge made the point's image the base below it, or retention removed the point).
+      const still = (await getState()).points.some((q) => q.pointId === p.pointId && !q.merging && q.disks[0]!.imagePath === disk.imagePath);
       this.check(!still, `${label}: point ${p.pointId} is listed but its image ${disk.imagePath} is missing`);
       return undefined;
     }
