@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { describe, expect, it } from "vitest";
 import { makeTmpDir } from "../helpers/tmpDir.js";
-import { waitFor } from "../helpers/processes.js";
+import { cliJson, waitFor } from "../helpers/processes.js";
 import { logTail } from "../helpers/crashGuest.js";
 import { CAMPAIGN_DISK_BYTES, startCampaign, type Campaign } from "./campaignFixture.js";
 import { EXPECTED_MESSAGE, FAULT_KINDS, FAULT_WEIGHT, inject, RECOVERY_BOUND_MS, type FaultContext, type FaultKind } from "./faultKinds.js";
@@ -22,21 +22,26 @@ import { Rng } from "./rng.js";
 
 const SEED = process.env.QR_FAULT_SEED ? Number(process.env.QR_FAULT_SEED) : Math.floor(Math.random() * 2 ** 31);
 const FAULTS = Number(process.env.QR_FAULTS ?? 50);
-const MOMENTS = ["mid-cycle", "between-cycles", "after-commit"] as const;
+const MOMENTS = ["mid-cycle", "between-cycles", "after-commit", "during-test-failover"] as const;
 type Moment = (typeof MOMENTS)[number];
+
+/** QR_FAULT_KINDS=kind,kind narrows a run to those kinds (to chase one finding). */
+const ONLY = process.env.QR_FAULT_KINDS ? (process.env.QR_FAULT_KINDS.split(",") as FaultKind[]) : undefined;
+const KINDS: readonly FaultKind[] = ONLY ?? FAULT_KINDS;
 
 /** Every kind once (in a seeded order), then seeded weighted picks. */
 function plan(rng: Rng, n: number): Array<{ kind: FaultKind; moment: Moment }> {
-  const kinds: FaultKind[] = rng.shuffle([...FAULT_KINDS]);
-  const total = FAULT_KINDS.reduce((s, k) => s + FAULT_WEIGHT[k], 0);
+  const kinds: FaultKind[] = rng.shuffle([...KINDS]);
+  const total = KINDS.reduce((s, k) => s + FAULT_WEIGHT[k], 0);
   while (kinds.length < n) {
     let x = rng.next() * total;
-    kinds.push(FAULT_KINDS.find((k) => (x -= FAULT_WEIGHT[k]) < 0) ?? "kill-agent");
+    kinds.push(KINDS.find((k) => (x -= FAULT_WEIGHT[k]) < 0) ?? KINDS[0]!);
   }
-  return kinds.slice(0, Math.max(n, FAULT_KINDS.length)).map((kind) => ({ kind, moment: rng.pick(MOMENTS) }));
+  return kinds.slice(0, Math.max(n, KINDS.length)).map((kind) => ({ kind, moment: rng.pick(MOMENTS) }));
 }
 
-async function reachMoment(c: Campaign, model: PrimaryModel, rng: Rng, moment: Moment): Promise<void> {
+/** Waits for the moment; returns what ends it after the recovery check (the test failover's stop). */
+async function reachMoment(c: Campaign, model: PrimaryModel, rng: Rng, moment: Moment, checker: InvariantChecker, label: string): Promise<(() => Promise<void>) | undefined> {
   const points = async () => (await c.t.relationship()).lastCycleSeq;
   if (moment === "mid-cycle") {
     // A big write makes the next cycle long enough to be caught while the site writes its overlay.
@@ -47,9 +52,21 @@ async function reachMoment(c: Campaign, model: PrimaryModel, rng: Rng, moment: M
     const seq = await points();
     await waitFor("the next cycle to end", async () => ((await points()) > seq ? true : undefined), 10_000, 50).catch(() => undefined);
     await sleep(rng.int(0, 300));
+  } else if (moment === "during-test-failover") {
+    // Invariant 4: a test VM runs on a point's overlay through the fault; points and replication
+    // carry on (checked as for any fault), and the operator's stop works afterwards.
+    const started = await cliJson<{ testId: string }>(["failover", "vm1", "--test", "--dir", c.t.siteB]);
+    await sleep(rng.int(0, 1000));
+    return async () => {
+      const stopped = await cliJson<{ stoppedTestIds: string[]; error?: string }>(["test-failover", "stop", "vm1", "--dir", c.t.siteB, "--test-id", started.testId]).catch((e: Error) => ({ stoppedTestIds: [] as string[], error: e.message }));
+      if (!stopped.stoppedTestIds.includes(started.testId)) checker.violation(`${label}: test failover ${started.testId} could not be stopped: ${JSON.stringify(stopped)}`);
+      const left = Object.keys((await c.t.relationship()).testFailovers);
+      if (left.length) checker.violation(`${label}: test failovers still recorded after the stop: ${left.join(", ")}`);
+    };
   } else {
     await sleep(rng.int(0, 1500));
   }
+  return undefined;
 }
 
 interface Round {
@@ -88,6 +105,7 @@ describe("fault campaign", () => {
     const started = Date.now();
     const tmp = makeTmpDir("qr-faults-");
     const schedule = plan(new Rng(SEED), FAULTS);
+    for (const k of ONLY ?? []) if (!FAULT_KINDS.includes(k)) throw new Error(`QR_FAULT_KINDS: unknown kind ${k}; known: ${FAULT_KINDS.join(", ")}`);
     const faultRng = new Rng(SEED ^ 0x5bd1e995);
     const c = await startCampaign(tmp.path);
     const model = new PrimaryModel(c.t.vm, CAMPAIGN_DISK_BYTES, new Rng(SEED ^ 0x27d4eb2f), tmp.path);
@@ -103,7 +121,7 @@ describe("fault campaign", () => {
       for (const [n, { kind, moment }] of schedule.entries()) {
         const label = `fault ${n + 1}/${schedule.length} ${kind} (${moment})`;
         model.resume(() => faultRng.int(50, 400));
-        await reachMoment(c, model, faultRng, moment);
+        const endMoment = await reachMoment(c, model, faultRng, moment, checker, label);
         const errorsBefore = model.writeErrors.length;
         const ctx: FaultContext = { c, model, rng: faultRng, checker };
         const injected = await inject(kind, ctx);
@@ -111,6 +129,7 @@ describe("fault campaign", () => {
         // Right after the fault, while processes restart: only whole points are listed.
         await checker.checkPoints(await c.t.relationship(), `${label} (just healed)`, () => c.t.relationship());
         const recoverMs = await recover(r, kind, label, healedAt);
+        await endMoment?.();
         // Invariant 7: a guest write never fails because of replication (only a killed primary excuses it).
         if (kind !== "kill-primary-qemu") for (const e of model.writeErrors.slice(errorsBefore)) checker.violation(`${label}: a guest write failed: ${e}`);
         const expected = EXPECTED_MESSAGE[kind];
@@ -139,6 +158,6 @@ describe("fault campaign", () => {
     }
     expect(checker.tally.violations).toEqual([]);
     expect(records.length).toBe(schedule.length);
-    for (const kind of FAULT_KINDS) expect(records.some((f) => f.kind === kind && f.recovered), kind).toBe(true);
+    for (const kind of KINDS) expect(records.some((f) => f.kind === kind && f.recovered), kind).toBe(true);
   });
 });

@@ -112,9 +112,9 @@ export async function startCampaign(dir: string): Promise<Campaign> {
   return c;
 }
 
-/** Fills the file system of `dir` until `leaveBytes` are free; returns the filler's path. */
-export function fill(dir: string, leaveBytes: number): string {
-  const path = join(dir, "campaign-filler");
+/** Fills the file system of `dir` until `leaveBytes` are free (again: `n` names another filler); returns the filler's path. */
+export function fill(dir: string, leaveBytes: number, n = 0): string {
+  const path = join(dir, `campaign-filler-${n}`);
   const s = statfsSync(dir);
   const free = s.bavail * s.bsize;
   const fd = openSync(path, "w", 0o600);

@@ -138,22 +138,30 @@ const injectors: Record<FaultKind, (x: FaultContext) => Promise<Injected>> = {
     return { detail: `agent-site link reset (TCP RST) mid-stream on ${n} connection(s)` };
   },
 
-  async "replica-storage-full"({ c, model }) {
+  async "replica-storage-full"({ c, model, rng }) {
     const from = (await ledgerEvents(c.t.siteB)).length;
-    const filler = fill(c.storageDir, 64 * 1024);
+    // 64 KiB: the next overlay cannot even be created; 1 MiB: it is, and the big write fills it mid-cycle.
+    const leave = rng.pick([64 * 1024, 1024 * 1024]);
+    const fillers = [fill(c.storageDir, leave)];
     let message: string | undefined;
     try {
       await model.write("big").catch(() => undefined);
+      // Retention frees the overlays it merges away: topped up until a cycle finds no room.
       const failed = await waitFor(
         "a cycle failing for the replica's full storage",
-        async () => (await eventsAfter(c, from)).find((e) => e.type === "CycleFailed"),
+        async () => {
+          const e = (await eventsAfter(c, from)).find((x) => x.type === "CycleFailed");
+          if (!e) fillers.push(fill(c.storageDir, leave, fillers.length));
+          return e;
+        },
         30_000,
+        500,
       ).catch(() => undefined);
       message = failed ? (failed.data as { message: string }).message : undefined;
     } finally {
-      unfill(filler);
+      for (const f of fillers) unfill(f);
     }
-    return { detail: "site B's storage file system filled up during cycles, then freed", operatorMessage: message };
+    return { detail: `site B's storage file system filled up (${leave / 1024} KiB left) during cycles, then freed`, operatorMessage: message };
   },
 
   async "primary-scratch-full"({ c }) {
