@@ -16,6 +16,8 @@ export interface CampaignReport {
   faultsPlanned: number;
   faults: FaultRecord[];
   byKind: Record<string, { injected: number; recovered: number; medianRecoverMs: number | null; maxRecoverMs: number | null }>;
+  /** Faults per moment they were injected at (mid-cycle, during a test failover, ...). */
+  byMoment: Record<string, number>;
   recoveries: number;
   invariantChecks: number;
   violations: string[];
@@ -31,15 +33,17 @@ function median(xs: number[]): number | null {
   return s[Math.floor((s.length - 1) / 2)]!;
 }
 
-export function buildReport(r: Omit<CampaignReport, "byKind" | "recoveries" | "recoverMs">): CampaignReport {
+export function buildReport(r: Omit<CampaignReport, "byKind" | "byMoment" | "recoveries" | "recoverMs">): CampaignReport {
   const byKind: CampaignReport["byKind"] = {};
   for (const kind of FAULT_KINDS) {
     const of = r.faults.filter((f) => f.kind === kind);
     const ms = of.flatMap((f) => (f.recoverMs === undefined ? [] : [f.recoverMs]));
     byKind[kind] = { injected: of.length, recovered: of.filter((f) => f.recovered).length, medianRecoverMs: median(ms), maxRecoverMs: ms.length ? Math.max(...ms) : null };
   }
+  const byMoment: Record<string, number> = {};
+  for (const f of r.faults) byMoment[f.moment] = (byMoment[f.moment] ?? 0) + 1;
   const all = r.faults.flatMap((f) => (f.recoverMs === undefined ? [] : [f.recoverMs]));
-  return { ...r, byKind, recoveries: r.faults.filter((f) => f.recovered).length, recoverMs: { median: median(all), max: all.length ? Math.max(...all) : null } };
+  return { ...r, byKind, byMoment, recoveries: r.faults.filter((f) => f.recovered).length, recoverMs: { median: median(all), max: all.length ? Math.max(...all) : null } };
 }
 
 const sec = (ms: number | null) => (ms === null ? "-" : `${(ms / 1000).toFixed(1)} s`);
@@ -49,6 +53,7 @@ export function formatReport(r: CampaignReport): string {
     `fault campaign, seed ${r.seed} (QR_FAULT_SEED=${r.seed} QR_FAULTS=${r.faultsPlanned} reproduces the schedule)`,
     `${"kind".padEnd(30)}${"injected".padStart(9)}${"recovered".padStart(10)}${"median".padStart(9)}${"max".padStart(9)}`,
     ...Object.entries(r.byKind).map(([k, v]) => `${k.padEnd(30)}${String(v.injected).padStart(9)}${String(v.recovered).padStart(10)}${sec(v.medianRecoverMs).padStart(9)}${sec(v.maxRecoverMs).padStart(9)}`),
+    `moments: ${Object.entries(r.byMoment).map(([m, n]) => `${m} ${n}`).join(", ")}`,
     `faults ${r.faults.length}, recovered ${r.recoveries}, time to recover median ${sec(r.recoverMs.median)} max ${sec(r.recoverMs.max)}`,
     `invariant checks ${r.invariantChecks} (points checked ${r.pointsChecked}, guest writes ${r.guestWrites}), violations ${r.violations.length}`,
     ...r.violations.map((v) => `  VIOLATION ${v}`),
