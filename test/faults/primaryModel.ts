@@ -15,7 +15,13 @@ export interface PrimaryState {
   startedAt: number;
   /** ms since epoch when that write had returned (qemu-io exits after its flush). */
   doneAt: number;
+  /** What the write made this state from: the bytes it overwrote (kept for the last states only). */
+  undo?: { offset: number; old: Buffer };
+  op?: string;
 }
+
+/** States whose undo data is kept: a point found wrong is compared with the states of its time. */
+const UNDO_STATES = 300;
 
 /**
  * The primary's disk as the campaign knows it: every guest write goes through here, is applied to
@@ -42,10 +48,12 @@ export class PrimaryModel {
     this.record(0, 0);
   }
 
-  private record(startedAt: number, doneAt: number): void {
+  private record(startedAt: number, doneAt: number, undo?: { offset: number; old: Buffer }, op?: string): void {
     const hash = createHash("sha256").update(this.image).digest("hex");
     const index = this.states.length;
-    this.states.push({ index, hash, startedAt, doneAt });
+    this.states.push({ index, hash, startedAt, doneAt, undo, op });
+    const old = this.states[index - UNDO_STATES];
+    if (old) old.undo = undefined;
     this.byHash.set(hash, [...(this.byHash.get(hash) ?? []), index]);
   }
 
@@ -91,9 +99,21 @@ export class PrimaryModel {
       this.writeErrors.push(`${command}: ${(err as Error).message.split("\n")[0]}`);
       throw err;
     }
+    const undo = { offset, old: Buffer.from(this.image.subarray(offset, offset + len)) };
     apply();
     this.writes++;
-    this.record(startedAt, Date.now());
+    this.record(startedAt, Date.now(), undo, command);
+  }
+
+  /** The disk as it was in state `index`, rebuilt from the undo data; undefined when that is no longer kept. */
+  imageAt(index: number): Buffer | undefined {
+    const img = Buffer.from(this.image);
+    for (let i = this.states.length - 1; i > index; i--) {
+      const u = this.states[i]!.undo;
+      if (!u) return undefined;
+      u.old.copy(img, u.offset);
+    }
+    return img;
   }
 
   /** Writes in the background, one at a time, `gapMs` apart, until `pause`. */
@@ -122,9 +142,10 @@ export class PrimaryModel {
   async reloadFromDisk(): Promise<void> {
     const raw = join(this.scratch, "primary-reload.raw");
     await convertImage(this.vm.guestUri("vda"), raw, { srcFormat: "raw", dstFormat: "raw" });
+    const undo = { offset: 0, old: Buffer.from(this.image) };
     readFileSync(raw).copy(this.image);
     rmSync(raw, { force: true });
     const at = Date.now();
-    this.record(at, at);
+    this.record(at, at, undo, "reloaded from the restarted primary");
   }
 }

@@ -23,6 +23,8 @@ export interface CampaignReport {
   violations: string[];
   recoverMs: { median: number | null; max: number | null };
   pointsChecked: number;
+  /** Points that caught a big write half done at their cut-off, matched block for block. */
+  tornWritePoints: number;
   guestWrites: number;
   durationMs: number;
 }
@@ -55,7 +57,7 @@ export function formatReport(r: CampaignReport): string {
     ...Object.entries(r.byKind).map(([k, v]) => `${k.padEnd(30)}${String(v.injected).padStart(9)}${String(v.recovered).padStart(10)}${sec(v.medianRecoverMs).padStart(9)}${sec(v.maxRecoverMs).padStart(9)}`),
     `moments: ${Object.entries(r.byMoment).map(([m, n]) => `${m} ${n}`).join(", ")}`,
     `faults ${r.faults.length}, recovered ${r.recoveries}, time to recover median ${sec(r.recoverMs.median)} max ${sec(r.recoverMs.max)}`,
-    `invariant checks ${r.invariantChecks} (points checked ${r.pointsChecked}, guest writes ${r.guestWrites}), violations ${r.violations.length}`,
+    `invariant checks ${r.invariantChecks} (points checked ${r.pointsChecked}, of which caught a write half done ${r.tornWritePoints}; guest writes ${r.guestWrites}), violations ${r.violations.length}`,
     ...r.violations.map((v) => `  VIOLATION ${v}`),
     `duration ${sec(r.durationMs)}`,
   ];
