@@ -106,6 +106,27 @@ async function recover(r: Round, kind: FaultKind, label: string, healedAt: numbe
   return recoverMs;
 }
 
+/** One fault: its moment, the fault, the checks right after it, then recovery and its checks. */
+async function oneFault(r: Round, faultRng: Rng, label: string, n: number, kind: FaultKind, moment: Moment): Promise<FaultRecord> {
+  const { c, model, checker } = r;
+  model.resume(() => faultRng.int(50, 400));
+  const endMoment = await reachMoment(c, model, faultRng, moment, checker, label, () => kind === "kill-site" || kind === "kill-replica-storage-daemon");
+  const errorsBefore = model.writeErrors.length;
+  const ctx: FaultContext = { c, model, rng: faultRng, checker };
+  const injected = await inject(kind, ctx);
+  const healedAt = Date.now();
+  // Right after the fault, while processes restart: only whole points are listed.
+  await checker.checkPoints(await c.t.relationship(), `${label} (just healed)`, () => c.t.relationship());
+  const recoverMs = await recover(r, kind, label, healedAt);
+  await endMoment?.();
+  // Invariant 7: a guest write never fails because of replication (only a killed primary excuses it).
+  if (kind !== "kill-primary-qemu") for (const e of model.writeErrors.slice(errorsBefore)) checker.violation(`${label}: a guest write failed: ${e}`);
+  const expected = EXPECTED_MESSAGE[kind];
+  if (expected && !(injected.operatorMessage && expected.test(injected.operatorMessage))) checker.violation(`${label}: the operator was not told (expected ${expected}, got ${JSON.stringify(injected.operatorMessage)})`);
+  console.log(`${label}: ${injected.detail}; ${recoverMs === undefined ? "NOT recovered" : `recovered in ${(recoverMs / 1000).toFixed(1)} s`}${injected.operatorMessage ? ` — told: ${injected.operatorMessage.slice(0, 200)}` : ""}`);
+  return { n, kind, moment, detail: injected.detail, recovered: recoverMs !== undefined, recoverMs, operatorMessage: injected.operatorMessage };
+}
+
 describe("fault campaign", () => {
   it(`${FAULTS} faults of every kind, seed ${SEED}: invariants hold and the system recovers`, { timeout: 300_000 + FAULTS * 150_000 }, async () => {
     console.log(`fault campaign: seed ${SEED}, ${FAULTS} faults (QR_FAULT_SEED=${SEED} QR_FAULTS=${FAULTS} to reproduce)`);
@@ -130,24 +151,9 @@ describe("fault campaign", () => {
           console.log(`time budget QR_FAULTS_MAX_MINUTES=${process.env.QR_FAULTS_MAX_MINUTES} spent: ${n} of ${schedule.length} faults injected`);
           break;
         }
-        const label = `fault ${n + 1}/${schedule.length} ${kind} (${moment})`;
-        model.resume(() => faultRng.int(50, 400));
-        const endMoment = await reachMoment(c, model, faultRng, moment, checker, label, () => kind === "kill-site" || kind === "kill-replica-storage-daemon");
-        const errorsBefore = model.writeErrors.length;
-        const ctx: FaultContext = { c, model, rng: faultRng, checker };
-        const injected = await inject(kind, ctx);
-        const healedAt = Date.now();
-        // Right after the fault, while processes restart: only whole points are listed.
-        await checker.checkPoints(await c.t.relationship(), `${label} (just healed)`, () => c.t.relationship());
-        const recoverMs = await recover(r, kind, label, healedAt);
-        await endMoment?.();
-        // Invariant 7: a guest write never fails because of replication (only a killed primary excuses it).
-        if (kind !== "kill-primary-qemu") for (const e of model.writeErrors.slice(errorsBefore)) checker.violation(`${label}: a guest write failed: ${e}`);
-        const expected = EXPECTED_MESSAGE[kind];
-        if (expected && !(injected.operatorMessage && expected.test(injected.operatorMessage))) checker.violation(`${label}: the operator was not told (expected ${expected}, got ${JSON.stringify(injected.operatorMessage)})`);
-        records.push({ n: n + 1, kind, moment, detail: injected.detail, recovered: recoverMs !== undefined, recoverMs, operatorMessage: injected.operatorMessage });
-        console.log(`${label}: ${injected.detail}; ${recoverMs === undefined ? "NOT recovered" : `recovered in ${(recoverMs / 1000).toFixed(1)} s`}${injected.operatorMessage ? ` — told: ${injected.operatorMessage.slice(0, 200)}` : ""}`);
-        if (recoverMs === undefined) break;
+        const record = await oneFault(r, faultRng, `fault ${n + 1}/${schedule.length} ${kind} (${moment})`, n + 1, kind, moment);
+        records.push(record);
+        if (!record.recovered) break;
       }
       // The end: with the agent stopped, the site discards what was in flight; nothing is left over.
       await model.pause();
