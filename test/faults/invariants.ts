@@ -104,9 +104,14 @@ export class InvariantChecker {
         return torn;
       }
     }
-    if (!this.check(inWindow.length > 0, `${label}: point ${p.pointId} (cycle ${p.cycleSeq}, cut-off ${p.cutoffAt}) matches no primary state of its cut-off (${candidates.length ? `equal to state(s) ${candidates.join(",")} of other times` : "equal to no state ever written"})${this.explain(p, content, cutoff)}`)) return undefined;
+    if (inWindow.length === 0) {
+      // Explained (and kept on disk) only when wrong: it rebuilds and compares every nearby state.
+      this.violation(`${label}: point ${p.pointId} (cycle ${p.cycleSeq}, cut-off ${p.cutoffAt}) matches no primary state of its cut-off (${candidates.length ? `equal to state(s) ${candidates.join(",")} of other times` : "equal to no state ever written"})${this.explain(p, content, cutoff)}`);
+      return undefined;
+    }
+    this.tally.checks++;
     const index = known !== undefined && inWindow.includes(known) ? known : inWindow.at(-1)!;
-    if (known !== undefined) this.check(inWindow.includes(known), `${label}: point ${p.pointId} changed content (was state ${known})`);
+    if (known !== undefined) this.check(inWindow.includes(known), `${label}: point ${p.pointId} changed content (was state ${known}, now equal to state(s) ${inWindow.join(",")})`);
     this.matched.set(p.pointId, index);
     return index;
   }
