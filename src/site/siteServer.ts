@@ -5,7 +5,7 @@ import { ControlServiceService } from "../gen/qreplica/v1/control.js";
 import { ReplicationServiceService, type ReplicationServiceServer } from "../gen/qreplica/v1/replication.js";
 import { LedgerReadModels, getSqliteEventStore, onRelationshipSnapshotIgnored, type EventStore } from "../ledger/index.js";
 import { describeLedger, openConfiguredLedger } from "../ledger/ledgerConfig.js";
-import { ReplicaStorage, SiteStorageDaemon } from "../storage/index.js";
+import { ReplicaStorage, SiteStorageDaemon, StorageDaemonExitedError } from "../storage/index.js";
 import { grpcServerOptions, loadSiteCredentials, serverCredentials, widenServerFlowControl, type SiteCredentials } from "../transport/index.js";
 import { tolerantDecoding } from "./tolerantDecoding.js";
 import { controlService } from "./controlPlane/controlService.js";
@@ -51,6 +51,11 @@ export interface RunningSite {
   context: SiteContext;
   /** SIGHUP: site.json and the TLS files read again; what can change live does (siteReload.ts). */
   reload(): SiteReload;
+  /**
+   * Settles only if the site can no longer work and must be restarted (its storage daemon died);
+   * the process running the site stops it and exits non-zero, so a service manager restarts it.
+   */
+  failed: Promise<StorageDaemonExitedError>;
   stop(): Promise<void>;
 }
 
@@ -124,6 +129,13 @@ async function serve(
   await importLegacyAuthorizations(dir, new SiteAuthorizations(store), config.siteId, log);
   const daemon = await SiteStorageDaemon.start(runDir(dir), log);
   cleanups.push(() => daemon.stop());
+  let stopping = false;
+  const daemonPid = daemon.proc.pid;
+  const failed = new Promise<StorageDaemonExitedError>((resolveFailed) => {
+    void daemon.proc.exited.then((exit) => {
+      if (!stopping) resolveFailed(new StorageDaemonExitedError(daemonPid, exit, dir));
+    });
+  });
   const storage = new ReplicaStorage(config.storageRoot, daemon, log);
   const unwatch = onRelationshipSnapshotIgnored((p) => log.warn({ vm: p.vmId, reason: p.reason }, "relationship snapshot ignored: folding the events instead"));
   cleanups.push(unwatch);
@@ -183,7 +195,9 @@ async function serve(
     metricsAddress: metricsServer?.address,
     context,
     reload: () => reloadSiteConfig(dir, { config, creds }, live, log, overrides),
+    failed,
     async stop() {
+      stopping = true;
       // Agents keep their Replicate streams open for good: waiting for them to end would make a
       // stop hang until the service manager kills the site. In-flight cycles that are cut are
       // never committed (a point needs CycleEnd, flush and fsync) and the agent retries them.

@@ -53,3 +53,22 @@ export class SeedUnusableError extends QreplicaError {
     super(`seed image ${imagePath} for disk ${diskId} ${detail}`, options);
   }
 }
+
+/**
+ * The site's qemu-storage-daemon ended while the site was running (killed, crashed, OOM): every
+ * replica chain is written through it, so the site cannot write a point until it is started again.
+ */
+export class StorageDaemonExitedError extends QreplicaError {
+  readonly code = "STORAGE_DAEMON_EXITED" as const;
+  constructor(
+    readonly pid: number,
+    readonly exit: { code: number | null; signal: string | null },
+    readonly siteDir: string,
+  ) {
+    super(
+      `the site's qemu-storage-daemon (pid ${pid}) exited (${exit.signal ?? `code ${exit.code}`}) while the site was running; ` +
+        `no recovery point can be written without it, so the site stops: its service manager starts it again, ` +
+        `or run \`qreplica site serve --dir ${siteDir}\`. Cycles in flight are discarded and the agents send them again; committed points are untouched.`,
+    );
+  }
+}

@@ -1,4 +1,4 @@
-export { ChainMismatchError, ExtentOutOfRangeError, SeedUnusableError, StorageWriteError } from "./errors.js";
+export { ChainMismatchError, ExtentOutOfRangeError, SeedUnusableError, StorageDaemonExitedError, StorageWriteError } from "./errors.js";
 export { DiskPointWriter } from "./pointWriter.js";
 export { PointWrite, ReplicaStorage, safeSegment, type CommittedPointImages, type PointDiskSpec } from "./replicaStorage.js";
 export { SiteStorageDaemon } from "./siteStorageDaemon.js";

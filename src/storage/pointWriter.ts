@@ -1,7 +1,9 @@
 import { createHash } from "node:crypto";
 import { open } from "node:fs/promises";
 import { silentLogger, type Logger } from "../common/logger.js";
-import { NbdClient } from "../qemu/nbd/index.js";
+import { dirname } from "node:path";
+import { errorMessage } from "../common/errors.js";
+import { NbdClient, NbdCommandError } from "../qemu/nbd/index.js";
 import type { SiteStorageDaemon } from "./siteStorageDaemon.js";
 import { ExtentOutOfRangeError, StorageWriteError } from "./errors.js";
 import type { ChunkHashTracker } from "./chunkHashTracker.js";
@@ -99,7 +101,7 @@ export class DiskPointWriter {
         return undefined;
       });
     } catch (err) {
-      throw this.fail(new StorageWriteError(this.vmId, this.diskId, "flush failed", { cause: err }));
+      throw this.fail(new StorageWriteError(this.vmId, this.diskId, failure("flush", this.imagePath, err), { cause: err }));
     } finally {
       await this.close();
     }
@@ -130,7 +132,7 @@ export class DiskPointWriter {
     if (this.failure) throw this.failure;
     const p: Promise<void> = op()
       .catch((err: unknown) => {
-        this.fail(new StorageWriteError(this.vmId, this.diskId, "write failed", { cause: err }));
+        this.fail(new StorageWriteError(this.vmId, this.diskId, failure("write", this.imagePath, err), { cause: err }));
       })
       .finally(() => this.pending.delete(p));
     this.pending.add(p);
@@ -152,6 +154,17 @@ export class DiskPointWriter {
       throw new ExtentOutOfRangeError(this.diskId, offset, length, this.sizeBytes);
     }
   }
+}
+
+/**
+ * What the ledger's CycleFailed and the agent are told: the storage's own reason, and for a full
+ * file system what to do (before, a full replica storage said only "write failed").
+ */
+function failure(what: "write" | "flush", imagePath: string, err: unknown): string {
+  if (err instanceof NbdCommandError && err.errnoName === "ENOSPC") {
+    return `${what} failed: the file system holding ${dirname(imagePath)} is full (ENOSPC); free space there or move the site's storageRoot to a larger one. Nothing was committed; the agent sends the cycle again`;
+  }
+  return `${what} failed: ${errorMessage(err)}`;
 }
 
 async function detach(daemon: SiteStorageDaemon, nodeName: string): Promise<void> {

@@ -83,12 +83,23 @@ export function registerSite(program: Command): void {
           logger.info("SIGHUP: reloading site.json");
           running.reload();
         });
+        void running.failed.then(async (err) => {
+          logger.fatal({ err, code: err.code }, err.message);
+          // Whatever else is still open is closed, but a stop that hangs does not keep a broken site up.
+          const give = setTimeout(() => process.exit(SITE_FAILED_EXIT), 10_000);
+          await running.stop().catch((e: unknown) => logger.error({ err: e }, "stopping the failed site"));
+          clearTimeout(give);
+          process.exit(SITE_FAILED_EXIT);
+        });
       } catch (err) {
         logger.error({ err }, "site failed to start");
         fail(err, false);
       }
     });
 }
+
+/** EX_SOFTWARE: the site stopped itself because it could not go on (see RunningSite.failed). */
+const SITE_FAILED_EXIT = 70;
 
 /**
  * The names on the site's certificate besides its id: what the operator says peers dial (--san),

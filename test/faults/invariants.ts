@@ -1,0 +1,203 @@
+import { createHash } from "node:crypto";
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import type { RelationshipState, RecoveryPoint } from "../../src/ledger/index.js";
+import { convertImage } from "../../src/qemu/processes/index.js";
+import type { PrimaryModel } from "./primaryModel.js";
+
+/**
+ * The cut-off is stamped by the agent around the moment it freezes the disk, and a qemu-io write is
+ * visible from some moment between its start and its return: a state matches a point whose cut-off
+ * lies within its life give or take this much (the content itself must match byte for byte).
+ */
+const CUTOFF_SLACK_MS = 1_500;
+
+export interface InvariantTally {
+  checks: number;
+  violations: string[];
+}
+
+/** A point's disk read through its backing chain, or undefined if it vanished (merged away). */
+async function pointImage(imagePath: string, scratch: string): Promise<Buffer | undefined> {
+  const raw = join(scratch, "point-check.raw");
+  try {
+    await convertImage(imagePath, raw, { srcFormat: "qcow2", dstFormat: "raw" });
+    return readFileSync(raw);
+  } catch (err) {
+    if (!existsSync(imagePath)) return undefined;
+    throw err;
+  } finally {
+    rmSync(raw, { force: true });
+  }
+}
+
+export class InvariantChecker {
+  readonly tally: InvariantTally = { checks: 0, violations: [] };
+  pointsChecked = 0;
+  /** Points that caught a write half done at their cut-off (legitimate: the primary held that too). */
+  tornWrites = 0;
+  /** pointId -> the primary state it was found equal to (a committed point never changes after). */
+  private readonly matched = new Map<string, number>();
+
+  constructor(
+    private readonly model: PrimaryModel,
+    private readonly scratch: string,
+    private readonly storageDir: string,
+    /** Where a point found wrong is kept, with the closest primary state, for a look afterwards. */
+    private readonly findingsDir: string,
+  ) {}
+
+  private check(ok: boolean, what: string): boolean {
+    this.tally.checks++;
+    if (!ok) this.tally.violations.push(what);
+    return ok;
+  }
+
+  /**
+   * Invariants 1 and 5: every point the ledger lists is whole (its image opens through its chain)
+   * and byte-identical to a state of the primary that existed at its cut-off; points keep their
+   * content across merges and retention; newer points never show older states.
+   */
+  async checkPoints(state: RelationshipState, label: string, getState: () => Promise<RelationshipState>): Promise<void> {
+    let lastIndex = -1;
+    for (const p of [...state.points].sort((a, b) => a.cycleSeq - b.cycleSeq)) {
+      if (p.merging) continue;
+      const index = await this.checkPoint(p, label, getState);
+      if (index === undefined) continue;
+      this.check(index >= lastIndex, `${label}: point ${p.pointId} (cycle ${p.cycleSeq}) shows primary state ${index}, older than the state ${lastIndex} of an earlier point`);
+      lastIndex = Math.max(lastIndex, index);
+    }
+    // No partial point listed: a ledger point never names an overlay still being written.
+    this.check(
+      state.points.every((p) => p.disks.every((d) => !d.imagePath.endsWith(".partial"))),
+      `${label}: a listed point names a .partial image`,
+    );
+  }
+
+  private async checkPoint(p: RecoveryPoint, label: string, getState: () => Promise<RelationshipState>): Promise<number | undefined> {
+    const disk = p.disks[0]!;
+    const content = await pointImage(disk.imagePath, this.scratch);
+    this.pointsChecked++;
+    if (content === undefined) {
+      // Gone between listing and reading: fine only if the ledger no longer names that image (a
+      // merge made the point's image the base below it, or retention removed the point).
+      const still = (await getState()).points.some((q) => q.pointId === p.pointId && !q.merging && q.disks[0]!.imagePath === disk.imagePath);
+      this.check(!still, `${label}: point ${p.pointId} is listed but its image ${disk.imagePath} is missing`);
+      return undefined;
+    }
+    const hash = createHash("sha256").update(content).digest("hex");
+    const cutoff = Date.parse(p.cutoffAt);
+    const states = this.model.states;
+    const candidates = this.model.statesWithHash(hash);
+    const inWindow = candidates.filter((i) => {
+      const s = states[i]!;
+      const end = states[i + 1]?.doneAt ?? Number.POSITIVE_INFINITY;
+      return s.startedAt - CUTOFF_SLACK_MS <= cutoff && cutoff <= end + CUTOFF_SLACK_MS;
+    });
+    const known = this.matched.get(p.pointId);
+    if (inWindow.length === 0) {
+      const torn = this.tornAt(content, cutoff);
+      if (torn !== undefined) {
+        this.tornWrites++;
+        this.check(known === undefined || known === torn, `${label}: point ${p.pointId} changed content (was state ${known})`);
+        this.matched.set(p.pointId, torn);
+        return torn;
+      }
+    }
+    if (inWindow.length === 0) {
+      // Explained (and kept on disk) only when wrong: it rebuilds and compares every nearby state.
+      this.violation(`${label}: point ${p.pointId} (cycle ${p.cycleSeq}, cut-off ${p.cutoffAt}) matches no primary state of its cut-off (${candidates.length ? `equal to state(s) ${candidates.join(",")} of other times` : "equal to no state ever written"})${this.explain(p, content, cutoff)}`);
+      return undefined;
+    }
+    this.tally.checks++;
+    const index = known !== undefined && inWindow.includes(known) ? known : inWindow.at(-1)!;
+    if (known !== undefined) this.check(inWindow.includes(known), `${label}: point ${p.pointId} changed content (was state ${known}, now equal to state(s) ${inWindow.join(",")})`);
+    this.matched.set(p.pointId, index);
+    return index;
+  }
+
+  /**
+   * A write split into several requests (qemu-io's big writes) can be caught by the cut-off half
+   * done: the primary then held, at that instant, the state before it with part of it applied. The
+   * point must equal that block for block, and differ from the state before only inside the write.
+   * Returns the state before the torn write, or undefined.
+   */
+  private tornAt(content: Buffer, cutoff: number): number | undefined {
+    const states = this.model.states;
+    for (let j = states.length - 1; j >= 1; j--) {
+      const s = states[j]!;
+      if (s.doneAt + CUTOFF_SLACK_MS < cutoff) break;
+      if (s.startedAt - CUTOFF_SLACK_MS > cutoff || !s.undo) continue;
+      const before = this.model.imageAt(j - 1);
+      const after = this.model.imageAt(j);
+      if (!before || !after) return undefined;
+      const { offset, old } = s.undo;
+      const outside = Buffer.concat([content.subarray(0, offset), content.subarray(offset + old.length)]);
+      if (!outside.equals(Buffer.concat([before.subarray(0, offset), before.subarray(offset + old.length)]))) continue;
+      let ok = true;
+      for (let at = offset; at < offset + old.length && ok; at += 512) {
+        const blk = content.subarray(at, at + 512);
+        ok = blk.equals(before.subarray(at, at + 512)) || blk.equals(after.subarray(at, at + 512));
+      }
+      if (ok) return j - 1;
+    }
+    return undefined;
+  }
+
+  /**
+   * For a finding: how the point differs from each state of its time (bytes and where), and the
+   * point and the closest state kept as files (QR_KEEP-independent) for a look with qemu-img.
+   */
+  private explain(p: RecoveryPoint, content: Buffer, cutoff: number): string {
+    const states = this.model.states;
+    const near = states.filter((s) => Math.abs(s.startedAt - cutoff) < 5_000 || Math.abs(s.doneAt - cutoff) < 5_000);
+    const lines: string[] = [];
+    let best: { index: number; bytes: number; img: Buffer } | undefined;
+    for (const s of near) {
+      const img = this.model.imageAt(s.index);
+      if (!img) continue;
+      const ranges: string[] = [];
+      let bytes = 0;
+      for (let at = 0; at < img.length; at += 4096) {
+        if (!img.subarray(at, at + 4096).equals(content.subarray(at, at + 4096))) {
+          bytes += 4096;
+          if (ranges.length < 6) ranges.push(`${at}`);
+        }
+      }
+      if (!best || bytes < best.bytes) best = { index: s.index, bytes, img };
+      lines.push(`  state ${s.index} (${new Date(s.startedAt).toISOString()}..${new Date(s.doneAt).toISOString()}, ${s.op ?? "-"}): ${bytes} bytes differ in 4 KiB blocks at ${ranges.join(",")}${bytes / 4096 > ranges.length ? ",..." : ""}`);
+    }
+    const dir = join(this.findingsDir, p.pointId);
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, "point.raw"), content);
+    if (best) writeFileSync(join(dir, `state-${best.index}.raw`), best.img);
+    return `\n  kept in ${dir}\n${lines.join("\n")}`;
+  }
+
+  /** Invariant 2 (no change lost): the newest point, cut after the last write, equals the primary now. */
+  newestEqualsPrimary(state: RelationshipState, label: string): boolean {
+    const newest = [...state.points].sort((a, b) => a.cycleSeq - b.cycleSeq).at(-1);
+    const current = this.model.current;
+    const idx = newest ? this.matched.get(newest.pointId) : undefined;
+    return this.check(idx !== undefined && this.model.states[idx]!.hash === current.hash, `${label}: the newest point ${newest?.pointId ?? "(none)"} is not the primary's current content (state ${current.index})`);
+  }
+
+  /** Invariant 3: one primary in the generation; nothing failed over, and only site A sends. */
+  onePrimary(state: RelationshipState, generation: number, label: string): void {
+    this.check(state.generation === generation && state.primarySiteId === "site-a" && state.failover === undefined, `${label}: generation ${state.generation} (expected ${generation}), primary ${state.primarySiteId}, failover ${JSON.stringify(state.failover)}`);
+  }
+
+  /**
+   * Once the agent is gone and the site idle: images in the VM's storage that no listed point names
+   * (partial overlays of cut cycles, overlays merged away): each is space leaked by a fault.
+   */
+  strayImages(state: RelationshipState): string[] {
+    const dir = join(this.storageDir, "vm1", "vda");
+    const named = new Set(state.points.flatMap((p) => p.disks.map((d) => d.imagePath)));
+    return existsSync(dir) ? readdirSync(dir).filter((f) => (f.endsWith(".partial") || f.endsWith(".qcow2")) && !named.has(join(dir, f))) : [];
+  }
+
+  violation(what: string): void {
+    this.check(false, what);
+  }
+}
