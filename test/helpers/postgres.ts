@@ -39,7 +39,7 @@ export function postgresUnavailableReason(): string | undefined {
 
 /** CI must run the PostgreSQL suite: there a missing server is a failure, not a skip. */
 export function postgresRequired(): boolean {
-  return Boolean(process.env.CI || process.env.QREPLICA_REQUIRE_POSTGRES);
+  return Boolean(process.env.CI || process.env.QR_REQUIRE_POSTGRES);
 }
 
 function asServerUser(cmd: string, args: string[]): [string, string[]] {

@@ -32,7 +32,7 @@ function parseReport(stdout: string): VerifyJson {
 }
 
 describe("qreplica ledger verify on a site's ledger", () => {
-  it("passes an intact ledger (exit 0) and names the stream and version of a tampered event (exit 3)", async () => {
+  it("passes an intact ledger (exit 0) and names the stream and version of a tampered event (exit 7)", async () => {
     const disk = new ExpectedDisk("vda", 8 * MiB);
     const c = site.open();
     await c.hello({ vmId: VM, generation: 0, disks: [disk.spec] });
@@ -81,7 +81,7 @@ describe("qreplica ledger verify on a site's ledger", () => {
     }
 
     const tampered = await runCli(["ledger", "verify", "--file", copy, "--json"]);
-    expect(tampered.code, tampered.stderr).toBe(3);
+    expect(tampered.code, tampered.stderr).toBe(7); // ledger verify found a broken chain
     const bad = parseReport(tampered.stdout);
     expect(bad.ok).toBe(false);
     expect(bad.problems).toHaveLength(1);
