@@ -5,6 +5,9 @@ import { e2eThroughput } from "./e2eThroughput.js";
 import { agentPeakRss } from "./agentPeakRss.js";
 import { resync } from "./resync.js";
 import { fleet } from "./fleet.js";
+import { smallCycle } from "./smallCycle.js";
+import { failoverRto } from "./failoverRto.js";
+import { rpoUnderLoad } from "./rpoUnderLoad.js";
 import { commandAtAge, ledgerAppend, projectionRebuild } from "./ledgerAge.js";
 import { formatResult, type BenchResult, type Benchmark } from "./report.js";
 
@@ -14,6 +17,9 @@ const benchmarks: Record<string, Benchmark> = {
   "agent-peak-rss": agentPeakRss,
   resync,
   fleet,
+  "small-cycle": smallCycle,
+  "failover-rto": failoverRto,
+  "rpo-under-load": rpoUnderLoad,
   "ledger-append": ledgerAppend,
   "projection-rebuild": projectionRebuild,
   "command-at-age": commandAtAge,
