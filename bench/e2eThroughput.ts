@@ -90,7 +90,7 @@ export async function e2eThroughput(ctx: BenchContext): Promise<BenchResult[]> {
 }
 
 /** Copies the sites' CA certificate, site B's and the agent's certificate and key out of the two-site setup. */
-function saveTls(t: TwoSites, dir: string): void {
+export function saveTls(t: TwoSites, dir: string): void {
   mkdirSync(dir, { mode: 0o700 });
   copyFileSync(join(t.caDir, "ca.crt"), join(dir, "ca.crt"));
   for (const [from, name] of [
@@ -102,7 +102,7 @@ function saveTls(t: TwoSites, dir: string): void {
   }
 }
 
-function tlsFiles(dir: string): ReferenceTls {
+export function tlsFiles(dir: string): ReferenceTls {
   return {
     caFile: join(dir, "ca.crt"),
     serverCert: join(dir, "site-b.crt"),

@@ -8,6 +8,7 @@ import { fleet } from "./fleet.js";
 import { smallCycle } from "./smallCycle.js";
 import { failoverRto } from "./failoverRto.js";
 import { rpoUnderLoad } from "./rpoUnderLoad.js";
+import { agentCpuPerGib } from "./agentCpuPerGib.js";
 import { commandAtAge, ledgerAppend, projectionRebuild } from "./ledgerAge.js";
 import { formatResult, type BenchResult, type Benchmark } from "./report.js";
 
@@ -20,6 +21,7 @@ const benchmarks: Record<string, Benchmark> = {
   "small-cycle": smallCycle,
   "failover-rto": failoverRto,
   "rpo-under-load": rpoUnderLoad,
+  "agent-cpu-per-gib": agentCpuPerGib,
   "ledger-append": ledgerAppend,
   "projection-rebuild": projectionRebuild,
   "command-at-age": commandAtAge,

@@ -37,6 +37,10 @@ export interface MixRound {
   /** CPU seconds per process from the end of the write to the commit (the agent idles until the cut-off). */
   cpu: string;
   cpuSeconds: number;
+  /** The agent's share of cpuSeconds: what the production host pays for the cycle. */
+  agentCpuSeconds: number;
+  /** Site B's VmHWM / VmRSS (KiB) right after the mix's cycle was committed. */
+  sitePeak: { hwm: number; rss: number };
   /** The agent's own figure for the cycle (cycleBegin sent to ack received), if logged. */
   agentCycleMs: number | undefined;
   /**
@@ -50,6 +54,8 @@ export interface MixRound {
 export interface MixReplication {
   /** The agent's VmHWM / VmRSS (KiB) after the initial replication of the almost empty disk. */
   idle: { hwm: number; rss: number };
+  /** Site B's VmHWM / VmRSS (KiB) after the initial replication. */
+  siteIdle: { hwm: number; rss: number };
   rounds: MixRound[];
 }
 
@@ -177,6 +183,7 @@ export async function replicateMix(opts: {
     const ackDeadline = Date.now() + 30_000;
     while (!agentAcks(t.dir).some((a) => a.seq === initial.cycleSeq) && Date.now() < ackDeadline) await sleep(50);
     const idle = memoryKiB(agentPid);
+    const siteIdle = memoryKiB(siteB.child.pid!);
     log(`initial replication committed (cycle ${initial.cycleSeq}); agent VmHWM ${(idle.hwm / 1024).toFixed(1)} MiB, VmRSS ${(idle.rss / 1024).toFixed(1)} MiB`);
 
     const siteQsdPidFile = join(t.siteB, "run", "storage-daemon.pid");
@@ -200,8 +207,10 @@ export async function replicateMix(opts: {
       const after = previous;
       const cycle = await waitForCycle(t, daemons, `the cycle carrying round ${round}'s mix`, (c) => c.cycleSeq > after, (4 * intervalSeconds + 600) * 1000, 500);
       const peak = memoryKiB(agentPid);
+      const sitePeak = memoryKiB(siteB.child.pid!);
       const cpu = meter.report();
       const cpuSeconds = meter.total();
+      const agentCpuSeconds = meter.of("agent");
       const carried = cycle.dataBytes + cycle.zeroBytes;
       if (carried !== mix.totalBytes) {
         throw new Error(
@@ -215,10 +224,10 @@ export async function replicateMix(opts: {
       const ackBy = Date.now() + 5_000;
       while (!agentAcks(t.dir).some((a) => a.seq === cycle.cycleSeq) && Date.now() < ackBy) await sleep(100);
       const agentCycleMs = agentAcks(t.dir).find((a) => a.seq === cycle.cycleSeq)?.ms;
-      results.push({ cycle, seconds, peak, writeSeconds, cpu, cpuSeconds, agentCycleMs, failed });
+      results.push({ cycle, seconds, peak, sitePeak, writeSeconds, cpu, cpuSeconds, agentCpuSeconds, agentCycleMs, failed });
       previous = cycle.cycleSeq;
     }
-    return { idle, rounds: results };
+    return { idle, siteIdle, rounds: results };
   } finally {
     await cleanup.runAll();
   }
