@@ -9,6 +9,7 @@ import { smallCycle } from "./smallCycle.js";
 import { failoverRto } from "./failoverRto.js";
 import { rpoUnderLoad } from "./rpoUnderLoad.js";
 import { agentCpuPerGib } from "./agentCpuPerGib.js";
+import { wan } from "./wan.js";
 import { commandAtAge, ledgerAppend, projectionRebuild } from "./ledgerAge.js";
 import { formatResult, type BenchResult, type Benchmark } from "./report.js";
 
@@ -22,6 +23,7 @@ const benchmarks: Record<string, Benchmark> = {
   "failover-rto": failoverRto,
   "rpo-under-load": rpoUnderLoad,
   "agent-cpu-per-gib": agentCpuPerGib,
+  wan,
   "ledger-append": ledgerAppend,
   "projection-rebuild": projectionRebuild,
   "command-at-age": commandAtAge,

@@ -2,6 +2,7 @@ import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { getSqliteEventStore, RELATIONSHIP_STREAM_PREFIX } from "../../src/ledger/index.js";
+import { addressFile } from "../../src/site/siteConfig.js";
 import type { Daemon } from "../../test/helpers/processes.js";
 import { setupTwoSites, type TwoSites } from "../../test/helpers/twoSites.js";
 import { Cleanup, killStorageDaemonsUnder } from "./cleanup.js";
@@ -154,6 +155,8 @@ export async function replicateMix(opts: {
   rounds?: number;
   /** Runs once the CA, certificates and VM exist, before any site or agent process starts. */
   afterSetup?: (t: TwoSites) => Promise<void>;
+  /** The address the agent dials instead of site B's (e.g. a delaying proxy in front of it), given B's. */
+  agentDials?: (siteAddress: string) => Promise<string>;
   /** Runs in each round between the write and the cut-off; counts against the agent's interval. */
   beforeCycle?: (round: number) => Promise<void>;
 }): Promise<MixReplication> {
@@ -174,7 +177,8 @@ export async function replicateMix(opts: {
     // Almost empty: 1 MiB beyond where the mix goes.
     await t.vm.guestWrite("vda", [`write -q -P 0x42 ${mix.totalBytes + 16 * MiB} 1M`]);
     const siteB = await t.startSite(t.siteB);
-    const agent = t.startAgent();
+    const siteAddress = readFileSync(addressFile(t.siteB), "utf8").trim();
+    const agent = t.startAgent(opts.agentDials ? { replicaSite: await opts.agentDials(siteAddress) } : {});
     const daemons = [siteB, agent];
     const agentPid = agent.child.pid!;
     log(`agent pid ${agentPid}, interval ${intervalSeconds} s; waiting for the initial replication`);

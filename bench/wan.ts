@@ -1,0 +1,75 @@
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { benchScratch } from "./lib/cleanup.js";
+import { rawTcpThrough, startDelayLine, type LinkShape } from "./lib/delayLine.js";
+import { describeMix, generateMix } from "./lib/mixData.js";
+import { refusals, replicateMix } from "./lib/replicateMix.js";
+import { median } from "./lib/stats.js";
+import type { BenchContext, BenchResult } from "./report.js";
+
+const MiB = 1024 * 1024;
+const LINK: LinkShape = { rttMs: 50, bitsPerSecond: 1e9 };
+
+/**
+ * wan: replication through a link of 50 ms round-trip time and 1 Gbit/s, against raw TCP through
+ * the same link. `tc netem` is not available on these machines, so the link is a userspace delay
+ * line (bench/lib/delayLine.ts) in front of site B: each direction releases data in order after
+ * its serialisation time at 1 Gbit/s plus 25 ms, with many chunks in flight. The agent dials
+ * site B through it (gRPC over mutual TLS, as always). Value: bytes on the wire per second of the
+ * cycle carrying the realistic mix (wireBytes / (committedAt - cutoffAt) from site B's ledger:
+ * compressed data, so the link's goodput). Baseline, same run, rounds interleaved while our
+ * processes idle: one TCP connection through a fresh delay line of the same shape, written as
+ * fast as it drains. Goal: at least 80% of the raw figure.
+ */
+export async function wan(ctx: BenchContext): Promise<BenchResult[]> {
+  const sizeMiB = ctx.quick ? 256 : 1024;
+  const rawMiB = ctx.quick ? 128 : 256;
+  const rounds = ctx.quick ? 2 : 3;
+  const { dir, cleanup } = benchScratch("qr-bench-wan-", ctx.log);
+  try {
+    const mix = generateMix(dir, sizeMiB * MiB);
+    ctx.log(describeMix(mix));
+    const raw: number[] = [];
+    const oursDir = join(dir, "ours");
+    mkdirSync(oursDir);
+    const ours = await replicateMix({
+      dir: oursDir,
+      mix,
+      log: ctx.log,
+      rounds,
+      agentDials: async (site) => {
+        const line = await startDelayLine(site, LINK);
+        cleanup.defer("close the delay line", () => line.close());
+        ctx.log(`agent dials site B (${site}) through a delay line at ${line.address}: ${LINK.rttMs} ms RTT, ${LINK.bitsPerSecond / 1e9} Gbit/s`);
+        return line.address;
+      },
+      beforeCycle: async (round) => {
+        const s = await rawTcpThrough(LINK, rawMiB * MiB);
+        raw.push(rawMiB / s);
+        ctx.log(`round ${round} raw TCP: ${rawMiB} MiB in ${s.toFixed(2)} s, ${raw.at(-1)!.toFixed(1)} MiB/s`);
+      },
+    });
+    const wire = ours.rounds.map((r) => r.cycle.wireBytes / MiB / r.seconds);
+    ours.rounds.forEach((r, i) =>
+      ctx.log(
+        `round ${i + 1} ours: cycle ${r.cycle.cycleSeq} ${r.seconds.toFixed(2)} s, ${(r.cycle.wireBytes / MiB).toFixed(0)} MiB on the wire (${wire[i]!.toFixed(1)} MiB/s, ${(wire[i]! / raw[i]!).toFixed(2)}x raw), ` +
+          `${((r.cycle.dataBytes + r.cycle.zeroBytes) / MiB / r.seconds).toFixed(1)} MiB/s of changed data; CPU ${r.cpu}`,
+      ),
+    );
+    const failed = ours.rounds.flatMap((r) => r.failed);
+    return [
+      {
+        name: "wan",
+        description: `replication through ${LINK.rttMs} ms RTT, ${LINK.bitsPerSecond / 1e9} Gbit/s (userspace delay line), wire MiB/s of a ${sizeMiB} MiB mix cycle (${describeMix(mix)}), cut-off -> commit (median of ${rounds} interleaved rounds: ${wire.map((v) => v.toFixed(1)).join(", ")}; changed data ${ours.rounds.map((r) => ((r.cycle.dataBytes + r.cycle.zeroBytes) / MiB / r.seconds).toFixed(0)).join(", ")} MiB/s${refusals(failed)})`,
+        value: median(wire),
+        unit: "MiB/s",
+        baseline: median(raw),
+        baselineDescription: `one raw TCP connection through the same link shape, ${rawMiB} MiB (${raw.map((v) => v.toFixed(1)).join(", ")})`,
+        ratio: median(wire.map((v, i) => v / raw[i]!)),
+        goal: ">= 0.8x",
+      },
+    ];
+  } finally {
+    await cleanup.runAll();
+  }
+}
