@@ -107,7 +107,7 @@ export async function failoverRto(ctx: BenchContext): Promise<BenchResult[]> {
     return [
       {
         name: "failover-rto",
-        description: `unplanned failover command -> failover VM's QMP reports running (gRPC mTLS call to its answer; qemu-system-x86_64, ${process.env.QREPLICA_ACCEL ?? "accel auto"}) with ${counts.many} retained points (median of ${rounds} interleaved rounds: ${many.join(", ")} ms; the site's own figure ${siteMs.many!.join(", ")} ms)`,
+        description: `unplanned failover command -> failover VM's QMP reports running (gRPC mTLS call to its answer; qemu-system-x86_64, accel ${process.env.QREPLICA_ACCEL ?? "tcg"} as in the tests) with ${counts.many} retained points (median of ${rounds} interleaved rounds: ${many.join(", ")} ms; the site's own figure ${siteMs.many!.join(", ")} ms)`,
         value: median(many) / 1000,
         unit: "s",
         baseline: median(one) / 1000,
