@@ -1,12 +1,7 @@
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
-import { createImage } from "../src/qemu/processes/index.js";
-import { benchScratch } from "./lib/cleanup.js";
-import { describeMix, generateMix, writeMix } from "./lib/mixData.js";
-import { runReferencePipeline } from "./lib/referencePipeline.js";
-import { refusals, replicateMix } from "./lib/replicateMix.js";
+import { describeMix } from "./lib/mixData.js";
+import { mixAgainstReference } from "./lib/mixRound.js";
+import { refusals } from "./lib/replicateMix.js";
 import { median } from "./lib/stats.js";
-import { saveTls, tlsFiles } from "./e2eThroughput.js";
 import type { BenchContext, BenchResult } from "./report.js";
 
 const MiB = 1024 * 1024;
@@ -19,54 +14,28 @@ const GiB = 1024 * MiB;
  * any backup reader pays, is printed apart in the log). Baseline, same data, rounds interleaved:
  * the sending side of the reference pipeline (nbdcopy | zstd -1 | socat with mutual TLS, bash
  * `times` of its stages), which does less (no checksums, no zero detection beyond nbdcopy's, no
- * ledger). Goal: at most 2.5 s per GiB.
+ * ledger). Goal: at most 2.5 s per GiB. The rounds are e2e-throughput's (bench/lib/mixRound.ts):
+ * selected together, the two cost one run.
  */
 export async function agentCpuPerGib(ctx: BenchContext): Promise<BenchResult[]> {
-  const sizeMiB = ctx.quick ? 256 : 1024;
-  const rounds = ctx.quick ? 2 : 3;
+  const { sizeMiB, rounds, mix, refs: refRuns, ours } = await mixAgainstReference(ctx);
   const gib = (sizeMiB * MiB) / GiB;
-  const { dir, cleanup } = benchScratch("qr-bench-cpu-", ctx.log);
-  try {
-    const mix = generateMix(dir, sizeMiB * MiB);
-    ctx.log(describeMix(mix));
-    const refDir = join(dir, "ref");
-    mkdirSync(refDir);
-    const sourceImage = join(refDir, "ref-src.qcow2");
-    await createImage(sourceImage, mix.totalBytes);
-    await writeMix(sourceImage, mix, { format: "qcow2" });
-    const tls = join(dir, "ref-tls");
-    const refs: number[] = [];
-    const oursDir = join(dir, "ours");
-    mkdirSync(oursDir);
-    const ours = await replicateMix({
-      dir: oursDir,
-      mix,
-      log: ctx.log,
-      rounds,
-      afterSetup: async (t) => saveTls(t, tls),
-      beforeCycle: async (round) => {
-        const r = await runReferencePipeline({ dir: refDir, sourceImage, sizeBytes: mix.totalBytes, tls: tlsFiles(tls), log: ctx.log });
-        refs.push(r.senderCpuSeconds / gib);
-        ctx.log(`round ${round} reference sender: ${r.senderCpuSeconds.toFixed(2)} CPU-s (${refs.at(-1)!.toFixed(2)} s/GiB); ${r.cpu}`);
-      },
-    });
-    const perGib = ours.rounds.map((r) => r.agentCpuSeconds / gib);
-    ours.rounds.forEach((r, i) => ctx.log(`round ${i + 1} ours: agent ${r.agentCpuSeconds.toFixed(2)} CPU-s (${perGib[i]!.toFixed(2)} s/GiB); ${r.cpu}`));
-    const failed = ours.rounds.flatMap((r) => r.failed);
-    return [
-      {
-        name: "agent-cpu-per-gib",
-        description: `agent CPU seconds per GiB of changed data, ${sizeMiB} MiB of the mix (${describeMix(mix)}) per cycle, end of the write -> commit (median of ${rounds} interleaved rounds: ${perGib.map((v) => v.toFixed(2)).join(", ")}${refusals(failed)})`,
-        value: median(perGib),
-        unit: "CPU-s/GiB",
-        baseline: median(refs),
-        baselineDescription: `nbdcopy | zstd -1 | socat mTLS, the sending stages' CPU on the same data (${refs.map((v) => v.toFixed(2)).join(", ")})`,
-        // Lower is better: how many times the reference's cost ours is.
-        ratio: median(perGib.map((v, i) => v / refs[i]!)),
-        goal: "value <= 2.5 CPU-s/GiB",
-      },
-    ];
-  } finally {
-    await cleanup.runAll();
-  }
+  const refs = refRuns.map((r) => r.senderCpuSeconds / gib);
+  refRuns.forEach((r, i) => ctx.log(`round ${i + 1} reference sender: ${r.senderCpuSeconds.toFixed(2)} CPU-s (${refs[i]!.toFixed(2)} s/GiB); ${r.cpu}`));
+  const perGib = ours.rounds.map((r) => r.agentCpuSeconds / gib);
+  ours.rounds.forEach((r, i) => ctx.log(`round ${i + 1} ours: agent ${r.agentCpuSeconds.toFixed(2)} CPU-s (${perGib[i]!.toFixed(2)} s/GiB); ${r.cpu}`));
+  const failed = ours.rounds.flatMap((r) => r.failed);
+  return [
+    {
+      name: "agent-cpu-per-gib",
+      description: `agent CPU seconds per GiB of changed data, ${sizeMiB} MiB of the mix (${describeMix(mix)}) per cycle, end of the write -> commit (median of ${rounds} interleaved rounds: ${perGib.map((v) => v.toFixed(2)).join(", ")}${refusals(failed)})`,
+      value: median(perGib),
+      unit: "CPU-s/GiB",
+      baseline: median(refs),
+      baselineDescription: `nbdcopy | zstd -1 | socat mTLS, the sending stages' CPU on the same data (${refs.map((v) => v.toFixed(2)).join(", ")})`,
+      // Lower is better: how many times the reference's cost ours is.
+      ratio: median(perGib.map((v, i) => v / refs[i]!)),
+      goal: "value <= 2.5 CPU-s/GiB",
+    },
+  ];
 }

@@ -66,8 +66,8 @@ async function steadyWriter(nbd: NbdClient, data: Buffer, stop: () => boolean): 
  */
 export async function rpoUnderLoad(ctx: BenchContext): Promise<BenchResult[]> {
   const rounds = ctx.quick ? 1 : 2;
-  const idleSeconds = ctx.quick ? 15 : 30;
-  const loadSeconds = ctx.quick ? 45 : 90;
+  const idleSeconds = ctx.quick ? 15 : 20;
+  const loadSeconds = ctx.quick ? 45 : 60;
   const { dir, cleanup } = benchScratch("qr-bench-rpo-", ctx.log);
   try {
     const mix = generateMix(dir, 64 * MiB);

@@ -38,7 +38,8 @@ const LINK: LinkShape = { rttMs: 50, bitsPerSecond: 1e9 };
  * fast as it drains. Goal: at least 80% of the raw figure.
  */
 export async function wan(ctx: BenchContext): Promise<BenchResult[]> {
-  const sizeMiB = ctx.quick ? 256 : 1024;
+  // 512 MiB is 5-10 s through the link: long enough for a rate, short enough for the bench's budget.
+  const sizeMiB = ctx.quick ? 256 : 512;
   const rawMiB = ctx.quick ? 128 : 256;
   const rounds = ctx.quick ? 2 : 3;
   const { dir, cleanup } = benchScratch("qr-bench-wan-", ctx.log);
