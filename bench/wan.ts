@@ -24,7 +24,8 @@ function randomData(dir: string, bytes: number): MixData {
   }
   return { totalBytes: bytes, segments, bytes: { random: bytes, zero: 0, text: 0 }, blocks: segments.length };
 }
-const LINK: LinkShape = { rttMs: 50, bitsPerSecond: 1e9 };
+/** The link; QR_WAN_RTT_MS and QR_WAN_MBIT set others (e.g. RTT 0 to see the pipeline alone). */
+const LINK: LinkShape = { rttMs: Number(process.env.QR_WAN_RTT_MS ?? 50), bitsPerSecond: Number(process.env.QR_WAN_MBIT ?? 1000) * 1e6 };
 
 /**
  * wan: replication through a link of 50 ms round-trip time and 1 Gbit/s, against raw TCP through
