@@ -64,8 +64,8 @@ export async function wan(ctx: BenchContext): Promise<BenchResult[]> {
       },
       beforeCycle: async (round) => {
         const s = await rawTcpThrough(LINK, rawMiB * MiB);
-        raw.push(rawMiB / s);
-        ctx.log(`round ${round} raw TCP: ${rawMiB} MiB in ${s.toFixed(2)} s, ${raw.at(-1)!.toFixed(1)} MiB/s`);
+        raw[round - 1] = rawMiB / s;
+        ctx.log(`round ${round} raw TCP: ${rawMiB} MiB in ${s.toFixed(2)} s, ${raw[round - 1]!.toFixed(1)} MiB/s`);
       },
     });
     const wire = ours.rounds.map((r) => (r.cycle.dataBytes + r.cycle.zeroBytes) / MiB / r.seconds);

@@ -61,7 +61,7 @@ async function measure(ctx: BenchContext): Promise<MixAgainstReference> {
       afterSetup: async (t) => saveTls(t, tls),
       beforeCycle: async (round) => {
         const r = await runReferencePipeline({ dir: refDir, sourceImage, sizeBytes: mix.totalBytes, tls: tlsFiles(tls), log: ctx.log });
-        refs.push(r);
+        refs[round - 1] = r;
         ctx.log(
           `round ${round} reference: ${r.seconds.toFixed(2)} s, ${(sizeMiB / r.seconds).toFixed(1)} MiB/s (copy verified identical to its source); CPU ${r.cpuSeconds.toFixed(1)} s in all (${r.cpu})`,
         );
