@@ -7,8 +7,8 @@ import { startSystemVm, type QemuProcess } from "../src/qemu/processes/index.js"
 import { addressFile } from "../src/site/siteConfig.js";
 import { call, controlClientAs } from "../test/helpers/controlPlane.js";
 import { AGENT, runCli, startDaemon } from "../test/helpers/processes.js";
-import { setupTwoSites } from "../test/helpers/twoSites.js";
-import { benchScratch } from "./lib/cleanup.js";
+import { setupTwoSites, type TwoSites } from "../test/helpers/twoSites.js";
+import { benchScratch, type Cleanup } from "./lib/cleanup.js";
 import { waitAlive } from "./lib/ledgerCycles.js";
 import { median } from "./lib/stats.js";
 import type { BenchContext, BenchResult } from "./report.js";
@@ -40,38 +40,8 @@ export async function failoverRto(ctx: BenchContext): Promise<BenchResult[]> {
       const r = await runCli(["policy", "apply", join(dir, f), "--dir", t.siteB]);
       if (r.code !== 0) throw new Error(`policy apply ${f} failed: ${r.stderr}${r.stdout}`);
     }
-    const guests: Record<string, { proc: QemuProcess; qmp: string; nbd: string }> = {};
-    for (const id of ["one", "many"]) {
-      const gdir = join(dir, `guest-${id}`);
-      mkdirSync(gdir);
-      const disk = join(gdir, "vda.qcow2");
-      await makeCounterDisk(disk, { sizeMiB: 64 });
-      const qmp = join(gdir, "qmp.sock");
-      const proc = await startSystemVm({ qmpSocketPath: qmp, disks: [{ nodeName: "vda", path: disk, bus: "ide", bootIndex: 0 }], serialLogPath: join(gdir, "serial.log"), accel: "tcg", memoryMiB: 64 });
-      cleanup.defer(`stop guest ${id}`, () => proc.kill());
-      guests[id] = { proc, qmp, nbd: join(gdir, "nbd.sock") };
-    }
     const address = readFileSync(addressFile(t.siteB), "utf8").trim();
-    const config = join(dir, "agent-rto.yaml");
-    writeFileSync(
-      config,
-      toYaml({
-        siteId: "site-a",
-        stateDir: join(dir, "agent-state"),
-        tls: { caFile: join(t.caDir, "ca.crt"), certFile: join(dir, "agent-tls", "agent-a.crt"), keyFile: join(dir, "agent-tls", "agent-a.key") },
-        vms: Object.entries(guests).map(([id, g]) => ({
-          id,
-          qmpSocket: g.qmp,
-          nbdSocket: g.nbd,
-          disks: [{ id: "vda", node: "vda" }],
-          replicaSite: address,
-          replicaSiteId: "site-b",
-          compressionLevel: 1,
-          policy: id === "one" ? "hourly" : "busy",
-          spec: { machine: "q35", cpus: 1, memoryMiB: 64, disks: [{ diskId: "vda", bus: "ide", bootIndex: 0 }], nics: [] },
-        })),
-      }),
-    );
+    const config = await startGuests(t, dir, address, cleanup);
     const agent = startDaemon(AGENT, ["--config", config], join(dir, "agent.log"));
     t.daemons.push(agent);
     const logs = [join(dir, "agent.log"), join(t.siteB, "site.log")];
@@ -119,4 +89,43 @@ export async function failoverRto(ctx: BenchContext): Promise<BenchResult[]> {
   } finally {
     await cleanup.runAll();
   }
+}
+
+/**
+ * The two counter guests (qemu-system-x86_64 under TCG) and an agent config replicating both:
+ * `one` under the hourly policy, `many` under the busy one, each with a VM spec to fail over to.
+ */
+async function startGuests(t: TwoSites, dir: string, address: string, cleanup: Cleanup): Promise<string> {
+  const guests: Record<string, { proc: QemuProcess; qmp: string; nbd: string }> = {};
+  for (const id of ["one", "many"]) {
+    const gdir = join(dir, `guest-${id}`);
+    mkdirSync(gdir);
+    const disk = join(gdir, "vda.qcow2");
+    await makeCounterDisk(disk, { sizeMiB: 64 });
+    const qmp = join(gdir, "qmp.sock");
+    const proc = await startSystemVm({ qmpSocketPath: qmp, disks: [{ nodeName: "vda", path: disk, bus: "ide", bootIndex: 0 }], serialLogPath: join(gdir, "serial.log"), accel: "tcg", memoryMiB: 64 });
+    cleanup.defer(`stop guest ${id}`, () => proc.kill());
+    guests[id] = { proc, qmp, nbd: join(gdir, "nbd.sock") };
+  }
+  const config = join(dir, "agent-rto.yaml");
+  writeFileSync(
+    config,
+    toYaml({
+      siteId: "site-a",
+      stateDir: join(dir, "agent-state"),
+      tls: { caFile: join(t.caDir, "ca.crt"), certFile: join(dir, "agent-tls", "agent-a.crt"), keyFile: join(dir, "agent-tls", "agent-a.key") },
+      vms: Object.entries(guests).map(([id, g]) => ({
+        id,
+        qmpSocket: g.qmp,
+        nbdSocket: g.nbd,
+        disks: [{ id: "vda", node: "vda" }],
+        replicaSite: address,
+        replicaSiteId: "site-b",
+        compressionLevel: 1,
+        policy: id === "one" ? "hourly" : "busy",
+        spec: { machine: "q35", cpus: 1, memoryMiB: 64, disks: [{ diskId: "vda", bus: "ide", bootIndex: 0 }], nics: [] },
+      })),
+    }),
+  );
+  return config;
 }

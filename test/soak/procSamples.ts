@@ -60,3 +60,18 @@ export function formatTrend(t: Trend): string {
     `fds ${t.fds.first} -> ${t.fds.last} (max ${t.fds.max}, slope ${t.fds.slopePerMin >= 0 ? "+" : ""}${t.fds.slopePerMin.toFixed(2)}/min)`
   );
 }
+
+/** Samples of several named processes over time; a process that is gone (or not yet there) is skipped. */
+export class ProcessSampler {
+  private readonly samples = new Map<string, ProcSample[]>();
+
+  take(name: string, pid: number | undefined): void {
+    const s = pid ? sampleProcess(pid) : undefined;
+    if (s) this.samples.set(name, [...(this.samples.get(name) ?? []), s]);
+  }
+
+  /** Each process's trend over its samples from `from` on (all of them for those in `whole`). */
+  trends(from: number, whole: (name: string) => boolean = () => false): Trend[] {
+    return [...this.samples.entries()].map(([name, s]) => trendOf(name, s.filter((x) => x.at >= from || whole(name))));
+  }
+}

@@ -14,14 +14,14 @@ import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { stringify as toYaml } from "yaml";
 import { describe, expect, it } from "vitest";
-import { getSqliteEventStore, relationshipStream } from "../../src/ledger/index.js";
+import { getSqliteEventStore, relationshipStream, type RecordedEvent } from "../../src/ledger/index.js";
 import { NbdClient } from "../../src/qemu/nbd/index.js";
 import { compareImages, convertImage } from "../../src/qemu/processes/index.js";
 import { addressFile } from "../../src/site/siteConfig.js";
 import { call, controlClientAs } from "../helpers/controlPlane.js";
 import { AGENT, startDaemon, waitFor } from "../helpers/processes.js";
-import { twoSitesPerTest } from "../helpers/twoSites.js";
-import { formatTrend, sampleProcess, trendOf, type ProcSample } from "./procSamples.js";
+import { twoSitesPerTest, type TwoSites } from "../helpers/twoSites.js";
+import { formatTrend, ProcessSampler } from "./procSamples.js";
 
 const MiB = 1024 * 1024;
 const MINUTES = Number(process.env.QR_SOAK_MINUTES ?? 2);
@@ -47,71 +47,97 @@ function errorLines(file: string): string[] {
     });
 }
 
+/** The agent config of startAgent, plus a VM spec: the test failover boots a qemu-system VM from the point. */
+function writeAgentConfigWithSpec(t: TwoSites, address: string): void {
+  writeFileSync(
+    t.agentConfig,
+    toYaml({
+      siteId: "site-a",
+      stateDir: join(t.dir, "agent-state"),
+      tls: { caFile: join(t.caDir, "ca.crt"), certFile: join(t.dir, "agent-tls", "agent-a.crt"), keyFile: join(t.dir, "agent-tls", "agent-a.key") },
+      vms: [
+        {
+          id: "vm1",
+          qmpSocket: t.vm.qmpSocketPath,
+          nbdSocket: t.vm.nbdSocketPath,
+          disks: [{ id: "vda", node: "node-vda" }],
+          replicaSite: address,
+          replicaSiteId: "site-b",
+          intervalSeconds: 1,
+          compressionLevel: 1,
+          spec: { machine: "q35", cpus: 1, memoryMiB: 64, disks: [{ diskId: "vda", bus: "virtio" }], nics: [] },
+        },
+      ],
+    }),
+  );
+}
+
+/** The writing guest: WRITE_BYTES every WRITE_EVERY_MS, paced by the clock, round the region. */
+function steadyWriter(nbd: NbdClient): { stop(): Promise<void>; written(): number } {
+  const block = Buffer.alloc(WRITE_BYTES);
+  let writing = true;
+  let written = 0;
+  const done = (async () => {
+    const started = performance.now();
+    for (let k = 0; writing; k++) {
+      const due = started + k * WRITE_EVERY_MS;
+      if (due > performance.now()) await sleep(due - performance.now());
+      // A third random, a third zeroes, a third text-like: compression and zero detection both work.
+      if (k % 3 === 0) randomFillSync(block);
+      else if (k % 3 === 1) block.fill(0);
+      else block.write(`${new Date().toISOString()} soak line ${k} `.repeat(WRITE_BYTES / 48).slice(0, WRITE_BYTES));
+      await nbd.write((k * WRITE_BYTES) % REGION, block);
+      written += WRITE_BYTES;
+    }
+  })();
+  return {
+    async stop() {
+      writing = false;
+      await done;
+    },
+    written: () => written,
+  };
+}
+
+async function cycleCounts(t: TwoSites): Promise<{ failed: RecordedEvent[]; committed: number; merged: number }> {
+  const store = getSqliteEventStore({ path: join(t.siteB, "ledger.sqlite"), create: false });
+  try {
+    const events = await store.readStream(relationshipStream("vm1"));
+    return {
+      failed: events.filter((e) => e.type === "CycleFailed"),
+      committed: events.filter((e) => e.type === "CycleCommitted").length,
+      merged: events.filter((e) => e.type === "RecoveryPointMerged").length,
+    };
+  } finally {
+    await store.close();
+  }
+}
+
 describe("soak: continuous replication with a writing guest and a test failover", () => {
   it(`runs ${MINUTES} min without errors or leaks`, async () => {
     const t = await newTwoSites("qr-soak-", { diskBytes: REGION + 64 * MiB, intervalSeconds: 1 });
     const site = await t.startSite(t.siteB);
     const address = readFileSync(addressFile(t.siteB), "utf8").trim();
-    // The agent config of startAgent, plus a VM spec: the test failover boots a qemu-system VM from the point.
-    writeFileSync(
-      t.agentConfig,
-      toYaml({
-        siteId: "site-a",
-        stateDir: join(t.dir, "agent-state"),
-        tls: { caFile: join(t.caDir, "ca.crt"), certFile: join(t.dir, "agent-tls", "agent-a.crt"), keyFile: join(t.dir, "agent-tls", "agent-a.key") },
-        vms: [
-          {
-            id: "vm1",
-            qmpSocket: t.vm.qmpSocketPath,
-            nbdSocket: t.vm.nbdSocketPath,
-            disks: [{ id: "vda", node: "node-vda" }],
-            replicaSite: address,
-            replicaSiteId: "site-b",
-            intervalSeconds: 1,
-            compressionLevel: 1,
-            spec: { machine: "q35", cpus: 1, memoryMiB: 64, disks: [{ diskId: "vda", bus: "virtio" }], nics: [] },
-          },
-        ],
-      }),
-    );
+    writeAgentConfigWithSpec(t, address);
     const agent = startDaemon(AGENT, ["--config", t.agentConfig], join(t.dir, "agent.log"));
     t.daemons.push(agent);
     await waitFor("the initial replication", async () => ((await t.relationship()).points.length > 0 ? true : undefined), 120_000);
 
     const nbd = await NbdClient.connect({ socketPath: t.vm.nbdSocketPath, exportName: "guest-vda" });
-    const block = Buffer.alloc(WRITE_BYTES);
-    let writing = true;
-    let written = 0;
-    const writer = (async () => {
-      const started = performance.now();
-      for (let k = 0; writing; k++) {
-        const due = started + k * WRITE_EVERY_MS;
-        if (due > performance.now()) await sleep(due - performance.now());
-        // A third random, a third zeroes, a third text-like: compression and zero detection both work.
-        if (k % 3 === 0) randomFillSync(block);
-        else if (k % 3 === 1) block.fill(0);
-        else block.write(`${new Date().toISOString()} soak line ${k} `.repeat(WRITE_BYTES / 48).slice(0, WRITE_BYTES));
-        await nbd.write((k * WRITE_BYTES) % REGION, block);
-        written += WRITE_BYTES;
-      }
-    })();
+    const writer = steadyWriter(nbd);
 
     const siteQsd = () => {
       const f = join(t.siteB, "run", "storage-daemon.pid");
       return existsSync(f) ? Number(readFileSync(f, "utf8").trim()) : undefined;
     };
-    const samples = new Map<string, ProcSample[]>();
-    const take = (name: string, pid: number | undefined) => {
-      const s = pid ? sampleProcess(pid) : undefined;
-      if (s) samples.set(name, [...(samples.get(name) ?? []), s]);
-    };
+    const sampler = new ProcessSampler();
     let testVmPid: number | undefined;
     const sampleAll = () => {
-      take("site B (node)", site.child.pid);
-      take("agent (node)", agent.child.pid);
-      take("primary qemu-storage-daemon", t.vm.proc.pid);
-      take("site B qemu-storage-daemon", siteQsd());
-      take("test failover qemu-system", testVmPid);
+      sampler.take("site B (node)", site.child.pid);
+      sampler.take("agent (node)", agent.child.pid);
+      sampler.take("primary qemu-storage-daemon", t.vm.proc.pid);
+      sampler.take("site B qemu-storage-daemon", siteQsd());
+      sampler.take("test failover qemu-system", testVmPid);
     };
 
     const client = controlClientAs(address, t.admin(t.siteB));
@@ -137,8 +163,7 @@ describe("soak: continuous replication with a writing guest and a test failover"
         await sleep(SAMPLE_MS);
       }
     } finally {
-      writing = false;
-      await writer;
+      await writer.stop();
       client.close();
     }
     const stoppedAt = Date.now();
@@ -148,18 +173,12 @@ describe("soak: continuous replication with a writing guest and a test failover"
 
     // The report: every process's trend, over the samples after the first 20 s (start-up and the
     // initial replication's buffers are not a trend).
-    const warm = started + 20_000;
-    const trends = [...samples.entries()].map(([name, s]) => trendOf(name, s.filter((x) => x.at >= warm || name.startsWith("test"))));
+    const trends = sampler.trends(started + 20_000, (name) => name.startsWith("test"));
     const state = await t.relationship();
-    const store = getSqliteEventStore({ path: join(t.siteB, "ledger.sqlite"), create: false });
-    const events = await store.readStream(relationshipStream("vm1"));
-    await store.close();
-    const failed = events.filter((e) => e.type === "CycleFailed");
-    const committed = events.filter((e) => e.type === "CycleCommitted").length;
-    const merged = events.filter((e) => e.type === "RecoveryPointMerged").length;
+    const { failed, committed, merged } = await cycleCounts(t);
     const report = {
       minutes: MINUTES,
-      writtenMiB: written / MiB,
+      writtenMiB: writer.written() / MiB,
       cyclesCommitted: committed,
       cyclesFailed: failed.length,
       pointsMerged: merged,
