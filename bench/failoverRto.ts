@@ -27,7 +27,7 @@ const MANY = 100;
  * Value: the median with 100 points; baseline: with 1 point; the goal is < 3 s and a ratio near 1.
  */
 export async function failoverRto(ctx: BenchContext): Promise<BenchResult[]> {
-  const rounds = ctx.quick ? 3 : 7;
+  const rounds = ctx.quick ? 3 : 5;
   const { dir, cleanup } = benchScratch("qr-bench-rto-", ctx.log);
   try {
     const t = await setupTwoSites(dir, { diskBytes: MiB, intervalSeconds: 3600, maxPoints: MANY });

@@ -28,7 +28,7 @@ interface Side {
  * mutual TLS) with a 2 s interval; the 1 MiB lands at a random 64 KiB-aligned offset each round.
  */
 export async function smallCycle(ctx: BenchContext): Promise<BenchResult[]> {
-  const rounds = ctx.quick ? 5 : 11;
+  const rounds = ctx.quick ? 5 : 9;
   const { dir, cleanup } = benchScratch("qr-bench-small-", ctx.log);
   try {
     const data = join(dir, "1mib.bin");
