@@ -5,6 +5,11 @@ import { e2eThroughput } from "./e2eThroughput.js";
 import { agentPeakRss } from "./agentPeakRss.js";
 import { resync } from "./resync.js";
 import { fleet } from "./fleet.js";
+import { smallCycle } from "./smallCycle.js";
+import { failoverRto } from "./failoverRto.js";
+import { rpoUnderLoad } from "./rpoUnderLoad.js";
+import { agentCpuPerGib } from "./agentCpuPerGib.js";
+import { wan } from "./wan.js";
 import { commandAtAge, ledgerAppend, projectionRebuild } from "./ledgerAge.js";
 import { formatResult, type BenchResult, type Benchmark } from "./report.js";
 
@@ -14,6 +19,11 @@ const benchmarks: Record<string, Benchmark> = {
   "agent-peak-rss": agentPeakRss,
   resync,
   fleet,
+  "small-cycle": smallCycle,
+  "failover-rto": failoverRto,
+  "rpo-under-load": rpoUnderLoad,
+  "agent-cpu-per-gib": agentCpuPerGib,
+  wan,
   "ledger-append": ledgerAppend,
   "projection-rebuild": projectionRebuild,
   "command-at-age": commandAtAge,

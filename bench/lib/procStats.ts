@@ -56,6 +56,15 @@ export class CpuMeter {
     return sum;
   }
 
+  /** CPU seconds of one of the processes since construction (0 for one not known). */
+  of(name: string): number {
+    const pid = this.pids[name];
+    const a = this.start.get(name);
+    if (!pid || !a) return 0;
+    const b = safeCpu(pid);
+    return b.user - a.user + b.system - a.system;
+  }
+
   /** "agent 9.1 s (user 8.0 + sys 1.1; …), ..." */
   report(): string {
     const parts: string[] = [];

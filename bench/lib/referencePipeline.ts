@@ -22,6 +22,8 @@ export interface ReferenceResult {
   verified: boolean;
   /** CPU seconds of every stage and both storage daemons. */
   cpuSeconds: number;
+  /** CPU seconds of the sending side's stages only (nbdcopy, zstd -1, socat TLS): the production host's share. */
+  senderCpuSeconds: number;
   cpu: string;
 }
 
@@ -132,7 +134,7 @@ export async function runReferencePipeline(opts: { dir: string; sourceImage: str
     const cmp = await compareImages(dstImage, opts.sourceImage, { formatA: "qcow2", formatB: "qcow2" });
     const verified = cmp.identical;
     if (!verified) throw new Error(`the reference pipeline's copy differs from its source: ${cmp.detail}`);
-    return { seconds, verified, cpuSeconds, cpu };
+    return { seconds, verified, cpuSeconds, senderCpuSeconds: sent.cpuSeconds ?? Number.NaN, cpu };
   } finally {
     await cleanup.runAll();
   }

@@ -30,8 +30,11 @@ export interface TwoSites {
   daemons: Daemon[];
   /** `env` adds variables, e.g. QREPLICA_FAULT for a crash window (src/common/faultPoints.ts). */
   startSite(siteDir: string, opts?: { env?: Record<string, string> }): Promise<Daemon>;
-  /** Starts the agent for the VM (id `vm1` unless given; another id is a new relationship on B). */
-  startAgent(opts?: { vmId?: string; policy?: string }): Daemon;
+  /**
+   * Starts the agent for the VM (id `vm1` unless given; another id is a new relationship on B).
+   * `replicaSite` dials another address than B's own (e.g. a proxy in front of it).
+   */
+  startAgent(opts?: { vmId?: string; policy?: string; replicaSite?: string }): Daemon;
   relationship(vmId?: string, siteDir?: string): Promise<RelationshipState>;
   /** A site's local admin certificate (tls/admin.crt, role admin): what the CLI presents with --dir. */
   admin(siteDir: string): { caFile: string; certFile: string; keyFile: string };
@@ -121,7 +124,7 @@ export async function setupTwoSites(dir: string, opts: TwoSitesOptions): Promise
       return d;
     },
     startAgent(startOpts = {}) {
-      const address = readFileSync(addressFile(siteB), "utf8").trim();
+      const address = startOpts.replicaSite ?? readFileSync(addressFile(siteB), "utf8").trim();
       writeFileSync(
         agentConfig,
         toYaml({
