@@ -51,7 +51,9 @@ export async function captureRead(ctx: BenchContext): Promise<BenchResult[]> {
       ours.push(bytes / MiB / (Number(process.hrtime.bigint() - t) / 1e9));
       if (bytes !== sizeMiB * MiB) throw new Error(`read ${bytes} bytes, expected ${sizeMiB * MiB}`);
       const cpu = process.cpuUsage(cpu0);
-      ctx.log(`round ${i + 1}: qreplica ${ours[i]!.toFixed(0)} MiB/s, nbdcopy ${theirs[i]!.toFixed(0)} MiB/s; our CPU user ${(cpu.user / 1e6).toFixed(2)} s sys ${(cpu.system / 1e6).toFixed(2)} s for ${(Number(process.hrtime.bigint() - t) / 1e9).toFixed(2)} s`);
+      ctx.log(
+        `round ${i + 1}: qreplica ${ours[i]!.toFixed(0)} MiB/s, nbdcopy ${theirs[i]!.toFixed(0)} MiB/s; our CPU user ${(cpu.user / 1e6).toFixed(2)} s sys ${(cpu.system / 1e6).toFixed(2)} s for ${(Number(process.hrtime.bigint() - t) / 1e9).toFixed(2)} s`,
+      );
     }
     await cycle.confirm();
     // Interleaved rounds, the ratio of each round's pair, then the median: a shared machine makes

@@ -35,7 +35,9 @@ export async function e2eThroughput(ctx: BenchContext): Promise<BenchResult[]> {
         `site CycleBegin -> commit ${(c.durationMs / 1000).toFixed(2)} s, cut-off -> CycleBegin ${(r.seconds - c.durationMs / 1000).toFixed(2)} s` +
         (r.agentCycleMs !== undefined ? `, agent CycleBegin -> ack+confirm ${(r.agentCycleMs / 1000).toFixed(2)} s` : ""),
     );
-    ctx.log(`round ${i + 1} ours CPU from the end of the write to the commit${r.failed.length ? " (refused attempts included)" : ""}: ${r.cpuSeconds.toFixed(1)} s in all (${r.cpu})`);
+    ctx.log(
+      `round ${i + 1} ours CPU from the end of the write to the commit${r.failed.length ? " (refused attempts included)" : ""}: ${r.cpuSeconds.toFixed(1)} s in all (${r.cpu})`,
+    );
   });
   const ratios = rates.map((v, i) => v / refs[i]!);
   const failed = ours.rounds.flatMap((r) => r.failed);

@@ -47,7 +47,14 @@ export async function failoverRto(ctx: BenchContext): Promise<BenchResult[]> {
     const logs = [join(dir, "agent.log"), join(t.siteB, "site.log")];
     const started = Date.now();
     const points = async (vm: string) => (await t.relationship(vm)).points.length;
-    await waitAlive(`${MANY} points of 'many' and 1 of 'one'`, [site, agent], logs, async () => ((await points("many")) >= MANY && (await points("one")) >= 1 ? true : undefined), 900_000, 1000);
+    await waitAlive(
+      `${MANY} points of 'many' and 1 of 'one'`,
+      [site, agent],
+      logs,
+      async () => ((await points("many")) >= MANY && (await points("one")) >= 1 ? true : undefined),
+      900_000,
+      1000,
+    );
     ctx.log(`'one' has ${await points("one")} point(s), 'many' ${await points("many")}, after ${((Date.now() - started) / 1000).toFixed(0)} s`);
     await agent.kill("SIGTERM");
     // The last cycle may have landed a 101st point whose retention merge is still to run.
@@ -105,7 +112,13 @@ async function startGuests(t: TwoSites, dir: string, address: string, cleanup: C
     const disk = join(gdir, "vda.qcow2");
     await makeCounterDisk(disk, { sizeMiB: 64 });
     const qmp = join(gdir, "qmp.sock");
-    const proc = await startSystemVm({ qmpSocketPath: qmp, disks: [{ nodeName: "vda", path: disk, bus: "ide", bootIndex: 0 }], serialLogPath: join(gdir, "serial.log"), accel: "tcg", memoryMiB: 64 });
+    const proc = await startSystemVm({
+      qmpSocketPath: qmp,
+      disks: [{ nodeName: "vda", path: disk, bus: "ide", bootIndex: 0 }],
+      serialLogPath: join(gdir, "serial.log"),
+      accel: "tcg",
+      memoryMiB: 64,
+    });
     cleanup.defer(`stop guest ${id}`, () => proc.kill());
     guests[id] = { proc, qmp, nbd: join(gdir, "nbd.sock") };
   }

@@ -31,7 +31,10 @@ async function missedSlots(address: string, ids: readonly string[]): Promise<num
 async function windowCounts(t: TwoSites, fleet: Fleet, from: number, to: number): Promise<Map<string, { cutoffs: number; missed: number }>> {
   const out = new Map<string, { cutoffs: number; missed: number }>();
   for (const id of fleet.ids) {
-    const cuts = (await fleetCommits(t, id)).filter((c) => c.kind === "incremental").map((c) => Date.parse(c.cutoffAt)).filter((x) => x >= from && x <= to);
+    const cuts = (await fleetCommits(t, id))
+      .filter((c) => c.kind === "incremental")
+      .map((c) => Date.parse(c.cutoffAt))
+      .filter((x) => x >= from && x <= to);
     let missed = 0;
     for (let i = 1; i < cuts.length; i++) missed += Math.max(0, Math.round((cuts[i]! - cuts[i - 1]!) / (FREQ * 1000)) - 1);
     out.set(id, { cutoffs: cuts.length, missed });
@@ -74,10 +77,15 @@ export async function fleet(ctx: BenchContext): Promise<BenchResult[]> {
       const agent = startFleetAgent(t, vms, { intervalSeconds: FREQ, maxCyclesInFlight: 4, policy: "fleet" });
       const site = t.daemons.find((d) => d.child.spawnargs.includes("serve"))!;
       const started = Date.now();
-      await waitFor("every VM's initial replication and first incremental", async () => {
-        const done = (await Promise.all(vms.ids.map((id) => fleetCommits(t, id)))).filter((c) => c.some((x) => x.kind === "incremental")).length;
-        return done === count ? true : undefined;
-      }, 1800_000, 2000);
+      await waitFor(
+        "every VM's initial replication and first incremental",
+        async () => {
+          const done = (await Promise.all(vms.ids.map((id) => fleetCommits(t, id)))).filter((c) => c.some((x) => x.kind === "incremental")).length;
+          return done === count ? true : undefined;
+        },
+        1800_000,
+        2000,
+      );
       ctx.log(`${count} VMs replicating after ${((Date.now() - started) / 1000).toFixed(0)} s`);
       const metrics = fleetAgentMetricsAddress(t)!;
       const missed0 = await missedSlots(metrics, vms.ids);

@@ -69,9 +69,7 @@ export async function ledgerAppend(ctx: BenchContext): Promise<BenchResult[]> {
     refDb.close();
     const runRaw = (path: string): number => {
       const db: Database.Database = openLedgerDatabase(path);
-      const insert = db.prepare(
-        "INSERT INTO events (stream_id, stream_version, type, data, metadata, recorded_at, hash, previous_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-      );
+      const insert = db.prepare("INSERT INTO events (stream_id, stream_version, type, data, metadata, recorded_at, hash, previous_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
       const pair = db.transaction((a: RawRow, b: RawRow | undefined) => {
         for (const r of b ? [a, b] : [a]) insert.run(r.stream_id, r.stream_version, r.type, r.data, r.metadata, r.recorded_at, r.hash, r.previous_hash);
       });
@@ -190,7 +188,10 @@ export async function commandAtAge(ctx: BenchContext): Promise<BenchResult[]> {
     ctx.log(`writing a relationship of ${oldEvents} events and one of 100`);
     const old = relationshipHistory("old", oldEvents).events.slice(0, oldEvents);
     const young = relationshipHistory("young", 100).events.slice(0, 100);
-    let store = await agedLedger(path, [{ vmId: "old", events: old }, { vmId: "young", events: young }]);
+    let store = await agedLedger(path, [
+      { vmId: "old", events: old },
+      { vmId: "young", events: young },
+    ]);
     const t0 = process.hrtime.bigint();
     await loadRelationship(store, "old", { state: initialRelationshipState("old"), version: undefined });
     ctx.log(`for comparison, a fold from version 0 of the old stream (what every command did before): ${ms(t0).toFixed(0)} ms`);

@@ -124,13 +124,16 @@ export async function resync(ctx: BenchContext): Promise<BenchResult[]> {
       const agent = t.startAgent({ vmId });
       const full = await waitForCommit(t, vmId, `the full replication of ${vmId}`, (c) => c.kind === "full", 1800_000);
       fulls.push(seconds(full));
-      ctx.log(`round ${round}: full replication ${seconds(full).toFixed(2)} s; agent read ${mib(size)} (allocated), sent ${mib(full.wireBytes)} (data ${mib(full.dataBytes)} + zeroes ${mib(full.zeroBytes)}); site wrote ${mib(full.dataBytes)} and hashed it for its index`);
+      ctx.log(
+        `round ${round}: full replication ${seconds(full).toFixed(2)} s; agent read ${mib(size)} (allocated), sent ${mib(full.wireBytes)} (data ${mib(full.dataBytes)} + zeroes ${mib(full.zeroBytes)}); site wrote ${mib(full.dataBytes)} and hashed it for its index`,
+      );
 
       // Scattered, distinct 64 KiB blocks: 1% of the disk, flushed so the crash keeps them.
       const offsets = new Set<number>();
       while (offsets.size < blocks) offsets.add(Math.floor(Math.random() * (size / CHUNK)) * CHUNK);
       const commands = [...offsets].map((o, i) => `write -q -s ${sources[i % sources.length]} ${o} ${CHUNK}`);
-      for (let i = 0; i < commands.length; i += 500) await runTool("qemu-io", ["-f", "raw", t.vm.guestUri("vda"), ...commands.slice(i, i + 500).flatMap((c) => ["-c", c]), "-c", "flush"]);
+      for (let i = 0; i < commands.length; i += 500)
+        await runTool("qemu-io", ["-f", "raw", t.vm.guestUri("vda"), ...commands.slice(i, i + 500).flatMap((c) => ["-c", c]), "-c", "flush"]);
       await crashVm();
       const cpu = (pid: number) => {
         const c = cpuSeconds(pid);

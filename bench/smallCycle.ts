@@ -49,7 +49,13 @@ export async function smallCycle(ctx: BenchContext): Promise<BenchResult[]> {
     for (const s of sides) {
       const started = Date.now();
       const logs = [join(s.t.dir, "agent.log"), join(s.t.siteB, "site.log")];
-      await waitAlive(`the ${s.name} disk's initial replication`, s.daemons, logs, async () => ((await committedCycles(s.t.siteB, "vm1")).some((c) => c.kind === "full") ? true : undefined), 300_000);
+      await waitAlive(
+        `the ${s.name} disk's initial replication`,
+        s.daemons,
+        logs,
+        async () => ((await committedCycles(s.t.siteB, "vm1")).some((c) => c.kind === "full") ? true : undefined),
+        300_000,
+      );
       ctx.log(`${s.name}: initial replication committed after ${((Date.now() - started) / 1000).toFixed(1)} s`);
     }
     let skipped = 0;
@@ -63,8 +69,14 @@ export async function smallCycle(ctx: BenchContext): Promise<BenchResult[]> {
         await s.t.vm.guestWrite("vda", [`write -q -s ${data} ${offset} 1M`]);
         // The first cycle after the write that carried data: normally all of the MiB; a cut-off
         // that fell during the write splits it, and that round is not counted.
-        const cycle = await waitAlive(`the ${s.name} cycle carrying round ${round + 1}'s MiB`, s.daemons, logs, async () =>
-          (await committedCycles(s.t.siteB, "vm1")).find((c) => c.cycleSeq > before && c.dataBytes + c.zeroBytes > 0), 60_000, 100);
+        const cycle = await waitAlive(
+          `the ${s.name} cycle carrying round ${round + 1}'s MiB`,
+          s.daemons,
+          logs,
+          async () => (await committedCycles(s.t.siteB, "vm1")).find((c) => c.cycleSeq > before && c.dataBytes + c.zeroBytes > 0),
+          60_000,
+          100,
+        );
         if (cycle.dataBytes !== MiB) {
           skipped++;
           ctx.log(`${s.name} round ${round + 1}: cycle ${cycle.cycleSeq} carried ${cycle.dataBytes} bytes (a cut-off split the write); not counted`);

@@ -45,10 +45,7 @@ export async function buildBootSector(outPath: string, opts: { source?: string }
   } catch (err) {
     rmSync(tmp, { force: true });
     const missing = (err as { cause?: NodeJS.ErrnoException }).cause?.code === "ENOENT";
-    throw new GuestBuildError(
-      missing ? "nasm is not installed (install the Debian package nasm)" : `nasm failed on ${source}: ${(err as Error).message}`,
-      { cause: err },
-    );
+    throw new GuestBuildError(missing ? "nasm is not installed (install the Debian package nasm)" : `nasm failed on ${source}: ${(err as Error).message}`, { cause: err });
   }
   if (!isBootSector(tmp)) {
     const size = statSync(tmp).size;

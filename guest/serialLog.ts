@@ -120,7 +120,10 @@ function parseQemuIoHexdump(out: string, offset: number, length: number): Buffer
     const m = /^([0-9a-f]{8}):  ((?:[0-9a-f]{2} ){1,16})/.exec(line);
     if (!m) continue;
     const at = parseInt(m[1]!, 16) - offset;
-    const bytes = m[2]!.trim().split(" ").map((h) => parseInt(h, 16));
+    const bytes = m[2]!
+      .trim()
+      .split(" ")
+      .map((h) => parseInt(h, 16));
     if (at < 0 || at + bytes.length > length) return undefined;
     buf.set(bytes, at);
     seen += bytes.length;

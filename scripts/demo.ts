@@ -55,17 +55,29 @@ try {
   const test = await json<{ testId: string; recoveryPointId: string; vm: { serialLog: string; timeToRunningMs: number } }>(["failover", "vm1", "--test", "--dir", t.siteB]);
   await waitForCounter(test.vm.serialLog, () => true, 90_000);
   const testedPoint = (await t.relationship()).points.find((p) => p.pointId === test.recoveryPointId)!;
-  console.log(`  test VM running after ${test.vm.timeToRunningMs} ms; it booted from ${test.recoveryPointId} and printed counter ${readCounters(test.vm.serialLog)[0]} (the point holds ${await readDiskCounter(testedPoint.disks[0]!.imagePath)})`);
+  console.log(
+    `  test VM running after ${test.vm.timeToRunningMs} ms; it booted from ${test.recoveryPointId} and printed counter ${readCounters(test.vm.serialLog)[0]} (the point holds ${await readDiskCounter(testedPoint.disks[0]!.imagePath)})`,
+  );
   const seq = (await t.relationship()).lastCycleSeq;
   await waitFor("two more points during the test", async () => ((await t.relationship()).lastCycleSeq >= seq + 2 ? true : undefined), 60_000);
   await qreplica(["status", "--dir", t.siteB]);
   await qreplica(["test-failover", "stop", "vm1", "--dir", t.siteB]);
 
   step(6, "Planned failover to B: the agent stops the VM (ACPI, then pause), ships a final cycle, B starts the VM; reverse replication B -> A starts at once");
-  const fo = await json<{ recoveryPointId: string; generation: number; vm: { serialLog: string; timeToRunningMs: number } }>(["failover", "vm1", "--planned", "--dir", t.siteB, "--primary-dir", t.siteA]);
+  const fo = await json<{ recoveryPointId: string; generation: number; vm: { serialLog: string; timeToRunningMs: number } }>([
+    "failover",
+    "vm1",
+    "--planned",
+    "--dir",
+    t.siteB,
+    "--primary-dir",
+    t.siteA,
+  ]);
   await t.guest!.proc.exited;
   await waitForCounter(fo.vm.serialLog, () => true, 90_000);
-  console.log(`  the primary's disk ended at counter ${await readDiskCounter(t.guest!.diskPath)}; the VM on B (generation ${fo.generation}, from ${fo.recoveryPointId}) resumed at ${readCounters(fo.vm.serialLog)[0]}: zero data loss`);
+  console.log(
+    `  the primary's disk ended at counter ${await readDiskCounter(t.guest!.diskPath)}; the VM on B (generation ${fo.generation}, from ${fo.recoveryPointId}) resumed at ${readCounters(fo.vm.serialLog)[0]}: zero data loss`,
+  );
 
   step(7, "Reverse replication B -> A onto A's old disk: both sides hash 64 KiB chunks, only differing chunks cross the wire");
   await waitFor("two reverse points on A", async () => ((await t.relationship("vm1", t.siteA)).points.length > 1 ? true : undefined), 120_000);
@@ -79,7 +91,9 @@ try {
   const back = await json<{ recoveryPointId: string; generation: number; vm: { serialLog: string; timeToRunningMs: number } }>(["failover", "vm1", "--planned", "--dir", t.siteA]);
   await waitForCounter(back.vm.serialLog, () => true, 90_000);
   const lastOnB = readCounters(fo.vm.serialLog).at(-1)!;
-  console.log(`  VM running on A again (generation ${back.generation}, from ${back.recoveryPointId}), counting from ${readCounters(back.vm.serialLog)[0]} (B's VM last printed ${lastOnB})`);
+  console.log(
+    `  VM running on A again (generation ${back.generation}, from ${back.recoveryPointId}), counting from ${readCounters(back.vm.serialLog)[0]} (B's VM last printed ${lastOnB})`,
+  );
   await qreplica(["events", "vm1", "--dir", t.siteB, "--from", String(Math.max(0, (await eventCount(t.siteB)) - 8))]);
   await qreplica(["status", "--dir", t.siteA]);
   await qreplica(["ledger", "verify", "--dir", t.siteB]);

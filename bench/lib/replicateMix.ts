@@ -97,12 +97,12 @@ async function waitForCycle(t: TwoSites, daemons: Daemon[], what: string, pick: 
     if (found) return found;
     const dead = daemons.find((d) => d.child.exitCode !== null || d.child.signalCode !== null);
     if (dead) {
-      throw new Error(
-        `a qreplica process exited while waiting for ${what}\nagent log:\n${logTail(join(t.dir, "agent.log"))}\nsite B log:\n${logTail(join(t.siteB, "site.log"))}`,
-      );
+      throw new Error(`a qreplica process exited while waiting for ${what}\nagent log:\n${logTail(join(t.dir, "agent.log"))}\nsite B log:\n${logTail(join(t.siteB, "site.log"))}`);
     }
     if (Date.now() > deadline) {
-      throw new Error(`timed out after ${timeoutMs / 1000} s waiting for ${what}\nagent log:\n${logTail(join(t.dir, "agent.log"))}\nsite B log:\n${logTail(join(t.siteB, "site.log"))}`);
+      throw new Error(
+        `timed out after ${timeoutMs / 1000} s waiting for ${what}\nagent log:\n${logTail(join(t.dir, "agent.log"))}\nsite B log:\n${logTail(join(t.siteB, "site.log"))}`,
+      );
     }
     await sleep(pollMs);
   }

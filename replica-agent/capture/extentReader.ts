@@ -5,9 +5,7 @@ import { EFFICIENT_READ_BYTES, type NbdClient } from "../../src/qemu/nbd/index.j
  * One piece of a cycle, in offset order: data as it was at the cut-off, or a range of zeroes.
  * `data` is valid until the consumer asks for the next piece: read buffers are reused.
  */
-export type CaptureExtent =
-  | { kind: "data"; offset: number; length: number; data: Buffer }
-  | { kind: "zero"; offset: number; length: number };
+export type CaptureExtent = { kind: "data"; offset: number; length: number; data: Buffer } | { kind: "zero"; offset: number; length: number };
 
 export interface ByteRange {
   offset: number;

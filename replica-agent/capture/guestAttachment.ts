@@ -97,7 +97,10 @@ async function withFilter(qmp: QmpClient, qdev: string, filterNode: string): Pro
   const named = await qmp.execute<NamedNode[]>("query-named-block-nodes", { flat: true });
   const filter = named.find((n) => n["node-name"] === filterNode);
   if (filter?.drv !== "throttle") {
-    return { qdev, fallback: `the disk node's parent is a ${filter?.drv ?? "unknown"} filter (${filterNode}); the copy-before-write filter is put only under a device or a throttle filter` };
+    return {
+      qdev,
+      fallback: `the disk node's parent is a ${filter?.drv ?? "unknown"} filter (${filterNode}); the copy-before-write filter is put only under a device or a throttle filter`,
+    };
   }
   const throttleGroup = throttleGroupOf(filter.file);
   if (!throttleGroup) return { qdev, fallback: `the throttle group of filter ${filterNode} is not readable from QEMU (${filter.file})` };

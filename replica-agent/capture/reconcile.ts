@@ -31,18 +31,19 @@ export interface ReconcileResult {
  * died after the cut-off) is repaired by merging its handed-off bitmap back; a missing or
  * inconsistent bitmap (QEMU died) is reported as resync required and left for the caller to decide.
  */
-export async function reconcileDisks(
-  qmp: QmpClient,
-  state: VmCaptureState,
-  disks: ReadonlyArray<{ id: string; node: string }>,
-  logger: Logger,
-): Promise<ReconcileResult> {
+export async function reconcileDisks(qmp: QmpClient, state: VmCaptureState, disks: ReadonlyArray<{ id: string; node: string }>, logger: Logger): Promise<ReconcileResult> {
   const nodes = await queryNamedBlockNodes(qmp);
   const reports: DiskReport[] = [];
   const mergedBitmaps: string[] = [];
   for (const disk of disks) {
     const node = nodes.find((n) => n["node-name"] === disk.node);
-    if (!node) throw new DiskNodeNotFoundError(state.vmId, disk.id, disk.node, nodes.map((n) => n["node-name"]));
+    if (!node)
+      throw new DiskNodeNotFoundError(
+        state.vmId,
+        disk.id,
+        disk.node,
+        nodes.map((n) => n["node-name"]),
+      );
     const sizeBytes = node.image["virtual-size"];
     const remembered = state.disks[disk.id];
     const ours = namedBitmaps(node)

@@ -54,16 +54,20 @@ export async function insertCbwFilter(
   opts: { diskId: string; diskNode: string; device: GuestDevice; bitmap?: { node: string; name: string }; cbwTimeoutSeconds: number; stepTimeoutMs: number },
 ): Promise<void> {
   const timeout = { timeoutMs: opts.stepTimeoutMs };
-  await qmp.execute("blockdev-add", {
-    driver: "copy-before-write",
-    "node-name": cbwNodeName(opts.diskId),
-    file: opts.diskNode,
-    target: scratchNodeName(opts.diskId),
-    "on-cbw-error": "break-snapshot",
-    "cbw-timeout": opts.cbwTimeoutSeconds,
-    // Only the cycle's changed blocks are read, so only they need their old data preserved.
-    ...(opts.bitmap ? { bitmap: opts.bitmap } : {}),
-  }, timeout);
+  await qmp.execute(
+    "blockdev-add",
+    {
+      driver: "copy-before-write",
+      "node-name": cbwNodeName(opts.diskId),
+      file: opts.diskNode,
+      target: scratchNodeName(opts.diskId),
+      "on-cbw-error": "break-snapshot",
+      "cbw-timeout": opts.cbwTimeoutSeconds,
+      // Only the cycle's changed blocks are read, so only they need their old data preserved.
+      ...(opts.bitmap ? { bitmap: opts.bitmap } : {}),
+    },
+    timeout,
+  );
   const filter = opts.device.filter;
   if (filter) await reopenThrottle(qmp, filter, cbwNodeName(opts.diskId), opts.stepTimeoutMs);
   else await qmp.execute("qom-set", { path: opts.device.qdev, property: "drive", value: cbwNodeName(opts.diskId) }, timeout);
@@ -105,7 +109,10 @@ export async function restoreDrives(qmp: QmpClient, cbwNode: string, diskNode: s
     const node = named.find((n) => n["node-name"] === f.name);
     const throttleGroup = node?.drv === "throttle" ? throttleGroupOf(node.file) : undefined;
     if (!throttleGroup) {
-      logger.error({ filter: f.name, driver: node?.drv, cbwNode }, "a filter above the copy-before-write filter is not a throttle filter this agent can reopen; it stays (harmless to the guest)");
+      logger.error(
+        { filter: f.name, driver: node?.drv, cbwNode },
+        "a filter above the copy-before-write filter is not a throttle filter this agent can reopen; it stays (harmless to the guest)",
+      );
       continue;
     }
     await reopenThrottle(qmp, { node: f.name, throttleGroup }, diskNode);

@@ -2,7 +2,19 @@ import { rmSync } from "node:fs";
 import type { Logger } from "../../src/common/logger.js";
 import { queryBlockExports, queryBlockJobs, queryNamedBlockNodes, type QmpClient } from "../../src/qemu/qmp/index.js";
 import { cancelJob, deleteExport, deleteNode } from "./graphNodes.js";
-import { accessNodeName, backupJobId, cbwNodeName, diskIdOfCbwNode, exportId, fleeceNodeName, isOurCbwNode, isOurExport, isOurFleeceNode, isOurJob, scratchNodeName } from "./naming.js";
+import {
+  accessNodeName,
+  backupJobId,
+  cbwNodeName,
+  diskIdOfCbwNode,
+  exportId,
+  fleeceNodeName,
+  isOurCbwNode,
+  isOurExport,
+  isOurFleeceNode,
+  isOurJob,
+  scratchNodeName,
+} from "./naming.js";
 import { fileChildOf, restoreDrives } from "./snapshotGraph.js";
 
 /**
@@ -46,7 +58,10 @@ export async function removeLeftovers(qmp: QmpClient, logger: Logger): Promise<s
     }
   }
   const order = (name: string) => (name.includes("-access-") ? 0 : isOurCbwNode(name) ? 1 : 2);
-  const nodes = (await queryNamedBlockNodes(qmp)).map((n) => n["node-name"]).filter(isOurFleeceNode).sort((a, b) => order(a) - order(b));
+  const nodes = (await queryNamedBlockNodes(qmp))
+    .map((n) => n["node-name"])
+    .filter(isOurFleeceNode)
+    .sort((a, b) => order(a) - order(b));
   for (const node of nodes) {
     if (isOurCbwNode(node)) {
       const child = await fileChildOf(qmp, node);

@@ -25,10 +25,7 @@ export interface CaptureDiskConfig {
 
 /** Brackets the cut-off with a guest filesystem freeze (qemu-guest-agent). */
 export interface Quiescer {
-  withFrozenFilesystems<T>(
-    fn: () => Promise<T>,
-    opts: { freezeTimeoutMs: number; logger?: Logger },
-  ): Promise<{ result: T; consistency: Consistency; freezeError?: Error }>;
+  withFrozenFilesystems<T>(fn: () => Promise<T>, opts: { freezeTimeoutMs: number; logger?: Logger }): Promise<{ result: T; consistency: Consistency; freezeError?: Error }>;
 }
 
 export interface VmCaptureOptions {
@@ -120,11 +117,7 @@ export class VmCapture {
     if (removedLeftovers.length) this.logger.warn({ removed: removedLeftovers }, "removed leftovers of an earlier run");
     const { disks: reports, mergedBitmaps } = await reconcileDisks(qmp, this.state, disks, this.logger);
     this.stateFile.save(this.state);
-    const status: VmCaptureStatus = reports.some((r) => r.status === "resync-required")
-      ? "resync-required"
-      : reports.every((r) => r.status === "ok")
-        ? "ok"
-        : "not-enabled";
+    const status: VmCaptureStatus = reports.some((r) => r.status === "resync-required") ? "resync-required" : reports.every((r) => r.status === "ok") ? "ok" : "not-enabled";
     this.lastReport = { vmId, status, disks: reports, removedLeftovers, mergedBitmaps };
     if (status === "resync-required") this.logger.error({ disks: reports }, "resync required");
     return this.lastReport;
@@ -199,7 +192,14 @@ export class VmCapture {
 
     const diskCycles: DiskCycle[] = [];
     const cycle = new CaptureCycle(
-      vmId, seq, kind, taken.at, taken.consistency, diskCycles, qmp, this.logger,
+      vmId,
+      seq,
+      kind,
+      taken.at,
+      taken.consistency,
+      diskCycles,
+      qmp,
+      this.logger,
       (outcome) => this.finishCycle(cycle, outcome),
       async (d) => void (await this.teardownDisk(d.diskId, d.node)),
       taken.vcpuPauseMs,
@@ -226,7 +226,11 @@ export class VmCapture {
     const dirtyTotal = diskCycles.reduce((n, d) => n + d.dirtyBytes, 0);
     this.logger.info(
       {
-        seq, kind, consistency: taken.consistency, quiesceFailure: taken.quiesceFailure, vcpuPauseMs: taken.vcpuPauseMs,
+        seq,
+        kind,
+        consistency: taken.consistency,
+        quiesceFailure: taken.quiesceFailure,
+        vcpuPauseMs: taken.vcpuPauseMs,
         graph: taken.disks.map((d) => `${d.id}:${d.device ? `copy-before-write${d.device.filter ? ` under throttle ${d.device.filter.node}` : ""}` : "backup-sync-none"}`),
         scratchFreeBytes: freeBytes,
         cbwTimeoutSeconds: taken.disks.some((d) => d.device) ? (this.opts.cbwTimeoutSeconds ?? DEFAULT_CBW_TIMEOUT_SECONDS) : undefined,
@@ -235,10 +239,17 @@ export class VmCapture {
       "cut-off taken",
     );
     for (const d of taken.disks) {
-      if (d.fallback) this.logger.warn({ disk: d.id, reason: d.fallback }, "this disk's cut-off uses blockdev-backup sync=none, which is not guest-safe: a full scratch would fail the guest's writes");
+      if (d.fallback)
+        this.logger.warn(
+          { disk: d.id, reason: d.fallback },
+          "this disk's cut-off uses blockdev-backup sync=none, which is not guest-safe: a full scratch would fail the guest's writes",
+        );
     }
     if (freeBytes < dirtyTotal && taken.disks.some((d) => d.device)) {
-      this.logger.warn({ scratchDir: this.scratchDir, freeBytes, dirtyBytes: dirtyTotal }, "the scratch may be too small if the guest rewrites much of this cycle's changes before they are read; the snapshot would then break (never the guest's writes)");
+      this.logger.warn(
+        { scratchDir: this.scratchDir, freeBytes, dirtyBytes: dirtyTotal },
+        "the scratch may be too small if the guest rewrites much of this cycle's changes before they are read; the snapshot would then break (never the guest's writes)",
+      );
     }
     return cycle;
   }
@@ -254,7 +265,16 @@ export class VmCapture {
     const context = handedOff ? dirtyBitmapContext(handedOff) : BASE_ALLOCATION;
     const clients: NbdClient[] = [];
     const explain = (err: unknown) => (d.device ? this.explainSnapshotReadError(err, d.id, seq) : err);
-    const cycle = new DiskCycle(d.id, d.node, d.sizeBytes, dirtyBytes, clients, (c) => (handedOff ? dirtyRanges(c, context) : allocationRanges(c, context)), this.opts.read ?? {}, explain);
+    const cycle = new DiskCycle(
+      d.id,
+      d.node,
+      d.sizeBytes,
+      dirtyBytes,
+      clients,
+      (c) => (handedOff ? dirtyRanges(c, context) : allocationRanges(c, context)),
+      this.opts.read ?? {},
+      explain,
+    );
     const connect = () => NbdClient.connect({ socketPath: this.opts.nbdSocketPath, exportName: name, metaContexts: [context] });
     clients.push(await connect());
     // Several connections only where QEMU says they see one consistent export (read-only ones do).
@@ -317,9 +337,10 @@ export class VmCapture {
       const prev = this.state.disks[d.diskId];
       if (!prev) continue;
       if (cycle.kind === "full") {
-        this.state.disks[d.diskId] = outcome === "confirmed"
-          ? { ...prev, enabled: true, seq: cycle.seq, sizeAtCutoff: d.sizeAtCutoff, lastCutoffAt: cycle.cutoffAt.toISOString() }
-          : { ...prev, enabled: false };
+        this.state.disks[d.diskId] =
+          outcome === "confirmed"
+            ? { ...prev, enabled: true, seq: cycle.seq, sizeAtCutoff: d.sizeAtCutoff, lastCutoffAt: cycle.cutoffAt.toISOString() }
+            : { ...prev, enabled: false };
       } else if (outcome === "confirmed") {
         this.state.disks[d.diskId] = { ...prev, sizeAtCutoff: d.sizeAtCutoff, lastCutoffAt: cycle.cutoffAt.toISOString() };
       }

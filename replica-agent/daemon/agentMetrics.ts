@@ -27,13 +27,48 @@ class AgentMetrics {
 
   constructor(prom: PromClient) {
     this.registry = new prom.Registry();
-    this.cycles = new prom.Counter({ name: "qreplica_agent_cycles_total", help: "Cycles by outcome: committed (acknowledged by the site), failed (on this host), refused (by the site), skipped (not started, e.g. scratch space low)", labelNames: ["vm", "outcome"], registers: [this.registry] });
-    this.read = new prom.Counter({ name: "qreplica_agent_read_bytes_total", help: "Changed bytes read from the VM's disks for committed cycles", labelNames: ["vm"], registers: [this.registry] });
-    this.sent = new prom.Counter({ name: "qreplica_agent_sent_bytes_total", help: "Bytes sent on the wire (compressed) for committed cycles", labelNames: ["vm"], registers: [this.registry] });
-    this.duration = new prom.Histogram({ name: "qreplica_agent_cycle_duration_seconds", help: "Time to read, send and have a cycle acknowledged by the site (after its cut-off)", labelNames: ["vm"], buckets: BUCKETS, registers: [this.registry] });
-    this.missedSlots = new prom.Counter({ name: "qreplica_agent_cycle_slots_missed_total", help: "Scheduled cycle slots that passed without a start (the VM's last cycle overran them, or maxCyclesInFlight was reached)", labelNames: ["vm"], registers: [this.registry] });
-    this.inFlight = new prom.Gauge({ name: "qreplica_agent_cycles_in_flight", help: "Cycles running now over all of the agent's VMs (bounded by maxCyclesInFlight)", registers: [this.registry] });
-    this.lastCommit = new prom.Gauge({ name: "qreplica_agent_last_committed_cycle_timestamp_seconds", help: "When the site last acknowledged a cycle of the VM (Unix time)", labelNames: ["vm"], registers: [this.registry] });
+    this.cycles = new prom.Counter({
+      name: "qreplica_agent_cycles_total",
+      help: "Cycles by outcome: committed (acknowledged by the site), failed (on this host), refused (by the site), skipped (not started, e.g. scratch space low)",
+      labelNames: ["vm", "outcome"],
+      registers: [this.registry],
+    });
+    this.read = new prom.Counter({
+      name: "qreplica_agent_read_bytes_total",
+      help: "Changed bytes read from the VM's disks for committed cycles",
+      labelNames: ["vm"],
+      registers: [this.registry],
+    });
+    this.sent = new prom.Counter({
+      name: "qreplica_agent_sent_bytes_total",
+      help: "Bytes sent on the wire (compressed) for committed cycles",
+      labelNames: ["vm"],
+      registers: [this.registry],
+    });
+    this.duration = new prom.Histogram({
+      name: "qreplica_agent_cycle_duration_seconds",
+      help: "Time to read, send and have a cycle acknowledged by the site (after its cut-off)",
+      labelNames: ["vm"],
+      buckets: BUCKETS,
+      registers: [this.registry],
+    });
+    this.missedSlots = new prom.Counter({
+      name: "qreplica_agent_cycle_slots_missed_total",
+      help: "Scheduled cycle slots that passed without a start (the VM's last cycle overran them, or maxCyclesInFlight was reached)",
+      labelNames: ["vm"],
+      registers: [this.registry],
+    });
+    this.inFlight = new prom.Gauge({
+      name: "qreplica_agent_cycles_in_flight",
+      help: "Cycles running now over all of the agent's VMs (bounded by maxCyclesInFlight)",
+      registers: [this.registry],
+    });
+    this.lastCommit = new prom.Gauge({
+      name: "qreplica_agent_last_committed_cycle_timestamp_seconds",
+      help: "When the site last acknowledged a cycle of the VM (Unix time)",
+      labelNames: ["vm"],
+      registers: [this.registry],
+    });
     prom.collectDefaultMetrics({ register: this.registry, prefix: "qreplica_agent_" });
   }
 

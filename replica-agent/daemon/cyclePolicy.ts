@@ -41,7 +41,14 @@ export class CyclePolicy {
   }
 
   private fromConfig(): AgentPolicy {
-    return { name: "config", version: 0, frequency: { kind: "interval", ms: this.vm.intervalSeconds * 1000 }, compressionLevel: this.vm.compressionLevel, bandwidth: [], resync: { mode: this.vm.resync } };
+    return {
+      name: "config",
+      version: 0,
+      frequency: { kind: "interval", ms: this.vm.intervalSeconds * 1000 },
+      compressionLevel: this.vm.compressionLevel,
+      bandwidth: [],
+      resync: { mode: this.vm.resync },
+    };
   }
 
   /** "gold@3", or "config" for the VM's own values. */

@@ -105,7 +105,15 @@ export async function sendCycle(
     await send(stream, responses, {
       body: {
         $case: "cycleEnd",
-        value: { generation: gen, cycleSequence: seq, extentCount: BigInt(totals.extents), dataBytes: BigInt(totals.data), zeroBytes: BigInt(totals.zero), wireBytes: BigInt(totals.wire), comparedBytes: BigInt(resyncStats.comparedBytes) },
+        value: {
+          generation: gen,
+          cycleSequence: seq,
+          extentCount: BigInt(totals.extents),
+          dataBytes: BigInt(totals.data),
+          zeroBytes: BigInt(totals.zero),
+          wireBytes: BigInt(totals.wire),
+          comparedBytes: BigInt(resyncStats.comparedBytes),
+        },
       },
     });
     for (;;) {
@@ -115,14 +123,29 @@ export async function sendCycle(
     }
     o.onEndSent?.(undefined);
     await cycle.confirm();
-    o.logger.info({ vm: o.vmId, seq: cycle.seq, kind: o.resync ? "resync" : cycle.kind, vcpuPauseMs: cycle.vcpuPauseMs, ...totals, ...(o.resync ? resyncStats : {}), ms: Date.now() - started, compressionLevel: o.compressionLevel, policy: o.policy }, "cycle acknowledged by the replica site");
+    o.logger.info(
+      {
+        vm: o.vmId,
+        seq: cycle.seq,
+        kind: o.resync ? "resync" : cycle.kind,
+        vcpuPauseMs: cycle.vcpuPauseMs,
+        ...totals,
+        ...(o.resync ? resyncStats : {}),
+        ms: Date.now() - started,
+        compressionLevel: o.compressionLevel,
+        policy: o.policy,
+      },
+      "cycle acknowledged by the replica site",
+    );
     return { totals, resync: o.resync ? resyncStats : undefined };
   } catch (err) {
     replica?.fail(err as Error);
     if (!cycle.finished) await cycle.abort(err);
     if (err instanceof SnapshotBrokenError) {
       // The site records it as a failed cycle with this message (status, events).
-      await send(stream, responses, { body: { $case: "cycleAbort", value: { generation: gen, cycleSequence: seq, message: `${err.code}: ${err.message}` } } }).catch(() => undefined);
+      await send(stream, responses, { body: { $case: "cycleAbort", value: { generation: gen, cycleSequence: seq, message: `${err.code}: ${err.message}` } } }).catch(
+        () => undefined,
+      );
     }
     throw err;
   }

@@ -157,7 +157,9 @@ export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashe
     // Its own ArrayBuffer (never Buffer's shared pool): for SHA-256 it moves to a hashing worker and back.
     const into = free.pop() ?? Buffer.allocUnsafeSlow(readBytes);
     // Read in pieces of EFFICIENT_READ_BYTES (what QEMU serves most cheaply), hashed as one unit.
-    const job = readInPieces(client, offset, length, into).then(() => (digest === "blake3" ? hashInPlace(into, length, chunkBytes, zero) : hashChunks(into.buffer as ArrayBuffer, length, chunkBytes, digest)));
+    const job = readInPieces(client, offset, length, into).then(() =>
+      digest === "blake3" ? hashInPlace(into, length, chunkBytes, zero) : hashChunks(into.buffer as ArrayBuffer, length, chunkBytes, digest),
+    );
     job.catch(() => undefined);
     reading++;
     pending.push({ offset, length, job });
@@ -195,7 +197,9 @@ export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashe
       if (theirs !== undefined && hashes[i]!.equals(theirs)) continue;
       stats.differingBytes += chunk.length;
       // A copy: the read buffer is reused for a later read.
-      yield chunk.equals(zero.subarray(0, chunk.length)) ? { kind: "zero", offset: chunkOffset, length: chunk.length } : { kind: "data", offset: chunkOffset, length: chunk.length, data: Buffer.from(chunk) };
+      yield chunk.equals(zero.subarray(0, chunk.length))
+        ? { kind: "zero", offset: chunkOffset, length: chunk.length }
+        : { kind: "data", offset: chunkOffset, length: chunk.length, data: Buffer.from(chunk) };
     }
     pending.shift();
     // The memory whole (for SHA-256, what came back from the worker): the next read fills it.

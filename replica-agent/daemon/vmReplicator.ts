@@ -52,7 +52,16 @@ function trackingLost(capture: VmCapture): Array<{ diskId: string; code: string;
     .map((d) => ({
       diskId: d.diskId,
       // An enable whose ack never came is told apart: the site lets an interrupted initial replication go on by itself.
-      code: d.unacknowledgedEnableSeq !== undefined ? ENABLE_UNACKNOWLEDGED : d.status === "not-enabled" ? "NOT_ENABLED" : /inconsistent/.test(d.reason ?? "") ? "BITMAP_INCONSISTENT" : /missing/.test(d.reason ?? "") ? "BITMAP_MISSING" : "TRACKING_LOST",
+      code:
+        d.unacknowledgedEnableSeq !== undefined
+          ? ENABLE_UNACKNOWLEDGED
+          : d.status === "not-enabled"
+            ? "NOT_ENABLED"
+            : /inconsistent/.test(d.reason ?? "")
+              ? "BITMAP_INCONSISTENT"
+              : /missing/.test(d.reason ?? "")
+                ? "BITMAP_MISSING"
+                : "TRACKING_LOST",
       reason: d.reason ?? (d.status === "not-enabled" ? "no change tracking on this agent (first start, or its state directory was lost)" : "change tracking lost"),
     }));
 }
@@ -233,7 +242,11 @@ export class VmReplicator {
       if (!slot) continue;
       agentMetrics.cyclesInFlight(this.schedule.inFlight);
       if (slot.missed > 0) agentMetrics.slotsMissed(this.vm.id, slot.missed);
-      if (slot.missed > 0) this.logger.warn({ vm: this.vm.id, missed: slot.missed, missedTotal: this.schedule.stats.missed }, "cycle slots missed: the last cycle overran them or the agent's maxCyclesInFlight was reached; this cycle serves the newest");
+      if (slot.missed > 0)
+        this.logger.warn(
+          { vm: this.vm.id, missed: slot.missed, missedTotal: this.schedule.stats.missed },
+          "cycle slots missed: the last cycle overran them or the agent's maxCyclesInFlight was reached; this cycle serves the newest",
+        );
       try {
         await this.incremental(qmp, async () => {
           const opened = await capture.beginCycle().catch((err: unknown) => this.skipped(err, stream, responses, ack.generation));
@@ -308,7 +321,12 @@ export class VmReplicator {
     req: PlannedFailoverRequested,
   ): Promise<void> {
     let method = "powerdown";
-    const shutdown = qmp.waitForEvent("SHUTDOWN", () => true, req.powerdownTimeoutSeconds * 1000).then(() => true, () => false);
+    const shutdown = qmp
+      .waitForEvent("SHUTDOWN", () => true, req.powerdownTimeoutSeconds * 1000)
+      .then(
+        () => true,
+        () => false,
+      );
     await qmp.execute("system_powerdown").catch(() => undefined);
     if (!(await shutdown)) {
       method = "pause";
@@ -407,7 +425,10 @@ export class VmReplicator {
     this.saveState({ generation, replicaSite: this.vm.replicaSite });
     const hint = reply.value.resumeHint;
     if (hint === ResumeHint.RESUME_HINT_WAIT_FOR_OPERATOR || hint === ResumeHint.RESUME_HINT_RESYNC) {
-      this.logger.warn({ vm: this.vm.id, hint: ResumeHint[hint], reason: reply.value.resyncReason, lost }, hint === ResumeHint.RESUME_HINT_RESYNC ? "the replica site asks for a resync by comparison" : "waiting for an operator (paused, or resync: manual)");
+      this.logger.warn(
+        { vm: this.vm.id, hint: ResumeHint[hint], reason: reply.value.resyncReason, lost },
+        hint === ResumeHint.RESUME_HINT_RESYNC ? "the replica site asks for a resync by comparison" : "waiting for an operator (paused, or resync: manual)",
+      );
     }
     return { generation, hint, lastCycleSeq: Number(reply.value.lastCommittedCycleSequence), resyncReason: reply.value.resyncReason };
   }
@@ -438,9 +459,15 @@ export class VmReplicator {
     this.unacknowledgedSeq = undefined;
     if (lastCommitted >= seq && trackingLost) {
       // An initial (or resync) cycle: its bitmap was never confirmed, so a resync compares instead.
-      this.logger.warn({ vm: this.vm.id, seq, lastCommitted }, `cycle ${seq} was committed by the replica site before its ack was lost; change tracking was not confirmed, so the next cycle compares the disks with that point and sends only what differs`);
+      this.logger.warn(
+        { vm: this.vm.id, seq, lastCommitted },
+        `cycle ${seq} was committed by the replica site before its ack was lost; change tracking was not confirmed, so the next cycle compares the disks with that point and sends only what differs`,
+      );
     } else if (lastCommitted >= seq) {
-      this.logger.warn({ vm: this.vm.id, seq, lastCommitted }, `cycle ${seq} was committed by the replica site before its ack was lost; its changes are sent again in the next cycle`);
+      this.logger.warn(
+        { vm: this.vm.id, seq, lastCommitted },
+        `cycle ${seq} was committed by the replica site before its ack was lost; its changes are sent again in the next cycle`,
+      );
     } else {
       this.logger.warn({ vm: this.vm.id, seq, lastCommitted }, `cycle ${seq} was not committed by the replica site; its changes are sent in the next cycle`);
     }

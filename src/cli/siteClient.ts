@@ -18,7 +18,10 @@ export interface SiteTargetOptions {
 /** An error from a control call: the server's message, and its status as `code` for --json output. */
 export class ControlCallError extends Error {
   readonly code: string;
-  constructor(readonly grpcCode: grpc.status, message: string) {
+  constructor(
+    readonly grpcCode: grpc.status,
+    message: string,
+  ) {
     super(message);
     this.code = grpc.status[grpcCode] ?? "UNKNOWN";
   }
@@ -89,7 +92,8 @@ export function readAddress(dir: string): string {
 /** The site's own words, or for a site that did not answer at all, what to check. */
 function describeCallError(err: grpc.ServiceError): string {
   const details = err.details || err.message;
-  if (err.code === grpc.status.UNAVAILABLE) return `no site answered (${details.replace(/\s*Resolution note:\s*$/, "")}): is it running (qreplica site serve), and is the address right?`;
+  if (err.code === grpc.status.UNAVAILABLE)
+    return `no site answered (${details.replace(/\s*Resolution note:\s*$/, "")}): is it running (qreplica site serve), and is the address right?`;
   if (err.code === grpc.status.DEADLINE_EXCEEDED) return `the site did not answer in time (${details}): is it overloaded or stopped (SIGSTOP)?`;
   return details;
 }
@@ -101,6 +105,8 @@ export function unary<Req, Res>(
   timeoutMs = 15_000,
 ): Promise<Res> {
   return new Promise((resolve, reject) => {
-    method.call(client, request, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(new ControlCallError(err.code, describeCallError(err))) : resolve(res)));
+    method.call(client, request, new grpc.Metadata(), { deadline: Date.now() + timeoutMs }, (err, res) =>
+      err ? reject(new ControlCallError(err.code, describeCallError(err))) : resolve(res),
+    );
   });
 }

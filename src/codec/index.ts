@@ -31,15 +31,12 @@ export function getCodec(name: string, options: { prefer?: ZstdImplementation } 
     case "none":
       return noneCodec;
     case "zstd": {
-      const order: ZstdImplementation[] =
-        options.prefer === "zstd-napi" ? ["zstd-napi", "node:zlib"] : ["node:zlib", "zstd-napi"];
+      const order: ZstdImplementation[] = options.prefer === "zstd-napi" ? ["zstd-napi", "node:zlib"] : ["node:zlib", "zstd-napi"];
       for (const impl of order) {
         if (impl === "node:zlib" && nodeZlibZstdAvailable()) return nodeZlibZstdCodec;
         if (impl === "zstd-napi" && zstdNapiAvailable()) return zstdNapiCodec;
       }
-      throw new CodecUnavailableError(
-        `no zstd implementation in Node ${process.version}: rebuild zstd-napi (\`npm rebuild zstd-napi\`) or use Node >= 22.15`,
-      );
+      throw new CodecUnavailableError(`no zstd implementation in Node ${process.version}: rebuild zstd-napi (\`npm rebuild zstd-napi\`) or use Node >= 22.15`);
     }
     default:
       throw new UnsupportedCodecError(`unknown codec "${name}"; expected one of: zstd, none`);

@@ -40,9 +40,7 @@ export const nodeZlibZstdCodec: Codec = {
   compress(buf: Uint8Array, level: number): Buffer {
     const zz = api();
     if (!Number.isInteger(level) || level < MIN_LEVEL || level > MAX_LEVEL) {
-      throw new CompressionFailedError(
-        `zstd level ${level} is outside ${MIN_LEVEL}..${MAX_LEVEL}; fix the replication policy's compression level`,
-      );
+      throw new CompressionFailedError(`zstd level ${level} is outside ${MIN_LEVEL}..${MAX_LEVEL}; fix the replication policy's compression level`);
     }
     try {
       // Like zstd-napi's frames: content size in the header and XXH64 of the content at the end.
@@ -73,10 +71,7 @@ export const nodeZlibZstdCodec: Codec = {
       );
     }
     if (out.length !== expectedLength) {
-      throw new CodecError(
-        `zstd payload decompressed to ${out.length} bytes, expected ${expectedLength}`,
-        out.length > expectedLength ? "too-large" : "too-small",
-      );
+      throw new CodecError(`zstd payload decompressed to ${out.length} bytes, expected ${expectedLength}`, out.length > expectedLength ? "too-large" : "too-small");
     }
     return out;
   },

@@ -13,10 +13,7 @@ export const noneCodec: Codec = {
   decompress(buf: Uint8Array, expectedLength: number): Buffer {
     checkExpectedLength("none", expectedLength);
     if (buf.length !== expectedLength) {
-      throw new CodecError(
-        `uncompressed payload is ${buf.length} bytes, expected ${expectedLength}`,
-        buf.length > expectedLength ? "too-large" : "too-small",
-      );
+      throw new CodecError(`uncompressed payload is ${buf.length} bytes, expected ${expectedLength}`, buf.length > expectedLength ? "too-large" : "too-small");
     }
     return Buffer.isBuffer(buf) ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength);
   },

@@ -22,8 +22,7 @@ function load(): typeof ZstdBinding {
     }
   }
   throw new CodecUnavailableError(
-    "zstd-napi's native module did not load; rebuild it with `npm rebuild zstd-napi` " +
-      "(needs a C compiler and node headers) or run on Node >= 22.15, which has zstd built in",
+    "zstd-napi's native module did not load; rebuild it with `npm rebuild zstd-napi` " + "(needs a C compiler and node headers) or run on Node >= 22.15, which has zstd built in",
     { cause: loadError },
   );
 }
@@ -53,9 +52,7 @@ export const zstdNapiCodec: Codec = {
     const b = load();
     if (!Number.isInteger(level) || level < b.minCLevel() || level > b.maxCLevel()) {
       // zstd clamps silently; a policy typo should be visible instead.
-      throw new CompressionFailedError(
-        `zstd level ${level} is outside ${b.minCLevel()}..${b.maxCLevel()}; fix the replication policy's compression level`,
-      );
+      throw new CompressionFailedError(`zstd level ${level} is outside ${b.minCLevel()}..${b.maxCLevel()}; fix the replication policy's compression level`);
     }
     if (!cctx) {
       cctx = new b.CCtx();
@@ -92,10 +89,7 @@ export const zstdNapiCodec: Codec = {
     // Only a clearer message: the bounded buffer below is what actually enforces the limit,
     // including for frames that do not declare their size.
     if (declared !== null && declared > expectedLength) {
-      throw new CodecError(
-        `zstd frame declares ${declared} bytes but ${expectedLength} were expected; refusing to decompress`,
-        "too-large",
-      );
+      throw new CodecError(`zstd frame declares ${declared} bytes but ${expectedLength} were expected; refusing to decompress`, "too-large");
     }
     dctx ??= new b.DCtx();
     const out = into && into.length >= expectedLength ? into.subarray(0, expectedLength) : Buffer.allocUnsafe(expectedLength);

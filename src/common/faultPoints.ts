@@ -29,7 +29,10 @@ const fired = new Set<string>();
 function armed(point: FaultPoint): boolean {
   const spec = process.env[ENV];
   if (!spec || fired.has(point)) return false;
-  return spec.split(",").map((s) => s.trim()).includes(point);
+  return spec
+    .split(",")
+    .map((s) => s.trim())
+    .includes(point);
 }
 
 function die(point: FaultPoint): never {

@@ -59,9 +59,10 @@ export async function startMetricsServer(listen: string, registry: Registry, log
   logger.info({ address }, "metrics endpoint serving /metrics");
   return {
     address,
-    close: () => new Promise<void>((resolve) => {
-      server.closeAllConnections();
-      server.close(() => resolve());
-    }),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
   };
 }

@@ -94,9 +94,5 @@ export class LedgerClosedError extends QreplicaError {
  * loaded (the failure Emmett's SQLite package hit with `instanceof`).
  */
 export function isWrongExpectedVersionError(err: unknown): err is WrongExpectedVersionError {
-  return (
-    typeof err === "object" &&
-    err !== null &&
-    (err as { code?: unknown }).code === "WRONG_EXPECTED_VERSION"
-  );
+  return typeof err === "object" && err !== null && (err as { code?: unknown }).code === "WRONG_EXPECTED_VERSION";
 }

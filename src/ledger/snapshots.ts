@@ -56,10 +56,7 @@ export function validateSnapshotRecord(r: SnapshotRecord): void {
 }
 
 function checksumOf(r: Omit<SnapshotRecord, "checksum" | "savedAt">): string {
-  return createHash("sha256")
-    .update(`${r.key}\n${r.at}\n${r.atHash}\n${r.schemaVersion}\n${r.foldVersion}\n`)
-    .update(r.state)
-    .digest("hex");
+  return createHash("sha256").update(`${r.key}\n${r.at}\n${r.atHash}\n${r.schemaVersion}\n${r.foldVersion}\n`).update(r.state).digest("hex");
 }
 
 /** Builds a record for plain-JSON `state` (refused otherwise, as events are). */

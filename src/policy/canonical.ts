@@ -23,7 +23,9 @@ export function policyToSpec(p: ReplicationPolicy): PolicySpec {
       minPoints: p.retention.minPoints,
       tiers: p.retention.tiers.map((t) => ({ every: t.everySeconds === 0 ? "all" : formatDuration(t.everySeconds), keepFor: formatDuration(t.keepForSeconds) })),
     },
-    ...(p.applicationConsistent ? { applicationConsistent: { every: formatDuration(p.applicationConsistent.everySeconds), freezeTimeout: formatDuration(p.applicationConsistent.freezeTimeoutMs / 1000) } } : {}),
+    ...(p.applicationConsistent
+      ? { applicationConsistent: { every: formatDuration(p.applicationConsistent.everySeconds), freezeTimeout: formatDuration(p.applicationConsistent.freezeTimeoutMs / 1000) } }
+      : {}),
     compressionLevel: p.compressionLevel,
     bandwidth: p.bandwidth.map((b) => ({ limit: formatRate(b.bytesPerSecond), ...(b.window ? { window: windowSpec(b.window) } : {}) })),
     initialReplication: p.initialReplication.kind === "now" ? "now" : { at: p.initialReplication.at },
@@ -39,7 +41,9 @@ export function policyToYaml(p: ReplicationPolicy): string {
 /** JSON with every object's keys sorted: equal policies give equal strings, whatever their key order. */
 export function canonicalJson(value: unknown): string {
   return JSON.stringify(value, (_k, v: unknown) =>
-    v !== null && typeof v === "object" && !Array.isArray(v) ? Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) : v,
+    v !== null && typeof v === "object" && !Array.isArray(v)
+      ? Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+      : v,
   );
 }
 
@@ -83,7 +87,5 @@ export function diffPolicies(a: ReplicationPolicy | undefined, b: ReplicationPol
 /** "  frequency: 1h -> 1s" lines; "(no change)" when there is none. */
 export function formatDiff(changes: PolicyChange[]): string {
   if (changes.length === 0) return "(no change)";
-  return changes
-    .map((c) => (c.from === undefined ? `+ ${c.path}: ${c.to}` : c.to === undefined ? `- ${c.path}: ${c.from}` : `~ ${c.path}: ${c.from} -> ${c.to}`))
-    .join("\n");
+  return changes.map((c) => (c.from === undefined ? `+ ${c.path}: ${c.to}` : c.to === undefined ? `- ${c.path}: ${c.from}` : `~ ${c.path}: ${c.from} -> ${c.to}`)).join("\n");
 }

@@ -106,7 +106,10 @@ export class PolicyBook {
   }
 
   boundTo(name: string): string[] {
-    return this.allBindings().filter((b) => b.policyName === name).map((b) => b.vmId).sort();
+    return this.allBindings()
+      .filter((b) => b.policyName === name)
+      .map((b) => b.vmId)
+      .sort();
   }
 
   /**

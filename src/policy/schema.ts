@@ -96,7 +96,9 @@ const tierEvery = field<number>((v) => {
 });
 
 const compressionLevel = field<number>((v) =>
-  typeof v === "number" && Number.isInteger(v) && v >= 1 && v <= 19 ? { value: v } : { error: `${show(v)} is not a zstd level; write a whole number from 1 (fastest) to 19 (smallest), e.g. 3` },
+  typeof v === "number" && Number.isInteger(v) && v >= 1 && v <= 19
+    ? { value: v }
+    : { error: `${show(v)} is not a zstd level; write a whole number from 1 (fastest) to 19 (smallest), e.g. 3` },
 );
 
 const minPoints = field<number>((v) =>
@@ -157,18 +159,29 @@ function crossFieldProblems(s: Spec, policy: ReplicationPolicy): PolicyProblem[]
   const problems: PolicyProblem[] = [];
   const tiers = s.retention?.tiers ?? [];
   tiers.forEach((t, i) => {
-    if (t.every > 0 && t.every >= t.keepFor) problems.push({ path: `retention.tiers[${i}].keepFor`, message: `must be longer than the tier's 'every' (one point per ${s.retention!.tiers![i]!.every}s kept for less than that keeps nothing); raise keepFor or lower every` });
+    if (t.every > 0 && t.every >= t.keepFor)
+      problems.push({
+        path: `retention.tiers[${i}].keepFor`,
+        message: `must be longer than the tier's 'every' (one point per ${s.retention!.tiers![i]!.every}s kept for less than that keeps nothing); raise keepFor or lower every`,
+      });
     const prev = tiers[i - 1];
-    if (prev && t.every <= prev.every) problems.push({ path: `retention.tiers[${i}].every`, message: `tiers go finest first: this tier's 'every' must be coarser than tier ${i - 1}'s; reorder the tiers` });
+    if (prev && t.every <= prev.every)
+      problems.push({ path: `retention.tiers[${i}].every`, message: `tiers go finest first: this tier's 'every' must be coarser than tier ${i - 1}'s; reorder the tiers` });
   });
-  if (s.resync?.mode === "manual" && s.resync.window) problems.push({ path: "resync.window", message: "a manual resync starts when an operator says so, not in a window; remove the window or write mode: automatic" });
-  if (s.minGap !== undefined && s.frequency !== "continuous") problems.push({ path: "minGap", message: "applies to frequency: continuous only; remove it or set frequency: continuous" });
+  if (s.resync?.mode === "manual" && s.resync.window)
+    problems.push({ path: "resync.window", message: "a manual resync starts when an operator says so, not in a window; remove the window or write mode: automatic" });
+  if (s.minGap !== undefined && s.frequency !== "continuous")
+    problems.push({ path: "minGap", message: "applies to frequency: continuous only; remove it or set frequency: continuous" });
   const f = policy.frequency;
   if (s.rpoAlert !== undefined && f.kind === "interval" && policy.rpoAlertSeconds <= f.seconds) {
-    problems.push({ path: "rpoAlert", message: `must be longer than the frequency (${f.seconds}s): a point every ${f.seconds}s is always older than that; raise rpoAlert, e.g. to ${Math.max(2 * f.seconds, 60)}s` });
+    problems.push({
+      path: "rpoAlert",
+      message: `must be longer than the frequency (${f.seconds}s): a point every ${f.seconds}s is always older than that; raise rpoAlert, e.g. to ${Math.max(2 * f.seconds, 60)}s`,
+    });
   }
   const ac = policy.applicationConsistent;
-  if (ac && ac.freezeTimeoutMs > MAX_FREEZE_MS) problems.push({ path: "applicationConsistent.freezeTimeout", message: `at most ${MAX_FREEZE_MS / 1000}s: a guest frozen longer times out its own I/O; write e.g. 10s` });
+  if (ac && ac.freezeTimeoutMs > MAX_FREEZE_MS)
+    problems.push({ path: "applicationConsistent.freezeTimeout", message: `at most ${MAX_FREEZE_MS / 1000}s: a guest frozen longer times out its own I/O; write e.g. 10s` });
   if (policy.bandwidth.some((b, i) => b.window === undefined && i < policy.bandwidth.length - 1)) {
     const i = policy.bandwidth.findIndex((b) => b.window === undefined);
     problems.push({ path: `bandwidth[${i}].window`, message: "an entry without a window applies always, so the entries after it never do; give it a window or move it last" });
@@ -178,10 +191,12 @@ function crossFieldProblems(s: Spec, policy: ReplicationPolicy): PolicyProblem[]
 
 function toPolicy(s: Spec): ReplicationPolicy {
   const f = s.frequency;
-  const frequency: FrequencySpec = f === undefined ? { kind: "interval", seconds: DEFAULTS.frequencySeconds } : f === "continuous" ? { kind: "continuous", minGapSeconds: s.minGap ?? DEFAULTS.minGapSeconds } : f;
+  const frequency: FrequencySpec =
+    f === undefined ? { kind: "interval", seconds: DEFAULTS.frequencySeconds } : f === "continuous" ? { kind: "continuous", minGapSeconds: s.minGap ?? DEFAULTS.minGapSeconds } : f;
   const tiers: RetentionTier[] = (s.retention?.tiers ?? []).map((t) => ({ everySeconds: t.every, keepForSeconds: t.keepFor }));
   const nominal = frequency.kind === "interval" ? frequency.seconds : frequency.minGapSeconds;
-  const win = (w: { days?: number[]; from: string; to: string } | undefined): TimeWindow | undefined => w && { ...(w.days && w.days.length ? { days: w.days } : {}), from: w.from, to: w.to };
+  const win = (w: { days?: number[]; from: string; to: string } | undefined): TimeWindow | undefined =>
+    w && { ...(w.days && w.days.length ? { days: w.days } : {}), from: w.from, to: w.to };
   const bandwidth: BandwidthLimit[] = (s.bandwidth ?? []).map((b) => ({ bytesPerSecond: b.limit, ...(b.window ? { window: win(b.window) } : {}) }));
   const policy: ReplicationPolicy = {
     name: s.name,
@@ -189,12 +204,22 @@ function toPolicy(s: Spec): ReplicationPolicy {
     frequency,
     retention: { tiers, minPoints: s.retention?.minPoints ?? (tiers.length ? DEFAULTS.minPointsWithTiers : DEFAULTS.minPoints) },
     ...(s.applicationConsistent
-      ? { applicationConsistent: { everySeconds: s.applicationConsistent.every, freezeTimeoutMs: Math.round((s.applicationConsistent.freezeTimeout ?? DEFAULTS.freezeTimeoutMs / 1000) * 1000) } }
+      ? {
+          applicationConsistent: {
+            everySeconds: s.applicationConsistent.every,
+            freezeTimeoutMs: Math.round((s.applicationConsistent.freezeTimeout ?? DEFAULTS.freezeTimeoutMs / 1000) * 1000),
+          },
+        }
       : {}),
     compressionLevel: s.compressionLevel ?? DEFAULTS.compressionLevel,
     bandwidth,
     initialReplication: s.initialReplication === undefined || s.initialReplication === "now" ? { kind: "now" } : { kind: "at", at: s.initialReplication.at },
-    resync: s.resync === undefined ? { mode: "automatic" } : s.resync.mode === "manual" ? { mode: "manual" } : { mode: "automatic", ...(s.resync.window ? { window: win(s.resync.window) } : {}) },
+    resync:
+      s.resync === undefined
+        ? { mode: "automatic" }
+        : s.resync.mode === "manual"
+          ? { mode: "manual" }
+          : { mode: "automatic", ...(s.resync.window ? { window: win(s.resync.window) } : {}) },
     rpoAlertSeconds: s.rpoAlert ?? defaultRpoAlertSeconds(nominal),
   };
   return policy;
@@ -220,7 +245,8 @@ function problemsOf(error: z.ZodError): PolicyProblem[] {
     }
     if (iss.code === "invalid_type" && iss.input === undefined) return [{ path, message: "is missing" }];
     if (path === "initialReplication" && (iss.code === "invalid_union" || iss.code === "invalid_value")) return [{ path, message: `write now, or { at: "2026-12-05T02:00:00Z" }` }];
-    if (iss.code === "invalid_type") return [{ path, message: `is ${show(iss.input)}; expected ${iss.expected === "object" ? "a mapping" : iss.expected === "array" ? "a list" : `a ${iss.expected}`}` }];
+    if (iss.code === "invalid_type")
+      return [{ path, message: `is ${show(iss.input)}; expected ${iss.expected === "object" ? "a mapping" : iss.expected === "array" ? "a list" : `a ${iss.expected}`}` }];
     return [{ path, message: iss.message }];
   });
 }

@@ -32,7 +32,13 @@ export function formatDuration(seconds: number): string {
   if (seconds === 0) return "0s";
   let ms = Math.round(seconds * 1000);
   let out = "";
-  for (const [unit, secs] of [["w", 604_800], ["d", 86_400], ["h", 3600], ["m", 60], ["s", 1]] as const) {
+  for (const [unit, secs] of [
+    ["w", 604_800],
+    ["d", 86_400],
+    ["h", 3600],
+    ["m", 60],
+    ["s", 1],
+  ] as const) {
     const n = Math.floor(ms / (secs * 1000));
     if (n > 0) {
       out += `${n}${unit}`;
@@ -66,7 +72,11 @@ export function parseRate(text: string | number): number | undefined {
 /** "50MiB/s" for 52428800; exact binary units where they divide, else bytes. */
 export function formatRate(bytesPerSecond: number): string {
   if (bytesPerSecond === 0) return "unlimited";
-  for (const [unit, n] of [["GiB", 1024 ** 3], ["MiB", 1024 ** 2], ["KiB", 1024]] as const) {
+  for (const [unit, n] of [
+    ["GiB", 1024 ** 3],
+    ["MiB", 1024 ** 2],
+    ["KiB", 1024],
+  ] as const) {
     if (bytesPerSecond % n === 0) return `${bytesPerSecond / n}${unit}/s`;
   }
   return `${bytesPerSecond}B/s`;

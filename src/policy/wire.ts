@@ -13,7 +13,8 @@ export function effectivePolicyToWire(policy: ReplicationPolicy, version: number
   return {
     name: policy.name,
     version,
-    frequency: f.kind === "interval" ? { $case: "intervalSeconds", value: Math.max(1, Math.round(f.seconds)) } : { $case: "continuousMinGapMs", value: Math.round(f.minGapSeconds * 1000) },
+    frequency:
+      f.kind === "interval" ? { $case: "intervalSeconds", value: Math.max(1, Math.round(f.seconds)) } : { $case: "continuousMinGapMs", value: Math.round(f.minGapSeconds * 1000) },
     compressionLevel: policy.compressionLevel,
     appConsistentEverySeconds: policy.applicationConsistent?.everySeconds ?? 0,
     freezeTimeoutMs: policy.applicationConsistent?.freezeTimeoutMs ?? 0,

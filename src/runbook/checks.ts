@@ -54,7 +54,12 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
  * Polls `check` until it returns true or the time is up. `check` returns true, or a short
  * description of why not yet, which becomes the timeout message.
  */
-export async function waitUntil(check: () => Promise<true | string>, timeoutMs: number, pollMs: number, signal?: AbortSignal): Promise<{ ok: true; waitedMs: number } | { ok: false; lastReason: string }> {
+export async function waitUntil(
+  check: () => Promise<true | string>,
+  timeoutMs: number,
+  pollMs: number,
+  signal?: AbortSignal,
+): Promise<{ ok: true; waitedMs: number } | { ok: false; lastReason: string }> {
   const started = Date.now();
   for (;;) {
     let reason: string;

@@ -6,7 +6,11 @@ import type { LaunchedVm, RunbookTarget, VmReplicaStatus } from "./target.js";
 /** Launching a VM includes creating overlays and booting QEMU up to "running". */
 const LAUNCH_TIMEOUT_MS = 120_000;
 
-const stateName = (s: RelationshipState) => (RelationshipState[s] ?? "UNSPECIFIED").replace(/^RELATIONSHIP_STATE_/, "").toLowerCase().replaceAll("_", "-");
+const stateName = (s: RelationshipState) =>
+  (RelationshipState[s] ?? "UNSPECIFIED")
+    .replace(/^RELATIONSHIP_STATE_/, "")
+    .toLowerCase()
+    .replaceAll("_", "-");
 
 const launchedOf = (v: LaunchedVmInfo): LaunchedVm => ({ name: v.name, serialLog: v.serialLog, qmpSocket: v.qmpSocket, pid: v.pid, timeToRunningMs: Number(v.timeToRunningMs) });
 

@@ -146,7 +146,10 @@ export async function executePlan(opts: ExecuteOptions): Promise<RunOutcome> {
   const [lastStepId, end] = [...readyAt.entries()].reduce((a, b) => (b[1] >= a[1] ? b : a), ["", runStartedAt]);
   const rtoMs = end - runStartedAt;
   // A resumed run's RTO includes the time it stood stopped: that is the outage the users saw.
-  await rec.append([EVENT.rtoMeasured, { rtoMs, lastStepId, from: new Date(runStartedAt).toISOString(), to: new Date(end).toISOString(), includesStops: !!resume }], [EVENT.runSucceeded, { durationMs: Date.now() - runStartedAt }]);
+  await rec.append(
+    [EVENT.rtoMeasured, { rtoMs, lastStepId, from: new Date(runStartedAt).toISOString(), to: new Date(end).toISOString(), includesStops: !!resume }],
+    [EVENT.runSucceeded, { durationMs: Date.now() - runStartedAt }],
+  );
   const real = [...launched.values()].filter((r) => r.mode !== "test").map((r) => r.vm);
   const next = plan.test
     ? [`end the drill (stop the test VMs, discard their writes): ${rollbackCmd}`]
@@ -193,7 +196,8 @@ export async function executePlan(opts: ExecuteOptions): Promise<RunOutcome> {
         if (v.mode !== "test" && st.state.startsWith("failed-over")) problems.push(`VM ${v.vm} is already failed over (${st.state}): complete or cancel that failover first`);
         const points = await target.listRecoveryPoints(v.vm);
         if (points.length === 0) problems.push(`VM ${v.vm} has no recovery point yet: wait for its initial replication`);
-        else if (v.point && !points.includes(v.point)) problems.push(`VM ${v.vm} has no recovery point '${v.point}' (it has ${points.slice(-5).join(", ")}${points.length > 5 ? ", ..." : ""}): fix its point in the runbook`);
+        else if (v.point && !points.includes(v.point))
+          problems.push(`VM ${v.vm} has no recovery point '${v.point}' (it has ${points.slice(-5).join(", ")}${points.length > 5 ? ", ..." : ""}): fix its point in the runbook`);
       } catch (err) {
         problems.push(`VM ${v.vm}: ${(err as Error).message}`);
       }

@@ -35,7 +35,9 @@ export function formatProgress(e: ProgressEvent, idWidth: number): string {
 export function formatRollbackProgress(e: RollbackProgress): string {
   switch (e.type) {
     case "rollback-started":
-      return e.steps.length ? `rolling back run ${e.runId}${e.test ? " (drill)" : ""}: ${e.steps.length} failover step(s) to undo, newest first` : `run ${e.runId}: no failover to undo`;
+      return e.steps.length
+        ? `rolling back run ${e.runId}${e.test ? " (drill)" : ""}: ${e.steps.length} failover step(s) to undo, newest first`
+        : `run ${e.runId}: no failover to undo`;
     case "undo-finished":
       return `${stamp(e.elapsedMs)} ${e.status.padEnd(15)} ${e.stepId}  ${e.action}: ${e.detail}`;
     case "rollback-finished":
@@ -48,7 +50,10 @@ function detailOf(s: StepRecord): string {
   if (s.status === "failed") return s.error ?? "";
   const r = s.result as (Partial<FailoverResult> & { waitedMs?: number; confirmedBy?: string; exitCode?: number }) | undefined;
   if (!r) return "";
-  if (s.kind === "failover") return [`point ${r.pointId}`, r.testId && `test ${r.testId}`, r.generation !== undefined && `generation ${r.generation}`, r.launched && `serial log ${r.launched.serialLog}`].filter(Boolean).join(", ");
+  if (s.kind === "failover")
+    return [`point ${r.pointId}`, r.testId && `test ${r.testId}`, r.generation !== undefined && `generation ${r.generation}`, r.launched && `serial log ${r.launched.serialLog}`]
+      .filter(Boolean)
+      .join(", ");
   if (r.waitedMs !== undefined) return `satisfied after ${secs(r.waitedMs)}`;
   if (r.confirmedBy) return `confirmed by ${r.confirmedBy}`;
   if (r.exitCode !== undefined) return `exit code ${r.exitCode}`;

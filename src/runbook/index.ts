@@ -5,7 +5,18 @@ export { validateRunbook, loadRunbook, type LocatedProblem, type ValidationResul
 export { planRunbook, type Plan, type PlanStep, type PlannedFailover, type ResumeFrom } from "./planner.js";
 export { executePlan, ledgerArgs, resumeOptions, type ExecuteOptions, type ProgressEvent, type RunOutcome } from "./executor.js";
 export { rollbackRun, type RollbackOutcome, type RollbackProgress } from "./rollback.js";
-export { readRun, runStream, newRunId, launchedVms, EVENT as RUNBOOK_EVENT, RUNBOOK_STREAM_PREFIX, type RunRecord, type StepRecord, type RunStatus, type FailoverResult } from "./runLog.js";
+export {
+  readRun,
+  runStream,
+  newRunId,
+  launchedVms,
+  EVENT as RUNBOOK_EVENT,
+  RUNBOOK_STREAM_PREFIX,
+  type RunRecord,
+  type StepRecord,
+  type RunStatus,
+  type FailoverResult,
+} from "./runLog.js";
 export { localProbes, runHook, waitUntil } from "./checks.js";
 export { controlTarget, siteControlClient } from "./controlTarget.js";
 export { ControlPlaneRunLog, type RunLogStore } from "./controlPlaneRunLog.js";

@@ -78,11 +78,40 @@ export function planRunbook(runbook: Runbook, opts: { test: boolean; resumeFrom?
         const timeoutMs = st.timeoutSeconds * 1000;
         if (st.wait === "vm-running") {
           const vms = st.vm ? [st.vm] : groupVms;
-          steps.push({ id, ...base, kind: "wait", wait: "vm-running", vms, timeoutMs, description: `${label}wait until ${vms.join(", ")} ${vms.length === 1 ? "is" : "are"} running (timeout ${seconds(timeoutMs)})`, ...skip(id) });
+          steps.push({
+            id,
+            ...base,
+            kind: "wait",
+            wait: "vm-running",
+            vms,
+            timeoutMs,
+            description: `${label}wait until ${vms.join(", ")} ${vms.length === 1 ? "is" : "are"} running (timeout ${seconds(timeoutMs)})`,
+            ...skip(id),
+          });
         } else if (st.wait === "tcp-port") {
-          steps.push({ id, ...base, kind: "wait", wait: "tcp-port", host: st.host, port: st.port, timeoutMs, description: `${label}wait until ${st.host}:${st.port} accepts TCP connections (timeout ${seconds(timeoutMs)})`, ...skip(id) });
+          steps.push({
+            id,
+            ...base,
+            kind: "wait",
+            wait: "tcp-port",
+            host: st.host,
+            port: st.port,
+            timeoutMs,
+            description: `${label}wait until ${st.host}:${st.port} accepts TCP connections (timeout ${seconds(timeoutMs)})`,
+            ...skip(id),
+          });
         } else {
-          steps.push({ id, ...base, kind: "wait", wait: "serial-log", vm: st.vm, pattern: st.pattern, timeoutMs, description: `${label}wait for /${st.pattern}/ on ${st.vm}'s serial console (timeout ${seconds(timeoutMs)})`, ...skip(id) });
+          steps.push({
+            id,
+            ...base,
+            kind: "wait",
+            wait: "serial-log",
+            vm: st.vm,
+            pattern: st.pattern,
+            timeoutMs,
+            description: `${label}wait for /${st.pattern}/ on ${st.vm}'s serial console (timeout ${seconds(timeoutMs)})`,
+            ...skip(id),
+          });
         }
       } else if ("confirm" in st) {
         const id = `${prefix}.confirm`;
@@ -113,7 +142,13 @@ export function planRunbook(runbook: Runbook, opts: { test: boolean; resumeFrom?
 
   // Checked before anything changes, so a typo in a VM id or point does not stop a run halfway.
   if (toCheck.length > 0) {
-    steps.unshift({ id: "preflight", group: 0, kind: "preflight", vms: toCheck, description: `check the site replicates ${toCheck.map((v) => v.vm).join(", ")} and has the recovery points` });
+    steps.unshift({
+      id: "preflight",
+      group: 0,
+      kind: "preflight",
+      vms: toCheck,
+      description: `check the site replicates ${toCheck.map((v) => v.vm).join(", ")} and has the recovery points`,
+    });
   }
   return { runbook: runbook.name, test: opts.test, site: runbook.site, steps, ...(opts.resumeFrom ? { resumedRunId: opts.resumeFrom.runId } : {}) };
 }

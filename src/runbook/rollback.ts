@@ -22,7 +22,13 @@ export interface RollbackOutcome {
  * it made. Waits, confirmations and hooks changed nothing on the site and are left alone. Every
  * undo is recorded, so a rollback that failed halfway can simply be run again.
  */
-export async function rollbackRun(opts: { store: RunLogStore; target: RunbookTarget; runId: string; ledgerPath: string; onProgress?: (e: RollbackProgress) => void }): Promise<RollbackOutcome> {
+export async function rollbackRun(opts: {
+  store: RunLogStore;
+  target: RunbookTarget;
+  runId: string;
+  ledgerPath: string;
+  onProgress?: (e: RollbackProgress) => void;
+}): Promise<RollbackOutcome> {
   const { store, target, runId } = opts;
   const run = await readRun(store, runId);
   if (!run) throw new RunbookRunNotFoundError(runId, opts.ledgerPath);
@@ -79,16 +85,30 @@ async function undo(step: StepRecord, target: RunbookTarget): Promise<{ status: 
     }
     // The site removes a test that failed to start; only an interrupted call leaves an unknown one.
     if (step.status === "started" && st.testFailoverActive) {
-      return { status: "failed", action, detail: `VM ${vm}: the run was interrupted while starting a test failover and did not learn its id; check 'qreplica status' and stop it with 'qreplica test-failover stop ${vm}'` };
+      return {
+        status: "failed",
+        action,
+        detail: `VM ${vm}: the run was interrupted while starting a test failover and did not learn its id; check 'qreplica status' and stop it with 'qreplica test-failover stop ${vm}'`,
+      };
     }
     return { status: "nothing-to-undo", action, detail: `VM ${vm}: the test failover never started` };
   }
 
   // Cancel only a failover this run made: same generation it recorded (or newer than before its attempt).
-  const ours = step.status === "succeeded" ? st.generation === r?.generation : typeof step.startData?.generationBefore === "number" && st.generation > step.startData.generationBefore;
-  if (!ours) return { status: "nothing-to-undo", action, detail: `VM ${vm}: ${step.status === "succeeded" ? "already undone" : "the failed attempt did not fail it over"} (state ${st.state}, generation ${st.generation})` };
+  const ours =
+    step.status === "succeeded" ? st.generation === r?.generation : typeof step.startData?.generationBefore === "number" && st.generation > step.startData.generationBefore;
+  if (!ours)
+    return {
+      status: "nothing-to-undo",
+      action,
+      detail: `VM ${vm}: ${step.status === "succeeded" ? "already undone" : "the failed attempt did not fail it over"} (state ${st.state}, generation ${st.generation})`,
+    };
   if (st.state === "failed-over") {
-    return { status: "failed", action, detail: `VM ${vm}: its failover was completed and can no longer be cancelled; fail back with a planned failover to the original site instead` };
+    return {
+      status: "failed",
+      action,
+      detail: `VM ${vm}: its failover was completed and can no longer be cancelled; fail back with a planned failover to the original site instead`,
+    };
   }
   if (st.state !== "failed-over-waiting-completion") return { status: "nothing-to-undo", action, detail: `VM ${vm}: not failed over any more (state ${st.state})` };
   const state = await target.cancelFailover(vm);

@@ -113,7 +113,18 @@ export async function readRun(store: RunLogStore, runId: string): Promise<RunRec
     order = [...list.map((s) => s.id), ...order.filter((id) => !list.some((s) => s.id === id))];
   };
   declare(start.steps);
-  const run: RunRecord = { runId, runbook: start.runbook, file: start.file, test: start.test, site: start.site, startedAt: start.at, status: "running", steps: [], resumes: 0, version: 0n };
+  const run: RunRecord = {
+    runId,
+    runbook: start.runbook,
+    file: start.file,
+    test: start.test,
+    site: start.site,
+    startedAt: start.at,
+    status: "running",
+    steps: [],
+    resumes: 0,
+    version: 0n,
+  };
   for (const e of events) {
     const d = e.data as Record<string, unknown> & { stepId?: string; at?: string };
     const step = d.stepId === undefined ? undefined : steps.get(d.stepId);

@@ -69,7 +69,11 @@ export function validateRunbook(input: unknown, opts: { baseDir?: string } = {})
 
   function mode(v: unknown, at: Segment[]): FailoverMode | undefined {
     if (typeof v === "string" && (FAILOVER_MODES as string[]).includes(v)) return v as FailoverMode;
-    problem(at, `must be one of ${FAILOVER_MODES.join(", ")}, not ${JSON.stringify(v)}`, "test = drill on an isolated network, planned = the primary was shut down cleanly, unplanned = the primary is lost");
+    problem(
+      at,
+      `must be one of ${FAILOVER_MODES.join(", ")}, not ${JSON.stringify(v)}`,
+      "test = drill on an isolated network, planned = the primary was shut down cleanly, unplanned = the primary is lost",
+    );
     return undefined;
   }
 
@@ -86,7 +90,8 @@ export function validateRunbook(input: unknown, opts: { baseDir?: string } = {})
     }
     if (v.address === undefined) return void problem(at, "needs dir or address", "site: { dir: /path/to/site }");
     const address = str(v.address, [...at, "address"], "site address");
-    if (address !== undefined && !/^(\[[0-9a-fA-F:]+\]|[^\s:[\]]+):\d{1,5}$/.test(address)) problem([...at, "address"], `'${address}' is not host:port`, "e.g. address: replica.example.org:7443");
+    if (address !== undefined && !/^(\[[0-9a-fA-F:]+\]|[^\s:[\]]+):\d{1,5}$/.test(address))
+      problem([...at, "address"], `'${address}' is not host:port`, "e.g. address: replica.example.org:7443");
     const files = ["ca", "cert", "key"].map((k) => str(v[k], [...at, k], `${k} file`, "mutual TLS needs ca, cert and key (a certificate with role operator)"));
     if (address === undefined || files.some((f) => f === undefined)) return undefined;
     const [ca, cert, key] = files.map((f) => path(f!)) as [string, string, string];
@@ -119,7 +124,8 @@ export function validateRunbook(input: unknown, opts: { baseDir?: string } = {})
         else if (defaultMode) m = defaultMode;
         else if (input.failover === undefined) problem([...vat, "failover"], "missing", "set failover: test|planned|unplanned on the VM, or once at the top level");
         const point = entry.point === undefined ? "latest" : str(entry.point, [...vat, "point"], "recovery point", "point: latest, or a point id");
-        if (point !== undefined && /\s/.test(point)) problem([...vat, "point"], `'${point}' is not a recovery point id`, "point: latest, or an id as 'qreplica points VM' lists it");
+        if (point !== undefined && /\s/.test(point))
+          problem([...vat, "point"], `'${point}' is not a recovery point id`, "point: latest, or an id as 'qreplica points VM' lists it");
         if (vm && m && point) vms.push({ vm, failover: m, point });
       });
       // VMs of this group and earlier ones are running when these steps run.
@@ -147,16 +153,22 @@ export function validateRunbook(input: unknown, opts: { baseDir?: string } = {})
     const vmRef = (required: boolean): string | undefined => {
       if (s.vm === undefined && !required) return undefined;
       const vm = str(s.vm, [...at, "vm"], "VM id", "the VM whose serial console to watch");
-      if (vm !== undefined && !known.has(vm)) problem([...at, "vm"], `VM '${vm}' is not failed over by this group or an earlier one`, known.size ? `one of: ${[...known].join(", ")}` : "list it in vms first");
+      if (vm !== undefined && !known.has(vm))
+        problem([...at, "vm"], `VM '${vm}' is not failed over by this group or an earlier one`, known.size ? `one of: ${[...known].join(", ")}` : "list it in vms first");
       return vm;
     };
     if (s.wait !== undefined) {
       const kind = s.wait;
       const timeoutSeconds = timeout(s.timeoutSeconds, [...at, "timeoutSeconds"], DEFAULT_WAIT_TIMEOUT_SECONDS);
       if (kind === "guest-agent") {
-        return void problem([...at, "wait"], "'guest-agent' is not supported yet: the site does not expose a failed-over VM's guest agent channel", "wait for a 'tcp-port' or a 'serial-log' line instead");
+        return void problem(
+          [...at, "wait"],
+          "'guest-agent' is not supported yet: the site does not expose a failed-over VM's guest agent channel",
+          "wait for a 'tcp-port' or a 'serial-log' line instead",
+        );
       }
-      if (typeof kind !== "string" || !WAIT_KINDS.includes(kind)) return void problem([...at, "wait"], `unknown wait ${JSON.stringify(kind)}`, "one of vm-running, tcp-port, serial-log");
+      if (typeof kind !== "string" || !WAIT_KINDS.includes(kind))
+        return void problem([...at, "wait"], `unknown wait ${JSON.stringify(kind)}`, "one of vm-running, tcp-port, serial-log");
       if (kind === "vm-running") {
         keys(s, at, ["wait", "vm", "timeoutSeconds", "name"]);
         const vm = vmRef(false);
@@ -166,7 +178,8 @@ export function validateRunbook(input: unknown, opts: { baseDir?: string } = {})
       if (kind === "tcp-port") {
         keys(s, at, ["wait", "host", "port", "timeoutSeconds", "name"]);
         const host = str(s.host, [...at, "host"], "host", "the address the application listens on, as reachable from where the runbook runs");
-        if (typeof s.port !== "number" || !Number.isInteger(s.port) || s.port < 1 || s.port > 65535) problem([...at, "port"], `must be 1-65535, not ${JSON.stringify(s.port)}`, "port: 5432");
+        if (typeof s.port !== "number" || !Number.isInteger(s.port) || s.port < 1 || s.port > 65535)
+          problem([...at, "port"], `must be 1-65535, not ${JSON.stringify(s.port)}`, "port: 5432");
         return host !== undefined && typeof s.port === "number" ? { wait: "tcp-port", host, port: s.port, timeoutSeconds, ...named } : undefined;
       }
       keys(s, at, ["wait", "vm", "pattern", "timeoutSeconds", "name"]);
@@ -233,7 +246,9 @@ export function loadRunbook(file: string): Runbook {
     input = doc.toJS();
   } catch (err) {
     // An alias to an anchor never set, or aliases past the limit (a "billion laughs" document).
-    throw new RunbookInvalidError(path, [{ path: "(yaml)", message: (err as Error).message.split("\n")[0]!, fix: "set each anchor (&name) before its alias (*name), and expand repeated aliases" }]);
+    throw new RunbookInvalidError(path, [
+      { path: "(yaml)", message: (err as Error).message.split("\n")[0]!, fix: "set each anchor (&name) before its alias (*name), and expand repeated aliases" },
+    ]);
   }
   const result = validateRunbook(input, { baseDir: dirname(path) });
   if (result.ok) return result.runbook;

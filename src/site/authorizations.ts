@@ -151,12 +151,15 @@ export async function importLegacyAuthorizations(dir: string, authz: SiteAuthori
   try {
     parsed = JSON.parse(readFileSync(path, "utf8"));
   } catch (err) {
-    throw new AuthorizationInvalidError(`${path} is not valid JSON: fix it (an array of { "primaryIdentity": "agent-a" }) or remove it and use 'qreplica authorize'`, { cause: err });
+    throw new AuthorizationInvalidError(`${path} is not valid JSON: fix it (an array of { "primaryIdentity": "agent-a" }) or remove it and use 'qreplica authorize'`, {
+      cause: err,
+    });
   }
   if (!Array.isArray(parsed)) throw new AuthorizationInvalidError(`${path} is not an array of authorization entries: fix it or remove it and use 'qreplica authorize'`);
   const identities = parsed.map((e: unknown) => (typeof e === "object" && e !== null ? (e as { primaryIdentity?: unknown }).primaryIdentity : undefined));
   for (const identity of identities) {
-    if (typeof identity !== "string") throw new AuthorizationInvalidError(`${path} holds an entry without a primaryIdentity string: fix it or remove it and use 'qreplica authorize'`);
+    if (typeof identity !== "string")
+      throw new AuthorizationInvalidError(`${path} holds an entry without a primaryIdentity string: fix it or remove it and use 'qreplica authorize'`);
     if (/[*?]/.test(identity)) {
       throw new AuthorizationWildcardError(
         `${path} holds the wildcard entry '${identity}', which would let any certificate of the CA replicate here; this site no longer accepts wildcards. ` +
@@ -172,6 +175,9 @@ export async function importLegacyAuthorizations(dir: string, authz: SiteAuthori
   for (const identity of identities as string[]) await authz.add(identity, importer);
   const done = `${path}.imported`;
   renameSync(path, done);
-  logger.warn({ file: path, renamedTo: done, entries: identities }, "authorization entries imported from authorizations.json into the ledger; manage them with 'qreplica authorize' from now on");
+  logger.warn(
+    { file: path, renamedTo: done, entries: identities },
+    "authorization entries imported from authorizations.json into the ledger; manage them with 'qreplica authorize' from now on",
+  );
   return identities as string[];
 }

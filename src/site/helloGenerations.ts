@@ -1,5 +1,13 @@
 import type { Logger } from "../common/logger.js";
-import { StaleGenerationError, acknowledgeGeneration, executeCommand, recogniseCurrentPrimary, refuseStaleGeneration, type EventStore, type RelationshipState } from "../ledger/index.js";
+import {
+  StaleGenerationError,
+  acknowledgeGeneration,
+  executeCommand,
+  recogniseCurrentPrimary,
+  refuseStaleGeneration,
+  type EventStore,
+  type RelationshipState,
+} from "../ledger/index.js";
 
 /**
  * A Hello presenting another generation than the relationship's. Accepted (the new state, whose
@@ -7,7 +15,11 @@ import { StaleGenerationError, acknowledgeGeneration, executeCommand, recogniseC
  * primary whose agent lost its state while no failover moved the primary; otherwise the refusal
  * is recorded and undefined returned: the caller refuses the Hello as stale.
  */
-export async function settleGeneration(store: EventStore, logger: Logger, peer: { vmId: string; presentedGeneration: number; peerIdentity: string }): Promise<RelationshipState | undefined> {
+export async function settleGeneration(
+  store: EventStore,
+  logger: Logger,
+  peer: { vmId: string; presentedGeneration: number; peerIdentity: string },
+): Promise<RelationshipState | undefined> {
   const { vmId } = peer;
   const input = { presentedGeneration: peer.presentedGeneration, peerIdentity: peer.peerIdentity };
   const accepted = (r: { newState: RelationshipState }) => r.newState;
@@ -28,6 +40,8 @@ export async function settleGeneration(store: EventStore, logger: Logger, peer: 
     );
     return recognised;
   }
-  await executeCommand(store, vmId, (s) => refuseStaleGeneration(s, input)).catch((err: unknown) => logger.error({ err, vm: vmId }, "could not record the stale-generation refusal"));
+  await executeCommand(store, vmId, (s) => refuseStaleGeneration(s, input)).catch((err: unknown) =>
+    logger.error({ err, vm: vmId }, "could not record the stale-generation refusal"),
+  );
   return undefined;
 }

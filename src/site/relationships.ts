@@ -77,7 +77,18 @@ export class Relationships {
    * Reverse replication, on the old primary's site: the VM's new primary replicates here at the
    * generation of the failover, onto the old disks (seeds) so that only differing chunks travel.
    */
-  async prepareReverse(caller: Caller, input: { vmId: string; generation: number; primarySiteId: string; primaryIdentity: string; disks: Array<{ diskId: string; sizeBytes: number }>; seeds: Array<{ diskId: string; imagePath: string }>; vmSpec?: JsonObject }): Promise<RelationshipState> {
+  async prepareReverse(
+    caller: Caller,
+    input: {
+      vmId: string;
+      generation: number;
+      primarySiteId: string;
+      primaryIdentity: string;
+      disks: Array<{ diskId: string; sizeBytes: number }>;
+      seeds: Array<{ diskId: string; imagePath: string }>;
+      vmSpec?: JsonObject;
+    },
+  ): Promise<RelationshipState> {
     for (const seed of input.seeds) await this.storage.checkSeed(seed.diskId, seed.imagePath);
     const current = await this.load(input.vmId);
     if (current.state === "ready-for-initial-replication" && current.generation === input.generation && current.primaryIdentity === input.primaryIdentity) {
@@ -91,16 +102,18 @@ export class Relationships {
       ? input.disks
       : await Promise.all(input.seeds.map(async (s) => ({ diskId: s.diskId, sizeBytes: (await imageInfo(s.imagePath))["virtual-size"] })));
     return (
-      await this.exec(input.vmId, (s) =>
-        enableReplication(s, {
-          primarySiteId: input.primarySiteId,
-          replicaSiteId: this.site.siteId,
-          primaryIdentity: input.primaryIdentity,
-          disks,
-          vmSpec: input.vmSpec,
-          retention: { maxPoints: this.site.defaultMaxPoints },
-          generation: input.generation,
-        }),
+      await this.exec(
+        input.vmId,
+        (s) =>
+          enableReplication(s, {
+            primarySiteId: input.primarySiteId,
+            replicaSiteId: this.site.siteId,
+            primaryIdentity: input.primaryIdentity,
+            disks,
+            vmSpec: input.vmSpec,
+            retention: { maxPoints: this.site.defaultMaxPoints },
+            generation: input.generation,
+          }),
         { metadata: actorMetadata(caller) },
       )
     ).newState;
@@ -180,7 +193,10 @@ export class Relationships {
     const reason = lost.map((l) => `${l.diskId}: ${l.code}${l.reason ? ` (${l.reason})` : ""}`).join("; ");
     const { newState } = await this.exec(input.vmId, (s) => markResyncRequired(s, { reason }));
     if (continuesInitialReplication(newState, lost)) {
-      this.logger.warn({ vm: input.vmId, reason }, "the initial replication's ack never reached the primary: it goes on by comparison with what this site holds, without an operator");
+      this.logger.warn(
+        { vm: input.vmId, reason },
+        "the initial replication's ack never reached the primary: it goes on by comparison with what this site holds, without an operator",
+      );
     } else {
       this.logger.warn({ vm: input.vmId, reason }, "the primary lost change tracking: resync required");
     }
@@ -188,7 +204,14 @@ export class Relationships {
   }
 
   /** Checks the cycle against the relationship and opens its partial point in storage. */
-  async beginCycle(input: { vmId: string; seq: number; kind: CycleKind; generation: number; cutoffAt: Date; disks: Array<{ diskId: string; sizeBytes: number }> }): Promise<PointWrite> {
+  async beginCycle(input: {
+    vmId: string;
+    seq: number;
+    kind: CycleKind;
+    generation: number;
+    cutoffAt: Date;
+    disks: Array<{ diskId: string; sizeBytes: number }>;
+  }): Promise<PointWrite> {
     const { vmId, seq } = input;
     let state = await this.load(vmId);
     if (input.generation !== state.generation) {
@@ -217,10 +240,16 @@ export class Relationships {
       if (state.state === "initial-replication-in-progress" && state.inFlight && state.inFlight.cycleSeq !== seq) {
         // An initial replication interrupted by a crash of either side: record it as failed first.
         const stale = state.inFlight.cycleSeq;
-        state = (await this.exec(vmId, (s) => failCycle(s, { cycleSeq: stale, generation: s.generation, reason: "INTERRUPTED", message: "superseded by a new initial replication" }))).newState;
+        state = (
+          await this.exec(vmId, (s) => failCycle(s, { cycleSeq: stale, generation: s.generation, reason: "INTERRUPTED", message: "superseded by a new initial replication" }))
+        ).newState;
       }
       await this.exec(vmId, (s) => startInitialReplication(s, { cycleSeq: seq, cutoffAt: input.cutoffAt.toISOString(), generation: input.generation }));
-      return this.storage.beginPoint(vmId, seq, input.disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes, hashBase: { kind: "empty" as const } })));
+      return this.storage.beginPoint(
+        vmId,
+        seq,
+        input.disks.map((d) => ({ diskId: d.diskId, sizeBytes: d.sizeBytes, hashBase: { kind: "empty" as const } })),
+      );
     }
     if (input.kind !== "incremental") throw new RelationshipRefusal(RejectReason.REJECT_REASON_INVALID_STATE, `${input.kind} cycles are not supported yet`);
     if (state.state !== "replicating") {
@@ -243,11 +272,15 @@ export class Relationships {
    * A resync after the primary lost change tracking: one more point over the newest one, holding
    * the chunks that differ from it; every older point stays as it was.
    */
-  private async beginResync(input: { vmId: string; seq: number; generation: number; cutoffAt: Date; disks: Array<{ diskId: string; sizeBytes: number }> }, state: RelationshipState): Promise<PointWrite> {
+  private async beginResync(
+    input: { vmId: string; seq: number; generation: number; cutoffAt: Date; disks: Array<{ diskId: string; sizeBytes: number }> },
+    state: RelationshipState,
+  ): Promise<PointWrite> {
     const { vmId, seq } = input;
     if (state.state === "resynchronising" && state.inFlight && state.inFlight.cycleSeq !== seq) {
       const stale = state.inFlight.cycleSeq;
-      state = (await this.exec(vmId, (s) => failCycle(s, { cycleSeq: stale, generation: s.generation, reason: "INTERRUPTED", message: "superseded by a new resynchronisation" }))).newState;
+      state = (await this.exec(vmId, (s) => failCycle(s, { cycleSeq: stale, generation: s.generation, reason: "INTERRUPTED", message: "superseded by a new resynchronisation" })))
+        .newState;
     }
     const latest = state.points[state.points.length - 1];
     if (!latest) throw new RelationshipRefusal(RejectReason.REJECT_REASON_INVALID_STATE, `VM ${vmId} has no recovery point to resynchronise against`);

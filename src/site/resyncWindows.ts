@@ -74,10 +74,13 @@ export class ResyncWindows {
     if (!at) return;
     // setTimeout's limit is ~24.8 days; a later opening is planned again by the periodic replan.
     const ms = Math.min(at.getTime() - this.now().getTime() + 1_000, 2 ** 31 - 1);
-    this.timer = setTimeout(() => {
-      for (const vmId of this.vmIds()) void this.check(vmId);
-      this.plan();
-    }, Math.max(0, ms)).unref();
+    this.timer = setTimeout(
+      () => {
+        for (const vmId of this.vmIds()) void this.check(vmId);
+        this.plan();
+      },
+      Math.max(0, ms),
+    ).unref();
   }
 
   /** Gives the go-ahead when the VM's policy allows a resync now and the VM waits for one; true if it did. */

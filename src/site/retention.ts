@@ -63,12 +63,7 @@ export function nextMerge(state: RelationshipState, spec: RetentionSpec, nowMs: 
  * under its successor (the base takes the successor's data); a later one into its successor
  * (rebased onto the point below it). Returns whether a merge was recorded.
  */
-export async function finishMerge(
-  state: RelationshipState,
-  storage: ReplicaStorage,
-  record: (input: CompleteMergeInput) => Promise<void>,
-  logger: Logger,
-): Promise<boolean> {
+export async function finishMerge(state: RelationshipState, storage: ReplicaStorage, record: (input: CompleteMergeInput) => Promise<void>, logger: Logger): Promise<boolean> {
   const index = state.points.findIndex((p) => p.merging);
   const point = state.points[index];
   const into = state.points[index + 1];
@@ -103,6 +98,9 @@ export async function finishMerge(
   }
   for (const path of remove) storage.removeMergedImage(path);
   const ms = Math.round(performance.now() - started);
-  logger.info({ vm: state.vmId, dropped: point.pointId, into: into.pointId, oldest: index === 0, ms }, index === 0 ? "oldest recovery point merged into the base" : "recovery point thinned into the next one");
+  logger.info(
+    { vm: state.vmId, dropped: point.pointId, into: into.pointId, oldest: index === 0, ms },
+    index === 0 ? "oldest recovery point merged into the base" : "recovery point thinned into the next one",
+  );
   return true;
 }

@@ -109,10 +109,13 @@ function parseHealth(v: unknown, path: string): HealthSettings {
 function parseRetention(v: unknown, path: string): RetentionSpec {
   const r = v as Partial<RetentionSpec> | null;
   if (typeof r !== "object" || r === null || !Array.isArray(r.tiers) || typeof r.minPoints !== "number") {
-    throw new SiteConfigError(path, "field 'defaultRetention' must be { \"tiers\": [{ \"everySeconds\": n, \"keepForSeconds\": n }, ...], \"minPoints\": n }");
+    throw new SiteConfigError(path, 'field \'defaultRetention\' must be { "tiers": [{ "everySeconds": n, "keepForSeconds": n }, ...], "minPoints": n }');
   }
   const spec: RetentionSpec = {
-    tiers: r.tiers.map((t: unknown) => ({ everySeconds: secondsOf((t as RetentionTier | null)?.everySeconds), keepForSeconds: secondsOf((t as RetentionTier | null)?.keepForSeconds) })),
+    tiers: r.tiers.map((t: unknown) => ({
+      everySeconds: secondsOf((t as RetentionTier | null)?.everySeconds),
+      keepForSeconds: secondsOf((t as RetentionTier | null)?.keepForSeconds),
+    })),
     minPoints: r.minPoints,
   };
   const problems = retentionSpecProblems(spec);

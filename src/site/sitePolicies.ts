@@ -93,7 +93,10 @@ export class SitePolicies implements EffectivePolicies {
     this.reports.set(vmId, { intervalSeconds: hello.intervalSeconds || undefined, compressionLevel: hello.compressionLevel || undefined, resync: hello.resync });
     if (!hello.policyName || this.book.binding(vmId)) return;
     if (hello.policyName !== DEFAULT_POLICY_NAME && !this.book.latest(hello.policyName)) {
-      this.logger.warn({ vm: vmId, policy: hello.policyName }, `the agent config asks for policy '${hello.policyName}', which this site does not have: the VM replicates under the built-in default until it is applied ('qreplica policy apply FILE')`);
+      this.logger.warn(
+        { vm: vmId, policy: hello.policyName },
+        `the agent config asks for policy '${hello.policyName}', which this site does not have: the VM replicates under the built-in default until it is applied ('qreplica policy apply FILE')`,
+      );
       return;
     }
     try {

@@ -177,8 +177,7 @@ async function serve(
   server.addService(tolerantDecoding(ControlServiceService), controlService(context));
   server.addService(tolerantDecoding(PolicyServiceService), policyService(context));
   server.addService(tolerantDecoding(MonitoringServiceService), monitoringService(context));
-  const bind = (listen: string) =>
-    new Promise<number>((resolve, reject) => server.bindAsync(listen, serverCredentials(creds), (err, p) => (err ? reject(err) : resolve(p))));
+  const bind = (listen: string) => new Promise<number>((resolve, reject) => server.bindAsync(listen, serverCredentials(creds), (err, p) => (err ? reject(err) : resolve(p))));
   cleanups.push(() => server.forceShutdown());
   // With port 0 the first start picks a port; later starts keep it, so agents find the site again.
   const previous = config.listen.endsWith(":0") ? readPreviousPort(dir) : undefined;

@@ -96,10 +96,12 @@ export class DiskPointWriter {
     try {
       await this.client.flush();
       // Without its index the point is as good; only a later resync then reads it.
-      hashes = await this.hashes?.finish((offset, length) => this.client.read(offset, length)).catch((err: unknown) => {
-        this.logger.warn({ err, vm: this.vmId, disk: this.diskId }, "the point's chunk hashes could not be completed; a resync against it will read it");
-        return undefined;
-      });
+      hashes = await this.hashes
+        ?.finish((offset, length) => this.client.read(offset, length))
+        .catch((err: unknown) => {
+          this.logger.warn({ err, vm: this.vmId, disk: this.diskId }, "the point's chunk hashes could not be completed; a resync against it will read it");
+          return undefined;
+        });
     } catch (err) {
       throw this.fail(new StorageWriteError(this.vmId, this.diskId, failure("flush", this.imagePath, err), { cause: err }));
     } finally {

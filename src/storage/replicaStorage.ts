@@ -188,12 +188,18 @@ export class ReplicaStorage {
       } catch (err) {
         if (!/lock/i.test(errorMessage(err))) throw new SeedUnusableError(diskId, imagePath, `cannot be read: ${errorMessage(err)}`, { cause: err });
         if (Date.now() > deadline) {
-          throw new SeedUnusableError(diskId, imagePath, "is in use by another process (the old primary's VM, paused after fencing, still has it open): shut that VM down, then run 'qreplica reverse' again", { cause: err });
+          throw new SeedUnusableError(
+            diskId,
+            imagePath,
+            "is in use by another process (the old primary's VM, paused after fencing, still has it open): shut that VM down, then run 'qreplica reverse' again",
+            { cause: err },
+          );
         }
         await new Promise((r) => setTimeout(r, 250));
       }
     }
-    if (info.format !== "qcow2") throw new SeedUnusableError(diskId, imagePath, `is ${info.format ?? "of unknown format"}, not qcow2: convert it first (qemu-img convert -O qcow2)`);
+    if (info.format !== "qcow2")
+      throw new SeedUnusableError(diskId, imagePath, `is ${info.format ?? "of unknown format"}, not qcow2: convert it first (qemu-img convert -O qcow2)`);
   }
 
   /** The digest of each chunk of an image read through its chain, for resynchronisation by comparison. */

@@ -58,10 +58,14 @@ export class SiteStorageDaemon {
     const proc = await spawnQemu(
       "qemu-storage-daemon",
       [
-        "--chardev", `socket,id=qmp,path=${qmpSocketPath},server=on,wait=off`,
-        "--monitor", "chardev=qmp",
-        "--nbd-server", `addr.type=unix,addr.path=${nbdSocketPath}`,
-        "--pidfile", pidfile,
+        "--chardev",
+        `socket,id=qmp,path=${qmpSocketPath},server=on,wait=off`,
+        "--monitor",
+        "chardev=qmp",
+        "--nbd-server",
+        `addr.type=unix,addr.path=${nbdSocketPath}`,
+        "--pidfile",
+        pidfile,
       ],
       [qmpSocketPath, nbdSocketPath],
       30_000,

@@ -11,12 +11,7 @@ export interface ChunkRef {
 }
 
 /** The `RejectReason`s a single chunk can earn on its own, without session state. */
-export type ChunkRejectCode =
-  | "OUT_OF_RANGE"
-  | "UNSUPPORTED_CODEC"
-  | "UNSUPPORTED_CHECKSUM_ALGORITHM"
-  | "DECOMPRESSION_FAILED"
-  | "CHECKSUM_MISMATCH";
+export type ChunkRejectCode = "OUT_OF_RANGE" | "UNSUPPORTED_CODEC" | "UNSUPPORTED_CHECKSUM_ALGORITHM" | "DECOMPRESSION_FAILED" | "CHECKSUM_MISMATCH";
 
 const REASONS: Record<ChunkRejectCode, RejectReason> = {
   OUT_OF_RANGE: RejectReason.REJECT_REASON_OUT_OF_RANGE,

@@ -15,9 +15,7 @@ import { EncodedReplicateRequest, messageSize, serializeReplicateRequest, writeM
 import { toUint64 } from "./uint64.js";
 
 /** What the capture layer yields (structurally the same as replica-agent's `CaptureExtent`). */
-export type ExtentPiece =
-  | { kind: "data"; offset: number; length: number; data: Buffer }
-  | { kind: "zero"; offset: number; length: number };
+export type ExtentPiece = { kind: "data"; offset: number; length: number; data: Buffer } | { kind: "zero"; offset: number; length: number };
 
 export interface EncodeOptions {
   generation: bigint | number;
@@ -135,7 +133,13 @@ export function encodeExtentChunkRequest(extent: ExtentPiece, opts: EncodeOption
         { field: 3, bytes: Buffer.from(head.diskId, "utf8") },
         { field: 4, varint: head.offset },
         { field: 5, varint: head.length },
-        { field: 6, message: [{ field: 1, varint: chunk.codec }, { field: 2, bytes: payload }] }, // ChunkData
+        {
+          field: 6,
+          message: [
+            { field: 1, varint: chunk.codec },
+            { field: 2, bytes: payload },
+          ],
+        }, // ChunkData
         { field: 8, varint: chunk.algorithm },
         { field: 9, bytes: checksum },
       ],

@@ -192,8 +192,25 @@ export async function issueCertificate(opts: {
     await openssl(["req", "-new", "-config", configFile, "-key", keyFile, "-out", csrFile], `making a request for ${opts.name}`);
     await openssl(
       [
-        "x509", "-req", "-in", csrFile, "-CA", caCert, "-CAkey", caKey, "-set_serial", randomSerial(),
-        "-days", String(opts.days ?? 825), "-sha256", "-extfile", configFile, "-extensions", "ext", "-out", certFile,
+        "x509",
+        "-req",
+        "-in",
+        csrFile,
+        "-CA",
+        caCert,
+        "-CAkey",
+        caKey,
+        "-set_serial",
+        randomSerial(),
+        "-days",
+        String(opts.days ?? 825),
+        "-sha256",
+        "-extfile",
+        configFile,
+        "-extensions",
+        "ext",
+        "-out",
+        certFile,
       ],
       `signing ${certFile} with the CA in ${opts.caDir} (run createCa there first if it has no ca.key/ca.crt)`,
     );
@@ -244,7 +261,5 @@ export function certificateIdentity(pem: string | Buffer | X509Certificate, sour
 
 function parseSubjectAltName(s: string | undefined): string[] {
   if (!s) return [];
-  return s
-    .split(/, (?=[A-Za-z ]+:)/)
-    .map((entry) => entry.slice(entry.indexOf(":") + 1).replace(/^"(.*)"$/, "$1"));
+  return s.split(/, (?=[A-Za-z ]+:)/).map((entry) => entry.slice(entry.indexOf(":") + 1).replace(/^"(.*)"$/, "$1"));
 }

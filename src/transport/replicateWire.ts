@@ -27,16 +27,15 @@ export interface ReplicationClient extends Client {
 export const ReplicationClient = makeGenericClientConstructor(
   { replicate: { ...ReplicationServiceService.replicate, requestSerialize: serializeReplicateRequest } },
   "qreplica.v1.ReplicationService",
-) as unknown as new (...args: ConstructorParameters<ReturnType<typeof makeGenericClientConstructor>>) => ReplicationClient;
+) as unknown as new (
+  ...args: ConstructorParameters<ReturnType<typeof makeGenericClientConstructor>>
+) => ReplicationClient;
 
 // Protobuf wire format, for the few field kinds an extent chunk has. Fields are written in the
 // order given, and a varint of 0 or empty bytes is left out as proto3 (and the generated encoder)
 // does, so both produce the same bytes (a test holds them to it). Messages are always written.
 
-export type WireField =
-  | { field: number; varint: number | bigint }
-  | { field: number; bytes: Uint8Array }
-  | { field: number; message: WireField[] };
+export type WireField = { field: number; varint: number | bigint } | { field: number; bytes: Uint8Array } | { field: number; message: WireField[] };
 
 const VARINT = 0;
 const DELIMITED = 2;

@@ -89,8 +89,7 @@ export function loadSiteCredentials(files: SiteCredentialFiles, options: { logge
     privateKey = createPrivateKey(key);
   } catch (err) {
     throw new TlsFileInvalidError(
-      `private key ${files.keyFile} does not parse; it must be an unencrypted PEM key ` +
-        `(decrypt one with \`openssl pkey -in ${files.keyFile} -out <new file>\`)`,
+      `private key ${files.keyFile} does not parse; it must be an unencrypted PEM key ` + `(decrypt one with \`openssl pkey -in ${files.keyFile} -out <new file>\`)`,
       { cause: err },
     );
   }
@@ -166,7 +165,11 @@ export function channelCredentials(creds: SiteCredentials, options: { expectedSe
  * fixed placeholder name instead and the certificate is checked against the IP itself, exactly
  * as it would have been.
  */
-export function siteDial(address: string, creds: SiteCredentials, options: { expectedServerIdentity?: string } = {}): { credentials: grpc.ChannelCredentials; options: grpc.ChannelOptions } {
+export function siteDial(
+  address: string,
+  creds: SiteCredentials,
+  options: { expectedServerIdentity?: string } = {},
+): { credentials: grpc.ChannelCredentials; options: grpc.ChannelOptions } {
   const host = addressHost(address);
   if (isIP(host) === 0) return { credentials: channelCredentials(creds, options), options: grpcChannelOptions };
   const expected = options.expectedServerIdentity;

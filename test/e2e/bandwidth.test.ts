@@ -70,7 +70,11 @@ describe("bandwidth limits with time windows", () => {
     writeFileSync(file, `name: wan\nfrequency: 1s\nbandwidth:\n  - { limit: 256KiB/s, window: { from: "${localTime(2)}", to: "${localTime(3)}" } }\n`);
     expect(await cliJson(["policy", "apply", file, "--dir", t.siteB])).toMatchObject({ version: 2, changed: true });
     await randomWrite(t, 8, 3);
-    const unlimited = await waitFor("a cycle carrying the second write", async () => (await commits(t)).find((c) => c.cycleSeq > initial.cycleSeq && c.wireBytes > 2 * MiB), 60_000);
+    const unlimited = await waitFor(
+      "a cycle carrying the second write",
+      async () => (await commits(t)).find((c) => c.cycleSeq > initial.cycleSeq && c.wireBytes > 2 * MiB),
+      60_000,
+    );
     console.log("BW2", JSON.stringify(unlimited));
     const limitedMs = (unlimited.wireBytes / LIMIT) * 1000;
     // From cut-off to commit: everything the cycle took.

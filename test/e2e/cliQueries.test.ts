@@ -89,7 +89,10 @@ describe("CLI queries: events and points say what they return", { timeout: 240_0
   });
 
   it("points --json gives each disk's changed bytes, adding up to the point's", async () => {
-    const points = JSON.parse((await runCli(["points", "vm1", "--dir", env.siteB, "--json"])).stdout) as Array<{ changedBytes: number; disks: Array<{ diskId: string; changedBytes: number }> }>;
+    const points = JSON.parse((await runCli(["points", "vm1", "--dir", env.siteB, "--json"])).stdout) as Array<{
+      changedBytes: number;
+      disks: Array<{ diskId: string; changedBytes: number }>;
+    }>;
     expect(points[0]!.changedBytes).toBe(2 * MiB);
     for (const p of points) expect(p.disks.reduce((n, d) => n + d.changedBytes, 0)).toBe(p.changedBytes);
     expect(points[0]!.disks).toEqual([expect.objectContaining({ diskId: "vda", changedBytes: 2 * MiB })]);

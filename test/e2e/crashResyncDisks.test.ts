@@ -28,7 +28,11 @@ afterEach(async () => {
 
 function tail(path: string, lines = 30): string {
   try {
-    return readFileSync(path, "utf8").split("\n").filter((l) => !l.includes('"level":20')).slice(-lines).join("\n");
+    return readFileSync(path, "utf8")
+      .split("\n")
+      .filter((l) => !l.includes('"level":20'))
+      .slice(-lines)
+      .join("\n");
   } catch {
     return "(no log)";
   }

@@ -25,7 +25,11 @@ afterEach(async () => {
 
 function tail(path: string, lines = 30): string {
   try {
-    return readFileSync(path, "utf8").split("\n").filter((l) => !l.includes('"level":20')).slice(-lines).join("\n");
+    return readFileSync(path, "utf8")
+      .split("\n")
+      .filter((l) => !l.includes('"level":20'))
+      .slice(-lines)
+      .join("\n");
   } catch {
     return "(no log)";
   }
@@ -140,7 +144,11 @@ describe("crash windows of the replica site (QREPLICA_FAULT, SIGKILL)", { timeou
     await expectIdentical(unacked.disks[0]!.imagePath, expected, `point ${unacked.pointId} (committed, never acked)`);
 
     r.site = await t.startSite(t.siteB);
-    await waitFor("the agent to hear that the unacknowledged cycle was committed", () => (readFileSync(join(t.dir, "agent.log"), "utf8").includes("committed by the replica site before its ack was lost") ? true : undefined), 60_000);
+    await waitFor(
+      "the agent to hear that the unacknowledged cycle was committed",
+      () => (readFileSync(join(t.dir, "agent.log"), "utf8").includes("committed by the replica site before its ack was lost") ? true : undefined),
+      60_000,
+    );
     await t.vm.guestWrite("vda", ["write -P 0x6b 9M 1M"]);
     const at = Date.now();
     const latestExpected = await primarySnapshot(t, "after-6b");
@@ -158,74 +166,88 @@ describe("crash windows of the replica site (QREPLICA_FAULT, SIGKILL)", { timeou
     await expectPointsMatchLedger(t);
   });
 
-  it.each(["automatic", "manual"] as const)("(d) killed between the INITIAL cycle's CycleCommitted and its ack (resync: %s): the agent resyncs against that point by itself; no second full cycle, no loop of refusals", async (mode) => {
-    const tmp = makeTmpDir("qr-crashwin-");
-    cleanup = tmp.cleanup;
-    env = await setupTwoSites(tmp.path, { diskBytes: 32 * MiB, intervalSeconds: 1 });
-    const t = env;
-    await t.vm.guestWrite("vda", ["write -P 0x01 0 2M", "write -P 0x2d 20M 1M"]);
-    const initialExpected = await primarySnapshot(t, "initial");
-    // Armed from the site's first start: its first commit is the agent's initial (full) cycle.
-    const crashing = await t.startSite(t.siteB, { env: { QREPLICA_FAULT: "crash-after-commit-before-ack" } });
-    // With `resync: manual` too: an interrupted initial replication is not a protected VM's resync, nobody has to approve it.
-    const agentLog = join(t.dir, mode === "manual" ? "crash-agent.log" : "agent.log");
-    if (mode === "manual") startGuestAgent(t, { qmpSocketPath: t.vm.qmpSocketPath, nbdSocketPath: t.vm.nbdSocketPath, disks: [{ id: "vda", node: "node-vda" }] }, { intervalSeconds: 1, resync: "manual" });
-    else t.startAgent();
-    await killedAt(t, crashing, "crash-after-commit-before-ack");
+  it.each(["automatic", "manual"] as const)(
+    "(d) killed between the INITIAL cycle's CycleCommitted and its ack (resync: %s): the agent resyncs against that point by itself; no second full cycle, no loop of refusals",
+    async (mode) => {
+      const tmp = makeTmpDir("qr-crashwin-");
+      cleanup = tmp.cleanup;
+      env = await setupTwoSites(tmp.path, { diskBytes: 32 * MiB, intervalSeconds: 1 });
+      const t = env;
+      await t.vm.guestWrite("vda", ["write -P 0x01 0 2M", "write -P 0x2d 20M 1M"]);
+      const initialExpected = await primarySnapshot(t, "initial");
+      // Armed from the site's first start: its first commit is the agent's initial (full) cycle.
+      const crashing = await t.startSite(t.siteB, { env: { QREPLICA_FAULT: "crash-after-commit-before-ack" } });
+      // With `resync: manual` too: an interrupted initial replication is not a protected VM's resync, nobody has to approve it.
+      const agentLog = join(t.dir, mode === "manual" ? "crash-agent.log" : "agent.log");
+      if (mode === "manual")
+        startGuestAgent(
+          t,
+          { qmpSocketPath: t.vm.qmpSocketPath, nbdSocketPath: t.vm.nbdSocketPath, disks: [{ id: "vda", node: "node-vda" }] },
+          { intervalSeconds: 1, resync: "manual" },
+        );
+      else t.startAgent();
+      await killedAt(t, crashing, "crash-after-commit-before-ack");
 
-    const crashed = await t.relationship();
-    expect(crashed.state).toBe("replicating");
-    expect(crashed.points.length).toBe(1);
-    const initial = crashed.points[0]!;
-    expect(readdirSync(diskDir(t)).filter((f) => f.endsWith(".partial"))).toEqual([]);
-    await expectIdentical(initial.disks[0]!.imagePath, initialExpected, `the initial point ${initial.pointId} (committed, never acked)`);
-    const initialHashes = await pointContentHashes([initial], t.dir);
-    const eventsAtRestart = (await ledgerEvents(t.siteB)).length;
+      const crashed = await t.relationship();
+      expect(crashed.state).toBe("replicating");
+      expect(crashed.points.length).toBe(1);
+      const initial = crashed.points[0]!;
+      expect(readdirSync(diskDir(t)).filter((f) => f.endsWith(".partial"))).toEqual([]);
+      await expectIdentical(initial.disks[0]!.imagePath, initialExpected, `the initial point ${initial.pointId} (committed, never acked)`);
+      const initialHashes = await pointContentHashes([initial], t.dir);
+      const eventsAtRestart = (await ledgerEvents(t.siteB)).length;
 
-    await t.startSite(t.siteB);
-    const diag = () => `\n--- agent.log ---\n${tail(agentLog)}\n--- site.log ---\n${tail(join(t.siteB, "site.log"))}`;
-    // The agent's enable was aborted (no ack): it reports no change tracking, and the site, which
-    // has the initial point, has it resync by comparison against that point: nothing to send.
-    const resync = await waitFor(
-      "the agent's resync against the committed initial point",
-      async () => (await ledgerEvents(t.siteB)).slice(eventsAtRestart).find((e) => e.type === "CycleCommitted" && (e.data as { kind: string }).kind === "resync"),
-      120_000,
-    ).catch((err: Error) => {
-      throw new Error(err.message + diag());
-    });
-    expect(readFileSync(agentLog, "utf8")).toContain(`cycle ${initial.cycleSeq} was committed by the replica site before its ack was lost; change tracking was not confirmed`);
-    const resyncData = resync.data as { cycleSeq: number; dataBytes: number; zeroBytes: number; comparedBytes?: number };
-    expect(resyncData.comparedBytes).toBe(32 * MiB);
-    expect(resyncData.dataBytes + resyncData.zeroBytes).toBe(0);
+      await t.startSite(t.siteB);
+      const diag = () => `\n--- agent.log ---\n${tail(agentLog)}\n--- site.log ---\n${tail(join(t.siteB, "site.log"))}`;
+      // The agent's enable was aborted (no ack): it reports no change tracking, and the site, which
+      // has the initial point, has it resync by comparison against that point: nothing to send.
+      const resync = await waitFor(
+        "the agent's resync against the committed initial point",
+        async () => (await ledgerEvents(t.siteB)).slice(eventsAtRestart).find((e) => e.type === "CycleCommitted" && (e.data as { kind: string }).kind === "resync"),
+        120_000,
+      ).catch((err: Error) => {
+        throw new Error(err.message + diag());
+      });
+      expect(readFileSync(agentLog, "utf8")).toContain(`cycle ${initial.cycleSeq} was committed by the replica site before its ack was lost; change tracking was not confirmed`);
+      const resyncData = resync.data as { cycleSeq: number; dataBytes: number; zeroBytes: number; comparedBytes?: number };
+      expect(resyncData.comparedBytes).toBe(32 * MiB);
+      expect(resyncData.dataBytes + resyncData.zeroBytes).toBe(0);
 
-    await t.vm.guestWrite("vda", ["write -P 0x6b 9M 1M"]);
-    const at = Date.now();
-    const latestExpected = await primarySnapshot(t, "after-6b");
-    const next = await waitForPointAfter(t, at);
-    await expectIdentical(next.disks[0]!.imagePath, latestExpected, `point ${next.pointId}`);
-    // A few more cycles: the ledger must grow by points only, not by refusals.
-    await waitFor("three more incremental points", async () => ((await t.relationship()).points.filter((p) => p.cycleSeq > next.cycleSeq).length >= 3 ? true : undefined), 120_000);
+      await t.vm.guestWrite("vda", ["write -P 0x6b 9M 1M"]);
+      const at = Date.now();
+      const latestExpected = await primarySnapshot(t, "after-6b");
+      const next = await waitForPointAfter(t, at);
+      await expectIdentical(next.disks[0]!.imagePath, latestExpected, `point ${next.pointId}`);
+      // A few more cycles: the ledger must grow by points only, not by refusals.
+      await waitFor(
+        "three more incremental points",
+        async () => ((await t.relationship()).points.filter((p) => p.cycleSeq > next.cycleSeq).length >= 3 ? true : undefined),
+        120_000,
+      );
 
-    const state = await t.relationship();
-    expect(state.state).toBe("replicating");
-    expect(state.points[0]!.pointId).toBe(initial.pointId);
-    expect(await pointContentHashes([state.points[0]!], t.dir)).toEqual(initialHashes);
-    const events = await ledgerEvents(t.siteB);
-    const after = events.slice(eventsAtRestart);
-    const commits = events.filter((e) => e.type === "CycleCommitted").map((e) => e.data as { cycleSeq: number; kind: string });
-    expect(new Set(commits.map((c) => c.cycleSeq)).size).toBe(commits.length);
-    expect(commits.filter((c) => c.kind === "full").map((c) => c.cycleSeq)).toEqual([initial.cycleSeq]);
-    expect(new Set(state.points.map((p) => p.cycleSeq)).size).toBe(state.points.length);
-    const failed = after.filter((e) => e.type === "CycleFailed").map((e) => e.data as { reason: string; message: string });
-    expect(failed.length, JSON.stringify(failed)).toBeLessThanOrEqual(1);
-    const required = after.filter((e) => e.type === "ResyncRequired").map((e) => (e.data as { reason: string }).reason);
-    expect(required).toEqual([`vda: ENABLE_UNACKNOWLEDGED (cycle ${initial.cycleSeq}, which enables change tracking, was never acknowledged by the replica site (the site, the link or the agent stopped first))`]);
-    expect(readFileSync(agentLog, "utf8")).not.toMatch(/needs ready-for-initial-replication|waiting for an operator/);
-    // Nobody approved it, and the resync names no operator.
-    expect(after.filter((e) => e.type === "ResyncApproved")).toEqual([]);
-    expect(after.find((e) => e.type === "ResyncStarted")?.metadata).toEqual({});
-    await expectPointsMatchLedger(t);
-  });
+      const state = await t.relationship();
+      expect(state.state).toBe("replicating");
+      expect(state.points[0]!.pointId).toBe(initial.pointId);
+      expect(await pointContentHashes([state.points[0]!], t.dir)).toEqual(initialHashes);
+      const events = await ledgerEvents(t.siteB);
+      const after = events.slice(eventsAtRestart);
+      const commits = events.filter((e) => e.type === "CycleCommitted").map((e) => e.data as { cycleSeq: number; kind: string });
+      expect(new Set(commits.map((c) => c.cycleSeq)).size).toBe(commits.length);
+      expect(commits.filter((c) => c.kind === "full").map((c) => c.cycleSeq)).toEqual([initial.cycleSeq]);
+      expect(new Set(state.points.map((p) => p.cycleSeq)).size).toBe(state.points.length);
+      const failed = after.filter((e) => e.type === "CycleFailed").map((e) => e.data as { reason: string; message: string });
+      expect(failed.length, JSON.stringify(failed)).toBeLessThanOrEqual(1);
+      const required = after.filter((e) => e.type === "ResyncRequired").map((e) => (e.data as { reason: string }).reason);
+      expect(required).toEqual([
+        `vda: ENABLE_UNACKNOWLEDGED (cycle ${initial.cycleSeq}, which enables change tracking, was never acknowledged by the replica site (the site, the link or the agent stopped first))`,
+      ]);
+      expect(readFileSync(agentLog, "utf8")).not.toMatch(/needs ready-for-initial-replication|waiting for an operator/);
+      // Nobody approved it, and the resync names no operator.
+      expect(after.filter((e) => e.type === "ResyncApproved")).toEqual([]);
+      expect(after.find((e) => e.type === "ResyncStarted")?.metadata).toEqual({});
+      await expectPointsMatchLedger(t);
+    },
+  );
 
   it("(c) killed between a point's rename and its CycleCommitted: no point the ledger lacks; the agent re-sends the cycle", async () => {
     const r = await replicating();
@@ -239,7 +261,10 @@ describe("crash windows of the replica site (QREPLICA_FAULT, SIGKILL)", { timeou
     const crashed = await t.relationship();
     // The renamed overlay is on disk, but not a point: the ledger never recorded it.
     const known = new Set(crashed.points.flatMap((p) => p.disks.map((d) => d.imagePath)));
-    const strays = readdirSync(diskDir(t)).filter((f) => f.endsWith(".qcow2")).map((f) => join(diskDir(t), f)).filter((f) => !known.has(f));
+    const strays = readdirSync(diskDir(t))
+      .filter((f) => f.endsWith(".qcow2"))
+      .map((f) => join(diskDir(t), f))
+      .filter((f) => !known.has(f));
     expect(strays.length).toBe(1);
     // Its chunk index was renamed with it; both go at the restart (expectPointsMatchLedger).
     expect(existsSync(strays[0]!.replace(/\.qcow2$/, ".chunks"))).toBe(true);
@@ -252,7 +277,11 @@ describe("crash windows of the replica site (QREPLICA_FAULT, SIGKILL)", { timeou
     expect(existsSync(strays[0]!)).toBe(false); // removed before the site listened
     await expectPointsMatchLedger(t);
     // The agent was never acked: the changes come again in its next cycle, nothing lost.
-    const next = await waitFor("a point committed after the restart", async () => (await t.relationship()).points.find((p) => p.cycleSeq > crashed.lastCycleSeq && Date.parse(p.cutoffAt) > restartedAt - 120_000), 120_000);
+    const next = await waitFor(
+      "a point committed after the restart",
+      async () => (await t.relationship()).points.find((p) => p.cycleSeq > crashed.lastCycleSeq && Date.parse(p.cutoffAt) > restartedAt - 120_000),
+      120_000,
+    );
     await expectIdentical(next.disks[0]!.imagePath, expected, `point ${next.pointId}`);
     await expectPointsMatchLedger(t);
   });
@@ -262,10 +291,14 @@ describe("crash windows of the replica site (QREPLICA_FAULT, SIGKILL)", { timeou
     const { t } = r;
     const faults = ["crash-mid-merge", "crash-after-merge-commit", "crash-before-merge-recorded"];
     for (const [i, fault] of faults.entries()) {
-      await waitFor("retention at its bound", async () => {
-        const s = await t.relationship();
-        return s.points.length === 3 && s.points.every((p) => !p.merging) ? true : undefined;
-      }, 120_000);
+      await waitFor(
+        "retention at its bound",
+        async () => {
+          const s = await t.relationship();
+          return s.points.length === 3 && s.points.every((p) => !p.merging) ? true : undefined;
+        },
+        120_000,
+      );
       let copies: Array<{ pointId: string; raw: string }> = [];
       let expected = "";
       await crashSiteAt(r, fault, async () => {
@@ -283,7 +316,10 @@ describe("crash windows of the replica site (QREPLICA_FAULT, SIGKILL)", { timeou
       // Let the restart alone finish the merge: no new cycles while the chain is checked.
       await r.agent.kill("SIGTERM");
       const crashed = await t.relationship();
-      expect(crashed.points.some((p) => p.merging), `${fault}: the ledger shows the merge under way`).toBe(true);
+      expect(
+        crashed.points.some((p) => p.merging),
+        `${fault}: the ledger shows the merge under way`,
+      ).toBe(true);
       r.site = await t.startSite(t.siteB);
       const state = await t.relationship();
       expect(state.points.some((p) => p.merging)).toBe(false);

@@ -68,7 +68,15 @@ describe("failover with the counter guest (qemu-system-x86_64, real processes)",
     const points = (await t.relationship()).points;
     const older = points[points.length - 2]!;
     const olderCounter = await readDiskCounter(older.disks[0]!.imagePath);
-    const fo = await cliJson<{ recoveryPointId: string; generation: number; vm: { serialLog: string } }>(["failover", "vm1", "--unplanned", "--point", older.pointId, "--dir", t.siteB]);
+    const fo = await cliJson<{ recoveryPointId: string; generation: number; vm: { serialLog: string } }>([
+      "failover",
+      "vm1",
+      "--unplanned",
+      "--point",
+      older.pointId,
+      "--dir",
+      t.siteB,
+    ]);
     expect(fo.recoveryPointId).toBe(older.pointId);
     expect(fo.generation).toBe(2);
     await waitForCounter(fo.vm.serialLog, () => true, 90_000);
@@ -99,14 +107,22 @@ describe("failover with the counter guest (qemu-system-x86_64, real processes)",
     // --- reverse replication back to site A onto the old disk: only differing chunks travel ---
     await t.guest!.proc.stop(); // the old primary is shut down; its disk is the seed
     await cliJson(["reverse", "vm1", "--dir", t.siteB, "--to-dir", t.siteA, "--seed", `vda=${t.guest!.diskPath}`]);
-    const reversed = await waitFor("the first point on site A", async () => {
-      const s = await t.relationship("vm1", t.siteA);
-      return s.points.length > 0 ? s : undefined;
-    }, 120_000);
+    const reversed = await waitFor(
+      "the first point on site A",
+      async () => {
+        const s = await t.relationship("vm1", t.siteA);
+        return s.points.length > 0 ? s : undefined;
+      },
+      120_000,
+    );
     expect(reversed.generation).toBe(2);
     expect(reversed.primaryIdentity).toBe("site-b");
     const storeA = getSqliteEventStore({ path: join(t.siteA, "ledger.sqlite"), create: false });
-    const committed = (await storeA.readStream(relationshipStream("vm1"))).find((e) => e.type === "CycleCommitted")!.data as { dataBytes: number; zeroBytes: number; comparedBytes: number };
+    const committed = (await storeA.readStream(relationshipStream("vm1"))).find((e) => e.type === "CycleCommitted")!.data as {
+      dataBytes: number;
+      zeroBytes: number;
+      comparedBytes: number;
+    };
     await storeA.close();
     expect(committed.comparedBytes).toBe(64 * MiB); // the whole disk compared, recorded in the ledger
     // The VM ran on from an older point on a tiny counter sector: far less than the 64 MiB disk crosses.
@@ -184,7 +200,13 @@ describe("planned failover", { timeout: 300_000 }, () => {
     await waitFor("two recovery points", async () => ((await t.relationship()).points.length >= 2 ? true : undefined), 120_000);
 
     const fo = await cliJson<{ recoveryPointId: string; generation: number; vm: { serialLog: string }; primaryDisks: Array<{ diskId: string; imagePath: string }> }>([
-      "failover", "vm1", "--planned", "--dir", t.siteB, "--primary-dir", t.siteA,
+      "failover",
+      "vm1",
+      "--planned",
+      "--dir",
+      t.siteB,
+      "--primary-dir",
+      t.siteA,
     ]);
     expect(fo.generation).toBe(2);
     expect(fo.primaryDisks).toEqual([{ diskId: "vda", imagePath: t.guest!.diskPath }]);
@@ -196,10 +218,14 @@ describe("planned failover", { timeout: 300_000 }, () => {
     const types = await eventTypes(t);
     expect(types).toEqual(expect.arrayContaining(["FailoverPrepared", "FailedOver", "ReverseReplicationStarted"]));
 
-    const reversed = await waitFor("the first reverse point on site A", async () => {
-      const s = await t.relationship("vm1", t.siteA);
-      return s.points.length > 0 ? s : undefined;
-    }, 120_000);
+    const reversed = await waitFor(
+      "the first reverse point on site A",
+      async () => {
+        const s = await t.relationship("vm1", t.siteA);
+        return s.points.length > 0 ? s : undefined;
+      },
+      120_000,
+    );
     expect(reversed.generation).toBe(2);
     const storeA = getSqliteEventStore({ path: join(t.siteA, "ledger.sqlite"), create: false });
     const committed = (await storeA.readStream(relationshipStream("vm1"))).find((e) => e.type === "CycleCommitted")!.data as { dataBytes: number; zeroBytes: number };

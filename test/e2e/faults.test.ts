@@ -11,7 +11,11 @@ const newTwoSites = twoSitesPerTest();
 
 function tail(path: string, lines = 25): string {
   try {
-    return readFileSync(path, "utf8").split("\n").filter((l) => !l.includes('"level":20')).slice(-lines).join("\n");
+    return readFileSync(path, "utf8")
+      .split("\n")
+      .filter((l) => !l.includes('"level":20'))
+      .slice(-lines)
+      .join("\n");
   } catch {
     return "(no log)";
   }
@@ -43,9 +47,11 @@ async function bigRandomWrite(t: TwoSites, offsetMiB: number, sizeMiB: number): 
 async function expectLatestPointEqualsPrimary(t: TwoSites, after: number) {
   const snapshot = join(t.dir, "primary-now.raw");
   await convertImage(t.vm.guestUri("vda"), snapshot, { srcFormat: "raw", dstFormat: "raw" });
-  const point = await waitFor("a point cut after the writes", async () => (await t.relationship()).points.find((p) => Date.parse(p.cutoffAt) > after), 180_000).catch((err: Error) => {
-    throw new Error(`${err.message}\n--- agent.log (tail) ---\n${tail(join(t.dir, "agent.log"))}\n--- site-b/site.log (tail) ---\n${tail(join(t.siteB, "site.log"))}`);
-  });
+  const point = await waitFor("a point cut after the writes", async () => (await t.relationship()).points.find((p) => Date.parse(p.cutoffAt) > after), 180_000).catch(
+    (err: Error) => {
+      throw new Error(`${err.message}\n--- agent.log (tail) ---\n${tail(join(t.dir, "agent.log"))}\n--- site-b/site.log (tail) ---\n${tail(join(t.siteB, "site.log"))}`);
+    },
+  );
   const cmp = await compareImages(point.disks[0]!.imagePath, snapshot, { formatA: "qcow2", formatB: "raw" });
   expect(cmp.detail).toMatch(/identical/i);
 }

@@ -46,7 +46,11 @@ describe("a fleet on one agent and one site", { timeout: 600_000 }, () => {
     try {
       startFleetAgent(t, fleet, { intervalSeconds: FREQ, maxCyclesInFlight: 4 });
       // Every VM past its initial replication, then a measured stretch of steady state.
-      await waitFor("every VM's initial replication", async () => ((await Promise.all(ids.map((id) => fleetCommits(t, id)))).every((c) => c.length >= 2) ? true : undefined), 240_000).catch((e: Error) => {
+      await waitFor(
+        "every VM's initial replication",
+        async () => ((await Promise.all(ids.map((id) => fleetCommits(t, id)))).every((c) => c.length >= 2) ? true : undefined),
+        240_000,
+      ).catch((e: Error) => {
         throw new Error(e.message + diag());
       });
       const from = Date.now();
@@ -96,11 +100,17 @@ describe("a fleet on one agent and one site", { timeout: 600_000 }, () => {
       await waitFor("every VM's misses counted by the agent", async () => ((await missedTotal()) >= 3 * VMS ? true : undefined), 120_000).catch((e: Error) => {
         throw new Error(e.message + diag());
       });
-      const warned = await waitFor("VMs in Warning with CYCLES_MISSED", async () => {
-        const s = await call(admin, admin.getStatus, {});
-        const w = s.relationships.filter((r) => ids.includes(r.vmId) && r.health === ReplicationHealth.REPLICATION_HEALTH_WARNING && r.healthReasons.some((x) => x.code === "CYCLES_MISSED"));
-        return w.length >= VMS / 2 ? w : undefined;
-      }, 120_000);
+      const warned = await waitFor(
+        "VMs in Warning with CYCLES_MISSED",
+        async () => {
+          const s = await call(admin, admin.getStatus, {});
+          const w = s.relationships.filter(
+            (r) => ids.includes(r.vmId) && r.health === ReplicationHealth.REPLICATION_HEALTH_WARNING && r.healthReasons.some((x) => x.code === "CYCLES_MISSED"),
+          );
+          return w.length >= VMS / 2 ? w : undefined;
+        },
+        120_000,
+      );
       expect(warned[0]!.healthReasons.find((x) => x.code === "CYCLES_MISSED")?.message).toMatch(/\d+ of \d+ cycles due/);
       // Never queued: after the stall each VM is back on its cadence, with no catch-up burst of
       // back-to-back cycles and still no overlap.

@@ -72,10 +72,14 @@ async function startRig(opts: {
     for (const d of daemons.reverse()) await d.kill("SIGTERM");
   });
   daemons.push(startDaemon(CLI, ["site", "serve", "--dir", siteB], join(siteB, "site.log")));
-  const address = await waitFor("site B to listen", () => {
-    const f = addressFile(siteB);
-    return existsSync(f) && statSync(f).mtimeMs >= started - 5 ? readFileSync(f, "utf8").trim() || undefined : undefined;
-  }, 30_000);
+  const address = await waitFor(
+    "site B to listen",
+    () => {
+      const f = addressFile(siteB);
+      return existsSync(f) && statSync(f).mtimeMs >= started - 5 ? readFileSync(f, "utf8").trim() || undefined : undefined;
+    },
+    30_000,
+  );
 
   const scratchDir = join(dir, "scratch");
   mkdirSync(scratchDir);
@@ -89,12 +93,28 @@ async function startRig(opts: {
   await vm.write(QDEV, 0x11, 0, opts.firstWrite);
 
   const agentConfig = join(dir, "agent.yaml");
-  writeFileSync(agentConfig, toYaml({
-    siteId: "site-a",
-    stateDir: join(dir, "agent-state"),
-    tls: { caFile: join(caDir, "ca.crt"), certFile: join(dir, "agent-tls", "agent-a.crt"), keyFile: join(dir, "agent-tls", "agent-a.key") },
-    vms: [{ id: "vm1", qmpSocket: agentQmp, nbdSocket: join(dir, "nbd.sock"), disks: [{ id: "vda", node: "vda" }], scratchDir, replicaSite: address, replicaSiteId: "site-b", intervalSeconds: 1, compressionLevel: 1, ...opts.vmConfig }],
-  }));
+  writeFileSync(
+    agentConfig,
+    toYaml({
+      siteId: "site-a",
+      stateDir: join(dir, "agent-state"),
+      tls: { caFile: join(caDir, "ca.crt"), certFile: join(dir, "agent-tls", "agent-a.crt"), keyFile: join(dir, "agent-tls", "agent-a.key") },
+      vms: [
+        {
+          id: "vm1",
+          qmpSocket: agentQmp,
+          nbdSocket: join(dir, "nbd.sock"),
+          disks: [{ id: "vda", node: "vda" }],
+          scratchDir,
+          replicaSite: address,
+          replicaSiteId: "site-b",
+          intervalSeconds: 1,
+          compressionLevel: 1,
+          ...opts.vmConfig,
+        },
+      ],
+    }),
+  );
   const agentLog = join(dir, "agent.log");
   const agent = startDaemon(AGENT, ["--config", agentConfig], agentLog);
   daemons.push(agent);
@@ -119,10 +139,14 @@ describe("agent process against a real site: guest-safe cut-offs", () => {
         }
       }
     })();
-    const broken = await waitFor("a cycle failed with SNAPSHOT_BROKEN", async () => {
-      const s = await relationship(siteB);
-      return s?.lastFailure?.message.includes("SNAPSHOT_BROKEN") ? s.lastFailure : undefined;
-    }, 180_000).finally(() => (stop = true));
+    const broken = await waitFor(
+      "a cycle failed with SNAPSHOT_BROKEN",
+      async () => {
+        const s = await relationship(siteB);
+        return s?.lastFailure?.message.includes("SNAPSHOT_BROKEN") ? s.lastFailure : undefined;
+      },
+      180_000,
+    ).finally(() => (stop = true));
     await writer; // rejects if any guest write failed
     const quietSince = Date.now();
     console.log(`guest writes: ${writes} x 16 MiB, all succeeded; site recorded: ${broken.reason}: ${broken.message}`);
@@ -131,15 +155,24 @@ describe("agent process against a real site: guest-safe cut-offs", () => {
     for (const [off, p] of pattern) await vm.readVerify(QDEV, p, off, 16 * MiB);
     // The agent's cycles keep cutting off (a pause of milliseconds each): the guest must be
     // running again within a bound, never left paused.
-    await waitFor("the guest running (between cut-off pauses)", async () => ((await vm.qmp.execute<{ status: string }>("query-status")).status === "running" ? true : undefined), 10_000, 20);
+    await waitFor(
+      "the guest running (between cut-off pauses)",
+      async () => ((await vm.qmp.execute<{ status: string }>("query-status")).status === "running" ? true : undefined),
+      10_000,
+      20,
+    );
     const events = await cli(["events", "vm1", "--dir", siteB, "--json"]);
     expect(events).toContain("SNAPSHOT_BROKEN");
 
     // The next cycles retry by themselves and carry every change.
-    const point = await waitFor("a point cut after the guest stopped writing", async () => {
-      const s = await relationship(siteB);
-      return s?.points.find((p) => Date.parse(p.cutoffAt) > quietSince);
-    }, 180_000);
+    const point = await waitFor(
+      "a point cut after the guest stopped writing",
+      async () => {
+        const s = await relationship(siteB);
+        return s?.points.find((p) => Date.parse(p.cutoffAt) > quietSince);
+      },
+      180_000,
+    );
     await agent.kill("SIGTERM");
     await vm.quit();
     const cmp = await compareImages(point.disks[0]!.imagePath, disk, { formatA: "qcow2", formatB: "qcow2" });
@@ -147,7 +180,12 @@ describe("agent process against a real site: guest-safe cut-offs", () => {
   }, 420_000);
   it("a nearly full scratch: the agent skips its cycles, the site shows Warning with SCRATCH_SPACE_LOW (one ledger event, not one per cycle); freed, the next point commits byte-identical and only the missed cycles remain counted", async () => {
     // The agent config's cut-off knobs, not the defaults (8 MiB, 5 s), decide.
-    const { siteB, scratchDir, disk, vm, agent, agentLog } = await startRig({ scratchMiB: 16, diskBytes: 32 * MiB, firstWrite: 4 * MiB, vmConfig: { scratchMinFreeMiB: 12, cbwTimeoutSeconds: 3 } });
+    const { siteB, scratchDir, disk, vm, agent, agentLog } = await startRig({
+      scratchMiB: 16,
+      diskBytes: 32 * MiB,
+      firstWrite: 4 * MiB,
+      vmConfig: { scratchMinFreeMiB: 12, cbwTimeoutSeconds: 3 },
+    });
     expect(readFileSync(agentLog, "utf8")).toMatch(/"cbwTimeoutSeconds":3,.*"cut-off taken"/);
     type Status = { relationships: Array<{ health: number; healthMessage: string; healthReasons: Array<{ code: string }> }> };
     const status = async () => (await cliJson<Status>(["status", "vm1", "--dir", siteB])).relationships[0]!;
@@ -157,10 +195,14 @@ describe("agent process against a real site: guest-safe cut-offs", () => {
     const free = statfsSync(scratchDir).bavail * statfsSync(scratchDir).bsize;
     writeFileSync(join(scratchDir, "filler"), Buffer.alloc(free - 10 * MiB, 1));
     await vm.write(QDEV, 0x22, 8 * MiB, 2 * MiB);
-    const warning = await waitFor("health Warning with SCRATCH_SPACE_LOW", async () => {
-      const r = await status();
-      return r.health === ReplicationHealth.REPLICATION_HEALTH_WARNING && r.healthMessage.includes("SCRATCH_SPACE_LOW") ? r : undefined;
-    }, 60_000);
+    const warning = await waitFor(
+      "health Warning with SCRATCH_SPACE_LOW",
+      async () => {
+        const r = await status();
+        return r.health === ReplicationHealth.REPLICATION_HEALTH_WARNING && r.healthMessage.includes("SCRATCH_SPACE_LOW") ? r : undefined;
+      },
+      60_000,
+    );
     console.log(`status while the scratch is full: ${warning.healthMessage}`);
     expect(warning.healthMessage).toContain(scratchDir);
     expect(warning.healthMessage).toMatch(/has (9\.\d|10\.0) MiB free, less than the 12\.0 MiB a cut-off needs/);
@@ -194,11 +236,16 @@ describe("agent process against a real site: guest-safe cut-offs", () => {
   }, 300_000);
   it("a disk behind a throttle filter: the agent's cycles use copy-before-write under the throttle, commit at the site, and the last point equals the disk byte for byte", async () => {
     const throttled = (disk: string) => [
-      "-object", "throttle-group,id=tg0,x-bps-total=4000000000",
-      "-blockdev", `driver=file,node-name=vda-file,filename=${disk}`,
-      "-blockdev", "driver=qcow2,node-name=vda,file=vda-file",
-      "-blockdev", "driver=throttle,node-name=vda-thr,throttle-group=tg0,file=vda",
-      "-device", "virtio-blk-pci,drive=vda-thr,id=vda-dev",
+      "-object",
+      "throttle-group,id=tg0,x-bps-total=4000000000",
+      "-blockdev",
+      `driver=file,node-name=vda-file,filename=${disk}`,
+      "-blockdev",
+      "driver=qcow2,node-name=vda,file=vda-file",
+      "-blockdev",
+      "driver=throttle,node-name=vda-thr,throttle-group=tg0,file=vda",
+      "-device",
+      "virtio-blk-pci,drive=vda-thr,id=vda-dev",
     ];
     const { siteB, disk, vm, agent, agentLog } = await startRig({ scratchMiB: 64, diskBytes: 32 * MiB, firstWrite: 4 * MiB, vmArgs: throttled });
     for (let i = 0; i < 4; i++) {
@@ -222,17 +269,25 @@ describe("agent process against a real site: guest-safe cut-offs", () => {
 
   it("a disk whose device runs in an iothread: no cut-off (QEMU 7.2 would abort the VM), the site shows Warning IOTHREAD_UNSUPPORTED, the VM runs on", async () => {
     const onIothread = (disk: string) => [
-      "-object", "iothread,id=io0",
-      "-blockdev", `driver=file,node-name=vda-file,filename=${disk}`,
-      "-blockdev", "driver=qcow2,node-name=vda,file=vda-file",
-      "-device", "virtio-blk-pci,drive=vda,id=vda-dev,iothread=io0",
+      "-object",
+      "iothread,id=io0",
+      "-blockdev",
+      `driver=file,node-name=vda-file,filename=${disk}`,
+      "-blockdev",
+      "driver=qcow2,node-name=vda,file=vda-file",
+      "-device",
+      "virtio-blk-pci,drive=vda,id=vda-dev,iothread=io0",
     ];
     const { siteB, vm, agentLog } = await startRig({ scratchMiB: 16, diskBytes: 16 * MiB, firstWrite: 1 * MiB, vmArgs: onIothread, initialPoint: false });
     type Status = { relationships: Array<{ health: number; healthMessage: string; healthReasons: Array<{ code: string }> }> };
-    const warning = await waitFor("health Warning with IOTHREAD_UNSUPPORTED", async () => {
-      const r = (await cliJson<Status>(["status", "vm1", "--dir", siteB]).catch(() => undefined))?.relationships[0];
-      return r?.health === ReplicationHealth.REPLICATION_HEALTH_WARNING && r.healthMessage.includes("IOTHREAD_UNSUPPORTED") ? r : undefined;
-    }, 60_000);
+    const warning = await waitFor(
+      "health Warning with IOTHREAD_UNSUPPORTED",
+      async () => {
+        const r = (await cliJson<Status>(["status", "vm1", "--dir", siteB]).catch(() => undefined))?.relationships[0];
+        return r?.health === ReplicationHealth.REPLICATION_HEALTH_WARNING && r.healthMessage.includes("IOTHREAD_UNSUPPORTED") ? r : undefined;
+      },
+      60_000,
+    );
     console.log(`status: ${warning.healthMessage}`);
     expect(warning.healthMessage).toMatch(/runs its I\/O in iothread \/objects\/io0/);
     const skips = () => (readFileSync(agentLog, "utf8").match(/cycle skipped on this host/g) ?? []).length;

@@ -88,13 +88,21 @@ describe("health and monitoring with a real site and agent", () => {
     const status = async (): Promise<RelationshipStatus> => (await call(admin, admin.getStatus, { vmId: "vm1" })).relationships[0]!;
     const codes = (s: RelationshipStatus) => s.healthReasons.map((r) => r.code);
     const until = (what: string, ok: (s: RelationshipStatus) => boolean, timeoutMs = 90_000) =>
-      waitFor(what, async () => {
-        const s = await status();
-        return ok(s) ? s : undefined;
-      }, timeoutMs, 250).catch(fail);
+      waitFor(
+        what,
+        async () => {
+          const s = await status();
+          return ok(s) ? s : undefined;
+        },
+        timeoutMs,
+        250,
+      ).catch(fail);
 
     // `events --follow` from the start: it must print the HealthChanged events as they are recorded.
-    const follow = spawn(process.execPath, ["--import", "tsx", CLI, "events", "--follow", "--json", "--dir", t.siteB], { cwd: resolve(import.meta.dirname, "../.."), stdio: ["ignore", "pipe", "pipe"] });
+    const follow = spawn(process.execPath, ["--import", "tsx", CLI, "events", "--follow", "--json", "--dir", t.siteB], {
+      cwd: resolve(import.meta.dirname, "../.."),
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     let followed = "";
     follow.stdout.on("data", (d: Buffer) => (followed += d.toString()));
     try {
@@ -105,14 +113,20 @@ describe("health and monitoring with a real site and agent", () => {
       expect(normal.healthReasons).toEqual([]);
 
       // status --watch --json: one JSON document per refresh, one per line, until interrupted.
-      const watch = spawn(process.execPath, ["--import", "tsx", CLI, "status", "--watch", "1", "--json", "--dir", t.siteB], { cwd: resolve(import.meta.dirname, "../.."), stdio: ["ignore", "pipe", "pipe"] });
+      const watch = spawn(process.execPath, ["--import", "tsx", CLI, "status", "--watch", "1", "--json", "--dir", t.siteB], {
+        cwd: resolve(import.meta.dirname, "../.."),
+        stdio: ["ignore", "pipe", "pipe"],
+      });
       let watched = "";
       watch.stdout.on("data", (d: Buffer) => (watched += d.toString()));
       const watchExit = new Promise<number | null>((r) => watch.once("exit", (code) => r(code)));
       await waitFor("three refreshes of status --watch", () => (watched.split("\n").filter(Boolean).length >= 3 ? true : undefined), 60_000);
       watch.kill("SIGINT");
       expect(await watchExit).toBe(0);
-      const docs = watched.split("\n").filter(Boolean).map((l) => JSON.parse(l) as { siteId: string; relationships: Array<{ vmId: string; healthReasons: unknown[] }> });
+      const docs = watched
+        .split("\n")
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as { siteId: string; relationships: Array<{ vmId: string; healthReasons: unknown[] }> });
       expect(docs.length).toBeGreaterThanOrEqual(3);
       for (const d of docs) expect(d).toMatchObject({ siteId: "site-b", relationships: [{ vmId: "vm1", healthReasons: expect.any(Array) }] });
       const table = await runCli(["status", "--dir", t.siteB]);
@@ -123,13 +137,42 @@ describe("health and monitoring with a real site and agent", () => {
       await waitFor("a cycle with the 2 MiB write", async () => ((await t.relationship()).points.length >= 7 ? true : undefined), 60_000).catch(fail);
       const m = await cliJson<Record<string, unknown>>(["measure", "vm1", "--window", "1h", "--dir", t.siteB]);
       const keys = [
-        "vmId", "state", "health", "healthReasons", "monitoringStartTime", "monitoringEndTime", "lastReplicationTime", "newestPointCutoffTime", "newestPointAgeSeconds",
-        "pendingReplicationBytes", "averageReplicationBytes", "maxReplicationBytes", "averageTransferredBytes", "maxTransferredBytes", "averageReplicationLatencySeconds",
-        "maxReplicationLatencySeconds", "replicationSuccessCount", "replicationMissCount", "replicationFailureCount", "lastTestFailoverTime", "frequencySeconds", "rpoAlertSeconds", "agentConnected",
+        "vmId",
+        "state",
+        "health",
+        "healthReasons",
+        "monitoringStartTime",
+        "monitoringEndTime",
+        "lastReplicationTime",
+        "newestPointCutoffTime",
+        "newestPointAgeSeconds",
+        "pendingReplicationBytes",
+        "averageReplicationBytes",
+        "maxReplicationBytes",
+        "averageTransferredBytes",
+        "maxTransferredBytes",
+        "averageReplicationLatencySeconds",
+        "maxReplicationLatencySeconds",
+        "replicationSuccessCount",
+        "replicationMissCount",
+        "replicationFailureCount",
+        "lastTestFailoverTime",
+        "frequencySeconds",
+        "rpoAlertSeconds",
+        "agentConnected",
       ];
       expect(Object.keys(m).sort()).toEqual([...keys].sort());
       console.log(`measure: ${JSON.stringify(m)}`);
-      expect(m).toMatchObject({ vmId: "vm1", state: "replicating", frequencySeconds: FREQ, rpoAlertSeconds: 20, agentConnected: true, pendingReplicationBytes: null, lastTestFailoverTime: null, replicationFailureCount: 0 });
+      expect(m).toMatchObject({
+        vmId: "vm1",
+        state: "replicating",
+        frequencySeconds: FREQ,
+        rpoAlertSeconds: 20,
+        agentConnected: true,
+        pendingReplicationBytes: null,
+        lastTestFailoverTime: null,
+        replicationFailureCount: 0,
+      });
       expect(Date.parse(m.monitoringEndTime as string) - Date.parse(m.monitoringStartTime as string)).toBe(3600_000);
       expect(Date.parse(m.lastReplicationTime as string)).toBeGreaterThan(Date.parse(m.monitoringStartTime as string));
       expect(m.replicationSuccessCount as number).toBeGreaterThanOrEqual(7);
@@ -158,7 +201,13 @@ describe("health and monitoring with a real site and agent", () => {
       expect(sampleValue(agentMetrics, "qreplica_agent_process_cpu_seconds_total", "qreplica_agent_process_cpu_seconds_total", {})).toBeGreaterThan(0);
 
       // 4. The agent's certificate is refused on Measure (data plane only), and the refusal audited.
-      const asAgent = new MonitoringServiceClient(readFileSync(addressFile(t.siteB), "utf8").trim(), channelCredentials(loadSiteCredentials({ caFile: join(t.caDir, "ca.crt"), certFile: join(t.dir, "agent-tls", "agent-a.crt"), keyFile: join(t.dir, "agent-tls", "agent-a.key") })), grpcChannelOptions);
+      const asAgent = new MonitoringServiceClient(
+        readFileSync(addressFile(t.siteB), "utf8").trim(),
+        channelCredentials(
+          loadSiteCredentials({ caFile: join(t.caDir, "ca.crt"), certFile: join(t.dir, "agent-tls", "agent-a.crt"), keyFile: join(t.dir, "agent-tls", "agent-a.key") }),
+        ),
+        grpcChannelOptions,
+      );
       const refused = await new Promise<grpc.ServiceError | undefined>((r) => asAgent.measure({ vmId: "vm1" }, (err) => r(err ?? undefined)));
       asAgent.close();
       expect(refused?.code).toBe(grpc.status.PERMISSION_DENIED);
@@ -192,16 +241,23 @@ describe("health and monitoring with a real site and agent", () => {
       expect(silent.health).toBe(ReplicationHealth.REPLICATION_HEALTH_CRITICAL);
       expect(silent.healthReasons.find((r) => r.code === "AGENT_SILENT")?.level).toBe(ReplicationHealth.REPLICATION_HEALTH_CRITICAL);
       // The gauges follow at the site's next periodic evaluation (every second here).
-      const deadMetrics = await waitFor("the critical health gauge", async () => {
-        const f = await scrape(metricsAddress(join(t.siteB, "site.log"))!);
-        return sampleValue(f, "qreplica_vm_health", "qreplica_vm_health", { vm: "vm1", state: "critical" }) === 1 ? f : undefined;
-      }, 30_000);
+      const deadMetrics = await waitFor(
+        "the critical health gauge",
+        async () => {
+          const f = await scrape(metricsAddress(join(t.siteB, "site.log"))!);
+          return sampleValue(f, "qreplica_vm_health", "qreplica_vm_health", { vm: "vm1", state: "critical" }) === 1 ? f : undefined;
+        },
+        30_000,
+      );
       expect(sampleValue(deadMetrics, "qreplica_vm_agent_connected", "qreplica_vm_agent_connected", { vm: "vm1" })).toBe(0);
       expect(sampleValue(deadMetrics, "qreplica_vm_health", "qreplica_vm_health", { vm: "vm1", state: "normal" })).toBe(0);
 
       // 7. Back: no Critical reason any more.
       agent = startAgent(t);
-      await until("no Critical reason after the agent is back", (s) => s.health !== ReplicationHealth.REPLICATION_HEALTH_CRITICAL && s.healthReasons.every((r) => r.level !== ReplicationHealth.REPLICATION_HEALTH_CRITICAL));
+      await until(
+        "no Critical reason after the agent is back",
+        (s) => s.health !== ReplicationHealth.REPLICATION_HEALTH_CRITICAL && s.healthReasons.every((r) => r.level !== ReplicationHealth.REPLICATION_HEALTH_CRITICAL),
+      );
 
       // 8. Failed cycles: the replica's storage daemon killed, every cycle fails on the site. One
       // failure is a Warning (the agent retries); three in a row are Critical.
@@ -216,7 +272,12 @@ describe("health and monitoring with a real site and agent", () => {
       expect(fm.health).toBe("critical");
 
       // Every transition is in the ledger (only changes: no event per evaluation), and followed.
-      const ledger = await cliJson<{ events: Array<{ type: string; stream: string; data: { from: string | null; to: string; reasons: Array<{ code: string }> } }> }>(["events", "--all", "--dir", t.siteB]);
+      const ledger = await cliJson<{ events: Array<{ type: string; stream: string; data: { from: string | null; to: string; reasons: Array<{ code: string }> } }> }>([
+        "events",
+        "--all",
+        "--dir",
+        t.siteB,
+      ]);
       const changes = ledger.events.filter((e) => e.type === "HealthChanged");
       console.log(`health transitions: ${changes.map((c) => `${c.data.from ?? "-"}->${c.data.to} [${c.data.reasons.map((r) => r.code).join(",")}]`).join("  ")}`);
       expect(changes.every((c) => c.stream === "health-vm1" && c.data.from !== c.data.to)).toBe(true);
@@ -227,11 +288,18 @@ describe("health and monitoring with a real site and agent", () => {
       expect(changes.length).toBeLessThan(30);
       const onlyHealth = await cliJson<{ events: Array<{ type: string }> }>(["events", "vm1", "--health", "--all", "--dir", t.siteB]);
       expect(onlyHealth.events.map((e) => e.type)).toEqual(changes.map(() => "HealthChanged"));
-      await waitFor("events --follow printed the last HealthChanged", () => {
-        const lines = followed.split("\n").filter(Boolean).map((l) => JSON.parse(l) as { type: string; data: { to: string } });
-        const followedChanges = lines.filter((e) => e.type === "HealthChanged");
-        return followedChanges.length === changes.length ? followedChanges : undefined;
-      }, 30_000);
+      await waitFor(
+        "events --follow printed the last HealthChanged",
+        () => {
+          const lines = followed
+            .split("\n")
+            .filter(Boolean)
+            .map((l) => JSON.parse(l) as { type: string; data: { to: string } });
+          const followedChanges = lines.filter((e) => e.type === "HealthChanged");
+          return followedChanges.length === changes.length ? followedChanges : undefined;
+        },
+        30_000,
+      );
     } finally {
       follow.kill("SIGINT");
       admin.close();

@@ -43,7 +43,13 @@ async function expected(ledger: string): Promise<{ states: Map<string, Relations
       const events = await store.readStream(relationshipStream(vm));
       relationshipEvents += events.length;
       states.set(vm, foldRelationship(vm, events.map(decodeRelationshipEvent)));
-      points.set(vm, (await RecoveryPointsProjection.rebuild(store, vm)).list().filter((p) => !p.merging).map((p) => p.pointId));
+      points.set(
+        vm,
+        (await RecoveryPointsProjection.rebuild(store, vm))
+          .list()
+          .filter((p) => !p.merging)
+          .map((p) => p.pointId),
+      );
     }
     expect((await StatusProjection.rebuild(store)).list(new Date()).map((s) => [s.vmId, s.state])).toEqual([...states].map(([vm, s]) => [vm, s.state]));
     return { states, points, relationshipEvents };

@@ -88,7 +88,8 @@ describe("replication policies on a running agent", () => {
 
     await t.vm.guestWrite("vda", ["write -P 0x11 0 4M"]);
     const agent = t.startAgent({ policy: "acc" });
-    const diag = () => `\n--- agent ---\n${readFileSync(join(t.dir, "agent.log"), "utf8").slice(-4000)}\n--- site ---\n${readFileSync(join(t.siteB, "site.log"), "utf8").slice(-4000)}`;
+    const diag = () =>
+      `\n--- agent ---\n${readFileSync(join(t.dir, "agent.log"), "utf8").slice(-4000)}\n--- site ---\n${readFileSync(join(t.siteB, "site.log"), "utf8").slice(-4000)}`;
     await waitFor("the initial replication under acc@1", () => (acked(t).some((l) => l.policy === "acc@1") ? true : undefined), 90_000).catch((e: Error) => {
       throw new Error(e.message + diag());
     });
@@ -113,7 +114,12 @@ describe("replication policies on a running agent", () => {
     expect((await cliJson<{ latestVersion: number }>(["policy", "show", "acc", ...site()])).latestVersion).toBe(1);
     const applied = await cliJson<{ version: number; changed: boolean; notifiedVmIds: string[]; diff: unknown[] }>(["policy", "apply", file, ...site()]);
     expect(applied).toMatchObject({ version: 2, changed: true, notifiedVmIds: ["vm1"] });
-    expect(applied.diff).toEqual(expect.arrayContaining([{ path: "frequency", from: "1h", to: "1s" }, { path: "compressionLevel", from: "1", to: "9" }]));
+    expect(applied.diff).toEqual(
+      expect.arrayContaining([
+        { path: "frequency", from: "1h", to: "1s" },
+        { path: "compressionLevel", from: "1", to: "9" },
+      ]),
+    );
 
     const writeStart = Date.now();
     await t.vm.guestWrite("vda", ["write -P 0x22 8M 2M", "write -P 0x33 20M 1M"]);
@@ -127,8 +133,16 @@ describe("replication policies on a running agent", () => {
     const after = acked(t).filter((l) => (l.seq ?? 0) > before);
     expect(after.length).toBeGreaterThanOrEqual(3);
     for (const l of after) expect([l.policy, l.compressionLevel]).toEqual(["acc@2", 9]);
-    expect(acked(t).filter((l) => (l.seq ?? 0) <= before).map((l) => [l.policy, l.compressionLevel])).toEqual([["acc@1", 1]]);
-    expect(agentLog(t).filter((l) => l.msg === "policy changed by the replica site: it applies from the next cycle").map((l) => [l.policy, l.frequency, l.compressionLevel])).toEqual([["acc@2", "1s", 9]]);
+    expect(
+      acked(t)
+        .filter((l) => (l.seq ?? 0) <= before)
+        .map((l) => [l.policy, l.compressionLevel]),
+    ).toEqual([["acc@1", 1]]);
+    expect(
+      agentLog(t)
+        .filter((l) => l.msg === "policy changed by the replica site: it applies from the next cycle")
+        .map((l) => [l.policy, l.frequency, l.compressionLevel]),
+    ).toEqual([["acc@2", "1s", 9]]);
     // The same agent process throughout: no restart.
     expect(agent.child.exitCode).toBeNull();
     expect(agentLog(t).filter((l) => l.msg === "agent started")).toHaveLength(1);
@@ -151,7 +165,11 @@ describe("replication policies on a running agent", () => {
     // A site binding wins: back to the built-in default, i.e. the agent config's own 1 h.
     const bound = await cliJson<{ changed: boolean; agentNotified: boolean }>(["protect", "vm1", "--policy", "default", ...site()]);
     expect(bound).toMatchObject({ changed: true, agentNotified: true });
-    await waitFor("the agent back on its config", () => (agentLog(t).some((l) => l.msg.startsWith("policy changed") && l.policy === "config" && l.frequency === "3600s") ? true : undefined), 30_000);
+    await waitFor(
+      "the agent back on its config",
+      () => (agentLog(t).some((l) => l.msg.startsWith("policy changed") && l.policy === "config" && l.frequency === "3600s") ? true : undefined),
+      30_000,
+    );
 
     // Bindings and versions are in the ledger: a restarted site has them.
     await t.daemons[0]!.kill("SIGTERM");
@@ -176,7 +194,11 @@ describe("replication policies on a running agent", () => {
     expect(await cliJson(["protect", "vm1", "--policy", "later", ...site])).toMatchObject({ changed: true, agentNotified: false, relationshipExists: false });
     await t.vm.guestWrite("vda", ["write -P 0x44 0 1M"]);
     t.startAgent();
-    await waitFor("the agent to wait for the scheduled time", () => (agentLog(t).some((l) => l.msg === "initial replication scheduled by the policy: waiting") ? true : undefined), 60_000);
+    await waitFor(
+      "the agent to wait for the scheduled time",
+      () => (agentLog(t).some((l) => l.msg === "initial replication scheduled by the policy: waiting") ? true : undefined),
+      60_000,
+    );
     expect((await t.relationship()).lastCycleSeq).toBe(0);
     writeFileSync(file, "name: later\nfrequency: 1h\ninitialReplication: now\n");
     expect(await cliJson(["policy", "apply", file, ...site])).toMatchObject({ version: 2, notifiedVmIds: ["vm1"] });

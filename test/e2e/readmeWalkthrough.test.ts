@@ -74,7 +74,11 @@ describe("README walkthrough on two addresses that are not localhost", () => {
     for (const site of ["site-a", "site-b"]) {
       daemons.push(startDaemon(CLI, ["site", "serve", "--dir", d(site)], d(`${site}.log`)));
     }
-    const addressB = await waitFor("site B's address file", () => (existsSync(addressFile(d("site-b"))) ? readFileSync(addressFile(d("site-b")), "utf8").trim() || undefined : undefined), 30_000);
+    const addressB = await waitFor(
+      "site B's address file",
+      () => (existsSync(addressFile(d("site-b"))) ? readFileSync(addressFile(d("site-b")), "utf8").trim() || undefined : undefined),
+      30_000,
+    );
     await waitFor("site A's address file", () => (existsSync(addressFile(d("site-a"))) ? true : undefined), 30_000);
     // The wildcard is where the site listens, never what peers are told to dial.
     expect(addressB).toBe(`127.0.0.3:${portB}`);
@@ -89,13 +93,28 @@ describe("README walkthrough on two addresses that are not localhost", () => {
         siteId: "site-a",
         stateDir: d("agent-state"),
         tls: { caFile: d("ca/ca.crt"), certFile: d("agent-tls/agent-a.crt"), keyFile: d("agent-tls/agent-a.key") },
-        vms: [{ id: "web1", qmpSocket: vm.qmpSocketPath, nbdSocket: vm.nbdSocketPath, disks: [{ id: "vda", node: "node-vda" }], replicaSite: `127.0.0.3:${portB}`, replicaSiteId: "site-b", intervalSeconds: 1, compressionLevel: 1 }],
+        vms: [
+          {
+            id: "web1",
+            qmpSocket: vm.qmpSocketPath,
+            nbdSocket: vm.nbdSocketPath,
+            disks: [{ id: "vda", node: "node-vda" }],
+            replicaSite: `127.0.0.3:${portB}`,
+            replicaSiteId: "site-b",
+            intervalSeconds: 1,
+            compressionLevel: 1,
+          },
+        ],
       }),
     );
     daemons.push(startDaemon(AGENT, ["--config", d("agent.yaml")], d("agent.log")));
 
     const pointsOnB = async () => JSON.parse(await qreplica(["points", "web1", "--dir", d("site-b"), "--json"])) as PointJson[];
-    await waitFor("the initial replication on B", async () => ((await runCli(["points", "web1", "--dir", d("site-b"), "--json"])).code === 0 && (await pointsOnB()).length > 0 ? true : undefined), 90_000);
+    await waitFor(
+      "the initial replication on B",
+      async () => ((await runCli(["points", "web1", "--dir", d("site-b"), "--json"])).code === 0 && (await pointsOnB()).length > 0 ? true : undefined),
+      90_000,
+    );
 
     // A quiet write, then a point cut after it: that point is the primary's disk, byte for byte.
     await vm.guestWrite("vda", ["write -P 0x7c 8M 2M", "write -z 0 64k"]);

@@ -28,10 +28,14 @@ describe("two sites, one agent, one VM (separate processes, mutual TLS)", () => 
     for (let k = 1; k <= 6; k++) {
       const previous = batches[batches.length - 1]!;
       // A point cut after the previous batch must exist before the next batch starts.
-      await waitFor(`a point cut after batch ${k - 1}`, async () => {
-        const s = await t.relationship();
-        return s.points.some((p) => Date.parse(p.cutoffAt) > previous.doneAt) ? true : undefined;
-      }, 90_000);
+      await waitFor(
+        `a point cut after batch ${k - 1}`,
+        async () => {
+          const s = await t.relationship();
+          return s.points.some((p) => Date.parse(p.cutoffAt) > previous.doneAt) ? true : undefined;
+        },
+        90_000,
+      );
       batches.push(await writeAndSnapshot(t, k, [`write -P ${0x20 + k} ${k * 3}M 1M`, `write -z ${k * 5}M 64k`, `write -P ${0x30 + k} ${50 + k}M 128k`]));
     }
     const last = batches[batches.length - 1]!;

@@ -64,9 +64,11 @@ async function crashPrimary(t: TwoSites, diag: () => string): Promise<void> {
 }
 
 async function expectPointAfterEqualsPrimary(t: TwoSites, after: number, diag: () => string): Promise<void> {
-  const point = await waitFor("a point cut after the writes", async () => (await t.relationship()).points.find((p) => Date.parse(p.cutoffAt) > after), 120_000).catch((e: Error) => {
-    throw new Error(e.message + diag());
-  });
+  const point = await waitFor("a point cut after the writes", async () => (await t.relationship()).points.find((p) => Date.parse(p.cutoffAt) > after), 120_000).catch(
+    (e: Error) => {
+      throw new Error(e.message + diag());
+    },
+  );
   const cmp = await compareImages(point.disks[0]!.imagePath, t.vm.guestUri("vda"), { formatA: "qcow2", formatB: "raw" });
   expect(cmp.detail).toMatch(/identical/i);
 }
@@ -209,7 +211,11 @@ describe("operator control of replication (CLI, real processes)", { timeout: 300
     rmSync(stateDir, { recursive: true, force: true });
     startGuestAgent(t, guestDisks(g), { intervalSeconds: 1, stateDir });
 
-    await waitFor("a resync after the lost state", async () => ((await ledgerEvents(t.siteB)).slice(eventsBefore).some((e) => e.type === "ResyncCompleted") ? true : undefined), 120_000).catch((e: Error) => {
+    await waitFor(
+      "a resync after the lost state",
+      async () => ((await ledgerEvents(t.siteB)).slice(eventsBefore).some((e) => e.type === "ResyncCompleted") ? true : undefined),
+      120_000,
+    ).catch((e: Error) => {
       throw new Error(e.message + diag());
     });
     const events = (await ledgerEvents(t.siteB)).slice(eventsBefore);

@@ -32,7 +32,9 @@ interface Write {
 
 /** Opens one image read-only (not its backing chain) and keeps it open, as another tool would. */
 function holdImage(path: string): { release(): Promise<void> } {
-  const child = spawn("qemu-io", ["-r", `json:${JSON.stringify({ driver: "qcow2", file: { driver: "file", filename: path }, backing: null })}`], { stdio: ["pipe", "ignore", "ignore"] });
+  const child = spawn("qemu-io", ["-r", `json:${JSON.stringify({ driver: "qcow2", file: { driver: "file", filename: path }, backing: null })}`], {
+    stdio: ["pipe", "ignore", "ignore"],
+  });
   holders.push(child);
   return {
     async release() {
@@ -71,7 +73,8 @@ describe("retention under 1 s cycles: the points list never shows a point withou
     await waitFor("the initial replication", async () => ((await t.relationship()).points.length >= 1 ? true : undefined), 120_000);
 
     const client = controlClient({ dir: t.siteB });
-    const rpcList = async () => (await unary(client, client.listRecoveryPoints, { vmId: "vm1" })).recoveryPoints.map((p: RecoveryPoint) => ({ seq: Number(p.sequence), id: p.recoveryPointId }));
+    const rpcList = async () =>
+      (await unary(client, client.listRecoveryPoints, { vmId: "vm1" })).recoveryPoints.map((p: RecoveryPoint) => ({ seq: Number(p.sequence), id: p.recoveryPointId }));
     const cliList = async () => {
       const r = await runCli(["points", "vm1", "--dir", t.siteB, "--json"]);
       if (r.code !== 0) throw new Error(`qreplica points failed: ${r.stderr}`);
@@ -107,9 +110,17 @@ describe("retention under 1 s cycles: the points list never shows a point withou
         // must rewrite: that merge fails. Retention must finish it later, not list it half done.
         const listed = await rpcList();
         const held = holdImage(imageOf(t, listed[2]!.seq, false));
-        await waitFor("a retention merge to fail on the held image", () => (readFileSync(join(t.siteB, "site.log"), "utf8").includes("retention merge failed") ? true : undefined), 60_000);
+        await waitFor(
+          "a retention merge to fail on the held image",
+          () => (readFileSync(join(t.siteB, "site.log"), "utf8").includes("retention merge failed") ? true : undefined),
+          60_000,
+        );
         const heldAt = Date.now();
-        await waitFor("two more points while the image is held", async () => ((await t.relationship()).points.filter((p) => Date.parse(p.cutoffAt) > heldAt).length >= 2 ? true : undefined), 60_000);
+        await waitFor(
+          "two more points while the image is held",
+          async () => ((await t.relationship()).points.filter((p) => Date.parse(p.cutoffAt) > heldAt).length >= 2 ? true : undefined),
+          60_000,
+        );
         await held.release();
       }
     }
@@ -121,10 +132,14 @@ describe("retention under 1 s cycles: the points list never shows a point withou
     expect(samples).toBeGreaterThan(100);
     expect(state.counters.mergesCompleted).toBeGreaterThanOrEqual(35);
     await t.daemons[1]!.kill("SIGTERM"); // the agent: no more cycles while the points are compared
-    await waitFor("retention to settle", async () => {
-      const s = await t.relationship();
-      return s.points.every((p) => !p.merging) && s.points.length <= 4 ? s : undefined;
-    }, 60_000);
+    await waitFor(
+      "retention to settle",
+      async () => {
+        const s = await t.relationship();
+        return s.points.every((p) => !p.merging) && s.points.length <= 4 ? s : undefined;
+      },
+      60_000,
+    );
     const final = await t.relationship();
     const listed = await rpcList();
     expect(listed.map((p) => p.id)).toEqual(final.points.map((p) => p.pointId));

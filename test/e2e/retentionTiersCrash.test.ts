@@ -28,7 +28,13 @@ describe("retention tiers: a site killed mid-thinning", { timeout: 600_000 }, ()
     // hour's first and the last few seconds are thinned, never the base.
     const cfgPath = join(t.siteB, "site.json");
     const cfg = JSON.parse(readFileSync(cfgPath, "utf8")) as Record<string, unknown>;
-    cfg.defaultRetention = { minPoints: 2, tiers: [{ everySeconds: 0, keepForSeconds: 5 }, { everySeconds: 3600, keepForSeconds: 86400 }] };
+    cfg.defaultRetention = {
+      minPoints: 2,
+      tiers: [
+        { everySeconds: 0, keepForSeconds: 5 },
+        { everySeconds: 3600, keepForSeconds: 86400 },
+      ],
+    };
     writeFileSync(cfgPath, JSON.stringify(cfg, null, 2), { mode: 0o600 });
     let site: Daemon = await t.startSite(t.siteB);
     await t.vm.guestWrite("vda", ["write -P 0x01 0 2M"]);
@@ -70,10 +76,17 @@ describe("retention tiers: a site killed mid-thinning", { timeout: 600_000 }, ()
         expect({ corruptions: report.corruptions ?? 0, errors: report["check-errors"] }, `${fault}: qemu-img check ${p.pointId}`).toEqual({ corruptions: 0, errors: 0 });
         await expectIdentical(p.disks[0]!.imagePath, copies.get(p.pointId) ?? expected, `${fault}: point ${p.pointId}`);
       }
-      const onDisk = readdirSync(diskDir(t)).filter((f) => f.endsWith(".qcow2")).map((f) => join(diskDir(t), f)).sort();
+      const onDisk = readdirSync(diskDir(t))
+        .filter((f) => f.endsWith(".qcow2"))
+        .map((f) => join(diskDir(t), f))
+        .sort();
       expect(onDisk).toEqual(state.points.map((p) => p.disks[0]!.imagePath).sort());
       agent = t.startAgent();
-      await waitFor("thinning again after the restart", async () => ((await t.relationship()).counters.mergesCompleted > state.counters.mergesCompleted ? true : undefined), 120_000);
+      await waitFor(
+        "thinning again after the restart",
+        async () => ((await t.relationship()).counters.mergesCompleted > state.counters.mergesCompleted ? true : undefined),
+        120_000,
+      );
     }
   });
 });

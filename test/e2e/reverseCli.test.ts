@@ -51,10 +51,14 @@ describe("reverse replication and failback through the CLI, as the README docume
 
     // The old primary comes back: its agent is refused as stale and pauses the VM (still running).
     const returned = t.startAgent();
-    await waitFor("the old primary's agent refused as stale", async () => {
-      const events = await qreplica<{ events: Array<{ type: string }> }>(["events", "vm1", "--dir", t.siteB, "--all"]);
-      return events.events.some((e) => e.type === "StaleGenerationRefused") ? true : undefined;
-    }, 90_000);
+    await waitFor(
+      "the old primary's agent refused as stale",
+      async () => {
+        const events = await qreplica<{ events: Array<{ type: string }> }>(["events", "vm1", "--dir", t.siteB, "--all"]);
+        return events.events.some((e) => e.type === "StaleGenerationRefused") ? true : undefined;
+      },
+      90_000,
+    );
     await returned.exited; // it fenced its VM and stopped; the monitor is free again
     const qmp = await QmpClient.connect({ socketPath: guest.qmpSocketPath });
     expect((await qmp.execute<{ status: string }>("query-status")).status).toBe("paused");
@@ -73,10 +77,14 @@ describe("reverse replication and failback through the CLI, as the README docume
     const oldDiskCounter = await readDiskCounter(guest.diskPath);
     const reverse = await qreplica<{ agentPid: number; generation: number }>(["reverse", "vm1", "--dir", t.siteB, "--to-dir", t.siteA, "--seed", `vda=${guest.diskPath}`]);
     expect(reverse.generation).toBe(2);
-    const reversed = await waitFor("two reverse points on A", async () => {
-      const points = await qreplica<Point[]>(["points", "vm1", "--dir", t.siteA]);
-      return points.length >= 2 ? points : undefined;
-    }, 180_000).catch((err: Error) => {
+    const reversed = await waitFor(
+      "two reverse points on A",
+      async () => {
+        const points = await qreplica<Point[]>(["points", "vm1", "--dir", t.siteA]);
+        return points.length >= 2 ? points : undefined;
+      },
+      180_000,
+    ).catch((err: Error) => {
       throw new Error(`${err.message}\n--- site-a.log ---\n${readFileSync(join(t.siteA, "site.log"), "utf8").split("\n").slice(-20).join("\n")}`);
     });
     const first = (await t.relationship("vm1", t.siteA)).points.find((p) => p.pointId === reversed[0]!.recoveryPointId)!;

@@ -104,12 +104,26 @@ describe("the agent pins its replica site; site addresses are dialable (real pro
         siteId: "site-a",
         stateDir: join(t.dir, "agent-state"),
         tls: { caFile: join(t.caDir, "ca.crt"), certFile: join(t.dir, "agent-tls", "agent-a.crt"), keyFile: join(t.dir, "agent-tls", "agent-a.key") },
-        vms: [{ id: "vm1", qmpSocket: t.vm.qmpSocketPath, nbdSocket: t.vm.nbdSocketPath, disks: [{ id: "vda", node: "node-vda" }], replicaSite: readFileSync(addressFile(t.siteA), "utf8").trim(), replicaSiteId: "site-b", intervalSeconds: 1 }],
+        vms: [
+          {
+            id: "vm1",
+            qmpSocket: t.vm.qmpSocketPath,
+            nbdSocket: t.vm.nbdSocketPath,
+            disks: [{ id: "vda", node: "node-vda" }],
+            replicaSite: readFileSync(addressFile(t.siteA), "utf8").trim(),
+            replicaSiteId: "site-b",
+            intervalSeconds: 1,
+          },
+        ],
       }),
     );
     const log = join(t.dir, "agent-wrong-site.log");
     t.daemons.push(startDaemon(AGENT, ["--config", config], log));
-    await waitFor("the refusal in the agent's log", () => (readFileSync(log, "utf8").includes('presents the identity \\"site-a\\", not the expected site \\"site-b\\"') ? true : undefined), 60_000);
+    await waitFor(
+      "the refusal in the agent's log",
+      () => (readFileSync(log, "utf8").includes('presents the identity \\"site-a\\", not the expected site \\"site-b\\"') ? true : undefined),
+      60_000,
+    );
     // Nothing reached site A: no relationship, no ledger event for the VM.
     expect((await t.relationship("vm1", t.siteA)).state).toBe("not-enabled");
   });
@@ -128,13 +142,17 @@ describe("the agent pins its replica site; site addresses are dialable (real pro
 
     const site = startDaemon((await import("../helpers/processes.js")).CLI, ["site", "serve", "--dir", dir], join(tmp.path, "site-c.log"));
     try {
-      const address = await waitFor("the address file", () => {
-        try {
-          return readFileSync(addressFile(dir), "utf8").trim() || undefined;
-        } catch {
-          return undefined;
-        }
-      }, 30_000);
+      const address = await waitFor(
+        "the address file",
+        () => {
+          try {
+            return readFileSync(addressFile(dir), "utf8").trim() || undefined;
+          } catch {
+            return undefined;
+          }
+        },
+        30_000,
+      );
       expect(address).toMatch(/^127\.0\.0\.2:\d+$/);
       expect(address).not.toContain("0.0.0.0");
       const status = await runCli(["status", "--dir", dir, "--json"]);

@@ -67,10 +67,14 @@ describe("the site supervises its failover VMs and reverse agents across restart
     // --- the reverse agent dies: the site restarts it, and points keep arriving ---
     process.kill(rev.agentPid, "SIGKILL");
     const agentPidFile = join(t.siteB, "run", "reverse", "vm1", "agent.pid");
-    const newPid = await waitFor("the reverse agent restarted by the site", () => {
-      const pid = Number(readFileSync(agentPidFile, "utf8"));
-      return pid !== rev.agentPid && processAlive(pid) ? pid : undefined;
-    }, 30_000);
+    const newPid = await waitFor(
+      "the reverse agent restarted by the site",
+      () => {
+        const pid = Number(readFileSync(agentPidFile, "utf8"));
+        return pid !== rev.agentPid && processAlive(pid) ? pid : undefined;
+      },
+      30_000,
+    );
     expect(newPid).not.toBe(rev.agentPid);
     const seqA2 = (await t.relationship("vm1", t.siteA)).lastCycleSeq;
     await waitFor("reverse points from the restarted agent", async () => ((await t.relationship("vm1", t.siteA)).lastCycleSeq >= seqA2 + 2 ? true : undefined), 90_000);

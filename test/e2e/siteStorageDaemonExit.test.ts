@@ -25,7 +25,9 @@ describe("the replica site's storage daemon dies", { timeout: 240_000 }, () => {
     process.kill(pid, "SIGKILL");
     const code = await Promise.race([site.exited, new Promise<string>((r) => setTimeout(() => r("still running"), 30_000))]);
     expect(code).toBe(70);
-    const fatal = readFileSync(join(t.siteB, "site.log"), "utf8").split("\n").find((l) => l.includes("STORAGE_DAEMON_EXITED"));
+    const fatal = readFileSync(join(t.siteB, "site.log"), "utf8")
+      .split("\n")
+      .find((l) => l.includes("STORAGE_DAEMON_EXITED"));
     expect(JSON.parse(fatal!)).toMatchObject({ level: 60, msg: expect.stringContaining(`qemu-storage-daemon (pid ${pid}) exited (SIGKILL)`) });
     expect(JSON.parse(fatal!).msg).toContain(`qreplica site serve --dir ${t.siteB}`);
 

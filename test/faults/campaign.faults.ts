@@ -46,7 +46,15 @@ function plan(rng: Rng, n: number): Array<{ kind: FaultKind; moment: Moment }> {
 }
 
 /** Waits for the moment; returns what ends it after the recovery check (the test failover's stop). */
-async function reachMoment(c: Campaign, model: PrimaryModel, rng: Rng, moment: Moment, checker: InvariantChecker, label: string, siteRestarted: () => boolean): Promise<(() => Promise<void>) | undefined> {
+async function reachMoment(
+  c: Campaign,
+  model: PrimaryModel,
+  rng: Rng,
+  moment: Moment,
+  checker: InvariantChecker,
+  label: string,
+  siteRestarted: () => boolean,
+): Promise<(() => Promise<void>) | undefined> {
   const points = async () => (await c.t.relationship()).lastCycleSeq;
   if (moment === "mid-cycle") {
     // A big write makes the next cycle long enough to be caught while the site writes its overlay.
@@ -63,10 +71,13 @@ async function reachMoment(c: Campaign, model: PrimaryModel, rng: Rng, moment: M
     const started = await cliJson<{ testId: string }>(["failover", "vm1", "--test", "--dir", c.t.siteB]);
     await sleep(rng.int(0, 1000));
     return async () => {
-      const stopped = await cliJson<{ stoppedTestIds: string[]; error?: string }>(["test-failover", "stop", "vm1", "--dir", c.t.siteB, "--test-id", started.testId]).catch((e: Error) => ({ stoppedTestIds: [] as string[], error: e.message }));
+      const stopped = await cliJson<{ stoppedTestIds: string[]; error?: string }>(["test-failover", "stop", "vm1", "--dir", c.t.siteB, "--test-id", started.testId]).catch(
+        (e: Error) => ({ stoppedTestIds: [] as string[], error: e.message }),
+      );
       // Test VMs die with the site by design; the restarted site closes their tests in the ledger.
       const closedByRestart = siteRestarted() && /has no test failover '[^']+' \(running: none\)/.test(stopped.error ?? "");
-      if (!stopped.stoppedTestIds.includes(started.testId) && !closedByRestart) checker.violation(`${label}: test failover ${started.testId} could not be stopped: ${JSON.stringify(stopped)}`);
+      if (!stopped.stoppedTestIds.includes(started.testId) && !closedByRestart)
+        checker.violation(`${label}: test failover ${started.testId} could not be stopped: ${JSON.stringify(stopped)}`);
       const left = Object.keys((await c.t.relationship()).testFailovers);
       if (left.length) checker.violation(`${label}: test failovers still recorded after the stop: ${left.join(", ")}`);
     };
@@ -122,8 +133,11 @@ async function oneFault(r: Round, faultRng: Rng, label: string, n: number, kind:
   // Invariant 7: a guest write never fails because of replication (only a killed primary excuses it).
   if (kind !== "kill-primary-qemu") for (const e of model.writeErrors.slice(errorsBefore)) checker.violation(`${label}: a guest write failed: ${e}`);
   const expected = EXPECTED_MESSAGE[kind];
-  if (expected && !(injected.operatorMessage && expected.test(injected.operatorMessage))) checker.violation(`${label}: the operator was not told (expected ${expected}, got ${JSON.stringify(injected.operatorMessage)})`);
-  console.log(`${label}: ${injected.detail}; ${recoverMs === undefined ? "NOT recovered" : `recovered in ${(recoverMs / 1000).toFixed(1)} s`}${injected.operatorMessage ? ` — told: ${injected.operatorMessage.slice(0, 200)}` : ""}`);
+  if (expected && !(injected.operatorMessage && expected.test(injected.operatorMessage)))
+    checker.violation(`${label}: the operator was not told (expected ${expected}, got ${JSON.stringify(injected.operatorMessage)})`);
+  console.log(
+    `${label}: ${injected.detail}; ${recoverMs === undefined ? "NOT recovered" : `recovered in ${(recoverMs / 1000).toFixed(1)} s`}${injected.operatorMessage ? ` — told: ${injected.operatorMessage.slice(0, 200)}` : ""}`,
+  );
   return { n, kind, moment, detail: injected.detail, recovered: recoverMs !== undefined, recoverMs, operatorMessage: injected.operatorMessage };
 }
 
@@ -142,9 +156,11 @@ describe("fault campaign", () => {
     const records: FaultRecord[] = [];
     try {
       for (let i = 0; i < 4; i++) await model.write(i === 0 ? "big" : "small");
-      await waitFor("the initial replication and a first incremental point", async () => ((await c.t.relationship()).points.length >= 2 ? true : undefined), 120_000).catch((e: Error) => {
-        throw new Error(e.message + diag());
-      });
+      await waitFor("the initial replication and a first incremental point", async () => ((await c.t.relationship()).points.length >= 2 ? true : undefined), 120_000).catch(
+        (e: Error) => {
+          throw new Error(e.message + diag());
+        },
+      );
       const r: Round = { c, model, checker, generation: (await c.t.relationship()).generation, diag };
       for (const [n, { kind, moment }] of schedule.entries()) {
         if (Date.now() - started > MAX_MS) {
@@ -158,10 +174,14 @@ describe("fault campaign", () => {
       // The end: with the agent stopped, the site discards what was in flight; nothing is left over.
       await model.pause();
       await c.agent.kill("SIGTERM");
-      const stray = await waitFor("no stray images in the replica storage", async () => {
-        const left = checker.strayImages(await c.t.relationship());
-        return left.length === 0 ? [] : undefined;
-      }, 30_000).catch(async () => checker.strayImages(await c.t.relationship()));
+      const stray = await waitFor(
+        "no stray images in the replica storage",
+        async () => {
+          const left = checker.strayImages(await c.t.relationship());
+          return left.length === 0 ? [] : undefined;
+        },
+        30_000,
+      ).catch(async () => checker.strayImages(await c.t.relationship()));
       if (stray.length) checker.violation(`images in the replica storage that no point names, 30 s after the agent stopped: ${stray.join(", ")}`);
     } finally {
       await model.pause();
@@ -184,6 +204,10 @@ describe("fault campaign", () => {
     }
     expect(checker.tally.violations).toEqual([]);
     if (MAX_MS === Number.POSITIVE_INFINITY) expect(records.length).toBe(schedule.length);
-    for (const kind of KINDS) expect(records.some((f) => f.kind === kind && f.recovered), kind).toBe(true);
+    for (const kind of KINDS)
+      expect(
+        records.some((f) => f.kind === kind && f.recovered),
+        kind,
+      ).toBe(true);
   });
 });

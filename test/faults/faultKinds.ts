@@ -92,9 +92,15 @@ const injectors: Record<FaultKind, (x: FaultContext) => Promise<Injected>> = {
     } else if (exit !== SITE_FAILED_EXIT) {
       checker.violation(`the site exited with ${exit} after its storage daemon was killed, not ${SITE_FAILED_EXIT}`);
     }
-    const fatal = readFileSync(c.siteLog, "utf8").split("\n").reverse().find((l) => l.includes("STORAGE_DAEMON_EXITED") && l.includes(`pid ${pid}`));
+    const fatal = readFileSync(c.siteLog, "utf8")
+      .split("\n")
+      .reverse()
+      .find((l) => l.includes("STORAGE_DAEMON_EXITED") && l.includes(`pid ${pid}`));
     await c.startSite();
-    return { detail: `site B's qemu-storage-daemon (pid ${pid}) killed with SIGKILL; the site stopped, restarted`, operatorMessage: fatal ? (JSON.parse(fatal) as { msg: string }).msg : undefined };
+    return {
+      detail: `site B's qemu-storage-daemon (pid ${pid}) killed with SIGKILL; the site stopped, restarted`,
+      operatorMessage: fatal ? (JSON.parse(fatal) as { msg: string }).msg : undefined,
+    };
   },
 
   async "link-cut"({ c, rng }) {

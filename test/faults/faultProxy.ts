@@ -139,7 +139,7 @@ export class FaultProxy {
     this.throttleBps = undefined;
     for (const p of this.pairs) {
       if (p.dead) continue;
-      for (const h of p.held.splice(0)) this.forwardedBytes += h.chunk.length, h.to.write(h.chunk);
+      for (const h of p.held.splice(0)) (this.forwardedBytes += h.chunk.length), h.to.write(h.chunk);
       p.client.resume();
       p.upstream.resume();
     }

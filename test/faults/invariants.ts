@@ -106,7 +106,9 @@ export class InvariantChecker {
     }
     if (inWindow.length === 0) {
       // Explained (and kept on disk) only when wrong: it rebuilds and compares every nearby state.
-      this.violation(`${label}: point ${p.pointId} (cycle ${p.cycleSeq}, cut-off ${p.cutoffAt}) matches no primary state of its cut-off (${candidates.length ? `equal to state(s) ${candidates.join(",")} of other times` : "equal to no state ever written"})${this.explain(p, content, cutoff)}`);
+      this.violation(
+        `${label}: point ${p.pointId} (cycle ${p.cycleSeq}, cut-off ${p.cutoffAt}) matches no primary state of its cut-off (${candidates.length ? `equal to state(s) ${candidates.join(",")} of other times` : "equal to no state ever written"})${this.explain(p, content, cutoff)}`,
+      );
       return undefined;
     }
     this.tally.checks++;
@@ -165,7 +167,9 @@ export class InvariantChecker {
         }
       }
       if (!best || bytes < best.bytes) best = { index: s.index, bytes, img };
-      lines.push(`  state ${s.index} (${new Date(s.startedAt).toISOString()}..${new Date(s.doneAt).toISOString()}, ${s.op ?? "-"}): ${bytes} bytes differ in 4 KiB blocks at ${ranges.join(",")}${bytes / 4096 > ranges.length ? ",..." : ""}`);
+      lines.push(
+        `  state ${s.index} (${new Date(s.startedAt).toISOString()}..${new Date(s.doneAt).toISOString()}, ${s.op ?? "-"}): ${bytes} bytes differ in 4 KiB blocks at ${ranges.join(",")}${bytes / 4096 > ranges.length ? ",..." : ""}`,
+      );
     }
     const dir = join(this.findingsDir, p.pointId);
     mkdirSync(dir, { recursive: true });
@@ -179,12 +183,18 @@ export class InvariantChecker {
     const newest = [...state.points].sort((a, b) => a.cycleSeq - b.cycleSeq).at(-1);
     const current = this.model.current;
     const idx = newest ? this.matched.get(newest.pointId) : undefined;
-    return this.check(idx !== undefined && this.model.states[idx]!.hash === current.hash, `${label}: the newest point ${newest?.pointId ?? "(none)"} is not the primary's current content (state ${current.index})`);
+    return this.check(
+      idx !== undefined && this.model.states[idx]!.hash === current.hash,
+      `${label}: the newest point ${newest?.pointId ?? "(none)"} is not the primary's current content (state ${current.index})`,
+    );
   }
 
   /** Invariant 3: one primary in the generation; nothing failed over, and only site A sends. */
   onePrimary(state: RelationshipState, generation: number, label: string): void {
-    this.check(state.generation === generation && state.primarySiteId === "site-a" && state.failover === undefined, `${label}: generation ${state.generation} (expected ${generation}), primary ${state.primarySiteId}, failover ${JSON.stringify(state.failover)}`);
+    this.check(
+      state.generation === generation && state.primarySiteId === "site-a" && state.failover === undefined,
+      `${label}: generation ${state.generation} (expected ${generation}), primary ${state.primarySiteId}, failover ${JSON.stringify(state.failover)}`,
+    );
   }
 
   /**

@@ -54,8 +54,12 @@ export function formatReport(r: CampaignReport): string {
   const lines = [
     `fault campaign, seed ${r.seed} (QR_FAULT_SEED=${r.seed} QR_FAULTS=${r.faultsPlanned} reproduces the schedule)`,
     `${"kind".padEnd(30)}${"injected".padStart(9)}${"recovered".padStart(10)}${"median".padStart(9)}${"max".padStart(9)}`,
-    ...Object.entries(r.byKind).map(([k, v]) => `${k.padEnd(30)}${String(v.injected).padStart(9)}${String(v.recovered).padStart(10)}${sec(v.medianRecoverMs).padStart(9)}${sec(v.maxRecoverMs).padStart(9)}`),
-    `moments: ${Object.entries(r.byMoment).map(([m, n]) => `${m} ${n}`).join(", ")}`,
+    ...Object.entries(r.byKind).map(
+      ([k, v]) => `${k.padEnd(30)}${String(v.injected).padStart(9)}${String(v.recovered).padStart(10)}${sec(v.medianRecoverMs).padStart(9)}${sec(v.maxRecoverMs).padStart(9)}`,
+    ),
+    `moments: ${Object.entries(r.byMoment)
+      .map(([m, n]) => `${m} ${n}`)
+      .join(", ")}`,
     `faults ${r.faults.length}, recovered ${r.recoveries}, time to recover median ${sec(r.recoverMs.median)} max ${sec(r.recoverMs.max)}`,
     `invariant checks ${r.invariantChecks} (points checked ${r.pointsChecked}, of which caught a write half done ${r.tornWritePoints}; guest writes ${r.guestWrites}), violations ${r.violations.length}`,
     ...r.violations.map((v) => `  VIOLATION ${v}`),

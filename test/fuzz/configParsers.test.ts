@@ -66,7 +66,13 @@ function yamlTexts(doc: unknown): fc.Arbitrary<string> {
         "a: !!str 1",
         "a: 1\na: 2",
         "[".repeat(2000),
-        `x: &a [1]\n${Array.from({ length: 12 }, (_, i) => `l${i}: &a${i} [${Array(9).fill(i === 0 ? "*a" : `*a${i - 1}`).join(",")}]`).join("\n")}`,
+        `x: &a [1]\n${Array.from(
+          { length: 12 },
+          (_, i) =>
+            `l${i}: &a${i} [${Array(9)
+              .fill(i === 0 ? "*a" : `*a${i - 1}`)
+              .join(",")}]`,
+        ).join("\n")}`,
         "%YAML 9.9\n---\na: 1",
         "---\na: 1\n---\nb: 2",
         "\uFEFFname: x",
@@ -104,7 +110,14 @@ const AGENT = {
       chunkChecksum: "sha256",
       policy: "gold",
       // The VM spec the replica site launches the VM from (src/site/launcher/vmSpec.ts).
-      spec: { machine: "q35", cpus: 1, memoryMiB: 64, disks: [{ diskId: "vda", bus: "virtio", bootIndex: 0 }], nics: [{ id: "net0", model: "virtio-net-pci", mac: "52:54:00:12:34:56" }], extraArgs: ["-rtc", "base=utc"] },
+      spec: {
+        machine: "q35",
+        cpus: 1,
+        memoryMiB: 64,
+        disks: [{ diskId: "vda", bus: "virtio", bootIndex: 0 }],
+        nics: [{ id: "net0", model: "virtio-net-pci", mac: "52:54:00:12:34:56" }],
+        extraArgs: ["-rtc", "base=utc"],
+      },
     },
   ],
 };
@@ -126,7 +139,13 @@ const SITE = {
 const POLICY = {
   name: "gold",
   frequency: "30s",
-  retention: { minPoints: 4, tiers: [{ every: "all", keepFor: "2h" }, { every: "1h", keepFor: "48h" }] },
+  retention: {
+    minPoints: 4,
+    tiers: [
+      { every: "all", keepFor: "2h" },
+      { every: "1h", keepFor: "48h" },
+    ],
+  },
   applicationConsistent: { every: "4h", freezeTimeout: "10s" },
   compressionLevel: 3,
   bandwidth: [{ limit: "50MiB/s", window: { days: ["mon", "tue"], from: "08:00", to: "18:00" } }],
@@ -154,24 +173,36 @@ const RUNBOOK = {
 };
 
 describe("fuzz: agent config (YAML)", () => {
-  it("any text gives an AgentConfig or an AgentConfigError", () => {
-    fc.assert(
-      fc.property(yamlTexts(AGENT), (text) => {
-        outcome(() => loadAgentConfig(file("agent.yaml", text)), AgentConfigError);
-      }),
-      fuzzParams(CI),
-    );
-  }, fuzzTimeoutMs(CI));
+  it(
+    "any text gives an AgentConfig or an AgentConfigError",
+    () => {
+      fc.assert(
+        fc.property(yamlTexts(AGENT), (text) => {
+          outcome(() => loadAgentConfig(file("agent.yaml", text)), AgentConfigError);
+        }),
+        fuzzParams(CI),
+      );
+    },
+    fuzzTimeoutMs(CI),
+  );
 
-  it("one field off a valid config: refused naming that field", () => {
-    fc.assert(
-      fc.property(mutationOf(AGENT), (m) => {
-        const text = stringify(m.doc) ?? "";
-        checkNamesField(outcome(() => loadAgentConfig(file("agent.yaml", text)), AgentConfigError), m, text);
-      }),
-      fuzzParams(CI),
-    );
-  }, fuzzTimeoutMs(CI));
+  it(
+    "one field off a valid config: refused naming that field",
+    () => {
+      fc.assert(
+        fc.property(mutationOf(AGENT), (m) => {
+          const text = stringify(m.doc) ?? "";
+          checkNamesField(
+            outcome(() => loadAgentConfig(file("agent.yaml", text)), AgentConfigError),
+            m,
+            text,
+          );
+        }),
+        fuzzParams(CI),
+      );
+    },
+    fuzzTimeoutMs(CI),
+  );
 });
 
 describe("fuzz: site config (site.json)", () => {
@@ -181,79 +212,112 @@ describe("fuzz: site config (site.json)", () => {
     writeFileSync(join(dir, "site.json"), text);
     return dir;
   };
-  it("any JSON or text gives a SiteConfig or a SiteConfigError", () => {
-    const texts = fc.oneof(mutatedDoc(SITE).map((d) => JSON.stringify(d) ?? ""), fc.string({ unit: "binary", maxLength: 100 }), fc.constantFrom("null", "[]", "1", '"x"', "{}"));
-    fc.assert(
-      fc.property(texts, (text) => {
-        outcome(() => loadSiteConfig(siteDir(text)), SiteConfigError);
-      }),
-      fuzzParams(CI),
-    );
-  }, fuzzTimeoutMs(CI));
+  it(
+    "any JSON or text gives a SiteConfig or a SiteConfigError",
+    () => {
+      const texts = fc.oneof(
+        mutatedDoc(SITE).map((d) => JSON.stringify(d) ?? ""),
+        fc.string({ unit: "binary", maxLength: 100 }),
+        fc.constantFrom("null", "[]", "1", '"x"', "{}"),
+      );
+      fc.assert(
+        fc.property(texts, (text) => {
+          outcome(() => loadSiteConfig(siteDir(text)), SiteConfigError);
+        }),
+        fuzzParams(CI),
+      );
+    },
+    fuzzTimeoutMs(CI),
+  );
 
-  it("one field off a valid site.json: refused naming that field", () => {
-    fc.assert(
-      fc.property(mutationOf(SITE), (m) => {
-        const text = JSON.stringify(m.doc) ?? "";
-        checkNamesField(outcome(() => loadSiteConfig(siteDir(text)), SiteConfigError), m, text);
-      }),
-      fuzzParams(CI),
-    );
-  }, fuzzTimeoutMs(CI));
+  it(
+    "one field off a valid site.json: refused naming that field",
+    () => {
+      fc.assert(
+        fc.property(mutationOf(SITE), (m) => {
+          const text = JSON.stringify(m.doc) ?? "";
+          checkNamesField(
+            outcome(() => loadSiteConfig(siteDir(text)), SiteConfigError),
+            m,
+            text,
+          );
+        }),
+        fuzzParams(CI),
+      );
+    },
+    fuzzTimeoutMs(CI),
+  );
 });
 
 describe("fuzz: policies", () => {
-  it("any text gives a policy or an InvalidPolicyError", () => {
-    fc.assert(
-      fc.property(yamlTexts(POLICY), (text) => {
-        outcome(() => parsePolicyYaml(text, "fuzz.yaml"), InvalidPolicyError);
-      }),
-      fuzzParams(CI),
-    );
-  }, fuzzTimeoutMs(CI));
+  it(
+    "any text gives a policy or an InvalidPolicyError",
+    () => {
+      fc.assert(
+        fc.property(yamlTexts(POLICY), (text) => {
+          outcome(() => parsePolicyYaml(text, "fuzz.yaml"), InvalidPolicyError);
+        }),
+        fuzzParams(CI),
+      );
+    },
+    fuzzTimeoutMs(CI),
+  );
 
-  it("one field off a valid policy: refused with a problem at that field's path", () => {
-    fc.assert(
-      fc.property(mutationOf(POLICY), (m) => {
-        const err = outcome(() => policyFromSpec(m.doc, "fuzz.yaml"), InvalidPolicyError);
-        checkNamesField(err, m, JSON.stringify(m.doc));
-      }),
-      fuzzParams(CI),
-    );
-  }, fuzzTimeoutMs(CI));
+  it(
+    "one field off a valid policy: refused with a problem at that field's path",
+    () => {
+      fc.assert(
+        fc.property(mutationOf(POLICY), (m) => {
+          const err = outcome(() => policyFromSpec(m.doc, "fuzz.yaml"), InvalidPolicyError);
+          checkNamesField(err, m, JSON.stringify(m.doc));
+        }),
+        fuzzParams(CI),
+      );
+    },
+    fuzzTimeoutMs(CI),
+  );
 });
 
 describe("fuzz: runbooks", () => {
-  it("any text gives a runbook or a RunbookInvalidError with located problems", () => {
-    fc.assert(
-      fc.property(yamlTexts(RUNBOOK), (text) => {
-        const err = outcome(() => loadRunbook(file("runbook.yaml", text)), RunbookInvalidError, RunbookUnreadableError);
-        if (err instanceof RunbookInvalidError) expect(err.problems.length).toBeGreaterThan(0);
-      }),
-      fuzzParams(CI),
-    );
-  }, fuzzTimeoutMs(CI));
+  it(
+    "any text gives a runbook or a RunbookInvalidError with located problems",
+    () => {
+      fc.assert(
+        fc.property(yamlTexts(RUNBOOK), (text) => {
+          const err = outcome(() => loadRunbook(file("runbook.yaml", text)), RunbookInvalidError, RunbookUnreadableError);
+          if (err instanceof RunbookInvalidError) expect(err.problems.length).toBeGreaterThan(0);
+        }),
+        fuzzParams(CI),
+      );
+    },
+    fuzzTimeoutMs(CI),
+  );
 
-  it("one field off a valid runbook: validateRunbook reports a problem at that field, never throws", () => {
-    fc.assert(
-      fc.property(mutationOf(RUNBOOK), (m) => {
-        const r = validateRunbook(m.doc, { baseDir: tmp.path });
-        if (r.ok) return;
-        const field = fieldName(m.path);
-        if (field === undefined || m.op === "add") return;
-        const named = m.path.filter((s): s is string => typeof s === "string");
-        const text = r.problems.map((p) => `${p.path}: ${p.message}`).join("\n");
-        if (!named.some((s) => text.includes(s))) throw new Error(`no problem names ${m.path.join(".")}:\n${text}`);
-      }),
-      fuzzParams(CI),
-    );
-  }, fuzzTimeoutMs(CI));
+  it(
+    "one field off a valid runbook: validateRunbook reports a problem at that field, never throws",
+    () => {
+      fc.assert(
+        fc.property(mutationOf(RUNBOOK), (m) => {
+          const r = validateRunbook(m.doc, { baseDir: tmp.path });
+          if (r.ok) return;
+          const field = fieldName(m.path);
+          if (field === undefined || m.op === "add") return;
+          const named = m.path.filter((s): s is string => typeof s === "string");
+          const text = r.problems.map((p) => `${p.path}: ${p.message}`).join("\n");
+          if (!named.some((s) => text.includes(s))) throw new Error(`no problem names ${m.path.join(".")}:\n${text}`);
+        }),
+        fuzzParams(CI),
+      );
+    },
+    fuzzTimeoutMs(CI),
+  );
 });
 
 // Findings of these fuzzers, shrunk, kept as literals.
 describe("fuzz findings: config parsers", () => {
   it("agent config: a VM id given as a mapping with a toString key is an AgentConfigError, not a TypeError", () => {
-    const text = "siteId: site-a\nstateDir: state\ntls: { caFile: ca.crt, certFile: a.crt, keyFile: a.key }\nvms:\n  - id:\n      toString: null\n    qmpSocket: qmp.sock\n    nbdSocket: nbd.sock\n    disks: [{ id: vda, node: vda }]\n    replicaSite: 127.0.0.1:7443\n    replicaSiteId: site-b\n";
+    const text =
+      "siteId: site-a\nstateDir: state\ntls: { caFile: ca.crt, certFile: a.crt, keyFile: a.key }\nvms:\n  - id:\n      toString: null\n    qmpSocket: qmp.sock\n    nbdSocket: nbd.sock\n    disks: [{ id: vda, node: vda }]\n    replicaSite: 127.0.0.1:7443\n    replicaSiteId: site-b\n";
     expect(() => loadAgentConfig(file("agent.yaml", text))).toThrow(AgentConfigError);
     expect(() => loadAgentConfig(file("agent.yaml", text))).toThrow(/vms\[0\]\.id must be a non-empty string/);
   });
@@ -279,7 +343,13 @@ describe("fuzz findings: config parsers", () => {
   it("runbook: an alias to an anchor never set, or an alias bomb, is a RunbookInvalidError", () => {
     const err = outcome(() => loadRunbook(file("runbook.yaml", "a: *undefinedAlias")), RunbookInvalidError) as RunbookInvalidError;
     expect(err.problems[0]).toMatchObject({ path: "(yaml)", message: expect.stringMatching(/Unresolved alias.*undefinedAlias/) });
-    const bomb = `x: &a [1]\n${Array.from({ length: 12 }, (_, i) => `l${i}: &a${i} [${Array(9).fill(i === 0 ? "*a" : `*a${i - 1}`).join(",")}]`).join("\n")}`;
+    const bomb = `x: &a [1]\n${Array.from(
+      { length: 12 },
+      (_, i) =>
+        `l${i}: &a${i} [${Array(9)
+          .fill(i === 0 ? "*a" : `*a${i - 1}`)
+          .join(",")}]`,
+    ).join("\n")}`;
     expect(() => loadRunbook(file("runbook.yaml", bomb))).toThrow(RunbookInvalidError);
   });
 });

@@ -38,7 +38,8 @@ function apply(doc: unknown, m: Omit<Mutation, "doc">): unknown {
   } else if (m.op === "add") {
     const target = node[last];
     if (Array.isArray(target)) target.push(m.value);
-    else if (target !== null && typeof target === "object") Object.defineProperty(target, `extra${Object.keys(target).length}`, { value: m.value, enumerable: true, configurable: true, writable: true });
+    else if (target !== null && typeof target === "object")
+      Object.defineProperty(target, `extra${Object.keys(target).length}`, { value: m.value, enumerable: true, configurable: true, writable: true });
     else node[last] = m.value;
   } else {
     Object.defineProperty(node, last, { value: m.value, enumerable: true, configurable: true, writable: true });
@@ -49,12 +50,10 @@ function apply(doc: unknown, m: Omit<Mutation, "doc">): unknown {
 /** One mutation of `valid`. */
 export function mutationOf(valid: unknown): fc.Arbitrary<Mutation> {
   const paths = pathsOf(valid);
-  return fc
-    .record({ path: fc.constantFrom(...paths), op: fc.constantFrom("replace", "replace", "delete", "add"), value: hostileValue })
-    .map(({ path, op, value }) => {
-      const m = { path, op, value } as Omit<Mutation, "doc">;
-      return { ...m, doc: apply(valid, m) };
-    });
+  return fc.record({ path: fc.constantFrom(...paths), op: fc.constantFrom("replace", "replace", "delete", "add"), value: hostileValue }).map(({ path, op, value }) => {
+    const m = { path, op, value } as Omit<Mutation, "doc">;
+    return { ...m, doc: apply(valid, m) };
+  });
 }
 
 /** Several mutations of `valid` applied in turn (only the document is kept). */

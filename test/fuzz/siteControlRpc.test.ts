@@ -57,8 +57,14 @@ const METHODS: Array<[string, MethodDef]> = [...Object.entries(ControlServiceSer
 
 function rawCall(path: string, body: Buffer, as = client): Promise<{ code: grpc.status; details: string }> {
   return new Promise((resolve) => {
-    as.makeUnaryRequest(path, (b: Buffer) => b, (b: Buffer) => b, body, new grpc.Metadata(), { deadline: Date.now() + 30_000 }, (err) =>
-      resolve(err ? { code: err.code, details: err.details } : { code: grpc.status.OK, details: "" }),
+    as.makeUnaryRequest(
+      path,
+      (b: Buffer) => b,
+      (b: Buffer) => b,
+      body,
+      new grpc.Metadata(),
+      { deadline: Date.now() + 30_000 },
+      (err) => resolve(err ? { code: err.code, details: err.details } : { code: grpc.status.OK, details: "" }),
     );
   });
 }
@@ -76,7 +82,12 @@ function fieldValue(key: string, dflt: unknown): fc.Arbitrary<unknown> {
   if (key === "disks") return fc.array(fc.record({ diskId: hostileIds, virtualSizeBytes: uint64 }), { maxLength: 3 });
   if (key === "seeds") return fc.array(fc.record({ diskId: hostileIds, imagePath: hostileIds }), { maxLength: 3 });
   if (key === "events") return fc.array(fc.record({ type: hostileIds, dataJson: fc.oneof(fc.json({ maxDepth: 2 }), hostileIds) }), { maxLength: 3 });
-  if (key === "specYaml") return fc.oneof(hostileIds, nonEmptyHostile.map((n) => `name: ${JSON.stringify(n)}\nfrequency: 30s\n`), fc.json({ maxDepth: 3 }));
+  if (key === "specYaml")
+    return fc.oneof(
+      hostileIds,
+      nonEmptyHostile.map((n) => `name: ${JSON.stringify(n)}\nfrequency: 30s\n`),
+      fc.json({ maxDepth: 3 }),
+    );
   if (key === "window") return fc.option(fc.record({ seconds: fc.bigInt({ min: -(2n ** 63n), max: 2n ** 63n - 1n }), nanos: int32 }), { nil: undefined });
   if (key === "expectedVersion") return fc.bigInt({ min: -(2n ** 63n), max: 2n ** 63n - 1n });
   if (typeof dflt === "string" || dflt === undefined) return hostileIds;
@@ -103,49 +114,62 @@ function requestFor(def: MethodDef): fc.Arbitrary<{ fields: Record<string, unkno
 }
 
 const DEFS = new Map(METHODS);
-const anyCall = fc.constantFrom(...METHODS).chain(([name, def]) =>
-  fc.oneof(
-    { weight: 4, arbitrary: requestFor(def).map((r) => ({ name, ...r, raw: false })) },
-    { weight: 1, arbitrary: fc.uint8Array({ maxLength: 200 }).map((b) => ({ name, fields: {}, body: Buffer.from(b) as Buffer | undefined, raw: true })) },
-  ),
-);
+const anyCall = fc
+  .constantFrom(...METHODS)
+  .chain(([name, def]) =>
+    fc.oneof(
+      { weight: 4, arbitrary: requestFor(def).map((r) => ({ name, ...r, raw: false })) },
+      { weight: 1, arbitrary: fc.uint8Array({ maxLength: 200 }).map((b) => ({ name, fields: {}, body: Buffer.from(b) as Buffer | undefined, raw: true })) },
+    ),
+  );
 
 describe("fuzz: the site's control, monitoring and policy RPCs", () => {
-  it("every method, fuzzed requests as admin: a clear status each time, and the site keeps serving", async () => {
-    expect(METHODS.length).toBeGreaterThanOrEqual(24);
-    const seen = new Set<string>();
-    await fc.assert(
-      fc.asyncProperty(anyCall, async (c) => {
-        if (!c.body) return;
-        seen.add(c.name);
-        const r = await rawCall(DEFS.get(c.name)!.path, c.body);
-        const problem = clearStatus(r, `${c.name}(${c.raw ? `raw ${c.body.toString("hex")}` : JSON.stringify(c.fields, (_k, v: unknown) => (typeof v === "bigint" ? `${v}n` : v))})`);
-        if (problem) throw new Error(problem);
-        // A decodable message the handler refused is not a transport error: the site answered it.
-        if (!c.raw) expect(r.code).not.toBe(grpc.status.UNAVAILABLE);
-      }),
-      fuzzParams(CI),
-    );
-    // The site still answers a valid call, with the caller it saw.
-    const who = await rawCall(ControlServiceService.whoAmI.path, Buffer.alloc(0));
-    expect(who.code).toBe(grpc.status.OK);
-    expectSiteAlive(site);
-    console.log(`[fuzz] siteControlRpc: methods reached: ${seen.size}/${METHODS.length}`);
-  }, fuzzTimeoutMs(CI));
+  it(
+    "every method, fuzzed requests as admin: a clear status each time, and the site keeps serving",
+    async () => {
+      expect(METHODS.length).toBeGreaterThanOrEqual(24);
+      const seen = new Set<string>();
+      await fc.assert(
+        fc.asyncProperty(anyCall, async (c) => {
+          if (!c.body) return;
+          seen.add(c.name);
+          const r = await rawCall(DEFS.get(c.name)!.path, c.body);
+          const problem = clearStatus(
+            r,
+            `${c.name}(${c.raw ? `raw ${c.body.toString("hex")}` : JSON.stringify(c.fields, (_k, v: unknown) => (typeof v === "bigint" ? `${v}n` : v))})`,
+          );
+          if (problem) throw new Error(problem);
+          // A decodable message the handler refused is not a transport error: the site answered it.
+          if (!c.raw) expect(r.code).not.toBe(grpc.status.UNAVAILABLE);
+        }),
+        fuzzParams(CI),
+      );
+      // The site still answers a valid call, with the caller it saw.
+      const who = await rawCall(ControlServiceService.whoAmI.path, Buffer.alloc(0));
+      expect(who.code).toBe(grpc.status.OK);
+      expectSiteAlive(site);
+      console.log(`[fuzz] siteControlRpc: methods reached: ${seen.size}/${METHODS.length}`);
+    },
+    fuzzTimeoutMs(CI),
+  );
 
-  it("every method, fuzzed requests as a viewer: refusals by role (audited) or answers, each with a clear status", async () => {
-    await fc.assert(
-      fc.asyncProperty(anyCall, async (c) => {
-        if (!c.body) return;
-        const r = await rawCall(DEFS.get(c.name)!.path, c.body, viewer);
-        const problem = clearStatus(r, `${c.name} as viewer`);
-        if (problem) throw new Error(problem);
-      }),
-      fuzzParams(VIEWER),
-    );
-    expect((await rawCall(ControlServiceService.whoAmI.path, Buffer.alloc(0), viewer)).code).toBe(grpc.status.OK);
-    expectSiteAlive(site);
-  }, fuzzTimeoutMs(VIEWER));
+  it(
+    "every method, fuzzed requests as a viewer: refusals by role (audited) or answers, each with a clear status",
+    async () => {
+      await fc.assert(
+        fc.asyncProperty(anyCall, async (c) => {
+          if (!c.body) return;
+          const r = await rawCall(DEFS.get(c.name)!.path, c.body, viewer);
+          const problem = clearStatus(r, `${c.name} as viewer`);
+          if (problem) throw new Error(problem);
+        }),
+        fuzzParams(VIEWER),
+      );
+      expect((await rawCall(ControlServiceService.whoAmI.path, Buffer.alloc(0), viewer)).code).toBe(grpc.status.OK);
+      expectSiteAlive(site);
+    },
+    fuzzTimeoutMs(VIEWER),
+  );
 
   it("afterwards: the kept point is byte-identical, the ledger intact, nothing written outside the site", async () => {
     await expectKeptPointIntact(site, kept);
@@ -176,7 +200,15 @@ describe("fuzz findings: control RPCs", () => {
   });
 
   it("PrepareReverseReplication with a vmSpecJson that is not JSON: INVALID_ARGUMENT naming the field", async () => {
-    const r = await callWith("prepareReverseReplication", { vmId: TARGET, generation: 0n, primarySiteId: "../x", primaryIdentity: "CON", disks: [], seeds: [], vmSpecJson: "../x" });
+    const r = await callWith("prepareReverseReplication", {
+      vmId: TARGET,
+      generation: 0n,
+      primarySiteId: "../x",
+      primaryIdentity: "CON",
+      disks: [],
+      seeds: [],
+      vmSpecJson: "../x",
+    });
     expect(grpc.status[r.code]).toBe("INVALID_ARGUMENT");
     expect(r.details).toMatch(/vmSpecJson is not JSON/);
   });

@@ -58,11 +58,17 @@ interface PieceSpec {
 const pieces = fc
   .uniqueArray(fc.nat(DISK / BLOCK - 1), { minLength: 1, maxLength: 4 })
   .chain((blocks) =>
-    fc.tuple(...blocks.map((block) => fc.record({ block: fc.constant(block), zero: fc.boolean(), len: fc.oneof(fc.constantFrom(BLOCK, 4096, 512), fc.integer({ min: 1, max: BLOCK })), byte: fc.nat(255) }))),
+    fc.tuple(
+      ...blocks.map((block) =>
+        fc.record({ block: fc.constant(block), zero: fc.boolean(), len: fc.oneof(fc.constantFrom(BLOCK, 4096, 512), fc.integer({ min: 1, max: BLOCK })), byte: fc.nat(255) }),
+      ),
+    ),
   );
 const materialize = (specs: PieceSpec[]): ExtentPiece[] =>
   specs.map(({ block, zero, len, byte }) =>
-    zero ? { kind: "zero", offset: block * BLOCK, length: len } : { kind: "data", offset: block * BLOCK, length: len, data: Buffer.alloc(len, byte).fill(block & 0xff, 0, Math.min(len, 16)) },
+    zero
+      ? { kind: "zero", offset: block * BLOCK, length: len }
+      : { kind: "data", offset: block * BLOCK, length: len, data: Buffer.alloc(len, byte).fill(block & 0xff, 0, Math.min(len, 16)) },
   );
 
 /** What ran, in order: the site carries state from run to run, so a failure's cause may lie in an earlier run. */
@@ -71,11 +77,34 @@ let historyShown = false;
 const describeRun = (r: unknown) => JSON.stringify(r, (_k, v: unknown) => (typeof v === "bigint" ? `${v}n` : v instanceof Uint8Array ? Buffer.from(v).toString("hex") : v));
 
 type Op =
-  | { op: "dup" | "swap" | "drop" | "oversize" | "pastEnd" | "flip" | "otherDisk" | "otherSeq" | "otherGen" | "replay" | "huge" | "pastMessageLimit"; i: number; j: number; v: string }
+  | {
+      op: "dup" | "swap" | "drop" | "oversize" | "pastEnd" | "flip" | "otherDisk" | "otherSeq" | "otherGen" | "replay" | "huge" | "pastMessageLimit";
+      i: number;
+      j: number;
+      v: string;
+    }
   | { op: "badTotals" | "noEnd" | "abort" | "beginTwice" | "endFirst"; i: number; j: number; v: string };
 const ops = fc.array(
   fc.record({
-    op: fc.constantFrom("dup", "swap", "drop", "oversize", "pastEnd", "flip", "otherDisk", "otherSeq", "otherGen", "replay", "huge", "pastMessageLimit", "badTotals", "noEnd", "abort", "beginTwice", "endFirst"),
+    op: fc.constantFrom(
+      "dup",
+      "swap",
+      "drop",
+      "oversize",
+      "pastEnd",
+      "flip",
+      "otherDisk",
+      "otherSeq",
+      "otherGen",
+      "replay",
+      "huge",
+      "pastMessageLimit",
+      "badTotals",
+      "noEnd",
+      "abort",
+      "beginTwice",
+      "endFirst",
+    ),
     i: fc.nat(9),
     j: fc.nat(9),
     v: hostileIds,
@@ -95,8 +124,24 @@ const hostileHello = fc.record({
 const run = fc.oneof(
   { weight: 6, arbitrary: fc.record({ kind: fc.constant("cycle" as const), vm: fc.constantFrom(...VMS), pieces, ops }) },
   { weight: 2, arbitrary: fc.record({ kind: fc.constant("hello" as const), hello: hostileHello }) },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant("raw" as const), vm: fc.constantFrom(...VMS), frames: fc.array(fc.uint8Array({ maxLength: 64 }), { minLength: 1, maxLength: 3 }), helloFirst: fc.boolean() }) },
-  { weight: 1, arbitrary: fc.record({ kind: fc.constant("noHello" as const), vm: fc.constantFrom(...VMS), pieces, order: fc.array(fc.constantFrom("begin", "chunk", "end", "abort", "hello"), { minLength: 1, maxLength: 5 }) }) },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      kind: fc.constant("raw" as const),
+      vm: fc.constantFrom(...VMS),
+      frames: fc.array(fc.uint8Array({ maxLength: 64 }), { minLength: 1, maxLength: 3 }),
+      helloFirst: fc.boolean(),
+    }),
+  },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      kind: fc.constant("noHello" as const),
+      vm: fc.constantFrom(...VMS),
+      pieces,
+      order: fc.array(fc.constantFrom("begin", "chunk", "end", "abort", "hello"), { minLength: 1, maxLength: 5 }),
+    }),
+  },
 );
 
 // ---- running it ----
@@ -115,9 +160,15 @@ function tamper(entries: Entry[], o: Op, g: bigint, seq: bigint): { entries: Ent
   const at = e[i];
   const bad = (chunk: ExtentChunk) => (e[i] = { chunk, piece: undefined });
   switch (o.op) {
-    case "dup": if (at) e.splice(j, 0, at); break;
-    case "swap": if (at) [e[i], e[j]] = [e[j]!, at]; break;
-    case "drop": if (at) e.splice(i, 1); break;
+    case "dup":
+      if (at) e.splice(j, 0, at);
+      break;
+    case "swap":
+      if (at) [e[i], e[j]] = [e[j]!, at];
+      break;
+    case "drop":
+      if (at) e.splice(i, 1);
+      break;
     case "oversize": {
       if (!at) break;
       const length = [2 ** 31, 0xffffffff, at.chunk.length + 1][o.j % 3]!;
@@ -127,11 +178,21 @@ function tamper(entries: Entry[], o: Op, g: bigint, seq: bigint): { entries: Ent
       else bad({ ...at.chunk, length });
       break;
     }
-    case "pastEnd": if (at) bad({ ...at.chunk, offset: [BigInt(DISK - 1), BigInt(DISK), 2n ** 64n - 1n][o.j % 3]! }); break;
-    case "flip": if (at?.chunk.payload?.$case === "data") bad(withFlippedChecksum(at.chunk, o.j % at.chunk.checksum.length)); break;
-    case "otherDisk": if (at && o.v !== "vda") bad({ ...at.chunk, diskId: o.v }); break;
-    case "otherSeq": if (at) bad({ ...at.chunk, cycleSequence: seq + 1n + BigInt(o.j) }); break;
-    case "otherGen": if (at) bad({ ...at.chunk, generation: g + 1n + BigInt(o.j) }); break;
+    case "pastEnd":
+      if (at) bad({ ...at.chunk, offset: [BigInt(DISK - 1), BigInt(DISK), 2n ** 64n - 1n][o.j % 3]! });
+      break;
+    case "flip":
+      if (at?.chunk.payload?.$case === "data") bad(withFlippedChecksum(at.chunk, o.j % at.chunk.checksum.length));
+      break;
+    case "otherDisk":
+      if (at && o.v !== "vda") bad({ ...at.chunk, diskId: o.v });
+      break;
+    case "otherSeq":
+      if (at) bad({ ...at.chunk, cycleSequence: seq + 1n + BigInt(o.j) });
+      break;
+    case "otherGen":
+      if (at) bad({ ...at.chunk, generation: g + 1n + BigInt(o.j) });
+      break;
     case "replay": {
       // Chunks name no VM: one of the same generation and sequence (a refused cycle's, retried) is sound.
       const old = sentBefore[o.j % Math.max(1, sentBefore.length)];
@@ -140,7 +201,11 @@ function tamper(entries: Entry[], o: Op, g: bigint, seq: bigint): { entries: Ent
     }
     case "huge": {
       // Sound in every field but its size: one byte over the site's max_chunk_bytes.
-      const [chunk] = encodeChunks([{ kind: "data", offset: 0, length: MAX_CHUNK_BYTES + 1, data: noise(MAX_CHUNK_BYTES + 4, o.j).subarray(0, MAX_CHUNK_BYTES + 1) }], { generation: g, seq, diskId: "vda" });
+      const [chunk] = encodeChunks([{ kind: "data", offset: 0, length: MAX_CHUNK_BYTES + 1, data: noise(MAX_CHUNK_BYTES + 4, o.j).subarray(0, MAX_CHUNK_BYTES + 1) }], {
+        generation: g,
+        seq,
+        diskId: "vda",
+      });
       e.splice(i, 0, { chunk: chunk!, piece: undefined });
       break;
     }
@@ -151,7 +216,8 @@ function tamper(entries: Entry[], o: Op, g: bigint, seq: bigint): { entries: Ent
       e.splice(i, 0, { chunk: { ...sound!, length, payload: { $case: "data", value: { codec: 0, data: noise(length, o.j) } } }, piece: undefined });
       break;
     }
-    default: flags.add(o.op);
+    default:
+      flags.add(o.op);
   }
   return { entries: e, flags };
 }
@@ -199,7 +265,13 @@ async function hostileHelloRun(h: HostileHello): Promise<void> {
 /** A Replicate stream carrying `frames` as they are (no protobuf encoding); resolves with its status. */
 function rawStream(frames: Buffer[]): Promise<grpc.StatusObject> {
   const client = new grpc.Client(site.address, channelCredentials(loadSiteCredentials(site.agentA)), grpcChannelOptions);
-  const call = client.makeBidiStreamRequest(ReplicationServiceService.replicate.path, (b: Buffer) => b, (b: Buffer) => b, new grpc.Metadata(), { deadline: Date.now() + 30_000 });
+  const call = client.makeBidiStreamRequest(
+    ReplicationServiceService.replicate.path,
+    (b: Buffer) => b,
+    (b: Buffer) => b,
+    new grpc.Metadata(),
+    { deadline: Date.now() + 30_000 },
+  );
   call.on("data", () => {});
   call.on("error", () => {});
   const ended = new Promise<grpc.StatusObject>((resolve) => call.on("status", resolve));
@@ -296,26 +368,33 @@ async function cycleRun(vm: string, ps: ExtentPiece[], opList: Op[]): Promise<vo
 }
 
 describe("fuzz: the site's Replicate stream", () => {
-  it("hostile Hellos and tampered cycles: clear refusals, and only sound cycles commit, byte for byte", async () => {
-    await fc.assert(
-      fc.asyncProperty(run, async (r) => {
-        history.push(describeRun(r));
-        try {
-          if (r.kind === "hello") await hostileHelloRun(r.hello);
-          else if (r.kind === "noHello") await outOfOrderRun(r.vm, materialize(r.pieces), r.order);
-          else if (r.kind === "raw") await rawRun(r.vm, r.frames, r.helloFirst);
-          else await cycleRun(r.vm, materialize(r.pieces), r.ops);
-        } catch (err) {
-          if (!historyShown) console.log(`[fuzz] siteReplicate: first failure: ${err instanceof Error ? err.message : String(err)}\nafter these runs (oldest first; later failures while shrinking may follow from this one):\n${history.slice(-12).join("\n")}`);
-          historyShown = true;
-          throw err;
-        }
-      }),
-      fuzzParams(CI),
-    );
-    console.log(`[fuzz] siteReplicate: ${acks} cycles committed and compared`);
-    expectSiteAlive(site);
-  }, fuzzTimeoutMs(CI));
+  it(
+    "hostile Hellos and tampered cycles: clear refusals, and only sound cycles commit, byte for byte",
+    async () => {
+      await fc.assert(
+        fc.asyncProperty(run, async (r) => {
+          history.push(describeRun(r));
+          try {
+            if (r.kind === "hello") await hostileHelloRun(r.hello);
+            else if (r.kind === "noHello") await outOfOrderRun(r.vm, materialize(r.pieces), r.order);
+            else if (r.kind === "raw") await rawRun(r.vm, r.frames, r.helloFirst);
+            else await cycleRun(r.vm, materialize(r.pieces), r.ops);
+          } catch (err) {
+            if (!historyShown)
+              console.log(
+                `[fuzz] siteReplicate: first failure: ${err instanceof Error ? err.message : String(err)}\nafter these runs (oldest first; later failures while shrinking may follow from this one):\n${history.slice(-12).join("\n")}`,
+              );
+            historyShown = true;
+            throw err;
+          }
+        }),
+        fuzzParams(CI),
+      );
+      console.log(`[fuzz] siteReplicate: ${acks} cycles committed and compared`);
+      expectSiteAlive(site);
+    },
+    fuzzTimeoutMs(CI),
+  );
 
   it("afterwards: a new VM replicates byte for byte, the kept point is intact, nothing escaped the site", async () => {
     const disk = new ExpectedDisk("vda", DISK);

@@ -57,8 +57,27 @@ export async function issueWithDates(o: { caDir: string; name: string; role: Rol
   await run("openssl", ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", keyFile]);
   await run("openssl", ["req", "-new", "-config", cnf, "-key", keyFile, "-out", csr]);
   await run("openssl", [
-    "ca", "-batch", "-notext", "-config", cnf, "-cert", join(o.caDir, "ca.crt"), "-keyfile", join(o.caDir, "ca.key"),
-    "-in", csr, "-out", certFile, "-startdate", asn1Time(o.notBefore), "-enddate", asn1Time(o.notAfter), "-extfile", cnf, "-extensions", "ext",
+    "ca",
+    "-batch",
+    "-notext",
+    "-config",
+    cnf,
+    "-cert",
+    join(o.caDir, "ca.crt"),
+    "-keyfile",
+    join(o.caDir, "ca.key"),
+    "-in",
+    csr,
+    "-out",
+    certFile,
+    "-startdate",
+    asn1Time(o.notBefore),
+    "-enddate",
+    asn1Time(o.notAfter),
+    "-extfile",
+    cnf,
+    "-extensions",
+    "ext",
   ]);
   return { caFile: join(o.caDir, "ca.crt"), certFile, keyFile };
 }

@@ -76,6 +76,8 @@ export async function fleetCommits(t: TwoSites, vmId: string): Promise<FleetComm
 
 /** The address the fleet agent logged for its /metrics endpoint. */
 export function fleetAgentMetricsAddress(t: TwoSites): string | undefined {
-  const line = readFileSync(join(t.dir, "fleet-agent.log"), "utf8").split("\n").find((l) => l.includes("metrics endpoint serving"));
+  const line = readFileSync(join(t.dir, "fleet-agent.log"), "utf8")
+    .split("\n")
+    .find((l) => l.includes("metrics endpoint serving"));
   return line ? (JSON.parse(line) as { address: string }).address : undefined;
 }

@@ -38,7 +38,12 @@ export class GuestIoVm {
     let stderr = "";
     child.stderr?.on("data", (c: Buffer) => (stderr += c.toString("utf8")));
     const socket = testMonitorSocket ?? opts.qmpSocketPath;
-    await waitFor(`QMP socket of qemu-system-x86_64`, () => (existsSync(socket) && existsSync(opts.qmpSocketPath) ? true : child.exitCode !== null ? Promise.reject(new Error(`qemu exited: ${stderr}`)) : undefined), 30_000, 20);
+    await waitFor(
+      `QMP socket of qemu-system-x86_64`,
+      () => (existsSync(socket) && existsSync(opts.qmpSocketPath) ? true : child.exitCode !== null ? Promise.reject(new Error(`qemu exited: ${stderr}`)) : undefined),
+      30_000,
+      20,
+    );
     const qmp = await QmpClient.connect({ socketPath: socket });
     return new GuestIoVm(child, qmp);
   }
@@ -56,11 +61,16 @@ export class GuestIoVm {
   private async io(qdev: string, command: string, ok: RegExp): Promise<void> {
     const monitor = await this.qmp.humanMonitorCommand(`qemu-io -d ${qdev} "${command}"`);
     if (monitor.trim()) throw new Error(`qemu-io ${command}: ${monitor.trim()}`);
-    const result = await waitFor(`qemu-io output for '${command}'`, () => {
-      const fresh = this.out.slice(this.cursor);
-      if (/failed|error|verification/i.test(fresh)) return { ok: false, text: fresh };
-      return ok.test(fresh) ? { ok: true, text: fresh } : undefined;
-    }, 30_000, 10);
+    const result = await waitFor(
+      `qemu-io output for '${command}'`,
+      () => {
+        const fresh = this.out.slice(this.cursor);
+        if (/failed|error|verification/i.test(fresh)) return { ok: false, text: fresh };
+        return ok.test(fresh) ? { ok: true, text: fresh } : undefined;
+      },
+      30_000,
+      10,
+    );
     this.cursor = this.out.length;
     if (!result.ok) throw new Error(`qemu-io ${command} failed: ${result.text.trim()}`);
   }

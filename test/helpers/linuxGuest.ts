@@ -54,28 +54,43 @@ export class LinuxGuest {
       accel: "tcg",
       memoryMiB: 256,
       extraArgs: [
-        "-kernel", kernelPath,
-        "-initrd", initrdPath,
-        "-append", "console=ttyS0 panic=-1",
+        "-kernel",
+        kernelPath,
+        "-initrd",
+        initrdPath,
+        "-append",
+        "console=ttyS0 panic=-1",
         "-no-reboot",
-        "-chardev", `socket,id=shell,path=${this.shellSocketPath},server=on,wait=off`,
-        "-serial", "chardev:shell",
-        "-device", "virtio-serial-pci",
-        "-chardev", `socket,id=qga0,path=${this.qgaSocketPath},server=on,wait=off`,
-        "-device", "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
-        "-chardev", `socket,id=test-qmp,path=${this.testQmpSocketPath},server=on,wait=off`,
-        "-mon", "chardev=test-qmp,mode=control",
+        "-chardev",
+        `socket,id=shell,path=${this.shellSocketPath},server=on,wait=off`,
+        "-serial",
+        "chardev:shell",
+        "-device",
+        "virtio-serial-pci",
+        "-chardev",
+        `socket,id=qga0,path=${this.qgaSocketPath},server=on,wait=off`,
+        "-device",
+        "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+        "-chardev",
+        `socket,id=test-qmp,path=${this.testQmpSocketPath},server=on,wait=off`,
+        "-mon",
+        "chardev=test-qmp,mode=control",
       ],
     });
     await waitFor(`QEMU's test monitor ${this.testQmpSocketPath}`, () => (existsSync(this.testQmpSocketPath) ? true : undefined), 30_000, 20);
     this.qmp = await QmpClient.connect({ socketPath: this.testQmpSocketPath });
-    await waitFor(`the Linux guest to boot (${this.serialLogPath})`, () => {
-      const log = existsSync(this.serialLogPath) ? readFileSync(this.serialLogPath, "utf8") : "";
-      const error = /QR-ERROR.*|Kernel panic.*/.exec(log);
-      if (error) throw new Error(`the Linux guest failed to boot: ${error[0]}\n${log.slice(-2000)}`);
-      if (this.proc && !this.proc.running) throw new Error(`QEMU exited while the guest booted: ${this.proc.stderr}`);
-      return log.includes("QR-READY") ? true : undefined;
-    }, 120_000, 100);
+    await waitFor(
+      `the Linux guest to boot (${this.serialLogPath})`,
+      () => {
+        const log = existsSync(this.serialLogPath) ? readFileSync(this.serialLogPath, "utf8") : "";
+        const error = /QR-ERROR.*|Kernel panic.*/.exec(log);
+        if (error) throw new Error(`the Linux guest failed to boot: ${error[0]}\n${log.slice(-2000)}`);
+        if (this.proc && !this.proc.running) throw new Error(`QEMU exited while the guest booted: ${this.proc.stderr}`);
+        return log.includes("QR-READY") ? true : undefined;
+      },
+      120_000,
+      100,
+    );
   }
 
   /** Runs a busybox shell command in the guest as root; resolves with its output and status. */

@@ -241,7 +241,9 @@ export class ProtocolClient {
   async expect<K extends ResponseCase>(kind: K, timeoutMs?: number): Promise<ResponseOf<K>> {
     const r = await this.next(timeoutMs);
     if (r.body?.$case !== kind) {
-      throw new Error(`expected ${kind}, got ${r.body?.$case ?? "an empty response"}: ${JSON.stringify(r.body?.value, (_k, v: unknown) => (typeof v === "bigint" ? v.toString() : v))}`);
+      throw new Error(
+        `expected ${kind}, got ${r.body?.$case ?? "an empty response"}: ${JSON.stringify(r.body?.value, (_k, v: unknown) => (typeof v === "bigint" ? v.toString() : v))}`,
+      );
     }
     return r.body.value as ResponseOf<K>;
   }
@@ -279,7 +281,10 @@ export class ProtocolClient {
       return await Promise.race([
         this.status,
         new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new Error(`the call did not end within ${timeoutMs} ms (unread responses: ${this.queue.map((r) => r.body?.$case).join(", ") || "none"})`)), timeoutMs);
+          timer = setTimeout(
+            () => reject(new Error(`the call did not end within ${timeoutMs} ms (unread responses: ${this.queue.map((r) => r.body?.$case).join(", ") || "none"})`)),
+            timeoutMs,
+          );
         }),
       ]);
     } finally {

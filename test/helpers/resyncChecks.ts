@@ -32,7 +32,10 @@ export async function ledgerEvents(siteDir: string, vmId = "vm1"): Promise<Recor
 
 /** Types from the first event of type `from` on, in order, keeping only the `types` listed. */
 export function sequenceAfter(events: readonly RecordedEvent[], from: number, types: readonly string[]): string[] {
-  return events.slice(from).map((e) => e.type).filter((t) => types.includes(t));
+  return events
+    .slice(from)
+    .map((e) => e.type)
+    .filter((t) => types.includes(t));
 }
 
 /** Bytes of the 64 KiB chunks whose content differs between two images (what a resync must send). */

@@ -116,11 +116,15 @@ export async function setupTwoSites(dir: string, opts: TwoSitesOptions): Promise
       const startedAt = Date.now();
       const d = startDaemon(CLI, ["site", "serve", "--dir", siteDir], join(siteDir, "site.log"), startOpts.env);
       daemons.push(d);
-      await waitFor(`site ${siteDir} to listen`, () => {
-        // Written anew by every start: fresh once its mtime is past this start.
-        if (!existsSync(addr) || statSync(addr).mtimeMs < startedAt - 5) return undefined;
-        return readFileSync(addr, "utf8").trim() || undefined;
-      }, 30_000);
+      await waitFor(
+        `site ${siteDir} to listen`,
+        () => {
+          // Written anew by every start: fresh once its mtime is past this start.
+          if (!existsSync(addr) || statSync(addr).mtimeMs < startedAt - 5) return undefined;
+          return readFileSync(addr, "utf8").trim() || undefined;
+        },
+        30_000,
+      );
       return d;
     },
     startAgent(startOpts = {}) {

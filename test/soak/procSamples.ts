@@ -72,6 +72,11 @@ export class ProcessSampler {
 
   /** Each process's trend over its samples from `from` on (all of them for those in `whole`). */
   trends(from: number, whole: (name: string) => boolean = () => false): Trend[] {
-    return [...this.samples.entries()].map(([name, s]) => trendOf(name, s.filter((x) => x.at >= from || whole(name))));
+    return [...this.samples.entries()].map(([name, s]) =>
+      trendOf(
+        name,
+        s.filter((x) => x.at >= from || whole(name)),
+      ),
+    );
   }
 }

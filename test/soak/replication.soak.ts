@@ -114,105 +114,113 @@ async function cycleCounts(t: TwoSites): Promise<{ failed: RecordedEvent[]; comm
 }
 
 describe("soak: continuous replication with a writing guest and a test failover", () => {
-  it(`runs ${MINUTES} min without errors or leaks`, async () => {
-    const t = await newTwoSites("qr-soak-", { diskBytes: REGION + 64 * MiB, intervalSeconds: 1 });
-    const site = await t.startSite(t.siteB);
-    const address = readFileSync(addressFile(t.siteB), "utf8").trim();
-    writeAgentConfigWithSpec(t, address);
-    const agent = startDaemon(AGENT, ["--config", t.agentConfig], join(t.dir, "agent.log"));
-    t.daemons.push(agent);
-    await waitFor("the initial replication", async () => ((await t.relationship()).points.length > 0 ? true : undefined), 120_000);
+  it(
+    `runs ${MINUTES} min without errors or leaks`,
+    async () => {
+      const t = await newTwoSites("qr-soak-", { diskBytes: REGION + 64 * MiB, intervalSeconds: 1 });
+      const site = await t.startSite(t.siteB);
+      const address = readFileSync(addressFile(t.siteB), "utf8").trim();
+      writeAgentConfigWithSpec(t, address);
+      const agent = startDaemon(AGENT, ["--config", t.agentConfig], join(t.dir, "agent.log"));
+      t.daemons.push(agent);
+      await waitFor("the initial replication", async () => ((await t.relationship()).points.length > 0 ? true : undefined), 120_000);
 
-    const nbd = await NbdClient.connect({ socketPath: t.vm.nbdSocketPath, exportName: "guest-vda" });
-    const writer = steadyWriter(nbd);
+      const nbd = await NbdClient.connect({ socketPath: t.vm.nbdSocketPath, exportName: "guest-vda" });
+      const writer = steadyWriter(nbd);
 
-    const siteQsd = () => {
-      const f = join(t.siteB, "run", "storage-daemon.pid");
-      return existsSync(f) ? Number(readFileSync(f, "utf8").trim()) : undefined;
-    };
-    const sampler = new ProcessSampler();
-    let testVmPid: number | undefined;
-    const sampleAll = () => {
-      sampler.take("site B (node)", site.child.pid);
-      sampler.take("agent (node)", agent.child.pid);
-      sampler.take("primary qemu-storage-daemon", t.vm.proc.pid);
-      sampler.take("site B qemu-storage-daemon", siteQsd());
-      sampler.take("test failover qemu-system", testVmPid);
-    };
+      const siteQsd = () => {
+        const f = join(t.siteB, "run", "storage-daemon.pid");
+        return existsSync(f) ? Number(readFileSync(f, "utf8").trim()) : undefined;
+      };
+      const sampler = new ProcessSampler();
+      let testVmPid: number | undefined;
+      const sampleAll = () => {
+        sampler.take("site B (node)", site.child.pid);
+        sampler.take("agent (node)", agent.child.pid);
+        sampler.take("primary qemu-storage-daemon", t.vm.proc.pid);
+        sampler.take("site B qemu-storage-daemon", siteQsd());
+        sampler.take("test failover qemu-system", testVmPid);
+      };
 
-    const client = controlClientAs(address, t.admin(t.siteB));
-    const started = Date.now();
-    const end = started + MINUTES * 60_000;
-    const seqAtStart = (await t.relationship()).lastCycleSeq;
-    let test: { started: number; stopped?: number; seqAtStart: number; seqAtStop?: number } | undefined;
-    try {
-      while (Date.now() < end) {
-        sampleAll();
-        for (const d of [site, agent]) expect(d.child.exitCode, "a qreplica process exited during the soak").toBeNull();
-        const elapsed = Date.now() - started;
-        if (!test && elapsed >= (MINUTES * 60_000) / 2 - 15_000) {
-          const r = await call(client, client.startTestFailover, { vmId: "vm1", recoveryPointId: "" }, 120_000);
-          testVmPid = r.vm?.pid;
-          test = { started: Date.now(), seqAtStart: (await t.relationship()).lastCycleSeq };
-        } else if (test && !test.stopped && Date.now() - test.started >= 30_000) {
-          await call(client, client.stopTestFailover, { vmId: "vm1", testId: "" }, 60_000);
-          test.stopped = Date.now();
-          test.seqAtStop = (await t.relationship()).lastCycleSeq;
-          testVmPid = undefined;
+      const client = controlClientAs(address, t.admin(t.siteB));
+      const started = Date.now();
+      const end = started + MINUTES * 60_000;
+      const seqAtStart = (await t.relationship()).lastCycleSeq;
+      let test: { started: number; stopped?: number; seqAtStart: number; seqAtStop?: number } | undefined;
+      try {
+        while (Date.now() < end) {
+          sampleAll();
+          for (const d of [site, agent]) expect(d.child.exitCode, "a qreplica process exited during the soak").toBeNull();
+          const elapsed = Date.now() - started;
+          if (!test && elapsed >= (MINUTES * 60_000) / 2 - 15_000) {
+            const r = await call(client, client.startTestFailover, { vmId: "vm1", recoveryPointId: "" }, 120_000);
+            testVmPid = r.vm?.pid;
+            test = { started: Date.now(), seqAtStart: (await t.relationship()).lastCycleSeq };
+          } else if (test && !test.stopped && Date.now() - test.started >= 30_000) {
+            await call(client, client.stopTestFailover, { vmId: "vm1", testId: "" }, 60_000);
+            test.stopped = Date.now();
+            test.seqAtStop = (await t.relationship()).lastCycleSeq;
+            testVmPid = undefined;
+          }
+          await sleep(SAMPLE_MS);
         }
-        await sleep(SAMPLE_MS);
+      } finally {
+        await writer.stop();
+        client.close();
       }
-    } finally {
-      await writer.stop();
-      client.close();
-    }
-    const stoppedAt = Date.now();
-    await waitFor("a point cut after the writes stopped", async () => ((await t.relationship()).points.some((p) => Date.parse(p.cutoffAt) > stoppedAt) ? true : undefined), 120_000);
-    await nbd.disconnect();
-    sampleAll();
+      const stoppedAt = Date.now();
+      await waitFor(
+        "a point cut after the writes stopped",
+        async () => ((await t.relationship()).points.some((p) => Date.parse(p.cutoffAt) > stoppedAt) ? true : undefined),
+        120_000,
+      );
+      await nbd.disconnect();
+      sampleAll();
 
-    // The report: every process's trend, over the samples after the first 20 s (start-up and the
-    // initial replication's buffers are not a trend).
-    const trends = sampler.trends(started + 20_000, (name) => name.startsWith("test"));
-    const state = await t.relationship();
-    const { failed, committed, merged } = await cycleCounts(t);
-    const report = {
-      minutes: MINUTES,
-      writtenMiB: writer.written() / MiB,
-      cyclesCommitted: committed,
-      cyclesFailed: failed.length,
-      pointsMerged: merged,
-      pointsKept: state.points.length,
-      testFailover: test && { seconds: ((test.stopped ?? 0) - test.started) / 1000, cyclesDuring: (test.seqAtStop ?? 0) - test.seqAtStart },
-      processes: trends,
-    };
-    console.log(
-      `soak ${MINUTES} min: ${report.writtenMiB.toFixed(0)} MiB written, ${committed} cycles committed, ${failed.length} failed, ${merged} points merged, ${state.points.length} kept; ` +
-        `test failover ${report.testFailover?.seconds.toFixed(0)} s with ${report.testFailover?.cyclesDuring} cycles during it\n` +
-        trends.map(formatTrend).join("\n"),
-    );
-    if (process.env.QR_SOAK_REPORT) writeFileSync(process.env.QR_SOAK_REPORT, JSON.stringify(report, null, 2) + "\n");
+      // The report: every process's trend, over the samples after the first 20 s (start-up and the
+      // initial replication's buffers are not a trend).
+      const trends = sampler.trends(started + 20_000, (name) => name.startsWith("test"));
+      const state = await t.relationship();
+      const { failed, committed, merged } = await cycleCounts(t);
+      const report = {
+        minutes: MINUTES,
+        writtenMiB: writer.written() / MiB,
+        cyclesCommitted: committed,
+        cyclesFailed: failed.length,
+        pointsMerged: merged,
+        pointsKept: state.points.length,
+        testFailover: test && { seconds: ((test.stopped ?? 0) - test.started) / 1000, cyclesDuring: (test.seqAtStop ?? 0) - test.seqAtStart },
+        processes: trends,
+      };
+      console.log(
+        `soak ${MINUTES} min: ${report.writtenMiB.toFixed(0)} MiB written, ${committed} cycles committed, ${failed.length} failed, ${merged} points merged, ${state.points.length} kept; ` +
+          `test failover ${report.testFailover?.seconds.toFixed(0)} s with ${report.testFailover?.cyclesDuring} cycles during it\n` +
+          trends.map(formatTrend).join("\n"),
+      );
+      if (process.env.QR_SOAK_REPORT) writeFileSync(process.env.QR_SOAK_REPORT, JSON.stringify(report, null, 2) + "\n");
 
-    // No errors.
-    expect(failed.map((e) => e.data)).toEqual([]);
-    expect(errorLines(join(t.siteB, "site.log"))).toEqual([]);
-    expect(errorLines(join(t.dir, "agent.log"))).toEqual([]);
-    expect(state.state).toBe("replicating");
-    // Replication went on all along, through the test failover too.
-    expect(state.lastCycleSeq - seqAtStart).toBeGreaterThanOrEqual(MINUTES * 10);
-    expect(test?.stopped).toBeDefined();
-    expect(report.testFailover!.cyclesDuring).toBeGreaterThanOrEqual(3);
-    expect(trends.find((x) => x.name.startsWith("test"))?.samples ?? 0).toBeGreaterThan(0);
-    // No leaks: descriptors come back to where they were; memory does not run away.
-    for (const tr of trends.filter((x) => !x.name.startsWith("test"))) {
-      expect(tr.fds.last, `${tr.name}: open fds`).toBeLessThanOrEqual(tr.fds.first + 8);
-      expect(tr.rssMiB.last - tr.rssMiB.first, `${tr.name}: RSS growth (MiB)`).toBeLessThan(128);
-    }
-    // The last point is the primary, byte for byte (nothing wrote after its cut-off).
-    const primary = join(t.dir, "primary-final.raw");
-    await convertImage(t.vm.guestUri("vda"), primary, { srcFormat: "raw", dstFormat: "raw" });
-    const newest = state.points.at(-1)!;
-    const cmp = await compareImages(newest.disks[0]!.imagePath, primary, { formatA: "qcow2", formatB: "raw" });
-    expect(cmp.detail).toMatch(/identical/i);
-  }, (MINUTES * 60 + 600) * 1000);
+      // No errors.
+      expect(failed.map((e) => e.data)).toEqual([]);
+      expect(errorLines(join(t.siteB, "site.log"))).toEqual([]);
+      expect(errorLines(join(t.dir, "agent.log"))).toEqual([]);
+      expect(state.state).toBe("replicating");
+      // Replication went on all along, through the test failover too.
+      expect(state.lastCycleSeq - seqAtStart).toBeGreaterThanOrEqual(MINUTES * 10);
+      expect(test?.stopped).toBeDefined();
+      expect(report.testFailover!.cyclesDuring).toBeGreaterThanOrEqual(3);
+      expect(trends.find((x) => x.name.startsWith("test"))?.samples ?? 0).toBeGreaterThan(0);
+      // No leaks: descriptors come back to where they were; memory does not run away.
+      for (const tr of trends.filter((x) => !x.name.startsWith("test"))) {
+        expect(tr.fds.last, `${tr.name}: open fds`).toBeLessThanOrEqual(tr.fds.first + 8);
+        expect(tr.rssMiB.last - tr.rssMiB.first, `${tr.name}: RSS growth (MiB)`).toBeLessThan(128);
+      }
+      // The last point is the primary, byte for byte (nothing wrote after its cut-off).
+      const primary = join(t.dir, "primary-final.raw");
+      await convertImage(t.vm.guestUri("vda"), primary, { srcFormat: "raw", dstFormat: "raw" });
+      const newest = state.points.at(-1)!;
+      const cmp = await compareImages(newest.disks[0]!.imagePath, primary, { formatA: "qcow2", formatB: "raw" });
+      expect(cmp.detail).toMatch(/identical/i);
+    },
+    (MINUTES * 60 + 600) * 1000,
+  );
 });

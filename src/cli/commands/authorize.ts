@@ -12,13 +12,16 @@ import { formatTable } from "../table.js";
 import { emit, fail } from "../output.js";
 import { withTarget, type Target } from "../target.js";
 
-
-
 const fromWire = (r: AuthorizationsResponse): AuthorizationEntry[] =>
   r.entries.map((e) => ({ primaryIdentity: e.primaryIdentity, addedBy: e.addedBy, addedByRole: "", addedAt: e.addedAt?.toISOString() ?? "" }));
 
 const show = (entries: AuthorizationEntry[]) =>
-  entries.length === 0 ? "no primary is authorized on this site" : formatTable(["primary", "added by", "added at"], entries.map((e) => [e.primaryIdentity, e.addedBy, e.addedAt]));
+  entries.length === 0
+    ? "no primary is authorized on this site"
+    : formatTable(
+        ["primary", "added by", "added at"],
+        entries.map((e) => [e.primaryIdentity, e.addedBy, e.addedAt]),
+      );
 
 /**
  * Authorization entries change through the site's control plane (role admin) while the site runs.
@@ -26,7 +29,12 @@ const show = (entries: AuthorizationEntry[]) =>
  * writes the ledger itself, recorded as the local admin `local-admin:USER@HOST`: whoever may write
  * the site's files could anyway. The site reads the entries from the ledger at every Hello.
  */
-async function viaSite(o: Target, call: (client: ReturnType<typeof controlClient>) => Promise<AuthorizationsResponse>, offline: (authz: SiteAuthorizations) => Promise<AuthorizationEntry[]>, ledgerMustExist = false): Promise<AuthorizationEntry[]> {
+async function viaSite(
+  o: Target,
+  call: (client: ReturnType<typeof controlClient>) => Promise<AuthorizationsResponse>,
+  offline: (authz: SiteAuthorizations) => Promise<AuthorizationEntry[]>,
+  ledgerMustExist = false,
+): Promise<AuthorizationEntry[]> {
   const dir = o.dir ? resolve(o.dir) : undefined;
   if (!dir || o.site || existsSync(addressFile(dir))) {
     try {
@@ -51,7 +59,10 @@ async function viaSite(o: Target, call: (client: ReturnType<typeof controlClient
   }
 }
 
-const TARGET_HELP = { dir: "site directory on this host (its address and admin certificate; its ledger when the site is not running)", cert: "client certificate (role admin to change entries, viewer to list them)" };
+const TARGET_HELP = {
+  dir: "site directory on this host (its address and admin certificate; its ledger when the site is not running)",
+  cert: "client certificate (role admin to change entries, viewer to list them)",
+};
 
 export function registerAuthorize(program: Command): void {
   withTarget(program.command("authorize").description("allow a primary (by its certificate identity) to replicate to this site; needs role admin"), TARGET_HELP)
@@ -82,24 +93,29 @@ export function registerAuthorize(program: Command): void {
         fail(err, o.json);
       }
     });
-  withTarget(program.command("authorizations").description("list the primaries allowed to replicate to this site, with who authorized them"), TARGET_HELP)
-    .action(async (o: Target) => {
+  withTarget(program.command("authorizations").description("list the primaries allowed to replicate to this site, with who authorized them"), TARGET_HELP).action(
+    async (o: Target) => {
       try {
-        const entries = await viaSite(o, (c) => unary(c, c.listAuthorizations, {}), (a) => a.list(), true);
+        const entries = await viaSite(
+          o,
+          (c) => unary(c, c.listAuthorizations, {}),
+          (a) => a.list(),
+          true,
+        );
         emit(o.json, entries, () => show(entries));
       } catch (err) {
         fail(err, o.json);
       }
-    });
-  withTarget(program.command("whoami").description("the identity and role a site sees for the certificate this CLI presents"), TARGET_HELP)
-    .action(async (o: Target) => {
-      try {
-        const client = controlClient(o);
-        const r = await unary(client, client.whoAmI, {});
-        client.close();
-        emit(o.json, r, () => `${r.identity} (role ${r.role}) on site ${r.siteId}`);
-      } catch (err) {
-        fail(err, o.json);
-      }
-    });
+    },
+  );
+  withTarget(program.command("whoami").description("the identity and role a site sees for the certificate this CLI presents"), TARGET_HELP).action(async (o: Target) => {
+    try {
+      const client = controlClient(o);
+      const r = await unary(client, client.whoAmI, {});
+      client.close();
+      emit(o.json, r, () => `${r.identity} (role ${r.role}) on site ${r.siteId}`);
+    } catch (err) {
+      fail(err, o.json);
+    }
+  });
 }

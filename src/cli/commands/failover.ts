@@ -8,8 +8,6 @@ import { withTarget, type Target } from "../target.js";
 import { reverseAgentLogFile } from "../../site/failover/reverseAgent.js";
 import { runDir } from "../../site/siteConfig.js";
 
-
-
 const TARGET_HELP = { dir: "the replica site's directory on this host", site: "the replica site's address" };
 
 export function registerFailover(program: Command): void {
@@ -24,64 +22,86 @@ export function registerFailover(program: Command): void {
       .option("--point <id>", "recovery point (latest when omitted)")
       .option("--no-start", "fail over without starting the VM"),
     TARGET_HELP,
-  ).action(async (first: string, second: string | undefined, o: Target & { test?: boolean; planned?: boolean; unplanned?: boolean; point?: string; start: boolean; primaryDir?: string }) => {
-    // Both 'failover complete VM' and 'failover VM complete' read naturally.
-    const [vm, action] = second !== undefined && (first === "complete" || first === "cancel") ? [second, first] : [first, second];
-    try {
-      const client = controlClient(o);
-      if (action === "complete") {
-        const r = await unary(client, client.completeFailover, { vmId: vm });
-        emit(o.json, r, () => `VM ${vm}: failover complete; recovery points dropped: ${r.droppedRecoveryPointIds.join(", ") || "none"}`);
-      } else if (action === "cancel") {
-        const r = await unary(client, client.cancelFailover, { vmId: vm });
-        emit(o.json, r, () => `VM ${vm}: failover cancelled, the failover VM stopped and its writes discarded; state ${r.state}`);
-      } else if (action !== undefined) {
-        throw new Error(`unknown failover action '${action}': use 'complete' or 'cancel'`);
-      } else if ([o.test, o.planned, o.unplanned].filter(Boolean).length !== 1) {
-        throw new Error("say which failover: exactly one of --test, --planned, --unplanned");
-      } else if (o.test) {
-        const r = await unary(client, client.startTestFailover, { vmId: vm, recoveryPointId: o.point ?? "" }, 120_000);
-        emit(o.json, r, () =>
-          formatTable(["test", "point", "vm", "running after ms", "serial log"], [[r.testId, r.recoveryPointId, r.vm?.name ?? "", Number(r.vm?.timeToRunningMs ?? 0), r.vm?.serialLog ?? ""]]) +
-            `\nstop it with: qreplica test-failover stop ${vm} --test-id ${r.testId}`,
-        );
-      } else if (o.planned) {
-        const r = await unary(client, client.failover, { vmId: vm, kind: FailoverKind.FAILOVER_KIND_PLANNED, recoveryPointId: "", startVm: o.start }, 6 * 60_000);
-        let reverse = "";
-        if (o.primaryDir) {
-          // Reverse replication starts right away, seeded with the stopped primary's disks.
-          const old = controlClient({ dir: o.primaryDir });
-          const status = await unary(client, client.getStatus, { vmId: vm });
-          await unary(old, old.prepareReverseReplication, {
-            vmId: vm,
-            generation: r.generation,
-            primarySiteId: status.siteId,
-            primaryIdentity: status.siteId,
-            disks: [],
-            seeds: r.primaryDisks,
-            vmSpecJson: "",
-          });
-          await unary(client, client.completeFailover, { vmId: vm });
-          const started = await unary(client, client.startReverseReplication, { vmId: vm, replicaAddress: readAddress(o.primaryDir) }, 60_000);
-          reverse = `\nreverse replication to the old primary started (agent pid ${started.agentPid})`;
-          old.close();
+  ).action(
+    async (
+      first: string,
+      second: string | undefined,
+      o: Target & { test?: boolean; planned?: boolean; unplanned?: boolean; point?: string; start: boolean; primaryDir?: string },
+    ) => {
+      // Both 'failover complete VM' and 'failover VM complete' read naturally.
+      const [vm, action] = second !== undefined && (first === "complete" || first === "cancel") ? [second, first] : [first, second];
+      try {
+        const client = controlClient(o);
+        if (action === "complete") {
+          const r = await unary(client, client.completeFailover, { vmId: vm });
+          emit(o.json, r, () => `VM ${vm}: failover complete; recovery points dropped: ${r.droppedRecoveryPointIds.join(", ") || "none"}`);
+        } else if (action === "cancel") {
+          const r = await unary(client, client.cancelFailover, { vmId: vm });
+          emit(o.json, r, () => `VM ${vm}: failover cancelled, the failover VM stopped and its writes discarded; state ${r.state}`);
+        } else if (action !== undefined) {
+          throw new Error(`unknown failover action '${action}': use 'complete' or 'cancel'`);
+        } else if ([o.test, o.planned, o.unplanned].filter(Boolean).length !== 1) {
+          throw new Error("say which failover: exactly one of --test, --planned, --unplanned");
+        } else if (o.test) {
+          const r = await unary(client, client.startTestFailover, { vmId: vm, recoveryPointId: o.point ?? "" }, 120_000);
+          emit(
+            o.json,
+            r,
+            () =>
+              formatTable(
+                ["test", "point", "vm", "running after ms", "serial log"],
+                [[r.testId, r.recoveryPointId, r.vm?.name ?? "", Number(r.vm?.timeToRunningMs ?? 0), r.vm?.serialLog ?? ""]],
+              ) + `\nstop it with: qreplica test-failover stop ${vm} --test-id ${r.testId}`,
+          );
+        } else if (o.planned) {
+          const r = await unary(client, client.failover, { vmId: vm, kind: FailoverKind.FAILOVER_KIND_PLANNED, recoveryPointId: "", startVm: o.start }, 6 * 60_000);
+          let reverse = "";
+          if (o.primaryDir) {
+            // Reverse replication starts right away, seeded with the stopped primary's disks.
+            const old = controlClient({ dir: o.primaryDir });
+            const status = await unary(client, client.getStatus, { vmId: vm });
+            await unary(old, old.prepareReverseReplication, {
+              vmId: vm,
+              generation: r.generation,
+              primarySiteId: status.siteId,
+              primaryIdentity: status.siteId,
+              disks: [],
+              seeds: r.primaryDisks,
+              vmSpecJson: "",
+            });
+            await unary(client, client.completeFailover, { vmId: vm });
+            const started = await unary(client, client.startReverseReplication, { vmId: vm, replicaAddress: readAddress(o.primaryDir) }, 60_000);
+            reverse = `\nreverse replication to the old primary started (agent pid ${started.agentPid})`;
+            old.close();
+          }
+          emit(
+            o.json,
+            r,
+            () =>
+              formatTable(
+                ["vm", "point", "generation", "running after ms", "serial log"],
+                [[vm, r.recoveryPointId, Number(r.generation), r.vm ? Number(r.vm.timeToRunningMs) : "-", r.vm?.serialLog ?? "(not started)"]],
+              ) + reverse,
+          );
+        } else {
+          const kind = o.planned ? FailoverKind.FAILOVER_KIND_PLANNED : FailoverKind.FAILOVER_KIND_UNPLANNED;
+          const r = await unary(client, client.failover, { vmId: vm, kind, recoveryPointId: o.point ?? "", startVm: o.start }, 120_000);
+          emit(
+            o.json,
+            r,
+            () =>
+              formatTable(
+                ["vm", "point", "generation", "running after ms", "serial log"],
+                [[vm, r.recoveryPointId, Number(r.generation), r.vm ? Number(r.vm.timeToRunningMs) : "-", r.vm?.serialLog ?? "(not started)"]],
+              ) + `\nnext: 'qreplica failover ${vm} complete' to commit, or 'qreplica failover ${vm} cancel' to go back`,
+          );
         }
-        emit(o.json, r, () =>
-          formatTable(["vm", "point", "generation", "running after ms", "serial log"], [[vm, r.recoveryPointId, Number(r.generation), r.vm ? Number(r.vm.timeToRunningMs) : "-", r.vm?.serialLog ?? "(not started)"]]) + reverse,
-        );
-      } else {
-        const kind = o.planned ? FailoverKind.FAILOVER_KIND_PLANNED : FailoverKind.FAILOVER_KIND_UNPLANNED;
-        const r = await unary(client, client.failover, { vmId: vm, kind, recoveryPointId: o.point ?? "", startVm: o.start }, 120_000);
-        emit(o.json, r, () =>
-          formatTable(["vm", "point", "generation", "running after ms", "serial log"], [[vm, r.recoveryPointId, Number(r.generation), r.vm ? Number(r.vm.timeToRunningMs) : "-", r.vm?.serialLog ?? "(not started)"]]) +
-            `\nnext: 'qreplica failover ${vm} complete' to commit, or 'qreplica failover ${vm} cancel' to go back`,
-        );
+        client.close();
+      } catch (err) {
+        fail(err, o.json);
       }
-      client.close();
-    } catch (err) {
-      fail(err, o.json);
-    }
-  });
+    },
+  );
 
   const test = program.command("test-failover").description("manage test failovers");
   withTarget(test.command("stop <vm>").description("stop a VM's test failovers (all, or one with --test-id) and discard their overlays"), TARGET_HELP)
@@ -132,7 +152,12 @@ export function registerReverse(program: Command): void {
         });
         const started = await unary(primary, primary.startReverseReplication, { vmId: vm, replicaAddress: readAddress(o.toDir) }, 60_000);
         const agentLog = reverseAgentLogFile(runDir(resolve(o.dir)), vm);
-        emit(o.json, { ...started, agentLog }, () => `VM ${vm}: reverse replication started from ${status.siteId} (generation ${started.generation}, agent pid ${started.agentPid}, log ${agentLog}); ${seeds.length ? "only chunks differing from the seeds are sent" : "full copy (no seed given)"}`);
+        emit(
+          o.json,
+          { ...started, agentLog },
+          () =>
+            `VM ${vm}: reverse replication started from ${status.siteId} (generation ${started.generation}, agent pid ${started.agentPid}, log ${agentLog}); ${seeds.length ? "only chunks differing from the seeds are sent" : "full copy (no seed given)"}`,
+        );
         primary.close();
         replica.close();
       } catch (err) {

@@ -39,7 +39,11 @@ export function registerLedger(program: Command): void {
         emit(o.json, { ledger: name, ...report }, () =>
           report.ok
             ? `ledger ${name}: intact (${report.streams} streams, ${report.events} events)`
-            : `ledger ${name}: TAMPERED\n` + formatTable(["stream", "version", "position", "problem"], report.problems.map((p) => [p.stream, String(p.version), String(p.globalPosition), p.reason])),
+            : `ledger ${name}: TAMPERED\n` +
+              formatTable(
+                ["stream", "version", "position", "problem"],
+                report.problems.map((p) => [p.stream, String(p.version), String(p.globalPosition), p.reason]),
+              ),
         );
         if (!report.ok) process.exitCode = EXIT.verifyFailed;
       } catch (err) {
@@ -63,8 +67,10 @@ export function registerLedger(program: Command): void {
           const report = await rebuildReadModels(store, (p) =>
             console.error(o.json ? JSON.stringify({ progress: { events: p.events, position: Number(p.position) } }) : `folded ${p.events} events (position ${p.position})`),
           );
-          emit(o.json, { path: name, ...report }, () =>
-            `ledger ${name}: read models rebuilt from ${report.events} events (${report.vms} relationships) in ${(report.durationMs / 1000).toFixed(2)} s`,
+          emit(
+            o.json,
+            { path: name, ...report },
+            () => `ledger ${name}: read models rebuilt from ${report.events} events (${report.vms} relationships) in ${(report.durationMs / 1000).toFixed(2)} s`,
           );
         } finally {
           await store.close();
@@ -75,7 +81,9 @@ export function registerLedger(program: Command): void {
     });
   ledger
     .command("migrate")
-    .description("copy a site's SQLite ledger into an empty shared store (PostgreSQL or KurrentDB), hash chains verified before and after; run it on the site host with the site stopped")
+    .description(
+      "copy a site's SQLite ledger into an empty shared store (PostgreSQL or KurrentDB), hash chains verified before and after; run it on the site host with the site stopped",
+    )
     .option("--dir <dir>", "site directory: its SQLite ledger is the source, and the site must be stopped")
     .option("--file <path>", "a SQLite ledger file as the source")
     .requiredOption("--to <url>", "the destination: postgres://… or kurrentdb://…")
@@ -101,9 +109,15 @@ export function registerLedger(program: Command): void {
                 destinationName: toName,
                 onProgress: (n) => console.error(o.json ? JSON.stringify({ progress: { copied: n } }) : `copied ${n} events`),
               });
-              const siteJson = target.kind === "postgres" ? { kind: target.kind, url: "…", ...(target.schema ? { schema: target.schema } : {}) } : { kind: target.kind, url: "…", ...(target.namespace ? { namespace: target.namespace } : {}) };
-              emit(o.json, { from: path, to: toName, ...report }, () =>
-                `ledger ${path} copied to ${toName}: ${report.events} events in ${report.streams} streams, hash chains verified on both sides (${(report.durationMs / 1000).toFixed(2)} s)\n` +
+              const siteJson =
+                target.kind === "postgres"
+                  ? { kind: target.kind, url: "…", ...(target.schema ? { schema: target.schema } : {}) }
+                  : { kind: target.kind, url: "…", ...(target.namespace ? { namespace: target.namespace } : {}) };
+              emit(
+                o.json,
+                { from: path, to: toName, ...report },
+                () =>
+                  `ledger ${path} copied to ${toName}: ${report.events} events in ${report.streams} streams, hash chains verified on both sides (${(report.durationMs / 1000).toFixed(2)} s)\n` +
                   `next: set "ledger": ${JSON.stringify(siteJson)} in site.json, then start the site`,
               );
             } finally {

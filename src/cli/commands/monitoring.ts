@@ -83,7 +83,10 @@ function formatMeasurement(m: ReturnType<typeof measurementJson>): string {
     ["Last replication", m.lastReplicationTime ?? "-"],
     ["Newest point", m.newestPointCutoffTime ? `${m.newestPointCutoffTime} (${s(m.newestPointAgeSeconds)} old)` : "-"],
     ["Pending size", m.pendingReplicationBytes === null ? "unknown" : formatBytes(m.pendingReplicationBytes)],
-    ["Average / max size", `${formatBytes(m.averageReplicationBytes)} / ${formatBytes(m.maxReplicationBytes)} (sent ${formatBytes(m.averageTransferredBytes)} / ${formatBytes(m.maxTransferredBytes)})`],
+    [
+      "Average / max size",
+      `${formatBytes(m.averageReplicationBytes)} / ${formatBytes(m.maxReplicationBytes)} (sent ${formatBytes(m.averageTransferredBytes)} / ${formatBytes(m.maxTransferredBytes)})`,
+    ],
     ["Average / max latency", `${s(m.averageReplicationLatencySeconds)} / ${s(m.maxReplicationLatencySeconds)}`],
     ["Successful / missed / failed", `${m.replicationSuccessCount} / ${m.replicationMissCount} / ${m.replicationFailureCount}`],
     ["Last test failover", m.lastTestFailoverTime ?? "-"],

@@ -41,7 +41,9 @@ const changeLines = (diff: PolicyChange[]) =>
 
 /** `qreplica policy apply|list|show|diff` and `qreplica protect VM --policy NAME`, through the site's control endpoint. */
 export function registerPolicy(program: Command): void {
-  const policy = program.command("policy").description("replication policies of a replica site: frequency, retention tiers, compression, bandwidth windows, resync window, RPO alert");
+  const policy = program
+    .command("policy")
+    .description("replication policies of a replica site: frequency, retention tiers, compression, bandwidth windows, resync window, RPO alert");
 
   withTarget(policy.command("apply <file>").description("validate a policy file and record it as a new version on the site (admin); an unchanged spec records nothing"), ADMIN_HELP)
     .option("--dry-run", "validate and show the diff against the latest version; record nothing", false)
@@ -50,7 +52,11 @@ export function registerPolicy(program: Command): void {
         const text = readFileSync(file, "utf8");
         const r = await unary(client, client.applyPolicy, { specYaml: text, dryRun: o.dryRun });
         emit(o.json, r, () => {
-          const what = !r.changed ? `unchanged (version ${r.version} is this spec already)` : o.dryRun ? `would become version ${r.version} (dry run: nothing recorded)` : `version ${r.version} applied`;
+          const what = !r.changed
+            ? `unchanged (version ${r.version} is this spec already)`
+            : o.dryRun
+              ? `would become version ${r.version} (dry run: nothing recorded)`
+              : `version ${r.version} applied`;
           const told = r.notifiedVmIds.length ? `\nagents told (applies from their next cycle): ${r.notifiedVmIds.join(", ")}` : "";
           return `policy ${r.name}: ${what}${r.changed ? `\n${changeLines(r.diff.map((c) => ({ path: c.path, from: c.from, to: c.to })))}` : ""}${told}`;
         });
@@ -74,16 +80,17 @@ export function registerPolicy(program: Command): void {
       withClient(o, async (client) => {
         const r = await unary(client, client.getPolicy, { name, version: version(o.version, "--version") ?? 0 });
         emit(o.json, { ...r, policy: parsed(r), policyJson: undefined }, () => {
-          const head = r.version === 0 ? "# built-in default: the agent config's interval and compression apply" : `# version ${r.version} of ${r.latestVersion}, applied ${r.appliedAt?.toISOString() ?? "?"} by ${r.appliedBy}`;
+          const head =
+            r.version === 0
+              ? "# built-in default: the agent config's interval and compression apply"
+              : `# version ${r.version} of ${r.latestVersion}, applied ${r.appliedAt?.toISOString() ?? "?"} by ${r.appliedBy}`;
           return `${head}\n# bound VMs: ${r.boundVmIds.join(", ") || "none"}\n${r.canonicalYaml}`;
         });
       }),
     );
 
   withTarget(
-    policy
-      .command("diff <name> [file]")
-      .description("what changed between two versions (default: the previous and the latest), or between a version and a policy file"),
+    policy.command("diff <name> [file]").description("what changed between two versions (default: the previous and the latest), or between a version and a policy file"),
     TARGET_HELP,
   )
     .option("--from <n>", "the older version (default: the one before --to, or the latest when a file is given)")
@@ -113,14 +120,21 @@ export function registerPolicy(program: Command): void {
       }),
     );
 
-  withTarget(program.command("protect <vm>").description("bind a VM to a policy on its replica site (admin); the site's binding wins over the agent config's 'policy:'"), ADMIN_HELP)
+  withTarget(
+    program.command("protect <vm>").description("bind a VM to a policy on its replica site (admin); the site's binding wins over the agent config's 'policy:'"),
+    ADMIN_HELP,
+  )
     .requiredOption("--policy <name>", "the policy ('default' for the built-in one)")
     .action((vm: string, o: Target & { policy: string }) =>
       withClient(o, async (client) => {
         const r = await unary(client, client.bindPolicy, { vmId: vm, policyName: o.policy });
         emit(o.json, r, () => {
           const what = r.changed ? `bound to policy ${r.policyName}${r.version ? ` (version ${r.version})` : ""}` : `already bound to policy ${r.policyName}`;
-          const agent = r.agentNotified ? "its agent was told (applies from the next cycle)" : r.relationshipExists ? "its agent is not connected; it gets the policy at its next connection" : "no replication relationship yet; the agent gets the policy at its first connection";
+          const agent = r.agentNotified
+            ? "its agent was told (applies from the next cycle)"
+            : r.relationshipExists
+              ? "its agent is not connected; it gets the policy at its next connection"
+              : "no replication relationship yet; the agent gets the policy at its first connection";
           return `VM ${vm}: ${what}; ${agent}`;
         });
       }),

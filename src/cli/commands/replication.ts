@@ -4,8 +4,6 @@ import { controlClient, unary } from "../siteClient.js";
 import { emit, fail } from "../output.js";
 import { withTarget, type Target } from "../target.js";
 
-
-
 function told(r: RelationshipCommandResponse): string {
   return r.agentNotified ? "the primary's agent was told" : "the primary's agent is not connected; it learns it at its next connection";
 }
@@ -27,19 +25,23 @@ export function registerReplication(program: Command): void {
       }
     });
 
-  withTarget(program.command("resume <vm>").description("resume a paused VM's replication; the next cycle carries every change made meanwhile"), TARGET_HELP).action(async (vm: string, o: Target) => {
-    try {
-      const client = controlClient(o);
-      const r = await unary(client, client.resumeReplication, { vmId: vm });
-      emit(o.json, r, () => `VM ${vm}: replication resumed (state ${r.state}); ${told(r)}`);
-      client.close();
-    } catch (err) {
-      fail(err, o.json);
-    }
-  });
+  withTarget(program.command("resume <vm>").description("resume a paused VM's replication; the next cycle carries every change made meanwhile"), TARGET_HELP).action(
+    async (vm: string, o: Target) => {
+      try {
+        const client = controlClient(o);
+        const r = await unary(client, client.resumeReplication, { vmId: vm });
+        emit(o.json, r, () => `VM ${vm}: replication resumed (state ${r.state}); ${told(r)}`);
+        client.close();
+      } catch (err) {
+        fail(err, o.json);
+      }
+    },
+  );
 
   withTarget(
-    program.command("resync <vm>").description("resynchronise a VM by comparison with its newest recovery point (after a crash with 'resync: manual', or on demand); older points are kept"),
+    program
+      .command("resync <vm>")
+      .description("resynchronise a VM by comparison with its newest recovery point (after a crash with 'resync: manual', or on demand); older points are kept"),
     TARGET_HELP,
   ).action(async (vm: string, o: Target) => {
     try {

@@ -35,7 +35,10 @@ function load(file: string, json: boolean): Runbook {
   } catch (err) {
     if (!(err instanceof RunbookInvalidError)) throw err;
     if (json) console.log(JSON.stringify({ ok: false, file: err.file, problems: err.problems }, null, 2));
-    else console.error(`qreplica: runbook ${err.file} is not valid (${err.problems.length} problem${err.problems.length === 1 ? "" : "s"}):\n${err.problems.map((p) => `  ${formatProblem(p)}`).join("\n")}`);
+    else
+      console.error(
+        `qreplica: runbook ${err.file} is not valid (${err.problems.length} problem${err.problems.length === 1 ? "" : "s"}):\n${err.problems.map((p) => `  ${formatProblem(p)}`).join("\n")}`,
+      );
     process.exit(EXIT_INVALID);
   }
 }
@@ -54,7 +57,6 @@ function siteFromOptions(o: SiteTargetOptions): SiteRef | undefined {
   }
   return undefined;
 }
-
 
 async function askOnTerminal(prompt: string): Promise<boolean> {
   const rl = createInterface({ input: process.stdin, output: process.stderr });
@@ -79,7 +81,11 @@ export function registerRunbook(program: Command): void {
         const runbook = load(file, o.json);
         const vms = runbook.groups.flatMap((g) => g.vms.map((v) => v.vm));
         const steps = runbook.groups.reduce((n, g) => n + g.steps.length, 0);
-        emit(o.json, { ok: true, runbook: runbook.name, groups: runbook.groups.length, vms, steps }, () => `runbook '${runbook.name}' is valid: ${runbook.groups.length} group(s), VMs ${vms.join(", ")}, ${steps} step(s)`);
+        emit(
+          o.json,
+          { ok: true, runbook: runbook.name, groups: runbook.groups.length, vms, steps },
+          () => `runbook '${runbook.name}' is valid: ${runbook.groups.length} group(s), VMs ${vms.join(", ")}, ${steps} step(s)`,
+        );
       } catch (err) {
         fail(err, o.json);
       }
@@ -160,7 +166,13 @@ export function registerRunbook(program: Command): void {
         const client = siteControlClient(site);
         target = controlTarget(site, client);
         const store = new ControlPlaneRunLog(client);
-        const outcome = await rollbackRun({ store, target, runId, ledgerPath: whereOf(site), onProgress: (e) => console.log(o.json ? JSON.stringify(e) : formatRollbackProgress(e)) });
+        const outcome = await rollbackRun({
+          store,
+          target,
+          runId,
+          ledgerPath: whereOf(site),
+          onProgress: (e) => console.log(o.json ? JSON.stringify(e) : formatRollbackProgress(e)),
+        });
         if (outcome.alreadyClean && !o.json) console.log(`run ${runId} was already rolled back`);
         if (!outcome.ok) process.exitCode = EXIT_STOPPED;
       } catch (err) {

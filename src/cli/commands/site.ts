@@ -16,7 +16,11 @@ export function registerSite(program: Command): void {
     .requiredOption("--name <siteId>", "site id (also the certificate identity)")
     .requiredOption("--ca-dir <dir>", "CA directory made by 'qreplica pki create-ca'")
     .option("--listen <host:port>", "gRPC listen address (port 0: any free port; 0.0.0.0 or [::] for every interface)", "127.0.0.1:7443")
-    .option("--san <name...>", "DNS names and IP addresses agents and operators dial this site by, put on its certificate; the first is written to run/site.address when --listen is a wildcard", [])
+    .option(
+      "--san <name...>",
+      "DNS names and IP addresses agents and operators dial this site by, put on its certificate; the first is written to run/site.address when --listen is a wildcard",
+      [],
+    )
     .option("--max-points <n>", "recovery points kept per VM", (v) => Number(v), 24)
     .option("--accel <accel>", "accelerator for failover and test VMs: auto, kvm or tcg", "auto")
     .option("--json", "JSON output", false)

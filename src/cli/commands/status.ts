@@ -9,9 +9,7 @@ import { formatBytes, formatTable } from "../table.js";
 import { emit, fail } from "../output.js";
 import { withTarget, type Target } from "../target.js";
 
-
 const enumName = (e: Record<number, string>, v: number, prefix: string) => (e[v] ?? "UNKNOWN").replace(prefix, "").toLowerCase().replaceAll("_", "-");
-
 
 type StatusResponse = Awaited<ReturnType<typeof getStatusOf>>;
 const getStatusOf = (client: ReturnType<typeof controlClient>) => unary(client, client.getStatus, {});
@@ -155,21 +153,25 @@ export function registerStatus(program: Command): void {
         }
         const read = await readEvents(client, vm, BigInt(o.from), o.all ? Infinity : o.limit, prefix);
         const page = exact ? { ...read, events: read.events.filter((e) => e.stream === exact) } : read;
-        emit(o.json, { events: page.events.map((e) => ({ ...e, data: JSON.parse(e.dataJson) as unknown, dataJson: undefined })), nextPosition: page.nextPosition, more: page.more }, () => {
-          const table = formatTable(
-            ["#", "time", "stream", "event", "actor", "data"],
-            page.events.map((e) => [
-              vm ? Number(e.streamVersion) : Number(e.globalPosition),
-              e.recordedAt?.toISOString() ?? "",
-              e.stream,
-              e.type,
-              // Who caused it: the caller of a control command (or of a refused one); "-" for the site's own work (cycles, merges).
-              e.actor ? `${e.actor} (${e.actorRole})` : "-",
-              e.dataJson.length > 100 ? e.dataJson.slice(0, 97) + "..." : e.dataJson,
-            ]),
-          );
-          return page.more ? `${table}\n(more events follow: --from ${page.nextPosition}, or --all)` : table;
-        });
+        emit(
+          o.json,
+          { events: page.events.map((e) => ({ ...e, data: JSON.parse(e.dataJson) as unknown, dataJson: undefined })), nextPosition: page.nextPosition, more: page.more },
+          () => {
+            const table = formatTable(
+              ["#", "time", "stream", "event", "actor", "data"],
+              page.events.map((e) => [
+                vm ? Number(e.streamVersion) : Number(e.globalPosition),
+                e.recordedAt?.toISOString() ?? "",
+                e.stream,
+                e.type,
+                // Who caused it: the caller of a control command (or of a refused one); "-" for the site's own work (cycles, merges).
+                e.actor ? `${e.actor} (${e.actorRole})` : "-",
+                e.dataJson.length > 100 ? e.dataJson.slice(0, 97) + "..." : e.dataJson,
+              ]),
+            );
+            return page.more ? `${table}\n(more events follow: --from ${page.nextPosition}, or --all)` : table;
+          },
+        );
         client.close();
       } catch (err) {
         fail(err, o.json);
@@ -201,7 +203,13 @@ async function requireAdmin(client: EventsClient): Promise<void> {
  * (the audit stream, for non-admins), so a page with fewer events than asked is not the end: only
  * `endReached`, or no progress, is.
  */
-async function readEvents(client: EventsClient, vmId: string | undefined, from: bigint, limit: number, streamPrefix?: string): Promise<{ events: WireEvent[]; nextPosition: bigint; more: boolean }> {
+async function readEvents(
+  client: EventsClient,
+  vmId: string | undefined,
+  from: bigint,
+  limit: number,
+  streamPrefix?: string,
+): Promise<{ events: WireEvent[]; nextPosition: bigint; more: boolean }> {
   const events: WireEvent[] = [];
   let next = from;
   for (;;) {
@@ -219,7 +227,15 @@ async function readEvents(client: EventsClient, vmId: string | undefined, from: 
  * interrupted. ListEvents from the last position seen, every `pollMs`: the control plane has no
  * server stream, and a poll a second is nothing for the site (one indexed read).
  */
-async function followEvents(client: EventsClient, vmId: string | undefined, from: bigint, streamPrefix: string | undefined, json: boolean, pollMs: number, exactStream?: string): Promise<void> {
+async function followEvents(
+  client: EventsClient,
+  vmId: string | undefined,
+  from: bigint,
+  streamPrefix: string | undefined,
+  json: boolean,
+  pollMs: number,
+  exactStream?: string,
+): Promise<void> {
   let next = from;
   const print = (e: WireEvent) => {
     if (json) {

@@ -69,12 +69,7 @@ export async function loadRelationship(store: EventStore, vmId: string, known?: 
   return { state, version };
 }
 
-export async function executeCommand(
-  store: EventStore,
-  vmId: string,
-  decide: Decide,
-  opts: ExecuteCommandOptions = {},
-): Promise<CommandResult> {
+export async function executeCommand(store: EventStore, vmId: string, decide: Decide, opts: ExecuteCommandOptions = {}): Promise<CommandResult> {
   const maxRetries = opts.maxRetries ?? DEFAULT_MAX_RETRIES;
   if (!Number.isSafeInteger(maxRetries) || maxRetries < 0) {
     throw new InvalidCommandInputError(`executeCommand: maxRetries must be an integer >= 0, got ${maxRetries}`);

@@ -14,10 +14,8 @@ export const NEXT_STEP: Readonly<Record<ReplicationStateName, string>> = {
   paused: "Resume replication first.",
   "resync-required": "Run a resynchronisation first.",
   resynchronising: "Wait for the resynchronisation to finish.",
-  "prepared-for-planned-failover":
-    "A planned failover is prepared: fail over once the primary's final cycle is committed, or cancel the planned failover.",
-  "failed-over-waiting-completion":
-    "The VM is failed over: check it, then complete the failover, or cancel the failover to return to replication.",
+  "prepared-for-planned-failover": "A planned failover is prepared: fail over once the primary's final cycle is committed, or cancel the planned failover.",
+  "failed-over-waiting-completion": "The VM is failed over: check it, then complete the failover, or cancel the failover to return to replication.",
   "failed-over": "The failover is complete: start reverse replication to protect the VM again.",
 };
 
@@ -31,9 +29,7 @@ export class InvalidTransitionError extends QreplicaError {
     readonly allowedStates: readonly ReplicationStateName[],
     hint?: string,
   ) {
-    super(
-      `VM ${vmId} is in state ${state}; ${command} needs ${allowedStates.join(" or ")}. ${hint ?? NEXT_STEP[state]}`,
-    );
+    super(`VM ${vmId} is in state ${state}; ${command} needs ${allowedStates.join(" or ")}. ${hint ?? NEXT_STEP[state]}`);
   }
 }
 
@@ -108,10 +104,7 @@ export class MergeInProgressError extends QreplicaError {
     /** What waits for the merge, e.g. "starting a test failover"; by default another merge. */
     blocked = "starting another",
   ) {
-    super(
-      `VM ${vmId}: the merge of recovery point ${pointId} into ${intoPointId} is still in progress. ` +
-        `Finish it (completeMerge) before ${blocked}.`,
-    );
+    super(`VM ${vmId}: the merge of recovery point ${pointId} into ${intoPointId} is still in progress. ` + `Finish it (completeMerge) before ${blocked}.`);
   }
 }
 
@@ -132,9 +125,7 @@ export class RecoveryPointUnavailableError extends QreplicaError {
         : why === "merging"
           ? `VM ${vmId}: recovery point ${pointId} is being merged away by retention and can no longer be opened.`
           : `VM ${vmId} has no recovery point ${pointId} (never created, or merged away by retention).`;
-    super(
-      `${what} Available points: ${availablePointIds.length > 0 ? `${availablePointIds.join(", ")} (the last is the latest)` : "none"}.`,
-    );
+    super(`${what} Available points: ${availablePointIds.length > 0 ? `${availablePointIds.join(", ")} (the last is the latest)` : "none"}.`);
   }
 }
 
@@ -146,9 +137,7 @@ export class TestFailoverExistsError extends QreplicaError {
     readonly testId: string,
     readonly pointId: string,
   ) {
-    super(
-      `VM ${vmId}: test failover ${testId} is already running (on ${pointId}). Choose another test id, or stop ${testId} first.`,
-    );
+    super(`VM ${vmId}: test failover ${testId} is already running (on ${pointId}). Choose another test id, or stop ${testId} first.`);
   }
 }
 
@@ -161,10 +150,7 @@ export class NoSuchTestFailoverError extends QreplicaError {
     /** "testId (pointId)" of each running test. */
     readonly running: readonly string[],
   ) {
-    super(
-      `VM ${vmId}: no test failover ${testId} is running. ` +
-        (running.length > 0 ? `Running test failovers: ${running.join(", ")}.` : `No test failover is running.`),
-    );
+    super(`VM ${vmId}: no test failover ${testId} is running. ` + (running.length > 0 ? `Running test failovers: ${running.join(", ")}.` : `No test failover is running.`));
   }
 }
 
@@ -177,10 +163,7 @@ export class TestFailoversRunningError extends QreplicaError {
     readonly command: string,
     readonly testIds: readonly string[],
   ) {
-    super(
-      `VM ${vmId}: ${command} would delete images under running test failover(s) ${testIds.join(", ")}. ` +
-        `Stop the test failover(s) first.`,
-    );
+    super(`VM ${vmId}: ${command} would delete images under running test failover(s) ${testIds.join(", ")}. ` + `Stop the test failover(s) first.`);
   }
 }
 
@@ -258,9 +241,6 @@ export class UnknownRelationshipEventError extends QreplicaError {
     readonly eventType: string,
     readonly stream: string,
   ) {
-    super(
-      `Event type "${eventType}" in "${stream}" is unknown to this version of qreplica. ` +
-        `It was probably written by a newer version: upgrade before operating on this VM.`,
-    );
+    super(`Event type "${eventType}" in "${stream}" is unknown to this version of qreplica. ` + `It was probably written by a newer version: upgrade before operating on this VM.`);
   }
 }

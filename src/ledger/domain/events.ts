@@ -19,9 +19,7 @@ export function relationshipStream(vmId: string): string {
 
 /** The vmId of a relationship stream, `undefined` for any other stream. */
 export function vmIdOfStream(stream: string): string | undefined {
-  return stream.startsWith(RELATIONSHIP_STREAM_PREFIX) && stream.length > RELATIONSHIP_STREAM_PREFIX.length
-    ? stream.slice(RELATIONSHIP_STREAM_PREFIX.length)
-    : undefined;
+  return stream.startsWith(RELATIONSHIP_STREAM_PREFIX) && stream.length > RELATIONSHIP_STREAM_PREFIX.length ? stream.slice(RELATIONSHIP_STREAM_PREFIX.length) : undefined;
 }
 
 /** One point per committed cycle, named after it, so storage and ledger agree without a lookup. */

@@ -2,24 +2,12 @@
  * Checks shared by the commands. Input checks run first (a malformed input is a caller bug and
  * says so), then state, then generation and ordering, so each refusal names the real problem.
  */
-import {
-  InvalidCommandInputError,
-  InvalidTransitionError,
-  NoSuchTestFailoverError,
-  OutOfOrderCycleError,
-  RecoveryPointUnavailableError,
-  StaleGenerationError,
-} from "./errors.js";
+import { InvalidCommandInputError, InvalidTransitionError, NoSuchTestFailoverError, OutOfOrderCycleError, RecoveryPointUnavailableError, StaleGenerationError } from "./errors.js";
 import type { ChainDisk, Consistency, PointDisk } from "./events.js";
 import type { RecoveryPoint, RelationshipState, TestFailover } from "./relationship.js";
 import type { ReplicationStateName } from "./states.js";
 
-export function requireState(
-  s: RelationshipState,
-  command: string,
-  allowed: readonly ReplicationStateName[],
-  hint?: string,
-): void {
+export function requireState(s: RelationshipState, command: string, allowed: readonly ReplicationStateName[], hint?: string): void {
   if (!allowed.includes(s.state)) throw new InvalidTransitionError(s.vmId, s.state, command, allowed, hint);
 }
 
@@ -65,7 +53,12 @@ export function runningTests(s: RelationshipState): TestFailover[] {
 
 export function requireRunningTest(s: RelationshipState, testId: string): TestFailover {
   const test = Object.hasOwn(s.testFailovers, testId) ? s.testFailovers[testId] : undefined;
-  if (!test) throw new NoSuchTestFailoverError(s.vmId, testId, runningTests(s).map((t) => `${t.testId} (${t.pointId})`));
+  if (!test)
+    throw new NoSuchTestFailoverError(
+      s.vmId,
+      testId,
+      runningTests(s).map((t) => `${t.testId} (${t.pointId})`),
+    );
   return test;
 }
 
@@ -121,7 +114,10 @@ export function requirePointDisks(command: string, s: RelationshipState, disks: 
     sizeBytes: requireCount(command, `disks[${i}].sizeBytes`, d?.sizeBytes),
     imagePath: requireText(command, `disks[${i}].imagePath`, d?.imagePath),
   }));
-  requireUniqueDiskIds(command, out.map((d) => d.diskId));
+  requireUniqueDiskIds(
+    command,
+    out.map((d) => d.diskId),
+  );
   const expected = s.disks.map((d) => d.diskId).sort();
   const got = out.map((d) => d.diskId).sort();
   if (expected.join("\0") !== got.join("\0")) {

@@ -56,11 +56,7 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
         lastCommittedAt: d.committedAt,
         // A cycle got through: whatever kept cycles from starting is over.
         cycleSkipped: undefined,
-        quiesceFailure: d.quiesceFailure
-          ? { cycleSeq: d.cycleSeq, at: d.cutoffAt, reason: d.quiesceFailure }
-          : d.consistency === "application"
-            ? undefined
-            : s.quiesceFailure,
+        quiesceFailure: d.quiesceFailure ? { cycleSeq: d.cycleSeq, at: d.cutoffAt, reason: d.quiesceFailure } : d.consistency === "application" ? undefined : s.quiesceFailure,
         // A cycle in the current generation proves the primary adopted it.
         generationHandover: d.generation === s.generation ? undefined : s.generationHandover,
         counters: {
@@ -118,11 +114,7 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
       const images = new Map(d.disks.map((x) => [x.diskId, x.imagePath]));
       const points = s.points
         .filter((p) => p.pointId !== d.pointId)
-        .map((p) =>
-          p.pointId === d.intoPointId
-            ? { ...p, disks: p.disks.map((x) => ({ ...x, imagePath: images.get(x.diskId) ?? x.imagePath })) }
-            : p,
-        );
+        .map((p) => (p.pointId === d.intoPointId ? { ...p, disks: p.disks.map((x) => ({ ...x, imagePath: images.get(x.diskId) ?? x.imagePath })) } : p));
       return { ...s, points, counters: { ...c, mergesCompleted: c.mergesCompleted + 1 } };
     }
     case "ResyncRequired":
@@ -222,10 +214,7 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
       return { ...s, state: "failed-over", points: [], inFlight: undefined, generationHandover: undefined };
     case "FailoverCancelled": {
       const d = event.data;
-      const handover =
-        d.primaryGeneration < d.generation && s.primaryIdentity !== undefined
-          ? { peerIdentity: s.primaryIdentity, fromGeneration: d.primaryGeneration }
-          : undefined;
+      const handover = d.primaryGeneration < d.generation && s.primaryIdentity !== undefined ? { peerIdentity: s.primaryIdentity, fromGeneration: d.primaryGeneration } : undefined;
       return {
         ...s,
         state: d.returnedTo,

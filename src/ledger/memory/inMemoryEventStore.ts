@@ -96,7 +96,10 @@ export function getInMemoryEventStore(options: InMemoryEventStoreOptions = {}): 
       const limit = validateMaxCount(opts.maxCount) ?? Infinity;
       const from = opts.fromVersion ?? 0n;
       const events = streams.get(stream) ?? [];
-      return events.filter((e) => e.version >= from).slice(0, limit).map(copy);
+      return events
+        .filter((e) => e.version >= from)
+        .slice(0, limit)
+        .map(copy);
     },
 
     async readAll(opts?: ReadAllOptions): Promise<RecordedEvent[]> {

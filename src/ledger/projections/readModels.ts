@@ -240,7 +240,8 @@ export class LedgerReadModels {
     if (opened.at > 0n) {
       // The snapshot must end on the very event the ledger holds at its position.
       const [anchor] = await this.store.readAll({ fromPosition: opened.at - 1n, maxCount: 1, streamPrefix: RELATIONSHIP_STREAM_PREFIX });
-      if (anchor?.globalPosition !== opened.at || anchor.hash !== opened.atHash) return ignore(`the ledger no longer holds the event at position ${opened.at} the snapshot was built on`);
+      if (anchor?.globalPosition !== opened.at || anchor.hash !== opened.atHash)
+        return ignore(`the ledger no longer holds the event at position ${opened.at} the snapshot was built on`);
     }
     const v = opened.state as { status?: unknown; points?: unknown } | null;
     const status = StatusProjection.fromSnapshot(v?.status);

@@ -6,12 +6,7 @@
  * code read, and it must stay cheap and obviously correct for that one question.
  */
 import type { EventStore, RecordedEvent } from "../eventStore.js";
-import {
-  decodeRelationshipEvent,
-  relationshipStream,
-  type Consistency,
-  type PointDisk,
-} from "../domain/events.js";
+import { decodeRelationshipEvent, relationshipStream, type Consistency, type PointDisk } from "../domain/events.js";
 
 export interface CatalogueDisk {
   readonly diskId: string;
@@ -112,7 +107,17 @@ export class RecoveryPointsProjection {
     switch (event.type) {
       case "CycleCommitted": {
         const d = event.data;
-        this.committed = { cycleSeq: d.cycleSeq, facts: { kind: d.kind, generation: d.generation, committedAt: d.committedAt, dataBytes: d.dataBytes, ...(d.diskDataBytes ? { diskDataBytes: d.diskDataBytes } : {}), wireBytes: d.wireBytes } };
+        this.committed = {
+          cycleSeq: d.cycleSeq,
+          facts: {
+            kind: d.kind,
+            generation: d.generation,
+            committedAt: d.committedAt,
+            dataBytes: d.dataBytes,
+            ...(d.diskDataBytes ? { diskDataBytes: d.diskDataBytes } : {}),
+            wireBytes: d.wireBytes,
+          },
+        };
         return;
       }
       case "RecoveryPointCreated": {
@@ -227,7 +232,10 @@ export class RecoveryPointsProjection {
       cutoffAt: p.cutoffAt,
       consistency: p.consistency,
       merging: p.merging,
-      testIds: [...this.tests].filter(([, pointId]) => pointId === p.pointId).map(([id]) => id).sort(),
+      testIds: [...this.tests]
+        .filter(([, pointId]) => pointId === p.pointId)
+        .map(([id]) => id)
+        .sort(),
       failedOver: p.pointId === this.failedOverTo,
       disks: p.disks.map((d) => {
         // Each point's chain is the previous point's chain plus its own image.

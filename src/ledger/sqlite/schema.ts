@@ -110,8 +110,7 @@ export function inspect(db: Database.Database, path: string = db.name): "ledger"
   if (appId === LEDGER_APPLICATION_ID) {
     if (version > LEDGER_SCHEMA_VERSION) {
       throw new LedgerOpenError(
-        `${path} is a qreplica ledger with schema version ${version}, newer than this qreplica ` +
-          `understands (${LEDGER_SCHEMA_VERSION}); upgrade qreplica to open it`,
+        `${path} is a qreplica ledger with schema version ${version}, newer than this qreplica ` + `understands (${LEDGER_SCHEMA_VERSION}); upgrade qreplica to open it`,
         path,
       );
     }
@@ -119,10 +118,7 @@ export function inspect(db: Database.Database, path: string = db.name): "ledger"
   }
   const objects = Number(db.prepare("SELECT count(*) FROM sqlite_master").pluck().safeIntegers(true).get());
   if (appId === 0 && version === 0 && objects === 0) return "fresh";
-  throw new LedgerOpenError(
-    `${path} is a SQLite database but not a qreplica ledger (application_id ${appId}, ${objects} schema object(s))`,
-    path,
-  );
+  throw new LedgerOpenError(`${path} is a SQLite database but not a qreplica ledger (application_id ${appId}, ${objects} schema object(s))`, path);
 }
 
 function migrate(db: Database.Database, path: string, logger?: Logger): void {

@@ -87,14 +87,10 @@ export function getSqliteEventStore(options: SqliteEventStoreOptions): SqliteEve
     `INSERT INTO events (stream_id, stream_version, type, data, metadata, recorded_at, hash, previous_hash)
      VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
   );
-  const byStream = stmt(
-    `SELECT ${COLUMNS} FROM events WHERE stream_id = ? AND stream_version >= ? ORDER BY stream_version LIMIT ?`,
-  );
+  const byStream = stmt(`SELECT ${COLUMNS} FROM events WHERE stream_id = ? AND stream_version >= ? ORDER BY stream_version LIMIT ?`);
   const byPosition = stmt(`SELECT ${COLUMNS} FROM events WHERE global_position > ? ORDER BY global_position LIMIT ?`);
   // instr(...) = 1 is "starts with" without LIKE's wildcards or substr's character counting.
-  const byPositionAndPrefix = stmt(
-    `SELECT ${COLUMNS} FROM events WHERE global_position > ? AND instr(stream_id, ?) = 1 ORDER BY global_position LIMIT ?`,
-  );
+  const byPositionAndPrefix = stmt(`SELECT ${COLUMNS} FROM events WHERE global_position > ? AND instr(stream_id, ?) = 1 ORDER BY global_position LIMIT ?`);
 
   const snapshotByKey = stmt("SELECT key, at, at_hash, schema_version, fold_version, state, checksum, saved_at FROM snapshots WHERE key = ?");
   const upsertSnapshot = stmt(
@@ -104,19 +100,17 @@ export function getSqliteEventStore(options: SqliteEventStoreOptions): SqliteEve
   );
   const deleteSnapshotsByPrefix = stmt("DELETE FROM snapshots WHERE instr(key, ?) = 1");
 
-  const appendTx = db.transaction(
-    (stream: string, events: NewEvent[], expected: ExpectedVersion, at: Date): AppendResult => {
-      const head = headOf.get(stream) as { stream_version: bigint; hash: string } | undefined;
-      assertExpectedVersion(stream, expected, head?.stream_version);
-      const sealed = sealEvents(stream, events, { version: head?.stream_version, hash: head?.hash ?? GENESIS_HASH }, at);
-      let lastGlobalPosition = 0n;
-      for (const e of sealed) {
-        const r = insert.run(stream, e.version, e.type, e.dataJson, e.metadataJson, e.recordedAt, e.hash, e.previousHash);
-        lastGlobalPosition = BigInt(r.lastInsertRowid);
-      }
-      return { nextExpectedVersion: sealed.at(-1)!.version, lastGlobalPosition };
-    },
-  );
+  const appendTx = db.transaction((stream: string, events: NewEvent[], expected: ExpectedVersion, at: Date): AppendResult => {
+    const head = headOf.get(stream) as { stream_version: bigint; hash: string } | undefined;
+    assertExpectedVersion(stream, expected, head?.stream_version);
+    const sealed = sealEvents(stream, events, { version: head?.stream_version, hash: head?.hash ?? GENESIS_HASH }, at);
+    let lastGlobalPosition = 0n;
+    for (const e of sealed) {
+      const r = insert.run(stream, e.version, e.type, e.dataJson, e.metadataJson, e.recordedAt, e.hash, e.previousHash);
+      lastGlobalPosition = BigInt(r.lastInsertRowid);
+    }
+    return { nextExpectedVersion: sealed.at(-1)!.version, lastGlobalPosition };
+  });
 
   const ensureOpen = (): void => {
     if (closed) throw new LedgerClosedError(`ledger ${path} is closed`);
@@ -127,10 +121,7 @@ export function getSqliteEventStore(options: SqliteEventStoreOptions): SqliteEve
   function readAllSync(opts: ReadAllOptions = {}): RecordedEvent[] {
     const from = opts.fromPosition ?? 0n;
     const limit = noLimit(opts.maxCount);
-    const rows =
-      opts.streamPrefix === undefined
-        ? byPosition.all(from, limit)
-        : byPositionAndPrefix.all(from, opts.streamPrefix, limit);
+    const rows = opts.streamPrefix === undefined ? byPosition.all(from, limit) : byPositionAndPrefix.all(from, opts.streamPrefix, limit);
     return (rows as EventRow[]).map(toRecordedEvent);
   }
 
@@ -276,8 +267,7 @@ function tryParseObject(text: string): { value: Record<string, unknown> } | { pr
 
 function corrupt(row: EventRow, what: string, cause?: unknown): LedgerCorruptError {
   return new LedgerCorruptError(
-    `Ledger event at global position ${row.global_position} (stream "${row.stream_id}" version ` +
-      `${row.stream_version}) is unreadable: ${what}; run \`qreplica ledger verify\``,
+    `Ledger event at global position ${row.global_position} (stream "${row.stream_id}" version ` + `${row.stream_version}) is unreadable: ${what}; run \`qreplica ledger verify\``,
     row.global_position,
     { cause },
   );
@@ -288,10 +278,7 @@ function corrupt(row: EventRow, what: string, cause?: unknown): LedgerCorruptErr
  * thrown, so one bad row is reported against its stream and the walk goes on.
  */
 export function readChainRows(db: Database.Database, afterPosition: bigint, limit: number): ChainRow[] {
-  const rows = db
-    .prepare(`SELECT ${COLUMNS} FROM events WHERE global_position > ? ORDER BY global_position LIMIT ?`)
-    .safeIntegers(true)
-    .all(afterPosition, limit) as EventRow[];
+  const rows = db.prepare(`SELECT ${COLUMNS} FROM events WHERE global_position > ? ORDER BY global_position LIMIT ?`).safeIntegers(true).all(afterPosition, limit) as EventRow[];
   return rows.map((row) => {
     const base = {
       stream: row.stream_id,

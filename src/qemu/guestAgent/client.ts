@@ -2,12 +2,7 @@ import { randomInt } from "node:crypto";
 import net from "node:net";
 import { errorMessage } from "../../common/errors.js";
 import { silentLogger, type Logger } from "../../common/logger.js";
-import {
-  GuestAgentCommandError,
-  GuestAgentProtocolError,
-  GuestAgentTimeoutError,
-  GuestAgentUnavailableError,
-} from "./errors.js";
+import { GuestAgentCommandError, GuestAgentProtocolError, GuestAgentTimeoutError, GuestAgentUnavailableError } from "./errors.js";
 import { QgaLineSplitter, SENTINEL, type FrameEvent } from "./framing.js";
 import { withFrozenFilesystems, type FrozenResult, type WithFrozenFilesystemsOptions } from "./freeze.js";
 
@@ -112,15 +107,19 @@ export class GuestAgentClient {
     if (this.socket !== socket) throw new GuestAgentUnavailableError(this.socketPath, "the channel closed", false);
     const id = `qr${this.nextId++}`;
     const line = JSON.stringify(args === undefined ? { execute: command, id } : { execute: command, arguments: args, id });
-    return this.waitFor(remaining(), (resolve, reject) => {
-      this.waiter = { kind: "command", id, command, resolve, reject };
-      this.logger.trace({ command, id }, "QGA execute");
-      socket.write(line + "\n");
-    }, () => {
-      // The agent may still answer (or act) later; only a resync can tell that reply from ours.
-      this.synced = false;
-      return new GuestAgentTimeoutError(command, timeoutMs, this.socketPath);
-    });
+    return this.waitFor(
+      remaining(),
+      (resolve, reject) => {
+        this.waiter = { kind: "command", id, command, resolve, reject };
+        this.logger.trace({ command, id }, "QGA execute");
+        socket.write(line + "\n");
+      },
+      () => {
+        // The agent may still answer (or act) later; only a resync can tell that reply from ours.
+        this.synced = false;
+        return new GuestAgentTimeoutError(command, timeoutMs, this.socketPath);
+      },
+    );
   }
 
   private connect(timeoutMs: number): Promise<net.Socket> {
@@ -132,8 +131,7 @@ export class GuestAgentClient {
       }, timeoutMs);
       socket.once("error", (err: NodeJS.ErrnoException) => {
         clearTimeout(timer);
-        const detail =
-          err.code === "ENOENT" ? "the socket does not exist" : err.code === "ECONNREFUSED" ? "nothing listens on the socket" : err.message;
+        const detail = err.code === "ENOENT" ? "the socket does not exist" : err.code === "ECONNREFUSED" ? "nothing listens on the socket" : err.message;
         reject(new GuestAgentUnavailableError(this.socketPath, detail, false, { cause: err }));
       });
       socket.once("connect", () => {
@@ -154,31 +152,33 @@ export class GuestAgentClient {
   private async sync(socket: net.Socket, timeoutMs: number): Promise<void> {
     // Random, so a reply to an earlier client's (or our own abandoned) sync cannot match.
     const id = randomInt(1, 2 ** 47);
-    await this.waitFor(timeoutMs, (resolve, reject) => {
-      this.waiter = { kind: "sync", id, seenSentinel: false, resolve: () => resolve(undefined), reject };
-      // The leading 0xFF makes the agent drop any half-read request left in the channel.
-      const request = Buffer.from(JSON.stringify({ execute: "guest-sync-delimited", arguments: { id } }) + "\n");
-      socket.write(Buffer.concat([Buffer.from([SENTINEL]), request]));
-    }, () => new GuestAgentUnavailableError(this.socketPath, `no answer to guest-sync-delimited within ${timeoutMs} ms`, false));
+    await this.waitFor(
+      timeoutMs,
+      (resolve, reject) => {
+        this.waiter = { kind: "sync", id, seenSentinel: false, resolve: () => resolve(undefined), reject };
+        // The leading 0xFF makes the agent drop any half-read request left in the channel.
+        const request = Buffer.from(JSON.stringify({ execute: "guest-sync-delimited", arguments: { id } }) + "\n");
+        socket.write(Buffer.concat([Buffer.from([SENTINEL]), request]));
+      },
+      () => new GuestAgentUnavailableError(this.socketPath, `no answer to guest-sync-delimited within ${timeoutMs} ms`, false),
+    );
     this.synced = true;
     this.logger.debug({ socketPath: this.socketPath }, "QGA channel synchronised");
   }
 
-  private waitFor(
-    timeoutMs: number,
-    start: (resolve: (v: unknown) => void, reject: (e: Error) => void) => void,
-    onTimeout: () => Error,
-  ): Promise<unknown> {
+  private waitFor(timeoutMs: number, start: (resolve: (v: unknown) => void, reject: (e: Error) => void) => void, onTimeout: () => Error): Promise<unknown> {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.waiter = undefined;
         reject(onTimeout());
       }, timeoutMs);
-      const settle = <A>(f: (a: A) => void) => (a: A) => {
-        clearTimeout(timer);
-        this.waiter = undefined;
-        f(a);
-      };
+      const settle =
+        <A>(f: (a: A) => void) =>
+        (a: A) => {
+          clearTimeout(timer);
+          this.waiter = undefined;
+          f(a);
+        };
       start(settle(resolve), settle(reject));
     });
   }

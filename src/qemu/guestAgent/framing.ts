@@ -6,10 +6,7 @@
  *  - Nothing bounds a line, and a confused peer (or a stale stream) could send megabytes
  *    without a newline; past the bound the line is reported once and skipped to its end.
  */
-export type FrameEvent =
-  | { kind: "sentinel" }
-  | { kind: "line"; line: string }
-  | { kind: "overlong"; limit: number };
+export type FrameEvent = { kind: "sentinel" } | { kind: "line"; line: string } | { kind: "overlong"; limit: number };
 
 export const SENTINEL = 0xff;
 const NEWLINE = 0x0a;

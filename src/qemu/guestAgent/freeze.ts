@@ -35,11 +35,7 @@ type FreezeAgent = Pick<GuestAgentClient, "socketPath" | "fsfreezeFreeze" | "fsf
  * `finally`, retried, and checked, and failing that is an error no caller can overlook.
  * Nothing else happens between freeze and `fn`, nor between `fn` and thaw.
  */
-export async function withFrozenFilesystems<T>(
-  agent: FreezeAgent,
-  fn: () => Promise<T>,
-  opts: WithFrozenFilesystemsOptions,
-): Promise<FrozenResult<T>> {
+export async function withFrozenFilesystems<T>(agent: FreezeAgent, fn: () => Promise<T>, opts: WithFrozenFilesystemsOptions): Promise<FrozenResult<T>> {
   const logger = opts.logger ?? silentLogger;
   let freezeError: Error | undefined;
   let frozenAt: number | undefined;

@@ -27,12 +27,7 @@ import {
   NBD_MAX_U32_LENGTH,
   commandName,
 } from "./constants.js";
-import {
-  NbdClosedError,
-  NbdProtocolError,
-  NbdRequestError,
-  NbdTimeoutError,
-} from "./errors.js";
+import { NbdClosedError, NbdProtocolError, NbdRequestError, NbdTimeoutError } from "./errors.js";
 import { negotiate, type BlockSize, type NegotiatedExport } from "./handshake.js";
 import { newInFlight, type InFlight, type NbdExtent } from "./inFlight.js";
 import { ReplyReader } from "./replyReader.js";
@@ -103,18 +98,13 @@ export class NbdClient {
     let timer: NodeJS.Timeout | undefined;
     const timedOut = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
-        const err = new NbdTimeoutError(
-          `NBD connect + handshake with ${target} did not complete within ${timeoutMs} ms ${channel.describeWait()}`.trimEnd(),
-        );
+        const err = new NbdTimeoutError(`NBD connect + handshake with ${target} did not complete within ${timeoutMs} ms ${channel.describeWait()}`.trimEnd());
         channel.fail(err);
         reject(err);
       }, timeoutMs);
     });
     try {
-      const negotiated = await Promise.race([
-        connected.then(() => negotiate(channel, opts.exportName, opts.metaContexts ?? [])),
-        timedOut,
-      ]);
+      const negotiated = await Promise.race([connected.then(() => negotiate(channel, opts.exportName, opts.metaContexts ?? [])), timedOut]);
       channel.detach();
       return new NbdClient(socket, pump, channel.queue, target, negotiated, opts.requestTimeoutMs ?? 60_000);
     } catch (err) {
@@ -289,15 +279,7 @@ export class NbdClient {
     return this.closed;
   }
 
-  private submit(
-    command: number,
-    flags: number,
-    offset: number,
-    length: number,
-    payload?: Buffer,
-    buffer?: Buffer,
-    contextId?: number,
-  ): Promise<InFlight> {
+  private submit(command: number, flags: number, offset: number, length: number, payload?: Buffer, buffer?: Buffer, contextId?: number): Promise<InFlight> {
     if (this.ending) {
       return Promise.reject(
         new NbdClosedError(`NBD connection to ${this.target} is closed; cannot send ${commandName(command)}`, {
@@ -343,11 +325,7 @@ export class NbdClient {
     try {
       fn();
     } catch (err) {
-      this.fail(
-        err instanceof Error && "code" in err
-          ? err
-          : new NbdProtocolError(`NBD reply handling failed on ${this.target}: ${String(err)}`, { cause: err }),
-      );
+      this.fail(err instanceof Error && "code" in err ? err : new NbdProtocolError(`NBD reply handling failed on ${this.target}: ${String(err)}`, { cause: err }));
     }
   }
 
@@ -373,8 +351,7 @@ export class NbdClient {
     const pending = this.entries.size;
     this.fail(
       new NbdClosedError(
-        `NBD connection to ${this.target} closed ${this.reader.describeProgress()}` +
-          (pending > 0 ? ` (${pending} request${pending > 1 ? "s" : ""} awaiting replies)` : ""),
+        `NBD connection to ${this.target} closed ${this.reader.describeProgress()}` + (pending > 0 ? ` (${pending} request${pending > 1 ? "s" : ""} awaiting replies)` : ""),
         { cause: this.socketError },
       ),
     );

@@ -6,12 +6,7 @@ import type { NbdExtent } from "./inFlight.js";
  * than asked (loop from the first uncovered byte) or more with its last extent (clip); adjacent
  * extents with equal flags are merged, also across queries.
  */
-export async function* coverRange(
-  query: (offset: number, length: number) => Promise<NbdExtent[]>,
-  offset: number,
-  end: number,
-  describe: () => string,
-): AsyncGenerator<NbdExtent> {
+export async function* coverRange(query: (offset: number, length: number) => Promise<NbdExtent[]>, offset: number, end: number, describe: () => string): AsyncGenerator<NbdExtent> {
   let pos = offset;
   let pending: NbdExtent | undefined;
   while (pos < end) {

@@ -65,11 +65,7 @@ interface OptionReply {
   data: Buffer;
 }
 
-export async function negotiate(
-  io: HandshakeIo,
-  exportName: string,
-  metaContexts: readonly string[],
-): Promise<NegotiatedExport> {
+export async function negotiate(io: HandshakeIo, exportName: string, metaContexts: readonly string[]): Promise<NegotiatedExport> {
   checkName(exportName, "export name");
   for (const ctx of metaContexts) checkName(ctx, "meta context name");
 
@@ -82,10 +78,7 @@ export async function negotiate(
 
   try {
     const structuredReplies = await negotiateStructuredReplies(io);
-    const metaContextIds =
-      structuredReplies && metaContexts.length > 0
-        ? await setMetaContexts(io, exportName, metaContexts)
-        : new Map<string, number>();
+    const metaContextIds = structuredReplies && metaContexts.length > 0 ? await setMetaContexts(io, exportName, metaContexts) : new Map<string, number>();
     const info = await go(io, exportName);
     return { exportName, structuredReplies, metaContextIds, ...info };
   } catch (err) {
@@ -101,27 +94,19 @@ async function readGreeting(io: HandshakeIo): Promise<number> {
   await io.need(16, "the server greeting");
   const magic = io.queue.readBigUInt64BE();
   if (magic !== NBD_MAGIC_NBDMAGIC) {
-    throw new NbdProtocolError(
-      `${io.target} is not an NBD server: greeting starts with ${hex(magic, 16)}, expected NBDMAGIC (${hex(NBD_MAGIC_NBDMAGIC, 16)})`,
-    );
+    throw new NbdProtocolError(`${io.target} is not an NBD server: greeting starts with ${hex(magic, 16)}, expected NBDMAGIC (${hex(NBD_MAGIC_NBDMAGIC, 16)})`);
   }
   const second = io.queue.readBigUInt64BE();
   if (second === NBD_MAGIC_OLDSTYLE) {
-    throw new NbdUnsupportedError(
-      `NBD server at ${io.target} speaks the oldstyle handshake; only fixed newstyle is supported (QEMU >= 2.6 uses it)`,
-    );
+    throw new NbdUnsupportedError(`NBD server at ${io.target} speaks the oldstyle handshake; only fixed newstyle is supported (QEMU >= 2.6 uses it)`);
   }
   if (second !== NBD_MAGIC_IHAVEOPT) {
-    throw new NbdProtocolError(
-      `NBD greeting from ${io.target}: expected IHAVEOPT (${hex(NBD_MAGIC_IHAVEOPT, 16)}) after NBDMAGIC, got ${hex(second, 16)}`,
-    );
+    throw new NbdProtocolError(`NBD greeting from ${io.target}: expected IHAVEOPT (${hex(NBD_MAGIC_IHAVEOPT, 16)}) after NBDMAGIC, got ${hex(second, 16)}`);
   }
   await io.need(2, "the handshake flags");
   const flags = io.queue.readUInt16BE();
   if (!(flags & NBD_FLAG_FIXED_NEWSTYLE)) {
-    throw new NbdUnsupportedError(
-      `NBD server at ${io.target} does not offer the fixed newstyle handshake (flags ${hex(flags, 4)})`,
-    );
+    throw new NbdUnsupportedError(`NBD server at ${io.target} does not offer the fixed newstyle handshake (flags ${hex(flags, 4)})`);
   }
   return flags;
 }
@@ -134,11 +119,7 @@ async function negotiateStructuredReplies(io: HandshakeIo): Promise<boolean> {
   throw unexpectedReply(io, NBD_OPT_STRUCTURED_REPLY, reply.type);
 }
 
-async function setMetaContexts(
-  io: HandshakeIo,
-  exportName: string,
-  contexts: readonly string[],
-): Promise<Map<string, number>> {
+async function setMetaContexts(io: HandshakeIo, exportName: string, contexts: readonly string[]): Promise<Map<string, number>> {
   const name = Buffer.from(exportName, "utf8");
   const queries = contexts.map((c) => Buffer.from(c, "utf8"));
   const parts: Buffer[] = [u32(name.length), name, u32(queries.length)];
@@ -153,17 +134,13 @@ async function setMetaContexts(
     if (reply.type & NBD_REP_FLAG_ERROR) throw optionError(io, NBD_OPT_SET_META_CONTEXT, reply, exportName);
     if (reply.type !== NBD_REP_META_CONTEXT) throw unexpectedReply(io, NBD_OPT_SET_META_CONTEXT, reply.type);
     if (reply.data.length < 5) {
-      throw new NbdProtocolError(
-        `NBD_REP_META_CONTEXT from ${io.target} is ${reply.data.length} bytes; expected a 4-byte id and a name`,
-      );
+      throw new NbdProtocolError(`NBD_REP_META_CONTEXT from ${io.target} is ${reply.data.length} bytes; expected a 4-byte id and a name`);
     }
     const id = reply.data.readUInt32BE(0);
     const ctx = reply.data.toString("utf8", 4);
     const clash = byId.get(id);
     if (clash !== undefined && clash !== ctx) {
-      throw new NbdProtocolError(
-        `NBD server at ${io.target} gave meta context id ${id} to both "${clash}" and "${ctx}"`,
-      );
+      throw new NbdProtocolError(`NBD server at ${io.target} gave meta context id ${id} to both "${clash}" and "${ctx}"`);
     }
     byId.set(id, ctx);
     ids.set(ctx, id);
@@ -194,9 +171,7 @@ async function go(io: HandshakeIo, exportName: string): Promise<Omit<NegotiatedE
       const lo = data.readUInt32BE(6);
       const bytes = hi * 0x1_0000_0000 + lo;
       if (bytes > Number.MAX_SAFE_INTEGER) {
-        throw new NbdUnsupportedError(
-          `export "${exportName}" at ${io.target} is ${data.readBigUInt64BE(2)} bytes, beyond what this client can address (2^53-1)`,
-        );
+        throw new NbdUnsupportedError(`export "${exportName}" at ${io.target} is ${data.readBigUInt64BE(2)} bytes, beyond what this client can address (2^53-1)`);
       }
       size = bytes;
       transmissionFlags = data.readUInt16BE(10);
@@ -205,9 +180,7 @@ async function go(io: HandshakeIo, exportName: string): Promise<Omit<NegotiatedE
       blockSize = { minimum: data.readUInt32BE(2), preferred: data.readUInt32BE(6), maximum: data.readUInt32BE(10) };
       const { minimum, preferred, maximum } = blockSize;
       if (minimum < 1 || preferred < minimum || maximum < minimum) {
-        throw new NbdProtocolError(
-          `NBD_INFO_BLOCK_SIZE from ${io.target} is inconsistent: minimum ${minimum}, preferred ${preferred}, maximum ${maximum}`,
-        );
+        throw new NbdProtocolError(`NBD_INFO_BLOCK_SIZE from ${io.target} is inconsistent: minimum ${minimum}, preferred ${preferred}, maximum ${maximum}`);
       }
     }
     // NBD_INFO_NAME, NBD_INFO_DESCRIPTION and future items are informational: skip.
@@ -216,9 +189,7 @@ async function go(io: HandshakeIo, exportName: string): Promise<Omit<NegotiatedE
     throw new NbdProtocolError(`NBD server at ${io.target} acknowledged NBD_OPT_GO without sending NBD_INFO_EXPORT`);
   }
   if (!(transmissionFlags & NBD_FLAG_HAS_FLAGS)) {
-    throw new NbdProtocolError(
-      `NBD server at ${io.target} sent transmission flags ${hex(transmissionFlags, 4)} without NBD_FLAG_HAS_FLAGS`,
-    );
+    throw new NbdProtocolError(`NBD server at ${io.target} sent transmission flags ${hex(transmissionFlags, 4)} without NBD_FLAG_HAS_FLAGS`);
   }
   return { size, transmissionFlags, blockSize };
 }
@@ -241,9 +212,7 @@ async function readOptionReply(io: HandshakeIo, option: number): Promise<OptionR
     throw new NbdProtocolError(`NBD server at ${io.target} replied to ${optionName(opt)} while ${what} was expected`);
   }
   if (length > NBD_MAX_OPTION_REPLY_BYTES) {
-    throw new NbdProtocolError(
-      `NBD option reply to ${optionName(option)} from ${io.target} claims ${length} bytes of data; refusing more than ${NBD_MAX_OPTION_REPLY_BYTES}`,
-    );
+    throw new NbdProtocolError(`NBD option reply to ${optionName(option)} from ${io.target} claims ${length} bytes of data; refusing more than ${NBD_MAX_OPTION_REPLY_BYTES}`);
   }
   await io.need(length, what);
   // Copy: the queue may share memory with socket buffers and we keep strings from it.
@@ -263,18 +232,11 @@ function optionError(io: HandshakeIo, option: number, reply: OptionReply, export
   } else if (reply.type === NBD_REP_ERR_TLS_REQD) {
     hint = " — the server requires TLS, which this client does not speak";
   }
-  return new NbdOptionError(
-    `NBD server at ${io.target} refused ${optionName(option)} with ${errName}${said}${hint}`,
-    optionName(option),
-    errName,
-    serverMessage,
-  );
+  return new NbdOptionError(`NBD server at ${io.target} refused ${optionName(option)} with ${errName}${said}${hint}`, optionName(option), errName, serverMessage);
 }
 
 function unexpectedReply(io: HandshakeIo, option: number, type: number): NbdProtocolError {
-  return new NbdProtocolError(
-    `NBD server at ${io.target} answered ${optionName(option)} with unexpected reply type ${hex(type)}`,
-  );
+  return new NbdProtocolError(`NBD server at ${io.target} answered ${optionName(option)} with unexpected reply type ${hex(type)}`);
 }
 
 function expectInfoLength(io: HandshakeIo, name: string, data: Buffer, expected: number): void {

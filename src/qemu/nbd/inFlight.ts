@@ -35,14 +35,7 @@ export interface ReplySink {
   complete(req: InFlight): void;
 }
 
-export function newInFlight(
-  cookie: number,
-  command: number,
-  offset: number,
-  length: number,
-  buffer?: Buffer,
-  contextId?: number,
-): InFlight {
+export function newInFlight(cookie: number, command: number, offset: number, length: number, buffer?: Buffer, contextId?: number): InFlight {
   return {
     cookie,
     command,

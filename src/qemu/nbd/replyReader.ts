@@ -214,9 +214,7 @@ export class ReplyReader {
     const cookie = q.readUInt64();
     const length = q.readUInt32BE();
     if (!this.structured) {
-      throw new NbdProtocolError(
-        `NBD structured reply chunk at stream offset ${at} from ${this.target}, but structured replies were not negotiated`,
-      );
+      throw new NbdProtocolError(`NBD structured reply chunk at stream offset ${at} from ${this.target}, but structured replies were not negotiated`);
     }
     const req = this.lookup(cookie, at);
     this.req = req;
@@ -245,10 +243,7 @@ export class ReplyReader {
     } else if (type === NBD_REPLY_TYPE_BLOCK_STATUS) {
       if (req.command !== NBD_CMD_BLOCK_STATUS) throw this.protocolError(req, `${what}: not a BLOCK_STATUS request`);
       if (length < 12 || (length - 4) % 8 !== 0 || length > 4 + 8 * NBD_MAX_BLOCK_STATUS_DESCRIPTORS) {
-        throw this.protocolError(
-          req,
-          `${what}: payload must be a 4-byte context id plus 1 to ${NBD_MAX_BLOCK_STATUS_DESCRIPTORS} 8-byte descriptors`,
-        );
+        throw this.protocolError(req, `${what}: payload must be a 4-byte context id plus 1 to ${NBD_MAX_BLOCK_STATUS_DESCRIPTORS} 8-byte descriptors`);
       }
     } else if (type & NBD_REPLY_TYPE_ERROR_BIT) {
       if (length < 6 || length > NBD_MAX_ERROR_CHUNK_BYTES) {
@@ -342,24 +337,19 @@ export class ReplyReader {
   private lookup(cookie: number, at: number): InFlight {
     const req = this.sink.lookup(cookie);
     if (req !== undefined) return req;
-    const why = this.sink.wasIssued(cookie)
-      ? "whose request already completed (a reply after DONE?)"
-      : "which matches no request ever sent";
+    const why = this.sink.wasIssued(cookie) ? "whose request already completed (a reply after DONE?)" : "which matches no request ever sent";
     throw new NbdProtocolError(`NBD reply at stream offset ${at} from ${this.target} carries cookie ${cookie}, ${why}`);
   }
 
   private protocolError(req: InFlight, detail: string): NbdProtocolError {
-    return new NbdProtocolError(
-      `NBD ${commandName(req.command)} reply for [${req.offset}, ${req.offset + req.length}) from ${this.target}: ${detail}`,
-    );
+    return new NbdProtocolError(`NBD ${commandName(req.command)} reply for [${req.offset}, ${req.offset + req.length}) from ${this.target}: ${detail}`);
   }
 
   private commandError(req: InFlight, errno: number, message: string): NbdCommandError {
     const name = errnoName(errno);
     const cmd = commandName(req.command);
     return new NbdCommandError(
-      `NBD ${cmd} of ${req.length} bytes at offset ${req.offset} failed on ${this.target}: ${name} (${errno})` +
-        (message ? `: ${message}` : ""),
+      `NBD ${cmd} of ${req.length} bytes at offset ${req.offset} failed on ${this.target}: ${name} (${errno})` + (message ? `: ${message}` : ""),
       cmd,
       req.offset,
       req.length,

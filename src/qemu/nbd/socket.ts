@@ -51,10 +51,7 @@ export class ReadPump {
 export function openSocket(ep: NbdEndpoint): { socket: net.Socket; pump: ReadPump; connected: Promise<void> } {
   const pump = new ReadPump();
   const onread = { buffer: pump.buffer, callback: pump.callback };
-  const socket =
-    "socketPath" in ep
-      ? net.createConnection({ path: ep.socketPath, onread })
-      : net.createConnection({ host: ep.host, port: ep.port, onread });
+  const socket = "socketPath" in ep ? net.createConnection({ path: ep.socketPath, onread }) : net.createConnection({ host: ep.host, port: ep.port, onread });
   const target = describeEndpoint(ep);
   const connected = new Promise<void>((resolve, reject) => {
     const onError = (err: NodeJS.ErrnoException): void => {
@@ -75,10 +72,7 @@ export function openSocket(ep: NbdEndpoint): { socket: net.Socket; pump: ReadPum
 function connectError(ep: NbdEndpoint, target: string, err: NodeJS.ErrnoException): NbdConnectError {
   const opts = { cause: err };
   if ("socketPath" in ep && (err.code === "ENOENT" || err.code === "ECONNREFUSED")) {
-    return new NbdConnectError(
-      `no NBD server listening at ${target}: is the QEMU process running and its NBD server started? (${err.code})`,
-      opts,
-    );
+    return new NbdConnectError(`no NBD server listening at ${target}: is the QEMU process running and its NBD server started? (${err.code})`, opts);
   }
   if (err.code === "ECONNREFUSED") {
     return new NbdConnectError(`no NBD server listening at ${target} (connection refused)`, opts);

@@ -10,11 +10,7 @@ export interface ImageInfo {
   "format-specific"?: { data?: { bitmaps?: Array<{ name: string; flags: string[]; granularity: number }> } };
 }
 
-export async function createImage(
-  path: string,
-  sizeBytes: number,
-  opts: { format?: "qcow2" | "raw"; backing?: string; backingFormat?: string } = {},
-): Promise<void> {
+export async function createImage(path: string, sizeBytes: number, opts: { format?: "qcow2" | "raw"; backing?: string; backingFormat?: string } = {}): Promise<void> {
   const format = opts.format ?? "qcow2";
   const args = ["create", "-q", "-f", format];
   if (format === "qcow2") args.push("-o", "compat=1.1");
@@ -40,11 +36,7 @@ export interface CompareResult {
  * Byte-for-byte comparison of the guest-visible contents (exit 0 identical, 1 different).
  * `strict` also fails on a size mismatch instead of treating the tail as zeroes.
  */
-export async function compareImages(
-  a: string,
-  b: string,
-  opts: { formatA?: string; formatB?: string; strict?: boolean } = {},
-): Promise<CompareResult> {
+export async function compareImages(a: string, b: string, opts: { formatA?: string; formatB?: string; strict?: boolean } = {}): Promise<CompareResult> {
   const args = ["compare", "-U"];
   if (opts.formatA) args.push("-f", opts.formatA);
   if (opts.formatB) args.push("-F", opts.formatB);

@@ -90,9 +90,7 @@ export async function spawnQemu(tool: string, args: readonly string[], readyPath
   const child = options.dieWithParent ? spawn(SETPRIV, ["--pdeathsig", "SIGKILL", "--", tool, ...args], spawnOptions) : spawn(tool, args, spawnOptions);
   const proc = new QemuProcess(tool, args, child);
   const spawnError = new Promise<Error>((resolve) =>
-    child.once("error", (e: NodeJS.ErrnoException) =>
-      resolve(new QemuToolError(tool, args, e.code === "ENOENT" ? "not installed" : e.message, { cause: e })),
-    ),
+    child.once("error", (e: NodeJS.ErrnoException) => resolve(new QemuToolError(tool, args, e.code === "ENOENT" ? "not installed" : e.message, { cause: e }))),
   );
   const deadline = Date.now() + timeoutMs;
   for (;;) {

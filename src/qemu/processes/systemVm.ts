@@ -38,15 +38,22 @@ export function kvmUsable(): boolean {
 export function systemVmArgs(opts: SystemVmOptions): string[] {
   const accel = opts.accel === undefined || opts.accel === "auto" ? (kvmUsable() ? "kvm" : "tcg") : opts.accel;
   const args = [
-    "-accel", accel,
-    "-M", opts.machine ?? "q35",
-    "-smp", String(opts.cpus ?? 1),
-    "-m", String(opts.memoryMiB ?? 64),
+    "-accel",
+    accel,
+    "-M",
+    opts.machine ?? "q35",
+    "-smp",
+    String(opts.cpus ?? 1),
+    "-m",
+    String(opts.memoryMiB ?? 64),
     "-nodefaults",
-    "-display", "none",
+    "-display",
+    "none",
     "-no-user-config",
-    "-chardev", `socket,id=qreplica-qmp,path=${escapeOpt(opts.qmpSocketPath)},server=on,wait=off`,
-    "-mon", "chardev=qreplica-qmp,mode=control",
+    "-chardev",
+    `socket,id=qreplica-qmp,path=${escapeOpt(opts.qmpSocketPath)},server=on,wait=off`,
+    "-mon",
+    "chardev=qreplica-qmp,mode=control",
   ];
   if (opts.paused) args.push("-S");
   if (opts.serialLogPath) args.push("-serial", `file:${opts.serialLogPath}`);

@@ -17,7 +17,7 @@ export interface BlockNodeInfo {
   ro: boolean;
   image: { "virtual-size": number; format?: string; filename: string };
   "dirty-bitmaps"?: DirtyBitmapInfo[];
-  "backing_file"?: string;
+  backing_file?: string;
 }
 
 export interface BlockJobInfo {

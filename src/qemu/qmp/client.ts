@@ -283,8 +283,7 @@ function readGreeting(socketPath: string, timeoutMs: number): Promise<{ socket: 
       }
     };
     const onError = (err: NodeJS.ErrnoException) => {
-      const detail =
-        err.code === "ENOENT" ? "the socket does not exist" : err.code === "ECONNREFUSED" ? "nothing is listening on it" : err.message;
+      const detail = err.code === "ENOENT" ? "the socket does not exist" : err.code === "ECONNREFUSED" ? "nothing is listening on it" : err.message;
       finish(new QmpConnectError(socketPath, detail, { cause: err }));
     };
     const onClose = () => finish(new QmpConnectError(socketPath, "closed before the greeting (another client may hold the monitor)"));

@@ -48,11 +48,7 @@ export class QmpClosedError extends QreplicaError {
     readonly socketPath: string,
     readonly command?: string,
   ) {
-    super(
-      command
-        ? `QMP monitor ${socketPath} closed before '${command}' was answered (QEMU exited?)`
-        : `QMP monitor ${socketPath} is closed`,
-    );
+    super(command ? `QMP monitor ${socketPath} closed before '${command}' was answered (QEMU exited?)` : `QMP monitor ${socketPath} is closed`);
   }
 }
 

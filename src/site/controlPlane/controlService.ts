@@ -1,12 +1,6 @@
 import * as grpc from "@grpc/grpc-js";
 import { Consistency, CycleKind } from "../../gen/qreplica/v1/common.js";
-import {
-  FailoverKind,
-  ReplicationHealth,
-  type ControlServiceServer,
-  type RecoveryPoint as WirePoint,
-  type RelationshipStatus,
-} from "../../gen/qreplica/v1/control.js";
+import { FailoverKind, ReplicationHealth, type ControlServiceServer, type RecoveryPoint as WirePoint, type RelationshipStatus } from "../../gen/qreplica/v1/control.js";
 import { pauseReplication, resumeReplication, resync } from "./replicationCommands.js";
 import { executeCommand, prepareFailover, relationshipStream, startReverseReplication, type JsonObject, type VmStatus } from "../../ledger/index.js";
 import { loadSiteCredentials } from "../../transport/index.js";
@@ -19,7 +13,6 @@ import { AUDIT_STREAM } from "./refusalAudit.js";
 import { addAuthorization, appendRunbookEvents, listAuthorizations, readRunbookRun, removeAuthorization, toLedgerEvent } from "./records.js";
 import type { SiteContext } from "../siteContext.js";
 import type { LaunchedInfo } from "../failover/failoverService.js";
-
 
 /**
  * The control plane: reads of the ledger and the commands operators give. Every RPC names the
@@ -34,21 +27,24 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
     if (!refreshed) await models.refresh();
     const catalogue = models.pointsOf(vmId);
     // A point being merged away is no longer what it was (its base is being rewritten): not listed.
-    return catalogue.list().filter((p) => !p.merging).map((p) => {
-      const f = catalogue.cycleFacts(p.pointId);
-      return {
-        recoveryPointId: p.pointId,
-        sequence: BigInt(p.cycleSeq),
-        generation: BigInt(f?.generation ?? 0),
-        cutoffTime: new Date(p.cutoffAt),
-        committedAt: f ? new Date(f.committedAt) : undefined,
-        consistency: p.consistency === "application" ? Consistency.CONSISTENCY_APPLICATION : Consistency.CONSISTENCY_CRASH,
-        kind: f?.kind === "full" ? CycleKind.CYCLE_KIND_INITIAL : f?.kind === "resync" ? CycleKind.CYCLE_KIND_RESYNC : CycleKind.CYCLE_KIND_INCREMENTAL,
-        disks: p.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeBytes), changedBytes: BigInt(f?.diskDataBytes?.[d.diskId] ?? 0) })),
-        changedBytes: BigInt(f?.dataBytes ?? 0),
-        transferredBytes: BigInt(f?.wireBytes ?? 0),
-      };
-    });
+    return catalogue
+      .list()
+      .filter((p) => !p.merging)
+      .map((p) => {
+        const f = catalogue.cycleFacts(p.pointId);
+        return {
+          recoveryPointId: p.pointId,
+          sequence: BigInt(p.cycleSeq),
+          generation: BigInt(f?.generation ?? 0),
+          cutoffTime: new Date(p.cutoffAt),
+          committedAt: f ? new Date(f.committedAt) : undefined,
+          consistency: p.consistency === "application" ? Consistency.CONSISTENCY_APPLICATION : Consistency.CONSISTENCY_CRASH,
+          kind: f?.kind === "full" ? CycleKind.CYCLE_KIND_INITIAL : f?.kind === "resync" ? CycleKind.CYCLE_KIND_RESYNC : CycleKind.CYCLE_KIND_INCREMENTAL,
+          disks: p.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeBytes), changedBytes: BigInt(f?.diskDataBytes?.[d.diskId] ?? 0) })),
+          changedBytes: BigInt(f?.dataBytes ?? 0),
+          transferredBytes: BigInt(f?.wireBytes ?? 0),
+        };
+      });
   };
 
   const toWire = async (s: VmStatus): Promise<RelationshipStatus> => {
@@ -76,7 +72,14 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
   };
 
   const failovers = ctx.failovers;
-  const vmInfo = (v: LaunchedInfo) => ({ name: v.name, qmpSocket: v.qmpSocket, serialLog: v.serialLog, pid: v.pid, timeToRunningMs: BigInt(v.timeToRunningMs), diskImages: v.diskImages });
+  const vmInfo = (v: LaunchedInfo) => ({
+    name: v.name,
+    qmpSocket: v.qmpSocket,
+    serialLog: v.serialLog,
+    pid: v.pid,
+    timeToRunningMs: BigInt(v.timeToRunningMs),
+    diskImages: v.diskImages,
+  });
   return {
     startTestFailover: guarded("operator", async (req, caller) => {
       // Serialized with the VM's commits and retention merges: a merge rewrites the base a VM opens.
@@ -88,9 +91,15 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
       if (req.kind === FailoverKind.FAILOVER_KIND_PLANNED) {
         const session = ctx.sessionFor(req.vmId);
         if (!session) {
-          throw Object.assign(new Error(`the primary's agent for VM ${req.vmId} is not connected: a planned failover needs it to stop the VM and ship its last changes (use --unplanned if the primary is gone)`), { grpcCode: grpc.status.FAILED_PRECONDITION });
+          throw Object.assign(
+            new Error(
+              `the primary's agent for VM ${req.vmId} is not connected: a planned failover needs it to stop the VM and ship its last changes (use --unplanned if the primary is gone)`,
+            ),
+            { grpcCode: grpc.status.FAILED_PRECONDITION },
+          );
         }
-        if (req.recoveryPointId) throw Object.assign(new Error("a planned failover always uses the final point; --point is for unplanned failovers"), { grpcCode: grpc.status.INVALID_ARGUMENT });
+        if (req.recoveryPointId)
+          throw Object.assign(new Error("a planned failover always uses the final point; --point is for unplanned failovers"), { grpcCode: grpc.status.INVALID_ARGUMENT });
         const stopped = await session.requestPlannedFailover(10, 5 * 60_000);
         await executeCommand(ctx.store, req.vmId, (s) => prepareFailover(s, { preparedAt: new Date().toISOString(), primaryStoppedAt: stopped.stoppedAt.toISOString() }), {
           metadata: actorMetadata(caller),
@@ -150,7 +159,8 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
       await models.refresh();
       const now = new Date();
       const all = req.vmId ? [models.statusOf(req.vmId, now)].filter((s): s is VmStatus => s !== undefined) : models.statusList(now);
-      if (req.vmId && all.length === 0) throw Object.assign(new Error(`no replication relationship for VM '${req.vmId}' on site ${ctx.siteId}`), { grpcCode: grpc.status.NOT_FOUND });
+      if (req.vmId && all.length === 0)
+        throw Object.assign(new Error(`no replication relationship for VM '${req.vmId}' on site ${ctx.siteId}`), { grpcCode: grpc.status.NOT_FOUND });
       return { siteId: ctx.siteId, relationships: await Promise.all(all.map(toWire)) };
     }),
     listRecoveryPoints: guarded("viewer", async (req) => {
@@ -161,13 +171,20 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
       const limit = Math.min(Math.max(req.limit || 100, 1), 1000);
       // The ledger's positions are SQLite integers (signed 64-bit): a uint64 past them names no event.
       if (req.fromPosition > MAX_LEDGER_POSITION) {
-        throw Object.assign(new Error(`ListEvents: fromPosition ${req.fromPosition} is past the ledger's last possible position (${MAX_LEDGER_POSITION}); pass the nextPosition of an earlier page, or 0`), { grpcCode: grpc.status.INVALID_ARGUMENT });
+        throw Object.assign(
+          new Error(
+            `ListEvents: fromPosition ${req.fromPosition} is past the ledger's last possible position (${MAX_LEDGER_POSITION}); pass the nextPosition of an earlier page, or 0`,
+          ),
+          { grpcCode: grpc.status.INVALID_ARGUMENT },
+        );
       }
       if (req.vmId) await requireRelationship(ctx, req.vmId);
       const prefix = req.streamPrefix || undefined;
       if (prefix !== undefined && req.vmId) throw Object.assign(new Error("ListEvents: give a VM id or a stream prefix, not both"), { grpcCode: grpc.status.INVALID_ARGUMENT });
       if (prefix !== undefined && AUDIT_STREAM.startsWith(prefix) && caller.role !== "admin") {
-        throw Object.assign(new Error(`the ${AUDIT_STREAM} stream (refused calls) is shown to admins only; '${caller.identity}' has role ${caller.role}`), { grpcCode: grpc.status.PERMISSION_DENIED });
+        throw Object.assign(new Error(`the ${AUDIT_STREAM} stream (refused calls) is shown to admins only; '${caller.identity}' has role ${caller.role}`), {
+          grpcCode: grpc.status.PERMISSION_DENIED,
+        });
       }
       // One more than asked: whether the ledger holds more is then known, not guessed.
       const read = req.vmId
@@ -205,10 +222,14 @@ function vmSpecOf(json: string): JsonObject | undefined {
   try {
     parsed = JSON.parse(json);
   } catch (err) {
-    throw Object.assign(new Error(`PrepareReverseReplication: vmSpecJson is not JSON (${(err as Error).message}); send the VM spec as a JSON object, or leave it empty`), { grpcCode: grpc.status.INVALID_ARGUMENT });
+    throw Object.assign(new Error(`PrepareReverseReplication: vmSpecJson is not JSON (${(err as Error).message}); send the VM spec as a JSON object, or leave it empty`), {
+      grpcCode: grpc.status.INVALID_ARGUMENT,
+    });
   }
   if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
-    throw Object.assign(new Error("PrepareReverseReplication: vmSpecJson must be a JSON object (machine, cpus, memoryMiB, disks, nics), or empty"), { grpcCode: grpc.status.INVALID_ARGUMENT });
+    throw Object.assign(new Error("PrepareReverseReplication: vmSpecJson must be a JSON object (machine, cpus, memoryMiB, disks, nics), or empty"), {
+      grpcCode: grpc.status.INVALID_ARGUMENT,
+    });
   }
   return parsed as JsonObject;
 }
@@ -221,7 +242,10 @@ function grpcCodeOf(err: unknown): grpc.status {
   if (typeof code !== "string") return grpc.status.INTERNAL;
   if (code === "AUTHORIZATION_INVALID" || code === "AUTHORIZATION_WILDCARD") return grpc.status.INVALID_ARGUMENT;
   if (code === "AUTHORIZATION_NOT_FOUND") return grpc.status.NOT_FOUND;
-  if (["INVALID_TRANSITION", "STALE_GENERATION", "FAILOVER_REFUSED", "MERGE_BLOCKED_BY_TEST_FAILOVER", "MERGE_IN_PROGRESS", "SEED_UNUSABLE", "RESYNC_ALREADY_APPROVED"].includes(code)) return grpc.status.FAILED_PRECONDITION;
+  if (
+    ["INVALID_TRANSITION", "STALE_GENERATION", "FAILOVER_REFUSED", "MERGE_BLOCKED_BY_TEST_FAILOVER", "MERGE_IN_PROGRESS", "SEED_UNUSABLE", "RESYNC_ALREADY_APPROVED"].includes(code)
+  )
+    return grpc.status.FAILED_PRECONDITION;
   if (code.startsWith("INVALID") || code === "UNKNOWN_POINT") return grpc.status.INVALID_ARGUMENT;
   // The operator named a point, test or merge that is not there (or no longer): not a server fault.
   if (code === "RECOVERY_POINT_UNAVAILABLE") return (err as { why?: string }).why === "unknown" ? grpc.status.NOT_FOUND : grpc.status.FAILED_PRECONDITION;
@@ -237,6 +261,8 @@ async function requireRelationship(ctx: SiteContext, vmId: string): Promise<void
   if (!vmId) throw Object.assign(new Error("a VM id is required"), { grpcCode: grpc.status.INVALID_ARGUMENT });
   const first = await ctx.store.readStream(relationshipStream(vmId), { maxCount: 1 });
   if (first.length === 0) {
-    throw Object.assign(new Error(`no replication relationship for VM '${vmId}' on site ${ctx.siteId} ('qreplica status --dir <site>' lists the VMs replicated here)`), { grpcCode: grpc.status.NOT_FOUND });
+    throw Object.assign(new Error(`no replication relationship for VM '${vmId}' on site ${ctx.siteId} ('qreplica status --dir <site>' lists the VMs replicated here)`), {
+      grpcCode: grpc.status.NOT_FOUND,
+    });
   }
 }

@@ -90,12 +90,17 @@ export function guardedWith(logger: Logger, codeOf: (err: unknown) => grpc.statu
       }
       const undecodable = typeof call.request === "object" && call.request !== null ? (call.request as { [UNDECODABLE]?: string })[UNDECODABLE] : undefined;
       if (undecodable !== undefined) {
-        return callback({ code: grpc.status.INVALID_ARGUMENT, details: `${methodOf(call)}: the request is not a valid protobuf message of this call (${undecodable}); use a client built from proto/qreplica/v1` });
+        return callback({
+          code: grpc.status.INVALID_ARGUMENT,
+          details: `${methodOf(call)}: the request is not a valid protobuf message of this call (${undecodable}); use a client built from proto/qreplica/v1`,
+        });
       }
       // Ids name ledger streams and files: a malformed one is refused before any handler runs.
-      Promise.resolve(call.request).then((req) => (checkRequestIds(req), fn(req, caller))).then(
-        (res) => callback(null, res),
-        (err: unknown) => callback({ code: codeOf(err), details: errorMessage(err) }),
-      );
+      Promise.resolve(call.request)
+        .then((req) => (checkRequestIds(req), fn(req, caller)))
+        .then(
+          (res) => callback(null, res),
+          (err: unknown) => callback({ code: codeOf(err), details: errorMessage(err) }),
+        );
     };
 }

@@ -18,7 +18,11 @@ const WIRE_STATE: Partial<Record<ReplicationStateName, WireState>> = {
 export const wireState = (s: ReplicationStateName): WireState => WIRE_STATE[s] ?? WireState.RELATIONSHIP_STATE_UNSPECIFIED;
 
 export function wireHealth(level: HealthLevel): ReplicationHealth {
-  return level === "critical" ? ReplicationHealth.REPLICATION_HEALTH_CRITICAL : level === "warning" ? ReplicationHealth.REPLICATION_HEALTH_WARNING : ReplicationHealth.REPLICATION_HEALTH_NORMAL;
+  return level === "critical"
+    ? ReplicationHealth.REPLICATION_HEALTH_CRITICAL
+    : level === "warning"
+      ? ReplicationHealth.REPLICATION_HEALTH_WARNING
+      : ReplicationHealth.REPLICATION_HEALTH_NORMAL;
 }
 
 export function wireHealthReason(r: HealthReason): WireHealthReason {

@@ -18,13 +18,18 @@ export function monitoringService(ctx: SiteContext): MonitoringServiceServer {
       if (!req.vmId) throw Object.assign(new Error("Measure needs a VM id"), { grpcCode: grpc.status.INVALID_ARGUMENT });
       const windowSeconds = req.window ? Number(req.window.seconds) + req.window.nanos / 1e9 : undefined;
       if (windowSeconds !== undefined && !(windowSeconds > 0 && windowSeconds <= MAX_WINDOW_SECONDS)) {
-        throw Object.assign(new Error(`the monitoring window must be longer than 0 s and at most ${MAX_WINDOW_SECONDS / 3600} h (the site keeps a day of cycle history), not ${windowSeconds} s`), { grpcCode: grpc.status.INVALID_ARGUMENT });
+        throw Object.assign(
+          new Error(`the monitoring window must be longer than 0 s and at most ${MAX_WINDOW_SECONDS / 3600} h (the site keeps a day of cycle history), not ${windowSeconds} s`),
+          { grpcCode: grpc.status.INVALID_ARGUMENT },
+        );
       }
       const health = ctx.health;
       if (!health) throw Object.assign(new Error("the site's health monitor is not running yet"), { grpcCode: grpc.status.UNAVAILABLE });
       const m = await health.measure(req.vmId, windowSeconds);
       if (!m) {
-        throw Object.assign(new Error(`no replication relationship for VM '${req.vmId}' on site ${ctx.siteId} ('qreplica status' lists the VMs replicated here)`), { grpcCode: grpc.status.NOT_FOUND });
+        throw Object.assign(new Error(`no replication relationship for VM '${req.vmId}' on site ${ctx.siteId} ('qreplica status' lists the VMs replicated here)`), {
+          grpcCode: grpc.status.NOT_FOUND,
+        });
       }
       return toWire(m);
     }),

@@ -74,9 +74,21 @@ export function policyService(ctx: SiteContext): PolicyServiceServer {
       const summaries: PolicySummary[] = book.names().map((name) => {
         const v = book.get(name);
         const f = v.policy.frequency;
-        return { name, latestVersion: v.version, appliedAt: new Date(v.appliedAt), appliedBy: v.appliedBy, frequency: f.kind === "continuous" ? "continuous" : formatDuration(f.seconds), boundVmIds: book.boundTo(name) };
+        return {
+          name,
+          latestVersion: v.version,
+          appliedAt: new Date(v.appliedAt),
+          appliedBy: v.appliedBy,
+          frequency: f.kind === "continuous" ? "continuous" : formatDuration(f.seconds),
+          boundVmIds: book.boundTo(name),
+        };
       });
-      const bound = new Set(book.allBindings().filter((b) => b.policyName !== DEFAULT_POLICY_NAME).map((b) => b.vmId));
+      const bound = new Set(
+        book
+          .allBindings()
+          .filter((b) => b.policyName !== DEFAULT_POLICY_NAME)
+          .map((b) => b.vmId),
+      );
       // The status read model lists every VM with a relationship, without reading the ledger.
       await ctx.readModels.refresh();
       const known = new Set([...ctx.readModels.vmIds(), ...book.allBindings().map((b) => b.vmId)]);
@@ -105,7 +117,14 @@ export function policyService(ctx: SiteContext): PolicyServiceServer {
       const notified = changed ? await push([req.vmId]) : [];
       const exists = (await ctx.store.streamVersion(relationshipStream(req.vmId))) !== undefined;
       if (changed) ctx.logger.info({ vm: req.vmId, policy: req.policyName, by: caller.identity }, "VM bound to policy");
-      return { vmId: req.vmId, policyName: req.policyName, version: policies.effectivePolicyVersion(req.vmId).version, changed, agentNotified: notified.length > 0, relationshipExists: exists };
+      return {
+        vmId: req.vmId,
+        policyName: req.policyName,
+        version: policies.effectivePolicyVersion(req.vmId).version,
+        changed,
+        agentNotified: notified.length > 0,
+        relationshipExists: exists,
+      };
     }),
   };
 }

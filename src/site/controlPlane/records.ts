@@ -85,9 +85,12 @@ export async function appendRunbookEvents(ctx: SiteContext, req: AppendRunbookEv
     return { nextExpectedVersion: r.nextExpectedVersion };
   } catch (err) {
     if (isWrongExpectedVersionError(err)) {
-      throw Object.assign(new Error(`run ${req.runId} was changed by someone else meanwhile (${err.message}); read it again ('qreplica runbook show ${req.runId}') before going on`), {
-        grpcCode: grpc.status.ABORTED,
-      });
+      throw Object.assign(
+        new Error(`run ${req.runId} was changed by someone else meanwhile (${err.message}); read it again ('qreplica runbook show ${req.runId}') before going on`),
+        {
+          grpcCode: grpc.status.ABORTED,
+        },
+      );
     }
     throw err;
   }

@@ -104,7 +104,17 @@ export class RefusalAudit {
       this.note(open, r);
       return Promise.resolve();
     }
-    const w: Window = { pending: 0, firstAt: undefined, lastAt: undefined, vmIds: new Set(), malformedVmIds: 0, peers: new Set(), last: r, spanMs: this.windowMs, timer: this.timer(key, this.windowMs) };
+    const w: Window = {
+      pending: 0,
+      firstAt: undefined,
+      lastAt: undefined,
+      vmIds: new Set(),
+      malformedVmIds: 0,
+      peers: new Set(),
+      last: r,
+      spanMs: this.windowMs,
+      timer: this.timer(key, this.windowMs),
+    };
     this.windows.set(key, w);
     const single: Window = { ...w, pending: 1, firstAt: now, lastAt: now, vmIds: new Set(), malformedVmIds: 0, peers: new Set() };
     this.note(single, r);
@@ -144,7 +154,17 @@ export class RefusalAudit {
     void this.append({ ...w, vmIds: new Set(w.vmIds), peers: new Set(w.peers) });
     // Still being refused: one more window, twice as long (up to an hour).
     const spanMs = Math.min(w.spanMs * 2, Math.max(MAX_WINDOW_MS, this.windowMs));
-    this.windows.set(key, { pending: 0, firstAt: undefined, lastAt: undefined, vmIds: new Set(), malformedVmIds: 0, peers: new Set(), last: w.last, spanMs, timer: this.timer(key, spanMs) });
+    this.windows.set(key, {
+      pending: 0,
+      firstAt: undefined,
+      lastAt: undefined,
+      vmIds: new Set(),
+      malformedVmIds: 0,
+      peers: new Set(),
+      last: w.last,
+      spanMs,
+      timer: this.timer(key, spanMs),
+    });
   }
 
   private note(w: Window, r: Refusal): void {

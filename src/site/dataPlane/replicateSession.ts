@@ -3,12 +3,7 @@ import { faultPoint } from "../../common/faultPoints.js";
 import type { Logger } from "../../common/logger.js";
 import { errorMessage } from "../../common/errors.js";
 import { InvalidIdError, isValidId } from "../../model/index.js";
-import {
-  CycleKind,
-  Consistency,
-  CompressionCodec,
-  ChecksumAlgorithm,
-} from "../../gen/qreplica/v1/common.js";
+import { CycleKind, Consistency, CompressionCodec, ChecksumAlgorithm } from "../../gen/qreplica/v1/common.js";
 import {
   RejectReason,
   ResumeHint,
@@ -113,7 +108,9 @@ export class ReplicateSession {
    * Operator commands reach the connected agent over its open stream: a resync to run now, a
    * pause (no cycle until resumed; the agent keeps its changes), a resume.
    */
-  async notify(notice: { $case: "resyncRequested"; requestedBy: string } | { $case: "replicationPaused"; reason: string } | { $case: "replicationResumed"; resume: ResumeKind }): Promise<void> {
+  async notify(
+    notice: { $case: "resyncRequested"; requestedBy: string } | { $case: "replicationPaused"; reason: string } | { $case: "replicationResumed"; resume: ResumeKind },
+  ): Promise<void> {
     const generation = BigInt(this.generation);
     const body =
       notice.$case === "resyncRequested"
@@ -217,15 +214,18 @@ export class ReplicateSession {
       // still in progress never sends its status (the refused client would hang to its deadline).
       await new Promise<void>((resolve) => {
         if (this.call.destroyed || this.call.writableEnded) return resolve();
-        this.call.write(
-          { body: { $case: "helloRejected", value: { generation: hello.generation, reason, message, currentGeneration: BigInt(currentGeneration) } } },
-          () => resolve(),
+        this.call.write({ body: { $case: "helloRejected", value: { generation: hello.generation, reason, message, currentGeneration: BigInt(currentGeneration) } } }, () =>
+          resolve(),
         );
       });
       this.endWithStatus(status, message);
     };
     if (hello.protocolVersion !== PROTOCOL_VERSION) {
-      return refuse(RejectReason.REJECT_REASON_UNSUPPORTED_PROTOCOL_VERSION, `protocol version ${hello.protocolVersion} is not supported (this site speaks ${PROTOCOL_VERSION}); upgrade the agent or the site`, grpc.status.FAILED_PRECONDITION);
+      return refuse(
+        RejectReason.REJECT_REASON_UNSUPPORTED_PROTOCOL_VERSION,
+        `protocol version ${hello.protocolVersion} is not supported (this site speaks ${PROTOCOL_VERSION}); upgrade the agent or the site`,
+        grpc.status.FAILED_PRECONDITION,
+      );
     }
     // Ids name ledger streams and replica directories: a malformed one is refused before any use.
     const badId = [hello.vmId, ...hello.disks.map((d) => d.diskId)].find((id) => !isValidId(id));
@@ -282,7 +282,17 @@ export class ReplicateSession {
           },
         },
       });
-      this.logger.info({ vm: hello.vmId, identity, generation: accepted.generation, resume: accepted.resume, resyncReason: accepted.resyncReason, policy: this.ctx.policies.effectivePolicyVersion(hello.vmId) }, "Hello accepted");
+      this.logger.info(
+        {
+          vm: hello.vmId,
+          identity,
+          generation: accepted.generation,
+          resume: accepted.resume,
+          resyncReason: accepted.resyncReason,
+          policy: this.ctx.policies.effectivePolicyVersion(hello.vmId),
+        },
+        "Hello accepted",
+      );
     } catch (err) {
       if (err instanceof RelationshipRefusal) {
         const status = err.reason === RejectReason.REJECT_REASON_UNAUTHORIZED ? grpc.status.PERMISSION_DENIED : grpc.status.FAILED_PRECONDITION;
@@ -309,9 +319,17 @@ export class ReplicateSession {
     const seq = Number(begin.cycleSequence);
     // Refused without a CycleFailed: a message of another generation must not touch this one's
     // relationship (it would consume the sequence number and count as this primary's failure).
-    if (Number(begin.generation) !== this.generation) return this.refuseCycle(seq, RejectReason.REJECT_REASON_STALE_GENERATION, `generation ${begin.generation} is not the current ${this.generation}`, { record: false });
+    if (Number(begin.generation) !== this.generation)
+      return this.refuseCycle(seq, RejectReason.REJECT_REASON_STALE_GENERATION, `generation ${begin.generation} is not the current ${this.generation}`, { record: false });
     if (this.cycle) return this.refuseCycle(seq, RejectReason.REJECT_REASON_OUT_OF_ORDER, `cycle ${this.cycle.seq} is still open`);
-    const kind = begin.kind === CycleKind.CYCLE_KIND_INITIAL ? "full" : begin.kind === CycleKind.CYCLE_KIND_INCREMENTAL ? "incremental" : begin.kind === CycleKind.CYCLE_KIND_RESYNC ? "resync" : undefined;
+    const kind =
+      begin.kind === CycleKind.CYCLE_KIND_INITIAL
+        ? "full"
+        : begin.kind === CycleKind.CYCLE_KIND_INCREMENTAL
+          ? "incremental"
+          : begin.kind === CycleKind.CYCLE_KIND_RESYNC
+            ? "resync"
+            : undefined;
     if (!kind) return this.refuseCycle(seq, RejectReason.REJECT_REASON_INVALID_STATE, `unknown cycle kind ${begin.kind}`);
     const cutoffAt = begin.cutoffTime ?? new Date();
     try {
@@ -345,7 +363,8 @@ export class ReplicateSession {
     if (this.refusedSeq === seq) return;
     const cycle = this.cycle;
     if (!cycle || cycle.seq !== seq) return this.refuseCycle(seq, RejectReason.REJECT_REASON_OUT_OF_ORDER, `chunk for cycle ${seq}, which is not open`);
-    if (Number(chunk.generation) !== this.generation) return this.rejectChunk(chunk, RejectReason.REJECT_REASON_STALE_GENERATION, `generation ${chunk.generation} is not the current ${this.generation}`);
+    if (Number(chunk.generation) !== this.generation)
+      return this.rejectChunk(chunk, RejectReason.REJECT_REASON_STALE_GENERATION, `generation ${chunk.generation} is not the current ${this.generation}`);
     const refused = await cycle.apply(chunk, this.acceptedChecksums);
     if (refused) return this.rejectChunk(chunk, refused.reason, refused.message);
   }
@@ -390,10 +409,22 @@ export class ReplicateSession {
       );
       faultPoint("crash-after-commit-before-ack");
       await writeWithBackpressure(this.call, {
-        body: { $case: "cycleAck", value: { generation: BigInt(this.generation), cycleSequence: BigInt(seq), recoveryPointId: committed.pointId, committedAt: committed.committedAt } },
+        body: {
+          $case: "cycleAck",
+          value: { generation: BigInt(this.generation), cycleSequence: BigInt(seq), recoveryPointId: committed.pointId, committedAt: committed.committedAt },
+        },
       });
       this.logger.info(
-        { vm: vmId, seq, kind: cycle.kind, dataBytes: cycle.dataBytes, zeroBytes: cycle.zeroBytes, wireBytes: cycle.wireBytes, receiveMs: endAt - cycle.startedAt, commitMs: Date.now() - endAt },
+        {
+          vm: vmId,
+          seq,
+          kind: cycle.kind,
+          dataBytes: cycle.dataBytes,
+          zeroBytes: cycle.zeroBytes,
+          wireBytes: cycle.wireBytes,
+          receiveMs: endAt - cycle.startedAt,
+          commitMs: Date.now() - endAt,
+        },
         "cycle committed",
       );
       this.ctx.afterCommit(vmId);
@@ -427,7 +458,10 @@ export class ReplicateSession {
   private async rejectChunk(chunk: ExtentChunk, reason: RejectReason, message: string): Promise<void> {
     const seq = Number(chunk.cycleSequence);
     await writeWithBackpressure(this.call, {
-      body: { $case: "chunkRejected", value: { generation: BigInt(this.generation), cycleSequence: chunk.cycleSequence, diskId: chunk.diskId, offset: chunk.offset, reason, message } },
+      body: {
+        $case: "chunkRejected",
+        value: { generation: BigInt(this.generation), cycleSequence: chunk.cycleSequence, diskId: chunk.diskId, offset: chunk.offset, reason, message },
+      },
     }).catch(() => undefined);
     await this.refuseCycle(seq, reason, `chunk of disk ${chunk.diskId} at ${chunk.offset} refused: ${message}`);
   }
@@ -454,7 +488,10 @@ export class ReplicateSession {
       // Retention steps wait while a point is written; with none committed, nothing else resumes them.
       if (this.vmId) this.ctx.afterCommit(this.vmId);
     }
-    if (this.vmId) await this.ctx.relationships.recordCycleFailed({ vmId: this.vmId, seq, generation: this.generation, reason, message }).catch((err: unknown) => this.logger.error({ err }, "could not record the failed cycle"));
+    if (this.vmId)
+      await this.ctx.relationships
+        .recordCycleFailed({ vmId: this.vmId, seq, generation: this.generation, reason, message })
+        .catch((err: unknown) => this.logger.error({ err }, "could not record the failed cycle"));
   }
 
   private async discardOpenCycle(why: string): Promise<void> {

@@ -37,7 +37,16 @@ export async function sendSeedHashes(
       await writeWithBackpressure(call, {
         body: {
           $case: "resyncHashes",
-          value: { generation: BigInt(cycle.generation), cycleSequence: BigInt(cycle.seq), diskId, chunkBytes, firstChunk: BigInt(first), hashes: batch, last, digest: digestToWire(digest) },
+          value: {
+            generation: BigInt(cycle.generation),
+            cycleSequence: BigInt(cycle.seq),
+            diskId,
+            chunkBytes,
+            firstChunk: BigInt(first),
+            hashes: batch,
+            last,
+            digest: digestToWire(digest),
+          },
         },
       });
       first += batch.length;

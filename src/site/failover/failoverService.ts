@@ -120,7 +120,13 @@ export class FailoverService {
     return ids;
   }
 
-  async failover(vmId: string, kind: FailoverKind, pointId: string | undefined, startVm: boolean, caller?: Caller): Promise<{ pointId: string; generation: number; vm?: LaunchedInfo }> {
+  async failover(
+    vmId: string,
+    kind: FailoverKind,
+    pointId: string | undefined,
+    startVm: boolean,
+    caller?: Caller,
+  ): Promise<{ pointId: string; generation: number; vm?: LaunchedInfo }> {
     const started = performance.now();
     const { newState } = await executeCommand(this.store, vmId, (s) => failover(s, { kind, pointId }), by(caller));
     const chosen = newState.failover?.pointId;
@@ -130,7 +136,15 @@ export class FailoverService {
     const dir = join(this.runDir, "failover", vmId, `g${newState.generation}`);
     // Production from here on: it outlives the site (which adopts it again when it restarts).
     const running = await this.launchOn(point, newState, dir, vmId, "outlives-site");
-    const vm: FailoverVm = { name: running.vm.name, pid: running.vm.proc.pid, qmpSocketPath: running.vm.qmpSocketPath, serialLogPath: running.vm.serialLogPath, overlays: running.overlays, launched: running.vm, released: false };
+    const vm: FailoverVm = {
+      name: running.vm.name,
+      pid: running.vm.proc.pid,
+      qmpSocketPath: running.vm.qmpSocketPath,
+      serialLogPath: running.vm.serialLogPath,
+      overlays: running.overlays,
+      launched: running.vm,
+      released: false,
+    };
     this.failedOver.set(vmId, vm);
     writeVmRecord(dir, vm);
     const rto = Math.round(performance.now() - started);
@@ -208,7 +222,9 @@ export class FailoverService {
 
   private failoverDirOf(vmId: string): string {
     const root = join(this.runDir, "failover", vmId);
-    const generations = safeReaddir(root).filter((n) => /^g\d+$/.test(n)).sort((a, b) => Number(b.slice(1)) - Number(a.slice(1)));
+    const generations = safeReaddir(root)
+      .filter((n) => /^g\d+$/.test(n))
+      .sort((a, b) => Number(b.slice(1)) - Number(a.slice(1)));
     return join(root, generations[0] ?? "g0");
   }
 
@@ -228,7 +244,13 @@ export class FailoverService {
     if (vm.released) this.reverseAgents.adoptOrRestart(vmId);
   }
 
-  private async launchOn(point: RecoveryPoint, state: { vmId: string; disks: readonly { diskId: string }[] } & Parameters<typeof launchSpecOf>[0], dir: string, name: string, lifetime: "dies-with-site" | "outlives-site"): Promise<Running> {
+  private async launchOn(
+    point: RecoveryPoint,
+    state: { vmId: string; disks: readonly { diskId: string }[] } & Parameters<typeof launchSpecOf>[0],
+    dir: string,
+    name: string,
+    lifetime: "dies-with-site" | "outlives-site",
+  ): Promise<Running> {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     const overlays: string[] = [];
     const diskImages: Record<string, string> = {};
@@ -238,7 +260,16 @@ export class FailoverService {
       overlays.push(path);
       diskImages[d.diskId] = path;
     }
-    const vm = await launchVm({ spec: launchSpecOf(state), diskImages, runDir: dir, name, network: "isolated", logger: this.logger, accel: this.accel, ...(lifetime === "outlives-site" ? { ownSession: true } : { dieWithOwner: true }) });
+    const vm = await launchVm({
+      spec: launchSpecOf(state),
+      diskImages,
+      runDir: dir,
+      name,
+      network: "isolated",
+      logger: this.logger,
+      accel: this.accel,
+      ...(lifetime === "outlives-site" ? { ownSession: true } : { dieWithOwner: true }),
+    });
     writeFileSync(join(dir, "qemu.pid"), String(vm.proc.pid), { mode: 0o600 });
     return { vm, overlays };
   }

@@ -57,7 +57,15 @@ export class MonitoringHistory {
     switch (event.type) {
       case "CycleCommitted": {
         const d = event.data;
-        const c: CycleRecord = { seq: d.cycleSeq, kind: d.kind, cutoffAt: Date.parse(d.cutoffAt), committedAt: Date.parse(d.committedAt), dataBytes: d.dataBytes, wireBytes: d.wireBytes, durationMs: d.durationMs };
+        const c: CycleRecord = {
+          seq: d.cycleSeq,
+          kind: d.kind,
+          cutoffAt: Date.parse(d.cutoffAt),
+          committedAt: Date.parse(d.committedAt),
+          dataBytes: d.dataBytes,
+          wireBytes: d.wireBytes,
+          durationMs: d.durationMs,
+        };
         h.commits.push(c);
         this.listener.commit?.(vmId, c);
         break;

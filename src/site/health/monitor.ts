@@ -116,7 +116,13 @@ export class HealthMonitor {
   private async recordChange(vmId: string, result: HealthResult, now: number): Promise<void> {
     const previous = this.recorded.get(vmId);
     if (previous === result.level) return;
-    const data = { vmId, from: previous ?? null, to: result.level, reasons: result.reasons.map((r) => ({ code: r.code, level: r.level, message: r.message })), at: new Date(now).toISOString() };
+    const data = {
+      vmId,
+      from: previous ?? null,
+      to: result.level,
+      reasons: result.reasons.map((r) => ({ code: r.code, level: r.level, message: r.message })),
+      at: new Date(now).toISOString(),
+    };
     await this.store.append(healthStream(vmId), [{ type: HEALTH_CHANGED, data }], "any");
     this.recorded.set(vmId, result.level);
     const log = result.level === "normal" ? this.logger.info.bind(this.logger) : this.logger.warn.bind(this.logger);

@@ -159,9 +159,13 @@ export function evaluateHealth(input: HealthInput, t: HealthThresholds, now: num
   // Whatever cycle is due (initial, resync or incremental): why the primary cuts nothing.
   if (input.quiesceFailure) {
     const q = input.quiesceFailure;
-    warn("APP_CONSISTENT_FAILED", `the application-consistent point due at ${q.at} (cycle ${q.cycleSeq}) is crash-consistent: the guest could not be frozen (${q.reason}); check qemu-guest-agent in the guest`);
+    warn(
+      "APP_CONSISTENT_FAILED",
+      `the application-consistent point due at ${q.at} (cycle ${q.cycleSeq}) is crash-consistent: the guest could not be frozen (${q.reason}); check qemu-guest-agent in the guest`,
+    );
   }
-  if (input.cycleSkipped && s !== "paused") warn("CYCLES_SKIPPED", `${input.cycleSkipped.code}: the primary skips its cycles since ${input.cycleSkipped.since}: ${input.cycleSkipped.message}`);
+  if (input.cycleSkipped && s !== "paused")
+    warn("CYCLES_SKIPPED", `${input.cycleSkipped.code}: the primary skips its cycles since ${input.cycleSkipped.since}: ${input.cycleSkipped.message}`);
 
   if (REPLICATING_STATES.has(s) || s === "paused") {
     const f = input.consecutiveFailures;

@@ -75,7 +75,8 @@ export async function launchVm(opts: LaunchVmOptions): Promise<LaunchedVm> {
   const spec = validateVmSpec(opts.spec);
 
   const missing = spec.disks.filter((d) => !Object.hasOwn(opts.diskImages, d.diskId)).map((d) => d.diskId);
-  if (missing.length > 0) throw new VmLaunchError(name, `no image given for disk ${missing.join(", ")}; pass diskImages { ${missing.map((m) => `"${m}": "<overlay.qcow2>"`).join(", ")} }`);
+  if (missing.length > 0)
+    throw new VmLaunchError(name, `no image given for disk ${missing.join(", ")}; pass diskImages { ${missing.map((m) => `"${m}": "<overlay.qcow2>"`).join(", ")} }`);
   const extra = Object.keys(opts.diskImages).filter((id) => !spec.disks.some((d) => d.diskId === id));
   if (extra.length > 0) throw new VmLaunchError(name, `diskImages has ${extra.join(", ")}, which the spec's disks (${spec.disks.map((d) => d.diskId).join(", ")}) do not list`);
   const seen = new Map<string, string>();

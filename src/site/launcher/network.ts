@@ -14,11 +14,7 @@ import type { VmNicSpec } from "./vmSpec.js";
  *   /etc/qemu/bridge.conf).
  * - `tap`: an existing tap device the operator prepared (no scripts are run).
  */
-export type NetworkBackend =
-  | { type: "isolated" }
-  | { type: "user" }
-  | { type: "bridge"; bridge: string; helper?: string }
-  | { type: "tap"; ifname: string };
+export type NetworkBackend = { type: "isolated" } | { type: "user" } | { type: "bridge"; bridge: string; helper?: string } | { type: "tap"; ifname: string };
 
 /**
  * `"isolated"` puts every NIC on the isolated backend. `mapped` maps each primary-site network

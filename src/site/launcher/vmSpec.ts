@@ -151,7 +151,8 @@ export function validateVmSpec(input: unknown): VmSpec {
       const f = `nics[${i}]`;
       if (typeof n !== "object" || n === null) return void problems.push(`${f}: must be an object { id, model, mac, network?, pxe? }`);
       const nic = n as Record<string, unknown>;
-      for (const k of Object.keys(nic)) if (!["id", "model", "mac", "network", "pxe"].includes(k)) problems.push(`${f}.${k}: unknown field; a NIC has id, model, mac, network, pxe`);
+      for (const k of Object.keys(nic))
+        if (!["id", "model", "mac", "network", "pxe"].includes(k)) problems.push(`${f}.${k}: unknown field; a NIC has id, model, mac, network, pxe`);
       if (typeof nic.id !== "string" || !ID.test(nic.id)) {
         problems.push(`${f}.id: must start with a letter and have 1-26 letters, digits, '-' or '_', got ${describe(nic.id)}`);
       } else claimId(nic.id, `${f}.id`);
@@ -195,7 +196,13 @@ export function validateVmSpec(input: unknown): VmSpec {
     cpus: spec.cpus,
     memoryMiB: spec.memoryMiB,
     disks: spec.disks.map((d) => ({ diskId: d.diskId, bus: d.bus, ...(d.bootIndex === undefined ? {} : { bootIndex: d.bootIndex }) })),
-    nics: spec.nics.map((n) => ({ id: n.id, model: n.model, mac: n.mac.toLowerCase(), ...(n.network === undefined ? {} : { network: n.network }), ...(n.pxe === undefined ? {} : { pxe: n.pxe }) })),
+    nics: spec.nics.map((n) => ({
+      id: n.id,
+      model: n.model,
+      mac: n.mac.toLowerCase(),
+      ...(n.network === undefined ? {} : { network: n.network }),
+      ...(n.pxe === undefined ? {} : { pxe: n.pxe }),
+    })),
     extraArgs: [...(spec.extraArgs ?? [])],
   };
 }

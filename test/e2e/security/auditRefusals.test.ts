@@ -77,7 +77,9 @@ describe("refused control calls are recorded in the ledger's audit stream", () =
     // No secrets: neither certificate nor key material, nor the caller's free text.
     const stored = JSON.stringify(events.map((e) => [e.data, e.metadata]));
     for (const f of [site.agentA.certFile, site.agentA.keyFile, ids.viewer.certFile, ids.viewer.keyFile]) {
-      const body = readFileSync(f, "utf8").split("\n").filter((l) => l && !l.startsWith("-----"))[1]!;
+      const body = readFileSync(f, "utf8")
+        .split("\n")
+        .filter((l) => l && !l.startsWith("-----"))[1]!;
       expect(stored).not.toContain(body);
     }
     expect(stored).not.toContain("BEGIN");

@@ -296,10 +296,14 @@ describe("CycleSkipped (a due cycle the primary did not start)", () => {
     // The stream is handled in order: once the last report is in the ledger, the others were handled.
     await c.send(skipped(7n, "stale: from a primary of generation 7"));
     for (let i = 0; i < 5; i++) await c.send(skipped(1n, `scratch /s has ${i} MiB free`));
-    const recorded = await waitFor("the CycleSkipped event", async () => {
-      const events = (await site.events(VM)).filter((e) => e.type === "CycleSkipped");
-      return events.length ? events : undefined;
-    }, 30_000);
+    const recorded = await waitFor(
+      "the CycleSkipped event",
+      async () => {
+        const events = (await site.events(VM)).filter((e) => e.type === "CycleSkipped");
+        return events.length ? events : undefined;
+      },
+      30_000,
+    );
     expect(recorded).toHaveLength(1);
     expect(recorded[0]!.data).toMatchObject({ generation: 1, code: "SCRATCH_SPACE_LOW", message: "scratch /s has 0 MiB free" });
     // The stream stays open and the next cycle commits, which ends the condition.

@@ -35,7 +35,8 @@ function call<Req, Res>(
 }
 
 const GOLD_V1 = "name: gold\nfrequency: 1h\ncompressionLevel: 3\n";
-const GOLD_V2 = "name: gold\nfrequency: 1s\ncompressionLevel: 9\nbandwidth: [ { limit: 50MiB/s, window: { days: weekdays, from: \"08:00\", to: \"18:00\" } } ]\nresync: { mode: automatic, window: { from: \"18:30\", to: \"06:00\" } }\n";
+const GOLD_V2 =
+  'name: gold\nfrequency: 1s\ncompressionLevel: 9\nbandwidth: [ { limit: 50MiB/s, window: { days: weekdays, from: "08:00", to: "18:00" } } ]\nresync: { mode: automatic, window: { from: "18:30", to: "06:00" } }\n';
 
 beforeAll(async () => {
   site = await startSiteB("qr-sec-policy-");
@@ -102,7 +103,9 @@ describe("PolicyService roles", () => {
   it("refuses an invalid policy with every field named, and records nothing", async () => {
     const admin = as(ids.admin);
     const before = (await site.events()).length;
-    const r = await refusal(call(admin, admin.applyPolicy, { specYaml: "name: bad\nfrequency: 1hr\nretention: { tiers: [ { every: 1hr, keepFor: 2d } ] }\ncompressionLevel: 30\n", dryRun: false }));
+    const r = await refusal(
+      call(admin, admin.applyPolicy, { specYaml: "name: bad\nfrequency: 1hr\nretention: { tiers: [ { every: 1hr, keepFor: 2d } ] }\ncompressionLevel: 30\n", dryRun: false }),
+    );
     expect(r.code).toBe(grpc.status.INVALID_ARGUMENT);
     expect(r.details).toContain('retention.tiers[0].every: "1hr" is not a duration; write e.g. 30s, 5m, 1h, 1d, 1w');
     expect(r.details).toContain("frequency:");
@@ -134,7 +137,11 @@ describe("PolicyService roles", () => {
       resyncWindow: { days: [], from: "18:30", to: "06:00" },
     });
     // The same spec again: no version, no push.
-    expect(await call(admin, admin.applyPolicy, { specYaml: GOLD_V2.split("\n").reverse().join("\n"), dryRun: false })).toMatchObject({ version: 2, changed: false, notifiedVmIds: [] });
+    expect(await call(admin, admin.applyPolicy, { specYaml: GOLD_V2.split("\n").reverse().join("\n"), dryRun: false })).toMatchObject({
+      version: 2,
+      changed: false,
+      notifiedVmIds: [],
+    });
     a.close();
 
     // A new VM whose agent config names gold is bound at its first Hello and told in HelloAck.

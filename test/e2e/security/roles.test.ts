@@ -88,7 +88,8 @@ describe("agents and certificates without a role are refused on the whole contro
 
   it("a certificate issued without a role has no rights, and is told to re-issue with --role", async () => {
     const c = as(ids.none);
-    for (const def of [...Object.values(ControlServiceService), ...Object.values(MonitoringServiceService)]) expect((await rawCall(c, def.path)).code).toBe(status.PERMISSION_DENIED);
+    for (const def of [...Object.values(ControlServiceService), ...Object.values(MonitoringServiceService)])
+      expect((await rawCall(c, def.path)).code).toBe(status.PERMISSION_DENIED);
     const e = await refusal(call(c, c.getStatus, {}));
     expect(e.details).toContain("'old-cert' may not call GetStatus: its certificate carries no qreplica role");
     expect(e.details).toContain("qreplica pki issue --name old-cert --role viewer");
@@ -166,7 +167,11 @@ describe("an operator runs commands, each recorded with the operator, and is ref
 
   it("records runbook events (runbook streams and types only) with the operator; a viewer reads them back", async () => {
     const o = as(ids.operator);
-    const r = await call(o, o.appendRunbookEvents, { runId: "run-1", events: [{ type: "RunbookRunStarted", dataJson: JSON.stringify({ runbook: "x", steps: [] }) }], expectedVersion: -1n });
+    const r = await call(o, o.appendRunbookEvents, {
+      runId: "run-1",
+      events: [{ type: "RunbookRunStarted", dataJson: JSON.stringify({ runbook: "x", steps: [] }) }],
+      expectedVersion: -1n,
+    });
     expect(r.nextExpectedVersion).toBe(0n);
     const stale = await refusal(call(o, o.appendRunbookEvents, { runId: "run-1", events: [{ type: "RunbookRunStopped", dataJson: "{}" }], expectedVersion: -1n }));
     expect(stale.code).toBe(status.ABORTED);
@@ -182,13 +187,29 @@ describe("an operator runs commands, each recorded with the operator, and is ref
   it("PrepareReverseReplication authorizes exactly the new primary, recorded with the operator; a wildcard is refused", async () => {
     const o = as(ids.operator);
     const wild = await refusal(
-      call(o, o.prepareReverseReplication, { vmId: "vm-rev", generation: 2n, primarySiteId: "site-z", primaryIdentity: "*", disks: [{ diskId: "vda", virtualSizeBytes: BigInt(8 * MiB) }], seeds: [], vmSpecJson: "" }),
+      call(o, o.prepareReverseReplication, {
+        vmId: "vm-rev",
+        generation: 2n,
+        primarySiteId: "site-z",
+        primaryIdentity: "*",
+        disks: [{ diskId: "vda", virtualSizeBytes: BigInt(8 * MiB) }],
+        seeds: [],
+        vmSpecJson: "",
+      }),
     );
     expect(wild.code).toBe(status.INVALID_ARGUMENT);
     expect(wild.details).toContain("wildcard");
     expect(await site.events("vm-rev")).toEqual([]);
 
-    await call(o, o.prepareReverseReplication, { vmId: "vm-rev", generation: 2n, primarySiteId: "site-z", primaryIdentity: "site-z", disks: [{ diskId: "vda", virtualSizeBytes: BigInt(8 * MiB) }], seeds: [], vmSpecJson: "" });
+    await call(o, o.prepareReverseReplication, {
+      vmId: "vm-rev",
+      generation: 2n,
+      primarySiteId: "site-z",
+      primaryIdentity: "site-z",
+      disks: [{ diskId: "vda", virtualSizeBytes: BigInt(8 * MiB) }],
+      seeds: [],
+      vmSpecJson: "",
+    });
     const entries = (await call(o, o.listAuthorizations, {})).entries;
     expect(entries.map((e) => e.primaryIdentity)).not.toContain("*");
     expect(entries.find((e) => e.primaryIdentity === "site-z")?.addedBy).toBe("otto-operator");
@@ -251,7 +272,9 @@ describe("the CLI presents the site's admin certificate with --dir, or a persona
 
     const table = await runCli(["events", "vm-op", "--dir", site.env.siteB]);
     expect(table.stdout).toMatch(/FailedOver\s+otto-operator \(operator\)/);
-    const json = JSON.parse((await runCli(["events", "vm-op", "--dir", site.env.siteB, "--json", "--all"])).stdout) as { events: Array<{ type: string; actor: string; actorRole: string }> };
+    const json = JSON.parse((await runCli(["events", "vm-op", "--dir", site.env.siteB, "--json", "--all"])).stdout) as {
+      events: Array<{ type: string; actor: string; actorRole: string }>;
+    };
     expect(json.events.find((e) => e.type === "FailoverCancelled")).toMatchObject({ actor: "otto-operator", actorRole: "operator" });
 
     const personal = ["--site", site.address, "--ca", ids.viewer.caFile, "--cert", ids.viewer.certFile, "--key", ids.viewer.keyFile];

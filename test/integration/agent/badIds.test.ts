@@ -41,7 +41,13 @@ vms:
     // Valid TLS files: the config is the only thing wrong, so an agent that accepted the id would run on.
     const ca = await createCa({ dir: join(root, "ca"), name: "test-ca" });
     const issued = await issueCertificate({ caDir: ca.dir, name: "agent-a", dir: join(root, "tls") });
-    writeFileSync(configPath, readFileSync(configPath, "utf8").replace("tls: { caFile: ca.crt, certFile: a.crt, keyFile: a.key }", `tls: { caFile: ${issued.caFile}, certFile: ${issued.certFile}, keyFile: ${issued.keyFile} }`));
+    writeFileSync(
+      configPath,
+      readFileSync(configPath, "utf8").replace(
+        "tls: { caFile: ca.crt, certFile: a.crt, keyFile: a.key }",
+        `tls: { caFile: ${issued.caFile}, certFile: ${issued.certFile}, keyFile: ${issued.keyFile} }`,
+      ),
+    );
     const before = tree(root);
     const r = spawnSync(process.execPath, ["--import", "tsx", AGENT, "--config", configPath], { cwd: resolve(import.meta.dirname, "../../.."), encoding: "utf8", timeout: 60_000 });
     expect(r.status).toBe(1);

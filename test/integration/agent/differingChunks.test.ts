@@ -27,7 +27,15 @@ describe("differingChunks: the agent's side of a resync by comparison", () => {
     const img = join(tmp.path, "primary.qcow2");
     await runTool("qemu-img", ["create", "-q", "-f", "qcow2", img, String(SIZE)]);
     // Data in chunks 0-2 and 14; written zeroes over 16-31; the rest (3-13, 15, 32-39) a hole; data in the short last chunk.
-    await runTool("qemu-io", ["-f", "qcow2", img, ...[`write -P 0x61 0 ${3 * CHUNK}`, `write -z ${16 * CHUNK} ${16 * CHUNK}`, `write -P 0x62 ${14 * CHUNK} ${CHUNK}`, `write -P 0x63 ${40 * CHUNK} ${8 * KiB}`].flatMap((c) => ["-c", c])]);
+    await runTool("qemu-io", [
+      "-f",
+      "qcow2",
+      img,
+      ...[`write -P 0x61 0 ${3 * CHUNK}`, `write -z ${16 * CHUNK} ${16 * CHUNK}`, `write -P 0x62 ${14 * CHUNK} ${CHUNK}`, `write -P 0x63 ${40 * CHUNK} ${8 * KiB}`].flatMap((c) => [
+        "-c",
+        c,
+      ]),
+    ]);
     await convertImage(img, join(tmp.path, "primary.raw"), { dstFormat: "raw" });
     const primary = readFileSync(join(tmp.path, "primary.raw"));
 

@@ -85,7 +85,14 @@ describe("guest-safe cut-offs on a running qemu-system-x86_64 VM (TCG)", () => {
       await vm.write(QDEV, pattern, offset, length);
       model.write(pattern, offset, length);
     };
-    const capture = await VmCapture.open({ vmId: "gs", qmp: vm.qmp, disks: [{ id: "vda", node: "vda" }], stateDir: join(tmp.path, "state"), scratchDir, nbdSocketPath: join(tmp.path, "nbd.sock") });
+    const capture = await VmCapture.open({
+      vmId: "gs",
+      qmp: vm.qmp,
+      disks: [{ id: "vda", node: "vda" }],
+      stateDir: join(tmp.path, "state"),
+      scratchDir,
+      nbdSocketPath: join(tmp.path, "nbd.sock"),
+    });
     const replica = join(tmp.path, "replica.raw");
 
     await write(0x11, 0, 96 * MiB);
@@ -163,7 +170,13 @@ describe("guest-safe cut-offs on a running qemu-system-x86_64 VM (TCG)", () => {
       await vm.write(QDEV, pattern, offset, length);
       model.write(pattern, offset, length);
     };
-    const capture = await VmCapture.open({ vmId: "gs2", qmp: vm.qmp, disks: [{ id: "vda", node: "vda" }], stateDir: join(tmp.path, "state"), nbdSocketPath: join(tmp.path, "nbd.sock") });
+    const capture = await VmCapture.open({
+      vmId: "gs2",
+      qmp: vm.qmp,
+      disks: [{ id: "vda", node: "vda" }],
+      stateDir: join(tmp.path, "state"),
+      nbdSocketPath: join(tmp.path, "nbd.sock"),
+    });
     const replica = join(tmp.path, "replica.raw");
     const pauses: number[] = [];
 
@@ -233,7 +246,9 @@ describe("guest-safe cut-offs on a running qemu-system-x86_64 VM (TCG)", () => {
     expect(await deviceNode(vm)).toBe("vda");
     expect(await ourNodes(vm)).toEqual([]);
     expect(second.report?.status).toBe("ok");
-    expect(second.report?.removedLeftovers).toEqual(expect.arrayContaining(["export qreplica-exp-vda", `drive of ${QDEV} back to vda`, "node qreplica-cbw-vda", "node qreplica-access-vda", "node qreplica-scratch-vda"]));
+    expect(second.report?.removedLeftovers).toEqual(
+      expect.arrayContaining(["export qreplica-exp-vda", `drive of ${QDEV} back to vda`, "node qreplica-cbw-vda", "node qreplica-access-vda", "node qreplica-scratch-vda"]),
+    );
     expect(second.report?.mergedBitmaps).toHaveLength(1);
 
     const next = await second.beginCycle();
@@ -259,7 +274,13 @@ describe("guest-safe cut-offs on a running qemu-system-x86_64 VM (TCG)", () => {
       await vm.write(qdev(ids[i]!), pattern, offset, length);
       models[i]!.write(pattern, offset, length);
     };
-    const capture = await VmCapture.open({ vmId: "gs4", qmp: vm.qmp, disks: ids.map((id) => ({ id, node: id })), stateDir: join(tmp.path, "state"), nbdSocketPath: join(tmp.path, "nbd.sock") });
+    const capture = await VmCapture.open({
+      vmId: "gs4",
+      qmp: vm.qmp,
+      disks: ids.map((id) => ({ id, node: id })),
+      stateDir: join(tmp.path, "state"),
+      nbdSocketPath: join(tmp.path, "nbd.sock"),
+    });
     const replicas = ids.map((id) => join(tmp.path, `${id}.replica.raw`));
 
     await write(0, 0x31, 0, 2 * MiB);
@@ -284,7 +305,13 @@ describe("guest-safe cut-offs on a running qemu-system-x86_64 VM (TCG)", () => {
     cleanups.push(tmp.cleanup);
     const size = 16 * MiB;
     const { vm, disk } = await startRunningVm(tmp.path, size);
-    const capture = await VmCapture.open({ vmId: "gs5", qmp: vm.qmp, disks: [{ id: "vda", node: "vda" }], stateDir: join(tmp.path, "state"), nbdSocketPath: join(tmp.path, "nbd.sock") });
+    const capture = await VmCapture.open({
+      vmId: "gs5",
+      qmp: vm.qmp,
+      disks: [{ id: "vda", node: "vda" }],
+      stateDir: join(tmp.path, "state"),
+      nbdSocketPath: join(tmp.path, "nbd.sock"),
+    });
     const replica = join(tmp.path, "replica.raw");
     await vm.write(QDEV, 0x51, 0, 1 * MiB);
     const full = await capture.enable();

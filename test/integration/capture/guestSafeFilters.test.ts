@@ -29,11 +29,14 @@ async function startVm(dir: string, size: number, layout: Layout): Promise<{ vm:
   await createImage(disk, size);
   const args = [
     ...(layout.iothread ? ["-object", "iothread,id=io0"] : []),
-    "-blockdev", `driver=file,node-name=vda-file,filename=${disk}`,
-    "-blockdev", "driver=qcow2,node-name=vda,file=vda-file",
+    "-blockdev",
+    `driver=file,node-name=vda-file,filename=${disk}`,
+    "-blockdev",
+    "driver=qcow2,node-name=vda,file=vda-file",
     // A limit far above what the test writes: the filter is in the path, not in the way.
     ...(layout.throttle ? ["-object", "throttle-group,id=tg0,x-bps-total=4000000000", "-blockdev", "driver=throttle,node-name=vda-thr,throttle-group=tg0,file=vda"] : []),
-    "-device", `virtio-blk-pci,drive=${layout.throttle ? "vda-thr" : "vda"},id=vda-dev${layout.iothread ? ",iothread=io0" : ""}`,
+    "-device",
+    `virtio-blk-pci,drive=${layout.throttle ? "vda-thr" : "vda"},id=vda-dev${layout.iothread ? ",iothread=io0" : ""}`,
   ];
   const vm = await GuestIoVm.start({ qmpSocketPath: join(dir, "qmp.sock"), disks: [], extraArgs: args, accel: "tcg" });
   cleanups.push(() => vm.kill());
@@ -106,7 +109,14 @@ async function runCycles(layout: Layout): Promise<void> {
     if (command === "blockdev-add" && args?.driver === "copy-before-write") added.push(args);
     return execute(command, args, o);
   }) as QmpClient["execute"];
-  const capture = await VmCapture.open({ vmId: "f", qmp: vm.qmp, disks: [{ id: "vda", node: "vda" }], stateDir: join(tmp.path, "state"), nbdSocketPath: join(tmp.path, "nbd.sock"), cbwTimeoutSeconds: 3 });
+  const capture = await VmCapture.open({
+    vmId: "f",
+    qmp: vm.qmp,
+    disks: [{ id: "vda", node: "vda" }],
+    stateDir: join(tmp.path, "state"),
+    nbdSocketPath: join(tmp.path, "nbd.sock"),
+    cbwTimeoutSeconds: 3,
+  });
   const replica = join(tmp.path, "replica.raw");
 
   await write(0x11, 2 * MiB, 3 * MiB);
@@ -152,7 +162,13 @@ describe("guest-safe cut-offs through filters and iothreads (qemu-system-x86_64,
       const { vm } = await startVm(tmp.path, 16 * MiB, { throttle, iothread: true });
       const before = await chain(vm.qmp);
       await vm.write(QDEV, 0x51, 0, 1 * MiB);
-      const capture = await VmCapture.open({ vmId: "f3", qmp: vm.qmp, disks: [{ id: "vda", node: "vda" }], stateDir: join(tmp.path, "state"), nbdSocketPath: join(tmp.path, "nbd.sock") });
+      const capture = await VmCapture.open({
+        vmId: "f3",
+        qmp: vm.qmp,
+        disks: [{ id: "vda", node: "vda" }],
+        stateDir: join(tmp.path, "state"),
+        nbdSocketPath: join(tmp.path, "nbd.sock"),
+      });
       const err = await capture.enable().catch((e: unknown) => e);
       expect(err).toBeInstanceOf(IothreadDiskError);
       expect((err as IothreadDiskError).code).toBe("IOTHREAD_UNSUPPORTED");

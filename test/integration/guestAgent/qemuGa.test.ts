@@ -4,11 +4,7 @@ import net from "node:net";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import {
-  GuestAgentClient,
-  GuestAgentCommandError,
-  GuestAgentUnavailableError,
-} from "../../../src/qemu/guestAgent/index.js";
+import { GuestAgentClient, GuestAgentCommandError, GuestAgentUnavailableError } from "../../../src/qemu/guestAgent/index.js";
 import { makeTmpDir } from "../../helpers/tmpDir.js";
 
 // qemu-ga runs here on the HOST, as whoever runs the tests (often root). A freeze would freeze

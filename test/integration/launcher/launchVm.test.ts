@@ -68,7 +68,11 @@ describe("VmSpec validation", () => {
       extraArgs: ["-device", "virtio-rng-pci", "-drive", "file=x"],
       colour: "blue",
     });
-    const expectProblem = (re: RegExp) => expect(problems.some((p) => re.test(p)), `${re} in ${JSON.stringify(problems, null, 1)}`).toBe(true);
+    const expectProblem = (re: RegExp) =>
+      expect(
+        problems.some((p) => re.test(p)),
+        `${re} in ${JSON.stringify(problems, null, 1)}`,
+      ).toBe(true);
     expectProblem(/^colour: unknown field/);
     expectProblem(/^machine: must be a QEMU machine type such as "q35"/);
     expectProblem(/^cpus: must be an integer from 1 to/);
@@ -92,14 +96,22 @@ describe("VmSpec validation", () => {
       { id: "b", model: "e1000" as const, mac: "52:54:00:00:00:02", pxe: false },
     ];
     expect(nicArgs("vm", nics, "isolated")).toEqual([
-      "-netdev", "user,id=net-a,restrict=on", "-device", "virtio-net-pci,netdev=net-a,mac=52:54:00:00:00:01,id=a",
-      "-netdev", "user,id=net-b,restrict=on", "-device", "e1000,netdev=net-b,mac=52:54:00:00:00:02,id=b,romfile=",
+      "-netdev",
+      "user,id=net-a,restrict=on",
+      "-device",
+      "virtio-net-pci,netdev=net-a,mac=52:54:00:00:00:01,id=a",
+      "-netdev",
+      "user,id=net-b,restrict=on",
+      "-device",
+      "e1000,netdev=net-b,mac=52:54:00:00:00:02,id=b,romfile=",
     ]);
     const mapped = nicArgs("vm", nics, { mapped: { prod: { type: "bridge", bridge: "br-dr" } } });
     expect(mapped.slice(0, 2)).toEqual(["-netdev", "bridge,id=net-a,br=br-dr"]);
     expect(mapped[5]).toBe("user,id=net-b,restrict=on"); // no network in the spec: isolated, never production
     expect(nicArgs("vm", nics, { mapped: { prod: { type: "tap", ifname: "tap7" } } })[1]).toBe("tap,id=net-a,ifname=tap7,script=no,downscript=no");
-    expect(() => nicArgs("vm", nics, { mapped: { lab: { type: "user" } } })).toThrow(/network "prod".*does not cover \(it maps "lab"\); add "prod" to network\.mapped or launch with network "isolated"/);
+    expect(() => nicArgs("vm", nics, { mapped: { lab: { type: "user" } } })).toThrow(
+      /network "prod".*does not cover \(it maps "lab"\); add "prod" to network\.mapped or launch with network "isolated"/,
+    );
   });
 });
 

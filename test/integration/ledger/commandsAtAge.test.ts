@@ -2,16 +2,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import {
-  InvalidTransitionError,
-  executeCommand,
-  getSqliteEventStore,
-  loadRelationship,
-  pause,
-  relationshipStream,
-  resume,
-  snapshotKeyOf,
-} from "../../../src/ledger/index.js";
+import { InvalidTransitionError, executeCommand, getSqliteEventStore, loadRelationship, pause, relationshipStream, resume, snapshotKeyOf } from "../../../src/ledger/index.js";
 import { appendHistory, relationshipHistory } from "../../helpers/ledgerHistory.js";
 import { armableBarrier, counting } from "../../unit/ledgerAge/counting.js";
 
@@ -35,10 +26,7 @@ describe("commands on an aged SQLite ledger, two connections", () => {
       ra.reset();
       rb.reset();
       barrier.arm();
-      const results = await Promise.allSettled([
-        executeCommand(ra, "web1", (s) => pause(s, { reason: "a" })),
-        executeCommand(rb, "web1", (s) => pause(s, { reason: "b" })),
-      ]);
+      const results = await Promise.allSettled([executeCommand(ra, "web1", (s) => pause(s, { reason: "a" })), executeCommand(rb, "web1", (s) => pause(s, { reason: "b" }))]);
       expect(results.filter((r) => r.status === "fulfilled")).toHaveLength(1);
       expect(results.filter((r) => r.status === "rejected").map((r) => (r as PromiseRejectedResult).reason)).toEqual([expect.any(InvalidTransitionError)]);
       // Warm: the winner read its anchor; the loser its anchor, then again with the winner's event.

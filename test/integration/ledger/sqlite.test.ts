@@ -3,15 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, describe, expect, it } from "vitest";
-import {
-  LedgerCorruptError,
-  LedgerIntegrityError,
-  LedgerOpenError,
-  assertLedgerIntact,
-  getSqliteEventStore,
-  verifyLedger,
-  type NewEvent,
-} from "../../../src/ledger/index.js";
+import { LedgerCorruptError, LedgerIntegrityError, LedgerOpenError, assertLedgerIntact, getSqliteEventStore, verifyLedger, type NewEvent } from "../../../src/ledger/index.js";
 import { sqliteDatabaseOf } from "../../../src/ledger/sqlite/sqliteEventStore.js";
 import { eventStoreContract, waitFor } from "../../unit/ledger/eventStoreContract.js";
 

@@ -42,9 +42,12 @@ export async function startQsd(opts: { dir: string; image: string; exports: QsdE
   const nbdSocket = path.join(opts.dir, "nbd.sock");
   const ro = opts.readOnlyImage ? ",read-only=on" : "";
   const args = [
-    "--blockdev", `driver=file,node-name=file0,filename=${opts.image}${ro}`,
-    "--blockdev", `driver=qcow2,node-name=disk0,file=file0${ro}`,
-    "--nbd-server", `addr.type=unix,addr.path=${nbdSocket},max-connections=16`,
+    "--blockdev",
+    `driver=file,node-name=file0,filename=${opts.image}${ro}`,
+    "--blockdev",
+    `driver=qcow2,node-name=disk0,file=file0${ro}`,
+    "--nbd-server",
+    `addr.type=unix,addr.path=${nbdSocket},max-connections=16`,
   ];
   for (const e of opts.exports) {
     args.push(

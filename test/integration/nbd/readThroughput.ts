@@ -14,9 +14,7 @@ const MiB = 1 << 20;
 const [sizeMiB = 1024, chunkKiB = 4096, depth = 8, rounds = 5, conns = 1] = process.argv.slice(2).map(Number);
 
 async function ourRead(socketPath: string, pooled: boolean): Promise<number> {
-  const clients = await Promise.all(
-    Array.from({ length: conns }, () => NbdClient.connect({ socketPath, exportName: "disk0" })),
-  );
+  const clients = await Promise.all(Array.from({ length: conns }, () => NbdClient.connect({ socketPath, exportName: "disk0" })));
   const size = clients[0]!.size;
   const chunk = chunkKiB * 1024;
   const pool: Buffer[] = [];

@@ -74,7 +74,12 @@ describe("qreplica runbook validate / plan (the real CLI)", () => {
 
     const j = await runCli(["runbook", "validate", bad, "--json"]);
     expect(j.code).toBe(2);
-    expect(JSON.parse(j.stdout).problems.map((p: { path: string }) => p.path)).toEqual(["groups[0].vms[0].failover", "groups[0].steps[0].wait", "groups[1].steps[0].port", "groups[1].steps[1].timeout"]);
+    expect(JSON.parse(j.stdout).problems.map((p: { path: string }) => p.path)).toEqual([
+      "groups[0].vms[0].failover",
+      "groups[0].steps[0].wait",
+      "groups[1].steps[0].port",
+      "groups[1].steps[1].timeout",
+    ]);
 
     const syntax = await runCli(["runbook", "validate", file("syntax.yaml", ["name: shop", "groups: [", "  - x"])]);
     expect(syntax.code).toBe(2);
@@ -108,7 +113,11 @@ describe("qreplica runbook validate / plan (the real CLI)", () => {
     expect(drill.code).toBe(0);
     const plan = JSON.parse(drill.stdout);
     expect(plan.test).toBe(true);
-    expect(plan.steps.filter((s: { kind: string }) => s.kind === "failover").map((s: { vm: string; mode: string }) => `${s.vm}:${s.mode}`)).toEqual(["db1:test", "web1:test", "web2:test"]);
+    expect(plan.steps.filter((s: { kind: string }) => s.kind === "failover").map((s: { vm: string; mode: string }) => `${s.vm}:${s.mode}`)).toEqual([
+      "db1:test",
+      "web1:test",
+      "web2:test",
+    ]);
     const text = await runCli(["runbook", "plan", path, "--test"]);
     expect(text.stdout).toContain("drill: every VM as a test failover on an isolated network; nothing in production is touched");
 
@@ -134,7 +143,12 @@ describe("qreplica runbook validate / plan (the real CLI)", () => {
     expect(r.stdout).toMatch(/g1\.vm\.db1\.failover\s+succeeded\s+1\s+[\d.]+ s\s+point rp-3, test t1, serial log \/nonexistent\/db1\.serial\.log/);
     expect(r.stdout).toMatch(/g1\.step1\.confirm\s+failed\s+1/);
     const j = await runCli(["runbook", "show", out.runId, "--ledger", ledger, "--json"]);
-    expect(JSON.parse(j.stdout)).toMatchObject({ runId: out.runId, status: "stopped", test: false, steps: [{ id: "preflight" }, { id: "g1.vm.db1.failover" }, { id: "g1.step1.confirm" }] });
+    expect(JSON.parse(j.stdout)).toMatchObject({
+      runId: out.runId,
+      status: "stopped",
+      test: false,
+      steps: [{ id: "preflight" }, { id: "g1.vm.db1.failover" }, { id: "g1.step1.confirm" }],
+    });
     const none = await runCli(["runbook", "show", "nope", "--ledger", ledger]);
     expect(none.code).toBe(3);
     expect(none.stderr).toContain("no runbook run 'nope'");
@@ -160,10 +174,20 @@ describe("qreplica runbook run / show / rollback against a real site server (no 
     const path = good();
     const run = await runCli(["runbook", "run", path, "--json"]);
     expect(run.code).toBe(4);
-    const events = run.stdout.trim().split("\n").map((l) => JSON.parse(l));
+    const events = run.stdout
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l));
     const runId = events[0].runId as string;
     expect(events.map((e) => e.type)).toEqual(["run-started", "step-started", "step-finished", "run-finished"]);
-    expect(events[3]).toMatchObject({ status: "stopped", stepId: "preflight", next: [`fix the cause, then continue from this step: qreplica runbook run ${path} --resume ${runId}`, `or undo what the run did: qreplica runbook rollback ${runId} --dir ${siteDir}`] });
+    expect(events[3]).toMatchObject({
+      status: "stopped",
+      stepId: "preflight",
+      next: [
+        `fix the cause, then continue from this step: qreplica runbook run ${path} --resume ${runId}`,
+        `or undo what the run did: qreplica runbook rollback ${runId} --dir ${siteDir}`,
+      ],
+    });
     expect(events[3].error).toContain("VM db1: no replication relationship for VM 'db1' on site site-b");
 
     const human = await runCli(["runbook", "run", path, "--resume", runId]);
@@ -187,7 +211,16 @@ describe("qreplica runbook run / show / rollback against a real site server (no 
     // A viewer's own certificate reads the run, and may not roll it back.
     const issued = await runCli(["pki", "issue", "--ca-dir", join(tmp.path, "ca"), "--name", "vic", "--role", "viewer", "--out-dir", join(tmp.path, "vic")]);
     expect(issued.code, issued.stderr).toBe(0);
-    const viewer = ["--site", readFileSync(addressFile(siteDir), "utf8").trim(), "--ca", join(tmp.path, "ca", "ca.crt"), "--cert", join(tmp.path, "vic", "vic.crt"), "--key", join(tmp.path, "vic", "vic.key")];
+    const viewer = [
+      "--site",
+      readFileSync(addressFile(siteDir), "utf8").trim(),
+      "--ca",
+      join(tmp.path, "ca", "ca.crt"),
+      "--cert",
+      join(tmp.path, "vic", "vic.crt"),
+      "--key",
+      join(tmp.path, "vic", "vic.key"),
+    ];
     expect(JSON.parse((await runCli(["runbook", "show", runId, ...viewer, "--json"])).stdout)).toMatchObject({ status: "stopped" });
     const refused = await runCli(["runbook", "rollback", runId, ...viewer]);
     expect(refused.code).toBe(5);

@@ -27,7 +27,11 @@ async function relationshipEvents(t: TwoSites): Promise<string[]> {
   }
 }
 
-const jsonLines = (out: string) => out.trim().split("\n").map((l) => JSON.parse(l) as Record<string, unknown>);
+const jsonLines = (out: string) =>
+  out
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
 
 describe("runbooks against a real replica site (counter guest, qemu-system-x86_64)", { timeout: 600_000 }, () => {
   it("a two-group drill stops at a failing wait, resumes once it is satisfied, records its RTO, and rolls back; then a real failover is cancelled by rollback", async () => {

@@ -84,25 +84,63 @@ const sha256OfImage = async (path: string, dir: string): Promise<string> => {
 };
 
 /** One cycle, as the data plane runs it: begin, the changed extents, commit. */
-async function cycle(site: Site, primary: Primary, seq: number, generation: number, consistency: "application" | "crash", changes: Array<{ offset: number; data: Buffer }>, full = false) {
+async function cycle(
+  site: Site,
+  primary: Primary,
+  seq: number,
+  generation: number,
+  consistency: "application" | "crash",
+  changes: Array<{ offset: number; data: Buffer }>,
+  full = false,
+) {
   for (const c of changes) c.data.copy(primary.disk, c.offset);
   const cutoffAt = new Date(site.clock.now);
-  const point = await site.relationships.beginCycle({ vmId: VM, seq, kind: full ? "full" : "incremental", generation, cutoffAt, disks: [{ diskId: "vda", sizeBytes: primary.sizeBytes }] });
+  const point = await site.relationships.beginCycle({
+    vmId: VM,
+    seq,
+    kind: full ? "full" : "incremental",
+    generation,
+    cutoffAt,
+    disks: [{ diskId: "vda", sizeBytes: primary.sizeBytes }],
+  });
   for (const c of full ? [{ offset: 0, data: primary.disk }] : changes) await point.disk("vda")!.write(c.offset, c.data);
   const bytes = changes.reduce((n, c) => n + c.data.length, 0);
-  const r = await site.relationships.commitCycle({ vmId: VM, seq, kind: full ? "full" : "incremental", generation, cutoffAt, consistency, point, dataBytes: bytes, zeroBytes: 0, wireBytes: bytes, extents: changes.length, durationMs: 1 });
+  const r = await site.relationships.commitCycle({
+    vmId: VM,
+    seq,
+    kind: full ? "full" : "incremental",
+    generation,
+    cutoffAt,
+    consistency,
+    point,
+    dataBytes: bytes,
+    zeroBytes: 0,
+    wireBytes: bytes,
+    extents: changes.length,
+    durationMs: 1,
+  });
   return { pointId: r.pointId, hash: primary.hash() };
 }
 
 async function hello(site: Site, primary: Primary): Promise<number> {
-  return (await site.relationships.acceptHello({ vmId: VM, primarySiteId: "site-a", primaryIdentity: "agent.site-a", presentedGeneration: 0, disks: [{ diskId: "vda", sizeBytes: primary.sizeBytes }] })).generation;
+  return (
+    await site.relationships.acceptHello({
+      vmId: VM,
+      primarySiteId: "site-a",
+      primaryIdentity: "agent.site-a",
+      presentedGeneration: 0,
+      disks: [{ diskId: "vda", sizeBytes: primary.sizeBytes }],
+    })
+  ).generation;
 }
 
 /** Every listed point reads as the primary did at its cut-off; no image the ledger does not name. */
 async function expectPointsIdentical(site: Site, hashes: Map<string, string>, label: string): Promise<void> {
   const state = await site.relationships.load(VM);
   for (const p of state.points) expect(await sha256OfImage(p.disks[0]!.imagePath, site.dir), `${label}: ${p.pointId}`).toBe(hashes.get(p.pointId));
-  const files = readdirSync(site.storage.diskDir(VM, "vda")).filter((f) => f.endsWith(".qcow2")).sort();
+  const files = readdirSync(site.storage.diskDir(VM, "vda"))
+    .filter((f) => f.endsWith(".qcow2"))
+    .sort();
   expect(files, `${label}: the images on disk`).toEqual(state.points.map((p) => p.disks[0]!.imagePath.split("/").pop()!).sort());
 }
 
@@ -194,15 +232,24 @@ describe("retention tiers on real chains (injected clock)", { timeout: 900_000 }
       const held = new Set(testRunning ? [test!.pointId] : []);
       if (testRunning) {
         heldSeen++;
-        expect(state.points.map((p) => p.pointId), "the tested point is held").toContain(test!.pointId);
+        expect(
+          state.points.map((p) => p.pointId),
+          "the tested point is held",
+        ).toContain(test!.pointId);
         // Only points above the test can go meanwhile: everything at or below it waits.
         const below = history.filter((h) => h.cutoffMs <= history.find((x) => x.pointId === test!.pointId)!.cutoffMs).map((h) => h.pointId);
         const kept = new Set(state.points.map((p) => p.pointId));
         const aboveExpected = promised(history, spec, clock.now, held).filter((id) => !below.includes(id));
-        expect(state.points.map((p) => p.pointId).filter((id) => !below.includes(id)), `cycle ${seq}: points above the test`).toEqual(aboveExpected);
+        expect(
+          state.points.map((p) => p.pointId).filter((id) => !below.includes(id)),
+          `cycle ${seq}: points above the test`,
+        ).toEqual(aboveExpected);
         expect([...kept].filter((id) => below.includes(id)).length).toBeGreaterThanOrEqual(1);
       } else {
-        expect(state.points.map((p) => p.pointId), `cycle ${seq} at ${new Date(clock.now).toISOString()}`).toEqual(promised(history, spec, clock.now, held));
+        expect(
+          state.points.map((p) => p.pointId),
+          `cycle ${seq} at ${new Date(clock.now).toISOString()}`,
+        ).toEqual(promised(history, spec, clock.now, held));
       }
       if (seq % 40 === 0 || seq === cycles) await expectPointsIdentical(site, hashes, `cycle ${seq}`);
       clock.now += 3 * H;
@@ -218,7 +265,9 @@ describe("retention tiers on real chains (injected clock)", { timeout: 900_000 }
     expect(days.size).toBeGreaterThanOrEqual(14);
     expect(final.counters.mergesCompleted).toBe(cycles - final.points.length);
     const sorted = [...stepMs].sort((a, b) => a - b);
-    console.log(`retention merge steps on a 16 MiB disk over the month: ${stepMs.length} steps, median ${sorted[sorted.length >> 1]!.toFixed(0)} ms, max ${sorted.at(-1)!.toFixed(0)} ms`);
+    console.log(
+      `retention merge steps on a 16 MiB disk over the month: ${stepMs.length} steps, median ${sorted[sorted.length >> 1]!.toFixed(0)} ms, max ${sorted.at(-1)!.toFixed(0)} ms`,
+    );
   });
 
   it("a kill -9 of qemu-img mid-fold, or a crash before the ledger records it: after restart every listed point is byte-identical (64 MiB disk)", async () => {
@@ -231,7 +280,13 @@ describe("retention tiers on real chains (injected clock)", { timeout: 900_000 }
     const generation = await hello(site, primary);
     const hashes = new Map<string, string>();
     // Point 2 changes half the disk, so folding it takes long enough to be killed in the middle.
-    const plan = [[{ offset: 0, data: randomBytes(64 * MiB) }], [{ offset: 0, data: randomBytes(32 * MiB) }], [{ offset: 8 * MiB, data: randomBytes(MiB) }], [{ offset: 40 * MiB, data: randomBytes(MiB) }], [{ offset: 0, data: randomBytes(MiB) }]];
+    const plan = [
+      [{ offset: 0, data: randomBytes(64 * MiB) }],
+      [{ offset: 0, data: randomBytes(32 * MiB) }],
+      [{ offset: 8 * MiB, data: randomBytes(MiB) }],
+      [{ offset: 40 * MiB, data: randomBytes(MiB) }],
+      [{ offset: 0, data: randomBytes(MiB) }],
+    ];
     for (const [i, changes] of plan.entries()) {
       const r = await cycle(site, primary, i + 1, generation, "crash", changes, i === 0);
       hashes.set(r.pointId, r.hash);
@@ -276,18 +331,40 @@ describe("retention tiers on real chains (injected clock)", { timeout: 900_000 }
     // 4. While the next point is being written the daemon holds the chain open (image locks):
     // retention leaves it alone until the commit, then merges.
     keepAll.minPoints = 1;
-    const open = await site.relationships.beginCycle({ vmId: VM, seq: 6, kind: "incremental", generation, cutoffAt: new Date(clock.now), disks: [{ diskId: "vda", sizeBytes: 64 * MiB }] });
+    const open = await site.relationships.beginCycle({
+      vmId: VM,
+      seq: 6,
+      kind: "incremental",
+      generation,
+      cutoffAt: new Date(clock.now),
+      disks: [{ diskId: "vda", sizeBytes: 64 * MiB }],
+    });
     state = await site.relationships.load(VM);
     const locked = await runTool("qemu-img", ["rebase", "-b", "base.qcow2", "-F", "qcow2", pathOf(state, "rp-5")], { allowExit: [0, 1] });
     expect(locked.stderr).toMatch(/lock/);
     expect(await site.relationships.retentionStep(VM)).toBe(false);
     expect((await site.relationships.load(VM)).points.map((p) => p.pointId)).toEqual(["rp-1", "rp-5"]);
     await open.disk("vda")!.write(0, primary.disk.subarray(0, 4096));
-    await site.relationships.commitCycle({ vmId: VM, seq: 6, kind: "incremental", generation, cutoffAt: new Date(clock.now), consistency: "crash", point: open, dataBytes: 4096, zeroBytes: 0, wireBytes: 4096, extents: 1, durationMs: 1 });
+    await site.relationships.commitCycle({
+      vmId: VM,
+      seq: 6,
+      kind: "incremental",
+      generation,
+      cutoffAt: new Date(clock.now),
+      consistency: "crash",
+      point: open,
+      dataBytes: 4096,
+      zeroBytes: 0,
+      wireBytes: 4096,
+      extents: 1,
+      durationMs: 1,
+    });
     hashes.set("rp-6", primary.hash());
     await site.relationships.applyRetention(VM);
     expect((await site.relationships.load(VM)).points.map((p) => p.pointId)).toEqual(["rp-6"]);
     await expectPointsIdentical(site, hashes, "after the guarded merges");
-    console.log(`one thinning step on a 64 MiB disk (33 MiB of changes folded): ${ms.toFixed(0)} ms; qemu-img ${ended.signal ? "was killed mid-fold" : "finished before the kill"}`);
+    console.log(
+      `one thinning step on a 64 MiB disk (33 MiB of changes folded): ${ms.toFixed(0)} ms; qemu-img ${ended.signal ? "was killed mid-fold" : "finished before the kill"}`,
+    );
   });
 });

@@ -26,7 +26,13 @@ async function chain(dir: string): Promise<string> {
   const top = join(dir, "top.qcow2");
   await runTool("qemu-img", ["create", "-q", "-f", "qcow2", base, String(SIZE)]);
   const io = (img: string, cmds: string[]) => runTool("qemu-io", ["-f", "qcow2", img, ...cmds.flatMap((c) => ["-c", c])]);
-  await io(base, [`write -P 0x11 0 ${CHUNK}`, `write -z ${2 * CHUNK} ${2 * CHUNK}`, `write -P 0 ${5 * CHUNK} ${CHUNK}`, `write -P 0x22 ${7 * CHUNK + 4 * KiB} ${8 * KiB}`, `write -P 0x33 ${SIZE - 4 * KiB} ${4 * KiB}`]);
+  await io(base, [
+    `write -P 0x11 0 ${CHUNK}`,
+    `write -z ${2 * CHUNK} ${2 * CHUNK}`,
+    `write -P 0 ${5 * CHUNK} ${CHUNK}`,
+    `write -P 0x22 ${7 * CHUNK + 4 * KiB} ${8 * KiB}`,
+    `write -P 0x33 ${SIZE - 4 * KiB} ${4 * KiB}`,
+  ]);
   await runTool("qemu-img", ["create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", top]);
   await io(top, [`write -z 0 ${CHUNK}`, `write -P 0x44 ${3 * CHUNK + 512} 512`, `write -z ${7 * CHUNK} ${16 * KiB}`, `write -P 0x55 ${10 * CHUNK} ${CHUNK}`]);
   return top;
@@ -34,7 +40,12 @@ async function chain(dir: string): Promise<string> {
 
 function expectedHashes(raw: Buffer): string[] {
   const out: string[] = [];
-  for (let at = 0; at < raw.length; at += CHUNK) out.push(createHash("sha256").update(raw.subarray(at, Math.min(at + CHUNK, raw.length))).digest("hex"));
+  for (let at = 0; at < raw.length; at += CHUNK)
+    out.push(
+      createHash("sha256")
+        .update(raw.subarray(at, Math.min(at + CHUNK, raw.length)))
+        .digest("hex"),
+    );
   return out;
 }
 

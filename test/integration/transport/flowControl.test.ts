@@ -16,9 +16,7 @@ afterEach(async () => {
 async function serve(widen: boolean): Promise<number> {
   server = new grpc.Server();
   const s = server;
-  const port = await new Promise<number>((resolve, reject) =>
-    s.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
-  );
+  const port = await new Promise<number>((resolve, reject) => s.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
   if (widen) widenServerFlowControl(s);
   return port;
 }

@@ -42,8 +42,7 @@ const MiB = 1024 * 1024;
 const tmp = makeTmpDir("qr-mtls-");
 const files: Record<string, IssuedFiles> = {};
 let caFile = "";
-const creds = (name: string): SiteCredentials =>
-  loadSiteCredentials({ caFile: files[name]!.caFile, certFile: files[name]!.certFile, keyFile: files[name]!.keyFile });
+const creds = (name: string): SiteCredentials => loadSiteCredentials({ caFile: files[name]!.caFile, certFile: files[name]!.certFile, keyFile: files[name]!.keyFile });
 /** An impostor trusts the real CA (so it accepts its peer) but presents another CA's certificate. */
 const impostor = (name: string): SiteCredentials => ({
   ca: readFileSync(caFile),
@@ -158,7 +157,23 @@ function connect(address: string, channelCreds: ChannelCredentials) {
 const hello: ReplicateRequest = {
   body: {
     $case: "hello",
-    value: { protocolVersion: 1, sourceSiteId: "site-a", agentId: "kvm1", vmId: "vm-1", generation: 4n, disks: [], supportedCodecs: [], supportedChecksumAlgorithms: [], vmSpecJson: "", trackingLost: [], resyncMode: 0, resyncDigests: [], policyName: "", configuredIntervalSeconds: 0, configuredCompressionLevel: 0 },
+    value: {
+      protocolVersion: 1,
+      sourceSiteId: "site-a",
+      agentId: "kvm1",
+      vmId: "vm-1",
+      generation: 4n,
+      disks: [],
+      supportedCodecs: [],
+      supportedChecksumAlgorithms: [],
+      vmSpecJson: "",
+      trackingLost: [],
+      resyncMode: 0,
+      resyncDigests: [],
+      policyName: "",
+      configuredIntervalSeconds: 0,
+      configuredCompressionLevel: 0,
+    },
   },
 };
 
@@ -210,9 +225,7 @@ describe("ReplicationService over mutual TLS", () => {
     expect(await refusedWith(fake.address, channelCredentials(creds("site-a")))).toBe(status.UNAVAILABLE);
     expect(fake.handlerRuns).toBe(0);
     const wrongSite = await replica("site-a");
-    expect(await refusedWith(wrongSite.address, channelCredentials(creds("site-b"), { expectedServerIdentity: "site-b" }))).toBe(
-      status.UNAVAILABLE,
-    );
+    expect(await refusedWith(wrongSite.address, channelCredentials(creds("site-b"), { expectedServerIdentity: "site-b" }))).toBe(status.UNAVAILABLE);
     expect(wrongSite.handlerRuns).toBe(0);
   });
 
@@ -235,7 +248,13 @@ describe("ReplicationService over mutual TLS", () => {
       clients.push(wrong);
       const refused = wrong.replicate({ deadline: Date.now() + 20_000 });
       await writeWithBackpressure(refused, hello).catch(() => undefined);
-      const err = await (refused as AsyncIterable<ReplicateResponse>)[Symbol.asyncIterator]().next().then(() => undefined, (e: ServiceError) => e);
+      const err = await (refused as AsyncIterable<ReplicateResponse>)
+        [Symbol.asyncIterator]()
+        .next()
+        .then(
+          () => undefined,
+          (e: ServiceError) => e,
+        );
       expect(err?.code).toBe(status.UNAVAILABLE);
     }
   });

@@ -87,7 +87,10 @@ describe("agent config: cut-off safety knobs", () => {
 
   it("defaults: cbw-timeout 5 s, 8 MiB free scratch", () => {
     const c = loadAgentConfig(config(""));
-    expect(c.vms.map((v) => [v.cbwTimeoutSeconds, v.scratchMinFreeBytes])).toEqual([[5, 8 * 1024 * 1024], [5, 8 * 1024 * 1024]]);
+    expect(c.vms.map((v) => [v.cbwTimeoutSeconds, v.scratchMinFreeBytes])).toEqual([
+      [5, 8 * 1024 * 1024],
+      [5, 8 * 1024 * 1024],
+    ]);
   });
 
   it("agent-wide values apply to every VM; a VM's own value overrides them", () => {
@@ -97,7 +100,9 @@ describe("agent config: cut-off safety knobs", () => {
   });
 
   it("refuses values that are no bound or not whole numbers, naming the field, the range and the default", () => {
-    expect(() => loadAgentConfig(config("cbwTimeoutSeconds: 0\n"))).toThrow(/cbwTimeoutSeconds must be a whole number of seconds from 1 to 60, got 0: .*\(0, no bound, is refused\); the default is 5/);
+    expect(() => loadAgentConfig(config("cbwTimeoutSeconds: 0\n"))).toThrow(
+      /cbwTimeoutSeconds must be a whole number of seconds from 1 to 60, got 0: .*\(0, no bound, is refused\); the default is 5/,
+    );
     expect(() => loadAgentConfig(config("", ", cbwTimeoutSeconds: 2.5"))).toThrow(/vms\[0\] \(vm1\)\.cbwTimeoutSeconds must be a whole number of seconds from 1 to 60, got 2\.5/);
     expect(() => loadAgentConfig(config("", ", cbwTimeoutSeconds: 600"))).toThrow(AgentConfigError);
     expect(() => loadAgentConfig(config("scratchMinFreeMiB: '8M'\n"))).toThrow(/scratchMinFreeMiB must be a whole number of MiB from 1 to 1048576, got "8M": .*the default is 8/);

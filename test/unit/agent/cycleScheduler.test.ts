@@ -66,7 +66,14 @@ function runVm(clock: FakeClock, schedule: VmSchedule, duration: (n: number) => 
       slot.release();
     }
   })();
-  return { starts, stop: async () => { stop.abort(); await done; }, overlapped: () => overlap };
+  return {
+    starts,
+    stop: async () => {
+      stop.abort();
+      await done;
+    },
+    overlapped: () => overlap,
+  };
 }
 
 describe("cycle scheduler", () => {
@@ -83,7 +90,7 @@ describe("cycle scheduler", () => {
       expect(st.missed).toBe(0);
       // Started at its slot (to the clock's 100 ms step), slots 30 s apart.
       expect(Math.abs(st.startedAt - st.dueAt)).toBeLessThanOrEqual(100);
-      expect(((st.dueAt - phase) % 30_000 + 30_000) % 30_000).toBeCloseTo(0, 6);
+      expect((((st.dueAt - phase) % 30_000) + 30_000) % 30_000).toBeCloseTo(0, 6);
       if (i > 0) expect(st.dueAt - r.starts[i - 1]!.dueAt).toBe(30_000);
     }
     expect(vm.stats).toMatchObject({ started: r.starts.length, missed: 0 });

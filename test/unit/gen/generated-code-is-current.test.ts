@@ -32,9 +32,7 @@ describe("src/gen", () => {
 
     const missing = fresh.filter((f) => !committed.includes(f));
     const extra = committed.filter((f) => !fresh.includes(f));
-    const changed = fresh.filter(
-      (f) => committed.includes(f) && !readFileSync(join(freshDir, f)).equals(readFileSync(join(committedDir, f))),
-    );
+    const changed = fresh.filter((f) => committed.includes(f) && !readFileSync(join(freshDir, f)).equals(readFileSync(join(committedDir, f))));
     const problems = [
       ...changed.map((f) => `differs: src/gen/${f}`),
       ...missing.map((f) => `not committed: src/gen/${f}`),
@@ -42,8 +40,7 @@ describe("src/gen", () => {
     ];
     expect(
       problems,
-      `src/gen is stale relative to proto/ and buf.gen.yaml:\n  ${problems.join("\n  ")}\n` +
-        "Fix: run `npm run gen` and commit src/gen (never edit generated files by hand).",
+      `src/gen is stale relative to proto/ and buf.gen.yaml:\n  ${problems.join("\n  ")}\n` + "Fix: run `npm run gen` and commit src/gen (never edit generated files by hand).",
     ).toEqual([]);
     expect(fresh.length).toBeGreaterThan(0);
   });

@@ -91,9 +91,7 @@ describe("generated gRPC services", () => {
     };
     server.addService(ReplicationServiceService, replicationImpl);
     server.addService(ControlServiceService, controlImpl);
-    const port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
-    );
+    const port = await new Promise<number>((resolve, reject) => server.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
     address = `127.0.0.1:${port}`;
     replication = new ReplicationServiceClient(address, credentials.createInsecure());
     control = new ControlServiceClient(address, credentials.createInsecure());
@@ -139,9 +137,7 @@ describe("generated gRPC services", () => {
 
   it("answers unary control calls under a deadline", async () => {
     const res = await new Promise<GetStatusResponse>((resolve, reject) =>
-      control.getStatus({ vmId: "vm-9" }, new Metadata(), { deadline: Date.now() + 5000 }, (err, r) =>
-        err ? reject(err) : resolve(r),
-      ),
+      control.getStatus({ vmId: "vm-9" }, new Metadata(), { deadline: Date.now() + 5000 }, (err, r) => (err ? reject(err) : resolve(r))),
     );
     expect(res.relationships[0]?.vmId).toBe("vm-9");
   });

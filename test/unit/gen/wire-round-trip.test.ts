@@ -1,10 +1,5 @@
 import { describe, expect, it } from "vitest";
-import {
-  ChecksumAlgorithm,
-  CompressionCodec,
-  Consistency,
-  CycleKind,
-} from "../../../src/gen/qreplica/v1/common.js";
+import { ChecksumAlgorithm, CompressionCodec, Consistency, CycleKind } from "../../../src/gen/qreplica/v1/common.js";
 import {
   GetStatusResponse,
   ListEventsRequest,
@@ -13,13 +8,7 @@ import {
   RelationshipState,
   ReplicationHealth,
 } from "../../../src/gen/qreplica/v1/control.js";
-import {
-  ChunkDigest,
-  RejectReason,
-  ReplicateRequest,
-  ReplicateResponse,
-  ResumeHint,
-} from "../../../src/gen/qreplica/v1/replication.js";
+import { ChunkDigest, RejectReason, ReplicateRequest, ReplicateResponse, ResumeHint } from "../../../src/gen/qreplica/v1/replication.js";
 
 // Past 2^32 (where a uint32 would wrap) and past 2^53 (where a JS number loses precision).
 const bigOffset = 5n * 2n ** 40n + 4096n;

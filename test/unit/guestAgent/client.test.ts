@@ -27,11 +27,7 @@ describe("GuestAgentClient", () => {
   it("resynchronises first, skipping stale output before the 0xFF sentinel", async () => {
     const { fake, qga } = await setup();
     // A previous client's unread reply, a half line, and bytes that are not even UTF-8 JSON.
-    fake.beforeSentinel = Buffer.concat([
-      Buffer.from('{"return": "thawed", "id": "qr1"}\n{"return": 4'),
-      Buffer.from([0x00, 0xfe, 0x0a]),
-      Buffer.from("garbage\n{\"ret"),
-    ]);
+    fake.beforeSentinel = Buffer.concat([Buffer.from('{"return": "thawed", "id": "qr1"}\n{"return": 4'), Buffer.from([0x00, 0xfe, 0x0a]), Buffer.from('garbage\n{"ret')]);
     expect(await qga.fsfreezeStatus()).toBe("thawed");
     expect(fake.received).toEqual(["guest-sync-delimited", "guest-fsfreeze-status"]);
     await qga.ping();

@@ -3,11 +3,7 @@ import { join } from "node:path";
 import { makeTmpDir } from "../../helpers/tmpDir.js";
 
 /** What the fake writes for one command: a reply, raw bytes, or nothing at all (a hung agent). */
-export type FakeReply =
-  | { return: unknown }
-  | { error: { class: string; desc: string } }
-  | { raw: string | Buffer }
-  | { none: true };
+export type FakeReply = { return: unknown } | { error: { class: string; desc: string } } | { raw: string | Buffer } | { none: true };
 
 export type FakeHandler = (args: Record<string, unknown> | undefined) => FakeReply | Promise<FakeReply>;
 
@@ -109,9 +105,7 @@ export class FakeQga {
       return;
     }
     const handler = this.handlers.get(command);
-    const reply: FakeReply = handler
-      ? await handler(req.arguments)
-      : { error: { class: "CommandNotFound", desc: `The command ${command} has not been found` } };
+    const reply: FakeReply = handler ? await handler(req.arguments) : { error: { class: "CommandNotFound", desc: `The command ${command} has not been found` } };
     if ("none" in reply) return;
     if ("raw" in reply) {
       socket.write(reply.raw);

@@ -1,12 +1,6 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { afterEach, describe, expect, it } from "vitest";
-import {
-  GuestAgentClient,
-  GuestAgentCommandError,
-  GuestAgentThawError,
-  GuestAgentTimeoutError,
-  GuestAgentUnavailableError,
-} from "../../../src/qemu/guestAgent/index.js";
+import { GuestAgentClient, GuestAgentCommandError, GuestAgentThawError, GuestAgentTimeoutError, GuestAgentUnavailableError } from "../../../src/qemu/guestAgent/index.js";
 import { FakeQga } from "./fakeQga.js";
 
 const cleanups: Array<() => unknown> = [];
@@ -48,9 +42,12 @@ describe("withFrozenFilesystems", () => {
     const { fake, qga } = await setup();
     const boom = new Error("transaction failed");
     const err = await qga
-      .withFrozenFilesystems(async () => {
-        throw boom;
-      }, { freezeTimeoutMs: 1000 })
+      .withFrozenFilesystems(
+        async () => {
+          throw boom;
+        },
+        { freezeTimeoutMs: 1000 },
+      )
       .catch((e: unknown) => e);
     expect(err).toBe(boom);
     expect(fake.commands()).toEqual(["guest-fsfreeze-freeze", "guest-fsfreeze-thaw"]);
@@ -108,12 +105,7 @@ describe("withFrozenFilesystems", () => {
     });
     const res = await qga.withFrozenFilesystems(async () => "ok", { freezeTimeoutMs: 1000, thawAttempts: 3 });
     expect(res.consistency).toBe("application");
-    expect(fake.commands()).toEqual([
-      "guest-fsfreeze-freeze",
-      "guest-fsfreeze-thaw",
-      "guest-fsfreeze-status",
-      "guest-fsfreeze-thaw",
-    ]);
+    expect(fake.commands()).toEqual(["guest-fsfreeze-freeze", "guest-fsfreeze-thaw", "guest-fsfreeze-status", "guest-fsfreeze-thaw"]);
   });
 
   it("throws GuestAgentThawError when the guest stays frozen, carrying fn's error too", async () => {
@@ -121,9 +113,12 @@ describe("withFrozenFilesystems", () => {
     fake.on("guest-fsfreeze-thaw", () => ({ error: { class: "GenericError", desc: "thaw failed" } }));
     const fnError = new Error("transaction failed");
     const err = await qga
-      .withFrozenFilesystems(async () => {
-        throw fnError;
-      }, { freezeTimeoutMs: 1000, thawAttempts: 2, thawTimeoutMs: 200 })
+      .withFrozenFilesystems(
+        async () => {
+          throw fnError;
+        },
+        { freezeTimeoutMs: 1000, thawAttempts: 2, thawTimeoutMs: 200 },
+      )
       .catch((e: unknown) => e);
     expect(err).toBeInstanceOf(GuestAgentThawError);
     expect(err).toMatchObject({ code: "GUEST_AGENT_THAW_FAILED", attempts: 2, lastStatus: "frozen", operationError: fnError });

@@ -55,7 +55,10 @@ export function eventStoreContract(name: string, factory: EventStoreFactory): vo
         const r = await store.append("replication-vm1", [ev("A"), ev("B")], "no_stream");
         expect(r.nextExpectedVersion).toBe(1n);
         const events = await store.readStream("replication-vm1");
-        expect(events.map((e) => [e.version, e.type])).toEqual([[0n, "A"], [1n, "B"]]);
+        expect(events.map((e) => [e.version, e.type])).toEqual([
+          [0n, "A"],
+          [1n, "B"],
+        ]);
         expect(r.lastGlobalPosition).toBe(events[1]!.globalPosition);
         expect(await store.streamVersion("replication-vm1")).toBe(1n);
         expect(await store.streamVersion("replication-none")).toBeUndefined();
@@ -93,9 +96,7 @@ export function eventStoreContract(name: string, factory: EventStoreFactory): vo
 
       it("lets exactly one of several concurrent appends with the same expected version win", async () => {
         await store.append("race", [ev("Start")], "no_stream");
-        const results = await Promise.allSettled(
-          Array.from({ length: 8 }, (_, i) => store.append("race", [ev(`Attempt${i}`), ev("Second")], 0n)),
-        );
+        const results = await Promise.allSettled(Array.from({ length: 8 }, (_, i) => store.append("race", [ev(`Attempt${i}`), ev("Second")], 0n)));
         expect(results.filter((r) => r.status === "fulfilled")).toHaveLength(1);
         for (const r of results) {
           if (r.status === "rejected") expect(r.reason).toBeInstanceOf(WrongExpectedVersionError);
@@ -129,9 +130,12 @@ export function eventStoreContract(name: string, factory: EventStoreFactory): vo
 
     describe("reading", () => {
       it("reads a stream from a version, with a maximum count", async () => {
-        await store.append("s", ["A", "B", "C", "D", "E"].map((t) => ev(t)), "no_stream");
-        const types = async (o: { fromVersion?: bigint; maxCount?: number }) =>
-          (await store.readStream("s", o)).map((e) => e.type);
+        await store.append(
+          "s",
+          ["A", "B", "C", "D", "E"].map((t) => ev(t)),
+          "no_stream",
+        );
+        const types = async (o: { fromVersion?: bigint; maxCount?: number }) => (await store.readStream("s", o)).map((e) => e.type);
         expect(await types({ fromVersion: 2n })).toEqual(["C", "D", "E"]);
         expect(await types({ fromVersion: 1n, maxCount: 2 })).toEqual(["B", "C"]);
         expect(await types({ maxCount: 0 })).toEqual([]);
@@ -172,7 +176,14 @@ export function eventStoreContract(name: string, factory: EventStoreFactory): vo
           quote: 'he said "hi"\n\ttab \\ slash',
         };
         const metadata = { correlationId: "c-1", actor: { user: "ops", host: "ħøst" } };
-        await store.append("rt", [{ type: "T", data, metadata }, { type: "U", data: { dropped: undefined, kept: 1 } }], "no_stream");
+        await store.append(
+          "rt",
+          [
+            { type: "T", data, metadata },
+            { type: "U", data: { dropped: undefined, kept: 1 } },
+          ],
+          "no_stream",
+        );
         const [e, f] = await store.readStream("rt");
         expect(e!.data).toEqual(data);
         expect(e!.metadata).toEqual(metadata);
@@ -314,8 +325,7 @@ export function eventStoreContract(name: string, factory: EventStoreFactory): vo
 
     describe("snapshots", () => {
       const savedAt = new Date("2026-12-04T10:00:00.123Z");
-      const snap = (key: string, at: bigint, state: unknown, foldVersion = 1) =>
-        sealSnapshot({ key, at, atHash: "ab".repeat(32), foldVersion, state, savedAt });
+      const snap = (key: string, at: bigint, state: unknown, foldVersion = 1) => sealSnapshot({ key, at, atHash: "ab".repeat(32), foldVersion, state, savedAt });
 
       it("reads back exactly what was written, and a missing key as undefined", async () => {
         expect(await store.readSnapshot("relationship:vm1")).toBeUndefined();

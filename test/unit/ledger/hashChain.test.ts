@@ -36,7 +36,9 @@ describe("computeEventHash", () => {
   it("is sha256 of previousHash followed by the canonical event body", () => {
     const input = { stream: "s", version: 3n, type: "T", data: { b: 2, a: 1 }, metadata: {}, recordedAt: "2024-01-02T03:04:05.678Z" };
     const body = '{"data":{"a":1,"b":2},"metadata":{},"recordedAt":"2024-01-02T03:04:05.678Z","stream":"s","type":"T","version":"3"}';
-    const expected = createHash("sha256").update(GENESIS_HASH + body).digest("hex");
+    const expected = createHash("sha256")
+      .update(GENESIS_HASH + body)
+      .digest("hex");
     expect(computeEventHash(GENESIS_HASH, input)).toBe(expected);
   });
 });

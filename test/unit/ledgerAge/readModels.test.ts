@@ -106,7 +106,16 @@ describe("read models kept by subscription", () => {
       expect(await modelsOf(models)).toEqual(await fullFolds(store));
     }
     const types = new Set((await store.readAll()).map((e) => e.type));
-    for (const t of ["CycleFailed", "ReplicationPaused", "ReplicationResumed", "TestFailoverStarted", "TestFailoverStopped", "ResyncStarted", "ResyncCompleted", "RecoveryPointMerged"]) {
+    for (const t of [
+      "CycleFailed",
+      "ReplicationPaused",
+      "ReplicationResumed",
+      "TestFailoverStarted",
+      "TestFailoverStopped",
+      "ResyncStarted",
+      "ResyncCompleted",
+      "RecoveryPointMerged",
+    ]) {
       expect(types, `the random commands reached ${t}`).toContain(t);
     }
     // Cycle facts of each listed point come from its CycleCommitted, as the stream says.

@@ -110,16 +110,22 @@ describe("a relationship's fold does not grow with the stream's age", () => {
     it("ignores a snapshot of an older fold version, and one with the right checksum but a state of another VM", async () => {
       const { version, state } = await loadRelationship(store, VM);
       const head = (await store.readStream(relationshipStream(VM), { fromVersion: version! }))[0]!;
-      await store.writeSnapshot(sealSnapshot({ key: snapshotKeyOf(VM), at: version!, atHash: head.hash, foldVersion: RELATIONSHIP_FOLD_VERSION - 1, state: { ...state, state: "paused" } }));
+      await store.writeSnapshot(
+        sealSnapshot({ key: snapshotKeyOf(VM), at: version!, atHash: head.hash, foldVersion: RELATIONSHIP_FOLD_VERSION - 1, state: { ...state, state: "paused" } }),
+      );
       expect((await restartedLoad()).state).toEqual(await fullFold());
-      await store.writeSnapshot(sealSnapshot({ key: snapshotKeyOf(VM), at: version!, atHash: head.hash, foldVersion: RELATIONSHIP_FOLD_VERSION, state: { ...state, vmId: "db1" } }));
+      await store.writeSnapshot(
+        sealSnapshot({ key: snapshotKeyOf(VM), at: version!, atHash: head.hash, foldVersion: RELATIONSHIP_FOLD_VERSION, state: { ...state, vmId: "db1" } }),
+      );
       expect((await restartedLoad()).state).toEqual(await fullFold());
       expect(ignored.map((p) => p.reason)).toEqual([expect.stringMatching(/fold version 0/), expect.stringMatching(/not a relationship state/)]);
     });
 
     it("ignores a valid-looking snapshot whose anchor event is not the one in the stream", async () => {
       const { version, state } = await loadRelationship(store, VM);
-      await store.writeSnapshot(sealSnapshot({ key: snapshotKeyOf(VM), at: version!, atHash: "f".repeat(64), foldVersion: RELATIONSHIP_FOLD_VERSION, state: { ...state, state: "paused" } }));
+      await store.writeSnapshot(
+        sealSnapshot({ key: snapshotKeyOf(VM), at: version!, atHash: "f".repeat(64), foldVersion: RELATIONSHIP_FOLD_VERSION, state: { ...state, state: "paused" } }),
+      );
       expect((await restartedLoad()).state).toEqual(await fullFold());
       await store.writeSnapshot(sealSnapshot({ key: snapshotKeyOf(VM), at: version! + 50n, atHash: "f".repeat(64), foldVersion: RELATIONSHIP_FOLD_VERSION, state }));
       expect((await restartedLoad()).state).toEqual(await fullFold());
@@ -131,10 +137,7 @@ describe("a relationship's fold does not grow with the stream's age", () => {
     const barrier = raceBarrier(2);
     const a = barrier(counting(store));
     const b = barrier(counting(store));
-    const results = await Promise.allSettled([
-      executeCommand(a, VM, (s) => pause(s, { reason: "a" })),
-      executeCommand(b, VM, (s) => pause(s, { reason: "b" })),
-    ]);
+    const results = await Promise.allSettled([executeCommand(a, VM, (s) => pause(s, { reason: "a" })), executeCommand(b, VM, (s) => pause(s, { reason: "b" }))]);
     const won = results.filter((r) => r.status === "fulfilled");
     const lost = results.filter((r) => r.status === "rejected");
     expect(won).toHaveLength(1);

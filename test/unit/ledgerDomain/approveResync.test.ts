@@ -29,10 +29,16 @@ import { committed, cutoff, cycleInput, enabled, failedOverUnplanned, fold, incr
 
 const VM = "web1";
 const OPERATOR = { approvedBy: "ops-alice", approvedByRole: "operator" };
-const approve = (input = OPERATOR): Decide => (s) => approveResync(s, input);
+const approve =
+  (input = OPERATOR): Decide =>
+  (s) =>
+    approveResync(s, input);
 const replicating = [enabled, initialStarted, initialCommitted, incremental(2)];
 const lost: Decide = (s) => markResyncRequired(s, { reason: "vda: BITMAP_MISSING" });
-const resyncStarted = (seq: number): Decide => (s) => startResync(s, { cycleSeq: seq, cutoffAt: cutoff(seq), generation: 1 });
+const resyncStarted =
+  (seq: number): Decide =>
+  (s) =>
+    startResync(s, { cycleSeq: seq, cutoffAt: cutoff(seq), generation: 1 });
 
 /** One relationship per state, as in transitions.test.ts. */
 const STATES: Record<ReplicationStateName, Decide[]> = {
@@ -115,7 +121,14 @@ describe("requestResync (the site's Resync command)", () => {
 
   it("only approves a VM already resync-required, and refuses where no resync can follow", () => {
     expect(requestResync(inState("resync-required"), OPERATOR).map((e) => e.type)).toEqual(["ResyncApproved"]);
-    for (const name of ["not-enabled", "ready-for-initial-replication", "initial-replication-in-progress", "resynchronising", "failed-over-waiting-completion", "failed-over"] as const) {
+    for (const name of [
+      "not-enabled",
+      "ready-for-initial-replication",
+      "initial-replication-in-progress",
+      "resynchronising",
+      "failed-over-waiting-completion",
+      "failed-over",
+    ] as const) {
       expect(() => requestResync(inState(name), OPERATOR), name).toThrow(InvalidTransitionError);
     }
     expect(() => requestResync(run(inState("resync-required"), approve()), OPERATOR)).toThrow(ResyncAlreadyApprovedError);

@@ -85,13 +85,8 @@ describe("executeCommand under concurrency", () => {
   it("gives up after maxRetries with the store's conflict error", async () => {
     await protect(store, "vm", { lastSeq: 4, retention: false });
     const race = racing(store, 2);
-    const results = await settle(
-      executeCommand(race, "vm", startMerge, { maxRetries: 0 }),
-      executeCommand(race, "vm", incremental(5), { maxRetries: 0 }),
-    );
-    expect(results.filter((r) => r.status === "rejected").map((r) => (r as PromiseRejectedResult).reason)).toEqual([
-      expect.any(WrongExpectedVersionError),
-    ]);
+    const results = await settle(executeCommand(race, "vm", startMerge, { maxRetries: 0 }), executeCommand(race, "vm", incremental(5), { maxRetries: 0 }));
+    expect(results.filter((r) => r.status === "rejected").map((r) => (r as PromiseRejectedResult).reason)).toEqual([expect.any(WrongExpectedVersionError)]);
   });
 });
 

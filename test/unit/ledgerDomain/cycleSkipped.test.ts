@@ -28,7 +28,10 @@ const input = (overrides: Partial<RecordCycleSkippedInput> = {}): RecordCycleSki
   skippedAt: cutoff(3),
   ...overrides,
 });
-const skipped = (overrides: Partial<RecordCycleSkippedInput> = {}): Decide => (s) => recordCycleSkipped(s, input(overrides));
+const skipped =
+  (overrides: Partial<RecordCycleSkippedInput> = {}): Decide =>
+  (s) =>
+    recordCycleSkipped(s, input(overrides));
 
 describe("recordCycleSkipped", () => {
   it("records the first skip of a code, nothing more while it lasts, and the next commit clears it", () => {

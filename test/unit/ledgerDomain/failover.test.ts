@@ -76,10 +76,19 @@ const NEW_PRIMARY = "agent.site-b.example";
 const upTo = (n: number): Decide[] => [enabled, initialStarted, initialCommitted, ...Array.from({ length: n - 1 }, (_, i) => incremental(i + 2))];
 /** The primary VM stopped 5 s before cycle `seq` was cut: that cycle is the final one. */
 const stoppedBefore = (seq: number): string => new Date(Date.parse(cutoff(seq)) - 5_000).toISOString();
-const prepared = (finalSeq: number): Decide => (s) => prepareFailover(s, { preparedAt: committed(finalSeq - 1), primaryStoppedAt: stoppedBefore(finalSeq) });
+const prepared =
+  (finalSeq: number): Decide =>
+  (s) =>
+    prepareFailover(s, { preparedAt: committed(finalSeq - 1), primaryStoppedAt: stoppedBefore(finalSeq) });
 const planned: Decide = (s) => failover(s, { kind: "planned" });
-const cycleIn = (seq: number, generation: number): Decide => (s) => commitCycle(s, cycleInput(VM, seq, "incremental", { generation }));
-const ack = (presentedGeneration: number, peerIdentity = OLD_PRIMARY): Decide => (s) => acknowledgeGeneration(s, { presentedGeneration, peerIdentity });
+const cycleIn =
+  (seq: number, generation: number): Decide =>
+  (s) =>
+    commitCycle(s, cycleInput(VM, seq, "incremental", { generation }));
+const ack =
+  (presentedGeneration: number, peerIdentity = OLD_PRIMARY): Decide =>
+  (s) =>
+    acknowledgeGeneration(s, { presentedGeneration, peerIdentity });
 const reverse: Decide = (s) => startReverseReplication(s, { newPrimarySiteId: "site-b", newPrimaryIdentity: NEW_PRIMARY });
 
 function thrown(fn: () => unknown): unknown {
@@ -95,9 +104,7 @@ describe("planned failover", () => {
   it("prepares, takes the stopped primary's final cycle, then fails over to it with generation + 1", async () => {
     await protect(store, VM, { lastSeq: 3 });
     const prep = await executeCommand(store, VM, prepared(4));
-    expect(prep.events).toEqual([
-      { type: "FailoverPrepared", data: { cycleSeq: 3, preparedAt: committed(3), primaryStoppedAt: stoppedBefore(4) } },
-    ]);
+    expect(prep.events).toEqual([{ type: "FailoverPrepared", data: { cycleSeq: 3, preparedAt: committed(3), primaryStoppedAt: stoppedBefore(4) } }]);
     expect(prep.newState).toMatchObject({ state: "prepared-for-planned-failover", generation: 1 });
     expect(prep.newState.failover).toMatchObject({ kind: "planned", pointId: undefined, previousState: "replicating" });
 
@@ -116,9 +123,7 @@ describe("planned failover", () => {
     expect(final.newState.points.at(-1)!.pointId).toBe("rp-4");
 
     const fo = await executeCommand(store, VM, (s) => failover(s, { kind: "planned", newGeneration: 2 }));
-    expect(fo.events).toEqual([
-      { type: "FailedOver", data: { pointId: "rp-4", generation: 2, kind: "planned", cutoffAt: cutoff(4), primaryGeneration: 1 } },
-    ]);
+    expect(fo.events).toEqual([{ type: "FailedOver", data: { pointId: "rp-4", generation: 2, kind: "planned", cutoffAt: cutoff(4), primaryGeneration: 1 } }]);
     expect(fo.newState).toMatchObject({ state: "failed-over-waiting-completion", generation: 2 });
     expect(fo.newState.failover).toMatchObject({ kind: "planned", pointId: "rp-4", previousState: "replicating", primaryGeneration: 1 });
     expect(fo.newState.counters.failovers).toBe(1);
@@ -157,9 +162,7 @@ describe("unplanned failover", () => {
     const s = fold(VM, ...upTo(3), ...steps);
     expect(s.state).toBe(from);
     const events = failover(s, { kind: "unplanned" });
-    expect(events).toEqual([
-      { type: "FailedOver", data: { pointId: "rp-3", generation: 2, kind: "unplanned", cutoffAt: cutoff(3), primaryGeneration: 1 } },
-    ]);
+    expect(events).toEqual([{ type: "FailedOver", data: { pointId: "rp-3", generation: 2, kind: "unplanned", cutoffAt: cutoff(3), primaryGeneration: 1 } }]);
     const after = run(s, () => events);
     expect(after.failover?.previousState).toBe(from);
     expect(run(after, cancelFailover).state).toBe(from);
@@ -230,12 +233,8 @@ describe("the old primary after a failover", () => {
     expect(await caught(() => executeCommand(store, VM, (s) => startInitialReplication(s, { cycleSeq: 9, cutoffAt: cutoff(9), generation: 1 })))).toBeInstanceOf(
       StaleGenerationError,
     );
-    expect(await caught(() => executeCommand(store, VM, (s) => startResync(s, { cycleSeq: 9, cutoffAt: cutoff(9), generation: 1 })))).toBeInstanceOf(
-      StaleGenerationError,
-    );
-    expect(await caught(() => executeCommand(store, VM, (s) => failCycle(s, { cycleSeq: 4, generation: 1, reason: "X", message: "" })))).toBeInstanceOf(
-      StaleGenerationError,
-    );
+    expect(await caught(() => executeCommand(store, VM, (s) => startResync(s, { cycleSeq: 9, cutoffAt: cutoff(9), generation: 1 })))).toBeInstanceOf(StaleGenerationError);
+    expect(await caught(() => executeCommand(store, VM, (s) => failCycle(s, { cycleSeq: 4, generation: 1, reason: "X", message: "" })))).toBeInstanceOf(StaleGenerationError);
     // Without a cancel, there is no handover: its Hello is stale too.
     expect(await caught(() => executeCommand(store, VM, ack(1)))).toBeInstanceOf(StaleGenerationError);
     expect(await store.streamVersion(relationshipStream(VM))).toBe(version);
@@ -351,9 +350,7 @@ describe("completeFailover", () => {
     expect(err).toBeInstanceOf(MergeInProgressError);
     expect((err as Error).message).toMatch(/Finish it \(completeMerge\) before completing the failover/);
     s = run(s, (x) => completeMerge(x, { pointId: "rp-1", disks: ["disk0", "disk1"].map((diskId) => ({ diskId, imagePath: baseImage(VM, diskId) })) }));
-    expect(completeFailover(s)).toMatchObject([
-      { data: { pointId: "rp-4", droppedPointIds: ["rp-2", "rp-3"], releasedImages: [] } },
-    ]);
+    expect(completeFailover(s)).toMatchObject([{ data: { pointId: "rp-4", droppedPointIds: ["rp-2", "rp-3"], releasedImages: [] } }]);
   });
 });
 
@@ -422,9 +419,7 @@ describe("reverse replication", () => {
       expect(stale).toBeInstanceOf(StaleGenerationError);
       // B's agent, presenting generation 2, protects the VM again.
       await executeCommand(siteA, VM, (s) => startInitialReplication(s, { cycleSeq: 1, cutoffAt: cutoff(10), generation: 2 }));
-      const full = await executeCommand(siteA, VM, (s) =>
-        commitCycle(s, cycleInput(VM, 1, "full", { generation: 2, cutoffAt: cutoff(10), committedAt: committed(10) })),
-      );
+      const full = await executeCommand(siteA, VM, (s) => commitCycle(s, cycleInput(VM, 1, "full", { generation: 2, cutoffAt: cutoff(10), committedAt: committed(10) })));
       expect(full.newState).toMatchObject({ state: "replicating", generation: 2 });
       // The next failover there (a failback) creates generation 3.
       expect(failover(full.newState, { kind: "unplanned" })).toMatchObject([{ data: { generation: 3 } }]);
@@ -488,7 +483,11 @@ describe("projections of failover", () => {
     await protect(store, VM, { lastSeq: 3 });
     await executeCommand(store, VM, failedOverUnplanned("rp-2"));
     const during = await RecoveryPointsProjection.rebuild(store, VM);
-    expect(during.list().map((p) => [p.pointId, p.failedOver])).toEqual([["rp-1", false], ["rp-2", true], ["rp-3", false]]);
+    expect(during.list().map((p) => [p.pointId, p.failedOver])).toEqual([
+      ["rp-1", false],
+      ["rp-2", true],
+      ["rp-3", false],
+    ]);
     expect((await StatusProjection.rebuild(store)).get(VM, new Date(cutoff(4)))).toMatchObject({
       state: "failed-over-waiting-completion",
       generation: 2,

@@ -57,8 +57,10 @@ afterEach(async () => {
 
 const VM = "web1";
 const upTo = (n: number): Decide[] => [enabled, initialStarted, initialCommitted, ...Array.from({ length: n - 1 }, (_, i) => incremental(i + 2))];
-const running = (testId: string, runningAt = "2025-03-01T11:00:42.000Z", timeToRunningMs = 42_000): Decide => (s) =>
-  recordTestFailoverRunning(s, { testId, runningAt, timeToRunningMs });
+const running =
+  (testId: string, runningAt = "2025-03-01T11:00:42.000Z", timeToRunningMs = 42_000): Decide =>
+  (s) =>
+    recordTestFailoverRunning(s, { testId, runningAt, timeToRunningMs });
 
 describe("startTestFailover, recordTestFailoverRunning, stopTestFailover", () => {
   it("runs a test on the latest point while replication goes on, and records its time to running and duration", async () => {
@@ -109,18 +111,13 @@ describe("startTestFailover, recordTestFailoverRunning, stopTestFailover", () =>
     const s = fold(VM, ...upTo(4));
     const [event] = startTestFailover(s, { testId: "drill", pointId: "rp-2", startedAt: TEST_STARTED_AT });
     expect(event).toMatchObject({ type: "TestFailoverStarted", data: { pointId: "rp-2" } });
-    expect(event!.type === "TestFailoverStarted" && event!.data.disks.map((d) => d.chain)).toEqual(
-      ["disk0", "disk1"].map((d) => [baseImage(VM, d), image(VM, d, 2)]),
-    );
+    expect(event!.type === "TestFailoverStarted" && event!.data.disks.map((d) => d.chain)).toEqual(["disk0", "disk1"].map((d) => [baseImage(VM, d), image(VM, d, 2)]));
   });
 
   it.each<[string, Decide[]]>([
     ["paused", [(s) => pause(s, { reason: "maintenance" })]],
     ["resync-required", [(s) => markResyncRequired(s, { reason: "BITMAP_INCONSISTENT" })]],
-    [
-      "resynchronising",
-      [(s) => markResyncRequired(s, { reason: "BITMAP_INCONSISTENT" }), (s) => startResync(s, { cycleSeq: 4, cutoffAt: cutoff(4), generation: 1 })],
-    ],
+    ["resynchronising", [(s) => markResyncRequired(s, { reason: "BITMAP_INCONSISTENT" }), (s) => startResync(s, { cycleSeq: 4, cutoffAt: cutoff(4), generation: 1 })]],
   ])("is allowed in %s, leaving the state as it is", (state, steps) => {
     const s = fold(VM, ...upTo(3), ...steps);
     expect(s.state).toBe(state);
@@ -175,9 +172,7 @@ describe("startTestFailover, recordTestFailoverRunning, stopTestFailover", () =>
 
   it("refuses to stop or report an unknown test, naming the running ones", () => {
     const none = fold(VM, ...upTo(4));
-    expect(() => stopTestFailover(none, { testId: "t9", stoppedAt: TEST_STOPPED_AT })).toThrow(
-      "VM web1: no test failover t9 is running. No test failover is running.",
-    );
+    expect(() => stopTestFailover(none, { testId: "t9", stoppedAt: TEST_STOPPED_AT })).toThrow("VM web1: no test failover t9 is running. No test failover is running.");
     const s = fold(VM, ...upTo(4), testStarted("t-b", "rp-4"), testStarted("t-a", "rp-2"));
     const err = (() => {
       try {
@@ -243,9 +238,7 @@ describe("several test failovers at once", () => {
       }
     })();
     expect(err).toBeInstanceOf(TestFailoversRunningError);
-    expect((err as Error).message).toBe(
-      "VM web1: completeFailover would delete images under running test failover(s) t1. Stop the test failover(s) first.",
-    );
+    expect((err as Error).message).toBe("VM web1: completeFailover would delete images under running test failover(s) t1. Stop the test failover(s) first.");
     s = run(s, testStopped("t1"));
     expect(run(s, completeFailover).state).toBe("failed-over");
   });
@@ -279,7 +272,11 @@ describe("projections of test failovers", () => {
       expect(live.get(VM, now)).toEqual(rebuilt.get(VM, now));
 
       const catalogue = await RecoveryPointsProjection.rebuild(store, VM);
-      expect(catalogue.list().map((p) => [p.pointId, p.testIds])).toEqual([["rp-1", []], ["rp-2", ["t1"]], ["rp-3", ["t2"]]]);
+      expect(catalogue.list().map((p) => [p.pointId, p.testIds])).toEqual([
+        ["rp-1", []],
+        ["rp-2", ["t1"]],
+        ["rp-3", ["t2"]],
+      ]);
     } finally {
       await sub.close();
     }

@@ -30,8 +30,7 @@ export const committed = (seq: number): string => new Date(T0 + seq * 30_000 + 4
 export const DISK_IDS = ["disk0", "disk1"] as const;
 
 export const baseImage = (vmId: string, diskId: string): string => `/srv/qreplica/${vmId}/${diskId}/base.qcow2`;
-export const image = (vmId: string, diskId: string, seq: number): string =>
-  seq === 1 ? baseImage(vmId, diskId) : `/srv/qreplica/${vmId}/${diskId}/rp-${seq}.qcow2`;
+export const image = (vmId: string, diskId: string, seq: number): string => (seq === 1 ? baseImage(vmId, diskId) : `/srv/qreplica/${vmId}/${diskId}/rp-${seq}.qcow2`);
 
 export function enableInput(overrides: Partial<EnableReplicationInput> = {}): EnableReplicationInput {
   return {
@@ -81,25 +80,34 @@ export function fold(vmId: string, ...decisions: Decide[]): RelationshipState {
 export const enabled: Decide = (s) => enableReplication(s, enableInput());
 export const initialStarted: Decide = (s) => startInitialReplication(s, { cycleSeq: 1, cutoffAt: cutoff(1), generation: 1 });
 export const initialCommitted: Decide = (s) => commitCycle(s, cycleInput(s.vmId, 1, "full"));
-export const incremental = (seq: number): Decide => (s) => commitCycle(s, cycleInput(s.vmId, seq));
+export const incremental =
+  (seq: number): Decide =>
+  (s) =>
+    commitCycle(s, cycleInput(s.vmId, seq));
 /** Records events as they are, without a decision (e.g. to fold a history as written). */
-export const record = (...events: RelationshipEvent[]): Decide => () => events;
+export const record =
+  (...events: RelationshipEvent[]): Decide =>
+  () =>
+    events;
 
 export const TEST_STARTED_AT = "2025-03-01T11:00:00.000Z";
 export const TEST_STOPPED_AT = "2025-03-01T11:30:00.000Z";
 /** Through the commands: a test failover on `pointId` (the latest when absent), and its stop. */
-export const testStarted = (testId: string, pointId?: string): Decide => (s) =>
-  startTestFailover(s, { testId, ...(pointId === undefined ? {} : { pointId }), startedAt: TEST_STARTED_AT });
-export const testStopped = (testId: string): Decide => (s) => stopTestFailover(s, { testId, stoppedAt: TEST_STOPPED_AT });
-export const failedOverUnplanned = (pointId?: string): Decide => (s) =>
-  failover(s, { kind: "unplanned", ...(pointId === undefined ? {} : { pointId }) });
+export const testStarted =
+  (testId: string, pointId?: string): Decide =>
+  (s) =>
+    startTestFailover(s, { testId, ...(pointId === undefined ? {} : { pointId }), startedAt: TEST_STARTED_AT });
+export const testStopped =
+  (testId: string): Decide =>
+  (s) =>
+    stopTestFailover(s, { testId, stoppedAt: TEST_STOPPED_AT });
+export const failedOverUnplanned =
+  (pointId?: string): Decide =>
+  (s) =>
+    failover(s, { kind: "unplanned", ...(pointId === undefined ? {} : { pointId }) });
 
 /** Enable, initial replication (cycle 1), then incremental cycles 2..lastSeq, applying retention. */
-export async function protect(
-  store: EventStore,
-  vmId: string,
-  opts: { lastSeq: number; maxPoints?: number; retention?: boolean } = { lastSeq: 1 },
-): Promise<void> {
+export async function protect(store: EventStore, vmId: string, opts: { lastSeq: number; maxPoints?: number; retention?: boolean } = { lastSeq: 1 }): Promise<void> {
   await executeCommand(store, vmId, (s) => enableReplication(s, enableInput({ retention: { maxPoints: opts.maxPoints ?? 3 } })));
   await executeCommand(store, vmId, initialStarted);
   await executeCommand(store, vmId, initialCommitted);

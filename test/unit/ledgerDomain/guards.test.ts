@@ -32,15 +32,7 @@ import {
 } from "./fixtures.js";
 
 describe("stale generation", () => {
-  const failedOver = () =>
-    fold(
-      "web1",
-      enabled,
-      initialStarted,
-      initialCommitted,
-      incremental(2),
-      failedOverUnplanned("rp-2"),
-    );
+  const failedOver = () => fold("web1", enabled, initialStarted, initialCommitted, incremental(2), failedOverUnplanned("rp-2"));
 
   it("refuses a cycle from the old primary after a failover, telling it not to resume the VM", () => {
     const s = failedOver();
@@ -110,9 +102,7 @@ describe("cycle ordering", () => {
 
   it("refuses a cut-off earlier than the latest point's", () => {
     const s = replicatingAt3();
-    expect(() => commitCycle(s, cycleInput("vm", 4, "incremental", { cutoffAt: cutoff(2), committedAt: cutoff(5) }))).toThrow(
-      /before the latest point rp-3/,
-    );
+    expect(() => commitCycle(s, cycleInput("vm", 4, "incremental", { cutoffAt: cutoff(2), committedAt: cutoff(5) }))).toThrow(/before the latest point rp-3/);
   });
 });
 

@@ -53,9 +53,7 @@ describe("recovery-point catalogue", () => {
     const catalogue = await RecoveryPointsProjection.rebuild(store, "web1");
     expect(catalogue.list().map((p) => p.pointId)).toEqual(["rp-3", "rp-4", "rp-5"]);
     expect(catalogue.get("rp-3")!.disks[0]!.chain).toEqual([baseImage("web1", "disk0")]);
-    expect(catalogue.latest()!.disks.map((d) => d.chain)).toEqual(
-      ["disk0", "disk1"].map((d) => [baseImage("web1", d), image("web1", d, 4), image("web1", d, 5)]),
-    );
+    expect(catalogue.latest()!.disks.map((d) => d.chain)).toEqual(["disk0", "disk1"].map((d) => [baseImage("web1", d), image("web1", d, 4), image("web1", d, 5)]));
     expect(catalogue.latest()).toMatchObject({ cycleSeq: 5, cutoffAt: cutoff(5), consistency: "crash", merging: false, testIds: [] });
   });
 

@@ -10,8 +10,14 @@ import { cutoff, cycleInput, enabled, failedOverUnplanned, fold, incremental, in
 const VM = "web1";
 const HUNG = "GUEST_AGENT_UNAVAILABLE: no answer to guest-sync-delimited within 3000 ms";
 const replicating = [enabled, initialStarted, initialCommitted, incremental(2)];
-const crashWithFailure = (seq: number): Decide => (s) => commitCycle(s, cycleInput(s.vmId, seq, "incremental", { consistency: "crash", quiesceFailure: HUNG }));
-const application = (seq: number): Decide => (s) => commitCycle(s, cycleInput(s.vmId, seq, "incremental", { consistency: "application" }));
+const crashWithFailure =
+  (seq: number): Decide =>
+  (s) =>
+    commitCycle(s, cycleInput(s.vmId, seq, "incremental", { consistency: "crash", quiesceFailure: HUNG }));
+const application =
+  (seq: number): Decide =>
+  (s) =>
+    commitCycle(s, cycleInput(s.vmId, seq, "incremental", { consistency: "application" }));
 
 describe("a failed freeze on a committed cycle", () => {
   it("is recorded with the cycle, kept over crash points, and cleared by an application-consistent point", () => {

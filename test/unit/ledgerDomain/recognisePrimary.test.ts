@@ -6,7 +6,10 @@ import { cycleInput, enabled, failedOverUnplanned, fold, incremental, initialCom
 const VM = "web1";
 const PRIMARY = enableInput().primaryIdentity;
 const upTo = (n: number): Decide[] => [enabled, initialStarted, initialCommitted, ...Array.from({ length: n - 1 }, (_, i) => incremental(i + 2))];
-const recognise = (presentedGeneration: number, peerIdentity = PRIMARY): Decide => (s) => recogniseCurrentPrimary(s, { presentedGeneration, peerIdentity });
+const recognise =
+  (presentedGeneration: number, peerIdentity = PRIMARY): Decide =>
+  (s) =>
+    recogniseCurrentPrimary(s, { presentedGeneration, peerIdentity });
 
 describe("recogniseCurrentPrimary", () => {
   it("tells the relationship's own primary the current generation when no failover moved it", () => {
@@ -17,7 +20,13 @@ describe("recogniseCurrentPrimary", () => {
   });
 
   it("after a cancelled failover (and a cycle that closed the handover) the primary is still the primary", () => {
-    const s = fold(VM, ...upTo(2), failedOverUnplanned(), (x) => cancelFailover(x), (x) => commitCycle(x, cycleInput(VM, 3, "incremental", { generation: 2 })));
+    const s = fold(
+      VM,
+      ...upTo(2),
+      failedOverUnplanned(),
+      (x) => cancelFailover(x),
+      (x) => commitCycle(x, cycleInput(VM, 3, "incremental", { generation: 2 })),
+    );
     expect(s).toMatchObject({ state: "replicating", generation: 2, generationHandover: undefined });
     expect(recognise(0)(s)).toMatchObject([{ data: { presentedGeneration: 0, generation: 2 } }]);
     expect(recognise(1)(s)).toMatchObject([{ data: { presentedGeneration: 1, generation: 2 } }]);

@@ -73,7 +73,11 @@ describe("happy path: enable, initial replication, 5 cycles, retention 3", () =>
     const { state, version } = await loadRelationship(store, vm);
     expect(state.state).toBe("replicating");
     expect(state.lastCycleSeq).toBe(6);
-    expect(state.points.map((p) => [p.pointId, p.merging])).toEqual([["rp-4", false], ["rp-5", false], ["rp-6", false]]);
+    expect(state.points.map((p) => [p.pointId, p.merging])).toEqual([
+      ["rp-4", false],
+      ["rp-5", false],
+      ["rp-6", false],
+    ]);
     // rp-4 became the base; the newer points keep their own overlays.
     expect(state.points[0]!.disks.map((d) => d.imagePath)).toEqual([baseImage(vm, "disk0"), baseImage(vm, "disk1")]);
     expect(state.points[2]!.disks.map((d) => d.imagePath)).toEqual([image(vm, "disk0", 6), image(vm, "disk1", 6)]);
@@ -91,12 +95,25 @@ describe("happy path: enable, initial replication, 5 cycles, retention 3", () =>
     expect(await types(vm)).toEqual([
       "ReplicationEnabled",
       "InitialReplicationStarted",
-      "CycleCommitted", "RecoveryPointCreated", "InitialReplicationCompleted",
-      "CycleCommitted", "RecoveryPointCreated",
-      "CycleCommitted", "RecoveryPointCreated",
-      "CycleCommitted", "RecoveryPointCreated", "RecoveryPointMergeStarted", "RecoveryPointMerged",
-      "CycleCommitted", "RecoveryPointCreated", "RecoveryPointMergeStarted", "RecoveryPointMerged",
-      "CycleCommitted", "RecoveryPointCreated", "RecoveryPointMergeStarted", "RecoveryPointMerged",
+      "CycleCommitted",
+      "RecoveryPointCreated",
+      "InitialReplicationCompleted",
+      "CycleCommitted",
+      "RecoveryPointCreated",
+      "CycleCommitted",
+      "RecoveryPointCreated",
+      "CycleCommitted",
+      "RecoveryPointCreated",
+      "RecoveryPointMergeStarted",
+      "RecoveryPointMerged",
+      "CycleCommitted",
+      "RecoveryPointCreated",
+      "RecoveryPointMergeStarted",
+      "RecoveryPointMerged",
+      "CycleCommitted",
+      "RecoveryPointCreated",
+      "RecoveryPointMergeStarted",
+      "RecoveryPointMerged",
     ]);
     expect((await verifyLedger(store)).ok).toBe(true);
   });
@@ -127,9 +144,7 @@ describe("merges", () => {
     expect(await caught(() => executeCommand(store, "vm", startMerge))).toBeInstanceOf(MergeInProgressError);
     await executeCommand(store, "vm", incremental(5));
     expect(await caught(() => executeCommand(store, "vm", (s) => completeMerge(s, { pointId: "rp-2", disks: [] })))).toBeInstanceOf(NoSuchMergeError);
-    const wrongDisks = await caught(() =>
-      executeCommand(store, "vm", (s) => completeMerge(s, { pointId: "rp-1", disks: [{ diskId: "disk0", imagePath: "/x" }] })),
-    );
+    const wrongDisks = await caught(() => executeCommand(store, "vm", (s) => completeMerge(s, { pointId: "rp-1", disks: [{ diskId: "disk0", imagePath: "/x" }] })));
     expect(wrongDisks).toBeInstanceOf(InvalidCommandInputError);
 
     const done = await executeCommand(store, "vm", (s) =>

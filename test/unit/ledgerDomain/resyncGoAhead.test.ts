@@ -27,9 +27,18 @@ const unacked = [
   { diskId: "disk0", code: ENABLE_UNACKNOWLEDGED },
   { diskId: "disk1", code: ENABLE_UNACKNOWLEDGED },
 ];
-const required = (reason: string): Decide => (s) => markResyncRequired(s, { reason });
-const resyncStarted = (seq: number): Decide => (s) => startResync(s, { cycleSeq: seq, cutoffAt: cutoff(seq), generation: s.generation });
-const resyncCommitted = (seq: number): Decide => (s) => commitCycle(s, cycleInput(VM, seq, "resync", { generation: s.generation }));
+const required =
+  (reason: string): Decide =>
+  (s) =>
+    markResyncRequired(s, { reason });
+const resyncStarted =
+  (seq: number): Decide =>
+  (s) =>
+    startResync(s, { cycleSeq: seq, cutoffAt: cutoff(seq), generation: s.generation });
+const resyncCommitted =
+  (seq: number): Decide =>
+  (s) =>
+    commitCycle(s, cycleInput(VM, seq, "resync", { generation: s.generation }));
 const manual = (s: RelationshipState, lost: ReadonlyArray<{ diskId: string; code: string }>) => resyncGoAhead(s, { lost, mode: "manual" });
 
 /** The initial point committed, its ack lost: the site marks the loss the agent reports. */
@@ -66,7 +75,12 @@ describe("resyncGoAhead with resync: manual", () => {
   it("a real loss of tracking waits for the operator, even right after the initial replication", () => {
     // Acked initial, then QEMU crashed before the first incremental: its bitmap is gone.
     const crashed = fold(VM, enabled, initialStarted, initialCommitted, required("disk0: BITMAP_MISSING"));
-    expect(manual(crashed, [{ diskId: "disk0", code: "BITMAP_MISSING" }, { diskId: "disk1", code: "BITMAP_MISSING" }])).toBe("wait");
+    expect(
+      manual(crashed, [
+        { diskId: "disk0", code: "BITMAP_MISSING" },
+        { diskId: "disk1", code: "BITMAP_MISSING" },
+      ]),
+    ).toBe("wait");
     // The agent lost its state directory: nothing says an enable was merely unacknowledged.
     expect(manual(crashed, [{ diskId: "disk0", code: "NOT_ENABLED" }])).toBe("wait");
     // One disk only unacknowledged is not enough: the other lost tracking for real.

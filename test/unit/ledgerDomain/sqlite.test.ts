@@ -53,10 +53,7 @@ describe("relationship on the SQLite ledger", () => {
     try {
       // Both fold at the same version, then race: compatible decisions both land.
       const race = raceBarrier(2);
-      const [merge, commit] = await Promise.all([
-        executeCommand(race(alice), "vm", startMerge),
-        executeCommand(race(bob), "vm", incremental(5)),
-      ]);
+      const [merge, commit] = await Promise.all([executeCommand(race(alice), "vm", startMerge), executeCommand(race(bob), "vm", incremental(5))]);
       expect([merge.attempts, commit.attempts].sort()).toEqual([1, 2]);
       expect(merge.events).toHaveLength(1);
       expect(commit.events).toHaveLength(2);

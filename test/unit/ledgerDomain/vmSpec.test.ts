@@ -1,5 +1,14 @@
 import { describe, expect, it } from "vitest";
-import { enableReplication, executeCommand, getInMemoryEventStore, InvalidCommandInputError, InvalidTransitionError, initialRelationshipState, relationshipStream, updateVmSpec } from "../../../src/ledger/index.js";
+import {
+  enableReplication,
+  executeCommand,
+  getInMemoryEventStore,
+  InvalidCommandInputError,
+  InvalidTransitionError,
+  initialRelationshipState,
+  relationshipStream,
+  updateVmSpec,
+} from "../../../src/ledger/index.js";
 import { enableInput } from "./fixtures.js";
 
 const specV1 = { machine: "q35", cpus: 1, memoryMiB: 64, disks: [{ diskId: "disk0", bus: "ide", bootIndex: 0 }], nics: [] };
@@ -16,7 +25,9 @@ describe("the VM spec and its history", () => {
     // Key order does not make a change.
     const reordered = Object.fromEntries(Object.entries(bigger).reverse());
     expect((await executeCommand(store, "web1", (s) => updateVmSpec(s, { vmSpec: reordered }))).events).toEqual([]);
-    const history = (await store.readStream(relationshipStream("web1"))).map((e) => (e.type === "ReplicationEnabled" || e.type === "VmSpecChanged" ? (e.data.vmSpec as { memoryMiB: number }).memoryMiB : undefined));
+    const history = (await store.readStream(relationshipStream("web1"))).map((e) =>
+      e.type === "ReplicationEnabled" || e.type === "VmSpecChanged" ? (e.data.vmSpec as { memoryMiB: number }).memoryMiB : undefined,
+    );
     expect(history.filter((m) => m !== undefined)).toEqual([64, 128]);
   });
 

@@ -93,10 +93,7 @@ export interface FakeServer {
   close(): Promise<void>;
 }
 
-export async function startFakeServer(
-  script: (conn: FakeConn) => Promise<void>,
-  opts: { tcp?: boolean } = {},
-): Promise<FakeServer> {
+export async function startFakeServer(script: (conn: FakeConn) => Promise<void>, opts: { tcp?: boolean } = {}): Promise<FakeServer> {
   const dir = await mkdtemp(path.join(os.tmpdir(), "qreplica-nbd-unit-"));
   const socketPath = path.join(dir, "nbd.sock");
   const sockets = new Set<net.Socket>();
@@ -172,14 +169,7 @@ export function simpleReply(cookie: bigint, error = 0, payload: Buffer = Buffer.
 
 export const DONE = 1;
 export function chunk(cookie: bigint, flags: number, type: number, payload: Buffer, lengthOverride?: number): Buffer {
-  return Buffer.concat([
-    u32(0x668e33ef),
-    u16(flags),
-    u16(type),
-    u64(cookie),
-    u32(lengthOverride ?? payload.length),
-    payload,
-  ]);
+  return Buffer.concat([u32(0x668e33ef), u16(flags), u16(type), u64(cookie), u32(lengthOverride ?? payload.length), payload]);
 }
 export function offsetData(cookie: bigint, offset: number, data: Buffer, flags = 0): Buffer {
   return chunk(cookie, flags, 1, Buffer.concat([u64(offset), data]));

@@ -1,13 +1,5 @@
 import { afterEach, describe, expect, it } from "vitest";
-import {
-  NbdClient,
-  NbdClosedError,
-  NbdConnectError,
-  NbdOptionError,
-  NbdProtocolError,
-  NbdTimeoutError,
-  NbdUnsupportedError,
-} from "../../../src/qemu/nbd/index.js";
+import { NbdClient, NbdClosedError, NbdConnectError, NbdOptionError, NbdProtocolError, NbdTimeoutError, NbdUnsupportedError } from "../../../src/qemu/nbd/index.js";
 import {
   FLAGS_RO,
   FLAGS_RW,
@@ -172,9 +164,7 @@ describe("NBD handshake", () => {
       /* never says anything */
     });
     const t0 = Date.now();
-    const err = await NbdClient.connect({ socketPath: s.socketPath, exportName: "x", connectTimeoutMs: 150 }).catch(
-      (e: unknown) => e,
-    );
+    const err = await NbdClient.connect({ socketPath: s.socketPath, exportName: "x", connectTimeoutMs: 150 }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(NbdTimeoutError);
     expect((err as NbdTimeoutError).code).toBe("NBD_TIMEOUT");
     expect((err as Error).message).toMatch(/within 150 ms.*server greeting/);
@@ -250,14 +240,10 @@ describe("NBD handshake", () => {
   });
 
   it("says no server is listening when the socket does not exist", async () => {
-    const err = await NbdClient.connect({ socketPath: "/nonexistent/qreplica/nbd.sock", exportName: "x" }).catch(
-      (e: unknown) => e,
-    );
+    const err = await NbdClient.connect({ socketPath: "/nonexistent/qreplica/nbd.sock", exportName: "x" }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(NbdConnectError);
     expect((err as NbdConnectError).code).toBe("NBD_CONNECT_FAILED");
-    expect((err as Error).message).toMatch(
-      /no NBD server listening at \/nonexistent\/qreplica\/nbd.sock: is the QEMU process running and its NBD server started\?/,
-    );
+    expect((err as Error).message).toMatch(/no NBD server listening at \/nonexistent\/qreplica\/nbd.sock: is the QEMU process running and its NBD server started\?/);
     expect((err as Error).cause).toBeDefined();
   });
 });

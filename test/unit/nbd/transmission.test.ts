@@ -62,7 +62,7 @@ async function connected(
 
 function pattern(offset: number, length: number): Buffer {
   const b = Buffer.alloc(length);
-  for (let i = 0; i < length; i++) b[i] = (offset + i) * 7 % 251;
+  for (let i = 0; i < length; i++) b[i] = ((offset + i) * 7) % 251;
   return b;
 }
 
@@ -86,18 +86,17 @@ describe("NBD transmission: successful replies", () => {
       conn.write(offsetData(r2.cookie, r2.offset + 4096, pattern(r2.offset + 4096, 4096)));
       conn.write(offsetHole(r0.cookie, r0.offset + 8192, 8192));
       conn.write(offsetData(r1.cookie, r1.offset, pattern(r1.offset, r1.length), DONE));
-      conn.write(blockStatusChunk(r3.cookie, 0, [[4096, 0], [MiB, 3]]));
+      conn.write(
+        blockStatusChunk(r3.cookie, 0, [
+          [4096, 0],
+          [MiB, 3],
+        ]),
+      );
       conn.write(offsetData(r0.cookie, r0.offset, pattern(r0.offset, 8192), DONE));
       conn.write(blockStatusChunk(r3.cookie, 3, [[65536, 1]], DONE));
       conn.write(offsetData(r2.cookie, r2.offset, pattern(r2.offset, 4096), DONE));
     });
-    const results = await Promise.all([
-      c.read(0, 16384),
-      c.read(MiB, 65536),
-      c.read(2 * MiB, 8192),
-      c.blockStatus("base:allocation", 0, 2 * MiB),
-      c.flush(),
-    ]);
+    const results = await Promise.all([c.read(0, 16384), c.read(MiB, 65536), c.read(2 * MiB, 8192), c.blockStatus("base:allocation", 0, 2 * MiB), c.flush()]);
     const [a, b, d, ext] = results;
     const expectA = pattern(0, 16384);
     expectA.fill(0, 8192);
@@ -140,7 +139,7 @@ describe("NBD transmission: successful replies", () => {
         offsetData(a.cookie, a.offset + 3 * MiB + 100_017, pattern(a.offset + 3 * MiB + 100_017, a.length - 3 * MiB - 100_017), DONE),
       ]);
       // Odd-sized writes so headers straddle socket reads and payloads start mid-read.
-      for (let i = 0, n = 1; i < stream.length; i += n, n = ((n * 7919 + 13) % 300_001) || 1) {
+      for (let i = 0, n = 1; i < stream.length; i += n, n = (n * 7919 + 13) % 300_001 || 1) {
         conn.socket.write(stream.subarray(i, i + n));
         if (i % 3 === 0) await settle(0);
       }
@@ -317,27 +316,21 @@ describe("NBD transmission: malformed replies are fatal, never a hang", () => {
       /OFFSET_DATA chunk \(length 4294967295\).*expected 8 bytes of offset plus at most 4096 bytes of data/,
     ));
 
-  it("oversized error chunk length", () =>
-    expectFatal((r) => chunk(r.cookie, DONE, 0x8001, Buffer.alloc(0), 0xffffffff), /ERROR chunk.*6 to \d+ bytes/));
+  it("oversized error chunk length", () => expectFatal((r) => chunk(r.cookie, DONE, 0x8001, Buffer.alloc(0), 0xffffffff), /ERROR chunk.*6 to \d+ bytes/));
 
   it("OFFSET_DATA outside the requested range", () =>
-    expectFatal(
-      (r) => offsetData(r.cookie, r.offset + 2048, Buffer.alloc(4096), DONE),
-      /OFFSET_DATA chunk .* covers \[2048, 6144\), outside the requested range \[0, 4096\)/,
-    ));
+    expectFatal((r) => offsetData(r.cookie, r.offset + 2048, Buffer.alloc(4096), DONE), /OFFSET_DATA chunk .* covers \[2048, 6144\), outside the requested range \[0, 4096\)/));
 
   it("overlapping data chunks", () =>
     expectFatal(
-      (r) =>
-        Buffer.concat([offsetData(r.cookie, 0, Buffer.alloc(2048)), offsetData(r.cookie, 1024, Buffer.alloc(2048), DONE)]),
+      (r) => Buffer.concat([offsetData(r.cookie, 0, Buffer.alloc(2048)), offsetData(r.cookie, 1024, Buffer.alloc(2048), DONE)]),
       /OFFSET_DATA chunk \[1024, 3072\) overlaps data already received/,
     ));
 
   it("a READ reply that ends before covering the range", () =>
     expectFatal((r) => offsetData(r.cookie, 0, Buffer.alloc(1024), DONE), /ended \(DONE\) with 1024 of 4096 bytes covered/));
 
-  it("unknown cookie", () =>
-    expectFatal(() => offsetData(999n, 0, Buffer.alloc(16), DONE), /cookie 999, which matches no request ever sent/));
+  it("unknown cookie", () => expectFatal(() => offsetData(999n, 0, Buffer.alloc(16), DONE), /cookie 999, which matches no request ever sent/));
 
   it("a reply after DONE", async () => {
     const c = await connected(async (conn) => {
@@ -381,8 +374,7 @@ describe("NBD transmission: malformed replies are fatal, never a hang", () => {
       /message length 256 does not fit its 11-byte payload/,
     ));
 
-  it("OFFSET_HOLE outside the range", () =>
-    expectFatal((r) => offsetHole(r.cookie, 8192, 4096, DONE), /OFFSET_HOLE chunk .* covers \[8192, 12288\)/));
+  it("OFFSET_HOLE outside the range", () => expectFatal((r) => offsetHole(r.cookie, 8192, 4096, DONE), /OFFSET_HOLE chunk .* covers \[8192, 12288\)/));
 
   it("a simple reply to READ while structured replies were negotiated", () =>
     expectFatal((r) => simpleReply(r.cookie, 0, Buffer.alloc(4096)), /simple reply .* structured replies were negotiated/));
@@ -410,9 +402,7 @@ describe("NBD transmission: closed connections and timeouts", () => {
     const err = await failureOf(first);
     expect(err).toBeInstanceOf(NbdClosedError);
     expect((err as NbdClosedError).code).toBe("NBD_CLOSED");
-    expect(err.message).toMatch(
-      new RegExp(`NBD connection to ${server!.socketPath} closed after 1000 of 4096 bytes of a READ reply .*2 requests awaiting`),
-    );
+    expect(err.message).toMatch(new RegExp(`NBD connection to ${server!.socketPath} closed after 1000 of 4096 bytes of a READ reply .*2 requests awaiting`));
     const err2 = await failureOf(second);
     expect(err2).toBeInstanceOf(NbdClosedError);
     await c.closed;

@@ -63,7 +63,12 @@ describe("policies in the ledger", () => {
     await policies.book.apply(parsePolicyYaml("name: silver\nfrequency: 15m"), ada);
     // Unbound: the built-in default with the agent's own interval and level, the site's point count.
     await policies.atHello("vm1", { policyName: "", intervalSeconds: 7, compressionLevel: 2, resync: "automatic", identity: "agent-a" });
-    expect(policies.effectivePolicy("vm1")).toMatchObject({ name: "default", frequency: { kind: "interval", seconds: 7 }, compressionLevel: 2, retention: { tiers: [], minPoints: 12 } });
+    expect(policies.effectivePolicy("vm1")).toMatchObject({
+      name: "default",
+      frequency: { kind: "interval", seconds: 7 },
+      compressionLevel: 2,
+      retention: { tiers: [], minPoints: 12 },
+    });
     expect(policies.effectivePolicyVersion("vm1")).toEqual({ name: "default", version: 0 });
     expect(policies.wireFor("vm1")).toBeUndefined();
 

@@ -57,7 +57,14 @@ describe("retention planner: the simple rules", () => {
   it("planning the kept set again keeps all of it (no point comes back or goes later without time passing)", () => {
     const points: PlanPoint[] = [];
     for (let i = 0; i < 2000; i++) points.push(pt(i + 1, T0 + i * 7 * MIN, { consistency: i % 13 === 0 ? "application" : "crash", held: i === 500 }));
-    const spec = { tiers: [{ everySeconds: 0, keepForSeconds: 7200 }, { everySeconds: 3600, keepForSeconds: 86400 }, { everySeconds: 86400, keepForSeconds: 7 * 86400 }], minPoints: 3 };
+    const spec = {
+      tiers: [
+        { everySeconds: 0, keepForSeconds: 7200 },
+        { everySeconds: 3600, keepForSeconds: 86400 },
+        { everySeconds: 86400, keepForSeconds: 7 * 86400 },
+      ],
+      minPoints: 3,
+    };
     const now = T0 + 2000 * 7 * MIN;
     const once = planRetention(points, spec, now);
     const kept = points.filter((p) => once.keep.includes(p.id));

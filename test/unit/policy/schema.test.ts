@@ -150,7 +150,11 @@ name: gold
 
   it("diffs two versions field by field", () => {
     const a = parsePolicyYaml(GOLD);
-    const b = parsePolicyYaml(GOLD.replace("frequency: 30s", "frequency: 5m").replace("compressionLevel: 3", "compressionLevel: 9").replace(/bandwidth:\n.*\n/, ""));
+    const b = parsePolicyYaml(
+      GOLD.replace("frequency: 30s", "frequency: 5m")
+        .replace("compressionLevel: 3", "compressionLevel: 9")
+        .replace(/bandwidth:\n.*\n/, ""),
+    );
     const changes = diffPolicies(a, b);
     expect(changes).toContainEqual({ path: "frequency", from: "30s", to: "5m" });
     expect(changes).toContainEqual({ path: "compressionLevel", from: "3", to: "9" });

@@ -52,7 +52,13 @@ describe("QMP client protocol handling", () => {
         held.push(cmd);
         if (held.length === 2) {
           const [a, b] = held;
-          const text = JSON.stringify({ event: "STOP", data: {}, timestamp: { seconds: 1, microseconds: 2 } }) + "\n" + JSON.stringify({ return: "second", id: b!.id }) + "\n" + JSON.stringify({ return: "first", id: a!.id }) + "\n";
+          const text =
+            JSON.stringify({ event: "STOP", data: {}, timestamp: { seconds: 1, microseconds: 2 } }) +
+            "\n" +
+            JSON.stringify({ return: "second", id: b!.id }) +
+            "\n" +
+            JSON.stringify({ return: "first", id: a!.id }) +
+            "\n";
           sock.write(text.slice(0, 17));
           setTimeout(() => sock.write(text.slice(17)), 20);
         }

@@ -14,7 +14,14 @@ async function twoGroups() {
   const port = await closedPort();
   const runbook = makeRunbook({
     groups: [
-      { name: "db", vms: ["db1"], steps: [{ wait: "vm-running", timeoutSeconds: 1 }, { wait: "tcp-port", host: "127.0.0.1", port, timeoutSeconds: 1 }] },
+      {
+        name: "db",
+        vms: ["db1"],
+        steps: [
+          { wait: "vm-running", timeoutSeconds: 1 },
+          { wait: "tcp-port", host: "127.0.0.1", port, timeoutSeconds: 1 },
+        ],
+      },
       { name: "web", vms: [{ vm: "web1", failover: "planned" }], steps: [{ wait: "vm-running", timeoutSeconds: 1 }] },
     ],
   });
@@ -58,7 +65,18 @@ describe("executePlan", () => {
     ]);
     // Progress: one line as each step starts and one as it ends, then the outcome.
     const kinds = h.progress.map((e) => (e.type === "step-finished" ? `${e.stepId}:${e.status}` : e.type === "step-started" ? `${e.stepId}:start` : e.type));
-    expect(kinds).toEqual(["run-started", "preflight:start", "preflight:succeeded", "g1.vm.db1.failover:start", "g1.vm.db1.failover:succeeded", "g1.step1.wait:start", "g1.step1.wait:succeeded", "g1.step2.wait:start", "g1.step2.wait:failed", "run-finished"]);
+    expect(kinds).toEqual([
+      "run-started",
+      "preflight:start",
+      "preflight:succeeded",
+      "g1.vm.db1.failover:start",
+      "g1.vm.db1.failover:succeeded",
+      "g1.step1.wait:start",
+      "g1.step1.wait:succeeded",
+      "g1.step2.wait:start",
+      "g1.step2.wait:failed",
+      "run-finished",
+    ]);
 
     // The operator fixes the cause: the database now listens.
     server = await listen(port);
@@ -90,7 +108,10 @@ describe("executePlan", () => {
   });
 
   it("a drill fails every VM over as a test and never touches production", async () => {
-    const h = new Harness(makeRunbook({ groups: [{ vms: ["db1"], steps: [{ wait: "vm-running" }] }, { vms: [{ vm: "web1", failover: "planned" }] }] }), new FakeSite(["db1", "web1"]));
+    const h = new Harness(
+      makeRunbook({ groups: [{ vms: ["db1"], steps: [{ wait: "vm-running" }] }, { vms: [{ vm: "web1", failover: "planned" }] }] }),
+      new FakeSite(["db1", "web1"]),
+    );
     const out = await h.run({ test: true });
     expect(out.status).toBe("succeeded");
     expect(h.site.calls.filter((c) => !c.startsWith("getStatus") && !c.startsWith("list"))).toEqual(["startTestFailover db1", "startTestFailover web1"]);

@@ -1,6 +1,16 @@
 import net from "node:net";
 import { getInMemoryEventStore, type EventStore } from "../../../src/ledger/index.js";
-import { executePlan, planRunbook, readRun, resumeOptions, validateRunbook, type ExecuteOptions, type ProgressEvent, type RunRecord, type Runbook } from "../../../src/runbook/index.js";
+import {
+  executePlan,
+  planRunbook,
+  readRun,
+  resumeOptions,
+  validateRunbook,
+  type ExecuteOptions,
+  type ProgressEvent,
+  type RunRecord,
+  type Runbook,
+} from "../../../src/runbook/index.js";
 import { FakeSite } from "./fakeSite.js";
 
 export function makeRunbook(input: Record<string, unknown>, baseDir = "/rb"): Runbook {

@@ -38,7 +38,15 @@ describe("planRunbook", () => {
       "g2.step4.hook",
     ]);
     const [preflight, db1, tcp, web1, web2, lab, running, confirm, smoke, logger] = plan.steps;
-    expect(preflight).toMatchObject({ kind: "preflight", vms: [{ vm: "db1", mode: "unplanned", point: "rp-7" }, { vm: "web1", mode: "unplanned" }, { vm: "web2", mode: "planned" }, { vm: "lab", mode: "test" }] });
+    expect(preflight).toMatchObject({
+      kind: "preflight",
+      vms: [
+        { vm: "db1", mode: "unplanned", point: "rp-7" },
+        { vm: "web1", mode: "unplanned" },
+        { vm: "web2", mode: "planned" },
+        { vm: "lab", mode: "test" },
+      ],
+    });
     expect(db1).toMatchObject({ kind: "failover", vm: "db1", mode: "unplanned", point: "rp-7", group: 1, groupName: "db", description: "unplanned failover of db1 to point rp-7" });
     expect(tcp).toMatchObject({ kind: "wait", wait: "tcp-port", host: "10.0.0.5", port: 5432, timeoutMs: 30_000 });
     expect(web1).toMatchObject({ mode: "unplanned", description: "unplanned failover of web1 to the latest point" });

@@ -24,8 +24,18 @@ describe("rollbackRun", () => {
     expect(progress.map((p) => p.type)).toEqual(["rollback-started", "undo-finished", "undo-finished", "undo-finished", "rollback-finished"]);
     const rec = await h.record(run.runId);
     expect(rec.status).toBe("rolled-back");
-    expect(rec.steps.find((s) => s.id === "g1.vm.db1.failover")?.undo).toEqual({ status: "undone", action: "stop test failover", detail: "VM db1: stopped test t1; its writes are discarded" });
-    expect((await h.types(run.runId)).slice(-5)).toEqual(["RunbookRollbackStarted", "RunbookRollbackStep", "RunbookRollbackStep", "RunbookRollbackStep", "RunbookRollbackFinished"]);
+    expect(rec.steps.find((s) => s.id === "g1.vm.db1.failover")?.undo).toEqual({
+      status: "undone",
+      action: "stop test failover",
+      detail: "VM db1: stopped test t1; its writes are discarded",
+    });
+    expect((await h.types(run.runId)).slice(-5)).toEqual([
+      "RunbookRollbackStarted",
+      "RunbookRollbackStep",
+      "RunbookRollbackStep",
+      "RunbookRollbackStep",
+      "RunbookRollbackFinished",
+    ]);
 
     // Again: nothing left to undo, nothing called.
     h.site.calls.length = 0;
@@ -58,10 +68,18 @@ describe("rollbackRun", () => {
     const { out } = await rollback(h, run.runId);
     expect(out.ok).toBe(false);
     expect(out.undone).toEqual(["g1.vm.db1.failover"]);
-    expect(out.failed).toEqual([{ stepId: "g2.vm.app1.failover", error: "VM app1: its failover was completed and can no longer be cancelled; fail back with a planned failover to the original site instead" }]);
+    expect(out.failed).toEqual([
+      {
+        stepId: "g2.vm.app1.failover",
+        error: "VM app1: its failover was completed and can no longer be cancelled; fail back with a planned failover to the original site instead",
+      },
+    ]);
     const rec = await h.record(run.runId);
     expect(rec.status).toBe("rollback-incomplete");
-    expect(rec.steps.find((s) => s.id === "g2.vm.web1.failover")?.undo).toMatchObject({ status: "nothing-to-undo", detail: "VM web1: the failed attempt did not fail it over (state replicating, generation 1)" });
+    expect(rec.steps.find((s) => s.id === "g2.vm.web1.failover")?.undo).toMatchObject({
+      status: "nothing-to-undo",
+      detail: "VM web1: the failed attempt did not fail it over (state replicating, generation 1)",
+    });
     expect(h.site.calls.filter((c) => c.startsWith("cancel"))).toEqual(["cancelFailover db1"]);
 
     h.site.calls.length = 0;

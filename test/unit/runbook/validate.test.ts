@@ -97,7 +97,7 @@ describe("validateRunbook", () => {
     input.site = { dir: "/a", address: "b:1" };
     expect(problems(input)).toEqual([
       "site: has both dir and address",
-      "groups[0].vms[0].failover: must be one of test, planned, unplanned, not \"hot\"",
+      'groups[0].vms[0].failover: must be one of test, planned, unplanned, not "hot"',
       "groups[0].steps[0].timeoutSeconds: must be a number of seconds above 0 and at most 86400, not -1",
       "groups[1].steps[3].env.QREPLICA_VM: QREPLICA_* variables are set by the runbook",
       "groups[1].steps[3].env.bad name: not an environment variable name",
@@ -110,7 +110,22 @@ describe("loadRunbook", () => {
     const tmp = makeTmpDir("qr-rb-");
     cleanup = tmp.cleanup;
     const file = join(tmp.path, "rb.yaml");
-    writeFileSync(file, ["name: shop", "site:", "  dir: ./site", "failover: test", "groups:", "  - vms: [db1]", "    steps:", "      - wait: tcp-port", "        host: db", "        port: 0", ""].join("\n"));
+    writeFileSync(
+      file,
+      [
+        "name: shop",
+        "site:",
+        "  dir: ./site",
+        "failover: test",
+        "groups:",
+        "  - vms: [db1]",
+        "    steps:",
+        "      - wait: tcp-port",
+        "        host: db",
+        "        port: 0",
+        "",
+      ].join("\n"),
+    );
     const err = (() => {
       try {
         loadRunbook(file);

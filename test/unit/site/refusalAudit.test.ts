@@ -29,7 +29,18 @@ describe("RefusalAudit", () => {
     const a = new RefusalAudit(store, silentLogger);
     await a.record(refusal());
     expect(await audit(store)).toEqual([
-      expect.objectContaining({ identity: "agent-x", role: "agent", rpc: "Failover", needed: "operator", reason: "AGENT_ON_CONTROL_PLANE", count: 1, vmIds: ["vm1"], peers: ["127.0.0.1"], actor: "agent-x", actorRole: "agent" }),
+      expect.objectContaining({
+        identity: "agent-x",
+        role: "agent",
+        rpc: "Failover",
+        needed: "operator",
+        reason: "AGENT_ON_CONTROL_PLANE",
+        count: 1,
+        vmIds: ["vm1"],
+        peers: ["127.0.0.1"],
+        actor: "agent-x",
+        actorRole: "agent",
+      }),
     ]);
     // A flood: 500 refusals of the same caller and RPC, on many VMs, some with a malformed id.
     for (let i = 0; i < 500; i++) await a.record(refusal(i % 100 === 0 ? { vmId: undefined, vmIdMalformed: true } : { vmId: `vm${i % 30}` }));

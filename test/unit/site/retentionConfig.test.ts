@@ -14,7 +14,16 @@ afterEach(() => {
 function siteDir(extra: Record<string, unknown>): string {
   const tmp = makeTmpDir("qr-site-cfg-");
   cleanups.push(tmp.cleanup);
-  const base = { siteId: "site-b", listen: "127.0.0.1:0", caFile: "ca.crt", certFile: "s.crt", keyFile: "s.key", ledgerPath: "ledger.db", storageRoot: "storage", defaultMaxPoints: 7 };
+  const base = {
+    siteId: "site-b",
+    listen: "127.0.0.1:0",
+    caFile: "ca.crt",
+    certFile: "s.crt",
+    keyFile: "s.key",
+    ledgerPath: "ledger.db",
+    storageRoot: "storage",
+    defaultMaxPoints: 7,
+  };
   writeFileSync(join(tmp.path, "site.json"), JSON.stringify({ ...base, ...extra }));
   return tmp.path;
 }
@@ -28,10 +37,15 @@ describe("the site's default retention", () => {
   });
 
   it("reads tiers from site.json and refuses bad ones, naming the field", () => {
-    const tiers = [{ everySeconds: 0, keepForSeconds: 7200 }, { everySeconds: 3600, keepForSeconds: 172800 }];
+    const tiers = [
+      { everySeconds: 0, keepForSeconds: 7200 },
+      { everySeconds: 3600, keepForSeconds: 172800 },
+    ];
     const config = loadSiteConfig(siteDir({ defaultRetention: { tiers, minPoints: 3 } }));
     expect(siteDefaultRetention(config)("vm1", initialRelationshipState("vm1"))).toEqual({ tiers, minPoints: 3 });
-    expect(() => loadSiteConfig(siteDir({ defaultRetention: { tiers: [{ everySeconds: 3600 }], minPoints: 3 } }))).toThrow(/defaultRetention': tiers\[0\]\.keepForSeconds must be a positive number/);
+    expect(() => loadSiteConfig(siteDir({ defaultRetention: { tiers: [{ everySeconds: 3600 }], minPoints: 3 } }))).toThrow(
+      /defaultRetention': tiers\[0\]\.keepForSeconds must be a positive number/,
+    );
     expect(() => loadSiteConfig(siteDir({ defaultRetention: { minPoints: 3 } }))).toThrow(/field 'defaultRetention' must be/);
   });
 });

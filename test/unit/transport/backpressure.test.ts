@@ -1,12 +1,7 @@
 import { Writable } from "node:stream";
 import { Server, ServerCredentials, credentials, type ServerDuplexStream } from "@grpc/grpc-js";
 import { afterEach, describe, expect, it } from "vitest";
-import {
-  ReplicationServiceClient,
-  ReplicationServiceService,
-  type ReplicateRequest,
-  type ReplicateResponse,
-} from "../../../src/gen/qreplica/v1/replication.js";
+import { ReplicationServiceClient, ReplicationServiceService, type ReplicateRequest, type ReplicateResponse } from "../../../src/gen/qreplica/v1/replication.js";
 import { ChecksumAlgorithm, CompressionCodec } from "../../../src/gen/qreplica/v1/common.js";
 import { StreamClosedError, grpcChannelOptions, grpcServerOptions, writeWithBackpressure } from "../../../src/transport/index.js";
 
@@ -102,9 +97,7 @@ describe("writeWithBackpressure on a real grpc-js bidi stream", () => {
         call.on("end", () => call.end());
       },
     });
-    const port = await new Promise<number>((resolve, reject) =>
-      server!.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
-    );
+    const port = await new Promise<number>((resolve, reject) => server!.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
     return `127.0.0.1:${port}`;
   }
 

@@ -234,17 +234,11 @@ describe("decodeExtentChunk refuses, with the RejectReason as code", () => {
     const payload = good.payload?.$case === "data" ? good.payload.value.data : Buffer.alloc(0);
     expectReject(() => decodeExtentChunk(withPayload(good, CompressionCodec.COMPRESSION_CODEC_UNSPECIFIED, payload), decodeOpts), "UNSUPPORTED_CODEC");
     expectReject(() => decodeExtentChunk(withPayload(good, 42 as CompressionCodec, payload), decodeOpts), "UNSUPPORTED_CODEC");
-    expectReject(
-      () => decodeExtentChunk(good, { ...decodeOpts, acceptedCodecs: [CompressionCodec.COMPRESSION_CODEC_NONE] }),
-      "UNSUPPORTED_CODEC",
-    );
+    expectReject(() => decodeExtentChunk(good, { ...decodeOpts, acceptedCodecs: [CompressionCodec.COMPRESSION_CODEC_NONE] }), "UNSUPPORTED_CODEC");
   });
 
   it("a data chunk without SHA-256, or a zero range with a checksum", () => {
-    expectReject(
-      () => decodeExtentChunk({ ...good, checksumAlgorithm: ChecksumAlgorithm.CHECKSUM_ALGORITHM_UNSPECIFIED }, decodeOpts),
-      "UNSUPPORTED_CHECKSUM_ALGORITHM",
-    );
+    expectReject(() => decodeExtentChunk({ ...good, checksumAlgorithm: ChecksumAlgorithm.CHECKSUM_ALGORITHM_UNSPECIFIED }, decodeOpts), "UNSUPPORTED_CHECKSUM_ALGORITHM");
     const zero = encodeExtentChunk({ kind: "zero", offset: 0, length: 4096 }, opts);
     expectReject(() => decodeExtentChunk({ ...zero, checksum: Buffer.alloc(32) }, decodeOpts), "UNSUPPORTED_CHECKSUM_ALGORITHM");
   });

@@ -102,9 +102,7 @@ describe("loadSiteCredentials", () => {
   });
 
   it("refuses a certificate from another CA, which its peers would refuse", () => {
-    expect(() => loadSiteCredentials({ caFile: ca.certFile, certFile: stranger.certFile, keyFile: stranger.keyFile })).toThrow(
-      TlsCertificateNotFromCaError,
-    );
+    expect(() => loadSiteCredentials({ caFile: ca.certFile, certFile: stranger.certFile, keyFile: stranger.keyFile })).toThrow(TlsCertificateNotFromCaError);
   });
 
   it("accepts a CA bundle holding the issuer among others", () => {

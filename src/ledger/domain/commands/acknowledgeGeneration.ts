@@ -33,7 +33,11 @@ const COMMAND = "acknowledgeGeneration";
 export function acknowledgeGeneration(s: RelationshipState, input: AcknowledgeGenerationInput): RelationshipEvent[] {
   const presentedGeneration = requireCount(COMMAND, "presentedGeneration", input.presentedGeneration);
   const peerIdentity = requireText(COMMAND, "peerIdentity", input.peerIdentity);
-  requireEnabled(s, COMMAND, REPLICATION_STATES.filter((x) => x !== "not-enabled"));
+  requireEnabled(
+    s,
+    COMMAND,
+    REPLICATION_STATES.filter((x) => x !== "not-enabled"),
+  );
   if (presentedGeneration === s.generation) return [];
   const h = s.generationHandover;
   if (!h || h.peerIdentity !== peerIdentity || presentedGeneration < h.fromGeneration || presentedGeneration > s.generation) {

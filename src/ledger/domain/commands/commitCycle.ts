@@ -1,15 +1,6 @@
 import { InvalidCommandInputError, OutOfOrderCycleError } from "../errors.js";
 import { pointIdFor, relationshipEvent, type Consistency, type CycleKind, type PointDisk, type RelationshipEvent } from "../events.js";
-import {
-  requireConsistency,
-  requireCount,
-  requireEnabled,
-  requireGeneration,
-  requireNextCycle,
-  requirePointDisks,
-  requireState,
-  requireTime,
-} from "../guards.js";
+import { requireConsistency, requireCount, requireEnabled, requireGeneration, requireNextCycle, requirePointDisks, requireState, requireTime } from "../guards.js";
 import type { RelationshipState } from "../relationship.js";
 import type { ReplicationStateName } from "../states.js";
 
@@ -87,9 +78,7 @@ export function commitCycle(s: RelationshipState, input: CommitCycleInput): Rela
   }
   const lastPoint = s.points.at(-1);
   if (lastPoint && cutoffAt < lastPoint.cutoffAt) {
-    throw new InvalidCommandInputError(
-      `${COMMAND}: cycle ${cycleSeq} has cut-off ${cutoffAt}, before the latest point ${lastPoint.pointId} (${lastPoint.cutoffAt})`,
-    );
+    throw new InvalidCommandInputError(`${COMMAND}: cycle ${cycleSeq} has cut-off ${cutoffAt}, before the latest point ${lastPoint.pointId} (${lastPoint.cutoffAt})`);
   }
 
   if (input.quiesceFailure !== undefined && (consistency !== "crash" || typeof input.quiesceFailure !== "string" || input.quiesceFailure === "")) {

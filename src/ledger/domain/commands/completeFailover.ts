@@ -47,9 +47,7 @@ export function completeFailover(s: RelationshipState): RelationshipEvent[] {
       pointId: point.pointId,
       droppedPointIds: dropped.map((p) => p.pointId),
       keptChains: kept.map((d) => ({ diskId: d.diskId, chain: d.chain })),
-      releasedImages: dropped.flatMap((p) =>
-        p.disks.filter((d) => !keptImages.has(d.imagePath)).map((d) => ({ diskId: d.diskId, imagePath: d.imagePath })),
-      ),
+      releasedImages: dropped.flatMap((p) => p.disks.filter((d) => !keptImages.has(d.imagePath)).map((d) => ({ diskId: d.diskId, imagePath: d.imagePath }))),
     }),
   ];
 }

@@ -18,7 +18,11 @@ const COMMAND = "completeMerge";
  */
 export function completeMerge(s: RelationshipState, input: CompleteMergeInput): RelationshipEvent[] {
   const pointId = requireText(COMMAND, "pointId", input.pointId);
-  requireEnabled(s, COMMAND, REPLICATION_STATES.filter((x) => x !== "not-enabled"));
+  requireEnabled(
+    s,
+    COMMAND,
+    REPLICATION_STATES.filter((x) => x !== "not-enabled"),
+  );
   const index = s.points.findIndex((p) => p.pointId === pointId && p.merging);
   const into = s.points[index + 1];
   if (index < 0 || !into) throw new NoSuchMergeError(s.vmId, pointId);
@@ -27,13 +31,20 @@ export function completeMerge(s: RelationshipState, input: CompleteMergeInput): 
     diskId: requireText(COMMAND, `disks[${i}].diskId`, d?.diskId),
     imagePath: requireText(COMMAND, `disks[${i}].imagePath`, d?.imagePath),
   }));
-  requireUniqueDiskIds(COMMAND, disks.map((d) => d.diskId));
-  const expected = into.disks.map((d) => d.diskId).sort().join(", ");
-  const got = disks.map((d) => d.diskId).sort().join(", ");
+  requireUniqueDiskIds(
+    COMMAND,
+    disks.map((d) => d.diskId),
+  );
+  const expected = into.disks
+    .map((d) => d.diskId)
+    .sort()
+    .join(", ");
+  const got = disks
+    .map((d) => d.diskId)
+    .sort()
+    .join(", ");
   if (expected !== got) {
-    throw new InvalidCommandInputError(
-      `${COMMAND}: point ${into.pointId} of VM ${s.vmId} has disks [${expected}] but the merge reports [${got}]`,
-    );
+    throw new InvalidCommandInputError(`${COMMAND}: point ${into.pointId} of VM ${s.vmId} has disks [${expected}] but the merge reports [${got}]`);
   }
   return [relationshipEvent("RecoveryPointMerged", { pointId, intoPointId: into.pointId, disks })];
 }

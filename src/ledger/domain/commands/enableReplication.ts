@@ -31,7 +31,10 @@ export function enableReplication(s: RelationshipState, input: EnableReplication
     diskId: requireText(COMMAND, `disks[${i}].diskId`, d?.diskId),
     sizeBytes: requireCount(COMMAND, `disks[${i}].sizeBytes`, d?.sizeBytes),
   }));
-  requireUniqueDiskIds(COMMAND, disks.map((d) => d.diskId));
+  requireUniqueDiskIds(
+    COMMAND,
+    disks.map((d) => d.diskId),
+  );
   const vmSpec = input.vmSpec ?? {};
   if (typeof vmSpec !== "object" || vmSpec === null || Array.isArray(vmSpec)) {
     throw new InvalidCommandInputError(`${COMMAND}: vmSpec must be a JSON object`);

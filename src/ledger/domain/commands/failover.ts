@@ -67,9 +67,7 @@ export function failover(s: RelationshipState, input: FailoverInput): Relationsh
       s,
       command,
       ["prepared-for-planned-failover"],
-      s.state === "replicating"
-        ? "Prepare the planned failover first (shut the primary VM down, then prepareFailover), or fail over unplanned."
-        : undefined,
+      s.state === "replicating" ? "Prepare the planned failover first (shut the primary VM down, then prepareFailover), or fail over unplanned." : undefined,
     );
     const latest = s.points.at(-1);
     if (!latest) throw new RecoveryPointUnavailableError(s.vmId, pointId, "none", []);

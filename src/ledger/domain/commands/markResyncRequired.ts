@@ -20,9 +20,7 @@ export function markResyncRequired(s: RelationshipState, input: MarkResyncRequir
     s,
     COMMAND,
     ["replicating", "paused", "resynchronising"],
-    s.state === "initial-replication-in-progress"
-      ? "An initial replication needs no resync: fail the initial cycle and start the initial replication again."
-      : undefined,
+    s.state === "initial-replication-in-progress" ? "An initial replication needs no resync: fail the initial cycle and start the initial replication again." : undefined,
   );
   return [relationshipEvent("ResyncRequired", { reason })];
 }

@@ -30,7 +30,11 @@ const FAILED_OVER: readonly ReplicationStateName[] = ["failed-over-waiting-compl
 export function recogniseCurrentPrimary(s: RelationshipState, input: RecogniseCurrentPrimaryInput): RelationshipEvent[] {
   const presentedGeneration = requireCount(COMMAND, "presentedGeneration", input.presentedGeneration);
   const peerIdentity = requireText(COMMAND, "peerIdentity", input.peerIdentity);
-  requireEnabled(s, COMMAND, REPLICATION_STATES.filter((x) => x !== "not-enabled"));
+  requireEnabled(
+    s,
+    COMMAND,
+    REPLICATION_STATES.filter((x) => x !== "not-enabled"),
+  );
   if (presentedGeneration === s.generation) return [];
   if (peerIdentity !== s.primaryIdentity || presentedGeneration > s.generation || FAILED_OVER.includes(s.state) || s.failover?.pointId !== undefined) {
     throw new StaleGenerationError(s.vmId, presentedGeneration, s.generation);

@@ -16,13 +16,7 @@ export interface RecordCycleSkippedInput {
 const COMMAND = "recordCycleSkipped";
 
 /** Where a cycle can be due on the primary, so where its not starting means something. */
-const ALLOWED: readonly ReplicationStateName[] = [
-  "ready-for-initial-replication",
-  "initial-replication-in-progress",
-  "replicating",
-  "resync-required",
-  "resynchronising",
-];
+const ALLOWED: readonly ReplicationStateName[] = ["ready-for-initial-replication", "initial-replication-in-progress", "replicating", "resync-required", "resynchronising"];
 
 /**
  * The primary did not start a due cycle (e.g. its scratch filesystem is nearly full), so no point

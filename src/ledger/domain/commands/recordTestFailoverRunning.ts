@@ -22,7 +22,11 @@ export function recordTestFailoverRunning(s: RelationshipState, input: RecordTes
   const testId = requireText(COMMAND, "testId", input.testId);
   const runningAt = requireTime(COMMAND, "runningAt", input.runningAt);
   const timeToRunningMs = requireCount(COMMAND, "timeToRunningMs", input.timeToRunningMs);
-  requireEnabled(s, COMMAND, REPLICATION_STATES.filter((x) => x !== "not-enabled"));
+  requireEnabled(
+    s,
+    COMMAND,
+    REPLICATION_STATES.filter((x) => x !== "not-enabled"),
+  );
   const test = requireRunningTest(s, testId);
   if (test.runningAt !== undefined) return [];
   if (runningAt < test.startedAt) {

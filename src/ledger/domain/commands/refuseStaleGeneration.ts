@@ -19,11 +19,13 @@ const COMMAND = "refuseStaleGeneration";
 export function refuseStaleGeneration(s: RelationshipState, input: RefuseStaleGenerationInput): RelationshipEvent[] {
   const presentedGeneration = requireCount(COMMAND, "presentedGeneration", input.presentedGeneration);
   const peerIdentity = requireText(COMMAND, "peerIdentity", input.peerIdentity);
-  requireEnabled(s, COMMAND, REPLICATION_STATES.filter((x) => x !== "not-enabled"));
+  requireEnabled(
+    s,
+    COMMAND,
+    REPLICATION_STATES.filter((x) => x !== "not-enabled"),
+  );
   if (presentedGeneration === s.generation) {
-    throw new InvalidCommandInputError(
-      `${COMMAND}: VM ${s.vmId} is at generation ${s.generation}, the one ${peerIdentity} presented; nothing was stale`,
-    );
+    throw new InvalidCommandInputError(`${COMMAND}: VM ${s.vmId} is at generation ${s.generation}, the one ${peerIdentity} presented; nothing was stale`);
   }
   return [relationshipEvent("StaleGenerationRefused", { presentedGeneration, currentGeneration: s.generation, peerIdentity })];
 }

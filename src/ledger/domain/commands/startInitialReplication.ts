@@ -19,12 +19,7 @@ export function startInitialReplication(s: RelationshipState, input: StartInitia
   const allowed = ["ready-for-initial-replication"] as const;
   requireEnabled(s, COMMAND, allowed);
   requireGeneration(s, generation);
-  requireState(
-    s,
-    COMMAND,
-    allowed,
-    s.state === "initial-replication-in-progress" ? "An initial replication is already running; wait for it to complete or fail." : undefined,
-  );
+  requireState(s, COMMAND, allowed, s.state === "initial-replication-in-progress" ? "An initial replication is already running; wait for it to complete or fail." : undefined);
   requireNextCycle(s, cycleSeq);
   return [relationshipEvent("InitialReplicationStarted", { cycleSeq, cutoffAt })];
 }

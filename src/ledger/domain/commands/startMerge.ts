@@ -40,7 +40,13 @@ export function startMerge(s: RelationshipState, input: StartMergeInput = {}): R
     index = 0;
   } else {
     index = s.points.findIndex((p) => p.pointId === input.pointId);
-    if (index < 0) throw new RecoveryPointUnavailableError(s.vmId, input.pointId, "unknown", s.points.map((p) => p.pointId));
+    if (index < 0)
+      throw new RecoveryPointUnavailableError(
+        s.vmId,
+        input.pointId,
+        "unknown",
+        s.points.map((p) => p.pointId),
+      );
     if (index === s.points.length - 1) {
       throw new InvalidCommandInputError(`${COMMAND}: ${input.pointId} is the newest recovery point of VM ${s.vmId}; retention never merges the newest point away`);
     }

@@ -22,12 +22,7 @@ export function startResync(s: RelationshipState, input: StartResyncInput): Rela
   const allowed = ["resync-required"] as const;
   requireEnabled(s, COMMAND, allowed);
   requireGeneration(s, generation);
-  requireState(
-    s,
-    COMMAND,
-    allowed,
-    s.state === "replicating" ? `VM ${s.vmId} is in sync; mark it resync-required first if its change tracking was lost.` : undefined,
-  );
+  requireState(s, COMMAND, allowed, s.state === "replicating" ? `VM ${s.vmId} is in sync; mark it resync-required first if its change tracking was lost.` : undefined);
   requireNextCycle(s, cycleSeq);
   return [relationshipEvent("ResyncStarted", { cycleSeq, cutoffAt })];
 }

@@ -52,14 +52,10 @@ export function startReverseReplication(s: RelationshipState, input: StartRevers
     );
   }
   if (newPrimarySiteId !== s.replicaSiteId) {
-    throw new InvalidCommandInputError(
-      `${COMMAND}: VM ${s.vmId} was failed over to site ${s.replicaSiteId}, which becomes the primary, not ${newPrimarySiteId}`,
-    );
+    throw new InvalidCommandInputError(`${COMMAND}: VM ${s.vmId} was failed over to site ${s.replicaSiteId}, which becomes the primary, not ${newPrimarySiteId}`);
   }
   if (newPrimaryIdentity === s.primaryIdentity) {
-    throw new InvalidCommandInputError(
-      `${COMMAND}: ${newPrimaryIdentity} is the old primary's agent; the new primary identity is the agent of site ${newPrimarySiteId}`,
-    );
+    throw new InvalidCommandInputError(`${COMMAND}: ${newPrimaryIdentity} is the old primary's agent; the new primary identity is the agent of site ${newPrimarySiteId}`);
   }
   const reverse = relationshipEvent("ReverseReplicationStarted", {
     newPrimarySiteId,

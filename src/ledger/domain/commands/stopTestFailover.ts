@@ -16,7 +16,11 @@ const COMMAND = "stopTestFailover";
 export function stopTestFailover(s: RelationshipState, input: StopTestFailoverInput): RelationshipEvent[] {
   const testId = requireText(COMMAND, "testId", input.testId);
   const stoppedAt = requireTime(COMMAND, "stoppedAt", input.stoppedAt);
-  requireEnabled(s, COMMAND, REPLICATION_STATES.filter((x) => x !== "not-enabled"));
+  requireEnabled(
+    s,
+    COMMAND,
+    REPLICATION_STATES.filter((x) => x !== "not-enabled"),
+  );
   const test = requireRunningTest(s, testId);
   const durationMs = Date.parse(stoppedAt) - Date.parse(test.startedAt);
   if (durationMs < 0) {

@@ -16,7 +16,11 @@ export function updateVmSpec(s: RelationshipState, input: { vmSpec: JsonObject }
   if (typeof input.vmSpec !== "object" || input.vmSpec === null || Array.isArray(input.vmSpec)) {
     throw new InvalidCommandInputError(`${COMMAND}: vmSpec must be a JSON object`);
   }
-  requireEnabled(s, COMMAND, REPLICATION_STATES.filter((x) => x !== "not-enabled"));
+  requireEnabled(
+    s,
+    COMMAND,
+    REPLICATION_STATES.filter((x) => x !== "not-enabled"),
+  );
   if (canonicalJson(s.vmSpec) === canonicalJson(input.vmSpec)) return [];
   return [relationshipEvent("VmSpecChanged", { vmSpec: input.vmSpec })];
 }

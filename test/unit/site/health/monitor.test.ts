@@ -23,7 +23,10 @@ describe("HealthMonitor", () => {
     await monitor.start();
     await monitor.stop(); // no timer: ticks are driven by the test
 
-    const changes = async () => (await store.readAll({ streamPrefix: "health-" })).filter((e) => e.type === HEALTH_CHANGED).map((e) => e.data as { from: string | null; to: string; reasons: Array<{ code: string }> });
+    const changes = async () =>
+      (await store.readAll({ streamPrefix: "health-" }))
+        .filter((e) => e.type === HEALTH_CHANGED)
+        .map((e) => e.data as { from: string | null; to: string; reasons: Array<{ code: string }> });
     // The frequency is inferred from the cut-offs (30 s apart): RPO alert 120 s, silent after 120 s.
     expect((await monitor.evaluate(VM))!.thresholds).toMatchObject({ frequencySeconds: 30, rpoAlertSeconds: 120 });
     expect(await changes()).toEqual([expect.objectContaining({ from: null, to: "normal" })]);

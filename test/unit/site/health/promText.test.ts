@@ -15,7 +15,7 @@ describe("Prometheus text format", () => {
   });
 
   it("refuses what Prometheus would refuse", () => {
-    const ok = "# HELP a_total x\n# TYPE a_total counter\na_total{vm=\"v\"} 1\n";
+    const ok = '# HELP a_total x\n# TYPE a_total counter\na_total{vm="v"} 1\n';
     expect(() => parsePrometheusText(ok)).not.toThrow();
     expect(() => parsePrometheusText(ok.replace("\n# TYPE a_total counter", ""))).toThrow(/without a TYPE/);
     expect(() => parsePrometheusText(ok.replace('{vm="v"}', "{vm=v}"))).toThrow(/not a valid sample/);

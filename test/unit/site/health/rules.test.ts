@@ -145,7 +145,14 @@ describe("health rules", () => {
     expect(r.level).toBe("warning");
     expect(r.reasons[0]!.message).toContain("SCRATCH_SPACE_LOW");
     // Before the initial replication too (an iothread disk, say): the cause comes first.
-    const waiting = evaluateHealth(input([], { state: "ready-for-initial-replication", cycleSkipped: { code: "IOTHREAD_UNSUPPORTED", message: "vda runs its I/O in iothread /objects/io0", since: new Date(T0).toISOString() } }), t, T0 + 1000);
+    const waiting = evaluateHealth(
+      input([], {
+        state: "ready-for-initial-replication",
+        cycleSkipped: { code: "IOTHREAD_UNSUPPORTED", message: "vda runs its I/O in iothread /objects/io0", since: new Date(T0).toISOString() },
+      }),
+      t,
+      T0 + 1000,
+    );
     expect(waiting.level).toBe("warning");
     expect(codes(waiting)).toEqual(["CYCLES_SKIPPED", "STATE_INITIAL_REPLICATION"]);
     expect(waiting.reasons[0]!.message).toContain("IOTHREAD_UNSUPPORTED");
