@@ -14,6 +14,7 @@ import { stringify as toYaml } from "yaml";
 import { describe, expect, it } from "vitest";
 import { ReplicationHealth, type RelationshipStatus } from "../../src/gen/qreplica/v1/control.js";
 import { MonitoringServiceClient } from "../../src/gen/qreplica/v1/monitoring.js";
+import { runTool } from "../../src/qemu/processes/index.js";
 import { addressFile } from "../../src/site/siteConfig.js";
 import { channelCredentials, grpcChannelOptions, loadSiteCredentials } from "../../src/transport/index.js";
 import { AGENT, CLI, cliJson, runCli, startDaemon, waitFor, type Daemon } from "../helpers/processes.js";
@@ -105,6 +106,7 @@ describe("health and monitoring with a real site and agent", () => {
     });
     let followed = "";
     follow.stdout.on("data", (d: Buffer) => (followed += d.toString()));
+    const storageDir = join(t.siteB, "storage", "vm1", "vda");
     try {
       // 1. Replicating at the frequency: Normal.
       await waitFor("five points", async () => ((await t.relationship()).points.length >= 5 ? true : undefined), 120_000).catch(fail);
@@ -259,17 +261,26 @@ describe("health and monitoring with a real site and agent", () => {
         (s) => s.health !== ReplicationHealth.REPLICATION_HEALTH_CRITICAL && s.healthReasons.every((r) => r.level !== ReplicationHealth.REPLICATION_HEALTH_CRITICAL),
       );
 
-      // 8. Failed cycles: the replica's storage daemon killed, every cycle fails on the site. One
-      // failure is a Warning (the agent retries); three in a row are Critical.
-      const storagePid = Number(readFileSync(join(t.siteB, "run", "storage-daemon.pid"), "utf8").trim());
-      process.kill(storagePid, "SIGKILL");
-      const failing = await until("Warning or worse with CYCLE_FAILED or REPLICATION_FAILED", (s) => codes(s).some((c) => c === "CYCLE_FAILED" || c === "REPLICATION_FAILED"));
-      expect(failing.health).not.toBe(ReplicationHealth.REPLICATION_HEALTH_NORMAL);
-      const failed = await until("Critical with REPLICATION_FAILED", (s) => codes(s).includes("REPLICATION_FAILED"));
-      expect(failed.health).toBe(ReplicationHealth.REPLICATION_HEALTH_CRITICAL);
-      const fm = await cliJson<{ replicationFailureCount: number; health: string }>(["measure", "vm1", "--dir", t.siteB]);
-      expect(fm.replicationFailureCount).toBeGreaterThanOrEqual(3);
-      expect(fm.health).toBe("critical");
+      // 8. Failed cycles: the VM's storage directory made immutable, so no point can be created
+      // there and every cycle fails on the site (a dead storage daemon would stop the site instead).
+      // One failure is a Warning (the agent retries); three in a row are Critical.
+      await runTool("chattr", ["+i", storageDir]);
+      {
+        const failing = await until("Warning or worse with CYCLE_FAILED or REPLICATION_FAILED", (s) => codes(s).some((c) => c === "CYCLE_FAILED" || c === "REPLICATION_FAILED"));
+        expect(failing.health).not.toBe(ReplicationHealth.REPLICATION_HEALTH_NORMAL);
+        const failed = await until("Critical with REPLICATION_FAILED", (s) => codes(s).includes("REPLICATION_FAILED"));
+        expect(failed.health).toBe(ReplicationHealth.REPLICATION_HEALTH_CRITICAL);
+        // measure evaluates on its own read: it agrees once it sees the same run of failures.
+        const fm = await waitFor(
+          "measure to report the failures as Critical",
+          async () => {
+            const m = await cliJson<{ replicationFailureCount: number; health: string }>(["measure", "vm1", "--dir", t.siteB]);
+            return m.health === "critical" ? m : undefined;
+          },
+          60_000,
+        );
+        expect(fm.replicationFailureCount).toBeGreaterThanOrEqual(3);
+      }
 
       // Every transition is in the ledger (only changes: no event per evaluation), and followed.
       const ledger = await cliJson<{ events: Array<{ type: string; stream: string; data: { from: string | null; to: string; reasons: Array<{ code: string }> } }> }>([
@@ -303,6 +314,8 @@ describe("health and monitoring with a real site and agent", () => {
     } finally {
       follow.kill("SIGINT");
       admin.close();
+      // Step 8's immutable directory, also when a step failed: the test's files must be removable.
+      await runTool("chattr", ["-i", storageDir]).catch(() => undefined);
     }
   }, 600_000);
 });
