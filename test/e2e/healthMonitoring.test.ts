@@ -232,7 +232,11 @@ describe("health and monitoring with a real site and agent", () => {
       await until("half the window's cycles missed", (s) => missedRatio(s) >= 0.5);
       agent.child.kill("SIGCONT");
       // Running again: the point is fresh, the misses stay counted while they are in the window.
-      const recovering = await until("fresh point, misses still counted", (s) => !codes(s).includes("POINT_LATE") && codes(s).includes("CYCLES_MISSED"));
+      // (Right after SIGCONT the agent's silence may still count until its next message: wait for Warning.)
+      const recovering = await until(
+        "fresh point, misses still counted, Warning",
+        (s) => !codes(s).includes("POINT_LATE") && codes(s).includes("CYCLES_MISSED") && s.health === ReplicationHealth.REPLICATION_HEALTH_WARNING,
+      );
       expect(recovering.health).toBe(ReplicationHealth.REPLICATION_HEALTH_WARNING);
       const mm = await cliJson<{ replicationMissCount: number }>(["measure", "vm1", "--dir", t.siteB]);
       expect(mm.replicationMissCount).toBeGreaterThanOrEqual(3);

@@ -213,6 +213,20 @@ describe("fuzz findings: control RPCs", () => {
     expect(r.details).toMatch(/vmSpecJson is not JSON/);
   });
 
+  it("PrepareReverseReplication of a VM that already replicates here: FAILED_PRECONDITION naming the state, not INTERNAL", async () => {
+    const r = await callWith("prepareReverseReplication", {
+      vmId: TARGET,
+      generation: 0n,
+      primarySiteId: "..",
+      primaryIdentity: "0",
+      disks: [{ diskId: "CON", virtualSizeBytes: 0n }],
+      seeds: [],
+      vmSpecJson: "",
+    });
+    expect(grpc.status[r.code]).toBe("FAILED_PRECONDITION");
+    expect(r.details).toMatch(/VM vm-target is in state [a-z-]+; enableReplication needs not-enabled/);
+  });
+
   it("bytes that are no protobuf message (a truncated fixed32): INVALID_ARGUMENT naming the call, not grpc-js's INTERNAL", async () => {
     const r = await rawCall(PolicyServiceService.listPolicies.path, Buffer.from([69]));
     expect(grpc.status[r.code]).toBe("INVALID_ARGUMENT");
