@@ -4,7 +4,7 @@ import { parse as parseYaml } from "yaml";
 import { QreplicaError } from "../../src/common/errors.js";
 import { ID_PATTERN, InvalidIdError, requireId, type IdKind } from "../../src/model/index.js";
 // The spec model only (pure validation), not the site server.
-import { validateVmSpec, type VmSpec } from "../../src/site/launcher/vmSpec.js";
+import { validateVmSpec, type VmSpec } from "../../src/model/vmSpec.js";
 import { DEFAULT_SCRATCH_MIN_FREE_BYTES } from "../capture/scratchSpace.js";
 import { DEFAULT_CBW_TIMEOUT_SECONDS } from "../capture/vmCapture.js";
 
