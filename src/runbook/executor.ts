@@ -1,10 +1,9 @@
-import { NO_STREAM } from "../ledger/index.js";
-import type { RunLogStore } from "./controlPlaneRunLog.js";
 import { localProbes, runHook, waitUntil } from "./checks.js";
 import { RunbookResumeRefusedError } from "./errors.js";
 import type { SiteRef } from "./model.js";
 import type { Plan, PlanStep, ResumeFrom } from "./planner.js";
 import { EVENT, RunRecorder, launchedVms, newRunId, runStream, type FailoverResult, type RunRecord } from "./runLog.js";
+import { RUN_LOG_NO_STREAM, type RunLogStore } from "./runLogStore.js";
 import type { Probes, RunbookTarget } from "./target.js";
 
 export type ProgressEvent =
@@ -83,7 +82,7 @@ export async function executePlan(opts: ExecuteOptions): Promise<RunOutcome> {
   const pollMs = opts.pollIntervalMs ?? 1000;
   const resume = opts.resume;
   const runId = resume?.runId ?? opts.runId ?? newRunId();
-  const rec = new RunRecorder(store, runId, resume ? resume.version : NO_STREAM);
+  const rec = new RunRecorder(store, runId, resume ? resume.version : RUN_LOG_NO_STREAM);
   const t0 = Date.now();
   const progress = (e: ProgressEvent) => opts.onProgress?.(e);
   const summary = plan.steps.map((s) => ({ id: s.id, kind: s.kind, description: s.description }));

@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { LineCounter, parseDocument } from "yaml";
+import { ID_PATTERN } from "../model/index.js";
 import { RunbookInvalidError, RunbookUnreadableError, type RunbookProblem } from "./errors.js";
 import {
   DEFAULT_HOOK_TIMEOUT_SECONDS,
@@ -19,7 +20,8 @@ type Segment = string | number;
 export type LocatedProblem = RunbookProblem & { at: Segment[] };
 export type ValidationResult = { ok: true; runbook: Runbook } | { ok: false; problems: LocatedProblem[] };
 
-const VM_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+/** A VM id as both roles take it (src/model/ids.ts): a runbook naming a longer one could never match. */
+const VM_ID = ID_PATTERN;
 const MAX_TIMEOUT_SECONDS = 86_400;
 
 const pathOf = (at: Segment[]) => at.map((s, i) => (typeof s === "number" ? `[${s}]` : i === 0 ? s : `.${s}`)).join("") || "(top level)";

@@ -1,6 +1,7 @@
 import { resolve } from "node:path";
 import type { Command } from "commander";
 import { FailoverKind } from "../../gen/qreplica/v1/control.js";
+import { InvalidCliArgumentError } from "../exitCodes.js";
 import { controlClient, readAddress, unary } from "../siteClient.js";
 import { formatTable } from "../table.js";
 import { emit, fail } from "../output.js";
@@ -137,7 +138,7 @@ export function registerReverse(program: Command): void {
         const disks = points.recoveryPoints.at(-1)?.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: d.virtualSizeBytes })) ?? [];
         const seeds = o.seed.map((s) => {
           const eq = s.indexOf("=");
-          if (eq < 1) throw new Error(`--seed ${s}: expected DISK=IMAGE, e.g. vda=/var/lib/vms/web1-vda.qcow2`);
+          if (eq < 1) throw new InvalidCliArgumentError(`--seed ${s}: expected DISK=IMAGE, e.g. vda=/var/lib/vms/web1-vda.qcow2`);
           return { diskId: s.slice(0, eq), imagePath: s.slice(eq + 1) };
         });
         // Site certificates are issued with the site id as their identity ('qreplica site init').

@@ -3,10 +3,8 @@ import { createInterface } from "node:readline/promises";
 import type { Command } from "commander";
 import { getSqliteEventStore, type EventStore } from "../../ledger/index.js";
 import {
-  ControlPlaneRunLog,
   RunbookInvalidError,
   RunbookRunNotFoundError,
-  controlTarget,
   executePlan,
   formatProblem,
   loadRunbook,
@@ -14,12 +12,13 @@ import {
   readRun,
   resumeOptions,
   rollbackRun,
-  siteControlClient,
   type Runbook,
   type RunLogStore,
   type SiteRef,
 } from "../../runbook/index.js";
-import { formatPlan, formatProgress, formatRollbackProgress, formatRun } from "../../runbook/format.js";
+import { ControlPlaneRunLog } from "../runbook/controlPlaneRunLog.js";
+import { controlTarget, siteControlClient } from "../runbook/controlTarget.js";
+import { formatPlan, formatProgress, formatRollbackProgress, formatRun } from "../runbook/format.js";
 import type { SiteTargetOptions } from "../siteClient.js";
 import { EXIT } from "../exitCodes.js";
 import { emit, fail } from "../output.js";
