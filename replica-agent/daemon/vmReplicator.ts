@@ -8,7 +8,7 @@ import { CompressionCodec, ChecksumAlgorithm } from "../../src/gen/qreplica/v1/c
 import { ChunkDigest, RejectReason, ResumeHint, ResyncMode, type PlannedFailoverRequested } from "../../src/gen/qreplica/v1/replication.js";
 import { blake3Installed } from "../../src/common/chunkDigest.js";
 import { GuestAgentClient } from "../../src/qemu/guestAgent/index.js";
-import { QmpClient, queryNamedBlockNodes } from "../../src/qemu/qmp/index.js";
+import { QmpClient } from "../../src/qemu/qmp/index.js";
 import { ReplicationClient, siteDial, type SiteCredentials } from "../../src/transport/index.js";
 import { IothreadDiskError, ScratchSpaceLowError, SnapshotBrokenError, VmCapture, type CaptureCycle } from "../capture/index.js";
 import type { AgentVmConfig } from "./agentConfig.js";
@@ -17,6 +17,7 @@ import { SiteBandwidth } from "./bandwidth.js";
 import { bandwidthAt } from "../../src/policy/windows.js";
 import { ResponseQueue } from "./responseQueue.js";
 import { CycleRefusedError, send, sendCycle, type ReplicateStream } from "./cycleSender.js";
+import { stopForPlannedFailover } from "./plannedFailover.js";
 import { CycleScheduler, type CycleSlot, type VmSchedule } from "./cycleScheduler.js";
 
 const PROTOCOL_VERSION = 1;
@@ -192,7 +193,9 @@ export class VmReplicator {
     };
     while (!this.stopped) {
       if (planned) {
-        await this.stopForPlannedFailover(qmp, capture, stream, responses, ack.generation, planned);
+        await stopForPlannedFailover({ qmp, capture, stream, responses, generation: ack.generation, req: planned, vm: this.vm, logger: this.logger, sender: this.senderOptions() });
+        this.status = "stopped";
+        this.stopped = true;
         return;
       }
       const notice = responses.takeNotice();
@@ -305,79 +308,6 @@ export class VmReplicator {
       if (this.wake.signal.aborted) return resolve();
       this.wake.signal.addEventListener("abort", () => resolve(), { once: true });
     });
-  }
-
-  /**
-   * Planned failover: the guest gets `powerdown_timeout` to power off (QEMU must run with
-   * -no-shutdown to stay up for the final cycle), else its vCPUs are paused; then a final cycle
-   * cut after the stop ships the last changes, the site hears that the VM stopped, and QEMU quits.
-   */
-  private async stopForPlannedFailover(
-    qmp: QmpClient,
-    capture: VmCapture,
-    stream: ReplicateStream,
-    responses: ResponseQueue,
-    generation: number,
-    req: PlannedFailoverRequested,
-  ): Promise<void> {
-    this.logger.info({ vm: this.vm.id, powerdownTimeoutSeconds: req.powerdownTimeoutSeconds }, "planned failover requested: powering the VM down for its final cycle");
-    let method = "powerdown";
-    const shutdown = qmp
-      .waitForEvent("SHUTDOWN", () => true, req.powerdownTimeoutSeconds * 1000)
-      .then(
-        () => true,
-        () => false,
-      );
-    await qmp.execute("system_powerdown").catch(() => undefined);
-    if (!(await shutdown)) {
-      method = "pause";
-      await qmp.execute("stop");
-    }
-    if (qmp.isClosed) throw new Error("the VM powered off and QEMU exited before the final cycle: run it with -no-shutdown so its last changes can be shipped");
-    const stoppedAt = new Date();
-    let cycle: CaptureCycle;
-    try {
-      cycle = await capture.beginCycle();
-      await sendCycle(stream, responses, cycle, generation, { ...this.senderOptions(), resync: false });
-    } catch (err) {
-      await this.abortPlannedFailover(qmp, method, err);
-      throw err;
-    }
-    const nodes = await queryNamedBlockNodes(qmp);
-    const disks = this.vm.disks.map((d) => ({ diskId: d.id, imagePath: nodes.find((n) => n["node-name"] === d.node)?.image.filename ?? "" }));
-    await send(stream, responses, {
-      body: { $case: "primaryStopped", value: { generation: BigInt(generation), stoppedAt, finalCycleSequence: BigInt(cycle.seq), method, disks } },
-    });
-    await qmp.execute("quit").catch(() => undefined);
-    this.status = "stopped";
-    this.stopped = true;
-    this.logger.info({ vm: this.vm.id, method, finalCycle: cycle.seq }, "planned failover: VM stopped after its final cycle; this primary is done");
-  }
-
-  /**
-   * The final cycle did not reach the site (it went away, say): the site has not heard that the VM
-   * stopped, so no failover can follow from it. Production must not stay paused for a failover that
-   * is not happening: vCPUs paused by us run again; a guest that powered itself off stays off.
-   */
-  private async abortPlannedFailover(qmp: QmpClient, method: string, err: unknown): Promise<void> {
-    const why = err instanceof Error ? err.message : String(err);
-    if (method === "pause" && !qmp.isClosed) {
-      const resumed = await qmp.execute("cont").then(
-        () => true,
-        () => false,
-      );
-      if (resumed) {
-        this.logger.warn(
-          { vm: this.vm.id, err: why },
-          "planned failover aborted before its final cycle reached the replica site: the VM was resumed; run the planned failover again",
-        );
-        return;
-      }
-    }
-    this.logger.error(
-      { vm: this.vm.id, err: why, method },
-      "planned failover aborted before its final cycle reached the replica site: the guest is stopped; start it again (virsh start / system_reset + cont) or run the planned failover again",
-    );
   }
 
   /** Negotiated in Hello/HelloAck; SHA-256 until a site has answered. */

@@ -127,7 +127,8 @@ export type RelationshipEventData = {
    * old primary's agent may still hold, used if this failover is cancelled (see cancelFailover).
    * `cutoffAt` is the chosen point's: what the failed-over VM has lost is everything after it.
    */
-  FailedOver: { pointId: string; generation: number; kind: FailoverKind; cutoffAt: string; primaryGeneration: number };
+  /** `startVm`: the site launches the VM from the point (absent in events before it was recorded). */
+  FailedOver: { pointId: string; generation: number; kind: FailoverKind; cutoffAt: string; primaryGeneration: number; startVm?: boolean };
   /**
    * As Complete-VMFailover: every point but the failed-over one stops being a recovery point.
    * `keptChains` are the images the failed-over VM runs on (its point's chain, base first, which

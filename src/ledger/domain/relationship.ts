@@ -205,6 +205,7 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
           preparedAt: s.failover?.preparedAt,
           primaryStoppedAt: s.failover?.primaryStoppedAt,
           primaryGeneration: d.primaryGeneration,
+          startVm: d.startVm,
         },
         counters: { ...c, failovers: c.failovers + 1 },
       };

@@ -44,6 +44,8 @@ export interface FailoverInfo {
   readonly primaryStoppedAt: string | undefined;
   /** Set by FailedOver: the lowest generation the old primary's agent may still hold. */
   readonly primaryGeneration: number | undefined;
+  /** Set by FailedOver: whether the site was to run the VM (undefined in older histories). */
+  readonly startVm?: boolean | undefined;
 }
 
 /**
