@@ -243,7 +243,18 @@ function grpcCodeOf(err: unknown): grpc.status {
   if (code === "AUTHORIZATION_INVALID" || code === "AUTHORIZATION_WILDCARD") return grpc.status.INVALID_ARGUMENT;
   if (code === "AUTHORIZATION_NOT_FOUND") return grpc.status.NOT_FOUND;
   if (
-    ["INVALID_TRANSITION", "STALE_GENERATION", "FAILOVER_REFUSED", "MERGE_BLOCKED_BY_TEST_FAILOVER", "MERGE_IN_PROGRESS", "SEED_UNUSABLE", "RESYNC_ALREADY_APPROVED"].includes(code)
+    [
+      "INVALID_TRANSITION",
+      "STALE_GENERATION",
+      "FAILOVER_REFUSED",
+      "MERGE_BLOCKED_BY_TEST_FAILOVER",
+      "MERGE_IN_PROGRESS",
+      "SEED_UNUSABLE",
+      "RESYNC_ALREADY_APPROVED",
+      "RECOVERY_POINT_LOCKED",
+      "NO_CLEAN_POINT",
+      "NO_SUSPECT_POINT",
+    ].includes(code)
   )
     return grpc.status.FAILED_PRECONDITION;
   if (code.startsWith("INVALID") || code === "UNKNOWN_POINT") return grpc.status.INVALID_ARGUMENT;
