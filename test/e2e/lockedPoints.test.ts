@@ -30,7 +30,7 @@ describe("locked points", { timeout: 240_000 }, () => {
     // minPoints 1 would keep only the newest: the lock keeps them all, each locked an hour past its cut-off.
     const locked = await cliJson<WirePoint[]>(["points", "vm1", ...site]);
     expect(locked.length).toBeGreaterThanOrEqual(4);
-    expect(locked.map((p) => p.sequence)).toEqual(locked.map((_, i) => i + 1));
+    expect((await t.relationship()).counters.mergesCompleted).toBe(0);
     for (const p of locked) expect(Date.parse(p.lockedUntil!) - Date.parse(p.cutoffTime)).toBe(3_600_000);
     const table = await runCli(["points", "vm1", ...site]);
     expect(table.stdout).toContain(`locked until ${locked[0]!.lockedUntil}`);
@@ -39,7 +39,7 @@ describe("locked points", { timeout: 240_000 }, () => {
     writeFileSync(file, "name: locked\nfrequency: 1s\nretention: { minPoints: 1 }\n");
     await cliJson(["policy", "apply", file, ...site]);
     const from = await lastSeq();
-    await waitFor("four more cycles", async () => ((await lastSeq()) >= from + 4 ? true : undefined), 90_000);
+    await waitFor("three more cycles", async () => ((await lastSeq()) >= from + 3 ? true : undefined), 90_000);
     const lockedIds = locked.map((p) => p.recoveryPointId);
     await waitFor(
       "the unlocked points thinned around the locked ones",

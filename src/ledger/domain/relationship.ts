@@ -227,7 +227,8 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
     }
     case "FailoverCompleted":
       // As Complete-VMFailover: the failed-over VM keeps its chain, the recovery points are gone.
-      return { ...s, state: "failed-over", points: [], inFlight: undefined, generationHandover: undefined };
+      // The suspect points went with them: nothing is left to fail over to or to keep.
+      return { ...s, state: "failed-over", points: [], inFlight: undefined, generationHandover: undefined, suspectPoints: [] };
     case "FailoverCancelled": {
       const d = event.data;
       const handover = d.primaryGeneration < d.generation && s.primaryIdentity !== undefined ? { peerIdentity: s.primaryIdentity, fromGeneration: d.primaryGeneration } : undefined;

@@ -8,7 +8,11 @@ import {
   clearSuspectPoints,
   commitCycle,
   completeFailover,
+  executeCommand,
+  getInMemoryEventStore,
   LAST_CLEAN_POINT,
+  RecoveryPointsProjection,
+  StatusProjection,
   lastCleanPoint,
   NoCleanPointError,
   NoSuspectPointError,
@@ -147,5 +151,32 @@ describe("locked points", () => {
       expect((err as Error).message).toContain(`completing the failover would remove locked recovery point(s) rp-1 until ${until(1)}, rp-2 until ${until(2)}`);
     }
     expect(completeFailover(s, { now: until(2) })[0]).toMatchObject({ type: "FailoverCompleted", data: { droppedPointIds: ["rp-1", "rp-2"] } });
+  });
+});
+
+describe("the read models", () => {
+  it("list a point's suspicion, lock and compression facts, and the status names the last clean point", async () => {
+    const store = getInMemoryEventStore();
+    try {
+      const until = new Date(Date.parse(cutoff(6)) + 60_000).toISOString();
+      for (const d of [...clean, cycle(6, 16, 0.99, { lockedUntil: until })]) await executeCommand(store, VM, d);
+      const points = await RecoveryPointsProjection.rebuild(store, VM);
+      const six = points.get("rp-6")!;
+      expect(six.suspect).toEqual([{ diskId: "disk0", share: 0.99, baselineShare: expect.any(Number) }]);
+      expect(six.lockedUntil).toBe(until);
+      expect(points.get("rp-5")!.suspect).toBeUndefined();
+      expect(points.cycleFacts("rp-6")!.diskCompression!.disk0!.incompressibleBytes).toBe(Math.round(16 * MiB * 0.99));
+      const status = new StatusProjection();
+      for (const e of await store.readAll()) status.apply(e);
+      expect(status.get(VM, new Date(cutoff(7)))).toMatchObject({ lastCleanPointId: "rp-5", suspectPoints: [{ pointId: "rp-6" }] });
+
+      await executeCommand(store, VM, (s) => clearSuspectPoints(s, { clearedBy: "ops", clearedByRole: "operator" }));
+      await points.catchUp(store);
+      expect(points.get("rp-6")!.suspect).toBeUndefined();
+      // A snapshot of the projection keeps them.
+      expect(RecoveryPointsProjection.fromSnapshot(JSON.parse(JSON.stringify(points.toSnapshot())))!.get("rp-6")!.lockedUntil).toBe(until);
+    } finally {
+      await store.close();
+    }
   });
 });
