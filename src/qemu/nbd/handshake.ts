@@ -3,7 +3,7 @@
  * Pull-based (await enough bytes, then parse): the handshake is strictly request/response and
  * small, unlike the transmission phase (see replyReader.ts).
  */
-import type { ByteQueue } from "./byteQueue.js";
+import { ByteQueue } from "./byteQueue.js";
 import {
   DEFAULT_BLOCK_SIZE,
   NBD_FLAG_C_FIXED_NEWSTYLE,

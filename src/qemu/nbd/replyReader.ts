@@ -8,7 +8,7 @@
  * allocated; any violation throws NbdProtocolError, which the client treats as fatal for the
  * connection (the stream can no longer be framed safely).
  */
-import type { ByteQueue } from "./byteQueue.js";
+import { ByteQueue } from "./byteQueue.js";
 import {
   NBD_CMD_BLOCK_STATUS,
   NBD_CMD_READ,

@@ -1,7 +1,7 @@
 import net from "node:net";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { QmpClient, type QmpCommandError, QmpConnectError, QmpProtocolError, QmpTimeoutError } from "../../../src/qemu/qmp/index.js";
+import { QmpClient, QmpCommandError, QmpConnectError, QmpProtocolError, QmpTimeoutError } from "../../../src/qemu/qmp/index.js";
 import { makeTmpDir } from "../../helpers/tmpDir.js";
 
 const cleanups: Array<() => unknown> = [];

@@ -11,7 +11,7 @@ import {
   type RunRecord,
   type Runbook,
 } from "../../../src/runbook/index.js";
-import type { FakeSite } from "./fakeSite.js";
+import { FakeSite } from "./fakeSite.js";
 
 export function makeRunbook(input: Record<string, unknown>, baseDir = "/rb"): Runbook {
   const r = validateRunbook({ name: "shop", site: { dir: "/sites/b" }, failover: "unplanned", ...input }, { baseDir });
