@@ -63,7 +63,7 @@ async function writeAndCommit(t: TwoSites, write: () => Promise<void>): Promise<
   await waitFor("a point after the write", async () => ((await t.relationship()).points.some((p) => p.cycleSeq >= before + 2) ? true : undefined), 90_000);
 }
 
-describe("the encryption signal", { timeout: 300_000 }, () => {
+describe("the encryption signal", { timeout: 420_000 }, () => {
   it("logs stay clean, random bytes over the logs make the point suspect, and failover --point last-clean boots the point before it", async () => {
     const t = await setup("qr-ransom-", { diskBytes: 8 * MiB, intervalSeconds: 1 });
     guest = await CrashGuest.create(join(t.dir, "guest"), 64);

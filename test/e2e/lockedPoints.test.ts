@@ -14,7 +14,7 @@ const setup = twoSitesPerTest();
 
 type WirePoint = { recoveryPointId: string; sequence: number; cutoffTime: string; lockedUntil?: string };
 
-describe("locked points", { timeout: 240_000 }, () => {
+describe("locked points", { timeout: 360_000 }, () => {
   it("retention keeps locked points under a stricter policy, and an admin cannot complete a failover that would drop them", async () => {
     const t = await setup("qr-locked-", { diskBytes: 8 * MiB, intervalSeconds: 3600 });
     const site = ["--dir", t.siteB];
@@ -49,7 +49,7 @@ describe("locked points", { timeout: 240_000 }, () => {
         const unlocked = now.filter((p) => p.lockedUntil === undefined);
         return unlocked.length === 1 && unlocked[0]!.sequence > from + 1 ? now : undefined;
       },
-      60_000,
+      120_000,
     );
     const kept = (await t.relationship()).points.map((p) => p.pointId);
     expect(kept).toEqual(expect.arrayContaining(lockedIds));
