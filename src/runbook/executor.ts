@@ -195,7 +195,8 @@ export async function executePlan(opts: ExecuteOptions): Promise<RunOutcome> {
         if (v.mode !== "test" && st.state.startsWith("failed-over")) problems.push(`VM ${v.vm} is already failed over (${st.state}): complete or cancel that failover first`);
         const points = await target.listRecoveryPoints(v.vm);
         if (points.length === 0) problems.push(`VM ${v.vm} has no recovery point yet: wait for its initial replication`);
-        else if (v.point && !points.includes(v.point))
+        // last-clean is resolved by the site's ledger when the step runs (it refuses when no point qualifies).
+        else if (v.point && v.point !== "last-clean" && !points.includes(v.point))
           problems.push(`VM ${v.vm} has no recovery point '${v.point}' (it has ${points.slice(-5).join(", ")}${points.length > 5 ? ", ..." : ""}): fix its point in the runbook`);
       } catch (err) {
         problems.push(`VM ${v.vm}: ${(err as Error).message}`);

@@ -125,7 +125,7 @@ export function validateRunbook(input: unknown, opts: { baseDir?: string } = {})
         if (entry.failover !== undefined) m = mode(entry.failover, [...vat, "failover"]);
         else if (defaultMode) m = defaultMode;
         else if (input.failover === undefined) problem([...vat, "failover"], "missing", "set failover: test|planned|unplanned on the VM, or once at the top level");
-        const point = entry.point === undefined ? "latest" : str(entry.point, [...vat, "point"], "recovery point", "point: latest, or a point id");
+        const point = entry.point === undefined ? "latest" : str(entry.point, [...vat, "point"], "recovery point", "point: latest, last-clean, or a point id");
         if (point !== undefined && /\s/.test(point))
           problem([...vat, "point"], `'${point}' is not a recovery point id`, "point: latest, or an id as 'qreplica points VM' lists it");
         if (vm && m && point) vms.push({ vm, failover: m, point });

@@ -20,7 +20,7 @@ export function registerFailover(program: Command): void {
       .option("--planned", "planned failover: the primary's agent stops the VM and ships a final cycle; zero data loss")
       .option("--primary-dir <dir>", "with --planned: the old primary's site directory; reverse replication to it starts automatically")
       .option("--unplanned", "unplanned failover: the primary may be gone; choose the latest or an older point")
-      .option("--point <id>", "recovery point (latest when omitted)")
+      .option("--point <id>", "recovery point (latest when omitted); 'last-clean': the newest point before the first suspect one")
       .option("--no-start", "fail over without starting the VM"),
     TARGET_HELP,
   ).action(

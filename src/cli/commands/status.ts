@@ -93,13 +93,37 @@ export function registerStatus(program: Command): void {
       }
     });
 
-  withTarget(program.command("points <vm>").description("the recovery points of a VM, oldest first")).action(async (vm: string, o: Target) => {
+  withTarget(
+    program
+      .command("points <vm> [action]")
+      .description("the recovery points of a VM, oldest first; 'points VM clear-suspect' (or ack) clears suspect points (role operator)")
+      .option("--point <id>", "with clear-suspect: only this point (every suspect point when omitted)"),
+  ).action(async (first: string, second: string | undefined, o: Target & { point?: string }) => {
+    // Both 'points clear-suspect VM' and 'points VM clear-suspect' read naturally.
+    const isAction = (a: string) => a === "clear-suspect" || a === "ack";
+    const [vm, action] = second !== undefined && isAction(first) ? [second, first] : [first, second];
     try {
       const client = controlClient(o);
+      if (action !== undefined) {
+        if (!isAction(action)) throw new Error(`unknown points action '${action}': use 'clear-suspect' (or 'ack')`);
+        const r = await unary(client, client.clearSuspectPoints, { vmId: vm, recoveryPointId: o.point ?? "" });
+        emit(o.json, r, () => `VM ${vm}: suspicion cleared on ${r.clearedRecoveryPointIds.join(", ")}`);
+        client.close();
+        return;
+      }
       const res = await unary(client, client.listRecoveryPoints, { vmId: vm });
+      const pct = (x: number) => `${Math.round(x * 100)}%`;
+      const flags = (p: (typeof res.recoveryPoints)[number]) =>
+        [
+          p.suspectDisks.length > 0 ? `SUSPECT ${p.suspectDisks.map((d) => `${d.diskId} ${pct(d.share)}>${pct(d.baselineShare)}`).join(" ")}` : "",
+          p.lastClean ? "last-clean" : "",
+          p.lockedUntil && p.lockedUntil.getTime() > Date.now() ? `locked until ${p.lockedUntil.toISOString()}` : "",
+        ]
+          .filter(Boolean)
+          .join(", ") || "-";
       emit(o.json, res.recoveryPoints, () =>
         formatTable(
-          ["point", "seq", "kind", "cut-off", "consistency", "changed", "sent", "disks"],
+          ["point", "seq", "kind", "cut-off", "consistency", "changed", "sent", "disks", "flags"],
           res.recoveryPoints.map((p) => [
             p.recoveryPointId,
             Number(p.sequence),
@@ -109,6 +133,7 @@ export function registerStatus(program: Command): void {
             formatBytes(Number(p.changedBytes)),
             formatBytes(Number(p.transferredBytes)),
             p.disks.map((d) => `${d.diskId}:${formatBytes(Number(d.virtualSizeBytes))}`).join(" "),
+            flags(p),
           ]),
         ),
       );

@@ -4,6 +4,7 @@ import type { ChecksumAlgorithm } from "../../gen/qreplica/v1/common.js";
 import { RejectReason, type ExtentChunk } from "../../gen/qreplica/v1/replication.js";
 import type { PointWrite } from "../../storage/index.js";
 import { decodeExtentChunk } from "../../transport/index.js";
+import { INCOMPRESSIBLE_RATIO } from "../../ledger/index.js";
 
 export const MAX_CHUNK_BYTES = 4 * 1024 * 1024;
 
@@ -24,6 +25,8 @@ export class OpenCycle {
   zeroBytes = 0;
   /** dataBytes by disk id. */
   readonly diskDataBytes = new Map<string, number>();
+  /** By disk id: data bytes in chunks that did not compress, and wire bytes (the encryption signal). */
+  readonly diskCompression = new Map<string, { incompressibleBytes: number; wireBytes: number }>();
   wireBytes = 0;
   /** Decompression targets, reused once the storage daemon has the bytes; dropped with the cycle. */
   private readonly buffers = new BufferPool();
@@ -72,6 +75,11 @@ export class OpenCycle {
       this.dataBytes += decoded.length;
       this.diskDataBytes.set(chunk.diskId, (this.diskDataBytes.get(chunk.diskId) ?? 0) + decoded.length);
       this.wireBytes += decoded.wireBytes;
+      const c = this.diskCompression.get(chunk.diskId) ?? { incompressibleBytes: 0, wireBytes: 0 };
+      // Sent raw (zstd would have grown it) or barely smaller: random-looking data, as encrypted data is.
+      if (decoded.wireBytes >= decoded.length * INCOMPRESSIBLE_RATIO) c.incompressibleBytes += decoded.length;
+      c.wireBytes += decoded.wireBytes;
+      this.diskCompression.set(chunk.diskId, c);
     } else {
       this.zeroBytes += decoded.length;
     }

@@ -400,6 +400,7 @@ export class ReplicateSession {
           point: cycle.point,
           dataBytes: cycle.dataBytes,
           diskDataBytes: Object.fromEntries(cycle.diskDataBytes),
+          diskCompression: Object.fromEntries(cycle.diskCompression),
           zeroBytes: cycle.zeroBytes,
           wireBytes: Number(end.wireBytes) || cycle.wireBytes,
           extents: cycle.extents,

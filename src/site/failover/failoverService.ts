@@ -190,7 +190,7 @@ export class FailoverService {
   }
 
   async complete(vmId: string, caller?: Caller): Promise<string[]> {
-    const { events } = await executeCommand(this.store, vmId, (s) => completeFailover(s), by(caller));
+    const { events } = await executeCommand(this.store, vmId, (s) => completeFailover(s, { now: new Date().toISOString() }), by(caller));
     const done = events.find((e) => e.type === "FailoverCompleted");
     if (!done || done.type !== "FailoverCompleted") return [];
     // Points after the failed-over one are no longer anybody's backing file.

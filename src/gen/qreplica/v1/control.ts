@@ -203,6 +203,16 @@ export function replicationHealthToJSON(object: ReplicationHealth): string {
   }
 }
 
+export interface ClearSuspectPointsRequest {
+  vmId: string;
+  /** Every suspect point of the VM when empty. */
+  recoveryPointId: string;
+}
+
+export interface ClearSuspectPointsResponse {
+  clearedRecoveryPointIds: string[];
+}
+
 export interface PauseReplicationRequest {
   vmId: string;
   reason: string;
@@ -452,6 +462,22 @@ export interface RecoveryPoint {
   /** Over all disks: uncompressed changed bytes the point holds, and bytes that crossed the wire. */
   changedBytes: bigint;
   transferredBytes: bigint;
+  /**
+   * Encryption signal: non-empty while the point is suspect (its changed bytes stopped compressing
+   * far above a disk's baseline) and no operator cleared it; the disks that jumped.
+   */
+  suspectDisks: SuspectDisk[];
+  /** While a suspect point stands: this is the newest point before the first one (`last-clean`). */
+  lastClean: boolean;
+  /** The policy's lock recorded with the point; unset when it has none (it may have ended). */
+  lockedUntil?: Date | undefined;
+}
+
+export interface SuspectDisk {
+  diskId: string;
+  /** Share of the point's changed bytes on the disk that did not compress, and the disk's baseline (0..1). */
+  share: number;
+  baselineShare: number;
 }
 
 export interface RecoveryPointDisk {
@@ -459,6 +485,12 @@ export interface RecoveryPointDisk {
   virtualSizeBytes: bigint;
   /** Uncompressed bytes written to this disk's overlay for this point (data and zero ranges). */
   changedBytes: bigint;
+  /**
+   * Of the changed data bytes, those in chunks that did not compress, and the bytes the disk's
+   * data took on the wire (its compressed size); 0 for points recorded before they were kept.
+   */
+  incompressibleBytes: bigint;
+  transferredBytes: bigint;
 }
 
 export interface ListEventsRequest {
@@ -507,6 +539,172 @@ export interface LedgerEvent {
   actor: string;
   actorRole: string;
 }
+
+function createBaseClearSuspectPointsRequest(): ClearSuspectPointsRequest {
+  return { vmId: "", recoveryPointId: "" };
+}
+
+export const ClearSuspectPointsRequest: MessageFns<ClearSuspectPointsRequest> = {
+  encode(message: ClearSuspectPointsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
+    if (message.recoveryPointId !== "") {
+      writer.uint32(18).string(message.recoveryPointId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClearSuspectPointsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClearSuspectPointsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.recoveryPointId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClearSuspectPointsRequest {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+      recoveryPointId: isSet(object.recoveryPointId)
+        ? globalThis.String(object.recoveryPointId)
+        : isSet(object.recovery_point_id)
+        ? globalThis.String(object.recovery_point_id)
+        : "",
+    };
+  },
+
+  toJSON(message: ClearSuspectPointsRequest): unknown {
+    const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    if (message.recoveryPointId !== "") {
+      obj.recoveryPointId = message.recoveryPointId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClearSuspectPointsRequest>, I>>(base?: I): ClearSuspectPointsRequest {
+    return ClearSuspectPointsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClearSuspectPointsRequest>, I>>(object: I): ClearSuspectPointsRequest {
+    const message = createBaseClearSuspectPointsRequest();
+    message.vmId = object.vmId ?? "";
+    message.recoveryPointId = object.recoveryPointId ?? "";
+    return message;
+  },
+};
+
+function createBaseClearSuspectPointsResponse(): ClearSuspectPointsResponse {
+  return { clearedRecoveryPointIds: [] };
+}
+
+export const ClearSuspectPointsResponse: MessageFns<ClearSuspectPointsResponse> = {
+  encode(message: ClearSuspectPointsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.clearedRecoveryPointIds) {
+      writer.uint32(10).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClearSuspectPointsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClearSuspectPointsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.clearedRecoveryPointIds.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClearSuspectPointsResponse {
+    return {
+      clearedRecoveryPointIds: globalThis.Array.isArray(object?.clearedRecoveryPointIds)
+        ? object.clearedRecoveryPointIds.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.cleared_recovery_point_ids)
+        ? object.cleared_recovery_point_ids.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ClearSuspectPointsResponse): unknown {
+    const obj: any = {};
+    if (message.clearedRecoveryPointIds?.length) {
+      obj.clearedRecoveryPointIds = message.clearedRecoveryPointIds;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClearSuspectPointsResponse>, I>>(base?: I): ClearSuspectPointsResponse {
+    return ClearSuspectPointsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClearSuspectPointsResponse>, I>>(object: I): ClearSuspectPointsResponse {
+    const message = createBaseClearSuspectPointsResponse();
+    message.clearedRecoveryPointIds = object.clearedRecoveryPointIds?.map((e) => e) || [];
+    return message;
+  },
+};
 
 function createBasePauseReplicationRequest(): PauseReplicationRequest {
   return { vmId: "", reason: "" };
@@ -4198,6 +4396,9 @@ function createBaseRecoveryPoint(): RecoveryPoint {
     disks: [],
     changedBytes: 0n,
     transferredBytes: 0n,
+    suspectDisks: [],
+    lastClean: false,
+    lockedUntil: undefined,
   };
 }
 
@@ -4244,6 +4445,15 @@ export const RecoveryPoint: MessageFns<RecoveryPoint> = {
         throw new globalThis.Error("value provided for field message.transferredBytes of type uint64 too large");
       }
       writer.uint32(80).uint64(message.transferredBytes);
+    }
+    for (const v of message.suspectDisks) {
+      SuspectDisk.encode(v!, writer.uint32(162).fork()).join();
+    }
+    if (message.lastClean !== false) {
+      writer.uint32(168).bool(message.lastClean);
+    }
+    if (message.lockedUntil !== undefined) {
+      Timestamp.encode(toTimestamp(message.lockedUntil), writer.uint32(178).fork()).join();
     }
     return writer;
   },
@@ -4341,6 +4551,30 @@ export const RecoveryPoint: MessageFns<RecoveryPoint> = {
             message.transferredBytes = reader.uint64() as bigint;
             continue;
           }
+          case 20: {
+            if (tag !== 162) {
+              break;
+            }
+
+            message.suspectDisks.push(SuspectDisk.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 21: {
+            if (tag !== 168) {
+              break;
+            }
+
+            message.lastClean = reader.bool();
+            continue;
+          }
+          case 22: {
+            if (tag !== 178) {
+              break;
+            }
+
+            message.lockedUntil = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4387,6 +4621,21 @@ export const RecoveryPoint: MessageFns<RecoveryPoint> = {
         : isSet(object.transferred_bytes)
         ? BigInt(object.transferred_bytes)
         : 0n,
+      suspectDisks: globalThis.Array.isArray(object?.suspectDisks)
+        ? object.suspectDisks.map((e: any) => SuspectDisk.fromJSON(e))
+        : globalThis.Array.isArray(object?.suspect_disks)
+        ? object.suspect_disks.map((e: any) => SuspectDisk.fromJSON(e))
+        : [],
+      lastClean: isSet(object.lastClean)
+        ? globalThis.Boolean(object.lastClean)
+        : isSet(object.last_clean)
+        ? globalThis.Boolean(object.last_clean)
+        : false,
+      lockedUntil: isSet(object.lockedUntil)
+        ? fromJsonTimestamp(object.lockedUntil)
+        : isSet(object.locked_until)
+        ? fromJsonTimestamp(object.locked_until)
+        : undefined,
     };
   },
 
@@ -4422,6 +4671,15 @@ export const RecoveryPoint: MessageFns<RecoveryPoint> = {
     if (message.transferredBytes !== 0n) {
       obj.transferredBytes = message.transferredBytes.toString();
     }
+    if (message.suspectDisks?.length) {
+      obj.suspectDisks = message.suspectDisks.map((e) => SuspectDisk.toJSON(e));
+    }
+    if (message.lastClean !== false) {
+      obj.lastClean = message.lastClean;
+    }
+    if (message.lockedUntil !== undefined) {
+      obj.lockedUntil = message.lockedUntil.toISOString();
+    }
     return obj;
   },
 
@@ -4446,12 +4704,124 @@ export const RecoveryPoint: MessageFns<RecoveryPoint> = {
     message.transferredBytes = (object.transferredBytes !== undefined && object.transferredBytes !== null)
       ? BigInt(object.transferredBytes)
       : 0n;
+    message.suspectDisks = object.suspectDisks?.map((e) => SuspectDisk.fromPartial(e)) || [];
+    message.lastClean = object.lastClean ?? false;
+    message.lockedUntil = object.lockedUntil ?? undefined;
+    return message;
+  },
+};
+
+function createBaseSuspectDisk(): SuspectDisk {
+  return { diskId: "", share: 0, baselineShare: 0 };
+}
+
+export const SuspectDisk: MessageFns<SuspectDisk> = {
+  encode(message: SuspectDisk, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.diskId !== "") {
+      writer.uint32(10).string(message.diskId);
+    }
+    if (message.share !== 0) {
+      writer.uint32(17).double(message.share);
+    }
+    if (message.baselineShare !== 0) {
+      writer.uint32(25).double(message.baselineShare);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SuspectDisk {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSuspectDisk();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.diskId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.share = reader.double();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.baselineShare = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SuspectDisk {
+    return {
+      diskId: isSet(object.diskId)
+        ? globalThis.String(object.diskId)
+        : isSet(object.disk_id)
+        ? globalThis.String(object.disk_id)
+        : "",
+      share: isSet(object.share) ? globalThis.Number(object.share) : 0,
+      baselineShare: isSet(object.baselineShare)
+        ? globalThis.Number(object.baselineShare)
+        : isSet(object.baseline_share)
+        ? globalThis.Number(object.baseline_share)
+        : 0,
+    };
+  },
+
+  toJSON(message: SuspectDisk): unknown {
+    const obj: any = {};
+    if (message.diskId !== "") {
+      obj.diskId = message.diskId;
+    }
+    if (message.share !== 0) {
+      obj.share = floatToJson(message.share);
+    }
+    if (message.baselineShare !== 0) {
+      obj.baselineShare = floatToJson(message.baselineShare);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SuspectDisk>, I>>(base?: I): SuspectDisk {
+    return SuspectDisk.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SuspectDisk>, I>>(object: I): SuspectDisk {
+    const message = createBaseSuspectDisk();
+    message.diskId = object.diskId ?? "";
+    message.share = object.share ?? 0;
+    message.baselineShare = object.baselineShare ?? 0;
     return message;
   },
 };
 
 function createBaseRecoveryPointDisk(): RecoveryPointDisk {
-  return { diskId: "", virtualSizeBytes: 0n, changedBytes: 0n };
+  return { diskId: "", virtualSizeBytes: 0n, changedBytes: 0n, incompressibleBytes: 0n, transferredBytes: 0n };
 }
 
 export const RecoveryPointDisk: MessageFns<RecoveryPointDisk> = {
@@ -4470,6 +4840,18 @@ export const RecoveryPointDisk: MessageFns<RecoveryPointDisk> = {
         throw new globalThis.Error("value provided for field message.changedBytes of type uint64 too large");
       }
       writer.uint32(24).uint64(message.changedBytes);
+    }
+    if (message.incompressibleBytes !== 0n) {
+      if (BigInt.asUintN(64, message.incompressibleBytes) !== message.incompressibleBytes) {
+        throw new globalThis.Error("value provided for field message.incompressibleBytes of type uint64 too large");
+      }
+      writer.uint32(160).uint64(message.incompressibleBytes);
+    }
+    if (message.transferredBytes !== 0n) {
+      if (BigInt.asUintN(64, message.transferredBytes) !== message.transferredBytes) {
+        throw new globalThis.Error("value provided for field message.transferredBytes of type uint64 too large");
+      }
+      writer.uint32(168).uint64(message.transferredBytes);
     }
     return writer;
   },
@@ -4511,6 +4893,22 @@ export const RecoveryPointDisk: MessageFns<RecoveryPointDisk> = {
             message.changedBytes = reader.uint64() as bigint;
             continue;
           }
+          case 20: {
+            if (tag !== 160) {
+              break;
+            }
+
+            message.incompressibleBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 21: {
+            if (tag !== 168) {
+              break;
+            }
+
+            message.transferredBytes = reader.uint64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4540,6 +4938,16 @@ export const RecoveryPointDisk: MessageFns<RecoveryPointDisk> = {
         : isSet(object.changed_bytes)
         ? BigInt(object.changed_bytes)
         : 0n,
+      incompressibleBytes: isSet(object.incompressibleBytes)
+        ? BigInt(object.incompressibleBytes)
+        : isSet(object.incompressible_bytes)
+        ? BigInt(object.incompressible_bytes)
+        : 0n,
+      transferredBytes: isSet(object.transferredBytes)
+        ? BigInt(object.transferredBytes)
+        : isSet(object.transferred_bytes)
+        ? BigInt(object.transferred_bytes)
+        : 0n,
     };
   },
 
@@ -4553,6 +4961,12 @@ export const RecoveryPointDisk: MessageFns<RecoveryPointDisk> = {
     }
     if (message.changedBytes !== 0n) {
       obj.changedBytes = message.changedBytes.toString();
+    }
+    if (message.incompressibleBytes !== 0n) {
+      obj.incompressibleBytes = message.incompressibleBytes.toString();
+    }
+    if (message.transferredBytes !== 0n) {
+      obj.transferredBytes = message.transferredBytes.toString();
     }
     return obj;
   },
@@ -4568,6 +4982,12 @@ export const RecoveryPointDisk: MessageFns<RecoveryPointDisk> = {
       : 0n;
     message.changedBytes = (object.changedBytes !== undefined && object.changedBytes !== null)
       ? BigInt(object.changedBytes)
+      : 0n;
+    message.incompressibleBytes = (object.incompressibleBytes !== undefined && object.incompressibleBytes !== null)
+      ? BigInt(object.incompressibleBytes)
+      : 0n;
+    message.transferredBytes = (object.transferredBytes !== undefined && object.transferredBytes !== null)
+      ? BigInt(object.transferredBytes)
       : 0n;
     return message;
   },
@@ -5295,6 +5715,18 @@ export const ControlServiceService = {
     responseSerialize: (value: WhoAmIResponse): Buffer => Buffer.from(WhoAmIResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): WhoAmIResponse => WhoAmIResponse.decode(value),
   },
+  /** operator: an operator's verdict that suspect points (encryption signal) are a false alarm. */
+  clearSuspectPoints: {
+    path: "/qreplica.v1.ControlService/ClearSuspectPoints" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ClearSuspectPointsRequest): Buffer =>
+      Buffer.from(ClearSuspectPointsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ClearSuspectPointsRequest => ClearSuspectPointsRequest.decode(value),
+    responseSerialize: (value: ClearSuspectPointsResponse): Buffer =>
+      Buffer.from(ClearSuspectPointsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ClearSuspectPointsResponse => ClearSuspectPointsResponse.decode(value),
+  },
 } as const;
 
 export interface ControlServiceServer extends UntypedServiceImplementation {
@@ -5339,6 +5771,8 @@ export interface ControlServiceServer extends UntypedServiceImplementation {
   readRunbookRun: handleUnaryCall<ReadRunbookRunRequest, ReadRunbookRunResponse>;
   /** Who the caller is, as this site sees it (identity and role): `qreplica whoami`. */
   whoAmI: handleUnaryCall<WhoAmIRequest, WhoAmIResponse>;
+  /** operator: an operator's verdict that suspect points (encryption signal) are a false alarm. */
+  clearSuspectPoints: handleUnaryCall<ClearSuspectPointsRequest, ClearSuspectPointsResponse>;
 }
 
 export interface ControlServiceClient extends Client {
@@ -5649,6 +6083,22 @@ export interface ControlServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: WhoAmIResponse) => void,
   ): ClientUnaryCall;
+  /** operator: an operator's verdict that suspect points (encryption signal) are a false alarm. */
+  clearSuspectPoints(
+    request: ClearSuspectPointsRequest,
+    callback: (error: ServiceError | null, response: ClearSuspectPointsResponse) => void,
+  ): ClientUnaryCall;
+  clearSuspectPoints(
+    request: ClearSuspectPointsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ClearSuspectPointsResponse) => void,
+  ): ClientUnaryCall;
+  clearSuspectPoints(
+    request: ClearSuspectPointsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ClearSuspectPointsResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const ControlServiceClient = makeGenericClientConstructor(
@@ -5659,6 +6109,10 @@ export const ControlServiceClient = makeGenericClientConstructor(
   service: typeof ControlServiceService;
   serviceName: string;
 };
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
+}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | bigint | undefined;
 
