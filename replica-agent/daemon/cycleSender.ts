@@ -1,6 +1,6 @@
 import type { ClientDuplexStream } from "@grpc/grpc-js";
 import type { Logger } from "../../src/common/logger.js";
-import { ChecksumAlgorithm, Consistency, CycleKind } from "../../src/gen/qreplica/v1/common.js";
+import { type ChecksumAlgorithm, Consistency, CycleKind } from "../../src/gen/qreplica/v1/common.js";
 import type { RejectReason, ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
 import { encodeExtentChunkRequest, writeWithBackpressure, type OutgoingReplicateRequest } from "../../src/transport/index.js";
 import { getCodec } from "../../src/codec/index.js";
@@ -77,6 +77,8 @@ export async function sendCycle(
           consistency: cycle.consistency === "application" ? Consistency.CONSISTENCY_APPLICATION : Consistency.CONSISTENCY_CRASH,
           disks: cycle.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeAtCutoff) })),
           quiesceFailure: cycle.quiesceFailure ?? "",
+          // For the site's progress report (GetStatus); a resync compares the whole disks.
+          plannedBytes: BigInt(cycle.disks.reduce((n, d) => n + (o.resync ? d.sizeAtCutoff : d.dirtyBytes), 0)),
         },
       },
     });
