@@ -18,7 +18,7 @@ function formatFleet(res: StatusResponse): string {
   const rank = (h: number) => (h === ReplicationHealth.REPLICATION_HEALTH_CRITICAL ? 0 : h === ReplicationHealth.REPLICATION_HEALTH_WARNING ? 1 : 2);
   const rows = [...res.relationships].sort((a, b) => rank(a.health) - rank(b.health) || (a.vmId < b.vmId ? -1 : 1));
   return formatTable(
-    ["vm", "health", "point age", "policy", "state", "gen", "last point", "test", "reasons"],
+    ["vm", "health", "point age", "policy", "state", "gen", "last point", "test", "receiving", "reasons"],
     rows.map((r) => [
       r.vmId,
       healthName(r.health),
@@ -28,9 +28,19 @@ function formatFleet(res: StatusResponse): string {
       Number(r.generation),
       r.lastRecoveryPoint?.recoveryPointId ?? "-",
       r.testFailoverActive ? "yes" : "no",
+      receiving(r),
       r.healthReasons.length > 0 ? r.healthReasons.map((x) => x.code).join(",") : r.healthMessage || "-",
     ]),
   );
+}
+
+/** The cycle the site is receiving: "initial 37% of 16.0 MiB", or "-". */
+function receiving(r: StatusResponse["relationships"][number]): string {
+  const c = r.cycleInProgress;
+  if (!c) return "-";
+  const total = Number(c.bytesTotal);
+  const done = Number(c.bytesDone);
+  return total > 0 ? `${kindName(c.kind)} ${Math.floor((100 * done) / total)}% of ${formatBytes(total)}` : `${kindName(c.kind)} ${formatBytes(done)}`;
 }
 
 function formatAge(s: number): string {
