@@ -105,7 +105,7 @@ class BarReporter implements ProgressReporter {
   private readonly bars = new Map<string, { bar: cliProgress.SingleBar; meter: RateMeter; seq: number }>();
   private stopped = false;
 
-  constructor(stream: NodeJS.WriteStream) {
+  constructor(private readonly stream: NodeJS.WriteStream) {
     this.multi = new cliProgress.MultiBar(
       { stream, format: FORMAT, hideCursor: true, clearOnComplete: false, stopOnComplete: false, barsize: 20, fps: 5, autopadding: true },
       cliProgress.Presets.shades_classic,
@@ -150,22 +150,29 @@ class BarReporter implements ProgressReporter {
     if (entry) {
       entry.bar.setTotal(total);
       entry.bar.update(total, { ...this.payload({ ...s, bytesDone: total }, entry.meter, label), etaH: `done in ${duration(s.seconds)}` });
-    } else this.multi.log(`${s.vm}: ${label} (${formatBytes(total)}, point ${s.recoveryPointId})\n`);
+    } else this.log(`${s.vm}: ${label} (${formatBytes(total)}, point ${s.recoveryPointId})`);
   }
 
   cycleEnded(s: CycleSample & { message: string }): void {
     if (this.stopped) return;
-    this.multi.log(`${s.vm}: ${s.kind} cycle ${s.cycleSequence} ended without a point: ${s.message}\n`);
+    this.log(`${s.vm}: ${s.kind} cycle ${s.cycleSequence} ended without a point: ${s.message}`);
   }
 
   phase(vm: string, message: string): void {
     if (this.stopped) return;
-    this.multi.log(`${vm}: ${message}\n`);
+    this.log(`${vm}: ${message}`);
+  }
+
+  /** Above the bars while there are any (MultiBar prints its log at its next redraw, and redraws only with a bar), else at once. */
+  private log(line: string): void {
+    if (this.bars.size > 0) this.multi.log(`${line}\n`);
+    else this.stream.write(`${line}\n`);
   }
 
   stop(): void {
     if (this.stopped) return;
     this.stopped = true;
-    this.multi.stop();
+    // With no bar drawn the terminal was never touched (cursor, line wrapping): nothing to restore.
+    if (this.bars.size > 0) this.multi.stop();
   }
 }

@@ -58,15 +58,21 @@ describe("progress of long commands", { timeout: 240_000 }, () => {
     const t = await setup("qr-progress-", { diskBytes: DISK, intervalSeconds: 3600 });
     await t.startSite(t.siteB);
     const policy = join(t.dir, "slow.yaml");
-    writeFileSync(policy, `name: slow\nfrequency: 1h\nbandwidth:\n  - { limit: 2MiB/s, window: { from: "00:00", to: "00:00" } }\n`);
+    writeFileSync(policy, `name: slow\nfrequency: 1h\nbandwidth:\n  - { limit: 1MiB/s, window: { from: "00:00", to: "00:00" } }\n`);
     await cliJson(["policy", "apply", policy, "--dir", t.siteB]);
-    // Incompressible: the limit paces the initial copy (about 4 s for 8 MiB).
+    // Incompressible: the limit paces the initial copy (about 8 s for 8 MiB).
     await randomWrite(t, 0, 8);
 
     // Both start before the agent: they wait for the relationship to appear.
     const piped = startCli(process.execPath, ["--import", "tsx", CLI, "wait", "vm1", "--dir", t.siteB, "--json", "--timeout", "180"]);
     const tty = startCli("script", ["-qefc", `${process.execPath} --import tsx ${CLI} wait vm1 --dir ${t.siteB} --timeout 180`, "/dev/null"]);
     try {
+      // The agent starts once both are polling (a loaded machine may take seconds to start a CLI).
+      await waitFor(
+        "both waits polling",
+        () => (piped.out.stderr.includes("waiting for the primary's agent") && tty.out.stdout.includes("waiting for the primary's agent") ? true : undefined),
+        120_000,
+      );
       t.startAgent({ policy: "slow" });
       expect(await piped.exited, piped.out.stderr).toBe(0);
       expect(await tty.exited, tty.out.stdout).toBe(0);
