@@ -320,6 +320,7 @@ export class VmReplicator {
     generation: number,
     req: PlannedFailoverRequested,
   ): Promise<void> {
+    this.logger.info({ vm: this.vm.id, powerdownTimeoutSeconds: req.powerdownTimeoutSeconds }, "planned failover requested: powering the VM down for its final cycle");
     let method = "powerdown";
     const shutdown = qmp
       .waitForEvent("SHUTDOWN", () => true, req.powerdownTimeoutSeconds * 1000)
@@ -334,8 +335,14 @@ export class VmReplicator {
     }
     if (qmp.isClosed) throw new Error("the VM powered off and QEMU exited before the final cycle: run it with -no-shutdown so its last changes can be shipped");
     const stoppedAt = new Date();
-    const cycle = await capture.beginCycle();
-    await sendCycle(stream, responses, cycle, generation, { ...this.senderOptions(), resync: false });
+    let cycle: CaptureCycle;
+    try {
+      cycle = await capture.beginCycle();
+      await sendCycle(stream, responses, cycle, generation, { ...this.senderOptions(), resync: false });
+    } catch (err) {
+      await this.abortPlannedFailover(qmp, method, err);
+      throw err;
+    }
     const nodes = await queryNamedBlockNodes(qmp);
     const disks = this.vm.disks.map((d) => ({ diskId: d.id, imagePath: nodes.find((n) => n["node-name"] === d.node)?.image.filename ?? "" }));
     await send(stream, responses, {
@@ -345,6 +352,32 @@ export class VmReplicator {
     this.status = "stopped";
     this.stopped = true;
     this.logger.info({ vm: this.vm.id, method, finalCycle: cycle.seq }, "planned failover: VM stopped after its final cycle; this primary is done");
+  }
+
+  /**
+   * The final cycle did not reach the site (it went away, say): the site has not heard that the VM
+   * stopped, so no failover can follow from it. Production must not stay paused for a failover that
+   * is not happening: vCPUs paused by us run again; a guest that powered itself off stays off.
+   */
+  private async abortPlannedFailover(qmp: QmpClient, method: string, err: unknown): Promise<void> {
+    const why = err instanceof Error ? err.message : String(err);
+    if (method === "pause" && !qmp.isClosed) {
+      const resumed = await qmp.execute("cont").then(
+        () => true,
+        () => false,
+      );
+      if (resumed) {
+        this.logger.warn(
+          { vm: this.vm.id, err: why },
+          "planned failover aborted before its final cycle reached the replica site: the VM was resumed; run the planned failover again",
+        );
+        return;
+      }
+    }
+    this.logger.error(
+      { vm: this.vm.id, err: why, method },
+      "planned failover aborted before its final cycle reached the replica site: the guest is stopped; start it again (virsh start / system_reset + cont) or run the planned failover again",
+    );
   }
 
   /** Negotiated in Hello/HelloAck; SHA-256 until a site has answered. */

@@ -21,7 +21,9 @@ export type FaultPoint =
   /** The images are merged and rebased (or a thinned point folded into the next); the ledger has no RecoveryPointMerged yet. */
   | "crash-before-merge-recorded"
   /** PostgreSQL ledger: a CycleCommitted append's rows are inserted, its transaction not committed. */
-  | "crash-mid-ledger-append";
+  | "crash-mid-ledger-append"
+  /** A failover is recorded and its VM's QEMU started; the site has not recorded that VM yet. */
+  | "crash-mid-failover-launch";
 
 const ENV = "QREPLICA_FAULT";
 const fired = new Set<string>();

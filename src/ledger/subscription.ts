@@ -5,6 +5,7 @@
  * appends relative to the switch from catch-up to live.
  */
 import { AsyncLocalStorage } from "node:async_hooks";
+import type { EventEmitter } from "node:events";
 import { LedgerClosedError } from "./errors.js";
 import type { EventHandler, ReadAllOptions, RecordedEvent, SubscribeOptions, Subscription } from "./eventStore.js";
 
@@ -91,6 +92,42 @@ export function startSubscription(source: SubscriptionSource, opts: SubscribeOpt
       await finished;
     },
   };
+}
+
+/**
+ * The subscriptions one store has open: each re-reads when `wakeups` emits `event` (an append by
+ * this process, a database notification) or its poll interval passes, and all close with the store.
+ */
+export class OpenSubscriptions {
+  private readonly open = new Set<Subscription>();
+
+  constructor(
+    private readonly source: Omit<SubscriptionSource, "onChange">,
+    private readonly wakeups: EventEmitter,
+    private readonly event: string,
+  ) {}
+
+  start(opts: SubscribeOptions, handler: EventHandler): Subscription {
+    const { wakeups, event } = this;
+    const sub = startSubscription(
+      {
+        ...this.source,
+        onChange(wake) {
+          wakeups.on(event, wake);
+          return () => wakeups.off(event, wake);
+        },
+      },
+      opts,
+      handler,
+    );
+    this.open.add(sub);
+    void sub.closed.finally(() => this.open.delete(sub)).catch(() => undefined);
+    return sub;
+  }
+
+  async closeAll(): Promise<void> {
+    await Promise.all([...this.open].map((s) => s.close()));
+  }
 }
 
 interface Deferred {

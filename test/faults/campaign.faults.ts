@@ -24,7 +24,7 @@ const SEED = process.env.QR_FAULT_SEED ? Number(process.env.QR_FAULT_SEED) : Mat
 const FAULTS = Number(process.env.QR_FAULTS ?? 50);
 /** QR_FAULTS_MAX_MINUTES: no new fault after this long; the report says how many of the planned ran. */
 const MAX_MS = process.env.QR_FAULTS_MAX_MINUTES ? Number(process.env.QR_FAULTS_MAX_MINUTES) * 60_000 : Number.POSITIVE_INFINITY;
-const MOMENTS = ["mid-cycle", "between-cycles", "after-commit", "during-test-failover"] as const;
+const MOMENTS = ["mid-cycle", "between-cycles", "after-commit", "during-test-failover", "during-merge", "during-resync"] as const;
 type Moment = (typeof MOMENTS)[number];
 
 /** QR_FAULT_KINDS=kind,kind narrows a run to those kinds (to chase one finding). */
@@ -65,6 +65,17 @@ async function reachMoment(
     const seq = await points();
     await waitFor("the next cycle to end", async () => ((await points()) > seq ? true : undefined), 10_000, 50).catch(() => undefined);
     await sleep(rng.int(0, 300));
+  } else if (moment === "during-merge") {
+    // Retention (6 points at 1 s cycles) merges after almost every commit: caught once one is recorded as started.
+    await waitFor("a merge under way", async () => ((await c.t.relationship()).points.some((p) => p.merging) ? true : undefined), 15_000, 10).catch(() => undefined);
+  } else if (moment === "during-resync") {
+    // A primary killed under its writes leaves its bitmaps inconsistent: the agent resynchronises by comparison.
+    await c.t.vm.proc.kill("SIGKILL");
+    await model.pause();
+    await c.t.vm.restart();
+    await model.reloadFromDisk();
+    model.resume(() => rng.int(50, 400));
+    await waitFor("a resynchronisation under way", async () => ((await c.t.relationship()).state === "resynchronising" ? true : undefined), 30_000, 10).catch(() => undefined);
   } else if (moment === "during-test-failover") {
     // Invariant 4: a test VM runs on a point's overlay through the fault; points and replication
     // carry on (checked as for any fault), and the operator's stop works afterwards.
@@ -194,6 +205,7 @@ describe("fault campaign", () => {
         violations: checker.tally.violations,
         pointsChecked: checker.pointsChecked,
         tornWritePoints: checker.tornWrites,
+        readsDuringMerge: checker.readsDuringMerge,
         guestWrites: model.writes,
         durationMs: Date.now() - started,
       });

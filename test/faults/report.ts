@@ -25,6 +25,8 @@ export interface CampaignReport {
   pointsChecked: number;
   /** Points that caught a big write half done at their cut-off, matched block for block. */
   tornWritePoints: number;
+  /** Points read while retention merged them (marked merging or gone by the end of the read): not judged. */
+  readsDuringMerge: number;
   guestWrites: number;
   durationMs: number;
 }
@@ -61,7 +63,7 @@ export function formatReport(r: CampaignReport): string {
       .map(([m, n]) => `${m} ${n}`)
       .join(", ")}`,
     `faults ${r.faults.length}, recovered ${r.recoveries}, time to recover median ${sec(r.recoverMs.median)} max ${sec(r.recoverMs.max)}`,
-    `invariant checks ${r.invariantChecks} (points checked ${r.pointsChecked}, of which caught a write half done ${r.tornWritePoints}; guest writes ${r.guestWrites}), violations ${r.violations.length}`,
+    `invariant checks ${r.invariantChecks} (points checked ${r.pointsChecked}, of which caught a write half done ${r.tornWritePoints}, read while merged away ${r.readsDuringMerge}; guest writes ${r.guestWrites}), violations ${r.violations.length}`,
     ...r.violations.map((v) => `  VIOLATION ${v}`),
     `duration ${sec(r.durationMs)}`,
   ];

@@ -52,7 +52,7 @@ import {
 import { GENESIS_HASH, sealEvents } from "../hashChain.js";
 import { assertContinuesChain } from "../importChecks.js";
 import { validateSnapshotRecord, type SnapshotRecord } from "../snapshots.js";
-import { startSubscription } from "../subscription.js";
+import { OpenSubscriptions } from "../subscription.js";
 
 export const SNAPSHOT_STREAM_PREFIX = "qreplica-snapshot:";
 const SNAPSHOT_EVENT = "QreplicaSnapshot";
@@ -120,9 +120,9 @@ function buildStore(client: KurrentDBClient, location: string, options: KurrentD
     return { ...e, stream: e.stream.slice(ns.length) };
   };
   const clock = options.clock ?? (() => new Date());
-  const subscriptions = new Set<Subscription>();
   const appended = new EventEmitter();
   appended.setMaxListeners(0);
+  const subscriptions = new OpenSubscriptions({ readPage: (page) => readAll(page), pollIntervalMs: options.pollIntervalMs ?? 2000 }, appended, "appended");
   let live: { unsubscribe(): Promise<void> } | undefined;
   let closed = false;
 
@@ -231,21 +231,7 @@ function buildStore(client: KurrentDBClient, location: string, options: KurrentD
     subscribe(opts: SubscribeOptions, handler: EventHandler): Subscription {
       ensureOpen();
       ensureLive();
-      const sub = startSubscription(
-        {
-          readPage: readAll,
-          onChange(wake) {
-            appended.on("appended", wake);
-            return () => appended.off("appended", wake);
-          },
-          pollIntervalMs: options.pollIntervalMs ?? 2000,
-        },
-        opts,
-        handler,
-      );
-      subscriptions.add(sub);
-      void sub.closed.finally(() => subscriptions.delete(sub)).catch(() => undefined);
-      return sub;
+      return subscriptions.start(opts, handler);
     },
 
     async streamVersion(stream: string) {
@@ -338,7 +324,7 @@ function buildStore(client: KurrentDBClient, location: string, options: KurrentD
     async close() {
       if (closed) return;
       closed = true;
-      await Promise.all([...subscriptions].map((s) => s.close()));
+      await subscriptions.closeAll();
       await live?.unsubscribe().catch(() => undefined);
       await client.dispose();
     },

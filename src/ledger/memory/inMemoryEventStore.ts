@@ -21,7 +21,7 @@ import {
   type Subscription,
 } from "../eventStore.js";
 import { GENESIS_HASH, sealEvents } from "../hashChain.js";
-import { startSubscription } from "../subscription.js";
+import { OpenSubscriptions } from "../subscription.js";
 import { validateSnapshotRecord, type SnapshotRecord } from "../snapshots.js";
 
 export interface InMemoryEventStoreOptions {
@@ -37,7 +37,7 @@ export function getInMemoryEventStore(options: InMemoryEventStoreOptions = {}): 
   const streams = new Map<string, RecordedEvent[]>();
   const appended = new EventEmitter();
   appended.setMaxListeners(0);
-  const subscriptions = new Set<Subscription>();
+  const subscriptions = new OpenSubscriptions({ readPage: (page) => readAllSync(page) }, appended, "appended");
   const snapshots = new Map<string, SnapshotRecord>();
   let closed = false;
 
@@ -109,20 +109,7 @@ export function getInMemoryEventStore(options: InMemoryEventStoreOptions = {}): 
 
     subscribe(opts: SubscribeOptions, handler: EventHandler): Subscription {
       ensureOpen();
-      const sub = startSubscription(
-        {
-          readPage: readAllSync,
-          onChange(wake) {
-            appended.on("appended", wake);
-            return () => appended.off("appended", wake);
-          },
-        },
-        opts,
-        handler,
-      );
-      subscriptions.add(sub);
-      void sub.closed.finally(() => subscriptions.delete(sub)).catch(() => undefined);
-      return sub;
+      return subscriptions.start(opts, handler);
     },
 
     async streamVersion(stream: string): Promise<bigint | undefined> {
@@ -153,7 +140,7 @@ export function getInMemoryEventStore(options: InMemoryEventStoreOptions = {}): 
     async close(): Promise<void> {
       if (closed) return;
       closed = true;
-      await Promise.all([...subscriptions].map((s) => s.close()));
+      await subscriptions.closeAll();
     },
   };
 }

@@ -41,7 +41,7 @@ import { GENESIS_HASH, sealEvents } from "../hashChain.js";
 import { assertContinuesChain } from "../importChecks.js";
 import { validateSnapshotRecord, type SnapshotRecord } from "../snapshots.js";
 import { chainRowOf, decodeStoredEvent, type StoredEventRow } from "../storedRows.js";
-import { startSubscription } from "../subscription.js";
+import { OpenSubscriptions } from "../subscription.js";
 import { registerChainRowReader } from "../verify.js";
 import { listen, type Listener } from "./listener.js";
 import { DEFAULT_PG_SCHEMA, advisoryKey, migratePostgresLedger, redactUrl, validateSchemaName } from "./schema.js";
@@ -132,7 +132,7 @@ function buildStore(o: Internals): PostgresEventStore {
   const t = `${schema}.events`;
   const clock = o.clock ?? (() => new Date());
   const appendKey = advisoryKey(schema, "append");
-  const subscriptions = new Set<Subscription>();
+  const subscriptions = new OpenSubscriptions({ readPage: (page) => readAll(page), pollIntervalMs: o.pollIntervalMs ?? 1000 }, appended, "appended");
   let closed = false;
 
   const ensureOpen = (): void => {
@@ -224,21 +224,7 @@ function buildStore(o: Internals): PostgresEventStore {
 
     subscribe(opts: SubscribeOptions, handler: EventHandler): Subscription {
       ensureOpen();
-      const sub = startSubscription(
-        {
-          readPage: readAll,
-          onChange(wake) {
-            appended.on("appended", wake);
-            return () => appended.off("appended", wake);
-          },
-          pollIntervalMs: o.pollIntervalMs ?? 1000,
-        },
-        opts,
-        handler,
-      );
-      subscriptions.add(sub);
-      void sub.closed.finally(() => subscriptions.delete(sub)).catch(() => undefined);
-      return sub;
+      return subscriptions.start(opts, handler);
     },
 
     async streamVersion(stream: string) {
@@ -329,7 +315,7 @@ function buildStore(o: Internals): PostgresEventStore {
     async close() {
       if (closed) return;
       closed = true;
-      await Promise.all([...subscriptions].map((s) => s.close()));
+      await subscriptions.closeAll();
       await o.listener.stop();
       await pool.end();
     },

@@ -27,7 +27,7 @@ import {
   type Subscription,
 } from "../eventStore.js";
 import { GENESIS_HASH, sealEvents, type ChainRow } from "../hashChain.js";
-import { startSubscription } from "../subscription.js";
+import { OpenSubscriptions } from "../subscription.js";
 import { openLedgerDatabase } from "./schema.js";
 import { validateSnapshotRecord, type SnapshotRecord } from "../snapshots.js";
 
@@ -78,7 +78,7 @@ export function getSqliteEventStore(options: SqliteEventStoreOptions): SqliteEve
   const db = openLedgerDatabase(path, options);
   const channel = realpathSync(path);
   const clock = options.clock ?? (() => new Date());
-  const subscriptions = new Set<Subscription>();
+  const subscriptions = new OpenSubscriptions({ readPage: (page) => readAllSync(page), pollIntervalMs: options.pollIntervalMs ?? 250 }, localAppends, channel);
   let closed = false;
 
   const stmt = (sql: string) => db.prepare(sql).safeIntegers(true);
@@ -158,21 +158,7 @@ export function getSqliteEventStore(options: SqliteEventStoreOptions): SqliteEve
 
     subscribe(opts: SubscribeOptions, handler: EventHandler): Subscription {
       ensureOpen();
-      const sub = startSubscription(
-        {
-          readPage: readAllSync,
-          onChange(wake) {
-            localAppends.on(channel, wake);
-            return () => localAppends.off(channel, wake);
-          },
-          pollIntervalMs: options.pollIntervalMs ?? 250,
-        },
-        opts,
-        handler,
-      );
-      subscriptions.add(sub);
-      void sub.closed.finally(() => subscriptions.delete(sub)).catch(() => undefined);
-      return sub;
+      return subscriptions.start(opts, handler);
     },
 
     async streamVersion(stream: string) {
@@ -202,7 +188,7 @@ export function getSqliteEventStore(options: SqliteEventStoreOptions): SqliteEve
     async close() {
       if (closed) return;
       closed = true;
-      await Promise.all([...subscriptions].map((s) => s.close()));
+      await subscriptions.closeAll();
       db.close();
     },
   };

@@ -1,6 +1,8 @@
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync, type Dirent } from "node:fs";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
+import { imageInfo } from "../../qemu/processes/qemuImg.js";
 import { QreplicaError } from "../../common/errors.js";
+import { faultPoint } from "../../common/faultPoints.js";
 import type { Logger } from "../../common/logger.js";
 import {
   cancelFailover,
@@ -21,7 +23,7 @@ import { actorMetadata, type Caller } from "../controlPlane/caller.js";
 
 /** The ledger metadata of a command: who asked for it (none for the site's own housekeeping). */
 const by = (caller: Caller | undefined) => (caller ? { metadata: actorMetadata(caller) } : {});
-import { processCommandLine, terminate } from "./processes.js";
+import { killQemuUnder, processCommandLine, terminate } from "./processes.js";
 import { ReverseAgents, type ReverseAgentInfo, type ReverseAgentOptions } from "./reverseAgent.js";
 
 export interface LaunchedInfo {
@@ -134,8 +136,18 @@ export class FailoverService {
     if (!point) throw new FailoverRefusedError(`VM ${vmId}: failover recorded without a point`);
     if (!startVm) return { pointId: point.pointId, generation: newState.generation };
     const dir = join(this.runDir, "failover", vmId, `g${newState.generation}`);
+    // Said before the launch: a site killed while launching starts the VM again when it restarts.
+    writeLaunchIntent(dir, point.pointId);
     // Production from here on: it outlives the site (which adopts it again when it restarts).
     const running = await this.launchOn(point, newState, dir, vmId, "outlives-site");
+    faultPoint("crash-mid-failover-launch");
+    this.remember(vmId, dir, running);
+    const rto = Math.round(performance.now() - started);
+    this.logger.info({ vm: vmId, point: point.pointId, generation: newState.generation, rtoMs: rto }, "failed over: VM running");
+    return { pointId: point.pointId, generation: newState.generation, vm: info(running, rto) };
+  }
+
+  private remember(vmId: string, dir: string, running: Running): void {
     const vm: FailoverVm = {
       name: running.vm.name,
       pid: running.vm.proc.pid,
@@ -147,9 +159,6 @@ export class FailoverService {
     };
     this.failedOver.set(vmId, vm);
     writeVmRecord(dir, vm);
-    const rto = Math.round(performance.now() - started);
-    this.logger.info({ vm: vmId, point: point.pointId, generation: newState.generation, rtoMs: rto }, "failed over: VM running");
-    return { pointId: point.pointId, generation: newState.generation, vm: info(running, rto) };
   }
 
   /**
@@ -211,7 +220,12 @@ export class FailoverService {
     killRecordedVms(join(this.runDir, "tests"));
     for (const vmId of vmIds) {
       const { state } = await loadRelationship(this.store, vmId);
-      this.adoptFailoverVm(vmId);
+      const found = this.adoptFailoverVm(vmId);
+      if (found !== "adopted" && state.state === "failed-over-waiting-completion") {
+        await this.relaunchFailoverVm(vmId, state, found === "died-after-release").catch((err: unknown) =>
+          this.logger.error({ vm: vmId, err }, "the failover VM could not be started again: start it with 'qreplica failover VM cancel' and a new failover"),
+        );
+      }
       for (const testId of Object.keys(state.testFailovers)) {
         rmSync(join(this.runDir, "tests", vmId, testId), { recursive: true, force: true });
         await executeCommand(this.store, vmId, (s) => stopTestFailover(s, { testId, stoppedAt: new Date().toISOString() }));
@@ -228,20 +242,41 @@ export class FailoverService {
     return join(root, generations[0] ?? "g0");
   }
 
-  private adoptFailoverVm(vmId: string): void {
+  private adoptFailoverVm(vmId: string): "adopted" | "none" | "died" | "died-after-release" {
     const dir = this.failoverDirOf(vmId);
     const vm = readVmRecord(dir);
-    if (!vm) return;
+    if (!vm) return "none";
     // A recycled pid must not be taken for the VM: it must be QEMU with this VM's monitor.
     const cmdline = processCommandLine(vm.pid);
     if (!cmdline?.includes("qemu-system") || !cmdline.includes(vm.qmpSocketPath)) {
       this.logger.warn({ vm: vmId, pid: vm.pid, dir }, "the failover VM is no longer running; its overlays are kept");
       rmSync(join(dir, VM_RECORD), { force: true }); // said once, not at every start
-      return;
+      return vm.released ? "died-after-release" : "died";
     }
     this.failedOver.set(vmId, vm);
     this.logger.info({ vm: vmId, pid: vm.pid, qmpSocket: vm.qmpSocketPath, serialLog: vm.serialLogPath }, "failover VM adopted: it ran on through the site restart");
     if (vm.released) this.reverseAgents.adoptOrRestart(vmId);
+    return "adopted";
+  }
+
+  /**
+   * A failover that was to start its VM, with no VM running after a restart: the site was killed
+   * while launching it, or the VM died. It is production: started again on its own overlays
+   * (which hold whatever it wrote), after any QEMU left over from the interrupted launch is gone.
+   * A VM whose monitor a reverse agent held is that agent's to restart, not this.
+   */
+  private async relaunchFailoverVm(vmId: string, state: Awaited<ReturnType<typeof loadRelationship>>["state"], released: boolean): Promise<void> {
+    const dir = join(this.runDir, "failover", vmId, `g${state.generation}`);
+    const intent = readLaunchIntent(dir);
+    const point = state.points.find((p) => p.pointId === (intent?.pointId ?? state.failover?.pointId));
+    if (!intent || !point || released) return;
+    await killQemuUnder(dir);
+    const running = await this.launchOn(point, state, dir, vmId, "outlives-site", { reuseOverlays: true });
+    this.remember(vmId, dir, running);
+    this.logger.warn(
+      { vm: vmId, point: point.pointId, generation: state.generation, pid: running.vm.proc.pid, serialLog: running.vm.serialLogPath },
+      "the failover VM was not running after the site restart (the site stopped while launching it, or the VM died): started again on its overlays",
+    );
   }
 
   private async launchOn(
@@ -250,13 +285,18 @@ export class FailoverService {
     dir: string,
     name: string,
     lifetime: "dies-with-site" | "outlives-site",
+    opts: { reuseOverlays?: boolean } = {},
   ): Promise<Running> {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     const overlays: string[] = [];
     const diskImages: Record<string, string> = {};
     for (const d of point.disks) {
       const path = join(dir, `${d.diskId}.qcow2`);
-      await createThrowawayOverlay(d.imagePath, path);
+      // An overlay the VM may have written to is kept; one cut short while being created is not.
+      if (!(opts.reuseOverlays && (await overlayOn(path, d.imagePath)))) {
+        rmSync(path, { force: true });
+        await createThrowawayOverlay(d.imagePath, path);
+      }
       overlays.push(path);
       diskImages[d.diskId] = path;
     }
@@ -277,6 +317,33 @@ export class FailoverService {
 
 function info(r: Running, timeToRunningMs: number): LaunchedInfo {
   return { name: r.vm.name, qmpSocket: r.vm.qmpSocketPath, serialLog: r.vm.serialLogPath, pid: r.vm.proc.pid, timeToRunningMs, diskImages: r.overlays };
+}
+
+const LAUNCH_INTENT = "launch.json";
+
+function writeLaunchIntent(dir: string, pointId: string): void {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  writeFileSync(join(dir, LAUNCH_INTENT), JSON.stringify({ pointId, at: new Date().toISOString() }), { mode: 0o600 });
+}
+
+function readLaunchIntent(dir: string): { pointId: string } | undefined {
+  try {
+    const r = JSON.parse(readFileSync(join(dir, LAUNCH_INTENT), "utf8")) as { pointId?: unknown };
+    return typeof r.pointId === "string" ? { pointId: r.pointId } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Whether `path` is a whole qcow2 overlay on `pointImage`. */
+async function overlayOn(path: string, pointImage: string): Promise<boolean> {
+  if (!existsSync(path)) return false;
+  try {
+    const info = await imageInfo(path);
+    return info.format === "qcow2" && resolve(info["backing-filename"] ?? "") === resolve(pointImage);
+  } catch {
+    return false;
+  }
 }
 
 function writeVmRecord(dir: string, vm: FailoverVm): void {

@@ -1,4 +1,4 @@
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 
 /** Whether `pid` runs (a zombie, dead but not yet reaped, does not). */
 export function processAlive(pid: number): boolean {
@@ -37,4 +37,20 @@ export async function terminate(pid: number, graceMs: number): Promise<void> {
     if (Date.now() > deadline) signal("SIGKILL");
     await new Promise((r) => setTimeout(r, 50));
   }
+}
+
+/**
+ * Kills every QEMU whose command line names `dir` (a launch cut short by a site kill leaves one
+ * holding its overlays' locks) and waits until they are gone.
+ */
+export async function killQemuUnder(dir: string): Promise<number[]> {
+  const pids = readdirSync("/proc")
+    .filter((n) => /^\d+$/.test(n))
+    .map(Number)
+    .filter((pid) => {
+      const cmd = processCommandLine(pid);
+      return cmd !== undefined && cmd.includes("qemu-system") && cmd.includes(`${dir}/`);
+    });
+  await Promise.all(pids.map((pid) => terminate(pid, 5_000)));
+  return pids;
 }
