@@ -113,6 +113,5 @@ describe("progress of long commands", { timeout: 240_000 }, () => {
     expect(resynced.state).toBe("replicating");
     const resyncLines = parseLines(r.stderr);
     expect(resyncLines.filter((l) => l.event === "committed")).toEqual([expect.objectContaining({ kind: "resync", bytesTotal: DISK, recoveryPointId: resynced.recoveryPointId })]);
-    await waitFor("the resync point listed", async () => ((await cliJson<unknown[]>(["points", "vm1", "--dir", t.siteB])).length === 2 ? true : undefined), 10_000);
   });
 });
