@@ -78,7 +78,14 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
       healthMessage: message,
       healthReasons: evaluated?.result.reasons.map(wireHealthReason) ?? [],
       policyName: evaluated?.policyName ?? "",
+      cycleInProgress: cycleInProgressOf(s.vmId),
     };
+  };
+  const cycleInProgressOf = (vmId: string) => {
+    const c = ctx.sessionFor(vmId)?.cycleInProgress();
+    if (!c) return undefined;
+    const kind = c.kind === "full" ? CycleKind.CYCLE_KIND_INITIAL : c.kind === "resync" ? CycleKind.CYCLE_KIND_RESYNC : CycleKind.CYCLE_KIND_INCREMENTAL;
+    return { cycleSequence: BigInt(c.seq), kind, startedAt: c.startedAt, bytesDone: BigInt(c.bytesDone), bytesTotal: BigInt(c.bytesTotal), wireBytes: BigInt(c.wireBytes) };
   };
 
   const failovers = ctx.failovers;

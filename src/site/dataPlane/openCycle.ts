@@ -30,6 +30,11 @@ export class OpenCycle {
   wireBytes = 0;
   /** Decompression targets, reused once the storage daemon has the bytes; dropped with the cycle. */
   private readonly buffers = new BufferPool();
+  /** For progress: where each disk starts when the cycle's disks are laid end to end, and how far a resync has got. */
+  private diskStarts = new Map<string, number>();
+  private position = 0;
+  /** What the cycle covers in all (0: unknown); see progress(). */
+  private plannedBytes = 0;
 
   constructor(
     readonly seq: number,
@@ -40,6 +45,26 @@ export class OpenCycle {
     /** The primary wanted the guest frozen for this cut-off and could not: why. */
     readonly quiesceFailure?: string,
   ) {}
+
+  /**
+   * Sets what progress() measures against: the agent's planned bytes, and for a resync (which
+   * ships only differing chunks, in disk order) the disks laid end to end.
+   */
+  plan(disks: ReadonlyArray<{ diskId: string; sizeBytes: number }>, plannedBytes: number): void {
+    let at = 0;
+    for (const d of disks) {
+      this.diskStarts.set(d.diskId, at);
+      at += d.sizeBytes;
+    }
+    this.plannedBytes = this.kind === "resync" ? at : plannedBytes;
+  }
+
+  /** How far the cycle has got, for GetStatus: bytes covered so far and in all (0: unknown). */
+  progress(): { bytesDone: number; bytesTotal: number; wireBytes: number } {
+    const received = this.kind === "resync" ? this.position : this.dataBytes + this.zeroBytes;
+    const bytesDone = this.plannedBytes > 0 ? Math.min(received, this.plannedBytes) : received;
+    return { bytesDone, bytesTotal: this.plannedBytes, wireBytes: this.wireBytes };
+  }
 
   /**
    * Verifies `chunk` and queues its write into the point (generation and sequence were checked by
@@ -71,6 +96,7 @@ export class OpenCycle {
       return { reason, message: errorMessage(err) };
     }
     this.extents++;
+    this.position = Math.max(this.position, (this.diskStarts.get(chunk.diskId) ?? 0) + decoded.offset + decoded.length);
     if (decoded.kind === "data") {
       this.dataBytes += decoded.length;
       this.diskDataBytes.set(chunk.diskId, (this.diskDataBytes.get(chunk.diskId) ?? 0) + decoded.length);

@@ -48,6 +48,7 @@ const requests: ReplicateRequest[] = [
         cycleSequence: 2n ** 33n,
         kind: CycleKind.CYCLE_KIND_INCREMENTAL,
         quiesceFailure: "guest freeze timed out",
+        plannedBytes: 3n * 2n ** 32n,
         cutoffTime: cutoff,
         consistency: Consistency.CONSISTENCY_APPLICATION,
         disks: [{ diskId: "vda", virtualSizeBytes: 10n * 2n ** 40n }],

@@ -429,6 +429,32 @@ export interface RelationshipStatus {
   healthReasons: HealthReason[];
   /** The VM's replication policy, when the site knows it; empty otherwise. */
   policyName: string;
+  /**
+   * The cycle the site is receiving now; unset between cycles. What `qreplica wait`, `resync
+   * --wait`, `failover --planned` and `reverse --wait` show as progress.
+   */
+  cycleInProgress?: CycleInProgress | undefined;
+}
+
+/** A cycle between its CycleBegin and its commit, as far as the site has received it. */
+export interface CycleInProgress {
+  cycleSequence: bigint;
+  kind: CycleKind;
+  startedAt?:
+    | Date
+    | undefined;
+  /**
+   * Bytes of the disks the cycle has covered so far: data and zero extents received (a resync:
+   * how far through its disks the comparison has got, as the differing chunks show it).
+   */
+  bytesDone: bigint;
+  /**
+   * What the cycle covers in all (the agent's CycleBegin.planned_bytes; a resync: the disks'
+   * sizes); 0 when unknown (agents before that field).
+   */
+  bytesTotal: bigint;
+  /** Compressed bytes received, data chunks only. */
+  wireBytes: bigint;
 }
 
 /** One reason a VM's health is not NORMAL (see the README's health rules). */
@@ -3854,6 +3880,7 @@ function createBaseRelationshipStatus(): RelationshipStatus {
     healthMessage: "",
     healthReasons: [],
     policyName: "",
+    cycleInProgress: undefined,
   };
 }
 
@@ -3897,6 +3924,9 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
     }
     if (message.policyName !== "") {
       writer.uint32(98).string(message.policyName);
+    }
+    if (message.cycleInProgress !== undefined) {
+      CycleInProgress.encode(message.cycleInProgress, writer.uint32(106).fork()).join();
     }
     return writer;
   },
@@ -4010,6 +4040,14 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
             message.policyName = reader.string();
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.cycleInProgress = CycleInProgress.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4068,6 +4106,11 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
         : isSet(object.policy_name)
         ? globalThis.String(object.policy_name)
         : "",
+      cycleInProgress: isSet(object.cycleInProgress)
+        ? CycleInProgress.fromJSON(object.cycleInProgress)
+        : isSet(object.cycle_in_progress)
+        ? CycleInProgress.fromJSON(object.cycle_in_progress)
+        : undefined,
     };
   },
 
@@ -4109,6 +4152,9 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
     if (message.policyName !== "") {
       obj.policyName = message.policyName;
     }
+    if (message.cycleInProgress !== undefined) {
+      obj.cycleInProgress = CycleInProgress.toJSON(message.cycleInProgress);
+    }
     return obj;
   },
 
@@ -4133,6 +4179,194 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
     message.healthMessage = object.healthMessage ?? "";
     message.healthReasons = object.healthReasons?.map((e) => HealthReason.fromPartial(e)) || [];
     message.policyName = object.policyName ?? "";
+    message.cycleInProgress = (object.cycleInProgress !== undefined && object.cycleInProgress !== null)
+      ? CycleInProgress.fromPartial(object.cycleInProgress)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseCycleInProgress(): CycleInProgress {
+  return { cycleSequence: 0n, kind: 0, startedAt: undefined, bytesDone: 0n, bytesTotal: 0n, wireBytes: 0n };
+}
+
+export const CycleInProgress: MessageFns<CycleInProgress> = {
+  encode(message: CycleInProgress, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cycleSequence !== 0n) {
+      if (BigInt.asUintN(64, message.cycleSequence) !== message.cycleSequence) {
+        throw new globalThis.Error("value provided for field message.cycleSequence of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.cycleSequence);
+    }
+    if (message.kind !== 0) {
+      writer.uint32(16).int32(message.kind);
+    }
+    if (message.startedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.startedAt), writer.uint32(26).fork()).join();
+    }
+    if (message.bytesDone !== 0n) {
+      if (BigInt.asUintN(64, message.bytesDone) !== message.bytesDone) {
+        throw new globalThis.Error("value provided for field message.bytesDone of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.bytesDone);
+    }
+    if (message.bytesTotal !== 0n) {
+      if (BigInt.asUintN(64, message.bytesTotal) !== message.bytesTotal) {
+        throw new globalThis.Error("value provided for field message.bytesTotal of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.bytesTotal);
+    }
+    if (message.wireBytes !== 0n) {
+      if (BigInt.asUintN(64, message.wireBytes) !== message.wireBytes) {
+        throw new globalThis.Error("value provided for field message.wireBytes of type uint64 too large");
+      }
+      writer.uint32(48).uint64(message.wireBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CycleInProgress {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCycleInProgress();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.cycleSequence = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.startedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.bytesDone = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.bytesTotal = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.wireBytes = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CycleInProgress {
+    return {
+      cycleSequence: isSet(object.cycleSequence)
+        ? BigInt(object.cycleSequence)
+        : isSet(object.cycle_sequence)
+        ? BigInt(object.cycle_sequence)
+        : 0n,
+      kind: isSet(object.kind) ? cycleKindFromJSON(object.kind) : 0,
+      startedAt: isSet(object.startedAt)
+        ? fromJsonTimestamp(object.startedAt)
+        : isSet(object.started_at)
+        ? fromJsonTimestamp(object.started_at)
+        : undefined,
+      bytesDone: isSet(object.bytesDone)
+        ? BigInt(object.bytesDone)
+        : isSet(object.bytes_done)
+        ? BigInt(object.bytes_done)
+        : 0n,
+      bytesTotal: isSet(object.bytesTotal)
+        ? BigInt(object.bytesTotal)
+        : isSet(object.bytes_total)
+        ? BigInt(object.bytes_total)
+        : 0n,
+      wireBytes: isSet(object.wireBytes)
+        ? BigInt(object.wireBytes)
+        : isSet(object.wire_bytes)
+        ? BigInt(object.wire_bytes)
+        : 0n,
+    };
+  },
+
+  toJSON(message: CycleInProgress): unknown {
+    const obj: any = {};
+    if (message.cycleSequence !== 0n) {
+      obj.cycleSequence = message.cycleSequence.toString();
+    }
+    if (message.kind !== 0) {
+      obj.kind = cycleKindToJSON(message.kind);
+    }
+    if (message.startedAt !== undefined) {
+      obj.startedAt = message.startedAt.toISOString();
+    }
+    if (message.bytesDone !== 0n) {
+      obj.bytesDone = message.bytesDone.toString();
+    }
+    if (message.bytesTotal !== 0n) {
+      obj.bytesTotal = message.bytesTotal.toString();
+    }
+    if (message.wireBytes !== 0n) {
+      obj.wireBytes = message.wireBytes.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CycleInProgress>, I>>(base?: I): CycleInProgress {
+    return CycleInProgress.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CycleInProgress>, I>>(object: I): CycleInProgress {
+    const message = createBaseCycleInProgress();
+    message.cycleSequence = (object.cycleSequence !== undefined && object.cycleSequence !== null)
+      ? BigInt(object.cycleSequence)
+      : 0n;
+    message.kind = object.kind ?? 0;
+    message.startedAt = object.startedAt ?? undefined;
+    message.bytesDone = (object.bytesDone !== undefined && object.bytesDone !== null) ? BigInt(object.bytesDone) : 0n;
+    message.bytesTotal = (object.bytesTotal !== undefined && object.bytesTotal !== null)
+      ? BigInt(object.bytesTotal)
+      : 0n;
+    message.wireBytes = (object.wireBytes !== undefined && object.wireBytes !== null) ? BigInt(object.wireBytes) : 0n;
     return message;
   },
 };
