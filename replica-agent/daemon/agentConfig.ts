@@ -7,9 +7,12 @@ import { ID_PATTERN, InvalidIdError, requireId, type IdKind } from "../../src/mo
 import { validateVmSpec, type VmSpec } from "../../src/site/launcher/vmSpec.js";
 import { DEFAULT_SCRATCH_MIN_FREE_BYTES } from "../capture/scratchSpace.js";
 import { DEFAULT_CBW_TIMEOUT_SECONDS } from "../capture/vmCapture.js";
+import { parseLibvirtVm, type LibvirtVmConfig } from "./libvirtConfig.js";
 
 export interface AgentVmConfig {
   id: string;
+  /** A libvirt domain: captured through libvirt's backup API; qmpSocket, nbdSocket and disks are then unused. */
+  libvirt?: LibvirtVmConfig;
   qmpSocket: string;
   /** Where QEMU's NBD server listens (started there by the agent if QEMU has none). */
   nbdSocket: string;
@@ -119,14 +122,23 @@ export function loadAgentConfig(path: string): AgentConfig {
     const vm = asObject(v, path, `vms[${i}]`);
     // Only a string id is shown: String() of a hostile mapping (e.g. `id: { toString: 1 }`) throws.
     const where = `vms[${i}] (${typeof vm.id === "string" ? vm.id : "?"})`;
-    const disks = vm.disks;
-    if (!Array.isArray(disks) || disks.length === 0) throw new AgentConfigError(path, `${where}.disks must list the VM's disks as {id, node}`);
+    const libvirt = vm.libvirt === undefined ? undefined : parseLibvirtVm(vm.libvirt, `${where}.libvirt`);
+    if (libvirt && !libvirt.ok) throw new AgentConfigError(path, libvirt.message);
+    if (libvirt) {
+      // libvirt's domain XML names the disks and libvirt holds the monitor: these would only mislead.
+      for (const k of ["qmpSocket", "nbdSocket", "disks", "guestAgentSocket"]) {
+        if (vm[k] !== undefined) throw new AgentConfigError(path, `${where}.${k}: not used with ${where}.libvirt (the agent finds the disks in the domain XML); remove it`);
+      }
+    }
+    const disks = libvirt ? [] : vm.disks;
+    if (!libvirt && (!Array.isArray(disks) || disks.length === 0)) throw new AgentConfigError(path, `${where}.disks must list the VM's disks as {id, node}`);
     return {
       id: id("VM id", vm.id, path, `vms[${i}].id`),
-      qmpSocket: abs(str(vm.qmpSocket, path, `${where}.qmpSocket`)),
-      nbdSocket: abs(str(vm.nbdSocket, path, `${where}.nbdSocket`)),
+      ...(libvirt?.ok ? { libvirt: libvirt.value } : {}),
+      qmpSocket: libvirt ? "" : abs(str(vm.qmpSocket, path, `${where}.qmpSocket`)),
+      nbdSocket: libvirt ? "" : abs(str(vm.nbdSocket, path, `${where}.nbdSocket`)),
       guestAgentSocket: vm.guestAgentSocket === undefined ? undefined : abs(str(vm.guestAgentSocket, path, `${where}.guestAgentSocket`)),
-      disks: disks.map((d, j) => {
+      disks: (disks as unknown[]).map((d, j) => {
         const disk = asObject(d, path, `${where}.disks[${j}]`);
         return { id: id("disk id", disk.id, path, `${where}.disks[${j}].id`), node: str(disk.node, path, `${where}.disks[${j}].node`) };
       }),

@@ -1,6 +1,6 @@
 import type { ClientDuplexStream } from "@grpc/grpc-js";
 import type { Logger } from "../../src/common/logger.js";
-import { ChecksumAlgorithm, Consistency, CycleKind } from "../../src/gen/qreplica/v1/common.js";
+import { type ChecksumAlgorithm, Consistency, CycleKind } from "../../src/gen/qreplica/v1/common.js";
 import type { RejectReason, ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
 import { encodeExtentChunkRequest, writeWithBackpressure, type OutgoingReplicateRequest } from "../../src/transport/index.js";
 import { getCodec } from "../../src/codec/index.js";
