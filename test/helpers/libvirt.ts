@@ -50,7 +50,24 @@ export class PrivateLibvirt {
     if (!existsSync("/run/libvirt/virtlogd-sock")) run("virtlogd", ["-d", "-p", logdPid]);
     if (spawnSync("pgrep", ["-x", "libvirtd"]).status === 0)
       throw new Error("another libvirtd runs on this machine: the libvirt tests need their own (its QEMU driver state dir /run/libvirt/qemu is shared)");
-    run("libvirtd", ["-d", "-f", conf, "-p", libvirtdPid]);
+    // Its own qemu.conf (bind-mounted in a private mount namespace; libvirtd as root reads only
+    // /etc/libvirt/qemu.conf): QEMU runs as root, so libvirt finds /dev/kvm as QEMU would and
+    // keeps its probed QEMU capabilities. Otherwise (/dev/kvm root-only, QEMU as libvirt-qemu) it
+    // re-probes QEMU at every lookup, and one `virsh define` takes about 50 s.
+    const qemuConf = join(dir, "qemu.conf");
+    writeFileSync(qemuConf, 'user = "root"\ngroup = "root"\ndynamic_ownership = 0\n');
+    run("unshare", [
+      "-m",
+      "--propagation",
+      "private",
+      "sh",
+      "-c",
+      'mount --bind "$1" /etc/libvirt/qemu.conf && exec libvirtd -d -f "$2" -p "$3"',
+      "sh",
+      qemuConf,
+      conf,
+      libvirtdPid,
+    ]);
     try {
       await waitFor("libvirtd's socket", async () => ((await lv.virsh.run(["list", "--all"]).catch(() => undefined)) === undefined ? undefined : true), 30_000, 100);
     } catch (err) {
