@@ -1,5 +1,5 @@
-import { execFileSync, spawnSync } from "node:child_process";
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { makeCounterDisk } from "../../guest/index.js";
 import { Virsh } from "../../replica-agent/capture/libvirt/virsh.js";
@@ -15,6 +15,8 @@ export class PrivateLibvirt {
   readonly uri: string;
   readonly virsh: Virsh;
   private readonly domains = new Set<string>();
+  readonly children: ChildProcess[] = [];
+  readonly stderr: string[] = [];
 
   private constructor(
     readonly dir: string,
@@ -42,12 +44,18 @@ export class PrivateLibvirt {
     const logdPid = join(dir, "virtlogd.pid");
     const libvirtdPid = join(dir, "libvirtd.pid");
     const lv = new PrivateLibvirt(dir, [libvirtdPid, logdPid]);
-    const run = (cmd: string, args: string[]) => {
-      const r = spawnSync(cmd, args, { encoding: "utf8" });
-      if (r.status !== 0) throw new Error(`${cmd} ${args.join(" ")} failed (exit ${r.status}): ${r.stderr || r.stdout}`);
+    // In the foreground as children of the test process (no -d): they are reaped when they end.
+    const spawnDaemon = (cmd: string, args: string[]) => {
+      const child = spawn(cmd, args, { stdio: ["ignore", "ignore", "pipe"] });
+      child.stderr.on("data", (c: Buffer) => lv.stderr.push(c.toString()));
+      lv.children.push(child);
     };
-    // A virtlogd of an earlier run (its socket path is fixed) is reused; libvirtd must be ours.
-    if (!existsSync("/run/libvirt/virtlogd-sock")) run("virtlogd", ["-d", "-p", logdPid]);
+    // virtlogd's socket path is fixed: one that runs (an earlier run's) is reused.
+    const logdRuns = spawnSync("pgrep", ["-x", "virtlogd"]).status === 0;
+    if (!logdRuns) {
+      rmSync("/run/libvirt/virtlogd-sock", { force: true });
+      spawnDaemon("virtlogd", ["-p", logdPid]);
+    }
     if (spawnSync("pgrep", ["-x", "libvirtd"]).status === 0)
       throw new Error("another libvirtd runs on this machine: the libvirt tests need their own (its QEMU driver state dir /run/libvirt/qemu is shared)");
     // Its own qemu.conf (bind-mounted in a private mount namespace; libvirtd as root reads only
@@ -56,13 +64,13 @@ export class PrivateLibvirt {
     // re-probes QEMU at every lookup, and one `virsh define` takes about 50 s.
     const qemuConf = join(dir, "qemu.conf");
     writeFileSync(qemuConf, 'user = "root"\ngroup = "root"\ndynamic_ownership = 0\n');
-    run("unshare", [
+    spawnDaemon("unshare", [
       "-m",
       "--propagation",
       "private",
       "sh",
       "-c",
-      'mount --bind "$1" /etc/libvirt/qemu.conf && exec libvirtd -d -f "$2" -p "$3"',
+      'mount --bind "$1" /etc/libvirt/qemu.conf && exec libvirtd -f "$2" -p "$3"',
       "sh",
       qemuConf,
       conf,
@@ -72,7 +80,7 @@ export class PrivateLibvirt {
       await waitFor("libvirtd's socket", async () => ((await lv.virsh.run(["list", "--all"]).catch(() => undefined)) === undefined ? undefined : true), 30_000, 100);
     } catch (err) {
       lv.stop();
-      throw err;
+      throw new Error(`libvirtd did not start: ${lv.stderr.join("").trim() || (err as Error).message}`);
     }
     return lv;
   }
@@ -103,6 +111,7 @@ export class PrivateLibvirt {
       const pid = Number(readFileSync(f, "utf8").trim());
       if (pid > 0) spawnSync("kill", [String(pid)]);
     }
+    for (const c of this.children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGTERM");
     // QEMU of a domain libvirtd did not get to destroy (the daemon died first).
     for (const name of this.domains) {
       const pidFile = `/run/libvirt/qemu/${name}.pid`;
