@@ -72,6 +72,7 @@ describe("libvirt capture (checkpoints + pull-mode backup over NBD)", () => {
     let capture = await open();
     expect(capture.report?.status).toBe("not-enabled");
     expect(capture.domainDisks.map((d) => d.target)).toEqual(["hda"]);
+    expect(capture.report?.disks.map((d) => d.sizeBytes)).toEqual([64 * MiB]);
     await dom.write(`write -P 0x11 ${8 * MiB} 1M`);
     const initial = await capture.enable();
     expect(initial.kind).toBe("full");

@@ -133,6 +133,8 @@ export class LibvirtCapture {
     }
     if (keep && !problem) problem = await this.bitmapProblem(keep);
     const status: VmCaptureStatus = !this.state.enabled ? "not-enabled" : problem ? "resync-required" : "ok";
+    const sizes = new Map<string, number>();
+    for (const d of this.disks) sizes.set(d.target, await this.capacity(d.target));
     this.lastReport = {
       vmId,
       status,
@@ -142,7 +144,7 @@ export class LibvirtCapture {
         diskId: d.target,
         node: d.target,
         status,
-        sizeBytes: this.state.disks[d.target]?.sizeAtCutoff ?? 0,
+        sizeBytes: sizes.get(d.target) ?? 0,
         ...(problem ? { reason: problem } : {}),
         ...(status === "not-enabled" && this.state.unacknowledgedEnableSeq !== undefined ? { unacknowledgedEnableSeq: this.state.unacknowledgedEnableSeq } : {}),
         ...(status === "ok" ? { seq: this.state.seq } : {}),
@@ -318,6 +320,12 @@ export class LibvirtCapture {
       this.logger.warn({ checkpoint: name, err: (err as Error).message }, "checkpoint delete failed; deleting its metadata only");
       await this.virsh.run(["checkpoint-delete", this.opts.domain, name, "--metadata"]);
     }
+  }
+
+  /** The disk's virtual size as the guest sees it (`virsh domblkinfo`: Capacity). */
+  private async capacity(target: string): Promise<number> {
+    const out = await this.virsh.run(["domblkinfo", this.opts.domain, target]);
+    return Number(/^Capacity:\s+(\d+)/m.exec(out)?.[1] ?? 0);
   }
 
   private async abortJob(): Promise<void> {
