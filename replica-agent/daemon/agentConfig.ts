@@ -8,9 +8,12 @@ import { ID_PATTERN, isValidId, type IdKind, VmSpecError, validateVmSpec, type V
 import { DEFAULTS } from "../../src/policy/schema.js";
 import { DEFAULT_SCRATCH_MIN_FREE_BYTES } from "../capture/scratchSpace.js";
 import { DEFAULT_CBW_TIMEOUT_SECONDS } from "../capture/vmCapture.js";
+import { LibvirtVmSchema, type LibvirtVmConfig } from "./libvirtConfig.js";
 
 export interface AgentVmConfig {
   id: string;
+  /** A libvirt domain: captured through libvirt's backup API; qmpSocket, nbdSocket and disks are then unused. */
+  libvirt?: LibvirtVmConfig;
   qmpSocket: string;
   /** Where QEMU's NBD server listens (started there by the agent if QEMU has none). */
   nbdSocket: string;
@@ -127,41 +130,57 @@ const cbwTimeout = intIn(
 );
 const scratchMinFreeMiB = intIn(1, 1024 * 1024, `MiB: a cut-off is skipped while the scratch filesystem has less than this free; the default is ${DEFAULT_SCRATCH_MIN_FREE_MIB}`);
 
-const vmSchema = z.strictObject({
-  id: id("VM id", "web1"),
-  qmpSocket: path("QEMU's QMP socket"),
-  nbdSocket: path("NBD socket path"),
-  guestAgentSocket: path("qemu-ga socket").optional(),
-  disks: z
-    .array(z.strictObject({ id: id("disk id", "vda"), node: text("give the disk's QEMU block node name (query-named-block-nodes), e.g. vda") }))
-    .min(1, "must list the VM's disks as { id, node }"),
-  scratchDir: path("scratch directory").optional(),
-  cbwTimeoutSeconds: cbwTimeout.optional(),
-  scratchMinFreeMiB: scratchMinFreeMiB.optional(),
-  replicaSite: hostPortField(1, "replica.example.org:7443 (the replica site's run/site.address)"),
-  replicaSiteId: text(
-    "set it to the replica site's id (the --name given to 'qreplica site init' there, e.g. replicaSiteId: site-b); the agent sends the VM's disks only to a server whose certificate carries that identity",
-  ),
-  intervalSeconds: numberIn(1, MAX_INTERVAL_SECONDS, `seconds between cycles when no policy says otherwise; the default is ${DEFAULTS.frequencySeconds}`).optional(),
-  compressionLevel: intIn(1, 19, `a zstd level: 1 (fastest) to 19 (smallest); the default is ${DEFAULTS.compressionLevel}`).optional(),
-  chunkChecksum: oneOf(["zstd-frame", "sha256"] as const).optional(),
-  resync: oneOf(["automatic", "manual"] as const).optional(),
-  resyncDigest: oneOf(["blake3", "sha256"] as const).optional(),
-  spec: field<VmSpec>((v) => {
-    try {
-      return { value: validateVmSpec(v) };
-    } catch (err) {
-      if (err instanceof VmSpecError) return { error: `${err.problems.join("; ")} (the spec: format is in the README)` };
-      throw err;
+const vmSchema = z
+  .strictObject({
+    id: id("VM id", "web1"),
+    libvirt: LibvirtVmSchema.optional(),
+    qmpSocket: path("QEMU's QMP socket").optional(),
+    nbdSocket: path("NBD socket path").optional(),
+    guestAgentSocket: path("qemu-ga socket").optional(),
+    disks: z
+      .array(z.strictObject({ id: id("disk id", "vda"), node: text("give the disk's QEMU block node name (query-named-block-nodes), e.g. vda") }))
+      .min(1, "must list the VM's disks as { id, node }")
+      .optional(),
+    scratchDir: path("scratch directory").optional(),
+    cbwTimeoutSeconds: cbwTimeout.optional(),
+    scratchMinFreeMiB: scratchMinFreeMiB.optional(),
+    replicaSite: hostPortField(1, "replica.example.org:7443 (the replica site's run/site.address)"),
+    replicaSiteId: text(
+      "set it to the replica site's id (the --name given to 'qreplica site init' there, e.g. replicaSiteId: site-b); the agent sends the VM's disks only to a server whose certificate carries that identity",
+    ),
+    intervalSeconds: numberIn(1, MAX_INTERVAL_SECONDS, `seconds between cycles when no policy says otherwise; the default is ${DEFAULTS.frequencySeconds}`).optional(),
+    compressionLevel: intIn(1, 19, `a zstd level: 1 (fastest) to 19 (smallest); the default is ${DEFAULTS.compressionLevel}`).optional(),
+    chunkChecksum: oneOf(["zstd-frame", "sha256"] as const).optional(),
+    resync: oneOf(["automatic", "manual"] as const).optional(),
+    resyncDigest: oneOf(["blake3", "sha256"] as const).optional(),
+    spec: field<VmSpec>((v) => {
+      try {
+        return { value: validateVmSpec(v) };
+      } catch (err) {
+        if (err instanceof VmSpecError) return { error: `${err.problems.join("; ")} (the spec: format is in the README)` };
+        throw err;
+      }
+    }).optional(),
+    generation: intIn(0, Number.MAX_SAFE_INTEGER, "the generation a reverse replication starts at (the failover's); leave it out otherwise").optional(),
+    policy: field<string>((v) =>
+      typeof v === "string" && ID_PATTERN.test(v)
+        ? { value: v }
+        : { error: `${show(v)} is not a policy name; name a policy applied on the replica site (1-64 letters, digits, '.', '_' or '-', e.g. gold)` },
+    ).optional(),
+  })
+  .superRefine((vm, ctx) => {
+    if (vm.libvirt) {
+      // libvirt's domain XML names the disks and libvirt holds the monitor: these would only mislead.
+      for (const k of ["qmpSocket", "nbdSocket", "disks", "guestAgentSocket"] as const) {
+        if (vm[k] !== undefined) ctx.addIssue({ code: "custom", path: [k], message: "not used with libvirt: (the agent finds the disks in the domain XML); remove it" });
+      }
+      return;
     }
-  }).optional(),
-  generation: intIn(0, Number.MAX_SAFE_INTEGER, "the generation a reverse replication starts at (the failover's); leave it out otherwise").optional(),
-  policy: field<string>((v) =>
-    typeof v === "string" && ID_PATTERN.test(v)
-      ? { value: v }
-      : { error: `${show(v)} is not a policy name; name a policy applied on the replica site (1-64 letters, digits, '.', '_' or '-', e.g. gold)` },
-  ).optional(),
-});
+    if (vm.qmpSocket === undefined)
+      ctx.addIssue({ code: "custom", path: ["qmpSocket"], message: "is missing: give QEMU's QMP socket, or a libvirt: { domain } block for a libvirt-managed VM" });
+    if (vm.nbdSocket === undefined) ctx.addIssue({ code: "custom", path: ["nbdSocket"], message: "is missing: give the NBD socket path" });
+    if (vm.disks === undefined) ctx.addIssue({ code: "custom", path: ["disks"], message: "is missing: list the VM's disks as { id, node }" });
+  });
 
 export const agentConfigSchema = z.strictObject({
   siteId: text("give this primary site's id, e.g. siteId: site-a"),
@@ -206,10 +225,11 @@ export function agentConfigFrom(raw: unknown, file: string): AgentConfig {
   const vms = c.vms.map(
     (vm): AgentVmConfig => ({
       id: vm.id,
-      qmpSocket: abs(vm.qmpSocket),
-      nbdSocket: abs(vm.nbdSocket),
+      ...(vm.libvirt ? { libvirt: vm.libvirt } : {}),
+      qmpSocket: vm.qmpSocket === undefined ? "" : abs(vm.qmpSocket),
+      nbdSocket: vm.nbdSocket === undefined ? "" : abs(vm.nbdSocket),
       guestAgentSocket: vm.guestAgentSocket === undefined ? undefined : abs(vm.guestAgentSocket),
-      disks: vm.disks.map((d) => ({ id: d.id, node: d.node })),
+      disks: (vm.disks ?? []).map((d) => ({ id: d.id, node: d.node })),
       scratchDir: vm.scratchDir === undefined ? undefined : abs(vm.scratchDir),
       cbwTimeoutSeconds: vm.cbwTimeoutSeconds ?? cbwDefault,
       scratchMinFreeBytes: (vm.scratchMinFreeMiB ?? minFreeDefault) * MiB,

@@ -4,15 +4,15 @@
  */
 import type { Logger } from "../../src/common/logger.js";
 import type { PlannedFailoverRequested } from "../../src/gen/qreplica/v1/replication.js";
-import { type QmpClient, queryNamedBlockNodes } from "../../src/qemu/qmp/index.js";
-import type { CaptureCycle, VmCapture } from "../capture/index.js";
+import type { CaptureCycle } from "../capture/index.js";
 import type { AgentVmConfig } from "./agentConfig.js";
 import { type CycleSenderOptions, type ReplicateStream, send, sendCycle } from "./cycleSender.js";
+import type { ReplicationSource, CycleCapture } from "./replicationSource.js";
 import type { ResponseQueue } from "./responseQueue.js";
 
 export interface PlannedStop {
-  qmp: QmpClient;
-  capture: VmCapture;
+  source: ReplicationSource;
+  capture: CycleCapture;
   stream: ReplicateStream;
   responses: ResponseQueue;
   generation: number;
@@ -23,41 +23,28 @@ export interface PlannedStop {
 }
 
 /**
- * Planned failover: the guest gets `powerdown_timeout` to power off (QEMU must run with
- * -no-shutdown to stay up for the final cycle), else its vCPUs are paused; then a final cycle
- * cut after the stop ships the last changes, the site hears that the VM stopped, and QEMU quits.
+ * Planned failover: the guest is stopped for the final cycle (powered down, else its vCPUs paused;
+ * see ReplicationSource.stopForFinalCycle); a final cycle cut after the stop ships the last
+ * changes, the site hears that the VM stopped, and the VM ends.
  */
 export async function stopForPlannedFailover(x: PlannedStop): Promise<void> {
-  const { qmp, capture, stream, responses, generation, req, vm, logger } = x;
-  logger.info({ vm: vm.id, powerdownTimeoutSeconds: req.powerdownTimeoutSeconds }, "planned failover requested: powering the VM down for its final cycle");
-  let method = "powerdown";
-  const shutdown = qmp
-    .waitForEvent("SHUTDOWN", () => true, req.powerdownTimeoutSeconds * 1000)
-    .then(
-      () => true,
-      () => false,
-    );
-  await qmp.execute("system_powerdown").catch(() => undefined);
-  if (!(await shutdown)) {
-    method = "pause";
-    await qmp.execute("stop");
-  }
-  if (qmp.isClosed) throw new Error("the VM powered off and QEMU exited before the final cycle: run it with -no-shutdown so its last changes can be shipped");
+  const { source, capture, stream, responses, generation, req, vm, logger } = x;
+  logger.info({ vm: vm.id, powerdownTimeoutSeconds: req.powerdownTimeoutSeconds }, "planned failover requested: stopping the VM for its final cycle");
+  const method = await source.stopForFinalCycle(req.powerdownTimeoutSeconds);
   const stoppedAt = new Date();
   let cycle: CaptureCycle;
   try {
     cycle = await capture.beginCycle();
     await sendCycle(stream, responses, cycle, generation, { ...x.sender, resync: false });
   } catch (err) {
-    await abortPlannedFailover(qmp, method, err, vm, logger);
+    await abortPlannedFailover(source, method, err, vm, logger);
     throw err;
   }
-  const nodes = await queryNamedBlockNodes(qmp);
-  const disks = vm.disks.map((d) => ({ diskId: d.id, imagePath: nodes.find((n) => n["node-name"] === d.node)?.image.filename ?? "" }));
+  const disks = await source.diskImages();
   await send(stream, responses, {
     body: { $case: "primaryStopped", value: { generation: BigInt(generation), stoppedAt, finalCycleSequence: BigInt(cycle.seq), method, disks } },
   });
-  await qmp.execute("quit").catch(() => undefined);
+  await source.quit();
   logger.info({ vm: vm.id, method, finalCycle: cycle.seq }, "planned failover: VM stopped after its final cycle; this primary is done");
 }
 
@@ -66,10 +53,10 @@ export async function stopForPlannedFailover(x: PlannedStop): Promise<void> {
  * stopped, so no failover can follow from it. Production must not stay paused for a failover that
  * is not happening: vCPUs paused by us run again; a guest that powered itself off stays off.
  */
-async function abortPlannedFailover(qmp: QmpClient, method: string, err: unknown, vm: AgentVmConfig, logger: Logger): Promise<void> {
+async function abortPlannedFailover(source: ReplicationSource, method: string, err: unknown, vm: AgentVmConfig, logger: Logger): Promise<void> {
   const why = err instanceof Error ? err.message : String(err);
-  if (method === "pause" && !qmp.isClosed) {
-    const resumed = await qmp.execute("cont").then(
+  if (method === "pause") {
+    const resumed = await source.resume().then(
       () => true,
       () => false,
     );

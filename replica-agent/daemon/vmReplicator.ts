@@ -7,10 +7,9 @@ import { ENABLE_UNACKNOWLEDGED } from "../../src/model/index.js";
 import { CompressionCodec, ChecksumAlgorithm } from "../../src/gen/qreplica/v1/common.js";
 import { ChunkDigest, RejectReason, ResumeHint, ResyncMode, type PlannedFailoverRequested } from "../../src/gen/qreplica/v1/replication.js";
 import { blake3Installed } from "../../src/common/chunkDigest.js";
-import { GuestAgentClient } from "../../src/qemu/guestAgent/index.js";
-import { QmpClient } from "../../src/qemu/qmp/index.js";
 import { ReplicationClient, siteDial, type SiteCredentials } from "../../src/transport/index.js";
-import { IothreadDiskError, ScratchSpaceLowError, SnapshotBrokenError, VmCapture, type CaptureCycle } from "../capture/index.js";
+import { IothreadDiskError, ScratchSpaceLowError, SnapshotBrokenError, type CaptureCycle } from "../capture/index.js";
+import { openReplicationSource, type CycleCapture, type ReplicationSource } from "./replicationSource.js";
 import type { AgentVmConfig } from "./agentConfig.js";
 import { CyclePolicy } from "./cyclePolicy.js";
 import { SiteBandwidth } from "./bandwidth.js";
@@ -47,7 +46,7 @@ interface HelloAnswer {
 }
 
 /** Change tracking the capture layer could not vouch for, per disk, as Hello reports it. */
-function trackingLost(capture: VmCapture): Array<{ diskId: string; code: string; reason: string }> {
+function trackingLost(capture: CycleCapture): Array<{ diskId: string; code: string; reason: string }> {
   return (capture.report?.disks ?? [])
     .filter((d) => d.status !== "ok")
     .map((d) => ({
@@ -128,40 +127,28 @@ export class VmReplicator {
 
   private async session(onHealthy: () => void): Promise<void> {
     this.status = "connecting";
-    const qmp = await QmpClient.connect({ socketPath: this.vm.qmpSocket, logger: this.logger });
-    const guestAgent = this.vm.guestAgentSocket ? new GuestAgentClient({ socketPath: this.vm.guestAgentSocket, logger: this.logger }) : undefined;
     const dial = siteDial(this.vm.replicaSite, this.tls, { expectedServerIdentity: this.vm.replicaSiteId });
     const client = new ReplicationClient(this.vm.replicaSite, dial.credentials, dial.options);
     let stream: ReplicateStream | undefined;
+    let opened: ReplicationSource | undefined;
     try {
-      const capture = await VmCapture.open({
-        vmId: this.vm.id,
-        qmp,
-        disks: this.vm.disks,
-        stateDir: this.stateDir,
-        scratchDir: this.vm.scratchDir,
-        scratchMinFreeBytes: this.vm.scratchMinFreeBytes,
-        cbwTimeoutSeconds: this.vm.cbwTimeoutSeconds,
-        nbdSocketPath: this.vm.nbdSocket,
-        quiescer: guestAgent,
-        quiesceNow: () => this.policy.quiesceNow(),
-        logger: this.logger,
-      });
+      const source = await openReplicationSource(this.vm, { stateDir: this.stateDir, logger: this.logger, quiesceNow: () => this.policy.quiesceNow() });
+      opened = source;
+      const capture = source.capture;
       stream = client.replicate();
       const responses = new ResponseQueue(stream, (p) => this.policy.use(p.policy, "push"));
       const lost = trackingLost(capture);
       if (capture.report?.status === "resync-required") this.status = "resync-required";
       const ack = await this.hello(stream, responses, capture, lost).catch(async (err: unknown) => {
-        if (this.status === "refused-stale") await this.fence(qmp);
+        if (this.status === "refused-stale") await this.fence(source);
         throw err;
       });
       onHealthy();
-      await this.replicate({ qmp, capture, stream, responses, ack, tracking: lost.length === 0 });
+      await this.replicate({ source, capture, stream, responses, ack, tracking: lost.length === 0 });
     } finally {
       stream?.cancel();
       client.close();
-      guestAgent?.close();
-      await qmp.close();
+      await opened?.close();
     }
   }
 
@@ -169,14 +156,21 @@ export class VmReplicator {
    * Cycles as the site directs: the HelloAck's hint first, then operator notices over the open
    * stream (pause: no cycle, the bitmap keeps every change; resume; resync now).
    */
-  private async replicate(x: { qmp: QmpClient; capture: VmCapture; stream: ReplicateStream; responses: ResponseQueue; ack: HelloAnswer; tracking: boolean }): Promise<void> {
-    const { qmp, capture, stream, responses, ack } = x;
+  private async replicate(x: {
+    source: ReplicationSource;
+    capture: CycleCapture;
+    stream: ReplicateStream;
+    responses: ResponseQueue;
+    ack: HelloAnswer;
+    tracking: boolean;
+  }): Promise<void> {
+    const { source, capture, stream, responses, ack } = x;
     let tracking = x.tracking;
     let next = ack.hint;
     let planned: PlannedFailoverRequested | undefined;
     void responses.plannedFailover.then((r) => (planned = r));
     // QEMU gone (crashed or stopped) or the stream broken: reconnect now, not at the next cycle.
-    const broken = Promise.race([responses.failed, qmp.closed.then(() => Promise.reject(new Error("QEMU's QMP monitor closed (QEMU exited?)")))]);
+    const broken = Promise.race([responses.failed, source.gone]);
     broken.catch(() => undefined);
     const cycle = async (c: CaptureCycle, resync: boolean) => {
       const o = { ...this.senderOptions(), resync };
@@ -193,7 +187,7 @@ export class VmReplicator {
     };
     while (!this.stopped) {
       if (planned) {
-        await stopForPlannedFailover({ qmp, capture, stream, responses, generation: ack.generation, req: planned, vm: this.vm, logger: this.logger, sender: this.senderOptions() });
+        await stopForPlannedFailover({ source, capture, stream, responses, generation: ack.generation, req: planned, vm: this.vm, logger: this.logger, sender: this.senderOptions() });
         this.status = "stopped";
         this.stopped = true;
         return;
@@ -251,7 +245,7 @@ export class VmReplicator {
           "cycle slots missed: the last cycle overran them or the agent's maxCyclesInFlight was reached; this cycle serves the newest",
         );
       try {
-        await this.incremental(qmp, async () => {
+        await this.incremental(source, async () => {
           const opened = await capture.beginCycle().catch((err: unknown) => this.skipped(err, stream, responses, ack.generation));
           if (opened) await cycle(opened, false);
         });
@@ -263,7 +257,7 @@ export class VmReplicator {
   }
 
   /** One incremental cycle; a refusal keeps its changes for the next one, a stale generation fences. */
-  private async incremental(qmp: QmpClient, run: () => Promise<void>): Promise<void> {
+  private async incremental(source: ReplicationSource, run: () => Promise<void>): Promise<void> {
     try {
       await run();
     } catch (err) {
@@ -276,7 +270,7 @@ export class VmReplicator {
       if (!(err instanceof CycleRefusedError)) throw err;
       if (err.reason === RejectReason.REJECT_REASON_STALE_GENERATION) {
         this.status = "refused-stale";
-        await this.fence(qmp);
+        await this.fence(source);
         throw err;
       }
       // The site refused this cycle (e.g. a corrupted chunk, or a pause raced it): its changes are kept.
@@ -317,9 +311,9 @@ export class VmReplicator {
    * The replica site failed over: this VM is no longer the primary. Pause its vCPUs so it cannot
    * go on as a second primary (split-brain); the operator decides what happens to it.
    */
-  private async fence(qmp: QmpClient): Promise<void> {
+  private async fence(source: ReplicationSource): Promise<void> {
     try {
-      await qmp.execute("stop");
+      await source.fence();
       this.logger.error({ vm: this.vm.id }, "fenced: the VM was paused because the replica site failed over to a newer generation");
     } catch (err) {
       this.logger.error({ vm: this.vm.id, err }, "could not pause the VM after a stale-generation refusal");
@@ -350,7 +344,12 @@ export class VmReplicator {
     return pick;
   }
 
-  private async hello(stream: ReplicateStream, responses: ResponseQueue, capture: VmCapture, lost: Array<{ diskId: string; code: string; reason: string }>): Promise<HelloAnswer> {
+  private async hello(
+    stream: ReplicateStream,
+    responses: ResponseQueue,
+    capture: CycleCapture,
+    lost: Array<{ diskId: string; code: string; reason: string }>,
+  ): Promise<HelloAnswer> {
     const saved = this.loadState();
     const disks = capture.report?.disks ?? [];
     await send(stream, responses, {
