@@ -153,7 +153,7 @@ describe("agent config: out-of-range values and unknown keys are refused with th
     expect(problemsOf(configWith("    compresionLevel: 3\n"))).toEqual([
       {
         path: "vms[0].compresionLevel",
-        message: expect.stringMatching(/^unknown field: did you mean 'compressionLevel'\?; the fields here are id, qmpSocket, .*compressionLevel/),
+        message: expect.stringMatching(/^unknown field: did you mean 'compressionLevel'\?; the fields here are id, libvirt, qmpSocket, .*compressionLevel/),
       },
     ]);
     const top = join(tmp.path, "top.yaml");

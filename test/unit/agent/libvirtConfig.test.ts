@@ -34,10 +34,10 @@ describe("agent config: libvirt-managed VMs", () => {
   });
 
   it("refuses unknown keys, a remote URI, an empty domain and QMP settings beside it, naming the path", () => {
-    expect(() => loadAgentConfig(config("    libvirt: { domain: web1, domian: x }\n"))).toThrow(/vms\[0\] \(vm1\)\.libvirt: .*domian/);
-    expect(() => loadAgentConfig(config("    libvirt: { domain: web1, uri: 'qemu+ssh://host/system' }\n"))).toThrow(/vms\[0\] \(vm1\)\.libvirt\.uri: must be a local QEMU URI/);
-    expect(() => loadAgentConfig(config("    libvirt: { domain: '' }\n"))).toThrow(/vms\[0\] \(vm1\)\.libvirt\.domain: must name the libvirt domain/);
-    expect(() => loadAgentConfig(config("    libvirt: { domain: web1 }\n    qmpSocket: q.sock\n"))).toThrow(/vms\[0\] \(vm1\)\.qmpSocket: not used with .*libvirt.*remove it/);
+    expect(() => loadAgentConfig(config("    libvirt: { domain: web1, domian: x }\n"))).toThrow(/vms\[0\]\.libvirt\.domian: unknown field: did you mean 'domain'/);
+    expect(() => loadAgentConfig(config("    libvirt: { domain: web1, uri: 'qemu+ssh://host/system' }\n"))).toThrow(/vms\[0\]\.libvirt\.uri: must be a local QEMU URI/);
+    expect(() => loadAgentConfig(config("    libvirt: { domain: '' }\n"))).toThrow(/vms\[0\]\.libvirt\.domain: must name the libvirt domain/);
+    expect(() => loadAgentConfig(config("    libvirt: { domain: web1 }\n    qmpSocket: q.sock\n"))).toThrow(/vms\[0\]\.qmpSocket: not used with libvirt.*remove it/);
   });
 });
 
