@@ -90,9 +90,12 @@ export async function takeCutoff(req: CutoffRequest): Promise<TakenCutoff> {
     const cut = async (): Promise<{ at: Date; vcpuPauseMs: number | undefined }> => {
       const guestDisks = disks.filter((d): d is CutoffDisk & { device: GuestDevice } => d.device !== undefined);
       if (guestDisks.length === 0) {
+        // Stamped before the transaction: every write acknowledged before `at` is in the point (a
+        // stamp taken after a slow reply would claim writes it does not hold).
+        const at = new Date();
         await qmp.execute("transaction", { actions });
         rotated = true;
-        return { at: new Date(), vcpuPauseMs: undefined };
+        return { at, vcpuPauseMs: undefined };
       }
       const paused = await withVcpusPaused(qmp, req.pauseMarker, logger, async () => {
         for (const d of guestDisks) {
@@ -108,9 +111,10 @@ export async function takeCutoff(req: CutoffRequest): Promise<TakenCutoff> {
             stepTimeoutMs: PAUSED_STEP_TIMEOUT_MS,
           });
         }
+        const at = new Date();
         await qmp.execute("transaction", { actions }, { timeoutMs: PAUSED_STEP_TIMEOUT_MS });
         rotated = true;
-        return new Date();
+        return at;
       });
       return { at: paused.result, vcpuPauseMs: paused.pausedMs };
     };
