@@ -1,5 +1,6 @@
-import { mkdirSync, readFileSync, renameSync, writeFileSync, openSync, fsyncSync, closeSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { writeJsonDurably } from "../../src/common/durableFile.js";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 
 export interface DiskCaptureState {
   node: string;
@@ -48,15 +49,6 @@ export class CaptureStateFile {
 
   /** Write-then-rename with fsyncs: a crash leaves the old or the new state, never half of one. */
   save(state: VmCaptureState): void {
-    mkdirSync(dirname(this.path), { recursive: true, mode: 0o700 });
-    const tmp = `${this.path}.tmp`;
-    writeFileSync(tmp, JSON.stringify(state, null, 2), { mode: 0o600 });
-    const fd = openSync(tmp, "r");
-    fsyncSync(fd);
-    closeSync(fd);
-    renameSync(tmp, this.path);
-    const dirFd = openSync(dirname(this.path), "r");
-    fsyncSync(dirFd);
-    closeSync(dirFd);
+    writeJsonDurably(this.path, state);
   }
 }

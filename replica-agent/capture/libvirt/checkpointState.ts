@@ -1,5 +1,6 @@
-import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { writeJsonDurably } from "../../../src/common/durableFile.js";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 
 /** What the agent remembers of a libvirt domain's change tracking (libvirt may forget it). */
 export interface LibvirtCaptureState {
@@ -39,15 +40,6 @@ export class LibvirtStateFile {
 
   /** Write-then-rename with fsyncs: a crash leaves the old or the new state, never half of one. */
   save(state: LibvirtCaptureState): void {
-    mkdirSync(dirname(this.path), { recursive: true, mode: 0o700 });
-    const tmp = `${this.path}.tmp`;
-    writeFileSync(tmp, JSON.stringify(state, null, 2), { mode: 0o600 });
-    const fd = openSync(tmp, "r");
-    fsyncSync(fd);
-    closeSync(fd);
-    renameSync(tmp, this.path);
-    const dirFd = openSync(dirname(this.path), "r");
-    fsyncSync(dirFd);
-    closeSync(dirFd);
+    writeJsonDurably(this.path, state);
   }
 }
