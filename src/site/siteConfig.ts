@@ -14,6 +14,12 @@ export interface SiteConfig {
   caFile: string;
   certFile: string;
   keyFile: string;
+  /**
+   * The deployment CA's revocation list (`qreplica pki crl` writes it on the CA host). Peers whose
+   * certificate it lists are refused at Hello and on every control call; the file is read again
+   * when it changes. Absent: no revocation checking.
+   */
+  crlFile?: string;
   /** The SQLite ledger file; used only when `ledger` is absent or sqlite. */
   ledgerPath: string;
   /** Which store holds the ledger (see src/ledger/ledgerConfig.ts); absent means SQLite at ledgerPath. */
@@ -74,6 +80,7 @@ export function loadSiteConfig(dir: string): SiteConfig {
     caFile: abs(raw.caFile!),
     certFile: abs(raw.certFile!),
     keyFile: abs(raw.keyFile!),
+    ...(typeof raw.crlFile === "string" && raw.crlFile !== "" ? { crlFile: abs(raw.crlFile) } : {}),
     ledgerPath: abs(raw.ledgerPath!),
     ...(raw.ledger !== undefined ? { ledger: parseLedger(raw.ledger, path) } : {}),
     storageRoot: abs(raw.storageRoot!),

@@ -26,7 +26,20 @@ export interface SiteReload {
 }
 
 /** Held by the process from its start: the server's socket and identity, the ledger, storage, launcher, metrics endpoint, health timer. */
-const RESTART_ONLY = ["siteId", "listen", "caFile", "certFile", "keyFile", "ledgerPath", "storageRoot", "compressionLevel", "accel", "advertiseHost", "metricsListen"] as const;
+const RESTART_ONLY = [
+  "siteId",
+  "listen",
+  "caFile",
+  "certFile",
+  "keyFile",
+  "crlFile",
+  "ledgerPath",
+  "storageRoot",
+  "compressionLevel",
+  "accel",
+  "advertiseHost",
+  "metricsListen",
+] as const;
 
 export function liveSiteSettings(config: SiteConfig): LiveSiteSettings {
   return {

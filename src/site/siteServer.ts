@@ -6,7 +6,7 @@ import { ReplicationServiceService, type ReplicationServiceServer } from "../gen
 import { LedgerReadModels, getSqliteEventStore, onRelationshipSnapshotIgnored, type EventStore } from "../ledger/index.js";
 import { describeLedger, openConfiguredLedger } from "../ledger/ledgerConfig.js";
 import { ReplicaStorage, SiteStorageDaemon, StorageDaemonExitedError } from "../storage/index.js";
-import { grpcServerOptions, loadSiteCredentials, serverCredentials, widenServerFlowControl, type SiteCredentials } from "../transport/index.js";
+import { RevocationList, grpcServerOptions, loadSiteCredentials, serverCredentials, widenServerFlowControl, type SiteCredentials } from "../transport/index.js";
 import { tolerantDecoding } from "./tolerantDecoding.js";
 import { controlService } from "./controlPlane/controlService.js";
 import { policyService } from "./controlPlane/policyService.js";
@@ -153,10 +153,16 @@ async function serve(
   cleanups.push(() => failovers.detach());
   await failovers.recover(vmIds);
   const context = new SiteContext(config.siteId, dir, store, storage, relationships, failovers, log, readModels, policies);
+  if (config.crlFile) {
+    const revocations = await RevocationList.open(config.crlFile, config.caFile, { logger: log.child({ part: "revocation" }) });
+    context.revocations = revocations;
+    cleanups.push(() => revocations.close());
+  }
   const metrics = new SiteMetrics();
   const health = new HealthMonitor(store, context.activity, (vmId) => context.sessionFor(vmId) !== undefined, live.health, log.child({ part: "health" }), metrics);
   context.health = health;
   health.policyOf = (vmId) => policies.healthThresholds(vmId);
+  health.siteCertificate = { which: "site", commonName: creds.identity.commonName, notAfter: creds.identity.notAfter.getTime(), file: config.certFile };
   await health.start();
   cleanups.push(() => health.stop());
   let metricsServer: MetricsServer | undefined;
@@ -218,6 +224,7 @@ async function serve(
       await context.refusals.flush();
       await daemon.stop();
       await readModels.close();
+      context.revocations?.close();
       unwatch();
       await store.close();
       // Last: until here a second site on this directory would have fought this one.

@@ -50,6 +50,8 @@ export {
   type SiteCredentials,
 } from "./tls.js";
 export {
+  CertificateRevokedError,
+  CrlInvalidError,
   OpensslError,
   PkiFileExistsError,
   PkiInvalidNameError,
@@ -62,3 +64,5 @@ export {
   UnauthenticatedPeerError,
 } from "./errors.js";
 export { ROLES, isRole, roleAllows, type Role } from "./roles.js";
+export { CRL_FILE_NAME, RevocationList, generateCrl, loadCrl, revokeCertificate, revokedEntries, type LoadedCrl, type RevokedEntry } from "./revocation.js";
+export { createCertificateRequest, readCertificateRequest, signCertificateRequest } from "./pkiRequest.js";
