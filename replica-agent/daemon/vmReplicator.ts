@@ -9,7 +9,7 @@ import { ChunkDigest, RejectReason, ResumeHint, ResyncMode, type PlannedFailover
 import { blake3Installed } from "../../src/common/chunkDigest.js";
 import { GuestAgentClient } from "../../src/qemu/guestAgent/index.js";
 import { QmpClient, queryNamedBlockNodes } from "../../src/qemu/qmp/index.js";
-import { ReplicationClient, siteDial, type SiteCredentials } from "../../src/transport/index.js";
+import { ReplicationClient, currentCredentials, siteDial, type SiteCredentials } from "../../src/transport/index.js";
 import { IothreadDiskError, ScratchSpaceLowError, SnapshotBrokenError, VmCapture, type CaptureCycle } from "../capture/index.js";
 import type { AgentVmConfig } from "./agentConfig.js";
 import { CyclePolicy } from "./cyclePolicy.js";
@@ -129,7 +129,8 @@ export class VmReplicator {
     this.status = "connecting";
     const qmp = await QmpClient.connect({ socketPath: this.vm.qmpSocket, logger: this.logger });
     const guestAgent = this.vm.guestAgentSocket ? new GuestAgentClient({ socketPath: this.vm.guestAgentSocket, logger: this.logger }) : undefined;
-    const dial = siteDial(this.vm.replicaSite, this.tls, { expectedServerIdentity: this.vm.replicaSiteId });
+    // Read at every (re)dial: a certificate renewed on disk is used without restarting the agent.
+    const dial = siteDial(this.vm.replicaSite, currentCredentials(this.tls, this.logger), { expectedServerIdentity: this.vm.replicaSiteId });
     const client = new ReplicationClient(this.vm.replicaSite, dial.credentials, dial.options);
     let stream: ReplicateStream | undefined;
     try {

@@ -40,6 +40,7 @@ export {
 export {
   MAX_MESSAGE_BYTES,
   channelCredentials,
+  currentCredentials,
   siteDial,
   grpcChannelOptions,
   grpcServerOptions,
@@ -66,3 +67,4 @@ export {
 export { ROLES, isRole, roleAllows, type Role } from "./roles.js";
 export { CRL_FILE_NAME, RevocationList, generateCrl, loadCrl, revokeCertificate, revokedEntries, type LoadedCrl, type RevokedEntry } from "./revocation.js";
 export { createCertificateRequest, readCertificateRequest, signCertificateRequest } from "./pkiRequest.js";
+export { CERTIFICATE_REFRESH_MS, RenewingSiteCredentials } from "./renewingCredentials.js";
