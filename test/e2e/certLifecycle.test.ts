@@ -215,8 +215,12 @@ describe("certificate lifecycle (real site, agent and CLI)", () => {
     expect(agentLog()).toMatch(/certificate of 'agent-a' \(serial [0-9A-F]+\) is revoked/);
     expect(siteLog()).toMatch(/certificate of 'agent-a' \(serial [0-9A-F]+\) is revoked/);
     // Refusals are in the audit trail; the site's admin still gets in.
-    const audit = await cliJson<unknown>(["events", "--dir", t.siteB, "--audit", "--all"]).catch(() => undefined);
-    if (audit !== undefined) expect(JSON.stringify(audit)).toContain("CERTIFICATE_REVOKED");
+    // Refusals are recorded in windows: wait for the one of these two.
+    const audit = await waitFor("both refusals in the audit stream", async () => {
+      const text = JSON.stringify(await cliJson<unknown>(["events", "--audit", "--dir", t.siteB]));
+      return text.includes("'agent-a'") && text.includes("'vera'") ? text : undefined;
+    });
+    expect(audit).toContain("CERTIFICATE_REVOKED");
     const admin = controlClientAs(address(), t.admin(t.siteB));
     try {
       expect((await rawCall(admin, ControlServiceService.whoAmI.path)).code).toBe(grpc.status.OK);
