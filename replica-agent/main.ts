@@ -9,7 +9,7 @@ import { tightenTree } from "../src/common/dataAtRest.js";
 import { createLogger } from "../src/common/logger.js";
 import { errorMessage } from "../src/common/errors.js";
 import { loadSiteCredentials } from "../src/transport/index.js";
-import { loadAgentConfig } from "./daemon/agentConfig.js";
+import { AgentConfigError, loadAgentConfig } from "./daemon/agentConfig.js";
 import { CycleScheduler } from "./daemon/cycleScheduler.js";
 import { AgentVms } from "./daemon/agentVms.js";
 import { enableAgentMetrics } from "./daemon/agentMetrics.js";
@@ -59,5 +59,6 @@ try {
 } catch (err) {
   logger.error({ err }, "agent failed");
   console.error(`qreplica-agent: ${errorMessage(err)}`);
-  process.exit(1);
+  // 2, as the CLI's "invalid input": a config that does not load will not load on a restart either.
+  process.exit(err instanceof AgentConfigError ? 2 : 1);
 }

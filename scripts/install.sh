@@ -38,13 +38,25 @@ if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
     echo "create_main_cluster = false" | ${sudo_cmd_pre:-} tee /etc/postgresql-common/createcluster.conf >/dev/null
   fi
 fi
-if [ ${#missing[@]} -gt 0 ]; then
-  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
-  echo "install.sh: installing Debian packages: ${missing[*]}"
+# libvirt for the libvirt-managed VM tests (test/e2e/libvirt.test.ts starts its own libvirtd and
+# virtlogd); without its recommends, which would pull in dnsmasq, firewalls and more.
+libvirt_missing=()
+for tool in libvirtd virtlogd virsh; do
+  command -v "$tool" >/dev/null 2>&1 || libvirt_missing=(libvirt-daemon-system libvirt-clients)
+done
+if [ ${#missing[@]} -gt 0 ] || [ ${#libvirt_missing[@]} -gt 0 ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
   $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+  if [ ${#missing[@]} -gt 0 ]; then
+    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+    echo "install.sh: installing Debian packages: ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  if [ ${#libvirt_missing[@]} -gt 0 ]; then
+    echo "install.sh: installing Debian packages: ${libvirt_missing[*]}"
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${libvirt_missing[@]}" >/dev/null
+  fi
 fi
 
 # Native addons (better-sqlite3, zstd-napi) are compiled here from their bundled sources:

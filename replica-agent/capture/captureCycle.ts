@@ -38,6 +38,39 @@ export class DiskCycle {
 }
 
 /**
+ * What confirming or aborting a cycle does to the change tracking it was cut from: QEMU's bitmaps
+ * over QMP (`qmpBitmapHandoff`), or libvirt's checkpoints.
+ */
+export interface TrackingHandoff {
+  /** The replica has the cycle: forget the changes it carried. */
+  confirmed(cycle: CaptureCycle): Promise<void>;
+  /** The cycle did not land: keep its changes for the next one. */
+  aborted(cycle: CaptureCycle): Promise<void>;
+}
+
+/** QEMU's bitmaps: the handed-off one is removed, or merged back into the recording one. */
+export function qmpBitmapHandoff(qmp: QmpClient): TrackingHandoff {
+  return {
+    async confirmed(cycle) {
+      if (cycle.kind !== "incremental") return;
+      for (const d of cycle.disks) await qmp.execute("block-dirty-bitmap-remove", { node: d.node, name: bitmapName(cycle.seq - 1) });
+    },
+    async aborted(cycle) {
+      for (const d of cycle.disks) {
+        if (cycle.kind === "incremental") {
+          const handedOff = bitmapName(cycle.seq - 1);
+          await qmp.execute("block-dirty-bitmap-merge", { node: d.node, target: bitmapName(cycle.seq), bitmaps: [handedOff] });
+          await qmp.execute("block-dirty-bitmap-remove", { node: d.node, name: handedOff });
+        } else {
+          // An initial read that did not land leaves nothing to build on: it starts over.
+          await qmp.execute("block-dirty-bitmap-remove", { node: d.node, name: bitmapName(cycle.seq) });
+        }
+      }
+    },
+  };
+}
+
+/**
  * A cut-off taken across all disks of a VM at once. Nothing is forgotten until `confirm()`:
  * `abort()` (or a crash, repaired at the next start) folds the changes into the next cycle.
  */
@@ -52,7 +85,7 @@ export class CaptureCycle {
     readonly cutoffAt: Date,
     readonly consistency: Consistency,
     readonly disks: DiskCycle[],
-    private readonly qmp: QmpClient,
+    private readonly handoff: TrackingHandoff,
     private readonly logger: Logger,
     private readonly onFinish: (outcome: "confirmed" | "aborted") => void,
     /** Removes the disk's cut-off graph and scratch files, whichever graph it was. */
@@ -73,9 +106,7 @@ export class CaptureCycle {
     this.state = "confirmed";
     await this.closeConnections();
     for (const d of this.disks) await this.teardown(d);
-    if (this.kind === "incremental") {
-      for (const d of this.disks) await this.qmp.execute("block-dirty-bitmap-remove", { node: d.node, name: bitmapName(this.seq - 1) });
-    }
+    await this.handoff.confirmed(this);
     this.onFinish("confirmed");
     this.logger.info({ vm: this.vmId, seq: this.seq, kind: this.kind, vcpuPauseMs: this.vcpuPauseMs }, "cycle confirmed");
   }
@@ -88,16 +119,7 @@ export class CaptureCycle {
     await this.closeConnections();
     try {
       for (const d of this.disks) await this.teardown(d);
-      for (const d of this.disks) {
-        if (this.kind === "incremental") {
-          const handedOff = bitmapName(this.seq - 1);
-          await this.qmp.execute("block-dirty-bitmap-merge", { node: d.node, target: bitmapName(this.seq), bitmaps: [handedOff] });
-          await this.qmp.execute("block-dirty-bitmap-remove", { node: d.node, name: handedOff });
-        } else {
-          // An initial read that did not land leaves nothing to build on: it starts over.
-          await this.qmp.execute("block-dirty-bitmap-remove", { node: d.node, name: bitmapName(this.seq) });
-        }
-      }
+      await this.handoff.aborted(this);
     } finally {
       this.onFinish("aborted");
     }

@@ -1,4 +1,4 @@
-export { CaptureCycle, DiskCycle, type Consistency, type CycleKind } from "./captureCycle.js";
+export { CaptureCycle, DiskCycle, qmpBitmapHandoff, type TrackingHandoff, type Consistency, type CycleKind } from "./captureCycle.js";
 export {
   CaptureNotEnabledError,
   CycleFinishedError,

@@ -4,7 +4,7 @@ import { silentLogger, type Logger } from "../../src/common/logger.js";
 import { NbdClient } from "../../src/qemu/nbd/index.js";
 import { NbdCommandError } from "../../src/qemu/nbd/index.js";
 import { QmpCommandError, namedBitmaps, queryNamedBlockNodes, type QmpClient } from "../../src/qemu/qmp/index.js";
-import { CaptureCycle, DiskCycle, type Consistency, type CycleKind } from "./captureCycle.js";
+import { CaptureCycle, DiskCycle, qmpBitmapHandoff, type Consistency, type CycleKind } from "./captureCycle.js";
 import { CaptureStateFile, type VmCaptureState } from "./captureState.js";
 import { scratchFiles, takeCutoff, type CutoffDisk } from "./cutoff.js";
 import { CaptureNotEnabledError, CycleInProgressError, DiskResizedDuringCutoffError, ResyncRequiredError, SnapshotBrokenError } from "./errors.js";
@@ -198,7 +198,7 @@ export class VmCapture {
       taken.at,
       taken.consistency,
       diskCycles,
-      qmp,
+      qmpBitmapHandoff(qmp),
       this.logger,
       (outcome) => this.finishCycle(cycle, outcome),
       async (d) => void (await this.teardownDisk(d.diskId, d.node)),

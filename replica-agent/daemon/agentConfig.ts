@@ -2,14 +2,18 @@ import { readFileSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { parse as parseYaml } from "yaml";
 import { QreplicaError } from "../../src/common/errors.js";
-import { ID_PATTERN, InvalidIdError, requireId, type IdKind } from "../../src/model/index.js";
-// The spec model only (pure validation), not the site server.
-import { validateVmSpec, type VmSpec } from "../../src/site/launcher/vmSpec.js";
+import { z } from "zod";
+import { field, hostPortField, intIn, numberIn, oneOf, problemsText, schemaProblems, show, text, type SchemaProblem } from "../../src/common/configSchema.js";
+import { ID_PATTERN, isValidId, type IdKind, VmSpecError, validateVmSpec, type VmSpec } from "../../src/model/index.js";
+import { DEFAULTS } from "../../src/policy/schema.js";
 import { DEFAULT_SCRATCH_MIN_FREE_BYTES } from "../capture/scratchSpace.js";
 import { DEFAULT_CBW_TIMEOUT_SECONDS } from "../capture/vmCapture.js";
+import { LibvirtVmSchema, type LibvirtVmConfig } from "./libvirtConfig.js";
 
 export interface AgentVmConfig {
   id: string;
+  /** A libvirt domain: captured through libvirt's backup API; qmpSocket, nbdSocket and disks are then unused. */
+  libvirt?: LibvirtVmConfig;
   qmpSocket: string;
   /** Where QEMU's NBD server listens (started there by the agent if QEMU has none). */
   nbdSocket: string;
@@ -92,158 +96,161 @@ export class AgentConfigError extends QreplicaError {
   constructor(
     readonly path: string,
     detail: string,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; problems?: readonly SchemaProblem[] },
   ) {
     super(`agent config ${path}: ${detail}`, options);
+    this.problems = options?.problems ?? [];
   }
-}
-
-/** Reads the agent's YAML (or JSON) config; relative paths are relative to the file. */
-export function loadAgentConfig(path: string): AgentConfig {
-  let raw: unknown;
-  try {
-    raw = parseYaml(readFileSync(path, "utf8"));
-  } catch (err) {
-    throw new AgentConfigError(path, (err as NodeJS.ErrnoException).code === "ENOENT" ? "file not found" : "not valid YAML/JSON", { cause: err });
-  }
-  const base = dirname(resolve(path));
-  const abs = (p: string) => (isAbsolute(p) ? p : resolve(base, p));
-  const obj = asObject(raw, path, "the top level");
-  const tls = asObject(obj.tls, path, "tls");
-  const vmsRaw = obj.vms;
-  if (!Array.isArray(vmsRaw) || vmsRaw.length === 0) throw new AgentConfigError(path, "'vms' must list at least one VM");
-  // Cut-off safety knobs: agent-wide, each VM may override (a VM on slower scratch storage, say).
-  const cbwTimeoutDefault = cbwTimeout(obj.cbwTimeoutSeconds ?? DEFAULT_CBW_TIMEOUT_SECONDS, path, "cbwTimeoutSeconds");
-  const minFreeDefault = minFreeMiB(obj.scratchMinFreeMiB ?? DEFAULT_SCRATCH_MIN_FREE_MIB, path, "scratchMinFreeMiB");
-  const vms = vmsRaw.map((v, i): AgentVmConfig => {
-    const vm = asObject(v, path, `vms[${i}]`);
-    // Only a string id is shown: String() of a hostile mapping (e.g. `id: { toString: 1 }`) throws.
-    const where = `vms[${i}] (${typeof vm.id === "string" ? vm.id : "?"})`;
-    const disks = vm.disks;
-    if (!Array.isArray(disks) || disks.length === 0) throw new AgentConfigError(path, `${where}.disks must list the VM's disks as {id, node}`);
-    return {
-      id: id("VM id", vm.id, path, `vms[${i}].id`),
-      qmpSocket: abs(str(vm.qmpSocket, path, `${where}.qmpSocket`)),
-      nbdSocket: abs(str(vm.nbdSocket, path, `${where}.nbdSocket`)),
-      guestAgentSocket: vm.guestAgentSocket === undefined ? undefined : abs(str(vm.guestAgentSocket, path, `${where}.guestAgentSocket`)),
-      disks: disks.map((d, j) => {
-        const disk = asObject(d, path, `${where}.disks[${j}]`);
-        return { id: id("disk id", disk.id, path, `${where}.disks[${j}].id`), node: str(disk.node, path, `${where}.disks[${j}].node`) };
-      }),
-      scratchDir: vm.scratchDir === undefined ? undefined : abs(str(vm.scratchDir, path, `${where}.scratchDir`)),
-      cbwTimeoutSeconds: vm.cbwTimeoutSeconds === undefined ? cbwTimeoutDefault : cbwTimeout(vm.cbwTimeoutSeconds, path, `${where}.cbwTimeoutSeconds`),
-      scratchMinFreeBytes: (vm.scratchMinFreeMiB === undefined ? minFreeDefault : minFreeMiB(vm.scratchMinFreeMiB, path, `${where}.scratchMinFreeMiB`)) * MiB,
-      replicaSite: str(vm.replicaSite, path, `${where}.replicaSite`),
-      replicaSiteId: replicaSiteIdOf(vm.replicaSiteId, path, where),
-      intervalSeconds: num(vm.intervalSeconds ?? 30, path, `${where}.intervalSeconds`),
-      compressionLevel: num(vm.compressionLevel ?? 1, path, `${where}.compressionLevel`),
-      chunkChecksum: oneOf(vm.chunkChecksum ?? "zstd-frame", ["zstd-frame", "sha256"] as const, path, `${where}.chunkChecksum`),
-      resync: oneOf(vm.resync ?? "automatic", ["automatic", "manual"] as const, path, `${where}.resync`),
-      resyncDigest: oneOf(vm.resyncDigest ?? "blake3", ["blake3", "sha256"] as const, path, `${where}.resyncDigest`),
-      spec: vm.spec === undefined ? undefined : specOf(vm.spec, path, `${where}.spec`),
-      generation: vm.generation === undefined ? undefined : num(vm.generation, path, `${where}.generation`),
-      ...(vm.policy === undefined ? {} : { policy: policyName(vm.policy, path, `${where}.policy`) }),
-    };
-  });
-  return {
-    siteId: str(obj.siteId, path, "siteId"),
-    stateDir: abs(str(obj.stateDir, path, "stateDir")),
-    tls: { caFile: abs(str(tls.caFile, path, "tls.caFile")), certFile: abs(str(tls.certFile, path, "tls.certFile")), keyFile: abs(str(tls.keyFile, path, "tls.keyFile")) },
-    vms,
-    maxCyclesInFlight: maxInFlight(obj.maxCyclesInFlight ?? DEFAULT_MAX_CYCLES_IN_FLIGHT, path),
-    ...(obj.metricsListen === undefined ? {} : { metricsListen: str(obj.metricsListen, path, "metricsListen") }),
-  };
+  /** Every problem found, each with its field's path (`vms[0].compressionLevel`) and the fix. */
+  readonly problems: readonly SchemaProblem[];
 }
 
 const DEFAULT_MAX_CYCLES_IN_FLIGHT = 4;
-
-function maxInFlight(v: unknown, path: string): number {
-  if (typeof v !== "number" || !Number.isInteger(v) || v < 1 || v > 256) {
-    throw new AgentConfigError(
-      path,
-      `maxCyclesInFlight must be a whole number from 1 to 256, got ${JSON.stringify(v)}: it bounds how many VMs of this host replicate at once; the default is ${DEFAULT_MAX_CYCLES_IN_FLIGHT}`,
-    );
-  }
-  return v;
-}
-
 const MiB = 1024 * 1024;
 const DEFAULT_SCRATCH_MIN_FREE_MIB = DEFAULT_SCRATCH_MIN_FREE_BYTES / MiB;
 /** A guest write must never wait long for us; past a minute guests start to time out their I/O. */
 const MAX_CBW_TIMEOUT_SECONDS = 60;
+/** A month: a longer interval is a config mistake (seconds read as minutes), not a schedule. */
+const MAX_INTERVAL_SECONDS = 31 * 86_400;
 
-function cbwTimeout(v: unknown, path: string, what: string): number {
-  // QEMU reads 0 as "no limit": a guest write could then wait on a stuck scratch for ever.
-  if (typeof v !== "number" || !Number.isInteger(v) || v < 1 || v > MAX_CBW_TIMEOUT_SECONDS) {
-    throw new AgentConfigError(
-      path,
-      `${what} must be a whole number of seconds from 1 to ${MAX_CBW_TIMEOUT_SECONDS}, got ${JSON.stringify(v)}: it bounds how long a guest write may wait ` +
-        `for its copy into the scratch (0, no bound, is refused); the default is ${DEFAULT_CBW_TIMEOUT_SECONDS}`,
-    );
-  }
-  return v;
-}
-
-function minFreeMiB(v: unknown, path: string, what: string): number {
-  if (typeof v !== "number" || !Number.isInteger(v) || v < 1 || v > 1024 * 1024) {
-    throw new AgentConfigError(
-      path,
-      `${what} must be a whole number of MiB from 1 to 1048576, got ${JSON.stringify(v)}: a cut-off is skipped while the scratch filesystem ` +
-        `has less than this free; the default is ${DEFAULT_SCRATCH_MIN_FREE_MIB}`,
-    );
-  }
-  return v;
-}
-
-/** Ids become state file names and QMP names: one that is not an id is refused before anything is written. */
-function id(kind: IdKind, v: unknown, path: string, what: string): string {
-  const text = str(v, path, what);
-  try {
-    return requireId(kind, text);
-  } catch (err) {
-    if (err instanceof InvalidIdError) throw new AgentConfigError(path, `${what}: ${err.message}`, { cause: err });
-    throw err;
-  }
-}
-
-function policyName(v: unknown, path: string, what: string): string {
-  if (typeof v === "string" && ID_PATTERN.test(v)) return v;
-  throw new AgentConfigError(path, `${what} must name a policy applied on the replica site (1-64 letters, digits, '.', '_' or '-', e.g. gold), got ${JSON.stringify(v)}`);
-}
-
-function replicaSiteIdOf(v: unknown, path: string, where: string): string {
-  if (typeof v === "string" && v !== "") return v;
-  throw new AgentConfigError(
-    path,
-    `${where}.replicaSiteId is missing: set it to the replica site's id (the --name given to 'qreplica site init' there, e.g. replicaSiteId: site-b); ` +
-      "the agent sends the VM's disks only to a server whose certificate carries that identity",
+const path = (what: string) => text(`give the ${what} (relative paths are relative to the config file)`);
+const id = (kind: IdKind, example: string) =>
+  field<string>((v) =>
+    isValidId(v)
+      ? { value: v }
+      : {
+          error: `${v === undefined ? "is missing" : `${show(v)} is not a valid ${kind}`}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit (e.g. ${example})`,
+        },
   );
-}
+// QEMU reads 0 as "no limit": a guest write could then wait on a stuck scratch for ever.
+const cbwTimeout = intIn(
+  1,
+  MAX_CBW_TIMEOUT_SECONDS,
+  `seconds a guest write may wait for its copy into the scratch (0, no bound, is refused); the default is ${DEFAULT_CBW_TIMEOUT_SECONDS}`,
+);
+const scratchMinFreeMiB = intIn(1, 1024 * 1024, `MiB: a cut-off is skipped while the scratch filesystem has less than this free; the default is ${DEFAULT_SCRATCH_MIN_FREE_MIB}`);
 
-function specOf(v: unknown, path: string, what: string): VmSpec {
+const vmSchema = z
+  .strictObject({
+    id: id("VM id", "web1"),
+    libvirt: LibvirtVmSchema.optional(),
+    qmpSocket: path("QEMU's QMP socket").optional(),
+    nbdSocket: path("NBD socket path").optional(),
+    guestAgentSocket: path("qemu-ga socket").optional(),
+    disks: z
+      .array(z.strictObject({ id: id("disk id", "vda"), node: text("give the disk's QEMU block node name (query-named-block-nodes), e.g. vda") }))
+      .min(1, "must list the VM's disks as { id, node }")
+      .optional(),
+    scratchDir: path("scratch directory").optional(),
+    cbwTimeoutSeconds: cbwTimeout.optional(),
+    scratchMinFreeMiB: scratchMinFreeMiB.optional(),
+    replicaSite: hostPortField(1, "replica.example.org:7443 (the replica site's run/site.address)"),
+    replicaSiteId: text(
+      "set it to the replica site's id (the --name given to 'qreplica site init' there, e.g. replicaSiteId: site-b); the agent sends the VM's disks only to a server whose certificate carries that identity",
+    ),
+    intervalSeconds: numberIn(1, MAX_INTERVAL_SECONDS, `seconds between cycles when no policy says otherwise; the default is ${DEFAULTS.frequencySeconds}`).optional(),
+    compressionLevel: intIn(1, 19, `a zstd level: 1 (fastest) to 19 (smallest); the default is ${DEFAULTS.compressionLevel}`).optional(),
+    chunkChecksum: oneOf(["zstd-frame", "sha256"] as const).optional(),
+    resync: oneOf(["automatic", "manual"] as const).optional(),
+    resyncDigest: oneOf(["blake3", "sha256"] as const).optional(),
+    spec: field<VmSpec>((v) => {
+      try {
+        return { value: validateVmSpec(v) };
+      } catch (err) {
+        if (err instanceof VmSpecError) return { error: `${err.problems.join("; ")} (the spec: format is in the README)` };
+        throw err;
+      }
+    }).optional(),
+    generation: intIn(0, Number.MAX_SAFE_INTEGER, "the generation a reverse replication starts at (the failover's); leave it out otherwise").optional(),
+    policy: field<string>((v) =>
+      typeof v === "string" && ID_PATTERN.test(v)
+        ? { value: v }
+        : { error: `${show(v)} is not a policy name; name a policy applied on the replica site (1-64 letters, digits, '.', '_' or '-', e.g. gold)` },
+    ).optional(),
+  })
+  .superRefine((vm, ctx) => {
+    if (vm.libvirt) {
+      // libvirt's domain XML names the disks and libvirt holds the monitor: these would only mislead.
+      for (const k of ["qmpSocket", "nbdSocket", "disks", "guestAgentSocket"] as const) {
+        if (vm[k] !== undefined) ctx.addIssue({ code: "custom", path: [k], message: "not used with libvirt: (the agent finds the disks in the domain XML); remove it" });
+      }
+      return;
+    }
+    if (vm.qmpSocket === undefined)
+      ctx.addIssue({ code: "custom", path: ["qmpSocket"], message: "is missing: give QEMU's QMP socket, or a libvirt: { domain } block for a libvirt-managed VM" });
+    if (vm.nbdSocket === undefined) ctx.addIssue({ code: "custom", path: ["nbdSocket"], message: "is missing: give the NBD socket path" });
+    if (vm.disks === undefined) ctx.addIssue({ code: "custom", path: ["disks"], message: "is missing: list the VM's disks as { id, node }" });
+  });
+
+export const agentConfigSchema = z.strictObject({
+  siteId: text("give this primary site's id, e.g. siteId: site-a"),
+  stateDir: path("state directory"),
+  tls: z.strictObject({ caFile: path("CA certificate file"), certFile: path("agent's certificate file"), keyFile: path("agent's key file") }),
+  vms: z.array(vmSchema).min(1, "must list at least one VM"),
+  maxCyclesInFlight: intIn(1, 256, `it bounds how many VMs of this host replicate at once; the default is ${DEFAULT_MAX_CYCLES_IN_FLIGHT}`).optional(),
+  metricsListen: hostPortField(0, "127.0.0.1:9465").optional(),
+  // Cut-off safety knobs: agent-wide, each VM may override (a VM on slower scratch storage, say).
+  cbwTimeoutSeconds: cbwTimeout.optional(),
+  scratchMinFreeMiB: scratchMinFreeMiB.optional(),
+});
+
+/** Reads the agent's YAML (or JSON) config; relative paths are relative to the file. */
+export function loadAgentConfig(file: string): AgentConfig {
+  let raw: unknown;
   try {
-    return validateVmSpec(v);
+    raw = parseYaml(readFileSync(file, "utf8"));
   } catch (err) {
-    throw new AgentConfigError(path, `${what}: ${(err as Error).message}`, { cause: err });
+    throw new AgentConfigError(file, (err as NodeJS.ErrnoException).code === "ENOENT" ? "file not found" : `not valid YAML/JSON: ${(err as Error).message.split("\n")[0]}`, {
+      cause: err,
+    });
   }
+  return agentConfigFrom(raw, file);
 }
 
-function asObject(v: unknown, path: string, what: string): Record<string, unknown> {
-  if (typeof v !== "object" || v === null || Array.isArray(v)) throw new AgentConfigError(path, `${what} must be a mapping`);
-  return v as Record<string, unknown>;
-}
-
-function str(v: unknown, path: string, what: string): string {
-  if (typeof v !== "string" || v === "") throw new AgentConfigError(path, `${what} must be a non-empty string`);
-  return v;
-}
-
-function num(v: unknown, path: string, what: string): number {
-  if (typeof v !== "number" || !Number.isFinite(v) || v < 0) throw new AgentConfigError(path, `${what} must be a non-negative number`);
-  return v;
-}
-
-function oneOf<const T extends readonly string[]>(v: unknown, allowed: T, path: string, what: string): T[number] {
-  if (typeof v !== "string" || !allowed.includes(v)) throw new AgentConfigError(path, `${what} must be one of ${allowed.join(", ")}, got ${JSON.stringify(v)}`);
-  return v as T[number];
+/** A parsed document into the agent's config, or AgentConfigError listing every problem with its path. */
+export function agentConfigFrom(raw: unknown, file: string): AgentConfig {
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
+    throw new AgentConfigError(file, `the top level must be a mapping with siteId, stateDir, tls and vms, got ${show(raw)}`);
+  }
+  const r = agentConfigSchema.safeParse(raw, { reportInput: true });
+  if (!r.success) {
+    const problems = schemaProblems(agentConfigSchema, r.error);
+    throw new AgentConfigError(file, problemsText(problems), { problems });
+  }
+  const c = r.data;
+  const base = dirname(resolve(file));
+  const abs = (p: string) => (isAbsolute(p) ? p : resolve(base, p));
+  const cbwDefault = c.cbwTimeoutSeconds ?? DEFAULT_CBW_TIMEOUT_SECONDS;
+  const minFreeDefault = c.scratchMinFreeMiB ?? DEFAULT_SCRATCH_MIN_FREE_MIB;
+  const vms = c.vms.map(
+    (vm): AgentVmConfig => ({
+      id: vm.id,
+      ...(vm.libvirt ? { libvirt: vm.libvirt } : {}),
+      qmpSocket: vm.qmpSocket === undefined ? "" : abs(vm.qmpSocket),
+      nbdSocket: vm.nbdSocket === undefined ? "" : abs(vm.nbdSocket),
+      guestAgentSocket: vm.guestAgentSocket === undefined ? undefined : abs(vm.guestAgentSocket),
+      disks: (vm.disks ?? []).map((d) => ({ id: d.id, node: d.node })),
+      scratchDir: vm.scratchDir === undefined ? undefined : abs(vm.scratchDir),
+      cbwTimeoutSeconds: vm.cbwTimeoutSeconds ?? cbwDefault,
+      scratchMinFreeBytes: (vm.scratchMinFreeMiB ?? minFreeDefault) * MiB,
+      replicaSite: vm.replicaSite,
+      replicaSiteId: vm.replicaSiteId,
+      intervalSeconds: vm.intervalSeconds ?? DEFAULTS.frequencySeconds,
+      compressionLevel: vm.compressionLevel ?? DEFAULTS.compressionLevel,
+      chunkChecksum: vm.chunkChecksum ?? "zstd-frame",
+      resync: vm.resync ?? "automatic",
+      resyncDigest: vm.resyncDigest ?? "blake3",
+      spec: vm.spec,
+      generation: vm.generation,
+      ...(vm.policy === undefined ? {} : { policy: vm.policy }),
+    }),
+  );
+  return {
+    siteId: c.siteId,
+    stateDir: abs(c.stateDir),
+    tls: { caFile: abs(c.tls.caFile), certFile: abs(c.tls.certFile), keyFile: abs(c.tls.keyFile) },
+    vms,
+    maxCyclesInFlight: c.maxCyclesInFlight ?? DEFAULT_MAX_CYCLES_IN_FLIGHT,
+    ...(c.metricsListen === undefined ? {} : { metricsListen: c.metricsListen }),
+  };
 }

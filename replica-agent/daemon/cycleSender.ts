@@ -1,6 +1,6 @@
 import type { ClientDuplexStream } from "@grpc/grpc-js";
 import type { Logger } from "../../src/common/logger.js";
-import { ChecksumAlgorithm, Consistency, CycleKind } from "../../src/gen/qreplica/v1/common.js";
+import { type ChecksumAlgorithm, Consistency, CycleKind } from "../../src/gen/qreplica/v1/common.js";
 import type { RejectReason, ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
 import { encodeExtentChunkRequest, writeWithBackpressure, type OutgoingReplicateRequest } from "../../src/transport/index.js";
 import { getCodec } from "../../src/codec/index.js";
@@ -9,6 +9,8 @@ import type { ResponseQueue } from "./responseQueue.js";
 import { ComparisonHashes, differingChunks, type ResyncStats } from "./differingChunks.js";
 
 const ACK_TIMEOUT_MS = 10 * 60_000;
+/** A long cycle (an initial copy, a resync) logs how far it has got this often. */
+const PROGRESS_LOG_MS = 10_000;
 
 export type ReplicateStream = ClientDuplexStream<OutgoingReplicateRequest, ReplicateResponse>;
 
@@ -64,6 +66,8 @@ export async function sendCycle(
   const codec = getCodec("zstd");
   const started = Date.now();
   const replica = o.resync ? new ComparisonHashes() : undefined;
+  const plannedBytes = cycle.disks.reduce((n, d) => n + (o.resync ? d.sizeAtCutoff : d.dirtyBytes), 0);
+  let progressLoggedAt = started;
   try {
     await send(stream, responses, {
       body: {
@@ -77,6 +81,8 @@ export async function sendCycle(
           consistency: cycle.consistency === "application" ? Consistency.CONSISTENCY_APPLICATION : Consistency.CONSISTENCY_CRASH,
           disks: cycle.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeAtCutoff) })),
           quiesceFailure: cycle.quiesceFailure ?? "",
+          // For the site's progress report (GetStatus); a resync compares the whole disks.
+          plannedBytes: BigInt(plannedBytes),
         },
       },
     });
@@ -98,6 +104,11 @@ export async function sendCycle(
         totals.wire += chunk.wireBytes;
         await o.throttle?.(chunk.wireBytes);
         await send(stream, responses, chunk.request);
+        if (Date.now() - progressLoggedAt >= PROGRESS_LOG_MS) {
+          progressLoggedAt = Date.now();
+          const bytesDone = o.resync ? resyncStats.comparedBytes : totals.data + totals.zero;
+          o.logger.info({ vm: o.vmId, seq: cycle.seq, kind: o.resync ? "resync" : cycle.kind, bytesDone, bytesTotal: plannedBytes, wireBytes: totals.wire }, "cycle progress");
+        }
       }
     }
     await pump;

@@ -7,16 +7,16 @@ import { ENABLE_UNACKNOWLEDGED } from "../../src/model/index.js";
 import { CompressionCodec, ChecksumAlgorithm } from "../../src/gen/qreplica/v1/common.js";
 import { ChunkDigest, RejectReason, ResumeHint, ResyncMode, type PlannedFailoverRequested } from "../../src/gen/qreplica/v1/replication.js";
 import { blake3Installed } from "../../src/common/chunkDigest.js";
-import { GuestAgentClient } from "../../src/qemu/guestAgent/index.js";
-import { QmpClient, queryNamedBlockNodes } from "../../src/qemu/qmp/index.js";
 import { ReplicationClient, currentCredentials, siteDial, type SiteCredentials } from "../../src/transport/index.js";
-import { IothreadDiskError, ScratchSpaceLowError, SnapshotBrokenError, VmCapture, type CaptureCycle } from "../capture/index.js";
+import { IothreadDiskError, ScratchSpaceLowError, SnapshotBrokenError, type CaptureCycle } from "../capture/index.js";
+import { openReplicationSource, type CycleCapture, type ReplicationSource } from "./replicationSource.js";
 import type { AgentVmConfig } from "./agentConfig.js";
 import { CyclePolicy } from "./cyclePolicy.js";
 import { SiteBandwidth } from "./bandwidth.js";
 import { bandwidthAt } from "../../src/policy/windows.js";
 import { ResponseQueue } from "./responseQueue.js";
 import { CycleRefusedError, send, sendCycle, type ReplicateStream } from "./cycleSender.js";
+import { stopForPlannedFailover } from "./plannedFailover.js";
 import { CycleScheduler, type CycleSlot, type VmSchedule } from "./cycleScheduler.js";
 
 const PROTOCOL_VERSION = 1;
@@ -46,7 +46,7 @@ interface HelloAnswer {
 }
 
 /** Change tracking the capture layer could not vouch for, per disk, as Hello reports it. */
-function trackingLost(capture: VmCapture): Array<{ diskId: string; code: string; reason: string }> {
+function trackingLost(capture: CycleCapture): Array<{ diskId: string; code: string; reason: string }> {
   return (capture.report?.disks ?? [])
     .filter((d) => d.status !== "ok")
     .map((d) => ({
@@ -127,41 +127,29 @@ export class VmReplicator {
 
   private async session(onHealthy: () => void): Promise<void> {
     this.status = "connecting";
-    const qmp = await QmpClient.connect({ socketPath: this.vm.qmpSocket, logger: this.logger });
-    const guestAgent = this.vm.guestAgentSocket ? new GuestAgentClient({ socketPath: this.vm.guestAgentSocket, logger: this.logger }) : undefined;
     // Read at every (re)dial: a certificate renewed on disk is used without restarting the agent.
     const dial = siteDial(this.vm.replicaSite, currentCredentials(this.tls, this.logger), { expectedServerIdentity: this.vm.replicaSiteId });
     const client = new ReplicationClient(this.vm.replicaSite, dial.credentials, dial.options);
     let stream: ReplicateStream | undefined;
+    let opened: ReplicationSource | undefined;
     try {
-      const capture = await VmCapture.open({
-        vmId: this.vm.id,
-        qmp,
-        disks: this.vm.disks,
-        stateDir: this.stateDir,
-        scratchDir: this.vm.scratchDir,
-        scratchMinFreeBytes: this.vm.scratchMinFreeBytes,
-        cbwTimeoutSeconds: this.vm.cbwTimeoutSeconds,
-        nbdSocketPath: this.vm.nbdSocket,
-        quiescer: guestAgent,
-        quiesceNow: () => this.policy.quiesceNow(),
-        logger: this.logger,
-      });
+      const source = await openReplicationSource(this.vm, { stateDir: this.stateDir, logger: this.logger, quiesceNow: () => this.policy.quiesceNow() });
+      opened = source;
+      const capture = source.capture;
       stream = client.replicate();
       const responses = new ResponseQueue(stream, (p) => this.policy.use(p.policy, "push"));
       const lost = trackingLost(capture);
       if (capture.report?.status === "resync-required") this.status = "resync-required";
       const ack = await this.hello(stream, responses, capture, lost).catch(async (err: unknown) => {
-        if (this.status === "refused-stale") await this.fence(qmp);
+        if (this.status === "refused-stale") await this.fence(source);
         throw err;
       });
       onHealthy();
-      await this.replicate({ qmp, capture, stream, responses, ack, tracking: lost.length === 0 });
+      await this.replicate({ source, capture, stream, responses, ack, tracking: lost.length === 0 });
     } finally {
       stream?.cancel();
       client.close();
-      guestAgent?.close();
-      await qmp.close();
+      await opened?.close();
     }
   }
 
@@ -169,14 +157,21 @@ export class VmReplicator {
    * Cycles as the site directs: the HelloAck's hint first, then operator notices over the open
    * stream (pause: no cycle, the bitmap keeps every change; resume; resync now).
    */
-  private async replicate(x: { qmp: QmpClient; capture: VmCapture; stream: ReplicateStream; responses: ResponseQueue; ack: HelloAnswer; tracking: boolean }): Promise<void> {
-    const { qmp, capture, stream, responses, ack } = x;
+  private async replicate(x: {
+    source: ReplicationSource;
+    capture: CycleCapture;
+    stream: ReplicateStream;
+    responses: ResponseQueue;
+    ack: HelloAnswer;
+    tracking: boolean;
+  }): Promise<void> {
+    const { source, capture, stream, responses, ack } = x;
     let tracking = x.tracking;
     let next = ack.hint;
     let planned: PlannedFailoverRequested | undefined;
     void responses.plannedFailover.then((r) => (planned = r));
     // QEMU gone (crashed or stopped) or the stream broken: reconnect now, not at the next cycle.
-    const broken = Promise.race([responses.failed, qmp.closed.then(() => Promise.reject(new Error("QEMU's QMP monitor closed (QEMU exited?)")))]);
+    const broken = Promise.race([responses.failed, source.gone]);
     broken.catch(() => undefined);
     const cycle = async (c: CaptureCycle, resync: boolean) => {
       const o = { ...this.senderOptions(), resync };
@@ -193,7 +188,9 @@ export class VmReplicator {
     };
     while (!this.stopped) {
       if (planned) {
-        await this.stopForPlannedFailover(qmp, capture, stream, responses, ack.generation, planned);
+        await stopForPlannedFailover({ source, capture, stream, responses, generation: ack.generation, req: planned, vm: this.vm, logger: this.logger, sender: this.senderOptions() });
+        this.status = "stopped";
+        this.stopped = true;
         return;
       }
       const notice = responses.takeNotice();
@@ -249,7 +246,7 @@ export class VmReplicator {
           "cycle slots missed: the last cycle overran them or the agent's maxCyclesInFlight was reached; this cycle serves the newest",
         );
       try {
-        await this.incremental(qmp, async () => {
+        await this.incremental(source, async () => {
           const opened = await capture.beginCycle().catch((err: unknown) => this.skipped(err, stream, responses, ack.generation));
           if (opened) await cycle(opened, false);
         });
@@ -261,7 +258,7 @@ export class VmReplicator {
   }
 
   /** One incremental cycle; a refusal keeps its changes for the next one, a stale generation fences. */
-  private async incremental(qmp: QmpClient, run: () => Promise<void>): Promise<void> {
+  private async incremental(source: ReplicationSource, run: () => Promise<void>): Promise<void> {
     try {
       await run();
     } catch (err) {
@@ -274,7 +271,7 @@ export class VmReplicator {
       if (!(err instanceof CycleRefusedError)) throw err;
       if (err.reason === RejectReason.REJECT_REASON_STALE_GENERATION) {
         this.status = "refused-stale";
-        await this.fence(qmp);
+        await this.fence(source);
         throw err;
       }
       // The site refused this cycle (e.g. a corrupted chunk, or a pause raced it): its changes are kept.
@@ -308,79 +305,6 @@ export class VmReplicator {
     });
   }
 
-  /**
-   * Planned failover: the guest gets `powerdown_timeout` to power off (QEMU must run with
-   * -no-shutdown to stay up for the final cycle), else its vCPUs are paused; then a final cycle
-   * cut after the stop ships the last changes, the site hears that the VM stopped, and QEMU quits.
-   */
-  private async stopForPlannedFailover(
-    qmp: QmpClient,
-    capture: VmCapture,
-    stream: ReplicateStream,
-    responses: ResponseQueue,
-    generation: number,
-    req: PlannedFailoverRequested,
-  ): Promise<void> {
-    this.logger.info({ vm: this.vm.id, powerdownTimeoutSeconds: req.powerdownTimeoutSeconds }, "planned failover requested: powering the VM down for its final cycle");
-    let method = "powerdown";
-    const shutdown = qmp
-      .waitForEvent("SHUTDOWN", () => true, req.powerdownTimeoutSeconds * 1000)
-      .then(
-        () => true,
-        () => false,
-      );
-    await qmp.execute("system_powerdown").catch(() => undefined);
-    if (!(await shutdown)) {
-      method = "pause";
-      await qmp.execute("stop");
-    }
-    if (qmp.isClosed) throw new Error("the VM powered off and QEMU exited before the final cycle: run it with -no-shutdown so its last changes can be shipped");
-    const stoppedAt = new Date();
-    let cycle: CaptureCycle;
-    try {
-      cycle = await capture.beginCycle();
-      await sendCycle(stream, responses, cycle, generation, { ...this.senderOptions(), resync: false });
-    } catch (err) {
-      await this.abortPlannedFailover(qmp, method, err);
-      throw err;
-    }
-    const nodes = await queryNamedBlockNodes(qmp);
-    const disks = this.vm.disks.map((d) => ({ diskId: d.id, imagePath: nodes.find((n) => n["node-name"] === d.node)?.image.filename ?? "" }));
-    await send(stream, responses, {
-      body: { $case: "primaryStopped", value: { generation: BigInt(generation), stoppedAt, finalCycleSequence: BigInt(cycle.seq), method, disks } },
-    });
-    await qmp.execute("quit").catch(() => undefined);
-    this.status = "stopped";
-    this.stopped = true;
-    this.logger.info({ vm: this.vm.id, method, finalCycle: cycle.seq }, "planned failover: VM stopped after its final cycle; this primary is done");
-  }
-
-  /**
-   * The final cycle did not reach the site (it went away, say): the site has not heard that the VM
-   * stopped, so no failover can follow from it. Production must not stay paused for a failover that
-   * is not happening: vCPUs paused by us run again; a guest that powered itself off stays off.
-   */
-  private async abortPlannedFailover(qmp: QmpClient, method: string, err: unknown): Promise<void> {
-    const why = err instanceof Error ? err.message : String(err);
-    if (method === "pause" && !qmp.isClosed) {
-      const resumed = await qmp.execute("cont").then(
-        () => true,
-        () => false,
-      );
-      if (resumed) {
-        this.logger.warn(
-          { vm: this.vm.id, err: why },
-          "planned failover aborted before its final cycle reached the replica site: the VM was resumed; run the planned failover again",
-        );
-        return;
-      }
-    }
-    this.logger.error(
-      { vm: this.vm.id, err: why, method },
-      "planned failover aborted before its final cycle reached the replica site: the guest is stopped; start it again (virsh start / system_reset + cont) or run the planned failover again",
-    );
-  }
-
   /** Negotiated in Hello/HelloAck; SHA-256 until a site has answered. */
   private chunkChecksum: ChecksumAlgorithm = ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256;
 
@@ -388,9 +312,9 @@ export class VmReplicator {
    * The replica site failed over: this VM is no longer the primary. Pause its vCPUs so it cannot
    * go on as a second primary (split-brain); the operator decides what happens to it.
    */
-  private async fence(qmp: QmpClient): Promise<void> {
+  private async fence(source: ReplicationSource): Promise<void> {
     try {
-      await qmp.execute("stop");
+      await source.fence();
       this.logger.error({ vm: this.vm.id }, "fenced: the VM was paused because the replica site failed over to a newer generation");
     } catch (err) {
       this.logger.error({ vm: this.vm.id, err }, "could not pause the VM after a stale-generation refusal");
@@ -421,7 +345,12 @@ export class VmReplicator {
     return pick;
   }
 
-  private async hello(stream: ReplicateStream, responses: ResponseQueue, capture: VmCapture, lost: Array<{ diskId: string; code: string; reason: string }>): Promise<HelloAnswer> {
+  private async hello(
+    stream: ReplicateStream,
+    responses: ResponseQueue,
+    capture: CycleCapture,
+    lost: Array<{ diskId: string; code: string; reason: string }>,
+  ): Promise<HelloAnswer> {
     const saved = this.loadState();
     const disks = capture.report?.disks ?? [];
     await send(stream, responses, {

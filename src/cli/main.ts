@@ -10,6 +10,7 @@ import { registerReplication } from "./commands/replication.js";
 import { registerRunbook } from "./commands/runbook.js";
 import { registerSite } from "./commands/site.js";
 import { registerStatus } from "./commands/status.js";
+import { registerWait } from "./commands/wait.js";
 import { registerMonitoring } from "./commands/monitoring.js";
 import { packageVersion } from "../common/version.js";
 
@@ -30,6 +31,7 @@ registerPki(program);
 registerSite(program);
 registerAuthorize(program);
 registerStatus(program);
+registerWait(program);
 registerMonitoring(program);
 registerLedger(program);
 registerFailover(program);

@@ -17,26 +17,30 @@ import { getSqliteEventStore } from "./sqlite/sqliteEventStore.js";
 
 const identifier = z.string().regex(/^[a-z_][a-z0-9_]{0,39}$/, "use 1-40 characters a-z, 0-9 and _, starting with a letter or _");
 
-export const ledgerConfigSchema = z.discriminatedUnion("kind", [
-  z.object({ kind: z.literal("sqlite") }).strict(),
-  z
-    .object({
-      kind: z.literal("postgres"),
-      url: z.string().regex(/^postgres(ql)?:\/\//, "must be a postgres:// or postgresql:// URL"),
-      schema: identifier.optional(),
-    })
-    .strict(),
-  z
-    .object({
-      kind: z.literal("kurrentdb"),
-      url: z.string().regex(/^(kurrentdb|kdb|esdb|kurrent)(\+discover)?:\/\//, "must be a kurrentdb:// (or kurrentdb+discover://) connection string"),
-      namespace: z
-        .string()
-        .regex(/^[A-Za-z0-9_.-]{1,64}$/, "use 1-64 characters A-Z, a-z, 0-9, _ . -")
-        .optional(),
-    })
-    .strict(),
-]);
+export const ledgerConfigSchema = z.discriminatedUnion(
+  "kind",
+  [
+    z.object({ kind: z.literal("sqlite") }).strict(),
+    z
+      .object({
+        kind: z.literal("postgres"),
+        url: z.string().regex(/^postgres(ql)?:\/\//, "must be a postgres:// or postgresql:// URL"),
+        schema: identifier.optional(),
+      })
+      .strict(),
+    z
+      .object({
+        kind: z.literal("kurrentdb"),
+        url: z.string().regex(/^(kurrentdb|kdb|esdb|kurrent)(\+discover)?:\/\//, "must be a kurrentdb:// (or kurrentdb+discover://) connection string"),
+        namespace: z
+          .string()
+          .regex(/^[A-Za-z0-9_.-]{1,64}$/, "use 1-64 characters A-Z, a-z, 0-9, _ . -")
+          .optional(),
+      })
+      .strict(),
+  ],
+  { error: 'must have "kind": "sqlite", "postgres" or "kurrentdb"' },
+);
 
 export type LedgerConfig = z.infer<typeof ledgerConfigSchema>;
 

@@ -22,6 +22,7 @@ export function policyToSpec(p: ReplicationPolicy): PolicySpec {
     retention: {
       minPoints: p.retention.minPoints,
       tiers: p.retention.tiers.map((t) => ({ every: t.everySeconds === 0 ? "all" : formatDuration(t.everySeconds), keepFor: formatDuration(t.keepForSeconds) })),
+      ...(p.retention.lockSeconds !== undefined ? { lockFor: formatDuration(p.retention.lockSeconds) } : {}),
     },
     ...(p.applicationConsistent
       ? { applicationConsistent: { every: formatDuration(p.applicationConsistent.everySeconds), freezeTimeout: formatDuration(p.applicationConsistent.freezeTimeoutMs / 1000) } }

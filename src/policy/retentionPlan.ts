@@ -3,8 +3,9 @@
  * The site thins by merging away every point this does not keep (src/site/retention.ts).
  *
  * The rules, in order; a point is kept when any of them keeps it:
- * 1. Held: a point under a running test failover or failover (and, later, one an operator
- *    locked) is never removed.
+ * 1. Held: a point under a running test failover or failover, a point under its policy's lock,
+ *    and the last clean point before a suspect one (until an operator clears the suspicion) are
+ *    never removed.
  * 2. The newest point, always; and the `minPoints` newest, whatever the tiers say.
  * 3. Tiers. A tier with `everySeconds` 0 keeps every point younger than `keepForSeconds`. Any
  *    other tier cuts time into slots of `everySeconds` aligned to the Unix epoch in UTC (so
@@ -39,16 +40,20 @@ export interface PlanPoint {
   consistency: PointConsistency;
   /** Under a running test failover or failover: never removed. */
   held?: boolean;
-  /** Reserved for operator-locked points: never removed. */
+  /** Under its policy's lock (lockedUntil in the future): never removed. */
   locked?: boolean;
+  /** The newest point before the first suspect one (encryption signal): kept until the suspicion is cleared. */
+  lastClean?: boolean;
 }
 
 export interface RetentionSpec {
   tiers: readonly RetentionTier[];
   minPoints: number;
+  /** The policy's lock on new points (ReplicationPolicy.retention.lockSeconds); not used by the plan itself. */
+  lockSeconds?: number;
 }
 
-export type KeepReason = "held" | "locked" | "newest" | "min-points" | `tier-${number}`;
+export type KeepReason = "held" | "locked" | "last-clean" | "newest" | "min-points" | `tier-${number}`;
 
 export interface RetentionPlan {
   /** Points kept, oldest first. */
@@ -70,6 +75,7 @@ export function planRetention(points: readonly PlanPoint[], spec: RetentionSpec,
   for (const p of sorted) {
     if (p.held) keep(p, "held");
     if (p.locked) keep(p, "locked");
+    if (p.lastClean) keep(p, "last-clean");
   }
   const newest = sorted.at(-1);
   if (newest) keep(newest, "newest");

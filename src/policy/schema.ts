@@ -142,6 +142,7 @@ export const policySpecSchema = z.strictObject({
     .strictObject({
       minPoints: minPoints.optional(),
       tiers: z.array(z.strictObject({ every: tierEvery, keepFor: duration({ min: 1, what: "1s" }) })).optional(),
+      lockFor: duration({ min: 1, what: "1s" }).optional(),
     })
     .optional(),
   applicationConsistent: z.strictObject({ every: duration({ min: 60, what: "1m" }), freezeTimeout: duration({ min: 0.001, what: "1ms" }).optional() }).optional(),
@@ -202,7 +203,11 @@ function toPolicy(s: Spec): ReplicationPolicy {
     name: s.name,
     ...(s.description ? { description: s.description } : {}),
     frequency,
-    retention: { tiers, minPoints: s.retention?.minPoints ?? (tiers.length ? DEFAULTS.minPointsWithTiers : DEFAULTS.minPoints) },
+    retention: {
+      tiers,
+      minPoints: s.retention?.minPoints ?? (tiers.length ? DEFAULTS.minPointsWithTiers : DEFAULTS.minPoints),
+      ...(s.retention?.lockFor !== undefined ? { lockSeconds: s.retention.lockFor } : {}),
+    },
     ...(s.applicationConsistent
       ? {
           applicationConsistent: {
@@ -256,7 +261,7 @@ function knownFields(path: PropertyKey[]): string[] {
   const keys = path.filter((p) => typeof p === "string").join(".");
   const byPath: Record<string, string[]> = {
     "": Object.keys(policySpecSchema.shape),
-    retention: ["minPoints", "tiers"],
+    retention: ["minPoints", "tiers", "lockFor"],
     "retention.tiers": ["every", "keepFor"],
     applicationConsistent: ["every", "freezeTimeout"],
     bandwidth: ["limit", "window"],

@@ -42,6 +42,12 @@ export interface ReplicationPolicy {
     tiers: RetentionTier[];
     /** Hard floor: never fewer points than this (the newest ones), whatever the tiers say. */
     minPoints: number;
+    /**
+     * Each new point is locked this long after its cut-off: no command, by any role, merges, drops
+     * or completes it away meanwhile (object-lock style); the lock is recorded with the point, so a
+     * later policy change does not shorten it. Absent: no lock.
+     */
+    lockSeconds?: number;
   };
   /** Application-consistent points through qemu-guest-agent freeze/thaw; absent: crash-consistent only. */
   applicationConsistent?: {

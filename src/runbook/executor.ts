@@ -1,10 +1,9 @@
-import { NO_STREAM } from "../ledger/index.js";
-import type { RunLogStore } from "./controlPlaneRunLog.js";
 import { localProbes, runHook, waitUntil } from "./checks.js";
 import { RunbookResumeRefusedError } from "./errors.js";
 import type { SiteRef } from "./model.js";
 import type { Plan, PlanStep, ResumeFrom } from "./planner.js";
 import { EVENT, RunRecorder, launchedVms, newRunId, runStream, type FailoverResult, type RunRecord } from "./runLog.js";
+import { RUN_LOG_NO_STREAM, type RunLogStore } from "./runLogStore.js";
 import type { Probes, RunbookTarget } from "./target.js";
 
 export type ProgressEvent =
@@ -83,7 +82,7 @@ export async function executePlan(opts: ExecuteOptions): Promise<RunOutcome> {
   const pollMs = opts.pollIntervalMs ?? 1000;
   const resume = opts.resume;
   const runId = resume?.runId ?? opts.runId ?? newRunId();
-  const rec = new RunRecorder(store, runId, resume ? resume.version : NO_STREAM);
+  const rec = new RunRecorder(store, runId, resume ? resume.version : RUN_LOG_NO_STREAM);
   const t0 = Date.now();
   const progress = (e: ProgressEvent) => opts.onProgress?.(e);
   const summary = plan.steps.map((s) => ({ id: s.id, kind: s.kind, description: s.description }));
@@ -196,7 +195,8 @@ export async function executePlan(opts: ExecuteOptions): Promise<RunOutcome> {
         if (v.mode !== "test" && st.state.startsWith("failed-over")) problems.push(`VM ${v.vm} is already failed over (${st.state}): complete or cancel that failover first`);
         const points = await target.listRecoveryPoints(v.vm);
         if (points.length === 0) problems.push(`VM ${v.vm} has no recovery point yet: wait for its initial replication`);
-        else if (v.point && !points.includes(v.point))
+        // last-clean is resolved by the site's ledger when the step runs (it refuses when no point qualifies).
+        else if (v.point && v.point !== "last-clean" && !points.includes(v.point))
           problems.push(`VM ${v.vm} has no recovery point '${v.point}' (it has ${points.slice(-5).join(", ")}${points.length > 5 ? ", ..." : ""}): fix its point in the runbook`);
       } catch (err) {
         problems.push(`VM ${v.vm}: ${(err as Error).message}`);

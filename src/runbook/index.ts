@@ -18,6 +18,5 @@ export {
   type FailoverResult,
 } from "./runLog.js";
 export { localProbes, runHook, waitUntil } from "./checks.js";
-export { controlTarget, siteControlClient } from "./controlTarget.js";
-export { ControlPlaneRunLog, type RunLogStore } from "./controlPlaneRunLog.js";
+export type { RunLogExpectedVersion, RunLogNewEvent, RunLogRecordedEvent, RunLogStore } from "./runLogStore.js";
 export type { LaunchedVm, Probes, RunbookTarget, VmReplicaStatus } from "./target.js";

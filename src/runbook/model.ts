@@ -19,7 +19,7 @@ export type SiteRef =
 export interface RunbookVm {
   vm: string;
   failover: FailoverMode;
-  /** "latest", or a recovery point id as `qreplica points` lists them. */
+  /** "latest", "last-clean" (the newest point before the first suspect one), or a recovery point id as `qreplica points` lists them. */
   point: string;
 }
 

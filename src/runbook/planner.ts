@@ -68,7 +68,14 @@ export function planRunbook(runbook: Runbook, opts: { test: boolean; resumeFrom?
       const s = skip(id);
       if (!s.skip) toCheck.push(planned);
       const what = mode === "test" ? "test failover (isolated network)" : `${mode} failover`;
-      steps.push({ id, ...base, kind: "failover", ...planned, description: `${what} of ${v.vm} to ${point ? `point ${point}` : "the latest point"}`, ...s });
+      steps.push({
+        id,
+        ...base,
+        kind: "failover",
+        ...planned,
+        description: `${what} of ${v.vm} to ${point === "last-clean" ? "the last clean point (before the first suspect one)" : point ? `point ${point}` : "the latest point"}`,
+        ...s,
+      });
     }
     g.steps.forEach((st, si) => {
       const prefix = `g${group}.step${si + 1}`;

@@ -1,6 +1,6 @@
-import type { RunLogStore } from "./controlPlaneRunLog.js";
 import { RunbookRunNotFoundError } from "./errors.js";
 import { EVENT, RunRecorder, readRun, type FailoverResult, type StepRecord, type UndoStatus } from "./runLog.js";
+import type { RunLogStore } from "./runLogStore.js";
 import type { RunbookTarget } from "./target.js";
 
 export type RollbackProgress =

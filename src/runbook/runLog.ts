@@ -1,8 +1,6 @@
 import { randomBytes } from "node:crypto";
-import { NO_STREAM, type EventStore, type ExpectedVersion, type NewEvent } from "../ledger/index.js";
-
-type RunLogStore = Pick<EventStore, "append" | "readStream">;
 import type { SiteRef } from "./model.js";
+import { RUN_LOG_NO_STREAM, type RunLogExpectedVersion, type RunLogNewEvent, type RunLogStore } from "./runLogStore.js";
 import type { LaunchedVm } from "./target.js";
 
 /**
@@ -88,11 +86,11 @@ export class RunRecorder {
   constructor(
     private readonly store: RunLogStore,
     readonly runId: string,
-    private expected: ExpectedVersion = NO_STREAM,
+    private expected: RunLogExpectedVersion = RUN_LOG_NO_STREAM,
   ) {}
 
   async append(...events: Array<[type: string, data: Record<string, unknown>]>): Promise<void> {
-    const batch: NewEvent[] = events.map(([type, data]) => ({ type, data: { ...data, at: new Date().toISOString() } }));
+    const batch: RunLogNewEvent[] = events.map(([type, data]) => ({ type, data: { ...data, at: new Date().toISOString() } }));
     const r = await this.store.append(runStream(this.runId), batch, this.expected);
     this.expected = r.nextExpectedVersion;
   }

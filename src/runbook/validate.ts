@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { dirname, isAbsolute, resolve } from "node:path";
 import { LineCounter, parseDocument } from "yaml";
+import { ID_PATTERN } from "../model/index.js";
 import { RunbookInvalidError, RunbookUnreadableError, type RunbookProblem } from "./errors.js";
 import {
   DEFAULT_HOOK_TIMEOUT_SECONDS,
@@ -19,7 +20,8 @@ type Segment = string | number;
 export type LocatedProblem = RunbookProblem & { at: Segment[] };
 export type ValidationResult = { ok: true; runbook: Runbook } | { ok: false; problems: LocatedProblem[] };
 
-const VM_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+/** A VM id as both roles take it (src/model/ids.ts): a runbook naming a longer one could never match. */
+const VM_ID = ID_PATTERN;
 const MAX_TIMEOUT_SECONDS = 86_400;
 
 const pathOf = (at: Segment[]) => at.map((s, i) => (typeof s === "number" ? `[${s}]` : i === 0 ? s : `.${s}`)).join("") || "(top level)";
@@ -123,7 +125,7 @@ export function validateRunbook(input: unknown, opts: { baseDir?: string } = {})
         if (entry.failover !== undefined) m = mode(entry.failover, [...vat, "failover"]);
         else if (defaultMode) m = defaultMode;
         else if (input.failover === undefined) problem([...vat, "failover"], "missing", "set failover: test|planned|unplanned on the VM, or once at the top level");
-        const point = entry.point === undefined ? "latest" : str(entry.point, [...vat, "point"], "recovery point", "point: latest, or a point id");
+        const point = entry.point === undefined ? "latest" : str(entry.point, [...vat, "point"], "recovery point", "point: latest, last-clean, or a point id");
         if (point !== undefined && /\s/.test(point))
           problem([...vat, "point"], `'${point}' is not a recovery point id`, "point: latest, or an id as 'qreplica points VM' lists it");
         if (vm && m && point) vms.push({ vm, failover: m, point });

@@ -1,5 +1,7 @@
 import { existsSync, readFileSync, renameSync } from "node:fs";
 import { hostname, userInfo } from "node:os";
+import { z } from "zod";
+import { problemsText, schemaProblems, text } from "../common/configSchema.js";
 import { QreplicaError } from "../common/errors.js";
 import type { Logger } from "../common/logger.js";
 import { isWrongExpectedVersionError, type EventStore, type RecordedEvent } from "../ledger/index.js";
@@ -140,6 +142,18 @@ export class SiteAuthorizations {
 }
 
 /**
+ * An entry of the old authorizations.json: its trust group and storage root are from before every
+ * replica was stored under the site's storageRoot, read and dropped; any other key is a mistake.
+ */
+const legacyEntriesSchema = z.array(
+  z.strictObject({
+    primaryIdentity: text("give the primary's certificate identity (CN), e.g. agent-a"),
+    trustGroup: z.string().optional(),
+    storageRoot: z.string().optional(),
+  }),
+);
+
+/**
  * Sites made before the ledger held authorization entries kept them in authorizations.json. At
  * start the file is imported once (recorded as done by the site itself) and renamed, so existing
  * deployments keep replicating; a wildcard in it stops the start, with the fix.
@@ -155,24 +169,34 @@ export async function importLegacyAuthorizations(dir: string, authz: SiteAuthori
       cause: err,
     });
   }
-  if (!Array.isArray(parsed)) throw new AuthorizationInvalidError(`${path} is not an array of authorization entries: fix it or remove it and use 'qreplica authorize'`);
-  const identities = parsed.map((e: unknown) => (typeof e === "object" && e !== null ? (e as { primaryIdentity?: unknown }).primaryIdentity : undefined));
+  const entries = legacyEntriesSchema.safeParse(parsed, { reportInput: true });
+  if (!entries.success) {
+    throw new AuthorizationInvalidError(
+      `${path}: ${problemsText(schemaProblems(legacyEntriesSchema, entries.error))}. Fix the file (an array of { "primaryIdentity": "agent-a" }) or remove it and use 'qreplica authorize'`,
+    );
+  }
+  const identities = entries.data.map((e) => e.primaryIdentity);
   for (const identity of identities) {
-    if (typeof identity !== "string")
-      throw new AuthorizationInvalidError(`${path} holds an entry without a primaryIdentity string: fix it or remove it and use 'qreplica authorize'`);
     if (/[*?]/.test(identity)) {
       throw new AuthorizationWildcardError(
         `${path} holds the wildcard entry '${identity}', which would let any certificate of the CA replicate here; this site no longer accepts wildcards. ` +
           `Replace it in the file with one entry per primary identity (e.g. [{ "primaryIdentity": "agent-a" }]) and start the site again`,
       );
     }
-    checkPrimaryIdentity(identity);
   }
-  if (parsed.some((e: unknown) => typeof e === "object" && e !== null && "storageRoot" in e)) {
+  entries.data.forEach((_, i) => {
+    try {
+      checkPrimaryIdentity(identities[i]!);
+    } catch (err) {
+      if (err instanceof AuthorizationInvalidError) throw new AuthorizationInvalidError(`${path}: [${i}].primaryIdentity: ${err.message}`, { cause: err });
+      throw err;
+    }
+  });
+  if (entries.data.some((e) => e.storageRoot !== undefined)) {
     logger.warn({ file: path }, "storageRoot in authorizations.json is not imported: every replica is stored under the site's storageRoot (site.json)");
   }
   const importer: Caller = { identity: `${siteId} (imported ${path})`, role: "admin" };
-  for (const identity of identities as string[]) await authz.add(identity, importer);
+  for (const identity of identities) await authz.add(identity, importer);
   const done = `${path}.imported`;
   renameSync(path, done);
   logger.warn(

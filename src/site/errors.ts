@@ -1,3 +1,4 @@
+import type { SchemaProblem } from "../common/configSchema.js";
 import { QreplicaError } from "../common/errors.js";
 
 /** A site directory or one of its files is missing or malformed. */
@@ -6,10 +7,13 @@ export class SiteConfigError extends QreplicaError {
   constructor(
     readonly path: string,
     detail: string,
-    options?: { cause?: unknown },
+    options?: { cause?: unknown; problems?: readonly SchemaProblem[] },
   ) {
     super(`${path}: ${detail}`, options);
+    this.problems = options?.problems ?? [];
   }
+  /** Every bad field of site.json, each with its path (`health.windowSeconds`) and the fix. */
+  readonly problems: readonly SchemaProblem[];
 }
 
 /** Another site process serves this directory; a second one would fight it for its storage and ledger. */

@@ -1,5 +1,5 @@
 import { QreplicaError } from "../common/errors.js";
-import { RejectReason } from "../gen/qreplica/v1/replication.js";
+import type { RejectReason } from "../gen/qreplica/v1/replication.js";
 import type { CycleKind, JsonObject } from "../ledger/index.js";
 import type { PointWrite } from "../storage/index.js";
 
@@ -62,4 +62,6 @@ export interface CommitInput {
   extents: number;
   durationMs: number;
   comparedBytes?: number;
+  /** By disk id: changed bytes in chunks that did not compress, and wire bytes (the encryption signal). */
+  diskCompression?: Record<string, { incompressibleBytes: number; wireBytes: number }>;
 }

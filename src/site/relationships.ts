@@ -315,6 +315,9 @@ export class Relationships {
     const images = await input.point.commit();
     faultPoint("crash-after-rename-before-ledger");
     const committedAt = new Date();
+    // The lock in force at the commit is recorded with the point: a later policy change cannot shorten it.
+    const lockSeconds = (await this.retentionFor(input.vmId)).lockSeconds;
+    const lockedUntil = lockSeconds ? new Date(input.cutoffAt.getTime() + lockSeconds * 1000).toISOString() : undefined;
     try {
       await this.exec(input.vmId, (s) =>
         commitCycle(s, {
@@ -334,6 +337,8 @@ export class Relationships {
           extents: input.extents,
           durationMs: input.durationMs,
           comparedBytes: input.comparedBytes,
+          ...(input.diskCompression && input.diskDataBytes ? { diskCompression: input.diskCompression } : {}),
+          ...(lockedUntil ? { lockedUntil } : {}),
         }),
       );
     } catch (err) {
@@ -402,7 +407,7 @@ export class Relationships {
     if (next.waiting.length) this.logger.debug({ vm: vmId, waiting: next.waiting }, "retention merges wait for a running test failover");
     if (!next.pointId) return false;
     const pointId = next.pointId;
-    const started = await this.exec(vmId, (s) => startMerge(s, { pointId }));
+    const started = await this.exec(vmId, (s) => startMerge(s, { pointId, now: new Date(this.options.now()).toISOString() }));
     if (started.events.length === 0) return false;
     return this.finishMerge(started.newState);
   }

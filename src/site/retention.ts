@@ -7,7 +7,7 @@
 import { existsSync } from "node:fs";
 import { faultPoint } from "../common/faultPoints.js";
 import type { Logger } from "../common/logger.js";
-import type { CompleteMergeInput, RecoveryPoint, RelationshipState } from "../ledger/index.js";
+import { isLocked, lastCleanPoint, type CompleteMergeInput, type RecoveryPoint, type RelationshipState } from "../ledger/index.js";
 import type { ReplicaStorage } from "../storage/index.js";
 import { planRetention, type PlanPoint, type RetentionPlan, type RetentionSpec } from "../policy/retentionPlan.js";
 
@@ -22,11 +22,18 @@ export function siteDefaultRetention(site: { defaultRetention?: RetentionSpec })
   return (_vmId, state) => site.defaultRetention ?? { tiers: [], minPoints: state.retention.maxPoints };
 }
 
-/** The planner's view of the relationship's points: held ones are under a test failover or the failover. */
-export function planPoints(state: RelationshipState): PlanPoint[] {
+/**
+ * The planner's view of the relationship's points: held ones are under a test failover or the
+ * failover; locked ones under their policy's lock at `nowMs`; and while a suspect point stands,
+ * the last clean point before it.
+ */
+export function planPoints(state: RelationshipState, nowMs = Date.now()): PlanPoint[] {
   const held = new Set(Object.values(state.testFailovers).map((t) => t.pointId));
   if (state.failover?.pointId) held.add(state.failover.pointId);
+  const lastClean = state.suspectPoints.length > 0 ? lastCleanPoint(state)?.pointId : undefined;
   return state.points.map((p) => ({
+    ...(isLocked(p, nowMs) ? { locked: true } : {}),
+    ...(p.pointId === lastClean ? { lastClean: true } : {}),
     id: p.pointId,
     seq: p.cycleSeq,
     cutoffMs: Date.parse(p.cutoffAt),
@@ -48,7 +55,7 @@ export interface NextMerge {
  * on that point or any later one reads them, so those merges wait (startMerge refuses them too).
  */
 export function nextMerge(state: RelationshipState, spec: RetentionSpec, nowMs: number): NextMerge {
-  const plan = planRetention(planPoints(state), spec, nowMs);
+  const plan = planRetention(planPoints(state, nowMs), spec, nowMs);
   const order = new Map(state.points.map((p, i) => [p.pointId, i]));
   // Unknown test points count as the newest: conservative.
   const highestTest = Math.max(...Object.values(state.testFailovers).map((t) => order.get(t.pointId) ?? Number.POSITIVE_INFINITY));

@@ -1,8 +1,9 @@
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
-import { parseLedgerConfig, type LedgerConfig } from "../ledger/ledgerConfig.js";
+import { z } from "zod";
+import { hostPortField, intIn, numberIn, oneOf, positive, problemsText, schemaProblems, text } from "../common/configSchema.js";
+import { ledgerConfigSchema, type LedgerConfig } from "../ledger/ledgerConfig.js";
 import { retentionSpecProblems, type RetentionSpec } from "../policy/retentionPlan.js";
-import type { RetentionTier } from "../policy/types.js";
 import { SiteConfigError } from "./errors.js";
 import type { HealthSettings } from "./health/monitor.js";
 
@@ -58,86 +59,97 @@ export const adminCredentialFiles = (dir: string) => ({ certFile: join(dir, "tls
 export const runDir = (dir: string) => join(dir, "run");
 export const addressFile = (dir: string) => join(runDir(dir), "site.address");
 
+const MAX_POINTS = 100_000;
+const siteFilePath = (what: string) => text(`give the ${what} (relative paths are relative to the site directory)`);
+
+const retentionSchema = z.strictObject({
+  tiers: z.array(
+    z.strictObject({
+      everySeconds: numberIn(0, Number.MAX_SAFE_INTEGER, "seconds between the points a tier keeps: 0 (every point) or more"),
+      keepForSeconds: positive("how long the tier keeps its points, in seconds"),
+    }),
+  ),
+  minPoints: intIn(1, MAX_POINTS, "the newest points always kept: at least 1"),
+});
+
+const healthSchema = z.strictObject({
+  evaluateEverySeconds: positive("seconds (default 15)").optional(),
+  frequencySeconds: positive("seconds").optional(),
+  rpoAlertSeconds: positive("seconds").optional(),
+  silentAfterSeconds: positive("seconds").optional(),
+  windowSeconds: positive("seconds (default 3600)").optional(),
+});
+
+export const siteConfigSchema = z.strictObject({
+  siteId: text("give the site's id (its certificate identity), as 'qreplica site init --name' wrote it"),
+  listen: hostPortField(0, "127.0.0.1:7443 (port 0: any free port)"),
+  caFile: siteFilePath("CA certificate file"),
+  certFile: siteFilePath("site's certificate file"),
+  keyFile: siteFilePath("site's key file"),
+  crlFile: siteFilePath("the CA's revocation list (crl.pem from 'qreplica pki crl')").optional(),
+  ledgerPath: siteFilePath("SQLite ledger file"),
+  ledger: ledgerConfigSchema.optional(),
+  storageRoot: siteFilePath("replica storage directory"),
+  defaultMaxPoints: intIn(1, MAX_POINTS, "recovery points kept per VM without a policy (site init --max-points); the default is 24").optional(),
+  defaultRetention: retentionSchema.optional(),
+  compressionLevel: intIn(1, 19, "a zstd level: 1 (fastest) to 19 (smallest)").optional(),
+  accel: oneOf(["auto", "kvm", "tcg"] as const, "the accelerator for failover and test VMs (auto: KVM when usable)").optional(),
+  advertiseHost: text("the host agents and operators dial, e.g. replica.example.org").optional(),
+  metricsListen: hostPortField(0, "127.0.0.1:9464").optional(),
+  health: healthSchema.optional(),
+});
+
 export function loadSiteConfig(dir: string): SiteConfig {
   const path = siteFile(dir);
   if (!existsSync(path)) throw new SiteConfigError(path, `not a site directory: run 'qreplica site init --dir ${dir} --name NAME' first`);
-  let raw: Partial<SiteConfig>;
+  let raw: unknown;
   try {
-    raw = JSON.parse(readFileSync(path, "utf8")) as Partial<SiteConfig>;
+    raw = JSON.parse(readFileSync(path, "utf8"));
   } catch (err) {
-    throw new SiteConfigError(path, "is not valid JSON", { cause: err });
+    throw new SiteConfigError(path, `is not valid JSON (${(err as Error).message}): fix it, or restore it from the site's backup`, { cause: err });
   }
+  return siteConfigFrom(raw, dir, path);
+}
+
+/** A parsed site.json into the site's config, or SiteConfigError naming every bad field and its fix. */
+export function siteConfigFrom(raw: unknown, dir: string, path = siteFile(dir)): SiteConfig {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
     throw new SiteConfigError(path, `must hold a JSON object of fields (siteId, listen, caFile, ...), not ${raw === null ? "null" : Array.isArray(raw) ? "an array" : typeof raw}`);
   }
-  for (const key of ["siteId", "listen", "caFile", "certFile", "keyFile", "ledgerPath", "storageRoot"] as const) {
-    if (typeof raw[key] !== "string" || raw[key] === "") throw new SiteConfigError(path, `field '${key}' is missing or not a string`);
+  const r = siteConfigSchema.safeParse(raw, { reportInput: true });
+  if (!r.success) {
+    const problems = schemaProblems(siteConfigSchema, r.error);
+    throw new SiteConfigError(path, problemsText(problems), { problems });
+  }
+  const c = r.data;
+  if (c.defaultRetention) {
+    const problems = retentionSpecProblems(c.defaultRetention);
+    if (problems.length) throw new SiteConfigError(path, problems.map((p) => `defaultRetention.${p}`).join("; "));
   }
   const abs = (p: string) => (isAbsolute(p) ? p : resolve(dir, p));
   return {
-    siteId: raw.siteId!,
-    listen: raw.listen!,
-    caFile: abs(raw.caFile!),
-    certFile: abs(raw.certFile!),
-    keyFile: abs(raw.keyFile!),
-    ...(typeof raw.crlFile === "string" && raw.crlFile !== "" ? { crlFile: abs(raw.crlFile) } : {}),
-    ledgerPath: abs(raw.ledgerPath!),
-    ...(raw.ledger !== undefined ? { ledger: parseLedger(raw.ledger, path) } : {}),
-    storageRoot: abs(raw.storageRoot!),
-    defaultMaxPoints: typeof raw.defaultMaxPoints === "number" && raw.defaultMaxPoints >= 1 ? raw.defaultMaxPoints : 24,
-    ...(raw.defaultRetention !== undefined ? { defaultRetention: parseRetention(raw.defaultRetention, path) } : {}),
-    compressionLevel: raw.compressionLevel,
-    accel: parseAccel(process.env.QREPLICA_ACCEL ?? raw.accel ?? "auto", path),
-    ...(typeof raw.advertiseHost === "string" && raw.advertiseHost !== "" ? { advertiseHost: raw.advertiseHost } : {}),
-    ...(typeof raw.metricsListen === "string" && raw.metricsListen !== "" ? { metricsListen: raw.metricsListen } : {}),
-    ...(raw.health !== undefined ? { health: parseHealth(raw.health, path) } : {}),
+    siteId: c.siteId,
+    listen: c.listen,
+    caFile: abs(c.caFile),
+    certFile: abs(c.certFile),
+    keyFile: abs(c.keyFile),
+    ...(c.crlFile !== undefined ? { crlFile: abs(c.crlFile) } : {}),
+    ledgerPath: abs(c.ledgerPath),
+    ...(c.ledger !== undefined ? { ledger: c.ledger } : {}),
+    storageRoot: abs(c.storageRoot),
+    defaultMaxPoints: c.defaultMaxPoints ?? 24,
+    ...(c.defaultRetention !== undefined ? { defaultRetention: c.defaultRetention } : {}),
+    compressionLevel: c.compressionLevel,
+    accel: parseAccel(process.env.QREPLICA_ACCEL ?? c.accel ?? "auto", path),
+    ...(c.advertiseHost !== undefined ? { advertiseHost: c.advertiseHost } : {}),
+    ...(c.metricsListen !== undefined ? { metricsListen: c.metricsListen } : {}),
+    ...(c.health !== undefined ? { health: c.health } : {}),
   };
-}
-
-function parseLedger(v: unknown, path: string): LedgerConfig {
-  const r = parseLedgerConfig(v);
-  if (!r.ok) throw new SiteConfigError(path, r.problems.join("; "));
-  return r.config;
-}
-
-const HEALTH_KEYS = ["evaluateEverySeconds", "frequencySeconds", "rpoAlertSeconds", "silentAfterSeconds", "windowSeconds"] as const;
-
-function parseHealth(v: unknown, path: string): HealthSettings {
-  if (typeof v !== "object" || v === null || Array.isArray(v)) throw new SiteConfigError(path, "field 'health' must be an object");
-  const out: HealthSettings = {};
-  for (const [key, value] of Object.entries(v)) {
-    if (!(HEALTH_KEYS as readonly string[]).includes(key)) throw new SiteConfigError(path, `field 'health.${key}' is unknown; known: ${HEALTH_KEYS.join(", ")}`);
-    if (typeof value !== "number" || !(value > 0)) throw new SiteConfigError(path, `field 'health.${key}' must be a number of seconds above 0`);
-    out[key as (typeof HEALTH_KEYS)[number]] = value;
-  }
-  return out;
-}
-
-function parseRetention(v: unknown, path: string): RetentionSpec {
-  const r = v as Partial<RetentionSpec> | null;
-  if (typeof r !== "object" || r === null || !Array.isArray(r.tiers) || typeof r.minPoints !== "number") {
-    throw new SiteConfigError(path, 'field \'defaultRetention\' must be { "tiers": [{ "everySeconds": n, "keepForSeconds": n }, ...], "minPoints": n }');
-  }
-  const spec: RetentionSpec = {
-    tiers: r.tiers.map((t: unknown) => ({
-      everySeconds: secondsOf((t as RetentionTier | null)?.everySeconds),
-      keepForSeconds: secondsOf((t as RetentionTier | null)?.keepForSeconds),
-    })),
-    minPoints: r.minPoints,
-  };
-  const problems = retentionSpecProblems(spec);
-  if (problems.length) throw new SiteConfigError(path, `field 'defaultRetention': ${problems.join("; ")}`);
-  return spec;
-}
-
-/** A number as is, anything else NaN (which retentionSpecProblems names); Number() of a hostile object can throw. */
-function secondsOf(v: unknown): number {
-  return typeof v === "number" ? v : Number.NaN;
 }
 
 function parseAccel(v: unknown, path: string): "auto" | "kvm" | "tcg" {
   if (v === "auto" || v === "kvm" || v === "tcg") return v;
-  throw new SiteConfigError(path, `field 'accel' must be auto, kvm or tcg, not ${JSON.stringify(v)}`);
+  throw new SiteConfigError(path, `QREPLICA_ACCEL must be auto, kvm or tcg, not ${JSON.stringify(v)}`);
 }
 
 export function saveSiteConfig(dir: string, config: SiteConfig): void {

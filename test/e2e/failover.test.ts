@@ -6,7 +6,7 @@ import { readCounters, readDiskCounter, waitForCounter } from "../../guest/index
 import { QmpClient } from "../../src/qemu/qmp/index.js";
 import { convertImage } from "../../src/qemu/processes/index.js";
 import { getSqliteEventStore, relationshipStream } from "../../src/ledger/index.js";
-import { waitFor, cliJson } from "../helpers/processes.js";
+import { waitFor, cliJson, runCli } from "../helpers/processes.js";
 import { twoSitesPerTest, type TwoSites } from "../helpers/twoSites.js";
 
 const MiB = 1024 * 1024;
@@ -199,15 +199,17 @@ describe("planned failover", { timeout: 300_000 }, () => {
     t.startAgent();
     await waitFor("two recovery points", async () => ((await t.relationship()).points.length >= 2 ? true : undefined), 120_000);
 
-    const fo = await cliJson<{ recoveryPointId: string; generation: number; vm: { serialLog: string }; primaryDisks: Array<{ diskId: string; imagePath: string }> }>([
-      "failover",
-      "vm1",
-      "--planned",
-      "--dir",
-      t.siteB,
-      "--primary-dir",
-      t.siteA,
-    ]);
+    // stderr is a pipe: progress as JSON lines there; stdout is one JSON document.
+    const run = await runCli(["failover", "vm1", "--planned", "--dir", t.siteB, "--primary-dir", t.siteA, "--json"]);
+    expect(run.code, run.stderr).toBe(0);
+    const fo = JSON.parse(run.stdout) as { recoveryPointId: string; generation: number; vm: { serialLog: string }; primaryDisks: Array<{ diskId: string; imagePath: string }> };
+    const progress = run.stderr
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as { event: string; vm: string; recoveryPointId?: string; kind?: string; message?: string });
+    expect(progress[0]).toMatchObject({ event: "phase", vm: "vm1", message: expect.stringContaining("stop the VM") });
+    // The final cycle's commit, with the point the failover used.
+    expect(progress.filter((p) => p.event === "committed").at(-1)).toMatchObject({ vm: "vm1", kind: "incremental", recoveryPointId: fo.recoveryPointId });
     expect(fo.generation).toBe(2);
     expect(fo.primaryDisks).toEqual([{ diskId: "vda", imagePath: t.guest!.diskPath }]);
     await t.guest!.proc.exited; // the agent quit the old primary after its final cycle

@@ -7,7 +7,6 @@ import { compareImages, createImage } from "../../src/qemu/processes/index.js";
 import { addressFile } from "../../src/site/siteConfig.js";
 import { GuestIoVm, mountTmpfs } from "../helpers/guestIo.js";
 import { AGENT, CLI, cliJson, runCli, startDaemon, waitFor, type Daemon } from "../helpers/processes.js";
-import { ReplicationHealth } from "../../src/gen/qreplica/v1/control.js";
 import { makeTmpDir } from "../helpers/tmpDir.js";
 
 const MiB = 1024 * 1024;
@@ -187,9 +186,9 @@ describe("agent process against a real site: guest-safe cut-offs", () => {
       vmConfig: { scratchMinFreeMiB: 12, cbwTimeoutSeconds: 3 },
     });
     expect(readFileSync(agentLog, "utf8")).toMatch(/"cbwTimeoutSeconds":3,.*"cut-off taken"/);
-    type Status = { relationships: Array<{ health: number; healthMessage: string; healthReasons: Array<{ code: string }> }> };
+    type Status = { relationships: Array<{ health: string; healthMessage: string; healthReasons: Array<{ code: string }> }> };
     const status = async () => (await cliJson<Status>(["status", "vm1", "--dir", siteB])).relationships[0]!;
-    await waitFor("health Normal", async () => ((await status()).health === ReplicationHealth.REPLICATION_HEALTH_NORMAL ? true : undefined), 60_000);
+    await waitFor("health Normal", async () => ((await status()).health === "normal" ? true : undefined), 60_000);
 
     // Leave 10 MiB free: enough by default, under the configured 12 MiB; then the guest changes something.
     const free = statfsSync(scratchDir).bavail * statfsSync(scratchDir).bsize;
@@ -199,7 +198,7 @@ describe("agent process against a real site: guest-safe cut-offs", () => {
       "health Warning with SCRATCH_SPACE_LOW",
       async () => {
         const r = await status();
-        return r.health === ReplicationHealth.REPLICATION_HEALTH_WARNING && r.healthMessage.includes("SCRATCH_SPACE_LOW") ? r : undefined;
+        return r.health === "warning" && r.healthMessage.includes("SCRATCH_SPACE_LOW") ? r : undefined;
       },
       60_000,
     );
@@ -227,7 +226,7 @@ describe("agent process against a real site: guest-safe cut-offs", () => {
     const codes = after.healthReasons.map((r) => r.code);
     console.log(`status after the scratch was freed: ${after.healthMessage || "normal"} [${codes.join(",")}]`);
     expect(codes.every((c) => c === "CYCLES_MISSED")).toBe(true);
-    expect(after.health).toBe(codes.length === 0 ? ReplicationHealth.REPLICATION_HEALTH_NORMAL : ReplicationHealth.REPLICATION_HEALTH_WARNING);
+    expect(after.health).toBe(codes.length === 0 ? "normal" : "warning");
     expect((await relationship(siteB))!.cycleSkipped).toBeUndefined();
     await agent.kill("SIGTERM");
     await vm.quit();
@@ -279,12 +278,12 @@ describe("agent process against a real site: guest-safe cut-offs", () => {
       "virtio-blk-pci,drive=vda,id=vda-dev,iothread=io0",
     ];
     const { siteB, vm, agentLog } = await startRig({ scratchMiB: 16, diskBytes: 16 * MiB, firstWrite: 1 * MiB, vmArgs: onIothread, initialPoint: false });
-    type Status = { relationships: Array<{ health: number; healthMessage: string; healthReasons: Array<{ code: string }> }> };
+    type Status = { relationships: Array<{ health: string; healthMessage: string; healthReasons: Array<{ code: string }> }> };
     const warning = await waitFor(
       "health Warning with IOTHREAD_UNSUPPORTED",
       async () => {
         const r = (await cliJson<Status>(["status", "vm1", "--dir", siteB]).catch(() => undefined))?.relationships[0];
-        return r?.health === ReplicationHealth.REPLICATION_HEALTH_WARNING && r.healthMessage.includes("IOTHREAD_UNSUPPORTED") ? r : undefined;
+        return r?.health === "warning" && r.healthMessage.includes("IOTHREAD_UNSUPPORTED") ? r : undefined;
       },
       60_000,
     );

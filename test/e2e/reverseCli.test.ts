@@ -25,7 +25,7 @@ interface Point {
   sequence: number;
 }
 interface Status {
-  relationships: Array<{ state: number; generation: number }>;
+  relationships: Array<{ state: string; generation: number }>;
 }
 
 describe("reverse replication and failback through the CLI, as the README documents them", { timeout: 600_000 }, () => {
@@ -75,8 +75,20 @@ describe("reverse replication and failback through the CLI, as the README docume
     await qmp.close();
     await guest.proc.exited;
     const oldDiskCounter = await readDiskCounter(guest.diskPath);
-    const reverse = await qreplica<{ agentPid: number; generation: number }>(["reverse", "vm1", "--dir", t.siteB, "--to-dir", t.siteA, "--seed", `vda=${guest.diskPath}`]);
+    // --wait: until site A has the seeded first point (progress on stderr, the result on stdout).
+    const reverse = await qreplica<{ agentPid: number; generation: number; recoveryPointId: string }>([
+      "reverse",
+      "vm1",
+      "--dir",
+      t.siteB,
+      "--to-dir",
+      t.siteA,
+      "--seed",
+      `vda=${guest.diskPath}`,
+      "--wait",
+    ]);
     expect(reverse.generation).toBe(2);
+    expect((await qreplica<Point[]>(["points", "vm1", "--dir", t.siteA]))[0]!.recoveryPointId).toBe(reverse.recoveryPointId);
     const reversed = await waitFor(
       "two reverse points on A",
       async () => {

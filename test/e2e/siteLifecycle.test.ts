@@ -73,7 +73,7 @@ describe("a site's lifetime: one server per directory, nothing left behind (real
     const seq = (await t.relationship()).lastCycleSeq;
     await waitFor("two cycles committed after the refused second serve", async () => ((await t.relationship()).lastCycleSeq >= seq + 2 ? true : undefined), 60_000);
     const status = await runCli(["status", "vm1", "--dir", t.siteB, "--json"]);
-    expect(JSON.parse(status.stdout).relationships[0].health).toBe(1); // REPLICATION_HEALTH_NORMAL: no failed cycle
+    expect(JSON.parse(status.stdout).relationships[0].health).toBe("normal"); // no failed cycle
   });
 
   it("control RPCs refuse malformed ids with INVALID_ARGUMENT before any handler runs", async () => {

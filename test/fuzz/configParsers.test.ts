@@ -10,7 +10,7 @@ import fc from "fast-check";
 import { stringify } from "yaml";
 import { afterAll, describe, expect, it } from "vitest";
 import { AgentConfigError, loadAgentConfig } from "../../replica-agent/daemon/agentConfig.js";
-import { QreplicaError } from "../../src/common/errors.js";
+import type { QreplicaError } from "../../src/common/errors.js";
 import { makeTmpDir } from "../../src/common/tmpDir.js";
 import { InvalidPolicyError } from "../../src/policy/errors.js";
 import { parsePolicyYaml, policyFromSpec } from "../../src/policy/schema.js";
@@ -109,7 +109,7 @@ const AGENT = {
       intervalSeconds: 30,
       chunkChecksum: "sha256",
       policy: "gold",
-      // The VM spec the replica site launches the VM from (src/site/launcher/vmSpec.ts).
+      // The VM spec the replica site launches the VM from (src/model/vmSpec.ts).
       spec: {
         machine: "q35",
         cpus: 1,
@@ -319,7 +319,7 @@ describe("fuzz findings: config parsers", () => {
     const text =
       "siteId: site-a\nstateDir: state\ntls: { caFile: ca.crt, certFile: a.crt, keyFile: a.key }\nvms:\n  - id:\n      toString: null\n    qmpSocket: qmp.sock\n    nbdSocket: nbd.sock\n    disks: [{ id: vda, node: vda }]\n    replicaSite: 127.0.0.1:7443\n    replicaSiteId: site-b\n";
     expect(() => loadAgentConfig(file("agent.yaml", text))).toThrow(AgentConfigError);
-    expect(() => loadAgentConfig(file("agent.yaml", text))).toThrow(/vms\[0\]\.id must be a non-empty string/);
+    expect(() => loadAgentConfig(file("agent.yaml", text))).toThrow(/vms\[0\]\.id: a mapping is not a valid VM id/);
   });
 
   it("site config: site.json holding null (or an array) is a SiteConfigError, not a TypeError", () => {
@@ -337,7 +337,7 @@ describe("fuzz findings: config parsers", () => {
     mkdirSync(dir);
     writeFileSync(join(dir, "site.json"), JSON.stringify({ ...SITE, defaultRetention: { tiers: [{ everySeconds: 0, keepForSeconds: [{ toString: null }] }], minPoints: 2 } }));
     expect(() => loadSiteConfig(dir)).toThrow(SiteConfigError);
-    expect(() => loadSiteConfig(dir)).toThrow(/defaultRetention.*tiers\[0\]\.keepForSeconds must be a positive number/);
+    expect(() => loadSiteConfig(dir)).toThrow(/defaultRetention\.tiers\[0\]\.keepForSeconds: a list is not a number above 0/);
   });
 
   it("runbook: an alias to an anchor never set, or an alias bomb, is a RunbookInvalidError", () => {

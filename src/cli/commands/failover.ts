@@ -1,32 +1,39 @@
 import { resolve } from "node:path";
 import type { Command } from "commander";
 import { FailoverKind } from "../../gen/qreplica/v1/control.js";
+import { InvalidCliArgumentError } from "../exitCodes.js";
 import { controlClient, readAddress, unary } from "../siteClient.js";
 import { formatTable } from "../table.js";
 import { emit, fail } from "../output.js";
 import { withTarget, type Target } from "../target.js";
 import { reverseAgentLogFile } from "../../site/failover/reverseAgent.js";
 import { runDir } from "../../site/siteConfig.js";
+import type { ControlServiceClient } from "../../gen/qreplica/v1/control.js";
+import { watchCycles } from "../cycleWatch.js";
+import { progressReporter, type ProgressMode } from "../progress.js";
+import { waitUntilReplicating, withProgress } from "./wait.js";
 
 const TARGET_HELP = { dir: "the replica site's directory on this host", site: "the replica site's address" };
 
 export function registerFailover(program: Command): void {
-  withTarget(
-    program
-      .command("failover <vm> [action]")
-      .description("fail a VM over to this replica site (--test, --planned or --unplanned), or 'failover VM complete|cancel'")
-      .option("--test", "test failover: a throwaway VM on an isolated network; replication continues")
-      .option("--planned", "planned failover: the primary's agent stops the VM and ships a final cycle; zero data loss")
-      .option("--primary-dir <dir>", "with --planned: the old primary's site directory; reverse replication to it starts automatically")
-      .option("--unplanned", "unplanned failover: the primary may be gone; choose the latest or an older point")
-      .option("--point <id>", "recovery point (latest when omitted)")
-      .option("--no-start", "fail over without starting the VM"),
-    TARGET_HELP,
+  withProgress(
+    withTarget(
+      program
+        .command("failover <vm> [action]")
+        .description("fail a VM over to this replica site (--test, --planned or --unplanned), or 'failover VM complete|cancel'")
+        .option("--test", "test failover: a throwaway VM on an isolated network; replication continues")
+        .option("--planned", "planned failover: the primary's agent stops the VM and ships a final cycle; zero data loss")
+        .option("--primary-dir <dir>", "with --planned: the old primary's site directory; reverse replication to it starts automatically")
+        .option("--unplanned", "unplanned failover: the primary may be gone; choose the latest or an older point")
+        .option("--point <id>", "recovery point (latest when omitted); 'last-clean': the newest point before the first suspect one")
+        .option("--no-start", "fail over without starting the VM"),
+      TARGET_HELP,
+    ),
   ).action(
     async (
       first: string,
       second: string | undefined,
-      o: Target & { test?: boolean; planned?: boolean; unplanned?: boolean; point?: string; start: boolean; primaryDir?: string },
+      o: Target & { test?: boolean; planned?: boolean; unplanned?: boolean; point?: string; start: boolean; primaryDir?: string; progress: ProgressMode },
     ) => {
       // Both 'failover complete VM' and 'failover VM complete' read naturally.
       const [vm, action] = second !== undefined && (first === "complete" || first === "cancel") ? [second, first] : [first, second];
@@ -54,7 +61,9 @@ export function registerFailover(program: Command): void {
               ) + `\nstop it with: qreplica test-failover stop ${vm} --test-id ${r.testId}`,
           );
         } else if (o.planned) {
-          const r = await unary(client, client.failover, { vmId: vm, kind: FailoverKind.FAILOVER_KIND_PLANNED, recoveryPointId: "", startVm: o.start }, 6 * 60_000);
+          const r = await withCycleProgress(client, vm, o.progress, "asking the primary's agent to stop the VM and ship its final cycle", () =>
+            unary(client, client.failover, { vmId: vm, kind: FailoverKind.FAILOVER_KIND_PLANNED, recoveryPointId: "", startVm: o.start }, 6 * 60_000),
+          );
           let reverse = "";
           if (o.primaryDir) {
             // Reverse replication starts right away, seeded with the stopped primary's disks.
@@ -118,15 +127,33 @@ export function registerFailover(program: Command): void {
     });
 }
 
+/**
+ * Runs a long call (a planned failover: the primary stops its VM and ships a final cycle, up to
+ * minutes) while showing the VM's cycles as the site receives them; the watch ends with the call.
+ */
+async function withCycleProgress<T>(client: ControlServiceClient, vm: string, mode: ProgressMode, first: string, call: () => Promise<T>): Promise<T> {
+  const reporter = progressReporter(mode);
+  reporter.phase(vm, first);
+  let settled = false;
+  const watching = watchCycles({ client, vm, reporter, until: () => settled }).catch(() => undefined);
+  try {
+    return await call();
+  } finally {
+    settled = true;
+    await watching;
+    reporter.stop();
+  }
+}
+
 export function registerReverse(program: Command): void {
-  program
-    .command("reverse <vm>")
+  withProgress(program.command("reverse <vm>"))
+    .option("--wait", "wait until the old primary's site has the first point (the seeding), showing its progress on stderr", false)
     .description("after a failover, replicate the VM back to the old primary's site, sending only the chunks that differ from its old disks")
     .requiredOption("--dir <dir>", "the site the VM failed over to (now its primary)")
     .requiredOption("--to-dir <dir>", "the old primary's site directory (the new replica)")
     .option("--seed <disk=image...>", "the old primary's disk image per disk (compared chunk by chunk); without one a disk is copied in full", [])
     .option("--json", "JSON output", false)
-    .action(async (vm: string, o: { dir: string; toDir: string; seed: string[]; json: boolean }) => {
+    .action(async (vm: string, o: { dir: string; toDir: string; seed: string[]; json: boolean; wait: boolean; progress: ProgressMode }) => {
       try {
         const primary = controlClient({ dir: o.dir });
         const replica = controlClient({ dir: o.toDir });
@@ -137,7 +164,7 @@ export function registerReverse(program: Command): void {
         const disks = points.recoveryPoints.at(-1)?.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: d.virtualSizeBytes })) ?? [];
         const seeds = o.seed.map((s) => {
           const eq = s.indexOf("=");
-          if (eq < 1) throw new Error(`--seed ${s}: expected DISK=IMAGE, e.g. vda=/var/lib/vms/web1-vda.qcow2`);
+          if (eq < 1) throw new InvalidCliArgumentError(`--seed ${s}: expected DISK=IMAGE, e.g. vda=/var/lib/vms/web1-vda.qcow2`);
           return { diskId: s.slice(0, eq), imagePath: s.slice(eq + 1) };
         });
         // Site certificates are issued with the site id as their identity ('qreplica site init').
@@ -152,9 +179,11 @@ export function registerReverse(program: Command): void {
         });
         const started = await unary(primary, primary.startReverseReplication, { vmId: vm, replicaAddress: readAddress(o.toDir) }, 60_000);
         const agentLog = reverseAgentLogFile(runDir(resolve(o.dir)), vm);
+        // The seeding is the reverse relationship's first cycle, received by the old primary's site.
+        const seeded = o.wait ? await waitUntilReplicating(replica, vm, o.progress) : undefined;
         emit(
           o.json,
-          { ...started, agentLog },
+          { ...started, agentLog, ...(seeded ? { recoveryPointId: seeded.lastRecoveryPoint?.recoveryPointId ?? "" } : {}) },
           () =>
             `VM ${vm}: reverse replication started from ${status.siteId} (generation ${started.generation}, agent pid ${started.agentPid}, log ${agentLog}); ${seeds.length ? "only chunks differing from the seeds are sent" : "full copy (no seed given)"}`,
         );

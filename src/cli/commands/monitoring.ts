@@ -1,12 +1,11 @@
 import { InvalidArgumentError, type Command } from "commander";
-import { RelationshipState, ReplicationHealth, type HealthReason } from "../../gen/qreplica/v1/control.js";
 import type { MeasureResponse } from "../../gen/qreplica/v1/monitoring.js";
 import { monitoringClient, unary } from "../siteClient.js";
 import { formatBytes } from "../table.js";
 import { emit, fail } from "../output.js";
 import { withTarget, type Target } from "../target.js";
 
-const enumName = (e: Record<number, string>, v: number, prefix: string) => (e[v] ?? "UNKNOWN").replace(prefix, "").toLowerCase().replaceAll("_", "-");
+import { healthName, reasonJson, stateName } from "../jsonView.js";
 
 /** "90", "90s", "15m", "1h", "1h30m", "1d": seconds. */
 export function parseDuration(v: string): number {
@@ -15,10 +14,6 @@ export function parseDuration(v: string): number {
   if (!m || !(secs > 0)) throw new InvalidArgumentError(`'${v}' is not a duration: give e.g. 90s, 15m, 1h or 1h30m`);
   return secs;
 }
-
-export const healthName = (h: number) => enumName(ReplicationHealth, h, "REPLICATION_HEALTH_");
-export const stateName = (s: number) => enumName(RelationshipState, s, "RELATIONSHIP_STATE_");
-export const reasonJson = (r: HealthReason) => ({ code: r.code, level: healthName(r.level), message: r.message });
 
 const iso = (d: Date | undefined) => (d ? d.toISOString() : null);
 const seconds = (d: { seconds: bigint; nanos: number } | undefined) => (d ? Number(d.seconds) + d.nanos / 1e9 : null);

@@ -4,6 +4,7 @@ import type { GetPolicyResponse, PolicyServiceClient } from "../../gen/qreplica/
 import { diffPolicies, formatDiff, type PolicyChange } from "../../policy/canonical.js";
 import { parsePolicyYaml } from "../../policy/schema.js";
 import type { ReplicationPolicy } from "../../policy/types.js";
+import { InvalidCliArgumentError } from "../exitCodes.js";
 import { policyClient, unary } from "../siteClient.js";
 import { emit, fail } from "../output.js";
 import { formatTable } from "../table.js";
@@ -27,7 +28,7 @@ async function withClient(o: Target, fn: (client: PolicyServiceClient) => Promis
 
 const version = (v: string | undefined, what: string): number | undefined => {
   if (v === undefined) return undefined;
-  if (!/^[1-9]\d*$/.test(v)) throw new Error(`${what} must be a version number (1, 2, ...), got ${JSON.stringify(v)}`);
+  if (!/^[1-9]\d*$/.test(v)) throw new InvalidCliArgumentError(`${what} must be a version number (1, 2, ...), got ${JSON.stringify(v)}`);
   return Number(v);
 };
 

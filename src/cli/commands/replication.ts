@@ -3,6 +3,8 @@ import type { RelationshipCommandResponse } from "../../gen/qreplica/v1/control.
 import { controlClient, unary } from "../siteClient.js";
 import { emit, fail } from "../output.js";
 import { withTarget, type Target } from "../target.js";
+import type { ProgressMode } from "../progress.js";
+import { waitUntilReplicating, withProgress } from "./wait.js";
 
 function told(r: RelationshipCommandResponse): string {
   return r.agentNotified ? "the primary's agent was told" : "the primary's agent is not connected; it learns it at its next connection";
@@ -38,16 +40,22 @@ export function registerReplication(program: Command): void {
     },
   );
 
-  withTarget(
-    program
-      .command("resync <vm>")
-      .description("resynchronise a VM by comparison with its newest recovery point (after a crash with 'resync: manual', or on demand); older points are kept"),
-    TARGET_HELP,
-  ).action(async (vm: string, o: Target) => {
+  withProgress(
+    withTarget(
+      program
+        .command("resync <vm>")
+        .description("resynchronise a VM by comparison with its newest recovery point (after a crash with 'resync: manual', or on demand); older points are kept"),
+      TARGET_HELP,
+    ).option("--wait", "wait until the resync has committed its point, showing its progress on stderr (as 'qreplica wait')", false),
+  ).action(async (vm: string, o: Target & { wait: boolean; progress: ProgressMode }) => {
     try {
       const client = controlClient(o);
       const r = await unary(client, client.resync, { vmId: vm });
-      emit(o.json, r, () => `VM ${vm}: resync requested (state ${r.state}); ${told(r)}`);
+      if (o.wait) {
+        const rel = await waitUntilReplicating(client, vm, o.progress);
+        const point = rel?.lastRecoveryPoint?.recoveryPointId ?? "";
+        emit(o.json, { ...r, state: "replicating", recoveryPointId: point }, () => `VM ${vm}: resynchronised; newest point ${point}`);
+      } else emit(o.json, r, () => `VM ${vm}: resync requested (state ${r.state}); ${told(r)}`);
       client.close();
     } catch (err) {
       fail(err, o.json);

@@ -3,10 +3,8 @@ import { createInterface } from "node:readline/promises";
 import type { Command } from "commander";
 import { getSqliteEventStore, type EventStore } from "../../ledger/index.js";
 import {
-  ControlPlaneRunLog,
   RunbookInvalidError,
   RunbookRunNotFoundError,
-  controlTarget,
   executePlan,
   formatProblem,
   loadRunbook,
@@ -14,16 +12,20 @@ import {
   readRun,
   resumeOptions,
   rollbackRun,
-  siteControlClient,
   type Runbook,
   type RunLogStore,
   type SiteRef,
 } from "../../runbook/index.js";
-import { formatPlan, formatProgress, formatRollbackProgress, formatRun } from "../../runbook/format.js";
+import { ControlPlaneRunLog } from "../runbook/controlPlaneRunLog.js";
+import { controlTarget, siteControlClient } from "../runbook/controlTarget.js";
+import { formatPlan, formatProgress, formatRollbackProgress, formatRun } from "../runbook/format.js";
 import type { SiteTargetOptions } from "../siteClient.js";
 import { EXIT } from "../exitCodes.js";
 import { emit, fail } from "../output.js";
 import { withSiteOptions } from "../target.js";
+import type { ProgressMode } from "../progress.js";
+import { runbookCycleProgress } from "../runbookProgress.js";
+import { withProgress } from "./wait.js";
 
 /** Exit codes scripts can rely on: 0 done, 1 could not start (site, ledger, arguments), 2 invalid runbook, 4 stopped at a step. */
 const EXIT_INVALID = EXIT.invalid;
@@ -104,13 +106,13 @@ export function registerRunbook(program: Command): void {
       }
     });
 
-  rb.command("run <file>")
-    .description("run a runbook against its replica site, recording every step in the site's ledger")
+  withProgress(rb.command("run <file>"))
+    .description("run a runbook against its replica site, recording every step in the site's ledger; a planned failover step shows its final cycle's progress on stderr")
     .option("--test", "a drill: every VM via test failover on an isolated network, nothing in production touched", false)
     .option("--yes", "pass confirm steps without asking (needed when no terminal can answer)", false)
     .option("--resume <runId>", "continue a stopped run from its failed step; steps that succeeded are skipped")
     .option("--json", "one JSON object per line: progress events, then the outcome", false)
-    .action(async (file: string, o: { test: boolean; yes: boolean; resume?: string; json: boolean }) => {
+    .action(async (file: string, o: { test: boolean; yes: boolean; resume?: string; json: boolean; progress: ProgressMode }) => {
       let target: ReturnType<typeof controlTarget> | undefined;
       try {
         const runbook = load(file, o.json);
@@ -128,6 +130,15 @@ export function registerRunbook(program: Command): void {
         }
         const plan = planRunbook(runbook, planOpts);
         const idWidth = Math.max(...plan.steps.map((s) => s.id.length));
+        const cycles = runbookCycleProgress(client, plan.steps, o.progress);
+        // Printed in order: a step's end waits for the last look at its cycles.
+        let printing = Promise.resolve();
+        let chained = 0;
+        const print = (e: Parameters<NonNullable<Parameters<typeof executePlan>[0]["onProgress"]>>[0]) => {
+          if (o.json) console.log(JSON.stringify(e));
+          else if (e.type === "run-finished" && e.status === "stopped") console.error(`qreplica: ${formatProgress(e, idWidth)}`);
+          else console.log(formatProgress(e, idWidth));
+        };
         const abort = new AbortController();
         process.once("SIGINT", () => {
           console.error("\ninterrupted: stopping the current step (Ctrl-C again to quit at once)");
@@ -143,11 +154,23 @@ export function registerRunbook(program: Command): void {
           ...(process.stdin.isTTY && !o.yes ? { ask: askOnTerminal } : {}),
           signal: abort.signal,
           onProgress: (e) => {
-            if (o.json) console.log(JSON.stringify(e));
-            else if (e.type === "run-finished" && e.status === "stopped") console.error(`qreplica: ${formatProgress(e, idWidth)}`);
-            else console.log(formatProgress(e, idWidth));
+            // Synchronous unless a planned failover's watch must end first (a confirm prompt
+            // follows its step's start line at once).
+            if (!cycles.watching() && !chained) {
+              print(e);
+              if (e.type === "step-started") cycles.started(e.stepId);
+              return;
+            }
+            chained++;
+            printing = printing.then(async () => {
+              if (e.type !== "step-started") await cycles.ended();
+              print(e);
+              if (e.type === "step-started") cycles.started(e.stepId);
+              chained--;
+            });
           },
         });
+        await printing;
         if (outcome.status === "stopped") process.exitCode = EXIT_STOPPED;
       } catch (err) {
         fail(err, o.json);

@@ -5,6 +5,7 @@ import { createLogger } from "../../common/logger.js";
 import { ADMIN_CERT_NAME, adminCredentialFiles, isWildcardHost, listenHost, saveSiteConfig, siteFile } from "../../site/siteConfig.js";
 import { startSite } from "../../site/siteServer.js";
 import { issueCertificate } from "../../transport/index.js";
+import { choiceOption, hostPortOption, intOption } from "../options.js";
 import { emit, fail } from "../output.js";
 
 export function registerSite(program: Command): void {
@@ -15,14 +16,14 @@ export function registerSite(program: Command): void {
     .requiredOption("--dir <dir>", "site directory")
     .requiredOption("--name <siteId>", "site id (also the certificate identity)")
     .requiredOption("--ca-dir <dir>", "CA directory made by 'qreplica pki create-ca'")
-    .option("--listen <host:port>", "gRPC listen address (port 0: any free port; 0.0.0.0 or [::] for every interface)", "127.0.0.1:7443")
+    .option("--listen <host:port>", "gRPC listen address (port 0: any free port; 0.0.0.0 or [::] for every interface)", hostPortOption(0), "127.0.0.1:7443")
     .option(
       "--san <name...>",
       "DNS names and IP addresses agents and operators dial this site by, put on its certificate; the first is written to run/site.address when --listen is a wildcard",
       [],
     )
-    .option("--max-points <n>", "recovery points kept per VM", (v) => Number(v), 24)
-    .option("--accel <accel>", "accelerator for failover and test VMs: auto, kvm or tcg", "auto")
+    .option("--max-points <n>", "recovery points kept per VM (1 to 100000)", intOption(1, 100_000), 24)
+    .option("--accel <accel>", "accelerator for failover and test VMs: auto, kvm or tcg", choiceOption(["auto", "kvm", "tcg"] as const), "auto")
     .option("--json", "JSON output", false)
     .action(async (o: { dir: string; name: string; caDir: string; listen: string; san: string[]; maxPoints: number; accel: "auto" | "kvm" | "tcg"; json: boolean }) => {
       try {
@@ -70,6 +71,7 @@ export function registerSite(program: Command): void {
     .option(
       "--metrics-listen <host:port>",
       "serve Prometheus /metrics here (plain HTTP, no authentication: keep it on loopback, e.g. 127.0.0.1:9464); overrides site.json 'metricsListen'; off by default",
+      hostPortOption(0),
     )
     .action(async (o: { dir: string; metricsListen?: string }) => {
       const logger = createLogger("qreplica-site");

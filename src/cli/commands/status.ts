@@ -1,6 +1,5 @@
 import { InvalidArgumentError, type Command } from "commander";
-import { RelationshipState, ReplicationHealth } from "../../gen/qreplica/v1/control.js";
-import { Consistency, CycleKind } from "../../gen/qreplica/v1/common.js";
+import { ReplicationHealth } from "../../gen/qreplica/v1/control.js";
 import * as grpc from "@grpc/grpc-js";
 import { AUDIT_STREAM } from "../../site/controlPlane/refusalAudit.js";
 import { HEALTH_STREAM_PREFIX } from "../../site/health/monitor.js";
@@ -8,8 +7,7 @@ import { ControlCallError, controlClient, unary } from "../siteClient.js";
 import { formatBytes, formatTable } from "../table.js";
 import { emit, fail } from "../output.js";
 import { withTarget, type Target } from "../target.js";
-
-const enumName = (e: Record<number, string>, v: number, prefix: string) => (e[v] ?? "UNKNOWN").replace(prefix, "").toLowerCase().replaceAll("_", "-");
+import { consistencyName, healthName, kindName, pointJson, stateName, statusJson } from "../jsonView.js";
 
 type StatusResponse = Awaited<ReturnType<typeof getStatusOf>>;
 const getStatusOf = (client: ReturnType<typeof controlClient>) => unary(client, client.getStatus, {});
@@ -20,19 +18,29 @@ function formatFleet(res: StatusResponse): string {
   const rank = (h: number) => (h === ReplicationHealth.REPLICATION_HEALTH_CRITICAL ? 0 : h === ReplicationHealth.REPLICATION_HEALTH_WARNING ? 1 : 2);
   const rows = [...res.relationships].sort((a, b) => rank(a.health) - rank(b.health) || (a.vmId < b.vmId ? -1 : 1));
   return formatTable(
-    ["vm", "health", "point age", "policy", "state", "gen", "last point", "test", "reasons"],
+    ["vm", "health", "point age", "policy", "state", "gen", "last point", "test", "receiving", "reasons"],
     rows.map((r) => [
       r.vmId,
-      enumName(ReplicationHealth, r.health, "REPLICATION_HEALTH_"),
+      healthName(r.health),
       r.lag ? formatAge(Number(r.lag.seconds)) : "-",
       r.policyName || "-",
-      enumName(RelationshipState, r.state, "RELATIONSHIP_STATE_"),
+      stateName(r.state),
       Number(r.generation),
       r.lastRecoveryPoint?.recoveryPointId ?? "-",
       r.testFailoverActive ? "yes" : "no",
+      receiving(r),
       r.healthReasons.length > 0 ? r.healthReasons.map((x) => x.code).join(",") : r.healthMessage || "-",
     ]),
   );
+}
+
+/** The cycle the site is receiving: "initial 37% of 16.0 MiB", or "-". */
+function receiving(r: StatusResponse["relationships"][number]): string {
+  const c = r.cycleInProgress;
+  if (!c) return "-";
+  const total = Number(c.bytesTotal);
+  const done = Number(c.bytesDone);
+  return total > 0 ? `${kindName(c.kind)} ${Math.floor((100 * done) / total)}% of ${formatBytes(total)}` : `${kindName(c.kind)} ${formatBytes(done)}`;
 }
 
 function formatAge(s: number): string {
@@ -78,12 +86,12 @@ export function registerStatus(program: Command): void {
         };
         if (o.watch === undefined) {
           const { res, text } = await once();
-          emit(o.json, res, text);
+          emit(o.json, statusJson(res), text);
         } else {
           const everyMs = (o.watch === true ? 5 : o.watch) * 1000;
           await untilInterrupted(everyMs, async () => {
             const { res, text } = await once();
-            if (o.json) console.log(JSON.stringify(res, (_k, v: unknown) => (typeof v === "bigint" ? Number(v) : v)));
+            if (o.json) console.log(JSON.stringify(statusJson(res), (_k, v: unknown) => (typeof v === "bigint" ? Number(v) : v)));
             else process.stdout.write((process.stdout.isTTY ? "\x1b[2J\x1b[H" : "") + `${new Date().toISOString()}  site ${res.siteId}\n${text()}\n`);
           });
         }
@@ -93,22 +101,47 @@ export function registerStatus(program: Command): void {
       }
     });
 
-  withTarget(program.command("points <vm>").description("the recovery points of a VM, oldest first")).action(async (vm: string, o: Target) => {
+  withTarget(
+    program
+      .command("points <vm> [action]")
+      .description("the recovery points of a VM, oldest first; 'points VM clear-suspect' (or ack) clears suspect points (role operator)")
+      .option("--point <id>", "with clear-suspect: only this point (every suspect point when omitted)"),
+  ).action(async (first: string, second: string | undefined, o: Target & { point?: string }) => {
+    // Both 'points clear-suspect VM' and 'points VM clear-suspect' read naturally.
+    const isAction = (a: string) => a === "clear-suspect" || a === "ack";
+    const [vm, action] = second !== undefined && isAction(first) ? [second, first] : [first, second];
     try {
       const client = controlClient(o);
+      if (action !== undefined) {
+        if (!isAction(action)) throw new Error(`unknown points action '${action}': use 'clear-suspect' (or 'ack')`);
+        const r = await unary(client, client.clearSuspectPoints, { vmId: vm, recoveryPointId: o.point ?? "" });
+        emit(o.json, r, () => `VM ${vm}: suspicion cleared on ${r.clearedRecoveryPointIds.join(", ")}`);
+        client.close();
+        return;
+      }
       const res = await unary(client, client.listRecoveryPoints, { vmId: vm });
-      emit(o.json, res.recoveryPoints, () =>
+      const pct = (x: number) => `${Math.round(x * 100)}%`;
+      const flags = (p: (typeof res.recoveryPoints)[number]) =>
+        [
+          p.suspectDisks.length > 0 ? `SUSPECT ${p.suspectDisks.map((d) => `${d.diskId} ${pct(d.share)}>${pct(d.baselineShare)}`).join(" ")}` : "",
+          p.lastClean ? "last-clean" : "",
+          p.lockedUntil && p.lockedUntil.getTime() > Date.now() ? `locked until ${p.lockedUntil.toISOString()}` : "",
+        ]
+          .filter(Boolean)
+          .join(", ") || "-";
+      emit(o.json, res.recoveryPoints.map(pointJson), () =>
         formatTable(
-          ["point", "seq", "kind", "cut-off", "consistency", "changed", "sent", "disks"],
+          ["point", "seq", "kind", "cut-off", "consistency", "changed", "sent", "disks", "flags"],
           res.recoveryPoints.map((p) => [
             p.recoveryPointId,
             Number(p.sequence),
-            enumName(CycleKind, p.kind, "CYCLE_KIND_"),
+            kindName(p.kind),
             p.cutoffTime?.toISOString() ?? "-",
-            enumName(Consistency, p.consistency, "CONSISTENCY_"),
+            consistencyName(p.consistency),
             formatBytes(Number(p.changedBytes)),
             formatBytes(Number(p.transferredBytes)),
             p.disks.map((d) => `${d.diskId}:${formatBytes(Number(d.virtualSizeBytes))}`).join(" "),
+            flags(p),
           ]),
         ),
       );

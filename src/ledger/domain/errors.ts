@@ -244,3 +244,52 @@ export class UnknownRelationshipEventError extends QreplicaError {
     super(`Event type "${eventType}" in "${stream}" is unknown to this version of qreplica. ` + `It was probably written by a newer version: upgrade before operating on this VM.`);
   }
 }
+
+/** A policy's lock keeps the point: no command, whatever the caller's role, merges or drops it before the lock ends. */
+export class RecoveryPointLockedError extends QreplicaError {
+  readonly code = "RECOVERY_POINT_LOCKED" as const;
+
+  constructor(
+    readonly vmId: string,
+    readonly action: string,
+    readonly locked: readonly { pointId: string; lockedUntil: string }[],
+  ) {
+    const list = locked.map((p) => `${p.pointId} until ${p.lockedUntil}`).join(", ");
+    super(
+      `VM ${vmId}: ${action} would remove locked recovery point(s) ${list}. The replication policy's lock period ` +
+        `keeps a point from being merged, dropped or completed away by any role; retry after the lock ends.`,
+    );
+  }
+}
+
+/** `last-clean` was asked for and every point is suspect (or newer than a suspect one). */
+export class NoCleanPointError extends QreplicaError {
+  readonly code = "NO_CLEAN_POINT" as const;
+
+  constructor(
+    readonly vmId: string,
+    readonly firstSuspectPointId: string,
+  ) {
+    super(
+      `VM ${vmId} has no recovery point before the first suspect point ${firstSuspectPointId}: every retained point may hold encrypted data. ` +
+        `Name a point with --point after checking it, or clear the suspicion ('qreplica points clear-suspect') if it was a false alarm.`,
+    );
+  }
+}
+
+/** Nothing to clear: no point of the VM is suspect (or not the one named). */
+export class NoSuspectPointError extends QreplicaError {
+  readonly code = "NO_SUSPECT_POINT" as const;
+
+  constructor(
+    readonly vmId: string,
+    readonly pointId: string | undefined,
+    readonly suspectPointIds: readonly string[],
+  ) {
+    super(
+      pointId === undefined
+        ? `VM ${vmId} has no suspect recovery point to clear.`
+        : `VM ${vmId}: recovery point ${pointId} is not suspect. Suspect points: ${suspectPointIds.length > 0 ? suspectPointIds.join(", ") : "none"}.`,
+    );
+  }
+}

@@ -8,6 +8,7 @@
  * Events are facts and are never rewritten, so a field may be added later only as optional.
  */
 import type { NewEvent, RecordedEvent } from "../eventStore.js";
+import type { EncryptionBaseline } from "./encryptionSignal.js";
 import { UnknownRelationshipEventError } from "./errors.js";
 import type { ReplicationStateName } from "./states.js";
 
@@ -34,6 +35,7 @@ export type Consistency = "application" | "crash";
 export type CycleKind = "full" | "incremental" | "resync";
 export type FailoverKind = "planned" | "unplanned";
 
+export type DiskCompression = { incompressibleBytes: number; wireBytes: number };
 export type DiskSpec = { diskId: string; sizeBytes: number };
 /** A disk as captured by one point: `imagePath` is that point's own image (base or overlay). */
 export type PointDisk = { diskId: string; sizeBytes: number; imagePath: string };
@@ -74,6 +76,12 @@ export type RelationshipEventData = {
     durationMs: number;
     /** Resynchronisation by comparison: bytes compared by hash; `dataBytes` is what differed. */
     comparedBytes?: number;
+    /**
+     * By disk id: of the disk's dataBytes, those in chunks that did not compress (the encryption
+     * signal, encryptionSignal.ts), and the bytes its data took on the wire. Absent from cycles
+     * recorded before it was kept; the fold keeps each disk's baseline from it.
+     */
+    diskCompression?: Record<string, DiskCompression>;
   };
   RecoveryPointCreated: {
     pointId: string;
@@ -81,7 +89,23 @@ export type RelationshipEventData = {
     cutoffAt: string;
     consistency: Consistency;
     disks: PointDisk[];
+    /** The policy's lock: until then no command merges, drops or completes the point away. */
+    lockedUntil?: string;
   };
+  /**
+   * Right after its RecoveryPointCreated: the point's changed bytes stopped compressing far above a
+   * disk's own baseline (what encrypting ransomware does). `baselines` are those disks' baselines
+   * before this point, which a suspect point does not move (the fold restores them).
+   */
+  RecoveryPointSuspected: {
+    pointId: string;
+    cycleSeq: number;
+    cutoffAt: string;
+    disks: { diskId: string; share: number; baselineShare: number }[];
+    baselines: Record<string, EncryptionBaseline>;
+  };
+  /** An operator looked at the suspect points and cleared them (`qreplica points clear-suspect`). */
+  SuspectPointsCleared: { pointIds: string[]; clearedBy: string; clearedByRole: string };
   InitialReplicationCompleted: { cycleSeq: number; pointId: string };
   CycleFailed: { cycleSeq: number; generation: number; reason: string; message: string };
   /**
@@ -127,7 +151,8 @@ export type RelationshipEventData = {
    * old primary's agent may still hold, used if this failover is cancelled (see cancelFailover).
    * `cutoffAt` is the chosen point's: what the failed-over VM has lost is everything after it.
    */
-  FailedOver: { pointId: string; generation: number; kind: FailoverKind; cutoffAt: string; primaryGeneration: number };
+  /** `startVm`: the site launches the VM from the point (absent in events before it was recorded). */
+  FailedOver: { pointId: string; generation: number; kind: FailoverKind; cutoffAt: string; primaryGeneration: number; startVm?: boolean };
   /**
    * As Complete-VMFailover: every point but the failed-over one stops being a recovery point.
    * `keptChains` are the images the failed-over VM runs on (its point's chain, base first, which
@@ -170,6 +195,8 @@ const KNOWN_TYPES = {
   InitialReplicationStarted: true,
   CycleCommitted: true,
   RecoveryPointCreated: true,
+  RecoveryPointSuspected: true,
+  SuspectPointsCleared: true,
   InitialReplicationCompleted: true,
   CycleFailed: true,
   CycleSkipped: true,

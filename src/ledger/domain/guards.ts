@@ -2,10 +2,19 @@
  * Checks shared by the commands. Input checks run first (a malformed input is a caller bug and
  * says so), then state, then generation and ordering, so each refusal names the real problem.
  */
-import { InvalidCommandInputError, InvalidTransitionError, NoSuchTestFailoverError, OutOfOrderCycleError, RecoveryPointUnavailableError, StaleGenerationError } from "./errors.js";
+import {
+  InvalidCommandInputError,
+  InvalidTransitionError,
+  NoCleanPointError,
+  NoSuchTestFailoverError,
+  OutOfOrderCycleError,
+  RecoveryPointUnavailableError,
+  StaleGenerationError,
+} from "./errors.js";
 import type { ChainDisk, Consistency, PointDisk } from "./events.js";
 import type { RecoveryPoint, RelationshipState, TestFailover } from "./relationship.js";
 import type { ReplicationStateName } from "./states.js";
+import { LAST_CLEAN_POINT, lastCleanPoint } from "./pointSafety.js";
 
 export function requireState(s: RelationshipState, command: string, allowed: readonly ReplicationStateName[], hint?: string): void {
   if (!allowed.includes(s.state)) throw new InvalidTransitionError(s.vmId, s.state, command, allowed, hint);
@@ -30,6 +39,12 @@ export function requireNextCycle(s: RelationshipState, cycleSeq: number): void {
 export function requireOpenablePoint(s: RelationshipState, pointId: string | undefined): RecoveryPoint {
   const available = s.points.filter((p) => !p.merging).map((p) => p.pointId);
   if (s.points.length === 0) throw new RecoveryPointUnavailableError(s.vmId, pointId, "none", available);
+  if (pointId === LAST_CLEAN_POINT) {
+    // Resolved here, in the ledger's own state, so the point chosen is the one the ledger holds now.
+    const clean = lastCleanPoint(s);
+    if (!clean) throw new NoCleanPointError(s.vmId, s.suspectPoints[0]?.pointId ?? "?");
+    return clean;
+  }
   const point = pointId === undefined ? s.points.at(-1) : s.points.find((p) => p.pointId === pointId);
   if (!point) throw new RecoveryPointUnavailableError(s.vmId, pointId, "unknown", available);
   if (point.merging) throw new RecoveryPointUnavailableError(s.vmId, point.pointId, "merging", available);

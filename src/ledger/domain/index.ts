@@ -12,6 +12,7 @@ export {
   type Consistency,
   type ChainDisk,
   type CycleKind,
+  type DiskCompression,
   type DiskSpec,
   type EventOfType,
   type FailoverKind,
@@ -44,11 +45,15 @@ export {
   type RelationshipState,
   type ResyncApproval,
   type SkippedCycles,
+  type SuspectPoint,
   type TestFailover,
 } from "./relationship.js";
 export {
   InvalidCommandInputError,
   InvalidTransitionError,
+  NoCleanPointError,
+  NoSuspectPointError,
+  RecoveryPointLockedError,
   MergeBlockedByTestFailoverError,
   MergeInProgressError,
   NEXT_STEP,
@@ -94,7 +99,19 @@ export { failover, type FailoverInput } from "./commands/failover.js";
 export { cancelFailover } from "./commands/cancelFailover.js";
 export { acknowledgeGeneration, type AcknowledgeGenerationInput } from "./commands/acknowledgeGeneration.js";
 export { recogniseCurrentPrimary, type RecogniseCurrentPrimaryInput } from "./commands/recogniseCurrentPrimary.js";
-export { completeFailover } from "./commands/completeFailover.js";
+export { completeFailover, type CompleteFailoverInput } from "./commands/completeFailover.js";
+export { clearSuspectPoints, type ClearSuspectPointsInput } from "./commands/clearSuspectPoints.js";
+export { LAST_CLEAN_POINT, isLocked, lastCleanPoint } from "./pointSafety.js";
+export {
+  ENCRYPTION_SIGNAL,
+  INCOMPRESSIBLE_RATIO,
+  judgeSample,
+  nextBaseline,
+  shareOf,
+  type CompressionSample,
+  type EncryptionBaseline,
+  type EncryptionVerdict,
+} from "./encryptionSignal.js";
 export { startReverseReplication, type StartReverseReplicationInput } from "./commands/startReverseReplication.js";
 export { updateVmSpec } from "./commands/updateVmSpec.js";
 export { continuesInitialReplication, resyncGoAhead, type ResyncMode, type TrackingLossReport } from "./resyncGoAhead.js";

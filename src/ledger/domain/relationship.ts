@@ -3,7 +3,8 @@
  * Decisions live in `commands/`, one file per command; they read the state and return events,
  * never mutate it.
  */
-import type { RelationshipEvent } from "./events.js";
+import { nextBaseline, type EncryptionBaseline } from "./encryptionSignal.js";
+import type { DiskCompression, RelationshipEvent } from "./events.js";
 import type { ReplicationStateName } from "./states.js";
 import { initialRelationshipState, type RecoveryPoint, type RelationshipState, type TestFailover } from "./relationshipState.js";
 
@@ -57,6 +58,7 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
         // A cycle got through: whatever kept cycles from starting is over.
         cycleSkipped: undefined,
         quiesceFailure: d.quiesceFailure ? { cycleSeq: d.cycleSeq, at: d.cutoffAt, reason: d.quiesceFailure } : d.consistency === "application" ? undefined : s.quiesceFailure,
+        encryptionBaselines: d.diskCompression ? foldBaselines(s.encryptionBaselines, d.diskCompression, d.diskDataBytes ?? {}) : s.encryptionBaselines,
         // A cycle in the current generation proves the primary adopted it.
         generationHandover: d.generation === s.generation ? undefined : s.generationHandover,
         counters: {
@@ -78,8 +80,22 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
         consistency: d.consistency,
         disks: d.disks.map((x) => ({ ...x })),
         merging: false,
+        ...(d.lockedUntil ? { lockedUntil: d.lockedUntil } : {}),
       };
       return { ...s, points: [...s.points, point] };
+    }
+    case "RecoveryPointSuspected": {
+      const d = event.data;
+      return {
+        ...s,
+        // The suspect sample does not move its disk's baseline: restore the one before it.
+        encryptionBaselines: { ...s.encryptionBaselines, ...d.baselines },
+        suspectPoints: [...s.suspectPoints, { pointId: d.pointId, cycleSeq: d.cycleSeq, cutoffAt: d.cutoffAt, disks: d.disks.map((x) => ({ ...x })) }],
+      };
+    }
+    case "SuspectPointsCleared": {
+      const cleared = new Set(event.data.pointIds);
+      return { ...s, suspectPoints: s.suspectPoints.filter((p) => !cleared.has(p.pointId)) };
     }
     case "InitialReplicationCompleted":
       return { ...s, state: "replicating", inFlight: undefined };
@@ -205,13 +221,15 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
           preparedAt: s.failover?.preparedAt,
           primaryStoppedAt: s.failover?.primaryStoppedAt,
           primaryGeneration: d.primaryGeneration,
+          startVm: d.startVm,
         },
         counters: { ...c, failovers: c.failovers + 1 },
       };
     }
     case "FailoverCompleted":
       // As Complete-VMFailover: the failed-over VM keeps its chain, the recovery points are gone.
-      return { ...s, state: "failed-over", points: [], inFlight: undefined, generationHandover: undefined };
+      // The suspect points went with them: nothing is left to fail over to or to keep.
+      return { ...s, state: "failed-over", points: [], inFlight: undefined, generationHandover: undefined, suspectPoints: [] };
     case "FailoverCancelled": {
       const d = event.data;
       const handover = d.primaryGeneration < d.generation && s.primaryIdentity !== undefined ? { peerIdentity: s.primaryIdentity, fromGeneration: d.primaryGeneration } : undefined;
@@ -246,6 +264,9 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
         resyncApproval: undefined,
         cycleSkipped: undefined,
         quiesceFailure: undefined,
+        // The other site's disks: their history says nothing about these.
+        encryptionBaselines: {},
+        suspectPoints: [],
       };
     }
     default:
@@ -257,6 +278,19 @@ export function foldRelationship(vmId: string, events: Iterable<RelationshipEven
   let s = initialRelationshipState(vmId);
   for (const e of events) s = evolve(s, e);
   return s;
+}
+
+function foldBaselines(
+  baselines: Readonly<Record<string, EncryptionBaseline>>,
+  compression: Record<string, DiskCompression>,
+  dataBytes: Record<string, number>,
+): Record<string, EncryptionBaseline> {
+  const next: Record<string, EncryptionBaseline> = { ...baselines };
+  for (const [diskId, c] of Object.entries(compression)) {
+    const b = nextBaseline(baselines[diskId], { dataBytes: dataBytes[diskId] ?? 0, incompressibleBytes: c.incompressibleBytes });
+    if (b) next[diskId] = b;
+  }
+  return next;
 }
 
 function assertNever(x: never): never {

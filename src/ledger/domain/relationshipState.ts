@@ -2,6 +2,7 @@
  * The replication relationship's state, as the fold `evolve` (relationship.ts) builds it, and its
  * value before the first event. Commands read it; only `evolve` makes a new one.
  */
+import type { EncryptionBaseline } from "./encryptionSignal.js";
 import type { ChainDisk, Consistency, DiskSpec, FailoverKind, JsonObject, PointDisk } from "./events.js";
 import type { ReplicationStateName } from "./states.js";
 
@@ -13,6 +14,16 @@ export interface RecoveryPoint {
   readonly disks: readonly PointDisk[];
   /** Set while this point is being merged away (into the next one); it can no longer be opened. */
   readonly merging: boolean;
+  /** The policy's lock when the point was created: until then it cannot be merged, dropped or completed away. */
+  readonly lockedUntil?: string;
+}
+
+/** A point whose changed bytes stopped compressing (RecoveryPointSuspected), until an operator clears it. */
+export interface SuspectPoint {
+  readonly pointId: string;
+  readonly cycleSeq: number;
+  readonly cutoffAt: string;
+  readonly disks: readonly { readonly diskId: string; readonly share: number; readonly baselineShare: number }[];
 }
 
 export interface TestFailover {
@@ -44,6 +55,8 @@ export interface FailoverInfo {
   readonly primaryStoppedAt: string | undefined;
   /** Set by FailedOver: the lowest generation the old primary's agent may still hold. */
   readonly primaryGeneration: number | undefined;
+  /** Set by FailedOver: whether the site was to run the VM (undefined in older histories). */
+  readonly startVm?: boolean | undefined;
 }
 
 /**
@@ -134,6 +147,13 @@ export interface RelationshipState {
   /** Set by a point whose freeze failed; an application-consistent point clears it. */
   readonly quiesceFailure: QuiesceFailure | undefined;
   readonly lastTestFailoverAt: string | undefined;
+  /** By disk id: the share of changed bytes that did not compress, over clean points (encryptionSignal.ts). */
+  readonly encryptionBaselines: Readonly<Record<string, EncryptionBaseline>>;
+  /**
+   * Suspect points not cleared yet, oldest first. Kept apart from `points` so that the first
+   * suspect cut-off is still known after retention merged that point away.
+   */
+  readonly suspectPoints: readonly SuspectPoint[];
   readonly counters: RelationshipCounters;
 }
 
@@ -163,6 +183,8 @@ export function initialRelationshipState(vmId: string): RelationshipState {
     cycleSkipped: undefined,
     quiesceFailure: undefined,
     lastTestFailoverAt: undefined,
+    encryptionBaselines: {},
+    suspectPoints: [],
     counters: {
       cyclesCommitted: 0,
       cyclesFailed: 0,

@@ -16,7 +16,7 @@ import { RecoveryPointsProjection } from "./recoveryPoints.js";
 import { StatusProjection, type VmStatus } from "./status.js";
 
 /** Bump when a read model's fold changes meaning; the status fold also depends on `evolve`'s. */
-export const READ_MODELS_FOLD_VERSION = 2;
+export const READ_MODELS_FOLD_VERSION = 3;
 export const READ_MODELS_SNAPSHOT_KEY = "read-models";
 const FOLD_VERSION = READ_MODELS_FOLD_VERSION * 10_000 + RELATIONSHIP_FOLD_VERSION;
 const PAGE = 1000;

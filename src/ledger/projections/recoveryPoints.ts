@@ -6,7 +6,10 @@
  * code read, and it must stay cheap and obviously correct for that one question.
  */
 import type { EventStore, RecordedEvent } from "../eventStore.js";
-import { decodeRelationshipEvent, relationshipStream, type Consistency, type PointDisk } from "../domain/events.js";
+import { decodeRelationshipEvent, relationshipStream, type Consistency, type DiskCompression, type PointDisk } from "../domain/events.js";
+
+/** Why a point is suspect (RecoveryPointSuspected): per disk, the share of changed bytes that did not compress, and the disk's baseline. */
+export type PointSuspicion = readonly { readonly diskId: string; readonly share: number; readonly baselineShare: number }[];
 
 export interface CatalogueDisk {
   readonly diskId: string;
@@ -29,6 +32,10 @@ export interface CataloguePoint {
   /** The point the VM is failed over to (until the failover is completed or cancelled). */
   readonly failedOver: boolean;
   readonly disks: readonly CatalogueDisk[];
+  /** The policy's lock on the point, if it had one (it may have ended). */
+  readonly lockedUntil?: string;
+  /** Set while the point is suspect (encryption signal) and not cleared. */
+  readonly suspect?: PointSuspicion;
 }
 
 /** What the CycleCommitted event of a point's cycle recorded. */
@@ -40,6 +47,8 @@ export interface PointCycleFacts {
   /** By disk id; absent for cycles recorded before it was kept. */
   readonly diskDataBytes?: Readonly<Record<string, number>>;
   readonly wireBytes: number;
+  /** By disk id: data bytes that did not compress, and wire bytes; absent for cycles recorded before it was kept. */
+  readonly diskCompression?: Readonly<Record<string, DiskCompression>>;
 }
 
 interface StoredPoint {
@@ -49,6 +58,8 @@ interface StoredPoint {
   consistency: Consistency;
   merging: boolean;
   disks: PointDisk[];
+  lockedUntil?: string;
+  suspect?: { diskId: string; share: number; baselineShare: number }[];
 }
 
 const PAGE = 1000;
@@ -116,6 +127,7 @@ export class RecoveryPointsProjection {
             dataBytes: d.dataBytes,
             ...(d.diskDataBytes ? { diskDataBytes: d.diskDataBytes } : {}),
             wireBytes: d.wireBytes,
+            ...(d.diskCompression ? { diskCompression: d.diskCompression } : {}),
           },
         };
         return;
@@ -131,7 +143,18 @@ export class RecoveryPointsProjection {
           consistency: d.consistency,
           merging: false,
           disks: d.disks.map((x) => ({ ...x })),
+          ...(d.lockedUntil ? { lockedUntil: d.lockedUntil } : {}),
         });
+        return;
+      }
+      case "RecoveryPointSuspected": {
+        const p = this.points.find((x) => x.pointId === event.data.pointId);
+        if (p) p.suspect = event.data.disks.map((x) => ({ ...x }));
+        return;
+      }
+      case "SuspectPointsCleared": {
+        const cleared = new Set(event.data.pointIds);
+        for (const p of this.points) if (cleared.has(p.pointId)) delete p.suspect;
         return;
       }
       case "RecoveryPointMergeStarted": {
@@ -237,6 +260,8 @@ export class RecoveryPointsProjection {
         .map(([id]) => id)
         .sort(),
       failedOver: p.pointId === this.failedOverTo,
+      ...(p.lockedUntil ? { lockedUntil: p.lockedUntil } : {}),
+      ...(p.suspect ? { suspect: p.suspect.map((x) => ({ ...x })) } : {}),
       disks: p.disks.map((d) => {
         // Each point's chain is the previous point's chain plus its own image.
         const chain = [...(chains.get(d.diskId) ?? []), d.imagePath];

@@ -8,6 +8,7 @@ import { RELATIONSHIP_STREAM_PREFIX, decodeRelationshipEvent, vmIdOfStream, type
 import { evolve, initialRelationshipState, type RelationshipState } from "../domain/relationship.js";
 import type { ReplicationStateName } from "../domain/states.js";
 import { restoreState } from "../domain/relationshipCache.js";
+import { lastCleanPoint } from "../domain/pointSafety.js";
 
 export interface StatusError {
   /** A code: a CycleFailed reason, or RESYNC_REQUIRED / STALE_GENERATION. */
@@ -49,6 +50,15 @@ export interface VmStatus {
   readonly quiesceFailure: { readonly cycleSeq: number; readonly at: string; readonly reason: string } | undefined;
   /** Why replication is paused. */
   readonly pauseReason: string | undefined;
+  /** Suspect points not cleared (encryption signal), oldest first; empty when none. */
+  readonly suspectPoints: readonly {
+    readonly pointId: string;
+    readonly cycleSeq: number;
+    readonly cutoffAt: string;
+    readonly disks: readonly { readonly diskId: string; readonly share: number; readonly baselineShare: number }[];
+  }[];
+  /** While a suspect point stands: the newest point before the first one (`failover --point last-clean`). */
+  readonly lastCleanPointId: string | undefined;
   /** The most recent problem; kept after recovery, with its time, as Hyper-V shows the last error. */
   readonly lastError: StatusError | undefined;
 }
@@ -206,6 +216,8 @@ function toStatus({ rel, lastError }: Entry, now: Date): VmStatus {
     cycleSkipped: rel.cycleSkipped && { code: rel.cycleSkipped.code, message: rel.cycleSkipped.message, since: rel.cycleSkipped.since },
     quiesceFailure: rel.quiesceFailure && { cycleSeq: rel.quiesceFailure.cycleSeq, at: rel.quiesceFailure.at, reason: rel.quiesceFailure.reason },
     pauseReason: rel.pauseReason,
+    suspectPoints: rel.suspectPoints.map((p) => ({ pointId: p.pointId, cycleSeq: p.cycleSeq, cutoffAt: p.cutoffAt, disks: p.disks.map((d) => ({ ...d })) })),
+    lastCleanPointId: rel.suspectPoints.length > 0 ? lastCleanPoint(rel)?.pointId : undefined,
     lastError,
   };
 }

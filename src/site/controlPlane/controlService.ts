@@ -2,7 +2,7 @@ import * as grpc from "@grpc/grpc-js";
 import { Consistency, CycleKind } from "../../gen/qreplica/v1/common.js";
 import { FailoverKind, ReplicationHealth, type ControlServiceServer, type RecoveryPoint as WirePoint, type RelationshipStatus } from "../../gen/qreplica/v1/control.js";
 import { pauseReplication, resumeReplication, resync } from "./replicationCommands.js";
-import { executeCommand, prepareFailover, relationshipStream, startReverseReplication, type JsonObject, type VmStatus } from "../../ledger/index.js";
+import { clearSuspectPoints, executeCommand, prepareFailover, relationshipStream, startReverseReplication, type JsonObject, type VmStatus } from "../../ledger/index.js";
 import { loadSiteCredentials } from "../../transport/index.js";
 import { checkPrimaryIdentity } from "../authorizations.js";
 import { loadSiteConfig } from "../siteConfig.js";
@@ -26,6 +26,7 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
   const points = async (vmId: string, refreshed = false): Promise<WirePoint[]> => {
     if (!refreshed) await models.refresh();
     const catalogue = models.pointsOf(vmId);
+    const lastClean = models.statusOf(vmId, new Date())?.lastCleanPointId;
     // A point being merged away is no longer what it was (its base is being rewritten): not listed.
     return catalogue
       .list()
@@ -40,9 +41,18 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
           committedAt: f ? new Date(f.committedAt) : undefined,
           consistency: p.consistency === "application" ? Consistency.CONSISTENCY_APPLICATION : Consistency.CONSISTENCY_CRASH,
           kind: f?.kind === "full" ? CycleKind.CYCLE_KIND_INITIAL : f?.kind === "resync" ? CycleKind.CYCLE_KIND_RESYNC : CycleKind.CYCLE_KIND_INCREMENTAL,
-          disks: p.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeBytes), changedBytes: BigInt(f?.diskDataBytes?.[d.diskId] ?? 0) })),
+          disks: p.disks.map((d) => ({
+            diskId: d.diskId,
+            virtualSizeBytes: BigInt(d.sizeBytes),
+            changedBytes: BigInt(f?.diskDataBytes?.[d.diskId] ?? 0),
+            incompressibleBytes: BigInt(f?.diskCompression?.[d.diskId]?.incompressibleBytes ?? 0),
+            transferredBytes: BigInt(f?.diskCompression?.[d.diskId]?.wireBytes ?? 0),
+          })),
           changedBytes: BigInt(f?.dataBytes ?? 0),
           transferredBytes: BigInt(f?.wireBytes ?? 0),
+          suspectDisks: (p.suspect ?? []).map((d) => ({ diskId: d.diskId, share: d.share, baselineShare: d.baselineShare })),
+          lastClean: p.pointId === lastClean,
+          lockedUntil: p.lockedUntil ? new Date(p.lockedUntil) : undefined,
         };
       });
   };
@@ -68,7 +78,14 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
       healthMessage: message,
       healthReasons: evaluated?.result.reasons.map(wireHealthReason) ?? [],
       policyName: evaluated?.policyName ?? "",
+      cycleInProgress: cycleInProgressOf(s.vmId),
     };
+  };
+  const cycleInProgressOf = (vmId: string) => {
+    const c = ctx.sessionFor(vmId)?.cycleInProgress();
+    if (!c) return undefined;
+    const kind = c.kind === "full" ? CycleKind.CYCLE_KIND_INITIAL : c.kind === "resync" ? CycleKind.CYCLE_KIND_RESYNC : CycleKind.CYCLE_KIND_INCREMENTAL;
+    return { cycleSequence: BigInt(c.seq), kind, startedAt: c.startedAt, bytesDone: BigInt(c.bytesDone), bytesTotal: BigInt(c.bytesTotal), wireBytes: BigInt(c.wireBytes) };
   };
 
   const failovers = ctx.failovers;
@@ -210,6 +227,12 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
     appendRunbookEvents: guarded("operator", (req, caller) => appendRunbookEvents(ctx, req, caller)),
     readRunbookRun: guarded("viewer", (req) => readRunbookRun(ctx, req)),
     whoAmI: guarded("viewer", async (_req, caller) => ({ identity: caller.identity, role: caller.role, siteId: ctx.siteId })),
+    clearSuspectPoints: guarded("operator", async (req, caller) => {
+      await requireRelationship(ctx, req.vmId);
+      const approval = { clearedBy: caller.identity, clearedByRole: caller.role, ...(req.recoveryPointId ? { pointId: req.recoveryPointId } : {}) };
+      const { events } = await executeCommand(ctx.store, req.vmId, (s) => clearSuspectPoints(s, approval), { metadata: actorMetadata(caller) });
+      return { clearedRecoveryPointIds: events.flatMap((e) => (e.type === "SuspectPointsCleared" ? e.data.pointIds : [])) };
+    }),
   };
 }
 
@@ -243,7 +266,18 @@ function grpcCodeOf(err: unknown): grpc.status {
   if (code === "AUTHORIZATION_INVALID" || code === "AUTHORIZATION_WILDCARD") return grpc.status.INVALID_ARGUMENT;
   if (code === "AUTHORIZATION_NOT_FOUND") return grpc.status.NOT_FOUND;
   if (
-    ["INVALID_TRANSITION", "STALE_GENERATION", "FAILOVER_REFUSED", "MERGE_BLOCKED_BY_TEST_FAILOVER", "MERGE_IN_PROGRESS", "SEED_UNUSABLE", "RESYNC_ALREADY_APPROVED"].includes(code)
+    [
+      "INVALID_TRANSITION",
+      "STALE_GENERATION",
+      "FAILOVER_REFUSED",
+      "MERGE_BLOCKED_BY_TEST_FAILOVER",
+      "MERGE_IN_PROGRESS",
+      "SEED_UNUSABLE",
+      "RESYNC_ALREADY_APPROVED",
+      "RECOVERY_POINT_LOCKED",
+      "NO_CLEAN_POINT",
+      "NO_SUSPECT_POINT",
+    ].includes(code)
   )
     return grpc.status.FAILED_PRECONDITION;
   if (code.startsWith("INVALID") || code === "UNKNOWN_POINT") return grpc.status.INVALID_ARGUMENT;

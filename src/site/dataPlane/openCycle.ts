@@ -4,6 +4,7 @@ import type { ChecksumAlgorithm } from "../../gen/qreplica/v1/common.js";
 import { RejectReason, type ExtentChunk } from "../../gen/qreplica/v1/replication.js";
 import type { PointWrite } from "../../storage/index.js";
 import { decodeExtentChunk } from "../../transport/index.js";
+import { INCOMPRESSIBLE_RATIO } from "../../ledger/index.js";
 
 export const MAX_CHUNK_BYTES = 4 * 1024 * 1024;
 
@@ -24,9 +25,16 @@ export class OpenCycle {
   zeroBytes = 0;
   /** dataBytes by disk id. */
   readonly diskDataBytes = new Map<string, number>();
+  /** By disk id: data bytes in chunks that did not compress, and wire bytes (the encryption signal). */
+  readonly diskCompression = new Map<string, { incompressibleBytes: number; wireBytes: number }>();
   wireBytes = 0;
   /** Decompression targets, reused once the storage daemon has the bytes; dropped with the cycle. */
   private readonly buffers = new BufferPool();
+  /** For progress: where each disk starts when the cycle's disks are laid end to end, and how far a resync has got. */
+  private diskStarts = new Map<string, number>();
+  private position = 0;
+  /** What the cycle covers in all (0: unknown); see progress(). */
+  private plannedBytes = 0;
 
   constructor(
     readonly seq: number,
@@ -37,6 +45,26 @@ export class OpenCycle {
     /** The primary wanted the guest frozen for this cut-off and could not: why. */
     readonly quiesceFailure?: string,
   ) {}
+
+  /**
+   * Sets what progress() measures against: the agent's planned bytes, and for a resync (which
+   * ships only differing chunks, in disk order) the disks laid end to end.
+   */
+  plan(disks: ReadonlyArray<{ diskId: string; sizeBytes: number }>, plannedBytes: number): void {
+    let at = 0;
+    for (const d of disks) {
+      this.diskStarts.set(d.diskId, at);
+      at += d.sizeBytes;
+    }
+    this.plannedBytes = this.kind === "resync" ? at : plannedBytes;
+  }
+
+  /** How far the cycle has got, for GetStatus: bytes covered so far and in all (0: unknown). */
+  progress(): { bytesDone: number; bytesTotal: number; wireBytes: number } {
+    const received = this.kind === "resync" ? this.position : this.dataBytes + this.zeroBytes;
+    const bytesDone = this.plannedBytes > 0 ? Math.min(received, this.plannedBytes) : received;
+    return { bytesDone, bytesTotal: this.plannedBytes, wireBytes: this.wireBytes };
+  }
 
   /**
    * Verifies `chunk` and queues its write into the point (generation and sequence were checked by
@@ -68,10 +96,16 @@ export class OpenCycle {
       return { reason, message: errorMessage(err) };
     }
     this.extents++;
+    this.position = Math.max(this.position, (this.diskStarts.get(chunk.diskId) ?? 0) + decoded.offset + decoded.length);
     if (decoded.kind === "data") {
       this.dataBytes += decoded.length;
       this.diskDataBytes.set(chunk.diskId, (this.diskDataBytes.get(chunk.diskId) ?? 0) + decoded.length);
       this.wireBytes += decoded.wireBytes;
+      const c = this.diskCompression.get(chunk.diskId) ?? { incompressibleBytes: 0, wireBytes: 0 };
+      // Sent raw (zstd would have grown it) or barely smaller: random-looking data, as encrypted data is.
+      if (decoded.wireBytes >= decoded.length * INCOMPRESSIBLE_RATIO) c.incompressibleBytes += decoded.length;
+      c.wireBytes += decoded.wireBytes;
+      this.diskCompression.set(chunk.diskId, c);
     } else {
       this.zeroBytes += decoded.length;
     }

@@ -106,6 +106,12 @@ export class ReplicateSession {
     });
   }
 
+  /** The cycle being received now, for GetStatus's progress; undefined between cycles. */
+  cycleInProgress(): { seq: number; kind: "full" | "incremental" | "resync"; startedAt: Date; bytesDone: number; bytesTotal: number; wireBytes: number } | undefined {
+    const c = this.cycle;
+    return c ? { seq: c.seq, kind: c.kind, startedAt: new Date(c.startedAt), ...c.progress() } : undefined;
+  }
+
   /**
    * Operator commands reach the connected agent over its open stream: a resync to run now, a
    * pause (no cycle until resumed; the agent keeps its changes), a resume.
@@ -357,6 +363,10 @@ export class ReplicateSession {
       // Only the agent's words: kept short, and meaningless on an application-consistent point.
       const quiesceFailure = consistency === "crash" && begin.quiesceFailure ? begin.quiesceFailure.slice(0, MAX_QUIESCE_FAILURE_CHARS) : undefined;
       this.cycle = new OpenCycle(seq, kind, cutoffAt, consistency, point, quiesceFailure);
+      this.cycle.plan(
+        begin.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) })),
+        Number(begin.plannedBytes),
+      );
       this.refusedSeq = undefined;
       if (kind === "resync") {
         const disks = begin.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) }));
@@ -410,6 +420,7 @@ export class ReplicateSession {
           point: cycle.point,
           dataBytes: cycle.dataBytes,
           diskDataBytes: Object.fromEntries(cycle.diskDataBytes),
+          diskCompression: Object.fromEntries(cycle.diskCompression),
           zeroBytes: cycle.zeroBytes,
           wireBytes: Number(end.wireBytes) || cycle.wireBytes,
           extents: cycle.extents,

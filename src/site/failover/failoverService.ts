@@ -130,7 +130,7 @@ export class FailoverService {
     caller?: Caller,
   ): Promise<{ pointId: string; generation: number; vm?: LaunchedInfo }> {
     const started = performance.now();
-    const { newState } = await executeCommand(this.store, vmId, (s) => failover(s, { kind, pointId }), by(caller));
+    const { newState } = await executeCommand(this.store, vmId, (s) => failover(s, { kind, pointId, startVm }), by(caller));
     const chosen = newState.failover?.pointId;
     const point = newState.points.find((p) => p.pointId === chosen);
     if (!point) throw new FailoverRefusedError(`VM ${vmId}: failover recorded without a point`);
@@ -190,7 +190,7 @@ export class FailoverService {
   }
 
   async complete(vmId: string, caller?: Caller): Promise<string[]> {
-    const { events } = await executeCommand(this.store, vmId, (s) => completeFailover(s), by(caller));
+    const { events } = await executeCommand(this.store, vmId, (s) => completeFailover(s, { now: new Date().toISOString() }), by(caller));
     const done = events.find((e) => e.type === "FailoverCompleted");
     if (!done || done.type !== "FailoverCompleted") return [];
     // Points after the failed-over one are no longer anybody's backing file.
@@ -267,9 +267,10 @@ export class FailoverService {
    */
   private async relaunchFailoverVm(vmId: string, state: Awaited<ReturnType<typeof loadRelationship>>["state"], released: boolean): Promise<void> {
     const dir = join(this.runDir, "failover", vmId, `g${state.generation}`);
-    const intent = readLaunchIntent(dir);
-    const point = state.points.find((p) => p.pointId === (intent?.pointId ?? state.failover?.pointId));
-    if (!intent || !point || released) return;
+    // The ledger says whether a VM was to run (histories before it said so: the launch intent file).
+    const toRun = state.failover?.startVm ?? readLaunchIntent(dir) !== undefined;
+    const point = state.points.find((p) => p.pointId === state.failover?.pointId);
+    if (!toRun || !point || released) return;
     await killQemuUnder(dir);
     const running = await this.launchOn(point, state, dir, vmId, "outlives-site", { reuseOverlays: true });
     this.remember(vmId, dir, running);

@@ -199,6 +199,8 @@ export class HealthMonitor {
         pauseReason: status.pauseReason,
         cycleSkipped: status.cycleSkipped,
         quiesceFailure: status.quiesceFailure,
+        suspectPoints: status.suspectPoints,
+        lastCleanPointId: status.lastCleanPointId,
         commits: hist.commits,
         failures: hist.failures,
         newestCutoffAt: status.lastCutoffAt ? Date.parse(status.lastCutoffAt) : undefined,

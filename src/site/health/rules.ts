@@ -31,6 +31,7 @@ export type HealthReasonCode =
   | "POINT_LATE"
   | "CYCLES_SKIPPED"
   | "APP_CONSISTENT_FAILED"
+  | "POINT_SUSPECT"
   | "RPO_AT_RISK"
   | "STATE_PAUSED"
   | "STATE_RESYNCHRONISING"
@@ -97,6 +98,9 @@ export interface HealthInput {
   readonly cycleSkipped: { readonly code: string; readonly message: string; readonly since: string } | undefined;
   /** An application-consistent point was due and taken crash-consistent; cleared by the next application-consistent one. */
   readonly quiesceFailure?: { readonly cycleSeq: number; readonly at: string; readonly reason: string } | undefined;
+  /** Suspect points not cleared (encryption signal), oldest first, and the newest point before the first one. */
+  readonly suspectPoints?: readonly { readonly pointId: string; readonly disks: readonly { readonly diskId: string; readonly share: number; readonly baselineShare: number }[] }[];
+  readonly lastCleanPointId?: string | undefined;
   /** Committed cycles, oldest first (at least those in the window and the one before it). */
   readonly commits: readonly CycleRecord[];
   /** Times of failed cycles (ms), oldest first. */
@@ -179,6 +183,17 @@ export function evaluateHealth(input: HealthInput, t: HealthThresholds, now: num
     warn(
       "APP_CONSISTENT_FAILED",
       `the application-consistent point due at ${q.at} (cycle ${q.cycleSeq}) is crash-consistent: the guest could not be frozen (${q.reason}); check qemu-guest-agent in the guest`,
+    );
+  }
+  const firstSuspect = input.suspectPoints?.[0];
+  if (firstSuspect) {
+    const pct = (x: number) => `${Math.round(x * 100)}%`;
+    const disks = firstSuspect.disks.map((d) => `${d.diskId} ${pct(d.share)} (baseline ${pct(d.baselineShare)})`).join(", ");
+    const more = input.suspectPoints!.length > 1 ? ` and ${input.suspectPoints!.length - 1} later point(s)` : "";
+    warn(
+      "POINT_SUSPECT",
+      `recovery point ${firstSuspect.pointId}${more} may hold encrypted data: the changed bytes stopped compressing on ${disks}; ` +
+        `the last clean point is ${input.lastCleanPointId ?? "none retained"} ('failover --point last-clean'); if this is expected, 'qreplica points clear-suspect'`,
     );
   }
   if (input.cycleSkipped && s !== "paused")

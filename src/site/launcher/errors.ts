@@ -1,12 +1,7 @@
 import { QreplicaError } from "../../common/errors.js";
 
-/** A VM spec is malformed; `problems` lists every bad field, each with how to fix it. */
-export class VmSpecError extends QreplicaError {
-  readonly code = "VM_SPEC_INVALID" as const;
-  constructor(readonly problems: readonly string[]) {
-    super(`invalid VM spec: ${problems.join("; ")}`);
-  }
-}
+/** The VM spec is shared with the agent (src/model/), and so is its error. */
+export { VmSpecError } from "../../model/errors.js";
 
 /** A VM could not be started (bad inputs for this launch, QEMU refused, or it never ran). */
 export class VmLaunchError extends QreplicaError {

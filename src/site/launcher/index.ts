@@ -12,4 +12,4 @@ export {
   type VmDiskSpec,
   type VmNicSpec,
   type VmSpec,
-} from "./vmSpec.js";
+} from "../../model/vmSpec.js";

@@ -8,7 +8,7 @@ import { kvmUsable, systemVmArgs, type SystemVmDisk } from "../../qemu/processes
 import { QmpClient } from "../../qemu/qmp/index.js";
 import { VmLaunchError } from "./errors.js";
 import { nicArgs, type LaunchNetwork } from "./network.js";
-import { validateVmSpec, type VmSpec } from "./vmSpec.js";
+import { validateVmSpec, type VmSpec } from "../../model/vmSpec.js";
 
 export interface LaunchVmOptions {
   /** Validated here again (it usually comes from the ledger as JSON). */

@@ -1,6 +1,6 @@
 import { escapeOpt } from "../../qemu/processes/storageDaemon.js";
 import { VmLaunchError } from "./errors.js";
-import type { VmNicSpec } from "./vmSpec.js";
+import type { VmNicSpec } from "../../model/vmSpec.js";
 
 /**
  * Where a launched VM's NIC frames go.

@@ -50,8 +50,8 @@ vms:
     );
     const before = tree(root);
     const r = spawnSync(process.execPath, ["--import", "tsx", AGENT, "--config", configPath], { cwd: resolve(import.meta.dirname, "../../.."), encoding: "utf8", timeout: 60_000 });
-    expect(r.status).toBe(1);
-    expect(r.stderr).toContain('vms[0].id: VM id "../../evil3" is not a valid id');
+    expect(r.status).toBe(2); // invalid input, as the CLI's
+    expect(r.stderr).toContain('vms[0].id: "../../evil3" is not a valid VM id');
     expect(tree(root)).toEqual(before); // no state dir, no evil3.* anywhere
   });
 });

@@ -1,4 +1,4 @@
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { AgentConfigError, loadAgentConfig } from "../../../replica-agent/daemon/agentConfig.js";
@@ -35,7 +35,7 @@ describe("agent config", () => {
   it("scratchDir: unset by default (the capture layer uses <stateDir>/scratch), relative to the file when set", () => {
     expect(loadAgentConfig(configWith("")).vms[0]!.scratchDir).toBeUndefined();
     expect(loadAgentConfig(configWith("    scratchDir: fast/scratch\n")).vms[0]!.scratchDir).toBe(join(tmp.path, "fast/scratch"));
-    expect(() => loadAgentConfig(configWith("    scratchDir: 7\n"))).toThrow(/vms\[0\] \(vm1\)\.scratchDir must be a non-empty string/);
+    expect(() => loadAgentConfig(configWith("    scratchDir: 7\n"))).toThrow(/vms\[0\]\.scratchDir: 7 is not a non-empty string; give the scratch directory/);
   });
 
   it("takes SHA-256 chunk checksums when asked", () => {
@@ -45,7 +45,7 @@ describe("agent config", () => {
   it("names the field and the allowed values for an unknown checksum", () => {
     const path = configWith("    chunkChecksum: md5\n");
     expect(() => loadAgentConfig(path)).toThrow(AgentConfigError);
-    expect(() => loadAgentConfig(path)).toThrow(/vms\[0\] \(vm1\)\.chunkChecksum must be one of zstd-frame, sha256, got "md5"/);
+    expect(() => loadAgentConfig(path)).toThrow(/vms\[0\]\.chunkChecksum: "md5" is not one of zstd-frame, sha256/);
   });
 });
 
@@ -59,17 +59,17 @@ describe("agent config: ids and the pinned replica site", () => {
   it("refuses a VM id that would lead out of the state directory, naming the field and the rule", () => {
     const path = config(`  - { id: ../../evil3, qmpSocket: q, nbdSocket: n, disks: [{ id: vda, node: vda }], replicaSite: "h:1", replicaSiteId: site-b }\n`);
     expect(() => loadAgentConfig(path)).toThrow(AgentConfigError);
-    expect(() => loadAgentConfig(path)).toThrow(/vms\[0\]\.id: VM id "\.\.\/\.\.\/evil3" is not a valid id: use 1-64 letters/);
+    expect(() => loadAgentConfig(path)).toThrow(/vms\[0\]\.id: "\.\.\/\.\.\/evil3" is not a valid VM id: use 1-64 letters/);
   });
 
   it("refuses a disk id with a path separator", () => {
     const path = config(`  - { id: vm1, qmpSocket: q, nbdSocket: n, disks: [{ id: /etc/x, node: vda }], replicaSite: "h:1", replicaSiteId: site-b }\n`);
-    expect(() => loadAgentConfig(path)).toThrow(/disks\[0\]\.id: disk id "\/etc\/x" is not a valid id/);
+    expect(() => loadAgentConfig(path)).toThrow(/disks\[0\]\.id: "\/etc\/x" is not a valid disk id/);
   });
 
   it("requires replicaSiteId and says what to put there", () => {
     const path = config(`  - { id: vm1, qmpSocket: q, nbdSocket: n, disks: [{ id: vda, node: vda }], replicaSite: "h:1" }\n`);
-    expect(() => loadAgentConfig(path)).toThrow(/vms\[0\] \(vm1\)\.replicaSiteId is missing: set it to the replica site's id \(the --name given to 'qreplica site init' there/);
+    expect(() => loadAgentConfig(path)).toThrow(/vms\[0\]\.replicaSiteId: is missing; set it to the replica site's id \(the --name given to 'qreplica site init' there/);
   });
 });
 
@@ -101,18 +101,80 @@ describe("agent config: cut-off safety knobs", () => {
 
   it("refuses values that are no bound or not whole numbers, naming the field, the range and the default", () => {
     expect(() => loadAgentConfig(config("cbwTimeoutSeconds: 0\n"))).toThrow(
-      /cbwTimeoutSeconds must be a whole number of seconds from 1 to 60, got 0: .*\(0, no bound, is refused\); the default is 5/,
+      /cbwTimeoutSeconds: 0 is not a whole number from 1 to 60; .*\(0, no bound, is refused\); the default is 5/,
     );
-    expect(() => loadAgentConfig(config("", ", cbwTimeoutSeconds: 2.5"))).toThrow(/vms\[0\] \(vm1\)\.cbwTimeoutSeconds must be a whole number of seconds from 1 to 60, got 2\.5/);
+    expect(() => loadAgentConfig(config("", ", cbwTimeoutSeconds: 2.5"))).toThrow(
+      /vms\[0\]\.cbwTimeoutSeconds: 2\.5 is not a whole number from 1 to 60; seconds a guest write may wait/,
+    );
     expect(() => loadAgentConfig(config("", ", cbwTimeoutSeconds: 600"))).toThrow(AgentConfigError);
-    expect(() => loadAgentConfig(config("scratchMinFreeMiB: '8M'\n"))).toThrow(/scratchMinFreeMiB must be a whole number of MiB from 1 to 1048576, got "8M": .*the default is 8/);
-    expect(() => loadAgentConfig(config("", ", scratchMinFreeMiB: 0"))).toThrow(/vms\[0\] \(vm1\)\.scratchMinFreeMiB must be a whole number of MiB/);
+    expect(() => loadAgentConfig(config("scratchMinFreeMiB: '8M'\n"))).toThrow(/scratchMinFreeMiB: "8M" is not a whole number from 1 to 1048576; MiB: .*the default is 8/);
+    expect(() => loadAgentConfig(config("", ", scratchMinFreeMiB: 0"))).toThrow(/vms\[0\]\.scratchMinFreeMiB: 0 is not a whole number from 1 to 1048576/);
   });
 
   it("maxCyclesInFlight: 4 by default, a whole number from 1 to 256, the field and range named otherwise", () => {
     expect(loadAgentConfig(config("")).maxCyclesInFlight).toBe(4);
     expect(loadAgentConfig(config("maxCyclesInFlight: 16\n")).maxCyclesInFlight).toBe(16);
-    expect(() => loadAgentConfig(config("maxCyclesInFlight: 0\n"))).toThrow(/maxCyclesInFlight must be a whole number from 1 to 256, got 0: .*the default is 4/);
+    expect(() => loadAgentConfig(config("maxCyclesInFlight: 0\n"))).toThrow(/maxCyclesInFlight: 0 is not a whole number from 1 to 256; .*the default is 4/);
     expect(() => loadAgentConfig(config("maxCyclesInFlight: 2.5\n"))).toThrow(AgentConfigError);
+  });
+});
+
+describe("agent config: out-of-range values and unknown keys are refused with their path and fix", () => {
+  const problemsOf = (path: string) => {
+    try {
+      loadAgentConfig(path);
+    } catch (err) {
+      expect(err).toBeInstanceOf(AgentConfigError);
+      return (err as AgentConfigError).problems;
+    }
+    throw new Error("the config was accepted");
+  };
+
+  it("compressionLevel 99 (zstd stops at 19) is refused at load, not at every cycle", () => {
+    expect(problemsOf(configWith("    compressionLevel: 99\n"))).toEqual([
+      {
+        path: "vms[0].compressionLevel",
+        message: expect.stringMatching(/^99 is not a whole number from 1 to 19; a zstd level: 1 \(fastest\) to 19 \(smallest\); the default is 1$/),
+      },
+    ]);
+    expect(() => loadAgentConfig(configWith("    compressionLevel: 0\n"))).toThrow(/vms\[0\]\.compressionLevel: 0 is not a whole number from 1 to 19/);
+    expect(loadAgentConfig(configWith("    compressionLevel: 19\n")).vms[0]!.compressionLevel).toBe(19);
+  });
+
+  it("intervalSeconds below 1 s, a negative generation and a replica site without a port are refused", () => {
+    const path = configWith("    intervalSeconds: 0\n    generation: -1\n");
+    writeFileSync(path, readFileSync(path, "utf8").replace("replicaSite: 127.0.0.1:7443", "replicaSite: replica.example"));
+    const p = problemsOf(path);
+    expect(p.map((x) => x.path).sort()).toEqual(["vms[0].generation", "vms[0].intervalSeconds", "vms[0].replicaSite"]);
+    expect(p.find((x) => x.path === "vms[0].replicaSite")!.message).toMatch(/is not host:port .*write e\.g\. replica\.example\.org:7443/);
+  });
+
+  it("an unknown key is refused at its path, with the near miss and the fields allowed there", () => {
+    expect(problemsOf(configWith("    compresionLevel: 3\n"))).toEqual([
+      {
+        path: "vms[0].compresionLevel",
+        message: expect.stringMatching(/^unknown field: did you mean 'compressionLevel'\?; the fields here are id, libvirt, qmpSocket, .*compressionLevel/),
+      },
+    ]);
+    const top = join(tmp.path, "top.yaml");
+    writeFileSync(top, `${readFileSync(configWith(""), "utf8")}\nstatedir: x\n`);
+    expect(problemsOf(top)).toEqual([{ path: "statedir", message: expect.stringMatching(/did you mean 'stateDir'\?/) }]);
+    const tls = join(tmp.path, "tls.yaml");
+    writeFileSync(tls, readFileSync(configWith(""), "utf8").replace("keyFile: a.key }", "keyFile: a.key, passphrase: x }"));
+    expect(problemsOf(tls)).toEqual([{ path: "tls.passphrase", message: expect.stringMatching(/^unknown field; the fields here are caFile, certFile, keyFile$/) }]);
+    const disk = configWith("");
+    writeFileSync(disk, readFileSync(disk, "utf8").replace("node: vda }", "node: vda, size: 1 }"));
+    expect(problemsOf(disk).map((x) => x.path)).toEqual(["vms[0].disks[0].size"]);
+  });
+
+  it("every problem is reported at once", () => {
+    const paths = problemsOf(configWith("    compressionLevel: 99\n    resync: sometimes\n    extra: 1\n")).map((x) => x.path);
+    expect(paths.sort()).toEqual(["vms[0].compressionLevel", "vms[0].extra", "vms[0].resync"]);
+  });
+
+  it("a bad VM spec names the spec's field", () => {
+    expect(() => loadAgentConfig(configWith("    spec: { machine: q35, cpus: 0, memoryMiB: 64, disks: [{ diskId: vda, bus: virtio }], nics: [] }\n"))).toThrow(
+      /vms\[0\]\.spec: cpus: must be an integer from 1 to 288, got number 0/,
+    );
   });
 });

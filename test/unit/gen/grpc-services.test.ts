@@ -53,6 +53,7 @@ describe("generated gRPC services", () => {
     const unimplemented = (_call: unknown, cb: (err: { code: number; details: string }) => void) => cb({ code: 12, details: "not in this test" });
     const controlImpl: ControlServiceServer = {
       startTestFailover: unimplemented,
+      clearSuspectPoints: unimplemented,
       stopTestFailover: unimplemented,
       failover: unimplemented,
       completeFailover: unimplemented,

@@ -48,6 +48,7 @@ const requests: ReplicateRequest[] = [
         cycleSequence: 2n ** 33n,
         kind: CycleKind.CYCLE_KIND_INCREMENTAL,
         quiesceFailure: "guest freeze timed out",
+        plannedBytes: 3n * 2n ** 32n,
         cutoffTime: cutoff,
         consistency: Consistency.CONSISTENCY_APPLICATION,
         disks: [{ diskId: "vda", virtualSizeBytes: 10n * 2n ** 40n }],
@@ -182,9 +183,12 @@ describe("wire round trip", () => {
       committedAt: new Date(cutoff.getTime() + 1500),
       consistency: Consistency.CONSISTENCY_CRASH,
       kind: CycleKind.CYCLE_KIND_RESYNC,
-      disks: [{ diskId: "vda", virtualSizeBytes: 2n ** 41n, changedBytes: 2n ** 33n }],
+      disks: [{ diskId: "vda", virtualSizeBytes: 2n ** 41n, changedBytes: 2n ** 33n, incompressibleBytes: 2n ** 32n, transferredBytes: 2n ** 32n + 7n }],
       changedBytes: 2n ** 33n,
       transferredBytes: 12345n,
+      suspectDisks: [{ diskId: "vda", share: 0.9912, baselineShare: 0.0431 }],
+      lastClean: false,
+      lockedUntil: new Date(cutoff.getTime() + 86_400_000),
     };
     const status: GetStatusResponse = {
       siteId: "site-b",

@@ -44,7 +44,7 @@ describe("loadSiteConfig with a 'ledger' field", () => {
       writeFileSync(join(dir, "site.json"), JSON.stringify({ ...base, ledger: { kind: "postgres", url: "postgres://db/dr", schema: "site_b" } }));
       expect(loadSiteConfig(dir).ledger).toEqual({ kind: "postgres", url: "postgres://db/dr", schema: "site_b" });
       writeFileSync(join(dir, "site.json"), JSON.stringify({ ...base, ledger: { kind: "postgres", url: "mysql://db" } }));
-      expect(() => loadSiteConfig(dir)).toThrow(`${join(dir, "site.json")}: field 'ledger.url': must be a postgres:// or postgresql:// URL`);
+      expect(() => loadSiteConfig(dir)).toThrow(`${join(dir, "site.json")}: ledger.url: must be a postgres:// or postgresql:// URL`);
       writeFileSync(join(dir, "site.json"), JSON.stringify(base));
       expect(loadSiteConfig(dir).ledger).toBeUndefined();
     } finally {

@@ -131,6 +131,14 @@ describe("executePlan", () => {
     expect(h.site.calls.some((c) => c.startsWith("failover"))).toBe(false);
   });
 
+  it("a VM's point may be last-clean: preflight leaves it to the site's ledger, which the failover step asks for it", async () => {
+    const h = new Harness(makeRunbook({ groups: [{ vms: [{ vm: "db1", point: "last-clean" }] }] }), new FakeSite(["db1"]));
+    const out = await h.run();
+    expect(out.status).toBe("succeeded");
+    const run = await h.record(out.runId);
+    expect(run.steps[1]).toMatchObject({ result: { vm: "db1", pointId: "last-clean" } });
+  });
+
   it("a confirm step without --yes and without a terminal stops there; resuming with --yes goes on", async () => {
     const h = new Harness(makeRunbook({ groups: [{ vms: ["db1"], steps: [{ confirm: "Is the database consistent?" }] }, { vms: ["web1"] }] }), new FakeSite(["db1", "web1"]));
     const out = await h.run();

@@ -1,6 +1,18 @@
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { createLogger } from "../../../src/common/logger.js";
 import { getInMemoryEventStore } from "../../../src/ledger/index.js";
-import { AUTHORIZATIONS_STREAM, AuthorizationInvalidError, AuthorizationNotFoundError, AuthorizationWildcardError, SiteAuthorizations } from "../../../src/site/authorizations.js";
+import {
+  AUTHORIZATIONS_STREAM,
+  AuthorizationInvalidError,
+  AuthorizationNotFoundError,
+  AuthorizationWildcardError,
+  SiteAuthorizations,
+  importLegacyAuthorizations,
+} from "../../../src/site/authorizations.js";
+import { authorizationsFile } from "../../../src/site/siteConfig.js";
 
 const ada = { identity: "ada", role: "admin" as const };
 
@@ -37,5 +49,40 @@ describe("authorization entries in the ledger", () => {
     expect((await site.find("agent-a"))?.addedBy).toBe("local-admin:root@h");
     await cli.remove("agent-a", ada);
     expect(await site.find("agent-a")).toBeUndefined();
+  });
+});
+
+describe("authorizations.json (the pre-ledger file) imported at start", () => {
+  const logger = createLogger("test", "silent");
+  async function importing(entries: unknown): Promise<{ store: ReturnType<typeof getInMemoryEventStore>; result: Promise<string[]> }> {
+    const dir = mkdtempSync(join(tmpdir(), "qr-authz-"));
+    writeFileSync(authorizationsFile(dir), JSON.stringify(entries));
+    const store = getInMemoryEventStore();
+    return { store, result: importLegacyAuthorizations(dir, new SiteAuthorizations(store), "site-b", logger).finally(() => rmSync(dir, { recursive: true })) };
+  }
+
+  it("imports entries with the old fields (trustGroup, storageRoot)", async () => {
+    const { result } = await importing([{ primaryIdentity: "agent-a", trustGroup: "default", storageRoot: "/srv" }, { primaryIdentity: "agent-b" }]);
+    expect(await result).toEqual(["agent-a", "agent-b"]);
+  });
+
+  it("refuses an unknown key and a missing identity, naming each entry's field and the fix; nothing is imported", async () => {
+    const { store, result } = await importing([{ primaryIdentity: "agent-a", trustgroup: "default" }, { identity: "agent-b" }]);
+    const err = await result.then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(AuthorizationInvalidError);
+    const msg = (err as Error).message;
+    expect(msg).toMatch(/\[0\]\.trustgroup: unknown field: did you mean 'trustGroup'\?/);
+    expect(msg).toMatch(/\[1\]\.primaryIdentity: is missing; give the primary's certificate identity/);
+    expect(msg).toMatch(/\[1\]\.identity: unknown field/);
+    expect(msg).toMatch(/remove it and use 'qreplica authorize'/);
+    expect(await store.readStream(AUTHORIZATIONS_STREAM)).toEqual([]);
+  });
+
+  it("refuses an identity no certificate can carry, naming the entry", async () => {
+    const { result } = await importing([{ primaryIdentity: "agent-a" }, { primaryIdentity: "a b" }]);
+    await expect(result).rejects.toThrow(/\[1\]\.primaryIdentity: 'a b' is not a certificate identity/);
   });
 });

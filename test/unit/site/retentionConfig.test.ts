@@ -44,8 +44,8 @@ describe("the site's default retention", () => {
     const config = loadSiteConfig(siteDir({ defaultRetention: { tiers, minPoints: 3 } }));
     expect(siteDefaultRetention(config)("vm1", initialRelationshipState("vm1"))).toEqual({ tiers, minPoints: 3 });
     expect(() => loadSiteConfig(siteDir({ defaultRetention: { tiers: [{ everySeconds: 3600 }], minPoints: 3 } }))).toThrow(
-      /defaultRetention': tiers\[0\]\.keepForSeconds must be a positive number/,
+      /defaultRetention\.tiers\[0\]\.keepForSeconds: is missing; how long the tier keeps its points/,
     );
-    expect(() => loadSiteConfig(siteDir({ defaultRetention: { minPoints: 3 } }))).toThrow(/field 'defaultRetention' must be/);
+    expect(() => loadSiteConfig(siteDir({ defaultRetention: { minPoints: 3 } }))).toThrow(/defaultRetention\.tiers: is missing/);
   });
 });

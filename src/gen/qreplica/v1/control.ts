@@ -203,6 +203,16 @@ export function replicationHealthToJSON(object: ReplicationHealth): string {
   }
 }
 
+export interface ClearSuspectPointsRequest {
+  vmId: string;
+  /** Every suspect point of the VM when empty. */
+  recoveryPointId: string;
+}
+
+export interface ClearSuspectPointsResponse {
+  clearedRecoveryPointIds: string[];
+}
+
 export interface PauseReplicationRequest {
   vmId: string;
   reason: string;
@@ -419,6 +429,32 @@ export interface RelationshipStatus {
   healthReasons: HealthReason[];
   /** The VM's replication policy, when the site knows it; empty otherwise. */
   policyName: string;
+  /**
+   * The cycle the site is receiving now; unset between cycles. What `qreplica wait`, `resync
+   * --wait`, `failover --planned` and `reverse --wait` show as progress.
+   */
+  cycleInProgress?: CycleInProgress | undefined;
+}
+
+/** A cycle between its CycleBegin and its commit, as far as the site has received it. */
+export interface CycleInProgress {
+  cycleSequence: bigint;
+  kind: CycleKind;
+  startedAt?:
+    | Date
+    | undefined;
+  /**
+   * Bytes of the disks the cycle has covered so far: data and zero extents received (a resync:
+   * how far through its disks the comparison has got, as the differing chunks show it).
+   */
+  bytesDone: bigint;
+  /**
+   * What the cycle covers in all (the agent's CycleBegin.planned_bytes; a resync: the disks'
+   * sizes); 0 when unknown (agents before that field).
+   */
+  bytesTotal: bigint;
+  /** Compressed bytes received, data chunks only. */
+  wireBytes: bigint;
 }
 
 /** One reason a VM's health is not NORMAL (see the README's health rules). */
@@ -452,6 +488,22 @@ export interface RecoveryPoint {
   /** Over all disks: uncompressed changed bytes the point holds, and bytes that crossed the wire. */
   changedBytes: bigint;
   transferredBytes: bigint;
+  /**
+   * Encryption signal: non-empty while the point is suspect (its changed bytes stopped compressing
+   * far above a disk's baseline) and no operator cleared it; the disks that jumped.
+   */
+  suspectDisks: SuspectDisk[];
+  /** While a suspect point stands: this is the newest point before the first one (`last-clean`). */
+  lastClean: boolean;
+  /** The policy's lock recorded with the point; unset when it has none (it may have ended). */
+  lockedUntil?: Date | undefined;
+}
+
+export interface SuspectDisk {
+  diskId: string;
+  /** Share of the point's changed bytes on the disk that did not compress, and the disk's baseline (0..1). */
+  share: number;
+  baselineShare: number;
 }
 
 export interface RecoveryPointDisk {
@@ -459,6 +511,12 @@ export interface RecoveryPointDisk {
   virtualSizeBytes: bigint;
   /** Uncompressed bytes written to this disk's overlay for this point (data and zero ranges). */
   changedBytes: bigint;
+  /**
+   * Of the changed data bytes, those in chunks that did not compress, and the bytes the disk's
+   * data took on the wire (its compressed size); 0 for points recorded before they were kept.
+   */
+  incompressibleBytes: bigint;
+  transferredBytes: bigint;
 }
 
 export interface ListEventsRequest {
@@ -507,6 +565,172 @@ export interface LedgerEvent {
   actor: string;
   actorRole: string;
 }
+
+function createBaseClearSuspectPointsRequest(): ClearSuspectPointsRequest {
+  return { vmId: "", recoveryPointId: "" };
+}
+
+export const ClearSuspectPointsRequest: MessageFns<ClearSuspectPointsRequest> = {
+  encode(message: ClearSuspectPointsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
+    if (message.recoveryPointId !== "") {
+      writer.uint32(18).string(message.recoveryPointId);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClearSuspectPointsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClearSuspectPointsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.recoveryPointId = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClearSuspectPointsRequest {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+      recoveryPointId: isSet(object.recoveryPointId)
+        ? globalThis.String(object.recoveryPointId)
+        : isSet(object.recovery_point_id)
+        ? globalThis.String(object.recovery_point_id)
+        : "",
+    };
+  },
+
+  toJSON(message: ClearSuspectPointsRequest): unknown {
+    const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    if (message.recoveryPointId !== "") {
+      obj.recoveryPointId = message.recoveryPointId;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClearSuspectPointsRequest>, I>>(base?: I): ClearSuspectPointsRequest {
+    return ClearSuspectPointsRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClearSuspectPointsRequest>, I>>(object: I): ClearSuspectPointsRequest {
+    const message = createBaseClearSuspectPointsRequest();
+    message.vmId = object.vmId ?? "";
+    message.recoveryPointId = object.recoveryPointId ?? "";
+    return message;
+  },
+};
+
+function createBaseClearSuspectPointsResponse(): ClearSuspectPointsResponse {
+  return { clearedRecoveryPointIds: [] };
+}
+
+export const ClearSuspectPointsResponse: MessageFns<ClearSuspectPointsResponse> = {
+  encode(message: ClearSuspectPointsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.clearedRecoveryPointIds) {
+      writer.uint32(10).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClearSuspectPointsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClearSuspectPointsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.clearedRecoveryPointIds.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClearSuspectPointsResponse {
+    return {
+      clearedRecoveryPointIds: globalThis.Array.isArray(object?.clearedRecoveryPointIds)
+        ? object.clearedRecoveryPointIds.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.cleared_recovery_point_ids)
+        ? object.cleared_recovery_point_ids.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ClearSuspectPointsResponse): unknown {
+    const obj: any = {};
+    if (message.clearedRecoveryPointIds?.length) {
+      obj.clearedRecoveryPointIds = message.clearedRecoveryPointIds;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClearSuspectPointsResponse>, I>>(base?: I): ClearSuspectPointsResponse {
+    return ClearSuspectPointsResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClearSuspectPointsResponse>, I>>(object: I): ClearSuspectPointsResponse {
+    const message = createBaseClearSuspectPointsResponse();
+    message.clearedRecoveryPointIds = object.clearedRecoveryPointIds?.map((e) => e) || [];
+    return message;
+  },
+};
 
 function createBasePauseReplicationRequest(): PauseReplicationRequest {
   return { vmId: "", reason: "" };
@@ -3656,6 +3880,7 @@ function createBaseRelationshipStatus(): RelationshipStatus {
     healthMessage: "",
     healthReasons: [],
     policyName: "",
+    cycleInProgress: undefined,
   };
 }
 
@@ -3699,6 +3924,9 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
     }
     if (message.policyName !== "") {
       writer.uint32(98).string(message.policyName);
+    }
+    if (message.cycleInProgress !== undefined) {
+      CycleInProgress.encode(message.cycleInProgress, writer.uint32(106).fork()).join();
     }
     return writer;
   },
@@ -3812,6 +4040,14 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
             message.policyName = reader.string();
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.cycleInProgress = CycleInProgress.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3870,6 +4106,11 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
         : isSet(object.policy_name)
         ? globalThis.String(object.policy_name)
         : "",
+      cycleInProgress: isSet(object.cycleInProgress)
+        ? CycleInProgress.fromJSON(object.cycleInProgress)
+        : isSet(object.cycle_in_progress)
+        ? CycleInProgress.fromJSON(object.cycle_in_progress)
+        : undefined,
     };
   },
 
@@ -3911,6 +4152,9 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
     if (message.policyName !== "") {
       obj.policyName = message.policyName;
     }
+    if (message.cycleInProgress !== undefined) {
+      obj.cycleInProgress = CycleInProgress.toJSON(message.cycleInProgress);
+    }
     return obj;
   },
 
@@ -3935,6 +4179,194 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
     message.healthMessage = object.healthMessage ?? "";
     message.healthReasons = object.healthReasons?.map((e) => HealthReason.fromPartial(e)) || [];
     message.policyName = object.policyName ?? "";
+    message.cycleInProgress = (object.cycleInProgress !== undefined && object.cycleInProgress !== null)
+      ? CycleInProgress.fromPartial(object.cycleInProgress)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseCycleInProgress(): CycleInProgress {
+  return { cycleSequence: 0n, kind: 0, startedAt: undefined, bytesDone: 0n, bytesTotal: 0n, wireBytes: 0n };
+}
+
+export const CycleInProgress: MessageFns<CycleInProgress> = {
+  encode(message: CycleInProgress, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.cycleSequence !== 0n) {
+      if (BigInt.asUintN(64, message.cycleSequence) !== message.cycleSequence) {
+        throw new globalThis.Error("value provided for field message.cycleSequence of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.cycleSequence);
+    }
+    if (message.kind !== 0) {
+      writer.uint32(16).int32(message.kind);
+    }
+    if (message.startedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.startedAt), writer.uint32(26).fork()).join();
+    }
+    if (message.bytesDone !== 0n) {
+      if (BigInt.asUintN(64, message.bytesDone) !== message.bytesDone) {
+        throw new globalThis.Error("value provided for field message.bytesDone of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.bytesDone);
+    }
+    if (message.bytesTotal !== 0n) {
+      if (BigInt.asUintN(64, message.bytesTotal) !== message.bytesTotal) {
+        throw new globalThis.Error("value provided for field message.bytesTotal of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.bytesTotal);
+    }
+    if (message.wireBytes !== 0n) {
+      if (BigInt.asUintN(64, message.wireBytes) !== message.wireBytes) {
+        throw new globalThis.Error("value provided for field message.wireBytes of type uint64 too large");
+      }
+      writer.uint32(48).uint64(message.wireBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CycleInProgress {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCycleInProgress();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.cycleSequence = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.startedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.bytesDone = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.bytesTotal = reader.uint64() as bigint;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.wireBytes = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CycleInProgress {
+    return {
+      cycleSequence: isSet(object.cycleSequence)
+        ? BigInt(object.cycleSequence)
+        : isSet(object.cycle_sequence)
+        ? BigInt(object.cycle_sequence)
+        : 0n,
+      kind: isSet(object.kind) ? cycleKindFromJSON(object.kind) : 0,
+      startedAt: isSet(object.startedAt)
+        ? fromJsonTimestamp(object.startedAt)
+        : isSet(object.started_at)
+        ? fromJsonTimestamp(object.started_at)
+        : undefined,
+      bytesDone: isSet(object.bytesDone)
+        ? BigInt(object.bytesDone)
+        : isSet(object.bytes_done)
+        ? BigInt(object.bytes_done)
+        : 0n,
+      bytesTotal: isSet(object.bytesTotal)
+        ? BigInt(object.bytesTotal)
+        : isSet(object.bytes_total)
+        ? BigInt(object.bytes_total)
+        : 0n,
+      wireBytes: isSet(object.wireBytes)
+        ? BigInt(object.wireBytes)
+        : isSet(object.wire_bytes)
+        ? BigInt(object.wire_bytes)
+        : 0n,
+    };
+  },
+
+  toJSON(message: CycleInProgress): unknown {
+    const obj: any = {};
+    if (message.cycleSequence !== 0n) {
+      obj.cycleSequence = message.cycleSequence.toString();
+    }
+    if (message.kind !== 0) {
+      obj.kind = cycleKindToJSON(message.kind);
+    }
+    if (message.startedAt !== undefined) {
+      obj.startedAt = message.startedAt.toISOString();
+    }
+    if (message.bytesDone !== 0n) {
+      obj.bytesDone = message.bytesDone.toString();
+    }
+    if (message.bytesTotal !== 0n) {
+      obj.bytesTotal = message.bytesTotal.toString();
+    }
+    if (message.wireBytes !== 0n) {
+      obj.wireBytes = message.wireBytes.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CycleInProgress>, I>>(base?: I): CycleInProgress {
+    return CycleInProgress.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CycleInProgress>, I>>(object: I): CycleInProgress {
+    const message = createBaseCycleInProgress();
+    message.cycleSequence = (object.cycleSequence !== undefined && object.cycleSequence !== null)
+      ? BigInt(object.cycleSequence)
+      : 0n;
+    message.kind = object.kind ?? 0;
+    message.startedAt = object.startedAt ?? undefined;
+    message.bytesDone = (object.bytesDone !== undefined && object.bytesDone !== null) ? BigInt(object.bytesDone) : 0n;
+    message.bytesTotal = (object.bytesTotal !== undefined && object.bytesTotal !== null)
+      ? BigInt(object.bytesTotal)
+      : 0n;
+    message.wireBytes = (object.wireBytes !== undefined && object.wireBytes !== null) ? BigInt(object.wireBytes) : 0n;
     return message;
   },
 };
@@ -4198,6 +4630,9 @@ function createBaseRecoveryPoint(): RecoveryPoint {
     disks: [],
     changedBytes: 0n,
     transferredBytes: 0n,
+    suspectDisks: [],
+    lastClean: false,
+    lockedUntil: undefined,
   };
 }
 
@@ -4244,6 +4679,15 @@ export const RecoveryPoint: MessageFns<RecoveryPoint> = {
         throw new globalThis.Error("value provided for field message.transferredBytes of type uint64 too large");
       }
       writer.uint32(80).uint64(message.transferredBytes);
+    }
+    for (const v of message.suspectDisks) {
+      SuspectDisk.encode(v!, writer.uint32(162).fork()).join();
+    }
+    if (message.lastClean !== false) {
+      writer.uint32(168).bool(message.lastClean);
+    }
+    if (message.lockedUntil !== undefined) {
+      Timestamp.encode(toTimestamp(message.lockedUntil), writer.uint32(178).fork()).join();
     }
     return writer;
   },
@@ -4341,6 +4785,30 @@ export const RecoveryPoint: MessageFns<RecoveryPoint> = {
             message.transferredBytes = reader.uint64() as bigint;
             continue;
           }
+          case 20: {
+            if (tag !== 162) {
+              break;
+            }
+
+            message.suspectDisks.push(SuspectDisk.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 21: {
+            if (tag !== 168) {
+              break;
+            }
+
+            message.lastClean = reader.bool();
+            continue;
+          }
+          case 22: {
+            if (tag !== 178) {
+              break;
+            }
+
+            message.lockedUntil = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4387,6 +4855,21 @@ export const RecoveryPoint: MessageFns<RecoveryPoint> = {
         : isSet(object.transferred_bytes)
         ? BigInt(object.transferred_bytes)
         : 0n,
+      suspectDisks: globalThis.Array.isArray(object?.suspectDisks)
+        ? object.suspectDisks.map((e: any) => SuspectDisk.fromJSON(e))
+        : globalThis.Array.isArray(object?.suspect_disks)
+        ? object.suspect_disks.map((e: any) => SuspectDisk.fromJSON(e))
+        : [],
+      lastClean: isSet(object.lastClean)
+        ? globalThis.Boolean(object.lastClean)
+        : isSet(object.last_clean)
+        ? globalThis.Boolean(object.last_clean)
+        : false,
+      lockedUntil: isSet(object.lockedUntil)
+        ? fromJsonTimestamp(object.lockedUntil)
+        : isSet(object.locked_until)
+        ? fromJsonTimestamp(object.locked_until)
+        : undefined,
     };
   },
 
@@ -4422,6 +4905,15 @@ export const RecoveryPoint: MessageFns<RecoveryPoint> = {
     if (message.transferredBytes !== 0n) {
       obj.transferredBytes = message.transferredBytes.toString();
     }
+    if (message.suspectDisks?.length) {
+      obj.suspectDisks = message.suspectDisks.map((e) => SuspectDisk.toJSON(e));
+    }
+    if (message.lastClean !== false) {
+      obj.lastClean = message.lastClean;
+    }
+    if (message.lockedUntil !== undefined) {
+      obj.lockedUntil = message.lockedUntil.toISOString();
+    }
     return obj;
   },
 
@@ -4446,12 +4938,124 @@ export const RecoveryPoint: MessageFns<RecoveryPoint> = {
     message.transferredBytes = (object.transferredBytes !== undefined && object.transferredBytes !== null)
       ? BigInt(object.transferredBytes)
       : 0n;
+    message.suspectDisks = object.suspectDisks?.map((e) => SuspectDisk.fromPartial(e)) || [];
+    message.lastClean = object.lastClean ?? false;
+    message.lockedUntil = object.lockedUntil ?? undefined;
+    return message;
+  },
+};
+
+function createBaseSuspectDisk(): SuspectDisk {
+  return { diskId: "", share: 0, baselineShare: 0 };
+}
+
+export const SuspectDisk: MessageFns<SuspectDisk> = {
+  encode(message: SuspectDisk, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.diskId !== "") {
+      writer.uint32(10).string(message.diskId);
+    }
+    if (message.share !== 0) {
+      writer.uint32(17).double(message.share);
+    }
+    if (message.baselineShare !== 0) {
+      writer.uint32(25).double(message.baselineShare);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SuspectDisk {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSuspectDisk();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.diskId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 17) {
+              break;
+            }
+
+            message.share = reader.double();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.baselineShare = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SuspectDisk {
+    return {
+      diskId: isSet(object.diskId)
+        ? globalThis.String(object.diskId)
+        : isSet(object.disk_id)
+        ? globalThis.String(object.disk_id)
+        : "",
+      share: isSet(object.share) ? globalThis.Number(object.share) : 0,
+      baselineShare: isSet(object.baselineShare)
+        ? globalThis.Number(object.baselineShare)
+        : isSet(object.baseline_share)
+        ? globalThis.Number(object.baseline_share)
+        : 0,
+    };
+  },
+
+  toJSON(message: SuspectDisk): unknown {
+    const obj: any = {};
+    if (message.diskId !== "") {
+      obj.diskId = message.diskId;
+    }
+    if (message.share !== 0) {
+      obj.share = floatToJson(message.share);
+    }
+    if (message.baselineShare !== 0) {
+      obj.baselineShare = floatToJson(message.baselineShare);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SuspectDisk>, I>>(base?: I): SuspectDisk {
+    return SuspectDisk.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SuspectDisk>, I>>(object: I): SuspectDisk {
+    const message = createBaseSuspectDisk();
+    message.diskId = object.diskId ?? "";
+    message.share = object.share ?? 0;
+    message.baselineShare = object.baselineShare ?? 0;
     return message;
   },
 };
 
 function createBaseRecoveryPointDisk(): RecoveryPointDisk {
-  return { diskId: "", virtualSizeBytes: 0n, changedBytes: 0n };
+  return { diskId: "", virtualSizeBytes: 0n, changedBytes: 0n, incompressibleBytes: 0n, transferredBytes: 0n };
 }
 
 export const RecoveryPointDisk: MessageFns<RecoveryPointDisk> = {
@@ -4470,6 +5074,18 @@ export const RecoveryPointDisk: MessageFns<RecoveryPointDisk> = {
         throw new globalThis.Error("value provided for field message.changedBytes of type uint64 too large");
       }
       writer.uint32(24).uint64(message.changedBytes);
+    }
+    if (message.incompressibleBytes !== 0n) {
+      if (BigInt.asUintN(64, message.incompressibleBytes) !== message.incompressibleBytes) {
+        throw new globalThis.Error("value provided for field message.incompressibleBytes of type uint64 too large");
+      }
+      writer.uint32(160).uint64(message.incompressibleBytes);
+    }
+    if (message.transferredBytes !== 0n) {
+      if (BigInt.asUintN(64, message.transferredBytes) !== message.transferredBytes) {
+        throw new globalThis.Error("value provided for field message.transferredBytes of type uint64 too large");
+      }
+      writer.uint32(168).uint64(message.transferredBytes);
     }
     return writer;
   },
@@ -4511,6 +5127,22 @@ export const RecoveryPointDisk: MessageFns<RecoveryPointDisk> = {
             message.changedBytes = reader.uint64() as bigint;
             continue;
           }
+          case 20: {
+            if (tag !== 160) {
+              break;
+            }
+
+            message.incompressibleBytes = reader.uint64() as bigint;
+            continue;
+          }
+          case 21: {
+            if (tag !== 168) {
+              break;
+            }
+
+            message.transferredBytes = reader.uint64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4540,6 +5172,16 @@ export const RecoveryPointDisk: MessageFns<RecoveryPointDisk> = {
         : isSet(object.changed_bytes)
         ? BigInt(object.changed_bytes)
         : 0n,
+      incompressibleBytes: isSet(object.incompressibleBytes)
+        ? BigInt(object.incompressibleBytes)
+        : isSet(object.incompressible_bytes)
+        ? BigInt(object.incompressible_bytes)
+        : 0n,
+      transferredBytes: isSet(object.transferredBytes)
+        ? BigInt(object.transferredBytes)
+        : isSet(object.transferred_bytes)
+        ? BigInt(object.transferred_bytes)
+        : 0n,
     };
   },
 
@@ -4553,6 +5195,12 @@ export const RecoveryPointDisk: MessageFns<RecoveryPointDisk> = {
     }
     if (message.changedBytes !== 0n) {
       obj.changedBytes = message.changedBytes.toString();
+    }
+    if (message.incompressibleBytes !== 0n) {
+      obj.incompressibleBytes = message.incompressibleBytes.toString();
+    }
+    if (message.transferredBytes !== 0n) {
+      obj.transferredBytes = message.transferredBytes.toString();
     }
     return obj;
   },
@@ -4568,6 +5216,12 @@ export const RecoveryPointDisk: MessageFns<RecoveryPointDisk> = {
       : 0n;
     message.changedBytes = (object.changedBytes !== undefined && object.changedBytes !== null)
       ? BigInt(object.changedBytes)
+      : 0n;
+    message.incompressibleBytes = (object.incompressibleBytes !== undefined && object.incompressibleBytes !== null)
+      ? BigInt(object.incompressibleBytes)
+      : 0n;
+    message.transferredBytes = (object.transferredBytes !== undefined && object.transferredBytes !== null)
+      ? BigInt(object.transferredBytes)
       : 0n;
     return message;
   },
@@ -5295,6 +5949,18 @@ export const ControlServiceService = {
     responseSerialize: (value: WhoAmIResponse): Buffer => Buffer.from(WhoAmIResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): WhoAmIResponse => WhoAmIResponse.decode(value),
   },
+  /** operator: an operator's verdict that suspect points (encryption signal) are a false alarm. */
+  clearSuspectPoints: {
+    path: "/qreplica.v1.ControlService/ClearSuspectPoints" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ClearSuspectPointsRequest): Buffer =>
+      Buffer.from(ClearSuspectPointsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ClearSuspectPointsRequest => ClearSuspectPointsRequest.decode(value),
+    responseSerialize: (value: ClearSuspectPointsResponse): Buffer =>
+      Buffer.from(ClearSuspectPointsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ClearSuspectPointsResponse => ClearSuspectPointsResponse.decode(value),
+  },
 } as const;
 
 export interface ControlServiceServer extends UntypedServiceImplementation {
@@ -5339,6 +6005,8 @@ export interface ControlServiceServer extends UntypedServiceImplementation {
   readRunbookRun: handleUnaryCall<ReadRunbookRunRequest, ReadRunbookRunResponse>;
   /** Who the caller is, as this site sees it (identity and role): `qreplica whoami`. */
   whoAmI: handleUnaryCall<WhoAmIRequest, WhoAmIResponse>;
+  /** operator: an operator's verdict that suspect points (encryption signal) are a false alarm. */
+  clearSuspectPoints: handleUnaryCall<ClearSuspectPointsRequest, ClearSuspectPointsResponse>;
 }
 
 export interface ControlServiceClient extends Client {
@@ -5649,6 +6317,22 @@ export interface ControlServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: WhoAmIResponse) => void,
   ): ClientUnaryCall;
+  /** operator: an operator's verdict that suspect points (encryption signal) are a false alarm. */
+  clearSuspectPoints(
+    request: ClearSuspectPointsRequest,
+    callback: (error: ServiceError | null, response: ClearSuspectPointsResponse) => void,
+  ): ClientUnaryCall;
+  clearSuspectPoints(
+    request: ClearSuspectPointsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ClearSuspectPointsResponse) => void,
+  ): ClientUnaryCall;
+  clearSuspectPoints(
+    request: ClearSuspectPointsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ClearSuspectPointsResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const ControlServiceClient = makeGenericClientConstructor(
@@ -5659,6 +6343,10 @@ export const ControlServiceClient = makeGenericClientConstructor(
   service: typeof ControlServiceService;
   serviceName: string;
 };
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
+}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | bigint | undefined;
 

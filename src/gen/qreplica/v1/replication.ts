@@ -490,6 +490,12 @@ export interface CycleBegin {
    * the freeze did not happen or did not hold: why. The point is then crash-consistent.
    */
   quiesceFailure: string;
+  /**
+   * Bytes the cycle's extents will cover, data and zero: the disks' sizes for an initial cycle,
+   * the dirty bitmaps' counts for an incremental one (a resync compares the disks' sizes). For
+   * progress only (GetStatus's cycle_in_progress); 0: unknown (agents before this field).
+   */
+  plannedBytes: bigint;
 }
 
 /**
@@ -2672,6 +2678,7 @@ function createBaseCycleBegin(): CycleBegin {
     consistency: 0,
     disks: [],
     quiesceFailure: "",
+    plannedBytes: 0n,
   };
 }
 
@@ -2706,6 +2713,12 @@ export const CycleBegin: MessageFns<CycleBegin> = {
     }
     if (message.quiesceFailure !== "") {
       writer.uint32(66).string(message.quiesceFailure);
+    }
+    if (message.plannedBytes !== 0n) {
+      if (BigInt.asUintN(64, message.plannedBytes) !== message.plannedBytes) {
+        throw new globalThis.Error("value provided for field message.plannedBytes of type uint64 too large");
+      }
+      writer.uint32(72).uint64(message.plannedBytes);
     }
     return writer;
   },
@@ -2787,6 +2800,14 @@ export const CycleBegin: MessageFns<CycleBegin> = {
             message.quiesceFailure = reader.string();
             continue;
           }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.plannedBytes = reader.uint64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2827,6 +2848,11 @@ export const CycleBegin: MessageFns<CycleBegin> = {
         : isSet(object.quiesce_failure)
         ? globalThis.String(object.quiesce_failure)
         : "",
+      plannedBytes: isSet(object.plannedBytes)
+        ? BigInt(object.plannedBytes)
+        : isSet(object.planned_bytes)
+        ? BigInt(object.planned_bytes)
+        : 0n,
     };
   },
 
@@ -2856,6 +2882,9 @@ export const CycleBegin: MessageFns<CycleBegin> = {
     if (message.quiesceFailure !== "") {
       obj.quiesceFailure = message.quiesceFailure;
     }
+    if (message.plannedBytes !== 0n) {
+      obj.plannedBytes = message.plannedBytes.toString();
+    }
     return obj;
   },
 
@@ -2876,6 +2905,9 @@ export const CycleBegin: MessageFns<CycleBegin> = {
     message.consistency = object.consistency ?? 0;
     message.disks = object.disks?.map((e) => DiskSize.fromPartial(e)) || [];
     message.quiesceFailure = object.quiesceFailure ?? "";
+    message.plannedBytes = (object.plannedBytes !== undefined && object.plannedBytes !== null)
+      ? BigInt(object.plannedBytes)
+      : 0n;
     return message;
   },
 };

@@ -1,5 +1,6 @@
 import { InvalidCommandInputError, OutOfOrderCycleError } from "../errors.js";
-import { pointIdFor, relationshipEvent, type Consistency, type CycleKind, type PointDisk, type RelationshipEvent } from "../events.js";
+import { judgeSample, type EncryptionBaseline } from "../encryptionSignal.js";
+import { pointIdFor, relationshipEvent, type Consistency, type CycleKind, type DiskCompression, type PointDisk, type RelationshipEvent } from "../events.js";
 import { requireConsistency, requireCount, requireEnabled, requireGeneration, requireNextCycle, requirePointDisks, requireState, requireTime } from "../guards.js";
 import type { RelationshipState } from "../relationship.js";
 import type { ReplicationStateName } from "../states.js";
@@ -23,6 +24,10 @@ export interface CommitCycleInput {
   extents: number;
   durationMs: number;
   comparedBytes?: number;
+  /** By disk id: changed bytes that did not compress, and wire bytes (needs diskDataBytes). */
+  diskCompression?: Record<string, DiskCompression>;
+  /** The policy's lock on this point, if it has one (ISO time). */
+  lockedUntil?: string;
 }
 
 const COMMAND = "commitCycle";
@@ -60,7 +65,9 @@ export function commitCycle(s: RelationshipState, input: CommitCycleInput): Rela
     durationMs: requireCount(COMMAND, "durationMs", input.durationMs),
     ...(input.comparedBytes ? { comparedBytes: requireCount(COMMAND, "comparedBytes", input.comparedBytes) } : {}),
     ...(input.diskDataBytes ? { diskDataBytes: requireDiskCounts(input.diskDataBytes, input.dataBytes) } : {}),
+    ...(input.diskCompression ? { diskCompression: requireCompression(input.diskCompression, input.diskDataBytes) } : {}),
   };
+  const lock = input.lockedUntil === undefined ? {} : { lockedUntil: requireTime(COMMAND, "lockedUntil", input.lockedUntil) };
 
   const command = `${COMMAND}(${kind})`;
   requireEnabled(s, command, STATES_FOR_KIND[kind]);
@@ -88,8 +95,10 @@ export function commitCycle(s: RelationshipState, input: CommitCycleInput): Rela
   const pointId = pointIdFor(cycleSeq);
   const events: RelationshipEvent[] = [
     relationshipEvent("CycleCommitted", { cycleSeq, kind, generation, cutoffAt, committedAt, consistency, ...quiesce, disks, ...stats }),
-    relationshipEvent("RecoveryPointCreated", { pointId, cycleSeq, cutoffAt, consistency, disks }),
+    relationshipEvent("RecoveryPointCreated", { pointId, cycleSeq, cutoffAt, consistency, disks, ...lock }),
   ];
+  const suspected = suspectDisks(s, stats.diskCompression, stats.diskDataBytes);
+  if (suspected) events.push(relationshipEvent("RecoveryPointSuspected", { pointId, cycleSeq, cutoffAt, ...suspected }));
   if (kind === "full") events.push(relationshipEvent("InitialReplicationCompleted", { cycleSeq, pointId }));
   if (kind === "resync") events.push(relationshipEvent("ResyncCompleted", { cycleSeq, pointId }));
   return events;
@@ -103,6 +112,41 @@ function requireDiskCounts(byDisk: Record<string, number>, total: number): Recor
   if (sum !== total) throw new InvalidCommandInputError(`${COMMAND}: diskDataBytes add up to ${sum}, not the cycle's dataBytes ${total}`);
   return counts;
 }
+
+function requireCompression(byDisk: Record<string, DiskCompression>, dataBytes: Record<string, number> | undefined): Record<string, DiskCompression> {
+  if (!dataBytes) throw new InvalidCommandInputError(`${COMMAND}: diskCompression needs diskDataBytes`);
+  const out: Record<string, DiskCompression> = {};
+  for (const [diskId, c] of Object.entries(byDisk)) {
+    const incompressibleBytes = requireCount(COMMAND, `diskCompression.${diskId}.incompressibleBytes`, c?.incompressibleBytes);
+    const wireBytes = requireCount(COMMAND, `diskCompression.${diskId}.wireBytes`, c?.wireBytes);
+    if (incompressibleBytes > (dataBytes[diskId] ?? 0)) {
+      throw new InvalidCommandInputError(`${COMMAND}: disk ${diskId} has ${incompressibleBytes} incompressible bytes, more than its ${dataBytes[diskId] ?? 0} data bytes`);
+    }
+    out[diskId] = { incompressibleBytes, wireBytes };
+  }
+  return out;
+}
+
+/** The disks whose share of incompressible bytes jumped (encryptionSignal.ts), with their baselines before this point. */
+function suspectDisks(
+  s: RelationshipState,
+  compression: Record<string, DiskCompression> | undefined,
+  dataBytes: Record<string, number> | undefined,
+): { disks: { diskId: string; share: number; baselineShare: number }[]; baselines: Record<string, EncryptionBaseline> } | undefined {
+  if (!compression || !dataBytes) return undefined;
+  const disks: { diskId: string; share: number; baselineShare: number }[] = [];
+  const baselines: Record<string, EncryptionBaseline> = {};
+  for (const [diskId, c] of Object.entries(compression)) {
+    const baseline = s.encryptionBaselines[diskId];
+    const verdict = judgeSample(baseline, { dataBytes: dataBytes[diskId] ?? 0, incompressibleBytes: c.incompressibleBytes });
+    if (verdict.kind !== "suspect" || !baseline) continue;
+    disks.push({ diskId, share: round(verdict.share), baselineShare: round(verdict.baselineShare) });
+    baselines[diskId] = baseline;
+  }
+  return disks.length > 0 ? { disks, baselines } : undefined;
+}
+
+const round = (x: number) => Math.round(x * 10_000) / 10_000;
 
 function hintFor(s: RelationshipState, kind: CycleKind): string | undefined {
   if (kind === "incremental" && s.state === "initial-replication-in-progress") {

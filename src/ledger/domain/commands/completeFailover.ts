@@ -1,4 +1,5 @@
-import { MergeInProgressError, TestFailoversRunningError } from "../errors.js";
+import { MergeInProgressError, RecoveryPointLockedError, TestFailoversRunningError } from "../errors.js";
+import { isLocked } from "../pointSafety.js";
 import { relationshipEvent, type RelationshipEvent } from "../events.js";
 import { chainDisks, requireState, runningTests } from "../guards.js";
 import type { RelationshipState } from "../relationship.js";
@@ -12,10 +13,15 @@ const COMMAND = "completeFailover";
  * delete. Older points' images stay: they are the chain's backing files. No retention runs any
  * more, and the failover can no longer be cancelled.
  *
- * Refused while a test failover runs (its chain may be among the released images) or a merge is
+ * Refused while any other point is locked by its policy (RecoveryPointLockedError), while a test failover runs (its chain may be among the released images) or a merge is
  * still being recorded (the kept chain would change under it).
  */
-export function completeFailover(s: RelationshipState): RelationshipEvent[] {
+export interface CompleteFailoverInput {
+  /** The time the locks are judged at (ISO); the wall clock when absent. */
+  now?: string;
+}
+
+export function completeFailover(s: RelationshipState, input: CompleteFailoverInput = {}): RelationshipEvent[] {
   requireState(
     s,
     COMMAND,
@@ -42,6 +48,16 @@ export function completeFailover(s: RelationshipState): RelationshipEvent[] {
   const kept = chainDisks(s, point);
   const keptImages = new Set(kept.flatMap((d) => d.chain));
   const dropped = s.points.filter((p) => p !== point);
+  // The policy's lock holds against every role: completing would drop the point for good.
+  const nowMs = input.now === undefined ? Date.now() : Date.parse(input.now);
+  const locked = dropped.filter((p) => isLocked(p, nowMs));
+  if (locked.length > 0) {
+    throw new RecoveryPointLockedError(
+      s.vmId,
+      "completing the failover",
+      locked.map((p) => ({ pointId: p.pointId, lockedUntil: p.lockedUntil ?? "" })),
+    );
+  }
   return [
     relationshipEvent("FailoverCompleted", {
       pointId: point.pointId,

@@ -17,6 +17,8 @@ export interface FailoverInput {
    * creating a generation the operator did not decide on.
    */
   newGeneration?: number;
+  /** The site launches the VM from the point; after a site restart it launches it again if it is not running. */
+  startVm?: boolean;
 }
 
 const COMMAND = "failover";
@@ -96,6 +98,7 @@ export function failover(s: RelationshipState, input: FailoverInput): Relationsh
       kind,
       cutoffAt: point.cutoffAt,
       primaryGeneration: s.generationHandover?.fromGeneration ?? s.generation,
+      ...(input.startVm === undefined ? {} : { startVm: input.startVm }),
     }),
   ];
 }

@@ -1,4 +1,5 @@
-import { InvalidCommandInputError, MergeBlockedByTestFailoverError, MergeInProgressError, RecoveryPointUnavailableError } from "../errors.js";
+import { InvalidCommandInputError, MergeBlockedByTestFailoverError, MergeInProgressError, RecoveryPointLockedError, RecoveryPointUnavailableError } from "../errors.js";
+import { isLocked } from "../pointSafety.js";
 import { relationshipEvent, type RelationshipEvent } from "../events.js";
 import { requireState } from "../guards.js";
 import type { RelationshipState } from "../relationship.js";
@@ -15,6 +16,8 @@ export interface StartMergeInput {
    * Absent: the oldest, and only when more points than `retention.maxPoints` exist.
    */
   pointId?: string;
+  /** The time the point's lock is judged at (ISO); the wall clock when absent. */
+  now?: string;
 }
 
 /**
@@ -54,6 +57,10 @@ export function startMerge(s: RelationshipState, input: StartMergeInput = {}): R
   const point = s.points[index];
   const into = s.points[index + 1];
   if (!point || !into) return [];
+  // The policy's lock holds against every caller, retention included (its planner keeps locked points anyway).
+  if (isLocked(point, input.now === undefined ? Date.now() : Date.parse(input.now))) {
+    throw new RecoveryPointLockedError(s.vmId, `merging ${point.pointId} into ${into.pointId}`, [{ pointId: point.pointId, lockedUntil: point.lockedUntil ?? "" }]);
+  }
   const order = new Map(s.points.map((p, i) => [p.pointId, i]));
   const blocking = Object.values(s.testFailovers)
     .filter((t) => (order.get(t.pointId) ?? Number.POSITIVE_INFINITY) >= index)

@@ -29,9 +29,11 @@ describe("site config: health and metrics", () => {
   });
 
   it("refuses unknown keys and non-positive numbers, naming the field", () => {
-    expect(() => loadSiteConfig(site({ health: { rpoAlert: 5 } }))).toThrow(/'health.rpoAlert' is unknown; known: evaluateEverySeconds/);
-    expect(() => loadSiteConfig(site({ health: { windowSeconds: 0 } }))).toThrow(/'health.windowSeconds' must be a number of seconds above 0/);
-    expect(() => loadSiteConfig(site({ health: [] }))).toThrow(/'health' must be an object/);
+    expect(() => loadSiteConfig(site({ health: { rpoAlert: 5 } }))).toThrow(
+      /health\.rpoAlert: unknown field: did you mean 'rpoAlertSeconds'\?; the fields here are evaluateEverySeconds/,
+    );
+    expect(() => loadSiteConfig(site({ health: { windowSeconds: 0 } }))).toThrow(/health\.windowSeconds: 0 is not a number above 0; seconds/);
+    expect(() => loadSiteConfig(site({ health: [] }))).toThrow(/health: is a list; expected a mapping/);
   });
 
   it("parses metrics listen addresses and refuses others with the fix", () => {

@@ -1,7 +1,6 @@
-import { controlClient, unary } from "../cli/siteClient.js";
-import { FailoverKind, RelationshipState, type ControlServiceClient, type LaunchedVmInfo } from "../gen/qreplica/v1/control.js";
-import type { SiteRef } from "./model.js";
-import type { LaunchedVm, RunbookTarget, VmReplicaStatus } from "./target.js";
+import { controlClient, unary } from "../siteClient.js";
+import { FailoverKind, RelationshipState, type ControlServiceClient, type LaunchedVmInfo } from "../../gen/qreplica/v1/control.js";
+import type { LaunchedVm, RunbookTarget, SiteRef, VmReplicaStatus } from "../../runbook/index.js";
 
 /** Launching a VM includes creating overlays and booting QEMU up to "running". */
 const LAUNCH_TIMEOUT_MS = 120_000;

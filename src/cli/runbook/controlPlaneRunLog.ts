@@ -1,10 +1,7 @@
-import { unary } from "../cli/siteClient.js";
-import type { ControlServiceClient } from "../gen/qreplica/v1/control.js";
-import type { AppendResult, EventStore, ExpectedVersion, NewEvent, ReadStreamOptions, RecordedEvent } from "../ledger/index.js";
-import { RUNBOOK_STREAM_PREFIX } from "./runLog.js";
-
-/** What a runbook run needs of a ledger: its own stream, appended to and read back. */
-export type RunLogStore = Pick<EventStore, "append" | "readStream">;
+import { unary } from "../siteClient.js";
+import type { ControlServiceClient } from "../../gen/qreplica/v1/control.js";
+import type { AppendResult, ExpectedVersion, NewEvent, ReadStreamOptions, RecordedEvent } from "../../ledger/index.js";
+import { RUNBOOK_STREAM_PREFIX, type RunLogStore } from "../../runbook/index.js";
 
 function runIdOf(stream: string): string {
   if (!stream.startsWith(RUNBOOK_STREAM_PREFIX)) throw new Error(`'${stream}' is not a runbook stream: the control plane records runbook runs only`);

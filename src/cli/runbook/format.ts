@@ -1,8 +1,5 @@
-import { formatTable } from "../cli/table.js";
-import type { ProgressEvent } from "./executor.js";
-import type { Plan } from "./planner.js";
-import type { RollbackProgress } from "./rollback.js";
-import type { FailoverResult, RunRecord, StepRecord } from "./runLog.js";
+import { formatTable } from "../table.js";
+import type { FailoverResult, Plan, ProgressEvent, RollbackProgress, RunRecord, StepRecord } from "../../runbook/index.js";
 
 /** Human text for people at a terminal; `--json` prints the same facts as JSON instead. */
 
