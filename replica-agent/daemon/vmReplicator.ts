@@ -7,7 +7,7 @@ import { ENABLE_UNACKNOWLEDGED } from "../../src/model/index.js";
 import { CompressionCodec, ChecksumAlgorithm } from "../../src/gen/qreplica/v1/common.js";
 import { ChunkDigest, RejectReason, ResumeHint, ResyncMode, type PlannedFailoverRequested } from "../../src/gen/qreplica/v1/replication.js";
 import { blake3Installed } from "../../src/common/chunkDigest.js";
-import { ReplicationClient, siteDial, type SiteCredentials } from "../../src/transport/index.js";
+import { ReplicationClient, currentCredentials, siteDial, type SiteCredentials } from "../../src/transport/index.js";
 import { IothreadDiskError, ScratchSpaceLowError, SnapshotBrokenError, type CaptureCycle } from "../capture/index.js";
 import { openReplicationSource, type CycleCapture, type ReplicationSource } from "./replicationSource.js";
 import type { AgentVmConfig } from "./agentConfig.js";
@@ -127,7 +127,8 @@ export class VmReplicator {
 
   private async session(onHealthy: () => void): Promise<void> {
     this.status = "connecting";
-    const dial = siteDial(this.vm.replicaSite, this.tls, { expectedServerIdentity: this.vm.replicaSiteId });
+    // Read at every (re)dial: a certificate renewed on disk is used without restarting the agent.
+    const dial = siteDial(this.vm.replicaSite, currentCredentials(this.tls, this.logger), { expectedServerIdentity: this.vm.replicaSiteId });
     const client = new ReplicationClient(this.vm.replicaSite, dial.credentials, dial.options);
     let stream: ReplicateStream | undefined;
     let opened: ReplicationSource | undefined;

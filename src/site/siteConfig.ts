@@ -15,6 +15,12 @@ export interface SiteConfig {
   caFile: string;
   certFile: string;
   keyFile: string;
+  /**
+   * The deployment CA's revocation list (`qreplica pki crl` writes it on the CA host). Peers whose
+   * certificate it lists are refused at Hello and on every control call; the file is read again
+   * when it changes. Absent: no revocation checking.
+   */
+  crlFile?: string;
   /** The SQLite ledger file; used only when `ledger` is absent or sqlite. */
   ledgerPath: string;
   /** Which store holds the ledger (see src/ledger/ledgerConfig.ts); absent means SQLite at ledgerPath. */
@@ -80,6 +86,7 @@ export const siteConfigSchema = z.strictObject({
   caFile: siteFilePath("CA certificate file"),
   certFile: siteFilePath("site's certificate file"),
   keyFile: siteFilePath("site's key file"),
+  crlFile: siteFilePath("the CA's revocation list (crl.pem from 'qreplica pki crl')").optional(),
   ledgerPath: siteFilePath("SQLite ledger file"),
   ledger: ledgerConfigSchema.optional(),
   storageRoot: siteFilePath("replica storage directory"),
@@ -126,6 +133,7 @@ export function siteConfigFrom(raw: unknown, dir: string, path = siteFile(dir)):
     caFile: abs(c.caFile),
     certFile: abs(c.certFile),
     keyFile: abs(c.keyFile),
+    ...(c.crlFile !== undefined ? { crlFile: abs(c.crlFile) } : {}),
     ledgerPath: abs(c.ledgerPath),
     ...(c.ledger !== undefined ? { ledger: c.ledger } : {}),
     storageRoot: abs(c.storageRoot),

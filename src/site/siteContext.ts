@@ -10,6 +10,7 @@ import { RefusalAudit } from "./controlPlane/refusalAudit.js";
 import { AgentActivity } from "./health/activity.js";
 import type { HealthMonitor } from "./health/monitor.js";
 import type { SitePolicies } from "./sitePolicies.js";
+import type { RevocationList } from "../transport/index.js";
 
 /** What every request handler of a running site shares. */
 export class SiteContext {
@@ -18,6 +19,8 @@ export class SiteContext {
   readonly activity = new AgentActivity();
   /** Set by the server once started: status and measure evaluate health through it. */
   health: HealthMonitor | undefined;
+  /** The deployment CA's revocation list when the site's config names one (crlFile). */
+  revocations: RevocationList | undefined;
   private readonly sessions = new Map<string, ReplicateSession>();
   private authz: SiteAuthorizations | undefined;
   private audit: RefusalAudit | undefined;

@@ -19,14 +19,27 @@ export interface LiveSiteSettings {
 export interface SiteReload {
   /** Settings now in effect. */
   applied: string[];
-  /** Settings that changed in site.json (or TLS files renewed) but take effect at the next start. */
+  /** Settings that changed in site.json but take effect at the next start. */
   needRestart: string[];
   /** Why nothing was applied: site.json or the TLS files do not load. */
   refused?: string;
 }
 
 /** Held by the process from its start: the server's socket and identity, the ledger, storage, launcher, metrics endpoint, health timer. */
-const RESTART_ONLY = ["siteId", "listen", "caFile", "certFile", "keyFile", "ledgerPath", "storageRoot", "compressionLevel", "accel", "advertiseHost", "metricsListen"] as const;
+const RESTART_ONLY = [
+  "siteId",
+  "listen",
+  "caFile",
+  "certFile",
+  "keyFile",
+  "crlFile",
+  "ledgerPath",
+  "storageRoot",
+  "compressionLevel",
+  "accel",
+  "advertiseHost",
+  "metricsListen",
+] as const;
 
 export function liveSiteSettings(config: SiteConfig): LiveSiteSettings {
   return {
@@ -59,7 +72,9 @@ export function reloadSiteConfig(
   const result: SiteReload = { applied: [], needRestart: [] };
   for (const key of RESTART_ONLY) if (!isDeepStrictEqual(config[key], running.config[key])) result.needRestart.push(key);
   const old = running.creds;
-  if (!(creds.ca.equals(old.ca) && creds.cert.equals(old.cert) && creds.key.equals(old.key))) result.needRestart.push("tls files (renewed certificate)");
+  // The caller took renewed TLS files just before (RenewingSiteCredentials): different files here
+  // only happen when they changed again in between, and the next refresh serves them.
+  if (!(creds.ca.equals(old.ca) && creds.cert.equals(old.cert) && creds.key.equals(old.key))) result.applied.push("tls files (renewed certificate, at the next refresh)");
   const health = config.health ?? {};
   if ((health.evaluateEverySeconds ?? undefined) !== (live.health.evaluateEverySeconds ?? undefined)) result.needRestart.push("health.evaluateEverySeconds");
 

@@ -6,7 +6,7 @@ import { ReplicationServiceService, type ReplicationServiceServer } from "../gen
 import { LedgerReadModels, getSqliteEventStore, onRelationshipSnapshotIgnored, type EventStore } from "../ledger/index.js";
 import { describeLedger, openConfiguredLedger } from "../ledger/ledgerConfig.js";
 import { ReplicaStorage, SiteStorageDaemon, StorageDaemonExitedError } from "../storage/index.js";
-import { grpcServerOptions, loadSiteCredentials, serverCredentials, widenServerFlowControl, type SiteCredentials } from "../transport/index.js";
+import { RenewingSiteCredentials, RevocationList, grpcServerOptions, loadSiteCredentials, widenServerFlowControl, type SiteCredentials } from "../transport/index.js";
 import { tolerantDecoding } from "./tolerantDecoding.js";
 import { controlService } from "./controlPlane/controlService.js";
 import { policyService } from "./controlPlane/policyService.js";
@@ -153,10 +153,24 @@ async function serve(
   cleanups.push(() => failovers.detach());
   await failovers.recover(vmIds);
   const context = new SiteContext(config.siteId, dir, store, storage, relationships, failovers, log, readModels, policies);
+  if (config.crlFile) {
+    const revocations = await RevocationList.open(config.crlFile, config.caFile, { logger: log.child({ part: "revocation" }) });
+    context.revocations = revocations;
+    cleanups.push(() => revocations.close());
+  }
   const metrics = new SiteMetrics();
   const health = new HealthMonitor(store, context.activity, (vmId) => context.sessionFor(vmId) !== undefined, live.health, log.child({ part: "health" }), metrics);
   context.health = health;
   health.policyOf = (vmId) => policies.healthThresholds(vmId);
+  const siteCertificate = (c: SiteCredentials) => ({ which: "site" as const, commonName: c.identity.commonName, notAfter: c.identity.notAfter.getTime(), file: config.certFile });
+  health.siteCertificate = siteCertificate(creds);
+  // A certificate renewed at the same paths is served to new connections within CERTIFICATE_REFRESH_MS.
+  const tls = new RenewingSiteCredentials({ caFile: config.caFile, certFile: config.certFile, keyFile: config.keyFile }, creds, {
+    logger: log.child({ part: "tls" }),
+    onRenewed: (c) => (health.siteCertificate = siteCertificate(c)),
+  });
+  cleanups.push(() => tls.close());
+  const credentials = tls.serverCredentials();
   await health.start();
   cleanups.push(() => health.stop());
   let metricsServer: MetricsServer | undefined;
@@ -177,7 +191,7 @@ async function serve(
   server.addService(tolerantDecoding(ControlServiceService), controlService(context));
   server.addService(tolerantDecoding(PolicyServiceService), policyService(context));
   server.addService(tolerantDecoding(MonitoringServiceService), monitoringService(context));
-  const bind = (listen: string) => new Promise<number>((resolve, reject) => server.bindAsync(listen, serverCredentials(creds), (err, p) => (err ? reject(err) : resolve(p))));
+  const bind = (listen: string) => new Promise<number>((resolve, reject) => server.bindAsync(listen, credentials, (err, p) => (err ? reject(err) : resolve(p))));
   cleanups.push(() => server.forceShutdown());
   // With port 0 the first start picks a port; later starts keep it, so agents find the site again.
   const previous = config.listen.endsWith(":0") ? readPreviousPort(dir) : undefined;
@@ -193,7 +207,11 @@ async function serve(
     address,
     metricsAddress: metricsServer?.address,
     context,
-    reload: () => reloadSiteConfig(dir, { config, creds }, live, log, overrides),
+    reload: () => {
+      // SIGHUP reads renewed TLS files at once rather than at the next refresh.
+      tls.check();
+      return reloadSiteConfig(dir, { config, creds: tls.credentials }, live, log, overrides);
+    },
     failed,
     async stop() {
       stopping = true;
@@ -218,6 +236,8 @@ async function serve(
       await context.refusals.flush();
       await daemon.stop();
       await readModels.close();
+      context.revocations?.close();
+      tls.close();
       unwatch();
       await store.close();
       // Last: until here a second site on this directory would have fought this one.

@@ -49,3 +49,13 @@ export class TlsCertificateNotValidNowError extends QreplicaError {
 export class UnauthenticatedPeerError extends QreplicaError {
   readonly code = "UNAUTHENTICATED" as const;
 }
+
+/** A certificate revocation list that does not parse, or was not signed by the deployment CA. */
+export class CrlInvalidError extends QreplicaError {
+  readonly code = "CRL_INVALID" as const;
+}
+
+/** A peer presented a certificate the deployment CA revoked. */
+export class CertificateRevokedError extends QreplicaError {
+  readonly code = "CERTIFICATE_REVOKED" as const;
+}

@@ -40,6 +40,7 @@ export {
 export {
   MAX_MESSAGE_BYTES,
   channelCredentials,
+  currentCredentials,
   siteDial,
   grpcChannelOptions,
   grpcServerOptions,
@@ -50,6 +51,8 @@ export {
   type SiteCredentials,
 } from "./tls.js";
 export {
+  CertificateRevokedError,
+  CrlInvalidError,
   OpensslError,
   PkiFileExistsError,
   PkiInvalidNameError,
@@ -62,3 +65,6 @@ export {
   UnauthenticatedPeerError,
 } from "./errors.js";
 export { ROLES, isRole, roleAllows, type Role } from "./roles.js";
+export { CRL_FILE_NAME, RevocationList, generateCrl, loadCrl, revokeCertificate, revokedEntries, type LoadedCrl, type RevokedEntry } from "./revocation.js";
+export { createCertificateRequest, readCertificateRequest, signCertificateRequest } from "./pkiRequest.js";
+export { CERTIFICATE_REFRESH_MS, RenewingSiteCredentials } from "./renewingCredentials.js";

@@ -13,10 +13,11 @@ import { isRole, type Role } from "./roles.js";
 
 const run = promisify(execFile);
 
-async function openssl(args: string[], what: string): Promise<void> {
+/** Runs openssl; resolves with what it printed (stdout, stderr). */
+export async function openssl(args: string[], what: string): Promise<{ stdout: string; stderr: string }> {
   try {
     // No shell: arguments go straight to openssl, so names cannot inject anything.
-    await run("openssl", args, { timeout: 60_000 });
+    return await run("openssl", args, { timeout: 60_000, maxBuffer: 64 * 1024 * 1024 });
   } catch (err) {
     const e = err as NodeJS.ErrnoException & { stderr?: string };
     if (e.code === "ENOENT") {
@@ -30,7 +31,7 @@ const DNS_LABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?";
 const DNS_NAME = new RegExp(`^${DNS_LABEL}(?:\\.${DNS_LABEL})*$`);
 const CA_NAME = /^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$/;
 
-function checkIdentityName(name: string): void {
+export function checkIdentityName(name: string): void {
   if (name.length > 253 || !DNS_NAME.test(name)) {
     throw new PkiInvalidNameError(
       `"${name}" cannot be a site or agent identity: it is used as the certificate CN and a DNS name, ` +
@@ -54,14 +55,14 @@ async function reserveKeyFile(file: string, overwrite: boolean): Promise<void> {
   }
 }
 
-async function generateKey(file: string, overwrite: boolean): Promise<void> {
+export async function generateKey(file: string, overwrite: boolean): Promise<void> {
   await reserveKeyFile(file, overwrite);
   await openssl(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", file], `generating ${file}`);
   await chmod(file, 0o600);
 }
 
 /** Positive 127-bit serial: unique without keeping a serial file next to the CA. */
-function randomSerial(): string {
+export function randomSerial(): string {
   const b = randomBytes(16);
   b[0] = b[0]! & 0x7f;
   return `0x${b.toString("hex")}`;
@@ -231,6 +232,8 @@ export interface CertificateIdentity {
   sans: string[];
   /** The control-plane role bound at issuance; absent when the certificate carries none (or several). */
   role?: Role;
+  /** Upper-case hex without leading zeros, as a CRL lists it (`openssl crl -text`). */
+  serialNumber: string;
   /** Colon-separated upper-case hex, as `openssl x509 -noout -fingerprint -sha256` prints it. */
   fingerprintSha256: string;
   notAfter: Date;
@@ -253,6 +256,7 @@ export function certificateIdentity(pem: string | Buffer | X509Certificate, sour
     commonName: cn ? cn.slice(3) : "",
     sans: entries.filter((e) => !e.startsWith(ROLE_URI_PREFIX)),
     ...(role ? { role } : {}),
+    serialNumber: normalizeSerial(cert.serialNumber),
     fingerprintSha256: cert.fingerprint256,
     notAfter: new Date(cert.validTo),
     issuer: cert.issuer.replace(/\n/g, ", "),
@@ -262,4 +266,14 @@ export function certificateIdentity(pem: string | Buffer | X509Certificate, sour
 function parseSubjectAltName(s: string | undefined): string[] {
   if (!s) return [];
   return s.split(/, (?=[A-Za-z ]+:)/).map((entry) => entry.slice(entry.indexOf(":") + 1).replace(/^"(.*)"$/, "$1"));
+}
+
+/** One spelling of a serial whatever printed it: upper-case hex, no "0x", colons or leading zeros. */
+export function normalizeSerial(serial: string): string {
+  const hex = serial
+    .replace(/^0x/i, "")
+    .replace(/:/g, "")
+    .toUpperCase()
+    .replace(/^0+(?=.)/, "");
+  return hex;
 }

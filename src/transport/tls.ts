@@ -30,6 +30,8 @@ export interface SiteCredentials {
   key: Buffer;
   /** This side's own identity, from `cert`. */
   identity: CertificateIdentity;
+  /** Where they were read from, so a client can read renewed files again at its next dial (currentCredentials). */
+  files?: SiteCredentialFiles;
 }
 
 /** Warn this long before expiry: renewal needs an operator, and an expired site stops replicating. */
@@ -127,7 +129,24 @@ export function loadSiteCredentials(files: SiteCredentialFiles, options: { logge
   } catch {
     // Already read successfully; a failing stat only loses the warning.
   }
-  return { ca, cert, key, identity };
+  return { ca, cert, key, identity, files: { ...files } };
+}
+
+/**
+ * The credentials to dial with now: the files `creds` came from, read again, so an agent uses a
+ * certificate renewed on disk at its next (re)connection without a restart. Files that do not
+ * load (a renewal half-copied) leave it on what it had, with the reason logged.
+ */
+export function currentCredentials(creds: SiteCredentials, logger: Logger = silentLogger): SiteCredentials {
+  if (!creds.files) return creds;
+  try {
+    const fresh = loadSiteCredentials(creds.files);
+    if (!fresh.cert.equals(creds.cert)) logger.info({ certFile: creds.files.certFile, serial: fresh.identity.serialNumber }, "dialling with the renewed certificate");
+    return fresh;
+  } catch (err) {
+    logger.warn({ err: (err as Error).message }, "the TLS files do not load now; dialling with the certificate loaded before");
+    return creds;
+  }
 }
 
 /** Server side of mutual TLS: a client must present a certificate from the CA, or the handshake fails. */

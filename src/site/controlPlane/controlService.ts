@@ -21,7 +21,7 @@ import type { LaunchedInfo } from "../failover/failoverService.js";
  */
 export function controlService(ctx: SiteContext): ControlServiceServer {
   const models = ctx.readModels;
-  const guarded = guardedWith(ctx.logger, grpcCodeOf, ctx.refusals);
+  const guarded = guardedWith(ctx.logger, grpcCodeOf, ctx.refusals, () => ctx.revocations);
 
   const points = async (vmId: string, refreshed = false): Promise<WirePoint[]> => {
     if (!refreshed) await models.refresh();

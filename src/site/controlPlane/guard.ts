@@ -2,7 +2,7 @@ import * as grpc from "@grpc/grpc-js";
 import { QreplicaError, errorMessage } from "../../common/errors.js";
 import type { Logger } from "../../common/logger.js";
 import { isValidId } from "../../model/index.js";
-import { peerIdentity, roleAllows, type Role } from "../../transport/index.js";
+import { peerIdentity, roleAllows, type RevocationList, type Role } from "../../transport/index.js";
 import type { Caller } from "./caller.js";
 import { peerHost, type Refusal, type RefusalAudit } from "./refusalAudit.js";
 import { checkRequestIds } from "./requestIds.js";
@@ -37,7 +37,7 @@ export class ControlCallRefusedError extends QreplicaError {
  * message names the caller, its role, the role needed and the fix (invariant 8: no control action
  * by an identity whose role does not allow it).
  */
-export function authorizeCall(call: AuthenticatedCall, needed: ControlRole): Caller {
+export function authorizeCall(call: AuthenticatedCall, needed: ControlRole, revocations?: RevocationList): Caller {
   const rpc = methodOf(call);
   let identity: ReturnType<typeof peerIdentity>;
   try {
@@ -47,6 +47,11 @@ export function authorizeCall(call: AuthenticatedCall, needed: ControlRole): Cal
     throw new ControlCallRefusedError(refusal, grpc.status.UNAUTHENTICATED);
   }
   const name = identity.commonName;
+  const revoked = revocations?.refusal(identity);
+  if (revoked) {
+    const refusal = { identity: name, role: identity.role ?? "none", rpc, needed, reason: "CERTIFICATE_REVOKED", message: revoked } as const;
+    throw new ControlCallRefusedError(refusal, grpc.status.UNAUTHENTICATED);
+  }
   if (!identity.role) {
     const message =
       `'${name}' may not call ${rpc}: its certificate carries no qreplica role (issued before roles existed, or by hand), so it has no control-plane rights; ` +
@@ -75,12 +80,12 @@ function targetVm(request: unknown): { vmId: string | undefined; vmIdMalformed: 
  * command it causes can record who asked for it. Refusals are logged and recorded in the ledger's audit stream
  * before the caller is answered; errors become grpc statuses.
  */
-export function guardedWith(logger: Logger, codeOf: (err: unknown) => grpc.status, audit: RefusalAudit): Guarded {
+export function guardedWith(logger: Logger, codeOf: (err: unknown) => grpc.status, audit: RefusalAudit, revocations: () => RevocationList | undefined = () => undefined): Guarded {
   return <Req, Res>(needed: ControlRole, fn: (req: Req, caller: Caller) => Promise<Res>): grpc.handleUnaryCall<Req, Res> =>
     (call, callback) => {
       let caller: Caller;
       try {
-        caller = authorizeCall(call, needed);
+        caller = authorizeCall(call, needed, revocations());
       } catch (err) {
         logger.warn({ method: methodOf(call), needed, peer: call.getPeer() }, errorMessage(err));
         const refused = () => callback({ code: codeOf(err), details: errorMessage(err) });

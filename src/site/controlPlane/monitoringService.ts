@@ -12,7 +12,7 @@ import { guardedWith } from "./guard.js";
 import { wireHealth, wireHealthReason, wireState } from "./healthWire.js";
 
 export function monitoringService(ctx: SiteContext): MonitoringServiceServer {
-  const guarded = guardedWith(ctx.logger, codeOf, ctx.refusals);
+  const guarded = guardedWith(ctx.logger, codeOf, ctx.refusals, () => ctx.revocations);
   return {
     measure: guarded("viewer", async (req) => {
       if (!req.vmId) throw Object.assign(new Error("Measure needs a VM id"), { grpcCode: grpc.status.INVALID_ARGUMENT });

@@ -29,7 +29,7 @@ const invalid = (message: string) => Object.assign(new Error(message), { grpcCod
  * or a binding that changes a VM's effective policy is pushed to its agent over the open stream.
  */
 export function policyService(ctx: SiteContext): PolicyServiceServer {
-  const guarded = guardedWith(ctx.logger, grpcCodeOf, ctx.refusals);
+  const guarded = guardedWith(ctx.logger, grpcCodeOf, ctx.refusals, () => ctx.revocations);
   const policies = ctx.policies;
   const book = policies.book;
 

@@ -22,7 +22,9 @@ export type RefusalReason =
   /** A viewer or operator calling what needs a higher role. */
   | "ROLE_INSUFFICIENT"
   /** Data plane: a Hello from a primary identity no authorization entry names. */
-  | "PRIMARY_NOT_AUTHORIZED";
+  | "PRIMARY_NOT_AUTHORIZED"
+  /** Either plane: the peer's certificate is on the deployment CA's revocation list (crlFile). */
+  | "CERTIFICATE_REVOKED";
 
 export interface Refusal {
   /** The certificate's CN, never its contents. */

@@ -17,7 +17,7 @@ import {
   type ReplicateRequest,
   type ReplicateResponse,
 } from "../../gen/qreplica/v1/replication.js";
-import { KNOWN_CHECKSUMS, peerIdentity, pickResyncDigest, untilWritten, writeWithBackpressure, type Role } from "../../transport/index.js";
+import { KNOWN_CHECKSUMS, peerIdentity, pickResyncDigest, untilWritten, writeWithBackpressure, type CertificateIdentity, type Role } from "../../transport/index.js";
 import type { ChunkDigestName } from "../../common/chunkDigest.js";
 import { peerHost } from "../controlPlane/refusalAudit.js";
 import { resyncModeAt } from "../resyncWindows.js";
@@ -68,6 +68,8 @@ export class ReplicateSession {
   private ending = false;
   /** The role bound into the peer's certificate, for the audit of a refused Hello. */
   private peerRole: Role | "none" = "none";
+  /** The peer's certificate as verified at the stream's start (CERT_EXPIRING, revocation). */
+  private peerCertificate: CertificateIdentity | undefined;
   private primaryStopped: { resolve(info: PrimaryStoppedInfo): void; reject(err: Error): void } | undefined;
   private readonly logger: Logger;
 
@@ -144,6 +146,7 @@ export class ReplicateSession {
       const peer = peerIdentity(this.call);
       identity = peer.commonName;
       this.peerRole = peer.role ?? "none";
+      this.peerCertificate = peer;
     } catch (err) {
       this.endWithStatus(grpc.status.UNAUTHENTICATED, errorMessage(err));
       return;
@@ -239,6 +242,12 @@ export class ReplicateSession {
       const kind = badId === hello.vmId ? "VM id" : "disk id";
       return refuse(RejectReason.REJECT_REASON_UNKNOWN_VM, new InvalidIdError(kind, badId, "Hello").message, grpc.status.INVALID_ARGUMENT);
     }
+    const revoked = this.peerCertificate && this.ctx.revocations?.refusal(this.peerCertificate);
+    if (revoked) {
+      const refusal = { identity, role: this.peerRole, rpc: "Replicate", needed: "authorization", reason: "CERTIFICATE_REVOKED", message: revoked } as const;
+      await this.ctx.refusals.record({ ...refusal, vmId: hello.vmId, vmIdMalformed: false, peer: peerHost(this.call.getPeer()) });
+      return refuse(RejectReason.REJECT_REASON_UNAUTHORIZED, revoked, grpc.status.UNAUTHENTICATED);
+    }
     const authorization = await this.ctx.authorizations.find(identity);
     if (!authorization) {
       const message = `primary '${identity}' is not authorized to replicate to site ${this.ctx.siteId}; on the replica site run 'qreplica authorize --dir SITE_DIR --primary ${identity}'`;
@@ -271,6 +280,7 @@ export class ReplicateSession {
         identity,
       });
       this.ctx.claimSession(hello.vmId, this);
+      if (this.peerCertificate) this.ctx.health?.noteAgentCertificate(hello.vmId, this.peerCertificate);
       await writeWithBackpressure(this.call, {
         body: {
           $case: "helloAck",

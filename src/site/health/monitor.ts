@@ -11,7 +11,7 @@ import type { VmStatus } from "../../ledger/projections/status.js";
 import { REPLICATION_STATES } from "../../ledger/domain/states.js";
 import { MonitoringHistory, MAX_WINDOW_SECONDS } from "./history.js";
 import { measure, type Measurement } from "./measure.js";
-import { defaultThresholds, evaluateHealth, type HealthLevel, type HealthResult, type HealthThresholds } from "./rules.js";
+import { defaultThresholds, evaluateHealth, type CertificateExpiry, type HealthLevel, type HealthResult, type HealthThresholds } from "./rules.js";
 import type { SiteMetrics } from "./siteMetrics.js";
 import type { AgentActivity } from "./activity.js";
 
@@ -50,6 +50,10 @@ export class HealthMonitor {
   private timer: NodeJS.Timeout | undefined;
   private ticking: Promise<void> | undefined;
   policyOf: PolicyThresholds = () => undefined;
+  /** This site's own certificate (CERT_EXPIRING for every VM); replaced when a renewed one is served. */
+  siteCertificate: CertificateExpiry | undefined;
+  /** The certificate each VM's primary agent presented at its last accepted Hello. */
+  private readonly agentCertificates = new Map<string, CertificateExpiry>();
 
   constructor(
     private readonly store: EventStore,
@@ -76,6 +80,16 @@ export class HealthMonitor {
     const every = (this.settings.evaluateEverySeconds ?? DEFAULT_EVALUATE_EVERY_SECONDS) * 1000;
     this.timer = setInterval(() => void this.tick(), every);
     this.timer.unref();
+  }
+
+  /** At an accepted Hello: the agent's certificate as it presented it, until its next Hello. */
+  noteAgentCertificate(vmId: string, cert: { commonName: string; notAfter: Date }): void {
+    this.agentCertificates.set(vmId, { which: "agent", commonName: cert.commonName, notAfter: cert.notAfter.getTime() });
+  }
+
+  private certificatesOf(vmId: string): CertificateExpiry[] {
+    const agent = this.agentCertificates.get(vmId);
+    return [...(this.siteCertificate ? [this.siteCertificate] : []), ...(agent ? [agent] : [])];
   }
 
   async stop(): Promise<void> {
@@ -193,6 +207,7 @@ export class HealthMonitor {
         agentConnected: connected,
         lastActivityAt: this.activity.lastActivityAt(status.vmId),
         watchingSince: this.activity.since,
+        certificates: this.certificatesOf(status.vmId),
       },
       thresholds,
       now,

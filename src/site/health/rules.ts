@@ -13,7 +13,8 @@
  *   monitoring window missed (CYCLES_MISSED); no point for over an hour (NO_POINT_FOR_AN_HOUR);
  *   newest point older than twice the frequency (POINT_LATE); the primary reports it skips its
  *   cycles (CYCLES_SKIPPED); recent changes arrive faster than the link delivers them
- *   (RPO_AT_RISK); paused, resynchronising, or initial replication not done (STATE_*).
+ *   (RPO_AT_RISK); paused, resynchronising, or initial replication not done (STATE_*); this site's
+ *   or the primary agent's certificate expires within 30 days (CERT_EXPIRING).
  */
 import type { ReplicationStateName } from "../../ledger/domain/states.js";
 
@@ -34,7 +35,21 @@ export type HealthReasonCode =
   | "RPO_AT_RISK"
   | "STATE_PAUSED"
   | "STATE_RESYNCHRONISING"
-  | "STATE_INITIAL_REPLICATION";
+  | "STATE_INITIAL_REPLICATION"
+  | "CERT_EXPIRING";
+
+/** A certificate the relationship depends on: this site's own, or the primary agent's (as presented at its last Hello). */
+export interface CertificateExpiry {
+  readonly which: "site" | "agent";
+  readonly commonName: string;
+  /** ms since the epoch. */
+  readonly notAfter: number;
+  /** Where it is on this host (the site's certFile); undefined for a peer's certificate. */
+  readonly file?: string | undefined;
+}
+
+/** Certificates that expire within this long turn health to Warning: renewal needs an operator (and a CA host). */
+export const CERT_EXPIRY_WARNING_MS = 30 * 24 * 3600 * 1000;
 
 export interface HealthReason {
   readonly code: HealthReasonCode;
@@ -98,6 +113,8 @@ export interface HealthInput {
   readonly lastActivityAt: number | undefined;
   /** When the site started watching (ms): a silent agent is measured from here if nothing was seen. */
   readonly watchingSince: number;
+  /** The certificates this relationship depends on (CERT_EXPIRING); absent: none known. */
+  readonly certificates?: readonly CertificateExpiry[] | undefined;
 }
 
 export interface CycleCounts {
@@ -198,6 +215,11 @@ export function evaluateHealth(input: HealthInput, t: HealthThresholds, now: num
     if (risk) warn("RPO_AT_RISK", risk);
   }
 
+  for (const c of input.certificates ?? []) {
+    const message = certificateExpiring(c, now);
+    if (message) warn("CERT_EXPIRING", message);
+  }
+
   reasons.sort((a, b) => (a.level === b.level ? ORDER.indexOf(a.code) - ORDER.indexOf(b.code) : a.level === "critical" ? -1 : 1));
   const level: HealthLevel = reasons.some((r) => r.level === "critical") ? "critical" : reasons.length > 0 ? "warning" : "normal";
   return { level, reasons, counts };
@@ -218,7 +240,24 @@ const ORDER: readonly HealthReasonCode[] = [
   "NO_POINT_FOR_AN_HOUR",
   "CYCLES_MISSED",
   "RPO_AT_RISK",
+  "CERT_EXPIRING",
 ];
+
+const CERT_FIX: Record<CertificateExpiry["which"], string> = {
+  site: "on this host run 'qreplica pki request', sign the request on the CA host ('qreplica pki sign'), and put the new certificate at the same path: the site serves it to new connections within a minute, without a restart",
+  agent:
+    "on the agent's host run 'qreplica pki request', sign the request on the CA host ('qreplica pki sign --role agent'), and put the new certificate at the agent's certFile: the agent uses it at its next connection",
+};
+
+/** The CERT_EXPIRING message for `c`, or undefined when it is valid for more than 30 days. */
+export function certificateExpiring(c: CertificateExpiry, now: number): string | undefined {
+  const left = c.notAfter - now;
+  if (left >= CERT_EXPIRY_WARNING_MS) return undefined;
+  const owner = c.which === "site" ? `this site's certificate${c.file ? ` ${c.file}` : ""}` : "the primary agent's certificate";
+  const when = new Date(c.notAfter).toISOString();
+  const state = left <= 0 ? `expired at ${when}` : `expires at ${when} (in ${Math.ceil(left / (24 * 3600 * 1000))} days)`;
+  return `${owner} (CN ${c.commonName}) ${state}; ${CERT_FIX[c.which]}`;
+}
 
 type Add = (code: HealthReasonCode, message: string) => void;
 
