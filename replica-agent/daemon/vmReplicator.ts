@@ -188,7 +188,17 @@ export class VmReplicator {
     };
     while (!this.stopped) {
       if (planned) {
-        await stopForPlannedFailover({ source, capture, stream, responses, generation: ack.generation, req: planned, vm: this.vm, logger: this.logger, sender: this.senderOptions() });
+        await stopForPlannedFailover({
+          source,
+          capture,
+          stream,
+          responses,
+          generation: ack.generation,
+          req: planned,
+          vm: this.vm,
+          logger: this.logger,
+          sender: this.senderOptions(),
+        });
         this.status = "stopped";
         this.stopped = true;
         return;
