@@ -60,7 +60,11 @@ beforeAll(() => {
   if (pack.code !== 0) throw new Error(`npm pack failed: ${pack.stderr}${pack.stdout}`);
   const tarball = join(d("pack"), readdirSync(d("pack")).find((f) => f.endsWith(".tgz"))!);
   const packed = Date.now();
-  const env = { ...installedEnv(), PATH: process.env.PATH, npm_config_build_from_source: "true" };
+  const env: NodeJS.ProcessEnv = { ...installedEnv(), PATH: process.env.PATH, npm_config_build_from_source: "true" };
+  // The addons must be built for the Node that runs the bins (this one): its own headers, as
+  // scripts/install.sh's Node 24 in /opt/qreplica/node has them, not npm's configured nodedir.
+  const nodeDir = resolve(dirname(process.execPath), "..");
+  if (existsSync(join(nodeDir, "include/node/node.h"))) env.npm_config_nodedir = nodeDir;
   const install = run("npm", ["install", "-g", "--prefix", prefix, "--prefer-offline", "--no-audit", "--no-fund", "--allow-scripts=better-sqlite3,zstd-napi", tarball], { env });
   if (install.code !== 0) throw new Error(`npm install of ${tarball} failed: ${install.stderr}${install.stdout}`);
   console.log(`packageInstall: npm pack (with the build) ${((packed - started) / 1000).toFixed(1)} s, npm install -g ${((Date.now() - packed) / 1000).toFixed(1)} s`);
