@@ -11,6 +11,8 @@ import { rpoUnderLoad } from "./rpoUnderLoad.js";
 import { agentCpuPerGib } from "./agentCpuPerGib.js";
 import { wan } from "./wan.js";
 import { commandAtAge, ledgerAppend, projectionRebuild } from "./ledgerAge.js";
+import { cliStart } from "./cliStart.js";
+import { zstdCodecs } from "./zstdCodecs.js";
 import { formatResult, type BenchResult, type Benchmark } from "./report.js";
 
 const benchmarks: Record<string, Benchmark> = {
@@ -27,6 +29,8 @@ const benchmarks: Record<string, Benchmark> = {
   "ledger-append": ledgerAppend,
   "projection-rebuild": projectionRebuild,
   "command-at-age": commandAtAge,
+  "cli-start": cliStart,
+  "zstd-codec": zstdCodecs,
 };
 
 const program = new Command()

@@ -21,17 +21,19 @@ export { zstdNapiAvailable, zstdNapiCodec } from "./zstdNapi.js";
 export type ZstdImplementation = "node:zlib" | "zstd-napi";
 
 /**
- * The codec for a name. For zstd, the runtime's built-in `node:zlib` is used when it has one (as
- * DESIGN.md asks: no native addon to rebuild on upgrades), otherwise zstd-napi; `prefer` overrides
- * that, e.g. for benchmarks. Frames are standard zstd either way, so sites on different Node
- * versions interoperate.
+ * The codec for a name. For zstd, the native addon zstd-napi is the default: on Node 24 it
+ * compresses and, above all, decompresses faster than the runtime's built-in `node:zlib` zstd,
+ * which makes a new context per call and cannot decompress into a caller's buffer (`npm run bench
+ * -- --only zstd-codec`; README "Performance"). `node:zlib` (Node >= 22.15) takes over where the
+ * addon does not load; `prefer` overrides the order, e.g. for benchmarks. Frames are standard
+ * zstd either way (the two read each other's, tested), so sites using either interoperate.
  */
 export function getCodec(name: string, options: { prefer?: ZstdImplementation } = {}): Codec {
   switch (name) {
     case "none":
       return noneCodec;
     case "zstd": {
-      const order: ZstdImplementation[] = options.prefer === "zstd-napi" ? ["zstd-napi", "node:zlib"] : ["node:zlib", "zstd-napi"];
+      const order: ZstdImplementation[] = options.prefer === "node:zlib" ? ["node:zlib", "zstd-napi"] : ["zstd-napi", "node:zlib"];
       for (const impl of order) {
         if (impl === "node:zlib" && nodeZlibZstdAvailable()) return nodeZlibZstdCodec;
         if (impl === "zstd-napi" && zstdNapiAvailable()) return zstdNapiCodec;

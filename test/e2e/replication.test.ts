@@ -24,7 +24,7 @@ describe("two sites, one agent, one VM (separate processes, mutual TLS)", () => 
     await t.startSite(t.siteA);
     await t.startSite(t.siteB);
     const batches = [await writeAndSnapshot(t, 0, ["write -P 0x10 0 8M", "write -P 0x11 40M 1M"])];
-    t.startAgent();
+    const agent = t.startAgent();
     for (let k = 1; k <= 6; k++) {
       const previous = batches[batches.length - 1]!;
       // A point cut after the previous batch must exist before the next batch starts.
@@ -57,9 +57,13 @@ describe("two sites, one agent, one VM (separate processes, mutual TLS)", () => 
     }
     expect(verified).toBeGreaterThanOrEqual(6);
     expect(state.points.length).toBeGreaterThanOrEqual(7);
-    // Nothing partial is visible in the replica's storage.
-    const files = readdirSync(join(t.siteB, "storage", "vm1", "vda"));
-    expect(files.filter((f) => f.endsWith(".partial"))).toEqual([]);
+    // Nothing partial is left in the replica's storage. The agent cycles every second, so the
+    // cycle in flight has its .partial until it commits: stop the agent, whose open cycle the site
+    // then discards, and wait for that.
+    await agent.kill("SIGTERM");
+    const partials = () => readdirSync(join(t.siteB, "storage", "vm1", "vda")).filter((f) => f.endsWith(".partial"));
+    await waitFor("the aborted cycle's .partial to be discarded", () => (partials().length === 0 ? true : undefined), 60_000).catch(() => undefined);
+    expect(partials()).toEqual([]);
     expect(existsSync(join(t.siteB, "storage", "vm1", "vda", "base.qcow2"))).toBe(true);
   });
 });

@@ -1,5 +1,5 @@
 import { spawn, spawnSync, type ChildProcess } from "node:child_process";
-import { mkdirSync, openSync, readdirSync } from "node:fs";
+import { existsSync, mkdirSync, openSync, readdirSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { getSqliteEventStore, loadRelationship } from "../../src/ledger/index.js";
 
@@ -61,7 +61,11 @@ export function installPackage(dir: string): InstalledPackage {
   if (pack.code !== 0) throw new Error(`npm pack failed: ${pack.stderr}${pack.stdout}`);
   const tarball = join(dir, "pack", readdirSync(join(dir, "pack")).find((f) => f.endsWith(".tgz"))!);
   const packed = Date.now();
-  const installEnv = { ...env(), PATH: process.env.PATH, npm_config_build_from_source: "true" };
+  const installEnv: NodeJS.ProcessEnv = { ...env(), PATH: process.env.PATH, npm_config_build_from_source: "true" };
+  // The addons must be built for the Node that runs the bins (this one): its own headers, as
+  // scripts/install.sh's Node 24 in /opt/qreplica/node has them, not npm's configured nodedir.
+  const nodeDir = resolve(dirname(process.execPath), "..");
+  if (existsSync(join(nodeDir, "include/node/node.h"))) installEnv.npm_config_nodedir = nodeDir;
   const install = run("npm", ["install", "-g", "--prefix", prefix, "--prefer-offline", "--no-audit", "--no-fund", "--allow-scripts=better-sqlite3,zstd-napi", tarball], {
     env: installEnv,
   });

@@ -49,4 +49,19 @@ describe("systemd units", () => {
     }
     expect(site).toContain("KillMode=process");
   });
+
+  it("run the bins on the Node that scripts/install.sh installs (its prefix first on the units' PATH), which is 22 or later", () => {
+    const prefix = /^QR_NODE_PREFIX=\$\{QR_NODE_PREFIX:-(\S+)\}$/m.exec(readFileSync(join(ROOT, "scripts/node-env.sh"), "utf8"))?.[1];
+    expect(prefix).toBe("/opt/qreplica/node");
+    for (const unit of UNITS) {
+      const path = directives(unitText(unit))
+        .find((l) => l.startsWith("Environment=PATH="))
+        ?.slice("Environment=PATH=".length);
+      expect(path?.split(":")[0], unit).toBe(`${prefix}/bin`);
+      // The bins' `#!/usr/bin/env node` as systemd would resolve it, on this machine as install.sh left it.
+      const r = spawnSync("/usr/bin/env", ["node", "-p", "process.versions.node"], { env: { PATH: path }, encoding: "utf8" });
+      expect(r.status, r.stderr).toBe(0);
+      expect(Number(r.stdout.split(".")[0]), `${unit} runs Node ${r.stdout.trim()}: run scripts/install.sh`).toBeGreaterThanOrEqual(22);
+    }
+  });
 });
