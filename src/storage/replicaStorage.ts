@@ -6,7 +6,7 @@ import { faultPoint, faultWhileRunning } from "../common/faultPoints.js";
 import { silentLogger, type Logger } from "../common/logger.js";
 import { requireId, type IdKind } from "../model/index.js";
 import { createImage, runTool } from "../qemu/processes/index.js";
-import { SeedUnusableError } from "./errors.js";
+import { SeedUnusableError, StorageWriteError } from "./errors.js";
 import { DiskPointWriter } from "./pointWriter.js";
 import { chunkHashes, resyncChunkBytes } from "./seedHashes.js";
 import { readChunkHashFile, writeChunkHashFile } from "./chunkHashFile.js";
@@ -139,7 +139,16 @@ export class ReplicaStorage {
         rmSync(chunkHashPath + PARTIAL, { force: true });
         // Relative backing names keep a chain valid when the storage root is moved.
         const backing = full ? (d.seedImage ? { backing: d.seedImage, backingFormat: "qcow2" } : {}) : { backing: basename(d.parentImage!), backingFormat: "qcow2" };
-        await createImage(partial, d.sizeBytes, backing);
+        await createImage(partial, d.sizeBytes, backing).catch((err: unknown) => {
+          // Named like a write that finds the storage full: the operator's fix is the same.
+          if (!/No space left on device/i.test(errorMessage(err))) throw err;
+          throw new StorageWriteError(
+            vmId,
+            d.diskId,
+            `creating the point's overlay failed: the file system holding ${dirname(partial)} is full (ENOSPC); free space there or move the site's storageRoot to a larger one. Nothing was committed; the agent sends the cycle again`,
+            { cause: err },
+          );
+        });
         targets.push({ partial, final, diskId: d.diskId, sizeBytes: d.sizeBytes, chunkHashPath });
         const hashes = this.hashTracker(vmId, seq, d);
         writers.push(await DiskPointWriter.open(this.daemon, { vmId, diskId: d.diskId, seq, imagePath: partial, sizeBytes: d.sizeBytes, logger: this.logger, hashes }));
