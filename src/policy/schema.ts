@@ -10,6 +10,7 @@ import { ID_PATTERN } from "../model/index.js";
 import { InvalidPolicyError, type PolicyProblem } from "./errors.js";
 import type { BandwidthLimit, FrequencySpec, ReplicationPolicy, RetentionTier, TimeWindow } from "./types.js";
 import { TIME_OF_DAY, parseDay, parseDuration, parseRate } from "./units.js";
+import { editDistance } from "../common/configSchema.js";
 
 /** The built-in policy's name: VMs bound to no policy replicate under it. Not applicable by hand. */
 export const DEFAULT_POLICY_NAME = "default";
@@ -269,20 +270,6 @@ function knownFields(path: PropertyKey[]): string[] {
     initialReplication: ["at"],
   };
   return byPath[keys] ?? (keys.endsWith("window") ? ["days", "from", "to"] : []);
-}
-
-function editDistance(a: string, b: string): number {
-  const row = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    let prev = row[0]!;
-    row[0] = i;
-    for (let j = 1; j <= b.length; j++) {
-      const here = row[j]!;
-      row[j] = Math.min(row[j]! + 1, row[j - 1]! + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
-      prev = here;
-    }
-  }
-  return row[b.length]!;
 }
 
 function pathText(path: PropertyKey[]): string {
