@@ -28,6 +28,8 @@ export interface CampaignReport {
   /** Points read while retention merged them (marked merging or gone by the end of the read): not judged. */
   readsDuringMerge: number;
   guestWrites: number;
+  /** Guest writes a full scratch failed on the sync=none cut-off path (not guest-safe, documented): not counted as violations. */
+  guestWritesFailedOnSyncNone: string[];
   durationMs: number;
 }
 
@@ -65,6 +67,8 @@ export function formatReport(r: CampaignReport): string {
     `faults ${r.faults.length}, recovered ${r.recoveries}, time to recover median ${sec(r.recoverMs.median)} max ${sec(r.recoverMs.max)}`,
     `invariant checks ${r.invariantChecks} (points checked ${r.pointsChecked}, of which caught a write half done ${r.tornWritePoints}, read while merged away ${r.readsDuringMerge}; guest writes ${r.guestWrites}), violations ${r.violations.length}`,
     ...r.violations.map((v) => `  VIOLATION ${v}`),
+    `guest writes failed by a full scratch on the sync=none path (known, not guest-safe): ${r.guestWritesFailedOnSyncNone.length}`,
+    ...r.guestWritesFailedOnSyncNone.map((v) => `  ${v}`),
     `duration ${sec(r.durationMs)}`,
   ];
   return lines.join("\n");
