@@ -145,6 +145,23 @@ async function withCycleProgress<T>(client: ControlServiceClient, vm: string, mo
   }
 }
 
+/**
+ * The seeding point, not the newest: with a short interval the next cycle may commit before the
+ * wait sees the first one.
+ */
+async function seededPoint(
+  replica: ControlServiceClient,
+  vm: string,
+  generation: bigint,
+  progress: ProgressMode,
+): Promise<{ recoveryPointId: string; newestRecoveryPointId: string }> {
+  const rel = await waitUntilReplicating(replica, vm, progress);
+  const newest = rel?.lastRecoveryPoint?.recoveryPointId ?? "";
+  const points = await unary(replica, replica.listRecoveryPoints, { vmId: vm });
+  const first = points.recoveryPoints.find((p) => p.generation === generation);
+  return { recoveryPointId: first?.recoveryPointId ?? newest, newestRecoveryPointId: newest };
+}
+
 export function registerReverse(program: Command): void {
   withProgress(program.command("reverse <vm>"))
     .option("--wait", "wait until the old primary's site has the first point (the seeding), showing its progress on stderr", false)
@@ -180,10 +197,10 @@ export function registerReverse(program: Command): void {
         const started = await unary(primary, primary.startReverseReplication, { vmId: vm, replicaAddress: readAddress(o.toDir) }, 60_000);
         const agentLog = reverseAgentLogFile(runDir(resolve(o.dir)), vm);
         // The seeding is the reverse relationship's first cycle, received by the old primary's site.
-        const seeded = o.wait ? await waitUntilReplicating(replica, vm, o.progress) : undefined;
+        const seeded = o.wait ? await seededPoint(replica, vm, started.generation, o.progress) : undefined;
         emit(
           o.json,
-          { ...started, agentLog, ...(seeded ? { recoveryPointId: seeded.lastRecoveryPoint?.recoveryPointId ?? "" } : {}) },
+          { ...started, agentLog, ...(seeded ?? {}) },
           () =>
             `VM ${vm}: reverse replication started from ${status.siteId} (generation ${started.generation}, agent pid ${started.agentPid}, log ${agentLog}); ${seeds.length ? "only chunks differing from the seeds are sent" : "full copy (no seed given)"}`,
         );
