@@ -56,6 +56,8 @@ export interface TwoSitesOptions {
   intervalSeconds?: number;
   maxPoints?: number;
   counterGuest?: boolean;
+  /** More `site init` options for site B (the replica), e.g. `--launcher libvirt`. */
+  siteBInitArgs?: string[];
 }
 
 /**
@@ -85,7 +87,21 @@ export async function setupTwoSites(dir: string, opts: TwoSitesOptions): Promise
   const siteB = join(dir, "site-b");
   await cli(["pki", "create-ca", "--dir", caDir]);
   await cli(["site", "init", "--dir", siteA, "--name", "site-a", "--ca-dir", caDir, "--listen", "127.0.0.1:0"]);
-  await cli(["site", "init", "--dir", siteB, "--name", "site-b", "--ca-dir", caDir, "--listen", "127.0.0.1:0", "--max-points", String(opts.maxPoints ?? 100)]);
+  await cli([
+    "site",
+    "init",
+    "--dir",
+    siteB,
+    "--name",
+    "site-b",
+    "--ca-dir",
+    caDir,
+    "--listen",
+    "127.0.0.1:0",
+    "--max-points",
+    String(opts.maxPoints ?? 100),
+    ...(opts.siteBInitArgs ?? []),
+  ]);
   await cli(["pki", "issue", "--ca-dir", caDir, "--name", "agent-a", "--out-dir", join(dir, "agent-tls")]);
   await cli(["authorize", "--dir", siteB, "--primary", "agent-a"]);
   const vm = await startStorageDaemonVm(join(dir), [{ id: "vda", sizeBytes: opts.diskBytes }]);

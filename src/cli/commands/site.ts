@@ -4,9 +4,24 @@ import type { Command } from "commander";
 import { createLogger } from "../../common/logger.js";
 import { ADMIN_CERT_NAME, adminCredentialFiles, isWildcardHost, listenHost, saveSiteConfig, siteFile } from "../../site/siteConfig.js";
 import { startSite } from "../../site/siteServer.js";
+import { DEFAULT_LIBVIRT_URI } from "../../site/launcher/index.js";
 import { issueCertificate } from "../../transport/index.js";
 import { choiceOption, hostPortOption, intOption } from "../options.js";
 import { emit, fail } from "../output.js";
+import { InvalidCliArgumentError } from "../exitCodes.js";
+
+interface InitOptions {
+  dir: string;
+  name: string;
+  caDir: string;
+  listen: string;
+  san: string[];
+  maxPoints: number;
+  accel: "auto" | "kvm" | "tcg";
+  launcher: "qemu" | "libvirt";
+  libvirtUri?: string;
+  json: boolean;
+}
 
 export function registerSite(program: Command): void {
   const site = program.command("site").description("set up and run a site (replica server)");
@@ -24,10 +39,19 @@ export function registerSite(program: Command): void {
     )
     .option("--max-points <n>", "recovery points kept per VM (1 to 100000)", intOption(1, 100_000), 24)
     .option("--accel <accel>", "accelerator for failover and test VMs: auto, kvm or tcg", choiceOption(["auto", "kvm", "tcg"] as const), "auto")
+    .option(
+      "--launcher <launcher>",
+      "who runs failover and test VMs: qemu (the site's own qemu-system processes) or libvirt (domains defined from the replicated spec)",
+      choiceOption(["qemu", "libvirt"] as const),
+      "qemu",
+    )
+    .option("--libvirt-uri <uri>", `libvirt connection for --launcher libvirt (default ${DEFAULT_LIBVIRT_URI})`)
     .option("--json", "JSON output", false)
-    .action(async (o: { dir: string; name: string; caDir: string; listen: string; san: string[]; maxPoints: number; accel: "auto" | "kvm" | "tcg"; json: boolean }) => {
+    .action(async (o: InitOptions) => {
       try {
         const dir = resolve(o.dir);
+        if (o.libvirtUri !== undefined && o.launcher !== "libvirt")
+          throw new InvalidCliArgumentError("--libvirt-uri is used only with --launcher libvirt: add --launcher libvirt or drop --libvirt-uri");
         if (existsSync(siteFile(dir))) throw new Error(`${siteFile(dir)} exists already: this directory is a site`);
         const sans = siteSans(o.listen, o.san);
         mkdirSync(join(dir, "tls"), { recursive: true, mode: 0o700 });
@@ -48,6 +72,8 @@ export function registerSite(program: Command): void {
           storageRoot: "storage",
           defaultMaxPoints: o.maxPoints,
           accel: o.accel,
+          launcher: o.launcher,
+          ...(o.libvirtUri !== undefined ? { libvirtUri: o.libvirtUri } : {}),
           ...(o.san[0] ? { advertiseHost: o.san[0] } : {}),
         };
         saveSiteConfig(dir, config);

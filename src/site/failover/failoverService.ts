@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync, type Dirent } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { imageInfo } from "../../qemu/processes/qemuImg.js";
 import { QreplicaError } from "../../common/errors.js";
@@ -17,13 +17,13 @@ import {
   type FailoverKind,
   type RecoveryPoint,
 } from "../../ledger/index.js";
-import { createThrowawayOverlay, launchVm, type LaunchedVm } from "../launcher/index.js";
+import { createThrowawayOverlay, type LauncherKind, type SiteLaunchers, type SiteVm, type VmLifetime, type VmRef } from "../launcher/index.js";
 import { launchSpecOf } from "./defaultSpec.js";
 import { actorMetadata, type Caller } from "../controlPlane/caller.js";
 
 /** The ledger metadata of a command: who asked for it (none for the site's own housekeeping). */
 const by = (caller: Caller | undefined) => (caller ? { metadata: actorMetadata(caller) } : {});
-import { killQemuUnder, processCommandLine, terminate } from "./processes.js";
+import { killQemuUnder, killRecordedVms } from "./processes.js";
 import { ReverseAgents, type ReverseAgentInfo, type ReverseAgentOptions } from "./reverseAgent.js";
 
 export interface LaunchedInfo {
@@ -33,6 +33,10 @@ export interface LaunchedInfo {
   pid: number;
   timeToRunningMs: number;
   diskImages: string[];
+  launcher: LauncherKind;
+  /** libvirt only: the domain and the URI it is defined on. */
+  libvirtDomain?: string;
+  libvirtUri?: string;
 }
 
 /** A request the relationship or the site cannot honour now; the message says why and what to do. */
@@ -41,7 +45,7 @@ export class FailoverRefusedError extends QreplicaError {
 }
 
 interface Running {
-  vm: LaunchedVm;
+  vm: SiteVm;
   overlays: string[];
 }
 
@@ -51,12 +55,12 @@ interface Running {
  */
 interface FailoverVm {
   name: string;
-  pid: number;
-  qmpSocketPath: string;
+  /** Which launcher runs it and how to find it again (a QEMU pid and monitor, or a libvirt domain). */
+  ref: VmRef;
   serialLogPath: string;
   overlays: string[];
   /** Present while this process launched it and still holds its monitor. */
-  launched?: LaunchedVm;
+  launched?: SiteVm;
   /** Its monitor was handed to a reverse-replication agent (QEMU serves one client per monitor). */
   released: boolean;
 }
@@ -76,7 +80,7 @@ export class FailoverService {
   constructor(
     private readonly store: EventStore,
     private readonly runDir: string,
-    private readonly accel: "auto" | "kvm" | "tcg",
+    private readonly launchers: SiteLaunchers,
     private readonly logger: Logger,
   ) {
     this.reverseAgents = new ReverseAgents(runDir, logger);
@@ -150,8 +154,7 @@ export class FailoverService {
   private remember(vmId: string, dir: string, running: Running): void {
     const vm: FailoverVm = {
       name: running.vm.name,
-      pid: running.vm.proc.pid,
-      qmpSocketPath: running.vm.qmpSocketPath,
+      ref: running.vm.ref,
       serialLogPath: running.vm.serialLogPath,
       overlays: running.overlays,
       launched: running.vm,
@@ -168,10 +171,25 @@ export class FailoverService {
   async releaseFailedOverVm(vmId: string): Promise<{ qmpSocket: string }> {
     const vm = this.failedOver.get(vmId);
     if (!vm) throw new FailoverRefusedError(`VM ${vmId} has no failed-over VM running on this site: fail it over (with its VM started) first`);
-    await vm.launched?.qmp.close();
+    this.assertReversible(vmId);
+    const qmpSocket = vm.launched ? await vm.launched.releaseMonitor() : vm.ref.launcher === "qemu" ? vm.ref.qmpSocketPath : "";
     vm.released = true;
     writeVmRecord(this.failoverDirOf(vmId), vm);
-    return { qmpSocket: vm.qmpSocketPath };
+    return { qmpSocket };
+  }
+
+  /**
+   * Reverse replication reads the failed-over VM through its QEMU monitor: a libvirt domain's
+   * monitor is libvirt's. Checked before anything is recorded, so a refused reverse changes nothing.
+   */
+  assertReversible(vmId: string): void {
+    const ref = this.failedOver.get(vmId)?.ref;
+    if (ref?.launcher === "libvirt") {
+      throw new FailoverRefusedError(
+        `VM ${vmId} runs as libvirt domain ${ref.domain} (site.json launcher "libvirt"): reverse replication from a libvirt-launched VM is not supported yet; ` +
+          "protect the domain with an agent whose config names it (vms[].libvirt) and a new relationship, or use the qemu launcher for VMs to be reversed",
+      );
+    }
   }
 
   /** Starts the VM's reverse-replication agent, supervised by this site (see ReverseAgents). */
@@ -182,7 +200,7 @@ export class FailoverService {
   async cancel(vmId: string, caller?: Caller): Promise<string> {
     const vm = this.failedOver.get(vmId);
     if (vm?.launched && !vm.released) await vm.launched.stop({ timeoutMs: 5_000 });
-    else if (vm) await terminate(vm.pid, 10_000);
+    else if (vm) await this.launchers.forRef(vm.ref).stopRecorded(vm.ref, 10_000);
     this.failedOver.delete(vmId);
     rmSync(join(this.runDir, "failover", vmId), { recursive: true, force: true });
     const { newState } = await executeCommand(this.store, vmId, (s) => cancelFailover(s), by(caller));
@@ -217,10 +235,13 @@ export class FailoverService {
    * restarted: a site restart must never stop production or its replication.
    */
   async recover(vmIds: Iterable<string>): Promise<void> {
-    killRecordedVms(join(this.runDir, "tests"));
+    const testsDir = join(this.runDir, "tests");
+    killRecordedVms(testsDir);
+    const stray = await this.launchers.configured.removeTestLeftovers(testsDir);
+    if (stray.length > 0) this.logger.warn({ domains: stray }, "test VMs left by the site's previous run destroyed (test VMs never outlive the site)");
     for (const vmId of vmIds) {
       const { state } = await loadRelationship(this.store, vmId);
-      const found = this.adoptFailoverVm(vmId);
+      const found = await this.adoptFailoverVm(vmId);
       if (found !== "adopted" && state.state === "failed-over-waiting-completion") {
         await this.relaunchFailoverVm(vmId, state, found === "died-after-release").catch((err: unknown) =>
           this.logger.error({ vm: vmId, err }, "the failover VM could not be started again: start it with 'qreplica failover VM cancel' and a new failover"),
@@ -242,19 +263,17 @@ export class FailoverService {
     return join(root, generations[0] ?? "g0");
   }
 
-  private adoptFailoverVm(vmId: string): "adopted" | "none" | "died" | "died-after-release" {
+  private async adoptFailoverVm(vmId: string): Promise<"adopted" | "none" | "died" | "died-after-release"> {
     const dir = this.failoverDirOf(vmId);
     const vm = readVmRecord(dir);
     if (!vm) return "none";
-    // A recycled pid must not be taken for the VM: it must be QEMU with this VM's monitor.
-    const cmdline = processCommandLine(vm.pid);
-    if (!cmdline?.includes("qemu-system") || !cmdline.includes(vm.qmpSocketPath)) {
-      this.logger.warn({ vm: vmId, pid: vm.pid, dir }, "the failover VM is no longer running; its overlays are kept");
+    if (!(await this.launchers.forRef(vm.ref).isRunning(vm.ref))) {
+      this.logger.warn({ vm: vmId, ref: vm.ref, dir }, "the failover VM is no longer running; its overlays are kept");
       rmSync(join(dir, VM_RECORD), { force: true }); // said once, not at every start
       return vm.released ? "died-after-release" : "died";
     }
     this.failedOver.set(vmId, vm);
-    this.logger.info({ vm: vmId, pid: vm.pid, qmpSocket: vm.qmpSocketPath, serialLog: vm.serialLogPath }, "failover VM adopted: it ran on through the site restart");
+    this.logger.info({ vm: vmId, ref: vm.ref, serialLog: vm.serialLogPath }, "failover VM adopted: it ran on through the site restart");
     if (vm.released) this.reverseAgents.adoptOrRestart(vmId);
     return "adopted";
   }
@@ -271,11 +290,13 @@ export class FailoverService {
     const toRun = state.failover?.startVm ?? readLaunchIntent(dir) !== undefined;
     const point = state.points.find((p) => p.pointId === state.failover?.pointId);
     if (!toRun || !point || released) return;
+    // Whatever the interrupted launch left holds the overlays: a QEMU of the qemu launcher, a domain of libvirt's.
     await killQemuUnder(dir);
+    await this.launchers.configured.removeLeftover(dir, vmId);
     const running = await this.launchOn(point, state, dir, vmId, "outlives-site", { reuseOverlays: true });
     this.remember(vmId, dir, running);
     this.logger.warn(
-      { vm: vmId, point: point.pointId, generation: state.generation, pid: running.vm.proc.pid, serialLog: running.vm.serialLogPath },
+      { vm: vmId, point: point.pointId, generation: state.generation, ref: running.vm.ref, serialLog: running.vm.serialLogPath },
       "the failover VM was not running after the site restart (the site stopped while launching it, or the VM died): started again on its overlays",
     );
   }
@@ -285,7 +306,7 @@ export class FailoverService {
     state: { vmId: string; disks: readonly { diskId: string }[] } & Parameters<typeof launchSpecOf>[0],
     dir: string,
     name: string,
-    lifetime: "dies-with-site" | "outlives-site",
+    lifetime: VmLifetime,
     opts: { reuseOverlays?: boolean } = {},
   ): Promise<Running> {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -301,23 +322,23 @@ export class FailoverService {
       overlays.push(path);
       diskImages[d.diskId] = path;
     }
-    const vm = await launchVm({
-      spec: launchSpecOf(state),
-      diskImages,
-      runDir: dir,
-      name,
-      network: "isolated",
-      logger: this.logger,
-      accel: this.accel,
-      ...(lifetime === "outlives-site" ? { ownSession: true } : { dieWithOwner: true }),
-    });
-    writeFileSync(join(dir, "qemu.pid"), String(vm.proc.pid), { mode: 0o600 });
+    const vm = await this.launchers.configured.launch({ spec: launchSpecOf(state), diskImages, runDir: dir, name, network: "isolated", lifetime }, this.logger);
     return { vm, overlays };
   }
 }
 
 function info(r: Running, timeToRunningMs: number): LaunchedInfo {
-  return { name: r.vm.name, qmpSocket: r.vm.qmpSocketPath, serialLog: r.vm.serialLogPath, pid: r.vm.proc.pid, timeToRunningMs, diskImages: r.overlays };
+  const ref = r.vm.ref;
+  return {
+    name: r.vm.name,
+    qmpSocket: ref.launcher === "qemu" ? ref.qmpSocketPath : "",
+    serialLog: r.vm.serialLogPath,
+    pid: r.vm.pid,
+    timeToRunningMs,
+    diskImages: r.overlays,
+    launcher: ref.launcher,
+    ...(ref.launcher === "libvirt" ? { libvirtDomain: ref.domain, libvirtUri: ref.uri } : {}),
+  };
 }
 
 const LAUNCH_INTENT = "launch.json";
@@ -349,19 +370,33 @@ async function overlayOn(path: string, pointImage: string): Promise<boolean> {
 
 function writeVmRecord(dir: string, vm: FailoverVm): void {
   const { launched: _launched, ...record } = vm;
-  writeFileSync(join(dir, VM_RECORD), JSON.stringify(record, null, 2), { mode: 0o600 });
+  // A qemu VM's pid and monitor also at the top level, where versions before the launcher port read them.
+  const legacy = vm.ref.launcher === "qemu" ? { pid: vm.ref.pid, qmpSocketPath: vm.ref.qmpSocketPath } : {};
+  writeFileSync(join(dir, VM_RECORD), JSON.stringify({ ...record, ...legacy }, null, 2), { mode: 0o600 });
 }
 
 function readVmRecord(dir: string): FailoverVm | undefined {
   const path = join(dir, VM_RECORD);
   if (!existsSync(path)) return undefined;
   try {
-    const r = JSON.parse(readFileSync(path, "utf8")) as Partial<FailoverVm>;
-    if (typeof r.pid !== "number" || typeof r.qmpSocketPath !== "string" || typeof r.name !== "string") return undefined;
-    return { name: r.name, pid: r.pid, qmpSocketPath: r.qmpSocketPath, serialLogPath: r.serialLogPath ?? "", overlays: r.overlays ?? [], released: r.released === true };
+    const r = JSON.parse(readFileSync(path, "utf8")) as Partial<FailoverVm> & { pid?: unknown; qmpSocketPath?: unknown };
+    if (typeof r.name !== "string") return undefined;
+    // Records from before the launcher port hold a QEMU pid and monitor at the top level.
+    const ref =
+      vmRefOf(r.ref) ?? (typeof r.pid === "number" && typeof r.qmpSocketPath === "string" ? { launcher: "qemu" as const, pid: r.pid, qmpSocketPath: r.qmpSocketPath } : undefined);
+    if (!ref) return undefined;
+    return { name: r.name, ref, serialLogPath: r.serialLogPath ?? "", overlays: r.overlays ?? [], released: r.released === true };
   } catch {
     return undefined;
   }
+}
+
+function vmRefOf(v: unknown): VmRef | undefined {
+  if (typeof v !== "object" || v === null) return undefined;
+  const r = v as Record<string, unknown>;
+  if (r.launcher === "qemu" && typeof r.pid === "number" && typeof r.qmpSocketPath === "string") return { launcher: "qemu", pid: r.pid, qmpSocketPath: r.qmpSocketPath };
+  if (r.launcher === "libvirt" && typeof r.uri === "string" && typeof r.domain === "string") return { launcher: "libvirt", uri: r.uri, domain: r.domain };
+  return undefined;
 }
 
 function safeReaddir(dir: string): string[] {
@@ -372,24 +407,4 @@ function safeReaddir(dir: string): string[] {
   }
 }
 
-/** QEMU and reverse-agent processes recorded in `qemu.pid` / `agent.pid` files under `dir` (test clean-up, test VMs of a site that is gone). */
-export function killRecordedVms(dir: string): void {
-  let entries: Dirent[];
-  try {
-    entries = readdirSync(dir, { withFileTypes: true });
-  } catch {
-    return;
-  }
-  for (const e of entries) {
-    const path = join(dir, e.name);
-    if (e.isDirectory()) {
-      killRecordedVms(path);
-    } else if (e.name === "qemu.pid" || e.name === "agent.pid") {
-      try {
-        process.kill(Number(readFileSync(path, "utf8")), "SIGKILL");
-      } catch {
-        // already gone
-      }
-    }
-  }
-}
+export { killRecordedVms } from "./processes.js";
