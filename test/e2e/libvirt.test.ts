@@ -164,7 +164,7 @@ describe("the agent on a libvirt domain (replication to a site)", () => {
             replicaSite: readFileSync(addressFile(t.siteB), "utf8").trim(),
             replicaSiteId: "site-b",
             intervalSeconds: 2,
-            spec: { machine: "pc", cpus: 1, memoryMiB: 64, disks: [{ diskId: "hda", bus: "ide", bootIndex: 0 }], nics: [] },
+            // No spec: the agent derives it from the domain's XML.
           },
         ],
       }),
@@ -185,6 +185,14 @@ describe("the agent on a libvirt domain (replication to a site)", () => {
       const last = (await t.relationship()).lastCycleSeq;
       await until(`incremental cycle ${n}`, () => committedAfter(last, "incremental"));
     }
+    expect((await t.relationship()).vmSpec).toEqual({
+      machine: expect.stringMatching(/^pc-i440fx-/),
+      cpus: 1,
+      memoryMiB: 64,
+      disks: [{ diskId: "hda", bus: "ide", bootIndex: 0 }],
+      nics: [],
+      extraArgs: [],
+    });
     const incrementals = (await commits(t)).filter((c) => c.kind === "incremental");
     expect(incrementals.length).toBeGreaterThanOrEqual(3);
     for (const c of incrementals) expect(c.dataBytes).toBeLessThan(4 * MiB);
@@ -225,8 +233,8 @@ describe("the agent on a libvirt domain (replication to a site)", () => {
     const types = (await ledgerEvents(t.siteB)).map((e) => e.type);
     expect(types).toContain("ResyncRequired");
 
-    // The replicated spec and disk boot on the replica site (its qemu-system launcher: a libvirt
-    // launcher is not built yet): the test VM prints the counter the point holds.
+    // The spec derived from the domain and the replicated disk boot on the replica site (its
+    // qemu-system launcher here; the libvirt launcher is tested below): the test VM prints the counter the point holds.
     const test = await cliJson<{ recoveryPointId: string; vm: { serialLog: string } }>(["failover", "vm1", "--test", "--dir", t.siteB]);
     const tested = (await t.relationship()).points.find((p) => p.pointId === test.recoveryPointId)!;
     await waitForCounter(test.vm.serialLog, () => true, 90_000);
