@@ -237,12 +237,16 @@ export class FailoverService {
   async recover(vmIds: Iterable<string>): Promise<void> {
     const testsDir = join(this.runDir, "tests");
     killRecordedVms(testsDir);
-    const stray = await this.launchers.configured.removeTestLeftovers(testsDir);
+    // An unreachable libvirt must not keep the site (and replication) from starting.
+    const stray = await this.launchers.configured.removeTestLeftovers(testsDir).catch((err: unknown) => {
+      this.logger.error({ err }, "cannot look for test VMs the site's previous run left (is libvirt reachable?); destroy qreplica-SITE-test-* domains by hand");
+      return [];
+    });
     if (stray.length > 0) this.logger.warn({ domains: stray }, "test VMs left by the site's previous run destroyed (test VMs never outlive the site)");
     for (const vmId of vmIds) {
       const { state } = await loadRelationship(this.store, vmId);
       const found = await this.adoptFailoverVm(vmId);
-      if (found !== "adopted" && state.state === "failed-over-waiting-completion") {
+      if (found !== "adopted" && found !== "unknown" && state.state === "failed-over-waiting-completion") {
         await this.relaunchFailoverVm(vmId, state, found === "died-after-release").catch((err: unknown) =>
           this.logger.error({ vm: vmId, err }, "the failover VM could not be started again: start it with 'qreplica failover VM cancel' and a new failover"),
         );
@@ -263,11 +267,20 @@ export class FailoverService {
     return join(root, generations[0] ?? "g0");
   }
 
-  private async adoptFailoverVm(vmId: string): Promise<"adopted" | "none" | "died" | "died-after-release"> {
+  private async adoptFailoverVm(vmId: string): Promise<"adopted" | "none" | "died" | "died-after-release" | "unknown"> {
     const dir = this.failoverDirOf(vmId);
     const vm = readVmRecord(dir);
     if (!vm) return "none";
-    if (!(await this.launchers.forRef(vm.ref).isRunning(vm.ref))) {
+    const running = await this.launchers
+      .forRef(vm.ref)
+      .isRunning(vm.ref)
+      .catch((err: unknown) => {
+        // Its record stays: a later start, with libvirt back, adopts it.
+        this.logger.error({ vm: vmId, ref: vm.ref, err }, "cannot tell whether the failover VM runs (is libvirt reachable?); restart the site once it is");
+        return undefined;
+      });
+    if (running === undefined) return "unknown";
+    if (!running) {
       this.logger.warn({ vm: vmId, ref: vm.ref, dir }, "the failover VM is no longer running; its overlays are kept");
       rmSync(join(dir, VM_RECORD), { force: true }); // said once, not at every start
       return vm.released ? "died-after-release" : "died";
