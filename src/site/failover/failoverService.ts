@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { imageInfo } from "../../qemu/processes/qemuImg.js";
 import { QreplicaError } from "../../common/errors.js";
@@ -17,13 +17,14 @@ import {
   type FailoverKind,
   type RecoveryPoint,
 } from "../../ledger/index.js";
-import { createThrowawayOverlay, type LauncherKind, type SiteLaunchers, type SiteVm, type VmLifetime, type VmRef } from "../launcher/index.js";
+import { createThrowawayOverlay, type LauncherKind, type SiteLaunchers, type SiteVm, type VmLifetime } from "../launcher/index.js";
 import { launchSpecOf } from "./defaultSpec.js";
 import { actorMetadata, type Caller } from "../controlPlane/caller.js";
 
 /** The ledger metadata of a command: who asked for it (none for the site's own housekeeping). */
 const by = (caller: Caller | undefined) => (caller ? { metadata: actorMetadata(caller) } : {});
 import { killQemuUnder, killRecordedVms } from "./processes.js";
+import { readLaunchIntent, readVmRecord, vmRecordPath, writeLaunchIntent, writeVmRecord, type FailoverVm } from "./failoverRecords.js";
 import { ReverseAgents, type ReverseAgentInfo, type ReverseAgentOptions } from "./reverseAgent.js";
 
 export interface LaunchedInfo {
@@ -48,24 +49,6 @@ interface Running {
   vm: SiteVm;
   overlays: string[];
 }
-
-/**
- * A failover VM: production after a failover, so it must outlive the site process. Recorded in
- * `vm.json` beside its overlays, so that a restarted site adopts it instead of losing track of it.
- */
-interface FailoverVm {
-  name: string;
-  /** Which launcher runs it and how to find it again (a QEMU pid and monitor, or a libvirt domain). */
-  ref: VmRef;
-  serialLogPath: string;
-  overlays: string[];
-  /** Present while this process launched it and still holds its monitor. */
-  launched?: SiteVm;
-  /** Its monitor was handed to a reverse-replication agent (QEMU serves one client per monitor). */
-  released: boolean;
-}
-
-const VM_RECORD = "vm.json";
 
 /**
  * Test failovers and failovers on this (replica) site: overlays on recovery points, VMs launched
@@ -282,7 +265,7 @@ export class FailoverService {
     if (running === undefined) return "unknown";
     if (!running) {
       this.logger.warn({ vm: vmId, ref: vm.ref, dir }, "the failover VM is no longer running; its overlays are kept");
-      rmSync(join(dir, VM_RECORD), { force: true }); // said once, not at every start
+      rmSync(vmRecordPath(dir), { force: true }); // said once, not at every start
       return vm.released ? "died-after-release" : "died";
     }
     this.failedOver.set(vmId, vm);
@@ -354,22 +337,6 @@ function info(r: Running, timeToRunningMs: number): LaunchedInfo {
   };
 }
 
-const LAUNCH_INTENT = "launch.json";
-
-function writeLaunchIntent(dir: string, pointId: string): void {
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  writeFileSync(join(dir, LAUNCH_INTENT), JSON.stringify({ pointId, at: new Date().toISOString() }), { mode: 0o600 });
-}
-
-function readLaunchIntent(dir: string): { pointId: string } | undefined {
-  try {
-    const r = JSON.parse(readFileSync(join(dir, LAUNCH_INTENT), "utf8")) as { pointId?: unknown };
-    return typeof r.pointId === "string" ? { pointId: r.pointId } : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 /** Whether `path` is a whole qcow2 overlay on `pointImage`. */
 async function overlayOn(path: string, pointImage: string): Promise<boolean> {
   if (!existsSync(path)) return false;
@@ -379,37 +346,6 @@ async function overlayOn(path: string, pointImage: string): Promise<boolean> {
   } catch {
     return false;
   }
-}
-
-function writeVmRecord(dir: string, vm: FailoverVm): void {
-  const { launched: _launched, ...record } = vm;
-  // A qemu VM's pid and monitor also at the top level, where versions before the launcher port read them.
-  const legacy = vm.ref.launcher === "qemu" ? { pid: vm.ref.pid, qmpSocketPath: vm.ref.qmpSocketPath } : {};
-  writeFileSync(join(dir, VM_RECORD), JSON.stringify({ ...record, ...legacy }, null, 2), { mode: 0o600 });
-}
-
-function readVmRecord(dir: string): FailoverVm | undefined {
-  const path = join(dir, VM_RECORD);
-  if (!existsSync(path)) return undefined;
-  try {
-    const r = JSON.parse(readFileSync(path, "utf8")) as Partial<FailoverVm> & { pid?: unknown; qmpSocketPath?: unknown };
-    if (typeof r.name !== "string") return undefined;
-    // Records from before the launcher port hold a QEMU pid and monitor at the top level.
-    const ref =
-      vmRefOf(r.ref) ?? (typeof r.pid === "number" && typeof r.qmpSocketPath === "string" ? { launcher: "qemu" as const, pid: r.pid, qmpSocketPath: r.qmpSocketPath } : undefined);
-    if (!ref) return undefined;
-    return { name: r.name, ref, serialLogPath: r.serialLogPath ?? "", overlays: r.overlays ?? [], released: r.released === true };
-  } catch {
-    return undefined;
-  }
-}
-
-function vmRefOf(v: unknown): VmRef | undefined {
-  if (typeof v !== "object" || v === null) return undefined;
-  const r = v as Record<string, unknown>;
-  if (r.launcher === "qemu" && typeof r.pid === "number" && typeof r.qmpSocketPath === "string") return { launcher: "qemu", pid: r.pid, qmpSocketPath: r.qmpSocketPath };
-  if (r.launcher === "libvirt" && typeof r.uri === "string" && typeof r.domain === "string") return { launcher: "libvirt", uri: r.uri, domain: r.domain };
-  return undefined;
 }
 
 function safeReaddir(dir: string): string[] {
