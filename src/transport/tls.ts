@@ -1,6 +1,7 @@
 import { createPrivateKey, X509Certificate, type KeyObject } from "node:crypto";
-import { readFileSync, statSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { isIP } from "node:net";
+import { basename } from "node:path";
 import { checkServerIdentity, type PeerCertificate } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import { silentLogger, type Logger } from "../common/logger.js";
@@ -42,13 +43,21 @@ function readTlsFile(file: string, role: string, fix: string): Buffer {
     return readFileSync(file);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === "ENOENT") throw new TlsFileMissingError(`${role} ${file} does not exist; ${fix}`, { cause: err });
+    if (code === "ENOENT") throw new TlsFileMissingError(`${role} ${file} does not exist; ${unsignedRequestHint(file) ?? fix}`, { cause: err });
     throw new TlsFileUnreadableError(
       `${role} ${file} cannot be read (${code ?? String(err)}); ` +
         (code === "EACCES" ? "run as a user that may read it, or fix its owner/mode" : "check that the path names a file"),
       { cause: err },
     );
   }
+}
+
+/** A missing NAME.crt beside NAME.csr: 'pki request' or 'site init --ca-cert' made it and the CA has not signed it yet. */
+function unsignedRequestHint(certFile: string): string | undefined {
+  if (!certFile.endsWith(".crt")) return undefined;
+  const csrFile = `${certFile.slice(0, -4)}.csr`;
+  if (!existsSync(csrFile)) return undefined;
+  return `its request ${csrFile} is not signed yet: on the CA host run 'qreplica pki sign --ca-dir CA_DIR --csr ${basename(csrFile)} --role ROLE --out ${basename(certFile)}' and copy the certificate to ${certFile}`;
 }
 
 function splitPem(pem: string): string[] {
