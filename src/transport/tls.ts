@@ -33,6 +33,13 @@ export interface SiteCredentials {
   identity: CertificateIdentity;
   /** Where they were read from, so a client can read renewed files again at its next dial (currentCredentials). */
   files?: SiteCredentialFiles;
+  /** A client's revocation list: a server whose certificate it lists is refused at the handshake. */
+  revocations?: RevocationCheck;
+}
+
+/** What a client asks of the deployment CA's revocation list (RevocationList in revocation.ts). */
+export interface RevocationCheck {
+  refusal(cert: { commonName: string; serialNumber: string }): string | undefined;
 }
 
 /** Warn this long before expiry: renewal needs an operator, and an expired site stops replicating. */
@@ -149,7 +156,7 @@ export function loadSiteCredentials(files: SiteCredentialFiles, options: { logge
 export function currentCredentials(creds: SiteCredentials, logger: Logger = silentLogger): SiteCredentials {
   if (!creds.files) return creds;
   try {
-    const fresh = loadSiteCredentials(creds.files);
+    const fresh = { ...loadSiteCredentials(creds.files), ...(creds.revocations ? { revocations: creds.revocations } : {}) };
     if (!fresh.cert.equals(creds.cert)) logger.info({ certFile: creds.files.certFile, serial: fresh.identity.serialNumber }, "dialling with the renewed certificate");
     return fresh;
   } catch (err) {
@@ -169,21 +176,26 @@ export function serverCredentials(creds: SiteCredentials): grpc.ServerCredential
  * site of the same deployment by a DNS mistake.
  */
 export function channelCredentials(creds: SiteCredentials, options: { expectedServerIdentity?: string } = {}): grpc.ChannelCredentials {
-  const expected = options.expectedServerIdentity;
-  if (expected === undefined) return grpc.credentials.createSsl(creds.ca, creds.key, creds.cert);
+  if (options.expectedServerIdentity === undefined && !creds.revocations) return grpc.credentials.createSsl(creds.ca, creds.key, creds.cert);
+  // Replaces Node's default check in grpc-js, so that check runs first here.
   return grpc.credentials.createSsl(creds.ca, creds.key, creds.cert, {
-    // Replaces Node's default check in grpc-js, so that check runs first here.
-    checkServerIdentity: (host: string, cert: PeerCertificate) => {
-      const err = checkServerIdentity(host, cert);
-      if (err) return err;
-      const cn = cert.subject?.CN;
-      if (cn === expected) return undefined;
-      return new Error(
-        `the server at ${host} presents the identity "${String(cn)}", not the expected site "${expected}": ` +
-          "refusing to send it anything; check that the address (replicaSite) and the site id (replicaSiteId) name the same site",
-      );
-    },
+    checkServerIdentity: (host: string, cert: PeerCertificate) => checkServer(host, cert, creds, options.expectedServerIdentity),
   });
+}
+
+/** Node's name check, then the pinned site identity, then the revocation list. */
+function checkServer(host: string, cert: PeerCertificate, creds: SiteCredentials, expected: string | undefined): Error | undefined {
+  const err = checkServerIdentity(host, cert);
+  if (err) return err;
+  const cn = cert.subject?.CN;
+  if (expected !== undefined && cn !== expected) {
+    return new Error(
+      `the server at ${host} presents the identity "${String(cn)}", not the expected site "${expected}": ` +
+        "refusing to send it anything; check that the address (replicaSite) and the site id (replicaSiteId) name the same site",
+    );
+  }
+  const revoked = creds.revocations?.refusal({ commonName: String(cn), serialNumber: cert.serialNumber });
+  return revoked ? new Error(`the server at ${host}: ${revoked}; refusing to send it anything`) : undefined;
 }
 
 /**
@@ -200,16 +212,8 @@ export function siteDial(
 ): { credentials: grpc.ChannelCredentials; options: grpc.ChannelOptions } {
   const host = addressHost(address);
   if (isIP(host) === 0) return { credentials: channelCredentials(creds, options), options: grpcChannelOptions };
-  const expected = options.expectedServerIdentity;
   const credentials = grpc.credentials.createSsl(creds.ca, creds.key, creds.cert, {
-    checkServerIdentity: (_servername: string, cert: PeerCertificate) => {
-      const err = checkServerIdentity(host, cert);
-      if (err || expected === undefined || cert.subject?.CN === expected) return err;
-      return new Error(
-        `the server at ${host} presents the identity "${String(cert.subject?.CN)}", not the expected site "${expected}": ` +
-          "refusing to send it anything; check that the address (replicaSite) and the site id (replicaSiteId) name the same site",
-      );
-    },
+    checkServerIdentity: (_servername: string, cert: PeerCertificate) => checkServer(host, cert, creds, options.expectedServerIdentity),
   });
   return { credentials, options: { ...grpcChannelOptions, "grpc.ssl_target_name_override": SNI_PLACEHOLDER } };
 }
