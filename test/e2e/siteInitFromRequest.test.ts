@@ -49,7 +49,10 @@ describe("site init from a certificate request (the CA key stays on the CA host)
 
     // On the CA host: sign each request as printed (CA_DIR filled in).
     for (const p of init.pendingCertificates) {
-      const args = p.signCommand.replace(/^qreplica /, "").replace("CA_DIR", caDir).split(" ");
+      const args = p.signCommand
+        .replace(/^qreplica /, "")
+        .replace("CA_DIR", caDir)
+        .split(" ");
       await cliJson(args);
       expect(existsSync(p.certFile)).toBe(true);
     }
