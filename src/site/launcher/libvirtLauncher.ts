@@ -106,8 +106,14 @@ export class LibvirtLauncher implements VmLauncher {
     return ALIVE.has(await this.state(ref.domain));
   }
 
-  async stopRecorded(ref: VmRef, graceMs: number): Promise<void> {
-    if (ref.launcher === "libvirt" && (await this.exists(ref.domain)) && (await this.ours(ref.domain))) await this.stopDomain(ref.domain, graceMs);
+  /**
+   * As the qemu launcher ends a VM it adopted (SIGTERM: QEMU flushes and closes its images):
+   * `destroy --graceful`, then a plain `destroy` if QEMU did not end, then the definition goes.
+   */
+  async stopRecorded(ref: VmRef, _graceMs: number): Promise<void> {
+    if (ref.launcher !== "libvirt" || !(await this.exists(ref.domain)) || !(await this.ours(ref.domain))) return;
+    if (ALIVE.has(await this.state(ref.domain))) await this.virsh.run(["destroy", ref.domain, "--graceful"]).catch(() => undefined);
+    await this.remove(ref.domain);
   }
 
   async removeLeftover(_dir: string, name: string): Promise<void> {
