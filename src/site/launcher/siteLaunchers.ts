@@ -1,3 +1,4 @@
+import { resolve } from "node:path";
 import { LibvirtLauncher } from "./libvirtLauncher.js";
 import type { LauncherKind, VmLauncher, VmRef } from "./port.js";
 import { QemuLauncher } from "./qemuLauncher.js";
@@ -31,6 +32,7 @@ export class SiteLaunchers {
   }
 
   private libvirt(uri: string): LibvirtLauncher {
-    return new LibvirtLauncher({ uri, siteId: this.s.siteId, siteDir: this.s.siteDir, accel: this.s.accel });
+    // Absolute: the owner check compares it with what a domain's metadata recorded at launch.
+    return new LibvirtLauncher({ uri, siteId: this.s.siteId, siteDir: resolve(this.s.siteDir), accel: this.s.accel });
   }
 }
