@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Logger } from "../../common/logger.js";
@@ -61,7 +61,7 @@ export class LibvirtLauncher implements VmLauncher {
     mkdirSync(req.runDir, { recursive: true, mode: 0o700 });
     const serialLogPath = join(resolve(req.runDir), `${req.name}.serial.log`);
     rmSync(serialLogPath, { force: true });
-    const domainType = await this.domainType();
+    const domainType = await this.domainType(log);
     const xmlPath = join(resolve(req.runDir), `${req.name}.domain.xml`);
     const xml = domainXml({
       domain,
@@ -71,7 +71,7 @@ export class LibvirtLauncher implements VmLauncher {
       network: req.network,
       domainType,
       owner: { siteDir: this.opts.siteDir, lifetime: req.lifetime },
-      runAs: { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 },
+      runAs: runAs(),
     });
     writeFileSync(xmlPath, xml, { mode: 0o600 });
     const startedAt = new Date();
@@ -150,12 +150,23 @@ export class LibvirtLauncher implements VmLauncher {
     if (await this.exists(domain)) await this.virsh.run(["undefine", domain]);
   }
 
-  private async domainType(): Promise<"kvm" | "qemu"> {
+  private async domainType(logger: Logger): Promise<"kvm" | "qemu"> {
     if (this.opts.accel !== "auto") return this.opts.accel === "kvm" ? "kvm" : "qemu";
-    this.kvm ??= await this.virsh.run(["domcapabilities", "--virttype", "kvm", "--arch", "x86_64"]).then(
-      () => true,
-      () => false,
-    );
+    if (this.kvm === undefined) {
+      const offered = await this.virsh.run(["domcapabilities", "--virttype", "kvm", "--arch", "x86_64"]).then(
+        () => true,
+        () => false,
+      );
+      // QEMU runs as the site's uid:gid (static label): libvirt gives it no supplementary groups,
+      // so a /dev/kvm of group kvm is not QEMU's even when the site's user is in that group.
+      const local = !/^[a-z+]+:\/\/[^/]/.test(this.opts.uri);
+      this.kvm = offered && (!local || kvmOpenableBy(runAs()));
+      if (offered && !this.kvm)
+        logger.warn(
+          { uri: this.opts.uri, ...runAs() },
+          "libvirt offers KVM but /dev/kvm is not open to the site's uid:gid, which QEMU runs as: TCG; give the site's user a primary group with /dev/kvm access, or set accel kvm",
+        );
+    }
     return this.kvm ? "kvm" : "qemu";
   }
 
@@ -208,6 +219,22 @@ class LibvirtSiteVm implements SiteVm {
     return Promise.reject(
       new VmLaunchError(this.name, `it runs as libvirt domain ${this.domain}, whose monitor libvirt owns; reverse replication from a libvirt-launched VM is not supported yet`),
     );
+  }
+}
+
+/** QEMU runs as the site's own user and group. */
+function runAs(): { uid: number; gid: number } {
+  return { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
+}
+
+/** Whether /dev/kvm opens read-write for this uid:gid alone (no supplementary groups). */
+function kvmOpenableBy(id: { uid: number; gid: number }): boolean {
+  try {
+    const st = statSync("/dev/kvm");
+    const rw = (shift: number) => ((st.mode >> shift) & 0o6) === 0o6;
+    return id.uid === 0 || (st.uid === id.uid && rw(6)) || (st.gid === id.gid && rw(3)) || rw(0);
+  } catch {
+    return false;
   }
 }
 
