@@ -95,7 +95,8 @@ export class VmReplicator {
   ) {
     mkdirSync(stateDir, { recursive: true, mode: 0o700 });
     this.stateFile = join(stateDir, `${vm.id}.replication.json`);
-    this.schedule = scheduler.schedule(vm.id, { kind: "interval", seconds: vm.intervalSeconds });
+    // A group's members share their slots' phase: their cycles are due together and cut together.
+    this.schedule = scheduler.schedule(vm.id, { kind: "interval", seconds: vm.intervalSeconds }, vm.group?.id);
     this.policy = new CyclePolicy(vm, logger, (f) => this.schedule.setFrequency(f));
     this.bandwidth = SiteBandwidth.for(vm.replicaSite);
   }
