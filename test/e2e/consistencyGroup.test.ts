@@ -91,7 +91,7 @@ describe("consistency group of two counter guests (real QEMU, sites, agent)", { 
       const r = await runCli(["group", "points", "app1", "--dir", t.siteB, "--json"]);
       return r.code === 0 ? (JSON.parse(r.stdout) as GroupPoint[]) : [];
     };
-    await waitFor("four group points", async () => ((await groupPoints()).length >= 4 ? true : undefined), 150_000);
+    await waitFor("three group points", async () => ((await groupPoints()).length >= 3 ? true : undefined), 150_000);
     await agent.kill("SIGTERM");
     // A sample after the last cut-off's pause.
     await new Promise((r) => setTimeout(r, 200));
@@ -100,7 +100,7 @@ describe("consistency group of two counter guests (real QEMU, sites, agent)", { 
     const points = await groupPoints();
     const [rel1, rel2] = [await t.relationship("vm1"), await t.relationship("vm2")];
     const image = (rel: typeof rel1, pointId: string) => rel.points.find((p) => p.pointId === pointId)!.disks[0]!.imagePath;
-    expect(points.length).toBeGreaterThanOrEqual(4);
+    expect(points.length).toBeGreaterThanOrEqual(3);
     for (const gp of points) {
       expect(Object.keys(gp.members).sort()).toEqual(["vm1", "vm2"]);
       // Measured, and the members' cut-off stamps fall within the one pause.
