@@ -128,6 +128,15 @@ describe("consistency group of two counter guests (real QEMU, sites, agent)", { 
       vm2: await readDiskCounter(image(rel2, newest.members.vm2!)),
     };
 
+    // A runbook naming the group: its plan pins each member to its point of the newest group point.
+    const runbook = join(t.dir, "app.runbook.yaml");
+    writeFileSync(runbook, toYaml({ name: "app", site: { dir: t.siteB }, failover: "unplanned", groups: [{ vms: [{ consistencyGroup: "app1" }] }] }));
+    const plan = await cliJson<{ steps: Array<{ kind: string; vm?: string; point?: string }> }>(["runbook", "plan", runbook]);
+    expect(plan.steps.filter((st) => st.kind === "failover").map((st) => [st.vm, st.point])).toEqual([
+      ["vm1", newest.members.vm1],
+      ["vm2", newest.members.vm2],
+    ]);
+
     // A viewer may list group points but not fail the group over; nothing is started.
     const viewer = await cliJson<{ certFile: string; keyFile: string }>([
       "pki",

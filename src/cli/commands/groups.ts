@@ -2,6 +2,7 @@ import type { Command } from "commander";
 import { errorMessage, QreplicaError } from "../../common/errors.js";
 import { FailoverKind, type ControlServiceClient, type RecoveryPoint } from "../../gen/qreplica/v1/control.js";
 import { groupPoints, pickGroupPoint, type GroupPoint, type GroupSummary } from "../../site/groupPoints.js";
+import type { GroupPointResolver } from "../../runbook/index.js";
 import { controlClient, unary } from "../siteClient.js";
 import { formatTable } from "../table.js";
 import { emit, fail } from "../output.js";
@@ -26,6 +27,22 @@ export async function loadGroups(client: ControlServiceClient): Promise<GroupSum
   const byVm = new Map<string, RecoveryPoint[]>();
   for (const r of status.relationships) byVm.set(r.vmId, (await unary(client, client.listRecoveryPoints, { vmId: r.vmId })).recoveryPoints);
   return groupPoints(byVm);
+}
+
+/**
+ * Group points for a runbook's consistency groups, read from the site once. With members pinned
+ * (a resumed run: some already failed over), the group point their points belong to.
+ */
+export function groupPointResolver(client: ControlServiceClient): GroupPointResolver {
+  let groups: GroupSummary[] | undefined;
+  return async (group, point, pinned) => {
+    groups ??= await loadGroups(client);
+    const pins = Object.entries(pinned);
+    const held = groups
+      .find((g) => g.groupId === group)
+      ?.points.find((p) => pins.some(([vm]) => p.members[vm] !== undefined) && pins.every(([vm, id]) => p.members[vm] === undefined || p.members[vm] === id));
+    return held ?? pickGroupPoint(groups, group, point);
+  };
 }
 
 /** Runs `fn` for every member at once; all outcomes are collected, a failure names who did and who did not. */
