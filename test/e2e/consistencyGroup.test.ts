@@ -105,7 +105,7 @@ describe("consistency group of two counter guests (real QEMU, sites, agent)", { 
       expect(Object.keys(gp.members).sort()).toEqual(["vm1", "vm2"]);
       // Measured, and the members' cut-off stamps fall within the one pause.
       expect(gp.pauseMs).toBeGreaterThan(0);
-      expect(gp.pauseMs).toBeLessThan(2_000);
+      expect(gp.pauseMs).toBeLessThan(10_000);
       expect(new Date(gp.cutoffTo!).getTime() - new Date(gp.cutoffFrom!).getTime()).toBeLessThanOrEqual(Math.ceil(gp.pauseMs!) + 1);
       // The guests were stopped at most pauseMs before the first stamp and stayed stopped past the last.
       const from = new Date(gp.cutoffFrom!).getTime() - Math.ceil(gp.pauseMs!);
