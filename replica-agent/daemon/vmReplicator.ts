@@ -181,6 +181,7 @@ export class VmReplicator {
         const { totals } = await sendCycle(stream, responses, c, ack.generation, o);
         this.policy.noteAcknowledged(c.consistency);
         agentMetrics.committed(this.vm.id, { readBytes: totals.data, sentBytes: totals.wire, seconds: (Date.now() - started) / 1000 });
+        agentMetrics.cutoff(this.vm.id, c);
       } catch (err) {
         agentMetrics.outcome(this.vm.id, err instanceof CycleRefusedError ? "refused" : "failed");
         throw err;

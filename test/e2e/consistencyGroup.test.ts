@@ -16,6 +16,15 @@ import type { GroupPoint } from "../../src/site/groupPoints.js";
 import { CrashGuest } from "../helpers/crashGuest.js";
 import { AGENT, cliJson, runCli, startDaemon, waitFor, type Daemon } from "../helpers/processes.js";
 import { twoSitesPerTest, type TwoSites } from "../helpers/twoSites.js";
+import { parsePrometheusText, sampleValue } from "../helpers/promText.js";
+
+/** The address the agent logged for its /metrics endpoint (it listens on port 0). */
+function metricsAddress(logFile: string): string | undefined {
+  const line = readFileSync(logFile, "utf8")
+    .split("\n")
+    .find((l) => l.includes("metrics endpoint serving"));
+  return line ? (JSON.parse(line) as { address: string }).address : undefined;
+}
 
 const MiB = 1024 * 1024;
 const newTwoSites = twoSitesPerTest();
@@ -28,6 +37,7 @@ function startGroupAgent(t: TwoSites, guests: Record<string, CrashGuest>): Daemo
     toYaml({
       siteId: "site-a",
       stateDir: join(t.dir, "group-agent-state"),
+      metricsListen: "127.0.0.1:0",
       tls: { caFile: join(t.caDir, "ca.crt"), certFile: join(t.dir, "agent-tls", "agent-a.crt"), keyFile: join(t.dir, "agent-tls", "agent-a.key") },
       vms: Object.entries(guests).map(([id, g]) => ({
         id,
@@ -102,6 +112,12 @@ describe("consistency group of two counter guests (real QEMU, sites, agent)", { 
       return r.code === 0 ? (JSON.parse(r.stdout) as GroupPoint[]) : [];
     };
     await waitFor("three group points", async () => ((await groupPoints()).length >= 3 ? true : undefined), 150_000);
+    // The agent's metrics: group cut-offs counted and their pauses observed.
+    const metricsAt = await waitFor("the agent's metrics address", () => metricsAddress(join(t.dir, "group-agent.log")), 30_000);
+    const metrics = parsePrometheusText(await (await fetch(`http://${metricsAt}/metrics`)).text());
+    expect(sampleValue(metrics, "qreplica_agent_group_cutoffs_total", "qreplica_agent_group_cutoffs_total", { group: "app1", outcome: "complete" })).toBeGreaterThanOrEqual(3);
+    expect(sampleValue(metrics, "qreplica_agent_group_cutoff_pause_seconds", "qreplica_agent_group_cutoff_pause_seconds_count", { group: "app1" })).toBeGreaterThanOrEqual(3);
+    expect(sampleValue(metrics, "qreplica_agent_cutoff_pause_seconds", "qreplica_agent_cutoff_pause_seconds_count", { vm: "vm2" })).toBeGreaterThanOrEqual(3);
     await agent.kill("SIGTERM");
     // A sample after the last cut-off's pause.
     await new Promise((r) => setTimeout(r, 200));
