@@ -156,6 +156,10 @@ async function serve(
   if (config.crlFile) {
     const revocations = await RevocationList.open(config.crlFile, config.caFile, { logger: log.child({ part: "revocation" }) });
     context.revocations = revocations;
+    revocations.onReload(() => {
+      const cut = context.cutRevokedSessions();
+      if (cut.length) log.warn({ vms: cut }, "revoked primaries' open streams cut");
+    });
     cleanups.push(() => revocations.close());
   }
   const metrics = new SiteMetrics();

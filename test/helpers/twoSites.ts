@@ -34,7 +34,7 @@ export interface TwoSites {
    * Starts the agent for the VM (id `vm1` unless given; another id is a new relationship on B).
    * `replicaSite` dials another address than B's own (e.g. a proxy in front of it).
    */
-  startAgent(opts?: { vmId?: string; policy?: string; replicaSite?: string }): Daemon;
+  startAgent(opts?: { vmId?: string; policy?: string; replicaSite?: string; crlFile?: string }): Daemon;
   relationship(vmId?: string, siteDir?: string): Promise<RelationshipState>;
   /** A site's local admin certificate (tls/admin.crt, role admin): what the CLI presents with --dir. */
   admin(siteDir: string): { caFile: string; certFile: string; keyFile: string };
@@ -134,7 +134,12 @@ export async function setupTwoSites(dir: string, opts: TwoSitesOptions): Promise
         toYaml({
           siteId: "site-a",
           stateDir: join(dir, "agent-state"),
-          tls: { caFile: join(caDir, "ca.crt"), certFile: join(dir, "agent-tls", "agent-a.crt"), keyFile: join(dir, "agent-tls", "agent-a.key") },
+          tls: {
+            caFile: join(caDir, "ca.crt"),
+            certFile: join(dir, "agent-tls", "agent-a.crt"),
+            keyFile: join(dir, "agent-tls", "agent-a.key"),
+            ...(startOpts.crlFile ? { crlFile: startOpts.crlFile } : {}),
+          },
           vms: [
             {
               id: startOpts.vmId ?? "vm1",
