@@ -33,6 +33,9 @@ interface Arrival {
   settle: (r: { ok: true; value: GroupPaused<unknown> } | { ok: false; err: unknown }) => void;
 }
 
+/** Deadline of `stop` on each member, as each step of a cut-off has (cutoff.ts). */
+const STEP_TIMEOUT_MS = 10_000;
+
 /** Default wait for the other members once the first one is ready to cut. */
 export const DEFAULT_GROUP_JOIN_TIMEOUT_MS = 2_000;
 
@@ -131,7 +134,12 @@ export class GroupCutoff {
     const resumed = await Promise.all(
       arrivals.map(async (a, i) => {
         const s = stops[i]!;
-        if (!s.ok || s.stoppedAt === undefined) return { ok: true as const, pausedMs: undefined };
+        if (!s.ok) {
+          // A `stop` that failed (timed out, say) may still have taken effect: the guest ran before, so it runs again.
+          await resumeVcpus(a.qmp, a.logger).catch((err: unknown) => a.logger.warn({ vm: a.vmId, err }, "could not resume after a failed stop"));
+          return { ok: true as const, pausedMs: undefined };
+        }
+        if (s.stoppedAt === undefined) return { ok: true as const, pausedMs: undefined };
         try {
           await resumeVcpus(a.qmp, a.logger);
           return { ok: true as const, pausedMs: Number(process.hrtime.bigint() - s.stoppedAt) / 1e6 };
@@ -171,7 +179,7 @@ async function isRunning(qmp: QmpClient): Promise<boolean> {
 async function stopIfRunning(a: Arrival): Promise<{ ok: true; stoppedAt: bigint | undefined } | { ok: false; err: unknown }> {
   if (!a.running) return { ok: true, stoppedAt: undefined };
   try {
-    await a.qmp.execute("stop");
+    await a.qmp.execute("stop", undefined, { timeoutMs: STEP_TIMEOUT_MS });
     return { ok: true, stoppedAt: process.hrtime.bigint() };
   } catch (err) {
     a.marker.clear();

@@ -4,13 +4,14 @@ import { silentLogger } from "../../../src/common/logger.js";
 import type { QmpClient } from "../../../src/qemu/qmp/index.js";
 
 /** A monitor that records what it is asked, in one log shared by the group's members. */
-function monitor(vm: string, log: string[], opts: { running?: boolean } = {}): QmpClient {
+function monitor(vm: string, log: string[], opts: { running?: boolean; failStop?: boolean } = {}): QmpClient {
   return {
     isClosed: false,
     socketPath: `/nowhere/${vm}`,
     async execute(command: string) {
       if (command === "query-status") return { running: opts.running ?? true, status: "running" };
       log.push(`${vm}:${command}`);
+      if (command === "stop" && opts.failStop) throw new Error("stop timed out");
       return {};
     },
   } as unknown as QmpClient;
@@ -67,5 +68,18 @@ describe("group cut-off coordination (logic; the real QEMU run is test/e2e/consi
     expect(log.filter((e) => e.endsWith(":cont")).sort()).toEqual(["a:cont", "b:cont"]);
     expect(log.some((e) => e.startsWith("c:"))).toBe(false);
     expect((outcomes[2] as PromiseFulfilledResult<{ pausedMs: number | undefined }>).value.pausedMs).toBeUndefined();
+  });
+
+  it("a member whose stop failed is not cut and is resumed all the same (the stop may have taken effect late)", async () => {
+    const log: string[] = [];
+    const g = GroupCutoff.for("unit-stop", ["a", "b"], 60_000);
+    const outcomes = await Promise.allSettled([
+      g.join("a", monitor("a", log), marker("a", log), silentLogger, async () => log.push("a:cut")),
+      g.join("b", monitor("b", log, { failStop: true }), marker("b", log), silentLogger, async () => log.push("b:cut")),
+    ]);
+    expect(outcomes.map((o) => o.status)).toEqual(["fulfilled", "rejected"]);
+    expect(log).not.toContain("b:cut");
+    expect(log).toContain("b:cont");
+    expect(log.filter((e) => e === "b:unmarked")).toHaveLength(1);
   });
 });
