@@ -8,6 +8,7 @@ import { ID_PATTERN, isValidId, type IdKind, VmSpecError, validateVmSpec, type V
 import { DEFAULTS } from "../../src/policy/schema.js";
 import { DEFAULT_SCRATCH_MIN_FREE_BYTES } from "../capture/scratchSpace.js";
 import { DEFAULT_CBW_TIMEOUT_SECONDS } from "../capture/vmCapture.js";
+import { DEFAULT_GROUP_JOIN_TIMEOUT_MS } from "../capture/groupCutoff.js";
 import { LibvirtVmSchema, type LibvirtVmConfig } from "./libvirtConfig.js";
 
 export interface AgentVmConfig {
@@ -70,6 +71,19 @@ export interface AgentVmConfig {
   policy?: string;
   /** Generation to present before the site has told one (a reverse replication starts at the failover's). */
   generation?: number;
+  /**
+   * The consistency group the VM belongs to (config `groups:`): its cut-offs are taken in one
+   * pause with the other members' (see capture/groupCutoff.ts).
+   */
+  group?: AgentGroupConfig;
+}
+
+export interface AgentGroupConfig {
+  id: string;
+  /** Every member's VM id, in config order. */
+  members: string[];
+  /** How long a member ready to cut waits for the others before the group cuts without them. */
+  joinTimeoutMs: number;
 }
 
 export interface AgentConfig {
@@ -183,22 +197,67 @@ const vmSchema = z
     if (vm.disks === undefined) ctx.addIssue({ code: "custom", path: ["disks"], message: "is missing: list the VM's disks as { id, node }" });
   });
 
-export const agentConfigSchema = z.strictObject({
-  siteId: text("give this primary site's id, e.g. siteId: site-a"),
-  stateDir: path("state directory"),
-  tls: z.strictObject({
-    caFile: path("CA certificate file"),
-    certFile: path("agent's certificate file"),
-    keyFile: path("agent's key file"),
-    crlFile: path("revocation list file (the CA's crl.pem, 'qreplica pki crl')").optional(),
-  }),
-  vms: z.array(vmSchema).min(1, "must list at least one VM"),
-  maxCyclesInFlight: intIn(1, 256, `it bounds how many VMs of this host replicate at once; the default is ${DEFAULT_MAX_CYCLES_IN_FLIGHT}`).optional(),
-  metricsListen: hostPortField(0, "127.0.0.1:9465").optional(),
-  // Cut-off safety knobs: agent-wide, each VM may override (a VM on slower scratch storage, say).
-  cbwTimeoutSeconds: cbwTimeout.optional(),
-  scratchMinFreeMiB: scratchMinFreeMiB.optional(),
+const groupSchema = z.strictObject({
+  id: id("group id", "app1"),
+  vms: z.array(text("name a VM of this config's vms: by its id")).min(2, "must list at least two VM ids of this config (a group of one is just a VM)"),
+  joinTimeoutSeconds: numberIn(
+    0.1,
+    600,
+    `seconds a member ready to cut waits for the other members before the group cuts without them; the default is ${DEFAULT_GROUP_JOIN_TIMEOUT_MS / 1000}`,
+  ).optional(),
 });
+
+export const agentConfigSchema = z
+  .strictObject({
+    siteId: text("give this primary site's id, e.g. siteId: site-a"),
+    stateDir: path("state directory"),
+    tls: z.strictObject({
+      caFile: path("CA certificate file"),
+      certFile: path("agent's certificate file"),
+      keyFile: path("agent's key file"),
+      crlFile: path("revocation list file (the CA's crl.pem, 'qreplica pki crl')").optional(),
+    }),
+    vms: z.array(vmSchema).min(1, "must list at least one VM"),
+    maxCyclesInFlight: intIn(1, 256, `it bounds how many VMs of this host replicate at once; the default is ${DEFAULT_MAX_CYCLES_IN_FLIGHT}`).optional(),
+    metricsListen: hostPortField(0, "127.0.0.1:9465").optional(),
+    // Cut-off safety knobs: agent-wide, each VM may override (a VM on slower scratch storage, say).
+    cbwTimeoutSeconds: cbwTimeout.optional(),
+    scratchMinFreeMiB: scratchMinFreeMiB.optional(),
+    /** Consistency groups: VMs whose cut-offs are taken together (one pause, one group point). */
+    groups: z.array(groupSchema).optional(),
+  })
+  .superRefine((c, ctx) => {
+    const vms = new Map(c.vms.map((vm) => [vm.id, vm]));
+    const inGroup = new Map<string, string>();
+    const groupIds = new Set<string>();
+    c.groups?.forEach((g, gi) => {
+      if (groupIds.has(g.id)) ctx.addIssue({ code: "custom", path: ["groups", gi, "id"], message: `group ${g.id} is listed twice: give each group one entry` });
+      groupIds.add(g.id);
+      g.vms.forEach((vmId, vi) => {
+        const at = ["groups", gi, "vms", vi];
+        const vm = vms.get(vmId);
+        if (!vm) return ctx.addIssue({ code: "custom", path: at, message: `names VM ${vmId}, which is not in vms: add it there or remove it from the group` });
+        const other = inGroup.get(vmId);
+        if (other !== undefined) return ctx.addIssue({ code: "custom", path: at, message: `VM ${vmId} is already in group ${other}: a VM belongs to one group at most` });
+        inGroup.set(vmId, g.id);
+        if (vm.libvirt) ctx.addIssue({ code: "custom", path: at, message: `VM ${vmId} is a libvirt domain: groups need the QMP capture (qmpSocket); remove it from the group` });
+        const first = vms.get(g.vms[0]!);
+        if (first && (vm.replicaSite !== first.replicaSite || vm.replicaSiteId !== first.replicaSiteId))
+          ctx.addIssue({
+            code: "custom",
+            path: at,
+            message: `VM ${vmId} replicates to another site than ${first.id}: a group's members replicate to one site (its group points are kept there)`,
+          });
+      });
+      const max = c.maxCyclesInFlight ?? DEFAULT_MAX_CYCLES_IN_FLIGHT;
+      if (g.vms.length > max)
+        ctx.addIssue({
+          code: "custom",
+          path: ["groups", gi, "vms"],
+          message: `${g.vms.length} members, but maxCyclesInFlight is ${max}: the members cut together, so set maxCyclesInFlight to at least ${g.vms.length}`,
+        });
+    });
+  });
 
 /** Reads the agent's YAML (or JSON) config; relative paths are relative to the file. */
 export function loadAgentConfig(file: string): AgentConfig {
@@ -228,6 +287,11 @@ export function agentConfigFrom(raw: unknown, file: string): AgentConfig {
   const abs = (p: string) => (isAbsolute(p) ? p : resolve(base, p));
   const cbwDefault = c.cbwTimeoutSeconds ?? DEFAULT_CBW_TIMEOUT_SECONDS;
   const minFreeDefault = c.scratchMinFreeMiB ?? DEFAULT_SCRATCH_MIN_FREE_MIB;
+  const groupOf = new Map<string, AgentGroupConfig>();
+  for (const g of c.groups ?? []) {
+    const group: AgentGroupConfig = { id: g.id, members: [...g.vms], joinTimeoutMs: Math.round((g.joinTimeoutSeconds ?? DEFAULT_GROUP_JOIN_TIMEOUT_MS / 1000) * 1000) };
+    for (const vmId of g.vms) groupOf.set(vmId, group);
+  }
   const vms = c.vms.map(
     (vm): AgentVmConfig => ({
       id: vm.id,
@@ -249,6 +313,7 @@ export function agentConfigFrom(raw: unknown, file: string): AgentConfig {
       spec: vm.spec,
       generation: vm.generation,
       ...(vm.policy === undefined ? {} : { policy: vm.policy }),
+      ...(groupOf.has(vm.id) ? { group: groupOf.get(vm.id)! } : {}),
     }),
   );
   return {

@@ -1,7 +1,7 @@
 import type { Logger } from "../../src/common/logger.js";
 import { GuestAgentClient } from "../../src/qemu/guestAgent/index.js";
 import { QmpClient, queryNamedBlockNodes } from "../../src/qemu/qmp/index.js";
-import { VmCapture, type CaptureCycle, type ReconcileReport } from "../capture/index.js";
+import { GroupCutoff, VmCapture, type CaptureCycle, type ReconcileReport } from "../capture/index.js";
 import { LibvirtCapture } from "../capture/libvirt/libvirtCapture.js";
 import type { AgentVmConfig } from "./agentConfig.js";
 import type { VmSpec } from "../../src/model/vmSpec.js";
@@ -72,6 +72,7 @@ class QmpSource implements ReplicationSource {
         nbdSocketPath: vm.nbdSocket,
         quiescer: guestAgent,
         quiesceNow: x.quiesceNow,
+        ...(vm.group ? { group: GroupCutoff.for(vm.group.id, vm.group.members, vm.group.joinTimeoutMs) } : {}),
         logger: x.logger,
       });
       return new QmpSource(vm, qmp, guestAgent, capture);

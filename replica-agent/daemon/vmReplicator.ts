@@ -95,7 +95,8 @@ export class VmReplicator {
   ) {
     mkdirSync(stateDir, { recursive: true, mode: 0o700 });
     this.stateFile = join(stateDir, `${vm.id}.replication.json`);
-    this.schedule = scheduler.schedule(vm.id, { kind: "interval", seconds: vm.intervalSeconds });
+    // A group's members share their slots' phase: their cycles are due together and cut together.
+    this.schedule = scheduler.schedule(vm.id, { kind: "interval", seconds: vm.intervalSeconds }, vm.group?.id);
     this.policy = new CyclePolicy(vm, logger, (f) => this.schedule.setFrequency(f));
     this.bandwidth = SiteBandwidth.for(vm.replicaSite);
   }
@@ -180,6 +181,7 @@ export class VmReplicator {
         const { totals } = await sendCycle(stream, responses, c, ack.generation, o);
         this.policy.noteAcknowledged(c.consistency);
         agentMetrics.committed(this.vm.id, { readBytes: totals.data, sentBytes: totals.wire, seconds: (Date.now() - started) / 1000 });
+        agentMetrics.cutoff(this.vm.id, c);
       } catch (err) {
         agentMetrics.outcome(this.vm.id, err instanceof CycleRefusedError ? "refused" : "failed");
         throw err;

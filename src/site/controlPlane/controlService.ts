@@ -53,6 +53,10 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
           suspectDisks: (p.suspect ?? []).map((d) => ({ diskId: d.diskId, share: d.share, baselineShare: d.baselineShare })),
           lastClean: p.pointId === lastClean,
           lockedUntil: p.lockedUntil ? new Date(p.lockedUntil) : undefined,
+          groupId: p.group?.groupId ?? "",
+          groupCutoffId: p.group?.cutoffId ?? "",
+          groupMembers: p.group ? [...p.group.members] : [],
+          groupPauseMs: p.group?.pauseMs ?? 0,
         };
       });
   };

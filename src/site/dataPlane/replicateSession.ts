@@ -26,9 +26,24 @@ import { UNDECODABLE } from "../tolerantDecoding.js";
 import { parseVmSpec, sendSeedHashes } from "./resync.js";
 import type { SiteContext } from "../siteContext.js";
 import { RelationshipRefusal, type ResumeKind } from "../relationships.js";
+import type { PointGroup } from "../../ledger/index.js";
 
 /** A freeze failure is the agent's text; the ledger keeps no more of it than this. */
 const MAX_QUIESCE_FAILURE_CHARS = 1000;
+/** A group has at most this many members as the site records them (an agent's config is far smaller). */
+const MAX_GROUP_MEMBERS = 256;
+
+/** The consistency group cut-off a CycleBegin names, if any (agents before groups send none). */
+function groupOf(begin: CycleBegin): PointGroup | undefined {
+  if (!begin.groupId || !begin.groupCutoffId) return undefined;
+  const pauseMs = Number.isFinite(begin.groupPauseMs) && begin.groupPauseMs > 0 ? Math.round(begin.groupPauseMs * 1000) / 1000 : undefined;
+  return {
+    groupId: begin.groupId.slice(0, 200),
+    cutoffId: begin.groupCutoffId.slice(0, 200),
+    members: begin.groupMembers.slice(0, MAX_GROUP_MEMBERS).map((m) => m.slice(0, 200)),
+    ...(pauseMs !== undefined ? { pauseMs } : {}),
+  };
+}
 
 const RESUME_HINT: Record<ResumeKind, ResumeHint> = {
   initial: ResumeHint.RESUME_HINT_INITIAL_REPLICATION,
@@ -385,7 +400,7 @@ export class ReplicateSession {
       const consistency = begin.consistency === Consistency.CONSISTENCY_APPLICATION ? "application" : "crash";
       // Only the agent's words: kept short, and meaningless on an application-consistent point.
       const quiesceFailure = consistency === "crash" && begin.quiesceFailure ? begin.quiesceFailure.slice(0, MAX_QUIESCE_FAILURE_CHARS) : undefined;
-      this.cycle = new OpenCycle(seq, kind, cutoffAt, consistency, point, quiesceFailure);
+      this.cycle = new OpenCycle(seq, kind, cutoffAt, consistency, point, quiesceFailure, groupOf(begin));
       this.cycle.plan(
         begin.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) })),
         Number(begin.plannedBytes),
@@ -440,6 +455,7 @@ export class ReplicateSession {
           cutoffAt: cycle.cutoffAt,
           consistency: cycle.consistency,
           quiesceFailure: cycle.quiesceFailure,
+          group: cycle.group,
           point: cycle.point,
           dataBytes: cycle.dataBytes,
           diskDataBytes: Object.fromEntries(cycle.diskDataBytes),

@@ -504,7 +504,17 @@ export interface RecoveryPoint {
   /** While a suspect point stands: this is the newest point before the first one (`last-clean`). */
   lastClean: boolean;
   /** The policy's lock recorded with the point; unset when it has none (it may have ended). */
-  lockedUntil?: Date | undefined;
+  lockedUntil?:
+    | Date
+    | undefined;
+  /**
+   * Consistency groups: the group and group cut-off the point was cut in (empty when none), the
+   * group's members as the agent listed them, and the group's pause for that cut-off.
+   */
+  groupId: string;
+  groupCutoffId: string;
+  groupMembers: string[];
+  groupPauseMs: number;
 }
 
 export interface SuspectDisk {
@@ -4707,6 +4717,10 @@ function createBaseRecoveryPoint(): RecoveryPoint {
     suspectDisks: [],
     lastClean: false,
     lockedUntil: undefined,
+    groupId: "",
+    groupCutoffId: "",
+    groupMembers: [],
+    groupPauseMs: 0,
   };
 }
 
@@ -4762,6 +4776,18 @@ export const RecoveryPoint: MessageFns<RecoveryPoint> = {
     }
     if (message.lockedUntil !== undefined) {
       Timestamp.encode(toTimestamp(message.lockedUntil), writer.uint32(178).fork()).join();
+    }
+    if (message.groupId !== "") {
+      writer.uint32(322).string(message.groupId);
+    }
+    if (message.groupCutoffId !== "") {
+      writer.uint32(330).string(message.groupCutoffId);
+    }
+    for (const v of message.groupMembers) {
+      writer.uint32(338).string(v!);
+    }
+    if (message.groupPauseMs !== 0) {
+      writer.uint32(345).double(message.groupPauseMs);
     }
     return writer;
   },
@@ -4883,6 +4909,38 @@ export const RecoveryPoint: MessageFns<RecoveryPoint> = {
             message.lockedUntil = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 40: {
+            if (tag !== 322) {
+              break;
+            }
+
+            message.groupId = reader.string();
+            continue;
+          }
+          case 41: {
+            if (tag !== 330) {
+              break;
+            }
+
+            message.groupCutoffId = reader.string();
+            continue;
+          }
+          case 42: {
+            if (tag !== 338) {
+              break;
+            }
+
+            message.groupMembers.push(reader.string());
+            continue;
+          }
+          case 43: {
+            if (tag !== 345) {
+              break;
+            }
+
+            message.groupPauseMs = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4944,6 +5002,26 @@ export const RecoveryPoint: MessageFns<RecoveryPoint> = {
         : isSet(object.locked_until)
         ? fromJsonTimestamp(object.locked_until)
         : undefined,
+      groupId: isSet(object.groupId)
+        ? globalThis.String(object.groupId)
+        : isSet(object.group_id)
+        ? globalThis.String(object.group_id)
+        : "",
+      groupCutoffId: isSet(object.groupCutoffId)
+        ? globalThis.String(object.groupCutoffId)
+        : isSet(object.group_cutoff_id)
+        ? globalThis.String(object.group_cutoff_id)
+        : "",
+      groupMembers: globalThis.Array.isArray(object?.groupMembers)
+        ? object.groupMembers.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.group_members)
+        ? object.group_members.map((e: any) => globalThis.String(e))
+        : [],
+      groupPauseMs: isSet(object.groupPauseMs)
+        ? globalThis.Number(object.groupPauseMs)
+        : isSet(object.group_pause_ms)
+        ? globalThis.Number(object.group_pause_ms)
+        : 0,
     };
   },
 
@@ -4988,6 +5066,18 @@ export const RecoveryPoint: MessageFns<RecoveryPoint> = {
     if (message.lockedUntil !== undefined) {
       obj.lockedUntil = message.lockedUntil.toISOString();
     }
+    if (message.groupId !== "") {
+      obj.groupId = message.groupId;
+    }
+    if (message.groupCutoffId !== "") {
+      obj.groupCutoffId = message.groupCutoffId;
+    }
+    if (message.groupMembers?.length) {
+      obj.groupMembers = message.groupMembers;
+    }
+    if (message.groupPauseMs !== 0) {
+      obj.groupPauseMs = floatToJson(message.groupPauseMs);
+    }
     return obj;
   },
 
@@ -5015,6 +5105,10 @@ export const RecoveryPoint: MessageFns<RecoveryPoint> = {
     message.suspectDisks = object.suspectDisks?.map((e) => SuspectDisk.fromPartial(e)) || [];
     message.lastClean = object.lastClean ?? false;
     message.lockedUntil = object.lockedUntil ?? undefined;
+    message.groupId = object.groupId ?? "";
+    message.groupCutoffId = object.groupCutoffId ?? "";
+    message.groupMembers = object.groupMembers?.map((e) => e) || [];
+    message.groupPauseMs = object.groupPauseMs ?? 0;
     return message;
   },
 };
