@@ -1,6 +1,7 @@
 import { Command } from "commander";
 import { EXIT } from "./exitCodes.js";
 import { registerAuthorize } from "./commands/authorize.js";
+import { registerExtend } from "./commands/extend.js";
 import { validateIdArguments } from "./idArguments.js";
 import { registerFailover, registerReverse } from "./commands/failover.js";
 import { registerLedger } from "./commands/ledger.js";
@@ -36,6 +37,7 @@ registerMonitoring(program);
 registerLedger(program);
 registerFailover(program);
 registerReverse(program);
+registerExtend(program);
 registerReplication(program);
 registerRunbook(program);
 registerPolicy(program);
