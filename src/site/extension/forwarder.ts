@@ -96,7 +96,13 @@ export class PointForwarder {
     const client = new ReplicationClient(target.targetAddress, dial.credentials, dial.options);
     const stream: ForwardStream = client.replicate();
     try {
-      const responses = new Responses(stream);
+      // No VM to stop here: ending the stream at once fails C's planned failover with a clear cause
+      // instead of leaving it to its timeout.
+      const responses = new Responses(stream, () => {
+        this.lastError = `site ${target.targetSiteId} asked for a planned failover: a forwarding site cannot stop the VM; fail over there with --unplanned`;
+        this.deps.logger.warn({ vm: this.vmId, target: target.targetSiteId }, this.lastError);
+        stream.cancel();
+      });
       const ack = await this.hello(stream, responses, first);
       let full = ack.resumeHint === ResumeHint.RESUME_HINT_INITIAL_REPLICATION;
       if (!full && ack.resumeHint !== ResumeHint.RESUME_HINT_INCREMENTAL) {

@@ -15,11 +15,15 @@ export class Responses {
   /** Rejects once the stream fails or ends. */
   readonly failed: Promise<never>;
 
-  constructor(stream: ForwardStream) {
+  /** `onPlannedFailover`: the third site asked for a planned failover, which a forwarder cannot serve. */
+  constructor(stream: ForwardStream, onPlannedFailover: () => void = () => undefined) {
     let fail!: (e: Error) => void;
     this.failed = new Promise<never>((_, reject) => (fail = reject));
     this.failed.catch(() => undefined);
     stream.on("data", (r: ReplicateResponse) => {
+      // Pushes a forwarder has no use for (its policy and notices are B's to follow, not C's).
+      if (r.body?.$case === "policyChanged" || r.body?.$case === "replicationPaused" || r.body?.$case === "replicationResumed" || r.body?.$case === "resyncRequested") return;
+      if (r.body?.$case === "plannedFailoverRequested") return onPlannedFailover();
       if (this.waiter) {
         const w = this.waiter;
         this.waiter = undefined;
