@@ -52,7 +52,7 @@ describe("extended replication A -> B -> C", { timeout: 300_000 }, () => {
     const C = t.siteC;
     const init = await runCli(["site", "init", "--dir", C, "--name", "site-c", "--ca-dir", t.caDir, "--listen", "127.0.0.1:0"]);
     expect(init.code, init.stderr).toBe(0);
-    await t.startSite(t.siteB);
+    let siteB = await t.startSite(t.siteB);
     await t.startSite(C);
     await t.vm.guestWrite("vda", ["write -P 0x10 0 4M", "write -P 0x11 20M 1M"]);
     t.startAgent();
@@ -74,6 +74,11 @@ describe("extended replication A -> B -> C", { timeout: 300_000 }, () => {
       const c = (await t.relationship("vm1", C)).points.find((p) => p.pointId === f.targetPointId)!;
       const cmp = await compareImages(snapshot, c.disks[0]!.imagePath, { formatA: "raw", formatB: "qcow2" });
       expect(cmp.identical, `batch ${k}: C's ${f.targetPointId}: ${cmp.detail}`).toBe(true);
+      if (k === 1) {
+        // B restarts: it forwards on from its ledger's last forwarded point (incrementally).
+        await siteB.kill("SIGTERM");
+        siteB = await t.startSite(t.siteB);
+      }
     }
     const ext = await forwardedOn(t.siteB);
     const onB = await t.relationship();
@@ -81,6 +86,7 @@ describe("extended replication A -> B -> C", { timeout: 300_000 }, () => {
     expect(onB.points[0]!.cycleSeq).toBeGreaterThan(1);
     expect(ext.forwarded.length).toBeLessThan(onB.points.at(-1)!.cycleSeq);
     expect(ext.forwarded.map((x) => x.targetSeq)).toEqual(ext.forwarded.map((_, i) => i + 1));
+    expect(ext.forwarded.map((x) => x.kind)).toEqual(ext.forwarded.map((_, i) => (i === 0 ? "full" : "incremental")));
   });
 
   it("C's points are B's byte for byte, writes between cycles; an unplanned failover at C boots the point's counter", async () => {

@@ -80,7 +80,8 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
       healthReasons: evaluated?.result.reasons.map(wireHealthReason) ?? [],
       policyName: evaluated?.policyName ?? "",
       cycleInProgress: cycleInProgressOf(s.vmId),
-      extendedReplication: ctx.extensions?.status(s.vmId, await ctx.relationships.load(s.vmId)),
+      // Only a forwarded VM costs a relationship load (for its pending points).
+      extendedReplication: ctx.extensions?.has(s.vmId) ? ctx.extensions.status(s.vmId, await ctx.relationships.load(s.vmId)) : undefined,
     };
   };
   const cycleInProgressOf = (vmId: string) => {

@@ -55,6 +55,11 @@ export class Extensions {
     return new Set(from < 0 ? [] : rel.points.slice(from).map((p) => p.pointId));
   }
 
+  /** Whether the VM is, or once was, forwarded from this site (status shows it then). */
+  has(vmId: string): boolean {
+    return this.current(vmId) !== undefined;
+  }
+
   status(vmId: string, rel: RelationshipState | undefined): ExtendedReplicationStatus | undefined {
     const state = this.current(vmId);
     if (!state || (!state.target && state.forwarded.length === 0)) return undefined;

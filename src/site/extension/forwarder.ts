@@ -51,6 +51,8 @@ export class PointForwarder {
   private stopped = false;
   private readonly abort = new AbortController();
   private loop: Promise<void> | undefined;
+  /** The open stream to the third site, cancelled by stop so that a forward under way ends now. */
+  private stream: ForwardStream | undefined;
 
   constructor(
     private readonly deps: ForwarderDeps,
@@ -68,6 +70,7 @@ export class PointForwarder {
   async stop(): Promise<void> {
     this.stopped = true;
     this.abort.abort();
+    this.stream?.cancel();
     await this.loop;
   }
 
@@ -95,7 +98,9 @@ export class PointForwarder {
     const dial = siteDial(target.targetAddress, currentCredentials(this.deps.tls, this.deps.logger), { expectedServerIdentity: target.targetSiteId });
     const client = new ReplicationClient(target.targetAddress, dial.credentials, dial.options);
     const stream: ForwardStream = client.replicate();
+    this.stream = stream;
     try {
+      if (this.stopped) return;
       // No VM to stop here: ending the stream at once fails C's planned failover with a clear cause
       // instead of leaving it to its timeout.
       const responses = new Responses(stream, () => {
@@ -105,6 +110,9 @@ export class PointForwarder {
       });
       const ack = await this.hello(stream, responses, first);
       let full = ack.resumeHint === ResumeHint.RESUME_HINT_INITIAL_REPLICATION;
+      if (ack.resumeHint === ResumeHint.RESUME_HINT_WAIT_FOR_OPERATOR && !ack.resyncReason) {
+        throw new Error(`site ${target.targetSiteId} has this VM's replication paused: forwarding goes on once it is resumed there`);
+      }
       if (!full && ack.resumeHint !== ResumeHint.RESUME_HINT_INCREMENTAL) {
         throw new Error(
           `site ${target.targetSiteId} asks for ${ResumeHint[ack.resumeHint]} (${ack.resyncReason || "no reason given"}): extended replication does not resynchronise yet; stop it and start it again toward a site without this VM`,
@@ -129,6 +137,7 @@ export class PointForwarder {
         full = false;
       }
     } finally {
+      this.stream = undefined;
       stream.cancel();
       client.close();
     }
