@@ -82,9 +82,8 @@ describe("extended replication A -> B -> C", { timeout: 300_000 }, () => {
     }
     const ext = await forwardedOn(t.siteB);
     const onB = await t.relationship();
-    // Retention at B merged points meanwhile, and a forward spanned several of B's points.
+    // Retention at B merged points meanwhile (the oldest left is not the first).
     expect(onB.points[0]!.cycleSeq).toBeGreaterThan(1);
-    expect(ext.forwarded.length).toBeLessThan(onB.points.at(-1)!.cycleSeq);
     expect(ext.forwarded.map((x) => x.targetSeq)).toEqual(ext.forwarded.map((_, i) => i + 1));
     expect(ext.forwarded.map((x) => x.kind)).toEqual(ext.forwarded.map((_, i) => (i === 0 ? "full" : "incremental")));
   });

@@ -3,7 +3,7 @@ import { getCodec } from "../../codec/index.js";
 import { errorMessage } from "../../common/errors.js";
 import type { Logger } from "../../common/logger.js";
 import { ChecksumAlgorithm, CompressionCodec, Consistency, CycleKind } from "../../gen/qreplica/v1/common.js";
-import { RejectReason, ResumeHint, type HelloAck, type ReplicateResponse } from "../../gen/qreplica/v1/replication.js";
+import { RejectReason, ResumeHint, type EffectivePolicy, type HelloAck, type ReplicateResponse } from "../../gen/qreplica/v1/replication.js";
 import type { RecoveryPoint, RelationshipState } from "../../ledger/index.js";
 import type { ReplicaStorage } from "../../storage/index.js";
 import { ReplicationClient, currentCredentials, encodeExtentChunkRequest, siteDial, type SiteCredentials } from "../../transport/index.js";
@@ -38,6 +38,11 @@ export interface ForwarderDeps {
 
 class ForwardRefused extends Error {}
 
+/** A policy's interval in seconds; continuous and absent policies add no bound of their own. */
+function policyInterval(p: EffectivePolicy | undefined): number {
+  return p?.frequency?.$case === "intervalSeconds" ? p.frequency.value : 0;
+}
+
 /**
  * Extended replication of one VM: this replica site sends its committed points, each as one cycle
  * whose cut-off is the point's, to a third site, over the same Replicate protocol an agent speaks
@@ -51,6 +56,8 @@ export class PointForwarder {
   private stopped = false;
   private readonly abort = new AbortController();
   private loop: Promise<void> | undefined;
+  /** The interval of the policy the third site binds the VM to (0: none): forwards are no more frequent. */
+  private policyIntervalSeconds = 0;
   /** The open stream to the third site, cancelled by stop so that a forward under way ends now. */
   private stream: ForwardStream | undefined;
 
@@ -103,12 +110,16 @@ export class PointForwarder {
       if (this.stopped) return;
       // No VM to stop here: ending the stream at once fails C's planned failover with a clear cause
       // instead of leaving it to its timeout.
-      const responses = new Responses(stream, () => {
-        this.lastError = `site ${target.targetSiteId} asked for a planned failover: a forwarding site cannot stop the VM; fail over there with --unplanned`;
-        this.deps.logger.warn({ vm: this.vmId, target: target.targetSiteId }, this.lastError);
-        stream.cancel();
+      const responses = new Responses(stream, {
+        onPlannedFailover: () => {
+          this.lastError = `site ${target.targetSiteId} asked for a planned failover: a forwarding site cannot stop the VM; fail over there with --unplanned`;
+          this.deps.logger.warn({ vm: this.vmId, target: target.targetSiteId }, this.lastError);
+          stream.cancel();
+        },
+        onPolicy: (p) => (this.policyIntervalSeconds = policyInterval(p)),
       });
       const ack = await this.hello(stream, responses, first);
+      this.policyIntervalSeconds = policyInterval(ack.policy);
       let full = ack.resumeHint === ResumeHint.RESUME_HINT_INITIAL_REPLICATION;
       if (ack.resumeHint === ResumeHint.RESUME_HINT_WAIT_FOR_OPERATOR && !ack.resyncReason) {
         throw new Error(`site ${target.targetSiteId} has this VM's replication paused: forwarding goes on once it is resumed there`);
@@ -181,7 +192,8 @@ export class PointForwarder {
   /** The newest point, once it is newer than the last forwarded one and the interval has passed. */
   private async dueForForwarding(target: ExtensionTarget): Promise<true | undefined> {
     const last = this.state.forwarded.at(-1);
-    if (last && target.intervalSeconds > 0 && Date.now() - Date.parse(last.forwardedAt) < target.intervalSeconds * 1000) return undefined;
+    const intervalSeconds = Math.max(target.intervalSeconds, this.policyIntervalSeconds);
+    if (last && intervalSeconds > 0 && Date.now() - Date.parse(last.forwardedAt) < intervalSeconds * 1000) return undefined;
     const rel = await this.deps.loadRelationship(this.vmId);
     if (!FORWARD_STATES.includes(rel.state)) throw new Error(`VM ${this.vmId} is ${rel.state} on this site: its points are not forwarded in that state`);
     const newest = rel.points.at(-1);

@@ -1,5 +1,5 @@
 import type { ClientDuplexStream } from "@grpc/grpc-js";
-import type { ReplicateResponse } from "../../gen/qreplica/v1/replication.js";
+import type { EffectivePolicy, ReplicateResponse } from "../../gen/qreplica/v1/replication.js";
 import { writeWithBackpressure, type OutgoingReplicateRequest } from "../../transport/index.js";
 
 export type ForwardStream = ClientDuplexStream<OutgoingReplicateRequest, ReplicateResponse>;
@@ -15,15 +15,19 @@ export class Responses {
   /** Rejects once the stream fails or ends. */
   readonly failed: Promise<never>;
 
-  /** `onPlannedFailover`: the third site asked for a planned failover, which a forwarder cannot serve. */
-  constructor(stream: ForwardStream, onPlannedFailover: () => void = () => undefined) {
+  /**
+   * `onPlannedFailover`: the third site asked for a planned failover, which a forwarder cannot
+   * serve; `onPolicy`: the third site's policy for the VM changed (its frequency bounds forwarding).
+   */
+  constructor(stream: ForwardStream, hooks: { onPlannedFailover?: () => void; onPolicy?: (p: EffectivePolicy | undefined) => void } = {}) {
     let fail!: (e: Error) => void;
     this.failed = new Promise<never>((_, reject) => (fail = reject));
     this.failed.catch(() => undefined);
     stream.on("data", (r: ReplicateResponse) => {
       // Pushes a forwarder has no use for (its policy and notices are B's to follow, not C's).
-      if (r.body?.$case === "policyChanged" || r.body?.$case === "replicationPaused" || r.body?.$case === "replicationResumed" || r.body?.$case === "resyncRequested") return;
-      if (r.body?.$case === "plannedFailoverRequested") return onPlannedFailover();
+      if (r.body?.$case === "policyChanged") return hooks.onPolicy?.(r.body.value.policy);
+      if (r.body?.$case === "replicationPaused" || r.body?.$case === "replicationResumed" || r.body?.$case === "resyncRequested") return;
+      if (r.body?.$case === "plannedFailoverRequested") return hooks.onPlannedFailover?.();
       if (this.waiter) {
         const w = this.waiter;
         this.waiter = undefined;
