@@ -58,6 +58,8 @@ export class PointForwarder {
   private loop: Promise<void> | undefined;
   /** The interval of the policy the third site binds the VM to (0: none): forwards are no more frequent. */
   private policyIntervalSeconds = 0;
+  /** The zstd level of that policy (1 without one). */
+  private compressionLevel = 1;
   /** The open stream to the third site, cancelled by stop so that a forward under way ends now. */
   private stream: ForwardStream | undefined;
 
@@ -116,10 +118,10 @@ export class PointForwarder {
           this.deps.logger.warn({ vm: this.vmId, target: target.targetSiteId }, this.lastError);
           stream.cancel();
         },
-        onPolicy: (p) => (this.policyIntervalSeconds = policyInterval(p)),
+        onPolicy: (p) => this.usePolicy(p),
       });
       const ack = await this.hello(stream, responses, first);
-      this.policyIntervalSeconds = policyInterval(ack.policy);
+      this.usePolicy(ack.policy);
       let full = ack.resumeHint === ResumeHint.RESUME_HINT_INITIAL_REPLICATION;
       if (ack.resumeHint === ResumeHint.RESUME_HINT_WAIT_FOR_OPERATOR && !ack.resyncReason) {
         throw new Error(`site ${target.targetSiteId} has this VM's replication paused: forwarding goes on once it is resumed there`);
@@ -241,7 +243,7 @@ export class PointForwarder {
     const { point, depth, release } = await this.pick(c.full);
     const gen = BigInt(c.generation);
     const seq = BigInt(c.seq);
-    const totals = { extents: 0, data: 0, zero: 0, wire: 0 };
+    let totals = { extents: 0, data: 0, zero: 0, wire: 0 };
     let ack: Extract<ReplicateResponse["body"], { $case: "cycleAck" }>["value"];
     try {
       await send(stream, responses, {
@@ -260,19 +262,7 @@ export class PointForwarder {
           },
         },
       });
-      const codec = getCodec("zstd");
-      for (const disk of point.disks) {
-        for await (const extent of this.deps.storage.pointExtents(disk.imagePath, { depth, pieceBytes: c.maxChunk })) {
-          const early = responses.poll();
-          if (early) this.throwIfRejected(early, c.seq);
-          const chunk = encodeExtentChunkRequest(extent, { generation: gen, cycleSeq: seq, diskId: disk.diskId, codec, level: 1, checksum: c.checksum });
-          totals.extents++;
-          if (extent.kind === "data") totals.data += extent.length;
-          else totals.zero += extent.length;
-          totals.wire += chunk.wireBytes;
-          await send(stream, responses, chunk.request);
-        }
-      }
+      totals = await this.sendExtents(stream, responses, point, depth, c);
       await send(stream, responses, {
         body: {
           $case: "cycleEnd",
@@ -313,6 +303,43 @@ export class PointForwarder {
       { vm: this.vmId, point: point.pointId, targetPoint: ack.recoveryPointId, target: this.state.target?.targetSiteId, seq: c.seq, depth, ...totals, ms: Date.now() - started },
       "point forwarded to the third site",
     );
+  }
+
+  private usePolicy(p: EffectivePolicy | undefined): void {
+    this.policyIntervalSeconds = policyInterval(p);
+    this.compressionLevel = p?.compressionLevel || 1;
+  }
+
+  /** The point's disks as checksummed zstd chunks (whole, or the top `depth` overlays); their totals. */
+  private async sendExtents(
+    stream: ForwardStream,
+    responses: Responses,
+    point: RecoveryPoint,
+    depth: number | undefined,
+    c: { seq: number; generation: number; maxChunk: number; checksum: ChecksumAlgorithm },
+  ): Promise<{ extents: number; data: number; zero: number; wire: number }> {
+    const totals = { extents: 0, data: 0, zero: 0, wire: 0 };
+    const codec = getCodec("zstd");
+    for (const disk of point.disks) {
+      for await (const extent of this.deps.storage.pointExtents(disk.imagePath, { depth, pieceBytes: c.maxChunk })) {
+        const early = responses.poll();
+        if (early) this.throwIfRejected(early, c.seq);
+        const chunk = encodeExtentChunkRequest(extent, {
+          generation: c.generation,
+          cycleSeq: c.seq,
+          diskId: disk.diskId,
+          codec,
+          level: this.compressionLevel,
+          checksum: c.checksum,
+        });
+        totals.extents++;
+        if (extent.kind === "data") totals.data += extent.length;
+        else totals.zero += extent.length;
+        totals.wire += chunk.wireBytes;
+        await send(stream, responses, chunk.request);
+      }
+    }
+    return totals;
   }
 
   private throwIfRejected(r: ReplicateResponse, seq: number): void {
