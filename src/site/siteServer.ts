@@ -18,6 +18,7 @@ import { ResyncWindows } from "./resyncWindows.js";
 import { ReplicateSession } from "./dataPlane/replicateSession.js";
 import { Relationships } from "./relationships.js";
 import { FailoverService } from "./failover/failoverService.js";
+import { SiteLaunchers } from "./launcher/index.js";
 import { SiteContext } from "./siteContext.js";
 import { Extensions } from "./extension/extensions.js";
 import { ExtensionLedger } from "./extension/extensionLedger.js";
@@ -154,7 +155,14 @@ async function serve(
   const alsoHeld = (vmId: string, state: RelationshipState) => extensions?.heldPoints(vmId, state) ?? new Set<string>();
   const relationships = new Relationships(store, storage, live.site, log, { retentionFor, alsoHeld });
   const vmIds = await relationships.recover(readModels.vmIds());
-  const failovers = new FailoverService(store, runDir(dir), config.accel, log);
+  const launchers = new SiteLaunchers({
+    launcher: config.launcher,
+    ...(config.libvirtUri !== undefined ? { libvirtUri: config.libvirtUri } : {}),
+    accel: config.accel,
+    siteId: config.siteId,
+    siteDir: dir,
+  });
+  const failovers = new FailoverService(store, runDir(dir), launchers, log);
   cleanups.push(() => failovers.detach());
   await failovers.recover(vmIds);
   const context = new SiteContext(config.siteId, dir, store, storage, relationships, failovers, log, readModels, policies);
@@ -177,6 +185,10 @@ async function serve(
   if (config.crlFile) {
     const revocations = await RevocationList.open(config.crlFile, config.caFile, { logger: log.child({ part: "revocation" }) });
     context.revocations = revocations;
+    revocations.onReload(() => {
+      const cut = context.cutRevokedSessions();
+      if (cut.length) log.warn({ vms: cut }, "revoked primaries' open streams cut");
+    });
     cleanups.push(() => revocations.close());
   }
   const metrics = new SiteMetrics();
