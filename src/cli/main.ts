@@ -1,6 +1,7 @@
 import { Command } from "commander";
 import { EXIT } from "./exitCodes.js";
 import { registerAuthorize } from "./commands/authorize.js";
+import { registerExtend } from "./commands/extend.js";
 import { validateIdArguments } from "./idArguments.js";
 import { registerFailover, registerReverse } from "./commands/failover.js";
 import { registerGroups } from "./commands/groups.js";
@@ -38,6 +39,7 @@ registerLedger(program);
 registerFailover(program);
 registerReverse(program);
 registerGroups(program);
+registerExtend(program);
 registerReplication(program);
 registerRunbook(program);
 registerPolicy(program);

@@ -44,6 +44,8 @@ export interface RelationshipsOptions {
   retentionFor: RetentionSource;
   /** The clock retention tiers are measured with; injected by tests. */
   now: () => number;
+  /** Points retention must keep for now besides its own holds (extended replication's unsent ones). */
+  alsoHeld: (vmId: string, state: RelationshipState) => ReadonlySet<string>;
 }
 
 /** The states in which this site runs retention on its chains (as startMerge allows). */
@@ -64,7 +66,7 @@ export class Relationships {
     private readonly logger: Logger,
     options: Partial<RelationshipsOptions> = {},
   ) {
-    this.options = { retentionFor: options.retentionFor ?? siteDefaultRetention(site), now: options.now ?? Date.now };
+    this.options = { retentionFor: options.retentionFor ?? siteDefaultRetention(site), now: options.now ?? Date.now, alsoHeld: options.alsoHeld ?? (() => new Set()) };
   }
 
   private readonly options: RelationshipsOptions;
@@ -404,7 +406,7 @@ export class Relationships {
     const state = await this.load(vmId);
     if (!RETENTION_STATES.includes(state.state)) return false;
     if (state.points.some((p) => p.merging)) return this.finishMerge(state);
-    const next = nextMerge(state, await this.retentionFor(vmId, state), this.options.now());
+    const next = nextMerge(state, await this.retentionFor(vmId, state), this.options.now(), this.options.alsoHeld(vmId, state));
     if (next.waiting.length) this.logger.debug({ vm: vmId, waiting: next.waiting }, "retention merges wait for a running test failover");
     if (!next.pointId) return false;
     const pointId = next.pointId;

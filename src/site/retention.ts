@@ -25,10 +25,11 @@ export function siteDefaultRetention(site: { defaultRetention?: RetentionSpec })
 /**
  * The planner's view of the relationship's points: held ones are under a test failover or the
  * failover; locked ones under their policy's lock at `nowMs`; and while a suspect point stands,
- * the last clean point before it.
+ * the last clean point before it. `alsoHeld`: points another part of the site still needs (extended
+ * replication's points not yet forwarded).
  */
-export function planPoints(state: RelationshipState, nowMs = Date.now()): PlanPoint[] {
-  const held = new Set(Object.values(state.testFailovers).map((t) => t.pointId));
+export function planPoints(state: RelationshipState, nowMs = Date.now(), alsoHeld: ReadonlySet<string> = new Set()): PlanPoint[] {
+  const held = new Set([...Object.values(state.testFailovers).map((t) => t.pointId), ...alsoHeld]);
   if (state.failover?.pointId) held.add(state.failover.pointId);
   const lastClean = state.suspectPoints.length > 0 ? lastCleanPoint(state)?.pointId : undefined;
   return state.points.map((p) => ({
@@ -54,8 +55,8 @@ export interface NextMerge {
  * A merge rewrites the merged point's successor (or the base) and deletes an image: a running test
  * on that point or any later one reads them, so those merges wait (startMerge refuses them too).
  */
-export function nextMerge(state: RelationshipState, spec: RetentionSpec, nowMs: number): NextMerge {
-  const plan = planRetention(planPoints(state, nowMs), spec, nowMs);
+export function nextMerge(state: RelationshipState, spec: RetentionSpec, nowMs: number, alsoHeld?: ReadonlySet<string>): NextMerge {
+  const plan = planRetention(planPoints(state, nowMs, alsoHeld), spec, nowMs);
   const order = new Map(state.points.map((p, i) => [p.pointId, i]));
   // Unknown test points count as the newest: conservative.
   const highestTest = Math.max(...Object.values(state.testFailovers).map((t) => order.get(t.pointId) ?? Number.POSITIVE_INFINITY));

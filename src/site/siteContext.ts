@@ -11,6 +11,7 @@ import { AgentActivity } from "./health/activity.js";
 import type { HealthMonitor } from "./health/monitor.js";
 import type { SitePolicies } from "./sitePolicies.js";
 import type { RevocationList } from "../transport/index.js";
+import type { Extensions } from "./extension/extensions.js";
 
 /** What every request handler of a running site shares. */
 export class SiteContext {
@@ -19,6 +20,8 @@ export class SiteContext {
   readonly activity = new AgentActivity();
   /** Set by the server once started: status and measure evaluate health through it. */
   health: HealthMonitor | undefined;
+  /** Extended replication: this site's forwarding of points to third sites (set by the server). */
+  extensions: Extensions | undefined;
   /** The deployment CA's revocation list when the site's config names one (crlFile). */
   revocations: RevocationList | undefined;
   private readonly sessions = new Map<string, ReplicateSession>();

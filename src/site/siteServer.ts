@@ -3,7 +3,7 @@ import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "../common/logger.js";
 import { ControlServiceService } from "../gen/qreplica/v1/control.js";
 import { ReplicationServiceService, type ReplicationServiceServer } from "../gen/qreplica/v1/replication.js";
-import { LedgerReadModels, getSqliteEventStore, onRelationshipSnapshotIgnored, type EventStore } from "../ledger/index.js";
+import { LedgerReadModels, getSqliteEventStore, onRelationshipSnapshotIgnored, type EventStore, type RelationshipState } from "../ledger/index.js";
 import { describeLedger, openConfiguredLedger } from "../ledger/ledgerConfig.js";
 import { ReplicaStorage, SiteStorageDaemon, StorageDaemonExitedError } from "../storage/index.js";
 import { RenewingSiteCredentials, RevocationList, grpcServerOptions, loadSiteCredentials, widenServerFlowControl, type SiteCredentials } from "../transport/index.js";
@@ -20,6 +20,8 @@ import { Relationships } from "./relationships.js";
 import { FailoverService } from "./failover/failoverService.js";
 import { SiteLaunchers } from "./launcher/index.js";
 import { SiteContext } from "./siteContext.js";
+import { Extensions } from "./extension/extensions.js";
+import { ExtensionLedger } from "./extension/extensionLedger.js";
 import { importLegacyAuthorizations, SiteAuthorizations } from "./authorizations.js";
 import { addressFile, hostPort, isWildcardHost, listenHost, loadSiteConfig, runDir, type SiteConfig } from "./siteConfig.js";
 import { tightenTree } from "../common/dataAtRest.js";
@@ -148,7 +150,10 @@ async function serve(
   // defaultRetention (or its point count).
   const siteDefault = siteDefaultRetention(live.site);
   const retentionFor: RetentionSource = (vmId, state) => (policies.effectivePolicyVersion(vmId).version > 0 ? policies.effectivePolicy(vmId).retention : siteDefault(vmId, state));
-  const relationships = new Relationships(store, storage, live.site, log, { retentionFor });
+  // Set just below (it needs the context); retention asks it only once cycles arrive.
+  let extensions: Extensions | undefined;
+  const alsoHeld = (vmId: string, state: RelationshipState) => extensions?.heldPoints(vmId, state) ?? new Set<string>();
+  const relationships = new Relationships(store, storage, live.site, log, { retentionFor, alsoHeld });
   const vmIds = await relationships.recover(readModels.vmIds());
   const launchers = new SiteLaunchers({
     launcher: config.launcher,
@@ -161,6 +166,22 @@ async function serve(
   cleanups.push(() => failovers.detach());
   await failovers.recover(vmIds);
   const context = new SiteContext(config.siteId, dir, store, storage, relationships, failovers, log, readModels, policies);
+  extensions = new Extensions(
+    {
+      siteId: config.siteId,
+      loadRelationship: (vmId) => relationships.load(vmId),
+      storage,
+      serialized: (vmId, fn) => context.serializer.run(vmId, fn),
+      afterRead: (vmId) => context.afterCommit(vmId),
+      tls: creds,
+      logger: log.child({ part: "extension" }),
+    },
+    new ExtensionLedger(store),
+  );
+  context.extensions = extensions;
+  await extensions.start();
+  const startedExtensions = extensions;
+  cleanups.push(() => startedExtensions.close());
   if (config.crlFile) {
     const revocations = await RevocationList.open(config.crlFile, config.caFile, { logger: log.child({ part: "revocation" }) });
     context.revocations = revocations;
@@ -242,6 +263,7 @@ async function serve(
       await metricsServer?.close();
       await failovers.stopAllTests();
       failovers.detach();
+      await extensions?.close();
       context.stopRetention();
       await context.serializer.idle();
       // Refusals counted in an open window are recorded before the ledger closes.

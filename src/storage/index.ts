@@ -4,3 +4,4 @@ export { PointWrite, ReplicaStorage, safeSegment, type CommittedPointImages, typ
 export { SiteStorageDaemon } from "./siteStorageDaemon.js";
 export { RESYNC_CHUNK_BYTES, chunkHashes, resyncChunkBytes } from "./seedHashes.js";
 export { decodeChunkHashes, encodeChunkHashes, type ChunkHashIndex } from "./chunkHashFile.js";
+export { ALLOCATION_DEPTH_CONTEXT, pointExtents, type PointExtentsOptions } from "./pointExtents.js";

@@ -12,6 +12,8 @@ import { chunkHashes, resyncChunkBytes } from "./seedHashes.js";
 import { readChunkHashFile, writeChunkHashFile } from "./chunkHashFile.js";
 import { ChunkHashTracker, type ChunkHashBase } from "./chunkHashTracker.js";
 import type { SiteStorageDaemon } from "./siteStorageDaemon.js";
+import { pointExtents, type PointExtentsOptions } from "./pointExtents.js";
+import type { ExtentPiece } from "../transport/index.js";
 
 export interface PointDiskSpec {
   diskId: string;
@@ -173,6 +175,29 @@ export class ReplicaStorage {
    */
   isWriting(vmId: string): boolean {
     return this.writing.has(vmId);
+  }
+
+  /**
+   * Holds the VM's chains as a point write does: no merge starts (retention asks isWriting) until
+   * the returned release is called. For a reader of committed points (extended replication), which
+   * must not see a merge rewrite the images under it. Take it where no merge runs (the VM's
+   * serialized work), and run retention again after the release.
+   */
+  holdChains(vmId: string): () => void {
+    this.writing.set(vmId, (this.writing.get(vmId) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const n = (this.writing.get(vmId) ?? 1) - 1;
+      if (n > 0) this.writing.set(vmId, n);
+      else this.writing.delete(vmId);
+    };
+  }
+
+  /** A committed point's disk as extents, whole or only its top `depth` overlays (see pointExtents). */
+  pointExtents(imagePath: string, o: PointExtentsOptions): AsyncGenerator<ExtentPiece> {
+    return pointExtents(this.daemon, imagePath, o);
   }
 
   /** Seed images for a reverse replication (the old primary's disks), kept until the first point. */

@@ -25,6 +25,8 @@ export interface TwoSites {
   caDir: string;
   siteA: string;
   siteB: string;
+  /** A third site's directory (extended replication), made only by tests that `site init` it. */
+  siteC: string;
   vm: StorageDaemonVm;
   agentConfig: string;
   daemons: Daemon[];
@@ -124,6 +126,7 @@ export async function setupTwoSites(dir: string, opts: TwoSitesOptions): Promise
     caDir,
     siteA,
     siteB,
+    siteC: join(dir, "site-c"),
     vm,
     agentConfig,
     daemons,
@@ -194,7 +197,7 @@ export async function setupTwoSites(dir: string, opts: TwoSitesOptions): Promise
       await guest?.proc.kill();
       killRecordedVms(dir);
       // A site killed with SIGKILL leaves its storage daemon behind: end it too.
-      for (const siteDir of [siteA, siteB]) {
+      for (const siteDir of [siteA, siteB, join(dir, "site-c")]) {
         const pidfile = join(siteDir, "run", "storage-daemon.pid");
         if (!existsSync(pidfile)) continue;
         try {

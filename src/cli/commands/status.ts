@@ -7,6 +7,7 @@ import { ControlCallError, controlClient, unary } from "../siteClient.js";
 import { formatBytes, formatTable } from "../table.js";
 import { emit, fail } from "../output.js";
 import { withTarget, type Target } from "../target.js";
+import { extensionText } from "./extend.js";
 import { consistencyName, healthName, kindName, pointJson, stateName, statusJson } from "../jsonView.js";
 
 type StatusResponse = Awaited<ReturnType<typeof getStatusOf>>;
@@ -17,7 +18,9 @@ function formatFleet(res: StatusResponse): string {
   if (res.relationships.length === 0) return `site ${res.siteId}: no VM is replicated here yet`;
   const rank = (h: number) => (h === ReplicationHealth.REPLICATION_HEALTH_CRITICAL ? 0 : h === ReplicationHealth.REPLICATION_HEALTH_WARNING ? 1 : 2);
   const rows = [...res.relationships].sort((a, b) => rank(a.health) - rank(b.health) || (a.vmId < b.vmId ? -1 : 1));
-  return formatTable(
+  // Extended replication (this site forwards to a third): one line per VM under the table.
+  const forwarded = rows.filter((r) => r.extendedReplication).map((r) => extensionText(r.vmId, r.extendedReplication));
+  const table = formatTable(
     ["vm", "health", "point age", "policy", "state", "gen", "last point", "test", "receiving", "reasons"],
     rows.map((r) => [
       r.vmId,
@@ -32,6 +35,7 @@ function formatFleet(res: StatusResponse): string {
       r.healthReasons.length > 0 ? r.healthReasons.map((x) => x.code).join(",") : r.healthMessage || "-",
     ]),
   );
+  return forwarded.length ? `${table}\n${forwarded.join("\n")}` : table;
 }
 
 /** The cycle the site is receiving: "initial 37% of 16.0 MiB", or "-". */

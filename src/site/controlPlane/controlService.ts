@@ -13,6 +13,7 @@ import { AUDIT_STREAM } from "./refusalAudit.js";
 import { addAuthorization, appendRunbookEvents, listAuthorizations, readRunbookRun, removeAuthorization, toLedgerEvent } from "./records.js";
 import type { SiteContext } from "../siteContext.js";
 import type { LaunchedInfo } from "../failover/failoverService.js";
+import { extendReplication } from "./extendReplication.js";
 
 /**
  * The control plane: reads of the ledger and the commands operators give. Every RPC names the
@@ -83,6 +84,8 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
       healthReasons: evaluated?.result.reasons.map(wireHealthReason) ?? [],
       policyName: evaluated?.policyName ?? "",
       cycleInProgress: cycleInProgressOf(s.vmId),
+      // Only a forwarded VM costs a relationship load (for its pending points).
+      extendedReplication: ctx.extensions?.has(s.vmId) ? ctx.extensions.status(s.vmId, await ctx.relationships.load(s.vmId)) : undefined,
     };
   };
   const cycleInProgressOf = (vmId: string) => {
@@ -235,6 +238,7 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
     appendRunbookEvents: guarded("operator", (req, caller) => appendRunbookEvents(ctx, req, caller)),
     readRunbookRun: guarded("viewer", (req) => readRunbookRun(ctx, req)),
     whoAmI: guarded("viewer", async (_req, caller) => ({ identity: caller.identity, role: caller.role, siteId: ctx.siteId })),
+    extendReplication: guarded("operator", (req, caller) => extendReplication(ctx, req, caller)),
     clearSuspectPoints: guarded("operator", async (req, caller) => {
       await requireRelationship(ctx, req.vmId);
       const approval = { clearedBy: caller.identity, clearedByRole: caller.role, ...(req.recoveryPointId ? { pointId: req.recoveryPointId } : {}) };
@@ -273,6 +277,8 @@ function grpcCodeOf(err: unknown): grpc.status {
   if (typeof code !== "string") return grpc.status.INTERNAL;
   if (code === "AUTHORIZATION_INVALID" || code === "AUTHORIZATION_WILDCARD") return grpc.status.INVALID_ARGUMENT;
   if (code === "AUTHORIZATION_NOT_FOUND") return grpc.status.NOT_FOUND;
+  if (code === "EXTENSION_INVALID") return grpc.status.INVALID_ARGUMENT;
+  if (code === "EXTENSION_NOT_CONFIGURED") return grpc.status.FAILED_PRECONDITION;
   if (
     [
       "INVALID_TRANSITION",

@@ -203,6 +203,39 @@ export function replicationHealthToJSON(object: ReplicationHealth): string {
   }
 }
 
+export interface ExtendReplicationRequest {
+  vmId: string;
+  /** The third site's host:port and its site id (its certificate must name it). */
+  targetAddress: string;
+  targetSiteId: string;
+  /** Forward at most once per this many seconds (0: every committed point, as it commits). */
+  intervalSeconds: number;
+  /** Stop forwarding (the other fields are ignored). */
+  stop: boolean;
+}
+
+export interface ExtendReplicationResponse {
+  extension?: ExtendedReplicationStatus | undefined;
+}
+
+/** Where a replica site forwards a VM's points, and how far it has got. */
+export interface ExtendedReplicationStatus {
+  targetAddress: string;
+  targetSiteId: string;
+  intervalSeconds: number;
+  /** forwarding | stopped */
+  state: string;
+  /** The newest point of this site forwarded, and the point it became on the third site. */
+  lastForwardedPointId: string;
+  targetPointId: string;
+  lastForwardedCutoff?: Date | undefined;
+  pointsForwarded: bigint;
+  /** Points of this site committed after the last forwarded one (held from retention until sent). */
+  pointsPending: number;
+  /** Why the last attempt failed; empty after a success. */
+  lastError: string;
+}
+
 export interface ClearSuspectPointsRequest {
   vmId: string;
   /** Every suspect point of the VM when empty. */
@@ -441,7 +474,11 @@ export interface RelationshipStatus {
    * The cycle the site is receiving now; unset between cycles. What `qreplica wait`, `resync
    * --wait`, `failover --planned` and `reverse --wait` show as progress.
    */
-  cycleInProgress?: CycleInProgress | undefined;
+  cycleInProgress?:
+    | CycleInProgress
+    | undefined;
+  /** Set on a replica site that forwards this VM's points to a third site (extended replication). */
+  extendedReplication?: ExtendedReplicationStatus | undefined;
 }
 
 /** A cycle between its CycleBegin and its commit, as far as the site has received it. */
@@ -583,6 +620,489 @@ export interface LedgerEvent {
   actor: string;
   actorRole: string;
 }
+
+function createBaseExtendReplicationRequest(): ExtendReplicationRequest {
+  return { vmId: "", targetAddress: "", targetSiteId: "", intervalSeconds: 0, stop: false };
+}
+
+export const ExtendReplicationRequest: MessageFns<ExtendReplicationRequest> = {
+  encode(message: ExtendReplicationRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
+    if (message.targetAddress !== "") {
+      writer.uint32(18).string(message.targetAddress);
+    }
+    if (message.targetSiteId !== "") {
+      writer.uint32(26).string(message.targetSiteId);
+    }
+    if (message.intervalSeconds !== 0) {
+      writer.uint32(32).uint32(message.intervalSeconds);
+    }
+    if (message.stop !== false) {
+      writer.uint32(40).bool(message.stop);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExtendReplicationRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExtendReplicationRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.targetAddress = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.targetSiteId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.intervalSeconds = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.stop = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExtendReplicationRequest {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+      targetAddress: isSet(object.targetAddress)
+        ? globalThis.String(object.targetAddress)
+        : isSet(object.target_address)
+        ? globalThis.String(object.target_address)
+        : "",
+      targetSiteId: isSet(object.targetSiteId)
+        ? globalThis.String(object.targetSiteId)
+        : isSet(object.target_site_id)
+        ? globalThis.String(object.target_site_id)
+        : "",
+      intervalSeconds: isSet(object.intervalSeconds)
+        ? globalThis.Number(object.intervalSeconds)
+        : isSet(object.interval_seconds)
+        ? globalThis.Number(object.interval_seconds)
+        : 0,
+      stop: isSet(object.stop) ? globalThis.Boolean(object.stop) : false,
+    };
+  },
+
+  toJSON(message: ExtendReplicationRequest): unknown {
+    const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    if (message.targetAddress !== "") {
+      obj.targetAddress = message.targetAddress;
+    }
+    if (message.targetSiteId !== "") {
+      obj.targetSiteId = message.targetSiteId;
+    }
+    if (message.intervalSeconds !== 0) {
+      obj.intervalSeconds = Math.round(message.intervalSeconds);
+    }
+    if (message.stop !== false) {
+      obj.stop = message.stop;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ExtendReplicationRequest>, I>>(base?: I): ExtendReplicationRequest {
+    return ExtendReplicationRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ExtendReplicationRequest>, I>>(object: I): ExtendReplicationRequest {
+    const message = createBaseExtendReplicationRequest();
+    message.vmId = object.vmId ?? "";
+    message.targetAddress = object.targetAddress ?? "";
+    message.targetSiteId = object.targetSiteId ?? "";
+    message.intervalSeconds = object.intervalSeconds ?? 0;
+    message.stop = object.stop ?? false;
+    return message;
+  },
+};
+
+function createBaseExtendReplicationResponse(): ExtendReplicationResponse {
+  return { extension: undefined };
+}
+
+export const ExtendReplicationResponse: MessageFns<ExtendReplicationResponse> = {
+  encode(message: ExtendReplicationResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.extension !== undefined) {
+      ExtendedReplicationStatus.encode(message.extension, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExtendReplicationResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExtendReplicationResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.extension = ExtendedReplicationStatus.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExtendReplicationResponse {
+    return { extension: isSet(object.extension) ? ExtendedReplicationStatus.fromJSON(object.extension) : undefined };
+  },
+
+  toJSON(message: ExtendReplicationResponse): unknown {
+    const obj: any = {};
+    if (message.extension !== undefined) {
+      obj.extension = ExtendedReplicationStatus.toJSON(message.extension);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ExtendReplicationResponse>, I>>(base?: I): ExtendReplicationResponse {
+    return ExtendReplicationResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ExtendReplicationResponse>, I>>(object: I): ExtendReplicationResponse {
+    const message = createBaseExtendReplicationResponse();
+    message.extension = (object.extension !== undefined && object.extension !== null)
+      ? ExtendedReplicationStatus.fromPartial(object.extension)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseExtendedReplicationStatus(): ExtendedReplicationStatus {
+  return {
+    targetAddress: "",
+    targetSiteId: "",
+    intervalSeconds: 0,
+    state: "",
+    lastForwardedPointId: "",
+    targetPointId: "",
+    lastForwardedCutoff: undefined,
+    pointsForwarded: 0n,
+    pointsPending: 0,
+    lastError: "",
+  };
+}
+
+export const ExtendedReplicationStatus: MessageFns<ExtendedReplicationStatus> = {
+  encode(message: ExtendedReplicationStatus, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.targetAddress !== "") {
+      writer.uint32(10).string(message.targetAddress);
+    }
+    if (message.targetSiteId !== "") {
+      writer.uint32(18).string(message.targetSiteId);
+    }
+    if (message.intervalSeconds !== 0) {
+      writer.uint32(24).uint32(message.intervalSeconds);
+    }
+    if (message.state !== "") {
+      writer.uint32(34).string(message.state);
+    }
+    if (message.lastForwardedPointId !== "") {
+      writer.uint32(42).string(message.lastForwardedPointId);
+    }
+    if (message.targetPointId !== "") {
+      writer.uint32(50).string(message.targetPointId);
+    }
+    if (message.lastForwardedCutoff !== undefined) {
+      Timestamp.encode(toTimestamp(message.lastForwardedCutoff), writer.uint32(58).fork()).join();
+    }
+    if (message.pointsForwarded !== 0n) {
+      if (BigInt.asUintN(64, message.pointsForwarded) !== message.pointsForwarded) {
+        throw new globalThis.Error("value provided for field message.pointsForwarded of type uint64 too large");
+      }
+      writer.uint32(64).uint64(message.pointsForwarded);
+    }
+    if (message.pointsPending !== 0) {
+      writer.uint32(72).uint32(message.pointsPending);
+    }
+    if (message.lastError !== "") {
+      writer.uint32(82).string(message.lastError);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExtendedReplicationStatus {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExtendedReplicationStatus();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.targetAddress = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.targetSiteId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.intervalSeconds = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.state = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.lastForwardedPointId = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.targetPointId = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.lastForwardedCutoff = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.pointsForwarded = reader.uint64() as bigint;
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.pointsPending = reader.uint32();
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.lastError = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExtendedReplicationStatus {
+    return {
+      targetAddress: isSet(object.targetAddress)
+        ? globalThis.String(object.targetAddress)
+        : isSet(object.target_address)
+        ? globalThis.String(object.target_address)
+        : "",
+      targetSiteId: isSet(object.targetSiteId)
+        ? globalThis.String(object.targetSiteId)
+        : isSet(object.target_site_id)
+        ? globalThis.String(object.target_site_id)
+        : "",
+      intervalSeconds: isSet(object.intervalSeconds)
+        ? globalThis.Number(object.intervalSeconds)
+        : isSet(object.interval_seconds)
+        ? globalThis.Number(object.interval_seconds)
+        : 0,
+      state: isSet(object.state) ? globalThis.String(object.state) : "",
+      lastForwardedPointId: isSet(object.lastForwardedPointId)
+        ? globalThis.String(object.lastForwardedPointId)
+        : isSet(object.last_forwarded_point_id)
+        ? globalThis.String(object.last_forwarded_point_id)
+        : "",
+      targetPointId: isSet(object.targetPointId)
+        ? globalThis.String(object.targetPointId)
+        : isSet(object.target_point_id)
+        ? globalThis.String(object.target_point_id)
+        : "",
+      lastForwardedCutoff: isSet(object.lastForwardedCutoff)
+        ? fromJsonTimestamp(object.lastForwardedCutoff)
+        : isSet(object.last_forwarded_cutoff)
+        ? fromJsonTimestamp(object.last_forwarded_cutoff)
+        : undefined,
+      pointsForwarded: isSet(object.pointsForwarded)
+        ? BigInt(object.pointsForwarded)
+        : isSet(object.points_forwarded)
+        ? BigInt(object.points_forwarded)
+        : 0n,
+      pointsPending: isSet(object.pointsPending)
+        ? globalThis.Number(object.pointsPending)
+        : isSet(object.points_pending)
+        ? globalThis.Number(object.points_pending)
+        : 0,
+      lastError: isSet(object.lastError)
+        ? globalThis.String(object.lastError)
+        : isSet(object.last_error)
+        ? globalThis.String(object.last_error)
+        : "",
+    };
+  },
+
+  toJSON(message: ExtendedReplicationStatus): unknown {
+    const obj: any = {};
+    if (message.targetAddress !== "") {
+      obj.targetAddress = message.targetAddress;
+    }
+    if (message.targetSiteId !== "") {
+      obj.targetSiteId = message.targetSiteId;
+    }
+    if (message.intervalSeconds !== 0) {
+      obj.intervalSeconds = Math.round(message.intervalSeconds);
+    }
+    if (message.state !== "") {
+      obj.state = message.state;
+    }
+    if (message.lastForwardedPointId !== "") {
+      obj.lastForwardedPointId = message.lastForwardedPointId;
+    }
+    if (message.targetPointId !== "") {
+      obj.targetPointId = message.targetPointId;
+    }
+    if (message.lastForwardedCutoff !== undefined) {
+      obj.lastForwardedCutoff = message.lastForwardedCutoff.toISOString();
+    }
+    if (message.pointsForwarded !== 0n) {
+      obj.pointsForwarded = message.pointsForwarded.toString();
+    }
+    if (message.pointsPending !== 0) {
+      obj.pointsPending = Math.round(message.pointsPending);
+    }
+    if (message.lastError !== "") {
+      obj.lastError = message.lastError;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ExtendedReplicationStatus>, I>>(base?: I): ExtendedReplicationStatus {
+    return ExtendedReplicationStatus.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ExtendedReplicationStatus>, I>>(object: I): ExtendedReplicationStatus {
+    const message = createBaseExtendedReplicationStatus();
+    message.targetAddress = object.targetAddress ?? "";
+    message.targetSiteId = object.targetSiteId ?? "";
+    message.intervalSeconds = object.intervalSeconds ?? 0;
+    message.state = object.state ?? "";
+    message.lastForwardedPointId = object.lastForwardedPointId ?? "";
+    message.targetPointId = object.targetPointId ?? "";
+    message.lastForwardedCutoff = object.lastForwardedCutoff ?? undefined;
+    message.pointsForwarded = (object.pointsForwarded !== undefined && object.pointsForwarded !== null)
+      ? BigInt(object.pointsForwarded)
+      : 0n;
+    message.pointsPending = object.pointsPending ?? 0;
+    message.lastError = object.lastError ?? "";
+    return message;
+  },
+};
 
 function createBaseClearSuspectPointsRequest(): ClearSuspectPointsRequest {
   return { vmId: "", recoveryPointId: "" };
@@ -3965,6 +4485,7 @@ function createBaseRelationshipStatus(): RelationshipStatus {
     healthReasons: [],
     policyName: "",
     cycleInProgress: undefined,
+    extendedReplication: undefined,
   };
 }
 
@@ -4011,6 +4532,9 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
     }
     if (message.cycleInProgress !== undefined) {
       CycleInProgress.encode(message.cycleInProgress, writer.uint32(106).fork()).join();
+    }
+    if (message.extendedReplication !== undefined) {
+      ExtendedReplicationStatus.encode(message.extendedReplication, writer.uint32(402).fork()).join();
     }
     return writer;
   },
@@ -4132,6 +4656,14 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
             message.cycleInProgress = CycleInProgress.decode(reader, reader.uint32());
             continue;
           }
+          case 50: {
+            if (tag !== 402) {
+              break;
+            }
+
+            message.extendedReplication = ExtendedReplicationStatus.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4195,6 +4727,11 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
         : isSet(object.cycle_in_progress)
         ? CycleInProgress.fromJSON(object.cycle_in_progress)
         : undefined,
+      extendedReplication: isSet(object.extendedReplication)
+        ? ExtendedReplicationStatus.fromJSON(object.extendedReplication)
+        : isSet(object.extended_replication)
+        ? ExtendedReplicationStatus.fromJSON(object.extended_replication)
+        : undefined,
     };
   },
 
@@ -4239,6 +4776,9 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
     if (message.cycleInProgress !== undefined) {
       obj.cycleInProgress = CycleInProgress.toJSON(message.cycleInProgress);
     }
+    if (message.extendedReplication !== undefined) {
+      obj.extendedReplication = ExtendedReplicationStatus.toJSON(message.extendedReplication);
+    }
     return obj;
   },
 
@@ -4265,6 +4805,9 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
     message.policyName = object.policyName ?? "";
     message.cycleInProgress = (object.cycleInProgress !== undefined && object.cycleInProgress !== null)
       ? CycleInProgress.fromPartial(object.cycleInProgress)
+      : undefined;
+    message.extendedReplication = (object.extendedReplication !== undefined && object.extendedReplication !== null)
+      ? ExtendedReplicationStatus.fromPartial(object.extendedReplication)
       : undefined;
     return message;
   },
@@ -6129,6 +6672,21 @@ export const ControlServiceService = {
       Buffer.from(ClearSuspectPointsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ClearSuspectPointsResponse => ClearSuspectPointsResponse.decode(value),
   },
+  /**
+   * operator: extended replication (A -> B -> C): this replica site forwards the VM's committed
+   * points to a third site, or stops doing so (`qreplica extend`).
+   */
+  extendReplication: {
+    path: "/qreplica.v1.ControlService/ExtendReplication" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ExtendReplicationRequest): Buffer =>
+      Buffer.from(ExtendReplicationRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ExtendReplicationRequest => ExtendReplicationRequest.decode(value),
+    responseSerialize: (value: ExtendReplicationResponse): Buffer =>
+      Buffer.from(ExtendReplicationResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ExtendReplicationResponse => ExtendReplicationResponse.decode(value),
+  },
 } as const;
 
 export interface ControlServiceServer extends UntypedServiceImplementation {
@@ -6175,6 +6733,11 @@ export interface ControlServiceServer extends UntypedServiceImplementation {
   whoAmI: handleUnaryCall<WhoAmIRequest, WhoAmIResponse>;
   /** operator: an operator's verdict that suspect points (encryption signal) are a false alarm. */
   clearSuspectPoints: handleUnaryCall<ClearSuspectPointsRequest, ClearSuspectPointsResponse>;
+  /**
+   * operator: extended replication (A -> B -> C): this replica site forwards the VM's committed
+   * points to a third site, or stops doing so (`qreplica extend`).
+   */
+  extendReplication: handleUnaryCall<ExtendReplicationRequest, ExtendReplicationResponse>;
 }
 
 export interface ControlServiceClient extends Client {
@@ -6500,6 +7063,25 @@ export interface ControlServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ClearSuspectPointsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * operator: extended replication (A -> B -> C): this replica site forwards the VM's committed
+   * points to a third site, or stops doing so (`qreplica extend`).
+   */
+  extendReplication(
+    request: ExtendReplicationRequest,
+    callback: (error: ServiceError | null, response: ExtendReplicationResponse) => void,
+  ): ClientUnaryCall;
+  extendReplication(
+    request: ExtendReplicationRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ExtendReplicationResponse) => void,
+  ): ClientUnaryCall;
+  extendReplication(
+    request: ExtendReplicationRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ExtendReplicationResponse) => void,
   ): ClientUnaryCall;
 }
 

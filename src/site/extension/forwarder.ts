@@ -1,0 +1,357 @@
+import { setTimeout as sleep } from "node:timers/promises";
+import { getCodec } from "../../codec/index.js";
+import { errorMessage } from "../../common/errors.js";
+import type { Logger } from "../../common/logger.js";
+import { ChecksumAlgorithm, CompressionCodec, Consistency, CycleKind } from "../../gen/qreplica/v1/common.js";
+import { RejectReason, ResumeHint, type EffectivePolicy, type HelloAck, type ReplicateResponse } from "../../gen/qreplica/v1/replication.js";
+import type { RecoveryPoint, RelationshipState } from "../../ledger/index.js";
+import type { ReplicaStorage } from "../../storage/index.js";
+import { ReplicationClient, currentCredentials, encodeExtentChunkRequest, siteDial, type SiteCredentials } from "../../transport/index.js";
+import type { ExtensionLedger, ExtensionState, ExtensionTarget } from "./extensionLedger.js";
+import { Responses, send, type ForwardStream } from "./replicateClient.js";
+
+const PROTOCOL_VERSION = 1;
+const HELLO_TIMEOUT_MS = 30_000;
+const ACK_TIMEOUT_MS = 10 * 60_000;
+/** How often a forwarder looks for a newer committed point. */
+const POLL_MS = 500;
+/** Data extents go in pieces of at most this (the receiver may accept more; 1 MiB keeps memory flat). */
+const PIECE_BYTES = 1024 * 1024;
+const BACKOFF_MIN_MS = 1_000;
+const BACKOFF_MAX_MS = 30_000;
+
+/** Where this site's points are valid to forward (as for retention): not once the VM failed over here. */
+const FORWARD_STATES: readonly string[] = ["replicating", "paused", "resync-required", "resynchronising"];
+
+export interface ForwarderDeps {
+  siteId: string;
+  ledger: ExtensionLedger;
+  loadRelationship(vmId: string): Promise<RelationshipState>;
+  storage: Pick<ReplicaStorage, "holdChains" | "pointExtents">;
+  /** Runs `fn` as a step of the VM's serialized work (no merge runs meanwhile). */
+  serialized<T>(vmId: string, fn: () => Promise<T>): Promise<T>;
+  /** Chains released: retention may run the merges it held back. */
+  afterRead(vmId: string): void;
+  tls: SiteCredentials;
+  logger: Logger;
+}
+
+class ForwardRefused extends Error {}
+
+/** A policy's interval in seconds; continuous and absent policies add no bound of their own. */
+function policyInterval(p: EffectivePolicy | undefined): number {
+  return p?.frequency?.$case === "intervalSeconds" ? p.frequency.value : 0;
+}
+
+/**
+ * Extended replication of one VM: this replica site sends its committed points, each as one cycle
+ * whose cut-off is the point's, to a third site, over the same Replicate protocol an agent speaks
+ * (this site's certificate is its identity there). The first point goes whole; each later one as
+ * the clusters of the overlays above the last forwarded point (qemu:allocation-depth), which are
+ * every cluster written since. Never more often than points commit here (and no more than once
+ * per the configured interval: the newest point then carries the changes of the ones skipped).
+ */
+export class PointForwarder {
+  lastError: string | undefined;
+  private stopped = false;
+  private readonly abort = new AbortController();
+  private loop: Promise<void> | undefined;
+  /** The interval of the policy the third site binds the VM to (0: none): forwards are no more frequent. */
+  private policyIntervalSeconds = 0;
+  /** The zstd level of that policy (1 without one). */
+  private compressionLevel = 1;
+  /** The open stream to the third site, cancelled by stop so that a forward under way ends now. */
+  private stream: ForwardStream | undefined;
+
+  constructor(
+    private readonly deps: ForwarderDeps,
+    public state: ExtensionState,
+  ) {}
+
+  get vmId(): string {
+    return this.state.vmId;
+  }
+
+  start(): void {
+    this.loop ??= this.run().catch((err: unknown) => this.deps.logger.error({ vm: this.vmId, err }, "extended replication ended with an error"));
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.abort.abort();
+    this.stream?.cancel();
+    await this.loop;
+  }
+
+  private async run(): Promise<void> {
+    let backoffMs = BACKOFF_MIN_MS;
+    while (!this.stopped && this.state.target) {
+      try {
+        await this.session(this.state.target, () => (backoffMs = BACKOFF_MIN_MS));
+      } catch (err) {
+        if (this.stopped) break;
+        this.lastError = errorMessage(err);
+        this.deps.logger.warn({ vm: this.vmId, target: this.state.target.targetSiteId, err: this.lastError, retryInMs: backoffMs }, "extended replication interrupted");
+      }
+      await sleep(backoffMs, undefined, { signal: this.abort.signal }).catch(() => undefined);
+      backoffMs = Math.min(backoffMs * 2, BACKOFF_MAX_MS);
+    }
+  }
+
+  private async session(target: ExtensionTarget, onHealthy: () => void): Promise<void> {
+    const first = await this.until(async () => {
+      const rel = await this.deps.loadRelationship(this.vmId);
+      return FORWARD_STATES.includes(rel.state) && rel.points.length > 0 ? rel : undefined;
+    });
+    if (!first) return;
+    const dial = siteDial(target.targetAddress, currentCredentials(this.deps.tls, this.deps.logger), { expectedServerIdentity: target.targetSiteId });
+    const client = new ReplicationClient(target.targetAddress, dial.credentials, dial.options);
+    const stream: ForwardStream = client.replicate();
+    this.stream = stream;
+    try {
+      if (this.stopped) return;
+      // No VM to stop here: ending the stream at once fails C's planned failover with a clear cause
+      // instead of leaving it to its timeout.
+      const responses = new Responses(stream, {
+        onPlannedFailover: () => {
+          this.lastError = `site ${target.targetSiteId} asked for a planned failover: a forwarding site cannot stop the VM; fail over there with --unplanned`;
+          this.deps.logger.warn({ vm: this.vmId, target: target.targetSiteId }, this.lastError);
+          stream.cancel();
+        },
+        onPolicy: (p) => this.usePolicy(p),
+      });
+      const ack = await this.hello(stream, responses, first);
+      this.usePolicy(ack.policy);
+      let full = ack.resumeHint === ResumeHint.RESUME_HINT_INITIAL_REPLICATION;
+      if (ack.resumeHint === ResumeHint.RESUME_HINT_WAIT_FOR_OPERATOR && !ack.resyncReason) {
+        throw new Error(`site ${target.targetSiteId} has this VM's replication paused: forwarding goes on once it is resumed there`);
+      }
+      if (!full && ack.resumeHint !== ResumeHint.RESUME_HINT_INCREMENTAL) {
+        throw new Error(
+          `site ${target.targetSiteId} asks for ${ResumeHint[ack.resumeHint]} (${ack.resyncReason || "no reason given"}): extended replication does not resynchronise yet; stop it and start it again toward a site without this VM`,
+        );
+      }
+      if (!full && this.state.forwarded.length === 0) {
+        throw new Error(`site ${target.targetSiteId} already holds points of VM ${this.vmId} that this site did not forward: remove the VM there, or forward to another site`);
+      }
+      onHealthy();
+      this.lastError = undefined;
+      let seq = Number(ack.lastCommittedCycleSequence) + 1;
+      const generation = Number(ack.generation);
+      const maxChunk = Math.min(ack.maxChunkBytes || PIECE_BYTES, PIECE_BYTES);
+      const checksum = ack.acceptedChecksumAlgorithms.includes(ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256)
+        ? ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256
+        : (ack.acceptedChecksumAlgorithms[0] ?? ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256);
+      while (!this.stopped) {
+        const due = await this.until(() => this.dueForForwarding(target), responses.failed);
+        if (!due) return;
+        await this.forward(stream, responses, { full, seq, generation, maxChunk, checksum });
+        seq++;
+        full = false;
+      }
+    } finally {
+      this.stream = undefined;
+      stream.cancel();
+      client.close();
+    }
+  }
+
+  private async hello(stream: ForwardStream, responses: Responses, rel: RelationshipState): Promise<HelloAck> {
+    const newest = rel.points.at(-1)!;
+    await send(stream, responses, {
+      body: {
+        $case: "hello",
+        value: {
+          protocolVersion: PROTOCOL_VERSION,
+          sourceSiteId: this.deps.siteId,
+          agentId: `${this.deps.siteId}-forwarder`,
+          vmId: this.vmId,
+          // The third site's generation as last acknowledged; 0 for a relationship it does not have yet.
+          generation: BigInt(this.state.forwarded.at(-1)?.targetGeneration ?? 0),
+          disks: newest.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeBytes) })),
+          supportedCodecs: [CompressionCodec.COMPRESSION_CODEC_ZSTD, CompressionCodec.COMPRESSION_CODEC_NONE],
+          supportedChecksumAlgorithms: [ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256],
+          vmSpecJson: Object.keys(rel.vmSpec).length ? JSON.stringify(rel.vmSpec) : "",
+          trackingLost: [],
+          resyncMode: 0,
+          resyncDigests: [],
+          policyName: "",
+          configuredIntervalSeconds: this.state.target?.intervalSeconds ?? 0,
+          configuredCompressionLevel: 1,
+        },
+      },
+    });
+    for (;;) {
+      const r = await responses.next(HELLO_TIMEOUT_MS);
+      if (r.body?.$case === "helloAck") return r.body.value;
+      if (r.body?.$case === "helloRejected") {
+        const v = r.body.value;
+        throw new ForwardRefused(`site ${this.state.target?.targetSiteId} refused this site's Hello (${RejectReason[v.reason]}): ${v.message}`);
+      }
+    }
+  }
+
+  /** The newest point, once it is newer than the last forwarded one and the interval has passed. */
+  private async dueForForwarding(target: ExtensionTarget): Promise<true | undefined> {
+    const last = this.state.forwarded.at(-1);
+    const intervalSeconds = Math.max(target.intervalSeconds, this.policyIntervalSeconds);
+    if (last && intervalSeconds > 0 && Date.now() - Date.parse(last.forwardedAt) < intervalSeconds * 1000) return undefined;
+    const rel = await this.deps.loadRelationship(this.vmId);
+    if (!FORWARD_STATES.includes(rel.state)) throw new Error(`VM ${this.vmId} is ${rel.state} on this site: its points are not forwarded in that state`);
+    const newest = rel.points.at(-1);
+    if (!newest || (last && Date.parse(newest.cutoffAt) <= Date.parse(last.cutoffAt))) return undefined;
+    return true;
+  }
+
+  /** Polls `probe` until it gives a value; undefined when stopped. Rejects when `failed` does. */
+  private async until<T>(probe: () => Promise<T | undefined>, failed?: Promise<never>): Promise<T | undefined> {
+    while (!this.stopped) {
+      const v = await probe();
+      if (v !== undefined) return v;
+      await Promise.race([sleep(POLL_MS, undefined, { signal: this.abort.signal }).catch(() => undefined), ...(failed ? [failed] : [])]);
+    }
+    return undefined;
+  }
+
+  /**
+   * Picks the newest point and holds the VM's chains (no merge) while its extents are read, in one
+   * serialized step, so no merge is half done under the read. Points from the last forwarded one on
+   * are kept by retention (heldPoints), so the overlays above it are exactly the newer points.
+   */
+  private async pick(full: boolean): Promise<{ point: RecoveryPoint; depth: number | undefined; release: () => void }> {
+    return this.deps.serialized(this.vmId, async () => {
+      const rel = await this.deps.loadRelationship(this.vmId);
+      const point = rel.points.at(-1);
+      if (!point) throw new Error(`VM ${this.vmId} has no point on this site`);
+      let depth: number | undefined;
+      if (!full) {
+        const last = this.state.forwarded.at(-1)!;
+        const i = rel.points.findIndex((p) => p.pointId === last.pointId);
+        if (i < 0) throw new Error(`the last forwarded point ${last.pointId} is no longer on this site: the changes since it cannot be told apart`);
+        depth = rel.points.length - 1 - i;
+      }
+      return { point, depth, release: this.deps.storage.holdChains(this.vmId) };
+    });
+  }
+
+  private async forward(
+    stream: ForwardStream,
+    responses: Responses,
+    c: { full: boolean; seq: number; generation: number; maxChunk: number; checksum: ChecksumAlgorithm },
+  ): Promise<void> {
+    const started = Date.now();
+    const { point, depth, release } = await this.pick(c.full);
+    const gen = BigInt(c.generation);
+    const seq = BigInt(c.seq);
+    let totals = { extents: 0, data: 0, zero: 0, wire: 0 };
+    let ack: Extract<ReplicateResponse["body"], { $case: "cycleAck" }>["value"];
+    try {
+      await send(stream, responses, {
+        body: {
+          $case: "cycleBegin",
+          value: {
+            vmId: this.vmId,
+            generation: gen,
+            cycleSequence: seq,
+            kind: c.full ? CycleKind.CYCLE_KIND_INITIAL : CycleKind.CYCLE_KIND_INCREMENTAL,
+            cutoffTime: new Date(point.cutoffAt),
+            consistency: point.consistency === "application" ? Consistency.CONSISTENCY_APPLICATION : Consistency.CONSISTENCY_CRASH,
+            disks: point.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeBytes) })),
+            quiesceFailure: "",
+            plannedBytes: 0n,
+            // A consistency group is the primary agent's; C gets each member's points on their own.
+            groupId: "",
+            groupCutoffId: "",
+            groupMembers: [],
+            groupPauseMs: 0,
+          },
+        },
+      });
+      totals = await this.sendExtents(stream, responses, point, depth, c);
+      await send(stream, responses, {
+        body: {
+          $case: "cycleEnd",
+          value: {
+            generation: gen,
+            cycleSequence: seq,
+            extentCount: BigInt(totals.extents),
+            dataBytes: BigInt(totals.data),
+            zeroBytes: BigInt(totals.zero),
+            wireBytes: BigInt(totals.wire),
+            comparedBytes: 0n,
+          },
+        },
+      });
+      for (;;) {
+        const r = await responses.next(ACK_TIMEOUT_MS);
+        this.throwIfRejected(r, c.seq);
+        if (r.body?.$case === "cycleAck" && r.body.value.cycleSequence === seq) {
+          ack = r.body.value;
+          break;
+        }
+      }
+    } finally {
+      release();
+      this.deps.afterRead(this.vmId);
+    }
+    this.state = await this.deps.ledger.recordForwarded(this.vmId, {
+      pointId: point.pointId,
+      cutoffAt: point.cutoffAt,
+      targetPointId: ack.recoveryPointId,
+      targetSeq: c.seq,
+      targetGeneration: c.generation,
+      kind: c.full ? "full" : "incremental",
+      dataBytes: totals.data,
+      wireBytes: totals.wire,
+    });
+    this.deps.logger.info(
+      { vm: this.vmId, point: point.pointId, targetPoint: ack.recoveryPointId, target: this.state.target?.targetSiteId, seq: c.seq, depth, ...totals, ms: Date.now() - started },
+      "point forwarded to the third site",
+    );
+  }
+
+  private usePolicy(p: EffectivePolicy | undefined): void {
+    this.policyIntervalSeconds = policyInterval(p);
+    this.compressionLevel = p?.compressionLevel || 1;
+  }
+
+  /** The point's disks as checksummed zstd chunks (whole, or the top `depth` overlays); their totals. */
+  private async sendExtents(
+    stream: ForwardStream,
+    responses: Responses,
+    point: RecoveryPoint,
+    depth: number | undefined,
+    c: { seq: number; generation: number; maxChunk: number; checksum: ChecksumAlgorithm },
+  ): Promise<{ extents: number; data: number; zero: number; wire: number }> {
+    const totals = { extents: 0, data: 0, zero: 0, wire: 0 };
+    const codec = getCodec("zstd");
+    for (const disk of point.disks) {
+      for await (const extent of this.deps.storage.pointExtents(disk.imagePath, { depth, pieceBytes: c.maxChunk })) {
+        const early = responses.poll();
+        if (early) this.throwIfRejected(early, c.seq);
+        const chunk = encodeExtentChunkRequest(extent, {
+          generation: c.generation,
+          cycleSeq: c.seq,
+          diskId: disk.diskId,
+          codec,
+          level: this.compressionLevel,
+          checksum: c.checksum,
+        });
+        totals.extents++;
+        if (extent.kind === "data") totals.data += extent.length;
+        else totals.zero += extent.length;
+        totals.wire += chunk.wireBytes;
+        await send(stream, responses, chunk.request);
+      }
+    }
+    return totals;
+  }
+
+  private throwIfRejected(r: ReplicateResponse, seq: number): void {
+    const body = r.body;
+    if (body?.$case === "cycleRejected" && Number(body.value.cycleSequence) === seq) {
+      throw new Error(`the third site refused forwarded cycle ${seq} (${RejectReason[body.value.reason]}): ${body.value.message}`);
+    }
+    if (body?.$case === "chunkRejected") this.deps.logger.warn({ vm: this.vmId, seq, message: body.value.message }, "chunk refused by the third site");
+  }
+}

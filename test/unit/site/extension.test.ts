@@ -1,0 +1,92 @@
+import { describe, expect, it } from "vitest";
+import { getInMemoryEventStore } from "../../../src/ledger/index.js";
+import { nextMerge } from "../../../src/site/retention.js";
+import { ExtensionLedger, extensionStream } from "../../../src/site/extension/extensionLedger.js";
+import { Extensions } from "../../../src/site/extension/extensions.js";
+import { silentLogger } from "../../../src/common/logger.js";
+import type { SiteCredentials } from "../../../src/transport/index.js";
+import { enabled, fold, incremental, initialCommitted, initialStarted } from "../ledgerDomain/fixtures.js";
+
+const VM = "web1";
+const upTo = (n: number) => [enabled, initialStarted, initialCommitted, ...Array.from({ length: n - 1 }, (_, i) => incremental(i + 2))];
+const admin = { identity: "alice", role: "operator" as const };
+const target = { targetAddress: "127.0.0.1:7443", targetSiteId: "site-c", intervalSeconds: 0 };
+const forwarded = (pointId: string, targetSeq: number) => ({
+  pointId,
+  cutoffAt: "2030-01-01T00:00:00.000Z",
+  targetPointId: `rp-${targetSeq}`,
+  targetSeq,
+  targetGeneration: 1,
+  kind: "incremental" as const,
+  dataBytes: 1,
+  wireBytes: 1,
+});
+
+/** Extensions whose forwarders wait for a first point that never comes: only the ledger and the holds are exercised. */
+function extensionsOn(ledger: ExtensionLedger): Extensions {
+  const ext = new Extensions(
+    {
+      siteId: "site-b",
+      loadRelationship: async () => fold(VM, enabled),
+      storage: { holdChains: () => () => undefined, pointExtents: () => (async function* () {})() },
+      serialized: (_vm, fn) => fn(),
+      afterRead: () => undefined,
+      tls: {} as SiteCredentials,
+      logger: silentLogger,
+    },
+    ledger,
+  );
+  return ext;
+}
+
+describe("extended replication: the ledger's record and what retention keeps for it", () => {
+  it("configure, forward and stop are recorded with their caller; an invalid target is refused", async () => {
+    const store = getInMemoryEventStore();
+    const ledger = new ExtensionLedger(store);
+    await expect(ledger.configure(VM, { ...target, targetAddress: "no port" }, admin)).rejects.toMatchObject({ code: "EXTENSION_INVALID" });
+    await expect(ledger.configure(VM, { ...target, intervalSeconds: -1 }, admin)).rejects.toMatchObject({ code: "EXTENSION_INVALID" });
+    await expect(ledger.stop(VM, admin)).rejects.toMatchObject({ code: "EXTENSION_NOT_CONFIGURED" });
+    await ledger.configure(VM, target, admin);
+    // The same configuration again records nothing.
+    await ledger.configure(VM, target, admin);
+    await ledger.recordForwarded(VM, forwarded("rp-3", 1));
+    await expect(ledger.configure(VM, { ...target, targetSiteId: "site-d" }, admin)).rejects.toThrow(/stop that first/);
+    const stopped = await ledger.stop(VM, admin);
+    expect(stopped.target).toBeUndefined();
+    expect(stopped.stoppedTarget).toEqual(target);
+    expect(stopped.forwarded.map((f) => f.pointId)).toEqual(["rp-3"]);
+    const events = await store.readStream(extensionStream(VM));
+    expect(events.map((e) => e.type)).toEqual(["ExtendedReplicationConfigured", "PointForwarded", "ExtendedReplicationStopped"]);
+    expect(events[0]!.metadata).toMatchObject({ actor: "alice", actorRole: "operator" });
+    expect(await ledger.vmIds()).toEqual([VM]);
+  });
+
+  it("retention keeps the last forwarded point and every later one, and merges the older ones", async () => {
+    const store = getInMemoryEventStore();
+    const ledger = new ExtensionLedger(store);
+    const rel = fold(VM, ...upTo(6));
+    const spec = { tiers: [], minPoints: 1 };
+    const now = Date.parse("2030-01-01T00:00:00Z");
+    const ext = extensionsOn(ledger);
+    // Nothing configured: nothing held, the oldest goes first.
+    expect(ext.heldPoints(VM, rel).size).toBe(0);
+    await ledger.configure(VM, target, admin);
+    await ledger.recordForwarded(VM, forwarded("rp-4", 1));
+    const started = extensionsOn(ledger);
+    await started.start();
+    try {
+      const held = started.heldPoints(VM, rel);
+      expect([...held]).toEqual(["rp-4", "rp-5", "rp-6"]);
+      const plan = nextMerge(rel, spec, now, held);
+      expect(plan.plan.keep).toEqual(["rp-4", "rp-5", "rp-6"]);
+      expect(plan.pointId).toBe("rp-1");
+      expect(started.status(VM, rel)).toMatchObject({ state: "forwarding", lastForwardedPointId: "rp-4", pointsForwarded: 1n, targetSiteId: "site-c" });
+      // Stopped: retention is free again, status still tells what was forwarded.
+      await started.stop(VM, admin);
+      expect(started.heldPoints(VM, rel).size).toBe(0);
+      expect(started.status(VM, rel)).toMatchObject({ state: "stopped", targetSiteId: "site-c", lastForwardedPointId: "rp-4" });
+    } finally {
+      await started.close();
+    }
+  });
+});
