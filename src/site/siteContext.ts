@@ -9,6 +9,7 @@ import { SiteAuthorizations } from "./authorizations.js";
 import { RefusalAudit } from "./controlPlane/refusalAudit.js";
 import { AgentActivity } from "./health/activity.js";
 import type { HealthMonitor } from "./health/monitor.js";
+import type { DrillService } from "./drills/drillService.js";
 import type { SitePolicies } from "./sitePolicies.js";
 import type { RevocationList } from "../transport/index.js";
 
@@ -19,6 +20,8 @@ export class SiteContext {
   readonly activity = new AgentActivity();
   /** Set by the server once started: status and measure evaluate health through it. */
   health: HealthMonitor | undefined;
+  /** Verification drills (`qreplica verify`, the policies' schedules); set once the site serves. */
+  drills: DrillService | undefined;
   /** The deployment CA's revocation list when the site's config names one (crlFile). */
   revocations: RevocationList | undefined;
   private readonly sessions = new Map<string, ReplicateSession>();

@@ -28,6 +28,8 @@ import { SiteMetrics } from "./health/siteMetrics.js";
 import { MonitoringServiceService } from "../gen/qreplica/v1/monitoring.js";
 import { monitoringService } from "./controlPlane/monitoringService.js";
 import { startMetricsServer, type MetricsServer } from "../common/metricsServer.js";
+import { DrillService } from "./drills/drillService.js";
+import { DrillScheduler } from "./drills/drillScheduler.js";
 
 /** The port of the address an earlier start wrote, so a `:0` site keeps its port across restarts. */
 function readPreviousPort(dir: string): number | undefined {
@@ -180,6 +182,28 @@ async function serve(
   }
   const resyncWindows = new ResyncWindows(context).start(() => context.connectedVmIds());
   cleanups.push(() => resyncWindows.stop());
+  const drills = new DrillService({
+    store,
+    failovers,
+    verificationOf: (vmId) => ({ policyName: policies.effectivePolicyVersion(vmId).name, verification: policies.effectivePolicy(vmId).verification }),
+    serialize: (vmId, fn) => context.serializer.run(vmId, fn),
+    logger: log.child({ part: "drills" }),
+  });
+  context.drills = drills;
+  const drillScheduler = new DrillScheduler({
+    drills,
+    statuses: async () => {
+      await readModels.refresh();
+      const now = new Date();
+      return readModels.vmIds().flatMap((vmId) => readModels.statusOf(vmId, now) ?? []);
+    },
+    verificationOf: (vmId) => policies.effectivePolicy(vmId).verification,
+    logger: log.child({ part: "drills" }),
+  }).start();
+  cleanups.push(async () => {
+    await drillScheduler.stop();
+    await drills.stop();
+  });
 
   const server = new grpc.Server(grpcServerOptions);
   const replicationServer: ReplicationServiceServer = {
@@ -226,6 +250,9 @@ async function serve(
       clearTimeout(graceTimer);
       server.forceShutdown();
       resyncWindows.stop();
+      // Before the test VMs are stopped: a cancelled drill records its result while its test holds the point.
+      await drillScheduler.stop();
+      await drills.stop();
       await health.stop();
       await metricsServer?.close();
       await failovers.stopAllTests();

@@ -6,10 +6,30 @@
  * code read, and it must stay cheap and obviously correct for that one question.
  */
 import type { EventStore, RecordedEvent } from "../eventStore.js";
-import { decodeRelationshipEvent, relationshipStream, type Consistency, type DiskCompression, type PointDisk } from "../domain/events.js";
+import {
+  decodeRelationshipEvent,
+  relationshipStream,
+  type Consistency,
+  type DiskCompression,
+  type DrillCheckName,
+  type DrillResult,
+  type DrillTrigger,
+  type PointDisk,
+} from "../domain/events.js";
 
 /** Why a point is suspect (RecoveryPointSuspected): per disk, the share of changed bytes that did not compress, and the disk's baseline. */
 export type PointSuspicion = readonly { readonly diskId: string; readonly share: number; readonly baselineShare: number }[];
+
+/** A point's last verification drill (VerificationDrillRecorded). */
+export interface PointVerification {
+  readonly drillId: string;
+  readonly result: DrillResult;
+  readonly failedCheck?: DrillCheckName;
+  readonly message?: string;
+  readonly timeToVerifiedMs?: number;
+  readonly finishedAt: string;
+  readonly trigger: DrillTrigger;
+}
 
 export interface CatalogueDisk {
   readonly diskId: string;
@@ -36,6 +56,8 @@ export interface CataloguePoint {
   readonly lockedUntil?: string;
   /** Set while the point is suspect (encryption signal) and not cleared. */
   readonly suspect?: PointSuspicion;
+  /** The point's last verification drill, if one ran. */
+  readonly verification?: PointVerification;
 }
 
 /** What the CycleCommitted event of a point's cycle recorded. */
@@ -60,6 +82,7 @@ interface StoredPoint {
   disks: PointDisk[];
   lockedUntil?: string;
   suspect?: { diskId: string; share: number; baselineShare: number }[];
+  verification?: PointVerification;
 }
 
 const PAGE = 1000;
@@ -155,6 +178,21 @@ export class RecoveryPointsProjection {
       case "SuspectPointsCleared": {
         const cleared = new Set(event.data.pointIds);
         for (const p of this.points) if (cleared.has(p.pointId)) delete p.suspect;
+        return;
+      }
+      case "VerificationDrillRecorded": {
+        const d = event.data;
+        const p = this.points.find((x) => x.pointId === d.pointId);
+        if (p)
+          p.verification = {
+            drillId: d.drillId,
+            result: d.result,
+            ...(d.failedCheck ? { failedCheck: d.failedCheck } : {}),
+            ...(d.message ? { message: d.message } : {}),
+            ...(d.timeToVerifiedMs !== undefined ? { timeToVerifiedMs: d.timeToVerifiedMs } : {}),
+            finishedAt: d.finishedAt,
+            trigger: d.trigger,
+          };
         return;
       }
       case "RecoveryPointMergeStarted": {
@@ -262,6 +300,7 @@ export class RecoveryPointsProjection {
       failedOver: p.pointId === this.failedOverTo,
       ...(p.lockedUntil ? { lockedUntil: p.lockedUntil } : {}),
       ...(p.suspect ? { suspect: p.suspect.map((x) => ({ ...x })) } : {}),
+      ...(p.verification ? { verification: { ...p.verification } } : {}),
       disks: p.disks.map((d) => {
         // Each point's chain is the previous point's chain plus its own image.
         const chain = [...(chains.get(d.diskId) ?? []), d.imagePath];

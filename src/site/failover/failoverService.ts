@@ -82,7 +82,12 @@ export class FailoverService {
     this.reverseAgents = new ReverseAgents(runDir, logger);
   }
 
-  async startTest(vmId: string, pointId: string | undefined, caller?: Caller): Promise<{ testId: string; pointId: string; vm: LaunchedInfo }> {
+  async startTest(
+    vmId: string,
+    pointId: string | undefined,
+    caller?: Caller,
+    opts: { guestAgentChannel?: boolean } = {},
+  ): Promise<{ testId: string; pointId: string; vm: LaunchedInfo }> {
     const started = performance.now();
     const testId = `t${Date.now().toString(36)}`;
     const { newState } = await executeCommand(this.store, vmId, (s) => startTestFailover(s, { testId, pointId, startedAt: new Date().toISOString() }), by(caller));
@@ -92,7 +97,7 @@ export class FailoverService {
     const dir = join(this.runDir, "tests", vmId, testId);
     try {
       // A test VM never outlives the site, even a kill -9 of it (recover() closes the test in the ledger).
-      const running = await this.launchOn(point, newState, dir, `test-${vmId}-${testId}`, "dies-with-site");
+      const running = await this.launchOn(point, newState, dir, `test-${vmId}-${testId}`, "dies-with-site", { guestAgentChannel: opts.guestAgentChannel === true });
       this.tests.set(`${vmId}/${testId}`, running);
       const timeToRunningMs = Math.round(performance.now() - started);
       await executeCommand(this.store, vmId, (s) => recordTestFailoverRunning(s, { testId, runningAt: running.vm.runningAt.toISOString(), timeToRunningMs }), by(caller));
@@ -103,6 +108,11 @@ export class FailoverService {
       await executeCommand(this.store, vmId, (s) => stopTestFailover(s, { testId, stoppedAt: new Date().toISOString() }), by(caller)).catch(() => undefined);
       throw err;
     }
+  }
+
+  /** A running test failover's VM (a verification drill checks it); undefined once stopped. */
+  testVm(vmId: string, testId: string): LaunchedVm | undefined {
+    return this.tests.get(`${vmId}/${testId}`)?.vm;
   }
 
   async stopTests(vmId: string, testId: string | undefined, caller?: Caller): Promise<string[]> {
@@ -286,7 +296,7 @@ export class FailoverService {
     dir: string,
     name: string,
     lifetime: "dies-with-site" | "outlives-site",
-    opts: { reuseOverlays?: boolean } = {},
+    opts: { reuseOverlays?: boolean; guestAgentChannel?: boolean } = {},
   ): Promise<Running> {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     const overlays: string[] = [];
@@ -310,6 +320,7 @@ export class FailoverService {
       logger: this.logger,
       accel: this.accel,
       ...(lifetime === "outlives-site" ? { ownSession: true } : { dieWithOwner: true }),
+      ...(opts.guestAgentChannel ? { guestAgentChannel: true } : {}),
     });
     writeFileSync(join(dir, "qemu.pid"), String(vm.proc.pid), { mode: 0o600 });
     return { vm, overlays };

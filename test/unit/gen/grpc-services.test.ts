@@ -54,6 +54,7 @@ describe("generated gRPC services", () => {
     const controlImpl: ControlServiceServer = {
       startTestFailover: unimplemented,
       clearSuspectPoints: unimplemented,
+      verifyPoint: unimplemented,
       stopTestFailover: unimplemented,
       failover: unimplemented,
       completeFailover: unimplemented,
