@@ -1,6 +1,7 @@
 import type { Command } from "commander";
 import type { DrillReport } from "../../gen/qreplica/v1/control.js";
-import { EXIT } from "../exitCodes.js";
+import { EXIT, InvalidCliArgumentError } from "../exitCodes.js";
+import { parseDuration } from "../../policy/units.js";
 import { emit, fail } from "../output.js";
 import { controlClient, unary } from "../siteClient.js";
 import { formatTable } from "../table.js";
@@ -27,11 +28,17 @@ export function registerVerify(program: Command): void {
         "verification drill now (role operator): a test failover of a point on the isolated network, the checks of the VM's policy (verification.checks), then the test VM is stopped; the result is recorded with the point",
       )
       .option("--point <id>", "the point to verify (the newest when omitted)")
+      .option("--timeout <duration>", "this drill's timeout instead of the policy's verification.timeout (e.g. 30s, 10m)")
       .option("--wait", "wait for the drill's result and print it; exit status 1 when the point failed its drill", false),
-  ).action(async (vm: string, o: Target & { point?: string; wait: boolean }) => {
+  ).action(async (vm: string, o: Target & { point?: string; wait: boolean; timeout?: string }) => {
     try {
+      const timeoutSeconds = o.timeout === undefined ? 0 : parseDuration(o.timeout);
+      if (timeoutSeconds === undefined || timeoutSeconds < 0 || timeoutSeconds > 24 * 3600 || (o.timeout !== undefined && timeoutSeconds < 1)) {
+        throw new InvalidCliArgumentError(`--timeout ${o.timeout} is not a duration from 1s to 24h; write e.g. 30s or 10m`);
+      }
       const client = controlClient(o);
-      const r = await unary(client, client.verifyPoint, { vmId: vm, recoveryPointId: o.point ?? "", wait: o.wait }, o.wait ? WAIT_MS : 120_000);
+      const request = { vmId: vm, recoveryPointId: o.point ?? "", wait: o.wait, timeoutSeconds: Math.ceil(timeoutSeconds) };
+      const r = await unary(client, client.verifyPoint, request, o.wait ? WAIT_MS : 120_000);
       client.close();
       const report = r.report;
       if (!report) {

@@ -245,7 +245,13 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
     verifyPoint: guarded("operator", async (req, caller) => {
       await requireRelationship(ctx, req.vmId);
       if (!ctx.drills) throw Object.assign(new Error("the site's drills are not running yet; try again in a moment"), { grpcCode: grpc.status.UNAVAILABLE });
-      const d = await ctx.drills.start(req.vmId, { pointId: req.recoveryPointId || undefined, trigger: "operator", caller });
+      if (req.timeoutSeconds > 24 * 3600) throw Object.assign(new Error("VerifyPoint: timeoutSeconds is at most 86400 (24 h)"), { grpcCode: grpc.status.INVALID_ARGUMENT });
+      const d = await ctx.drills.start(req.vmId, {
+        pointId: req.recoveryPointId || undefined,
+        trigger: "operator",
+        caller,
+        ...(req.timeoutSeconds ? { timeoutSeconds: req.timeoutSeconds } : {}),
+      });
       if (!req.wait) return { drillId: d.drillId, recoveryPointId: d.pointId };
       return { drillId: d.drillId, recoveryPointId: d.pointId, report: drillReportToWire(await d.done) };
     }),

@@ -76,10 +76,12 @@ export class DrillService {
    */
   async start(
     vmId: string,
-    opts: { pointId?: string; trigger: DrillTrigger; caller?: Caller },
+    opts: { pointId?: string; trigger: DrillTrigger; caller?: Caller; timeoutSeconds?: number },
   ): Promise<{ drillId: string; pointId: string; testId?: string; done: Promise<DrillReport> }> {
-    const { policyName, verification } = this.deps.verificationOf(vmId);
-    if (!verification) throw new VerificationNotConfiguredError(vmId, policyName);
+    const { policyName, verification: configured } = this.deps.verificationOf(vmId);
+    if (!configured) throw new VerificationNotConfiguredError(vmId, policyName);
+    // An operator may give one drill more (or less) time than the policy's timeout.
+    const verification = opts.timeoutSeconds ? { ...configured, timeoutSeconds: opts.timeoutSeconds } : configured;
     const busy = this.running.get(vmId);
     if (busy) throw new DrillRunningError(vmId, busy.drillId, busy.pointId);
     if (this.stopped) throw new DrillRunningError(vmId, "(none: the site is stopping)", opts.pointId ?? "-");

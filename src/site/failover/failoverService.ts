@@ -115,7 +115,8 @@ export class FailoverService {
     return this.tests.get(`${vmId}/${testId}`)?.vm;
   }
 
-  async stopTests(vmId: string, testId: string | undefined, caller?: Caller): Promise<string[]> {
+  /** `powerdownGraceMs`: how long the guest may take to power off before QEMU quits (default 2 s; its writes are discarded either way). */
+  async stopTests(vmId: string, testId: string | undefined, caller?: Caller, opts: { powerdownGraceMs?: number } = {}): Promise<string[]> {
     const { state } = await loadRelationship(this.store, vmId);
     const ids = testId ? [testId] : Object.keys(state.testFailovers);
     if (testId && !state.testFailovers[testId]) {
@@ -123,7 +124,7 @@ export class FailoverService {
     }
     for (const id of ids) {
       const running = this.tests.get(`${vmId}/${id}`);
-      await running?.vm.stop({ timeoutMs: 2_000 });
+      await running?.vm.stop({ timeoutMs: opts.powerdownGraceMs ?? 2_000 });
       this.tests.delete(`${vmId}/${id}`);
       // Everything the test VM wrote is discarded with its overlays.
       rmSync(join(this.runDir, "tests", vmId, id), { recursive: true, force: true });

@@ -209,6 +209,8 @@ export interface VerifyPointRequest {
   recoveryPointId: string;
   /** Answer when the drill has ended (its result); otherwise as soon as it started. */
   wait: boolean;
+  /** This drill's timeout instead of the policy's (0: the policy's); at most 24 h. */
+  timeoutSeconds: number;
 }
 
 export interface VerifyPointResponse {
@@ -612,7 +614,7 @@ export interface LedgerEvent {
 }
 
 function createBaseVerifyPointRequest(): VerifyPointRequest {
-  return { vmId: "", recoveryPointId: "", wait: false };
+  return { vmId: "", recoveryPointId: "", wait: false, timeoutSeconds: 0 };
 }
 
 export const VerifyPointRequest: MessageFns<VerifyPointRequest> = {
@@ -625,6 +627,9 @@ export const VerifyPointRequest: MessageFns<VerifyPointRequest> = {
     }
     if (message.wait !== false) {
       writer.uint32(24).bool(message.wait);
+    }
+    if (message.timeoutSeconds !== 0) {
+      writer.uint32(32).uint32(message.timeoutSeconds);
     }
     return writer;
   },
@@ -666,6 +671,14 @@ export const VerifyPointRequest: MessageFns<VerifyPointRequest> = {
             message.wait = reader.bool();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.timeoutSeconds = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -691,6 +704,11 @@ export const VerifyPointRequest: MessageFns<VerifyPointRequest> = {
         ? globalThis.String(object.recovery_point_id)
         : "",
       wait: isSet(object.wait) ? globalThis.Boolean(object.wait) : false,
+      timeoutSeconds: isSet(object.timeoutSeconds)
+        ? globalThis.Number(object.timeoutSeconds)
+        : isSet(object.timeout_seconds)
+        ? globalThis.Number(object.timeout_seconds)
+        : 0,
     };
   },
 
@@ -705,6 +723,9 @@ export const VerifyPointRequest: MessageFns<VerifyPointRequest> = {
     if (message.wait !== false) {
       obj.wait = message.wait;
     }
+    if (message.timeoutSeconds !== 0) {
+      obj.timeoutSeconds = Math.round(message.timeoutSeconds);
+    }
     return obj;
   },
 
@@ -716,6 +737,7 @@ export const VerifyPointRequest: MessageFns<VerifyPointRequest> = {
     message.vmId = object.vmId ?? "";
     message.recoveryPointId = object.recoveryPointId ?? "";
     message.wait = object.wait ?? false;
+    message.timeoutSeconds = object.timeoutSeconds ?? 0;
     return message;
   },
 };
