@@ -23,8 +23,8 @@ export interface DrillTarget {
   guestPing(timeoutMs: number): Promise<void>;
   /** Runs argv through the guest agent (guest-exec) and waits for it to exit. */
   guestExec(argv: readonly string[], timeoutMs: number): Promise<{ exitCode: number; output: string }>;
-  /** A host port forwarded (on the isolated network's own user stack) to `guestPort` inside the guest. */
-  forwardTcp(guestPort: number): Promise<{ host: string; port: number }>;
+  /** Whether something inside the guest accepts a TCP connection on `guestPort` (see probeForwarded). */
+  tcpProbe(guestPort: number): Promise<{ open: boolean; detail: string }>;
 }
 
 export interface CheckRun {
@@ -61,9 +61,8 @@ type Attempt = { passed: true; detail?: string } | { passed: false; detail: stri
 export async function runChecks(checks: VerificationChecks, run: CheckRun): Promise<ChecksOutcome> {
   const clock = run.clock ?? Date.now;
   const out: DrillCheckOutcome[] = [];
-  const forward: { port?: { host: string; port: number } } = {};
   for (const name of checkOrder(checks)) {
-    const verdict = await untilDeadline(run, clock, () => attempt(name, checks, run.target, forward));
+    const verdict = await untilDeadline(run, clock, () => attempt(name, checks, run.target));
     const outcome: DrillCheckOutcome = {
       check: name,
       passed: verdict.passed,
@@ -91,7 +90,7 @@ async function untilDeadline(run: CheckRun, clock: () => number, once: () => Pro
   }
 }
 
-async function attempt(name: DrillCheckName, c: VerificationChecks, target: DrillTarget, forward: { port?: { host: string; port: number } }): Promise<Attempt> {
+async function attempt(name: DrillCheckName, c: VerificationChecks, target: DrillTarget): Promise<Attempt> {
   switch (name) {
     case "running": {
       const vm = await target.vmStatus();
@@ -113,8 +112,7 @@ async function attempt(name: DrillCheckName, c: VerificationChecks, target: Dril
       await target.guestPing(2_000);
       return { passed: true, detail: "guest-ping answered" };
     case "tcpPort": {
-      forward.port ??= await target.forwardTcp(c.tcpPort!);
-      const r = await probeTcp(forward.port.host, forward.port.port);
+      const r = await target.tcpProbe(c.tcpPort!);
       return r.open ? { passed: true, detail: `port ${c.tcpPort} accepted a connection (${r.detail})` } : { passed: false, detail: `port ${c.tcpPort}: ${r.detail}` };
     }
     case "guestCommand": {
@@ -138,30 +136,50 @@ export function matchingLine(text: string, pattern: RegExp): string | undefined 
 const clip = (s: string) => (s.length > 160 ? `${s.slice(0, 157)}...` : s);
 
 /**
- * Whether something in the guest accepts connections on the forwarded port. QEMU's user network
- * accepts on the host side before it knows whether the guest does: a closed guest port shows as
- * a connection the host side closes at once. So: open when data arrives, or when the connection
- * is still up after `settleMs`.
+ * Whether something in the guest accepts a connection made to a host port that QEMU's user network
+ * forwards into it. QEMU accepts on the host side before the guest has answered, so an accepted
+ * connection proves nothing: `stateOf` reads the forwarded connection's TCP state on QEMU's side
+ * (usernetState), which turns ESTABLISHED only when the guest answered the SYN. A guest that
+ * refuses (RST) shows as the host side closing; one with no network stack stays SYN_SENT.
  */
-export function probeTcp(host: string, port: number, settleMs = 750): Promise<{ open: boolean; detail: string }> {
+export function probeForwarded(host: string, port: number, stateOf: () => Promise<string | undefined>, settleMs = 2_000): Promise<{ open: boolean; detail: string }> {
   return new Promise((resolve) => {
     const socket = net.createConnection({ host, port });
     let done = false;
+    let last: string | undefined;
     const finish = (open: boolean, detail: string) => {
       if (done) return;
       done = true;
-      clearTimeout(timer);
       socket.destroy();
       resolve({ open, detail });
     };
-    const timer = setTimeout(() => finish(false, `no connection within ${settleMs * 4} ms`), settleMs * 4);
-    socket.once("connect", () => {
-      clearTimeout(timer);
-      setTimeout(() => finish(true, `connection held for ${settleMs} ms`), settleMs);
-    });
-    socket.once("data", () => finish(true, "the service spoke first"));
-    socket.once("end", () => finish(false, "closed as soon as opened (nothing listens in the guest, or it refused)"));
-    socket.once("close", () => finish(false, "closed as soon as opened (nothing listens in the guest, or it refused)"));
+    socket.once("data", () => finish(true, "the service answered"));
+    socket.once("close", () => finish(false, "the guest refused the connection (nothing listens there)"));
     socket.once("error", (err) => finish(false, err.message));
+    socket.once("connect", () => {
+      const until = Date.now() + settleMs;
+      const poll = async () => {
+        while (!done) {
+          last = await stateOf().catch(() => last);
+          if (last === "ESTABLISHED") return finish(true, "the guest accepted the connection (ESTABLISHED)");
+          if (Date.now() > until) return finish(false, `the guest did not complete the connection within ${settleMs} ms (${last ?? "no connection state"})`);
+          await sleep(100);
+        }
+      };
+      void poll();
+    });
   });
+}
+
+/**
+ * The state of the connection QEMU forwards from host port `hostPort`, from HMP `info usernet`
+ * (e.g. "TCP[SYN_SENT]  13  127.0.0.1 45678  10.0.2.15 22  0 0"); the forward's own listening
+ * row (HOST_FORWARD) is not a connection.
+ */
+export function usernetState(text: string, hostPort: number): string | undefined {
+  for (const line of text.split("\n")) {
+    const m = /^\s*TCP\[([A-Z_0-9]+)\]\s+\d+\s+\S+\s+(\d+)\s/.exec(line);
+    if (m && m[1] !== "HOST_FORWARD" && Number(m[2]) === hostPort) return m[1];
+  }
+  return undefined;
 }

@@ -8,7 +8,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { GuestAgentClient } from "../../qemu/guestAgent/index.js";
 import type { VmSpec } from "../../model/vmSpec.js";
 import { netdevId, type LaunchedVm } from "../launcher/index.js";
-import type { DrillTarget } from "./checks.js";
+import { probeForwarded, usernetState, type DrillTarget } from "./checks.js";
 
 export interface ClosableTarget extends DrillTarget {
   close(): void;
@@ -16,6 +16,7 @@ export interface ClosableTarget extends DrillTarget {
 
 export function launchedVmTarget(vm: LaunchedVm, spec: Pick<VmSpec, "nics">): ClosableTarget {
   let agent: GuestAgentClient | undefined;
+  const forwards = new Map<number, number>();
   const agentOf = () => {
     if (!vm.guestAgentSocketPath) throw new Error("the test VM has no guest agent channel");
     agent ??= new GuestAgentClient({ socketPath: vm.guestAgentSocketPath, connectTimeoutMs: 2_000, syncTimeoutMs: 2_000 });
@@ -40,14 +41,19 @@ export function launchedVmTarget(vm: LaunchedVm, spec: Pick<VmSpec, "nics">): Cl
     async guestExec(argv, timeoutMs) {
       return guestExec(agentOf(), argv, timeoutMs);
     },
-    async forwardTcp(guestPort) {
+    async tcpProbe(guestPort) {
       const nic = spec.nics[0];
       if (!nic) throw new Error("the VM has no NIC: a TCP port inside the guest cannot be reached");
-      const port = await freeLocalPort();
-      // user networking with restrict=on still honours explicit forwards: only this host port reaches the guest.
-      const said = await vm.qmp.humanMonitorCommand(`hostfwd_add ${netdevId(nic)} tcp:127.0.0.1:${port}-:${guestPort}`);
-      if (said.trim()) throw new Error(`QEMU refused the forward to guest port ${guestPort}: ${said.trim()}`);
-      return { host: "127.0.0.1", port };
+      let port = forwards.get(guestPort);
+      if (port === undefined) {
+        port = await freeLocalPort();
+        // User networking with restrict=on still honours explicit forwards: only this host port reaches the guest.
+        const said = await vm.qmp.humanMonitorCommand(`hostfwd_add ${netdevId(nic)} tcp:127.0.0.1:${port}-:${guestPort}`);
+        if (said.trim()) throw new Error(`QEMU refused the forward to guest port ${guestPort}: ${said.trim()}`);
+        forwards.set(guestPort, port);
+      }
+      const hostPort = port;
+      return probeForwarded("127.0.0.1", hostPort, async () => usernetState(await vm.qmp.humanMonitorCommand("info usernet"), hostPort));
     },
     close() {
       agent?.close();

@@ -5,7 +5,7 @@
  */
 import net from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
-import { checkOrder, matchingLine, probeTcp, runChecks, type DrillTarget } from "../../../../src/site/drills/checks.js";
+import { checkOrder, matchingLine, probeForwarded, runChecks, usernetState, type DrillTarget } from "../../../../src/site/drills/checks.js";
 import { drillDue, DRILL_RETRY_SECONDS } from "../../../../src/site/drills/drillScheduler.js";
 import type { VerificationPolicy } from "../../../../src/policy/types.js";
 
@@ -29,7 +29,7 @@ function scripted(opts: { serialAfterMs?: Record<number, string>; agentFromMs?: 
     async guestExec(argv) {
       return { exitCode: opts.exitCode ?? 0, output: `ran ${argv.join(" ")}\n` };
     },
-    async forwardTcp() {
+    async tcpProbe() {
       throw new Error("the VM has no NIC");
     },
   };
@@ -94,7 +94,7 @@ describe("drill checks", () => {
   });
 });
 
-describe("TCP probe through a forward", () => {
+describe("TCP probe through QEMU's forward", () => {
   const servers: net.Server[] = [];
   afterEach(() => {
     for (const s of servers.splice(0)) s.close();
@@ -105,20 +105,36 @@ describe("TCP probe through a forward", () => {
       servers.push(server);
       server.listen(0, "127.0.0.1", () => resolve((server.address() as net.AddressInfo).port));
     });
+  // The host side as QEMU's user network shows it: it accepts whatever the guest does.
+  const usernet = (state: string, port: number) =>
+    `Hub -1 (net-nic0):\n  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ\n  TCP[${state}]      13       127.0.0.1 ${port}       10.0.2.15    22     0     0\n  TCP[HOST_FORWARD]  12       127.0.0.1 ${port}       10.0.2.15    22     0     0\n`;
 
-  it("open: a service that speaks first, or one that holds the connection", async () => {
-    const banner = await listen((s) => s.write("SSH-2.0-test\r\n"));
-    expect(await probeTcp("127.0.0.1", banner)).toMatchObject({ open: true, detail: "the service spoke first" });
-    const silent = await listen(() => undefined);
-    expect(await probeTcp("127.0.0.1", silent, 100)).toMatchObject({ open: true });
+  it("reads the forwarded connection's state from 'info usernet', not the forward's own row", () => {
+    expect(usernetState(usernet("SYN_SENT", 45678), 45678)).toBe("SYN_SENT");
+    expect(usernetState(usernet("ESTABLISHED", 45678), 45678)).toBe("ESTABLISHED");
+    expect(usernetState(usernet("ESTABLISHED", 45678), 45679)).toBeUndefined();
+    expect(usernetState("  TCP[HOST_FORWARD]  12       127.0.0.1 45678       10.0.2.15    22     0     0\n", 45678)).toBeUndefined();
   });
 
-  it("closed: what QEMU's user network does when nothing listens in the guest (accept, then close), and a refused port", async () => {
-    const closing = await listen((s) => s.destroy());
-    expect(await probeTcp("127.0.0.1", closing, 500)).toMatchObject({ open: false, detail: expect.stringMatching(/closed as soon as opened/) });
-    const gone = await listen(() => undefined);
-    await new Promise<void>((r) => servers.pop()!.close(() => r()));
-    expect((await probeTcp("127.0.0.1", gone, 100)).open).toBe(false);
+  it("open once the guest completed the handshake (ESTABLISHED), or when the service speaks first", async () => {
+    const silent = await listen(() => undefined);
+    let polls = 0;
+    expect(await probeForwarded("127.0.0.1", silent, async () => (++polls < 3 ? "SYN_SENT" : "ESTABLISHED"))).toEqual({
+      open: true,
+      detail: "the guest accepted the connection (ESTABLISHED)",
+    });
+    const banner = await listen((s) => s.write("SSH-2.0-test\r\n"));
+    expect(await probeForwarded("127.0.0.1", banner, async () => "SYN_SENT")).toMatchObject({ open: true, detail: "the service answered" });
+  });
+
+  it("not open: an accepted connection the guest never answers (no network stack: SYN_SENT), or one it refuses (closed at once)", async () => {
+    const silent = await listen(() => undefined);
+    expect(await probeForwarded("127.0.0.1", silent, async () => "SYN_SENT", 300)).toEqual({
+      open: false,
+      detail: "the guest did not complete the connection within 300 ms (SYN_SENT)",
+    });
+    const refusing = await listen((s) => s.destroy());
+    expect(await probeForwarded("127.0.0.1", refusing, async () => "SYN_SENT", 5_000)).toMatchObject({ open: false, detail: expect.stringMatching(/refused the connection/) });
   });
 });
 
