@@ -15,6 +15,9 @@ import {
   type RecordVerificationDrillInput,
 } from "../../../../src/ledger/index.js";
 import { defaultThresholds, evaluateHealth, type HealthInput } from "../../../../src/site/health/rules.js";
+import { SitePolicies } from "../../../../src/site/sitePolicies.js";
+import { parsePolicyYaml } from "../../../../src/policy/schema.js";
+import { createLogger } from "../../../../src/common/logger.js";
 import { enabled, fold, incremental, initialCommitted, initialStarted, run, testStarted } from "../../ledgerDomain/fixtures.js";
 
 const VM = "web1";
@@ -131,5 +134,25 @@ describe("health: POINT_NOT_VERIFIED", () => {
     expect(codes(base)).toEqual([]);
     // Nothing to verify before the first point.
     expect(codes({ ...base, newestCutoffAt: undefined, verification: { windowSeconds: 3600, requiredSince: T0 } })).toEqual([]);
+  });
+});
+
+describe("health's drill window from the policy's history", () => {
+  it("is required since the first of the latest versions with verification, or the VM's binding if later", async () => {
+    const store = getInMemoryEventStore();
+    const policies = await SitePolicies.open(store, { defaultMaxPoints: 12 }, createLogger("test"));
+    const ada = { actor: "ada-admin", actorRole: "admin" };
+    const at = (iso: string) => ({ now: new Date(iso) });
+    await policies.book.apply(parsePolicyYaml("name: gold\n"), ada, at("2026-12-01T00:00:00Z"));
+    await policies.book.bind("vm1", "gold", ada, "site", new Date("2026-12-01T01:00:00Z"));
+    expect(policies.healthThresholds("vm1")?.verification).toBeUndefined();
+    const drills = "verification: { every: 1h, checks: { serialPattern: login } }\n";
+    await policies.book.apply(parsePolicyYaml(`name: gold\n${drills}`), ada, at("2026-12-02T00:00:00Z"));
+    // A later change of something else does not restart the window.
+    await policies.book.apply(parsePolicyYaml(`name: gold\ncompressionLevel: 5\n${drills}`), ada, at("2026-12-03T00:00:00Z"));
+    expect(policies.healthThresholds("vm1")?.verification).toEqual({ windowSeconds: 7200, requiredSince: Date.parse("2026-12-02T00:00:00Z") });
+    // A VM bound later is measured from its binding.
+    await policies.book.bind("vm2", "gold", ada, "site", new Date("2026-12-04T00:00:00Z"));
+    expect(policies.healthThresholds("vm2")?.verification?.requiredSince).toBe(Date.parse("2026-12-04T00:00:00Z"));
   });
 });
