@@ -239,6 +239,8 @@ async function serve(
     failed,
     async stop() {
       stopping = true;
+      // At once, beside the agents' grace: a drill's VM and checks have nothing to finish.
+      const drillsStopped = drillScheduler.stop().then(() => drills.stop());
       // Agents keep their Replicate streams open for good: waiting for them to end would make a
       // stop hang until the service manager kills the site. In-flight cycles that are cut are
       // never committed (a point needs CycleEnd, flush and fsync) and the agent retries them.
@@ -250,9 +252,8 @@ async function serve(
       clearTimeout(graceTimer);
       server.forceShutdown();
       resyncWindows.stop();
-      // Before the test VMs are stopped: a cancelled drill records its result while its test holds the point.
-      await drillScheduler.stop();
-      await drills.stop();
+      // Cancelled drills record their results (while their tests hold the points) before the test VMs are stopped.
+      await drillsStopped;
       await health.stop();
       await metricsServer?.close();
       await failovers.stopAllTests();

@@ -54,7 +54,7 @@ interface Running {
   drillId: string;
   pointId: string;
   abort: AbortController;
-  done: Promise<DrillReport>;
+  ended: Promise<unknown>;
 }
 
 export class DrillService {
@@ -88,7 +88,9 @@ export class DrillService {
     const startedAt = this.now();
     const drillId = `d${startedAt.toString(36)}`;
     // Reserved before the first await: two callers at once get one drill and one refusal.
-    const entry: Running = { drillId, pointId: opts.pointId ?? "(newest)", abort: new AbortController(), done: new Promise<DrillReport>(() => undefined) };
+    // Settled once the drill has ended, or failed to start: what stop() waits for.
+    let settle!: (p: Promise<unknown>) => void;
+    const entry: Running = { drillId, pointId: opts.pointId ?? "(newest)", abort: new AbortController(), ended: new Promise<unknown>((r) => (settle = r)) };
     this.running.set(vmId, entry);
     let state: RelationshipState;
     let test: { testId: string } | { launchError: unknown };
@@ -105,11 +107,13 @@ export class DrillService {
         });
     } catch (err) {
       this.running.delete(vmId);
+      settle(Promise.resolve());
       this.deps.logger.warn({ vm: vmId, drillId, err: errorMessage(err) }, "verification drill not started");
       throw err;
     }
-    entry.done = this.finish(vmId, state, entry, startedAt, verification, opts, test).finally(() => this.running.delete(vmId));
-    return { drillId, pointId: entry.pointId, ...("testId" in test ? { testId: test.testId } : {}), done: entry.done };
+    const done = this.finish(vmId, state, entry, startedAt, verification, opts, test).finally(() => this.running.delete(vmId));
+    settle(done);
+    return { drillId, pointId: entry.pointId, ...("testId" in test ? { testId: test.testId } : {}), done };
   }
 
   /** Cancels every drill and waits until their test VMs are stopped (the site stops). */
@@ -117,7 +121,7 @@ export class DrillService {
     this.stopped = true;
     const all = [...this.running.values()];
     for (const r of all) r.abort.abort("the site is stopping");
-    await Promise.all(all.map((r) => r.done.catch(() => undefined)));
+    await Promise.all(all.map((r) => r.ended.catch(() => undefined)));
   }
 
   private now(): number {
@@ -141,7 +145,7 @@ export class DrillService {
       if (testId === undefined) throw (test as { launchError: unknown }).launchError;
       const vm = this.deps.failovers.testVm(vmId, testId);
       if (!vm) throw new Error(`the test VM of ${testId} is gone`);
-      const target = launchedVmTarget(vm, launchSpecOf(state));
+      const target = launchedVmTarget(vm, () => launchSpecOf(state).nics);
       try {
         const deadline = startedAt + v.timeoutSeconds * 1000;
         outcome = await runChecks(v.checks, { target, deadline, startedAt, signal: entry.abort.signal, clock: () => this.now() });

@@ -14,7 +14,8 @@ export interface ClosableTarget extends DrillTarget {
   close(): void;
 }
 
-export function launchedVmTarget(vm: LaunchedVm, spec: Pick<VmSpec, "nics">): ClosableTarget {
+/** `nics`: the VM's NICs as launched (read only by the TCP check: its forward goes to the first). */
+export function launchedVmTarget(vm: LaunchedVm, nics: () => VmSpec["nics"]): ClosableTarget {
   let agent: GuestAgentClient | undefined;
   const forwards = new Map<number, number>();
   const agentOf = () => {
@@ -42,7 +43,7 @@ export function launchedVmTarget(vm: LaunchedVm, spec: Pick<VmSpec, "nics">): Cl
       return guestExec(agentOf(), argv, timeoutMs);
     },
     async tcpProbe(guestPort) {
-      const nic = spec.nics[0];
+      const nic = nics()[0];
       if (!nic) throw new Error("the VM has no NIC: a TCP port inside the guest cannot be reached");
       let port = forwards.get(guestPort);
       if (port === undefined) {

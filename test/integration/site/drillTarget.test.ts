@@ -49,7 +49,7 @@ describe("drill checks on a real test VM", { timeout: 120_000 }, () => {
     cleanups.push(() => vm.kill());
     expect(vm.guestAgentSocketPath).toBe(join(tmp.path, "run", "drill-vm1.qga"));
     expect(existsSync(vm.guestAgentSocketPath!)).toBe(true);
-    const target = launchedVmTarget(vm, spec);
+    const target = launchedVmTarget(vm, () => spec.nics);
     cleanups.push(() => target.close());
     const startedAt = Date.now();
 
