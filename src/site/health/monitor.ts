@@ -120,6 +120,11 @@ export class HealthMonitor {
           rpoAlertSeconds: h.thresholds.rpoAlertSeconds,
           connected: h.connected,
           points: status.recoveryPoints,
+          drills: {
+            lastVerifiedAt: status.lastVerified ? Date.parse(status.lastVerified.finishedAt) : undefined,
+            timeToVerifiedMs: status.lastVerified?.timeToVerifiedMs,
+            lastFailed: status.lastDrill ? status.lastDrill.result === "failed" : undefined,
+          },
         });
         await this.recordChange(status.vmId, h.result, now);
       }

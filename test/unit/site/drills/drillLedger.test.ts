@@ -16,6 +16,8 @@ import {
 } from "../../../../src/ledger/index.js";
 import { defaultThresholds, evaluateHealth, type HealthInput } from "../../../../src/site/health/rules.js";
 import { SitePolicies } from "../../../../src/site/sitePolicies.js";
+import { SiteMetrics } from "../../../../src/site/health/siteMetrics.js";
+import { parsePrometheusText, sampleValue } from "../../../helpers/promText.js";
 import { parsePolicyYaml } from "../../../../src/policy/schema.js";
 import { createLogger } from "../../../../src/common/logger.js";
 import { enabled, fold, incremental, initialCommitted, initialStarted, run, testStarted } from "../../ledgerDomain/fixtures.js";
@@ -154,5 +156,31 @@ describe("health's drill window from the policy's history", () => {
     // A VM bound later is measured from its binding.
     await policies.book.bind("vm2", "gold", ada, "site", new Date("2026-12-04T00:00:00Z"));
     expect(policies.healthThresholds("vm2")?.verification?.requiredSince).toBe(Date.parse("2026-12-04T00:00:00Z"));
+  });
+});
+
+describe("drill metrics", () => {
+  it("the last verified time, its time to verified and whether the last drill failed, per VM; absent before the first drill", async () => {
+    const m = new SiteMetrics();
+    const vm = (drills?: Parameters<SiteMetrics["setVm"]>[1]["drills"]) =>
+      m.setVm("vm-1", {
+        result: { level: "normal", reasons: [], counts: { succeeded: 1, failed: 0, missed: 0 } },
+        state: "replicating",
+        allStates: ["replicating"],
+        ageSeconds: 1,
+        frequencySeconds: 30,
+        rpoAlertSeconds: 3600,
+        connected: true,
+        points: 3,
+        ...(drills ? { drills } : {}),
+      });
+    vm();
+    let f = parsePrometheusText(await m.registry.metrics());
+    expect(sampleValue(f, "qreplica_vm_last_drill_failed", "qreplica_vm_last_drill_failed", { vm: "vm-1" })).toBeUndefined();
+    vm({ lastVerifiedAt: 1_796_450_000_000, timeToVerifiedMs: 4_200, lastFailed: true });
+    f = parsePrometheusText(await m.registry.metrics());
+    expect(sampleValue(f, "qreplica_vm_last_verified_timestamp_seconds", "qreplica_vm_last_verified_timestamp_seconds", { vm: "vm-1" })).toBe(1_796_450_000);
+    expect(sampleValue(f, "qreplica_vm_time_to_verified_seconds", "qreplica_vm_time_to_verified_seconds", { vm: "vm-1" })).toBe(4.2);
+    expect(sampleValue(f, "qreplica_vm_last_drill_failed", "qreplica_vm_last_drill_failed", { vm: "vm-1" })).toBe(1);
   });
 });
