@@ -95,16 +95,18 @@ export class DrillService {
     let state: RelationshipState;
     let test: { testId: string } | { launchError: unknown };
     try {
-      state = (await loadRelationship(this.deps.store, vmId)).state;
-      entry.pointId = choosePoint(state, opts.pointId);
       const guestAgentChannel = verification.checks.guestAgent === true || verification.checks.guestCommand !== undefined;
-      test = await this.deps
-        .serialize(vmId, () => this.deps.failovers.startTest(vmId, entry.pointId, opts.caller, { guestAgentChannel }))
-        .catch((err: unknown) => {
+      // The point is chosen in the VM's turn (after any commit queued before it): "the newest" is the newest when the test starts.
+      ({ state, test } = await this.deps.serialize(vmId, async () => {
+        const current = (await loadRelationship(this.deps.store, vmId)).state;
+        entry.pointId = choosePoint(current, opts.pointId);
+        const started = await this.deps.failovers.startTest(vmId, entry.pointId, opts.caller, { guestAgentChannel }).catch((err: unknown) => {
           // A VM that cannot be launched from the point fails its drill; anything else is a refusal.
           if (err instanceof VmLaunchError) return { launchError: err };
           throw err;
         });
+        return { state: current, test: started };
+      }));
     } catch (err) {
       this.running.delete(vmId);
       settle(Promise.resolve());
