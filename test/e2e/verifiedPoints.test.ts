@@ -101,7 +101,8 @@ describe("verified recovery points", { timeout: 300_000 }, () => {
     const healthy = points.at(-2)!;
     await damagePointImage(victim.disks[0]!.imagePath);
     // A short timeout for the drill that cannot pass (the operator's, instead of the policy's).
-    const failed = await runCli(["verify", "vm1", "--wait", "--timeout", "10s", "--json", ...site]);
+    // Named: a cycle already under way when the pause came may still add a newer point.
+    const failed = await runCli(["verify", "vm1", "--point", victim.pointId, "--wait", "--timeout", "10s", "--json", ...site]);
     expect(failed.code).toBe(1);
     const fr = JSON.parse(failed.stdout) as { recoveryPointId: string; report: Report };
     expect(fr.recoveryPointId).toBe(victim.pointId);
