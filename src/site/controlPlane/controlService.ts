@@ -323,6 +323,7 @@ function grpcCodeOf(err: unknown): grpc.status {
   if (code === "RECOVERY_POINT_UNAVAILABLE") return (err as { why?: string }).why === "unknown" ? grpc.status.NOT_FOUND : grpc.status.FAILED_PRECONDITION;
   if (code === "NO_SUCH_TEST_FAILOVER" || code === "NO_SUCH_MERGE") return grpc.status.NOT_FOUND;
   if (code === "TEST_FAILOVER_EXISTS" || code === "DRILL_RUNNING") return grpc.status.ALREADY_EXISTS;
+  if (code === "DRILLS_STOPPED") return grpc.status.UNAVAILABLE;
   if (["TEST_FAILOVERS_RUNNING", "PLANNED_FAILOVER_NOT_READY", "UNEXPECTED_GENERATION", "OUT_OF_ORDER_CYCLE"].includes(code)) return grpc.status.FAILED_PRECONDITION;
   if (code === "WRONG_EXPECTED_VERSION") return grpc.status.ABORTED;
   // The data plane's wrapper of a domain refusal (relationships.ts): the refusal it carries decides.

@@ -23,7 +23,7 @@ import { actorMetadata } from "../controlPlane/caller.js";
 import type { FailoverService } from "../failover/failoverService.js";
 import { RecoveryPointUnavailableError } from "../../ledger/index.js";
 import { runChecks } from "./checks.js";
-import { DrillRunningError, VerificationNotConfiguredError } from "./errors.js";
+import { DrillRunningError, DrillsStoppedError, VerificationNotConfiguredError } from "./errors.js";
 import { launchedVmTarget } from "./vmTarget.js";
 import { launchSpecOf } from "../failover/defaultSpec.js";
 
@@ -84,7 +84,7 @@ export class DrillService {
     const verification = opts.timeoutSeconds ? { ...configured, timeoutSeconds: opts.timeoutSeconds } : configured;
     const busy = this.running.get(vmId);
     if (busy) throw new DrillRunningError(vmId, busy.drillId, busy.pointId);
-    if (this.stopped) throw new DrillRunningError(vmId, "(none: the site is stopping)", opts.pointId ?? "-");
+    if (this.stopped) throw new DrillsStoppedError(vmId);
     const startedAt = this.now();
     const drillId = `d${startedAt.toString(36)}`;
     // Reserved before the first await: two callers at once get one drill and one refusal.

@@ -25,3 +25,11 @@ export class DrillRunningError extends QreplicaError {
     super(`VM ${vmId} has a verification drill running (${drillId} on ${pointId}); wait for its result ('qreplica points ${vmId}') and try again`);
   }
 }
+
+/** The site is stopping: it starts no drill it would have to cancel at once. */
+export class DrillsStoppedError extends QreplicaError {
+  readonly code = "DRILLS_STOPPED" as const;
+  constructor(readonly vmId: string) {
+    super(`VM ${vmId}: the site is stopping and starts no verification drill; run 'qreplica verify ${vmId}' again once it serves`);
+  }
+}

@@ -10,7 +10,7 @@ import { createLogger } from "../../../../src/common/logger.js";
 import { executeCommand, getInMemoryEventStore, loadRelationship, startTestFailover, stopTestFailover, type EventStore } from "../../../../src/ledger/index.js";
 import type { VerificationPolicy } from "../../../../src/policy/types.js";
 import { DrillService } from "../../../../src/site/drills/drillService.js";
-import { DrillRunningError, VerificationNotConfiguredError } from "../../../../src/site/drills/errors.js";
+import { DrillRunningError, DrillsStoppedError, VerificationNotConfiguredError } from "../../../../src/site/drills/errors.js";
 import type { FailoverService } from "../../../../src/site/failover/failoverService.js";
 import { VmLaunchError, type LaunchedVm } from "../../../../src/site/launcher/index.js";
 import { makeTmpDir } from "../../../helpers/tmpDir.js";
@@ -113,7 +113,7 @@ describe("DrillService", () => {
     await t.drills.stop();
     expect(await first.done).toMatchObject({ result: "failed", failedCheck: "serialPattern", message: expect.stringMatching(/the drill was cancelled/) });
     expect(t.stopped).toEqual([first.testId]);
-    await expect(t.drills.start(VM, { trigger: "operator" })).rejects.toThrow(DrillRunningError);
+    await expect(t.drills.start(VM, { trigger: "operator" })).rejects.toThrow(DrillsStoppedError);
 
     const u = await setup({ verification: undefined });
     await expect(u.drills.start(VM, { trigger: "operator" })).rejects.toThrow(VerificationNotConfiguredError);
