@@ -76,7 +76,8 @@ export interface AgentConfig {
   /** This primary site's id, sent in Hello. The agent's identity is its certificate. */
   siteId: string;
   stateDir: string;
-  tls: { caFile: string; certFile: string; keyFile: string };
+  /** crlFile: the deployment CA's revocation list; a replica site whose certificate it lists is refused. */
+  tls: { caFile: string; certFile: string; keyFile: string; crlFile?: string };
   vms: AgentVmConfig[];
   /**
    * Most cycles (initial replications and resyncs included) this agent runs at once, over all its
@@ -185,7 +186,12 @@ const vmSchema = z
 export const agentConfigSchema = z.strictObject({
   siteId: text("give this primary site's id, e.g. siteId: site-a"),
   stateDir: path("state directory"),
-  tls: z.strictObject({ caFile: path("CA certificate file"), certFile: path("agent's certificate file"), keyFile: path("agent's key file") }),
+  tls: z.strictObject({
+    caFile: path("CA certificate file"),
+    certFile: path("agent's certificate file"),
+    keyFile: path("agent's key file"),
+    crlFile: path("revocation list file (the CA's crl.pem, 'qreplica pki crl')").optional(),
+  }),
   vms: z.array(vmSchema).min(1, "must list at least one VM"),
   maxCyclesInFlight: intIn(1, 256, `it bounds how many VMs of this host replicate at once; the default is ${DEFAULT_MAX_CYCLES_IN_FLIGHT}`).optional(),
   metricsListen: hostPortField(0, "127.0.0.1:9465").optional(),
@@ -248,7 +254,7 @@ export function agentConfigFrom(raw: unknown, file: string): AgentConfig {
   return {
     siteId: c.siteId,
     stateDir: abs(c.stateDir),
-    tls: { caFile: abs(c.tls.caFile), certFile: abs(c.tls.certFile), keyFile: abs(c.tls.keyFile) },
+    tls: { caFile: abs(c.tls.caFile), certFile: abs(c.tls.certFile), keyFile: abs(c.tls.keyFile), ...(c.tls.crlFile ? { crlFile: abs(c.tls.crlFile) } : {}) },
     vms,
     maxCyclesInFlight: c.maxCyclesInFlight ?? DEFAULT_MAX_CYCLES_IN_FLIGHT,
     ...(c.metricsListen === undefined ? {} : { metricsListen: c.metricsListen }),

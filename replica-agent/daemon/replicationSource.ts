@@ -4,12 +4,15 @@ import { QmpClient, queryNamedBlockNodes } from "../../src/qemu/qmp/index.js";
 import { VmCapture, type CaptureCycle, type ReconcileReport } from "../capture/index.js";
 import { LibvirtCapture } from "../capture/libvirt/libvirtCapture.js";
 import type { AgentVmConfig } from "./agentConfig.js";
+import type { VmSpec } from "../../src/model/vmSpec.js";
 
 /** What the replicator needs of a VM's capture: the start-up report, the initial cut-off, cycles. */
 export interface CycleCapture {
   readonly report: ReconcileReport | undefined;
   enable(opts?: { minSeq?: number }): Promise<CaptureCycle>;
   beginCycle(): Promise<CaptureCycle>;
+  /** The VM's spec as the capture finds it (a libvirt domain's XML), for a config without `spec:`. */
+  readonly derivedSpec?: VmSpec | undefined;
 }
 
 /**

@@ -376,7 +376,8 @@ export class VmReplicator {
           supportedCodecs: [CompressionCodec.COMPRESSION_CODEC_ZSTD, CompressionCodec.COMPRESSION_CODEC_NONE],
           supportedChecksumAlgorithms: this.offeredChecksums(),
           resyncDigests: this.offeredResyncDigests(),
-          vmSpecJson: this.vm.spec ? JSON.stringify(this.vm.spec) : "",
+          // A libvirt domain without a configured spec: the one its XML describes.
+          vmSpecJson: this.vm.spec || capture.derivedSpec ? JSON.stringify(this.vm.spec ?? capture.derivedSpec) : "",
           trackingLost: lost,
           resyncMode: this.vm.resync === "manual" ? ResyncMode.RESYNC_MODE_MANUAL : ResyncMode.RESYNC_MODE_AUTOMATIC,
           policyName: this.vm.policy ?? "",

@@ -105,6 +105,9 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
     pid: v.pid,
     timeToRunningMs: BigInt(v.timeToRunningMs),
     diskImages: v.diskImages,
+    launcher: v.launcher,
+    libvirtDomain: v.libvirtDomain ?? "",
+    libvirtUri: v.libvirtUri ?? "",
   });
   return {
     startTestFailover: guarded("operator", async (req, caller) => {
@@ -157,6 +160,7 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
     startReverseReplication: guarded("operator", async (req, caller) => {
       const config = loadSiteConfig(ctx.dir);
       const identity = loadSiteCredentials({ caFile: config.caFile, certFile: config.certFile, keyFile: config.keyFile }).identity.commonName;
+      failovers.assertReversible(req.vmId);
       const { newState } = await executeCommand(ctx.store, req.vmId, (s) => startReverseReplication(s, { newPrimarySiteId: ctx.siteId, newPrimaryIdentity: identity }), {
         metadata: actorMetadata(caller),
       });

@@ -140,6 +140,29 @@ export class ReplicateSession {
     this.endWithStatus(grpc.status.ABORTED, "a newer Replicate stream for this VM took over");
   }
 
+  /**
+   * A revocation list that arrives while the stream is open cuts it: a stolen key must not keep
+   * replicating until it reconnects. An open cycle is discarded (no point from a revoked peer).
+   */
+  cutIfRevoked(): boolean {
+    const revoked = this.peerCertificate && this.ctx.revocations?.refusal(this.peerCertificate);
+    if (!revoked || this.ending) return false;
+    this.logger.warn({ vm: this.vmId, identity: this.peerCertificate?.commonName }, "the primary's certificate was revoked: its open stream is cut");
+    const refusal = {
+      identity: this.peerCertificate!.commonName,
+      role: this.peerRole,
+      rpc: "Replicate",
+      needed: "authorization",
+      reason: "CERTIFICATE_REVOKED",
+      message: `${revoked}; its open stream is cut`,
+    } as const;
+    this.ctx.refusals
+      .record({ ...refusal, vmId: this.vmId ?? "", vmIdMalformed: false, peer: peerHost(this.call.getPeer()) })
+      .catch((err: unknown) => this.logger.error({ err }, "could not record the cut stream in the audit stream"));
+    this.endWithStatus(grpc.status.UNAUTHENTICATED, revoked);
+    return true;
+  }
+
   async run(): Promise<void> {
     let identity: string;
     try {

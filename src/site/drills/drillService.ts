@@ -24,7 +24,7 @@ import type { FailoverService } from "../failover/failoverService.js";
 import { RecoveryPointUnavailableError } from "../../ledger/index.js";
 import { runChecks } from "./checks.js";
 import { DrillRunningError, DrillsStoppedError, VerificationNotConfiguredError } from "./errors.js";
-import { launchedVmTarget } from "./vmTarget.js";
+import { siteVmTarget } from "./vmTarget.js";
 import { launchSpecOf } from "../failover/defaultSpec.js";
 
 export interface DrillReport {
@@ -147,7 +147,11 @@ export class DrillService {
       if (testId === undefined) throw (test as { launchError: unknown }).launchError;
       const vm = this.deps.failovers.testVm(vmId, testId);
       if (!vm) throw new Error(`the test VM of ${testId} is gone`);
-      const target = launchedVmTarget(vm, () => launchSpecOf(state).nics);
+      const target = siteVmTarget(
+        vm,
+        () => launchSpecOf(state).nics,
+        () => this.deps.failovers.isRunning(vm),
+      );
       try {
         const deadline = startedAt + v.timeoutSeconds * 1000;
         outcome = await runChecks(v.checks, { target, deadline, startedAt, signal: entry.abort.signal, clock: () => this.now() });

@@ -7,11 +7,41 @@ import net from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { GuestAgentClient } from "../../qemu/guestAgent/index.js";
 import type { VmSpec } from "../../model/vmSpec.js";
-import { netdevId, type LaunchedVm } from "../launcher/index.js";
+import { netdevId, QemuSiteVm, type LaunchedVm, type SiteVm } from "../launcher/index.js";
 import { probeForwarded, usernetState, type DrillTarget } from "./checks.js";
 
 export interface ClosableTarget extends DrillTarget {
   close(): void;
+}
+
+/**
+ * The target for a VM a site launcher runs: the qemu launcher's through its QEMU monitor and guest
+ * agent channel; any other (libvirt) through its launcher's running state and its serial log only,
+ * so its drills can check `running` and `serialPattern`, and fail the other checks saying why.
+ */
+export function siteVmTarget(vm: SiteVm, nics: () => VmSpec["nics"], isRunning: () => Promise<boolean>): ClosableTarget {
+  if (vm instanceof QemuSiteVm) return launchedVmTarget(vm.launched, nics);
+  const unsupported = async (): Promise<never> => {
+    throw new Error(`the ${vm.launcher} launcher gives the site no monitor or guest agent channel of the VM: only the running and serialPattern checks work with it today`);
+  };
+  return {
+    async vmStatus() {
+      return (await isRunning()) ? { alive: true, status: "running" } : { alive: false, status: `the ${vm.launcher} launcher reports it stopped` };
+    },
+    serialText: () => readSerial(vm.serialLogPath),
+    guestPing: unsupported,
+    guestExec: unsupported,
+    tcpProbe: unsupported,
+    close() {},
+  };
+}
+
+function readSerial(path: string): string {
+  try {
+    return readFileSync(path, "latin1");
+  } catch {
+    return "";
+  }
 }
 
 /** `nics`: the VM's NICs as launched (read only by the TCP check: its forward goes to the first). */
@@ -29,13 +59,7 @@ export function launchedVmTarget(vm: LaunchedVm, nics: () => VmSpec["nics"]): Cl
       const st = await vm.qmp.execute<{ status: string }>("query-status", undefined, { timeoutMs: 5_000 });
       return { alive: true, status: st.status };
     },
-    serialText() {
-      try {
-        return readFileSync(vm.serialLogPath, "latin1");
-      } catch {
-        return "";
-      }
-    },
+    serialText: () => readSerial(vm.serialLogPath),
     async guestPing(timeoutMs) {
       await agentOf().ping({ timeoutMs });
     },

@@ -377,6 +377,14 @@ export interface LaunchedVmInfo {
   /** From the request to QEMU reporting the VM running. */
   timeToRunningMs: bigint;
   diskImages: string[];
+  /** Which launcher runs it: "qemu" (the site's own qemu-system process) or "libvirt". */
+  launcher: string;
+  /**
+   * libvirt only: the domain's name and the libvirt URI it is defined on (qmp_socket is empty:
+   * libvirt owns the monitor; `virsh -c URI qemu-monitor-command` reaches it).
+   */
+  libvirtDomain: string;
+  libvirtUri: string;
 }
 
 export interface StartTestFailoverRequest {
@@ -3261,7 +3269,17 @@ export const StartReverseReplicationResponse: MessageFns<StartReverseReplication
 };
 
 function createBaseLaunchedVmInfo(): LaunchedVmInfo {
-  return { name: "", qmpSocket: "", serialLog: "", pid: 0, timeToRunningMs: 0n, diskImages: [] };
+  return {
+    name: "",
+    qmpSocket: "",
+    serialLog: "",
+    pid: 0,
+    timeToRunningMs: 0n,
+    diskImages: [],
+    launcher: "",
+    libvirtDomain: "",
+    libvirtUri: "",
+  };
 }
 
 export const LaunchedVmInfo: MessageFns<LaunchedVmInfo> = {
@@ -3286,6 +3304,15 @@ export const LaunchedVmInfo: MessageFns<LaunchedVmInfo> = {
     }
     for (const v of message.diskImages) {
       writer.uint32(50).string(v!);
+    }
+    if (message.launcher !== "") {
+      writer.uint32(562).string(message.launcher);
+    }
+    if (message.libvirtDomain !== "") {
+      writer.uint32(570).string(message.libvirtDomain);
+    }
+    if (message.libvirtUri !== "") {
+      writer.uint32(578).string(message.libvirtUri);
     }
     return writer;
   },
@@ -3351,6 +3378,30 @@ export const LaunchedVmInfo: MessageFns<LaunchedVmInfo> = {
             message.diskImages.push(reader.string());
             continue;
           }
+          case 70: {
+            if (tag !== 562) {
+              break;
+            }
+
+            message.launcher = reader.string();
+            continue;
+          }
+          case 71: {
+            if (tag !== 570) {
+              break;
+            }
+
+            message.libvirtDomain = reader.string();
+            continue;
+          }
+          case 72: {
+            if (tag !== 578) {
+              break;
+            }
+
+            message.libvirtUri = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3387,6 +3438,17 @@ export const LaunchedVmInfo: MessageFns<LaunchedVmInfo> = {
         : globalThis.Array.isArray(object?.disk_images)
         ? object.disk_images.map((e: any) => globalThis.String(e))
         : [],
+      launcher: isSet(object.launcher) ? globalThis.String(object.launcher) : "",
+      libvirtDomain: isSet(object.libvirtDomain)
+        ? globalThis.String(object.libvirtDomain)
+        : isSet(object.libvirt_domain)
+        ? globalThis.String(object.libvirt_domain)
+        : "",
+      libvirtUri: isSet(object.libvirtUri)
+        ? globalThis.String(object.libvirtUri)
+        : isSet(object.libvirt_uri)
+        ? globalThis.String(object.libvirt_uri)
+        : "",
     };
   },
 
@@ -3410,6 +3472,15 @@ export const LaunchedVmInfo: MessageFns<LaunchedVmInfo> = {
     if (message.diskImages?.length) {
       obj.diskImages = message.diskImages;
     }
+    if (message.launcher !== "") {
+      obj.launcher = message.launcher;
+    }
+    if (message.libvirtDomain !== "") {
+      obj.libvirtDomain = message.libvirtDomain;
+    }
+    if (message.libvirtUri !== "") {
+      obj.libvirtUri = message.libvirtUri;
+    }
     return obj;
   },
 
@@ -3426,6 +3497,9 @@ export const LaunchedVmInfo: MessageFns<LaunchedVmInfo> = {
       ? BigInt(object.timeToRunningMs)
       : 0n;
     message.diskImages = object.diskImages?.map((e) => e) || [];
+    message.launcher = object.launcher ?? "";
+    message.libvirtDomain = object.libvirtDomain ?? "";
+    message.libvirtUri = object.libvirtUri ?? "";
     return message;
   },
 };

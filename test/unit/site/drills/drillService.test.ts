@@ -12,7 +12,7 @@ import type { VerificationPolicy } from "../../../../src/policy/types.js";
 import { DrillService } from "../../../../src/site/drills/drillService.js";
 import { DrillRunningError, DrillsStoppedError, VerificationNotConfiguredError } from "../../../../src/site/drills/errors.js";
 import type { FailoverService } from "../../../../src/site/failover/failoverService.js";
-import { VmLaunchError, type LaunchedVm } from "../../../../src/site/launcher/index.js";
+import { VmLaunchError, type SiteVm } from "../../../../src/site/launcher/index.js";
 import { makeTmpDir } from "../../../helpers/tmpDir.js";
 import { enabled, incremental, initialCommitted, initialStarted } from "../../ledgerDomain/fixtures.js";
 
@@ -22,10 +22,10 @@ afterEach(() => {
   for (const c of cleanups.splice(0)) c();
 });
 
-/** Test failovers recorded in the ledger as the real service does; the "VM" prints `serial` to its log. */
+/** Test failovers recorded in the ledger as the real service does; the "VM" (seen as a launcher's VM without a monitor) prints `serial` to its log. */
 function scriptedFailovers(store: EventStore, dir: string, opts: { serial?: string; launchFails?: boolean }) {
   const stopped: string[] = [];
-  const vms = new Map<string, LaunchedVm>();
+  const vms = new Map<string, SiteVm>();
   let n = 0;
   const service = {
     async startTest(vmId: string, pointId: string | undefined) {
@@ -37,11 +37,12 @@ function scriptedFailovers(store: EventStore, dir: string, opts: { serial?: stri
       }
       const serialLogPath = join(dir, `${testId}.serial.log`);
       writeFileSync(serialLogPath, opts.serial ?? "");
-      const vm = { proc: { running: true }, qmp: { execute: async () => ({ status: "running" }) }, serialLogPath } as unknown as LaunchedVm;
+      const vm = { launcher: "libvirt", serialLogPath } as unknown as SiteVm;
       vms.set(testId, vm);
       return { testId, pointId: pointId ?? "", vm: { name: testId, qmpSocket: "", serialLog: serialLogPath, pid: 1, timeToRunningMs: 1, diskImages: [] } };
     },
     testVm: (_vmId: string, testId: string) => vms.get(testId),
+    isRunning: async () => true,
     async stopTests(vmId: string, testId: string) {
       stopped.push(testId);
       vms.delete(testId);
