@@ -15,7 +15,12 @@ export const consistencyName = (c: number) => enumName(Consistency, c, "CONSISTE
 export const reasonJson = (r: HealthReason) => ({ code: r.code, level: healthName(r.level), message: r.message });
 
 export function pointJson(p: RecoveryPoint) {
-  return { ...p, consistency: consistencyName(p.consistency), kind: kindName(p.kind) };
+  return {
+    ...p,
+    consistency: consistencyName(p.consistency),
+    kind: kindName(p.kind),
+    verification: p.verification ? { ...p.verification, timeToVerifiedMs: Number(p.verification.timeToVerifiedMs), checks: undefined } : undefined,
+  };
 }
 
 export function relationshipJson(r: RelationshipStatus) {

@@ -13,6 +13,7 @@ import { registerRunbook } from "./commands/runbook.js";
 import { registerSite } from "./commands/site.js";
 import { registerStatus } from "./commands/status.js";
 import { registerWait } from "./commands/wait.js";
+import { registerVerify } from "./commands/verify.js";
 import { registerMonitoring } from "./commands/monitoring.js";
 import { packageVersion } from "../common/version.js";
 
@@ -37,6 +38,7 @@ registerWait(program);
 registerMonitoring(program);
 registerLedger(program);
 registerFailover(program);
+registerVerify(program);
 registerReverse(program);
 registerGroups(program);
 registerExtend(program);

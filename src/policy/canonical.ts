@@ -3,7 +3,7 @@
  * for "1h", comments) is recognised as no change, and a readable diff between two versions.
  */
 import { stringify as toYaml } from "yaml";
-import type { ReplicationPolicy, TimeWindow } from "./types.js";
+import type { ReplicationPolicy, TimeWindow, VerificationPolicy } from "./types.js";
 import { DAY_NAMES, formatDuration, formatRate } from "./units.js";
 
 /** A policy's human form (the YAML fields), keys in one fixed order, units in their shortest form. */
@@ -32,6 +32,22 @@ export function policyToSpec(p: ReplicationPolicy): PolicySpec {
     initialReplication: p.initialReplication.kind === "now" ? "now" : { at: p.initialReplication.at },
     resync: p.resync.mode === "manual" ? { mode: "manual" } : { mode: "automatic", ...(p.resync.window ? { window: windowSpec(p.resync.window) } : {}) },
     rpoAlert: formatDuration(p.rpoAlertSeconds),
+    ...(p.verification ? { verification: verificationSpec(p.verification) } : {}),
+  };
+}
+
+function verificationSpec(v: VerificationPolicy): PolicySpec {
+  const c = v.checks;
+  return {
+    every: formatDuration(v.everySeconds),
+    window: formatDuration(v.windowSeconds),
+    timeout: formatDuration(v.timeoutSeconds),
+    checks: {
+      ...(c.serialPattern !== undefined ? { serialPattern: c.serialPattern } : {}),
+      ...(c.guestAgent ? { guestAgent: true } : {}),
+      ...(c.tcpPort !== undefined ? { tcpPort: c.tcpPort } : {}),
+      ...(c.guestCommand ? { guestCommand: c.guestCommand } : {}),
+    },
   };
 }
 

@@ -8,7 +8,7 @@ import { parse as parseYaml } from "yaml";
 import { z } from "zod";
 import { ID_PATTERN } from "../model/index.js";
 import { InvalidPolicyError, type PolicyProblem } from "./errors.js";
-import type { BandwidthLimit, FrequencySpec, ReplicationPolicy, RetentionTier, TimeWindow } from "./types.js";
+import type { BandwidthLimit, FrequencySpec, ReplicationPolicy, RetentionTier, TimeWindow, VerificationPolicy } from "./types.js";
 import { TIME_OF_DAY, parseDay, parseDuration, parseRate } from "./units.js";
 import { editDistance } from "../common/configSchema.js";
 
@@ -30,6 +30,10 @@ export const DEFAULTS = {
   freezeTimeoutMs: 10_000,
   /** Hyper-V warns when no point arrived for over an hour: the RPO alert is at least that. */
   rpoAlertFloorSeconds: 3600,
+  /** A drill boots the guest and waits for its checks: a few minutes covers a slow firmware and OS boot. */
+  verificationTimeoutSeconds: 300,
+  /** Without `window`: health warns after two drills in a row verified nothing (or did not run). */
+  verificationWindowDrills: 2,
 } as const;
 
 const DURATION_FIX = "write e.g. 30s, 5m, 1h, 1d, 1w";
@@ -133,6 +137,35 @@ const resync = z.strictObject({
   window: window.optional(),
 });
 
+const serialPattern = field<string>((v) => {
+  if (typeof v !== "string" || v === "") return { error: `${show(v)} is not a pattern; write a regular expression a serial-console line must match, quoted, e.g. "login:"` };
+  try {
+    new RegExp(v);
+    return { value: v };
+  } catch (err) {
+    return { error: `${show(v)} is not a valid regular expression (${(err as Error).message}); escape special characters with \\` };
+  }
+});
+
+const tcpPort = field<number>((v) =>
+  typeof v === "number" && Number.isInteger(v) && v >= 1 && v <= 65_535 ? { value: v } : { error: `${show(v)} is not a TCP port; write a whole number from 1 to 65535, e.g. 22` },
+);
+
+const guestCommand = field<string[]>((v) => {
+  if (typeof v === "string" && v.trim() !== "") return { value: ["/bin/sh", "-c", v] };
+  if (Array.isArray(v) && v.length > 0 && v.every((a) => typeof a === "string") && (v[0] as string).startsWith("/")) return { value: v as string[] };
+  return {
+    error: `${show(v)} is not a command; write a shell command line ("systemctl is-active nginx", run by /bin/sh -c) or a list whose first entry is a program's absolute path, e.g. [/usr/bin/true]`,
+  };
+});
+
+const verification = z.strictObject({
+  every: duration({ min: 60, what: "1m" }),
+  window: duration({ min: 60, what: "1m" }).optional(),
+  timeout: duration({ min: 10, what: "10s" }).optional(),
+  checks: z.strictObject({ serialPattern: serialPattern.optional(), guestAgent: z.boolean().optional(), tcpPort: tcpPort.optional(), guestCommand: guestCommand.optional() }),
+});
+
 /** The YAML form, as written by people (see README "Policies"). */
 export const policySpecSchema = z.strictObject({
   name,
@@ -152,6 +185,7 @@ export const policySpecSchema = z.strictObject({
   initialReplication: initialReplication.optional(),
   resync: resync.optional(),
   rpoAlert: duration({ min: 1, what: "1s" }).optional(),
+  verification: verification.optional(),
 });
 
 type Spec = z.output<typeof policySpecSchema>;
@@ -184,11 +218,49 @@ function crossFieldProblems(s: Spec, policy: ReplicationPolicy): PolicyProblem[]
   const ac = policy.applicationConsistent;
   if (ac && ac.freezeTimeoutMs > MAX_FREEZE_MS)
     problems.push({ path: "applicationConsistent.freezeTimeout", message: `at most ${MAX_FREEZE_MS / 1000}s: a guest frozen longer times out its own I/O; write e.g. 10s` });
+  problems.push(...verificationProblems(policy.verification));
+  if (s.verification?.checks.guestAgent === false && s.verification.checks.guestCommand !== undefined)
+    problems.push({ path: "verification.checks.guestAgent", message: "guestCommand runs through qemu-guest-agent; remove 'guestAgent: false' or the guestCommand" });
   if (policy.bandwidth.some((b, i) => b.window === undefined && i < policy.bandwidth.length - 1)) {
     const i = policy.bandwidth.findIndex((b) => b.window === undefined);
     problems.push({ path: `bandwidth[${i}].window`, message: "an entry without a window applies always, so the entries after it never do; give it a window or move it last" });
   }
   return problems;
+}
+
+function verificationProblems(v: VerificationPolicy | undefined): PolicyProblem[] {
+  if (!v) return [];
+  const problems: PolicyProblem[] = [];
+  const c = v.checks;
+  if (c.serialPattern === undefined && !c.guestAgent && c.tcpPort === undefined && c.guestCommand === undefined)
+    problems.push({ path: "verification.checks", message: "names no check; a VM that merely runs proves little: add serialPattern, guestAgent, tcpPort or guestCommand" });
+  if (v.timeoutSeconds >= v.everySeconds)
+    problems.push({
+      path: "verification.timeout",
+      message: `must be shorter than 'every' (${v.everySeconds}s): a drill holds its point against retention merges while it runs; lower timeout or raise every`,
+    });
+  if (v.windowSeconds < v.everySeconds)
+    problems.push({
+      path: "verification.window",
+      message: `must be at least 'every' (${v.everySeconds}s), or health warns between two successful drills; raise window, e.g. to ${2 * v.everySeconds}s`,
+    });
+  return problems;
+}
+
+function toVerification(v: NonNullable<Spec["verification"]>): VerificationPolicy {
+  const c = v.checks;
+  return {
+    everySeconds: v.every,
+    windowSeconds: v.window ?? DEFAULTS.verificationWindowDrills * v.every,
+    timeoutSeconds: v.timeout ?? Math.min(DEFAULTS.verificationTimeoutSeconds, Math.max(10, v.every / 2)),
+    checks: {
+      ...(c.serialPattern !== undefined ? { serialPattern: c.serialPattern } : {}),
+      // A guest command runs through the agent: the agent is checked first.
+      ...(c.guestAgent || c.guestCommand !== undefined ? { guestAgent: true } : {}),
+      ...(c.tcpPort !== undefined ? { tcpPort: c.tcpPort } : {}),
+      ...(c.guestCommand !== undefined ? { guestCommand: c.guestCommand } : {}),
+    },
+  };
 }
 
 function toPolicy(s: Spec): ReplicationPolicy {
@@ -227,6 +299,7 @@ function toPolicy(s: Spec): ReplicationPolicy {
           ? { mode: "manual" }
           : { mode: "automatic", ...(s.resync.window ? { window: win(s.resync.window) } : {}) },
     rpoAlertSeconds: s.rpoAlert ?? defaultRpoAlertSeconds(nominal),
+    ...(s.verification ? { verification: toVerification(s.verification) } : {}),
   };
   return policy;
 }
@@ -268,6 +341,8 @@ function knownFields(path: PropertyKey[]): string[] {
     bandwidth: ["limit", "window"],
     resync: ["mode", "window"],
     initialReplication: ["at"],
+    verification: ["every", "window", "timeout", "checks"],
+    "verification.checks": ["serialPattern", "guestAgent", "tcpPort", "guestCommand"],
   };
   return byPath[keys] ?? (keys.endsWith("window") ? ["days", "from", "to"] : []);
 }

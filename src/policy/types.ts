@@ -63,6 +63,37 @@ export interface ReplicationPolicy {
   resync: { mode: "automatic"; window?: TimeWindow } | { mode: "manual" };
   /** Health turns Critical when the newest point is older than this. */
   rpoAlertSeconds: number;
+  /** Scheduled verification drills of the newest point (README "Verified recovery points"); absent: none. */
+  verification?: VerificationPolicy;
+}
+
+/**
+ * What a drill checks in the test VM, after "VM running" (always checked). At least one is set;
+ * each check runs once the previous one passed, all within the drill's timeout.
+ */
+export interface VerificationChecks {
+  /** A JavaScript regular expression that a line of the guest's serial console (COM1) must match. */
+  serialPattern?: string;
+  /** qemu-guest-agent in the guest answers guest-ping. */
+  guestAgent?: boolean;
+  /** A TCP port inside the guest accepts a connection (through a host forward on the isolated network). */
+  tcpPort?: number;
+  /** Run in the guest through qemu-guest-agent (guest-exec); passes on exit status 0. argv[0] is the program. */
+  guestCommand?: string[];
+}
+
+/**
+ * A drill: a test failover of the newest point on the isolated network, the checks, then the test
+ * VM is stopped; the result is recorded with the point in the ledger.
+ */
+export interface VerificationPolicy {
+  /** A drill is due this long after the previous one ended (the first: as soon as a point exists). */
+  everySeconds: number;
+  /** Health warns (POINT_NOT_VERIFIED) when no drill verified a point within this. */
+  windowSeconds: number;
+  /** The whole drill (boot and every check) must pass within this, else it fails naming the check that was waited on. */
+  timeoutSeconds: number;
+  checks: VerificationChecks;
 }
 
 /** A policy as stored: each apply of a changed spec is a new version. */

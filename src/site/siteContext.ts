@@ -9,6 +9,7 @@ import { SiteAuthorizations } from "./authorizations.js";
 import { RefusalAudit } from "./controlPlane/refusalAudit.js";
 import { AgentActivity } from "./health/activity.js";
 import type { HealthMonitor } from "./health/monitor.js";
+import type { DrillService } from "./drills/drillService.js";
 import type { SitePolicies } from "./sitePolicies.js";
 import type { RevocationList } from "../transport/index.js";
 import type { Extensions } from "./extension/extensions.js";
@@ -22,6 +23,8 @@ export class SiteContext {
   health: HealthMonitor | undefined;
   /** Extended replication: this site's forwarding of points to third sites (set by the server). */
   extensions: Extensions | undefined;
+  /** Verification drills (`qreplica verify`, the policies' schedules); set once the site serves. */
+  drills: DrillService | undefined;
   /** The deployment CA's revocation list when the site's config names one (crlFile). */
   revocations: RevocationList | undefined;
   private readonly sessions = new Map<string, ReplicateSession>();

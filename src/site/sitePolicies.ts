@@ -70,11 +70,31 @@ export class SitePolicies implements EffectivePolicies {
    * What health takes from the policy (HealthMonitor.policyOf): a bound policy's frequency and RPO
    * alert. Nothing for the built-in default, whose thresholds health infers or takes from site.json.
    */
-  healthThresholds(vmId: string): { name: string; frequencySeconds?: number; rpoAlertSeconds: number } | undefined {
+  healthThresholds(
+    vmId: string,
+  ): { name: string; frequencySeconds?: number; rpoAlertSeconds: number; verification?: { windowSeconds: number; requiredSince: number } } | undefined {
     const v = this.effectivePolicyVersion(vmId);
     if (v.version === 0) return undefined;
     const p = this.effectivePolicy(vmId);
-    return { name: p.name, ...(p.frequency.kind === "interval" ? { frequencySeconds: p.frequency.seconds } : {}), rpoAlertSeconds: p.rpoAlertSeconds };
+    const since = p.verification && this.verificationRequiredSince(vmId, p.name, v.version);
+    return {
+      name: p.name,
+      ...(p.frequency.kind === "interval" ? { frequencySeconds: p.frequency.seconds } : {}),
+      rpoAlertSeconds: p.rpoAlertSeconds,
+      ...(p.verification && since !== undefined ? { verification: { windowSeconds: p.verification.windowSeconds, requiredSince: since } } : {}),
+    };
+  }
+
+  /**
+   * Since when the VM's policy has asked for drills: the first of the latest run of versions with
+   * `verification`, or the VM's binding to the policy if later (ms since the epoch).
+   */
+  private verificationRequiredSince(vmId: string, name: string, version: number): number {
+    let first = version;
+    while (first > 1 && this.book.get(name, first - 1).policy.verification) first--;
+    const applied = Date.parse(this.book.get(name, first).appliedAt);
+    const bound = Date.parse(this.book.binding(vmId)?.boundAt ?? "");
+    return Number.isNaN(bound) ? applied : Math.max(applied, bound);
   }
 
   /** What HelloAck and PolicyChanged carry; undefined for the built-in default (the agent keeps its config's values). */

@@ -31,6 +31,8 @@ import { SiteMetrics } from "./health/siteMetrics.js";
 import { MonitoringServiceService } from "../gen/qreplica/v1/monitoring.js";
 import { monitoringService } from "./controlPlane/monitoringService.js";
 import { startMetricsServer, type MetricsServer } from "../common/metricsServer.js";
+import { DrillService } from "./drills/drillService.js";
+import { DrillScheduler } from "./drills/drillScheduler.js";
 
 /** The port of the address an earlier start wrote, so a `:0` site keeps its port across restarts. */
 function readPreviousPort(dir: string): number | undefined {
@@ -213,6 +215,28 @@ async function serve(
   }
   const resyncWindows = new ResyncWindows(context).start(() => context.connectedVmIds());
   cleanups.push(() => resyncWindows.stop());
+  const drills = new DrillService({
+    store,
+    failovers,
+    verificationOf: (vmId) => ({ policyName: policies.effectivePolicyVersion(vmId).name, verification: policies.effectivePolicy(vmId).verification }),
+    serialize: (vmId, fn) => context.serializer.run(vmId, fn),
+    logger: log.child({ part: "drills" }),
+  });
+  context.drills = drills;
+  const drillScheduler = new DrillScheduler({
+    drills,
+    statuses: async () => {
+      await readModels.refresh();
+      const now = new Date();
+      return readModels.vmIds().flatMap((vmId) => readModels.statusOf(vmId, now) ?? []);
+    },
+    verificationOf: (vmId) => policies.effectivePolicy(vmId).verification,
+    logger: log.child({ part: "drills" }),
+  }).start();
+  cleanups.push(async () => {
+    await drillScheduler.stop();
+    await drills.stop();
+  });
 
   const server = new grpc.Server(grpcServerOptions);
   const replicationServer: ReplicationServiceServer = {
@@ -248,6 +272,8 @@ async function serve(
     failed,
     async stop() {
       stopping = true;
+      // At once, beside the agents' grace: a drill's VM and checks have nothing to finish.
+      const drillsStopped = drillScheduler.stop().then(() => drills.stop());
       // Agents keep their Replicate streams open for good: waiting for them to end would make a
       // stop hang until the service manager kills the site. In-flight cycles that are cut are
       // never committed (a point needs CycleEnd, flush and fsync) and the agent retries them.
@@ -259,6 +285,8 @@ async function serve(
       clearTimeout(graceTimer);
       server.forceShutdown();
       resyncWindows.stop();
+      // Cancelled drills record their results (while their tests hold the points) before the test VMs are stopped.
+      await drillsStopped;
       await health.stop();
       await metricsServer?.close();
       await failovers.stopAllTests();

@@ -1,4 +1,5 @@
 import { InvalidArgumentError, type Command } from "commander";
+import { drillCell } from "./verify.js";
 import { ReplicationHealth } from "../../gen/qreplica/v1/control.js";
 import * as grpc from "@grpc/grpc-js";
 import { AUDIT_STREAM } from "../../site/controlPlane/refusalAudit.js";
@@ -135,7 +136,7 @@ export function registerStatus(program: Command): void {
           .join(", ") || "-";
       emit(o.json, res.recoveryPoints.map(pointJson), () =>
         formatTable(
-          ["point", "seq", "kind", "cut-off", "consistency", "changed", "sent", "disks", "flags"],
+          ["point", "seq", "kind", "cut-off", "consistency", "changed", "sent", "disks", "drill", "flags"],
           res.recoveryPoints.map((p) => [
             p.recoveryPointId,
             Number(p.sequence),
@@ -145,6 +146,7 @@ export function registerStatus(program: Command): void {
             formatBytes(Number(p.changedBytes)),
             formatBytes(Number(p.transferredBytes)),
             p.disks.map((d) => `${d.diskId}:${formatBytes(Number(d.virtualSizeBytes))}`).join(" "),
+            drillCell(p.verification),
             flags(p),
           ]),
         ),

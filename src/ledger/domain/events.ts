@@ -35,6 +35,11 @@ export type Consistency = "application" | "crash";
 export type CycleKind = "full" | "incremental" | "resync";
 export type FailoverKind = "planned" | "unplanned";
 
+export type DrillTrigger = "schedule" | "operator";
+export type DrillResult = "verified" | "failed";
+/** `running`: QEMU started from the point and its vCPUs run; the others are the policy's `verification.checks`. */
+export type DrillCheckName = "running" | "serialPattern" | "guestAgent" | "tcpPort" | "guestCommand";
+export type DrillCheckOutcome = { check: DrillCheckName; passed: boolean /** From the drill's start to the check's verdict. */; atMs: number; detail?: string };
 export type DiskCompression = { incompressibleBytes: number; wireBytes: number };
 export type DiskSpec = { diskId: string; sizeBytes: number };
 /** A disk as captured by one point: `imagePath` is that point's own image (base or overlay). */
@@ -113,6 +118,29 @@ export type RelationshipEventData = {
   };
   /** An operator looked at the suspect points and cleared them (`qreplica points clear-suspect`). */
   SuspectPointsCleared: { pointIds: string[]; clearedBy: string; clearedByRole: string };
+  /**
+   * A verification drill of `pointId` ended (src/site/drills/): a test failover `testId` on the
+   * isolated network and its checks, in order. `verified`: every check passed, the last
+   * `timeToVerifiedMs` after the drill started; `failed`: `failedCheck` did not pass (`message` says
+   * what was seen), the checks after it were not run. Recorded while the test still held the point.
+   */
+  VerificationDrillRecorded: {
+    drillId: string;
+    pointId: string;
+    cycleSeq: number;
+    cutoffAt: string;
+    /** Absent when the test VM could not be launched (the drill then fails its `running` check). */
+    testId?: string;
+    /** `schedule`: the policy's `verification.every`; `operator`: `qreplica verify`. */
+    trigger: DrillTrigger;
+    result: DrillResult;
+    failedCheck?: DrillCheckName;
+    message?: string;
+    timeToVerifiedMs?: number;
+    checks: DrillCheckOutcome[];
+    startedAt: string;
+    finishedAt: string;
+  };
   InitialReplicationCompleted: { cycleSeq: number; pointId: string };
   CycleFailed: { cycleSeq: number; generation: number; reason: string; message: string };
   /**
@@ -204,6 +232,7 @@ const KNOWN_TYPES = {
   RecoveryPointCreated: true,
   RecoveryPointSuspected: true,
   SuspectPointsCleared: true,
+  VerificationDrillRecorded: true,
   InitialReplicationCompleted: true,
   CycleFailed: true,
   CycleSkipped: true,

@@ -14,6 +14,10 @@ export {
   type CycleKind,
   type DiskCompression,
   type DiskSpec,
+  type DrillCheckName,
+  type DrillCheckOutcome,
+  type DrillResult,
+  type DrillTrigger,
   type EventOfType,
   type FailoverKind,
   type JsonObject,
@@ -46,6 +50,7 @@ export {
   type RelationshipState,
   type ResyncApproval,
   type SkippedCycles,
+  type DrillSummary,
   type SuspectPoint,
   type TestFailover,
 } from "./relationship.js";
@@ -102,6 +107,7 @@ export { acknowledgeGeneration, type AcknowledgeGenerationInput } from "./comman
 export { recogniseCurrentPrimary, type RecogniseCurrentPrimaryInput } from "./commands/recogniseCurrentPrimary.js";
 export { completeFailover, type CompleteFailoverInput } from "./commands/completeFailover.js";
 export { clearSuspectPoints, type ClearSuspectPointsInput } from "./commands/clearSuspectPoints.js";
+export { recordVerificationDrill, type RecordVerificationDrillInput } from "./commands/recordVerificationDrill.js";
 export { LAST_CLEAN_POINT, isLocked, lastCleanPoint } from "./pointSafety.js";
 export {
   ENCRYPTION_SIGNAL,

@@ -98,6 +98,20 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
       const cleared = new Set(event.data.pointIds);
       return { ...s, suspectPoints: s.suspectPoints.filter((p) => !cleared.has(p.pointId)) };
     }
+    case "VerificationDrillRecorded": {
+      const d = event.data;
+      const drill = {
+        drillId: d.drillId,
+        pointId: d.pointId,
+        cutoffAt: d.cutoffAt,
+        result: d.result,
+        ...(d.failedCheck ? { failedCheck: d.failedCheck } : {}),
+        ...(d.message ? { message: d.message } : {}),
+        ...(d.timeToVerifiedMs !== undefined ? { timeToVerifiedMs: d.timeToVerifiedMs } : {}),
+        finishedAt: d.finishedAt,
+      };
+      return { ...s, lastDrill: drill, lastVerified: d.result === "verified" ? drill : s.lastVerified };
+    }
     case "InitialReplicationCompleted":
       return { ...s, state: "replicating", inFlight: undefined };
     case "CycleFailed": {

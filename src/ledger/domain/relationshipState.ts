@@ -3,7 +3,7 @@
  * value before the first event. Commands read it; only `evolve` makes a new one.
  */
 import type { EncryptionBaseline } from "./encryptionSignal.js";
-import type { ChainDisk, Consistency, DiskSpec, FailoverKind, JsonObject, PointDisk, PointGroup } from "./events.js";
+import type { ChainDisk, Consistency, DiskSpec, DrillCheckName, DrillResult, FailoverKind, JsonObject, PointDisk, PointGroup } from "./events.js";
 import type { ReplicationStateName } from "./states.js";
 
 export interface RecoveryPoint {
@@ -26,6 +26,18 @@ export interface SuspectPoint {
   readonly cycleSeq: number;
   readonly cutoffAt: string;
   readonly disks: readonly { readonly diskId: string; readonly share: number; readonly baselineShare: number }[];
+}
+
+/** The last verification drill recorded (VerificationDrillRecorded), as health and status read it. */
+export interface DrillSummary {
+  readonly drillId: string;
+  readonly pointId: string;
+  readonly cutoffAt: string;
+  readonly result: DrillResult;
+  readonly failedCheck?: DrillCheckName;
+  readonly message?: string;
+  readonly timeToVerifiedMs?: number;
+  readonly finishedAt: string;
 }
 
 export interface TestFailover {
@@ -156,6 +168,10 @@ export interface RelationshipState {
    * suspect cut-off is still known after retention merged that point away.
    */
   readonly suspectPoints: readonly SuspectPoint[];
+  /** The last verification drill, whatever its result; undefined before the first (absent from older snapshots). */
+  readonly lastDrill?: DrillSummary | undefined;
+  /** The last drill that verified a point (health's POINT_NOT_VERIFIED window is measured from its end). */
+  readonly lastVerified?: DrillSummary | undefined;
   readonly counters: RelationshipCounters;
 }
 

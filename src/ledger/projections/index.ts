@@ -1,5 +1,5 @@
 /** Read models folded from the ledger; each can be rebuilt from scratch at any time. */
-export { RecoveryPointsProjection, type CatalogueDisk, type CataloguePoint, type PointCycleFacts, type RecoveryPointsSnapshot } from "./recoveryPoints.js";
+export { RecoveryPointsProjection, type CatalogueDisk, type CataloguePoint, type PointCycleFacts, type PointVerification, type RecoveryPointsSnapshot } from "./recoveryPoints.js";
 export {
   LedgerReadModels,
   READ_MODELS_FOLD_VERSION,

@@ -6,10 +6,31 @@
  * code read, and it must stay cheap and obviously correct for that one question.
  */
 import type { EventStore, RecordedEvent } from "../eventStore.js";
-import { decodeRelationshipEvent, relationshipStream, type Consistency, type DiskCompression, type PointDisk, type PointGroup } from "../domain/events.js";
+import {
+  decodeRelationshipEvent,
+  relationshipStream,
+  type Consistency,
+  type DiskCompression,
+  type DrillCheckName,
+  type DrillResult,
+  type DrillTrigger,
+  type PointDisk,
+  type PointGroup,
+} from "../domain/events.js";
 
 /** Why a point is suspect (RecoveryPointSuspected): per disk, the share of changed bytes that did not compress, and the disk's baseline. */
 export type PointSuspicion = readonly { readonly diskId: string; readonly share: number; readonly baselineShare: number }[];
+
+/** A point's last verification drill (VerificationDrillRecorded). */
+export interface PointVerification {
+  readonly drillId: string;
+  readonly result: DrillResult;
+  readonly failedCheck?: DrillCheckName;
+  readonly message?: string;
+  readonly timeToVerifiedMs?: number;
+  readonly finishedAt: string;
+  readonly trigger: DrillTrigger;
+}
 
 export interface CatalogueDisk {
   readonly diskId: string;
@@ -38,6 +59,8 @@ export interface CataloguePoint {
   readonly suspect?: PointSuspicion;
   /** The consistency group cut-off the point was cut in. */
   readonly group?: PointGroup;
+  /** The point's last verification drill, if one ran. */
+  readonly verification?: PointVerification;
 }
 
 /** What the CycleCommitted event of a point's cycle recorded. */
@@ -63,6 +86,7 @@ interface StoredPoint {
   lockedUntil?: string;
   suspect?: { diskId: string; share: number; baselineShare: number }[];
   group?: PointGroup;
+  verification?: PointVerification;
 }
 
 const PAGE = 1000;
@@ -159,6 +183,21 @@ export class RecoveryPointsProjection {
       case "SuspectPointsCleared": {
         const cleared = new Set(event.data.pointIds);
         for (const p of this.points) if (cleared.has(p.pointId)) delete p.suspect;
+        return;
+      }
+      case "VerificationDrillRecorded": {
+        const d = event.data;
+        const p = this.points.find((x) => x.pointId === d.pointId);
+        if (p)
+          p.verification = {
+            drillId: d.drillId,
+            result: d.result,
+            ...(d.failedCheck ? { failedCheck: d.failedCheck } : {}),
+            ...(d.message ? { message: d.message } : {}),
+            ...(d.timeToVerifiedMs !== undefined ? { timeToVerifiedMs: d.timeToVerifiedMs } : {}),
+            finishedAt: d.finishedAt,
+            trigger: d.trigger,
+          };
         return;
       }
       case "RecoveryPointMergeStarted": {
@@ -267,6 +306,7 @@ export class RecoveryPointsProjection {
       ...(p.lockedUntil ? { lockedUntil: p.lockedUntil } : {}),
       ...(p.suspect ? { suspect: p.suspect.map((x) => ({ ...x })) } : {}),
       ...(p.group ? { group: { ...p.group, members: [...p.group.members] } } : {}),
+      ...(p.verification ? { verification: { ...p.verification } } : {}),
       disks: p.disks.map((d) => {
         // Each point's chain is the previous point's chain plus its own image.
         const chain = [...(chains.get(d.diskId) ?? []), d.imagePath];

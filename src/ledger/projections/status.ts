@@ -5,7 +5,7 @@
  */
 import type { EventStore, RecordedEvent } from "../eventStore.js";
 import { RELATIONSHIP_STREAM_PREFIX, decodeRelationshipEvent, vmIdOfStream, type FailoverKind } from "../domain/events.js";
-import { evolve, initialRelationshipState, type RelationshipState } from "../domain/relationship.js";
+import { evolve, initialRelationshipState, type DrillSummary, type RelationshipState } from "../domain/relationship.js";
 import type { ReplicationStateName } from "../domain/states.js";
 import { restoreState } from "../domain/relationshipCache.js";
 import { lastCleanPoint } from "../domain/pointSafety.js";
@@ -61,6 +61,9 @@ export interface VmStatus {
   readonly lastCleanPointId: string | undefined;
   /** The most recent problem; kept after recovery, with its time, as Hyper-V shows the last error. */
   readonly lastError: StatusError | undefined;
+  /** The last verification drill, and the last one that verified a point (health's POINT_NOT_VERIFIED). */
+  readonly lastDrill?: DrillSummary | undefined;
+  readonly lastVerified?: DrillSummary | undefined;
 }
 
 export interface StatusTestFailover {
@@ -219,5 +222,7 @@ function toStatus({ rel, lastError }: Entry, now: Date): VmStatus {
     suspectPoints: rel.suspectPoints.map((p) => ({ pointId: p.pointId, cycleSeq: p.cycleSeq, cutoffAt: p.cutoffAt, disks: p.disks.map((d) => ({ ...d })) })),
     lastCleanPointId: rel.suspectPoints.length > 0 ? lastCleanPoint(rel)?.pointId : undefined,
     lastError,
+    lastDrill: rel.lastDrill,
+    lastVerified: rel.lastVerified,
   };
 }

@@ -1,6 +1,13 @@
 import * as grpc from "@grpc/grpc-js";
 import { Consistency, CycleKind } from "../../gen/qreplica/v1/common.js";
-import { FailoverKind, ReplicationHealth, type ControlServiceServer, type RecoveryPoint as WirePoint, type RelationshipStatus } from "../../gen/qreplica/v1/control.js";
+import {
+  FailoverKind,
+  ReplicationHealth,
+  type ControlServiceServer,
+  type DrillReport as WireDrillReport,
+  type RecoveryPoint as WirePoint,
+  type RelationshipStatus,
+} from "../../gen/qreplica/v1/control.js";
 import { pauseReplication, resumeReplication, resync } from "./replicationCommands.js";
 import { clearSuspectPoints, executeCommand, prepareFailover, relationshipStream, startReverseReplication, type JsonObject, type VmStatus } from "../../ledger/index.js";
 import { loadSiteCredentials } from "../../transport/index.js";
@@ -14,6 +21,7 @@ import { addAuthorization, appendRunbookEvents, listAuthorizations, readRunbookR
 import type { SiteContext } from "../siteContext.js";
 import type { LaunchedInfo } from "../failover/failoverService.js";
 import { extendReplication } from "./extendReplication.js";
+import type { DrillReport } from "../drills/drillService.js";
 
 /**
  * The control plane: reads of the ledger and the commands operators give. Every RPC names the
@@ -58,6 +66,7 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
           groupCutoffId: p.group?.cutoffId ?? "",
           groupMembers: p.group ? [...p.group.members] : [],
           groupPauseMs: p.group?.pauseMs ?? 0,
+          verification: p.verification && drillReportToWire({ ...p.verification, pointId: p.pointId, checks: [] }),
         };
       });
   };
@@ -245,6 +254,34 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
       const { events } = await executeCommand(ctx.store, req.vmId, (s) => clearSuspectPoints(s, approval), { metadata: actorMetadata(caller) });
       return { clearedRecoveryPointIds: events.flatMap((e) => (e.type === "SuspectPointsCleared" ? e.data.pointIds : [])) };
     }),
+    verifyPoint: guarded("operator", async (req, caller) => {
+      await requireRelationship(ctx, req.vmId);
+      if (!ctx.drills) throw Object.assign(new Error("the site's drills are not running yet; try again in a moment"), { grpcCode: grpc.status.UNAVAILABLE });
+      if (req.timeoutSeconds > 24 * 3600) throw Object.assign(new Error("VerifyPoint: timeoutSeconds is at most 86400 (24 h)"), { grpcCode: grpc.status.INVALID_ARGUMENT });
+      const d = await ctx.drills.start(req.vmId, {
+        pointId: req.recoveryPointId || undefined,
+        trigger: "operator",
+        caller,
+        ...(req.timeoutSeconds ? { timeoutSeconds: req.timeoutSeconds } : {}),
+      });
+      if (!req.wait) return { drillId: d.drillId, recoveryPointId: d.pointId };
+      return { drillId: d.drillId, recoveryPointId: d.pointId, report: drillReportToWire(await d.done) };
+    }),
+  };
+}
+
+/** A drill's result on the wire (VerifyPoint, and each point's last drill in ListRecoveryPoints). */
+function drillReportToWire(r: DrillReport): WireDrillReport {
+  return {
+    drillId: r.drillId,
+    recoveryPointId: r.pointId,
+    result: r.result,
+    failedCheck: r.failedCheck ?? "",
+    message: r.message ?? "",
+    timeToVerifiedMs: BigInt(r.timeToVerifiedMs ?? 0),
+    checks: r.checks.map((c) => ({ check: c.check, passed: c.passed, atMs: BigInt(c.atMs), detail: c.detail ?? "" })),
+    finishedAt: new Date(r.finishedAt),
+    trigger: r.trigger,
   };
 }
 
@@ -291,6 +328,7 @@ function grpcCodeOf(err: unknown): grpc.status {
       "RECOVERY_POINT_LOCKED",
       "NO_CLEAN_POINT",
       "NO_SUSPECT_POINT",
+      "VERIFICATION_NOT_CONFIGURED",
     ].includes(code)
   )
     return grpc.status.FAILED_PRECONDITION;
@@ -298,7 +336,8 @@ function grpcCodeOf(err: unknown): grpc.status {
   // The operator named a point, test or merge that is not there (or no longer): not a server fault.
   if (code === "RECOVERY_POINT_UNAVAILABLE") return (err as { why?: string }).why === "unknown" ? grpc.status.NOT_FOUND : grpc.status.FAILED_PRECONDITION;
   if (code === "NO_SUCH_TEST_FAILOVER" || code === "NO_SUCH_MERGE") return grpc.status.NOT_FOUND;
-  if (code === "TEST_FAILOVER_EXISTS") return grpc.status.ALREADY_EXISTS;
+  if (code === "TEST_FAILOVER_EXISTS" || code === "DRILL_RUNNING") return grpc.status.ALREADY_EXISTS;
+  if (code === "DRILLS_STOPPED") return grpc.status.UNAVAILABLE;
   if (["TEST_FAILOVERS_RUNNING", "PLANNED_FAILOVER_NOT_READY", "UNEXPECTED_GENERATION", "OUT_OF_ORDER_CYCLE"].includes(code)) return grpc.status.FAILED_PRECONDITION;
   if (code === "WRONG_EXPECTED_VERSION") return grpc.status.ABORTED;
   // The data plane's wrapper of a domain refusal (relationships.ts): the refusal it carries decides.

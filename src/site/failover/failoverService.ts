@@ -69,7 +69,12 @@ export class FailoverService {
     this.reverseAgents = new ReverseAgents(runDir, logger);
   }
 
-  async startTest(vmId: string, pointId: string | undefined, caller?: Caller): Promise<{ testId: string; pointId: string; vm: LaunchedInfo }> {
+  async startTest(
+    vmId: string,
+    pointId: string | undefined,
+    caller?: Caller,
+    opts: { guestAgentChannel?: boolean } = {},
+  ): Promise<{ testId: string; pointId: string; vm: LaunchedInfo }> {
     const started = performance.now();
     const testId = `t${Date.now().toString(36)}`;
     const { newState } = await executeCommand(this.store, vmId, (s) => startTestFailover(s, { testId, pointId, startedAt: new Date().toISOString() }), by(caller));
@@ -79,7 +84,7 @@ export class FailoverService {
     const dir = join(this.runDir, "tests", vmId, testId);
     try {
       // A test VM never outlives the site, even a kill -9 of it (recover() closes the test in the ledger).
-      const running = await this.launchOn(point, newState, dir, `test-${vmId}-${testId}`, "dies-with-site");
+      const running = await this.launchOn(point, newState, dir, `test-${vmId}-${testId}`, "dies-with-site", { guestAgentChannel: opts.guestAgentChannel === true });
       this.tests.set(`${vmId}/${testId}`, running);
       const timeToRunningMs = Math.round(performance.now() - started);
       await executeCommand(this.store, vmId, (s) => recordTestFailoverRunning(s, { testId, runningAt: running.vm.runningAt.toISOString(), timeToRunningMs }), by(caller));
@@ -92,7 +97,18 @@ export class FailoverService {
     }
   }
 
-  async stopTests(vmId: string, testId: string | undefined, caller?: Caller): Promise<string[]> {
+  /** A running test failover's VM (a verification drill checks it); undefined once stopped. */
+  testVm(vmId: string, testId: string): SiteVm | undefined {
+    return this.tests.get(`${vmId}/${testId}`)?.vm;
+  }
+
+  /** Whether a VM this site launched still runs, as its launcher tells. */
+  isRunning(vm: SiteVm): Promise<boolean> {
+    return this.launchers.forRef(vm.ref).isRunning(vm.ref);
+  }
+
+  /** `powerdownGraceMs`: how long the guest may take to power off before it is stopped hard (default 2 s; its writes are discarded either way). */
+  async stopTests(vmId: string, testId: string | undefined, caller?: Caller, opts: { powerdownGraceMs?: number } = {}): Promise<string[]> {
     const { state } = await loadRelationship(this.store, vmId);
     const ids = testId ? [testId] : Object.keys(state.testFailovers);
     if (testId && !state.testFailovers[testId]) {
@@ -100,7 +116,7 @@ export class FailoverService {
     }
     for (const id of ids) {
       const running = this.tests.get(`${vmId}/${id}`);
-      await running?.vm.stop({ timeoutMs: 2_000 });
+      await running?.vm.stop({ timeoutMs: opts.powerdownGraceMs ?? 2_000 });
       this.tests.delete(`${vmId}/${id}`);
       // Everything the test VM wrote is discarded with its overlays.
       rmSync(join(this.runDir, "tests", vmId, id), { recursive: true, force: true });
@@ -303,7 +319,7 @@ export class FailoverService {
     dir: string,
     name: string,
     lifetime: VmLifetime,
-    opts: { reuseOverlays?: boolean } = {},
+    opts: { reuseOverlays?: boolean; guestAgentChannel?: boolean } = {},
   ): Promise<Running> {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     const overlays: string[] = [];
@@ -318,7 +334,16 @@ export class FailoverService {
       overlays.push(path);
       diskImages[d.diskId] = path;
     }
-    const vm = await this.launchers.configured.launch({ spec: launchSpecOf(state), diskImages, runDir: dir, name, network: "isolated", lifetime }, this.logger);
+    const request = {
+      spec: launchSpecOf(state),
+      diskImages,
+      runDir: dir,
+      name,
+      network: "isolated" as const,
+      lifetime,
+      ...(opts.guestAgentChannel ? { guestAgentChannel: true } : {}),
+    };
+    const vm = await this.launchers.configured.launch(request, this.logger);
     return { vm, overlays };
   }
 }

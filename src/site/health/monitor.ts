@@ -11,7 +11,7 @@ import type { VmStatus } from "../../ledger/projections/status.js";
 import { REPLICATION_STATES } from "../../ledger/domain/states.js";
 import { MonitoringHistory, MAX_WINDOW_SECONDS } from "./history.js";
 import { measure, type Measurement } from "./measure.js";
-import { defaultThresholds, evaluateHealth, type CertificateExpiry, type HealthLevel, type HealthResult, type HealthThresholds } from "./rules.js";
+import { defaultThresholds, evaluateHealth, type CertificateExpiry, type DrillFact, type HealthLevel, type HealthResult, type HealthThresholds } from "./rules.js";
 import type { SiteMetrics } from "./siteMetrics.js";
 import type { AgentActivity } from "./activity.js";
 
@@ -32,7 +32,9 @@ export interface HealthSettings {
 }
 
 /** What the VM's effective policy says; wiring policies in is setting `HealthMonitor.policyOf`. */
-export type PolicyThresholds = (vmId: string) => { name?: string; frequencySeconds?: number; rpoAlertSeconds?: number } | undefined;
+export type PolicyThresholds = (
+  vmId: string,
+) => { name?: string; frequencySeconds?: number; rpoAlertSeconds?: number; verification?: { windowSeconds: number; requiredSince: number } } | undefined;
 
 export interface VmHealth {
   status: VmStatus;
@@ -118,6 +120,11 @@ export class HealthMonitor {
           rpoAlertSeconds: h.thresholds.rpoAlertSeconds,
           connected: h.connected,
           points: status.recoveryPoints,
+          drills: {
+            lastVerifiedAt: status.lastVerified ? Date.parse(status.lastVerified.finishedAt) : undefined,
+            timeToVerifiedMs: status.lastVerified?.timeToVerifiedMs,
+            lastFailed: status.lastDrill ? status.lastDrill.result === "failed" : undefined,
+          },
         });
         await this.recordChange(status.vmId, h.result, now);
       }
@@ -208,12 +215,21 @@ export class HealthMonitor {
         lastActivityAt: this.activity.lastActivityAt(status.vmId),
         watchingSince: this.activity.since,
         certificates: this.certificatesOf(status.vmId),
+        verification: policy?.verification && {
+          ...policy.verification,
+          lastVerified: drillFact(status.lastVerified),
+          lastDrill: drillFact(status.lastDrill),
+        },
       },
       thresholds,
       now,
     );
     return { status, result, thresholds, policyName: policy?.name, connected };
   }
+}
+
+function drillFact(d: VmStatus["lastDrill"]): DrillFact | undefined {
+  return d && { pointId: d.pointId, result: d.result, failedCheck: d.failedCheck, message: d.message, finishedAt: Date.parse(d.finishedAt) };
 }
 
 /**

@@ -14,7 +14,8 @@
  *   newest point older than twice the frequency (POINT_LATE); the primary reports it skips its
  *   cycles (CYCLES_SKIPPED); recent changes arrive faster than the link delivers them
  *   (RPO_AT_RISK); paused, resynchronising, or initial replication not done (STATE_*); this site's
- *   or the primary agent's certificate expires within 30 days (CERT_EXPIRING).
+ *   or the primary agent's certificate expires within 30 days (CERT_EXPIRING); the policy schedules
+ *   verification drills and none verified a point within its window (POINT_NOT_VERIFIED).
  */
 import type { ReplicationStateName } from "../../ledger/domain/states.js";
 
@@ -36,7 +37,8 @@ export type HealthReasonCode =
   | "STATE_PAUSED"
   | "STATE_RESYNCHRONISING"
   | "STATE_INITIAL_REPLICATION"
-  | "CERT_EXPIRING";
+  | "CERT_EXPIRING"
+  | "POINT_NOT_VERIFIED";
 
 /** A certificate the relationship depends on: this site's own, or the primary agent's (as presented at its last Hello). */
 export interface CertificateExpiry {
@@ -115,6 +117,25 @@ export interface HealthInput {
   readonly watchingSince: number;
   /** The certificates this relationship depends on (CERT_EXPIRING); absent: none known. */
   readonly certificates?: readonly CertificateExpiry[] | undefined;
+  /** The policy's verification drills (POINT_NOT_VERIFIED); absent: the policy schedules none. */
+  readonly verification?: VerificationHealth | undefined;
+}
+
+/** A drill as health reads it (times in ms since the epoch). */
+export interface DrillFact {
+  readonly pointId: string;
+  readonly result: "verified" | "failed";
+  readonly failedCheck?: string | undefined;
+  readonly message?: string | undefined;
+  readonly finishedAt: number;
+}
+
+export interface VerificationHealth {
+  readonly windowSeconds: number;
+  /** Since when the policy asks for drills: the window of a VM never verified is measured from here. */
+  readonly requiredSince: number;
+  readonly lastVerified?: DrillFact | undefined;
+  readonly lastDrill?: DrillFact | undefined;
 }
 
 export interface CycleCounts {
@@ -215,6 +236,11 @@ export function evaluateHealth(input: HealthInput, t: HealthThresholds, now: num
     if (risk) warn("RPO_AT_RISK", risk);
   }
 
+  if (input.verification && (REPLICATING_STATES.has(s) || s === "paused") && input.newestCutoffAt !== undefined) {
+    const message = notVerified(input.verification, now);
+    if (message) warn("POINT_NOT_VERIFIED", message);
+  }
+
   for (const c of input.certificates ?? []) {
     const message = certificateExpiring(c, now);
     if (message) warn("CERT_EXPIRING", message);
@@ -241,7 +267,26 @@ const ORDER: readonly HealthReasonCode[] = [
   "CYCLES_MISSED",
   "RPO_AT_RISK",
   "CERT_EXPIRING",
+  "POINT_NOT_VERIFIED",
 ];
+
+/**
+ * The POINT_NOT_VERIFIED message when no drill verified a point within the window (measured from
+ * the last verified drill's end, else from when the policy started asking for drills).
+ */
+export function notVerified(v: VerificationHealth, now: number): string | undefined {
+  const from = Math.max(v.lastVerified?.finishedAt ?? 0, v.requiredSince);
+  if (now - from <= v.windowSeconds * 1000) return undefined;
+  const last = v.lastVerified
+    ? `the last verified point is ${v.lastVerified.pointId} (drill ended ${new Date(v.lastVerified.finishedAt).toISOString()})`
+    : "no point was ever verified";
+  const d = v.lastDrill;
+  const failed =
+    d && d.result === "failed"
+      ? `; the last drill (${d.pointId}, ${new Date(d.finishedAt).toISOString()}) failed its ${d.failedCheck ?? "?"} check${d.message ? `: ${d.message}` : ""}`
+      : "";
+  return `no recovery point was verified within the policy's window of ${v.windowSeconds} s: ${last}${failed}; see 'qreplica points', run 'qreplica verify VM --wait'`;
+}
 
 const CERT_FIX: Record<CertificateExpiry["which"], string> = {
   site: "on this host run 'qreplica pki request', sign the request on the CA host ('qreplica pki sign'), and put the new certificate at the same path: the site serves it to new connections within a minute, without a restart",

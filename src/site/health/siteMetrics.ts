@@ -103,6 +103,24 @@ export class SiteMetrics {
     buckets: CYCLE_DURATION_BUCKETS,
     registers: [this.registry],
   });
+  private readonly lastVerified = new Gauge({
+    name: "qreplica_vm_last_verified_timestamp_seconds",
+    help: "When a verification drill last verified one of the VM's points (Unix time); absent before the first",
+    labelNames: ["vm"],
+    registers: [this.registry],
+  });
+  private readonly timeToVerified = new Gauge({
+    name: "qreplica_vm_time_to_verified_seconds",
+    help: "The last verified drill's time from its start to its last check passing (boot included)",
+    labelNames: ["vm"],
+    registers: [this.registry],
+  });
+  private readonly lastDrillFailed = new Gauge({
+    name: "qreplica_vm_last_drill_failed",
+    help: "1 when the VM's last verification drill failed, 0 when it verified its point; absent before the first",
+    labelNames: ["vm"],
+    registers: [this.registry],
+  });
   private readonly lastEvaluation = new Gauge({
     name: "qreplica_site_health_evaluation_timestamp_seconds",
     help: "When the site last evaluated every VM's health (Unix time)",
@@ -136,6 +154,8 @@ export class SiteMetrics {
       rpoAlertSeconds: number;
       connected: boolean;
       points: number;
+      /** The last drill and the last verified one (times in ms). */
+      drills?: { lastVerifiedAt?: number | undefined; timeToVerifiedMs?: number | undefined; lastFailed?: boolean | undefined };
     },
   ): void {
     for (const l of HEALTH_LEVELS) this.health.set({ vm, state: l }, v.result.level === l ? 1 : 0);
@@ -150,6 +170,13 @@ export class SiteMetrics {
     this.missed.set({ vm }, v.result.counts.missed);
     this.connected.set({ vm }, v.connected ? 1 : 0);
     this.points.set({ vm }, v.points);
+    const d = v.drills;
+    if (d?.lastVerifiedAt === undefined) this.lastVerified.remove({ vm });
+    else this.lastVerified.set({ vm }, d.lastVerifiedAt / 1000);
+    if (d?.timeToVerifiedMs === undefined) this.timeToVerified.remove({ vm });
+    else this.timeToVerified.set({ vm }, d.timeToVerifiedMs / 1000);
+    if (d?.lastFailed === undefined) this.lastDrillFailed.remove({ vm });
+    else this.lastDrillFailed.set({ vm }, d.lastFailed ? 1 : 0);
   }
 
   evaluated(now: number): void {

@@ -29,6 +29,12 @@ export interface LaunchVmOptions {
   ownSession?: boolean;
   /** Killed by the kernel when the launching process dies, kill -9 included (a test VM). */
   dieWithOwner?: boolean;
+  /**
+   * Adds a qemu-guest-agent channel (virtio-serial port `org.qemu.guest_agent.0`) whose host side
+   * is the unix socket `<runDir>/<name>.qga` (a verification drill's guestAgent and guestCommand
+   * checks). Not for VMs whose spec brings its own agent channel in extraArgs.
+   */
+  guestAgentChannel?: boolean;
 }
 
 export interface StopResult {
@@ -44,6 +50,8 @@ export interface LaunchedVm {
   readonly proc: QemuProcess;
   readonly serialLogPath: string;
   readonly qmpSocketPath: string;
+  /** With `guestAgentChannel`: the host side of the guest agent's channel. */
+  readonly guestAgentSocketPath?: string;
   /** When QEMU was spawned. */
   readonly startedAt: Date;
   /** When `query-status` first said `running` (the vCPUs run from here: the RTO clock's end). */
@@ -98,6 +106,17 @@ export async function launchVm(opts: LaunchVmOptions): Promise<LaunchedVm> {
     throw new VmLaunchError(name, `the monitor socket path ${qmpSocketPath} is longer than ${MAX_SOCKET_PATH} bytes (the unix socket limit); use a shorter runDir or name`);
   }
 
+  const qgaSocketPath = opts.guestAgentChannel ? join(resolve(opts.runDir), `${name}.qga`) : undefined;
+  const qgaArgs = qgaSocketPath
+    ? [
+        "-device",
+        "virtio-serial-pci,id=qr-qga-serial",
+        "-chardev",
+        `socket,id=qr-qga,path=${qgaSocketPath},server=on,wait=off`,
+        "-device",
+        "virtserialport,bus=qr-qga-serial.0,chardev=qr-qga,name=org.qemu.guest_agent.0",
+      ]
+    : [];
   const accel = opts.accel === undefined || opts.accel === "auto" ? (kvmUsable() ? "kvm" : "tcg") : opts.accel;
   const disks: SystemVmDisk[] = spec.disks.map((d) => ({
     nodeName: d.diskId,
@@ -115,7 +134,7 @@ export async function launchVm(opts: LaunchVmOptions): Promise<LaunchedVm> {
     memoryMiB: spec.memoryMiB,
     accel,
     paused: true,
-    extraArgs: ["-name", `guest=${name}`, ...(spec.cpu ? ["-cpu", spec.cpu] : []), ...nicArgs(name, spec.nics, opts.network), ...(spec.extraArgs ?? [])],
+    extraArgs: ["-name", `guest=${name}`, ...(spec.cpu ? ["-cpu", spec.cpu] : []), ...nicArgs(name, spec.nics, opts.network), ...qgaArgs, ...(spec.extraArgs ?? [])],
   });
   const startTimeoutMs = opts.startTimeoutMs ?? 30_000;
   logger.debug({ args }, "launching VM");
@@ -146,7 +165,7 @@ export async function launchVm(opts: LaunchVmOptions): Promise<LaunchedVm> {
     const stderr = proc.stderr.trim();
     throw new VmLaunchError(name, `${(err as Error).message}${stderr ? `; QEMU said: ${stderr}` : ""}`, { cause: err });
   }
-  const vm = new RunningVm(name, accel, qmp, proc, serialLogPath, qmpSocketPath, startedAt, new Date(), logger);
+  const vm = new RunningVm(name, accel, qmp, proc, serialLogPath, qmpSocketPath, startedAt, new Date(), logger, qgaSocketPath);
   logger.info({ accel, pid: proc.pid, startMs: vm.runningAt.getTime() - startedAt.getTime() }, "VM running");
   return vm;
 }
@@ -164,6 +183,7 @@ class RunningVm implements LaunchedVm {
     readonly startedAt: Date,
     readonly runningAt: Date,
     private readonly logger: Logger,
+    readonly guestAgentSocketPath?: string,
   ) {}
 
   stop(opts: { timeoutMs?: number; quitTimeoutMs?: number } = {}): Promise<StopResult> {

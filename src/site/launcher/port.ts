@@ -29,6 +29,8 @@ export interface LaunchRequest {
   name: string;
   network: LaunchNetwork;
   lifetime: VmLifetime;
+  /** A qemu-guest-agent channel for the site (a verification drill's checks); the qemu launcher only, today. */
+  guestAgentChannel?: boolean;
 }
 
 /** A VM the site launched and holds, whichever launcher runs it. */

@@ -25,6 +25,7 @@ export class QemuLauncher implements VmLauncher {
       logger,
       accel: this.accel,
       ...(req.lifetime === "outlives-site" ? { ownSession: true } : { dieWithOwner: true }),
+      ...(req.guestAgentChannel ? { guestAgentChannel: true } : {}),
     });
     writeFileSync(join(req.runDir, "qemu.pid"), String(vm.proc.pid), { mode: 0o600 });
     return new QemuSiteVm(vm);
@@ -51,7 +52,7 @@ export class QemuLauncher implements VmLauncher {
   }
 }
 
-class QemuSiteVm implements SiteVm {
+export class QemuSiteVm implements SiteVm {
   readonly launcher = "qemu" as const;
   readonly ref: VmRef;
 
@@ -61,6 +62,10 @@ class QemuSiteVm implements SiteVm {
 
   get name() {
     return this.vm.name;
+  }
+  /** The QEMU process and its monitor (a verification drill's checks read the VM through them). */
+  get launched(): LaunchedVm {
+    return this.vm;
   }
   get accel() {
     return this.vm.accel;

@@ -125,6 +125,7 @@ describe("a viewer reads and is refused every command", () => {
       call(v, v.pauseReplication, { vmId: "vm-view", reason: "viewer" }),
       call(v, v.resumeReplication, { vmId: "vm-view" }),
       call(v, v.resync, { vmId: "vm-view" }),
+      call(v, v.verifyPoint, { vmId: "vm-view", recoveryPointId: "", wait: false, timeoutSeconds: 0 }),
     ];
     for (const p of commands) {
       expect((await refusal(p)).code).toBe(status.PERMISSION_DENIED);

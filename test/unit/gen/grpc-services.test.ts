@@ -55,6 +55,7 @@ describe("generated gRPC services", () => {
       startTestFailover: unimplemented,
       clearSuspectPoints: unimplemented,
       extendReplication: unimplemented,
+      verifyPoint: unimplemented,
       stopTestFailover: unimplemented,
       failover: unimplemented,
       completeFailover: unimplemented,

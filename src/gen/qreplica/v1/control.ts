@@ -236,6 +236,49 @@ export interface ExtendedReplicationStatus {
   lastError: string;
 }
 
+export interface VerifyPointRequest {
+  vmId: string;
+  /** The newest point when empty. */
+  recoveryPointId: string;
+  /** Answer when the drill has ended (its result); otherwise as soon as it started. */
+  wait: boolean;
+  /** This drill's timeout instead of the policy's (0: the policy's); at most 24 h. */
+  timeoutSeconds: number;
+}
+
+export interface VerifyPointResponse {
+  drillId: string;
+  recoveryPointId: string;
+  /** Set with `wait`. */
+  report?: DrillReport | undefined;
+}
+
+export interface DrillReport {
+  drillId: string;
+  recoveryPointId: string;
+  /** "verified" or "failed". */
+  result: string;
+  /** With "failed": running, serialPattern, guestAgent, tcpPort or guestCommand. */
+  failedCheck: string;
+  message: string;
+  /** From the drill's start to its last check passing; 0 unless verified. */
+  timeToVerifiedMs: bigint;
+  checks: DrillCheck[];
+  finishedAt?:
+    | Date
+    | undefined;
+  /** "schedule" or "operator". */
+  trigger: string;
+}
+
+export interface DrillCheck {
+  check: string;
+  passed: boolean;
+  /** From the drill's start to the check's verdict. */
+  atMs: bigint;
+  detail: string;
+}
+
 export interface ClearSuspectPointsRequest {
   vmId: string;
   /** Every suspect point of the VM when empty. */
@@ -552,6 +595,8 @@ export interface RecoveryPoint {
   groupCutoffId: string;
   groupMembers: string[];
   groupPauseMs: number;
+  /** The point's last verification drill; unset when none ran on it. */
+  verification?: DrillReport | undefined;
 }
 
 export interface SuspectDisk {
@@ -1100,6 +1145,600 @@ export const ExtendedReplicationStatus: MessageFns<ExtendedReplicationStatus> = 
       : 0n;
     message.pointsPending = object.pointsPending ?? 0;
     message.lastError = object.lastError ?? "";
+    return message;
+  },
+};
+
+function createBaseVerifyPointRequest(): VerifyPointRequest {
+  return { vmId: "", recoveryPointId: "", wait: false, timeoutSeconds: 0 };
+}
+
+export const VerifyPointRequest: MessageFns<VerifyPointRequest> = {
+  encode(message: VerifyPointRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
+    if (message.recoveryPointId !== "") {
+      writer.uint32(18).string(message.recoveryPointId);
+    }
+    if (message.wait !== false) {
+      writer.uint32(24).bool(message.wait);
+    }
+    if (message.timeoutSeconds !== 0) {
+      writer.uint32(32).uint32(message.timeoutSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): VerifyPointRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseVerifyPointRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.recoveryPointId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.wait = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.timeoutSeconds = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): VerifyPointRequest {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+      recoveryPointId: isSet(object.recoveryPointId)
+        ? globalThis.String(object.recoveryPointId)
+        : isSet(object.recovery_point_id)
+        ? globalThis.String(object.recovery_point_id)
+        : "",
+      wait: isSet(object.wait) ? globalThis.Boolean(object.wait) : false,
+      timeoutSeconds: isSet(object.timeoutSeconds)
+        ? globalThis.Number(object.timeoutSeconds)
+        : isSet(object.timeout_seconds)
+        ? globalThis.Number(object.timeout_seconds)
+        : 0,
+    };
+  },
+
+  toJSON(message: VerifyPointRequest): unknown {
+    const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    if (message.recoveryPointId !== "") {
+      obj.recoveryPointId = message.recoveryPointId;
+    }
+    if (message.wait !== false) {
+      obj.wait = message.wait;
+    }
+    if (message.timeoutSeconds !== 0) {
+      obj.timeoutSeconds = Math.round(message.timeoutSeconds);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<VerifyPointRequest>, I>>(base?: I): VerifyPointRequest {
+    return VerifyPointRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<VerifyPointRequest>, I>>(object: I): VerifyPointRequest {
+    const message = createBaseVerifyPointRequest();
+    message.vmId = object.vmId ?? "";
+    message.recoveryPointId = object.recoveryPointId ?? "";
+    message.wait = object.wait ?? false;
+    message.timeoutSeconds = object.timeoutSeconds ?? 0;
+    return message;
+  },
+};
+
+function createBaseVerifyPointResponse(): VerifyPointResponse {
+  return { drillId: "", recoveryPointId: "", report: undefined };
+}
+
+export const VerifyPointResponse: MessageFns<VerifyPointResponse> = {
+  encode(message: VerifyPointResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.drillId !== "") {
+      writer.uint32(10).string(message.drillId);
+    }
+    if (message.recoveryPointId !== "") {
+      writer.uint32(18).string(message.recoveryPointId);
+    }
+    if (message.report !== undefined) {
+      DrillReport.encode(message.report, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): VerifyPointResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseVerifyPointResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.drillId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.recoveryPointId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.report = DrillReport.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): VerifyPointResponse {
+    return {
+      drillId: isSet(object.drillId)
+        ? globalThis.String(object.drillId)
+        : isSet(object.drill_id)
+        ? globalThis.String(object.drill_id)
+        : "",
+      recoveryPointId: isSet(object.recoveryPointId)
+        ? globalThis.String(object.recoveryPointId)
+        : isSet(object.recovery_point_id)
+        ? globalThis.String(object.recovery_point_id)
+        : "",
+      report: isSet(object.report) ? DrillReport.fromJSON(object.report) : undefined,
+    };
+  },
+
+  toJSON(message: VerifyPointResponse): unknown {
+    const obj: any = {};
+    if (message.drillId !== "") {
+      obj.drillId = message.drillId;
+    }
+    if (message.recoveryPointId !== "") {
+      obj.recoveryPointId = message.recoveryPointId;
+    }
+    if (message.report !== undefined) {
+      obj.report = DrillReport.toJSON(message.report);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<VerifyPointResponse>, I>>(base?: I): VerifyPointResponse {
+    return VerifyPointResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<VerifyPointResponse>, I>>(object: I): VerifyPointResponse {
+    const message = createBaseVerifyPointResponse();
+    message.drillId = object.drillId ?? "";
+    message.recoveryPointId = object.recoveryPointId ?? "";
+    message.report = (object.report !== undefined && object.report !== null)
+      ? DrillReport.fromPartial(object.report)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseDrillReport(): DrillReport {
+  return {
+    drillId: "",
+    recoveryPointId: "",
+    result: "",
+    failedCheck: "",
+    message: "",
+    timeToVerifiedMs: 0n,
+    checks: [],
+    finishedAt: undefined,
+    trigger: "",
+  };
+}
+
+export const DrillReport: MessageFns<DrillReport> = {
+  encode(message: DrillReport, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.drillId !== "") {
+      writer.uint32(10).string(message.drillId);
+    }
+    if (message.recoveryPointId !== "") {
+      writer.uint32(18).string(message.recoveryPointId);
+    }
+    if (message.result !== "") {
+      writer.uint32(26).string(message.result);
+    }
+    if (message.failedCheck !== "") {
+      writer.uint32(34).string(message.failedCheck);
+    }
+    if (message.message !== "") {
+      writer.uint32(42).string(message.message);
+    }
+    if (message.timeToVerifiedMs !== 0n) {
+      if (BigInt.asUintN(64, message.timeToVerifiedMs) !== message.timeToVerifiedMs) {
+        throw new globalThis.Error("value provided for field message.timeToVerifiedMs of type uint64 too large");
+      }
+      writer.uint32(48).uint64(message.timeToVerifiedMs);
+    }
+    for (const v of message.checks) {
+      DrillCheck.encode(v!, writer.uint32(58).fork()).join();
+    }
+    if (message.finishedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.finishedAt), writer.uint32(66).fork()).join();
+    }
+    if (message.trigger !== "") {
+      writer.uint32(74).string(message.trigger);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DrillReport {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDrillReport();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.drillId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.recoveryPointId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.result = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.failedCheck = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.timeToVerifiedMs = reader.uint64() as bigint;
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.checks.push(DrillCheck.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.finishedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.trigger = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DrillReport {
+    return {
+      drillId: isSet(object.drillId)
+        ? globalThis.String(object.drillId)
+        : isSet(object.drill_id)
+        ? globalThis.String(object.drill_id)
+        : "",
+      recoveryPointId: isSet(object.recoveryPointId)
+        ? globalThis.String(object.recoveryPointId)
+        : isSet(object.recovery_point_id)
+        ? globalThis.String(object.recovery_point_id)
+        : "",
+      result: isSet(object.result) ? globalThis.String(object.result) : "",
+      failedCheck: isSet(object.failedCheck)
+        ? globalThis.String(object.failedCheck)
+        : isSet(object.failed_check)
+        ? globalThis.String(object.failed_check)
+        : "",
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+      timeToVerifiedMs: isSet(object.timeToVerifiedMs)
+        ? BigInt(object.timeToVerifiedMs)
+        : isSet(object.time_to_verified_ms)
+        ? BigInt(object.time_to_verified_ms)
+        : 0n,
+      checks: globalThis.Array.isArray(object?.checks)
+        ? object.checks.map((e: any) => DrillCheck.fromJSON(e))
+        : [],
+      finishedAt: isSet(object.finishedAt)
+        ? fromJsonTimestamp(object.finishedAt)
+        : isSet(object.finished_at)
+        ? fromJsonTimestamp(object.finished_at)
+        : undefined,
+      trigger: isSet(object.trigger) ? globalThis.String(object.trigger) : "",
+    };
+  },
+
+  toJSON(message: DrillReport): unknown {
+    const obj: any = {};
+    if (message.drillId !== "") {
+      obj.drillId = message.drillId;
+    }
+    if (message.recoveryPointId !== "") {
+      obj.recoveryPointId = message.recoveryPointId;
+    }
+    if (message.result !== "") {
+      obj.result = message.result;
+    }
+    if (message.failedCheck !== "") {
+      obj.failedCheck = message.failedCheck;
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    if (message.timeToVerifiedMs !== 0n) {
+      obj.timeToVerifiedMs = message.timeToVerifiedMs.toString();
+    }
+    if (message.checks?.length) {
+      obj.checks = message.checks.map((e) => DrillCheck.toJSON(e));
+    }
+    if (message.finishedAt !== undefined) {
+      obj.finishedAt = message.finishedAt.toISOString();
+    }
+    if (message.trigger !== "") {
+      obj.trigger = message.trigger;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DrillReport>, I>>(base?: I): DrillReport {
+    return DrillReport.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DrillReport>, I>>(object: I): DrillReport {
+    const message = createBaseDrillReport();
+    message.drillId = object.drillId ?? "";
+    message.recoveryPointId = object.recoveryPointId ?? "";
+    message.result = object.result ?? "";
+    message.failedCheck = object.failedCheck ?? "";
+    message.message = object.message ?? "";
+    message.timeToVerifiedMs = (object.timeToVerifiedMs !== undefined && object.timeToVerifiedMs !== null)
+      ? BigInt(object.timeToVerifiedMs)
+      : 0n;
+    message.checks = object.checks?.map((e) => DrillCheck.fromPartial(e)) || [];
+    message.finishedAt = object.finishedAt ?? undefined;
+    message.trigger = object.trigger ?? "";
+    return message;
+  },
+};
+
+function createBaseDrillCheck(): DrillCheck {
+  return { check: "", passed: false, atMs: 0n, detail: "" };
+}
+
+export const DrillCheck: MessageFns<DrillCheck> = {
+  encode(message: DrillCheck, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.check !== "") {
+      writer.uint32(10).string(message.check);
+    }
+    if (message.passed !== false) {
+      writer.uint32(16).bool(message.passed);
+    }
+    if (message.atMs !== 0n) {
+      if (BigInt.asUintN(64, message.atMs) !== message.atMs) {
+        throw new globalThis.Error("value provided for field message.atMs of type uint64 too large");
+      }
+      writer.uint32(24).uint64(message.atMs);
+    }
+    if (message.detail !== "") {
+      writer.uint32(34).string(message.detail);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DrillCheck {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDrillCheck();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.check = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.passed = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.atMs = reader.uint64() as bigint;
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.detail = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DrillCheck {
+    return {
+      check: isSet(object.check) ? globalThis.String(object.check) : "",
+      passed: isSet(object.passed) ? globalThis.Boolean(object.passed) : false,
+      atMs: isSet(object.atMs) ? BigInt(object.atMs) : isSet(object.at_ms) ? BigInt(object.at_ms) : 0n,
+      detail: isSet(object.detail) ? globalThis.String(object.detail) : "",
+    };
+  },
+
+  toJSON(message: DrillCheck): unknown {
+    const obj: any = {};
+    if (message.check !== "") {
+      obj.check = message.check;
+    }
+    if (message.passed !== false) {
+      obj.passed = message.passed;
+    }
+    if (message.atMs !== 0n) {
+      obj.atMs = message.atMs.toString();
+    }
+    if (message.detail !== "") {
+      obj.detail = message.detail;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<DrillCheck>, I>>(base?: I): DrillCheck {
+    return DrillCheck.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<DrillCheck>, I>>(object: I): DrillCheck {
+    const message = createBaseDrillCheck();
+    message.check = object.check ?? "";
+    message.passed = object.passed ?? false;
+    message.atMs = (object.atMs !== undefined && object.atMs !== null) ? BigInt(object.atMs) : 0n;
+    message.detail = object.detail ?? "";
     return message;
   },
 };
@@ -5264,6 +5903,7 @@ function createBaseRecoveryPoint(): RecoveryPoint {
     groupCutoffId: "",
     groupMembers: [],
     groupPauseMs: 0,
+    verification: undefined,
   };
 }
 
@@ -5331,6 +5971,9 @@ export const RecoveryPoint: MessageFns<RecoveryPoint> = {
     }
     if (message.groupPauseMs !== 0) {
       writer.uint32(345).double(message.groupPauseMs);
+    }
+    if (message.verification !== undefined) {
+      DrillReport.encode(message.verification, writer.uint32(242).fork()).join();
     }
     return writer;
   },
@@ -5484,6 +6127,14 @@ export const RecoveryPoint: MessageFns<RecoveryPoint> = {
             message.groupPauseMs = reader.double();
             continue;
           }
+          case 30: {
+            if (tag !== 242) {
+              break;
+            }
+
+            message.verification = DrillReport.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5565,6 +6216,7 @@ export const RecoveryPoint: MessageFns<RecoveryPoint> = {
         : isSet(object.group_pause_ms)
         ? globalThis.Number(object.group_pause_ms)
         : 0,
+      verification: isSet(object.verification) ? DrillReport.fromJSON(object.verification) : undefined,
     };
   },
 
@@ -5621,6 +6273,9 @@ export const RecoveryPoint: MessageFns<RecoveryPoint> = {
     if (message.groupPauseMs !== 0) {
       obj.groupPauseMs = floatToJson(message.groupPauseMs);
     }
+    if (message.verification !== undefined) {
+      obj.verification = DrillReport.toJSON(message.verification);
+    }
     return obj;
   },
 
@@ -5652,6 +6307,9 @@ export const RecoveryPoint: MessageFns<RecoveryPoint> = {
     message.groupCutoffId = object.groupCutoffId ?? "";
     message.groupMembers = object.groupMembers?.map((e) => e) || [];
     message.groupPauseMs = object.groupPauseMs ?? 0;
+    message.verification = (object.verification !== undefined && object.verification !== null)
+      ? DrillReport.fromPartial(object.verification)
+      : undefined;
     return message;
   },
 };
@@ -6687,6 +7345,20 @@ export const ControlServiceService = {
       Buffer.from(ExtendReplicationResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ExtendReplicationResponse => ExtendReplicationResponse.decode(value),
   },
+  /**
+   * operator: a verification drill now (`qreplica verify`): a test failover of a point on the
+   * isolated network, the checks of the VM's policy, then the test VM is stopped; the result is
+   * recorded with the point (VerificationDrillRecorded).
+   */
+  verifyPoint: {
+    path: "/qreplica.v1.ControlService/VerifyPoint" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: VerifyPointRequest): Buffer => Buffer.from(VerifyPointRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): VerifyPointRequest => VerifyPointRequest.decode(value),
+    responseSerialize: (value: VerifyPointResponse): Buffer => Buffer.from(VerifyPointResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): VerifyPointResponse => VerifyPointResponse.decode(value),
+  },
 } as const;
 
 export interface ControlServiceServer extends UntypedServiceImplementation {
@@ -6738,6 +7410,12 @@ export interface ControlServiceServer extends UntypedServiceImplementation {
    * points to a third site, or stops doing so (`qreplica extend`).
    */
   extendReplication: handleUnaryCall<ExtendReplicationRequest, ExtendReplicationResponse>;
+  /**
+   * operator: a verification drill now (`qreplica verify`): a test failover of a point on the
+   * isolated network, the checks of the VM's policy, then the test VM is stopped; the result is
+   * recorded with the point (VerificationDrillRecorded).
+   */
+  verifyPoint: handleUnaryCall<VerifyPointRequest, VerifyPointResponse>;
 }
 
 export interface ControlServiceClient extends Client {
@@ -7082,6 +7760,26 @@ export interface ControlServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ExtendReplicationResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * operator: a verification drill now (`qreplica verify`): a test failover of a point on the
+   * isolated network, the checks of the VM's policy, then the test VM is stopped; the result is
+   * recorded with the point (VerificationDrillRecorded).
+   */
+  verifyPoint(
+    request: VerifyPointRequest,
+    callback: (error: ServiceError | null, response: VerifyPointResponse) => void,
+  ): ClientUnaryCall;
+  verifyPoint(
+    request: VerifyPointRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: VerifyPointResponse) => void,
+  ): ClientUnaryCall;
+  verifyPoint(
+    request: VerifyPointRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: VerifyPointResponse) => void,
   ): ClientUnaryCall;
 }
 
