@@ -2,6 +2,7 @@ import * as grpc from "@grpc/grpc-js";
 import { Consistency, CycleKind } from "../../gen/qreplica/v1/common.js";
 import { FailoverKind, ReplicationHealth, type ControlServiceServer, type RecoveryPoint as WirePoint, type RelationshipStatus } from "../../gen/qreplica/v1/control.js";
 import { pauseReplication, resumeReplication, resync } from "./replicationCommands.js";
+import { importInitialReplication, seedInitialReplication } from "../initialReplication.js";
 import { clearSuspectPoints, executeCommand, prepareFailover, relationshipStream, startReverseReplication, type JsonObject, type VmStatus } from "../../ledger/index.js";
 import { loadSiteCredentials } from "../../transport/index.js";
 import { checkPrimaryIdentity } from "../authorizations.js";
@@ -233,6 +234,14 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
       const { events } = await executeCommand(ctx.store, req.vmId, (s) => clearSuspectPoints(s, approval), { metadata: actorMetadata(caller) });
       return { clearedRecoveryPointIds: events.flatMap((e) => (e.type === "SuspectPointsCleared" ? e.data.pointIds : [])) };
     }),
+    seedInitialReplication: guarded("operator", async (req, caller) => {
+      const r = await seedInitialReplication(ctx, { vmId: req.vmId, seeds: req.seeds.map((x) => ({ diskId: x.diskId, imagePath: x.imagePath })) }, caller);
+      return { state: r.state, agentNotified: r.agentNotified, recoveryPointId: "", cycleSequence: 0n, localBytes: BigInt(r.localBytes) };
+    }),
+    importInitialReplication: guarded("operator", async (req, caller) => {
+      const r = await importInitialReplication(ctx, { vmId: req.vmId, exportDir: req.exportDir }, caller);
+      return { state: r.state, agentNotified: r.agentNotified, recoveryPointId: r.pointId, cycleSequence: BigInt(r.cycleSeq), localBytes: BigInt(r.localBytes) };
+    }),
   };
 }
 
@@ -273,6 +282,8 @@ function grpcCodeOf(err: unknown): grpc.status {
       "MERGE_BLOCKED_BY_TEST_FAILOVER",
       "MERGE_IN_PROGRESS",
       "SEED_UNUSABLE",
+      "EXPORT_UNUSABLE",
+      "INITIAL_REPLICATION_REFUSED",
       "RESYNC_ALREADY_APPROVED",
       "RECOVERY_POINT_LOCKED",
       "NO_CLEAN_POINT",

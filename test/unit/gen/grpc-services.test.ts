@@ -54,6 +54,8 @@ describe("generated gRPC services", () => {
     const controlImpl: ControlServiceServer = {
       startTestFailover: unimplemented,
       clearSuspectPoints: unimplemented,
+      seedInitialReplication: unimplemented,
+      importInitialReplication: unimplemented,
       stopTestFailover: unimplemented,
       failover: unimplemented,
       completeFailover: unimplemented,

@@ -6,7 +6,7 @@ import { agentPolicyFromWire, effectivePolicyToWire } from "../../../src/policy/
 import { CyclePolicy } from "../../../replica-agent/daemon/cyclePolicy.js";
 import type { AgentVmConfig } from "../../../replica-agent/daemon/agentConfig.js";
 
-const vm = { id: "vm1", intervalSeconds: 3600, compressionLevel: 2, resync: "automatic" } as AgentVmConfig;
+const vm = { id: "vm1", intervalSeconds: 3600, compressionLevel: 2, resync: "automatic", initialReplication: { kind: "now" } } as AgentVmConfig;
 
 describe("the effective policy on the wire", () => {
   it("carries what the agent needs, and reads back into it", () => {
