@@ -87,7 +87,10 @@ export class CyclePolicy {
       const configured = this.vm.initialReplication.kind === "at" ? this.vm.initialReplication.at : undefined;
       const at = (this.current.initialReplicationAt ?? configured)?.getTime();
       if (at === undefined || at <= Date.now()) return true;
-      if (!told) this.logger.info({ vm: this.vm.id, policy: this.label, at: new Date(at).toISOString() }, "initial replication scheduled by the policy: waiting");
+      if (!told) {
+        const by = this.current.initialReplicationAt ? `policy ${this.label}` : "the VM's config";
+        this.logger.info({ vm: this.vm.id, policy: this.label, at: new Date(at).toISOString() }, `initial replication scheduled by ${by}: waiting`);
+      }
       told = true;
       const timer = new AbortController();
       const wait = sleep(at - Date.now(), undefined, { signal: AbortSignal.any([stop, timer.signal]) }).then(

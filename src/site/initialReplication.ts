@@ -3,8 +3,10 @@ import { isAbsolute, join } from "node:path";
 import { QreplicaError } from "../common/errors.js";
 import { commitCycle, executeCommand, pointIdFor, startInitialReplication, type RelationshipState } from "../ledger/index.js";
 import { requireId } from "../model/index.js";
-import { ExportUnusableError, readExportManifest, sha256OfFile, type ExportManifest } from "../storage/exportManifest.js";
-import { copySeed, importBaseImages } from "../storage/initialImages.js";
+import { ExportUnusableError, readExportManifest, type ExportManifest } from "../storage/exportManifest.js";
+import { copySeed, hashExportedImage, importBaseImages, writeImportedIndex } from "../storage/initialImages.js";
+import { resyncChunkBytes } from "../storage/index.js";
+import type { ChunkDigestName } from "../common/chunkDigest.js";
 import { actorMetadata, type Caller } from "./controlPlane/caller.js";
 import type { SiteContext } from "./siteContext.js";
 
@@ -130,7 +132,8 @@ export async function importInitialReplication(
     const state = await ctx.relationships.load(vmId);
     checkExportFits(vmId, dir, m, state);
     const started = Date.now();
-    for (const d of m.disks) await verifyExportedDisk(dir, d);
+    const indexes = new Map<string, { chunkBytes: number; hashes: Buffer }>();
+    for (const d of m.disks) indexes.set(d.diskId, await verifyExportedDisk(dir, d, ctx.storage.indexDigest));
     const images = await importBaseImages(
       ctx.storage,
       vmId,
@@ -142,7 +145,12 @@ export async function importInitialReplication(
     const lockSeconds = (await ctx.relationships.retentionFor(vmId)).lockSeconds;
     const lockedUntil = lockSeconds ? new Date(new Date(m.cutoffAt).getTime() + lockSeconds * 1000).toISOString() : undefined;
     let after: RelationshipState;
+    const indexPaths: string[] = [];
     try {
+      for (const d of m.disks) {
+        const ix = indexes.get(d.diskId)!;
+        indexPaths.push(writeImportedIndex(ctx.storage, vmId, d.diskId, m.cycleSeq, d.sizeBytes, ix.chunkBytes, ix.hashes));
+      }
       await executeCommand(ctx.store, vmId, (s) => startInitialReplication(s, { cycleSeq: m.cycleSeq, cutoffAt: m.cutoffAt, generation: m.generation }), { metadata });
       after = (
         await executeCommand(
@@ -170,7 +178,7 @@ export async function importInitialReplication(
       ).newState;
     } catch (err) {
       // Not in the ledger, so not a point (a restart would remove the images too).
-      for (const i of images) rmSync(i.imagePath, { force: true });
+      for (const p of [...images.map((i) => i.imagePath), ...indexPaths]) rmSync(p, { force: true });
       throw err;
     }
     ctx.logger.info({ vm: vmId, dir, seq: m.cycleSeq, cutoffAt: m.cutoffAt, importedBytes, actor: caller.identity }, "export imported as the first recovery point");
@@ -205,8 +213,8 @@ function checkExportFits(vmId: string, dir: string, m: ExportManifest, state: Re
   if (extra.length) throw new ExportUnusableError(dir, `holds disks the relationship does not replicate: ${extra.map((e) => e.diskId).join(", ")}`);
 }
 
-/** The image must be what the agent wrote: its size and SHA-256 (media and copies can corrupt). */
-async function verifyExportedDisk(dir: string, d: ExportManifest["disks"][number]): Promise<void> {
+/** The image must be what the agent wrote: its size and SHA-256 (media and copies can corrupt). Returns its chunk hashes. */
+async function verifyExportedDisk(dir: string, d: ExportManifest["disks"][number], digest: ChunkDigestName): Promise<{ chunkBytes: number; hashes: Buffer }> {
   const path = join(dir, d.file);
   let size: number;
   try {
@@ -215,7 +223,9 @@ async function verifyExportedDisk(dir: string, d: ExportManifest["disks"][number
     throw new ExportUnusableError(dir, `image ${d.file} of disk ${d.diskId} is missing: copy the whole export directory`, { cause: err });
   }
   if (size !== d.sizeBytes) throw new ExportUnusableError(dir, `image ${d.file} of disk ${d.diskId} is ${size} bytes, the manifest says ${d.sizeBytes}: the copy is incomplete`);
-  const sum = await sha256OfFile(path);
-  if (sum !== d.sha256)
-    throw new ExportUnusableError(dir, `image ${d.file} of disk ${d.diskId} has SHA-256 ${sum}, the manifest says ${d.sha256}: the copy is corrupt; copy it again`);
+  const chunkBytes = resyncChunkBytes(d.sizeBytes);
+  const { sha256, chunkHashes } = await hashExportedImage(path, chunkBytes, digest);
+  if (sha256 !== d.sha256)
+    throw new ExportUnusableError(dir, `image ${d.file} of disk ${d.diskId} has SHA-256 ${sha256}, the manifest says ${d.sha256}: the copy is corrupt; copy it again`);
+  return { chunkBytes, hashes: chunkHashes };
 }

@@ -1,5 +1,4 @@
-import { createHash } from "node:crypto";
-import { closeSync, createReadStream, fsyncSync, openSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { z } from "zod";
 import { QreplicaError } from "../common/errors.js";
@@ -87,10 +86,4 @@ export function fsyncFile(path: string): void {
   } finally {
     closeSync(fd);
   }
-}
-
-export async function sha256OfFile(path: string): Promise<string> {
-  const h = createHash("sha256");
-  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
-  return h.digest("hex");
 }

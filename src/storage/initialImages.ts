@@ -1,6 +1,10 @@
+import { createHash } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, renameSync, rmSync, statSync } from "node:fs";
+import { open } from "node:fs/promises";
 import { dirname, join } from "node:path";
+import { chunkDigest, zeroChunkDigest, type ChunkDigestName } from "../common/chunkDigest.js";
 import { errorMessage } from "../common/errors.js";
+import { writeChunkHashFile } from "./chunkHashFile.js";
 import { runTool } from "../qemu/processes/index.js";
 import { SeedUnusableError, StorageWriteError } from "./errors.js";
 import { fsyncFile } from "./exportManifest.js";
@@ -77,4 +81,47 @@ export async function importBaseImages(
   for (const t of targets) renameSync(t.partial, t.final);
   for (const dir of new Set(targets.map((t) => dirname(t.final)))) fsyncFile(dir);
   return targets.map((t) => ({ diskId: t.diskId, imagePath: t.final }));
+}
+
+/**
+ * One read of an exported raw image: its SHA-256 (checked against the manifest) and the digest of
+ * each of its chunks, which becomes the imported point's chunk hash index (a later resync then
+ * compares against it without reading the replica).
+ */
+export async function hashExportedImage(path: string, chunkBytes: number, digest: ChunkDigestName): Promise<{ sha256: string; chunkHashes: Buffer }> {
+  const whole = createHash("sha256");
+  const hashes: Buffer[] = [];
+  const zero = Buffer.alloc(chunkBytes);
+  const unit = Buffer.allocUnsafe(chunkBytes * 16);
+  const fh = await open(path, "r");
+  try {
+    for (let at = 0; ; ) {
+      let filled = 0;
+      while (filled < unit.length) {
+        const { bytesRead } = await fh.read(unit, filled, unit.length - filled, at + filled);
+        if (bytesRead === 0) break;
+        filled += bytesRead;
+      }
+      if (filled === 0) break;
+      const data = unit.subarray(0, filled);
+      whole.update(data);
+      for (let c = 0; c < filled; c += chunkBytes) {
+        const chunk = data.subarray(c, Math.min(c + chunkBytes, filled));
+        hashes.push(chunk.equals(zero.subarray(0, chunk.length)) ? zeroChunkDigest(digest, chunk.length) : chunkDigest(digest, chunk));
+      }
+      at += filled;
+      if (filled < unit.length) break;
+    }
+  } finally {
+    await fh.close();
+  }
+  return { sha256: whole.digest("hex"), chunkHashes: Buffer.concat(hashes) };
+}
+
+/** The imported point's chunk hash index, written after its image (an index never exists without its point). */
+export function writeImportedIndex(storage: ReplicaStorage, vmId: string, diskId: string, seq: number, sizeBytes: number, chunkBytes: number, hashes: Buffer): string {
+  const path = storage.chunkHashPath(vmId, diskId, seq);
+  writeChunkHashFile(`${path}.partial`, { digest: storage.indexDigest, chunkBytes, sizeBytes, hashes });
+  renameSync(`${path}.partial`, path);
+  return path;
 }

@@ -77,3 +77,21 @@ describe("CyclePolicy", () => {
     expect(c.quiesceNow(14 * h + 300_000)).toEqual({ freezeTimeoutMs: 3000 });
   });
 });
+
+describe("CyclePolicy: the initial replication's time", () => {
+  const never = new Promise<never>(() => undefined);
+  it("the VM config's time holds the initial copy until then, unless a site policy names its own", async () => {
+    const at = new Date(Date.now() + 300);
+    const c = new CyclePolicy({ ...vm, initialReplication: { kind: "at", at } }, createLogger("test"));
+    expect(await c.untilInitialReplication([never], new AbortController().signal)).toBe(true);
+    expect(Date.now()).toBeGreaterThanOrEqual(at.getTime());
+    const held = new CyclePolicy({ ...vm, initialReplication: { kind: "at", at: new Date(Date.now() + 3_600_000) } }, createLogger("test"));
+    held.use(effectivePolicyToWire(parsePolicyYaml('name: now\ninitialReplication: { at: "2020-01-01T00:00:00Z" }'), 1), "hello");
+    expect(await held.untilInitialReplication([never], new AbortController().signal)).toBe(true);
+  });
+
+  it("a notice from the site ends the wait (false: the caller looks at it)", async () => {
+    const c = new CyclePolicy({ ...vm, initialReplication: { kind: "at", at: new Date(Date.now() + 3_600_000) } }, createLogger("test"));
+    expect(await c.untilInitialReplication([Promise.resolve()], new AbortController().signal)).toBe(false);
+  });
+});
