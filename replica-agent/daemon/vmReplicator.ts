@@ -430,6 +430,8 @@ export class VmReplicator {
           policyName: this.vm.policy ?? "",
           configuredIntervalSeconds: Math.round(this.vm.intervalSeconds),
           configuredCompressionLevel: this.vm.compressionLevel,
+          initialReplication: this.vm.initialReplication.kind,
+          ...(this.vm.initialReplication.kind === "at" ? { initialReplicationAt: this.vm.initialReplication.at } : {}),
         },
       },
     });

@@ -229,3 +229,20 @@ async function verifyExportedDisk(dir: string, d: ExportManifest["disks"][number
     throw new ExportUnusableError(dir, `image ${d.file} of disk ${d.diskId} has SHA-256 ${sha256}, the manifest says ${d.sha256}: the copy is corrupt; copy it again`);
   return { chunkBytes, hashes: chunkHashes };
 }
+
+/**
+ * What a VM without a point waits for, for status: the policy's or the agent config's time, an
+ * import of the primary's export, a seed. Empty when nothing holds it (or its agent is not connected).
+ */
+export function initialReplicationWait(ctx: SiteContext, vmId: string, now: Date): string {
+  const choice = ctx.sessionFor(vmId)?.initialChoice;
+  if (!choice) return "";
+  const policy = ctx.policies.effectivePolicy(vmId).initialReplication;
+  const policyAt = ctx.policies.effectivePolicyVersion(vmId).version > 0 && policy.kind === "at" ? new Date(policy.at) : undefined;
+  const at = policyAt ?? (choice.kind === "at" ? choice.at : undefined);
+  const seeded = ctx.storage.loadSeeds(vmId).length > 0;
+  if (choice.kind === "export" && !seeded) return `waiting for 'qreplica import ${vmId} --from DIR' of the primary's export`;
+  if (choice.kind === "seed" && !seeded) return `waiting for 'qreplica seed ${vmId} --disk DISK=IMAGE'`;
+  if (at && at > now) return `scheduled for ${at.toISOString()}${policyAt ? " (policy)" : " (agent config)"}`;
+  return "";
+}

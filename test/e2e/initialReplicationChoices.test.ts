@@ -42,6 +42,13 @@ async function commits(t: TwoSites): Promise<Commit[]> {
   return (await ledgerEvents(t.siteB)).filter((e) => e.type === "CycleCommitted").map((e) => e.data as unknown as Commit);
 }
 
+/** `qreplica status vm1 --json` on site B: the relationship as an operator sees it. */
+async function waitingFor(t: TwoSites): Promise<{ state: string; initialReplicationWait: string }> {
+  const r = await cliJson<{ relationships: Array<{ state: string; initialReplicationWait: string }> }>(["status", "vm1", "--dir", t.siteB]);
+  expect(r.code).toBe(0);
+  return r.body.relationships[0]!;
+}
+
 async function cliJson<T>(args: string[]): Promise<{ code: number; body: T }> {
   const r = await runCli([...args, "--json"]);
   return { code: r.code, body: JSON.parse(r.stdout || r.stderr) as T };
@@ -67,6 +74,7 @@ describe("initial replication choices", () => {
     expect((await compareImages(join(exportDir, "vda.raw"), atCutoff, { formatA: "raw", formatB: "raw" })).identical).toBe(true);
     expect([mode(exportDir), mode(manifestPath), mode(join(exportDir, "vda.raw"))]).toEqual([0o700, 0o600, 0o600]);
     await waitFor("the agent waiting for the import", () => (readFileSync(join(t.dir, "crash-agent.log"), "utf8").includes("waiting for its import") ? true : undefined), 30_000);
+    expect((await waitingFor(t)).initialReplicationWait).toMatch(/waiting for 'qreplica import vm1 --from DIR'/);
     // Writes after the cut-off: the agent's bitmap keeps them for the first incremental cycle.
     await t.vm.guestWrite("vda", ["write -P 0x33 30M 2M", "write -z 4M 1M"]);
 
@@ -134,7 +142,7 @@ describe("initial replication choices", () => {
         throw new Error(e.message + why());
       },
     );
-    expect((await t.relationship()).state).toBe("ready-for-initial-replication");
+    expect(await waitingFor(t)).toMatchObject({ state: "ready-for-initial-replication", initialReplicationWait: "waiting for 'qreplica seed vm1 --disk DISK=IMAGE'" });
 
     // Roles: a viewer is refused both commands; an operator passes the role check (and import is
     // refused for want of an export, not of a role).
@@ -173,4 +181,32 @@ describe("initial replication choices", () => {
     expect(mode(seedCopy)).toBe(0o600);
     expect(JSON.parse(readFileSync(join(loadSiteConfig(t.siteB).storageRoot, "vm1", "seeds.json"), "utf8"))).toEqual([{ diskId: "vda", imagePath: seedCopy }]);
   }, 120_000);
+
+  it("at a scheduled time: the initial copy waits for it (status says so), then runs over the network", async () => {
+    const t = await setup("qr-at-", { diskBytes: 16 * MiB, intervalSeconds: 1 });
+    const why = diag(t);
+    await t.startSite(t.siteB);
+    await t.vm.guestWrite("vda", ["write -P 0x51 0 2M"]);
+    const at = new Date(Date.now() + 12_000);
+    startGuestAgent(t, storageVm(t), { intervalSeconds: 1, vmExtra: { initialReplication: { at: at.toISOString() } } });
+    const waiting = await waitFor(
+      "status naming the scheduled time",
+      async () => {
+        if (Date.now() >= at.getTime()) throw new Error(`the agent did not report its schedule before it was due${why()}`);
+        const w = await waitingFor(t).catch(() => undefined);
+        return w?.initialReplicationWait ? w : undefined;
+      },
+      30_000,
+    );
+    expect(waiting).toMatchObject({ state: "ready-for-initial-replication", initialReplicationWait: `scheduled for ${at.toISOString()} (agent config)` });
+    expect(await commits(t)).toEqual([]);
+    const first = await waitFor("the initial point", async () => (await commits(t))[0], 60_000).catch((e: Error) => {
+      throw new Error(e.message + why());
+    });
+    expect(first.kind).toBe("full");
+    const started = (await ledgerEvents(t.siteB)).find((e) => e.type === "InitialReplicationStarted")!;
+    expect(new Date((started.data as { cutoffAt: string }).cutoffAt).getTime()).toBeGreaterThanOrEqual(at.getTime());
+    const point = (await t.relationship()).points[0]!;
+    expect((await compareImages(point.disks[0]!.imagePath, t.vm.guestUri("vda"), { formatA: "qcow2", formatB: "raw" })).identical).toBe(true);
+  }, 90_000);
 });

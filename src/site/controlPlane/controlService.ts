@@ -2,7 +2,7 @@ import * as grpc from "@grpc/grpc-js";
 import { Consistency, CycleKind } from "../../gen/qreplica/v1/common.js";
 import { FailoverKind, ReplicationHealth, type ControlServiceServer, type RecoveryPoint as WirePoint, type RelationshipStatus } from "../../gen/qreplica/v1/control.js";
 import { pauseReplication, resumeReplication, resync } from "./replicationCommands.js";
-import { importInitialReplication, seedInitialReplication } from "../initialReplication.js";
+import { importInitialReplication, initialReplicationWait, seedInitialReplication } from "../initialReplication.js";
 import { clearSuspectPoints, executeCommand, prepareFailover, relationshipStream, startReverseReplication, type JsonObject, type VmStatus } from "../../ledger/index.js";
 import { loadSiteCredentials } from "../../transport/index.js";
 import { checkPrimaryIdentity } from "../authorizations.js";
@@ -80,6 +80,7 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
       healthReasons: evaluated?.result.reasons.map(wireHealthReason) ?? [],
       policyName: evaluated?.policyName ?? "",
       cycleInProgress: cycleInProgressOf(s.vmId),
+      initialReplicationWait: s.state === "ready-for-initial-replication" ? initialReplicationWait(ctx, s.vmId, new Date()) : "",
     };
   };
   const cycleInProgressOf = (vmId: string) => {

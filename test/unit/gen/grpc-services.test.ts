@@ -86,6 +86,7 @@ describe("generated gRPC services", () => {
               healthMessage: "",
               healthReasons: [],
               policyName: "",
+              initialReplicationWait: "",
             },
           ],
         }),
@@ -129,6 +130,7 @@ describe("generated gRPC services", () => {
           policyName: "",
           configuredIntervalSeconds: 0,
           configuredCompressionLevel: 0,
+          initialReplication: "",
         },
       },
     });

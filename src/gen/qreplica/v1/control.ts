@@ -433,7 +433,14 @@ export interface RelationshipStatus {
    * The cycle the site is receiving now; unset between cycles. What `qreplica wait`, `resync
    * --wait`, `failover --planned` and `reverse --wait` show as progress.
    */
-  cycleInProgress?: CycleInProgress | undefined;
+  cycleInProgress?:
+    | CycleInProgress
+    | undefined;
+  /**
+   * Before the first point: what the initial replication waits for (a scheduled time, an import
+   * of the primary's export, a seed); empty otherwise.
+   */
+  initialReplicationWait: string;
 }
 
 /** A cycle between its CycleBegin and its commit, as far as the site has received it. */
@@ -3905,6 +3912,7 @@ function createBaseRelationshipStatus(): RelationshipStatus {
     healthReasons: [],
     policyName: "",
     cycleInProgress: undefined,
+    initialReplicationWait: "",
   };
 }
 
@@ -3951,6 +3959,9 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
     }
     if (message.cycleInProgress !== undefined) {
       CycleInProgress.encode(message.cycleInProgress, writer.uint32(106).fork()).join();
+    }
+    if (message.initialReplicationWait !== "") {
+      writer.uint32(482).string(message.initialReplicationWait);
     }
     return writer;
   },
@@ -4072,6 +4083,14 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
             message.cycleInProgress = CycleInProgress.decode(reader, reader.uint32());
             continue;
           }
+          case 60: {
+            if (tag !== 482) {
+              break;
+            }
+
+            message.initialReplicationWait = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4135,6 +4154,11 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
         : isSet(object.cycle_in_progress)
         ? CycleInProgress.fromJSON(object.cycle_in_progress)
         : undefined,
+      initialReplicationWait: isSet(object.initialReplicationWait)
+        ? globalThis.String(object.initialReplicationWait)
+        : isSet(object.initial_replication_wait)
+        ? globalThis.String(object.initial_replication_wait)
+        : "",
     };
   },
 
@@ -4179,6 +4203,9 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
     if (message.cycleInProgress !== undefined) {
       obj.cycleInProgress = CycleInProgress.toJSON(message.cycleInProgress);
     }
+    if (message.initialReplicationWait !== "") {
+      obj.initialReplicationWait = message.initialReplicationWait;
+    }
     return obj;
   },
 
@@ -4206,6 +4233,7 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
     message.cycleInProgress = (object.cycleInProgress !== undefined && object.cycleInProgress !== null)
       ? CycleInProgress.fromPartial(object.cycleInProgress)
       : undefined;
+    message.initialReplicationWait = object.initialReplicationWait ?? "";
     return message;
   },
 };
