@@ -62,7 +62,8 @@ describe("initial replication choices", () => {
     await t.startSite(t.siteB);
     await t.vm.guestWrite("vda", ["write -P 0x11 0 8M", "write -P 0x22 20M 4M"]);
     const exportDir = join(t.dir, "media", "vm1");
-    startGuestAgent(t, storageVm(t), { intervalSeconds: 1, vmExtra: { initialReplication: { export: exportDir } } });
+    const exporting = { intervalSeconds: 1, vmExtra: { initialReplication: { export: exportDir } } };
+    const agent = startGuestAgent(t, storageVm(t), exporting);
     const manifestPath = join(exportDir, "manifest.json");
     await waitFor("the export's manifest", () => (existsSync(manifestPath) ? true : undefined), 60_000).catch((e: Error) => {
       throw new Error(e.message + why());
@@ -78,6 +79,16 @@ describe("initial replication choices", () => {
     expect((await waitingFor(t)).initialReplicationWait).toMatch(/waiting for 'qreplica import vm1 --from DIR'/);
     // Writes after the cut-off: the agent's bitmap keeps them for the first incremental cycle.
     await t.vm.guestWrite("vda", ["write -P 0x33 30M 2M", "write -z 4M 1M"]);
+    // An agent restart while the media travels: it waits for the import again, without a new export,
+    // and its change tracking since the cut-off survives (the writes above arrive after the import).
+    const exportedAt = readFileSync(manifestPath, "utf8");
+    await agent.kill("SIGTERM");
+    startGuestAgent(t, storageVm(t), exporting);
+    const waits = () => readFileSync(join(t.dir, "crash-agent.log"), "utf8").split("waiting for its import").length - 1;
+    await waitFor("the restarted agent waiting for the import", () => (waits() >= 2 ? true : undefined), 60_000).catch((e: Error) => {
+      throw new Error(e.message + why());
+    });
+    expect(readFileSync(manifestPath, "utf8")).toBe(exportedAt);
 
     // Nothing was sent meanwhile: the site has the relationship and no cycle.
     expect(await commits(t)).toEqual([]);
