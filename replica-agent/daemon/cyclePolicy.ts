@@ -88,7 +88,7 @@ export class CyclePolicy {
       const at = (this.current.initialReplicationAt ?? configured)?.getTime();
       if (at === undefined || at <= Date.now()) return true;
       if (!told) {
-        const by = this.current.initialReplicationAt ? `policy ${this.label}` : "the VM's config";
+        const by = this.current.initialReplicationAt ? "the policy" : "the VM's config";
         this.logger.info({ vm: this.vm.id, policy: this.label, at: new Date(at).toISOString() }, `initial replication scheduled by ${by}: waiting`);
       }
       told = true;
