@@ -13,6 +13,7 @@ import { wan } from "./wan.js";
 import { commandAtAge, ledgerAppend, projectionRebuild } from "./ledgerAge.js";
 import { cliStart } from "./cliStart.js";
 import { zstdCodecs } from "./zstdCodecs.js";
+import { groupCutoff } from "./groupCutoff.js";
 import { formatResult, type BenchResult, type Benchmark } from "./report.js";
 
 const benchmarks: Record<string, Benchmark> = {
@@ -31,6 +32,7 @@ const benchmarks: Record<string, Benchmark> = {
   "command-at-age": commandAtAge,
   "cli-start": cliStart,
   "zstd-codec": zstdCodecs,
+  "group-cutoff": groupCutoff,
 };
 
 const program = new Command()

@@ -8,7 +8,7 @@ import { existsSync } from "node:fs";
 import { tightenTree } from "../src/common/dataAtRest.js";
 import { createLogger } from "../src/common/logger.js";
 import { errorMessage } from "../src/common/errors.js";
-import { loadSiteCredentials } from "../src/transport/index.js";
+import { loadSiteCredentials, RevocationList } from "../src/transport/index.js";
 import { AgentConfigError, loadAgentConfig } from "./daemon/agentConfig.js";
 import { CycleScheduler } from "./daemon/cycleScheduler.js";
 import { AgentVms } from "./daemon/agentVms.js";
@@ -32,6 +32,8 @@ const logger = createLogger("qreplica-agent");
 try {
   const config = loadAgentConfig(opts.config);
   const tls = loadSiteCredentials(config.tls, { logger });
+  // Read again whenever it changes (a restart applies a new path): a revoked site is refused at the next dial.
+  if (config.tls.crlFile) tls.revocations = await RevocationList.open(config.tls.crlFile, config.tls.caFile, { logger: logger.child({ part: "revocation" }) });
   // A state directory an older version made may still be readable by others: tighten it.
   const tightened = existsSync(config.stateDir) ? tightenTree(config.stateDir) : 0;
   if (tightened > 0) logger.warn({ stateDir: config.stateDir, entries: tightened }, "took group/other permissions off state files an older version left readable");

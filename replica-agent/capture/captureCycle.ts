@@ -2,6 +2,7 @@ import type { Logger } from "../../src/common/logger.js";
 import type { NbdClient } from "../../src/qemu/nbd/index.js";
 import type { QmpClient } from "../../src/qemu/qmp/index.js";
 import { CycleFinishedError } from "./errors.js";
+import type { GroupCut } from "./groupCutoff.js";
 import { readRanges, type ByteRange, type CaptureExtent, type ExtentReadOptions, type ExtentReadStats } from "./extentReader.js";
 import { bitmapName } from "./naming.js";
 
@@ -94,6 +95,8 @@ export class CaptureCycle {
     readonly vcpuPauseMs?: number,
     /** The cut-off was to freeze the guest and did not: why (the cycle is crash-consistent). */
     readonly quiesceFailure?: string,
+    /** The consistency group's cut-off this cycle was cut in, if the VM is in a group. */
+    readonly group?: GroupCut,
   ) {}
 
   get finished(): boolean {

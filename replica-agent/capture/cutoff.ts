@@ -7,6 +7,7 @@ import { IothreadDiskError } from "./errors.js";
 import { deviceIothread, guestAttachment, unattachedIothreads, type Attachment, type GuestDevice } from "./guestAttachment.js";
 import { addScratchNode, insertCbwFilter, scratchImagePath } from "./snapshotGraph.js";
 import { teardownDisk } from "./teardown.js";
+import type { GroupCut, GroupCutoff } from "./groupCutoff.js";
 import { withVcpusPaused, type PauseMarker } from "./vcpuPause.js";
 
 /**
@@ -36,6 +37,8 @@ export interface CutoffRequest {
   /** Brackets the cut with a filesystem freeze; returns how consistent the cut is. */
   freeze: <T>(fn: () => Promise<T>) => Promise<{ result: T; consistency: Consistency; quiesceFailure?: string }>;
   pauseMarker: PauseMarker;
+  /** A consistency group's coordinator: the cut runs in the group's common pause instead of this VM's own. */
+  group?: GroupCutoff;
   logger: Logger;
 }
 
@@ -47,6 +50,8 @@ export interface TakenCutoff {
   disks: CutoffDisk[];
   /** How long the vCPUs were stopped around the cut; undefined when they were not (no guest device, or VM not running). */
   vcpuPauseMs: number | undefined;
+  /** The group cut-off this one was part of. */
+  group?: GroupCut;
 }
 
 /** Every file a cut-off of the disk may have created in the scratch directory. */
@@ -87,17 +92,9 @@ export async function takeCutoff(req: CutoffRequest): Promise<TakenCutoff> {
       ...(kind === "incremental" ? [{ type: "block-dirty-bitmap-disable", data: { node: d.node, name: bitmapName(seq - 1) } }] : []),
       ...(d.device ? [] : [fleeceBackupAction(d.id, d.node)]),
     ]);
-    const cut = async (): Promise<{ at: Date; vcpuPauseMs: number | undefined }> => {
+    const cut = async (): Promise<{ at: Date; vcpuPauseMs: number | undefined; group?: GroupCut }> => {
       const guestDisks = disks.filter((d): d is CutoffDisk & { device: GuestDevice } => d.device !== undefined);
-      if (guestDisks.length === 0) {
-        // Stamped before the transaction: every write acknowledged before `at` is in the point (a
-        // stamp taken after a slow reply would claim writes it does not hold).
-        const at = new Date();
-        await qmp.execute("transaction", { actions });
-        rotated = true;
-        return { at, vcpuPauseMs: undefined };
-      }
-      const paused = await withVcpusPaused(qmp, req.pauseMarker, logger, async () => {
+      const cutDisks = async (): Promise<Date> => {
         for (const d of guestDisks) {
           await insertCbwFilter(qmp, {
             diskId: d.id,
@@ -111,15 +108,37 @@ export async function takeCutoff(req: CutoffRequest): Promise<TakenCutoff> {
             stepTimeoutMs: PAUSED_STEP_TIMEOUT_MS,
           });
         }
+        // Stamped before the transaction: every write acknowledged before `at` is in the point.
         const at = new Date();
         await qmp.execute("transaction", { actions }, { timeoutMs: PAUSED_STEP_TIMEOUT_MS });
         rotated = true;
         return at;
-      });
+      };
+      if (req.group) {
+        // Every member's guest is stopped around every member's cut: one instant for the group.
+        const g = await req.group.join(req.vmId, qmp, req.pauseMarker, logger, cutDisks);
+        return { at: g.result, vcpuPauseMs: g.pausedMs, group: g.group };
+      }
+      if (guestDisks.length === 0) {
+        // Stamped before the transaction: every write acknowledged before `at` is in the point (a
+        // stamp taken after a slow reply would claim writes it does not hold).
+        const at = new Date();
+        await qmp.execute("transaction", { actions });
+        rotated = true;
+        return { at, vcpuPauseMs: undefined };
+      }
+      const paused = await withVcpusPaused(qmp, req.pauseMarker, logger, cutDisks);
       return { at: paused.result, vcpuPauseMs: paused.pausedMs };
     };
     const frozen = await req.freeze(cut);
-    return { at: frozen.result.at, consistency: frozen.consistency, quiesceFailure: frozen.quiesceFailure, disks, vcpuPauseMs: frozen.result.vcpuPauseMs };
+    return {
+      at: frozen.result.at,
+      consistency: frozen.consistency,
+      quiesceFailure: frozen.quiesceFailure,
+      disks,
+      vcpuPauseMs: frozen.result.vcpuPauseMs,
+      ...(frozen.result.group ? { group: frozen.result.group } : {}),
+    };
   } catch (err) {
     // The transaction is atomic and the last step of the cut: if it failed no bitmap changed and
     // only the graph must go. A failure after it (resuming the guest) also undoes the rotation.

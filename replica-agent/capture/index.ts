@@ -13,3 +13,4 @@ export {
 export type { ByteRange, CaptureExtent, ExtentReadOptions, ExtentReadStats } from "./extentReader.js";
 export type { DiskReport } from "./reconcile.js";
 export { VmCapture, type CaptureDiskConfig, type Quiescer, type ReconcileReport, type VmCaptureOptions, type VmCaptureStatus } from "./vmCapture.js";
+export { DEFAULT_GROUP_JOIN_TIMEOUT_MS, GroupCutoff, type GroupCut, type GroupPaused } from "./groupCutoff.js";

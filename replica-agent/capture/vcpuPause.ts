@@ -35,14 +35,15 @@ export async function withVcpusPaused<T>(qmp: QmpClient, marker: PauseMarker, lo
   try {
     result = await fn();
   } finally {
-    await resume(qmp, logger);
+    await resumeVcpus(qmp, logger);
     marker.clear();
   }
   const pausedMs = Number(process.hrtime.bigint() - stoppedAt) / 1e6;
   return { result, pausedMs };
 }
 
-async function resume(qmp: QmpClient, logger: Logger): Promise<void> {
+/** `cont`, over a fresh monitor connection if ours broke (the guest must never stay paused by us). */
+export async function resumeVcpus(qmp: QmpClient, logger: Logger): Promise<void> {
   try {
     await qmp.execute("cont");
     return;

@@ -7,6 +7,7 @@ import { QmpCommandError, namedBitmaps, queryNamedBlockNodes, type QmpClient } f
 import { CaptureCycle, DiskCycle, qmpBitmapHandoff, type Consistency, type CycleKind } from "./captureCycle.js";
 import { CaptureStateFile, type VmCaptureState } from "./captureState.js";
 import { scratchFiles, takeCutoff, type CutoffDisk } from "./cutoff.js";
+import type { GroupCutoff } from "./groupCutoff.js";
 import { CaptureNotEnabledError, CycleInProgressError, DiskResizedDuringCutoffError, ResyncRequiredError, SnapshotBrokenError } from "./errors.js";
 import { allocationRanges, dirtyRanges, type ExtentReadOptions } from "./extentReader.js";
 import { addCutoffExport } from "./fleece.js";
@@ -53,6 +54,8 @@ export interface VmCaptureOptions {
    */
   quiesceNow?: () => { freezeTimeoutMs: number } | undefined;
   read?: ExtentReadOptions & { connections?: number };
+  /** The VM's consistency group: its cut-offs are taken together with the other members'. */
+  group?: GroupCutoff;
   logger?: Logger;
 }
 
@@ -182,6 +185,7 @@ export class VmCapture {
       cbwTimeoutSeconds: this.opts.cbwTimeoutSeconds ?? DEFAULT_CBW_TIMEOUT_SECONDS,
       freeze: (fn) => this.frozen(fn),
       pauseMarker: { set: () => this.markPause(true), clear: () => this.markPause(false) },
+      ...(this.opts.group ? { group: this.opts.group } : {}),
       logger: this.logger,
     });
 
@@ -204,6 +208,7 @@ export class VmCapture {
       async (d) => void (await this.teardownDisk(d.diskId, d.node)),
       taken.vcpuPauseMs,
       taken.quiesceFailure,
+      taken.group,
     );
     this.openCycle = cycle;
     try {
@@ -231,6 +236,7 @@ export class VmCapture {
         consistency: taken.consistency,
         quiesceFailure: taken.quiesceFailure,
         vcpuPauseMs: taken.vcpuPauseMs,
+        ...(taken.group ? { group: taken.group.groupId, groupCutoffId: taken.group.cutoffId, groupPauseMs: taken.group.groupPauseMs, joined: taken.group.joined } : {}),
         graph: taken.disks.map((d) => `${d.id}:${d.device ? `copy-before-write${d.device.filter ? ` under throttle ${d.device.filter.node}` : ""}` : "backup-sync-none"}`),
         scratchFreeBytes: freeBytes,
         cbwTimeoutSeconds: taken.disks.some((d) => d.device) ? (this.opts.cbwTimeoutSeconds ?? DEFAULT_CBW_TIMEOUT_SECONDS) : undefined,

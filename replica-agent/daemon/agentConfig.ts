@@ -8,6 +8,7 @@ import { ID_PATTERN, isValidId, type IdKind, VmSpecError, validateVmSpec, type V
 import { DEFAULTS } from "../../src/policy/schema.js";
 import { DEFAULT_SCRATCH_MIN_FREE_BYTES } from "../capture/scratchSpace.js";
 import { DEFAULT_CBW_TIMEOUT_SECONDS } from "../capture/vmCapture.js";
+import { DEFAULT_GROUP_JOIN_TIMEOUT_MS } from "../capture/groupCutoff.js";
 import { LibvirtVmSchema, type LibvirtVmConfig } from "./libvirtConfig.js";
 
 export interface AgentVmConfig {
@@ -77,6 +78,19 @@ export interface AgentVmConfig {
    * "seed" (wait until the replica site holds a seed, `qreplica seed`; only differing chunks travel).
    */
   initialReplication: InitialReplicationChoice;
+  /**
+   * The consistency group the VM belongs to (config `groups:`): its cut-offs are taken in one
+   * pause with the other members' (see capture/groupCutoff.ts).
+   */
+  group?: AgentGroupConfig;
+}
+
+export interface AgentGroupConfig {
+  id: string;
+  /** Every member's VM id, in config order. */
+  members: string[];
+  /** How long a member ready to cut waits for the others before the group cuts without them. */
+  joinTimeoutMs: number;
 }
 
 export type InitialReplicationChoice = { kind: "now" } | { kind: "at"; at: Date } | { kind: "export"; dir: string } | { kind: "seed" };
@@ -85,7 +99,8 @@ export interface AgentConfig {
   /** This primary site's id, sent in Hello. The agent's identity is its certificate. */
   siteId: string;
   stateDir: string;
-  tls: { caFile: string; certFile: string; keyFile: string };
+  /** crlFile: the deployment CA's revocation list; a replica site whose certificate it lists is refused. */
+  tls: { caFile: string; certFile: string; keyFile: string; crlFile?: string };
   vms: AgentVmConfig[];
   /**
    * Most cycles (initial replications and resyncs included) this agent runs at once, over all its
@@ -201,17 +216,67 @@ const vmSchema = z
     if (vm.disks === undefined) ctx.addIssue({ code: "custom", path: ["disks"], message: "is missing: list the VM's disks as { id, node }" });
   });
 
-export const agentConfigSchema = z.strictObject({
-  siteId: text("give this primary site's id, e.g. siteId: site-a"),
-  stateDir: path("state directory"),
-  tls: z.strictObject({ caFile: path("CA certificate file"), certFile: path("agent's certificate file"), keyFile: path("agent's key file") }),
-  vms: z.array(vmSchema).min(1, "must list at least one VM"),
-  maxCyclesInFlight: intIn(1, 256, `it bounds how many VMs of this host replicate at once; the default is ${DEFAULT_MAX_CYCLES_IN_FLIGHT}`).optional(),
-  metricsListen: hostPortField(0, "127.0.0.1:9465").optional(),
-  // Cut-off safety knobs: agent-wide, each VM may override (a VM on slower scratch storage, say).
-  cbwTimeoutSeconds: cbwTimeout.optional(),
-  scratchMinFreeMiB: scratchMinFreeMiB.optional(),
+const groupSchema = z.strictObject({
+  id: id("group id", "app1"),
+  vms: z.array(text("name a VM of this config's vms: by its id")).min(2, "must list at least two VM ids of this config (a group of one is just a VM)"),
+  joinTimeoutSeconds: numberIn(
+    0.1,
+    600,
+    `seconds a member ready to cut waits for the other members before the group cuts without them; the default is ${DEFAULT_GROUP_JOIN_TIMEOUT_MS / 1000}`,
+  ).optional(),
 });
+
+export const agentConfigSchema = z
+  .strictObject({
+    siteId: text("give this primary site's id, e.g. siteId: site-a"),
+    stateDir: path("state directory"),
+    tls: z.strictObject({
+      caFile: path("CA certificate file"),
+      certFile: path("agent's certificate file"),
+      keyFile: path("agent's key file"),
+      crlFile: path("revocation list file (the CA's crl.pem, 'qreplica pki crl')").optional(),
+    }),
+    vms: z.array(vmSchema).min(1, "must list at least one VM"),
+    maxCyclesInFlight: intIn(1, 256, `it bounds how many VMs of this host replicate at once; the default is ${DEFAULT_MAX_CYCLES_IN_FLIGHT}`).optional(),
+    metricsListen: hostPortField(0, "127.0.0.1:9465").optional(),
+    // Cut-off safety knobs: agent-wide, each VM may override (a VM on slower scratch storage, say).
+    cbwTimeoutSeconds: cbwTimeout.optional(),
+    scratchMinFreeMiB: scratchMinFreeMiB.optional(),
+    /** Consistency groups: VMs whose cut-offs are taken together (one pause, one group point). */
+    groups: z.array(groupSchema).optional(),
+  })
+  .superRefine((c, ctx) => {
+    const vms = new Map(c.vms.map((vm) => [vm.id, vm]));
+    const inGroup = new Map<string, string>();
+    const groupIds = new Set<string>();
+    c.groups?.forEach((g, gi) => {
+      if (groupIds.has(g.id)) ctx.addIssue({ code: "custom", path: ["groups", gi, "id"], message: `group ${g.id} is listed twice: give each group one entry` });
+      groupIds.add(g.id);
+      g.vms.forEach((vmId, vi) => {
+        const at = ["groups", gi, "vms", vi];
+        const vm = vms.get(vmId);
+        if (!vm) return ctx.addIssue({ code: "custom", path: at, message: `names VM ${vmId}, which is not in vms: add it there or remove it from the group` });
+        const other = inGroup.get(vmId);
+        if (other !== undefined) return ctx.addIssue({ code: "custom", path: at, message: `VM ${vmId} is already in group ${other}: a VM belongs to one group at most` });
+        inGroup.set(vmId, g.id);
+        if (vm.libvirt) ctx.addIssue({ code: "custom", path: at, message: `VM ${vmId} is a libvirt domain: groups need the QMP capture (qmpSocket); remove it from the group` });
+        const first = vms.get(g.vms[0]!);
+        if (first && (vm.replicaSite !== first.replicaSite || vm.replicaSiteId !== first.replicaSiteId))
+          ctx.addIssue({
+            code: "custom",
+            path: at,
+            message: `VM ${vmId} replicates to another site than ${first.id}: a group's members replicate to one site (its group points are kept there)`,
+          });
+      });
+      const max = c.maxCyclesInFlight ?? DEFAULT_MAX_CYCLES_IN_FLIGHT;
+      if (g.vms.length > max)
+        ctx.addIssue({
+          code: "custom",
+          path: ["groups", gi, "vms"],
+          message: `${g.vms.length} members, but maxCyclesInFlight is ${max}: the members cut together, so set maxCyclesInFlight to at least ${g.vms.length}`,
+        });
+    });
+  });
 
 function initialChoice(v: z.infer<typeof vmSchema>["initialReplication"], abs: (p: string) => string): InitialReplicationChoice {
   if (v === undefined || v === "now") return { kind: "now" };
@@ -247,6 +312,11 @@ export function agentConfigFrom(raw: unknown, file: string): AgentConfig {
   const abs = (p: string) => (isAbsolute(p) ? p : resolve(base, p));
   const cbwDefault = c.cbwTimeoutSeconds ?? DEFAULT_CBW_TIMEOUT_SECONDS;
   const minFreeDefault = c.scratchMinFreeMiB ?? DEFAULT_SCRATCH_MIN_FREE_MIB;
+  const groupOf = new Map<string, AgentGroupConfig>();
+  for (const g of c.groups ?? []) {
+    const group: AgentGroupConfig = { id: g.id, members: [...g.vms], joinTimeoutMs: Math.round((g.joinTimeoutSeconds ?? DEFAULT_GROUP_JOIN_TIMEOUT_MS / 1000) * 1000) };
+    for (const vmId of g.vms) groupOf.set(vmId, group);
+  }
   const vms = c.vms.map(
     (vm): AgentVmConfig => ({
       id: vm.id,
@@ -269,12 +339,13 @@ export function agentConfigFrom(raw: unknown, file: string): AgentConfig {
       generation: vm.generation,
       initialReplication: initialChoice(vm.initialReplication, abs),
       ...(vm.policy === undefined ? {} : { policy: vm.policy }),
+      ...(groupOf.has(vm.id) ? { group: groupOf.get(vm.id)! } : {}),
     }),
   );
   return {
     siteId: c.siteId,
     stateDir: abs(c.stateDir),
-    tls: { caFile: abs(c.tls.caFile), certFile: abs(c.tls.certFile), keyFile: abs(c.tls.keyFile) },
+    tls: { caFile: abs(c.tls.caFile), certFile: abs(c.tls.certFile), keyFile: abs(c.tls.keyFile), ...(c.tls.crlFile ? { crlFile: abs(c.tls.crlFile) } : {}) },
     vms,
     maxCyclesInFlight: c.maxCyclesInFlight ?? DEFAULT_MAX_CYCLES_IN_FLIGHT,
     ...(c.metricsListen === undefined ? {} : { metricsListen: c.metricsListen }),

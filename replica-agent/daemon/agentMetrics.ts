@@ -12,6 +12,8 @@ type PromClient = typeof import("prom-client");
 
 /** Seconds, as the site's histogram (site/health/siteMetrics.ts). */
 const BUCKETS = [0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600];
+/** Seconds a guest is paused for a cut-off: milliseconds matter (the group-cutoff goal is 50 ms). */
+const PAUSE_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10];
 
 export type CycleOutcome = "committed" | "failed" | "refused" | "skipped";
 
@@ -24,6 +26,9 @@ class AgentMetrics {
   private readonly missedSlots: InstanceType<PromClient["Counter"]>;
   private readonly inFlight: InstanceType<PromClient["Gauge"]>;
   private readonly lastCommit: InstanceType<PromClient["Gauge"]>;
+  private readonly pause: InstanceType<PromClient["Histogram"]>;
+  private readonly groupCutoffs: InstanceType<PromClient["Counter"]>;
+  private readonly groupPause: InstanceType<PromClient["Histogram"]>;
 
   constructor(prom: PromClient) {
     this.registry = new prom.Registry();
@@ -69,6 +74,26 @@ class AgentMetrics {
       labelNames: ["vm"],
       registers: [this.registry],
     });
+    this.pause = new prom.Histogram({
+      name: "qreplica_agent_cutoff_pause_seconds",
+      help: "How long the VM's vCPUs were stopped for a committed cycle's cut-off (stop to cont)",
+      labelNames: ["vm"],
+      buckets: PAUSE_BUCKETS,
+      registers: [this.registry],
+    });
+    this.groupCutoffs = new prom.Counter({
+      name: "qreplica_agent_group_cutoffs_total",
+      help: "Consistency group cut-offs whose members' cycles were committed: complete (every member joined) or partial (some did not arrive in time: no group point)",
+      labelNames: ["group", "outcome"],
+      registers: [this.registry],
+    });
+    this.groupPause = new prom.Histogram({
+      name: "qreplica_agent_group_cutoff_pause_seconds",
+      help: "How long a consistency group's guests were paused for one cut-off (first stop sent to last cont answered)",
+      labelNames: ["group"],
+      buckets: PAUSE_BUCKETS,
+      registers: [this.registry],
+    });
     prom.collectDefaultMetrics({ register: this.registry, prefix: "qreplica_agent_" });
   }
 
@@ -78,6 +103,18 @@ class AgentMetrics {
     this.sent.inc({ vm }, v.sentBytes);
     this.duration.observe({ vm }, v.seconds);
     this.lastCommit.set({ vm }, Date.now() / 1000);
+  }
+
+  /** A committed cycle's cut-off: the VM's own pause, and (once per group cut, by its first member) the group's. */
+  cutoff(
+    vm: string,
+    c: { vcpuPauseMs?: number | undefined; group?: { groupId: string; members: string[]; joined: string[]; groupPauseMs: number | undefined } | undefined },
+  ): void {
+    if (c.vcpuPauseMs !== undefined) this.pause.observe({ vm }, c.vcpuPauseMs / 1000);
+    const g = c.group;
+    if (!g || g.joined[0] !== vm) return;
+    this.groupCutoffs.inc({ group: g.groupId, outcome: g.members.every((m) => g.joined.includes(m)) ? "complete" : "partial" });
+    if (g.groupPauseMs !== undefined) this.groupPause.observe({ group: g.groupId }, g.groupPauseMs / 1000);
   }
 
   outcome(vm: string, outcome: Exclude<CycleOutcome, "committed">): void {
@@ -113,6 +150,7 @@ export async function enableAgentMetrics(): Promise<Registry> {
 export const agentMetrics: Omit<AgentMetrics, "registry"> = {
   committed: (vm, v) => enabled?.committed(vm, v),
   outcome: (vm, o) => enabled?.outcome(vm, o),
+  cutoff: (vm, c) => enabled?.cutoff(vm, c),
   slotsMissed: (vm, n) => enabled?.slotsMissed(vm, n),
   cyclesInFlight: (n) => enabled?.cyclesInFlight(n),
   declare: (vm) => enabled?.declare(vm),

@@ -87,12 +87,13 @@ export class AgentVms {
     let tls: SiteCredentials;
     try {
       config = loadAgentConfig(path);
-      tls = loadSiteCredentials(config.tls, { logger: this.logger });
+      tls = { ...loadSiteCredentials(config.tls, { logger: this.logger }), ...(this.tls.revocations ? { revocations: this.tls.revocations } : {}) };
     } catch (err) {
       this.logger.error({ err, config: path }, "reload refused: the agent goes on with the config it has");
       return { ...result, refused: errorMessage(err) };
     }
     for (const key of RESTART_ONLY) if (!isDeepStrictEqual(config[key], this.config[key])) result.needRestart.push(key);
+    if (config.tls.crlFile !== this.config.tls.crlFile) result.needRestart.push("tls.crlFile");
     const newTls = !(tls.ca.equals(this.tls.ca) && tls.cert.equals(this.tls.cert) && tls.key.equals(this.tls.key));
     // The settings the process keeps stay as they were, so what runs matches what the log says.
     const effective: AgentConfig = { ...config, ...Object.fromEntries(RESTART_ONLY.map((k) => [k, this.config[k]])) };

@@ -88,8 +88,9 @@ export class CycleScheduler {
     if (!Number.isInteger(maxInFlight) || maxInFlight < 1) throw new RangeError(`maxInFlight must be a whole number of at least 1 (got ${maxInFlight})`);
   }
 
-  schedule(vmId: string, frequency: FrequencySpec): VmSchedule {
-    return new VmSchedule(this, vmId, frequency);
+  /** `phaseKey`: whose phase the slots take (a consistency group's id, so its members' slots coincide); the VM's id by default. */
+  schedule(vmId: string, frequency: FrequencySpec, phaseKey = vmId): VmSchedule {
+    return new VmSchedule(this, vmId, frequency, phaseKey);
   }
 
   get inFlight(): number {
@@ -142,6 +143,7 @@ export class VmSchedule {
     private readonly scheduler: CycleScheduler,
     readonly vmId: string,
     private frequencySpec: FrequencySpec,
+    private readonly phaseKey: string = vmId,
   ) {
     checkFrequency(frequencySpec);
   }
@@ -172,7 +174,7 @@ export class VmSchedule {
     if (f.kind === "continuous") return this.lastEnd === undefined ? this.firstDue() : this.lastEnd + f.minGapSeconds * 1000;
     if (this.lastStart === undefined) return this.firstDue();
     // The first slot after the last start's slot.
-    return slotAtOrAfter(this.lastStart + 1, f.seconds * 1000, this.vmId);
+    return slotAtOrAfter(this.lastStart + 1, f.seconds * 1000, this.phaseKey);
   }
 
   /** The first due time (at start, or after a change), fixed once computed: a late wake-up must not move it. */
@@ -180,7 +182,7 @@ export class VmSchedule {
     if (this.pendingFirstDue === undefined) {
       const f = this.frequencySpec;
       const now = this.scheduler.clock.now();
-      this.pendingFirstDue = f.kind === "interval" ? slotAtOrAfter(now, f.seconds * 1000, this.vmId) : now;
+      this.pendingFirstDue = f.kind === "interval" ? slotAtOrAfter(now, f.seconds * 1000, this.phaseKey) : now;
     }
     return this.pendingFirstDue;
   }

@@ -83,6 +83,10 @@ export async function sendCycle(
           quiesceFailure: cycle.quiesceFailure ?? "",
           // For the site's progress report (GetStatus); a resync compares the whole disks.
           plannedBytes: BigInt(plannedBytes),
+          groupId: cycle.group?.groupId ?? "",
+          groupCutoffId: cycle.group?.cutoffId ?? "",
+          groupMembers: cycle.group?.members ?? [],
+          groupPauseMs: cycle.group?.groupPauseMs ?? 0,
         },
       },
     });

@@ -1,15 +1,18 @@
 import type { Logger } from "../../src/common/logger.js";
 import { GuestAgentClient } from "../../src/qemu/guestAgent/index.js";
 import { QmpClient, queryNamedBlockNodes } from "../../src/qemu/qmp/index.js";
-import { VmCapture, type CaptureCycle, type ReconcileReport } from "../capture/index.js";
+import { GroupCutoff, VmCapture, type CaptureCycle, type ReconcileReport } from "../capture/index.js";
 import { LibvirtCapture } from "../capture/libvirt/libvirtCapture.js";
 import type { AgentVmConfig } from "./agentConfig.js";
+import type { VmSpec } from "../../src/model/vmSpec.js";
 
 /** What the replicator needs of a VM's capture: the start-up report, the initial cut-off, cycles. */
 export interface CycleCapture {
   readonly report: ReconcileReport | undefined;
   enable(opts?: { minSeq?: number }): Promise<CaptureCycle>;
   beginCycle(): Promise<CaptureCycle>;
+  /** The VM's spec as the capture finds it (a libvirt domain's XML), for a config without `spec:`. */
+  readonly derivedSpec?: VmSpec | undefined;
 }
 
 /**
@@ -69,6 +72,7 @@ class QmpSource implements ReplicationSource {
         nbdSocketPath: vm.nbdSocket,
         quiescer: guestAgent,
         quiesceNow: x.quiesceNow,
+        ...(vm.group ? { group: GroupCutoff.for(vm.group.id, vm.group.members, vm.group.joinTimeoutMs) } : {}),
         logger: x.logger,
       });
       return new QmpSource(vm, qmp, guestAgent, capture);

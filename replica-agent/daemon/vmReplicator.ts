@@ -99,7 +99,8 @@ export class VmReplicator {
   ) {
     mkdirSync(stateDir, { recursive: true, mode: 0o700 });
     this.stateFile = join(stateDir, `${vm.id}.replication.json`);
-    this.schedule = scheduler.schedule(vm.id, { kind: "interval", seconds: vm.intervalSeconds });
+    // A group's members share their slots' phase: their cycles are due together and cut together.
+    this.schedule = scheduler.schedule(vm.id, { kind: "interval", seconds: vm.intervalSeconds }, vm.group?.id);
     this.policy = new CyclePolicy(vm, logger, (f) => this.schedule.setFrequency(f));
     this.bandwidth = SiteBandwidth.for(vm.replicaSite);
   }
@@ -184,6 +185,7 @@ export class VmReplicator {
         const { totals } = await sendCycle(stream, responses, c, ack.generation, o);
         this.policy.noteAcknowledged(c.consistency);
         agentMetrics.committed(this.vm.id, { readBytes: totals.data, sentBytes: totals.wire, seconds: (Date.now() - started) / 1000 });
+        agentMetrics.cutoff(this.vm.id, c);
       } catch (err) {
         agentMetrics.outcome(this.vm.id, err instanceof CycleRefusedError ? "refused" : "failed");
         throw err;
@@ -424,7 +426,8 @@ export class VmReplicator {
           supportedCodecs: [CompressionCodec.COMPRESSION_CODEC_ZSTD, CompressionCodec.COMPRESSION_CODEC_NONE],
           supportedChecksumAlgorithms: this.offeredChecksums(),
           resyncDigests: this.offeredResyncDigests(),
-          vmSpecJson: this.vm.spec ? JSON.stringify(this.vm.spec) : "",
+          // A libvirt domain without a configured spec: the one its XML describes.
+          vmSpecJson: this.vm.spec || capture.derivedSpec ? JSON.stringify(this.vm.spec ?? capture.derivedSpec) : "",
           trackingLost: lost,
           resyncMode: this.vm.resync === "manual" ? ResyncMode.RESYNC_MODE_MANUAL : ResyncMode.RESYNC_MODE_AUTOMATIC,
           policyName: this.vm.policy ?? "",

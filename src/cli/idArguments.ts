@@ -3,7 +3,7 @@ import { requireId, type IdKind } from "../model/index.js";
 import { fail } from "./output.js";
 
 /** Command arguments and options that carry ids, by name, across every `qreplica` command. */
-const ARGUMENTS: Record<string, IdKind> = { vm: "VM id", runId: "runbook run id" };
+const ARGUMENTS: Record<string, IdKind> = { vm: "VM id", runId: "runbook run id", group: "group id" };
 const OPTIONS: Record<string, IdKind> = { point: "recovery point id", testId: "test id", resume: "runbook run id" };
 
 /**

@@ -10,7 +10,7 @@ import { QreplicaError } from "../common/errors.js";
 export const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 export const ID_MAX_LENGTH = 64;
 
-export type IdKind = "VM id" | "disk id" | "recovery point id" | "test id" | "runbook run id";
+export type IdKind = "VM id" | "disk id" | "recovery point id" | "test id" | "runbook run id" | "group id";
 
 export class InvalidIdError extends QreplicaError {
   readonly code = "INVALID_ID" as const;

@@ -4,6 +4,13 @@ export * from "./model.js";
 export { validateRunbook, loadRunbook, type LocatedProblem, type ValidationResult } from "./validate.js";
 export { planRunbook, type Plan, type PlanStep, type PlannedFailover, type ResumeFrom } from "./planner.js";
 export { executePlan, ledgerArgs, resumeOptions, type ExecuteOptions, type ProgressEvent, type RunOutcome } from "./executor.js";
+export {
+  ConsistencyGroupMemberListedError,
+  expandConsistencyGroups,
+  hasConsistencyGroups,
+  type GroupPointResolver,
+  type ResolvedGroupPoint,
+} from "./consistencyGroups.js";
 export { rollbackRun, type RollbackOutcome, type RollbackProgress } from "./rollback.js";
 export {
   readRun,

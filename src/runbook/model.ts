@@ -21,6 +21,20 @@ export interface RunbookVm {
   failover: FailoverMode;
   /** "latest", "last-clean" (the newest point before the first suspect one), or a recovery point id as `qreplica points` lists them. */
   point: string;
+  /** Set when the entry came from a consistency group: the group and the group point it was pinned to. */
+  groupPoint?: { group: string; groupPointId: string };
+}
+
+/**
+ * A consistency group's members, failed over together to one group point (`qreplica group
+ * points`). Expanded into one RunbookVm per member, each pinned to its point of that group point,
+ * before planning (consistencyGroups.ts): the members are known only to the site.
+ */
+export interface RunbookConsistencyGroup {
+  consistencyGroup: string;
+  failover: "test" | "unplanned";
+  /** "latest" (the newest complete group point when the run starts) or a group point id. */
+  point: string;
 }
 
 export type WaitKind = "vm-running" | "tcp-port" | "serial-log";
@@ -52,6 +66,8 @@ export type RunbookStep = RunbookWait | RunbookConfirm | RunbookHook;
 export interface RunbookGroup {
   name?: string;
   vms: RunbookVm[];
+  /** Consistency groups to fail over in this boot-order group (their members join `vms` once expanded). */
+  consistencyGroups?: RunbookConsistencyGroup[];
   steps: RunbookStep[];
 }
 

@@ -56,6 +56,9 @@ export function planRunbook(runbook: Runbook, opts: { test: boolean; resumeFrom?
   const skip = (id: string) => (opts.resumeFrom?.succeeded.has(id) ? { skip: `succeeded in run ${opts.resumeFrom.runId}` } : {});
   const toCheck: PlannedFailover[] = [];
 
+  if (runbook.groups.some((g) => (g.consistencyGroups?.length ?? 0) > 0)) {
+    throw new Error("the runbook names consistency groups: expand them first (expandConsistencyGroups), their members are known only to the site");
+  }
   runbook.groups.forEach((g, gi) => {
     const group = gi + 1;
     const base = { group, ...(g.name ? { groupName: g.name } : {}) };
@@ -73,7 +76,9 @@ export function planRunbook(runbook: Runbook, opts: { test: boolean; resumeFrom?
         ...base,
         kind: "failover",
         ...planned,
-        description: `${what} of ${v.vm} to ${point === "last-clean" ? "the last clean point (before the first suspect one)" : point ? `point ${point}` : "the latest point"}`,
+        description:
+          `${what} of ${v.vm} to ${point === "last-clean" ? "the last clean point (before the first suspect one)" : point ? `point ${point}` : "the latest point"}` +
+          (v.groupPoint ? ` (consistency group ${v.groupPoint.group}, group point ${v.groupPoint.groupPointId})` : ""),
         ...s,
       });
     }

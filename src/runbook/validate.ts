@@ -10,6 +10,7 @@ import {
   WAIT_KINDS,
   type FailoverMode,
   type Runbook,
+  type RunbookConsistencyGroup,
   type RunbookGroup,
   type RunbookStep,
   type RunbookVm,
@@ -110,12 +111,30 @@ export function validateRunbook(input: unknown, opts: { baseDir?: string } = {})
       if (!isObject(g)) return void problem(at, "a group is a mapping with vms and steps");
       keys(g, at, ["name", "vms", "steps"]);
       const vms: RunbookVm[] = [];
+      const cgs: RunbookConsistencyGroup[] = [];
+      /** `{ consistencyGroup, failover, point }`: every member of the group to one group point. */
+      const consistencyGroup = (entry: Record<string, unknown>, vat: Segment[]) => {
+        keys(entry, vat, ["consistencyGroup", "failover", "point"]);
+        const id = str(entry.consistencyGroup, [...vat, "consistencyGroup"], "group id", "consistencyGroup: the group id as 'qreplica group list' lists it");
+        if (id !== undefined && !VM_ID.test(id)) problem([...vat, "consistencyGroup"], `'${id}' is not a group id`, "letters, digits, '.', '_' and '-'");
+        const key = `consistency group ${id}`;
+        if (id !== undefined && seen.has(key)) problem([...vat, "consistencyGroup"], `group '${id}' is already in ${seen.get(key)}`, "a group fails over once per run");
+        if (id !== undefined && !seen.has(key)) seen.set(key, pathOf(vat));
+        const m = entry.failover !== undefined ? mode(entry.failover, [...vat, "failover"]) : defaultMode;
+        if (m === undefined && entry.failover === undefined) problem([...vat, "failover"], "missing", "set failover: test|unplanned on the entry, or once at the top level");
+        if (m === "planned") problem([...vat, "failover"], "a consistency group fails over test or unplanned", "failover: unplanned (a planned failover is per VM)");
+        const point = entry.point === undefined ? "latest" : str(entry.point, [...vat, "point"], "group point", "point: latest, or a group point id");
+        if (point !== undefined && /\s/.test(point))
+          problem([...vat, "point"], `'${point}' is not a group point id`, "point: latest, or an id as 'qreplica group points GROUP' lists it");
+        if (id && (m === "test" || m === "unplanned") && point) cgs.push({ consistencyGroup: id, failover: m, point });
+      };
       if (g.vms !== undefined && !Array.isArray(g.vms)) problem([...at, "vms"], "must be a list", "vms: [{ vm: web1 }]");
       const rawVms = Array.isArray(g.vms) ? g.vms : [];
       rawVms.forEach((raw, vi) => {
         const vat = [...at, "vms", vi];
         const entry: Record<string, unknown> = typeof raw === "string" ? { vm: raw } : isObject(raw) ? raw : {};
-        if (!isObject(raw) && typeof raw !== "string") return void problem(vat, "must be a VM id or { vm, failover, point }");
+        if (!isObject(raw) && typeof raw !== "string") return void problem(vat, "must be a VM id, { vm, failover, point } or { consistencyGroup, failover, point }");
+        if (entry.consistencyGroup !== undefined && entry.vm === undefined) return void consistencyGroup(entry, vat);
         keys(entry, vat, ["vm", "failover", "point"]);
         const vm = str(entry.vm, [...vat, "vm"], "VM id", "vm: the VM id as 'qreplica status' lists it");
         if (vm !== undefined && !VM_ID.test(vm)) problem([...vat, "vm"], `'${vm}' is not a VM id`, "letters, digits, '.', '_' and '-'");
@@ -141,7 +160,7 @@ export function validateRunbook(input: unknown, opts: { baseDir?: string } = {})
       });
       if (rawVms.length === 0 && rawSteps.length === 0) problem(at, "has neither vms nor steps", "remove the group, or give it vms to fail over or steps to run");
       const groupName = g.name === undefined ? undefined : str(g.name, [...at, "name"], "group name");
-      groups.push({ ...(groupName ? { name: groupName } : {}), vms, steps });
+      groups.push({ ...(groupName ? { name: groupName } : {}), vms, ...(cgs.length ? { consistencyGroups: cgs } : {}), steps });
     });
     if (seen.size === 0) problem(["groups"], "no VM to fail over", "list the application's VMs under groups[].vms");
   }

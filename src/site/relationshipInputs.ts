@@ -1,6 +1,6 @@
 import { QreplicaError } from "../common/errors.js";
 import type { RejectReason } from "../gen/qreplica/v1/replication.js";
-import type { CycleKind, JsonObject } from "../ledger/index.js";
+import type { CycleKind, JsonObject, PointGroup } from "../ledger/index.js";
 import type { PointWrite } from "../storage/index.js";
 
 // What the data plane hands the site's relationships, and how they refuse it.
@@ -64,4 +64,6 @@ export interface CommitInput {
   comparedBytes?: number;
   /** By disk id: changed bytes in chunks that did not compress, and wire bytes (the encryption signal). */
   diskCompression?: Record<string, { incompressibleBytes: number; wireBytes: number }>;
+  /** The consistency group cut-off the primary cut the cycle in. */
+  group?: PointGroup | undefined;
 }

@@ -339,6 +339,7 @@ export class Relationships {
           comparedBytes: input.comparedBytes,
           ...(input.diskCompression && input.diskDataBytes ? { diskCompression: input.diskCompression } : {}),
           ...(lockedUntil ? { lockedUntil } : {}),
+          ...(input.group ? { group: input.group } : {}),
         }),
       );
     } catch (err) {

@@ -37,6 +37,12 @@ export interface SiteConfig {
   /** Accelerator for VMs this site launches (failover, tests): auto = KVM when usable. */
   accel: "auto" | "kvm" | "tcg";
   /**
+   * Who runs failover and test VMs: `qemu` (default), the site's own qemu-system processes; or
+   * `libvirt`, domains defined from the replicated spec on `libvirtUri` (default qemu:///system).
+   */
+  launcher: "qemu" | "libvirt";
+  libvirtUri?: string;
+  /**
    * The host agents and operators dial (the first `site init --san`): written to run/site.address
    * when `listen` is a wildcard (0.0.0.0, ::), which nobody can dial. 127.0.0.1 when absent.
    */
@@ -94,6 +100,8 @@ export const siteConfigSchema = z.strictObject({
   defaultRetention: retentionSchema.optional(),
   compressionLevel: intIn(1, 19, "a zstd level: 1 (fastest) to 19 (smallest)").optional(),
   accel: oneOf(["auto", "kvm", "tcg"] as const, "the accelerator for failover and test VMs (auto: KVM when usable)").optional(),
+  launcher: oneOf(["qemu", "libvirt"] as const, "who runs failover and test VMs: qemu (the site's own processes) or libvirt (domains; site init --launcher)").optional(),
+  libvirtUri: text("a libvirt connection URI such as qemu:///system (used with launcher libvirt)").optional(),
   advertiseHost: text("the host agents and operators dial, e.g. replica.example.org").optional(),
   metricsListen: hostPortField(0, "127.0.0.1:9464").optional(),
   health: healthSchema.optional(),
@@ -141,6 +149,8 @@ export function siteConfigFrom(raw: unknown, dir: string, path = siteFile(dir)):
     ...(c.defaultRetention !== undefined ? { defaultRetention: c.defaultRetention } : {}),
     compressionLevel: c.compressionLevel,
     accel: parseAccel(process.env.QREPLICA_ACCEL ?? c.accel ?? "auto", path),
+    launcher: c.launcher ?? "qemu",
+    ...(c.libvirtUri !== undefined ? { libvirtUri: c.libvirtUri } : {}),
     ...(c.advertiseHost !== undefined ? { advertiseHost: c.advertiseHost } : {}),
     ...(c.metricsListen !== undefined ? { metricsListen: c.metricsListen } : {}),
     ...(c.health !== undefined ? { health: c.health } : {}),

@@ -68,6 +68,11 @@ export class SiteContext {
     return [...this.sessions.keys()];
   }
 
+  /** After a new revocation list: the open streams of peers it lists end now. */
+  cutRevokedSessions(): string[] {
+    return [...this.sessions.entries()].filter(([, session]) => session.cutIfRevoked()).map(([vmId]) => vmId);
+  }
+
   releaseSession(vmId: string, session: ReplicateSession): void {
     if (this.sessions.get(vmId) === session) this.sessions.delete(vmId);
   }

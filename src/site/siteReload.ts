@@ -37,6 +37,8 @@ const RESTART_ONLY = [
   "storageRoot",
   "compressionLevel",
   "accel",
+  "launcher",
+  "libvirtUri",
   "advertiseHost",
   "metricsListen",
 ] as const;

@@ -18,6 +18,7 @@ import { ResyncWindows } from "./resyncWindows.js";
 import { ReplicateSession } from "./dataPlane/replicateSession.js";
 import { Relationships } from "./relationships.js";
 import { FailoverService } from "./failover/failoverService.js";
+import { SiteLaunchers } from "./launcher/index.js";
 import { SiteContext } from "./siteContext.js";
 import { importLegacyAuthorizations, SiteAuthorizations } from "./authorizations.js";
 import { addressFile, hostPort, isWildcardHost, listenHost, loadSiteConfig, runDir, type SiteConfig } from "./siteConfig.js";
@@ -149,13 +150,24 @@ async function serve(
   const retentionFor: RetentionSource = (vmId, state) => (policies.effectivePolicyVersion(vmId).version > 0 ? policies.effectivePolicy(vmId).retention : siteDefault(vmId, state));
   const relationships = new Relationships(store, storage, live.site, log, { retentionFor });
   const vmIds = await relationships.recover(readModels.vmIds());
-  const failovers = new FailoverService(store, runDir(dir), config.accel, log);
+  const launchers = new SiteLaunchers({
+    launcher: config.launcher,
+    ...(config.libvirtUri !== undefined ? { libvirtUri: config.libvirtUri } : {}),
+    accel: config.accel,
+    siteId: config.siteId,
+    siteDir: dir,
+  });
+  const failovers = new FailoverService(store, runDir(dir), launchers, log);
   cleanups.push(() => failovers.detach());
   await failovers.recover(vmIds);
   const context = new SiteContext(config.siteId, dir, store, storage, relationships, failovers, log, readModels, policies);
   if (config.crlFile) {
     const revocations = await RevocationList.open(config.crlFile, config.caFile, { logger: log.child({ part: "revocation" }) });
     context.revocations = revocations;
+    revocations.onReload(() => {
+      const cut = context.cutRevokedSessions();
+      if (cut.length) log.warn({ vms: cut }, "revoked primaries' open streams cut");
+    });
     cleanups.push(() => revocations.close());
   }
   const metrics = new SiteMetrics();

@@ -163,7 +163,6 @@ export async function issueCertificate(opts: {
   if (role !== null) altNames.push(`URI:${ROLE_URI_PREFIX}${role}`);
   const fileName = opts.fileName ?? opts.name;
   checkIdentityName(fileName);
-  const caKey = join(opts.caDir, "ca.key");
   const caCert = join(opts.caDir, "ca.crt");
   await mkdir(opts.dir, { recursive: true, mode: 0o700 });
   const keyFile = join(opts.dir, `${fileName}.key`);
@@ -191,30 +190,14 @@ export async function issueCertificate(opts: {
   );
   try {
     await openssl(["req", "-new", "-config", configFile, "-key", keyFile, "-out", csrFile], `making a request for ${opts.name}`);
-    await openssl(
-      [
-        "x509",
-        "-req",
-        "-in",
-        csrFile,
-        "-CA",
-        caCert,
-        "-CAkey",
-        caKey,
-        "-set_serial",
-        randomSerial(),
-        "-days",
-        String(opts.days ?? 825),
-        "-sha256",
-        "-extfile",
-        configFile,
-        "-extensions",
-        "ext",
-        "-out",
-        certFile,
-      ],
-      `signing ${certFile} with the CA in ${opts.caDir} (run createCa there first if it has no ca.key/ca.crt)`,
-    );
+    await signRequestWithCa({
+      caDir: opts.caDir,
+      csrFile,
+      extFile: configFile,
+      out: certFile,
+      days: opts.days,
+      what: `signing ${certFile} with the CA in ${opts.caDir} (run createCa there first if it has no ca.key/ca.crt)`,
+    });
   } catch (err) {
     // A key without its certificate would block the retry with PKI_FILE_EXISTS.
     await rm(keyFile, { force: true });
@@ -224,6 +207,34 @@ export async function issueCertificate(opts: {
     await rm(configFile, { force: true });
   }
   return { keyFile, certFile, caFile: caCert };
+}
+
+/** `openssl x509 -req`: the CA in `caDir` signs `csrFile` with the `[ext]` section of `extFile`. */
+export async function signRequestWithCa(opts: { caDir: string; csrFile: string; extFile: string; out: string; days?: number; what: string }): Promise<void> {
+  await openssl(
+    [
+      "x509",
+      "-req",
+      "-in",
+      opts.csrFile,
+      "-CA",
+      join(opts.caDir, "ca.crt"),
+      "-CAkey",
+      join(opts.caDir, "ca.key"),
+      "-set_serial",
+      randomSerial(),
+      "-days",
+      String(opts.days ?? 825),
+      "-sha256",
+      "-extfile",
+      opts.extFile,
+      "-extensions",
+      "ext",
+      "-out",
+      opts.out,
+    ],
+    opts.what,
+  );
 }
 
 export interface CertificateIdentity {

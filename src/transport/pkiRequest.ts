@@ -3,7 +3,7 @@ import { chmod, mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { isIP } from "node:net";
 import { dirname, join } from "node:path";
 import { PkiFileExistsError, PkiInvalidNameError, TlsFileInvalidError } from "./errors.js";
-import { checkIdentityName, generateKey, openssl, randomSerial, ROLE_URI_PREFIX } from "./pki.js";
+import { checkIdentityName, generateKey, openssl, ROLE_URI_PREFIX, signRequestWithCa } from "./pki.js";
 import { isRole, type Role } from "./roles.js";
 
 // Issuance in two steps, so the CA's private key never has to be on a site or agent host: the
@@ -19,14 +19,22 @@ function sanEntries(sans: readonly string[]): string[] {
   });
 }
 
-/** On the site or agent host: `dir/NAME.key` (0600) and `dir/NAME.csr` asking for CN=name and the SANs. */
-export async function createCertificateRequest(opts: { name: string; dir: string; sans?: readonly string[]; overwrite?: boolean }): Promise<{ keyFile: string; csrFile: string }> {
+/** On the site or agent host: `dir/FILE.key` (0600) and `dir/FILE.csr` asking for CN=name and the SANs; FILE is `fileName`, default the name. */
+export async function createCertificateRequest(opts: {
+  name: string;
+  dir: string;
+  sans?: readonly string[];
+  fileName?: string;
+  overwrite?: boolean;
+}): Promise<{ keyFile: string; csrFile: string }> {
   checkIdentityName(opts.name);
+  const fileName = opts.fileName ?? opts.name;
+  checkIdentityName(fileName);
   const altNames = [...new Set([`DNS:${opts.name}`, ...sanEntries(opts.sans ?? [])])];
   await mkdir(opts.dir, { recursive: true, mode: 0o700 });
-  const keyFile = join(opts.dir, `${opts.name}.key`);
-  const csrFile = join(opts.dir, `${opts.name}.csr`);
-  const configFile = join(opts.dir, `.${opts.name}-${process.pid}.cnf`);
+  const keyFile = join(opts.dir, `${fileName}.key`);
+  const csrFile = join(opts.dir, `${fileName}.csr`);
+  const configFile = join(opts.dir, `.${fileName}-${process.pid}.cnf`);
   await generateKey(keyFile, opts.overwrite ?? false);
   await writeFile(
     configFile,
@@ -111,30 +119,14 @@ export async function signCertificateRequest(opts: {
   );
   try {
     await writeFile(opts.out, "", { mode: 0o600 });
-    await openssl(
-      [
-        "x509",
-        "-req",
-        "-in",
-        opts.csrFile,
-        "-CA",
-        join(opts.caDir, "ca.crt"),
-        "-CAkey",
-        join(opts.caDir, "ca.key"),
-        "-set_serial",
-        randomSerial(),
-        "-days",
-        String(opts.days ?? 825),
-        "-sha256",
-        "-extfile",
-        configFile,
-        "-extensions",
-        "ext",
-        "-out",
-        opts.out,
-      ],
-      `signing ${opts.csrFile} with the CA in ${opts.caDir} (it needs ca.key and ca.crt there)`,
-    );
+    await signRequestWithCa({
+      caDir: opts.caDir,
+      csrFile: opts.csrFile,
+      extFile: configFile,
+      out: opts.out,
+      days: opts.days,
+      what: `signing ${opts.csrFile} with the CA in ${opts.caDir} (it needs ca.key and ca.crt there)`,
+    });
     await chmod(opts.out, 0o600);
   } catch (err) {
     await rm(opts.out, { force: true });

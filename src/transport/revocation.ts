@@ -169,6 +169,7 @@ export class RevocationList {
   private seen: string;
   private timer: NodeJS.Timeout | undefined;
   private checking = false;
+  private readonly reloadListeners: Array<() => void> = [];
 
   private constructor(
     readonly crlFile: string,
@@ -205,6 +206,11 @@ export class RevocationList {
     if (r) throw new CertificateRevokedError(r);
   }
 
+  /** Called after each new list is taken (not for one that failed to load). */
+  onReload(listener: () => void): void {
+    this.reloadListeners.push(listener);
+  }
+
   get size(): number {
     return this.current.serials.size;
   }
@@ -224,6 +230,7 @@ export class RevocationList {
         this.current = await loadCrl(this.crlFile, this.caFile);
         this.seen = stamp;
         this.logLoaded();
+        for (const listener of this.reloadListeners) listener();
       } catch (err) {
         this.seen = stamp;
         this.logger.error({ err, crlFile: this.crlFile }, "the new revocation list does not load; the site keeps the previous one");

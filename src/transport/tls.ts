@@ -1,6 +1,7 @@
 import { createPrivateKey, X509Certificate, type KeyObject } from "node:crypto";
-import { readFileSync, statSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { isIP } from "node:net";
+import { basename } from "node:path";
 import { checkServerIdentity, type PeerCertificate } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import { silentLogger, type Logger } from "../common/logger.js";
@@ -32,6 +33,13 @@ export interface SiteCredentials {
   identity: CertificateIdentity;
   /** Where they were read from, so a client can read renewed files again at its next dial (currentCredentials). */
   files?: SiteCredentialFiles;
+  /** A client's revocation list: a server whose certificate it lists is refused at the handshake. */
+  revocations?: RevocationCheck;
+}
+
+/** What a client asks of the deployment CA's revocation list (RevocationList in revocation.ts). */
+export interface RevocationCheck {
+  refusal(cert: { commonName: string; serialNumber: string }): string | undefined;
 }
 
 /** Warn this long before expiry: renewal needs an operator, and an expired site stops replicating. */
@@ -42,13 +50,21 @@ function readTlsFile(file: string, role: string, fix: string): Buffer {
     return readFileSync(file);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === "ENOENT") throw new TlsFileMissingError(`${role} ${file} does not exist; ${fix}`, { cause: err });
+    if (code === "ENOENT") throw new TlsFileMissingError(`${role} ${file} does not exist; ${unsignedRequestHint(file) ?? fix}`, { cause: err });
     throw new TlsFileUnreadableError(
       `${role} ${file} cannot be read (${code ?? String(err)}); ` +
         (code === "EACCES" ? "run as a user that may read it, or fix its owner/mode" : "check that the path names a file"),
       { cause: err },
     );
   }
+}
+
+/** A missing NAME.crt beside NAME.csr: 'pki request' or 'site init --ca-cert' made it and the CA has not signed it yet. */
+function unsignedRequestHint(certFile: string): string | undefined {
+  if (!certFile.endsWith(".crt")) return undefined;
+  const csrFile = `${certFile.slice(0, -4)}.csr`;
+  if (!existsSync(csrFile)) return undefined;
+  return `its request ${csrFile} is not signed yet: on the CA host run 'qreplica pki sign --ca-dir CA_DIR --csr ${basename(csrFile)} --role ROLE --out ${basename(certFile)}' and copy the certificate to ${certFile}`;
 }
 
 function splitPem(pem: string): string[] {
@@ -140,7 +156,7 @@ export function loadSiteCredentials(files: SiteCredentialFiles, options: { logge
 export function currentCredentials(creds: SiteCredentials, logger: Logger = silentLogger): SiteCredentials {
   if (!creds.files) return creds;
   try {
-    const fresh = loadSiteCredentials(creds.files);
+    const fresh = { ...loadSiteCredentials(creds.files), ...(creds.revocations ? { revocations: creds.revocations } : {}) };
     if (!fresh.cert.equals(creds.cert)) logger.info({ certFile: creds.files.certFile, serial: fresh.identity.serialNumber }, "dialling with the renewed certificate");
     return fresh;
   } catch (err) {
@@ -160,21 +176,26 @@ export function serverCredentials(creds: SiteCredentials): grpc.ServerCredential
  * site of the same deployment by a DNS mistake.
  */
 export function channelCredentials(creds: SiteCredentials, options: { expectedServerIdentity?: string } = {}): grpc.ChannelCredentials {
-  const expected = options.expectedServerIdentity;
-  if (expected === undefined) return grpc.credentials.createSsl(creds.ca, creds.key, creds.cert);
+  if (options.expectedServerIdentity === undefined && !creds.revocations) return grpc.credentials.createSsl(creds.ca, creds.key, creds.cert);
+  // Replaces Node's default check in grpc-js, so that check runs first here.
   return grpc.credentials.createSsl(creds.ca, creds.key, creds.cert, {
-    // Replaces Node's default check in grpc-js, so that check runs first here.
-    checkServerIdentity: (host: string, cert: PeerCertificate) => {
-      const err = checkServerIdentity(host, cert);
-      if (err) return err;
-      const cn = cert.subject?.CN;
-      if (cn === expected) return undefined;
-      return new Error(
-        `the server at ${host} presents the identity "${String(cn)}", not the expected site "${expected}": ` +
-          "refusing to send it anything; check that the address (replicaSite) and the site id (replicaSiteId) name the same site",
-      );
-    },
+    checkServerIdentity: (host: string, cert: PeerCertificate) => checkServer(host, cert, creds, options.expectedServerIdentity),
   });
+}
+
+/** Node's name check, then the pinned site identity, then the revocation list. */
+function checkServer(host: string, cert: PeerCertificate, creds: SiteCredentials, expected: string | undefined): Error | undefined {
+  const err = checkServerIdentity(host, cert);
+  if (err) return err;
+  const cn = cert.subject?.CN;
+  if (expected !== undefined && cn !== expected) {
+    return new Error(
+      `the server at ${host} presents the identity "${String(cn)}", not the expected site "${expected}": ` +
+        "refusing to send it anything; check that the address (replicaSite) and the site id (replicaSiteId) name the same site",
+    );
+  }
+  const revoked = creds.revocations?.refusal({ commonName: String(cn), serialNumber: cert.serialNumber });
+  return revoked ? new Error(`the server at ${host}: ${revoked}; refusing to send it anything`) : undefined;
 }
 
 /**
@@ -191,16 +212,8 @@ export function siteDial(
 ): { credentials: grpc.ChannelCredentials; options: grpc.ChannelOptions } {
   const host = addressHost(address);
   if (isIP(host) === 0) return { credentials: channelCredentials(creds, options), options: grpcChannelOptions };
-  const expected = options.expectedServerIdentity;
   const credentials = grpc.credentials.createSsl(creds.ca, creds.key, creds.cert, {
-    checkServerIdentity: (_servername: string, cert: PeerCertificate) => {
-      const err = checkServerIdentity(host, cert);
-      if (err || expected === undefined || cert.subject?.CN === expected) return err;
-      return new Error(
-        `the server at ${host} presents the identity "${String(cert.subject?.CN)}", not the expected site "${expected}": ` +
-          "refusing to send it anything; check that the address (replicaSite) and the site id (replicaSiteId) name the same site",
-      );
-    },
+    checkServerIdentity: (_servername: string, cert: PeerCertificate) => checkServer(host, cert, creds, options.expectedServerIdentity),
   });
   return { credentials, options: { ...grpcChannelOptions, "grpc.ssl_target_name_override": SNI_PLACEHOLDER } };
 }

@@ -3,7 +3,8 @@
  * site B set up from a signed request (its key never near the CA), certificates near expiry in
  * health, a site certificate renewed on disk served to new connections without a restart while
  * the agent's stream and cycles go on, an agent certificate renewed on disk used at its next
- * dial, and a revoked agent refused at its next Hello (a revoked viewer on every control call).
+ * dial, and a revoked agent's open stream cut, its reconnection refused at Hello (a revoked viewer
+ * on every control call).
  */
 import { X509Certificate } from "node:crypto";
 import { copyFileSync, readFileSync, writeFileSync } from "node:fs";
@@ -24,7 +25,6 @@ const MiB = 1024 * 1024;
 let t: TwoSites;
 let tmp: ReturnType<typeof makeTmpDir>;
 let site: Daemon;
-let agent: Daemon;
 let siteCert: { certFile: string; keyFile: string; crlFile: string };
 const agentCert = () => ({ certFile: join(t.dir, "agent-tls", "agent-a.crt"), keyFile: join(t.dir, "agent-tls", "agent-a.key") });
 const caFile = () => join(t.caDir, "ca.crt");
@@ -108,7 +108,7 @@ beforeAll(async () => {
   const siteJson = join(t.siteB, "site.json");
   writeFileSync(siteJson, JSON.stringify({ ...(JSON.parse(readFileSync(siteJson, "utf8")) as object), crlFile: siteCert.crlFile }, null, 2), { mode: 0o600 });
   site = await t.startSite(t.siteB);
-  agent = t.startAgent();
+  t.startAgent();
   await waitFor("vm1 replicating with points", async () => ((await ledgerCounts()).committed >= 2 ? true : undefined), 120_000).catch((e: Error) => {
     throw new Error(e.message + diag());
   });
@@ -169,7 +169,7 @@ describe("certificate lifecycle (real site, agent and CLI)", () => {
     await waitFor("no CERT_EXPIRING left", async () => ((await certReasons()).length === 0 ? true : undefined), 60_000);
   }, 180_000);
 
-  it("a revoked agent is refused at its next Hello; a revoked viewer on every control call; the site keeps serving others", async () => {
+  it("a revoked agent's open stream is cut and its reconnection refused at Hello; a revoked viewer on every control call; the site keeps serving others", async () => {
     const viewerDir = join(tmp.path, "viewer");
     const viewer = await cliJson<{ certFile: string; keyFile: string }>([
       "pki",
@@ -206,14 +206,15 @@ describe("certificate lifecycle (real site, agent and CLI)", () => {
     } finally {
       asVera2.close();
     }
-    // The agent's next Hello: after a restart of the agent process.
-    await agent.kill("SIGTERM");
-    agent = t.startAgent();
+    // The agent's open stream is cut as the list arrives (no restart of the agent), and its
+    // reconnection is refused at Hello; no point is committed after that.
+    await waitFor("site B cuts the agent's open stream", () => (/its open stream is cut/.test(siteLog()) ? true : undefined), 30_000);
     await waitFor("the agent refused", () => (/the replica site refused this primary/.test(agentLog()) ? true : undefined), 60_000).catch((e: Error) => {
       throw new Error(e.message + diag());
     });
     expect(agentLog()).toMatch(/certificate of 'agent-a' \(serial [0-9A-F]+\) is revoked/);
     expect(siteLog()).toMatch(/certificate of 'agent-a' \(serial [0-9A-F]+\) is revoked/);
+    const committedAtRefusal = (await ledgerCounts()).committed;
     // Refusals are in the audit trail; the site's admin still gets in.
     // Refusals are recorded in windows: wait for the one of these two.
     const audit = await waitFor("both refusals in the audit stream", async () => {
@@ -221,6 +222,8 @@ describe("certificate lifecycle (real site, agent and CLI)", () => {
       return text.includes("'agent-a'") && text.includes("'vera'") ? text : undefined;
     });
     expect(audit).toContain("CERTIFICATE_REVOKED");
+    expect(audit).toContain("its open stream is cut");
+    expect((await ledgerCounts()).committed).toBe(committedAtRefusal);
     const admin = controlClientAs(address(), t.admin(t.siteB));
     try {
       expect((await rawCall(admin, ControlServiceService.whoAmI.path)).code).toBe(grpc.status.OK);

@@ -8,6 +8,9 @@
  * with the domain held paused from a cut-off to a clean stop, the disk itself); undefine + define
  * loses libvirt's checkpoints and the capture redefines them and goes on incrementally; kill -9 of
  * QEMU is reported as resync required. libvirtd not starting fails the test with the reason.
+ *
+ * Launcher: a replica site initialised with `--launcher libvirt` runs test and failover VMs as
+ * domains of the same private libvirtd (the counter guest proves which point each one booted).
  */
 import { execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
@@ -16,6 +19,7 @@ import { stringify as toYaml } from "yaml";
 import { addressFile } from "../../src/site/siteConfig.js";
 import { logTail } from "../helpers/crashGuest.js";
 import { AGENT, cliJson, startDaemon, waitFor } from "../helpers/processes.js";
+import { call, controlClientAs, refusal } from "../helpers/controlPlane.js";
 import { readCounters, readDiskCounter, waitForCounter } from "../../guest/index.js";
 import { ledgerEvents } from "../helpers/resyncChecks.js";
 import { setupTwoSites, type TwoSites } from "../helpers/twoSites.js";
@@ -43,8 +47,10 @@ beforeAll(async () => {
 }, 120_000);
 
 let env: TwoSites | undefined;
+let launcherEnv: TwoSites | undefined;
 afterAll(async () => {
   await env?.stopAll();
+  await launcherEnv?.stopAll();
   lv?.stop();
   if (!process.env.QR_KEEP) cleanup?.();
 });
@@ -158,7 +164,7 @@ describe("the agent on a libvirt domain (replication to a site)", () => {
             replicaSite: readFileSync(addressFile(t.siteB), "utf8").trim(),
             replicaSiteId: "site-b",
             intervalSeconds: 2,
-            spec: { machine: "pc", cpus: 1, memoryMiB: 64, disks: [{ diskId: "hda", bus: "ide", bootIndex: 0 }], nics: [] },
+            // No spec: the agent derives it from the domain's XML.
           },
         ],
       }),
@@ -179,6 +185,14 @@ describe("the agent on a libvirt domain (replication to a site)", () => {
       const last = (await t.relationship()).lastCycleSeq;
       await until(`incremental cycle ${n}`, () => committedAfter(last, "incremental"));
     }
+    expect((await t.relationship()).vmSpec).toEqual({
+      machine: expect.stringMatching(/^pc-i440fx-/),
+      cpus: 1,
+      memoryMiB: 64,
+      disks: [{ diskId: "hda", bus: "ide", bootIndex: 0 }],
+      nics: [],
+      extraArgs: [],
+    });
     const incrementals = (await commits(t)).filter((c) => c.kind === "incremental");
     expect(incrementals.length).toBeGreaterThanOrEqual(3);
     for (const c of incrementals) expect(c.dataBytes).toBeLessThan(4 * MiB);
@@ -219,12 +233,94 @@ describe("the agent on a libvirt domain (replication to a site)", () => {
     const types = (await ledgerEvents(t.siteB)).map((e) => e.type);
     expect(types).toContain("ResyncRequired");
 
-    // The replicated spec and disk boot on the replica site (its qemu-system launcher: a libvirt
-    // launcher is not built yet): the test VM prints the counter the point holds.
+    // The spec derived from the domain and the replicated disk boot on the replica site (its
+    // qemu-system launcher here; the libvirt launcher is tested below): the test VM prints the counter the point holds.
     const test = await cliJson<{ recoveryPointId: string; vm: { serialLog: string } }>(["failover", "vm1", "--test", "--dir", t.siteB]);
     const tested = (await t.relationship()).points.find((p) => p.pointId === test.recoveryPointId)!;
     await waitForCounter(test.vm.serialLog, () => true, 90_000);
     expect(readCounters(test.vm.serialLog)[0]).toBe(await readDiskCounter(tested.disks[0]!.imagePath));
     await cliJson(["test-failover", "stop", "vm1", "--dir", t.siteB]);
   }, 420_000);
+});
+
+interface Launched {
+  recoveryPointId: string;
+  testId?: string;
+  vm: { serialLog: string; launcher: string; libvirtDomain: string; libvirtUri: string; pid: number };
+}
+
+describe("failover and test VMs as libvirt domains (site init --launcher libvirt)", () => {
+  it("a test failover runs and stops a transient domain; a site restart destroys a stray one; an unplanned failover boots the counter guest's point as a persistent domain, adopted across a restart", async () => {
+    launcherEnv = await setupTwoSites(join(dir, "launcher-sites"), {
+      diskBytes: 8 * MiB,
+      intervalSeconds: 1,
+      counterGuest: true,
+      siteBInitArgs: ["--launcher", "libvirt", "--libvirt-uri", lv!.uri],
+    });
+    const t = launcherEnv;
+    const siteJson = JSON.parse(readFileSync(join(t.siteB, "site.json"), "utf8")) as { launcher: string; libvirtUri: string };
+    expect(siteJson).toMatchObject({ launcher: "libvirt", libvirtUri: lv!.uri });
+    const guest = t.guest!;
+    let site = await t.startSite(t.siteB);
+    await waitForCounter(guest.serialLogPath, (v) => v > 3, 90_000);
+    const agent = t.startAgent();
+    const siteLog = join(t.siteB, "site.log");
+    const diag = () => `\n--- site-b ---\n${logTail(siteLog)}\n--- agent ---\n${logTail(join(t.dir, "agent.log"))}`;
+    const until = <T>(what: string, probe: () => Promise<T | undefined>, ms = 90_000) =>
+      waitFor(what, probe, ms, 200).catch((e: Error) => {
+        throw new Error(e.message + diag());
+      });
+    const domains = async (all = false) =>
+      (await lv!.virsh.run(["list", "--name", ...(all ? ["--all"] : [])]))
+        .split("\n")
+        .map((l) => l.trim())
+        .filter(Boolean);
+    const counterOf = async (pointId: string) => readDiskCounter((await t.relationship()).points.find((p) => p.pointId === pointId)!.disks[0]!.imagePath);
+    await until("two recovery points on B", async () => ((await t.relationship()).points.length >= 2 ? true : undefined));
+
+    // A test failover: a transient domain of the site, booted from the point; stopped, it is gone.
+    const test = await cliJson<Launched>(["failover", "vm1", "--test", "--dir", t.siteB]);
+    expect(test.vm).toMatchObject({ launcher: "libvirt", libvirtDomain: `qreplica-site-b-test-vm1-${test.testId}`, libvirtUri: lv!.uri });
+    expect(await domains()).toContain(test.vm.libvirtDomain);
+    // The spec has no NIC: no host network at all (NICs get restrict=on, libvirtDomainXml.test.ts).
+    expect(await lv!.virsh.run(["dumpxml", test.vm.libvirtDomain])).not.toMatch(/<interface|-netdev/);
+    await waitForCounter(test.vm.serialLog, () => true, 90_000);
+    expect(readCounters(test.vm.serialLog)[0]).toBe(await counterOf(test.recoveryPointId));
+    await cliJson(["test-failover", "stop", "vm1", "--dir", t.siteB]);
+    expect(await domains(true)).not.toContain(test.vm.libvirtDomain);
+
+    // A site killed while a test VM runs: its next start destroys the stray domain and closes the test.
+    const stray = await cliJson<Launched>(["failover", "vm1", "--test", "--dir", t.siteB]);
+    expect(await domains()).toContain(stray.vm.libvirtDomain);
+    await site.kill("SIGKILL");
+    site = await t.startSite(t.siteB);
+    expect(await domains(true)).not.toContain(stray.vm.libvirtDomain);
+    expect(Object.keys((await t.relationship()).testFailovers)).toEqual([]);
+
+    // Disaster: the primary's agent is gone; the failover VM is a persistent domain on the latest point.
+    await agent.kill("SIGKILL");
+    const fo = await cliJson<Launched>(["failover", "vm1", "--unplanned", "--dir", t.siteB]);
+    expect(fo.vm).toMatchObject({ launcher: "libvirt", libvirtDomain: "qreplica-site-b-vm1" });
+    expect(await domains()).toContain("qreplica-site-b-vm1");
+    expect((await lv!.virsh.run(["dominfo", "qreplica-site-b-vm1"])).replace(/\s+/g, " ")).toMatch(/Persistent: yes/);
+    await waitForCounter(fo.vm.serialLog, () => true, 90_000);
+    expect(readCounters(fo.vm.serialLog)[0]).toBe(await counterOf(fo.recoveryPointId));
+
+    // Production outlives the site: a restarted site adopts the same domain (same QEMU), then cancel removes it.
+    const pidBefore = fo.vm.pid;
+    expect(pidBefore).toBeGreaterThan(1);
+    await site.kill("SIGKILL");
+    await t.startSite(t.siteB);
+    await until("the failover domain adopted", async () => (/failover VM adopted/.test(readFileSync(siteLog, "utf8")) ? true : undefined));
+    expect(Number(readFileSync(`/run/libvirt/qemu/qreplica-site-b-vm1.pid`, "utf8").trim())).toBe(pidBefore);
+    expect((await lv!.virsh.run(["domstate", "qreplica-site-b-vm1"])).trim()).toBe("running");
+    // Reverse replication reads a VM through its QEMU monitor, which libvirt owns: refused, recording nothing.
+    const client = controlClientAs(readFileSync(addressFile(t.siteB), "utf8").trim(), t.admin(t.siteB));
+    const refused = await refusal(call(client, client.startReverseReplication, { vmId: "vm1", replicaAddress: "127.0.0.1:9" }));
+    client.close();
+    expect(refused.details).toMatch(/libvirt domain qreplica-site-b-vm1.*not supported yet/);
+    expect((await t.relationship()).state).toBe("failed-over-waiting-completion");
+    await cliJson(["failover", "vm1", "cancel", "--dir", t.siteB]);
+    expect(await domains(true)).not.toContain("qreplica-site-b-vm1");
+  }, 300_000);
 });

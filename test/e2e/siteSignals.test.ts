@@ -55,10 +55,10 @@ describe("qreplica site serve signals", () => {
     const reloads = () => logLines(log).filter((l) => l.msg === "site config reloaded");
 
     const original = JSON.parse(readFileSync(siteFile(site), "utf8")) as Record<string, unknown>;
-    writeFileSync(siteFile(site), JSON.stringify({ ...original, defaultMaxPoints: 7, health: { rpoAlertSeconds: 900 }, listen: "127.0.0.1:1" }));
+    writeFileSync(siteFile(site), JSON.stringify({ ...original, defaultMaxPoints: 7, health: { rpoAlertSeconds: 900 }, listen: "127.0.0.1:1", launcher: "libvirt" }));
     daemon.child.kill("SIGHUP");
     await waitFor("the reload", () => (reloads().length === 1 ? true : undefined), 30_000);
-    expect(reloads()[0]).toMatchObject({ applied: ["defaultMaxPoints", "health.rpoAlertSeconds"], needRestart: ["listen"] });
+    expect(reloads()[0]).toMatchObject({ applied: ["defaultMaxPoints", "health.rpoAlertSeconds"], needRestart: ["listen", "launcher"] });
     expect(await defaultMaxPoints()).toBe(7);
 
     writeFileSync(siteFile(site), "{ not json");

@@ -13,9 +13,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ControlServiceService } from "../../src/gen/qreplica/v1/control.js";
 import { MonitoringServiceService } from "../../src/gen/qreplica/v1/monitoring.js";
 import { PolicyServiceService } from "../../src/gen/qreplica/v1/policy.js";
-import { channelCredentials, grpcChannelOptions, loadSiteCredentials } from "../../src/transport/index.js";
 import { startSiteB, type SiteB } from "../e2e/security/siteB.js";
-import { issueRole } from "../helpers/controlPlane.js";
+import { issueRole, dialArgs } from "../helpers/controlPlane.js";
 import { announceSeed, fuzzParams, fuzzTimeoutMs, hostileIds, type Budget } from "./budget.js";
 import { clearStatus, expectKeptPointIntact, expectNoPathEscapes, expectSiteAlive, keptPoint, listTree, type KeptPoint } from "./siteFixture.js";
 
@@ -37,8 +36,8 @@ beforeAll(async () => {
   await keptPoint(site, TARGET);
   const viewerFiles = await issueRole(site.env.caDir, "vera-viewer", "viewer", join(site.tmp, "people"));
   treeBefore = listTree(site.tmp);
-  client = new grpc.Client(site.address, channelCredentials(loadSiteCredentials(site.admin)), grpcChannelOptions);
-  viewer = new grpc.Client(site.address, channelCredentials(loadSiteCredentials(viewerFiles)), grpcChannelOptions);
+  client = new grpc.Client(site.address, ...dialArgs(site.address, site.admin));
+  viewer = new grpc.Client(site.address, ...dialArgs(site.address, viewerFiles));
 }, 120_000);
 afterAll(async () => {
   client?.close();

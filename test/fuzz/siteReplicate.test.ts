@@ -7,6 +7,7 @@
  * it was sound, and then its point is byte-identical to the chunks sent (qemu-img compare);
  * afterwards the site serves a new VM, its kept point is intact and nothing escaped its directory.
  */
+import { dialArgs } from "../helpers/controlPlane.js";
 import { copyFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -17,7 +18,7 @@ import { ReplicateRequest, ReplicationServiceService, ResumeHint, type ExtentChu
 import type { ExtentPiece } from "../../src/transport/index.js";
 import { StreamEndedError, encodeChunks, msg, totalsOf, withFlippedChecksum, type ProtocolClient } from "../helpers/protocolClient.js";
 import { MAX_CHUNK_BYTES } from "../../src/site/dataPlane/openCycle.js";
-import { MAX_MESSAGE_BYTES, channelCredentials, grpcChannelOptions, loadSiteCredentials } from "../../src/transport/index.js";
+import { MAX_MESSAGE_BYTES } from "../../src/transport/index.js";
 import { ExpectedDisk, MiB, initialCycle, noise, startSiteB, type SiteB } from "../e2e/security/siteB.js";
 import { FUZZ_SEED, announceSeed, fuzzParams, fuzzTimeoutMs, hostileIds, type Budget } from "./budget.js";
 import { clearStatus, expectKeptPointIntact, expectNoPathEscapes, expectSiteAlive, keptPoint, listTree, type KeptPoint } from "./siteFixture.js";
@@ -264,7 +265,7 @@ async function hostileHelloRun(h: HostileHello): Promise<void> {
 
 /** A Replicate stream carrying `frames` as they are (no protobuf encoding); resolves with its status. */
 function rawStream(frames: Buffer[]): Promise<grpc.StatusObject> {
-  const client = new grpc.Client(site.address, channelCredentials(loadSiteCredentials(site.agentA)), grpcChannelOptions);
+  const client = new grpc.Client(site.address, ...dialArgs(site.address, site.agentA));
   const call = client.makeBidiStreamRequest(
     ReplicationServiceService.replicate.path,
     (b: Buffer) => b,

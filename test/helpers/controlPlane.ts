@@ -6,7 +6,7 @@
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { ControlServiceClient } from "../../src/gen/qreplica/v1/control.js";
-import { channelCredentials, grpcChannelOptions, issueCertificate, loadSiteCredentials, type Role } from "../../src/transport/index.js";
+import { issueCertificate, loadSiteCredentials, siteDial, type Role } from "../../src/transport/index.js";
 
 export interface CredentialFiles {
   caFile: string;
@@ -14,8 +14,14 @@ export interface CredentialFiles {
   keyFile: string;
 }
 
+/** A gRPC client's credentials and options for a site, as the CLI dials it (an IP address is not sent as the TLS server name: Node's DEP0123). */
+export function dialArgs(address: string, files: CredentialFiles): [grpc.ChannelCredentials, grpc.ChannelOptions] {
+  const dial = siteDial(address, loadSiteCredentials(files));
+  return [dial.credentials, dial.options];
+}
+
 export function controlClientAs(address: string, files: CredentialFiles): ControlServiceClient {
-  return new ControlServiceClient(address, channelCredentials(loadSiteCredentials(files)), grpcChannelOptions);
+  return new ControlServiceClient(address, ...dialArgs(address, files));
 }
 
 /** A certificate of the deployment CA in `caDir` for `name` with `role` (null: none at all). */

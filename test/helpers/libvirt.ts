@@ -100,8 +100,14 @@ export class PrivateLibvirt {
     return d;
   }
 
-  /** Destroys and undefines every domain of the test, then kills libvirtd and virtlogd by pid. */
+  /** Destroys and undefines every domain of this private libvirtd (the test's and those a site under test launched), then kills libvirtd and virtlogd by pid. */
   stop(): void {
+    const listed = spawnSync("virsh", ["-q", "-c", this.uri, "list", "--all", "--name"], { encoding: "utf8" }).stdout ?? "";
+    for (const name of listed
+      .split("\n")
+      .map((l) => l.trim())
+      .filter(Boolean))
+      this.domains.add(name);
     for (const name of this.domains) {
       spawnSync("virsh", ["-c", this.uri, "destroy", name]);
       spawnSync("virsh", ["-c", this.uri, "undefine", name, "--checkpoints-metadata"]);

@@ -34,7 +34,7 @@ export interface TwoSites {
    * Starts the agent for the VM (id `vm1` unless given; another id is a new relationship on B).
    * `replicaSite` dials another address than B's own (e.g. a proxy in front of it).
    */
-  startAgent(opts?: { vmId?: string; policy?: string; replicaSite?: string }): Daemon;
+  startAgent(opts?: { vmId?: string; policy?: string; replicaSite?: string; crlFile?: string }): Daemon;
   relationship(vmId?: string, siteDir?: string): Promise<RelationshipState>;
   /** A site's local admin certificate (tls/admin.crt, role admin): what the CLI presents with --dir. */
   admin(siteDir: string): { caFile: string; certFile: string; keyFile: string };
@@ -56,6 +56,8 @@ export interface TwoSitesOptions {
   intervalSeconds?: number;
   maxPoints?: number;
   counterGuest?: boolean;
+  /** More `site init` options for site B (the replica), e.g. `--launcher libvirt`. */
+  siteBInitArgs?: string[];
 }
 
 /**
@@ -85,7 +87,21 @@ export async function setupTwoSites(dir: string, opts: TwoSitesOptions): Promise
   const siteB = join(dir, "site-b");
   await cli(["pki", "create-ca", "--dir", caDir]);
   await cli(["site", "init", "--dir", siteA, "--name", "site-a", "--ca-dir", caDir, "--listen", "127.0.0.1:0"]);
-  await cli(["site", "init", "--dir", siteB, "--name", "site-b", "--ca-dir", caDir, "--listen", "127.0.0.1:0", "--max-points", String(opts.maxPoints ?? 100)]);
+  await cli([
+    "site",
+    "init",
+    "--dir",
+    siteB,
+    "--name",
+    "site-b",
+    "--ca-dir",
+    caDir,
+    "--listen",
+    "127.0.0.1:0",
+    "--max-points",
+    String(opts.maxPoints ?? 100),
+    ...(opts.siteBInitArgs ?? []),
+  ]);
   await cli(["pki", "issue", "--ca-dir", caDir, "--name", "agent-a", "--out-dir", join(dir, "agent-tls")]);
   await cli(["authorize", "--dir", siteB, "--primary", "agent-a"]);
   const vm = await startStorageDaemonVm(join(dir), [{ id: "vda", sizeBytes: opts.diskBytes }]);
@@ -134,7 +150,12 @@ export async function setupTwoSites(dir: string, opts: TwoSitesOptions): Promise
         toYaml({
           siteId: "site-a",
           stateDir: join(dir, "agent-state"),
-          tls: { caFile: join(caDir, "ca.crt"), certFile: join(dir, "agent-tls", "agent-a.crt"), keyFile: join(dir, "agent-tls", "agent-a.key") },
+          tls: {
+            caFile: join(caDir, "ca.crt"),
+            certFile: join(dir, "agent-tls", "agent-a.crt"),
+            keyFile: join(dir, "agent-tls", "agent-a.key"),
+            ...(startOpts.crlFile ? { crlFile: startOpts.crlFile } : {}),
+          },
           vms: [
             {
               id: startOpts.vmId ?? "vm1",

@@ -33,7 +33,7 @@ function runAgent(config: string): Promise<{ code: number; stderr: string }> {
 }
 
 describe("invalid option values are refused (exit 2), never read as NaN or a default", () => {
-  it("site init --max-points abc, --max-points 0, --listen without a port, --accel fast", async () => {
+  it("site init --max-points abc, --max-points 0, --listen without a port, --accel fast, --launcher virsh, --libvirt-uri alone", async () => {
     const init = (...extra: string[]) => runCli(["site", "init", "--dir", join(tmp.path, "never"), "--name", "x", "--ca-dir", join(tmp.path, "ca"), ...extra]);
     const abc = await init("--max-points", "abc");
     expect(abc.code).toBe(2);
@@ -45,6 +45,12 @@ describe("invalid option values are refused (exit 2), never read as NaN or a def
     const accel = await init("--accel", "fast");
     expect(accel.code).toBe(2);
     expect(accel.stderr).toContain("'fast' is not one of auto, kvm, tcg");
+    const launcher = await init("--launcher", "virsh");
+    expect(launcher.code).toBe(2);
+    expect(launcher.stderr).toContain("'virsh' is not one of qemu, libvirt");
+    const uriAlone = await init("--libvirt-uri", "qemu:///system");
+    expect(uriAlone.code).toBe(2);
+    expect(uriAlone.stderr).toContain("--libvirt-uri is used only with --launcher libvirt");
   });
 
   it("events --from abc and --limit 0", async () => {

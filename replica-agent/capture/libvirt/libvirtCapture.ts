@@ -10,6 +10,8 @@ import { BASE_ALLOCATION, bitmapName, dirtyBitmapContext, PREFIX } from "../nami
 import type { ReconcileReport, VmCaptureStatus } from "../vmCapture.js";
 import { LibvirtStateFile, type LibvirtCaptureState } from "./checkpointState.js";
 import { domainDisks, type DomainDisk } from "./domainXml.js";
+import { specFromDomainXml } from "./domainSpec.js";
+import type { VmSpec } from "../../../src/model/vmSpec.js";
 import { LibvirtCommandError, Virsh, xmlEscape } from "./virsh.js";
 
 export interface LibvirtCaptureOptions {
@@ -63,6 +65,8 @@ export class LibvirtCapture {
   private readonly stateFile: LibvirtStateFile;
   private state: LibvirtCaptureState;
   private disks: DomainDisk[] = [];
+  private domainSpec: ReturnType<typeof specFromDomainXml> | undefined;
+  private specProblemsLogged = false;
   private openCycle: CaptureCycle | undefined;
   private lastReport: ReconcileReport | undefined;
   private readonly logger: Logger;
@@ -98,6 +102,19 @@ export class LibvirtCapture {
   /** The domain's disks as libvirt names them, with their images (for the final-cycle report). */
   get domainDisks(): readonly DomainDisk[] {
     return this.disks;
+  }
+
+  /**
+   * The VM spec read from the domain's XML at the last discovery (for a config without `spec:`),
+   * or undefined when the XML holds something the spec cannot describe (logged once, with why).
+   */
+  get derivedSpec(): VmSpec | undefined {
+    const d = this.domainSpec;
+    if (d && !d.spec && !this.specProblemsLogged) {
+      this.specProblemsLogged = true;
+      this.logger.warn({ problems: d.problems }, "no VM spec derived from the domain XML: the replica site launches a minimal machine; add spec: to the agent config");
+    }
+    return d?.spec;
   }
 
   get virshClient(): Virsh {
@@ -266,7 +283,9 @@ export class LibvirtCapture {
   }
 
   private async discoverDisks(): Promise<void> {
-    const disks = domainDisks(await this.virsh.run(["dumpxml", this.opts.domain]));
+    const xml = await this.virsh.run(["dumpxml", this.opts.domain]);
+    this.domainSpec = specFromDomainXml(xml);
+    const disks = domainDisks(xml);
     if (disks.length === 0) throw new Error(`libvirt domain ${this.opts.domain} has no disks to replicate`);
     const bad = disks.find((d) => d.format !== "qcow2");
     if (bad) throw new DomainDiskFormatError(this.opts.domain, bad);

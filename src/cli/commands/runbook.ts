@@ -6,7 +6,10 @@ import {
   RunbookInvalidError,
   RunbookRunNotFoundError,
   executePlan,
+  expandConsistencyGroups,
   formatProblem,
+  hasConsistencyGroups,
+  launchedVms,
   loadRunbook,
   planRunbook,
   readRun,
@@ -26,6 +29,7 @@ import { withSiteOptions } from "../target.js";
 import type { ProgressMode } from "../progress.js";
 import { runbookCycleProgress } from "../runbookProgress.js";
 import { withProgress } from "./wait.js";
+import { groupPointResolver } from "./groups.js";
 
 /** Exit codes scripts can rely on: 0 done, 1 could not start (site, ledger, arguments), 2 invalid runbook, 4 stopped at a step. */
 const EXIT_INVALID = EXIT.invalid;
@@ -97,9 +101,16 @@ export function registerRunbook(program: Command): void {
     .description("print exactly the steps 'run' would perform, in order; touches nothing")
     .option("--test", "plan a drill: every VM as a test failover", false)
     .option("--json", "JSON output", false)
-    .action((file: string, o: { test: boolean; json: boolean }) => {
+    .action(async (file: string, o: { test: boolean; json: boolean }) => {
       try {
-        const plan = planRunbook(load(file, o.json), { test: o.test });
+        let runbook = load(file, o.json);
+        if (hasConsistencyGroups(runbook)) {
+          // Only the site knows a group's members and points: read (never changed) through its control plane.
+          const client = siteControlClient(runbook.site);
+          runbook = await expandConsistencyGroups(runbook, groupPointResolver(client));
+          client.close();
+        }
+        const plan = planRunbook(runbook, { test: o.test });
         emit(o.json, plan, () => formatPlan(plan));
       } catch (err) {
         fail(err, o.json);
@@ -115,7 +126,7 @@ export function registerRunbook(program: Command): void {
     .action(async (file: string, o: { test: boolean; yes: boolean; resume?: string; json: boolean; progress: ProgressMode }) => {
       let target: ReturnType<typeof controlTarget> | undefined;
       try {
-        const runbook = load(file, o.json);
+        let runbook = load(file, o.json);
         // One connection for the operations and the run's record: both go through the control plane.
         const client = siteControlClient(runbook.site);
         target = controlTarget(runbook.site, client);
@@ -128,6 +139,9 @@ export function registerRunbook(program: Command): void {
           planOpts = resumeOptions(resume, runbook.name, o.test);
           if (planOpts.test && !o.test && !o.json) console.log(`run ${o.resume} is a drill: resuming it as a drill`);
         }
+        // Members of a consistency group already failed over in the resumed run fix its group point.
+        const pinned = new Map([...(resume ? launchedVms(resume) : new Map())].map(([vm, r]) => [vm, r.pointId as string]));
+        runbook = await expandConsistencyGroups(runbook, groupPointResolver(client), pinned);
         const plan = planRunbook(runbook, planOpts);
         const idWidth = Math.max(...plan.steps.map((s) => s.id.length));
         const cycles = runbookCycleProgress(client, plan.steps, o.progress);

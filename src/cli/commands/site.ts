@@ -1,12 +1,28 @@
-import { chmodSync, copyFileSync, existsSync, mkdirSync } from "node:fs";
+import { existsSync, mkdirSync } from "node:fs";
 import { join, resolve } from "node:path";
 import type { Command } from "commander";
 import { createLogger } from "../../common/logger.js";
-import { ADMIN_CERT_NAME, adminCredentialFiles, isWildcardHost, listenHost, saveSiteConfig, siteFile } from "../../site/siteConfig.js";
+import { adminCredentialFiles, isWildcardHost, listenHost, saveSiteConfig, siteFile } from "../../site/siteConfig.js";
 import { startSite } from "../../site/siteServer.js";
-import { issueCertificate } from "../../transport/index.js";
+import { DEFAULT_LIBVIRT_URI } from "../../site/launcher/index.js";
 import { choiceOption, hostPortOption, intOption } from "../options.js";
 import { emit, fail } from "../output.js";
+import { InvalidCliArgumentError } from "../exitCodes.js";
+import { makeSiteCertificates } from "./siteInitCertificates.js";
+
+interface InitOptions {
+  dir: string;
+  name: string;
+  caDir?: string;
+  caCert?: string;
+  listen: string;
+  san: string[];
+  maxPoints: number;
+  accel: "auto" | "kvm" | "tcg";
+  launcher: "qemu" | "libvirt";
+  libvirtUri?: string;
+  json: boolean;
+}
 
 export function registerSite(program: Command): void {
   const site = program.command("site").description("set up and run a site (replica server)");
@@ -15,7 +31,8 @@ export function registerSite(program: Command): void {
     .description("create a site directory: config, ledger location, storage root, and the site's certificate from the CA")
     .requiredOption("--dir <dir>", "site directory")
     .requiredOption("--name <siteId>", "site id (also the certificate identity)")
-    .requiredOption("--ca-dir <dir>", "CA directory made by 'qreplica pki create-ca'")
+    .option("--ca-dir <dir>", "CA directory made by 'qreplica pki create-ca': the site's certificates are issued now")
+    .option("--ca-cert <file>", "instead of --ca-dir: only the CA's ca.crt; keys and requests are made here for 'qreplica pki sign' on the CA host")
     .option("--listen <host:port>", "gRPC listen address (port 0: any free port; 0.0.0.0 or [::] for every interface)", hostPortOption(0), "127.0.0.1:7443")
     .option(
       "--san <name...>",
@@ -24,20 +41,23 @@ export function registerSite(program: Command): void {
     )
     .option("--max-points <n>", "recovery points kept per VM (1 to 100000)", intOption(1, 100_000), 24)
     .option("--accel <accel>", "accelerator for failover and test VMs: auto, kvm or tcg", choiceOption(["auto", "kvm", "tcg"] as const), "auto")
+    .option(
+      "--launcher <launcher>",
+      "who runs failover and test VMs: qemu (the site's own qemu-system processes) or libvirt (domains defined from the replicated spec)",
+      choiceOption(["qemu", "libvirt"] as const),
+      "qemu",
+    )
+    .option("--libvirt-uri <uri>", `libvirt connection for --launcher libvirt (default ${DEFAULT_LIBVIRT_URI})`)
     .option("--json", "JSON output", false)
-    .action(async (o: { dir: string; name: string; caDir: string; listen: string; san: string[]; maxPoints: number; accel: "auto" | "kvm" | "tcg"; json: boolean }) => {
+    .action(async (o: InitOptions) => {
       try {
         const dir = resolve(o.dir);
+        if (o.libvirtUri !== undefined && o.launcher !== "libvirt")
+          throw new InvalidCliArgumentError("--libvirt-uri is used only with --launcher libvirt: add --launcher libvirt or drop --libvirt-uri");
         if (existsSync(siteFile(dir))) throw new Error(`${siteFile(dir)} exists already: this directory is a site`);
         const sans = siteSans(o.listen, o.san);
         mkdirSync(join(dir, "tls"), { recursive: true, mode: 0o700 });
-        // The site's own identity is an agent's: it replicates (reverse agents) and serves, and
-        // must not be able to fail anything over if its key leaks from the data plane.
-        const issued = await issueCertificate({ caDir: o.caDir, name: o.name, dir: join(dir, "tls"), sans, role: "agent" });
-        // The local admin: what the CLI presents with --dir on this host (see siteClient.ts).
-        await issueCertificate({ caDir: o.caDir, name: `${o.name}-admin`, dir: join(dir, "tls"), role: "admin", fileName: ADMIN_CERT_NAME });
-        copyFileSync(join(o.caDir, "ca.crt"), join(dir, "tls", "ca.crt"));
-        chmodSync(join(dir, "tls", "ca.crt"), 0o600); // a copy keeps its source's mode
+        const certs = await makeSiteCertificates({ name: o.name, tlsDir: join(dir, "tls"), sans, caDir: o.caDir, caCert: o.caCert });
         const config = {
           siteId: o.name,
           listen: o.listen,
@@ -48,17 +68,20 @@ export function registerSite(program: Command): void {
           storageRoot: "storage",
           defaultMaxPoints: o.maxPoints,
           accel: o.accel,
+          launcher: o.launcher,
+          ...(o.libvirtUri !== undefined ? { libvirtUri: o.libvirtUri } : {}),
           ...(o.san[0] ? { advertiseHost: o.san[0] } : {}),
         };
         saveSiteConfig(dir, config);
         const adminCertificate = adminCredentialFiles(dir).certFile;
-        emit(
-          o.json,
-          { dir, ...config, certificate: issued.certFile, sans, adminCertificate },
-          () =>
-            `site '${o.name}' initialised in ${dir} (certificate for ${[o.name, ...sans].join(", ")}, role agent)\n` +
-            `local admin certificate: ${adminCertificate} (role admin; the CLI presents it with --dir on this host)\n` +
-            `next: qreplica authorize --dir ${dir} --primary PRIMARY; qreplica site serve --dir ${dir}`,
+        emit(o.json, { dir, ...config, certificate: certs.certFile, sans, adminCertificate, pendingCertificates: certs.pending }, () =>
+          certs.pending.length
+            ? `site '${o.name}' initialised in ${dir}; its keys stay here. Take the requests to the CA host and sign them there:\n` +
+              certs.pending.map((p) => `  ${p.signCommand}\n`).join("") +
+              `then copy each certificate back to the path after --out, and: qreplica site serve --dir ${dir}`
+            : `site '${o.name}' initialised in ${dir} (certificate for ${[o.name, ...sans].join(", ")}, role agent)\n` +
+              `local admin certificate: ${adminCertificate} (role admin; the CLI presents it with --dir on this host)\n` +
+              `next: qreplica authorize --dir ${dir} --primary PRIMARY; qreplica site serve --dir ${dir}`,
         );
       } catch (err) {
         fail(err, o.json);

@@ -39,6 +39,11 @@ export type DiskCompression = { incompressibleBytes: number; wireBytes: number }
 export type DiskSpec = { diskId: string; sizeBytes: number };
 /** A disk as captured by one point: `imagePath` is that point's own image (base or overlay). */
 export type PointDisk = { diskId: string; sizeBytes: number; imagePath: string };
+/**
+ * The consistency group cut-off a point was cut in: the same `cutoffId` on every member's point of
+ * that cut-off; `members` as the primary's agent listed the group; the group's pause in ms.
+ */
+export type PointGroup = { groupId: string; cutoffId: string; members: string[]; pauseMs?: number };
 /** A point's disk with the images that open it, base first, ending with `imagePath`. */
 export type ChainDisk = PointDisk & { chain: string[] };
 
@@ -93,6 +98,8 @@ export type RelationshipEventData = {
     disks: PointDisk[];
     /** The policy's lock: until then no command merges, drops or completes the point away. */
     lockedUntil?: string;
+    /** Set when the point was cut in a consistency group's cut-off. */
+    group?: PointGroup;
   };
   /**
    * Right after its RecoveryPointCreated: the point's changed bytes stopped compressing far above a

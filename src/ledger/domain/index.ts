@@ -19,6 +19,7 @@ export {
   type JsonObject,
   type JsonValue,
   type PointDisk,
+  type PointGroup,
   type RelationshipEvent,
   type RelationshipEventData,
   type RelationshipEventType,

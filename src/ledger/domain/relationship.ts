@@ -81,6 +81,7 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
         disks: d.disks.map((x) => ({ ...x })),
         merging: false,
         ...(d.lockedUntil ? { lockedUntil: d.lockedUntil } : {}),
+        ...(d.group ? { group: { ...d.group, members: [...d.group.members] } } : {}),
       };
       return { ...s, points: [...s.points, point] };
     }

@@ -3,7 +3,7 @@
  * value before the first event. Commands read it; only `evolve` makes a new one.
  */
 import type { EncryptionBaseline } from "./encryptionSignal.js";
-import type { ChainDisk, Consistency, DiskSpec, FailoverKind, JsonObject, PointDisk } from "./events.js";
+import type { ChainDisk, Consistency, DiskSpec, FailoverKind, JsonObject, PointDisk, PointGroup } from "./events.js";
 import type { ReplicationStateName } from "./states.js";
 
 export interface RecoveryPoint {
@@ -16,6 +16,8 @@ export interface RecoveryPoint {
   readonly merging: boolean;
   /** The policy's lock when the point was created: until then it cannot be merged, dropped or completed away. */
   readonly lockedUntil?: string;
+  /** The consistency group cut-off the point was cut in. */
+  readonly group?: PointGroup;
 }
 
 /** A point whose changed bytes stopped compressing (RecoveryPointSuspected), until an operator clears it. */

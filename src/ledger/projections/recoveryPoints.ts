@@ -6,7 +6,7 @@
  * code read, and it must stay cheap and obviously correct for that one question.
  */
 import type { EventStore, RecordedEvent } from "../eventStore.js";
-import { decodeRelationshipEvent, relationshipStream, type Consistency, type DiskCompression, type PointDisk } from "../domain/events.js";
+import { decodeRelationshipEvent, relationshipStream, type Consistency, type DiskCompression, type PointDisk, type PointGroup } from "../domain/events.js";
 
 /** Why a point is suspect (RecoveryPointSuspected): per disk, the share of changed bytes that did not compress, and the disk's baseline. */
 export type PointSuspicion = readonly { readonly diskId: string; readonly share: number; readonly baselineShare: number }[];
@@ -36,6 +36,8 @@ export interface CataloguePoint {
   readonly lockedUntil?: string;
   /** Set while the point is suspect (encryption signal) and not cleared. */
   readonly suspect?: PointSuspicion;
+  /** The consistency group cut-off the point was cut in. */
+  readonly group?: PointGroup;
 }
 
 /** What the CycleCommitted event of a point's cycle recorded. */
@@ -60,6 +62,7 @@ interface StoredPoint {
   disks: PointDisk[];
   lockedUntil?: string;
   suspect?: { diskId: string; share: number; baselineShare: number }[];
+  group?: PointGroup;
 }
 
 const PAGE = 1000;
@@ -144,6 +147,7 @@ export class RecoveryPointsProjection {
           merging: false,
           disks: d.disks.map((x) => ({ ...x })),
           ...(d.lockedUntil ? { lockedUntil: d.lockedUntil } : {}),
+          ...(d.group ? { group: { ...d.group, members: [...d.group.members] } } : {}),
         });
         return;
       }
@@ -262,6 +266,7 @@ export class RecoveryPointsProjection {
       failedOver: p.pointId === this.failedOverTo,
       ...(p.lockedUntil ? { lockedUntil: p.lockedUntil } : {}),
       ...(p.suspect ? { suspect: p.suspect.map((x) => ({ ...x })) } : {}),
+      ...(p.group ? { group: { ...p.group, members: [...p.group.members] } } : {}),
       disks: p.disks.map((d) => {
         // Each point's chain is the previous point's chain plus its own image.
         const chain = [...(chains.get(d.diskId) ?? []), d.imagePath];

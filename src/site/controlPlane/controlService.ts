@@ -54,6 +54,10 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
           suspectDisks: (p.suspect ?? []).map((d) => ({ diskId: d.diskId, share: d.share, baselineShare: d.baselineShare })),
           lastClean: p.pointId === lastClean,
           lockedUntil: p.lockedUntil ? new Date(p.lockedUntil) : undefined,
+          groupId: p.group?.groupId ?? "",
+          groupCutoffId: p.group?.cutoffId ?? "",
+          groupMembers: p.group ? [...p.group.members] : [],
+          groupPauseMs: p.group?.pauseMs ?? 0,
         };
       });
   };
@@ -98,6 +102,9 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
     pid: v.pid,
     timeToRunningMs: BigInt(v.timeToRunningMs),
     diskImages: v.diskImages,
+    launcher: v.launcher,
+    libvirtDomain: v.libvirtDomain ?? "",
+    libvirtUri: v.libvirtUri ?? "",
   });
   return {
     startTestFailover: guarded("operator", async (req, caller) => {
@@ -150,6 +157,7 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
     startReverseReplication: guarded("operator", async (req, caller) => {
       const config = loadSiteConfig(ctx.dir);
       const identity = loadSiteCredentials({ caFile: config.caFile, certFile: config.certFile, keyFile: config.keyFile }).identity.commonName;
+      failovers.assertReversible(req.vmId);
       const { newState } = await executeCommand(ctx.store, req.vmId, (s) => startReverseReplication(s, { newPrimarySiteId: ctx.siteId, newPrimaryIdentity: identity }), {
         metadata: actorMetadata(caller),
       });

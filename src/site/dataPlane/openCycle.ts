@@ -4,7 +4,7 @@ import type { ChecksumAlgorithm } from "../../gen/qreplica/v1/common.js";
 import { RejectReason, type ExtentChunk } from "../../gen/qreplica/v1/replication.js";
 import type { PointWrite } from "../../storage/index.js";
 import { decodeExtentChunk } from "../../transport/index.js";
-import { INCOMPRESSIBLE_RATIO } from "../../ledger/index.js";
+import { INCOMPRESSIBLE_RATIO, type PointGroup } from "../../ledger/index.js";
 
 export const MAX_CHUNK_BYTES = 4 * 1024 * 1024;
 
@@ -44,6 +44,8 @@ export class OpenCycle {
     readonly point: PointWrite,
     /** The primary wanted the guest frozen for this cut-off and could not: why. */
     readonly quiesceFailure?: string,
+    /** The consistency group cut-off the primary cut this cycle in. */
+    readonly group?: PointGroup,
   ) {}
 
   /**

@@ -26,9 +26,24 @@ import { UNDECODABLE } from "../tolerantDecoding.js";
 import { parseVmSpec, sendSeedHashes } from "./resync.js";
 import type { SiteContext } from "../siteContext.js";
 import { RelationshipRefusal, type ResumeKind } from "../relationships.js";
+import type { PointGroup } from "../../ledger/index.js";
 
 /** A freeze failure is the agent's text; the ledger keeps no more of it than this. */
 const MAX_QUIESCE_FAILURE_CHARS = 1000;
+/** A group has at most this many members as the site records them (an agent's config is far smaller). */
+const MAX_GROUP_MEMBERS = 256;
+
+/** The consistency group cut-off a CycleBegin names, if any (agents before groups send none). */
+function groupOf(begin: CycleBegin): PointGroup | undefined {
+  if (!begin.groupId || !begin.groupCutoffId) return undefined;
+  const pauseMs = Number.isFinite(begin.groupPauseMs) && begin.groupPauseMs > 0 ? Math.round(begin.groupPauseMs * 1000) / 1000 : undefined;
+  return {
+    groupId: begin.groupId.slice(0, 200),
+    cutoffId: begin.groupCutoffId.slice(0, 200),
+    members: begin.groupMembers.slice(0, MAX_GROUP_MEMBERS).map((m) => m.slice(0, 200)),
+    ...(pauseMs !== undefined ? { pauseMs } : {}),
+  };
+}
 
 const RESUME_HINT: Record<ResumeKind, ResumeHint> = {
   initial: ResumeHint.RESUME_HINT_INITIAL_REPLICATION,
@@ -141,6 +156,29 @@ export class ReplicateSession {
   supersede(): void {
     this.superseded = true;
     this.endWithStatus(grpc.status.ABORTED, "a newer Replicate stream for this VM took over");
+  }
+
+  /**
+   * A revocation list that arrives while the stream is open cuts it: a stolen key must not keep
+   * replicating until it reconnects. An open cycle is discarded (no point from a revoked peer).
+   */
+  cutIfRevoked(): boolean {
+    const revoked = this.peerCertificate && this.ctx.revocations?.refusal(this.peerCertificate);
+    if (!revoked || this.ending) return false;
+    this.logger.warn({ vm: this.vmId, identity: this.peerCertificate?.commonName }, "the primary's certificate was revoked: its open stream is cut");
+    const refusal = {
+      identity: this.peerCertificate!.commonName,
+      role: this.peerRole,
+      rpc: "Replicate",
+      needed: "authorization",
+      reason: "CERTIFICATE_REVOKED",
+      message: `${revoked}; its open stream is cut`,
+    } as const;
+    this.ctx.refusals
+      .record({ ...refusal, vmId: this.vmId ?? "", vmIdMalformed: false, peer: peerHost(this.call.getPeer()) })
+      .catch((err: unknown) => this.logger.error({ err }, "could not record the cut stream in the audit stream"));
+    this.endWithStatus(grpc.status.UNAUTHENTICATED, revoked);
+    return true;
   }
 
   async run(): Promise<void> {
@@ -366,7 +404,7 @@ export class ReplicateSession {
       const consistency = begin.consistency === Consistency.CONSISTENCY_APPLICATION ? "application" : "crash";
       // Only the agent's words: kept short, and meaningless on an application-consistent point.
       const quiesceFailure = consistency === "crash" && begin.quiesceFailure ? begin.quiesceFailure.slice(0, MAX_QUIESCE_FAILURE_CHARS) : undefined;
-      this.cycle = new OpenCycle(seq, kind, cutoffAt, consistency, point, quiesceFailure);
+      this.cycle = new OpenCycle(seq, kind, cutoffAt, consistency, point, quiesceFailure, groupOf(begin));
       this.cycle.plan(
         begin.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) })),
         Number(begin.plannedBytes),
@@ -421,6 +459,7 @@ export class ReplicateSession {
           cutoffAt: cycle.cutoffAt,
           consistency: cycle.consistency,
           quiesceFailure: cycle.quiesceFailure,
+          group: cycle.group,
           point: cycle.point,
           dataBytes: cycle.dataBytes,
           diskDataBytes: Object.fromEntries(cycle.diskDataBytes),

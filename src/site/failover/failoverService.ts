@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync, type Dirent } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { imageInfo } from "../../qemu/processes/qemuImg.js";
 import { QreplicaError } from "../../common/errors.js";
@@ -17,13 +17,14 @@ import {
   type FailoverKind,
   type RecoveryPoint,
 } from "../../ledger/index.js";
-import { createThrowawayOverlay, launchVm, type LaunchedVm } from "../launcher/index.js";
+import { createThrowawayOverlay, type LauncherKind, type SiteLaunchers, type SiteVm, type VmLifetime } from "../launcher/index.js";
 import { launchSpecOf } from "./defaultSpec.js";
 import { actorMetadata, type Caller } from "../controlPlane/caller.js";
 
 /** The ledger metadata of a command: who asked for it (none for the site's own housekeeping). */
 const by = (caller: Caller | undefined) => (caller ? { metadata: actorMetadata(caller) } : {});
-import { killQemuUnder, processCommandLine, terminate } from "./processes.js";
+import { killQemuUnder, killRecordedVms } from "./processes.js";
+import { readLaunchIntent, readVmRecord, vmRecordPath, writeLaunchIntent, writeVmRecord, type FailoverVm } from "./failoverRecords.js";
 import { ReverseAgents, type ReverseAgentInfo, type ReverseAgentOptions } from "./reverseAgent.js";
 
 export interface LaunchedInfo {
@@ -33,6 +34,10 @@ export interface LaunchedInfo {
   pid: number;
   timeToRunningMs: number;
   diskImages: string[];
+  launcher: LauncherKind;
+  /** libvirt only: the domain and the URI it is defined on. */
+  libvirtDomain?: string;
+  libvirtUri?: string;
 }
 
 /** A request the relationship or the site cannot honour now; the message says why and what to do. */
@@ -41,27 +46,9 @@ export class FailoverRefusedError extends QreplicaError {
 }
 
 interface Running {
-  vm: LaunchedVm;
+  vm: SiteVm;
   overlays: string[];
 }
-
-/**
- * A failover VM: production after a failover, so it must outlive the site process. Recorded in
- * `vm.json` beside its overlays, so that a restarted site adopts it instead of losing track of it.
- */
-interface FailoverVm {
-  name: string;
-  pid: number;
-  qmpSocketPath: string;
-  serialLogPath: string;
-  overlays: string[];
-  /** Present while this process launched it and still holds its monitor. */
-  launched?: LaunchedVm;
-  /** Its monitor was handed to a reverse-replication agent (QEMU serves one client per monitor). */
-  released: boolean;
-}
-
-const VM_RECORD = "vm.json";
 
 /**
  * Test failovers and failovers on this (replica) site: overlays on recovery points, VMs launched
@@ -76,7 +63,7 @@ export class FailoverService {
   constructor(
     private readonly store: EventStore,
     private readonly runDir: string,
-    private readonly accel: "auto" | "kvm" | "tcg",
+    private readonly launchers: SiteLaunchers,
     private readonly logger: Logger,
   ) {
     this.reverseAgents = new ReverseAgents(runDir, logger);
@@ -150,8 +137,7 @@ export class FailoverService {
   private remember(vmId: string, dir: string, running: Running): void {
     const vm: FailoverVm = {
       name: running.vm.name,
-      pid: running.vm.proc.pid,
-      qmpSocketPath: running.vm.qmpSocketPath,
+      ref: running.vm.ref,
       serialLogPath: running.vm.serialLogPath,
       overlays: running.overlays,
       launched: running.vm,
@@ -168,10 +154,25 @@ export class FailoverService {
   async releaseFailedOverVm(vmId: string): Promise<{ qmpSocket: string }> {
     const vm = this.failedOver.get(vmId);
     if (!vm) throw new FailoverRefusedError(`VM ${vmId} has no failed-over VM running on this site: fail it over (with its VM started) first`);
-    await vm.launched?.qmp.close();
+    this.assertReversible(vmId);
+    const qmpSocket = vm.launched ? await vm.launched.releaseMonitor() : vm.ref.launcher === "qemu" ? vm.ref.qmpSocketPath : "";
     vm.released = true;
     writeVmRecord(this.failoverDirOf(vmId), vm);
-    return { qmpSocket: vm.qmpSocketPath };
+    return { qmpSocket };
+  }
+
+  /**
+   * Reverse replication reads the failed-over VM through its QEMU monitor: a libvirt domain's
+   * monitor is libvirt's. Checked before anything is recorded, so a refused reverse changes nothing.
+   */
+  assertReversible(vmId: string): void {
+    const ref = this.failedOver.get(vmId)?.ref;
+    if (ref?.launcher === "libvirt") {
+      throw new FailoverRefusedError(
+        `VM ${vmId} runs as libvirt domain ${ref.domain} (site.json launcher "libvirt"): reverse replication from a libvirt-launched VM is not supported yet; ` +
+          "protect the domain with an agent whose config names it (vms[].libvirt) and a new relationship, or use the qemu launcher for VMs to be reversed",
+      );
+    }
   }
 
   /** Starts the VM's reverse-replication agent, supervised by this site (see ReverseAgents). */
@@ -182,7 +183,7 @@ export class FailoverService {
   async cancel(vmId: string, caller?: Caller): Promise<string> {
     const vm = this.failedOver.get(vmId);
     if (vm?.launched && !vm.released) await vm.launched.stop({ timeoutMs: 5_000 });
-    else if (vm) await terminate(vm.pid, 10_000);
+    else if (vm) await this.launchers.forRef(vm.ref).stopRecorded(vm.ref, 10_000);
     this.failedOver.delete(vmId);
     rmSync(join(this.runDir, "failover", vmId), { recursive: true, force: true });
     const { newState } = await executeCommand(this.store, vmId, (s) => cancelFailover(s), by(caller));
@@ -217,11 +218,18 @@ export class FailoverService {
    * restarted: a site restart must never stop production or its replication.
    */
   async recover(vmIds: Iterable<string>): Promise<void> {
-    killRecordedVms(join(this.runDir, "tests"));
+    const testsDir = join(this.runDir, "tests");
+    killRecordedVms(testsDir);
+    // An unreachable libvirt must not keep the site (and replication) from starting.
+    const stray = await this.launchers.configured.removeTestLeftovers(testsDir).catch((err: unknown) => {
+      this.logger.error({ err }, "cannot look for test VMs the site's previous run left (is libvirt reachable?); destroy qreplica-SITE-test-* domains by hand");
+      return [];
+    });
+    if (stray.length > 0) this.logger.warn({ domains: stray }, "test VMs left by the site's previous run destroyed (test VMs never outlive the site)");
     for (const vmId of vmIds) {
       const { state } = await loadRelationship(this.store, vmId);
-      const found = this.adoptFailoverVm(vmId);
-      if (found !== "adopted" && state.state === "failed-over-waiting-completion") {
+      const found = await this.adoptFailoverVm(vmId);
+      if (found !== "adopted" && found !== "unknown" && state.state === "failed-over-waiting-completion") {
         await this.relaunchFailoverVm(vmId, state, found === "died-after-release").catch((err: unknown) =>
           this.logger.error({ vm: vmId, err }, "the failover VM could not be started again: start it with 'qreplica failover VM cancel' and a new failover"),
         );
@@ -242,19 +250,26 @@ export class FailoverService {
     return join(root, generations[0] ?? "g0");
   }
 
-  private adoptFailoverVm(vmId: string): "adopted" | "none" | "died" | "died-after-release" {
+  private async adoptFailoverVm(vmId: string): Promise<"adopted" | "none" | "died" | "died-after-release" | "unknown"> {
     const dir = this.failoverDirOf(vmId);
     const vm = readVmRecord(dir);
     if (!vm) return "none";
-    // A recycled pid must not be taken for the VM: it must be QEMU with this VM's monitor.
-    const cmdline = processCommandLine(vm.pid);
-    if (!cmdline?.includes("qemu-system") || !cmdline.includes(vm.qmpSocketPath)) {
-      this.logger.warn({ vm: vmId, pid: vm.pid, dir }, "the failover VM is no longer running; its overlays are kept");
-      rmSync(join(dir, VM_RECORD), { force: true }); // said once, not at every start
+    const running = await this.launchers
+      .forRef(vm.ref)
+      .isRunning(vm.ref)
+      .catch((err: unknown) => {
+        // Its record stays: a later start, with libvirt back, adopts it.
+        this.logger.error({ vm: vmId, ref: vm.ref, err }, "cannot tell whether the failover VM runs (is libvirt reachable?); restart the site once it is");
+        return undefined;
+      });
+    if (running === undefined) return "unknown";
+    if (!running) {
+      this.logger.warn({ vm: vmId, ref: vm.ref, dir }, "the failover VM is no longer running; its overlays are kept");
+      rmSync(vmRecordPath(dir), { force: true }); // said once, not at every start
       return vm.released ? "died-after-release" : "died";
     }
     this.failedOver.set(vmId, vm);
-    this.logger.info({ vm: vmId, pid: vm.pid, qmpSocket: vm.qmpSocketPath, serialLog: vm.serialLogPath }, "failover VM adopted: it ran on through the site restart");
+    this.logger.info({ vm: vmId, ref: vm.ref, serialLog: vm.serialLogPath }, "failover VM adopted: it ran on through the site restart");
     if (vm.released) this.reverseAgents.adoptOrRestart(vmId);
     return "adopted";
   }
@@ -271,11 +286,13 @@ export class FailoverService {
     const toRun = state.failover?.startVm ?? readLaunchIntent(dir) !== undefined;
     const point = state.points.find((p) => p.pointId === state.failover?.pointId);
     if (!toRun || !point || released) return;
+    // Whatever the interrupted launch left holds the overlays: a QEMU of the qemu launcher, a domain of libvirt's.
     await killQemuUnder(dir);
+    await this.launchers.configured.removeLeftover(dir, vmId);
     const running = await this.launchOn(point, state, dir, vmId, "outlives-site", { reuseOverlays: true });
     this.remember(vmId, dir, running);
     this.logger.warn(
-      { vm: vmId, point: point.pointId, generation: state.generation, pid: running.vm.proc.pid, serialLog: running.vm.serialLogPath },
+      { vm: vmId, point: point.pointId, generation: state.generation, ref: running.vm.ref, serialLog: running.vm.serialLogPath },
       "the failover VM was not running after the site restart (the site stopped while launching it, or the VM died): started again on its overlays",
     );
   }
@@ -285,7 +302,7 @@ export class FailoverService {
     state: { vmId: string; disks: readonly { diskId: string }[] } & Parameters<typeof launchSpecOf>[0],
     dir: string,
     name: string,
-    lifetime: "dies-with-site" | "outlives-site",
+    lifetime: VmLifetime,
     opts: { reuseOverlays?: boolean } = {},
   ): Promise<Running> {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -301,39 +318,23 @@ export class FailoverService {
       overlays.push(path);
       diskImages[d.diskId] = path;
     }
-    const vm = await launchVm({
-      spec: launchSpecOf(state),
-      diskImages,
-      runDir: dir,
-      name,
-      network: "isolated",
-      logger: this.logger,
-      accel: this.accel,
-      ...(lifetime === "outlives-site" ? { ownSession: true } : { dieWithOwner: true }),
-    });
-    writeFileSync(join(dir, "qemu.pid"), String(vm.proc.pid), { mode: 0o600 });
+    const vm = await this.launchers.configured.launch({ spec: launchSpecOf(state), diskImages, runDir: dir, name, network: "isolated", lifetime }, this.logger);
     return { vm, overlays };
   }
 }
 
 function info(r: Running, timeToRunningMs: number): LaunchedInfo {
-  return { name: r.vm.name, qmpSocket: r.vm.qmpSocketPath, serialLog: r.vm.serialLogPath, pid: r.vm.proc.pid, timeToRunningMs, diskImages: r.overlays };
-}
-
-const LAUNCH_INTENT = "launch.json";
-
-function writeLaunchIntent(dir: string, pointId: string): void {
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  writeFileSync(join(dir, LAUNCH_INTENT), JSON.stringify({ pointId, at: new Date().toISOString() }), { mode: 0o600 });
-}
-
-function readLaunchIntent(dir: string): { pointId: string } | undefined {
-  try {
-    const r = JSON.parse(readFileSync(join(dir, LAUNCH_INTENT), "utf8")) as { pointId?: unknown };
-    return typeof r.pointId === "string" ? { pointId: r.pointId } : undefined;
-  } catch {
-    return undefined;
-  }
+  const ref = r.vm.ref;
+  return {
+    name: r.vm.name,
+    qmpSocket: ref.launcher === "qemu" ? ref.qmpSocketPath : "",
+    serialLog: r.vm.serialLogPath,
+    pid: r.vm.pid,
+    timeToRunningMs,
+    diskImages: r.overlays,
+    launcher: ref.launcher,
+    ...(ref.launcher === "libvirt" ? { libvirtDomain: ref.domain, libvirtUri: ref.uri } : {}),
+  };
 }
 
 /** Whether `path` is a whole qcow2 overlay on `pointImage`. */
@@ -347,23 +348,6 @@ async function overlayOn(path: string, pointImage: string): Promise<boolean> {
   }
 }
 
-function writeVmRecord(dir: string, vm: FailoverVm): void {
-  const { launched: _launched, ...record } = vm;
-  writeFileSync(join(dir, VM_RECORD), JSON.stringify(record, null, 2), { mode: 0o600 });
-}
-
-function readVmRecord(dir: string): FailoverVm | undefined {
-  const path = join(dir, VM_RECORD);
-  if (!existsSync(path)) return undefined;
-  try {
-    const r = JSON.parse(readFileSync(path, "utf8")) as Partial<FailoverVm>;
-    if (typeof r.pid !== "number" || typeof r.qmpSocketPath !== "string" || typeof r.name !== "string") return undefined;
-    return { name: r.name, pid: r.pid, qmpSocketPath: r.qmpSocketPath, serialLogPath: r.serialLogPath ?? "", overlays: r.overlays ?? [], released: r.released === true };
-  } catch {
-    return undefined;
-  }
-}
-
 function safeReaddir(dir: string): string[] {
   try {
     return readdirSync(dir);
@@ -372,24 +356,4 @@ function safeReaddir(dir: string): string[] {
   }
 }
 
-/** QEMU and reverse-agent processes recorded in `qemu.pid` / `agent.pid` files under `dir` (test clean-up, test VMs of a site that is gone). */
-export function killRecordedVms(dir: string): void {
-  let entries: Dirent[];
-  try {
-    entries = readdirSync(dir, { withFileTypes: true });
-  } catch {
-    return;
-  }
-  for (const e of entries) {
-    const path = join(dir, e.name);
-    if (e.isDirectory()) {
-      killRecordedVms(path);
-    } else if (e.name === "qemu.pid" || e.name === "agent.pid") {
-      try {
-        process.kill(Number(readFileSync(path, "utf8")), "SIGKILL");
-      } catch {
-        // already gone
-      }
-    }
-  }
-}
+export { killRecordedVms } from "./processes.js";

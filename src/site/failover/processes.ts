@@ -1,4 +1,5 @@
-import { readdirSync, readFileSync } from "node:fs";
+import { readdirSync, readFileSync, type Dirent } from "node:fs";
+import { join } from "node:path";
 
 /** Whether `pid` runs (a zombie, dead but not yet reaped, does not). */
 export function processAlive(pid: number): boolean {
@@ -53,4 +54,26 @@ export async function killQemuUnder(dir: string): Promise<number[]> {
     });
   await Promise.all(pids.map((pid) => terminate(pid, 5_000)));
   return pids;
+}
+
+/** QEMU and reverse-agent processes recorded in `qemu.pid` / `agent.pid` files under `dir` (test clean-up, test VMs of a site that is gone). */
+export function killRecordedVms(dir: string): void {
+  let entries: Dirent[];
+  try {
+    entries = readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return;
+  }
+  for (const e of entries) {
+    const path = join(dir, e.name);
+    if (e.isDirectory()) {
+      killRecordedVms(path);
+    } else if (e.name === "qemu.pid" || e.name === "agent.pid") {
+      try {
+        process.kill(Number(readFileSync(path, "utf8")), "SIGKILL");
+      } catch {
+        // already gone
+      }
+    }
+  }
 }

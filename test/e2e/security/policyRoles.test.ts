@@ -11,15 +11,14 @@ import { PolicyServiceClient } from "../../../src/gen/qreplica/v1/policy.js";
 import type { RecordedEvent } from "../../../src/ledger/index.js";
 import { policyStream } from "../../../src/policy/policyLedger.js";
 import { AUDIT_STREAM } from "../../../src/site/controlPlane/refusalAudit.js";
-import { channelCredentials, grpcChannelOptions, loadSiteCredentials } from "../../../src/transport/index.js";
-import { issueRole, refusal, type CredentialFiles } from "../../helpers/controlPlane.js";
+import { issueRole, refusal, type CredentialFiles, dialArgs } from "../../helpers/controlPlane.js";
 import { MiB, startSiteB, type SiteB } from "./siteB.js";
 
 let site: SiteB;
 const ids: Record<"viewer" | "operator" | "admin", CredentialFiles> = {} as never;
 const clients: PolicyServiceClient[] = [];
 const as = (files: CredentialFiles) => {
-  const c = new PolicyServiceClient(site.address, channelCredentials(loadSiteCredentials(files)), grpcChannelOptions);
+  const c = new PolicyServiceClient(site.address, ...dialArgs(site.address, files));
   clients.push(c);
   return c;
 };

@@ -161,7 +161,7 @@ describe("agent config: out-of-range values and unknown keys are refused with th
     expect(problemsOf(top)).toEqual([{ path: "statedir", message: expect.stringMatching(/did you mean 'stateDir'\?/) }]);
     const tls = join(tmp.path, "tls.yaml");
     writeFileSync(tls, readFileSync(configWith(""), "utf8").replace("keyFile: a.key }", "keyFile: a.key, passphrase: x }"));
-    expect(problemsOf(tls)).toEqual([{ path: "tls.passphrase", message: expect.stringMatching(/^unknown field; the fields here are caFile, certFile, keyFile$/) }]);
+    expect(problemsOf(tls)).toEqual([{ path: "tls.passphrase", message: expect.stringMatching(/^unknown field; the fields here are caFile, certFile, keyFile, crlFile$/) }]);
     const disk = configWith("");
     writeFileSync(disk, readFileSync(disk, "utf8").replace("node: vda }", "node: vda, size: 1 }"));
     expect(problemsOf(disk).map((x) => x.path)).toEqual(["vms[0].disks[0].size"]);

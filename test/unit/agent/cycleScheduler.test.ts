@@ -220,3 +220,13 @@ describe("cycle scheduler", () => {
     expect(getEventListeners(stop.signal, "abort").length).toBe(0);
   });
 });
+
+describe("consistency groups share their slots' phase", () => {
+  it("members scheduled with their group's id as the phase key are due at the same instants; their own ids would spread them", () => {
+    const s = new CycleScheduler(4, new FakeClock());
+    const interval = { kind: "interval" as const, seconds: 60 };
+    const [a, b] = [s.schedule("db1", interval, "app1"), s.schedule("web1", interval, "app1")];
+    expect(a.nextDueAt()).toBe(b.nextDueAt());
+    expect(s.schedule("db1", interval).nextDueAt()).not.toBe(s.schedule("web1", interval).nextDueAt());
+  });
+});

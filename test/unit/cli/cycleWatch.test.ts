@@ -50,6 +50,10 @@ const point = (seq: number, kind: CycleKind): RecoveryPoint => ({
   transferredBytes: BigInt(MiB),
   suspectDisks: [],
   lastClean: false,
+  groupId: "",
+  groupCutoffId: "",
+  groupMembers: [],
+  groupPauseMs: 0,
 });
 
 const inFlight = (seq: number, done: number, kind = CycleKind.CYCLE_KIND_INITIAL) => ({

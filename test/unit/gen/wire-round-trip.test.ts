@@ -51,6 +51,10 @@ const requests: ReplicateRequest[] = [
         kind: CycleKind.CYCLE_KIND_INCREMENTAL,
         quiesceFailure: "guest freeze timed out",
         plannedBytes: 3n * 2n ** 32n,
+        groupId: "app1",
+        groupCutoffId: "20261205T063512345Z",
+        groupMembers: ["vm-41", "vm-42"],
+        groupPauseMs: 4.25,
         cutoffTime: cutoff,
         consistency: Consistency.CONSISTENCY_APPLICATION,
         disks: [{ diskId: "vda", virtualSizeBytes: 10n * 2n ** 40n }],
@@ -191,6 +195,10 @@ describe("wire round trip", () => {
       suspectDisks: [{ diskId: "vda", share: 0.9912, baselineShare: 0.0431 }],
       lastClean: false,
       lockedUntil: new Date(cutoff.getTime() + 86_400_000),
+      groupId: "app1",
+      groupCutoffId: "20261205T063512345Z",
+      groupMembers: ["vm-41", "vm-42"],
+      groupPauseMs: 4.25,
     };
     const status: GetStatusResponse = {
       siteId: "site-b",

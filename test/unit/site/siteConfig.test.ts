@@ -50,4 +50,13 @@ describe("site.json validation", () => {
       { path: "accel", message: expect.stringMatching(/^"fast" is not one of auto, kvm, tcg/) },
     ]);
   });
+
+  it("launcher: qemu by default; libvirt with its URI; anything else refused with the fix", () => {
+    expect(siteConfigFrom(BASE, "/srv/site-b").launcher).toBe("qemu");
+    expect(siteConfigFrom({ ...BASE, launcher: "libvirt", libvirtUri: "qemu:///system" }, "/srv/site-b")).toMatchObject({ launcher: "libvirt", libvirtUri: "qemu:///system" });
+    expect(problems({ launcher: "virsh", libvirtUri: "" })).toEqual([
+      { path: "launcher", message: expect.stringMatching(/^"virsh" is not one of qemu, libvirt/) },
+      { path: "libvirtUri", message: expect.stringMatching(/qemu:\/\/\/system/) },
+    ]);
+  });
 });

@@ -334,6 +334,14 @@ export interface LaunchedVmInfo {
   /** From the request to QEMU reporting the VM running. */
   timeToRunningMs: bigint;
   diskImages: string[];
+  /** Which launcher runs it: "qemu" (the site's own qemu-system process) or "libvirt". */
+  launcher: string;
+  /**
+   * libvirt only: the domain's name and the libvirt URI it is defined on (qmp_socket is empty:
+   * libvirt owns the monitor; `virsh -c URI qemu-monitor-command` reaches it).
+   */
+  libvirtDomain: string;
+  libvirtUri: string;
 }
 
 export interface StartTestFailoverRequest {
@@ -503,7 +511,17 @@ export interface RecoveryPoint {
   /** While a suspect point stands: this is the newest point before the first one (`last-clean`). */
   lastClean: boolean;
   /** The policy's lock recorded with the point; unset when it has none (it may have ended). */
-  lockedUntil?: Date | undefined;
+  lockedUntil?:
+    | Date
+    | undefined;
+  /**
+   * Consistency groups: the group and group cut-off the point was cut in (empty when none), the
+   * group's members as the agent listed them, and the group's pause for that cut-off.
+   */
+  groupId: string;
+  groupCutoffId: string;
+  groupMembers: string[];
+  groupPauseMs: number;
 }
 
 export interface SuspectDisk {
@@ -2651,7 +2669,17 @@ export const StartReverseReplicationResponse: MessageFns<StartReverseReplication
 };
 
 function createBaseLaunchedVmInfo(): LaunchedVmInfo {
-  return { name: "", qmpSocket: "", serialLog: "", pid: 0, timeToRunningMs: 0n, diskImages: [] };
+  return {
+    name: "",
+    qmpSocket: "",
+    serialLog: "",
+    pid: 0,
+    timeToRunningMs: 0n,
+    diskImages: [],
+    launcher: "",
+    libvirtDomain: "",
+    libvirtUri: "",
+  };
 }
 
 export const LaunchedVmInfo: MessageFns<LaunchedVmInfo> = {
@@ -2676,6 +2704,15 @@ export const LaunchedVmInfo: MessageFns<LaunchedVmInfo> = {
     }
     for (const v of message.diskImages) {
       writer.uint32(50).string(v!);
+    }
+    if (message.launcher !== "") {
+      writer.uint32(562).string(message.launcher);
+    }
+    if (message.libvirtDomain !== "") {
+      writer.uint32(570).string(message.libvirtDomain);
+    }
+    if (message.libvirtUri !== "") {
+      writer.uint32(578).string(message.libvirtUri);
     }
     return writer;
   },
@@ -2741,6 +2778,30 @@ export const LaunchedVmInfo: MessageFns<LaunchedVmInfo> = {
             message.diskImages.push(reader.string());
             continue;
           }
+          case 70: {
+            if (tag !== 562) {
+              break;
+            }
+
+            message.launcher = reader.string();
+            continue;
+          }
+          case 71: {
+            if (tag !== 570) {
+              break;
+            }
+
+            message.libvirtDomain = reader.string();
+            continue;
+          }
+          case 72: {
+            if (tag !== 578) {
+              break;
+            }
+
+            message.libvirtUri = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2777,6 +2838,17 @@ export const LaunchedVmInfo: MessageFns<LaunchedVmInfo> = {
         : globalThis.Array.isArray(object?.disk_images)
         ? object.disk_images.map((e: any) => globalThis.String(e))
         : [],
+      launcher: isSet(object.launcher) ? globalThis.String(object.launcher) : "",
+      libvirtDomain: isSet(object.libvirtDomain)
+        ? globalThis.String(object.libvirtDomain)
+        : isSet(object.libvirt_domain)
+        ? globalThis.String(object.libvirt_domain)
+        : "",
+      libvirtUri: isSet(object.libvirtUri)
+        ? globalThis.String(object.libvirtUri)
+        : isSet(object.libvirt_uri)
+        ? globalThis.String(object.libvirt_uri)
+        : "",
     };
   },
 
@@ -2800,6 +2872,15 @@ export const LaunchedVmInfo: MessageFns<LaunchedVmInfo> = {
     if (message.diskImages?.length) {
       obj.diskImages = message.diskImages;
     }
+    if (message.launcher !== "") {
+      obj.launcher = message.launcher;
+    }
+    if (message.libvirtDomain !== "") {
+      obj.libvirtDomain = message.libvirtDomain;
+    }
+    if (message.libvirtUri !== "") {
+      obj.libvirtUri = message.libvirtUri;
+    }
     return obj;
   },
 
@@ -2816,6 +2897,9 @@ export const LaunchedVmInfo: MessageFns<LaunchedVmInfo> = {
       ? BigInt(object.timeToRunningMs)
       : 0n;
     message.diskImages = object.diskImages?.map((e) => e) || [];
+    message.launcher = object.launcher ?? "";
+    message.libvirtDomain = object.libvirtDomain ?? "";
+    message.libvirtUri = object.libvirtUri ?? "";
     return message;
   },
 };
@@ -4685,6 +4769,10 @@ function createBaseRecoveryPoint(): RecoveryPoint {
     suspectDisks: [],
     lastClean: false,
     lockedUntil: undefined,
+    groupId: "",
+    groupCutoffId: "",
+    groupMembers: [],
+    groupPauseMs: 0,
   };
 }
 
@@ -4740,6 +4828,18 @@ export const RecoveryPoint: MessageFns<RecoveryPoint> = {
     }
     if (message.lockedUntil !== undefined) {
       Timestamp.encode(toTimestamp(message.lockedUntil), writer.uint32(178).fork()).join();
+    }
+    if (message.groupId !== "") {
+      writer.uint32(322).string(message.groupId);
+    }
+    if (message.groupCutoffId !== "") {
+      writer.uint32(330).string(message.groupCutoffId);
+    }
+    for (const v of message.groupMembers) {
+      writer.uint32(338).string(v!);
+    }
+    if (message.groupPauseMs !== 0) {
+      writer.uint32(345).double(message.groupPauseMs);
     }
     return writer;
   },
@@ -4861,6 +4961,38 @@ export const RecoveryPoint: MessageFns<RecoveryPoint> = {
             message.lockedUntil = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 40: {
+            if (tag !== 322) {
+              break;
+            }
+
+            message.groupId = reader.string();
+            continue;
+          }
+          case 41: {
+            if (tag !== 330) {
+              break;
+            }
+
+            message.groupCutoffId = reader.string();
+            continue;
+          }
+          case 42: {
+            if (tag !== 338) {
+              break;
+            }
+
+            message.groupMembers.push(reader.string());
+            continue;
+          }
+          case 43: {
+            if (tag !== 345) {
+              break;
+            }
+
+            message.groupPauseMs = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4922,6 +5054,26 @@ export const RecoveryPoint: MessageFns<RecoveryPoint> = {
         : isSet(object.locked_until)
         ? fromJsonTimestamp(object.locked_until)
         : undefined,
+      groupId: isSet(object.groupId)
+        ? globalThis.String(object.groupId)
+        : isSet(object.group_id)
+        ? globalThis.String(object.group_id)
+        : "",
+      groupCutoffId: isSet(object.groupCutoffId)
+        ? globalThis.String(object.groupCutoffId)
+        : isSet(object.group_cutoff_id)
+        ? globalThis.String(object.group_cutoff_id)
+        : "",
+      groupMembers: globalThis.Array.isArray(object?.groupMembers)
+        ? object.groupMembers.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.group_members)
+        ? object.group_members.map((e: any) => globalThis.String(e))
+        : [],
+      groupPauseMs: isSet(object.groupPauseMs)
+        ? globalThis.Number(object.groupPauseMs)
+        : isSet(object.group_pause_ms)
+        ? globalThis.Number(object.group_pause_ms)
+        : 0,
     };
   },
 
@@ -4966,6 +5118,18 @@ export const RecoveryPoint: MessageFns<RecoveryPoint> = {
     if (message.lockedUntil !== undefined) {
       obj.lockedUntil = message.lockedUntil.toISOString();
     }
+    if (message.groupId !== "") {
+      obj.groupId = message.groupId;
+    }
+    if (message.groupCutoffId !== "") {
+      obj.groupCutoffId = message.groupCutoffId;
+    }
+    if (message.groupMembers?.length) {
+      obj.groupMembers = message.groupMembers;
+    }
+    if (message.groupPauseMs !== 0) {
+      obj.groupPauseMs = floatToJson(message.groupPauseMs);
+    }
     return obj;
   },
 
@@ -4993,6 +5157,10 @@ export const RecoveryPoint: MessageFns<RecoveryPoint> = {
     message.suspectDisks = object.suspectDisks?.map((e) => SuspectDisk.fromPartial(e)) || [];
     message.lastClean = object.lastClean ?? false;
     message.lockedUntil = object.lockedUntil ?? undefined;
+    message.groupId = object.groupId ?? "";
+    message.groupCutoffId = object.groupCutoffId ?? "";
+    message.groupMembers = object.groupMembers?.map((e) => e) || [];
+    message.groupPauseMs = object.groupPauseMs ?? 0;
     return message;
   },
 };

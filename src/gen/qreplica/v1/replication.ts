@@ -503,6 +503,16 @@ export interface CycleBegin {
    * progress only (GetStatus's cycle_in_progress); 0: unknown (agents before this field).
    */
   plannedBytes: bigint;
+  /**
+   * Consistency groups: set when the VM's cut-off was taken in one pause with the other members of
+   * its group on the same agent. `group_cutoff_id` is the same in every member's cycle of that
+   * cut-off; the site records a group point once every member in `group_members` committed one.
+   */
+  groupId: string;
+  groupCutoffId: string;
+  groupMembers: string[];
+  /** First vCPU stop to last resume over the group's guests for this cut-off (0: none was running). */
+  groupPauseMs: number;
 }
 
 /**
@@ -2728,6 +2738,10 @@ function createBaseCycleBegin(): CycleBegin {
     disks: [],
     quiesceFailure: "",
     plannedBytes: 0n,
+    groupId: "",
+    groupCutoffId: "",
+    groupMembers: [],
+    groupPauseMs: 0,
   };
 }
 
@@ -2768,6 +2782,18 @@ export const CycleBegin: MessageFns<CycleBegin> = {
         throw new globalThis.Error("value provided for field message.plannedBytes of type uint64 too large");
       }
       writer.uint32(72).uint64(message.plannedBytes);
+    }
+    if (message.groupId !== "") {
+      writer.uint32(322).string(message.groupId);
+    }
+    if (message.groupCutoffId !== "") {
+      writer.uint32(330).string(message.groupCutoffId);
+    }
+    for (const v of message.groupMembers) {
+      writer.uint32(338).string(v!);
+    }
+    if (message.groupPauseMs !== 0) {
+      writer.uint32(345).double(message.groupPauseMs);
     }
     return writer;
   },
@@ -2857,6 +2883,38 @@ export const CycleBegin: MessageFns<CycleBegin> = {
             message.plannedBytes = reader.uint64() as bigint;
             continue;
           }
+          case 40: {
+            if (tag !== 322) {
+              break;
+            }
+
+            message.groupId = reader.string();
+            continue;
+          }
+          case 41: {
+            if (tag !== 330) {
+              break;
+            }
+
+            message.groupCutoffId = reader.string();
+            continue;
+          }
+          case 42: {
+            if (tag !== 338) {
+              break;
+            }
+
+            message.groupMembers.push(reader.string());
+            continue;
+          }
+          case 43: {
+            if (tag !== 345) {
+              break;
+            }
+
+            message.groupPauseMs = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2902,6 +2960,26 @@ export const CycleBegin: MessageFns<CycleBegin> = {
         : isSet(object.planned_bytes)
         ? BigInt(object.planned_bytes)
         : 0n,
+      groupId: isSet(object.groupId)
+        ? globalThis.String(object.groupId)
+        : isSet(object.group_id)
+        ? globalThis.String(object.group_id)
+        : "",
+      groupCutoffId: isSet(object.groupCutoffId)
+        ? globalThis.String(object.groupCutoffId)
+        : isSet(object.group_cutoff_id)
+        ? globalThis.String(object.group_cutoff_id)
+        : "",
+      groupMembers: globalThis.Array.isArray(object?.groupMembers)
+        ? object.groupMembers.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.group_members)
+        ? object.group_members.map((e: any) => globalThis.String(e))
+        : [],
+      groupPauseMs: isSet(object.groupPauseMs)
+        ? globalThis.Number(object.groupPauseMs)
+        : isSet(object.group_pause_ms)
+        ? globalThis.Number(object.group_pause_ms)
+        : 0,
     };
   },
 
@@ -2934,6 +3012,18 @@ export const CycleBegin: MessageFns<CycleBegin> = {
     if (message.plannedBytes !== 0n) {
       obj.plannedBytes = message.plannedBytes.toString();
     }
+    if (message.groupId !== "") {
+      obj.groupId = message.groupId;
+    }
+    if (message.groupCutoffId !== "") {
+      obj.groupCutoffId = message.groupCutoffId;
+    }
+    if (message.groupMembers?.length) {
+      obj.groupMembers = message.groupMembers;
+    }
+    if (message.groupPauseMs !== 0) {
+      obj.groupPauseMs = floatToJson(message.groupPauseMs);
+    }
     return obj;
   },
 
@@ -2957,6 +3047,10 @@ export const CycleBegin: MessageFns<CycleBegin> = {
     message.plannedBytes = (object.plannedBytes !== undefined && object.plannedBytes !== null)
       ? BigInt(object.plannedBytes)
       : 0n;
+    message.groupId = object.groupId ?? "";
+    message.groupCutoffId = object.groupCutoffId ?? "";
+    message.groupMembers = object.groupMembers?.map((e) => e) || [];
+    message.groupPauseMs = object.groupPauseMs ?? 0;
     return message;
   },
 };
@@ -5430,6 +5524,10 @@ function bytesFromBase64(b64: string): Uint8Array {
 
 function base64FromBytes(arr: Uint8Array): string {
   return globalThis.Buffer.from(arr).toString("base64");
+}
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
 }
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | bigint | undefined;

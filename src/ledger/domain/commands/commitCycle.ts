@@ -1,6 +1,6 @@
 import { InvalidCommandInputError, OutOfOrderCycleError } from "../errors.js";
 import { judgeSample, type EncryptionBaseline } from "../encryptionSignal.js";
-import { pointIdFor, relationshipEvent, type Consistency, type CycleKind, type DiskCompression, type PointDisk, type RelationshipEvent } from "../events.js";
+import { pointIdFor, relationshipEvent, type Consistency, type CycleKind, type DiskCompression, type PointDisk, type PointGroup, type RelationshipEvent } from "../events.js";
 import { requireConsistency, requireCount, requireEnabled, requireGeneration, requireNextCycle, requirePointDisks, requireState, requireTime } from "../guards.js";
 import type { RelationshipState } from "../relationship.js";
 import type { ReplicationStateName } from "../states.js";
@@ -30,6 +30,8 @@ export interface CommitCycleInput {
   diskCompression?: Record<string, DiskCompression>;
   /** The policy's lock on this point, if it has one (ISO time). */
   lockedUntil?: string;
+  /** The consistency group cut-off the point was cut in. */
+  group?: PointGroup;
 }
 
 const COMMAND = "commitCycle";
@@ -71,6 +73,7 @@ export function commitCycle(s: RelationshipState, input: CommitCycleInput): Rela
     ...(input.diskCompression ? { diskCompression: requireCompression(input.diskCompression, input.diskDataBytes) } : {}),
   };
   const lock = input.lockedUntil === undefined ? {} : { lockedUntil: requireTime(COMMAND, "lockedUntil", input.lockedUntil) };
+  const group = input.group === undefined ? {} : { group: requireGroup(s.vmId, input.group) };
 
   const command = `${COMMAND}(${kind})`;
   requireEnabled(s, command, STATES_FOR_KIND[kind]);
@@ -98,13 +101,23 @@ export function commitCycle(s: RelationshipState, input: CommitCycleInput): Rela
   const pointId = pointIdFor(cycleSeq);
   const events: RelationshipEvent[] = [
     relationshipEvent("CycleCommitted", { cycleSeq, kind, generation, cutoffAt, committedAt, consistency, ...quiesce, disks, ...stats }),
-    relationshipEvent("RecoveryPointCreated", { pointId, cycleSeq, cutoffAt, consistency, disks, ...lock }),
+    relationshipEvent("RecoveryPointCreated", { pointId, cycleSeq, cutoffAt, consistency, disks, ...lock, ...group }),
   ];
   const suspected = suspectDisks(s, stats.diskCompression, stats.diskDataBytes);
   if (suspected) events.push(relationshipEvent("RecoveryPointSuspected", { pointId, cycleSeq, cutoffAt, ...suspected }));
   if (kind === "full") events.push(relationshipEvent("InitialReplicationCompleted", { cycleSeq, pointId }));
   if (kind === "resync") events.push(relationshipEvent("ResyncCompleted", { cycleSeq, pointId }));
   return events;
+}
+
+/** A group cut-off: named, with the VM among its members (the primary's word, kept as given otherwise). */
+function requireGroup(vmId: string, g: PointGroup): PointGroup {
+  const named = (x: unknown) => typeof x === "string" && x.length > 0 && x.length <= 200;
+  if (!named(g.groupId) || !named(g.cutoffId) || !Array.isArray(g.members) || !g.members.every(named) || !g.members.includes(vmId)) {
+    throw new InvalidCommandInputError(`${COMMAND}: group must name the group, its cut-off and its members (VM ${vmId} among them)`);
+  }
+  if (g.pauseMs !== undefined && !(Number.isFinite(g.pauseMs) && g.pauseMs >= 0)) throw new InvalidCommandInputError(`${COMMAND}: group pauseMs must be a non-negative number`);
+  return { groupId: g.groupId, cutoffId: g.cutoffId, members: [...g.members], ...(g.pauseMs !== undefined ? { pauseMs: g.pauseMs } : {}) };
 }
 
 /** Per-disk counts: whole numbers that add up to the cycle's total. */
