@@ -7,6 +7,9 @@ import { withTarget, type Target } from "../target.js";
 import type { ProgressMode } from "../progress.js";
 import { waitUntilReplicating, withProgress } from "./wait.js";
 
+/** The site copies (seed) or checks and converts (import) whole disks before it answers: hours for large ones. */
+const LOCAL_COPY_TIMEOUT_MS = 24 * 3600_000;
+
 const TARGET_HELP = { dir: "the replica site's directory on this host", site: "the replica site's address" };
 
 function told(notified: boolean): string {
@@ -40,7 +43,7 @@ export function registerInitialReplication(program: Command): void {
     try {
       const seeds = parseSeeds(o.disk);
       const client = controlClient(o);
-      const r = await unary(client, client.seedInitialReplication, { vmId: vm, seeds });
+      const r = await unary(client, client.seedInitialReplication, { vmId: vm, seeds }, LOCAL_COPY_TIMEOUT_MS);
       if (o.wait) {
         const rel = await waitUntilReplicating(client, vm, o.progress);
         const point = rel?.lastRecoveryPoint?.recoveryPointId ?? "";
@@ -60,7 +63,7 @@ export function registerInitialReplication(program: Command): void {
     .action(async (vm: string, o: Target & { from: string }) => {
       try {
         const client = controlClient(o);
-        const r = await unary(client, client.importInitialReplication, { vmId: vm, exportDir: resolve(o.from) });
+        const r = await unary(client, client.importInitialReplication, { vmId: vm, exportDir: resolve(o.from) }, LOCAL_COPY_TIMEOUT_MS);
         emit(
           o.json,
           r,
