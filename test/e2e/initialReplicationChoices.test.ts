@@ -196,6 +196,10 @@ describe("initial replication choices", () => {
     // The operator's original is not part of the chain: a copy in the VM's storage is, ours alone.
     expect(mode(seedCopy)).toBe(0o600);
     expect(JSON.parse(readFileSync(join(loadSiteConfig(t.siteB).storageRoot, "vm1", "seeds.json"), "utf8"))).toEqual([{ diskId: "vda", imagePath: seedCopy }]);
+    // Recorded with its operator in a hash-chained stream of the ledger, which still verifies.
+    const listed = await cliJson<{ events: Array<{ stream: string; type: string; actor: string }> }>(["events", "--dir", t.siteB, "--all"]);
+    expect(listed.body.events).toContainEqual(expect.objectContaining({ stream: "initial-replication-vm1", type: "SeedRegistered", actor: "otto-operator" }));
+    expect((await runCli(["ledger", "verify", "--dir", t.siteB])).code).toBe(0);
   }, 120_000);
 
   it("at a scheduled time: the initial copy waits for it (status says so), then runs over the network by itself", async () => {
