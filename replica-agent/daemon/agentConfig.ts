@@ -72,6 +72,13 @@ export interface AgentVmConfig {
   /** Generation to present before the site has told one (a reverse replication starts at the failover's). */
   generation?: number;
   /**
+   * How the first point is made: "now" (default: a full copy over the network at once), "at" (the
+   * same, held until a time; a site policy's initialReplication wins), "export" (written to a
+   * directory, carried on media and imported at the replica site: no disk data over the network),
+   * "seed" (wait until the replica site holds a seed, `qreplica seed`; only differing chunks travel).
+   */
+  initialReplication: InitialReplicationChoice;
+  /**
    * The consistency group the VM belongs to (config `groups:`): its cut-offs are taken in one
    * pause with the other members' (see capture/groupCutoff.ts).
    */
@@ -85,6 +92,8 @@ export interface AgentGroupConfig {
   /** How long a member ready to cut waits for the others before the group cuts without them. */
   joinTimeoutMs: number;
 }
+
+export type InitialReplicationChoice = { kind: "now" } | { kind: "at"; at: Date } | { kind: "export"; dir: string } | { kind: "seed" };
 
 export interface AgentConfig {
   /** This primary site's id, sent in Hello. The agent's identity is its certificate. */
@@ -177,6 +186,16 @@ const vmSchema = z
       }
     }).optional(),
     generation: intIn(0, Number.MAX_SAFE_INTEGER, "the generation a reverse replication starts at (the failover's); leave it out otherwise").optional(),
+    initialReplication: z
+      .union(
+        [
+          z.literal(["now", "seed"]),
+          z.strictObject({ at: z.iso.datetime({ offset: true, error: 'write a time with its zone, e.g. { at: "2026-12-05T02:00:00Z" }' }) }),
+          z.strictObject({ export: path("export directory (where the initial copy is written, e.g. a mounted disk)") }),
+        ],
+        { error: 'write now, seed, { at: "2026-12-05T02:00:00Z" } or { export: /media/usb/web1 }' },
+      )
+      .optional(),
     policy: field<string>((v) =>
       typeof v === "string" && ID_PATTERN.test(v)
         ? { value: v }
@@ -259,6 +278,12 @@ export const agentConfigSchema = z
     });
   });
 
+function initialChoice(v: z.infer<typeof vmSchema>["initialReplication"], abs: (p: string) => string): InitialReplicationChoice {
+  if (v === undefined || v === "now") return { kind: "now" };
+  if (v === "seed") return { kind: "seed" };
+  return "at" in v ? { kind: "at", at: new Date(v.at) } : { kind: "export", dir: abs(v.export) };
+}
+
 /** Reads the agent's YAML (or JSON) config; relative paths are relative to the file. */
 export function loadAgentConfig(file: string): AgentConfig {
   let raw: unknown;
@@ -312,6 +337,7 @@ export function agentConfigFrom(raw: unknown, file: string): AgentConfig {
       resyncDigest: vm.resyncDigest ?? "blake3",
       spec: vm.spec,
       generation: vm.generation,
+      initialReplication: initialChoice(vm.initialReplication, abs),
       ...(vm.policy === undefined ? {} : { policy: vm.policy }),
       ...(groupOf.has(vm.id) ? { group: groupOf.get(vm.id)! } : {}),
     }),

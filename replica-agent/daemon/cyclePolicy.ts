@@ -75,7 +75,7 @@ export class CyclePolicy {
   }
 
   /**
-   * Holds the initial replication until the policy's `initialReplication.at` (re-read when a new
+   * Holds the initial replication until the policy's `initialReplication.at`, else the VM config's (re-read when a new
    * policy arrives). True once it is due; false when one of `others` settled or `stop` fired first.
    */
   async untilInitialReplication(others: Array<Promise<unknown>>, stop: AbortSignal): Promise<boolean> {
@@ -83,9 +83,14 @@ export class CyclePolicy {
     ended.catch(() => undefined);
     let told = false;
     while (!stop.aborted) {
-      const at = this.current.initialReplicationAt?.getTime();
+      // A site policy's time wins; without one, this VM's config may hold the copy until a time.
+      const configured = this.vm.initialReplication.kind === "at" ? this.vm.initialReplication.at : undefined;
+      const at = (this.current.initialReplicationAt ?? configured)?.getTime();
       if (at === undefined || at <= Date.now()) return true;
-      if (!told) this.logger.info({ vm: this.vm.id, policy: this.label, at: new Date(at).toISOString() }, "initial replication scheduled by the policy: waiting");
+      if (!told) {
+        const by = this.current.initialReplicationAt ? "the policy" : "the VM's config";
+        this.logger.info({ vm: this.vm.id, policy: this.label, at: new Date(at).toISOString() }, `initial replication scheduled by ${by}: waiting`);
+      }
       told = true;
       const timer = new AbortController();
       const wait = sleep(at - Date.now(), undefined, { signal: AbortSignal.any([stop, timer.signal]) }).then(

@@ -17,6 +17,7 @@ import { bandwidthAt } from "../../src/policy/windows.js";
 import { ResponseQueue } from "./responseQueue.js";
 import { CycleRefusedError, send, sendCycle, type ReplicateStream } from "./cycleSender.js";
 import { stopForPlannedFailover } from "./plannedFailover.js";
+import { clearExportState, exportInitialCycle, loadExportState } from "./mediaExport.js";
 import { CycleScheduler, type CycleSlot, type VmSchedule } from "./cycleScheduler.js";
 
 const PROTOCOL_VERSION = 1;
@@ -29,6 +30,9 @@ export type ReplicatorStatus =
   | "resync-required"
   | "resynchronising"
   | "waiting-for-operator"
+  | "waiting-for-schedule"
+  | "waiting-for-import"
+  | "waiting-for-seed"
   | "refused-stale"
   | "refused"
   | "stopped";
@@ -223,6 +227,13 @@ export class VmReplicator {
       }
       if (next === ResumeHint.RESUME_HINT_RESYNC || next === ResumeHint.RESUME_HINT_INITIAL_REPLICATION) {
         const resync = next === ResumeHint.RESUME_HINT_RESYNC;
+        const choice = this.vm.initialReplication;
+        if (!resync && this.waitsForSite(ack)) {
+          // Nothing to send: the replica site's operator imports the export or registers a seed, and the site tells us.
+          await Promise.race([responses.noticeArrived(), responses.plannedFailover, broken, this.stoppedSignal()]);
+          continue;
+        }
+        if (!resync) this.status = "waiting-for-schedule";
         if (!resync && !(await this.policy.untilInitialReplication([responses.plannedFailover, responses.noticeArrived(), broken], this.wake.signal))) continue;
         this.status = resync ? "resynchronising" : "initial-replication";
         const slot = await this.slot(responses, broken, "now");
@@ -230,6 +241,18 @@ export class VmReplicator {
         try {
           // A new bitmap in the same transaction as the cut-off: every later write is tracked.
           const opened = await capture.enable({ minSeq: ack.lastCycleSeq + 1 }).catch((err: unknown) => this.skipped(err, stream, responses, ack.generation));
+          if (opened && !resync && choice.kind === "export") {
+            await exportInitialCycle(opened, {
+              dir: choice.dir,
+              vmId: this.vm.id,
+              primarySiteId: this.siteId,
+              generation: ack.generation,
+              stateDir: this.stateDir,
+              logger: this.logger,
+            });
+            tracking = true;
+            continue;
+          }
           if (opened) {
             await cycle(opened, resync);
             tracking = true;
@@ -267,6 +290,31 @@ export class VmReplicator {
         agentMetrics.cyclesInFlight(this.schedule.inFlight);
       }
     }
+  }
+
+  /**
+   * The site wants an initial replication, and this VM's choice says it comes from the site's side:
+   * a seed not yet registered there, or an export this agent already wrote (for this generation)
+   * that is not yet imported. Says so in the status and the log (once per wait).
+   */
+  private waitsForSite(ack: HelloAnswer): boolean {
+    const choice = this.vm.initialReplication;
+    if (choice.kind === "seed") {
+      if (this.status !== "waiting-for-seed")
+        this.logger.info({ vm: this.vm.id }, `initial replication waits for a seed: run 'qreplica seed ${this.vm.id} --disk DISK=IMAGE' on the replica site`);
+      this.status = "waiting-for-seed";
+      return true;
+    }
+    if (choice.kind !== "export") return false;
+    const done = loadExportState(this.stateDir, this.vm.id);
+    if (!done || done.generation !== ack.generation || done.dir !== choice.dir || done.cycleSeq <= ack.lastCycleSeq) return false;
+    if (this.status !== "waiting-for-import")
+      this.logger.info(
+        { vm: this.vm.id, dir: done.dir, seq: done.cycleSeq, cutoffAt: done.cutoffAt },
+        `initial replication exported, waiting for its import: run 'qreplica import ${this.vm.id} --from DIR' on the replica site`,
+      );
+    this.status = "waiting-for-import";
+    return true;
   }
 
   /** One incremental cycle; a refusal keeps its changes for the next one, a stale generation fences. */
@@ -385,6 +433,8 @@ export class VmReplicator {
           policyName: this.vm.policy ?? "",
           configuredIntervalSeconds: Math.round(this.vm.intervalSeconds),
           configuredCompressionLevel: this.vm.compressionLevel,
+          initialReplication: this.vm.initialReplication.kind,
+          ...(this.vm.initialReplication.kind === "at" ? { initialReplicationAt: this.vm.initialReplication.at } : {}),
         },
       },
     });
@@ -400,6 +450,8 @@ export class VmReplicator {
     this.policy.use(reply.value.policy, "hello");
     this.saveState({ generation, replicaSite: this.vm.replicaSite });
     const hint = reply.value.resumeHint;
+    // The site holds a point: an export this agent wrote has been imported (or superseded).
+    if (hint !== ResumeHint.RESUME_HINT_INITIAL_REPLICATION) clearExportState(this.stateDir, this.vm.id);
     if (hint === ResumeHint.RESUME_HINT_WAIT_FOR_OPERATOR || hint === ResumeHint.RESUME_HINT_RESYNC) {
       this.logger.warn(
         { vm: this.vm.id, hint: ResumeHint[hint], reason: reply.value.resyncReason, lost },

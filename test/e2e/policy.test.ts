@@ -200,6 +200,9 @@ describe("replication policies on a running agent", () => {
       60_000,
     );
     expect((await t.relationship()).lastCycleSeq).toBe(0);
+    // Status says what the VM waits for.
+    const status = await cliJson<{ relationships: Array<{ initialReplicationWait: string }> }>(["status", "vm1", ...site]);
+    expect(status.relationships[0]?.initialReplicationWait).toBe("scheduled for 2027-12-05T02:00:00.000Z (policy)");
     writeFileSync(file, "name: later\nfrequency: 1h\ninitialReplication: now\n");
     expect(await cliJson(["policy", "apply", file, ...site])).toMatchObject({ version: 2, notifiedVmIds: ["vm1"] });
     await waitFor("the initial replication", async () => ((await t.relationship()).lastCycleSeq >= 1 ? true : undefined), 90_000);

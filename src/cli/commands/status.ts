@@ -39,10 +39,10 @@ function formatFleet(res: StatusResponse): string {
   return forwarded.length ? `${table}\n${forwarded.join("\n")}` : table;
 }
 
-/** The cycle the site is receiving: "initial 37% of 16.0 MiB", or "-". */
+/** The cycle the site is receiving: "initial 37% of 16.0 MiB", what the initial replication waits for, or "-". */
 function receiving(r: StatusResponse["relationships"][number]): string {
   const c = r.cycleInProgress;
-  if (!c) return "-";
+  if (!c) return r.initialReplicationWait || "-";
   const total = Number(c.bytesTotal);
   const done = Number(c.bytesDone);
   return total > 0 ? `${kindName(c.kind)} ${Math.floor((100 * done) / total)}% of ${formatBytes(total)}` : `${kindName(c.kind)} ${formatBytes(done)}`;

@@ -86,6 +86,8 @@ export type RelationshipEventData = {
     durationMs: number;
     /** Resynchronisation by comparison: bytes compared by hash; `dataBytes` is what differed. */
     comparedBytes?: number;
+    /** Initial replication by media: bytes of disk content imported from the primary's export (none crossed the network). */
+    importedBytes?: number;
     /**
      * By disk id: of the disk's dataBytes, those in chunks that did not compress (the encryption
      * signal, encryptionSignal.ts), and the bytes its data took on the wire. Absent from cycles

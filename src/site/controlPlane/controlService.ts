@@ -9,6 +9,7 @@ import {
   type RelationshipStatus,
 } from "../../gen/qreplica/v1/control.js";
 import { pauseReplication, resumeReplication, resync } from "./replicationCommands.js";
+import { importInitialReplication, initialReplicationWait, seedInitialReplication } from "../initialReplication.js";
 import { clearSuspectPoints, executeCommand, prepareFailover, relationshipStream, startReverseReplication, type JsonObject, type VmStatus } from "../../ledger/index.js";
 import { loadSiteCredentials } from "../../transport/index.js";
 import { checkPrimaryIdentity } from "../authorizations.js";
@@ -95,6 +96,7 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
       cycleInProgress: cycleInProgressOf(s.vmId),
       // Only a forwarded VM costs a relationship load (for its pending points).
       extendedReplication: ctx.extensions?.has(s.vmId) ? ctx.extensions.status(s.vmId, await ctx.relationships.load(s.vmId)) : undefined,
+      initialReplicationWait: s.state === "ready-for-initial-replication" ? initialReplicationWait(ctx, s.vmId, new Date()) : "",
     };
   };
   const cycleInProgressOf = (vmId: string) => {
@@ -254,6 +256,14 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
       const { events } = await executeCommand(ctx.store, req.vmId, (s) => clearSuspectPoints(s, approval), { metadata: actorMetadata(caller) });
       return { clearedRecoveryPointIds: events.flatMap((e) => (e.type === "SuspectPointsCleared" ? e.data.pointIds : [])) };
     }),
+    seedInitialReplication: guarded("operator", async (req, caller) => {
+      const r = await seedInitialReplication(ctx, { vmId: req.vmId, seeds: req.seeds.map((x) => ({ diskId: x.diskId, imagePath: x.imagePath })) }, caller);
+      return { state: r.state, agentNotified: r.agentNotified, recoveryPointId: "", cycleSequence: 0n, localBytes: BigInt(r.localBytes) };
+    }),
+    importInitialReplication: guarded("operator", async (req, caller) => {
+      const r = await importInitialReplication(ctx, { vmId: req.vmId, exportDir: req.exportDir }, caller);
+      return { state: r.state, agentNotified: r.agentNotified, recoveryPointId: r.pointId, cycleSequence: BigInt(r.cycleSeq), localBytes: BigInt(r.localBytes) };
+    }),
     verifyPoint: guarded("operator", async (req, caller) => {
       await requireRelationship(ctx, req.vmId);
       if (!ctx.drills) throw Object.assign(new Error("the site's drills are not running yet; try again in a moment"), { grpcCode: grpc.status.UNAVAILABLE });
@@ -324,6 +334,8 @@ function grpcCodeOf(err: unknown): grpc.status {
       "MERGE_BLOCKED_BY_TEST_FAILOVER",
       "MERGE_IN_PROGRESS",
       "SEED_UNUSABLE",
+      "EXPORT_UNUSABLE",
+      "INITIAL_REPLICATION_REFUSED",
       "RESYNC_ALREADY_APPROVED",
       "RECOVERY_POINT_LOCKED",
       "NO_CLEAN_POINT",

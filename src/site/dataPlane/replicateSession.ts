@@ -122,6 +122,9 @@ export class ReplicateSession {
   }
 
   /** The cycle being received now, for GetStatus's progress; undefined between cycles. */
+  /** The agent config's initial replication choice, as its Hello said (for status before the first point). */
+  initialChoice: { kind: string; at?: Date } | undefined;
+
   cycleInProgress(): { seq: number; kind: "full" | "incremental" | "resync"; startedAt: Date; bytesDone: number; bytesTotal: number; wireBytes: number } | undefined {
     const c = this.cycle;
     return c ? { seq: c.seq, kind: c.kind, startedAt: new Date(c.startedAt), ...c.progress() } : undefined;
@@ -306,6 +309,7 @@ export class ReplicateSession {
       });
       this.vmId = hello.vmId;
       this.generation = accepted.generation;
+      this.initialChoice = { kind: hello.initialReplication || "now", ...(hello.initialReplicationAt ? { at: hello.initialReplicationAt } : {}) };
       // What both sides know; a sender that offers nothing is assumed to send SHA-256.
       const offered = hello.supportedChecksumAlgorithms.length ? hello.supportedChecksumAlgorithms : [ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256];
       this.acceptedChecksums = KNOWN_CHECKSUMS.filter((a) => offered.includes(a));

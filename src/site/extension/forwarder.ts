@@ -178,6 +178,8 @@ export class PointForwarder {
           policyName: "",
           configuredIntervalSeconds: this.state.target?.intervalSeconds ?? 0,
           configuredCompressionLevel: 1,
+          // The first forward is the initial copy, sent at once.
+          initialReplication: "now",
         },
       },
     });

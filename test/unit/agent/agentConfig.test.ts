@@ -178,3 +178,24 @@ describe("agent config: out-of-range values and unknown keys are refused with th
     );
   });
 });
+
+describe("agent config: initialReplication", () => {
+  it("now by default; seed; a time with its zone; an export directory relative to the file", () => {
+    expect(loadAgentConfig(configWith("")).vms[0]!.initialReplication).toEqual({ kind: "now" });
+    expect(loadAgentConfig(configWith("    initialReplication: seed\n")).vms[0]!.initialReplication).toEqual({ kind: "seed" });
+    expect(loadAgentConfig(configWith('    initialReplication: { at: "2026-12-05T02:00:00Z" }\n')).vms[0]!.initialReplication).toEqual({
+      kind: "at",
+      at: new Date("2026-12-05T02:00:00Z"),
+    });
+    expect(loadAgentConfig(configWith("    initialReplication: { export: media/web1 }\n")).vms[0]!.initialReplication).toEqual({
+      kind: "export",
+      dir: join(tmp.path, "media/web1"),
+    });
+  });
+
+  it("refuses anything else, naming the field and the forms it takes", () => {
+    expect(() => loadAgentConfig(configWith("    initialReplication: later\n"))).toThrow(/vms\[0\]\.initialReplication.*now, seed, \{ at: .*\{ export:/);
+    expect(() => loadAgentConfig(configWith('    initialReplication: { at: "tomorrow" }\n'))).toThrow(/vms\[0\]\.initialReplication/);
+    expect(() => loadAgentConfig(configWith("    initialReplication: { export: a, at: b }\n"))).toThrow(AgentConfigError);
+  });
+});

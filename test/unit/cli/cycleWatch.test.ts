@@ -32,6 +32,7 @@ function rel(o: Partial<RelationshipStatus>): RelationshipStatus {
     healthMessage: "",
     healthReasons: [],
     policyName: "",
+    initialReplicationWait: "",
     ...o,
   };
 }

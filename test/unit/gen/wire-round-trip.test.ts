@@ -36,6 +36,8 @@ const requests: ReplicateRequest[] = [
         policyName: "gold",
         configuredIntervalSeconds: 30,
         configuredCompressionLevel: 3,
+        initialReplication: "at",
+        initialReplicationAt: new Date("2026-12-05T02:00:00Z"),
       },
     },
   },
@@ -214,6 +216,7 @@ describe("wire round trip", () => {
           healthMessage: "lag above 5 min",
           healthReasons: [{ code: "POINT_LATE", level: ReplicationHealth.REPLICATION_HEALTH_WARNING, message: "lag above 5 min" }],
           policyName: "gold",
+          initialReplicationWait: "",
         },
       ],
     };

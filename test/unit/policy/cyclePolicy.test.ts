@@ -6,7 +6,7 @@ import { agentPolicyFromWire, effectivePolicyToWire } from "../../../src/policy/
 import { CyclePolicy } from "../../../replica-agent/daemon/cyclePolicy.js";
 import type { AgentVmConfig } from "../../../replica-agent/daemon/agentConfig.js";
 
-const vm = { id: "vm1", intervalSeconds: 3600, compressionLevel: 2, resync: "automatic" } as AgentVmConfig;
+const vm = { id: "vm1", intervalSeconds: 3600, compressionLevel: 2, resync: "automatic", initialReplication: { kind: "now" } } as AgentVmConfig;
 
 describe("the effective policy on the wire", () => {
   it("carries what the agent needs, and reads back into it", () => {
@@ -75,5 +75,23 @@ describe("CyclePolicy", () => {
     expect(c.quiesceNow(10 * h + 600_000)).toBeUndefined();
     expect(c.quiesceNow(14 * h + 299_999)).toBeUndefined();
     expect(c.quiesceNow(14 * h + 300_000)).toEqual({ freezeTimeoutMs: 3000 });
+  });
+});
+
+describe("CyclePolicy: the initial replication's time", () => {
+  const never = new Promise<never>(() => undefined);
+  it("the VM config's time holds the initial copy until then, unless a site policy names its own", async () => {
+    const at = new Date(Date.now() + 300);
+    const c = new CyclePolicy({ ...vm, initialReplication: { kind: "at", at } }, createLogger("test"));
+    expect(await c.untilInitialReplication([never], new AbortController().signal)).toBe(true);
+    expect(Date.now()).toBeGreaterThanOrEqual(at.getTime());
+    const held = new CyclePolicy({ ...vm, initialReplication: { kind: "at", at: new Date(Date.now() + 3_600_000) } }, createLogger("test"));
+    held.use(effectivePolicyToWire(parsePolicyYaml('name: now\ninitialReplication: { at: "2020-01-01T00:00:00Z" }'), 1), "hello");
+    expect(await held.untilInitialReplication([never], new AbortController().signal)).toBe(true);
+  });
+
+  it("a notice from the site ends the wait (false: the caller looks at it)", async () => {
+    const c = new CyclePolicy({ ...vm, initialReplication: { kind: "at", at: new Date(Date.now() + 3_600_000) } }, createLogger("test"));
+    expect(await c.untilInitialReplication([Promise.resolve()], new AbortController().signal)).toBe(false);
   });
 });

@@ -521,7 +521,14 @@ export interface RelationshipStatus {
     | CycleInProgress
     | undefined;
   /** Set on a replica site that forwards this VM's points to a third site (extended replication). */
-  extendedReplication?: ExtendedReplicationStatus | undefined;
+  extendedReplication?:
+    | ExtendedReplicationStatus
+    | undefined;
+  /**
+   * Before the first point: what the initial replication waits for (a scheduled time, an import
+   * of the primary's export, a seed); empty otherwise.
+   */
+  initialReplicationWait: string;
 }
 
 /** A cycle between its CycleBegin and its commit, as far as the site has received it. */
@@ -664,6 +671,30 @@ export interface LedgerEvent {
    */
   actor: string;
   actorRole: string;
+}
+
+export interface SeedInitialReplicationRequest {
+  vmId: string;
+  /** Images on this site's host, one per disk (qcow2 or raw); each is copied into the VM's storage. */
+  seeds: SeedImage[];
+}
+
+export interface ImportInitialReplicationRequest {
+  vmId: string;
+  /** The export directory on this site's host (manifest.json and one raw image per disk). */
+  exportDir: string;
+}
+
+export interface InitialReplicationCommandResponse {
+  /** The relationship's state after the command. */
+  state: string;
+  /** Whether the primary's agent is connected and was told (else it learns at its next Hello). */
+  agentNotified: boolean;
+  /** Import: the point the export became and its cut-off sequence. */
+  recoveryPointId: string;
+  cycleSequence: bigint;
+  /** Bytes of disk content taken from the seeds or the export (never over the network). */
+  localBytes: bigint;
 }
 
 function createBaseExtendReplicationRequest(): ExtendReplicationRequest {
@@ -5125,6 +5156,7 @@ function createBaseRelationshipStatus(): RelationshipStatus {
     policyName: "",
     cycleInProgress: undefined,
     extendedReplication: undefined,
+    initialReplicationWait: "",
   };
 }
 
@@ -5174,6 +5206,9 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
     }
     if (message.extendedReplication !== undefined) {
       ExtendedReplicationStatus.encode(message.extendedReplication, writer.uint32(402).fork()).join();
+    }
+    if (message.initialReplicationWait !== "") {
+      writer.uint32(482).string(message.initialReplicationWait);
     }
     return writer;
   },
@@ -5303,6 +5338,14 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
             message.extendedReplication = ExtendedReplicationStatus.decode(reader, reader.uint32());
             continue;
           }
+          case 60: {
+            if (tag !== 482) {
+              break;
+            }
+
+            message.initialReplicationWait = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5371,6 +5414,11 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
         : isSet(object.extended_replication)
         ? ExtendedReplicationStatus.fromJSON(object.extended_replication)
         : undefined,
+      initialReplicationWait: isSet(object.initialReplicationWait)
+        ? globalThis.String(object.initialReplicationWait)
+        : isSet(object.initial_replication_wait)
+        ? globalThis.String(object.initial_replication_wait)
+        : "",
     };
   },
 
@@ -5418,6 +5466,9 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
     if (message.extendedReplication !== undefined) {
       obj.extendedReplication = ExtendedReplicationStatus.toJSON(message.extendedReplication);
     }
+    if (message.initialReplicationWait !== "") {
+      obj.initialReplicationWait = message.initialReplicationWait;
+    }
     return obj;
   },
 
@@ -5448,6 +5499,7 @@ export const RelationshipStatus: MessageFns<RelationshipStatus> = {
     message.extendedReplication = (object.extendedReplication !== undefined && object.extendedReplication !== null)
       ? ExtendedReplicationStatus.fromPartial(object.extendedReplication)
       : undefined;
+    message.initialReplicationWait = object.initialReplicationWait ?? "";
     return message;
   },
 };
@@ -7085,6 +7137,355 @@ export const LedgerEvent: MessageFns<LedgerEvent> = {
   },
 };
 
+function createBaseSeedInitialReplicationRequest(): SeedInitialReplicationRequest {
+  return { vmId: "", seeds: [] };
+}
+
+export const SeedInitialReplicationRequest: MessageFns<SeedInitialReplicationRequest> = {
+  encode(message: SeedInitialReplicationRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
+    for (const v of message.seeds) {
+      SeedImage.encode(v!, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SeedInitialReplicationRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSeedInitialReplicationRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.seeds.push(SeedImage.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SeedInitialReplicationRequest {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+      seeds: globalThis.Array.isArray(object?.seeds) ? object.seeds.map((e: any) => SeedImage.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: SeedInitialReplicationRequest): unknown {
+    const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    if (message.seeds?.length) {
+      obj.seeds = message.seeds.map((e) => SeedImage.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SeedInitialReplicationRequest>, I>>(base?: I): SeedInitialReplicationRequest {
+    return SeedInitialReplicationRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SeedInitialReplicationRequest>, I>>(
+    object: I,
+  ): SeedInitialReplicationRequest {
+    const message = createBaseSeedInitialReplicationRequest();
+    message.vmId = object.vmId ?? "";
+    message.seeds = object.seeds?.map((e) => SeedImage.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseImportInitialReplicationRequest(): ImportInitialReplicationRequest {
+  return { vmId: "", exportDir: "" };
+}
+
+export const ImportInitialReplicationRequest: MessageFns<ImportInitialReplicationRequest> = {
+  encode(message: ImportInitialReplicationRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.vmId !== "") {
+      writer.uint32(10).string(message.vmId);
+    }
+    if (message.exportDir !== "") {
+      writer.uint32(18).string(message.exportDir);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ImportInitialReplicationRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseImportInitialReplicationRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.vmId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.exportDir = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ImportInitialReplicationRequest {
+    return {
+      vmId: isSet(object.vmId)
+        ? globalThis.String(object.vmId)
+        : isSet(object.vm_id)
+        ? globalThis.String(object.vm_id)
+        : "",
+      exportDir: isSet(object.exportDir)
+        ? globalThis.String(object.exportDir)
+        : isSet(object.export_dir)
+        ? globalThis.String(object.export_dir)
+        : "",
+    };
+  },
+
+  toJSON(message: ImportInitialReplicationRequest): unknown {
+    const obj: any = {};
+    if (message.vmId !== "") {
+      obj.vmId = message.vmId;
+    }
+    if (message.exportDir !== "") {
+      obj.exportDir = message.exportDir;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ImportInitialReplicationRequest>, I>>(base?: I): ImportInitialReplicationRequest {
+    return ImportInitialReplicationRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ImportInitialReplicationRequest>, I>>(
+    object: I,
+  ): ImportInitialReplicationRequest {
+    const message = createBaseImportInitialReplicationRequest();
+    message.vmId = object.vmId ?? "";
+    message.exportDir = object.exportDir ?? "";
+    return message;
+  },
+};
+
+function createBaseInitialReplicationCommandResponse(): InitialReplicationCommandResponse {
+  return { state: "", agentNotified: false, recoveryPointId: "", cycleSequence: 0n, localBytes: 0n };
+}
+
+export const InitialReplicationCommandResponse: MessageFns<InitialReplicationCommandResponse> = {
+  encode(message: InitialReplicationCommandResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.state !== "") {
+      writer.uint32(10).string(message.state);
+    }
+    if (message.agentNotified !== false) {
+      writer.uint32(16).bool(message.agentNotified);
+    }
+    if (message.recoveryPointId !== "") {
+      writer.uint32(26).string(message.recoveryPointId);
+    }
+    if (message.cycleSequence !== 0n) {
+      if (BigInt.asUintN(64, message.cycleSequence) !== message.cycleSequence) {
+        throw new globalThis.Error("value provided for field message.cycleSequence of type uint64 too large");
+      }
+      writer.uint32(32).uint64(message.cycleSequence);
+    }
+    if (message.localBytes !== 0n) {
+      if (BigInt.asUintN(64, message.localBytes) !== message.localBytes) {
+        throw new globalThis.Error("value provided for field message.localBytes of type uint64 too large");
+      }
+      writer.uint32(40).uint64(message.localBytes);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): InitialReplicationCommandResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseInitialReplicationCommandResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.state = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.agentNotified = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.recoveryPointId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.cycleSequence = reader.uint64() as bigint;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.localBytes = reader.uint64() as bigint;
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): InitialReplicationCommandResponse {
+    return {
+      state: isSet(object.state) ? globalThis.String(object.state) : "",
+      agentNotified: isSet(object.agentNotified)
+        ? globalThis.Boolean(object.agentNotified)
+        : isSet(object.agent_notified)
+        ? globalThis.Boolean(object.agent_notified)
+        : false,
+      recoveryPointId: isSet(object.recoveryPointId)
+        ? globalThis.String(object.recoveryPointId)
+        : isSet(object.recovery_point_id)
+        ? globalThis.String(object.recovery_point_id)
+        : "",
+      cycleSequence: isSet(object.cycleSequence)
+        ? BigInt(object.cycleSequence)
+        : isSet(object.cycle_sequence)
+        ? BigInt(object.cycle_sequence)
+        : 0n,
+      localBytes: isSet(object.localBytes)
+        ? BigInt(object.localBytes)
+        : isSet(object.local_bytes)
+        ? BigInt(object.local_bytes)
+        : 0n,
+    };
+  },
+
+  toJSON(message: InitialReplicationCommandResponse): unknown {
+    const obj: any = {};
+    if (message.state !== "") {
+      obj.state = message.state;
+    }
+    if (message.agentNotified !== false) {
+      obj.agentNotified = message.agentNotified;
+    }
+    if (message.recoveryPointId !== "") {
+      obj.recoveryPointId = message.recoveryPointId;
+    }
+    if (message.cycleSequence !== 0n) {
+      obj.cycleSequence = message.cycleSequence.toString();
+    }
+    if (message.localBytes !== 0n) {
+      obj.localBytes = message.localBytes.toString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<InitialReplicationCommandResponse>, I>>(
+    base?: I,
+  ): InitialReplicationCommandResponse {
+    return InitialReplicationCommandResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<InitialReplicationCommandResponse>, I>>(
+    object: I,
+  ): InitialReplicationCommandResponse {
+    const message = createBaseInitialReplicationCommandResponse();
+    message.state = object.state ?? "";
+    message.agentNotified = object.agentNotified ?? false;
+    message.recoveryPointId = object.recoveryPointId ?? "";
+    message.cycleSequence = (object.cycleSequence !== undefined && object.cycleSequence !== null)
+      ? BigInt(object.cycleSequence)
+      : 0n;
+    message.localBytes = (object.localBytes !== undefined && object.localBytes !== null)
+      ? BigInt(object.localBytes)
+      : 0n;
+    return message;
+  },
+};
+
 /**
  * Control plane of a site: what operators and the CLI ask. Every call is authorized by the role
  * bound into the caller's certificate at issuance (see RPC comments: viewer < operator < admin;
@@ -7359,6 +7760,40 @@ export const ControlServiceService = {
     responseSerialize: (value: VerifyPointResponse): Buffer => Buffer.from(VerifyPointResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): VerifyPointResponse => VerifyPointResponse.decode(value),
   },
+  /**
+   * operator: initial replication from what this site already holds, before the VM has a point.
+   * Seed: copies existing images (a restored backup, an old copy) into the VM's storage; the
+   * first cycle compares with them and sends only the differing chunks.
+   */
+  seedInitialReplication: {
+    path: "/qreplica.v1.ControlService/SeedInitialReplication" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SeedInitialReplicationRequest): Buffer =>
+      Buffer.from(SeedInitialReplicationRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SeedInitialReplicationRequest => SeedInitialReplicationRequest.decode(value),
+    responseSerialize: (value: InitialReplicationCommandResponse): Buffer =>
+      Buffer.from(InitialReplicationCommandResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): InitialReplicationCommandResponse =>
+      InitialReplicationCommandResponse.decode(value),
+  },
+  /**
+   * Import: the primary's export (media, written by the agent with initialReplication: { export })
+   * becomes the VM's first point; the agent then goes on with incremental cycles.
+   */
+  importInitialReplication: {
+    path: "/qreplica.v1.ControlService/ImportInitialReplication" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ImportInitialReplicationRequest): Buffer =>
+      Buffer.from(ImportInitialReplicationRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ImportInitialReplicationRequest =>
+      ImportInitialReplicationRequest.decode(value),
+    responseSerialize: (value: InitialReplicationCommandResponse): Buffer =>
+      Buffer.from(InitialReplicationCommandResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): InitialReplicationCommandResponse =>
+      InitialReplicationCommandResponse.decode(value),
+  },
 } as const;
 
 export interface ControlServiceServer extends UntypedServiceImplementation {
@@ -7416,6 +7851,17 @@ export interface ControlServiceServer extends UntypedServiceImplementation {
    * recorded with the point (VerificationDrillRecorded).
    */
   verifyPoint: handleUnaryCall<VerifyPointRequest, VerifyPointResponse>;
+  /**
+   * operator: initial replication from what this site already holds, before the VM has a point.
+   * Seed: copies existing images (a restored backup, an old copy) into the VM's storage; the
+   * first cycle compares with them and sends only the differing chunks.
+   */
+  seedInitialReplication: handleUnaryCall<SeedInitialReplicationRequest, InitialReplicationCommandResponse>;
+  /**
+   * Import: the primary's export (media, written by the agent with initialReplication: { export })
+   * becomes the VM's first point; the agent then goes on with incremental cycles.
+   */
+  importInitialReplication: handleUnaryCall<ImportInitialReplicationRequest, InitialReplicationCommandResponse>;
 }
 
 export interface ControlServiceClient extends Client {
@@ -7780,6 +8226,45 @@ export interface ControlServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: VerifyPointResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * operator: initial replication from what this site already holds, before the VM has a point.
+   * Seed: copies existing images (a restored backup, an old copy) into the VM's storage; the
+   * first cycle compares with them and sends only the differing chunks.
+   */
+  seedInitialReplication(
+    request: SeedInitialReplicationRequest,
+    callback: (error: ServiceError | null, response: InitialReplicationCommandResponse) => void,
+  ): ClientUnaryCall;
+  seedInitialReplication(
+    request: SeedInitialReplicationRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: InitialReplicationCommandResponse) => void,
+  ): ClientUnaryCall;
+  seedInitialReplication(
+    request: SeedInitialReplicationRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: InitialReplicationCommandResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Import: the primary's export (media, written by the agent with initialReplication: { export })
+   * becomes the VM's first point; the agent then goes on with incremental cycles.
+   */
+  importInitialReplication(
+    request: ImportInitialReplicationRequest,
+    callback: (error: ServiceError | null, response: InitialReplicationCommandResponse) => void,
+  ): ClientUnaryCall;
+  importInitialReplication(
+    request: ImportInitialReplicationRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: InitialReplicationCommandResponse) => void,
+  ): ClientUnaryCall;
+  importInitialReplication(
+    request: ImportInitialReplicationRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: InitialReplicationCommandResponse) => void,
   ): ClientUnaryCall;
 }
 

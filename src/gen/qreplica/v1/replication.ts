@@ -389,6 +389,13 @@ export interface Hello {
    */
   configuredIntervalSeconds: number;
   configuredCompressionLevel: number;
+  /**
+   * The VM's initial replication choice in the agent's config: "now" (empty from older agents),
+   * "at", "export" or "seed". The site's status says what a VM without a point waits for.
+   */
+  initialReplication: string;
+  /** With "at": when the agent holds the initial copy until (a site policy's time wins). */
+  initialReplicationAt?: Date | undefined;
 }
 
 export interface TrackingLost {
@@ -1290,6 +1297,8 @@ function createBaseHello(): Hello {
     policyName: "",
     configuredIntervalSeconds: 0,
     configuredCompressionLevel: 0,
+    initialReplication: "",
+    initialReplicationAt: undefined,
   };
 }
 
@@ -1354,6 +1363,12 @@ export const Hello: MessageFns<Hello> = {
     }
     if (message.configuredCompressionLevel !== 0) {
       writer.uint32(120).uint32(message.configuredCompressionLevel);
+    }
+    if (message.initialReplication !== "") {
+      writer.uint32(482).string(message.initialReplication);
+    }
+    if (message.initialReplicationAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.initialReplicationAt), writer.uint32(490).fork()).join();
     }
     return writer;
   },
@@ -1521,6 +1536,22 @@ export const Hello: MessageFns<Hello> = {
             message.configuredCompressionLevel = reader.uint32();
             continue;
           }
+          case 60: {
+            if (tag !== 482) {
+              break;
+            }
+
+            message.initialReplication = reader.string();
+            continue;
+          }
+          case 61: {
+            if (tag !== 490) {
+              break;
+            }
+
+            message.initialReplicationAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1604,6 +1635,16 @@ export const Hello: MessageFns<Hello> = {
         : isSet(object.configured_compression_level)
         ? globalThis.Number(object.configured_compression_level)
         : 0,
+      initialReplication: isSet(object.initialReplication)
+        ? globalThis.String(object.initialReplication)
+        : isSet(object.initial_replication)
+        ? globalThis.String(object.initial_replication)
+        : "",
+      initialReplicationAt: isSet(object.initialReplicationAt)
+        ? fromJsonTimestamp(object.initialReplicationAt)
+        : isSet(object.initial_replication_at)
+        ? fromJsonTimestamp(object.initial_replication_at)
+        : undefined,
     };
   },
 
@@ -1654,6 +1695,12 @@ export const Hello: MessageFns<Hello> = {
     if (message.configuredCompressionLevel !== 0) {
       obj.configuredCompressionLevel = Math.round(message.configuredCompressionLevel);
     }
+    if (message.initialReplication !== "") {
+      obj.initialReplication = message.initialReplication;
+    }
+    if (message.initialReplicationAt !== undefined) {
+      obj.initialReplicationAt = message.initialReplicationAt.toISOString();
+    }
     return obj;
   },
 
@@ -1679,6 +1726,8 @@ export const Hello: MessageFns<Hello> = {
     message.policyName = object.policyName ?? "";
     message.configuredIntervalSeconds = object.configuredIntervalSeconds ?? 0;
     message.configuredCompressionLevel = object.configuredCompressionLevel ?? 0;
+    message.initialReplication = object.initialReplication ?? "";
+    message.initialReplicationAt = object.initialReplicationAt ?? undefined;
     return message;
   },
 };

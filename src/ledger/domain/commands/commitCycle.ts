@@ -24,6 +24,8 @@ export interface CommitCycleInput {
   extents: number;
   durationMs: number;
   comparedBytes?: number;
+  /** The point was imported from the primary's export: its disk bytes (dataBytes and wireBytes are then 0). */
+  importedBytes?: number;
   /** By disk id: changed bytes that did not compress, and wire bytes (needs diskDataBytes). */
   diskCompression?: Record<string, DiskCompression>;
   /** The policy's lock on this point, if it has one (ISO time). */
@@ -66,6 +68,7 @@ export function commitCycle(s: RelationshipState, input: CommitCycleInput): Rela
     extents: requireCount(COMMAND, "extents", input.extents),
     durationMs: requireCount(COMMAND, "durationMs", input.durationMs),
     ...(input.comparedBytes ? { comparedBytes: requireCount(COMMAND, "comparedBytes", input.comparedBytes) } : {}),
+    ...(input.importedBytes ? { importedBytes: requireCount(COMMAND, "importedBytes", input.importedBytes) } : {}),
     ...(input.diskDataBytes ? { diskDataBytes: requireDiskCounts(input.diskDataBytes, input.dataBytes) } : {}),
     ...(input.diskCompression ? { diskCompression: requireCompression(input.diskCompression, input.diskDataBytes) } : {}),
   };
