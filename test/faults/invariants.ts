@@ -51,7 +51,11 @@ export class InvariantChecker {
 
   private check(ok: boolean, what: string): boolean {
     this.tally.checks++;
-    if (!ok) this.tally.violations.push(what);
+    if (!ok) {
+      this.tally.violations.push(what);
+      // Printed as found, so a run stopped before its report still shows what it found.
+      console.log(`INVARIANT VIOLATION: ${what}`);
+    }
     return ok;
   }
 
