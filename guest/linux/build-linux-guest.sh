@@ -2,8 +2,9 @@
 # Builds the Linux test guest: Debian's cloud kernel and an initramfs holding busybox, qemu-ga (the
 # host's own, with its libraries) and the virtio modules. It boots under TCG in a few seconds,
 # mounts its ext4 data disk (vda), runs qemu-ga on the virtio-serial port, keeps writing a counter
-# file, and offers a root shell on its second serial port for the tests. Used only by the tests of
-# application-consistent points; nothing here is shipped.
+# file, offers a root shell on its second serial port for the tests and, when it has a virtio NIC,
+# takes QEMU user networking's address and serves HTTP on port 80. Used only by the tests of
+# application-consistent points and of drills' checks; nothing here is shipped.
 #
 # Usage: build-linux-guest.sh OUTDIR   (writes OUTDIR/vmlinuz, OUTDIR/initrd.cpio, OUTDIR/KERNEL)
 # Needs: apt-get (Debian lists; `apt-get update` when they are missing), dpkg-deb, qemu-ga.
@@ -38,7 +39,7 @@ modules=$(ls -d "$work"/kernel/lib/modules/*)
 root="$work/root"
 mkdir -p "$root"/{bin,sbin,dev,proc,sys,run,data,lib/modules,etc}
 cp "$work/busybox/bin/busybox" "$root/bin/busybox"
-for applet in sh mount umount mkdir ln cat echo sleep insmod kill pidof ls sync mv rm seq date usleep poweroff reboot halt stty; do
+for applet in sh mount umount mkdir ln cat echo sleep insmod kill pidof ls sync mv rm seq date usleep poweroff reboot halt stty ip httpd; do
   ln -sf busybox "$root/bin/$applet"
 done
 # qemu-ga and exactly the libraries it loads, at the paths the loader expects.
@@ -47,9 +48,11 @@ for lib in $(ldd "$qga" | grep -o '/[^ ]*'); do
   mkdir -p "$root$(dirname "$lib")"
   cp -L "$lib" "$root$lib"
 done
-# Load order follows the modules' own `depends=` (no depmod in an extracted package).
-for m in virtio/virtio_ring virtio/virtio virtio/virtio_pci_legacy_dev virtio/virtio_pci_modern_dev virtio/virtio_pci block/virtio_blk char/virtio_console; do
-  cp "$modules/kernel/drivers/$m.ko" "$root/lib/modules/"
+# Load order follows the modules' own `depends=` (no depmod in an extracted package). The cloud
+# kernel builds no NIC driver in: virtio_net (with its failover dependencies) is a module.
+for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci \
+  drivers/block/virtio_blk drivers/char/virtio_console net/core/failover drivers/net/net_failover drivers/net/virtio_net; do
+  cp "$modules/kernel/$m.ko" "$root/lib/modules/"
 done
 install -m 0755 "$here/init.sh" "$root/init"
 

@@ -1,9 +1,11 @@
 #!/bin/sh
 # PID 1 of the Linux test guest (see build-linux-guest.sh).
+# The kernel gives init no PATH; qemu-ga's guest-exec and the shells below inherit this one.
+export PATH=/sbin:/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk virtio_console; do
+for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk virtio_console failover net_failover virtio_net; do
   insmod /lib/modules/$m.ko || echo "QR-ERROR insmod $m"
 done
 # No udev: qemu-ga finds its port by name under /dev/virtio-ports.
@@ -26,6 +28,16 @@ n=$(cat /data/counter 2>/dev/null || echo 0)
     usleep 50000
   done
 ) &
+
+# With a NIC (a drill's test VM has one): QEMU user networking's fixed guest address, and a
+# service on port 80 for the drill's TCP check. virtio_net probes the device during insmod.
+ip link set lo up
+if [ -e /sys/class/net/eth0 ]; then
+  mkdir -p /www && echo "qreplica test guest" > /www/index.html
+  ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up && ip route add default via 10.0.2.2 || echo "QR-ERROR eth0"
+  httpd -p 80 -h /www || echo "QR-ERROR httpd"
+  echo "QR-NET eth0 10.0.2.15 httpd:80"
+fi
 
 /sbin/qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -t /run -f /run/qemu-ga.pid &
 
