@@ -22,11 +22,11 @@ export interface ResyncStats {
 const CHUNKS_PER_READ = 16;
 const READS_IN_FLIGHT = 16;
 /**
- * Read units held at once: those being read plus those read and waiting for (or in) the hashing
- * thread, so that reads go on while it catches up. 16, 32 and 64 measured alike (A/B rounds under
- * load); 32 keeps 16 reads in flight with as many units waiting.
+ * Read units held at once (1 MiB each, shared with the hashing thread): those being read plus those
+ * read and waiting for (or in) the hashing. 16, 32 and 64 slots measured alike (A/B rounds under
+ * load), so 16: the memory the in-place hashing used before.
  */
-const HASH_SLOTS = 32;
+const HASH_SLOTS = 16;
 
 interface DiskHashes {
   chunkBytes: number;
