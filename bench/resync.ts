@@ -150,7 +150,7 @@ export async function resync(ctx: BenchContext): Promise<BenchResult[]> {
       const note =
         `round ${round}: resync ${seconds(c).toFixed(2)} s (${(seconds(full) / seconds(c)).toFixed(1)}x), ${hostCpu}; diverged ${blocks} x 64 KiB = ${mib(blocks * CHUNK)}; ` +
         `agent compared ${mib(c.comparedBytes ?? 0)}${agentLine?.knownZeroBytes ? ` (${mib(agentLine.knownZeroBytes as number)} of it known zero, not read)` : ""}, sent ${mib(c.wireBytes)} (data ${mib(c.dataBytes)} + zeroes ${mib(c.zeroBytes)}` +
-        `${agentLine ? `, cycle ${agentLine.ms as number} ms: waiting for reads ${Math.round(agentLine.readWaitMs as number)} ms, hashing ${Math.round(agentLine.hashMs as number)} ms (in place, overlapping the reads), waiting for the replica's hashes ${Math.round(agentLine.replicaWaitMs as number)} ms` : ""}); ` +
+        `${agentLine ? `, cycle ${agentLine.ms as number} ms: waiting for reads ${Math.round(agentLine.readWaitMs as number)} ms, hashing ${Math.round(agentLine.hashMs as number)} ms (in a worker thread, overlapping the reads), waiting for the replica's hashes ${Math.round(agentLine.replicaWaitMs as number)} ms` : ""}); ` +
         `site ${site ? `sent ${mib(site.indexedBytes as number)} of hashes from its index and read ${mib(site.hashedBytes as number)} in ${site.ms as number} ms` : "?"}, wrote ${mib(c.dataBytes)}`;
       ctx.log(note);
       notes.push(note);

@@ -1,5 +1,5 @@
-import { hashChunks, type HashedBuffer } from "../../src/common/hashPool.js";
-import { chunkDigest, zeroChunkDigest, type ChunkDigestName } from "../../src/common/chunkDigest.js";
+import { SharedChunkHasher, type SlotDigests } from "../../src/common/sharedChunkHasher.js";
+import { zeroChunkDigest, type ChunkDigestName } from "../../src/common/chunkDigest.js";
 import { knownZeroChunks, readInPieces } from "../../src/qemu/nbd/index.js";
 import { digestFromWire } from "../../src/transport/index.js";
 import type { ResyncHashes } from "../../src/gen/qreplica/v1/replication.js";
@@ -18,9 +18,15 @@ export interface ResyncStats {
   replicaWaitMs?: number;
 }
 
-/** A read unit covers this many chunks (hashed together: one message to a worker thread for SHA-256). */
+/** A read unit covers this many chunks (hashed together: one message to the hashing thread). */
 const CHUNKS_PER_READ = 16;
 const READS_IN_FLIGHT = 16;
+/**
+ * Read units held at once (1 MiB each, shared with the hashing thread): those being read plus those
+ * read and waiting for (or in) the hashing. 16, 32 and 64 slots measured alike (A/B rounds under
+ * load), so 16: the memory the in-place hashing used before.
+ */
+const HASH_SLOTS = 16;
 
 interface DiskHashes {
   chunkBytes: number;
@@ -98,27 +104,12 @@ export class ComparisonHashes {
 }
 
 /**
- * BLAKE3 digests of a read unit on this thread. Handing 1 MiB units to worker threads cost more
- * than the hashing saved: the agent spent 2.1-2.9 CPU-s per 4 GiB resync that way against 1.5-1.8
- * in place (postMessage, garbage), and the hashing itself (~4 GB/s) keeps pace with the reads.
- * A zero chunk's digest is a constant: comparing with zeroes runs at memory speed.
- */
-function hashInPlace(into: Buffer, length: number, chunkBytes: number, zero: Buffer): HashedBuffer {
-  const t = performance.now();
-  const hashes: Buffer[] = [];
-  for (let at = 0; at < length; at += chunkBytes) {
-    const chunk = into.subarray(at, Math.min(at + chunkBytes, length));
-    hashes.push(chunk.equals(zero.subarray(0, chunk.length)) ? zeroChunkDigest("blake3", chunk.length) : chunkDigest("blake3", chunk));
-  }
-  return { data: into.subarray(0, length), hashes, hashMs: performance.now() - t };
-}
-
-/**
  * Resynchronisation by comparison: reads the disk at the cut-off in the replica's chunk size and
  * yields only the chunks whose digest differs from the replica's (all-zero ones as zeroes).
  * Chunks that QEMU's base:allocation reports as zeroes are not read: their hash is a constant.
- * BLAKE3 is computed as each read lands, SHA-256 (3x slower) in worker threads (src/common/hashPool.ts)
- * while further reads are in flight.
+ * Reads land in memory shared with one hashing thread (src/common/sharedChunkHasher.ts), which
+ * digests each read unit while the main thread parses the next replies: hashing on the reading
+ * thread made the two take turns (measured: reading alone took half the time of reading + hashing).
  * The digest is the replica's pick among those offered in Hello (src/common/chunkDigest.ts).
  */
 export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashes, stats: ResyncStats): AsyncGenerator<CaptureExtent> {
@@ -134,77 +125,84 @@ export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashe
     for (let i = offset / chunkBytes; i * chunkBytes < offset + length; i++) if (knownZero[i] !== 1) return false;
     return true;
   };
-  // data undefined: a unit known to read as zeroes, not read.
-  // A read is hashed as soon as it lands (a worker for SHA-256), so reads and hashing overlap; results are
-  // taken in disk order.
-  const pending: Array<{ offset: number; length: number; job?: Promise<HashedBuffer> }> = [];
-  // Read buffers go round: fresh 1 MiB allocations per read cost more in GC than the hashing.
-  const free: Buffer[] = [];
-  let next = 0;
-  let reading = 0;
-  const issue = () => {
-    const offset = next;
-    const length = Math.min(readBytes, size - offset);
-    next += length;
-    if (unitIsZero(offset, length)) {
-      pending.push({ offset, length });
-      return;
-    }
-    // One connection: QEMU serves every connection of an export from one thread, and here more
-    // connections cost it more CPU without reading faster (4 against 1 in paired resync runs: 3.5x
-    // against 4.2x, QEMU 1.9-2.7 against 1.4-1.9 CPU-s per 4 GiB).
-    const client = disk.clients[0]!;
-    // Its own ArrayBuffer (never Buffer's shared pool): for SHA-256 it moves to a hashing worker and back.
-    const into = free.pop() ?? Buffer.allocUnsafeSlow(readBytes);
-    // Read in pieces of EFFICIENT_READ_BYTES (what QEMU serves most cheaply), hashed as one unit.
-    const job = readInPieces(client, offset, length, into).then(() =>
-      digest === "blake3" ? hashInPlace(into, length, chunkBytes, zero) : hashChunks(into.buffer as ArrayBuffer, length, chunkBytes, digest),
-    );
-    job.catch(() => undefined);
-    reading++;
-    pending.push({ offset, length, job });
-  };
-  while (next < size && reading < READS_IN_FLIGHT) issue();
-  while (pending.length > 0) {
-    const { offset, length, job } = pending[0]!;
-    if (job === undefined) {
-      for (let at = 0; at < length; at += chunkBytes) {
-        const n = Math.min(chunkBytes, length - at);
-        const t = performance.now();
-        const theirs = await replica.hashAt(disk.diskId, (offset + at) / chunkBytes);
-        stats.replicaWaitMs = (stats.replicaWaitMs ?? 0) + performance.now() - t;
-        if (theirs !== undefined && zeroChunkDigest(digest, n).equals(theirs)) continue;
-        stats.differingBytes += n;
-        yield { kind: "zero", offset: offset + at, length: n };
+  const hasher = new SharedChunkHasher(HASH_SLOTS, readBytes, chunkBytes, digest);
+  // Once the caller stops (error, abandoned generator), a read that lands starts no other.
+  let stopped = false;
+  try {
+    // slot undefined: a unit known to read as zeroes, not read. Results are taken in disk order.
+    const pending: Array<{ offset: number; length: number; slot?: number; job?: Promise<SlotDigests> }> = [];
+    const free = Array.from({ length: HASH_SLOTS }, (_, i) => i);
+    let next = 0;
+    let reading = 0;
+    const issue = () => {
+      const offset = next;
+      const length = Math.min(readBytes, size - offset);
+      next += length;
+      if (unitIsZero(offset, length)) {
+        pending.push({ offset, length });
+        return;
       }
-      stats.knownZeroBytes = (stats.knownZeroBytes ?? 0) + length;
+      // One connection: QEMU serves every connection of an export from one thread, and here more
+      // connections cost it more CPU without reading faster (4 against 1 in paired resync runs: 3.5x
+      // against 4.2x, QEMU 1.9-2.7 against 1.4-1.9 CPU-s per 4 GiB).
+      const client = disk.clients[0]!;
+      const slot = free.pop()!;
+      // Read in pieces of EFFICIENT_READ_BYTES (what QEMU serves most cheaply), hashed as one unit.
+      reading++;
+      const job = readInPieces(client, offset, length, hasher.buffer(slot)).then(() => {
+        reading--;
+        refill();
+        return hasher.hash(slot, length);
+      });
+      job.catch(() => undefined);
+      pending.push({ offset, length, slot, job });
+    };
+    const refill = () => {
+      while (!stopped && next < size && free.length > 0 && reading < READS_IN_FLIGHT && pending.length < HASH_SLOTS * 4) issue();
+    };
+    refill();
+    while (pending.length > 0) {
+      const { offset, length, slot, job } = pending[0]!;
+      if (slot === undefined || job === undefined) {
+        for (let at = 0; at < length; at += chunkBytes) {
+          const n = Math.min(chunkBytes, length - at);
+          const t = performance.now();
+          const theirs = await replica.hashAt(disk.diskId, (offset + at) / chunkBytes);
+          stats.replicaWaitMs = (stats.replicaWaitMs ?? 0) + performance.now() - t;
+          if (theirs !== undefined && zeroChunkDigest(digest, n).equals(theirs)) continue;
+          stats.differingBytes += n;
+          yield { kind: "zero", offset: offset + at, length: n };
+        }
+        stats.knownZeroBytes = (stats.knownZeroBytes ?? 0) + length;
+        stats.comparedBytes += length;
+        pending.shift();
+        refill();
+        continue;
+      }
+      let t = performance.now();
+      const { digests, hashMs } = await job;
+      stats.readWaitMs = (stats.readWaitMs ?? 0) + performance.now() - t;
+      stats.hashMs = (stats.hashMs ?? 0) + hashMs;
       stats.comparedBytes += length;
+      const buf = hasher.buffer(slot);
+      for (let i = 0, at = 0; at < length; i++, at += chunkBytes) {
+        const n = Math.min(chunkBytes, length - at);
+        const chunkOffset = offset + at;
+        t = performance.now();
+        const theirs = await replica.hashAt(disk.diskId, chunkOffset / chunkBytes);
+        stats.replicaWaitMs = (stats.replicaWaitMs ?? 0) + performance.now() - t;
+        if (theirs !== undefined && theirs.length === 32 && digests.compare(theirs, 0, 32, i * 32, i * 32 + 32) === 0) continue;
+        stats.differingBytes += n;
+        const chunk = buf.subarray(at, at + n);
+        // A copy: the slot is read into again.
+        yield chunk.equals(zero.subarray(0, n)) ? { kind: "zero", offset: chunkOffset, length: n } : { kind: "data", offset: chunkOffset, length: n, data: Buffer.from(chunk) };
+      }
       pending.shift();
-      while (next < size && reading < READS_IN_FLIGHT) issue();
-      continue;
+      free.push(slot);
+      refill();
     }
-    let t = performance.now();
-    const { data: buf, hashes, hashMs } = await job;
-    stats.readWaitMs = (stats.readWaitMs ?? 0) + performance.now() - t;
-    stats.hashMs = (stats.hashMs ?? 0) + hashMs;
-    stats.comparedBytes += buf.length;
-    for (let i = 0, at = 0; at < buf.length; i++, at += chunkBytes) {
-      const chunk = buf.subarray(at, Math.min(at + chunkBytes, buf.length));
-      const chunkOffset = offset + at;
-      t = performance.now();
-      const theirs = await replica.hashAt(disk.diskId, chunkOffset / chunkBytes);
-      stats.replicaWaitMs = (stats.replicaWaitMs ?? 0) + performance.now() - t;
-      if (theirs !== undefined && hashes[i]!.equals(theirs)) continue;
-      stats.differingBytes += chunk.length;
-      // A copy: the read buffer is reused for a later read.
-      yield chunk.equals(zero.subarray(0, chunk.length))
-        ? { kind: "zero", offset: chunkOffset, length: chunk.length }
-        : { kind: "data", offset: chunkOffset, length: chunk.length, data: Buffer.from(chunk) };
-    }
-    pending.shift();
-    // The memory whole (for SHA-256, what came back from the worker): the next read fills it.
-    free.push(Buffer.from(buf.buffer, 0, readBytes));
-    reading--;
-    while (next < size && reading < READS_IN_FLIGHT) issue();
+  } finally {
+    stopped = true;
+    await hasher.close();
   }
 }
