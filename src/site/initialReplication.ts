@@ -31,20 +31,6 @@ export class InitialReplicationRefusedError extends QreplicaError {
 /** The site stream recording who registered which seed (the relationship's stream may not exist yet). */
 export const seedStream = (vmId: string) => `initial-replication-${vmId}`;
 
-type Notice = Parameters<NonNullable<ReturnType<SiteContext["sessionFor"]>>["notify"]>[0];
-
-async function notifyAgent(ctx: SiteContext, vmId: string, notice: Notice): Promise<boolean> {
-  const session = ctx.sessionFor(vmId);
-  if (!session) return false;
-  try {
-    await session.notify(notice);
-    return true;
-  } catch (err) {
-    ctx.logger.warn({ err, vm: vmId, notice: notice.$case }, "could not notify the primary's agent");
-    return false;
-  }
-}
-
 function requireNoPointYet(vmId: string, s: RelationshipState, what: string): void {
   if (s.points.length > 0) {
     throw new InitialReplicationRefusedError(
@@ -107,7 +93,7 @@ export async function seedInitialReplication(
     await ctx.store.append(seedStream(vmId), [{ type: "SeedRegistered", data: { vmId, seeds: copies }, metadata: actorMetadata(caller) }], version ?? "no_stream");
     ctx.logger.info({ vm: vmId, seeds: copies, actor: caller.identity }, "seed registered: the first cycle compares with it and sends only differing chunks");
     // A connected agent waiting with initialReplication: seed starts at once; others learn it at their next Hello.
-    const agentNotified = state.state === "ready-for-initial-replication" ? await notifyAgent(ctx, vmId, { $case: "resyncRequested", requestedBy: caller.identity }) : false;
+    const agentNotified = state.state === "ready-for-initial-replication" ? await ctx.notifyAgent(vmId, { $case: "resyncRequested", requestedBy: caller.identity }) : false;
     return { state: state.state, agentNotified, localBytes: copies.reduce((n, c) => n + c.sizeBytes, 0) };
   });
 }
@@ -182,7 +168,7 @@ export async function importInitialReplication(
       throw err;
     }
     ctx.logger.info({ vm: vmId, dir, seq: m.cycleSeq, cutoffAt: m.cutoffAt, importedBytes, actor: caller.identity }, "export imported as the first recovery point");
-    const agentNotified = await notifyAgent(ctx, vmId, { $case: "replicationResumed", resume: "incremental" });
+    const agentNotified = await ctx.notifyAgent(vmId, { $case: "replicationResumed", resume: "incremental" });
     return { state: after.state, agentNotified, pointId: pointIdFor(m.cycleSeq), cycleSeq: m.cycleSeq, localBytes: importedBytes };
   });
 }

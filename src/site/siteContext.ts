@@ -14,6 +14,9 @@ import type { SitePolicies } from "./sitePolicies.js";
 import type { RevocationList } from "../transport/index.js";
 import type { Extensions } from "./extension/extensions.js";
 
+/** What the site may tell a connected agent outside a cycle (pause, resume, resync). */
+export type AgentNotice = Parameters<ReplicateSession["notify"]>[0];
+
 /** What every request handler of a running site shares. */
 export class SiteContext {
   readonly serializer = new VmSerializer();
@@ -67,6 +70,23 @@ export class SiteContext {
   /** The primary's live Replicate stream for a VM, if its agent is connected. */
   sessionFor(vmId: string): ReplicateSession | undefined {
     return this.sessions.get(vmId);
+  }
+
+  /**
+   * Tells the primary's agent over its open Replicate stream; false when it is not connected or
+   * the notice could not be sent (the command is in the ledger either way: the agent learns it at
+   * its next Hello).
+   */
+  async notifyAgent(vmId: string, notice: AgentNotice): Promise<boolean> {
+    const session = this.sessions.get(vmId);
+    if (!session) return false;
+    try {
+      await session.notify(notice);
+      return true;
+    } catch (err) {
+      this.logger.warn({ err, vm: vmId, notice: notice.$case }, "could not notify the primary's agent");
+      return false;
+    }
   }
 
   /** VMs whose primary's agent is connected now. */

@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import { BASE_ALLOCATION_CONTEXT, NBD_STATE_ZERO, NbdClient, readInPieces } from "../qemu/nbd/index.js";
 import type { ExtentPiece } from "../transport/index.js";
+import { addReadOnlyExport, removeReadOnlyExport } from "./readOnlyExport.js";
 import type { SiteStorageDaemon } from "./siteStorageDaemon.js";
 
 /** QEMU's NBD meta context: per extent, how deep in the backing chain it is allocated (1: the top). */
@@ -28,9 +29,8 @@ export interface PointExtentsOptions {
  */
 export async function* pointExtents(daemon: SiteStorageDaemon, imagePath: string, o: PointExtentsOptions): AsyncGenerator<ExtentPiece> {
   const node = `fwd${createHash("sha256").update(imagePath).digest("hex").slice(0, 20)}`;
-  await daemon.qmp.execute("blockdev-add", { driver: "qcow2", "node-name": node, "read-only": true, file: { driver: "file", filename: imagePath, "read-only": true } });
+  await addReadOnlyExport(daemon, node, imagePath, { allocationDepth: true });
   try {
-    await daemon.qmp.execute("block-export-add", { type: "nbd", id: node, "node-name": node, name: node, writable: false, "allocation-depth": true });
     const client = await NbdClient.connect({ socketPath: daemon.nbdSocketPath, exportName: node, metaContexts: [BASE_ALLOCATION_CONTEXT, ALLOCATION_DEPTH_CONTEXT] });
     try {
       yield* o.depth === undefined ? wholeDisk(client, o.pieceBytes) : topLayers(client, o.depth, o.pieceBytes);
@@ -38,10 +38,7 @@ export async function* pointExtents(daemon: SiteStorageDaemon, imagePath: string
       await client.disconnect();
     }
   } finally {
-    const gone = daemon.qmp.waitForEvent("BLOCK_EXPORT_DELETED", (d) => d.id === node, 10_000).catch(() => undefined);
-    await daemon.qmp.execute("block-export-del", { id: node, mode: "hard" }).catch(() => undefined);
-    await gone;
-    await daemon.qmp.execute("blockdev-del", { "node-name": node }).catch(() => undefined);
+    await removeReadOnlyExport(daemon, node);
   }
 }
 

@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import { chunkDigest, zeroChunkDigest, type ChunkDigestName } from "../common/chunkDigest.js";
 import { BASE_ALLOCATION_CONTEXT, knownZeroChunks, NbdClient, readInPieces } from "../qemu/nbd/index.js";
+import { addReadOnlyExport, removeReadOnlyExport } from "./readOnlyExport.js";
 import type { SiteStorageDaemon } from "./siteStorageDaemon.js";
 
 /** The bitmap's granularity: a resync then sends no more than a cycle would for the same writes. */
@@ -26,10 +27,8 @@ const READS_IN_FLIGHT = 8;
  */
 export async function* chunkHashes(daemon: SiteStorageDaemon, imagePath: string, chunkBytes = RESYNC_CHUNK_BYTES, digest: ChunkDigestName = "sha256"): AsyncGenerator<Buffer> {
   const node = `seed${createHash("sha256").update(imagePath).digest("hex").slice(0, 20)}`;
-  // The backing chain opens from the image's own header (relative names resolve beside it).
-  await daemon.qmp.execute("blockdev-add", { driver: "qcow2", "node-name": node, "read-only": true, file: { driver: "file", filename: imagePath, "read-only": true } });
+  await addReadOnlyExport(daemon, node, imagePath);
   try {
-    await daemon.qmp.execute("block-export-add", { type: "nbd", id: node, "node-name": node, name: node, writable: false });
     const client = await NbdClient.connect({ socketPath: daemon.nbdSocketPath, exportName: node, metaContexts: [BASE_ALLOCATION_CONTEXT] });
     try {
       const readBytes = chunkBytes * CHUNKS_PER_READ;
@@ -82,9 +81,6 @@ export async function* chunkHashes(daemon: SiteStorageDaemon, imagePath: string,
       await client.disconnect();
     }
   } finally {
-    const gone = daemon.qmp.waitForEvent("BLOCK_EXPORT_DELETED", (d) => d.id === node, 10_000).catch(() => undefined);
-    await daemon.qmp.execute("block-export-del", { id: node, mode: "hard" }).catch(() => undefined);
-    await gone;
-    await daemon.qmp.execute("blockdev-del", { "node-name": node }).catch(() => undefined);
+    await removeReadOnlyExport(daemon, node);
   }
 }

@@ -3,22 +3,6 @@ import { executeCommand, pause, requestResync, resume } from "../../ledger/index
 import type { SiteContext } from "../siteContext.js";
 import { actorMetadata, type Caller } from "./caller.js";
 
-type Notice = Parameters<NonNullable<ReturnType<SiteContext["sessionFor"]>>["notify"]>[0];
-
-/** Tells the primary's agent over its open Replicate stream; false when it is not connected. */
-async function notifyAgent(ctx: SiteContext, vmId: string, notice: Notice): Promise<boolean> {
-  const session = ctx.sessionFor(vmId);
-  if (!session) return false;
-  try {
-    await session.notify(notice);
-    return true;
-  } catch (err) {
-    // The command is in the ledger either way; the agent learns it at its next Hello.
-    ctx.logger.warn({ err, vm: vmId, notice: notice.$case }, "could not notify the primary's agent");
-    return false;
-  }
-}
-
 /**
  * `qreplica pause VM`: cycles are refused until resumed; the agent sends none and keeps every
  * change in its bitmap, so the first cycle after the resume carries them all.
@@ -26,14 +10,14 @@ async function notifyAgent(ctx: SiteContext, vmId: string, notice: Notice): Prom
 export async function pauseReplication(ctx: SiteContext, request: PauseReplicationRequest, caller: Caller): Promise<RelationshipCommandResponse> {
   const reason = request.reason.trim() || `paused by ${caller.identity}`;
   const { newState } = await executeCommand(ctx.store, request.vmId, (s) => pause(s, { reason }), { metadata: actorMetadata(caller) });
-  const agentNotified = await notifyAgent(ctx, request.vmId, { $case: "replicationPaused", reason });
+  const agentNotified = await ctx.notifyAgent(request.vmId, { $case: "replicationPaused", reason });
   return { state: newState.state, agentNotified };
 }
 
 /** `qreplica resume VM`: incremental cycles go on where they stopped. */
 export async function resumeReplication(ctx: SiteContext, request: ResumeReplicationRequest, caller: Caller): Promise<RelationshipCommandResponse> {
   const { newState } = await executeCommand(ctx.store, request.vmId, (s) => resume(s), { metadata: actorMetadata(caller) });
-  const agentNotified = await notifyAgent(ctx, request.vmId, { $case: "replicationResumed", resume: "incremental" });
+  const agentNotified = await ctx.notifyAgent(request.vmId, { $case: "replicationResumed", resume: "incremental" });
   return { state: newState.state, agentNotified };
 }
 
@@ -48,6 +32,6 @@ export async function resync(ctx: SiteContext, request: ResyncRequest, caller: C
   const { vmId } = request;
   const approval = { approvedBy: caller.identity, approvedByRole: caller.role };
   const { newState } = await executeCommand(ctx.store, vmId, (s) => requestResync(s, approval), { metadata: actorMetadata(caller) });
-  const agentNotified = await notifyAgent(ctx, vmId, { $case: "resyncRequested", requestedBy: caller.identity });
+  const agentNotified = await ctx.notifyAgent(vmId, { $case: "resyncRequested", requestedBy: caller.identity });
   return { state: newState.state, agentNotified };
 }
