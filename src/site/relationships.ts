@@ -348,7 +348,7 @@ export class Relationships {
       // Not in the ledger, so not a point: the images must go (a restart would remove them too).
       for (const d of images.disks) {
         rmSync(d.imagePath, { force: true });
-        if (d.chunkHashPath) rmSync(d.chunkHashPath, { force: true });
+        if (d.chunkHashPath) await this.storage.indexes.forget(d.chunkHashPath, `${d.chunkHashPath}.partial`);
       }
       throw err;
     }

@@ -294,6 +294,8 @@ async function serve(
       await extensions?.close();
       context.stopRetention();
       await context.serializer.idle();
+      // The newest points' chunk hash indexes are written after their commits: let them land.
+      await storage.indexes.settled();
       // Refusals counted in an open window are recorded before the ledger closes.
       await context.refusals.flush();
       await daemon.stop();

@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import { closeSync, fsyncSync, openSync, readFileSync, writeSync } from "node:fs";
+import { open, rename } from "node:fs/promises";
 import type { ChunkDigestName } from "../common/chunkDigest.js";
 import { errorMessage } from "../common/errors.js";
 
@@ -30,7 +31,7 @@ export function chunkCount(sizeBytes: number, chunkBytes: number): number {
   return Math.ceil(sizeBytes / chunkBytes);
 }
 
-export function encodeChunkHashes(index: ChunkHashIndex): Buffer {
+function headerOf(index: ChunkHashIndex): Buffer {
   const count = chunkCount(index.sizeBytes, index.chunkBytes);
   if (index.hashes.length !== count * 32) throw new Error(`chunk hash index: ${index.hashes.length / 32} hashes for ${count} chunks`);
   const header = Buffer.alloc(HEADER_BYTES);
@@ -39,8 +40,17 @@ export function encodeChunkHashes(index: ChunkHashIndex): Buffer {
   header.writeUInt32LE(DIGEST_IDS[index.digest], 12);
   header.writeBigUInt64LE(BigInt(index.sizeBytes), 16);
   header.writeBigUInt64LE(BigInt(count), 24);
-  const digest = createHash("sha256").update(header).update(index.hashes).digest();
-  return Buffer.concat([header, index.hashes, digest]);
+  return header;
+}
+
+/** The file's three parts: header, hashes (not copied) and the digest of both. */
+function fileParts(index: ChunkHashIndex): [Buffer, Buffer, Buffer] {
+  const header = headerOf(index);
+  return [header, index.hashes, createHash("sha256").update(header).update(index.hashes).digest()];
+}
+
+export function encodeChunkHashes(index: ChunkHashIndex): Buffer {
+  return Buffer.concat(fileParts(index));
 }
 
 /** The index in `file`, or why it cannot be used for a disk of `expect`'s size and chunk size. */
@@ -72,6 +82,40 @@ export function writeChunkHashFile(path: string, index: ChunkHashIndex): void {
   } finally {
     closeSync(fd);
   }
+}
+
+/**
+ * Writes the index to `partialPath` off the event loop, fsyncs it, and renames it to `path`.
+ * `index.hashes` must not change until this resolves.
+ */
+export async function writeChunkHashFileAsync(partialPath: string, path: string, index: ChunkHashIndex): Promise<void> {
+  const parts = fileParts(index);
+  const fh = await open(partialPath, "w", 0o600);
+  try {
+    let written = 0;
+    const total = parts.reduce((n, b) => n + b.length, 0);
+    while (written < total) {
+      const { bytesWritten } = await fh.writev(remaining(parts, written));
+      written += bytesWritten;
+    }
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await rename(partialPath, path);
+}
+
+/** The parts from byte `skip` on (a short writev leaves the rest to write). */
+function remaining(parts: Buffer[], skip: number): Buffer[] {
+  const out: Buffer[] = [];
+  for (const b of parts) {
+    if (skip >= b.length) skip -= b.length;
+    else {
+      out.push(skip ? b.subarray(skip) : b);
+      skip = 0;
+    }
+  }
+  return out;
 }
 
 export function readChunkHashFile(path: string, expect: { sizeBytes: number; chunkBytes: number; digest: ChunkDigestName }): ChunkHashIndex | { unusable: string } {

@@ -121,6 +121,7 @@ export async function hashExportedImage(path: string, chunkBytes: number, digest
 /** The imported point's chunk hash index, written after its image (an index never exists without its point). */
 export function writeImportedIndex(storage: ReplicaStorage, vmId: string, diskId: string, seq: number, sizeBytes: number, chunkBytes: number, hashes: Buffer): string {
   const path = storage.chunkHashPath(vmId, diskId, seq);
+  storage.indexes.forgetCached(path);
   writeChunkHashFile(`${path}.partial`, { digest: storage.indexDigest, chunkBytes, sizeBytes, hashes });
   renameSync(`${path}.partial`, path);
   return path;

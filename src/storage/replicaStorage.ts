@@ -9,7 +9,8 @@ import { createImage, runTool } from "../qemu/processes/index.js";
 import { SeedUnusableError, StorageWriteError } from "./errors.js";
 import { DiskPointWriter } from "./pointWriter.js";
 import { chunkHashes, resyncChunkBytes } from "./seedHashes.js";
-import { readChunkHashFile, writeChunkHashFile } from "./chunkHashFile.js";
+import type { ChunkHashIndex } from "./chunkHashFile.js";
+import { ChunkHashIndexes } from "./chunkHashIndexes.js";
 import { ChunkHashTracker, type ChunkHashBase } from "./chunkHashTracker.js";
 import type { SiteStorageDaemon } from "./siteStorageDaemon.js";
 import { pointExtents, type PointExtentsOptions } from "./pointExtents.js";
@@ -60,6 +61,9 @@ export class ReplicaStorage {
   /** What the points' chunk hash indexes hold: the fastest digest this host has. */
   readonly indexDigest: ChunkDigestName = blake3Available() ? "blake3" : "sha256";
 
+  /** The points' chunk hash indexes: the newest in memory, files written after each commit. */
+  readonly indexes: ChunkHashIndexes;
+
   /** Points being written per VM: their partial overlays hold the VM's chains open in the daemon. */
   private readonly writing = new Map<string, number>();
 
@@ -69,6 +73,7 @@ export class ReplicaStorage {
     logger?: Logger,
   ) {
     this.logger = logger ?? silentLogger;
+    this.indexes = new ChunkHashIndexes(this.logger);
     mkdirSync(root, { recursive: true, mode: 0o700 });
   }
 
@@ -87,7 +92,7 @@ export class ReplicaStorage {
 
   /** Point `seq`'s chunk hashes of a disk of `sizeBytes`, or why there are none to trust. */
   loadChunkHashes(vmId: string, diskId: string, seq: number, sizeBytes: number): { hashes: Buffer; chunkBytes: number } | { unusable: string } {
-    const r = readChunkHashFile(this.chunkHashPath(vmId, diskId, seq), { sizeBytes, chunkBytes: resyncChunkBytes(sizeBytes), digest: this.indexDigest });
+    const r = this.indexes.load(this.chunkHashPath(vmId, diskId, seq), { sizeBytes, chunkBytes: resyncChunkBytes(sizeBytes), digest: this.indexDigest });
     return "unusable" in r ? r : { hashes: r.hashes, chunkBytes: r.chunkBytes };
   }
 
@@ -103,17 +108,24 @@ export class ReplicaStorage {
     for (const diskId of diskIds) {
       const dir = join(this.root, safeSegment(vmId), diskId);
       if (!statSync(dir).isDirectory()) continue;
-      for (const f of readdirSync(dir)) if ((f.endsWith(CHUNK_HASHES) || f.endsWith(CHUNK_HASHES + PARTIAL)) && f !== keep) rmSync(join(dir, f), { force: true });
+      for (const f of readdirSync(dir)) {
+        if (!(f.endsWith(CHUNK_HASHES) || f.endsWith(CHUNK_HASHES + PARTIAL)) || f === keep) continue;
+        // The newest point's index may still be on its way in: its partial stays while it is written.
+        if (keep && f === `${keep}${PARTIAL}` && this.indexes.isWriting(join(dir, keep))) continue;
+        rmSync(join(dir, f), { force: true });
+        this.indexes.forgetCached(join(dir, f));
+      }
     }
   }
 
-  private hashTracker(vmId: string, seq: number, d: PointDiskSpec): ChunkHashTracker | undefined {
+  private async hashTracker(vmId: string, seq: number, d: PointDiskSpec): Promise<ChunkHashTracker | undefined> {
     const chunkBytes = resyncChunkBytes(d.sizeBytes);
     const base = d.hashBase;
     if (!base) return undefined;
     let start: ChunkHashBase;
     if (base.kind === "point") {
-      const loaded = this.loadChunkHashes(vmId, d.diskId, base.seq, d.sizeBytes);
+      // Taken, not copied: the new point's hashes are written over the parent's.
+      const loaded = await this.indexes.take(this.chunkHashPath(vmId, d.diskId, base.seq), { sizeBytes: d.sizeBytes, chunkBytes, digest: this.indexDigest });
       if ("unusable" in loaded) {
         this.logger.debug({ vm: vmId, disk: d.diskId, seq, parent: base.seq, why: loaded.unusable }, "no chunk hash index for this point: its parent's is unusable");
         return undefined;
@@ -137,8 +149,7 @@ export class ReplicaStorage {
         rmSync(partial, { force: true });
         // An index left by an earlier chain with the same sequence must never describe this point.
         const chunkHashPath = this.chunkHashPath(vmId, d.diskId, seq);
-        rmSync(chunkHashPath, { force: true });
-        rmSync(chunkHashPath + PARTIAL, { force: true });
+        await this.indexes.forget(chunkHashPath, chunkHashPath + PARTIAL);
         // Relative backing names keep a chain valid when the storage root is moved.
         const backing = full ? (d.seedImage ? { backing: d.seedImage, backingFormat: "qcow2" } : {}) : { backing: basename(d.parentImage!), backingFormat: "qcow2" };
         await createImage(partial, d.sizeBytes, backing).catch((err: unknown) => {
@@ -152,7 +163,7 @@ export class ReplicaStorage {
           );
         });
         targets.push({ partial, final, diskId: d.diskId, sizeBytes: d.sizeBytes, chunkHashPath });
-        const hashes = this.hashTracker(vmId, seq, d);
+        const hashes = await this.hashTracker(vmId, seq, d);
         writers.push(await DiskPointWriter.open(this.daemon, { vmId, diskId: d.diskId, seq, imagePath: partial, sizeBytes: d.sizeBytes, logger: this.logger, hashes }));
       }
     } catch (err) {
@@ -166,7 +177,7 @@ export class ReplicaStorage {
       if (n > 0) this.writing.set(vmId, n);
       else this.writing.delete(vmId);
     };
-    return new PointWrite(vmId, seq, writers, targets, this.logger, done);
+    return new PointWrite(vmId, seq, writers, targets, this.logger, this.indexes, done);
   }
 
   /**
@@ -324,6 +335,7 @@ export class PointWrite {
     private readonly writers: DiskPointWriter[],
     private readonly targets: PointTarget[],
     private readonly logger: Logger,
+    private readonly indexes: ChunkHashIndexes,
     /** Called once, when the point is committed or discarded. */
     private readonly onDone: () => void = () => undefined,
   ) {}
@@ -343,14 +355,12 @@ export class PointWrite {
   /** Makes the point durable and visible. The caller records it in the ledger next. */
   async commit(): Promise<CommittedPointImages> {
     this.done = true;
-    const indexed = new Set<string>();
+    const indexes = new Map<string, ChunkHashIndex>();
     try {
       for (const w of this.writers) {
         const hashes = await w.finish();
         const t = this.targets.find((x) => x.diskId === w.diskId)!;
-        if (!hashes) continue;
-        writeChunkHashFile(t.chunkHashPath + PARTIAL, { digest: w.hashes!.digest, chunkBytes: w.hashes!.chunkBytes, sizeBytes: t.sizeBytes, hashes });
-        indexed.add(t.diskId);
+        if (hashes) indexes.set(t.diskId, { digest: w.hashes!.digest, chunkBytes: w.hashes!.chunkBytes, sizeBytes: t.sizeBytes, hashes });
       }
     } catch (err) {
       await this.discard();
@@ -359,9 +369,13 @@ export class PointWrite {
     // The writers have closed their nodes: the daemon no longer holds the chain.
     this.release();
     for (const t of this.targets) renameSync(t.partial, t.final);
-    // After the images: an index never exists without its point's image.
-    for (const t of this.targets) if (indexed.has(t.diskId)) renameSync(t.chunkHashPath + PARTIAL, t.chunkHashPath);
     for (const dir of new Set(this.targets.map((t) => dirname(t.final)))) fsyncPath(dir);
+    // After the images: an index never exists without its point's image (see ChunkHashIndexes).
+    for (const t of this.targets) {
+      const index = indexes.get(t.diskId);
+      if (index) this.indexes.keep(t.chunkHashPath, t.chunkHashPath + PARTIAL, index);
+    }
+    const indexed = new Set(indexes.keys());
     return {
       seq: this.seq,
       disks: this.targets.map((t) => ({ diskId: t.diskId, imagePath: t.final, sizeBytes: t.sizeBytes, ...(indexed.has(t.diskId) ? { chunkHashPath: t.chunkHashPath } : {}) })),

@@ -192,7 +192,8 @@ describe("crash windows of the replica site (QREPLICA_FAULT, SIGKILL)", { timeou
       expect(crashed.state).toBe("replicating");
       expect(crashed.points.length).toBe(1);
       const initial = crashed.points[0]!;
-      expect(readdirSync(diskDir(t)).filter((f) => f.endsWith(".partial"))).toEqual([]);
+      // No partial image (a chunk hash index on its way in may be left: the restart removes it).
+      expect(readdirSync(diskDir(t)).filter((f) => f.endsWith(".qcow2.partial"))).toEqual([]);
       await expectIdentical(initial.disks[0]!.imagePath, initialExpected, `the initial point ${initial.pointId} (committed, never acked)`);
       const initialHashes = await pointContentHashes([initial], t.dir);
       const eventsAtRestart = (await ledgerEvents(t.siteB)).length;
@@ -266,8 +267,8 @@ describe("crash windows of the replica site (QREPLICA_FAULT, SIGKILL)", { timeou
       .map((f) => join(diskDir(t), f))
       .filter((f) => !known.has(f));
     expect(strays.length).toBe(1);
-    // Its chunk index was renamed with it; both go at the restart (expectPointsMatchLedger).
-    expect(existsSync(strays[0]!.replace(/\.qcow2$/, ".chunks"))).toBe(true);
+    // Its chunk index, written in the background once the image is in place, may or may not be
+    // there: either way both go at the restart (expectPointsMatchLedger checks the indexes too).
     expect(strays[0]).toMatch(/rp-\d+\.qcow2$/);
     expect(crashed.points.slice(0, before.points.length).map((p) => p.pointId)).toEqual(before.points.map((p) => p.pointId));
     expect(crashed.lastCycleSeq).toBeLessThan(Number(/rp-(\d+)\.qcow2$/.exec(strays[0]!)![1]));

@@ -22,6 +22,14 @@ afterAll(async () => {
   await site?.stop();
 });
 
+/** The point's files once its chunk hash index (written after the commit, in the background) is there. */
+async function indexWritten(vmId: string, diskId: string): Promise<string[]> {
+  return waitFor("the newest point's chunk hash index", () => {
+    const files = site.storageFiles(vmId, diskId).sort();
+    return files.some((f) => f.endsWith(".chunks")) ? files : undefined;
+  });
+}
+
 describe("chunk integrity (invariants 1 and 5)", () => {
   const VM = "vm-integrity";
 
@@ -70,7 +78,7 @@ describe("chunk integrity (invariants 1 and 5)", () => {
     // Nothing of cycle 2 is left in storage or in the catalogue; its failure is on record.
     expect(site.storageFiles(VM, "vda").filter((f) => f.endsWith(".partial"))).toEqual([]);
     // Point 1's image and its chunk hash index; nothing of cycle 2.
-    expect(site.storageFiles(VM, "vda").sort()).toEqual(["base.qcow2", "rp-00000001.chunks"]);
+    expect(await indexWritten(VM, "vda")).toEqual(["base.qcow2", "rp-00000001.chunks"]);
     state = await site.relationship(VM);
     expect(state.points.map((p) => p.pointId)).toEqual(["rp-1"]);
     const newEvents = (await site.events(VM)).slice(eventsBefore);
@@ -142,7 +150,7 @@ describe("stale generations (invariant 3: the generation fences an old primary)"
     expect(cycleRejected.generation).toBe(1n);
     expect(cycleRejected.message).toMatch(/generation 7/);
     expect((await site.events()).length).toBe(before.length);
-    expect(site.storageFiles(VM, "vda").sort()).toEqual(["base.qcow2", "rp-00000001.chunks"]);
+    expect(await indexWritten(VM, "vda")).toEqual(["base.qcow2", "rp-00000001.chunks"]);
 
     // The same stream then commits cycle 2 at generation 1: the refused one took nothing, not
     // even its sequence number. (Had anything been written, this would be OUT_OF_ORDER.)
@@ -277,7 +285,7 @@ describe("malformed input", () => {
     state = await site.relationship(VM);
     expect(state.state).toBe("replicating");
     expect((await disk.compareWithPoint(state.points[0]!.disks[0]!.imagePath, join(site.tmp, "range.raw"))).detail).toMatch(/identical/i);
-    expect(site.storageFiles(VM, "vda").sort()).toEqual(["base.qcow2", "rp-00000004.chunks"]);
+    expect(await indexWritten(VM, "vda")).toEqual(["base.qcow2", "rp-00000004.chunks"]);
     expect((await d.finish()).code).toBe(status.OK);
   });
 });

@@ -3,6 +3,7 @@ import { existsSync, readdirSync, readFileSync, truncateSync, writeFileSync } fr
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { chunkHashes, decodeChunkHashes, encodeChunkHashes, ReplicaStorage, SiteStorageDaemon, type PointWrite } from "../../../src/storage/index.js";
+import { readChunkHashFile } from "../../../src/storage/chunkHashFile.js";
 import { makeTmpDir } from "../../helpers/tmpDir.js";
 
 const KiB = 1024;
@@ -35,6 +36,13 @@ function indexOf(storage: ReplicaStorage, seq: number): Buffer | string {
   return "hashes" in r ? r.hashes : r.unusable;
 }
 
+/** The index file alone, once the background writes have landed. */
+async function fileIndexOf(storage: ReplicaStorage, seq: number): Promise<Buffer | string> {
+  await storage.indexes.settled();
+  const r = readChunkHashFile(storage.chunkHashPath("vm1", "vda", seq), { sizeBytes: SIZE, chunkBytes: CHUNK, digest: "blake3" });
+  return "hashes" in r ? r.hashes : r.unusable;
+}
+
 /**
  * Writes that cover chunks wholly, partly, twice, with zeroes, and the short last chunk. A cycle's
  * extents never overlap; where these do, the first has landed before the second is sent.
@@ -63,14 +71,18 @@ describe("chunk hash index: each point's chunk hashes, followed as it is written
     expect(p1.disks[0]!.chunkHashPath).toBe(storage.chunkHashPath("vm1", "vda", 1));
     const truth1 = await readHashes(daemon, p1.disks[0]!.imagePath);
     expect(indexOf(storage, 1)).toEqual(truth1);
+    expect(await fileIndexOf(storage, 1)).toEqual(truth1);
 
     const inc = await storage.beginPoint("vm1", 2, [{ diskId: "vda", sizeBytes: SIZE, parentImage: p1.disks[0]!.imagePath, hashBase: { kind: "point", seq: 1 } }]);
     await scribble(inc, 2);
     await inc.disk("vda")!.write(30 * CHUNK, randomBytes(CHUNK));
     const p2 = await inc.commit();
+    // As the site does right after the ledger commit, while the index may still be on its way in.
+    storage.pruneChunkHashes("vm1", 2);
     const truth2 = await readHashes(daemon, p2.disks[0]!.imagePath);
     expect(truth2).not.toEqual(truth1);
     expect(indexOf(storage, 2)).toEqual(truth2);
+    expect(await fileIndexOf(storage, 2)).toEqual(truth2);
 
     // A resync: chunks flow before the comparison hashes (the base) arrive.
     const resync = await storage.beginPoint("vm1", 3, [{ diskId: "vda", sizeBytes: SIZE, parentImage: p2.disks[0]!.imagePath, hashBase: { kind: "pending" } }]);
@@ -78,7 +90,9 @@ describe("chunk hash index: each point's chunk hashes, followed as it is written
     resync.setHashBase("vda", truth2);
     await resync.disk("vda")!.write(31 * CHUNK + 7, randomBytes(100));
     const p3 = await resync.commit();
-    expect(indexOf(storage, 3)).toEqual(await readHashes(daemon, p3.disks[0]!.imagePath));
+    const truth3 = await readHashes(daemon, p3.disks[0]!.imagePath);
+    expect(indexOf(storage, 3)).toEqual(truth3);
+    expect(await fileIndexOf(storage, 3)).toEqual(truth3);
 
     storage.pruneChunkHashes("vm1", 3);
     expect(readdirSync(storage.diskDir("vm1", "vda")).filter((f) => f.endsWith(".chunks"))).toEqual(["rp-00000003.chunks"]);
@@ -103,6 +117,9 @@ describe("chunk hash index: each point's chunk hashes, followed as it is written
     const full = await storage.beginPoint("vm1", 1, [{ diskId: "vda", sizeBytes: SIZE, hashBase: { kind: "empty" } }]);
     await scribble(full, 1);
     const path = (await full.commit()).disks[0]!.chunkHashPath!;
+    // From the file from here on, not from memory.
+    await storage.indexes.settled();
+    storage.indexes.forgetCached(path);
     const good = readFileSync(path);
     const damaged = Buffer.from(good);
     damaged[100] = damaged[100]! ^ 1;
@@ -123,5 +140,27 @@ describe("chunk hash index: each point's chunk hashes, followed as it is written
     const again = await storage.beginPoint("vm1", 1, [{ diskId: "vda", sizeBytes: SIZE }]);
     expect(existsSync(path)).toBe(false);
     await again.discard();
+  });
+
+  it("the next point takes its parent's hashes from memory; a discarded point leaves the parent's file whole to start again from", async () => {
+    const { daemon, storage } = await setup();
+    const full = await storage.beginPoint("vm1", 1, [{ diskId: "vda", sizeBytes: SIZE, hashBase: { kind: "empty" } }]);
+    await scribble(full, 1);
+    const p1 = await full.commit();
+    const truth1 = await readHashes(daemon, p1.disks[0]!.imagePath);
+    const child = () => storage.beginPoint("vm1", 2, [{ diskId: "vda", sizeBytes: SIZE, parentImage: p1.disks[0]!.imagePath, hashBase: { kind: "point", seq: 1 } }]);
+    // Taken from memory (once its file is whole), written over by the child, which is discarded.
+    const first = await child();
+    await scribble(first, 2);
+    await first.discard();
+    expect(indexOf(storage, 1)).toEqual(truth1); // from the file now: the child's writes never reached it
+    // The second attempt starts from the file and ends with the right hashes.
+    const second = await child();
+    await scribble(second, 3);
+    const p2 = await second.commit();
+    const truth2 = await readHashes(daemon, p2.disks[0]!.imagePath);
+    expect(indexOf(storage, 2)).toEqual(truth2);
+    expect(await fileIndexOf(storage, 2)).toEqual(truth2);
+    expect(await fileIndexOf(storage, 1)).toEqual(truth1);
   });
 });
