@@ -166,7 +166,8 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
     case "ReplicationPaused":
       return { ...s, state: "paused", pauseReason: event.data.reason };
     case "ReplicationResumed":
-      return { ...s, state: "replicating", pauseReason: undefined };
+      // A failover upstream learnt while paused left a resync to run (pause is only from replicating otherwise).
+      return { ...s, state: s.resyncReason !== undefined ? "resync-required" : "replicating", pauseReason: undefined };
     case "StaleGenerationRefused":
       return { ...s, counters: { ...c, staleGenerationRefusals: c.staleGenerationRefusals + 1 } };
     case "TestFailoverStarted": {
@@ -282,6 +283,21 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
         // The other site's disks: their history says nothing about these.
         encryptionBaselines: {},
         suspectPoints: [],
+      };
+    }
+    case "PrimaryFailedOverUpstream": {
+      const d = event.data;
+      return {
+        ...s,
+        // An operator's pause stands; its resume asks for the resync (see ReplicationResumed).
+        state: s.state === "paused" ? "paused" : "resync-required",
+        generation: Math.max(s.generation, d.generation),
+        resyncReason: `the primary failed over upstream: ${d.reason}`,
+        // A cycle the old generation had open is abandoned (its stream is superseded, its partial discarded).
+        inFlight: undefined,
+        generationHandover: undefined,
+        cycleSkipped: undefined,
+        upstreamFailover: { generation: d.generation, previousGeneration: d.previousGeneration, peerIdentity: d.peerIdentity, reason: d.reason },
       };
     }
     default:

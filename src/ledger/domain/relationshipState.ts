@@ -124,6 +124,14 @@ export interface SkippedCycles {
   readonly since: string;
 }
 
+/** A PrimaryFailedOverUpstream as the fold keeps it. */
+export interface UpstreamFailover {
+  readonly generation: number;
+  readonly previousGeneration: number;
+  readonly peerIdentity: string;
+  readonly reason: string;
+}
+
 export interface RelationshipState {
   readonly vmId: string;
   readonly state: ReplicationStateName;
@@ -172,6 +180,11 @@ export interface RelationshipState {
   readonly lastDrill?: DrillSummary | undefined;
   /** The last drill that verified a point (health's POINT_NOT_VERIFIED window is measured from its end). */
   readonly lastVerified?: DrillSummary | undefined;
+  /**
+   * The last failover of the primary upstream (A -> B -> C, the VM failed over at B) this replica
+   * learnt of: generations below `generation` are fenced, whatever the identity (absent from older snapshots).
+   */
+  readonly upstreamFailover?: UpstreamFailover | undefined;
   readonly counters: RelationshipCounters;
 }
 
