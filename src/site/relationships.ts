@@ -440,7 +440,8 @@ export class Relationships {
       const state = await this.load(vmId);
       if (state.points.some((p) => p.merging)) await this.finishMerge(state);
       const after = await this.load(vmId);
-      const known = new Set(after.points.flatMap((p) => p.disks.map((d) => d.imagePath)));
+      // A completed failover's VM runs on its point's chain: those files are not orphans.
+      const known = new Set([...after.points.flatMap((p) => p.disks.map((d) => d.imagePath)), ...(after.failoverChainImages ?? [])]);
       this.storage.removeOrphans(vmId, known);
       this.storage.pruneChunkHashes(vmId, after.points.at(-1)?.cycleSeq);
     }

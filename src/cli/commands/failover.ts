@@ -173,10 +173,18 @@ export function registerReverse(program: Command): void {
     .action(async (vm: string, o: { dir: string; toDir: string; seed: string[]; json: boolean; wait: boolean; progress: ProgressMode }) => {
       try {
         const primary = controlClient({ dir: o.dir });
-        const replica = controlClient({ dir: o.toDir });
         const status = await unary(primary, primary.getStatus, { vmId: vm });
         const rel = status.relationships[0];
         if (!rel) throw new Error(`site ${status.siteId} has no relationship for VM ${vm}`);
+        const ext = rel.extendedReplication;
+        if (ext && ext.state !== "stopped") {
+          // Said before the old primary's site is prepared (the site refuses it too): a refused reverse changes nothing.
+          throw new Error(
+            `VM ${vm} replicates on to its extended replica, site ${ext.targetSiteId} (${ext.state}), and a VM has one replica at a time: ` +
+              `stop that first ('qreplica extend ${vm} --dir ${o.dir} --stop'), then reverse replication toward the old primary`,
+          );
+        }
+        const replica = controlClient({ dir: o.toDir });
         const points = await unary(primary, primary.listRecoveryPoints, { vmId: vm });
         const disks = points.recoveryPoints.at(-1)?.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: d.virtualSizeBytes })) ?? [];
         const seeds = o.seed.map((s) => {

@@ -130,6 +130,8 @@ export interface UpstreamFailover {
   readonly previousGeneration: number;
   readonly peerIdentity: string;
   readonly reason: string;
+  /** Learnt while paused: the resume asks for the resync (ReplicationResumed clears it). */
+  readonly resyncOnResume: boolean;
 }
 
 export interface RelationshipState {
@@ -185,6 +187,12 @@ export interface RelationshipState {
    * learnt of: generations below `generation` are fenced, whatever the identity (absent from older snapshots).
    */
   readonly upstreamFailover?: UpstreamFailover | undefined;
+  /**
+   * The images the VM of the last completed failover here runs on (its point's chain, base first,
+   * per disk): no longer recovery points, but that VM's backing files, so never orphans. Kept
+   * through reverse replication, while the VM may still run (absent from older snapshots).
+   */
+  readonly failoverChainImages?: readonly string[] | undefined;
   readonly counters: RelationshipCounters;
 }
 
