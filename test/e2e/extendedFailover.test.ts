@@ -160,6 +160,13 @@ describe("extended replication follows a failover at B", { timeout: 300_000 }, (
     const cutCounter = await readDiskCounter(cut.disks[0]!.imagePath);
     expect(cutCounter).toBeGreaterThanOrEqual(readCounters(fo.vm.serialLog).at(-1)!);
     expect((await cliJson<Status>(["status", "vm1", "--dir", C])).relationships[0]).toMatchObject({ state: "replicating", generation: 2 });
+    // B restarted its agent for the adopted VM; stopping the extension ends it for good.
+    const restarted = (await statusB()).extendedReplication!;
+    expect(restarted).toMatchObject({ state: "following-failover", targetGeneration: 2 });
+    expect(restarted.agentPid).not.toBe(following.agentPid);
+    const stopped = await cliJson<{ extension: Extension }>(["extend", "vm1", "--dir", t.siteB, "--stop"]);
+    expect(stopped.extension.state).toBe("stopped");
+    await waitFor("the restarted agent gone", async () => (processAlive(restarted.agentPid) ? undefined : true), 15_000);
 
     // --- disaster at B: an unplanned failover at C boots C's newest point's counter ---
     const newest = (await t.relationship("vm1", C)).points.at(-1)!;
