@@ -8,6 +8,7 @@
  * failover at C boots that point's counter. Real sites, agents and QEMU.
  */
 import { createHash } from "node:crypto";
+import * as grpc from "@grpc/grpc-js";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -19,6 +20,7 @@ import { QmpClient } from "../../src/qemu/qmp/index.js";
 import { readAddress } from "../../src/cli/siteClient.js";
 import { processAlive } from "../../src/site/failover/processes.js";
 import { loadSiteConfig } from "../../src/site/siteConfig.js";
+import { call, controlClientAs, refusal } from "../helpers/controlPlane.js";
 import { cliJson, runCli, waitFor } from "../helpers/processes.js";
 import { ProtocolClient, fileCredentials, msg } from "../helpers/protocolClient.js";
 import { twoSitesPerTest } from "../helpers/twoSites.js";
@@ -93,6 +95,12 @@ describe("extended replication follows a failover at B", { timeout: 300_000 }, (
     expect(reverse.code).not.toBe(0);
     expect(reverse.stderr).toMatch(/one replica at a time.*qreplica extend vm1 --dir .* --stop/s);
     expect((await cliJson<Status>(["status", "--dir", t.siteA])).relationships.filter((r) => r.vmId === "vm1" && r.generation > 1)).toEqual([]);
+    // The site refuses it too (a client that skips the CLI's check).
+    const control = controlClientAs(readAddress(t.siteB), t.admin(t.siteB));
+    const direct = await refusal(call(control, control.startReverseReplication, { vmId: "vm1", replicaAddress: readAddress(t.siteA) }));
+    control.close();
+    expect(direct.code).toBe(grpc.status.FAILED_PRECONDITION);
+    expect(direct.details).toMatch(/site site-c.*one replica at a time/);
 
     // --- completed: B's agent replicates the failover VM on to C ---
     await cliJson(["failover", "complete", "vm1", "--dir", t.siteB]);
