@@ -5,7 +5,7 @@ import { PolicyServiceClient } from "../gen/qreplica/v1/policy.js";
 import { MonitoringServiceClient } from "../gen/qreplica/v1/monitoring.js";
 import { addressFile, adminCredentialFiles, loadSiteConfig } from "../site/siteConfig.js";
 import type { ChannelCredentials, ChannelOptions } from "@grpc/grpc-js";
-import { loadSiteCredentials, siteDial } from "../transport/index.js";
+import { FixedRevocationList, loadSiteCredentials, siteDial, type SiteCredentials } from "../transport/index.js";
 
 export interface SiteTargetOptions {
   dir?: string;
@@ -13,6 +13,8 @@ export interface SiteTargetOptions {
   ca?: string;
   cert?: string;
   key?: string;
+  /** The deployment CA's revocation list: a site whose certificate it lists is refused. */
+  crl?: string;
 }
 
 /** An error from a control call: the server's message, and its status as `code` for --json output. */
@@ -77,7 +79,17 @@ function dialSite(opts: SiteTargetOptions): { address: string; credentials: Chan
   const files = controlCredentialFiles(opts);
   const address = opts.site ?? (opts.dir ? readAddress(opts.dir) : undefined);
   if (!address || !files) throw new Error("which site? pass --dir SITE_DIR, or --site HOST:PORT with --ca, --cert and --key");
-  return { address, ...siteDial(address, loadSiteCredentials(files)) };
+  return { address, ...siteDial(address, cliCredentials(opts, files)) };
+}
+
+/**
+ * The CLI's identity, and the revocation list it checks the site against: `--crl`, or with
+ * `--dir` the site's own `crlFile` (a CLI on the site's host trusts what the site trusts).
+ */
+function cliCredentials(opts: SiteTargetOptions, files: { caFile: string; certFile: string; keyFile: string }): SiteCredentials {
+  const creds = loadSiteCredentials(files);
+  const crlFile = opts.crl ?? (opts.dir ? loadSiteConfig(opts.dir).crlFile : undefined);
+  return crlFile ? { ...creds, revocations: FixedRevocationList.load(crlFile, files.caFile) } : creds;
 }
 
 export function readAddress(dir: string): string {
@@ -92,6 +104,8 @@ export function readAddress(dir: string): string {
 /** The site's own words, or for a site that did not answer at all, what to check. */
 function describeCallError(err: grpc.ServiceError): string {
   const details = err.details || err.message;
+  // Refused by this side's own checks (the site's name, pin or revocation): the site did answer.
+  if (/refusing to send it anything/.test(details)) return details.replace(/^.*?Last error: (Error: )?/, "");
   if (err.code === grpc.status.UNAVAILABLE)
     return `no site answered (${details.replace(/\s*Resolution note:\s*$/, "")}): is it running (qreplica site serve), and is the address right?`;
   if (err.code === grpc.status.DEADLINE_EXCEEDED) return `the site did not answer in time (${details}): is it overloaded or stopped (SIGSTOP)?`;

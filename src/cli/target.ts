@@ -18,7 +18,8 @@ export function withSiteOptions(cmd: Command, help: TargetHelp = {}): Command {
     .option("--site <host:port>", help.site ?? "the site's address")
     .option("--ca <file>", "CA certificate (with --site)")
     .option("--cert <file>", help.cert ?? "client certificate (with --site)")
-    .option("--key <file>", "client key (with --site)");
+    .option("--key <file>", "client key (with --site)")
+    .option("--crl <file>", "the CA's revocation list (crl.pem): a site it lists is refused (with --dir: the site's crlFile)");
 }
 
 export function withTarget(cmd: Command, help: TargetHelp = {}): Command {

@@ -65,6 +65,6 @@ export {
   UnauthenticatedPeerError,
 } from "./errors.js";
 export { ROLES, isRole, roleAllows, type Role } from "./roles.js";
-export { CRL_FILE_NAME, RevocationList, generateCrl, loadCrl, revokeCertificate, revokedEntries, type LoadedCrl, type RevokedEntry } from "./revocation.js";
+export { CRL_FILE_NAME, FixedRevocationList, RevocationList, generateCrl, loadCrl, revokeCertificate, revokedEntries, type LoadedCrl, type RevokedEntry } from "./revocation.js";
 export { createCertificateRequest, readCertificateRequest, signCertificateRequest } from "./pkiRequest.js";
 export { CERTIFICATE_REFRESH_MS, RenewingSiteCredentials } from "./renewingCredentials.js";

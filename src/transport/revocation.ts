@@ -1,3 +1,4 @@
+import { spawnSync } from "node:child_process";
 import { createHash, X509Certificate } from "node:crypto";
 import { chmod, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -146,10 +147,29 @@ export interface LoadedCrl {
 export async function loadCrl(crlFile: string, caFile: string): Promise<LoadedCrl> {
   let out: { stdout: string; stderr: string };
   try {
-    out = await openssl(["crl", "-in", crlFile, "-CAfile", caFile, "-text", "-noout"], `reading the revocation list ${crlFile}`);
+    out = await openssl(crlTextArgs(crlFile, caFile), `reading the revocation list ${crlFile}`);
   } catch (err) {
-    throw new CrlInvalidError(`revocation list ${crlFile} cannot be read: ${errorMessage(err)}; copy the CA's crl.pem there ('qreplica pki crl')`, { cause: err });
+    throw unreadableCrl(crlFile, err);
   }
+  return parseCrlText(crlFile, caFile, out);
+}
+
+/**
+ * loadCrl for a short-lived process that reads the list once before it dials (the CLI, whose
+ * site clients are made synchronously): the same checks, with openssl run to completion.
+ */
+export function loadCrlNow(crlFile: string, caFile: string): LoadedCrl {
+  const r = spawnSync("openssl", crlTextArgs(crlFile, caFile), { encoding: "utf8", timeout: 60_000 });
+  if (r.error || r.status !== 0) throw unreadableCrl(crlFile, r.error ?? new Error((r.stderr || `openssl exited with ${r.status}`).trim()));
+  return parseCrlText(crlFile, caFile, { stdout: r.stdout, stderr: r.stderr });
+}
+
+const crlTextArgs = (crlFile: string, caFile: string) => ["crl", "-in", crlFile, "-CAfile", caFile, "-text", "-noout"];
+
+const unreadableCrl = (crlFile: string, err: unknown) =>
+  new CrlInvalidError(`revocation list ${crlFile} cannot be read: ${errorMessage(err)}; copy the CA's crl.pem there ('qreplica pki crl')`, { cause: err });
+
+function parseCrlText(crlFile: string, caFile: string, out: { stdout: string; stderr: string }): LoadedCrl {
   // openssl 3.0 exits 0 on a bad signature and only prints "verify failure".
   if (!/^verify OK$/m.test(out.stderr + "\n" + out.stdout)) {
     throw new CrlInvalidError(`revocation list ${crlFile} is not signed by the CA in ${caFile}; use the crl.pem that CA wrote ('qreplica pki crl --ca-dir ...')`);
@@ -157,6 +177,31 @@ export async function loadCrl(crlFile: string, caFile: string): Promise<LoadedCr
   const serials = new Set([...out.stdout.matchAll(/Serial Number: ([0-9A-Fa-f]+)/g)].map((m) => normalizeSerial(m[1]!)));
   const next = /Next Update: (.+)$/m.exec(out.stdout);
   return { serials, nextUpdate: next ? new Date(next[1]!) : undefined };
+}
+
+/** Why a certificate on `crl` may not be used: a message naming it, the list and the fix. */
+function revokedRefusal(crl: LoadedCrl, crlFile: string, cert: { commonName: string; serialNumber: string }): string | undefined {
+  if (!crl.serials.has(normalizeSerial(cert.serialNumber))) return undefined;
+  return (
+    `the certificate of '${cert.commonName}' (serial ${cert.serialNumber}) is revoked by the deployment CA (revocation list ${crlFile}); ` +
+    `issue '${cert.commonName}' a new certificate ('qreplica pki request' on its host, 'qreplica pki sign' on the CA host)`
+  );
+}
+
+/** A revocation list read once (the CLI's): for a process that ends before the list could change. */
+export class FixedRevocationList {
+  private constructor(
+    readonly crlFile: string,
+    private readonly crl: LoadedCrl,
+  ) {}
+
+  static load(crlFile: string, caFile: string): FixedRevocationList {
+    return new FixedRevocationList(crlFile, loadCrlNow(crlFile, caFile));
+  }
+
+  refusal(cert: { commonName: string; serialNumber: string }): string | undefined {
+    return revokedRefusal(this.crl, this.crlFile, cert);
+  }
 }
 
 /**
@@ -194,11 +239,7 @@ export class RevocationList {
 
   /** Why `cert` may not be used (a message naming it and the fix), or undefined. */
   refusal(cert: { commonName: string; serialNumber: string }): string | undefined {
-    if (!this.current.serials.has(normalizeSerial(cert.serialNumber))) return undefined;
-    return (
-      `the certificate of '${cert.commonName}' (serial ${cert.serialNumber}) is revoked by the deployment CA (revocation list ${this.crlFile}); ` +
-      `issue '${cert.commonName}' a new certificate ('qreplica pki request' on its host, 'qreplica pki sign' on the CA host)`
-    );
+    return revokedRefusal(this.current, this.crlFile, cert);
   }
 
   assertNotRevoked(cert: { commonName: string; serialNumber: string }): void {

@@ -17,7 +17,7 @@ import { getSqliteEventStore, relationshipStream } from "../../src/ledger/index.
 import { addressFile, loadSiteConfig } from "../../src/site/siteConfig.js";
 import { certificateIdentity } from "../../src/transport/index.js";
 import { controlClientAs, rawCall } from "../helpers/controlPlane.js";
-import { cliJson, waitFor, type Daemon } from "../helpers/processes.js";
+import { cliJson, runCli, waitFor, type Daemon } from "../helpers/processes.js";
 import { makeTmpDir } from "../helpers/tmpDir.js";
 import { setupTwoSites, type TwoSites } from "../helpers/twoSites.js";
 
@@ -231,4 +231,31 @@ describe("certificate lifecycle (real site, agent and CLI)", () => {
       admin.close();
     }
   }, 180_000);
+
+  it("the CLI checks the site against the revocation list: --crl, or the site's crlFile with --dir; a revoked site is refused by name", async () => {
+    // The site's list (agent-a and vera revoked) does not list site B: the CLI goes through.
+    expect((await cliJson<{ relationships: unknown[] }>(["status", "--dir", t.siteB])).relationships.length).toBe(1);
+    const r = await cliJson<{ crlFile: string }>(["pki", "revoke", "--ca-dir", t.caDir, "--cert", siteCert.certFile, "--reason", "keyCompromise"]);
+    const cliCrl = join(tmp.path, "cli-crl.pem");
+    copyFileSync(r.crlFile, cliCrl);
+    const refusedBySite = /certificate of 'site-b' \(serial [0-9A-F]+\) is revoked by the deployment CA[^]*refusing to send it anything/;
+    const admin = t.admin(t.siteB);
+    for (const args of [
+      ["status", "--dir", t.siteB, "--crl", cliCrl],
+      ["status", "--site", address(), "--ca", caFile(), "--cert", admin.certFile, "--key", admin.keyFile, "--crl", cliCrl],
+    ]) {
+      const out = await runCli([...args, "--json"]);
+      expect(out.code, out.stdout + out.stderr).not.toBe(0);
+      expect(out.stdout + out.stderr).toMatch(refusedBySite);
+      expect(out.stdout + out.stderr).not.toMatch(/no site answered/);
+    }
+    // With --dir alone, the site's own crlFile is the CLI's list.
+    copyFileSync(r.crlFile, siteCert.crlFile);
+    const byDir = await runCli(["status", "--dir", t.siteB, "--json"]);
+    expect(byDir.stdout + byDir.stderr).toMatch(refusedBySite);
+    // A file that is no list signed by this CA is an error that names it, not a silent pass.
+    const bogus = await runCli(["status", "--dir", t.siteB, "--crl", caFile(), "--json"]);
+    expect(bogus.code).not.toBe(0);
+    expect(bogus.stdout + bogus.stderr).toMatch(/revocation list .*ca\.crt cannot be read/);
+  }, 60_000);
 });
