@@ -72,6 +72,12 @@ export interface AgentVmConfig {
   /** Generation to present before the site has told one (a reverse replication starts at the failover's). */
   generation?: number;
   /**
+   * Set by a site for the agent it starts when a VM that failed over there goes on replicating to
+   * the VM's extended replica (A -> B -> C, the VM failed over at B): why `generation` is above the
+   * replica's (Hello.upstream_failover). Not for hand-written configs.
+   */
+  upstreamFailover?: string;
+  /**
    * How the first point is made: "now" (default: a full copy over the network at once), "at" (the
    * same, held until a time; a site policy's initialReplication wins), "export" (written to a
    * directory, carried on media and imported at the replica site: no disk data over the network),
@@ -186,6 +192,7 @@ const vmSchema = z
       }
     }).optional(),
     generation: intIn(0, Number.MAX_SAFE_INTEGER, "the generation a reverse replication starts at (the failover's); leave it out otherwise").optional(),
+    upstreamFailover: z.string().min(1).max(500).optional(),
     initialReplication: z
       .union(
         [
@@ -337,6 +344,7 @@ export function agentConfigFrom(raw: unknown, file: string): AgentConfig {
       resyncDigest: vm.resyncDigest ?? "blake3",
       spec: vm.spec,
       generation: vm.generation,
+      ...(vm.upstreamFailover === undefined ? {} : { upstreamFailover: vm.upstreamFailover }),
       initialReplication: initialChoice(vm.initialReplication, abs),
       ...(vm.policy === undefined ? {} : { policy: vm.policy }),
       ...(groupOf.has(vm.id) ? { group: groupOf.get(vm.id)! } : {}),

@@ -434,6 +434,7 @@ export class VmReplicator {
           configuredIntervalSeconds: Math.round(this.vm.intervalSeconds),
           configuredCompressionLevel: this.vm.compressionLevel,
           initialReplication: this.vm.initialReplication.kind,
+          upstreamFailover: this.vm.upstreamFailover ?? "",
           ...(this.vm.initialReplication.kind === "at" ? { initialReplicationAt: this.vm.initialReplication.at } : {}),
         },
       },

@@ -3,7 +3,9 @@ import {
   StaleGenerationError,
   acknowledgeGeneration,
   executeCommand,
+  loadRelationship,
   recogniseCurrentPrimary,
+  recogniseUpstreamFailover,
   refuseStaleGeneration,
   type EventStore,
   type RelationshipState,
@@ -18,7 +20,7 @@ import {
 export async function settleGeneration(
   store: EventStore,
   logger: Logger,
-  peer: { vmId: string; presentedGeneration: number; peerIdentity: string },
+  peer: { vmId: string; presentedGeneration: number; peerIdentity: string; upstreamFailover?: string },
 ): Promise<RelationshipState | undefined> {
   const { vmId } = peer;
   const input = { presentedGeneration: peer.presentedGeneration, peerIdentity: peer.peerIdentity };
@@ -27,6 +29,19 @@ export async function settleGeneration(
     if (err instanceof StaleGenerationError) return undefined;
     throw err;
   };
+  if (peer.upstreamFailover) {
+    // Only a generation above this site's is a failover upstream; any other goes the usual way.
+    // A refusal (UpstreamFailoverRefusedError: another identity, no points, failed over here) reaches the caller.
+    const current = (await loadRelationship(store, vmId)).state;
+    if (input.presentedGeneration > current.generation) {
+      const { newState } = await executeCommand(store, vmId, (s) => recogniseUpstreamFailover(s, { ...input, reason: peer.upstreamFailover! }));
+      logger.warn(
+        { vm: vmId, identity: input.peerIdentity, from: current.generation, to: newState.generation, reason: peer.upstreamFailover },
+        "the primary failed over upstream: new generation recorded, older ones fenced; the new primary resynchronises by comparison",
+      );
+      return newState;
+    }
+  }
   const handedOver = await executeCommand(store, vmId, (s) => acknowledgeGeneration(s, input)).then(accepted, stale);
   if (handedOver) {
     logger.info({ vm: vmId, from: input.presentedGeneration, to: handedOver.generation }, "primary adopted the generation of a cancelled failover");

@@ -29,6 +29,8 @@ export interface HelloInput {
   trackingLost?: Array<{ diskId: string; code: string; reason: string }>;
   /** "manual": a needed resync waits for `qreplica resync VM` (ResyncApproved in the ledger). */
   resyncMode?: "automatic" | "manual";
+  /** Hello.upstream_failover: the primary declares a failover at its own site (extended replication). */
+  upstreamFailover?: string;
 }
 
 /** What the primary sends next: the HelloAck's resume hint. */

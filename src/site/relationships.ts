@@ -9,6 +9,7 @@ import {
   OutOfOrderCycleError,
   RELATIONSHIP_STREAM_PREFIX,
   StaleGenerationError,
+  UpstreamFailoverRefusedError,
   commitCycle,
   continuesInitialReplication,
   completeMerge,
@@ -178,7 +179,15 @@ export class Relationships {
    * fences its VM: only a real failover leads here).
    */
   private async settleGeneration(input: HelloInput, state: RelationshipState): Promise<RelationshipState> {
-    const settled = await settleGeneration(this.store, this.logger, { vmId: input.vmId, presentedGeneration: input.presentedGeneration, peerIdentity: input.primaryIdentity });
+    const settled = await settleGeneration(this.store, this.logger, {
+      vmId: input.vmId,
+      presentedGeneration: input.presentedGeneration,
+      peerIdentity: input.primaryIdentity,
+      ...(input.upstreamFailover ? { upstreamFailover: input.upstreamFailover } : {}),
+    }).catch((err: unknown) => {
+      if (err instanceof UpstreamFailoverRefusedError) throw new RelationshipRefusal(RejectReason.REJECT_REASON_INVALID_STATE, err.message, state.generation);
+      throw err;
+    });
     if (settled) return settled;
     throw new RelationshipRefusal(
       RejectReason.REJECT_REASON_STALE_GENERATION,
@@ -431,7 +440,8 @@ export class Relationships {
       const state = await this.load(vmId);
       if (state.points.some((p) => p.merging)) await this.finishMerge(state);
       const after = await this.load(vmId);
-      const known = new Set(after.points.flatMap((p) => p.disks.map((d) => d.imagePath)));
+      // A completed failover's VM runs on its point's chain: those files are not orphans.
+      const known = new Set([...after.points.flatMap((p) => p.disks.map((d) => d.imagePath)), ...(after.failoverChainImages ?? [])]);
       this.storage.removeOrphans(vmId, known);
       this.storage.pruneChunkHashes(vmId, after.points.at(-1)?.cycleSeq);
     }

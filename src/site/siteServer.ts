@@ -179,6 +179,7 @@ async function serve(
       logger: log.child({ part: "extension" }),
     },
     new ExtensionLedger(store),
+    { failovers, tlsFiles: { caFile: config.caFile, certFile: config.certFile, keyFile: config.keyFile } },
   );
   context.extensions = extensions;
   await extensions.start();

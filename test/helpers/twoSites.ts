@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { stringify as toYaml } from "yaml";
 import { afterEach } from "vitest";
@@ -6,6 +6,7 @@ import { getSqliteEventStore, loadRelationship, type RelationshipState } from ".
 import { startStorageDaemonVm, startSystemVm, type QemuProcess, type StorageDaemonVm } from "../../src/qemu/processes/index.js";
 import { makeCounterDisk } from "../../guest/index.js";
 import { killRecordedVms } from "../../src/site/failover/failoverService.js";
+import { processCommandLine } from "../../src/site/failover/processes.js";
 import { addressFile, adminCredentialFiles } from "../../src/site/siteConfig.js";
 import { AGENT, CLI, runCli, startDaemon, waitFor, type Daemon } from "./processes.js";
 import { makeTmpDir } from "./tmpDir.js";
@@ -196,14 +197,23 @@ export async function setupTwoSites(dir: string, opts: TwoSitesOptions): Promise
       await vm.proc.kill();
       await guest?.proc.kill();
       killRecordedVms(dir);
-      // A site killed with SIGKILL leaves its storage daemon behind: end it too.
+      // A site killed with SIGKILL leaves its storage daemon behind, and agents a site started for a
+      // failover VM run detached on purpose: end them too, by the pids the sites recorded.
       for (const siteDir of [siteA, siteB, join(dir, "site-c")]) {
-        const pidfile = join(siteDir, "run", "storage-daemon.pid");
-        if (!existsSync(pidfile)) continue;
-        try {
-          process.kill(Number(readFileSync(pidfile, "utf8").trim()), "SIGKILL");
-        } catch {
-          // already gone
+        const reverseDir = join(siteDir, "run", "reverse");
+        const agents = existsSync(reverseDir)
+          ? readdirSync(reverseDir).map((vm) => ({ pidfile: join(reverseDir, vm, "agent.pid"), mark: join(reverseDir, vm, "agent.yaml") }))
+          : [];
+        for (const { pidfile, mark } of [{ pidfile: join(siteDir, "run", "storage-daemon.pid"), mark: undefined }, ...agents]) {
+          if (!existsSync(pidfile)) continue;
+          const pid = Number(readFileSync(pidfile, "utf8").trim());
+          // A recycled pid is somebody else's process: an agent's is killed only while it runs its config.
+          if (mark !== undefined && !processCommandLine(pid)?.includes(mark)) continue;
+          try {
+            process.kill(pid, "SIGKILL");
+          } catch {
+            // already gone
+          }
         }
       }
     },

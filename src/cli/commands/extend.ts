@@ -18,6 +18,9 @@ export function extensionText(vm: string, e: ExtendedReplicationStatus | undefin
   if (!e) return `VM ${vm}: not forwarded to a third site`;
   const last = e.lastForwardedPointId ? `last forwarded ${e.lastForwardedPointId} -> ${e.targetPointId}` : "nothing forwarded yet";
   const error = e.lastError ? `; last error: ${e.lastError}` : "";
+  if (e.state === "following-failover") {
+    return `VM ${vm}: failed over at this site; its failover VM replicates on to site ${e.targetSiteId} (${e.targetAddress}) with agent pid ${e.agentPid}, generation ${e.targetGeneration} there; ${e.pointsForwarded} points forwarded before${error}`;
+  }
   return `VM ${vm}: ${e.state === "forwarding" ? "forwarded" : "no longer forwarded"} to site ${e.targetSiteId} (${e.targetAddress}); ${last}; ${e.pointsForwarded} forwarded, ${e.pointsPending} pending${error}`;
 }
 

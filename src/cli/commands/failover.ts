@@ -8,7 +8,7 @@ import { emit, fail } from "../output.js";
 import { withTarget, type Target } from "../target.js";
 import { reverseAgentLogFile } from "../../site/failover/reverseAgent.js";
 import { runDir } from "../../site/siteConfig.js";
-import type { ControlServiceClient } from "../../gen/qreplica/v1/control.js";
+import type { ControlServiceClient, GetStatusResponse } from "../../gen/qreplica/v1/control.js";
 import { watchCycles } from "../cycleWatch.js";
 import { progressReporter, type ProgressMode } from "../progress.js";
 import { waitUntilReplicating, withProgress } from "./wait.js";
@@ -61,6 +61,7 @@ export function registerFailover(program: Command): void {
               ) + `\nstop it with: qreplica test-failover stop ${vm} --test-id ${r.testId}`,
           );
         } else if (o.planned) {
+          if (o.primaryDir) await refuseReverseWhileExtended(client, vm, o.dir ?? "SITE_DIR");
           const r = await withCycleProgress(client, vm, o.progress, "asking the primary's agent to stop the VM and ship its final cycle", () =>
             unary(client, client.failover, { vmId: vm, kind: FailoverKind.FAILOVER_KIND_PLANNED, recoveryPointId: "", startVm: o.start }, 6 * 60_000),
           );
@@ -173,10 +174,12 @@ export function registerReverse(program: Command): void {
     .action(async (vm: string, o: { dir: string; toDir: string; seed: string[]; json: boolean; wait: boolean; progress: ProgressMode }) => {
       try {
         const primary = controlClient({ dir: o.dir });
-        const replica = controlClient({ dir: o.toDir });
         const status = await unary(primary, primary.getStatus, { vmId: vm });
         const rel = status.relationships[0];
         if (!rel) throw new Error(`site ${status.siteId} has no relationship for VM ${vm}`);
+        // Said before the old primary's site is prepared (the site refuses it too): a refused reverse changes nothing.
+        await refuseReverseWhileExtended(primary, vm, o.dir, status);
+        const replica = controlClient({ dir: o.toDir });
         const points = await unary(primary, primary.listRecoveryPoints, { vmId: vm });
         const disks = points.recoveryPoints.at(-1)?.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: d.virtualSizeBytes })) ?? [];
         const seeds = o.seed.map((s) => {
@@ -210,4 +213,18 @@ export function registerReverse(program: Command): void {
         fail(err, o.json);
       }
     });
+}
+
+/**
+ * A VM has one replica at a time: with an extended replica configured on the site the VM failed
+ * over to, reverse replication toward the old primary is refused before anything changes.
+ */
+async function refuseReverseWhileExtended(client: ControlServiceClient, vm: string, dir: string, known?: GetStatusResponse): Promise<void> {
+  const status = known ?? (await unary(client, client.getStatus, { vmId: vm }));
+  const ext = status.relationships[0]?.extendedReplication;
+  if (!ext || ext.state === "stopped") return;
+  throw new Error(
+    `VM ${vm} replicates on to its extended replica, site ${ext.targetSiteId} (${ext.state}), and a VM has one replica at a time: ` +
+      `stop that first ('qreplica extend ${vm} --dir ${dir} --stop'), then reverse replication toward the old primary`,
+  );
 }

@@ -57,6 +57,21 @@ export class StaleGenerationError extends QreplicaError {
   }
 }
 
+/**
+ * A Hello declared a failover of the primary upstream (A -> B -> C) that this replica does not
+ * accept: the message says which rule it broke and what to do. Nothing was recorded.
+ */
+export class UpstreamFailoverRefusedError extends QreplicaError {
+  readonly code = "UPSTREAM_FAILOVER_REFUSED" as const;
+
+  constructor(
+    readonly vmId: string,
+    message: string,
+  ) {
+    super(`VM ${vmId}: ${message}`);
+  }
+}
+
 export class OutOfOrderCycleError extends QreplicaError {
   readonly code = "OUT_OF_ORDER_CYCLE" as const;
 

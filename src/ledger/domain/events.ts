@@ -216,6 +216,14 @@ export type RelationshipEventData = {
    * `generation` is the failover's, which the reverse relationship on the other site starts at.
    */
   ReverseReplicationStarted: { newPrimarySiteId: string; newPrimaryIdentity: string; newReplicaSiteId: string; generation: number };
+  /**
+   * On an extended replica (A -> B -> C, at C): the VM failed over at its primary site B, whose
+   * agent now replicates the failover VM here and presented `generation`, above this replica's
+   * `previousGeneration`, with `reason` (the upstream failover, as B describes it). Older
+   * generations are fenced from here on; the relationship needs a resync (the new agent has no
+   * change tracking relative to this site's points), which keeps every point.
+   */
+  PrimaryFailedOverUpstream: { peerIdentity: string; previousGeneration: number; generation: number; reason: string };
 };
 
 export type RelationshipEventType = keyof RelationshipEventData;
@@ -257,6 +265,7 @@ const KNOWN_TYPES = {
   GenerationAcknowledged: true,
   VmSpecChanged: true,
   ReverseReplicationStarted: true,
+  PrimaryFailedOverUpstream: true,
 } as const satisfies Record<RelationshipEventType, true>;
 
 export const RELATIONSHIP_EVENT_TYPES: readonly RelationshipEventType[] = Object.keys(KNOWN_TYPES) as RelationshipEventType[];

@@ -53,6 +53,7 @@ export {
   type DrillSummary,
   type SuspectPoint,
   type TestFailover,
+  type UpstreamFailover,
 } from "./relationship.js";
 export {
   InvalidCommandInputError,
@@ -70,6 +71,7 @@ export {
   RecoveryPointUnavailableError,
   ResyncAlreadyApprovedError,
   StaleGenerationError,
+  UpstreamFailoverRefusedError,
   TestFailoverExistsError,
   TestFailoversRunningError,
   UnexpectedGenerationError,
@@ -105,6 +107,7 @@ export { failover, type FailoverInput } from "./commands/failover.js";
 export { cancelFailover } from "./commands/cancelFailover.js";
 export { acknowledgeGeneration, type AcknowledgeGenerationInput } from "./commands/acknowledgeGeneration.js";
 export { recogniseCurrentPrimary, type RecogniseCurrentPrimaryInput } from "./commands/recogniseCurrentPrimary.js";
+export { recogniseUpstreamFailover, type RecogniseUpstreamFailoverInput } from "./commands/recogniseUpstreamFailover.js";
 export { completeFailover, type CompleteFailoverInput } from "./commands/completeFailover.js";
 export { clearSuspectPoints, type ClearSuspectPointsInput } from "./commands/clearSuspectPoints.js";
 export { recordVerificationDrill, type RecordVerificationDrillInput } from "./commands/recordVerificationDrill.js";

@@ -17,7 +17,8 @@ export * from "./relationshipState.js";
  * the folded state, so the events before it are not decoded again). A field added to
  * RelationshipState whose initial value is right for every existing history needs no bump.
  */
-export const RELATIONSHIP_FOLD_VERSION = 1;
+// 2: FailoverCompleted keeps the failover VM's chain (failoverChainImages), which older snapshots lack.
+export const RELATIONSHIP_FOLD_VERSION = 2;
 /**
  * Pure and total: the ledger is the authority, so an event is applied as recorded, never judged.
  * All checking happens in the commands before an event exists.
@@ -165,8 +166,16 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
       return { ...s, state: "replicating", inFlight: undefined, resyncReason: undefined, resyncApproval: undefined };
     case "ReplicationPaused":
       return { ...s, state: "paused", pauseReason: event.data.reason };
-    case "ReplicationResumed":
-      return { ...s, state: "replicating", pauseReason: undefined };
+    case "ReplicationResumed": {
+      // A failover upstream learnt while paused left a resync to run.
+      const resync = s.upstreamFailover?.resyncOnResume === true;
+      return {
+        ...s,
+        state: resync ? "resync-required" : "replicating",
+        pauseReason: undefined,
+        ...(resync && s.upstreamFailover ? { upstreamFailover: { ...s.upstreamFailover, resyncOnResume: false } } : {}),
+      };
+    }
     case "StaleGenerationRefused":
       return { ...s, counters: { ...c, staleGenerationRefusals: c.staleGenerationRefusals + 1 } };
     case "TestFailoverStarted": {
@@ -244,7 +253,15 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
     case "FailoverCompleted":
       // As Complete-VMFailover: the failed-over VM keeps its chain, the recovery points are gone.
       // The suspect points went with them: nothing is left to fail over to or to keep.
-      return { ...s, state: "failed-over", points: [], inFlight: undefined, generationHandover: undefined, suspectPoints: [] };
+      return {
+        ...s,
+        state: "failed-over",
+        points: [],
+        inFlight: undefined,
+        generationHandover: undefined,
+        suspectPoints: [],
+        failoverChainImages: event.data.keptChains.flatMap((c) => c.chain),
+      };
     case "FailoverCancelled": {
       const d = event.data;
       const handover = d.primaryGeneration < d.generation && s.primaryIdentity !== undefined ? { peerIdentity: s.primaryIdentity, fromGeneration: d.primaryGeneration } : undefined;
@@ -282,6 +299,27 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
         // The other site's disks: their history says nothing about these.
         encryptionBaselines: {},
         suspectPoints: [],
+      };
+    }
+    case "PrimaryFailedOverUpstream": {
+      const d = event.data;
+      return {
+        ...s,
+        // An operator's pause stands; its resume asks for the resync (see ReplicationResumed).
+        state: s.state === "paused" ? "paused" : "resync-required",
+        generation: Math.max(s.generation, d.generation),
+        resyncReason: `the primary failed over upstream: ${d.reason}`,
+        // A cycle the old generation had open is abandoned (its stream is superseded, its partial discarded).
+        inFlight: undefined,
+        generationHandover: undefined,
+        cycleSkipped: undefined,
+        upstreamFailover: {
+          generation: d.generation,
+          previousGeneration: d.previousGeneration,
+          peerIdentity: d.peerIdentity,
+          reason: d.reason,
+          resyncOnResume: s.state === "paused",
+        },
       };
     }
     default:

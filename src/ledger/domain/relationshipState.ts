@@ -124,6 +124,16 @@ export interface SkippedCycles {
   readonly since: string;
 }
 
+/** A PrimaryFailedOverUpstream as the fold keeps it. */
+export interface UpstreamFailover {
+  readonly generation: number;
+  readonly previousGeneration: number;
+  readonly peerIdentity: string;
+  readonly reason: string;
+  /** Learnt while paused: the resume asks for the resync (ReplicationResumed clears it). */
+  readonly resyncOnResume: boolean;
+}
+
 export interface RelationshipState {
   readonly vmId: string;
   readonly state: ReplicationStateName;
@@ -172,6 +182,17 @@ export interface RelationshipState {
   readonly lastDrill?: DrillSummary | undefined;
   /** The last drill that verified a point (health's POINT_NOT_VERIFIED window is measured from its end). */
   readonly lastVerified?: DrillSummary | undefined;
+  /**
+   * The last failover of the primary upstream (A -> B -> C, the VM failed over at B) this replica
+   * learnt of: generations below `generation` are fenced, whatever the identity (absent from older snapshots).
+   */
+  readonly upstreamFailover?: UpstreamFailover | undefined;
+  /**
+   * The images the VM of the last completed failover here runs on (its point's chain, base first,
+   * per disk): no longer recovery points, but that VM's backing files, so never orphans. Kept
+   * through reverse replication, while the VM may still run (absent from older snapshots).
+   */
+  readonly failoverChainImages?: readonly string[] | undefined;
   readonly counters: RelationshipCounters;
 }
 

@@ -148,7 +148,12 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
       const r = await ctx.serializer.run(req.vmId, () => failovers.failover(req.vmId, "unplanned", req.recoveryPointId || undefined, req.startVm, caller));
       return { recoveryPointId: r.pointId, generation: BigInt(r.generation), vm: r.vm && vmInfo(r.vm), primaryDisks: [] };
     }),
-    completeFailover: guarded("operator", async (req, caller) => ({ droppedRecoveryPointIds: await ctx.serializer.run(req.vmId, () => failovers.complete(req.vmId, caller)) })),
+    completeFailover: guarded("operator", async (req, caller) => {
+      const dropped = await ctx.serializer.run(req.vmId, () => failovers.complete(req.vmId, caller));
+      // With an extended replica, the failover VM replicates on to it from now on (its errors are in status).
+      await ctx.extensions?.failoverCompleted(req.vmId);
+      return { droppedRecoveryPointIds: dropped };
+    }),
     cancelFailover: guarded("operator", async (req, caller) => ({ state: await failovers.cancel(req.vmId, caller) })),
     prepareReverseReplication: guarded("operator", async (req, caller) => {
       checkPrimaryIdentity(req.primaryIdentity);
@@ -167,6 +172,7 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
       return { state: state.state };
     }),
     startReverseReplication: guarded("operator", async (req, caller) => {
+      refuseReverseWhileExtended(ctx, req.vmId);
       const config = loadSiteConfig(ctx.dir);
       const identity = loadSiteCredentials({ caFile: config.caFile, certFile: config.certFile, keyFile: config.keyFile }).identity.commonName;
       failovers.assertReversible(req.vmId);
@@ -296,6 +302,22 @@ function drillReportToWire(r: DrillReport): WireDrillReport {
 }
 
 const MAX_LEDGER_POSITION = 2n ** 63n - 1n;
+
+/**
+ * A VM has one replica at a time: while it replicates on to an extended replica (or is configured
+ * to), reverse replication toward the old primary is refused, naming the fix.
+ */
+function refuseReverseWhileExtended(ctx: SiteContext, vmId: string): void {
+  const target = ctx.extensions?.targetOf(vmId);
+  if (!target) return;
+  throw Object.assign(
+    new Error(
+      `VM ${vmId} replicates on to its extended replica, site ${target.targetSiteId}, and a VM has one replica at a time: ` +
+        `stop that first ('qreplica extend ${vmId} --dir SITE_DIR --stop'), then reverse replication toward the old primary`,
+    ),
+    { grpcCode: grpc.status.FAILED_PRECONDITION },
+  );
+}
 
 /** PrepareReverseReplication's vmSpecJson: empty, or the JSON object the old primary's relationship recorded. */
 function vmSpecOf(json: string): JsonObject | undefined {

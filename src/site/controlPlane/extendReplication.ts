@@ -18,6 +18,15 @@ export async function extendReplication(ctx: SiteContext, req: ExtendReplication
       grpcCode: grpc.status.NOT_FOUND,
     });
   }
+  if (!req.stop && rel.primarySiteId === ctx.siteId) {
+    throw Object.assign(
+      new Error(
+        `VM ${req.vmId} replicates from this site back to site ${rel.replicaSiteId ?? "?"} (reverse replication), and a VM has one replica at a time: ` +
+          "extended replication goes on from a replica site, or from a failed-over VM that has not been reversed",
+      ),
+      { grpcCode: grpc.status.FAILED_PRECONDITION },
+    );
+  }
   if (req.stop) await extensions.stop(req.vmId, caller);
   else {
     if (req.targetSiteId === ctx.siteId) {

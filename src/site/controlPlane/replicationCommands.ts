@@ -17,7 +17,8 @@ export async function pauseReplication(ctx: SiteContext, request: PauseReplicati
 /** `qreplica resume VM`: incremental cycles go on where they stopped. */
 export async function resumeReplication(ctx: SiteContext, request: ResumeReplicationRequest, caller: Caller): Promise<RelationshipCommandResponse> {
   const { newState } = await executeCommand(ctx.store, request.vmId, (s) => resume(s), { metadata: actorMetadata(caller) });
-  const agentNotified = await ctx.notifyAgent(request.vmId, { $case: "replicationResumed", resume: "incremental" });
+  // A failover upstream learnt while paused (extended replication) needs its resync first.
+  const agentNotified = await ctx.notifyAgent(request.vmId, { $case: "replicationResumed", resume: newState.state === "resync-required" ? "resync" : "incremental" });
   return { state: newState.state, agentNotified };
 }
 

@@ -306,6 +306,7 @@ export class ReplicateSession {
         disks: hello.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) })),
         trackingLost: hello.trackingLost.map((t) => ({ diskId: t.diskId, code: t.code || "TRACKING_LOST", reason: t.reason })),
         resyncMode: await this.resyncModeOf(hello),
+        ...(hello.upstreamFailover ? { upstreamFailover: hello.upstreamFailover.slice(0, 500) } : {}),
       });
       this.vmId = hello.vmId;
       this.generation = accepted.generation;

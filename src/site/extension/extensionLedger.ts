@@ -13,6 +13,7 @@ export const EXTENSION_STREAM_PREFIX = "extension-";
 export const EXTENSION_CONFIGURED = "ExtendedReplicationConfigured";
 export const EXTENSION_STOPPED = "ExtendedReplicationStopped";
 export const POINT_FORWARDED = "PointForwarded";
+export const FAILOVER_FOLLOWED = "ExtensionFollowedFailover";
 
 export const extensionStream = (vmId: string) => EXTENSION_STREAM_PREFIX + requireId("VM id", vmId);
 
@@ -38,8 +39,21 @@ export interface ForwardedPoint {
   forwardedAt: string;
 }
 
+/** The VM failed over at this site and an agent replicates the failover VM on to the target. */
+export interface FollowedFailover {
+  /** This site's generation for the VM (the failover's). */
+  generation: number;
+  /** The generation the agent presents to the third site (0: a relationship it does not have yet). */
+  targetGeneration: number;
+  reason: string;
+  agentPid: number;
+  followedAt: string;
+}
+
 export interface ExtensionState {
   vmId: string;
+  /** The last failover here the extension followed with an agent. */
+  followed: FollowedFailover | undefined;
   target: ExtensionTarget | undefined;
   /** The target before a stop, for status. */
   stoppedTarget: ExtensionTarget | undefined;
@@ -57,7 +71,7 @@ export class ExtensionInvalidError extends QreplicaError {
 }
 
 export function foldExtension(vmId: string, events: readonly RecordedEvent[]): ExtensionState {
-  const s: ExtensionState = { vmId, target: undefined, stoppedTarget: undefined, forwarded: [], version: events.at(-1)?.version };
+  const s: ExtensionState = { vmId, followed: undefined, target: undefined, stoppedTarget: undefined, forwarded: [], version: events.at(-1)?.version };
   for (const e of events) {
     const d = e.data;
     if (e.type === EXTENSION_CONFIGURED) {
@@ -65,6 +79,14 @@ export function foldExtension(vmId: string, events: readonly RecordedEvent[]): E
     } else if (e.type === EXTENSION_STOPPED) {
       s.stoppedTarget = s.target;
       s.target = undefined;
+    } else if (e.type === FAILOVER_FOLLOWED) {
+      s.followed = {
+        generation: Number(d.generation),
+        targetGeneration: Number(d.targetGeneration),
+        reason: String(d.reason),
+        agentPid: Number(d.agentPid),
+        followedAt: e.recordedAt.toISOString(),
+      };
     } else if (e.type === POINT_FORWARDED) {
       s.forwarded.push({
         pointId: String(d.pointId),
@@ -122,6 +144,10 @@ export class ExtensionLedger {
 
   async recordForwarded(vmId: string, p: Omit<ForwardedPoint, "forwardedAt">): Promise<ExtensionState> {
     return this.change(vmId, () => ({ type: POINT_FORWARDED, data: { ...p }, metadata: { actor: "extended-replication" } }));
+  }
+
+  async recordFollowed(vmId: string, f: Omit<FollowedFailover, "followedAt">): Promise<ExtensionState> {
+    return this.change(vmId, () => ({ type: FAILOVER_FOLLOWED, data: { ...f }, metadata: { actor: "extended-replication" } }));
   }
 
   private async change(

@@ -1,8 +1,18 @@
 import type { ExtendedReplicationStatus } from "../../gen/qreplica/v1/control.js";
 import type { RelationshipState } from "../../ledger/index.js";
 import type { Caller } from "../controlPlane/caller.js";
+import { errorMessage } from "../../common/errors.js";
 import type { ExtensionLedger, ExtensionState, ExtensionTarget } from "./extensionLedger.js";
+import { followFailover, type FollowDeps } from "./followFailover.js";
 import { PointForwarder, type ForwarderDeps } from "./forwarder.js";
+
+/** What following a failover here needs besides the forwarder's deps. */
+export type ExtensionFollowDeps = Pick<FollowDeps, "tlsFiles"> & {
+  failovers: FollowDeps["failovers"] & {
+    replicationAgentPid(vmId: string): number | undefined;
+    stopReplicationAgent(vmId: string): Promise<void>;
+  };
+};
 
 /**
  * This site's extended replications (A -> B -> C), one forwarder per VM configured to go on to a
@@ -13,19 +23,25 @@ import { PointForwarder, type ForwarderDeps } from "./forwarder.js";
 export class Extensions {
   private readonly states = new Map<string, ExtensionState>();
   private readonly forwarders = new Map<string, PointForwarder>();
+  /** Why the failover VM of a VM is not replicated on (FollowFailoverError), until it is. */
+  private readonly followErrors = new Map<string, string>();
   private closed = false;
 
   constructor(
     private readonly deps: Omit<ForwarderDeps, "ledger">,
     readonly ledger: ExtensionLedger,
+    private readonly follow: ExtensionFollowDeps,
   ) {}
 
-  /** At the site's start: every configured extension forwards again from where the ledger says. */
+  /**
+   * At the site's start: every configured extension forwards again from where the ledger says; a VM
+   * failed over here keeps its agent (the failover recovery adopted or restarted it before this).
+   */
   async start(): Promise<void> {
     for (const vmId of await this.ledger.vmIds()) {
       const state = await this.ledger.load(vmId);
       this.states.set(vmId, state);
-      if (state.target) this.run(state);
+      if (state.target) await this.run(state);
     }
   }
 
@@ -34,16 +50,36 @@ export class Extensions {
     await this.forwarders.get(vmId)?.stop();
     this.forwarders.delete(vmId);
     this.states.set(vmId, state);
-    this.run(state);
-    return state;
+    await this.run(state);
+    return this.current(vmId) ?? state;
   }
 
   async stop(vmId: string, caller: Caller): Promise<ExtensionState> {
     const state = await this.ledger.stop(vmId, caller);
     await this.forwarders.get(vmId)?.stop();
     this.forwarders.delete(vmId);
+    this.followErrors.delete(vmId);
+    // The failover VM's agent toward the third site ends too (the VM then has no replica).
+    if (state.followed && (await this.deps.loadRelationship(vmId)).state === "failed-over") await this.follow.failovers.stopReplicationAgent(vmId);
     this.states.set(vmId, state);
     return state;
+  }
+
+  /** The VM's extended replica, while one is configured (a reverse toward the old primary is refused then). */
+  targetOf(vmId: string): ExtensionTarget | undefined {
+    return this.current(vmId)?.target;
+  }
+
+  /**
+   * A failover of the VM completed here: the failover VM is the VM now, and it replicates on to the
+   * extended replica with an agent instead of the forwarder (see followFailover).
+   */
+  async failoverCompleted(vmId: string): Promise<void> {
+    const state = this.current(vmId);
+    if (!state?.target) return;
+    await this.forwarders.get(vmId)?.stop();
+    this.forwarders.delete(vmId);
+    await this.run(state);
   }
 
   /** Points retention keeps for the VM's extension: the last forwarded one and all after it. */
@@ -66,17 +102,20 @@ export class Extensions {
     const last = state.forwarded.at(-1);
     const pending = rel ? rel.points.filter((p) => !last || Date.parse(p.cutoffAt) > Date.parse(last.cutoffAt)).length : 0;
     const target = state.target ?? state.stoppedTarget;
+    const followingPid = state.target && state.followed && rel?.state === "failed-over" ? (this.follow.failovers.replicationAgentPid(vmId) ?? state.followed.agentPid) : undefined;
     return {
       targetAddress: target?.targetAddress ?? "",
       targetSiteId: target?.targetSiteId ?? "",
       intervalSeconds: target?.intervalSeconds ?? 0,
-      state: state.target ? "forwarding" : "stopped",
+      state: followingPid !== undefined ? "following-failover" : state.target ? "forwarding" : "stopped",
       lastForwardedPointId: last?.pointId ?? "",
       targetPointId: last?.targetPointId ?? "",
       lastForwardedCutoff: last ? new Date(last.cutoffAt) : undefined,
       pointsForwarded: BigInt(state.forwarded.length),
       pointsPending: pending,
-      lastError: this.forwarders.get(vmId)?.lastError ?? "",
+      lastError: this.followErrors.get(vmId) ?? this.forwarders.get(vmId)?.lastError ?? "",
+      agentPid: followingPid ?? 0,
+      targetGeneration: BigInt(Math.max(last?.targetGeneration ?? 0, state.followed?.targetGeneration ?? 0)),
     };
   }
 
@@ -91,8 +130,24 @@ export class Extensions {
     return this.forwarders.get(vmId)?.state ?? this.states.get(vmId);
   }
 
-  private run(state: ExtensionState): void {
+  private async run(state: ExtensionState): Promise<void> {
     if (this.closed || !state.target) return;
+    const rel = await this.deps.loadRelationship(state.vmId);
+    if (rel.state === "failed-over") {
+      // The VM's points are gone with the completed failover: its failover VM is what goes on.
+      try {
+        const followed = await followFailover(
+          { ...this.follow, siteId: this.deps.siteId, loadRelationship: this.deps.loadRelationship, ledger: this.ledger, logger: this.deps.logger },
+          state,
+        );
+        if (followed) this.states.set(state.vmId, followed);
+        this.followErrors.delete(state.vmId);
+      } catch (err) {
+        this.followErrors.set(state.vmId, errorMessage(err));
+        this.deps.logger.error({ vm: state.vmId, err: errorMessage(err) }, "the failover VM is not replicated on to the extended replica");
+      }
+      return;
+    }
     const f = new PointForwarder({ ...this.deps, ledger: this.ledger }, state);
     this.forwarders.set(state.vmId, f);
     f.start();

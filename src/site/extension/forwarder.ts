@@ -180,6 +180,7 @@ export class PointForwarder {
           configuredCompressionLevel: 1,
           // The first forward is the initial copy, sent at once.
           initialReplication: "now",
+          upstreamFailover: "",
         },
       },
     });
@@ -199,7 +200,13 @@ export class PointForwarder {
     const intervalSeconds = Math.max(target.intervalSeconds, this.policyIntervalSeconds);
     if (last && intervalSeconds > 0 && Date.now() - Date.parse(last.forwardedAt) < intervalSeconds * 1000) return undefined;
     const rel = await this.deps.loadRelationship(this.vmId);
-    if (!FORWARD_STATES.includes(rel.state)) throw new Error(`VM ${this.vmId} is ${rel.state} on this site: its points are not forwarded in that state`);
+    if (!FORWARD_STATES.includes(rel.state)) {
+      throw new Error(
+        rel.state === "failed-over-waiting-completion"
+          ? `VM ${this.vmId} failed over at this site: once the failover is completed ('qreplica complete'), the failover VM replicates on to site ${target.targetSiteId}`
+          : `VM ${this.vmId} is ${rel.state} on this site: its points are not forwarded in that state`,
+      );
+    }
     const newest = rel.points.at(-1);
     if (!newest || (last && Date.parse(newest.cutoffAt) <= Date.parse(last.cutoffAt))) return undefined;
     return true;

@@ -196,6 +196,22 @@ export class FailoverService {
     return this.reverseAgents.start(opts);
   }
 
+  /** The failover VM this site runs for `vmId`: whether its monitor went to an agent; undefined: none runs here. */
+  failoverVmOf(vmId: string): { released: boolean } | undefined {
+    const vm = this.failedOver.get(vmId);
+    return vm ? { released: vm.released } : undefined;
+  }
+
+  /** The pid of the failover VM's replication agent while this site supervises it. */
+  replicationAgentPid(vmId: string): number | undefined {
+    return this.reverseAgents.pidOf(vmId);
+  }
+
+  /** Ends the failover VM's replication agent for good (its monitor is free again for the next one). */
+  stopReplicationAgent(vmId: string): Promise<void> {
+    return this.reverseAgents.stop(vmId);
+  }
+
   async cancel(vmId: string, caller?: Caller): Promise<string> {
     const vm = this.failedOver.get(vmId);
     if (vm?.launched && !vm.released) await vm.launched.stop({ timeoutMs: 5_000 });

@@ -1,12 +1,12 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { stringify as toYaml } from "yaml";
 import type { Logger } from "../../common/logger.js";
 import type { JsonObject } from "../../ledger/index.js";
 import { requireId } from "../../model/index.js";
-import { processAlive, processCommandLine } from "./processes.js";
+import { processAlive, processCommandLine, terminate } from "./processes.js";
 
 // The agent's entry point beside this module: compiled JavaScript when the site runs compiled (a
 // package install, dist/), the TypeScript source through tsx when it runs from a checkout (tests).
@@ -26,6 +26,12 @@ export interface ReverseAgentOptions {
   vmSpec: JsonObject;
   intervalSeconds: number;
   generation: number;
+  /**
+   * Extended replication after a failover here (A -> B -> C, this is B): the agent replicates the
+   * failover VM on to the VM's extended replica, and its Hello says why its generation is above
+   * that site's (Hello.upstream_failover). Absent for reverse replication.
+   */
+  upstreamFailover?: string;
 }
 
 export interface ReverseAgentInfo {
@@ -77,6 +83,9 @@ export class ReverseAgents {
   start(opts: ReverseAgentOptions): ReverseAgentInfo {
     const dir = reverseAgentDir(this.runDir, opts.vmId);
     mkdirSync(dir, { recursive: true, mode: 0o700 });
+    // A new direction (the failover VM's one replica: the old primary, or the extended replica):
+    // what an earlier agent of this VM saved (its generation, toward another site) is not this one's.
+    rmSync(join(dir, "state"), { recursive: true, force: true });
     const configFile = join(dir, "agent.yaml");
     writeFileSync(configFile, toYaml(agentConfig(opts, dir)), { mode: 0o600 });
     this.stopSupervising(opts.vmId);
@@ -103,6 +112,26 @@ export class ReverseAgents {
     const s = this.spawnAgent(vmId, info);
     this.logger.warn({ vm: vmId, pid: s.info.pid, log: s.info.logFile }, "reverse replication agent restarted: it had ended while the site was down");
     return { ...s.info, adopted: false };
+  }
+
+  /** The pid of the VM's agent while this site supervises it. */
+  pidOf(vmId: string): number | undefined {
+    return this.agents.get(vmId)?.info.pid;
+  }
+
+  /**
+   * Ends the VM's agent for good (an operator stopped its replication): no restart, and no
+   * adoption at the next site start (its config is set aside). Resolves once the process is gone,
+   * so that the VM's monitor is free for the next agent.
+   */
+  async stop(vmId: string): Promise<void> {
+    const dir = reverseAgentDir(this.runDir, vmId);
+    const pid = this.agents.get(vmId)?.info.pid ?? readPid(join(dir, "agent.pid"));
+    const configFile = join(dir, "agent.yaml");
+    this.stopSupervising(vmId);
+    if (pid !== undefined && pid > 1 && this.isOurAgent(pid, configFile)) await terminate(pid, 10_000);
+    if (existsSync(configFile)) renameSync(configFile, `${configFile}.stopped`);
+    this.logger.info({ vm: vmId, pid }, "replication agent of the failover VM stopped");
   }
 
   /** The site stops: its agents keep replicating, unsupervised until the next start adopts them. */
@@ -190,6 +219,7 @@ function agentConfig(opts: ReverseAgentOptions, dir: string): JsonObject {
         intervalSeconds: opts.intervalSeconds,
         compressionLevel: 1,
         generation: opts.generation,
+        ...(opts.upstreamFailover ? { upstreamFailover: opts.upstreamFailover } : {}),
         ...(Object.keys(opts.vmSpec).length ? { spec: opts.vmSpec } : {}),
       },
     ],

@@ -173,6 +173,7 @@ const hello: ReplicateRequest = {
       policyName: "",
       configuredIntervalSeconds: 0,
       configuredCompressionLevel: 0,
+      upstreamFailover: "",
       initialReplication: "",
     },
   },

@@ -133,6 +133,7 @@ describe("generated gRPC services", () => {
           configuredIntervalSeconds: 0,
           configuredCompressionLevel: 0,
           initialReplication: "",
+          upstreamFailover: "",
         },
       },
     });

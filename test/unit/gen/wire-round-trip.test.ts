@@ -38,6 +38,7 @@ const requests: ReplicateRequest[] = [
         configuredCompressionLevel: 3,
         initialReplication: "at",
         initialReplicationAt: new Date("2026-12-05T02:00:00Z"),
+        upstreamFailover: "VM vm-42 failed over at site site-b (unplanned, generation 2 there)",
       },
     },
   },

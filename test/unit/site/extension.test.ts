@@ -22,6 +22,17 @@ const forwarded = (pointId: string, targetSeq: number) => ({
   wireBytes: 1,
 });
 
+/** No VM failed over here: the forwarders' tests never reach an agent. */
+const noFailovers = {
+  failoverVmOf: () => undefined,
+  releaseFailedOverVm: () => Promise.reject(new Error("no failover VM")),
+  startReverseAgent: () => {
+    throw new Error("no agent expected");
+  },
+  replicationAgentPid: () => undefined,
+  stopReplicationAgent: async () => undefined,
+};
+
 /** Extensions whose forwarders wait for a first point that never comes: only the ledger and the holds are exercised. */
 function extensionsOn(ledger: ExtensionLedger): Extensions {
   const ext = new Extensions(
@@ -35,6 +46,7 @@ function extensionsOn(ledger: ExtensionLedger): Extensions {
       logger: silentLogger,
     },
     ledger,
+    { failovers: noFailovers, tlsFiles: { caFile: "ca.crt", certFile: "site-b.crt", keyFile: "site-b.key" } },
   );
   return ext;
 }

@@ -223,7 +223,7 @@ export interface ExtendedReplicationStatus {
   targetAddress: string;
   targetSiteId: string;
   intervalSeconds: number;
-  /** forwarding | stopped */
+  /** forwarding | following-failover | stopped */
   state: string;
   /** The newest point of this site forwarded, and the point it became on the third site. */
   lastForwardedPointId: string;
@@ -234,6 +234,12 @@ export interface ExtendedReplicationStatus {
   pointsPending: number;
   /** Why the last attempt failed; empty after a success. */
   lastError: string;
+  /**
+   * state "following-failover": the VM failed over at this site and its agent (this pid)
+   * replicates the failover VM on to the third site, at this generation there.
+   */
+  agentPid: number;
+  targetGeneration: bigint;
 }
 
 export interface VerifyPointRequest {
@@ -927,6 +933,8 @@ function createBaseExtendedReplicationStatus(): ExtendedReplicationStatus {
     pointsForwarded: 0n,
     pointsPending: 0,
     lastError: "",
+    agentPid: 0,
+    targetGeneration: 0n,
   };
 }
 
@@ -964,6 +972,15 @@ export const ExtendedReplicationStatus: MessageFns<ExtendedReplicationStatus> = 
     }
     if (message.lastError !== "") {
       writer.uint32(82).string(message.lastError);
+    }
+    if (message.agentPid !== 0) {
+      writer.uint32(408).uint32(message.agentPid);
+    }
+    if (message.targetGeneration !== 0n) {
+      if (BigInt.asUintN(64, message.targetGeneration) !== message.targetGeneration) {
+        throw new globalThis.Error("value provided for field message.targetGeneration of type uint64 too large");
+      }
+      writer.uint32(416).uint64(message.targetGeneration);
     }
     return writer;
   },
@@ -1061,6 +1078,22 @@ export const ExtendedReplicationStatus: MessageFns<ExtendedReplicationStatus> = 
             message.lastError = reader.string();
             continue;
           }
+          case 51: {
+            if (tag !== 408) {
+              break;
+            }
+
+            message.agentPid = reader.uint32();
+            continue;
+          }
+          case 52: {
+            if (tag !== 416) {
+              break;
+            }
+
+            message.targetGeneration = reader.uint64() as bigint;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1121,6 +1154,16 @@ export const ExtendedReplicationStatus: MessageFns<ExtendedReplicationStatus> = 
         : isSet(object.last_error)
         ? globalThis.String(object.last_error)
         : "",
+      agentPid: isSet(object.agentPid)
+        ? globalThis.Number(object.agentPid)
+        : isSet(object.agent_pid)
+        ? globalThis.Number(object.agent_pid)
+        : 0,
+      targetGeneration: isSet(object.targetGeneration)
+        ? BigInt(object.targetGeneration)
+        : isSet(object.target_generation)
+        ? BigInt(object.target_generation)
+        : 0n,
     };
   },
 
@@ -1156,6 +1199,12 @@ export const ExtendedReplicationStatus: MessageFns<ExtendedReplicationStatus> = 
     if (message.lastError !== "") {
       obj.lastError = message.lastError;
     }
+    if (message.agentPid !== 0) {
+      obj.agentPid = Math.round(message.agentPid);
+    }
+    if (message.targetGeneration !== 0n) {
+      obj.targetGeneration = message.targetGeneration.toString();
+    }
     return obj;
   },
 
@@ -1176,6 +1225,10 @@ export const ExtendedReplicationStatus: MessageFns<ExtendedReplicationStatus> = 
       : 0n;
     message.pointsPending = object.pointsPending ?? 0;
     message.lastError = object.lastError ?? "";
+    message.agentPid = object.agentPid ?? 0;
+    message.targetGeneration = (object.targetGeneration !== undefined && object.targetGeneration !== null)
+      ? BigInt(object.targetGeneration)
+      : 0n;
     return message;
   },
 };

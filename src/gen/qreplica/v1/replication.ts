@@ -395,7 +395,17 @@ export interface Hello {
    */
   initialReplication: string;
   /** With "at": when the agent holds the initial copy until (a site policy's time wins). */
-  initialReplicationAt?: Date | undefined;
+  initialReplicationAt?:
+    | Date
+    | undefined;
+  /**
+   * Set only by a site replicating a VM that failed over there onward to the VM's extended
+   * replica (A -> B -> C, the VM failed over at B): why the generation this Hello presents is
+   * above the replica's. The replica accepts that jump only from the identity it already holds as
+   * the VM's primary (recorded as PrimaryFailedOverUpstream, followed by a resync by comparison);
+   * without this field a generation above the replica's is refused as before.
+   */
+  upstreamFailover: string;
 }
 
 export interface TrackingLost {
@@ -1299,6 +1309,7 @@ function createBaseHello(): Hello {
     configuredCompressionLevel: 0,
     initialReplication: "",
     initialReplicationAt: undefined,
+    upstreamFailover: "",
   };
 }
 
@@ -1369,6 +1380,9 @@ export const Hello: MessageFns<Hello> = {
     }
     if (message.initialReplicationAt !== undefined) {
       Timestamp.encode(toTimestamp(message.initialReplicationAt), writer.uint32(490).fork()).join();
+    }
+    if (message.upstreamFailover !== "") {
+      writer.uint32(410).string(message.upstreamFailover);
     }
     return writer;
   },
@@ -1552,6 +1566,14 @@ export const Hello: MessageFns<Hello> = {
             message.initialReplicationAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 51: {
+            if (tag !== 410) {
+              break;
+            }
+
+            message.upstreamFailover = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1645,6 +1667,11 @@ export const Hello: MessageFns<Hello> = {
         : isSet(object.initial_replication_at)
         ? fromJsonTimestamp(object.initial_replication_at)
         : undefined,
+      upstreamFailover: isSet(object.upstreamFailover)
+        ? globalThis.String(object.upstreamFailover)
+        : isSet(object.upstream_failover)
+        ? globalThis.String(object.upstream_failover)
+        : "",
     };
   },
 
@@ -1701,6 +1728,9 @@ export const Hello: MessageFns<Hello> = {
     if (message.initialReplicationAt !== undefined) {
       obj.initialReplicationAt = message.initialReplicationAt.toISOString();
     }
+    if (message.upstreamFailover !== "") {
+      obj.upstreamFailover = message.upstreamFailover;
+    }
     return obj;
   },
 
@@ -1728,6 +1758,7 @@ export const Hello: MessageFns<Hello> = {
     message.configuredCompressionLevel = object.configuredCompressionLevel ?? 0;
     message.initialReplication = object.initialReplication ?? "";
     message.initialReplicationAt = object.initialReplicationAt ?? undefined;
+    message.upstreamFailover = object.upstreamFailover ?? "";
     return message;
   },
 };

@@ -24,8 +24,10 @@ const FAILED_OVER: readonly ReplicationStateName[] = ["failed-over-waiting-compl
  * refused, which would make it pause its healthy VM. A failover that was cancelled returned the
  * relationship to this primary, so its older generations are recognised too.
  *
- * Refused (StaleGenerationError) for another identity, a generation above the current one, and
- * whenever the relationship is failed over: only then is a VM fenced.
+ * Refused (StaleGenerationError) for another identity, a generation above the current one (a
+ * failover upstream is recogniseUpstreamFailover's, and needs its own declaration), a generation
+ * below the last failover upstream's, and whenever the relationship is failed over: only then is a
+ * VM fenced.
  */
 export function recogniseCurrentPrimary(s: RelationshipState, input: RecogniseCurrentPrimaryInput): RelationshipEvent[] {
   const presentedGeneration = requireCount(COMMAND, "presentedGeneration", input.presentedGeneration);
@@ -36,7 +38,10 @@ export function recogniseCurrentPrimary(s: RelationshipState, input: RecogniseCu
     REPLICATION_STATES.filter((x) => x !== "not-enabled"),
   );
   if (presentedGeneration === s.generation) return [];
-  if (peerIdentity !== s.primaryIdentity || presentedGeneration > s.generation || FAILED_OVER.includes(s.state) || s.failover?.pointId !== undefined) {
+  // A failover upstream fenced every generation below its own: the primary site's forwarder that
+  // still presents one is the old primary, not an agent that lost its state.
+  const fencedUpstream = s.upstreamFailover !== undefined && presentedGeneration < s.upstreamFailover.generation;
+  if (peerIdentity !== s.primaryIdentity || presentedGeneration > s.generation || FAILED_OVER.includes(s.state) || s.failover?.pointId !== undefined || fencedUpstream) {
     throw new StaleGenerationError(s.vmId, presentedGeneration, s.generation);
   }
   return [relationshipEvent("GenerationAcknowledged", { peerIdentity, presentedGeneration, generation: s.generation })];
