@@ -216,6 +216,21 @@ export type RelationshipEventData = {
    * `generation` is the failover's, which the reverse relationship on the other site starts at.
    */
   ReverseReplicationStarted: { newPrimarySiteId: string; newPrimaryIdentity: string; newReplicaSiteId: string; generation: number };
+  /**
+   * Extended replication (A -> B -> C), on B: the VM failed over at C, the site B forwarded its
+   * points to, and C now replicates it back here at the failover's `generation` (`qreplica reverse`
+   * from C, an operator's word: `approvedBy`). The points are kept; the first cycle is a resync by
+   * comparison against the newest one. `previousPrimaryIdentity` (A's agent) is refused as stale.
+   */
+  PrimaryReplaced: {
+    previousPrimarySiteId: string;
+    previousPrimaryIdentity: string;
+    primarySiteId: string;
+    primaryIdentity: string;
+    generation: number;
+    approvedBy: string;
+    approvedByRole: string;
+  };
 };
 
 export type RelationshipEventType = keyof RelationshipEventData;
@@ -257,6 +272,7 @@ const KNOWN_TYPES = {
   GenerationAcknowledged: true,
   VmSpecChanged: true,
   ReverseReplicationStarted: true,
+  PrimaryReplaced: true,
 } as const satisfies Record<RelationshipEventType, true>;
 
 export const RELATIONSHIP_EVENT_TYPES: readonly RelationshipEventType[] = Object.keys(KNOWN_TYPES) as RelationshipEventType[];

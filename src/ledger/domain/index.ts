@@ -106,6 +106,7 @@ export { cancelFailover } from "./commands/cancelFailover.js";
 export { acknowledgeGeneration, type AcknowledgeGenerationInput } from "./commands/acknowledgeGeneration.js";
 export { recogniseCurrentPrimary, type RecogniseCurrentPrimaryInput } from "./commands/recogniseCurrentPrimary.js";
 export { completeFailover, type CompleteFailoverInput } from "./commands/completeFailover.js";
+export { replacePrimary, type ReplacePrimaryInput } from "./commands/replacePrimary.js";
 export { clearSuspectPoints, type ClearSuspectPointsInput } from "./commands/clearSuspectPoints.js";
 export { recordVerificationDrill, type RecordVerificationDrillInput } from "./commands/recordVerificationDrill.js";
 export { LAST_CLEAN_POINT, isLocked, lastCleanPoint } from "./pointSafety.js";

@@ -172,6 +172,8 @@ export interface RelationshipState {
   readonly lastDrill?: DrillSummary | undefined;
   /** The last drill that verified a point (health's POINT_NOT_VERIFIED window is measured from its end). */
   readonly lastVerified?: DrillSummary | undefined;
+  /** Primaries a PrimaryReplaced moved away from (absent before the first): refused as stale, never as strangers. */
+  readonly formerPrimaryIdentities?: readonly string[];
   readonly counters: RelationshipCounters;
 }
 

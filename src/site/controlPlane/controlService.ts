@@ -22,6 +22,7 @@ import { addAuthorization, appendRunbookEvents, listAuthorizations, readRunbookR
 import type { SiteContext } from "../siteContext.js";
 import type { LaunchedInfo } from "../failover/failoverService.js";
 import { extendReplication } from "./extendReplication.js";
+import { plannedFailoverAtThirdSite, prepareReverseFromTarget } from "../extension/reverseFromTarget.js";
 import type { DrillReport } from "../drills/drillService.js";
 
 /**
@@ -136,6 +137,7 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
             { grpcCode: grpc.status.FAILED_PRECONDITION },
           );
         }
+        if (session.forwardingSite) throw plannedFailoverAtThirdSite(req.vmId, ctx.siteId, (await ctx.relationships.load(req.vmId)).primarySiteId ?? "the forwarding site");
         if (req.recoveryPointId)
           throw Object.assign(new Error("a planned failover always uses the final point; --point is for unplanned failovers"), { grpcCode: grpc.status.INVALID_ARGUMENT });
         const stopped = await session.requestPlannedFailover(10, 5 * 60_000);
@@ -152,6 +154,17 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
     cancelFailover: guarded("operator", async (req, caller) => ({ state: await failovers.cancel(req.vmId, caller) })),
     prepareReverseReplication: guarded("operator", async (req, caller) => {
       checkPrimaryIdentity(req.primaryIdentity);
+      const onReplica = await prepareReverseFromTarget(ctx, caller, {
+        vmId: req.vmId,
+        generation: Number(req.generation),
+        primarySiteId: req.primarySiteId,
+        primaryIdentity: req.primaryIdentity,
+        seeds: req.seeds,
+      });
+      if (onReplica) {
+        await ctx.authorizations.add(req.primaryIdentity, caller);
+        return { state: onReplica.state };
+      }
       const state = await ctx.relationships.prepareReverse(caller, {
         vmId: req.vmId,
         generation: Number(req.generation),
@@ -341,6 +354,8 @@ function grpcCodeOf(err: unknown): grpc.status {
       "NO_CLEAN_POINT",
       "NO_SUSPECT_POINT",
       "VERIFICATION_NOT_CONFIGURED",
+      "REVERSE_FROM_TARGET_REFUSED",
+      "PLANNED_FAILOVER_AT_THIRD_SITE",
     ].includes(code)
   )
     return grpc.status.FAILED_PRECONDITION;

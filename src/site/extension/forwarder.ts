@@ -180,6 +180,7 @@ export class PointForwarder {
           configuredCompressionLevel: 1,
           // The first forward is the initial copy, sent at once.
           initialReplication: "now",
+          forwardingSite: true,
         },
       },
     });

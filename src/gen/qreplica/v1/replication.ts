@@ -395,7 +395,14 @@ export interface Hello {
    */
   initialReplication: string;
   /** With "at": when the agent holds the initial copy until (a site policy's time wins). */
-  initialReplicationAt?: Date | undefined;
+  initialReplicationAt?:
+    | Date
+    | undefined;
+  /**
+   * Set by a site forwarding its committed points (extended replication, A -> B -> C): it has no
+   * VM to stop, so the third site refuses a planned failover at once instead of asking it.
+   */
+  forwardingSite?: boolean | undefined;
 }
 
 export interface TrackingLost {
@@ -1299,6 +1306,7 @@ function createBaseHello(): Hello {
     configuredCompressionLevel: 0,
     initialReplication: "",
     initialReplicationAt: undefined,
+    forwardingSite: undefined,
   };
 }
 
@@ -1369,6 +1377,9 @@ export const Hello: MessageFns<Hello> = {
     }
     if (message.initialReplicationAt !== undefined) {
       Timestamp.encode(toTimestamp(message.initialReplicationAt), writer.uint32(490).fork()).join();
+    }
+    if (message.forwardingSite !== undefined) {
+      writer.uint32(448).bool(message.forwardingSite);
     }
     return writer;
   },
@@ -1552,6 +1563,14 @@ export const Hello: MessageFns<Hello> = {
             message.initialReplicationAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 56: {
+            if (tag !== 448) {
+              break;
+            }
+
+            message.forwardingSite = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1645,6 +1664,11 @@ export const Hello: MessageFns<Hello> = {
         : isSet(object.initial_replication_at)
         ? fromJsonTimestamp(object.initial_replication_at)
         : undefined,
+      forwardingSite: isSet(object.forwardingSite)
+        ? globalThis.Boolean(object.forwardingSite)
+        : isSet(object.forwarding_site)
+        ? globalThis.Boolean(object.forwarding_site)
+        : undefined,
     };
   },
 
@@ -1701,6 +1725,9 @@ export const Hello: MessageFns<Hello> = {
     if (message.initialReplicationAt !== undefined) {
       obj.initialReplicationAt = message.initialReplicationAt.toISOString();
     }
+    if (message.forwardingSite !== undefined) {
+      obj.forwardingSite = message.forwardingSite;
+    }
     return obj;
   },
 
@@ -1728,6 +1755,7 @@ export const Hello: MessageFns<Hello> = {
     message.configuredCompressionLevel = object.configuredCompressionLevel ?? 0;
     message.initialReplication = object.initialReplication ?? "";
     message.initialReplicationAt = object.initialReplicationAt ?? undefined;
+    message.forwardingSite = object.forwardingSite ?? undefined;
     return message;
   },
 };

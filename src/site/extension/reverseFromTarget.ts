@@ -1,0 +1,75 @@
+import { QreplicaError } from "../../common/errors.js";
+import type { RelationshipState, ReplicationStateName } from "../../ledger/index.js";
+import type { Caller } from "../controlPlane/caller.js";
+import type { SiteContext } from "../siteContext.js";
+
+/** States in which this site holds the VM's points as a replica (and forwards them on). */
+const REPLICA_STATES: readonly ReplicationStateName[] = ["replicating", "paused", "resync-required", "resynchronising"];
+
+export class ReverseFromTargetRefusedError extends QreplicaError {
+  readonly code = "REVERSE_FROM_TARGET_REFUSED" as const;
+}
+
+export interface ReverseFromTargetRequest {
+  vmId: string;
+  generation: number;
+  primarySiteId: string;
+  primaryIdentity: string;
+  seeds: ReadonlyArray<{ diskId: string; imagePath: string }>;
+}
+
+/**
+ * PrepareReverseReplication on a site that already holds the VM's points as a replica: extended
+ * replication (A -> B -> C) after the VM failed over at C, reversed from C onto B. Undefined when
+ * this site holds no points of the VM as a replica (the ordinary reverse onto the old primary's
+ * site then goes on). Only the site this site forwarded the VM to may take it over, at a higher
+ * generation (replacePrimary); forwarding to it ends, since it is the primary now.
+ */
+export async function prepareReverseFromTarget(ctx: SiteContext, caller: Caller, req: ReverseFromTargetRequest): Promise<RelationshipState | undefined> {
+  const current = await ctx.relationships.load(req.vmId);
+  if (!REPLICA_STATES.includes(current.state) || current.points.length === 0) return undefined;
+  const ext = ctx.extensions ? await ctx.extensions.ledger.load(req.vmId) : undefined;
+  const forwardedTo = ext && ext.forwarded.length > 0 ? (ext.target ?? ext.stoppedTarget)?.targetSiteId : undefined;
+  if (forwardedTo !== req.primarySiteId) {
+    throw new ReverseFromTargetRefusedError(
+      `site ${ctx.siteId} holds VM ${req.vmId}'s recovery points as the replica of ${current.primarySiteId} (${current.state}, generation ${current.generation}); ` +
+        (forwardedTo
+          ? `only ${forwardedTo}, the site it forwarded them to, may reverse onto it, not ${req.primarySiteId}`
+          : `it forwarded them to no site, so ${req.primarySiteId} may not become their primary here: fail over at this site instead, or remove the VM here first`),
+    );
+  }
+  if (req.seeds.length > 0) {
+    throw new ReverseFromTargetRefusedError(
+      `site ${ctx.siteId} holds VM ${req.vmId}'s points: the first cycle compares the new primary's disk with its newest point; give no --seed`,
+    );
+  }
+  const already = current.primaryIdentity === req.primaryIdentity && current.generation === req.generation;
+  const state = already
+    ? current
+    : await ctx.serializer.run(req.vmId, () =>
+        ctx.relationships.replacePrimary(caller, { vmId: req.vmId, generation: req.generation, primarySiteId: req.primarySiteId, primaryIdentity: req.primaryIdentity }),
+      );
+  // The new primary is the site the points went to: forwarding them there again means nothing.
+  // Outside the VM's serialized steps: the forwarder may be waiting for one, and stop waits for it.
+  if (ext?.target && ctx.extensions) await ctx.extensions.stop(req.vmId, caller);
+  return state;
+}
+
+export class PlannedFailoverAtThirdSiteError extends QreplicaError {
+  readonly code = "PLANNED_FAILOVER_AT_THIRD_SITE" as const;
+}
+
+/**
+ * A planned failover needs the primary's agent to stop the VM and ship its last changes; at the
+ * third site of an extended replication the peer is the forwarding site, which has no VM to stop
+ * (the VM runs at the first site). Refused before anything is asked or recorded, naming the ways
+ * that are open.
+ */
+export function plannedFailoverAtThirdSite(vmId: string, siteId: string, forwardingSiteId: string): PlannedFailoverAtThirdSiteError {
+  return new PlannedFailoverAtThirdSiteError(
+    `VM ${vmId} reaches site ${siteId} through site ${forwardingSiteId}, which forwards its points (extended replication) and has no VM to stop: ` +
+      `a planned failover at ${siteId} is not supported. Either fail over planned at ${forwardingSiteId} ('qreplica failover ${vmId} --planned --dir <${forwardingSiteId}'s directory>'), ` +
+      `or stop the VM at its primary, wait until 'qreplica status ${vmId}' on ${forwardingSiteId} shows a point cut after the stop forwarded (pending 0), ` +
+      `then 'qreplica failover ${vmId} --unplanned' here (that point is the VM's last state)`,
+  );
+}
