@@ -22,7 +22,7 @@ import { addAuthorization, appendRunbookEvents, listAuthorizations, readRunbookR
 import type { SiteContext } from "../siteContext.js";
 import type { LaunchedInfo } from "../failover/failoverService.js";
 import { extendReplication } from "./extendReplication.js";
-import { plannedFailoverAtThirdSite, prepareReverseFromTarget } from "../extension/reverseFromTarget.js";
+import { plannedFailoverThroughSite, prepareReverseFromTarget } from "../extension/reverseFromTarget.js";
 import type { DrillReport } from "../drills/drillService.js";
 
 /**
@@ -137,10 +137,13 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
             { grpcCode: grpc.status.FAILED_PRECONDITION },
           );
         }
-        if (session.forwardingSite) throw plannedFailoverAtThirdSite(req.vmId, ctx.siteId, (await ctx.relationships.load(req.vmId)).primarySiteId ?? "the forwarding site");
         if (req.recoveryPointId)
           throw Object.assign(new Error("a planned failover always uses the final point; --point is for unplanned failovers"), { grpcCode: grpc.status.INVALID_ARGUMENT });
-        const stopped = await session.requestPlannedFailover(10, 5 * 60_000);
+        // At the third site of an extended replication the forwarding site relays it to the primary's agent.
+        const stopped = await session.requestPlannedFailover(10, 5 * 60_000).catch(async (err: unknown) => {
+          if (!session.forwardingSite) throw err;
+          throw plannedFailoverThroughSite(req.vmId, (await ctx.relationships.load(req.vmId)).primarySiteId ?? "the forwarding site", err);
+        });
         await executeCommand(ctx.store, req.vmId, (s) => prepareFailover(s, { preparedAt: new Date().toISOString(), primaryStoppedAt: stopped.stoppedAt.toISOString() }), {
           metadata: actorMetadata(caller),
         });
@@ -355,7 +358,7 @@ function grpcCodeOf(err: unknown): grpc.status {
       "NO_SUSPECT_POINT",
       "VERIFICATION_NOT_CONFIGURED",
       "REVERSE_FROM_TARGET_REFUSED",
-      "PLANNED_FAILOVER_AT_THIRD_SITE",
+      "PLANNED_FAILOVER_NOT_RELAYED",
     ].includes(code)
   )
     return grpc.status.FAILED_PRECONDITION;

@@ -238,6 +238,11 @@ export class ReplicateSession {
         return this.onCycleEnd(body.value);
       case "primaryStopped": {
         const v = body.value;
+        if (v.notStoppedReason) {
+          this.primaryStopped?.reject(new Error(v.notStoppedReason));
+          this.primaryStopped = undefined;
+          return;
+        }
         this.primaryStopped?.resolve({
           stoppedAt: v.stoppedAt ?? new Date(),
           finalCycleSeq: Number(v.finalCycleSequence),

@@ -1,4 +1,4 @@
-import { QreplicaError } from "../../common/errors.js";
+import { QreplicaError, errorMessage } from "../../common/errors.js";
 import type { RelationshipState, ReplicationStateName } from "../../ledger/index.js";
 import type { Caller } from "../controlPlane/caller.js";
 import type { SiteContext } from "../siteContext.js";
@@ -55,21 +55,19 @@ export async function prepareReverseFromTarget(ctx: SiteContext, caller: Caller,
   return state;
 }
 
-export class PlannedFailoverAtThirdSiteError extends QreplicaError {
-  readonly code = "PLANNED_FAILOVER_AT_THIRD_SITE" as const;
+export class PlannedFailoverNotRelayedError extends QreplicaError {
+  readonly code = "PLANNED_FAILOVER_NOT_RELAYED" as const;
 }
 
 /**
- * A planned failover needs the primary's agent to stop the VM and ship its last changes; at the
- * third site of an extended replication the peer is the forwarding site, which has no VM to stop
- * (the VM runs at the first site). Refused before anything is asked or recorded, naming the ways
- * that are open.
+ * A planned failover at the third site of an extended replication that the forwarding site could
+ * not carry out (the primary's agent is not connected to it, or did not stop the VM in time):
+ * nothing was recorded here; what is open is said.
  */
-export function plannedFailoverAtThirdSite(vmId: string, siteId: string, forwardingSiteId: string): PlannedFailoverAtThirdSiteError {
-  return new PlannedFailoverAtThirdSiteError(
-    `VM ${vmId} reaches site ${siteId} through site ${forwardingSiteId}, which forwards its points (extended replication) and has no VM to stop: ` +
-      `a planned failover at ${siteId} is not supported. Either fail over planned at ${forwardingSiteId} ('qreplica failover ${vmId} --planned --dir <${forwardingSiteId}'s directory>'), ` +
-      `or stop the VM at its primary, wait until 'qreplica status ${vmId}' on ${forwardingSiteId} shows a point cut after the stop forwarded (pending 0), ` +
-      `then 'qreplica failover ${vmId} --unplanned' here (that point is the VM's last state)`,
+export function plannedFailoverThroughSite(vmId: string, forwardingSiteId: string, cause: unknown): PlannedFailoverNotRelayedError {
+  return new PlannedFailoverNotRelayedError(
+    `VM ${vmId}: site ${forwardingSiteId}, which forwards its points here, did not get the VM stopped at its primary with a final point forwarded (${errorMessage(cause)}); ` +
+      `'qreplica status ${vmId}' on ${forwardingSiteId} says why (lastError). Nothing was recorded: try again once the primary's agent is connected there, or fail over with --unplanned`,
+    { cause },
   );
 }

@@ -399,8 +399,8 @@ export interface Hello {
     | Date
     | undefined;
   /**
-   * Set by a site forwarding its committed points (extended replication, A -> B -> C): it has no
-   * VM to stop, so the third site refuses a planned failover at once instead of asking it.
+   * Set by a site forwarding its committed points (extended replication, A -> B -> C): a planned
+   * failover the third site asks of it goes on to the primary's agent connected to that site.
    */
   forwardingSite?: boolean | undefined;
 }
@@ -669,6 +669,11 @@ export interface PrimaryStopped {
   method: string;
   /** The primary's disk images, the seeds of the reverse replication. */
   disks: PrimaryDisk[];
+  /**
+   * Set by a forwarding site (extended replication) that could not have the VM stopped at its
+   * primary with a final point forwarded: the VM was not reported stopped, and this says why.
+   */
+  notStoppedReason?: string | undefined;
 }
 
 /**
@@ -4846,7 +4851,14 @@ export const PlannedFailoverRequested: MessageFns<PlannedFailoverRequested> = {
 };
 
 function createBasePrimaryStopped(): PrimaryStopped {
-  return { generation: 0n, stoppedAt: undefined, finalCycleSequence: 0n, method: "", disks: [] };
+  return {
+    generation: 0n,
+    stoppedAt: undefined,
+    finalCycleSequence: 0n,
+    method: "",
+    disks: [],
+    notStoppedReason: undefined,
+  };
 }
 
 export const PrimaryStopped: MessageFns<PrimaryStopped> = {
@@ -4871,6 +4883,9 @@ export const PrimaryStopped: MessageFns<PrimaryStopped> = {
     }
     for (const v of message.disks) {
       PrimaryDisk.encode(v!, writer.uint32(42).fork()).join();
+    }
+    if (message.notStoppedReason !== undefined) {
+      writer.uint32(450).string(message.notStoppedReason);
     }
     return writer;
   },
@@ -4928,6 +4943,14 @@ export const PrimaryStopped: MessageFns<PrimaryStopped> = {
             message.disks.push(PrimaryDisk.decode(reader, reader.uint32()));
             continue;
           }
+          case 56: {
+            if (tag !== 450) {
+              break;
+            }
+
+            message.notStoppedReason = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4955,6 +4978,11 @@ export const PrimaryStopped: MessageFns<PrimaryStopped> = {
         : 0n,
       method: isSet(object.method) ? globalThis.String(object.method) : "",
       disks: globalThis.Array.isArray(object?.disks) ? object.disks.map((e: any) => PrimaryDisk.fromJSON(e)) : [],
+      notStoppedReason: isSet(object.notStoppedReason)
+        ? globalThis.String(object.notStoppedReason)
+        : isSet(object.not_stopped_reason)
+        ? globalThis.String(object.not_stopped_reason)
+        : undefined,
     };
   },
 
@@ -4975,6 +5003,9 @@ export const PrimaryStopped: MessageFns<PrimaryStopped> = {
     if (message.disks?.length) {
       obj.disks = message.disks.map((e) => PrimaryDisk.toJSON(e));
     }
+    if (message.notStoppedReason !== undefined) {
+      obj.notStoppedReason = message.notStoppedReason;
+    }
     return obj;
   },
 
@@ -4992,6 +5023,7 @@ export const PrimaryStopped: MessageFns<PrimaryStopped> = {
       : 0n;
     message.method = object.method ?? "";
     message.disks = object.disks?.map((e) => PrimaryDisk.fromPartial(e)) || [];
+    message.notStoppedReason = object.notStoppedReason ?? undefined;
     return message;
   },
 };
