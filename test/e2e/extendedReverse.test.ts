@@ -13,6 +13,7 @@ import { COUNTER_OFFSET, encodeCounterRecord, readCounters, readDiskRecord, wait
 import { getSqliteEventStore } from "../../src/ledger/index.js";
 import { compareImages, convertImage } from "../../src/qemu/processes/index.js";
 import { QmpClient } from "../../src/qemu/qmp/index.js";
+import { controlClient, unary } from "../../src/cli/siteClient.js";
 import { extensionStream, foldExtension } from "../../src/site/extension/extensionLedger.js";
 import { runCli, waitFor } from "../helpers/processes.js";
 import { twoSitesPerTest } from "../helpers/twoSites.js";
@@ -81,6 +82,18 @@ describe("extended replication: reverse at C", { timeout: 300_000 }, () => {
     siteB = await t.startSite(t.siteB);
     const before = await t.relationship("vm1", t.siteB);
     expect(before.primarySiteId).toBe("site-a");
+    // Only the site B forwarded to may take the VM over there, and with no seed: B compares with its own point.
+    const b = controlClient({ dir: t.siteB });
+    const prepare = (primarySiteId: string, seeds: Array<{ diskId: string; imagePath: string }> = []) =>
+      unary(b, b.prepareReverseReplication, { vmId: "vm1", generation: 2n, primarySiteId, primaryIdentity: primarySiteId, disks: [], seeds, vmSpecJson: "" }).then(
+        () => "accepted",
+        (err: Error) => err.message,
+      );
+    expect(await prepare("site-x")).toMatch(/only site-c, the site it forwarded them to, may reverse onto it, not site-x/);
+    expect(await prepare("site-c", [{ diskId: "vda", imagePath: foImage }])).toMatch(/give no --seed/);
+    b.close();
+    expect(await t.relationship("vm1", t.siteB)).toMatchObject({ primarySiteId: "site-a", generation: 1, state: "replicating" });
+
     const reverse = await qreplica<{ generation: number; recoveryPointId: string }>(["reverse", "vm1", "--dir", C, "--to-dir", t.siteB, "--wait"]);
     expect(reverse.generation).toBe(2);
     const after = await t.relationship("vm1", t.siteB);
