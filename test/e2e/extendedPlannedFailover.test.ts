@@ -57,7 +57,8 @@ describe("extended replication: planned failover at C", { timeout: 300_000 }, ()
     const refused = await runCli(["failover", "vm1", "--planned", "--dir", C]);
     expect(refused.code, refused.stderr).toBe(5);
     expect(refused.stderr).toMatch(/site-b, which forwards its points here/);
-    expect(refused.stderr).toMatch(/not connected/);
+    // B may still be closing the killed agent's stream when C's request arrives: either way it says so.
+    expect(refused.stderr).toMatch(/not connected|stream ended/);
     expect((await qreplica<Status>(["status", "vm1", "--dir", C])).relationships[0]).toMatchObject({ state: "replicating", generation: 1, primarySiteId: "site-b" });
 
     agent = t.startAgent();
