@@ -207,7 +207,8 @@ export class PointForwarder {
       targetSiteId: target.targetSiteId,
       stopPrimary: (seconds) => this.deps.stopPrimary(this.vmId, seconds),
       hasUnforwarded: async () => (await this.dueForForwarding({ ...target, intervalSeconds: 0 }, true)) === true,
-      forward: (c) => this.forward(stream, responses, { ...c, full: false }),
+      // Whole only if nothing was forwarded yet (C then holds no point to fail over to anyway).
+      forward: (c) => this.forward(stream, responses, { ...c, full: this.state.forwarded.length === 0 }),
       lastForwardedCutoff: () => this.state.forwarded.at(-1)?.cutoffAt,
       send: (message) => send(stream, responses, message),
       fail: async (message) => {
