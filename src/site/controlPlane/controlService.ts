@@ -157,6 +157,7 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
     cancelFailover: guarded("operator", async (req, caller) => ({ state: await failovers.cancel(req.vmId, caller) })),
     prepareReverseReplication: guarded("operator", async (req, caller) => {
       checkPrimaryIdentity(req.primaryIdentity);
+      const vmSpec = vmSpecOf(req.vmSpecJson);
       const onReplica = await prepareReverseFromTarget(ctx, caller, {
         vmId: req.vmId,
         generation: Number(req.generation),
@@ -175,7 +176,7 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
         primaryIdentity: req.primaryIdentity,
         disks: req.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) })),
         seeds: req.seeds.map((s) => ({ diskId: s.diskId, imagePath: s.imagePath })),
-        vmSpec: vmSpecOf(req.vmSpecJson),
+        vmSpec,
       });
       // The new primary's own identity, never a wildcard, recorded with the operator who asked;
       // only once the relationship is ready for it, so a refused reverse authorizes nobody.

@@ -21,8 +21,8 @@ export interface ReverseFromTargetRequest {
 /**
  * PrepareReverseReplication on a site that already holds the VM's points as a replica: extended
  * replication (A -> B -> C) after the VM failed over at C, reversed from C onto B. Undefined when
- * this site holds no points of the VM as a replica (the ordinary reverse onto the old primary's
- * site then goes on). Only the site this site forwarded the VM to may take it over, at a higher
+ * this site holds no points of the VM as a replica or never forwarded them (the ordinary reverse
+ * then goes on, and refuses a VM replicated here). Only the site this site forwarded the VM to may take it over, at a higher
  * generation (replacePrimary); forwarding to it ends, since it is the primary now.
  */
 export async function prepareReverseFromTarget(ctx: SiteContext, caller: Caller, req: ReverseFromTargetRequest): Promise<RelationshipState | undefined> {
@@ -30,12 +30,12 @@ export async function prepareReverseFromTarget(ctx: SiteContext, caller: Caller,
   if (!REPLICA_STATES.includes(current.state) || current.points.length === 0) return undefined;
   const ext = ctx.extensions ? await ctx.extensions.ledger.load(req.vmId) : undefined;
   const forwardedTo = ext && ext.forwarded.length > 0 ? (ext.target ?? ext.stoppedTarget)?.targetSiteId : undefined;
+  // Never forwarded from here: an ordinary reverse, which refuses a VM this site replicates.
+  if (!forwardedTo) return undefined;
   if (forwardedTo !== req.primarySiteId) {
     throw new ReverseFromTargetRefusedError(
       `site ${ctx.siteId} holds VM ${req.vmId}'s recovery points as the replica of ${current.primarySiteId} (${current.state}, generation ${current.generation}); ` +
-        (forwardedTo
-          ? `only ${forwardedTo}, the site it forwarded them to, may reverse onto it, not ${req.primarySiteId}`
-          : `it forwarded them to no site, so ${req.primarySiteId} may not become their primary here: fail over at this site instead, or remove the VM here first`),
+        `only ${forwardedTo}, the site it forwarded them to, may reverse onto it, not ${req.primarySiteId}`,
     );
   }
   if (req.seeds.length > 0) {
