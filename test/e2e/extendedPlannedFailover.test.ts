@@ -32,6 +32,22 @@ async function forwardedOn(siteDir: string) {
   }
 }
 
+/**
+ * `failover --planned` at C once B's forwarder holds its stream to C: C's own refusal while it has
+ * none (after a refused attempt B reconnects within seconds) is waited out, any other outcome returned.
+ */
+function plannedAt(siteDir: string) {
+  return waitFor(
+    "a planned failover at C that B's forwarder is connected for",
+    async () => {
+      const r = await runCli(["failover", "vm1", "--planned", "--dir", siteDir, "--json"]);
+      return /is not connected: a planned failover needs it/.test(r.stdout + r.stderr) ? undefined : r;
+    },
+    120_000,
+    1_000,
+  );
+}
+
 interface Status {
   relationships: Array<{ state: string; generation: number; primarySiteId: string }>;
 }
@@ -54,18 +70,20 @@ describe("extended replication: planned failover at C", { timeout: 300_000 }, ()
     // Without A's agent connected to B, B cannot stop the VM: refused (exit 5), nothing recorded at C.
     await waitFor("a point forwarded to C", async () => ((await forwardedOn(t.siteB)).forwarded.length >= 1 ? true : undefined), 90_000);
     await agent.kill("SIGKILL");
-    const refused = await runCli(["failover", "vm1", "--planned", "--dir", C]);
-    expect(refused.code, refused.stderr).toBe(5);
-    expect(refused.stderr).toMatch(/site-b, which forwards its points here/);
+    const refused = await plannedAt(C);
+    expect(refused.code, refused.stdout + refused.stderr).toBe(5);
+    expect(refused.stdout + refused.stderr).toMatch(/site-b, which forwards its points here/);
     // B may still be closing the killed agent's stream when C's request arrives: either way it says so.
-    expect(refused.stderr).toMatch(/not connected|stream ended/);
+    expect(refused.stdout + refused.stderr).toMatch(/not connected|stream ended/);
     expect((await qreplica<Status>(["status", "vm1", "--dir", C])).relationships[0]).toMatchObject({ state: "replicating", generation: 1, primarySiteId: "site-b" });
 
     agent = t.startAgent();
     const pointsBefore = (await t.relationship()).points.length;
     await waitFor("A's agent back at B", async () => ((await t.relationship()).points.length > pointsBefore ? true : undefined), 90_000);
     const forwardedBefore = (await forwardedOn(t.siteB)).forwarded.length;
-    const planned = await qreplica<{ recoveryPointId: string; generation: number; vm: { serialLog: string } }>(["failover", "vm1", "--planned", "--dir", C]);
+    const done = await plannedAt(C);
+    expect(done.code, done.stdout + done.stderr).toBe(0);
+    const planned = JSON.parse(done.stdout) as { recoveryPointId: string; generation: number; vm: { serialLog: string } };
     expect(planned.generation).toBe(2);
     // A's agent stopped the VM, quit its QEMU and ended: A's disk is the VM's last state.
     await guest.proc.exited;
