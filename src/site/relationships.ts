@@ -19,6 +19,7 @@ import {
   loadRelationship,
   pointIdFor,
   markResyncRequired,
+  replacePrimary,
   recordCycleSkipped,
   resyncGoAhead,
   resyncStartedMetadata,
@@ -122,6 +123,30 @@ export class Relationships {
     ).newState;
   }
 
+  /**
+   * Reverse replication from the site this one forwarded the VM to (extended replication): that
+   * site becomes the primary at its failover's generation, the points stay (see replacePrimary).
+   */
+  async replacePrimary(caller: Caller, input: { vmId: string; generation: number; primarySiteId: string; primaryIdentity: string }): Promise<RelationshipState> {
+    const { newState } = await this.exec(
+      input.vmId,
+      (s) =>
+        replacePrimary(s, {
+          primarySiteId: input.primarySiteId,
+          primaryIdentity: input.primaryIdentity,
+          generation: input.generation,
+          approvedBy: caller.identity,
+          approvedByRole: caller.role,
+        }),
+      { metadata: actorMetadata(caller) },
+    );
+    this.logger.info(
+      { vm: input.vmId, primary: input.primarySiteId, generation: newState.generation },
+      "the VM's primary is now the site it failed over to; its first cycle is a resync against the newest point",
+    );
+    return newState;
+  }
+
   async acceptHello(input: HelloInput): Promise<HelloAccepted> {
     const { vmId } = input;
     let state = await this.load(vmId);
@@ -146,6 +171,11 @@ export class Relationships {
         )
       ).newState;
     } else {
+      if (state.primaryIdentity !== input.primaryIdentity && state.formerPrimaryIdentities?.includes(input.primaryIdentity) && input.presentedGeneration < state.generation) {
+        // A primary another site took over from (extended replication's reverse): it is stale, so
+        // its agent fences its VM, rather than a stranger refused as unauthorized.
+        state = await this.settleGeneration(input, state);
+      }
       if (state.primaryIdentity !== input.primaryIdentity) {
         throw new RelationshipRefusal(
           RejectReason.REJECT_REASON_UNAUTHORIZED,

@@ -175,6 +175,11 @@ async function serve(
       storage,
       serialized: (vmId, fn) => context.serializer.run(vmId, fn),
       afterRead: (vmId) => context.afterCommit(vmId),
+      stopPrimary: (vmId, seconds) => {
+        const session = context.sessionFor(vmId);
+        if (!session) return Promise.reject(new Error(`the primary's agent for VM ${vmId} is not connected to site ${config.siteId}`));
+        return session.requestPlannedFailover(seconds, 5 * 60_000);
+      },
       tls: creds,
       logger: log.child({ part: "extension" }),
     },

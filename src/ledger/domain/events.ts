@@ -224,6 +224,21 @@ export type RelationshipEventData = {
    * change tracking relative to this site's points), which keeps every point.
    */
   PrimaryFailedOverUpstream: { peerIdentity: string; previousGeneration: number; generation: number; reason: string };
+  /**
+   * Extended replication (A -> B -> C), on B: the VM failed over at C, the site B forwarded its
+   * points to, and C now replicates it back here at the failover's `generation` (`qreplica reverse`
+   * from C, an operator's word: `approvedBy`). The points are kept; the first cycle is a resync by
+   * comparison against the newest one. `previousPrimaryIdentity` (A's agent) is refused as stale.
+   */
+  PrimaryReplaced: {
+    previousPrimarySiteId: string;
+    previousPrimaryIdentity: string;
+    primarySiteId: string;
+    primaryIdentity: string;
+    generation: number;
+    approvedBy: string;
+    approvedByRole: string;
+  };
 };
 
 export type RelationshipEventType = keyof RelationshipEventData;
@@ -266,6 +281,7 @@ const KNOWN_TYPES = {
   VmSpecChanged: true,
   ReverseReplicationStarted: true,
   PrimaryFailedOverUpstream: true,
+  PrimaryReplaced: true,
 } as const satisfies Record<RelationshipEventType, true>;
 
 export const RELATIONSHIP_EVENT_TYPES: readonly RelationshipEventType[] = Object.keys(KNOWN_TYPES) as RelationshipEventType[];

@@ -109,6 +109,7 @@ export { acknowledgeGeneration, type AcknowledgeGenerationInput } from "./comman
 export { recogniseCurrentPrimary, type RecogniseCurrentPrimaryInput } from "./commands/recogniseCurrentPrimary.js";
 export { recogniseUpstreamFailover, type RecogniseUpstreamFailoverInput } from "./commands/recogniseUpstreamFailover.js";
 export { completeFailover, type CompleteFailoverInput } from "./commands/completeFailover.js";
+export { replacePrimary, type ReplacePrimaryInput } from "./commands/replacePrimary.js";
 export { clearSuspectPoints, type ClearSuspectPointsInput } from "./commands/clearSuspectPoints.js";
 export { recordVerificationDrill, type RecordVerificationDrillInput } from "./commands/recordVerificationDrill.js";
 export { LAST_CLEAN_POINT, isLocked, lastCleanPoint } from "./pointSafety.js";

@@ -322,6 +322,27 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
         },
       };
     }
+    case "PrimaryReplaced": {
+      const d = event.data;
+      return {
+        ...s,
+        // Points stay (each was correct at its cut-off); the new primary's disk is compared with the newest.
+        state: "resync-required",
+        resyncReason: `VM ${s.vmId} failed over to site ${d.primarySiteId}, which replicates it here now: its disk is compared with the newest point`,
+        resyncApproval: { approvedBy: d.approvedBy, approvedByRole: d.approvedByRole },
+        generation: Math.max(s.generation, d.generation),
+        primarySiteId: d.primarySiteId,
+        primaryIdentity: d.primaryIdentity,
+        formerPrimaryIdentities: [...(s.formerPrimaryIdentities ?? []), d.previousPrimaryIdentity],
+        inFlight: undefined,
+        generationHandover: undefined,
+        cycleSkipped: undefined,
+        quiesceFailure: undefined,
+        pauseReason: undefined,
+        // Another VM's disks now: the old primary's compression history says nothing about them.
+        encryptionBaselines: {},
+      };
+    }
     default:
       return assertNever(event);
   }

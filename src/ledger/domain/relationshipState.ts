@@ -193,6 +193,8 @@ export interface RelationshipState {
    * through reverse replication, while the VM may still run (absent from older snapshots).
    */
   readonly failoverChainImages?: readonly string[] | undefined;
+  /** Primaries a PrimaryReplaced moved away from (absent before the first): refused as stale, never as strangers. */
+  readonly formerPrimaryIdentities?: readonly string[];
   readonly counters: RelationshipCounters;
 }
 

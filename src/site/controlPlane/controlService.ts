@@ -22,6 +22,7 @@ import { addAuthorization, appendRunbookEvents, listAuthorizations, readRunbookR
 import type { SiteContext } from "../siteContext.js";
 import type { LaunchedInfo } from "../failover/failoverService.js";
 import { extendReplication } from "./extendReplication.js";
+import { plannedFailoverThroughSite, prepareReverseFromTarget } from "../extension/reverseFromTarget.js";
 import type { DrillReport } from "../drills/drillService.js";
 
 /**
@@ -138,7 +139,11 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
         }
         if (req.recoveryPointId)
           throw Object.assign(new Error("a planned failover always uses the final point; --point is for unplanned failovers"), { grpcCode: grpc.status.INVALID_ARGUMENT });
-        const stopped = await session.requestPlannedFailover(10, 5 * 60_000);
+        // At the third site of an extended replication the forwarding site relays it to the primary's agent.
+        const stopped = await session.requestPlannedFailover(10, 5 * 60_000).catch(async (err: unknown) => {
+          if (!session.forwardingSite) throw err;
+          throw plannedFailoverThroughSite(req.vmId, (await ctx.relationships.load(req.vmId)).primarySiteId ?? "the forwarding site", err);
+        });
         await executeCommand(ctx.store, req.vmId, (s) => prepareFailover(s, { preparedAt: new Date().toISOString(), primaryStoppedAt: stopped.stoppedAt.toISOString() }), {
           metadata: actorMetadata(caller),
         });
@@ -157,6 +162,18 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
     cancelFailover: guarded("operator", async (req, caller) => ({ state: await failovers.cancel(req.vmId, caller) })),
     prepareReverseReplication: guarded("operator", async (req, caller) => {
       checkPrimaryIdentity(req.primaryIdentity);
+      const vmSpec = vmSpecOf(req.vmSpecJson);
+      const onReplica = await prepareReverseFromTarget(ctx, caller, {
+        vmId: req.vmId,
+        generation: Number(req.generation),
+        primarySiteId: req.primarySiteId,
+        primaryIdentity: req.primaryIdentity,
+        seeds: req.seeds,
+      });
+      if (onReplica) {
+        await ctx.authorizations.add(req.primaryIdentity, caller);
+        return { state: onReplica.state };
+      }
       const state = await ctx.relationships.prepareReverse(caller, {
         vmId: req.vmId,
         generation: Number(req.generation),
@@ -164,7 +181,7 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
         primaryIdentity: req.primaryIdentity,
         disks: req.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) })),
         seeds: req.seeds.map((s) => ({ diskId: s.diskId, imagePath: s.imagePath })),
-        vmSpec: vmSpecOf(req.vmSpecJson),
+        vmSpec,
       });
       // The new primary's own identity, never a wildcard, recorded with the operator who asked;
       // only once the relationship is ready for it, so a refused reverse authorizes nobody.
@@ -363,6 +380,8 @@ function grpcCodeOf(err: unknown): grpc.status {
       "NO_CLEAN_POINT",
       "NO_SUSPECT_POINT",
       "VERIFICATION_NOT_CONFIGURED",
+      "REVERSE_FROM_TARGET_REFUSED",
+      "PLANNED_FAILOVER_NOT_RELAYED",
     ].includes(code)
   )
     return grpc.status.FAILED_PRECONDITION;

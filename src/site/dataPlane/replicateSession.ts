@@ -122,6 +122,9 @@ export class ReplicateSession {
   }
 
   /** The cycle being received now, for GetStatus's progress; undefined between cycles. */
+  /** The peer is a site forwarding its points (extended replication), not an agent: it has no VM to stop. */
+  forwardingSite = false;
+
   /** The agent config's initial replication choice, as its Hello said (for status before the first point). */
   initialChoice: { kind: string; at?: Date } | undefined;
 
@@ -235,6 +238,11 @@ export class ReplicateSession {
         return this.onCycleEnd(body.value);
       case "primaryStopped": {
         const v = body.value;
+        if (v.notStoppedReason) {
+          this.primaryStopped?.reject(new Error(v.notStoppedReason));
+          this.primaryStopped = undefined;
+          return;
+        }
         this.primaryStopped?.resolve({
           stoppedAt: v.stoppedAt ?? new Date(),
           finalCycleSeq: Number(v.finalCycleSequence),
@@ -310,6 +318,7 @@ export class ReplicateSession {
       });
       this.vmId = hello.vmId;
       this.generation = accepted.generation;
+      this.forwardingSite = hello.forwardingSite === true;
       this.initialChoice = { kind: hello.initialReplication || "now", ...(hello.initialReplicationAt ? { at: hello.initialReplicationAt } : {}) };
       // What both sides know; a sender that offers nothing is assumed to send SHA-256.
       const offered = hello.supportedChecksumAlgorithms.length ? hello.supportedChecksumAlgorithms : [ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256];

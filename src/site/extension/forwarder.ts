@@ -8,6 +8,8 @@ import type { RecoveryPoint, RelationshipState } from "../../ledger/index.js";
 import type { ReplicaStorage } from "../../storage/index.js";
 import { ReplicationClient, currentCredentials, encodeExtentChunkRequest, siteDial, type SiteCredentials } from "../../transport/index.js";
 import type { ExtensionLedger, ExtensionState, ExtensionTarget } from "./extensionLedger.js";
+import type { PrimaryStoppedInfo } from "../dataPlane/replicateSession.js";
+import { notStopped, relayPlannedFailover, type RelayContext } from "./plannedFailoverRelay.js";
 import { Responses, send, type ForwardStream } from "./replicateClient.js";
 
 const PROTOCOL_VERSION = 1;
@@ -32,6 +34,8 @@ export interface ForwarderDeps {
   serialized<T>(vmId: string, fn: () => Promise<T>): Promise<T>;
   /** Chains released: retention may run the merges it held back. */
   afterRead(vmId: string): void;
+  /** A planned failover at the third site: the primary's agent stops the VM and ships its final cycle here. */
+  stopPrimary(vmId: string, powerdownTimeoutSeconds: number): Promise<PrimaryStoppedInfo>;
   tls: SiteCredentials;
   logger: Logger;
 }
@@ -60,6 +64,8 @@ export class PointForwarder {
   private policyIntervalSeconds = 0;
   /** The zstd level of that policy (1 without one). */
   private compressionLevel = 1;
+  /** The third site asked for a planned failover on the open stream (relayed once the forward under way ends). */
+  private plannedFailover: { powerdownTimeoutSeconds: number } | undefined;
   /** The open stream to the third site, cancelled by stop so that a forward under way ends now. */
   private stream: ForwardStream | undefined;
 
@@ -104,20 +110,17 @@ export class PointForwarder {
       return FORWARD_STATES.includes(rel.state) && rel.points.length > 0 ? rel : undefined;
     });
     if (!first) return;
+    // A request belongs to its stream: one left from a broken stream is not repeated.
+    this.plannedFailover = undefined;
     const dial = siteDial(target.targetAddress, currentCredentials(this.deps.tls, this.deps.logger), { expectedServerIdentity: target.targetSiteId });
     const client = new ReplicationClient(target.targetAddress, dial.credentials, dial.options);
     const stream: ForwardStream = client.replicate();
     this.stream = stream;
     try {
       if (this.stopped) return;
-      // No VM to stop here: ending the stream at once fails C's planned failover with a clear cause
-      // instead of leaving it to its timeout.
+      // C's planned failover goes through this site: the loop below has the primary's agent stop the VM.
       const responses = new Responses(stream, {
-        onPlannedFailover: () => {
-          this.lastError = `site ${target.targetSiteId} asked for a planned failover: a forwarding site cannot stop the VM; fail over there with --unplanned`;
-          this.deps.logger.warn({ vm: this.vmId, target: target.targetSiteId }, this.lastError);
-          stream.cancel();
-        },
+        onPlannedFailover: (powerdownTimeoutSeconds) => (this.plannedFailover ??= { powerdownTimeoutSeconds }),
         onPolicy: (p) => this.usePolicy(p),
       });
       const ack = await this.hello(stream, responses, first);
@@ -143,8 +146,12 @@ export class PointForwarder {
         ? ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256
         : (ack.acceptedChecksumAlgorithms[0] ?? ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256);
       while (!this.stopped) {
-        const due = await this.until(() => this.dueForForwarding(target), responses.failed);
+        const due = await this.until(async () => this.plannedFailover ?? (await this.dueForForwarding(target)), responses.failed);
         if (!due) return;
+        if (due !== true) {
+          const cycle = { seq, generation, maxChunk, checksum };
+          return await relayPlannedFailover(this.relayContext(stream, responses, target), due.powerdownTimeoutSeconds, cycle);
+        }
         await this.forward(stream, responses, { full, seq, generation, maxChunk, checksum });
         seq++;
         full = false;
@@ -181,6 +188,7 @@ export class PointForwarder {
           // The first forward is the initial copy, sent at once.
           initialReplication: "now",
           upstreamFailover: "",
+          forwardingSite: true,
         },
       },
     });
@@ -194,10 +202,29 @@ export class PointForwarder {
     }
   }
 
+  private relayContext(stream: ForwardStream, responses: Responses, target: ExtensionTarget): RelayContext {
+    return {
+      vmId: this.vmId,
+      targetSiteId: target.targetSiteId,
+      stopPrimary: (seconds) => this.deps.stopPrimary(this.vmId, seconds),
+      hasUnforwarded: async () => (await this.dueForForwarding({ ...target, intervalSeconds: 0 }, true)) === true,
+      // Whole only if nothing was forwarded yet (C then holds no point to fail over to anyway).
+      forward: (c) => this.forward(stream, responses, { ...c, full: this.state.forwarded.length === 0 }),
+      lastForwardedCutoff: () => this.state.forwarded.at(-1)?.cutoffAt,
+      send: (message) => send(stream, responses, message),
+      fail: async (message) => {
+        this.lastError = message;
+        this.deps.logger.warn({ vm: this.vmId, target: target.targetSiteId }, message);
+        await send(stream, responses, notStopped(message)).catch(() => undefined);
+      },
+      logger: this.deps.logger,
+    };
+  }
+
   /** The newest point, once it is newer than the last forwarded one and the interval has passed. */
-  private async dueForForwarding(target: ExtensionTarget): Promise<true | undefined> {
+  private async dueForForwarding(target: ExtensionTarget, now = false): Promise<true | undefined> {
     const last = this.state.forwarded.at(-1);
-    const intervalSeconds = Math.max(target.intervalSeconds, this.policyIntervalSeconds);
+    const intervalSeconds = now ? 0 : Math.max(target.intervalSeconds, this.policyIntervalSeconds);
     if (last && intervalSeconds > 0 && Date.now() - Date.parse(last.forwardedAt) < intervalSeconds * 1000) return undefined;
     const rel = await this.deps.loadRelationship(this.vmId);
     if (!FORWARD_STATES.includes(rel.state)) {

@@ -16,10 +16,10 @@ export class Responses {
   readonly failed: Promise<never>;
 
   /**
-   * `onPlannedFailover`: the third site asked for a planned failover, which a forwarder cannot
-   * serve; `onPolicy`: the third site's policy for the VM changed (its frequency bounds forwarding).
+   * `onPlannedFailover`: the third site asked for a planned failover (the forwarder has the
+   * primary's agent stop the VM, see plannedFailoverRelay.ts); `onPolicy`: the third site's policy for the VM changed (its frequency bounds forwarding).
    */
-  constructor(stream: ForwardStream, hooks: { onPlannedFailover?: () => void; onPolicy?: (p: EffectivePolicy | undefined) => void } = {}) {
+  constructor(stream: ForwardStream, hooks: { onPlannedFailover?: (powerdownTimeoutSeconds: number) => void; onPolicy?: (p: EffectivePolicy | undefined) => void } = {}) {
     let fail!: (e: Error) => void;
     this.failed = new Promise<never>((_, reject) => (fail = reject));
     this.failed.catch(() => undefined);
@@ -27,7 +27,7 @@ export class Responses {
       // Pushes a forwarder has no use for (its policy and notices are B's to follow, not C's).
       if (r.body?.$case === "policyChanged") return hooks.onPolicy?.(r.body.value.policy);
       if (r.body?.$case === "replicationPaused" || r.body?.$case === "replicationResumed" || r.body?.$case === "resyncRequested") return;
-      if (r.body?.$case === "plannedFailoverRequested") return hooks.onPlannedFailover?.();
+      if (r.body?.$case === "plannedFailoverRequested") return hooks.onPlannedFailover?.(r.body.value.powerdownTimeoutSeconds);
       if (this.waiter) {
         const w = this.waiter;
         this.waiter = undefined;

@@ -42,6 +42,7 @@ function extensionsOn(ledger: ExtensionLedger): Extensions {
       storage: { holdChains: () => () => undefined, pointExtents: () => (async function* () {})() },
       serialized: (_vm, fn) => fn(),
       afterRead: () => undefined,
+      stopPrimary: () => Promise.reject(new Error("no primary in this test")),
       tls: {} as SiteCredentials,
       logger: silentLogger,
     },

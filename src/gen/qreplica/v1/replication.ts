@@ -406,6 +406,11 @@ export interface Hello {
    * without this field a generation above the replica's is refused as before.
    */
   upstreamFailover: string;
+  /**
+   * Set by a site forwarding its committed points (extended replication, A -> B -> C): a planned
+   * failover the third site asks of it goes on to the primary's agent connected to that site.
+   */
+  forwardingSite?: boolean | undefined;
 }
 
 export interface TrackingLost {
@@ -672,6 +677,11 @@ export interface PrimaryStopped {
   method: string;
   /** The primary's disk images, the seeds of the reverse replication. */
   disks: PrimaryDisk[];
+  /**
+   * Set by a forwarding site (extended replication) that could not have the VM stopped at its
+   * primary with a final point forwarded: the VM was not reported stopped, and this says why.
+   */
+  notStoppedReason?: string | undefined;
 }
 
 /**
@@ -1310,6 +1320,7 @@ function createBaseHello(): Hello {
     initialReplication: "",
     initialReplicationAt: undefined,
     upstreamFailover: "",
+    forwardingSite: undefined,
   };
 }
 
@@ -1383,6 +1394,9 @@ export const Hello: MessageFns<Hello> = {
     }
     if (message.upstreamFailover !== "") {
       writer.uint32(410).string(message.upstreamFailover);
+    }
+    if (message.forwardingSite !== undefined) {
+      writer.uint32(448).bool(message.forwardingSite);
     }
     return writer;
   },
@@ -1574,6 +1588,14 @@ export const Hello: MessageFns<Hello> = {
             message.upstreamFailover = reader.string();
             continue;
           }
+          case 56: {
+            if (tag !== 448) {
+              break;
+            }
+
+            message.forwardingSite = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1672,6 +1694,11 @@ export const Hello: MessageFns<Hello> = {
         : isSet(object.upstream_failover)
         ? globalThis.String(object.upstream_failover)
         : "",
+      forwardingSite: isSet(object.forwardingSite)
+        ? globalThis.Boolean(object.forwardingSite)
+        : isSet(object.forwarding_site)
+        ? globalThis.Boolean(object.forwarding_site)
+        : undefined,
     };
   },
 
@@ -1731,6 +1758,9 @@ export const Hello: MessageFns<Hello> = {
     if (message.upstreamFailover !== "") {
       obj.upstreamFailover = message.upstreamFailover;
     }
+    if (message.forwardingSite !== undefined) {
+      obj.forwardingSite = message.forwardingSite;
+    }
     return obj;
   },
 
@@ -1759,6 +1789,7 @@ export const Hello: MessageFns<Hello> = {
     message.initialReplication = object.initialReplication ?? "";
     message.initialReplicationAt = object.initialReplicationAt ?? undefined;
     message.upstreamFailover = object.upstreamFailover ?? "";
+    message.forwardingSite = object.forwardingSite ?? undefined;
     return message;
   },
 };
@@ -4849,7 +4880,14 @@ export const PlannedFailoverRequested: MessageFns<PlannedFailoverRequested> = {
 };
 
 function createBasePrimaryStopped(): PrimaryStopped {
-  return { generation: 0n, stoppedAt: undefined, finalCycleSequence: 0n, method: "", disks: [] };
+  return {
+    generation: 0n,
+    stoppedAt: undefined,
+    finalCycleSequence: 0n,
+    method: "",
+    disks: [],
+    notStoppedReason: undefined,
+  };
 }
 
 export const PrimaryStopped: MessageFns<PrimaryStopped> = {
@@ -4874,6 +4912,9 @@ export const PrimaryStopped: MessageFns<PrimaryStopped> = {
     }
     for (const v of message.disks) {
       PrimaryDisk.encode(v!, writer.uint32(42).fork()).join();
+    }
+    if (message.notStoppedReason !== undefined) {
+      writer.uint32(450).string(message.notStoppedReason);
     }
     return writer;
   },
@@ -4931,6 +4972,14 @@ export const PrimaryStopped: MessageFns<PrimaryStopped> = {
             message.disks.push(PrimaryDisk.decode(reader, reader.uint32()));
             continue;
           }
+          case 56: {
+            if (tag !== 450) {
+              break;
+            }
+
+            message.notStoppedReason = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4958,6 +5007,11 @@ export const PrimaryStopped: MessageFns<PrimaryStopped> = {
         : 0n,
       method: isSet(object.method) ? globalThis.String(object.method) : "",
       disks: globalThis.Array.isArray(object?.disks) ? object.disks.map((e: any) => PrimaryDisk.fromJSON(e)) : [],
+      notStoppedReason: isSet(object.notStoppedReason)
+        ? globalThis.String(object.notStoppedReason)
+        : isSet(object.not_stopped_reason)
+        ? globalThis.String(object.not_stopped_reason)
+        : undefined,
     };
   },
 
@@ -4978,6 +5032,9 @@ export const PrimaryStopped: MessageFns<PrimaryStopped> = {
     if (message.disks?.length) {
       obj.disks = message.disks.map((e) => PrimaryDisk.toJSON(e));
     }
+    if (message.notStoppedReason !== undefined) {
+      obj.notStoppedReason = message.notStoppedReason;
+    }
     return obj;
   },
 
@@ -4995,6 +5052,7 @@ export const PrimaryStopped: MessageFns<PrimaryStopped> = {
       : 0n;
     message.method = object.method ?? "";
     message.disks = object.disks?.map((e) => PrimaryDisk.fromPartial(e)) || [];
+    message.notStoppedReason = object.notStoppedReason ?? undefined;
     return message;
   },
 };

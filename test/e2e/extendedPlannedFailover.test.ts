@@ -1,0 +1,109 @@
+/**
+ * Issue 11, deliverable 2: a planned failover at C works as at B. A -> B -> C with the counter
+ * guest on A; `qreplica failover VM --planned --dir C` goes through B: B has A's agent stop the VM
+ * and ship a final cycle cut after the stop, forwards that point to C at once (whatever the
+ * forward interval), and C fails over to it: the VM at C starts where A's stopped, no write lost
+ * (A's disk after its QEMU exited is C's point byte for byte). Without A's agent at B the same
+ * command is refused, nothing recorded. Real sites, agent and QEMU; the README's commands.
+ */
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { readCounters, readDiskCounter, waitForCounter } from "../../guest/index.js";
+import { getSqliteEventStore } from "../../src/ledger/index.js";
+import { compareImages } from "../../src/qemu/processes/index.js";
+import { extensionStream, foldExtension } from "../../src/site/extension/extensionLedger.js";
+import { runCli, waitFor } from "../helpers/processes.js";
+import { twoSitesPerTest } from "../helpers/twoSites.js";
+
+const newTwoSites = twoSitesPerTest();
+
+async function qreplica<T>(args: string[]): Promise<T> {
+  const r = await runCli([...args, "--json"]);
+  if (r.code !== 0) throw new Error(`qreplica ${args.join(" ")} failed (${r.code}): ${r.stdout}${r.stderr}`);
+  return JSON.parse(r.stdout) as T;
+}
+
+async function forwardedOn(siteDir: string) {
+  const store = getSqliteEventStore({ path: join(siteDir, "ledger.sqlite"), create: false });
+  try {
+    return foldExtension("vm1", await store.readStream(extensionStream("vm1")));
+  } finally {
+    await store.close();
+  }
+}
+
+/**
+ * `failover --planned` at C once B's forwarder holds its stream to C: C's own refusal while it has
+ * none (after a refused attempt B reconnects within seconds) is waited out, any other outcome returned.
+ */
+function plannedAt(siteDir: string) {
+  return waitFor(
+    "a planned failover at C that B's forwarder is connected for",
+    async () => {
+      const r = await runCli(["failover", "vm1", "--planned", "--dir", siteDir, "--json"]);
+      return /is not connected: a planned failover needs it/.test(r.stdout + r.stderr) ? undefined : r;
+    },
+    120_000,
+    1_000,
+  );
+}
+
+interface Status {
+  relationships: Array<{ state: string; generation: number; primarySiteId: string }>;
+}
+
+describe("extended replication: planned failover at C", { timeout: 300_000 }, () => {
+  it("goes through B to A's agent: the VM stops at A, its final point reaches C, C starts it with nothing lost", async () => {
+    const t = await newTwoSites("qr-extplan-", { diskBytes: 8 * 1024 * 1024, intervalSeconds: 1, counterGuest: true });
+    const guest = t.guest!;
+    const C = t.siteC;
+    const init = await runCli(["site", "init", "--dir", C, "--name", "site-c", "--ca-dir", t.caDir, "--listen", "127.0.0.1:0", "--max-points", "100"]);
+    expect(init.code, init.stderr).toBe(0);
+    await t.startSite(t.siteB);
+    await t.startSite(C);
+    await waitForCounter(guest.serialLogPath, (v) => v > 2, 90_000);
+    let agent = t.startAgent();
+    await waitFor("a point on B", async () => ((await t.relationship()).points.length >= 1 ? true : undefined), 90_000);
+    // A long forward interval: the final point must still reach C at once.
+    await qreplica(["extend", "vm1", "--dir", t.siteB, "--to-dir", C, "--interval", "600"]);
+
+    // Without A's agent connected to B, B cannot stop the VM: refused (exit 5), nothing recorded at C.
+    await waitFor("a point forwarded to C", async () => ((await forwardedOn(t.siteB)).forwarded.length >= 1 ? true : undefined), 90_000);
+    await agent.kill("SIGKILL");
+    const refused = await plannedAt(C);
+    expect(refused.code, refused.stdout + refused.stderr).toBe(5);
+    expect(refused.stdout + refused.stderr).toMatch(/site-b, which forwards its points here/);
+    // B may still be closing the killed agent's stream when C's request arrives: either way it says so.
+    expect(refused.stdout + refused.stderr).toMatch(/not connected|stream ended/);
+    expect((await qreplica<Status>(["status", "vm1", "--dir", C])).relationships[0]).toMatchObject({ state: "replicating", generation: 1, primarySiteId: "site-b" });
+
+    agent = t.startAgent();
+    const pointsBefore = (await t.relationship()).points.length;
+    await waitFor("A's agent back at B", async () => ((await t.relationship()).points.length > pointsBefore ? true : undefined), 90_000);
+    const forwardedBefore = (await forwardedOn(t.siteB)).forwarded.length;
+    const done = await plannedAt(C);
+    expect(done.code, done.stdout + done.stderr).toBe(0);
+    const planned = JSON.parse(done.stdout) as { recoveryPointId: string; generation: number; vm: { serialLog: string } };
+    expect(planned.generation).toBe(2);
+    // A's agent stopped the VM, quit its QEMU and ended: A's disk is the VM's last state.
+    await guest.proc.exited;
+    await agent.exited;
+    const lastAtA = readCounters(guest.serialLogPath).at(-1)!;
+
+    // The final point went to C past the interval, and is C's failover point.
+    const ext = await forwardedOn(t.siteB);
+    expect(ext.forwarded.length).toBe(forwardedBefore + 1);
+    const final = ext.forwarded.at(-1)!;
+    expect(final.targetPointId).toBe(planned.recoveryPointId);
+    const point = (await t.relationship("vm1", C)).points.find((p) => p.pointId === planned.recoveryPointId)!;
+    const cmp = await compareImages(guest.diskPath, point.disks[0]!.imagePath, { formatA: "qcow2", formatB: "qcow2" });
+    expect(cmp.identical, cmp.detail).toBe(true);
+    const finalCounter = await readDiskCounter(point.disks[0]!.imagePath);
+    expect(finalCounter).toBeGreaterThanOrEqual(lastAtA);
+
+    // The VM at C starts where A's stopped.
+    await waitForCounter(planned.vm.serialLog, () => true, 90_000);
+    expect(readCounters(planned.vm.serialLog)[0]).toBe(finalCounter);
+    expect((await qreplica<Status>(["status", "vm1", "--dir", C])).relationships[0]).toMatchObject({ state: "failed-over-waiting-completion", generation: 2 });
+  });
+});
