@@ -2,7 +2,6 @@ import * as grpc from "@grpc/grpc-js";
 import { faultPoint } from "../../common/faultPoints.js";
 import type { Logger } from "../../common/logger.js";
 import { errorMessage } from "../../common/errors.js";
-import { InvalidIdError, isValidId } from "../../model/index.js";
 import { CycleKind, Consistency, CompressionCodec, ChecksumAlgorithm } from "../../gen/qreplica/v1/common.js";
 import {
   RejectReason,
@@ -22,6 +21,7 @@ import type { ChunkDigestName } from "../../common/chunkDigest.js";
 import { peerHost } from "../controlPlane/refusalAudit.js";
 import { resyncModeAt } from "../resyncWindows.js";
 import { MAX_CHUNK_BYTES, OpenCycle } from "./openCycle.js";
+import { helloRefusal, PROTOCOL_VERSION } from "./helloAdmission.js";
 import { UNDECODABLE } from "../tolerantDecoding.js";
 import { parseVmSpec, sendSeedHashes } from "./resync.js";
 import type { SiteContext } from "../siteContext.js";
@@ -52,7 +52,7 @@ const RESUME_HINT: Record<ResumeKind, ResumeHint> = {
   wait: ResumeHint.RESUME_HINT_WAIT_FOR_OPERATOR,
 };
 
-export const PROTOCOL_VERSION = 1;
+export { PROTOCOL_VERSION };
 
 export interface PrimaryStoppedInfo {
   stoppedAt: Date;
@@ -278,32 +278,8 @@ export class ReplicateSession {
       });
       this.endWithStatus(status, message);
     };
-    if (hello.protocolVersion !== PROTOCOL_VERSION) {
-      return refuse(
-        RejectReason.REJECT_REASON_UNSUPPORTED_PROTOCOL_VERSION,
-        `protocol version ${hello.protocolVersion} is not supported (this site speaks ${PROTOCOL_VERSION}); upgrade the agent or the site`,
-        grpc.status.FAILED_PRECONDITION,
-      );
-    }
-    // Ids name ledger streams and replica directories: a malformed one is refused before any use.
-    const badId = [hello.vmId, ...hello.disks.map((d) => d.diskId)].find((id) => !isValidId(id));
-    if (badId !== undefined) {
-      const kind = badId === hello.vmId ? "VM id" : "disk id";
-      return refuse(RejectReason.REJECT_REASON_UNKNOWN_VM, new InvalidIdError(kind, badId, "Hello").message, grpc.status.INVALID_ARGUMENT);
-    }
-    const revoked = this.peerCertificate && this.ctx.revocations?.refusal(this.peerCertificate);
-    if (revoked) {
-      const refusal = { identity, role: this.peerRole, rpc: "Replicate", needed: "authorization", reason: "CERTIFICATE_REVOKED", message: revoked } as const;
-      await this.ctx.refusals.record({ ...refusal, vmId: hello.vmId, vmIdMalformed: false, peer: peerHost(this.call.getPeer()) });
-      return refuse(RejectReason.REJECT_REASON_UNAUTHORIZED, revoked, grpc.status.UNAUTHENTICATED);
-    }
-    const authorization = await this.ctx.authorizations.find(identity);
-    if (!authorization) {
-      const message = `primary '${identity}' is not authorized to replicate to site ${this.ctx.siteId}; on the replica site run 'qreplica authorize --dir SITE_DIR --primary ${identity}'`;
-      const refusal = { identity, role: this.peerRole, rpc: "Replicate", needed: "authorization", reason: "PRIMARY_NOT_AUTHORIZED", message } as const;
-      await this.ctx.refusals.record({ ...refusal, vmId: hello.vmId, vmIdMalformed: false, peer: peerHost(this.call.getPeer()) });
-      return refuse(RejectReason.REJECT_REASON_UNAUTHORIZED, message, grpc.status.PERMISSION_DENIED);
-    }
+    const refused = await helloRefusal(this.ctx, hello, { identity, role: this.peerRole, certificate: this.peerCertificate, host: peerHost(this.call.getPeer()) });
+    if (refused) return refuse(refused.reason, refused.message, refused.status);
     try {
       const accepted = await this.ctx.relationships.acceptHello({
         vmId: hello.vmId,
