@@ -1,5 +1,6 @@
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { randomBytes } from "node:crypto";
+import { loadavg } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { getSqliteEventStore, RELATIONSHIP_STREAM_PREFIX } from "../src/ledger/index.js";
@@ -146,11 +147,16 @@ export async function resync(ctx: BenchContext): Promise<BenchResult[]> {
       const hostCpu = `agent ${(cpu(agent.child.pid!) - agentCpu0).toFixed(2)} CPU-s, the primary's QEMU ${cpu(t.vm.proc.pid).toFixed(2)} CPU-s, ${readFileSync(`/proc/${t.vm.proc.pid}/stat`, "utf8").split(") ")[1]!.split(" ")[7]} page faults`;
       times.push(seconds(c));
       const site = logLine(join(t.siteB, "site.log"), "replica chunk hashes sent", c.cycleSeq, vmId);
-      const agentLine = logLine(join(t.dir, "agent.log"), "cycle acknowledged", c.cycleSeq, vmId);
+      // The agent logs its acknowledgement just after the site commits: give its log a moment.
+      let agentLine = logLine(join(t.dir, "agent.log"), "cycle acknowledged", c.cycleSeq, vmId);
+      for (let i = 0; !agentLine && i < 50; i++) {
+        await sleep(100);
+        agentLine = logLine(join(t.dir, "agent.log"), "cycle acknowledged", c.cycleSeq, vmId);
+      }
       const note =
-        `round ${round}: resync ${seconds(c).toFixed(2)} s (${(seconds(full) / seconds(c)).toFixed(1)}x), ${hostCpu}; diverged ${blocks} x 64 KiB = ${mib(blocks * CHUNK)}; ` +
+        `round ${round}: resync ${seconds(c).toFixed(2)} s (${(seconds(full) / seconds(c)).toFixed(1)}x, load average ${loadavg()[0]!.toFixed(1)}), ${hostCpu}; diverged ${blocks} x 64 KiB = ${mib(blocks * CHUNK)}; ` +
         `agent compared ${mib(c.comparedBytes ?? 0)}${agentLine?.knownZeroBytes ? ` (${mib(agentLine.knownZeroBytes as number)} of it known zero, not read)` : ""}, sent ${mib(c.wireBytes)} (data ${mib(c.dataBytes)} + zeroes ${mib(c.zeroBytes)}` +
-        `${agentLine ? `, cycle ${agentLine.ms as number} ms: waiting for reads ${Math.round(agentLine.readWaitMs as number)} ms, hashing ${Math.round(agentLine.hashMs as number)} ms (in a worker thread, overlapping the reads), waiting for the replica's hashes ${Math.round(agentLine.replicaWaitMs as number)} ms` : ""}); ` +
+        `${agentLine ? `, cycle ${agentLine.ms as number} ms: waiting for reads ${Math.round(agentLine.readWaitMs as number)} ms, hashing ${Math.round(agentLine.hashMs as number)} ms (in a worker thread, overlapping the reads), waiting for the replica's hashes ${Math.round((agentLine.replicaWaitMs as number | undefined) ?? 0)} ms, and for its first ones before the first read ${Math.round((agentLine.startWaitMs as number | undefined) ?? 0)} ms` : ""}); ` +
         `site ${site ? `sent ${mib(site.indexedBytes as number)} of hashes from its index and read ${mib(site.hashedBytes as number)} in ${site.ms as number} ms` : "?"}, wrote ${mib(c.dataBytes)}`;
       ctx.log(note);
       notes.push(note);
@@ -159,6 +165,13 @@ export async function resync(ctx: BenchContext): Promise<BenchResult[]> {
       await crashVm();
       await removeBitmaps(t.vm.disks[0]!.path);
       await t.vm.restart();
+    }
+    // Both sides' logs outlive the scratch when asked (timelines of a resync: cut-off, reads, commit).
+    const keep = process.env.QR_BENCH_KEEP_LOGS;
+    if (keep) {
+      mkdirSync(keep, { recursive: true });
+      copyFileSync(join(t.dir, "agent.log"), join(keep, "agent.log"));
+      copyFileSync(join(t.siteB, "site.log"), join(keep, "site.log"));
     }
     return [
       {

@@ -14,6 +14,8 @@ export interface ResyncStats {
   differingBytes: number;
   /** Where the time went: waiting for reads and their hashing, hashing alone (in place or worker time), waiting for the replica's hashes (ms). */
   readWaitMs?: number;
+  /** Waiting for the replica's first hashes (its chunk size and digest) before the disk's first read (ms). */
+  startWaitMs?: number;
   hashMs?: number;
   replicaWaitMs?: number;
 }
@@ -27,6 +29,9 @@ const READS_IN_FLIGHT = 16;
  * load), so 16: the memory the in-place hashing used before.
  */
 const HASH_SLOTS = 16;
+
+/** ComparisonHashes.known: the replica's hash of that chunk has not arrived yet. */
+export const NOT_YET: unique symbol = Symbol("not yet");
 
 interface DiskHashes {
   chunkBytes: number;
@@ -81,6 +86,18 @@ export class ComparisonHashes {
     }
   }
 
+  /**
+   * The replica's hash of chunk `index` if known now (undefined past the end of its image), else
+   * NOT_YET: the hashes arrive long before the reads need them, and awaiting each of a disk's
+   * tens of thousands of chunks cost the reading thread a promise round trip apiece.
+   */
+  known(diskId: string, index: number): Buffer | undefined | typeof NOT_YET {
+    if (this.failure) throw this.failure;
+    const d = this.disks.get(diskId);
+    if (d && index < d.hashes.length) return d.hashes[index];
+    return d?.done ? undefined : NOT_YET;
+  }
+
   /** The replica's hash of chunk `index`, or undefined past the end of its image. */
   async hashAt(diskId: string, index: number): Promise<Buffer | undefined> {
     for (;;) {
@@ -114,7 +131,9 @@ export class ComparisonHashes {
  */
 export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashes, stats: ResyncStats): AsyncGenerator<CaptureExtent> {
   if (disk.clients.length === 0) throw new Error(`disk ${disk.diskId}: no NBD connection for the resync read`);
+  const waitFrom = performance.now();
   const { chunkBytes, digest } = await replica.scheme(disk.diskId);
+  stats.startWaitMs = (stats.startWaitMs ?? 0) + performance.now() - waitFrom;
   const size = disk.sizeAtCutoff;
   const readBytes = chunkBytes * CHUNKS_PER_READ;
   const zero = Buffer.alloc(chunkBytes);
@@ -124,6 +143,12 @@ export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashe
     if (!knownZero) return false;
     for (let i = offset / chunkBytes; i * chunkBytes < offset + length; i++) if (knownZero[i] !== 1) return false;
     return true;
+  };
+  const theirHash = async (chunkOffset: number) => {
+    const t = performance.now();
+    const theirs = await replica.hashAt(disk.diskId, chunkOffset / chunkBytes);
+    stats.replicaWaitMs = (stats.replicaWaitMs ?? 0) + performance.now() - t;
+    return theirs;
   };
   const hasher = new SharedChunkHasher(HASH_SLOTS, readBytes, chunkBytes, digest);
   // Once the caller stops (error, abandoned generator), a read that lands starts no other.
@@ -166,9 +191,8 @@ export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashe
       if (slot === undefined || job === undefined) {
         for (let at = 0; at < length; at += chunkBytes) {
           const n = Math.min(chunkBytes, length - at);
-          const t = performance.now();
-          const theirs = await replica.hashAt(disk.diskId, (offset + at) / chunkBytes);
-          stats.replicaWaitMs = (stats.replicaWaitMs ?? 0) + performance.now() - t;
+          let theirs = replica.known(disk.diskId, (offset + at) / chunkBytes);
+          if (theirs === NOT_YET) theirs = await theirHash(offset + at);
           if (theirs !== undefined && zeroChunkDigest(digest, n).equals(theirs)) continue;
           stats.differingBytes += n;
           yield { kind: "zero", offset: offset + at, length: n };
@@ -179,7 +203,7 @@ export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashe
         refill();
         continue;
       }
-      let t = performance.now();
+      const t = performance.now();
       const { digests, hashMs } = await job;
       stats.readWaitMs = (stats.readWaitMs ?? 0) + performance.now() - t;
       stats.hashMs = (stats.hashMs ?? 0) + hashMs;
@@ -188,9 +212,8 @@ export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashe
       for (let i = 0, at = 0; at < length; i++, at += chunkBytes) {
         const n = Math.min(chunkBytes, length - at);
         const chunkOffset = offset + at;
-        t = performance.now();
-        const theirs = await replica.hashAt(disk.diskId, chunkOffset / chunkBytes);
-        stats.replicaWaitMs = (stats.replicaWaitMs ?? 0) + performance.now() - t;
+        let theirs = replica.known(disk.diskId, chunkOffset / chunkBytes);
+        if (theirs === NOT_YET) theirs = await theirHash(chunkOffset);
         if (theirs !== undefined && theirs.length === 32 && digests.compare(theirs, 0, 32, i * 32, i * 32 + 32) === 0) continue;
         stats.differingBytes += n;
         const chunk = buf.subarray(at, at + n);

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { DiskCycle } from "../../../replica-agent/capture/captureCycle.js";
@@ -66,5 +66,58 @@ describe("differingChunks: the agent's side of a resync by comparison", () => {
     // holes inside 0-15 and 32-40, which hold data too, are read.
     expect(stats.knownZeroBytes).toBe(16 * CHUNK);
     expect(stats.comparedBytes).toBe(SIZE);
+  });
+
+  it("with the replica's hashes arriving while it reads, it yields exactly the differing chunks, in disk order", async () => {
+    const tmp = makeTmpDir();
+    cleanups.push(tmp.cleanup);
+    // 100 chunks and a short one: seven read units.
+    const size = 100 * CHUNK + 8 * KiB;
+    const raw = join(tmp.path, "primary.raw");
+    const primary = randomBytes(size);
+    primary.fill(0, 40 * CHUNK, 50 * CHUNK);
+    writeFileSync(raw, primary);
+    const img = join(tmp.path, "primary.qcow2");
+    await runTool("qemu-img", ["convert", "-q", "-f", "raw", "-O", "qcow2", raw, img]);
+
+    const replica = Buffer.from(primary);
+    const differ = [0, 3, 17, 31, 32, 45, 63, 64, 79, 99, 100];
+    for (const i of differ) randomBytes(Math.min(CHUNK, size - i * CHUNK)).copy(replica, i * CHUNK);
+    const all: Buffer[] = [];
+    for (let at = 0; at < size; at += CHUNK) all.push(chunkDigest("blake3", replica.subarray(at, Math.min(at + CHUNK, size))));
+    const hashes = new ComparisonHashes();
+    const batch = (from: number, to: number) => ({
+      generation: 1n,
+      cycleSequence: 1n,
+      diskId: "vda",
+      chunkBytes: CHUNK,
+      firstChunk: BigInt(from),
+      hashes: all.slice(from, to),
+      last: to >= all.length,
+      digest: digestToWire("blake3"),
+    });
+    // The first hashes before the read, the rest once it yields: the read then usually reaches
+    // chunks whose hashes are still on their way (the awaited path); either way the result is the same.
+    hashes.add(batch(0, 20));
+    const later = [() => hashes.add(batch(20, 70)), () => hashes.add(batch(70, all.length))];
+
+    const qsd = await startQsd({ dir: tmp.path, image: img, exports: [{ id: "e", name: "e", writable: false }], readOnlyImage: true });
+    cleanups.push(() => qsd.stop());
+    const client = await NbdClient.connect({ socketPath: qsd.nbdSocket, exportName: "e", metaContexts: [BASE_ALLOCATION_CONTEXT] });
+    cleanups.push(() => client.disconnect());
+    const disk = new DiskCycle("vda", "node", size, size, [client], async function* () {}, {});
+    const stats: ResyncStats = { comparedBytes: 0, differingBytes: 0 };
+    const yielded: number[] = [];
+    for await (const e of differingChunks(disk, hashes, stats)) {
+      yielded.push(e.offset / CHUNK);
+      if (e.kind === "data") e.data.copy(replica, e.offset);
+      else replica.fill(0, e.offset, e.offset + e.length);
+      const feed = later.shift();
+      if (feed) setTimeout(feed, 20);
+    }
+    expect(replica.equals(primary)).toBe(true);
+    expect(yielded).toEqual(differ);
+    expect(stats.comparedBytes).toBe(size);
+    expect(stats.differingBytes).toBe(10 * CHUNK + 8 * KiB);
   });
 });
