@@ -193,6 +193,7 @@ export class Relationships {
     const base = { generation: state.generation, lastCycleSeq: state.lastCycleSeq, needsInitialReplication, seeded };
     if (needsInitialReplication) return { ...base, resume: seeded ? "resync" : "initial" };
     state = await this.recordTrackingLost(input, state);
+    state = await this.recordForwardingMismatch(input, state);
     if (state.state === "paused") return { ...base, resume: "wait" };
     if (state.state === "resync-required" || state.state === "resynchronising") {
       // The operator's go-ahead is in the ledger: it outlives the connection it was given in and this
@@ -241,6 +242,22 @@ export class Relationships {
     } else {
       this.logger.warn({ vm: input.vmId, reason }, "the primary lost change tracking: resync required");
     }
+    return newState;
+  }
+
+  /**
+   * A forwarding site builds each incremental on the point it last forwarded here; when this
+   * site's newest point is another (older points restored here, or the forwarder lost its record
+   * of what it sent), its changes would land on the wrong image: a resync by comparison instead.
+   */
+  private async recordForwardingMismatch(input: HelloInput, state: RelationshipState): Promise<RelationshipState> {
+    const newest = state.points.at(-1);
+    if (input.forwardedPointId === undefined || !newest || newest.pointId === input.forwardedPointId || state.state !== "replicating") return state;
+    const reason = input.forwardedPointId
+      ? `site ${input.primarySiteId} last forwarded point ${input.forwardedPointId}, but this site's newest point of VM ${input.vmId} is ${newest.pointId}: resync by comparison against it`
+      : `site ${input.primarySiteId} holds no record of forwarding VM ${input.vmId} here, but this site holds its points (newest ${newest.pointId}): resync by comparison against it`;
+    const { newState } = await this.exec(input.vmId, (s) => markResyncRequired(s, { reason }));
+    this.logger.warn({ vm: input.vmId, reason }, "the forwarding site's last point is not this site's newest: resync required");
     return newState;
   }
 
