@@ -11,6 +11,7 @@
 import { createHash } from "node:crypto";
 import { readdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
+import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
 import { getSqliteEventStore, relationshipStream, type EventStore } from "../../src/ledger/index.js";
 import { compareImages } from "../../src/qemu/processes/index.js";
@@ -38,7 +39,28 @@ async function readLedger<T>(siteDir: string, read: (s: EventStore) => Promise<T
 }
 
 const forwardedOn = (siteDir: string) => readLedger(siteDir, async (s) => foldExtension("vm1", await s.readStream(extensionStream("vm1"))).forwarded);
+/** Hellos site C accepted from B's forwarder (its log). */
+const helloCount = (siteDir: string) =>
+  readFileSync(join(siteDir, "site.log"), "utf8")
+    .split("\n")
+    .filter((l) => l.includes('"msg":"Hello accepted"') && l.includes('"identity":"site-b"')).length;
 const sha256 = (path: string) => createHash("sha256").update(readFileSync(path)).digest("hex");
+
+/**
+ * B's ledger without the VM's extension stream (as if restored from before it, or rebuilt): only
+ * by going around the append-only triggers, which is what this test stands in for. Site stopped.
+ */
+function forgetForwarding(siteDir: string): void {
+  const db = new Database(join(siteDir, "ledger.sqlite"));
+  try {
+    db.exec(`DROP TRIGGER events_no_delete;
+      DELETE FROM events WHERE stream_id = 'extension-vm1';
+      DELETE FROM snapshots WHERE key LIKE '%extension-vm1%';
+      CREATE TRIGGER events_no_delete BEFORE DELETE ON events BEGIN SELECT RAISE(ABORT, 'qreplica ledger events are append-only'); END;`);
+  } finally {
+    db.close();
+  }
+}
 
 /** B's point and the point it became at C, byte for byte (and the same cut-off). */
 async function expectSamePoint(t: TwoSites, f: ForwardedPoint, what: string): Promise<void> {
@@ -73,7 +95,7 @@ async function expectResyncBytes(
 }
 
 describe("extended replication: resync between B and C", { timeout: 240_000 }, () => {
-  it("C's operator asks for a resync (B connected, then B down): only differing chunks travel, C's points kept, forwarding goes on", async () => {
+  it("C's operator asks for one (B connected; B down), B forgets what it forwarded: only differing chunks travel, C's points kept, forwarding goes on", async () => {
     const t = await newTwoSites("qr-extresync-", { diskBytes: DISK_BYTES, intervalSeconds: 1 });
     const C = t.siteC;
     const init = await runCli(["site", "init", "--dir", C, "--name", "site-c", "--ca-dir", t.caDir, "--listen", "127.0.0.1:0", "--max-points", "100"]);
@@ -87,8 +109,11 @@ describe("extended replication: resync between B and C", { timeout: 240_000 }, (
     await t.vm.guestWrite("vda", ["write -P 0x12 8M 512k"]);
     await waitFor("two points forwarded to C", async () => ((await forwardedOn(t.siteB)).length >= 2 ? true : undefined), 60_000);
 
-    // B holds back its next points (a long interval), so its newest differs from C's by the writes since.
+    // B holds back its next points (a long interval), so its newest differs from C's by the writes
+    // since. The forwarder starts a new stream: C holds it once C accepted its Hello.
+    const hellos = helloCount(C);
     await qreplica(["extend", "vm1", "--dir", t.siteB, "--to-dir", C, "--interval", "600"]);
+    await waitFor("B's forwarder's new stream at C", () => (helloCount(C) > hellos ? true : undefined), 30_000);
     const pointAfterWrite = async () => {
       const wroteAt = Date.now();
       await waitFor("a point on B cut after the write", async () => ((await t.relationship()).points.some((p) => Date.parse(p.cutoffAt) > wroteAt) ? true : undefined), 60_000);
@@ -121,6 +146,7 @@ describe("extended replication: resync between B and C", { timeout: 240_000 }, (
     await t.vm.guestWrite("vda", ["write -P 0x31 16M 64k"]);
     await pointAfterWrite();
     await siteB.kill("SIGTERM");
+    await waitFor("C sees B's stream end", async () => ((await qreplica<{ agentConnected: boolean }>(["measure", "vm1", "--dir", C])).agentConnected ? undefined : true), 30_000);
     // B's chunk hash indexes are gone too (torn or deleted files): B then reads its point to hash it.
     const bDisk = join(t.siteB, "storage", "vm1", "vda");
     const indexFiles = readdirSync(bDisk).filter((f) => f.endsWith(".chunks"));
@@ -154,10 +180,34 @@ describe("extended replication: resync between B and C", { timeout: 240_000 }, (
     const next2 = await waitFor("an incremental after the second resync", async () => (await forwardedOn(t.siteB)).find((f) => f.targetSeq > second.targetSeq), 60_000);
     expect(next2.kind).toBe("incremental");
     await expectSamePoint(t, next2, "incremental after the second resync");
+
+    // --- B forgets what it forwarded (its ledger lost the extension stream) while C holds points ---
+    await siteB.kill("SIGTERM");
+    forgetForwarding(t.siteB);
+    expect(await forwardedOn(t.siteB)).toEqual([]);
+    const hashes3 = new Map((await t.relationship("vm1", C)).points.map((p) => [p.pointId, sha256(p.disks[0]!.imagePath)]));
+    siteB = await t.startSite(t.siteB);
+    await t.vm.guestWrite("vda", ["write -P 0x41 28M 64k"]);
+    await pointAfterWrite();
+    // Extended again toward the same C: its Hello names no forwarded point, C holds some, so C asks for a resync.
+    await qreplica(["extend", "vm1", "--dir", t.siteB, "--to-dir", C]);
+    const third = await waitFor("B forwards a resync after forgetting", async () => (await forwardedOn(t.siteB)).find((f) => f.kind === "resync"), 60_000);
+    await expectSamePoint(t, third, "resync (B forgot)");
+    const sent3 = await expectResyncBytes(C, third, 64 * 1024, 2 * MiB);
+    const required = await readLedger(C, async (s) => (await s.readStream(relationshipStream("vm1"))).filter((e) => e.type === "ResyncRequired").at(-1));
+    expect(String(required?.data.reason)).toMatch(/holds no record of forwarding VM vm1 here/);
+    for (const [pointId, hash] of hashes3) {
+      const p = (await t.relationship("vm1", C)).points.find((x) => x.pointId === pointId);
+      expect(sha256(p!.disks[0]!.imagePath), `C's point ${pointId} after the third resync`).toBe(hash);
+    }
+    await t.vm.guestWrite("vda", ["write -P 0x42 30M 64k"]);
+    const next3 = await waitFor("an incremental after the third resync", async () => (await forwardedOn(t.siteB)).find((f) => f.targetSeq > third.targetSeq), 60_000);
+    expect(next3.kind).toBe("incremental");
+    await expectSamePoint(t, next3, "incremental after the third resync");
     const cState = await t.relationship("vm1", C);
     expect(cState.state).toBe("replicating");
     console.log(
-      `resync bytes (data/wire of ${DISK_BYTES} compared): connected ${sent1.dataBytes}/${sent1.wireBytes}, at Hello ${sent2.dataBytes}/${sent2.wireBytes}; ` +
+      `resync bytes (data/wire of ${DISK_BYTES} compared): connected ${sent1.dataBytes}/${sent1.wireBytes}, at Hello ${sent2.dataBytes}/${sent2.wireBytes}, B forgot ${sent3.dataBytes}/${sent3.wireBytes}; ` +
         resyncLogs.map((l) => `${JSON.stringify(l.ownHashes)} hash ${Math.round(l.hashMs)} ms, cycle ${l.ms} ms`).join("; "),
     );
   });
