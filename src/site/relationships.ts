@@ -246,18 +246,21 @@ export class Relationships {
   }
 
   /**
-   * A forwarding site builds each incremental on the point it last forwarded here; when this
-   * site's newest point is another (older points restored here, or the forwarder lost its record
-   * of what it sent), its changes would land on the wrong image: a resync by comparison instead.
+   * A forwarding site builds each incremental on the point it last forwarded here (its changes since
+   * then, which also cover any later point of its own this site committed without its record). When
+   * this site does not hold that point (older points restored here) or the forwarder names none
+   * while points are here (it lost its record), the changes would land on the wrong image: a
+   * resync by comparison instead.
    */
   private async recordForwardingMismatch(input: HelloInput, state: RelationshipState): Promise<RelationshipState> {
+    const id = input.forwardedPointId;
     const newest = state.points.at(-1);
-    if (input.forwardedPointId === undefined || !newest || newest.pointId === input.forwardedPointId || state.state !== "replicating") return state;
-    const reason = input.forwardedPointId
-      ? `site ${input.primarySiteId} last forwarded point ${input.forwardedPointId}, but this site's newest point of VM ${input.vmId} is ${newest.pointId}: resync by comparison against it`
+    if (id === undefined || !newest || state.state !== "replicating" || state.points.some((p) => p.pointId === id)) return state;
+    const reason = id
+      ? `site ${input.primarySiteId} last forwarded point ${id} of VM ${input.vmId} here, which this site does not hold (newest ${newest.pointId}): resync by comparison against it`
       : `site ${input.primarySiteId} holds no record of forwarding VM ${input.vmId} here, but this site holds its points (newest ${newest.pointId}): resync by comparison against it`;
     const { newState } = await this.exec(input.vmId, (s) => markResyncRequired(s, { reason }));
-    this.logger.warn({ vm: input.vmId, reason }, "the forwarding site's last point is not this site's newest: resync required");
+    this.logger.warn({ vm: input.vmId, reason }, "the forwarding site cannot build on this site's points: resync required");
     return newState;
   }
 

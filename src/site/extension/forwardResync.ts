@@ -3,7 +3,7 @@ import type { ChunkDigestName } from "../../common/chunkDigest.js";
 import type { Logger } from "../../common/logger.js";
 import { type ChecksumAlgorithm, Consistency, CycleKind } from "../../gen/qreplica/v1/common.js";
 import { RejectReason, ResumeHint, type HelloAck, type ReplicateResponse } from "../../gen/qreplica/v1/replication.js";
-import type { RecoveryPoint } from "../../ledger/index.js";
+import type { RecoveryPoint, RelationshipState } from "../../ledger/index.js";
 import type { ReplicaStorage } from "../../storage/index.js";
 import { digestFromWire, encodeExtentChunkRequest } from "../../transport/index.js";
 import { send, type ForwardStream, type Responses } from "./replicateClient.js";
@@ -35,6 +35,18 @@ export function forwardModeFrom(ack: HelloAck, target: { targetSiteId: string; v
     );
   }
   return "incremental";
+}
+
+/**
+ * The point last forwarded is no longer on this site (its ledger or storage restored from before
+ * it): no incremental can be cut above it, so the Hello reports the loss as an agent reports lost
+ * change tracking, and the third site asks for a resync.
+ */
+export function forwardingLost(rel: RelationshipState, last: { pointId: string } | undefined, siteId: string): Array<{ diskId: string; code: string; reason: string }> {
+  const newest = rel.points.at(-1);
+  if (!last || !newest || rel.points.some((p) => p.pointId === last.pointId)) return [];
+  const reason = `point ${last.pointId}, the last forwarded, is no longer on site ${siteId}: the changes since it cannot be told apart`;
+  return newest.disks.map((d) => ({ diskId: d.diskId, code: "FORWARDED_POINT_GONE", reason }));
 }
 
 /** This site's chunk hash index of a point's disk, copied (a point written next takes the index over and writes over it). */

@@ -11,7 +11,7 @@ import type { ExtensionLedger, ExtensionState, ExtensionTarget } from "./extensi
 import type { PrimaryStoppedInfo } from "../dataPlane/replicateSession.js";
 import { notStopped, relayPlannedFailover, type RelayContext } from "./plannedFailoverRelay.js";
 import { Responses, send, type ForwardStream } from "./replicateClient.js";
-import { copyOwnIndexes, forwardModeFrom, sendResyncCycle, type ForwardMode, type OwnIndex } from "./forwardResync.js";
+import { copyOwnIndexes, forwardingLost, forwardModeFrom, sendResyncCycle, type ForwardMode, type OwnIndex } from "./forwardResync.js";
 
 const PROTOCOL_VERSION = 1;
 const HELLO_TIMEOUT_MS = 30_000;
@@ -183,7 +183,7 @@ export class PointForwarder {
           supportedCodecs: [CompressionCodec.COMPRESSION_CODEC_ZSTD, CompressionCodec.COMPRESSION_CODEC_NONE],
           supportedChecksumAlgorithms: [ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256],
           vmSpecJson: Object.keys(rel.vmSpec).length ? JSON.stringify(rel.vmSpec) : "",
-          trackingLost: [],
+          trackingLost: forwardingLost(rel, this.state.forwarded.at(-1), this.deps.siteId),
           resyncMode: 0,
           // The digest of this site's chunk hash indexes first: a third site with the same one
           // compares with its index, and this site with its own (see forwardResync.ts).

@@ -416,9 +416,9 @@ export interface Hello {
   /**
    * Set (possibly empty) by a forwarding site: the third site's point it last forwarded, which it
    * builds its next incremental on; empty when it holds no record of one (its ledger lost them).
-   * A replica whose newest point is another one (it restored older points, or the forwarder
-   * forgot) records ResyncRequired and answers RESUME_HINT_RESYNC: the forwarder then sends its
-   * newest point as a resync by comparison. Unset by agents.
+   * A replica that does not hold that point (it restored older points) or holds points while the
+   * forwarder names none records ResyncRequired and answers RESUME_HINT_RESYNC: the forwarder
+   * then sends its newest point as a resync by comparison. Unset by agents.
    */
   forwardedPointId?: string | undefined;
 }
