@@ -6,6 +6,7 @@ import { RejectReason, ResumeHint, type HelloAck, type ReplicateResponse } from 
 import type { RecoveryPoint, RelationshipState } from "../../ledger/index.js";
 import type { ReplicaStorage } from "../../storage/index.js";
 import { digestFromWire, encodeExtentChunkRequest } from "../../transport/index.js";
+import type { ExtensionLedger, ExtensionState } from "./extensionLedger.js";
 import { send, type ForwardStream, type Responses } from "./replicateClient.js";
 
 const HASHES_TIMEOUT_MS = 10 * 60_000;
@@ -168,6 +169,58 @@ export async function sendResyncCycle(
       return out;
     }
   }
+}
+
+/**
+ * The newest point as a resync cycle, its chains held while it is read, and recorded as forwarded
+ * (kind "resync", with the bytes compared) once the third site acknowledged it.
+ */
+export async function forwardNewestAsResync(x: {
+  stream: ForwardStream;
+  responses: Responses;
+  pick: () => Promise<{ point: RecoveryPoint; indexes: Map<string, OwnIndex>; release: () => void }>;
+  afterRead: () => void;
+  storage: Pick<ReplicaStorage, "pointExtents" | "seedChunkHashes">;
+  ledger: ExtensionLedger;
+  logger: Logger;
+  cycle: ResyncCycle;
+}): Promise<ExtensionState> {
+  const started = Date.now();
+  const c = x.cycle;
+  const { point, indexes, release } = await x.pick();
+  let r: ResyncOutcome;
+  try {
+    r = await sendResyncCycle(x.stream, x.responses, x, point, indexes, c);
+  } finally {
+    release();
+    x.afterRead();
+  }
+  const state = await x.ledger.recordForwarded(c.vmId, {
+    pointId: point.pointId,
+    cutoffAt: point.cutoffAt,
+    targetPointId: r.recoveryPointId,
+    targetSeq: c.seq,
+    targetGeneration: c.generation,
+    kind: "resync",
+    dataBytes: r.totals.data,
+    wireBytes: r.totals.wire,
+    comparedBytes: r.comparedBytes,
+  });
+  x.logger.info(
+    {
+      vm: c.vmId,
+      point: point.pointId,
+      targetPoint: r.recoveryPointId,
+      seq: c.seq,
+      ...r.totals,
+      comparedBytes: r.comparedBytes,
+      ownHashes: r.ownHashes,
+      hashMs: Math.round(r.hashMs),
+      ms: Date.now() - started,
+    },
+    "point forwarded to the third site as a resync by comparison",
+  );
+  return state;
 }
 
 /** The third site's hashes of one disk, as they arrive after the CycleBegin (disks in its order). */

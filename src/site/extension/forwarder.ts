@@ -11,7 +11,7 @@ import type { ExtensionLedger, ExtensionState, ExtensionTarget } from "./extensi
 import type { PrimaryStoppedInfo } from "../dataPlane/replicateSession.js";
 import { notStopped, relayPlannedFailover, type RelayContext } from "./plannedFailoverRelay.js";
 import { Responses, send, type ForwardStream } from "./replicateClient.js";
-import { copyOwnIndexes, forwardingLost, forwardModeFrom, sendResyncCycle, type ForwardMode, type OwnIndex } from "./forwardResync.js";
+import { copyOwnIndexes, forwardingLost, forwardModeFrom, forwardNewestAsResync, type ForwardMode, type OwnIndex } from "./forwardResync.js";
 
 const PROTOCOL_VERSION = 1;
 const HELLO_TIMEOUT_MS = 30_000;
@@ -359,41 +359,16 @@ export class PointForwarder {
 
   /** A resync by comparison of this site's newest point against the third site's (see forwardResync.ts). */
   private async forwardResync(stream: ForwardStream, responses: Responses, c: { seq: number; generation: number; maxChunk: number; checksum: ChecksumAlgorithm }): Promise<void> {
-    const started = Date.now();
-    const { point, indexes, release } = await this.pick(true, true);
-    let r: Awaited<ReturnType<typeof sendResyncCycle>>;
-    try {
-      const cycle = { ...c, vmId: this.vmId, compressionLevel: this.compressionLevel };
-      r = await sendResyncCycle(stream, responses, { storage: this.deps.storage, logger: this.deps.logger }, point, indexes, cycle);
-    } finally {
-      release();
-      this.deps.afterRead(this.vmId);
-    }
-    this.state = await this.deps.ledger.recordForwarded(this.vmId, {
-      pointId: point.pointId,
-      cutoffAt: point.cutoffAt,
-      targetPointId: r.recoveryPointId,
-      targetSeq: c.seq,
-      targetGeneration: c.generation,
-      kind: "resync",
-      dataBytes: r.totals.data,
-      wireBytes: r.totals.wire,
-      comparedBytes: r.comparedBytes,
+    this.state = await forwardNewestAsResync({
+      stream,
+      responses,
+      pick: () => this.pick(true, true),
+      afterRead: () => this.deps.afterRead(this.vmId),
+      storage: this.deps.storage,
+      ledger: this.deps.ledger,
+      logger: this.deps.logger,
+      cycle: { ...c, vmId: this.vmId, compressionLevel: this.compressionLevel },
     });
-    this.deps.logger.info(
-      {
-        vm: this.vmId,
-        point: point.pointId,
-        targetPoint: r.recoveryPointId,
-        seq: c.seq,
-        ...r.totals,
-        comparedBytes: r.comparedBytes,
-        ownHashes: r.ownHashes,
-        hashMs: Math.round(r.hashMs),
-        ms: Date.now() - started,
-      },
-      "point forwarded to the third site as a resync by comparison",
-    );
   }
 
   private usePolicy(p: EffectivePolicy | undefined): void {
