@@ -2,7 +2,7 @@ import type { ClientDuplexStream } from "@grpc/grpc-js";
 import type { Logger } from "../../src/common/logger.js";
 import { type ChecksumAlgorithm, Consistency, CycleKind } from "../../src/gen/qreplica/v1/common.js";
 import type { RejectReason, ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
-import { encodeExtentChunkRequest, writeWithBackpressure, type OutgoingReplicateRequest } from "../../src/transport/index.js";
+import { encodeExtentChunkRequest, sendOnReplicate, type OutgoingReplicateRequest } from "../../src/transport/index.js";
 import { getCodec } from "../../src/codec/index.js";
 import { SnapshotBrokenError, type CaptureCycle } from "../capture/index.js";
 import type { ResponseQueue } from "./responseQueue.js";
@@ -25,8 +25,7 @@ export class CycleRefusedError extends Error {
 
 /** A write that fails as soon as the stream does, instead of waiting for a drain that never comes. */
 export function send(stream: ReplicateStream, responses: ResponseQueue, message: OutgoingReplicateRequest): Promise<void> {
-  // A few chunks queued beyond the HTTP/2 window keep the link busy; more only cost memory.
-  return Promise.race([writeWithBackpressure(stream, message, { maxUnwritten: 4 }), responses.failed]);
+  return sendOnReplicate(stream, responses, message);
 }
 
 export interface CycleSenderOptions {

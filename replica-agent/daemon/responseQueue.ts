@@ -1,22 +1,16 @@
 import type { ClientDuplexStream } from "@grpc/grpc-js";
 import type { PlannedFailoverRequested, PolicyChanged, ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
+import { ReplicateResponses, type OutgoingReplicateRequest } from "../../src/transport/index.js";
 
 /** What an operator told the agent over the open stream (pause, resume, resync). */
 export type Notice = Extract<NonNullable<ReplicateResponse["body"]>, { $case: "resyncRequested" | "replicationPaused" | "replicationResumed" }>;
-import type { OutgoingReplicateRequest } from "../../src/transport/index.js";
 
-/** Responses of a Replicate stream, awaited one at a time; the stream's end or error fails the waiters. */
+/**
+ * The replica site's answers on the agent's Replicate stream (ReplicateResponses), with what the
+ * site pushes unasked routed here: a changed policy, an operator's notices, a planned failover.
+ */
 export class ResponseQueue {
-  private readonly items: ReplicateResponse[] = [];
-  private waiter: { resolve(r: ReplicateResponse): void; reject(e: Error): void } | undefined;
-  private ended: Error | undefined;
-  private markFailed!: (err: Error) => void;
-  /**
-   * Rejects once the stream has ended or failed. A write racing it cannot hang: grpc-js does not
-   * destroy the writable side when the call fails, so a pending 'drain' would never come.
-   */
-  readonly failed: Promise<never> = new Promise<never>((_resolve, reject) => (this.markFailed = reject));
-
+  private readonly replies: ReplicateResponses;
   private markPlanned!: (r: PlannedFailoverRequested) => void;
   /** Resolves when the replica site asks for a planned failover; unrelated to the request/answer flow. */
   readonly plannedFailover: Promise<PlannedFailoverRequested> = new Promise((resolve) => (this.markPlanned = resolve));
@@ -30,42 +24,19 @@ export class ResponseQueue {
     /** A changed effective policy pushed by the site: applied at the next cycle, never a reply to anything. */
     onPolicy: (p: PolicyChanged) => void = () => undefined,
   ) {
-    stream.on("data", (r: ReplicateResponse) => {
-      if (r.body?.$case === "policyChanged") {
-        onPolicy(r.body.value);
-        return;
-      }
-      if (r.body?.$case === "plannedFailoverRequested") {
-        this.markPlanned(r.body.value);
-        return;
-      }
+    this.replies = new ReplicateResponses(stream, "the replica site", (r) => {
       const body = r.body;
-      if (body?.$case === "resyncRequested" || body?.$case === "replicationPaused" || body?.$case === "replicationResumed") {
-        this.notices.push(body);
-        const w = this.noticeWaiter;
-        this.noticeWaiter = undefined;
-        this.noticePending = undefined;
-        w?.();
-        return;
-      }
-      if (this.waiter) {
-        const w = this.waiter;
-        this.waiter = undefined;
-        w.resolve(r);
-      } else {
-        this.items.push(r);
-      }
+      if (body?.$case === "policyChanged") onPolicy(body.value);
+      else if (body?.$case === "plannedFailoverRequested") this.markPlanned(body.value);
+      else if (body?.$case === "resyncRequested" || body?.$case === "replicationPaused" || body?.$case === "replicationResumed") this.noticeCame(body);
+      else return false;
+      return true;
     });
-    this.failed.catch(() => undefined);
-    const end = (err: Error) => {
-      this.ended ??= err;
-      this.markFailed(this.ended);
-      const w = this.waiter;
-      this.waiter = undefined;
-      w?.reject(this.ended);
-    };
-    stream.on("error", (err: Error) => end(err));
-    stream.on("end", () => end(new Error("the replica site closed the stream")));
+  }
+
+  /** Rejects once the stream has ended or failed (see ReplicateResponses.failed). */
+  get failed(): Promise<never> {
+    return this.replies.failed;
   }
 
   /** The oldest operator notice not yet handled. */
@@ -83,28 +54,18 @@ export class ResponseQueue {
 
   /** A response that arrived already, without waiting (e.g. a rejection while chunks are sent). */
   poll(): ReplicateResponse | undefined {
-    return this.items.shift();
+    return this.replies.poll();
   }
 
   next(timeoutMs: number): Promise<ReplicateResponse> {
-    const ready = this.items.shift();
-    if (ready) return Promise.resolve(ready);
-    if (this.ended) return Promise.reject(this.ended);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.waiter = undefined;
-        reject(new Error(`no answer from the replica site within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.waiter = {
-        resolve: (r) => {
-          clearTimeout(timer);
-          resolve(r);
-        },
-        reject: (e) => {
-          clearTimeout(timer);
-          reject(e);
-        },
-      };
-    });
+    return this.replies.next(timeoutMs);
+  }
+
+  private noticeCame(notice: Notice): void {
+    this.notices.push(notice);
+    const w = this.noticeWaiter;
+    this.noticeWaiter = undefined;
+    this.noticePending = undefined;
+    w?.();
   }
 }

@@ -27,6 +27,7 @@ export { CONNECTION_WINDOW_BYTES, FlowControlSetupError, STREAM_WINDOW_BYTES, wi
 export { EncodedReplicateRequest, ReplicationClient, serializeReplicateRequest, type OutgoingReplicateRequest } from "./replicateWire.js";
 export { digestFromWire, digestToWire, pickResyncDigest } from "./resyncDigests.js";
 export { StreamClosedError, untilWritten, writeWithBackpressure, type BackpressureWritable, type WriteOptions } from "./backpressure.js";
+export { ReplicateResponses, sendOnReplicate, type ReplicateClientStream } from "./replicateResponses.js";
 export { Uint64RangeError, toUint64, toWireGeneration, uint64ToSafeNumber } from "./uint64.js";
 export {
   certificateIdentity,

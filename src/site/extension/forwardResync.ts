@@ -1,16 +1,15 @@
-import { getCodec } from "../../codec/index.js";
 import type { ChunkDigestName } from "../../common/chunkDigest.js";
 import type { Logger } from "../../common/logger.js";
-import { type ChecksumAlgorithm, Consistency, CycleKind } from "../../gen/qreplica/v1/common.js";
-import { RejectReason, ResumeHint, type HelloAck, type ReplicateResponse } from "../../gen/qreplica/v1/replication.js";
+import { type ChecksumAlgorithm, CycleKind } from "../../gen/qreplica/v1/common.js";
+import { RejectReason, ResumeHint, type HelloAck } from "../../gen/qreplica/v1/replication.js";
 import type { RecoveryPoint, RelationshipState } from "../../ledger/index.js";
 import type { ReplicaStorage } from "../../storage/index.js";
-import { digestFromWire, encodeExtentChunkRequest } from "../../transport/index.js";
+import { digestFromWire } from "../../transport/index.js";
 import type { ExtensionLedger, ExtensionState } from "./extensionLedger.js";
-import { send, type ForwardStream, type Responses } from "./replicateClient.js";
+import { endCycle, noTotals, sendCycleBegin, sendDiskExtents, type ForwardCycle } from "./forwardCycle.js";
+import type { ForwardStream, Responses } from "./replicateClient.js";
 
 const HASHES_TIMEOUT_MS = 10 * 60_000;
-const ACK_TIMEOUT_MS = 10 * 60_000;
 
 /** What a forwarder sends next on a stream. "wait": the third site's operator approves a resync first. */
 export type ForwardMode = "full" | "incremental" | "resync" | "wait";
@@ -101,30 +100,16 @@ export async function sendResyncCycle(
   indexes: Map<string, OwnIndex>,
   c: ResyncCycle,
 ): Promise<ResyncOutcome> {
-  const gen = BigInt(c.generation);
-  const seq = BigInt(c.seq);
-  const out: ResyncOutcome = { recoveryPointId: "", totals: { extents: 0, data: 0, zero: 0, wire: 0 }, comparedBytes: 0, ownHashes: {}, hashMs: 0 };
-  await send(stream, responses, {
-    body: {
-      $case: "cycleBegin",
-      value: {
-        vmId: c.vmId,
-        generation: gen,
-        cycleSequence: seq,
-        kind: CycleKind.CYCLE_KIND_RESYNC,
-        cutoffTime: new Date(point.cutoffAt),
-        consistency: point.consistency === "application" ? Consistency.CONSISTENCY_APPLICATION : Consistency.CONSISTENCY_CRASH,
-        disks: point.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeBytes) })),
-        quiesceFailure: "",
-        plannedBytes: BigInt(point.disks.reduce((n, d) => n + d.sizeBytes, 0)),
-        groupId: "",
-        groupCutoffId: "",
-        groupMembers: [],
-        groupPauseMs: 0,
-      },
-    },
-  });
-  const codec = getCodec("zstd");
+  const cycle: ForwardCycle = { ...c, what: "resync" };
+  const out: ResyncOutcome = { recoveryPointId: "", totals: noTotals(), comparedBytes: 0, ownHashes: {}, hashMs: 0 };
+  await sendCycleBegin(
+    stream,
+    responses,
+    cycle,
+    point,
+    CycleKind.CYCLE_KIND_RESYNC,
+    point.disks.reduce((n, d) => n + d.sizeBytes, 0),
+  );
   for (const disk of point.disks) {
     const theirs = await theirHashes(responses, disk.diskId, c.seq);
     const started = performance.now();
@@ -135,40 +120,10 @@ export async function sendResyncCycle(
     out.hashMs += performance.now() - started;
     const ranges = differingRanges(ours, theirs.hashes, theirs.chunkBytes, disk.sizeBytes);
     out.comparedBytes += disk.sizeBytes;
-    for await (const extent of x.storage.pointExtents(disk.imagePath, { ranges, pieceBytes: c.maxChunk })) {
-      const early = responses.poll();
-      if (early) throwIfRejected(early, c.seq, x.logger, c.vmId);
-      const chunk = encodeExtentChunkRequest(extent, { generation: c.generation, cycleSeq: c.seq, diskId: disk.diskId, codec, level: c.compressionLevel, checksum: c.checksum });
-      out.totals.extents++;
-      if (extent.kind === "data") out.totals.data += extent.length;
-      else out.totals.zero += extent.length;
-      out.totals.wire += chunk.wireBytes;
-      await send(stream, responses, chunk.request);
-    }
+    await sendDiskExtents(stream, responses, cycle, disk.diskId, x.storage.pointExtents(disk.imagePath, { ranges, pieceBytes: c.maxChunk }), out.totals, x.logger);
   }
-  const t = out.totals;
-  await send(stream, responses, {
-    body: {
-      $case: "cycleEnd",
-      value: {
-        generation: gen,
-        cycleSequence: seq,
-        extentCount: BigInt(t.extents),
-        dataBytes: BigInt(t.data),
-        zeroBytes: BigInt(t.zero),
-        wireBytes: BigInt(t.wire),
-        comparedBytes: BigInt(out.comparedBytes),
-      },
-    },
-  });
-  for (;;) {
-    const r = await responses.next(ACK_TIMEOUT_MS);
-    throwIfRejected(r, c.seq, x.logger, c.vmId);
-    if (r.body?.$case === "cycleAck" && r.body.value.cycleSequence === seq) {
-      out.recoveryPointId = r.body.value.recoveryPointId;
-      return out;
-    }
-  }
+  out.recoveryPointId = (await endCycle(stream, responses, cycle, out.totals, x.logger, out.comparedBytes)).recoveryPointId;
+  return out;
 }
 
 /**
@@ -276,12 +231,4 @@ export function differingRanges(ours: readonly Buffer[], theirs: readonly Buffer
     else ranges.push({ offset, length });
   }
   return ranges;
-}
-
-function throwIfRejected(r: ReplicateResponse, seq: number, logger: Logger, vmId: string): void {
-  const body = r.body;
-  if (body?.$case === "cycleRejected" && Number(body.value.cycleSequence) === seq) {
-    throw new Error(`the third site refused resync cycle ${seq} (${RejectReason[body.value.reason]}): ${body.value.message}`);
-  }
-  if (body?.$case === "chunkRejected") logger.warn({ vm: vmId, seq, message: body.value.message }, "chunk refused by the third site");
 }

@@ -1,21 +1,20 @@
 import { setTimeout as sleep } from "node:timers/promises";
-import { getCodec } from "../../codec/index.js";
 import { errorMessage } from "../../common/errors.js";
 import type { Logger } from "../../common/logger.js";
-import { ChecksumAlgorithm, CompressionCodec, Consistency, CycleKind } from "../../gen/qreplica/v1/common.js";
-import { ChunkDigest, RejectReason, type EffectivePolicy, type HelloAck, type ReplicateResponse } from "../../gen/qreplica/v1/replication.js";
+import { ChecksumAlgorithm, CompressionCodec, CycleKind } from "../../gen/qreplica/v1/common.js";
+import { ChunkDigest, RejectReason, type CycleAck, type EffectivePolicy, type HelloAck } from "../../gen/qreplica/v1/replication.js";
 import type { RecoveryPoint, RelationshipState } from "../../ledger/index.js";
 import type { ReplicaStorage } from "../../storage/index.js";
-import { ReplicationClient, currentCredentials, digestToWire, encodeExtentChunkRequest, siteDial, type SiteCredentials } from "../../transport/index.js";
+import { ReplicationClient, currentCredentials, digestToWire, siteDial, type SiteCredentials } from "../../transport/index.js";
 import type { ExtensionLedger, ExtensionState, ExtensionTarget } from "./extensionLedger.js";
 import type { PrimaryStoppedInfo } from "../dataPlane/replicateSession.js";
 import { notStopped, relayPlannedFailover, type RelayContext } from "./plannedFailoverRelay.js";
 import { Responses, send, type ForwardStream } from "./replicateClient.js";
+import { endCycle, noTotals, sendCycleBegin, sendDiskExtents, type ForwardCycle } from "./forwardCycle.js";
 import { copyOwnIndexes, forwardingLost, forwardModeFrom, forwardNewestAsResync, type ForwardMode, type OwnIndex } from "./forwardResync.js";
 
 const PROTOCOL_VERSION = 1;
 const HELLO_TIMEOUT_MS = 30_000;
-const ACK_TIMEOUT_MS = 10 * 60_000;
 /** How often a forwarder looks for a newer committed point. */
 const POLL_MS = 500;
 /** Data extents go in pieces of at most this (the receiver may accept more; 1 MiB keeps memory flat). */
@@ -288,55 +287,15 @@ export class PointForwarder {
   ): Promise<void> {
     const started = Date.now();
     const { point, depth, release } = await this.pick(c.full);
-    const gen = BigInt(c.generation);
-    const seq = BigInt(c.seq);
-    let totals = { extents: 0, data: 0, zero: 0, wire: 0 };
-    let ack: Extract<ReplicateResponse["body"], { $case: "cycleAck" }>["value"];
+    const cycle: ForwardCycle = { vmId: this.vmId, generation: c.generation, seq: c.seq, checksum: c.checksum, compressionLevel: this.compressionLevel, what: "forwarded" };
+    const totals = noTotals();
+    let ack: CycleAck;
     try {
-      await send(stream, responses, {
-        body: {
-          $case: "cycleBegin",
-          value: {
-            vmId: this.vmId,
-            generation: gen,
-            cycleSequence: seq,
-            kind: c.full ? CycleKind.CYCLE_KIND_INITIAL : CycleKind.CYCLE_KIND_INCREMENTAL,
-            cutoffTime: new Date(point.cutoffAt),
-            consistency: point.consistency === "application" ? Consistency.CONSISTENCY_APPLICATION : Consistency.CONSISTENCY_CRASH,
-            disks: point.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeBytes) })),
-            quiesceFailure: "",
-            plannedBytes: 0n,
-            // A consistency group is the primary agent's; C gets each member's points on their own.
-            groupId: "",
-            groupCutoffId: "",
-            groupMembers: [],
-            groupPauseMs: 0,
-          },
-        },
-      });
-      totals = await this.sendExtents(stream, responses, point, depth, c);
-      await send(stream, responses, {
-        body: {
-          $case: "cycleEnd",
-          value: {
-            generation: gen,
-            cycleSequence: seq,
-            extentCount: BigInt(totals.extents),
-            dataBytes: BigInt(totals.data),
-            zeroBytes: BigInt(totals.zero),
-            wireBytes: BigInt(totals.wire),
-            comparedBytes: 0n,
-          },
-        },
-      });
-      for (;;) {
-        const r = await responses.next(ACK_TIMEOUT_MS);
-        this.throwIfRejected(r, c.seq);
-        if (r.body?.$case === "cycleAck" && r.body.value.cycleSequence === seq) {
-          ack = r.body.value;
-          break;
-        }
+      await sendCycleBegin(stream, responses, cycle, point, c.full ? CycleKind.CYCLE_KIND_INITIAL : CycleKind.CYCLE_KIND_INCREMENTAL);
+      for (const disk of point.disks) {
+        await sendDiskExtents(stream, responses, cycle, disk.diskId, this.deps.storage.pointExtents(disk.imagePath, { depth, pieceBytes: c.maxChunk }), totals, this.deps.logger);
       }
+      ack = await endCycle(stream, responses, cycle, totals, this.deps.logger);
     } finally {
       release();
       this.deps.afterRead(this.vmId);
@@ -374,45 +333,5 @@ export class PointForwarder {
   private usePolicy(p: EffectivePolicy | undefined): void {
     this.policyIntervalSeconds = policyInterval(p);
     this.compressionLevel = p?.compressionLevel || 1;
-  }
-
-  /** The point's disks as checksummed zstd chunks (whole, or the top `depth` overlays); their totals. */
-  private async sendExtents(
-    stream: ForwardStream,
-    responses: Responses,
-    point: RecoveryPoint,
-    depth: number | undefined,
-    c: { seq: number; generation: number; maxChunk: number; checksum: ChecksumAlgorithm },
-  ): Promise<{ extents: number; data: number; zero: number; wire: number }> {
-    const totals = { extents: 0, data: 0, zero: 0, wire: 0 };
-    const codec = getCodec("zstd");
-    for (const disk of point.disks) {
-      for await (const extent of this.deps.storage.pointExtents(disk.imagePath, { depth, pieceBytes: c.maxChunk })) {
-        const early = responses.poll();
-        if (early) this.throwIfRejected(early, c.seq);
-        const chunk = encodeExtentChunkRequest(extent, {
-          generation: c.generation,
-          cycleSeq: c.seq,
-          diskId: disk.diskId,
-          codec,
-          level: this.compressionLevel,
-          checksum: c.checksum,
-        });
-        totals.extents++;
-        if (extent.kind === "data") totals.data += extent.length;
-        else totals.zero += extent.length;
-        totals.wire += chunk.wireBytes;
-        await send(stream, responses, chunk.request);
-      }
-    }
-    return totals;
-  }
-
-  private throwIfRejected(r: ReplicateResponse, seq: number): void {
-    const body = r.body;
-    if (body?.$case === "cycleRejected" && Number(body.value.cycleSequence) === seq) {
-      throw new Error(`the third site refused forwarded cycle ${seq} (${RejectReason[body.value.reason]}): ${body.value.message}`);
-    }
-    if (body?.$case === "chunkRejected") this.deps.logger.warn({ vm: this.vmId, seq, message: body.value.message }, "chunk refused by the third site");
   }
 }

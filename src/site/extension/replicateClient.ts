@@ -1,20 +1,13 @@
-import type { ClientDuplexStream } from "@grpc/grpc-js";
 import type { EffectivePolicy, ReplicateResponse } from "../../gen/qreplica/v1/replication.js";
-import { writeWithBackpressure, type OutgoingReplicateRequest } from "../../transport/index.js";
+import { ReplicateResponses, sendOnReplicate, type OutgoingReplicateRequest, type ReplicateClientStream } from "../../transport/index.js";
 
-export type ForwardStream = ClientDuplexStream<OutgoingReplicateRequest, ReplicateResponse>;
+export type ForwardStream = ReplicateClientStream;
 
 /**
- * The third site's answers on one Replicate stream, in order; a broken stream fails every wait.
- * (The agent's ResponseQueue does the same for a primary; site code may not import the agent.)
+ * The third site's answers on one Replicate stream, in order (ReplicateResponses, as an agent
+ * has them), with the pushes a forwarder acts on routed to its hooks.
  */
-export class Responses {
-  private readonly items: ReplicateResponse[] = [];
-  private waiter: { resolve(r: ReplicateResponse): void; reject(e: Error): void } | undefined;
-  private ended: Error | undefined;
-  /** Rejects once the stream fails or ends. */
-  readonly failed: Promise<never>;
-
+export class Responses extends ReplicateResponses {
   /**
    * `onPlannedFailover`: the third site asked for a planned failover (the forwarder has the
    * primary's agent stop the VM, see plannedFailoverRelay.ts); `onPolicy`: the third site's policy for the VM changed (its frequency bounds forwarding);
@@ -24,62 +17,20 @@ export class Responses {
     stream: ForwardStream,
     hooks: { onPlannedFailover?: (powerdownTimeoutSeconds: number) => void; onPolicy?: (p: EffectivePolicy | undefined) => void; onResyncRequested?: () => void } = {},
   ) {
-    let fail!: (e: Error) => void;
-    this.failed = new Promise<never>((_, reject) => (fail = reject));
-    this.failed.catch(() => undefined);
-    stream.on("data", (r: ReplicateResponse) => {
-      // Pushes a forwarder has no use for (its policy and notices are B's to follow, not C's).
-      if (r.body?.$case === "policyChanged") return hooks.onPolicy?.(r.body.value.policy);
+    super(stream, "the third site", (r: ReplicateResponse) => {
+      const body = r.body;
+      if (body?.$case === "policyChanged") hooks.onPolicy?.(body.value.policy);
       // An operator's resync at the third site: the next forward compares (onResyncRequested).
-      if (r.body?.$case === "resyncRequested") return hooks.onResyncRequested?.();
-      if (r.body?.$case === "replicationPaused" || r.body?.$case === "replicationResumed") return;
-      if (r.body?.$case === "plannedFailoverRequested") return hooks.onPlannedFailover?.(r.body.value.powerdownTimeoutSeconds);
-      if (this.waiter) {
-        const w = this.waiter;
-        this.waiter = undefined;
-        w.resolve(r);
-      } else this.items.push(r);
-    });
-    const end = (err: Error) => {
-      if (this.ended) return;
-      this.ended = err;
-      fail(err);
-      this.waiter?.reject(err);
-      this.waiter = undefined;
-    };
-    stream.on("error", (err: Error) => end(err));
-    stream.on("end", () => end(new Error("the third site ended the Replicate stream")));
-  }
-
-  /** An answer already received, without waiting. */
-  poll(): ReplicateResponse | undefined {
-    return this.items.shift();
-  }
-
-  next(timeoutMs: number): Promise<ReplicateResponse> {
-    const queued = this.items.shift();
-    if (queued) return Promise.resolve(queued);
-    if (this.ended) return Promise.reject(this.ended);
-    return new Promise<ReplicateResponse>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.waiter = undefined;
-        reject(new Error(`the third site did not answer within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.waiter = {
-        resolve: (r) => {
-          clearTimeout(timer);
-          resolve(r);
-        },
-        reject: (e) => {
-          clearTimeout(timer);
-          reject(e);
-        },
-      };
+      else if (body?.$case === "resyncRequested") hooks.onResyncRequested?.();
+      else if (body?.$case === "plannedFailoverRequested") hooks.onPlannedFailover?.(body.value.powerdownTimeoutSeconds);
+      // Pauses are the third site's to enforce (it refuses cycles); the forwarder has nothing to stop.
+      else if (body?.$case !== "replicationPaused" && body?.$case !== "replicationResumed") return false;
+      return true;
     });
   }
 }
 
 /** A write that fails as soon as the stream does, instead of waiting for a drain that never comes. */
 export function send(stream: ForwardStream, responses: Responses, message: OutgoingReplicateRequest): Promise<void> {
-  return Promise.race([writeWithBackpressure(stream, message, { maxUnwritten: 4 }), responses.failed]);
+  return sendOnReplicate(stream, responses, message);
 }
