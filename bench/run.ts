@@ -1,3 +1,4 @@
+import { loadavg } from "node:os";
 import { writeFileSync } from "node:fs";
 import { Command } from "commander";
 import { captureRead } from "./captureRead.js";
@@ -46,6 +47,7 @@ const program = new Command()
 const opts = program.opts<{ json?: string; quick: boolean; only?: string }>();
 const selected = opts.only ? opts.only.split(",") : Object.keys(benchmarks);
 const results: BenchResult[] = [];
+const runStarted = Date.now();
 for (const name of selected) {
   const bench = benchmarks[name];
   if (!bench) {
@@ -60,6 +62,12 @@ for (const name of selected) {
   }
   console.error(`[${name}] done in ${((Date.now() - started) / 1000).toFixed(1)} s`);
 }
+// The issue's bound is on the whole run (under 20 minutes on a 2-core machine): said, not summed by hand.
+console.error(
+  `[bench] ${selected.length} benchmarks done in ${((Date.now() - runStarted) / 1000).toFixed(1)} s (load average ${loadavg()
+    .map((l) => l.toFixed(1))
+    .join(", ")})`,
+);
 if (opts.json) {
   const json = Object.fromEntries(results.map((r) => [r.name, { value: r.value, unit: r.unit, baseline: r.baseline, ratio: r.ratio }]));
   writeFileSync(opts.json, JSON.stringify(json, null, 2) + "\n");
