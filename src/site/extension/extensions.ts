@@ -60,7 +60,9 @@ export class Extensions {
     this.forwarders.delete(vmId);
     this.followErrors.delete(vmId);
     // The failover VM's agent toward the third site ends too (the VM then has no replica).
-    if (state.followed && (await this.deps.loadRelationship(vmId)).state === "failed-over") await this.follow.failovers.stopReplicationAgent(vmId);
+    // Whether or not the ledger has its FailoverFollowed yet (the site may have died between starting
+    // the agent and recording it): a failed-over VM's only agent here is this one.
+    if ((await this.deps.loadRelationship(vmId)).state === "failed-over") await this.follow.failovers.stopReplicationAgent(vmId);
     this.states.set(vmId, state);
     return state;
   }

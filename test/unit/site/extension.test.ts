@@ -1,11 +1,11 @@
 import { describe, expect, it } from "vitest";
-import { getInMemoryEventStore } from "../../../src/ledger/index.js";
+import { completeFailover, getInMemoryEventStore } from "../../../src/ledger/index.js";
 import { nextMerge } from "../../../src/site/retention.js";
 import { ExtensionLedger, extensionStream } from "../../../src/site/extension/extensionLedger.js";
 import { Extensions } from "../../../src/site/extension/extensions.js";
 import { silentLogger } from "../../../src/common/logger.js";
 import type { SiteCredentials } from "../../../src/transport/index.js";
-import { enabled, fold, incremental, initialCommitted, initialStarted } from "../ledgerDomain/fixtures.js";
+import { enabled, failedOverUnplanned, fold, incremental, initialCommitted, initialStarted, run } from "../ledgerDomain/fixtures.js";
 
 const VM = "web1";
 const upTo = (n: number) => [enabled, initialStarted, initialCommitted, ...Array.from({ length: n - 1 }, (_, i) => incremental(i + 2))];
@@ -101,5 +101,33 @@ describe("extended replication: the ledger's record and what retention keeps for
     } finally {
       await started.close();
     }
+  });
+
+  it("extend --stop on a failed-over VM ends its agent even when the ledger has no FailoverFollowed (the site died before recording it)", async () => {
+    const ledger = new ExtensionLedger(getInMemoryEventStore());
+    const stoppedAgents: string[] = [];
+    const completed = run(fold(VM, enabled, initialStarted, initialCommitted, incremental(2), failedOverUnplanned()), (s) => completeFailover(s));
+    const ext = new Extensions(
+      {
+        siteId: "site-b",
+        loadRelationship: async () => completed,
+        storage: { holdChains: () => () => undefined, pointExtents: () => (async function* () {})() },
+        serialized: (_vm, fn) => fn(),
+        afterRead: () => undefined,
+        stopPrimary: () => Promise.reject(new Error("no primary in this test")),
+        tls: {} as SiteCredentials,
+        logger: silentLogger,
+      },
+      ledger,
+      {
+        failovers: { ...noFailovers, stopReplicationAgent: async (vmId: string) => void stoppedAgents.push(vmId) },
+        tlsFiles: { caFile: "ca.crt", certFile: "site-b.crt", keyFile: "site-b.key" },
+      },
+    );
+    await ledger.configure(VM, target, admin);
+    expect((await ledger.load(VM)).followed).toBeUndefined();
+    await ext.stop(VM, admin);
+    expect(stoppedAgents).toEqual([VM]);
+    await ext.close();
   });
 });

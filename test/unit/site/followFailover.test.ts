@@ -17,7 +17,7 @@ const target = { targetAddress: "127.0.0.1:7443", targetSiteId: "site-c", interv
 const waiting = fold(VM, enabled, initialStarted, initialCommitted, incremental(2), failedOverUnplanned());
 const completed = run(waiting, (s) => completeFailover(s));
 
-function deps(rel: RelationshipState, vm: { released: boolean } | undefined) {
+function deps(rel: RelationshipState, vm: { released: boolean; agentStopped?: boolean } | undefined) {
   const started: ReverseAgentOptions[] = [];
   const store = getInMemoryEventStore();
   const ledger = new ExtensionLedger(store);
@@ -25,7 +25,7 @@ function deps(rel: RelationshipState, vm: { released: boolean } | undefined) {
     siteId: "site-b",
     loadRelationship: async () => rel,
     failovers: {
-      failoverVmOf: () => vm,
+      failoverVmOf: () => vm && { released: vm.released, agentStopped: vm.agentStopped ?? false },
       releaseFailedOverVm: async () => ({ qmpSocket: "/run/b/web1.qmp" }),
       startReverseAgent: (o) => {
         started.push(o);
@@ -97,5 +97,15 @@ describe("followFailover", () => {
     await none.ledger.configure(VM, target, admin);
     await expect(followFailover(none.d, await none.ledger.load(VM))).rejects.toThrow(FollowFailoverError);
     await expect(followFailover(none.d, await none.ledger.load(VM))).rejects.toThrow(/no failover VM runs here/);
+  });
+
+  it("an agent stopped by 'extend --stop' left the monitor free: extending again starts a new one, above its generation", async () => {
+    const { d, started, ledger } = deps(completed, { released: true, agentStopped: true });
+    await ledger.configure(VM, target, admin);
+    await ledger.recordFollowed(VM, { generation: 2, targetGeneration: 4, reason: "x", agentPid: 1 });
+    const after = await followFailover(d, await ledger.load(VM));
+    expect(started).toHaveLength(1);
+    expect(started[0]).toMatchObject({ generation: 5, replicaSiteId: "site-c" });
+    expect(after?.followed).toMatchObject({ targetGeneration: 5, agentPid: 4242 });
   });
 });
