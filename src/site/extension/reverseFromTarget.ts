@@ -38,6 +38,14 @@ export async function prepareReverseFromTarget(ctx: SiteContext, caller: Caller,
         `only ${forwardedTo}, the site it forwarded them to, may reverse onto it, not ${req.primarySiteId}`,
     );
   }
+  // The site id above is only the request's label: the identity that becomes the primary (and is
+  // authorized here) must be that site's own, the one the forwarder pinned when it dialled it.
+  if (req.primaryIdentity !== forwardedTo) {
+    throw new ReverseFromTargetRefusedError(
+      `site ${ctx.siteId} forwarded VM ${req.vmId} to site ${forwardedTo}, whose certificate identity is '${forwardedTo}': the reverse names '${req.primaryIdentity}' as the new primary; ` +
+        `run 'qreplica reverse ${req.vmId}' against site ${forwardedTo} itself, which sends its own identity`,
+    );
+  }
   if (req.seeds.length > 0) {
     throw new ReverseFromTargetRefusedError(
       `site ${ctx.siteId} holds VM ${req.vmId}'s points: the first cycle compares the new primary's disk with its newest point; give no --seed`,
