@@ -25,6 +25,8 @@ export class Extensions {
   private readonly forwarders = new Map<string, PointForwarder>();
   /** Why the failover VM of a VM is not replicated on (FollowFailoverError), until it is. */
   private readonly followErrors = new Map<string, string>();
+  /** One change at a time per VM: two at once would each start a forwarder or an agent, one left unsupervised. */
+  private readonly changing = new Map<string, Promise<unknown>>();
   private closed = false;
 
   constructor(
@@ -45,7 +47,11 @@ export class Extensions {
     }
   }
 
-  async configure(vmId: string, target: ExtensionTarget, caller: Caller): Promise<ExtensionState> {
+  configure(vmId: string, target: ExtensionTarget, caller: Caller): Promise<ExtensionState> {
+    return this.exclusive(vmId, () => this.configureNow(vmId, target, caller));
+  }
+
+  private async configureNow(vmId: string, target: ExtensionTarget, caller: Caller): Promise<ExtensionState> {
     const state = await this.ledger.configure(vmId, target, caller);
     await this.forwarders.get(vmId)?.stop();
     this.forwarders.delete(vmId);
@@ -54,7 +60,11 @@ export class Extensions {
     return this.current(vmId) ?? state;
   }
 
-  async stop(vmId: string, caller: Caller): Promise<ExtensionState> {
+  stop(vmId: string, caller: Caller): Promise<ExtensionState> {
+    return this.exclusive(vmId, () => this.stopNow(vmId, caller));
+  }
+
+  private async stopNow(vmId: string, caller: Caller): Promise<ExtensionState> {
     const state = await this.ledger.stop(vmId, caller);
     await this.forwarders.get(vmId)?.stop();
     this.forwarders.delete(vmId);
@@ -76,12 +86,14 @@ export class Extensions {
    * A failover of the VM completed here: the failover VM is the VM now, and it replicates on to the
    * extended replica with an agent instead of the forwarder (see followFailover).
    */
-  async failoverCompleted(vmId: string): Promise<void> {
-    const state = this.current(vmId);
-    if (!state?.target) return;
-    await this.forwarders.get(vmId)?.stop();
-    this.forwarders.delete(vmId);
-    await this.run(state);
+  failoverCompleted(vmId: string): Promise<void> {
+    return this.exclusive(vmId, async () => {
+      const state = this.current(vmId);
+      if (!state?.target) return;
+      await this.forwarders.get(vmId)?.stop();
+      this.forwarders.delete(vmId);
+      await this.run(state);
+    });
   }
 
   /** Points retention keeps for the VM's extension: the last forwarded one and all after it. */
@@ -125,6 +137,17 @@ export class Extensions {
     this.closed = true;
     await Promise.all([...this.forwarders.values()].map((f) => f.stop()));
     this.forwarders.clear();
+  }
+
+  private exclusive<T>(vmId: string, fn: () => Promise<T>): Promise<T> {
+    const previous = this.changing.get(vmId) ?? Promise.resolve();
+    const next = previous.then(fn, fn);
+    const settled = next.catch(() => undefined);
+    this.changing.set(vmId, settled);
+    void settled.then(() => {
+      if (this.changing.get(vmId) === settled) this.changing.delete(vmId);
+    });
+    return next;
   }
 
   /** The forwarder's state is the newest (it records each forward); else the one loaded. */

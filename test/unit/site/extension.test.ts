@@ -130,4 +130,49 @@ describe("extended replication: the ledger's record and what retention keeps for
     expect(stoppedAgents).toEqual([VM]);
     await ext.close();
   });
+
+  it("a failover completion and an extend at once start one agent, not two (one would run unsupervised)", async () => {
+    const ledger = new ExtensionLedger(getInMemoryEventStore());
+    const completed = run(fold(VM, enabled, initialStarted, initialCommitted, incremental(2), failedOverUnplanned()), (s) => completeFailover(s));
+    let released = false;
+    const agents: number[] = [];
+    const ext = new Extensions(
+      {
+        siteId: "site-b",
+        loadRelationship: async () => completed,
+        storage: { holdChains: () => () => undefined, pointExtents: () => (async function* () {})() },
+        serialized: (_vm, fn) => fn(),
+        afterRead: () => undefined,
+        stopPrimary: () => Promise.reject(new Error("no primary in this test")),
+        tls: {} as SiteCredentials,
+        logger: silentLogger,
+      },
+      ledger,
+      {
+        failovers: {
+          ...noFailovers,
+          failoverVmOf: () => ({ released, agentStopped: false }),
+          // The monitor is handed over after a turn of the event loop, as QMP's close is.
+          releaseFailedOverVm: async () => {
+            await new Promise((r) => setImmediate(r));
+            released = true;
+            return { qmpSocket: "/run/b/web1.qmp" };
+          },
+          startReverseAgent: () => {
+            agents.push(agents.length + 100);
+            return { pid: agents.at(-1)!, logFile: "agent.log", configFile: "agent.yaml" };
+          },
+        },
+        tlsFiles: { caFile: "ca.crt", certFile: "site-b.crt", keyFile: "site-b.key" },
+      },
+    );
+    await ledger.configure(VM, target, admin);
+    await ext.start();
+    expect(agents).toHaveLength(1);
+    released = false;
+    agents.length = 0;
+    await Promise.all([ext.failoverCompleted(VM), ext.configure(VM, { ...target, intervalSeconds: 5 }, admin)]);
+    expect(agents).toHaveLength(1);
+    await ext.close();
+  });
 });
