@@ -74,8 +74,9 @@ export class PlannedFailoverNotRelayedError extends QreplicaError {
  */
 export function plannedFailoverThroughSite(vmId: string, forwardingSiteId: string, cause: unknown): PlannedFailoverNotRelayedError {
   return new PlannedFailoverNotRelayedError(
-    `VM ${vmId}: site ${forwardingSiteId}, which forwards its points here, did not get the VM stopped at its primary with a final point forwarded (${errorMessage(cause)}); ` +
-      `'qreplica status ${vmId}' on ${forwardingSiteId} says why (lastError). Nothing was recorded: try again once the primary's agent is connected there, or fail over with --unplanned`,
+    `VM ${vmId}: site ${forwardingSiteId}, which forwards its points here, could not complete the planned failover through it (${errorMessage(cause)}); ` +
+      `'qreplica status ${vmId}' on ${forwardingSiteId} says why (lastError). Nothing was recorded here. Unless that says the VM is stopped at its primary already, ` +
+      `try again once the primary's agent is connected to ${forwardingSiteId}, or fail over with --unplanned`,
     { cause },
   );
 }
