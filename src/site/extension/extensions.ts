@@ -129,7 +129,7 @@ export class Extensions {
       pointsPending: pending,
       lastError: this.followErrors.get(vmId) ?? this.forwarders.get(vmId)?.lastError ?? "",
       agentPid: followingPid ?? 0,
-      targetGeneration: BigInt(Math.max(last?.targetGeneration ?? 0, state.followed?.targetGeneration ?? 0)),
+      targetGeneration: BigInt(state.targetGeneration),
     };
   }
 

@@ -50,7 +50,7 @@ export async function followFailover(deps: FollowDeps, state: ExtensionState): P
   // 'extend --stop' left the monitor free: extending again starts a new agent.
   if (vm.released && !vm.agentStopped) return undefined;
   // Above every generation the third site told this site: each new agent is a new primary there.
-  const told = Math.max(state.forwarded.at(-1)?.targetGeneration ?? 0, state.followed?.targetGeneration ?? 0);
+  const told = state.targetGeneration;
   const generation = told > 0 ? told + 1 : 0;
   const reason =
     `VM ${vmId} failed over at site ${deps.siteId} (${rel.failover?.kind ?? "failover"}, to point ${rel.failover?.pointId ?? "?"}, ` +

@@ -134,8 +134,13 @@ export class PointForwarder {
           `site ${target.targetSiteId} asks for ${ResumeHint[ack.resumeHint]} (${ack.resyncReason || "no reason given"}): extended replication does not resynchronise yet; stop it and start it again toward a site without this VM`,
         );
       }
-      if (!full && this.state.forwarded.length === 0) {
-        throw new Error(`site ${target.targetSiteId} already holds points of VM ${this.vmId} that this site did not forward: remove the VM there, or forward to another site`);
+      // Its newest point is the base of an incremental forward only if this site forwarded it
+      // since it configured that site (a site forwarded to before another one is behind).
+      if (!full && this.state.targetForwards === 0) {
+        throw new Error(
+          `site ${target.targetSiteId} already holds points of VM ${this.vmId} that this site did not forward to it since it was configured as the target ` +
+            `(from elsewhere, or before this site forwarded to another one): remove the VM there, or forward to another site`,
+        );
       }
       onHealthy();
       this.lastError = undefined;
@@ -174,7 +179,7 @@ export class PointForwarder {
           agentId: `${this.deps.siteId}-forwarder`,
           vmId: this.vmId,
           // The third site's generation as last acknowledged; 0 for a relationship it does not have yet.
-          generation: BigInt(this.state.forwarded.at(-1)?.targetGeneration ?? 0),
+          generation: BigInt(this.state.targetGeneration),
           disks: newest.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeBytes) })),
           supportedCodecs: [CompressionCodec.COMPRESSION_CODEC_ZSTD, CompressionCodec.COMPRESSION_CODEC_NONE],
           supportedChecksumAlgorithms: [ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256],
@@ -209,7 +214,7 @@ export class PointForwarder {
       stopPrimary: (seconds) => this.deps.stopPrimary(this.vmId, seconds),
       hasUnforwarded: async () => (await this.dueForForwarding({ ...target, intervalSeconds: 0 }, true)) === true,
       // Whole only if nothing was forwarded yet (C then holds no point to fail over to anyway).
-      forward: (c) => this.forward(stream, responses, { ...c, full: this.state.forwarded.length === 0 }),
+      forward: (c) => this.forward(stream, responses, { ...c, full: this.state.targetForwards === 0 }),
       lastForwardedCutoff: () => this.state.forwarded.at(-1)?.cutoffAt,
       send: (message) => send(stream, responses, message),
       fail: async (message) => {

@@ -108,4 +108,44 @@ describe("followFailover", () => {
     expect(started[0]).toMatchObject({ generation: 5, replicaSiteId: "site-c" });
     expect(after?.followed).toMatchObject({ targetGeneration: 5, agentPid: 4242 });
   });
+
+  it("a target configured after another site's: its generations start from 0 (an initial replication there), not from the earlier site's", async () => {
+    const { d, started, ledger } = deps(completed, { released: false });
+    await ledger.configure(VM, target, admin);
+    await ledger.recordForwarded(VM, {
+      pointId: "p2",
+      cutoffAt: "2030-01-01T00:00:00.000Z",
+      targetPointId: "c7",
+      targetSeq: 7,
+      targetGeneration: 3,
+      kind: "incremental",
+      dataBytes: 1,
+      wireBytes: 1,
+    });
+    await ledger.stop(VM, admin);
+    await ledger.configure(VM, { ...target, targetSiteId: "site-d", targetAddress: "127.0.0.1:7444" }, admin);
+    const state = await ledger.load(VM);
+    expect(state).toMatchObject({ targetGeneration: 0, targetForwards: 0 });
+    await followFailover(d, state);
+    expect(started[0]).toMatchObject({ replicaSiteId: "site-d", generation: 0 });
+    expect(started[0]!.upstreamFailover).toBeUndefined();
+  });
+
+  it("the same target configured again after a stop keeps what it told", async () => {
+    const { ledger } = deps(completed, { released: false });
+    await ledger.configure(VM, target, admin);
+    await ledger.recordForwarded(VM, {
+      pointId: "p2",
+      cutoffAt: "2030-01-01T00:00:00.000Z",
+      targetPointId: "c7",
+      targetSeq: 7,
+      targetGeneration: 3,
+      kind: "incremental",
+      dataBytes: 1,
+      wireBytes: 1,
+    });
+    await ledger.stop(VM, admin);
+    await ledger.configure(VM, { ...target, intervalSeconds: 9 }, admin);
+    expect(await ledger.load(VM)).toMatchObject({ targetGeneration: 3, targetForwards: 1 });
+  });
 });
