@@ -116,19 +116,27 @@ export class Extensions {
     const last = state.forwarded.at(-1);
     const pending = rel ? rel.points.filter((p) => !last || Date.parse(p.cutoffAt) > Date.parse(last.cutoffAt)).length : 0;
     const target = state.target ?? state.stoppedTarget;
-    const followingPid = state.target && state.followed && rel?.state === "failed-over" ? (this.follow.failovers.replicationAgentPid(vmId) ?? state.followed.agentPid) : undefined;
+    const following = state.target !== undefined && state.followed !== undefined && rel?.state === "failed-over";
+    // Only a process this site supervises: an agent that ended by itself (fenced by a newer
+    // generation at the target, say) is not shown as replicating with its old pid.
+    const agentPid = following ? this.follow.failovers.replicationAgentPid(vmId) : undefined;
+    const agentGone =
+      following && agentPid === undefined
+        ? `the failover VM's agent toward site ${target?.targetSiteId} is not running (it ended by itself, e.g. refused there as stale: see SITE_DIR/run/reverse/${vmId}/agent.log); ` +
+          `'qreplica extend ${vmId} --stop', then extend again, starts a new one`
+        : undefined;
     return {
       targetAddress: target?.targetAddress ?? "",
       targetSiteId: target?.targetSiteId ?? "",
       intervalSeconds: target?.intervalSeconds ?? 0,
-      state: followingPid !== undefined ? "following-failover" : state.target ? "forwarding" : "stopped",
+      state: following ? "following-failover" : state.target ? "forwarding" : "stopped",
       lastForwardedPointId: last?.pointId ?? "",
       targetPointId: last?.targetPointId ?? "",
       lastForwardedCutoff: last ? new Date(last.cutoffAt) : undefined,
       pointsForwarded: BigInt(state.forwarded.length),
       pointsPending: pending,
-      lastError: this.followErrors.get(vmId) ?? this.forwarders.get(vmId)?.lastError ?? "",
-      agentPid: followingPid ?? 0,
+      lastError: this.followErrors.get(vmId) ?? agentGone ?? this.forwarders.get(vmId)?.lastError ?? "",
+      agentPid: agentPid ?? 0,
       targetGeneration: BigInt(state.targetGeneration),
     };
   }

@@ -175,4 +175,36 @@ describe("extended replication: the ledger's record and what retention keeps for
     expect(agents).toHaveLength(1);
     await ext.close();
   });
+
+  it("status: an agent that ended by itself is not shown replicating with its old pid; the error says what to do", async () => {
+    const ledger = new ExtensionLedger(getInMemoryEventStore());
+    const completed = run(fold(VM, enabled, initialStarted, initialCommitted, incremental(2), failedOverUnplanned()), (s) => completeFailover(s));
+    let pid: number | undefined = 4242;
+    const ext = new Extensions(
+      {
+        siteId: "site-b",
+        loadRelationship: async () => completed,
+        storage: { holdChains: () => () => undefined, pointExtents: () => (async function* () {})() },
+        serialized: (_vm, fn) => fn(),
+        afterRead: () => undefined,
+        stopPrimary: () => Promise.reject(new Error("no primary in this test")),
+        tls: {} as SiteCredentials,
+        logger: silentLogger,
+      },
+      ledger,
+      {
+        failovers: { ...noFailovers, failoverVmOf: () => ({ released: true, agentStopped: false }), replicationAgentPid: () => pid },
+        tlsFiles: { caFile: "ca.crt", certFile: "site-b.crt", keyFile: "site-b.key" },
+      },
+    );
+    await ledger.configure(VM, target, admin);
+    await ledger.recordFollowed(VM, { generation: 2, targetGeneration: 4, reason: "x", agentPid: 4242 });
+    await ext.start();
+    expect(ext.status(VM, completed)).toMatchObject({ state: "following-failover", agentPid: 4242, lastError: "" });
+    pid = undefined;
+    const gone = ext.status(VM, completed);
+    expect(gone).toMatchObject({ state: "following-failover", agentPid: 0 });
+    expect(gone?.lastError).toMatch(/agent toward site site-c is not running .*extend web1 --stop/);
+    await ext.close();
+  });
 });
