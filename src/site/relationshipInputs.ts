@@ -31,6 +31,11 @@ export interface HelloInput {
   resyncMode?: "automatic" | "manual";
   /** Hello.upstream_failover: the primary declares a failover at its own site (extended replication). */
   upstreamFailover?: string;
+  /**
+   * Hello.forwarded_point_id, from a forwarding site (extended replication): this site's point it
+   * last forwarded ("" for none it knows of). Undefined for agents.
+   */
+  forwardedPointId?: string;
 }
 
 /** What the primary sends next: the HelloAck's resume hint. */

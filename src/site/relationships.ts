@@ -200,6 +200,7 @@ export class Relationships {
     const base = { generation: state.generation, lastCycleSeq: state.lastCycleSeq, needsInitialReplication, seeded };
     if (needsInitialReplication) return { ...base, resume: seeded ? "resync" : "initial" };
     state = await this.recordTrackingLost(input, state);
+    state = await this.recordForwardingMismatch(input, state);
     if (state.state === "paused") return { ...base, resume: "wait" };
     if (state.state === "resync-required" || state.state === "resynchronising") {
       // The operator's go-ahead is in the ledger: it outlives the connection it was given in and this
@@ -248,6 +249,25 @@ export class Relationships {
     } else {
       this.logger.warn({ vm: input.vmId, reason }, "the primary lost change tracking: resync required");
     }
+    return newState;
+  }
+
+  /**
+   * A forwarding site builds each incremental on the point it last forwarded here (its changes since
+   * then, which also cover any later point of its own this site committed without its record). When
+   * this site does not hold that point (older points restored here) or the forwarder names none
+   * while points are here (it lost its record), the changes would land on the wrong image: a
+   * resync by comparison instead.
+   */
+  private async recordForwardingMismatch(input: HelloInput, state: RelationshipState): Promise<RelationshipState> {
+    const id = input.forwardedPointId;
+    const newest = state.points.at(-1);
+    if (id === undefined || !newest || state.state !== "replicating" || state.points.some((p) => p.pointId === id)) return state;
+    const reason = id
+      ? `site ${input.primarySiteId} last forwarded point ${id} of VM ${input.vmId} here, which this site does not hold (newest ${newest.pointId}): resync by comparison against it`
+      : `site ${input.primarySiteId} holds no record of forwarding VM ${input.vmId} here, but this site holds its points (newest ${newest.pointId}): resync by comparison against it`;
+    const { newState } = await this.exec(input.vmId, (s) => markResyncRequired(s, { reason }));
+    this.logger.warn({ vm: input.vmId, reason }, "the forwarding site cannot build on this site's points: resync required");
     return newState;
   }
 

@@ -17,6 +17,8 @@ export interface PointExtentsOptions {
    * whole disk (zero runs as zero extents), for a full copy.
    */
   depth?: number;
+  /** Only these ranges, in order (a resync's differing chunks); depth is then ignored. */
+  ranges?: ReadonlyArray<{ offset: number; length: number }>;
   /** Largest data extent yielded (the receiver's max_chunk_bytes). */
   pieceBytes: number;
 }
@@ -33,7 +35,8 @@ export async function* pointExtents(daemon: SiteStorageDaemon, imagePath: string
   try {
     const client = await NbdClient.connect({ socketPath: daemon.nbdSocketPath, exportName: node, metaContexts: [BASE_ALLOCATION_CONTEXT, ALLOCATION_DEPTH_CONTEXT] });
     try {
-      yield* o.depth === undefined ? wholeDisk(client, o.pieceBytes) : topLayers(client, o.depth, o.pieceBytes);
+      if (o.ranges) for (const r of o.ranges) yield* readPieces(client, r.offset, r.length, o.pieceBytes);
+      else yield* o.depth === undefined ? wholeDisk(client, o.pieceBytes) : topLayers(client, o.depth, o.pieceBytes);
     } finally {
       await client.disconnect();
     }

@@ -291,6 +291,7 @@ export class ReplicateSession {
         trackingLost: hello.trackingLost.map((t) => ({ diskId: t.diskId, code: t.code || "TRACKING_LOST", reason: t.reason })),
         resyncMode: await this.resyncModeOf(hello),
         ...(hello.upstreamFailover ? { upstreamFailover: hello.upstreamFailover.slice(0, 500) } : {}),
+        ...(hello.forwardingSite && hello.forwardedPointId !== undefined ? { forwardedPointId: hello.forwardedPointId } : {}),
       });
       this.vmId = hello.vmId;
       this.generation = accepted.generation;

@@ -33,9 +33,12 @@ export interface ForwardedPoint {
   targetSeq: number;
   /** The third site's generation for the VM, as its HelloAck said. */
   targetGeneration: number;
-  kind: "full" | "incremental";
+  /** "resync": compared by chunk hash with the third site's newest point, only what differed sent. */
+  kind: "full" | "incremental" | "resync";
   dataBytes: number;
   wireBytes: number;
+  /** A resync's bytes of disk compared (undefined for other kinds). */
+  comparedBytes?: number;
   forwardedAt: string;
 }
 
@@ -116,9 +119,10 @@ export function foldExtension(vmId: string, events: readonly RecordedEvent[]): E
         targetPointId: String(d.targetPointId),
         targetSeq: Number(d.targetSeq),
         targetGeneration: Number(d.targetGeneration),
-        kind: d.kind === "full" ? "full" : "incremental",
+        kind: d.kind === "full" || d.kind === "resync" ? d.kind : "incremental",
         dataBytes: Number(d.dataBytes ?? 0),
         wireBytes: Number(d.wireBytes ?? 0),
+        ...(d.comparedBytes !== undefined ? { comparedBytes: Number(d.comparedBytes) } : {}),
         forwardedAt: e.recordedAt.toISOString(),
       });
       s.targetGeneration = Number(d.targetGeneration);

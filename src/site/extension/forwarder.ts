@@ -3,14 +3,15 @@ import { getCodec } from "../../codec/index.js";
 import { errorMessage } from "../../common/errors.js";
 import type { Logger } from "../../common/logger.js";
 import { ChecksumAlgorithm, CompressionCodec, Consistency, CycleKind } from "../../gen/qreplica/v1/common.js";
-import { RejectReason, ResumeHint, type EffectivePolicy, type HelloAck, type ReplicateResponse } from "../../gen/qreplica/v1/replication.js";
+import { ChunkDigest, RejectReason, type EffectivePolicy, type HelloAck, type ReplicateResponse } from "../../gen/qreplica/v1/replication.js";
 import type { RecoveryPoint, RelationshipState } from "../../ledger/index.js";
 import type { ReplicaStorage } from "../../storage/index.js";
-import { ReplicationClient, currentCredentials, encodeExtentChunkRequest, siteDial, type SiteCredentials } from "../../transport/index.js";
+import { ReplicationClient, currentCredentials, digestToWire, encodeExtentChunkRequest, siteDial, type SiteCredentials } from "../../transport/index.js";
 import type { ExtensionLedger, ExtensionState, ExtensionTarget } from "./extensionLedger.js";
 import type { PrimaryStoppedInfo } from "../dataPlane/replicateSession.js";
 import { notStopped, relayPlannedFailover, type RelayContext } from "./plannedFailoverRelay.js";
 import { Responses, send, type ForwardStream } from "./replicateClient.js";
+import { copyOwnIndexes, forwardingLost, forwardModeFrom, forwardNewestAsResync, type ForwardMode, type OwnIndex } from "./forwardResync.js";
 
 const PROTOCOL_VERSION = 1;
 const HELLO_TIMEOUT_MS = 30_000;
@@ -29,7 +30,7 @@ export interface ForwarderDeps {
   siteId: string;
   ledger: ExtensionLedger;
   loadRelationship(vmId: string): Promise<RelationshipState>;
-  storage: Pick<ReplicaStorage, "holdChains" | "pointExtents">;
+  storage: Pick<ReplicaStorage, "holdChains" | "pointExtents" | "seedChunkHashes" | "loadChunkHashes" | "indexDigest">;
   /** Runs `fn` as a step of the VM's serialized work (no merge runs meanwhile). */
   serialized<T>(vmId: string, fn: () => Promise<T>): Promise<T>;
   /** Chains released: retention may run the merges it held back. */
@@ -66,6 +67,8 @@ export class PointForwarder {
   private compressionLevel = 1;
   /** The third site asked for a planned failover on the open stream (relayed once the forward under way ends). */
   private plannedFailover: { powerdownTimeoutSeconds: number } | undefined;
+  /** The third site's operator asked for a resync (\`qreplica resync\`) on the open stream. */
+  private resyncRequested = false;
   /** The open stream to the third site, cancelled by stop so that a forward under way ends now. */
   private stream: ForwardStream | undefined;
 
@@ -112,6 +115,7 @@ export class PointForwarder {
     if (!first) return;
     // A request belongs to its stream: one left from a broken stream is not repeated.
     this.plannedFailover = undefined;
+    this.resyncRequested = false;
     const dial = siteDial(target.targetAddress, currentCredentials(this.deps.tls, this.deps.logger), { expectedServerIdentity: target.targetSiteId });
     const client = new ReplicationClient(target.targetAddress, dial.credentials, dial.options);
     const stream: ForwardStream = client.replicate();
@@ -122,28 +126,17 @@ export class PointForwarder {
       const responses = new Responses(stream, {
         onPlannedFailover: (powerdownTimeoutSeconds) => (this.plannedFailover ??= { powerdownTimeoutSeconds }),
         onPolicy: (p) => this.usePolicy(p),
+        onResyncRequested: () => (this.resyncRequested = true),
       });
       const ack = await this.hello(stream, responses, first);
       this.usePolicy(ack.policy);
-      let full = ack.resumeHint === ResumeHint.RESUME_HINT_INITIAL_REPLICATION;
-      if (ack.resumeHint === ResumeHint.RESUME_HINT_WAIT_FOR_OPERATOR && !ack.resyncReason) {
-        throw new Error(`site ${target.targetSiteId} has this VM's replication paused: forwarding goes on once it is resumed there`);
-      }
-      if (!full && ack.resumeHint !== ResumeHint.RESUME_HINT_INCREMENTAL) {
-        throw new Error(
-          `site ${target.targetSiteId} asks for ${ResumeHint[ack.resumeHint]} (${ack.resyncReason || "no reason given"}): extended replication does not resynchronise yet; stop it and start it again toward a site without this VM`,
-        );
-      }
-      // Its newest point is the base of an incremental forward only if this site forwarded it
-      // since it configured that site (a site forwarded to before another one is behind).
-      if (!full && this.state.targetForwards === 0) {
-        throw new Error(
-          `site ${target.targetSiteId} already holds points of VM ${this.vmId} that this site did not forward to it since it was configured as the target ` +
-            `(from elsewhere, or before this site forwarded to another one): remove the VM there, or forward to another site`,
-        );
-      }
+      // Counted since this target was configured: points forwarded to another site before are no base here.
+      let mode: ForwardMode = forwardModeFrom(ack, { targetSiteId: target.targetSiteId, vmId: this.vmId, forwardedCount: this.state.targetForwards });
       onHealthy();
-      this.lastError = undefined;
+      this.lastError =
+        mode === "wait" ? `site ${target.targetSiteId} needs a resync (${ack.resyncReason}) and waits for its operator: 'qreplica resync ${this.vmId}' there` : undefined;
+      if (mode !== "incremental" && mode !== "full")
+        this.deps.logger.warn({ vm: this.vmId, target: target.targetSiteId, mode, reason: ack.resyncReason }, "the third site asks for a resync by comparison");
       let seq = Number(ack.lastCommittedCycleSequence) + 1;
       const generation = Number(ack.generation);
       const maxChunk = Math.min(ack.maxChunkBytes || PIECE_BYTES, PIECE_BYTES);
@@ -151,15 +144,22 @@ export class PointForwarder {
         ? ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256
         : (ack.acceptedChecksumAlgorithms[0] ?? ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256);
       while (!this.stopped) {
-        const due = await this.until(async () => this.plannedFailover ?? (await this.dueForForwarding(target)), responses.failed);
+        const due = await this.until(async () => {
+          if (this.plannedFailover) return this.plannedFailover;
+          if (this.resyncRequested) [this.resyncRequested, mode] = [false, "resync"];
+          // A resync goes at once, whatever the interval: the third site takes no incremental until it has one.
+          return mode === "wait" ? undefined : mode === "resync" ? true : await this.dueForForwarding(target);
+        }, responses.failed);
         if (!due) return;
         if (due !== true) {
           const cycle = { seq, generation, maxChunk, checksum };
           return await relayPlannedFailover(this.relayContext(stream, responses, target), due.powerdownTimeoutSeconds, cycle);
         }
-        await this.forward(stream, responses, { full, seq, generation, maxChunk, checksum });
+        const c = { full: mode === "full", seq, generation, maxChunk, checksum };
+        await (mode === "resync" ? this.forwardResync(stream, responses, c) : this.forward(stream, responses, c));
+        this.lastError = undefined;
         seq++;
-        full = false;
+        mode = "incremental";
       }
     } finally {
       this.stream = undefined;
@@ -184,9 +184,11 @@ export class PointForwarder {
           supportedCodecs: [CompressionCodec.COMPRESSION_CODEC_ZSTD, CompressionCodec.COMPRESSION_CODEC_NONE],
           supportedChecksumAlgorithms: [ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256],
           vmSpecJson: Object.keys(rel.vmSpec).length ? JSON.stringify(rel.vmSpec) : "",
-          trackingLost: [],
+          trackingLost: forwardingLost(rel, this.state.forwarded.at(-1), this.deps.siteId),
           resyncMode: 0,
-          resyncDigests: [],
+          // The digest of this site's chunk hash indexes first: a third site with the same one
+          // compares with its index, and this site with its own (see forwardResync.ts).
+          resyncDigests: [...new Set([digestToWire(this.deps.storage.indexDigest), ChunkDigest.CHUNK_DIGEST_SHA256])],
           policyName: "",
           configuredIntervalSeconds: this.state.target?.intervalSeconds ?? 0,
           configuredCompressionLevel: 1,
@@ -194,6 +196,9 @@ export class PointForwarder {
           initialReplication: "now",
           upstreamFailover: "",
           forwardingSite: true,
+          // The third site compares it with its newest point: another one there asks for a resync.
+          // None when nothing went to this target since it was configured: another site's point id says nothing here.
+          forwardedPointId: this.state.targetForwards > 0 ? (this.state.forwarded.at(-1)?.targetPointId ?? "") : "",
         },
       },
     });
@@ -259,19 +264,22 @@ export class PointForwarder {
    * serialized step, so no merge is half done under the read. Points from the last forwarded one on
    * are kept by retention (heldPoints), so the overlays above it are exactly the newer points.
    */
-  private async pick(full: boolean): Promise<{ point: RecoveryPoint; depth: number | undefined; release: () => void }> {
+  private async pick(full: boolean, resync = false): Promise<{ point: RecoveryPoint; depth: number | undefined; indexes: Map<string, OwnIndex>; release: () => void }> {
     return this.deps.serialized(this.vmId, async () => {
       const rel = await this.deps.loadRelationship(this.vmId);
       const point = rel.points.at(-1);
       if (!point) throw new Error(`VM ${this.vmId} has no point on this site`);
+      if (!FORWARD_STATES.includes(rel.state)) throw new Error(`VM ${this.vmId} is ${rel.state} on this site: its points are not forwarded in that state`);
+      // Copied here: a point begun after this step takes the newest point's index over.
+      const indexes = resync ? copyOwnIndexes(this.deps.storage, this.vmId, point) : new Map<string, OwnIndex>();
       let depth: number | undefined;
-      if (!full) {
+      if (!full && !resync) {
         const last = this.state.forwarded.at(-1)!;
         const i = rel.points.findIndex((p) => p.pointId === last.pointId);
         if (i < 0) throw new Error(`the last forwarded point ${last.pointId} is no longer on this site: the changes since it cannot be told apart`);
         depth = rel.points.length - 1 - i;
       }
-      return { point, depth, release: this.deps.storage.holdChains(this.vmId) };
+      return { point, depth, indexes, release: this.deps.storage.holdChains(this.vmId) };
     });
   }
 
@@ -349,6 +357,20 @@ export class PointForwarder {
       { vm: this.vmId, point: point.pointId, targetPoint: ack.recoveryPointId, target: this.state.target?.targetSiteId, seq: c.seq, depth, ...totals, ms: Date.now() - started },
       "point forwarded to the third site",
     );
+  }
+
+  /** A resync by comparison of this site's newest point against the third site's (see forwardResync.ts). */
+  private async forwardResync(stream: ForwardStream, responses: Responses, c: { seq: number; generation: number; maxChunk: number; checksum: ChecksumAlgorithm }): Promise<void> {
+    this.state = await forwardNewestAsResync({
+      stream,
+      responses,
+      pick: () => this.pick(true, true),
+      afterRead: () => this.deps.afterRead(this.vmId),
+      storage: this.deps.storage,
+      ledger: this.deps.ledger,
+      logger: this.deps.logger,
+      cycle: { ...c, vmId: this.vmId, compressionLevel: this.compressionLevel },
+    });
   }
 
   private usePolicy(p: EffectivePolicy | undefined): void {

@@ -17,16 +17,22 @@ export class Responses {
 
   /**
    * `onPlannedFailover`: the third site asked for a planned failover (the forwarder has the
-   * primary's agent stop the VM, see plannedFailoverRelay.ts); `onPolicy`: the third site's policy for the VM changed (its frequency bounds forwarding).
+   * primary's agent stop the VM, see plannedFailoverRelay.ts); `onPolicy`: the third site's policy for the VM changed (its frequency bounds forwarding);
+   * `onResyncRequested`: an operator there asked for a resync.
    */
-  constructor(stream: ForwardStream, hooks: { onPlannedFailover?: (powerdownTimeoutSeconds: number) => void; onPolicy?: (p: EffectivePolicy | undefined) => void } = {}) {
+  constructor(
+    stream: ForwardStream,
+    hooks: { onPlannedFailover?: (powerdownTimeoutSeconds: number) => void; onPolicy?: (p: EffectivePolicy | undefined) => void; onResyncRequested?: () => void } = {},
+  ) {
     let fail!: (e: Error) => void;
     this.failed = new Promise<never>((_, reject) => (fail = reject));
     this.failed.catch(() => undefined);
     stream.on("data", (r: ReplicateResponse) => {
       // Pushes a forwarder has no use for (its policy and notices are B's to follow, not C's).
       if (r.body?.$case === "policyChanged") return hooks.onPolicy?.(r.body.value.policy);
-      if (r.body?.$case === "replicationPaused" || r.body?.$case === "replicationResumed" || r.body?.$case === "resyncRequested") return;
+      // An operator's resync at the third site: the next forward compares (onResyncRequested).
+      if (r.body?.$case === "resyncRequested") return hooks.onResyncRequested?.();
+      if (r.body?.$case === "replicationPaused" || r.body?.$case === "replicationResumed") return;
       if (r.body?.$case === "plannedFailoverRequested") return hooks.onPlannedFailover?.(r.body.value.powerdownTimeoutSeconds);
       if (this.waiter) {
         const w = this.waiter;

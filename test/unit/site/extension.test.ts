@@ -39,7 +39,13 @@ function extensionsOn(ledger: ExtensionLedger): Extensions {
     {
       siteId: "site-b",
       loadRelationship: async () => fold(VM, enabled),
-      storage: { holdChains: () => () => undefined, pointExtents: () => (async function* () {})() },
+      storage: {
+        holdChains: () => () => undefined,
+        pointExtents: () => (async function* () {})(),
+        seedChunkHashes: () => (async function* () {})(),
+        loadChunkHashes: () => ({ unusable: "none in this test" }),
+        indexDigest: "sha256",
+      },
       serialized: (_vm, fn) => fn(),
       afterRead: () => undefined,
       stopPrimary: () => Promise.reject(new Error("no primary in this test")),
@@ -111,7 +117,13 @@ describe("extended replication: the ledger's record and what retention keeps for
       {
         siteId: "site-b",
         loadRelationship: async () => completed,
-        storage: { holdChains: () => () => undefined, pointExtents: () => (async function* () {})() },
+        storage: {
+          holdChains: () => () => undefined,
+          pointExtents: () => (async function* () {})(),
+          seedChunkHashes: () => (async function* () {})(),
+          loadChunkHashes: () => ({ unusable: "none in this test" }),
+          indexDigest: "sha256",
+        },
         serialized: (_vm, fn) => fn(),
         afterRead: () => undefined,
         stopPrimary: () => Promise.reject(new Error("no primary in this test")),
@@ -140,7 +152,13 @@ describe("extended replication: the ledger's record and what retention keeps for
       {
         siteId: "site-b",
         loadRelationship: async () => completed,
-        storage: { holdChains: () => () => undefined, pointExtents: () => (async function* () {})() },
+        storage: {
+          holdChains: () => () => undefined,
+          pointExtents: () => (async function* () {})(),
+          seedChunkHashes: () => (async function* () {})(),
+          loadChunkHashes: () => ({ unusable: "none in this test" }),
+          indexDigest: "sha256",
+        },
         serialized: (_vm, fn) => fn(),
         afterRead: () => undefined,
         stopPrimary: () => Promise.reject(new Error("no primary in this test")),
@@ -184,7 +202,13 @@ describe("extended replication: the ledger's record and what retention keeps for
       {
         siteId: "site-b",
         loadRelationship: async () => completed,
-        storage: { holdChains: () => () => undefined, pointExtents: () => (async function* () {})() },
+        storage: {
+          holdChains: () => () => undefined,
+          pointExtents: () => (async function* () {})(),
+          seedChunkHashes: () => (async function* () {})(),
+          loadChunkHashes: () => ({ unusable: "none in this test" }),
+          indexDigest: "sha256",
+        },
         serialized: (_vm, fn) => fn(),
         afterRead: () => undefined,
         stopPrimary: () => Promise.reject(new Error("no primary in this test")),

@@ -410,7 +410,17 @@ export interface Hello {
    * Set by a site forwarding its committed points (extended replication, A -> B -> C): a planned
    * failover the third site asks of it goes on to the primary's agent connected to that site.
    */
-  forwardingSite?: boolean | undefined;
+  forwardingSite?:
+    | boolean
+    | undefined;
+  /**
+   * Set (possibly empty) by a forwarding site: the third site's point it last forwarded, which it
+   * builds its next incremental on; empty when it holds no record of one (its ledger lost them).
+   * A replica that does not hold that point (it restored older points) or holds points while the
+   * forwarder names none records ResyncRequired and answers RESUME_HINT_RESYNC: the forwarder
+   * then sends its newest point as a resync by comparison. Unset by agents.
+   */
+  forwardedPointId?: string | undefined;
 }
 
 export interface TrackingLost {
@@ -1321,6 +1331,7 @@ function createBaseHello(): Hello {
     initialReplicationAt: undefined,
     upstreamFailover: "",
     forwardingSite: undefined,
+    forwardedPointId: undefined,
   };
 }
 
@@ -1397,6 +1408,9 @@ export const Hello: MessageFns<Hello> = {
     }
     if (message.forwardingSite !== undefined) {
       writer.uint32(448).bool(message.forwardingSite);
+    }
+    if (message.forwardedPointId !== undefined) {
+      writer.uint32(458).string(message.forwardedPointId);
     }
     return writer;
   },
@@ -1596,6 +1610,14 @@ export const Hello: MessageFns<Hello> = {
             message.forwardingSite = reader.bool();
             continue;
           }
+          case 57: {
+            if (tag !== 458) {
+              break;
+            }
+
+            message.forwardedPointId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1699,6 +1721,11 @@ export const Hello: MessageFns<Hello> = {
         : isSet(object.forwarding_site)
         ? globalThis.Boolean(object.forwarding_site)
         : undefined,
+      forwardedPointId: isSet(object.forwardedPointId)
+        ? globalThis.String(object.forwardedPointId)
+        : isSet(object.forwarded_point_id)
+        ? globalThis.String(object.forwarded_point_id)
+        : undefined,
     };
   },
 
@@ -1761,6 +1788,9 @@ export const Hello: MessageFns<Hello> = {
     if (message.forwardingSite !== undefined) {
       obj.forwardingSite = message.forwardingSite;
     }
+    if (message.forwardedPointId !== undefined) {
+      obj.forwardedPointId = message.forwardedPointId;
+    }
     return obj;
   },
 
@@ -1790,6 +1820,7 @@ export const Hello: MessageFns<Hello> = {
     message.initialReplicationAt = object.initialReplicationAt ?? undefined;
     message.upstreamFailover = object.upstreamFailover ?? "";
     message.forwardingSite = object.forwardingSite ?? undefined;
+    message.forwardedPointId = object.forwardedPointId ?? undefined;
     return message;
   },
 };
