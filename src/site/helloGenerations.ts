@@ -60,3 +60,39 @@ export async function settleGeneration(
   );
   return undefined;
 }
+
+/** States in which this site failed the VM over (its failover VM runs, or is about to). */
+const FAILED_OVER_HERE: readonly RelationshipState["state"][] = ["failed-over-waiting-completion", "failed-over"];
+
+/**
+ * A Hello declaring a failover upstream (extended replication: the VM failed over at the primary
+ * site) to a relationship that failed over here as well: two sites would run the VM. The failover
+ * here stands, whatever generation the peer presents (it may even equal this site's, both having
+ * counted one up from the same one): the peer is refused as stale, which fences its VM, and the
+ * refusal is recorded when the generations differ. Returns the refusal's message, or undefined
+ * when the Hello goes the usual way.
+ */
+export async function upstreamFailoverAfterFailoverHere(
+  store: EventStore,
+  logger: Logger,
+  state: RelationshipState,
+  peer: { vmId: string; presentedGeneration: number; peerIdentity: string; upstreamFailover?: string },
+): Promise<string | undefined> {
+  if (!peer.upstreamFailover || peer.peerIdentity !== state.primaryIdentity) return undefined;
+  if (state.failover === undefined && !FAILED_OVER_HERE.includes(state.state)) return undefined;
+  const input = { presentedGeneration: peer.presentedGeneration, peerIdentity: peer.peerIdentity };
+  if (input.presentedGeneration !== state.generation) {
+    await executeCommand(store, peer.vmId, (s) => refuseStaleGeneration(s, input)).catch((err: unknown) =>
+      logger.error({ err, vm: peer.vmId }, "could not record the stale-generation refusal"),
+    );
+  }
+  logger.warn(
+    { vm: peer.vmId, identity: peer.peerIdentity, presented: peer.presentedGeneration, generation: state.generation, reason: peer.upstreamFailover },
+    "the primary declares a failover upstream, but the VM failed over here: its agent is refused as stale and fences its VM",
+  );
+  return (
+    `VM ${peer.vmId} failed over at this site (generation ${state.generation}, ${state.state}); the failover upstream that '${peer.peerIdentity}' declares ` +
+    `(${peer.upstreamFailover}) came after it, so its agent is stale and fences its VM. To keep that VM instead, cancel the failover here ` +
+    `('qreplica failover ${peer.vmId} cancel', possible until it is completed) and resume the VM there`
+  );
+}

@@ -38,7 +38,7 @@ import {
 import type { PointWrite, ReplicaStorage } from "../storage/index.js";
 import { imageInfo } from "../qemu/processes/index.js";
 import { actorMetadata, type Caller } from "./controlPlane/caller.js";
-import { settleGeneration } from "./helloGenerations.js";
+import { settleGeneration, upstreamFailoverAfterFailoverHere } from "./helloGenerations.js";
 import { RelationshipRefusal, type CommitInput, type HelloAccepted, type HelloInput } from "./relationshipInputs.js";
 
 export interface RelationshipsOptions {
@@ -182,6 +182,13 @@ export class Relationships {
           `VM ${vmId} is replicated here by primary '${state.primaryIdentity}', not '${input.primaryIdentity}'`,
         );
       }
+      const fenced = await upstreamFailoverAfterFailoverHere(this.store, this.logger, state, {
+        vmId,
+        presentedGeneration: input.presentedGeneration,
+        peerIdentity: input.primaryIdentity,
+        ...(input.upstreamFailover ? { upstreamFailover: input.upstreamFailover } : {}),
+      });
+      if (fenced) throw new RelationshipRefusal(RejectReason.REJECT_REASON_STALE_GENERATION, fenced, state.generation);
       if (input.presentedGeneration !== state.generation) state = await this.settleGeneration(input, state);
     }
     if (input.vmSpec && state.state !== "not-enabled") {

@@ -62,6 +62,14 @@ export interface ExtensionState {
   stoppedTarget: ExtensionTarget | undefined;
   /** Every point forwarded, oldest first (for the matching of points across the three sites). */
   forwarded: ForwardedPoint[];
+  /**
+   * The newest generation the configured target site told this site (a forward's, or a followed
+   * failover's); 0 when nothing went to that site yet. Another site configured as the target
+   * starts again from 0: its generations are its own, not the earlier target's.
+   */
+  targetGeneration: number;
+  /** Points forwarded to the configured target site (0 again when another site is configured). */
+  targetForwards: number;
   version: bigint | undefined;
 }
 
@@ -74,10 +82,23 @@ export class ExtensionInvalidError extends QreplicaError {
 }
 
 export function foldExtension(vmId: string, events: readonly RecordedEvent[]): ExtensionState {
-  const s: ExtensionState = { vmId, followed: undefined, target: undefined, stoppedTarget: undefined, forwarded: [], version: events.at(-1)?.version };
+  const s: ExtensionState = {
+    vmId,
+    followed: undefined,
+    target: undefined,
+    stoppedTarget: undefined,
+    forwarded: [],
+    targetGeneration: 0,
+    targetForwards: 0,
+    version: events.at(-1)?.version,
+  };
   for (const e of events) {
     const d = e.data;
     if (e.type === EXTENSION_CONFIGURED) {
+      if ((s.target ?? s.stoppedTarget)?.targetSiteId !== String(d.targetSiteId)) {
+        s.targetGeneration = 0;
+        s.targetForwards = 0;
+      }
       s.target = { targetAddress: String(d.targetAddress), targetSiteId: String(d.targetSiteId), intervalSeconds: Number(d.intervalSeconds ?? 0) };
     } else if (e.type === EXTENSION_STOPPED) {
       s.stoppedTarget = s.target;
@@ -90,6 +111,7 @@ export function foldExtension(vmId: string, events: readonly RecordedEvent[]): E
         agentPid: Number(d.agentPid),
         followedAt: e.recordedAt.toISOString(),
       };
+      s.targetGeneration = s.followed.targetGeneration;
     } else if (e.type === POINT_FORWARDED) {
       s.forwarded.push({
         pointId: String(d.pointId),
@@ -103,6 +125,8 @@ export function foldExtension(vmId: string, events: readonly RecordedEvent[]): E
         ...(d.comparedBytes !== undefined ? { comparedBytes: Number(d.comparedBytes) } : {}),
         forwardedAt: e.recordedAt.toISOString(),
       });
+      s.targetGeneration = Number(d.targetGeneration);
+      s.targetForwards++;
     }
   }
   return s;

@@ -25,6 +25,8 @@ export class Extensions {
   private readonly forwarders = new Map<string, PointForwarder>();
   /** Why the failover VM of a VM is not replicated on (FollowFailoverError), until it is. */
   private readonly followErrors = new Map<string, string>();
+  /** One change at a time per VM: two at once would each start a forwarder or an agent, one left unsupervised. */
+  private readonly changing = new Map<string, Promise<unknown>>();
   private closed = false;
 
   constructor(
@@ -45,7 +47,11 @@ export class Extensions {
     }
   }
 
-  async configure(vmId: string, target: ExtensionTarget, caller: Caller): Promise<ExtensionState> {
+  configure(vmId: string, target: ExtensionTarget, caller: Caller): Promise<ExtensionState> {
+    return this.exclusive(vmId, () => this.configureNow(vmId, target, caller));
+  }
+
+  private async configureNow(vmId: string, target: ExtensionTarget, caller: Caller): Promise<ExtensionState> {
     const state = await this.ledger.configure(vmId, target, caller);
     await this.forwarders.get(vmId)?.stop();
     this.forwarders.delete(vmId);
@@ -54,13 +60,19 @@ export class Extensions {
     return this.current(vmId) ?? state;
   }
 
-  async stop(vmId: string, caller: Caller): Promise<ExtensionState> {
+  stop(vmId: string, caller: Caller): Promise<ExtensionState> {
+    return this.exclusive(vmId, () => this.stopNow(vmId, caller));
+  }
+
+  private async stopNow(vmId: string, caller: Caller): Promise<ExtensionState> {
     const state = await this.ledger.stop(vmId, caller);
     await this.forwarders.get(vmId)?.stop();
     this.forwarders.delete(vmId);
     this.followErrors.delete(vmId);
     // The failover VM's agent toward the third site ends too (the VM then has no replica).
-    if (state.followed && (await this.deps.loadRelationship(vmId)).state === "failed-over") await this.follow.failovers.stopReplicationAgent(vmId);
+    // Whether or not the ledger has its FailoverFollowed yet (the site may have died between starting
+    // the agent and recording it): a failed-over VM's only agent here is this one.
+    if ((await this.deps.loadRelationship(vmId)).state === "failed-over") await this.follow.failovers.stopReplicationAgent(vmId);
     this.states.set(vmId, state);
     return state;
   }
@@ -74,12 +86,14 @@ export class Extensions {
    * A failover of the VM completed here: the failover VM is the VM now, and it replicates on to the
    * extended replica with an agent instead of the forwarder (see followFailover).
    */
-  async failoverCompleted(vmId: string): Promise<void> {
-    const state = this.current(vmId);
-    if (!state?.target) return;
-    await this.forwarders.get(vmId)?.stop();
-    this.forwarders.delete(vmId);
-    await this.run(state);
+  failoverCompleted(vmId: string): Promise<void> {
+    return this.exclusive(vmId, async () => {
+      const state = this.current(vmId);
+      if (!state?.target) return;
+      await this.forwarders.get(vmId)?.stop();
+      this.forwarders.delete(vmId);
+      await this.run(state);
+    });
   }
 
   /** Points retention keeps for the VM's extension: the last forwarded one and all after it. */
@@ -102,20 +116,28 @@ export class Extensions {
     const last = state.forwarded.at(-1);
     const pending = rel ? rel.points.filter((p) => !last || Date.parse(p.cutoffAt) > Date.parse(last.cutoffAt)).length : 0;
     const target = state.target ?? state.stoppedTarget;
-    const followingPid = state.target && state.followed && rel?.state === "failed-over" ? (this.follow.failovers.replicationAgentPid(vmId) ?? state.followed.agentPid) : undefined;
+    const following = state.target !== undefined && state.followed !== undefined && rel?.state === "failed-over";
+    // Only a process this site supervises: an agent that ended by itself (fenced by a newer
+    // generation at the target, say) is not shown as replicating with its old pid.
+    const agentPid = following ? this.follow.failovers.replicationAgentPid(vmId) : undefined;
+    const agentGone =
+      following && agentPid === undefined
+        ? `the failover VM's agent toward site ${target?.targetSiteId} is not running (it ended by itself, e.g. refused there as stale: see SITE_DIR/run/reverse/${vmId}/agent.log); ` +
+          `'qreplica extend ${vmId} --stop', then extend again, starts a new one`
+        : undefined;
     return {
       targetAddress: target?.targetAddress ?? "",
       targetSiteId: target?.targetSiteId ?? "",
       intervalSeconds: target?.intervalSeconds ?? 0,
-      state: followingPid !== undefined ? "following-failover" : state.target ? "forwarding" : "stopped",
+      state: following ? "following-failover" : state.target ? "forwarding" : "stopped",
       lastForwardedPointId: last?.pointId ?? "",
       targetPointId: last?.targetPointId ?? "",
       lastForwardedCutoff: last ? new Date(last.cutoffAt) : undefined,
       pointsForwarded: BigInt(state.forwarded.length),
       pointsPending: pending,
-      lastError: this.followErrors.get(vmId) ?? this.forwarders.get(vmId)?.lastError ?? "",
-      agentPid: followingPid ?? 0,
-      targetGeneration: BigInt(Math.max(last?.targetGeneration ?? 0, state.followed?.targetGeneration ?? 0)),
+      lastError: this.followErrors.get(vmId) ?? agentGone ?? this.forwarders.get(vmId)?.lastError ?? "",
+      agentPid: agentPid ?? 0,
+      targetGeneration: BigInt(state.targetGeneration),
     };
   }
 
@@ -123,6 +145,17 @@ export class Extensions {
     this.closed = true;
     await Promise.all([...this.forwarders.values()].map((f) => f.stop()));
     this.forwarders.clear();
+  }
+
+  private exclusive<T>(vmId: string, fn: () => Promise<T>): Promise<T> {
+    const previous = this.changing.get(vmId) ?? Promise.resolve();
+    const next = previous.then(fn, fn);
+    const settled = next.catch(() => undefined);
+    this.changing.set(vmId, settled);
+    void settled.then(() => {
+      if (this.changing.get(vmId) === settled) this.changing.delete(vmId);
+    });
+    return next;
   }
 
   /** The forwarder's state is the newest (it records each forward); else the one loaded. */

@@ -46,9 +46,11 @@ export async function followFailover(deps: FollowDeps, state: ExtensionState): P
         `nothing to replicate on to site ${target.targetSiteId}; start the VM by a new failover, or stop the extension ('qreplica extend ${vmId} --stop')`,
     );
   }
-  if (vm.released) return undefined;
+  // Released to an agent that runs (or that the site restarts): nothing to start. One stopped by
+  // 'extend --stop' left the monitor free: extending again starts a new agent.
+  if (vm.released && !vm.agentStopped) return undefined;
   // Above every generation the third site told this site: each new agent is a new primary there.
-  const told = Math.max(state.forwarded.at(-1)?.targetGeneration ?? 0, state.followed?.targetGeneration ?? 0);
+  const told = state.targetGeneration;
   const generation = told > 0 ? told + 1 : 0;
   const reason =
     `VM ${vmId} failed over at site ${deps.siteId} (${rel.failover?.kind ?? "failover"}, to point ${rel.failover?.pointId ?? "?"}, ` +

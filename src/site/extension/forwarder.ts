@@ -129,7 +129,8 @@ export class PointForwarder {
       });
       const ack = await this.hello(stream, responses, first);
       this.usePolicy(ack.policy);
-      let mode: ForwardMode = forwardModeFrom(ack, { targetSiteId: target.targetSiteId, vmId: this.vmId, forwardedCount: this.state.forwarded.length });
+      // Counted since this target was configured: points forwarded to another site before are no base here.
+      let mode: ForwardMode = forwardModeFrom(ack, { targetSiteId: target.targetSiteId, vmId: this.vmId, forwardedCount: this.state.targetForwards });
       onHealthy();
       this.lastError =
         mode === "wait" ? `site ${target.targetSiteId} needs a resync (${ack.resyncReason}) and waits for its operator: 'qreplica resync ${this.vmId}' there` : undefined;
@@ -177,7 +178,7 @@ export class PointForwarder {
           agentId: `${this.deps.siteId}-forwarder`,
           vmId: this.vmId,
           // The third site's generation as last acknowledged; 0 for a relationship it does not have yet.
-          generation: BigInt(this.state.forwarded.at(-1)?.targetGeneration ?? 0),
+          generation: BigInt(this.state.targetGeneration),
           disks: newest.disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeBytes) })),
           supportedCodecs: [CompressionCodec.COMPRESSION_CODEC_ZSTD, CompressionCodec.COMPRESSION_CODEC_NONE],
           supportedChecksumAlgorithms: [ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256],
@@ -195,7 +196,8 @@ export class PointForwarder {
           upstreamFailover: "",
           forwardingSite: true,
           // The third site compares it with its newest point: another one there asks for a resync.
-          forwardedPointId: this.state.forwarded.at(-1)?.targetPointId ?? "",
+          // None when nothing went to this target since it was configured: another site's point id says nothing here.
+          forwardedPointId: this.state.targetForwards > 0 ? (this.state.forwarded.at(-1)?.targetPointId ?? "") : "",
         },
       },
     });
@@ -216,7 +218,7 @@ export class PointForwarder {
       stopPrimary: (seconds) => this.deps.stopPrimary(this.vmId, seconds),
       hasUnforwarded: async () => (await this.dueForForwarding({ ...target, intervalSeconds: 0 }, true)) === true,
       // Whole only if nothing was forwarded yet (C then holds no point to fail over to anyway).
-      forward: (c) => this.forward(stream, responses, { ...c, full: this.state.forwarded.length === 0 }),
+      forward: (c) => this.forward(stream, responses, { ...c, full: this.state.targetForwards === 0 }),
       lastForwardedCutoff: () => this.state.forwarded.at(-1)?.cutoffAt,
       send: (message) => send(stream, responses, message),
       fail: async (message) => {

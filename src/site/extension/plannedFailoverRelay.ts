@@ -46,15 +46,26 @@ export async function relayPlannedFailover(
   } catch (err) {
     return r.fail(`the primary could not be asked to stop VM ${r.vmId} for the planned failover at ${r.targetSiteId}: ${errorMessage(err)}`);
   }
+  // From here on the VM is stopped at the primary and its agent has quit: a failure must say so,
+  // since asking again finds no agent, and say how the third site fails over without losing writes.
+  const stoppedNote = `VM ${r.vmId} is stopped at its primary (since ${stopped.stoppedAt.toISOString()}; its agent no longer replicates it)`;
   let seq = cycle.seq;
   if (await r.hasUnforwarded()) {
-    await r.forward({ ...cycle, seq });
+    try {
+      await r.forward({ ...cycle, seq });
+    } catch (err) {
+      return r.fail(
+        `${stoppedNote}, but its final point could not be forwarded to ${r.targetSiteId} (${errorMessage(err)}): this site forwards it once ${r.targetSiteId} is reachable ` +
+          `('qreplica status ${r.vmId}' here shows pending 0 then); fail over there with --unplanned to its newest point, which then holds every write up to the stop`,
+      );
+    }
     seq++;
   }
   const cutoff = r.lastForwardedCutoff();
   if (!cutoff || Date.parse(cutoff) < stopped.stoppedAt.getTime()) {
     return r.fail(
-      `VM ${r.vmId}: the point last forwarded to ${r.targetSiteId} (cut ${cutoff ?? "never"}) is older than the primary's stop (${stopped.stoppedAt.toISOString()}): the planned failover there would lose writes`,
+      `${stoppedNote}, but the newest point forwarded to ${r.targetSiteId} (cut ${cutoff ?? "never"}) is older than the stop: its final cycle did not reach this site. ` +
+        `Fail over there with --unplanned (writes after ${cutoff ?? "the first point"} are lost), or start the VM at its primary again`,
     );
   }
   await r.send({

@@ -38,6 +38,14 @@ export async function prepareReverseFromTarget(ctx: SiteContext, caller: Caller,
         `only ${forwardedTo}, the site it forwarded them to, may reverse onto it, not ${req.primarySiteId}`,
     );
   }
+  // The site id above is only the request's label: the identity that becomes the primary (and is
+  // authorized here) must be that site's own, the one the forwarder pinned when it dialled it.
+  if (req.primaryIdentity !== forwardedTo) {
+    throw new ReverseFromTargetRefusedError(
+      `site ${ctx.siteId} forwarded VM ${req.vmId} to site ${forwardedTo}, whose certificate identity is '${forwardedTo}': the reverse names '${req.primaryIdentity}' as the new primary; ` +
+        `run 'qreplica reverse ${req.vmId}' against site ${forwardedTo} itself, which sends its own identity`,
+    );
+  }
   if (req.seeds.length > 0) {
     throw new ReverseFromTargetRefusedError(
       `site ${ctx.siteId} holds VM ${req.vmId}'s points: the first cycle compares the new primary's disk with its newest point; give no --seed`,
@@ -66,8 +74,9 @@ export class PlannedFailoverNotRelayedError extends QreplicaError {
  */
 export function plannedFailoverThroughSite(vmId: string, forwardingSiteId: string, cause: unknown): PlannedFailoverNotRelayedError {
   return new PlannedFailoverNotRelayedError(
-    `VM ${vmId}: site ${forwardingSiteId}, which forwards its points here, did not get the VM stopped at its primary with a final point forwarded (${errorMessage(cause)}); ` +
-      `'qreplica status ${vmId}' on ${forwardingSiteId} says why (lastError). Nothing was recorded: try again once the primary's agent is connected there, or fail over with --unplanned`,
+    `VM ${vmId}: site ${forwardingSiteId}, which forwards its points here, could not complete the planned failover through it (${errorMessage(cause)}); ` +
+      `'qreplica status ${vmId}' on ${forwardingSiteId} says why (lastError). Nothing was recorded here. Unless that says the VM is stopped at its primary already, ` +
+      `try again once the primary's agent is connected to ${forwardingSiteId}, or fail over with --unplanned`,
     { cause },
   );
 }

@@ -196,10 +196,13 @@ export class FailoverService {
     return this.reverseAgents.start(opts);
   }
 
-  /** The failover VM this site runs for `vmId`: whether its monitor went to an agent; undefined: none runs here. */
-  failoverVmOf(vmId: string): { released: boolean } | undefined {
+  /**
+   * The failover VM this site runs for `vmId`: whether its monitor went to an agent, and whether
+   * that agent was since stopped for good (the monitor is free for the next one); undefined: none runs here.
+   */
+  failoverVmOf(vmId: string): { released: boolean; agentStopped: boolean } | undefined {
     const vm = this.failedOver.get(vmId);
-    return vm ? { released: vm.released } : undefined;
+    return vm ? { released: vm.released, agentStopped: vm.released && this.reverseAgents.stoppedForGood(vmId) } : undefined;
   }
 
   /** The pid of the failover VM's replication agent while this site supervises it. */

@@ -87,6 +87,7 @@ export class ReverseAgents {
     // what an earlier agent of this VM saved (its generation, toward another site) is not this one's.
     rmSync(join(dir, "state"), { recursive: true, force: true });
     const configFile = join(dir, "agent.yaml");
+    rmSync(`${configFile}.stopped`, { force: true });
     writeFileSync(configFile, toYaml(agentConfig(opts, dir)), { mode: 0o600 });
     this.stopSupervising(opts.vmId);
     return this.spawnAgent(opts.vmId, { pid: -1, logFile: join(dir, "agent.log"), configFile }).info;
@@ -132,6 +133,15 @@ export class ReverseAgents {
     if (pid !== undefined && pid > 1 && this.isOurAgent(pid, configFile)) await terminate(pid, 10_000);
     if (existsSync(configFile)) renameSync(configFile, `${configFile}.stopped`);
     this.logger.info({ vm: vmId, pid }, "replication agent of the failover VM stopped");
+  }
+
+  /**
+   * The VM's last agent was ended for good by stop() (an operator stopped its replication) and no
+   * other was started since: the VM's monitor is free, although it was released to an agent once.
+   */
+  stoppedForGood(vmId: string): boolean {
+    const configFile = join(reverseAgentDir(this.runDir, vmId), "agent.yaml");
+    return !this.agents.has(vmId) && !existsSync(configFile) && existsSync(`${configFile}.stopped`);
   }
 
   /** The site stops: its agents keep replicating, unsupervised until the next start adopts them. */

@@ -1,11 +1,11 @@
 import { describe, expect, it } from "vitest";
-import { getInMemoryEventStore } from "../../../src/ledger/index.js";
+import { completeFailover, getInMemoryEventStore } from "../../../src/ledger/index.js";
 import { nextMerge } from "../../../src/site/retention.js";
 import { ExtensionLedger, extensionStream } from "../../../src/site/extension/extensionLedger.js";
 import { Extensions } from "../../../src/site/extension/extensions.js";
 import { silentLogger } from "../../../src/common/logger.js";
 import type { SiteCredentials } from "../../../src/transport/index.js";
-import { enabled, fold, incremental, initialCommitted, initialStarted } from "../ledgerDomain/fixtures.js";
+import { enabled, failedOverUnplanned, fold, incremental, initialCommitted, initialStarted, run } from "../ledgerDomain/fixtures.js";
 
 const VM = "web1";
 const upTo = (n: number) => [enabled, initialStarted, initialCommitted, ...Array.from({ length: n - 1 }, (_, i) => incremental(i + 2))];
@@ -107,5 +107,128 @@ describe("extended replication: the ledger's record and what retention keeps for
     } finally {
       await started.close();
     }
+  });
+
+  it("extend --stop on a failed-over VM ends its agent even when the ledger has no FailoverFollowed (the site died before recording it)", async () => {
+    const ledger = new ExtensionLedger(getInMemoryEventStore());
+    const stoppedAgents: string[] = [];
+    const completed = run(fold(VM, enabled, initialStarted, initialCommitted, incremental(2), failedOverUnplanned()), (s) => completeFailover(s));
+    const ext = new Extensions(
+      {
+        siteId: "site-b",
+        loadRelationship: async () => completed,
+        storage: {
+          holdChains: () => () => undefined,
+          pointExtents: () => (async function* () {})(),
+          seedChunkHashes: () => (async function* () {})(),
+          loadChunkHashes: () => ({ unusable: "none in this test" }),
+          indexDigest: "sha256",
+        },
+        serialized: (_vm, fn) => fn(),
+        afterRead: () => undefined,
+        stopPrimary: () => Promise.reject(new Error("no primary in this test")),
+        tls: {} as SiteCredentials,
+        logger: silentLogger,
+      },
+      ledger,
+      {
+        failovers: { ...noFailovers, stopReplicationAgent: async (vmId: string) => void stoppedAgents.push(vmId) },
+        tlsFiles: { caFile: "ca.crt", certFile: "site-b.crt", keyFile: "site-b.key" },
+      },
+    );
+    await ledger.configure(VM, target, admin);
+    expect((await ledger.load(VM)).followed).toBeUndefined();
+    await ext.stop(VM, admin);
+    expect(stoppedAgents).toEqual([VM]);
+    await ext.close();
+  });
+
+  it("a failover completion and an extend at once start one agent, not two (one would run unsupervised)", async () => {
+    const ledger = new ExtensionLedger(getInMemoryEventStore());
+    const completed = run(fold(VM, enabled, initialStarted, initialCommitted, incremental(2), failedOverUnplanned()), (s) => completeFailover(s));
+    let released = false;
+    const agents: number[] = [];
+    const ext = new Extensions(
+      {
+        siteId: "site-b",
+        loadRelationship: async () => completed,
+        storage: {
+          holdChains: () => () => undefined,
+          pointExtents: () => (async function* () {})(),
+          seedChunkHashes: () => (async function* () {})(),
+          loadChunkHashes: () => ({ unusable: "none in this test" }),
+          indexDigest: "sha256",
+        },
+        serialized: (_vm, fn) => fn(),
+        afterRead: () => undefined,
+        stopPrimary: () => Promise.reject(new Error("no primary in this test")),
+        tls: {} as SiteCredentials,
+        logger: silentLogger,
+      },
+      ledger,
+      {
+        failovers: {
+          ...noFailovers,
+          failoverVmOf: () => ({ released, agentStopped: false }),
+          // The monitor is handed over after a turn of the event loop, as QMP's close is.
+          releaseFailedOverVm: async () => {
+            await new Promise((r) => setImmediate(r));
+            released = true;
+            return { qmpSocket: "/run/b/web1.qmp" };
+          },
+          startReverseAgent: () => {
+            agents.push(agents.length + 100);
+            return { pid: agents.at(-1)!, logFile: "agent.log", configFile: "agent.yaml" };
+          },
+        },
+        tlsFiles: { caFile: "ca.crt", certFile: "site-b.crt", keyFile: "site-b.key" },
+      },
+    );
+    await ledger.configure(VM, target, admin);
+    await ext.start();
+    expect(agents).toHaveLength(1);
+    released = false;
+    agents.length = 0;
+    await Promise.all([ext.failoverCompleted(VM), ext.configure(VM, { ...target, intervalSeconds: 5 }, admin)]);
+    expect(agents).toHaveLength(1);
+    await ext.close();
+  });
+
+  it("status: an agent that ended by itself is not shown replicating with its old pid; the error says what to do", async () => {
+    const ledger = new ExtensionLedger(getInMemoryEventStore());
+    const completed = run(fold(VM, enabled, initialStarted, initialCommitted, incremental(2), failedOverUnplanned()), (s) => completeFailover(s));
+    let pid: number | undefined = 4242;
+    const ext = new Extensions(
+      {
+        siteId: "site-b",
+        loadRelationship: async () => completed,
+        storage: {
+          holdChains: () => () => undefined,
+          pointExtents: () => (async function* () {})(),
+          seedChunkHashes: () => (async function* () {})(),
+          loadChunkHashes: () => ({ unusable: "none in this test" }),
+          indexDigest: "sha256",
+        },
+        serialized: (_vm, fn) => fn(),
+        afterRead: () => undefined,
+        stopPrimary: () => Promise.reject(new Error("no primary in this test")),
+        tls: {} as SiteCredentials,
+        logger: silentLogger,
+      },
+      ledger,
+      {
+        failovers: { ...noFailovers, failoverVmOf: () => ({ released: true, agentStopped: false }), replicationAgentPid: () => pid },
+        tlsFiles: { caFile: "ca.crt", certFile: "site-b.crt", keyFile: "site-b.key" },
+      },
+    );
+    await ledger.configure(VM, target, admin);
+    await ledger.recordFollowed(VM, { generation: 2, targetGeneration: 4, reason: "x", agentPid: 4242 });
+    await ext.start();
+    expect(ext.status(VM, completed)).toMatchObject({ state: "following-failover", agentPid: 4242, lastError: "" });
+    pid = undefined;
+    const gone = ext.status(VM, completed);
+    expect(gone).toMatchObject({ state: "following-failover", agentPid: 0 });
+    expect(gone?.lastError).toMatch(/agent toward site site-c is not running .*extend web1 --stop/);
+    await ext.close();
   });
 });

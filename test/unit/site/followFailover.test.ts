@@ -17,7 +17,7 @@ const target = { targetAddress: "127.0.0.1:7443", targetSiteId: "site-c", interv
 const waiting = fold(VM, enabled, initialStarted, initialCommitted, incremental(2), failedOverUnplanned());
 const completed = run(waiting, (s) => completeFailover(s));
 
-function deps(rel: RelationshipState, vm: { released: boolean } | undefined) {
+function deps(rel: RelationshipState, vm: { released: boolean; agentStopped?: boolean } | undefined) {
   const started: ReverseAgentOptions[] = [];
   const store = getInMemoryEventStore();
   const ledger = new ExtensionLedger(store);
@@ -25,7 +25,7 @@ function deps(rel: RelationshipState, vm: { released: boolean } | undefined) {
     siteId: "site-b",
     loadRelationship: async () => rel,
     failovers: {
-      failoverVmOf: () => vm,
+      failoverVmOf: () => vm && { released: vm.released, agentStopped: vm.agentStopped ?? false },
       releaseFailedOverVm: async () => ({ qmpSocket: "/run/b/web1.qmp" }),
       startReverseAgent: (o) => {
         started.push(o);
@@ -97,5 +97,55 @@ describe("followFailover", () => {
     await none.ledger.configure(VM, target, admin);
     await expect(followFailover(none.d, await none.ledger.load(VM))).rejects.toThrow(FollowFailoverError);
     await expect(followFailover(none.d, await none.ledger.load(VM))).rejects.toThrow(/no failover VM runs here/);
+  });
+
+  it("an agent stopped by 'extend --stop' left the monitor free: extending again starts a new one, above its generation", async () => {
+    const { d, started, ledger } = deps(completed, { released: true, agentStopped: true });
+    await ledger.configure(VM, target, admin);
+    await ledger.recordFollowed(VM, { generation: 2, targetGeneration: 4, reason: "x", agentPid: 1 });
+    const after = await followFailover(d, await ledger.load(VM));
+    expect(started).toHaveLength(1);
+    expect(started[0]).toMatchObject({ generation: 5, replicaSiteId: "site-c" });
+    expect(after?.followed).toMatchObject({ targetGeneration: 5, agentPid: 4242 });
+  });
+
+  it("a target configured after another site's: its generations start from 0 (an initial replication there), not from the earlier site's", async () => {
+    const { d, started, ledger } = deps(completed, { released: false });
+    await ledger.configure(VM, target, admin);
+    await ledger.recordForwarded(VM, {
+      pointId: "p2",
+      cutoffAt: "2030-01-01T00:00:00.000Z",
+      targetPointId: "c7",
+      targetSeq: 7,
+      targetGeneration: 3,
+      kind: "incremental",
+      dataBytes: 1,
+      wireBytes: 1,
+    });
+    await ledger.stop(VM, admin);
+    await ledger.configure(VM, { ...target, targetSiteId: "site-d", targetAddress: "127.0.0.1:7444" }, admin);
+    const state = await ledger.load(VM);
+    expect(state).toMatchObject({ targetGeneration: 0, targetForwards: 0 });
+    await followFailover(d, state);
+    expect(started[0]).toMatchObject({ replicaSiteId: "site-d", generation: 0 });
+    expect(started[0]!.upstreamFailover).toBeUndefined();
+  });
+
+  it("the same target configured again after a stop keeps what it told", async () => {
+    const { ledger } = deps(completed, { released: false });
+    await ledger.configure(VM, target, admin);
+    await ledger.recordForwarded(VM, {
+      pointId: "p2",
+      cutoffAt: "2030-01-01T00:00:00.000Z",
+      targetPointId: "c7",
+      targetSeq: 7,
+      targetGeneration: 3,
+      kind: "incremental",
+      dataBytes: 1,
+      wireBytes: 1,
+    });
+    await ledger.stop(VM, admin);
+    await ledger.configure(VM, { ...target, intervalSeconds: 9 }, admin);
+    expect(await ledger.load(VM)).toMatchObject({ targetGeneration: 3, targetForwards: 1 });
   });
 });

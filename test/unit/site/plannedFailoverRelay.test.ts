@@ -8,7 +8,7 @@ import type { OutgoingReplicateRequest } from "../../../src/transport/index.js";
 const STOPPED_AT = new Date("2026-12-05T10:00:00.000Z");
 const cycle = { seq: 7, generation: 1, maxChunk: 1024, checksum: ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256 };
 
-function relay(opts: { stop?: () => Promise<never>; finalCutoff?: string; unforwarded?: boolean }) {
+function relay(opts: { stop?: () => Promise<never>; finalCutoff?: string; unforwarded?: boolean; forwardFails?: boolean }) {
   const sent: OutgoingReplicateRequest[] = [];
   const forwarded: number[] = [];
   const failures: string[] = [];
@@ -19,6 +19,7 @@ function relay(opts: { stop?: () => Promise<never>; finalCutoff?: string; unforw
     stopPrimary: opts.stop ?? (async () => ({ stoppedAt: STOPPED_AT, finalCycleSeq: 40, method: "pause", disks: [{ diskId: "vda", imagePath: "/a/vda.qcow2" }] })),
     hasUnforwarded: async () => opts.unforwarded ?? true,
     forward: async (c) => {
+      if (opts.forwardFails) throw new Error("site site-c: stream closed");
       forwarded.push(c.seq);
       cutoff = opts.finalCutoff ?? "2026-12-05T10:00:00.500Z";
     },
@@ -55,6 +56,19 @@ describe("relayPlannedFailover", () => {
     const stale = relay({ unforwarded: false });
     await stale.run();
     expect(stale.sent).toEqual([]);
-    expect(stale.failures[0]).toMatch(/older than the primary's stop/);
+    expect(stale.failures[0]).toMatch(/older than the stop/);
+  });
+
+  it("once the primary stopped, a failure says the VM is stopped there and how C fails over without losing writes", async () => {
+    const stale = relay({ unforwarded: false });
+    await stale.run();
+    expect(stale.failures[0]).toMatch(/VM vm1 is stopped at its primary \(since 2026-12-05T10:00:00.000Z/);
+    expect(stale.failures[0]).toMatch(/--unplanned/);
+
+    const broken = relay({ forwardFails: true });
+    await broken.run();
+    expect(broken.sent).toEqual([]);
+    expect(broken.failures).toHaveLength(1);
+    expect(broken.failures[0]).toMatch(/VM vm1 is stopped at its primary .*could not be forwarded to site-c \(site site-c: stream closed\).*--unplanned/);
   });
 });
