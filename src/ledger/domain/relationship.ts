@@ -309,6 +309,8 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
         state: s.state === "paused" ? "paused" : "resync-required",
         generation: Math.max(s.generation, d.generation),
         resyncReason: `the primary failed over upstream: ${d.reason}`,
+        // A go-ahead given for an earlier resync is not one for this: with resync manual, an operator decides again.
+        resyncApproval: undefined,
         // A cycle the old generation had open is abandoned (its stream is superseded, its partial discarded).
         inFlight: undefined,
         generationHandover: undefined,

@@ -7,8 +7,10 @@ import { describe, expect, it } from "vitest";
 import {
   StaleGenerationError,
   UpstreamFailoverRefusedError,
+  approveResync,
   commitCycle,
   completeFailover,
+  markResyncRequired,
   pause,
   recogniseCurrentPrimary,
   recogniseUpstreamFailover,
@@ -44,6 +46,18 @@ describe("recogniseUpstreamFailover", () => {
     );
     expect(resynced).toMatchObject({ state: "replicating", generation: 2, resyncReason: undefined });
     expect(resynced.points.map((p) => p.cycleSeq)).toEqual([1, 2, 3, 4]);
+  });
+
+  it("clears a resync go-ahead given before it: with resync manual, the operator decides again for this one", () => {
+    const approved = fold(
+      VM,
+      ...upTo(2),
+      (s) => markResyncRequired(s, { reason: "BITMAP_INCONSISTENT" }),
+      (s) => approveResync(s, { approvedBy: "olga", approvedByRole: "operator" }),
+    );
+    expect(approved.resyncApproval).toEqual({ approvedBy: "olga", approvedByRole: "operator" });
+    const after = run(approved, upstream(2));
+    expect(after).toMatchObject({ state: "resync-required", generation: 2, resyncApproval: undefined });
   });
 
   it("fences the old generation: the primary's forwarder still presenting it is stale, even from the same identity", () => {
