@@ -96,3 +96,28 @@ export async function upstreamFailoverAfterFailoverHere(
     `('qreplica failover ${peer.vmId} cancel', possible until it is completed) and resume the VM there`
   );
 }
+
+/**
+ * A Hello from the primary after a planned failover at the site this one forwards to
+ * (FailedOverDownstream): the VM runs there now, so the primary is refused as stale at any
+ * generation (its own is still this relationship's), which fences its VM, and the refusal is
+ * recorded. Returns the refusal's message, or undefined when the Hello goes the usual way.
+ */
+export async function primaryFailedOverDownstream(
+  store: EventStore,
+  logger: Logger,
+  state: RelationshipState,
+  peer: { vmId: string; presentedGeneration: number; peerIdentity: string },
+): Promise<string | undefined> {
+  const d = state.downstreamFailover;
+  if (!d || peer.peerIdentity !== d.primaryIdentity) return undefined;
+  const input = { presentedGeneration: peer.presentedGeneration, peerIdentity: peer.peerIdentity };
+  await executeCommand(store, peer.vmId, (s) => refuseStaleGeneration(s, input)).catch((err: unknown) =>
+    logger.error({ err, vm: peer.vmId }, "could not record the stale-generation refusal"),
+  );
+  logger.warn(
+    { vm: peer.vmId, identity: peer.peerIdentity, presented: peer.presentedGeneration, failedOverAt: d.targetSiteId },
+    "the old primary came back after the VM failed over downstream: its agent is refused as stale and fences its VM",
+  );
+  return `generation ${peer.presentedGeneration} is stale: ${d.reason}. This primary is no longer authoritative; do not resume its VM`;
+}

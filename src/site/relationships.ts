@@ -38,7 +38,7 @@ import {
 import type { PointWrite, ReplicaStorage } from "../storage/index.js";
 import { imageInfo } from "../qemu/processes/index.js";
 import { actorMetadata, type Caller } from "./controlPlane/caller.js";
-import { settleGeneration, upstreamFailoverAfterFailoverHere } from "./helloGenerations.js";
+import { primaryFailedOverDownstream, settleGeneration, upstreamFailoverAfterFailoverHere } from "./helloGenerations.js";
 import { RelationshipRefusal, type CommitInput, type HelloAccepted, type HelloInput } from "./relationshipInputs.js";
 
 export interface RelationshipsOptions {
@@ -171,6 +171,12 @@ export class Relationships {
         )
       ).newState;
     } else {
+      const downstream = await primaryFailedOverDownstream(this.store, this.logger, state, {
+        vmId,
+        presentedGeneration: input.presentedGeneration,
+        peerIdentity: input.primaryIdentity,
+      });
+      if (downstream) throw new RelationshipRefusal(RejectReason.REJECT_REASON_STALE_GENERATION, downstream, state.generation);
       if (state.primaryIdentity !== input.primaryIdentity && state.formerPrimaryIdentities?.includes(input.primaryIdentity) && input.presentedGeneration < state.generation) {
         // A primary another site took over from (extended replication's reverse): it is stale, so
         // its agent fences its VM, rather than a stranger refused as unauthorized.

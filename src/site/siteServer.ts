@@ -3,7 +3,15 @@ import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "../common/logger.js";
 import { ControlServiceService } from "../gen/qreplica/v1/control.js";
 import { ReplicationServiceService, type ReplicationServiceServer } from "../gen/qreplica/v1/replication.js";
-import { LedgerReadModels, getSqliteEventStore, onRelationshipSnapshotIgnored, type EventStore, type RelationshipState } from "../ledger/index.js";
+import {
+  LedgerReadModels,
+  executeCommand,
+  getSqliteEventStore,
+  onRelationshipSnapshotIgnored,
+  recordDownstreamFailover,
+  type EventStore,
+  type RelationshipState,
+} from "../ledger/index.js";
 import { describeLedger, openConfiguredLedger } from "../ledger/ledgerConfig.js";
 import { ReplicaStorage, SiteStorageDaemon, StorageDaemonExitedError } from "../storage/index.js";
 import { RenewingSiteCredentials, RevocationList, grpcServerOptions, loadSiteCredentials, widenServerFlowControl, type SiteCredentials } from "../transport/index.js";
@@ -180,6 +188,10 @@ async function serve(
         if (!session) return Promise.reject(new Error(`the primary's agent for VM ${vmId} is not connected to site ${config.siteId}`));
         return session.requestPlannedFailover(seconds, 5 * 60_000);
       },
+      recordDownstreamFailover: (vmId, input) =>
+        context.serializer.run(vmId, () =>
+          executeCommand(store, vmId, (s) => recordDownstreamFailover(s, input), { metadata: { actor: input.requestedBy || input.targetSiteId } }),
+        ),
       tls: creds,
       logger: log.child({ part: "extension" }),
     },

@@ -4,13 +4,16 @@
  * and ship a final cycle cut after the stop, forwards that point to C at once (whatever the
  * forward interval), and C fails over to it: the VM at C starts where A's stopped, no write lost
  * (A's disk after its QEMU exited is C's point byte for byte). Without A's agent at B the same
- * command is refused, nothing recorded. Real sites, agent and QEMU; the README's commands.
+ * command is refused, nothing recorded. B records the failover at C (FailedOverDownstream): A's VM
+ * and agent started again are refused at B as stale, the VM pauses, B commits nothing from it.
+ * Real sites, agent and QEMU; the README's commands.
  */
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { readCounters, readDiskCounter, waitForCounter } from "../../guest/index.js";
 import { getSqliteEventStore } from "../../src/ledger/index.js";
-import { compareImages } from "../../src/qemu/processes/index.js";
+import { compareImages, startSystemVm } from "../../src/qemu/processes/index.js";
+import { QmpClient } from "../../src/qemu/qmp/index.js";
 import { extensionStream, foldExtension } from "../../src/site/extension/extensionLedger.js";
 import { runCli, waitFor } from "../helpers/processes.js";
 import { twoSitesPerTest } from "../helpers/twoSites.js";
@@ -49,7 +52,22 @@ function plannedAt(siteDir: string) {
 }
 
 interface Status {
-  relationships: Array<{ state: string; generation: number; primarySiteId: string }>;
+  relationships: Array<{
+    state: string;
+    generation: number;
+    primarySiteId: string;
+    healthReasons: Array<{ code: string; level: string; message: string }>;
+    extendedReplication?: { lastError: string };
+  }>;
+}
+
+async function eventsOn(siteDir: string) {
+  const store = getSqliteEventStore({ path: join(siteDir, "ledger.sqlite"), create: false });
+  try {
+    return await store.readStream("replication-vm1");
+  } finally {
+    await store.close();
+  }
 }
 
 describe("extended replication: planned failover at C", { timeout: 300_000 }, () => {
@@ -105,5 +123,53 @@ describe("extended replication: planned failover at C", { timeout: 300_000 }, ()
     await waitForCounter(planned.vm.serialLog, () => true, 90_000);
     expect(readCounters(planned.vm.serialLog)[0]).toBe(finalCounter);
     expect((await qreplica<Status>(["status", "vm1", "--dir", C])).relationships[0]).toMatchObject({ state: "failed-over-waiting-completion", generation: 2 });
+
+    // --- B recorded the failover at C: why nothing replicates there, and the way on ---
+    const recorded = (await eventsOn(t.siteB)).find((e) => e.type === "FailedOverDownstream");
+    expect(recorded?.data).toMatchObject({ targetSiteId: "site-c", pointId: final.pointId, targetPointId: planned.recoveryPointId, generation: 1 });
+    expect(recorded?.data.requestedBy).not.toBe("");
+    const atB = await waitFor(
+      "B's forwarder ended with the reason",
+      async () => {
+        const r = (await qreplica<Status>(["status", "vm1", "--dir", t.siteB])).relationships[0]!;
+        return /forwarding ended/.test(r.extendedReplication?.lastError ?? "") ? r : undefined;
+      },
+      30_000,
+    );
+    expect(atB.state).toBe("paused");
+    expect(atB.healthReasons.filter((r) => r.level === "critical")).toEqual([]);
+    expect(atB.healthReasons.find((r) => r.code === "STATE_PAUSED")?.message).toMatch(/failed over at site site-c .*'qreplica reverse vm1 --dir/);
+
+    // --- A's VM and agent started again (an operator's mistake): refused at B as stale, the VM paused ---
+    const pointsAtB = (await t.relationship()).points.map((p) => p.pointId);
+    const restarted = await startSystemVm({
+      qmpSocketPath: guest.qmpSocketPath,
+      disks: [{ nodeName: "vda", path: guest.diskPath, bus: "ide", bootIndex: 0 }],
+      serialLogPath: `${guest.serialLogPath}.2`,
+      accel: "tcg",
+      memoryMiB: 64,
+    });
+    try {
+      const returned = t.startAgent();
+      const refusal = await waitFor("A's agent refused at B as stale", async () => (await eventsOn(t.siteB)).find((e) => e.type === "StaleGenerationRefused"), 90_000);
+      expect(refusal.data).toMatchObject({ presentedGeneration: 1, currentGeneration: 1, peerIdentity: "agent-a" });
+      await returned.exited;
+      const qmp = await QmpClient.connect({ socketPath: guest.qmpSocketPath });
+      try {
+        expect((await qmp.execute<{ status: string }>("query-status")).status).toBe("paused");
+      } finally {
+        await qmp.close();
+      }
+      expect((await t.relationship()).points.map((p) => p.pointId)).toEqual(pointsAtB);
+    } finally {
+      await restarted.kill();
+    }
+
+    // --- the way on the reason names works from there: C reverses onto B, which takes C as primary ---
+    await qreplica(["failover", "vm1", "complete", "--dir", C]);
+    expect((await qreplica<{ generation: number }>(["reverse", "vm1", "--dir", C, "--to-dir", t.siteB])).generation).toBe(2);
+    const reversed = await t.relationship("vm1", t.siteB);
+    expect(reversed).toMatchObject({ primarySiteId: "site-c", generation: 2 });
+    expect(reversed.downstreamFailover).toBeUndefined();
   });
 });

@@ -239,6 +239,26 @@ export type RelationshipEventData = {
     approvedBy: string;
     approvedByRole: string;
   };
+  /**
+   * Extended replication (A -> B -> C), on B: a planned failover at C went through this site (the
+   * primary's agent stopped the VM and shipped its final cycle here, the final point `pointId` went
+   * on to C as `targetPointId`, C was told the primary stopped at `primaryStoppedAt`), so the VM now
+   * fails over at `targetSiteId`. The primary (`primaryIdentity`, at `generation`) is refused as
+   * stale from here on, which fences its VM; replication waits (paused) for the reverse from C.
+   * `requestedBy` is the operator at C who asked, as C reported it ("" when it did not).
+   */
+  FailedOverDownstream: {
+    targetSiteId: string;
+    pointId: string;
+    targetPointId: string;
+    primaryStoppedAt: string;
+    stopMethod: string;
+    primaryIdentity: string;
+    generation: number;
+    requestedBy: string;
+    requestedByRole: string;
+    recordedAt: string;
+  };
 };
 
 export type RelationshipEventType = keyof RelationshipEventData;
@@ -282,6 +302,7 @@ const KNOWN_TYPES = {
   ReverseReplicationStarted: true,
   PrimaryFailedOverUpstream: true,
   PrimaryReplaced: true,
+  FailedOverDownstream: true,
 } as const satisfies Record<RelationshipEventType, true>;
 
 export const RELATIONSHIP_EVENT_TYPES: readonly RelationshipEventType[] = Object.keys(KNOWN_TYPES) as RelationshipEventType[];

@@ -110,6 +110,7 @@ export { recogniseCurrentPrimary, type RecogniseCurrentPrimaryInput } from "./co
 export { recogniseUpstreamFailover, type RecogniseUpstreamFailoverInput } from "./commands/recogniseUpstreamFailover.js";
 export { completeFailover, type CompleteFailoverInput } from "./commands/completeFailover.js";
 export { replacePrimary, type ReplacePrimaryInput } from "./commands/replacePrimary.js";
+export { recordDownstreamFailover, type RecordDownstreamFailoverInput } from "./commands/recordDownstreamFailover.js";
 export { clearSuspectPoints, type ClearSuspectPointsInput } from "./commands/clearSuspectPoints.js";
 export { recordVerificationDrill, type RecordVerificationDrillInput } from "./commands/recordVerificationDrill.js";
 export { LAST_CLEAN_POINT, isLocked, lastCleanPoint } from "./pointSafety.js";

@@ -343,6 +343,32 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
         pauseReason: undefined,
         // Another VM's disks now: the old primary's compression history says nothing about them.
         encryptionBaselines: {},
+        downstreamFailover: undefined,
+      };
+    }
+    case "FailedOverDownstream": {
+      const d = event.data;
+      const reason = downstreamFailoverReason(s.vmId, d);
+      return {
+        ...s,
+        // Nothing arrives here until the reverse from that site: health says why, not that the primary fell silent.
+        state: "paused",
+        pauseReason: reason,
+        // A cycle the stopped primary had open is abandoned.
+        inFlight: undefined,
+        generationHandover: undefined,
+        cycleSkipped: undefined,
+        downstreamFailover: {
+          targetSiteId: d.targetSiteId,
+          pointId: d.pointId,
+          targetPointId: d.targetPointId,
+          primaryStoppedAt: d.primaryStoppedAt,
+          primaryIdentity: d.primaryIdentity,
+          generation: d.generation,
+          requestedBy: d.requestedBy,
+          recordedAt: d.recordedAt,
+          reason,
+        },
       };
     }
     default:
@@ -367,6 +393,15 @@ function foldBaselines(
     if (b) next[diskId] = b;
   }
   return next;
+}
+
+/** Why the VM no longer replicates here after a planned failover downstream, naming the way on. */
+export function downstreamFailoverReason(vmId: string, d: { targetSiteId: string; primaryStoppedAt: string; requestedBy: string }): string {
+  const by = d.requestedBy ? ` (asked by ${d.requestedBy})` : "";
+  return (
+    `VM ${vmId} failed over at site ${d.targetSiteId}${by} in a planned failover through this site: its primary stopped it at ${d.primaryStoppedAt} ` +
+    `and is refused here as stale from now on. To replicate the VM back here, run 'qreplica reverse ${vmId} --dir <${d.targetSiteId}'s dir> --to-dir <this site's dir>' at ${d.targetSiteId}`
+  );
 }
 
 function assertNever(x: never): never {

@@ -134,6 +134,21 @@ export interface UpstreamFailover {
   readonly resyncOnResume: boolean;
 }
 
+/** A planned failover at the site this one forwards to (FailedOverDownstream): the primary is fenced here. */
+export interface DownstreamFailover {
+  readonly targetSiteId: string;
+  readonly pointId: string;
+  readonly targetPointId: string;
+  readonly primaryStoppedAt: string;
+  /** The primary's identity and generation when it stopped: refused as stale from then on. */
+  readonly primaryIdentity: string;
+  readonly generation: number;
+  readonly requestedBy: string;
+  readonly recordedAt: string;
+  /** Why the VM no longer replicates here, and the way on (status, health, the forwarder's error). */
+  readonly reason: string;
+}
+
 export interface RelationshipState {
   readonly vmId: string;
   readonly state: ReplicationStateName;
@@ -195,6 +210,8 @@ export interface RelationshipState {
   readonly failoverChainImages?: readonly string[] | undefined;
   /** Primaries a PrimaryReplaced moved away from (absent before the first): refused as stale, never as strangers. */
   readonly formerPrimaryIdentities?: readonly string[];
+  /** Set by FailedOverDownstream until a PrimaryReplaced (the reverse from that site) clears it (absent from older snapshots). */
+  readonly downstreamFailover?: DownstreamFailover | undefined;
   readonly counters: RelationshipCounters;
 }
 

@@ -140,7 +140,8 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
         if (req.recoveryPointId)
           throw Object.assign(new Error("a planned failover always uses the final point; --point is for unplanned failovers"), { grpcCode: grpc.status.INVALID_ARGUMENT });
         // At the third site of an extended replication the forwarding site relays it to the primary's agent.
-        const stopped = await session.requestPlannedFailover(10, 5 * 60_000).catch(async (err: unknown) => {
+        // The forwarding site records who asked with the failover it relays.
+        const stopped = await session.requestPlannedFailover(10, 5 * 60_000, session.forwardingSite ? caller : undefined).catch(async (err: unknown) => {
           if (!session.forwardingSite) throw err;
           throw plannedFailoverThroughSite(req.vmId, (await ctx.relationships.load(req.vmId)).primarySiteId ?? "the forwarding site", err);
         });

@@ -99,7 +99,7 @@ export class ReplicateSession {
    * Planned failover: asks the primary's agent to stop its VM and ship a final cycle; resolves
    * once the agent reports the VM stopped and that cycle acknowledged.
    */
-  requestPlannedFailover(powerdownTimeoutSeconds: number, timeoutMs: number): Promise<PrimaryStoppedInfo> {
+  requestPlannedFailover(powerdownTimeoutSeconds: number, timeoutMs: number, requestedBy?: { identity: string; role: string }): Promise<PrimaryStoppedInfo> {
     return new Promise<PrimaryStoppedInfo>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.primaryStopped = undefined;
@@ -116,7 +116,10 @@ export class ReplicateSession {
         },
       };
       writeWithBackpressure(this.call, {
-        body: { $case: "plannedFailoverRequested", value: { generation: BigInt(this.generation), powerdownTimeoutSeconds } },
+        body: {
+          $case: "plannedFailoverRequested",
+          value: { generation: BigInt(this.generation), powerdownTimeoutSeconds, ...(requestedBy ? { requestedBy: requestedBy.identity, requestedByRole: requestedBy.role } : {}) },
+        },
       }).catch((err: unknown) => this.primaryStopped?.reject(err as Error));
     });
   }

@@ -2,8 +2,8 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { errorMessage } from "../../common/errors.js";
 import type { Logger } from "../../common/logger.js";
 import { ChecksumAlgorithm, CompressionCodec, CycleKind } from "../../gen/qreplica/v1/common.js";
-import { ChunkDigest, RejectReason, type CycleAck, type EffectivePolicy, type HelloAck } from "../../gen/qreplica/v1/replication.js";
-import type { RecoveryPoint, RelationshipState } from "../../ledger/index.js";
+import { ChunkDigest, RejectReason, type CycleAck, type EffectivePolicy, type HelloAck, type PlannedFailoverRequested } from "../../gen/qreplica/v1/replication.js";
+import type { RecordDownstreamFailoverInput, RecoveryPoint, RelationshipState } from "../../ledger/index.js";
 import type { ReplicaStorage } from "../../storage/index.js";
 import { ReplicationClient, currentCredentials, digestToWire, siteDial, type SiteCredentials } from "../../transport/index.js";
 import type { ExtensionLedger, ExtensionState, ExtensionTarget } from "./extensionLedger.js";
@@ -36,6 +36,8 @@ export interface ForwarderDeps {
   afterRead(vmId: string): void;
   /** A planned failover at the third site: the primary's agent stops the VM and ships its final cycle here. */
   stopPrimary(vmId: string, powerdownTimeoutSeconds: number): Promise<PrimaryStoppedInfo>;
+  /** That failover went through: recorded in the VM's relationship (the primary is fenced here). */
+  recordDownstreamFailover(vmId: string, input: RecordDownstreamFailoverInput): Promise<unknown>;
   tls: SiteCredentials;
   logger: Logger;
 }
@@ -65,7 +67,7 @@ export class PointForwarder {
   /** The zstd level of that policy (1 without one). */
   private compressionLevel = 1;
   /** The third site asked for a planned failover on the open stream (relayed once the forward under way ends). */
-  private plannedFailover: { powerdownTimeoutSeconds: number } | undefined;
+  private plannedFailover: PlannedFailoverRequested | undefined;
   /** The third site's operator asked for a resync (\`qreplica resync\`) on the open stream. */
   private resyncRequested = false;
   /** The open stream to the third site, cancelled by stop so that a forward under way ends now. */
@@ -94,6 +96,13 @@ export class PointForwarder {
   private async run(): Promise<void> {
     let backoffMs = BACKOFF_MIN_MS;
     while (!this.stopped && this.state.target) {
+      // The VM failed over at the target through this site: nothing is left to forward to it (see failedOver).
+      const downstream = (await this.deps.loadRelationship(this.vmId).catch(() => undefined))?.downstreamFailover;
+      if (downstream) {
+        this.lastError = `forwarding ended: ${downstream.reason}; 'qreplica extend ${this.vmId} --stop' here removes this configuration`;
+        this.deps.logger.info({ vm: this.vmId, target: downstream.targetSiteId }, "the VM failed over at the site this one forwards to: forwarding ended");
+        return;
+      }
       try {
         await this.session(this.state.target, () => (backoffMs = BACKOFF_MIN_MS));
       } catch (err) {
@@ -123,7 +132,7 @@ export class PointForwarder {
       if (this.stopped) return;
       // C's planned failover goes through this site: the loop below has the primary's agent stop the VM.
       const responses = new Responses(stream, {
-        onPlannedFailover: (powerdownTimeoutSeconds) => (this.plannedFailover ??= { powerdownTimeoutSeconds }),
+        onPlannedFailover: (req) => (this.plannedFailover ??= req),
         onPolicy: (p) => this.usePolicy(p),
         onResyncRequested: () => (this.resyncRequested = true),
       });
@@ -221,6 +230,7 @@ export class PointForwarder {
       forward: (c) => this.forward(stream, responses, { ...c, full: this.state.targetForwards === 0 }),
       lastForwardedCutoff: () => this.state.forwarded.at(-1)?.cutoffAt,
       send: (message) => send(stream, responses, message),
+      failedOver: (stopped) => this.failedOver(target, stopped),
       fail: async (message) => {
         this.lastError = message;
         this.deps.logger.warn({ vm: this.vmId, target: target.targetSiteId }, message);
@@ -228,6 +238,33 @@ export class PointForwarder {
       },
       logger: this.deps.logger,
     };
+  }
+
+  /**
+   * Records the planned failover at the target that went through this site: A's agent is fenced
+   * here from now on and this forwarder ends (run's loop sees it). A failure is logged and shown,
+   * since then a restarted primary would be accepted here again.
+   */
+  private async failedOver(target: ExtensionTarget, stopped: PrimaryStoppedInfo): Promise<void> {
+    const last = this.state.forwarded.at(-1);
+    try {
+      if (!last) throw new Error("no point was forwarded");
+      await this.deps.recordDownstreamFailover(this.vmId, {
+        targetSiteId: target.targetSiteId,
+        pointId: last.pointId,
+        targetPointId: last.targetPointId,
+        primaryStoppedAt: stopped.stoppedAt.toISOString(),
+        stopMethod: stopped.method,
+        requestedBy: this.plannedFailover?.requestedBy ?? "",
+        requestedByRole: this.plannedFailover?.requestedByRole ?? "",
+        recordedAt: new Date().toISOString(),
+      });
+    } catch (err) {
+      this.lastError =
+        `VM ${this.vmId} failed over at ${target.targetSiteId}, but this site could not record it (${errorMessage(err)}): ` +
+        `its primary is not fenced here, do not start its VM again; 'qreplica pause ${this.vmId}' here keeps it from replicating`;
+      this.deps.logger.error({ vm: this.vmId, target: target.targetSiteId, err: errorMessage(err) }, this.lastError);
+    }
   }
 
   /** The newest point, once it is newer than the last forwarded one and the interval has passed. */

@@ -15,6 +15,8 @@ export interface RelayContext {
   forward(c: { seq: number; generation: number; maxChunk: number; checksum: ChecksumAlgorithm }): Promise<void>;
   lastForwardedCutoff(): string | undefined;
   send(message: OutgoingReplicateRequest): Promise<void>;
+  /** The relay succeeded: this site records the failover downstream, which fences the primary here. */
+  failedOver(stopped: PrimaryStoppedInfo): Promise<void>;
   /** Gives up: records why (status shows it) and tells the third site, whose planned failover fails with it. */
   fail(message: string): Promise<void>;
   logger: Logger;
@@ -27,7 +29,9 @@ export interface RelayContext {
  * at once, and only then tells C the primary stopped (PrimaryStopped, the stop's time on A's
  * clock, which also stamps the final point's cut-off). C then fails over to that point: nothing
  * the guest wrote is lost. A's agent quits replicating the VM, as after any planned failover; B
- * keeps its points (a reverse from C onto B resyncs against them).
+ * records the failover downstream (FailedOverDownstream: A's agent is refused here as stale from
+ * then on, should A's VM and agent be started again) and keeps its points (a reverse from C onto
+ * B resyncs against them).
  */
 /** PrimaryStopped saying the VM was not stopped, and why. */
 export function notStopped(reason: string): OutgoingReplicateRequest {
@@ -82,4 +86,5 @@ export async function relayPlannedFailover(
     },
   });
   r.logger.info({ vm: r.vmId, target: r.targetSiteId, stoppedAt: stopped.stoppedAt, method: stopped.method }, "the primary stopped and its final point was forwarded");
+  await r.failedOver(stopped);
 }

@@ -1,4 +1,4 @@
-import type { EffectivePolicy, ReplicateResponse } from "../../gen/qreplica/v1/replication.js";
+import type { EffectivePolicy, PlannedFailoverRequested, ReplicateResponse } from "../../gen/qreplica/v1/replication.js";
 import { ReplicateResponses, sendOnReplicate, type OutgoingReplicateRequest, type ReplicateClientStream } from "../../transport/index.js";
 
 export type ForwardStream = ReplicateClientStream;
@@ -15,14 +15,14 @@ export class Responses extends ReplicateResponses {
    */
   constructor(
     stream: ForwardStream,
-    hooks: { onPlannedFailover?: (powerdownTimeoutSeconds: number) => void; onPolicy?: (p: EffectivePolicy | undefined) => void; onResyncRequested?: () => void } = {},
+    hooks: { onPlannedFailover?: (req: PlannedFailoverRequested) => void; onPolicy?: (p: EffectivePolicy | undefined) => void; onResyncRequested?: () => void } = {},
   ) {
     super(stream, "the third site", (r: ReplicateResponse) => {
       const body = r.body;
       if (body?.$case === "policyChanged") hooks.onPolicy?.(body.value.policy);
       // An operator's resync at the third site: the next forward compares (onResyncRequested).
       else if (body?.$case === "resyncRequested") hooks.onResyncRequested?.();
-      else if (body?.$case === "plannedFailoverRequested") hooks.onPlannedFailover?.(body.value.powerdownTimeoutSeconds);
+      else if (body?.$case === "plannedFailoverRequested") hooks.onPlannedFailover?.(body.value);
       // Pauses are the third site's to enforce (it refuses cycles); the forwarder has nothing to stop.
       else if (body?.$case !== "replicationPaused" && body?.$case !== "replicationResumed") return false;
       return true;

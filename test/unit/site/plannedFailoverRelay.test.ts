@@ -12,6 +12,7 @@ function relay(opts: { stop?: () => Promise<never>; finalCutoff?: string; unforw
   const sent: OutgoingReplicateRequest[] = [];
   const forwarded: number[] = [];
   const failures: string[] = [];
+  const recorded: Date[] = [];
   let cutoff = "2026-12-05T09:59:00.000Z";
   const ctx: RelayContext = {
     vmId: "vm1",
@@ -25,10 +26,11 @@ function relay(opts: { stop?: () => Promise<never>; finalCutoff?: string; unforw
     },
     lastForwardedCutoff: () => cutoff,
     send: async (m) => void sent.push(m),
+    failedOver: async (stopped) => void recorded.push(stopped.stoppedAt),
     fail: async (m) => void failures.push(m),
     logger: silentLogger,
   };
-  return { run: () => relayPlannedFailover(ctx, 10, cycle), sent, forwarded, failures };
+  return { run: () => relayPlannedFailover(ctx, 10, cycle), sent, forwarded, failures, recorded };
 }
 
 describe("relayPlannedFailover", () => {
@@ -44,6 +46,8 @@ describe("relayPlannedFailover", () => {
     if (body?.$case !== "primaryStopped") return;
     expect(body.value).toMatchObject({ generation: 1n, finalCycleSequence: 7n, method: "pause", disks: [], stoppedAt: STOPPED_AT });
     expect(body.value.notStoppedReason).toBeUndefined();
+    // Recorded here (the primary fenced) only once C was told.
+    expect(r.recorded).toEqual([STOPPED_AT]);
   });
 
   it("fails, saying why, when the primary cannot be stopped or the point C has is older than the stop", async () => {
@@ -57,6 +61,7 @@ describe("relayPlannedFailover", () => {
     await stale.run();
     expect(stale.sent).toEqual([]);
     expect(stale.failures[0]).toMatch(/older than the stop/);
+    expect([...noAgent.recorded, ...stale.recorded]).toEqual([]);
   });
 
   it("once the primary stopped, a failure says the VM is stopped there and how C fails over without losing writes", async () => {

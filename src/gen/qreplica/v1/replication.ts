@@ -673,6 +673,12 @@ export interface PlannedFailoverRequested {
   generation: bigint;
   /** How long the guest gets to power off (ACPI) before its vCPUs are paused instead. */
   powerdownTimeoutSeconds: number;
+  /**
+   * At the third site of an extended replication: the operator who asked there (certificate CN and
+   * role), which the forwarding site records with the failover; absent from an older site.
+   */
+  requestedBy?: string | undefined;
+  requestedByRole?: string | undefined;
 }
 
 /**
@@ -4817,7 +4823,7 @@ export const ResyncHashes: MessageFns<ResyncHashes> = {
 };
 
 function createBasePlannedFailoverRequested(): PlannedFailoverRequested {
-  return { generation: 0n, powerdownTimeoutSeconds: 0 };
+  return { generation: 0n, powerdownTimeoutSeconds: 0, requestedBy: undefined, requestedByRole: undefined };
 }
 
 export const PlannedFailoverRequested: MessageFns<PlannedFailoverRequested> = {
@@ -4830,6 +4836,12 @@ export const PlannedFailoverRequested: MessageFns<PlannedFailoverRequested> = {
     }
     if (message.powerdownTimeoutSeconds !== 0) {
       writer.uint32(16).uint32(message.powerdownTimeoutSeconds);
+    }
+    if (message.requestedBy !== undefined) {
+      writer.uint32(466).string(message.requestedBy);
+    }
+    if (message.requestedByRole !== undefined) {
+      writer.uint32(474).string(message.requestedByRole);
     }
     return writer;
   },
@@ -4863,6 +4875,22 @@ export const PlannedFailoverRequested: MessageFns<PlannedFailoverRequested> = {
             message.powerdownTimeoutSeconds = reader.uint32();
             continue;
           }
+          case 58: {
+            if (tag !== 466) {
+              break;
+            }
+
+            message.requestedBy = reader.string();
+            continue;
+          }
+          case 59: {
+            if (tag !== 474) {
+              break;
+            }
+
+            message.requestedByRole = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -4883,6 +4911,16 @@ export const PlannedFailoverRequested: MessageFns<PlannedFailoverRequested> = {
         : isSet(object.powerdown_timeout_seconds)
         ? globalThis.Number(object.powerdown_timeout_seconds)
         : 0,
+      requestedBy: isSet(object.requestedBy)
+        ? globalThis.String(object.requestedBy)
+        : isSet(object.requested_by)
+        ? globalThis.String(object.requested_by)
+        : undefined,
+      requestedByRole: isSet(object.requestedByRole)
+        ? globalThis.String(object.requestedByRole)
+        : isSet(object.requested_by_role)
+        ? globalThis.String(object.requested_by_role)
+        : undefined,
     };
   },
 
@@ -4893,6 +4931,12 @@ export const PlannedFailoverRequested: MessageFns<PlannedFailoverRequested> = {
     }
     if (message.powerdownTimeoutSeconds !== 0) {
       obj.powerdownTimeoutSeconds = Math.round(message.powerdownTimeoutSeconds);
+    }
+    if (message.requestedBy !== undefined) {
+      obj.requestedBy = message.requestedBy;
+    }
+    if (message.requestedByRole !== undefined) {
+      obj.requestedByRole = message.requestedByRole;
     }
     return obj;
   },
@@ -4906,6 +4950,8 @@ export const PlannedFailoverRequested: MessageFns<PlannedFailoverRequested> = {
       ? BigInt(object.generation)
       : 0n;
     message.powerdownTimeoutSeconds = object.powerdownTimeoutSeconds ?? 0;
+    message.requestedBy = object.requestedBy ?? undefined;
+    message.requestedByRole = object.requestedByRole ?? undefined;
     return message;
   },
 };

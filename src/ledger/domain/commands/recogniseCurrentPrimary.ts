@@ -26,8 +26,8 @@ const FAILED_OVER: readonly ReplicationStateName[] = ["failed-over-waiting-compl
  *
  * Refused (StaleGenerationError) for another identity, a generation above the current one (a
  * failover upstream is recogniseUpstreamFailover's, and needs its own declaration), a generation
- * below the last failover upstream's, and whenever the relationship is failed over: only then is a
- * VM fenced.
+ * below the last failover upstream's, after a failover downstream (FailedOverDownstream), and whenever
+ * the relationship is failed over: only then is a VM fenced.
  */
 export function recogniseCurrentPrimary(s: RelationshipState, input: RecogniseCurrentPrimaryInput): RelationshipEvent[] {
   const presentedGeneration = requireCount(COMMAND, "presentedGeneration", input.presentedGeneration);
@@ -41,7 +41,14 @@ export function recogniseCurrentPrimary(s: RelationshipState, input: RecogniseCu
   // A failover upstream fenced every generation below its own: the primary site's forwarder that
   // still presents one is the old primary, not an agent that lost its state.
   const fencedUpstream = s.upstreamFailover !== undefined && presentedGeneration < s.upstreamFailover.generation;
-  if (peerIdentity !== s.primaryIdentity || presentedGeneration > s.generation || FAILED_OVER.includes(s.state) || s.failover?.pointId !== undefined || fencedUpstream) {
+  if (
+    peerIdentity !== s.primaryIdentity ||
+    presentedGeneration > s.generation ||
+    FAILED_OVER.includes(s.state) ||
+    s.failover?.pointId !== undefined ||
+    fencedUpstream ||
+    s.downstreamFailover !== undefined
+  ) {
     throw new StaleGenerationError(s.vmId, presentedGeneration, s.generation);
   }
   return [relationshipEvent("GenerationAcknowledged", { peerIdentity, presentedGeneration, generation: s.generation })];

@@ -24,7 +24,8 @@ export function refuseStaleGeneration(s: RelationshipState, input: RefuseStaleGe
     COMMAND,
     REPLICATION_STATES.filter((x) => x !== "not-enabled"),
   );
-  if (presentedGeneration === s.generation) {
+  // After a failover downstream the primary is stale at its own generation (the new one is the target site's).
+  if (presentedGeneration === s.generation && s.downstreamFailover?.primaryIdentity !== peerIdentity) {
     throw new InvalidCommandInputError(`${COMMAND}: VM ${s.vmId} is at generation ${s.generation}, the one ${peerIdentity} presented; nothing was stale`);
   }
   return [relationshipEvent("StaleGenerationRefused", { presentedGeneration, currentGeneration: s.generation, peerIdentity })];
