@@ -125,7 +125,7 @@ async function recover(r: Round, kind: FaultKind, label: string, healedAt: numbe
   const recoverMs = Date.now() - healedAt;
   const state = await c.t.relationship();
   await checker.checkPoints(state, label, () => c.t.relationship());
-  checker.newestEqualsPrimary(state, label);
+  await checker.newestEqualsPrimary(() => c.t.relationship(), label);
   checker.onePrimary(state, r.generation, label);
   return recoverMs;
 }

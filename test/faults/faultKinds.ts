@@ -179,7 +179,9 @@ const injectors: Record<FaultKind, (x: FaultContext) => Promise<Injected>> = {
       const skipped = await waitFor(
         "a cycle skipped for the primary's full scratch",
         async () => (await eventsAfter(c, from)).find((e) => e.type === "CycleSkipped"),
-        30_000,
+        // A cycle already cut runs on (its copies already taken); the next cut-off is the one skipped,
+        // which on a loaded machine came after 30 s once (the 500-fault run, fault 132).
+        60_000,
       ).catch(() => undefined);
       message = skipped ? `${(skipped.data as { code: string }).code}: ${(skipped.data as { message: string }).message}` : undefined;
     } finally {

@@ -215,13 +215,33 @@ export class InvariantChecker {
   }
 
   /** Invariant 2 (no change lost): the newest point, cut after the last write, equals the primary now. */
-  newestEqualsPrimary(state: RelationshipState, label: string): boolean {
-    const newest = [...state.points].sort((a, b) => a.cycleSeq - b.cycleSeq).at(-1);
+  /**
+   * No change lost: with the writes paused, the newest point holds the primary's current content.
+   * Judged on the newest point as listed now, read again if checkPoints could not (a merge moved it
+   * or never paused): a point left unread is no finding, and a finding says what the point holds.
+   */
+  async newestEqualsPrimary(getState: () => Promise<RelationshipState>, label: string): Promise<boolean> {
     const current = this.model.current;
-    const idx = newest ? this.matched.get(newest.pointId) : undefined;
+    let newest: RecoveryPoint | undefined;
+    for (let attempt = 0; attempt < 10; attempt++) {
+      const state = await getState();
+      newest = [...state.points]
+        .filter((p) => !p.merging)
+        .sort((a, b) => a.cycleSeq - b.cycleSeq)
+        .at(-1);
+      if (!newest) break;
+      const idx = this.matched.get(newest.pointId) ?? (await this.checkPoint(newest, label, getState));
+      if (idx === undefined) continue;
+      const held = this.model.states[idx]!;
+      return this.check(
+        held.hash === current.hash,
+        `${label}: the newest point ${newest.pointId} (cycle ${newest.cycleSeq}, cut-off ${newest.cutoffAt}) holds primary state ${idx} ` +
+          `(its write done at ${new Date(held.doneAt).toISOString()}), not the current state ${current.index} (written ${new Date(current.startedAt).toISOString()} - ${new Date(current.doneAt).toISOString()})`,
+      );
+    }
     return this.check(
-      idx !== undefined && this.model.states[idx]!.hash === current.hash,
-      `${label}: the newest point ${newest?.pointId ?? "(none)"} is not the primary's current content (state ${current.index})`,
+      false,
+      `${label}: the newest point ${newest?.pointId ?? "(none)"} could not be read in 10 tries (merges never paused); the primary is at state ${current.index}`,
     );
   }
 
