@@ -2,7 +2,7 @@ import type { Logger } from "../common/logger.js";
 import type { EventStore, LedgerReadModels } from "../ledger/index.js";
 import type { ReplicaStorage } from "../storage/index.js";
 import type { ReplicateSession } from "./dataPlane/replicateSession.js";
-import type { Relationships } from "./relationships.js";
+import type { Relationships } from "./relationships/relationships.js";
 import type { FailoverService } from "./failover/failoverService.js";
 import { VmSerializer } from "./vmSerializer.js";
 import { SiteAuthorizations } from "./authorizations.js";

@@ -24,7 +24,7 @@ import { siteDefaultRetention, type RetentionSource } from "./retention.js";
 import { liveSiteSettings, reloadSiteConfig, type SiteReload } from "./siteReload.js";
 import { ResyncWindows } from "./resyncWindows.js";
 import { ReplicateSession } from "./dataPlane/replicateSession.js";
-import { Relationships } from "./relationships.js";
+import { Relationships } from "./relationships/relationships.js";
 import { FailoverService } from "./failover/failoverService.js";
 import { SiteLaunchers } from "./launcher/index.js";
 import { SiteContext } from "./siteContext.js";

@@ -394,7 +394,7 @@ function grpcCodeOf(err: unknown): grpc.status {
   if (code === "DRILLS_STOPPED") return grpc.status.UNAVAILABLE;
   if (["TEST_FAILOVERS_RUNNING", "PLANNED_FAILOVER_NOT_READY", "UNEXPECTED_GENERATION", "OUT_OF_ORDER_CYCLE"].includes(code)) return grpc.status.FAILED_PRECONDITION;
   if (code === "WRONG_EXPECTED_VERSION") return grpc.status.ABORTED;
-  // The data plane's wrapper of a domain refusal (relationships.ts): the refusal it carries decides.
+  // The data plane's wrapper of a domain refusal (relationships/relationshipDeps.ts): the refusal it carries decides.
   if (code === "RELATIONSHIP_REFUSED") return (err as { cause?: unknown }).cause ? grpcCodeOf((err as { cause?: unknown }).cause) : grpc.status.FAILED_PRECONDITION;
   return grpc.status.INTERNAL;
 }

@@ -25,7 +25,7 @@ import { helloRefusal, PROTOCOL_VERSION } from "./helloAdmission.js";
 import { UNDECODABLE } from "../tolerantDecoding.js";
 import { parseVmSpec, sendSeedHashes } from "./resync.js";
 import type { SiteContext } from "../siteContext.js";
-import { RelationshipRefusal, type ResumeKind } from "../relationships.js";
+import { RelationshipRefusal, type ResumeKind } from "../relationships/relationships.js";
 import type { PointGroup } from "../../ledger/index.js";
 
 /** A freeze failure is the agent's text; the ledger keeps no more of it than this. */

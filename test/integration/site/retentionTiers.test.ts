@@ -23,7 +23,7 @@ import {
 } from "../../../src/ledger/index.js";
 import type { RetentionSpec } from "../../../src/policy/retentionPlan.js";
 import { convertImage, runTool } from "../../../src/qemu/processes/index.js";
-import { Relationships } from "../../../src/site/relationships.js";
+import { Relationships } from "../../../src/site/relationships/relationships.js";
 import { ReplicaStorage, SiteStorageDaemon } from "../../../src/storage/index.js";
 import { makeTmpDir } from "../../helpers/tmpDir.js";
 

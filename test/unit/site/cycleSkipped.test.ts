@@ -2,7 +2,7 @@
 import { describe, expect, it } from "vitest";
 import { silentLogger } from "../../../src/common/logger.js";
 import { executeCommand, getInMemoryEventStore, loadRelationship } from "../../../src/ledger/index.js";
-import { Relationships } from "../../../src/site/relationships.js";
+import { Relationships } from "../../../src/site/relationships/relationships.js";
 import type { ReplicaStorage } from "../../../src/storage/index.js";
 import { cutoff, enabled, incremental, initialCommitted, initialStarted } from "../ledgerDomain/fixtures.js";
 

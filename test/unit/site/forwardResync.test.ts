@@ -9,7 +9,7 @@ import { silentLogger } from "../../../src/common/logger.js";
 import { ResumeHint, type HelloAck } from "../../../src/gen/qreplica/v1/replication.js";
 import { getInMemoryEventStore, loadRelationship, type EventStore } from "../../../src/ledger/index.js";
 import { differingRanges, forwardingLost, forwardModeFrom } from "../../../src/site/extension/forwardResync.js";
-import { Relationships } from "../../../src/site/relationships.js";
+import { Relationships } from "../../../src/site/relationships/relationships.js";
 import { ReplicaStorage, type SiteStorageDaemon } from "../../../src/storage/index.js";
 import { makeTmpDir } from "../../helpers/tmpDir.js";
 import { fold, enabled, protect } from "../ledgerDomain/fixtures.js";

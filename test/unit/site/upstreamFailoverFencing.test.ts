@@ -8,7 +8,7 @@ import { describe, expect, it } from "vitest";
 import { silentLogger } from "../../../src/common/logger.js";
 import { RejectReason } from "../../../src/gen/qreplica/v1/replication.js";
 import { executeCommand, getInMemoryEventStore, loadRelationship, type Decide } from "../../../src/ledger/index.js";
-import { Relationships } from "../../../src/site/relationships.js";
+import { Relationships } from "../../../src/site/relationships/relationships.js";
 import type { ReplicaStorage } from "../../../src/storage/index.js";
 import { enableInput, enabled, failedOverUnplanned, incremental, initialCommitted, initialStarted } from "../ledgerDomain/fixtures.js";
 

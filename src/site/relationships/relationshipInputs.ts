@@ -1,7 +1,7 @@
-import { QreplicaError } from "../common/errors.js";
-import type { RejectReason } from "../gen/qreplica/v1/replication.js";
-import type { CycleKind, JsonObject, PointGroup } from "../ledger/index.js";
-import type { PointWrite } from "../storage/index.js";
+import { QreplicaError } from "../../common/errors.js";
+import type { RejectReason } from "../../gen/qreplica/v1/replication.js";
+import type { CycleKind, JsonObject, PointGroup } from "../../ledger/index.js";
+import type { PointWrite } from "../../storage/index.js";
 
 // What the data plane hands the site's relationships, and how they refuse it.
 

@@ -1,4 +1,4 @@
-import type { Logger } from "../common/logger.js";
+import type { Logger } from "../../common/logger.js";
 import {
   StaleGenerationError,
   acknowledgeGeneration,
@@ -9,7 +9,7 @@ import {
   refuseStaleGeneration,
   type EventStore,
   type RelationshipState,
-} from "../ledger/index.js";
+} from "../../ledger/index.js";
 
 /**
  * A Hello presenting another generation than the relationship's. Accepted (the new state, whose
