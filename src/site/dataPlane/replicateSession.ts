@@ -1,56 +1,15 @@
 import * as grpc from "@grpc/grpc-js";
-import { faultPoint } from "../../common/faultPoints.js";
 import type { Logger } from "../../common/logger.js";
 import { errorMessage } from "../../common/errors.js";
-import { CycleKind, Consistency, CompressionCodec, ChecksumAlgorithm } from "../../gen/qreplica/v1/common.js";
-import {
-  RejectReason,
-  ResumeHint,
-  ResyncMode,
-  type CycleBegin,
-  type CycleEnd,
-  type CycleSkipped,
-  type EffectivePolicy,
-  type ExtentChunk,
-  type Hello,
-  type ReplicateRequest,
-  type ReplicateResponse,
-} from "../../gen/qreplica/v1/replication.js";
-import { KNOWN_CHECKSUMS, peerIdentity, pickResyncDigest, untilWritten, writeWithBackpressure, type CertificateIdentity, type Role } from "../../transport/index.js";
-import type { ChunkDigestName } from "../../common/chunkDigest.js";
+import { ResyncMode, RejectReason, type EffectivePolicy, type Hello, type ReplicateRequest, type ReplicateResponse } from "../../gen/qreplica/v1/replication.js";
+import { peerIdentity, pickResyncDigest, untilWritten, writeWithBackpressure, type CertificateIdentity, type Role } from "../../transport/index.js";
 import { peerHost } from "../controlPlane/refusalAudit.js";
-import { resyncModeAt } from "../resyncWindows.js";
-import { MAX_CHUNK_BYTES, OpenCycle } from "./openCycle.js";
-import { helloRefusal, PROTOCOL_VERSION } from "./helloAdmission.js";
+import { MAX_CHUNK_BYTES } from "./openCycle.js";
+import { acceptedChecksumsOf, helloAckFor, helloRefusal, PROTOCOL_VERSION, relationshipHello, RESUME_HINT } from "./helloAdmission.js";
 import { UNDECODABLE } from "../tolerantDecoding.js";
-import { parseVmSpec, sendSeedHashes } from "./resync.js";
 import type { SiteContext } from "../siteContext.js";
 import { RelationshipRefusal, type ResumeKind } from "../relationships/relationships.js";
-import type { PointGroup } from "../../ledger/index.js";
-
-/** A freeze failure is the agent's text; the ledger keeps no more of it than this. */
-const MAX_QUIESCE_FAILURE_CHARS = 1000;
-/** A group has at most this many members as the site records them (an agent's config is far smaller). */
-const MAX_GROUP_MEMBERS = 256;
-
-/** The consistency group cut-off a CycleBegin names, if any (agents before groups send none). */
-function groupOf(begin: CycleBegin): PointGroup | undefined {
-  if (!begin.groupId || !begin.groupCutoffId) return undefined;
-  const pauseMs = Number.isFinite(begin.groupPauseMs) && begin.groupPauseMs > 0 ? Math.round(begin.groupPauseMs * 1000) / 1000 : undefined;
-  return {
-    groupId: begin.groupId.slice(0, 200),
-    cutoffId: begin.groupCutoffId.slice(0, 200),
-    members: begin.groupMembers.slice(0, MAX_GROUP_MEMBERS).map((m) => m.slice(0, 200)),
-    ...(pauseMs !== undefined ? { pauseMs } : {}),
-  };
-}
-
-const RESUME_HINT: Record<ResumeKind, ResumeHint> = {
-  initial: ResumeHint.RESUME_HINT_INITIAL_REPLICATION,
-  incremental: ResumeHint.RESUME_HINT_INCREMENTAL,
-  resync: ResumeHint.RESUME_HINT_RESYNC,
-  wait: ResumeHint.RESUME_HINT_WAIT_FOR_OPERATOR,
-};
+import { CycleReceiver } from "./cycleReceiver.js";
 
 export { PROTOCOL_VERSION };
 
@@ -72,12 +31,8 @@ type Call = grpc.ServerDuplexStream<ReplicateRequest, ReplicateResponse>;
 export class ReplicateSession {
   private vmId: string | undefined;
   private generation = 0;
-  private cycle: OpenCycle | undefined;
-  private acceptedChecksums: ChecksumAlgorithm[] = [];
-  /** What this agent's resyncs compare chunks with (picked at Hello). */
-  private resyncDigest: ChunkDigestName = "sha256";
-  /** A cycle refused mid-way: its remaining chunks are dropped until its end or abort. */
-  private refusedSeq: number | undefined;
+  /** The cycles after an accepted Hello (none before it). */
+  private receiver: CycleReceiver | undefined;
   private superseded = false;
   /** endWithStatus was called: later messages are ignored, and the stream ends with that status. */
   private ending = false;
@@ -124,16 +79,15 @@ export class ReplicateSession {
     });
   }
 
-  /** The cycle being received now, for GetStatus's progress; undefined between cycles. */
   /** The peer is a site forwarding its points (extended replication), not an agent: it has no VM to stop. */
   forwardingSite = false;
 
   /** The agent config's initial replication choice, as its Hello said (for status before the first point). */
   initialChoice: { kind: string; at?: Date } | undefined;
 
-  cycleInProgress(): { seq: number; kind: "full" | "incremental" | "resync"; startedAt: Date; bytesDone: number; bytesTotal: number; wireBytes: number } | undefined {
-    const c = this.cycle;
-    return c ? { seq: c.seq, kind: c.kind, startedAt: new Date(c.startedAt), ...c.progress() } : undefined;
+  /** The cycle being received now, for GetStatus's progress; undefined between cycles. */
+  cycleInProgress(): ReturnType<CycleReceiver["cycleInProgress"]> {
+    return this.receiver?.cycleInProgress();
   }
 
   /**
@@ -210,7 +164,7 @@ export class ReplicateSession {
     } finally {
       if (this.vmId) this.ctx.activity.touch(this.vmId);
       this.primaryStopped?.reject(new Error("the primary's stream ended before it reported its VM stopped"));
-      await this.discardOpenCycle("the stream ended before the cycle was complete");
+      await this.receiver?.discardOpenCycle("the stream ended before the cycle was complete");
       if (this.vmId) this.ctx.releaseSession(this.vmId, this);
       // The sender half-closed: finish the call (status OK) rather than leave it open to its deadline.
       if (!this.ending && !this.call.destroyed && !this.call.writableEnded) this.call.end();
@@ -234,11 +188,11 @@ export class ReplicateSession {
         if (this.vmId !== undefined) this.ctx.activity.touch(this.vmId);
         return;
       case "cycleBegin":
-        return this.onCycleBegin(body.value);
+        return this.receiver!.onCycleBegin(body.value);
       case "extentChunk":
-        return this.onChunk(body.value);
+        return this.receiver!.onChunk(body.value);
       case "cycleEnd":
-        return this.onCycleEnd(body.value);
+        return this.receiver!.onCycleEnd(body.value);
       case "primaryStopped": {
         const v = body.value;
         if (v.notStoppedReason) {
@@ -256,54 +210,31 @@ export class ReplicateSession {
         return;
       }
       case "cycleSkipped":
-        return this.onCycleSkipped(body.value);
+        return this.receiver!.onCycleSkipped(body.value);
       case "cycleAbort":
-        if (this.cycle && BigInt(this.cycle.seq) === body.value.cycleSequence) {
-          await this.failCycle(this.cycle.seq, "ABORTED_BY_SENDER", body.value.message || "the sender aborted the cycle");
-        }
-        this.refusedSeq = undefined;
-        return;
+        return this.receiver!.onCycleAbort(body.value);
     }
   }
 
   private async onHello(hello: Hello, identity: string): Promise<void> {
     if (this.vmId !== undefined) return this.endWithStatus(grpc.status.FAILED_PRECONDITION, "a second Hello on the same stream");
-    const refuse = async (reason: RejectReason, message: string, status: grpc.status, currentGeneration = 0) => {
-      this.logger.warn({ vm: hello.vmId, identity, reason: RejectReason[reason] }, message);
-      // Wait until grpc-js has sent the message, not merely queued it: endWithStatus's 'error' ends
-      // the for-await loop in run(), which destroys the call, and a call destroyed with a write
-      // still in progress never sends its status (the refused client would hang to its deadline).
-      await new Promise<void>((resolve) => {
-        if (this.call.destroyed || this.call.writableEnded) return resolve();
-        this.call.write({ body: { $case: "helloRejected", value: { generation: hello.generation, reason, message, currentGeneration: BigInt(currentGeneration) } } }, () =>
-          resolve(),
-        );
-      });
-      this.endWithStatus(status, message);
-    };
     const refused = await helloRefusal(this.ctx, hello, { identity, role: this.peerRole, certificate: this.peerCertificate, host: peerHost(this.call.getPeer()) });
-    if (refused) return refuse(refused.reason, refused.message, refused.status);
+    if (refused) return this.refuseHello(hello, identity, refused.reason, refused.message, refused.status);
     try {
-      const accepted = await this.ctx.relationships.acceptHello({
+      const accepted = await this.ctx.relationships.acceptHello(await relationshipHello(this.ctx, hello, identity));
+      const acceptedChecksums = acceptedChecksumsOf(hello);
+      const receiver = new CycleReceiver(this.ctx, this.call, this.logger, {
         vmId: hello.vmId,
-        primarySiteId: hello.sourceSiteId,
-        primaryIdentity: identity,
-        presentedGeneration: Number(hello.generation),
-        vmSpec: parseVmSpec(hello.vmSpecJson),
-        disks: hello.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) })),
-        trackingLost: hello.trackingLost.map((t) => ({ diskId: t.diskId, code: t.code || "TRACKING_LOST", reason: t.reason })),
-        resyncMode: await this.resyncModeOf(hello),
-        ...(hello.upstreamFailover ? { upstreamFailover: hello.upstreamFailover.slice(0, 500) } : {}),
-        ...(hello.forwardingSite && hello.forwardedPointId !== undefined ? { forwardedPointId: hello.forwardedPointId } : {}),
+        generation: accepted.generation,
+        acceptedChecksums,
+        resyncDigest: pickResyncDigest(hello.resyncDigests, this.ctx.storage.indexDigest),
       });
+      // Set together: every message after Hello (the vmId says it came) goes to the receiver.
       this.vmId = hello.vmId;
+      this.receiver = receiver;
       this.generation = accepted.generation;
       this.forwardingSite = hello.forwardingSite === true;
       this.initialChoice = { kind: hello.initialReplication || "now", ...(hello.initialReplicationAt ? { at: hello.initialReplicationAt } : {}) };
-      // What both sides know; a sender that offers nothing is assumed to send SHA-256.
-      const offered = hello.supportedChecksumAlgorithms.length ? hello.supportedChecksumAlgorithms : [ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256];
-      this.acceptedChecksums = KNOWN_CHECKSUMS.filter((a) => offered.includes(a));
-      this.resyncDigest = pickResyncDigest(hello.resyncDigests, this.ctx.storage.indexDigest);
       await this.ctx.policies.atHello(hello.vmId, {
         policyName: hello.policyName,
         intervalSeconds: hello.configuredIntervalSeconds,
@@ -313,23 +244,7 @@ export class ReplicateSession {
       });
       this.ctx.claimSession(hello.vmId, this);
       if (this.peerCertificate) this.ctx.health?.noteAgentCertificate(hello.vmId, this.peerCertificate);
-      await writeWithBackpressure(this.call, {
-        body: {
-          $case: "helloAck",
-          value: {
-            generation: BigInt(accepted.generation),
-            protocolVersion: PROTOCOL_VERSION,
-            replicaSiteId: this.ctx.siteId,
-            lastCommittedCycleSequence: BigInt(accepted.lastCycleSeq),
-            resumeHint: RESUME_HINT[accepted.resume],
-            maxChunkBytes: MAX_CHUNK_BYTES,
-            acceptedCodecs: [CompressionCodec.COMPRESSION_CODEC_ZSTD, CompressionCodec.COMPRESSION_CODEC_NONE],
-            acceptedChecksumAlgorithms: this.acceptedChecksums,
-            resyncReason: accepted.resyncReason ?? "",
-            policy: this.ctx.policies.wireFor(hello.vmId),
-          },
-        },
-      });
+      await writeWithBackpressure(this.call, { body: { $case: "helloAck", value: helloAckFor(this.ctx, hello.vmId, accepted, acceptedChecksums) } });
       this.logger.info(
         {
           vm: hello.vmId,
@@ -344,212 +259,24 @@ export class ReplicateSession {
     } catch (err) {
       if (err instanceof RelationshipRefusal) {
         const status = err.reason === RejectReason.REJECT_REASON_UNAUTHORIZED ? grpc.status.PERMISSION_DENIED : grpc.status.FAILED_PRECONDITION;
-        return refuse(err.reason, err.message, status, err.currentGeneration);
+        return this.refuseHello(hello, identity, err.reason, err.message, status, err.currentGeneration);
       }
       throw err;
     }
   }
 
-  /**
-   * A VM bound to a policy resyncs as its policy says (outside its resync window it waits, and
-   * ResyncWindows starts it when the window opens; a resync already under way goes on);
-   * otherwise as its agent config says (Hello).
-   */
-  private async resyncModeOf(hello: Hello): Promise<"automatic" | "manual"> {
-    if (this.ctx.policies.effectivePolicyVersion(hello.vmId).version === 0) return hello.resyncMode === ResyncMode.RESYNC_MODE_MANUAL ? "manual" : "automatic";
-    const policy = this.ctx.policies.effectivePolicy(hello.vmId);
-    if (policy.resync.mode === "automatic" && (await this.ctx.relationships.load(hello.vmId)).state === "resynchronising") return "automatic";
-    return resyncModeAt(policy, new Date());
-  }
-
-  private async onCycleBegin(begin: CycleBegin): Promise<void> {
-    const vmId = this.vmId!;
-    const seq = Number(begin.cycleSequence);
-    // Refused without a CycleFailed: a message of another generation must not touch this one's
-    // relationship (it would consume the sequence number and count as this primary's failure).
-    if (Number(begin.generation) !== this.generation)
-      return this.refuseCycle(seq, RejectReason.REJECT_REASON_STALE_GENERATION, `generation ${begin.generation} is not the current ${this.generation}`, { record: false });
-    if (this.cycle) return this.refuseCycle(seq, RejectReason.REJECT_REASON_OUT_OF_ORDER, `cycle ${this.cycle.seq} is still open`);
-    const kind =
-      begin.kind === CycleKind.CYCLE_KIND_INITIAL
-        ? "full"
-        : begin.kind === CycleKind.CYCLE_KIND_INCREMENTAL
-          ? "incremental"
-          : begin.kind === CycleKind.CYCLE_KIND_RESYNC
-            ? "resync"
-            : undefined;
-    if (!kind) return this.refuseCycle(seq, RejectReason.REJECT_REASON_INVALID_STATE, `unknown cycle kind ${begin.kind}`);
-    const cutoffAt = begin.cutoffTime ?? new Date();
-    try {
-      const point = await this.ctx.serializer.run(vmId, () =>
-        this.ctx.relationships.beginCycle({
-          vmId,
-          seq,
-          kind,
-          generation: this.generation,
-          cutoffAt,
-          disks: begin.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) })),
-        }),
+  private async refuseHello(hello: Hello, identity: string, reason: RejectReason, message: string, status: grpc.status, currentGeneration = 0): Promise<void> {
+    this.logger.warn({ vm: hello.vmId, identity, reason: RejectReason[reason] }, message);
+    // Wait until grpc-js has sent the message, not merely queued it: endWithStatus's 'error' ends
+    // the for-await loop in run(), which destroys the call, and a call destroyed with a write
+    // still in progress never sends its status (the refused client would hang to its deadline).
+    await new Promise<void>((resolve) => {
+      if (this.call.destroyed || this.call.writableEnded) return resolve();
+      this.call.write({ body: { $case: "helloRejected", value: { generation: hello.generation, reason, message, currentGeneration: BigInt(currentGeneration) } } }, () =>
+        resolve(),
       );
-      const consistency = begin.consistency === Consistency.CONSISTENCY_APPLICATION ? "application" : "crash";
-      // Only the agent's words: kept short, and meaningless on an application-consistent point.
-      const quiesceFailure = consistency === "crash" && begin.quiesceFailure ? begin.quiesceFailure.slice(0, MAX_QUIESCE_FAILURE_CHARS) : undefined;
-      this.cycle = new OpenCycle(seq, kind, cutoffAt, consistency, point, quiesceFailure, groupOf(begin));
-      this.cycle.plan(
-        begin.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) })),
-        Number(begin.plannedBytes),
-      );
-      this.refusedSeq = undefined;
-      if (kind === "resync") {
-        const disks = begin.disks.map((d) => ({ diskId: d.diskId, sizeBytes: Number(d.virtualSizeBytes) }));
-        await sendSeedHashes(this.ctx, this.call, { vmId, generation: this.generation, seq, disks, point }, this.resyncDigest);
-      }
-    } catch (err) {
-      if (err instanceof RelationshipRefusal) return this.refuseCycle(seq, err.reason, err.message);
-      return this.refuseCycle(seq, RejectReason.REJECT_REASON_STORAGE_FAILURE, errorMessage(err));
-    }
-  }
-
-  private async onChunk(chunk: ExtentChunk): Promise<void> {
-    const seq = Number(chunk.cycleSequence);
-    if (this.refusedSeq === seq) return;
-    const cycle = this.cycle;
-    if (!cycle || cycle.seq !== seq) return this.refuseCycle(seq, RejectReason.REJECT_REASON_OUT_OF_ORDER, `chunk for cycle ${seq}, which is not open`);
-    if (Number(chunk.generation) !== this.generation)
-      return this.rejectChunk(chunk, RejectReason.REJECT_REASON_STALE_GENERATION, `generation ${chunk.generation} is not the current ${this.generation}`);
-    const refused = await cycle.apply(chunk, this.acceptedChecksums);
-    if (refused) return this.rejectChunk(chunk, refused.reason, refused.message);
-  }
-
-  private async onCycleEnd(end: CycleEnd): Promise<void> {
-    const seq = Number(end.cycleSequence);
-    if (this.refusedSeq === seq) {
-      this.refusedSeq = undefined;
-      return;
-    }
-    const cycle = this.cycle;
-    if (!cycle || cycle.seq !== seq) return this.refuseCycle(seq, RejectReason.REJECT_REASON_OUT_OF_ORDER, `CycleEnd for cycle ${seq}, which is not open`);
-    if (Number(end.extentCount) !== cycle.extents || Number(end.dataBytes) !== cycle.dataBytes || Number(end.zeroBytes) !== cycle.zeroBytes) {
-      return this.refuseCycle(
-        seq,
-        RejectReason.REJECT_REASON_TOTALS_MISMATCH,
-        `the sender counted ${end.extentCount} extents / ${end.dataBytes} data / ${end.zeroBytes} zero bytes, the site received ${cycle.extents} / ${cycle.dataBytes} / ${cycle.zeroBytes}`,
-      );
-    }
-    this.cycle = undefined;
-    const vmId = this.vmId!;
-    const endAt = Date.now();
-    try {
-      const committed = await this.ctx.serializer.run(vmId, () =>
-        this.ctx.relationships.commitCycle({
-          vmId,
-          seq,
-          kind: cycle.kind,
-          generation: this.generation,
-          cutoffAt: cycle.cutoffAt,
-          consistency: cycle.consistency,
-          quiesceFailure: cycle.quiesceFailure,
-          group: cycle.group,
-          point: cycle.point,
-          dataBytes: cycle.dataBytes,
-          diskDataBytes: Object.fromEntries(cycle.diskDataBytes),
-          diskCompression: Object.fromEntries(cycle.diskCompression),
-          zeroBytes: cycle.zeroBytes,
-          wireBytes: Number(end.wireBytes) || cycle.wireBytes,
-          extents: cycle.extents,
-          durationMs: Date.now() - cycle.startedAt,
-          comparedBytes: Number(end.comparedBytes) || undefined,
-        }),
-      );
-      faultPoint("crash-after-commit-before-ack");
-      await writeWithBackpressure(this.call, {
-        body: {
-          $case: "cycleAck",
-          value: { generation: BigInt(this.generation), cycleSequence: BigInt(seq), recoveryPointId: committed.pointId, committedAt: committed.committedAt },
-        },
-      });
-      this.logger.info(
-        {
-          vm: vmId,
-          seq,
-          kind: cycle.kind,
-          dataBytes: cycle.dataBytes,
-          zeroBytes: cycle.zeroBytes,
-          wireBytes: cycle.wireBytes,
-          receiveMs: endAt - cycle.startedAt,
-          commitMs: Date.now() - endAt,
-        },
-        "cycle committed",
-      );
-      this.ctx.afterCommit(vmId);
-    } catch (err) {
-      const reason = err instanceof RelationshipRefusal ? err.reason : RejectReason.REJECT_REASON_STORAGE_FAILURE;
-      await this.failCycle(seq, RejectReason[reason], errorMessage(err), cycle);
-      await this.sendCycleRejected(seq, reason, errorMessage(err));
-    }
-  }
-
-  /** A due cycle the primary did not start, and why: for status and health, never answered. */
-  private async onCycleSkipped(skipped: CycleSkipped): Promise<void> {
-    const vmId = this.vmId!;
-    // A stale primary's report must not touch the current generation's relationship.
-    if (Number(skipped.generation) !== this.generation) {
-      this.logger.warn({ vm: vmId, generation: Number(skipped.generation), current: this.generation, code: skipped.code }, "CycleSkipped of another generation ignored");
-      return;
-    }
-    const code = skipped.code || "CYCLE_SKIPPED";
-    const message = skipped.message || "the primary did not start a due cycle and gave no reason";
-    try {
-      await this.ctx.serializer.run(vmId, () =>
-        this.ctx.relationships.recordCycleSkipped({ vmId, generation: this.generation, code, message, skippedAt: skipped.skippedAt ?? new Date() }),
-      );
-    } catch (err) {
-      // A report in a state where no cycle is due (e.g. paused) is not worth ending the stream.
-      this.logger.warn({ vm: vmId, code, err: errorMessage(err) }, "could not record the skipped cycle");
-    }
-  }
-
-  private async rejectChunk(chunk: ExtentChunk, reason: RejectReason, message: string): Promise<void> {
-    const seq = Number(chunk.cycleSequence);
-    await writeWithBackpressure(this.call, {
-      body: {
-        $case: "chunkRejected",
-        value: { generation: BigInt(this.generation), cycleSequence: chunk.cycleSequence, diskId: chunk.diskId, offset: chunk.offset, reason, message },
-      },
-    }).catch(() => undefined);
-    await this.refuseCycle(seq, reason, `chunk of disk ${chunk.diskId} at ${chunk.offset} refused: ${message}`);
-  }
-
-  /** Discards the cycle's partial point, records the failure and tells the sender to retry later. */
-  private async refuseCycle(seq: number, reason: RejectReason, message: string, opts: { record?: boolean } = {}): Promise<void> {
-    this.logger.warn({ vm: this.vmId, seq, reason: RejectReason[reason] }, message);
-    if (opts.record !== false) await this.failCycle(seq, RejectReason[reason], message);
-    this.refusedSeq = seq;
-    await this.sendCycleRejected(seq, reason, message);
-  }
-
-  private async sendCycleRejected(seq: number, reason: RejectReason, message: string): Promise<void> {
-    await writeWithBackpressure(this.call, {
-      body: { $case: "cycleRejected", value: { generation: BigInt(this.generation), cycleSequence: BigInt(seq), reason, message } },
-    }).catch(() => undefined);
-  }
-
-  private async failCycle(seq: number, reason: string, message: string, closed?: OpenCycle): Promise<void> {
-    const cycle = closed ?? (this.cycle?.seq === seq ? this.cycle : undefined);
-    if (cycle && cycle === this.cycle) this.cycle = undefined;
-    if (cycle && !cycle.point.finished) {
-      await cycle.point.discard();
-      // Retention steps wait while a point is written; with none committed, nothing else resumes them.
-      if (this.vmId) this.ctx.afterCommit(this.vmId);
-    }
-    if (this.vmId)
-      await this.ctx.relationships
-        .recordCycleFailed({ vmId: this.vmId, seq, generation: this.generation, reason, message })
-        .catch((err: unknown) => this.logger.error({ err }, "could not record the failed cycle"));
-  }
-
-  private async discardOpenCycle(why: string): Promise<void> {
-    if (this.cycle) await this.failCycle(this.cycle.seq, "STREAM_ENDED", why);
+    });
+    this.endWithStatus(status, message);
   }
 
   private endWithStatus(code: grpc.status, details: string): void {
