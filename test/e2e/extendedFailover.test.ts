@@ -7,14 +7,10 @@
  * A point at C is byte-identical to the failover VM's disk once the writer is paused; an unplanned
  * failover at C boots that point's counter. Real sites, agents and QEMU.
  */
-import { createHash } from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { readCounters, readDiskCounter, waitForCounter } from "../../guest/index.js";
 import { RejectReason } from "../../src/gen/qreplica/v1/replication.js";
-import { getSqliteEventStore, relationshipStream, type RecordedEvent } from "../../src/ledger/index.js";
 import { compareImages } from "../../src/qemu/processes/index.js";
 import { QmpClient } from "../../src/qemu/qmp/index.js";
 import { readAddress } from "../../src/cli/siteClient.js";
@@ -23,9 +19,9 @@ import { loadSiteConfig } from "../../src/site/siteConfig.js";
 import { call, controlClientAs, refusal } from "../helpers/controlPlane.js";
 import { cliJson, runCli, waitFor } from "../helpers/processes.js";
 import { ProtocolClient, fileCredentials, msg } from "../helpers/protocolClient.js";
-import { twoSitesPerTest } from "../helpers/twoSites.js";
+import { relationshipEvents, sha256File, threeSitesPerTest } from "../helpers/threeSites.js";
 
-const newTwoSites = twoSitesPerTest();
+const newThreeSites = threeSitesPerTest();
 const DISK_BYTES = 64 * 1024 * 1024; // the counter guest's disk
 
 interface Extension {
@@ -45,30 +41,12 @@ interface Failover {
   vm: { serialLog: string; qmpSocket: string; diskImages: string[] };
 }
 
-async function ledgerEvents(siteDir: string): Promise<RecordedEvent[]> {
-  const store = getSqliteEventStore({ path: join(siteDir, "ledger.sqlite"), create: false });
-  try {
-    return await store.readStream(relationshipStream("vm1"));
-  } finally {
-    await store.close();
-  }
-}
-
-const sha256 = (path: string) => createHash("sha256").update(readFileSync(path)).digest("hex");
-
 describe("extended replication follows a failover at B", { timeout: 300_000 }, () => {
   it("C learns of it through the generation, resyncs only the differences, keeps its points, and fails over to the failover VM's data", async () => {
-    const t = await newTwoSites("qr-extfollow-", { diskBytes: 8 * 1024 * 1024, intervalSeconds: 1, counterGuest: true });
+    const chain = await newThreeSites("qr-extfollow-", { diskBytes: 8 * 1024 * 1024, intervalSeconds: 1, counterGuest: true, siteCMaxPoints: 100, withSiteA: true });
+    const { t, C, agent: agentA } = chain;
     const guest = t.guest!;
-    const C = t.siteC;
-    const init = await runCli(["site", "init", "--dir", C, "--name", "site-c", "--ca-dir", t.caDir, "--listen", "127.0.0.1:0", "--max-points", "100"]);
-    expect(init.code, init.stderr).toBe(0);
-    await t.startSite(t.siteA);
-    let siteB = await t.startSite(t.siteB);
-    await t.startSite(C);
-    await waitForCounter(guest.serialLogPath, (v) => v > 2, 90_000);
-    const agentA = t.startAgent();
-    await waitFor("a point on B", async () => ((await t.relationship()).points.length >= 1 ? true : undefined), 90_000);
+    let siteB = chain.siteB;
     await cliJson(["extend", "vm1", "--dir", t.siteB, "--to-dir", C, "--interval", "1"]);
     const statusB = async () => (await cliJson<Status>(["status", "vm1", "--dir", t.siteB])).relationships[0]!;
     await waitFor("two points forwarded to C", async () => (((await statusB()).extendedReplication?.pointsForwarded ?? 0) >= 2 ? true : undefined), 90_000);
@@ -87,7 +65,7 @@ describe("extended replication follows a failover at B", { timeout: 300_000 }, (
     // C's points as they are before it learns of the failover: kept byte for byte.
     const before = await t.relationship("vm1", C);
     expect(before.generation).toBe(1);
-    const hashes = new Map(before.points.map((p) => [p.pointId, sha256(p.disks[0]!.imagePath)]));
+    const hashes = new Map(before.points.map((p) => [p.pointId, sha256File(p.disks[0]!.imagePath)]));
     const newestBefore = before.points.at(-1)!;
 
     // A VM has one replica at a time: reverse toward A is refused while C is its replica, naming the fix.
@@ -118,7 +96,7 @@ describe("extended replication follows a failover at B", { timeout: 300_000 }, (
     // C records the failover upstream as its own event, with the reason, and resyncs by comparison.
     const resync = await waitFor(
       "the resync point on C",
-      async () => (await ledgerEvents(C)).find((e) => e.type === "CycleCommitted" && e.data.kind === "resync" && e.data.generation === 2),
+      async () => (await relationshipEvents(C)).find((e) => e.type === "CycleCommitted" && e.data.kind === "resync" && e.data.generation === 2),
       120_000,
     );
     const { events } = await cliJson<{ events: Array<{ type: string; data: Record<string, unknown> }> }>(["events", "vm1", "--dir", C, "--limit", "1000"]);
@@ -137,7 +115,7 @@ describe("extended replication follows a failover at B", { timeout: 300_000 }, (
     for (const [pointId, hash] of hashes) {
       const p = afterResync.points.find((x) => x.pointId === pointId);
       expect(p, `C's point ${pointId} after the resync`).toBeDefined();
-      expect(sha256(p!.disks[0]!.imagePath), `C's point ${pointId}`).toBe(hash);
+      expect(sha256File(p!.disks[0]!.imagePath), `C's point ${pointId}`).toBe(hash);
     }
     expect(afterResync.points.at(-1)!.cycleSeq).toBeGreaterThan(newestBefore.cycleSeq);
 

@@ -8,32 +8,14 @@
  * and agent started again are refused at B as stale, the VM pauses, B commits nothing from it.
  * Real sites, agent and QEMU; the README's commands.
  */
-import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { readCounters, readDiskCounter, waitForCounter } from "../../guest/index.js";
-import { getSqliteEventStore } from "../../src/ledger/index.js";
 import { compareImages, startSystemVm } from "../../src/qemu/processes/index.js";
 import { QmpClient } from "../../src/qemu/qmp/index.js";
-import { extensionStream, foldExtension } from "../../src/site/extension/extensionLedger.js";
-import { runCli, waitFor } from "../helpers/processes.js";
-import { twoSitesPerTest } from "../helpers/twoSites.js";
+import { cliJson as qreplica, runCli, waitFor } from "../helpers/processes.js";
+import { forwardedOn, relationshipEvents, threeSitesPerTest, waitForForwarded } from "../helpers/threeSites.js";
 
-const newTwoSites = twoSitesPerTest();
-
-async function qreplica<T>(args: string[]): Promise<T> {
-  const r = await runCli([...args, "--json"]);
-  if (r.code !== 0) throw new Error(`qreplica ${args.join(" ")} failed (${r.code}): ${r.stdout}${r.stderr}`);
-  return JSON.parse(r.stdout) as T;
-}
-
-async function forwardedOn(siteDir: string) {
-  const store = getSqliteEventStore({ path: join(siteDir, "ledger.sqlite"), create: false });
-  try {
-    return foldExtension("vm1", await store.readStream(extensionStream("vm1")));
-  } finally {
-    await store.close();
-  }
-}
+const newThreeSites = threeSitesPerTest();
 
 /**
  * `failover --planned` at C once B's forwarder holds its stream to C: C's own refusal while it has
@@ -61,32 +43,17 @@ interface Status {
   }>;
 }
 
-async function eventsOn(siteDir: string) {
-  const store = getSqliteEventStore({ path: join(siteDir, "ledger.sqlite"), create: false });
-  try {
-    return await store.readStream("replication-vm1");
-  } finally {
-    await store.close();
-  }
-}
-
 describe("extended replication: planned failover at C", { timeout: 300_000 }, () => {
   it("goes through B to A's agent: the VM stops at A, its final point reaches C, C starts it with nothing lost", async () => {
-    const t = await newTwoSites("qr-extplan-", { diskBytes: 8 * 1024 * 1024, intervalSeconds: 1, counterGuest: true });
+    const chain = await newThreeSites("qr-extplan-", { diskBytes: 8 * 1024 * 1024, intervalSeconds: 1, counterGuest: true, siteCMaxPoints: 100 });
+    const { t, C } = chain;
     const guest = t.guest!;
-    const C = t.siteC;
-    const init = await runCli(["site", "init", "--dir", C, "--name", "site-c", "--ca-dir", t.caDir, "--listen", "127.0.0.1:0", "--max-points", "100"]);
-    expect(init.code, init.stderr).toBe(0);
-    await t.startSite(t.siteB);
-    await t.startSite(C);
-    await waitForCounter(guest.serialLogPath, (v) => v > 2, 90_000);
-    let agent = t.startAgent();
-    await waitFor("a point on B", async () => ((await t.relationship()).points.length >= 1 ? true : undefined), 90_000);
+    let agent = chain.agent;
     // A long forward interval: the final point must still reach C at once.
     await qreplica(["extend", "vm1", "--dir", t.siteB, "--to-dir", C, "--interval", "600"]);
 
     // Without A's agent connected to B, B cannot stop the VM: refused (exit 5), nothing recorded at C.
-    await waitFor("a point forwarded to C", async () => ((await forwardedOn(t.siteB)).forwarded.length >= 1 ? true : undefined), 90_000);
+    await waitForForwarded(t.siteB, 1);
     await agent.kill("SIGKILL");
     const refused = await plannedAt(C);
     expect(refused.code, refused.stdout + refused.stderr).toBe(5);
@@ -125,7 +92,7 @@ describe("extended replication: planned failover at C", { timeout: 300_000 }, ()
     expect((await qreplica<Status>(["status", "vm1", "--dir", C])).relationships[0]).toMatchObject({ state: "failed-over-waiting-completion", generation: 2 });
 
     // --- B recorded the failover at C: why nothing replicates there, and the way on ---
-    const recorded = (await eventsOn(t.siteB)).find((e) => e.type === "FailedOverDownstream");
+    const recorded = (await relationshipEvents(t.siteB)).find((e) => e.type === "FailedOverDownstream");
     expect(recorded?.data).toMatchObject({ targetSiteId: "site-c", pointId: final.pointId, targetPointId: planned.recoveryPointId, generation: 1 });
     expect(recorded?.data.requestedBy).not.toBe("");
     const atB = await waitFor(
@@ -151,7 +118,7 @@ describe("extended replication: planned failover at C", { timeout: 300_000 }, ()
     });
     try {
       const returned = t.startAgent();
-      const refusal = await waitFor("A's agent refused at B as stale", async () => (await eventsOn(t.siteB)).find((e) => e.type === "StaleGenerationRefused"), 90_000);
+      const refusal = await waitFor("A's agent refused at B as stale", async () => (await relationshipEvents(t.siteB)).find((e) => e.type === "StaleGenerationRefused"), 90_000);
       expect(refusal.data).toMatchObject({ presentedGeneration: 1, currentGeneration: 1, peerIdentity: "agent-a" });
       await returned.exited;
       const qmp = await QmpClient.connect({ socketPath: guest.qmpSocketPath });

@@ -8,20 +8,12 @@
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { readCounters, readDiskCounter, waitForCounter } from "../../guest/index.js";
-import { getSqliteEventStore } from "../../src/ledger/index.js";
 import { compareImages, convertImage } from "../../src/qemu/processes/index.js";
-import { foldExtension, extensionStream } from "../../src/site/extension/extensionLedger.js";
 import { readAddress } from "../../src/cli/siteClient.js";
-import { runCli, waitFor } from "../helpers/processes.js";
-import { twoSitesPerTest } from "../helpers/twoSites.js";
+import { cliJson as qreplica, runCli, waitFor } from "../helpers/processes.js";
+import { forwardedOn, threeSitesPerTest } from "../helpers/threeSites.js";
 
-const newTwoSites = twoSitesPerTest();
-
-async function qreplica<T>(args: string[]): Promise<T> {
-  const r = await runCli([...args, "--json"]);
-  if (r.code !== 0) throw new Error(`qreplica ${args.join(" ")} failed (${r.code}): ${r.stdout}${r.stderr}`);
-  return JSON.parse(r.stdout) as T;
-}
+const newThreeSites = threeSitesPerTest();
 
 interface Extension {
   state: string;
@@ -35,28 +27,13 @@ interface Status {
   relationships: Array<{ vmId: string; state: string; generation: number; primarySiteId: string; extendedReplication?: Extension }>;
 }
 
-async function forwardedOn(siteDir: string) {
-  const store = getSqliteEventStore({ path: join(siteDir, "ledger.sqlite"), create: false });
-  try {
-    return foldExtension("vm1", await store.readStream(extensionStream("vm1")));
-  } finally {
-    await store.close();
-  }
-}
-
 describe("extended replication A -> B -> C", { timeout: 300_000 }, () => {
   it("with retention merging at B and a forward interval longer than A -> B's, every state C gets is the primary's byte for byte", async () => {
     const MiB = 1024 * 1024;
     // B keeps 3 points: its merges run while points are forwarded (only those not yet sent are held).
-    const t = await newTwoSites("qr-extend-ret-", { diskBytes: 32 * MiB, intervalSeconds: 1, maxPoints: 3 });
-    const C = t.siteC;
-    const init = await runCli(["site", "init", "--dir", C, "--name", "site-c", "--ca-dir", t.caDir, "--listen", "127.0.0.1:0"]);
-    expect(init.code, init.stderr).toBe(0);
-    let siteB = await t.startSite(t.siteB);
-    await t.startSite(C);
-    await t.vm.guestWrite("vda", ["write -P 0x10 0 4M", "write -P 0x11 20M 1M"]);
-    t.startAgent();
-    await waitFor("a point on B", async () => ((await t.relationship()).points.length >= 1 ? true : undefined), 60_000);
+    const chain = await newThreeSites("qr-extend-ret-", { diskBytes: 32 * MiB, intervalSeconds: 1, maxPoints: 3, firstWrites: ["write -P 0x10 0 4M", "write -P 0x11 20M 1M"] });
+    const { t, C } = chain;
+    let siteB = chain.siteB;
     // Each forward then carries the changes of the 2-3 points B committed since the last one.
     await qreplica(["extend", "vm1", "--dir", t.siteB, "--to-dir", C, "--interval", "3"]);
     for (let k = 1; k <= 3; k++) {
@@ -89,17 +66,8 @@ describe("extended replication A -> B -> C", { timeout: 300_000 }, () => {
   });
 
   it("C's points are B's byte for byte, writes between cycles; an unplanned failover at C boots the point's counter", async () => {
-    const t = await newTwoSites("qr-extend-", { diskBytes: 8 * 1024 * 1024, intervalSeconds: 1, counterGuest: true });
-    const guest = t.guest!;
-    const C = t.siteC;
     // C keeps every point it gets, so each can be compared with B's.
-    const init = await runCli(["site", "init", "--dir", C, "--name", "site-c", "--ca-dir", t.caDir, "--listen", "127.0.0.1:0", "--max-points", "100"]);
-    expect(init.code, init.stderr).toBe(0);
-    const siteB = await t.startSite(t.siteB);
-    await t.startSite(C);
-    await waitForCounter(guest.serialLogPath, (v) => v > 2, 90_000);
-    t.startAgent();
-    await waitFor("a point on B", async () => ((await t.relationship()).points.length >= 1 ? true : undefined), 90_000);
+    const { t, C, siteB } = await newThreeSites("qr-extend-", { diskBytes: 8 * 1024 * 1024, intervalSeconds: 1, counterGuest: true, siteCMaxPoints: 100 });
 
     // A viewer may look but not extend: refused by role, and recorded nowhere as configured.
     const viewer = await runCli(["pki", "issue", "--ca-dir", t.caDir, "--name", "viewer1", "--role", "viewer", "--out-dir", join(t.dir, "viewer-tls")]);

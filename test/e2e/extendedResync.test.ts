@@ -8,43 +8,27 @@
  * C's older points untouched (SHA-256 before/after), and forwarding goes on incrementally
  * (the next point at C is B's byte for byte). Writes at A go on throughout.
  */
-import { createHash } from "node:crypto";
 import { readdirSync, readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { describe, expect, it } from "vitest";
-import { getSqliteEventStore, relationshipStream, type EventStore } from "../../src/ledger/index.js";
 import { compareImages } from "../../src/qemu/processes/index.js";
-import { extensionStream, foldExtension, type ForwardedPoint } from "../../src/site/extension/extensionLedger.js";
-import { runCli, waitFor } from "../helpers/processes.js";
-import { twoSitesPerTest, type TwoSites } from "../helpers/twoSites.js";
+import type { ForwardedPoint } from "../../src/site/extension/extensionLedger.js";
+import { cliJson as qreplica, waitFor } from "../helpers/processes.js";
+import { forwardedOn, relationshipEvents, sha256File, threeSitesPerTest, waitForForwarded } from "../helpers/threeSites.js";
+import type { TwoSites } from "../helpers/twoSites.js";
 
-const newTwoSites = twoSitesPerTest();
+const newThreeSites = threeSitesPerTest();
 const MiB = 1024 * 1024;
 const DISK_BYTES = 32 * MiB;
 
-async function qreplica<T>(args: string[]): Promise<T> {
-  const r = await runCli([...args, "--json"]);
-  if (r.code !== 0) throw new Error(`qreplica ${args.join(" ")} failed (${r.code}): ${r.stdout}${r.stderr}`);
-  return JSON.parse(r.stdout) as T;
-}
-
-async function readLedger<T>(siteDir: string, read: (s: EventStore) => Promise<T>): Promise<T> {
-  const store = getSqliteEventStore({ path: join(siteDir, "ledger.sqlite"), create: false });
-  try {
-    return await read(store);
-  } finally {
-    await store.close();
-  }
-}
-
-const forwardedOn = (siteDir: string) => readLedger(siteDir, async (s) => foldExtension("vm1", await s.readStream(extensionStream("vm1"))).forwarded);
+/** The points B forwarded to C, as B's ledger records them. */
+const forwardedPoints = async (siteDir: string) => (await forwardedOn(siteDir)).forwarded;
 /** Hellos site C accepted from B's forwarder (its log). */
 const helloCount = (siteDir: string) =>
   readFileSync(join(siteDir, "site.log"), "utf8")
     .split("\n")
     .filter((l) => l.includes('"msg":"Hello accepted"') && l.includes('"identity":"site-b"')).length;
-const sha256 = (path: string) => createHash("sha256").update(readFileSync(path)).digest("hex");
 
 /**
  * B's ledger without the VM's extension stream (as if restored from before it, or rebuilt): only
@@ -80,9 +64,7 @@ async function expectResyncBytes(
   minDataBytes: number,
   maxDataBytes: number,
 ): Promise<{ dataBytes: number; wireBytes: number; comparedBytes: number }> {
-  const committed = await readLedger(C, async (s) =>
-    (await s.readStream(relationshipStream("vm1"))).find((e) => e.type === "CycleCommitted" && Number(e.data.cycleSeq) === f.targetSeq),
-  );
+  const committed = (await relationshipEvents(C)).find((e) => e.type === "CycleCommitted" && Number(e.data.cycleSeq) === f.targetSeq);
   expect(committed?.data.kind).toBe("resync");
   const sent = committed!.data as { dataBytes: number; wireBytes: number; comparedBytes: number };
   expect(sent.comparedBytes).toBe(DISK_BYTES);
@@ -96,18 +78,17 @@ async function expectResyncBytes(
 
 describe("extended replication: resync between B and C", { timeout: 240_000 }, () => {
   it("C's operator asks for one (B connected; B down), B forgets what it forwarded: only differing chunks travel, C's points kept, forwarding goes on", async () => {
-    const t = await newTwoSites("qr-extresync-", { diskBytes: DISK_BYTES, intervalSeconds: 1 });
-    const C = t.siteC;
-    const init = await runCli(["site", "init", "--dir", C, "--name", "site-c", "--ca-dir", t.caDir, "--listen", "127.0.0.1:0", "--max-points", "100"]);
-    expect(init.code, init.stderr).toBe(0);
-    let siteB = await t.startSite(t.siteB);
-    await t.startSite(C);
-    await t.vm.guestWrite("vda", ["write -P 0x10 0 4M", "write -P 0x11 20M 1M"]);
-    t.startAgent();
-    await waitFor("a point on B", async () => ((await t.relationship()).points.length >= 1 ? true : undefined), 60_000);
+    const chain = await newThreeSites("qr-extresync-", {
+      diskBytes: DISK_BYTES,
+      intervalSeconds: 1,
+      siteCMaxPoints: 100,
+      firstWrites: ["write -P 0x10 0 4M", "write -P 0x11 20M 1M"],
+    });
+    const { t, C } = chain;
+    let siteB = chain.siteB;
     await qreplica(["extend", "vm1", "--dir", t.siteB, "--to-dir", C]);
     await t.vm.guestWrite("vda", ["write -P 0x12 8M 512k"]);
-    await waitFor("two points forwarded to C", async () => ((await forwardedOn(t.siteB)).length >= 2 ? true : undefined), 60_000);
+    await waitForForwarded(t.siteB, 2, 60_000);
 
     // B holds back its next points (a long interval), so its newest differs from C's by the writes
     // since. The forwarder starts a new stream: C holds it once C accepted its Hello.
@@ -121,23 +102,23 @@ describe("extended replication: resync between B and C", { timeout: 240_000 }, (
 
     // --- the operator at C asks for a resync while B's forwarder is connected ---
     const before = await t.relationship("vm1", C);
-    const hashes = new Map(before.points.map((p) => [p.pointId, sha256(p.disks[0]!.imagePath)]));
+    const hashes = new Map(before.points.map((p) => [p.pointId, sha256File(p.disks[0]!.imagePath)]));
     await t.vm.guestWrite("vda", ["write -P 0x21 2M 256k"]);
     await pointAfterWrite();
     const asked = await qreplica<{ state: string; agentNotified: boolean }>(["resync", "vm1", "--dir", C]);
     expect(asked).toMatchObject({ state: "resync-required", agentNotified: true });
-    const first = await waitFor("B forwards a resync", async () => (await forwardedOn(t.siteB)).find((f) => f.kind === "resync"), 60_000);
+    const first = await waitFor("B forwards a resync", async () => (await forwardedPoints(t.siteB)).find((f) => f.kind === "resync"), 60_000);
     await t.vm.guestWrite("vda", ["write -P 0x22 12M 128k"]);
     await expectSamePoint(t, first, "resync (B connected)");
     // The writes since C's newest point (B's 1 s cycles carry a few more clusters each): far below the 32 MiB disk.
     const sent1 = await expectResyncBytes(C, first, 256 * 1024, 2 * MiB);
     for (const [pointId, hash] of hashes) {
       const p = (await t.relationship("vm1", C)).points.find((x) => x.pointId === pointId);
-      expect(sha256(p!.disks[0]!.imagePath), `C's point ${pointId} after the resync`).toBe(hash);
+      expect(sha256File(p!.disks[0]!.imagePath), `C's point ${pointId} after the resync`).toBe(hash);
     }
     // Forwarding goes on incrementally on the resync point (each point as it commits again).
     await qreplica(["extend", "vm1", "--dir", t.siteB, "--to-dir", C, "--interval", "0"]);
-    const next1 = await waitFor("an incremental after the resync", async () => (await forwardedOn(t.siteB)).find((f) => f.targetSeq > first.targetSeq), 60_000);
+    const next1 = await waitFor("an incremental after the resync", async () => (await forwardedPoints(t.siteB)).find((f) => f.targetSeq > first.targetSeq), 60_000);
     expect(next1.kind).toBe("incremental");
     await expectSamePoint(t, next1, "incremental after the resync");
 
@@ -155,11 +136,11 @@ describe("extended replication: resync between B and C", { timeout: 240_000 }, (
     const asked2 = await qreplica<{ state: string; agentNotified: boolean }>(["resync", "vm1", "--dir", C]);
     expect(asked2).toMatchObject({ state: "resync-required", agentNotified: false });
     const kept = await t.relationship("vm1", C);
-    const hashes2 = new Map(kept.points.map((p) => [p.pointId, sha256(p.disks[0]!.imagePath)]));
+    const hashes2 = new Map(kept.points.map((p) => [p.pointId, sha256File(p.disks[0]!.imagePath)]));
     siteB = await t.startSite(t.siteB);
     const second = await waitFor(
       "B forwards a resync after its restart",
-      async () => (await forwardedOn(t.siteB)).find((f) => f.kind === "resync" && f.targetSeq > next1.targetSeq),
+      async () => (await forwardedPoints(t.siteB)).find((f) => f.kind === "resync" && f.targetSeq > next1.targetSeq),
       60_000,
     );
     await t.vm.guestWrite("vda", ["write -P 0x32 24M 64k"]);
@@ -174,34 +155,34 @@ describe("extended replication: resync between B and C", { timeout: 240_000 }, (
     expect(resyncLogs.find((l) => l.targetPoint === second.targetPointId)?.ownHashes).toEqual({ vda: "read" });
     for (const [pointId, hash] of hashes2) {
       const p = (await t.relationship("vm1", C)).points.find((x) => x.pointId === pointId);
-      expect(sha256(p!.disks[0]!.imagePath), `C's point ${pointId} after the second resync`).toBe(hash);
+      expect(sha256File(p!.disks[0]!.imagePath), `C's point ${pointId} after the second resync`).toBe(hash);
     }
     await qreplica(["extend", "vm1", "--dir", t.siteB, "--to-dir", C, "--interval", "0"]);
-    const next2 = await waitFor("an incremental after the second resync", async () => (await forwardedOn(t.siteB)).find((f) => f.targetSeq > second.targetSeq), 60_000);
+    const next2 = await waitFor("an incremental after the second resync", async () => (await forwardedPoints(t.siteB)).find((f) => f.targetSeq > second.targetSeq), 60_000);
     expect(next2.kind).toBe("incremental");
     await expectSamePoint(t, next2, "incremental after the second resync");
 
     // --- B forgets what it forwarded (its ledger lost the extension stream) while C holds points ---
     await siteB.kill("SIGTERM");
     forgetForwarding(t.siteB);
-    expect(await forwardedOn(t.siteB)).toEqual([]);
-    const hashes3 = new Map((await t.relationship("vm1", C)).points.map((p) => [p.pointId, sha256(p.disks[0]!.imagePath)]));
+    expect(await forwardedPoints(t.siteB)).toEqual([]);
+    const hashes3 = new Map((await t.relationship("vm1", C)).points.map((p) => [p.pointId, sha256File(p.disks[0]!.imagePath)]));
     siteB = await t.startSite(t.siteB);
     await t.vm.guestWrite("vda", ["write -P 0x41 28M 64k"]);
     await pointAfterWrite();
     // Extended again toward the same C: its Hello names no forwarded point, C holds some, so C asks for a resync.
     await qreplica(["extend", "vm1", "--dir", t.siteB, "--to-dir", C]);
-    const third = await waitFor("B forwards a resync after forgetting", async () => (await forwardedOn(t.siteB)).find((f) => f.kind === "resync"), 60_000);
+    const third = await waitFor("B forwards a resync after forgetting", async () => (await forwardedPoints(t.siteB)).find((f) => f.kind === "resync"), 60_000);
     await expectSamePoint(t, third, "resync (B forgot)");
     const sent3 = await expectResyncBytes(C, third, 64 * 1024, 2 * MiB);
-    const required = await readLedger(C, async (s) => (await s.readStream(relationshipStream("vm1"))).filter((e) => e.type === "ResyncRequired").at(-1));
+    const required = (await relationshipEvents(C)).filter((e) => e.type === "ResyncRequired").at(-1);
     expect(String(required?.data.reason)).toMatch(/holds no record of forwarding VM vm1 here/);
     for (const [pointId, hash] of hashes3) {
       const p = (await t.relationship("vm1", C)).points.find((x) => x.pointId === pointId);
-      expect(sha256(p!.disks[0]!.imagePath), `C's point ${pointId} after the third resync`).toBe(hash);
+      expect(sha256File(p!.disks[0]!.imagePath), `C's point ${pointId} after the third resync`).toBe(hash);
     }
     await t.vm.guestWrite("vda", ["write -P 0x42 30M 64k"]);
-    const next3 = await waitFor("an incremental after the third resync", async () => (await forwardedOn(t.siteB)).find((f) => f.targetSeq > third.targetSeq), 60_000);
+    const next3 = await waitFor("an incremental after the third resync", async () => (await forwardedPoints(t.siteB)).find((f) => f.targetSeq > third.targetSeq), 60_000);
     expect(next3.kind).toBe("incremental");
     await expectSamePoint(t, next3, "incremental after the third resync");
     const cState = await t.relationship("vm1", C);

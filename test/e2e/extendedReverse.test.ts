@@ -10,49 +10,24 @@ import { open } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { COUNTER_OFFSET, encodeCounterRecord, readCounters, readDiskRecord, waitForCounter } from "../../guest/index.js";
-import { getSqliteEventStore } from "../../src/ledger/index.js";
 import { compareImages, convertImage } from "../../src/qemu/processes/index.js";
 import { QmpClient } from "../../src/qemu/qmp/index.js";
 import { controlClient, unary } from "../../src/cli/siteClient.js";
-import { extensionStream, foldExtension } from "../../src/site/extension/extensionLedger.js";
-import { runCli, waitFor } from "../helpers/processes.js";
-import { twoSitesPerTest } from "../helpers/twoSites.js";
+import { cliJson as qreplica, waitFor } from "../helpers/processes.js";
+import { forwardedOn, relationshipEvents, threeSitesPerTest, waitForForwarded } from "../helpers/threeSites.js";
 
 const MiB = 1024 * 1024;
 const DISK_BYTES = 8 * MiB;
-const newTwoSites = twoSitesPerTest();
-
-async function qreplica<T>(args: string[]): Promise<T> {
-  const r = await runCli([...args, "--json"]);
-  if (r.code !== 0) throw new Error(`qreplica ${args.join(" ")} failed (${r.code}): ${r.stdout}${r.stderr}`);
-  return JSON.parse(r.stdout) as T;
-}
-
-async function readLedger<T>(siteDir: string, read: (store: ReturnType<typeof getSqliteEventStore>) => Promise<T>): Promise<T> {
-  const store = getSqliteEventStore({ path: join(siteDir, "ledger.sqlite"), create: false });
-  try {
-    return await read(store);
-  } finally {
-    await store.close();
-  }
-}
-
-const forwardedOn = (siteDir: string) => readLedger(siteDir, async (s) => foldExtension("vm1", await s.readStream(extensionStream("vm1"))));
+const newThreeSites = threeSitesPerTest();
 
 describe("extended replication: reverse at C", { timeout: 300_000 }, () => {
   it("unplanned failover at C, complete, reverse onto B by resync against B's newest point, A's agent fenced at B", async () => {
-    const t = await newTwoSites("qr-extrev-", { diskBytes: DISK_BYTES, intervalSeconds: 1, counterGuest: true });
+    const chain = await newThreeSites("qr-extrev-", { diskBytes: DISK_BYTES, intervalSeconds: 1, counterGuest: true, siteCMaxPoints: 100 });
+    const { t, C, agent } = chain;
     const guest = t.guest!;
-    const C = t.siteC;
-    const init = await runCli(["site", "init", "--dir", C, "--name", "site-c", "--ca-dir", t.caDir, "--listen", "127.0.0.1:0", "--max-points", "100"]);
-    expect(init.code, init.stderr).toBe(0);
-    let siteB = await t.startSite(t.siteB);
-    await t.startSite(C);
-    await waitForCounter(guest.serialLogPath, (v) => v > 2, 90_000);
-    const agent = t.startAgent();
-    await waitFor("a point on B", async () => ((await t.relationship()).points.length >= 1 ? true : undefined), 90_000);
+    let siteB = chain.siteB;
     await qreplica(["extend", "vm1", "--dir", t.siteB, "--to-dir", C]);
-    await waitFor("two points forwarded to C", async () => ((await forwardedOn(t.siteB)).forwarded.length >= 2 ? true : undefined), 90_000);
+    await waitForForwarded(t.siteB, 2);
 
     // --- regional disaster: A's agent and site B gone; fail over at C and complete ---
     await agent.kill("SIGKILL");
@@ -107,9 +82,7 @@ describe("extended replication: reverse at C", { timeout: 300_000 }, () => {
     expect((await forwardedOn(t.siteB)).target).toBeUndefined();
 
     // Only the differences travelled: the ledger's byte counts of the resync cycle.
-    const commit = await readLedger(t.siteB, async (s) =>
-      (await s.readStream("replication-vm1")).find((e) => e.type === "CycleCommitted" && Number(e.data.cycleSeq) === seeded.cycleSeq),
-    );
+    const commit = (await relationshipEvents(t.siteB)).find((e) => e.type === "CycleCommitted" && Number(e.data.cycleSeq) === seeded.cycleSeq);
     expect(commit?.data.kind).toBe("resync");
     expect(Number(commit?.data.generation)).toBe(2);
     const dataBytes = Number(commit?.data.dataBytes);
@@ -134,7 +107,7 @@ describe("extended replication: reverse at C", { timeout: 300_000 }, () => {
     const returned = t.startAgent();
     const refusal = await waitFor(
       "A's agent refused at B as stale",
-      async () => (await readLedger(t.siteB, (s) => s.readStream("replication-vm1"))).find((e) => e.type === "StaleGenerationRefused" && Number(e.data.presentedGeneration) === 1),
+      async () => (await relationshipEvents(t.siteB)).find((e) => e.type === "StaleGenerationRefused" && Number(e.data.presentedGeneration) === 1),
       90_000,
     );
     expect(refusal.data).toMatchObject({ currentGeneration: 2 });

@@ -1,8 +1,8 @@
 import { describe, expect, it } from "vitest";
-import { completeFailover, getInMemoryEventStore } from "../../../src/ledger/index.js";
+import { completeFailover, getInMemoryEventStore, type RelationshipState } from "../../../src/ledger/index.js";
 import { nextMerge } from "../../../src/site/retention.js";
 import { ExtensionLedger, extensionStream } from "../../../src/site/extension/extensionLedger.js";
-import { Extensions } from "../../../src/site/extension/extensions.js";
+import { Extensions, type ExtensionFollowDeps } from "../../../src/site/extension/extensions.js";
 import { silentLogger } from "../../../src/common/logger.js";
 import type { SiteCredentials } from "../../../src/transport/index.js";
 import { enabled, failedOverUnplanned, fold, incremental, initialCommitted, initialStarted, run } from "../ledgerDomain/fixtures.js";
@@ -33,12 +33,16 @@ const noFailovers = {
   stopReplicationAgent: async () => undefined,
 };
 
-/** Extensions whose forwarders wait for a first point that never comes: only the ledger and the holds are exercised. */
-function extensionsOn(ledger: ExtensionLedger): Extensions {
-  const ext = new Extensions(
+/**
+ * Extensions on `ledger` for a VM whose relationship is `relationship` (default: enabled, no point
+ * yet, so forwarders wait for a first point that never comes): only the ledger, the holds and the
+ * failover follow-up (`failovers`, over noFailovers) are exercised.
+ */
+function extensionsOn(ledger: ExtensionLedger, opts: { relationship?: RelationshipState; failovers?: Partial<ExtensionFollowDeps["failovers"]> } = {}): Extensions {
+  return new Extensions(
     {
       siteId: "site-b",
-      loadRelationship: async () => fold(VM, enabled),
+      loadRelationship: async () => opts.relationship ?? fold(VM, enabled),
       storage: {
         holdChains: () => () => undefined,
         pointExtents: () => (async function* () {})(),
@@ -54,9 +58,8 @@ function extensionsOn(ledger: ExtensionLedger): Extensions {
       logger: silentLogger,
     },
     ledger,
-    { failovers: noFailovers, tlsFiles: { caFile: "ca.crt", certFile: "site-b.crt", keyFile: "site-b.key" } },
+    { failovers: { ...noFailovers, ...opts.failovers }, tlsFiles: { caFile: "ca.crt", certFile: "site-b.crt", keyFile: "site-b.key" } },
   );
-  return ext;
 }
 
 describe("extended replication: the ledger's record and what retention keeps for it", () => {
@@ -114,30 +117,7 @@ describe("extended replication: the ledger's record and what retention keeps for
     const ledger = new ExtensionLedger(getInMemoryEventStore());
     const stoppedAgents: string[] = [];
     const completed = run(fold(VM, enabled, initialStarted, initialCommitted, incremental(2), failedOverUnplanned()), (s) => completeFailover(s));
-    const ext = new Extensions(
-      {
-        siteId: "site-b",
-        loadRelationship: async () => completed,
-        storage: {
-          holdChains: () => () => undefined,
-          pointExtents: () => (async function* () {})(),
-          seedChunkHashes: () => (async function* () {})(),
-          loadChunkHashes: () => ({ unusable: "none in this test" }),
-          indexDigest: "sha256",
-        },
-        serialized: (_vm, fn) => fn(),
-        afterRead: () => undefined,
-        stopPrimary: () => Promise.reject(new Error("no primary in this test")),
-        recordDownstreamFailover: () => Promise.reject(new Error("no failover in this test")),
-        tls: {} as SiteCredentials,
-        logger: silentLogger,
-      },
-      ledger,
-      {
-        failovers: { ...noFailovers, stopReplicationAgent: async (vmId: string) => void stoppedAgents.push(vmId) },
-        tlsFiles: { caFile: "ca.crt", certFile: "site-b.crt", keyFile: "site-b.key" },
-      },
-    );
+    const ext = extensionsOn(ledger, { relationship: completed, failovers: { stopReplicationAgent: async (vmId: string) => void stoppedAgents.push(vmId) } });
     await ledger.configure(VM, target, admin);
     expect((await ledger.load(VM)).followed).toBeUndefined();
     await ext.stop(VM, admin);
@@ -150,43 +130,22 @@ describe("extended replication: the ledger's record and what retention keeps for
     const completed = run(fold(VM, enabled, initialStarted, initialCommitted, incremental(2), failedOverUnplanned()), (s) => completeFailover(s));
     let released = false;
     const agents: number[] = [];
-    const ext = new Extensions(
-      {
-        siteId: "site-b",
-        loadRelationship: async () => completed,
-        storage: {
-          holdChains: () => () => undefined,
-          pointExtents: () => (async function* () {})(),
-          seedChunkHashes: () => (async function* () {})(),
-          loadChunkHashes: () => ({ unusable: "none in this test" }),
-          indexDigest: "sha256",
+    const ext = extensionsOn(ledger, {
+      relationship: completed,
+      failovers: {
+        failoverVmOf: () => ({ released, agentStopped: false }),
+        // The monitor is handed over after a turn of the event loop, as QMP's close is.
+        releaseFailedOverVm: async () => {
+          await new Promise((r) => setImmediate(r));
+          released = true;
+          return { qmpSocket: "/run/b/web1.qmp" };
         },
-        serialized: (_vm, fn) => fn(),
-        afterRead: () => undefined,
-        stopPrimary: () => Promise.reject(new Error("no primary in this test")),
-        recordDownstreamFailover: () => Promise.reject(new Error("no failover in this test")),
-        tls: {} as SiteCredentials,
-        logger: silentLogger,
-      },
-      ledger,
-      {
-        failovers: {
-          ...noFailovers,
-          failoverVmOf: () => ({ released, agentStopped: false }),
-          // The monitor is handed over after a turn of the event loop, as QMP's close is.
-          releaseFailedOverVm: async () => {
-            await new Promise((r) => setImmediate(r));
-            released = true;
-            return { qmpSocket: "/run/b/web1.qmp" };
-          },
-          startReverseAgent: () => {
-            agents.push(agents.length + 100);
-            return { pid: agents.at(-1)!, logFile: "agent.log", configFile: "agent.yaml" };
-          },
+        startReverseAgent: () => {
+          agents.push(agents.length + 100);
+          return { pid: agents.at(-1)!, logFile: "agent.log", configFile: "agent.yaml" };
         },
-        tlsFiles: { caFile: "ca.crt", certFile: "site-b.crt", keyFile: "site-b.key" },
       },
-    );
+    });
     await ledger.configure(VM, target, admin);
     await ext.start();
     expect(agents).toHaveLength(1);
@@ -201,30 +160,7 @@ describe("extended replication: the ledger's record and what retention keeps for
     const ledger = new ExtensionLedger(getInMemoryEventStore());
     const completed = run(fold(VM, enabled, initialStarted, initialCommitted, incremental(2), failedOverUnplanned()), (s) => completeFailover(s));
     let pid: number | undefined = 4242;
-    const ext = new Extensions(
-      {
-        siteId: "site-b",
-        loadRelationship: async () => completed,
-        storage: {
-          holdChains: () => () => undefined,
-          pointExtents: () => (async function* () {})(),
-          seedChunkHashes: () => (async function* () {})(),
-          loadChunkHashes: () => ({ unusable: "none in this test" }),
-          indexDigest: "sha256",
-        },
-        serialized: (_vm, fn) => fn(),
-        afterRead: () => undefined,
-        stopPrimary: () => Promise.reject(new Error("no primary in this test")),
-        recordDownstreamFailover: () => Promise.reject(new Error("no failover in this test")),
-        tls: {} as SiteCredentials,
-        logger: silentLogger,
-      },
-      ledger,
-      {
-        failovers: { ...noFailovers, failoverVmOf: () => ({ released: true, agentStopped: false }), replicationAgentPid: () => pid },
-        tlsFiles: { caFile: "ca.crt", certFile: "site-b.crt", keyFile: "site-b.key" },
-      },
-    );
+    const ext = extensionsOn(ledger, { relationship: completed, failovers: { failoverVmOf: () => ({ released: true, agentStopped: false }), replicationAgentPid: () => pid } });
     await ledger.configure(VM, target, admin);
     await ledger.recordFollowed(VM, { generation: 2, targetGeneration: 4, reason: "x", agentPid: 4242 });
     await ext.start();
