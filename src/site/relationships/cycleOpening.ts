@@ -4,18 +4,18 @@ import type { PointWrite } from "../../storage/index.js";
 import type { RelationshipDeps } from "./relationshipDeps.js";
 import { RelationshipRefusal } from "./relationshipInputs.js";
 
+/** A cycle a primary begins: its sequence number, kind, generation, cut-off and disks. */
+export interface BeginCycleInput {
+  vmId: string;
+  seq: number;
+  kind: CycleKind;
+  generation: number;
+  cutoffAt: Date;
+  disks: Array<{ diskId: string; sizeBytes: number }>;
+}
+
 /** Checks the cycle against the relationship and opens its partial point in storage. */
-export async function beginCycle(
-  deps: RelationshipDeps,
-  input: {
-    vmId: string;
-    seq: number;
-    kind: CycleKind;
-    generation: number;
-    cutoffAt: Date;
-    disks: Array<{ diskId: string; sizeBytes: number }>;
-  },
-): Promise<PointWrite> {
+export async function beginCycle(deps: RelationshipDeps, input: BeginCycleInput): Promise<PointWrite> {
   const { vmId, seq } = input;
   let state = await deps.load(vmId);
   if (input.generation !== state.generation) {

@@ -1,16 +1,16 @@
 import type { Logger } from "../../common/logger.js";
-import { loadRelationship, type CycleKind, type Decide, type EventStore, type ExecuteCommandOptions, type JsonObject, type RelationshipState } from "../../ledger/index.js";
+import { loadRelationship, type Decide, type EventStore, type ExecuteCommandOptions, type RelationshipState } from "../../ledger/index.js";
 import type { RetentionSpec } from "../../policy/retentionPlan.js";
 import type { PointWrite, ReplicaStorage } from "../../storage/index.js";
 import type { Caller } from "../controlPlane/caller.js";
 import { siteDefaultRetention } from "../retention.js";
-import { beginCycle, comparisonImages } from "./cycleOpening.js";
+import { beginCycle, comparisonImages, type BeginCycleInput } from "./cycleOpening.js";
 import { commitPoint, recordFailedCycle, recordSkippedCycle } from "./cycleOutcomes.js";
 import { acceptHello } from "./helloAcceptance.js";
 import { execRelationshipCommand, type RelationshipDeps, type RelationshipSite, type RelationshipsOptions } from "./relationshipDeps.js";
 import type { CommitInput, HelloAccepted, HelloInput } from "./relationshipInputs.js";
 import { applyRetention, recoverAfterRestart, retentionFor, retentionStep } from "./retentionSteps.js";
-import { prepareReverse, replacePrimaryWith } from "./reverseReplication.js";
+import { prepareReverse, replacePrimaryWith, type ReplacePrimaryInput, type ReverseInput } from "./reverseReplication.js";
 
 export type { RelationshipSite, RelationshipsOptions } from "./relationshipDeps.js";
 export { RelationshipRefusal, type CommitInput, type HelloAccepted, type HelloInput, type ResumeKind } from "./relationshipInputs.js";
@@ -47,23 +47,12 @@ export class Relationships {
   }
 
   /** See reverseReplication.ts. */
-  prepareReverse(
-    caller: Caller,
-    input: {
-      vmId: string;
-      generation: number;
-      primarySiteId: string;
-      primaryIdentity: string;
-      disks: Array<{ diskId: string; sizeBytes: number }>;
-      seeds: Array<{ diskId: string; imagePath: string }>;
-      vmSpec?: JsonObject;
-    },
-  ): Promise<RelationshipState> {
+  prepareReverse(caller: Caller, input: ReverseInput): Promise<RelationshipState> {
     return prepareReverse(this.deps, caller, input);
   }
 
   /** See reverseReplication.ts. */
-  replacePrimary(caller: Caller, input: { vmId: string; generation: number; primarySiteId: string; primaryIdentity: string }): Promise<RelationshipState> {
+  replacePrimary(caller: Caller, input: ReplacePrimaryInput): Promise<RelationshipState> {
     return replacePrimaryWith(this.deps, caller, input);
   }
 
@@ -72,7 +61,7 @@ export class Relationships {
   }
 
   /** Checks the cycle against the relationship and opens its partial point in storage. */
-  beginCycle(input: { vmId: string; seq: number; kind: CycleKind; generation: number; cutoffAt: Date; disks: Array<{ diskId: string; sizeBytes: number }> }): Promise<PointWrite> {
+  beginCycle(input: BeginCycleInput): Promise<PointWrite> {
     return beginCycle(this.deps, input);
   }
 

@@ -3,23 +3,30 @@ import { imageInfo } from "../../qemu/processes/index.js";
 import { actorMetadata, type Caller } from "../controlPlane/caller.js";
 import type { RelationshipDeps } from "./relationshipDeps.js";
 
+/** A reverse replication to prepare here: the new primary, its generation, the VM's disks and their seeds. */
+export interface ReverseInput {
+  vmId: string;
+  generation: number;
+  primarySiteId: string;
+  primaryIdentity: string;
+  disks: Array<{ diskId: string; sizeBytes: number }>;
+  seeds: Array<{ diskId: string; imagePath: string }>;
+  vmSpec?: JsonObject;
+}
+
+/** The site this one forwarded the VM to, as its new primary. */
+export interface ReplacePrimaryInput {
+  vmId: string;
+  generation: number;
+  primarySiteId: string;
+  primaryIdentity: string;
+}
+
 /**
  * Reverse replication, on the old primary's site: the VM's new primary replicates here at the
  * generation of the failover, onto the old disks (seeds) so that only differing chunks travel.
  */
-export async function prepareReverse(
-  deps: RelationshipDeps,
-  caller: Caller,
-  input: {
-    vmId: string;
-    generation: number;
-    primarySiteId: string;
-    primaryIdentity: string;
-    disks: Array<{ diskId: string; sizeBytes: number }>;
-    seeds: Array<{ diskId: string; imagePath: string }>;
-    vmSpec?: JsonObject;
-  },
-): Promise<RelationshipState> {
+export async function prepareReverse(deps: RelationshipDeps, caller: Caller, input: ReverseInput): Promise<RelationshipState> {
   for (const seed of input.seeds) await deps.storage.checkSeed(seed.diskId, seed.imagePath);
   const current = await deps.load(input.vmId);
   if (current.state === "ready-for-initial-replication" && current.generation === input.generation && current.primaryIdentity === input.primaryIdentity) {
@@ -54,11 +61,7 @@ export async function prepareReverse(
  * Reverse replication from the site this one forwarded the VM to (extended replication): that
  * site becomes the primary at its failover's generation, the points stay (see replacePrimary).
  */
-export async function replacePrimaryWith(
-  deps: RelationshipDeps,
-  caller: Caller,
-  input: { vmId: string; generation: number; primarySiteId: string; primaryIdentity: string },
-): Promise<RelationshipState> {
+export async function replacePrimaryWith(deps: RelationshipDeps, caller: Caller, input: ReplacePrimaryInput): Promise<RelationshipState> {
   const { newState } = await deps.exec(
     input.vmId,
     (s) =>
