@@ -5,6 +5,7 @@ import { join } from "node:path";
 import type { Logger } from "../../src/common/logger.js";
 import { EXPORT_FORMAT, fsyncFile, writeExportManifest, type ExportManifest } from "../../src/storage/exportManifest.js";
 import type { CaptureCycle, DiskCycle } from "../capture/index.js";
+import type { AgentVmConfig } from "./agentConfig.js";
 
 /**
  * Initial replication by media, the primary's half: the initial cut-off is written to a directory
@@ -123,4 +124,33 @@ export async function exportInitialCycle(
     if (!cycle.finished) await cycle.abort(err);
     throw err;
   }
+}
+
+/**
+ * The site wants an initial replication, and this VM's choice says it comes from the site's side:
+ * a seed not yet registered there, or an export this agent already wrote (for this generation)
+ * that is not yet imported. Returns the status to show while it waits (undefined: no wait), and
+ * says so in the log once per wait (`status`: the one shown now).
+ */
+export function initialReplicationWaitsForSite(
+  vm: AgentVmConfig,
+  stateDir: string,
+  ack: { generation: number; lastCycleSeq: number },
+  status: string,
+  logger: Logger,
+): "waiting-for-seed" | "waiting-for-import" | undefined {
+  const choice = vm.initialReplication;
+  if (choice.kind === "seed") {
+    if (status !== "waiting-for-seed") logger.info({ vm: vm.id }, `initial replication waits for a seed: run 'qreplica seed ${vm.id} --disk DISK=IMAGE' on the replica site`);
+    return "waiting-for-seed";
+  }
+  if (choice.kind !== "export") return undefined;
+  const done = loadExportState(stateDir, vm.id);
+  if (!done || done.generation !== ack.generation || done.dir !== choice.dir || done.cycleSeq <= ack.lastCycleSeq) return undefined;
+  if (status !== "waiting-for-import")
+    logger.info(
+      { vm: vm.id, dir: done.dir, seq: done.cycleSeq, cutoffAt: done.cutoffAt },
+      `initial replication exported, waiting for its import: run 'qreplica import ${vm.id} --from DIR' on the replica site`,
+    );
+  return "waiting-for-import";
 }

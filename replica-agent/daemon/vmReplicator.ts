@@ -3,10 +3,8 @@ import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Logger } from "../../src/common/logger.js";
-import { ENABLE_UNACKNOWLEDGED } from "../../src/model/index.js";
-import { CompressionCodec, ChecksumAlgorithm } from "../../src/gen/qreplica/v1/common.js";
-import { ChunkDigest, RejectReason, ResumeHint, ResyncMode, type PlannedFailoverRequested } from "../../src/gen/qreplica/v1/replication.js";
-import { blake3Installed } from "../../src/common/chunkDigest.js";
+import { ChecksumAlgorithm } from "../../src/gen/qreplica/v1/common.js";
+import { RejectReason, ResumeHint, type PlannedFailoverRequested } from "../../src/gen/qreplica/v1/replication.js";
 import { ReplicationClient, currentCredentials, siteDial, type SiteCredentials } from "../../src/transport/index.js";
 import { IothreadDiskError, ScratchSpaceLowError, SnapshotBrokenError, type CaptureCycle } from "../capture/index.js";
 import { openReplicationSource, type CycleCapture, type ReplicationSource } from "./replicationSource.js";
@@ -17,10 +15,10 @@ import { bandwidthAt } from "../../src/policy/windows.js";
 import { ResponseQueue } from "./responseQueue.js";
 import { CycleRefusedError, send, sendCycle, type ReplicateStream } from "./cycleSender.js";
 import { stopForPlannedFailover } from "./plannedFailover.js";
-import { clearExportState, exportInitialCycle, loadExportState } from "./mediaExport.js";
+import { clearExportState, exportInitialCycle, initialReplicationWaitsForSite } from "./mediaExport.js";
 import { CycleScheduler, type CycleSlot, type VmSchedule } from "./cycleScheduler.js";
-
-const PROTOCOL_VERSION = 1;
+import { helloMessage, logUnacknowledgedCycle, pickChecksum, trackingLost, type HelloAnswer } from "./agentHello.js";
+import { nextSlot } from "./slotWait.js";
 
 export type ReplicatorStatus =
   | "starting"
@@ -40,34 +38,6 @@ export type ReplicatorStatus =
 interface VmReplicationState {
   generation: number;
   replicaSite: string;
-}
-
-interface HelloAnswer {
-  generation: number;
-  hint: ResumeHint;
-  lastCycleSeq: number;
-  resyncReason: string;
-}
-
-/** Change tracking the capture layer could not vouch for, per disk, as Hello reports it. */
-function trackingLost(capture: CycleCapture): Array<{ diskId: string; code: string; reason: string }> {
-  return (capture.report?.disks ?? [])
-    .filter((d) => d.status !== "ok")
-    .map((d) => ({
-      diskId: d.diskId,
-      // An enable whose ack never came is told apart: the site lets an interrupted initial replication go on by itself.
-      code:
-        d.unacknowledgedEnableSeq !== undefined
-          ? ENABLE_UNACKNOWLEDGED
-          : d.status === "not-enabled"
-            ? "NOT_ENABLED"
-            : /inconsistent/.test(d.reason ?? "")
-              ? "BITMAP_INCONSISTENT"
-              : /missing/.test(d.reason ?? "")
-                ? "BITMAP_MISSING"
-                : "TRACKING_LOST",
-      reason: d.reason ?? (d.status === "not-enabled" ? "no change tracking on this agent (first start, or its state directory was lost)" : "change tracking lost"),
-    }));
 }
 
 /**
@@ -292,29 +262,11 @@ export class VmReplicator {
     }
   }
 
-  /**
-   * The site wants an initial replication, and this VM's choice says it comes from the site's side:
-   * a seed not yet registered there, or an export this agent already wrote (for this generation)
-   * that is not yet imported. Says so in the status and the log (once per wait).
-   */
+  /** The initial replication comes from the site's side (a seed, an export not yet imported): shown in the status. */
   private waitsForSite(ack: HelloAnswer): boolean {
-    const choice = this.vm.initialReplication;
-    if (choice.kind === "seed") {
-      if (this.status !== "waiting-for-seed")
-        this.logger.info({ vm: this.vm.id }, `initial replication waits for a seed: run 'qreplica seed ${this.vm.id} --disk DISK=IMAGE' on the replica site`);
-      this.status = "waiting-for-seed";
-      return true;
-    }
-    if (choice.kind !== "export") return false;
-    const done = loadExportState(this.stateDir, this.vm.id);
-    if (!done || done.generation !== ack.generation || done.dir !== choice.dir || done.cycleSeq <= ack.lastCycleSeq) return false;
-    if (this.status !== "waiting-for-import")
-      this.logger.info(
-        { vm: this.vm.id, dir: done.dir, seq: done.cycleSeq, cutoffAt: done.cutoffAt },
-        `initial replication exported, waiting for its import: run 'qreplica import ${this.vm.id} --from DIR' on the replica site`,
-      );
-    this.status = "waiting-for-import";
-    return true;
+    const waiting = initialReplicationWaitsForSite(this.vm, this.stateDir, ack, this.status, this.logger);
+    if (waiting) this.status = waiting;
+    return waiting !== undefined;
   }
 
   /** One incremental cycle; a refusal keeps its changes for the next one, a stale generation fences. */
@@ -381,30 +333,6 @@ export class VmReplicator {
     }
   }
 
-  /** Chunk checksums this agent can compute, the one it prefers first (see common.proto). */
-  private offeredChecksums(): ChecksumAlgorithm[] {
-    return this.vm.chunkChecksum === "sha256"
-      ? [ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256]
-      : [ChecksumAlgorithm.CHECKSUM_ALGORITHM_ZSTD_FRAME, ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256];
-  }
-
-  /** BLAKE3 first unless the VM asks for SHA-256 or this host has no BLAKE3; SHA-256 always. */
-  private offeredResyncDigests(): ChunkDigest[] {
-    return this.vm.resyncDigest === "blake3" && blake3Installed() ? [ChunkDigest.CHUNK_DIGEST_BLAKE3, ChunkDigest.CHUNK_DIGEST_SHA256] : [ChunkDigest.CHUNK_DIGEST_SHA256];
-  }
-
-  private pickChecksum(accepted: ChecksumAlgorithm[]): ChecksumAlgorithm {
-    // A site that lists nothing predates the negotiation and verifies SHA-256 only.
-    if (accepted.length === 0) return ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256;
-    const pick = this.offeredChecksums().find((a) => accepted.includes(a));
-    if (pick === undefined) {
-      throw new Error(
-        `the replica site accepts none of this agent's chunk checksums (it accepts ${accepted.map((a) => ChecksumAlgorithm[a] ?? a).join(", ")}); upgrade the agent or change vms[].chunkChecksum`,
-      );
-    }
-    return pick;
-  }
-
   private async hello(
     stream: ReplicateStream,
     responses: ResponseQueue,
@@ -412,31 +340,10 @@ export class VmReplicator {
     lost: Array<{ diskId: string; code: string; reason: string }>,
   ): Promise<HelloAnswer> {
     const saved = this.loadState();
-    const disks = capture.report?.disks ?? [];
     await send(stream, responses, {
       body: {
         $case: "hello",
-        value: {
-          protocolVersion: PROTOCOL_VERSION,
-          sourceSiteId: this.siteId,
-          agentId: this.siteId,
-          vmId: this.vm.id,
-          generation: BigInt(saved?.generation ?? this.vm.generation ?? 0),
-          disks: disks.map((d) => ({ diskId: d.diskId, virtualSizeBytes: BigInt(d.sizeBytes) })),
-          supportedCodecs: [CompressionCodec.COMPRESSION_CODEC_ZSTD, CompressionCodec.COMPRESSION_CODEC_NONE],
-          supportedChecksumAlgorithms: this.offeredChecksums(),
-          resyncDigests: this.offeredResyncDigests(),
-          // A libvirt domain without a configured spec: the one its XML describes.
-          vmSpecJson: this.vm.spec || capture.derivedSpec ? JSON.stringify(this.vm.spec ?? capture.derivedSpec) : "",
-          trackingLost: lost,
-          resyncMode: this.vm.resync === "manual" ? ResyncMode.RESYNC_MODE_MANUAL : ResyncMode.RESYNC_MODE_AUTOMATIC,
-          policyName: this.vm.policy ?? "",
-          configuredIntervalSeconds: Math.round(this.vm.intervalSeconds),
-          configuredCompressionLevel: this.vm.compressionLevel,
-          initialReplication: this.vm.initialReplication.kind,
-          upstreamFailover: this.vm.upstreamFailover ?? "",
-          ...(this.vm.initialReplication.kind === "at" ? { initialReplicationAt: this.vm.initialReplication.at } : {}),
-        },
+        value: helloMessage(this.vm, this.siteId, BigInt(saved?.generation ?? this.vm.generation ?? 0), capture, lost),
       },
     });
     const reply = (await responses.next(60_000)).body;
@@ -447,7 +354,7 @@ export class VmReplicator {
     if (reply?.$case !== "helloAck") throw new Error(`expected HelloAck, got ${reply?.$case ?? "nothing"}`);
     const generation = Number(reply.value.generation);
     this.noteUnacknowledged(Number(reply.value.lastCommittedCycleSequence), lost.length > 0);
-    this.chunkChecksum = this.pickChecksum(reply.value.acceptedChecksumAlgorithms);
+    this.chunkChecksum = pickChecksum(this.vm, reply.value.acceptedChecksumAlgorithms);
     this.policy.use(reply.value.policy, "hello");
     this.saveState({ generation, replicaSite: this.vm.replicaSite });
     const hint = reply.value.resumeHint;
@@ -486,20 +393,7 @@ export class VmReplicator {
     const seq = this.unacknowledgedSeq;
     if (seq === undefined) return;
     this.unacknowledgedSeq = undefined;
-    if (lastCommitted >= seq && trackingLost) {
-      // An initial (or resync) cycle: its bitmap was never confirmed, so a resync compares instead.
-      this.logger.warn(
-        { vm: this.vm.id, seq, lastCommitted },
-        `cycle ${seq} was committed by the replica site before its ack was lost; change tracking was not confirmed, so the next cycle compares the disks with that point and sends only what differs`,
-      );
-    } else if (lastCommitted >= seq) {
-      this.logger.warn(
-        { vm: this.vm.id, seq, lastCommitted },
-        `cycle ${seq} was committed by the replica site before its ack was lost; its changes are sent again in the next cycle`,
-      );
-    } else {
-      this.logger.warn({ vm: this.vm.id, seq, lastCommitted }, `cycle ${seq} was not committed by the replica site; its changes are sent in the next cycle`);
-    }
+    logUnacknowledgedCycle(this.logger, this.vm.id, seq, lastCommitted, trackingLost);
   }
 
   private loadState(): VmReplicationState | undefined {
@@ -515,27 +409,9 @@ export class VmReplicator {
     renameSync(`${this.stateFile}.tmp`, this.stateFile);
   }
 
-  /**
-   * The next cycle's permit ("grid": this VM's next slot; "now": as soon as the in-flight limit
-   * allows), or undefined when an operator notice or a planned failover comes first (the loop looks
-   * at it) or a stop. A broken stream or QEMU throws, as the session must reconnect.
-   */
-  private async slot(responses: ResponseQueue, broken: Promise<never>, when: "grid" | "now"): Promise<CycleSlot | undefined> {
-    const interrupted = new AbortController();
-    const interrupt = () => interrupted.abort();
-    this.wake.signal.addEventListener("abort", interrupt, { once: true });
-    let failure: unknown;
-    void Promise.race([responses.noticeArrived(), responses.plannedFailover, broken]).then(interrupt, (err: unknown) => {
-      failure = err;
-      interrupt();
-    });
-    try {
-      const slot = when === "grid" ? await this.schedule.next(interrupted.signal) : await this.schedule.now(interrupted.signal);
-      if (!slot && failure !== undefined) throw failure;
-      return slot;
-    } finally {
-      this.wake.signal.removeEventListener("abort", interrupt);
-    }
+  /** The next cycle's permit, or undefined when an operator notice, a planned failover or a stop comes first (see nextSlot). */
+  private slot(responses: ResponseQueue, broken: Promise<never>, when: "grid" | "now"): Promise<CycleSlot | undefined> {
+    return nextSlot(this.schedule, this.wake.signal, [responses.noticeArrived(), responses.plannedFailover, broken], when);
   }
 
   private async pause(ms: number): Promise<void> {
