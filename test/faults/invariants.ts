@@ -214,9 +214,8 @@ export class InvariantChecker {
     return `\n  kept in ${dir}\n${lines.join("\n")}`;
   }
 
-  /** Invariant 2 (no change lost): the newest point, cut after the last write, equals the primary now. */
   /**
-   * No change lost: with the writes paused, the newest point holds the primary's current content.
+   * Invariant 2, no change lost: with the writes paused, the newest point holds the primary's current content.
    * Judged on the newest point as listed now, read again if checkPoints could not (a merge moved it
    * or never paused): a point left unread is no finding, and a finding says what the point holds.
    */
