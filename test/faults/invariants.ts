@@ -49,7 +49,8 @@ export class InvariantChecker {
     private readonly findingsDir: string,
   ) {}
 
-  private check(ok: boolean, what: string): boolean {
+  /** Counts one invariant check; a failed one is a violation, printed at once. */
+  check(ok: boolean, what: string): boolean {
     this.tally.checks++;
     if (!ok) {
       this.tally.violations.push(what);
