@@ -22,6 +22,7 @@ import { addAuthorization, appendRunbookEvents, listAuthorizations, readRunbookR
 import type { SiteContext } from "../siteContext.js";
 import type { LaunchedInfo } from "../failover/failoverService.js";
 import { extendReplication } from "./extendReplication.js";
+import { liftDownstreamFailover, tellForwardingSite } from "../extension/downstreamCancel.js";
 import { plannedFailoverThroughSite, prepareReverseFromTarget } from "../extension/reverseFromTarget.js";
 import type { DrillReport } from "../drills/drillService.js";
 
@@ -160,7 +161,19 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
       await ctx.extensions?.failoverCompleted(req.vmId);
       return { droppedRecoveryPointIds: dropped };
     }),
-    cancelFailover: guarded("operator", async (req, caller) => ({ state: await failovers.cancel(req.vmId, caller) })),
+    cancelFailover: guarded("operator", async (req, caller) => {
+      // Extended replication: the planned failover at the site this one forwards to was cancelled there.
+      const lifted = await liftDownstreamFailover({ ...ctx, forwardAgain: ctx.extensions ? (vmId) => ctx.extensions!.forwardAgain(vmId) : undefined }, req.vmId, {
+        toldBy: "operator",
+        cancelledBy: "",
+        targetGeneration: 0,
+        caller,
+      });
+      if (lifted) return { state: lifted.state };
+      const state = await failovers.cancel(req.vmId, caller);
+      await tellForwardingSite(ctx, req.vmId, caller);
+      return { state };
+    }),
     prepareReverseReplication: guarded("operator", async (req, caller) => {
       checkPrimaryIdentity(req.primaryIdentity);
       const vmSpec = vmSpecOf(req.vmSpecJson);
