@@ -73,7 +73,10 @@ export async function tellForwardingSite(
   if (session?.forwardingSite) {
     const told = await session.notify({ $case: "failoverCancelled", cancelledBy: caller.identity, generation: rel.generation }).then(
       () => true,
-      (err: unknown) => (ctx.logger.warn({ vm: vmId, err }, "could not tell the forwarding site that the failover was cancelled"), false),
+      (err: unknown) => {
+        ctx.logger.warn({ vm: vmId, err }, "could not tell the forwarding site that the failover was cancelled");
+        return false;
+      },
     );
     if (told) {
       ctx.logger.info({ vm: vmId, site: rel.primarySiteId, generation: rel.generation }, "the forwarding site was told that the failover here was cancelled");
@@ -87,4 +90,22 @@ export async function tellForwardingSite(
         `through it, its primary stays fenced there until an operator runs 'qreplica failover ${vmId} cancel --dir <${rel.primarySiteId}'s dir>' on it`,
     );
   }
+}
+
+/**
+ * `qreplica failover VM cancel` (CancelFailover), extended replication's part in it: on a forwarding
+ * site whose primary a planned failover downstream fenced, the cancel lifts that fence (the
+ * failover was cancelled at that site, which could not say so); anywhere else the ordinary cancel
+ * of a failover here (`cancelHere`), after which the site forwarding the VM here is told.
+ */
+export async function cancelFailoverCommand(
+  deps: DownstreamCancelDeps & Parameters<typeof tellForwardingSite>[0] & { cancelHere(vmId: string, caller: Caller): Promise<string> },
+  vmId: string,
+  caller: Caller,
+): Promise<{ state: string; downstreamFenceLifted: boolean }> {
+  const lifted = await liftDownstreamFailover(deps, vmId, { toldBy: "operator", cancelledBy: "", targetGeneration: 0, caller });
+  if (lifted) return { state: lifted.state, downstreamFenceLifted: true };
+  const state = await deps.cancelHere(vmId, caller);
+  await tellForwardingSite(deps, vmId, caller);
+  return { state, downstreamFenceLifted: false };
 }

@@ -27,7 +27,7 @@ import {
   startInitialReplication,
   type EventStore,
 } from "../../../src/ledger/index.js";
-import { liftDownstreamFailover, tellForwardingSite } from "../../../src/site/extension/downstreamCancel.js";
+import { cancelFailoverCommand, liftDownstreamFailover, tellForwardingSite } from "../../../src/site/extension/downstreamCancel.js";
 import { Relationships } from "../../../src/site/relationships.js";
 import type { ReplicaStorage } from "../../../src/storage/index.js";
 import { cutoff, cycleInput, enableInput, failedOverUnplanned, incremental } from "../ledgerDomain/fixtures.js";
@@ -111,15 +111,27 @@ describe("a planned failover at C cancelled after it went through B", () => {
     expect((await types()).filter((t) => t === "StaleGenerationRefused")).toHaveLength(1);
   });
 
-  it("told by an operator at B: lifted with the operator recorded, and the forwarder runs again", async () => {
+  it("'qreplica failover VM cancel' at B (C could not tell it): lifted with the operator recorded, the forwarder runs again; no fence: the ordinary cancel", async () => {
     const { store, deps, restarted, forwardAgain } = await fencedAtB();
     const caller = { identity: "ops-b", role: "operator" as const };
-    const lifted = await liftDownstreamFailover({ ...deps, forwardAgain }, VM, { toldBy: "operator", cancelledBy: "", targetGeneration: 0, caller });
-    expect(lifted?.state).toBe("replicating");
-    expect((await store.readStream(`${RELATIONSHIP_STREAM_PREFIX}${VM}`)).at(-1)!.metadata).toMatchObject({ actor: "ops-b", actorRole: "operator" });
+    const cancelledHere: string[] = [];
+    const command = {
+      ...deps,
+      forwardAgain,
+      sessionFor: () => undefined,
+      cancelHere: async (vmId: string) => {
+        cancelledHere.push(vmId);
+        return "replicating";
+      },
+    };
+    expect(await cancelFailoverCommand(command, VM, caller)).toEqual({ state: "replicating", downstreamFenceLifted: true });
+    const event = (await store.readStream(`${RELATIONSHIP_STREAM_PREFIX}${VM}`)).at(-1)!;
+    expect(event).toMatchObject({ type: "DownstreamFailoverCancelled", data: { toldBy: "operator", targetSiteId: "site-c" }, metadata: { actor: "ops-b", actorRole: "operator" } });
     expect(restarted).toEqual([VM]);
-    // Nothing left to lift: the ordinary cancel goes on (undefined), the forwarder untouched.
-    expect(await liftDownstreamFailover({ ...deps, forwardAgain }, VM, { toldBy: "operator", cancelledBy: "", targetGeneration: 0, caller })).toBeUndefined();
+    expect(cancelledHere).toEqual([]);
+    // Nothing left to lift: the ordinary cancel of a failover here, the forwarder untouched.
+    expect(await cancelFailoverCommand(command, VM, caller)).toEqual({ state: "replicating", downstreamFenceLifted: false });
+    expect(cancelledHere).toEqual([VM]);
     expect(restarted).toEqual([VM]);
   });
 
