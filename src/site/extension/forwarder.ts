@@ -2,15 +2,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { errorMessage } from "../../common/errors.js";
 import type { Logger } from "../../common/logger.js";
 import { ChecksumAlgorithm, CompressionCodec, CycleKind } from "../../gen/qreplica/v1/common.js";
-import {
-  ChunkDigest,
-  RejectReason,
-  type CycleAck,
-  type EffectivePolicy,
-  type FailoverCancelledNotice,
-  type HelloAck,
-  type PlannedFailoverRequested,
-} from "../../gen/qreplica/v1/replication.js";
+import { ChunkDigest, RejectReason, type CycleAck, type EffectivePolicy, type HelloAck, type PlannedFailoverRequested } from "../../gen/qreplica/v1/replication.js";
 import type { RecordDownstreamFailoverInput, RecoveryPoint, RelationshipState } from "../../ledger/index.js";
 import type { ReplicaStorage } from "../../storage/index.js";
 import { ReplicationClient, currentCredentials, digestToWire, siteDial, type SiteCredentials } from "../../transport/index.js";
@@ -79,7 +71,7 @@ export class PointForwarder {
   /** The third site asked for a planned failover on the open stream (relayed once the forward under way ends). */
   private plannedFailover: PlannedFailoverRequested | undefined;
   /** The third site cancelled the planned failover this forwarder relayed (told on the stream kept open for it). */
-  private failoverCancelled: FailoverCancelledNotice | undefined;
+  private failoverCancelled: { generation: bigint; cancelledBy: string } | undefined;
   /** The third site's operator asked for a resync (\`qreplica resync\`) on the open stream. */
   private resyncRequested = false;
   /** The open stream to the third site, cancelled by stop so that a forward under way ends now. */
