@@ -15,6 +15,7 @@ import {
   completeMerge,
   enableReplication,
   executeCommand,
+  failoverOverCancelledOne,
   failCycle,
   loadRelationship,
   pointIdFor,
@@ -195,7 +196,10 @@ export class Relationships {
         ...(input.upstreamFailover ? { upstreamFailover: input.upstreamFailover } : {}),
       });
       if (fenced) throw new RelationshipRefusal(RejectReason.REJECT_REASON_STALE_GENERATION, fenced, state.generation);
-      if (input.presentedGeneration !== state.generation) state = await this.settleGeneration(input, state);
+      const overCancelled =
+        input.upstreamFailover !== undefined &&
+        failoverOverCancelledOne(state, { presentedGeneration: input.presentedGeneration, peerIdentity: input.primaryIdentity, reason: input.upstreamFailover });
+      if (input.presentedGeneration !== state.generation || overCancelled) state = await this.settleGeneration(input, state);
     }
     if (input.vmSpec && state.state !== "not-enabled") {
       // The spec's history: a changed launch description is recorded, an unchanged one is not.

@@ -371,6 +371,9 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
         },
       };
     }
+    case "DownstreamFailoverCancelled":
+      // The primary runs the VM again (or will): its agent is accepted at its generation, the cycles go on.
+      return { ...s, state: "replicating", pauseReason: undefined, downstreamFailover: undefined };
     default:
       return assertNever(event);
   }
@@ -400,7 +403,9 @@ export function downstreamFailoverReason(vmId: string, d: { targetSiteId: string
   const by = d.requestedBy ? ` (asked by ${d.requestedBy})` : "";
   return (
     `VM ${vmId} failed over at site ${d.targetSiteId}${by} in a planned failover through this site: its primary stopped it at ${d.primaryStoppedAt} ` +
-    `and is refused here as stale from now on. To replicate the VM back here, run 'qreplica reverse ${vmId} --dir <${d.targetSiteId}'s dir> --to-dir <this site's dir>' at ${d.targetSiteId}`
+    `and is refused here as stale from now on. To replicate the VM back here, run 'qreplica reverse ${vmId} --dir <${d.targetSiteId}'s dir> --to-dir <this site's dir>' at ${d.targetSiteId}. ` +
+    `If that failover is cancelled at ${d.targetSiteId} instead, ${d.targetSiteId} tells this site and the fence lifts; should this still show after the cancel ` +
+    `(this site or the link was down then), run 'qreplica failover ${vmId} cancel --dir <this site's dir>' here to lift it — only once it is cancelled there, or two sites run the VM`
   );
 }
 

@@ -3,6 +3,7 @@ import { RejectReason, type Hello } from "../../gen/qreplica/v1/replication.js";
 import { InvalidIdError, isValidId } from "../../model/index.js";
 import type { CertificateIdentity, Role } from "../../transport/index.js";
 import type { SiteContext } from "../siteContext.js";
+import { forwardingClaimRefusal } from "./forwardingClaims.js";
 
 export const PROTOCOL_VERSION = 1;
 
@@ -16,10 +17,11 @@ export interface HelloRefusal {
 /**
  * The checks a Hello passes before its relationship is looked at: the protocol, well-formed ids
  * (they name ledger streams and replica directories), a certificate not revoked, and a primary
- * authorized on this site. Revoked and unauthorized peers are recorded in the audit stream.
+ * authorized on this site, and claims only a forwarding site may make (forwardingClaims.ts).
+ * Revoked and unauthorized peers are recorded in the audit stream.
  */
 export async function helloRefusal(
-  ctx: Pick<SiteContext, "siteId" | "revocations" | "refusals" | "authorizations">,
+  ctx: Pick<SiteContext, "siteId" | "revocations" | "refusals" | "authorizations" | "relationships">,
   hello: Hello,
   peer: { identity: string; role: Role | "none"; certificate: CertificateIdentity | undefined; host: string | undefined },
 ): Promise<HelloRefusal | undefined> {
@@ -46,5 +48,5 @@ export async function helloRefusal(
     await ctx.refusals.record({ ...audited, reason: "PRIMARY_NOT_AUTHORIZED", message });
     return { reason: RejectReason.REJECT_REASON_UNAUTHORIZED, message, status: grpc.status.PERMISSION_DENIED };
   }
-  return undefined;
+  return forwardingClaimRefusal(ctx, hello, { identity: peer.identity, role: peer.role, host: peer.host });
 }
