@@ -18,7 +18,8 @@ export * from "./relationshipState.js";
  * RelationshipState whose initial value is right for every existing history needs no bump.
  */
 // 2: FailoverCompleted keeps the failover VM's chain (failoverChainImages), which older snapshots lack.
-export const RELATIONSHIP_FOLD_VERSION = 2;
+// 3: a fence after a failover downstream names the cancel that lifts it (FailedOverDownstream's pause reason).
+export const RELATIONSHIP_FOLD_VERSION = 3;
 /**
  * Pure and total: the ledger is the authority, so an event is applied as recorded, never judged.
  * All checking happens in the commands before an event exists.
