@@ -1,3 +1,4 @@
+import { liftDownstreamFailover } from "./extension/downstreamCancel.js";
 import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "../common/logger.js";
@@ -192,6 +193,7 @@ async function serve(
         context.serializer.run(vmId, () =>
           executeCommand(store, vmId, (s) => recordDownstreamFailover(s, input), { metadata: { actor: input.requestedBy || input.targetSiteId } }),
         ),
+      downstreamFailoverCancelled: (vmId, told) => liftDownstreamFailover(context, vmId, { ...told, toldBy: "target" }),
       tls: creds,
       logger: log.child({ part: "extension" }),
     },

@@ -6,6 +6,8 @@
  * (A's disk after its QEMU exited is C's point byte for byte). Without A's agent at B the same
  * command is refused, nothing recorded. B records the failover at C (FailedOverDownstream): A's VM
  * and agent started again are refused at B as stale, the VM pauses, B commits nothing from it.
+ * The failover cancelled at C: C tells B, B lifts the fence (DownstreamFailoverCancelled), A's agent
+ * replicates to B again and B's forwarder is handed C's generation; then a reverse from C onto B.
  * Real sites, agent and QEMU; the README's commands.
  */
 import { describe, expect, it } from "vitest";
@@ -128,15 +130,40 @@ describe("extended replication: planned failover at C", { timeout: 300_000 }, ()
         await qmp.close();
       }
       expect((await t.relationship()).points.map((p) => p.pointId)).toEqual(pointsAtB);
+
+      // --- the failover at C cancelled: C tells B on the stream B relayed it on, B lifts the fence ---
+      await qreplica(["failover", "vm1", "cancel", "--dir", C]);
+      const lifted = await waitFor("B told of the cancel at C", async () => (await relationshipEvents(t.siteB)).find((e) => e.type === "DownstreamFailoverCancelled"), 30_000);
+      expect(lifted.data).toMatchObject({ targetSiteId: "site-c", toldBy: "target", targetGeneration: 2, primaryIdentity: "agent-a" });
+      expect(lifted.data.cancelledBy).not.toBe("");
+      expect((await t.relationship()).state).toBe("replicating");
+      // A's VM goes on (the operator resumes it now that the failover is cancelled): its agent replicates to B again.
+      const resumed = await QmpClient.connect({ socketPath: guest.qmpSocketPath });
+      try {
+        await resumed.execute("cont");
+      } finally {
+        await resumed.close();
+      }
+      const back = t.startAgent();
+      await waitFor("A's agent replicating to B again", async () => ((await t.relationship()).points.length > pointsAtB.length ? true : undefined), 90_000);
+      // B's forwarder is back at C, handed C's generation after the cancel.
+      const handedOver = await waitFor(
+        "B's forwarder handed C's generation",
+        async () => (await relationshipEvents(C)).find((e) => e.type === "GenerationAcknowledged" && e.data.peerIdentity === "site-b"),
+        60_000,
+      );
+      expect(handedOver.data).toMatchObject({ presentedGeneration: 1, generation: 2 });
+
+      // --- the reverse from C takes the VM from there too (A and B lost, say): A's agent then refused at B as stale ---
+      await qreplica(["failover", "vm1", "--unplanned", "--dir", C]);
+      await qreplica(["failover", "vm1", "complete", "--dir", C]);
+      expect((await qreplica<{ generation: number }>(["reverse", "vm1", "--dir", C, "--to-dir", t.siteB])).generation).toBe(3);
+      const reversed = await t.relationship("vm1", t.siteB);
+      expect(reversed).toMatchObject({ primarySiteId: "site-c", generation: 3 });
+      expect(reversed.downstreamFailover).toBeUndefined();
+      await back.exited;
     } finally {
       await restarted.kill();
     }
-
-    // --- the way on the reason names works from there: C reverses onto B, which takes C as primary ---
-    await qreplica(["failover", "vm1", "complete", "--dir", C]);
-    expect((await qreplica<{ generation: number }>(["reverse", "vm1", "--dir", C, "--to-dir", t.siteB])).generation).toBe(2);
-    const reversed = await t.relationship("vm1", t.siteB);
-    expect(reversed).toMatchObject({ primarySiteId: "site-c", generation: 2 });
-    expect(reversed.downstreamFailover).toBeUndefined();
   });
 });

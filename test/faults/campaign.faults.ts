@@ -15,6 +15,7 @@ import { cliJson, waitFor } from "../helpers/processes.js";
 import { logTail } from "../helpers/crashGuest.js";
 import { CAMPAIGN_DISK_BYTES, startCampaign, type Campaign } from "./campaignFixture.js";
 import { EXPECTED_MESSAGE, FAULT_KINDS, FAULT_WEIGHT, inject, RECOVERY_BOUND_MS, type FaultContext, type FaultKind } from "./faultKinds.js";
+import { failOverForTheFault, KINDS_NEEDING_CYCLES } from "./failoverMoment.js";
 import { InvariantChecker } from "./invariants.js";
 import { PrimaryModel } from "./primaryModel.js";
 import { buildReport, formatReport, writeReport, type FaultRecord } from "./report.js";
@@ -24,7 +25,7 @@ const SEED = process.env.QR_FAULT_SEED ? Number(process.env.QR_FAULT_SEED) : Mat
 const FAULTS = Number(process.env.QR_FAULTS ?? 50);
 /** QR_FAULTS_MAX_MINUTES: no new fault after this long; the report says how many of the planned ran. */
 const MAX_MS = process.env.QR_FAULTS_MAX_MINUTES ? Number(process.env.QR_FAULTS_MAX_MINUTES) * 60_000 : Number.POSITIVE_INFINITY;
-const MOMENTS = ["mid-cycle", "between-cycles", "after-commit", "during-test-failover", "during-merge", "during-resync"] as const;
+const MOMENTS = ["mid-cycle", "between-cycles", "after-commit", "during-test-failover", "during-merge", "during-resync", "during-failover"] as const;
 type Moment = (typeof MOMENTS)[number];
 
 /** QR_FAULT_KINDS=kind,kind narrows a run to those kinds (to chase one finding). */
@@ -42,19 +43,25 @@ function plan(rng: Rng, n: number): Array<{ kind: FaultKind; moment: Moment }> {
     let x = rng.next() * total;
     kinds.push(KINDS.find((k) => (x -= FAULT_WEIGHT[k]) < 0) ?? KINDS[0]!);
   }
-  return kinds.slice(0, Math.max(n, KINDS.length)).map((kind) => ({ kind, moment: rng.pick(MOMENTS_RUN) }));
+  return kinds.slice(0, Math.max(n, KINDS.length)).map((kind) => ({ kind, moment: rng.pick(momentsFor(kind)) }));
 }
 
-/** Waits for the moment; returns what ends it after the recovery check (the test failover's stop). */
-async function reachMoment(
-  c: Campaign,
-  model: PrimaryModel,
-  rng: Rng,
-  moment: Moment,
-  checker: InvariantChecker,
-  label: string,
-  siteRestarted: () => boolean,
-): Promise<(() => Promise<void>) | undefined> {
+function momentsFor(kind: FaultKind): readonly Moment[] {
+  const fit = MOMENTS_RUN.filter((m) => m !== "during-failover" || !KINDS_NEEDING_CYCLES.includes(kind));
+  return fit.length ? fit : MOMENTS_RUN;
+}
+
+/**
+ * What ends a moment: before the recovery check (a failover's cancel, returning the generation
+ * replication goes on in) or after it (a test failover's stop).
+ */
+interface MomentEnd {
+  beforeRecovery?: () => Promise<number>;
+  afterRecovery?: () => Promise<void>;
+}
+
+/** Waits for the moment; returns what ends it. */
+async function reachMoment(c: Campaign, model: PrimaryModel, rng: Rng, moment: Moment, checker: InvariantChecker, label: string, siteRestarted: () => boolean): Promise<MomentEnd> {
   const points = async () => (await c.t.relationship()).lastCycleSeq;
   if (moment === "mid-cycle") {
     // A big write makes the next cycle long enough to be caught while the site writes its overlay.
@@ -81,21 +88,27 @@ async function reachMoment(
     // carry on (checked as for any fault), and the operator's stop works afterwards.
     const started = await cliJson<{ testId: string }>(["failover", "vm1", "--test", "--dir", c.t.siteB]);
     await sleep(rng.int(0, 1000));
-    return async () => {
-      const stopped = await cliJson<{ stoppedTestIds: string[]; error?: string }>(["test-failover", "stop", "vm1", "--dir", c.t.siteB, "--test-id", started.testId]).catch(
-        (e: Error) => ({ stoppedTestIds: [] as string[], error: e.message }),
-      );
-      // Test VMs die with the site by design; the restarted site closes their tests in the ledger.
-      const closedByRestart = siteRestarted() && /has no test failover '[^']+' \(running: none\)/.test(stopped.error ?? "");
-      if (!stopped.stoppedTestIds.includes(started.testId) && !closedByRestart)
-        checker.violation(`${label}: test failover ${started.testId} could not be stopped: ${JSON.stringify(stopped)}`);
-      const left = Object.keys((await c.t.relationship()).testFailovers);
-      if (left.length) checker.violation(`${label}: test failovers still recorded after the stop: ${left.join(", ")}`);
+    return {
+      afterRecovery: async () => {
+        const stopped = await cliJson<{ stoppedTestIds: string[]; error?: string }>(["test-failover", "stop", "vm1", "--dir", c.t.siteB, "--test-id", started.testId]).catch(
+          (e: Error) => ({ stoppedTestIds: [] as string[], error: e.message }),
+        );
+        // Test VMs die with the site by design; the restarted site closes their tests in the ledger.
+        const closedByRestart = siteRestarted() && /has no test failover '[^']+' \(running: none\)/.test(stopped.error ?? "");
+        if (!stopped.stoppedTestIds.includes(started.testId) && !closedByRestart)
+          checker.violation(`${label}: test failover ${started.testId} could not be stopped: ${JSON.stringify(stopped)}`);
+        const left = Object.keys((await c.t.relationship()).testFailovers);
+        if (left.length) checker.violation(`${label}: test failovers still recorded after the stop: ${left.join(", ")}`);
+      },
     };
+  } else if (moment === "during-failover") {
+    const end = await failOverForTheFault(c, checker, label);
+    await sleep(rng.int(0, 1000));
+    return { beforeRecovery: end };
   } else {
     await sleep(rng.int(0, 1500));
   }
-  return undefined;
+  return {};
 }
 
 interface Round {
@@ -134,15 +147,16 @@ async function recover(r: Round, kind: FaultKind, label: string, healedAt: numbe
 async function oneFault(r: Round, faultRng: Rng, label: string, n: number, kind: FaultKind, moment: Moment): Promise<FaultRecord> {
   const { c, model, checker } = r;
   model.resume(() => faultRng.int(50, 400));
-  const endMoment = await reachMoment(c, model, faultRng, moment, checker, label, () => kind === "kill-site" || kind === "kill-replica-storage-daemon");
+  const end = await reachMoment(c, model, faultRng, moment, checker, label, () => kind === "kill-site" || kind === "kill-replica-storage-daemon");
   const errorsBefore = model.writeErrors.length;
   const ctx: FaultContext = { c, model, rng: faultRng, checker };
   const injected = await inject(kind, ctx);
   const healedAt = Date.now();
   // Right after the fault, while processes restart: only whole points are listed.
   await checker.checkPoints(await c.t.relationship(), `${label} (just healed)`, () => c.t.relationship());
+  if (end.beforeRecovery) r.generation = await end.beforeRecovery();
   const recoverMs = await recover(r, kind, label, healedAt);
-  await endMoment?.();
+  await end.afterRecovery?.();
   // Invariant 7: a guest write never fails because of replication (only a killed primary excuses it).
   // One known exception, reported apart: this primary is a qemu-storage-daemon VM with no guest
   // device, so its cut-offs use blockdev-backup sync=none, whose copy-before-write fails the

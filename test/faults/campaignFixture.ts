@@ -12,7 +12,7 @@ const MiB = 1024 * 1024;
 /**
  * What a campaign runs: site B (the replica) with its storage on a small tmpfs, the primary (a
  * qemu-storage-daemon VM), the agent with its scratch on another small tmpfs, and the proxy the
- * agent reaches site B through. Site A is not needed: nothing here fails over.
+ * agent reaches site B through. Site A is not needed: a failover here is cancelled, never reversed.
  */
 export interface Campaign {
   t: TwoSites;

@@ -49,7 +49,8 @@ export class InvariantChecker {
     private readonly findingsDir: string,
   ) {}
 
-  private check(ok: boolean, what: string): boolean {
+  /** Counts one invariant check; a failed one is a violation, printed at once. */
+  check(ok: boolean, what: string): boolean {
     this.tally.checks++;
     if (!ok) {
       this.tally.violations.push(what);
@@ -214,9 +215,8 @@ export class InvariantChecker {
     return `\n  kept in ${dir}\n${lines.join("\n")}`;
   }
 
-  /** Invariant 2 (no change lost): the newest point, cut after the last write, equals the primary now. */
   /**
-   * No change lost: with the writes paused, the newest point holds the primary's current content.
+   * Invariant 2, no change lost: with the writes paused, the newest point holds the primary's current content.
    * Judged on the newest point as listed now, read again if checkPoints could not (a merge moved it
    * or never paused): a point left unread is no finding, and a finding says what the point holds.
    */

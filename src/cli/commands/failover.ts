@@ -44,7 +44,11 @@ export function registerFailover(program: Command): void {
           emit(o.json, r, () => `VM ${vm}: failover complete; recovery points dropped: ${r.droppedRecoveryPointIds.join(", ") || "none"}`);
         } else if (action === "cancel") {
           const r = await unary(client, client.cancelFailover, { vmId: vm });
-          emit(o.json, r, () => `VM ${vm}: failover cancelled, the failover VM stopped and its writes discarded; state ${r.state}`);
+          emit(o.json, r, () =>
+            r.downstreamFenceLifted
+              ? `VM ${vm}: the failover at the site this one forwards to is cancelled here too: its primary's agent is accepted again and forwarding goes on; state ${r.state}`
+              : `VM ${vm}: failover cancelled, the failover VM stopped and its writes discarded; state ${r.state}`,
+          );
         } else if (action !== undefined) {
           throw new Error(`unknown failover action '${action}': use 'complete' or 'cancel'`);
         } else if ([o.test, o.planned, o.unplanned].filter(Boolean).length !== 1) {

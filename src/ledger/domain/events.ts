@@ -259,6 +259,22 @@ export type RelationshipEventData = {
     requestedByRole: string;
     recordedAt: string;
   };
+  /**
+   * Extended replication (A -> B -> C), on B: the planned failover at `targetSiteId` that
+   * FailedOverDownstream recorded was cancelled there (`toldBy` "target": C said so over the
+   * stream B forwards on, naming `cancelledBy` and its generation after the cancel; "operator": an
+   * operator here said so). The fence on the primary (`primaryIdentity`) is lifted and replication
+   * goes on (replicating); every point is kept.
+   */
+  DownstreamFailoverCancelled: {
+    targetSiteId: string;
+    pointId: string;
+    primaryIdentity: string;
+    toldBy: "target" | "operator";
+    cancelledBy: string;
+    targetGeneration: number;
+    recordedAt: string;
+  };
 };
 
 export type RelationshipEventType = keyof RelationshipEventData;
@@ -303,6 +319,7 @@ const KNOWN_TYPES = {
   PrimaryFailedOverUpstream: true,
   PrimaryReplaced: true,
   FailedOverDownstream: true,
+  DownstreamFailoverCancelled: true,
 } as const satisfies Record<RelationshipEventType, true>;
 
 export const RELATIONSHIP_EVENT_TYPES: readonly RelationshipEventType[] = Object.keys(KNOWN_TYPES) as RelationshipEventType[];

@@ -18,7 +18,8 @@ export * from "./relationshipState.js";
  * RelationshipState whose initial value is right for every existing history needs no bump.
  */
 // 2: FailoverCompleted keeps the failover VM's chain (failoverChainImages), which older snapshots lack.
-export const RELATIONSHIP_FOLD_VERSION = 2;
+// 3: a fence after a failover downstream names the cancel that lifts it (FailedOverDownstream's pause reason).
+export const RELATIONSHIP_FOLD_VERSION = 3;
 /**
  * Pure and total: the ledger is the authority, so an event is applied as recorded, never judged.
  * All checking happens in the commands before an event exists.
@@ -371,6 +372,9 @@ export function evolve(s: RelationshipState, event: RelationshipEvent): Relation
         },
       };
     }
+    case "DownstreamFailoverCancelled":
+      // The primary runs the VM again (or will): its agent is accepted at its generation, the cycles go on.
+      return { ...s, state: "replicating", pauseReason: undefined, downstreamFailover: undefined };
     default:
       return assertNever(event);
   }
@@ -400,7 +404,9 @@ export function downstreamFailoverReason(vmId: string, d: { targetSiteId: string
   const by = d.requestedBy ? ` (asked by ${d.requestedBy})` : "";
   return (
     `VM ${vmId} failed over at site ${d.targetSiteId}${by} in a planned failover through this site: its primary stopped it at ${d.primaryStoppedAt} ` +
-    `and is refused here as stale from now on. To replicate the VM back here, run 'qreplica reverse ${vmId} --dir <${d.targetSiteId}'s dir> --to-dir <this site's dir>' at ${d.targetSiteId}`
+    `and is refused here as stale from now on. To replicate the VM back here, run 'qreplica reverse ${vmId} --dir <${d.targetSiteId}'s dir> --to-dir <this site's dir>' at ${d.targetSiteId}. ` +
+    `If that failover is cancelled at ${d.targetSiteId} instead, ${d.targetSiteId} tells this site and the fence lifts; should this still show after the cancel ` +
+    `(this site or the link was down then), run 'qreplica failover ${vmId} cancel --dir <this site's dir>' here to lift it — only once it is cancelled there, or two sites run the VM`
   );
 }
 

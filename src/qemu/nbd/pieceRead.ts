@@ -7,10 +7,14 @@ import type { NbdClient } from "./client.js";
  */
 export const EFFICIENT_READ_BYTES = 256 * 1024;
 
-/** Reads [offset, offset+length) into `into` as several EFFICIENT_READ_BYTES requests in flight at once. */
-export async function readInPieces(client: NbdClient, offset: number, length: number, into: Buffer): Promise<Buffer> {
+/**
+ * Reads [offset, offset+length) into `into` as several requests in flight at once, of `pieceBytes`
+ * (default EFFICIENT_READ_BYTES).
+ */
+export async function readInPieces(client: NbdClient, offset: number, length: number, into: Buffer, opts: { pieceBytes?: number } = {}): Promise<Buffer> {
+  const piece = opts.pieceBytes ?? EFFICIENT_READ_BYTES;
   const requests: Array<Promise<Buffer>> = [];
-  for (let at = 0; at < length; at += EFFICIENT_READ_BYTES) requests.push(client.read(offset + at, Math.min(EFFICIENT_READ_BYTES, length - at), into.subarray(at)));
+  for (let at = 0; at < length; at += piece) requests.push(client.read(offset + at, Math.min(piece, length - at), into.subarray(at)));
   await Promise.all(requests);
   return into.subarray(0, length);
 }

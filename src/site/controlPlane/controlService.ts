@@ -22,6 +22,7 @@ import { addAuthorization, appendRunbookEvents, listAuthorizations, readRunbookR
 import type { SiteContext } from "../siteContext.js";
 import type { LaunchedInfo } from "../failover/failoverService.js";
 import { extendReplication } from "./extendReplication.js";
+import { cancelFailoverCommand } from "../extension/downstreamCancel.js";
 import { plannedFailoverThroughSite, prepareReverseFromTarget } from "../extension/reverseFromTarget.js";
 import type { DrillReport } from "../drills/drillService.js";
 
@@ -160,7 +161,22 @@ export function controlService(ctx: SiteContext): ControlServiceServer {
       await ctx.extensions?.failoverCompleted(req.vmId);
       return { droppedRecoveryPointIds: dropped };
     }),
-    cancelFailover: guarded("operator", async (req, caller) => ({ state: await failovers.cancel(req.vmId, caller) })),
+    cancelFailover: guarded("operator", (req, caller) =>
+      // Extended replication: on a forwarding site, the fence a cancelled failover downstream left.
+      cancelFailoverCommand(
+        {
+          store: ctx.store,
+          serializer: ctx.serializer,
+          relationships: ctx.relationships,
+          logger: ctx.logger,
+          sessionFor: (vmId) => ctx.sessionFor(vmId),
+          forwardAgain: ctx.extensions ? (vmId) => ctx.extensions!.forwardAgain(vmId) : undefined,
+          cancelHere: (vmId, by) => failovers.cancel(vmId, by),
+        },
+        req.vmId,
+        caller,
+      ),
+    ),
     prepareReverseReplication: guarded("operator", async (req, caller) => {
       checkPrimaryIdentity(req.primaryIdentity);
       const vmSpec = vmSpecOf(req.vmSpecJson);

@@ -24,7 +24,9 @@ export type RefusalReason =
   /** Data plane: a Hello from a primary identity no authorization entry names. */
   | "PRIMARY_NOT_AUTHORIZED"
   /** Either plane: the peer's certificate is on the deployment CA's revocation list (crlFile). */
-  | "CERTIFICATE_REVOKED";
+  | "CERTIFICATE_REVOKED"
+  /** Data plane: a Hello claiming to be the VM's forwarding site (upstream failover, forwarding_site) from another identity. */
+  | "FORWARDING_CLAIM_REFUSED";
 
 export interface Refusal {
   /** The certificate's CN, never its contents. */

@@ -6,6 +6,7 @@ import { KNOWN_CHECKSUMS, type CertificateIdentity, type Role } from "../../tran
 import type { HelloAccepted, HelloInput, ResumeKind } from "../relationships/relationships.js";
 import { resyncModeAt } from "../resyncWindows.js";
 import type { SiteContext } from "../siteContext.js";
+import { forwardingClaimRefusal } from "./forwardingClaims.js";
 import { MAX_CHUNK_BYTES } from "./openCycle.js";
 import { parseVmSpec } from "./resync.js";
 
@@ -21,10 +22,11 @@ export interface HelloRefusal {
 /**
  * The checks a Hello passes before its relationship is looked at: the protocol, well-formed ids
  * (they name ledger streams and replica directories), a certificate not revoked, and a primary
- * authorized on this site. Revoked and unauthorized peers are recorded in the audit stream.
+ * authorized on this site, and claims only a forwarding site may make (forwardingClaims.ts).
+ * Revoked and unauthorized peers are recorded in the audit stream.
  */
 export async function helloRefusal(
-  ctx: Pick<SiteContext, "siteId" | "revocations" | "refusals" | "authorizations">,
+  ctx: Pick<SiteContext, "siteId" | "revocations" | "refusals" | "authorizations" | "relationships">,
   hello: Hello,
   peer: { identity: string; role: Role | "none"; certificate: CertificateIdentity | undefined; host: string | undefined },
 ): Promise<HelloRefusal | undefined> {
@@ -51,7 +53,7 @@ export async function helloRefusal(
     await ctx.refusals.record({ ...audited, reason: "PRIMARY_NOT_AUTHORIZED", message });
     return { reason: RejectReason.REJECT_REASON_UNAUTHORIZED, message, status: grpc.status.PERMISSION_DENIED };
   }
-  return undefined;
+  return forwardingClaimRefusal(ctx, hello, { identity: peer.identity, role: peer.role, host: peer.host });
 }
 
 export const RESUME_HINT: Record<ResumeKind, ResumeHint> = {

@@ -95,15 +95,21 @@ export class ReplicateSession {
    * pause (no cycle until resumed; the agent keeps its changes), a resume.
    */
   async notify(
-    notice: { $case: "resyncRequested"; requestedBy: string } | { $case: "replicationPaused"; reason: string } | { $case: "replicationResumed"; resume: ResumeKind },
+    notice:
+      | { $case: "resyncRequested"; requestedBy: string }
+      | { $case: "replicationPaused"; reason: string }
+      | { $case: "replicationResumed"; resume: ResumeKind }
+      | { $case: "failoverCancelled"; cancelledBy: string; generation: number },
   ): Promise<void> {
     const generation = BigInt(this.generation);
     const body =
-      notice.$case === "resyncRequested"
-        ? { $case: "resyncRequested" as const, value: { generation, requestedBy: notice.requestedBy } }
-        : notice.$case === "replicationPaused"
-          ? { $case: "replicationPaused" as const, value: { generation, reason: notice.reason } }
-          : { $case: "replicationResumed" as const, value: { generation, resumeHint: RESUME_HINT[notice.resume] } };
+      notice.$case === "failoverCancelled"
+        ? { $case: "failoverCancelled" as const, value: { generation: BigInt(notice.generation), cancelledBy: notice.cancelledBy } }
+        : notice.$case === "resyncRequested"
+          ? { $case: "resyncRequested" as const, value: { generation, requestedBy: notice.requestedBy } }
+          : notice.$case === "replicationPaused"
+            ? { $case: "replicationPaused" as const, value: { generation, reason: notice.reason } }
+            : { $case: "replicationResumed" as const, value: { generation, resumeHint: RESUME_HINT[notice.resume] } };
     await writeWithBackpressure(this.call, { body });
   }
 

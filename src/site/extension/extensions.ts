@@ -87,6 +87,15 @@ export class Extensions {
    * extended replica with an agent instead of the forwarder (see followFailover).
    */
   failoverCompleted(vmId: string): Promise<void> {
+    return this.restart(vmId);
+  }
+
+  /** A failover downstream was cancelled (downstreamCancel.ts): the forwarder, whose loop ended at it, runs again. */
+  forwardAgain(vmId: string): Promise<void> {
+    return this.restart(vmId);
+  }
+
+  private restart(vmId: string): Promise<void> {
     return this.exclusive(vmId, async () => {
       const state = this.current(vmId);
       if (!state?.target) return;

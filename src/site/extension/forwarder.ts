@@ -38,6 +38,8 @@ export interface ForwarderDeps {
   stopPrimary(vmId: string, powerdownTimeoutSeconds: number): Promise<PrimaryStoppedInfo>;
   /** That failover went through: recorded in the VM's relationship (the primary is fenced here). */
   recordDownstreamFailover(vmId: string, input: RecordDownstreamFailoverInput): Promise<unknown>;
+  /** The target cancelled that failover and said so on the stream: the fence is lifted (downstreamCancel.ts). */
+  downstreamFailoverCancelled(vmId: string, told: { targetSiteId: string; cancelledBy: string; targetGeneration: number }): Promise<unknown>;
   tls: SiteCredentials;
   logger: Logger;
 }
@@ -68,6 +70,8 @@ export class PointForwarder {
   private compressionLevel = 1;
   /** The third site asked for a planned failover on the open stream (relayed once the forward under way ends). */
   private plannedFailover: PlannedFailoverRequested | undefined;
+  /** The third site cancelled the planned failover this forwarder relayed (told on the stream kept open for it). */
+  private failoverCancelled: { generation: bigint; cancelledBy: string } | undefined;
   /** The third site's operator asked for a resync (\`qreplica resync\`) on the open stream. */
   private resyncRequested = false;
   /** The open stream to the third site, cancelled by stop so that a forward under way ends now. */
@@ -99,7 +103,7 @@ export class PointForwarder {
       // The VM failed over at the target through this site: nothing is left to forward to it (see failedOver).
       const downstream = (await this.deps.loadRelationship(this.vmId).catch(() => undefined))?.downstreamFailover;
       if (downstream) {
-        this.lastError = `forwarding ended: ${downstream.reason}; 'qreplica extend ${this.vmId} --stop' here removes this configuration`;
+        this.lastError = this.endedBy(downstream.reason);
         this.deps.logger.info({ vm: this.vmId, target: downstream.targetSiteId }, "the VM failed over at the site this one forwards to: forwarding ended");
         return;
       }
@@ -124,6 +128,7 @@ export class PointForwarder {
     // A request belongs to its stream: one left from a broken stream is not repeated.
     this.plannedFailover = undefined;
     this.resyncRequested = false;
+    this.failoverCancelled = undefined;
     const dial = siteDial(target.targetAddress, currentCredentials(this.deps.tls, this.deps.logger), { expectedServerIdentity: target.targetSiteId });
     const client = new ReplicationClient(target.targetAddress, dial.credentials, dial.options);
     const stream: ForwardStream = client.replicate();
@@ -135,6 +140,7 @@ export class PointForwarder {
         onPlannedFailover: (req) => (this.plannedFailover ??= req),
         onPolicy: (p) => this.usePolicy(p),
         onResyncRequested: () => (this.resyncRequested = true),
+        onFailoverCancelled: (notice) => (this.failoverCancelled ??= notice),
       });
       const ack = await this.hello(stream, responses, first);
       this.usePolicy(ack.policy);
@@ -161,7 +167,8 @@ export class PointForwarder {
         if (!due) return;
         if (due !== true) {
           const cycle = { seq, generation, maxChunk, checksum };
-          return await relayPlannedFailover(this.relayContext(stream, responses, target), due.powerdownTimeoutSeconds, cycle);
+          await relayPlannedFailover(this.relayContext(stream, responses, target), due.powerdownTimeoutSeconds, cycle);
+          return await this.awaitDownstreamCancel(target, responses);
         }
         const c = { full: mode === "full", seq, generation, maxChunk, checksum };
         await (mode === "resync" ? this.forwardResync(stream, responses, c) : this.forward(stream, responses, c));
@@ -265,6 +272,31 @@ export class PointForwarder {
         `its primary is not fenced here, do not start its VM again; 'qreplica pause ${this.vmId}' here keeps it from replicating`;
       this.deps.logger.error({ vm: this.vmId, target: target.targetSiteId, err: errorMessage(err) }, this.lastError);
     }
+  }
+
+  /**
+   * After a planned failover at the target went through this site (FailedOverDownstream), the
+   * stream stays open: should the target cancel that failover, it says so on it, and the fence on
+   * the primary is lifted here (the loop then forwards again: the target's cancel hands its new
+   * generation over to this site's next Hello). The stream ending first (the target completed and
+   * restarted, a link or site went down) leaves the fence, whose message names the operator's
+   * command for a cancel this site could not be told of.
+   */
+  private async awaitDownstreamCancel(target: ExtensionTarget, responses: Responses): Promise<void> {
+    const downstream = (await this.deps.loadRelationship(this.vmId)).downstreamFailover;
+    if (!downstream) return;
+    this.lastError = this.endedBy(downstream.reason);
+    const notice = await this.until(async () => this.failoverCancelled, responses.failed);
+    if (!notice) return;
+    await this.deps.downstreamFailoverCancelled(this.vmId, {
+      targetSiteId: target.targetSiteId,
+      cancelledBy: notice.cancelledBy,
+      targetGeneration: Number(notice.generation),
+    });
+  }
+
+  private endedBy(reason: string): string {
+    return `forwarding ended: ${reason}; 'qreplica extend ${this.vmId} --stop' here removes this configuration`;
   }
 
   /** The newest point, once it is newer than the last forwarded one and the interval has passed. */

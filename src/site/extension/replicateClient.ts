@@ -1,4 +1,4 @@
-import type { EffectivePolicy, PlannedFailoverRequested, ReplicateResponse } from "../../gen/qreplica/v1/replication.js";
+import type { EffectivePolicy, FailoverCancelledNotice, PlannedFailoverRequested, ReplicateResponse } from "../../gen/qreplica/v1/replication.js";
 import { ReplicateResponses, sendOnReplicate, type OutgoingReplicateRequest, type ReplicateClientStream } from "../../transport/index.js";
 
 export type ForwardStream = ReplicateClientStream;
@@ -11,11 +11,17 @@ export class Responses extends ReplicateResponses {
   /**
    * `onPlannedFailover`: the third site asked for a planned failover (the forwarder has the
    * primary's agent stop the VM, see plannedFailoverRelay.ts); `onPolicy`: the third site's policy for the VM changed (its frequency bounds forwarding);
-   * `onResyncRequested`: an operator there asked for a resync.
+   * `onResyncRequested`: an operator there asked for a resync; `onFailoverCancelled`: the planned
+   * failover this stream relayed was cancelled there (the forwarder lifts the primary's fence).
    */
   constructor(
     stream: ForwardStream,
-    hooks: { onPlannedFailover?: (req: PlannedFailoverRequested) => void; onPolicy?: (p: EffectivePolicy | undefined) => void; onResyncRequested?: () => void } = {},
+    hooks: {
+      onPlannedFailover?: (req: PlannedFailoverRequested) => void;
+      onPolicy?: (p: EffectivePolicy | undefined) => void;
+      onResyncRequested?: () => void;
+      onFailoverCancelled?: (notice: FailoverCancelledNotice) => void;
+    } = {},
   ) {
     super(stream, "the third site", (r: ReplicateResponse) => {
       const body = r.body;
@@ -23,6 +29,7 @@ export class Responses extends ReplicateResponses {
       // An operator's resync at the third site: the next forward compares (onResyncRequested).
       else if (body?.$case === "resyncRequested") hooks.onResyncRequested?.();
       else if (body?.$case === "plannedFailoverRequested") hooks.onPlannedFailover?.(body.value);
+      else if (body?.$case === "failoverCancelled") hooks.onFailoverCancelled?.(body.value);
       // Pauses are the third site's to enforce (it refuses cycles); the forwarder has nothing to stop.
       else if (body?.$case !== "replicationPaused" && body?.$case !== "replicationResumed") return false;
       return true;

@@ -3,6 +3,7 @@ import {
   UpstreamFailoverRefusedError,
   continuesInitialReplication,
   enableReplication,
+  failoverOverCancelledOne,
   markResyncRequired,
   resyncGoAhead,
   updateVmSpec,
@@ -61,7 +62,10 @@ export async function acceptHello(deps: RelationshipDeps, input: HelloInput): Pr
       ...(input.upstreamFailover ? { upstreamFailover: input.upstreamFailover } : {}),
     });
     if (fenced) throw new RelationshipRefusal(RejectReason.REJECT_REASON_STALE_GENERATION, fenced, state.generation);
-    if (input.presentedGeneration !== state.generation) state = await settleHelloGeneration(deps, input, state);
+    const overCancelled =
+      input.upstreamFailover !== undefined &&
+      failoverOverCancelledOne(state, { presentedGeneration: input.presentedGeneration, peerIdentity: input.primaryIdentity, reason: input.upstreamFailover });
+    if (input.presentedGeneration !== state.generation || overCancelled) state = await settleHelloGeneration(deps, input, state);
   }
   if (input.vmSpec && state.state !== "not-enabled") {
     // The spec's history: a changed launch description is recorded, an unchanged one is not.

@@ -3,6 +3,7 @@ import {
   StaleGenerationError,
   acknowledgeGeneration,
   executeCommand,
+  failoverOverCancelledOne,
   loadRelationship,
   recogniseCurrentPrimary,
   recogniseUpstreamFailover,
@@ -33,7 +34,7 @@ export async function settleGeneration(
     // Only a generation above this site's is a failover upstream; any other goes the usual way.
     // A refusal (UpstreamFailoverRefusedError: another identity, no points, failed over here) reaches the caller.
     const current = (await loadRelationship(store, vmId)).state;
-    if (input.presentedGeneration > current.generation) {
+    if (input.presentedGeneration > current.generation || failoverOverCancelledOne(current, { ...input, reason: peer.upstreamFailover })) {
       const { newState } = await executeCommand(store, vmId, (s) => recogniseUpstreamFailover(s, { ...input, reason: peer.upstreamFailover! }));
       logger.warn(
         { vm: vmId, identity: input.peerIdentity, from: current.generation, to: newState.generation, reason: peer.upstreamFailover },

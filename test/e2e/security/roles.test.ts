@@ -141,7 +141,7 @@ describe("an operator runs commands, each recorded with the operator, and is ref
     const r = await call(o, o.failover, { vmId: "vm-op", kind: FailoverKind.FAILOVER_KIND_UNPLANNED, recoveryPointId: "", startVm: false });
     expect(r.recoveryPointId).toBe("rp-1");
     expect(r.generation).toBe(2n);
-    expect(await call(o, o.cancelFailover, { vmId: "vm-op" })).toEqual({ state: "replicating" });
+    expect(await call(o, o.cancelFailover, { vmId: "vm-op" })).toEqual({ state: "replicating", downstreamFenceLifted: false });
 
     const events = await site.events("vm-op");
     const commands = [...byType(events, "FailedOver"), ...byType(events, "FailoverCancelled")];

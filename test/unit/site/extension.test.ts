@@ -54,6 +54,7 @@ function extensionsOn(ledger: ExtensionLedger, opts: { relationship?: Relationsh
       afterRead: () => undefined,
       stopPrimary: () => Promise.reject(new Error("no primary in this test")),
       recordDownstreamFailover: () => Promise.reject(new Error("no failover in this test")),
+      downstreamFailoverCancelled: () => Promise.reject(new Error("no failover in this test")),
       tls: {} as SiteCredentials,
       logger: silentLogger,
     },

@@ -481,6 +481,11 @@ export interface CancelFailoverRequest {
 
 export interface CancelFailoverResponse {
   state: string;
+  /**
+   * Extended replication, at the forwarding site: no failover here, but the fence a planned
+   * failover at the site it forwards to put on the primary was lifted (that failover cancelled there).
+   */
+  downstreamFenceLifted: boolean;
 }
 
 export interface GetStatusRequest {
@@ -4963,13 +4968,16 @@ export const CancelFailoverRequest: MessageFns<CancelFailoverRequest> = {
 };
 
 function createBaseCancelFailoverResponse(): CancelFailoverResponse {
-  return { state: "" };
+  return { state: "", downstreamFenceLifted: false };
 }
 
 export const CancelFailoverResponse: MessageFns<CancelFailoverResponse> = {
   encode(message: CancelFailoverResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.state !== "") {
       writer.uint32(10).string(message.state);
+    }
+    if (message.downstreamFenceLifted !== false) {
+      writer.uint32(960).bool(message.downstreamFenceLifted);
     }
     return writer;
   },
@@ -4995,6 +5003,14 @@ export const CancelFailoverResponse: MessageFns<CancelFailoverResponse> = {
             message.state = reader.string();
             continue;
           }
+          case 120: {
+            if (tag !== 960) {
+              break;
+            }
+
+            message.downstreamFenceLifted = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -5008,13 +5024,23 @@ export const CancelFailoverResponse: MessageFns<CancelFailoverResponse> = {
   },
 
   fromJSON(object: any): CancelFailoverResponse {
-    return { state: isSet(object.state) ? globalThis.String(object.state) : "" };
+    return {
+      state: isSet(object.state) ? globalThis.String(object.state) : "",
+      downstreamFenceLifted: isSet(object.downstreamFenceLifted)
+        ? globalThis.Boolean(object.downstreamFenceLifted)
+        : isSet(object.downstream_fence_lifted)
+        ? globalThis.Boolean(object.downstream_fence_lifted)
+        : false,
+    };
   },
 
   toJSON(message: CancelFailoverResponse): unknown {
     const obj: any = {};
     if (message.state !== "") {
       obj.state = message.state;
+    }
+    if (message.downstreamFenceLifted !== false) {
+      obj.downstreamFenceLifted = message.downstreamFenceLifted;
     }
     return obj;
   },
@@ -5025,6 +5051,7 @@ export const CancelFailoverResponse: MessageFns<CancelFailoverResponse> = {
   fromPartial<I extends Exact<DeepPartial<CancelFailoverResponse>, I>>(object: I): CancelFailoverResponse {
     const message = createBaseCancelFailoverResponse();
     message.state = object.state ?? "";
+    message.downstreamFenceLifted = object.downstreamFenceLifted ?? false;
     return message;
   },
 };

@@ -339,6 +339,9 @@ export interface ReplicateResponse {
     | { $case: "replicationPaused"; value: ReplicationPausedNotice }
     | { $case: "replicationResumed"; value: ReplicationResumedNotice }
     | { $case: "policyChanged"; value: PolicyChanged }
+    | //
+    /** Extended replication: the third site cancelled the planned failover this stream relayed. */
+    { $case: "failoverCancelled"; value: FailoverCancelledNotice }
     | undefined;
 }
 
@@ -682,6 +685,19 @@ export interface PlannedFailoverRequested {
 }
 
 /**
+ * Extended replication (A -> B -> C), C -> B on the stream B forwarded on and relayed C's planned
+ * failover through: that failover was cancelled at C, so the VM runs at A again. B lifts the fence
+ * it put on A's agent (FailedOverDownstream) and forwards again; its next Hello presents the
+ * generation it had, which C's cancel hands over to `generation`.
+ */
+export interface FailoverCancelledNotice {
+  /** C's generation after the cancel. */
+  generation: bigint;
+  /** The operator at C who cancelled (certificate CN). */
+  cancelledBy: string;
+}
+
+/**
  * Planned failover, step 2 (primary -> replica): the VM is stopped and a final cycle, cut after
  * the stop, was acknowledged; nothing the guest wrote is missing on the replica.
  */
@@ -1003,6 +1019,9 @@ export const ReplicateResponse: MessageFns<ReplicateResponse> = {
       case "policyChanged":
         PolicyChanged.encode(message.body.value, writer.uint32(98).fork()).join();
         break;
+      case "failoverCancelled":
+        FailoverCancelledNotice.encode(message.body.value, writer.uint32(962).fork()).join();
+        break;
     }
     return writer;
   },
@@ -1125,6 +1144,17 @@ export const ReplicateResponse: MessageFns<ReplicateResponse> = {
             message.body = { $case: "policyChanged", value: PolicyChanged.decode(reader, reader.uint32()) };
             continue;
           }
+          case 120: {
+            if (tag !== 962) {
+              break;
+            }
+
+            message.body = {
+              $case: "failoverCancelled",
+              value: FailoverCancelledNotice.decode(reader, reader.uint32()),
+            };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1193,6 +1223,10 @@ export const ReplicateResponse: MessageFns<ReplicateResponse> = {
         ? { $case: "policyChanged", value: PolicyChanged.fromJSON(object.policyChanged) }
         : isSet(object.policy_changed)
         ? { $case: "policyChanged", value: PolicyChanged.fromJSON(object.policy_changed) }
+        : isSet(object.failoverCancelled)
+        ? { $case: "failoverCancelled", value: FailoverCancelledNotice.fromJSON(object.failoverCancelled) }
+        : isSet(object.failover_cancelled)
+        ? { $case: "failoverCancelled", value: FailoverCancelledNotice.fromJSON(object.failover_cancelled) }
         : undefined,
     };
   },
@@ -1223,6 +1257,8 @@ export const ReplicateResponse: MessageFns<ReplicateResponse> = {
       obj.replicationResumed = ReplicationResumedNotice.toJSON(message.body.value);
     } else if (message.body?.$case === "policyChanged") {
       obj.policyChanged = PolicyChanged.toJSON(message.body.value);
+    } else if (message.body?.$case === "failoverCancelled") {
+      obj.failoverCancelled = FailoverCancelledNotice.toJSON(message.body.value);
     }
     return obj;
   },
@@ -1308,6 +1344,12 @@ export const ReplicateResponse: MessageFns<ReplicateResponse> = {
       case "policyChanged": {
         if (object.body?.value !== undefined && object.body?.value !== null) {
           message.body = { $case: "policyChanged", value: PolicyChanged.fromPartial(object.body.value) };
+        }
+        break;
+      }
+      case "failoverCancelled": {
+        if (object.body?.value !== undefined && object.body?.value !== null) {
+          message.body = { $case: "failoverCancelled", value: FailoverCancelledNotice.fromPartial(object.body.value) };
         }
         break;
       }
@@ -4952,6 +4994,100 @@ export const PlannedFailoverRequested: MessageFns<PlannedFailoverRequested> = {
     message.powerdownTimeoutSeconds = object.powerdownTimeoutSeconds ?? 0;
     message.requestedBy = object.requestedBy ?? undefined;
     message.requestedByRole = object.requestedByRole ?? undefined;
+    return message;
+  },
+};
+
+function createBaseFailoverCancelledNotice(): FailoverCancelledNotice {
+  return { generation: 0n, cancelledBy: "" };
+}
+
+export const FailoverCancelledNotice: MessageFns<FailoverCancelledNotice> = {
+  encode(message: FailoverCancelledNotice, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.generation !== 0n) {
+      if (BigInt.asUintN(64, message.generation) !== message.generation) {
+        throw new globalThis.Error("value provided for field message.generation of type uint64 too large");
+      }
+      writer.uint32(8).uint64(message.generation);
+    }
+    if (message.cancelledBy !== "") {
+      writer.uint32(18).string(message.cancelledBy);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FailoverCancelledNotice {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFailoverCancelledNotice();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.generation = reader.uint64() as bigint;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.cancelledBy = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FailoverCancelledNotice {
+    return {
+      generation: isSet(object.generation) ? BigInt(object.generation) : 0n,
+      cancelledBy: isSet(object.cancelledBy)
+        ? globalThis.String(object.cancelledBy)
+        : isSet(object.cancelled_by)
+        ? globalThis.String(object.cancelled_by)
+        : "",
+    };
+  },
+
+  toJSON(message: FailoverCancelledNotice): unknown {
+    const obj: any = {};
+    if (message.generation !== 0n) {
+      obj.generation = message.generation.toString();
+    }
+    if (message.cancelledBy !== "") {
+      obj.cancelledBy = message.cancelledBy;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FailoverCancelledNotice>, I>>(base?: I): FailoverCancelledNotice {
+    return FailoverCancelledNotice.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FailoverCancelledNotice>, I>>(object: I): FailoverCancelledNotice {
+    const message = createBaseFailoverCancelledNotice();
+    message.generation = (object.generation !== undefined && object.generation !== null)
+      ? BigInt(object.generation)
+      : 0n;
+    message.cancelledBy = object.cancelledBy ?? "";
     return message;
   },
 };

@@ -25,8 +25,9 @@ const RECEIVING: readonly ReplicationStateName[] = ["replicating", "paused", "re
  *
  * - the peer is the identity this relationship already accepts as its primary (B's site
  *   certificate): no other identity can move the generation, whatever it claims;
- * - the presented generation is above the current one (equal: already recognised, no events;
- *   below: stale, as any old generation);
+ * - the presented generation is above the current one (equal: already recognised, no events,
+ *   unless the current one is a cancelled failover's here that the peer never adopted: see
+ *   failoverOverCancelledOne; below: stale, as any old generation);
  * - the relationship receives from that primary: replicating, paused, resync-required or
  *   resynchronising, with points to resync against, and no failover prepared, under way or done
  *   here (this site would be the VM's primary then).
@@ -47,7 +48,8 @@ export function recogniseUpstreamFailover(s: RelationshipState, input: Recognise
     COMMAND,
     REPLICATION_STATES.filter((x) => x !== "not-enabled"),
   );
-  if (presentedGeneration === s.generation) return [];
+  const overCancelled = failoverOverCancelledOne(s, input);
+  if (presentedGeneration === s.generation && !overCancelled) return [];
   if (presentedGeneration < s.generation) throw new StaleGenerationError(s.vmId, presentedGeneration, s.generation);
   if (peerIdentity !== s.primaryIdentity) {
     throw new UpstreamFailoverRefusedError(
@@ -65,5 +67,27 @@ export function recogniseUpstreamFailover(s: RelationshipState, input: Recognise
   if (s.points.length === 0) {
     throw new UpstreamFailoverRefusedError(s.vmId, `a failover upstream (generation ${presentedGeneration}) is refused: this site holds no point to resynchronise against`);
   }
-  return [relationshipEvent("PrimaryFailedOverUpstream", { peerIdentity, previousGeneration: s.generation, generation: presentedGeneration, reason })];
+  // Above the cancelled failover's generation too: the peer is told it in the HelloAck and adopts it.
+  const generation = overCancelled ? s.generation + 1 : presentedGeneration;
+  return [relationshipEvent("PrimaryFailedOverUpstream", { peerIdentity, previousGeneration: s.generation, generation, reason })];
+}
+
+/**
+ * A failover upstream declared at this site's own generation, which a failover here made and its
+ * cancel handed over to the peer (the handover still open: no cycle committed since, so the peer
+ * never adopted it, e.g. the forwarding site's forwarder never came back before the VM failed over
+ * there). The peer counted one up from the generation it knew and so landed on the cancelled
+ * failover's: a new failover all the same, which is recorded one generation above (fencing the
+ * cancelled one's and every older one). The same declaration again (its reason already recorded:
+ * the same agent, that adopted a generation handed over to it since) is no new failover.
+ */
+export function failoverOverCancelledOne(s: RelationshipState, input: { presentedGeneration: number; peerIdentity: string; reason: string }): boolean {
+  const h = s.generationHandover;
+  return (
+    input.presentedGeneration === s.generation &&
+    h !== undefined &&
+    h.peerIdentity === input.peerIdentity &&
+    h.fromGeneration < s.generation &&
+    s.upstreamFailover?.reason !== input.reason.slice(0, 500)
+  );
 }
