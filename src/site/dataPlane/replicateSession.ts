@@ -16,7 +16,17 @@ import {
   type ReplicateRequest,
   type ReplicateResponse,
 } from "../../gen/qreplica/v1/replication.js";
-import { KNOWN_CHECKSUMS, peerIdentity, pickResyncDigest, untilWritten, writeWithBackpressure, type CertificateIdentity, type Role } from "../../transport/index.js";
+import {
+  KNOWN_CHECKSUMS,
+  limitReadAhead,
+  peerIdentity,
+  pickResyncDigest,
+  REPLICATE_READ_AHEAD_MESSAGES,
+  untilWritten,
+  writeWithBackpressure,
+  type CertificateIdentity,
+  type Role,
+} from "../../transport/index.js";
 import type { ChunkDigestName } from "../../common/chunkDigest.js";
 import { peerHost } from "../controlPlane/refusalAudit.js";
 import { resyncModeAt } from "../resyncWindows.js";
@@ -199,6 +209,7 @@ export class ReplicateSession {
       return;
     }
     try {
+      limitReadAhead(this.call, REPLICATE_READ_AHEAD_MESSAGES);
       // destroyOnReturn: false, so that the call is still there to finish with a status once the
       // sender half-closes (a destroyed grpc-js call never sends one).
       for await (const req of this.call.iterator({ destroyOnReturn: false }) as AsyncIterable<ReplicateRequest>) {
