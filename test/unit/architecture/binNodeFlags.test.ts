@@ -7,7 +7,7 @@ const ROOT = resolve(import.meta.dirname, "../../..");
 
 describe("the node flags the bins start with", () => {
   it("both bins start node with the same heap flags: Node 20's young generation (16 MiB semi-spaces), not Node 24's 64 MiB", () => {
-    expect(binNodeFlags(CLI_BIN)).toEqual(["--max-semi-space-size=16"]);
+    expect(binNodeFlags(CLI_BIN)).toEqual(["--max-semi-space-size=16", "--expose-gc"]);
     expect(binNodeFlags(AGENT_BIN)).toEqual(binNodeFlags(CLI_BIN));
   });
 
