@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=16 --expose-gc
 // Runs the compiled JavaScript in dist/ (see bin/qreplica.js).
 import { compiledEntry } from "./compiledEntry.js";
 await import(compiledEntry("qreplica-agent", "replica-agent/main"));

@@ -6,6 +6,7 @@ import { addressFile } from "../../src/site/siteConfig.js";
 import type { Daemon } from "../../test/helpers/processes.js";
 import { setupTwoSites, type TwoSites } from "../../test/helpers/twoSites.js";
 import { Cleanup, killStorageDaemonsUnder } from "./cleanup.js";
+import { ensureCompiled } from "./compiled.js";
 import { writeMix, type MixData } from "./mixData.js";
 import { CpuMeter, memoryKiB } from "./procStats.js";
 
@@ -139,7 +140,8 @@ function agentAcks(dir: string): Array<{ seq: number; ms: number }> {
 }
 
 /**
- * Real replication of `mix` with separate site and agent processes over mutual TLS: site B
+ * Real replication of `mix` with separate site and agent processes over mutual TLS, started as
+ * installed (the bins over the compiled dist/, built first when stale): site B
  * (replica) and an agent protecting a qemu-storage-daemon VM whose disk holds only 1 MiB. After
  * the initial replication, each round writes the whole mix through the VM's guest export with
  * qemu-io (the same bytes again in later rounds: every block is dirty again), runs
@@ -174,7 +176,9 @@ export async function replicateMix(opts: {
     const intervalSeconds = Math.max(20, Math.ceil(sizeMiB / 40) * (opts.beforeCycle ? 2 : 1) + 10);
     const sitesDir = join(opts.dir, "sites");
     mkdirSync(sitesDir);
-    const t = await setupTwoSites(sitesDir, { diskBytes: mix.totalBytes + 64 * MiB, intervalSeconds, maxPoints: 100 });
+    // The installed form (bins over dist/, their node flags): what a production host runs.
+    ensureCompiled(log);
+    const t = await setupTwoSites(sitesDir, { diskBytes: mix.totalBytes + 64 * MiB, intervalSeconds, maxPoints: 100, compiled: true });
     cleanup.defer("stop sites, agent and VM", () => stopWithin(t, 30_000, log));
     await opts.afterSetup?.(t);
     // Almost empty: 1 MiB beyond where the mix goes.

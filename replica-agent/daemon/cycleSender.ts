@@ -4,6 +4,7 @@ import { type ChecksumAlgorithm, Consistency, CycleKind } from "../../src/gen/qr
 import type { RejectReason, ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
 import { encodeExtentChunkRequest, sendOnReplicate, type OutgoingReplicateRequest } from "../../src/transport/index.js";
 import { getCodec } from "../../src/codec/index.js";
+import { YoungGc } from "../../src/common/youngGc.js";
 import { SnapshotBrokenError, type CaptureCycle } from "../capture/index.js";
 import type { ResponseQueue } from "./responseQueue.js";
 import { ComparisonHashes, differingChunks, type ResyncStats } from "./differingChunks.js";
@@ -11,6 +12,9 @@ import { ComparisonHashes, differingChunks, type ResyncStats } from "./differing
 const ACK_TIMEOUT_MS = 10 * 60_000;
 /** A long cycle (an initial copy, a resync) logs how far it has got this often. */
 const PROGRESS_LOG_MS = 10_000;
+
+/** One for the process: the dead buffers of every VM's chunks add up in one heap. */
+const youngGc = new YoungGc();
 
 export type ReplicateStream = ClientDuplexStream<OutgoingReplicateRequest, ReplicateResponse>;
 
@@ -107,6 +111,7 @@ export async function sendCycle(
         totals.wire += chunk.wireBytes;
         await o.throttle?.(chunk.wireBytes);
         await send(stream, responses, chunk.request);
+        youngGc.note(chunk.wireBytes);
         if (Date.now() - progressLoggedAt >= PROGRESS_LOG_MS) {
           progressLoggedAt = Date.now();
           const bytesDone = o.resync ? resyncStats.comparedBytes : totals.data + totals.zero;

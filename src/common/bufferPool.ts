@@ -14,13 +14,14 @@ export class BufferPool {
 
   /** A buffer of at least `length` bytes; its contents are garbage. */
   take(length: number): Buffer {
+    // The smallest that fits (the newest of equals): a small request must not take a large buffer
+    // that a large one then has to allocate again.
+    let best = -1;
     for (let i = this.free.length - 1; i >= 0; i--) {
       const b = this.free[i]!;
-      if (b.length >= length) {
-        this.free.splice(i, 1);
-        return b;
-      }
+      if (b.length >= length && (best < 0 || b.length < this.free[best]!.length)) best = i;
     }
+    if (best >= 0) return this.free.splice(best, 1)[0]!;
     return Buffer.allocUnsafeSlow(Math.max(this.granule, Math.ceil(length / this.granule) * this.granule));
   }
 

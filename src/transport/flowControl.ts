@@ -20,6 +20,28 @@ export class FlowControlSetupError extends QreplicaError {
 type AnyHttp2Server = Http2Server | Http2SecureServer;
 
 /**
+ * Replicate requests a site decodes ahead of its handler. grpc-js queues 16 (its streams' default
+ * object high-water mark): 16 chunks of up to 2 MiB each beyond those the handler is writing,
+ * which measured as a good part of the site's peak RSS in a large cycle, while the HTTP/2
+ * window (STREAM_WINDOW_BYTES) behind them keeps the link busy on its own.
+ */
+export const REPLICATE_READ_AHEAD_MESSAGES = 2;
+
+/**
+ * Lowers how many messages a grpc-js server stream reads ahead of its consumer. grpc-js has no
+ * option for it (its streams are built with Node's default), so this sets the stream's
+ * high-water mark, which Node reads afresh on every read; throws `FlowControlSetupError` when
+ * the stream does not have one where Node keeps it, so a change fails loudly in tests.
+ */
+export function limitReadAhead(stream: object, messages: number): void {
+  const state = (stream as { _readableState?: { highWaterMark?: unknown; objectMode?: unknown } })._readableState;
+  if (!state || typeof state.highWaterMark !== "number" || state.objectMode !== true) {
+    throw new FlowControlSetupError("cannot limit a stream's read-ahead: this Node.js keeps no object-mode `_readableState.highWaterMark`; update src/transport/flowControl.ts");
+  }
+  state.highWaterMark = messages;
+}
+
+/**
  * Raises the receive windows of every HTTP/2 server `server` has bound so far. grpc-js has a
  * channel option for this on clients (`grpc-node.flow_control_window`) but none on servers
  * (grpc/grpc-node#3058), so this reaches its bound http2 servers, applies the per-stream window

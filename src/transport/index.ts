@@ -23,7 +23,14 @@ export {
   type ChunkRef,
   type ChunkRejectCode,
 } from "./chunkErrors.js";
-export { CONNECTION_WINDOW_BYTES, FlowControlSetupError, STREAM_WINDOW_BYTES, widenServerFlowControl } from "./flowControl.js";
+export {
+  CONNECTION_WINDOW_BYTES,
+  FlowControlSetupError,
+  limitReadAhead,
+  REPLICATE_READ_AHEAD_MESSAGES,
+  STREAM_WINDOW_BYTES,
+  widenServerFlowControl,
+} from "./flowControl.js";
 export { EncodedReplicateRequest, ReplicationClient, serializeReplicateRequest, type OutgoingReplicateRequest } from "./replicateWire.js";
 export { digestFromWire, digestToWire, pickResyncDigest } from "./resyncDigests.js";
 export { StreamClosedError, untilWritten, writeWithBackpressure, type BackpressureWritable, type WriteOptions } from "./backpressure.js";

@@ -1,10 +1,29 @@
 import { spawn, type ChildProcess } from "node:child_process";
-import { openSync } from "node:fs";
+import { existsSync, openSync, readFileSync } from "node:fs";
 import { resolve } from "node:path";
 
 const ROOT = resolve(import.meta.dirname, "../..");
 export const CLI = resolve(ROOT, "src/cli/main.ts");
 export const AGENT = resolve(ROOT, "replica-agent/main.ts");
+/** The installed commands (compiled dist/ behind them: `npm run build`), as systemd starts them. */
+export const CLI_BIN = resolve(ROOT, "bin/qreplica.js");
+export const AGENT_BIN = resolve(ROOT, "bin/qreplica-agent.js");
+
+/**
+ * The node flags the installed bins start with (their `#!/usr/bin/env -S node FLAGS` line): the
+ * daemons the tests start get them too, so they run with the heap an installed site or agent has.
+ */
+export function binNodeFlags(bin = CLI_BIN): string[] {
+  const first = readFileSync(bin, "utf8").split("\n", 1)[0] ?? "";
+  const m = /^#!\/usr\/bin\/env\s+(?:-S\s+)?node(.*)$/.exec(first);
+  if (!m) throw new Error(`${bin} does not start with '#!/usr/bin/env [-S] node ...'`);
+  return m[1]!.split(" ").filter(Boolean);
+}
+
+/** dist/ exists: the bins can run. */
+export function compiledBinsBuilt(): boolean {
+  return existsSync(resolve(ROOT, "dist/src/cli/main.js")) && existsSync(resolve(ROOT, "dist/replica-agent/main.js"));
+}
 
 /** Runs the CLI to completion in its own process; returns exit code and output. */
 export function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
@@ -24,13 +43,17 @@ export interface Daemon {
   kill(signal?: NodeJS.Signals): Promise<void>;
 }
 
-/** A long-running qreplica process (site server or agent) whose logs go to `logFile`. */
+/**
+ * A long-running qreplica process (site server or agent) whose logs go to `logFile`: a TypeScript
+ * source through tsx, or a bin (`CLI_BIN`, `AGENT_BIN`: the compiled code, as installed).
+ */
 export function startDaemon(script: string, args: string[], logFile: string, extraEnv: Record<string, string> = {}): Daemon {
   // 0600: the logs name images and identities (tests check that nothing is readable by others).
   const fd = openSync(logFile, "a", 0o600);
   // QR_NODE_ARGS passes flags such as --cpu-prof to the daemons (Node refuses them in NODE_OPTIONS).
-  const nodeArgs = (process.env.QR_NODE_ARGS ?? "").split(" ").filter(Boolean);
-  const child = spawn(process.execPath, [...nodeArgs, "--import", "tsx", script, ...args], {
+  const nodeArgs = [...binNodeFlags(), ...(process.env.QR_NODE_ARGS ?? "").split(" ").filter(Boolean)];
+  const loader = script.endsWith(".ts") ? ["--import", "tsx"] : [];
+  const child = spawn(process.execPath, [...nodeArgs, ...loader, script, ...args], {
     cwd: ROOT,
     stdio: ["ignore", fd, fd],
     // TCG by default in tests: some CI hosts expose a software KVM that boots far slower.

@@ -8,7 +8,7 @@ import { makeCounterDisk } from "../../guest/index.js";
 import { killRecordedVms } from "../../src/site/failover/failoverService.js";
 import { processCommandLine } from "../../src/site/failover/processes.js";
 import { addressFile, adminCredentialFiles } from "../../src/site/siteConfig.js";
-import { AGENT, CLI, runCli, startDaemon, waitFor, type Daemon } from "./processes.js";
+import { AGENT, AGENT_BIN, CLI, CLI_BIN, compiledBinsBuilt, runCli, startDaemon, waitFor, type Daemon } from "./processes.js";
 import { makeTmpDir } from "./tmpDir.js";
 
 /** The counter guest (a boot sector that counts on its disk) running in qemu-system-x86_64 on site A. */
@@ -61,6 +61,12 @@ export interface TwoSitesOptions {
   counterGuest?: boolean;
   /** More `site init` options for site B (the replica), e.g. `--launcher libvirt`. */
   siteBInitArgs?: string[];
+  /**
+   * Start the site servers and the agent through the bins (compiled dist/, `npm run build`), as
+   * an installed site and agent run, rather than the sources through tsx (whose transpiler costs
+   * each process ~30 MiB and its start-up; the benchmarks measure the installed form).
+   */
+  compiled?: boolean;
 }
 
 /**
@@ -85,6 +91,8 @@ export function twoSitesPerTest(): (prefix: string, opts: TwoSitesOptions) => Pr
 }
 
 export async function setupTwoSites(dir: string, opts: TwoSitesOptions): Promise<TwoSites> {
+  if (opts.compiled && !compiledBinsBuilt()) throw new Error("the compiled bins need dist/: run `npm run build` first");
+  const [siteMain, agentMain] = opts.compiled ? [CLI_BIN, AGENT_BIN] : [CLI, AGENT];
   const caDir = join(dir, "ca");
   const siteA = join(dir, "site-a");
   const siteB = join(dir, "site-b");
@@ -134,7 +142,7 @@ export async function setupTwoSites(dir: string, opts: TwoSitesOptions): Promise
     async startSite(siteDir, startOpts = {}) {
       const addr = addressFile(siteDir);
       const startedAt = Date.now();
-      const d = startDaemon(CLI, ["site", "serve", "--dir", siteDir], join(siteDir, "site.log"), startOpts.env);
+      const d = startDaemon(siteMain, ["site", "serve", "--dir", siteDir], join(siteDir, "site.log"), startOpts.env);
       daemons.push(d);
       await waitFor(
         `site ${siteDir} to listen`,
@@ -176,7 +184,7 @@ export async function setupTwoSites(dir: string, opts: TwoSitesOptions): Promise
           ],
         }),
       );
-      const d = startDaemon(AGENT, ["--config", agentConfig], join(dir, "agent.log"));
+      const d = startDaemon(agentMain, ["--config", agentConfig], join(dir, "agent.log"));
       daemons.push(d);
       return d;
     },

@@ -1,5 +1,6 @@
 import { errorMessage } from "../../common/errors.js";
 import { BufferPool } from "../../common/bufferPool.js";
+import { YOUNG_GC_EVERY_BYTES, YoungGc } from "../../common/youngGc.js";
 import type { ChecksumAlgorithm } from "../../gen/qreplica/v1/common.js";
 import { RejectReason, type ExtentChunk } from "../../gen/qreplica/v1/replication.js";
 import type { PointWrite } from "../../storage/index.js";
@@ -7,6 +8,13 @@ import { decodeExtentChunk } from "../../transport/index.js";
 import { INCOMPRESSIBLE_RATIO, type PointGroup } from "../../ledger/index.js";
 
 export const MAX_CHUNK_BYTES = 4 * 1024 * 1024;
+
+/**
+ * One for the process: the dead buffers of every stream's chunks add up in one heap. Twice as
+ * often as the agent's: the site holds more while a cycle runs (writes in flight, the chunk hash
+ * index), and its CPU is not the production host's.
+ */
+const youngGc = new YoungGc(YOUNG_GC_EVERY_BYTES / 2);
 
 /** Why a chunk was refused, as the wire says it. */
 export interface ChunkRefusal {
@@ -103,6 +111,7 @@ export class OpenCycle {
       this.dataBytes += decoded.length;
       this.diskDataBytes.set(chunk.diskId, (this.diskDataBytes.get(chunk.diskId) ?? 0) + decoded.length);
       this.wireBytes += decoded.wireBytes;
+      youngGc.note(decoded.wireBytes);
       const c = this.diskCompression.get(chunk.diskId) ?? { incompressibleBytes: 0, wireBytes: 0 };
       // Sent raw (zstd would have grown it) or barely smaller: random-looking data, as encrypted data is.
       if (decoded.wireBytes >= decoded.length * INCOMPRESSIBLE_RATIO) c.incompressibleBytes += decoded.length;

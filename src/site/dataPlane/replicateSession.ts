@@ -2,7 +2,16 @@ import * as grpc from "@grpc/grpc-js";
 import type { Logger } from "../../common/logger.js";
 import { errorMessage } from "../../common/errors.js";
 import { ResyncMode, RejectReason, type EffectivePolicy, type Hello, type ReplicateRequest, type ReplicateResponse } from "../../gen/qreplica/v1/replication.js";
-import { peerIdentity, pickResyncDigest, untilWritten, writeWithBackpressure, type CertificateIdentity, type Role } from "../../transport/index.js";
+import {
+  limitReadAhead,
+  peerIdentity,
+  pickResyncDigest,
+  REPLICATE_READ_AHEAD_MESSAGES,
+  untilWritten,
+  writeWithBackpressure,
+  type CertificateIdentity,
+  type Role,
+} from "../../transport/index.js";
 import { peerHost } from "../controlPlane/refusalAudit.js";
 import { MAX_CHUNK_BYTES } from "./openCycle.js";
 import { acceptedChecksumsOf, helloAckFor, helloRefusal, PROTOCOL_VERSION, relationshipHello, RESUME_HINT } from "./helloAdmission.js";
@@ -159,6 +168,7 @@ export class ReplicateSession {
       return;
     }
     try {
+      limitReadAhead(this.call, REPLICATE_READ_AHEAD_MESSAGES);
       // destroyOnReturn: false, so that the call is still there to finish with a status once the
       // sender half-closes (a destroyed grpc-js call never sends one).
       for await (const req of this.call.iterator({ destroyOnReturn: false }) as AsyncIterable<ReplicateRequest>) {

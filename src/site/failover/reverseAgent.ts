@@ -12,7 +12,10 @@ import { processAlive, processCommandLine, terminate } from "./processes.js";
 // package install, dist/), the TypeScript source through tsx when it runs from a checkout (tests).
 const COMPILED = import.meta.url.endsWith(".js");
 const AGENT_MAIN = fileURLToPath(new URL(`../../../replica-agent/main.${COMPILED ? "js" : "ts"}`, import.meta.url));
-const AGENT_NODE_ARGS = COMPILED ? [] : ["--import", "tsx"];
+// The heap flags this site was started with (bin/qreplica.js's `#!` line: --max-semi-space-size,
+// --expose-gc), so that an agent it starts has the heap an installed agent (bin/qreplica-agent.js) has.
+const HEAP_FLAGS = process.execArgv.filter((a) => /^--max-(semi|old)-space-size=/.test(a) || a === "--expose-gc");
+const AGENT_NODE_ARGS = [...HEAP_FLAGS, ...(COMPILED ? [] : ["--import", "tsx"])];
 
 export interface ReverseAgentOptions {
   siteId: string;
