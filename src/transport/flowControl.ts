@@ -6,11 +6,23 @@ import { QreplicaError } from "../common/errors.js";
  * HTTP/2 receive windows for the Replicate stream. With HTTP/2's default of 64 KiB per stream, a
  * sender of 1-4 MiB chunks stops after every 64 KiB until the receiver's event loop has read the
  * data and sent a WINDOW_UPDATE: on a busy replica that ping-pong, not the link, sets the rate.
- * 8 MiB per stream (two or more chunks in flight) and twice that per connection keep the pipe
- * full; the memory a peer can make the receiver hold stays bounded by these numbers.
+ * On a long fat pipe the stream window must also exceed the bandwidth-delay product by a margin:
+ * nghttp2 returns credit only once half the window is consumed, and only as fast as the site's
+ * event loop reads, so on average about three quarters of it is usable. 50 ms at 1 Gbit/s is
+ * 6.25 MB; 8 MiB held a gRPC stream to about 55-60% of raw TCP through such a link, 32 MiB
+ * reached it (bench `wan`, README). What it costs: a site that reads slower than the link holds
+ * at most this much per Replicate stream (the sender holds nothing more: its unsent chunks are
+ * bounded by `maxUnwritten` in replicateResponses.ts). The connection window is twice that, so a
+ * second stream on the same connection (another VM, a forward) is not starved by the first.
  */
-export const STREAM_WINDOW_BYTES = 8 * 1024 * 1024;
+export const STREAM_WINDOW_BYTES = 32 * 1024 * 1024;
 export const CONNECTION_WINDOW_BYTES = 2 * STREAM_WINDOW_BYTES;
+/**
+ * What a dialling agent or site lets the answering site send ahead: acks, resync hashes (32 bytes
+ * per 64 KiB chunk, 2 MiB for a 4 GiB disk), notices. Small next to the chunks going the other
+ * way, so it stays at 8 MiB and the agent's memory does not grow with the site's windows.
+ */
+export const CLIENT_RECEIVE_WINDOW_BYTES = 8 * 1024 * 1024;
 
 /** grpc-js could not be given the window sizes (its internals changed); replication would crawl. */
 export class FlowControlSetupError extends QreplicaError {

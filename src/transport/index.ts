@@ -23,7 +23,7 @@ export {
   type ChunkRef,
   type ChunkRejectCode,
 } from "./chunkErrors.js";
-export { CONNECTION_WINDOW_BYTES, FlowControlSetupError, STREAM_WINDOW_BYTES, widenServerFlowControl } from "./flowControl.js";
+export { CLIENT_RECEIVE_WINDOW_BYTES, CONNECTION_WINDOW_BYTES, FlowControlSetupError, STREAM_WINDOW_BYTES, widenServerFlowControl } from "./flowControl.js";
 export { EncodedReplicateRequest, ReplicationClient, serializeReplicateRequest, type OutgoingReplicateRequest } from "./replicateWire.js";
 export { digestFromWire, digestToWire, pickResyncDigest } from "./resyncDigests.js";
 export { StreamClosedError, untilWritten, writeWithBackpressure, type BackpressureWritable, type WriteOptions } from "./backpressure.js";
