@@ -23,7 +23,16 @@ export {
   type ChunkRef,
   type ChunkRejectCode,
 } from "./chunkErrors.js";
-export { CLIENT_RECEIVE_WINDOW_BYTES, CONNECTION_WINDOW_BYTES, FlowControlSetupError, STREAM_WINDOW_BYTES, widenServerFlowControl } from "./flowControl.js";
+export {
+  CLIENT_RECEIVE_WINDOW_BYTES,
+  CONNECTION_WINDOW_BYTES,
+  FlowControlSetupError,
+  MAX_STREAM_WINDOW_BYTES,
+  SITE_WINDOW_TUNING,
+  STREAM_WINDOW_BYTES,
+  widenServerFlowControl,
+} from "./flowControl.js";
+export { tuneSessionWindows, type WindowTuner, type WindowTuning } from "./windowTuner.js";
 export { EncodedReplicateRequest, ReplicationClient, serializeReplicateRequest, type OutgoingReplicateRequest } from "./replicateWire.js";
 export { digestFromWire, digestToWire, pickResyncDigest } from "./resyncDigests.js";
 export { StreamClosedError, untilWritten, writeWithBackpressure, type BackpressureWritable, type WriteOptions } from "./backpressure.js";

@@ -1,0 +1,91 @@
+import type { Http2Session } from "node:http2";
+
+/**
+ * Grows one HTTP/2 session's receive windows toward the link's bandwidth-delay product, as gRPC's
+ * C core does with its BDP probe (grpc-js has none). While data arrives, it pings the peer every
+ * `probeMs` and counts the bytes that arrived during the ping's round trip: if they filled most of
+ * the current stream window, the sender was held back by the window rather than by the link, and
+ * the window grows to `growth` times that sample, up to `maxStreamWindow`. On a LAN a round trip
+ * carries far less than the starting window, so it stays where it started and a site slower
+ * than its agents holds no more than before; a long fat pipe (50 ms at 1 Gbit/s: 6.25 MB) earns
+ * the larger window it needs. Windows never shrink within a session.
+ */
+export interface WindowTuning {
+  /** The stream window a session starts with (also advertised by the server's SETTINGS). */
+  initialStreamWindow: number;
+  maxStreamWindow: number;
+  /** The connection window is kept at this many stream windows. */
+  connectionFactor: number;
+  probeMs: number;
+  /** Fraction of the stream window one round trip must carry to count as window-limited. */
+  limitedFraction: number;
+  growth: number;
+}
+
+export interface WindowTuner {
+  /** The stream window now advertised to the peer. */
+  readonly streamWindow: number;
+  stop(): void;
+}
+
+export function tuneSessionWindows(session: Http2Session, t: WindowTuning, onGrow?: (streamWindow: number) => void): WindowTuner {
+  let streamWindow = t.initialStreamWindow;
+  let pinging = false;
+  let lastBytes = bytesRead(session);
+  const grow = (sample: number): void => {
+    const next = Math.min(t.maxStreamWindow, roundUpPow2(sample * t.growth));
+    if (next <= streamWindow) return;
+    try {
+      // SETTINGS_INITIAL_WINDOW_SIZE reaches the session's open streams too (RFC 9113 6.9.2).
+      session.settings({ initialWindowSize: next });
+      session.setLocalWindowSize(next * t.connectionFactor);
+      streamWindow = next;
+      onGrow?.(next);
+    } catch {
+      // A session that is closing has nothing left to receive.
+    }
+  };
+  const probe = (): void => {
+    if (pinging || session.destroyed || session.closed || session.connecting) return;
+    const before = bytesRead(session);
+    // Idle since the last probe (control frames aside): nothing to learn, and no pings on a
+    // quiet connection.
+    if (before - lastBytes < QUIET_BYTES) return;
+    lastBytes = before;
+    pinging = true;
+    const sent = session.ping((err) => {
+      pinging = false;
+      if (err || session.destroyed) return;
+      const after = bytesRead(session);
+      lastBytes = after;
+      if (after - before >= streamWindow * t.limitedFraction) grow(after - before);
+    });
+    if (!sent) pinging = false;
+  };
+  const timer = setInterval(probe, t.probeMs);
+  timer.unref();
+  const stop = (): void => clearInterval(timer);
+  session.once("close", stop);
+  return {
+    get streamWindow() {
+      return streamWindow;
+    },
+    stop,
+  };
+}
+
+/** Bytes the session's socket has read (TLS records included: the link's view). */
+function bytesRead(session: Http2Session): number {
+  try {
+    return session.socket?.bytesRead ?? 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** Less than this read between probes is control traffic (SETTINGS, pings, acks), not data. */
+const QUIET_BYTES = 64 * 1024;
+
+function roundUpPow2(n: number): number {
+  return 2 ** Math.ceil(Math.log2(Math.max(1, n)));
+}
