@@ -53,14 +53,20 @@ export function tuneSessionWindows(session: Http2Session, t: WindowTuning, onGro
     if (before - lastBytes < QUIET_BYTES) return;
     lastBytes = before;
     pinging = true;
-    const sent = session.ping((err) => {
+    const answered = (err: Error | null): void => {
       pinging = false;
       if (err || session.destroyed) return;
       const after = bytesRead(session);
       lastBytes = after;
       if (after - before >= streamWindow * t.limitedFraction) grow(after - before);
-    });
-    if (!sent) pinging = false;
+    };
+    try {
+      if (!session.ping(answered)) pinging = false;
+    } catch {
+      // Closing, or too many pings unanswered (a stalled link): a timer must never throw; the
+      // window simply stays as it is.
+      pinging = false;
+    }
   };
   const timer = setInterval(probe, t.probeMs);
   timer.unref();
