@@ -13,8 +13,9 @@ import { tuneSessionWindows, type WindowTuning } from "./windowTuner.js";
  * window is consumed, and only as fast as the site's event loop reads): 50 ms at 1 Gbit/s is
  * 6.25 MB, and 8 MiB held a gRPC stream there to about 55-65% of what 32 MiB reached (bench
  * `wan`, README). So each connection's windows grow, up to 32 MiB per stream (64 MiB per
- * connection), when a BDP probe finds the window limiting (windowTuner.ts). The sender holds
- * nothing more for it: its unsent chunks are bounded by `maxUnwritten` in replicateResponses.ts.
+ * connection), when a BDP probe finds the link's bandwidth-delay product near the window
+ * (windowTuner.ts). The sender holds nothing more for it: its unsent chunks are bounded by
+ * `maxUnwritten` in replicateResponses.ts.
  */
 export const STREAM_WINDOW_BYTES = 8 * 1024 * 1024;
 export const CONNECTION_WINDOW_BYTES = 2 * STREAM_WINDOW_BYTES;
@@ -26,9 +27,11 @@ export const SITE_WINDOW_TUNING: WindowTuning = Object.freeze({
   connectionFactor: CONNECTION_WINDOW_BYTES / STREAM_WINDOW_BYTES,
   // A few probes per second: one ping frame each, only while data flows.
   probeMs: 250,
-  limitedFraction: 0.5,
-  // Twice the bytes of one round trip: the half-window credit rule and the event loop's delays.
-  growth: 2,
+  // A product of 2 MiB (50 ms at 40 MiB/s) already calls for more than 8 MiB: credit returns at
+  // half a window, and the site's event loop delays it further.
+  limitedFraction: 0.25,
+  // 50 ms at 1 Gbit/s (6.25 MB) goes from 8 straight to the 32 MiB that measured best there.
+  growth: 4,
 });
 
 /**

@@ -3,12 +3,15 @@ import type { Http2Session } from "node:http2";
 /**
  * Grows one HTTP/2 session's receive windows toward the link's bandwidth-delay product, as gRPC's
  * C core does with its BDP probe (grpc-js has none). While data arrives, it pings the peer every
- * `probeMs` and counts the bytes that arrived during the ping's round trip: if they filled most of
- * the current stream window, the sender was held back by the window rather than by the link, and
- * the window grows to `growth` times that sample, up to `maxStreamWindow`. On a LAN a round trip
- * carries far less than the starting window, so it stays where it started and a site slower
- * than its agents holds no more than before; a long fat pipe (50 ms at 1 Gbit/s: 6.25 MB) earns
- * the larger window it needs. Windows never shrink within a session.
+ * `probeMs`; each answered ping gives the rate data arrived at during its round trip, and the
+ * shortest round trip seen so far stands for the path's own delay (a busy event loop only ever
+ * makes a ping look slower, so a minimum filters that out, as BBR's min-RTT does). Rate times
+ * that delay is the bandwidth-delay product; when it reaches `limitedFraction` of the current
+ * stream window, the window grows to `growth` times it, up to `maxStreamWindow`. On a LAN (a
+ * round trip of well under a millisecond) that product is far below the starting window, so it
+ * stays there even when the site is slow or busy, and a site slower than its agents holds no
+ * more than before; a long fat pipe (50 ms at 1 Gbit/s: 6.25 MB) earns the larger window it
+ * needs. Windows never shrink within a session.
  */
 export interface WindowTuning {
   /** The stream window a session starts with (also advertised by the server's SETTINGS). */
@@ -17,7 +20,7 @@ export interface WindowTuning {
   /** The connection window is kept at this many stream windows. */
   connectionFactor: number;
   probeMs: number;
-  /** Fraction of the stream window one round trip must carry to count as window-limited. */
+  /** Fraction of the stream window the estimated bandwidth-delay product must reach to grow it. */
   limitedFraction: number;
   growth: number;
 }
@@ -32,6 +35,8 @@ export function tuneSessionWindows(session: Http2Session, t: WindowTuning, onGro
   let streamWindow = t.initialStreamWindow;
   let pinging = false;
   let lastBytes = bytesRead(session);
+  let minRttMs = Number.POSITIVE_INFINITY;
+  let samples = 0;
   const grow = (sample: number): void => {
     const next = Math.min(t.maxStreamWindow, roundUpPow2(sample * t.growth));
     if (next <= streamWindow) return;
@@ -53,12 +58,16 @@ export function tuneSessionWindows(session: Http2Session, t: WindowTuning, onGro
     if (before - lastBytes < QUIET_BYTES) return;
     lastBytes = before;
     pinging = true;
-    const answered = (err: Error | null): void => {
+    const answered = (err: Error | null, durationMs: number): void => {
       pinging = false;
-      if (err || session.destroyed) return;
+      if (err || session.destroyed || !(durationMs > 0)) return;
       const after = bytesRead(session);
       lastBytes = after;
-      if (after - before >= streamWindow * t.limitedFraction) grow(after - before);
+      minRttMs = Math.min(minRttMs, durationMs);
+      // One round trip alone may be one the event loop held up: trust the minimum of a few.
+      if (++samples < MIN_SAMPLES) return;
+      const bdp = ((after - before) / durationMs) * minRttMs;
+      if (bdp >= streamWindow * t.limitedFraction) grow(bdp);
     };
     try {
       if (!session.ping(answered)) pinging = false;
@@ -88,6 +97,9 @@ function bytesRead(session: Http2Session): number {
     return 0;
   }
 }
+
+/** Round trips measured before the first decision. */
+const MIN_SAMPLES = 3;
 
 /** Less than this read between probes is control traffic (SETTINGS, pings, acks), not data. */
 const QUIET_BYTES = 64 * 1024;
