@@ -4,7 +4,8 @@ import type { Http2Session } from "node:http2";
  * Grows one HTTP/2 session's receive windows toward the link's bandwidth-delay product, as gRPC's
  * C core does with its BDP probe (grpc-js has none). While data arrives, it pings the peer every
  * `probeMs`; each answered ping gives the rate data arrived at during its round trip, and the
- * shortest round trip seen so far stands for the path's own delay (a busy event loop only ever
+ * shortest round trip seen so far (the first ping goes out as the session opens, while the site
+ * is idle) stands for the path's own delay (a busy event loop only ever
  * makes a ping look slower, so a minimum filters that out, as BBR's min-RTT does). Rate times
  * that delay is the bandwidth-delay product; when it reaches `limitedFraction` of the current
  * stream window, the window grows to `growth` times it, up to `maxStreamWindow`. On a LAN (a
@@ -77,6 +78,19 @@ export function tuneSessionWindows(session: Http2Session, t: WindowTuning, onGro
       pinging = false;
     }
   };
+  // One ping as the session opens, before any data: the site is idle then, so this round trip is
+  // the path's own, and a LAN's sub-millisecond one keeps later (event-loop-delayed) pings from
+  // passing for a long pipe.
+  try {
+    session.ping((err, durationMs) => {
+      if (!err && durationMs > 0) {
+        minRttMs = Math.min(minRttMs, durationMs);
+        samples++;
+      }
+    });
+  } catch {
+    // Closing already: nothing to tune.
+  }
   const timer = setInterval(probe, t.probeMs);
   timer.unref();
   const stop = (): void => clearInterval(timer);

@@ -69,7 +69,7 @@ describe("HTTP/2 receive windows grow on a long fat pipe", () => {
     await waitFor("every byte to arrive", () => (r.received() === sent ? true : undefined), 60_000);
   }, 120_000);
 
-  it("an idle connection is not probed and keeps its starting window", async () => {
+  it("an idle connection is pinged only as it opens and keeps its starting window", async () => {
     const r = await receiverBehind(0);
     const client = connect(`http://${r.address}`);
     open.push(() => void client.destroy());
@@ -78,7 +78,7 @@ describe("HTTP/2 receive windows grow on a long fat pipe", () => {
     await new Promise<void>((resolve) => client.once("remoteSettings", () => resolve()));
     // Several probe periods with nothing sent.
     await new Promise((d) => setTimeout(d, SITE_WINDOW_TUNING.probeMs * 4));
-    expect(pings).toBe(0);
+    expect(pings).toBeLessThanOrEqual(1);
     expect(r.tuners[0]!.streamWindow).toBe(STREAM_WINDOW_BYTES);
   });
 });
