@@ -129,11 +129,11 @@ export async function startDelayLine(target: string, shape: LinkShape): Promise<
 }
 
 /**
- * Raw TCP through a link: a sink on 127.0.0.1 behind a delay line, and a client writing `bytes`
- * into it as fast as TCP lets it. Seconds from the connection's first write to the sink having
+ * Raw TCP through a link: a sink on 127.0.0.1 behind a delay line (`startLine`: in this process
+ * or its own), and a client writing `bytes` into it as fast as TCP lets it. Seconds from the connection's first write to the sink having
  * read the last byte.
  */
-export async function rawTcpThrough(shape: LinkShape, bytes: number): Promise<number> {
+export async function rawTcpThrough(shape: LinkShape, bytes: number, startLine: (target: string, shape: LinkShape) => Promise<DelayLine> = startDelayLine): Promise<number> {
   let received = 0;
   let done: (t: number) => void = () => undefined;
   const finished = new Promise<number>((r) => (done = r));
@@ -146,7 +146,7 @@ export async function rawTcpThrough(shape: LinkShape, bytes: number): Promise<nu
   });
   await new Promise<void>((resolve) => sink.listen(0, "127.0.0.1", () => resolve()));
   const a = sink.address();
-  const line = await startDelayLine(`127.0.0.1:${typeof a === "object" && a ? a.port : 0}`, shape);
+  const line = await startLine(`127.0.0.1:${typeof a === "object" && a ? a.port : 0}`, shape);
   try {
     const j = line.address.lastIndexOf(":");
     const client = connect({ host: "127.0.0.1", port: Number(line.address.slice(j + 1)) });

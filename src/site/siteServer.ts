@@ -274,7 +274,9 @@ async function serve(
   const previous = config.listen.endsWith(":0") ? readPreviousPort(dir) : undefined;
   const listenOn = (port: number) => hostPort(listenHost(config.listen) || "0.0.0.0", port);
   const port = previous ? await bind(listenOn(previous)).catch(() => bind(config.listen)) : await bind(config.listen);
-  widenServerFlowControl(server);
+  widenServerFlowControl(server, {
+    onWindowGrown: (streamWindow, peer) => log.debug({ peer, streamWindowBytes: streamWindow }, "HTTP/2 receive window grown (long fat pipe)"),
+  });
   const address = dialableAddress(config, port);
   writeFileSync(addressFile(dir), address + "\n", { mode: 0o600 });
   log.info({ address, listen: config.listen }, "site serving");

@@ -24,13 +24,17 @@ export {
   type ChunkRejectCode,
 } from "./chunkErrors.js";
 export {
+  CLIENT_RECEIVE_WINDOW_BYTES,
   CONNECTION_WINDOW_BYTES,
   FlowControlSetupError,
   limitReadAhead,
+  MAX_STREAM_WINDOW_BYTES,
   REPLICATE_READ_AHEAD_MESSAGES,
+  SITE_WINDOW_TUNING,
   STREAM_WINDOW_BYTES,
   widenServerFlowControl,
 } from "./flowControl.js";
+export { tuneSessionWindows, type WindowTuner, type WindowTuning } from "./windowTuner.js";
 export { EncodedReplicateRequest, ReplicationClient, serializeReplicateRequest, type OutgoingReplicateRequest } from "./replicateWire.js";
 export { digestFromWire, digestToWire, pickResyncDigest } from "./resyncDigests.js";
 export { StreamClosedError, untilWritten, writeWithBackpressure, type BackpressureWritable, type WriteOptions } from "./backpressure.js";

@@ -5,7 +5,7 @@ import { basename } from "node:path";
 import { checkServerIdentity, type PeerCertificate } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import { silentLogger, type Logger } from "../common/logger.js";
-import { STREAM_WINDOW_BYTES } from "./flowControl.js";
+import { CLIENT_RECEIVE_WINDOW_BYTES } from "./flowControl.js";
 import { certificateIdentity, type CertificateIdentity } from "./pki.js";
 import {
   TlsCertificateNotFromCaError,
@@ -252,7 +252,7 @@ const KEEPALIVE_TIME_MS = 20_000;
  */
 export const grpcChannelOptions: grpc.ChannelOptions = Object.freeze({
   "grpc.enable_retries": 0,
-  "grpc-node.flow_control_window": STREAM_WINDOW_BYTES,
+  "grpc-node.flow_control_window": CLIENT_RECEIVE_WINDOW_BYTES,
   "grpc.keepalive_time_ms": KEEPALIVE_TIME_MS,
   "grpc.keepalive_timeout_ms": 10_000,
   "grpc.keepalive_permit_without_calls": 1,

@@ -3,7 +3,7 @@ import { Server, ServerCredentials, credentials, type ServerDuplexStream } from 
 import { afterEach, describe, expect, it } from "vitest";
 import { ReplicationServiceClient, ReplicationServiceService, type ReplicateRequest, type ReplicateResponse } from "../../../src/gen/qreplica/v1/replication.js";
 import { ChecksumAlgorithm, CompressionCodec } from "../../../src/gen/qreplica/v1/common.js";
-import { StreamClosedError, grpcChannelOptions, grpcServerOptions, writeWithBackpressure } from "../../../src/transport/index.js";
+import { MAX_STREAM_WINDOW_BYTES, StreamClosedError, grpcChannelOptions, grpcServerOptions, widenServerFlowControl, writeWithBackpressure } from "../../../src/transport/index.js";
 
 const MiB = 1024 * 1024;
 
@@ -85,19 +85,21 @@ describe("writeWithBackpressure on a real grpc-js bidi stream", () => {
   });
 
   /** A replica that takes ~1 ms per chunk, as one writing to slow storage would. */
-  async function slowReplica(onReceived: () => void): Promise<string> {
+  async function slowReplica(onReceived: () => void, widen = false, delayMs = 1): Promise<string> {
     server = new Server(grpcServerOptions);
     server.addService(ReplicationServiceService, {
       replicate: (call: ServerDuplexStream<ReplicateRequest, ReplicateResponse>) => {
         call.on("data", () => {
           onReceived();
           call.pause();
-          setTimeout(() => call.resume(), 1);
+          setTimeout(() => call.resume(), delayMs);
         });
         call.on("end", () => call.end());
       },
     });
     const port = await new Promise<number>((resolve, reject) => server!.bindAsync("127.0.0.1:0", ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))));
+    // As a site does: its receive windows sized for a long fat pipe.
+    if (widen) widenServerFlowControl(server);
     return `127.0.0.1:${port}`;
   }
 
@@ -117,9 +119,9 @@ describe("writeWithBackpressure on a real grpc-js bidi stream", () => {
     },
   };
 
-  async function send(count: number, withBackpressure: boolean) {
+  async function send(count: number, withBackpressure: boolean, opts: { widen?: boolean; maxUnwritten?: number; delayMs?: number } = {}) {
     let received = 0;
-    const address = await slowReplica(() => received++);
+    const address = await slowReplica(() => received++, opts.widen, opts.delayMs);
     client = new ReplicationServiceClient(address, credentials.createInsecure(), grpcChannelOptions);
     const call = client.replicate();
     let drains = 0;
@@ -134,7 +136,7 @@ describe("writeWithBackpressure on a real grpc-js bidi stream", () => {
     let sent = 0;
     let maxOutstanding = 0;
     for (let i = 0; i < count; i++) {
-      if (withBackpressure) await writeWithBackpressure(call, chunk);
+      if (withBackpressure) await writeWithBackpressure(call, chunk, opts.maxUnwritten === undefined ? {} : { maxUnwritten: opts.maxUnwritten });
       else call.write(chunk);
       sent++;
       maxOutstanding = Math.max(maxOutstanding, sent - received);
@@ -150,6 +152,19 @@ describe("writeWithBackpressure on a real grpc-js bidi stream", () => {
     expect(r.drains).toBeGreaterThan(5);
     expect(r.maxOutstanding).toBeLessThanOrEqual(48);
     console.log(`with backpressure: ${r.drains} drains, at most ${r.maxOutstanding} of 300 messages in flight`);
+  });
+
+  it("with the site's widened windows a slow replica still bounds the sender: at most the largest stream window plus a few messages", async () => {
+    // What an agent does (replicateResponses.ts: maxUnwritten 4) against what a site advertises.
+    // 10 ms per 1 MiB (100 MiB/s): slower than the sender, so the window fills.
+    const r = await send(120, true, { widen: true, maxUnwritten: 4, delayMs: 10 });
+    // The site starts at 8 MiB and may grow to the maximum on a long fat pipe (windowTuner.ts).
+    const windowMessages = MAX_STREAM_WINDOW_BYTES / MiB;
+    expect(r.received).toBe(120);
+    // The window (at most 32 MiB: 32 messages here), what grpc-js decoded ahead of the paused reader and
+    // the sender's 4 unwritten: bounded, and below the 120 an unbounded sender would reach.
+    expect(r.maxOutstanding).toBeLessThanOrEqual(windowMessages + 48);
+    console.log(`widened windows: at most ${r.maxOutstanding} of 120 messages in flight (window at most ${windowMessages} MiB)`);
   });
 
   it("the same sender without it buffers nearly everything (so the bound above is real)", async () => {
