@@ -67,12 +67,22 @@ export class InvariantChecker {
    */
   async checkPoints(state: RelationshipState, label: string, getState: () => Promise<RelationshipState>): Promise<void> {
     let lastIndex = -1;
+    let last: RecoveryPoint | undefined;
+    const states = this.model.states;
+    const describe = (q: RecoveryPoint, i: number) =>
+      `${q.pointId} (cycle ${q.cycleSeq}, cut-off ${q.cutoffAt}) holds state ${i} (${states[i]!.op ?? "-"}, ${new Date(states[i]!.startedAt).toISOString()}..${new Date(states[i]!.doneAt).toISOString()})`;
     for (const p of [...state.points].sort((a, b) => a.cycleSeq - b.cycleSeq)) {
       if (p.merging) continue;
       const index = await this.checkPoint(p, label, getState);
       if (index === undefined) continue;
-      this.check(index >= lastIndex, `${label}: point ${p.pointId} (cycle ${p.cycleSeq}) shows primary state ${index}, older than the state ${lastIndex} of an earlier point`);
-      lastIndex = Math.max(lastIndex, index);
+      // States of equal content cannot be told apart by a point (a primary reloaded twice with no
+      // write between): only a different, older content is a newer point going back in time.
+      const older = index < lastIndex && states[index]!.hash !== states[lastIndex]!.hash;
+      this.check(!older, `${label}: point ${last ? describe(p, index) : p.pointId}, older than the earlier point ${last ? describe(last, lastIndex) : lastIndex}`);
+      if (index >= lastIndex) {
+        lastIndex = index;
+        last = p;
+      }
     }
     // No partial point listed: a ledger point never names an overlay still being written.
     this.check(
