@@ -151,6 +151,8 @@ export class CycleReceiver {
       await commitAndAck(this.ctx, this.call, this.logger, cycle, { vmId, generation, seq, end, endAt: Date.now() });
     } catch (err) {
       const reason = err instanceof RelationshipRefusal ? err.reason : RejectReason.REJECT_REASON_STORAGE_FAILURE;
+      // Said here as a refusal is: otherwise the log shows the point discarded and nothing of why.
+      this.logger.warn({ vm: vmId, seq, reason: RejectReason[reason], err: errorMessage(err) }, "cycle could not be committed");
       await this.failCycle(seq, RejectReason[reason], errorMessage(err), cycle);
       await this.sendCycleRejected(seq, reason, errorMessage(err));
     }
@@ -158,6 +160,7 @@ export class CycleReceiver {
 
   async onCycleAbort(abort: CycleAbort): Promise<void> {
     if (this.cycle && BigInt(this.cycle.seq) === abort.cycleSequence) {
+      this.logger.warn({ vm: this.hello.vmId, seq: this.cycle.seq, message: abort.message }, "cycle aborted by the sender");
       await this.failCycle(this.cycle.seq, "ABORTED_BY_SENDER", abort.message || "the sender aborted the cycle");
     }
     this.refusedSeq = undefined;
@@ -183,7 +186,9 @@ export class CycleReceiver {
 
   /** The stream ended: a cycle still open is discarded and recorded as failed. */
   async discardOpenCycle(why: string): Promise<void> {
-    if (this.cycle) await this.failCycle(this.cycle.seq, "STREAM_ENDED", why);
+    if (!this.cycle) return;
+    this.logger.info({ vm: this.hello.vmId, seq: this.cycle.seq, why }, "stream ended with a cycle open");
+    await this.failCycle(this.cycle.seq, "STREAM_ENDED", why);
   }
 
   private async rejectChunk(chunk: ExtentChunk, reason: RejectReason, message: string): Promise<void> {
