@@ -11,7 +11,7 @@ import { loadRelationship, relationshipStream, type RecordedEvent } from "../../
 import { getPostgresEventStore, type PostgresEventStore } from "../../src/ledger/postgres/postgresEventStore.js";
 import { siteFile } from "../../src/site/siteConfig.js";
 import { postgresRequired, postgresUnavailableReason, startPostgres, type TestPostgres } from "../helpers/postgres.js";
-import { cliJson, waitFor } from "../helpers/processes.js";
+import { cliJson, waitFor, waitForLogLine } from "../helpers/processes.js";
 import { twoSitesPerTest } from "../helpers/twoSites.js";
 
 const MiB = 1024 * 1024;
@@ -63,7 +63,7 @@ describe.skipIf(skip)("sites on a shared PostgreSQL ledger (real processes)", { 
     // Site B dies by SIGKILL inside the append transaction of its first CycleCommitted (rows
     // inserted, not committed): the test-only fault point, a kill -9 at the worst moment.
     let siteB = await t.startSite(t.siteB, { env: { QREPLICA_FAULT: "crash-mid-ledger-append" } });
-    expect(readFileSync(join(t.siteB, "site.log"), "utf8")).toContain("ledger in a shared store");
+    await waitForLogLine(join(t.siteB, "site.log"), "ledger in a shared store");
 
     // An authorization made through site A's process is in force at site B's process.
     await cliJson(["authorize", "--dir", t.siteA, "--primary", "agent-z"]);

@@ -4,7 +4,7 @@ import { describe, expect, it } from "vitest";
 import { readCounters, waitForCounter } from "../../guest/index.js";
 import { QmpClient } from "../../src/qemu/qmp/index.js";
 import { processAlive, processCommandLine } from "../../src/site/failover/processes.js";
-import { waitFor, type Daemon, cliJson } from "../helpers/processes.js";
+import { waitFor, waitForLogLine, type Daemon, cliJson } from "../helpers/processes.js";
 import { twoSitesPerTest, type TwoSites } from "../helpers/twoSites.js";
 
 const MiB = 1024 * 1024;
@@ -14,15 +14,6 @@ const newTwoSites = twoSitesPerTest();
 async function crashAndRestart(t: TwoSites, site: Daemon, siteDir: string): Promise<Daemon> {
   await site.kill("SIGKILL");
   return t.startSite(siteDir);
-}
-
-/**
- * The site logs asynchronously (pino's SonicBoom): a line logged before the site wrote its
- * address file may reach site.log after the test saw that file. Waits for it (logged or not is
- * what the test asserts; when, within the bound, is not).
- */
-async function siteLogSays(siteDir: string, text: string): Promise<void> {
-  await waitFor(`site.log to say '${text}'`, () => (readFileSync(join(siteDir, "site.log"), "utf8").includes(text) ? true : undefined), 15_000);
 }
 
 async function queryStatus(qmpSocket: string): Promise<string> {
@@ -54,7 +45,7 @@ describe("the site supervises its failover VMs and reverse agents across restart
     expect(await queryStatus(fo.vm.qmpSocket)).toBe("running");
     const c1 = readCounters(fo.vm.serialLog).at(-1)!;
     await waitForCounter(fo.vm.serialLog, (v) => v > c1, 30_000); // still counting
-    await siteLogSays(t.siteB, "failover VM adopted");
+    await waitForLogLine(join(t.siteB, "site.log"), "failover VM adopted");
 
     // --- complete and reverse through the CLI, as the README says; the output names the agent's log ---
     await cliJson(["failover", "vm1", "complete", "--dir", t.siteB]);
@@ -69,7 +60,7 @@ describe("the site supervises its failover VMs and reverse agents across restart
     expect(processAlive(fo.vm.pid)).toBe(true);
     expect(processCommandLine(fo.vm.pid)).toContain(fo.vm.qmpSocket);
     expect(processAlive(rev.agentPid)).toBe(true);
-    await siteLogSays(t.siteB, "reverse replication agent adopted");
+    await waitForLogLine(join(t.siteB, "site.log"), "reverse replication agent adopted");
     const seqA = (await t.relationship("vm1", t.siteA)).lastCycleSeq;
     await waitFor("new reverse points on A after the restart", async () => ((await t.relationship("vm1", t.siteA)).lastCycleSeq >= seqA + 2 ? true : undefined), 90_000);
 

@@ -89,3 +89,11 @@ export async function cliJson<T>(args: string[]): Promise<T> {
   if (r.code !== 0) throw new Error(`qreplica ${args.join(" ")} failed (${r.code}): ${r.stdout}${r.stderr}`);
   return JSON.parse(r.stdout) as T;
 }
+
+/**
+ * Waits until a daemon's log holds `text`. The daemons log asynchronously (pino's SonicBoom): a
+ * line logged before a site wrote its address file can reach the log after a test saw that file.
+ */
+export async function waitForLogLine(logFile: string, text: string, timeoutMs = 15_000): Promise<void> {
+  await waitFor(`${logFile} to say '${text}'`, () => (existsSync(logFile) && readFileSync(logFile, "utf8").includes(text) ? true : undefined), timeoutMs);
+}
