@@ -58,12 +58,16 @@ export class ReplicateResponses {
     const ready = this.items.shift();
     if (ready) return Promise.resolve(ready);
     if (this.ended) return Promise.reject(this.ended);
+    // One wait at a time: a newer wait supersedes an abandoned one (a failed cycle's hash pump)
+    // instead of both racing for the next reply.
+    this.waiter?.reject(new Error(`a newer wait for ${this.peer}'s answer superseded this one`));
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
-        this.waiter = undefined;
+        // Only its own place: a newer wait keeps its replies.
+        if (this.waiter === waiter) this.waiter = undefined;
         reject(new Error(`no answer from ${this.peer} within ${timeoutMs} ms`));
       }, timeoutMs);
-      this.waiter = {
+      const waiter: { resolve(r: ReplicateResponse): void; reject(e: Error): void } = {
         resolve: (r) => {
           clearTimeout(timer);
           resolve(r);
@@ -73,6 +77,7 @@ export class ReplicateResponses {
           reject(e);
         },
       };
+      this.waiter = waiter;
     });
   }
 }
