@@ -10,7 +10,10 @@ import type { ResponseQueue } from "./responseQueue.js";
 import { ComparisonHashes, differingChunks, type ResyncStats } from "./differingChunks.js";
 
 const ACK_TIMEOUT_MS = 10 * 60_000;
-/** A long cycle (an initial copy, a resync) logs how far it has got this often. */
+/**
+ * A long cycle (an initial copy, a resync) logs how far it has got, and in which phase, this
+ * often: a cycle stuck on a read, a hash or the ack is seen in the log, not only its end.
+ */
 const PROGRESS_LOG_MS = 10_000;
 
 /** One for the process: the dead buffers of every VM's chunks add up in one heap. */
@@ -70,7 +73,16 @@ export async function sendCycle(
   const started = Date.now();
   const replica = o.resync ? new ComparisonHashes() : undefined;
   const plannedBytes = cycle.disks.reduce((n, d) => n + (o.resync ? d.sizeAtCutoff : d.dirtyBytes), 0);
-  let progressLoggedAt = started;
+  const resyncStats: ResyncStats = { comparedBytes: 0, differingBytes: 0 };
+  const totals: CycleTotals = { extents: 0, data: 0, zero: 0, wire: 0 };
+  let phase = o.resync ? "comparing with the replica's hashes" : "reading and sending";
+  const progressLog = setInterval(() => {
+    const bytesDone = o.resync ? resyncStats.comparedBytes : totals.data + totals.zero;
+    o.logger.info(
+      { vm: o.vmId, seq: cycle.seq, kind: o.resync ? "resync" : cycle.kind, phase, bytesDone, bytesTotal: plannedBytes, wireBytes: totals.wire, ms: Date.now() - started },
+      "cycle progress",
+    );
+  }, PROGRESS_LOG_MS);
   try {
     await send(stream, responses, {
       body: {
@@ -96,8 +108,6 @@ export async function sendCycle(
     const pump = replica ? receiveReplicaHashes(responses, replica, cycle) : undefined;
     let pumping = pump !== undefined;
     void pump?.finally(() => (pumping = false)).catch(() => undefined);
-    const resyncStats: ResyncStats = { comparedBytes: 0, differingBytes: 0 };
-    const totals: CycleTotals = { extents: 0, data: 0, zero: 0, wire: 0 };
     for (const disk of cycle.disks) {
       const extents = replica ? differingChunks(disk, replica, resyncStats) : disk.extents();
       for await (const extent of extents) {
@@ -112,13 +122,9 @@ export async function sendCycle(
         await o.throttle?.(chunk.wireBytes);
         await send(stream, responses, chunk.request);
         youngGc.note(chunk.wireBytes);
-        if (Date.now() - progressLoggedAt >= PROGRESS_LOG_MS) {
-          progressLoggedAt = Date.now();
-          const bytesDone = o.resync ? resyncStats.comparedBytes : totals.data + totals.zero;
-          o.logger.info({ vm: o.vmId, seq: cycle.seq, kind: o.resync ? "resync" : cycle.kind, bytesDone, bytesTotal: plannedBytes, wireBytes: totals.wire }, "cycle progress");
-        }
       }
     }
+    phase = "waiting for the rest of the replica's hashes";
     await pump;
     o.onEndSent?.(cycle.seq);
     await send(stream, responses, {
@@ -135,6 +141,7 @@ export async function sendCycle(
         },
       },
     });
+    phase = "waiting for the replica site's ack";
     for (;;) {
       const r = await responses.next(ACK_TIMEOUT_MS);
       throwIfRejected(r, cycle.seq, o);
@@ -158,6 +165,7 @@ export async function sendCycle(
     );
     return { totals, resync: o.resync ? resyncStats : undefined };
   } catch (err) {
+    phase = `aborting (${(err as Error).message})`;
     replica?.fail(err as Error);
     if (!cycle.finished) await cycle.abort(err);
     if (err instanceof SnapshotBrokenError) {
@@ -167,6 +175,8 @@ export async function sendCycle(
       );
     }
     throw err;
+  } finally {
+    clearInterval(progressLog);
   }
 }
 
