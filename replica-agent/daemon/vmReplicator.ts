@@ -1,6 +1,5 @@
 import { agentMetrics } from "./agentMetrics.js";
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { mkdirSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Logger } from "../../src/common/logger.js";
 import { ChecksumAlgorithm } from "../../src/gen/qreplica/v1/common.js";
@@ -12,13 +11,14 @@ import type { AgentVmConfig } from "./agentConfig.js";
 import { CyclePolicy } from "./cyclePolicy.js";
 import { SiteBandwidth } from "./bandwidth.js";
 import { bandwidthAt } from "../../src/policy/windows.js";
-import { ResponseQueue } from "./responseQueue.js";
+import { ResponseQueue, type Notice } from "./responseQueue.js";
 import { CycleRefusedError, send, sendCycle, type ReplicateStream } from "./cycleSender.js";
 import { stopForPlannedFailover } from "./plannedFailover.js";
 import { clearExportState, exportInitialCycle, initialReplicationWaitsForSite } from "./mediaExport.js";
 import { CycleScheduler, type CycleSlot, type VmSchedule } from "./cycleScheduler.js";
 import { helloMessage, logUnacknowledgedCycle, pickChecksum, trackingLost, type HelloAnswer } from "./agentHello.js";
 import { nextSlot } from "./slotWait.js";
+import { ReplicationStateFile } from "./replicationStateFile.js";
 
 export type ReplicatorStatus =
   | "starting"
@@ -35,9 +35,19 @@ export type ReplicatorStatus =
   | "refused"
   | "stopped";
 
-interface VmReplicationState {
-  generation: number;
-  replicaSite: string;
+/** One connection's replication: its stream, what the site said, and where the loop stands. */
+interface Session {
+  source: ReplicationSource;
+  capture: CycleCapture;
+  stream: ReplicateStream;
+  responses: ResponseQueue;
+  ack: HelloAnswer;
+  /** Rejects once QEMU is gone or the stream is broken. */
+  broken: Promise<never>;
+  /** Whether the capture layer's bitmaps cover every change since the last cycle. */
+  tracking: boolean;
+  /** What the next cycle is: the site's hint, then what operator notices and cycles made of it. */
+  next: ResumeHint;
 }
 
 /**
@@ -51,7 +61,7 @@ export class VmReplicator {
   cyclesConfirmed = 0;
   private stopped = false;
   private readonly wake = new AbortController();
-  private readonly stateFile: string;
+  private readonly stateFile: ReplicationStateFile;
   /** When this VM's cycles start (the agent's scheduler: grid, spread, in-flight limit). */
   readonly schedule: VmSchedule;
   /** What cycles run with: the site's effective policy, or this VM's config while the site sends none. */
@@ -68,7 +78,7 @@ export class VmReplicator {
     scheduler: CycleScheduler = new CycleScheduler(1),
   ) {
     mkdirSync(stateDir, { recursive: true, mode: 0o700 });
-    this.stateFile = join(stateDir, `${vm.id}.replication.json`);
+    this.stateFile = new ReplicationStateFile(stateDir, vm.id);
     // A group's members share their slots' phase: their cycles are due together and cut together.
     this.schedule = scheduler.schedule(vm.id, { kind: "interval", seconds: vm.intervalSeconds }, vm.group?.id);
     this.policy = new CyclePolicy(vm, logger, (f) => this.schedule.setFrequency(f));
@@ -140,33 +150,18 @@ export class VmReplicator {
     ack: HelloAnswer;
     tracking: boolean;
   }): Promise<void> {
-    const { source, capture, stream, responses, ack } = x;
-    let tracking = x.tracking;
-    let next = ack.hint;
+    const { source, stream, responses, ack } = x;
     let planned: PlannedFailoverRequested | undefined;
     void responses.plannedFailover.then((r) => (planned = r));
     // QEMU gone (crashed or stopped) or the stream broken: reconnect now, not at the next cycle.
     const broken = Promise.race([responses.failed, source.gone]);
     broken.catch(() => undefined);
-    const cycle = async (c: CaptureCycle, resync: boolean) => {
-      const o = { ...this.senderOptions(), resync };
-      const started = Date.now();
-      try {
-        const { totals } = await sendCycle(stream, responses, c, ack.generation, o);
-        this.policy.noteAcknowledged(c.consistency);
-        agentMetrics.committed(this.vm.id, { readBytes: totals.data, sentBytes: totals.wire, seconds: (Date.now() - started) / 1000 });
-        agentMetrics.cutoff(this.vm.id, c);
-      } catch (err) {
-        agentMetrics.outcome(this.vm.id, err instanceof CycleRefusedError ? "refused" : "failed");
-        throw err;
-      }
-      this.cyclesConfirmed++;
-    };
+    const s: Session = { ...x, broken, next: ack.hint };
     while (!this.stopped) {
       if (planned) {
         await stopForPlannedFailover({
           source,
-          capture,
+          capture: s.capture,
           stream,
           responses,
           generation: ack.generation,
@@ -179,87 +174,123 @@ export class VmReplicator {
         this.stopped = true;
         return;
       }
-      const notice = responses.takeNotice();
-      if (notice?.$case === "replicationPaused") {
-        this.logger.warn({ vm: this.vm.id, reason: notice.value.reason }, "replication paused by an operator: no cycle until resumed (changes are kept)");
-        next = ResumeHint.RESUME_HINT_WAIT_FOR_OPERATOR;
-      } else if (notice?.$case === "replicationResumed") {
-        this.logger.info({ vm: this.vm.id }, "replication resumed by an operator");
-        next = notice.value.resumeHint;
-      } else if (notice?.$case === "resyncRequested") {
-        this.logger.info({ vm: this.vm.id, by: notice.value.requestedBy }, "resync requested by an operator");
-        next = ResumeHint.RESUME_HINT_RESYNC;
-      }
-      if (next === ResumeHint.RESUME_HINT_WAIT_FOR_OPERATOR) {
+      s.next = this.applyNotice(responses.takeNotice(), s.next);
+      if (s.next === ResumeHint.RESUME_HINT_WAIT_FOR_OPERATOR) {
         this.status = "waiting-for-operator";
-        await Promise.race([responses.noticeArrived(), responses.plannedFailover, broken, this.stoppedSignal()]);
+        await this.untilToldOrBroken(s);
         continue;
       }
-      if (next === ResumeHint.RESUME_HINT_RESYNC || next === ResumeHint.RESUME_HINT_INITIAL_REPLICATION) {
-        const resync = next === ResumeHint.RESUME_HINT_RESYNC;
-        const choice = this.vm.initialReplication;
-        if (!resync && this.waitsForSite(ack)) {
-          // Nothing to send: the replica site's operator imports the export or registers a seed, and the site tells us.
-          await Promise.race([responses.noticeArrived(), responses.plannedFailover, broken, this.stoppedSignal()]);
-          continue;
-        }
-        if (!resync) this.status = "waiting-for-schedule";
-        if (!resync && !(await this.policy.untilInitialReplication([responses.plannedFailover, responses.noticeArrived(), broken], this.wake.signal))) continue;
-        this.status = resync ? "resynchronising" : "initial-replication";
-        const slot = await this.slot(responses, broken, "now");
-        if (!slot) continue;
-        try {
-          // A new bitmap in the same transaction as the cut-off: every later write is tracked.
-          const opened = await capture.enable({ minSeq: ack.lastCycleSeq + 1 }).catch((err: unknown) => this.skipped(err, stream, responses, ack.generation));
-          if (opened && !resync && choice.kind === "export") {
-            await exportInitialCycle(opened, {
-              dir: choice.dir,
-              vmId: this.vm.id,
-              primarySiteId: this.siteId,
-              generation: ack.generation,
-              stateDir: this.stateDir,
-              logger: this.logger,
-            });
-            tracking = true;
-            continue;
-          }
-          if (opened) {
-            await cycle(opened, resync);
-            tracking = true;
-            next = ResumeHint.RESUME_HINT_INCREMENTAL;
-            this.status = "replicating";
-          }
-        } finally {
-          slot.release();
-        }
-        if (next !== ResumeHint.RESUME_HINT_INCREMENTAL) {
-          // Skipped (the scratch is low, say): tried again at this VM's next slot, not at once.
-          (await this.slot(responses, broken, "grid"))?.release();
-        }
-        continue;
-      }
-      // Incremental cycles need the bitmap; without it the site must hear of the loss in a Hello.
-      if (!tracking) throw new Error("change tracking was lost and the replica site expects incremental cycles: reconnecting to report it");
-      this.status = "replicating";
-      const slot = await this.slot(responses, broken, "grid");
-      if (!slot) continue;
-      agentMetrics.cyclesInFlight(this.schedule.inFlight);
-      if (slot.missed > 0) agentMetrics.slotsMissed(this.vm.id, slot.missed);
-      if (slot.missed > 0)
-        this.logger.warn(
-          { vm: this.vm.id, missed: slot.missed, missedTotal: this.schedule.stats.missed },
-          "cycle slots missed: the last cycle overran them or the agent's maxCyclesInFlight was reached; this cycle serves the newest",
-        );
-      try {
-        await this.incremental(source, async () => {
-          const opened = await capture.beginCycle().catch((err: unknown) => this.skipped(err, stream, responses, ack.generation));
-          if (opened) await cycle(opened, false);
-        });
-      } finally {
-        slot.release();
-        agentMetrics.cyclesInFlight(this.schedule.inFlight);
-      }
+      if (s.next === ResumeHint.RESUME_HINT_RESYNC || s.next === ResumeHint.RESUME_HINT_INITIAL_REPLICATION) await this.wholeDiskCycle(s);
+      else await this.incrementalCycle(s);
     }
+  }
+
+  /** The hint after an operator's notice (pause, resume, resync now), logged; unchanged without one. */
+  private applyNotice(notice: Notice | undefined, next: ResumeHint): ResumeHint {
+    if (notice?.$case === "replicationPaused") {
+      this.logger.warn({ vm: this.vm.id, reason: notice.value.reason }, "replication paused by an operator: no cycle until resumed (changes are kept)");
+      return ResumeHint.RESUME_HINT_WAIT_FOR_OPERATOR;
+    }
+    if (notice?.$case === "replicationResumed") {
+      this.logger.info({ vm: this.vm.id }, "replication resumed by an operator");
+      return notice.value.resumeHint;
+    }
+    if (notice?.$case === "resyncRequested") {
+      this.logger.info({ vm: this.vm.id, by: notice.value.requestedBy }, "resync requested by an operator");
+      return ResumeHint.RESUME_HINT_RESYNC;
+    }
+    return next;
+  }
+
+  private untilToldOrBroken(s: Session): Promise<unknown> {
+    return Promise.race([s.responses.noticeArrived(), s.responses.plannedFailover, s.broken, this.stoppedSignal()]);
+  }
+
+  /**
+   * The initial replication or a resync by comparison: a new bitmap in the same transaction as
+   * the cut-off, then every disk whole (a resync sends only what differs from the replica).
+   */
+  private async wholeDiskCycle(s: Session): Promise<void> {
+    const resync = s.next === ResumeHint.RESUME_HINT_RESYNC;
+    const choice = this.vm.initialReplication;
+    if (!resync && this.waitsForSite(s.ack)) {
+      // Nothing to send: the replica site's operator imports the export or registers a seed, and the site tells us.
+      await this.untilToldOrBroken(s);
+      return;
+    }
+    if (!resync) this.status = "waiting-for-schedule";
+    if (!resync && !(await this.policy.untilInitialReplication([s.responses.plannedFailover, s.responses.noticeArrived(), s.broken], this.wake.signal))) return;
+    this.status = resync ? "resynchronising" : "initial-replication";
+    const slot = await this.slot(s.responses, s.broken, "now");
+    if (!slot) return;
+    try {
+      const opened = await s.capture.enable({ minSeq: s.ack.lastCycleSeq + 1 }).catch((err: unknown) => this.skipped(err, s.stream, s.responses, s.ack.generation));
+      if (opened && !resync && choice.kind === "export") {
+        await exportInitialCycle(opened, {
+          dir: choice.dir,
+          vmId: this.vm.id,
+          primarySiteId: this.siteId,
+          generation: s.ack.generation,
+          stateDir: this.stateDir,
+          logger: this.logger,
+        });
+        s.tracking = true;
+        return;
+      }
+      if (opened) {
+        await this.sendAndCount(s, opened, resync);
+        s.tracking = true;
+        s.next = ResumeHint.RESUME_HINT_INCREMENTAL;
+        this.status = "replicating";
+      }
+    } finally {
+      slot.release();
+    }
+    if (s.next !== ResumeHint.RESUME_HINT_INCREMENTAL) {
+      // Skipped (the scratch is low, say): tried again at this VM's next slot, not at once.
+      (await this.slot(s.responses, s.broken, "grid"))?.release();
+    }
+  }
+
+  /** One incremental cycle at this VM's next slot on the grid. */
+  private async incrementalCycle(s: Session): Promise<void> {
+    // Incremental cycles need the bitmap; without it the site must hear of the loss in a Hello.
+    if (!s.tracking) throw new Error("change tracking was lost and the replica site expects incremental cycles: reconnecting to report it");
+    this.status = "replicating";
+    const slot = await this.slot(s.responses, s.broken, "grid");
+    if (!slot) return;
+    agentMetrics.cyclesInFlight(this.schedule.inFlight);
+    if (slot.missed > 0) {
+      agentMetrics.slotsMissed(this.vm.id, slot.missed);
+      this.logger.warn(
+        { vm: this.vm.id, missed: slot.missed, missedTotal: this.schedule.stats.missed },
+        "cycle slots missed: the last cycle overran them or the agent's maxCyclesInFlight was reached; this cycle serves the newest",
+      );
+    }
+    try {
+      await this.incremental(s.source, async () => {
+        const opened = await s.capture.beginCycle().catch((err: unknown) => this.skipped(err, s.stream, s.responses, s.ack.generation));
+        if (opened) await this.sendAndCount(s, opened, false);
+      });
+    } finally {
+      slot.release();
+      agentMetrics.cyclesInFlight(this.schedule.inFlight);
+    }
+  }
+
+  /** Sends one captured cycle and counts its outcome in the agent's metrics. */
+  private async sendAndCount(s: Session, c: CaptureCycle, resync: boolean): Promise<void> {
+    const started = Date.now();
+    try {
+      const { totals } = await sendCycle(s.stream, s.responses, c, s.ack.generation, { ...this.senderOptions(), resync });
+      this.policy.noteAcknowledged(c.consistency);
+      agentMetrics.committed(this.vm.id, { readBytes: totals.data, sentBytes: totals.wire, seconds: (Date.now() - started) / 1000 });
+      agentMetrics.cutoff(this.vm.id, c);
+    } catch (err) {
+      agentMetrics.outcome(this.vm.id, err instanceof CycleRefusedError ? "refused" : "failed");
+      throw err;
+    }
+    this.cyclesConfirmed++;
   }
 
   /** The initial replication comes from the site's side (a seed, an export not yet imported): shown in the status. */
@@ -339,7 +370,7 @@ export class VmReplicator {
     capture: CycleCapture,
     lost: Array<{ diskId: string; code: string; reason: string }>,
   ): Promise<HelloAnswer> {
-    const saved = this.loadState();
+    const saved = this.stateFile.load();
     await send(stream, responses, {
       body: {
         $case: "hello",
@@ -356,7 +387,7 @@ export class VmReplicator {
     this.noteUnacknowledged(Number(reply.value.lastCommittedCycleSequence), lost.length > 0);
     this.chunkChecksum = pickChecksum(this.vm, reply.value.acceptedChecksumAlgorithms);
     this.policy.use(reply.value.policy, "hello");
-    this.saveState({ generation, replicaSite: this.vm.replicaSite });
+    this.stateFile.save({ generation, replicaSite: this.vm.replicaSite });
     const hint = reply.value.resumeHint;
     // The site holds a point: an export this agent wrote has been imported (or superseded).
     if (hint !== ResumeHint.RESUME_HINT_INITIAL_REPLICATION) clearExportState(this.stateDir, this.vm.id);
@@ -394,19 +425,6 @@ export class VmReplicator {
     if (seq === undefined) return;
     this.unacknowledgedSeq = undefined;
     logUnacknowledgedCycle(this.logger, this.vm.id, seq, lastCommitted, trackingLost);
-  }
-
-  private loadState(): VmReplicationState | undefined {
-    try {
-      return JSON.parse(readFileSync(this.stateFile, "utf8")) as VmReplicationState;
-    } catch {
-      return undefined;
-    }
-  }
-
-  private saveState(state: VmReplicationState): void {
-    writeFileSync(`${this.stateFile}.tmp`, JSON.stringify(state), { mode: 0o600 });
-    renameSync(`${this.stateFile}.tmp`, this.stateFile);
   }
 
   /** The next cycle's permit, or undefined when an operator notice, a planned failover or a stop comes first (see nextSlot). */
