@@ -1,38 +1,17 @@
 import { InvalidCommandInputError, OutOfOrderCycleError } from "../errors.js";
 import { judgeSample, type EncryptionBaseline } from "../encryptionSignal.js";
-import { pointIdFor, relationshipEvent, type Consistency, type CycleKind, type DiskCompression, type PointDisk, type PointGroup, type RelationshipEvent } from "../events.js";
+import { pointIdFor, relationshipEvent, type CycleKind, type DiskCompression, type PointGroup, type RelationshipEvent, type RelationshipEventData } from "../events.js";
 import { requireConsistency, requireCount, requireEnabled, requireGeneration, requireNextCycle, requirePointDisks, requireState, requireTime } from "../guards.js";
 import type { RelationshipState } from "../relationship.js";
 import type { ReplicationStateName } from "../states.js";
 
-export interface CommitCycleInput {
-  cycleSeq: number;
-  kind: CycleKind;
-  generation: number;
-  cutoffAt: string;
-  committedAt: string;
-  consistency: Consistency;
-  /** An application-consistent point was due and the guest could not be frozen: why (crash-consistent points only). */
-  quiesceFailure?: string;
-  /** Every replicated disk, with this point's own image (base for the full cycle, else its overlay). */
-  disks: PointDisk[];
-  dataBytes: number;
-  /** dataBytes by disk id; absent from cycles recorded before it was kept. */
-  diskDataBytes?: Record<string, number>;
-  zeroBytes: number;
-  wireBytes: number;
-  extents: number;
-  durationMs: number;
-  comparedBytes?: number;
-  /** The point was imported from the primary's export: its disk bytes (dataBytes and wireBytes are then 0). */
-  importedBytes?: number;
-  /** By disk id: changed bytes that did not compress, and wire bytes (needs diskDataBytes). */
-  diskCompression?: Record<string, DiskCompression>;
+/** What the site commits: the CycleCommitted event's own fields, and what goes into the point's event. */
+export type CommitCycleInput = RelationshipEventData["CycleCommitted"] & {
   /** The policy's lock on this point, if it has one (ISO time). */
   lockedUntil?: string;
   /** The consistency group cut-off the point was cut in. */
   group?: PointGroup;
-}
+};
 
 const COMMAND = "commitCycle";
 
