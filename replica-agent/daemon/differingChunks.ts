@@ -30,10 +30,10 @@ const READS_IN_FLIGHT = 4;
 /**
  * One READ's size. Measured reading and hashing 4 GiB of the benchmark's mix from a
  * qemu-storage-daemon export (disk qcow2 under a fleece overlay, as the agent builds it), as CPU-s
- * of the agent and QEMU together (2026-12-05, load 11-20, niced, interleaved passes): 512 KiB pieces
- * of 4 MiB units, 4 units in flight, 4.23 CPU-s (median of 6; agent 2.63, QEMU 1.60) against 5.73
- * (agent 3.33, QEMU 2.54) for the 192 KiB pieces of 1 MiB units, 16 in flight, used before; every
- * pass cheaper. QEMU switched context ~31k times against ~53k: each READ costs it a handoff to
+ * of the agent and QEMU together (2026-12-05, load 6-20, niced, 10 interleaved pairs of passes):
+ * 512 KiB pieces of 4 MiB units, 4 units in flight, 4.83 CPU-s (median; agent 2.75, QEMU 2.02)
+ * against 6.84 (agent 3.89, QEMU 2.95) for the 192 KiB pieces of 1 MiB units, 16 in flight, used
+ * before; every pair cheaper. QEMU switched context ~31k times against ~53k: each READ costs it a handoff to
  * its I/O thread pool and back whatever its size, while a reply larger than its socket's send
  * buffer (208 KiB) costs no extra wakeups per byte. 384 and 768 KiB measured alike; 1 MiB pieces
  * make QEMU's allocator fault in every page of every request buffer (a million page faults, 16
