@@ -1,6 +1,6 @@
 import { SharedChunkHasher, type SlotDigests } from "../../src/common/sharedChunkHasher.js";
 import { zeroChunkDigest, type ChunkDigestName } from "../../src/common/chunkDigest.js";
-import { knownZeroChunks, readInPieces } from "../../src/qemu/nbd/index.js";
+import { knownZeroChunks, type NbdClient } from "../../src/qemu/nbd/index.js";
 import { digestFromWire } from "../../src/transport/index.js";
 import type { ResyncHashes } from "../../src/gen/qreplica/v1/replication.js";
 import type { CaptureExtent, DiskCycle } from "../capture/index.js";
@@ -8,7 +8,7 @@ import type { CaptureExtent, DiskCycle } from "../capture/index.js";
 export interface ResyncStats {
   /** Bytes of the disk compared here: read and hashed, or known to be zeroes (knownZeroBytes). */
   comparedBytes: number;
-  /** Of comparedBytes, those QEMU reported as reading zeroes (base:allocation): neither read nor hashed, their hash is a constant. */
+  /** Of comparedBytes, those QEMU reported as reading zeroes (base:allocation): not read, and their hash is a constant (not computed). */
   knownZeroBytes?: number;
   /** Bytes whose chunk hash differed from the replica's: what travels (as data or zeroes). */
   differingBytes: number;
@@ -20,24 +20,59 @@ export interface ResyncStats {
   replicaWaitMs?: number;
 }
 
-/** A read unit covers this many chunks (hashed together: one message to the hashing thread). */
-const CHUNKS_PER_READ = 16;
-const READS_IN_FLIGHT = 16;
 /**
- * One READ's size. A reply must fit QEMU's unix-socket send buffer (208 KiB by default): a 256 KiB
- * one (EFFICIENT_READ_BYTES, what the capture reads) leaves QEMU's send blocked until the agent
- * drains it, and the two take turns. Reading 4 GiB of the mix from a qemu-storage-daemon export
- * with this resync loop (2026-12-05, load 15-24), 192 KiB pieces took 3.50 and 3.83 s against 4.14
- * and 4.79 s for 256 KiB (medians of 6 interleaved passes, twice); 128 KiB ones cost QEMU more CPU.
- * In the resync benchmark at load 20-25 the two were alike (medians 5.5 against 5.7 s, 6 rounds).
+ * A read unit: this many bytes (whole chunks, at least one), hashed together (one message to the
+ * hashing thread) and read as READ_PIECE_BYTES requests. 4 MiB units of 512 KiB pieces, 4 units in
+ * flight (32 READs), 6 slots: see READ_PIECE_BYTES for the measurements.
  */
-const READ_PIECE_BYTES = 192 * 1024;
+const UNIT_BYTES = 4 * 1024 * 1024;
+const READS_IN_FLIGHT = 4;
 /**
- * Read units held at once (1 MiB each, shared with the hashing thread): those being read plus those
- * read and waiting for (or in) the hashing. 16, 32 and 64 slots measured alike (A/B rounds under
- * load), so 16: the memory the in-place hashing used before.
+ * One READ's size. Measured reading and hashing 4 GiB of the benchmark's mix from a
+ * qemu-storage-daemon export (disk qcow2 under a fleece overlay, as the agent builds it), as CPU-s
+ * of the agent and QEMU together (2026-12-05, load 6-20, niced, 10 interleaved pairs of passes):
+ * 512 KiB pieces of 4 MiB units, 4 units in flight, 4.83 CPU-s (median; agent 2.75, QEMU 2.02)
+ * against 6.84 (agent 3.89, QEMU 2.95) for the 192 KiB pieces of 1 MiB units, 16 in flight, used
+ * before; every pair cheaper. QEMU switched context ~31k times against ~53k: each READ costs it a handoff to
+ * its I/O thread pool and back whatever its size, while a reply larger than its socket's send
+ * buffer (208 KiB) costs no extra wakeups per byte. 384 and 768 KiB measured alike; 1 MiB pieces
+ * make QEMU's allocator fault in every page of every request buffer (a million page faults, 16
+ * CPU-s), and so does keeping fewer READs in flight (16 of 512 KiB: 110k faults, QEMU 3.8 CPU-s):
+ * QEMU's heap top is trimmed whenever its request buffers are all freed at once.
  */
-const HASH_SLOTS = 16;
+const READ_PIECE_BYTES = 512 * 1024;
+/**
+ * Read units held at once (4 MiB each, shared with the hashing thread): those being read plus those
+ * read and waiting for (or in) the hashing.
+ */
+const HASH_SLOTS = 6;
+
+/**
+ * Reads one unit into `into` as READs of READ_PIECE_BYTES in flight at once. A piece QEMU reports
+ * as reading zeroes (`isZero`) is not read but zero-filled: the hashing thread then finds its
+ * chunks zero without hashing them, so a unit that is partly zero reads only its other pieces.
+ */
+function readUnit(
+  client: NbdClient,
+  offset: number,
+  length: number,
+  into: Buffer,
+  isZero: (offset: number, length: number) => boolean,
+): { done: Promise<unknown>; zeroBytes: number } {
+  const piece = Math.min(READ_PIECE_BYTES, client.maxRequestBytes);
+  const reads: Array<Promise<Buffer>> = [];
+  let zeroBytes = 0;
+  for (let at = 0; at < length; at += piece) {
+    const n = Math.min(piece, length - at);
+    if (isZero(offset + at, n)) {
+      into.fill(0, at, at + n);
+      zeroBytes += n;
+    } else {
+      reads.push(client.read(offset + at, n, into.subarray(at)));
+    }
+  }
+  return { done: Promise.all(reads), zeroBytes };
+}
 
 /** ComparisonHashes.known: the replica's hash of that chunk has not arrived yet. */
 export const NOT_YET: unique symbol = Symbol("not yet");
@@ -144,13 +179,13 @@ export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashe
   const { chunkBytes, digest } = await replica.scheme(disk.diskId);
   stats.startWaitMs = (stats.startWaitMs ?? 0) + performance.now() - waitFrom;
   const size = disk.sizeAtCutoff;
-  const readBytes = chunkBytes * CHUNKS_PER_READ;
+  const readBytes = chunkBytes * Math.max(1, Math.floor(UNIT_BYTES / chunkBytes));
   const zero = Buffer.alloc(chunkBytes);
   // Runs QEMU reports as reading zeroes are neither read nor hashed: their hash is a constant.
   const knownZero = await knownZeroChunks(disk.clients[0]!, chunkBytes);
   const unitIsZero = (offset: number, length: number) => {
     if (!knownZero) return false;
-    for (let i = offset / chunkBytes; i * chunkBytes < offset + length; i++) if (knownZero[i] !== 1) return false;
+    for (let i = Math.floor(offset / chunkBytes); i * chunkBytes < offset + length; i++) if (knownZero[i] !== 1) return false;
     return true;
   };
   const theirHash = async (chunkOffset: number) => {
@@ -164,7 +199,7 @@ export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashe
   let stopped = false;
   try {
     // slot undefined: a unit known to read as zeroes, not read. Results are taken in disk order.
-    const pending: Array<{ offset: number; length: number; slot?: number; job?: Promise<SlotDigests> }> = [];
+    const pending: Array<{ offset: number; length: number; slot?: number; job?: Promise<SlotDigests>; zeroBytes?: number }> = [];
     const free = Array.from({ length: HASH_SLOTS }, (_, i) => i);
     let next = 0;
     let reading = 0;
@@ -183,20 +218,21 @@ export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashe
       const slot = free.pop()!;
       // Read in pieces of READ_PIECE_BYTES, hashed as one unit.
       reading++;
-      const job = readInPieces(client, offset, length, hasher.buffer(slot), { pieceBytes: READ_PIECE_BYTES }).then(() => {
+      const unit = readUnit(client, offset, length, hasher.buffer(slot), unitIsZero);
+      const job = unit.done.then(() => {
         reading--;
         refill();
         return hasher.hash(slot, length);
       });
       job.catch(() => undefined);
-      pending.push({ offset, length, slot, job });
+      pending.push({ offset, length, slot, job, zeroBytes: unit.zeroBytes });
     };
     const refill = () => {
       while (!stopped && next < size && free.length > 0 && reading < READS_IN_FLIGHT && pending.length < HASH_SLOTS * 4) issue();
     };
     refill();
     while (pending.length > 0) {
-      const { offset, length, slot, job } = pending[0]!;
+      const { offset, length, slot, job, zeroBytes } = pending[0]!;
       if (slot === undefined || job === undefined) {
         for (let at = 0; at < length; at += chunkBytes) {
           const n = Math.min(chunkBytes, length - at);
@@ -217,6 +253,7 @@ export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashe
       stats.readWaitMs = (stats.readWaitMs ?? 0) + performance.now() - t;
       stats.hashMs = (stats.hashMs ?? 0) + hashMs;
       stats.comparedBytes += length;
+      if (zeroBytes) stats.knownZeroBytes = (stats.knownZeroBytes ?? 0) + zeroBytes;
       const buf = hasher.buffer(slot);
       for (let i = 0, at = 0; at < length; i++, at += chunkBytes) {
         const n = Math.min(chunkBytes, length - at);

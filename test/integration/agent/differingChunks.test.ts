@@ -13,8 +13,9 @@ import { digestToWire } from "../../../src/transport/index.js";
 
 const KiB = 1024;
 const CHUNK = 64 * KiB;
-// 40 chunks and a short one: several 16-chunk read units, some wholly zero.
-const SIZE = 40 * CHUNK + 8 * KiB;
+// 130 chunks and a short one: three 64-chunk (4 MiB) read units of 8-chunk (512 KiB) pieces, the
+// second wholly zero.
+const SIZE = 130 * CHUNK + 8 * KiB;
 const cleanups: Array<() => Promise<unknown> | unknown> = [];
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
@@ -26,22 +27,21 @@ describe("differingChunks: the agent's side of a resync by comparison", () => {
     cleanups.push(tmp.cleanup);
     const img = join(tmp.path, "primary.qcow2");
     await runTool("qemu-img", ["create", "-q", "-f", "qcow2", img, String(SIZE)]);
-    // Data in chunks 0-2 and 14; written zeroes over 16-31; the rest (3-13, 15, 32-39) a hole; data in the short last chunk.
+    // Data in chunks 0-2 and 14; written zeroes over 64-127; the rest (3-13, 15-63, 128-129) a hole; data in the short last chunk.
     await runTool("qemu-io", [
       "-f",
       "qcow2",
       img,
-      ...[`write -P 0x61 0 ${3 * CHUNK}`, `write -z ${16 * CHUNK} ${16 * CHUNK}`, `write -P 0x62 ${14 * CHUNK} ${CHUNK}`, `write -P 0x63 ${40 * CHUNK} ${8 * KiB}`].flatMap((c) => [
-        "-c",
-        c,
-      ]),
+      ...[`write -P 0x61 0 ${3 * CHUNK}`, `write -z ${64 * CHUNK} ${64 * CHUNK}`, `write -P 0x62 ${14 * CHUNK} ${CHUNK}`, `write -P 0x63 ${130 * CHUNK} ${8 * KiB}`].flatMap(
+        (c) => ["-c", c],
+      ),
     ]);
     await convertImage(img, join(tmp.path, "primary.raw"), { dstFormat: "raw" });
     const primary = readFileSync(join(tmp.path, "primary.raw"));
 
-    // The replica: equal in chunk 0, data where the primary has zeroes (5, 17, 35), zeroes where it has data (1), equal elsewhere.
+    // The replica: equal in chunk 0, data where the primary has zeroes (5, 40, 70, 129), zeroes where it has data (1), equal elsewhere.
     const replica = Buffer.from(primary);
-    for (const i of [5, 17, 35]) randomBytes(CHUNK).copy(replica, i * CHUNK);
+    for (const i of [5, 40, 70, 129]) randomBytes(CHUNK).copy(replica, i * CHUNK);
     replica.fill(0, CHUNK, 2 * CHUNK);
     const hashes = new ComparisonHashes();
     const all: Buffer[] = [];
@@ -61,10 +61,11 @@ describe("differingChunks: the agent's side of a resync by comparison", () => {
       else replica.fill(0, e.offset, e.offset + e.length);
     }
     expect(replica.equals(primary)).toBe(true);
-    expect(yielded).toEqual([1, 5, 17, 35]);
-    // Read units are 16 chunks: 16-31 is known zero and skipped (17 still yielded, as zeroes); the
-    // holes inside 0-15 and 32-40, which hold data too, are read.
-    expect(stats.knownZeroBytes).toBe(16 * CHUNK);
+    expect(yielded).toEqual([1, 5, 40, 70, 129]);
+    // 64-127 is a known-zero unit, neither read nor hashed (70 still yielded, as zeroes); in the
+    // first unit the pieces 16-63 are known zero and not read (40 yielded too); the pieces holding
+    // data (0-7, 8-15, 128-130) are read, holes included.
+    expect(stats.knownZeroBytes).toBe(64 * CHUNK + 48 * CHUNK);
     expect(stats.comparedBytes).toBe(SIZE);
   });
 
