@@ -13,8 +13,9 @@ import { processAlive, processCommandLine, terminate } from "./processes.js";
 const COMPILED = import.meta.url.endsWith(".js");
 const AGENT_MAIN = fileURLToPath(new URL(`../../../replica-agent/main.${COMPILED ? "js" : "ts"}`, import.meta.url));
 // The heap flags this site was started with (bin/qreplica.js's `#!` line: --max-semi-space-size,
-// --expose-gc), so that an agent it starts has the heap an installed agent (bin/qreplica-agent.js) has.
-const HEAP_FLAGS = process.execArgv.filter((a) => /^--max-(semi|old)-space-size=/.test(a) || a === "--expose-gc");
+// --heap-growing-percent, --expose-gc), so that an agent it starts has the heap an installed agent
+// (bin/qreplica-agent.js) has.
+const HEAP_FLAGS = process.execArgv.filter((a) => /^--(max-(semi|old)-space-size|heap-growing-percent)=/.test(a) || a === "--expose-gc");
 const AGENT_NODE_ARGS = [...HEAP_FLAGS, ...(COMPILED ? [] : ["--import", "tsx"])];
 
 export interface ReverseAgentOptions {
