@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { chunkDigest, zeroChunkDigest, type ChunkDigestName } from "../common/chunkDigest.js";
-import { BASE_ALLOCATION_CONTEXT, knownZeroChunks, NbdClient, readInPieces } from "../qemu/nbd/index.js";
+import { BASE_ALLOCATION_CONTEXT, knownZeroChunks, knownZeroRanges, NbdClient, readInPieces } from "../qemu/nbd/index.js";
 import { addReadOnlyExport, removeReadOnlyExport } from "./readOnlyExport.js";
 import type { SiteStorageDaemon } from "./siteStorageDaemon.js";
 
@@ -33,12 +33,7 @@ export async function* chunkHashes(daemon: SiteStorageDaemon, imagePath: string,
     try {
       const readBytes = chunkBytes * CHUNKS_PER_READ;
       // Runs the chain reports as reading zeroes are neither read nor hashed: their hash is a constant.
-      const knownZero = await knownZeroChunks(client, chunkBytes);
-      const unitIsZero = (offset: number, length: number) => {
-        if (!knownZero) return false;
-        for (let i = offset / chunkBytes; i * chunkBytes < offset + length; i++) if (knownZero[i] !== 1) return false;
-        return true;
-      };
+      const unitIsZero = knownZeroRanges(await knownZeroChunks(client, chunkBytes), chunkBytes);
       // read undefined: a unit known to read as zeroes, not read.
       const queue: Array<{ offset: number; length: number; read?: Promise<Buffer>; into?: Buffer }> = [];
       // Read buffers go round: fresh 1 MiB allocations per read cost more in GC than the hashing.

@@ -25,5 +25,5 @@ export {
   NBD_FLAG_SEND_FAST_ZERO,
   NBD_FLAG_CAN_MULTI_CONN,
 } from "./constants.js";
-export { knownZeroChunks, BASE_ALLOCATION_CONTEXT } from "./zeroChunks.js";
-export { EFFICIENT_READ_BYTES, readInPieces } from "./pieceRead.js";
+export { knownZeroChunks, knownZeroRanges, BASE_ALLOCATION_CONTEXT } from "./zeroChunks.js";
+export { EFFICIENT_READ_BYTES, readInPieces, startPieceReads, type PieceReadOptions } from "./pieceRead.js";

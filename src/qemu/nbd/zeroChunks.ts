@@ -32,3 +32,15 @@ export async function knownZeroChunks(client: NbdClient, chunkBytes: number): Pr
   if (runStart >= 0) mark(runStart, runEnd);
   return zero;
 }
+
+/**
+ * Whether [offset, offset+length) lies wholly in chunks `knownZero` (from knownZeroChunks) marks
+ * as reading zeroes; always false without it (then everything is read).
+ */
+export function knownZeroRanges(knownZero: Uint8Array | undefined, chunkBytes: number): (offset: number, length: number) => boolean {
+  return (offset, length) => {
+    if (!knownZero) return false;
+    for (let i = Math.floor(offset / chunkBytes); i * chunkBytes < offset + length; i++) if (knownZero[i] !== 1) return false;
+    return true;
+  };
+}
