@@ -7,7 +7,7 @@ import { getCodec } from "../../src/codec/index.js";
 import { YoungGc } from "../../src/common/youngGc.js";
 import { SnapshotBrokenError, type CaptureCycle } from "../capture/index.js";
 import type { ResponseQueue } from "./responseQueue.js";
-import { ComparisonHashes, differingChunks, type ResyncStats } from "./differingChunks.js";
+import { ComparisonHashes, differingChunks, startResyncHasher, type ResyncStats } from "./differingChunks.js";
 
 const ACK_TIMEOUT_MS = 10 * 60_000;
 /**
@@ -72,6 +72,8 @@ export async function sendCycle(
   const codec = getCodec("zstd");
   const started = Date.now();
   const replica = o.resync ? new ComparisonHashes() : undefined;
+  // Started before the CycleBegin goes out: the thread boots while the site opens its point.
+  const hasher = o.resync ? startResyncHasher() : undefined;
   const plannedBytes = cycle.disks.reduce((n, d) => n + (o.resync ? d.sizeAtCutoff : d.dirtyBytes), 0);
   const resyncStats: ResyncStats = { comparedBytes: 0, differingBytes: 0 };
   const totals: CycleTotals = { extents: 0, data: 0, zero: 0, wire: 0 };
@@ -109,7 +111,7 @@ export async function sendCycle(
     let pumping = pump !== undefined;
     void pump?.finally(() => (pumping = false)).catch(() => undefined);
     for (const disk of cycle.disks) {
-      const extents = replica ? differingChunks(disk, replica, resyncStats) : disk.extents();
+      const extents = replica ? differingChunks(disk, replica, resyncStats, hasher) : disk.extents();
       for await (const extent of extents) {
         // While the hashes stream in, the pump reads the responses (and sees any refusal).
         const early = pumping ? undefined : responses.poll();
@@ -177,6 +179,7 @@ export async function sendCycle(
     throw err;
   } finally {
     clearInterval(progressLog);
+    await hasher?.close();
   }
 }
 

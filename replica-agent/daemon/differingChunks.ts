@@ -1,6 +1,6 @@
-import { SharedChunkHasher, type SlotDigests } from "../../src/common/sharedChunkHasher.js";
+import { MIN_CHUNK_BYTES, SharedChunkHasher, type SlotDigests } from "../../src/common/sharedChunkHasher.js";
 import { zeroChunkDigest, type ChunkDigestName } from "../../src/common/chunkDigest.js";
-import { knownZeroChunks, type NbdClient } from "../../src/qemu/nbd/index.js";
+import { knownZeroChunks, knownZeroRanges, startPieceReads } from "../../src/qemu/nbd/index.js";
 import { digestFromWire } from "../../src/transport/index.js";
 import type { ResyncHashes } from "../../src/gen/qreplica/v1/replication.js";
 import type { CaptureExtent, DiskCycle } from "../capture/index.js";
@@ -48,30 +48,11 @@ const READ_PIECE_BYTES = 512 * 1024;
 const HASH_SLOTS = 6;
 
 /**
- * Reads one unit into `into` as READs of READ_PIECE_BYTES in flight at once. A piece QEMU reports
- * as reading zeroes (`isZero`) is not read but zero-filled: the hashing thread then finds its
- * chunks zero without hashing them, so a unit that is partly zero reads only its other pieces.
+ * The hashing thread of a resync cycle, started at its cut-off so that its start-up overlaps the
+ * wait for the replica's first hashes (every disk of the cycle then uses it; close it after).
  */
-function readUnit(
-  client: NbdClient,
-  offset: number,
-  length: number,
-  into: Buffer,
-  isZero: (offset: number, length: number) => boolean,
-): { done: Promise<unknown>; zeroBytes: number } {
-  const piece = Math.min(READ_PIECE_BYTES, client.maxRequestBytes);
-  const reads: Array<Promise<Buffer>> = [];
-  let zeroBytes = 0;
-  for (let at = 0; at < length; at += piece) {
-    const n = Math.min(piece, length - at);
-    if (isZero(offset + at, n)) {
-      into.fill(0, at, at + n);
-      zeroBytes += n;
-    } else {
-      reads.push(client.read(offset + at, n, into.subarray(at)));
-    }
-  }
-  return { done: Promise.all(reads), zeroBytes };
+export function startResyncHasher(): SharedChunkHasher {
+  return new SharedChunkHasher(HASH_SLOTS, UNIT_BYTES);
 }
 
 /** ComparisonHashes.known: the replica's hash of that chunk has not arrived yet. */
@@ -97,6 +78,10 @@ export class ComparisonHashes {
     const digest = digestFromWire(h.digest);
     if (!digest) {
       this.fail(new Error(`the replica compares disk ${h.diskId} with chunk digest ${h.digest}, which this agent does not know: upgrade the agent`));
+      return;
+    }
+    if (!Number.isInteger(h.chunkBytes / MIN_CHUNK_BYTES) || h.chunkBytes <= 0) {
+      this.fail(new Error(`the replica compares disk ${h.diskId} in chunks of ${h.chunkBytes} bytes, not a multiple of ${MIN_CHUNK_BYTES}`));
       return;
     }
     const entry = this.disks.get(h.diskId) ?? { chunkBytes: h.chunkBytes, digest, hashes: [], done: false };
@@ -173,7 +158,7 @@ export class ComparisonHashes {
  * thread made the two take turns (measured: reading alone took half the time of reading + hashing).
  * The digest is the replica's pick among those offered in Hello (src/common/chunkDigest.ts).
  */
-export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashes, stats: ResyncStats): AsyncGenerator<CaptureExtent> {
+export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashes, stats: ResyncStats, sharedHasher?: SharedChunkHasher): AsyncGenerator<CaptureExtent> {
   if (disk.clients.length === 0) throw new Error(`disk ${disk.diskId}: no NBD connection for the resync read`);
   const waitFrom = performance.now();
   const { chunkBytes, digest } = await replica.scheme(disk.diskId);
@@ -182,19 +167,17 @@ export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashe
   const readBytes = chunkBytes * Math.max(1, Math.floor(UNIT_BYTES / chunkBytes));
   const zero = Buffer.alloc(chunkBytes);
   // Runs QEMU reports as reading zeroes are neither read nor hashed: their hash is a constant.
-  const knownZero = await knownZeroChunks(disk.clients[0]!, chunkBytes);
-  const unitIsZero = (offset: number, length: number) => {
-    if (!knownZero) return false;
-    for (let i = Math.floor(offset / chunkBytes); i * chunkBytes < offset + length; i++) if (knownZero[i] !== 1) return false;
-    return true;
-  };
+  const unitIsZero = knownZeroRanges(await knownZeroChunks(disk.clients[0]!, chunkBytes), chunkBytes);
   const theirHash = async (chunkOffset: number) => {
     const t = performance.now();
     const theirs = await replica.hashAt(disk.diskId, chunkOffset / chunkBytes);
     stats.replicaWaitMs = (stats.replicaWaitMs ?? 0) + performance.now() - t;
     return theirs;
   };
-  const hasher = new SharedChunkHasher(HASH_SLOTS, readBytes, chunkBytes, digest);
+  // The cycle's hasher (started at its cut-off, see startResyncHasher) unless this disk's chunks are larger than its slots.
+  const ownHasher = !sharedHasher || readBytes > sharedHasher.slotBytes ? new SharedChunkHasher(HASH_SLOTS, readBytes) : undefined;
+  const hasher = ownHasher ?? sharedHasher!;
+  const scheme = { chunkBytes, digest };
   // Once the caller stops (error, abandoned generator), a read that lands starts no other.
   let stopped = false;
   try {
@@ -216,13 +199,14 @@ export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashe
       // against 4.2x, QEMU 1.9-2.7 against 1.4-1.9 CPU-s per 4 GiB).
       const client = disk.clients[0]!;
       const slot = free.pop()!;
-      // Read in pieces of READ_PIECE_BYTES, hashed as one unit.
+      // Read in pieces of READ_PIECE_BYTES, hashed as one unit; a piece known to read as zeroes is
+      // zero-filled, not read: the hashing thread then finds its chunks zero without hashing them.
       reading++;
-      const unit = readUnit(client, offset, length, hasher.buffer(slot), unitIsZero);
+      const unit = startPieceReads(client, offset, length, hasher.buffer(slot), { pieceBytes: READ_PIECE_BYTES, isZero: unitIsZero });
       const job = unit.done.then(() => {
         reading--;
         refill();
-        return hasher.hash(slot, length);
+        return hasher.hash(slot, length, scheme);
       });
       job.catch(() => undefined);
       pending.push({ offset, length, slot, job, zeroBytes: unit.zeroBytes });
@@ -272,6 +256,6 @@ export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashe
     }
   } finally {
     stopped = true;
-    await hasher.close();
+    await ownHasher?.close();
   }
 }

@@ -3,7 +3,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { DiskCycle } from "../../../replica-agent/capture/captureCycle.js";
-import { ComparisonHashes, differingChunks, type ResyncStats } from "../../../replica-agent/daemon/differingChunks.js";
+import { ComparisonHashes, differingChunks, startResyncHasher, type ResyncStats } from "../../../replica-agent/daemon/differingChunks.js";
 import { convertImage, runTool } from "../../../src/qemu/processes/index.js";
 import { BASE_ALLOCATION_CONTEXT, NbdClient } from "../../../src/qemu/nbd/index.js";
 import { makeTmpDir } from "../../helpers/tmpDir.js";
@@ -69,7 +69,7 @@ describe("differingChunks: the agent's side of a resync by comparison", () => {
     expect(stats.comparedBytes).toBe(SIZE);
   });
 
-  it("with the replica's hashes arriving while it reads, it yields exactly the differing chunks, in disk order", async () => {
+  it("with the replica's hashes arriving while it reads, it yields exactly the differing chunks, in disk order; the cycle's hashing thread serves disk after disk", async () => {
     const tmp = makeTmpDir();
     cleanups.push(tmp.cleanup);
     // 100 chunks and a short one: seven read units.
@@ -83,14 +83,17 @@ describe("differingChunks: the agent's side of a resync by comparison", () => {
 
     const replica = Buffer.from(primary);
     const differ = [0, 3, 17, 31, 32, 45, 63, 64, 79, 99, 100];
+    // Started before any hash arrived, as a resync cycle starts it at its cut-off.
+    const hasher = startResyncHasher();
+    cleanups.push(() => hasher.close());
     for (const i of differ) randomBytes(Math.min(CHUNK, size - i * CHUNK)).copy(replica, i * CHUNK);
     const all: Buffer[] = [];
     for (let at = 0; at < size; at += CHUNK) all.push(chunkDigest("blake3", replica.subarray(at, Math.min(at + CHUNK, size))));
     const hashes = new ComparisonHashes();
-    const batch = (from: number, to: number) => ({
+    const batch = (from: number, to: number, diskId = "vda") => ({
       generation: 1n,
       cycleSequence: 1n,
-      diskId: "vda",
+      diskId,
       chunkBytes: CHUNK,
       firstChunk: BigInt(from),
       hashes: all.slice(from, to),
@@ -109,7 +112,8 @@ describe("differingChunks: the agent's side of a resync by comparison", () => {
     const disk = new DiskCycle("vda", "node", size, size, [client], async function* () {}, {});
     const stats: ResyncStats = { comparedBytes: 0, differingBytes: 0 };
     const yielded: number[] = [];
-    for await (const e of differingChunks(disk, hashes, stats)) {
+    const replicaBefore = Buffer.from(replica);
+    for await (const e of differingChunks(disk, hashes, stats, hasher)) {
       yielded.push(e.offset / CHUNK);
       if (e.kind === "data") e.data.copy(replica, e.offset);
       else replica.fill(0, e.offset, e.offset + e.length);
@@ -120,5 +124,17 @@ describe("differingChunks: the agent's side of a resync by comparison", () => {
     expect(yielded).toEqual(differ);
     expect(stats.comparedBytes).toBe(size);
     expect(stats.differingBytes).toBe(10 * CHUNK + 8 * KiB);
+
+    // A second disk of the same cycle (the same export under another id) reuses the thread and its slots.
+    hashes.add(batch(0, all.length, "vdb"));
+    const second = new DiskCycle("vdb", "node", size, size, [client], async function* () {}, {});
+    const again: number[] = [];
+    for await (const e of differingChunks(second, hashes, stats, hasher)) {
+      again.push(e.offset / CHUNK);
+      if (e.kind === "data") e.data.copy(replicaBefore, e.offset);
+      else replicaBefore.fill(0, e.offset, e.offset + e.length);
+    }
+    expect(again).toEqual(differ);
+    expect(replicaBefore.equals(primary)).toBe(true);
   });
 });
