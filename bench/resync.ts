@@ -88,7 +88,7 @@ const mib = (n: number) => `${(n / MiB).toFixed(n < 10 * MiB ? 1 : 0)} MiB`;
  */
 export async function resync(ctx: BenchContext): Promise<BenchResult[]> {
   const sizeMiB = ctx.quick ? 512 : 4096;
-  const rounds = Number(process.env.QR_BENCH_ROUNDS ?? 3);
+  const rounds = Number(process.env.QR_BENCH_ROUNDS ?? 5);
   const size = sizeMiB * MiB;
   const { dir, cleanup } = benchScratch("qr-bench-resync-", ctx.log);
   try {

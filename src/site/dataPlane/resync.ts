@@ -22,11 +22,14 @@ export async function sendSeedHashes(
   cycle: { vmId: string; generation: number; seq: number; disks: Array<{ diskId: string; sizeBytes: number }>; point: PointWrite },
   digest: ChunkDigestName,
 ): Promise<void> {
-  const seeds = await ctx.relationships.comparisonImages(cycle.vmId);
   const started = Date.now();
+  const seeds = await ctx.relationships.comparisonImages(cycle.vmId);
   let hashedBytes = 0;
   let indexedBytes = 0;
   const unindexed: Record<string, string> = {};
+  // When the first hashes went out, and how long the indexes took to load (ms since started).
+  let firstSentMs: number | undefined;
+  let loadMs = 0;
   for (const { diskId, sizeBytes } of cycle.disks) {
     const chunkBytes = resyncChunkBytes(sizeBytes);
     const seed = seeds.find((s) => s.diskId === diskId);
@@ -50,13 +53,16 @@ export async function sendSeedHashes(
         },
       });
       first += batch.length;
+      firstSentMs ??= Date.now() - started;
     };
+    const loading = Date.now();
     const index =
       seed?.pointSeq === undefined
         ? { unusable: "the comparison image is a seed" }
         : digest !== ctx.storage.indexDigest
           ? { unusable: `the agent compares with ${digest}, the index holds ${ctx.storage.indexDigest}` }
           : ctx.storage.loadChunkHashes(cycle.vmId, diskId, seed.pointSeq, sizeBytes);
+    loadMs += Date.now() - loading;
     if ("hashes" in index) {
       for (let at = 0; at < index.hashes.length; at += 32) {
         sent.push(index.hashes.subarray(at, at + 32));
@@ -77,7 +83,7 @@ export async function sendSeedHashes(
     cycle.point.setHashBase(diskId, seed && digest === ctx.storage.indexDigest ? Buffer.concat(sent) : undefined);
   }
   ctx.logger.info(
-    { vm: cycle.vmId, seq: cycle.seq, digest, hashedBytes, indexedBytes, unindexed, ms: Date.now() - started, images: seeds.map((s) => s.imagePath) },
+    { vm: cycle.vmId, seq: cycle.seq, digest, hashedBytes, indexedBytes, unindexed, loadMs, firstSentMs, ms: Date.now() - started, images: seeds.map((s) => s.imagePath) },
     "resync: replica chunk hashes sent",
   );
 }
