@@ -9,7 +9,7 @@ import { setupTwoSites, type TwoSites } from "../test/helpers/twoSites.js";
 import { benchScratch } from "./lib/cleanup.js";
 import { describeMix, generateMix, writeMix } from "./lib/mixData.js";
 import { median } from "./lib/stats.js";
-import { cpuSeconds } from "./lib/procStats.js";
+import { CpuMeter, cpuSeconds } from "./lib/procStats.js";
 import type { BenchContext, BenchResult } from "./report.js";
 
 const KiB = 1024;
@@ -104,7 +104,18 @@ export async function resync(ctx: BenchContext): Promise<BenchResult[]> {
     ctx.log(`filling the primary's ${sizeMiB} MiB disk (${describeMix(mix)})`);
     await writeMix(t.vm.guestUri("vda"), mix, { format: "raw" });
     for (const s of mix.segments) rmSync(s.path, { force: true });
-    await t.startSite(t.siteB);
+    const siteB = await t.startSite(t.siteB);
+    const siteQsdPidFile = join(t.siteB, "run", "storage-daemon.pid");
+    // Every process either side runs (agent, primary QEMU, site, its storage daemon): the work a
+    // cycle costs whatever the machine's speed, beside its wall time.
+    const meter = (agentPid: number | undefined) =>
+      new CpuMeter({
+        agent: agentPid,
+        "primary QEMU": t.vm.proc.pid,
+        "site B": siteB.child.pid,
+        "site B qemu-storage-daemon": existsSync(siteQsdPidFile) ? Number(readFileSync(siteQsdPidFile, "utf8").trim()) : undefined,
+      });
+    const cpuRatios: number[] = [];
 
     const blocks = Math.round((size * 0.01) / CHUNK);
     const sources = Array.from({ length: 8 }, (_, i) => {
@@ -123,10 +134,12 @@ export async function resync(ctx: BenchContext): Promise<BenchResult[]> {
     for (let round = 1; round <= rounds; round++) {
       const vmId = `vm${round}`;
       const agent = t.startAgent({ vmId });
+      const fullMeter = meter(agent.child.pid);
       const full = await waitForCommit(t, vmId, `the full replication of ${vmId}`, (c) => c.kind === "full", 1800_000);
+      const fullCpu = fullMeter.total();
       fulls.push(seconds(full));
       ctx.log(
-        `round ${round}: full replication ${seconds(full).toFixed(2)} s; agent read ${mib(size)} (allocated), sent ${mib(full.wireBytes)} (data ${mib(full.dataBytes)} + zeroes ${mib(full.zeroBytes)}); site wrote ${mib(full.dataBytes)} and hashed it for its index`,
+        `round ${round}: full replication ${seconds(full).toFixed(2)} s, ${fullCpu.toFixed(1)} CPU-s in all (${fullMeter.report()}); agent read ${mib(size)} (allocated), sent ${mib(full.wireBytes)} (data ${mib(full.dataBytes)} + zeroes ${mib(full.zeroBytes)}); site wrote ${mib(full.dataBytes)} and hashed it for its index`,
       );
 
       // Scattered, distinct 64 KiB blocks: 1% of the disk, flushed so the crash keeps them.
@@ -142,7 +155,10 @@ export async function resync(ctx: BenchContext): Promise<BenchResult[]> {
       };
       const agentCpu0 = cpu(agent.child.pid!);
       await t.vm.restart();
+      const resyncMeter = meter(agent.child.pid);
       const c = await waitForCommit(t, vmId, `resync round ${round}`, (x) => x.kind === "resync" && x.cycleSeq > full.cycleSeq, 1800_000);
+      const resyncCpu = resyncMeter.total();
+      cpuRatios.push(fullCpu / resyncCpu);
       // What the resync cost the production host: the agent, and QEMU serving its reads (since its restart).
       const hostCpu = `agent ${(cpu(agent.child.pid!) - agentCpu0).toFixed(2)} CPU-s, the primary's QEMU ${cpu(t.vm.proc.pid).toFixed(2)} CPU-s, ${readFileSync(`/proc/${t.vm.proc.pid}/stat`, "utf8").split(") ")[1]!.split(" ")[7]} page faults`;
       times.push(seconds(c));
@@ -154,7 +170,7 @@ export async function resync(ctx: BenchContext): Promise<BenchResult[]> {
         agentLine = logLine(join(t.dir, "agent.log"), "cycle acknowledged", c.cycleSeq, vmId);
       }
       const note =
-        `round ${round}: resync ${seconds(c).toFixed(2)} s (${(seconds(full) / seconds(c)).toFixed(1)}x, load average ${loadavg()[0]!.toFixed(1)}), ${hostCpu}; diverged ${blocks} x 64 KiB = ${mib(blocks * CHUNK)}; ` +
+        `round ${round}: resync ${seconds(c).toFixed(2)} s (${(seconds(full) / seconds(c)).toFixed(1)}x, load average ${loadavg()[0]!.toFixed(1)}), ${resyncCpu.toFixed(1)} CPU-s in all (${(fullCpu / resyncCpu).toFixed(1)}x less than the full replication; ${resyncMeter.report()}), ${hostCpu}; diverged ${blocks} x 64 KiB = ${mib(blocks * CHUNK)}; ` +
         `agent compared ${mib(c.comparedBytes ?? 0)}${agentLine?.knownZeroBytes ? ` (${mib(agentLine.knownZeroBytes as number)} of it known zero, not read)` : ""}, sent ${mib(c.wireBytes)} (data ${mib(c.dataBytes)} + zeroes ${mib(c.zeroBytes)}` +
         `${agentLine ? `, cycle ${agentLine.ms as number} ms: waiting for reads ${Math.round(agentLine.readWaitMs as number)} ms, hashing ${Math.round(agentLine.hashMs as number)} ms (in a worker thread, overlapping the reads), waiting for the replica's hashes ${Math.round((agentLine.replicaWaitMs as number | undefined) ?? 0)} ms, and for its first ones before the first read ${Math.round((agentLine.startWaitMs as number | undefined) ?? 0)} ms` : ""}); ` +
         `site ${site ? `sent ${mib(site.indexedBytes as number)} of hashes from its index and read ${mib(site.hashedBytes as number)} in ${site.ms as number} ms` : "?"}, wrote ${mib(c.dataBytes)}`;
@@ -180,7 +196,7 @@ export async function resync(ctx: BenchContext): Promise<BenchResult[]> {
         value: median(times),
         unit: "s",
         baseline: median(fulls),
-        baselineDescription: `full replication of the same disk in the same rounds (${fulls.map((x) => x.toFixed(2)).join(", ")} s; agent read ${mib(size)}, site wrote and hashed the data)`,
+        baselineDescription: `full replication of the same disk in the same rounds (${fulls.map((x) => x.toFixed(2)).join(", ")} s; agent read ${mib(size)}, site wrote and hashed the data); CPU-s of all four processes, full replication against resync: ${median(cpuRatios).toFixed(1)}x less (rounds ${cpuRatios.map((x) => x.toFixed(1)).join(", ")}x)`,
         ratio: median(fulls.map((f, i) => f / times[i]!)),
         goal: ">= 5x",
       },
