@@ -58,10 +58,13 @@ export function blake3ModulePath(): string | undefined {
   return blake3?.path ?? require.resolve("@napi-rs/blake-hash-linux-x64-gnu");
 }
 
+/** Why a BLAKE3 digest cannot be computed here, and the fix. */
+export const BLAKE3_MISSING = "BLAKE3 is not available on this host (the optional package @napi-rs/blake-hash-linux-x64-gnu is for Linux x86-64 with glibc): use SHA-256";
+
 export function chunkDigest(name: ChunkDigestName, data: Uint8Array): Buffer {
   if (name === "sha256") return createHash("sha256").update(data).digest();
   const b3 = loadBlake3();
-  if (!b3) throw new Error("BLAKE3 is not available on this host (the optional package @napi-rs/blake-hash-linux-x64-gnu is for Linux x86-64 with glibc): use SHA-256");
+  if (!b3) throw new Error(BLAKE3_MISSING);
   return b3.module.blake3(data);
 }
 

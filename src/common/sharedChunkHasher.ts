@@ -1,5 +1,5 @@
 import { Worker } from "node:worker_threads";
-import { blake3ModulePath, type ChunkDigestName } from "./chunkDigest.js";
+import { BLAKE3_MISSING, blake3ModulePath, type ChunkDigestName } from "./chunkDigest.js";
 
 /** One slot's digests. */
 export interface SlotDigests {
@@ -17,8 +17,6 @@ export interface HashScheme {
 
 /** The smallest chunk a slot is digested in: bounds the shared digest memory (32 bytes per chunk). */
 export const MIN_CHUNK_BYTES = 4096;
-
-const BLAKE3_MISSING = "BLAKE3 is not available on this host (the optional package @napi-rs/blake-hash-linux-x64-gnu is for Linux x86-64 with glibc): use SHA-256";
 
 // Plain JavaScript evaluated in the worker: no TypeScript loader is needed there (bin/ and tsx alike).
 // BLAKE3's addon loads as the thread starts, so that neither waits for the other's first use.
