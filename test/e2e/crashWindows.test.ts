@@ -324,7 +324,11 @@ describe("crash windows of the replica site (QREPLICA_FAULT, SIGKILL)", { timeou
       r.site = await t.startSite(t.siteB);
       const state = await t.relationship();
       expect(state.points.some((p) => p.merging)).toBe(false);
-      expect(state.points.length).toBe(3);
+      // The restart finishes the one merge under way: one point fewer than the ledger held at the
+      // crash. (With 1 s cycles a slow site can commit a second cycle while qemu-img commit runs,
+      // so the crash may find 5 points, not 4: seen once in CI.)
+      expect(crashed.points.filter((p) => p.merging).length, `${fault}: one merge under way at the crash`).toBe(1);
+      expect(state.points.length).toBe(crashed.points.length - 1);
       for (const p of state.points) {
         // Exit 3 is leaked clusters only (harmless after a crash); corruptions or check errors are not.
         const check = await runTool("qemu-img", ["check", "-U", "--output=json", p.disks[0]!.imagePath], { allowExit: [0, 3] });
@@ -334,7 +338,8 @@ describe("crash windows of the replica site (QREPLICA_FAULT, SIGKILL)", { timeou
         if (copy) await expectIdentical(p.disks[0]!.imagePath, copy.raw, `${fault}: point ${p.pointId}`);
         else await expectIdentical(p.disks[0]!.imagePath, expected, `${fault}: the new point ${p.pointId}`);
       }
-      expect(state.points.filter((p) => !copies.some((c) => c.pointId === p.pointId)).length).toBe(1);
+      // Each point committed by the armed site holds the write made while it was down (checked above).
+      expect(state.points.filter((p) => !copies.some((c) => c.pointId === p.pointId)).length).toBeGreaterThanOrEqual(1);
       await expectPointsMatchLedger(t);
       r.agent = t.startAgent();
     }
