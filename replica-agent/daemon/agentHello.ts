@@ -1,5 +1,5 @@
 import type { Logger } from "../../src/common/logger.js";
-import { blake3Installed } from "../../src/common/chunkDigest.js";
+import { blake3Installed, type ChunkDigestName } from "../../src/common/chunkDigest.js";
 import { ENABLE_UNACKNOWLEDGED } from "../../src/model/index.js";
 import { ChecksumAlgorithm, CompressionCodec } from "../../src/gen/qreplica/v1/common.js";
 import { ChunkDigest, ResyncMode, type Hello, type ResumeHint } from "../../src/gen/qreplica/v1/replication.js";
@@ -16,6 +16,8 @@ export interface HelloAnswer {
   hint: ResumeHint;
   lastCycleSeq: number;
   resyncReason: string;
+  /** The digest the replica compares resyncs with (HelloAck.resync_digest); undefined from older sites. */
+  resyncDigest?: ChunkDigestName;
 }
 
 /** Change tracking the capture layer could not vouch for, per disk, as Hello reports it. */

@@ -2,6 +2,7 @@ import type { ClientDuplexStream } from "@grpc/grpc-js";
 import type { Logger } from "../../src/common/logger.js";
 import { type ChecksumAlgorithm, Consistency, CycleKind } from "../../src/gen/qreplica/v1/common.js";
 import type { RejectReason, ReplicateResponse } from "../../src/gen/qreplica/v1/replication.js";
+import type { ChunkDigestName } from "../../src/common/chunkDigest.js";
 import { encodeExtentChunkRequest, sendOnReplicate, type OutgoingReplicateRequest } from "../../src/transport/index.js";
 import { getCodec } from "../../src/codec/index.js";
 import { YoungGc } from "../../src/common/youngGc.js";
@@ -46,6 +47,12 @@ export interface CycleSenderOptions {
   throttle?: (wireBytes: number) => Promise<void>;
   /** Told the cycle's sequence once its CycleEnd is out, undefined once acked (see noteUnacknowledged). */
   onEndSent?: (seq: number | undefined) => void;
+  /**
+   * The digest the replica said (HelloAck) it compares resyncs with: a resync then reads and hashes
+   * from its cut-off on, in the shared chunk size, while the site opens its point; its first
+   * ResyncHashes confirm the scheme (or the disk is read again in theirs). Undefined: wait for them.
+   */
+  replicaDigest?: ChunkDigestName;
 }
 
 export interface CycleTotals {
@@ -71,7 +78,7 @@ export async function sendCycle(
   const seq = BigInt(cycle.seq);
   const codec = getCodec("zstd");
   const started = Date.now();
-  const replica = o.resync ? new ComparisonHashes() : undefined;
+  const replica = o.resync ? new ComparisonHashes(o.replicaDigest) : undefined;
   // Started before the CycleBegin goes out: the thread boots while the site opens its point.
   const hasher = o.resync ? startResyncHasher() : undefined;
   const plannedBytes = cycle.disks.reduce((n, d) => n + (o.resync ? d.sizeAtCutoff : d.dirtyBytes), 0);

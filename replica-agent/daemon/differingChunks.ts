@@ -1,7 +1,7 @@
 import { MIN_CHUNK_BYTES, SharedChunkHasher, type SlotDigests } from "../../src/common/sharedChunkHasher.js";
 import { zeroChunkDigest, type ChunkDigestName } from "../../src/common/chunkDigest.js";
 import { knownZeroChunks, knownZeroRanges, startPieceReads } from "../../src/qemu/nbd/index.js";
-import { digestFromWire } from "../../src/transport/index.js";
+import { digestFromWire, resyncChunkBytes } from "../../src/transport/index.js";
 import type { ResyncHashes } from "../../src/gen/qreplica/v1/replication.js";
 import type { CaptureExtent, DiskCycle } from "../capture/index.js";
 
@@ -14,8 +14,15 @@ export interface ResyncStats {
   differingBytes: number;
   /** Where the time went: waiting for reads and their hashing, hashing alone (in place or worker time), waiting for the replica's hashes (ms). */
   readWaitMs?: number;
-  /** Waiting for the replica's first hashes (its chunk size and digest) before the disk's first read (ms). */
+  /**
+   * Waiting for the replica's first hashes (its chunk size and digest): before the disk's first read,
+   * or, reading in the scheme HelloAck named, before its first comparison (ms).
+   */
   startWaitMs?: number;
+  /** Disks read again because the replica's first hashes came in another scheme than HelloAck named. */
+  schemeRereads?: number;
+  /** Bytes compared before the replica's hashes came (digests kept) and then found to differ: read twice. */
+  rereadBytes?: number;
   hashMs?: number;
   replicaWaitMs?: number;
 }
@@ -46,6 +53,12 @@ const READ_PIECE_BYTES = 512 * 1024;
  * read and waiting for (or in) the hashing.
  */
 const HASH_SLOTS = 6;
+/**
+ * Until the replica's first hashes of a disk come (while it opens its point), read units are
+ * hashed and their digests kept, up to this many bytes, so that reading need not wait; a chunk
+ * then found to differ is read a second time.
+ */
+const MAX_DEFERRED_BYTES = 256 * 1024 * 1024;
 
 /**
  * The hashing thread of a resync cycle, started at its cut-off so that its start-up overlaps the
@@ -73,6 +86,19 @@ export class ComparisonHashes {
   private readonly disks = new Map<string, DiskHashes>();
   private waiters: Array<() => void> = [];
   private failure: Error | undefined;
+
+  /** @param expectedDigest the digest HelloAck named (undefined: an older site, wait for its hashes). */
+  constructor(private readonly expectedDigest?: ChunkDigestName) {}
+
+  /**
+   * The scheme to read a disk in before the replica's hashes confirm it: theirs once known, else the
+   * shared chunk size with the digest HelloAck named; undefined when neither is known.
+   */
+  expectedScheme(diskId: string, sizeBytes: number): { chunkBytes: number; digest: ChunkDigestName } | undefined {
+    const d = this.disks.get(diskId);
+    if (d) return { chunkBytes: d.chunkBytes, digest: d.digest };
+    return this.expectedDigest ? { chunkBytes: resyncChunkBytes(sizeBytes), digest: this.expectedDigest } : undefined;
+  }
 
   add(h: ResyncHashes): void {
     const digest = digestFromWire(h.digest);
@@ -156,13 +182,36 @@ export class ComparisonHashes {
  * Reads land in memory shared with one hashing thread (src/common/sharedChunkHasher.ts), which
  * digests each read unit while the main thread parses the next replies: hashing on the reading
  * thread made the two take turns (measured: reading alone took half the time of reading + hashing).
- * The digest is the replica's pick among those offered in Hello (src/common/chunkDigest.ts).
+ * The digest is the replica's pick among those offered in Hello (src/common/chunkDigest.ts). When
+ * HelloAck named it, reading starts at once in the shared chunk size (src/transport/resyncChunks.ts)
+ * rather than after the replica has opened its point and sent its first hashes; should those come
+ * in another scheme, the disk is read again in theirs.
  */
 export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashes, stats: ResyncStats, sharedHasher?: SharedChunkHasher): AsyncGenerator<CaptureExtent> {
   if (disk.clients.length === 0) throw new Error(`disk ${disk.diskId}: no NBD connection for the resync read`);
+  const expected = replica.expectedScheme(disk.diskId, disk.sizeAtCutoff);
+  if (expected && (yield* compareDisk(disk, replica, stats, sharedHasher, expected, false)) === "compared") return;
+  if (expected) stats.schemeRereads = (stats.schemeRereads ?? 0) + 1;
   const waitFrom = performance.now();
-  const { chunkBytes, digest } = await replica.scheme(disk.diskId);
+  const scheme = await replica.scheme(disk.diskId);
   stats.startWaitMs = (stats.startWaitMs ?? 0) + performance.now() - waitFrom;
+  yield* compareDisk(disk, replica, stats, sharedHasher, scheme, true);
+}
+
+/**
+ * One pass over the disk in `scheme`. Unless `confirmed`, read units whose hashes have not come are
+ * set aside as digests (DeferredUnit, up to MAX_DEFERRED_BYTES) and the reads go on; the replica's
+ * own scheme is checked before the first comparison: "scheme-differs" when it is another, with
+ * every read of this pass settled, nothing yielded and nothing counted.
+ */
+async function* compareDisk(
+  disk: DiskCycle,
+  replica: ComparisonHashes,
+  stats: ResyncStats,
+  sharedHasher: SharedChunkHasher | undefined,
+  { chunkBytes, digest }: { chunkBytes: number; digest: ChunkDigestName },
+  confirmed: boolean,
+): AsyncGenerator<CaptureExtent, "compared" | "scheme-differs"> {
   const size = disk.sizeAtCutoff;
   const readBytes = chunkBytes * Math.max(1, Math.floor(UNIT_BYTES / chunkBytes));
   const zero = Buffer.alloc(chunkBytes);
@@ -215,6 +264,47 @@ export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashe
       while (!stopped && next < size && free.length > 0 && reading < READS_IN_FLIGHT && pending.length < HASH_SLOTS * 4) issue();
     };
     refill();
+    // Units hashed before the replica's first hashes of this disk came: digests kept, slots freed.
+    const deferred: DeferredUnit[] = [];
+    let deferredBytes = 0;
+    let schemeChecked = confirmed;
+    const hashesCame = (offset: number, length: number) => replica.known(disk.diskId, Math.ceil((offset + length) / chunkBytes) - 1) !== NOT_YET;
+    while (pending.length > 0) {
+      const head = pending[0]!;
+      if (!schemeChecked && !hashesCame(head.offset, head.length) && deferredBytes + head.length <= MAX_DEFERRED_BYTES) {
+        let digests: Buffer | undefined;
+        if (head.job !== undefined) {
+          const t = performance.now();
+          const done = await head.job;
+          stats.readWaitMs = (stats.readWaitMs ?? 0) + performance.now() - t;
+          // They came while it was read: compared as usual, with no second read.
+          if (hashesCame(head.offset, head.length)) continue;
+          stats.hashMs = (stats.hashMs ?? 0) + done.hashMs;
+          // A copy: the slot's digests live in shared memory hashed into again.
+          digests = Buffer.from(done.digests);
+          free.push(head.slot!);
+        }
+        deferred.push({ offset: head.offset, length: head.length, digests, zeroBytes: head.job === undefined ? head.length : (head.zeroBytes ?? 0) });
+        deferredBytes += head.length;
+        pending.shift();
+        refill();
+        continue;
+      }
+      if (!schemeChecked) {
+        const t = performance.now();
+        const theirs = await replica.scheme(disk.diskId);
+        stats.startWaitMs = (stats.startWaitMs ?? 0) + performance.now() - t;
+        if (theirs.chunkBytes !== chunkBytes || theirs.digest !== digest) {
+          // Their slots are read into again by the next pass: let every read and hash of this one end.
+          stopped = true;
+          await Promise.allSettled(pending.map((p) => p.job));
+          return "scheme-differs";
+        }
+        schemeChecked = true;
+        for (const unit of deferred.splice(0)) yield* compareDeferredUnit(disk, replica, stats, { chunkBytes, digest }, unit);
+      }
+      break;
+    }
     while (pending.length > 0) {
       const { offset, length, slot, job, zeroBytes } = pending[0]!;
       if (slot === undefined || job === undefined) {
@@ -254,8 +344,50 @@ export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashe
       free.push(slot);
       refill();
     }
+    if (!schemeChecked) {
+      // Every unit was deferred (a small disk, or the replica slower than the whole read).
+      const theirs = await replica.scheme(disk.diskId);
+      if (theirs.chunkBytes !== chunkBytes || theirs.digest !== digest) return "scheme-differs";
+      for (const unit of deferred.splice(0)) yield* compareDeferredUnit(disk, replica, stats, { chunkBytes, digest }, unit);
+    }
+    return "compared";
   } finally {
     stopped = true;
     await ownHasher?.close();
+  }
+}
+
+/** A read unit hashed before the replica's hashes came: its digests (undefined: known to read as zeroes). */
+interface DeferredUnit {
+  offset: number;
+  length: number;
+  digests?: Buffer;
+  /** Of length, the bytes known to read as zeroes (not read). */
+  zeroBytes: number;
+}
+
+/** Compares a deferred unit with the replica's hashes; a differing chunk that is not zeroes is read again. */
+async function* compareDeferredUnit(
+  disk: DiskCycle,
+  replica: ComparisonHashes,
+  stats: ResyncStats,
+  { chunkBytes, digest }: { chunkBytes: number; digest: ChunkDigestName },
+  unit: DeferredUnit,
+): AsyncGenerator<CaptureExtent> {
+  stats.comparedBytes += unit.length;
+  stats.knownZeroBytes = (stats.knownZeroBytes ?? 0) + unit.zeroBytes;
+  for (let i = 0, at = 0; at < unit.length; i++, at += chunkBytes) {
+    const n = Math.min(chunkBytes, unit.length - at);
+    const offset = unit.offset + at;
+    const theirs = await replica.hashAt(disk.diskId, offset / chunkBytes);
+    const ours = unit.digests ? unit.digests.subarray(i * 32, i * 32 + 32) : zeroChunkDigest(digest, n);
+    if (theirs !== undefined && ours.equals(theirs)) continue;
+    stats.differingBytes += n;
+    if (ours.equals(zeroChunkDigest(digest, n))) {
+      yield { kind: "zero", offset, length: n };
+      continue;
+    }
+    stats.rereadBytes = (stats.rereadBytes ?? 0) + n;
+    yield { kind: "data", offset, length: n, data: await disk.clients[0]!.read(offset, n) };
   }
 }

@@ -3,8 +3,8 @@ import { mkdirSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Logger } from "../../src/common/logger.js";
 import { ChecksumAlgorithm } from "../../src/gen/qreplica/v1/common.js";
-import { RejectReason, ResumeHint, type PlannedFailoverRequested } from "../../src/gen/qreplica/v1/replication.js";
-import { ReplicationClient, currentCredentials, siteDial, type SiteCredentials } from "../../src/transport/index.js";
+import { ChunkDigest, RejectReason, ResumeHint, type PlannedFailoverRequested } from "../../src/gen/qreplica/v1/replication.js";
+import { ReplicationClient, currentCredentials, digestFromWire, siteDial, type SiteCredentials } from "../../src/transport/index.js";
 import { IothreadDiskError, ScratchSpaceLowError, SnapshotBrokenError, type CaptureCycle } from "../capture/index.js";
 import { openReplicationSource, type CycleCapture, type ReplicationSource } from "./replicationSource.js";
 import type { AgentVmConfig } from "./agentConfig.js";
@@ -282,7 +282,7 @@ export class VmReplicator {
   private async sendAndCount(s: Session, c: CaptureCycle, resync: boolean): Promise<void> {
     const started = Date.now();
     try {
-      const { totals } = await sendCycle(s.stream, s.responses, c, s.ack.generation, { ...this.senderOptions(), resync });
+      const { totals } = await sendCycle(s.stream, s.responses, c, s.ack.generation, { ...this.senderOptions(), resync, replicaDigest: s.ack.resyncDigest });
       this.policy.noteAcknowledged(c.consistency);
       agentMetrics.committed(this.vm.id, { readBytes: totals.data, sentBytes: totals.wire, seconds: (Date.now() - started) / 1000 });
       agentMetrics.cutoff(this.vm.id, c);
@@ -397,7 +397,9 @@ export class VmReplicator {
         hint === ResumeHint.RESUME_HINT_RESYNC ? "the replica site asks for a resync by comparison" : "waiting for an operator (paused, or resync: manual)",
       );
     }
-    return { generation, hint, lastCycleSeq: Number(reply.value.lastCommittedCycleSequence), resyncReason: reply.value.resyncReason };
+    // UNSPECIFIED here is an older site that does not say (not SHA-256, as in ResyncHashes).
+    const resyncDigest = reply.value.resyncDigest === ChunkDigest.CHUNK_DIGEST_UNSPECIFIED ? undefined : digestFromWire(reply.value.resyncDigest);
+    return { generation, hint, lastCycleSeq: Number(reply.value.lastCommittedCycleSequence), resyncReason: reply.value.resyncReason, resyncDigest };
   }
 
   private senderOptions() {

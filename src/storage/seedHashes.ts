@@ -1,19 +1,9 @@
 import { createHash } from "node:crypto";
 import { chunkDigest, zeroChunkDigest, type ChunkDigestName } from "../common/chunkDigest.js";
 import { BASE_ALLOCATION_CONTEXT, knownZeroChunks, knownZeroRanges, NbdClient, readInPieces } from "../qemu/nbd/index.js";
+import { RESYNC_CHUNK_BYTES } from "../transport/resyncChunks.js";
 import { addReadOnlyExport, removeReadOnlyExport } from "./readOnlyExport.js";
 import type { SiteStorageDaemon } from "./siteStorageDaemon.js";
-
-/** The bitmap's granularity: a resync then sends no more than a cycle would for the same writes. */
-export const RESYNC_CHUNK_BYTES = 64 * 1024;
-const MAX_HASHES_PER_DISK = 1 << 20;
-
-/** 64 KiB chunks, or larger for huge disks so that the hash list stays under ~32 MiB. */
-export function resyncChunkBytes(diskBytes: number): number {
-  let chunk = RESYNC_CHUNK_BYTES;
-  while (diskBytes / chunk > MAX_HASHES_PER_DISK) chunk *= 2;
-  return chunk;
-}
 
 /** A unit of reading and hashing covers this many chunks. */
 const CHUNKS_PER_READ = 16;

@@ -37,6 +37,7 @@ export {
 export { tuneSessionWindows, type WindowTuner, type WindowTuning } from "./windowTuner.js";
 export { EncodedReplicateRequest, ReplicationClient, serializeReplicateRequest, type OutgoingReplicateRequest } from "./replicateWire.js";
 export { digestFromWire, digestToWire, pickResyncDigest } from "./resyncDigests.js";
+export { RESYNC_CHUNK_BYTES, resyncChunkBytes } from "./resyncChunks.js";
 export { StreamClosedError, untilWritten, writeWithBackpressure, type BackpressureWritable, type WriteOptions } from "./backpressure.js";
 export { ReplicateResponses, sendOnReplicate, type ReplicateClientStream } from "./replicateResponses.js";
 export { Uint64RangeError, toUint64, toWireGeneration, uint64ToSafeNumber } from "./uint64.js";

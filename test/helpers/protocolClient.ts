@@ -9,6 +9,7 @@ import * as grpc from "@grpc/grpc-js";
 import { getCodec } from "../../src/codec/index.js";
 import { ChecksumAlgorithm, CompressionCodec, Consistency, CycleKind } from "../../src/gen/qreplica/v1/common.js";
 import {
+  type ChunkDigest,
   CycleAbort,
   CycleBegin,
   CycleEnd,
@@ -54,6 +55,8 @@ export interface HelloOptions {
   protocolVersion?: number;
   /** The agent config's `policy:` (bound at this Hello when the site has no binding yet). */
   policyName?: string;
+  /** The chunk digests offered for a resync (none: SHA-256 only). */
+  resyncDigests?: ChunkDigest[];
 }
 
 export interface CycleBeginOptions {
@@ -89,6 +92,7 @@ export const msg = {
           supportedCodecs: [CompressionCodec.COMPRESSION_CODEC_ZSTD, CompressionCodec.COMPRESSION_CODEC_NONE],
           supportedChecksumAlgorithms: [ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256],
           policyName: o.policyName ?? "",
+          resyncDigests: o.resyncDigests ?? [],
         }),
       },
     };

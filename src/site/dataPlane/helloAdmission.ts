@@ -2,7 +2,8 @@ import * as grpc from "@grpc/grpc-js";
 import { ChecksumAlgorithm, CompressionCodec } from "../../gen/qreplica/v1/common.js";
 import { RejectReason, ResumeHint, ResyncMode, type Hello, type HelloAck } from "../../gen/qreplica/v1/replication.js";
 import { InvalidIdError, isValidId } from "../../model/index.js";
-import { KNOWN_CHECKSUMS, type CertificateIdentity, type Role } from "../../transport/index.js";
+import type { ChunkDigestName } from "../../common/chunkDigest.js";
+import { digestToWire, KNOWN_CHECKSUMS, type CertificateIdentity, type Role } from "../../transport/index.js";
 import type { HelloAccepted, HelloInput, ResumeKind } from "../relationships/relationships.js";
 import { resyncModeAt } from "../resyncWindows.js";
 import type { SiteContext } from "../siteContext.js";
@@ -98,7 +99,13 @@ export function acceptedChecksumsOf(hello: Hello): ChecksumAlgorithm[] {
 }
 
 /** The HelloAck for an accepted Hello: where the primary resumes, and what this site takes. */
-export function helloAckFor(ctx: Pick<SiteContext, "siteId" | "policies">, vmId: string, accepted: HelloAccepted, acceptedChecksums: ChecksumAlgorithm[]): HelloAck {
+export function helloAckFor(
+  ctx: Pick<SiteContext, "siteId" | "policies">,
+  vmId: string,
+  accepted: HelloAccepted,
+  acceptedChecksums: ChecksumAlgorithm[],
+  resyncDigest: ChunkDigestName,
+): HelloAck {
   return {
     generation: BigInt(accepted.generation),
     protocolVersion: PROTOCOL_VERSION,
@@ -110,5 +117,6 @@ export function helloAckFor(ctx: Pick<SiteContext, "siteId" | "policies">, vmId:
     acceptedChecksumAlgorithms: acceptedChecksums,
     resyncReason: accepted.resyncReason ?? "",
     policy: ctx.policies.wireFor(vmId),
+    resyncDigest: digestToWire(resyncDigest),
   };
 }

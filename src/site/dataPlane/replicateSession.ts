@@ -239,12 +239,8 @@ export class ReplicateSession {
     try {
       const accepted = await this.ctx.relationships.acceptHello(await relationshipHello(this.ctx, hello, identity));
       const acceptedChecksums = acceptedChecksumsOf(hello);
-      const receiver = new CycleReceiver(this.ctx, this.call, this.logger, {
-        vmId: hello.vmId,
-        generation: accepted.generation,
-        acceptedChecksums,
-        resyncDigest: pickResyncDigest(hello.resyncDigests, this.ctx.storage.indexDigest),
-      });
+      const resyncDigest = pickResyncDigest(hello.resyncDigests, this.ctx.storage.indexDigest);
+      const receiver = new CycleReceiver(this.ctx, this.call, this.logger, { vmId: hello.vmId, generation: accepted.generation, acceptedChecksums, resyncDigest });
       // Set together: every message after Hello (the vmId says it came) goes to the receiver.
       this.vmId = hello.vmId;
       this.receiver = receiver;
@@ -260,7 +256,7 @@ export class ReplicateSession {
       });
       this.ctx.claimSession(hello.vmId, this);
       if (this.peerCertificate) this.ctx.health?.noteAgentCertificate(hello.vmId, this.peerCertificate);
-      await writeWithBackpressure(this.call, { body: { $case: "helloAck", value: helloAckFor(this.ctx, hello.vmId, accepted, acceptedChecksums) } });
+      await writeWithBackpressure(this.call, { body: { $case: "helloAck", value: helloAckFor(this.ctx, hello.vmId, accepted, acceptedChecksums, resyncDigest) } });
       this.logger.info(
         {
           vm: hello.vmId,

@@ -1,7 +1,7 @@
 import { readdirSync } from "node:fs";
 import { status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { RejectReason } from "../../../src/gen/qreplica/v1/replication.js";
+import { ChunkDigest, RejectReason } from "../../../src/gen/qreplica/v1/replication.js";
 import { msg } from "../../helpers/protocolClient.js";
 import { MiB, startSiteB, type SiteB } from "./siteB.js";
 
@@ -34,5 +34,15 @@ describe("Hello ids (real site, mutual TLS)", () => {
     expect(st.code).toBe(status.INVALID_ARGUMENT);
     expect((await site.events()).length).toBe(eventsBefore);
     expect(readdirSync(site.storageRoot)).toEqual(storageBefore);
+  });
+
+  it.each([
+    ["BLAKE3, its index's digest, when offered", [ChunkDigest.CHUNK_DIGEST_BLAKE3, ChunkDigest.CHUNK_DIGEST_SHA256], ChunkDigest.CHUNK_DIGEST_BLAKE3],
+    ["SHA-256 when only that is offered", [], ChunkDigest.CHUNK_DIGEST_SHA256],
+  ])("names in HelloAck the digest it compares a resync with: %s", async (_what, offered, named) => {
+    const s = site.open();
+    const ack = await s.hello({ vmId: `vm-digest-${offered.length}`, generation: 0, disks: [{ diskId: "vda", sizeBytes: 8 * MiB }], resyncDigests: offered });
+    expect(ack.resyncDigest).toBe(named);
+    s.close();
   });
 });

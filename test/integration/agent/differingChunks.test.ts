@@ -137,4 +137,114 @@ describe("differingChunks: the agent's side of a resync by comparison", () => {
     expect(again).toEqual(differ);
     expect(replicaBefore.equals(primary)).toBe(true);
   });
+
+  it.each<{ named: ChunkDigestName; theirs: ChunkDigestName; theirChunk: number; rereads: number | undefined }>([
+    { named: "blake3", theirs: "blake3", theirChunk: CHUNK, rereads: undefined },
+    { named: "sha256", theirs: "blake3", theirChunk: CHUNK, rereads: 1 },
+    { named: "blake3", theirs: "blake3", theirChunk: 2 * CHUNK, rereads: 1 },
+  ])(
+    "with the digest HelloAck named ($named), it reads before the replica's first hashes come; in another scheme ($theirs, $theirChunk bytes) it reads the disk again in theirs",
+    async ({ named, theirs, theirChunk, rereads }) => {
+      const tmp = makeTmpDir();
+      cleanups.push(tmp.cleanup);
+      const size = 100 * CHUNK + 8 * KiB;
+      const raw = join(tmp.path, "primary.raw");
+      const primary = randomBytes(size);
+      primary.fill(0, 40 * CHUNK, 50 * CHUNK);
+      writeFileSync(raw, primary);
+      const img = join(tmp.path, "primary.qcow2");
+      await runTool("qemu-img", ["convert", "-q", "-f", "raw", "-O", "qcow2", raw, img]);
+      const replica = Buffer.from(primary);
+      for (const i of [2, 41, 77, 100]) randomBytes(Math.min(CHUNK, size - i * CHUNK)).copy(replica, i * CHUNK);
+      const all: Buffer[] = [];
+      for (let at = 0; at < size; at += theirChunk) all.push(chunkDigest(theirs, replica.subarray(at, Math.min(at + theirChunk, size))));
+      const hashes = new ComparisonHashes(named);
+
+      const qsd = await startQsd({ dir: tmp.path, image: img, exports: [{ id: "e", name: "e", writable: false }], readOnlyImage: true });
+      cleanups.push(() => qsd.stop());
+      const client = await NbdClient.connect({ socketPath: qsd.nbdSocket, exportName: "e", metaContexts: [BASE_ALLOCATION_CONTEXT] });
+      cleanups.push(() => client.disconnect());
+      let readsDone = 0;
+      const read = client.read.bind(client);
+      client.read = (offset, length, into) => read(offset, length, into).finally(() => readsDone++);
+      // The replica's hashes come once the reader, its first unit hashed without them, looks at the second's.
+      let fed = false;
+      hashes.known = (diskId, index) => {
+        if (!fed && index >= 64) {
+          fed = true;
+          const scheme = { generation: 1n, cycleSequence: 1n, diskId: "vda", chunkBytes: theirChunk, digest: digestToWire(theirs) };
+          hashes.add({ ...scheme, firstChunk: 0n, hashes: all.slice(0, 30), last: false });
+          hashes.add({ ...scheme, firstChunk: 30n, hashes: all.slice(30), last: true });
+        }
+        return ComparisonHashes.prototype.known.call(hashes, diskId, index);
+      };
+      const disk = new DiskCycle("vda", "node", size, size, [client], async function* () {}, {});
+      const stats: ResyncStats = { comparedBytes: 0, differingBytes: 0 };
+      const hasher = startResyncHasher();
+      cleanups.push(() => hasher.close());
+      for await (const e of differingChunks(disk, hashes, stats, hasher)) {
+        if (e.kind === "data") e.data.copy(replica, e.offset);
+        else replica.fill(0, e.offset, e.offset + e.length);
+      }
+      expect(replica.equals(primary)).toBe(true);
+      expect(stats.schemeRereads).toBe(rereads);
+      // In their scheme, chunk 2 (data, in the unit hashed before their hashes came) is read twice.
+      expect(stats.rereadBytes).toBe(rereads ? undefined : CHUNK);
+      expect(stats.comparedBytes).toBe(size);
+      // Chunk 41 lies in a run of zeroes: in 128 KiB chunks 40-41 travel as one; 100 is the short last chunk.
+      expect(stats.differingBytes).toBe(theirChunk === CHUNK ? 3 * CHUNK + 8 * KiB : 3 * 2 * CHUNK + 8 * KiB);
+      // A pass READs 12 pieces of 512 KiB (of 13, one lies wholly in the zero run, known from
+      // base:allocation); both of its units start at once, so a pass in another scheme reads them all.
+      expect(readsDone).toBe(rereads ? 2 * 12 : 12 + 1);
+    },
+  );
+
+  it("units hashed before the replica's first hashes come are compared once they do, in disk order; only their differing data chunks are read again", async () => {
+    const tmp = makeTmpDir();
+    cleanups.push(tmp.cleanup);
+    // Three 4 MiB units and a short one.
+    const size = 192 * CHUNK + 8 * KiB;
+    const raw = join(tmp.path, "primary.raw");
+    const primary = randomBytes(size);
+    primary.fill(0, 10 * CHUNK, 12 * CHUNK);
+    writeFileSync(raw, primary);
+    const img = join(tmp.path, "primary.qcow2");
+    await runTool("qemu-img", ["convert", "-q", "-f", "raw", "-O", "qcow2", raw, img]);
+    const replica = Buffer.from(primary);
+    // In the first unit: data differing at 3 and 60, zeroes on the primary at 10 (data on the replica).
+    const differ = [3, 10, 60, 64, 150, 192];
+    for (const i of differ) randomBytes(Math.min(CHUNK, size - i * CHUNK)).copy(replica, i * CHUNK);
+    const all: Buffer[] = [];
+    for (let at = 0; at < size; at += CHUNK) all.push(chunkDigest("blake3", replica.subarray(at, Math.min(at + CHUNK, size))));
+    const hashes = new ComparisonHashes("blake3");
+
+    const qsd = await startQsd({ dir: tmp.path, image: img, exports: [{ id: "e", name: "e", writable: false }], readOnlyImage: true });
+    cleanups.push(() => qsd.stop());
+    const client = await NbdClient.connect({ socketPath: qsd.nbdSocket, exportName: "e", metaContexts: [BASE_ALLOCATION_CONTEXT] });
+    cleanups.push(() => client.disconnect());
+    const disk = new DiskCycle("vda", "node", size, size, [client], async function* () {}, {});
+    const stats: ResyncStats = { comparedBytes: 0, differingBytes: 0 };
+    // The replica's hashes come once the reader, its first unit hashed without them, looks at the second's.
+    let fed = false;
+    hashes.known = (diskId, index) => {
+      if (!fed && index >= 64) {
+        fed = true;
+        hashes.add({ generation: 1n, cycleSequence: 1n, diskId: "vda", chunkBytes: CHUNK, firstChunk: 0n, hashes: all, last: true, digest: digestToWire("blake3") });
+      }
+      return ComparisonHashes.prototype.known.call(hashes, diskId, index);
+    };
+    const hasher = startResyncHasher();
+    cleanups.push(() => hasher.close());
+    const yielded: number[] = [];
+    for await (const e of differingChunks(disk, hashes, stats, hasher)) {
+      yielded.push(e.offset / CHUNK);
+      if (e.kind === "data") e.data.copy(replica, e.offset);
+      else replica.fill(0, e.offset, e.offset + e.length);
+    }
+    expect(replica.equals(primary)).toBe(true);
+    expect(yielded).toEqual(differ);
+    expect(stats.rereadBytes).toBe(2 * CHUNK);
+    expect(stats.comparedBytes).toBe(size);
+    expect(stats.differingBytes).toBe(5 * CHUNK + 8 * KiB);
+  });
 });

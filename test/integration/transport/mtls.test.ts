@@ -106,6 +106,7 @@ class TestReplica {
               acceptedCodecs: [CompressionCodec.COMPRESSION_CODEC_NONE, CompressionCodec.COMPRESSION_CODEC_ZSTD],
               acceptedChecksumAlgorithms: [],
               resyncReason: "",
+              resyncDigest: 0,
             },
           },
         });

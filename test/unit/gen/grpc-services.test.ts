@@ -43,6 +43,7 @@ describe("generated gRPC services", () => {
                 acceptedCodecs: [],
                 acceptedChecksumAlgorithms: [],
                 resyncReason: "",
+                resyncDigest: 0,
               },
             },
           });

@@ -118,6 +118,7 @@ const responses: ReplicateResponse[] = [
         acceptedCodecs: [CompressionCodec.COMPRESSION_CODEC_ZSTD],
         acceptedChecksumAlgorithms: [ChecksumAlgorithm.CHECKSUM_ALGORITHM_SHA256],
         resyncReason: "",
+        resyncDigest: ChunkDigest.CHUNK_DIGEST_BLAKE3,
       },
     },
   },

@@ -451,7 +451,16 @@ export interface HelloAck {
    * The VM's effective policy: what the agent runs its cycles with from now on. Absent (older
    * sites, or a VM bound to no policy): the agent config's own interval and compression level.
    */
-  policy?: EffectivePolicy | undefined;
+  policy?:
+    | EffectivePolicy
+    | undefined;
+  /**
+   * The digest this replica compares resyncs with on this stream (its pick among
+   * Hello.resync_digests), in chunks of the size the shared rule gives for each disk: the sender
+   * may read and hash its disks from the cut-off on instead of waiting for the first ResyncHashes,
+   * which then confirm the scheme. UNSPECIFIED (older sites): wait for them.
+   */
+  resyncDigest: ChunkDigest;
 }
 
 /** What the agent needs of a replication policy (the site keeps retention and health to itself). */
@@ -1990,6 +1999,7 @@ function createBaseHelloAck(): HelloAck {
     acceptedChecksumAlgorithms: [],
     resyncReason: "",
     policy: undefined,
+    resyncDigest: 0,
   };
 }
 
@@ -2040,6 +2050,9 @@ export const HelloAck: MessageFns<HelloAck> = {
     }
     if (message.policy !== undefined) {
       EffectivePolicy.encode(message.policy, writer.uint32(82).fork()).join();
+    }
+    if (message.resyncDigest !== 0) {
+      writer.uint32(88).int32(message.resyncDigest);
     }
     return writer;
   },
@@ -2157,6 +2170,14 @@ export const HelloAck: MessageFns<HelloAck> = {
             message.policy = EffectivePolicy.decode(reader, reader.uint32());
             continue;
           }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.resyncDigest = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2213,6 +2234,11 @@ export const HelloAck: MessageFns<HelloAck> = {
         ? globalThis.String(object.resync_reason)
         : "",
       policy: isSet(object.policy) ? EffectivePolicy.fromJSON(object.policy) : undefined,
+      resyncDigest: isSet(object.resyncDigest)
+        ? chunkDigestFromJSON(object.resyncDigest)
+        : isSet(object.resync_digest)
+        ? chunkDigestFromJSON(object.resync_digest)
+        : 0,
     };
   },
 
@@ -2248,6 +2274,9 @@ export const HelloAck: MessageFns<HelloAck> = {
     if (message.policy !== undefined) {
       obj.policy = EffectivePolicy.toJSON(message.policy);
     }
+    if (message.resyncDigest !== 0) {
+      obj.resyncDigest = chunkDigestToJSON(message.resyncDigest);
+    }
     return obj;
   },
 
@@ -2273,6 +2302,7 @@ export const HelloAck: MessageFns<HelloAck> = {
     message.policy = (object.policy !== undefined && object.policy !== null)
       ? EffectivePolicy.fromPartial(object.policy)
       : undefined;
+    message.resyncDigest = object.resyncDigest ?? 0;
     return message;
   },
 };
