@@ -3,6 +3,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { DiskCycle } from "../../../replica-agent/capture/captureCycle.js";
+import type { CaptureExtent } from "../../../replica-agent/capture/index.js";
 import { ComparisonHashes, differingChunks, startResyncHasher, type ResyncStats } from "../../../replica-agent/daemon/differingChunks.js";
 import { convertImage, runTool } from "../../../src/qemu/processes/index.js";
 import { BASE_ALLOCATION_CONTEXT, NbdClient } from "../../../src/qemu/nbd/index.js";
@@ -20,6 +21,51 @@ const cleanups: Array<() => Promise<unknown> | unknown> = [];
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
+
+/** A qcow2 primary of random data with zeroes over chunks [zeroFrom, zeroTo) (sparse, as qemu-img convert leaves them). */
+async function randomPrimary(size: number, zeroFrom: number, zeroTo: number): Promise<{ dir: string; img: string; primary: Buffer }> {
+  const tmp = makeTmpDir();
+  cleanups.push(tmp.cleanup);
+  const primary = randomBytes(size);
+  primary.fill(0, zeroFrom * CHUNK, zeroTo * CHUNK);
+  const raw = join(tmp.path, "primary.raw");
+  writeFileSync(raw, primary);
+  const img = join(tmp.path, "primary.qcow2");
+  await runTool("qemu-img", ["convert", "-q", "-f", "raw", "-O", "qcow2", raw, img]);
+  return { dir: tmp.path, img, primary };
+}
+
+/** A read-only NBD export of `img` (base:allocation negotiated), as the agent reads a cut-off. */
+async function exportOf(dir: string, img: string): Promise<NbdClient> {
+  const qsd = await startQsd({ dir, image: img, exports: [{ id: "e", name: "e", writable: false }], readOnlyImage: true });
+  cleanups.push(() => qsd.stop());
+  const client = await NbdClient.connect({ socketPath: qsd.nbdSocket, exportName: "e", metaContexts: [BASE_ALLOCATION_CONTEXT] });
+  cleanups.push(() => client.disconnect());
+  return client;
+}
+
+/** Applies what the resync yields to `replica`; returns the chunk indexes yielded, in order. */
+async function applyResync(extents: AsyncIterable<CaptureExtent>, replica: Buffer): Promise<number[]> {
+  const yielded: number[] = [];
+  for await (const e of extents) {
+    yielded.push(e.offset / CHUNK);
+    if (e.kind === "data") e.data.copy(replica, e.offset);
+    else replica.fill(0, e.offset, e.offset + e.length);
+  }
+  return yielded;
+}
+
+/** The replica's hashes come (`feed`) once the reader, its first 4 MiB unit hashed without them, looks at the second unit's. */
+function hashesAfterFirstUnit(hashes: ComparisonHashes, feed: () => void): void {
+  let fed = false;
+  hashes.known = (diskId, index) => {
+    if (!fed && index >= 64) {
+      fed = true;
+      feed();
+    }
+    return ComparisonHashes.prototype.known.call(hashes, diskId, index);
+  };
+}
 
 describe("differingChunks: the agent's side of a resync by comparison", () => {
   it.each<ChunkDigestName>(["sha256", "blake3"])("applying what it yields to the replica's bytes gives the primary's, zero runs unread (%s)", async (digest) => {
@@ -70,17 +116,9 @@ describe("differingChunks: the agent's side of a resync by comparison", () => {
   });
 
   it("with the replica's hashes arriving while it reads, it yields exactly the differing chunks, in disk order; the cycle's hashing thread serves disk after disk", async () => {
-    const tmp = makeTmpDir();
-    cleanups.push(tmp.cleanup);
-    // 100 chunks and a short one: seven read units.
+    // 100 chunks and a short one: two read units.
     const size = 100 * CHUNK + 8 * KiB;
-    const raw = join(tmp.path, "primary.raw");
-    const primary = randomBytes(size);
-    primary.fill(0, 40 * CHUNK, 50 * CHUNK);
-    writeFileSync(raw, primary);
-    const img = join(tmp.path, "primary.qcow2");
-    await runTool("qemu-img", ["convert", "-q", "-f", "raw", "-O", "qcow2", raw, img]);
-
+    const { dir, img, primary } = await randomPrimary(size, 40, 50);
     const replica = Buffer.from(primary);
     const differ = [0, 3, 17, 31, 32, 45, 63, 64, 79, 99, 100];
     // Started before any hash arrived, as a resync cycle starts it at its cut-off.
@@ -104,15 +142,11 @@ describe("differingChunks: the agent's side of a resync by comparison", () => {
     // chunks whose hashes are still on their way (the awaited path); either way the result is the same.
     hashes.add(batch(0, 20));
     const later = [() => hashes.add(batch(20, 70)), () => hashes.add(batch(70, all.length))];
-
-    const qsd = await startQsd({ dir: tmp.path, image: img, exports: [{ id: "e", name: "e", writable: false }], readOnlyImage: true });
-    cleanups.push(() => qsd.stop());
-    const client = await NbdClient.connect({ socketPath: qsd.nbdSocket, exportName: "e", metaContexts: [BASE_ALLOCATION_CONTEXT] });
-    cleanups.push(() => client.disconnect());
+    const client = await exportOf(dir, img);
     const disk = new DiskCycle("vda", "node", size, size, [client], async function* () {}, {});
     const stats: ResyncStats = { comparedBytes: 0, differingBytes: 0 };
-    const yielded: number[] = [];
     const replicaBefore = Buffer.from(replica);
+    const yielded: number[] = [];
     for await (const e of differingChunks(disk, hashes, stats, hasher)) {
       yielded.push(e.offset / CHUNK);
       if (e.kind === "data") e.data.copy(replica, e.offset);
@@ -128,13 +162,7 @@ describe("differingChunks: the agent's side of a resync by comparison", () => {
     // A second disk of the same cycle (the same export under another id) reuses the thread and its slots.
     hashes.add(batch(0, all.length, "vdb"));
     const second = new DiskCycle("vdb", "node", size, size, [client], async function* () {}, {});
-    const again: number[] = [];
-    for await (const e of differingChunks(second, hashes, stats, hasher)) {
-      again.push(e.offset / CHUNK);
-      if (e.kind === "data") e.data.copy(replicaBefore, e.offset);
-      else replicaBefore.fill(0, e.offset, e.offset + e.length);
-    }
-    expect(again).toEqual(differ);
+    expect(await applyResync(differingChunks(second, hashes, stats, hasher), replicaBefore)).toEqual(differ);
     expect(replicaBefore.equals(primary)).toBe(true);
   });
 
@@ -145,47 +173,27 @@ describe("differingChunks: the agent's side of a resync by comparison", () => {
   ])(
     "with the digest HelloAck named ($named), it reads before the replica's first hashes come; in another scheme ($theirs, $theirChunk bytes) it reads the disk again in theirs",
     async ({ named, theirs, theirChunk, rereads }) => {
-      const tmp = makeTmpDir();
-      cleanups.push(tmp.cleanup);
       const size = 100 * CHUNK + 8 * KiB;
-      const raw = join(tmp.path, "primary.raw");
-      const primary = randomBytes(size);
-      primary.fill(0, 40 * CHUNK, 50 * CHUNK);
-      writeFileSync(raw, primary);
-      const img = join(tmp.path, "primary.qcow2");
-      await runTool("qemu-img", ["convert", "-q", "-f", "raw", "-O", "qcow2", raw, img]);
+      const { dir, img, primary } = await randomPrimary(size, 40, 50);
       const replica = Buffer.from(primary);
       for (const i of [2, 41, 77, 100]) randomBytes(Math.min(CHUNK, size - i * CHUNK)).copy(replica, i * CHUNK);
       const all: Buffer[] = [];
       for (let at = 0; at < size; at += theirChunk) all.push(chunkDigest(theirs, replica.subarray(at, Math.min(at + theirChunk, size))));
       const hashes = new ComparisonHashes(named);
-
-      const qsd = await startQsd({ dir: tmp.path, image: img, exports: [{ id: "e", name: "e", writable: false }], readOnlyImage: true });
-      cleanups.push(() => qsd.stop());
-      const client = await NbdClient.connect({ socketPath: qsd.nbdSocket, exportName: "e", metaContexts: [BASE_ALLOCATION_CONTEXT] });
-      cleanups.push(() => client.disconnect());
+      const client = await exportOf(dir, img);
       let readsDone = 0;
       const read = client.read.bind(client);
       client.read = (offset, length, into) => read(offset, length, into).finally(() => readsDone++);
-      // The replica's hashes come once the reader, its first unit hashed without them, looks at the second's.
-      let fed = false;
-      hashes.known = (diskId, index) => {
-        if (!fed && index >= 64) {
-          fed = true;
-          const scheme = { generation: 1n, cycleSequence: 1n, diskId: "vda", chunkBytes: theirChunk, digest: digestToWire(theirs) };
-          hashes.add({ ...scheme, firstChunk: 0n, hashes: all.slice(0, 30), last: false });
-          hashes.add({ ...scheme, firstChunk: 30n, hashes: all.slice(30), last: true });
-        }
-        return ComparisonHashes.prototype.known.call(hashes, diskId, index);
-      };
+      hashesAfterFirstUnit(hashes, () => {
+        const scheme = { generation: 1n, cycleSequence: 1n, diskId: "vda", chunkBytes: theirChunk, digest: digestToWire(theirs) };
+        hashes.add({ ...scheme, firstChunk: 0n, hashes: all.slice(0, 30), last: false });
+        hashes.add({ ...scheme, firstChunk: 30n, hashes: all.slice(30), last: true });
+      });
       const disk = new DiskCycle("vda", "node", size, size, [client], async function* () {}, {});
       const stats: ResyncStats = { comparedBytes: 0, differingBytes: 0 };
       const hasher = startResyncHasher();
       cleanups.push(() => hasher.close());
-      for await (const e of differingChunks(disk, hashes, stats, hasher)) {
-        if (e.kind === "data") e.data.copy(replica, e.offset);
-        else replica.fill(0, e.offset, e.offset + e.length);
-      }
+      await applyResync(differingChunks(disk, hashes, stats, hasher), replica);
       expect(replica.equals(primary)).toBe(true);
       expect(stats.schemeRereads).toBe(rereads);
       // In their scheme, chunk 2 (data, in the unit hashed before their hashes came) is read twice.
@@ -200,16 +208,9 @@ describe("differingChunks: the agent's side of a resync by comparison", () => {
   );
 
   it("units hashed before the replica's first hashes come are compared once they do, in disk order; only their differing data chunks are read again", async () => {
-    const tmp = makeTmpDir();
-    cleanups.push(tmp.cleanup);
     // Three 4 MiB units and a short one.
     const size = 192 * CHUNK + 8 * KiB;
-    const raw = join(tmp.path, "primary.raw");
-    const primary = randomBytes(size);
-    primary.fill(0, 10 * CHUNK, 12 * CHUNK);
-    writeFileSync(raw, primary);
-    const img = join(tmp.path, "primary.qcow2");
-    await runTool("qemu-img", ["convert", "-q", "-f", "raw", "-O", "qcow2", raw, img]);
+    const { dir, img, primary } = await randomPrimary(size, 10, 12);
     const replica = Buffer.from(primary);
     // In the first unit: data differing at 3 and 60, zeroes on the primary at 10 (data on the replica).
     const differ = [3, 10, 60, 64, 150, 192];
@@ -217,32 +218,16 @@ describe("differingChunks: the agent's side of a resync by comparison", () => {
     const all: Buffer[] = [];
     for (let at = 0; at < size; at += CHUNK) all.push(chunkDigest("blake3", replica.subarray(at, Math.min(at + CHUNK, size))));
     const hashes = new ComparisonHashes("blake3");
-
-    const qsd = await startQsd({ dir: tmp.path, image: img, exports: [{ id: "e", name: "e", writable: false }], readOnlyImage: true });
-    cleanups.push(() => qsd.stop());
-    const client = await NbdClient.connect({ socketPath: qsd.nbdSocket, exportName: "e", metaContexts: [BASE_ALLOCATION_CONTEXT] });
-    cleanups.push(() => client.disconnect());
+    const client = await exportOf(dir, img);
+    hashesAfterFirstUnit(hashes, () =>
+      hashes.add({ generation: 1n, cycleSequence: 1n, diskId: "vda", chunkBytes: CHUNK, firstChunk: 0n, hashes: all, last: true, digest: digestToWire("blake3") }),
+    );
     const disk = new DiskCycle("vda", "node", size, size, [client], async function* () {}, {});
     const stats: ResyncStats = { comparedBytes: 0, differingBytes: 0 };
-    // The replica's hashes come once the reader, its first unit hashed without them, looks at the second's.
-    let fed = false;
-    hashes.known = (diskId, index) => {
-      if (!fed && index >= 64) {
-        fed = true;
-        hashes.add({ generation: 1n, cycleSequence: 1n, diskId: "vda", chunkBytes: CHUNK, firstChunk: 0n, hashes: all, last: true, digest: digestToWire("blake3") });
-      }
-      return ComparisonHashes.prototype.known.call(hashes, diskId, index);
-    };
     const hasher = startResyncHasher();
     cleanups.push(() => hasher.close());
-    const yielded: number[] = [];
-    for await (const e of differingChunks(disk, hashes, stats, hasher)) {
-      yielded.push(e.offset / CHUNK);
-      if (e.kind === "data") e.data.copy(replica, e.offset);
-      else replica.fill(0, e.offset, e.offset + e.length);
-    }
+    expect(await applyResync(differingChunks(disk, hashes, stats, hasher), replica)).toEqual(differ);
     expect(replica.equals(primary)).toBe(true);
-    expect(yielded).toEqual(differ);
     expect(stats.rereadBytes).toBe(2 * CHUNK);
     expect(stats.comparedBytes).toBe(size);
     expect(stats.differingBytes).toBe(5 * CHUNK + 8 * KiB);
