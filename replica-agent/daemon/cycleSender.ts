@@ -8,7 +8,8 @@ import { getCodec } from "../../src/codec/index.js";
 import { YoungGc } from "../../src/common/youngGc.js";
 import { SnapshotBrokenError, type CaptureCycle } from "../capture/index.js";
 import type { ResponseQueue } from "./responseQueue.js";
-import { ComparisonHashes, differingChunks, startResyncHasher, type ResyncStats } from "./differingChunks.js";
+import { ComparisonHashes } from "./comparisonHashes.js";
+import { differingChunks, startResyncHasher, type ResyncStats } from "./differingChunks.js";
 
 const ACK_TIMEOUT_MS = 10 * 60_000;
 /**
