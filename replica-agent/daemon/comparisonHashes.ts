@@ -1,4 +1,4 @@
-import { MIN_CHUNK_BYTES } from "../../src/common/sharedChunkHasher.js";
+import { type HashScheme, MIN_CHUNK_BYTES } from "../../src/common/sharedChunkHasher.js";
 import type { ChunkDigestName } from "../../src/common/chunkDigest.js";
 import { digestFromWire, resyncChunkBytes } from "../../src/transport/index.js";
 import type { ResyncHashes } from "../../src/gen/qreplica/v1/replication.js";
@@ -29,7 +29,7 @@ export class ComparisonHashes {
    * The scheme to read a disk in before the replica's hashes confirm it: theirs once known, else the
    * shared chunk size with the digest HelloAck named; undefined when neither is known.
    */
-  expectedScheme(diskId: string, sizeBytes: number): { chunkBytes: number; digest: ChunkDigestName } | undefined {
+  expectedScheme(diskId: string, sizeBytes: number): HashScheme | undefined {
     const d = this.disks.get(diskId);
     if (d) return { chunkBytes: d.chunkBytes, digest: d.digest };
     return this.expectedDigest ? { chunkBytes: resyncChunkBytes(sizeBytes), digest: this.expectedDigest } : undefined;
@@ -67,7 +67,7 @@ export class ComparisonHashes {
   }
 
   /** The chunk size and digest the replica compares `diskId` with (known from its first ResyncHashes). */
-  async scheme(diskId: string): Promise<{ chunkBytes: number; digest: ChunkDigestName }> {
+  async scheme(diskId: string): Promise<HashScheme> {
     for (;;) {
       if (this.failure) throw this.failure;
       const d = this.disks.get(diskId);

@@ -1,5 +1,5 @@
-import { SharedChunkHasher, type SlotDigests } from "../../src/common/sharedChunkHasher.js";
-import { zeroChunkDigest, type ChunkDigestName } from "../../src/common/chunkDigest.js";
+import { type HashScheme, SharedChunkHasher, type SlotDigests } from "../../src/common/sharedChunkHasher.js";
+import { zeroChunkDigest } from "../../src/common/chunkDigest.js";
 import { knownZeroChunks, knownZeroRanges } from "../../src/qemu/nbd/index.js";
 import type { CaptureExtent, DiskCycle } from "../capture/index.js";
 import { type ComparisonHashes, NOT_YET } from "./comparisonHashes.js";
@@ -42,8 +42,6 @@ export function startResyncHasher(): SharedChunkHasher {
   return new SharedChunkHasher(HASH_SLOTS, UNIT_BYTES);
 }
 
-type Scheme = { chunkBytes: number; digest: ChunkDigestName };
-
 /**
  * Resynchronisation by comparison: reads the disk at the cut-off in the replica's chunk size and
  * yields only the chunks whose digest differs from the replica's (all-zero ones as zeroes).
@@ -78,7 +76,7 @@ async function* compareDisk(
   replica: ComparisonHashes,
   stats: ResyncStats,
   sharedHasher: SharedChunkHasher | undefined,
-  scheme: Scheme,
+  scheme: HashScheme,
   confirmed: boolean,
 ): AsyncGenerator<CaptureExtent, "compared" | "scheme-differs"> {
   const unitBytes = scheme.chunkBytes * Math.max(1, Math.floor(UNIT_BYTES / scheme.chunkBytes));
@@ -130,7 +128,7 @@ interface DeferredUnit {
  * hashed keep only their digests and free their slots, so that reading need not wait; at most
  * MAX_DEFERRED_BYTES. Returns them in disk order, to be compared before any later unit.
  */
-async function deferUntilHashes(reads: UnitReads, replica: ComparisonHashes, diskId: string, { chunkBytes }: Scheme, stats: ResyncStats): Promise<DeferredUnit[]> {
+async function deferUntilHashes(reads: UnitReads, replica: ComparisonHashes, diskId: string, { chunkBytes }: HashScheme, stats: ResyncStats): Promise<DeferredUnit[]> {
   const hashesCame = (u: PendingUnit) => replica.known(diskId, Math.ceil((u.offset + u.length) / chunkBytes) - 1) !== NOT_YET;
   const deferred: DeferredUnit[] = [];
   let deferredBytes = 0;
@@ -164,7 +162,13 @@ async function theirHashLater(replica: ComparisonHashes, diskId: string, index: 
 }
 
 /** A unit known to read as zeroes (not read): its chunks differ where the replica's are not zeroes. */
-async function* compareZeroUnit(diskId: string, replica: ComparisonHashes, stats: ResyncStats, { chunkBytes, digest }: Scheme, unit: PendingUnit): AsyncGenerator<CaptureExtent> {
+async function* compareZeroUnit(
+  diskId: string,
+  replica: ComparisonHashes,
+  stats: ResyncStats,
+  { chunkBytes, digest }: HashScheme,
+  unit: PendingUnit,
+): AsyncGenerator<CaptureExtent> {
   for (let at = 0; at < unit.length; at += chunkBytes) {
     const n = Math.min(chunkBytes, unit.length - at);
     const index = (unit.offset + at) / chunkBytes;
@@ -183,7 +187,7 @@ async function* compareReadUnit(
   diskId: string,
   replica: ComparisonHashes,
   stats: ResyncStats,
-  { chunkBytes }: Scheme,
+  { chunkBytes }: HashScheme,
   unit: PendingUnit,
   job: Promise<SlotDigests>,
   buf: Buffer,
@@ -213,7 +217,7 @@ async function* compareDeferredUnit(
   disk: DiskCycle,
   replica: ComparisonHashes,
   stats: ResyncStats,
-  { chunkBytes, digest }: Scheme,
+  { chunkBytes, digest }: HashScheme,
   unit: DeferredUnit,
 ): AsyncGenerator<CaptureExtent> {
   stats.comparedBytes += unit.length;

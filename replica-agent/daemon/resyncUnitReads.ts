@@ -1,5 +1,4 @@
-import type { SharedChunkHasher, SlotDigests } from "../../src/common/sharedChunkHasher.js";
-import type { ChunkDigestName } from "../../src/common/chunkDigest.js";
+import type { HashScheme, SharedChunkHasher, SlotDigests } from "../../src/common/sharedChunkHasher.js";
 import { type NbdClient, startPieceReads } from "../../src/qemu/nbd/index.js";
 
 // Reading a disk for a resync: read units land in the hashing thread's slots, several in flight.
@@ -58,7 +57,7 @@ export class UnitReads {
   constructor(
     private readonly client: NbdClient,
     private readonly hasher: SharedChunkHasher,
-    private readonly scheme: { chunkBytes: number; digest: ChunkDigestName },
+    private readonly scheme: HashScheme,
     private readonly unitBytes: number,
     private readonly size: number,
     private readonly isZero: (offset: number, length: number) => boolean,
