@@ -167,13 +167,13 @@ async function* compareZeroUnit(
   replica: ComparisonHashes,
   stats: ResyncStats,
   { chunkBytes, digest }: HashScheme,
-  unit: PendingUnit,
+  unit: { offset: number; length: number },
 ): AsyncGenerator<CaptureExtent> {
   for (let at = 0; at < unit.length; at += chunkBytes) {
     const n = Math.min(chunkBytes, unit.length - at);
     const index = (unit.offset + at) / chunkBytes;
-    let theirs = replica.known(diskId, index);
-    if (theirs === NOT_YET) theirs = await theirHashLater(replica, diskId, index, stats);
+    const known = replica.known(diskId, index);
+    const theirs = known === NOT_YET ? await theirHashLater(replica, diskId, index, stats) : known;
     if (theirs !== undefined && zeroChunkDigest(digest, n).equals(theirs)) continue;
     stats.differingBytes += n;
     yield { kind: "zero", offset: unit.offset + at, length: n };
@@ -202,8 +202,8 @@ async function* compareReadUnit(
   for (let i = 0, at = 0; at < unit.length; i++, at += chunkBytes) {
     const n = Math.min(chunkBytes, unit.length - at);
     const chunkOffset = unit.offset + at;
-    let theirs = replica.known(diskId, chunkOffset / chunkBytes);
-    if (theirs === NOT_YET) theirs = await theirHashLater(replica, diskId, chunkOffset / chunkBytes, stats);
+    const known = replica.known(diskId, chunkOffset / chunkBytes);
+    const theirs = known === NOT_YET ? await theirHashLater(replica, diskId, chunkOffset / chunkBytes, stats) : known;
     if (theirs !== undefined && theirs.length === 32 && digests.compare(theirs, 0, 32, i * 32, i * 32 + 32) === 0) continue;
     stats.differingBytes += n;
     const chunk = buf.subarray(at, at + n);
@@ -213,20 +213,20 @@ async function* compareReadUnit(
 }
 
 /** Compares a deferred unit with the replica's hashes; a differing chunk that is not zeroes is read again. */
-async function* compareDeferredUnit(
-  disk: DiskCycle,
-  replica: ComparisonHashes,
-  stats: ResyncStats,
-  { chunkBytes, digest }: HashScheme,
-  unit: DeferredUnit,
-): AsyncGenerator<CaptureExtent> {
+async function* compareDeferredUnit(disk: DiskCycle, replica: ComparisonHashes, stats: ResyncStats, scheme: HashScheme, unit: DeferredUnit): AsyncGenerator<CaptureExtent> {
+  if (unit.digests === undefined) {
+    yield* compareZeroUnit(disk.diskId, replica, stats, scheme, unit);
+    return;
+  }
+  const { chunkBytes, digest } = scheme;
   stats.comparedBytes += unit.length;
   stats.knownZeroBytes = (stats.knownZeroBytes ?? 0) + unit.zeroBytes;
   for (let i = 0, at = 0; at < unit.length; i++, at += chunkBytes) {
     const n = Math.min(chunkBytes, unit.length - at);
     const offset = unit.offset + at;
-    const theirs = await replica.hashAt(disk.diskId, offset / chunkBytes);
-    const ours = unit.digests ? unit.digests.subarray(i * 32, i * 32 + 32) : zeroChunkDigest(digest, n);
+    const known = replica.known(disk.diskId, offset / chunkBytes);
+    const theirs = known === NOT_YET ? await theirHashLater(replica, disk.diskId, offset / chunkBytes, stats) : known;
+    const ours = unit.digests.subarray(i * 32, i * 32 + 32);
     if (theirs !== undefined && ours.equals(theirs)) continue;
     stats.differingBytes += n;
     if (ours.equals(zeroChunkDigest(digest, n))) {

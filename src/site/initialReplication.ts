@@ -5,7 +5,7 @@ import { commitCycle, executeCommand, pointIdFor, startInitialReplication, type 
 import { requireId } from "../model/index.js";
 import { ExportUnusableError, readExportManifest, type ExportManifest } from "../storage/exportManifest.js";
 import { copySeed, hashExportedImage, importBaseImages, writeImportedIndex } from "../storage/initialImages.js";
-import { resyncChunkBytes } from "../storage/index.js";
+import { resyncChunkBytes } from "../transport/index.js";
 import type { ChunkDigestName } from "../common/chunkDigest.js";
 import { actorMetadata, type Caller } from "./controlPlane/caller.js";
 import type { SiteContext } from "./siteContext.js";

@@ -1,7 +1,8 @@
 import type * as grpc from "@grpc/grpc-js";
 import type { JsonValue } from "../../ledger/index.js";
 import type { ReplicateRequest, ReplicateResponse } from "../../gen/qreplica/v1/replication.js";
-import { resyncChunkBytes, type PointWrite } from "../../storage/index.js";
+import type { PointWrite } from "../../storage/index.js";
+import { resyncChunkBytes } from "../../transport/index.js";
 import type { ChunkDigestName } from "../../common/chunkDigest.js";
 import { digestToWire, writeWithBackpressure } from "../../transport/index.js";
 import type { SiteContext } from "../siteContext.js";

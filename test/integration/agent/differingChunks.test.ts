@@ -233,4 +233,30 @@ describe("differingChunks: the agent's side of a resync by comparison", () => {
     expect(stats.comparedBytes).toBe(size);
     expect(stats.differingBytes).toBe(5 * CHUNK + 8 * KiB);
   });
+  it("a unit known to read as zeroes and set aside before the replica's hashes come is compared as zeroes, with nothing read again", async () => {
+    // The first 4 MiB unit a hole; two more and a short one of data.
+    const size = 128 * CHUNK + 8 * KiB;
+    const { dir, img, primary } = await randomPrimary(size, 0, 64);
+    const replica = Buffer.from(primary);
+    // Data on the replica where the primary reads zeroes (5, 63); data differing at 70 and in the short last chunk.
+    const differ = [5, 63, 70, 128];
+    for (const i of differ) randomBytes(Math.min(CHUNK, size - i * CHUNK)).copy(replica, i * CHUNK);
+    const all: Buffer[] = [];
+    for (let at = 0; at < size; at += CHUNK) all.push(chunkDigest("blake3", replica.subarray(at, Math.min(at + CHUNK, size))));
+    const hashes = new ComparisonHashes("blake3");
+    const client = await exportOf(dir, img);
+    hashesAfterFirstUnit(hashes, () =>
+      hashes.add({ generation: 1n, cycleSequence: 1n, diskId: "vda", chunkBytes: CHUNK, firstChunk: 0n, hashes: all, last: true, digest: digestToWire("blake3") }),
+    );
+    const disk = new DiskCycle("vda", "node", size, size, [client], async function* () {}, {});
+    const stats: ResyncStats = { comparedBytes: 0, differingBytes: 0 };
+    const hasher = startResyncHasher();
+    cleanups.push(() => hasher.close());
+    expect(await applyResync(differingChunks(disk, hashes, stats, hasher), replica)).toEqual(differ);
+    expect(replica.equals(primary)).toBe(true);
+    expect(stats.rereadBytes ?? 0).toBe(0);
+    expect(stats.knownZeroBytes).toBe(64 * CHUNK);
+    expect(stats.comparedBytes).toBe(size);
+    expect(stats.differingBytes).toBe(3 * CHUNK + 8 * KiB);
+  });
 });
