@@ -215,6 +215,13 @@ const vmSchema = z
       for (const k of ["qmpSocket", "nbdSocket", "disks", "guestAgentSocket"] as const) {
         if (vm[k] !== undefined) ctx.addIssue({ code: "custom", path: [k], message: "not used with libvirt: (the agent finds the disks in the domain XML); remove it" });
       }
+      if (vm.cbwTimeoutSeconds !== undefined)
+        ctx.addIssue({
+          code: "custom",
+          path: ["cbwTimeoutSeconds"],
+          message:
+            "not used with libvirt: libvirt's backup API sets no copy-before-write timeout (the agent ends the backup job when the scratch runs low instead, see scratchMinFreeMiB); remove it",
+        });
       return;
     }
     if (vm.qmpSocket === undefined)

@@ -56,13 +56,18 @@ export function startResyncHasher(): SharedChunkHasher {
  */
 export async function* differingChunks(disk: DiskCycle, replica: ComparisonHashes, stats: ResyncStats, sharedHasher?: SharedChunkHasher): AsyncGenerator<CaptureExtent> {
   if (disk.clients.length === 0) throw new Error(`disk ${disk.diskId}: no NBD connection for the resync read`);
-  const expected = replica.expectedScheme(disk.diskId, disk.sizeAtCutoff);
-  if (expected && (yield* compareDisk(disk, replica, stats, sharedHasher, expected, false)) === "compared") return;
-  if (expected) stats.schemeRereads = (stats.schemeRereads ?? 0) + 1;
-  const waitFrom = performance.now();
-  const scheme = await replica.scheme(disk.diskId);
-  stats.startWaitMs = (stats.startWaitMs ?? 0) + performance.now() - waitFrom;
-  yield* compareDisk(disk, replica, stats, sharedHasher, scheme, true);
+  try {
+    const expected = replica.expectedScheme(disk.diskId, disk.sizeAtCutoff);
+    if (expected && (yield* compareDisk(disk, replica, stats, sharedHasher, expected, false)) === "compared") return;
+    if (expected) stats.schemeRereads = (stats.schemeRereads ?? 0) + 1;
+    const waitFrom = performance.now();
+    const scheme = await replica.scheme(disk.diskId);
+    stats.startWaitMs = (stats.startWaitMs ?? 0) + performance.now() - waitFrom;
+    yield* compareDisk(disk, replica, stats, sharedHasher, scheme, true);
+  } catch (err) {
+    // A read that failed because the cut-off's snapshot broke says so, as the cycle's other reads do.
+    throw disk.explainReadError(err);
+  }
 }
 
 /**

@@ -152,7 +152,15 @@ class LibvirtSource implements ReplicationSource {
 
   static async open(vm: AgentVmConfig, x: { stateDir: string; logger: Logger }): Promise<LibvirtSource> {
     const lv = vm.libvirt!;
-    const capture = await LibvirtCapture.open({ vmId: vm.id, domain: lv.domain, uri: lv.uri, stateDir: x.stateDir, scratchDir: vm.scratchDir, logger: x.logger });
+    const capture = await LibvirtCapture.open({
+      vmId: vm.id,
+      domain: lv.domain,
+      uri: lv.uri,
+      stateDir: x.stateDir,
+      scratchDir: vm.scratchDir,
+      scratchMinFreeBytes: vm.scratchMinFreeBytes,
+      logger: x.logger,
+    });
     return new LibvirtSource(capture);
   }
 

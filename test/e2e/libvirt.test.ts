@@ -13,7 +13,7 @@
  * domains of the same private libvirtd (the counter guest proves which point each one booted).
  */
 import { execFileSync } from "node:child_process";
-import { readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { stringify as toYaml } from "yaml";
 import { addressFile } from "../../src/site/siteConfig.js";
@@ -25,11 +25,12 @@ import { ledgerEvents } from "../helpers/resyncChecks.js";
 import { setupTwoSites, type TwoSites } from "../helpers/twoSites.js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { LibvirtCapture } from "../../replica-agent/capture/libvirt/libvirtCapture.js";
-import type { CaptureCycle } from "../../replica-agent/capture/index.js";
+import { type CaptureCycle, ScratchSpaceLowError, SnapshotBrokenError } from "../../replica-agent/capture/index.js";
 import { compareImages } from "../../src/qemu/processes/index.js";
 import { applyExtentsToRaw } from "../helpers/applyExtents.js";
 import { PrivateLibvirt, type LibvirtTestDomain } from "../helpers/libvirt.js";
 import { makeTmpDir } from "../helpers/tmpDir.js";
+import { mountTmpfs } from "../helpers/guestIo.js";
 
 const MiB = 1024 * 1024;
 let lv: PrivateLibvirt | undefined;
@@ -37,10 +38,18 @@ let dom: LibvirtTestDomain;
 let dir: string;
 let cleanup: (() => void) | undefined;
 
+let scratchTmpfs: string;
+let unmountScratch: (() => void) | undefined;
+
 beforeAll(async () => {
   const tmp = makeTmpDir("qr-libvirt-");
   dir = tmp.path;
   cleanup = tmp.cleanup;
+  // Mounted before libvirtd starts: it runs in a private mount namespace (a copy of ours made as it
+  // starts), and QEMU in one of its own, so a later mount would not reach them.
+  scratchTmpfs = join(dir, "scratch-tmpfs");
+  mkdirSync(scratchTmpfs);
+  unmountScratch = mountTmpfs(scratchTmpfs, 16);
   lv = await PrivateLibvirt.start(join(dir, "libvirt"));
   dom = await lv.defineCounterDomain(`qr-cap-${process.pid}`, join(dir, "disks"));
   await dom.start();
@@ -52,6 +61,7 @@ afterAll(async () => {
   await env?.stopAll();
   await launcherEnv?.stopAll();
   lv?.stop();
+  unmountScratch?.();
   if (!process.env.QR_KEEP) cleanup?.();
 });
 
@@ -130,6 +140,51 @@ describe("libvirt capture (checkpoints + pull-mode backup over NBD)", () => {
     expect(next.kind).toBe("incremental");
     await shipAndCheck(capture, next, 8);
   }, 240_000);
+
+  it("a guest rewriting 256 MiB while the backup job's scratch sits on a 16 MiB tmpfs: every guest write succeeds, the job is stopped and the cycle fails as SNAPSHOT_BROKEN; a nearly full scratch takes no cut-off; with room back the next cycle reads byte-identical", async () => {
+    // libvirt 9.0's pull backup is QEMU's blockdev-backup sync=none, whose copy-before-write fails
+    // the guest's write when the scratch is full: the agent watches the scratch and ends the job first.
+    const d = await lv!.defineCounterDomain(`qr-scratch-${process.pid}`, join(dir, "scratch-disks"), 288);
+    const scratchDir = scratchTmpfs;
+    await d.start();
+    const capture = await LibvirtCapture.open({ vmId: "vm2", domain: d.name, uri: lv!.uri, stateDir: join(dir, "agent-state-2"), scratchDir });
+    // Data the copy-before-write must save (old zeroes would cost the scratch no room).
+    // The counter guest's boot sector and counter live in the first MiB: the test's data starts at 16 MiB.
+    const at = (i: number) => 16 * MiB + i * MiB;
+    for (let i = 0; i < 16; i++) await d.write(`write -P 0x11 ${at(i * 16)} 16M`);
+    const cycle = await capture.enable();
+    // 1 MiB guest writes (a disk request's size, not a whole rewrite at once), 256 MiB in all.
+    const pattern = (i: number) => 0x20 + (i % 0x50);
+    for (let i = 0; i < 256; i++) await d.write(`write -P 0x${pattern(i).toString(16)} ${at(i)} 1M`);
+    for (let i = 0; i < 256; i++) await d.write(`read -P 0x${pattern(i).toString(16)} ${at(i)} 1M`);
+    expect(await d.state()).toBe("running");
+    const read = (async () => {
+      for (const disk of cycle.disks) for await (const _ of disk.extents());
+    })();
+    const err = await read.then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(SnapshotBrokenError);
+    expect((err as SnapshotBrokenError).message).toContain(scratchDir);
+    await cycle.abort(err);
+
+    // Nearly full: no cut-off at all (nothing of the guest's writes is at stake).
+    const free = statfsSync(scratchDir).bavail * statfsSync(scratchDir).bsize;
+    writeFileSync(join(scratchDir, "filler"), Buffer.alloc(free - 4 * MiB, 1));
+    await expect(capture.enable()).rejects.toBeInstanceOf(ScratchSpaceLowError);
+    rmSync(join(scratchDir, "filler"));
+
+    // Room back, the guest held still: the next cycle is the disk, byte for byte.
+    await lv!.virsh.run(["suspend", d.name]);
+    const next = await capture.enable();
+    const raw = join(dir, "replica-2.raw");
+    for (const disk of next.disks) await applyExtentsToRaw(raw, disk.sizeAtCutoff, disk.extents());
+    await next.confirm();
+    await d.stopGracefully();
+    const cmp = await compareImages(raw, d.diskPath, { formatA: "raw", formatB: "qcow2" });
+    expect(cmp.identical, cmp.detail).toBe(true);
+  }, 300_000);
 });
 
 interface Commit {

@@ -1,5 +1,5 @@
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
-import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { makeCounterDisk } from "../../guest/index.js";
 import { Virsh } from "../../replica-agent/capture/libvirt/virsh.js";
@@ -163,10 +163,36 @@ export class LibvirtTestDomain {
     return this.lv.virsh.run(["start", this.name]);
   }
 
-  /** A write through the guest's IDE device (libvirt's alias ide0-0-0), tracked like a guest write. */
+  /**
+   * A qemu-io command (`write`/`read` [-P pattern] OFFSET LENGTH) through the guest's IDE device
+   * (libvirt's alias ide0-0-0), tracked like a guest write. HMP's qemu-io prints its result to
+   * QEMU's stdout, which libvirt logs, not to the monitor: the command's own result line (its
+   * offset named) is awaited in the domain's log, so no later command reads it, and a failure throws.
+   */
   async write(command: string): Promise<void> {
+    const log = `/var/log/libvirt/qemu/${this.name}.log`;
+    const from = existsSync(log) ? statSync(log).size : 0;
+    const words = command.trim().split(/\s+/);
+    const done = new RegExp(`^(?:wrote|read) \\d+/\\d+ bytes at offset ${words[words.length - 2]}$|^(?:write|read) failed`, "m");
     const out = await this.lv.virsh.run(["qemu-monitor-command", this.name, "--hmp", `qemu-io -d ide0-0-0 "${command}"`]);
     if (/error|failed|invalid/i.test(out)) throw new Error(`qemu-io ${command}: ${out.trim()}`);
+    const text = await waitFor(
+      `qemu-io's result of "${command}" in ${log}`,
+      () => {
+        const fd = openSync(log, "r");
+        try {
+          const buf = Buffer.alloc(Math.max(0, statSync(log).size - from));
+          readSync(fd, buf, 0, buf.length, from);
+          const t = buf.toString();
+          return done.test(t) ? t : undefined;
+        } finally {
+          closeSync(fd);
+        }
+      },
+      10_000,
+      5,
+    );
+    if (/failed|error/i.test(text)) throw new Error(`qemu-io ${command} in domain ${this.name}: ${text.trim()}`);
   }
 
   qemuPid(): number {

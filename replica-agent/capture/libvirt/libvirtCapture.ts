@@ -4,7 +4,7 @@ import { QreplicaError } from "../../../src/common/errors.js";
 import { silentLogger, type Logger } from "../../../src/common/logger.js";
 import { NbdClient } from "../../../src/qemu/nbd/index.js";
 import { CaptureCycle, DiskCycle, type CycleKind, type TrackingHandoff } from "../captureCycle.js";
-import { CaptureNotEnabledError, CycleInProgressError, ResyncRequiredError } from "../errors.js";
+import { CaptureNotEnabledError, CycleInProgressError, ResyncRequiredError, SnapshotBrokenError } from "../errors.js";
 import { allocationRanges, dirtyRanges, type ExtentReadOptions } from "../extentReader.js";
 import { BASE_ALLOCATION, bitmapName, dirtyBitmapContext, PREFIX } from "../naming.js";
 import type { ReconcileReport, VmCaptureStatus } from "../vmCapture.js";
@@ -13,6 +13,8 @@ import { domainDisks, type DomainDisk } from "./domainXml.js";
 import { specFromDomainXml } from "./domainSpec.js";
 import type { VmSpec } from "../../../src/model/vmSpec.js";
 import { LibvirtCommandError, Virsh, xmlEscape } from "./virsh.js";
+import { checkScratchSpace, DEFAULT_SCRATCH_MIN_FREE_BYTES } from "../scratchSpace.js";
+import { ScratchGuard } from "./scratchGuard.js";
 
 export interface LibvirtCaptureOptions {
   vmId: string;
@@ -25,6 +27,11 @@ export interface LibvirtCaptureOptions {
    * creates the socket there: the directory must be writable by the user QEMU runs as.
    */
   scratchDir?: string;
+  /**
+   * A cut-off needs this much free in the scratch filesystem (default 8 MiB); while a cycle is open,
+   * the backup job is ended once less than half of it is left (see ScratchGuard).
+   */
+  scratchMinFreeBytes?: number;
   read?: ExtentReadOptions & { connections?: number };
   logger?: Logger;
 }
@@ -68,6 +75,7 @@ export class LibvirtCapture {
   private domainSpec: ReturnType<typeof specFromDomainXml> | undefined;
   private specProblemsLogged = false;
   private openCycle: CaptureCycle | undefined;
+  private scratchGuard: ScratchGuard | undefined;
   private lastReport: ReconcileReport | undefined;
   private readonly logger: Logger;
   readonly scratchDir: string;
@@ -201,6 +209,8 @@ export class LibvirtCapture {
     rmSync(socket, { force: true });
     const scratch = (d: DomainDisk) => join(this.scratchDir, `${vmId}-${d.target}.scratch.qcow2`);
     for (const d of this.disks) rmSync(scratch(d), { force: true });
+    const minFreeBytes = this.opts.scratchMinFreeBytes ?? DEFAULT_SCRATCH_MIN_FREE_BYTES;
+    checkScratchSpace(vmId, this.scratchDir, minFreeBytes);
     const incremental = kind === "incremental" ? `<incremental>${xmlEscape(this.state.checkpoint ?? "")}</incremental>` : "";
     const diskXml = this.disks.map((d) => `<disk name='${xmlEscape(d.target)}' backup='yes' type='file'><scratch file='${xmlEscape(scratch(d))}'/></disk>`).join("");
     const backupXml = `<domainbackup mode='pull'>${incremental}<server transport='unix' socket='${xmlEscape(socket)}'/><disks>${diskXml}</disks></domainbackup>`;
@@ -216,6 +226,9 @@ export class LibvirtCapture {
         throw new ResyncRequiredError(vmId, this.disks[0]?.target ?? "?", `checkpoint ${this.state.checkpoint} is inconsistent (${err.detail})`);
       throw err;
     }
+    const guard = new ScratchGuard(this.scratchDir, minFreeBytes / 2, (reason) => this.endJobForScratch(seq, reason));
+    // Reads fail once the guard ended the job: that is the broken snapshot, not the export's fault.
+    const explain = (diskId: string) => (err: unknown) => (guard.tripped ? new SnapshotBrokenError(vmId, diskId, seq, this.scratchDir, guard.tripped, { cause: err }) : err);
     const exports = parseBackupExports(await this.virsh.run(["backup-dumpxml", domain]));
     const diskCycles: DiskCycle[] = [];
     const cycle = new CaptureCycle(
@@ -231,6 +244,8 @@ export class LibvirtCapture {
       async () => undefined,
     );
     this.openCycle = cycle;
+    this.scratchGuard = guard;
+    guard.start();
     try {
       for (const d of this.disks) {
         const exp = exports.get(d.target);
@@ -242,7 +257,8 @@ export class LibvirtCapture {
         const n = clients[0]!.canMultiConn ? Math.max(1, this.opts.read?.connections ?? DEFAULT_CONNECTIONS) : 1;
         for (let i = 1; i < n; i++) clients.push(await connect());
         const ranges = (c: NbdClient) => (context === BASE_ALLOCATION ? allocationRanges(c, context) : dirtyRanges(c, context));
-        diskCycles.push(new DiskCycle(d.target, d.target, size, kind === "full" ? size : (dirty.get(d.target) ?? size), clients, ranges, this.opts.read ?? {}));
+        const dirtyBytes = kind === "full" ? size : (dirty.get(d.target) ?? size);
+        diskCycles.push(new DiskCycle(d.target, d.target, size, dirtyBytes, clients, ranges, this.opts.read ?? {}, explain(d.target)));
       }
     } catch (err) {
       await cycle.abort(err).catch((e: unknown) => this.logger.error({ err: e }, "rollback after a failed cut-off failed"));
@@ -252,9 +268,22 @@ export class LibvirtCapture {
     return cycle;
   }
 
+  /** The scratch ran low while a cycle was open (ScratchGuard): its backup job ends now. */
+  private async endJobForScratch(seq: number, reason: string): Promise<void> {
+    this.logger.warn({ seq, scratchDir: this.scratchDir, reason }, "scratch nearly full: ending the backup job before it fails the guest's writes");
+    await this.abortJob().catch((err: unknown) => this.logger.error({ seq, err }, "could not end the backup job of a nearly full scratch"));
+  }
+
+  private async endScratchGuard(): Promise<void> {
+    const guard = this.scratchGuard;
+    this.scratchGuard = undefined;
+    await guard?.end();
+  }
+
   private handoff(checkpoint: string): TrackingHandoff {
     return {
       confirmed: async (cycle) => {
+        await this.endScratchGuard();
         await this.abortJob();
         // Kept without its parent: that one is deleted below, and a redefine must not look for it.
         const xml = (await this.virsh.run(["checkpoint-dumpxml", this.opts.domain, checkpoint])).replace(/\s*<parent>[\s\S]*?<\/parent>/, "");
@@ -266,6 +295,7 @@ export class LibvirtCapture {
         if (previous && previous !== checkpoint) await this.deleteCheckpoint(previous);
       },
       aborted: async (cycle) => {
+        await this.endScratchGuard();
         await this.abortJob();
         // The previous checkpoint's bitmap recorded all along: deleting the new one loses nothing.
         await this.deleteCheckpoint(checkpoint).catch((err: unknown) => this.logger.warn({ err, checkpoint }, "could not delete the checkpoint of a cycle that did not land"));

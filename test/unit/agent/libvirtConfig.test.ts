@@ -38,6 +38,12 @@ describe("agent config: libvirt-managed VMs", () => {
     expect(() => loadAgentConfig(config("    libvirt: { domain: web1, uri: 'qemu+ssh://host/system' }\n"))).toThrow(/vms\[0\]\.libvirt\.uri: must be a local QEMU URI/);
     expect(() => loadAgentConfig(config("    libvirt: { domain: '' }\n"))).toThrow(/vms\[0\]\.libvirt\.domain: must name the libvirt domain/);
     expect(() => loadAgentConfig(config("    libvirt: { domain: web1 }\n    qmpSocket: q.sock\n"))).toThrow(/vms\[0\]\.qmpSocket: not used with libvirt.*remove it/);
+    // libvirt's backup API has no copy-before-write timeout: the key would do nothing there.
+    expect(() => loadAgentConfig(config("    libvirt: { domain: web1 }\n    cbwTimeoutSeconds: 3\n"))).toThrow(
+      /vms\[0\]\.cbwTimeoutSeconds: not used with libvirt.*scratchMinFreeMiB.*remove it/,
+    );
+    // The scratch's minimum free space does apply: the cut-off checks it and the open cycle is watched against half of it.
+    expect(loadAgentConfig(config("    libvirt: { domain: web1 }\n    scratchMinFreeMiB: 64\n")).vms[0]!.scratchMinFreeBytes).toBe(64 * 1024 * 1024);
   });
 });
 
