@@ -4,6 +4,7 @@ import { status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ControlServiceService, FailoverKind, type ControlServiceClient } from "../../../src/gen/qreplica/v1/control.js";
 import { MonitoringServiceClient, MonitoringServiceService, type MeasureResponse } from "../../../src/gen/qreplica/v1/monitoring.js";
+import { PolicyServiceService } from "../../../src/gen/qreplica/v1/policy.js";
 import { HEALTH_STREAM_PREFIX } from "../../../src/site/health/monitor.js";
 import { getSqliteEventStore, type RecordedEvent } from "../../../src/ledger/index.js";
 import { RejectReason } from "../../../src/gen/qreplica/v1/replication.js";
@@ -130,6 +131,23 @@ describe("a viewer reads and is refused every command", () => {
     for (const p of commands) {
       expect((await refusal(p)).code).toBe(status.PERMISSION_DENIED);
     }
+    // Every other RPC of ControlService and PolicyService is a command: each is refused, naming the
+    // role it needs, before its request is even read (an empty one here). A new RPC is covered
+    // without a new line.
+    const viewerReads = new Set(["GetStatus", "ListRecoveryPoints", "ListEvents", "ListAuthorizations", "ReadRunbookRun", "WhoAmI", "ListPolicies", "GetPolicy"]);
+    const rpcs = [...Object.values(ControlServiceService), ...Object.values(PolicyServiceService)];
+    const refusedToViewer = rpcs.filter((def) => !viewerReads.has(def.path.split("/").pop()!));
+    expect(refusedToViewer.length).toBeGreaterThanOrEqual(18);
+    for (const def of refusedToViewer) {
+      const r = await rawCall(v, def.path);
+      expect({ rpc: def.path, code: status[r.code] }).toEqual({ rpc: def.path, code: "PERMISSION_DENIED" });
+      expect(r.details).toMatch(/'vera-viewer' \(role viewer\) may not call \w+: \w+ needs role (operator|admin)/);
+    }
+    for (const name of viewerReads)
+      expect(
+        rpcs.some((def) => def.path.endsWith(`/${name}`)),
+        name,
+      ).toBe(true);
     expect((await site.events("vm-view")).length).toBe(before);
   });
 });
@@ -162,6 +180,17 @@ describe("an operator runs commands, each recorded with the operator, and is ref
     expect(add.code).toBe(status.PERMISSION_DENIED);
     expect(add.details).toContain("'otto-operator' (role operator) may not call AddAuthorization: AddAuthorization needs role admin");
     expect((await refusal(call(o, o.removeAuthorization, { primaryIdentity: "agent-a" }))).code).toBe(status.PERMISSION_DENIED);
+    // Every RPC that needs admin (as the site tells a viewer who calls it) is refused to an operator.
+    const v = as(ids.viewer);
+    const adminOnly: string[] = [];
+    for (const def of [...Object.values(ControlServiceService), ...Object.values(PolicyServiceService)])
+      if ((await rawCall(v, def.path)).details.includes("needs role admin")) adminOnly.push(def.path);
+    expect(adminOnly.length).toBeGreaterThanOrEqual(4);
+    for (const path of adminOnly) {
+      const r = await rawCall(o, path);
+      expect({ path, code: status[r.code] }).toEqual({ path, code: "PERMISSION_DENIED" });
+      expect(r.details).toMatch(/'otto-operator' \(role operator\) may not call \w+: \w+ needs role admin/);
+    }
     expect((await authorizationEvents()).length).toBe(before);
   });
 
