@@ -5,11 +5,12 @@
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, onTestFinished } from "vitest";
 import { readCounters, readDiskCounter, waitForCounter } from "../../guest/index.js";
 import { QmpClient } from "../../src/qemu/qmp/index.js";
 import { runCli, waitFor } from "../helpers/processes.js";
 import { twoSitesPerTest } from "../helpers/twoSites.js";
+import { offenders } from "../helpers/dataAtRest.js";
 
 const MiB = 1024 * 1024;
 const newTwoSites = twoSitesPerTest();
@@ -30,8 +31,18 @@ interface Status {
 
 describe("reverse replication and failback through the CLI, as the README documents them", { timeout: 600_000 }, () => {
   it("unplanned failover, complete, reverse onto the old disk, failback: each VM boots from its point", async () => {
+    // Every process starts with umask 022, as from a usual login shell: nothing the failover, the
+    // reverse (its agent's state, the seed taken in) or the failback writes may be readable by others.
+    const savedUmask = process.umask(0o022);
+    onTestFinished(() => {
+      process.umask(savedUmask);
+    });
     const t = await newTwoSites("qr-revcli-", { diskBytes: 8 * MiB, intervalSeconds: 1, counterGuest: true });
     const guest = t.guest!;
+    const exposed = new Set<string>();
+    const checkDataAtRest = () => {
+      for (const o of [t.siteA, t.siteB, join(t.dir, "agent-state")].flatMap(offenders)) exposed.add(o);
+    };
     await t.startSite(t.siteA);
     await t.startSite(t.siteB);
     await waitForCounter(guest.serialLogPath, (v) => v > 5, 90_000);
@@ -47,6 +58,7 @@ describe("reverse replication and failback through the CLI, as the README docume
     const pointCounter = await readDiskCounter(pointImage);
     await waitForCounter(fo.vm.serialLog, () => true, 90_000);
     expect(readCounters(fo.vm.serialLog)[0]).toBe(pointCounter);
+    checkDataAtRest(); // the failover VM runs on its overlays
     await qreplica(["failover", "vm1", "complete", "--dir", t.siteB]);
 
     // The old primary comes back: its agent is refused as stale and pauses the VM (still running).
@@ -99,6 +111,7 @@ describe("reverse replication and failback through the CLI, as the README docume
     ).catch((err: Error) => {
       throw new Error(`${err.message}\n--- site-a.log ---\n${readFileSync(join(t.siteA, "site.log"), "utf8").split("\n").slice(-20).join("\n")}`);
     });
+    checkDataAtRest(); // the reverse agent runs, its seed taken in on A
     const first = (await t.relationship("vm1", t.siteA)).points.find((p) => p.pointId === reversed[0]!.recoveryPointId)!;
     // The VM on B ran on from the point: A's first reverse point is past both the point and the old disk's counter... of B's VM.
     expect(await readDiskCounter(first.disks[0]!.imagePath)).toBeGreaterThanOrEqual(pointCounter);
@@ -114,5 +127,7 @@ describe("reverse replication and failback through the CLI, as the README docume
     expect(readCounters(back.vm.serialLog)[0]).toBe(finalCounter);
     expect(finalCounter).toBeGreaterThanOrEqual(readCounters(fo.vm.serialLog).at(-1)!);
     expect((await qreplica<Status>(["status", "vm1", "--dir", t.siteA])).relationships[0]!.generation).toBe(3);
+    checkDataAtRest(); // the failback VM runs on A
+    expect([...exposed]).toEqual([]);
   });
 });

@@ -1,8 +1,8 @@
-import { lstatSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { waitForCounter } from "../../../guest/index.js";
 import { makeTmpDir } from "../../helpers/tmpDir.js";
+import { count, offenders } from "../../helpers/dataAtRest.js";
 import { runCli, waitFor } from "../../helpers/processes.js";
 import { setupTwoSites, type TwoSites } from "../../helpers/twoSites.js";
 
@@ -16,24 +16,6 @@ afterEach(async () => {
   if (!process.env.QR_KEEP) cleanup?.();
   env = undefined;
 });
-
-/** Every file, directory and socket under `root` that grants anything to group or others. */
-function offenders(root: string): string[] {
-  const found: string[] = [];
-  const walk = (path: string) => {
-    const st = lstatSync(path);
-    if ((st.mode & 0o077) !== 0) found.push(`${(st.mode & 0o7777).toString(8).padStart(4, "0")} ${path}`);
-    if (st.isDirectory()) for (const name of readdirSync(path)) walk(join(path, name));
-  };
-  walk(root);
-  return found;
-}
-
-/** How many entries the walk saw, so an empty walk cannot pass. */
-function count(root: string): number {
-  const st = lstatSync(root);
-  return 1 + (st.isDirectory() ? readdirSync(root).reduce((n, name) => n + count(join(root, name)), 0) : 0);
-}
 
 describe("data at rest under umask 022 (real processes)", { timeout: 300_000 }, () => {
   it("nothing the sites, the agent, 'site init' or 'pki' create grants any permission to group or others", async () => {
