@@ -79,6 +79,24 @@ describe("the site supervises its failover VMs and reverse agents across restart
     const seqA2 = (await t.relationship("vm1", t.siteA)).lastCycleSeq;
     await waitFor("reverse points from the restarted agent", async () => ((await t.relationship("vm1", t.siteA)).lastCycleSeq >= seqA2 + 2 ? true : undefined), 90_000);
     expect(processAlive(fo.vm.pid)).toBe(true);
+
+    // --- the reverse agent dies while the site is down: the site's next start runs it again ---
+    await siteB.kill("SIGKILL");
+    process.kill(newPid, "SIGKILL");
+    await waitFor("the reverse agent gone", () => (processAlive(newPid) ? undefined : true), 10_000, 20);
+    siteB = await t.startSite(t.siteB);
+    const thirdPid = await waitFor(
+      "the reverse agent started again by the restarted site",
+      () => {
+        const pid = Number(readFileSync(agentPidFile, "utf8"));
+        return pid !== newPid && processAlive(pid) ? pid : undefined;
+      },
+      60_000,
+    );
+    expect(thirdPid).not.toBe(rev.agentPid);
+    const seqA3 = (await t.relationship("vm1", t.siteA)).lastCycleSeq;
+    await waitFor("reverse points after the agent ran again", async () => ((await t.relationship("vm1", t.siteA)).lastCycleSeq >= seqA3 + 2 ? true : undefined), 90_000);
+    expect(processAlive(fo.vm.pid)).toBe(true);
     void siteB;
   });
 });
