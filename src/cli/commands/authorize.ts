@@ -6,7 +6,9 @@ import type { AuthorizationsResponse } from "../../gen/qreplica/v1/control.js";
 import { getSqliteEventStore } from "../../ledger/index.js";
 import { openConfiguredLedger } from "../../ledger/ledgerConfig.js";
 import { localAdminCaller, SiteAuthorizations, type AuthorizationEntry } from "../../site/authorizations.js";
-import { addressFile, loadSiteConfig } from "../../site/siteConfig.js";
+import { addressFile, loadSiteConfig, runDir } from "../../site/siteConfig.js";
+import { SiteDirectoryInUseError } from "../../site/errors.js";
+import { lockSiteDirectory, type SiteLock } from "../../site/siteLock.js";
 import { ControlCallError, controlClient, unary } from "../siteClient.js";
 import { formatTable } from "../table.js";
 import { emit, fail } from "../output.js";
@@ -24,10 +26,27 @@ const show = (entries: AuthorizationEntry[]) =>
       );
 
 /**
+ * A change asked of a site directory whose site runs (it holds the directory's lock) but did not
+ * answer on its address: the CLI must not write behind its back.
+ */
+export class SiteUnreachableError extends Error {
+  readonly code = "SITE_RUNNING_UNREACHABLE" as const;
+  constructor(dir: string, holder: SiteDirectoryInUseError, unavailable: Error) {
+    super(
+      `the site of ${dir} runs (${holder.holderPid ? `process ${holder.holderPid}` : "another process"} holds the directory) but did not answer on its address ` +
+        `(${unavailable.message}); nothing was changed. Check that it listens where ${addressFile(dir)} says and that this CLI trusts its certificate, ` +
+        `or stop it and run this again (the entry is then written to its ledger directly)`,
+      { cause: unavailable },
+    );
+  }
+}
+
+/**
  * Authorization entries change through the site's control plane (role admin) while the site runs.
- * With `--dir` and the site not running (no address file, or nobody answering on it), the CLI
- * writes the ledger itself, recorded as the local admin `local-admin:USER@HOST`: whoever may write
- * the site's files could anyway. The site reads the entries from the ledger at every Hello.
+ * With `--dir` and the site not running (no address file, or nobody answering on it, and its
+ * directory lock free), the CLI writes the ledger itself, holding the site's lock, recorded as the
+ * local admin `local-admin:USER@HOST`: whoever may write the site's files could anyway. The site
+ * reads the entries from the ledger at every Hello.
  */
 async function viaSite(
   o: Target,
@@ -36,6 +55,7 @@ async function viaSite(
   ledgerMustExist = false,
 ): Promise<AuthorizationEntry[]> {
   const dir = o.dir ? resolve(o.dir) : undefined;
+  let unavailable: ControlCallError | undefined;
   if (!dir || o.site || existsSync(addressFile(dir))) {
     try {
       const client = controlClient({ ...o, ...(dir ? { dir } : {}) });
@@ -46,16 +66,32 @@ async function viaSite(
       }
     } catch (err) {
       if (!dir || o.site || !(err instanceof ControlCallError) || err.grpcCode !== grpc.status.UNAVAILABLE) throw err;
+      unavailable = err;
     }
   }
   const config = loadSiteConfig(dir);
   const shared = config.ledger && config.ledger.kind !== "sqlite" ? config.ledger : undefined;
   if (!shared && ledgerMustExist && !existsSync(config.ledgerPath)) return [];
-  const store = shared ? await openConfiguredLedger(shared, config.ledgerPath) : getSqliteEventStore({ path: config.ledgerPath });
+  // A change takes the site's own lock: a site that runs but did not answer must not be written behind.
+  const lock = ledgerMustExist ? undefined : lockOrExplain(dir, unavailable);
   try {
-    return await offline(new SiteAuthorizations(store));
+    const store = shared ? await openConfiguredLedger(shared, config.ledgerPath) : getSqliteEventStore({ path: config.ledgerPath });
+    try {
+      return await offline(new SiteAuthorizations(store));
+    } finally {
+      await store.close();
+    }
   } finally {
-    await store.close();
+    lock?.release();
+  }
+}
+
+function lockOrExplain(dir: string, unavailable: ControlCallError | undefined): SiteLock {
+  try {
+    return lockSiteDirectory(dir, runDir(dir));
+  } catch (err) {
+    if (err instanceof SiteDirectoryInUseError) throw new SiteUnreachableError(dir, err, unavailable ?? new Error("it has no address file"));
+    throw err;
   }
 }
 

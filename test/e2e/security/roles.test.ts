@@ -1,4 +1,4 @@
-import { existsSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -10,7 +10,7 @@ import { getSqliteEventStore, type RecordedEvent } from "../../../src/ledger/ind
 import { RejectReason } from "../../../src/gen/qreplica/v1/replication.js";
 import { AUTHORIZATIONS_STREAM } from "../../../src/site/authorizations.js";
 import { AUDIT_STREAM } from "../../../src/site/controlPlane/refusalAudit.js";
-import { authorizationsFile, loadSiteConfig } from "../../../src/site/siteConfig.js";
+import { addressFile, authorizationsFile, loadSiteConfig } from "../../../src/site/siteConfig.js";
 import { call, controlClientAs, issueRole, rawCall, refusal, type CredentialFiles, dialArgs } from "../../helpers/controlPlane.js";
 import { runCli } from "../../helpers/processes.js";
 import { fileCredentials, msg } from "../../helpers/protocolClient.js";
@@ -311,6 +311,25 @@ describe("the CLI presents the site's admin certificate with --dir, or a persona
     const refused = await runCli(["failover", "vm-op", "--unplanned", "--no-start", ...personal, "--json"]);
     expect(refused.code).toBe(5);
     expect(JSON.parse(refused.stdout)).toMatchObject({ error: { code: "PERMISSION_DENIED", message: expect.stringContaining("'vera-viewer' (role viewer)") } });
+  });
+
+  it("a site that runs but does not answer on its address: authorize changes nothing, naming the site's process and the fix", async () => {
+    const dir = site.env.siteB;
+    const addr = addressFile(dir);
+    const saved = readFileSync(addr, "utf8");
+    writeFileSync(addr, "127.0.0.1:1\n"); // nobody listens there: UNAVAILABLE, as for a wrong address or a firewall
+    try {
+      const r = await runCli(["authorize", "--dir", dir, "--primary", "agent-z", "--json"]);
+      expect(r.code).not.toBe(0);
+      const { error } = JSON.parse(r.stdout) as { error: { code: string; message: string } };
+      expect(error.code).toBe("SITE_RUNNING_UNREACHABLE");
+      expect(error.message).toMatch(/runs \(process \d+ holds the directory\) but did not answer on its address/);
+      expect(error.message).toContain("nothing was changed");
+    } finally {
+      writeFileSync(addr, saved);
+    }
+    const listed = JSON.parse((await runCli(["authorizations", "--dir", dir, "--json"])).stdout) as Array<{ primaryIdentity: string }>;
+    expect(listed.map((e) => e.primaryIdentity)).not.toContain("agent-z");
   });
 
   it("a site that is not running: authorize writes its ledger as the local admin; an old authorizations.json is imported at start, a wildcard in it stops the start", async () => {
